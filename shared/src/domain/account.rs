@@ -1,0 +1,393 @@
+//! A member's account and the operations that change it.
+//!
+//! Every operation works on a copy and returns the new account together with the ledger entries
+//! that explain the change ([`Change`]); a failed operation changes nothing. Before any operation
+//! the account is *settled* at the event's processing time: pending points whose return window
+//! closed become available and lots past their last day expire, so what a member sees "as of
+//! now" and what the jobs later write are the same entries.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::calendar::{end_of_month_after, local_date, start_of_day, YearMonth};
+use super::ledger::{EntryKind, EventContext, LedgerEntry, Source};
+use super::lots::{LotShare, Lots};
+use super::program::Program;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub program: String,
+    pub member: String,
+    /// Available points: `lots.total() - debt`.
+    pub balance: i64,
+    /// Points owed after a clawback took more than the member had (allow-negative programs);
+    /// later credits pay it off first.
+    #[serde(default)]
+    pub debt: i64,
+    #[serde(default)]
+    pub lots: Lots,
+    #[serde(default)]
+    pub pending: Vec<PendingGrant>,
+    /// Qualifying measure (spend in minor units, or points) by month of purchase.
+    #[serde(default)]
+    pub qualifying: BTreeMap<YearMonth, i64>,
+    pub tier: TierStatus,
+    /// Engagement actions rewarded: action → limit period ("2026-11", "2026", "lifetime") → count.
+    #[serde(default)]
+    pub actions: BTreeMap<String, BTreeMap<String, u32>>,
+    #[serde(default)]
+    pub purchases: u32,
+    #[serde(default)]
+    pub referred_by: Option<String>,
+    pub joined_on: NaiveDate,
+    #[serde(default)]
+    pub last_purchase_at: Option<DateTime<Utc>>,
+    /// Optimistic-concurrency version: every commit is conditioned on it.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// Points of one purchase that wait for the return window to close.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingGrant {
+    /// The earn event that created the grant (its release entry id derives from it).
+    pub event_id: String,
+    pub order_id: String,
+    pub release_at: DateTime<Utc>,
+    /// The lot the points join when released.
+    pub expires_on: NaiveDate,
+    pub points: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierStatus {
+    pub id: String,
+    pub since: NaiveDate,
+    /// `None` for the entry tier, which is never reviewed.
+    pub review_on: Option<NaiveDate>,
+}
+
+/// The result of an operation: the account to commit and the entries to write with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub account: Account,
+    pub entries: Vec<LedgerEntry>,
+    /// Why nothing happened, when the operation was a recorded no-op (over a cap, not configured).
+    pub no_op: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    #[error("insufficient points: {available} available, {needed} needed")]
+    InsufficientPoints { available: i64, needed: i64 },
+    #[error("points must be greater than zero")]
+    NotPositive,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Account {
+    /// A new member on the program's entry tier.
+    pub fn open(program: &Program, member: &str, now: DateTime<Utc>) -> Account {
+        Account {
+            program: program.id.clone(),
+            member: member.to_string(),
+            balance: 0,
+            debt: 0,
+            lots: Lots::default(),
+            pending: Vec::new(),
+            qualifying: BTreeMap::new(),
+            tier: TierStatus {
+                id: program.lowest_tier().id.clone(),
+                since: local_date(program.time_zone, now),
+                review_on: None,
+            },
+            actions: BTreeMap::new(),
+            purchases: 0,
+            referred_by: None,
+            joined_on: local_date(program.time_zone, now),
+            last_purchase_at: None,
+            version: 0,
+        }
+    }
+
+    pub fn pending_points(&self) -> i64 {
+        self.pending.iter().map(|g| g.points).sum()
+    }
+
+    /// The account a member should see at `now`: matured pending released and ended lots
+    /// expired. The entries that would do this are returned marked `provisional`.
+    pub fn as_of(&self, program: &Program, now: DateTime<Utc>) -> Change {
+        let ctx = EventContext::new("as-of", now, now);
+        let mut journal = Journal::new(self, &ctx, true);
+        journal.settle(program, now);
+        journal.finish()
+    }
+
+    /// Writes what time alone has changed (the jobs' `release-pending` and `expire-points`).
+    pub fn settle(&self, program: &Program, ctx: &EventContext) -> Change {
+        let mut journal = Journal::new(self, ctx, false);
+        journal.settle(program, ctx.recorded_at);
+        journal.finish()
+    }
+
+    /// Spends points, soonest-expiring first. Returns the lots they came from, so that a
+    /// reversal can put them back where they were.
+    pub fn redeem(
+        &self,
+        program: &Program,
+        points: i64,
+        reason: &str,
+        ctx: &EventContext,
+    ) -> Result<(Change, Vec<LotShare>), AccountError> {
+        if points <= 0 {
+            return Err(AccountError::NotPositive);
+        }
+        let mut journal = Journal::begin(self, program, ctx);
+        let available = journal.account.balance;
+        if available < points {
+            return Err(AccountError::InsufficientPoints {
+                available,
+                needed: points,
+            });
+        }
+        let taken = journal.account.lots.take(points, None);
+        journal.account.balance -= points;
+        journal.post(EntryKind::Redeem, -points, 0, reason);
+        Ok((journal.finish(), taken))
+    }
+
+    /// Gives a redemption back: each share returns to the lot it was taken from.
+    pub fn reverse_redemption(
+        &self,
+        program: &Program,
+        shares: &[LotShare],
+        reason: &str,
+        ctx: &EventContext,
+    ) -> Result<Change, AccountError> {
+        let points: i64 = shares.iter().map(|s| s.points).sum();
+        if points <= 0 {
+            return Err(AccountError::NotPositive);
+        }
+        let mut journal = Journal::begin(self, program, ctx);
+        for share in shares {
+            journal.credit(share.points, share.expires_on);
+        }
+        journal.post(EntryKind::Reverse, points, 0, reason);
+        // A lot that ended meanwhile expires at once rather than being usable again.
+        journal.settle(program, ctx.recorded_at);
+        Ok(journal.finish())
+    }
+
+    /// An operator's correction: positive credits a new lot dated today, negative spends
+    /// soonest-expiring first and may not exceed the balance.
+    pub fn adjust(
+        &self,
+        program: &Program,
+        points: i64,
+        reason: &str,
+        ctx: &EventContext,
+    ) -> Result<Change, AccountError> {
+        if points == 0 {
+            return Err(AccountError::Invalid(
+                "an adjustment must change the balance".into(),
+            ));
+        }
+        if reason.trim().is_empty() {
+            return Err(AccountError::Invalid("an adjustment needs a reason".into()));
+        }
+        let mut journal = Journal::begin(self, program, ctx);
+        if points > 0 {
+            let expires_on = lot_expiry(program, ctx.occurred_at);
+            journal.credit(points, expires_on);
+        } else {
+            let available = journal.account.balance;
+            if available < -points {
+                return Err(AccountError::InsufficientPoints {
+                    available,
+                    needed: -points,
+                });
+            }
+            journal.account.lots.take(-points, None);
+            journal.account.balance += points;
+        }
+        journal.post(EntryKind::Adjust, points, 0, reason);
+        Ok(journal.finish())
+    }
+}
+
+/// The last usable day of points earned at `occurred_at`: end of the month, N months later, in
+/// the program's zone.
+pub fn lot_expiry(program: &Program, occurred_at: DateTime<Utc>) -> NaiveDate {
+    end_of_month_after(
+        local_date(program.time_zone, occurred_at),
+        program.expiry_months,
+    )
+}
+
+/// A working copy of an account plus the entries that explain each change made to it.
+pub(crate) struct Journal<'a> {
+    pub account: Account,
+    pub entries: Vec<LedgerEntry>,
+    pub ctx: &'a EventContext,
+    source: Source,
+    provisional: bool,
+    posted: usize,
+    pub no_op: Option<String>,
+}
+
+impl<'a> Journal<'a> {
+    pub fn new(account: &Account, ctx: &'a EventContext, provisional: bool) -> Self {
+        Journal {
+            account: account.clone(),
+            entries: Vec::new(),
+            ctx,
+            source: ctx.source.clone(),
+            provisional,
+            posted: 0,
+            no_op: None,
+        }
+    }
+
+    /// A journal for an event: the account is first settled at the processing time.
+    pub fn begin(account: &Account, program: &Program, ctx: &'a EventContext) -> Self {
+        let mut journal = Journal::new(account, ctx, false);
+        journal.settle(program, ctx.recorded_at);
+        journal
+    }
+
+    pub fn finish(self) -> Change {
+        Change {
+            account: self.account,
+            entries: self.entries,
+            no_op: self.no_op,
+        }
+    }
+
+    /// Credits available points into a lot, paying any debt first.
+    pub fn credit(&mut self, points: i64, expires_on: NaiveDate) {
+        let to_debt = points.min(self.account.debt).max(0);
+        self.account.debt -= to_debt;
+        self.account.lots.add(expires_on, points - to_debt);
+        self.account.balance += points;
+    }
+
+    /// Names the rule or campaign on the entries posted from now on.
+    pub fn ctx_source_override(&mut self, source: Source) {
+        self.source = source;
+    }
+
+    /// Posts an entry for the event, numbered within it.
+    pub fn post(&mut self, kind: EntryKind, points: i64, pending: i64, reason: &str) {
+        let id = format!("{}#{}", self.ctx.event_id, self.posted);
+        self.posted += 1;
+        let source = self.source.clone();
+        let occurred_at = self.ctx.occurred_at;
+        self.push(id, kind, points, pending, reason.to_string(), source, occurred_at);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        id: String,
+        kind: EntryKind,
+        points: i64,
+        pending: i64,
+        reason: String,
+        source: Source,
+        occurred_at: DateTime<Utc>,
+    ) {
+        self.entries.push(LedgerEntry {
+            id,
+            kind,
+            points,
+            pending,
+            balance_after: self.account.balance,
+            pending_after: self.account.pending_points(),
+            recorded_at: self.ctx.recorded_at,
+            occurred_at,
+            source,
+            reason,
+            shortfall: 0,
+            provisional: self.provisional,
+        });
+    }
+
+    /// Applies, in time order, what time alone changes up to `now`.
+    pub fn settle(&mut self, program: &Program, now: DateTime<Utc>) {
+        let tz = program.time_zone;
+        let today = local_date(tz, now);
+        // Releases and expiries interleave by the instant they take effect.
+        loop {
+            let release = self
+                .account
+                .pending
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| g.release_at <= now)
+                .min_by_key(|(_, g)| g.release_at)
+                .map(|(i, g)| (i, g.release_at));
+            let expiry = self
+                .account
+                .lots
+                .first_expiry()
+                .filter(|d| *d < today)
+                .map(|d| (d, start_of_day(tz, d.succ_opt().unwrap_or(d))));
+            match (release, expiry) {
+                (Some((i, at)), Some((_, exp_at))) if at <= exp_at => self.release(i),
+                (Some((i, _)), None) => self.release(i),
+                (_, Some((date, at))) => self.expire(date, at),
+                (None, None) => break,
+            }
+        }
+    }
+
+    fn release(&mut self, index: usize) {
+        let grant = self.account.pending.remove(index);
+        self.credit(grant.points, grant.expires_on);
+        let source = Source {
+            event_id: Some(grant.event_id.clone()),
+            order_id: Some(grant.order_id.clone()),
+            rule: Some("purchase".into()),
+            ..Source::default()
+        };
+        let reason = format!(
+            "{} points from order {} are now available (return window closed)",
+            grant.points, grant.order_id
+        );
+        self.push(
+            format!("release#{}", grant.event_id),
+            EntryKind::Release,
+            grant.points,
+            -grant.points,
+            reason,
+            source,
+            grant.release_at,
+        );
+    }
+
+    fn expire(&mut self, date: NaiveDate, at: DateTime<Utc>) {
+        let mut gone = Lots::default();
+        let expired = self.account.lots.remove_expired(date.succ_opt().unwrap_or(date));
+        let points: i64 = expired.iter().map(|l| l.points).sum();
+        for l in &expired {
+            gone.add(l.expires_on, l.points);
+        }
+        self.account.balance -= points;
+        let reason = format!("{points} points expired (last usable day {date})");
+        self.push(
+            format!("expire#{date}#v{}#{}", self.account.version, self.entries.len()),
+            EntryKind::Expire,
+            -points,
+            0,
+            reason,
+            Source {
+                rule: Some("expiry".into()),
+                ..Source::default()
+            },
+            at,
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! Dates in the program's time zone: the day a purchase counts for, the month bucket it qualifies
+//! in, and the last day its points can be used.
+//!
+//! Members see dates in the shop's zone ("expires on 31 January"), so every calendar rule is
+//! evaluated there, never in UTC.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Datelike, Months, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The calendar day of an instant in the program's time zone.
+pub fn local_date(tz: Tz, at: DateTime<Utc>) -> NaiveDate {
+    at.with_timezone(&tz).date_naive()
+}
+
+/// The first instant of a local day (midnight, or the first valid instant after a DST gap).
+pub fn start_of_day(tz: Tz, date: NaiveDate) -> DateTime<Utc> {
+    let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
+    match tz.from_local_datetime(&midnight) {
+        chrono::LocalResult::Single(t) => t.with_timezone(&Utc),
+        chrono::LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+        // A zone that skips midnight starts the day at the first hour that exists.
+        chrono::LocalResult::None => tz
+            .from_local_datetime(&(midnight + chrono::Duration::hours(1)))
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|| midnight.and_utc()),
+    }
+}
+
+/// Last day of the month that lies `months` calendar months after `date`'s month.
+pub fn end_of_month_after(date: NaiveDate, months: u32) -> NaiveDate {
+    let first = date.with_day(1).unwrap_or(date);
+    first
+        .checked_add_months(Months::new(months + 1))
+        .and_then(|d| d.pred_opt())
+        .unwrap_or(NaiveDate::MAX)
+}
+
+/// The same day `months` later; the 29th of February and the 31st clamp to the month's end.
+pub fn add_months(date: NaiveDate, months: u32) -> NaiveDate {
+    date.checked_add_months(Months::new(months))
+        .unwrap_or(NaiveDate::MAX)
+}
+
+/// A calendar month, the unit of the qualifying buckets. Serialised as "YYYY-MM".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct YearMonth(i32);
+
+impl YearMonth {
+    pub fn new(year: i32, month: u32) -> YearMonth {
+        YearMonth(year * 12 + month.clamp(1, 12) as i32 - 1)
+    }
+
+    pub fn of(date: NaiveDate) -> YearMonth {
+        YearMonth::new(date.year(), date.month())
+    }
+
+    pub fn year(self) -> i32 {
+        self.0.div_euclid(12)
+    }
+
+    pub fn month(self) -> u32 {
+        self.0.rem_euclid(12) as u32 + 1
+    }
+
+    /// The month `n` months earlier (negative `n` goes forward).
+    pub fn minus(self, n: i32) -> YearMonth {
+        YearMonth(self.0 - n)
+    }
+}
+
+impl fmt::Display for YearMonth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}-{:02}", self.year(), self.month())
+    }
+}
+
+impl FromStr for YearMonth {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (y, m) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?} is not YYYY-MM"))?;
+        let year: i32 = y.parse().map_err(|_| format!("{s:?} is not YYYY-MM"))?;
+        let month: u32 = m.parse().map_err(|_| format!("{s:?} is not YYYY-MM"))?;
+        if !(1..=12).contains(&month) {
+            return Err(format!("{s:?} has no month {month}"));
+        }
+        Ok(YearMonth::new(year, month))
+    }
+}
+
+impl Serialize for YearMonth {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for YearMonth {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn expiry_is_the_end_of_the_month_n_months_later() {
+        // GIVEN points earned on 15 January 2026 WHEN they expire 12 months later
+        // THEN the last usable day is 31 January 2027
+        assert_eq!(end_of_month_after(date(2026, 1, 15), 12), date(2027, 1, 31));
+        assert_eq!(end_of_month_after(date(2027, 1, 31), 1), date(2027, 2, 28));
+        assert_eq!(end_of_month_after(date(2026, 12, 1), 0), date(2026, 12, 31));
+    }
+
+    #[test]
+    fn local_date_follows_the_program_zone() {
+        // GIVEN 16:30 UTC on 22 November WHEN read in Seoul (UTC+9)
+        let at = Utc.with_ymd_and_hms(2026, 11, 22, 16, 30, 0).unwrap();
+        // THEN it is already the 23rd there, and still the 22nd in New York
+        assert_eq!(local_date(chrono_tz::Asia::Seoul, at), date(2026, 11, 23));
+        assert_eq!(
+            local_date(chrono_tz::America::New_York, at),
+            date(2026, 11, 22)
+        );
+        assert_eq!(
+            start_of_day(chrono_tz::Asia::Seoul, date(2026, 11, 23)),
+            Utc.with_ymd_and_hms(2026, 11, 22, 15, 0, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn year_month_orders_and_round_trips() {
+        let m = YearMonth::new(2026, 1);
+        assert_eq!(m.minus(1).to_string(), "2025-12");
+        assert_eq!(m.minus(-11).to_string(), "2026-12");
+        assert_eq!("2026-01".parse::<YearMonth>(), Ok(m));
+        assert!("2026-13".parse::<YearMonth>().is_err());
+        assert!(YearMonth::new(2025, 12) < m);
+    }
+}

@@ -1,0 +1,101 @@
+//! Points for valuable actions: signup, reviews, shares, birthdays, referrals and custom ones.
+//!
+//! An action that the program does not reward, or that is over its limit for the period, is a
+//! recorded no-op with a reason, not an error: the platform did nothing wrong by sending it.
+
+use std::collections::BTreeMap;
+
+use chrono::{Datelike, NaiveDate};
+
+use super::account::{lot_expiry, Account, Change, Journal};
+use super::calendar::local_date;
+use super::ledger::{EntryKind, EventContext};
+use super::program::{Period, Program};
+
+/// How many past periods of usage an account keeps per action (enough for late, backdated
+/// events; older ones cannot be over a limit that has already reset twice).
+const PERIODS_KEPT: usize = 3;
+
+fn period_key(period: Period, date: NaiveDate) -> String {
+    match period {
+        Period::Day => date.format("%Y-%m-%d").to_string(),
+        Period::Month => date.format("%Y-%m").to_string(),
+        Period::Year => format!("{:04}", date.year()),
+        Period::Lifetime => "lifetime".to_string(),
+    }
+}
+
+fn period_words(period: Period) -> &'static str {
+    match period {
+        Period::Day => "today",
+        Period::Month => "this month",
+        Period::Year => "this year",
+        Period::Lifetime => "ever",
+    }
+}
+
+impl Account {
+    /// Rewards an engagement action, within the program's limit for its period.
+    pub fn record_action(&self, program: &Program, action: &str, ctx: &EventContext) -> Change {
+        let mut journal = Journal::begin(self, program, ctx);
+        let Some(rule) = program.actions.get(action) else {
+            journal.no_op = Some(format!("action {action:?} is not rewarded by this program"));
+            return journal.finish();
+        };
+        let date = local_date(program.time_zone, ctx.occurred_at);
+        if let Some((count, period)) = rule.limit {
+            let key = period_key(period, date);
+            let usage = journal.account.actions.entry(action.to_string()).or_default();
+            let used = usage.get(&key).copied().unwrap_or(0);
+            if used >= count {
+                journal.no_op = Some(format!(
+                    "{action} already rewarded {used} time(s) {}, the limit is {count}",
+                    period_words(period)
+                ));
+                return journal.finish();
+            }
+            usage.insert(key, used + 1);
+            prune(usage);
+        }
+        let mut source = ctx.source.clone();
+        source.rule = Some(action.to_string());
+        journal.ctx_source_override(source);
+        credit_action(&mut journal, program, rule.points, &format!("{} points for {action}", rule.points));
+        journal.finish()
+    }
+
+    /// Pays the referrer once their referred member has made a first purchase.
+    pub fn reward_referrer(&self, program: &Program, referee: &str, ctx: &EventContext) -> Change {
+        let mut journal = Journal::begin(self, program, ctx);
+        match &program.referral {
+            Some(rule) if rule.referrer_points > 0 => {
+                let reason = format!(
+                    "{} points for referring {referee}, who made a first purchase",
+                    rule.referrer_points
+                );
+                credit_action(&mut journal, program, rule.referrer_points, &reason);
+            }
+            _ => journal.no_op = Some("referrals are not rewarded by this program".into()),
+        }
+        journal.finish()
+    }
+}
+
+fn credit_action(journal: &mut Journal<'_>, program: &Program, points: i64, reason: &str) {
+    if points == 0 {
+        journal.no_op = Some("the action is worth 0 points".into());
+        return;
+    }
+    let expires_on = lot_expiry(program, journal.ctx.occurred_at);
+    journal.credit(points, expires_on);
+    journal.post(EntryKind::Earn, points, 0, reason);
+}
+
+fn prune(usage: &mut BTreeMap<String, u32>) {
+    while usage.len() > PERIODS_KEPT {
+        let oldest = usage.keys().next().cloned();
+        if let Some(k) = oldest {
+            usage.remove(&k);
+        }
+    }
+}

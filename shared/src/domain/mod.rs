@@ -1,0 +1,22 @@
+//! The pure loyalty domain: no I/O, no async, no clock reads. Time is always an argument.
+//!
+//! Services load state, call these functions, and commit what they return with a condition.
+
+pub mod account;
+pub mod calendar;
+pub mod earning;
+pub mod engagement;
+pub mod ledger;
+pub mod lots;
+pub mod money;
+pub mod orders;
+pub mod program;
+pub mod tiers;
+
+pub use account::{Account, AccountError, Change, PendingGrant, TierStatus};
+pub use earning::{CampaignEffect, Purchase, PurchaseLine};
+pub use ledger::{EntryKind, EventContext, LedgerEntry, Source};
+pub use lots::{LotShare, Lots};
+pub use money::{Currency, Money, MoneyError};
+pub use orders::{OrderChange, OrderRecord, RefundLine, Reversal};
+pub use program::{Program, ProgramError};

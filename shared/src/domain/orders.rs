@@ -1,0 +1,393 @@
+//! Purchases, refunds and cancellations of one order.
+//!
+//! The [`OrderRecord`] remembers what each line of an order earned, so that a refund takes back
+//! exactly that, never recomputed with today's rules: for a line of q units that earned p points,
+//! after refunds of r units in total the clawback so far is floor(p x r / q). A refund that
+//! arrives before its purchase is parked on the record and applied when the purchase arrives, so
+//! the order in which platforms deliver never changes the result.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::account::{lot_expiry, Account, Change, Journal, PendingGrant};
+use super::calendar::{local_date, YearMonth};
+use super::earning::{purchase_points, CampaignEffect, EarnError, Purchase};
+use super::ledger::{EntryKind, EventContext};
+use super::program::{InsufficientBalance, Measure, Program};
+use super::tiers;
+
+/// Everything the loyalty engine remembers about one order of one member.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub order_id: String,
+    #[serde(default)]
+    pub earned: Option<OrderEarning>,
+    /// Refunds or a cancellation that arrived before the purchase.
+    #[serde(default)]
+    pub parked: Vec<Reversal>,
+    /// Refund ids (and `cancel`) already applied.
+    #[serde(default)]
+    pub applied: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEarning {
+    pub event_id: String,
+    pub occurred_at: DateTime<Utc>,
+    /// The month the purchase qualifies in; refunds take the measure back from this month.
+    pub month: YearMonth,
+    pub expires_on: NaiveDate,
+    pub points: i64,
+    pub lines: Vec<LineRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineRecord {
+    pub line_id: String,
+    pub quantity: i64,
+    pub points: i64,
+    /// What the line added to the qualifying measure.
+    pub measure: i64,
+    /// Units refunded so far (never more than `quantity`).
+    pub refunded: i64,
+    /// Points taken back so far: floor(points x refunded / quantity).
+    pub clawed: i64,
+    /// Measure taken back so far: floor(measure x refunded / quantity).
+    pub unqualified: i64,
+}
+
+/// A refund of some units of some lines, or a cancellation of whatever is left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reversal {
+    pub order_id: String,
+    /// The platform's refund id; `cancel` for a cancellation.
+    pub refund_id: String,
+    /// `None` reverses everything that is left (cancellation).
+    pub lines: Option<Vec<RefundLine>>,
+    pub event_id: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundLine {
+    pub line_id: String,
+    pub quantity: i64,
+}
+
+/// The outcome for an order: the account change, the updated order record, and what the caller
+/// must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderChange {
+    pub change: Change,
+    pub order: OrderRecord,
+    /// Set on a member's first purchase when someone referred them: pay the referrer.
+    pub referrer_to_reward: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    #[error(transparent)]
+    Earn(#[from] EarnError),
+    #[error("refund line {line_id:?} is not in order {order_id:?}")]
+    UnknownLine { order_id: String, line_id: String },
+    #[error("refund quantity for line {0:?} must be greater than zero")]
+    BadQuantity(String),
+    #[error("the order record is for {found:?}, not {expected:?}")]
+    WrongOrder { expected: String, found: String },
+}
+
+impl Account {
+    /// Credits a purchase: pending until the return window closes (counted from when it
+    /// happened), at the member's current tier, with the given campaign effects.
+    pub fn earn_purchase(
+        &self,
+        program: &Program,
+        order: Option<&OrderRecord>,
+        purchase: &Purchase,
+        campaigns: &[CampaignEffect],
+        ctx: &EventContext,
+    ) -> Result<OrderChange, OrderError> {
+        let mut record = existing(order, &purchase.order_id)?;
+        let mut journal = Journal::begin(self, program, ctx);
+        if record.earned.is_some() {
+            journal.no_op = Some(format!("order {} already earned points", purchase.order_id));
+            return Ok(done(journal, record, None));
+        }
+        let tier_bp = program
+            .tier(&journal.account.tier.id)
+            .map_or(program.lowest_tier().multiplier_bp, |(_, t)| t.multiplier_bp);
+        let earned = purchase_points(
+            &program.purchase,
+            program.currency,
+            purchase,
+            tier_bp,
+            campaigns,
+        )?;
+        let month = YearMonth::of(local_date(program.time_zone, ctx.occurred_at));
+        let expires_on = lot_expiry(program, ctx.occurred_at);
+        let release_at = ctx.occurred_at + program.purchase.pending;
+        let measure_of = |eligible: i64, points: i64| match program.tier_rules.measure {
+            Measure::Spend => eligible,
+            Measure::Points => points,
+        };
+        let lines: Vec<LineRecord> = earned
+            .lines
+            .iter()
+            .map(|l| LineRecord {
+                line_id: l.line_id.clone(),
+                quantity: l.quantity,
+                points: l.points,
+                measure: measure_of(l.eligible, l.points),
+                refunded: 0,
+                clawed: 0,
+                unqualified: 0,
+            })
+            .collect();
+        let measure: i64 = lines.iter().map(|l| l.measure).sum();
+        tiers::add_measure(&mut journal.account, month, measure);
+
+        let campaign_note = campaign_note(campaigns);
+        if release_at > ctx.recorded_at {
+            journal.account.pending.push(PendingGrant {
+                event_id: ctx.event_id.clone(),
+                order_id: purchase.order_id.clone(),
+                release_at,
+                expires_on,
+                points: earned.points,
+            });
+            let reason = format!(
+                "{} points pending for order {} until {}{campaign_note}",
+                earned.points,
+                purchase.order_id,
+                local_date(program.time_zone, release_at)
+            );
+            journal.post(EntryKind::Pending, 0, earned.points, &reason);
+        } else {
+            journal.credit(earned.points, expires_on);
+            let reason = format!(
+                "{} points for order {}{campaign_note}",
+                earned.points, purchase.order_id
+            );
+            journal.post(EntryKind::Earn, earned.points, 0, &reason);
+        }
+        record.earned = Some(OrderEarning {
+            event_id: ctx.event_id.clone(),
+            occurred_at: ctx.occurred_at,
+            month,
+            expires_on,
+            points: earned.points,
+            lines,
+        });
+
+        let account = &mut journal.account;
+        account.purchases += 1;
+        account.last_purchase_at = account.last_purchase_at.max(Some(ctx.occurred_at));
+        let mut referrer = None;
+        if account.purchases == 1 {
+            if let (Some(by), Some(rule)) = (account.referred_by.clone(), &program.referral) {
+                if rule.referee_points > 0 {
+                    journal.credit(rule.referee_points, expires_on);
+                    let reason = format!("{} points welcome bonus for being referred", rule.referee_points);
+                    journal.post(EntryKind::Earn, rule.referee_points, 0, &reason);
+                }
+                referrer = Some(by);
+            }
+        }
+
+        // Refunds that arrived first are applied now, in the order they arrived.
+        for reversal in std::mem::take(&mut record.parked) {
+            apply_reversal(&mut journal, program, &mut record, &reversal)?;
+        }
+        Ok(done(journal, record, referrer))
+    }
+
+    /// Takes back what the refunded units earned (or, for a cancellation, everything left).
+    /// Before the purchase is known the refund is parked on the order record.
+    pub fn refund(
+        &self,
+        program: &Program,
+        order: Option<&OrderRecord>,
+        reversal: &Reversal,
+        ctx: &EventContext,
+    ) -> Result<OrderChange, OrderError> {
+        let mut record = existing(order, &reversal.order_id)?;
+        let mut journal = Journal::begin(self, program, ctx);
+        let already = record.applied.contains(&reversal.refund_id)
+            || record.parked.iter().any(|p| p.refund_id == reversal.refund_id);
+        if already {
+            journal.no_op = Some(format!("refund {} was already applied", reversal.refund_id));
+        } else if record.earned.is_none() {
+            journal.no_op = Some(format!(
+                "refund {} parked until the purchase arrives",
+                reversal.refund_id
+            ));
+            record.parked.push(reversal.clone());
+        } else {
+            apply_reversal(&mut journal, program, &mut record, reversal)?;
+        }
+        Ok(done(journal, record, None))
+    }
+}
+
+fn existing(order: Option<&OrderRecord>, order_id: &str) -> Result<OrderRecord, OrderError> {
+    match order {
+        Some(o) if o.order_id != order_id => Err(OrderError::WrongOrder {
+            expected: order_id.to_string(),
+            found: o.order_id.clone(),
+        }),
+        Some(o) => Ok(o.clone()),
+        None => Ok(OrderRecord {
+            order_id: order_id.to_string(),
+            ..OrderRecord::default()
+        }),
+    }
+}
+
+fn done(journal: Journal<'_>, order: OrderRecord, referrer: Option<String>) -> OrderChange {
+    OrderChange {
+        change: journal.finish(),
+        order,
+        referrer_to_reward: referrer,
+    }
+}
+
+fn campaign_note(campaigns: &[CampaignEffect]) -> String {
+    let names: Vec<&str> = campaigns
+        .iter()
+        .map(|c| match c {
+            CampaignEffect::Multiplier { campaign, .. } | CampaignEffect::Bonus { campaign, .. } => {
+                campaign.as_str()
+            }
+        })
+        .collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" (campaign {})", names.join(", "))
+    }
+}
+
+/// Claws back a refund: the order's pending points first, then available points (the order's
+/// own lot first, then soonest-expiring), then per policy a debt or a recorded shortfall.
+fn apply_reversal(
+    journal: &mut Journal<'_>,
+    program: &Program,
+    record: &mut OrderRecord,
+    reversal: &Reversal,
+) -> Result<(), OrderError> {
+    let Some(earned) = record.earned.as_mut() else {
+        return Ok(());
+    };
+    let wanted = refund_quantities(&record.order_id, earned, reversal)?;
+    let mut points = 0;
+    let mut measure = 0;
+    for (line, quantity) in earned.lines.iter_mut().zip(wanted) {
+        line.refunded = (line.refunded + quantity).min(line.quantity);
+        let clawed = cumulative(line.points, line.refunded, line.quantity);
+        let unqualified = cumulative(line.measure, line.refunded, line.quantity);
+        points += clawed - line.clawed;
+        measure += unqualified - line.unqualified;
+        line.clawed = clawed;
+        line.unqualified = unqualified;
+    }
+    record.applied.insert(reversal.refund_id.clone());
+    tiers::add_measure(&mut journal.account, earned.month, -measure);
+
+    let account = &mut journal.account;
+    let from_pending = match account
+        .pending
+        .iter_mut()
+        .find(|g| g.event_id == earned.event_id)
+    {
+        Some(grant) => {
+            let n = grant.points.min(points);
+            grant.points -= n;
+            n
+        }
+        None => 0,
+    };
+    account.pending.retain(|g| g.points > 0);
+    let from_available = points - from_pending;
+    let taken: i64 = account
+        .lots
+        .take(from_available, Some(earned.expires_on))
+        .iter()
+        .map(|s| s.points)
+        .sum();
+    let mut shortfall = 0;
+    let mut debited = taken;
+    let owed = from_available - taken;
+    match program.insufficient_balance {
+        InsufficientBalance::AllowNegative => {
+            account.debt += owed;
+            debited += owed;
+        }
+        InsufficientBalance::FloorAtZero => shortfall = owed,
+    }
+    account.balance -= debited;
+
+    let what = if reversal.lines.is_none() {
+        format!("order {} cancelled", record.order_id)
+    } else {
+        format!("refund {} of order {}", reversal.refund_id, record.order_id)
+    };
+    let mut reason = format!("{points} points taken back: {what}");
+    if shortfall > 0 {
+        reason.push_str(&format!(" ({shortfall} could not be taken: balance floors at zero)"));
+    }
+    let mut source = journal.ctx.source.clone();
+    source.order_id = Some(record.order_id.clone());
+    source.refund_id = Some(reversal.refund_id.clone());
+    let id = format!("{}#refund#{}", journal.ctx.event_id, reversal.refund_id);
+    journal.push(
+        id,
+        EntryKind::Clawback,
+        -debited,
+        -from_pending,
+        reason,
+        source,
+        reversal.occurred_at,
+    );
+    if let Some(entry) = journal.entries.last_mut() {
+        entry.shortfall = shortfall;
+    }
+    Ok(())
+}
+
+/// The units to refund per line of the order, in the order's line order.
+fn refund_quantities(
+    order_id: &str,
+    earned: &OrderEarning,
+    reversal: &Reversal,
+) -> Result<Vec<i64>, OrderError> {
+    let Some(lines) = &reversal.lines else {
+        return Ok(earned.lines.iter().map(|l| l.quantity - l.refunded).collect());
+    };
+    let mut wanted = vec![0; earned.lines.len()];
+    for refund_line in lines {
+        if refund_line.quantity <= 0 {
+            return Err(OrderError::BadQuantity(refund_line.line_id.clone()));
+        }
+        let index = earned
+            .lines
+            .iter()
+            .position(|l| l.line_id == refund_line.line_id)
+            .ok_or_else(|| OrderError::UnknownLine {
+                order_id: order_id.to_string(),
+                line_id: refund_line.line_id.clone(),
+            })?;
+        wanted[index] += refund_line.quantity;
+    }
+    Ok(wanted)
+}
+
+/// floor(total x part / whole), exactly.
+fn cumulative(total: i64, part: i64, whole: i64) -> i64 {
+    if whole <= 0 {
+        return 0;
+    }
+    let value = i128::from(total) * i128::from(part) / i128::from(whole);
+    i64::try_from(value).unwrap_or(total)
+}

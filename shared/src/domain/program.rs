@@ -1,0 +1,956 @@
+//! The program definition: a human-edited TOML file (JSON accepted) that says how members earn,
+//! which tiers exist, what rewards cost and what happens on refunds.
+//!
+//! The file is read into [`ProgramFile`] (the shape people write) and then validated into
+//! [`Program`] (the shape the rules use: money in minor units, zones parsed, tiers ordered). Every
+//! problem is reported with the path of the field, so that an operator can fix the file without
+//! reading code.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use super::money::Currency;
+
+/// Basis points: 10,000 = 1.0x.
+pub const UNIT_BP: u32 = 10_000;
+const MAX_MULTIPLIER_BP: u32 = 100 * UNIT_BP;
+/// Events dated further ahead than this are refused: clocks drift, but not by more.
+pub const MAX_FUTURE_SKEW_SECONDS: i64 = 300;
+
+// ---------------------------------------------------------------------------------------------
+// The file as written
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramFile {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    /// Set by the store when a program is saved; a file may leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    pub currency: String,
+    pub time_zone: String,
+    #[serde(default = "default_backdating_days")]
+    pub backdating_limit_days: u32,
+    pub purchase: PurchaseFile,
+    pub expiry: ExpiryFile,
+    #[serde(default)]
+    pub refunds: RefundsFile,
+    pub tier_rules: TierRulesFile,
+    pub tiers: Vec<TierFile>,
+    #[serde(default)]
+    pub actions: BTreeMap<String, ActionFile>,
+    #[serde(default)]
+    pub custom_actions: BTreeMap<String, ActionFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referral: Option<ReferralFile>,
+    #[serde(default)]
+    pub rewards: Vec<RewardFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_with_points: Option<PayWithPointsFile>,
+    #[serde(default)]
+    pub coupons: CouponsFile,
+    #[serde(default)]
+    pub notices: NoticesFile,
+}
+
+fn default_backdating_days() -> u32 {
+    90
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseFile {
+    /// Points earned per `per` of eligible spend.
+    pub points: i64,
+    /// Amount of eligible spend, in major units, that earns `points`.
+    pub per: String,
+    #[serde(default)]
+    pub pending_days: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_points_per_order: Option<i64>,
+    /// Categories that earn nothing and do not qualify (gift cards by default).
+    #[serde(default = "default_excluded")]
+    pub excluded_categories: Vec<String>,
+    #[serde(default)]
+    pub categories: Vec<LineRuleFile>,
+    #[serde(default)]
+    pub skus: Vec<LineRuleFile>,
+}
+
+fn default_excluded() -> Vec<String> {
+    vec!["gift_card".to_string()]
+}
+
+/// A rule for the lines of one category or one SKU: a multiplier of the base rate, a fixed bonus
+/// per unit, or both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineRuleFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplier_bp: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bonus_points_per_unit: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpiryFile {
+    /// Points expire at the end of the month this many months after they were earned.
+    pub months: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundsFile {
+    #[serde(default)]
+    pub insufficient_balance: InsufficientBalance,
+}
+
+/// What a clawback does when the member has already spent the points it takes back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InsufficientBalance {
+    /// The balance goes below zero; later earnings pay the debt first.
+    #[default]
+    AllowNegative,
+    /// The balance stops at zero and the shortfall is recorded on the entry.
+    FloorAtZero,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierRulesFile {
+    pub measure: Measure,
+    pub window: Window,
+    pub review: Review,
+    pub downgrade: Downgrade,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    /// Eligible amount spent, in minor units.
+    Spend,
+    /// Points earned from purchases.
+    Points,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Window {
+    Lifetime,
+    CalendarYear,
+    /// The 12 calendar months ending with the month of evaluation.
+    Rolling12Months,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Review {
+    /// One year after the member reached the tier.
+    Anniversary,
+    /// Every 1 January.
+    CalendarYear,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Downgrade {
+    /// Go down at most one level at a review.
+    OneLevel,
+    /// Take whatever tier the measure earns at the review (may drop several levels).
+    Recompute,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierFile {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    /// Spend in major units ("300000") or points, depending on `tier_rules.measure`.
+    pub threshold: Threshold,
+    #[serde(default = "default_multiplier")]
+    pub multiplier_bp: u32,
+}
+
+fn default_multiplier() -> u32 {
+    UNIT_BP
+}
+
+/// A threshold may be written as a number or as a decimal string; both are read exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Threshold {
+    Number(i64),
+    Text(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionFile {
+    pub points: i64,
+    #[serde(default)]
+    pub limit: LimitFile,
+}
+
+/// How often an action pays: `"once"`, `"unlimited"`, or `{ count = 5, per = "month" }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LimitFile {
+    #[default]
+    Unlimited,
+    Word(String),
+    Count { count: u32, per: Period },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Day,
+    Month,
+    Year,
+    Lifetime,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferralFile {
+    /// Paid to the member who referred, after the new member's first purchase.
+    pub referrer_points: i64,
+    /// Paid to the new member with their first purchase.
+    #[serde(default)]
+    pub referee_points: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardFile {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    pub kind: RewardKind,
+    pub cost: i64,
+    /// Value off the order for `fixed_discount`, in major units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    /// For `percent_discount`, in basis points (1,000 = 10%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent_bp: Option<u32>,
+    /// For `free_product`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+    /// Lowest tier allowed to redeem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tier: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardKind {
+    FixedDiscount,
+    PercentDiscount,
+    FreeShipping,
+    FreeProduct,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayWithPointsFile {
+    /// `points` points are worth `value` (major units) at checkout.
+    pub points: i64,
+    pub value: String,
+    pub min_points: i64,
+    #[serde(default = "default_hold_minutes")]
+    pub hold_minutes: u32,
+}
+
+fn default_hold_minutes() -> u32 {
+    30
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CouponsFile {
+    #[serde(default = "default_coupon_days")]
+    pub valid_days: u32,
+}
+
+impl Default for CouponsFile {
+    fn default() -> Self {
+        CouponsFile {
+            valid_days: default_coupon_days(),
+        }
+    }
+}
+
+fn default_coupon_days() -> u32 {
+    30
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticesFile {
+    /// `points.expiring` is sent this many days before a lot expires.
+    #[serde(default = "default_notice_days")]
+    pub expiring_days: u32,
+    /// `tier.downgrade_scheduled` is sent this many days before a review that would lower the tier.
+    #[serde(default = "default_notice_days")]
+    pub downgrade_days: u32,
+}
+
+impl Default for NoticesFile {
+    fn default() -> Self {
+        NoticesFile {
+            expiring_days: default_notice_days(),
+            downgrade_days: default_notice_days(),
+        }
+    }
+}
+
+fn default_notice_days() -> u32 {
+    30
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated program
+// ---------------------------------------------------------------------------------------------
+
+/// One problem in a program file, with the path of the field it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.field, self.message)
+    }
+}
+
+/// Why a program file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProgramError {
+    #[error("program file is not valid {format}: {message}")]
+    Syntax {
+        format: &'static str,
+        message: String,
+    },
+    #[error("program file is invalid: {}", join(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ProgramError {
+    /// The individual field problems (empty for a syntax error).
+    pub fn fields(&self) -> &[FieldError] {
+        match self {
+            ProgramError::Invalid(errors) => errors,
+            ProgramError::Syntax { .. } => &[],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Program {
+    pub id: String,
+    pub name: String,
+    pub version: u32,
+    pub currency: Currency,
+    pub time_zone: Tz,
+    pub backdating_limit: Duration,
+    pub purchase: PurchaseRules,
+    pub expiry_months: u32,
+    pub insufficient_balance: InsufficientBalance,
+    pub tier_rules: TierRulesFile,
+    /// Ordered by threshold, lowest first; the first has threshold 0.
+    pub tiers: Vec<Tier>,
+    /// Engagement actions by name (`signup`, `review`, ..., and custom ones).
+    pub actions: BTreeMap<String, ActionRule>,
+    pub referral: Option<ReferralFile>,
+    pub rewards: Vec<Reward>,
+    pub pay_with_points: Option<PayWithPoints>,
+    pub coupon_valid_days: u32,
+    pub notices: NoticesFile,
+    /// The file this program was read from, for saving and showing it back.
+    pub file: ProgramFile,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PurchaseRules {
+    pub points: i64,
+    /// `per` in minor units.
+    pub per_minor: i64,
+    pub pending: Duration,
+    pub max_points_per_order: Option<i64>,
+    pub excluded_categories: Vec<String>,
+    pub categories: BTreeMap<String, LineRule>,
+    pub skus: BTreeMap<String, LineRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineRule {
+    pub multiplier_bp: u32,
+    pub bonus_points_per_unit: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    pub id: String,
+    pub name: String,
+    /// Minor units of spend, or points, per `tier_rules.measure`.
+    pub threshold: i64,
+    pub multiplier_bp: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionRule {
+    pub points: i64,
+    /// `None` = unlimited.
+    pub limit: Option<(u32, Period)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reward {
+    pub id: String,
+    pub name: String,
+    pub kind: RewardKind,
+    pub cost: i64,
+    pub amount_minor: Option<i64>,
+    pub percent_bp: Option<u32>,
+    pub sku: Option<String>,
+    pub min_tier: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayWithPoints {
+    pub points: i64,
+    pub value_minor: i64,
+    pub min_points: i64,
+    pub hold_minutes: u32,
+}
+
+/// The engagement actions the platform knows; anything else goes under `custom_actions`.
+pub const KNOWN_ACTIONS: &[&str] = &[
+    "signup",
+    "review",
+    "photo_review",
+    "share",
+    "birthday",
+    "anniversary",
+];
+
+impl Program {
+    pub fn from_toml(text: &str) -> Result<Program, ProgramError> {
+        let file: ProgramFile = toml::from_str(text).map_err(|e| ProgramError::Syntax {
+            format: "TOML",
+            message: e.message().to_string() + &location(text, e.span()),
+        })?;
+        Program::from_file(file)
+    }
+
+    pub fn from_json(text: &str) -> Result<Program, ProgramError> {
+        let file: ProgramFile = serde_json::from_str(text).map_err(|e| ProgramError::Syntax {
+            format: "JSON",
+            message: e.to_string(),
+        })?;
+        Program::from_file(file)
+    }
+
+    /// Validates a file, collecting every problem rather than stopping at the first.
+    pub fn from_file(file: ProgramFile) -> Result<Program, ProgramError> {
+        let mut v = Validator::default();
+        let program = v.program(&file);
+        match program {
+            Some(program) if v.errors.is_empty() => Ok(program),
+            _ => Err(ProgramError::Invalid(v.errors)),
+        }
+    }
+
+    pub fn tier(&self, id: &str) -> Option<(usize, &Tier)> {
+        self.tiers.iter().enumerate().find(|(_, t)| t.id == id)
+    }
+
+    pub fn lowest_tier(&self) -> &Tier {
+        // Validation guarantees at least one tier.
+        &self.tiers[0]
+    }
+
+    pub fn reward(&self, id: &str) -> Option<&Reward> {
+        self.rewards.iter().find(|r| r.id == id)
+    }
+
+    /// Refuses an event dated too far in the future or further back than the program allows.
+    pub fn check_occurred_at(
+        &self,
+        occurred_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), TimeBoundsError> {
+        if occurred_at > now + Duration::seconds(MAX_FUTURE_SKEW_SECONDS) {
+            return Err(TimeBoundsError::InFuture { occurred_at, now });
+        }
+        if occurred_at < now - self.backdating_limit {
+            return Err(TimeBoundsError::TooOld {
+                occurred_at,
+                limit_days: self.backdating_limit.num_days(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeBoundsError {
+    #[error("occurred_at {occurred_at} is more than 5 minutes after the current time {now}")]
+    InFuture {
+        occurred_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    },
+    #[error("occurred_at {occurred_at} is older than the program's backdating limit of {limit_days} days")]
+    TooOld {
+        occurred_at: DateTime<Utc>,
+        limit_days: i64,
+    },
+}
+
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn non_negative(&mut self, field: &str, value: i64) {
+        if value < 0 {
+            self.fail(field, format!("must not be negative (got {value})"));
+        }
+    }
+
+    fn multiplier(&mut self, field: &str, bp: u32) {
+        if bp > MAX_MULTIPLIER_BP {
+            self.fail(
+                field,
+                format!("must be at most {MAX_MULTIPLIER_BP} basis points (100x), got {bp}"),
+            );
+        }
+    }
+
+    fn amount(&mut self, field: &str, currency: Option<Currency>, text: &str) -> Option<i64> {
+        let currency = currency?;
+        match currency.parse_non_negative(text) {
+            Ok(minor) => Some(minor),
+            Err(e) => {
+                self.fail(field, format!("is not a valid amount: {e}"));
+                None
+            }
+        }
+    }
+
+    fn program(&mut self, f: &ProgramFile) -> Option<Program> {
+        if !is_identifier(&f.id) {
+            self.fail(
+                "id",
+                "must be 1-64 characters of lower-case letters, digits and '-'",
+            );
+        }
+        let currency = match Currency::from_code(&f.currency) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.fail("currency", e.to_string());
+                None
+            }
+        };
+        let time_zone = match f.time_zone.parse::<Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                self.fail(
+                    "time_zone",
+                    format!(
+                        "{:?} is not an IANA time zone (e.g. Asia/Seoul)",
+                        f.time_zone
+                    ),
+                );
+                None
+            }
+        };
+        if f.backdating_limit_days == 0 || f.backdating_limit_days > 3650 {
+            self.fail("backdating_limit_days", "must be between 1 and 3650");
+        }
+        let purchase = self.purchase(&f.purchase, currency);
+        if f.expiry.months == 0 || f.expiry.months > 120 {
+            self.fail("expiry.months", "must be between 1 and 120");
+        }
+        let tiers = self.tiers(f, currency);
+        let actions = self.actions(f);
+        if let Some(r) = &f.referral {
+            self.non_negative("referral.referrer_points", r.referrer_points);
+            self.non_negative("referral.referee_points", r.referee_points);
+        }
+        let rewards = self.rewards(f, currency, &tiers);
+        let pay_with_points = f
+            .pay_with_points
+            .as_ref()
+            .and_then(|p| self.pay_with_points(p, currency));
+        if f.coupons.valid_days == 0 {
+            self.fail("coupons.valid_days", "must be at least 1");
+        }
+        Some(Program {
+            id: f.id.clone(),
+            name: f.name.clone(),
+            version: f.version.unwrap_or(0),
+            currency: currency?,
+            time_zone: time_zone?,
+            backdating_limit: Duration::days(i64::from(f.backdating_limit_days)),
+            purchase: purchase?,
+            expiry_months: f.expiry.months,
+            insufficient_balance: f.refunds.insufficient_balance,
+            tier_rules: f.tier_rules.clone(),
+            tiers,
+            actions,
+            referral: f.referral.clone(),
+            rewards,
+            pay_with_points,
+            coupon_valid_days: f.coupons.valid_days,
+            notices: f.notices.clone(),
+            file: f.clone(),
+        })
+    }
+
+    fn purchase(&mut self, p: &PurchaseFile, currency: Option<Currency>) -> Option<PurchaseRules> {
+        self.non_negative("purchase.points", p.points);
+        let per_minor = self.amount("purchase.per", currency, &p.per);
+        if per_minor == Some(0) {
+            self.fail("purchase.per", "must be greater than zero");
+        }
+        if p.pending_days > 365 {
+            self.fail("purchase.pending_days", "must be at most 365");
+        }
+        if let Some(cap) = p.max_points_per_order {
+            if cap <= 0 {
+                self.fail("purchase.max_points_per_order", "must be greater than zero");
+            }
+        }
+        let categories = self.line_rules("purchase.categories", &p.categories, |r| &r.category);
+        let skus = self.line_rules("purchase.skus", &p.skus, |r| &r.sku);
+        Some(PurchaseRules {
+            points: p.points,
+            per_minor: per_minor.filter(|m| *m > 0)?,
+            pending: Duration::days(i64::from(p.pending_days)),
+            max_points_per_order: p.max_points_per_order,
+            excluded_categories: p.excluded_categories.clone(),
+            categories,
+            skus,
+        })
+    }
+
+    fn line_rules(
+        &mut self,
+        path: &str,
+        rules: &[LineRuleFile],
+        key: impl Fn(&LineRuleFile) -> &Option<String>,
+    ) -> BTreeMap<String, LineRule> {
+        let key_name = if path.ends_with("skus") {
+            "sku"
+        } else {
+            "category"
+        };
+        let mut out = BTreeMap::new();
+        for (i, r) in rules.iter().enumerate() {
+            let field = format!("{path}[{i}]");
+            let Some(name) = key(r).clone().filter(|k| !k.is_empty()) else {
+                self.fail(format!("{field}.{key_name}"), "is required");
+                continue;
+            };
+            if r.multiplier_bp.is_none() && r.bonus_points_per_unit.is_none() {
+                self.fail(
+                    &field,
+                    "needs multiplier_bp, bonus_points_per_unit or both",
+                );
+            }
+            let rule = LineRule {
+                multiplier_bp: r.multiplier_bp.unwrap_or(UNIT_BP),
+                bonus_points_per_unit: r.bonus_points_per_unit.unwrap_or(0),
+            };
+            self.multiplier(&format!("{field}.multiplier_bp"), rule.multiplier_bp);
+            self.non_negative(
+                &format!("{field}.bonus_points_per_unit"),
+                rule.bonus_points_per_unit,
+            );
+            if out.insert(name.clone(), rule).is_some() {
+                self.fail(
+                    format!("{field}.{key_name}"),
+                    format!("{name:?} appears twice"),
+                );
+            }
+        }
+        out
+    }
+
+    fn tiers(&mut self, f: &ProgramFile, currency: Option<Currency>) -> Vec<Tier> {
+        if f.tiers.is_empty() {
+            self.fail("tiers", "must list at least one tier (the entry tier, threshold 0)");
+            return Vec::new();
+        }
+        let mut tiers: Vec<Tier> = Vec::new();
+        for (i, t) in f.tiers.iter().enumerate() {
+            let field = format!("tiers[{i}]");
+            if !is_identifier_upper(&t.id) {
+                self.fail(
+                    format!("{field}.id"),
+                    "must be 1-64 characters of letters, digits, '-' or '_'",
+                );
+            }
+            if tiers.iter().any(|other| other.id == t.id) {
+                self.fail(format!("{field}.id"), format!("{:?} appears twice", t.id));
+            }
+            self.multiplier(&format!("{field}.multiplier_bp"), t.multiplier_bp);
+            let threshold = self.threshold(&format!("{field}.threshold"), f, currency, &t.threshold);
+            let Some(threshold) = threshold else { continue };
+            if i == 0 && threshold != 0 {
+                self.fail(
+                    format!("{field}.threshold"),
+                    "must be 0: the first tier is where every member starts",
+                );
+            }
+            if let Some(prev) = tiers.last() {
+                if threshold <= prev.threshold {
+                    self.fail(
+                        format!("{field}.threshold"),
+                        format!("must be greater than tiers[{}].threshold", i - 1),
+                    );
+                }
+            }
+            tiers.push(Tier {
+                id: t.id.clone(),
+                name: if t.name.is_empty() {
+                    t.id.clone()
+                } else {
+                    t.name.clone()
+                },
+                threshold,
+                multiplier_bp: t.multiplier_bp,
+            });
+        }
+        tiers
+    }
+
+    fn threshold(
+        &mut self,
+        field: &str,
+        f: &ProgramFile,
+        currency: Option<Currency>,
+        t: &Threshold,
+    ) -> Option<i64> {
+        match (f.tier_rules.measure, t) {
+            (Measure::Spend, Threshold::Text(text)) => self.amount(field, currency, text),
+            (Measure::Spend, Threshold::Number(n)) => {
+                let minor = currency.and_then(|c| n.checked_mul(c.minor_per_major()));
+                if minor.is_none() || *n < 0 {
+                    self.fail(field, "must be a non-negative amount");
+                }
+                minor.filter(|m| *m >= 0)
+            }
+            (Measure::Points, Threshold::Number(n)) if *n >= 0 => Some(*n),
+            (Measure::Points, Threshold::Text(text)) if text.parse::<u32>().is_ok() => {
+                text.parse::<i64>().ok()
+            }
+            (Measure::Points, _) => {
+                self.fail(field, "must be a whole, non-negative number of points");
+                None
+            }
+        }
+    }
+
+    fn actions(&mut self, f: &ProgramFile) -> BTreeMap<String, ActionRule> {
+        let mut out = BTreeMap::new();
+        let known = f.actions.iter().map(|(k, a)| (format!("actions.{k}"), k, a));
+        let custom = f
+            .custom_actions
+            .iter()
+            .map(|(k, a)| (format!("custom_actions.{k}"), k, a));
+        for (field, name, action) in known.chain(custom) {
+            if field.starts_with("actions.") && !KNOWN_ACTIONS.contains(&name.as_str()) {
+                self.fail(
+                    &field,
+                    format!(
+                        "is not a known action ({}); put your own under [custom_actions]",
+                        KNOWN_ACTIONS.join(", ")
+                    ),
+                );
+                continue;
+            }
+            if field.starts_with("custom_actions.") && KNOWN_ACTIONS.contains(&name.as_str()) {
+                self.fail(&field, "is a known action: put it under [actions]");
+                continue;
+            }
+            self.non_negative(&format!("{field}.points"), action.points);
+            let limit = match &action.limit {
+                LimitFile::Unlimited => None,
+                LimitFile::Word(w) if w == "once" => Some((1, Period::Lifetime)),
+                LimitFile::Word(w) if w == "unlimited" => None,
+                LimitFile::Word(w) => {
+                    self.fail(
+                        format!("{field}.limit"),
+                        format!("{w:?} is not \"once\", \"unlimited\" or {{ count, per }}"),
+                    );
+                    None
+                }
+                LimitFile::Count { count: 0, .. } => {
+                    self.fail(format!("{field}.limit.count"), "must be at least 1");
+                    None
+                }
+                LimitFile::Count { count, per } => Some((*count, *per)),
+            };
+            out.insert(
+                name.clone(),
+                ActionRule {
+                    points: action.points,
+                    limit,
+                },
+            );
+        }
+        out
+    }
+
+    fn rewards(&mut self, f: &ProgramFile, currency: Option<Currency>, tiers: &[Tier]) -> Vec<Reward> {
+        let mut out: Vec<Reward> = Vec::new();
+        for (i, r) in f.rewards.iter().enumerate() {
+            let field = format!("rewards[{i}]");
+            if !is_identifier(&r.id) || r.id == "pay-with-points" {
+                self.fail(
+                    format!("{field}.id"),
+                    "must be lower-case letters, digits and '-' (and not pay-with-points)",
+                );
+            }
+            if out.iter().any(|o| o.id == r.id) {
+                self.fail(format!("{field}.id"), format!("{:?} appears twice", r.id));
+            }
+            if r.cost <= 0 {
+                self.fail(format!("{field}.cost"), "must be greater than zero");
+            }
+            let amount_minor = match (r.kind, &r.amount) {
+                (RewardKind::FixedDiscount, Some(a)) => {
+                    self.amount(&format!("{field}.amount"), currency, a)
+                }
+                (RewardKind::FixedDiscount, None) => {
+                    self.fail(format!("{field}.amount"), "is required for a fixed_discount");
+                    None
+                }
+                _ => None,
+            };
+            match (r.kind, r.percent_bp) {
+                (RewardKind::PercentDiscount, Some(bp)) if bp > 0 && bp <= UNIT_BP => {}
+                (RewardKind::PercentDiscount, _) => self.fail(
+                    format!("{field}.percent_bp"),
+                    "is required for a percent_discount, between 1 and 10000",
+                ),
+                _ => {}
+            }
+            if r.kind == RewardKind::FreeProduct && r.sku.is_none() {
+                self.fail(format!("{field}.sku"), "is required for a free_product");
+            }
+            if let Some(min) = &r.min_tier {
+                if !tiers.iter().any(|t| &t.id == min) {
+                    self.fail(
+                        format!("{field}.min_tier"),
+                        format!("{min:?} is not one of the tiers"),
+                    );
+                }
+            }
+            out.push(Reward {
+                id: r.id.clone(),
+                name: if r.name.is_empty() {
+                    r.id.clone()
+                } else {
+                    r.name.clone()
+                },
+                kind: r.kind,
+                cost: r.cost,
+                amount_minor,
+                percent_bp: r.percent_bp,
+                sku: r.sku.clone(),
+                min_tier: r.min_tier.clone(),
+            });
+        }
+        out
+    }
+
+    fn pay_with_points(
+        &mut self,
+        p: &PayWithPointsFile,
+        currency: Option<Currency>,
+    ) -> Option<PayWithPoints> {
+        if p.points <= 0 {
+            self.fail("pay_with_points.points", "must be greater than zero");
+        }
+        if p.min_points <= 0 {
+            self.fail("pay_with_points.min_points", "must be greater than zero");
+        }
+        if p.hold_minutes == 0 {
+            self.fail("pay_with_points.hold_minutes", "must be at least 1");
+        }
+        let value_minor = self.amount("pay_with_points.value", currency, &p.value)?;
+        if value_minor == 0 {
+            self.fail("pay_with_points.value", "must be greater than zero");
+        }
+        Some(PayWithPoints {
+            points: p.points,
+            value_minor,
+            min_points: p.min_points,
+            hold_minutes: p.hold_minutes,
+        })
+    }
+}
+
+/// Ids that go into keys: lower-case, digits and '-', so that they never collide with the `#`
+/// separators of the store's keys.
+pub fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_identifier_upper(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}

@@ -1,0 +1,209 @@
+//! Tiers: the qualifying measure, upgrades as soon as a threshold is crossed, and downgrades only
+//! at the review date.
+//!
+//! The measure (spend or points) is kept in monthly buckets on the account, dated by when the
+//! purchase happened, so that a rolling-12-months or calendar-year window is a sum over at most
+//! twelve buckets and a refund takes its amount back from the month of the original purchase.
+
+use chrono::{Datelike, NaiveDate};
+use serde::Serialize;
+
+use super::account::{Account, Change, Journal, TierStatus};
+use super::calendar::{add_months, local_date, YearMonth};
+use super::ledger::{EntryKind, EventContext};
+use super::program::{Downgrade, Measure, Program, Review, Tier, Window};
+
+pub(crate) fn add_measure(account: &mut Account, month: YearMonth, delta: i64) {
+    if delta != 0 {
+        *account.qualifying.entry(month).or_insert(0) += delta;
+    }
+}
+
+/// The qualifying measure at `date`, over the program's window.
+pub fn measure_at(program: &Program, account: &Account, date: NaiveDate) -> i64 {
+    let month = YearMonth::of(date);
+    let in_window = |m: &YearMonth| match program.tier_rules.window {
+        Window::Lifetime => *m <= month,
+        Window::CalendarYear => m.year() == date.year() && *m <= month,
+        Window::Rolling12Months => *m > month.minus(12) && *m <= month,
+    };
+    account
+        .qualifying
+        .iter()
+        .filter(|(m, _)| in_window(m))
+        .map(|(_, v)| *v)
+        .sum()
+}
+
+/// Index of the highest tier whose threshold the measure reaches.
+pub fn tier_for(program: &Program, measure: i64) -> usize {
+    program
+        .tiers
+        .iter()
+        .rposition(|t| t.threshold <= measure)
+        .unwrap_or(0)
+}
+
+/// When a tier reached (or kept) on `from` is next reviewed.
+pub fn next_review(program: &Program, from: NaiveDate) -> NaiveDate {
+    match program.tier_rules.review {
+        Review::Anniversary => add_months(from, 12),
+        Review::CalendarYear => {
+            NaiveDate::from_ymd_opt(from.year() + 1, 1, 1).unwrap_or(NaiveDate::MAX)
+        }
+    }
+}
+
+fn current_index(program: &Program, account: &Account) -> usize {
+    program.tier(&account.tier.id).map_or(0, |(i, _)| i)
+}
+
+impl Account {
+    /// Upgrades the member if the measure has crossed a higher threshold (the `tier.check` that
+    /// follows every earn). Never lowers a tier: that happens only at a review.
+    pub fn check_tier(&self, program: &Program, ctx: &EventContext) -> Change {
+        let mut journal = Journal::begin(self, program, ctx);
+        let today = local_date(program.time_zone, ctx.recorded_at);
+        let current = current_index(program, &journal.account);
+        let measure = measure_at(program, &journal.account, today);
+        let target = tier_for(program, measure);
+        if target > current {
+            let reason = format!(
+                "Upgraded from {} to {}: {} reached the threshold of {}",
+                program.tiers[current].id,
+                program.tiers[target].id,
+                describe(program, measure, today),
+                describe_amount(program, program.tiers[target].threshold),
+            );
+            set_tier(&mut journal, program, target, today, &reason);
+        } else {
+            journal.no_op = Some("no higher tier reached".into());
+        }
+        journal.finish()
+    }
+
+    /// Reviews the tier if its review date has come: keep it, or go down per the policy. A
+    /// review that was missed is evaluated as of its own date, so catching up is exact.
+    pub fn review_tier(&self, program: &Program, ctx: &EventContext) -> Change {
+        let mut journal = Journal::begin(self, program, ctx);
+        let today = local_date(program.time_zone, ctx.recorded_at);
+        let Some(review_on) = journal.account.tier.review_on.filter(|d| *d <= today) else {
+            journal.no_op = Some("no review due".into());
+            return journal.finish();
+        };
+        let current = current_index(program, &journal.account);
+        let measure = measure_at(program, &journal.account, review_on);
+        let earned = tier_for(program, measure);
+        let new = if earned >= current {
+            current
+        } else {
+            match program.tier_rules.downgrade {
+                Downgrade::OneLevel => current - 1,
+                Downgrade::Recompute => earned,
+            }
+        };
+        if new == current {
+            journal.account.tier.review_on = Some(next_review(program, review_on));
+            journal.no_op = Some(format!(
+                "{} kept at the review of {review_on}",
+                program.tiers[current].id
+            ));
+        } else {
+            let reason = format!(
+                "Reviewed on {review_on}: {} is below the {} threshold of {}, moved from {} to {}",
+                describe(program, measure, review_on),
+                program.tiers[current].id,
+                describe_amount(program, program.tiers[current].threshold),
+                program.tiers[current].id,
+                program.tiers[new].id,
+            );
+            set_tier(&mut journal, program, new, review_on, &reason);
+        }
+        journal.finish()
+    }
+
+    /// What the member needs for the next tier, and to keep the current one at its review.
+    pub fn tier_progress(&self, program: &Program, today: NaiveDate) -> TierProgress {
+        let current = current_index(program, self);
+        let measure = measure_at(program, self, today);
+        let tier = &program.tiers[current];
+        let next = program.tiers.get(current + 1).map(|t| NextTier {
+            id: t.id.clone(),
+            needed: (t.threshold - measure).max(0),
+        });
+        let keep = self.tier.review_on.map(|by| KeepTier {
+            needed: (tier.threshold - measure_at(program, self, by)).max(0),
+            by,
+        });
+        TierProgress {
+            id: tier.id.clone(),
+            multiplier_bp: tier.multiplier_bp,
+            review_date: self.tier.review_on,
+            measure,
+            keep,
+            next_tier: next,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TierProgress {
+    pub id: String,
+    pub multiplier_bp: u32,
+    pub review_date: Option<NaiveDate>,
+    /// The qualifying measure now (minor units of spend, or points).
+    pub measure: i64,
+    pub keep: Option<KeepTier>,
+    pub next_tier: Option<NextTier>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeepTier {
+    pub needed: i64,
+    pub by: NaiveDate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NextTier {
+    pub id: String,
+    pub needed: i64,
+}
+
+fn set_tier(journal: &mut Journal<'_>, program: &Program, index: usize, on: NaiveDate, reason: &str) {
+    let lowest = index == 0;
+    journal.account.tier = TierStatus {
+        id: program.tiers[index].id.clone(),
+        since: on,
+        review_on: (!lowest).then(|| next_review(program, on)),
+    };
+    let mut source = journal.ctx.source.clone();
+    source.rule = Some(format!("tier:{}", program.tiers[index].id));
+    let id = format!("{}#tier", journal.ctx.event_id);
+    let occurred_at = journal.ctx.recorded_at;
+    journal.push(id, EntryKind::Tier, 0, 0, reason.to_string(), source, occurred_at);
+}
+
+fn describe(program: &Program, measure: i64, date: NaiveDate) -> String {
+    let window = match program.tier_rules.window {
+        Window::Lifetime => "in total".to_string(),
+        Window::CalendarYear => format!("in {}", date.year()),
+        Window::Rolling12Months => format!("in the 12 months to {}", YearMonth::of(date)),
+    };
+    format!("{} {window}", describe_amount(program, measure))
+}
+
+fn describe_amount(program: &Program, value: i64) -> String {
+    match program.tier_rules.measure {
+        Measure::Spend => format!(
+            "{} {} spent",
+            program.currency.format_amount(value),
+            program.currency
+        ),
+        Measure::Points => format!("{value} points earned"),
+    }
+}
+
+/// The tier a program gives to a measure (for reports and tests).
+pub fn tier_named<'a>(program: &'a Program, measure: i64) -> &'a Tier {
+    &program.tiers[tier_for(program, measure)]
+}

@@ -285,7 +285,15 @@ impl<'a> Journal<'a> {
         self.posted += 1;
         let source = self.source.clone();
         let occurred_at = self.ctx.occurred_at;
-        self.push(id, kind, points, pending, reason.to_string(), source, occurred_at);
+        self.push(
+            id,
+            kind,
+            points,
+            pending,
+            reason.to_string(),
+            source,
+            occurred_at,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -370,7 +378,10 @@ impl<'a> Journal<'a> {
 
     fn expire(&mut self, date: NaiveDate, at: DateTime<Utc>) {
         let mut gone = Lots::default();
-        let expired = self.account.lots.remove_expired(date.succ_opt().unwrap_or(date));
+        let expired = self
+            .account
+            .lots
+            .remove_expired(date.succ_opt().unwrap_or(date));
         let points: i64 = expired.iter().map(|l| l.points).sum();
         for l in &expired {
             gone.add(l.expires_on, l.points);
@@ -378,7 +389,11 @@ impl<'a> Journal<'a> {
         self.account.balance -= points;
         let reason = format!("{points} points expired (last usable day {date})");
         self.push(
-            format!("expire#{date}#v{}#{}", self.account.version, self.entries.len()),
+            format!(
+                "expire#{date}#v{}#{}",
+                self.account.version,
+                self.entries.len()
+            ),
             EntryKind::Expire,
             -points,
             0,

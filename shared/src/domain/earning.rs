@@ -314,8 +314,7 @@ mod tests {
         let p = kr();
         let purchase = order(vec![line("1", 1, 59_000, 0)]);
         // WHEN a WELCOME member's points are computed
-        let earned =
-            purchase_points(&p.purchase, p.currency, &purchase, 10_000, &[]).unwrap();
+        let earned = purchase_points(&p.purchase, p.currency, &purchase, 10_000, &[]).unwrap();
         // THEN shipping is excluded and the member earns 590
         assert_eq!(earned.points, 590);
         assert_eq!(earned.eligible, 59_000);
@@ -329,8 +328,7 @@ mod tests {
         gift.gift_card = true;
         let purchase = order(vec![line("1", 2, 25_050, 1_000), gift]);
         // WHEN points are computed
-        let earned =
-            purchase_points(&p.purchase, p.currency, &purchase, 10_000, &[]).unwrap();
+        let earned = purchase_points(&p.purchase, p.currency, &purchase, 10_000, &[]).unwrap();
         // THEN only 49,100 is eligible: 491 points, all on the first line
         assert_eq!(earned.eligible, 49_100);
         assert_eq!(earned.points, 491);
@@ -375,12 +373,17 @@ mod tests {
         let p = kr();
         let cases = [
             (order(vec![line("1", 0, 100, 0)]), "lines[0].quantity"),
-            (order(vec![line("1", 1, 100, 0), line("2", 1, 100, 101)]), "lines[1].discount"),
-            (order(vec![line("1", 1, 100, 0), line("1", 1, 100, 0)]), "lines[1].line_id"),
+            (
+                order(vec![line("1", 1, 100, 0), line("2", 1, 100, 101)]),
+                "lines[1].discount",
+            ),
+            (
+                order(vec![line("1", 1, 100, 0), line("1", 1, 100, 0)]),
+                "lines[1].line_id",
+            ),
         ];
         for (purchase, field) in cases {
-            let err = purchase_points(&p.purchase, p.currency, &purchase, 10_000, &[])
-                .unwrap_err();
+            let err = purchase_points(&p.purchase, p.currency, &purchase, 10_000, &[]).unwrap_err();
             assert!(err.to_string().contains(field), "{err} should name {field}");
         }
     }
@@ -392,8 +395,7 @@ mod tests {
         p.purchase.max_points_per_order = Some(100);
         let purchase = order(vec![line("1", 1, 30_000, 0), line("2", 1, 10_000, 0)]);
         // WHEN an order worth 400 points is computed
-        let earned =
-            purchase_points(&p.purchase, p.currency, &purchase, 10_000, &[]).unwrap();
+        let earned = purchase_points(&p.purchase, p.currency, &purchase, 10_000, &[]).unwrap();
         // THEN it earns 100, shared 75/25
         assert_eq!(earned.points, 100);
         assert!(earned.capped);
@@ -411,8 +413,7 @@ mod tests {
         let p = Program::from_toml(&text).unwrap();
         let purchase = order(vec![line("1", 1, 10_000, 0), line("2", 2, 10_000, 0)]);
         // WHEN points are computed
-        let earned =
-            purchase_points(&p.purchase, p.currency, &purchase, 10_000, &[]).unwrap();
+        let earned = purchase_points(&p.purchase, p.currency, &purchase, 10_000, &[]).unwrap();
         // THEN line 1 earns 2x (200), line 2 the base rate plus 2 x 50 (300)
         assert_eq!(earned.lines[0].points, 200);
         assert_eq!(earned.lines[1].points, 300);

@@ -45,7 +45,11 @@ impl Account {
         let date = local_date(program.time_zone, ctx.occurred_at);
         if let Some((count, period)) = rule.limit {
             let key = period_key(period, date);
-            let usage = journal.account.actions.entry(action.to_string()).or_default();
+            let usage = journal
+                .account
+                .actions
+                .entry(action.to_string())
+                .or_default();
             let used = usage.get(&key).copied().unwrap_or(0);
             if used >= count {
                 journal.no_op = Some(format!(
@@ -60,7 +64,12 @@ impl Account {
         let mut source = ctx.source.clone();
         source.rule = Some(action.to_string());
         journal.ctx_source_override(source);
-        credit_action(&mut journal, program, rule.points, &format!("{} points for {action}", rule.points));
+        credit_action(
+            &mut journal,
+            program,
+            rule.points,
+            &format!("{} points for {action}", rule.points),
+        );
         journal.finish()
     }
 

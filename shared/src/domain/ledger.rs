@@ -87,7 +87,11 @@ pub struct EventContext {
 }
 
 impl EventContext {
-    pub fn new(event_id: impl Into<String>, occurred_at: DateTime<Utc>, now: DateTime<Utc>) -> Self {
+    pub fn new(
+        event_id: impl Into<String>,
+        occurred_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Self {
         let event_id = event_id.into();
         EventContext {
             source: Source {

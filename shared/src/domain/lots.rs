@@ -114,8 +114,14 @@ mod tests {
         assert_eq!(
             taken,
             vec![
-                LotShare { expires_on: d(5), points: 30 },
-                LotShare { expires_on: d(10), points: 30 },
+                LotShare {
+                    expires_on: d(5),
+                    points: 30
+                },
+                LotShare {
+                    expires_on: d(10),
+                    points: 30
+                },
             ]
         );
         assert_eq!(lots.total(), 120);
@@ -140,7 +146,13 @@ mod tests {
         lots.add(d(5), 10);
         lots.add(d(6), 20);
         let gone = lots.remove_expired(d(6));
-        assert_eq!(gone, vec![LotShare { expires_on: d(5), points: 10 }]);
+        assert_eq!(
+            gone,
+            vec![LotShare {
+                expires_on: d(5),
+                points: 10
+            }]
+        );
         assert_eq!(lots.total(), 20);
     }
 }

@@ -279,7 +279,9 @@ mod tests {
     #[test]
     fn malformed_amounts_are_refused() {
         // GIVEN strings that are not plain decimals THEN each is refused as malformed
-        for text in ["", ".", "1.", ".5", "1e3", "+1", " 1", "1,000", "0x10", "--1", "1.2.3"] {
+        for text in [
+            "", ".", "1.", ".5", "1e3", "+1", " 1", "1,000", "0x10", "--1", "1.2.3",
+        ] {
             assert!(
                 matches!(
                     Currency::USD.parse_amount(text),

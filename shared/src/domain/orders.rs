@@ -117,7 +117,9 @@ impl Account {
         }
         let tier_bp = program
             .tier(&journal.account.tier.id)
-            .map_or(program.lowest_tier().multiplier_bp, |(_, t)| t.multiplier_bp);
+            .map_or(program.lowest_tier().multiplier_bp, |(_, t)| {
+                t.multiplier_bp
+            });
         let earned = purchase_points(
             &program.purchase,
             program.currency,
@@ -189,7 +191,10 @@ impl Account {
             if let (Some(by), Some(rule)) = (account.referred_by.clone(), &program.referral) {
                 if rule.referee_points > 0 {
                     journal.credit(rule.referee_points, expires_on);
-                    let reason = format!("{} points welcome bonus for being referred", rule.referee_points);
+                    let reason = format!(
+                        "{} points welcome bonus for being referred",
+                        rule.referee_points
+                    );
                     journal.post(EntryKind::Earn, rule.referee_points, 0, &reason);
                 }
                 referrer = Some(by);
@@ -215,7 +220,10 @@ impl Account {
         let mut record = existing(order, &reversal.order_id)?;
         let mut journal = Journal::begin(self, program, ctx);
         let already = record.applied.contains(&reversal.refund_id)
-            || record.parked.iter().any(|p| p.refund_id == reversal.refund_id);
+            || record
+                .parked
+                .iter()
+                .any(|p| p.refund_id == reversal.refund_id);
         if already {
             journal.no_op = Some(format!("refund {} was already applied", reversal.refund_id));
         } else if record.earned.is_none() {
@@ -257,9 +265,8 @@ fn campaign_note(campaigns: &[CampaignEffect]) -> String {
     let names: Vec<&str> = campaigns
         .iter()
         .map(|c| match c {
-            CampaignEffect::Multiplier { campaign, .. } | CampaignEffect::Bonus { campaign, .. } => {
-                campaign.as_str()
-            }
+            CampaignEffect::Multiplier { campaign, .. }
+            | CampaignEffect::Bonus { campaign, .. } => campaign.as_str(),
         })
         .collect();
     if names.is_empty() {
@@ -335,7 +342,9 @@ fn apply_reversal(
     };
     let mut reason = format!("{points} points taken back: {what}");
     if shortfall > 0 {
-        reason.push_str(&format!(" ({shortfall} could not be taken: balance floors at zero)"));
+        reason.push_str(&format!(
+            " ({shortfall} could not be taken: balance floors at zero)"
+        ));
     }
     let mut source = journal.ctx.source.clone();
     source.order_id = Some(record.order_id.clone());
@@ -363,7 +372,11 @@ fn refund_quantities(
     reversal: &Reversal,
 ) -> Result<Vec<i64>, OrderError> {
     let Some(lines) = &reversal.lines else {
-        return Ok(earned.lines.iter().map(|l| l.quantity - l.refunded).collect());
+        return Ok(earned
+            .lines
+            .iter()
+            .map(|l| l.quantity - l.refunded)
+            .collect());
     };
     let mut wanted = vec![0; earned.lines.len()];
     for refund_line in lines {

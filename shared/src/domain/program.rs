@@ -152,6 +152,7 @@ pub enum Window {
     Lifetime,
     CalendarYear,
     /// The 12 calendar months ending with the month of evaluation.
+    #[serde(rename = "rolling_12_months")]
     Rolling12Months,
 }
 
@@ -212,7 +213,10 @@ pub enum LimitFile {
     #[default]
     Unlimited,
     Word(String),
-    Count { count: u32, per: Period },
+    Count {
+        count: u32,
+        per: Period,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -697,10 +701,7 @@ impl Validator {
                 continue;
             };
             if r.multiplier_bp.is_none() && r.bonus_points_per_unit.is_none() {
-                self.fail(
-                    &field,
-                    "needs multiplier_bp, bonus_points_per_unit or both",
-                );
+                self.fail(&field, "needs multiplier_bp, bonus_points_per_unit or both");
             }
             let rule = LineRule {
                 multiplier_bp: r.multiplier_bp.unwrap_or(UNIT_BP),
@@ -723,7 +724,10 @@ impl Validator {
 
     fn tiers(&mut self, f: &ProgramFile, currency: Option<Currency>) -> Vec<Tier> {
         if f.tiers.is_empty() {
-            self.fail("tiers", "must list at least one tier (the entry tier, threshold 0)");
+            self.fail(
+                "tiers",
+                "must list at least one tier (the entry tier, threshold 0)",
+            );
             return Vec::new();
         }
         let mut tiers: Vec<Tier> = Vec::new();
@@ -739,7 +743,8 @@ impl Validator {
                 self.fail(format!("{field}.id"), format!("{:?} appears twice", t.id));
             }
             self.multiplier(&format!("{field}.multiplier_bp"), t.multiplier_bp);
-            let threshold = self.threshold(&format!("{field}.threshold"), f, currency, &t.threshold);
+            let threshold =
+                self.threshold(&format!("{field}.threshold"), f, currency, &t.threshold);
             let Some(threshold) = threshold else { continue };
             if i == 0 && threshold != 0 {
                 self.fail(
@@ -798,7 +803,10 @@ impl Validator {
 
     fn actions(&mut self, f: &ProgramFile) -> BTreeMap<String, ActionRule> {
         let mut out = BTreeMap::new();
-        let known = f.actions.iter().map(|(k, a)| (format!("actions.{k}"), k, a));
+        let known = f
+            .actions
+            .iter()
+            .map(|(k, a)| (format!("actions.{k}"), k, a));
         let custom = f
             .custom_actions
             .iter()
@@ -847,7 +855,12 @@ impl Validator {
         out
     }
 
-    fn rewards(&mut self, f: &ProgramFile, currency: Option<Currency>, tiers: &[Tier]) -> Vec<Reward> {
+    fn rewards(
+        &mut self,
+        f: &ProgramFile,
+        currency: Option<Currency>,
+        tiers: &[Tier],
+    ) -> Vec<Reward> {
         let mut out: Vec<Reward> = Vec::new();
         for (i, r) in f.rewards.iter().enumerate() {
             let field = format!("rewards[{i}]");
@@ -868,7 +881,10 @@ impl Validator {
                     self.amount(&format!("{field}.amount"), currency, a)
                 }
                 (RewardKind::FixedDiscount, None) => {
-                    self.fail(format!("{field}.amount"), "is required for a fixed_discount");
+                    self.fail(
+                        format!("{field}.amount"),
+                        "is required for a fixed_discount",
+                    );
                     None
                 }
                 _ => None,
@@ -942,15 +958,13 @@ impl Validator {
 pub fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn is_identifier_upper(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }

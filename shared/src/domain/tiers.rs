@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::account::{Account, Change, Journal, TierStatus};
 use super::calendar::{add_months, local_date, YearMonth};
 use super::ledger::{EntryKind, EventContext};
-use super::program::{Downgrade, Measure, Program, Review, Tier, Window};
+use super::program::{Downgrade, Measure, Program, Review, Window};
 
 pub(crate) fn add_measure(account: &mut Account, month: YearMonth, delta: i64) {
     if delta != 0 {
@@ -169,7 +169,13 @@ pub struct NextTier {
     pub needed: i64,
 }
 
-fn set_tier(journal: &mut Journal<'_>, program: &Program, index: usize, on: NaiveDate, reason: &str) {
+fn set_tier(
+    journal: &mut Journal<'_>,
+    program: &Program,
+    index: usize,
+    on: NaiveDate,
+    reason: &str,
+) {
     let lowest = index == 0;
     journal.account.tier = TierStatus {
         id: program.tiers[index].id.clone(),
@@ -180,7 +186,15 @@ fn set_tier(journal: &mut Journal<'_>, program: &Program, index: usize, on: Naiv
     source.rule = Some(format!("tier:{}", program.tiers[index].id));
     let id = format!("{}#tier", journal.ctx.event_id);
     let occurred_at = journal.ctx.recorded_at;
-    journal.push(id, EntryKind::Tier, 0, 0, reason.to_string(), source, occurred_at);
+    journal.push(
+        id,
+        EntryKind::Tier,
+        0,
+        0,
+        reason.to_string(),
+        source,
+        occurred_at,
+    );
 }
 
 fn describe(program: &Program, measure: i64, date: NaiveDate) -> String {
@@ -201,9 +215,4 @@ fn describe_amount(program: &Program, value: i64) -> String {
         ),
         Measure::Points => format!("{value} points earned"),
     }
-}
-
-/// The tier a program gives to a measure (for reports and tests).
-pub fn tier_named<'a>(program: &'a Program, measure: i64) -> &'a Tier {
-    &program.tiers[tier_for(program, measure)]
 }

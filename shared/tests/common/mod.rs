@@ -1,0 +1,119 @@
+//! Helpers shared by the domain's scenario and property tests.
+#![allow(dead_code)]
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use loyalty_core::domain::{
+    Account, Change, Currency, EventContext, LedgerEntry, OrderRecord, Program, Purchase,
+    PurchaseLine,
+};
+
+pub fn kr() -> Program {
+    Program::from_toml(include_str!("../../../examples/kr-shop.toml")).expect("kr-shop is valid")
+}
+
+pub fn us() -> Program {
+    Program::from_toml(include_str!("../../../examples/us-shop.toml")).expect("us-shop is valid")
+}
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 10, 3, 0, 0).unwrap()
+}
+
+pub fn days(n: i64) -> Duration {
+    Duration::days(n)
+}
+
+pub fn ctx(id: &str, occurred_at: DateTime<Utc>, now: DateTime<Utc>) -> EventContext {
+    EventContext::new(id, occurred_at, now)
+}
+
+pub fn line(id: &str, quantity: i64, unit_price: i64) -> PurchaseLine {
+    PurchaseLine {
+        line_id: id.into(),
+        sku: format!("SKU-{id}"),
+        category: "apparel".into(),
+        quantity,
+        unit_price,
+        discount: 0,
+        gift_card: false,
+    }
+}
+
+pub fn purchase(order_id: &str, currency: Currency, lines: Vec<PurchaseLine>) -> Purchase {
+    Purchase {
+        order_id: order_id.into(),
+        currency,
+        lines,
+        shipping: 0,
+        tax: 0,
+    }
+}
+
+/// A member's stored state: the account, its order records and every entry written so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub account: Account,
+    pub orders: std::collections::BTreeMap<String, OrderRecord>,
+    pub ledger: Vec<LedgerEntry>,
+}
+
+impl Member {
+    pub fn new(program: &Program, at: DateTime<Utc>) -> Member {
+        Member {
+            account: Account::open(program, "m-1", at),
+            orders: Default::default(),
+            ledger: Vec::new(),
+        }
+    }
+
+    /// Commits a change the way a store does: the account is replaced, entries appended, and
+    /// an entry id seen before is refused.
+    pub fn commit(&mut self, change: Change) {
+        for e in &change.entries {
+            assert!(
+                !self.ledger.iter().any(|old| old.id == e.id),
+                "entry id {} written twice",
+                e.id
+            );
+            assert!(!e.provisional, "provisional entries are never stored");
+        }
+        let mut account = change.account;
+        account.version += 1;
+        self.account = account;
+        self.ledger.extend(change.entries);
+    }
+
+    pub fn ledger_points(&self) -> i64 {
+        self.ledger.iter().map(|e| e.points).sum()
+    }
+
+    pub fn ledger_pending(&self) -> i64 {
+        self.ledger.iter().map(|e| e.pending).sum()
+    }
+
+    /// The ledger invariant of DESIGN §3 plus the account's own consistency.
+    pub fn assert_consistent(&self) {
+        assert_eq!(
+            self.ledger_points(),
+            self.account.balance,
+            "Σ points == balance"
+        );
+        assert_eq!(
+            self.ledger_pending(),
+            self.account.pending_points(),
+            "Σ pending == pending"
+        );
+        assert_eq!(
+            self.account.balance,
+            self.account.lots.total() - self.account.debt,
+            "balance == lots - debt"
+        );
+        assert!(self.account.debt >= 0);
+        assert!(self.account.debt == 0 || self.account.lots.total() == 0);
+        assert!(self.account.lots.iter().all(|l| l.points > 0));
+        if let Some(last) = self.ledger.last() {
+            assert_eq!(last.balance_after, self.account.balance);
+            assert_eq!(last.pending_after, self.account.pending_points());
+        }
+    }
+}

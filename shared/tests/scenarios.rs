@@ -1,0 +1,521 @@
+//! The loyalty rules, one scenario each, on the example programs.
+
+mod common;
+
+use common::*;
+use loyalty_core::domain::tiers::measure_at;
+use loyalty_core::domain::{AccountError, Currency, EntryKind, RefundLine, Reversal};
+
+fn refund(
+    order: &str,
+    refund_id: &str,
+    lines: &[(&str, i64)],
+    at: chrono::DateTime<chrono::Utc>,
+) -> Reversal {
+    Reversal {
+        order_id: order.into(),
+        refund_id: refund_id.into(),
+        lines: Some(
+            lines
+                .iter()
+                .map(|(l, q)| RefundLine {
+                    line_id: (*l).into(),
+                    quantity: *q,
+                })
+                .collect(),
+        ),
+        event_id: format!("ev-{refund_id}"),
+        occurred_at: at,
+    }
+}
+
+fn cancel(order: &str, at: chrono::DateTime<chrono::Utc>) -> Reversal {
+    Reversal {
+        order_id: order.into(),
+        refund_id: "cancel".into(),
+        lines: None,
+        event_id: "ev-cancel".into(),
+        occurred_at: at,
+    }
+}
+
+/// Earns a purchase for `m` and stores its order record.
+fn buy(
+    m: &mut Member,
+    program: &loyalty_core::domain::Program,
+    id: &str,
+    lines: Vec<loyalty_core::domain::PurchaseLine>,
+    occurred: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let p = purchase(id, program.currency, lines);
+    let out = m
+        .account
+        .earn_purchase(
+            program,
+            m.orders.get(id),
+            &p,
+            &[],
+            &ctx(&format!("ev-{id}"), occurred, now),
+        )
+        .unwrap();
+    m.orders.insert(id.into(), out.order);
+    m.commit(out.change);
+}
+
+fn give_back(
+    m: &mut Member,
+    program: &loyalty_core::domain::Program,
+    r: &Reversal,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<String> {
+    let out = m
+        .account
+        .refund(
+            program,
+            m.orders.get(&r.order_id),
+            r,
+            &ctx(&r.event_id, r.occurred_at, now),
+        )
+        .unwrap();
+    m.orders.insert(r.order_id.clone(), out.order);
+    let no_op = out.change.no_op.clone();
+    m.commit(out.change);
+    no_op
+}
+
+#[test]
+fn a_purchase_eight_days_ago_is_available_and_one_day_ago_is_pending() {
+    // GIVEN kr-shop (7-day return window) and two members
+    let p = kr();
+    let now = t0();
+    let mut old = Member::new(&p, now - days(30));
+    let mut new = Member::new(&p, now - days(30));
+    // WHEN one bought 59,000 KRW 8 days ago and the other 1 day ago
+    buy(
+        &mut old,
+        &p,
+        "o-1",
+        vec![line("1", 1, 59_000)],
+        now - days(8),
+        now,
+    );
+    buy(
+        &mut new,
+        &p,
+        "o-2",
+        vec![line("1", 1, 59_000)],
+        now - days(1),
+        now,
+    );
+    // THEN the first has 590 available, the second 590 pending until the window closes
+    assert_eq!(
+        (old.account.balance, old.account.pending_points()),
+        (590, 0)
+    );
+    assert_eq!(
+        (new.account.balance, new.account.pending_points()),
+        (0, 590)
+    );
+    assert_eq!(new.ledger[0].kind, EntryKind::Pending);
+    old.assert_consistent();
+    new.assert_consistent();
+    // AND seven days later the pending points show as available, provisionally, before any job
+    let later = new.account.as_of(&p, now + days(7));
+    assert_eq!(later.account.balance, 590);
+    assert_eq!(later.entries.len(), 1);
+    assert!(later.entries[0].provisional);
+    assert_eq!(later.entries[0].kind, EntryKind::Release);
+    // AND the job writes the same effect for real
+    let settled = new
+        .account
+        .settle(&p, &ctx("job", now + days(7), now + days(7)));
+    assert_eq!(settled.account, later.account);
+    new.commit(settled);
+    new.assert_consistent();
+}
+
+#[test]
+fn the_same_order_earns_once() {
+    // GIVEN a member who earned for order o-1
+    let p = kr();
+    let mut m = Member::new(&p, t0());
+    buy(&mut m, &p, "o-1", vec![line("1", 1, 59_000)], t0(), t0());
+    // WHEN the order arrives again under a new delivery id
+    let again = m
+        .account
+        .earn_purchase(
+            &p,
+            m.orders.get("o-1"),
+            &purchase("o-1", Currency::KRW, vec![line("1", 1, 59_000)]),
+            &[],
+            &ctx("ev-other", t0(), t0()),
+        )
+        .unwrap();
+    // THEN nothing is credited and the reason says why
+    assert!(again.change.entries.is_empty());
+    assert!(again.change.no_op.unwrap().contains("already earned"));
+}
+
+#[test]
+fn a_partial_refund_takes_back_exactly_what_the_line_earned_then_cancel_takes_the_rest() {
+    // GIVEN an order of two lines: 3 x 10,001 and 1 x 20,000 KRW (pending 300 + 200 = 500)
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    buy(
+        &mut m,
+        &p,
+        "o-1",
+        vec![line("a", 3, 10_001), line("b", 1, 20_000)],
+        now,
+        now,
+    );
+    assert_eq!(m.account.pending_points(), 500);
+    let earned_a = m.orders["o-1"].earned.as_ref().unwrap().lines[0].points;
+    assert_eq!(earned_a, 300);
+    // WHEN one unit of line a is refunded, and then the same refund is delivered again
+    give_back(
+        &mut m,
+        &p,
+        &refund("o-1", "r-1", &[("a", 1)], now + days(1)),
+        now + days(1),
+    );
+    let repeat = give_back(
+        &mut m,
+        &p,
+        &refund("o-1", "r-1", &[("a", 1)], now + days(1)),
+        now + days(1),
+    );
+    // THEN floor(300 x 1 / 3) = 100 is taken from pending, once
+    assert_eq!(m.account.pending_points(), 400);
+    assert!(repeat.unwrap().contains("already applied"));
+    // WHEN the rest of line a is refunded after the window closed, then the order is cancelled
+    give_back(
+        &mut m,
+        &p,
+        &refund("o-1", "r-2", &[("a", 5)], now + days(9)),
+        now + days(9),
+    );
+    assert_eq!(
+        m.account.balance, 200,
+        "a refund never takes more than the line has left"
+    );
+    give_back(&mut m, &p, &cancel("o-1", now + days(10)), now + days(10));
+    // THEN everything the order earned is back to zero, and the spend no longer qualifies
+    assert_eq!(m.account.balance, 0);
+    assert_eq!(m.account.pending_points(), 0);
+    assert_eq!(
+        measure_at(
+            &p,
+            &m.account,
+            chrono::NaiveDate::from_ymd_opt(2026, 3, 31).unwrap()
+        ),
+        0
+    );
+    m.assert_consistent();
+}
+
+#[test]
+fn a_refund_before_its_purchase_is_parked_and_ends_the_same() {
+    // GIVEN the same purchase and refund delivered in order to one member and reversed to another
+    let p = kr();
+    let now = t0();
+    let lines = vec![line("a", 2, 15_000), line("b", 1, 9_900)];
+    let r = refund("o-1", "r-1", &[("a", 1)], now);
+    let mut in_order = Member::new(&p, now);
+    buy(&mut in_order, &p, "o-1", lines.clone(), now, now);
+    give_back(&mut in_order, &p, &r, now + days(1));
+    let mut reversed = Member::new(&p, now);
+    // WHEN the refund arrives first
+    let parked = give_back(&mut reversed, &p, &r, now);
+    assert!(parked.unwrap().contains("parked"));
+    assert_eq!(reversed.account.balance, 0);
+    buy(&mut reversed, &p, "o-1", lines, now, now + days(1));
+    // THEN both members end with the same account
+    assert_eq!(in_order.account, reversed.account);
+    reversed.assert_consistent();
+}
+
+#[test]
+fn a_clawback_beyond_the_balance_goes_negative_in_kr_and_floors_in_us() {
+    // GIVEN a kr-shop member who spent the points of an order that is then cancelled
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now - days(20));
+    buy(
+        &mut m,
+        &p,
+        "o-1",
+        vec![line("a", 1, 600_000)],
+        now - days(10),
+        now - days(10),
+    );
+    let later = now;
+    let (spent, _) = m
+        .account
+        .redeem(&p, 5_000, "coupon-5000", &ctx("red-1", later, later))
+        .unwrap();
+    m.commit(spent);
+    give_back(&mut m, &p, &cancel("o-1", later), later);
+    // THEN the balance is negative by what was spent
+    assert_eq!(m.account.balance, -5_000);
+    m.assert_consistent();
+    // AND the next earnings pay the debt first
+    buy(
+        &mut m,
+        &p,
+        "o-2",
+        vec![line("a", 1, 700_000)],
+        later,
+        later - days(8) + days(16),
+    );
+    assert_eq!(m.account.balance, 2_000);
+    m.assert_consistent();
+
+    // GIVEN a us-shop member in the same situation
+    let u = us();
+    let mut n = Member::new(&u, now - days(40));
+    buy(
+        &mut n,
+        &u,
+        "o-1",
+        vec![line("a", 1, 60_000)],
+        now - days(35),
+        now - days(35) + days(1),
+    );
+    let settled = n.account.settle(&u, &ctx("job", now, now));
+    n.commit(settled);
+    assert_eq!(n.account.balance, 600);
+    let (spent, _) = n
+        .account
+        .redeem(&u, 500, "ten-off", &ctx("red-1", now, now))
+        .unwrap();
+    n.commit(spent);
+    give_back(&mut n, &u, &cancel("o-1", now), now);
+    // THEN the balance stops at zero and the entry records the shortfall
+    assert_eq!(n.account.balance, 0);
+    let last = n.ledger.last().unwrap();
+    assert_eq!((last.points, last.shortfall), (-100, 500));
+    n.assert_consistent();
+}
+
+#[test]
+fn redeeming_takes_the_soonest_expiring_points_and_reversal_puts_them_back() {
+    // GIVEN points earned in January and in March (expiring end of January and March 2027)
+    let p = kr();
+    let jan = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 1, 15, 3, 0, 0).unwrap();
+    let now = t0();
+    let mut m = Member::new(&p, jan);
+    let grant = |m: &mut Member, id: &str, at| {
+        let c = m
+            .account
+            .adjust(&p, 1_000, "goodwill", &ctx(id, at, at))
+            .unwrap();
+        m.commit(c);
+    };
+    grant(&mut m, "adj-jan", jan);
+    grant(&mut m, "adj-mar", now);
+    // WHEN 1,500 are redeemed
+    let (change, taken) = m
+        .account
+        .redeem(&p, 1_500, "reward", &ctx("red", now, now))
+        .unwrap();
+    m.commit(change);
+    // THEN January's lot is used up first
+    let dates: Vec<String> = taken.iter().map(|s| s.expires_on.to_string()).collect();
+    assert_eq!(dates, vec!["2027-01-31", "2027-03-31"]);
+    assert_eq!(taken[0].points, 1_000);
+    // AND a reversal returns each share to its own lot
+    let back = m
+        .account
+        .reverse_redemption(&p, &taken, "operator reversal", &ctx("rev", now, now))
+        .unwrap();
+    m.commit(back);
+    let lots: Vec<(String, i64)> = m
+        .account
+        .lots
+        .iter()
+        .map(|l| (l.expires_on.to_string(), l.points))
+        .collect();
+    assert_eq!(
+        lots,
+        vec![("2027-01-31".into(), 1_000), ("2027-03-31".into(), 1_000)]
+    );
+    m.assert_consistent();
+    // AND asking for more than the balance fails without changing anything
+    let err = m
+        .account
+        .redeem(&p, 2_001, "reward", &ctx("red-2", now, now))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        AccountError::InsufficientPoints {
+            available: 2_000,
+            needed: 2_001
+        }
+    );
+}
+
+#[test]
+fn points_earned_thirteen_months_ago_are_expired_as_of_now_and_by_the_job() {
+    // GIVEN 590 points earned in February 2025 (last usable day 28 February 2026)
+    let p = kr();
+    let feb = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2025, 2, 3, 3, 0, 0).unwrap();
+    let mut m = Member::new(&p, feb);
+    buy(
+        &mut m,
+        &p,
+        "o-1",
+        vec![line("a", 1, 59_000)],
+        feb,
+        feb + days(8),
+    );
+    assert_eq!(m.account.balance, 590);
+    // WHEN the member looks on 10 March 2026
+    let view = m.account.as_of(&p, t0());
+    // THEN the points are gone, with a provisional expiry entry
+    assert_eq!(view.account.balance, 0);
+    assert_eq!(view.entries[0].kind, EntryKind::Expire);
+    assert_eq!(view.entries[0].points, -590);
+    // AND the expiry job writes the same
+    let job = m.account.settle(&p, &ctx("expire-points", t0(), t0()));
+    assert_eq!(job.account, view.account);
+    m.commit(job);
+    m.assert_consistent();
+}
+
+#[test]
+fn engagement_actions_respect_their_limits() {
+    // GIVEN kr-shop: signup once, review 5 a month
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    let act = |m: &mut Member, action: &str, id: &str, at| {
+        let c = m.account.record_action(&p, action, &ctx(id, at, at));
+        let no_op = c.no_op.clone();
+        m.commit(c);
+        no_op
+    };
+    // WHEN the member signs up twice and writes six reviews in March and one in April
+    assert!(act(&mut m, "signup", "s-1", now).is_none());
+    assert!(act(&mut m, "signup", "s-2", now)
+        .unwrap()
+        .contains("limit is 1"));
+    for i in 0..5 {
+        assert!(act(&mut m, "review", &format!("r-{i}"), now).is_none());
+    }
+    let sixth = act(&mut m, "review", "r-6", now);
+    let april = act(&mut m, "review", "r-7", now + days(30));
+    let unknown = act(&mut m, "dance", "d-1", now);
+    // THEN signup pays once, five reviews pay in March, April starts a new count
+    assert!(sixth.unwrap().contains("this month"));
+    assert!(april.is_none());
+    assert!(unknown.unwrap().contains("not rewarded"));
+    assert_eq!(m.account.balance, 1_000 + 6 * 500);
+    m.assert_consistent();
+}
+
+#[test]
+fn a_referred_member_s_first_purchase_pays_both_sides() {
+    // GIVEN a member referred by m-0
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    m.account.referred_by = Some("m-0".into());
+    // WHEN the first purchase is processed (after the window)
+    let out = m
+        .account
+        .earn_purchase(
+            &p,
+            None,
+            &purchase("o-1", Currency::KRW, vec![line("a", 1, 10_000)]),
+            &[],
+            &ctx("ev", now - days(8), now),
+        )
+        .unwrap();
+    // THEN the new member gets the welcome bonus and the referrer is named for their reward
+    assert_eq!(out.referrer_to_reward.as_deref(), Some("m-0"));
+    assert_eq!(out.change.account.balance, 100 + 1_000);
+    let mut referrer = Member::new(&p, now);
+    let paid = referrer
+        .account
+        .reward_referrer(&p, "m-1", &ctx("ref-m-1", now, now));
+    referrer.commit(paid);
+    assert_eq!(referrer.account.balance, 3_000);
+}
+
+#[test]
+fn crossing_silver_upgrades_after_the_purchase_and_the_next_purchase_earns_more() {
+    // GIVEN a WELCOME member in kr-shop
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    // WHEN they spend 150,000 and then 160,000 KRW (310,000 in 12 months)
+    buy(&mut m, &p, "o-1", vec![line("a", 1, 150_000)], now, now);
+    buy(&mut m, &p, "o-2", vec![line("a", 1, 160_000)], now, now);
+    // THEN the crossing purchase earned at 1.0x
+    assert_eq!(m.account.pending_points(), 3_100);
+    assert_eq!(m.account.tier.id, "WELCOME");
+    // WHEN the tier check runs
+    let check = m.account.check_tier(&p, &ctx("tier-1", now, now));
+    m.commit(check);
+    // THEN the member is SILVER, reviewed a year later, with a tier entry of 0 points
+    assert_eq!(m.account.tier.id, "SILVER");
+    assert_eq!(m.account.tier.review_on.unwrap().to_string(), "2027-03-10");
+    let entry = m.ledger.last().unwrap();
+    assert_eq!((entry.kind, entry.points), (EntryKind::Tier, 0));
+    assert!(
+        entry.reason.contains("WELCOME to SILVER"),
+        "{}",
+        entry.reason
+    );
+    // AND the next purchase earns 1.2x
+    buy(&mut m, &p, "o-3", vec![line("a", 1, 10_000)], now, now);
+    assert_eq!(m.account.pending_points(), 3_100 + 120);
+    // AND progress shows what is needed for GOLD and to keep SILVER
+    let progress = m
+        .account
+        .tier_progress(&p, chrono::NaiveDate::from_ymd_opt(2026, 3, 10).unwrap());
+    assert_eq!(progress.next_tier.unwrap().needed, 1_000_000 - 320_000);
+    let keep = progress.keep.unwrap();
+    // the window at the March 2027 review is April 2026 to March 2027: this spend has left it
+    assert_eq!(keep.needed, 300_000);
+    assert_eq!(keep.by.to_string(), "2027-03-10");
+    m.assert_consistent();
+}
+
+#[test]
+fn a_review_without_spend_goes_down_one_level_once() {
+    // GIVEN a kr-shop VIP who spent 3,000,000 KRW in March 2026
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    buy(&mut m, &p, "o-1", vec![line("a", 1, 3_000_000)], now, now);
+    let up = m.account.check_tier(&p, &ctx("t-1", now, now));
+    m.commit(up);
+    assert_eq!(m.account.tier.id, "VIP");
+    // WHEN the review a year later finds no spend in the window (and the job runs twice)
+    let later = now + days(400);
+    let review = m.account.review_tier(&p, &ctx("review-1", later, later));
+    m.commit(review);
+    let again = m.account.review_tier(&p, &ctx("review-2", later, later));
+    // THEN VIP becomes GOLD, not WELCOME, and the second run changes nothing
+    assert_eq!(m.account.tier.id, "GOLD");
+    assert!(again.entries.iter().all(|e| e.kind != EntryKind::Tier));
+    assert_eq!(again.account.tier, m.account.tier);
+
+    // GIVEN a us-shop ROUGE member, WHEN 1 January comes without spend
+    let u = us();
+    let mut n = Member::new(&u, now);
+    buy(&mut n, &u, "o-1", vec![line("a", 1, 120_000)], now, now);
+    let up = n.account.check_tier(&u, &ctx("t-1", now, now));
+    n.commit(up);
+    assert_eq!(n.account.tier.id, "ROUGE");
+    let jan = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2027, 1, 1, 12, 0, 0).unwrap();
+    let review = n.account.review_tier(&u, &ctx("review", jan, jan));
+    n.commit(review);
+    // THEN recompute drops straight to INSIDER
+    assert_eq!(n.account.tier.id, "INSIDER");
+    assert_eq!(n.account.tier.review_on, None);
+}

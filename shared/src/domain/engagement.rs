@@ -73,6 +73,44 @@ impl Account {
         journal.finish()
     }
 
+    /// Credits points granted by a campaign or a job (`points.granted`).
+    pub fn grant(
+        &self,
+        program: &Program,
+        points: i64,
+        campaign: Option<&str>,
+        reason: &str,
+        ctx: &EventContext,
+    ) -> Change {
+        let mut journal = Journal::begin(self, program, ctx);
+        let mut source = ctx.source.clone();
+        source.campaign = campaign.map(str::to_string);
+        journal.ctx_source_override(source);
+        credit_action(&mut journal, program, points, reason);
+        journal.finish()
+    }
+
+    /// Records who referred this member, so that their first purchase pays both sides. Only a
+    /// member who has not bought yet can be referred, and only once.
+    pub fn referred_by(&self, referrer: &str) -> Change {
+        let mut account = self.clone();
+        let no_op = if referrer == self.member {
+            Some("a member cannot refer themselves".to_string())
+        } else if self.referred_by.is_some() {
+            Some("the member already has a referrer".to_string())
+        } else if self.purchases > 0 {
+            Some("the member has already made a purchase".to_string())
+        } else {
+            account.referred_by = Some(referrer.to_string());
+            None
+        };
+        Change {
+            account,
+            entries: Vec::new(),
+            no_op,
+        }
+    }
+
     /// Pays the referrer once their referred member has made a first purchase.
     pub fn reward_referrer(&self, program: &Program, referee: &str, ctx: &EventContext) -> Change {
         let mut journal = Journal::begin(self, program, ctx);

@@ -1,0 +1,199 @@
+//! `loyalty serve`: every route, the queue workers and the SQLite store in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use loyalty_core::api::{self, auth::Verifier, AppState};
+use loyalty_core::ports::{ProgramStore, QueueName, SystemClock};
+use loyalty_core::queue::local::{Delivery, LocalQueue};
+use loyalty_core::services::programs::ProgramFormat;
+use loyalty_core::services::Services;
+use loyalty_core::store::sqlite::SqliteStore;
+
+use crate::token::SECRET_VAR;
+
+/// The reference program, loaded into an empty database so that a new user can try it at once.
+const KR_SHOP: &str = include_str!("../../examples/kr-shop.toml");
+/// Deliveries before a message goes to the dead-letter table.
+const MAX_ATTEMPTS: u32 = 5;
+/// A message being processed is hidden this long; after a crash it reappears.
+const VISIBILITY: Duration = Duration::from_secs(30);
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    addr: SocketAddr,
+    /// SQLite database file (created if missing).
+    #[arg(long, default_value = "loyalty.db", conflicts_with = "memory")]
+    db: PathBuf,
+    /// Keep everything in memory (gone when the process ends).
+    #[arg(long)]
+    memory: bool,
+    /// Program files (TOML) to load or update at start; kr-shop is loaded into an empty store.
+    #[arg(long = "program")]
+    programs: Vec<PathBuf>,
+}
+
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let (store, where_) = if args.memory {
+        (SqliteStore::memory(), "in memory (nothing is kept after exit)".to_string())
+    } else {
+        (SqliteStore::open(&args.db), format!("{} (SQLite)", args.db.display()))
+    };
+    let store = store.map_err(|e| e.to_string())?;
+    let queue = LocalQueue::new(store.clone(), MAX_ATTEMPTS);
+    let services = Arc::new(Services::new(
+        Arc::new(store.clone()),
+        Arc::new(queue.clone()),
+        Arc::new(SystemClock),
+    ));
+    let loaded = load_programs(&services, &store, &args.programs).await?;
+
+    let (secret, generated) = match std::env::var(SECRET_VAR) {
+        Ok(s) if !s.is_empty() => (s, false),
+        _ => (generate_secret(), true),
+    };
+    let state = AppState {
+        services: Arc::clone(&services),
+        verifier: Verifier::hs256(secret.as_bytes()),
+    };
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+
+    println!("loyalty serve: listening on http://{addr}");
+    println!("store: {where_}");
+    for line in &loaded {
+        println!("program: {line}");
+    }
+    if generated {
+        println!("{SECRET_VAR} was not set; generated one for this run. In other shells:");
+        println!("export {SECRET_VAR}={secret}");
+    }
+    println!("tokens: loyalty token --admin | loyalty token --member ID");
+
+    for name in [QueueName::Earn, QueueName::Tier, QueueName::Notify] {
+        tokio::spawn(work(queue.clone(), name, Arc::clone(&services)));
+    }
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown())
+        .await
+        .map_err(|e| format!("server failed: {e}"))
+}
+
+/// Loads the program files given, or kr-shop when the store has no program yet.
+async fn load_programs(services: &Services, store: &SqliteStore, files: &[PathBuf]) -> Result<Vec<String>, String> {
+    let mut sources: Vec<(String, String)> = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        sources.push((path.display().to_string(), text));
+    }
+    if sources.is_empty() {
+        if let Some(stored) = store.get_program("kr-shop").await.map_err(|e| e.to_string())? {
+            return Ok(vec![format!("kr-shop v{} (stored)", stored.version)]);
+        }
+        sources.push(("examples/kr-shop.toml (built in)".into(), KR_SHOP.to_string()));
+    }
+    let mut loaded = Vec::new();
+    for (origin, text) in sources {
+        let program = loyalty_core::domain::Program::from_toml(&text).map_err(|e| format!("{origin}: {e}"))?;
+        let current = services.program(&program.id).await.ok();
+        let unchanged = current.as_ref().is_some_and(|c| {
+            let mut stored = c.file.clone();
+            stored.version = None;
+            stored == program.file
+        });
+        let version = match (unchanged, current) {
+            (true, Some(c)) => c.version,
+            _ => {
+                let saved = services
+                    .put_program(&program.id, &text, ProgramFormat::Toml)
+                    .await
+                    .map_err(|e| format!("{origin}: {e}"))?;
+                saved.program.version
+            }
+        };
+        loaded.push(format!(
+            "{} v{version} ({}, {}) from {origin}",
+            program.id, program.currency, program.time_zone
+        ));
+    }
+    Ok(loaded)
+}
+
+/// Plays the part of an event-source mapping for one queue: receive, process, acknowledge,
+/// and let failures come back with backoff until they are dead-lettered.
+async fn work(queue: LocalQueue, name: QueueName, services: Arc<Services>) {
+    loop {
+        match queue.receive(name, 16, VISIBILITY).await {
+            Ok(batch) if batch.is_empty() => tokio::time::sleep(IDLE_POLL).await,
+            Ok(batch) => {
+                for delivery in batch {
+                    handle(&queue, name, &services, delivery).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(queue = name.as_str(), error = %e, "cannot read the queue");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn handle(queue: &LocalQueue, name: QueueName, services: &Services, delivery: Delivery) {
+    let result = match name {
+        QueueName::Earn => services.process_earn(&delivery.body).await.map(|p| format!("{p:?}")),
+        QueueName::Tier => services.process_tier_check(&delivery.body).await.map(|p| format!("{p:?}")),
+        // The brand's own integrations consume notices in AWS; locally they are logged.
+        QueueName::Notify => Ok("logged".to_string()),
+    };
+    match result {
+        Ok(outcome) => {
+            tracing::info!(queue = name.as_str(), outcome, body = %delivery.body, "message handled");
+            if let Err(e) = queue.ack(delivery.seq).await {
+                tracing::warn!(error = %e, "cannot acknowledge; the message will be seen again");
+            }
+        }
+        Err(retry) => match queue.fail(&delivery, &retry.0).await {
+            Ok(true) => tracing::error!(queue = name.as_str(), error = %retry, "message dead-lettered"),
+            Ok(false) => tracing::warn!(queue = name.as_str(), attempt = delivery.attempts, error = %retry, "will retry"),
+            Err(e) => tracing::error!(error = %e, "cannot record the failure"),
+        },
+    }
+}
+
+fn generate_secret() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

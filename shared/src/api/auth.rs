@@ -1,0 +1,139 @@
+//! Who is calling: a [`Principal`] read from a verified JWT.
+//!
+//! Behind API Gateway the JWT authorizer has verified the token and the Lambda entry point puts
+//! its claims on the request ([`GatewayClaims`]). Locally, `loyalty serve` verifies HS256 tokens
+//! signed with `LOYALTY_JWT_SECRET`. Either way the handlers see the same `Principal`.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::header;
+use chrono::Utc;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::problem::Problem;
+use super::AppState;
+
+/// The scope that admin routes require.
+pub const ADMIN_SCOPE: &str = "loyalty/admin";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub scopes: Vec<String>,
+    /// An admin token limited to one program.
+    pub program: Option<String>,
+}
+
+impl Principal {
+    /// Admin of `program`: has the admin scope and is not limited to another program.
+    pub fn require_admin(&self, program: &str) -> Result<(), Problem> {
+        if !self.scopes.iter().any(|s| s == ADMIN_SCOPE) {
+            return Err(Problem::forbidden(format!("this route needs the {ADMIN_SCOPE} scope")));
+        }
+        match &self.program {
+            Some(limited) if limited != program => Err(Problem::forbidden(format!(
+                "this token is limited to program {limited:?}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Claims of our tokens (DESIGN §6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default)]
+    pub scope: String,
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+}
+
+/// Claims already verified by API Gateway's JWT authorizer, put on the request by the Lambda
+/// entry point.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayClaims(pub serde_json::Map<String, serde_json::Value>);
+
+/// How tokens are verified.
+#[derive(Clone)]
+pub enum Verifier {
+    /// Local: HS256 with a shared secret.
+    Hs256(Arc<DecodingKey>),
+    /// Behind API Gateway: the authorizer verified the token.
+    Gateway,
+}
+
+impl Verifier {
+    pub fn hs256(secret: &[u8]) -> Verifier {
+        Verifier::Hs256(Arc::new(DecodingKey::from_secret(secret)))
+    }
+}
+
+/// Signs a development token (`loyalty token`).
+pub fn sign(secret: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
+}
+
+/// Claims for a token valid for `hours`.
+pub fn claims(sub: &str, scopes: &[&str], program: Option<&str>, hours: i64) -> Claims {
+    Claims {
+        sub: sub.to_string(),
+        scope: scopes.join(" "),
+        exp: Utc::now().timestamp() + hours * 3600,
+        program: program.map(str::to_string),
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match &state.verifier {
+            Verifier::Hs256(key) => {
+                let token = bearer(parts)?;
+                let mut validation = Validation::new(Algorithm::HS256);
+                validation.validate_aud = false;
+                validation.set_required_spec_claims(&["exp", "sub"]);
+                let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
+                    .map_err(|e| Problem::unauthorized(format!("the token is not valid: {e}")))?;
+                Ok(principal(data.claims.sub, &data.claims.scope, data.claims.program))
+            }
+            Verifier::Gateway => {
+                let claims = parts
+                    .extensions
+                    .get::<GatewayClaims>()
+                    .ok_or_else(|| Problem::unauthorized("no verified token on the request"))?;
+                let text = |k: &str| claims.0.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                let sub = text("sub").ok_or_else(|| Problem::unauthorized("the token has no subject"))?;
+                Ok(principal(sub, &text("scope").unwrap_or_default(), text("program")))
+            }
+        }
+    }
+}
+
+fn principal(subject: String, scope: &str, program: Option<String>) -> Principal {
+    Principal {
+        subject,
+        scopes: scope.split_whitespace().map(str::to_string).collect(),
+        program,
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, Problem> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| Problem::unauthorized("an Authorization: Bearer token is required"))?
+        .to_str()
+        .map_err(|_| Problem::unauthorized("the Authorization header is not text"))?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Problem::unauthorized("the Authorization header must be 'Bearer <token>'"))
+}

@@ -1,0 +1,171 @@
+//! The HTTP API (DESIGN §6), defined once: a Lambda runs these routers with `lambda_http`, and
+//! `loyalty serve` mounts them all in one process.
+//!
+//! Every handler checks in the same order: authentication (401), authorisation (403), existence
+//! (404), then the request itself (400). Bodies are read as bytes and parsed only after the
+//! checks, so a malformed body never hides a missing token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+pub mod auth;
+pub mod problem;
+
+use auth::{Principal, Verifier};
+use problem::Problem;
+
+use crate::services::programs::ProgramFormat;
+use crate::services::Services;
+
+/// What every handler needs: the services and how to verify callers.
+#[derive(Clone)]
+pub struct AppState {
+    pub services: Arc<Services>,
+    pub verifier: Verifier,
+}
+
+/// Largest request body accepted (a program file or an event).
+const MAX_BODY: usize = 256 * 1024;
+
+/// Admin routes for programs and events.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/programs/{program}", get(get_program).put(put_program))
+        .route("/v1/programs/{program}/events", post(submit_event))
+        .route("/v1/programs/{program}/members/{member}", get(admin_member_view))
+        .route("/v1/programs/{program}/members/{member}/ledger", get(admin_member_ledger))
+        .with_state(state)
+}
+
+/// The member's own routes (the mobile app).
+pub fn member_router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/programs/{program}/me", get(me))
+        .route("/v1/programs/{program}/me/ledger", get(my_ledger))
+        .with_state(state)
+}
+
+/// Every route, as `loyalty serve` mounts them, with problem+json for unknown paths.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(admin_router(state.clone()))
+        .merge(member_router(state))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+}
+
+async fn put_program(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    let text = std::str::from_utf8(&body).map_err(|_| Problem::bad_request("malformed-program", "the body is not UTF-8 text"))?;
+    let saved = state.services.put_program(&program, text, format_of(&headers)).await?;
+    let status = if saved.created { StatusCode::CREATED } else { StatusCode::OK };
+    let body = json!({"program": saved.program.id, "version": saved.program.version});
+    Ok((status, Json(body)).into_response())
+}
+
+async fn get_program(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    let program = state.services.program(&program).await?;
+    Ok(Json(json!({"program": program.id, "version": program.version, "file": program.file})).into_response())
+}
+
+/// TOML is the canonical format; JSON is accepted when the request says so.
+fn format_of(headers: &HeaderMap) -> ProgramFormat {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("application/json") {
+        ProgramFormat::Json
+    } else {
+        ProgramFormat::Toml
+    }
+}
+
+async fn submit_event(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    let accepted = state.services.submit_event(&program, &body).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+/// The member a token speaks for: the `app` alias of its subject, or the subject itself.
+async fn member_of(state: &AppState, program: &str, principal: &Principal) -> Result<String, Problem> {
+    let services = &state.services;
+    services.program(program).await?;
+    Ok(services
+        .store
+        .resolve_alias(program, "app", &principal.subject)
+        .await
+        .map_err(crate::services::ServiceError::from)?
+        .unwrap_or_else(|| principal.subject.clone()))
+}
+
+async fn me(principal: Principal, State(state): State<AppState>, Path(program): Path<String>) -> Result<Response, Problem> {
+    let member = member_of(&state, &program, &principal).await?;
+    Ok(Json(state.services.member_view(&program, &member).await?).into_response())
+}
+
+async fn my_ledger(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let member = member_of(&state, &program, &principal).await?;
+    ledger(&state, &program, &member, &query).await
+}
+
+async fn admin_member_view(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, member)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    Ok(Json(state.services.member_view(&program, &member).await?).into_response())
+}
+
+async fn admin_member_ledger(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, member)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    ledger(&state, &program, &member, &query).await
+}
+
+async fn ledger(state: &AppState, program: &str, member: &str, query: &HashMap<String, String>) -> Result<Response, Problem> {
+    let limit = match query.get("limit") {
+        Some(text) => Some(
+            text.parse::<usize>()
+                .map_err(|_| Problem::bad_request("invalid-limit", format!("limit {text:?} is not a number")))?,
+        ),
+        None => None,
+    };
+    let cursor = query.get("cursor").map(String::as_str);
+    Ok(Json(state.services.ledger(program, member, limit, cursor).await?).into_response())
+}

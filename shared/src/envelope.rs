@@ -1,0 +1,397 @@
+//! Messages between the functions (DESIGN §5): a versioned JSON envelope around typed data.
+//!
+//! The same parsing runs when an event is submitted (so bad input is refused with 400 before it
+//! is queued) and when earn processes it (so a message that slipped through is rejected as
+//! permanent, never retried forever).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::earning::{Purchase, PurchaseLine};
+use crate::domain::money::Currency;
+use crate::domain::orders::{RefundLine, Reversal};
+use crate::domain::program::Program;
+
+pub const ENVELOPE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub id: String,
+    pub program: String,
+    /// Always the canonical member id: aliases are resolved before a message is queued.
+    pub member: String,
+    pub occurred_at: DateTime<Utc>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Envelope {
+    /// FIFO group: one member's events are processed in order.
+    pub fn group(&self) -> String {
+        format!("{}#{}", self.program, self.member)
+    }
+}
+
+/// The event types the earn function processes.
+pub const EARN_TYPES: &[&str] = &[
+    "purchase.completed",
+    "purchase.refunded",
+    "purchase.cancelled",
+    "engagement.recorded",
+    "points.granted",
+];
+
+/// Why an event is refused for good. The message says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EventError(pub String);
+
+fn invalid(message: impl Into<String>) -> EventError {
+    EventError(message.into())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurchaseData {
+    order_id: String,
+    currency: String,
+    lines: Vec<LineData>,
+    #[serde(default)]
+    shipping: Option<String>,
+    #[serde(default)]
+    tax: Option<String>,
+    #[serde(default)]
+    taxes_included: Option<bool>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    platform: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineData {
+    line_id: String,
+    #[serde(default)]
+    sku: String,
+    #[serde(default)]
+    category: String,
+    quantity: i64,
+    unit_price: String,
+    #[serde(default)]
+    discount: Option<String>,
+    #[serde(default)]
+    gift_card: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundData {
+    order_id: String,
+    refund_id: String,
+    #[serde(default)]
+    currency: Option<String>,
+    lines: Vec<RefundLineData>,
+    #[serde(default)]
+    platform: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundLineData {
+    line_id: String,
+    quantity: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelData {
+    order_id: String,
+    #[serde(default)]
+    platform: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngagementData {
+    action: String,
+    #[serde(rename = "ref")]
+    reference: String,
+    /// For `custom` actions: which one.
+    #[serde(default)]
+    name: Option<String>,
+    /// For `referral`: `referrer` (the member who referred) or `referee`.
+    #[serde(default)]
+    role: Option<String>,
+    /// For a `referral` recorded on the new member: who referred them.
+    #[serde(default)]
+    referrer: Option<String>,
+    #[serde(default)]
+    referee: Option<String>,
+    #[serde(default)]
+    platform: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantData {
+    points: i64,
+    #[serde(default)]
+    campaign: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// An earn-queue event, checked and converted to domain types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EarnEvent {
+    Purchase { platform: String, purchase: Purchase },
+    Refund { platform: String, reversal: Reversal },
+    Engagement(Engagement),
+    Grant { points: i64, campaign: Option<String>, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engagement {
+    Action { action: String, platform: String },
+    /// The new member was referred by `referrer` (recorded at their signup).
+    Referred { referrer: String },
+    /// Pay the referrer: `referee` made a first purchase.
+    ReferrerReward { referee: String },
+}
+
+impl EarnEvent {
+    /// Where the event's id comes from, for its dedup marker.
+    pub fn source(&self) -> &str {
+        match self {
+            EarnEvent::Purchase { platform, .. } | EarnEvent::Refund { platform, .. } => platform,
+            EarnEvent::Engagement(Engagement::Action { platform, .. }) => platform,
+            EarnEvent::Engagement(_) => "referral",
+            EarnEvent::Grant { .. } => "campaign",
+        }
+    }
+
+    /// The order record the event concerns, if any (`{platform}#{order id}`).
+    pub fn order_key(&self) -> Option<String> {
+        match self {
+            EarnEvent::Purchase { platform, purchase } => Some(order_key(platform, &purchase.order_id)),
+            EarnEvent::Refund { platform, reversal } => Some(order_key(platform, &reversal.order_id)),
+            _ => None,
+        }
+    }
+}
+
+pub fn order_key(platform: &str, order_id: &str) -> String {
+    format!("{platform}#{order_id}")
+}
+
+fn from_data<T: serde::de::DeserializeOwned>(kind: &str, data: &serde_json::Value) -> Result<T, EventError> {
+    serde_json::from_value(data.clone()).map_err(|e| invalid(format!("{kind} data: {e}")))
+}
+
+fn required(field: &str, value: &str) -> Result<(), EventError> {
+    if value.trim().is_empty() {
+        return Err(invalid(format!("data.{field} must not be empty")));
+    }
+    Ok(())
+}
+
+fn currency_of(program: &Program, code: &str) -> Result<Currency, EventError> {
+    let currency = Currency::from_code(code).map_err(|e| invalid(format!("data.currency: {e}")))?;
+    if currency != program.currency {
+        return Err(invalid(format!(
+            "data.currency is {currency}, but program {} uses {}",
+            program.id, program.currency
+        )));
+    }
+    Ok(currency)
+}
+
+fn amount(currency: Currency, field: &str, text: &str) -> Result<i64, EventError> {
+    currency
+        .parse_non_negative(text)
+        .map_err(|e| invalid(format!("{field}: {e}")))
+}
+
+/// Checks the envelope itself: version, ids, the program of the path.
+pub fn check_envelope(envelope: &Envelope, program: &Program) -> Result<(), EventError> {
+    if envelope.version != ENVELOPE_VERSION {
+        return Err(invalid(format!(
+            "version {} is not supported (expected {ENVELOPE_VERSION})",
+            envelope.version
+        )));
+    }
+    if envelope.program != program.id {
+        return Err(invalid(format!(
+            "program {:?} does not match the program of the path, {:?}",
+            envelope.program, program.id
+        )));
+    }
+    if envelope.id.is_empty() || envelope.id.len() > 128 || envelope.id.contains('#') {
+        return Err(invalid("id must be 1-128 characters without '#'"));
+    }
+    if envelope.member.is_empty() || envelope.member.len() > 128 || envelope.member.contains('#') {
+        return Err(invalid("member must be 1-128 characters without '#'"));
+    }
+    Ok(())
+}
+
+/// Parses an earn-queue envelope into a domain event, checking everything that can be checked
+/// without state.
+pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEvent, EventError> {
+    check_envelope(envelope, program)?;
+    let data = &envelope.data;
+    match envelope.kind.as_str() {
+        "purchase.completed" => {
+            let d: PurchaseData = from_data(&envelope.kind, data)?;
+            required("order_id", &d.order_id)?;
+            let currency = currency_of(program, &d.currency)?;
+            if d.lines.is_empty() {
+                return Err(invalid("data.lines must list at least one line"));
+            }
+            let mut lines = Vec::with_capacity(d.lines.len());
+            for (i, l) in d.lines.iter().enumerate() {
+                required(&format!("lines[{i}].line_id"), &l.line_id)?;
+                if l.quantity <= 0 {
+                    return Err(invalid(format!("data.lines[{i}].quantity must be greater than zero")));
+                }
+                lines.push(PurchaseLine {
+                    line_id: l.line_id.clone(),
+                    sku: l.sku.clone(),
+                    category: l.category.clone(),
+                    quantity: l.quantity,
+                    unit_price: amount(currency, &format!("data.lines[{i}].unit_price"), &l.unit_price)?,
+                    discount: match &l.discount {
+                        Some(t) => amount(currency, &format!("data.lines[{i}].discount"), t)?,
+                        None => 0,
+                    },
+                    gift_card: l.gift_card,
+                });
+            }
+            let purchase = Purchase {
+                order_id: d.order_id.clone(),
+                currency,
+                lines,
+                shipping: match &d.shipping {
+                    Some(t) => amount(currency, "data.shipping", t)?,
+                    None => 0,
+                },
+                tax: match &d.tax {
+                    Some(t) => amount(currency, "data.tax", t)?,
+                    None => 0,
+                },
+            };
+            let _ = (d.taxes_included, &d.channel);
+            // Catch line problems (discount above the total, duplicate line ids) now, not in earn.
+            crate::domain::earning::purchase_points(&program.purchase, program.currency, &purchase, 10_000, &[])
+                .map_err(|e| invalid(format!("data.{e}")))?;
+            Ok(EarnEvent::Purchase {
+                platform: d.platform.unwrap_or_else(|| "api".into()),
+                purchase,
+            })
+        }
+        "purchase.refunded" => {
+            let d: RefundData = from_data(&envelope.kind, data)?;
+            required("order_id", &d.order_id)?;
+            required("refund_id", &d.refund_id)?;
+            if d.refund_id == "cancel" {
+                return Err(invalid("data.refund_id \"cancel\" is reserved for cancellations"));
+            }
+            if let Some(code) = &d.currency {
+                currency_of(program, code)?;
+            }
+            if d.lines.is_empty() {
+                return Err(invalid("data.lines must list at least one refunded line"));
+            }
+            for (i, l) in d.lines.iter().enumerate() {
+                if l.quantity <= 0 {
+                    return Err(invalid(format!("data.lines[{i}].quantity must be greater than zero")));
+                }
+            }
+            Ok(EarnEvent::Refund {
+                platform: d.platform.unwrap_or_else(|| "api".into()),
+                reversal: Reversal {
+                    order_id: d.order_id,
+                    refund_id: d.refund_id,
+                    lines: Some(
+                        d.lines
+                            .into_iter()
+                            .map(|l| RefundLine {
+                                line_id: l.line_id,
+                                quantity: l.quantity,
+                            })
+                            .collect(),
+                    ),
+                    event_id: envelope.id.clone(),
+                    occurred_at: envelope.occurred_at,
+                },
+            })
+        }
+        "purchase.cancelled" => {
+            let d: CancelData = from_data(&envelope.kind, data)?;
+            required("order_id", &d.order_id)?;
+            let _ = d.reason;
+            Ok(EarnEvent::Refund {
+                platform: d.platform.unwrap_or_else(|| "api".into()),
+                reversal: Reversal {
+                    order_id: d.order_id,
+                    refund_id: "cancel".into(),
+                    lines: None,
+                    event_id: envelope.id.clone(),
+                    occurred_at: envelope.occurred_at,
+                },
+            })
+        }
+        "engagement.recorded" => {
+            let d: EngagementData = from_data(&envelope.kind, data)?;
+            required("ref", &d.reference)?;
+            let platform = d.platform.clone().unwrap_or_else(|| "api".into());
+            let engagement = match d.action.as_str() {
+                "referral" => match (d.role.as_deref(), d.referrer, d.referee) {
+                    (Some("referee") | None, Some(referrer), None) => Engagement::Referred { referrer },
+                    (Some("referrer") | None, None, Some(referee)) => Engagement::ReferrerReward { referee },
+                    _ => {
+                        return Err(invalid(
+                            "a referral names either data.referrer (on the new member) or data.referee (on the referrer)",
+                        ))
+                    }
+                },
+                "custom" => {
+                    let name = d.name.filter(|n| !n.is_empty()).ok_or_else(|| invalid("a custom action needs data.name"))?;
+                    Engagement::Action { action: name, platform }
+                }
+                known if crate::domain::program::KNOWN_ACTIONS.contains(&known) => Engagement::Action {
+                    action: known.to_string(),
+                    platform,
+                },
+                other => {
+                    return Err(invalid(format!(
+                        "data.action {other:?} is not one of signup, review, photo_review, share, referral, birthday, anniversary, custom"
+                    )))
+                }
+            };
+            Ok(EarnEvent::Engagement(engagement))
+        }
+        "points.granted" => {
+            let d: GrantData = from_data(&envelope.kind, data)?;
+            if d.points <= 0 {
+                return Err(invalid("data.points must be greater than zero"));
+            }
+            Ok(EarnEvent::Grant {
+                points: d.points,
+                reason: d.reason.unwrap_or_else(|| format!("{} points granted", d.points)),
+                campaign: d.campaign,
+            })
+        }
+        other => Err(invalid(format!(
+            "type {other:?} is not one of {}",
+            EARN_TYPES.join(", ")
+        ))),
+    }
+}

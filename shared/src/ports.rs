@@ -1,0 +1,246 @@
+//! The ports the services talk to: state, queues and the clock.
+//!
+//! Adapters: DynamoDB and SQS in AWS, SQLite (state and a durable local queue) for `loyalty
+//! serve`. Both state adapters pass the same conformance suite (`tests/` of this crate), so the
+//! services cannot tell them apart.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Account, LedgerEntry, OrderRecord};
+use crate::envelope::Envelope;
+
+/// Why a store or queue operation failed. The adapter's own error is kept as the source, so an
+/// operator sees the SDK's or SQLite's message, and callers can still match on the kind.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Worth retrying: throttling, a busy database, a network blip.
+    #[error("store temporarily unavailable: {message}")]
+    Transient {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    #[error("store failed: {message}")]
+    Failed {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// Stored data that does not decode (a bug or a manual edit), never retried.
+    #[error("stored item {key} is corrupt: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+impl StoreError {
+    pub fn failed(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Failed {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub fn transient(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Transient {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// Why a conditional commit did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The event marker exists: this event already had its effect.
+    #[error("duplicate event")]
+    Duplicate,
+    /// The account changed since it was loaded; reload and retry.
+    #[error("account version conflict")]
+    VersionConflict,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A program file as stored, with its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredProgram {
+    pub version: u32,
+    /// The program file as JSON (the canonical TOML is converted on the way in).
+    pub file_json: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberState {
+    /// `None` for a member never seen before.
+    pub account: Option<Account>,
+    /// The order records asked for that exist, by order key.
+    pub orders: BTreeMap<String, OrderRecord>,
+}
+
+/// Marks an event as applied, in the same transaction as its effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMarker {
+    /// Where the event id comes from (`api`, `shopify`, a job name...): ids are unique per source.
+    pub source: String,
+    pub event_id: String,
+}
+
+/// One conditional write of a member's state: all of it or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    pub program: String,
+    pub member: String,
+    /// The version loaded; `None` when the account must not exist yet.
+    pub expected_version: Option<u64>,
+    /// The new account; the store writes it with `version = expected + 1` (or 1).
+    pub account: Account,
+    pub entries: Vec<LedgerEntry>,
+    pub marker: Option<EventMarker>,
+    /// Order records to write, by order key.
+    pub orders: BTreeMap<String, OrderRecord>,
+}
+
+/// A page of the ledger, newest recorded first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerPage {
+    pub entries: Vec<LedgerEntry>,
+    /// Opaque; pass back to get the next (older) page. `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// An event refused for good (bad input), kept with its reason for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedEvent {
+    pub program: String,
+    pub event_id: String,
+    pub at: DateTime<Utc>,
+    pub reason: String,
+    pub payload: String,
+}
+
+#[async_trait]
+pub trait ProgramStore: Send + Sync {
+    async fn get_program(&self, program: &str) -> Result<Option<StoredProgram>, StoreError>;
+    /// Saves a new version: `expected` is the version replaced (`None` = must be new). Returns
+    /// the new version, or `Ok(None)` when someone else saved first.
+    async fn put_program(
+        &self,
+        program: &str,
+        file_json: &str,
+        expected: Option<u32>,
+        at: DateTime<Utc>,
+    ) -> Result<Option<u32>, StoreError>;
+}
+
+#[async_trait]
+pub trait MemberStore: Send + Sync {
+    /// The account and the named order records, in one read.
+    async fn load_member(
+        &self,
+        program: &str,
+        member: &str,
+        order_keys: &[String],
+    ) -> Result<MemberState, StoreError>;
+    async fn commit(&self, commit: Commit) -> Result<(), CommitError>;
+    async fn ledger_page(
+        &self,
+        program: &str,
+        member: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<LedgerPage, StoreError>;
+    async fn has_marker(&self, program: &str, member: &str, marker: &EventMarker) -> Result<bool, StoreError>;
+}
+
+#[async_trait]
+pub trait AliasStore: Send + Sync {
+    /// The canonical member for an identity (`app`, `email`, `shopify`...), if linked.
+    async fn resolve_alias(&self, program: &str, kind: &str, value: &str) -> Result<Option<String>, StoreError>;
+    /// Links an identity to a member; `false` when it is already linked to another member.
+    async fn put_alias(&self, program: &str, kind: &str, value: &str, member: &str) -> Result<bool, StoreError>;
+}
+
+#[async_trait]
+pub trait RejectStore: Send + Sync {
+    async fn reject(&self, rejected: &RejectedEvent) -> Result<(), StoreError>;
+    async fn rejected(&self, program: &str, limit: usize) -> Result<Vec<RejectedEvent>, StoreError>;
+}
+
+/// Everything the services need from state.
+pub trait Store: ProgramStore + MemberStore + AliasStore + RejectStore {}
+impl<T: ProgramStore + MemberStore + AliasStore + RejectStore> Store for T {}
+
+/// The queues of DESIGN §5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueName {
+    Earn,
+    Tier,
+    Notify,
+}
+
+impl QueueName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueName::Earn => "earn",
+            QueueName::Tier => "tier",
+            QueueName::Notify => "notify",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not send to the {queue} queue: {message}")]
+pub struct QueueError {
+    pub queue: &'static str,
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Sends a message; FIFO queues group by program#member and deduplicate by message id.
+    async fn send(&self, queue: QueueName, message: &Envelope) -> Result<(), QueueError>;
+}
+
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that says what it is told (tests, and `--date` for jobs).
+#[derive(Debug, Default)]
+pub struct FixedClock(std::sync::Mutex<Option<DateTime<Utc>>>);
+
+impl FixedClock {
+    pub fn at(now: DateTime<Utc>) -> Arc<FixedClock> {
+        Arc::new(FixedClock(std::sync::Mutex::new(Some(now))))
+    }
+
+    pub fn set(&self, now: DateTime<Utc>) {
+        if let Ok(mut t) = self.0.lock() {
+            *t = Some(now);
+        }
+    }
+}
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0.lock().ok().and_then(|t| *t).unwrap_or_else(Utc::now)
+    }
+}

@@ -1,0 +1,217 @@
+//! A durable queue inside the SQLite database, for `loyalty serve`.
+//!
+//! It gives the local process what SQS FIFO gives the Lambda functions: a message is stored
+//! before the sender is answered (so a crash after "202 accepted" loses nothing), each member's
+//! messages are delivered in order (one group = program#member), a failed message is retried
+//! with backoff and moved to a dead-letter table after `max_attempts`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::envelope::Envelope;
+use crate::ports::{Queue, QueueError, QueueName, StoreError};
+use crate::store::sqlite::{sql_error, SqliteStore};
+
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "
+        CREATE TABLE IF NOT EXISTS queue (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            queue TEXT NOT NULL, id TEXT NOT NULL, grp TEXT NOT NULL, body TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, available_at INTEGER NOT NULL,
+            last_error TEXT,
+            UNIQUE (queue, id));
+        CREATE INDEX IF NOT EXISTS queue_groups ON queue (queue, grp, seq);
+        CREATE TABLE IF NOT EXISTS sent (queue TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (queue, id));
+        CREATE TABLE IF NOT EXISTS dead_letters (
+            queue TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL, attempts INTEGER NOT NULL,
+            error TEXT NOT NULL, at TEXT NOT NULL);
+        ",
+    )
+    .map_err(|e| StoreError::failed("cannot create the queue tables", e))
+}
+
+/// One delivery of a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub seq: i64,
+    pub queue: QueueName,
+    pub body: String,
+    /// 1 on the first delivery.
+    pub attempts: u32,
+}
+
+#[derive(Clone)]
+pub struct LocalQueue {
+    store: SqliteStore,
+    max_attempts: u32,
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+impl LocalQueue {
+    pub fn new(store: SqliteStore, max_attempts: u32) -> LocalQueue {
+        LocalQueue {
+            store,
+            max_attempts: max_attempts.max(1),
+        }
+    }
+
+    /// Takes up to `max` messages that are due, at most one per group (the oldest), and hides
+    /// them for `visibility` so that a crash mid-processing makes them reappear.
+    pub async fn receive(&self, queue: QueueName, max: usize, visibility: Duration) -> Result<Vec<Delivery>, StoreError> {
+        let hide_ms = i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX);
+        self.store
+            .with(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(|e| sql_error("cannot begin", e))?;
+                let now = now_ms();
+                let heads: Vec<(i64, String, u32)> = {
+                    let mut stmt = tx
+                        .prepare_cached(
+                            "SELECT q.seq, q.body, q.attempts FROM queue q
+                             WHERE q.queue = ?1 AND q.available_at <= ?2
+                               AND q.seq = (SELECT MIN(p.seq) FROM queue p WHERE p.queue = q.queue AND p.grp = q.grp)
+                             ORDER BY q.seq LIMIT ?3",
+                        )
+                        .map_err(|e| sql_error("cannot read the queue", e))?;
+                    let rows = stmt
+                        .query_map(params![queue.as_str(), now, max as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                        .map_err(|e| sql_error("cannot read the queue", e))?;
+                    rows.collect::<Result<_, _>>().map_err(|e| sql_error("cannot read the queue", e))?
+                };
+                for (seq, _, _) in &heads {
+                    tx.execute(
+                        "UPDATE queue SET attempts = attempts + 1, available_at = ?2 WHERE seq = ?1",
+                        params![seq, now.saturating_add(hide_ms)],
+                    )
+                    .map_err(|e| sql_error("cannot update the queue", e))?;
+                }
+                tx.commit().map_err(|e| sql_error("cannot commit", e))?;
+                Ok(heads
+                    .into_iter()
+                    .map(|(seq, body, attempts)| Delivery { seq, queue, body, attempts: attempts + 1 })
+                    .collect())
+            })
+            .await
+    }
+
+    /// The message was processed: it is gone.
+    pub async fn ack(&self, seq: i64) -> Result<(), StoreError> {
+        self.store
+            .with(move |conn| {
+                conn.execute("DELETE FROM queue WHERE seq = ?1", params![seq])
+                    .map_err(|e| sql_error("cannot delete from the queue", e))?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The message failed: retry later with exponential backoff, or dead-letter it once it has
+    /// had `max_attempts` deliveries. Returns true when it was dead-lettered.
+    pub async fn fail(&self, delivery: &Delivery, error: &str) -> Result<bool, StoreError> {
+        let (seq, attempts, error) = (delivery.seq, delivery.attempts, error.to_string());
+        let max = self.max_attempts;
+        self.store
+            .with(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(|e| sql_error("cannot begin", e))?;
+                let row: Option<(String, String, String)> = tx
+                    .query_row("SELECT queue, id, body FROM queue WHERE seq = ?1", params![seq], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()
+                    .map_err(|e| sql_error("cannot read the queue", e))?;
+                let Some((queue, id, body)) = row else {
+                    return Ok(false);
+                };
+                let dead = attempts >= max;
+                if dead {
+                    tx.execute(
+                        "INSERT INTO dead_letters (queue, id, body, attempts, error, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![queue, id, body, attempts, error, Utc::now().to_rfc3339()],
+                    )
+                    .map_err(|e| sql_error("cannot dead-letter", e))?;
+                    tx.execute("DELETE FROM queue WHERE seq = ?1", params![seq])
+                        .map_err(|e| sql_error("cannot delete from the queue", e))?;
+                } else {
+                    let backoff_ms = 200i64.saturating_mul(1 << attempts.min(10));
+                    tx.execute(
+                        "UPDATE queue SET available_at = ?2, last_error = ?3 WHERE seq = ?1",
+                        params![seq, now_ms().saturating_add(backoff_ms), error],
+                    )
+                    .map_err(|e| sql_error("cannot update the queue", e))?;
+                }
+                tx.commit().map_err(|e| sql_error("cannot commit", e))?;
+                Ok(dead)
+            })
+            .await
+    }
+
+    /// Messages waiting (or in flight) on a queue.
+    pub async fn depth(&self, queue: QueueName) -> Result<u64, StoreError> {
+        self.store
+            .with(move |conn| {
+                conn.query_row("SELECT COUNT(*) FROM queue WHERE queue = ?1", params![queue.as_str()], |r| r.get(0))
+                    .map_err(|e| sql_error("cannot count the queue", e))
+            })
+            .await
+    }
+
+    /// Dead letters of a queue: (id, error).
+    pub async fn dead_letters(&self, queue: QueueName) -> Result<Vec<(String, String)>, StoreError> {
+        self.store
+            .with(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT id, error FROM dead_letters WHERE queue = ?1 ORDER BY at")
+                    .map_err(|e| sql_error("cannot read dead letters", e))?;
+                let rows = stmt
+                    .query_map(params![queue.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(|e| sql_error("cannot read dead letters", e))?;
+                rows.collect::<Result<_, _>>().map_err(|e| sql_error("cannot read dead letters", e))
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Queue for LocalQueue {
+    async fn send(&self, queue: QueueName, message: &Envelope) -> Result<(), QueueError> {
+        let error = |message: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| QueueError {
+            queue: queue.as_str(),
+            message,
+            source,
+        };
+        let body = serde_json::to_string(message).map_err(|e| error("cannot encode the message".into(), Some(Box::new(e))))?;
+        let (id, group) = (message.id.clone(), message.group());
+        self.store
+            .with(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(|e| sql_error("cannot begin", e))?;
+                // Like a FIFO queue's deduplication, but without SQS's five-minute window: a
+                // message id is accepted once, ever.
+                let fresh = tx
+                    .execute("INSERT OR IGNORE INTO sent (queue, id) VALUES (?1, ?2)", params![queue.as_str(), id])
+                    .map_err(|e| sql_error("cannot enqueue", e))?;
+                if fresh == 1 {
+                    tx.execute(
+                        "INSERT INTO queue (queue, id, grp, body, available_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![queue.as_str(), id, group, body, now_ms()],
+                    )
+                    .map_err(|e| sql_error("cannot enqueue", e))?;
+                }
+                tx.commit().map_err(|e| sql_error("cannot commit", e))?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| error(e.to_string(), Some(Box::new(e))))
+    }
+}

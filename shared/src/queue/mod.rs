@@ -1,0 +1,7 @@
+//! Queue adapters: SQS in AWS, and a durable queue inside the SQLite database for the local
+//! process (at-least-once, FIFO per member, retries with backoff, dead letters).
+
+#[cfg(feature = "sqlite")]
+pub mod local;
+#[cfg(feature = "aws")]
+pub mod sqs;

@@ -1,0 +1,270 @@
+//! Processing one earn-queue or tier-queue message: load → domain → conditional commit →
+//! follow-up messages.
+//!
+//! A message has its effect once: the event marker is written in the same transaction as the
+//! effect, so a redelivery finds the marker and succeeds without effect. Bad input is permanent:
+//! it is recorded as a rejected event with its reason and acknowledged, never retried.
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::{ServiceError, Services, COMMIT_ATTEMPTS};
+use crate::domain::{Account, Change, EventContext, Program, Source};
+use crate::envelope::{parse_earn_event, EarnEvent, Engagement, Envelope, ENVELOPE_VERSION};
+use crate::ports::{Commit, CommitError, EventMarker, MemberState, QueueName, RejectedEvent};
+
+/// What became of a message that was handled (acknowledge it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed {
+    /// The effect was committed with this many ledger entries.
+    Applied { entries: usize },
+    /// The event had been applied before.
+    Duplicate,
+    /// Recorded without effect (over a cap, not configured, parked refund), with the reason.
+    NoEffect(String),
+    /// Refused for good; stored as a rejected event.
+    Rejected(String),
+}
+
+/// A failure worth retrying (the queue redelivers the message).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Retry(pub String);
+
+impl From<ServiceError> for Retry {
+    fn from(e: ServiceError) -> Self {
+        Retry(e.to_string())
+    }
+}
+
+/// The domain's answer for one event: the change, the order records to save, follow-ups.
+struct Outcome {
+    change: Change,
+    orders: std::collections::BTreeMap<String, crate::domain::OrderRecord>,
+    referrer: Option<String>,
+}
+
+impl Services {
+    /// Handles one earn-queue message (SQS record body or local queue delivery).
+    pub async fn process_earn(&self, body: &str) -> Result<Processed, Retry> {
+        let envelope: Envelope = match serde_json::from_str(body) {
+            Ok(e) => e,
+            Err(e) => return self.reject_raw(body, &format!("not an event envelope: {e}")).await,
+        };
+        let program = match self.program(&envelope.program).await {
+            Ok(p) => p,
+            Err(ServiceError::NotFound { detail, .. }) => return self.reject(&envelope, body, &detail).await,
+            Err(e) => return Err(e.into()),
+        };
+        let event = match parse_earn_event(&envelope, &program) {
+            Ok(event) => event,
+            Err(e) => return self.reject(&envelope, body, &e.to_string()).await,
+        };
+        let marker = EventMarker {
+            source: event.source().to_string(),
+            event_id: envelope.id.clone(),
+        };
+        let order_keys: Vec<String> = event.order_key().into_iter().collect();
+        for _ in 0..COMMIT_ATTEMPTS {
+            let now = self.clock.now();
+            let state = self
+                .store
+                .load_member(&program.id, &envelope.member, &order_keys)
+                .await
+                .map_err(|e| Retry(e.to_string()))?;
+            let ctx = EventContext::new(envelope.id.clone(), envelope.occurred_at, now).with_source(Source {
+                platform: Some(event.source().to_string()),
+                ..Source::default()
+            });
+            let outcome = match decide(&program, &envelope, &event, &state, &ctx) {
+                Ok(outcome) => outcome,
+                Err(reason) => return self.reject(&envelope, body, &reason).await,
+            };
+            let entries = outcome.change.entries.len();
+            let no_op = outcome.change.no_op.clone();
+            let commit = Commit {
+                program: program.id.clone(),
+                member: envelope.member.clone(),
+                expected_version: state.account.as_ref().map(|a| a.version),
+                account: outcome.change.account,
+                entries: outcome.change.entries,
+                marker: Some(marker.clone()),
+                orders: outcome.orders,
+            };
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    self.follow_up(&envelope, &event, outcome.referrer).await?;
+                    return Ok(match no_op {
+                        Some(reason) if entries == 0 => Processed::NoEffect(reason),
+                        _ => Processed::Applied { entries },
+                    });
+                }
+                Err(CommitError::Duplicate) => {
+                    // The effect is there; its follow-ups may not be (a crash between the two).
+                    self.follow_up(&envelope, &event, None).await?;
+                    return Ok(Processed::Duplicate);
+                }
+                Err(CommitError::VersionConflict) => continue,
+                Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
+            }
+        }
+        Err(Retry(format!("member {} kept changing; will retry", envelope.member)))
+    }
+
+    /// Handles one `tier.check`: upgrade the member if a threshold has been crossed.
+    pub async fn process_tier_check(&self, body: &str) -> Result<Processed, Retry> {
+        let envelope: Envelope = match serde_json::from_str(body) {
+            Ok(e) => e,
+            Err(e) => return self.reject_raw(body, &format!("not an event envelope: {e}")).await,
+        };
+        let program = match self.program(&envelope.program).await {
+            Ok(p) => p,
+            Err(ServiceError::NotFound { detail, .. }) => return self.reject(&envelope, body, &detail).await,
+            Err(e) => return Err(e.into()),
+        };
+        let marker = EventMarker {
+            source: "tier".into(),
+            event_id: envelope.id.clone(),
+        };
+        for _ in 0..COMMIT_ATTEMPTS {
+            let now = self.clock.now();
+            let state = self
+                .store
+                .load_member(&program.id, &envelope.member, &[])
+                .await
+                .map_err(|e| Retry(e.to_string()))?;
+            let Some(account) = state.account else {
+                return Ok(Processed::NoEffect("no such member yet".into()));
+            };
+            let ctx = EventContext::new(envelope.id.clone(), now, now);
+            let change = account.check_tier(&program, &ctx);
+            if change.entries.is_empty() {
+                return Ok(Processed::NoEffect(change.no_op.unwrap_or_default()));
+            }
+            let entries = change.entries.len();
+            let tier = change.account.tier.clone();
+            let commit = Commit {
+                program: program.id.clone(),
+                member: envelope.member.clone(),
+                expected_version: Some(account.version),
+                account: change.account,
+                entries: change.entries,
+                marker: Some(marker.clone()),
+                orders: Default::default(),
+            };
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    let notice = message(&envelope, "tier.changed", format!("tier-changed-{}", envelope.id), json!({
+                        "from": account.tier.id, "to": tier.id, "review_date": tier.review_on,
+                    }));
+                    self.queue.send(QueueName::Notify, &notice).await.map_err(|e| Retry(e.to_string()))?;
+                    return Ok(Processed::Applied { entries });
+                }
+                Err(CommitError::Duplicate) => return Ok(Processed::Duplicate),
+                Err(CommitError::VersionConflict) => continue,
+                Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
+            }
+        }
+        Err(Retry(format!("member {} kept changing; will retry", envelope.member)))
+    }
+
+    /// Messages that follow an earn: a tier check after anything that moves the qualifying
+    /// measure, the referrer's reward after a referred member's first purchase, and a notice.
+    /// Their ids derive from the event's, so sending them twice has no second effect.
+    async fn follow_up(&self, envelope: &Envelope, event: &EarnEvent, referrer: Option<String>) -> Result<(), Retry> {
+        let send = |queue, m: Envelope| async move { self.queue.send(queue, &m).await.map_err(|e| Retry(e.to_string())) };
+        if matches!(event, EarnEvent::Purchase { .. } | EarnEvent::Refund { .. }) {
+            send(QueueName::Tier, message(envelope, "tier.check", format!("tier-check-{}", envelope.id), json!({}))).await?;
+        }
+        if let Some(referrer) = referrer {
+            let mut reward = message(envelope, "engagement.recorded", format!("referral-{}", envelope.member), json!({
+                "action": "referral", "ref": envelope.member, "referee": envelope.member,
+            }));
+            reward.member = referrer;
+            send(QueueName::Earn, reward).await?;
+        }
+        send(QueueName::Notify, message(envelope, "points.earned", format!("points-earned-{}", envelope.id), json!({
+            "event": envelope.id, "type": envelope.kind,
+        })))
+        .await
+    }
+
+    async fn reject(&self, envelope: &Envelope, body: &str, reason: &str) -> Result<Processed, Retry> {
+        self.store_rejection(&envelope.program, &envelope.id, body, reason).await
+    }
+
+    async fn reject_raw(&self, body: &str, reason: &str) -> Result<Processed, Retry> {
+        // Without an envelope there is no program to file it under.
+        self.store_rejection("unknown", "unknown", body, reason).await
+    }
+
+    async fn store_rejection(&self, program: &str, event_id: &str, body: &str, reason: &str) -> Result<Processed, Retry> {
+        tracing::warn!(program, event_id, reason, "event rejected");
+        let rejected = RejectedEvent {
+            program: program.to_string(),
+            event_id: event_id.to_string(),
+            at: self.clock.now(),
+            reason: reason.to_string(),
+            payload: body.chars().take(64 * 1024).collect(),
+        };
+        self.store.reject(&rejected).await.map_err(|e| Retry(e.to_string()))?;
+        Ok(Processed::Rejected(reason.to_string()))
+    }
+}
+
+fn message(cause: &Envelope, kind: &str, id: String, data: serde_json::Value) -> Envelope {
+    Envelope {
+        kind: kind.to_string(),
+        version: ENVELOPE_VERSION,
+        id,
+        program: cause.program.clone(),
+        member: cause.member.clone(),
+        occurred_at: Utc::now().max(cause.occurred_at),
+        data,
+    }
+}
+
+/// Applies one event to the member's state with the domain; an `Err` is a permanent reason.
+fn decide(
+    program: &Program,
+    envelope: &Envelope,
+    event: &EarnEvent,
+    state: &MemberState,
+    ctx: &EventContext,
+) -> Result<Outcome, String> {
+    let account = state
+        .account
+        .clone()
+        .unwrap_or_else(|| Account::open(program, &envelope.member, ctx.occurred_at.min(ctx.recorded_at)));
+    let order_key = event.order_key();
+    let order = order_key.as_ref().and_then(|k| state.orders.get(k));
+    let with_order = |out: crate::domain::OrderChange| {
+        let mut orders = std::collections::BTreeMap::new();
+        if let Some(key) = &order_key {
+            orders.insert(key.clone(), out.order);
+        }
+        Outcome {
+            change: out.change,
+            orders,
+            referrer: out.referrer_to_reward,
+        }
+    };
+    let plain = |change: Change| Outcome {
+        change,
+        orders: Default::default(),
+        referrer: None,
+    };
+    Ok(match event {
+        EarnEvent::Purchase { purchase, .. } => {
+            // Campaign effects arrive with the campaign issue; the lookup will join this read.
+            with_order(account.earn_purchase(program, order, purchase, &[], ctx).map_err(|e| e.to_string())?)
+        }
+        EarnEvent::Refund { reversal, .. } => with_order(account.refund(program, order, reversal, ctx).map_err(|e| e.to_string())?),
+        EarnEvent::Engagement(Engagement::Action { action, .. }) => plain(account.record_action(program, action, ctx)),
+        EarnEvent::Engagement(Engagement::Referred { referrer }) => plain(account.referred_by(referrer)),
+        EarnEvent::Engagement(Engagement::ReferrerReward { referee }) => plain(account.reward_referrer(program, referee, ctx)),
+        EarnEvent::Grant { points, campaign, reason } => {
+            plain(account.grant(program, *points, campaign.as_deref(), reason, ctx))
+        }
+    })
+}

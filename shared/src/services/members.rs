@@ -1,0 +1,159 @@
+//! What a member (or an admin on their behalf) sees: the account as of now and the ledger.
+
+use chrono::{Duration, NaiveDate};
+use serde::Serialize;
+
+use super::{ServiceError, Services};
+use crate::domain::calendar::local_date;
+use crate::domain::tiers::{KeepTier, NextTier};
+use crate::domain::{Account, LedgerEntry};
+use crate::store::decode_cursor;
+
+/// Points expiring within this many days are listed in the member view.
+const EXPIRING_WINDOW_DAYS: i64 = 30;
+
+/// The member view of DESIGN §6.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberView {
+    pub member: String,
+    pub program: String,
+    pub currency: String,
+    pub balance: i64,
+    pub pending: i64,
+    pub pending_releases: Vec<DatedPoints>,
+    pub tier: TierView,
+    pub next_tier: Option<NextTier>,
+    /// Lots ending in the next 30 days; `date` is the last day they can be used.
+    pub expiring: Vec<DatedPoints>,
+    pub referral_code: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DatedPoints {
+    pub date: NaiveDate,
+    pub points: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TierView {
+    pub id: String,
+    pub name: String,
+    pub multiplier_bp: u32,
+    pub review_date: Option<NaiveDate>,
+    pub keep: Option<KeepTier>,
+    /// The qualifying measure now: minor units of spend, or points.
+    pub qualifying: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerView {
+    pub entries: Vec<LedgerEntry>,
+    pub next_cursor: Option<String>,
+}
+
+/// Ledger pages hold at most this many entries.
+pub const MAX_PAGE: usize = 100;
+pub const DEFAULT_PAGE: usize = 20;
+
+impl Services {
+    /// The member's account as of now (a member never seen before has an empty account).
+    pub async fn member_view(&self, program: &str, member: &str) -> Result<MemberView, ServiceError> {
+        let program = self.program(program).await?;
+        let now = self.clock.now();
+        let state = self.store.load_member(&program.id, member, &[]).await?;
+        let account = state.account.unwrap_or_else(|| Account::open(&program, member, now));
+        let view = account.as_of(&program, now).account;
+        let today = local_date(program.time_zone, now);
+        let progress = view.tier_progress(&program, today);
+        let mut releases: Vec<DatedPoints> = Vec::new();
+        for grant in &view.pending {
+            let date = local_date(program.time_zone, grant.release_at);
+            match releases.iter_mut().find(|r| r.date == date) {
+                Some(r) => r.points += grant.points,
+                None => releases.push(DatedPoints { date, points: grant.points }),
+            }
+        }
+        releases.sort_by_key(|r| r.date);
+        let expiring = view
+            .lots
+            .expiring_until(today + Duration::days(EXPIRING_WINDOW_DAYS))
+            .into_iter()
+            .map(|l| DatedPoints {
+                date: l.expires_on,
+                points: l.points,
+            })
+            .collect();
+        let tier_name = program
+            .tier(&progress.id)
+            .map_or_else(|| progress.id.clone(), |(_, t)| t.name.clone());
+        Ok(MemberView {
+            member: member.to_string(),
+            program: program.id.clone(),
+            currency: program.currency.to_string(),
+            balance: view.balance,
+            pending: view.pending_points(),
+            pending_releases: releases,
+            tier: TierView {
+                id: progress.id,
+                name: tier_name,
+                multiplier_bp: progress.multiplier_bp,
+                review_date: progress.review_date,
+                keep: progress.keep,
+                qualifying: progress.measure,
+            },
+            next_tier: progress.next_tier,
+            expiring,
+            referral_code: referral_code(&program.id, member),
+        })
+    }
+
+    /// A page of the ledger, newest recorded first. The first page also lists, marked
+    /// `provisional`, what time alone has changed and no job has written yet.
+    pub async fn ledger(
+        &self,
+        program: &str,
+        member: &str,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<LedgerView, ServiceError> {
+        let program = self.program(program).await?;
+        let limit = limit.unwrap_or(DEFAULT_PAGE);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(ServiceError::invalid("invalid-limit", format!("limit must be between 1 and {MAX_PAGE}")));
+        }
+        if let Some(c) = cursor {
+            if decode_cursor(c).is_none() {
+                return Err(ServiceError::invalid("invalid-cursor", format!("cursor {c:?} was not issued by this API")));
+            }
+        }
+        let page = self.store.ledger_page(&program.id, member, limit, cursor).await?;
+        let mut entries = Vec::new();
+        if cursor.is_none() {
+            let state = self.store.load_member(&program.id, member, &[]).await?;
+            if let Some(account) = state.account {
+                let mut provisional = account.as_of(&program, self.clock.now()).entries;
+                provisional.reverse();
+                entries.extend(provisional);
+            }
+        }
+        entries.extend(page.entries);
+        Ok(LedgerView {
+            entries,
+            next_cursor: page.next_cursor,
+        })
+    }
+}
+
+/// A short code that identifies the member for referrals: stable, and not the member id itself.
+pub fn referral_code(program: &str, member: &str) -> String {
+    // FNV-1a over "program#member", written out in Crockford base32 (no I, L, O, U).
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in program.bytes().chain(std::iter::once(b'#')).chain(member.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (0..8)
+        .map(|i| ALPHABET[((hash >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}

@@ -1,0 +1,34 @@
+//! State adapters. Both implement the ports of `crate::ports` with the same semantics: one
+//! conditional transaction per commit (account version, new ledger entries, event marker).
+
+#[cfg(feature = "aws")]
+pub mod dynamo;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// Ledger entries are ordered by a per-member sequence derived from the account version that
+/// wrote them, so recording order is exact (no clock skew between writers) and a cursor never
+/// skips or repeats an entry, however many are added meanwhile.
+pub fn ledger_seq(version: u64, index: usize) -> u64 {
+    version.saturating_mul(MAX_ENTRIES_PER_COMMIT as u64) + index as u64
+}
+
+/// A commit writes at most this many ledger entries.
+pub const MAX_ENTRIES_PER_COMMIT: usize = 10_000;
+
+/// The sort-key form of a sequence: zero-padded so that string order is numeric order.
+pub fn seq_key(seq: u64) -> String {
+    format!("{seq:020}")
+}
+
+/// Cursors are the sequence of the last entry returned; anything else is refused.
+pub fn decode_cursor(cursor: &str) -> Option<u64> {
+    if cursor.is_empty() || cursor.len() > 20 || !cursor.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    cursor.parse().ok()
+}
+
+pub fn encode_cursor(seq: u64) -> String {
+    seq.to_string()
+}

@@ -1,0 +1,439 @@
+//! The embedded store: all state of `loyalty serve` in one SQLite file (or in memory).
+//!
+//! It mirrors the DynamoDB adapter's semantics, not its layout: every commit is one
+//! `BEGIN IMMEDIATE` transaction that checks the account version and refuses an existing event
+//! marker or ledger entry id. Another process holding the database (a `loyalty jobs run` next to
+//! `serve`) is waited for (busy timeout) and retried, never reported as a failure to the caller
+//! unless it persists.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+
+use super::{decode_cursor, encode_cursor, ledger_seq, MAX_ENTRIES_PER_COMMIT};
+use crate::domain::{Account, LedgerEntry, OrderRecord};
+use crate::ports::{
+    AliasStore, Commit, CommitError, EventMarker, LedgerPage, MemberState, MemberStore,
+    ProgramStore, RejectStore, RejectedEvent, StoreError, StoredProgram,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS programs (
+    program TEXT NOT NULL, version INTEGER NOT NULL, file TEXT NOT NULL, updated_at TEXT NOT NULL,
+    PRIMARY KEY (program, version));
+CREATE TABLE IF NOT EXISTS accounts (
+    program TEXT NOT NULL, member TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (program, member));
+CREATE TABLE IF NOT EXISTS ledger (
+    program TEXT NOT NULL, member TEXT NOT NULL, seq INTEGER NOT NULL, entry_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (program, member, seq), UNIQUE (program, member, entry_id));
+CREATE TABLE IF NOT EXISTS markers (
+    program TEXT NOT NULL, member TEXT NOT NULL, marker TEXT NOT NULL, at TEXT NOT NULL,
+    PRIMARY KEY (program, member, marker));
+CREATE TABLE IF NOT EXISTS orders (
+    program TEXT NOT NULL, member TEXT NOT NULL, order_key TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (program, member, order_key));
+CREATE TABLE IF NOT EXISTS aliases (
+    program TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL, member TEXT NOT NULL,
+    PRIMARY KEY (program, kind, value));
+CREATE TABLE IF NOT EXISTS rejected (
+    program TEXT NOT NULL, at TEXT NOT NULL, event_id TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS rejected_by_time ON rejected (program, at);
+";
+
+/// How long one statement waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Further attempts after a busy timeout, with a growing pause between them.
+const BUSY_RETRIES: u32 = 5;
+
+/// The SQLite adapter. Cloning shares the connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (and creates, if needed) a database file.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::failed(format!("cannot open {}", path.display()), e))?;
+        // WAL lets readers (a report, a second CLI) work while serve writes.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| StoreError::failed("cannot enable WAL", e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| StoreError::failed("cannot set synchronous", e))?;
+        SqliteStore::init(conn)
+    }
+
+    /// A private database that lives as long as the process (`serve --memory`, tests).
+    pub fn memory() -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open_in_memory()
+            .map_err(|e| StoreError::failed("cannot open an in-memory database", e))?;
+        SqliteStore::init(conn)
+    }
+
+    fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| StoreError::failed("cannot set the busy timeout", e))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| StoreError::failed("cannot create the schema", e))?;
+        crate::queue::local::migrate(&conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs blocking database work off the async runtime, retrying while the database is busy.
+    pub(crate) async fn with<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| StoreError::Failed {
+                message: "the database connection was poisoned by a panic".into(),
+                source: None,
+            })?;
+            let mut attempt = 0;
+            loop {
+                match work(&mut guard) {
+                    Err(StoreError::Transient { .. }) if attempt < BUSY_RETRIES => {
+                        attempt += 1;
+                        std::thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
+                    }
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .map_err(|e| StoreError::failed("database task failed", e))?
+    }
+}
+
+/// SQLite's "busy" and "locked" are contention: worth retrying. Everything else is not.
+pub(crate) fn sql_error(what: &str, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::transient(what.to_string(), e),
+        _ => StoreError::failed(what.to_string(), e),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, body: &str) -> Result<T, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::failed(format!("cannot encode {what}"), e))
+}
+
+fn marker_key(marker: &EventMarker) -> String {
+    format!("{}#{}", marker.source, marker.event_id)
+}
+
+#[async_trait]
+impl ProgramStore for SqliteStore {
+    async fn get_program(&self, program: &str) -> Result<Option<StoredProgram>, StoreError> {
+        let program = program.to_string();
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT version, file, updated_at FROM programs WHERE program = ?1 ORDER BY version DESC LIMIT 1",
+                params![program],
+                |row| Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)),
+            )
+            .optional()
+            .map_err(|e| sql_error("cannot read the program", e))?
+            .map(|(version, file_json, at)| {
+                let updated_at = DateTime::parse_from_rfc3339(&at)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| StoreError::Corrupt { key: format!("program {program}"), message: e.to_string() })?;
+                Ok(StoredProgram { version, file_json, updated_at })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn put_program(
+        &self,
+        program: &str,
+        file_json: &str,
+        expected: Option<u32>,
+        at: DateTime<Utc>,
+    ) -> Result<Option<u32>, StoreError> {
+        let (program, file_json) = (program.to_string(), file_json.to_string());
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| sql_error("cannot begin", e))?;
+            let current: Option<u32> = tx
+                .query_row(
+                    "SELECT MAX(version) FROM programs WHERE program = ?1",
+                    params![program],
+                    |row| row.get(0),
+                )
+                .map_err(|e| sql_error("cannot read the program version", e))?;
+            if current != expected {
+                return Ok(None);
+            }
+            let version = current.unwrap_or(0) + 1;
+            tx.execute(
+                "INSERT INTO programs (program, version, file, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                params![program, version, file_json, at.to_rfc3339()],
+            )
+            .map_err(|e| sql_error("cannot save the program", e))?;
+            tx.commit().map_err(|e| sql_error("cannot commit the program", e))?;
+            Ok(Some(version))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl MemberStore for SqliteStore {
+    async fn load_member(&self, program: &str, member: &str, order_keys: &[String]) -> Result<MemberState, StoreError> {
+        let (program, member, order_keys) = (program.to_string(), member.to_string(), order_keys.to_vec());
+        self.with(move |conn| {
+            let account = conn
+                .query_row(
+                    "SELECT body FROM accounts WHERE program = ?1 AND member = ?2",
+                    params![program, member],
+                    |row| row.get::<_, String>(0),
+                )
+                .optional()
+                .map_err(|e| sql_error("cannot read the account", e))?
+                .map(|body| decode::<Account>(&format!("account {program}/{member}"), &body))
+                .transpose()?;
+            let mut orders = std::collections::BTreeMap::new();
+            for key in &order_keys {
+                let body = conn
+                    .query_row(
+                        "SELECT body FROM orders WHERE program = ?1 AND member = ?2 AND order_key = ?3",
+                        params![program, member, key],
+                        |row| row.get::<_, String>(0),
+                    )
+                    .optional()
+                    .map_err(|e| sql_error("cannot read the order", e))?;
+                if let Some(body) = body {
+                    orders.insert(key.clone(), decode::<OrderRecord>(&format!("order {key}"), &body)?);
+                }
+            }
+            Ok(MemberState { account, orders })
+        })
+        .await
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), CommitError> {
+        if commit.entries.len() > MAX_ENTRIES_PER_COMMIT {
+            return Err(StoreError::Failed { message: "too many ledger entries in one commit".into(), source: None }.into());
+        }
+        let commit = Arc::new(commit);
+        let outcome = self
+            .with(move |conn| {
+                let commit = &commit;
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(|e| sql_error("cannot begin", e))?;
+                if let Some(marker) = &commit.marker {
+                    let exists: bool = tx
+                        .query_row(
+                            "SELECT EXISTS (SELECT 1 FROM markers WHERE program = ?1 AND member = ?2 AND marker = ?3)",
+                            params![commit.program, commit.member, marker_key(marker)],
+                            |row| row.get(0),
+                        )
+                        .map_err(|e| sql_error("cannot read the marker", e))?;
+                    if exists {
+                        return Ok(Err(Outcome::Duplicate));
+                    }
+                }
+                let current: Option<u64> = tx
+                    .query_row(
+                        "SELECT version FROM accounts WHERE program = ?1 AND member = ?2",
+                        params![commit.program, commit.member],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(|e| sql_error("cannot read the account version", e))?;
+                if current != commit.expected_version {
+                    return Ok(Err(Outcome::Conflict));
+                }
+                let version = commit.expected_version.unwrap_or(0) + 1;
+                let mut account = commit.account.clone();
+                account.version = version;
+                tx.execute(
+                    "INSERT INTO accounts (program, member, version, body) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (program, member) DO UPDATE SET version = excluded.version, body = excluded.body",
+                    params![commit.program, commit.member, version, encode("account", &account)?],
+                )
+                .map_err(|e| sql_error("cannot write the account", e))?;
+                for (i, entry) in commit.entries.iter().enumerate() {
+                    let inserted = tx
+                        .execute(
+                            "INSERT OR IGNORE INTO ledger (program, member, seq, entry_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                            params![commit.program, commit.member, ledger_seq(version, i), entry.id, encode("entry", entry)?],
+                        )
+                        .map_err(|e| sql_error("cannot write a ledger entry", e))?;
+                    if inserted == 0 {
+                        // An entry id seen before: the event already had its effect.
+                        return Ok(Err(Outcome::Duplicate));
+                    }
+                }
+                if let Some(marker) = &commit.marker {
+                    tx.execute(
+                        "INSERT INTO markers (program, member, marker, at) VALUES (?1, ?2, ?3, ?4)",
+                        params![commit.program, commit.member, marker_key(marker), Utc::now().to_rfc3339()],
+                    )
+                    .map_err(|e| sql_error("cannot write the marker", e))?;
+                }
+                for (key, order) in &commit.orders {
+                    tx.execute(
+                        "INSERT INTO orders (program, member, order_key, body) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (program, member, order_key) DO UPDATE SET body = excluded.body",
+                        params![commit.program, commit.member, key, encode("order", order)?],
+                    )
+                    .map_err(|e| sql_error("cannot write the order", e))?;
+                }
+                tx.commit().map_err(|e| sql_error("cannot commit", e))?;
+                Ok(Ok(()))
+            })
+            .await?;
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(Outcome::Duplicate) => Err(CommitError::Duplicate),
+            Err(Outcome::Conflict) => Err(CommitError::VersionConflict),
+        }
+    }
+
+    async fn ledger_page(&self, program: &str, member: &str, limit: usize, cursor: Option<&str>) -> Result<LedgerPage, StoreError> {
+        let before = match cursor {
+            Some(c) => decode_cursor(c).ok_or_else(|| StoreError::Failed { message: format!("invalid cursor {c:?}"), source: None })?,
+            None => u64::MAX,
+        };
+        let limit = limit.clamp(1, 100);
+        let (program, member) = (program.to_string(), member.to_string());
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, body FROM ledger WHERE program = ?1 AND member = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4",
+                )
+                .map_err(|e| sql_error("cannot read the ledger", e))?;
+            // SQLite integers are signed: the "no cursor" bound is i64::MAX.
+            let bound = i64::try_from(before).unwrap_or(i64::MAX);
+            let rows = stmt
+                .query_map(params![program, member, bound, limit as i64], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(|e| sql_error("cannot read the ledger", e))?;
+            let mut entries = Vec::new();
+            let mut last = None;
+            for row in rows {
+                let (seq, body) = row.map_err(|e| sql_error("cannot read the ledger", e))?;
+                entries.push(decode::<LedgerEntry>(&format!("ledger {seq}"), &body)?);
+                last = Some(seq);
+            }
+            let next_cursor = match last {
+                Some(seq) if entries.len() == limit => Some(encode_cursor(seq as u64)),
+                _ => None,
+            };
+            Ok(LedgerPage { entries, next_cursor })
+        })
+        .await
+    }
+
+    async fn has_marker(&self, program: &str, member: &str, marker: &EventMarker) -> Result<bool, StoreError> {
+        let (program, member, key) = (program.to_string(), member.to_string(), marker_key(marker));
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM markers WHERE program = ?1 AND member = ?2 AND marker = ?3)",
+                params![program, member, key],
+                |row| row.get(0),
+            )
+            .map_err(|e| sql_error("cannot read the marker", e))
+        })
+        .await
+    }
+}
+
+enum Outcome {
+    Duplicate,
+    Conflict,
+}
+
+#[async_trait]
+impl AliasStore for SqliteStore {
+    async fn resolve_alias(&self, program: &str, kind: &str, value: &str) -> Result<Option<String>, StoreError> {
+        let (program, kind, value) = (program.to_string(), kind.to_string(), value.to_string());
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
+                params![program, kind, value],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| sql_error("cannot read the alias", e))
+        })
+        .await
+    }
+
+    async fn put_alias(&self, program: &str, kind: &str, value: &str, member: &str) -> Result<bool, StoreError> {
+        let (program, kind, value, member) = (program.to_string(), kind.to_string(), value.to_string(), member.to_string());
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO aliases (program, kind, value, member) VALUES (?1, ?2, ?3, ?4)",
+                params![program, kind, value, member],
+            )
+            .map_err(|e| sql_error("cannot write the alias", e))?;
+            let owner: String = conn
+                .query_row(
+                    "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
+                    params![program, kind, value],
+                    |row| row.get(0),
+                )
+                .map_err(|e| sql_error("cannot read the alias", e))?;
+            Ok(owner == member)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RejectStore for SqliteStore {
+    async fn reject(&self, rejected: &RejectedEvent) -> Result<(), StoreError> {
+        let rejected = rejected.clone();
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO rejected (program, at, event_id, body) VALUES (?1, ?2, ?3, ?4)",
+                params![rejected.program, rejected.at.to_rfc3339(), rejected.event_id, encode("rejected event", &rejected)?],
+            )
+            .map_err(|e| sql_error("cannot record the rejected event", e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rejected(&self, program: &str, limit: usize) -> Result<Vec<RejectedEvent>, StoreError> {
+        let program = program.to_string();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT body FROM rejected WHERE program = ?1 ORDER BY at DESC LIMIT ?2")
+                .map_err(|e| sql_error("cannot read rejected events", e))?;
+            let rows = stmt
+                .query_map(params![program, limit as i64], |row| row.get::<_, String>(0))
+                .map_err(|e| sql_error("cannot read rejected events", e))?;
+            rows.map(|r| {
+                let body = r.map_err(|e| sql_error("cannot read rejected events", e))?;
+                decode(&format!("rejected event of {program}"), &body)
+            })
+            .collect()
+        })
+        .await
+    }
+}

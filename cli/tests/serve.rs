@@ -1,0 +1,258 @@
+//! End to end: `loyalty serve` as a process, spoken to over HTTP as a new user would.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+const SECRET: &str = "test-secret-for-end-to-end";
+const BIN: &str = env!("CARGO_BIN_EXE_loyalty");
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(store: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(["--addr", "127.0.0.1:0"])
+            .args(store)
+            .env("LOYALTY_JWT_SECRET", SECRET)
+            .env("LOYALTY_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("loyalty serve starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().expect("serve prints where it listens").expect("readable");
+            if let Some(url) = line.strip_prefix("loyalty serve: listening on ") {
+                break url.trim().to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, base }
+    }
+
+    fn kill(mut self) {
+        // SIGKILL: no graceful shutdown, nothing flushed by the process itself.
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("token")
+        .args(args)
+        .env("LOYALTY_JWT_SECRET", SECRET)
+        .output()
+        .expect("loyalty token runs");
+    assert!(out.status.success(), "token failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+fn purchase(id: &str, member: &str, order: &str, days_ago: i64) -> Value {
+    let occurred = (Utc::now() - chrono::Duration::days(days_ago)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    json!({
+        "type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
+        "member": member, "occurred_at": occurred,
+        "data": {
+            "order_id": order, "currency": "KRW", "channel": "online", "shipping": "3000", "tax": "0",
+            "lines": [{"line_id": "1", "sku": "TEE-01", "category": "apparel", "quantity": 1,
+                       "unit_price": "59000", "discount": "0"}]
+        }
+    })
+}
+
+fn post_event(server: &Server, admin: &str, event: &Value) -> reqwest::blocking::Response {
+    client()
+        .post(format!("{}/v1/programs/kr-shop/events", server.base))
+        .bearer_auth(admin)
+        .json(event)
+        .send()
+        .expect("request")
+}
+
+fn me(server: &Server, member: &str) -> Value {
+    let response = client()
+        .get(format!("{}/v1/programs/kr-shop/me", server.base))
+        .bearer_auth(token(&["--member", member]))
+        .send()
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    response.json().expect("json")
+}
+
+/// Polls until `check` holds on the member view, with a generous deadline.
+fn eventually(server: &Server, member: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = me(server, member);
+        if check(&view) {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "condition never held; last view: {view}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ledger(server: &Server, member: &str) -> Value {
+    client()
+        .get(format!("{}/v1/programs/kr-shop/me/ledger", server.base))
+        .bearer_auth(token(&["--member", member]))
+        .send()
+        .expect("request")
+        .json()
+        .expect("json")
+}
+
+fn temp_db(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join("loyalty.db")
+}
+
+#[test]
+fn a_purchase_earns_points_pending_or_available_once() {
+    // GIVEN a fresh local stack with kr-shop and an admin token
+    let server = Server::start(&["--memory"]);
+    let admin = token(&["--admin"]);
+    // WHEN a 59,000 KRW purchase from 8 days ago is submitted
+    let response = post_event(&server, &admin, &purchase("ev-old", "m-1", "o-1", 8));
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().unwrap();
+    assert_eq!(body, json!({"id": "ev-old", "status": "accepted"}));
+    // THEN the member soon has 590 available and nothing pending
+    let view = eventually(&server, "m-1", |v| v["balance"] == 590);
+    assert_eq!(view["pending"], 0);
+    // AND the view has the fields of the contract
+    for field in ["member", "program", "currency", "balance", "pending", "pending_releases", "tier", "next_tier", "expiring", "referral_code"] {
+        assert!(view.get(field).is_some(), "{field} missing from {view}");
+    }
+    assert_eq!(view["tier"]["id"], "WELCOME");
+    assert_eq!(view["next_tier"]["id"], "SILVER");
+    assert_eq!(view["currency"], "KRW");
+
+    // WHEN one from yesterday is submitted for another member
+    assert_eq!(post_event(&server, &admin, &purchase("ev-new", "m-2", "o-2", 1)).status(), 202);
+    // THEN its 590 points are pending, released on the date the return window closes
+    let view = eventually(&server, "m-2", |v| v["pending"] == 590);
+    assert_eq!(view["balance"], 0);
+    assert_eq!(view["pending_releases"][0]["points"], 590);
+
+    // WHEN the first event is sent again (same id)
+    assert_eq!(post_event(&server, &admin, &purchase("ev-old", "m-1", "o-1", 8)).status(), 202);
+    // AND a later event proves the queue has moved past it
+    assert_eq!(post_event(&server, &admin, &purchase("ev-mark", "m-1", "o-9", 1)).status(), 202);
+    eventually(&server, "m-1", |v| v["pending"] == 590);
+    // THEN nothing changed: one earn entry, balance 590
+    let entries = ledger(&server, "m-1")["entries"].as_array().unwrap().clone();
+    assert_eq!(entries.iter().filter(|e| e["kind"] == "earn").count(), 1);
+    assert_eq!(me(&server, "m-1")["balance"], 590);
+    let first = &entries[entries.len() - 1];
+    for field in ["id", "kind", "points", "pending", "balance_after", "recorded_at", "occurred_at", "source", "reason", "provisional"] {
+        assert!(first.get(field).is_some(), "{field} missing from {first}");
+    }
+}
+
+#[test]
+fn bad_requests_are_problems_and_write_nothing() {
+    // GIVEN a local stack and tokens
+    let server = Server::start(&["--memory"]);
+    let admin = token(&["--admin"]);
+    let member = token(&["--member", "m-9"]);
+    let url = format!("{}/v1/programs/kr-shop/events", server.base);
+    let send = |auth: Option<&str>, url: &str, body: &str| {
+        let mut request = client().post(url).body(body.to_string());
+        if let Some(t) = auth {
+            request = request.bearer_auth(t);
+        }
+        request.send().unwrap()
+    };
+    let valid = purchase("ev-1", "m-9", "o-1", 8).to_string();
+    let cases = [
+        (Some(admin.as_str()), url.clone(), "{not json".to_string(), 400, "malformed-event"),
+        (Some(admin.as_str()), url.clone(), purchase("ev-2", "m-9", "o-2", 200).to_string(), 400, "event-out-of-bounds"),
+        (Some(admin.as_str()), url.clone(), valid.replace("\"KRW\"", "\"USD\""), 400, "invalid-event"),
+        (Some(member.as_str()), url.clone(), valid.clone(), 403, "forbidden"),
+        (None, url.clone(), valid.clone(), 401, "unauthorized"),
+        (Some("not-a-token"), url.clone(), valid.clone(), 401, "unauthorized"),
+        (Some(admin.as_str()), format!("{}/v1/programs/nope/events", server.base), valid.clone(), 404, "unknown-program"),
+    ];
+    for (auth, url, body, status, slug) in cases {
+        // WHEN each bad request is sent
+        let response = send(auth, &url, &body);
+        // THEN it gets its status as problem+json naming the problem
+        assert_eq!(response.status(), status, "{slug}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let problem: Value = response.json().unwrap();
+        assert!(problem["type"].as_str().unwrap().ends_with(slug), "{problem}");
+        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    // AND nothing was written: a valid event afterwards is the only one with an effect
+    assert_eq!(send(Some(&admin), &url, &valid).status(), 202);
+    eventually(&server, "m-9", |v| v["balance"] == 590);
+    assert_eq!(ledger(&server, "m-9")["entries"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn balances_survive_restarts_and_a_kill_right_after_acceptance() {
+    // GIVEN a stack on a database file with one processed purchase
+    let db = temp_db("restart");
+    let db_arg = db.to_str().unwrap();
+    let server = Server::start(&["--db", db_arg]);
+    let admin = token(&["--admin"]);
+    assert_eq!(post_event(&server, &admin, &purchase("ev-1", "m-1", "o-1", 8)).status(), 202);
+    eventually(&server, "m-1", |v| v["balance"] == 590);
+    // WHEN another event is accepted and the process is killed at once (SIGKILL)
+    assert_eq!(post_event(&server, &admin, &purchase("ev-2", "m-1", "o-2", 8)).status(), 202);
+    server.kill();
+    // THEN after a restart on the same file the first balance is there, and the second event
+    // is processed: nothing accepted is lost
+    let server = Server::start(&["--db", db_arg]);
+    eventually(&server, "m-1", |v| v["balance"] == 1_180);
+    let earns = ledger(&server, "m-1")["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "earn")
+        .count();
+    assert_eq!(earns, 2);
+}
+
+#[test]
+fn token_fails_clearly_without_a_secret() {
+    // GIVEN no LOYALTY_JWT_SECRET WHEN a token is asked for
+    let out = Command::new(BIN)
+        .args(["token", "--admin"])
+        .env_remove("LOYALTY_JWT_SECRET")
+        .output()
+        .unwrap();
+    // THEN it fails, says why, and prints no token
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LOYALTY_JWT_SECRET is not set"));
+}

@@ -1,0 +1,272 @@
+//! One conformance suite for every state adapter: SQLite always, DynamoDB through moto.
+//!
+//! `scripts/test` starts moto single-threaded and exports `LOYALTY_TEST_DYNAMODB_ENDPOINT`. When
+//! that variable is missing the DynamoDB tests fail with a message saying so: they never pass
+//! silently.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use loyalty_core::domain::{
+    Account, EntryKind, EventContext, LedgerEntry, OrderRecord, Program, Source,
+};
+use loyalty_core::ports::{Commit, CommitError, EventMarker, RejectedEvent, Store};
+
+fn program() -> Program {
+    Program::from_toml(include_str!("../../examples/kr-shop.toml")).expect("kr-shop")
+}
+
+/// A fresh member id per test, so that tests sharing a moto server never see each other.
+fn member() -> String {
+    format!("m-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn entry(id: &str, points: i64, balance_after: i64) -> LedgerEntry {
+    let at = Utc.with_ymd_and_hms(2026, 3, 10, 3, 0, 0).unwrap();
+    let ctx = EventContext::new(id, at, at);
+    LedgerEntry {
+        id: id.to_string(),
+        kind: EntryKind::Earn,
+        points,
+        pending: 0,
+        balance_after,
+        pending_after: 0,
+        recorded_at: ctx.recorded_at,
+        occurred_at: ctx.occurred_at,
+        source: Source {
+            event_id: Some(id.to_string()),
+            ..Source::default()
+        },
+        reason: format!("{points} points"),
+        shortfall: 0,
+        provisional: false,
+    }
+}
+
+fn commit(member: &str, expected: Option<u64>, balance: i64, entry_id: &str, event: Option<&str>) -> Commit {
+    let p = program();
+    let mut account = Account::open(&p, member, Utc::now());
+    account.balance = balance;
+    Commit {
+        program: p.id,
+        member: member.to_string(),
+        expected_version: expected,
+        account,
+        entries: vec![entry(entry_id, 10, balance)],
+        marker: event.map(|e| EventMarker {
+            source: "api".into(),
+            event_id: e.to_string(),
+        }),
+        orders: BTreeMap::new(),
+    }
+}
+
+async fn a_new_account_is_created_once_and_versions_advance(store: Arc<dyn Store>) {
+    // GIVEN a member never seen
+    let m = member();
+    assert_eq!(store.load_member("kr-shop", &m, &[]).await.unwrap().account, None);
+    // WHEN the first commit creates the account and a second one updates it
+    store.commit(commit(&m, None, 10, "e1", Some("ev-1"))).await.unwrap();
+    store.commit(commit(&m, Some(1), 20, "e2", Some("ev-2"))).await.unwrap();
+    // THEN the stored account is at version 2 with the last balance
+    let account = store.load_member("kr-shop", &m, &[]).await.unwrap().account.unwrap();
+    assert_eq!((account.version, account.balance), (2, 20));
+    // AND creating it again as if new is a version conflict
+    let again = store.commit(commit(&m, None, 99, "e3", Some("ev-3"))).await;
+    assert!(matches!(again, Err(CommitError::VersionConflict)), "{again:?}");
+}
+
+async fn a_stale_version_writes_nothing(store: Arc<dyn Store>) {
+    // GIVEN an account at version 2
+    let m = member();
+    store.commit(commit(&m, None, 10, "e1", Some("ev-1"))).await.unwrap();
+    store.commit(commit(&m, Some(1), 20, "e2", Some("ev-2"))).await.unwrap();
+    // WHEN a writer that loaded version 1 commits
+    let stale = store.commit(commit(&m, Some(1), 999, "e3", Some("ev-3"))).await;
+    // THEN it is a conflict and neither its entry nor its marker nor its balance exists
+    assert!(matches!(stale, Err(CommitError::VersionConflict)), "{stale:?}");
+    let page = store.ledger_page("kr-shop", &m, 10, None).await.unwrap();
+    assert_eq!(page.entries.len(), 2);
+    let marker = EventMarker { source: "api".into(), event_id: "ev-3".into() };
+    assert!(!store.has_marker("kr-shop", &m, &marker).await.unwrap());
+    assert_eq!(store.load_member("kr-shop", &m, &[]).await.unwrap().account.unwrap().balance, 20);
+}
+
+async fn a_repeated_event_is_a_duplicate_without_effect(store: Arc<dyn Store>) {
+    // GIVEN an event applied once
+    let m = member();
+    store.commit(commit(&m, None, 10, "ev-1#0", Some("ev-1"))).await.unwrap();
+    // WHEN the same event is committed again at the current version
+    let repeat = store.commit(commit(&m, Some(1), 20, "ev-1#0-retry", Some("ev-1"))).await;
+    // THEN the store reports a duplicate and the account is unchanged
+    assert!(matches!(repeat, Err(CommitError::Duplicate)), "{repeat:?}");
+    let account = store.load_member("kr-shop", &m, &[]).await.unwrap().account.unwrap();
+    assert_eq!((account.version, account.balance), (1, 10));
+    assert_eq!(store.ledger_page("kr-shop", &m, 10, None).await.unwrap().entries.len(), 1);
+}
+
+async fn concurrent_writers_serialise_through_the_version(store: Arc<dyn Store>) {
+    // GIVEN an account and 8 writers that each add 10 points with reload-and-retry
+    let m = member();
+    store.commit(commit(&m, None, 0, "e0", Some("ev-0"))).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (store, m) = (Arc::clone(&store), m.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                let account = store.load_member("kr-shop", &m, &[]).await.unwrap().account.unwrap();
+                let c = commit(&m, Some(account.version), account.balance + 10, &format!("w{i}"), Some(&format!("ev-w{i}")));
+                match store.commit(c).await {
+                    Ok(()) => return,
+                    Err(CommitError::VersionConflict) => tokio::task::yield_now().await,
+                    Err(e) => panic!("unexpected {e:?}"),
+                }
+            }
+            panic!("writer {i} never got through");
+        }));
+    }
+    // WHEN they all finish
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // THEN no update was lost: 8 x 10 points, version 9, 9 entries
+    let account = store.load_member("kr-shop", &m, &[]).await.unwrap().account.unwrap();
+    assert_eq!((account.balance, account.version), (80, 9));
+    assert_eq!(store.ledger_page("kr-shop", &m, 100, None).await.unwrap().entries.len(), 9);
+}
+
+async fn the_ledger_pages_newest_first_without_gaps_or_repeats(store: Arc<dyn Store>) {
+    // GIVEN 7 entries
+    let m = member();
+    store.commit(commit(&m, None, 0, "e0", None)).await.unwrap();
+    for v in 1..7 {
+        store.commit(commit(&m, Some(v), 0, &format!("e{v}"), None)).await.unwrap();
+    }
+    // WHEN paging 3 at a time while new entries keep arriving between pages
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut version = 7;
+    loop {
+        let page = store.ledger_page("kr-shop", &m, 3, cursor.as_deref()).await.unwrap();
+        seen.extend(page.entries.iter().map(|e| e.id.clone()));
+        store.commit(commit(&m, Some(version), 0, &format!("late{version}"), None)).await.unwrap();
+        version += 1;
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    // THEN the first 7 appear exactly once, newest first
+    let expected: Vec<String> = (0..7).rev().map(|v| format!("e{v}")).collect();
+    assert_eq!(seen, expected);
+}
+
+async fn order_records_are_read_with_the_account(store: Arc<dyn Store>) {
+    // GIVEN a commit that writes two order records
+    let m = member();
+    let mut c = commit(&m, None, 10, "e1", Some("ev-1"));
+    for key in ["shopify#1001", "pos#77"] {
+        c.orders.insert(key.to_string(), OrderRecord { order_id: key.to_string(), ..OrderRecord::default() });
+    }
+    store.commit(c).await.unwrap();
+    // WHEN the member is loaded with one known and one unknown order key
+    let keys = vec!["shopify#1001".to_string(), "shopify#404".to_string()];
+    let state = store.load_member("kr-shop", &m, &keys).await.unwrap();
+    // THEN the account and exactly the existing order come back
+    assert!(state.account.is_some());
+    assert_eq!(state.orders.keys().collect::<Vec<_>>(), vec!["shopify#1001"]);
+}
+
+async fn programs_are_versioned_and_conditional(store: Arc<dyn Store>) {
+    // GIVEN a program id never used
+    let id = format!("p-{}", uuid::Uuid::new_v4().simple());
+    let at = Utc::now();
+    // WHEN it is created, created again, and replaced with the right and a stale version
+    assert_eq!(store.put_program(&id, "{\"v\":1}", None, at).await.unwrap(), Some(1));
+    assert_eq!(store.put_program(&id, "{\"v\":9}", None, at).await.unwrap(), None);
+    assert_eq!(store.put_program(&id, "{\"v\":2}", Some(1), at).await.unwrap(), Some(2));
+    assert_eq!(store.put_program(&id, "{\"v\":9}", Some(1), at).await.unwrap(), None);
+    // THEN the current program is version 2
+    let stored = store.get_program(&id).await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.file_json.as_str()), (2, "{\"v\":2}"));
+    assert!(store.get_program("never-saved").await.unwrap().is_none());
+}
+
+async fn aliases_link_one_identity_to_one_member(store: Arc<dyn Store>) {
+    let value = uuid::Uuid::new_v4().simple().to_string();
+    // GIVEN an identity linked to m-1
+    assert!(store.put_alias("kr-shop", "email", &value, "m-1").await.unwrap());
+    // WHEN it is linked again to m-1 and then to m-2
+    assert!(store.put_alias("kr-shop", "email", &value, "m-1").await.unwrap());
+    assert!(!store.put_alias("kr-shop", "email", &value, "m-2").await.unwrap());
+    // THEN it still resolves to m-1
+    assert_eq!(store.resolve_alias("kr-shop", "email", &value).await.unwrap().as_deref(), Some("m-1"));
+    assert_eq!(store.resolve_alias("kr-shop", "email", "nobody").await.unwrap(), None);
+}
+
+async fn rejected_events_are_kept_with_their_reason(store: Arc<dyn Store>) {
+    let program = format!("p-{}", uuid::Uuid::new_v4().simple());
+    let rejected = RejectedEvent {
+        program: program.clone(),
+        event_id: "ev-bad".into(),
+        at: Utc::now(),
+        reason: "data.currency is USD, but program kr-shop uses KRW".into(),
+        payload: "{}".into(),
+    };
+    store.reject(&rejected).await.unwrap();
+    assert_eq!(store.rejected(&program, 10).await.unwrap(), vec![rejected]);
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            conformance!(@tests $make;
+                a_new_account_is_created_once_and_versions_advance,
+                a_stale_version_writes_nothing,
+                a_repeated_event_is_a_duplicate_without_effect,
+                concurrent_writers_serialise_through_the_version,
+                the_ledger_pages_newest_first_without_gaps_or_repeats,
+                order_records_are_read_with_the_account,
+                programs_are_versioned_and_conditional,
+                aliases_link_one_identity_to_one_member,
+                rejected_events_are_kept_with_their_reason);
+        }
+    };
+    (@tests $make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store: Arc<dyn Store> = $make.await;
+                super::$name(store).await;
+            }
+        )*
+    };
+}
+
+async fn sqlite() -> Arc<dyn Store> {
+    Arc::new(loyalty_core::store::sqlite::SqliteStore::memory().expect("in-memory SQLite"))
+}
+
+conformance!(sqlite_store, sqlite());
+
+#[cfg(feature = "aws")]
+async fn dynamo() -> Arc<dyn Store> {
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    let endpoint = std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
+        panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run the tests with scripts/test, which starts moto")
+    });
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "conformance"))
+        .build();
+    let store = loyalty_core::store::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(config), "loyalty-conformance");
+    store.create_table().await.expect("moto creates the table");
+    Arc::new(store)
+}
+
+#[cfg(feature = "aws")]
+conformance!(dynamodb_store, dynamo());

@@ -8,7 +8,11 @@ mod serve;
 mod token;
 
 #[derive(Debug, Parser)]
-#[command(name = "loyalty", version, about = "Loyalty engine: points, tiers, rewards and campaigns")]
+#[command(
+    name = "loyalty",
+    version,
+    about = "Loyalty engine: points, tiers, rewards and campaigns"
+)]
 struct Cli {
     /// Log format (logs go to standard error).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]

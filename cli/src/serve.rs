@@ -49,9 +49,15 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let (store, where_) = if args.memory {
-        (SqliteStore::memory(), "in memory (nothing is kept after exit)".to_string())
+        (
+            SqliteStore::memory(),
+            "in memory (nothing is kept after exit)".to_string(),
+        )
     } else {
-        (SqliteStore::open(&args.db), format!("{} (SQLite)", args.db.display()))
+        (
+            SqliteStore::open(&args.db),
+            format!("{} (SQLite)", args.db.display()),
+        )
     };
     let store = store.map_err(|e| e.to_string())?;
     let queue = LocalQueue::new(store.clone(), MAX_ATTEMPTS);
@@ -96,21 +102,34 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 }
 
 /// Loads the program files given, or kr-shop when the store has no program yet.
-async fn load_programs(services: &Services, store: &SqliteStore, files: &[PathBuf]) -> Result<Vec<String>, String> {
+async fn load_programs(
+    services: &Services,
+    store: &SqliteStore,
+    files: &[PathBuf],
+) -> Result<Vec<String>, String> {
     let mut sources: Vec<(String, String)> = Vec::new();
     for path in files {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         sources.push((path.display().to_string(), text));
     }
     if sources.is_empty() {
-        if let Some(stored) = store.get_program("kr-shop").await.map_err(|e| e.to_string())? {
+        if let Some(stored) = store
+            .get_program("kr-shop")
+            .await
+            .map_err(|e| e.to_string())?
+        {
             return Ok(vec![format!("kr-shop v{} (stored)", stored.version)]);
         }
-        sources.push(("examples/kr-shop.toml (built in)".into(), KR_SHOP.to_string()));
+        sources.push((
+            "examples/kr-shop.toml (built in)".into(),
+            KR_SHOP.to_string(),
+        ));
     }
     let mut loaded = Vec::new();
     for (origin, text) in sources {
-        let program = loyalty_core::domain::Program::from_toml(&text).map_err(|e| format!("{origin}: {e}"))?;
+        let program = loyalty_core::domain::Program::from_toml(&text)
+            .map_err(|e| format!("{origin}: {e}"))?;
         let current = services.program(&program.id).await.ok();
         let unchanged = current.as_ref().is_some_and(|c| {
             let mut stored = c.file.clone();
@@ -156,8 +175,14 @@ async fn work(queue: LocalQueue, name: QueueName, services: Arc<Services>) {
 
 async fn handle(queue: &LocalQueue, name: QueueName, services: &Services, delivery: Delivery) {
     let result = match name {
-        QueueName::Earn => services.process_earn(&delivery.body).await.map(|p| format!("{p:?}")),
-        QueueName::Tier => services.process_tier_check(&delivery.body).await.map(|p| format!("{p:?}")),
+        QueueName::Earn => services
+            .process_earn(&delivery.body)
+            .await
+            .map(|p| format!("{p:?}")),
+        QueueName::Tier => services
+            .process_tier_check(&delivery.body)
+            .await
+            .map(|p| format!("{p:?}")),
         // The brand's own integrations consume notices in AWS; locally they are logged.
         QueueName::Notify => Ok("logged".to_string()),
     };
@@ -169,15 +194,23 @@ async fn handle(queue: &LocalQueue, name: QueueName, services: &Services, delive
             }
         }
         Err(retry) => match queue.fail(&delivery, &retry.0).await {
-            Ok(true) => tracing::error!(queue = name.as_str(), error = %retry, "message dead-lettered"),
-            Ok(false) => tracing::warn!(queue = name.as_str(), attempt = delivery.attempts, error = %retry, "will retry"),
+            Ok(true) => {
+                tracing::error!(queue = name.as_str(), error = %retry, "message dead-lettered")
+            }
+            Ok(false) => {
+                tracing::warn!(queue = name.as_str(), attempt = delivery.attempts, error = %retry, "will retry")
+            }
             Err(e) => tracing::error!(error = %e, "cannot record the failure"),
         },
     }
 }
 
 fn generate_secret() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 async fn shutdown() {

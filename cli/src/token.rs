@@ -37,7 +37,8 @@ pub fn run(args: &TokenArgs) -> Result<(), String> {
         (Some(member), _) => claims(member, &[], None, args.hours),
         (None, _) => claims("admin", &[ADMIN_SCOPE], args.program.as_deref(), args.hours),
     };
-    let token = sign(secret.as_bytes(), &claims).map_err(|e| format!("cannot sign the token: {e}"))?;
+    let token =
+        sign(secret.as_bytes(), &claims).map_err(|e| format!("cannot sign the token: {e}"))?;
     println!("{token}");
     Ok(())
 }

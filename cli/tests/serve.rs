@@ -31,7 +31,10 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
         let base = loop {
-            let line = lines.next().expect("serve prints where it listens").expect("readable");
+            let line = lines
+                .next()
+                .expect("serve prints where it listens")
+                .expect("readable");
             if let Some(url) = line.strip_prefix("loyalty serve: listening on ") {
                 break url.trim().to_string();
             }
@@ -62,8 +65,15 @@ fn token(args: &[&str]) -> String {
         .env("LOYALTY_JWT_SECRET", SECRET)
         .output()
         .expect("loyalty token runs");
-    assert!(out.status.success(), "token failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+    assert!(
+        out.status.success(),
+        "token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
 }
 
 fn client() -> reqwest::blocking::Client {
@@ -74,7 +84,8 @@ fn client() -> reqwest::blocking::Client {
 }
 
 fn purchase(id: &str, member: &str, order: &str, days_ago: i64) -> Value {
-    let occurred = (Utc::now() - chrono::Duration::days(days_ago)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let occurred =
+        (Utc::now() - chrono::Duration::days(days_ago)).to_rfc3339_opts(SecondsFormat::Secs, true);
     json!({
         "type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
         "member": member, "occurred_at": occurred,
@@ -113,7 +124,10 @@ fn eventually(server: &Server, member: &str, check: impl Fn(&Value) -> bool) -> 
         if check(&view) {
             return view;
         }
-        assert!(Instant::now() < deadline, "condition never held; last view: {view}");
+        assert!(
+            Instant::now() < deadline,
+            "condition never held; last view: {view}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -149,7 +163,18 @@ fn a_purchase_earns_points_pending_or_available_once() {
     let view = eventually(&server, "m-1", |v| v["balance"] == 590);
     assert_eq!(view["pending"], 0);
     // AND the view has the fields of the contract
-    for field in ["member", "program", "currency", "balance", "pending", "pending_releases", "tier", "next_tier", "expiring", "referral_code"] {
+    for field in [
+        "member",
+        "program",
+        "currency",
+        "balance",
+        "pending",
+        "pending_releases",
+        "tier",
+        "next_tier",
+        "expiring",
+        "referral_code",
+    ] {
         assert!(view.get(field).is_some(), "{field} missing from {view}");
     }
     assert_eq!(view["tier"]["id"], "WELCOME");
@@ -157,23 +182,46 @@ fn a_purchase_earns_points_pending_or_available_once() {
     assert_eq!(view["currency"], "KRW");
 
     // WHEN one from yesterday is submitted for another member
-    assert_eq!(post_event(&server, &admin, &purchase("ev-new", "m-2", "o-2", 1)).status(), 202);
+    assert_eq!(
+        post_event(&server, &admin, &purchase("ev-new", "m-2", "o-2", 1)).status(),
+        202
+    );
     // THEN its 590 points are pending, released on the date the return window closes
     let view = eventually(&server, "m-2", |v| v["pending"] == 590);
     assert_eq!(view["balance"], 0);
     assert_eq!(view["pending_releases"][0]["points"], 590);
 
     // WHEN the first event is sent again (same id)
-    assert_eq!(post_event(&server, &admin, &purchase("ev-old", "m-1", "o-1", 8)).status(), 202);
+    assert_eq!(
+        post_event(&server, &admin, &purchase("ev-old", "m-1", "o-1", 8)).status(),
+        202
+    );
     // AND a later event proves the queue has moved past it
-    assert_eq!(post_event(&server, &admin, &purchase("ev-mark", "m-1", "o-9", 1)).status(), 202);
+    assert_eq!(
+        post_event(&server, &admin, &purchase("ev-mark", "m-1", "o-9", 1)).status(),
+        202
+    );
     eventually(&server, "m-1", |v| v["pending"] == 590);
     // THEN nothing changed: one earn entry, balance 590
-    let entries = ledger(&server, "m-1")["entries"].as_array().unwrap().clone();
+    let entries = ledger(&server, "m-1")["entries"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(entries.iter().filter(|e| e["kind"] == "earn").count(), 1);
     assert_eq!(me(&server, "m-1")["balance"], 590);
     let first = &entries[entries.len() - 1];
-    for field in ["id", "kind", "points", "pending", "balance_after", "recorded_at", "occurred_at", "source", "reason", "provisional"] {
+    for field in [
+        "id",
+        "kind",
+        "points",
+        "pending",
+        "balance_after",
+        "recorded_at",
+        "occurred_at",
+        "source",
+        "reason",
+        "provisional",
+    ] {
         assert!(first.get(field).is_some(), "{field} missing from {first}");
     }
 }
@@ -194,28 +242,73 @@ fn bad_requests_are_problems_and_write_nothing() {
     };
     let valid = purchase("ev-1", "m-9", "o-1", 8).to_string();
     let cases = [
-        (Some(admin.as_str()), url.clone(), "{not json".to_string(), 400, "malformed-event"),
-        (Some(admin.as_str()), url.clone(), purchase("ev-2", "m-9", "o-2", 200).to_string(), 400, "event-out-of-bounds"),
-        (Some(admin.as_str()), url.clone(), valid.replace("\"KRW\"", "\"USD\""), 400, "invalid-event"),
-        (Some(member.as_str()), url.clone(), valid.clone(), 403, "forbidden"),
+        (
+            Some(admin.as_str()),
+            url.clone(),
+            "{not json".to_string(),
+            400,
+            "malformed-event",
+        ),
+        (
+            Some(admin.as_str()),
+            url.clone(),
+            purchase("ev-2", "m-9", "o-2", 200).to_string(),
+            400,
+            "event-out-of-bounds",
+        ),
+        (
+            Some(admin.as_str()),
+            url.clone(),
+            valid.replace("\"KRW\"", "\"USD\""),
+            400,
+            "invalid-event",
+        ),
+        (
+            Some(member.as_str()),
+            url.clone(),
+            valid.clone(),
+            403,
+            "forbidden",
+        ),
         (None, url.clone(), valid.clone(), 401, "unauthorized"),
-        (Some("not-a-token"), url.clone(), valid.clone(), 401, "unauthorized"),
-        (Some(admin.as_str()), format!("{}/v1/programs/nope/events", server.base), valid.clone(), 404, "unknown-program"),
+        (
+            Some("not-a-token"),
+            url.clone(),
+            valid.clone(),
+            401,
+            "unauthorized",
+        ),
+        (
+            Some(admin.as_str()),
+            format!("{}/v1/programs/nope/events", server.base),
+            valid.clone(),
+            404,
+            "unknown-program",
+        ),
     ];
     for (auth, url, body, status, slug) in cases {
         // WHEN each bad request is sent
         let response = send(auth, &url, &body);
         // THEN it gets its status as problem+json naming the problem
         assert_eq!(response.status(), status, "{slug}");
-        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
         let problem: Value = response.json().unwrap();
-        assert!(problem["type"].as_str().unwrap().ends_with(slug), "{problem}");
+        assert!(
+            problem["type"].as_str().unwrap().ends_with(slug),
+            "{problem}"
+        );
         assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }
     // AND nothing was written: a valid event afterwards is the only one with an effect
     assert_eq!(send(Some(&admin), &url, &valid).status(), 202);
     eventually(&server, "m-9", |v| v["balance"] == 590);
-    assert_eq!(ledger(&server, "m-9")["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        ledger(&server, "m-9")["entries"].as_array().unwrap().len(),
+        1
+    );
 }
 
 #[test]
@@ -225,10 +318,16 @@ fn balances_survive_restarts_and_a_kill_right_after_acceptance() {
     let db_arg = db.to_str().unwrap();
     let server = Server::start(&["--db", db_arg]);
     let admin = token(&["--admin"]);
-    assert_eq!(post_event(&server, &admin, &purchase("ev-1", "m-1", "o-1", 8)).status(), 202);
+    assert_eq!(
+        post_event(&server, &admin, &purchase("ev-1", "m-1", "o-1", 8)).status(),
+        202
+    );
     eventually(&server, "m-1", |v| v["balance"] == 590);
     // WHEN another event is accepted and the process is killed at once (SIGKILL)
-    assert_eq!(post_event(&server, &admin, &purchase("ev-2", "m-1", "o-2", 8)).status(), 202);
+    assert_eq!(
+        post_event(&server, &admin, &purchase("ev-2", "m-1", "o-2", 8)).status(),
+        202
+    );
     server.kill();
     // THEN after a restart on the same file the first balance is there, and the second event
     // is processed: nothing accepted is lost

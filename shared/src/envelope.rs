@@ -151,19 +151,36 @@ struct GrantData {
 /// An earn-queue event, checked and converted to domain types.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EarnEvent {
-    Purchase { platform: String, purchase: Purchase },
-    Refund { platform: String, reversal: Reversal },
+    Purchase {
+        platform: String,
+        purchase: Purchase,
+    },
+    Refund {
+        platform: String,
+        reversal: Reversal,
+    },
     Engagement(Engagement),
-    Grant { points: i64, campaign: Option<String>, reason: String },
+    Grant {
+        points: i64,
+        campaign: Option<String>,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Engagement {
-    Action { action: String, platform: String },
+    Action {
+        action: String,
+        platform: String,
+    },
     /// The new member was referred by `referrer` (recorded at their signup).
-    Referred { referrer: String },
+    Referred {
+        referrer: String,
+    },
     /// Pay the referrer: `referee` made a first purchase.
-    ReferrerReward { referee: String },
+    ReferrerReward {
+        referee: String,
+    },
 }
 
 impl EarnEvent {
@@ -180,8 +197,12 @@ impl EarnEvent {
     /// The order record the event concerns, if any (`{platform}#{order id}`).
     pub fn order_key(&self) -> Option<String> {
         match self {
-            EarnEvent::Purchase { platform, purchase } => Some(order_key(platform, &purchase.order_id)),
-            EarnEvent::Refund { platform, reversal } => Some(order_key(platform, &reversal.order_id)),
+            EarnEvent::Purchase { platform, purchase } => {
+                Some(order_key(platform, &purchase.order_id))
+            }
+            EarnEvent::Refund { platform, reversal } => {
+                Some(order_key(platform, &reversal.order_id))
+            }
             _ => None,
         }
     }
@@ -191,7 +212,10 @@ pub fn order_key(platform: &str, order_id: &str) -> String {
     format!("{platform}#{order_id}")
 }
 
-fn from_data<T: serde::de::DeserializeOwned>(kind: &str, data: &serde_json::Value) -> Result<T, EventError> {
+fn from_data<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    data: &serde_json::Value,
+) -> Result<T, EventError> {
     serde_json::from_value(data.clone()).map_err(|e| invalid(format!("{kind} data: {e}")))
 }
 
@@ -259,14 +283,20 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             for (i, l) in d.lines.iter().enumerate() {
                 required(&format!("lines[{i}].line_id"), &l.line_id)?;
                 if l.quantity <= 0 {
-                    return Err(invalid(format!("data.lines[{i}].quantity must be greater than zero")));
+                    return Err(invalid(format!(
+                        "data.lines[{i}].quantity must be greater than zero"
+                    )));
                 }
                 lines.push(PurchaseLine {
                     line_id: l.line_id.clone(),
                     sku: l.sku.clone(),
                     category: l.category.clone(),
                     quantity: l.quantity,
-                    unit_price: amount(currency, &format!("data.lines[{i}].unit_price"), &l.unit_price)?,
+                    unit_price: amount(
+                        currency,
+                        &format!("data.lines[{i}].unit_price"),
+                        &l.unit_price,
+                    )?,
                     discount: match &l.discount {
                         Some(t) => amount(currency, &format!("data.lines[{i}].discount"), t)?,
                         None => 0,
@@ -289,8 +319,14 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             };
             let _ = (d.taxes_included, &d.channel);
             // Catch line problems (discount above the total, duplicate line ids) now, not in earn.
-            crate::domain::earning::purchase_points(&program.purchase, program.currency, &purchase, 10_000, &[])
-                .map_err(|e| invalid(format!("data.{e}")))?;
+            crate::domain::earning::purchase_points(
+                &program.purchase,
+                program.currency,
+                &purchase,
+                10_000,
+                &[],
+            )
+            .map_err(|e| invalid(format!("data.{e}")))?;
             Ok(EarnEvent::Purchase {
                 platform: d.platform.unwrap_or_else(|| "api".into()),
                 purchase,
@@ -301,7 +337,9 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             required("order_id", &d.order_id)?;
             required("refund_id", &d.refund_id)?;
             if d.refund_id == "cancel" {
-                return Err(invalid("data.refund_id \"cancel\" is reserved for cancellations"));
+                return Err(invalid(
+                    "data.refund_id \"cancel\" is reserved for cancellations",
+                ));
             }
             if let Some(code) = &d.currency {
                 currency_of(program, code)?;
@@ -311,7 +349,9 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             }
             for (i, l) in d.lines.iter().enumerate() {
                 if l.quantity <= 0 {
-                    return Err(invalid(format!("data.lines[{i}].quantity must be greater than zero")));
+                    return Err(invalid(format!(
+                        "data.lines[{i}].quantity must be greater than zero"
+                    )));
                 }
             }
             Ok(EarnEvent::Refund {
@@ -385,7 +425,9 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             }
             Ok(EarnEvent::Grant {
                 points: d.points,
-                reason: d.reason.unwrap_or_else(|| format!("{} points granted", d.points)),
+                reason: d
+                    .reason
+                    .unwrap_or_else(|| format!("{} points granted", d.points)),
                 campaign: d.campaign,
             })
         }

@@ -1,10 +1,10 @@
 //! `loyalty-core`: the pure loyalty domain, the ports and adapters around it, and the services
 //! and HTTP routes that the Lambda functions and `loyalty serve` share.
 
+pub mod api;
 pub mod domain;
 pub mod envelope;
 pub mod ports;
 pub mod queue;
-pub mod store;
-pub mod api;
 pub mod services;
+pub mod store;

@@ -37,14 +37,20 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub fn failed(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub fn failed(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         StoreError::Failed {
             message: message.into(),
             source: Some(Box::new(source)),
         }
     }
 
-    pub fn transient(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub fn transient(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         StoreError::Transient {
             message: message.into(),
             source: Some(Box::new(source)),
@@ -154,21 +160,38 @@ pub trait MemberStore: Send + Sync {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<LedgerPage, StoreError>;
-    async fn has_marker(&self, program: &str, member: &str, marker: &EventMarker) -> Result<bool, StoreError>;
+    async fn has_marker(
+        &self,
+        program: &str,
+        member: &str,
+        marker: &EventMarker,
+    ) -> Result<bool, StoreError>;
 }
 
 #[async_trait]
 pub trait AliasStore: Send + Sync {
     /// The canonical member for an identity (`app`, `email`, `shopify`...), if linked.
-    async fn resolve_alias(&self, program: &str, kind: &str, value: &str) -> Result<Option<String>, StoreError>;
+    async fn resolve_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+    ) -> Result<Option<String>, StoreError>;
     /// Links an identity to a member; `false` when it is already linked to another member.
-    async fn put_alias(&self, program: &str, kind: &str, value: &str, member: &str) -> Result<bool, StoreError>;
+    async fn put_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+        member: &str,
+    ) -> Result<bool, StoreError>;
 }
 
 #[async_trait]
 pub trait RejectStore: Send + Sync {
     async fn reject(&self, rejected: &RejectedEvent) -> Result<(), StoreError>;
-    async fn rejected(&self, program: &str, limit: usize) -> Result<Vec<RejectedEvent>, StoreError>;
+    async fn rejected(&self, program: &str, limit: usize)
+        -> Result<Vec<RejectedEvent>, StoreError>;
 }
 
 /// Everything the services need from state.

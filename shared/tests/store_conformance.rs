@@ -44,7 +44,13 @@ fn entry(id: &str, points: i64, balance_after: i64) -> LedgerEntry {
     }
 }
 
-fn commit(member: &str, expected: Option<u64>, balance: i64, entry_id: &str, event: Option<&str>) -> Commit {
+fn commit(
+    member: &str,
+    expected: Option<u64>,
+    balance: i64,
+    entry_id: &str,
+    event: Option<&str>,
+) -> Commit {
     let p = program();
     let mut account = Account::open(&p, member, Utc::now());
     account.balance = balance;
@@ -65,58 +71,130 @@ fn commit(member: &str, expected: Option<u64>, balance: i64, entry_id: &str, eve
 async fn a_new_account_is_created_once_and_versions_advance(store: Arc<dyn Store>) {
     // GIVEN a member never seen
     let m = member();
-    assert_eq!(store.load_member("kr-shop", &m, &[]).await.unwrap().account, None);
+    assert_eq!(
+        store.load_member("kr-shop", &m, &[]).await.unwrap().account,
+        None
+    );
     // WHEN the first commit creates the account and a second one updates it
-    store.commit(commit(&m, None, 10, "e1", Some("ev-1"))).await.unwrap();
-    store.commit(commit(&m, Some(1), 20, "e2", Some("ev-2"))).await.unwrap();
+    store
+        .commit(commit(&m, None, 10, "e1", Some("ev-1")))
+        .await
+        .unwrap();
+    store
+        .commit(commit(&m, Some(1), 20, "e2", Some("ev-2")))
+        .await
+        .unwrap();
     // THEN the stored account is at version 2 with the last balance
-    let account = store.load_member("kr-shop", &m, &[]).await.unwrap().account.unwrap();
+    let account = store
+        .load_member("kr-shop", &m, &[])
+        .await
+        .unwrap()
+        .account
+        .unwrap();
     assert_eq!((account.version, account.balance), (2, 20));
     // AND creating it again as if new is a version conflict
     let again = store.commit(commit(&m, None, 99, "e3", Some("ev-3"))).await;
-    assert!(matches!(again, Err(CommitError::VersionConflict)), "{again:?}");
+    assert!(
+        matches!(again, Err(CommitError::VersionConflict)),
+        "{again:?}"
+    );
 }
 
 async fn a_stale_version_writes_nothing(store: Arc<dyn Store>) {
     // GIVEN an account at version 2
     let m = member();
-    store.commit(commit(&m, None, 10, "e1", Some("ev-1"))).await.unwrap();
-    store.commit(commit(&m, Some(1), 20, "e2", Some("ev-2"))).await.unwrap();
+    store
+        .commit(commit(&m, None, 10, "e1", Some("ev-1")))
+        .await
+        .unwrap();
+    store
+        .commit(commit(&m, Some(1), 20, "e2", Some("ev-2")))
+        .await
+        .unwrap();
     // WHEN a writer that loaded version 1 commits
-    let stale = store.commit(commit(&m, Some(1), 999, "e3", Some("ev-3"))).await;
+    let stale = store
+        .commit(commit(&m, Some(1), 999, "e3", Some("ev-3")))
+        .await;
     // THEN it is a conflict and neither its entry nor its marker nor its balance exists
-    assert!(matches!(stale, Err(CommitError::VersionConflict)), "{stale:?}");
+    assert!(
+        matches!(stale, Err(CommitError::VersionConflict)),
+        "{stale:?}"
+    );
     let page = store.ledger_page("kr-shop", &m, 10, None).await.unwrap();
     assert_eq!(page.entries.len(), 2);
-    let marker = EventMarker { source: "api".into(), event_id: "ev-3".into() };
+    let marker = EventMarker {
+        source: "api".into(),
+        event_id: "ev-3".into(),
+    };
     assert!(!store.has_marker("kr-shop", &m, &marker).await.unwrap());
-    assert_eq!(store.load_member("kr-shop", &m, &[]).await.unwrap().account.unwrap().balance, 20);
+    assert_eq!(
+        store
+            .load_member("kr-shop", &m, &[])
+            .await
+            .unwrap()
+            .account
+            .unwrap()
+            .balance,
+        20
+    );
 }
 
 async fn a_repeated_event_is_a_duplicate_without_effect(store: Arc<dyn Store>) {
     // GIVEN an event applied once
     let m = member();
-    store.commit(commit(&m, None, 10, "ev-1#0", Some("ev-1"))).await.unwrap();
+    store
+        .commit(commit(&m, None, 10, "ev-1#0", Some("ev-1")))
+        .await
+        .unwrap();
     // WHEN the same event is committed again at the current version
-    let repeat = store.commit(commit(&m, Some(1), 20, "ev-1#0-retry", Some("ev-1"))).await;
+    let repeat = store
+        .commit(commit(&m, Some(1), 20, "ev-1#0-retry", Some("ev-1")))
+        .await;
     // THEN the store reports a duplicate and the account is unchanged
     assert!(matches!(repeat, Err(CommitError::Duplicate)), "{repeat:?}");
-    let account = store.load_member("kr-shop", &m, &[]).await.unwrap().account.unwrap();
+    let account = store
+        .load_member("kr-shop", &m, &[])
+        .await
+        .unwrap()
+        .account
+        .unwrap();
     assert_eq!((account.version, account.balance), (1, 10));
-    assert_eq!(store.ledger_page("kr-shop", &m, 10, None).await.unwrap().entries.len(), 1);
+    assert_eq!(
+        store
+            .ledger_page("kr-shop", &m, 10, None)
+            .await
+            .unwrap()
+            .entries
+            .len(),
+        1
+    );
 }
 
 async fn concurrent_writers_serialise_through_the_version(store: Arc<dyn Store>) {
     // GIVEN an account and 8 writers that each add 10 points with reload-and-retry
     let m = member();
-    store.commit(commit(&m, None, 0, "e0", Some("ev-0"))).await.unwrap();
+    store
+        .commit(commit(&m, None, 0, "e0", Some("ev-0")))
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 0..8 {
         let (store, m) = (Arc::clone(&store), m.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..50 {
-                let account = store.load_member("kr-shop", &m, &[]).await.unwrap().account.unwrap();
-                let c = commit(&m, Some(account.version), account.balance + 10, &format!("w{i}"), Some(&format!("ev-w{i}")));
+                let account = store
+                    .load_member("kr-shop", &m, &[])
+                    .await
+                    .unwrap()
+                    .account
+                    .unwrap();
+                let c = commit(
+                    &m,
+                    Some(account.version),
+                    account.balance + 10,
+                    &format!("w{i}"),
+                    Some(&format!("ev-w{i}")),
+                );
                 match store.commit(c).await {
                     Ok(()) => return,
                     Err(CommitError::VersionConflict) => tokio::task::yield_now().await,
@@ -131,9 +209,22 @@ async fn concurrent_writers_serialise_through_the_version(store: Arc<dyn Store>)
         t.await.unwrap();
     }
     // THEN no update was lost: 8 x 10 points, version 9, 9 entries
-    let account = store.load_member("kr-shop", &m, &[]).await.unwrap().account.unwrap();
+    let account = store
+        .load_member("kr-shop", &m, &[])
+        .await
+        .unwrap()
+        .account
+        .unwrap();
     assert_eq!((account.balance, account.version), (80, 9));
-    assert_eq!(store.ledger_page("kr-shop", &m, 100, None).await.unwrap().entries.len(), 9);
+    assert_eq!(
+        store
+            .ledger_page("kr-shop", &m, 100, None)
+            .await
+            .unwrap()
+            .entries
+            .len(),
+        9
+    );
 }
 
 async fn the_ledger_pages_newest_first_without_gaps_or_repeats(store: Arc<dyn Store>) {
@@ -141,16 +232,31 @@ async fn the_ledger_pages_newest_first_without_gaps_or_repeats(store: Arc<dyn St
     let m = member();
     store.commit(commit(&m, None, 0, "e0", None)).await.unwrap();
     for v in 1..7 {
-        store.commit(commit(&m, Some(v), 0, &format!("e{v}"), None)).await.unwrap();
+        store
+            .commit(commit(&m, Some(v), 0, &format!("e{v}"), None))
+            .await
+            .unwrap();
     }
     // WHEN paging 3 at a time while new entries keep arriving between pages
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     let mut version = 7;
     loop {
-        let page = store.ledger_page("kr-shop", &m, 3, cursor.as_deref()).await.unwrap();
+        let page = store
+            .ledger_page("kr-shop", &m, 3, cursor.as_deref())
+            .await
+            .unwrap();
         seen.extend(page.entries.iter().map(|e| e.id.clone()));
-        store.commit(commit(&m, Some(version), 0, &format!("late{version}"), None)).await.unwrap();
+        store
+            .commit(commit(
+                &m,
+                Some(version),
+                0,
+                &format!("late{version}"),
+                None,
+            ))
+            .await
+            .unwrap();
         version += 1;
         match page.next_cursor {
             Some(c) => cursor = Some(c),
@@ -167,7 +273,13 @@ async fn order_records_are_read_with_the_account(store: Arc<dyn Store>) {
     let m = member();
     let mut c = commit(&m, None, 10, "e1", Some("ev-1"));
     for key in ["shopify#1001", "pos#77"] {
-        c.orders.insert(key.to_string(), OrderRecord { order_id: key.to_string(), ..OrderRecord::default() });
+        c.orders.insert(
+            key.to_string(),
+            OrderRecord {
+                order_id: key.to_string(),
+                ..OrderRecord::default()
+            },
+        );
     }
     store.commit(c).await.unwrap();
     // WHEN the member is loaded with one known and one unknown order key
@@ -175,7 +287,10 @@ async fn order_records_are_read_with_the_account(store: Arc<dyn Store>) {
     let state = store.load_member("kr-shop", &m, &keys).await.unwrap();
     // THEN the account and exactly the existing order come back
     assert!(state.account.is_some());
-    assert_eq!(state.orders.keys().collect::<Vec<_>>(), vec!["shopify#1001"]);
+    assert_eq!(
+        state.orders.keys().collect::<Vec<_>>(),
+        vec!["shopify#1001"]
+    );
 }
 
 async fn programs_are_versioned_and_conditional(store: Arc<dyn Store>) {
@@ -183,26 +298,69 @@ async fn programs_are_versioned_and_conditional(store: Arc<dyn Store>) {
     let id = format!("p-{}", uuid::Uuid::new_v4().simple());
     let at = Utc::now();
     // WHEN it is created, created again, and replaced with the right and a stale version
-    assert_eq!(store.put_program(&id, "{\"v\":1}", None, at).await.unwrap(), Some(1));
-    assert_eq!(store.put_program(&id, "{\"v\":9}", None, at).await.unwrap(), None);
-    assert_eq!(store.put_program(&id, "{\"v\":2}", Some(1), at).await.unwrap(), Some(2));
-    assert_eq!(store.put_program(&id, "{\"v\":9}", Some(1), at).await.unwrap(), None);
+    assert_eq!(
+        store.put_program(&id, "{\"v\":1}", None, at).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store.put_program(&id, "{\"v\":9}", None, at).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .put_program(&id, "{\"v\":2}", Some(1), at)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        store
+            .put_program(&id, "{\"v\":9}", Some(1), at)
+            .await
+            .unwrap(),
+        None
+    );
     // THEN the current program is version 2
     let stored = store.get_program(&id).await.unwrap().unwrap();
-    assert_eq!((stored.version, stored.file_json.as_str()), (2, "{\"v\":2}"));
+    assert_eq!(
+        (stored.version, stored.file_json.as_str()),
+        (2, "{\"v\":2}")
+    );
     assert!(store.get_program("never-saved").await.unwrap().is_none());
 }
 
 async fn aliases_link_one_identity_to_one_member(store: Arc<dyn Store>) {
     let value = uuid::Uuid::new_v4().simple().to_string();
     // GIVEN an identity linked to m-1
-    assert!(store.put_alias("kr-shop", "email", &value, "m-1").await.unwrap());
+    assert!(store
+        .put_alias("kr-shop", "email", &value, "m-1")
+        .await
+        .unwrap());
     // WHEN it is linked again to m-1 and then to m-2
-    assert!(store.put_alias("kr-shop", "email", &value, "m-1").await.unwrap());
-    assert!(!store.put_alias("kr-shop", "email", &value, "m-2").await.unwrap());
+    assert!(store
+        .put_alias("kr-shop", "email", &value, "m-1")
+        .await
+        .unwrap());
+    assert!(!store
+        .put_alias("kr-shop", "email", &value, "m-2")
+        .await
+        .unwrap());
     // THEN it still resolves to m-1
-    assert_eq!(store.resolve_alias("kr-shop", "email", &value).await.unwrap().as_deref(), Some("m-1"));
-    assert_eq!(store.resolve_alias("kr-shop", "email", "nobody").await.unwrap(), None);
+    assert_eq!(
+        store
+            .resolve_alias("kr-shop", "email", &value)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("m-1")
+    );
+    assert_eq!(
+        store
+            .resolve_alias("kr-shop", "email", "nobody")
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 async fn rejected_events_are_kept_with_their_reason(store: Arc<dyn Store>) {
@@ -263,7 +421,10 @@ async fn dynamo() -> Arc<dyn Store> {
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "conformance"))
         .build();
-    let store = loyalty_core::store::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(config), "loyalty-conformance");
+    let store = loyalty_core::store::dynamodb::DynamoStore::new(
+        aws_sdk_dynamodb::Client::from_conf(config),
+        "loyalty-conformance",
+    );
     store.create_table().await.expect("moto creates the table");
     Arc::new(store)
 }

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,9 @@ impl Principal {
     /// Admin of `program`: has the admin scope and is not limited to another program.
     pub fn require_admin(&self, program: &str) -> Result<(), Problem> {
         if !self.scopes.iter().any(|s| s == ADMIN_SCOPE) {
-            return Err(Problem::forbidden(format!("this route needs the {ADMIN_SCOPE} scope")));
+            return Err(Problem::forbidden(format!(
+                "this route needs the {ADMIN_SCOPE} scope"
+            )));
         }
         match &self.program {
             Some(limited) if limited != program => Err(Problem::forbidden(format!(
@@ -75,7 +77,11 @@ impl Verifier {
 
 /// Signs a development token (`loyalty token`).
 pub fn sign(secret: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
 }
 
 /// Claims for a token valid for `hours`.
@@ -91,7 +97,10 @@ pub fn claims(sub: &str, scopes: &[&str], program: Option<&str>, hours: i64) -> 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         match &state.verifier {
             Verifier::Hs256(key) => {
                 let token = bearer(parts)?;
@@ -100,7 +109,11 @@ impl FromRequestParts<AppState> for Principal {
                 validation.set_required_spec_claims(&["exp", "sub"]);
                 let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
                     .map_err(|e| Problem::unauthorized(format!("the token is not valid: {e}")))?;
-                Ok(principal(data.claims.sub, &data.claims.scope, data.claims.program))
+                Ok(principal(
+                    data.claims.sub,
+                    &data.claims.scope,
+                    data.claims.program,
+                ))
             }
             Verifier::Gateway => {
                 let claims = parts
@@ -108,8 +121,13 @@ impl FromRequestParts<AppState> for Principal {
                     .get::<GatewayClaims>()
                     .ok_or_else(|| Problem::unauthorized("no verified token on the request"))?;
                 let text = |k: &str| claims.0.get(k).and_then(|v| v.as_str()).map(str::to_string);
-                let sub = text("sub").ok_or_else(|| Problem::unauthorized("the token has no subject"))?;
-                Ok(principal(sub, &text("scope").unwrap_or_default(), text("program")))
+                let sub =
+                    text("sub").ok_or_else(|| Problem::unauthorized("the token has no subject"))?;
+                Ok(principal(
+                    sub,
+                    &text("scope").unwrap_or_default(),
+                    text("program"),
+                ))
             }
         }
     }

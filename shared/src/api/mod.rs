@@ -40,8 +40,14 @@ pub fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/v1/programs/{program}", get(get_program).put(put_program))
         .route("/v1/programs/{program}/events", post(submit_event))
-        .route("/v1/programs/{program}/members/{member}", get(admin_member_view))
-        .route("/v1/programs/{program}/members/{member}/ledger", get(admin_member_ledger))
+        .route(
+            "/v1/programs/{program}/members/{member}",
+            get(admin_member_view),
+        )
+        .route(
+            "/v1/programs/{program}/members/{member}/ledger",
+            get(admin_member_ledger),
+        )
         .with_state(state)
 }
 
@@ -71,9 +77,17 @@ async fn put_program(
     body: Bytes,
 ) -> Result<Response, Problem> {
     principal.require_admin(&program)?;
-    let text = std::str::from_utf8(&body).map_err(|_| Problem::bad_request("malformed-program", "the body is not UTF-8 text"))?;
-    let saved = state.services.put_program(&program, text, format_of(&headers)).await?;
-    let status = if saved.created { StatusCode::CREATED } else { StatusCode::OK };
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| Problem::bad_request("malformed-program", "the body is not UTF-8 text"))?;
+    let saved = state
+        .services
+        .put_program(&program, text, format_of(&headers))
+        .await?;
+    let status = if saved.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let body = json!({"program": saved.program.id, "version": saved.program.version});
     Ok((status, Json(body)).into_response())
 }
@@ -85,7 +99,10 @@ async fn get_program(
 ) -> Result<Response, Problem> {
     principal.require_admin(&program)?;
     let program = state.services.program(&program).await?;
-    Ok(Json(json!({"program": program.id, "version": program.version, "file": program.file})).into_response())
+    Ok(
+        Json(json!({"program": program.id, "version": program.version, "file": program.file}))
+            .into_response(),
+    )
 }
 
 /// TOML is the canonical format; JSON is accepted when the request says so.
@@ -113,7 +130,11 @@ async fn submit_event(
 }
 
 /// The member a token speaks for: the `app` alias of its subject, or the subject itself.
-async fn member_of(state: &AppState, program: &str, principal: &Principal) -> Result<String, Problem> {
+async fn member_of(
+    state: &AppState,
+    program: &str,
+    principal: &Principal,
+) -> Result<String, Problem> {
     let services = &state.services;
     services.program(program).await?;
     Ok(services
@@ -124,7 +145,11 @@ async fn member_of(state: &AppState, program: &str, principal: &Principal) -> Re
         .unwrap_or_else(|| principal.subject.clone()))
 }
 
-async fn me(principal: Principal, State(state): State<AppState>, Path(program): Path<String>) -> Result<Response, Problem> {
+async fn me(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+) -> Result<Response, Problem> {
     let member = member_of(&state, &program, &principal).await?;
     Ok(Json(state.services.member_view(&program, &member).await?).into_response())
 }
@@ -158,14 +183,24 @@ async fn admin_member_ledger(
     ledger(&state, &program, &member, &query).await
 }
 
-async fn ledger(state: &AppState, program: &str, member: &str, query: &HashMap<String, String>) -> Result<Response, Problem> {
+async fn ledger(
+    state: &AppState,
+    program: &str,
+    member: &str,
+    query: &HashMap<String, String>,
+) -> Result<Response, Problem> {
     let limit = match query.get("limit") {
-        Some(text) => Some(
-            text.parse::<usize>()
-                .map_err(|_| Problem::bad_request("invalid-limit", format!("limit {text:?} is not a number")))?,
-        ),
+        Some(text) => Some(text.parse::<usize>().map_err(|_| {
+            Problem::bad_request("invalid-limit", format!("limit {text:?} is not a number"))
+        })?),
         None => None,
     };
     let cursor = query.get("cursor").map(String::as_str);
-    Ok(Json(state.services.ledger(program, member, limit, cursor).await?).into_response())
+    Ok(Json(
+        state
+            .services
+            .ledger(program, member, limit, cursor)
+            .await?,
+    )
+    .into_response())
 }

@@ -64,19 +64,33 @@ impl IntoResponse for Problem {
 impl From<ServiceError> for Problem {
     fn from(e: ServiceError) -> Problem {
         match e {
-            ServiceError::NotFound { problem, detail } => Problem::new(StatusCode::NOT_FOUND, problem, detail),
-            ServiceError::Invalid { problem, detail } => Problem::new(StatusCode::BAD_REQUEST, problem, detail),
-            ServiceError::Conflict { problem, detail } => Problem::new(StatusCode::CONFLICT, problem, detail),
+            ServiceError::NotFound { problem, detail } => {
+                Problem::new(StatusCode::NOT_FOUND, problem, detail)
+            }
+            ServiceError::Invalid { problem, detail } => {
+                Problem::new(StatusCode::BAD_REQUEST, problem, detail)
+            }
+            ServiceError::Conflict { problem, detail } => {
+                Problem::new(StatusCode::CONFLICT, problem, detail)
+            }
             ServiceError::Unprocessable { problem, detail } => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, problem, detail)
             }
             ServiceError::Unavailable(e) => {
                 tracing::warn!(error = %e, "store unavailable");
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the service is busy; try again shortly")
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the service is busy; try again shortly",
+                )
             }
             ServiceError::Internal(message) => {
                 tracing::error!(error = %message, "internal error");
-                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "something went wrong on our side")
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "something went wrong on our side",
+                )
             }
         }
     }

@@ -64,7 +64,12 @@ impl LocalQueue {
 
     /// Takes up to `max` messages that are due, at most one per group (the oldest), and hides
     /// them for `visibility` so that a crash mid-processing makes them reappear.
-    pub async fn receive(&self, queue: QueueName, max: usize, visibility: Duration) -> Result<Vec<Delivery>, StoreError> {
+    pub async fn receive(
+        &self,
+        queue: QueueName,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
         let hide_ms = i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX);
         self.store
             .with(move |conn| {
@@ -159,23 +164,33 @@ impl LocalQueue {
     pub async fn depth(&self, queue: QueueName) -> Result<u64, StoreError> {
         self.store
             .with(move |conn| {
-                conn.query_row("SELECT COUNT(*) FROM queue WHERE queue = ?1", params![queue.as_str()], |r| r.get(0))
-                    .map_err(|e| sql_error("cannot count the queue", e))
+                conn.query_row(
+                    "SELECT COUNT(*) FROM queue WHERE queue = ?1",
+                    params![queue.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(|e| sql_error("cannot count the queue", e))
             })
             .await
     }
 
     /// Dead letters of a queue: (id, error).
-    pub async fn dead_letters(&self, queue: QueueName) -> Result<Vec<(String, String)>, StoreError> {
+    pub async fn dead_letters(
+        &self,
+        queue: QueueName,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         self.store
             .with(move |conn| {
                 let mut stmt = conn
-                    .prepare_cached("SELECT id, error FROM dead_letters WHERE queue = ?1 ORDER BY at")
+                    .prepare_cached(
+                        "SELECT id, error FROM dead_letters WHERE queue = ?1 ORDER BY at",
+                    )
                     .map_err(|e| sql_error("cannot read dead letters", e))?;
                 let rows = stmt
                     .query_map(params![queue.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
                     .map_err(|e| sql_error("cannot read dead letters", e))?;
-                rows.collect::<Result<_, _>>().map_err(|e| sql_error("cannot read dead letters", e))
+                rows.collect::<Result<_, _>>()
+                    .map_err(|e| sql_error("cannot read dead letters", e))
             })
             .await
     }
@@ -184,12 +199,15 @@ impl LocalQueue {
 #[async_trait]
 impl Queue for LocalQueue {
     async fn send(&self, queue: QueueName, message: &Envelope) -> Result<(), QueueError> {
-        let error = |message: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| QueueError {
-            queue: queue.as_str(),
-            message,
-            source,
+        let error = |message: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| {
+            QueueError {
+                queue: queue.as_str(),
+                message,
+                source,
+            }
         };
-        let body = serde_json::to_string(message).map_err(|e| error("cannot encode the message".into(), Some(Box::new(e))))?;
+        let body = serde_json::to_string(message)
+            .map_err(|e| error("cannot encode the message".into(), Some(Box::new(e))))?;
         let (id, group) = (message.id.clone(), message.group());
         self.store
             .with(move |conn| {

@@ -4,4 +4,4 @@
 #[cfg(feature = "sqlite")]
 pub mod local;
 #[cfg(feature = "aws")]
-pub mod sqs;
+pub mod sqs_fifo;

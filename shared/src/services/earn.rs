@@ -49,11 +49,17 @@ impl Services {
     pub async fn process_earn(&self, body: &str) -> Result<Processed, Retry> {
         let envelope: Envelope = match serde_json::from_str(body) {
             Ok(e) => e,
-            Err(e) => return self.reject_raw(body, &format!("not an event envelope: {e}")).await,
+            Err(e) => {
+                return self
+                    .reject_raw(body, &format!("not an event envelope: {e}"))
+                    .await
+            }
         };
         let program = match self.program(&envelope.program).await {
             Ok(p) => p,
-            Err(ServiceError::NotFound { detail, .. }) => return self.reject(&envelope, body, &detail).await,
+            Err(ServiceError::NotFound { detail, .. }) => {
+                return self.reject(&envelope, body, &detail).await
+            }
             Err(e) => return Err(e.into()),
         };
         let event = match parse_earn_event(&envelope, &program) {
@@ -72,10 +78,11 @@ impl Services {
                 .load_member(&program.id, &envelope.member, &order_keys)
                 .await
                 .map_err(|e| Retry(e.to_string()))?;
-            let ctx = EventContext::new(envelope.id.clone(), envelope.occurred_at, now).with_source(Source {
-                platform: Some(event.source().to_string()),
-                ..Source::default()
-            });
+            let ctx = EventContext::new(envelope.id.clone(), envelope.occurred_at, now)
+                .with_source(Source {
+                    platform: Some(event.source().to_string()),
+                    ..Source::default()
+                });
             let outcome = match decide(&program, &envelope, &event, &state, &ctx) {
                 Ok(outcome) => outcome,
                 Err(reason) => return self.reject(&envelope, body, &reason).await,
@@ -108,18 +115,27 @@ impl Services {
                 Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
             }
         }
-        Err(Retry(format!("member {} kept changing; will retry", envelope.member)))
+        Err(Retry(format!(
+            "member {} kept changing; will retry",
+            envelope.member
+        )))
     }
 
     /// Handles one `tier.check`: upgrade the member if a threshold has been crossed.
     pub async fn process_tier_check(&self, body: &str) -> Result<Processed, Retry> {
         let envelope: Envelope = match serde_json::from_str(body) {
             Ok(e) => e,
-            Err(e) => return self.reject_raw(body, &format!("not an event envelope: {e}")).await,
+            Err(e) => {
+                return self
+                    .reject_raw(body, &format!("not an event envelope: {e}"))
+                    .await
+            }
         };
         let program = match self.program(&envelope.program).await {
             Ok(p) => p,
-            Err(ServiceError::NotFound { detail, .. }) => return self.reject(&envelope, body, &detail).await,
+            Err(ServiceError::NotFound { detail, .. }) => {
+                return self.reject(&envelope, body, &detail).await
+            }
             Err(e) => return Err(e.into()),
         };
         let marker = EventMarker {
@@ -154,10 +170,18 @@ impl Services {
             };
             match self.store.commit(commit).await {
                 Ok(()) => {
-                    let notice = message(&envelope, "tier.changed", format!("tier-changed-{}", envelope.id), json!({
-                        "from": account.tier.id, "to": tier.id, "review_date": tier.review_on,
-                    }));
-                    self.queue.send(QueueName::Notify, &notice).await.map_err(|e| Retry(e.to_string()))?;
+                    let notice = message(
+                        &envelope,
+                        "tier.changed",
+                        format!("tier-changed-{}", envelope.id),
+                        json!({
+                            "from": account.tier.id, "to": tier.id, "review_date": tier.review_on,
+                        }),
+                    );
+                    self.queue
+                        .send(QueueName::Notify, &notice)
+                        .await
+                        .map_err(|e| Retry(e.to_string()))?;
                     return Ok(Processed::Applied { entries });
                 }
                 Err(CommitError::Duplicate) => return Ok(Processed::Duplicate),
@@ -165,40 +189,88 @@ impl Services {
                 Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
             }
         }
-        Err(Retry(format!("member {} kept changing; will retry", envelope.member)))
+        Err(Retry(format!(
+            "member {} kept changing; will retry",
+            envelope.member
+        )))
     }
 
     /// Messages that follow an earn: a tier check after anything that moves the qualifying
     /// measure, the referrer's reward after a referred member's first purchase, and a notice.
     /// Their ids derive from the event's, so sending them twice has no second effect.
-    async fn follow_up(&self, envelope: &Envelope, event: &EarnEvent, referrer: Option<String>) -> Result<(), Retry> {
-        let send = |queue, m: Envelope| async move { self.queue.send(queue, &m).await.map_err(|e| Retry(e.to_string())) };
+    async fn follow_up(
+        &self,
+        envelope: &Envelope,
+        event: &EarnEvent,
+        referrer: Option<String>,
+    ) -> Result<(), Retry> {
+        let send = |queue, m: Envelope| async move {
+            self.queue
+                .send(queue, &m)
+                .await
+                .map_err(|e| Retry(e.to_string()))
+        };
         if matches!(event, EarnEvent::Purchase { .. } | EarnEvent::Refund { .. }) {
-            send(QueueName::Tier, message(envelope, "tier.check", format!("tier-check-{}", envelope.id), json!({}))).await?;
+            send(
+                QueueName::Tier,
+                message(
+                    envelope,
+                    "tier.check",
+                    format!("tier-check-{}", envelope.id),
+                    json!({}),
+                ),
+            )
+            .await?;
         }
         if let Some(referrer) = referrer {
-            let mut reward = message(envelope, "engagement.recorded", format!("referral-{}", envelope.member), json!({
-                "action": "referral", "ref": envelope.member, "referee": envelope.member,
-            }));
+            let mut reward = message(
+                envelope,
+                "engagement.recorded",
+                format!("referral-{}", envelope.member),
+                json!({
+                    "action": "referral", "ref": envelope.member, "referee": envelope.member,
+                }),
+            );
             reward.member = referrer;
             send(QueueName::Earn, reward).await?;
         }
-        send(QueueName::Notify, message(envelope, "points.earned", format!("points-earned-{}", envelope.id), json!({
-            "event": envelope.id, "type": envelope.kind,
-        })))
+        send(
+            QueueName::Notify,
+            message(
+                envelope,
+                "points.earned",
+                format!("points-earned-{}", envelope.id),
+                json!({
+                    "event": envelope.id, "type": envelope.kind,
+                }),
+            ),
+        )
         .await
     }
 
-    async fn reject(&self, envelope: &Envelope, body: &str, reason: &str) -> Result<Processed, Retry> {
-        self.store_rejection(&envelope.program, &envelope.id, body, reason).await
+    async fn reject(
+        &self,
+        envelope: &Envelope,
+        body: &str,
+        reason: &str,
+    ) -> Result<Processed, Retry> {
+        self.store_rejection(&envelope.program, &envelope.id, body, reason)
+            .await
     }
 
     async fn reject_raw(&self, body: &str, reason: &str) -> Result<Processed, Retry> {
         // Without an envelope there is no program to file it under.
-        self.store_rejection("unknown", "unknown", body, reason).await
+        self.store_rejection("unknown", "unknown", body, reason)
+            .await
     }
 
-    async fn store_rejection(&self, program: &str, event_id: &str, body: &str, reason: &str) -> Result<Processed, Retry> {
+    async fn store_rejection(
+        &self,
+        program: &str,
+        event_id: &str,
+        body: &str,
+        reason: &str,
+    ) -> Result<Processed, Retry> {
         tracing::warn!(program, event_id, reason, "event rejected");
         let rejected = RejectedEvent {
             program: program.to_string(),
@@ -207,7 +279,10 @@ impl Services {
             reason: reason.to_string(),
             payload: body.chars().take(64 * 1024).collect(),
         };
-        self.store.reject(&rejected).await.map_err(|e| Retry(e.to_string()))?;
+        self.store
+            .reject(&rejected)
+            .await
+            .map_err(|e| Retry(e.to_string()))?;
         Ok(Processed::Rejected(reason.to_string()))
     }
 }
@@ -232,10 +307,13 @@ fn decide(
     state: &MemberState,
     ctx: &EventContext,
 ) -> Result<Outcome, String> {
-    let account = state
-        .account
-        .clone()
-        .unwrap_or_else(|| Account::open(program, &envelope.member, ctx.occurred_at.min(ctx.recorded_at)));
+    let account = state.account.clone().unwrap_or_else(|| {
+        Account::open(
+            program,
+            &envelope.member,
+            ctx.occurred_at.min(ctx.recorded_at),
+        )
+    });
     let order_key = event.order_key();
     let order = order_key.as_ref().and_then(|k| state.orders.get(k));
     let with_order = |out: crate::domain::OrderChange| {
@@ -257,14 +335,30 @@ fn decide(
     Ok(match event {
         EarnEvent::Purchase { purchase, .. } => {
             // Campaign effects arrive with the campaign issue; the lookup will join this read.
-            with_order(account.earn_purchase(program, order, purchase, &[], ctx).map_err(|e| e.to_string())?)
+            with_order(
+                account
+                    .earn_purchase(program, order, purchase, &[], ctx)
+                    .map_err(|e| e.to_string())?,
+            )
         }
-        EarnEvent::Refund { reversal, .. } => with_order(account.refund(program, order, reversal, ctx).map_err(|e| e.to_string())?),
-        EarnEvent::Engagement(Engagement::Action { action, .. }) => plain(account.record_action(program, action, ctx)),
-        EarnEvent::Engagement(Engagement::Referred { referrer }) => plain(account.referred_by(referrer)),
-        EarnEvent::Engagement(Engagement::ReferrerReward { referee }) => plain(account.reward_referrer(program, referee, ctx)),
-        EarnEvent::Grant { points, campaign, reason } => {
-            plain(account.grant(program, *points, campaign.as_deref(), reason, ctx))
+        EarnEvent::Refund { reversal, .. } => with_order(
+            account
+                .refund(program, order, reversal, ctx)
+                .map_err(|e| e.to_string())?,
+        ),
+        EarnEvent::Engagement(Engagement::Action { action, .. }) => {
+            plain(account.record_action(program, action, ctx))
         }
+        EarnEvent::Engagement(Engagement::Referred { referrer }) => {
+            plain(account.referred_by(referrer))
+        }
+        EarnEvent::Engagement(Engagement::ReferrerReward { referee }) => {
+            plain(account.reward_referrer(program, referee, ctx))
+        }
+        EarnEvent::Grant {
+            points,
+            campaign,
+            reason,
+        } => plain(account.grant(program, *points, campaign.as_deref(), reason, ctx)),
     })
 }

@@ -20,9 +20,14 @@ impl Services {
     /// it for earn. Sending the same id again is accepted again and has no second effect.
     pub async fn submit_event(&self, program: &str, body: &[u8]) -> Result<Accepted, ServiceError> {
         let program = self.program(program).await?;
-        let mut envelope: Envelope = serde_json::from_slice(body)
-            .map_err(|e| ServiceError::invalid("malformed-event", format!("the body is not an event envelope: {e}")))?;
-        parse_earn_event(&envelope, &program).map_err(|e| ServiceError::invalid("invalid-event", e.to_string()))?;
+        let mut envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
+            ServiceError::invalid(
+                "malformed-event",
+                format!("the body is not an event envelope: {e}"),
+            )
+        })?;
+        parse_earn_event(&envelope, &program)
+            .map_err(|e| ServiceError::invalid("invalid-event", e.to_string()))?;
         program
             .check_occurred_at(envelope.occurred_at, self.clock.now())
             .map_err(|e| ServiceError::invalid("event-out-of-bounds", e.to_string()))?;
@@ -39,7 +44,11 @@ impl Services {
 
     /// The canonical id of a member named `kind:value` (e.g. `shopify:7001234`) when that
     /// identity is linked to a member; otherwise the id as given.
-    pub async fn canonical_member(&self, program: &str, member: &str) -> Result<String, ServiceError> {
+    pub async fn canonical_member(
+        &self,
+        program: &str,
+        member: &str,
+    ) -> Result<String, ServiceError> {
         let Some((kind, value)) = member.split_once(':') else {
             return Ok(member.to_string());
         };

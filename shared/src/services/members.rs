@@ -57,11 +57,17 @@ pub const DEFAULT_PAGE: usize = 20;
 
 impl Services {
     /// The member's account as of now (a member never seen before has an empty account).
-    pub async fn member_view(&self, program: &str, member: &str) -> Result<MemberView, ServiceError> {
+    pub async fn member_view(
+        &self,
+        program: &str,
+        member: &str,
+    ) -> Result<MemberView, ServiceError> {
         let program = self.program(program).await?;
         let now = self.clock.now();
         let state = self.store.load_member(&program.id, member, &[]).await?;
-        let account = state.account.unwrap_or_else(|| Account::open(&program, member, now));
+        let account = state
+            .account
+            .unwrap_or_else(|| Account::open(&program, member, now));
         let view = account.as_of(&program, now).account;
         let today = local_date(program.time_zone, now);
         let progress = view.tier_progress(&program, today);
@@ -70,7 +76,10 @@ impl Services {
             let date = local_date(program.time_zone, grant.release_at);
             match releases.iter_mut().find(|r| r.date == date) {
                 Some(r) => r.points += grant.points,
-                None => releases.push(DatedPoints { date, points: grant.points }),
+                None => releases.push(DatedPoints {
+                    date,
+                    points: grant.points,
+                }),
             }
         }
         releases.sort_by_key(|r| r.date);
@@ -119,14 +128,23 @@ impl Services {
         let program = self.program(program).await?;
         let limit = limit.unwrap_or(DEFAULT_PAGE);
         if limit == 0 || limit > MAX_PAGE {
-            return Err(ServiceError::invalid("invalid-limit", format!("limit must be between 1 and {MAX_PAGE}")));
+            return Err(ServiceError::invalid(
+                "invalid-limit",
+                format!("limit must be between 1 and {MAX_PAGE}"),
+            ));
         }
         if let Some(c) = cursor {
             if decode_cursor(c).is_none() {
-                return Err(ServiceError::invalid("invalid-cursor", format!("cursor {c:?} was not issued by this API")));
+                return Err(ServiceError::invalid(
+                    "invalid-cursor",
+                    format!("cursor {c:?} was not issued by this API"),
+                ));
             }
         }
-        let page = self.store.ledger_page(&program.id, member, limit, cursor).await?;
+        let page = self
+            .store
+            .ledger_page(&program.id, member, limit, cursor)
+            .await?;
         let mut entries = Vec::new();
         if cursor.is_none() {
             let state = self.store.load_member(&program.id, member, &[]).await?;
@@ -149,7 +167,11 @@ pub fn referral_code(program: &str, member: &str) -> String {
     // FNV-1a over "program#member", written out in Crockford base32 (no I, L, O, U).
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in program.bytes().chain(std::iter::once(b'#')).chain(member.bytes()) {
+    for byte in program
+        .bytes()
+        .chain(std::iter::once(b'#'))
+        .chain(member.bytes())
+    {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }

@@ -27,13 +27,25 @@ pub(crate) const COMMIT_ATTEMPTS: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("{detail}")]
-    NotFound { problem: &'static str, detail: String },
+    NotFound {
+        problem: &'static str,
+        detail: String,
+    },
     #[error("{detail}")]
-    Invalid { problem: &'static str, detail: String },
+    Invalid {
+        problem: &'static str,
+        detail: String,
+    },
     #[error("{detail}")]
-    Conflict { problem: &'static str, detail: String },
+    Conflict {
+        problem: &'static str,
+        detail: String,
+    },
     #[error("{detail}")]
-    Unprocessable { problem: &'static str, detail: String },
+    Unprocessable {
+        problem: &'static str,
+        detail: String,
+    },
     #[error("temporarily unavailable: {0}")]
     Unavailable(#[source] StoreError),
     #[error("internal error: {0}")]

@@ -23,28 +23,43 @@ pub enum ProgramFormat {
 
 impl Services {
     /// Validates and saves a new version of a program. The id in the file must match `id`.
-    pub async fn put_program(&self, id: &str, text: &str, format: ProgramFormat) -> Result<SavedProgram, ServiceError> {
+    pub async fn put_program(
+        &self,
+        id: &str,
+        text: &str,
+        format: ProgramFormat,
+    ) -> Result<SavedProgram, ServiceError> {
         let parsed = match format {
             ProgramFormat::Toml => Program::from_toml(text),
             ProgramFormat::Json => Program::from_json(text),
         };
         let mut program = parsed.map_err(|e| match e {
-            ProgramError::Syntax { .. } => ServiceError::invalid("malformed-program", e.to_string()),
+            ProgramError::Syntax { .. } => {
+                ServiceError::invalid("malformed-program", e.to_string())
+            }
             ProgramError::Invalid(_) => ServiceError::invalid("invalid-program", e.to_string()),
         })?;
         if program.id != id {
             return Err(ServiceError::invalid(
                 "program-id-mismatch",
-                format!("the file is for program {:?}, the path names {id:?}", program.id),
+                format!(
+                    "the file is for program {:?}, the path names {id:?}",
+                    program.id
+                ),
             ));
         }
         let mut file = program.file.clone();
         file.version = None;
-        let file_json = serde_json::to_string(&file).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let file_json =
+            serde_json::to_string(&file).map_err(|e| ServiceError::Internal(e.to_string()))?;
         for _ in 0..super::COMMIT_ATTEMPTS {
             let current = self.store.get_program(id).await?;
             let expected = current.as_ref().map(|p| p.version);
-            if let Some(version) = self.store.put_program(id, &file_json, expected, self.clock.now()).await? {
+            if let Some(version) = self
+                .store
+                .put_program(id, &file_json, expected, self.clock.now())
+                .await?
+            {
                 program.version = version;
                 program.file.version = Some(version);
                 let program = Arc::new(program);

@@ -2,7 +2,7 @@
 //! conditional transaction per commit (account version, new ledger entries, event marker).
 
 #[cfg(feature = "aws")]
-pub mod dynamo;
+pub mod dynamodb;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

@@ -119,7 +119,9 @@ impl SqliteStore {
 /// SQLite's "busy" and "locked" are contention: worth retrying. Everything else is not.
 pub(crate) fn sql_error(what: &str, e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::transient(what.to_string(), e),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::transient(what.to_string(), e)
+        }
         _ => StoreError::failed(what.to_string(), e),
     }
 }
@@ -190,7 +192,8 @@ impl ProgramStore for SqliteStore {
                 params![program, version, file_json, at.to_rfc3339()],
             )
             .map_err(|e| sql_error("cannot save the program", e))?;
-            tx.commit().map_err(|e| sql_error("cannot commit the program", e))?;
+            tx.commit()
+                .map_err(|e| sql_error("cannot commit the program", e))?;
             Ok(Some(version))
         })
         .await
@@ -199,8 +202,14 @@ impl ProgramStore for SqliteStore {
 
 #[async_trait]
 impl MemberStore for SqliteStore {
-    async fn load_member(&self, program: &str, member: &str, order_keys: &[String]) -> Result<MemberState, StoreError> {
-        let (program, member, order_keys) = (program.to_string(), member.to_string(), order_keys.to_vec());
+    async fn load_member(
+        &self,
+        program: &str,
+        member: &str,
+        order_keys: &[String],
+    ) -> Result<MemberState, StoreError> {
+        let (program, member, order_keys) =
+            (program.to_string(), member.to_string(), order_keys.to_vec());
         self.with(move |conn| {
             let account = conn
                 .query_row(
@@ -233,7 +242,11 @@ impl MemberStore for SqliteStore {
 
     async fn commit(&self, commit: Commit) -> Result<(), CommitError> {
         if commit.entries.len() > MAX_ENTRIES_PER_COMMIT {
-            return Err(StoreError::Failed { message: "too many ledger entries in one commit".into(), source: None }.into());
+            return Err(StoreError::Failed {
+                message: "too many ledger entries in one commit".into(),
+                source: None,
+            }
+            .into());
         }
         let commit = Arc::new(commit);
         let outcome = self
@@ -312,9 +325,18 @@ impl MemberStore for SqliteStore {
         }
     }
 
-    async fn ledger_page(&self, program: &str, member: &str, limit: usize, cursor: Option<&str>) -> Result<LedgerPage, StoreError> {
+    async fn ledger_page(
+        &self,
+        program: &str,
+        member: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<LedgerPage, StoreError> {
         let before = match cursor {
-            Some(c) => decode_cursor(c).ok_or_else(|| StoreError::Failed { message: format!("invalid cursor {c:?}"), source: None })?,
+            Some(c) => decode_cursor(c).ok_or_else(|| StoreError::Failed {
+                message: format!("invalid cursor {c:?}"),
+                source: None,
+            })?,
             None => u64::MAX,
         };
         let limit = limit.clamp(1, 100);
@@ -348,7 +370,12 @@ impl MemberStore for SqliteStore {
         .await
     }
 
-    async fn has_marker(&self, program: &str, member: &str, marker: &EventMarker) -> Result<bool, StoreError> {
+    async fn has_marker(
+        &self,
+        program: &str,
+        member: &str,
+        marker: &EventMarker,
+    ) -> Result<bool, StoreError> {
         let (program, member, key) = (program.to_string(), member.to_string(), marker_key(marker));
         self.with(move |conn| {
             conn.query_row(
@@ -369,7 +396,12 @@ enum Outcome {
 
 #[async_trait]
 impl AliasStore for SqliteStore {
-    async fn resolve_alias(&self, program: &str, kind: &str, value: &str) -> Result<Option<String>, StoreError> {
+    async fn resolve_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+    ) -> Result<Option<String>, StoreError> {
         let (program, kind, value) = (program.to_string(), kind.to_string(), value.to_string());
         self.with(move |conn| {
             conn.query_row(
@@ -383,8 +415,19 @@ impl AliasStore for SqliteStore {
         .await
     }
 
-    async fn put_alias(&self, program: &str, kind: &str, value: &str, member: &str) -> Result<bool, StoreError> {
-        let (program, kind, value, member) = (program.to_string(), kind.to_string(), value.to_string(), member.to_string());
+    async fn put_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+        member: &str,
+    ) -> Result<bool, StoreError> {
+        let (program, kind, value, member) = (
+            program.to_string(),
+            kind.to_string(),
+            value.to_string(),
+            member.to_string(),
+        );
         self.with(move |conn| {
             conn.execute(
                 "INSERT OR IGNORE INTO aliases (program, kind, value, member) VALUES (?1, ?2, ?3, ?4)",
@@ -411,7 +454,12 @@ impl RejectStore for SqliteStore {
         self.with(move |conn| {
             conn.execute(
                 "INSERT INTO rejected (program, at, event_id, body) VALUES (?1, ?2, ?3, ?4)",
-                params![rejected.program, rejected.at.to_rfc3339(), rejected.event_id, encode("rejected event", &rejected)?],
+                params![
+                    rejected.program,
+                    rejected.at.to_rfc3339(),
+                    rejected.event_id,
+                    encode("rejected event", &rejected)?
+                ],
             )
             .map_err(|e| sql_error("cannot record the rejected event", e))?;
             Ok(())
@@ -419,14 +467,22 @@ impl RejectStore for SqliteStore {
         .await
     }
 
-    async fn rejected(&self, program: &str, limit: usize) -> Result<Vec<RejectedEvent>, StoreError> {
+    async fn rejected(
+        &self,
+        program: &str,
+        limit: usize,
+    ) -> Result<Vec<RejectedEvent>, StoreError> {
         let program = program.to_string();
         self.with(move |conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT body FROM rejected WHERE program = ?1 ORDER BY at DESC LIMIT ?2")
+                .prepare_cached(
+                    "SELECT body FROM rejected WHERE program = ?1 ORDER BY at DESC LIMIT ?2",
+                )
                 .map_err(|e| sql_error("cannot read rejected events", e))?;
             let rows = stmt
-                .query_map(params![program, limit as i64], |row| row.get::<_, String>(0))
+                .query_map(params![program, limit as i64], |row| {
+                    row.get::<_, String>(0)
+                })
                 .map_err(|e| sql_error("cannot read rejected events", e))?;
             rows.map(|r| {
                 let body = r.map_err(|e| sql_error("cannot read rejected events", e))?;

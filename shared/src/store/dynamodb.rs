@@ -1,0 +1,662 @@
+//! The DynamoDB adapter: the single-table layout of DESIGN §4.
+//!
+//! Every commit is one `TransactWriteItems`: the account conditioned on its version, each new
+//! ledger entry and the event marker conditioned on `attribute_not_exists`. Cancellation reasons
+//! are mapped to typed outcomes (duplicate, version conflict), and the SDK error is kept as the
+//! source of anything else.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
+    Put, ScalarAttributeType, TransactWriteItem,
+};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+
+use super::{decode_cursor, encode_cursor, ledger_seq, seq_key, MAX_ENTRIES_PER_COMMIT};
+use crate::domain::{Account, LedgerEntry, OrderRecord};
+use crate::ports::{
+    AliasStore, Commit, CommitError, EventMarker, LedgerPage, MemberState, MemberStore,
+    ProgramStore, RejectStore, RejectedEvent, StoreError, StoredProgram,
+};
+
+/// DynamoDB refuses transactions of more than 100 items.
+const MAX_TRANSACTION_ITEMS: usize = 100;
+/// Days of rejected-event partitions read by `rejected`.
+const REJECTED_DAYS: i64 = 7;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The DynamoDB state adapter. The client is built once per container and shared.
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+/// A client from the environment (region, credentials, `AWS_ENDPOINT_URL`), or pointed at an
+/// explicit endpoint (moto, DynamoDB Local).
+pub async fn client_from_env(endpoint: Option<&str>) -> Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(url) = endpoint {
+        loader = loader.endpoint_url(url);
+    }
+    Client::new(&loader.load().await)
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn member_pk(program: &str, member: &str) -> String {
+    format!("P#{program}#M#{member}")
+}
+
+fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
+    HashMap::from([("PK".to_string(), s(pk)), ("SK".to_string(), s(sk))])
+}
+
+fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+fn number(item: &Item, name: &str) -> Option<u64> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn body<T: serde::de::DeserializeOwned>(item: &Item, what: &str) -> Result<T, StoreError> {
+    let raw = text(item, "body").ok_or_else(|| StoreError::Corrupt {
+        key: what.to_string(),
+        message: "no body attribute".into(),
+    })?;
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt {
+        key: what.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<AttributeValue, StoreError> {
+    serde_json::to_string(value)
+        .map(AttributeValue::S)
+        .map_err(|e| StoreError::failed(format!("cannot encode {what}"), e))
+}
+
+/// Throttling and network failures are worth retrying; anything else is not.
+fn sdk_error<E, R>(what: &str, e: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let transient = match &e {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => true,
+        SdkError::ServiceError(service) => matches!(
+            service.err().code(),
+            Some(
+                "ThrottlingException"
+                    | "ProvisionedThroughputExceededException"
+                    | "RequestLimitExceeded"
+                    | "InternalServerError"
+                    | "TransactionInProgressException"
+            )
+        ),
+        _ => false,
+    };
+    let message = format!("{what}: {}", e.code().unwrap_or("error"));
+    if transient {
+        StoreError::transient(message, e)
+    } else {
+        StoreError::failed(message, e)
+    }
+}
+
+fn build<T>(
+    what: &str,
+    built: Result<T, aws_sdk_dynamodb::error::BuildError>,
+) -> Result<T, StoreError> {
+    built.map_err(|e| StoreError::failed(format!("cannot build {what}"), e))
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> DynamoStore {
+        DynamoStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// Creates the table (keys only, on demand) if it does not exist: for tests and local
+    /// set-ups; in AWS the SAM template owns the table.
+    pub async fn create_table(&self) -> Result<(), StoreError> {
+        let attribute = |name: &str| {
+            build(
+                "attribute",
+                AttributeDefinition::builder()
+                    .attribute_name(name)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build(),
+            )
+        };
+        let key = |name: &str, kind| {
+            build(
+                "key",
+                KeySchemaElement::builder()
+                    .attribute_name(name)
+                    .key_type(kind)
+                    .build(),
+            )
+        };
+        let result = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .attribute_definitions(attribute("PK")?)
+            .attribute_definitions(attribute("SK")?)
+            .key_schema(key("PK", KeyType::Hash)?)
+            .key_schema(key("SK", KeyType::Range)?)
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ResourceInUseException") => Ok(()),
+            Err(e) => Err(sdk_error("cannot create the table", e)),
+        }
+    }
+
+    async fn get(&self, key: Item) -> Result<Option<Item>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("cannot read an item", e))?;
+        Ok(output.item)
+    }
+
+    fn put(
+        &self,
+        item: Item,
+        condition: Option<&str>,
+        values: Option<Item>,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let put = build(
+            "put",
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .set_condition_expression(condition.map(str::to_string))
+                .set_expression_attribute_values(values)
+                .build(),
+        )?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// Reads items by key in one BatchGetItem, retrying the keys DynamoDB leaves unprocessed.
+    async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut pending = keys;
+        for _ in 0..10 {
+            if pending.is_empty() {
+                return Ok(items);
+            }
+            let request = build(
+                "batch get",
+                KeysAndAttributes::builder()
+                    .set_keys(Some(pending))
+                    .consistent_read(true)
+                    .build(),
+            )?;
+            let output = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot read the member", e))?;
+            if let Some(mut found) = output.responses {
+                items.extend(found.remove(&self.table).unwrap_or_default());
+            }
+            pending = output
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.table))
+                .map(|k| k.keys)
+                .unwrap_or_default();
+        }
+        Err(StoreError::Transient {
+            message: "DynamoDB kept leaving keys unprocessed".into(),
+            source: None,
+        })
+    }
+
+    /// Why a commit transaction was cancelled. moto does not always report reasons; then the
+    /// marker is looked up to tell a duplicate from a version conflict.
+    async fn cancelled(
+        &self,
+        commit: &Commit,
+        marker_index: Option<usize>,
+        reasons: Vec<Option<String>>,
+    ) -> CommitError {
+        let failed = |i: usize| reasons.get(i).and_then(|r| r.as_deref());
+        if let Some(i) = marker_index {
+            if failed(i) == Some("ConditionalCheckFailed") {
+                return CommitError::Duplicate;
+            }
+        }
+        if failed(0) == Some("ConditionalCheckFailed")
+            || reasons.iter().flatten().any(|r| r == "TransactionConflict")
+        {
+            return CommitError::VersionConflict;
+        }
+        if reasons
+            .iter()
+            .flatten()
+            .any(|r| r == "ConditionalCheckFailed")
+        {
+            // A ledger entry id that exists already: the event had its effect.
+            return CommitError::Duplicate;
+        }
+        if let Some(marker) = &commit.marker {
+            let key = key(
+                member_pk(&commit.program, &commit.member),
+                marker_sk(marker),
+            );
+            match self.get(key).await {
+                Ok(Some(_)) => return CommitError::Duplicate,
+                Ok(None) => return CommitError::VersionConflict,
+                Err(e) => return CommitError::Store(e),
+            }
+        }
+        CommitError::VersionConflict
+    }
+}
+
+fn marker_sk(marker: &EventMarker) -> String {
+    format!("E#{}#{}", marker.source, marker.event_id)
+}
+
+#[async_trait]
+impl ProgramStore for DynamoStore {
+    async fn get_program(&self, program: &str) -> Result<Option<StoredProgram>, StoreError> {
+        let Some(item) = self
+            .get(key(format!("P#{program}"), "PROGRAM#CURRENT"))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let corrupt = |message: &str| StoreError::Corrupt {
+            key: format!("program {program}"),
+            message: message.to_string(),
+        };
+        let version = number(&item, "version")
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| corrupt("no version"))?;
+        let file_json = text(&item, "body")
+            .ok_or_else(|| corrupt("no body"))?
+            .to_string();
+        let updated_at = text(&item, "updated_at")
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .ok_or_else(|| corrupt("no updated_at"))?;
+        Ok(Some(StoredProgram {
+            version,
+            file_json,
+            updated_at,
+        }))
+    }
+
+    async fn put_program(
+        &self,
+        program: &str,
+        file_json: &str,
+        expected: Option<u32>,
+        at: DateTime<Utc>,
+    ) -> Result<Option<u32>, StoreError> {
+        let version = expected.unwrap_or(0) + 1;
+        let item = |sk: String| {
+            let mut item = key(format!("P#{program}"), sk);
+            item.insert("version".into(), n(version));
+            item.insert("body".into(), s(file_json));
+            item.insert(
+                "updated_at".into(),
+                s(at.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            );
+            item
+        };
+        let current = match expected {
+            None => self.put(
+                item("PROGRAM#CURRENT".into()),
+                Some("attribute_not_exists(PK)"),
+                None,
+            )?,
+            Some(v) => self.put(
+                item("PROGRAM#CURRENT".into()),
+                Some("version = :expected"),
+                Some(HashMap::from([(":expected".to_string(), n(v))])),
+            )?,
+        };
+        let copy = self.put(
+            item(format!("PROGRAM#v{version}")),
+            Some("attribute_not_exists(PK)"),
+            None,
+        )?;
+        match self
+            .client
+            .transact_write_items()
+            .transact_items(current)
+            .transact_items(copy)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Some(version)),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(TransactWriteItemsError::TransactionCanceledException(_))
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(sdk_error("cannot save the program", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl MemberStore for DynamoStore {
+    async fn load_member(
+        &self,
+        program: &str,
+        member: &str,
+        order_keys: &[String],
+    ) -> Result<MemberState, StoreError> {
+        let pk = member_pk(program, member);
+        let mut keys = vec![key(&pk, "ACCOUNT")];
+        keys.extend(order_keys.iter().map(|k| key(&pk, format!("O#{k}"))));
+        let mut state = MemberState::default();
+        for item in self.batch_get(keys).await? {
+            match text(&item, "SK") {
+                Some("ACCOUNT") => {
+                    state.account = Some(body::<Account>(&item, &format!("account {pk}"))?)
+                }
+                Some(sk) => {
+                    if let Some(order_key) = sk.strip_prefix("O#") {
+                        let record = body::<OrderRecord>(&item, sk)?;
+                        state.orders.insert(order_key.to_string(), record);
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(state)
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), CommitError> {
+        let items =
+            1 + commit.entries.len() + usize::from(commit.marker.is_some()) + commit.orders.len();
+        if items > MAX_TRANSACTION_ITEMS || commit.entries.len() > MAX_ENTRIES_PER_COMMIT {
+            return Err(StoreError::Failed {
+                message: format!("a commit of {items} items is more than one transaction can hold"),
+                source: None,
+            }
+            .into());
+        }
+        let pk = member_pk(&commit.program, &commit.member);
+        let version = commit.expected_version.unwrap_or(0) + 1;
+        let mut account = commit.account.clone();
+        account.version = version;
+        let mut account_item = key(&pk, "ACCOUNT");
+        account_item.insert("version".into(), n(version));
+        account_item.insert("body".into(), encode("account", &account)?);
+        let mut writes = vec![match commit.expected_version {
+            None => self.put(account_item, Some("attribute_not_exists(PK)"), None)?,
+            Some(v) => self.put(
+                account_item,
+                Some("version = :v"),
+                Some(HashMap::from([(":v".to_string(), n(v))])),
+            )?,
+        }];
+        for (i, entry) in commit.entries.iter().enumerate() {
+            let mut item = key(&pk, format!("L#{}", seq_key(ledger_seq(version, i))));
+            item.insert("entry_id".into(), s(&entry.id));
+            item.insert("body".into(), encode("entry", entry)?);
+            writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
+        }
+        let marker_index = match &commit.marker {
+            Some(marker) => {
+                let mut item = key(&pk, marker_sk(marker));
+                item.insert(
+                    "at".into(),
+                    s(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)),
+                );
+                writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
+                Some(writes.len() - 1)
+            }
+            None => None,
+        };
+        // Order records need no condition of their own: the account's version guards them.
+        for (order_key, record) in &commit.orders {
+            let mut item = key(&pk, format!("O#{order_key}"));
+            item.insert("body".into(), encode("order", record)?);
+            writes.push(self.put(item, None, None)?);
+        }
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(writes))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
+                    let reasons = cancelled
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code().map(str::to_string))
+                        .collect();
+                    Err(self.cancelled(&commit, marker_index, reasons).await)
+                }
+                _ => Err(sdk_error("cannot commit", e).into()),
+            },
+        }
+    }
+
+    async fn ledger_page(
+        &self,
+        program: &str,
+        member: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<LedgerPage, StoreError> {
+        let limit = limit.clamp(1, 100);
+        let upper = match cursor {
+            Some(c) => {
+                let seq = decode_cursor(c).ok_or_else(|| StoreError::Failed {
+                    message: format!("invalid cursor {c:?}"),
+                    source: None,
+                })?;
+                // Strictly older than the last entry returned.
+                format!("L#{}", seq_key(seq.saturating_sub(1)))
+            }
+            None => "L#~".to_string(),
+        };
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("PK = :pk AND SK BETWEEN :lo AND :hi")
+            .expression_attribute_values(":pk", s(member_pk(program, member)))
+            .expression_attribute_values(":lo", s("L#"))
+            .expression_attribute_values(":hi", s(upper))
+            .scan_index_forward(false)
+            .limit(limit as i32)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("cannot read the ledger", e))?;
+        let items = output.items.unwrap_or_default();
+        let mut entries = Vec::with_capacity(items.len());
+        let mut last_seq = None;
+        for item in &items {
+            let sk = text(item, "SK").unwrap_or_default();
+            entries.push(body::<LedgerEntry>(item, sk)?);
+            last_seq = sk.strip_prefix("L#").and_then(|q| q.parse::<u64>().ok());
+        }
+        let next_cursor = match last_seq {
+            Some(seq) if entries.len() == limit && seq > 0 => Some(encode_cursor(seq)),
+            _ => None,
+        };
+        Ok(LedgerPage {
+            entries,
+            next_cursor,
+        })
+    }
+
+    async fn has_marker(
+        &self,
+        program: &str,
+        member: &str,
+        marker: &EventMarker,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .get(key(member_pk(program, member), marker_sk(marker)))
+            .await?
+            .is_some())
+    }
+}
+
+#[async_trait]
+impl AliasStore for DynamoStore {
+    async fn resolve_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let item = self
+            .get(key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS"))
+            .await?;
+        Ok(item.and_then(|i| text(&i, "member").map(str::to_string)))
+    }
+
+    async fn put_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+        member: &str,
+    ) -> Result<bool, StoreError> {
+        let mut item = key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS");
+        item.insert("member".into(), s(member));
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(PK) OR #m = :m")
+            .expression_attribute_names("#m", "member")
+            .expression_attribute_values(":m", s(member))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(sdk_error("cannot link the identity", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl RejectStore for DynamoStore {
+    async fn reject(&self, rejected: &RejectedEvent) -> Result<(), StoreError> {
+        let pk = format!(
+            "P#{}#REJECTED#{}",
+            rejected.program,
+            rejected.at.format("%Y-%m-%d")
+        );
+        let sk = format!(
+            "{}#{}",
+            rejected.at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            rejected.event_id
+        );
+        let mut item = key(pk, sk);
+        item.insert("body".into(), encode("rejected event", rejected)?);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| sdk_error("cannot record the rejected event", e))?;
+        Ok(())
+    }
+
+    /// The newest rejected events of the last seven days (one partition per day, so recording
+    /// one is a single put with no hot key).
+    async fn rejected(
+        &self,
+        program: &str,
+        limit: usize,
+    ) -> Result<Vec<RejectedEvent>, StoreError> {
+        let mut out = Vec::new();
+        let today = Utc::now();
+        for days_back in 0..REJECTED_DAYS {
+            if out.len() >= limit {
+                break;
+            }
+            let day = (today - Duration::days(days_back))
+                .format("%Y-%m-%d")
+                .to_string();
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("PK = :pk")
+                .expression_attribute_values(":pk", s(format!("P#{program}#REJECTED#{day}")))
+                .scan_index_forward(false)
+                .limit((limit - out.len()) as i32)
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot read rejected events", e))?;
+            for item in output.items.unwrap_or_default() {
+                out.push(body::<RejectedEvent>(&item, "rejected event")?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_single_table_layout() {
+        assert_eq!(member_pk("kr-shop", "m-1"), "P#kr-shop#M#m-1");
+        let marker = EventMarker {
+            source: "shopify".into(),
+            event_id: "abc".into(),
+        };
+        assert_eq!(marker_sk(&marker), "E#shopify#abc");
+        // Ledger sort keys compare as numbers.
+        let a = format!("L#{}", seq_key(ledger_seq(9, 3)));
+        let b = format!("L#{}", seq_key(ledger_seq(10, 0)));
+        assert!(a < b);
+        assert!(b.as_str() < "L#~");
+    }
+}

@@ -1,0 +1,222 @@
+//! Program files: the examples load with the documented rules, and mistakes are reported with
+//! the field they concern.
+
+use chrono::{Duration, TimeZone, Utc};
+use loyalty_core::domain::program::{
+    Downgrade, InsufficientBalance, Measure, Period, Program, ProgramError, Review,
+    TimeBoundsError, Window,
+};
+use loyalty_core::domain::Currency;
+
+const KR: &str = include_str!("../../examples/kr-shop.toml");
+const US: &str = include_str!("../../examples/us-shop.toml");
+
+fn invalid(text: &str) -> ProgramError {
+    Program::from_toml(text).expect_err("the file should be refused")
+}
+
+fn fields(err: &ProgramError) -> Vec<String> {
+    err.fields().iter().map(|f| f.field.clone()).collect()
+}
+
+#[test]
+fn kr_shop_loads_with_the_reference_rules() {
+    // GIVEN the Korean example WHEN it is loaded
+    let p = Program::from_toml(KR).unwrap();
+    // THEN every documented rule is there, in minor units
+    assert_eq!(
+        (p.id.as_str(), p.currency, p.time_zone),
+        ("kr-shop", Currency::KRW, chrono_tz::Asia::Seoul)
+    );
+    assert_eq!((p.purchase.points, p.purchase.per_minor), (1, 100));
+    assert_eq!(p.purchase.pending, Duration::days(7));
+    assert_eq!(p.expiry_months, 12);
+    assert_eq!(p.backdating_limit, Duration::days(90));
+    assert_eq!(p.insufficient_balance, InsufficientBalance::AllowNegative);
+    let tiers: Vec<(&str, i64, u32)> = p
+        .tiers
+        .iter()
+        .map(|t| (t.id.as_str(), t.threshold, t.multiplier_bp))
+        .collect();
+    assert_eq!(
+        tiers,
+        vec![
+            ("WELCOME", 0, 10_000),
+            ("SILVER", 300_000, 12_000),
+            ("GOLD", 1_000_000, 15_000),
+            ("VIP", 3_000_000, 20_000)
+        ]
+    );
+    let rules = &p.tier_rules;
+    assert_eq!(
+        (rules.measure, rules.window, rules.review, rules.downgrade),
+        (
+            Measure::Spend,
+            Window::Rolling12Months,
+            Review::Anniversary,
+            Downgrade::OneLevel
+        )
+    );
+    assert_eq!(p.actions["signup"].points, 1_000);
+    assert_eq!(p.actions["signup"].limit, Some((1, Period::Lifetime)));
+    assert_eq!(p.actions["review"].limit, Some((5, Period::Month)));
+    assert_eq!(p.actions["photo_review"].points, 1_000);
+    assert_eq!(p.actions["birthday"].limit, Some((1, Period::Year)));
+    let referral = p.referral.as_ref().unwrap();
+    assert_eq!(
+        (referral.referrer_points, referral.referee_points),
+        (3_000, 1_000)
+    );
+    assert_eq!(
+        p.reward("coupon-5000").map(|r| (r.cost, r.amount_minor)),
+        Some((5_000, Some(5_000)))
+    );
+    assert_eq!(p.reward("free-shipping").map(|r| r.cost), Some(3_000));
+    assert_eq!(
+        p.reward("gold-gift")
+            .and_then(|r| r.min_tier.clone())
+            .as_deref(),
+        Some("GOLD")
+    );
+    let pwp = p.pay_with_points.unwrap();
+    assert_eq!((pwp.points, pwp.value_minor, pwp.min_points), (1, 1, 1_000));
+}
+
+#[test]
+fn us_shop_loads_with_its_own_rules() {
+    // GIVEN the US example WHEN it is loaded THEN dollars are cents and the other policies apply
+    let p = Program::from_toml(US).unwrap();
+    assert_eq!(
+        (p.currency, p.time_zone),
+        (Currency::USD, chrono_tz::America::New_York)
+    );
+    assert_eq!(p.purchase.per_minor, 100);
+    assert_eq!(p.purchase.pending, Duration::days(30));
+    assert_eq!(p.expiry_months, 18);
+    let thresholds: Vec<i64> = p.tiers.iter().map(|t| t.threshold).collect();
+    assert_eq!(thresholds, vec![0, 35_000, 100_000]);
+    assert_eq!(p.tier_rules.window, Window::CalendarYear);
+    assert_eq!(p.tier_rules.downgrade, Downgrade::Recompute);
+    assert_eq!(p.insufficient_balance, InsufficientBalance::FloorAtZero);
+    assert_eq!(
+        p.reward("ten-off").and_then(|r| r.amount_minor),
+        Some(1_000)
+    );
+    assert_eq!(p.actions["review"].limit, Some((10, Period::Year)));
+    let pwp = p.pay_with_points.unwrap();
+    assert_eq!(
+        (pwp.points, pwp.value_minor, pwp.min_points),
+        (100, 100, 500)
+    );
+}
+
+#[test]
+fn a_tier_threshold_out_of_order_names_the_field() {
+    // GIVEN kr-shop with GOLD's threshold below SILVER's
+    let text = KR.replace("threshold = \"1000000\"", "threshold = \"200000\"");
+    // WHEN it is loaded THEN the error says exactly which field and why
+    let err = invalid(&text);
+    assert!(
+        err.to_string()
+            .contains("tiers[2].threshold must be greater than tiers[1].threshold"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    // GIVEN a file with a bad currency and a bad time zone
+    let text = KR
+        .replace("\"KRW\"", "\"KRX\"")
+        .replace("Asia/Seoul", "Asia/Nowhere");
+    // WHEN it is loaded THEN both fields are named
+    let err = invalid(&text);
+    let named = fields(&err);
+    assert!(named.contains(&"currency".to_string()), "{named:?}");
+    assert!(named.contains(&"time_zone".to_string()), "{named:?}");
+}
+
+#[test]
+fn other_mistakes_name_their_fields() {
+    // GIVEN files each broken in one place
+    let cases = [
+        (
+            KR.replace("threshold = \"0\"", "threshold = \"10\""),
+            "tiers[0].threshold",
+        ),
+        (
+            KR.replace("min_tier = \"GOLD\"", "min_tier = \"PLATINUM\""),
+            "rewards[2].min_tier",
+        ),
+        (
+            KR.replace("[actions.signup]", "[actions.dance]"),
+            "actions.dance",
+        ),
+        (
+            KR.replace("per = \"100\"", "per = \"100.5\""),
+            "purchase.per",
+        ),
+        (
+            KR.replace("limit = \"once\"", "limit = \"twice\""),
+            "actions.signup.limit",
+        ),
+        (KR.replace("amount = \"5000\"\n", ""), "rewards[0].amount"),
+        (
+            KR.replace("multiplier_bp = 12000", "multiplier_bp = 2000000"),
+            "tiers[1].multiplier_bp",
+        ),
+        (
+            KR.replace("id = \"coupon-5000\"", "id = \"free-shipping\""),
+            "rewards[1].id",
+        ),
+    ];
+    for (text, field) in cases {
+        // WHEN each is loaded THEN the error names the field
+        let err = invalid(&text);
+        assert!(
+            fields(&err).contains(&field.to_string()),
+            "{field} not in {err}"
+        );
+    }
+}
+
+#[test]
+fn unknown_fields_and_bad_syntax_are_syntax_errors() {
+    // GIVEN a misspelt key and broken TOML
+    let misspelt = KR.replace("pending_days = 7", "pending_dayz = 7");
+    // THEN both are refused as syntax errors that point at the problem
+    match invalid(&misspelt) {
+        ProgramError::Syntax { message, .. } => {
+            assert!(message.contains("pending_dayz"), "{message}")
+        }
+        other => panic!("expected a syntax error, got {other}"),
+    }
+    assert!(matches!(invalid("id = "), ProgramError::Syntax { .. }));
+}
+
+#[test]
+fn json_is_accepted_and_means_the_same() {
+    // GIVEN kr-shop WHEN its file is written as JSON and read back
+    let p = Program::from_toml(KR).unwrap();
+    let json = serde_json::to_string(&p.file).unwrap();
+    // THEN it is the same program
+    assert_eq!(Program::from_json(&json).unwrap(), p);
+}
+
+#[test]
+fn events_outside_the_time_bounds_are_refused() {
+    // GIVEN kr-shop (backdating limit 90 days) and a fixed now
+    let p = Program::from_toml(KR).unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+    // THEN up to 5 minutes ahead and 90 days back are accepted, beyond either is refused
+    assert!(p.check_occurred_at(now + Duration::minutes(4), now).is_ok());
+    assert!(matches!(
+        p.check_occurred_at(now + Duration::minutes(6), now),
+        Err(TimeBoundsError::InFuture { .. })
+    ));
+    assert!(p.check_occurred_at(now - Duration::days(89), now).is_ok());
+    assert!(matches!(
+        p.check_occurred_at(now - Duration::days(91), now),
+        Err(TimeBoundsError::TooOld { .. })
+    ));
+}

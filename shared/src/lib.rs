@@ -2,8 +2,11 @@
 //! and HTTP routes that the Lambda functions and `loyalty serve` share.
 
 pub mod api;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod domain;
 pub mod envelope;
+pub mod fingerprint;
 pub mod ports;
 pub mod queue;
 pub mod services;

@@ -19,14 +19,9 @@ fn valid_dedup_id(id: &str) -> bool {
         })
 }
 
-/// A stable stand-in for an id SQS would refuse: FNV-1a (64 bits), in hex.
+/// A stable stand-in for an id SQS would refuse.
 fn digest(id: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in id.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("h{hash:016x}")
+    format!("h{:016x}", crate::fingerprint::fnv1a64(id.bytes()))
 }
 
 /// The SQS queues by name. The client is built once per container and shared.
@@ -34,15 +29,6 @@ fn digest(id: &str) -> String {
 pub struct SqsQueue {
     client: Client,
     urls: HashMap<QueueName, String>,
-}
-
-/// A client from the environment, or pointed at an explicit endpoint (moto).
-pub async fn client_from_env(endpoint: Option<&str>) -> Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(url) = endpoint {
-        loader = loader.endpoint_url(url);
-    }
-    Client::new(&loader.load().await)
 }
 
 impl SqsQueue {

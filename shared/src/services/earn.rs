@@ -5,6 +5,8 @@
 //! effect, so a redelivery finds the marker and succeeds without effect. Bad input is permanent:
 //! it is recorded as a rejected event with its reason and acknowledged, never retried.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use serde_json::json;
 
@@ -47,20 +49,9 @@ struct Outcome {
 impl Services {
     /// Handles one earn-queue message (SQS record body or local queue delivery).
     pub async fn process_earn(&self, body: &str) -> Result<Processed, Retry> {
-        let envelope: Envelope = match serde_json::from_str(body) {
-            Ok(e) => e,
-            Err(e) => {
-                return self
-                    .reject_raw(body, &format!("not an event envelope: {e}"))
-                    .await
-            }
-        };
-        let program = match self.program(&envelope.program).await {
-            Ok(p) => p,
-            Err(ServiceError::NotFound { detail, .. }) => {
-                return self.reject(&envelope, body, &detail).await
-            }
-            Err(e) => return Err(e.into()),
+        let (envelope, program) = match self.open(body).await? {
+            Ok(opened) => opened,
+            Err(rejected) => return Ok(rejected),
         };
         let event = match parse_earn_event(&envelope, &program) {
             Ok(event) => event,
@@ -123,20 +114,9 @@ impl Services {
 
     /// Handles one `tier.check`: upgrade the member if a threshold has been crossed.
     pub async fn process_tier_check(&self, body: &str) -> Result<Processed, Retry> {
-        let envelope: Envelope = match serde_json::from_str(body) {
-            Ok(e) => e,
-            Err(e) => {
-                return self
-                    .reject_raw(body, &format!("not an event envelope: {e}"))
-                    .await
-            }
-        };
-        let program = match self.program(&envelope.program).await {
-            Ok(p) => p,
-            Err(ServiceError::NotFound { detail, .. }) => {
-                return self.reject(&envelope, body, &detail).await
-            }
-            Err(e) => return Err(e.into()),
+        let (envelope, program) = match self.open(body).await? {
+            Ok(opened) => opened,
+            Err(rejected) => return Ok(rejected),
         };
         let marker = EventMarker {
             source: "tier".into(),
@@ -248,6 +228,28 @@ impl Services {
         .await
     }
 
+    /// Reads a message's envelope and its program; a message that has neither is rejected
+    /// (the inner `Err`), since no retry can mend it.
+    async fn open(&self, body: &str) -> Result<Result<(Envelope, Arc<Program>), Processed>, Retry> {
+        let envelope: Envelope = match serde_json::from_str(body) {
+            Ok(e) => e,
+            Err(e) => {
+                let reason = format!("not an event envelope: {e}");
+                return self
+                    .store_rejection("unknown", "unknown", body, &reason)
+                    .await
+                    .map(Err);
+            }
+        };
+        match self.program(&envelope.program).await {
+            Ok(program) => Ok(Ok((envelope, program))),
+            Err(ServiceError::NotFound { detail, .. }) => {
+                self.reject(&envelope, body, &detail).await.map(Err)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn reject(
         &self,
         envelope: &Envelope,
@@ -255,12 +257,6 @@ impl Services {
         reason: &str,
     ) -> Result<Processed, Retry> {
         self.store_rejection(&envelope.program, &envelope.id, body, reason)
-            .await
-    }
-
-    async fn reject_raw(&self, body: &str, reason: &str) -> Result<Processed, Retry> {
-        // Without an envelope there is no program to file it under.
-        self.store_rejection("unknown", "unknown", body, reason)
             .await
     }
 

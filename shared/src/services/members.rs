@@ -164,17 +164,14 @@ impl Services {
 
 /// A short code that identifies the member for referrals: stable, and not the member id itself.
 pub fn referral_code(program: &str, member: &str) -> String {
-    // FNV-1a over "program#member", written out in Crockford base32 (no I, L, O, U).
+    // A fingerprint of "program#member" in Crockford base32 (no I, L, O, U).
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in program
-        .bytes()
-        .chain(std::iter::once(b'#'))
-        .chain(member.bytes())
-    {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let hash = crate::fingerprint::fnv1a64(
+        program
+            .bytes()
+            .chain(std::iter::once(b'#'))
+            .chain(member.bytes()),
+    );
     (0..8)
         .map(|i| ALPHABET[((hash >> (i * 5)) & 31) as usize] as char)
         .collect()

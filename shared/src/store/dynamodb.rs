@@ -38,16 +38,6 @@ pub struct DynamoStore {
     table: String,
 }
 
-/// A client from the environment (region, credentials, `AWS_ENDPOINT_URL`), or pointed at an
-/// explicit endpoint (moto, DynamoDB Local).
-pub async fn client_from_env(endpoint: Option<&str>) -> Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(url) = endpoint {
-        loader = loader.endpoint_url(url);
-    }
-    Client::new(&loader.load().await)
-}
-
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }

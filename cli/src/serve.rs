@@ -75,6 +75,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let state = AppState {
         services: Arc::clone(&services),
         verifier: Verifier::hs256(secret.as_bytes()),
+        secrets: Arc::new(loyalty_core::webhooks::EnvSecrets),
     };
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await

@@ -11,3 +11,4 @@ pub mod ports;
 pub mod queue;
 pub mod services;
 pub mod store;
+pub mod webhooks;

@@ -37,6 +37,7 @@ fn harness() -> Harness {
     let app = router(AppState {
         services: Arc::clone(&services),
         verifier: Verifier::hs256(SECRET),
+        secrets: Arc::new(loyalty_core::webhooks::EnvSecrets),
     });
     Harness {
         app,

@@ -24,12 +24,15 @@ use problem::Problem;
 
 use crate::services::programs::ProgramFormat;
 use crate::services::Services;
+use crate::webhooks::Secrets;
 
 /// What every handler needs: the services and how to verify callers.
 #[derive(Clone)]
 pub struct AppState {
     pub services: Arc<Services>,
     pub verifier: Verifier,
+    /// Webhook secrets per program and platform.
+    pub secrets: Arc<dyn Secrets>,
 }
 
 /// Largest request body accepted (a program file or an event).
@@ -59,14 +62,35 @@ pub fn member_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Webhooks from shop platforms: authenticated by the platform's signature only.
+pub fn webhook_router(state: AppState) -> Router {
+    Router::new()
+        .route("/webhooks/{platform}/{program}", post(webhook))
+        .with_state(state)
+}
+
 /// Every route, as `loyalty serve` mounts them, with problem+json for unknown paths.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .merge(webhook_router(state.clone()))
         .merge(admin_router(state.clone()))
         .merge(member_router(state))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+}
+
+async fn webhook(
+    State(state): State<AppState>,
+    Path((platform, program)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let ingested = state
+        .services
+        .ingest_webhook(state.secrets.as_ref(), &platform, &program, &headers, &body)
+        .await?;
+    Ok(Json(ingested).into_response())
 }
 
 async fn put_program(

@@ -76,6 +76,12 @@ impl From<ServiceError> for Problem {
             ServiceError::Unprocessable { problem, detail } => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, problem, detail)
             }
+            ServiceError::Unauthorized { problem, detail } => {
+                Problem::new(StatusCode::UNAUTHORIZED, problem, detail)
+            }
+            ServiceError::RetryLater { problem, detail } => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, problem, detail)
+            }
             ServiceError::Unavailable(e) => {
                 tracing::warn!(error = %e, "store unavailable");
                 Problem::new(

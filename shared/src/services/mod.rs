@@ -14,6 +14,7 @@ pub mod earn;
 pub mod events;
 pub mod members;
 pub mod programs;
+pub mod webhooks;
 
 /// How long a container trusts its cached copy of a program before reading it again. A program
 /// saved through this process is seen at once; other containers see it within this time.
@@ -43,6 +44,17 @@ pub enum ServiceError {
     },
     #[error("{detail}")]
     Unprocessable {
+        problem: &'static str,
+        detail: String,
+    },
+    #[error("{detail}")]
+    Unauthorized {
+        problem: &'static str,
+        detail: String,
+    },
+    /// Not now, but the same request may succeed later (the sender should retry).
+    #[error("{detail}")]
+    RetryLater {
         problem: &'static str,
         detail: String,
     },

@@ -1,0 +1,270 @@
+//! Webhooks end to end: signed platform deliveries to `loyalty serve`, checked through the API.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use loyalty_core::webhooks::{pos::signature_header, sign_base64};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_loyalty");
+const JWT: &str = "webhook-test-jwt";
+const SHOPIFY_SECRET: &str = "shpss_current";
+const POS_SECRET: &str = "pos-secret";
+const MEMBER: &str = "shopify:7001234";
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Server {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--memory", "--addr", "127.0.0.1:0"])
+        .env("LOYALTY_JWT_SECRET", JWT)
+        .env("LOYALTY_SECRET_KR_SHOP_SHOPIFY", SHOPIFY_SECRET)
+        .env("LOYALTY_SECRET_KR_SHOP_SHOPIFY_PREVIOUS", "shpss_old")
+        .env("LOYALTY_SECRET_KR_SHOP_POS", POS_SECRET)
+        .env("LOYALTY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("serve prints its address")
+            .expect("utf-8");
+        if let Some(url) = line.strip_prefix("loyalty serve: listening on ") {
+            break url.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base }
+}
+
+fn fixture(name: &str, occurred_at: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/shopify")
+        .join(name);
+    std::fs::read_to_string(&path)
+        .expect("fixture exists")
+        .replace("__OCCURRED_AT__", occurred_at)
+        .into_bytes()
+}
+
+fn days_ago(n: i64) -> String {
+    (Utc::now() - chrono::Duration::days(n)).to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn shopify(
+    server: &Server,
+    topic: &str,
+    body: &[u8],
+    secret: &str,
+    delivery: &str,
+) -> (u16, Value) {
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{}/webhooks/shopify/kr-shop", server.base))
+        .header("X-Shopify-Topic", topic)
+        .header("X-Shopify-Hmac-Sha256", sign_base64(secret, body))
+        .header("X-Shopify-Webhook-Id", delivery)
+        .header("Content-Type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+fn view(server: &Server, member: &str) -> Value {
+    let token = Command::new(BIN)
+        .args(["token", "--admin"])
+        .env("LOYALTY_JWT_SECRET", JWT)
+        .output()
+        .expect("token");
+    let token = String::from_utf8(token.stdout).expect("utf-8");
+    reqwest::blocking::Client::new()
+        .get(format!(
+            "{}/v1/programs/kr-shop/members/{member}",
+            server.base
+        ))
+        .bearer_auth(token.trim())
+        .send()
+        .expect("request")
+        .json()
+        .expect("json")
+}
+
+fn eventually(server: &Server, member: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = view(server, member);
+        if check(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never held; last view {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn shopify_orders_earn_once_and_refunds_take_back_exactly_their_lines() {
+    // GIVEN kr-shop with a Shopify secret (and a previous one during rotation)
+    let server = start();
+    let paid = fixture("orders-paid.json", &days_ago(1));
+    // WHEN orders/paid arrives three times under three delivery ids, once signed with the old secret
+    for (i, secret) in [SHOPIFY_SECRET, SHOPIFY_SECRET, "shpss_old"]
+        .iter()
+        .enumerate()
+    {
+        let (status, body) = shopify(
+            &server,
+            "orders/paid",
+            &paid,
+            secret,
+            &format!("delivery-{i}"),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    // THEN the member shopify:7001234 has 1,000 pending points, once: (2 x 29,000 - 3,000 +
+    // 45,000) / 100, from shop money (the USD presentment amounts are ignored), shipping excluded
+    let v = eventually(&server, MEMBER, |v| v["pending"] == 1_000);
+    assert_eq!(v["balance"], 0);
+    assert_eq!(v["tier"]["qualifying"], 100_000);
+
+    // WHEN the cap line (45,000) is refunded, twice
+    let refund = fixture("refunds-create.json", &days_ago(0));
+    assert_eq!(
+        shopify(&server, "refunds/create", &refund, SHOPIFY_SECRET, "r-1").0,
+        200
+    );
+    assert_eq!(
+        shopify(&server, "refunds/create", &refund, SHOPIFY_SECRET, "r-2").0,
+        200
+    );
+    // THEN exactly what that line earned (450) is taken back, once
+    eventually(&server, MEMBER, |v| v["pending"] == 550);
+
+    // WHEN the order is cancelled afterwards THEN only what is left (550) goes
+    let cancelled = fixture("orders-cancelled.json", &days_ago(0));
+    assert_eq!(
+        shopify(
+            &server,
+            "orders/cancelled",
+            &cancelled,
+            SHOPIFY_SECRET,
+            "c-1"
+        )
+        .0,
+        200
+    );
+    let v = eventually(&server, MEMBER, |v| v["pending"] == 0);
+    assert_eq!(v["balance"], 0);
+    assert_eq!(v["tier"]["qualifying"], 0);
+}
+
+#[test]
+fn bad_shopify_deliveries_are_refused_and_write_nothing() {
+    // GIVEN a running stack
+    let server = start();
+    let paid = fixture("orders-paid.json", &days_ago(1));
+    // WHEN a delivery is signed with a wrong secret
+    let (status, problem) = shopify(&server, "orders/paid", &paid, "not-the-secret", "d-1");
+    // THEN it gets 401 invalid-signature
+    assert_eq!(status, 401);
+    assert!(problem["type"]
+        .as_str()
+        .unwrap()
+        .ends_with("invalid-signature"));
+    // WHEN a correctly signed body is not JSON, or lacks required fields THEN 400
+    assert_eq!(
+        shopify(&server, "orders/paid", b"not json", SHOPIFY_SECRET, "d-2").0,
+        400
+    );
+    assert_eq!(
+        shopify(
+            &server,
+            "orders/paid",
+            br#"{"id": 5, "customer": {"id": 1}}"#,
+            SHOPIFY_SECRET,
+            "d-3"
+        )
+        .0,
+        400
+    );
+    // WHEN a guest order arrives THEN it is acknowledged without effect
+    let guest = fixture("orders-paid-guest.json", &days_ago(1));
+    let (status, body) = shopify(&server, "orders/paid", &guest, SHOPIFY_SECRET, "d-4");
+    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")));
+    // AND a later valid delivery is the only effect the member ever sees
+    assert_eq!(
+        shopify(&server, "orders/paid", &paid, SHOPIFY_SECRET, "d-5").0,
+        200
+    );
+    let v = eventually(&server, MEMBER, |v| v["pending"] == 1_000);
+    assert_eq!(v["balance"], 0);
+}
+
+#[test]
+fn pos_envelopes_need_a_fresh_signature() {
+    // GIVEN a POS sale as a signed envelope
+    let server = start();
+    let body = json!({
+        "type": "purchase.completed", "version": 1, "id": "pos-store7-0001", "program": "kr-shop",
+        "member": "pos-member-1", "occurred_at": days_ago(8),
+        "data": {"order_id": "store7-0001", "currency": "KRW", "channel": "store", "platform": "pos",
+                 "lines": [{"line_id": "1", "quantity": 1, "unit_price": "12000"}]}
+    })
+    .to_string();
+    let send = |header: String| {
+        reqwest::blocking::Client::new()
+            .post(format!("{}/webhooks/pos/kr-shop", server.base))
+            .header("X-Loyalty-Signature", header)
+            .body(body.clone())
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let now = Utc::now().timestamp();
+    // WHEN it is signed ten minutes ago, or with another secret THEN 401
+    assert_eq!(
+        send(signature_header(POS_SECRET, body.as_bytes(), now - 600)),
+        401
+    );
+    assert_eq!(send(signature_header("wrong", body.as_bytes(), now)), 401);
+    // WHEN it is signed now THEN it earns 120 points
+    assert_eq!(
+        send(signature_header(POS_SECRET, body.as_bytes(), now)),
+        200
+    );
+    eventually(&server, "pos-member-1", |v| v["balance"] == 120);
+}
+
+#[test]
+fn platforms_without_a_secret_or_unknown_are_refused() {
+    let server = start();
+    let post = |path: &str| {
+        reqwest::blocking::Client::new()
+            .post(format!("{}{path}", server.base))
+            .body("{}")
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // An unknown platform is 404; a known one with no secret configured is 401.
+    assert_eq!(post("/webhooks/bigcartel/kr-shop"), 404);
+    assert_eq!(post("/webhooks/cafe24/kr-shop"), 401);
+    assert_eq!(post("/webhooks/shopify/us-shop"), 401);
+}

@@ -1,0 +1,201 @@
+//! Webhook ingest: verify the sender, normalise the payload, resolve the member, queue the
+//! events. Nothing heavy happens before the answer: one alias read per event at most.
+
+use axum::http::HeaderMap;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{ServiceError, Services};
+use crate::envelope::{parse_earn_event, Envelope, ENVELOPE_VERSION};
+use crate::ports::QueueName;
+use crate::webhooks::{
+    pos, shopify, MemberRef, Normalised, Platform, PlatformEvent, Secrets, WebhookError,
+};
+
+/// The answer to a platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ingested {
+    pub status: &'static str,
+    /// Ids of the events queued.
+    pub events: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl From<WebhookError> for ServiceError {
+    fn from(e: WebhookError) -> Self {
+        let detail = e.to_string();
+        match e {
+            WebhookError::UnknownPlatform(_) => ServiceError::NotFound {
+                problem: "unknown-platform",
+                detail,
+            },
+            WebhookError::Unsupported(_) => ServiceError::NotFound {
+                problem: "unsupported-platform",
+                detail,
+            },
+            WebhookError::NotConfigured { .. } => ServiceError::Unauthorized {
+                problem: "webhook-not-configured",
+                detail,
+            },
+            WebhookError::InvalidSignature => ServiceError::Unauthorized {
+                problem: "invalid-signature",
+                detail,
+            },
+            WebhookError::StaleSignature => ServiceError::Unauthorized {
+                problem: "stale-signature",
+                detail,
+            },
+            WebhookError::Invalid(_) => ServiceError::Invalid {
+                problem: "invalid-webhook",
+                detail,
+            },
+        }
+    }
+}
+
+impl Services {
+    /// Handles one delivery to `POST /webhooks/{platform}/{program}`.
+    pub async fn ingest_webhook(
+        &self,
+        secrets: &dyn Secrets,
+        platform: &str,
+        program: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Ingested, ServiceError> {
+        let platform = Platform::parse(platform)
+            .ok_or_else(|| WebhookError::UnknownPlatform(platform.to_string()))?;
+        let keys = secrets.secrets(program, platform).await;
+        if keys.is_empty() {
+            return Err(WebhookError::NotConfigured {
+                program: program.to_string(),
+                platform,
+            }
+            .into());
+        }
+        let now = self.clock.now();
+        let normalised = match platform {
+            Platform::Shopify => {
+                let signature =
+                    header(headers, shopify::HMAC_HEADER).ok_or(WebhookError::InvalidSignature)?;
+                crate::webhooks::verify_base64(&keys, body, signature)?;
+                self.program(program).await?;
+                let topic = header(headers, shopify::TOPIC_HEADER).unwrap_or_default();
+                let triggered = header(headers, shopify::TRIGGERED_AT_HEADER)
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc));
+                shopify::normalise(topic, body, triggered, now)?
+            }
+            Platform::Pos => {
+                let signature =
+                    header(headers, pos::SIGNATURE_HEADER).ok_or(WebhookError::InvalidSignature)?;
+                pos::verify_signature(&keys, body, signature, now)?;
+                self.program(program).await?;
+                pos::normalise(body)?
+            }
+            Platform::WooCommerce | Platform::Cafe24 => {
+                return Err(WebhookError::Unsupported(format!(
+                    "{platform} webhooks are not supported yet"
+                ))
+                .into())
+            }
+        };
+        let events = match normalised {
+            Normalised::Ignored(reason) => {
+                return Ok(Ingested {
+                    status: "ignored",
+                    events: Vec::new(),
+                    reason: Some(reason),
+                });
+            }
+            Normalised::Events(events) => events,
+        };
+        // Check every event before queueing any, so a delivery is all or nothing.
+        let mut ready = Vec::with_capacity(events.len());
+        for event in events {
+            let envelope = self.envelope(program, &event).await?;
+            ready.push((event, envelope));
+        }
+        let mut ids = Vec::with_capacity(ready.len());
+        for (event, envelope) in ready {
+            self.remember_identities(program, &event, &envelope.member)
+                .await?;
+            self.queue
+                .send(QueueName::Earn, &envelope)
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            ids.push(envelope.id);
+        }
+        Ok(Ingested {
+            status: "accepted",
+            events: ids,
+            reason: None,
+        })
+    }
+
+    async fn envelope(
+        &self,
+        program: &str,
+        event: &PlatformEvent,
+    ) -> Result<Envelope, ServiceError> {
+        let member = match &event.member {
+            MemberRef::Identity(identity) => self.canonical_member(program, identity).await?,
+            MemberRef::Order(key) => self
+                .store
+                .resolve_alias(program, "order", key)
+                .await?
+                .ok_or_else(|| {
+                    // The order's payment has not been seen yet; the platform retries later.
+                    ServiceError::RetryLater {
+                        problem: "order-not-yet-known",
+                        detail: format!("order {key} has not been paid here yet; retry later"),
+                    }
+                })?,
+        };
+        let envelope = Envelope {
+            kind: event.kind.to_string(),
+            version: ENVELOPE_VERSION,
+            id: event.id.clone(),
+            program: program.to_string(),
+            member,
+            occurred_at: event.occurred_at,
+            data: event.data.clone(),
+        };
+        let program = self.program(program).await?;
+        parse_earn_event(&envelope, &program)
+            .map_err(|e| ServiceError::invalid("invalid-event", e.to_string()))?;
+        program
+            .check_occurred_at(envelope.occurred_at, self.clock.now())
+            .map_err(|e| ServiceError::invalid("event-out-of-bounds", e.to_string()))?;
+        Ok(envelope)
+    }
+
+    /// Records the order's member (for refunds without a customer) and links identities.
+    async fn remember_identities(
+        &self,
+        program: &str,
+        event: &PlatformEvent,
+        member: &str,
+    ) -> Result<(), ServiceError> {
+        if let Some(key) = &event.order_key {
+            self.store.put_alias(program, "order", key, member).await?;
+        }
+        for identity in &event.identities {
+            if let Some((kind, value)) = identity.split_once(':') {
+                if !self.store.put_alias(program, kind, value, member).await? {
+                    tracing::info!(
+                        program,
+                        kind,
+                        "identity already linked to another member; left as it is"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,242 @@
+//! Shopify: `X-Shopify-Hmac-Sha256` (base64 HMAC-SHA256 of the raw body) and the topics
+//! `orders/paid`, `refunds/create`, `orders/cancelled` and `customers/create`.
+//!
+//! Amounts are read from shop money (`*_set.shop_money.amount`, or the plain fields), never
+//! presentment money: points follow what the shop was paid in its own currency. Event ids are
+//! derived from the order and the effect, so a redelivery under a new webhook id is still the
+//! same event.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use super::{MemberRef, Normalised, PlatformEvent, WebhookError};
+use crate::domain::Currency;
+
+pub const HMAC_HEADER: &str = "x-shopify-hmac-sha256";
+pub const TOPIC_HEADER: &str = "x-shopify-topic";
+pub const TRIGGERED_AT_HEADER: &str = "x-shopify-triggered-at";
+
+fn invalid(message: impl Into<String>) -> WebhookError {
+    WebhookError::Invalid(message.into())
+}
+
+/// An id that Shopify sends as a number (or, in some payloads, a string).
+fn id(value: &Value, field: &str) -> Result<String, WebhookError> {
+    match value.get(field) {
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(invalid(format!("{field} is missing"))),
+    }
+}
+
+/// A shop-money amount: `{field}_set.shop_money.amount`, else the plain `{field}`.
+fn shop_amount<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
+    value
+        .get(format!("{field}_set"))
+        .and_then(|s| s.pointer("/shop_money/amount"))
+        .and_then(Value::as_str)
+        .or_else(|| value.get(field).and_then(Value::as_str))
+}
+
+fn time(value: &Value, fields: &[&str]) -> Option<DateTime<Utc>> {
+    fields.iter().find_map(|f| {
+        value
+            .get(*f)
+            .and_then(Value::as_str)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    })
+}
+
+fn minor(currency: Currency, text: &str, what: &str) -> Result<i64, WebhookError> {
+    currency
+        .parse_amount(text)
+        .map_err(|e| invalid(format!("{what}: {e}")))
+}
+
+/// Turns a verified delivery into events. `triggered_at` is the header of the same name.
+pub fn normalise(
+    topic: &str,
+    body: &[u8],
+    triggered_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Normalised, WebhookError> {
+    let payload: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+    let fallback = triggered_at.unwrap_or(now);
+    match topic {
+        "orders/paid" => paid(&payload, fallback),
+        "orders/cancelled" => cancelled(&payload, fallback),
+        "refunds/create" => refund(&payload, fallback),
+        "customers/create" => customer(&payload, fallback),
+        other => Ok(Normalised::Ignored(format!(
+            "topic {other:?} has no effect on points"
+        ))),
+    }
+}
+
+fn customer_of(order: &Value) -> Option<String> {
+    order.get("customer").and_then(|c| id(c, "id").ok())
+}
+
+fn paid(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookError> {
+    let order_id = id(order, "id")?;
+    let Some(customer) = customer_of(order) else {
+        tracing::info!(order_id, "guest order acknowledged without points");
+        return Ok(Normalised::Ignored(format!(
+            "order {order_id} is a guest checkout: no member to credit"
+        )));
+    };
+    let code = order
+        .get("currency")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("currency is missing"))?;
+    let currency = Currency::from_code(code).map_err(|e| invalid(format!("currency: {e}")))?;
+    let items = order
+        .get("line_items")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid("line_items is missing"))?;
+    let mut lines = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let price = shop_amount(item, "price")
+            .ok_or_else(|| invalid(format!("line_items[{i}].price is missing")))?;
+        let quantity = item
+            .get("quantity")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| invalid(format!("line_items[{i}].quantity is missing")))?;
+        // Discount allocations include the line's share of order-level discounts.
+        let mut discount = 0;
+        match item.get("discount_allocations").and_then(Value::as_array) {
+            Some(allocations) if !allocations.is_empty() => {
+                for a in allocations {
+                    let amount = shop_amount(a, "amount").ok_or_else(|| {
+                        invalid(format!(
+                            "line_items[{i}].discount_allocations amount is missing"
+                        ))
+                    })?;
+                    discount += minor(currency, amount, &format!("line_items[{i}] discount"))?;
+                }
+            }
+            _ => {
+                if let Some(amount) = shop_amount(item, "total_discount") {
+                    discount = minor(currency, amount, &format!("line_items[{i}].total_discount"))?;
+                }
+            }
+        }
+        lines.push(json!({
+            "line_id": id(item, "id")?,
+            "sku": item.get("sku").and_then(Value::as_str).unwrap_or(""),
+            "category": item.get("product_type").and_then(Value::as_str).unwrap_or(""),
+            "quantity": quantity,
+            "unit_price": price,
+            "discount": currency.format_amount(discount),
+            "gift_card": item.get("gift_card").and_then(Value::as_bool).unwrap_or(false),
+        }));
+    }
+    let mut shipping = 0;
+    for line in order
+        .get("shipping_lines")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(amount) = shop_amount(line, "price") {
+            shipping += minor(currency, amount, "shipping_lines price")?;
+        }
+    }
+    let tax = shop_amount(order, "total_tax").unwrap_or("0");
+    let identities = order
+        .get("customer")
+        .and_then(|c| c.get("email"))
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty())
+        .map(|e| vec![format!("email:{}", e.to_lowercase())])
+        .unwrap_or_default();
+    Ok(Normalised::Events(vec![PlatformEvent {
+        kind: "purchase.completed",
+        id: format!("shopify-order-{order_id}-paid"),
+        member: MemberRef::Identity(format!("shopify:{customer}")),
+        occurred_at: time(order, &["processed_at", "created_at"]).unwrap_or(fallback),
+        data: json!({
+            "order_id": order_id,
+            "currency": code,
+            "lines": lines,
+            "shipping": currency.format_amount(shipping),
+            "tax": tax,
+            "taxes_included": order.get("taxes_included").and_then(Value::as_bool).unwrap_or(false),
+            "channel": "online",
+            "platform": "shopify",
+        }),
+        order_key: Some(crate::envelope::order_key("shopify", &order_id)),
+        identities,
+    }]))
+}
+
+fn cancelled(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookError> {
+    let order_id = id(order, "id")?;
+    let member = match customer_of(order) {
+        Some(customer) => MemberRef::Identity(format!("shopify:{customer}")),
+        None => MemberRef::Order(crate::envelope::order_key("shopify", &order_id)),
+    };
+    Ok(Normalised::Events(vec![PlatformEvent {
+        kind: "purchase.cancelled",
+        id: format!("shopify-order-{order_id}-cancel"),
+        member,
+        occurred_at: time(order, &["cancelled_at", "updated_at"]).unwrap_or(fallback),
+        data: json!({"order_id": order_id, "platform": "shopify"}),
+        order_key: None,
+        identities: Vec::new(),
+    }]))
+}
+
+fn refund(refund: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookError> {
+    let refund_id = id(refund, "id")?;
+    let order_id = id(refund, "order_id")?;
+    let mut lines = Vec::new();
+    for (i, item) in refund
+        .get("refund_line_items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let quantity = item.get("quantity").and_then(Value::as_i64).unwrap_or(0);
+        if quantity > 0 {
+            lines.push(json!({"line_id": id(item, "line_item_id").map_err(|_| invalid(format!("refund_line_items[{i}].line_item_id is missing")))?, "quantity": quantity}));
+        }
+    }
+    if lines.is_empty() {
+        return Ok(Normalised::Ignored(format!(
+            "refund {refund_id} returns no line items (shipping or an amount only): it takes back no points"
+        )));
+    }
+    Ok(Normalised::Events(vec![PlatformEvent {
+        kind: "purchase.refunded",
+        id: format!("shopify-order-{order_id}-refund-{refund_id}"),
+        // Shopify's refund payload carries no customer: the order's member is looked up.
+        member: MemberRef::Order(crate::envelope::order_key("shopify", &order_id)),
+        occurred_at: time(refund, &["processed_at", "created_at"]).unwrap_or(fallback),
+        data: json!({"order_id": order_id, "refund_id": refund_id, "lines": lines, "platform": "shopify"}),
+        order_key: None,
+        identities: Vec::new(),
+    }]))
+}
+
+fn customer(customer: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookError> {
+    let customer_id = id(customer, "id")?;
+    let identities = customer
+        .get("email")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty())
+        .map(|e| vec![format!("email:{}", e.to_lowercase())])
+        .unwrap_or_default();
+    Ok(Normalised::Events(vec![PlatformEvent {
+        kind: "engagement.recorded",
+        id: format!("shopify-customer-{customer_id}-signup"),
+        member: MemberRef::Identity(format!("shopify:{customer_id}")),
+        occurred_at: time(customer, &["created_at"]).unwrap_or(fallback),
+        data: json!({"action": "signup", "ref": format!("shopify-customer-{customer_id}"), "platform": "shopify"}),
+        order_key: None,
+        identities,
+    }]))
+}

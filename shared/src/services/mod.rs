@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::domain::Program;
 use crate::ports::{Clock, Queue, Store, StoreError};
 
+pub mod batch;
 pub mod earn;
 pub mod events;
 pub mod members;

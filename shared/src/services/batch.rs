@@ -1,0 +1,71 @@
+//! Processing a batch of queue messages the way an SQS event source expects: report exactly the
+//! messages that failed, so that only they are delivered again.
+//!
+//! On a FIFO queue, a member's messages must stay in order: once one message of a group fails,
+//! the later messages of that group in the same batch are not processed and are reported as
+//! failed too, so they come back after it.
+
+use std::collections::HashSet;
+
+use super::earn::Processed;
+use super::Services;
+
+/// One message of a batch: its id (to report a failure), its FIFO group and its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub message_id: String,
+    /// `None` on a standard queue.
+    pub group: Option<String>,
+    pub body: String,
+}
+
+/// Which queue's handler runs the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumer {
+    Earn,
+    Tier,
+}
+
+/// Processes the records in order and returns the ids of those that must be retried.
+pub async fn process_batch(
+    services: &Services,
+    consumer: Consumer,
+    records: &[Record],
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    let mut failed_groups: HashSet<&str> = HashSet::new();
+    for record in records {
+        if let Some(group) = record.group.as_deref() {
+            if failed_groups.contains(group) {
+                failed.push(record.message_id.clone());
+                continue;
+            }
+        }
+        let result = match consumer {
+            Consumer::Earn => services.process_earn(&record.body).await,
+            Consumer::Tier => services.process_tier_check(&record.body).await,
+        };
+        match result {
+            Ok(Processed::Rejected(reason)) => {
+                tracing::warn!(
+                    message_id = record.message_id,
+                    reason,
+                    "message rejected for good"
+                );
+            }
+            Ok(outcome) => tracing::debug!(
+                message_id = record.message_id,
+                ?outcome,
+                "message processed"
+            ),
+            Err(retry) => {
+                tracing::warn!(message_id = record.message_id, error = %retry, "message will be retried");
+                failed.push(record.message_id.clone());
+                if let Some(group) = record.group.as_deref() {
+                    failed_groups.insert(group);
+                }
+            }
+        }
+    }
+    failed
+}

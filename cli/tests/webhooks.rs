@@ -268,3 +268,29 @@ fn platforms_without_a_secret_or_unknown_are_refused() {
     assert_eq!(post("/webhooks/cafe24/kr-shop"), 401);
     assert_eq!(post("/webhooks/shopify/us-shop"), 401);
 }
+
+#[test]
+fn a_refund_before_its_payment_ends_where_in_order_delivery_ends() {
+    // GIVEN a stack that sees the refund of an order before the order's payment
+    let server = start();
+    let refund = fixture("refunds-create.json", &days_ago(0));
+    let (status, body) = shopify(
+        &server,
+        "refunds/create",
+        &refund,
+        SHOPIFY_SECRET,
+        "r-early",
+    );
+    // THEN the refund is accepted (kept until the order is known)
+    assert_eq!(status, 200, "{body}");
+    // WHEN the payment arrives
+    let paid = fixture("orders-paid.json", &days_ago(1));
+    assert_eq!(
+        shopify(&server, "orders/paid", &paid, SHOPIFY_SECRET, "p-late").0,
+        200
+    );
+    // THEN the member ends with what in-order delivery gives: 1,000 earned, 450 taken back
+    let v = eventually(&server, MEMBER, |v| v["pending"] == 550);
+    assert_eq!(v["balance"], 0);
+    assert_eq!(v["tier"]["qualifying"], 55_000);
+}

@@ -194,9 +194,24 @@ pub trait RejectStore: Send + Sync {
         -> Result<Vec<RejectedEvent>, StoreError>;
 }
 
+/// Events that arrived before the order that names their member (a Shopify refund carries no
+/// customer, only the order): kept by order until the order's payment is seen.
+#[async_trait]
+pub trait ParkingStore: Send + Sync {
+    async fn park(
+        &self,
+        program: &str,
+        order_key: &str,
+        event_id: &str,
+        body: &str,
+    ) -> Result<(), StoreError>;
+    /// Removes and returns the events parked for an order. Two callers never both get one.
+    async fn take_parked(&self, program: &str, order_key: &str) -> Result<Vec<String>, StoreError>;
+}
+
 /// Everything the services need from state.
-pub trait Store: ProgramStore + MemberStore + AliasStore + RejectStore {}
-impl<T: ProgramStore + MemberStore + AliasStore + RejectStore> Store for T {}
+pub trait Store: ProgramStore + MemberStore + AliasStore + RejectStore + ParkingStore {}
+impl<T: ProgramStore + MemberStore + AliasStore + RejectStore + ParkingStore> Store for T {}
 
 /// The queues of DESIGN §5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

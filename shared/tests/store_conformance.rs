@@ -376,6 +376,26 @@ async fn rejected_events_are_kept_with_their_reason(store: Arc<dyn Store>) {
     assert_eq!(store.rejected(&program, 10).await.unwrap(), vec![rejected]);
 }
 
+async fn parked_events_are_taken_once(store: Arc<dyn Store>) {
+    // GIVEN two events parked for an order
+    let order = format!("shopify#{}", uuid::Uuid::new_v4().simple());
+    store
+        .park("kr-shop", &order, "r-1", "{\"n\":1}")
+        .await
+        .unwrap();
+    store
+        .park("kr-shop", &order, "r-2", "{\"n\":2}")
+        .await
+        .unwrap();
+    // WHEN they are taken twice
+    let mut first = store.take_parked("kr-shop", &order).await.unwrap();
+    let second = store.take_parked("kr-shop", &order).await.unwrap();
+    // THEN the first take gets both and the second none
+    first.sort();
+    assert_eq!(first, vec!["{\"n\":1}", "{\"n\":2}"]);
+    assert!(second.is_empty());
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -389,7 +409,8 @@ macro_rules! conformance {
                 order_records_are_read_with_the_account,
                 programs_are_versioned_and_conditional,
                 aliases_link_one_identity_to_one_member,
-                rejected_events_are_kept_with_their_reason);
+                rejected_events_are_kept_with_their_reason,
+                parked_events_are_taken_once);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {

@@ -79,9 +79,6 @@ impl From<ServiceError> for Problem {
             ServiceError::Unauthorized { problem, detail } => {
                 Problem::new(StatusCode::UNAUTHORIZED, problem, detail)
             }
-            ServiceError::RetryLater { problem, detail } => {
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, problem, detail)
-            }
             ServiceError::Unavailable(e) => {
                 tracing::warn!(error = %e, "store unavailable");
                 Problem::new(

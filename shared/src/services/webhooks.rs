@@ -22,6 +22,9 @@ pub struct Ingested {
     pub reason: Option<String>,
 }
 
+/// Stands in for the member while an event waits for its order (never queued as such).
+const UNKNOWN_MEMBER: &str = "unknown";
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -118,17 +121,26 @@ impl Services {
         // Check every event before queueing any, so a delivery is all or nothing.
         let mut ready = Vec::with_capacity(events.len());
         for event in events {
-            let envelope = self.envelope(program, &event).await?;
-            ready.push((event, envelope));
+            let member = self.member_of(program, &event).await?;
+            let envelope = self
+                .envelope(program, &event, member.as_deref().unwrap_or(UNKNOWN_MEMBER))
+                .await?;
+            ready.push((event, envelope, member.is_some()));
         }
         let mut ids = Vec::with_capacity(ready.len());
-        for (event, envelope) in ready {
-            self.remember_identities(program, &event, &envelope.member)
-                .await?;
-            self.queue
-                .send(QueueName::Earn, &envelope)
-                .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        for (event, envelope, known) in ready {
+            match (&event.member, known) {
+                (MemberRef::Order(order), false) => self.park(program, order, &envelope).await?,
+                _ => {
+                    self.remember_identities(program, &event, &envelope.member)
+                        .await?;
+                    self.send(&envelope).await?;
+                    if let Some(order) = &event.order_key {
+                        self.release_parked(program, order, &envelope.member)
+                            .await?;
+                    }
+                }
+            }
             ids.push(envelope.id);
         }
         Ok(Ingested {
@@ -138,31 +150,72 @@ impl Services {
         })
     }
 
+    async fn send(&self, envelope: &Envelope) -> Result<(), ServiceError> {
+        self.queue
+            .send(QueueName::Earn, envelope)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+
+    /// The canonical member of an event, or `None` when it is known only through an order whose
+    /// payment has not been seen yet.
+    async fn member_of(
+        &self,
+        program: &str,
+        event: &PlatformEvent,
+    ) -> Result<Option<String>, ServiceError> {
+        Ok(match &event.member {
+            MemberRef::Identity(identity) => Some(self.canonical_member(program, identity).await?),
+            MemberRef::Order(key) => self.store.resolve_alias(program, "order", key).await?,
+        })
+    }
+
+    /// Keeps an event until its order's payment names the member. The payment may have been
+    /// recorded between the lookup and the park, so look once more.
+    async fn park(
+        &self,
+        program: &str,
+        order: &str,
+        envelope: &Envelope,
+    ) -> Result<(), ServiceError> {
+        let body =
+            serde_json::to_string(envelope).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        self.store.park(program, order, &envelope.id, &body).await?;
+        if let Some(member) = self.store.resolve_alias(program, "order", order).await? {
+            self.release_parked(program, order, &member).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues the events parked for an order, now that its member is known.
+    async fn release_parked(
+        &self,
+        program: &str,
+        order: &str,
+        member: &str,
+    ) -> Result<(), ServiceError> {
+        for body in self.store.take_parked(program, order).await? {
+            let mut envelope: Envelope = serde_json::from_str(&body).map_err(|e| {
+                ServiceError::Internal(format!("parked event for {order} is corrupt: {e}"))
+            })?;
+            envelope.member = member.to_string();
+            self.send(&envelope).await?;
+        }
+        Ok(())
+    }
+
     async fn envelope(
         &self,
         program: &str,
         event: &PlatformEvent,
+        member: &str,
     ) -> Result<Envelope, ServiceError> {
-        let member = match &event.member {
-            MemberRef::Identity(identity) => self.canonical_member(program, identity).await?,
-            MemberRef::Order(key) => self
-                .store
-                .resolve_alias(program, "order", key)
-                .await?
-                .ok_or_else(|| {
-                    // The order's payment has not been seen yet; the platform retries later.
-                    ServiceError::RetryLater {
-                        problem: "order-not-yet-known",
-                        detail: format!("order {key} has not been paid here yet; retry later"),
-                    }
-                })?,
-        };
         let envelope = Envelope {
             kind: event.kind.to_string(),
             version: ENVELOPE_VERSION,
             id: event.id.clone(),
             program: program.to_string(),
-            member,
+            member: member.to_string(),
             occurred_at: event.occurred_at,
             data: event.data.clone(),
         };

@@ -21,7 +21,7 @@ use super::{decode_cursor, encode_cursor, ledger_seq, seq_key, MAX_ENTRIES_PER_C
 use crate::domain::{Account, LedgerEntry, OrderRecord};
 use crate::ports::{
     AliasStore, Commit, CommitError, EventMarker, LedgerPage, MemberState, MemberStore,
-    ProgramStore, RejectStore, RejectedEvent, StoreError, StoredProgram,
+    ParkingStore, ProgramStore, RejectStore, RejectedEvent, StoreError, StoredProgram,
 };
 
 /// DynamoDB refuses transactions of more than 100 items.
@@ -628,6 +628,69 @@ impl RejectStore for DynamoStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl ParkingStore for DynamoStore {
+    async fn park(
+        &self,
+        program: &str,
+        order_key: &str,
+        event_id: &str,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        let mut item = key(
+            format!("P#{program}#ORDER#{order_key}"),
+            format!("PARKED#{event_id}"),
+        );
+        item.insert("body".into(), s(body));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| sdk_error("cannot park the event", e))?;
+        Ok(())
+    }
+
+    /// Each parked item is deleted with `ALL_OLD`: only the caller whose delete removed it gets
+    /// it back, so two concurrent takers never both release one event.
+    async fn take_parked(&self, program: &str, order_key: &str) -> Result<Vec<String>, StoreError> {
+        let pk = format!("P#{program}#ORDER#{order_key}");
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("PK = :pk AND begins_with(SK, :p)")
+            .expression_attribute_values(":pk", s(&pk))
+            .expression_attribute_values(":p", s("PARKED#"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("cannot read parked events", e))?;
+        let mut taken = Vec::new();
+        for item in output.items.unwrap_or_default() {
+            let Some(sk) = text(&item, "SK") else {
+                continue;
+            };
+            let deleted = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(&pk, sk)))
+                .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot take a parked event", e))?;
+            if let Some(old) = deleted.attributes {
+                if let Some(body) = text(&old, "body") {
+                    taken.push(body.to_string());
+                }
+            }
+        }
+        Ok(taken)
     }
 }
 

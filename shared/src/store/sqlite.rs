@@ -18,7 +18,7 @@ use super::{decode_cursor, encode_cursor, ledger_seq, MAX_ENTRIES_PER_COMMIT};
 use crate::domain::{Account, LedgerEntry, OrderRecord};
 use crate::ports::{
     AliasStore, Commit, CommitError, EventMarker, LedgerPage, MemberState, MemberStore,
-    ProgramStore, RejectStore, RejectedEvent, StoreError, StoredProgram,
+    ParkingStore, ProgramStore, RejectStore, RejectedEvent, StoreError, StoredProgram,
 };
 
 const SCHEMA: &str = "
@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS aliases (
 CREATE TABLE IF NOT EXISTS rejected (
     program TEXT NOT NULL, at TEXT NOT NULL, event_id TEXT NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS rejected_by_time ON rejected (program, at);
+CREATE TABLE IF NOT EXISTS parked (
+    program TEXT NOT NULL, order_key TEXT NOT NULL, event_id TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (program, order_key, event_id));
 ";
 
 /// How long one statement waits for another process's write lock before giving up.
@@ -489,6 +492,56 @@ impl RejectStore for SqliteStore {
                 decode(&format!("rejected event of {program}"), &body)
             })
             .collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ParkingStore for SqliteStore {
+    async fn park(
+        &self,
+        program: &str,
+        order_key: &str,
+        event_id: &str,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        let row = (
+            program.to_string(),
+            order_key.to_string(),
+            event_id.to_string(),
+            body.to_string(),
+        );
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO parked (program, order_key, event_id, body) VALUES (?1, ?2, ?3, ?4)",
+                params![row.0, row.1, row.2, row.3],
+            )
+            .map_err(|e| sql_error("cannot park the event", e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_parked(&self, program: &str, order_key: &str) -> Result<Vec<String>, StoreError> {
+        let (program, order_key) = (program.to_string(), order_key.to_string());
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| sql_error("cannot begin", e))?;
+            let bodies: Vec<String> = {
+                let mut stmt = tx
+                    .prepare_cached("SELECT body FROM parked WHERE program = ?1 AND order_key = ?2 ORDER BY rowid")
+                    .map_err(|e| sql_error("cannot read parked events", e))?;
+                let rows = stmt
+                    .query_map(params![program, order_key], |row| row.get(0))
+                    .map_err(|e| sql_error("cannot read parked events", e))?;
+                rows.collect::<Result<_, _>>().map_err(|e| sql_error("cannot read parked events", e))?
+            };
+            tx.execute("DELETE FROM parked WHERE program = ?1 AND order_key = ?2", params![program, order_key])
+                .map_err(|e| sql_error("cannot take parked events", e))?;
+            tx.commit().map_err(|e| sql_error("cannot commit", e))?;
+            Ok(bodies)
         })
         .await
     }

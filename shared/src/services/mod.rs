@@ -53,12 +53,6 @@ pub enum ServiceError {
         problem: &'static str,
         detail: String,
     },
-    /// Not now, but the same request may succeed later (the sender should retry).
-    #[error("{detail}")]
-    RetryLater {
-        problem: &'static str,
-        detail: String,
-    },
     #[error("temporarily unavailable: {0}")]
     Unavailable(#[source] StoreError),
     #[error("internal error: {0}")]

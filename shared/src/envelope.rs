@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::earning::{Purchase, PurchaseLine};
 use crate::domain::money::Currency;
-use crate::domain::orders::{RefundLine, Reversal};
+use crate::domain::orders::{RefundLine, RefundScope, Reversal};
 use crate::domain::program::Program;
 
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -95,7 +95,14 @@ struct RefundData {
     refund_id: String,
     #[serde(default)]
     currency: Option<String>,
+    /// The refunded units of named lines...
+    #[serde(default)]
     lines: Vec<RefundLineData>,
+    /// ...or, for platforms that name no lines, the amount refunded of the order's total.
+    #[serde(default)]
+    amount: Option<String>,
+    #[serde(default)]
+    order_total: Option<String>,
     #[serde(default)]
     platform: Option<String>,
 }
@@ -237,7 +244,7 @@ fn currency_of(program: &Program, code: &str) -> Result<Currency, EventError> {
     Ok(currency)
 }
 
-fn amount(currency: Currency, field: &str, text: &str) -> Result<i64, EventError> {
+fn amount_of(currency: Currency, field: &str, text: &str) -> Result<i64, EventError> {
     currency
         .parse_non_negative(text)
         .map_err(|e| invalid(format!("{field}: {e}")))
@@ -292,13 +299,13 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                     sku: l.sku.clone(),
                     category: l.category.clone(),
                     quantity: l.quantity,
-                    unit_price: amount(
+                    unit_price: amount_of(
                         currency,
                         &format!("data.lines[{i}].unit_price"),
                         &l.unit_price,
                     )?,
                     discount: match &l.discount {
-                        Some(t) => amount(currency, &format!("data.lines[{i}].discount"), t)?,
+                        Some(t) => amount_of(currency, &format!("data.lines[{i}].discount"), t)?,
                         None => 0,
                     },
                     gift_card: l.gift_card,
@@ -309,11 +316,11 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                 currency,
                 lines,
                 shipping: match &d.shipping {
-                    Some(t) => amount(currency, "data.shipping", t)?,
+                    Some(t) => amount_of(currency, "data.shipping", t)?,
                     None => 0,
                 },
                 tax: match &d.tax {
-                    Some(t) => amount(currency, "data.tax", t)?,
+                    Some(t) => amount_of(currency, "data.tax", t)?,
                     None => 0,
                 },
             };
@@ -344,22 +351,16 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             if let Some(code) = &d.currency {
                 currency_of(program, code)?;
             }
-            if d.lines.is_empty() {
-                return Err(invalid("data.lines must list at least one refunded line"));
-            }
-            for (i, l) in d.lines.iter().enumerate() {
-                if l.quantity <= 0 {
-                    return Err(invalid(format!(
-                        "data.lines[{i}].quantity must be greater than zero"
-                    )));
-                }
-            }
-            Ok(EarnEvent::Refund {
-                platform: d.platform.unwrap_or_else(|| "api".into()),
-                reversal: Reversal {
-                    order_id: d.order_id,
-                    refund_id: d.refund_id,
-                    lines: Some(
+            let scope = match (d.lines.is_empty(), &d.amount, &d.order_total) {
+                (false, None, None) => {
+                    for (i, l) in d.lines.iter().enumerate() {
+                        if l.quantity <= 0 {
+                            return Err(invalid(format!(
+                                "data.lines[{i}].quantity must be greater than zero"
+                            )));
+                        }
+                    }
+                    RefundScope::lines(
                         d.lines
                             .into_iter()
                             .map(|l| RefundLine {
@@ -367,7 +368,29 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                                 quantity: l.quantity,
                             })
                             .collect(),
-                    ),
+                    )
+                }
+                (true, Some(amount), Some(total)) => {
+                    let currency = program.currency;
+                    let amount = amount_of(currency, "data.amount", amount)?;
+                    let total = amount_of(currency, "data.order_total", total)?;
+                    if amount == 0 || total == 0 {
+                        return Err(invalid("data.amount and data.order_total must be greater than zero"));
+                    }
+                    RefundScope::Share { amount, total }
+                }
+                _ => {
+                    return Err(invalid(
+                        "a refund lists data.lines, or gives data.amount with data.order_total (not both)",
+                    ))
+                }
+            };
+            Ok(EarnEvent::Refund {
+                platform: d.platform.unwrap_or_else(|| "api".into()),
+                reversal: Reversal {
+                    order_id: d.order_id,
+                    refund_id: d.refund_id,
+                    scope,
                     event_id: envelope.id.clone(),
                     occurred_at: envelope.occurred_at,
                 },
@@ -382,7 +405,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                 reversal: Reversal {
                     order_id: d.order_id,
                     refund_id: "cancel".into(),
-                    lines: None,
+                    scope: RefundScope::Rest,
                     event_id: envelope.id.clone(),
                     occurred_at: envelope.occurred_at,
                 },

@@ -5,8 +5,17 @@ mod common;
 use chrono::{DateTime, Utc};
 use common::*;
 use loyalty_core::domain::calendar::local_date;
-use loyalty_core::domain::{EntryKind, LotShare, Program, PurchaseLine, RefundLine, Reversal};
+use loyalty_core::domain::{
+    EntryKind, LotShare, Program, PurchaseLine, RefundLine, RefundScope, Reversal,
+};
 use proptest::prelude::*;
+
+/// How a generated refund names what it gives back.
+#[derive(Debug, Clone)]
+enum Scope {
+    Lines(Vec<(usize, i64)>),
+    Share { amount: i64, total: i64 },
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -20,6 +29,10 @@ enum Op {
     },
     Cancel {
         order: usize,
+    },
+    Share {
+        order: usize,
+        percent: i64,
     },
     Redeem {
         points: i64,
@@ -45,6 +58,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..8, prop::collection::vec((0usize..4, 1i64..4), 1..3))
             .prop_map(|(order, lines)| Op::Refund { order, lines }),
         1 => (0usize..8).prop_map(|order| Op::Cancel { order }),
+        1 => (0usize..8, 1i64..120).prop_map(|(order, percent)| Op::Share { order, percent }),
         2 => (1i64..6_000).prop_map(|points| Op::Redeem { points }),
         1 => Just(Op::ReverseLast),
         1 => (-2_000i64..3_000).prop_map(|points| Op::Adjust { points }),
@@ -126,8 +140,18 @@ impl Sim {
                 self.member.commit(out.change);
                 self.orders.push(order_id);
             }
-            Op::Refund { order, lines } => self.reverse(*order, Some(lines.clone()))?,
+            Op::Refund { order, lines } => {
+                self.reverse(*order, Some(Scope::Lines(lines.clone())))?
+            }
             Op::Cancel { order } => self.reverse(*order, None)?,
+            // A refund known only by amount: `percent` of the order (past 100 is beyond the total).
+            Op::Share { order, percent } => self.reverse(
+                *order,
+                Some(Scope::Share {
+                    amount: *percent,
+                    total: 100,
+                }),
+            )?,
             Op::Redeem { points } => {
                 let event = self.next_id("redeem");
                 match self
@@ -209,25 +233,25 @@ impl Sim {
         Ok(())
     }
 
-    fn reverse(
-        &mut self,
-        order: usize,
-        lines: Option<Vec<(usize, i64)>>,
-    ) -> Result<(), TestCaseError> {
+    /// Applies a refund (`None` = cancellation) and checks it never takes more than was earned.
+    fn reverse(&mut self, order: usize, scope: Option<Scope>) -> Result<(), TestCaseError> {
         let Some(order_id) = self.orders.get(order % self.orders.len().max(1)).cloned() else {
             return Ok(());
         };
         let record = self.member.orders.get(&order_id).cloned();
         let earned = record.as_ref().and_then(|r| r.earned.clone()).unwrap();
-        let lines = lines.map(|ls| {
-            ls.iter()
-                .map(|(i, q)| RefundLine {
-                    line_id: earned.lines[i % earned.lines.len()].line_id.clone(),
-                    quantity: *q,
-                })
-                .collect()
+        let scope = scope.map(|s| match s {
+            Scope::Lines(ls) => RefundScope::lines(
+                ls.iter()
+                    .map(|(i, q)| RefundLine {
+                        line_id: earned.lines[i % earned.lines.len()].line_id.clone(),
+                        quantity: *q,
+                    })
+                    .collect(),
+            ),
+            Scope::Share { amount, total } => RefundScope::Share { amount, total },
         });
-        let refund_id = if lines.is_none() {
+        let refund_id = if scope.is_none() {
             "cancel".to_string()
         } else {
             self.next_id("r")
@@ -236,7 +260,7 @@ impl Sim {
         let reversal = Reversal {
             order_id: order_id.clone(),
             refund_id,
-            lines,
+            scope: scope.unwrap_or(RefundScope::Rest),
             event_id: event.clone(),
             occurred_at: self.now,
         };
@@ -267,7 +291,7 @@ impl Sim {
             .sum();
         prop_assert_eq!(taken, after.lines.iter().map(|l| l.clawed).sum::<i64>());
         prop_assert!(taken <= after.points);
-        if reversal.lines.is_none() {
+        if reversal.scope == RefundScope::Rest {
             prop_assert_eq!(
                 taken,
                 after.points,
@@ -321,7 +345,7 @@ proptest! {
             .map(|(n, ls)| Reversal {
                 order_id: "o-1".into(),
                 refund_id: format!("r-{n}"),
-                lines: Some(ls.iter().map(|(i, q)| RefundLine {
+                scope: RefundScope::lines(ls.iter().map(|(i, q)| RefundLine {
                     line_id: format!("l{}", i % lines.len()),
                     quantity: *q,
                 }).collect()),
@@ -333,7 +357,7 @@ proptest! {
             reversals.push(Reversal {
                 order_id: "o-1".into(),
                 refund_id: "cancel".into(),
-                lines: None,
+                scope: RefundScope::Rest,
                 event_id: "ev-cancel".into(),
                 occurred_at: now,
             });
@@ -405,7 +429,7 @@ proptest! {
             let r = Reversal {
                 order_id: "o-1".into(),
                 refund_id: format!("r-{n}"),
-                lines: Some(refund_lines),
+                scope: RefundScope::lines(refund_lines),
                 event_id: format!("ev-{n}"),
                 occurred_at: now,
             };

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use loyalty_core::domain::tiers::measure_at;
-use loyalty_core::domain::{AccountError, Currency, EntryKind, RefundLine, Reversal};
+use loyalty_core::domain::{AccountError, Currency, EntryKind, RefundLine, RefundScope, Reversal};
 
 fn refund(
     order: &str,
@@ -15,7 +15,7 @@ fn refund(
     Reversal {
         order_id: order.into(),
         refund_id: refund_id.into(),
-        lines: Some(
+        scope: RefundScope::lines(
             lines
                 .iter()
                 .map(|(l, q)| RefundLine {
@@ -33,7 +33,7 @@ fn cancel(order: &str, at: chrono::DateTime<chrono::Utc>) -> Reversal {
     Reversal {
         order_id: order.into(),
         refund_id: "cancel".into(),
-        lines: None,
+        scope: RefundScope::Rest,
         event_id: "ev-cancel".into(),
         occurred_at: at,
     }
@@ -518,4 +518,46 @@ fn a_review_without_spend_goes_down_one_level_once() {
     // THEN recompute drops straight to INSIDER
     assert_eq!(n.account.tier.id, "INSIDER");
     assert_eq!(n.account.tier.review_on, None);
+}
+
+#[test]
+fn refunds_known_only_by_amount_take_back_their_share_of_every_line() {
+    // GIVEN an order of 300 + 200 points whose platform total is 110,000 (shipping included)
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    buy(
+        &mut m,
+        &p,
+        "o-1",
+        vec![line("a", 3, 10_000), line("b", 1, 20_000)],
+        now,
+        now,
+    );
+    let share = |id: &str, amount: i64| Reversal {
+        order_id: "o-1".into(),
+        refund_id: id.into(),
+        scope: RefundScope::Share {
+            amount,
+            total: 110_000,
+        },
+        event_id: format!("ev-{id}"),
+        occurred_at: now,
+    };
+    // WHEN 22,000 (20%) is refunded, then 55,000 more (70% in all)
+    give_back(&mut m, &p, &share("r-1", 22_000), now);
+    assert_eq!(m.account.pending_points(), 500 - (60 + 40));
+    give_back(&mut m, &p, &share("r-2", 55_000), now);
+    // THEN each line has given back floor(p x 70%) so far: 210 + 140
+    assert_eq!(m.account.pending_points(), 500 - 350);
+    // AND a cancellation takes only what is left, and a refund beyond the total takes nothing more
+    give_back(&mut m, &p, &cancel("o-1", now), now);
+    give_back(&mut m, &p, &share("r-3", 99_000), now);
+    assert_eq!(m.account.pending_points(), 0);
+    let lines = &m.orders["o-1"].earned.as_ref().unwrap().lines;
+    assert_eq!(
+        lines.iter().map(|l| l.clawed).collect::<Vec<_>>(),
+        vec![300, 200]
+    );
+    m.assert_consistent();
 }

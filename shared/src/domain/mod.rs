@@ -18,5 +18,5 @@ pub use earning::{CampaignEffect, Purchase, PurchaseLine};
 pub use ledger::{EntryKind, EventContext, LedgerEntry, Source};
 pub use lots::{LotShare, Lots};
 pub use money::{Currency, Money, MoneyError};
-pub use orders::{OrderChange, OrderRecord, RefundLine, Reversal};
+pub use orders::{OrderChange, OrderRecord, RefundLine, RefundScope, Reversal};
 pub use program::{Program, ProgramError};

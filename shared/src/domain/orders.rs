@@ -41,6 +41,11 @@ pub struct OrderEarning {
     pub expires_on: NaiveDate,
     pub points: i64,
     pub lines: Vec<LineRecord>,
+    /// For refunds known only by amount: the amount refunded so far, of `share_total`.
+    #[serde(default)]
+    pub share_refunded: i64,
+    #[serde(default)]
+    pub share_total: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,16 +63,34 @@ pub struct LineRecord {
     pub unqualified: i64,
 }
 
-/// A refund of some units of some lines, or a cancellation of whatever is left.
+/// A refund of some units of some lines, a share of the order, or a cancellation of whatever
+/// is left.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reversal {
     pub order_id: String,
     /// The platform's refund id; `cancel` for a cancellation.
     pub refund_id: String,
-    /// `None` reverses everything that is left (cancellation).
-    pub lines: Option<Vec<RefundLine>>,
+    pub scope: RefundScope,
     pub event_id: String,
     pub occurred_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RefundScope {
+    /// Units of named lines: each line gives back floor(p x r / q) cumulatively.
+    Lines { lines: Vec<RefundLine> },
+    /// An amount of the order's total, for platforms whose refunds name no lines (WooCommerce):
+    /// every line gives back floor(p x refunded / total) cumulatively.
+    Share { amount: i64, total: i64 },
+    /// Everything that is left (a cancellation).
+    Rest,
+}
+
+impl RefundScope {
+    pub fn lines(lines: Vec<RefundLine>) -> RefundScope {
+        RefundScope::Lines { lines }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +204,8 @@ impl Account {
             expires_on,
             points: earned.points,
             lines,
+            share_refunded: 0,
+            share_total: 0,
         });
 
         let account = &mut journal.account;
@@ -288,12 +313,26 @@ fn apply_reversal(
         return Ok(());
     };
     let wanted = refund_quantities(&record.order_id, earned, reversal)?;
+    if let RefundScope::Share { amount, total } = reversal.scope {
+        earned.share_total = total;
+        earned.share_refunded = (earned.share_refunded + amount).min(total);
+    }
+    let (share, of) = (earned.share_refunded, earned.share_total);
     let mut points = 0;
     let mut measure = 0;
     for (line, quantity) in earned.lines.iter_mut().zip(wanted) {
         line.refunded = (line.refunded + quantity).min(line.quantity);
-        let clawed = cumulative(line.points, line.refunded, line.quantity);
-        let unqualified = cumulative(line.measure, line.refunded, line.quantity);
+        // Whichever way the refunds were counted, a line never gives back more than it earned.
+        let clawed = cumulative(line.points, line.refunded, line.quantity).max(cumulative(
+            line.points,
+            share,
+            of,
+        ));
+        let unqualified = cumulative(line.measure, line.refunded, line.quantity).max(cumulative(
+            line.measure,
+            share,
+            of,
+        ));
         points += clawed - line.clawed;
         measure += unqualified - line.unqualified;
         line.clawed = clawed;
@@ -335,7 +374,7 @@ fn apply_reversal(
     }
     account.balance -= debited;
 
-    let what = if reversal.lines.is_none() {
+    let what = if reversal.scope == RefundScope::Rest {
         format!("order {} cancelled", record.order_id)
     } else {
         format!("refund {} of order {}", reversal.refund_id, record.order_id)
@@ -371,12 +410,16 @@ fn refund_quantities(
     earned: &OrderEarning,
     reversal: &Reversal,
 ) -> Result<Vec<i64>, OrderError> {
-    let Some(lines) = &reversal.lines else {
-        return Ok(earned
-            .lines
-            .iter()
-            .map(|l| l.quantity - l.refunded)
-            .collect());
+    let lines = match &reversal.scope {
+        RefundScope::Lines { lines } => lines,
+        RefundScope::Share { .. } => return Ok(vec![0; earned.lines.len()]),
+        RefundScope::Rest => {
+            return Ok(earned
+                .lines
+                .iter()
+                .map(|l| l.quantity - l.refunded)
+                .collect());
+        }
     };
     let mut wanted = vec![0; earned.lines.len()];
     for refund_line in lines {
@@ -396,11 +439,12 @@ fn refund_quantities(
     Ok(wanted)
 }
 
-/// floor(total x part / whole), exactly.
+/// floor(total x part / whole), exactly; never more than `total`.
 fn cumulative(total: i64, part: i64, whole: i64) -> i64 {
     if whole <= 0 {
         return 0;
     }
+    let part = part.min(whole);
     let value = i128::from(total) * i128::from(part) / i128::from(whole);
     i64::try_from(value).unwrap_or(total)
 }

@@ -14,6 +14,7 @@ const JWT: &str = "webhook-test-jwt";
 const SHOPIFY_SECRET: &str = "shpss_current";
 const POS_SECRET: &str = "pos-secret";
 const MEMBER: &str = "shopify:7001234";
+const WOO_SECRET: &str = "wc-secret";
 
 struct Server {
     child: Child,
@@ -28,8 +29,15 @@ impl Drop for Server {
 }
 
 fn start() -> Server {
+    start_with(&[])
+}
+
+/// Starts serve with extra arguments (`--program FILE`...).
+fn start_with(extra: &[&str]) -> Server {
     let mut child = Command::new(BIN)
         .args(["serve", "--memory", "--addr", "127.0.0.1:0"])
+        .args(extra)
+        .env("LOYALTY_SECRET_US_SHOP_WOOCOMMERCE", WOO_SECRET)
         .env("LOYALTY_JWT_SECRET", JWT)
         .env("LOYALTY_SECRET_KR_SHOP_SHOPIFY", SHOPIFY_SECRET)
         .env("LOYALTY_SECRET_KR_SHOP_SHOPIFY_PREVIOUS", "shpss_old")
@@ -86,7 +94,7 @@ fn shopify(
     (status, response.json().unwrap_or(Value::Null))
 }
 
-fn view(server: &Server, member: &str) -> Value {
+fn view_in(server: &Server, program: &str, member: &str) -> Value {
     let token = Command::new(BIN)
         .args(["token", "--admin"])
         .env("LOYALTY_JWT_SECRET", JWT)
@@ -95,7 +103,7 @@ fn view(server: &Server, member: &str) -> Value {
     let token = String::from_utf8(token.stdout).expect("utf-8");
     reqwest::blocking::Client::new()
         .get(format!(
-            "{}/v1/programs/kr-shop/members/{member}",
+            "{}/v1/programs/{program}/members/{member}",
             server.base
         ))
         .bearer_auth(token.trim())
@@ -106,9 +114,18 @@ fn view(server: &Server, member: &str) -> Value {
 }
 
 fn eventually(server: &Server, member: &str, check: impl Fn(&Value) -> bool) -> Value {
+    eventually_in(server, "kr-shop", member, check)
+}
+
+fn eventually_in(
+    server: &Server,
+    program: &str,
+    member: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let v = view(server, member);
+        let v = view_in(server, program, member);
         if check(&v) {
             return v;
         }
@@ -293,4 +310,65 @@ fn a_refund_before_its_payment_ends_where_in_order_delivery_ends() {
     let v = eventually(&server, MEMBER, |v| v["pending"] == 550);
     assert_eq!(v["balance"], 0);
     assert_eq!(v["tier"]["qualifying"], 55_000);
+}
+
+fn woo_order(status: &str, refunds: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/woocommerce/order-processing.json");
+    let now = Utc::now();
+    let stamp = |t: chrono::DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%S").to_string();
+    std::fs::read_to_string(path)
+        .expect("fixture exists")
+        .replace("__STATUS__", status)
+        .replace("__PAID_AT__", &stamp(now - chrono::Duration::days(2)))
+        .replace("__MODIFIED_AT__", &stamp(now))
+        .replace("__REFUNDS__", refunds)
+        .into_bytes()
+}
+
+/// Sends a WooCommerce delivery; `signature` None sends none (the ping).
+fn woo(server: &Server, body: &[u8], signature: Option<String>) -> (u16, Value) {
+    let mut request = reqwest::blocking::Client::new()
+        .post(format!("{}/webhooks/woocommerce/us-shop", server.base))
+        .header("X-WC-Webhook-Topic", "order.updated");
+    if let Some(s) = signature {
+        request = request.header("X-WC-Webhook-Signature", s);
+    }
+    let response = request.body(body.to_vec()).send().expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn woocommerce_orders_earn_once_and_refunds_take_their_share() {
+    // GIVEN us-shop with a WooCommerce secret
+    let us_shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/us-shop.toml");
+    let server = start_with(&["--program", us_shop.to_str().unwrap()]);
+    let signed = |body: &[u8]| Some(sign_base64(WOO_SECRET, body));
+    let pending =
+        |n: i64| eventually_in(&server, "us-shop", "woocommerce:55", |v| v["pending"] == n);
+    // WHEN the unsigned ping arrives THEN it is acknowledged without effect
+    let (status, body) = woo(&server, b"webhook_id=12", None);
+    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")));
+    // WHEN the paid order arrives twice, and once tampered with after signing
+    let paid = woo_order("processing", "[]");
+    assert_eq!(woo(&server, &paid, signed(&paid)).0, 200);
+    assert_eq!(woo(&server, &paid, signed(&paid)).0, 200);
+    let mut tampered = paid.clone();
+    tampered.push(b' ');
+    assert_eq!(woo(&server, &tampered, signed(&paid)).0, 401);
+    // THEN woocommerce:55 has 64 points pending, once ($45.00 + $19.99 eligible, 1 point per $)
+    let v = pending(64);
+    assert_eq!(v["tier"]["qualifying"], 6_499);
+    // WHEN a partial refund of $15.04 of $75.19 appears on the order
+    let refunds = r#"[{"id": 901, "reason": "damaged", "total": "-15.04"}]"#;
+    let partial = woo_order("processing", refunds);
+    assert_eq!(woo(&server, &partial, signed(&partial)).0, 200);
+    // THEN each line gives back floor(points x 15.04 / 75.19): 9 + 3
+    pending(52);
+    // WHEN the order is then refunded in full THEN what is left goes
+    let refunded = woo_order("refunded", refunds);
+    assert_eq!(woo(&server, &refunded, signed(&refunded)).0, 200);
+    let v = pending(0);
+    assert_eq!(v["balance"], 0);
 }

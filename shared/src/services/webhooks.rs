@@ -9,7 +9,8 @@ use super::{ServiceError, Services};
 use crate::envelope::{parse_earn_event, Envelope, ENVELOPE_VERSION};
 use crate::ports::QueueName;
 use crate::webhooks::{
-    pos, shopify, MemberRef, Normalised, Platform, PlatformEvent, Secrets, WebhookError,
+    pos, shopify, woocommerce, MemberRef, Normalised, Platform, PlatformEvent, Secrets,
+    WebhookError,
 };
 
 /// The answer to a platform.
@@ -101,7 +102,25 @@ impl Services {
                 self.program(program).await?;
                 pos::normalise(body)?
             }
-            Platform::WooCommerce | Platform::Cafe24 => {
+            Platform::WooCommerce => {
+                let signature = header(headers, woocommerce::SIGNATURE_HEADER);
+                if woocommerce::is_ping(body, signature.is_some()) {
+                    return Ok(Ingested {
+                        status: "ignored",
+                        events: Vec::new(),
+                        reason: Some("webhook ping".into()),
+                    });
+                }
+                crate::webhooks::verify_base64(
+                    &keys,
+                    body,
+                    signature.ok_or(WebhookError::InvalidSignature)?,
+                )?;
+                self.program(program).await?;
+                let topic = header(headers, woocommerce::TOPIC_HEADER).unwrap_or_default();
+                woocommerce::normalise(topic, body, now)?
+            }
+            Platform::Cafe24 => {
                 return Err(WebhookError::Unsupported(format!(
                     "{platform} webhooks are not supported yet"
                 ))

@@ -11,6 +11,7 @@ use sha2::Sha256;
 
 pub mod pos;
 pub mod shopify;
+pub mod woocommerce;
 
 type HmacSha256 = Hmac<Sha256>;
 

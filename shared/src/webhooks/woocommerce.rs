@@ -1,0 +1,191 @@
+//! WooCommerce: `X-WC-Webhook-Signature` (base64 HMAC-SHA256 of the body) on `order.created` and
+//! `order.updated`. WooCommerce does not retry, and its delivery ids are not stable, so every
+//! event id derives from the order and the effect.
+//!
+//! An order whose status is `processing` or `completed` earns (once); `refunded` or `cancelled`
+//! reverses what is left. Its `refunds` list carries totals but no lines, so a partial refund
+//! takes back the same share of every line as it is of the order's total (shipping and tax
+//! included, as WooCommerce counts them).
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::{json, Value};
+
+use super::{MemberRef, Normalised, PlatformEvent, WebhookError};
+use crate::domain::Currency;
+use crate::envelope::order_key;
+
+pub const SIGNATURE_HEADER: &str = "x-wc-webhook-signature";
+pub const TOPIC_HEADER: &str = "x-wc-webhook-topic";
+
+fn invalid(message: impl Into<String>) -> WebhookError {
+    WebhookError::Invalid(message.into())
+}
+
+/// The form-encoded ping WooCommerce sends, unsigned, when a webhook is saved.
+pub fn is_ping(body: &[u8], signed: bool) -> bool {
+    !signed && body.starts_with(b"webhook_id=")
+}
+
+fn text<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
+    value.get(field).and_then(Value::as_str)
+}
+
+fn id(value: &Value, field: &str) -> Result<String, WebhookError> {
+    match value.get(field) {
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(invalid(format!("{field} is missing"))),
+    }
+}
+
+/// WooCommerce's `*_gmt` times have no zone: they are UTC.
+fn gmt(order: &Value, fields: &[&str]) -> Option<DateTime<Utc>> {
+    fields.iter().find_map(|f| {
+        let t = text(order, f)?;
+        NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S")
+            .ok()
+            .map(|n| n.and_utc())
+    })
+}
+
+fn money(currency: Currency, value: &Value, field: &str, what: &str) -> Result<i64, WebhookError> {
+    let text = text(value, field).unwrap_or("0");
+    currency
+        .parse_amount(text)
+        .map_err(|e| invalid(format!("{what}.{field}: {e}")))
+}
+
+pub fn normalise(topic: &str, body: &[u8], now: DateTime<Utc>) -> Result<Normalised, WebhookError> {
+    if topic != "order.created" && topic != "order.updated" {
+        return Ok(Normalised::Ignored(format!(
+            "topic {topic:?} has no effect on points"
+        )));
+    }
+    let order: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+    let order_id = id(&order, "id")?;
+    let status = text(&order, "status").ok_or_else(|| invalid("status is missing"))?;
+    let customer = id(&order, "customer_id").unwrap_or_else(|_| "0".into());
+    if customer == "0" {
+        return Ok(Normalised::Ignored(format!(
+            "order {order_id} is a guest checkout: no member to credit"
+        )));
+    }
+    let member = MemberRef::Identity(format!("woocommerce:{customer}"));
+    let occurred_at = gmt(&order, &["date_paid_gmt", "date_created_gmt"]).unwrap_or(now);
+    match status {
+        "processing" | "completed" => paid(&order, &order_id, member, occurred_at, now),
+        "refunded" | "cancelled" => Ok(Normalised::Events(vec![PlatformEvent {
+            kind: "purchase.cancelled",
+            id: format!("woocommerce-order-{order_id}-cancel"),
+            member,
+            occurred_at: gmt(&order, &["date_modified_gmt"]).unwrap_or(now),
+            data: json!({"order_id": order_id, "platform": "woocommerce", "reason": status}),
+            order_key: None,
+            identities: Vec::new(),
+        }])),
+        other => Ok(Normalised::Ignored(format!(
+            "order {order_id} is {other}: nothing to credit yet"
+        ))),
+    }
+}
+
+fn paid(
+    order: &Value,
+    order_id: &str,
+    member: MemberRef,
+    occurred_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Normalised, WebhookError> {
+    let code = text(order, "currency").ok_or_else(|| invalid("currency is missing"))?;
+    let currency = Currency::from_code(code).map_err(|e| invalid(format!("currency: {e}")))?;
+    // Line amounts exclude tax; where prices include tax, it is part of what the member paid.
+    let with_tax = order
+        .get("prices_include_tax")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let items = order
+        .get("line_items")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid("line_items is missing"))?;
+    let mut lines = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let what = format!("line_items[{i}]");
+        let mut before = money(currency, item, "subtotal", &what)?;
+        let mut after = money(currency, item, "total", &what)?;
+        if with_tax {
+            before += money(currency, item, "subtotal_tax", &what)?;
+            after += money(currency, item, "total_tax", &what)?;
+        }
+        let quantity = item
+            .get("quantity")
+            .and_then(Value::as_i64)
+            .filter(|q| *q > 0)
+            .ok_or_else(|| invalid(format!("{what}.quantity is missing")))?;
+        // A subtotal that does not divide into whole minor units per unit is kept as one unit,
+        // so that no amount is rounded (WooCommerce refunds by amount, not by unit, anyway).
+        let (quantity, unit_price) = if before % quantity == 0 {
+            (quantity, before / quantity)
+        } else {
+            (1, before)
+        };
+        lines.push(json!({
+            "line_id": id(item, "id")?,
+            "sku": text(item, "sku").unwrap_or(""),
+            "quantity": quantity,
+            "unit_price": currency.format_amount(unit_price),
+            "discount": currency.format_amount((before - after).max(0)),
+        }));
+    }
+    let total = money(currency, order, "total", "order")?;
+    let mut events = vec![PlatformEvent {
+        kind: "purchase.completed",
+        id: format!("woocommerce-order-{order_id}-paid"),
+        member: member.clone(),
+        occurred_at,
+        data: json!({
+            "order_id": order_id,
+            "currency": code,
+            "lines": lines,
+            "shipping": text(order, "shipping_total").unwrap_or("0"),
+            "tax": text(order, "total_tax").unwrap_or("0"),
+            "taxes_included": with_tax,
+            "channel": "online",
+            "platform": "woocommerce",
+        }),
+        order_key: Some(order_key("woocommerce", order_id)),
+        identities: text(order.get("billing").unwrap_or(&Value::Null), "email")
+            .filter(|e| !e.is_empty())
+            .map(|e| vec![format!("email:{}", e.to_lowercase())])
+            .unwrap_or_default(),
+    }];
+    for refund in order
+        .get("refunds")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let refund_id = id(refund, "id")?;
+        // WooCommerce writes refund totals as negative amounts.
+        let amount = money(currency, refund, "total", "refunds")?.abs();
+        if amount == 0 || total == 0 {
+            continue;
+        }
+        events.push(PlatformEvent {
+            kind: "purchase.refunded",
+            id: format!("woocommerce-order-{order_id}-refund-{refund_id}"),
+            member: member.clone(),
+            occurred_at: gmt(order, &["date_modified_gmt"]).unwrap_or(now),
+            data: json!({
+                "order_id": order_id,
+                "refund_id": refund_id,
+                "amount": currency.format_amount(amount),
+                "order_total": currency.format_amount(total),
+                "platform": "woocommerce",
+            }),
+            order_key: None,
+            identities: Vec::new(),
+        });
+    }
+    Ok(Normalised::Events(events))
+}

@@ -4,6 +4,8 @@
 pub mod api;
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "aws")]
+pub mod config;
 pub mod domain;
 pub mod envelope;
 pub mod fingerprint;

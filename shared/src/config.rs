@@ -1,0 +1,47 @@
+//! Settings of the Lambda functions, read once from the environment at start-up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::ports::{QueueName, SystemClock};
+use crate::queue::sqs_fifo::SqsQueue;
+use crate::services::Services;
+use crate::store::dynamodb::DynamoStore;
+
+/// What a function needs to reach its table and queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsSettings {
+    pub table: String,
+    pub queues: HashMap<QueueName, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is not set: the SAM template sets it on every function")]
+pub struct MissingVariable(pub &'static str);
+
+impl AwsSettings {
+    /// `LOYALTY_TABLE` (required) and the queue URLs the function sends to
+    /// (`LOYALTY_EARN_QUEUE_URL`, `LOYALTY_TIER_QUEUE_URL`, `LOYALTY_NOTIFY_QUEUE_URL`).
+    pub fn from_env() -> Result<AwsSettings, MissingVariable> {
+        let table = std::env::var("LOYALTY_TABLE").map_err(|_| MissingVariable("LOYALTY_TABLE"))?;
+        let mut queues = HashMap::new();
+        for (queue, name) in [
+            (QueueName::Earn, "LOYALTY_EARN_QUEUE_URL"),
+            (QueueName::Tier, "LOYALTY_TIER_QUEUE_URL"),
+            (QueueName::Notify, "LOYALTY_NOTIFY_QUEUE_URL"),
+        ] {
+            if let Ok(url) = std::env::var(name) {
+                queues.insert(queue, url);
+            }
+        }
+        Ok(AwsSettings { table, queues })
+    }
+
+    /// The services on DynamoDB and SQS, with clients built once from one AWS configuration.
+    pub async fn services(&self) -> Services {
+        let config = crate::aws::sdk_config(None).await;
+        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), &self.table);
+        let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&config), self.queues.clone());
+        Services::new(Arc::new(store), Arc::new(queue), Arc::new(SystemClock))
+    }
+}

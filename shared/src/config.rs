@@ -3,10 +3,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::api::auth::Verifier;
+use crate::api::AppState;
 use crate::ports::{QueueName, SystemClock};
 use crate::queue::sqs_fifo::SqsQueue;
 use crate::services::Services;
 use crate::store::dynamodb::DynamoStore;
+use crate::webhooks::ssm::SsmSecrets;
 
 /// What a function needs to reach its table and queues.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +42,23 @@ impl AwsSettings {
 
     /// The services on DynamoDB and SQS, with clients built once from one AWS configuration.
     pub async fn services(&self) -> Services {
-        let config = crate::aws::sdk_config(None).await;
-        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), &self.table);
-        let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&config), self.queues.clone());
+        self.services_with(&crate::aws::sdk_config(None).await)
+    }
+
+    fn services_with(&self, config: &aws_config::SdkConfig) -> Services {
+        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(config), &self.table);
+        let queue = SqsQueue::new(aws_sdk_sqs::Client::new(config), self.queues.clone());
         Services::new(Arc::new(store), Arc::new(queue), Arc::new(SystemClock))
+    }
+
+    /// What the HTTP functions need: the services, tokens verified by API Gateway's JWT
+    /// authorizer, and webhook secrets from SSM Parameter Store.
+    pub async fn app_state(&self) -> AppState {
+        let config = crate::aws::sdk_config(None).await;
+        AppState {
+            services: Arc::new(self.services_with(&config)),
+            verifier: Verifier::Gateway,
+            secrets: Arc::new(SsmSecrets::new(aws_sdk_ssm::Client::new(&config))),
+        }
     }
 }

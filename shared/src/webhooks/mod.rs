@@ -11,6 +11,8 @@ use sha2::Sha256;
 
 pub mod pos;
 pub mod shopify;
+#[cfg(feature = "aws")]
+pub mod ssm;
 pub mod woocommerce;
 
 type HmacSha256 = Hmac<Sha256>;

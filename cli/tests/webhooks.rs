@@ -15,6 +15,7 @@ const SHOPIFY_SECRET: &str = "shpss_current";
 const POS_SECRET: &str = "pos-secret";
 const MEMBER: &str = "shopify:7001234";
 const WOO_SECRET: &str = "wc-secret";
+const CAFE24_KEY: &str = "cafe24-webhook-key";
 
 struct Server {
     child: Child,
@@ -42,6 +43,7 @@ fn start_with(extra: &[&str]) -> Server {
         .env("LOYALTY_SECRET_KR_SHOP_SHOPIFY", SHOPIFY_SECRET)
         .env("LOYALTY_SECRET_KR_SHOP_SHOPIFY_PREVIOUS", "shpss_old")
         .env("LOYALTY_SECRET_KR_SHOP_POS", POS_SECRET)
+        .env("LOYALTY_SECRET_KR_SHOP_CAFE24", CAFE24_KEY)
         .env("LOYALTY_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -282,7 +284,7 @@ fn platforms_without_a_secret_or_unknown_are_refused() {
     };
     // An unknown platform is 404; a known one with no secret configured is 401.
     assert_eq!(post("/webhooks/bigcartel/kr-shop"), 404);
-    assert_eq!(post("/webhooks/cafe24/kr-shop"), 401);
+    assert_eq!(post("/webhooks/cafe24/us-shop"), 401);
     assert_eq!(post("/webhooks/shopify/us-shop"), 401);
 }
 
@@ -371,4 +373,87 @@ fn woocommerce_orders_earn_once_and_refunds_take_their_share() {
     assert_eq!(woo(&server, &refunded, signed(&refunded)).0, 200);
     let v = pending(0);
     assert_eq!(v["balance"], 0);
+}
+
+fn cafe24_fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/cafe24")
+        .join(name);
+    let kst = chrono::FixedOffset::east_opt(9 * 3600).expect("offset");
+    let stamp = |days: i64| {
+        (Utc::now() - chrono::Duration::days(days))
+            .with_timezone(&kst)
+            .format("%Y-%m-%dT%H:%M:%S%:z")
+            .to_string()
+    };
+    std::fs::read_to_string(path)
+        .expect("fixture exists")
+        .replace("__PAID_AT__", &stamp(2))
+        .replace("__CANCELLED_AT__", &stamp(0))
+        .into_bytes()
+}
+
+/// Sends a Cafe24 delivery with the given `X-Api-Key` (None sends none).
+fn cafe24(server: &Server, body: &[u8], key: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::blocking::Client::new()
+        .post(format!("{}/webhooks/cafe24/kr-shop", server.base))
+        .header("Content-Type", "application/json")
+        .header("X-Trace-ID", "trace-1");
+    if let Some(key) = key {
+        request = request.header("X-Api-Key", key);
+    }
+    let response = request.body(body.to_vec()).send().expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn cafe24_orders_earn_once_and_returns_and_cancellations_reverse() {
+    // GIVEN kr-shop with a Cafe24 webhook key
+    let server = start();
+    let member = "cafe24:gildong77";
+    let paid = cafe24_fixture("order-paid.json");
+    // WHEN the paid order arrives with a wrong key, or with none THEN 403 and nothing is written
+    let (status, problem) = cafe24(&server, &paid, Some("not-the-key"));
+    assert_eq!(status, 403, "{problem}");
+    assert!(problem["type"].as_str().unwrap().ends_with("invalid-api-key"));
+    assert_eq!(cafe24(&server, &paid, None).0, 403);
+    // WHEN it arrives twice with the right key
+    for _ in 0..2 {
+        let (status, body) = cafe24(&server, &paid, Some(CAFE24_KEY));
+        assert_eq!(status, 200, "{body}");
+    }
+    // THEN cafe24:gildong77 has 600 points pending, once: 63,000 paid less 3,000 shipping
+    let v = eventually(&server, member, |v| v["pending"] == 600);
+    assert_eq!(v["balance"], 0);
+    assert_eq!(v["tier"]["qualifying"], 60_000);
+    // WHEN a return of 15,750 of the 63,000 paid completes, delivered twice
+    let returned = cafe24_fixture("return-completed.json");
+    for _ in 0..2 {
+        assert_eq!(cafe24(&server, &returned, Some(CAFE24_KEY)).0, 200);
+    }
+    // THEN a quarter of the points goes back, once: floor(600 x 15,750 / 63,000) = 150
+    eventually(&server, member, |v| v["pending"] == 450);
+    // WHEN the order is then cancelled THEN only what is left goes
+    let cancelled = cafe24_fixture("order-cancelled.json");
+    assert_eq!(cafe24(&server, &cancelled, Some(CAFE24_KEY)).0, 200);
+    let v = eventually(&server, member, |v| v["pending"] == 0);
+    assert_eq!(v["balance"], 0);
+    assert_eq!(v["tier"]["qualifying"], 0);
+    // AND a body that is not JSON is refused with 400
+    assert_eq!(cafe24(&server, b"event_no=90025", Some(CAFE24_KEY)).0, 400);
+}
+
+#[test]
+fn a_cafe24_return_before_its_payment_ends_where_in_order_delivery_ends() {
+    // GIVEN a return completed (it names no member) that arrives before the order's payment
+    let server = start();
+    let returned = cafe24_fixture("return-completed.json");
+    assert_eq!(cafe24(&server, &returned, Some(CAFE24_KEY)).0, 200);
+    // WHEN the payment arrives
+    let paid = cafe24_fixture("order-paid.json");
+    assert_eq!(cafe24(&server, &paid, Some(CAFE24_KEY)).0, 200);
+    // THEN the member ends as in order: 600 earned, 150 taken back
+    let v = eventually(&server, "cafe24:gildong77", |v| v["pending"] == 450);
+    assert_eq!(v["tier"]["qualifying"], 45_000);
 }

@@ -79,6 +79,9 @@ impl From<ServiceError> for Problem {
             ServiceError::Unauthorized { problem, detail } => {
                 Problem::new(StatusCode::UNAUTHORIZED, problem, detail)
             }
+            ServiceError::Forbidden { problem, detail } => {
+                Problem::new(StatusCode::FORBIDDEN, problem, detail)
+            }
             ServiceError::Unavailable(e) => {
                 tracing::warn!(error = %e, "store unavailable");
                 Problem::new(

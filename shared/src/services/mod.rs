@@ -53,6 +53,11 @@ pub enum ServiceError {
         problem: &'static str,
         detail: String,
     },
+    #[error("{detail}")]
+    Forbidden {
+        problem: &'static str,
+        detail: String,
+    },
     #[error("temporarily unavailable: {0}")]
     Unavailable(#[source] StoreError),
     #[error("internal error: {0}")]

@@ -9,7 +9,7 @@ use super::{ServiceError, Services};
 use crate::envelope::{parse_earn_event, Envelope, ENVELOPE_VERSION};
 use crate::ports::QueueName;
 use crate::webhooks::{
-    pos, shopify, woocommerce, MemberRef, Normalised, Platform, PlatformEvent, Secrets,
+    cafe24, pos, shopify, woocommerce, MemberRef, Normalised, Platform, PlatformEvent, Secrets,
     WebhookError,
 };
 
@@ -38,16 +38,17 @@ impl From<WebhookError> for ServiceError {
                 problem: "unknown-platform",
                 detail,
             },
-            WebhookError::Unsupported(_) => ServiceError::NotFound {
-                problem: "unsupported-platform",
-                detail,
-            },
             WebhookError::NotConfigured { .. } => ServiceError::Unauthorized {
                 problem: "webhook-not-configured",
                 detail,
             },
             WebhookError::InvalidSignature => ServiceError::Unauthorized {
                 problem: "invalid-signature",
+                detail,
+            },
+            // Cafe24 asks for 403 when its key is refused.
+            WebhookError::InvalidApiKey => ServiceError::Forbidden {
+                problem: "invalid-api-key",
                 detail,
             },
             WebhookError::StaleSignature => ServiceError::Unauthorized {
@@ -121,10 +122,12 @@ impl Services {
                 woocommerce::normalise(topic, body, now)?
             }
             Platform::Cafe24 => {
-                return Err(WebhookError::Unsupported(format!(
-                    "{platform} webhooks are not supported yet"
-                ))
-                .into())
+                cafe24::verify_key(&keys, header(headers, cafe24::API_KEY_HEADER))?;
+                let program = self.program(program).await?;
+                if let Some(trace) = header(headers, cafe24::TRACE_HEADER) {
+                    tracing::info!(trace, "cafe24 delivery");
+                }
+                cafe24::normalise(body, program.currency, now)?
             }
         };
         let events = match normalised {

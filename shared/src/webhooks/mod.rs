@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+pub mod cafe24;
 pub mod pos;
 pub mod shopify;
 #[cfg(feature = "aws")]
@@ -61,12 +62,12 @@ pub enum WebhookError {
     NotConfigured { program: String, platform: Platform },
     #[error("the signature does not match the body")]
     InvalidSignature,
+    #[error("the API key does not match the one configured for this program")]
+    InvalidApiKey,
     #[error("the signature is older than 5 minutes or from the future")]
     StaleSignature,
     #[error("{0}")]
     Invalid(String),
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 /// Webhook secrets per program and platform: the current one first, then the previous one

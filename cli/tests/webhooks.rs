@@ -416,7 +416,10 @@ fn cafe24_orders_earn_once_and_returns_and_cancellations_reverse() {
     // WHEN the paid order arrives with a wrong key, or with none THEN 403 and nothing is written
     let (status, problem) = cafe24(&server, &paid, Some("not-the-key"));
     assert_eq!(status, 403, "{problem}");
-    assert!(problem["type"].as_str().unwrap().ends_with("invalid-api-key"));
+    assert!(problem["type"]
+        .as_str()
+        .unwrap()
+        .ends_with("invalid-api-key"));
     assert_eq!(cafe24(&server, &paid, None).0, 403);
     // WHEN it arrives twice with the right key
     for _ in 0..2 {

@@ -38,9 +38,9 @@ fn invalid(message: impl Into<String>) -> WebhookError {
 /// Compares the delivered key with each configured key, in constant time.
 pub fn verify_key(secrets: &[String], key: Option<&str>) -> Result<(), WebhookError> {
     let key = key.map(str::trim).unwrap_or_default().as_bytes();
-    let matched = secrets
-        .iter()
-        .fold(false, |found, s| found | bool::from(s.as_bytes().ct_eq(key)));
+    let matched = secrets.iter().fold(false, |found, s| {
+        found | bool::from(s.as_bytes().ct_eq(key))
+    });
     if key.is_empty() || !matched {
         return Err(WebhookError::InvalidApiKey);
     }
@@ -131,7 +131,9 @@ pub fn normalise(
         events.extend(event);
     }
     if events.is_empty() {
-        return Ok(Normalised::Ignored(ignored_reason(effect, resource, orders)));
+        return Ok(Normalised::Ignored(ignored_reason(
+            effect, resource, orders,
+        )));
     }
     Ok(Normalised::Events(events))
 }
@@ -176,7 +178,11 @@ fn paid(
         return Ok(None);
     }
     let Some(member_id) = text(resource, "member_id") else {
-        tracing::info!(order_id, platform = "cafe24", "guest order acknowledged without points");
+        tracing::info!(
+            order_id,
+            platform = "cafe24",
+            "guest order acknowledged without points"
+        );
         return Ok(None);
     };
     let (currency, code) = currency(resource)?;
@@ -321,7 +327,8 @@ mod tests {
             "membership_discount_amount": "2000.00", "actual_payment_amount": "63000.00",
             "shipping_fee": "3000.00"}});
         // WHEN it is normalised
-        let Normalised::Events(events) = normalise(body.to_string().as_bytes(), Currency::KRW, now()).unwrap()
+        let Normalised::Events(events) =
+            normalise(body.to_string().as_bytes(), Currency::KRW, now()).unwrap()
         else {
             panic!("an event")
         };
@@ -338,7 +345,8 @@ mod tests {
     #[test]
     fn unpaid_guest_and_unrelated_events_are_acknowledged_without_effect() {
         let unpaid = json!({"event_no": 90023, "resource": {"order_id": "1", "member_id": "m", "paid": "F"}});
-        let guest = json!({"event_no": 90023, "resource": {"order_id": "1", "member_id": "", "paid": "T"}});
+        let guest =
+            json!({"event_no": 90023, "resource": {"order_id": "1", "member_id": "", "paid": "T"}});
         let shipping = json!({"event_no": 90024, "resource": {"order_id": "1"}});
         for body in [unpaid, guest, shipping] {
             assert!(matches!(
@@ -350,13 +358,17 @@ mod tests {
 
     #[test]
     fn bulk_cancellations_cancel_every_listed_order_and_refunds_need_their_claim() {
-        let bulk = json!({"event_no": 90072, "resource": {"order_id": "A-1,A-2", "member_id": "m"}});
-        let Ok(Normalised::Events(events)) = normalise(bulk.to_string().as_bytes(), Currency::KRW, now()) else {
+        let bulk =
+            json!({"event_no": 90072, "resource": {"order_id": "A-1,A-2", "member_id": "m"}});
+        let Ok(Normalised::Events(events)) =
+            normalise(bulk.to_string().as_bytes(), Currency::KRW, now())
+        else {
             panic!("events")
         };
         let ids: Vec<_> = events.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["cafe24-order-A-1-cancel", "cafe24-order-A-2-cancel"]);
-        let no_claim = json!({"event_no": 90160, "resource": {"order_id": "A-1", "refund_amount": "100"}});
+        let no_claim =
+            json!({"event_no": 90160, "resource": {"order_id": "A-1", "refund_amount": "100"}});
         assert!(matches!(
             normalise(no_claim.to_string().as_bytes(), Currency::KRW, now()),
             Err(WebhookError::Invalid(_))
@@ -370,7 +382,9 @@ mod tests {
             "claim_code": "C-1", "currency": "KRW", "order_price_amount": "38000.00",
             "refund_amount": "35000.00", "shipping_fee": "0.00",
             "coupon_discount_amount": "-3000.00", "point_used": "0.00"}});
-        let Ok(Normalised::Events(events)) = normalise(body.to_string().as_bytes(), Currency::KRW, now()) else {
+        let Ok(Normalised::Events(events)) =
+            normalise(body.to_string().as_bytes(), Currency::KRW, now())
+        else {
             panic!("events")
         };
         // THEN the whole order is refunded, and the member is found through the order

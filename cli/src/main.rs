@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod jobs;
 mod serve;
 mod token;
 
@@ -33,6 +34,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Print a development token signed with LOYALTY_JWT_SECRET.
     Token(token::TokenArgs),
+    /// Scheduled jobs (tier reviews, expiry, pending release, notices, tier recalculation).
+    Jobs(jobs::JobsArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Token(args) => token::run(&args),
+        Command::Jobs(args) => jobs::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

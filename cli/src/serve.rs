@@ -18,7 +18,7 @@ use crate::token::SECRET_VAR;
 /// The reference program, loaded into an empty database so that a new user can try it at once.
 const KR_SHOP: &str = include_str!("../../examples/kr-shop.toml");
 /// Deliveries before a message goes to the dead-letter table.
-const MAX_ATTEMPTS: u32 = 5;
+pub const MAX_ATTEMPTS: u32 = 5;
 /// A message being processed is hidden this long; after a crash it reappears.
 const VISIBILITY: Duration = Duration::from_secs(30);
 const IDLE_POLL: Duration = Duration::from_millis(50);
@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Program files (TOML) to load or update at start; kr-shop is loaded into an empty store.
     #[arg(long = "program")]
     programs: Vec<PathBuf>,
+    /// Run the scheduled jobs (release, expiry, reviews, notices) this often, in seconds; 0
+    /// turns the schedule off.
+    #[arg(long, default_value_t = 60)]
+    jobs_every: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
@@ -96,6 +100,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     for name in [QueueName::Earn, QueueName::Tier, QueueName::Notify] {
         tokio::spawn(work(queue.clone(), name, Arc::clone(&services)));
     }
+    if args.jobs_every > 0 {
+        tokio::spawn(schedule(
+            Arc::clone(&services),
+            Duration::from_secs(args.jobs_every),
+        ));
+    }
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown())
         .await
@@ -153,6 +163,26 @@ async fn load_programs(
         ));
     }
     Ok(loaded)
+}
+
+/// Plays the part of the EventBridge schedules: the due-date jobs for every program, as of
+/// today. A run reads only what is due, so running often costs little.
+async fn schedule(services: Arc<Services>, every: Duration) {
+    use loyalty_core::services::jobs::Job;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        for job in [
+            Job::ReleasePending,
+            Job::ExpirePoints,
+            Job::TierReviews,
+            Job::Notices,
+        ] {
+            if let Err(e) = services.run_job_everywhere(job, None, None, &|_| {}).await {
+                tracing::warn!(job = job.name(), error = %e, "scheduled job failed; next tick retries");
+            }
+        }
+    }
 }
 
 /// Plays the part of an event-source mapping for one queue: receive, process, acknowledge,

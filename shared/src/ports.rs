@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Account, LedgerEntry, OrderRecord};
+use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::envelope::Envelope;
 
 /// Why a store or queue operation failed. The adapter's own error is kept as the source, so an
@@ -109,6 +109,9 @@ pub struct Commit {
     pub marker: Option<EventMarker>,
     /// Order records to write, by order key.
     pub orders: BTreeMap<String, OrderRecord>,
+    /// When each scheduled job next has work for the member (`Account::due_dates`): the store
+    /// indexes the account under these dates, in the same write.
+    pub due: DueDates,
 }
 
 /// A page of the ledger, newest recorded first.
@@ -209,9 +212,58 @@ pub trait ParkingStore: Send + Sync {
     async fn take_parked(&self, program: &str, order_key: &str) -> Result<Vec<String>, StoreError>;
 }
 
+/// A page of member ids and where the next page starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberPage {
+    pub members: Vec<String>,
+    /// Opaque; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// What the scheduled jobs read: the sparse due-date index, the members of a program for a
+/// full pass, and each job's own progress (so that a run resumes and a missed day is caught up).
+#[async_trait]
+pub trait ScheduleStore: Send + Sync {
+    /// How many shards each due date is spread over (a due date is never one hot partition).
+    fn due_shards(&self) -> u32;
+    /// Members indexed as due for `job` on exactly `date`, in `shard`.
+    async fn due_members(
+        &self,
+        program: &str,
+        job: DueJob,
+        date: chrono::NaiveDate,
+        shard: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<MemberPage, StoreError>;
+    /// Every member of a program, a page at a time (a full pass: `recalculate-tiers`).
+    async fn members_page(
+        &self,
+        program: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<MemberPage, StoreError>;
+    /// Every program id.
+    async fn program_ids(&self) -> Result<Vec<String>, StoreError>;
+    /// A job's saved progress (the last date it completed, or a cursor), if any.
+    async fn job_progress(&self, program: &str, job: &str) -> Result<Option<String>, StoreError>;
+    async fn save_job_progress(
+        &self,
+        program: &str,
+        job: &str,
+        progress: Option<&str>,
+    ) -> Result<(), StoreError>;
+}
+
 /// Everything the services need from state.
-pub trait Store: ProgramStore + MemberStore + AliasStore + RejectStore + ParkingStore {}
-impl<T: ProgramStore + MemberStore + AliasStore + RejectStore + ParkingStore> Store for T {}
+pub trait Store:
+    ProgramStore + MemberStore + AliasStore + RejectStore + ParkingStore + ScheduleStore
+{
+}
+impl<T: ProgramStore + MemberStore + AliasStore + RejectStore + ParkingStore + ScheduleStore> Store
+    for T
+{
+}
 
 /// The queues of DESIGN §5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

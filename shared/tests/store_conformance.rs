@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use loyalty_core::domain::{
-    Account, EntryKind, EventContext, LedgerEntry, OrderRecord, Program, Source,
+    Account, DueDates, DueJob, EntryKind, EventContext, LedgerEntry, OrderRecord, Program, Source,
 };
 use loyalty_core::ports::{Commit, CommitError, EventMarker, RejectedEvent, Store};
 
@@ -65,6 +65,7 @@ fn commit(
             event_id: e.to_string(),
         }),
         orders: BTreeMap::new(),
+        due: DueDates::default(),
     }
 }
 
@@ -396,6 +397,83 @@ async fn parked_events_are_taken_once(store: Arc<dyn Store>) {
     assert!(second.is_empty());
 }
 
+async fn the_due_index_lists_members_by_job_and_date_and_follows_each_commit(
+    store: Arc<dyn Store>,
+) {
+    // GIVEN a member due for review on one date and for release on another
+    let program = format!("due-{}", uuid::Uuid::new_v4().simple());
+    let m = member();
+    let (d1, d2) = (
+        chrono::NaiveDate::from_ymd_opt(2027, 3, 10).unwrap(),
+        chrono::NaiveDate::from_ymd_opt(2027, 4, 1).unwrap(),
+    );
+    let mut first = commit(&m, None, 10, "e1", None);
+    first.program = program.clone();
+    first.due = DueDates {
+        review: Some(d1),
+        release: Some(d2),
+        ..DueDates::default()
+    };
+    store.commit(first).await.unwrap();
+    let due = |job, date| {
+        let store = Arc::clone(&store);
+        let program = program.clone();
+        async move {
+            let mut found = Vec::new();
+            for shard in 0..store.due_shards() {
+                let page = store
+                    .due_members(&program, job, date, shard, None, 10)
+                    .await
+                    .unwrap();
+                found.extend(page.members);
+            }
+            found
+        }
+    };
+    // THEN each job's index has the member under its own date only
+    assert_eq!(due(DueJob::Review, d1).await, vec![m.clone()]);
+    assert_eq!(due(DueJob::Release, d2).await, vec![m.clone()]);
+    assert!(due(DueJob::Review, d2).await.is_empty());
+    assert!(due(DueJob::Expire, d1).await.is_empty());
+    // WHEN the next commit moves the review and clears the release
+    let mut second = commit(&m, Some(1), 20, "e2", None);
+    second.program = program.clone();
+    second.due = DueDates {
+        review: Some(d2),
+        ..DueDates::default()
+    };
+    store.commit(second).await.unwrap();
+    // THEN the index follows
+    assert!(due(DueJob::Review, d1).await.is_empty());
+    assert_eq!(due(DueJob::Review, d2).await, vec![m.clone()]);
+    assert!(due(DueJob::Release, d2).await.is_empty());
+    // AND the member is in the program's full pass, and job progress is kept per job
+    let page = store.members_page(&program, None, 10).await.unwrap();
+    assert_eq!(page.members, vec![m.clone()]);
+    assert_eq!(
+        store.job_progress(&program, "tier-reviews").await.unwrap(),
+        None
+    );
+    store
+        .save_job_progress(&program, "tier-reviews", Some("2027-03-10"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.job_progress(&program, "tier-reviews").await.unwrap(),
+        Some("2027-03-10".to_string())
+    );
+    assert_eq!(store.job_progress(&program, "notices").await.unwrap(), None);
+}
+
+async fn every_program_is_listed(store: Arc<dyn Store>) {
+    let id = format!("listed-{}", uuid::Uuid::new_v4().simple());
+    store
+        .put_program(&id, "{}", None, Utc::now())
+        .await
+        .unwrap();
+    assert!(store.program_ids().await.unwrap().contains(&id));
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -410,7 +488,9 @@ macro_rules! conformance {
                 programs_are_versioned_and_conditional,
                 aliases_link_one_identity_to_one_member,
                 rejected_events_are_kept_with_their_reason,
-                parked_events_are_taken_once);
+                parked_events_are_taken_once,
+                the_due_index_lists_members_by_job_and_date_and_follows_each_commit,
+                every_program_is_listed);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {

@@ -44,6 +44,9 @@ pub struct Account {
     pub joined_on: NaiveDate,
     #[serde(default)]
     pub last_purchase_at: Option<DateTime<Utc>>,
+    /// Notices already sent (`expiring:{last day}`, `downgrade:{review date}`).
+    #[serde(default)]
+    pub notified: std::collections::BTreeSet<String>,
     /// Optimistic-concurrency version: every commit is conditioned on it.
     #[serde(default)]
     pub version: u64,
@@ -109,6 +112,7 @@ impl Account {
             referred_by: None,
             joined_on: local_date(program.time_zone, now),
             last_purchase_at: None,
+            notified: Default::default(),
             version: 0,
         }
     }

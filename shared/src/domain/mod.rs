@@ -11,6 +11,7 @@ pub mod lots;
 pub mod money;
 pub mod orders;
 pub mod program;
+pub mod schedule;
 pub mod tiers;
 
 pub use account::{Account, AccountError, Change, PendingGrant, TierStatus};
@@ -20,3 +21,4 @@ pub use lots::{LotShare, Lots};
 pub use money::{Currency, Money, MoneyError};
 pub use orders::{OrderChange, OrderRecord, RefundLine, RefundScope, Reversal};
 pub use program::{Program, ProgramError};
+pub use schedule::{DueDates, DueJob, Notice};

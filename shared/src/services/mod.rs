@@ -13,6 +13,7 @@ use crate::ports::{Clock, Queue, Store, StoreError};
 pub mod batch;
 pub mod earn;
 pub mod events;
+pub mod jobs;
 pub mod members;
 pub mod programs;
 pub mod webhooks;

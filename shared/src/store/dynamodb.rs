@@ -11,23 +11,64 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
-    Put, ScalarAttributeType, TransactWriteItem,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, KeysAndAttributes, Projection, ProjectionType, Put, ScalarAttributeType,
+    TransactWriteItem,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 use super::{decode_cursor, encode_cursor, ledger_seq, seq_key, MAX_ENTRIES_PER_COMMIT};
-use crate::domain::{Account, LedgerEntry, OrderRecord};
+use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
-    AliasStore, Commit, CommitError, EventMarker, LedgerPage, MemberState, MemberStore,
-    ParkingStore, ProgramStore, RejectStore, RejectedEvent, StoreError, StoredProgram,
+    AliasStore, Commit, CommitError, EventMarker, LedgerPage, MemberPage, MemberState, MemberStore,
+    ParkingStore, ProgramStore, RejectStore, RejectedEvent, ScheduleStore, StoreError,
+    StoredProgram,
 };
 
 /// DynamoDB refuses transactions of more than 100 items.
 const MAX_TRANSACTION_ITEMS: usize = 100;
 /// Days of rejected-event partitions read by `rejected`.
 const REJECTED_DAYS: i64 = 7;
+/// Each due date is spread over this many index partitions, so no date is one hot key.
+const DUE_SHARDS: u32 = 4;
+/// The item that lists every program (DynamoDB cannot list partition keys without a scan).
+const PROGRAMS_PK: &str = "PROGRAMS";
+
+/// The sparse index of members due for a job: the attribute on the account item (present only
+/// while something is due) and the GSI over it (keys only).
+pub fn due_index(job: DueJob) -> (&'static str, &'static str) {
+    match job {
+        DueJob::Release => ("due_release", "due-release"),
+        DueJob::Expire => ("due_expire", "due-expire"),
+        DueJob::Review => ("due_review", "due-review"),
+        DueJob::Notice => ("due_notice", "due-notice"),
+    }
+}
+
+/// The index partition of a member due on a date: `DUE#{program}#{date}#{shard}`.
+pub fn due_partition(program: &str, date: chrono::NaiveDate, shard: u32) -> String {
+    format!("DUE#{program}#{date}#{shard}")
+}
+
+fn due_shard(member: &str) -> u32 {
+    (crate::fingerprint::fnv1a64(member.bytes()) % u64::from(DUE_SHARDS)) as u32
+}
+
+/// The index attributes of an account item for its due dates.
+fn due_attributes(program: &str, member: &str, due: &DueDates) -> Item {
+    let shard = due_shard(member);
+    DueJob::ALL
+        .iter()
+        .filter_map(|job| {
+            let date = due.get(*job)?;
+            Some((
+                due_index(*job).0.to_string(),
+                s(due_partition(program, date, shard)),
+            ))
+        })
+        .collect()
+}
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -147,17 +188,35 @@ impl DynamoStore {
                     .build(),
             )
         };
-        let result = self
+        let mut request = self
             .client
             .create_table()
             .table_name(&self.table)
             .attribute_definitions(attribute("PK")?)
             .attribute_definitions(attribute("SK")?)
+            .attribute_definitions(attribute("member")?)
             .key_schema(key("PK", KeyType::Hash)?)
             .key_schema(key("SK", KeyType::Range)?)
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await;
+            .billing_mode(BillingMode::PayPerRequest);
+        for job in DueJob::ALL {
+            let (attribute_name, index) = due_index(job);
+            request = request
+                .attribute_definitions(attribute(attribute_name)?)
+                .global_secondary_indexes(build(
+                    "index",
+                    GlobalSecondaryIndex::builder()
+                        .index_name(index)
+                        .key_schema(key(attribute_name, KeyType::Hash)?)
+                        .key_schema(key("member", KeyType::Range)?)
+                        .projection(
+                            Projection::builder()
+                                .projection_type(ProjectionType::KeysOnly)
+                                .build(),
+                        )
+                        .build(),
+                )?);
+        }
+        let result = request.send().await;
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("ResourceInUseException") => Ok(()),
@@ -344,11 +403,14 @@ impl ProgramStore for DynamoStore {
             Some("attribute_not_exists(PK)"),
             None,
         )?;
+        // Listed once, for the jobs that go through every program.
+        let listed = self.put(key(PROGRAMS_PK, program), None, None)?;
         match self
             .client
             .transact_write_items()
             .transact_items(current)
             .transact_items(copy)
+            .transact_items(listed)
             .send()
             .await
         {
@@ -410,6 +472,8 @@ impl MemberStore for DynamoStore {
         let mut account = commit.account.clone();
         account.version = version;
         let mut account_item = key(&pk, "ACCOUNT");
+        account_item.extend(due_attributes(&commit.program, &commit.member, &commit.due));
+        account_item.insert("member".into(), s(&commit.member));
         account_item.insert("version".into(), n(version));
         account_item.insert("body".into(), encode("account", &account)?);
         let mut writes = vec![match commit.expected_version {
@@ -691,6 +755,176 @@ impl ParkingStore for DynamoStore {
             }
         }
         Ok(taken)
+    }
+}
+
+/// Member ids from the items of a query or scan, and the cursor for the next page.
+fn member_page(
+    items: &[Item],
+    last: Option<&HashMap<String, AttributeValue>>,
+) -> Result<MemberPage, StoreError> {
+    let members = items
+        .iter()
+        .filter_map(|item| text(item, "member").map(str::to_string))
+        .collect();
+    let next_cursor = match last {
+        Some(last) => Some(encode_key(last)?),
+        None => None,
+    };
+    Ok(MemberPage {
+        members,
+        next_cursor,
+    })
+}
+
+/// A `LastEvaluatedKey` as an opaque cursor (its string attributes as JSON).
+fn encode_key(key: &HashMap<String, AttributeValue>) -> Result<String, StoreError> {
+    let plain: std::collections::BTreeMap<&str, &str> = key
+        .iter()
+        .filter_map(|(k, v)| v.as_s().ok().map(|v| (k.as_str(), v.as_str())))
+        .collect();
+    serde_json::to_string(&plain).map_err(|e| StoreError::failed("cannot encode a cursor", e))
+}
+
+fn decode_key(cursor: &str) -> Result<Item, StoreError> {
+    let plain: HashMap<String, String> =
+        serde_json::from_str(cursor).map_err(|e| StoreError::Corrupt {
+            key: "cursor".into(),
+            message: e.to_string(),
+        })?;
+    Ok(plain.into_iter().map(|(k, v)| (k, s(v))).collect())
+}
+
+#[async_trait]
+impl ScheduleStore for DynamoStore {
+    fn due_shards(&self) -> u32 {
+        DUE_SHARDS
+    }
+
+    async fn due_members(
+        &self,
+        program: &str,
+        job: DueJob,
+        date: chrono::NaiveDate,
+        shard: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<MemberPage, StoreError> {
+        let (attribute, index) = due_index(job);
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index)
+            .key_condition_expression("#due = :due")
+            .expression_attribute_names("#due", attribute)
+            .expression_attribute_values(":due", s(due_partition(program, date, shard)))
+            .set_exclusive_start_key(cursor.map(decode_key).transpose()?)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| sdk_error("cannot read the due-date index", e))?;
+        member_page(output.items(), output.last_evaluated_key())
+    }
+
+    /// A full pass over a program's accounts is a filtered scan: it is run rarely (after
+    /// thresholds change), and an index of every member would cost a write on every commit.
+    async fn members_page(
+        &self,
+        program: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<MemberPage, StoreError> {
+        let mut start = cursor.map(decode_key).transpose()?;
+        loop {
+            let output = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("SK = :account AND begins_with(PK, :prefix)")
+                .expression_attribute_values(":account", s("ACCOUNT"))
+                .expression_attribute_values(":prefix", s(format!("P#{program}#M#")))
+                .projection_expression("PK, SK, #member")
+                .expression_attribute_names("#member", "member")
+                .set_exclusive_start_key(start.take())
+                .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot scan the accounts", e))?;
+            let page = member_page(output.items(), output.last_evaluated_key())?;
+            // A scan page can be all filtered out; go on until members or the end.
+            match (&page.next_cursor, page.members.is_empty()) {
+                (Some(next), true) => start = Some(decode_key(next)?),
+                _ => return Ok(page),
+            }
+        }
+    }
+
+    async fn program_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("PK = :pk")
+                .expression_attribute_values(":pk", s(PROGRAMS_PK))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot list programs", e))?;
+            ids.extend(
+                output
+                    .items()
+                    .iter()
+                    .filter_map(|i| text(i, "SK").map(str::to_string)),
+            );
+            match output.last_evaluated_key {
+                Some(last) => start = Some(last),
+                None => return Ok(ids),
+            }
+        }
+    }
+
+    async fn job_progress(&self, program: &str, job: &str) -> Result<Option<String>, StoreError> {
+        let item = self
+            .get(key(format!("P#{program}"), format!("JOB#{job}")))
+            .await?;
+        Ok(item.and_then(|i| text(&i, "progress").map(str::to_string)))
+    }
+
+    async fn save_job_progress(
+        &self,
+        program: &str,
+        job: &str,
+        progress: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let item_key = key(format!("P#{program}"), format!("JOB#{job}"));
+        let result = match progress {
+            Some(p) => {
+                let mut item = item_key;
+                item.insert("progress".into(), s(p));
+                self.client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| sdk_error("cannot save the job's progress", e))
+            }
+            None => self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(item_key))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| sdk_error("cannot save the job's progress", e)),
+        };
+        result
     }
 }
 

@@ -15,10 +15,11 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::{decode_cursor, encode_cursor, ledger_seq, MAX_ENTRIES_PER_COMMIT};
-use crate::domain::{Account, LedgerEntry, OrderRecord};
+use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
-    AliasStore, Commit, CommitError, EventMarker, LedgerPage, MemberState, MemberStore,
-    ParkingStore, ProgramStore, RejectStore, RejectedEvent, StoreError, StoredProgram,
+    AliasStore, Commit, CommitError, EventMarker, LedgerPage, MemberPage, MemberState, MemberStore,
+    ParkingStore, ProgramStore, RejectStore, RejectedEvent, ScheduleStore, StoreError,
+    StoredProgram,
 };
 
 const SCHEMA: &str = "
@@ -44,6 +45,13 @@ CREATE TABLE IF NOT EXISTS aliases (
 CREATE TABLE IF NOT EXISTS rejected (
     program TEXT NOT NULL, at TEXT NOT NULL, event_id TEXT NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS rejected_by_time ON rejected (program, at);
+CREATE TABLE IF NOT EXISTS due (
+    program TEXT NOT NULL, job TEXT NOT NULL, member TEXT NOT NULL, date TEXT NOT NULL,
+    PRIMARY KEY (program, job, member));
+CREATE INDEX IF NOT EXISTS due_by_date ON due (program, job, date, member);
+CREATE TABLE IF NOT EXISTS job_progress (
+    program TEXT NOT NULL, job TEXT NOT NULL, progress TEXT NOT NULL,
+    PRIMARY KEY (program, job));
 CREATE TABLE IF NOT EXISTS parked (
     program TEXT NOT NULL, order_key TEXT NOT NULL, event_id TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (program, order_key, event_id));
@@ -58,6 +66,9 @@ const BUSY_RETRIES: u32 = 5;
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Operations run against the database (each one read or one transaction), for the tests
+    /// and benchmarks that check a job's cost.
+    operations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteStore {
@@ -88,7 +99,13 @@ impl SqliteStore {
         crate::queue::local::migrate(&conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            operations: Arc::default(),
         })
+    }
+
+    /// How many operations (reads or transactions) this store has run so far.
+    pub fn operations(&self) -> u64 {
+        self.operations.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs blocking database work off the async runtime, retrying while the database is busy.
@@ -98,6 +115,8 @@ impl SqliteStore {
         F: Fn(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
+        self.operations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().map_err(|_| StoreError::Failed {
                 message: "the database connection was poisoned by a panic".into(),
@@ -309,6 +328,7 @@ impl MemberStore for SqliteStore {
                     )
                     .map_err(|e| sql_error("cannot write the marker", e))?;
                 }
+                write_due(&tx, &commit.program, &commit.member, &commit.due)?;
                 for (key, order) in &commit.orders {
                     tx.execute(
                         "INSERT INTO orders (program, member, order_key, body) VALUES (?1, ?2, ?3, ?4)
@@ -542,6 +562,164 @@ impl ParkingStore for SqliteStore {
                 .map_err(|e| sql_error("cannot take parked events", e))?;
             tx.commit().map_err(|e| sql_error("cannot commit", e))?;
             Ok(bodies)
+        })
+        .await
+    }
+}
+
+/// Replaces the member's rows in the due-date index with the dates of this commit.
+fn write_due(
+    tx: &rusqlite::Transaction<'_>,
+    program: &str,
+    member: &str,
+    due: &DueDates,
+) -> Result<(), StoreError> {
+    for job in DueJob::ALL {
+        let result = match due.get(job) {
+            Some(date) => tx.execute(
+                "INSERT INTO due (program, job, member, date) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (program, job, member) DO UPDATE SET date = excluded.date",
+                params![program, job.as_str(), member, date.to_string()],
+            ),
+            None => tx.execute(
+                "DELETE FROM due WHERE program = ?1 AND job = ?2 AND member = ?3",
+                params![program, job.as_str(), member],
+            ),
+        };
+        result.map_err(|e| sql_error("cannot index the due date", e))?;
+    }
+    Ok(())
+}
+
+/// One page of member ids from a query whose last parameter is the cursor (the last id of the
+/// previous page, or "").
+fn member_page(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+    limit: usize,
+) -> Result<MemberPage, StoreError> {
+    let mut statement = conn
+        .prepare_cached(sql)
+        .map_err(|e| sql_error("cannot prepare the page", e))?;
+    let members = statement
+        .query_map(params, |row| row.get::<_, String>(0))
+        .map_err(|e| sql_error("cannot read the page", e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| sql_error("cannot read the page", e))?;
+    let next_cursor = (members.len() == limit)
+        .then(|| members.last().cloned())
+        .flatten();
+    Ok(MemberPage {
+        members,
+        next_cursor,
+    })
+}
+
+#[async_trait]
+impl ScheduleStore for SqliteStore {
+    /// One process owns the database: no partition can run hot, so one shard.
+    fn due_shards(&self) -> u32 {
+        1
+    }
+
+    async fn due_members(
+        &self,
+        program: &str,
+        job: DueJob,
+        date: chrono::NaiveDate,
+        shard: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<MemberPage, StoreError> {
+        if shard != 0 {
+            return Ok(MemberPage::default());
+        }
+        let (program, date) = (program.to_string(), date.to_string());
+        let cursor = cursor.unwrap_or_default().to_string();
+        self.with(move |conn| {
+            member_page(
+                conn,
+                "SELECT member FROM due WHERE program = ?1 AND job = ?2 AND date = ?3 AND member > ?4
+                 ORDER BY member LIMIT ?5",
+                &[&program, &job.as_str(), &date, &cursor, &(limit as i64)],
+                limit,
+            )
+        })
+        .await
+    }
+
+    async fn members_page(
+        &self,
+        program: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<MemberPage, StoreError> {
+        let program = program.to_string();
+        let cursor = cursor.unwrap_or_default().to_string();
+        self.with(move |conn| {
+            member_page(
+                conn,
+                "SELECT member FROM accounts WHERE program = ?1 AND member > ?2 ORDER BY member LIMIT ?3",
+                &[&program, &cursor, &(limit as i64)],
+                limit,
+            )
+        })
+        .await
+    }
+
+    async fn program_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|conn| {
+            let mut statement = conn
+                .prepare_cached("SELECT DISTINCT program FROM programs ORDER BY program")
+                .map_err(|e| sql_error("cannot list programs", e))?;
+            let ids = statement
+                .query_map([], |row| row.get::<_, String>(0))
+                .map_err(|e| sql_error("cannot list programs", e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| sql_error("cannot list programs", e));
+            ids
+        })
+        .await
+    }
+
+    async fn job_progress(&self, program: &str, job: &str) -> Result<Option<String>, StoreError> {
+        let (program, job) = (program.to_string(), job.to_string());
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT progress FROM job_progress WHERE program = ?1 AND job = ?2",
+                params![program, job],
+                |row| row.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(|e| sql_error("cannot read the job's progress", e))
+        })
+        .await
+    }
+
+    async fn save_job_progress(
+        &self,
+        program: &str,
+        job: &str,
+        progress: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (program, job) = (program.to_string(), job.to_string());
+        let progress = progress.map(str::to_string);
+        self.with(move |conn| {
+            let result = match &progress {
+                Some(p) => conn.execute(
+                    "INSERT INTO job_progress (program, job, progress) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (program, job) DO UPDATE SET progress = excluded.progress",
+                    params![program, job, p],
+                ),
+                None => conn.execute(
+                    "DELETE FROM job_progress WHERE program = ?1 AND job = ?2",
+                    params![program, job],
+                ),
+            };
+            result
+                .map(|_| ())
+                .map_err(|e| sql_error("cannot save the job's progress", e))
         })
         .await
     }

@@ -1,0 +1,93 @@
+//! `loyalty jobs run <job>`: the scheduled jobs, run by hand on the embedded store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use loyalty_core::ports::SystemClock;
+use loyalty_core::queue::local::LocalQueue;
+use loyalty_core::services::jobs::{Job, JobReport};
+use loyalty_core::services::Services;
+use loyalty_core::store::sqlite::SqliteStore;
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[command(subcommand)]
+    command: JobsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Run one job now: release-pending, expire-points, tier-reviews, notices or
+    /// recalculate-tiers.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The job to run.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(Job::NAMES))]
+    job: String,
+    /// SQLite database file (the one `loyalty serve` uses).
+    #[arg(long, default_value = "loyalty.db")]
+    db: PathBuf,
+    /// Only this program (every program when absent).
+    #[arg(long)]
+    program: Option<String>,
+    /// As if today were this date (YYYY-MM-DD) in the program's time zone.
+    #[arg(long)]
+    date: Option<NaiveDate>,
+}
+
+pub fn run(args: JobsArgs) -> Result<(), String> {
+    let JobsCommand::Run(args) = args.command;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(run_job(args))
+}
+
+async fn run_job(args: RunArgs) -> Result<(), String> {
+    let job = Job::parse(&args.job).ok_or_else(|| format!("unknown job {:?}", args.job))?;
+    if !args.db.exists() {
+        return Err(format!(
+            "{} does not exist (start `loyalty serve --db {}` first, or pass --db)",
+            args.db.display(),
+            args.db.display()
+        ));
+    }
+    let store = SqliteStore::open(&args.db).map_err(|e| e.to_string())?;
+    let queue = LocalQueue::new(store.clone(), crate::serve::MAX_ATTEMPTS);
+    let services = Services::new(Arc::new(store), Arc::new(queue), Arc::new(SystemClock));
+    let bar = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{spinner} {msg} {pos} members ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(job.name());
+    let reports = services
+        .run_job_everywhere(job, args.program.as_deref(), args.date, &|n| {
+            bar.set_position(n as u64)
+        })
+        .await
+        .map_err(|e| e.to_string());
+    bar.finish_and_clear();
+    for report in reports? {
+        println!("{}", summary(&report));
+    }
+    Ok(())
+}
+
+fn summary(r: &JobReport) -> String {
+    let dates = match (r.from, r.to) {
+        (Some(from), Some(to)) if from == to => format!(" for {to}"),
+        (Some(from), Some(to)) => format!(" for {from}..{to}"),
+        _ => String::new(),
+    };
+    format!(
+        "{} {}{dates}: {} members read, {} changed, {} ledger entries, {} notices",
+        r.job, r.program, r.members, r.changed, r.entries, r.notices
+    )
+}

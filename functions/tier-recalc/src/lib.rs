@@ -1,0 +1,86 @@
+//! The tier-recalc function has two triggers: the tier queue (SQS FIFO batches of
+//! `tier.check`, answered with partial batch failures) and EventBridge schedules whose input is
+//! `{"job": "<name>"}` (optionally with `"program"` and `"date"`).
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use chrono::NaiveDate;
+use loyalty_core::services::batch::{process_batch, Consumer, Record};
+use loyalty_core::services::jobs::{Job, JobReport};
+use loyalty_core::services::Services;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A scheduled invocation. Unknown fields are refused, so a typo in a schedule's input fails
+/// loudly instead of running the wrong job.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    pub job: String,
+    #[serde(default)]
+    pub program: Option<String>,
+    /// As if today were this date in each program's zone (catching up by hand).
+    #[serde(default)]
+    pub date: Option<NaiveDate>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvocationError {
+    #[error("not an SQS batch nor a schedule: {0}")]
+    Unrecognised(String),
+    #[error("unknown job {0:?}")]
+    UnknownJob(String),
+    #[error("the job failed: {0}")]
+    Job(String),
+}
+
+/// Handles one invocation; the answer is the batch response or the jobs' reports.
+pub async fn handle(services: &Services, event: Value) -> Result<Value, InvocationError> {
+    if event.get("Records").is_some() {
+        let batch: SqsEvent = serde_json::from_value(event)
+            .map_err(|e| InvocationError::Unrecognised(e.to_string()))?;
+        let response = handle_batch(services, batch).await;
+        return serde_json::to_value(response)
+            .map_err(|e| InvocationError::Unrecognised(e.to_string()));
+    }
+    let schedule: Schedule =
+        serde_json::from_value(event).map_err(|e| InvocationError::Unrecognised(e.to_string()))?;
+    let reports = run_schedule(services, &schedule).await?;
+    serde_json::to_value(reports).map_err(|e| InvocationError::Job(e.to_string()))
+}
+
+/// Processes a batch of `tier.check` messages; the failed ones (and the rest of their member's
+/// group) are reported for redelivery.
+pub async fn handle_batch(services: &Services, event: SqsEvent) -> SqsBatchResponse {
+    let records: Vec<Record> = event
+        .records
+        .into_iter()
+        .map(|m| Record {
+            message_id: m.message_id.unwrap_or_default(),
+            group: m.attributes.get("MessageGroupId").cloned(),
+            body: m.body.unwrap_or_default(),
+        })
+        .collect();
+    let failed = process_batch(services, Consumer::Tier, &records).await;
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failed
+        .into_iter()
+        .map(|id| {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            failure
+        })
+        .collect();
+    response
+}
+
+pub async fn run_schedule(
+    services: &Services,
+    schedule: &Schedule,
+) -> Result<Vec<JobReport>, InvocationError> {
+    let job = Job::parse(&schedule.job)
+        .ok_or_else(|| InvocationError::UnknownJob(schedule.job.clone()))?;
+    services
+        .run_job_everywhere(job, schedule.program.as_deref(), schedule.date, &|_| {})
+        .await
+        .map_err(|e| InvocationError::Job(e.to_string()))
+}

@@ -1,0 +1,25 @@
+//! Lambda entry point: build the services once per container, then hand each invocation (an
+//! SQS batch of `tier.check` or an EventBridge schedule) to `handle`.
+
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use loyalty_core::config::AwsSettings;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .without_time()
+        .init();
+    let settings = AwsSettings::from_env()?;
+    let services = settings.services().await;
+    let services = &services;
+    run(service_fn(
+        move |event: LambdaEvent<serde_json::Value>| async move {
+            tier_recalc::handle(services, event.payload)
+                .await
+                .map_err(Error::from)
+        },
+    ))
+    .await
+}

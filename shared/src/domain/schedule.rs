@@ -1,0 +1,230 @@
+//! When a member next needs a scheduled job, and the notices those jobs send.
+//!
+//! Every commit stores, next to the account, the date on which each job next has work for the
+//! member (DESIGN §4: a sparse due-date index per job). A nightly job then reads only the members
+//! due that day, never the whole program. The dates are derived here, from the account alone, so
+//! both stores index exactly the same thing.
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::account::Account;
+use super::calendar::{local_date, start_of_day};
+use super::ledger::Source;
+use super::program::Program;
+use super::tiers::{measure_at, tier_for};
+
+/// How long a sent notice is remembered after its date.
+const NOTICE_MEMORY_DAYS: i64 = 400;
+
+/// The scheduled jobs that work from the due-date index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DueJob {
+    /// Pending points whose return window closed (`release-pending`).
+    Release,
+    /// Lots past their last usable day (`expire-points`).
+    Expire,
+    /// Tier reviews (`tier-reviews`).
+    Review,
+    /// `points.expiring` and `tier.downgrade_scheduled` (`notices`).
+    Notice,
+}
+
+impl DueJob {
+    pub const ALL: [DueJob; 4] = [
+        DueJob::Release,
+        DueJob::Expire,
+        DueJob::Review,
+        DueJob::Notice,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DueJob::Release => "release",
+            DueJob::Expire => "expire",
+            DueJob::Review => "review",
+            DueJob::Notice => "notice",
+        }
+    }
+}
+
+/// The next date each job has work for a member (in the program's zone), if any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DueDates {
+    pub release: Option<NaiveDate>,
+    pub expire: Option<NaiveDate>,
+    pub review: Option<NaiveDate>,
+    pub notice: Option<NaiveDate>,
+}
+
+impl DueDates {
+    pub fn get(&self, job: DueJob) -> Option<NaiveDate> {
+        match job {
+            DueJob::Release => self.release,
+            DueJob::Expire => self.expire,
+            DueJob::Review => self.review,
+            DueJob::Notice => self.notice,
+        }
+    }
+}
+
+/// A notice a job sends, once per subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// `points` points are last usable on `last_day`.
+    Expiring { last_day: NaiveDate, points: i64 },
+    /// The review on `review_on` will move the member from `from` to `to`.
+    DowngradeScheduled {
+        review_on: NaiveDate,
+        from: String,
+        to: String,
+        /// What is still needed (spend or points) to keep the tier.
+        needed: i64,
+    },
+}
+
+impl Notice {
+    /// The key kept on the account once the notice is sent, so it is never sent twice.
+    pub fn key(&self) -> String {
+        match self {
+            Notice::Expiring { last_day, .. } => format!("expiring:{last_day}"),
+            Notice::DowngradeScheduled { review_on, .. } => format!("downgrade:{review_on}"),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Notice::Expiring { .. } => "points.expiring",
+            Notice::DowngradeScheduled { .. } => "tier.downgrade_scheduled",
+        }
+    }
+}
+
+/// The local date of an instant; what a job "as of" that instant sees as today.
+fn today(program: &Program, now: DateTime<Utc>) -> NaiveDate {
+    local_date(program.time_zone, now)
+}
+
+impl Account {
+    /// The next date on which each job has work for this account. Dates already past are
+    /// kept as they are: the next run of the job picks them up (it reads back to its last run).
+    pub fn due_dates(&self, program: &Program) -> DueDates {
+        let release = self
+            .pending
+            .iter()
+            .map(|g| local_date(program.time_zone, g.release_at))
+            .min();
+        // A lot is gone from the day after its last usable day; pending points already know
+        // the lot they will join, so a member whose points were never released is found too.
+        let expire = self
+            .lots
+            .first_expiry()
+            .into_iter()
+            .chain(self.pending.iter().map(|g| g.expires_on))
+            .min()
+            .and_then(|d| d.succ_opt());
+        DueDates {
+            release,
+            expire,
+            review: self.tier.review_on,
+            notice: self.notices_due(program).into_iter().map(|(d, _)| d).min(),
+        }
+    }
+
+    /// Notices not sent yet, each with the date it becomes due.
+    fn notices_due(&self, program: &Program) -> Vec<(NaiveDate, Notice)> {
+        let mut due = Vec::new();
+        let expiring_days = i64::from(program.notices.expiring_days);
+        for lot in self.lots.iter() {
+            let notice = Notice::Expiring {
+                last_day: lot.expires_on,
+                points: lot.points,
+            };
+            if lot.points > 0 && !self.notified.contains(&notice.key()) {
+                let on = lot.expires_on + Duration::days(1 - expiring_days);
+                due.push((on, notice));
+            }
+        }
+        if let Some(notice) = self.downgrade_ahead(program) {
+            if !self.notified.contains(&notice.key()) {
+                if let Notice::DowngradeScheduled { review_on, .. } = &notice {
+                    let days = i64::from(program.notices.downgrade_days);
+                    due.push((*review_on - Duration::days(days), notice));
+                }
+            }
+        }
+        due
+    }
+
+    /// The downgrade the next review will make if nothing more qualifies before it.
+    fn downgrade_ahead(&self, program: &Program) -> Option<Notice> {
+        let review_on = self.tier.review_on?;
+        let (current, tier) = program.tier(&self.tier.id)?;
+        let measure = measure_at(program, self, review_on);
+        let earned = tier_for(program, measure);
+        if earned >= current {
+            return None;
+        }
+        let to = match program.tier_rules.downgrade {
+            super::program::Downgrade::OneLevel => current - 1,
+            super::program::Downgrade::Recompute => earned,
+        };
+        Some(Notice::DowngradeScheduled {
+            review_on,
+            from: tier.id.clone(),
+            to: program.tiers[to].id.clone(),
+            needed: (tier.threshold - measure).max(0),
+        })
+    }
+
+    /// The notices due by `now`, and the account that remembers them as sent. A notice whose
+    /// subject has passed (the lot is gone, the review happened) is remembered unsent, so that
+    /// it no longer holds the account in the index.
+    pub fn take_notices(&self, program: &Program, now: DateTime<Utc>) -> (Account, Vec<Notice>) {
+        let today = today(program, now);
+        let mut account = self.clone();
+        let mut sent = Vec::new();
+        for (on, notice) in self.notices_due(program) {
+            let subject_passed = match &notice {
+                Notice::Expiring { last_day, .. } => *last_day < today,
+                Notice::DowngradeScheduled { review_on, .. } => *review_on <= today,
+            };
+            if on > today && !subject_passed {
+                continue;
+            }
+            account.notified.insert(notice.key());
+            if !subject_passed {
+                sent.push(notice);
+            }
+        }
+        // Forget notices about dates long gone (their lots and reviews are long settled).
+        let horizon = today - Duration::days(NOTICE_MEMORY_DAYS);
+        account.notified.retain(|key| {
+            key.rsplit(':')
+                .next()
+                .and_then(|d| d.parse::<NaiveDate>().ok())
+                .is_some_and(|d| d >= horizon)
+        });
+        (account, sent)
+    }
+}
+
+/// The source of what a job writes.
+pub fn job_source(job: &str) -> Source {
+    Source {
+        platform: Some("job".into()),
+        rule: Some(job.to_string()),
+        ..Source::default()
+    }
+}
+
+/// The instant a job run "as of" `date` works at: now when `date` is today, else the end of
+/// that day in the program's zone (catching up a missed day, or a date given with `--date`).
+pub fn job_instant(program: &Program, date: NaiveDate, now: DateTime<Utc>) -> DateTime<Utc> {
+    if today(program, now) == date {
+        return now;
+    }
+    let next = date.succ_opt().unwrap_or(date);
+    start_of_day(program.time_zone, next) - Duration::seconds(1)
+}

@@ -1,0 +1,395 @@
+//! The scheduled jobs: `release-pending`, `expire-points`, `tier-reviews`, `notices` (found
+//! through the sparse due-date index, so a run costs what is due, not what exists) and
+//! `recalculate-tiers` (a full, paged, resumable pass after thresholds change).
+//!
+//! A run "for a date" works as of that date in the program's zone. It reads the index from the
+//! last date the job completed (inclusive, so work added later that day is found) up to the
+//! date, so a day the schedule missed is caught up. Every write is conditioned on the account's
+//! version and every entry id derives from the job, the date and the member, so running the same
+//! job twice, or finishing an interrupted run, has no second effect.
+
+use chrono::{Duration, NaiveDate};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{ServiceError, Services, COMMIT_ATTEMPTS};
+use crate::domain::calendar::local_date;
+use crate::domain::schedule::{job_instant, job_source};
+use crate::domain::{Account, Change, DueJob, EventContext, Notice, Program};
+use crate::envelope::{Envelope, ENVELOPE_VERSION};
+use crate::ports::{Commit, CommitError, QueueName};
+
+/// Members read per index page.
+const PAGE: usize = 100;
+/// How far back a job with no saved progress, or a long gap, reads the index.
+const MAX_CATCH_UP_DAYS: i64 = 400;
+/// The saved progress of `recalculate-tiers` (a member cursor while a pass is under way).
+const RECALCULATE: &str = "recalculate-tiers";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Job {
+    ReleasePending,
+    ExpirePoints,
+    TierReviews,
+    Notices,
+    RecalculateTiers,
+}
+
+impl Job {
+    pub const NAMES: &'static [&'static str] = &[
+        "release-pending",
+        "expire-points",
+        "tier-reviews",
+        "notices",
+        "recalculate-tiers",
+    ];
+
+    pub fn parse(name: &str) -> Option<Job> {
+        Some(match name {
+            "release-pending" => Job::ReleasePending,
+            "expire-points" => Job::ExpirePoints,
+            "tier-reviews" => Job::TierReviews,
+            "notices" => Job::Notices,
+            "recalculate-tiers" => Job::RecalculateTiers,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::ReleasePending => "release-pending",
+            Job::ExpirePoints => "expire-points",
+            Job::TierReviews => "tier-reviews",
+            Job::Notices => "notices",
+            Job::RecalculateTiers => RECALCULATE,
+        }
+    }
+
+    fn due(self) -> Option<DueJob> {
+        match self {
+            Job::ReleasePending => Some(DueJob::Release),
+            Job::ExpirePoints => Some(DueJob::Expire),
+            Job::TierReviews => Some(DueJob::Review),
+            Job::Notices => Some(DueJob::Notice),
+            Job::RecalculateTiers => None,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JobReport {
+    pub job: String,
+    pub program: String,
+    /// The dates of the index read (from the last completed run to the date of this one).
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+    /// Members read from the index (or, for a full pass, from the program).
+    pub members: usize,
+    /// Members whose account was written.
+    pub changed: usize,
+    /// Ledger entries written.
+    pub entries: usize,
+    /// Messages sent to the notify queue.
+    pub notices: usize,
+}
+
+/// What happened to one member.
+#[derive(Debug, Default)]
+struct MemberOutcome {
+    changed: bool,
+    entries: usize,
+    notices: usize,
+}
+
+impl Services {
+    /// Runs a job for one program, as of `date` (today in the program's zone when `None`).
+    /// `progress` is called with the number of members handled so far.
+    pub async fn run_job(
+        &self,
+        job: Job,
+        program: &str,
+        date: Option<NaiveDate>,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<JobReport, ServiceError> {
+        let program = self.program(program).await?;
+        let now = self.clock.now();
+        let date = date.unwrap_or_else(|| local_date(program.time_zone, now));
+        let mut report = JobReport {
+            job: job.name().to_string(),
+            program: program.id.clone(),
+            ..JobReport::default()
+        };
+        match job.due() {
+            Some(due) => {
+                self.run_due_job(job, due, &program, date, &mut report, progress)
+                    .await?
+            }
+            None => {
+                self.recalculate_tiers(&program, date, &mut report, progress)
+                    .await?
+            }
+        }
+        tracing::info!(
+            job = report.job,
+            program = report.program,
+            members = report.members,
+            changed = report.changed,
+            entries = report.entries,
+            notices = report.notices,
+            "job finished"
+        );
+        Ok(report)
+    }
+
+    /// Runs a job for every program (the schedules), or for the one named.
+    pub async fn run_job_everywhere(
+        &self,
+        job: Job,
+        program: Option<&str>,
+        date: Option<NaiveDate>,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<JobReport>, ServiceError> {
+        let programs = match program {
+            Some(p) => vec![p.to_string()],
+            None => self.store.program_ids().await?,
+        };
+        let mut reports = Vec::with_capacity(programs.len());
+        for program in programs {
+            reports.push(self.run_job(job, &program, date, progress).await?);
+        }
+        Ok(reports)
+    }
+
+    async fn run_due_job(
+        &self,
+        job: Job,
+        due: DueJob,
+        program: &Program,
+        date: NaiveDate,
+        report: &mut JobReport,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<(), ServiceError> {
+        let at = job_instant(program, date, self.clock.now());
+        let last = self
+            .store
+            .job_progress(&program.id, job.name())
+            .await?
+            .and_then(|p| p.parse::<NaiveDate>().ok());
+        // From the last completed date (inclusive: work added later that day), or, on a first
+        // run, as far back as anything can be due.
+        let earliest = date - Duration::days(MAX_CATCH_UP_DAYS);
+        let from = match last {
+            Some(last) if last <= date => last.max(earliest),
+            Some(_) => date,
+            None => earliest,
+        };
+        report.from = Some(from);
+        report.to = Some(date);
+        let mut day = from;
+        while day <= date {
+            for shard in 0..self.store.due_shards() {
+                let mut cursor: Option<String> = None;
+                loop {
+                    let page = self
+                        .store
+                        .due_members(&program.id, due, day, shard, cursor.as_deref(), PAGE)
+                        .await?;
+                    for member in &page.members {
+                        let outcome = self.job_member(job, program, member, date, at).await?;
+                        report.members += 1;
+                        report.changed += usize::from(outcome.changed);
+                        report.entries += outcome.entries;
+                        report.notices += outcome.notices;
+                        progress(report.members);
+                    }
+                    match page.next_cursor {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+            }
+            day = day.succ_opt().unwrap_or(NaiveDate::MAX);
+        }
+        // Progress only moves forward: a run for an earlier date leaves it where it was.
+        if last.is_none_or(|last| last < date) {
+            self.store
+                .save_job_progress(&program.id, job.name(), Some(&date.to_string()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Applies one job to one member: load, decide, send notices, commit with the version.
+    async fn job_member(
+        &self,
+        job: Job,
+        program: &Program,
+        member: &str,
+        date: NaiveDate,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<MemberOutcome, ServiceError> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let state = self.store.load_member(&program.id, member, &[]).await?;
+            let Some(account) = state.account else {
+                return Ok(MemberOutcome::default());
+            };
+            // The program version is part of a full pass's id: a pass after the next change of
+            // thresholds is a new event, not a repeat of this one.
+            let event_id = match job {
+                Job::RecalculateTiers => format!("job:{}:{date}:v{}", job.name(), program.version),
+                _ => format!("job:{}:{date}", job.name()),
+            };
+            let ctx = EventContext::new(event_id, at, at).with_source(job_source(job.name()));
+            let (change, notices) = match job {
+                Job::ReleasePending | Job::ExpirePoints => (account.settle(program, &ctx), vec![]),
+                Job::TierReviews => (account.review_tier(program, &ctx), vec![]),
+                Job::Notices => {
+                    let (after, notices) = account.take_notices(program, at);
+                    (unchanged(after), notices)
+                }
+                Job::RecalculateTiers => (account.check_tier(program, &ctx), vec![]),
+            };
+            if change.account == account && change.entries.is_empty() {
+                return Ok(MemberOutcome::default());
+            }
+            // Notices go out before the account remembers them: at least once, each with a
+            // stable id the brand's consumers can deduplicate on.
+            for notice in &notices {
+                self.send_notice(program, &account, notice, at).await?;
+            }
+            let entries = change.entries.len();
+            let tier_changed = (change.account.tier.id != account.tier.id)
+                .then(|| (account.tier.id.clone(), change.account.tier.clone()));
+            let commit = Commit {
+                program: program.id.clone(),
+                member: member.to_string(),
+                expected_version: Some(account.version),
+                due: change.account.due_dates(program),
+                account: change.account,
+                entries: change.entries,
+                marker: None,
+                orders: Default::default(),
+            };
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    if let Some((from, to)) = tier_changed {
+                        let data = json!({"from": from, "to": to.id, "review_date": to.review_on});
+                        let id = format!("tier-changed-{}-{member}-{date}", job.name());
+                        self.notify(program, member, "tier.changed", id, at, data)
+                            .await?;
+                    }
+                    return Ok(MemberOutcome {
+                        changed: true,
+                        entries,
+                        notices: notices.len(),
+                    });
+                }
+                Err(CommitError::VersionConflict) => continue,
+                // Job entries are never duplicates of an event's; a clash means it is done.
+                Err(CommitError::Duplicate) => return Ok(MemberOutcome::default()),
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Internal(format!(
+            "member {member} kept changing during {}",
+            job.name()
+        )))
+    }
+
+    async fn send_notice(
+        &self,
+        program: &Program,
+        account: &Account,
+        notice: &Notice,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), ServiceError> {
+        let data = match notice {
+            Notice::Expiring { last_day, points } => json!({
+                "points": points, "last_day": last_day,
+            }),
+            Notice::DowngradeScheduled {
+                review_on,
+                from,
+                to,
+                needed,
+            } => json!({
+                "review_date": review_on, "from": from, "to": to, "needed": needed,
+            }),
+        };
+        let id = format!("notice-{}-{}", account.member, notice.key());
+        self.notify(program, &account.member, notice.kind(), id, at, data)
+            .await
+    }
+
+    async fn notify(
+        &self,
+        program: &Program,
+        member: &str,
+        kind: &str,
+        id: String,
+        at: chrono::DateTime<chrono::Utc>,
+        data: serde_json::Value,
+    ) -> Result<(), ServiceError> {
+        let message = Envelope {
+            kind: kind.to_string(),
+            version: ENVELOPE_VERSION,
+            id,
+            program: program.id.clone(),
+            member: member.to_string(),
+            occurred_at: at,
+            data,
+        };
+        self.queue
+            .send(QueueName::Notify, &message)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+
+    /// Checks every member's tier against the current thresholds, a page at a time. The
+    /// cursor is saved after each page, so an interrupted pass resumes where it stopped.
+    /// Upgrades apply at once; a member now below their tier keeps it until the review, as for
+    /// any downgrade.
+    async fn recalculate_tiers(
+        &self,
+        program: &Program,
+        date: NaiveDate,
+        report: &mut JobReport,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<(), ServiceError> {
+        let at = job_instant(program, date, self.clock.now());
+        let mut cursor = self.store.job_progress(&program.id, RECALCULATE).await?;
+        loop {
+            let page = self
+                .store
+                .members_page(&program.id, cursor.as_deref(), PAGE)
+                .await?;
+            for member in &page.members {
+                let outcome = self
+                    .job_member(Job::RecalculateTiers, program, member, date, at)
+                    .await?;
+                report.members += 1;
+                report.changed += usize::from(outcome.changed);
+                report.entries += outcome.entries;
+                progress(report.members);
+            }
+            self.store
+                .save_job_progress(&program.id, RECALCULATE, page.next_cursor.as_deref())
+                .await?;
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+/// A change with no ledger entries (the notices job only remembers what it sent).
+fn unchanged(account: Account) -> Change {
+    Change {
+        account,
+        entries: Vec::new(),
+        no_op: None,
+    }
+}

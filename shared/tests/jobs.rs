@@ -1,0 +1,323 @@
+//! Tiers and the scheduled jobs through the services, on the embedded store with a clock the
+//! test moves: upgrades after a crossing purchase, reviews, expiry, notices, and a job's cost.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use loyalty_core::domain::{Account, EntryKind, Program};
+use loyalty_core::envelope::Envelope;
+use loyalty_core::ports::{
+    Commit, FixedClock, MemberStore, Queue, QueueError, QueueName, ScheduleStore,
+};
+use loyalty_core::services::jobs::Job;
+use loyalty_core::services::programs::ProgramFormat;
+use loyalty_core::services::Services;
+use loyalty_core::store::sqlite::SqliteStore;
+use serde_json::json;
+
+const KR_SHOP: &str = include_str!("../../examples/kr-shop.toml");
+
+/// Keeps what is sent; the test plays the queue consumers.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(QueueName, Envelope)>>);
+
+#[async_trait]
+impl Queue for Recorder {
+    async fn send(&self, queue: QueueName, message: &Envelope) -> Result<(), QueueError> {
+        self.0.lock().unwrap().push((queue, message.clone()));
+        Ok(())
+    }
+}
+
+struct Stack {
+    services: Services,
+    store: SqliteStore,
+    queue: Arc<Recorder>,
+    clock: Arc<FixedClock>,
+    notices: Mutex<Vec<Envelope>>,
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 10, 3, 0, 0).unwrap()
+}
+
+async fn stack() -> Stack {
+    let store = SqliteStore::memory().unwrap();
+    let queue = Arc::new(Recorder::default());
+    let clock = FixedClock::at(t0());
+    let services = Services::new(Arc::new(store.clone()), queue.clone(), clock.clone());
+    services
+        .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    Stack {
+        services,
+        store,
+        queue,
+        clock,
+        notices: Mutex::default(),
+    }
+}
+
+impl Stack {
+    /// Delivers every queued message to its consumer, as the event-source mappings do.
+    async fn drain(&self) {
+        loop {
+            let next = {
+                let mut sent = self.queue.0.lock().unwrap();
+                (!sent.is_empty()).then(|| sent.remove(0))
+            };
+            let Some((queue, message)) = next else { return };
+            let body = serde_json::to_string(&message).unwrap();
+            match queue {
+                QueueName::Earn => {
+                    self.services.process_earn(&body).await.unwrap();
+                }
+                QueueName::Tier => {
+                    self.services.process_tier_check(&body).await.unwrap();
+                }
+                QueueName::Notify => self.notices.lock().unwrap().push(message),
+            }
+        }
+    }
+
+    async fn purchase(&self, member: &str, order: &str, krw: i64, occurred_at: DateTime<Utc>) {
+        let event = json!({
+            "type": "purchase.completed", "version": 1, "id": format!("ev-{order}"),
+            "program": "kr-shop", "member": member, "occurred_at": occurred_at,
+            "data": {"order_id": order, "currency": "KRW",
+                     "lines": [{"line_id": "1", "quantity": 1, "unit_price": krw.to_string()}]}
+        });
+        self.services
+            .process_earn(&event.to_string())
+            .await
+            .unwrap();
+        self.drain().await;
+    }
+
+    async fn run(&self, job: Job, date: NaiveDate) -> loyalty_core::services::jobs::JobReport {
+        let report = self
+            .services
+            .run_job(job, "kr-shop", Some(date), &|_| {})
+            .await
+            .unwrap();
+        self.drain().await;
+        report
+    }
+
+    async fn account(&self, member: &str) -> Account {
+        self.store
+            .load_member("kr-shop", member, &[])
+            .await
+            .unwrap()
+            .account
+            .unwrap()
+    }
+
+    async fn ledger_sum(&self, member: &str) -> (i64, i64, Vec<EntryKind>) {
+        let page = self
+            .store
+            .ledger_page("kr-shop", member, 1000, None)
+            .await
+            .unwrap();
+        let points = page.entries.iter().map(|e| e.points).sum();
+        let pending = page.entries.iter().map(|e| e.pending).sum();
+        (
+            points,
+            pending,
+            page.entries.iter().map(|e| e.kind).collect(),
+        )
+    }
+}
+
+fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, d).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_the_silver_threshold_upgrades_before_the_next_purchase() {
+    // GIVEN a member who spends 150,000 then 160,000 KRW (310,000: SILVER is 300,000)
+    let s = stack().await;
+    s.purchase("m-1", "A", 150_000, t0() - Duration::days(10))
+        .await;
+    assert_eq!(s.account("m-1").await.tier.id, "WELCOME");
+    s.purchase("m-1", "B", 160_000, t0() - Duration::days(9))
+        .await;
+    // THEN the member is SILVER right after the second purchase is processed, which itself
+    // earned at WELCOME (1,600 points)
+    let account = s.account("m-1").await;
+    assert_eq!(account.tier.id, "SILVER");
+    assert_eq!(account.pending_points() + account.balance, 1_500 + 1_600);
+    // WHEN the next purchase of 100,000 arrives THEN it earns x1.2: 1,200
+    s.purchase("m-1", "C", 100_000, t0() - Duration::days(1))
+        .await;
+    let account = s.account("m-1").await;
+    assert_eq!(account.pending_points() + account.balance, 3_100 + 1_200);
+    // AND the member view shows the review date and what keeps SILVER at the review
+    let view = s.services.member_view("kr-shop", "m-1").await.unwrap();
+    assert_eq!(view.tier.review_date, Some(date(2027, 3, 10)));
+    let keep = view.tier.keep.unwrap();
+    assert_eq!((keep.by, keep.needed), (date(2027, 3, 10), 300_000));
+    // AND tier.changed went to the notify queue
+    assert!(s
+        .notices
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|n| n.kind == "tier.changed" && n.data["to"] == "SILVER"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_without_spend_lowers_one_level_once() {
+    // GIVEN a GOLD member (1,000,000 KRW) whose review date is 2027-03-10
+    let s = stack().await;
+    s.purchase("m-2", "G", 1_000_000, t0() - Duration::days(10))
+        .await;
+    assert_eq!(s.account("m-2").await.tier.id, "GOLD");
+    // WHEN the clock passes the review date with no qualifying spend, and tier-reviews runs
+    let review_day = date(2027, 3, 11);
+    s.clock.set(t0() + Duration::days(366));
+    let report = s.run(Job::TierReviews, review_day).await;
+    // THEN the member drops one level, to SILVER (not to WELCOME), with a tier entry
+    let account = s.account("m-2").await;
+    assert_eq!(account.tier.id, "SILVER");
+    assert_eq!((report.members, report.changed), (1, 1));
+    let (_, _, kinds) = s.ledger_sum("m-2").await;
+    assert_eq!(kinds.iter().filter(|k| **k == EntryKind::Tier).count(), 2);
+    // WHEN the same job runs again for the same date THEN nothing changes
+    let again = s.run(Job::TierReviews, review_day).await;
+    assert_eq!(again.changed, 0);
+    assert_eq!(s.account("m-2").await, account);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_from_13_months_ago_are_expired_by_the_job_as_the_view_already_showed() {
+    // GIVEN 590 points earned on 2026-02-28 (last usable day 2027-02-28)
+    let s = stack().await;
+    s.purchase("m-3", "E", 59_000, t0() - Duration::days(10))
+        .await;
+    // WHEN the clock moves 13 months on, before any job has run
+    s.clock.set(t0() + Duration::days(395));
+    // THEN the member view already shows them gone
+    let view = s.services.member_view("kr-shop", "m-3").await.unwrap();
+    assert_eq!((view.balance, view.pending), (0, 0));
+    // WHEN expire-points runs for that day
+    let report = s.run(Job::ExpirePoints, date(2027, 4, 9)).await;
+    assert_eq!(report.changed, 1);
+    // THEN the stored account matches, with one expiry entry for the one lot
+    let account = s.account("m-3").await;
+    assert_eq!((account.balance, account.pending_points()), (0, 0));
+    let (points, pending, kinds) = s.ledger_sum("m-3").await;
+    assert_eq!((points, pending), (account.balance, 0));
+    assert_eq!(kinds.iter().filter(|k| **k == EntryKind::Expire).count(), 1);
+    // AND running it again changes nothing
+    assert_eq!(s.run(Job::ExpirePoints, date(2027, 4, 9)).await.changed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_and_notices_are_written_once_each() {
+    // GIVEN 590 pending points from 2026-03-09
+    let s = stack().await;
+    s.purchase("m-4", "N", 59_000, t0() - Duration::days(1))
+        .await;
+    // WHEN release-pending runs after the return window
+    s.clock.set(t0() + Duration::days(7));
+    let released = s.run(Job::ReleasePending, date(2026, 3, 17)).await;
+    // THEN the points are available
+    assert_eq!(released.entries, 1);
+    assert_eq!(s.account("m-4").await.balance, 590);
+    // WHEN notices run 30 days before the lot ends (last usable day 2027-03-31), twice
+    s.clock
+        .set(Utc.with_ymd_and_hms(2027, 3, 2, 3, 0, 0).unwrap());
+    let first = s.run(Job::Notices, date(2027, 3, 2)).await;
+    let second = s.run(Job::Notices, date(2027, 3, 2)).await;
+    // THEN points.expiring was sent once, naming the last day and the points
+    assert_eq!((first.notices, second.notices), (1, 0));
+    let notices = s.notices.lock().unwrap();
+    let expiring: Vec<_> = notices
+        .iter()
+        .filter(|n| n.kind == "points.expiring")
+        .collect();
+    assert_eq!(expiring.len(), 1);
+    assert_eq!(expiring[0].data["points"], 590);
+    assert_eq!(expiring[0].data["last_day"], "2027-03-31");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_day_is_caught_up_by_the_next_run() {
+    // GIVEN tier-reviews ran on 2027-03-09, and a GOLD member is due on 2027-03-10
+    let s = stack().await;
+    s.purchase("m-5", "M", 1_000_000, t0() - Duration::days(10))
+        .await;
+    s.clock.set(t0() + Duration::days(364));
+    s.run(Job::TierReviews, date(2027, 3, 9)).await;
+    assert_eq!(s.account("m-5").await.tier.id, "GOLD");
+    // WHEN the schedule misses 2027-03-10 and the next run is on 2027-03-12
+    s.clock.set(t0() + Duration::days(367));
+    let report = s.run(Job::TierReviews, date(2027, 3, 12)).await;
+    // THEN the review is done, as of its own date
+    assert_eq!(report.from, Some(date(2027, 3, 9)));
+    assert_eq!(s.account("m-5").await.tier.id, "SILVER");
+}
+
+/// Seeds `total` members straight into the store; `due` of them are due for review on `day`.
+async fn seed(
+    store: &dyn MemberStore,
+    program: &Program,
+    total: usize,
+    due: usize,
+    day: NaiveDate,
+) {
+    for i in 0..total {
+        let member = format!("seed-{i:06}");
+        let mut account = Account::open(program, &member, t0());
+        account.tier.id = "SILVER".into();
+        account.tier.review_on = Some(if i < due {
+            day
+        } else {
+            day + Duration::days(30 + (i % 300) as i64)
+        });
+        store
+            .commit(Commit {
+                program: program.id.clone(),
+                member,
+                expected_version: None,
+                due: account.due_dates(program),
+                account,
+                entries: Vec::new(),
+                marker: None,
+                orders: Default::default(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_run_costs_what_is_due_not_what_exists_on_the_embedded_store() {
+    // GIVEN 100,000 SILVER members, 100 of them due for review on 2027-03-10, and the job's
+    // last run the day before
+    let s = stack().await;
+    let program = s.services.program("kr-shop").await.unwrap();
+    let day = date(2027, 3, 10);
+    seed(&s.store, &program, 100_000, 100, day).await;
+    s.store
+        .save_job_progress("kr-shop", "tier-reviews", Some("2027-03-09"))
+        .await
+        .unwrap();
+    s.clock
+        .set(Utc.with_ymd_and_hms(2027, 3, 10, 6, 0, 0).unwrap());
+    // WHEN tier-reviews runs
+    let before = s.store.operations();
+    let report = s.run(Job::TierReviews, day).await;
+    let operations = s.store.operations() - before;
+    // THEN it read exactly the 100 due members and lowered each one level
+    assert_eq!((report.members, report.changed), (100, 100));
+    assert_eq!(s.account("seed-000000").await.tier.id, "WELCOME");
+    assert_eq!(s.account("seed-000100").await.tier.id, "SILVER");
+    // AND its store operations are a load and a commit per due member, plus a few index pages
+    // and its progress: proportional to 100, nowhere near 100,000
+    println!("tier-reviews: {operations} store operations for 100 due of 100,000");
+    assert!(operations <= 2 * 100 + 10, "{operations} operations");
+}

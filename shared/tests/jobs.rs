@@ -321,3 +321,133 @@ async fn a_review_run_costs_what_is_due_not_what_exists_on_the_embedded_store() 
     println!("tier-reviews: {operations} store operations for 100 due of 100,000");
     assert!(operations <= 2 * 100 + 10, "{operations} operations");
 }
+
+#[cfg(feature = "aws")]
+mod on_dynamodb {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
+    use aws_sdk_dynamodb::config::{BehaviorVersion, ConfigBag, Credentials, Intercept, Region};
+    use aws_sdk_dynamodb::error::BoxError;
+    use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+    use loyalty_core::domain::DueJob;
+    use loyalty_core::store::dynamodb::{due_index, due_partition, due_shard, DynamoStore};
+
+    use super::*;
+
+    /// Counts every DynamoDB request the client makes.
+    #[derive(Debug, Default, Clone)]
+    struct Requests(Arc<AtomicU64>);
+
+    impl Intercept for Requests {
+        fn name(&self) -> &'static str {
+            "count-requests"
+        }
+
+        fn read_before_execution(
+            &self,
+            _context: &BeforeSerializationInterceptorContextRef<'_>,
+            _cfg: &mut ConfigBag,
+        ) -> Result<(), BoxError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    /// Writes account items as the store lays them out, 25 to a BatchWriteItem: moto's
+    /// transactions slow down as its table grows, and the seed is not what is measured.
+    async fn seed_in_batches(
+        client: &aws_sdk_dynamodb::Client,
+        table: &str,
+        program: &Program,
+        total: usize,
+        due: usize,
+        day: NaiveDate,
+    ) {
+        let s = |v: String| AttributeValue::S(v);
+        let mut batch = Vec::new();
+        for i in 0..total {
+            let member = format!("seed-{i:06}");
+            let mut account = Account::open(program, &member, t0());
+            account.tier.id = "SILVER".into();
+            account.tier.review_on = Some(if i < due {
+                day
+            } else {
+                day + Duration::days(30 + (i % 300) as i64)
+            });
+            account.version = 1;
+            let mut item = std::collections::HashMap::from([
+                ("PK".to_string(), s(format!("P#{}#M#{member}", program.id))),
+                ("SK".to_string(), s("ACCOUNT".into())),
+                ("member".to_string(), s(member.clone())),
+                ("version".to_string(), AttributeValue::N("1".into())),
+                (
+                    "body".to_string(),
+                    s(serde_json::to_string(&account).unwrap()),
+                ),
+            ]);
+            let dates = account.due_dates(program);
+            for job in DueJob::ALL {
+                if let Some(date) = dates.get(job) {
+                    let partition = due_partition(&program.id, date, due_shard(&member));
+                    item.insert(due_index(job).0.to_string(), s(partition));
+                }
+            }
+            let put = PutRequest::builder().set_item(Some(item)).build().unwrap();
+            batch.push(WriteRequest::builder().put_request(put).build());
+            if batch.len() == 25 || i + 1 == total {
+                client
+                    .batch_write_item()
+                    .request_items(table, std::mem::take(&mut batch))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_review_run_costs_what_is_due_not_what_exists_on_dynamodb() {
+        // GIVEN a table on moto with 5,000 SILVER members, 100 of them due on 2027-03-10
+        let endpoint = std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
+            panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run the tests with scripts/test, which starts moto")
+        });
+        let requests = Requests::default();
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "jobs"))
+            .interceptor(requests.clone())
+            .build();
+        let table = format!("loyalty-jobs-{}", uuid::Uuid::new_v4().simple());
+        let client = aws_sdk_dynamodb::Client::from_conf(config);
+        let store = Arc::new(DynamoStore::new(client.clone(), &table));
+        store.create_table().await.unwrap();
+        let clock = FixedClock::at(Utc.with_ymd_and_hms(2027, 3, 10, 6, 0, 0).unwrap());
+        let services = Services::new(store.clone(), Arc::new(Recorder::default()), clock);
+        services
+            .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+            .await
+            .unwrap();
+        let program = services.program("kr-shop").await.unwrap();
+        let day = date(2027, 3, 10);
+        seed_in_batches(&client, &table, &program, 5_000, 100, day).await;
+        store
+            .save_job_progress("kr-shop", "tier-reviews", Some("2027-03-09"))
+            .await
+            .unwrap();
+        // WHEN tier-reviews runs
+        let before = requests.0.load(Ordering::Relaxed);
+        let report = services
+            .run_job(Job::TierReviews, "kr-shop", Some(day), &|_| {})
+            .await
+            .unwrap();
+        let made = requests.0.load(Ordering::Relaxed) - before;
+        // THEN it handled the 100 due members with a read and a write each, plus a few index
+        // queries (2 dates x 4 shards) and its progress: proportional to 100, not to 5,000
+        assert_eq!((report.members, report.changed), (100, 100));
+        println!("tier-reviews: {made} DynamoDB requests for 100 due of 5,000");
+        assert!(made <= 2 * 100 + 20, "{made} requests");
+    }
+}

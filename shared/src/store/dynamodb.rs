@@ -51,7 +51,8 @@ pub fn due_partition(program: &str, date: chrono::NaiveDate, shard: u32) -> Stri
     format!("DUE#{program}#{date}#{shard}")
 }
 
-fn due_shard(member: &str) -> u32 {
+/// The shard of a member's due-date index entries.
+pub fn due_shard(member: &str) -> u32 {
     (crate::fingerprint::fnv1a64(member.bytes()) % u64::from(DUE_SHARDS)) as u32
 }
 

@@ -355,3 +355,62 @@ fn token_fails_clearly_without_a_secret() {
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("LOYALTY_JWT_SECRET is not set"));
 }
+
+#[test]
+fn jobs_run_from_the_command_line_write_what_is_due_once() {
+    // GIVEN a member with 590 points from a purchase 8 days ago, in a database file
+    let db = temp_db("jobs");
+    let db_arg = db.to_str().expect("utf-8 path");
+    let server = Server::start(&["--db", db_arg, "--jobs-every", "0"]);
+    let admin = token(&["--admin"]);
+    let accepted = post_event(&server, &admin, &purchase("ev-j1", "m-jobs", "J1", 8));
+    assert_eq!(accepted.status(), 202);
+    eventually(&server, "m-jobs", |v| v["balance"] == 590);
+    server.kill();
+    // WHEN expire-points runs as if it were 14 months later, twice
+    let later = (Utc::now() + chrono::Duration::days(425))
+        .format("%Y-%m-%d")
+        .to_string();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["jobs", "run"])
+            .args(args)
+            .env("LOYALTY_LOG", "warn")
+            .output()
+            .expect("loyalty jobs runs")
+    };
+    let first = run(&["expire-points", "--db", db_arg, "--date", &later]);
+    let out = String::from_utf8_lossy(&first.stdout).to_string();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // THEN the member's points are expired, once, by one ledger entry for its one lot
+    assert!(
+        out.contains("expire-points kr-shop") && out.contains("1 changed, 1 ledger entries"),
+        "{out}"
+    );
+    let second = run(&["expire-points", "--db", db_arg, "--date", &later]);
+    let out = String::from_utf8_lossy(&second.stdout).to_string();
+    assert!(out.contains("0 changed"), "{out}");
+    // AND the next serve shows the job's entries, and the balance is the sum of the ledger
+    let server = Server::start(&["--db", db_arg, "--jobs-every", "0"]);
+    let entries = ledger(&server, "m-jobs")["entries"]
+        .as_array()
+        .expect("entries")
+        .clone();
+    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(kinds.contains(&"expire"), "{kinds:?}");
+    let sum: i64 = entries.iter().filter_map(|e| e["points"].as_i64()).sum();
+    assert_eq!(
+        (sum, me(&server, "m-jobs")["balance"].as_i64()),
+        (0, Some(0))
+    );
+    // AND an unknown job, or a database that does not exist, is refused clearly
+    let unknown = run(&["expire-everything", "--db", db_arg]);
+    assert!(!unknown.status.success());
+    let missing = run(&["notices", "--db", "/nonexistent/loyalty.db"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
+}

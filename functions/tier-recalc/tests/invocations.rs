@@ -1,0 +1,208 @@
+//! The tier-recalc handler against moto: a `tier.check` batch as the SQS mapping delivers it,
+//! and a scheduled job as EventBridge Scheduler invokes it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use chrono::{Duration, Utc};
+use loyalty_core::domain::{calendar::local_date, Account};
+use loyalty_core::envelope::Envelope;
+use loyalty_core::ports::{Commit, MemberStore, QueueName, SystemClock};
+use loyalty_core::queue::sqs_fifo::SqsQueue;
+use loyalty_core::services::programs::ProgramFormat;
+use loyalty_core::services::Services;
+use loyalty_core::store::dynamodb::DynamoStore;
+use serde_json::{json, Value};
+
+async fn config() -> aws_config::SdkConfig {
+    let endpoint = std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
+        panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run scripts/test, which starts moto")
+    });
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "harness",
+        ))
+        .load()
+        .await
+}
+
+struct Harness {
+    services: Services,
+    store: DynamoStore,
+    sqs: aws_sdk_sqs::Client,
+    urls: HashMap<QueueName, String>,
+}
+
+async fn harness() -> Harness {
+    let config = config().await;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let mut urls = HashMap::new();
+    for (queue, name, fifo) in [
+        (QueueName::Earn, "earn", true),
+        (QueueName::Tier, "tier", true),
+        (QueueName::Notify, "notify", false),
+    ] {
+        let mut request = sqs
+            .create_queue()
+            .attributes(QueueAttributeName::VisibilityTimeout, "0");
+        request = if fifo {
+            request
+                .queue_name(format!("{name}-{run}.fifo"))
+                .attributes(QueueAttributeName::FifoQueue, "true")
+        } else {
+            request.queue_name(format!("{name}-{run}"))
+        };
+        let url = request.send().await.unwrap().queue_url.unwrap();
+        urls.insert(queue, url);
+    }
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&config),
+        format!("loyalty-{run}"),
+    );
+    store.create_table().await.unwrap();
+    let services = Services::new(
+        Arc::new(store.clone()),
+        Arc::new(SqsQueue::new(sqs.clone(), urls.clone())),
+        Arc::new(SystemClock),
+    );
+    services
+        .put_program(
+            "kr-shop",
+            include_str!("../../../examples/kr-shop.toml"),
+            ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    Harness {
+        services,
+        store,
+        sqs,
+        urls,
+    }
+}
+
+impl Harness {
+    /// Receives what is on a queue, as bodies and as the Lambda event an SQS mapping delivers.
+    async fn receive(&self, queue: QueueName) -> (Vec<Envelope>, Value) {
+        let messages = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.urls[&queue])
+            .max_number_of_messages(10)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        let envelopes = messages
+            .iter()
+            .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
+            .collect();
+        let records: Vec<Value> = messages
+            .iter()
+            .map(|m| {
+                let attributes: HashMap<String, String> = m
+                    .attributes()
+                    .map(|a| {
+                        a.iter()
+                            .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                json!({
+                    "messageId": m.message_id(), "receiptHandle": m.receipt_handle(),
+                    "body": m.body(), "attributes": attributes, "messageAttributes": {},
+                    "md5OfBody": m.md5_of_body(), "eventSource": "aws:sqs",
+                    "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:tier.fifo",
+                    "awsRegion": "us-east-1"
+                })
+            })
+            .collect();
+        (envelopes, json!({ "Records": records }))
+    }
+
+    async fn tier(&self, member: &str) -> String {
+        let state = self
+            .store
+            .load_member("kr-shop", member, &[])
+            .await
+            .unwrap();
+        state.account.unwrap().tier.id
+    }
+}
+
+#[tokio::test]
+async fn a_tier_check_batch_upgrades_the_member_and_says_so() {
+    // GIVEN a member whose purchase of 310,000 KRW was earned, which queued a tier.check
+    let h = harness().await;
+    let purchase = json!({
+        "type": "purchase.completed", "version": 1, "id": "ev-up", "program": "kr-shop",
+        "member": "m-up", "occurred_at": Utc::now() - Duration::days(8),
+        "data": {"order_id": "UP-1", "currency": "KRW",
+                 "lines": [{"line_id": "1", "quantity": 1, "unit_price": "310000"}]}
+    });
+    h.services
+        .process_earn(&purchase.to_string())
+        .await
+        .unwrap();
+    assert_eq!(h.tier("m-up").await, "WELCOME");
+    // WHEN the tier queue's mapping invokes the function with the batch
+    let (_, event) = h.receive(QueueName::Tier).await;
+    assert_eq!(event["Records"].as_array().unwrap().len(), 1);
+    let response = tier_recalc::handle(&h.services, event).await.unwrap();
+    // THEN nothing failed, the member is SILVER, and tier.changed went to the notify queue
+    assert_eq!(response["batchItemFailures"], json!([]));
+    assert_eq!(h.tier("m-up").await, "SILVER");
+    let (notices, _) = h.receive(QueueName::Notify).await;
+    assert!(notices
+        .iter()
+        .any(|n| n.kind == "tier.changed" && n.data["to"] == "SILVER"));
+}
+
+#[tokio::test]
+async fn a_scheduled_review_lowers_a_member_due_and_refuses_unknown_jobs() {
+    // GIVEN a GOLD member with no qualifying spend whose review date was yesterday
+    let h = harness().await;
+    let program = h.services.program("kr-shop").await.unwrap();
+    let today = local_date(program.time_zone, Utc::now());
+    let mut account = Account::open(&program, "m-gold", Utc::now() - Duration::days(400));
+    account.tier.id = "GOLD".into();
+    account.tier.review_on = Some(today - Duration::days(1));
+    h.store
+        .commit(Commit {
+            program: "kr-shop".into(),
+            member: "m-gold".into(),
+            expected_version: None,
+            due: account.due_dates(&program),
+            account,
+            entries: Vec::new(),
+            marker: None,
+            orders: Default::default(),
+        })
+        .await
+        .unwrap();
+    // WHEN EventBridge Scheduler invokes the function with the schedule's input
+    let reports = tier_recalc::handle(&h.services, json!({"job": "tier-reviews"}))
+        .await
+        .unwrap();
+    // THEN the member is reviewed, one level down, and the report says so
+    assert_eq!(reports[0]["program"], "kr-shop");
+    assert_eq!(reports[0]["changed"], 1);
+    assert_eq!(h.tier("m-gold").await, "SILVER");
+    // AND a schedule naming an unknown job, or with a mistyped field, fails loudly
+    assert!(
+        tier_recalc::handle(&h.services, json!({"job": "tier-review"}))
+            .await
+            .is_err()
+    );
+    assert!(
+        tier_recalc::handle(&h.services, json!({"job": "notices", "programme": "x"}))
+            .await
+            .is_err()
+    );
+}

@@ -261,6 +261,44 @@ async fn a_missed_day_is_caught_up_by_the_next_run() {
     assert_eq!(s.account("m-5").await.tier.id, "SILVER");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recalculating_tiers_after_a_threshold_falls_upgrades_once_and_resumes() {
+    // GIVEN three members who spent 150,000 KRW each: WELCOME, since SILVER needs 300,000
+    let s = stack().await;
+    for m in ["r-1", "r-2", "r-3"] {
+        s.purchase(m, &format!("O-{m}"), 150_000, t0() - Duration::days(3))
+            .await;
+    }
+    // WHEN SILVER's threshold falls to 100,000
+    let lowered = KR_SHOP.replace("threshold = \"300000\"", "threshold = \"100000\"");
+    assert_ne!(lowered, KR_SHOP);
+    s.services
+        .put_program("kr-shop", &lowered, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    // AND a pass that was interrupted after r-1 runs again
+    s.store
+        .save_job_progress("kr-shop", "recalculate-tiers", Some("r-1"))
+        .await
+        .unwrap();
+    let resumed = s.run(Job::RecalculateTiers, date(2026, 3, 10)).await;
+    // THEN it goes on from where it stopped
+    assert_eq!((resumed.members, resumed.changed), (2, 2));
+    assert_eq!(s.account("r-1").await.tier.id, "WELCOME");
+    assert_eq!(s.account("r-3").await.tier.id, "SILVER");
+    // WHEN the next pass runs THEN it starts over and upgrades the one left
+    let next = s.run(Job::RecalculateTiers, date(2026, 3, 10)).await;
+    assert_eq!((next.members, next.changed), (3, 1));
+    assert_eq!(s.account("r-1").await.tier.id, "SILVER");
+    // AND a further pass changes nothing
+    assert_eq!(
+        s.run(Job::RecalculateTiers, date(2026, 3, 10))
+            .await
+            .changed,
+        0
+    );
+}
+
 /// Seeds `total` members straight into the store; `due` of them are due for review on `day`.
 async fn seed(
     store: &dyn MemberStore,

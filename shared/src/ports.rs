@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
+use crate::domain::{Account, DueDates, DueJob, LedgerEntry, LotShare, OrderRecord};
 use crate::envelope::Envelope;
 
 /// Why a store or queue operation failed. The adapter's own error is kept as the source, so an
@@ -67,6 +67,9 @@ pub enum CommitError {
     /// The account changed since it was loaded; reload and retry.
     #[error("account version conflict")]
     VersionConflict,
+    /// The coupon to revoke was consumed meanwhile.
+    #[error("the coupon has been consumed")]
+    CouponConsumed,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -112,6 +115,117 @@ pub struct Commit {
     /// When each scheduled job next has work for the member (`Account::due_dates`): the store
     /// indexes the account under these dates, in the same write.
     pub due: DueDates,
+    /// A redemption written or updated with the debit (or the reversal) it records.
+    pub redemption: Option<Redemption>,
+    /// A new coupon (must not exist yet).
+    pub coupon: Option<Coupon>,
+    /// Revokes this coupon code, on condition that it has not been consumed.
+    pub revoke_coupon: Option<String>,
+    /// The API idempotency record of the request that made this change (must not exist yet).
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+impl Commit {
+    /// A commit of an account change and its entries, with nothing else.
+    pub fn new(
+        program: &crate::domain::Program,
+        member: &str,
+        expected_version: Option<u64>,
+        change: crate::domain::Change,
+    ) -> Commit {
+        Commit {
+            program: program.id.clone(),
+            member: member.to_string(),
+            expected_version,
+            due: change.account.due_dates(program),
+            account: change.account,
+            entries: change.entries,
+            marker: None,
+            orders: BTreeMap::new(),
+            redemption: None,
+            coupon: None,
+            revoke_coupon: None,
+            idempotency: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedemptionStatus {
+    Issued,
+    Reversed,
+}
+
+/// A redemption, kept under its member: what was spent, from which lots (so that a reversal
+/// returns each share to its lot), and its coupon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redemption {
+    pub id: String,
+    pub member: String,
+    pub reward: String,
+    pub points: i64,
+    pub status: RedemptionStatus,
+    pub code: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub taken: Vec<LotShare>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub reversal: Option<Reversal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reversal {
+    pub reason: String,
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A coupon the shop checks and consumes at the till, found by its code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coupon {
+    pub code: String,
+    pub member: String,
+    pub redemption: String,
+    pub reward: String,
+    pub expires_at: DateTime<Utc>,
+    /// The order it was used for, once consumed.
+    #[serde(default)]
+    pub consumed: Option<Consumed>,
+    /// Revoked by a reversal of its redemption.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consumed {
+    pub order_ref: String,
+    pub at: DateTime<Utc>,
+}
+
+/// What became of an attempt to consume a coupon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consumption {
+    /// Consumed now, or earlier for the same order (a retry).
+    Consumed(Coupon),
+    AlreadyConsumed(Coupon),
+    Expired(Coupon),
+    Revoked(Coupon),
+    NotFound,
+}
+
+/// The stored answer to an API request with an `Idempotency-Key`, written in the same
+/// transaction as its effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// Who sent it (the token's subject): keys are per caller.
+    pub principal: String,
+    pub key: String,
+    /// A digest of the request, to tell a retry from a reuse of the key.
+    pub request_hash: String,
+    pub status: u16,
+    pub response: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// A page of the ledger, newest recorded first.
@@ -255,13 +369,53 @@ pub trait ScheduleStore: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
+/// Redemptions, coupons and API idempotency records (written through `MemberStore::commit`).
+#[async_trait]
+pub trait RedemptionStore: Send + Sync {
+    async fn redemption(
+        &self,
+        program: &str,
+        member: &str,
+        id: &str,
+    ) -> Result<Option<Redemption>, StoreError>;
+    async fn coupon(&self, program: &str, code: &str) -> Result<Option<Coupon>, StoreError>;
+    /// Consumes a coupon once, conditionally: not consumed (or consumed for this same order),
+    /// not revoked, not expired at `now`.
+    async fn consume_coupon(
+        &self,
+        program: &str,
+        code: &str,
+        order_ref: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Consumption, StoreError>;
+    async fn idempotency_record(
+        &self,
+        program: &str,
+        principal: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+}
+
 /// Everything the services need from state.
 pub trait Store:
-    ProgramStore + MemberStore + AliasStore + RejectStore + ParkingStore + ScheduleStore
+    ProgramStore
+    + MemberStore
+    + AliasStore
+    + RejectStore
+    + ParkingStore
+    + ScheduleStore
+    + RedemptionStore
 {
 }
-impl<T: ProgramStore + MemberStore + AliasStore + RejectStore + ParkingStore + ScheduleStore> Store
-    for T
+impl<
+        T: ProgramStore
+            + MemberStore
+            + AliasStore
+            + RejectStore
+            + ParkingStore
+            + ScheduleStore
+            + RedemptionStore,
+    > Store for T
 {
 }
 

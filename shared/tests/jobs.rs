@@ -326,6 +326,10 @@ async fn seed(
                 entries: Vec::new(),
                 marker: None,
                 orders: Default::default(),
+                redemption: None,
+                coupon: None,
+                revoke_coupon: None,
+                idempotency: None,
             })
             .await
             .unwrap();

@@ -115,7 +115,9 @@ async fn every_documented_operation_is_served_by_the_router() {
         let uri = path
             .replace("{program}", "kr-shop")
             .replace("{member}", "m-1")
-            .replace("{platform}", "shopify");
+            .replace("{platform}", "shopify")
+            .replace("{id}", "r-1")
+            .replace("{code}", "C-1");
         let request = Request::builder()
             .method(method.as_str())
             .uri(&uri)

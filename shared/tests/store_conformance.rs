@@ -65,6 +65,10 @@ fn commit(
             event_id: e.to_string(),
         }),
         orders: BTreeMap::new(),
+        redemption: None,
+        coupon: None,
+        revoke_coupon: None,
+        idempotency: None,
         due: DueDates::default(),
     }
 }
@@ -474,6 +478,99 @@ async fn every_program_is_listed(store: Arc<dyn Store>) {
     assert!(store.program_ids().await.unwrap().contains(&id));
 }
 
+async fn coupons_consume_once_and_idempotency_records_guard_their_commit(store: Arc<dyn Store>) {
+    use loyalty_core::ports::{Consumption, Coupon, IdempotencyRecord};
+    // GIVEN a commit that issues a coupon with the idempotency record of its request
+    let m = member();
+    let code = format!("C-{}", uuid::Uuid::new_v4().simple());
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let record = IdempotencyRecord {
+        principal: m.clone(),
+        key: "k-1".into(),
+        request_hash: "h".into(),
+        status: 201,
+        response: "{}".into(),
+        expires_at: now + chrono::Duration::days(7),
+    };
+    let mut first = commit(&m, None, 10, "e1", None);
+    first.coupon = Some(Coupon {
+        code: code.clone(),
+        member: m.clone(),
+        redemption: "r-1".into(),
+        reward: "coupon-5000".into(),
+        expires_at: now + chrono::Duration::days(30),
+        consumed: None,
+        revoked: false,
+    });
+    first.idempotency = Some(record.clone());
+    store.commit(first).await.unwrap();
+    assert_eq!(
+        store
+            .idempotency_record("kr-shop", &m, "k-1")
+            .await
+            .unwrap(),
+        Some(record.clone())
+    );
+    // WHEN a second commit carries the same idempotency record THEN it is a duplicate
+    let mut second = commit(&m, Some(1), 20, "e2", None);
+    second.idempotency = Some(record);
+    assert!(matches!(
+        store.commit(second).await,
+        Err(CommitError::Duplicate)
+    ));
+    // WHEN the coupon is consumed for order A, again for A, then for B
+    let consume = |order: &'static str, at| {
+        let store = Arc::clone(&store);
+        let code = code.clone();
+        async move {
+            store
+                .consume_coupon("kr-shop", &code, order, at)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(matches!(consume("A", now).await, Consumption::Consumed(_)));
+    assert!(matches!(consume("A", now).await, Consumption::Consumed(_)));
+    assert!(matches!(
+        consume("B", now).await,
+        Consumption::AlreadyConsumed(_)
+    ));
+    // THEN revoking it afterwards is refused
+    let mut revoke = commit(&m, Some(1), 20, "e3", None);
+    revoke.revoke_coupon = Some(code.clone());
+    assert!(matches!(
+        store.commit(revoke).await,
+        Err(CommitError::CouponConsumed)
+    ));
+    // AND an unknown code is not found, and an expired one is not consumed
+    assert_eq!(
+        store
+            .consume_coupon("kr-shop", "NOPE", "A", now)
+            .await
+            .unwrap(),
+        Consumption::NotFound
+    );
+    let late = format!("L-{}", uuid::Uuid::new_v4().simple());
+    let mut third = commit(&m, Some(1), 30, "e4", None);
+    third.coupon = Some(Coupon {
+        code: late.clone(),
+        member: m.clone(),
+        redemption: "r-2".into(),
+        reward: "coupon-5000".into(),
+        expires_at: now,
+        consumed: None,
+        revoked: false,
+    });
+    store.commit(third).await.unwrap();
+    assert!(matches!(
+        store
+            .consume_coupon("kr-shop", &late, "A", now)
+            .await
+            .unwrap(),
+        Consumption::Expired(_)
+    ));
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -490,7 +587,8 @@ macro_rules! conformance {
                 rejected_events_are_kept_with_their_reason,
                 parked_events_are_taken_once,
                 the_due_index_lists_members_by_job_and_date_and_follows_each_commit,
-                every_program_is_listed);
+                every_program_is_listed,
+                coupons_consume_once_and_idempotency_records_guard_their_commit);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {

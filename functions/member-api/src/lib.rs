@@ -1,40 +1,11 @@
-//! The member-api function: the member's routes (`/me`, `/me/ledger`) and the admin routes of
-//! the shared API, behind API Gateway. API Gateway's JWT authorizer has verified the token; this
-//! layer hands its claims to the handlers as [`GatewayClaims`], so they see the same `Principal`
-//! as under `loyalty serve`.
+//! The member-api function: the member's routes (`/me`, `/me/ledger`, `/me/rewards`) and the
+//! admin routes of the shared API, behind API Gateway's JWT authorizer.
 
-use axum::extract::Request;
 use axum::Router;
-use lambda_http::request::RequestContext;
-use loyalty_core::api::auth::GatewayClaims;
+use loyalty_core::api::gateway::behind_gateway;
 use loyalty_core::api::{admin_router, member_router, AppState};
-use serde_json::{Map, Value};
 
 /// The routes this function serves.
 pub fn app(state: AppState) -> Router {
-    member_router(state.clone())
-        .merge(admin_router(state))
-        .layer(axum::middleware::map_request(with_claims))
-}
-
-/// Copies the authorizer's verified claims onto the request. A request without them (a route
-/// deployed without the authorizer) has none, and the handlers answer 401.
-async fn with_claims(mut request: Request) -> Request {
-    let claims = match request.extensions().get::<RequestContext>() {
-        Some(RequestContext::ApiGatewayV2(context)) => context
-            .authorizer
-            .as_ref()
-            .and_then(|a| a.jwt.as_ref())
-            .map(|jwt| {
-                jwt.claims
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                    .collect::<Map<String, Value>>()
-            }),
-        _ => None,
-    };
-    if let Some(claims) = claims {
-        request.extensions_mut().insert(GatewayClaims(claims));
-    }
-    request
+    behind_gateway(member_router(state.clone()).merge(admin_router(state)))
 }

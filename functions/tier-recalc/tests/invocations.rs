@@ -183,6 +183,10 @@ async fn a_scheduled_review_lowers_a_member_due_and_refuses_unknown_jobs() {
             entries: Vec::new(),
             marker: None,
             orders: Default::default(),
+            redemption: None,
+            coupon: None,
+            revoke_coupon: None,
+            idempotency: None,
         })
         .await
         .unwrap();

@@ -17,6 +17,8 @@ use axum::{Json, Router};
 use serde_json::json;
 
 pub mod auth;
+#[cfg(feature = "aws")]
+pub mod gateway;
 pub mod problem;
 
 use auth::{Principal, Verifier};
@@ -59,6 +61,32 @@ pub fn member_router(state: AppState) -> Router {
     Router::new()
         .route("/v1/programs/{program}/me", get(me))
         .route("/v1/programs/{program}/me/ledger", get(my_ledger))
+        .route("/v1/programs/{program}/me/rewards", get(my_rewards))
+        .with_state(state)
+}
+
+/// Spending points: the member's redemptions, the shop's coupon checks, operators' reversals
+/// and adjustments (the redeem function).
+pub fn redemption_router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/programs/{program}/me/redemptions", post(redeem))
+        .route(
+            "/v1/programs/{program}/me/redemptions/{id}",
+            get(my_redemption),
+        )
+        .route("/v1/programs/{program}/coupons/{code}", get(check_coupon))
+        .route(
+            "/v1/programs/{program}/coupons/{code}/consume",
+            post(consume_coupon),
+        )
+        .route(
+            "/v1/programs/{program}/members/{member}/redemptions/{id}/reverse",
+            post(reverse_redemption),
+        )
+        .route(
+            "/v1/programs/{program}/members/{member}/adjustments",
+            post(adjust),
+        )
         .with_state(state)
 }
 
@@ -74,7 +102,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(webhook_router(state.clone()))
         .merge(admin_router(state.clone()))
-        .merge(member_router(state))
+        .merge(member_router(state.clone()))
+        .merge(redemption_router(state))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -176,6 +205,106 @@ async fn me(
 ) -> Result<Response, Problem> {
     let member = member_of(&state, &program, &principal).await?;
     Ok(Json(state.services.member_view(&program, &member).await?).into_response())
+}
+
+async fn my_rewards(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+) -> Result<Response, Problem> {
+    let member = member_of(&state, &program, &principal).await?;
+    let rewards = state.services.catalog(&program, &member).await?;
+    Ok(Json(json!({ "rewards": rewards })).into_response())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Option<&str> {
+    headers.get("idempotency-key").and_then(|v| v.to_str().ok())
+}
+
+fn answer(a: crate::services::redemptions::Answer) -> Response {
+    let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK);
+    (status, Json(a.body)).into_response()
+}
+
+async fn redeem(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let member = member_of(&state, &program, &principal).await?;
+    let key = idempotency_key(&headers);
+    let done = state
+        .services
+        .redeem(&program, &member, &principal.subject, key, &body)
+        .await?;
+    Ok(answer(done))
+}
+
+async fn my_redemption(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    // Read under the caller's own member: another member's id is simply not found.
+    let member = member_of(&state, &program, &principal).await?;
+    Ok(Json(state.services.redemption(&program, &member, &id).await?).into_response())
+}
+
+async fn check_coupon(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, code)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    Ok(Json(state.services.check_coupon(&program, &code).await?).into_response())
+}
+
+async fn consume_coupon(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, code)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    Ok(Json(
+        state
+            .services
+            .consume_coupon(&program, &code, &body)
+            .await?,
+    )
+    .into_response())
+}
+
+async fn reverse_redemption(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, member, id)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    let done = state
+        .services
+        .reverse_redemption(&program, &member, &id, &principal.subject, &body)
+        .await?;
+    Ok(Json(done).into_response())
+}
+
+async fn adjust(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, member)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    let key = idempotency_key(&headers);
+    let done = state
+        .services
+        .adjust(&program, &member, &principal.subject, key, &body)
+        .await?;
+    Ok(answer(done))
 }
 
 async fn my_ledger(

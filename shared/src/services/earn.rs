@@ -89,6 +89,10 @@ impl Services {
                 entries: outcome.change.entries,
                 marker: Some(marker.clone()),
                 orders: outcome.orders,
+                redemption: None,
+                coupon: None,
+                revoke_coupon: None,
+                idempotency: None,
             };
             match self.store.commit(commit).await {
                 Ok(()) => {
@@ -103,7 +107,8 @@ impl Services {
                     self.follow_up(&envelope, &event, None).await?;
                     return Ok(Processed::Duplicate);
                 }
-                Err(CommitError::VersionConflict) => continue,
+                // No coupon is revoked here; a conflict of any kind means reload and retry.
+                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => continue,
                 Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
             }
         }
@@ -149,6 +154,10 @@ impl Services {
                 entries: change.entries,
                 marker: Some(marker.clone()),
                 orders: Default::default(),
+                redemption: None,
+                coupon: None,
+                revoke_coupon: None,
+                idempotency: None,
             };
             match self.store.commit(commit).await {
                 Ok(()) => {
@@ -167,7 +176,8 @@ impl Services {
                     return Ok(Processed::Applied { entries });
                 }
                 Err(CommitError::Duplicate) => return Ok(Processed::Duplicate),
-                Err(CommitError::VersionConflict) => continue,
+                // No coupon is revoked here; a conflict of any kind means reload and retry.
+                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => continue,
                 Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
             }
         }

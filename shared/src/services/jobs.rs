@@ -271,6 +271,10 @@ impl Services {
                 entries: change.entries,
                 marker: None,
                 orders: Default::default(),
+                redemption: None,
+                coupon: None,
+                revoke_coupon: None,
+                idempotency: None,
             };
             match self.store.commit(commit).await {
                 Ok(()) => {
@@ -286,7 +290,8 @@ impl Services {
                         notices: notices.len(),
                     });
                 }
-                Err(CommitError::VersionConflict) => continue,
+                // No coupon is revoked here; a conflict of any kind means reload and retry.
+                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => continue,
                 // Job entries are never duplicates of an event's; a clash means it is done.
                 Err(CommitError::Duplicate) => return Ok(MemberOutcome::default()),
                 Err(CommitError::Store(e)) => return Err(e.into()),

@@ -16,6 +16,7 @@ pub mod events;
 pub mod jobs;
 pub mod members;
 pub mod programs;
+pub mod redemptions;
 pub mod webhooks;
 
 /// How long a container trusts its cached copy of a program before reading it again. A program

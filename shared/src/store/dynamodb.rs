@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
     KeyType, KeysAndAttributes, Projection, ProjectionType, Put, ScalarAttributeType,
-    TransactWriteItem,
+    TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
@@ -21,9 +22,9 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use super::{decode_cursor, encode_cursor, ledger_seq, seq_key, MAX_ENTRIES_PER_COMMIT};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
-    AliasStore, Commit, CommitError, EventMarker, LedgerPage, MemberPage, MemberState, MemberStore,
-    ParkingStore, ProgramStore, RejectStore, RejectedEvent, ScheduleStore, StoreError,
-    StoredProgram,
+    AliasStore, Commit, CommitError, Consumed, Consumption, Coupon, EventMarker, IdempotencyRecord,
+    LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore, ProgramStore, Redemption,
+    RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
 };
 
 /// DynamoDB refuses transactions of more than 100 items.
@@ -299,12 +300,29 @@ impl DynamoStore {
         &self,
         commit: &Commit,
         marker_index: Option<usize>,
+        special: SpecialWrites,
         reasons: Vec<Option<String>>,
     ) -> CommitError {
         let failed = |i: usize| reasons.get(i).and_then(|r| r.as_deref());
         if let Some(i) = marker_index {
             if failed(i) == Some("ConditionalCheckFailed") {
                 return CommitError::Duplicate;
+            }
+        }
+        if let Some(i) = special.idempotency {
+            if failed(i) == Some("ConditionalCheckFailed") {
+                return CommitError::Duplicate;
+            }
+        }
+        if let Some(i) = special.revoke {
+            if failed(i) == Some("ConditionalCheckFailed") {
+                return CommitError::CouponConsumed;
+            }
+        }
+        if reasons.is_empty() {
+            // moto gives no reasons: look at what could have failed.
+            if let Some(outcome) = self.cancelled_without_reasons(commit).await {
+                return outcome;
             }
         }
         if failed(0) == Some("ConditionalCheckFailed")
@@ -332,6 +350,187 @@ impl DynamoStore {
             }
         }
         CommitError::VersionConflict
+    }
+}
+
+/// Where the redemption items of a commit sit in its transaction.
+#[derive(Debug, Clone, Copy, Default)]
+struct SpecialWrites {
+    idempotency: Option<usize>,
+    revoke: Option<usize>,
+}
+
+fn coupon_key(program: &str, code: &str) -> Item {
+    key(format!("P#{program}#COUPON#{code}"), "COUPON")
+}
+
+fn idempotency_key(program: &str, principal: &str, request_key: &str) -> Item {
+    key(format!("P#{program}#K#{principal}#{request_key}"), "IDEMP")
+}
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A coupon from its item: the fixed part is the body; what changes (consumed, revoked) are
+/// attributes, so that conditions can test them.
+fn coupon_of(item: &Item) -> Result<Coupon, StoreError> {
+    let mut coupon: Coupon = body(item, "coupon")?;
+    if let (Some(order_ref), Some(at)) = (text(item, "consumed_ref"), text(item, "consumed_at")) {
+        let at = DateTime::parse_from_rfc3339(at)
+            .map_err(|e| StoreError::Corrupt {
+                key: "coupon".into(),
+                message: e.to_string(),
+            })?
+            .with_timezone(&Utc);
+        coupon.consumed = Some(Consumed {
+            order_ref: order_ref.to_string(),
+            at,
+        });
+    }
+    coupon.revoked = item.contains_key("revoked");
+    Ok(coupon)
+}
+
+impl DynamoStore {
+    /// Adds the redemption, the new coupon, the coupon to revoke and the idempotency record of
+    /// a commit to its transaction.
+    fn redemption_writes(
+        &self,
+        commit: &Commit,
+        writes: &mut Vec<TransactWriteItem>,
+    ) -> Result<SpecialWrites, StoreError> {
+        let mut special = SpecialWrites::default();
+        let pk = member_pk(&commit.program, &commit.member);
+        if let Some(redemption) = &commit.redemption {
+            let mut item = key(&pk, format!("R#{}", redemption.id));
+            item.insert("body".into(), encode("redemption", redemption)?);
+            writes.push(self.put(item, None, None)?);
+        }
+        if let Some(coupon) = &commit.coupon {
+            let mut item = coupon_key(&commit.program, &coupon.code);
+            item.insert("body".into(), encode("coupon", coupon)?);
+            item.insert("valid_until".into(), s(timestamp(coupon.expires_at)));
+            writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
+        }
+        if let Some(code) = &commit.revoke_coupon {
+            let update = build(
+                "update",
+                Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(coupon_key(&commit.program, code)))
+                    .update_expression("SET revoked = :yes")
+                    .condition_expression("attribute_not_exists(consumed_ref)")
+                    .expression_attribute_values(":yes", AttributeValue::Bool(true))
+                    .build(),
+            )?;
+            writes.push(TransactWriteItem::builder().update(update).build());
+            special.revoke = Some(writes.len() - 1);
+        }
+        if let Some(record) = &commit.idempotency {
+            let mut item = idempotency_key(&commit.program, &record.principal, &record.key);
+            item.insert("body".into(), encode("idempotency record", record)?);
+            // The table's TTL attribute: the record goes once the key can no longer be replayed.
+            item.insert("expires_at".into(), n(record.expires_at.timestamp()));
+            writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
+            special.idempotency = Some(writes.len() - 1);
+        }
+        Ok(special)
+    }
+
+    async fn cancelled_without_reasons(&self, commit: &Commit) -> Option<CommitError> {
+        if let Some(record) = &commit.idempotency {
+            let key = idempotency_key(&commit.program, &record.principal, &record.key);
+            match self.get(key).await {
+                Ok(Some(_)) => return Some(CommitError::Duplicate),
+                Ok(None) => {}
+                Err(e) => return Some(CommitError::Store(e)),
+            }
+        }
+        if let Some(code) = &commit.revoke_coupon {
+            match self.get(coupon_key(&commit.program, code)).await {
+                Ok(Some(item)) if item.contains_key("consumed_ref") => {
+                    return Some(CommitError::CouponConsumed)
+                }
+                Ok(_) => {}
+                Err(e) => return Some(CommitError::Store(e)),
+            }
+        }
+        None
+    }
+}
+
+#[async_trait]
+impl RedemptionStore for DynamoStore {
+    async fn redemption(
+        &self,
+        program: &str,
+        member: &str,
+        id: &str,
+    ) -> Result<Option<Redemption>, StoreError> {
+        let item = self
+            .get(key(member_pk(program, member), format!("R#{id}")))
+            .await?;
+        item.map(|i| body(&i, "redemption")).transpose()
+    }
+
+    async fn coupon(&self, program: &str, code: &str) -> Result<Option<Coupon>, StoreError> {
+        let item = self.get(coupon_key(program, code)).await?;
+        item.map(|i| coupon_of(&i)).transpose()
+    }
+
+    async fn consume_coupon(
+        &self,
+        program: &str,
+        code: &str,
+        order_ref: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Consumption, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(coupon_key(program, code)))
+            .update_expression("SET consumed_ref = :ref, consumed_at = :now")
+            .condition_expression(
+                "attribute_exists(PK) AND attribute_not_exists(consumed_ref) \
+                 AND attribute_not_exists(revoked) AND valid_until > :now",
+            )
+            .expression_attribute_values(":ref", s(order_ref))
+            .expression_attribute_values(":now", s(timestamp(now)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) => {}
+            Err(e) => return Err(sdk_error("cannot consume the coupon", e)),
+        }
+        // Read back what is there now and say what became of the attempt.
+        let Some(coupon) = self.coupon(program, code).await? else {
+            return Ok(Consumption::NotFound);
+        };
+        Ok(match &coupon.consumed {
+            Some(c) if c.order_ref == order_ref => Consumption::Consumed(coupon),
+            Some(_) => Consumption::AlreadyConsumed(coupon),
+            None if coupon.revoked => Consumption::Revoked(coupon),
+            None => Consumption::Expired(coupon),
+        })
+    }
+
+    async fn idempotency_record(
+        &self,
+        program: &str,
+        principal: &str,
+        request_key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let item = self
+            .get(idempotency_key(program, principal, request_key))
+            .await?;
+        item.map(|i| body(&i, "idempotency record")).transpose()
     }
 }
 
@@ -459,8 +658,14 @@ impl MemberStore for DynamoStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), CommitError> {
-        let items =
-            1 + commit.entries.len() + usize::from(commit.marker.is_some()) + commit.orders.len();
+        let items = 1
+            + commit.entries.len()
+            + usize::from(commit.marker.is_some())
+            + commit.orders.len()
+            + usize::from(commit.redemption.is_some())
+            + usize::from(commit.coupon.is_some())
+            + usize::from(commit.revoke_coupon.is_some())
+            + usize::from(commit.idempotency.is_some());
         if items > MAX_TRANSACTION_ITEMS || commit.entries.len() > MAX_ENTRIES_PER_COMMIT {
             return Err(StoreError::Failed {
                 message: format!("a commit of {items} items is more than one transaction can hold"),
@@ -509,6 +714,7 @@ impl MemberStore for DynamoStore {
             item.insert("body".into(), encode("order", record)?);
             writes.push(self.put(item, None, None)?);
         }
+        let special = self.redemption_writes(&commit, &mut writes)?;
         match self
             .client
             .transact_write_items()
@@ -524,7 +730,9 @@ impl MemberStore for DynamoStore {
                         .iter()
                         .map(|r| r.code().map(str::to_string))
                         .collect();
-                    Err(self.cancelled(&commit, marker_index, reasons).await)
+                    Err(self
+                        .cancelled(&commit, marker_index, special, reasons)
+                        .await)
                 }
                 _ => Err(sdk_error("cannot commit", e).into()),
             },

@@ -17,9 +17,9 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use super::{decode_cursor, encode_cursor, ledger_seq, MAX_ENTRIES_PER_COMMIT};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
-    AliasStore, Commit, CommitError, EventMarker, LedgerPage, MemberPage, MemberState, MemberStore,
-    ParkingStore, ProgramStore, RejectStore, RejectedEvent, ScheduleStore, StoreError,
-    StoredProgram,
+    AliasStore, Commit, CommitError, Consumed, Consumption, Coupon, EventMarker, IdempotencyRecord,
+    LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore, ProgramStore, Redemption,
+    RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
 };
 
 const SCHEMA: &str = "
@@ -49,6 +49,15 @@ CREATE TABLE IF NOT EXISTS due (
     program TEXT NOT NULL, job TEXT NOT NULL, member TEXT NOT NULL, date TEXT NOT NULL,
     PRIMARY KEY (program, job, member));
 CREATE INDEX IF NOT EXISTS due_by_date ON due (program, job, date, member);
+CREATE TABLE IF NOT EXISTS redemptions (
+    program TEXT NOT NULL, member TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (program, member, id));
+CREATE TABLE IF NOT EXISTS coupons (
+    program TEXT NOT NULL, code TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (program, code));
+CREATE TABLE IF NOT EXISTS idempotency (
+    program TEXT NOT NULL, principal TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (program, principal, key));
 CREATE TABLE IF NOT EXISTS job_progress (
     program TEXT NOT NULL, job TEXT NOT NULL, progress TEXT NOT NULL,
     PRIMARY KEY (program, job));
@@ -289,6 +298,18 @@ impl MemberStore for SqliteStore {
                         return Ok(Err(Outcome::Duplicate));
                     }
                 }
+                if let Some(record) = &commit.idempotency {
+                    let exists: bool = tx
+                        .query_row(
+                            "SELECT EXISTS (SELECT 1 FROM idempotency WHERE program = ?1 AND principal = ?2 AND key = ?3)",
+                            params![commit.program, record.principal, record.key],
+                            |row| row.get(0),
+                        )
+                        .map_err(|e| sql_error("cannot read the idempotency record", e))?;
+                    if exists {
+                        return Ok(Err(Outcome::Duplicate));
+                    }
+                }
                 let current: Option<u64> = tx
                     .query_row(
                         "SELECT version FROM accounts WHERE program = ?1 AND member = ?2",
@@ -329,6 +350,12 @@ impl MemberStore for SqliteStore {
                     .map_err(|e| sql_error("cannot write the marker", e))?;
                 }
                 write_due(&tx, &commit.program, &commit.member, &commit.due)?;
+                if let Some(code) = &commit.revoke_coupon {
+                    if !revoke_coupon(&tx, &commit.program, code)? {
+                        return Ok(Err(Outcome::CouponConsumed));
+                    }
+                }
+                write_redemption_items(&tx, commit)?;
                 for (key, order) in &commit.orders {
                     tx.execute(
                         "INSERT INTO orders (program, member, order_key, body) VALUES (?1, ?2, ?3, ?4)
@@ -345,6 +372,7 @@ impl MemberStore for SqliteStore {
             Ok(()) => Ok(()),
             Err(Outcome::Duplicate) => Err(CommitError::Duplicate),
             Err(Outcome::Conflict) => Err(CommitError::VersionConflict),
+            Err(Outcome::CouponConsumed) => Err(CommitError::CouponConsumed),
         }
     }
 
@@ -415,6 +443,7 @@ impl MemberStore for SqliteStore {
 enum Outcome {
     Duplicate,
     Conflict,
+    CouponConsumed,
 }
 
 #[async_trait]
@@ -720,6 +749,186 @@ impl ScheduleStore for SqliteStore {
             result
                 .map(|_| ())
                 .map_err(|e| sql_error("cannot save the job's progress", e))
+        })
+        .await
+    }
+}
+
+/// Marks a coupon revoked unless it has been consumed; `false` when it has.
+fn revoke_coupon(
+    tx: &rusqlite::Transaction<'_>,
+    program: &str,
+    code: &str,
+) -> Result<bool, StoreError> {
+    let body: Option<String> = tx
+        .query_row(
+            "SELECT body FROM coupons WHERE program = ?1 AND code = ?2",
+            params![program, code],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(|e| sql_error("cannot read the coupon", e))?;
+    let Some(body) = body else { return Ok(true) };
+    let mut coupon: Coupon = decode(&format!("coupon {code}"), &body)?;
+    if coupon.consumed.is_some() {
+        return Ok(false);
+    }
+    coupon.revoked = true;
+    tx.execute(
+        "UPDATE coupons SET body = ?3 WHERE program = ?1 AND code = ?2",
+        params![program, code, encode("coupon", &coupon)?],
+    )
+    .map_err(|e| sql_error("cannot revoke the coupon", e))?;
+    Ok(true)
+}
+
+/// The redemption, new coupon and idempotency record of a commit, if any.
+fn write_redemption_items(
+    tx: &rusqlite::Transaction<'_>,
+    commit: &Commit,
+) -> Result<(), StoreError> {
+    if let Some(redemption) = &commit.redemption {
+        tx.execute(
+            "INSERT INTO redemptions (program, member, id, body) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (program, member, id) DO UPDATE SET body = excluded.body",
+            params![
+                commit.program,
+                commit.member,
+                redemption.id,
+                encode("redemption", redemption)?
+            ],
+        )
+        .map_err(|e| sql_error("cannot write the redemption", e))?;
+    }
+    if let Some(coupon) = &commit.coupon {
+        tx.execute(
+            "INSERT INTO coupons (program, code, body) VALUES (?1, ?2, ?3)",
+            params![commit.program, coupon.code, encode("coupon", coupon)?],
+        )
+        .map_err(|e| sql_error("cannot write the coupon", e))?;
+    }
+    if let Some(record) = &commit.idempotency {
+        tx.execute(
+            "INSERT INTO idempotency (program, principal, key, body) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                commit.program,
+                record.principal,
+                record.key,
+                encode("idempotency record", record)?
+            ],
+        )
+        .map_err(|e| sql_error("cannot write the idempotency record", e))?;
+    }
+    Ok(())
+}
+
+fn read_body<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+    what: &str,
+) -> Result<Option<T>, StoreError> {
+    conn.query_row(sql, params, |row| row.get::<_, String>(0))
+        .optional()
+        .map_err(|e| sql_error(&format!("cannot read the {what}"), e))?
+        .map(|body| decode(what, &body))
+        .transpose()
+}
+
+#[async_trait]
+impl RedemptionStore for SqliteStore {
+    async fn redemption(
+        &self,
+        program: &str,
+        member: &str,
+        id: &str,
+    ) -> Result<Option<Redemption>, StoreError> {
+        let (program, member, id) = (program.to_string(), member.to_string(), id.to_string());
+        self.with(move |conn| {
+            read_body(
+                conn,
+                "SELECT body FROM redemptions WHERE program = ?1 AND member = ?2 AND id = ?3",
+                &[&program, &member, &id],
+                "redemption",
+            )
+        })
+        .await
+    }
+
+    async fn coupon(&self, program: &str, code: &str) -> Result<Option<Coupon>, StoreError> {
+        let (program, code) = (program.to_string(), code.to_string());
+        self.with(move |conn| {
+            read_body(
+                conn,
+                "SELECT body FROM coupons WHERE program = ?1 AND code = ?2",
+                &[&program, &code],
+                "coupon",
+            )
+        })
+        .await
+    }
+
+    async fn consume_coupon(
+        &self,
+        program: &str,
+        code: &str,
+        order_ref: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Consumption, StoreError> {
+        let (program, code, order_ref) =
+            (program.to_string(), code.to_string(), order_ref.to_string());
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| sql_error("cannot begin", e))?;
+            let coupon: Option<Coupon> = read_body(
+                &tx,
+                "SELECT body FROM coupons WHERE program = ?1 AND code = ?2",
+                &[&program, &code],
+                "coupon",
+            )?;
+            let Some(mut coupon) = coupon else {
+                return Ok(Consumption::NotFound);
+            };
+            let outcome = match &coupon.consumed {
+                Some(c) if c.order_ref == order_ref => Consumption::Consumed(coupon),
+                Some(_) => Consumption::AlreadyConsumed(coupon),
+                None if coupon.revoked => Consumption::Revoked(coupon),
+                None if coupon.expires_at <= now => Consumption::Expired(coupon),
+                None => {
+                    coupon.consumed = Some(Consumed {
+                        order_ref: order_ref.clone(),
+                        at: now,
+                    });
+                    tx.execute(
+                        "UPDATE coupons SET body = ?3 WHERE program = ?1 AND code = ?2",
+                        params![program, code, encode("coupon", &coupon)?],
+                    )
+                    .map_err(|e| sql_error("cannot consume the coupon", e))?;
+                    Consumption::Consumed(coupon)
+                }
+            };
+            tx.commit().map_err(|e| sql_error("cannot commit", e))?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn idempotency_record(
+        &self,
+        program: &str,
+        principal: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let (program, principal, key) =
+            (program.to_string(), principal.to_string(), key.to_string());
+        self.with(move |conn| {
+            read_body(
+                conn,
+                "SELECT body FROM idempotency WHERE program = ?1 AND principal = ?2 AND key = ?3",
+                &[&program, &principal, &key],
+                "idempotency record",
+            )
         })
         .await
     }

@@ -1,0 +1,102 @@
+//! A `loyalty serve` process and an HTTP client for end-to-end tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const SECRET: &str = "end-to-end-secret";
+pub const BIN: &str = env!("CARGO_BIN_EXE_loyalty");
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+}
+
+impl Server {
+    /// Starts serve on a free port, in memory unless `extra` says otherwise.
+    pub fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--addr", "127.0.0.1:0", "--jobs-every", "0"])
+            .args(if extra.is_empty() {
+                &["--memory"][..]
+            } else {
+                extra
+            })
+            .env("LOYALTY_JWT_SECRET", SECRET)
+            .env("LOYALTY_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("loyalty serve starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("serve prints its address")
+                .expect("utf-8");
+            if let Some(url) = line.strip_prefix("loyalty serve: listening on ") {
+                break url.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, base }
+    }
+
+    /// Sends a request; returns the status and the JSON body (Null when there is none).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A token from `loyalty token`.
+pub fn token(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("token")
+        .args(args)
+        .env("LOYALTY_JWT_SECRET", SECRET)
+        .output()
+        .expect("loyalty token runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}

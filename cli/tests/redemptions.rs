@@ -1,0 +1,308 @@
+//! Spending points end to end, against `loyalty serve`: redemptions with idempotency keys,
+//! concurrency, tier locks, reversals and coupons at the till.
+
+mod common;
+
+use common::{token, Server};
+use serde_json::{json, Value};
+
+const PROGRAM: &str = "/v1/programs/kr-shop";
+
+struct Shop {
+    server: Server,
+    admin: String,
+}
+
+impl Shop {
+    fn new() -> Shop {
+        Shop {
+            server: Server::start(&[]),
+            admin: token(&["--admin"]),
+        }
+    }
+
+    /// Gives `member` points by an operator's adjustment.
+    fn credit(&self, member: &str, points: i64) {
+        let body = json!({"points": points, "reason": "welcome gift"}).to_string();
+        let (status, answer) = self.server.call(
+            "POST",
+            &format!("{PROGRAM}/members/{member}/adjustments"),
+            &self.admin,
+            &[],
+            Some(&body),
+        );
+        assert_eq!(status, 201, "{answer}");
+    }
+
+    fn redeem(&self, member_token: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+        let headers: Vec<(&str, &str)> = key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+        self.server.call(
+            "POST",
+            &format!("{PROGRAM}/me/redemptions"),
+            member_token,
+            &headers,
+            Some(body),
+        )
+    }
+
+    fn balance(&self, member: &str) -> i64 {
+        let (_, view) = self.server.call(
+            "GET",
+            &format!("{PROGRAM}/members/{member}"),
+            &self.admin,
+            &[],
+            None,
+        );
+        view["balance"].as_i64().expect("balance")
+    }
+
+    /// Every stored ledger entry of a member, through the paged admin route.
+    fn ledger(&self, member: &str) -> Vec<Value> {
+        let mut entries = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("{PROGRAM}/members/{member}/ledger?limit=5&cursor={c}"),
+                None => format!("{PROGRAM}/members/{member}/ledger?limit=5"),
+            };
+            let (status, page) = self.server.call("GET", &path, &self.admin, &[], None);
+            assert_eq!(status, 200, "{page}");
+            entries.extend(page["entries"].as_array().expect("entries").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return entries,
+            }
+        }
+    }
+}
+
+fn is_problem(answer: &Value, name: &str) -> bool {
+    answer["type"].as_str().is_some_and(|t| t.ends_with(name))
+}
+
+const COUPON: &str = r#"{"reward": "coupon-5000"}"#;
+
+#[test]
+fn two_coupons_fit_in_12000_points_and_a_third_does_not() {
+    // GIVEN a member with 12,000 available points
+    let shop = Shop::new();
+    shop.credit("m-1", 12_000);
+    let me = token(&["--member", "m-1"]);
+    // WHEN they redeem coupon-5000 twice, with different keys
+    let (s1, first) = shop.redeem(&me, Some("k-1"), COUPON);
+    let (s2, second) = shop.redeem(&me, Some("k-2"), COUPON);
+    // THEN both are issued, with distinct codes, and 2,000 points are left
+    assert_eq!((s1, s2), (201, 201), "{first} {second}");
+    assert_eq!(second["balance"], 2_000);
+    assert_ne!(first["code"], second["code"]);
+    assert_eq!(first["status"], "issued");
+    // WHEN a third is asked for THEN 409 insufficient-points, and the balance stays 2,000
+    let (s3, third) = shop.redeem(&me, Some("k-3"), COUPON);
+    assert_eq!(s3, 409);
+    assert!(is_problem(&third, "insufficient-points"), "{third}");
+    assert_eq!(shop.balance("m-1"), 2_000);
+    // AND the member can read their own redemption, but not someone else's
+    let id = first["id"].as_str().unwrap();
+    let (status, mine) = shop.server.call(
+        "GET",
+        &format!("{PROGRAM}/me/redemptions/{id}"),
+        &me,
+        &[],
+        None,
+    );
+    assert_eq!(
+        (status, mine["reward"].as_str()),
+        (200, Some("coupon-5000"))
+    );
+    let other = token(&["--member", "m-2"]);
+    let (status, _) = shop.server.call(
+        "GET",
+        &format!("{PROGRAM}/me/redemptions/{id}"),
+        &other,
+        &[],
+        None,
+    );
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn an_idempotency_key_gives_one_debit_and_the_same_answer() {
+    // GIVEN a member with 12,000 points
+    let shop = Shop::new();
+    shop.credit("m-1", 12_000);
+    let me = token(&["--member", "m-1"]);
+    // WHEN the same request with the same key is sent 5 times
+    let answers: Vec<(u16, Value)> = (0..5)
+        .map(|_| shop.redeem(&me, Some("same"), COUPON))
+        .collect();
+    // THEN the 5 answers are identical and there was one debit
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+    assert_eq!(answers[0].0, 201);
+    assert_eq!(shop.balance("m-1"), 7_000);
+    // WHEN the key is reused with another body THEN 422; without a key THEN 400
+    let (status, problem) = shop.redeem(&me, Some("same"), r#"{"reward": "free-shipping"}"#);
+    assert_eq!(status, 422, "{problem}");
+    let (status, problem) = shop.redeem(&me, None, COUPON);
+    assert_eq!(status, 400);
+    assert!(
+        is_problem(&problem, "idempotency-key-required"),
+        "{problem}"
+    );
+    assert_eq!(shop.balance("m-1"), 7_000);
+}
+
+#[test]
+fn twenty_concurrent_redemptions_never_overspend() {
+    // GIVEN a member with 12,000 points
+    let shop = Shop::new();
+    shop.credit("m-1", 12_000);
+    let me = token(&["--member", "m-1"]);
+    // WHEN 20 redemptions of coupon-5000 arrive at once, each with its own key
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let (shop, me) = (&shop, &me);
+                scope.spawn(move || shop.redeem(me, Some(&format!("race-{i}")), COUPON).0)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    // THEN exactly 2 succeed and 18 are refused for insufficient points
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        18,
+        "{statuses:?}"
+    );
+    // AND the balance is the sum of the ledger
+    let sum: i64 = shop
+        .ledger("m-1")
+        .iter()
+        .map(|e| e["points"].as_i64().unwrap())
+        .sum();
+    assert_eq!((shop.balance("m-1"), sum), (2_000, 2_000));
+}
+
+#[test]
+fn tier_locks_and_reversals() {
+    // GIVEN a WELCOME member with 12,000 points
+    let shop = Shop::new();
+    shop.credit("m-1", 12_000);
+    let me = token(&["--member", "m-1"]);
+    // WHEN they ask for the GOLD members' gift THEN 403 tier-locked, nothing written
+    let (status, problem) = shop.redeem(&me, Some("g-1"), r#"{"reward": "gold-gift"}"#);
+    assert_eq!(status, 403);
+    assert!(is_problem(&problem, "tier-locked"), "{problem}");
+    assert_eq!(shop.balance("m-1"), 12_000);
+    // AND the catalog says so
+    let (_, catalog) = shop
+        .server
+        .call("GET", &format!("{PROGRAM}/me/rewards"), &me, &[], None);
+    let gift = catalog["rewards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "gold-gift")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (gift["locked"].as_bool(), gift["affordable"].as_bool()),
+        (Some(true), Some(true))
+    );
+    // WHEN a coupon is redeemed and an operator reverses it
+    let (_, issued) = shop.redeem(&me, Some("r-1"), COUPON);
+    let id = issued["id"].as_str().unwrap();
+    let reverse = format!("{PROGRAM}/members/m-1/redemptions/{id}/reverse");
+    let body = r#"{"reason": "customer changed their mind"}"#;
+    let (status, reversed) = shop
+        .server
+        .call("POST", &reverse, &shop.admin, &[], Some(body));
+    // THEN the points are back, and the ledger shows both entries with their reasons
+    assert_eq!(
+        (status, reversed["balance"].as_i64()),
+        (200, Some(12_000)),
+        "{reversed}"
+    );
+    let ledger = shop.ledger("m-1");
+    let reason = |kind: &str| {
+        ledger
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .map(|e| e["reason"].as_str().unwrap().to_string())
+    };
+    assert!(
+        reason("redeem").unwrap().contains("5,000 won off")
+            || reason("redeem").unwrap().contains("coupon"),
+        "{ledger:?}"
+    );
+    assert!(
+        reason("reverse")
+            .unwrap()
+            .contains("customer changed their mind"),
+        "{ledger:?}"
+    );
+    // AND a second reversal is 409, and the reversed coupon can no longer be used
+    let (status, _) = shop
+        .server
+        .call("POST", &reverse, &shop.admin, &[], Some(body));
+    assert_eq!(status, 409);
+    let code = issued["code"].as_str().unwrap();
+    let (status, problem) = shop.server.call(
+        "POST",
+        &format!("{PROGRAM}/coupons/{code}/consume"),
+        &shop.admin,
+        &[],
+        Some(r#"{"order_ref": "till-1"}"#),
+    );
+    assert_eq!(status, 409);
+    assert!(is_problem(&problem, "coupon-revoked"), "{problem}");
+}
+
+#[test]
+fn a_coupon_is_consumed_once() {
+    // GIVEN an issued coupon
+    let shop = Shop::new();
+    shop.credit("m-1", 6_000);
+    let me = token(&["--member", "m-1"]);
+    let (_, issued) = shop.redeem(&me, Some("c-1"), COUPON);
+    let code = issued["code"].as_str().unwrap();
+    let coupon = format!("{PROGRAM}/coupons/{code}");
+    // WHEN the till checks it THEN it is valid, for this member and reward
+    let (status, view) = shop.server.call("GET", &coupon, &shop.admin, &[], None);
+    assert_eq!(
+        (status, view["valid"].as_bool()),
+        (200, Some(true)),
+        "{view}"
+    );
+    assert_eq!(view["member"], "m-1");
+    // WHEN it is consumed for order A, retried for A, then tried for order B
+    let consume = |order: &str| {
+        shop.server.call(
+            "POST",
+            &format!("{coupon}/consume"),
+            &shop.admin,
+            &[],
+            Some(&json!({"order_ref": order}).to_string()),
+        )
+    };
+    assert_eq!(consume("A").0, 200);
+    assert_eq!(consume("A").0, 200);
+    let (status, problem) = consume("B");
+    // THEN the second order is refused with 409, and the check shows it consumed
+    assert_eq!(status, 409);
+    assert!(is_problem(&problem, "coupon-consumed"), "{problem}");
+    let (_, view) = shop.server.call("GET", &coupon, &shop.admin, &[], None);
+    assert_eq!(
+        (view["status"].as_str(), view["order_ref"].as_str()),
+        (Some("consumed"), Some("A"))
+    );
+    // AND a member cannot check or consume coupons
+    assert_eq!(shop.server.call("GET", &coupon, &me, &[], None).0, 403);
+}

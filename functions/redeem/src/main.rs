@@ -1,0 +1,15 @@
+//! Lambda entry point: the redemption routes of the shared API, behind API Gateway's JWT
+//! authorizer. Clients are built once per container.
+
+use loyalty_core::config::AwsSettings;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .without_time()
+        .init();
+    let settings = AwsSettings::from_env()?;
+    lambda_http::run(redeem::app(settings.app_state().await)).await
+}

@@ -1,0 +1,610 @@
+//! Spending points: redemptions with an `Idempotency-Key`, the coupons the shop checks and
+//! consumes, operators' reversals and adjustments.
+//!
+//! A redemption is one conditional transaction: the account (conditioned on its version), the
+//! ledger entry, the redemption, its coupon and the idempotency record of the request. A retry
+//! with the same key and body finds the record and gets the stored answer; two requests racing
+//! with one key cannot both commit, because the record is conditioned on not existing.
+
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::{ServiceError, Services};
+use crate::domain::{AccountError, EventContext, Program, Source};
+use crate::envelope::{Envelope, ENVELOPE_VERSION};
+use crate::ports::{
+    Commit, CommitError, Consumption, Coupon, IdempotencyRecord, QueueName, Redemption,
+    RedemptionStatus, Reversal,
+};
+
+/// Attempts at a redemption's optimistic commit. Concurrent spending by one member is rare
+/// but must never end in an error: each attempt reloads, and they are spaced out a little.
+const ATTEMPTS: u32 = 40;
+/// How long an idempotency key is remembered.
+const KEY_DAYS: i64 = 7;
+
+/// An answer to replay: the status and the JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemRequest {
+    reward: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdjustRequest {
+    points: i64,
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReverseRequest {
+    reason: String,
+}
+
+/// A reward as the member sees it in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CatalogEntry {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub cost: i64,
+    /// The member has the points for it now.
+    pub affordable: bool,
+    /// The tier it needs, if any, and whether the member is below it.
+    pub min_tier: Option<String>,
+    pub locked: bool,
+}
+
+/// What the shop sees when it checks a coupon code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CouponView {
+    pub code: String,
+    pub valid: bool,
+    /// `valid`, `consumed`, `expired` or `revoked`.
+    pub status: &'static str,
+    pub reward: String,
+    pub member: String,
+    pub redemption: String,
+    pub expires_at: DateTime<Utc>,
+    pub order_ref: Option<String>,
+}
+
+fn digest(body: &Value) -> String {
+    // serde_json's maps are ordered, so the same request in another key order is the same.
+    let canonical = body.to_string();
+    Sha256::digest(canonical.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    problem: &'static str,
+) -> Result<(T, Value), ServiceError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ServiceError::invalid(problem, format!("the body is not JSON: {e}")))?;
+    let parsed = serde_json::from_value(value.clone())
+        .map_err(|e| ServiceError::invalid(problem, e.to_string()))?;
+    Ok((parsed, value))
+}
+
+/// A coupon code: 20 characters of 122 random bits, in groups a cashier can read out.
+fn coupon_code() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bits = uuid::Uuid::new_v4().as_u128();
+    let mut code = String::with_capacity(24);
+    for i in 0..20 {
+        if i > 0 && i % 5 == 0 {
+            code.push('-');
+        }
+        code.push(char::from(ALPHABET[(bits % 32) as usize]));
+        bits /= 32;
+    }
+    code
+}
+
+fn insufficient(e: AccountError) -> ServiceError {
+    match e {
+        AccountError::InsufficientPoints { .. } => ServiceError::Conflict {
+            problem: "insufficient-points",
+            detail: e.to_string(),
+        },
+        other => ServiceError::invalid("invalid-redemption", other.to_string()),
+    }
+}
+
+/// A short pause between attempts, different for each, so racing requests spread out.
+async fn back_off(attempt: u32) {
+    let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u8 % 8);
+    tokio::time::sleep(StdDuration::from_millis(
+        u64::from(attempt.min(10)) + jitter,
+    ))
+    .await;
+}
+
+impl Services {
+    /// The stored answer for `key`, or 422 when the key was used with another request.
+    async fn replay(
+        &self,
+        program: &str,
+        principal: &str,
+        key: &str,
+        hash: &str,
+    ) -> Result<Option<Answer>, ServiceError> {
+        let Some(record) = self
+            .store
+            .idempotency_record(program, principal, key)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if record.request_hash != hash {
+            return Err(ServiceError::Unprocessable {
+                problem: "idempotency-key-reused",
+                detail: format!("Idempotency-Key {key:?} was used with a different request"),
+            });
+        }
+        let body = serde_json::from_str(&record.response)
+            .map_err(|e| ServiceError::Internal(format!("stored answer is corrupt: {e}")))?;
+        Ok(Some(Answer {
+            status: record.status,
+            body,
+        }))
+    }
+
+    /// `POST /v1/programs/{program}/me/redemptions`: spends points on a reward, once per key.
+    pub async fn redeem(
+        &self,
+        program_id: &str,
+        member: &str,
+        principal: &str,
+        key: Option<&str>,
+        body: &[u8],
+    ) -> Result<Answer, ServiceError> {
+        let key = key
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                ServiceError::invalid(
+                    "idempotency-key-required",
+                    "an Idempotency-Key header is required",
+                )
+            })?;
+        let program = self.program(program_id).await?;
+        let (request, value): (RedeemRequest, Value) = parse(body, "invalid-redemption")?;
+        let hash = digest(&value);
+        if let Some(answer) = self.replay(&program.id, principal, key, &hash).await? {
+            return Ok(answer);
+        }
+        let reward = program
+            .rewards
+            .iter()
+            .find(|r| r.id == request.reward)
+            .ok_or_else(|| ServiceError::NotFound {
+                problem: "unknown-reward",
+                detail: format!("program {} has no reward {:?}", program.id, request.reward),
+            })?
+            .clone();
+        for attempt in 0..ATTEMPTS {
+            let now = self.clock.now();
+            let state = self.store.load_member(&program.id, member, &[]).await?;
+            let account = state
+                .account
+                .clone()
+                .unwrap_or_else(|| crate::domain::Account::open(&program, member, now));
+            check_tier_lock(&program, &account, reward.min_tier.as_deref())?;
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let ctx = EventContext::new(format!("redeem-{id}"), now, now).with_source(Source {
+                rule: Some(format!("reward:{}", reward.id)),
+                redemption: Some(id.clone()),
+                ..Source::default()
+            });
+            let reason = format!("Redeemed {} points for {}", reward.cost, reward.name);
+            let (change, taken) = account
+                .redeem(&program, reward.cost, &reason, &ctx)
+                .map_err(insufficient)?;
+            let expires_at = now + Duration::days(i64::from(program.coupon_valid_days));
+            let code = coupon_code();
+            let redemption = Redemption {
+                id: id.clone(),
+                member: member.to_string(),
+                reward: reward.id.clone(),
+                points: reward.cost,
+                status: RedemptionStatus::Issued,
+                code: Some(code.clone()),
+                expires_at: Some(expires_at),
+                taken,
+                created_at: now,
+                reversal: None,
+            };
+            let answer = Answer {
+                status: 201,
+                body: json!({
+                    "id": id, "status": "issued", "reward": reward.id, "points": reward.cost,
+                    "code": code, "expires_at": expires_at, "balance": change.account.balance,
+                }),
+            };
+            let mut commit = Commit::new(
+                &program,
+                member,
+                state.account.as_ref().map(|a| a.version),
+                change,
+            );
+            commit.coupon = Some(Coupon {
+                code,
+                member: member.to_string(),
+                redemption: id.clone(),
+                reward: reward.id.clone(),
+                expires_at,
+                consumed: None,
+                revoked: false,
+            });
+            commit.redemption = Some(redemption);
+            commit.idempotency = Some(IdempotencyRecord {
+                principal: principal.to_string(),
+                key: key.to_string(),
+                request_hash: hash.clone(),
+                status: answer.status,
+                response: answer.body.to_string(),
+                expires_at: now + Duration::days(KEY_DAYS),
+            });
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    self.reward_issued(&program, member, &answer.body, now)
+                        .await;
+                    return Ok(answer);
+                }
+                // The same key committed first (a concurrent retry): answer as it did.
+                Err(CommitError::Duplicate) => {
+                    if let Some(answer) = self.replay(&program.id, principal, key, &hash).await? {
+                        return Ok(answer);
+                    }
+                }
+                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            }
+            back_off(attempt).await;
+        }
+        Err(ServiceError::Internal(format!(
+            "member {member} kept changing; try again"
+        )))
+    }
+
+    /// Tells the brand's integrations; a lost notice is logged, never a failed redemption.
+    async fn reward_issued(
+        &self,
+        program: &Program,
+        member: &str,
+        body: &Value,
+        at: DateTime<Utc>,
+    ) {
+        let message = Envelope {
+            kind: "reward.issued".into(),
+            version: ENVELOPE_VERSION,
+            id: format!("reward-issued-{}", body["id"].as_str().unwrap_or_default()),
+            program: program.id.clone(),
+            member: member.to_string(),
+            occurred_at: at,
+            data: body.clone(),
+        };
+        if let Err(e) = self.queue.send(QueueName::Notify, &message).await {
+            tracing::warn!(error = %e, member, "reward.issued was not sent");
+        }
+    }
+
+    /// `GET .../me/redemptions/{id}` (the member's own) and the admin view.
+    pub async fn redemption(
+        &self,
+        program: &str,
+        member: &str,
+        id: &str,
+    ) -> Result<Redemption, ServiceError> {
+        let program = self.program(program).await?;
+        self.store
+            .redemption(&program.id, member, id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound {
+                problem: "unknown-redemption",
+                detail: format!("no redemption {id} for this member"),
+            })
+    }
+
+    /// Admin: gives a redemption's points back to their original lots, with a reason, once.
+    pub async fn reverse_redemption(
+        &self,
+        program_id: &str,
+        member: &str,
+        id: &str,
+        by: &str,
+        body: &[u8],
+    ) -> Result<Value, ServiceError> {
+        let program = self.program(program_id).await?;
+        let (request, _): (ReverseRequest, Value) = parse(body, "invalid-reversal")?;
+        if request.reason.trim().is_empty() {
+            return Err(ServiceError::invalid(
+                "invalid-reversal",
+                "a reversal needs a reason",
+            ));
+        }
+        for attempt in 0..ATTEMPTS {
+            let mut redemption = self.redemption(&program.id, member, id).await?;
+            if redemption.status == RedemptionStatus::Reversed {
+                return Err(ServiceError::Conflict {
+                    problem: "already-reversed",
+                    detail: format!("redemption {id} has already been reversed"),
+                });
+            }
+            let now = self.clock.now();
+            let state = self.store.load_member(&program.id, member, &[]).await?;
+            let account = state
+                .account
+                .ok_or_else(|| ServiceError::Internal(format!("redemption {id} has no account")))?;
+            let ctx = EventContext::new(format!("reverse-{id}"), now, now).with_source(Source {
+                rule: Some(format!("reward:{}", redemption.reward)),
+                redemption: Some(id.to_string()),
+                admin: Some(by.to_string()),
+                ..Source::default()
+            });
+            let reason = format!(
+                "Redemption of {} reversed: {}",
+                redemption.reward,
+                request.reason.trim()
+            );
+            let change = account
+                .reverse_redemption(&program, &redemption.taken, &reason, &ctx)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let balance = change.account.balance;
+            redemption.status = RedemptionStatus::Reversed;
+            redemption.reversal = Some(Reversal {
+                reason: request.reason.trim().to_string(),
+                by: by.to_string(),
+                at: now,
+            });
+            let mut commit = Commit::new(&program, member, Some(account.version), change);
+            commit.revoke_coupon = redemption.code.clone();
+            commit.redemption = Some(redemption);
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    return Ok(json!({"id": id, "status": "reversed", "balance": balance}));
+                }
+                Err(CommitError::CouponConsumed) => {
+                    return Err(ServiceError::Conflict {
+                        problem: "coupon-consumed",
+                        detail: format!("the coupon of redemption {id} has been used at the till"),
+                    })
+                }
+                Err(CommitError::VersionConflict | CommitError::Duplicate) => {}
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            }
+            back_off(attempt).await;
+        }
+        Err(ServiceError::Internal(format!(
+            "member {member} kept changing; try again"
+        )))
+    }
+
+    /// Admin: an operator's correction of the balance, with a reason. With an
+    /// `Idempotency-Key`, a retry gets the first answer and adjusts once.
+    pub async fn adjust(
+        &self,
+        program_id: &str,
+        member: &str,
+        by: &str,
+        key: Option<&str>,
+        body: &[u8],
+    ) -> Result<Answer, ServiceError> {
+        let program = self.program(program_id).await?;
+        let (request, value): (AdjustRequest, Value) = parse(body, "invalid-adjustment")?;
+        let hash = digest(&json!({"member": member, "request": value}));
+        let key = key.map(str::trim).filter(|k| !k.is_empty());
+        if let Some(key) = key {
+            if let Some(answer) = self.replay(&program.id, by, key, &hash).await? {
+                return Ok(answer);
+            }
+        }
+        for attempt in 0..ATTEMPTS {
+            let now = self.clock.now();
+            let state = self.store.load_member(&program.id, member, &[]).await?;
+            let account = state
+                .account
+                .clone()
+                .unwrap_or_else(|| crate::domain::Account::open(&program, member, now));
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let ctx = EventContext::new(format!("adjust-{id}"), now, now).with_source(Source {
+                admin: Some(by.to_string()),
+                ..Source::default()
+            });
+            let change = account
+                .adjust(&program, request.points, request.reason.trim(), &ctx)
+                .map_err(|e| match e {
+                    AccountError::InsufficientPoints { .. } => insufficient(e),
+                    other => ServiceError::invalid("invalid-adjustment", other.to_string()),
+                })?;
+            let answer = Answer {
+                status: 201,
+                body: json!({"id": id, "points": request.points, "balance": change.account.balance}),
+            };
+            let mut commit = Commit::new(
+                &program,
+                member,
+                state.account.as_ref().map(|a| a.version),
+                change,
+            );
+            commit.idempotency = key.map(|key| IdempotencyRecord {
+                principal: by.to_string(),
+                key: key.to_string(),
+                request_hash: hash.clone(),
+                status: answer.status,
+                response: answer.body.to_string(),
+                expires_at: now + Duration::days(KEY_DAYS),
+            });
+            match self.store.commit(commit).await {
+                Ok(()) => return Ok(answer),
+                Err(CommitError::Duplicate) => {
+                    if let Some(answer) = match key {
+                        Some(key) => self.replay(&program.id, by, key, &hash).await?,
+                        None => None,
+                    } {
+                        return Ok(answer);
+                    }
+                }
+                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            }
+            back_off(attempt).await;
+        }
+        Err(ServiceError::Internal(format!(
+            "member {member} kept changing; try again"
+        )))
+    }
+
+    /// `GET .../me/rewards`: the catalog with what the member can afford and what is locked.
+    pub async fn catalog(
+        &self,
+        program_id: &str,
+        member: &str,
+    ) -> Result<Vec<CatalogEntry>, ServiceError> {
+        let program = self.program(program_id).await?;
+        let view = self.member_view(&program.id, member).await?;
+        let current = program.tier(&view.tier.id).map_or(0, |(i, _)| i);
+        Ok(program
+            .rewards
+            .iter()
+            .map(|r| {
+                let locked = r
+                    .min_tier
+                    .as_deref()
+                    .and_then(|t| program.tier(t))
+                    .is_some_and(|(needed, _)| current < needed);
+                CatalogEntry {
+                    id: r.id.clone(),
+                    name: r.name.clone(),
+                    kind: format!("{:?}", r.kind).to_lowercase(),
+                    cost: r.cost,
+                    affordable: view.balance >= r.cost,
+                    min_tier: r.min_tier.clone(),
+                    locked,
+                }
+            })
+            .collect())
+    }
+
+    /// Admin: what the shop's till sees for a code.
+    pub async fn check_coupon(
+        &self,
+        program: &str,
+        code: &str,
+    ) -> Result<CouponView, ServiceError> {
+        let program = self.program(program).await?;
+        let coupon = self
+            .store
+            .coupon(&program.id, code)
+            .await?
+            .ok_or_else(|| unknown_coupon(code))?;
+        Ok(coupon_view(&coupon, self.clock.now()))
+    }
+
+    /// Admin: uses a coupon at the till, once (a retry for the same order is the same use).
+    pub async fn consume_coupon(
+        &self,
+        program: &str,
+        code: &str,
+        body: &[u8],
+    ) -> Result<CouponView, ServiceError> {
+        let program = self.program(program).await?;
+        let order_ref = parse::<Value>(body, "invalid-consumption")?
+            .0
+            .get("order_ref")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| ServiceError::invalid("invalid-consumption", "order_ref is required"))?;
+        let now = self.clock.now();
+        let conflict =
+            |problem: &'static str, detail: String| ServiceError::Conflict { problem, detail };
+        match self
+            .store
+            .consume_coupon(&program.id, code, &order_ref, now)
+            .await?
+        {
+            Consumption::Consumed(coupon) => Ok(coupon_view(&coupon, now)),
+            Consumption::NotFound => Err(unknown_coupon(code)),
+            Consumption::AlreadyConsumed(c) => Err(conflict(
+                "coupon-consumed",
+                format!(
+                    "coupon {code} was used for order {}",
+                    c.consumed.map(|c| c.order_ref).unwrap_or_default()
+                ),
+            )),
+            Consumption::Expired(c) => Err(conflict(
+                "coupon-expired",
+                format!("coupon {code} expired at {}", c.expires_at),
+            )),
+            Consumption::Revoked(_) => Err(conflict(
+                "coupon-revoked",
+                format!("coupon {code} was revoked (its redemption was reversed)"),
+            )),
+        }
+    }
+}
+
+fn check_tier_lock(
+    program: &Program,
+    account: &crate::domain::Account,
+    min_tier: Option<&str>,
+) -> Result<(), ServiceError> {
+    let Some((needed, tier)) = min_tier.and_then(|t| program.tier(t)) else {
+        return Ok(());
+    };
+    let current = program.tier(&account.tier.id).map_or(0, |(i, _)| i);
+    if current < needed {
+        return Err(ServiceError::Forbidden {
+            problem: "tier-locked",
+            detail: format!("this reward needs the {} tier", tier.id),
+        });
+    }
+    Ok(())
+}
+
+fn unknown_coupon(code: &str) -> ServiceError {
+    ServiceError::NotFound {
+        problem: "unknown-coupon",
+        detail: format!("no coupon {code}"),
+    }
+}
+
+fn coupon_view(coupon: &Coupon, now: DateTime<Utc>) -> CouponView {
+    let status = if coupon.consumed.is_some() {
+        "consumed"
+    } else if coupon.revoked {
+        "revoked"
+    } else if coupon.expires_at <= now {
+        "expired"
+    } else {
+        "valid"
+    };
+    CouponView {
+        code: coupon.code.clone(),
+        valid: status == "valid",
+        status,
+        reward: coupon.reward.clone(),
+        member: coupon.member.clone(),
+        redemption: coupon.redemption.clone(),
+        expires_at: coupon.expires_at,
+        order_ref: coupon.consumed.as_ref().map(|c| c.order_ref.clone()),
+    }
+}

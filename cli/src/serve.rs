@@ -65,6 +65,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let store = store.map_err(|e| e.to_string())?;
     let queue = LocalQueue::new(store.clone(), MAX_ATTEMPTS);
+    let recovered = queue.recover_in_flight().await.map_err(|e| e.to_string())?;
+    if recovered > 0 {
+        tracing::info!(
+            recovered,
+            "messages left in flight by a previous run are delivered again"
+        );
+    }
     let services = Arc::new(Services::new(
         Arc::new(store.clone()),
         Arc::new(queue.clone()),

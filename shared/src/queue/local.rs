@@ -107,6 +107,21 @@ impl LocalQueue {
             .await
     }
 
+    /// Makes every hidden message visible at once. One `loyalty serve` owns the queue, so at its
+    /// start a hidden message is one that a process which died was handling (or waiting to
+    /// retry): it is delivered again now rather than after its visibility timeout.
+    pub async fn recover_in_flight(&self) -> Result<usize, StoreError> {
+        self.store
+            .with(|conn| {
+                conn.execute(
+                    "UPDATE queue SET available_at = ?1 WHERE available_at > ?1",
+                    params![now_ms()],
+                )
+                .map_err(|e| sql_error("cannot recover the queue", e))
+            })
+            .await
+    }
+
     /// The message was processed: it is gone.
     pub async fn ack(&self, seq: i64) -> Result<(), StoreError> {
         self.store

@@ -77,15 +77,33 @@ def main() -> int:
                 open_route = auth.get("Authorizer") == "NONE"
                 if path.startswith("/webhooks/") != open_route:
                     findings.append(f"{name}.{event_name}: {path} must {'not ' if open_route else ''}skip the JWT authorizer")
-                admin = path in ("/v1/programs/{program}", "/v1/programs/{program}/events") or "/members/" in path or "/coupons/" in path
+                admin = path in ("/v1/programs/{program}", "/v1/programs/{program}/events") or "/members/" in path or "/coupons/" in path or path.startswith("/v1/programs/{program}/redemptions/")
                 if admin and "loyalty/admin" not in auth.get("AuthorizationScopes", []):
                     findings.append(f"{name}.{event_name}: admin route {path} without the loyalty/admin scope")
+
+    findings.extend(check_openapi())
 
     for finding in findings:
         print(finding)
     if not findings:
         print(f"template: {len(functions)} functions, {len(queues)} queues; no findings")
     return 1 if findings else 0
+
+
+def check_openapi() -> list:
+    """infra/openapi.yaml parses, and every operation answers with a documented status."""
+    import yaml
+
+    findings = []
+    try:
+        spec = yaml.safe_load((ROOT / "infra" / "openapi.yaml").read_text())
+    except yaml.YAMLError as e:
+        return [f"infra/openapi.yaml is not valid YAML: {e}"]
+    for path, operations in spec.get("paths", {}).items():
+        for method, operation in operations.items():
+            if not operation.get("responses"):
+                findings.append(f"openapi: {method.upper()} {path} has no responses")
+    return findings
 
 
 if __name__ == "__main__":

@@ -155,6 +155,10 @@ impl Commit {
 pub enum RedemptionStatus {
     Issued,
     Reversed,
+    /// Pay with points: held until the shop captures or voids it, or it expires.
+    Held,
+    Captured,
+    Voided,
 }
 
 /// A redemption, kept under its member: what was spent, from which lots (so that a reversal

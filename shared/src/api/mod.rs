@@ -87,6 +87,14 @@ pub fn redemption_router(state: AppState) -> Router {
             "/v1/programs/{program}/members/{member}/adjustments",
             post(adjust),
         )
+        .route(
+            "/v1/programs/{program}/redemptions/{id}/capture",
+            post(capture_hold),
+        )
+        .route(
+            "/v1/programs/{program}/redemptions/{id}/void",
+            post(void_hold),
+        )
         .with_state(state)
 }
 
@@ -305,6 +313,32 @@ async fn adjust(
         .adjust(&program, &member, &principal.subject, key, &body)
         .await?;
     Ok(answer(done))
+}
+
+async fn capture_hold(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    let done = state
+        .services
+        .settle_hold(&program, &id, true, &principal.subject)
+        .await?;
+    Ok(Json(done).into_response())
+}
+
+async fn void_hold(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    let done = state
+        .services
+        .settle_hold(&program, &id, false, &principal.subject)
+        .await?;
+    Ok(Json(done).into_response())
 }
 
 async fn my_ledger(

@@ -30,6 +30,10 @@ pub struct Account {
     pub lots: Lots,
     #[serde(default)]
     pub pending: Vec<PendingGrant>,
+    /// Points held for a checkout (pay with points) until the shop captures or voids them; a
+    /// hold not captured by its expiry returns its points.
+    #[serde(default)]
+    pub holds: Vec<Hold>,
     /// Qualifying measure (spend in minor units, or points) by month of purchase.
     #[serde(default)]
     pub qualifying: BTreeMap<YearMonth, i64>,
@@ -62,6 +66,17 @@ pub struct PendingGrant {
     /// The lot the points join when released.
     pub expires_on: NaiveDate,
     pub points: i64,
+}
+
+/// Points taken for a checkout, waiting for the shop to capture them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub redemption: String,
+    pub order_ref: String,
+    pub points: i64,
+    /// The lots the points came from, to return them where they were.
+    pub taken: Vec<LotShare>,
+    pub expires_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +116,7 @@ impl Account {
             debt: 0,
             lots: Lots::default(),
             pending: Vec::new(),
+            holds: Vec::new(),
             qualifying: BTreeMap::new(),
             tier: TierStatus {
                 id: program.lowest_tier().id.clone(),
@@ -222,6 +238,69 @@ impl Account {
     }
 }
 
+impl Account {
+    /// Holds points for a checkout: spent now (soonest-expiring first), returned if the hold is
+    /// not captured by `expires_at`.
+    pub fn hold(
+        &self,
+        program: &Program,
+        redemption: &str,
+        order_ref: &str,
+        points: i64,
+        expires_at: DateTime<Utc>,
+        ctx: &EventContext,
+    ) -> Result<Change, AccountError> {
+        let reason = format!("{points} points held for order {order_ref} (pay with points)");
+        let (mut change, taken) = self.redeem(program, points, &reason, ctx)?;
+        change.account.holds.push(Hold {
+            redemption: redemption.to_string(),
+            order_ref: order_ref.to_string(),
+            points,
+            taken,
+            expires_at,
+        });
+        Ok(change)
+    }
+
+    /// The shop took the payment: the hold's points stay spent. `None` when there is no such
+    /// hold any more (captured, voided, or expired by `ctx.recorded_at`).
+    pub fn capture_hold(
+        &self,
+        program: &Program,
+        redemption: &str,
+        ctx: &EventContext,
+    ) -> Option<Change> {
+        let mut journal = Journal::begin(self, program, ctx);
+        let index = journal
+            .account
+            .holds
+            .iter()
+            .position(|h| h.redemption == redemption)?;
+        journal.account.holds.remove(index);
+        Some(journal.finish())
+    }
+
+    /// The shop gave the checkout up: the hold's points return to their lots.
+    pub fn void_hold(
+        &self,
+        program: &Program,
+        redemption: &str,
+        reason: &str,
+        ctx: &EventContext,
+    ) -> Option<Change> {
+        let mut journal = Journal::begin(self, program, ctx);
+        let index = journal
+            .account
+            .holds
+            .iter()
+            .position(|h| h.redemption == redemption)?;
+        let hold = journal.account.holds.remove(index);
+        journal.return_hold(&hold, reason, ctx.recorded_at);
+        journal.settle(program, ctx.recorded_at);
+        Some(journal.finish())
+    }
+}
+
 /// The last usable day of points earned at `occurred_at`: end of the month, N months later, in
 /// the program's zone.
 pub fn lot_expiry(program: &Program, occurred_at: DateTime<Utc>) -> NaiveDate {
@@ -327,8 +406,42 @@ impl<'a> Journal<'a> {
         });
     }
 
+    /// Returns a hold's points to the lots they came from.
+    fn return_hold(&mut self, hold: &Hold, reason: &str, at: DateTime<Utc>) {
+        for share in &hold.taken {
+            self.credit(share.points, share.expires_on);
+        }
+        let source = Source {
+            redemption: Some(hold.redemption.clone()),
+            rule: Some("pay-with-points".into()),
+            ..Source::default()
+        };
+        self.push(
+            format!("void#{}", hold.redemption),
+            EntryKind::Reverse,
+            hold.points,
+            0,
+            reason.to_string(),
+            source,
+            at,
+        );
+    }
+
     /// Applies, in time order, what time alone changes up to `now`.
     pub fn settle(&mut self, program: &Program, now: DateTime<Utc>) {
+        // Holds not captured in time give their points back first (to lots that may then
+        // expire below, if their day has passed).
+        let (expired, kept): (Vec<Hold>, Vec<Hold>) = std::mem::take(&mut self.account.holds)
+            .into_iter()
+            .partition(|h| h.expires_at <= now);
+        self.account.holds = kept;
+        for hold in &expired {
+            let reason = format!(
+                "The hold of {} points for order {} was not captured in time; points returned",
+                hold.points, hold.order_ref
+            );
+            self.return_hold(hold, &reason, hold.expires_at);
+        }
         let tz = program.time_zone;
         let today = local_date(tz, now);
         // Releases and expiries interleave by the instant they take effect.

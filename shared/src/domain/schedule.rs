@@ -110,10 +110,14 @@ impl Account {
     /// The next date on which each job has work for this account. Dates already past are
     /// kept as they are: the next run of the job picks them up (it reads back to its last run).
     pub fn due_dates(&self, program: &Program) -> DueDates {
+        // Matured pending points, and holds not captured in time, are both settled by
+        // `release-pending`.
         let release = self
             .pending
             .iter()
-            .map(|g| local_date(program.time_zone, g.release_at))
+            .map(|g| g.release_at)
+            .chain(self.holds.iter().map(|h| h.expires_at))
+            .map(|at| local_date(program.time_zone, at))
             .min();
         // A lot is gone from the day after its last usable day; pending points already know
         // the lot they will join, so a member whose points were never released is found too.

@@ -27,6 +27,26 @@ const ATTEMPTS: u32 = 40;
 /// How long an idempotency key is remembered.
 const KEY_DAYS: i64 = 7;
 
+/// Who asked, with which key, for what: the idempotency record of a request.
+struct RequestId<'a> {
+    principal: &'a str,
+    key: &'a str,
+    hash: &'a str,
+}
+
+impl RequestId<'_> {
+    fn record(&self, answer: &Answer, now: DateTime<Utc>) -> IdempotencyRecord {
+        IdempotencyRecord {
+            principal: self.principal.to_string(),
+            key: self.key.to_string(),
+            request_hash: self.hash.to_string(),
+            status: answer.status,
+            response: answer.body.to_string(),
+            expires_at: now + Duration::days(KEY_DAYS),
+        }
+    }
+}
+
 /// An answer to replay: the status and the JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -38,7 +58,15 @@ pub struct Answer {
 #[serde(deny_unknown_fields)]
 struct RedeemRequest {
     reward: String,
+    /// Pay with points: how many points, and the shop's order they pay towards.
+    #[serde(default)]
+    points: Option<i64>,
+    #[serde(default)]
+    order_ref: Option<String>,
 }
+
+/// The reward id of paying with points at checkout.
+pub const PAY_WITH_POINTS: &str = "pay-with-points";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,6 +217,16 @@ impl Services {
         if let Some(answer) = self.replay(&program.id, principal, key, &hash).await? {
             return Ok(answer);
         }
+        let request_id = RequestId {
+            principal,
+            key,
+            hash: &hash,
+        };
+        if request.reward == PAY_WITH_POINTS {
+            return self
+                .hold_points(&program, member, &request, &request_id)
+                .await;
+        }
         let reward = program
             .rewards
             .iter()
@@ -253,14 +291,7 @@ impl Services {
                 revoked: false,
             });
             commit.redemption = Some(redemption);
-            commit.idempotency = Some(IdempotencyRecord {
-                principal: principal.to_string(),
-                key: key.to_string(),
-                request_hash: hash.clone(),
-                status: answer.status,
-                response: answer.body.to_string(),
-                expires_at: now + Duration::days(KEY_DAYS),
-            });
+            commit.idempotency = Some(request_id.record(&answer, now));
             match self.store.commit(commit).await {
                 Ok(()) => {
                     self.reward_issued(&program, member, &answer.body, now)
@@ -274,6 +305,203 @@ impl Services {
                     }
                 }
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            }
+            back_off(attempt).await;
+        }
+        Err(ServiceError::Internal(format!(
+            "member {member} kept changing; try again"
+        )))
+    }
+
+    /// Pay with points: holds `points` for the shop's order until it captures them, voids
+    /// them, or the hold expires (`pay_with_points.hold_minutes`).
+    async fn hold_points(
+        &self,
+        program: &Program,
+        member: &str,
+        request: &RedeemRequest,
+        request_id: &RequestId<'_>,
+    ) -> Result<Answer, ServiceError> {
+        let rules = program
+            .pay_with_points
+            .ok_or_else(|| ServiceError::NotFound {
+                problem: "unknown-reward",
+                detail: format!("program {} does not take points at checkout", program.id),
+            })?;
+        let points = request.points.unwrap_or(0);
+        if points < rules.min_points.max(1) {
+            return Err(ServiceError::invalid(
+                "invalid-redemption",
+                format!("points must be at least {}", rules.min_points.max(1)),
+            ));
+        }
+        let order_ref = request
+            .order_ref
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| ServiceError::invalid("invalid-redemption", "order_ref is required"))?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        // The shop captures by redemption id alone: remember whose it is (harmless if the
+        // hold below is refused).
+        self.store
+            .put_alias(&program.id, "redemption", &id, member)
+            .await?;
+        for attempt in 0..ATTEMPTS {
+            let now = self.clock.now();
+            let state = self.store.load_member(&program.id, member, &[]).await?;
+            let account = state
+                .account
+                .clone()
+                .unwrap_or_else(|| crate::domain::Account::open(program, member, now));
+            let expires_at = now + Duration::minutes(i64::from(rules.hold_minutes));
+            let ctx = EventContext::new(format!("hold-{id}"), now, now).with_source(Source {
+                rule: Some(PAY_WITH_POINTS.into()),
+                redemption: Some(id.clone()),
+                order_id: Some(order_ref.to_string()),
+                ..Source::default()
+            });
+            let change = account
+                .hold(program, &id, order_ref, points, expires_at, &ctx)
+                .map_err(insufficient)?;
+            let taken = change
+                .account
+                .holds
+                .last()
+                .map(|h| h.taken.clone())
+                .unwrap_or_default();
+            // What the points are worth at checkout, in minor units, rounded down.
+            let value = points * rules.value_minor / rules.points.max(1);
+            let answer = Answer {
+                status: 201,
+                body: json!({
+                    "id": id, "status": "held", "reward": PAY_WITH_POINTS, "points": points,
+                    "code": null, "expires_at": expires_at, "balance": change.account.balance,
+                    "order_ref": order_ref, "value": value, "currency": program.currency.to_string(),
+                }),
+            };
+            let mut commit = Commit::new(
+                program,
+                member,
+                state.account.as_ref().map(|a| a.version),
+                change,
+            );
+            commit.redemption = Some(Redemption {
+                id: id.clone(),
+                member: member.to_string(),
+                reward: PAY_WITH_POINTS.into(),
+                points,
+                status: RedemptionStatus::Held,
+                code: None,
+                expires_at: Some(expires_at),
+                taken,
+                created_at: now,
+                reversal: None,
+            });
+            commit.idempotency = Some(request_id.record(&answer, now));
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    self.reward_issued(program, member, &answer.body, now).await;
+                    return Ok(answer);
+                }
+                Err(CommitError::Duplicate) => {
+                    let replayed = self
+                        .replay(
+                            &program.id,
+                            request_id.principal,
+                            request_id.key,
+                            request_id.hash,
+                        )
+                        .await?;
+                    if let Some(answer) = replayed {
+                        return Ok(answer);
+                    }
+                }
+                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            }
+            back_off(attempt).await;
+        }
+        Err(ServiceError::Internal(format!(
+            "member {member} kept changing; try again"
+        )))
+    }
+
+    /// Admin: the shop captures (`capture = true`) or voids a pay-with-points hold. Capturing
+    /// twice is the same capture; a hold that expired, or was voided, cannot be captured (409).
+    pub async fn settle_hold(
+        &self,
+        program_id: &str,
+        id: &str,
+        capture: bool,
+        by: &str,
+    ) -> Result<Value, ServiceError> {
+        let program = self.program(program_id).await?;
+        let unknown = || ServiceError::NotFound {
+            problem: "unknown-redemption",
+            detail: format!("no pay-with-points hold {id}"),
+        };
+        let member = self
+            .store
+            .resolve_alias(&program.id, "redemption", id)
+            .await?
+            .ok_or_else(unknown)?;
+        let wanted = if capture {
+            RedemptionStatus::Captured
+        } else {
+            RedemptionStatus::Voided
+        };
+        for attempt in 0..ATTEMPTS {
+            let mut redemption = self
+                .store
+                .redemption(&program.id, &member, id)
+                .await?
+                .ok_or_else(unknown)?;
+            if redemption.status == wanted {
+                return Ok(json!({"id": id, "status": status_name(wanted)}));
+            }
+            let now = self.clock.now();
+            let state = self.store.load_member(&program.id, &member, &[]).await?;
+            let account = state.account.ok_or_else(unknown)?;
+            let ctx = EventContext::new(format!("{}-{id}", status_name(wanted)), now, now)
+                .with_source(Source {
+                    rule: Some(PAY_WITH_POINTS.into()),
+                    redemption: Some(id.to_string()),
+                    admin: Some(by.to_string()),
+                    ..Source::default()
+                });
+            let change = if capture {
+                account.capture_hold(&program, id, &ctx)
+            } else {
+                let reason = format!(
+                    "The shop voided the hold of {} points; points returned",
+                    redemption.points
+                );
+                account.void_hold(&program, id, &reason, &ctx)
+            };
+            let Some(change) = change else {
+                return Err(ServiceError::Conflict {
+                    problem: "hold-closed",
+                    detail: format!(
+                        "hold {id} is no longer open (voided, or expired at {})",
+                        redemption
+                            .expires_at
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_default()
+                    ),
+                });
+            };
+            redemption.status = wanted;
+            let mut commit = Commit::new(&program, &member, Some(account.version), change);
+            commit.redemption = Some(redemption);
+            match self.store.commit(commit).await {
+                Ok(()) => return Ok(json!({"id": id, "status": status_name(wanted)})),
+                Err(
+                    CommitError::VersionConflict
+                    | CommitError::Duplicate
+                    | CommitError::CouponConsumed,
+                ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
             back_off(attempt).await;
@@ -313,13 +541,22 @@ impl Services {
         id: &str,
     ) -> Result<Redemption, ServiceError> {
         let program = self.program(program).await?;
-        self.store
+        let mut redemption = self
+            .store
             .redemption(&program.id, member, id)
             .await?
             .ok_or_else(|| ServiceError::NotFound {
                 problem: "unknown-redemption",
                 detail: format!("no redemption {id} for this member"),
-            })
+            })?;
+        // A hold not captured by its expiry is void, whether or not a job has written it yet.
+        let now = self.clock.now();
+        if redemption.status == RedemptionStatus::Held
+            && redemption.expires_at.is_some_and(|t| t <= now)
+        {
+            redemption.status = RedemptionStatus::Voided;
+        }
+        Ok(redemption)
     }
 
     /// Admin: gives a redemption's points back to their original lots, with a reason, once.
@@ -341,11 +578,20 @@ impl Services {
         }
         for attempt in 0..ATTEMPTS {
             let mut redemption = self.redemption(&program.id, member, id).await?;
-            if redemption.status == RedemptionStatus::Reversed {
-                return Err(ServiceError::Conflict {
-                    problem: "already-reversed",
-                    detail: format!("redemption {id} has already been reversed"),
-                });
+            match redemption.status {
+                RedemptionStatus::Issued | RedemptionStatus::Captured => {}
+                RedemptionStatus::Reversed => {
+                    return Err(ServiceError::Conflict {
+                        problem: "already-reversed",
+                        detail: format!("redemption {id} has already been reversed"),
+                    })
+                }
+                RedemptionStatus::Held | RedemptionStatus::Voided => {
+                    return Err(ServiceError::Conflict {
+                        problem: "not-reversible",
+                        detail: format!("redemption {id} is a hold: void it instead"),
+                    })
+                }
             }
             let now = self.clock.now();
             let state = self.store.load_member(&program.id, member, &[]).await?;
@@ -606,5 +852,15 @@ fn coupon_view(coupon: &Coupon, now: DateTime<Utc>) -> CouponView {
         redemption: coupon.redemption.clone(),
         expires_at: coupon.expires_at,
         order_ref: coupon.consumed.as_ref().map(|c| c.order_ref.clone()),
+    }
+}
+
+fn status_name(status: RedemptionStatus) -> &'static str {
+    match status {
+        RedemptionStatus::Issued => "issued",
+        RedemptionStatus::Reversed => "reversed",
+        RedemptionStatus::Held => "held",
+        RedemptionStatus::Captured => "captured",
+        RedemptionStatus::Voided => "voided",
     }
 }

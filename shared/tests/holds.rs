@@ -1,0 +1,189 @@
+//! Pay with points: holds captured, voided, or expired, with a clock the test moves.
+#![cfg(feature = "sqlite")]
+
+use std::sync::Arc;
+
+use chrono::{Duration, TimeZone, Utc};
+use loyalty_core::domain::EntryKind;
+use loyalty_core::ports::{FixedClock, MemberStore, RedemptionStatus};
+use loyalty_core::queue::local::LocalQueue;
+use loyalty_core::services::jobs::Job;
+use loyalty_core::services::programs::ProgramFormat;
+use loyalty_core::services::{ServiceError, Services};
+use loyalty_core::store::sqlite::SqliteStore;
+use serde_json::json;
+
+async fn stack() -> (Services, Arc<FixedClock>, SqliteStore) {
+    let store = SqliteStore::memory().unwrap();
+    let queue = LocalQueue::new(store.clone(), 3);
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap());
+    let services = Services::new(Arc::new(store.clone()), Arc::new(queue), clock.clone());
+    services
+        .put_program(
+            "kr-shop",
+            include_str!("../../examples/kr-shop.toml"),
+            ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    services
+        .adjust(
+            "kr-shop",
+            "m-1",
+            "ops",
+            None,
+            br#"{"points": 10000, "reason": "gift"}"#,
+        )
+        .await
+        .unwrap();
+    (services, clock, store)
+}
+
+fn hold(points: i64, order: &str) -> Vec<u8> {
+    json!({"reward": "pay-with-points", "points": points, "order_ref": order})
+        .to_string()
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn a_hold_not_captured_in_time_returns_its_points() {
+    // GIVEN 4,000 of a member's 10,000 points held for an order (30 minutes, kr-shop)
+    let (services, clock, store) = stack().await;
+    let held = services
+        .redeem(
+            "kr-shop",
+            "m-1",
+            "m-1",
+            Some("h-1"),
+            &hold(4_000, "order-9"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (held.status, held.body["status"].as_str()),
+        (201, Some("held"))
+    );
+    assert_eq!(held.body["balance"], 6_000);
+    assert_eq!(held.body["value"], 4_000, "1 point is worth 1 KRW");
+    let id = held.body["id"].as_str().unwrap().to_string();
+    // WHEN 31 minutes pass without a capture
+    clock.set(Utc.with_ymd_and_hms(2026, 11, 22, 3, 31, 0).unwrap());
+    // THEN the member already sees the points back, and the hold as voided
+    assert_eq!(
+        services
+            .member_view("kr-shop", "m-1")
+            .await
+            .unwrap()
+            .balance,
+        10_000
+    );
+    let redemption = services.redemption("kr-shop", "m-1", &id).await.unwrap();
+    assert_eq!(redemption.status, RedemptionStatus::Voided);
+    // AND the shop can no longer capture it
+    let late = services.settle_hold("kr-shop", &id, true, "shop").await;
+    assert!(
+        matches!(
+            late,
+            Err(ServiceError::Conflict {
+                problem: "hold-closed",
+                ..
+            })
+        ),
+        "{late:?}"
+    );
+    // WHEN release-pending runs THEN the return is written, once, and balance == sum(ledger)
+    let report = services
+        .run_job(Job::ReleasePending, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.changed, 1);
+    let account = store
+        .load_member("kr-shop", "m-1", &[])
+        .await
+        .unwrap()
+        .account
+        .unwrap();
+    assert_eq!((account.balance, account.holds.len()), (10_000, 0));
+    let page = store
+        .ledger_page("kr-shop", "m-1", 100, None)
+        .await
+        .unwrap();
+    assert_eq!(page.entries.iter().map(|e| e.points).sum::<i64>(), 10_000);
+    assert_eq!(
+        page.entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Reverse)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_captured_hold_stays_spent_and_a_voided_one_comes_back() {
+    let (services, clock, _) = stack().await;
+    // GIVEN two holds of 2,000 points
+    let first = services
+        .redeem(
+            "kr-shop",
+            "m-1",
+            "m-1",
+            Some("h-1"),
+            &hold(2_000, "order-1"),
+        )
+        .await
+        .unwrap();
+    let second = services
+        .redeem(
+            "kr-shop",
+            "m-1",
+            "m-1",
+            Some("h-2"),
+            &hold(2_000, "order-2"),
+        )
+        .await
+        .unwrap();
+    let (a, b) = (
+        first.body["id"].as_str().unwrap(),
+        second.body["id"].as_str().unwrap(),
+    );
+    // WHEN the shop captures the first (twice) and voids the second
+    assert_eq!(
+        services
+            .settle_hold("kr-shop", a, true, "shop")
+            .await
+            .unwrap()["status"],
+        "captured"
+    );
+    assert_eq!(
+        services
+            .settle_hold("kr-shop", a, true, "shop")
+            .await
+            .unwrap()["status"],
+        "captured"
+    );
+    assert_eq!(
+        services
+            .settle_hold("kr-shop", b, false, "shop")
+            .await
+            .unwrap()["status"],
+        "voided"
+    );
+    // THEN 8,000 is left, also after the holds' expiry
+    clock.set(Utc.with_ymd_and_hms(2026, 11, 22, 5, 0, 0).unwrap() + Duration::minutes(1));
+    assert_eq!(
+        services
+            .member_view("kr-shop", "m-1")
+            .await
+            .unwrap()
+            .balance,
+        8_000
+    );
+    // AND fewer points than the program's minimum (1,000) are refused
+    let small = services
+        .redeem("kr-shop", "m-1", "m-1", Some("h-3"), &hold(500, "order-3"))
+        .await;
+    assert!(
+        matches!(small, Err(ServiceError::Invalid { .. })),
+        "{small:?}"
+    );
+}

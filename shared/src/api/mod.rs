@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -62,6 +62,7 @@ pub fn member_router(state: AppState) -> Router {
         .route("/v1/programs/{program}/me", get(me))
         .route("/v1/programs/{program}/me/ledger", get(my_ledger))
         .route("/v1/programs/{program}/me/rewards", get(my_rewards))
+        .route("/v1/programs/{program}/me/profile", patch(my_profile))
         .with_state(state)
 }
 
@@ -223,6 +224,20 @@ async fn my_rewards(
     let member = member_of(&state, &program, &principal).await?;
     let rewards = state.services.catalog(&program, &member).await?;
     Ok(Json(json!({ "rewards": rewards })).into_response())
+}
+
+async fn my_profile(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let member = member_of(&state, &program, &principal).await?;
+    let profile = state
+        .services
+        .update_profile(&program, &member, &body)
+        .await?;
+    Ok(Json(profile).into_response())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Option<&str> {

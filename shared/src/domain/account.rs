@@ -48,6 +48,9 @@ pub struct Account {
     pub joined_on: NaiveDate,
     #[serde(default)]
     pub last_purchase_at: Option<DateTime<Utc>>,
+    /// What the member told about themselves (birthday, anniversary).
+    #[serde(default)]
+    pub profile: Profile,
     /// Notices already sent (`expiring:{last day}`, `downgrade:{review date}`).
     #[serde(default)]
     pub notified: std::collections::BTreeSet<String>,
@@ -66,6 +69,73 @@ pub struct PendingGrant {
     /// The lot the points join when released.
     pub expires_on: NaiveDate,
     pub points: i64,
+}
+
+/// The member's profile. A birthday is a month and day (`MM-DD`); it can be changed at most
+/// once in 365 days, so that it cannot be moved to collect a birthday bonus twice in a year.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    #[serde(default)]
+    pub birthday: Option<String>,
+    /// When the birthday was last set.
+    #[serde(default)]
+    pub birthday_set_on: Option<NaiveDate>,
+    #[serde(default)]
+    pub anniversary: Option<NaiveDate>,
+}
+
+/// Days between two changes of a birthday.
+pub const BIRTHDAY_CHANGE_DAYS: i64 = 365;
+
+/// Checks a `MM-DD` birthday (29 February included).
+pub fn parse_birthday(text: &str) -> Result<String, AccountError> {
+    let invalid =
+        || AccountError::Invalid(format!("birthday {text:?} is not a month and day (MM-DD)"));
+    let (month, day) = text.split_once('-').ok_or_else(invalid)?;
+    if month.len() != 2 || day.len() != 2 {
+        return Err(invalid());
+    }
+    let (month, day): (u32, u32) = (
+        month.parse().map_err(|_| invalid())?,
+        day.parse().map_err(|_| invalid())?,
+    );
+    // 2000 is a leap year, so every real birthday is a date in it.
+    NaiveDate::from_ymd_opt(2000, month, day).ok_or_else(invalid)?;
+    Ok(format!("{month:02}-{day:02}"))
+}
+
+impl Account {
+    /// Sets the birthday and the anniversary. A birthday set less than 365 days ago cannot be
+    /// changed (setting the same one again is no change).
+    pub fn update_profile(
+        &self,
+        birthday: Option<&str>,
+        anniversary: Option<NaiveDate>,
+        today: NaiveDate,
+    ) -> Result<Account, AccountError> {
+        let mut account = self.clone();
+        if let Some(text) = birthday {
+            let birthday = parse_birthday(text)?;
+            if self.profile.birthday.as_deref() != Some(birthday.as_str()) {
+                if let (Some(_), Some(set_on)) =
+                    (&self.profile.birthday, self.profile.birthday_set_on)
+                {
+                    let next = set_on + chrono::Duration::days(BIRTHDAY_CHANGE_DAYS);
+                    if today < next {
+                        return Err(AccountError::Invalid(format!(
+                            "the birthday was set on {set_on} and can be changed again from {next}"
+                        )));
+                    }
+                }
+                account.profile.birthday = Some(birthday);
+                account.profile.birthday_set_on = Some(today);
+            }
+        }
+        if let Some(date) = anniversary {
+            account.profile.anniversary = Some(date);
+        }
+        Ok(account)
+    }
 }
 
 /// Points taken for a checkout, waiting for the shop to capture them.
@@ -128,6 +198,7 @@ impl Account {
             referred_by: None,
             joined_on: local_date(program.time_zone, now),
             last_purchase_at: None,
+            profile: Profile::default(),
             notified: Default::default(),
             version: 0,
         }

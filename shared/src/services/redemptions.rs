@@ -864,3 +864,74 @@ fn status_name(status: RedemptionStatus) -> &'static str {
         RedemptionStatus::Voided => "voided",
     }
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileRequest {
+    #[serde(default)]
+    birthday: Option<String>,
+    #[serde(default)]
+    anniversary: Option<chrono::NaiveDate>,
+}
+
+impl Services {
+    /// `PATCH .../me/profile`: the member's birthday (`MM-DD`, changed at most once in 365
+    /// days) and anniversary (`YYYY-MM-DD`).
+    pub async fn update_profile(
+        &self,
+        program_id: &str,
+        member: &str,
+        body: &[u8],
+    ) -> Result<crate::domain::Profile, ServiceError> {
+        let program = self.program(program_id).await?;
+        let (request, _): (ProfileRequest, Value) = parse(body, "invalid-profile")?;
+        for attempt in 0..ATTEMPTS {
+            let now = self.clock.now();
+            let today = crate::domain::calendar::local_date(program.time_zone, now);
+            let state = self.store.load_member(&program.id, member, &[]).await?;
+            let account = state
+                .account
+                .clone()
+                .unwrap_or_else(|| crate::domain::Account::open(&program, member, now));
+            let updated = account
+                .update_profile(request.birthday.as_deref(), request.anniversary, today)
+                .map_err(|e| match e {
+                    AccountError::Invalid(detail) if detail.contains("can be changed again") => {
+                        ServiceError::Conflict {
+                            problem: "birthday-recently-changed",
+                            detail,
+                        }
+                    }
+                    other => ServiceError::invalid("invalid-profile", other.to_string()),
+                })?;
+            if state.account.is_some() && updated == account {
+                return Ok(updated.profile);
+            }
+            let profile = updated.profile.clone();
+            let change = crate::domain::Change {
+                account: updated,
+                entries: Vec::new(),
+                no_op: None,
+            };
+            let commit = Commit::new(
+                &program,
+                member,
+                state.account.as_ref().map(|a| a.version),
+                change,
+            );
+            match self.store.commit(commit).await {
+                Ok(()) => return Ok(profile),
+                Err(
+                    CommitError::VersionConflict
+                    | CommitError::Duplicate
+                    | CommitError::CouponConsumed,
+                ) => {}
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            }
+            back_off(attempt).await;
+        }
+        Err(ServiceError::Internal(format!(
+            "member {member} kept changing; try again"
+        )))
+    }
+}

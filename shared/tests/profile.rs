@@ -1,0 +1,77 @@
+//! The member's profile: a birthday changes at most once in 365 days.
+#![cfg(feature = "sqlite")]
+
+use std::sync::Arc;
+
+use chrono::{Duration, TimeZone, Utc};
+use loyalty_core::ports::FixedClock;
+use loyalty_core::queue::local::LocalQueue;
+use loyalty_core::services::programs::ProgramFormat;
+use loyalty_core::services::{ServiceError, Services};
+use loyalty_core::store::sqlite::SqliteStore;
+
+#[tokio::test]
+async fn a_birthday_is_set_then_changed_no_sooner_than_a_year_later() {
+    // GIVEN a member on kr-shop
+    let store = SqliteStore::memory().unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let clock = FixedClock::at(start);
+    let services = Services::new(
+        Arc::new(store.clone()),
+        Arc::new(LocalQueue::new(store, 3)),
+        clock.clone(),
+    );
+    services
+        .put_program(
+            "kr-shop",
+            include_str!("../../examples/kr-shop.toml"),
+            ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    let patch = |body: &'static str| services.update_profile("kr-shop", "m-1", body.as_bytes());
+    // WHEN the birthday is set THEN it is kept, with the day it was set
+    let profile = patch(r#"{"birthday": "03-15", "anniversary": "2020-06-01"}"#)
+        .await
+        .unwrap();
+    assert_eq!(profile.birthday.as_deref(), Some("03-15"));
+    assert_eq!(
+        profile.birthday_set_on,
+        Some(chrono::NaiveDate::from_ymd_opt(2026, 11, 22).unwrap())
+    );
+    // WHEN it is moved the same day THEN 409, and setting the same one again is fine
+    let moved = patch(r#"{"birthday": "11-23"}"#).await;
+    assert!(
+        matches!(
+            moved,
+            Err(ServiceError::Conflict {
+                problem: "birthday-recently-changed",
+                ..
+            })
+        ),
+        "{moved:?}"
+    );
+    assert!(patch(r#"{"birthday": "03-15"}"#).await.is_ok());
+    // WHEN a year has passed THEN it can be changed
+    clock.set(start + Duration::days(365));
+    assert_eq!(
+        patch(r#"{"birthday": "02-29"}"#)
+            .await
+            .unwrap()
+            .birthday
+            .as_deref(),
+        Some("02-29")
+    );
+    // AND what is not a month and day, or an unknown field, is refused
+    for bad in [
+        r#"{"birthday": "13-01"}"#,
+        r#"{"birthday": "3-15"}"#,
+        r#"{"birthday": "02-30"}"#,
+        r#"{"nickname": "x"}"#,
+    ] {
+        assert!(
+            matches!(patch(bad).await, Err(ServiceError::Invalid { .. })),
+            "{bad}"
+        );
+    }
+}

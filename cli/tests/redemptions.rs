@@ -306,3 +306,42 @@ fn a_coupon_is_consumed_once() {
     // AND a member cannot check or consume coupons
     assert_eq!(shop.server.call("GET", &coupon, &me, &[], None).0, 403);
 }
+
+#[test]
+fn the_ledger_pages_without_gaps_or_repeats_while_entries_are_added() {
+    // GIVEN a member with 10 ledger entries
+    let shop = Shop::new();
+    for _ in 0..10 {
+        shop.credit("m-1", 100);
+    }
+    let me = token(&["--member", "m-1"]);
+    // WHEN the member pages through 3 at a time while new entries keep arriving
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("{PROGRAM}/me/ledger?limit=3&cursor={c}"),
+            None => format!("{PROGRAM}/me/ledger?limit=3"),
+        };
+        let (status, page) = shop.server.call("GET", &path, &me, &[], None);
+        assert_eq!(status, 200, "{page}");
+        seen.extend(
+            page["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string()),
+        );
+        shop.credit("m-1", 100);
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    // THEN the 10 entries that were there are each seen exactly once
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "repeats in {seen:?}");
+    assert_eq!(seen.len(), 10, "{seen:?}");
+}

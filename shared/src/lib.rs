@@ -4,6 +4,7 @@
 pub mod api;
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod bucketing;
 #[cfg(feature = "aws")]
 pub mod config;
 pub mod domain;

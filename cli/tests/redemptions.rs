@@ -345,3 +345,71 @@ fn the_ledger_pages_without_gaps_or_repeats_while_entries_are_added() {
     assert_eq!(unique.len(), seen.len(), "repeats in {seen:?}");
     assert_eq!(seen.len(), 10, "{seen:?}");
 }
+
+#[test]
+fn a_pay_with_points_hold_not_captured_returns_its_points() {
+    // GIVEN kr-shop with holds of one minute, and a member with 3,000 points
+    let shop = Shop::new();
+    let quick = include_str!("../../examples/kr-shop.toml")
+        .replace("hold_minutes = 30", "hold_minutes = 1");
+    assert_ne!(quick, include_str!("../../examples/kr-shop.toml"));
+    let (status, saved) = shop.server.call(
+        "PUT",
+        PROGRAM,
+        &shop.admin,
+        &[("Content-Type", "application/toml")],
+        None,
+    );
+    assert_eq!(status, 400, "an empty program file is refused: {saved}");
+    let client = reqwest::blocking::Client::new();
+    let put = client
+        .put(format!("{}{PROGRAM}", shop.server.base))
+        .bearer_auth(&shop.admin)
+        .body(quick)
+        .send()
+        .expect("request");
+    assert_eq!(put.status().as_u16(), 200);
+    shop.credit("m-1", 3_000);
+    let me = token(&["--member", "m-1"]);
+    // WHEN 2,000 points are held for an order, and another hold is captured by the shop
+    let hold = |key: &str, order: &str| {
+        let body =
+            json!({"reward": "pay-with-points", "points": 1000, "order_ref": order}).to_string();
+        shop.redeem(&me, Some(key), &body)
+    };
+    let (status, first) = hold("h-1", "order-1");
+    assert_eq!(
+        (status, first["status"].as_str()),
+        (201, Some("held")),
+        "{first}"
+    );
+    let (_, second) = hold("h-2", "order-2");
+    let captured = format!(
+        "{PROGRAM}/redemptions/{}/capture",
+        second["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        shop.server
+            .call("POST", &captured, &shop.admin, &[], None)
+            .0,
+        200
+    );
+    assert_eq!(shop.balance("m-1"), 1_000);
+    // THEN once the uncaptured hold expires its 1,000 points come back, and the captured stay spent
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while shop.balance("m-1") != 2_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hold never returned its points"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let (_, view) = shop.server.call(
+        "GET",
+        &format!("{PROGRAM}/me/redemptions/{}", first["id"].as_str().unwrap()),
+        &me,
+        &[],
+        None,
+    );
+    assert_eq!(view["status"], "voided");
+}

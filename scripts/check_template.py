@@ -77,7 +77,7 @@ def main() -> int:
                 open_route = auth.get("Authorizer") == "NONE"
                 if path.startswith("/webhooks/") != open_route:
                     findings.append(f"{name}.{event_name}: {path} must {'not ' if open_route else ''}skip the JWT authorizer")
-                admin = path in ("/v1/programs/{program}", "/v1/programs/{program}/events") or "/members/" in path or "/coupons/" in path or path.startswith("/v1/programs/{program}/redemptions/")
+                admin = path in ("/v1/programs/{program}", "/v1/programs/{program}/events") or "/members/" in path or "/coupons/" in path or "/campaigns/" in path or path.startswith("/v1/programs/{program}/redemptions/")
                 if admin and "loyalty/admin" not in auth.get("AuthorizationScopes", []):
                     findings.append(f"{name}.{event_name}: admin route {path} without the loyalty/admin scope")
 

@@ -5,6 +5,7 @@ pub mod api;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod bucketing;
+pub mod campaigns;
 #[cfg(feature = "aws")]
 pub mod config;
 pub mod domain;

@@ -400,6 +400,22 @@ pub trait RedemptionStore: Send + Sync {
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
 }
 
+/// Campaign files, versioned per campaign.
+#[async_trait]
+pub trait CampaignStore: Send + Sync {
+    /// The campaign's JSON and version, if it exists.
+    async fn campaign(&self, program: &str, id: &str) -> Result<Option<(u32, String)>, StoreError>;
+    /// Saves a new version: `expected` is the version replaced (`None` = must be new). Returns
+    /// the new version, or `Ok(None)` when someone else saved first.
+    async fn put_campaign(
+        &self,
+        program: &str,
+        id: &str,
+        json: &str,
+        expected: Option<u32>,
+    ) -> Result<Option<u32>, StoreError>;
+}
+
 /// Everything the services need from state.
 pub trait Store:
     ProgramStore
@@ -409,6 +425,7 @@ pub trait Store:
     + ParkingStore
     + ScheduleStore
     + RedemptionStore
+    + CampaignStore
 {
 }
 impl<
@@ -418,7 +435,8 @@ impl<
             + RejectStore
             + ParkingStore
             + ScheduleStore
-            + RedemptionStore,
+            + RedemptionStore
+            + CampaignStore,
     > Store for T
 {
 }

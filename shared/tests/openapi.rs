@@ -117,7 +117,8 @@ async fn every_documented_operation_is_served_by_the_router() {
             .replace("{member}", "m-1")
             .replace("{platform}", "shopify")
             .replace("{id}", "r-1")
-            .replace("{code}", "C-1");
+            .replace("{code}", "C-1")
+            .replace("{campaign}", "weekend");
         let request = Request::builder()
             .method(method.as_str())
             .uri(&uri)

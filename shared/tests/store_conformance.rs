@@ -571,6 +571,46 @@ async fn coupons_consume_once_and_idempotency_records_guard_their_commit(store: 
     ));
 }
 
+async fn campaigns_are_versioned_and_conditional(store: Arc<dyn Store>) {
+    let program = format!("camp-{}", uuid::Uuid::new_v4().simple());
+    assert_eq!(store.campaign(&program, "weekend").await.unwrap(), None);
+    // GIVEN a new campaign saved once
+    assert_eq!(
+        store
+            .put_campaign(&program, "weekend", "{\"v\":1}", None)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    // WHEN it is saved as new again, or from a stale version THEN nothing is written
+    assert_eq!(
+        store
+            .put_campaign(&program, "weekend", "{\"v\":2}", None)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .put_campaign(&program, "weekend", "{\"v\":2}", Some(7))
+            .await
+            .unwrap(),
+        None
+    );
+    // WHEN it is saved from the current version THEN it becomes version 2
+    assert_eq!(
+        store
+            .put_campaign(&program, "weekend", "{\"v\":2}", Some(1))
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        store.campaign(&program, "weekend").await.unwrap(),
+        Some((2, "{\"v\":2}".to_string()))
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -588,7 +628,8 @@ macro_rules! conformance {
                 parked_events_are_taken_once,
                 the_due_index_lists_members_by_job_and_date_and_follows_each_commit,
                 every_program_is_listed,
-                coupons_consume_once_and_idempotency_records_guard_their_commit);
+                coupons_consume_once_and_idempotency_records_guard_their_commit,
+                campaigns_are_versioned_and_conditional);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {

@@ -53,6 +53,10 @@ pub fn admin_router(state: AppState) -> Router {
             "/v1/programs/{program}/members/{member}/ledger",
             get(admin_member_ledger),
         )
+        .route(
+            "/v1/programs/{program}/campaigns/{campaign}",
+            get(get_campaign).put(put_campaign),
+        )
         .with_state(state)
 }
 
@@ -214,6 +218,34 @@ async fn me(
 ) -> Result<Response, Problem> {
     let member = member_of(&state, &program, &principal).await?;
     Ok(Json(state.services.member_view(&program, &member).await?).into_response())
+}
+
+async fn put_campaign(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, campaign)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    let (created, saved) = state
+        .services
+        .put_campaign(&program, &campaign, &body)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(saved)).into_response())
+}
+
+async fn get_campaign(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, campaign)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    Ok(Json(state.services.campaign(&program, &campaign).await?).into_response())
 }
 
 async fn my_rewards(

@@ -22,9 +22,10 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use super::{decode_cursor, encode_cursor, ledger_seq, seq_key, MAX_ENTRIES_PER_COMMIT};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
-    AliasStore, Commit, CommitError, Consumed, Consumption, Coupon, EventMarker, IdempotencyRecord,
-    LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore, ProgramStore, Redemption,
-    RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
+    AliasStore, CampaignStore, Commit, CommitError, Consumed, Consumption, Coupon, EventMarker,
+    IdempotencyRecord, LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore,
+    ProgramStore, Redemption, RedemptionStore, RejectStore, RejectedEvent, ScheduleStore,
+    StoreError, StoredProgram,
 };
 
 /// DynamoDB refuses transactions of more than 100 items.
@@ -350,6 +351,55 @@ impl DynamoStore {
             }
         }
         CommitError::VersionConflict
+    }
+}
+
+#[async_trait]
+impl CampaignStore for DynamoStore {
+    async fn campaign(&self, program: &str, id: &str) -> Result<Option<(u32, String)>, StoreError> {
+        let item = self
+            .get(key(format!("P#{program}"), format!("C#{id}")))
+            .await?;
+        Ok(item.and_then(|i| {
+            let version = u32::try_from(number(&i, "version")?).ok()?;
+            Some((version, text(&i, "body")?.to_string()))
+        }))
+    }
+
+    async fn put_campaign(
+        &self,
+        program: &str,
+        id: &str,
+        json: &str,
+        expected: Option<u32>,
+    ) -> Result<Option<u32>, StoreError> {
+        let version = expected.unwrap_or(0) + 1;
+        let mut item = key(format!("P#{program}"), format!("C#{id}"));
+        item.insert("version".into(), n(version));
+        item.insert("body".into(), s(json));
+        let request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
+        let request = match expected {
+            None => request.condition_expression("attribute_not_exists(PK)"),
+            Some(v) => request
+                .condition_expression("version = :expected")
+                .expression_attribute_values(":expected", n(v)),
+        };
+        match request.send().await {
+            Ok(_) => Ok(Some(version)),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(sdk_error("cannot save the campaign", e)),
+        }
     }
 }
 

@@ -17,9 +17,10 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use super::{decode_cursor, encode_cursor, ledger_seq, MAX_ENTRIES_PER_COMMIT};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
-    AliasStore, Commit, CommitError, Consumed, Consumption, Coupon, EventMarker, IdempotencyRecord,
-    LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore, ProgramStore, Redemption,
-    RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
+    AliasStore, CampaignStore, Commit, CommitError, Consumed, Consumption, Coupon, EventMarker,
+    IdempotencyRecord, LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore,
+    ProgramStore, Redemption, RedemptionStore, RejectStore, RejectedEvent, ScheduleStore,
+    StoreError, StoredProgram,
 };
 
 const SCHEMA: &str = "
@@ -58,6 +59,9 @@ CREATE TABLE IF NOT EXISTS coupons (
 CREATE TABLE IF NOT EXISTS idempotency (
     program TEXT NOT NULL, principal TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (program, principal, key));
+CREATE TABLE IF NOT EXISTS campaigns (
+    program TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (program, id));
 CREATE TABLE IF NOT EXISTS job_progress (
     program TEXT NOT NULL, job TEXT NOT NULL, progress TEXT NOT NULL,
     PRIMARY KEY (program, job));
@@ -929,6 +933,59 @@ impl RedemptionStore for SqliteStore {
                 &[&program, &principal, &key],
                 "idempotency record",
             )
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl CampaignStore for SqliteStore {
+    async fn campaign(&self, program: &str, id: &str) -> Result<Option<(u32, String)>, StoreError> {
+        let (program, id) = (program.to_string(), id.to_string());
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT version, body FROM campaigns WHERE program = ?1 AND id = ?2",
+                params![program, id],
+                |row| Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(|e| sql_error("cannot read the campaign", e))
+        })
+        .await
+    }
+
+    async fn put_campaign(
+        &self,
+        program: &str,
+        id: &str,
+        json: &str,
+        expected: Option<u32>,
+    ) -> Result<Option<u32>, StoreError> {
+        let (program, id, json) = (program.to_string(), id.to_string(), json.to_string());
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| sql_error("cannot begin", e))?;
+            let current: Option<u32> = tx
+                .query_row(
+                    "SELECT version FROM campaigns WHERE program = ?1 AND id = ?2",
+                    params![program, id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| sql_error("cannot read the campaign version", e))?;
+            if current != expected {
+                return Ok(None);
+            }
+            let version = current.unwrap_or(0) + 1;
+            tx.execute(
+                "INSERT INTO campaigns (program, id, version, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (program, id) DO UPDATE SET version = excluded.version, body = excluded.body",
+                params![program, id, version, json],
+            )
+            .map_err(|e| sql_error("cannot save the campaign", e))?;
+            tx.commit().map_err(|e| sql_error("cannot commit", e))?;
+            Ok(Some(version))
         })
         .await
     }

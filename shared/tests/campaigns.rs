@@ -1,0 +1,102 @@
+//! Campaign files and assignment: validation that names the field, and GrowthBook-compatible
+//! assignment with the weights, coverage and namespace the file gives.
+
+use loyalty_core::campaigns::{Campaign, CampaignError};
+use loyalty_core::domain::Program;
+use serde_json::{json, Value};
+
+fn kr() -> Program {
+    Program::from_toml(include_str!("../../examples/kr-shop.toml")).expect("kr-shop")
+}
+
+fn weekend() -> Value {
+    json!({
+        "name": "Double points weekend", "kind": "broadcast", "status": "running",
+        "start": "2026-11-27T15:00:00Z", "end": "2026-11-29T15:00:00Z",
+        "hash_seed": "double-weekend-2026", "hash_version": 2, "coverage": 1,
+        "audience": {"tiers": ["WELCOME", "SILVER"]}, "goal": "purchase",
+        "variants": [
+            {"key": "control", "weight": 0.34, "effect": {"type": "none"}},
+            {"key": "x2", "weight": 0.33, "effect": {"type": "multiplier", "basis_points": 20000}},
+            {"key": "x1.5", "weight": 0.33, "effect": {"type": "multiplier", "basis_points": 15000}}
+        ]
+    })
+}
+
+fn parse(value: &Value) -> Result<Campaign, CampaignError> {
+    Campaign::from_json(value.to_string().as_bytes(), &kr())
+}
+
+#[test]
+fn a_valid_campaign_is_accepted_and_mistakes_are_named_by_field() {
+    // GIVEN the double points weekend THEN it is valid
+    assert!(parse(&weekend()).is_ok());
+    // WHEN weights do not sum to 1, a tier and a reward do not exist, and the window is empty
+    let mut bad = weekend();
+    bad["variants"][0]["weight"] = json!(0.2);
+    bad["audience"]["tiers"] = json!(["PLATINUM"]);
+    bad["variants"][1]["effect"] = json!({"type": "reward", "reward": "no-such-reward"});
+    bad["end"] = bad["start"].clone();
+    let Err(CampaignError::Invalid(problems)) = parse(&bad) else {
+        panic!("refused")
+    };
+    // THEN each problem names its field
+    let text = problems.join("\n");
+    for field in [
+        "variants weights must sum to 1",
+        "audience.tiers[0]",
+        "variants[1].effect.reward",
+        "end must be after start",
+    ] {
+        assert!(text.contains(field), "{field} not in {text}");
+    }
+    // AND weights within 0.001 of 1 are fine, an unknown field or effect is a syntax error
+    let mut close = weekend();
+    close["variants"][0]["weight"] = json!(0.3405);
+    assert!(parse(&close).is_ok());
+    let mut unknown = weekend();
+    unknown["colour"] = json!("red");
+    assert!(matches!(parse(&unknown), Err(CampaignError::Syntax(_))));
+    let mut hash3 = weekend();
+    hash3["hash_version"] = json!(3);
+    assert!(parse(&hash3).is_err());
+}
+
+#[test]
+fn members_spread_over_the_variants_by_weight_and_always_land_in_the_same_one() {
+    // GIVEN the weekend's three variants (0.34 / 0.33 / 0.33)
+    let campaign = parse(&weekend()).unwrap();
+    // WHEN 30,000 members are assigned
+    let mut counts = [0usize; 3];
+    for i in 0..30_000 {
+        let member = format!("shopify:{}", 7_000_000 + i);
+        let variant = campaign
+            .assign(&member)
+            .expect("full coverage assigns everyone");
+        assert_eq!(campaign.assign(&member), Some(variant), "deterministic");
+        counts[variant] += 1;
+    }
+    // THEN each variant gets its share, within 2 points of percentage
+    for (count, weight) in counts.iter().zip([0.34, 0.33, 0.33]) {
+        let share = *count as f64 / 30_000.0;
+        assert!((share - weight).abs() < 0.02, "{counts:?}");
+    }
+}
+
+#[test]
+fn coverage_and_namespaces_leave_members_out() {
+    // GIVEN half coverage, and a namespace holding 40% of members
+    let mut half = weekend();
+    half["coverage"] = json!(0.5);
+    let half = parse(&half).unwrap();
+    let mut spaced = weekend();
+    spaced["namespace"] = json!({"name": "promos", "start": 0.0, "end": 0.4});
+    let spaced = parse(&spaced).unwrap();
+    // WHEN 20,000 members are assigned
+    let members: Vec<String> = (0..20_000).map(|i| format!("m-{i}")).collect();
+    let share =
+        |c: &Campaign| members.iter().filter(|m| c.assign(m).is_some()).count() as f64 / 20_000.0;
+    // THEN about half, and about 40%, are in
+    assert!((share(&half) - 0.5).abs() < 0.02);
+    assert!((share(&spaced) - 0.4).abs() < 0.02);
+}

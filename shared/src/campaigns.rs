@@ -197,6 +197,9 @@ impl Campaign {
                 );
             }
         }
+        if self.audience.purchased_category.is_some() {
+            fail("audience.purchased_category", "is not supported yet".into());
+        }
         if self.variants.len() < 2 {
             fail(
                 "variants",
@@ -270,5 +273,51 @@ impl fmt::Display for CampaignKind {
             CampaignKind::Broadcast => "broadcast",
             CampaignKind::OnExposure => "on_exposure",
         })
+    }
+}
+
+impl Campaign {
+    /// Whether a member (their account as of `now`) is in the campaign's audience.
+    pub fn admits(
+        &self,
+        program: &Program,
+        account: &crate::domain::Account,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let audience = &self.audience;
+        let today = crate::domain::calendar::local_date(program.time_zone, now);
+        if !audience.tiers.is_empty() && !audience.tiers.contains(&account.tier.id) {
+            return false;
+        }
+        if let Some(days) = audience.new_members_days {
+            if account.joined_on < today - chrono::Duration::days(i64::from(days)) {
+                return false;
+            }
+        }
+        if let Some(days) = audience.dormant_days {
+            let since = now - chrono::Duration::days(i64::from(days));
+            if account.last_purchase_at.is_some_and(|t| t > since) {
+                return false;
+            }
+        }
+        if audience.birthday_in_window && !self.birthday_in_window(program, account) {
+            return false;
+        }
+        true
+    }
+
+    /// The member's birthday (month and day) falls on a day of the campaign's window.
+    fn birthday_in_window(&self, program: &Program, account: &crate::domain::Account) -> bool {
+        let Some(birthday) = account.profile.birthday.as_deref() else {
+            return false;
+        };
+        let tz = program.time_zone;
+        let first = crate::domain::calendar::local_date(tz, self.start);
+        let last = crate::domain::calendar::local_date(tz, self.end);
+        first
+            .iter_days()
+            .take_while(|d| *d <= last)
+            .take(366)
+            .any(|d| d.format("%m-%d").to_string() == birthday)
     }
 }

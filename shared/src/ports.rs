@@ -89,6 +89,26 @@ pub struct MemberState {
     pub account: Option<Account>,
     /// The order records asked for that exist, by order key.
     pub orders: BTreeMap<String, OrderRecord>,
+    /// The member's recorded campaign assignments among those asked for, by campaign.
+    pub assignments: BTreeMap<String, Assignment>,
+}
+
+/// A member's variant in a campaign, recorded at the first assignment and kept (sticky) until
+/// the campaign's seed changes or its bucket version rises.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub campaign: String,
+    pub variant: String,
+    pub hash_seed: String,
+    pub bucket_version: u32,
+    pub assigned_at: DateTime<Utc>,
+}
+
+impl Assignment {
+    /// Still valid for a campaign hashed with `seed` at `bucket_version`.
+    pub fn holds_for(&self, seed: &str, bucket_version: u32) -> bool {
+        self.hash_seed == seed && self.bucket_version >= bucket_version
+    }
 }
 
 /// Marks an event as applied, in the same transaction as its effect.
@@ -272,6 +292,18 @@ pub trait MemberStore: Send + Sync {
         program: &str,
         member: &str,
         order_keys: &[String],
+    ) -> Result<MemberState, StoreError> {
+        self.load_member_with(program, member, order_keys, &[])
+            .await
+    }
+    /// The account, the named order records and the member's assignments in the named
+    /// campaigns, in one read (what earn needs for a purchase).
+    async fn load_member_with(
+        &self,
+        program: &str,
+        member: &str,
+        order_keys: &[String],
+        campaigns: &[String],
     ) -> Result<MemberState, StoreError>;
     async fn commit(&self, commit: Commit) -> Result<(), CommitError>;
     async fn ledger_page(
@@ -414,6 +446,16 @@ pub trait CampaignStore: Send + Sync {
         json: &str,
         expected: Option<u32>,
     ) -> Result<Option<u32>, StoreError>;
+    /// Every campaign id of a program.
+    async fn campaign_ids(&self, program: &str) -> Result<Vec<String>, StoreError>;
+    /// Records an assignment unless one that still holds (same seed, bucket version not lower)
+    /// is there; returns the one stored.
+    async fn record_assignment(
+        &self,
+        program: &str,
+        member: &str,
+        assignment: &Assignment,
+    ) -> Result<Assignment, StoreError>;
 }
 
 /// Everything the services need from state.

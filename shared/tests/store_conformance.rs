@@ -611,6 +611,53 @@ async fn campaigns_are_versioned_and_conditional(store: Arc<dyn Store>) {
     );
 }
 
+async fn assignments_are_sticky_until_the_seed_or_bucket_version_changes(store: Arc<dyn Store>) {
+    use loyalty_core::ports::Assignment;
+    let m = member();
+    let at = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let assignment = |variant: &str, seed: &str, bucket_version| Assignment {
+        campaign: "weekend".into(),
+        variant: variant.into(),
+        hash_seed: seed.into(),
+        bucket_version,
+        assigned_at: at,
+    };
+    store.commit(commit(&m, None, 0, "e1", None)).await.unwrap();
+    // GIVEN a first assignment to x2
+    let first = store
+        .record_assignment("kr-shop", &m, &assignment("x2", "s1", 0))
+        .await
+        .unwrap();
+    assert_eq!(first.variant, "x2");
+    // WHEN another variant is recorded with the same seed THEN the first stays
+    let again = store
+        .record_assignment("kr-shop", &m, &assignment("control", "s1", 0))
+        .await
+        .unwrap();
+    assert_eq!(again.variant, "x2");
+    // AND it comes with the account in one read
+    let state = store
+        .load_member_with("kr-shop", &m, &[], &["weekend".into(), "other".into()])
+        .await
+        .unwrap();
+    assert!(state.account.is_some());
+    assert_eq!(
+        state.assignments.keys().collect::<Vec<_>>(),
+        vec!["weekend"]
+    );
+    // WHEN the bucket version rises, or the seed changes THEN the new one replaces it
+    let raised = store
+        .record_assignment("kr-shop", &m, &assignment("control", "s1", 1))
+        .await
+        .unwrap();
+    assert_eq!(raised.variant, "control");
+    let reseeded = store
+        .record_assignment("kr-shop", &m, &assignment("x2", "s2", 1))
+        .await
+        .unwrap();
+    assert_eq!(reseeded.variant, "x2");
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -629,7 +676,8 @@ macro_rules! conformance {
                 the_due_index_lists_members_by_job_and_date_and_follows_each_commit,
                 every_program_is_listed,
                 coupons_consume_once_and_idempotency_records_guard_their_commit,
-                campaigns_are_versioned_and_conditional);
+                campaigns_are_versioned_and_conditional,
+                assignments_are_sticky_until_the_seed_or_bucket_version_changes);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {

@@ -67,6 +67,7 @@ pub fn member_router(state: AppState) -> Router {
         .route("/v1/programs/{program}/me/ledger", get(my_ledger))
         .route("/v1/programs/{program}/me/rewards", get(my_rewards))
         .route("/v1/programs/{program}/me/profile", patch(my_profile))
+        .route("/v1/programs/{program}/me/campaigns", get(my_campaigns))
         .with_state(state)
 }
 
@@ -256,6 +257,15 @@ async fn my_rewards(
     let member = member_of(&state, &program, &principal).await?;
     let rewards = state.services.catalog(&program, &member).await?;
     Ok(Json(json!({ "rewards": rewards })).into_response())
+}
+
+async fn my_campaigns(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+) -> Result<Response, Problem> {
+    let member = member_of(&state, &program, &principal).await?;
+    Ok(Json(state.services.my_campaigns(&program, &member).await?).into_response())
 }
 
 async fn my_profile(

@@ -62,11 +62,20 @@ impl Services {
             event_id: envelope.id.clone(),
         };
         let order_keys: Vec<String> = event.order_key().into_iter().collect();
+        // A purchase earns with the campaigns running when it happened; the member's
+        // assignments in them come in the same read as the account.
+        let campaigns = match event {
+            EarnEvent::Purchase { .. } => {
+                self.campaigns_at(&program.id, envelope.occurred_at).await?
+            }
+            _ => Vec::new(),
+        };
+        let campaign_ids: Vec<String> = campaigns.iter().map(|(id, _)| id.clone()).collect();
         for _ in 0..COMMIT_ATTEMPTS {
             let now = self.clock.now();
             let state = self
                 .store
-                .load_member(&program.id, &envelope.member, &order_keys)
+                .load_member_with(&program.id, &envelope.member, &order_keys, &campaign_ids)
                 .await
                 .map_err(|e| Retry(e.to_string()))?;
             let ctx = EventContext::new(envelope.id.clone(), envelope.occurred_at, now)
@@ -74,7 +83,7 @@ impl Services {
                     platform: Some(event.source().to_string()),
                     ..Source::default()
                 });
-            let outcome = match decide(&program, &envelope, &event, &state, &ctx) {
+            let outcome = match decide(&program, &envelope, &event, &state, &campaigns, &ctx) {
                 Ok(outcome) => outcome,
                 Err(reason) => return self.reject(&envelope, body, &reason).await,
             };
@@ -313,6 +322,7 @@ fn decide(
     envelope: &Envelope,
     event: &EarnEvent,
     state: &MemberState,
+    campaigns: &[(String, crate::campaigns::Campaign)],
     ctx: &EventContext,
 ) -> Result<Outcome, String> {
     let account = state.account.clone().unwrap_or_else(|| {
@@ -342,10 +352,16 @@ fn decide(
     };
     Ok(match event {
         EarnEvent::Purchase { purchase, .. } => {
-            // Campaign effects arrive with the campaign issue; the lookup will join this read.
+            let effects = super::campaigns::purchase_effects(
+                campaigns,
+                program,
+                &account,
+                state,
+                ctx.occurred_at,
+            );
             with_order(
                 account
-                    .earn_purchase(program, order, purchase, &[], ctx)
+                    .earn_purchase(program, order, purchase, &effects, ctx)
                     .map_err(|e| e.to_string())?,
             )
         }

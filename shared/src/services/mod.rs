@@ -98,7 +98,12 @@ pub struct Services {
     pub queue: Arc<dyn Queue>,
     pub clock: Arc<dyn Clock>,
     programs: Mutex<HashMap<String, (Instant, Arc<Program>)>>,
+    /// Each program's campaigns, trusted for as long as a program.
+    campaigns: Mutex<HashMap<String, (Instant, CampaignList)>>,
 }
+
+/// A program's campaigns, by id.
+pub(crate) type CampaignList = Arc<Vec<(String, crate::campaigns::Campaign)>>;
 
 impl Services {
     pub fn new(store: Arc<dyn Store>, queue: Arc<dyn Queue>, clock: Arc<dyn Clock>) -> Services {
@@ -107,6 +112,7 @@ impl Services {
             queue,
             clock,
             programs: Mutex::new(HashMap::new()),
+            campaigns: Mutex::new(HashMap::new()),
         }
     }
 
@@ -132,6 +138,38 @@ impl Services {
         let cache = self.programs.lock().ok()?;
         let (at, program) = cache.get(id)?;
         (at.elapsed() < PROGRAM_CACHE_TTL).then(|| Arc::clone(program))
+    }
+
+    /// The program's campaigns, from the cache when fresh (one query, then a read each).
+    pub(crate) async fn campaign_list(&self, program: &str) -> Result<CampaignList, ServiceError> {
+        if let Some(list) = self.campaigns.lock().ok().and_then(|c| {
+            c.get(program)
+                .filter(|(at, _)| at.elapsed() < PROGRAM_CACHE_TTL)
+                .map(|(_, l)| Arc::clone(l))
+        }) {
+            return Ok(list);
+        }
+        let mut list = Vec::new();
+        for id in self.store.campaign_ids(program).await? {
+            if let Some((_, json)) = self.store.campaign(program, &id).await? {
+                let campaign = serde_json::from_str(&json).map_err(|e| {
+                    ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}"))
+                })?;
+                list.push((id, campaign));
+            }
+        }
+        let list = Arc::new(list);
+        if let Ok(mut cache) = self.campaigns.lock() {
+            cache.insert(program.to_string(), (Instant::now(), Arc::clone(&list)));
+        }
+        Ok(list)
+    }
+
+    /// Forgets a program's cached campaigns (after one is saved here).
+    pub(crate) fn forget_campaigns(&self, program: &str) {
+        if let Ok(mut cache) = self.campaigns.lock() {
+            cache.remove(program);
+        }
     }
 
     fn remember(&self, program: &Arc<Program>) {

@@ -22,8 +22,8 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use super::{decode_cursor, encode_cursor, ledger_seq, seq_key, MAX_ENTRIES_PER_COMMIT};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
-    AliasStore, CampaignStore, Commit, CommitError, Consumed, Consumption, Coupon, EventMarker,
-    IdempotencyRecord, LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore,
+    AliasStore, Assignment, CampaignStore, Commit, CommitError, Consumed, Consumption, Coupon,
+    EventMarker, IdempotencyRecord, LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore,
     ProgramStore, Redemption, RedemptionStore, RejectStore, RejectedEvent, ScheduleStore,
     StoreError, StoredProgram,
 };
@@ -356,6 +356,78 @@ impl DynamoStore {
 
 #[async_trait]
 impl CampaignStore for DynamoStore {
+    async fn campaign_ids(&self, program: &str) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("PK = :pk AND begins_with(SK, :c)")
+                .expression_attribute_values(":pk", s(format!("P#{program}")))
+                .expression_attribute_values(":c", s("C#"))
+                .projection_expression("SK")
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot list campaigns", e))?;
+            ids.extend(output.items().iter().filter_map(|i| {
+                text(i, "SK")
+                    .and_then(|sk| sk.strip_prefix("C#"))
+                    .map(str::to_string)
+            }));
+            match output.last_evaluated_key {
+                Some(last) => start = Some(last),
+                None => return Ok(ids),
+            }
+        }
+    }
+
+    async fn record_assignment(
+        &self,
+        program: &str,
+        member: &str,
+        assignment: &Assignment,
+    ) -> Result<Assignment, StoreError> {
+        let item_key = key(
+            member_pk(program, member),
+            format!("A#{}", assignment.campaign),
+        );
+        let mut item = item_key.clone();
+        item.insert("body".into(), encode("assignment", assignment)?);
+        item.insert("hash_seed".into(), s(&assignment.hash_seed));
+        item.insert("bucket_version".into(), n(assignment.bucket_version));
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(
+                "attribute_not_exists(PK) OR hash_seed <> :seed OR bucket_version < :bv",
+            )
+            .expression_attribute_values(":seed", s(&assignment.hash_seed))
+            .expression_attribute_values(":bv", n(assignment.bucket_version))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(assignment.clone()),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                let stored = self.get(item_key).await?.ok_or_else(|| StoreError::Failed {
+                    message: "an assignment vanished while being recorded".into(),
+                    source: None,
+                })?;
+                body(&stored, "assignment")
+            }
+            Err(e) => Err(sdk_error("cannot record the assignment", e)),
+        }
+    }
+
     async fn campaign(&self, program: &str, id: &str) -> Result<Option<(u32, String)>, StoreError> {
         let item = self
             .get(key(format!("P#{program}"), format!("C#{id}")))
@@ -680,15 +752,17 @@ impl ProgramStore for DynamoStore {
 
 #[async_trait]
 impl MemberStore for DynamoStore {
-    async fn load_member(
+    async fn load_member_with(
         &self,
         program: &str,
         member: &str,
         order_keys: &[String],
+        campaigns: &[String],
     ) -> Result<MemberState, StoreError> {
         let pk = member_pk(program, member);
         let mut keys = vec![key(&pk, "ACCOUNT")];
         keys.extend(order_keys.iter().map(|k| key(&pk, format!("O#{k}"))));
+        keys.extend(campaigns.iter().map(|c| key(&pk, format!("A#{c}"))));
         let mut state = MemberState::default();
         for item in self.batch_get(keys).await? {
             match text(&item, "SK") {
@@ -699,6 +773,9 @@ impl MemberStore for DynamoStore {
                     if let Some(order_key) = sk.strip_prefix("O#") {
                         let record = body::<OrderRecord>(&item, sk)?;
                         state.orders.insert(order_key.to_string(), record);
+                    } else if let Some(campaign) = sk.strip_prefix("A#") {
+                        let assignment = body::<Assignment>(&item, sk)?;
+                        state.assignments.insert(campaign.to_string(), assignment);
                     }
                 }
                 None => {}

@@ -17,8 +17,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use super::{decode_cursor, encode_cursor, ledger_seq, MAX_ENTRIES_PER_COMMIT};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
-    AliasStore, CampaignStore, Commit, CommitError, Consumed, Consumption, Coupon, EventMarker,
-    IdempotencyRecord, LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore,
+    AliasStore, Assignment, CampaignStore, Commit, CommitError, Consumed, Consumption, Coupon,
+    EventMarker, IdempotencyRecord, LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore,
     ProgramStore, Redemption, RedemptionStore, RejectStore, RejectedEvent, ScheduleStore,
     StoreError, StoredProgram,
 };
@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE TABLE IF NOT EXISTS campaigns (
     program TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (program, id));
+CREATE TABLE IF NOT EXISTS assignments (
+    program TEXT NOT NULL, member TEXT NOT NULL, campaign TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (program, member, campaign));
 CREATE TABLE IF NOT EXISTS job_progress (
     program TEXT NOT NULL, job TEXT NOT NULL, progress TEXT NOT NULL,
     PRIMARY KEY (program, job));
@@ -237,14 +240,19 @@ impl ProgramStore for SqliteStore {
 
 #[async_trait]
 impl MemberStore for SqliteStore {
-    async fn load_member(
+    async fn load_member_with(
         &self,
         program: &str,
         member: &str,
         order_keys: &[String],
+        campaigns: &[String],
     ) -> Result<MemberState, StoreError> {
-        let (program, member, order_keys) =
-            (program.to_string(), member.to_string(), order_keys.to_vec());
+        let (program, member, order_keys, campaigns) = (
+            program.to_string(),
+            member.to_string(),
+            order_keys.to_vec(),
+            campaigns.to_vec(),
+        );
         self.with(move |conn| {
             let account = conn
                 .query_row(
@@ -270,7 +278,19 @@ impl MemberStore for SqliteStore {
                     orders.insert(key.clone(), decode::<OrderRecord>(&format!("order {key}"), &body)?);
                 }
             }
-            Ok(MemberState { account, orders })
+            let mut assignments = std::collections::BTreeMap::new();
+            for campaign in &campaigns {
+                let found: Option<Assignment> = read_body(
+                    conn,
+                    "SELECT body FROM assignments WHERE program = ?1 AND member = ?2 AND campaign = ?3",
+                    &[&program, &member, campaign],
+                    "assignment",
+                )?;
+                if let Some(a) = found {
+                    assignments.insert(campaign.clone(), a);
+                }
+            }
+            Ok(MemberState { account, orders, assignments })
         })
         .await
     }
@@ -940,6 +960,62 @@ impl RedemptionStore for SqliteStore {
 
 #[async_trait]
 impl CampaignStore for SqliteStore {
+    async fn campaign_ids(&self, program: &str) -> Result<Vec<String>, StoreError> {
+        let program = program.to_string();
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare_cached("SELECT id FROM campaigns WHERE program = ?1 ORDER BY id")
+                .map_err(|e| sql_error("cannot list campaigns", e))?;
+            let ids = statement
+                .query_map(params![program], |row| row.get::<_, String>(0))
+                .map_err(|e| sql_error("cannot list campaigns", e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| sql_error("cannot list campaigns", e));
+            ids
+        })
+        .await
+    }
+
+    async fn record_assignment(
+        &self,
+        program: &str,
+        member: &str,
+        assignment: &Assignment,
+    ) -> Result<Assignment, StoreError> {
+        let (program, member, assignment) =
+            (program.to_string(), member.to_string(), assignment.clone());
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| sql_error("cannot begin", e))?;
+            let stored: Option<Assignment> = read_body(
+                &tx,
+                "SELECT body FROM assignments WHERE program = ?1 AND member = ?2 AND campaign = ?3",
+                &[&program, &member, &assignment.campaign],
+                "assignment",
+            )?;
+            if let Some(stored) = stored {
+                if stored.holds_for(&assignment.hash_seed, assignment.bucket_version) {
+                    return Ok(stored);
+                }
+            }
+            tx.execute(
+                "INSERT INTO assignments (program, member, campaign, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (program, member, campaign) DO UPDATE SET body = excluded.body",
+                params![
+                    program,
+                    member,
+                    assignment.campaign,
+                    encode("assignment", &assignment)?
+                ],
+            )
+            .map_err(|e| sql_error("cannot record the assignment", e))?;
+            tx.commit().map_err(|e| sql_error("cannot commit", e))?;
+            Ok(assignment.clone())
+        })
+        .await
+    }
+
     async fn campaign(&self, program: &str, id: &str) -> Result<Option<(u32, String)>, StoreError> {
         let (program, id) = (program.to_string(), id.to_string());
         self.with(move |conn| {

@@ -2,9 +2,9 @@
 //! `tier.check`, answered with partial batch failures) and EventBridge schedules whose input is
 //! `{"job": "<name>"}` (optionally with `"program"` and `"date"`).
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::NaiveDate;
-use loyalty_core::services::batch::{process_batch, Consumer, Record};
+use loyalty_core::services::batch::{handle_sqs_event, Consumer};
 use loyalty_core::services::jobs::{Job, JobReport};
 use loyalty_core::services::Services;
 use serde::Deserialize;
@@ -51,26 +51,7 @@ pub async fn handle(services: &Services, event: Value) -> Result<Value, Invocati
 /// Processes a batch of `tier.check` messages; the failed ones (and the rest of their member's
 /// group) are reported for redelivery.
 pub async fn handle_batch(services: &Services, event: SqsEvent) -> SqsBatchResponse {
-    let records: Vec<Record> = event
-        .records
-        .into_iter()
-        .map(|m| Record {
-            message_id: m.message_id.unwrap_or_default(),
-            group: m.attributes.get("MessageGroupId").cloned(),
-            body: m.body.unwrap_or_default(),
-        })
-        .collect();
-    let failed = process_batch(services, Consumer::Tier, &records).await;
-    let mut response = SqsBatchResponse::default();
-    response.batch_item_failures = failed
-        .into_iter()
-        .map(|id| {
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = id;
-            failure
-        })
-        .collect();
-    response
+    handle_sqs_event(services, Consumer::Tier, event).await
 }
 
 pub async fn run_schedule(

@@ -69,3 +69,34 @@ pub async fn process_batch(
     }
     failed
 }
+
+/// An SQS event from a Lambda event-source mapping, processed as a batch, answered with the
+/// failed messages (`ReportBatchItemFailures`) so that SQS delivers only them again.
+#[cfg(feature = "aws")]
+pub async fn handle_sqs_event(
+    services: &Services,
+    consumer: Consumer,
+    event: aws_lambda_events::event::sqs::SqsEvent,
+) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+    use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
+    let records: Vec<Record> = event
+        .records
+        .into_iter()
+        .map(|m| Record {
+            message_id: m.message_id.unwrap_or_default(),
+            group: m.attributes.get("MessageGroupId").cloned(),
+            body: m.body.unwrap_or_default(),
+        })
+        .collect();
+    let failed = process_batch(services, consumer, &records).await;
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failed
+        .into_iter()
+        .map(|id| {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            failure
+        })
+        .collect();
+    response
+}

@@ -446,8 +446,8 @@ pub trait CampaignStore: Send + Sync {
         json: &str,
         expected: Option<u32>,
     ) -> Result<Option<u32>, StoreError>;
-    /// Every campaign id of a program.
-    async fn campaign_ids(&self, program: &str) -> Result<Vec<String>, StoreError>;
+    /// Every campaign of a program, as (id, JSON), in one read.
+    async fn campaigns(&self, program: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// Records an assignment unless one that still holds (same seed, bucket version not lower)
     /// is there; returns the one stored.
     async fn record_assignment(

@@ -166,6 +166,17 @@ pub struct Change {
     pub no_op: Option<String>,
 }
 
+impl Change {
+    /// An account changed without ledger entries (a profile, notices remembered).
+    pub fn unchanged(account: Account) -> Change {
+        Change {
+            account,
+            entries: Vec::new(),
+            no_op: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccountError {
     #[error("insufficient points: {available} available, {needed} needed")]

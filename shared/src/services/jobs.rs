@@ -247,7 +247,7 @@ impl Services {
                 Job::TierReviews => (account.review_tier(program, &ctx), vec![]),
                 Job::Notices => {
                     let (after, notices) = account.take_notices(program, at);
-                    (unchanged(after), notices)
+                    (Change::unchanged(after), notices)
                 }
                 Job::RecalculateTiers => (account.check_tier(program, &ctx), vec![]),
             };
@@ -387,14 +387,5 @@ impl Services {
                 None => return Ok(()),
             }
         }
-    }
-}
-
-/// A change with no ledger entries (the notices job only remembers what it sent).
-fn unchanged(account: Account) -> Change {
-    Change {
-        account,
-        entries: Vec::new(),
-        no_op: None,
     }
 }

@@ -140,7 +140,7 @@ impl Services {
         (at.elapsed() < PROGRAM_CACHE_TTL).then(|| Arc::clone(program))
     }
 
-    /// The program's campaigns, from the cache when fresh (one query, then a read each).
+    /// The program's campaigns, from the cache when fresh (else one query).
     pub(crate) async fn campaign_list(&self, program: &str) -> Result<CampaignList, ServiceError> {
         if let Some(list) = self.campaigns.lock().ok().and_then(|c| {
             c.get(program)
@@ -150,13 +150,11 @@ impl Services {
             return Ok(list);
         }
         let mut list = Vec::new();
-        for id in self.store.campaign_ids(program).await? {
-            if let Some((_, json)) = self.store.campaign(program, &id).await? {
-                let campaign = serde_json::from_str(&json).map_err(|e| {
-                    ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}"))
-                })?;
-                list.push((id, campaign));
-            }
+        for (id, json) in self.store.campaigns(program).await? {
+            let campaign = serde_json::from_str(&json).map_err(|e| {
+                ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}"))
+            })?;
+            list.push((id, campaign));
         }
         let list = Arc::new(list);
         if let Ok(mut cache) = self.campaigns.lock() {

@@ -725,16 +725,11 @@ impl Services {
     ) -> Result<Vec<CatalogEntry>, ServiceError> {
         let program = self.program(program_id).await?;
         let view = self.member_view(&program.id, member).await?;
-        let current = program.tier(&view.tier.id).map_or(0, |(i, _)| i);
         Ok(program
             .rewards
             .iter()
             .map(|r| {
-                let locked = r
-                    .min_tier
-                    .as_deref()
-                    .and_then(|t| program.tier(t))
-                    .is_some_and(|(needed, _)| current < needed);
+                let locked = tier_lock(&program, &view.tier.id, r.min_tier.as_deref()).is_some();
                 CatalogEntry {
                     id: r.id.clone(),
                     name: r.name.clone(),
@@ -808,22 +803,25 @@ impl Services {
     }
 }
 
+/// The tier a reward needs when the member's tier is below it.
+fn tier_lock<'p>(program: &'p Program, tier: &str, min_tier: Option<&str>) -> Option<&'p str> {
+    let (needed, locked_at) = min_tier.and_then(|t| program.tier(t))?;
+    let current = program.tier(tier).map_or(0, |(i, _)| i);
+    (current < needed).then_some(locked_at.id.as_str())
+}
+
 fn check_tier_lock(
     program: &Program,
     account: &crate::domain::Account,
     min_tier: Option<&str>,
 ) -> Result<(), ServiceError> {
-    let Some((needed, tier)) = min_tier.and_then(|t| program.tier(t)) else {
-        return Ok(());
-    };
-    let current = program.tier(&account.tier.id).map_or(0, |(i, _)| i);
-    if current < needed {
-        return Err(ServiceError::Forbidden {
+    match tier_lock(program, &account.tier.id, min_tier) {
+        Some(tier) => Err(ServiceError::Forbidden {
             problem: "tier-locked",
-            detail: format!("this reward needs the {} tier", tier.id),
-        });
+            detail: format!("this reward needs the {tier} tier"),
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn unknown_coupon(code: &str) -> ServiceError {
@@ -908,11 +906,7 @@ impl Services {
                 return Ok(updated.profile);
             }
             let profile = updated.profile.clone();
-            let change = crate::domain::Change {
-                account: updated,
-                entries: Vec::new(),
-                no_op: None,
-            };
+            let change = crate::domain::Change::unchanged(updated);
             let commit = Commit::new(
                 &program,
                 member,

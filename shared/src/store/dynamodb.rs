@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, KeysAndAttributes, Projection, ProjectionType, Put, ScalarAttributeType,
+    KeyType, KeysAndAttributes, Projection, ProjectionType, Put, ReturnValue, ScalarAttributeType,
     TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
@@ -356,8 +356,8 @@ impl DynamoStore {
 
 #[async_trait]
 impl CampaignStore for DynamoStore {
-    async fn campaign_ids(&self, program: &str) -> Result<Vec<String>, StoreError> {
-        let mut ids = Vec::new();
+    async fn campaigns(&self, program: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut campaigns = Vec::new();
         let mut start = None;
         loop {
             let output = self
@@ -367,19 +367,17 @@ impl CampaignStore for DynamoStore {
                 .key_condition_expression("PK = :pk AND begins_with(SK, :c)")
                 .expression_attribute_values(":pk", s(format!("P#{program}")))
                 .expression_attribute_values(":c", s("C#"))
-                .projection_expression("SK")
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|e| sdk_error("cannot list campaigns", e))?;
-            ids.extend(output.items().iter().filter_map(|i| {
-                text(i, "SK")
-                    .and_then(|sk| sk.strip_prefix("C#"))
-                    .map(str::to_string)
+            campaigns.extend(output.items().iter().filter_map(|i| {
+                let id = text(i, "SK")?.strip_prefix("C#")?;
+                Some((id.to_string(), text(i, "body")?.to_string()))
             }));
             match output.last_evaluated_key {
                 Some(last) => start = Some(last),
-                None => return Ok(ids),
+                None => return Ok(campaigns),
             }
         }
     }
@@ -620,10 +618,15 @@ impl RedemptionStore for DynamoStore {
             )
             .expression_attribute_values(":ref", s(order_ref))
             .expression_attribute_values(":now", s(timestamp(now)))
+            .return_values(ReturnValue::AllNew)
             .send()
             .await;
         match result {
-            Ok(_) => {}
+            Ok(output) => {
+                if let Some(item) = output.attributes {
+                    return Ok(Consumption::Consumed(coupon_of(&item)?));
+                }
+            }
             Err(e)
                 if matches!(
                     e.as_service_error(),
@@ -631,7 +634,7 @@ impl RedemptionStore for DynamoStore {
                 ) => {}
             Err(e) => return Err(sdk_error("cannot consume the coupon", e)),
         }
-        // Read back what is there now and say what became of the attempt.
+        // Refused: read what is there to say why (or that it is this order's, a retry).
         let Some(coupon) = self.coupon(program, code).await? else {
             return Ok(Consumption::NotFound);
         };

@@ -960,18 +960,18 @@ impl RedemptionStore for SqliteStore {
 
 #[async_trait]
 impl CampaignStore for SqliteStore {
-    async fn campaign_ids(&self, program: &str) -> Result<Vec<String>, StoreError> {
+    async fn campaigns(&self, program: &str) -> Result<Vec<(String, String)>, StoreError> {
         let program = program.to_string();
         self.with(move |conn| {
             let mut statement = conn
-                .prepare_cached("SELECT id FROM campaigns WHERE program = ?1 ORDER BY id")
+                .prepare_cached("SELECT id, body FROM campaigns WHERE program = ?1 ORDER BY id")
                 .map_err(|e| sql_error("cannot list campaigns", e))?;
-            let ids = statement
-                .query_map(params![program], |row| row.get::<_, String>(0))
+            let campaigns = statement
+                .query_map(params![program], |row| Ok((row.get(0)?, row.get(1)?)))
                 .map_err(|e| sql_error("cannot list campaigns", e))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| sql_error("cannot list campaigns", e));
-            ids
+            campaigns
         })
         .await
     }

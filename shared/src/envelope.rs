@@ -151,6 +151,9 @@ struct GrantData {
     points: i64,
     #[serde(default)]
     campaign: Option<String>,
+    /// The campaign variant that granted the points (counted as its cost).
+    #[serde(default)]
+    variant: Option<String>,
     #[serde(default)]
     reason: Option<String>,
 }
@@ -170,6 +173,7 @@ pub enum EarnEvent {
     Grant {
         points: i64,
         campaign: Option<String>,
+        variant: Option<String>,
         reason: String,
     },
 }
@@ -452,6 +456,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                     .reason
                     .unwrap_or_else(|| format!("{} points granted", d.points)),
                 campaign: d.campaign,
+                variant: d.variant,
             })
         }
         other => Err(invalid(format!(

@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod fingerprint;
 pub mod ports;
 pub mod queue;
+pub mod report;
 pub mod services;
 pub mod store;
 pub mod webhooks;

@@ -102,6 +102,57 @@ pub struct Assignment {
     pub hash_seed: String,
     pub bucket_version: u32,
     pub assigned_at: DateTime<Utc>,
+    /// Purchases in the campaign's window since the assignment, and their eligible amount:
+    /// what the variant counters need to count converters once and revenue per member.
+    #[serde(default)]
+    pub purchases: u32,
+    #[serde(default)]
+    pub revenue: i64,
+    /// A bonus effect pays on the next purchase only.
+    #[serde(default)]
+    pub bonus_paid: bool,
+}
+
+impl Assignment {
+    /// A fresh assignment to `variant`, with nothing counted yet.
+    pub fn new(campaign: &str, variant: &str, seed: &str, bucket_version: u32, at: DateTime<Utc>) -> Assignment {
+        Assignment {
+            campaign: campaign.to_string(),
+            variant: variant.to_string(),
+            hash_seed: seed.to_string(),
+            bucket_version,
+            assigned_at: at,
+            purchases: 0,
+            revenue: 0,
+            bonus_paid: false,
+        }
+    }
+}
+
+/// An assignment written with a member's commit (a purchase counted in it), on condition that
+/// the stored one is still `expected` (`None`: none stored). Compared on seed, bucket version and
+/// purchases, which every update changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignmentWrite {
+    pub assignment: Assignment,
+    pub expected: Option<Assignment>,
+}
+
+/// How many shards each variant's counters are spread over: a popular campaign's purchases
+/// never all update one item.
+pub const COUNTER_SHARDS: u32 = 8;
+
+/// The counter shard a member's changes go to (stable per member).
+pub fn counter_shard(member: &str) -> u32 {
+    crate::bucketing::fnv32a(member) % COUNTER_SHARDS
+}
+
+/// Additions to one variant's counters, in one shard, written with the change they count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterAdd {
+    pub campaign: String,
+    pub shard: u32,
+    pub counts: crate::report::VariantCounts,
 }
 
 impl Assignment {
@@ -143,6 +194,10 @@ pub struct Commit {
     pub revoke_coupon: Option<String>,
     /// The API idempotency record of the request that made this change (must not exist yet).
     pub idempotency: Option<IdempotencyRecord>,
+    /// Campaign assignments updated by this change (conditional, see [`AssignmentWrite`]).
+    pub assignments: Vec<AssignmentWrite>,
+    /// Campaign counters the change adds to.
+    pub counters: Vec<CounterAdd>,
 }
 
 impl Commit {
@@ -166,6 +221,8 @@ impl Commit {
             coupon: None,
             revoke_coupon: None,
             idempotency: None,
+            assignments: Vec::new(),
+            counters: Vec::new(),
         }
     }
 }
@@ -449,13 +506,20 @@ pub trait CampaignStore: Send + Sync {
     /// Every campaign of a program, as (id, JSON), in one read.
     async fn campaigns(&self, program: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// Records an assignment unless one that still holds (same seed, bucket version not lower)
-    /// is there; returns the one stored.
+    /// is there; returns the one stored and whether it is the one given. A new record counts
+    /// one member assigned to its variant, in the same write.
     async fn record_assignment(
         &self,
         program: &str,
         member: &str,
         assignment: &Assignment,
-    ) -> Result<Assignment, StoreError>;
+    ) -> Result<(Assignment, bool), StoreError>;
+    /// A campaign's counters per variant, summed over the shards.
+    async fn campaign_counts(
+        &self,
+        program: &str,
+        campaign: &str,
+    ) -> Result<Vec<crate::report::VariantCounts>, StoreError>;
 }
 
 /// Everything the services need from state.

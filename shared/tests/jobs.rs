@@ -330,6 +330,8 @@ async fn seed(
                 coupon: None,
                 revoke_coupon: None,
                 idempotency: None,
+                assignments: Vec::new(),
+                counters: Vec::new(),
             })
             .await
             .unwrap();

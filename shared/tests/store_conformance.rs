@@ -69,6 +69,8 @@ fn commit(
         coupon: None,
         revoke_coupon: None,
         idempotency: None,
+        assignments: Vec::new(),
+        counters: Vec::new(),
         due: DueDates::default(),
     }
 }
@@ -615,12 +617,8 @@ async fn assignments_are_sticky_until_the_seed_or_bucket_version_changes(store: 
     use loyalty_core::ports::Assignment;
     let m = member();
     let at = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
-    let assignment = |variant: &str, seed: &str, bucket_version| Assignment {
-        campaign: "weekend".into(),
-        variant: variant.into(),
-        hash_seed: seed.into(),
-        bucket_version,
-        assigned_at: at,
+    let assignment = |variant: &str, seed: &str, bucket_version| {
+        Assignment::new("weekend", variant, seed, bucket_version, at)
     };
     store.commit(commit(&m, None, 0, "e1", None)).await.unwrap();
     // GIVEN a first assignment to x2
@@ -628,13 +626,13 @@ async fn assignments_are_sticky_until_the_seed_or_bucket_version_changes(store: 
         .record_assignment("kr-shop", &m, &assignment("x2", "s1", 0))
         .await
         .unwrap();
-    assert_eq!(first.variant, "x2");
+    assert_eq!((first.0.variant.as_str(), first.1), ("x2", true));
     // WHEN another variant is recorded with the same seed THEN the first stays
     let again = store
         .record_assignment("kr-shop", &m, &assignment("control", "s1", 0))
         .await
         .unwrap();
-    assert_eq!(again.variant, "x2");
+    assert_eq!((again.0.variant.as_str(), again.1), ("x2", false));
     // AND it comes with the account in one read
     let state = store
         .load_member_with("kr-shop", &m, &[], &["weekend".into(), "other".into()])
@@ -650,12 +648,89 @@ async fn assignments_are_sticky_until_the_seed_or_bucket_version_changes(store: 
         .record_assignment("kr-shop", &m, &assignment("control", "s1", 1))
         .await
         .unwrap();
-    assert_eq!(raised.variant, "control");
+    assert_eq!(raised.0.variant, "control");
     let reseeded = store
         .record_assignment("kr-shop", &m, &assignment("x2", "s2", 1))
         .await
         .unwrap();
-    assert_eq!(reseeded.variant, "x2");
+    assert_eq!(reseeded.0.variant, "x2");
+    // AND each new record counted one member, in its variant
+    let counts = store.campaign_counts("kr-shop", "weekend").await.unwrap();
+    let assigned: Vec<(&str, i64)> = counts
+        .iter()
+        .map(|c| (c.variant.as_str(), c.assigned))
+        .collect();
+    assert_eq!(assigned, vec![("control", 1), ("x2", 2)]);
+}
+
+async fn counters_sum_their_shards_and_assignment_writes_are_conditional(store: Arc<dyn Store>) {
+    use loyalty_core::ports::{Assignment, AssignmentWrite, CounterAdd};
+    use loyalty_core::report::VariantCounts;
+    let m = member();
+    let at = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    store.commit(commit(&m, None, 0, "e1", None)).await.unwrap();
+    let fresh = Assignment::new("spring", "x2", "s1", 0, at);
+    let mut bought = fresh.clone();
+    bought.purchases = 1;
+    bought.revenue = 50_000;
+    let add = |shard, revenue: i64| CounterAdd {
+        campaign: "spring".into(),
+        shard,
+        counts: VariantCounts {
+            variant: "x2".into(),
+            assigned: 1,
+            converters: 1,
+            purchases: 1,
+            revenue,
+            // larger than 64 bits can hold, summed exactly
+            revenue_sq: i128::from(i64::MAX) * 3,
+            points: 7,
+        },
+    };
+    // GIVEN a commit that writes a new assignment and adds to two shards
+    let mut first = commit(&m, Some(1), 0, "e2", None);
+    first.assignments = vec![AssignmentWrite {
+        assignment: bought.clone(),
+        expected: None,
+    }];
+    first.counters = vec![add(0, 50_000), add(5, 20_000)];
+    store.commit(first).await.unwrap();
+    // THEN the counters are summed over the shards, wide sums included
+    let counts = store.campaign_counts("kr-shop", "spring").await.unwrap();
+    assert_eq!(counts.len(), 1);
+    assert_eq!(
+        (counts[0].assigned, counts[0].purchases, counts[0].revenue, counts[0].points),
+        (2, 2, 70_000, 14)
+    );
+    assert_eq!(counts[0].revenue_sq, i128::from(i64::MAX) * 6);
+    // WHEN a commit expects no assignment where there is one now THEN it is a conflict, and
+    // nothing of it is written (the counters stay)
+    let mut stale = commit(&m, Some(2), 0, "e3", None);
+    stale.assignments = vec![AssignmentWrite {
+        assignment: bought.clone(),
+        expected: None,
+    }];
+    stale.counters = vec![add(1, 1)];
+    assert!(matches!(
+        store.commit(stale).await,
+        Err(CommitError::VersionConflict)
+    ));
+    let counts = store.campaign_counts("kr-shop", "spring").await.unwrap();
+    assert_eq!(counts[0].purchases, 2);
+    // WHEN it expects the stored one THEN it is written
+    let mut again = bought.clone();
+    again.purchases = 2;
+    let mut next = commit(&m, Some(2), 0, "e4", None);
+    next.assignments = vec![AssignmentWrite {
+        assignment: again,
+        expected: Some(bought),
+    }];
+    store.commit(next).await.unwrap();
+    let state = store
+        .load_member_with("kr-shop", &m, &[], &["spring".into()])
+        .await
+        .unwrap();
+    assert_eq!(state.assignments["spring"].purchases, 2);
 }
 
 macro_rules! conformance {
@@ -677,7 +752,8 @@ macro_rules! conformance {
                 every_program_is_listed,
                 coupons_consume_once_and_idempotency_records_guard_their_commit,
                 campaigns_are_versioned_and_conditional,
-                assignments_are_sticky_until_the_seed_or_bucket_version_changes);
+                assignments_are_sticky_until_the_seed_or_bucket_version_changes,
+                counters_sum_their_shards_and_assignment_writes_are_conditional);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {

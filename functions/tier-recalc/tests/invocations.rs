@@ -187,6 +187,8 @@ async fn a_scheduled_review_lowers_a_member_due_and_refuses_unknown_jobs() {
             coupon: None,
             revoke_coupon: None,
             idempotency: None,
+            assignments: Vec::new(),
+            counters: Vec::new(),
         })
         .await
         .unwrap();

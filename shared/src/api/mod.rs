@@ -67,7 +67,18 @@ pub fn member_router(state: AppState) -> Router {
         .route("/v1/programs/{program}/me/ledger", get(my_ledger))
         .route("/v1/programs/{program}/me/rewards", get(my_rewards))
         .route("/v1/programs/{program}/me/profile", patch(my_profile))
+        .with_state(state)
+}
+
+/// Campaigns: the member's running campaigns (recording the exposure) and the admins' results
+/// report (the campaign-assign function).
+pub fn campaign_router(state: AppState) -> Router {
+    Router::new()
         .route("/v1/programs/{program}/me/campaigns", get(my_campaigns))
+        .route(
+            "/v1/programs/{program}/campaigns/{campaign}/report",
+            get(campaign_report),
+        )
         .with_state(state)
 }
 
@@ -117,7 +128,8 @@ pub fn router(state: AppState) -> Router {
         .merge(webhook_router(state.clone()))
         .merge(admin_router(state.clone()))
         .merge(member_router(state.clone()))
-        .merge(redemption_router(state))
+        .merge(redemption_router(state.clone()))
+        .merge(campaign_router(state))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -247,6 +259,36 @@ async fn get_campaign(
 ) -> Result<Response, Problem> {
     principal.require_admin(&program)?;
     Ok(Json(state.services.campaign(&program, &campaign).await?).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ReportQuery {
+    /// `svg` for the chart instead of the JSON report.
+    #[serde(default)]
+    format: Option<String>,
+}
+
+async fn campaign_report(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, campaign)): Path<(String, String)>,
+    Query(query): Query<ReportQuery>,
+) -> Result<Response, Problem> {
+    principal.require_admin(&program)?;
+    let report = state.services.campaign_report(&program, &campaign).await?;
+    match query.format.as_deref() {
+        None | Some("json") => Ok(Json(report).into_response()),
+        Some("svg") => Ok((
+            [(header::CONTENT_TYPE, "image/svg+xml")],
+            crate::report::svg(&report),
+        )
+            .into_response()),
+        Some(other) => Err(crate::services::ServiceError::invalid(
+            "invalid-format",
+            format!("format {other:?} is not json or svg"),
+        )
+        .into()),
+    }
 }
 
 async fn my_rewards(

@@ -5,7 +5,7 @@
 //! due that day, never the whole program. The dates are derived here, from the account alone, so
 //! both stores index exactly the same thing.
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::account::Account;
@@ -29,14 +29,20 @@ pub enum DueJob {
     Review,
     /// `points.expiring` and `tier.downgrade_scheduled` (`notices`).
     Notice,
+    /// Members by birthday (month and day; `campaign-tick`).
+    Birthday,
+    /// Members by the month and day they joined (`campaign-tick`).
+    Anniversary,
 }
 
 impl DueJob {
-    pub const ALL: [DueJob; 4] = [
+    pub const ALL: [DueJob; 6] = [
         DueJob::Release,
         DueJob::Expire,
         DueJob::Review,
         DueJob::Notice,
+        DueJob::Birthday,
+        DueJob::Anniversary,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +51,8 @@ impl DueJob {
             DueJob::Expire => "expire",
             DueJob::Review => "review",
             DueJob::Notice => "notice",
+            DueJob::Birthday => "birthday",
+            DueJob::Anniversary => "anniversary",
         }
     }
 }
@@ -56,6 +64,35 @@ pub struct DueDates {
     pub expire: Option<NaiveDate>,
     pub review: Option<NaiveDate>,
     pub notice: Option<NaiveDate>,
+    /// Yearly days, indexed as that month and day of [`YEARLY_INDEX_YEAR`].
+    #[serde(default)]
+    pub birthday: Option<NaiveDate>,
+    #[serde(default)]
+    pub anniversary: Option<NaiveDate>,
+}
+
+/// The year yearly days (birthdays, anniversaries) are indexed under: a leap year, so that
+/// 29 February has a place.
+pub const YEARLY_INDEX_YEAR: i32 = 2000;
+
+/// The index date of a month and day ("MM-DD").
+pub fn yearly_index_date(month_day: &str) -> Option<NaiveDate> {
+    let (m, d) = month_day.split_once('-')?;
+    NaiveDate::from_ymd_opt(YEARLY_INDEX_YEAR, m.parse().ok()?, d.parse().ok()?)
+}
+
+/// The index dates to read for a day: its month and day, and on 28 February of a common year
+/// also 29 February, so that members born on a leap day are not skipped.
+pub fn yearly_index_dates(day: NaiveDate) -> Vec<NaiveDate> {
+    let mut dates: Vec<NaiveDate> =
+        NaiveDate::from_ymd_opt(YEARLY_INDEX_YEAR, day.month(), day.day())
+            .into_iter()
+            .collect();
+    let leap = NaiveDate::from_ymd_opt(day.year(), 2, 29).is_some();
+    if !leap && day.month() == 2 && day.day() == 28 {
+        dates.extend(NaiveDate::from_ymd_opt(YEARLY_INDEX_YEAR, 2, 29));
+    }
+    dates
 }
 
 impl DueDates {
@@ -65,6 +102,8 @@ impl DueDates {
             DueJob::Expire => self.expire,
             DueJob::Review => self.review,
             DueJob::Notice => self.notice,
+            DueJob::Birthday => self.birthday,
+            DueJob::Anniversary => self.anniversary,
         }
     }
 }
@@ -133,6 +172,12 @@ impl Account {
             expire,
             review: self.tier.review_on,
             notice: self.notices_due(program).into_iter().map(|(d, _)| d).min(),
+            birthday: self.profile.birthday.as_deref().and_then(yearly_index_date),
+            anniversary: NaiveDate::from_ymd_opt(
+                YEARLY_INDEX_YEAR,
+                self.joined_on.month(),
+                self.joined_on.day(),
+            ),
         }
     }
 

@@ -7,7 +7,11 @@ use serde_json::{json, Value};
 use super::{ServiceError, Services};
 use crate::campaigns::{Campaign, CampaignError, CampaignKind, Effect};
 use crate::domain::{Account, CampaignEffect, Program};
-use crate::ports::{Assignment, MemberState};
+use crate::envelope::{Envelope, ENVELOPE_VERSION};
+use crate::ports::{
+    counter_shard, Assignment, AssignmentWrite, CounterAdd, MemberState, QueueName,
+};
+use crate::report::VariantCounts;
 
 /// Attempts at saving when another admin saves the same campaign at once.
 const SAVE_ATTEMPTS: usize = 5;
@@ -75,6 +79,45 @@ impl Services {
 }
 
 impl Services {
+    /// `GET /v1/programs/{program}/campaigns/{campaign}/report`: the variants' counters with
+    /// uplifts, the sample-ratio check and a verdict.
+    pub async fn campaign_report(
+        &self,
+        program_id: &str,
+        id: &str,
+    ) -> Result<crate::report::Report, ServiceError> {
+        let program = self.program(program_id).await?;
+        let (_, json) =
+            self.store
+                .campaign(&program.id, id)
+                .await?
+                .ok_or_else(|| ServiceError::NotFound {
+                    problem: "unknown-campaign",
+                    detail: format!("program {} has no campaign {id:?}", program.id),
+                })?;
+        let campaign: Campaign = serde_json::from_str(&json)
+            .map_err(|e| ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}")))?;
+        let counts = self.store.campaign_counts(&program.id, id).await?;
+        let weights: Vec<(String, f64)> = campaign
+            .variants
+            .iter()
+            .map(|v| (v.key.clone(), v.weight))
+            .collect();
+        let denominator = match campaign.kind {
+            CampaignKind::Broadcast => "audience",
+            CampaignKind::OnExposure => "exposed",
+        };
+        Ok(crate::report::analyse(&crate::report::ReportInput {
+            campaign: id,
+            name: &campaign.name,
+            denominator,
+            weights: &weights,
+            counts: &counts,
+        }))
+    }
+}
+
+impl Services {
     /// `GET /v1/programs/{program}/me/campaigns`: the running campaigns this member is in, with
     /// their variant. The first call records the assignment (the exposure); later calls, and
     /// weight changes, do not move it.
@@ -110,15 +153,7 @@ impl Services {
             let recorded = match state.assignments.get(id) {
                 Some(a) if a.holds_for(&campaign.hash_seed, campaign.bucket_version) => a.clone(),
                 _ => {
-                    let assignment = Assignment {
-                        campaign: id.clone(),
-                        variant: campaign.variants[variant].key.clone(),
-                        hash_seed: campaign.hash_seed.clone(),
-                        bucket_version: campaign.bucket_version,
-                        assigned_at: now,
-                    };
-                    self.store
-                        .record_assignment(&program.id, member, &assignment)
+                    self.assign(&program.id, member, id, campaign, variant, now)
                         .await?
                 }
             };
@@ -131,6 +166,43 @@ impl Services {
             }));
         }
         Ok(json!({ "campaigns": shown }))
+    }
+
+    /// Records a member's assignment (counted once, in the same write). A variant that grants
+    /// points sends the grant to the earn queue first: its id is fixed per campaign and member,
+    /// so a grant sent again (a retry, a second tick) is applied once, and a crash between the
+    /// two writes loses nothing.
+    pub(crate) async fn assign(
+        &self,
+        program: &str,
+        member: &str,
+        id: &str,
+        campaign: &Campaign,
+        variant: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Assignment, ServiceError> {
+        let v = &campaign.variants[variant];
+        if let Effect::Grant { points } = &v.effect {
+            let grant = Envelope {
+                kind: "points.granted".into(),
+                version: ENVELOPE_VERSION,
+                id: format!("grant-{id}-{member}"),
+                program: program.to_string(),
+                member: member.to_string(),
+                occurred_at: now,
+                data: json!({
+                    "points": points, "campaign": id, "variant": v.key,
+                    "reason": format!("{}: {points} points", campaign.name),
+                }),
+            };
+            self.queue
+                .send(QueueName::Earn, &grant)
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        }
+        let wanted = Assignment::new(id, &v.key, &campaign.hash_seed, campaign.bucket_version, now);
+        let (stored, _) = self.store.record_assignment(program, member, &wanted).await?;
+        Ok(stored)
     }
 
     /// The campaigns running when a purchase happened, for the read that loads the member.
@@ -171,29 +243,106 @@ fn variant_of(
     campaign.assign(&account.member)
 }
 
-/// The effects on a purchase of the member's variants in the campaigns running at the time.
-pub(crate) fn purchase_effects(
-    campaigns: &[(String, Campaign)],
+/// A member's part in one campaign running at a purchase: the variant, and the assignment as
+/// stored (`None` for a broadcast member not recorded yet).
+pub(crate) struct Part<'a> {
+    pub id: &'a str,
+    pub campaign: &'a Campaign,
+    pub variant: usize,
+    pub stored: Option<&'a Assignment>,
+}
+
+impl Part<'_> {
+    /// What the variant does to this purchase: a multiplier always, a bonus only on the first
+    /// purchase after the assignment.
+    pub fn effect(&self) -> Option<CampaignEffect> {
+        match self.campaign.variants[self.variant].effect {
+            Effect::Multiplier { basis_points } => Some(CampaignEffect::Multiplier {
+                campaign: self.id.to_string(),
+                basis_points,
+            }),
+            Effect::Bonus { points } if !self.stored.is_some_and(|a| a.bonus_paid) => {
+                Some(CampaignEffect::Bonus {
+                    campaign: self.id.to_string(),
+                    points,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// What counting a purchase writes: the member's assignment (conditional on the one read)
+    /// and the variant's counters. `eligible` is the purchase's eligible amount; `extra` the
+    /// points the variant added.
+    pub fn count_purchase(
+        &self,
+        member: &str,
+        eligible: i64,
+        extra: i64,
+        at: DateTime<Utc>,
+    ) -> (AssignmentWrite, CounterAdd) {
+        let variant = &self.campaign.variants[self.variant];
+        let before = self.stored.cloned().unwrap_or_else(|| {
+            Assignment::new(
+                self.id,
+                &variant.key,
+                &self.campaign.hash_seed,
+                self.campaign.bucket_version,
+                at,
+            )
+        });
+        let mut after = before.clone();
+        after.purchases = before.purchases.saturating_add(1);
+        after.revenue = before.revenue.saturating_add(eligible);
+        after.bonus_paid |= matches!(self.effect(), Some(CampaignEffect::Bonus { .. }));
+        let square = |r: i64| i128::from(r) * i128::from(r);
+        let counts = VariantCounts {
+            variant: variant.key.clone(),
+            assigned: i64::from(self.stored.is_none()),
+            converters: i64::from(before.purchases == 0),
+            purchases: 1,
+            revenue: eligible,
+            revenue_sq: square(after.revenue) - square(before.revenue),
+            points: extra,
+        };
+        let write = AssignmentWrite {
+            assignment: after,
+            expected: self.stored.cloned(),
+        };
+        let add = CounterAdd {
+            campaign: self.id.to_string(),
+            shard: counter_shard(member),
+            counts,
+        };
+        (write, add)
+    }
+}
+
+/// The member's parts in the campaigns running at a purchase.
+pub(crate) fn parts<'a>(
+    campaigns: &'a [(String, Campaign)],
     program: &Program,
     account: &Account,
-    state: &MemberState,
+    state: &'a MemberState,
     at: DateTime<Utc>,
-) -> Vec<CampaignEffect> {
+) -> Vec<Part<'a>> {
     campaigns
         .iter()
         .filter_map(|(id, campaign)| {
-            let exposed = state.assignments.contains_key(id);
-            if campaign.kind == CampaignKind::OnExposure && !exposed {
+            let stored = state
+                .assignments
+                .get(id)
+                .filter(|a| a.holds_for(&campaign.hash_seed, campaign.bucket_version));
+            if campaign.kind == CampaignKind::OnExposure && stored.is_none() {
                 return None;
             }
             let variant = variant_of(id, campaign, program, account, state, at)?;
-            match campaign.variants[variant].effect {
-                Effect::Multiplier { basis_points } => Some(CampaignEffect::Multiplier {
-                    campaign: id.clone(),
-                    basis_points,
-                }),
-                _ => None,
-            }
+            Some(Part {
+                id,
+                campaign,
+                variant,
+                stored,
+            })
         })
         .collect()
 }

@@ -13,7 +13,11 @@ use serde_json::json;
 use super::{ServiceError, Services, COMMIT_ATTEMPTS};
 use crate::domain::{Account, Change, EventContext, Program, Source};
 use crate::envelope::{parse_earn_event, EarnEvent, Engagement, Envelope, ENVELOPE_VERSION};
-use crate::ports::{Commit, CommitError, EventMarker, MemberState, QueueName, RejectedEvent};
+use crate::ports::{
+    counter_shard, AssignmentWrite, Commit, CommitError, CounterAdd, EventMarker, MemberState,
+    QueueName, RejectedEvent,
+};
+use crate::report::VariantCounts;
 
 /// What became of a message that was handled (acknowledge it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +48,9 @@ struct Outcome {
     change: Change,
     orders: std::collections::BTreeMap<String, crate::domain::OrderRecord>,
     referrer: Option<String>,
+    /// Campaign assignments and counters the event counts in.
+    assignments: Vec<AssignmentWrite>,
+    counters: Vec<CounterAdd>,
 }
 
 impl Services {
@@ -102,6 +109,8 @@ impl Services {
                 coupon: None,
                 revoke_coupon: None,
                 idempotency: None,
+                assignments: outcome.assignments,
+                counters: outcome.counters,
             };
             match self.store.commit(commit).await {
                 Ok(()) => {
@@ -167,6 +176,8 @@ impl Services {
                 coupon: None,
                 revoke_coupon: None,
                 idempotency: None,
+                assignments: Vec::new(),
+                counters: Vec::new(),
             };
             match self.store.commit(commit).await {
                 Ok(()) => {
@@ -343,27 +354,34 @@ fn decide(
             change: out.change,
             orders,
             referrer: out.referrer_to_reward,
+            assignments: Vec::new(),
+            counters: Vec::new(),
         }
     };
     let plain = |change: Change| Outcome {
         change,
         orders: Default::default(),
         referrer: None,
+        assignments: Vec::new(),
+        counters: Vec::new(),
     };
     Ok(match event {
         EarnEvent::Purchase { purchase, .. } => {
-            let effects = super::campaigns::purchase_effects(
-                campaigns,
-                program,
-                &account,
-                state,
-                ctx.occurred_at,
-            );
-            with_order(
-                account
-                    .earn_purchase(program, order, purchase, &effects, ctx)
-                    .map_err(|e| e.to_string())?,
-            )
+            let parts =
+                super::campaigns::parts(campaigns, program, &account, state, ctx.occurred_at);
+            let effects: Vec<_> = parts.iter().filter_map(|p| p.effect()).collect();
+            let earned = account
+                .earn_purchase(program, order, purchase, &effects, ctx)
+                .map_err(|e| e.to_string())?;
+            let counted = if earned.change.entries.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                let purchased = (order, purchase);
+                count_purchase(program, &parts, &effects, &earned, &account, purchased, ctx)?
+            };
+            let mut outcome = with_order(earned);
+            (outcome.assignments, outcome.counters) = counted;
+            outcome
         }
         EarnEvent::Refund { reversal, .. } => with_order(
             account
@@ -382,7 +400,70 @@ fn decide(
         EarnEvent::Grant {
             points,
             campaign,
+            variant,
             reason,
-        } => plain(account.grant(program, *points, campaign.as_deref(), reason, ctx)),
+        } => {
+            let mut outcome =
+                plain(account.grant(program, *points, campaign.as_deref(), reason, ctx));
+            if let (Some(campaign), Some(variant)) = (campaign, variant) {
+                if !outcome.change.entries.is_empty() {
+                    outcome.counters.push(CounterAdd {
+                        campaign: campaign.clone(),
+                        shard: counter_shard(&envelope.member),
+                        counts: VariantCounts {
+                            variant: variant.clone(),
+                            points: *points,
+                            ..VariantCounts::default()
+                        },
+                    });
+                }
+            }
+            outcome
+        }
     })
+}
+
+/// Counts a purchase in the member's campaigns: for each, the assignment and counters, with
+/// the points its variant added (the purchase's points less what they would be without it).
+fn count_purchase(
+    program: &Program,
+    parts: &[super::campaigns::Part<'_>],
+    effects: &[crate::domain::CampaignEffect],
+    earned: &crate::domain::OrderChange,
+    account: &Account,
+    (order, purchase): (Option<&crate::domain::OrderRecord>, &crate::domain::Purchase),
+    ctx: &EventContext,
+) -> Result<(Vec<AssignmentWrite>, Vec<CounterAdd>), String> {
+    let program_points = |change: &Change| -> i64 {
+        change.entries.iter().map(|e| e.points + e.pending).sum()
+    };
+    let with_all = program_points(&earned.change);
+    // Revenue is the eligible amount (what earns points), the same for every variant.
+    let eligible = crate::domain::earning::purchase_points(
+        &program.purchase,
+        program.currency,
+        purchase,
+        crate::domain::program::UNIT_BP,
+        &[],
+    )
+    .map_err(|e| e.to_string())?
+    .eligible;
+    let mut writes = Vec::new();
+    let mut adds = Vec::new();
+    for part in parts {
+        let extra = match part.effect() {
+            None => 0,
+            Some(mine) => {
+                let others: Vec<_> = effects.iter().filter(|e| **e != mine).cloned().collect();
+                let without = account
+                    .earn_purchase(program, order, purchase, &others, ctx)
+                    .map_err(|e| e.to_string())?;
+                with_all - program_points(&without.change)
+            }
+        };
+        let (write, add) = part.count_purchase(&account.member, eligible, extra, ctx.occurred_at);
+        writes.push(write);
+        adds.push(add);
+    }
+    Ok((writes, adds))
 }

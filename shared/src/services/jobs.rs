@@ -34,6 +34,7 @@ pub enum Job {
     TierReviews,
     Notices,
     RecalculateTiers,
+    CampaignTick,
 }
 
 impl Job {
@@ -43,6 +44,7 @@ impl Job {
         "tier-reviews",
         "notices",
         "recalculate-tiers",
+        "campaign-tick",
     ];
 
     pub fn parse(name: &str) -> Option<Job> {
@@ -52,6 +54,7 @@ impl Job {
             "tier-reviews" => Job::TierReviews,
             "notices" => Job::Notices,
             "recalculate-tiers" => Job::RecalculateTiers,
+            "campaign-tick" => Job::CampaignTick,
             _ => return None,
         })
     }
@@ -63,6 +66,7 @@ impl Job {
             Job::TierReviews => "tier-reviews",
             Job::Notices => "notices",
             Job::RecalculateTiers => RECALCULATE,
+            Job::CampaignTick => super::campaign_tick::CAMPAIGN_TICK,
         }
     }
 
@@ -72,7 +76,7 @@ impl Job {
             Job::ExpirePoints => Some(DueJob::Expire),
             Job::TierReviews => Some(DueJob::Review),
             Job::Notices => Some(DueJob::Notice),
-            Job::RecalculateTiers => None,
+            Job::RecalculateTiers | Job::CampaignTick => None,
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct JobReport {
     pub entries: usize,
     /// Messages sent to the notify queue.
     pub notices: usize,
+    /// Events sent to the earn queue (`campaign-tick`: birthdays and anniversaries).
+    pub sent: usize,
 }
 
 /// What happened to one member.
@@ -121,12 +127,16 @@ impl Services {
             program: program.id.clone(),
             ..JobReport::default()
         };
-        match job.due() {
-            Some(due) => {
+        match (job, job.due()) {
+            (_, Some(due)) => {
                 self.run_due_job(job, due, &program, date, &mut report, progress)
                     .await?
             }
-            None => {
+            (Job::CampaignTick, None) => {
+                self.campaign_tick(&program, date, &mut report, progress)
+                    .await?
+            }
+            (_, None) => {
                 self.recalculate_tiers(&program, date, &mut report, progress)
                     .await?
             }
@@ -138,6 +148,7 @@ impl Services {
             changed = report.changed,
             entries = report.entries,
             notices = report.notices,
+            sent = report.sent,
             "job finished"
         );
         Ok(report)
@@ -250,6 +261,8 @@ impl Services {
                     (Change::unchanged(after), notices)
                 }
                 Job::RecalculateTiers => (account.check_tier(program, &ctx), vec![]),
+                // The tick works through the earn queue, never member by member here.
+                Job::CampaignTick => (Change::unchanged(account.clone()), vec![]),
             };
             if change.account == account && change.entries.is_empty() {
                 return Ok(MemberOutcome::default());
@@ -275,6 +288,8 @@ impl Services {
                 coupon: None,
                 revoke_coupon: None,
                 idempotency: None,
+                assignments: Vec::new(),
+                counters: Vec::new(),
             };
             match self.store.commit(commit).await {
                 Ok(()) => {

@@ -11,6 +11,7 @@ use crate::domain::Program;
 use crate::ports::{Clock, Queue, Store, StoreError};
 
 pub mod batch;
+pub mod campaign_tick;
 pub mod campaigns;
 pub mod earn;
 pub mod events;

@@ -21,8 +21,10 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 use super::{decode_cursor, encode_cursor, ledger_seq, seq_key, MAX_ENTRIES_PER_COMMIT};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
+use crate::report::VariantCounts;
 use crate::ports::{
-    AliasStore, Assignment, CampaignStore, Commit, CommitError, Consumed, Consumption, Coupon,
+    counter_shard, AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError,
+    Consumed, Consumption, Coupon, CounterAdd, COUNTER_SHARDS,
     EventMarker, IdempotencyRecord, LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore,
     ProgramStore, Redemption, RedemptionStore, RejectStore, RejectedEvent, ScheduleStore,
     StoreError, StoredProgram,
@@ -45,6 +47,8 @@ pub fn due_index(job: DueJob) -> (&'static str, &'static str) {
         DueJob::Expire => ("due_expire", "due-expire"),
         DueJob::Review => ("due_review", "due-review"),
         DueJob::Notice => ("due_notice", "due-notice"),
+        DueJob::Birthday => ("due_birthday", "due-birthday"),
+        DueJob::Anniversary => ("due_anniversary", "due-anniversary"),
     }
 }
 
@@ -320,6 +324,11 @@ impl DynamoStore {
                 return CommitError::CouponConsumed;
             }
         }
+        if let Some((from, to)) = special.assignments {
+            if (from..to).any(|i| failed(i) == Some("ConditionalCheckFailed")) {
+                return CommitError::VersionConflict;
+            }
+        }
         if reasons.is_empty() {
             // moto gives no reasons: look at what could have failed.
             if let Some(outcome) = self.cancelled_without_reasons(commit).await {
@@ -387,43 +396,106 @@ impl CampaignStore for DynamoStore {
         program: &str,
         member: &str,
         assignment: &Assignment,
-    ) -> Result<Assignment, StoreError> {
-        let item_key = key(
-            member_pk(program, member),
-            format!("A#{}", assignment.campaign),
-        );
-        let mut item = item_key.clone();
-        item.insert("body".into(), encode("assignment", assignment)?);
-        item.insert("hash_seed".into(), s(&assignment.hash_seed));
-        item.insert("bucket_version".into(), n(assignment.bucket_version));
+    ) -> Result<(Assignment, bool), StoreError> {
+        let pk = member_pk(program, member);
+        let put = self.put(
+            assignment_item(&pk, assignment)?,
+            Some("attribute_not_exists(PK) OR hash_seed <> :seed OR bucket_version < :bv"),
+            Some(HashMap::from([
+                (":seed".to_string(), s(&assignment.hash_seed)),
+                (":bv".to_string(), n(assignment.bucket_version)),
+            ])),
+        )?;
+        let count = self.counter_write(
+            program,
+            &CounterAdd {
+                campaign: assignment.campaign.clone(),
+                shard: counter_shard(member),
+                counts: VariantCounts {
+                    variant: assignment.variant.clone(),
+                    assigned: 1,
+                    ..VariantCounts::default()
+                },
+            },
+        )?;
         let result = self
             .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression(
-                "attribute_not_exists(PK) OR hash_seed <> :seed OR bucket_version < :bv",
-            )
-            .expression_attribute_values(":seed", s(&assignment.hash_seed))
-            .expression_attribute_values(":bv", n(assignment.bucket_version))
+            .transact_write_items()
+            .transact_items(put)
+            .transact_items(count)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(assignment.clone()),
+            Ok(_) => Ok((assignment.clone(), true)),
             Err(e)
                 if matches!(
                     e.as_service_error(),
-                    Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))
+                    Some(TransactWriteItemsError::TransactionCanceledException(_))
                 ) =>
             {
-                let stored = self.get(item_key).await?.ok_or_else(|| StoreError::Failed {
-                    message: "an assignment vanished while being recorded".into(),
+                // Recorded by another request first: that one stands.
+                let item_key = key(pk, format!("A#{}", assignment.campaign));
+                let stored = self.get(item_key).await?.ok_or_else(|| StoreError::Transient {
+                    message: "an assignment was being recorded concurrently".into(),
                     source: None,
                 })?;
-                body(&stored, "assignment")
+                Ok((body(&stored, "assignment")?, false))
             }
             Err(e) => Err(sdk_error("cannot record the assignment", e)),
         }
+    }
+
+    async fn campaign_counts(
+        &self,
+        program: &str,
+        campaign: &str,
+    ) -> Result<Vec<VariantCounts>, StoreError> {
+        let mut summed: Vec<VariantCounts> = Vec::new();
+        for shard in 0..COUNTER_SHARDS {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("PK = :pk AND begins_with(SK, :v)")
+                .expression_attribute_values(":pk", s(counter_pk(program, campaign, shard)))
+                .expression_attribute_values(":v", s("V#"))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot read the counters", e))?;
+            for item in output.items() {
+                let sk = text(item, "SK").unwrap_or_default();
+                let Some(variant) = sk.strip_prefix("V#") else {
+                    continue;
+                };
+                let whole = |name: &str| {
+                    item.get(name)
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .unwrap_or(0)
+                };
+                let counts = VariantCounts {
+                    variant: variant.to_string(),
+                    assigned: whole("assigned"),
+                    converters: whole("converters"),
+                    purchases: whole("purchases"),
+                    revenue: whole("revenue"),
+                    revenue_sq: wide_number(item, "revenue_sq").ok_or_else(|| {
+                        StoreError::Corrupt {
+                            key: sk.to_string(),
+                            message: "revenue_sq is not an integer".into(),
+                        }
+                    })?,
+                    points: whole("points"),
+                };
+                match summed.iter_mut().find(|c| c.variant == counts.variant) {
+                    Some(total) => total.add(&counts),
+                    None => summed.push(counts),
+                }
+            }
+        }
+        summed.sort_by(|a, b| a.variant.cmp(&b.variant));
+        Ok(summed)
     }
 
     async fn campaign(&self, program: &str, id: &str) -> Result<Option<(u32, String)>, StoreError> {
@@ -478,6 +550,35 @@ impl CampaignStore for DynamoStore {
 struct SpecialWrites {
     idempotency: Option<usize>,
     revoke: Option<usize>,
+    /// Assignment writes: a failed condition there means the member changed meanwhile.
+    assignments: Option<(usize, usize)>,
+}
+
+fn counter_pk(program: &str, campaign: &str, shard: u32) -> String {
+    format!("P#{program}#C#{campaign}#S#{shard}")
+}
+
+fn counter_key(program: &str, campaign: &str, shard: u32, variant: &str) -> Item {
+    key(counter_pk(program, campaign, shard), format!("V#{variant}"))
+}
+
+/// An assignment item, with the attributes its conditions compare.
+fn assignment_item(pk: &str, assignment: &Assignment) -> Result<Item, StoreError> {
+    let mut item = key(pk, format!("A#{}", assignment.campaign));
+    item.insert("body".into(), encode("assignment", assignment)?);
+    item.insert("hash_seed".into(), s(&assignment.hash_seed));
+    item.insert("bucket_version".into(), n(assignment.bucket_version));
+    item.insert("purchases".into(), n(assignment.purchases));
+    Ok(item)
+}
+
+/// A number attribute too wide for i64 (sums of squares).
+fn wide_number(item: &Item, name: &str) -> Option<i128> {
+    match item.get(name) {
+        None => Some(0),
+        Some(AttributeValue::N(v)) => v.parse().ok(),
+        Some(_) => None,
+    }
 }
 
 fn coupon_key(program: &str, code: &str) -> Item {
@@ -555,7 +656,60 @@ impl DynamoStore {
             writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
             special.idempotency = Some(writes.len() - 1);
         }
+        let first = writes.len();
+        for write in &commit.assignments {
+            writes.push(self.assignment_write(&pk, write)?);
+        }
+        if !commit.assignments.is_empty() {
+            special.assignments = Some((first, writes.len()));
+        }
+        for add in &commit.counters {
+            writes.push(self.counter_write(&commit.program, add)?);
+        }
         Ok(special)
+    }
+
+    /// An assignment put, on condition that the stored one is still the one expected.
+    fn assignment_write(
+        &self,
+        pk: &str,
+        write: &AssignmentWrite,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let item = assignment_item(pk, &write.assignment)?;
+        match &write.expected {
+            None => self.put(item, Some("attribute_not_exists(PK)"), None),
+            Some(e) => self.put(
+                item,
+                Some("hash_seed = :seed AND bucket_version = :bv AND purchases = :n"),
+                Some(HashMap::from([
+                    (":seed".to_string(), s(&e.hash_seed)),
+                    (":bv".to_string(), n(e.bucket_version)),
+                    (":n".to_string(), n(e.purchases)),
+                ])),
+            ),
+        }
+    }
+
+    /// Adds to one shard of a variant's counters (`ADD` creates the item the first time).
+    fn counter_write(&self, program: &str, add: &CounterAdd) -> Result<TransactWriteItem, StoreError> {
+        let c = &add.counts;
+        let update = build(
+            "update",
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(counter_key(program, &add.campaign, add.shard, &c.variant)))
+                .update_expression(
+                    "ADD assigned :a, converters :c, purchases :p, revenue :r, revenue_sq :q, points :pt",
+                )
+                .expression_attribute_values(":a", n(c.assigned))
+                .expression_attribute_values(":c", n(c.converters))
+                .expression_attribute_values(":p", n(c.purchases))
+                .expression_attribute_values(":r", n(c.revenue))
+                .expression_attribute_values(":q", n(c.revenue_sq))
+                .expression_attribute_values(":pt", n(c.points))
+                .build(),
+        )?;
+        Ok(TransactWriteItem::builder().update(update).build())
     }
 
     async fn cancelled_without_reasons(&self, commit: &Commit) -> Option<CommitError> {
@@ -795,7 +949,9 @@ impl MemberStore for DynamoStore {
             + usize::from(commit.redemption.is_some())
             + usize::from(commit.coupon.is_some())
             + usize::from(commit.revoke_coupon.is_some())
-            + usize::from(commit.idempotency.is_some());
+            + usize::from(commit.idempotency.is_some())
+            + commit.assignments.len()
+            + commit.counters.len();
         if items > MAX_TRANSACTION_ITEMS || commit.entries.len() > MAX_ENTRIES_PER_COMMIT {
             return Err(StoreError::Failed {
                 message: format!("a commit of {items} items is more than one transaction can hold"),

@@ -16,8 +16,10 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 
 use super::{decode_cursor, encode_cursor, ledger_seq, MAX_ENTRIES_PER_COMMIT};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
+use crate::report::VariantCounts;
 use crate::ports::{
-    AliasStore, Assignment, CampaignStore, Commit, CommitError, Consumed, Consumption, Coupon,
+    counter_shard, AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError,
+    CounterAdd, Consumed, Consumption, Coupon,
     EventMarker, IdempotencyRecord, LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore,
     ProgramStore, Redemption, RedemptionStore, RejectStore, RejectedEvent, ScheduleStore,
     StoreError, StoredProgram,
@@ -65,6 +67,11 @@ CREATE TABLE IF NOT EXISTS campaigns (
 CREATE TABLE IF NOT EXISTS assignments (
     program TEXT NOT NULL, member TEXT NOT NULL, campaign TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (program, member, campaign));
+CREATE TABLE IF NOT EXISTS counters (
+    program TEXT NOT NULL, campaign TEXT NOT NULL, shard INTEGER NOT NULL, variant TEXT NOT NULL,
+    assigned INTEGER NOT NULL, converters INTEGER NOT NULL, purchases INTEGER NOT NULL,
+    revenue INTEGER NOT NULL, revenue_sq TEXT NOT NULL, points INTEGER NOT NULL,
+    PRIMARY KEY (program, campaign, shard, variant));
 CREATE TABLE IF NOT EXISTS job_progress (
     program TEXT NOT NULL, job TEXT NOT NULL, progress TEXT NOT NULL,
     PRIMARY KEY (program, job));
@@ -380,6 +387,14 @@ impl MemberStore for SqliteStore {
                     }
                 }
                 write_redemption_items(&tx, commit)?;
+                for write in &commit.assignments {
+                    if !write_assignment(&tx, &commit.program, &commit.member, write)? {
+                        return Ok(Err(Outcome::Conflict));
+                    }
+                }
+                for add in &commit.counters {
+                    add_counts(&tx, &commit.program, add)?;
+                }
                 for (key, order) in &commit.orders {
                     tx.execute(
                         "INSERT INTO orders (program, member, order_key, body) VALUES (?1, ?2, ?3, ?4)
@@ -846,6 +861,94 @@ fn write_redemption_items(
     Ok(())
 }
 
+/// The counter addition of one member newly assigned.
+fn assigned_one(member: &str, assignment: &Assignment) -> CounterAdd {
+    CounterAdd {
+        campaign: assignment.campaign.clone(),
+        shard: counter_shard(member),
+        counts: VariantCounts {
+            variant: assignment.variant.clone(),
+            assigned: 1,
+            ..VariantCounts::default()
+        },
+    }
+}
+
+fn parse_square(campaign: &str, text: &str) -> Result<i128, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt {
+        key: format!("counters of campaign {campaign}"),
+        message: format!("revenue_sq {text:?} is not an integer"),
+    })
+}
+
+/// Adds to a variant's counters in one shard. The sum of squares can outgrow SQLite's 64-bit
+/// integers, so it is kept as text and added here, inside the caller's transaction.
+fn add_counts(tx: &Connection, program: &str, add: &CounterAdd) -> Result<(), StoreError> {
+    let c = &add.counts;
+    let square: Option<String> = tx
+        .query_row(
+            "SELECT revenue_sq FROM counters WHERE program = ?1 AND campaign = ?2 AND shard = ?3 AND variant = ?4",
+            params![program, add.campaign, add.shard, c.variant],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(|e| sql_error("cannot read the counters", e))?;
+    let square = match square {
+        Some(text) => parse_square(&add.campaign, &text)?,
+        None => 0,
+    } + c.revenue_sq;
+    tx.execute(
+        "INSERT INTO counters (program, campaign, shard, variant, assigned, converters, purchases, revenue, revenue_sq, points)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (program, campaign, shard, variant) DO UPDATE SET
+           assigned = assigned + excluded.assigned, converters = converters + excluded.converters,
+           purchases = purchases + excluded.purchases, revenue = revenue + excluded.revenue,
+           revenue_sq = excluded.revenue_sq, points = points + excluded.points",
+        params![
+            program, add.campaign, add.shard, c.variant, c.assigned, c.converters, c.purchases,
+            c.revenue, square.to_string(), c.points
+        ],
+    )
+    .map_err(|e| sql_error("cannot add to the counters", e))?;
+    Ok(())
+}
+
+/// Writes an assignment if the stored one is still the one expected; `false` when it is not.
+fn write_assignment(
+    tx: &Connection,
+    program: &str,
+    member: &str,
+    write: &AssignmentWrite,
+) -> Result<bool, StoreError> {
+    let a = &write.assignment;
+    let stored: Option<Assignment> = read_body(
+        tx,
+        "SELECT body FROM assignments WHERE program = ?1 AND member = ?2 AND campaign = ?3",
+        &[&program, &member, &a.campaign],
+        "assignment",
+    )?;
+    let same = |x: &Assignment, y: &Assignment| {
+        x.hash_seed == y.hash_seed
+            && x.bucket_version == y.bucket_version
+            && x.purchases == y.purchases
+    };
+    let expected = match (&stored, &write.expected) {
+        (None, None) => true,
+        (Some(s), Some(e)) => same(s, e),
+        _ => false,
+    };
+    if !expected {
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT INTO assignments (program, member, campaign, body) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (program, member, campaign) DO UPDATE SET body = excluded.body",
+        params![program, member, a.campaign, encode("assignment", a)?],
+    )
+    .map_err(|e| sql_error("cannot write the assignment", e))?;
+    Ok(true)
+}
+
 fn read_body<T: serde::de::DeserializeOwned>(
     conn: &Connection,
     sql: &str,
@@ -981,7 +1084,7 @@ impl CampaignStore for SqliteStore {
         program: &str,
         member: &str,
         assignment: &Assignment,
-    ) -> Result<Assignment, StoreError> {
+    ) -> Result<(Assignment, bool), StoreError> {
         let (program, member, assignment) =
             (program.to_string(), member.to_string(), assignment.clone());
         self.with(move |conn| {
@@ -996,7 +1099,7 @@ impl CampaignStore for SqliteStore {
             )?;
             if let Some(stored) = stored {
                 if stored.holds_for(&assignment.hash_seed, assignment.bucket_version) {
-                    return Ok(stored);
+                    return Ok((stored, false));
                 }
             }
             tx.execute(
@@ -1010,8 +1113,53 @@ impl CampaignStore for SqliteStore {
                 ],
             )
             .map_err(|e| sql_error("cannot record the assignment", e))?;
+            add_counts(&tx, &program, &assigned_one(&member, &assignment))?;
             tx.commit().map_err(|e| sql_error("cannot commit", e))?;
-            Ok(assignment.clone())
+            Ok((assignment.clone(), true))
+        })
+        .await
+    }
+
+    async fn campaign_counts(
+        &self,
+        program: &str,
+        campaign: &str,
+    ) -> Result<Vec<VariantCounts>, StoreError> {
+        let (program, campaign) = (program.to_string(), campaign.to_string());
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT variant, assigned, converters, purchases, revenue, revenue_sq, points
+                     FROM counters WHERE program = ?1 AND campaign = ?2 ORDER BY variant",
+                )
+                .map_err(|e| sql_error("cannot read the counters", e))?;
+            let rows = statement
+                .query_map(params![program, campaign], |row| {
+                    Ok((
+                        VariantCounts {
+                            variant: row.get(0)?,
+                            assigned: row.get(1)?,
+                            converters: row.get(2)?,
+                            purchases: row.get(3)?,
+                            revenue: row.get(4)?,
+                            revenue_sq: 0,
+                            points: row.get(6)?,
+                        },
+                        row.get::<_, String>(5)?,
+                    ))
+                })
+                .map_err(|e| sql_error("cannot read the counters", e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| sql_error("cannot read the counters", e))?;
+            let mut summed: Vec<VariantCounts> = Vec::new();
+            for (mut counts, square) in rows {
+                counts.revenue_sq = parse_square(&campaign, &square)?;
+                match summed.iter_mut().find(|c| c.variant == counts.variant) {
+                    Some(total) => total.add(&counts),
+                    None => summed.push(counts),
+                }
+            }
+            Ok(summed)
         })
         .await
     }

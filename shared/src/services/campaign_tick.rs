@@ -1,0 +1,268 @@
+//! `campaign-tick`: the scheduled pass that pays yearly days and assigns broadcast audiences.
+//!
+//! - The program's own `birthday` and `anniversary` actions go to the members whose day it is,
+//!   found through the yearly-day index (never a scan): an `engagement.recorded` per member and
+//!   year, with an id fixed by both, so a second tick (or the app reporting the same birthday)
+//!   pays nothing more; the action's yearly limit caps every other path.
+//! - Broadcast campaigns running now assign their audience (intent to treat: the report's
+//!   denominators are the whole audience) and send grants. A birthday campaign reads the
+//!   birthday index for the days of its window; any other broadcast campaign makes one paged,
+//!   resumable pass over the program's members.
+//!
+//! Days are caught up from the last completed tick (inclusive), as the other jobs do, but never
+//! further back than [`MAX_TICK_CATCH_UP_DAYS`]: a birthday a month late is no gift.
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
+use serde_json::json;
+
+use super::jobs::JobReport;
+use super::{ServiceError, Services};
+use crate::campaigns::{Campaign, CampaignKind};
+use crate::domain::schedule::{job_instant, yearly_index_dates};
+use crate::domain::{Account, DueJob, Program};
+use crate::envelope::{Envelope, ENVELOPE_VERSION};
+use crate::ports::QueueName;
+
+/// The job's name, and the key of its saved progress (the last date completed).
+pub const CAMPAIGN_TICK: &str = "campaign-tick";
+/// How far back a tick catches up missed days.
+pub const MAX_TICK_CATCH_UP_DAYS: i64 = 7;
+/// Members read per index page.
+const PAGE: usize = 100;
+/// The saved progress of a broadcast campaign's pass once it has covered every member.
+const PASS_DONE: &str = "done";
+
+type Progress<'a> = &'a (dyn Fn(usize) + Sync);
+
+impl Services {
+    pub(crate) async fn campaign_tick(
+        &self,
+        program: &Program,
+        date: NaiveDate,
+        report: &mut JobReport,
+        progress: Progress<'_>,
+    ) -> Result<(), ServiceError> {
+        let at = job_instant(program, date, self.clock.now());
+        let last = self
+            .store
+            .job_progress(&program.id, CAMPAIGN_TICK)
+            .await?
+            .and_then(|p| p.parse::<NaiveDate>().ok());
+        let earliest = date - Duration::days(MAX_TICK_CATCH_UP_DAYS);
+        let from = match last {
+            Some(last) if last <= date => last.max(earliest),
+            _ => date,
+        };
+        report.from = Some(from);
+        report.to = Some(date);
+        let days: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= date).collect();
+        for (job, action) in [
+            (DueJob::Birthday, "birthday"),
+            (DueJob::Anniversary, "anniversary"),
+        ] {
+            if program.actions.contains_key(action) {
+                for day in &days {
+                    self.pay_yearly_day(program, job, action, *day, at, report, progress)
+                        .await?;
+                }
+            }
+        }
+        let running: Vec<(String, Campaign)> = self
+            .campaign_list(&program.id)
+            .await?
+            .iter()
+            .filter(|(_, c)| c.kind == CampaignKind::Broadcast && c.running_at(at))
+            .cloned()
+            .collect();
+        for (id, campaign) in &running {
+            if campaign.audience.birthday_in_window {
+                let tz = program.time_zone;
+                let start = crate::domain::calendar::local_date(tz, campaign.start);
+                for day in days.iter().filter(|d| **d >= start) {
+                    self.assign_birthdays(program, id, campaign, *day, at, report, progress)
+                        .await?;
+                }
+            } else {
+                self.assign_everyone(program, id, campaign, at, report, progress)
+                    .await?;
+            }
+        }
+        if last.is_none_or(|last| last < date) {
+            self.store
+                .save_job_progress(&program.id, CAMPAIGN_TICK, Some(&date.to_string()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Members whose yearly day (birthday or joining anniversary) is `day`, a page at a time.
+    async fn yearly_members(
+        &self,
+        program: &Program,
+        job: DueJob,
+        day: NaiveDate,
+    ) -> Result<Vec<String>, ServiceError> {
+        let mut members = Vec::new();
+        for index_date in yearly_index_dates(day) {
+            for shard in 0..self.store.due_shards() {
+                let mut cursor: Option<String> = None;
+                loop {
+                    let page = self
+                        .store
+                        .due_members(&program.id, job, index_date, shard, cursor.as_deref(), PAGE)
+                        .await?;
+                    members.extend(page.members);
+                    match page.next_cursor {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+            }
+        }
+        Ok(members)
+    }
+
+    /// Sends the program's yearly action (`birthday`, `anniversary`) to the members whose day
+    /// it is. An anniversary needs a full year since joining, so those accounts are read.
+    #[allow(clippy::too_many_arguments)]
+    async fn pay_yearly_day(
+        &self,
+        program: &Program,
+        job: DueJob,
+        action: &str,
+        day: NaiveDate,
+        at: DateTime<Utc>,
+        report: &mut JobReport,
+        progress: Progress<'_>,
+    ) -> Result<(), ServiceError> {
+        for member in self.yearly_members(program, job, day).await? {
+            report.members += 1;
+            progress(report.members);
+            if job == DueJob::Anniversary {
+                let state = self.store.load_member(&program.id, &member, &[]).await?;
+                if !state.account.is_some_and(|a| a.joined_on.year() < day.year()) {
+                    continue;
+                }
+            }
+            let message = Envelope {
+                kind: "engagement.recorded".into(),
+                version: ENVELOPE_VERSION,
+                id: format!("{action}-{member}-{}", day.year()),
+                program: program.id.clone(),
+                member: member.clone(),
+                occurred_at: at.min(self.clock.now()),
+                data: json!({
+                    "action": action, "ref": format!("{action}-{}", day.year()),
+                    "platform": CAMPAIGN_TICK,
+                }),
+            };
+            self.queue
+                .send(QueueName::Earn, &message)
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            report.sent += 1;
+        }
+        Ok(())
+    }
+
+    /// Assigns a birthday campaign to the members whose birthday is `day`.
+    #[allow(clippy::too_many_arguments)]
+    async fn assign_birthdays(
+        &self,
+        program: &Program,
+        id: &str,
+        campaign: &Campaign,
+        day: NaiveDate,
+        at: DateTime<Utc>,
+        report: &mut JobReport,
+        progress: Progress<'_>,
+    ) -> Result<(), ServiceError> {
+        for member in self.yearly_members(program, DueJob::Birthday, day).await? {
+            report.members += 1;
+            progress(report.members);
+            if self
+                .assign_member(program, id, campaign, &member, at)
+                .await?
+            {
+                report.changed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Assigns a broadcast campaign to every member of its audience: one paged pass over the
+    /// program's members, resumed from its saved cursor and not repeated once complete
+    /// (members who join later are assigned at their first purchase or app visit).
+    async fn assign_everyone(
+        &self,
+        program: &Program,
+        id: &str,
+        campaign: &Campaign,
+        at: DateTime<Utc>,
+        report: &mut JobReport,
+        progress: Progress<'_>,
+    ) -> Result<(), ServiceError> {
+        let key = format!("{CAMPAIGN_TICK}:{id}:{}", campaign.bucket_version);
+        let mut cursor = self.store.job_progress(&program.id, &key).await?;
+        if cursor.as_deref() == Some(PASS_DONE) {
+            return Ok(());
+        }
+        loop {
+            let page = self
+                .store
+                .members_page(&program.id, cursor.as_deref(), PAGE)
+                .await?;
+            for member in &page.members {
+                report.members += 1;
+                progress(report.members);
+                if self.assign_member(program, id, campaign, member, at).await? {
+                    report.changed += 1;
+                }
+            }
+            let next = page.next_cursor.as_deref().unwrap_or(PASS_DONE);
+            self.store
+                .save_job_progress(&program.id, &key, Some(next))
+                .await?;
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Assigns one member if the audience admits them and they have no assignment yet;
+    /// `true` when one was recorded now.
+    async fn assign_member(
+        &self,
+        program: &Program,
+        id: &str,
+        campaign: &Campaign,
+        member: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, ServiceError> {
+        let state = self
+            .store
+            .load_member_with(&program.id, member, &[], &[id.to_string()])
+            .await?;
+        let Some(account) = state.account.as_ref() else {
+            return Ok(false);
+        };
+        if state
+            .assignments
+            .get(id)
+            .is_some_and(|a| a.holds_for(&campaign.hash_seed, campaign.bucket_version))
+        {
+            return Ok(false);
+        }
+        let account: Account = account.as_of(program, at).account;
+        if !campaign.admits(program, &account, at) {
+            return Ok(false);
+        }
+        let Some(variant) = campaign.assign(member) else {
+            return Ok(false);
+        };
+        self.assign(&program.id, member, id, campaign, variant, at)
+            .await?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,374 @@
+//! Campaigns end to end through the services on the embedded store: the sample-ratio check on a
+//! large population, `campaign-tick` paying birthdays (program rule and broadcast campaign)
+//! once, and the report recovering a known uplift from a simulated campaign.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use loyalty_core::campaigns::Campaign;
+use loyalty_core::domain::{Account, Program};
+use loyalty_core::envelope::Envelope;
+use loyalty_core::ports::{Commit, FixedClock, MemberStore, Queue, QueueError, QueueName};
+use loyalty_core::report::sample_ratio;
+use loyalty_core::services::jobs::Job;
+use loyalty_core::services::programs::ProgramFormat;
+use loyalty_core::services::Services;
+use loyalty_core::store::sqlite::SqliteStore;
+use serde_json::{json, Value};
+
+const KR_SHOP: &str = include_str!("../../examples/kr-shop.toml");
+
+fn kr() -> Program {
+    Program::from_toml(KR_SHOP).unwrap()
+}
+
+/// Keeps what is sent; the test plays the queue consumers.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(QueueName, Envelope)>>);
+
+#[async_trait]
+impl Queue for Recorder {
+    async fn send(&self, queue: QueueName, message: &Envelope) -> Result<(), QueueError> {
+        self.0.lock().unwrap().push((queue, message.clone()));
+        Ok(())
+    }
+}
+
+struct Stack {
+    services: Services,
+    store: SqliteStore,
+    queue: Arc<Recorder>,
+    clock: Arc<FixedClock>,
+}
+
+async fn stack(now: DateTime<Utc>) -> Stack {
+    let store = SqliteStore::memory().unwrap();
+    let queue = Arc::new(Recorder::default());
+    let clock = FixedClock::at(now);
+    let services = Services::new(Arc::new(store.clone()), queue.clone(), clock.clone());
+    services
+        .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    Stack {
+        services,
+        store,
+        queue,
+        clock,
+    }
+}
+
+impl Stack {
+    /// Delivers queued messages to their consumers; returns the earn messages' ids.
+    async fn drain(&self) -> Vec<String> {
+        let mut earned = Vec::new();
+        loop {
+            let next = {
+                let mut sent = self.queue.0.lock().unwrap();
+                (!sent.is_empty()).then(|| sent.remove(0))
+            };
+            let Some((queue, message)) = next else {
+                return earned;
+            };
+            let body = serde_json::to_string(&message).unwrap();
+            match queue {
+                QueueName::Earn => {
+                    earned.push(message.id.clone());
+                    self.services.process_earn(&body).await.unwrap();
+                }
+                QueueName::Tier => {
+                    self.services.process_tier_check(&body).await.unwrap();
+                }
+                QueueName::Notify => {}
+            }
+        }
+    }
+
+    /// Members created straight in the store (fast), with a birthday each.
+    async fn seed(&self, members: &[(String, Option<&str>)], joined: DateTime<Utc>) {
+        let program = kr();
+        for (member, birthday) in members {
+            let mut account = Account::open(&program, member, joined);
+            account.profile.birthday = birthday.map(str::to_string);
+            self.store
+                .commit(Commit {
+                    program: program.id.clone(),
+                    member: member.clone(),
+                    expected_version: None,
+                    due: account.due_dates(&program),
+                    account,
+                    entries: Vec::new(),
+                    marker: None,
+                    orders: Default::default(),
+                    redemption: None,
+                    coupon: None,
+                    revoke_coupon: None,
+                    idempotency: None,
+                    assignments: Vec::new(),
+                    counters: Vec::new(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn balance(&self, member: &str) -> i64 {
+        let state = self.store.load_member("kr-shop", member, &[]).await.unwrap();
+        state.account.map_or(0, |a| a.balance + a.pending_points())
+    }
+
+    async fn put_campaign(&self, id: &str, campaign: &Value) {
+        self.services
+            .put_campaign("kr-shop", id, campaign.to_string().as_bytes())
+            .await
+            .unwrap();
+    }
+
+    async fn purchase(&self, member: &str, order: &str, amount: i64, at: DateTime<Utc>) {
+        let message = json!({
+            "type": "purchase.completed", "version": 1, "id": format!("order-{order}"),
+            "program": "kr-shop", "member": member, "occurred_at": at,
+            "data": {"order_id": order, "currency": "KRW",
+                     "lines": [{"line_id": "1", "quantity": 1, "unit_price": amount.to_string()}]}
+        });
+        self.services
+            .process_earn(&message.to_string())
+            .await
+            .unwrap();
+    }
+}
+
+fn campaign(value: Value) -> Campaign {
+    Campaign::from_json(value.to_string().as_bytes(), &kr()).unwrap()
+}
+
+fn split(weights: &[f64]) -> Value {
+    let variants: Vec<Value> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| json!({"key": format!("v{i}"), "weight": w, "effect": {"type": "none"}}))
+        .collect();
+    json!({
+        "name": "Split", "kind": "on_exposure", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": "srm-check-2026", "goal": "purchase", "variants": variants
+    })
+}
+
+#[test]
+fn a_hundred_thousand_members_split_as_the_weights_say() {
+    for weights in [vec![0.5, 0.5], vec![0.2, 0.3, 0.5]] {
+        // GIVEN a campaign with these weights
+        let c = campaign(split(&weights));
+        // WHEN 100,000 member ids are assigned
+        let mut observed = vec![0_i64; weights.len()];
+        for i in 0..100_000 {
+            let v = c.assign(&format!("member-{i:06}")).unwrap();
+            observed[v] += 1;
+        }
+        // THEN the sample-ratio check passes
+        let srm = sample_ratio(&observed, &weights);
+        assert!(!srm.mismatch, "{weights:?}: {observed:?} p = {}", srm.p_value);
+        // AND the same split with 3% of the last variant lost is flagged
+        let last = observed.len() - 1;
+        observed[last] -= observed[last] * 3 / 100;
+        assert!(sample_ratio(&observed, &weights).mismatch, "{observed:?}");
+    }
+}
+
+fn birthday_campaign() -> Value {
+    json!({
+        "name": "Birthday gift", "kind": "broadcast", "status": "running",
+        "start": "2026-11-01T00:00:00+09:00", "end": "2026-12-01T00:00:00+09:00",
+        "hash_seed": "birthday-2026", "goal": "purchase",
+        "audience": {"birthday_in_window": true},
+        "variants": [
+            {"key": "control", "weight": 0.5, "effect": {"type": "none"}},
+            {"key": "gift", "weight": 0.5, "effect": {"type": "grant", "points": 1000}}
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tick_pays_exactly_todays_birthdays_once_reading_only_them() {
+    // GIVEN 2,000 members, 12 of whom have their birthday today (22 November in Seoul), and a
+    // running broadcast birthday campaign that grants 1,000 points to half of its audience
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let members: Vec<(String, Option<&str>)> = (0..2_000)
+        .map(|i| {
+            let birthday = match i % 5 {
+                _ if i < 12 => Some("11-22"),
+                0 => Some("11-23"),
+                1 => Some("05-01"),
+                _ => None,
+            };
+            (format!("m{i:04}"), birthday)
+        })
+        .collect();
+    s.seed(&members, Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap())
+        .await;
+    s.put_campaign("birthday-gift", &birthday_campaign()).await;
+    // WHEN the tick runs
+    let before = s.store.operations();
+    let report = s
+        .services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    let reads = s.store.operations() - before;
+    let first = s.drain().await;
+    // THEN it read the birthday index and the 12 members, not the 2,000
+    assert_eq!(report.members, 24, "{report:?}"); // 12 for the rule, 12 for the campaign
+    assert!(reads <= 12 * 3 + 30, "{reads} store operations");
+    // AND each of the 12 got the program's 2,000 points, and those in the gift variant 1,000
+    // more; nobody else got anything
+    let c = campaign(birthday_campaign());
+    for (member, _) in &members {
+        let birthday_today = member.as_str() < "m0012";
+        let expected = match (birthday_today, c.assign(member)) {
+            (false, _) => 0,
+            (true, Some(1)) => 3_000,
+            (true, _) => 2_000,
+        };
+        assert_eq!(s.balance(member).await, expected, "{member}");
+    }
+    assert!(first.iter().any(|id| id.starts_with("grant-birthday-gift-")));
+    // WHEN the tick runs again the same day, and the app also reports the birthday
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    s.drain().await;
+    let reported = json!({
+        "type": "engagement.recorded", "version": 1, "id": "app-birthday-m0000",
+        "program": "kr-shop", "member": "m0000", "occurred_at": now,
+        "data": {"action": "birthday", "ref": "app"}
+    });
+    s.services
+        .process_earn(&reported.to_string())
+        .await
+        .unwrap();
+    // THEN nobody is paid twice: the yearly limit holds across every path
+    let m0 = match c.assign("m0000") {
+        Some(1) => 3_000,
+        _ => 2_000,
+    };
+    assert_eq!(s.balance("m0000").await, m0);
+    let counts = s
+        .store_counts("birthday-gift")
+        .await
+        .into_iter()
+        .map(|c| c.assigned)
+        .sum::<i64>();
+    assert_eq!(counts, 12);
+}
+
+impl Stack {
+    async fn store_counts(&self, campaign: &str) -> Vec<loyalty_core::report::VariantCounts> {
+        use loyalty_core::ports::CampaignStore;
+        self.store.campaign_counts("kr-shop", campaign).await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_outside_its_window_assigns_nobody() {
+    // GIVEN a birthday campaign that ended yesterday
+    let now = Utc.with_ymd_and_hms(2026, 12, 2, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    s.seed(&[("m1".into(), Some("12-02"))], now).await;
+    s.put_campaign("birthday-gift", &birthday_campaign()).await;
+    // WHEN the tick runs and the member opens the app
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    let mine = s.services.my_campaigns("kr-shop", "m1").await.unwrap();
+    // THEN the member is in no campaign and nothing is counted
+    assert_eq!(mine["campaigns"], json!([]));
+    assert!(s.store_counts("birthday-gift").await.is_empty());
+}
+
+fn simulated() -> Value {
+    json!({
+        "name": "Double points", "kind": "on_exposure", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": "simulated-2026", "goal": "purchase",
+        "variants": [
+            {"key": "control", "weight": 0.5, "effect": {"type": "none"}},
+            {"key": "x2", "weight": 0.5, "effect": {"type": "multiplier", "basis_points": 20000}}
+        ]
+    })
+}
+
+/// A fixed pseudo-random stream (splitmix64), so the simulation is the same on every run.
+struct Stream(u64);
+
+impl Stream {
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Runs the simulated campaign: every member is exposed through the app (except the treated
+/// members a broken client drops, `lost` of them in 100), then buys with the variant's true
+/// probability. Returns the report.
+async fn simulate(members: usize, lost: u32) -> Value {
+    let now = Utc.with_ymd_and_hms(2026, 11, 10, 3, 0, 0).unwrap();
+    let s = stack(now).await;
+    s.put_campaign("double", &simulated()).await;
+    let c = campaign(simulated());
+    let truth = [0.20, 0.26];
+    let mut random = Stream(20261122);
+    for i in 0..members {
+        let member = format!("sim-{i:05}");
+        let variant = c.assign(&member).unwrap();
+        if variant == 1 && (i as u32 % 100) < lost {
+            continue;
+        }
+        s.services.my_campaigns("kr-shop", &member).await.unwrap();
+        if random.unit() < truth[variant] {
+            s.purchase(&member, &format!("o{i}"), 30_000, now).await;
+        }
+    }
+    s.clock.set(now);
+    serde_json::to_value(s.services.campaign_report("kr-shop", "double").await.unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_recovers_a_known_uplift_and_flags_a_planted_mismatch() {
+    // GIVEN 8,000 simulated members: control converts at 20%, x2 at 26% (a true +6 points)
+    let report = simulate(8_000, 0).await;
+    let x2 = &report["variants"][1];
+    let uplift = &x2["conversion_uplift"];
+    // THEN the true uplift lies inside the 95% interval, which excludes zero
+    let (low, high) = (
+        uplift["interval"][0].as_f64().unwrap(),
+        uplift["interval"][1].as_f64().unwrap(),
+    );
+    assert!(low < 0.06 && 0.06 < high, "{uplift}");
+    assert!(low > 0.0, "{uplift}");
+    assert_eq!(uplift["significant"], json!(true));
+    // AND revenue per member rises with it (every purchase is 30,000), with Welch's test
+    assert!(x2["revenue_uplift"]["difference"].as_f64().unwrap() > 0.0);
+    // AND the split is fine, the verdict names the winner, and x2 cost points
+    assert_eq!(report["sample_ratio"]["mismatch"], json!(false), "{report}");
+    assert!(report["verdict"].as_str().unwrap().starts_with("x2 converts better"));
+    assert!(x2["points_cost"].as_i64().unwrap() > 0);
+    assert_eq!(report["variants"][0]["points_cost"], json!(0));
+    assert_eq!(report["denominator"], json!("exposed"));
+
+    // GIVEN the same campaign where a broken client loses 8% of the treated members' exposures
+    let report = simulate(8_000, 8).await;
+    // THEN the mismatch is flagged and the verdict says not to trust the result
+    assert_eq!(report["sample_ratio"]["mismatch"], json!(true), "{report}");
+    assert!(report["verdict"]
+        .as_str()
+        .unwrap()
+        .starts_with("Do not trust"));
+}

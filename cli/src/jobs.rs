@@ -20,8 +20,8 @@ pub struct JobsArgs {
 
 #[derive(Debug, Subcommand)]
 enum JobsCommand {
-    /// Run one job now: release-pending, expire-points, tier-reviews, notices or
-    /// recalculate-tiers.
+    /// Run one job now: release-pending, expire-points, tier-reviews, notices,
+    /// recalculate-tiers or campaign-tick.
     Run(RunArgs),
 }
 
@@ -87,7 +87,7 @@ fn summary(r: &JobReport) -> String {
         _ => String::new(),
     };
     format!(
-        "{} {}{dates}: {} members read, {} changed, {} ledger entries, {} notices",
-        r.job, r.program, r.members, r.changed, r.entries, r.notices
+        "{} {}{dates}: {} members read, {} changed, {} ledger entries, {} notices, {} events queued",
+        r.job, r.program, r.members, r.changed, r.entries, r.notices, r.sent
     )
 }

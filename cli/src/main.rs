@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod campaign;
 mod jobs;
 mod serve;
 mod token;
@@ -34,8 +35,11 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Print a development token signed with LOYALTY_JWT_SECRET.
     Token(token::TokenArgs),
-    /// Scheduled jobs (tier reviews, expiry, pending release, notices, tier recalculation).
+    /// Scheduled jobs (tier reviews, expiry, pending release, notices, tier recalculation,
+    /// the campaign tick).
     Jobs(jobs::JobsArgs),
+    /// Campaign results.
+    Campaign(campaign::CampaignArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Token(args) => token::run(&args),
         Command::Jobs(args) => jobs::run(args),
+        Command::Campaign(args) => campaign::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -170,3 +170,111 @@ fn exposed_members_keep_their_variant_and_earn_with_its_multiplier() {
     assert!(pending(&server, &admin, control, 100));
     assert!(pending(&server, &admin, "never-exposed", 100));
 }
+
+/// A fresh directory for this test's files.
+fn temp_path(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("campaign-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+#[test]
+fn the_report_is_served_to_admins_and_printed_by_the_cli_with_its_chart() {
+    // GIVEN serve on a database file, a running on-exposure campaign, 40 exposed members and
+    // purchases by 6 of them
+    let db = temp_path("loyalty.db");
+    let db_arg = db.to_str().unwrap();
+    let server = Server::start(&["--db", db_arg]);
+    let admin = token(&["--admin"]);
+    let campaign = json!({
+        "name": "App double", "kind": "on_exposure", "status": "running",
+        "start": "2026-01-01T00:00:00Z", "end": "2099-01-01T00:00:00Z",
+        "hash_seed": "report-e2e", "goal": "purchase",
+        "variants": [
+            {"key": "control", "weight": 0.5, "effect": {"type": "none"}},
+            {"key": "x2", "weight": 0.5, "effect": {"type": "multiplier", "basis_points": 20000}}
+        ]
+    });
+    let path = "/v1/programs/kr-shop/campaigns/app-double";
+    let (status, _) = server.call("PUT", path, &admin, &[], Some(&campaign.to_string()));
+    assert_eq!(status, 201);
+    for i in 0..40 {
+        let member = format!("r-{i}");
+        let me = token(&["--member", &member]);
+        let (status, _) = server.call("GET", "/v1/programs/kr-shop/me/campaigns", &me, &[], None);
+        assert_eq!(status, 200);
+        if i < 6 {
+            let event = purchase(&format!("ev-r{i}"), &member);
+            let (status, _) =
+                server.call("POST", "/v1/programs/kr-shop/events", &admin, &[], Some(&event));
+            assert_eq!(status, 202);
+        }
+    }
+    // WHEN an admin asks for the report once the purchases are processed
+    let report_path = format!("{path}/report");
+    let mut report = serde_json::Value::Null;
+    for _ in 0..100 {
+        report = server.call("GET", &report_path, &admin, &[], None).1;
+        let converters: i64 = report["variants"]
+            .as_array()
+            .map(|vs| vs.iter().map(|v| v["converters"].as_i64().unwrap_or(0)).sum())
+            .unwrap_or(0);
+        if converters == 6 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // THEN it counts the 40 exposed members and the 6 converters, by variant
+    let members: i64 = report["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["members"].as_i64().unwrap())
+        .sum();
+    assert_eq!(members, 40, "{report}");
+    let converters: i64 = report["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["converters"].as_i64().unwrap())
+        .sum();
+    assert_eq!(converters, 6, "{report}");
+    assert_eq!(report["denominator"], json!("exposed"));
+    assert!(report["verdict"].is_string());
+    // AND members may not read it
+    let member = token(&["--member", "r-1"]);
+    assert_eq!(server.call("GET", &report_path, &member, &[], None).0, 403);
+    // AND the CLI prints the same report from the database file, and writes the chart
+    let chart = temp_path("report.svg");
+    let out = std::process::Command::new(common::BIN)
+        .args(["campaign", "report", "app-double", "--db", db_arg, "--svg"])
+        .arg(&chart)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("members = exposed"), "{text}");
+    assert!(text.contains("sample ratio"), "{text}");
+    for v in report["variants"].as_array().unwrap() {
+        let line = format!(
+            "{:<12} {:>8} {:>10}",
+            v["variant"].as_str().unwrap(),
+            v["members"].as_i64().unwrap(),
+            v["converters"].as_i64().unwrap()
+        );
+        assert!(text.contains(&line), "{line} not in {text}");
+    }
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert_eq!(svg.matches("<rect").count(), 2);
+    // AND an unknown campaign is a clear error
+    let out = std::process::Command::new(common::BIN)
+        .args(["campaign", "report", "nope", "--db", db_arg])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no program has a campaign"));
+}

@@ -208,8 +208,13 @@ fn the_report_is_served_to_admins_and_printed_by_the_cli_with_its_chart() {
         assert_eq!(status, 200);
         if i < 6 {
             let event = purchase(&format!("ev-r{i}"), &member);
-            let (status, _) =
-                server.call("POST", "/v1/programs/kr-shop/events", &admin, &[], Some(&event));
+            let (status, _) = server.call(
+                "POST",
+                "/v1/programs/kr-shop/events",
+                &admin,
+                &[],
+                Some(&event),
+            );
             assert_eq!(status, 202);
         }
     }
@@ -220,7 +225,11 @@ fn the_report_is_served_to_admins_and_printed_by_the_cli_with_its_chart() {
         report = server.call("GET", &report_path, &admin, &[], None).1;
         let converters: i64 = report["variants"]
             .as_array()
-            .map(|vs| vs.iter().map(|v| v["converters"].as_i64().unwrap_or(0)).sum())
+            .map(|vs| {
+                vs.iter()
+                    .map(|v| v["converters"].as_i64().unwrap_or(0))
+                    .sum()
+            })
             .unwrap_or(0);
         if converters == 6 {
             break;
@@ -254,7 +263,11 @@ fn the_report_is_served_to_admins_and_printed_by_the_cli_with_its_chart() {
         .arg(&chart)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("members = exposed"), "{text}");
     assert!(text.contains("sample ratio"), "{text}");

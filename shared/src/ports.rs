@@ -115,7 +115,13 @@ pub struct Assignment {
 
 impl Assignment {
     /// A fresh assignment to `variant`, with nothing counted yet.
-    pub fn new(campaign: &str, variant: &str, seed: &str, bucket_version: u32, at: DateTime<Utc>) -> Assignment {
+    pub fn new(
+        campaign: &str,
+        variant: &str,
+        seed: &str,
+        bucket_version: u32,
+        at: DateTime<Utc>,
+    ) -> Assignment {
         Assignment {
             campaign: campaign.to_string(),
             variant: variant.to_string(),

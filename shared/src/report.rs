@@ -221,7 +221,12 @@ pub fn welch(control: &VariantCounts, variant: &VariantCounts) -> Uplift {
     let (a, b) = (v1 / n1, v2 / n2);
     let se = (a + b).sqrt();
     if se == 0.0 {
-        return uplift(difference, 0.0, m1, if difference == 0.0 { 1.0 } else { 0.0 });
+        return uplift(
+            difference,
+            0.0,
+            m1,
+            if difference == 0.0 { 1.0 } else { 0.0 },
+        );
     }
     let df = (a + b).powi(2) / (a * a / (n1 - 1.0) + b * b / (n2 - 1.0));
     let (p_value, critical) = match StudentsT::new(0.0, 1.0, df) {

@@ -43,12 +43,16 @@ struct Stack {
 }
 
 async fn stack(now: DateTime<Utc>) -> Stack {
+    stack_with(now, KR_SHOP).await
+}
+
+async fn stack_with(now: DateTime<Utc>, program: &str) -> Stack {
     let store = SqliteStore::memory().unwrap();
     let queue = Arc::new(Recorder::default());
     let clock = FixedClock::at(now);
     let services = Services::new(Arc::new(store.clone()), queue.clone(), clock.clone());
     services
-        .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+        .put_program("kr-shop", program, ProgramFormat::Toml)
         .await
         .unwrap();
     Stack {
@@ -114,7 +118,11 @@ impl Stack {
     }
 
     async fn balance(&self, member: &str) -> i64 {
-        let state = self.store.load_member("kr-shop", member, &[]).await.unwrap();
+        let state = self
+            .store
+            .load_member("kr-shop", member, &[])
+            .await
+            .unwrap();
         state.account.map_or(0, |a| a.balance + a.pending_points())
     }
 
@@ -169,7 +177,11 @@ fn a_hundred_thousand_members_split_as_the_weights_say() {
         }
         // THEN the sample-ratio check passes
         let srm = sample_ratio(&observed, &weights);
-        assert!(!srm.mismatch, "{weights:?}: {observed:?} p = {}", srm.p_value);
+        assert!(
+            !srm.mismatch,
+            "{weights:?}: {observed:?} p = {}",
+            srm.p_value
+        );
         // AND the same split with 3% of the last variant lost is flagged
         let last = observed.len() - 1;
         observed[last] -= observed[last] * 3 / 100;
@@ -207,8 +219,11 @@ async fn the_tick_pays_exactly_todays_birthdays_once_reading_only_them() {
             (format!("m{i:04}"), birthday)
         })
         .collect();
-    s.seed(&members, Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap())
-        .await;
+    s.seed(
+        &members,
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+    )
+    .await;
     s.put_campaign("birthday-gift", &birthday_campaign()).await;
     // WHEN the tick runs
     let before = s.store.operations();
@@ -234,7 +249,9 @@ async fn the_tick_pays_exactly_todays_birthdays_once_reading_only_them() {
         };
         assert_eq!(s.balance(member).await, expected, "{member}");
     }
-    assert!(first.iter().any(|id| id.starts_with("grant-birthday-gift-")));
+    assert!(first
+        .iter()
+        .any(|id| id.starts_with("grant-birthday-gift-")));
     // WHEN the tick runs again the same day, and the app also reports the birthday
     s.services
         .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
@@ -265,10 +282,42 @@ async fn the_tick_pays_exactly_todays_birthdays_once_reading_only_them() {
     assert_eq!(counts, 12);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anniversaries_are_paid_from_the_first_full_year_once() {
+    // GIVEN a program that pays 500 points on the joining anniversary, and members who joined
+    // on 22 November 2025, on 21 November 2025, and today
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let program = format!(
+        "{KR_SHOP}\n[actions.anniversary]\npoints = 500\nlimit = {{ count = 1, per = \"year\" }}\n"
+    );
+    let s = stack_with(now, &program).await;
+    let joined = |y, m, d| Utc.with_ymd_and_hms(y, m, d, 3, 0, 0).unwrap();
+    s.seed(&[("a-year".into(), None)], joined(2025, 11, 22))
+        .await;
+    s.seed(&[("a-day-off".into(), None)], joined(2025, 11, 21))
+        .await;
+    s.seed(&[("today".into(), None)], now).await;
+    // WHEN the tick runs twice
+    for _ in 0..2 {
+        s.services
+            .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+            .await
+            .unwrap();
+        s.drain().await;
+    }
+    // THEN only the member with a full year is paid, once
+    assert_eq!(s.balance("a-year").await, 500);
+    assert_eq!(s.balance("a-day-off").await, 0);
+    assert_eq!(s.balance("today").await, 0);
+}
+
 impl Stack {
     async fn store_counts(&self, campaign: &str) -> Vec<loyalty_core::report::VariantCounts> {
         use loyalty_core::ports::CampaignStore;
-        self.store.campaign_counts("kr-shop", campaign).await.unwrap()
+        self.store
+            .campaign_counts("kr-shop", campaign)
+            .await
+            .unwrap()
     }
 }
 
@@ -337,7 +386,13 @@ async fn simulate(members: usize, lost: u32) -> Value {
         }
     }
     s.clock.set(now);
-    serde_json::to_value(s.services.campaign_report("kr-shop", "double").await.unwrap()).unwrap()
+    serde_json::to_value(
+        s.services
+            .campaign_report("kr-shop", "double")
+            .await
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,7 +413,10 @@ async fn the_report_recovers_a_known_uplift_and_flags_a_planted_mismatch() {
     assert!(x2["revenue_uplift"]["difference"].as_f64().unwrap() > 0.0);
     // AND the split is fine, the verdict names the winner, and x2 cost points
     assert_eq!(report["sample_ratio"]["mismatch"], json!(false), "{report}");
-    assert!(report["verdict"].as_str().unwrap().starts_with("x2 converts better"));
+    assert!(report["verdict"]
+        .as_str()
+        .unwrap()
+        .starts_with("x2 converts better"));
     assert!(x2["points_cost"].as_i64().unwrap() > 0);
     assert_eq!(report["variants"][0]["points_cost"], json!(0));
     assert_eq!(report["denominator"], json!("exposed"));

@@ -699,7 +699,12 @@ async fn counters_sum_their_shards_and_assignment_writes_are_conditional(store: 
     let counts = store.campaign_counts("kr-shop", "spring").await.unwrap();
     assert_eq!(counts.len(), 1);
     assert_eq!(
-        (counts[0].assigned, counts[0].purchases, counts[0].revenue, counts[0].points),
+        (
+            counts[0].assigned,
+            counts[0].purchases,
+            counts[0].revenue,
+            counts[0].points
+        ),
         (2, 2, 70_000, 14)
     );
     assert_eq!(counts[0].revenue_sq, i128::from(i64::MAX) * 6);

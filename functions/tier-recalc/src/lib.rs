@@ -3,25 +3,12 @@
 //! `{"job": "<name>"}` (optionally with `"program"` and `"date"`).
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use chrono::NaiveDate;
 use loyalty_core::services::batch::{handle_sqs_event, Consumer};
 use loyalty_core::services::jobs::{Job, JobReport};
 use loyalty_core::services::Services;
-use serde::Deserialize;
 use serde_json::Value;
 
-/// A scheduled invocation. Unknown fields are refused, so a typo in a schedule's input fails
-/// loudly instead of running the wrong job.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Schedule {
-    pub job: String,
-    #[serde(default)]
-    pub program: Option<String>,
-    /// As if today were this date in each program's zone (catching up by hand).
-    #[serde(default)]
-    pub date: Option<NaiveDate>,
-}
+pub use loyalty_core::services::jobs::Schedule;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InvocationError {

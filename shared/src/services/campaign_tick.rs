@@ -140,7 +140,10 @@ impl Services {
             progress(report.members);
             if job == DueJob::Anniversary {
                 let state = self.store.load_member(&program.id, &member, &[]).await?;
-                if !state.account.is_some_and(|a| a.joined_on.year() < day.year()) {
+                let a_year_in = state
+                    .account
+                    .is_some_and(|a| a.joined_on.year() < day.year());
+                if !a_year_in {
                     continue;
                 }
             }
@@ -215,7 +218,10 @@ impl Services {
             for member in &page.members {
                 report.members += 1;
                 progress(report.members);
-                if self.assign_member(program, id, campaign, member, at).await? {
+                if self
+                    .assign_member(program, id, campaign, member, at)
+                    .await?
+                {
                     report.changed += 1;
                 }
             }

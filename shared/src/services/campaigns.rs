@@ -200,8 +200,17 @@ impl Services {
                 .await
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
         }
-        let wanted = Assignment::new(id, &v.key, &campaign.hash_seed, campaign.bucket_version, now);
-        let (stored, _) = self.store.record_assignment(program, member, &wanted).await?;
+        let wanted = Assignment::new(
+            id,
+            &v.key,
+            &campaign.hash_seed,
+            campaign.bucket_version,
+            now,
+        );
+        let (stored, _) = self
+            .store
+            .record_assignment(program, member, &wanted)
+            .await?;
         Ok(stored)
     }
 

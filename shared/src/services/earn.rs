@@ -431,12 +431,14 @@ fn count_purchase(
     effects: &[crate::domain::CampaignEffect],
     earned: &crate::domain::OrderChange,
     account: &Account,
-    (order, purchase): (Option<&crate::domain::OrderRecord>, &crate::domain::Purchase),
+    (order, purchase): (
+        Option<&crate::domain::OrderRecord>,
+        &crate::domain::Purchase,
+    ),
     ctx: &EventContext,
 ) -> Result<(Vec<AssignmentWrite>, Vec<CounterAdd>), String> {
-    let program_points = |change: &Change| -> i64 {
-        change.entries.iter().map(|e| e.points + e.pending).sum()
-    };
+    let program_points =
+        |change: &Change| -> i64 { change.entries.iter().map(|e| e.points + e.pending).sum() };
     let with_all = program_points(&earned.change);
     // Revenue is the eligible amount (what earns points), the same for every variant.
     let eligible = crate::domain::earning::purchase_points(

@@ -81,6 +81,20 @@ impl Job {
     }
 }
 
+/// A scheduled invocation's input (`{"job": ...}`, optionally with `"program"` and `"date"`).
+/// Unknown fields are refused, so a typo in a schedule's input fails loudly instead of running
+/// the wrong job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    pub job: String,
+    #[serde(default)]
+    pub program: Option<String>,
+    /// As if today were this date in each program's zone (catching up by hand).
+    #[serde(default)]
+    pub date: Option<NaiveDate>,
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct JobReport {

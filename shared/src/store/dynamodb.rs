@@ -21,14 +21,13 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 use super::{decode_cursor, encode_cursor, ledger_seq, seq_key, MAX_ENTRIES_PER_COMMIT};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
-use crate::report::VariantCounts;
 use crate::ports::{
     counter_shard, AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError,
-    Consumed, Consumption, Coupon, CounterAdd, COUNTER_SHARDS,
-    EventMarker, IdempotencyRecord, LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore,
-    ProgramStore, Redemption, RedemptionStore, RejectStore, RejectedEvent, ScheduleStore,
-    StoreError, StoredProgram,
+    Consumed, Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage,
+    MemberPage, MemberState, MemberStore, ParkingStore, ProgramStore, Redemption, RedemptionStore,
+    RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram, COUNTER_SHARDS,
 };
+use crate::report::VariantCounts;
 
 /// DynamoDB refuses transactions of more than 100 items.
 const MAX_TRANSACTION_ITEMS: usize = 100;
@@ -435,10 +434,13 @@ impl CampaignStore for DynamoStore {
             {
                 // Recorded by another request first: that one stands.
                 let item_key = key(pk, format!("A#{}", assignment.campaign));
-                let stored = self.get(item_key).await?.ok_or_else(|| StoreError::Transient {
-                    message: "an assignment was being recorded concurrently".into(),
-                    source: None,
-                })?;
+                let stored = self
+                    .get(item_key)
+                    .await?
+                    .ok_or_else(|| StoreError::Transient {
+                        message: "an assignment was being recorded concurrently".into(),
+                        source: None,
+                    })?;
                 Ok((body(&stored, "assignment")?, false))
             }
             Err(e) => Err(sdk_error("cannot record the assignment", e)),
@@ -691,7 +693,11 @@ impl DynamoStore {
     }
 
     /// Adds to one shard of a variant's counters (`ADD` creates the item the first time).
-    fn counter_write(&self, program: &str, add: &CounterAdd) -> Result<TransactWriteItem, StoreError> {
+    fn counter_write(
+        &self,
+        program: &str,
+        add: &CounterAdd,
+    ) -> Result<TransactWriteItem, StoreError> {
         let c = &add.counts;
         let update = build(
             "update",

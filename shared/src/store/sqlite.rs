@@ -16,14 +16,13 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 
 use super::{decode_cursor, encode_cursor, ledger_seq, MAX_ENTRIES_PER_COMMIT};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
-use crate::report::VariantCounts;
 use crate::ports::{
     counter_shard, AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError,
-    CounterAdd, Consumed, Consumption, Coupon,
-    EventMarker, IdempotencyRecord, LedgerPage, MemberPage, MemberState, MemberStore, ParkingStore,
-    ProgramStore, Redemption, RedemptionStore, RejectStore, RejectedEvent, ScheduleStore,
-    StoreError, StoredProgram,
+    Consumed, Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage,
+    MemberPage, MemberState, MemberStore, ParkingStore, ProgramStore, Redemption, RedemptionStore,
+    RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
 };
+use crate::report::VariantCounts;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS programs (

@@ -1,0 +1,27 @@
+//! Lambda entry point: build the services and routes once per container, then hand each
+//! invocation (an API Gateway request or the campaign-tick schedule) to `handle`.
+
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use loyalty_core::config::AwsSettings;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .without_time()
+        .init();
+    let settings = AwsSettings::from_env()?;
+    let state = settings.app_state().await;
+    let services = state.services.clone();
+    let app = campaign_assign::app(state);
+    let (services, app) = (&services, &app);
+    run(service_fn(
+        move |event: LambdaEvent<serde_json::Value>| async move {
+            campaign_assign::handle(services, app, event.payload)
+                .await
+                .map_err(Error::from)
+        },
+    ))
+    .await
+}

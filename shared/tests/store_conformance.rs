@@ -616,9 +616,11 @@ async fn campaigns_are_versioned_and_conditional(store: Arc<dyn Store>) {
 async fn assignments_are_sticky_until_the_seed_or_bucket_version_changes(store: Arc<dyn Store>) {
     use loyalty_core::ports::Assignment;
     let m = member();
+    // Counters are per campaign, not per member: a fresh campaign id per run of the suite.
+    let weekend = format!("weekend-{}", uuid::Uuid::new_v4().simple());
     let at = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
     let assignment = |variant: &str, seed: &str, bucket_version| {
-        Assignment::new("weekend", variant, seed, bucket_version, at)
+        Assignment::new(&weekend, variant, seed, bucket_version, at)
     };
     store.commit(commit(&m, None, 0, "e1", None)).await.unwrap();
     // GIVEN a first assignment to x2
@@ -635,14 +637,11 @@ async fn assignments_are_sticky_until_the_seed_or_bucket_version_changes(store: 
     assert_eq!((again.0.variant.as_str(), again.1), ("x2", false));
     // AND it comes with the account in one read
     let state = store
-        .load_member_with("kr-shop", &m, &[], &["weekend".into(), "other".into()])
+        .load_member_with("kr-shop", &m, &[], &[weekend.clone(), "other".into()])
         .await
         .unwrap();
     assert!(state.account.is_some());
-    assert_eq!(
-        state.assignments.keys().collect::<Vec<_>>(),
-        vec!["weekend"]
-    );
+    assert_eq!(state.assignments.keys().collect::<Vec<_>>(), vec![&weekend]);
     // WHEN the bucket version rises, or the seed changes THEN the new one replaces it
     let raised = store
         .record_assignment("kr-shop", &m, &assignment("control", "s1", 1))
@@ -655,7 +654,7 @@ async fn assignments_are_sticky_until_the_seed_or_bucket_version_changes(store: 
         .unwrap();
     assert_eq!(reseeded.0.variant, "x2");
     // AND each new record counted one member, in its variant
-    let counts = store.campaign_counts("kr-shop", "weekend").await.unwrap();
+    let counts = store.campaign_counts("kr-shop", &weekend).await.unwrap();
     let assigned: Vec<(&str, i64)> = counts
         .iter()
         .map(|c| (c.variant.as_str(), c.assigned))
@@ -667,14 +666,15 @@ async fn counters_sum_their_shards_and_assignment_writes_are_conditional(store: 
     use loyalty_core::ports::{Assignment, AssignmentWrite, CounterAdd};
     use loyalty_core::report::VariantCounts;
     let m = member();
+    let spring = format!("spring-{}", uuid::Uuid::new_v4().simple());
     let at = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
     store.commit(commit(&m, None, 0, "e1", None)).await.unwrap();
-    let fresh = Assignment::new("spring", "x2", "s1", 0, at);
+    let fresh = Assignment::new(&spring, "x2", "s1", 0, at);
     let mut bought = fresh.clone();
     bought.purchases = 1;
     bought.revenue = 50_000;
     let add = |shard, revenue: i64| CounterAdd {
-        campaign: "spring".into(),
+        campaign: spring.clone(),
         shard,
         counts: VariantCounts {
             variant: "x2".into(),
@@ -696,7 +696,7 @@ async fn counters_sum_their_shards_and_assignment_writes_are_conditional(store: 
     first.counters = vec![add(0, 50_000), add(5, 20_000)];
     store.commit(first).await.unwrap();
     // THEN the counters are summed over the shards, wide sums included
-    let counts = store.campaign_counts("kr-shop", "spring").await.unwrap();
+    let counts = store.campaign_counts("kr-shop", &spring).await.unwrap();
     assert_eq!(counts.len(), 1);
     assert_eq!(
         (
@@ -720,7 +720,7 @@ async fn counters_sum_their_shards_and_assignment_writes_are_conditional(store: 
         store.commit(stale).await,
         Err(CommitError::VersionConflict)
     ));
-    let counts = store.campaign_counts("kr-shop", "spring").await.unwrap();
+    let counts = store.campaign_counts("kr-shop", &spring).await.unwrap();
     assert_eq!(counts[0].purchases, 2);
     // WHEN it expects the stored one THEN it is written
     let mut again = bought.clone();
@@ -732,10 +732,10 @@ async fn counters_sum_their_shards_and_assignment_writes_are_conditional(store: 
     }];
     store.commit(next).await.unwrap();
     let state = store
-        .load_member_with("kr-shop", &m, &[], &["spring".into()])
+        .load_member_with("kr-shop", &m, &[], std::slice::from_ref(&spring))
         .await
         .unwrap();
-    assert_eq!(state.assignments["spring"].purchases, 2);
+    assert_eq!(state.assignments[&spring].purchases, 2);
 }
 
 macro_rules! conformance {

@@ -146,6 +146,12 @@ fn today(program: &Program, now: DateTime<Utc>) -> NaiveDate {
 }
 
 impl Account {
+    /// The date whose yearly return the `anniversary` action celebrates: the one the member gave
+    /// in their profile, else the day they joined.
+    pub fn anniversary_date(&self) -> NaiveDate {
+        self.profile.anniversary.unwrap_or(self.joined_on)
+    }
+
     /// The next date on which each job has work for this account. Dates already past are
     /// kept as they are: the next run of the job picks them up (it reads back to its last run).
     pub fn due_dates(&self, program: &Program) -> DueDates {
@@ -175,8 +181,8 @@ impl Account {
             birthday: self.profile.birthday.as_deref().and_then(yearly_index_date),
             anniversary: NaiveDate::from_ymd_opt(
                 YEARLY_INDEX_YEAR,
-                self.joined_on.month(),
-                self.joined_on.day(),
+                self.anniversary_date().month(),
+                self.anniversary_date().day(),
             ),
         }
     }

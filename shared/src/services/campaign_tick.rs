@@ -123,7 +123,8 @@ impl Services {
     }
 
     /// Sends the program's yearly action (`birthday`, `anniversary`) to the members whose day
-    /// it is. An anniversary needs a full year since joining, so those accounts are read.
+    /// it is. An anniversary (of the date in the member's profile, else of joining) needs a
+    /// full year, so those accounts are read.
     #[allow(clippy::too_many_arguments)]
     async fn pay_yearly_day(
         &self,
@@ -142,7 +143,7 @@ impl Services {
                 let state = self.store.load_member(&program.id, &member, &[]).await?;
                 let a_year_in = state
                     .account
-                    .is_some_and(|a| a.joined_on.year() < day.year());
+                    .is_some_and(|a| a.anniversary_date().year() < day.year());
                 if !a_year_in {
                     continue;
                 }

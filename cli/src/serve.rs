@@ -172,8 +172,8 @@ async fn load_programs(
     Ok(loaded)
 }
 
-/// Plays the part of the EventBridge schedules: the due-date jobs for every program, as of
-/// today. A run reads only what is due, so running often costs little.
+/// Plays the part of the EventBridge schedules: the due-date jobs and the campaign tick for
+/// every program, as of today. A run reads only what is due, so running often costs little.
 async fn schedule(services: Arc<Services>, every: Duration) {
     use loyalty_core::services::jobs::Job;
     let mut tick = tokio::time::interval(every);
@@ -184,6 +184,7 @@ async fn schedule(services: Arc<Services>, every: Duration) {
             Job::ExpirePoints,
             Job::TierReviews,
             Job::Notices,
+            Job::CampaignTick,
         ] {
             if let Err(e) = services.run_job_everywhere(job, None, None, &|_| {}).await {
                 tracing::warn!(job = job.name(), error = %e, "scheduled job failed; next tick retries");

@@ -197,8 +197,13 @@ impl Campaign {
                 );
             }
         }
-        if self.audience.purchased_category.is_some() {
-            fail("audience.purchased_category", "is not supported yet".into());
+        if self
+            .audience
+            .purchased_category
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            fail("audience.purchased_category", "must not be empty".into());
         }
         if self.variants.len() < 2 {
             fail(
@@ -302,6 +307,11 @@ impl Campaign {
         }
         if audience.birthday_in_window && !self.birthday_in_window(program, account) {
             return false;
+        }
+        if let Some(category) = &audience.purchased_category {
+            if !account.categories.contains(category) {
+                return false;
+            }
         }
         true
     }

@@ -134,11 +134,23 @@ impl Stack {
     }
 
     async fn purchase(&self, member: &str, order: &str, amount: i64, at: DateTime<Utc>) {
+        self.purchase_in(member, order, amount, "", at).await;
+    }
+
+    async fn purchase_in(
+        &self,
+        member: &str,
+        order: &str,
+        amount: i64,
+        category: &str,
+        at: DateTime<Utc>,
+    ) {
         let message = json!({
             "type": "purchase.completed", "version": 1, "id": format!("order-{order}"),
             "program": "kr-shop", "member": member, "occurred_at": at,
             "data": {"order_id": order, "currency": "KRW",
-                     "lines": [{"line_id": "1", "quantity": 1, "unit_price": amount.to_string()}]}
+                     "lines": [{"line_id": "1", "quantity": 1, "category": category,
+                                "unit_price": amount.to_string()}]}
         });
         self.services
             .process_earn(&message.to_string())
@@ -309,6 +321,35 @@ async fn anniversaries_are_paid_from_the_first_full_year_once() {
     assert_eq!(s.balance("a-year").await, 500);
     assert_eq!(s.balance("a-day-off").await, 0);
     assert_eq!(s.balance("today").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audience_of_category_buyers_admits_only_them() {
+    // GIVEN a broadcast campaign, everyone on x2, for members who have bought stationery
+    let now = Utc.with_ymd_and_hms(2026, 11, 10, 3, 0, 0).unwrap();
+    let s = stack(now).await;
+    let c = json!({
+        "name": "Stationery fans", "kind": "broadcast", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": "stationery-2026", "goal": "purchase",
+        "audience": {"purchased_category": "stationery"},
+        "variants": [
+            {"key": "control", "weight": 0.0, "effect": {"type": "none"}},
+            {"key": "x2", "weight": 1.0, "effect": {"type": "multiplier", "basis_points": 20000}}
+        ]
+    });
+    s.put_campaign("stationery", &c).await;
+    let earlier = now - chrono::Duration::days(20);
+    s.purchase_in("pens", "p0", 10_000, "stationery", earlier)
+        .await;
+    s.purchase_in("mugs", "m0", 10_000, "kitchen", earlier)
+        .await;
+    // WHEN both buy 10,000 KRW of anything in the window
+    s.purchase("pens", "p1", 10_000, now).await;
+    s.purchase("mugs", "m1", 10_000, now).await;
+    // THEN only the stationery buyer earns double (100 before, then 200; the other 100 + 100)
+    assert_eq!(s.balance("pens").await, 300);
+    assert_eq!(s.balance("mugs").await, 200);
 }
 
 impl Stack {

@@ -48,6 +48,10 @@ pub struct Account {
     pub joined_on: NaiveDate,
     #[serde(default)]
     pub last_purchase_at: Option<DateTime<Utc>>,
+    /// Product categories the member has bought from (campaign audiences). A shop has a
+    /// bounded set of categories, so this stays small.
+    #[serde(default)]
+    pub categories: std::collections::BTreeSet<String>,
     /// What the member told about themselves (birthday, anniversary).
     #[serde(default)]
     pub profile: Profile,
@@ -209,6 +213,7 @@ impl Account {
             referred_by: None,
             joined_on: local_date(program.time_zone, now),
             last_purchase_at: None,
+            categories: Default::default(),
             profile: Profile::default(),
             notified: Default::default(),
             version: 0,

@@ -211,6 +211,13 @@ impl Account {
         let account = &mut journal.account;
         account.purchases += 1;
         account.last_purchase_at = account.last_purchase_at.max(Some(ctx.occurred_at));
+        account.categories.extend(
+            purchase
+                .lines
+                .iter()
+                .filter(|l| !l.category.is_empty())
+                .map(|l| l.category.clone()),
+        );
         let mut referrer = None;
         if account.purchases == 1 {
             if let (Some(by), Some(rule)) = (account.referred_by.clone(), &program.referral) {

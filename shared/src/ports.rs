@@ -161,6 +161,21 @@ pub struct CounterAdd {
     pub counts: crate::report::VariantCounts,
 }
 
+impl CounterAdd {
+    /// One member newly assigned to the assignment's variant.
+    pub fn assigned(member: &str, assignment: &Assignment) -> CounterAdd {
+        CounterAdd {
+            campaign: assignment.campaign.clone(),
+            shard: counter_shard(member),
+            counts: crate::report::VariantCounts {
+                variant: assignment.variant.clone(),
+                assigned: 1,
+                ..Default::default()
+            },
+        }
+    }
+}
+
 impl Assignment {
     /// Still valid for a campaign hashed with `seed` at `bucket_version`.
     pub fn holds_for(&self, seed: &str, bucket_version: u32) -> bool {

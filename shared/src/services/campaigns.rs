@@ -87,16 +87,17 @@ impl Services {
         id: &str,
     ) -> Result<crate::report::Report, ServiceError> {
         let program = self.program(program_id).await?;
-        let (_, json) =
-            self.store
-                .campaign(&program.id, id)
-                .await?
-                .ok_or_else(|| ServiceError::NotFound {
-                    problem: "unknown-campaign",
-                    detail: format!("program {} has no campaign {id:?}", program.id),
-                })?;
-        let campaign: Campaign = serde_json::from_str(&json)
-            .map_err(|e| ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}")))?;
+        // The parsed, cached list every purchase uses; a report may be 30 s behind an edit.
+        let campaign = self
+            .campaign_list(&program.id)
+            .await?
+            .iter()
+            .find(|(c, _)| c == id)
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| ServiceError::NotFound {
+                problem: "unknown-campaign",
+                detail: format!("program {} has no campaign {id:?}", program.id),
+            })?;
         let counts = self.store.campaign_counts(&program.id, id).await?;
         let weights: Vec<(String, f64)> = campaign
             .variants

@@ -22,10 +22,10 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use super::{decode_cursor, encode_cursor, ledger_seq, seq_key, MAX_ENTRIES_PER_COMMIT};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
-    counter_shard, AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError,
-    Consumed, Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage,
-    MemberPage, MemberState, MemberStore, ParkingStore, ProgramStore, Redemption, RedemptionStore,
-    RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram, COUNTER_SHARDS,
+    AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
+    Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
+    MemberState, MemberStore, ParkingStore, ProgramStore, Redemption, RedemptionStore, RejectStore,
+    RejectedEvent, ScheduleStore, StoreError, StoredProgram, COUNTER_SHARDS,
 };
 use crate::report::VariantCounts;
 
@@ -405,18 +405,7 @@ impl CampaignStore for DynamoStore {
                 (":bv".to_string(), n(assignment.bucket_version)),
             ])),
         )?;
-        let count = self.counter_write(
-            program,
-            &CounterAdd {
-                campaign: assignment.campaign.clone(),
-                shard: counter_shard(member),
-                counts: VariantCounts {
-                    variant: assignment.variant.clone(),
-                    assigned: 1,
-                    ..VariantCounts::default()
-                },
-            },
-        )?;
+        let count = self.counter_write(program, &CounterAdd::assigned(member, assignment))?;
         let result = self
             .client
             .transact_write_items()

@@ -17,10 +17,10 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use super::{decode_cursor, encode_cursor, ledger_seq, MAX_ENTRIES_PER_COMMIT};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
-    counter_shard, AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError,
-    Consumed, Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage,
-    MemberPage, MemberState, MemberStore, ParkingStore, ProgramStore, Redemption, RedemptionStore,
-    RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
+    AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
+    Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
+    MemberState, MemberStore, ParkingStore, ProgramStore, Redemption, RedemptionStore, RejectStore,
+    RejectedEvent, ScheduleStore, StoreError, StoredProgram,
 };
 use crate::report::VariantCounts;
 
@@ -860,19 +860,6 @@ fn write_redemption_items(
     Ok(())
 }
 
-/// The counter addition of one member newly assigned.
-fn assigned_one(member: &str, assignment: &Assignment) -> CounterAdd {
-    CounterAdd {
-        campaign: assignment.campaign.clone(),
-        shard: counter_shard(member),
-        counts: VariantCounts {
-            variant: assignment.variant.clone(),
-            assigned: 1,
-            ..VariantCounts::default()
-        },
-    }
-}
-
 fn parse_square(campaign: &str, text: &str) -> Result<i128, StoreError> {
     text.parse().map_err(|_| StoreError::Corrupt {
         key: format!("counters of campaign {campaign}"),
@@ -1112,7 +1099,7 @@ impl CampaignStore for SqliteStore {
                 ],
             )
             .map_err(|e| sql_error("cannot record the assignment", e))?;
-            add_counts(&tx, &program, &assigned_one(&member, &assignment))?;
+            add_counts(&tx, &program, &CounterAdd::assigned(&member, &assignment))?;
             tx.commit().map_err(|e| sql_error("cannot commit", e))?;
             Ok((assignment.clone(), true))
         })

@@ -2,14 +2,16 @@
 //! large population, `campaign-tick` paying birthdays (program rule and broadcast campaign)
 //! once, and the report recovering a known uplift from a simulated campaign.
 
-use std::sync::{Arc, Mutex};
+mod common;
 
-use async_trait::async_trait;
+use common::Recorder;
+
+use std::sync::Arc;
+
 use chrono::{DateTime, TimeZone, Utc};
 use loyalty_core::campaigns::Campaign;
 use loyalty_core::domain::{Account, Program};
-use loyalty_core::envelope::Envelope;
-use loyalty_core::ports::{Commit, FixedClock, MemberStore, Queue, QueueError, QueueName};
+use loyalty_core::ports::{Commit, FixedClock, MemberStore, QueueName};
 use loyalty_core::report::sample_ratio;
 use loyalty_core::services::jobs::Job;
 use loyalty_core::services::programs::ProgramFormat;
@@ -21,18 +23,6 @@ const KR_SHOP: &str = include_str!("../../examples/kr-shop.toml");
 
 fn kr() -> Program {
     Program::from_toml(KR_SHOP).unwrap()
-}
-
-/// Keeps what is sent; the test plays the queue consumers.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<(QueueName, Envelope)>>);
-
-#[async_trait]
-impl Queue for Recorder {
-    async fn send(&self, queue: QueueName, message: &Envelope) -> Result<(), QueueError> {
-        self.0.lock().unwrap().push((queue, message.clone()));
-        Ok(())
-    }
 }
 
 struct Stack {

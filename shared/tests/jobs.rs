@@ -1,15 +1,16 @@
 //! Tiers and the scheduled jobs through the services, on the embedded store with a clock the
 //! test moves: upgrades after a crossing purchase, reviews, expiry, notices, and a job's cost.
 
+mod common;
+
+use common::Recorder;
+
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use loyalty_core::domain::{Account, EntryKind, Program};
 use loyalty_core::envelope::Envelope;
-use loyalty_core::ports::{
-    Commit, FixedClock, MemberStore, Queue, QueueError, QueueName, ScheduleStore,
-};
+use loyalty_core::ports::{Commit, FixedClock, MemberStore, QueueName, ScheduleStore};
 use loyalty_core::services::jobs::Job;
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
@@ -17,18 +18,6 @@ use loyalty_core::store::sqlite::SqliteStore;
 use serde_json::json;
 
 const KR_SHOP: &str = include_str!("../../examples/kr-shop.toml");
-
-/// Keeps what is sent; the test plays the queue consumers.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<(QueueName, Envelope)>>);
-
-#[async_trait]
-impl Queue for Recorder {
-    async fn send(&self, queue: QueueName, message: &Envelope) -> Result<(), QueueError> {
-        self.0.lock().unwrap().push((queue, message.clone()));
-        Ok(())
-    }
-}
 
 struct Stack {
     services: Services,

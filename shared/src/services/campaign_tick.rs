@@ -27,7 +27,7 @@ use crate::ports::QueueName;
 pub const CAMPAIGN_TICK: &str = "campaign-tick";
 /// How far back a tick catches up missed days.
 pub const MAX_TICK_CATCH_UP_DAYS: i64 = 7;
-/// Members read per index page.
+/// Members read per page of a full pass.
 const PAGE: usize = 100;
 /// The saved progress of a broadcast campaign's pass once it has covered every member.
 const PASS_DONE: &str = "done";
@@ -95,7 +95,7 @@ impl Services {
         Ok(())
     }
 
-    /// Members whose yearly day (birthday or joining anniversary) is `day`, a page at a time.
+    /// Members whose yearly day (birthday or anniversary) is `day`.
     async fn yearly_members(
         &self,
         program: &Program,
@@ -104,20 +104,7 @@ impl Services {
     ) -> Result<Vec<String>, ServiceError> {
         let mut members = Vec::new();
         for index_date in yearly_index_dates(day) {
-            for shard in 0..self.store.due_shards() {
-                let mut cursor: Option<String> = None;
-                loop {
-                    let page = self
-                        .store
-                        .due_members(&program.id, job, index_date, shard, cursor.as_deref(), PAGE)
-                        .await?;
-                    members.extend(page.members);
-                    match page.next_cursor {
-                        Some(next) => cursor = Some(next),
-                        None => break,
-                    }
-                }
-            }
+            members.extend(self.members_due_on(&program.id, job, index_date).await?);
         }
         Ok(members)
     }

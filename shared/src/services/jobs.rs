@@ -214,26 +214,13 @@ impl Services {
         report.to = Some(date);
         let mut day = from;
         while day <= date {
-            for shard in 0..self.store.due_shards() {
-                let mut cursor: Option<String> = None;
-                loop {
-                    let page = self
-                        .store
-                        .due_members(&program.id, due, day, shard, cursor.as_deref(), PAGE)
-                        .await?;
-                    for member in &page.members {
-                        let outcome = self.job_member(job, program, member, date, at).await?;
-                        report.members += 1;
-                        report.changed += usize::from(outcome.changed);
-                        report.entries += outcome.entries;
-                        report.notices += outcome.notices;
-                        progress(report.members);
-                    }
-                    match page.next_cursor {
-                        Some(next) => cursor = Some(next),
-                        None => break,
-                    }
-                }
+            for member in self.members_due_on(&program.id, due, day).await? {
+                let outcome = self.job_member(job, program, &member, date, at).await?;
+                report.members += 1;
+                report.changed += usize::from(outcome.changed);
+                report.entries += outcome.entries;
+                report.notices += outcome.notices;
+                progress(report.members);
             }
             day = day.succ_opt().unwrap_or(NaiveDate::MAX);
         }
@@ -244,6 +231,31 @@ impl Services {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Every member indexed as due for `due` on `date`: each shard, a page at a time.
+    pub(crate) async fn members_due_on(
+        &self,
+        program: &str,
+        due: DueJob,
+        date: NaiveDate,
+    ) -> Result<Vec<String>, ServiceError> {
+        let mut members = Vec::new();
+        for shard in 0..self.store.due_shards() {
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = self
+                    .store
+                    .due_members(program, due, date, shard, cursor.as_deref(), PAGE)
+                    .await?;
+                members.extend(page.members);
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(members)
     }
 
     /// Applies one job to one member: load, decide, send notices, commit with the version.

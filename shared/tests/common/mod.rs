@@ -1,5 +1,29 @@
-//! Helpers shared by the domain's scenario and property tests.
+//! Helpers shared by the tests: the domain's scenarios and properties, and a queue the
+//! service tests play the consumers of.
 #![allow(dead_code)]
+
+/// A queue that keeps what is sent; the test plays the consumers.
+#[derive(Default)]
+pub struct Recorder(
+    pub  std::sync::Mutex<
+        Vec<(
+            loyalty_core::ports::QueueName,
+            loyalty_core::envelope::Envelope,
+        )>,
+    >,
+);
+
+#[async_trait::async_trait]
+impl loyalty_core::ports::Queue for Recorder {
+    async fn send(
+        &self,
+        queue: loyalty_core::ports::QueueName,
+        message: &loyalty_core::envelope::Envelope,
+    ) -> Result<(), loyalty_core::ports::QueueError> {
+        self.0.lock().unwrap().push((queue, message.clone()));
+        Ok(())
+    }
+}
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use loyalty_core::domain::{

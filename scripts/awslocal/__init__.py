@@ -1,0 +1,1 @@
+"""`scripts/aws-local`: the Lambda functions as deployed, on moto, on one machine."""

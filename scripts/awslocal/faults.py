@@ -1,0 +1,240 @@
+"""Faults on demand, injected from outside the functions: a proxy between the functions and
+moto that, per service and operation, answers a fraction of requests with a throttle, a 500, a
+reset connection or a delay, or forwards the request and then loses the answer (the write
+happened; the caller sees an error), or kills the calling function right after the write.
+
+Spec (`--faults`): rules separated by `;`, each `TARGET:KIND=FRACTION[,KIND=FRACTION...]`.
+TARGET is `[FUNCTION/]SERVICE.OPERATION` (`*` matches any service, operation or function) for
+requests to DynamoDB, SQS and SSM, or `lambda.FUNCTION` for the function processes.
+KIND for requests: throttle, error (500), reset, delay (`delay=0.1@300` waits 300 ms),
+lost (forwarded, then the connection is reset), kill (forwarded, then the caller is killed).
+KIND for lambda: crash (the process is killed at a random moment of an invocation).
+Example: `dynamodb.*:throttle=0.05,lost=0.05;sqs.SendMessage:lost=0.1;earn/dynamodb.TransactWriteItems:kill=0.03;lambda.*:crash=0.01`
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import http.client
+import json
+import random
+import re
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+from urllib.parse import parse_qs
+
+REQUEST_KINDS = ("throttle", "error", "reset", "delay", "lost", "kill")
+LAMBDA_KINDS = ("crash",)
+
+
+@dataclass
+class Rule:
+    function: str
+    service: str
+    operation: str
+    kinds: dict[str, float]
+    delay_ms: int = 200
+
+    def matches(self, function: str, service: str, operation: str) -> bool:
+        return (
+            fnmatch.fnmatchcase(function, self.function)
+            and fnmatch.fnmatchcase(service, self.service)
+            and fnmatch.fnmatchcase(operation, self.operation)
+        )
+
+
+@dataclass
+class Faults:
+    rules: list[Rule] = field(default_factory=list)
+    crashes: dict[str, float] = field(default_factory=dict)  # function pattern -> fraction
+
+    @staticmethod
+    def parse(spec: str | None) -> "Faults":
+        faults = Faults()
+        for text in filter(None, (part.strip() for part in (spec or "").split(";"))):
+            target, sep, kinds_text = text.partition(":")
+            if not sep or not kinds_text:
+                raise ValueError(f"fault rule {text!r}: expected TARGET:KIND=FRACTION")
+            kinds, delay_ms = {}, 200
+            for item in kinds_text.split(","):
+                kind, eq, value = item.strip().partition("=")
+                if not eq:
+                    raise ValueError(f"fault rule {text!r}: {item!r} has no =FRACTION")
+                if "@" in value:
+                    value, ms = value.split("@", 1)
+                    delay_ms = int(ms)
+                fraction = float(value)
+                if not 0.0 <= fraction <= 1.0:
+                    raise ValueError(f"fault rule {text!r}: {fraction} is not a fraction")
+                kinds[kind] = fraction
+            if target.startswith("lambda."):
+                unknown = set(kinds) - set(LAMBDA_KINDS)
+                if unknown:
+                    raise ValueError(f"fault rule {text!r}: {sorted(unknown)} do not apply to lambda")
+                faults.crashes[target.removeprefix("lambda.")] = kinds.get("crash", 0.0)
+                continue
+            unknown = set(kinds) - set(REQUEST_KINDS)
+            if unknown:
+                raise ValueError(f"fault rule {text!r}: unknown kinds {sorted(unknown)}")
+            function, _, service_op = target.rpartition("/")
+            service, dot, operation = service_op.partition(".")
+            if not dot:
+                raise ValueError(f"fault rule {text!r}: target must be SERVICE.OPERATION")
+            faults.rules.append(
+                Rule(function or "*", service.lower(), operation, kinds, delay_ms)
+            )
+        return faults
+
+    def crash_fraction(self, function: str) -> float:
+        return max((f for p, f in self.crashes.items() if fnmatch.fnmatchcase(function, p)), default=0.0)
+
+    def choose(self, rng: random.Random, function: str, service: str, operation: str) -> tuple[str | None, int]:
+        """The fault for one request, if any (the first rule and kind that fire)."""
+        for rule in self.rules:
+            if not rule.matches(function, service, operation):
+                continue
+            for kind, fraction in rule.kinds.items():
+                if fraction and rng.random() < fraction:
+                    return kind, rule.delay_ms
+        return None, 0
+
+
+def operation_of(headers, body: bytes) -> tuple[str, str]:
+    """(service, operation) of an AWS request: JSON protocols name it in X-Amz-Target."""
+    target = headers.get("X-Amz-Target", "")
+    if "." in target:
+        prefix, operation = target.split(".", 1)
+        service = {"DynamoDB_20120810": "dynamodb", "AmazonSQS": "sqs", "AmazonSSM": "ssm"}.get(
+            prefix, prefix.lower()
+        )
+        return service, operation
+    action = parse_qs(body.decode("utf-8", "replace")).get("Action", ["?"])[0]
+    scope = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/", headers.get("Authorization", ""))
+    return (scope.group(1) if scope else "?"), action
+
+
+THROTTLE = {
+    "dynamodb": "com.amazonaws.dynamodb.v20120810#ThrottlingException",
+    "sqs": "com.amazonaws.sqs#ThrottlingException",
+    "ssm": "ThrottlingException",
+}
+
+
+class FaultProxy:
+    """Listens on a loopback port; a function instance reaches it at `/i/{instance}`."""
+
+    def __init__(
+        self,
+        upstream_port: int,
+        faults: Faults,
+        rng: random.Random,
+        function_of: Callable[[int], str],
+        kill: Callable[[int, str], bool],
+    ):
+        self.upstream_port = upstream_port
+        self.faults = faults
+        self.rng = rng
+        self.rng_lock = threading.Lock()
+        self.function_of = function_of
+        self.kill = kill
+        self.counts: Counter = Counter()  # (function, service, operation, outcome) -> n
+        self.count_lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                proxy.handle(self)
+
+            do_GET = do_POST
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.handle_error = lambda *args: None  # resets are the point here
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def endpoint(self, instance_id: int) -> str:
+        return f"http://127.0.0.1:{self.port}/i/{instance_id}"
+
+    def _count(self, function: str, service: str, operation: str, outcome: str) -> None:
+        with self.count_lock:
+            self.counts[(function, service, operation, outcome)] += 1
+
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
+        m = re.match(r"^/i/(\d+)(/.*)?$", h.path)
+        instance = int(m.group(1)) if m else 0
+        path = (m.group(2) if m else h.path) or "/"
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
+        function = self.function_of(instance)
+        service, operation = operation_of(h.headers, body)
+        with self.rng_lock:
+            kind, delay_ms = self.faults.choose(self.rng, function, service, operation)
+        self._count(function, service, operation, kind or "ok")
+
+        if kind == "throttle":
+            return _answer(h, 400, {"__type": THROTTLE.get(service, "ThrottlingException"), "message": "Rate exceeded (fault)"}, service)
+        if kind == "error":
+            return _answer(h, 500, {"__type": "InternalServerError", "message": "internal error (fault)"}, service)
+        if kind == "reset":
+            return _reset(h)
+        if kind == "delay":
+            time.sleep(delay_ms / 1000)
+
+        status, headers, answer = self._forward(h, path, body)
+        if kind == "lost":
+            return _reset(h)
+        if kind == "kill":
+            self.kill(instance, f"after {service}.{operation}")
+            return _reset(h)
+        h.send_response(status)
+        for k, v in headers:
+            if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                h.send_header(k, v)
+        h.send_header("Content-Length", str(len(answer)))
+        h.end_headers()
+        h.wfile.write(answer)
+
+    def _forward(self, h: BaseHTTPRequestHandler, path: str, body: bytes):
+        connection = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+        try:
+            headers = {k: v for k, v in h.headers.items() if k.lower() not in ("connection", "keep-alive")}
+            connection.request(h.command, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            connection.close()
+
+
+def _answer(h: BaseHTTPRequestHandler, status: int, error: dict, service: str) -> None:
+    body = json.dumps(error).encode()
+    h.send_response(status)
+    h.send_header("Content-Type", "application/x-amz-json-1.0" if service != "ssm" else "application/x-amz-json-1.1")
+    if service == "sqs":
+        # SQS's JSON protocol also names the legacy error code in this header.
+        code = error["__type"].split("#")[-1]
+        h.send_header("x-amzn-query-error", f"{code};{'Sender' if status < 500 else 'Receiver'}")
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
+
+
+def _reset(h: BaseHTTPRequestHandler) -> None:
+    """Closes the connection with a TCP reset: the caller gets no answer at all."""
+    h.close_connection = True
+    try:
+        h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        h.connection.close()
+    except OSError:
+        pass

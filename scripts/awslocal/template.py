@@ -1,0 +1,207 @@
+"""Reads infra/template.yaml into what the local stack builds: the table, the queues with their
+dead-letter queues, the functions with their environment, HTTP routes, SQS event sources and
+schedules. Everything comes from the template, so the local stack cannot drift from the deployed one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cfnlint.decode import cfn_yaml
+
+
+@dataclass
+class Queue:
+    logical: str
+    fifo: bool
+    visibility_timeout: int
+    dead_letter: str | None  # logical id of the dead-letter queue
+    max_receive_count: int | None
+    retention: int | None
+
+    @property
+    def name(self) -> str:
+        return f"loyalty-{self.logical}" + (".fifo" if self.fifo else "")
+
+
+@dataclass
+class Route:
+    method: str
+    path: str  # /v1/programs/{program}/me
+    function: str  # logical id
+    authorizer: str | None  # None: no authorizer
+    scopes: list[str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.method} {self.path}"
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        if method != self.method:
+            return None
+        pattern = "^" + re.sub(r"\\\{([A-Za-z0-9_]+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path)) + "$"
+        m = re.match(pattern, path)
+        return m.groupdict() if m else None
+
+
+@dataclass
+class SqsSource:
+    name: str
+    queue: str  # logical id
+    function: str
+    batch_size: int
+    batching_window: int
+    maximum_concurrency: int
+    report_batch_item_failures: bool
+
+
+@dataclass
+class Schedule:
+    name: str
+    function: str
+    expression: str  # rate(1 hour)
+    input: Any
+
+    @property
+    def every_seconds(self) -> int:
+        m = re.fullmatch(r"rate\((\d+) (minute|minutes|hour|hours|day|days)\)", self.expression)
+        if not m:
+            raise ValueError(f"schedule {self.name}: unsupported expression {self.expression}")
+        unit = {"minute": 60, "hour": 3600, "day": 86400}[m.group(2).rstrip("s")]
+        return int(m.group(1)) * unit
+
+
+@dataclass
+class Function:
+    logical: str
+    binary: str
+    timeout: int
+    memory: int
+    environment: dict[str, Any]  # values are still template expressions
+    policies: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Template:
+    table_logical: str
+    table: dict  # Properties of the AWS::DynamoDB::Table
+    queues: dict[str, Queue]
+    functions: dict[str, Function]
+    routes: list[Route]
+    sqs_sources: list[SqsSource]
+    schedules: list[Schedule]
+
+
+def load(path: Path) -> Template:
+    raw = cfn_yaml.load(str(path))
+    resources = raw["Resources"]
+    globals_ = raw.get("Globals", {}).get("Function", {})
+
+    tables = [k for k, r in resources.items() if r["Type"] == "AWS::DynamoDB::Table"]
+    if len(tables) != 1:
+        raise ValueError(f"expected one DynamoDB table, found {tables}")
+
+    queues = {}
+    for name, r in resources.items():
+        if r["Type"] != "AWS::SQS::Queue":
+            continue
+        p = r.get("Properties", {})
+        redrive = p.get("RedrivePolicy") or {}
+        target = redrive.get("deadLetterTargetArn")
+        queues[name] = Queue(
+            logical=name,
+            fifo=bool(p.get("FifoQueue", False)),
+            visibility_timeout=int(p.get("VisibilityTimeout", 30)),
+            dead_letter=target["Fn::GetAtt"][0] if isinstance(target, dict) else None,
+            max_receive_count=int(redrive["maxReceiveCount"]) if redrive else None,
+            retention=int(p["MessageRetentionPeriod"]) if "MessageRetentionPeriod" in p else None,
+        )
+
+    default_auth = _default_authorizer(resources)
+    functions, routes, sources, schedules = {}, [], [], []
+    for name, r in resources.items():
+        if r["Type"] != "AWS::Serverless::Function":
+            continue
+        p = r["Properties"]
+        env = dict(globals_.get("Environment", {}).get("Variables", {}))
+        env.update(p.get("Environment", {}).get("Variables", {}))
+        functions[name] = Function(
+            logical=name,
+            binary=r["Metadata"]["BuildProperties"]["Binary"],
+            timeout=int(p.get("Timeout", globals_.get("Timeout", 3))),
+            memory=int(p.get("MemorySize", globals_.get("MemorySize", 128))),
+            environment=env,
+            policies=p.get("Policies", []),
+        )
+        for event_name, event in p.get("Events", {}).items():
+            props = event.get("Properties", {})
+            if event["Type"] == "HttpApi":
+                auth = props.get("Auth", {})
+                authorizer = auth.get("Authorizer", default_auth)
+                routes.append(
+                    Route(
+                        method=props["Method"].upper(),
+                        path=props["Path"],
+                        function=name,
+                        authorizer=None if authorizer in (None, "NONE") else authorizer,
+                        scopes=list(auth.get("AuthorizationScopes", [])),
+                    )
+                )
+            elif event["Type"] == "SQS":
+                queue = props["Queue"]["Fn::GetAtt"][0]
+                sources.append(
+                    SqsSource(
+                        name=event_name,
+                        queue=queue,
+                        function=name,
+                        batch_size=int(props.get("BatchSize", 10)),
+                        batching_window=int(props.get("MaximumBatchingWindowInSeconds", 0)),
+                        maximum_concurrency=int(props.get("ScalingConfig", {}).get("MaximumConcurrency", 1000)),
+                        report_batch_item_failures="ReportBatchItemFailures"
+                        in props.get("FunctionResponseTypes", []),
+                    )
+                )
+            elif event["Type"] in ("Schedule", "ScheduleV2"):
+                text = props.get("Input")
+                schedules.append(
+                    Schedule(
+                        name=event_name,
+                        function=name,
+                        expression=props["ScheduleExpression"],
+                        input=json.loads(text) if text else {},
+                    )
+                )
+            else:
+                raise ValueError(f"{name}.{event_name}: event type {event['Type']} is not run locally")
+
+    return Template(
+        table_logical=tables[0],
+        table=resources[tables[0]]["Properties"],
+        queues=queues,
+        functions=functions,
+        routes=routes,
+        sqs_sources=sources,
+        schedules=schedules,
+    )
+
+
+def _default_authorizer(resources: dict) -> str | None:
+    for r in resources.values():
+        if r["Type"] == "AWS::Serverless::HttpApi":
+            return r["Properties"].get("Auth", {}).get("DefaultAuthorizer")
+    return None
+
+
+def resolve(value: Any, refs: dict[str, str], attrs: dict[tuple[str, str], str]) -> str:
+    """An environment value of the template, with !Ref and !GetAtt of local resources."""
+    if isinstance(value, (str, int, float, bool)):
+        return str(value)
+    if isinstance(value, dict) and "Ref" in value:
+        return refs[value["Ref"]]
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        return attrs[tuple(value["Fn::GetAtt"])]
+    raise ValueError(f"cannot resolve {value!r} locally")

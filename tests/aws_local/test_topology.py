@@ -1,0 +1,163 @@
+"""The deployed topology on one machine, from outside: the HTTP API and its authorizer, a
+webhook through SQS to earn, a tier upgrade through the tier queue, a schedule, and a message
+that keeps failing ending in the dead-letter queue."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import boto3
+
+from conftest import ROOT, SECRETS, start_stack, stop_stack
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def purchase(event_id: str, member: str, order: str, amount: int, occurred: datetime) -> dict:
+    return {
+        "type": "purchase.completed",
+        "version": 1,
+        "id": event_id,
+        "program": "kr-shop",
+        "member": member,
+        "occurred_at": iso(occurred),
+        "data": {
+            "order_id": order,
+            "currency": "KRW",
+            "channel": "online",
+            "shipping": "0",
+            "tax": "0",
+            "lines": [
+                {"line_id": "1", "sku": "TEE-01", "category": "apparel", "quantity": 1, "unit_price": str(amount), "discount": "0"}
+            ],
+        },
+    }
+
+
+def test_the_authorizer_refuses_what_api_gateway_refuses(stack):
+    # GIVEN the HTTP front with the template's JWT authorizer
+    # WHEN a member route is called without a token, with a bad signature, or expired
+    no_token = stack.request("GET", "/v1/programs/kr-shop/me")
+    forged = stack.request("GET", "/v1/programs/kr-shop/me", token=stack.token("m-1")[:-4] + "AAAA")
+    expired = stack.request("GET", "/v1/programs/kr-shop/me", token=stack.token("m-1", exp_in=-10))
+    # THEN API Gateway's 401, before any function runs
+    for status, body, _ in (no_token, forged, expired):
+        assert (status, body) == (401, {"message": "Unauthorized"})
+    # WHEN a member token calls an admin route THEN 403 for the missing scope
+    assert stack.request("GET", "/v1/programs/kr-shop", token=stack.token("m-1"))[:2] == (403, {"message": "Forbidden"})
+    # WHEN a route is not in the template THEN 404
+    assert stack.request("GET", "/v1/nothing", token=stack.token("m-1"))[0] == 404
+    # WHEN a valid member token calls GET /me THEN the function answers with the member's view
+    status, body, headers = stack.request("GET", "/v1/programs/kr-shop/me", token=stack.token("m-new"))
+    assert status == 200, body
+    assert body["member"] == "m-new" and body["balance"] == 0
+    assert "apigw-requestid" in {k.lower() for k in headers}
+
+
+def test_a_signed_shopify_order_travels_through_sqs_to_earn(stack):
+    # GIVEN a Shopify orders/paid delivery from yesterday, signed with the program's secret
+    body = (ROOT / "tests/fixtures/shopify/orders-paid.json").read_text()
+    body = body.replace("__OCCURRED_AT__", iso(datetime.now(timezone.utc) - timedelta(days=1))).encode()
+    signature = base64.b64encode(hmac.new(SECRETS["LOYALTY_SECRET_KR_SHOP_SHOPIFY"].encode(), body, hashlib.sha256).digest())
+    headers = {
+        "X-Shopify-Topic": "orders/paid",
+        "X-Shopify-Hmac-Sha256": signature.decode(),
+        "X-Shopify-Webhook-Id": "delivery-1",
+    }
+    # WHEN it is delivered to the webhook route (no authorizer there; the secret comes from SSM)
+    status, answer, _ = stack.request("POST", "/webhooks/shopify/kr-shop", body, headers=headers)
+    # THEN it is acknowledged, and the member sees 1,000 pending points through GET /me
+    assert status == 200, answer
+    member_token = stack.token("shopify:7001234")
+
+    def pending():
+        s, view, _ = stack.request("GET", "/v1/programs/kr-shop/me", token=member_token)
+        return view if s == 200 and view["pending"] == 1000 else None
+
+    view = stack.eventually(pending, timeout=20, what="1,000 pending points")
+    assert view["balance"] == 0
+    # AND a badly signed delivery is refused and changes nothing
+    headers["X-Shopify-Hmac-Sha256"] = base64.b64encode(b"x" * 32).decode()
+    assert stack.request("POST", "/webhooks/shopify/kr-shop", body, headers=headers)[0] == 401
+
+
+def test_a_tier_upgrade_arrives_through_the_tier_queue(stack):
+    # GIVEN a member with no purchases
+    admin = stack.token("ops", admin=True)
+    # WHEN a 300,000 KRW purchase from 8 days ago is submitted (the SILVER threshold)
+    event = purchase("ev-tier-1", "m-tier", "tier-1", 300_000, datetime.now(timezone.utc) - timedelta(days=8))
+    status, body, _ = stack.request("POST", "/v1/programs/kr-shop/events", event, token=admin)
+    assert (status, body) == (202, {"id": "ev-tier-1", "status": "accepted"})
+    # THEN earn credits 3,000 points and tier-recalc, fed by earn's tier.check, upgrades to SILVER
+    view = stack.eventually(
+        lambda: (v := stack.member("m-tier"))["tier"]["id"] == "SILVER" and v, timeout=30, what="SILVER"
+    )
+    assert view["balance"] == 3000
+    ledger = stack.request("GET", "/v1/programs/kr-shop/members/m-tier/ledger", token=admin)[1]
+    assert [e["kind"] for e in ledger["entries"]][:2] == ["tier", "earn"]
+    functions = stack.status()["functions"]
+    assert functions["tier-recalc"]["invocations"] >= 1
+
+
+def test_a_schedule_releases_pending_points(stack):
+    # GIVEN a purchase whose return window ends in a few seconds
+    admin = stack.token("ops", admin=True)
+    occurred = datetime.now(timezone.utc) - timedelta(days=7) + timedelta(seconds=4)
+    event = purchase("ev-release-1", "m-release", "release-1", 50_000, occurred)
+    assert stack.request("POST", "/v1/programs/kr-shop/events", event, token=admin)[0] == 202
+    stack.eventually(lambda: stack.member("m-release")["pending"] == 500, what="500 pending")
+    # WHEN the window has ended, the view already counts the points, provisionally
+    stack.eventually(lambda: stack.member("m-release")["balance"] == 500, what="500 available", timeout=15)
+
+    def entries():
+        return stack.request("GET", "/v1/programs/kr-shop/members/m-release/ledger", token=admin)[1]["entries"]
+
+    assert any(e["kind"] == "release" and e["provisional"] for e in entries())
+    # AND the ReleasePending schedule (the template's input, invoked as EventBridge would) writes it
+    run = stack.run_schedule("ReleasePending")
+    assert run["ok"], run
+    released = [e for e in entries() if e["kind"] == "release"]
+    assert len(released) == 1 and not released[0]["provisional"], released
+    assert released[0]["points"] == 500 and released[0]["pending"] == -500
+    view = stack.member("m-release")
+    assert (view["balance"], view["pending"]) == (500, 0)
+
+
+def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue():
+    # GIVEN a stack whose earn function cannot reach DynamoDB at all (every call throttled)
+    running = start_stack(
+        "--schedules-every", "0", "--visibility-timeout", "1", "--faults", "earn/dynamodb.*:throttle=1"
+    )
+    try:
+        admin = running.token("ops", admin=True)
+        event = purchase("ev-dlq-1", "m-dlq", "dlq-1", 10_000, datetime.now(timezone.utc) - timedelta(days=8))
+        # WHEN an event is accepted into the earn queue
+        assert running.request("POST", "/v1/programs/kr-shop/events", event, token=admin)[0] == 202
+        sqs = boto3.client(
+            "sqs", endpoint_url=running.moto, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+        )
+        dlq = sqs.get_queue_url(QueueName="loyalty-EarnDeadLetterQueue.fifo")["QueueUrl"]
+
+        def dead_lettered():
+            got = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, AttributeNames=["All"], VisibilityTimeout=30)
+            return got.get("Messages")
+
+        # THEN after maxReceiveCount (5) failed batches it is in the dead-letter queue, unchanged
+        messages = running.eventually(dead_lettered, timeout=90, what="a dead-lettered message")
+        assert len(messages) == 1
+        assert json.loads(messages[0]["Body"])["id"] == "ev-dlq-1"
+        status = running.status()
+        assert status["sources"]["EarnMessages"]["failed"] == 5, status["sources"]
+        assert status["queues"]["EarnQueue"] == {"visible": 0, "in_flight": 0}
+        # AND the member was never credited
+        view = running.member("m-dlq")
+        assert (view["balance"], view["pending"]) == (0, 0)
+    finally:
+        stop_stack(running)

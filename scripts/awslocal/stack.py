@@ -271,6 +271,8 @@ class Stack:
                 "TZ": ":UTC",
                 "LANG": "en_US.UTF-8",
             }
+            if os.environ.get("RUST_LOG"):  # not set in AWS; passed on to see more locally
+                env["RUST_LOG"] = os.environ["RUST_LOG"]
             env.update(variables)
             return env
 

@@ -436,8 +436,21 @@ pub trait ParkingStore: Send + Sync {
         event_id: &str,
         body: &str,
     ) -> Result<(), StoreError>;
-    /// Removes and returns the events parked for an order. Two callers never both get one.
-    async fn take_parked(&self, program: &str, order_key: &str) -> Result<Vec<String>, StoreError>;
+    /// The events parked for an order, as `(event id, body)`.
+    /// They stay parked until [`ParkingStore::unpark`]: a release that fails half-way is done
+    /// again in full, and the earn queue's event ids make a second release change nothing.
+    async fn parked(
+        &self,
+        program: &str,
+        order_key: &str,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+    /// Forgets one parked event once it is queued; forgetting it twice is harmless.
+    async fn unpark(
+        &self,
+        program: &str,
+        order_key: &str,
+        event_id: &str,
+    ) -> Result<(), StoreError>;
 }
 
 /// A page of member ids and where the next page starts.

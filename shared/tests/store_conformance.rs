@@ -383,7 +383,7 @@ async fn rejected_events_are_kept_with_their_reason(store: Arc<dyn Store>) {
     assert_eq!(store.rejected(&program, 10).await.unwrap(), vec![rejected]);
 }
 
-async fn parked_events_are_taken_once(store: Arc<dyn Store>) {
+async fn parked_events_stay_until_unparked(store: Arc<dyn Store>) {
     // GIVEN two events parked for an order
     let order = format!("shopify#{}", uuid::Uuid::new_v4().simple());
     store
@@ -394,13 +394,25 @@ async fn parked_events_are_taken_once(store: Arc<dyn Store>) {
         .park("kr-shop", &order, "r-2", "{\"n\":2}")
         .await
         .unwrap();
-    // WHEN they are taken twice
-    let mut first = store.take_parked("kr-shop", &order).await.unwrap();
-    let second = store.take_parked("kr-shop", &order).await.unwrap();
-    // THEN the first take gets both and the second none
+    // WHEN they are read twice (a release that failed half-way is done again)
+    let mut first = store.parked("kr-shop", &order).await.unwrap();
+    let mut second = store.parked("kr-shop", &order).await.unwrap();
     first.sort();
-    assert_eq!(first, vec!["{\"n\":1}", "{\"n\":2}"]);
-    assert!(second.is_empty());
+    second.sort();
+    // THEN both reads give both
+    let both = vec![
+        ("r-1".to_string(), "{\"n\":1}".to_string()),
+        ("r-2".to_string(), "{\"n\":2}".to_string()),
+    ];
+    assert_eq!(first, both);
+    assert_eq!(second, both);
+    // WHEN one is unparked, twice THEN only the other stays
+    store.unpark("kr-shop", &order, "r-1").await.unwrap();
+    store.unpark("kr-shop", &order, "r-1").await.unwrap();
+    assert_eq!(
+        store.parked("kr-shop", &order).await.unwrap(),
+        both[1..].to_vec()
+    );
 }
 
 async fn the_due_index_lists_members_by_job_and_date_and_follows_each_commit(
@@ -752,7 +764,7 @@ macro_rules! conformance {
                 programs_are_versioned_and_conditional,
                 aliases_link_one_identity_to_one_member,
                 rejected_events_are_kept_with_their_reason,
-                parked_events_are_taken_once,
+                parked_events_stay_until_unparked,
                 the_due_index_lists_members_by_job_and_date_and_follows_each_commit,
                 every_program_is_listed,
                 coupons_consume_once_and_idempotency_records_guard_their_commit,

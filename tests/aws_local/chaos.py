@@ -30,12 +30,14 @@ The oracle, in short (kr-shop):
   and `order_total`) takes back floor(p x A / T) per line, A the cumulative amount refunded
   (at most T); a cancellation takes back whatever is left. A line never gives back more than it
   earned.
-* Pending points go first on a clawback, and in the engine they are the pending points *of
-  that order* (its own pending grant), then available ones. So an order that is still pending
-  loses its clawback from pending and an old order from available, whatever the arrival order
-  and whatever the member's other orders: the split between pending and available is a
-  per-order fact, and members may freely mix old and recent orders. (No order here ever
-  releases during a run: recent ones have >= 2 days of pending left.)
+* "Pending points go first" on a clawback means the refunded order's own pending points: an
+  order still in its return window gives back from pending, an order past it from available.
+  That is the only reading that keeps DESIGN §3's promise that "arrival order never changes
+  the result" (taking *any* pending points of the member first would make the split depend on
+  whether another, recent order had arrived yet), and it is how the engine does it. So the
+  split between pending and available is a per-order fact and members freely mix old and
+  recent orders, which also checks that a refund of an old order never eats another order's
+  pending points. (No order releases during a run: recent ones have >= 2 days left.)
 * Engagement: signup 1000 once per member (a second signup, by another channel and id, is a
   no-op); review 500 and photo_review 1000, at most 5 per calendar month (Asia/Seoul) of
   `occurred_at`; birthday 2000 once per year; `share` is not rewarded by kr-shop; points.granted
@@ -67,7 +69,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -77,7 +79,7 @@ SEOUL = timezone(timedelta(hours=9))  # Asia/Seoul has had no DST since 1988
 # kr-shop's rules (examples/kr-shop.toml), restated for the oracle.
 POINTS, PER = 1, 100  # 1 point per 100 KRW of eligible amount
 WELCOME_BP, UNIT_BP = 10_000, 10_000
-PENDING = timedelta(days=7)
+PENDING_DAYS = 7  # recent purchases are 1-5 days old, old ones 8-80 (backdating limit 90)
 EXCLUDED_CATEGORIES = {"gift_card"}
 SILVER = 300_000
 ACTIONS = {  # action -> (points, limit count or None, period)
@@ -87,6 +89,7 @@ ACTIONS = {  # action -> (points, limit count or None, period)
     "birthday": (2000, 1, "year"),
 }
 SPEND_BUDGET = 280_000  # per member, safely below SILVER
+assert SPEND_BUDGET < SILVER
 ENGAGEMENT_WINDOW_DAYS = 55  # see the module doc: at most 3 calendar months
 
 COPIES = 3
@@ -473,6 +476,16 @@ def _shopify_member(b: _Builder, budget_events: int) -> None:
                 "cancelled_at": _kst(t), "cancel_reason": "customer", "currency": "KRW",
                 "customer": customer_obj if b.rng.random() < 0.6 else None, "line_items": [],
             })
+    if b.rng.random() < 0.1:
+        # A refund of an order this shop never reports paid (e.g. paid before the loyalty app
+        # was installed): kept waiting for its order for ever, no effect.
+        ghost = 5_000_000_000_000 + b.tag * 1_000_000 + b.next_id()
+        refund_id = 900_000_000 + b.tag * 10_000 + b.next_id()
+        t = b.after(b.purchase_time(True))
+        b.shopify(f"shopify-orphanrefund-{ghost}/{refund_id}", "refunds/create", {
+            "id": refund_id, "order_id": ghost, "created_at": _kst(t), "processed_at": _kst(t),
+            "refund_line_items": [{"id": refund_id * 10, "line_item_id": 1, "quantity": 1}],
+            "transactions": [], "order_adjustments": []})
     if b.rng.random() < 0.6:
         signup_at = b.engagement_time()
         b.actions.append((member, "signup", signup_at))
@@ -522,7 +535,9 @@ def _woo_member(b: _Builder, budget_events: int) -> None:
         order = _Order(member, recent, [line["q"] for line in lines],
                        share_out([line["eligible"] for line in lines]),
                        sum(line["eligible"] for line in lines))
-        b.orders.append(order)
+        abandoned = b.rng.random() < 0.1  # never paid, cancelled by WooCommerce: no points
+        if not abandoned:
+            b.orders.append(order)
         shipping = b.rng.choice([0, 3000])
         total = sum(line["total"] + line["total_tax"] for line in lines) + shipping
 
@@ -553,6 +568,12 @@ def _woo_member(b: _Builder, budget_events: int) -> None:
                 "refunds": refunds,
             }
 
+        if abandoned:
+            b.woocommerce(f"woocommerce-unpaid-{order_id}", "order.created",
+                          payload("pending", paid_at - timedelta(minutes=3), []))
+            b.woocommerce(f"woocommerce-abandoned-{order_id}", "order.updated",
+                          {**payload("cancelled", b.after(paid_at), []), "date_paid_gmt": None})
+            continue
         if b.rng.random() < 0.3:
             # The order as created, before payment: acknowledged without effect.
             b.woocommerce(f"woocommerce-created-{order_id}", "order.created",
@@ -746,6 +767,12 @@ def _envelope_member(b: _Builder, kind: str, budget_events: int) -> None:
             order.cancelled = True
             b.envelope(f"{kind}-cancel-{order_id}", kind, "purchase.cancelled", f"{kind}-{order_id}-cancel",
                        member, t, {"order_id": order_id, "reason": "customer", **platform})
+    if b.rng.random() < 0.1:
+        # A refund of an order never sent: parked on its order record for ever, no effect.
+        ghost = f"{kind}{b.tag}-{b.next_id()}"
+        b.envelope(f"{kind}-orphanrefund-{ghost}/r1", kind, "purchase.refunded", f"{kind}-{ghost}-refund-r1",
+                   member, b.after(b.purchase_time(True)),
+                   {"order_id": ghost, "refund_id": "r1", "lines": [{"line_id": "1", "quantity": 1}], **platform})
     if b.rng.random() < 0.5:
         at = b.engagement_time()
         b.actions.append((member, "signup", at))

@@ -105,9 +105,13 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=0, help="SIGKILL and restart serve N times while sending")
     ap.add_argument("--threads", type=int, default=6)
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the queues to drain")
+    ap.add_argument("--engagement-days", type=int, default=chaos.ENGAGEMENT_WINDOW_DAYS,
+                    help="how far back engagement is dated (default 55: at most 3 calendar months; "
+                         "up to 85 puts 4 months in play on most dates, see chaos.py)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (database, serve log)")
     args = ap.parse_args()
 
+    chaos.ENGAGEMENT_WINDOW_DAYS = args.engagement_days
     started = time.monotonic()
     scenario = chaos.build_scenario(args.seed, args.events)
     print(f"seed {args.seed}: {scenario.logical_events} logical events, {len(scenario.deliveries)} deliveries, "

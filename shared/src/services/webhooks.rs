@@ -209,19 +209,22 @@ impl Services {
         Ok(())
     }
 
-    /// Queues the events parked for an order, now that its member is known.
+    /// Queues the events parked for an order, now that its member is known. Each is forgotten
+    /// only after it is queued: a crash or a failed send leaves it parked, and the platform's
+    /// retry of the delivery releases it again (the earn queue counts its id once).
     async fn release_parked(
         &self,
         program: &str,
         order: &str,
         member: &str,
     ) -> Result<(), ServiceError> {
-        for body in self.store.take_parked(program, order).await? {
+        for (event_id, body) in self.store.parked(program, order).await? {
             let mut envelope: Envelope = serde_json::from_str(&body).map_err(|e| {
                 ServiceError::Internal(format!("parked event for {order} is corrupt: {e}"))
             })?;
             envelope.member = member.to_string();
             self.send(&envelope).await?;
+            self.store.unpark(program, order, &event_id).await?;
         }
         Ok(())
     }

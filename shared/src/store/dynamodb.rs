@@ -1194,10 +1194,7 @@ impl ParkingStore for DynamoStore {
         event_id: &str,
         body: &str,
     ) -> Result<(), StoreError> {
-        let mut item = key(
-            format!("P#{program}#ORDER#{order_key}"),
-            format!("PARKED#{event_id}"),
-        );
+        let mut item = key(parked_pk(program, order_key), format!("PARKED#{event_id}"));
         item.insert("body".into(), s(body));
         self.client
             .put_item()
@@ -1209,43 +1206,62 @@ impl ParkingStore for DynamoStore {
         Ok(())
     }
 
-    /// Each parked item is deleted with `ALL_OLD`: only the caller whose delete removed it gets
-    /// it back, so two concurrent takers never both release one event.
-    async fn take_parked(&self, program: &str, order_key: &str) -> Result<Vec<String>, StoreError> {
-        let pk = format!("P#{program}#ORDER#{order_key}");
-        let output = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("PK = :pk AND begins_with(SK, :p)")
-            .expression_attribute_values(":pk", s(&pk))
-            .expression_attribute_values(":p", s("PARKED#"))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| sdk_error("cannot read parked events", e))?;
-        let mut taken = Vec::new();
-        for item in output.items.unwrap_or_default() {
-            let Some(sk) = text(&item, "SK") else {
-                continue;
-            };
-            let deleted = self
+    async fn parked(
+        &self,
+        program: &str,
+        order_key: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let pk = parked_pk(program, order_key);
+        let mut parked = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
                 .client
-                .delete_item()
+                .query()
                 .table_name(&self.table)
-                .set_key(Some(key(&pk, sk)))
-                .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+                .key_condition_expression("PK = :pk AND begins_with(SK, :p)")
+                .expression_attribute_values(":pk", s(&pk))
+                .expression_attribute_values(":p", s("PARKED#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
                 .send()
                 .await
-                .map_err(|e| sdk_error("cannot take a parked event", e))?;
-            if let Some(old) = deleted.attributes {
-                if let Some(body) = text(&old, "body") {
-                    taken.push(body.to_string());
+                .map_err(|e| sdk_error("cannot read parked events", e))?;
+            for item in output.items.unwrap_or_default() {
+                let event = text(&item, "SK").and_then(|sk| sk.strip_prefix("PARKED#"));
+                if let (Some(event), Some(body)) = (event, text(&item, "body")) {
+                    parked.push((event.to_string(), body.to_string()));
                 }
             }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(parked);
+            }
         }
-        Ok(taken)
     }
+
+    async fn unpark(
+        &self,
+        program: &str,
+        order_key: &str,
+        event_id: &str,
+    ) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                parked_pk(program, order_key),
+                format!("PARKED#{event_id}"),
+            )))
+            .send()
+            .await
+            .map_err(|e| sdk_error("cannot unpark the event", e))?;
+        Ok(())
+    }
+}
+
+fn parked_pk(program: &str, order_key: &str) -> String {
+    format!("P#{program}#ORDER#{order_key}")
 }
 
 /// Member ids from the items of a query or scan, and the cursor for the next page.

@@ -610,25 +610,43 @@ impl ParkingStore for SqliteStore {
         .await
     }
 
-    async fn take_parked(&self, program: &str, order_key: &str) -> Result<Vec<String>, StoreError> {
+    async fn parked(
+        &self,
+        program: &str,
+        order_key: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let (program, order_key) = (program.to_string(), order_key.to_string());
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| sql_error("cannot begin", e))?;
-            let bodies: Vec<String> = {
-                let mut stmt = tx
-                    .prepare_cached("SELECT body FROM parked WHERE program = ?1 AND order_key = ?2 ORDER BY rowid")
-                    .map_err(|e| sql_error("cannot read parked events", e))?;
-                let rows = stmt
-                    .query_map(params![program, order_key], |row| row.get(0))
-                    .map_err(|e| sql_error("cannot read parked events", e))?;
-                rows.collect::<Result<_, _>>().map_err(|e| sql_error("cannot read parked events", e))?
-            };
-            tx.execute("DELETE FROM parked WHERE program = ?1 AND order_key = ?2", params![program, order_key])
-                .map_err(|e| sql_error("cannot take parked events", e))?;
-            tx.commit().map_err(|e| sql_error("cannot commit", e))?;
-            Ok(bodies)
+            let mut stmt = conn
+                .prepare_cached("SELECT event_id, body FROM parked WHERE program = ?1 AND order_key = ?2 ORDER BY rowid")
+                .map_err(|e| sql_error("cannot read parked events", e))?;
+            let rows = stmt
+                .query_map(params![program, order_key], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map_err(|e| sql_error("cannot read parked events", e))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(|e| sql_error("cannot read parked events", e))
+        })
+        .await
+    }
+
+    async fn unpark(
+        &self,
+        program: &str,
+        order_key: &str,
+        event_id: &str,
+    ) -> Result<(), StoreError> {
+        let row = (
+            program.to_string(),
+            order_key.to_string(),
+            event_id.to_string(),
+        );
+        self.with(move |conn| {
+            conn.execute(
+                "DELETE FROM parked WHERE program = ?1 AND order_key = ?2 AND event_id = ?3",
+                params![row.0, row.1, row.2],
+            )
+            .map_err(|e| sql_error("cannot unpark the event", e))?;
+            Ok(())
         })
         .await
     }

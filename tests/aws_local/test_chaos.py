@@ -1,0 +1,101 @@
+"""A bounded chaos run on the deployed topology: a few hundred logical events from the webhooks
+of all four platforms and from the admin API, each delivered three times in shuffled order, with
+throttles and lost answers on every DynamoDB, SQS and SSM operation of every function and a few
+kills, end with what the oracle of chaos.py computes from the events and the program's rules.
+
+CHAOS_SEED and CHAOS_EVENTS choose the scenario and CHAOS_FAULTS replaces the faults
+(bench/aws-local-chaos runs larger ones)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+
+import chaos
+from conftest import start_stack, stop_stack
+
+# Every operation of every function: throttled (nothing done) or answer lost (done, then the
+# caller sees a reset); earn killed right after a commit (before its follow-ups); webhook-ingest
+# killed right after a send or a delete (the seams of releasing a parked refund); random crashes.
+FAULTS = ";".join(
+    [
+        "dynamodb.*:throttle=0.03,lost=0.03",
+        "sqs.*:throttle=0.03,lost=0.03",
+        "ssm.*:throttle=0.03,lost=0.03",
+        "earn/dynamodb.TransactWriteItems:kill=0.02",
+        "webhook-ingest/sqs.SendMessage:kill=0.01",
+        "webhook-ingest/dynamodb.DeleteItem:kill=0.2",
+        "lambda.*:crash=0.003",
+    ]
+)
+FAULTS = os.environ.get("CHAOS_FAULTS", FAULTS)
+SEED = int(os.environ.get("CHAOS_SEED", "1"))
+EVENTS = int(os.environ.get("CHAOS_EVENTS", "300"))
+
+
+def quiet(running, polls: int = 3) -> None:
+    """Waits until the earn and tier queues have been empty, with nothing in flight, a few times."""
+    calm, deadline = 0, time.monotonic() + 300
+    while calm < polls:
+        assert time.monotonic() < deadline, running.status()["queues"]
+        queues = running.status()["queues"]
+        busy = any(queues[q]["visible"] or queues[q]["in_flight"] for q in ("EarnQueue", "TierQueue"))
+        calm = 0 if busy else calm + 1
+        time.sleep(0.5)
+
+
+def test_every_balance_ends_where_the_oracle_says_under_faults():
+    # GIVEN the stack with faults, and a scenario of every kind of event, each three times
+    scenario = chaos.build_scenario(SEED, events=EVENTS)
+    running = start_stack(
+        "--schedules-every", "0", "--visibility-timeout", "2", "--seed", str(SEED), "--faults", FAULTS,
+        env=scenario.secrets,
+    )
+    try:
+        admin = running.token("ops", admin=True)
+        # WHEN every delivery is sent as the platforms send (retried on 5xx and resets)
+        started = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(
+                pool.map(lambda d: (d.key, chaos.send_until_accepted(running.api, d, scenario, admin)), scenario.deliveries)
+            )
+        refused = [(key, status) for key, status in statuses if not 200 <= status < 300]
+        assert not refused, f"valid deliveries were refused: {refused[:10]}"
+        quiet(running)
+        # THEN every member's balance and pending are the oracle's, and the ledger sums to them
+        # (the checker's own reads meet the faults too, so a read error is read again)
+        deadline, problems = time.monotonic() + 120, ["not checked"]
+        while problems and time.monotonic() < deadline:
+            problems = chaos.check(running.api, scenario, admin)
+            if problems:
+                time.sleep(2)
+        status = running.status()
+        print(f"seed {SEED}: {scenario.logical_events} events, {len(scenario.deliveries)} deliveries, "
+              f"{time.monotonic() - started:.0f} s; retries by the platforms {dict(chaos.RETRIES)}")
+        print(json.dumps({"functions": status["functions"], "sources": status["sources"]}))
+        faults = {k: v for k, v in status["requests"].items() if not k.endswith(" ok")}
+        print(f"faults injected: {sum(faults.values())}: {faults}")
+        assert problems == [], "\n".join(problems[:20])
+        # AND nothing is left in a dead-letter queue, and no valid event was rejected
+        for name in ("EarnDeadLetterQueue", "TierDeadLetterQueue"):
+            assert status["queues"][name] == {"visible": 0, "in_flight": 0}, (name, status["queues"][name])
+        dynamodb = boto3.client(
+            "dynamodb", endpoint_url=running.moto, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+        )
+        rejected = [
+            item
+            for page in dynamodb.get_paginator("scan").paginate(TableName="loyalty-Table")
+            for item in page["Items"]
+            if "#REJECTED#" in item["PK"]["S"]
+        ]
+        assert rejected == [], rejected[:3]
+        # AND the faults really happened: throttles and lost answers on DynamoDB and SQS, kills
+        for kind in ("dynamodb.TransactWriteItems lost", "sqs.SendMessage lost", "dynamodb.BatchGetItem throttle"):
+            assert any(kind in k for k in faults), f"no {kind} was injected"
+        assert sum(f["crashes"] for f in status["functions"].values()) >= 1
+    finally:
+        stop_stack(running)

@@ -417,6 +417,33 @@ fn engagement_actions_respect_their_limits() {
 }
 
 #[test]
+fn a_late_review_meets_its_own_month_s_limit_after_three_newer_months() {
+    // GIVEN kr-shop (review 5 a month, 90 days of backdating) and a member with one review in
+    // each of the three months before now
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    let act = |m: &mut Member, id: &str, at| {
+        let c = m.account.record_action(&p, "review", &ctx(id, at, now));
+        let no_op = c.no_op.clone();
+        m.commit(c);
+        no_op
+    };
+    for (i, back) in [5, 35, 65].into_iter().enumerate() {
+        assert!(act(&mut m, &format!("new-{i}"), now - days(back)).is_none());
+    }
+    // WHEN six reviews of a fourth, older month (still inside the 90 days) arrive afterwards
+    let late: Vec<_> = (0..6)
+        .map(|i| act(&mut m, &format!("late-{i}"), now - days(85)))
+        .collect();
+    // THEN that month pays five, as it would have in any order of arrival
+    assert!(late[..5].iter().all(Option::is_none), "{late:?}");
+    assert!(late[5].as_deref().unwrap().contains("limit is 5"));
+    assert_eq!(m.account.balance, 8 * 500);
+    m.assert_consistent();
+}
+
+#[test]
 fn a_referred_member_s_first_purchase_pays_both_sides() {
     // GIVEN a member referred by m-0
     let p = kr();

@@ -14,7 +14,6 @@ use super::program::{Period, Program};
 
 /// How many past periods of usage an account keeps per action (enough for late, backdated
 /// events; older ones cannot be over a limit that has already reset twice).
-const PERIODS_KEPT: usize = 3;
 
 fn period_key(period: Period, date: NaiveDate) -> String {
     match period {
@@ -59,7 +58,11 @@ impl Account {
                 return journal.finish();
             }
             usage.insert(key, used + 1);
-            prune(usage);
+            let horizon = ctx.recorded_at - program.backdating_limit;
+            prune(
+                usage,
+                &period_key(period, local_date(program.time_zone, horizon)),
+            );
         }
         let mut source = ctx.source.clone();
         source.rule = Some(action.to_string());
@@ -138,11 +141,9 @@ fn credit_action(journal: &mut Journal<'_>, program: &Program, points: i64, reas
     journal.post(EntryKind::Earn, points, 0, reason);
 }
 
-fn prune(usage: &mut BTreeMap<String, u32>) {
-    while usage.len() > PERIODS_KEPT {
-        let oldest = usage.keys().next().cloned();
-        if let Some(k) = oldest {
-            usage.remove(&k);
-        }
-    }
+/// Forgets the periods that ended before the backdating limit: no event can be counted in them
+/// any more. Every period an event may still fall in keeps its count, so a late event meets its
+/// own period's limit whatever arrived before it. Period keys sort as their dates do.
+fn prune(usage: &mut BTreeMap<String, u32>, horizon: &str) {
+    usage.retain(|key, _| key.as_str() >= horizon);
 }

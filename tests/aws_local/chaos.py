@@ -48,10 +48,9 @@ The oracle, in short (kr-shop):
 What the scenario avoids, on purpose, so that the expected result is unambiguous:
 * Referrals (the referrer's reward is a follow-up message, tested elsewhere), redemptions and
   time passing over a release or an expiry date.
-* Engagement dated more than 55 days ago: a member's limited actions then fall in at most 3
-  calendar months (4 months need at least 61 days), so the engine's per-action usage memory,
-  which keeps the 3 most recent periods, never has to forget a period (see the report: with 4
-  months in play the oldest month's limit is lost when it arrives last).
+* Engagement dated more than 85 days ago, so that every event is well inside the 90-day
+  backdating limit however long a run takes. (85 days can span four calendar months, the oldest
+  of which may arrive last: its limit must still hold.)
 * Anything that makes a platform send a different body for the same event (every copy of a
   logical event is byte-identical; only delivery ids in headers change).
 """
@@ -90,7 +89,7 @@ ACTIONS = {  # action -> (points, limit count or None, period)
 }
 SPEND_BUDGET = 280_000  # per member, safely below SILVER
 assert SPEND_BUDGET < SILVER
-ENGAGEMENT_WINDOW_DAYS = 55  # see the module doc: at most 3 calendar months
+ENGAGEMENT_WINDOW_DAYS = 85  # see the module doc: inside the backdating limit, up to 4 months
 
 COPIES = 3
 

@@ -375,6 +375,19 @@ def _lines_for_budget(b: _Builder, budget: int, make_line) -> list[dict] | None:
     return None
 
 
+def _new_order(b: _Builder, budget: int, make_line, member: str):
+    """A new order of the member: its lines, the oracle's record of it and when it was paid; or
+    None when the budget is spent."""
+    lines = _lines_for_budget(b, budget, make_line)
+    if lines is None:
+        return None
+    eligibles = [line["eligible"] for line in lines]
+    recent = b.rng.random() < 0.4
+    paid_at = b.purchase_time(recent)
+    order = _Order(member, recent, [line["q"] for line in lines], share_out(eligibles), sum(eligibles))
+    return lines, order, paid_at
+
+
 # -- Shopify ---------------------------------------------------------------------------------
 
 
@@ -402,15 +415,12 @@ def _shopify_member(b: _Builder, budget_events: int) -> None:
                     "category": category, "eligible": 0 if excluded else q * price - disc,
                     "allocations": b.rng.random() < 0.7}
 
-        lines = _lines_for_budget(b, budget, make_line)
-        if lines is None:
+        made = _new_order(b, budget, make_line, member)
+        if made is None:
             break
-        budget -= sum(line["eligible"] for line in lines)
-        recent = b.rng.random() < 0.4
-        paid_at = b.purchase_time(recent)
-        points = share_out([line["eligible"] for line in lines])
-        order = _Order(member, recent, [line["q"] for line in lines], points,
-                       sum(line["eligible"] for line in lines))
+        lines, order, paid_at = made
+        budget -= order.eligible
+        recent, points = order.recent, order.points
         b.orders.append(order)
         shipping = b.rng.choice([0, 2500, 3000])
         items = []
@@ -525,15 +535,12 @@ def _woo_member(b: _Builder, budget_events: int) -> None:
             return {"id": 100_000_000 + b.tag * 1_000 + b.next_id(), "q": q, "subtotal": sub, "subtotal_tax": sub_tax,
                     "total": tot, "total_tax": tot_tax, "eligible": eligible}
 
-        lines = _lines_for_budget(b, budget, make_line)
-        if lines is None:
+        made = _new_order(b, budget, make_line, member)
+        if made is None:
             break
-        budget -= sum(line["eligible"] for line in lines)
-        recent = b.rng.random() < 0.4
-        paid_at = b.purchase_time(recent)
-        order = _Order(member, recent, [line["q"] for line in lines],
-                       share_out([line["eligible"] for line in lines]),
-                       sum(line["eligible"] for line in lines))
+        lines, order, paid_at = made
+        budget -= order.eligible
+        recent = order.recent
         abandoned = b.rng.random() < 0.1  # never paid, cancelled by WooCommerce: no points
         if not abandoned:
             b.orders.append(order)
@@ -719,15 +726,12 @@ def _envelope_member(b: _Builder, kind: str, budget_events: int) -> None:
             return {"line_id": str(i + 1), "q": q, "price": price, "discount": disc, "gift": gift,
                     "category": category, "eligible": 0 if excluded else q * price - disc}
 
-        lines = _lines_for_budget(b, budget, make_line)
-        if lines is None:
+        made = _new_order(b, budget, make_line, member)
+        if made is None:
             break
-        budget -= sum(line["eligible"] for line in lines)
-        recent = b.rng.random() < 0.4
-        at = b.purchase_time(recent)
-        order = _Order(member, recent, [line["q"] for line in lines],
-                       share_out([line["eligible"] for line in lines]),
-                       sum(line["eligible"] for line in lines))
+        lines, order, at = made
+        budget -= order.eligible
+        recent = order.recent
         b.orders.append(order)
         shipping = b.rng.choice([0, 0, 3000]) if kind == "admin" else 0
         purchase_id = f"{kind}-{order_id}-sale"

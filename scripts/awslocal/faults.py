@@ -8,7 +8,9 @@ TARGET is `[FUNCTION/]SERVICE.OPERATION` (`*` matches any service, operation or 
 requests to DynamoDB, SQS and SSM, or `lambda.FUNCTION` for the function processes.
 KIND for requests: throttle, error (500), reset, delay (`delay=0.1@300` waits 300 ms),
 lost (forwarded, then the connection is reset), kill (forwarded, then the caller is killed).
-KIND for lambda: crash (the process is killed at a random moment of an invocation).
+KIND for lambda: crash (the process is killed at a random moment of an invocation), init (a cold
+start without the function's environment variables, so its start-up fails as a misconfigured
+deployment's would).
 Example: `dynamodb.*:throttle=0.05,lost=0.05;sqs.SendMessage:lost=0.1;earn/dynamodb.TransactWriteItems:kill=0.03;lambda.*:crash=0.01`
 """
 
@@ -30,7 +32,7 @@ from typing import Callable
 from urllib.parse import parse_qs
 
 REQUEST_KINDS = ("throttle", "error", "reset", "delay", "lost", "kill")
-LAMBDA_KINDS = ("crash",)
+LAMBDA_KINDS = ("crash", "init")
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Rule:
 class Faults:
     rules: list[Rule] = field(default_factory=list)
     crashes: dict[str, float] = field(default_factory=dict)  # function pattern -> fraction
+    init_failures: dict[str, float] = field(default_factory=dict)
 
     @staticmethod
     def parse(spec: str | None) -> "Faults":
@@ -77,7 +80,9 @@ class Faults:
                 unknown = set(kinds) - set(LAMBDA_KINDS)
                 if unknown:
                     raise ValueError(f"fault rule {text!r}: {sorted(unknown)} do not apply to lambda")
-                faults.crashes[target.removeprefix("lambda.")] = kinds.get("crash", 0.0)
+                function = target.removeprefix("lambda.")
+                faults.crashes[function] = kinds.get("crash", 0.0)
+                faults.init_failures[function] = kinds.get("init", 0.0)
                 continue
             unknown = set(kinds) - set(REQUEST_KINDS)
             if unknown:
@@ -93,6 +98,9 @@ class Faults:
 
     def crash_fraction(self, function: str) -> float:
         return max((f for p, f in self.crashes.items() if fnmatch.fnmatchcase(function, p)), default=0.0)
+
+    def init_failure_fraction(self, function: str) -> float:
+        return max((f for p, f in self.init_failures.items() if fnmatch.fnmatchcase(function, p)), default=0.0)
 
     def choose(self, rng: random.Random, function: str, service: str, operation: str) -> tuple[str | None, int]:
         """The fault for one request, if any (the first rule and kind that fire)."""

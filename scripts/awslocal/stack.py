@@ -233,7 +233,7 @@ class Stack:
                 timeout=function.timeout,
                 memory=function.memory,
                 concurrency=self.o.concurrency,
-                environment=self._environment(variables),
+                environment=self._environment(variables, self.faults.init_failure_fraction(function.binary)),
                 log_dir=log_dir,
                 crash_fraction=self.faults.crash_fraction(function.binary),
                 rng=random.Random(self.rng.random()),
@@ -256,8 +256,9 @@ class Stack:
             f"functions {', '.join(f.binary for f in t.functions.values())} from {self.o.bin_dir}; logs in {log_dir}"
         )
 
-    def _environment(self, variables: dict[str, str]):
+    def _environment(self, variables: dict[str, str], init_failures: float):
         proxy = lambda: self.proxy  # noqa: E731 (the proxy starts before any instance)
+        rng = random.Random(self.rng.random())
 
         def environment(instance) -> dict[str, str]:
             env = {
@@ -273,7 +274,8 @@ class Stack:
             }
             if os.environ.get("RUST_LOG"):  # not set in AWS; passed on to see more locally
                 env["RUST_LOG"] = os.environ["RUST_LOG"]
-            env.update(variables)
+            if not (init_failures and rng.random() < init_failures):
+                env.update(variables)
             return env
 
         return environment

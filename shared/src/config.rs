@@ -18,9 +18,16 @@ pub struct AwsSettings {
     pub queues: HashMap<QueueName, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0} is not set: the SAM template sets it on every function")]
 pub struct MissingVariable(pub &'static str);
+
+/// A start-up failure is printed with `Debug` (`main` returns it): make that the sentence.
+impl std::fmt::Debug for MissingVariable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
 
 impl AwsSettings {
     /// `LOYALTY_TABLE` (required) and the queue URLs the function sends to

@@ -165,3 +165,26 @@ def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue():
         assert (view["balance"], view["pending"]) == (0, 0)
     finally:
         stop_stack(running)
+
+
+def test_a_function_that_cannot_start_answers_500_and_is_started_afresh(tmp_path):
+    # GIVEN a stack whose redeem instances start without their environment (LOYALTY_TABLE)
+    running = start_stack(
+        "--schedules-every", "0", "--work-dir", str(tmp_path), "--faults", "lambda.redeem:init=1"
+    )
+    try:
+        # WHEN a member redeems, twice
+        ask = lambda: running.request(  # noqa: E731
+            "POST", "/v1/programs/kr-shop/me/redemptions", {"reward": "coupon-5000"},
+            token=running.token("m-1"), headers={"Idempotency-Key": "k-1"},
+        )
+        first, second = ask(), ask()
+        # THEN API Gateway's 500 each time, each from a new cold start that failed at start-up
+        assert first[:2] == second[:2] == (500, {"message": "Internal Server Error"})
+        redeem = running.status()["functions"]["redeem"]
+        assert redeem["cold_starts"] == 2 and redeem["errors"] == 2, redeem
+        assert "LOYALTY_TABLE is not set" in (tmp_path / "logs" / "redeem.log").read_text()
+        # AND the other functions, started with their environment, answer
+        assert running.request("GET", "/v1/programs/kr-shop/me", token=running.token("m-1"))[0] == 200
+    finally:
+        stop_stack(running)

@@ -359,7 +359,17 @@ class Stack:
             def do_GET(self):
                 if self.path == "/status":
                     return self._json(200, stack.status())
-                self._json(404, {"message": "GET /status, POST /schedules/{name}"})
+                self._json(404, {"message": "GET /status, POST /schedules/{name}, PUT /faults"})
+
+            def do_PUT(self):
+                if self.path != "/faults":
+                    return self._json(404, {"message": "PUT /faults"})
+                spec = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                try:
+                    stack.proxy.faults = Faults.parse(spec)
+                except ValueError as e:
+                    return self._json(400, {"message": str(e)})
+                self._json(200, {"faults": spec})
 
             def do_POST(self):
                 name = self.path.removeprefix("/schedules/")

@@ -67,6 +67,11 @@ class Running:
         with urllib.request.urlopen(req, timeout=600) as r:
             return json.loads(r.read())
 
+    def set_faults(self, spec: str) -> None:
+        req = urllib.request.Request(f"{self.control}/faults", data=spec.encode(), method="PUT")
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200
+
     def member(self, member: str) -> dict:
         status, body, _ = self.request("GET", f"/v1/programs/kr-shop/members/{member}", token=self.token("ops", admin=True))
         assert status == 200, body

@@ -88,6 +88,42 @@ def test_a_signed_shopify_order_travels_through_sqs_to_earn(stack):
     assert stack.request("POST", "/webhooks/shopify/kr-shop", body, headers=headers)[0] == 401
 
 
+def shopify_paid(order_id: int, customer: int, days_ago: int) -> tuple[bytes, dict]:
+    """The orders/paid fixture as another order of another customer, signed."""
+    body = (ROOT / "tests/fixtures/shopify/orders-paid.json").read_text()
+    body = body.replace("__OCCURRED_AT__", iso(datetime.now(timezone.utc) - timedelta(days=days_ago)))
+    body = body.replace("820982911946154508", str(order_id)).replace("7001234", str(customer)).encode()
+    signature = base64.b64encode(hmac.new(SECRETS["LOYALTY_SECRET_KR_SHOP_SHOPIFY"].encode(), body, hashlib.sha256).digest())
+    return body, {"X-Shopify-Topic": "orders/paid", "X-Shopify-Hmac-Sha256": signature.decode()}
+
+
+def test_ssm_throttled_is_503_and_the_next_delivery_succeeds():
+    # GIVEN a fresh stack whose webhook-ingest finds SSM throttled (every call, retries included)
+    running = start_stack(
+        "--schedules-every", "0", "--concurrency", "1", "--faults", "webhook-ingest/ssm.GetParameter:throttle=1"
+    )
+    try:
+        body, headers = shopify_paid(820982911946154999, 7009999, days_ago=1)
+        # WHEN a signed delivery arrives
+        status, problem, response_headers = running.request("POST", "/webhooks/shopify/kr-shop", body, headers=headers)
+        # THEN it is 503 (the platform will retry), not 401 (which would say the secret is wrong)
+        assert status == 503, problem
+        content_type = {k.lower(): v for k, v in response_headers.items()}["content-type"]
+        assert content_type == "application/problem+json"
+        # WHEN SSM answers again and the platform retries THEN it is accepted and credited by the
+        # same warm instance: the failure was not remembered
+        running.set_faults("")
+        assert running.request("POST", "/webhooks/shopify/kr-shop", body, headers=headers)[0] == 200
+        token = running.token("shopify:7009999")
+        running.eventually(
+            lambda: running.request("GET", "/v1/programs/kr-shop/me", token=token)[1].get("pending") == 1000,
+            what="the retried delivery credited",
+        )
+        assert running.status()["functions"]["webhook-ingest"]["cold_starts"] == 1
+    finally:
+        stop_stack(running)
+
+
 def test_a_tier_upgrade_arrives_through_the_tier_queue(stack):
     # GIVEN a member with no purchases
     admin = stack.token("ops", admin=True)

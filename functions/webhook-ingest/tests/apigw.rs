@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use axum::body::to_bytes;
 use loyalty_core::api::auth::Verifier;
 use loyalty_core::api::{webhook_router, AppState};
-use loyalty_core::ports::{QueueName, SystemClock};
+use loyalty_core::ports::{QueueName, StoreError, SystemClock};
 use loyalty_core::queue::local::LocalQueue;
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
@@ -20,12 +20,12 @@ struct OneSecret;
 
 #[async_trait]
 impl Secrets for OneSecret {
-    async fn secrets(&self, program: &str, platform: Platform) -> Vec<String> {
-        if program == "kr-shop" && platform == Platform::Shopify {
+    async fn secrets(&self, program: &str, platform: Platform) -> Result<Vec<String>, StoreError> {
+        Ok(if program == "kr-shop" && platform == Platform::Shopify {
             vec!["shpss".into()]
         } else {
             Vec::new()
-        }
+        })
     }
 }
 

@@ -12,9 +12,6 @@ use super::calendar::local_date;
 use super::ledger::{EntryKind, EventContext};
 use super::program::{Period, Program};
 
-/// How many past periods of usage an account keeps per action (enough for late, backdated
-/// events; older ones cannot be over a limit that has already reset twice).
-
 fn period_key(period: Period, date: NaiveDate) -> String {
     match period {
         Period::Day => date.format("%Y-%m-%d").to_string(),

@@ -75,7 +75,13 @@ impl Services {
     ) -> Result<Ingested, ServiceError> {
         let platform = Platform::parse(platform)
             .ok_or_else(|| WebhookError::UnknownPlatform(platform.to_string()))?;
-        let keys = secrets.secrets(program, platform).await;
+        // Secrets are looked up (and cached) only for a program that exists; to the sender an
+        // unknown program is one without a secret.
+        let keys = match self.program(program).await {
+            Ok(_) => secrets.secrets(program, platform).await?,
+            Err(ServiceError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
         if keys.is_empty() {
             return Err(WebhookError::NotConfigured {
                 program: program.to_string(),

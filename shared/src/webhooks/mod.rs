@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::ports::StoreError;
+
 pub mod cafe24;
 pub mod pos;
 pub mod shopify;
@@ -71,10 +73,11 @@ pub enum WebhookError {
 }
 
 /// Webhook secrets per program and platform: the current one first, then the previous one
-/// while a rotation is under way.
+/// while a rotation is under way. None configured is an empty list; a source that cannot answer
+/// now (throttled, denied, unreachable) is a transient error, so that the platform retries.
 #[async_trait]
 pub trait Secrets: Send + Sync {
-    async fn secrets(&self, program: &str, platform: Platform) -> Vec<String>;
+    async fn secrets(&self, program: &str, platform: Platform) -> Result<Vec<String>, StoreError>;
 }
 
 /// Secrets from `LOYALTY_SECRET_{PROGRAM}_{PLATFORM}` (and `..._PREVIOUS`), for `loyalty serve`.
@@ -91,13 +94,13 @@ pub fn secret_variable(program: &str, platform: Platform) -> String {
 
 #[async_trait]
 impl Secrets for EnvSecrets {
-    async fn secrets(&self, program: &str, platform: Platform) -> Vec<String> {
+    async fn secrets(&self, program: &str, platform: Platform) -> Result<Vec<String>, StoreError> {
         let name = secret_variable(program, platform);
-        [name.clone(), format!("{name}_PREVIOUS")]
+        Ok([name.clone(), format!("{name}_PREVIOUS")]
             .iter()
             .filter_map(|n| std::env::var(n).ok())
             .filter(|s| !s.is_empty())
-            .collect()
+            .collect())
     }
 }
 

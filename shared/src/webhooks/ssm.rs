@@ -10,9 +10,13 @@ use async_trait::async_trait;
 use aws_sdk_ssm::Client;
 
 use super::{Platform, Secrets};
+use crate::ports::StoreError;
 
 /// A rotated secret is picked up within this time.
 const CACHE_TTL: Duration = Duration::from_secs(300);
+/// Entries kept at most (programs x platforms of one deployment); beyond it the stale ones go,
+/// then all, so a flood of deliveries can never grow the cache without bound.
+const CACHE_MAX: usize = 1024;
 
 type Cached = (Instant, Vec<String>);
 
@@ -34,7 +38,9 @@ impl SsmSecrets {
         }
     }
 
-    async fn fetch(&self, name: &str) -> Option<String> {
+    /// The parameter's value; `None` only when it does not exist. Throttling, denial or a
+    /// network failure is an error: the delivery gets a 503 and the platform retries it.
+    async fn fetch(&self, name: &str) -> Result<Option<String>, StoreError> {
         match self
             .client
             .get_parameter()
@@ -43,38 +49,62 @@ impl SsmSecrets {
             .send()
             .await
         {
-            Ok(output) => output.parameter.and_then(|p| p.value),
-            Err(e) => {
-                // A missing parameter is "not configured" (401); say nothing of the value.
-                tracing::info!(parameter = name, error = %aws_sdk_ssm::error::DisplayErrorContext(&e), "no webhook secret");
-                None
+            Ok(output) => Ok(output.parameter.and_then(|p| p.value)),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_parameter_not_found()) =>
+            {
+                tracing::info!(parameter = name, "no webhook secret");
+                Ok(None)
             }
+            Err(e) => {
+                // Say nothing of the value; the error names the parameter and the cause.
+                let cause = aws_sdk_ssm::error::DisplayErrorContext(&e).to_string();
+                tracing::warn!(parameter = name, error = %cause, "webhook secret unavailable");
+                Err(StoreError::Transient {
+                    message: format!("cannot read {name} from SSM"),
+                    source: Some(Box::new(e)),
+                })
+            }
+        }
+    }
+
+    fn cached(&self, key: &(String, Platform)) -> Option<Vec<String>> {
+        let cache = self.cache.lock().ok()?;
+        let (at, values) = cache.get(key)?;
+        (at.elapsed() < CACHE_TTL).then(|| values.clone())
+    }
+
+    fn remember(&self, key: (String, Platform), values: Vec<String>) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_MAX {
+                cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+            }
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, (Instant::now(), values));
         }
     }
 }
 
 #[async_trait]
 impl Secrets for SsmSecrets {
-    async fn secrets(&self, program: &str, platform: Platform) -> Vec<String> {
+    async fn secrets(&self, program: &str, platform: Platform) -> Result<Vec<String>, StoreError> {
         let key = (program.to_string(), platform);
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((at, values)) = cache.get(&key) {
-                if at.elapsed() < CACHE_TTL {
-                    return values.clone();
-                }
-            }
+        if let Some(values) = self.cached(&key) {
+            return Ok(values);
         }
         let name = parameter_name(program, platform);
         let mut values = Vec::new();
-        if let Some(current) = self.fetch(&name).await {
+        if let Some(current) = self.fetch(&name).await? {
             values.push(current);
-            if let Some(previous) = self.fetch(&format!("{name}/previous")).await {
+            if let Some(previous) = self.fetch(&format!("{name}/previous")).await? {
                 values.push(previous);
             }
         }
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(key, (Instant::now(), values.clone()));
-        }
-        values
+        // Only answers are cached, never a failure to get one.
+        self.remember(key, values.clone());
+        Ok(values)
     }
 }

@@ -8,7 +8,6 @@ import base64
 import hashlib
 import hmac
 import json
-import time
 from datetime import datetime, timedelta, timezone
 
 import boto3

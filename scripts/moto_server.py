@@ -1,17 +1,101 @@
-"""Serves moto's DynamoDB and SQS single-threaded on a loopback port, for the tests.
+"""Serves moto's DynamoDB, SQS and SSM single-threaded on a loopback port, for the tests and for
+scripts/aws-local.
 
 moto's own server is multi-threaded and its conditional writes are not atomic across concurrent
 requests; serialised requests are a valid linearisation, so the race tests mean something.
+
+moto 5.2.5 deep-copies the whole table once per item of every TransactWriteItems, to roll back a
+cancelled transaction; with a few thousand items each transaction takes seconds. Here a
+transaction checks every condition first, against the state before it (as DynamoDB does; items
+of one transaction are distinct), writes only when all hold, and keeps copies of just the items
+it touches in case a write fails half-way. What callers see is unchanged: the same cancellation
+reasons, in the same order.
 Usage: moto_server.py PORT
 """
+import copy
 import sys
 
+from moto.dynamodb.comparisons import get_filter_expression
+from moto.dynamodb.exceptions import (
+    ConditionalCheckFailed,
+    MultipleTransactionsException,
+    TooManyTransactionsException,
+    TransactionCanceledException,
+    TransactWriteSingleOpException,
+)
+from moto.dynamodb.models import DynamoDBBackend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
 
 
+def _key(backend, op_type, op):
+    if op_type != "Put":
+        return op["Key"]
+    table = backend.get_table(op["TableName"])
+    attrs = op["Item"]
+    key = {table.hash_key_attr: attrs[table.hash_key_attr]}
+    if table.range_key_attr is not None:
+        key[table.range_key_attr] = attrs[table.range_key_attr]
+    return key
+
+
+def transact_write_items(self, transact_items):
+    if len(transact_items) > 100:
+        raise TooManyTransactionsException()
+    seen, ops, errors = set(), [], []
+    for item in transact_items:
+        if len(item) > 1:
+            raise TransactWriteSingleOpException
+        op_type, op = next(iter(item.items()))
+        if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+            raise ValueError("Unsupported transaction operation")
+        key = _key(self, op_type, op)
+        unique = (str(op["TableName"]), str(dict(sorted(key.items()))))
+        if unique in seen:
+            raise MultipleTransactionsException()
+        seen.add(unique)
+        current = self.get_item(op["TableName"], key)
+        ops.append((op_type, op, key, current))
+        condition = op.get("ConditionExpression")
+        if condition is not None and not get_filter_expression(
+            condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+        ).expr(current):
+            old = None
+            if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
+                old = current.to_json()["Attributes"]
+            errors.append(("ConditionalCheckFailed", ConditionalCheckFailed(item=old).message, old))
+        else:
+            errors.append((None, None, None))
+    if any(code is not None for code, _, _ in errors):
+        raise TransactionCanceledException(errors)
+
+    originals = [(op["TableName"], key, copy.deepcopy(current)) for _, op, key, current in ops]
+    for i, (op_type, op, key, _) in enumerate(ops):
+        try:
+            names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+            if op_type == "Put":
+                self.put_item(op["TableName"], op["Item"])
+            elif op_type == "Delete":
+                self.delete_item(op["TableName"], key)
+            elif op_type == "Update":
+                self.update_item(
+                    op["TableName"], key, update_expression=op["UpdateExpression"],
+                    expression_attribute_names=names, expression_attribute_values=values,
+                )
+        except Exception as e:  # an invalid update: undo what was written, cancel like moto
+            for table_name, original_key, original in originals:
+                if original is None:
+                    self.delete_item(table_name, original_key)
+                else:
+                    self.put_item(table_name, original.to_json()["Attributes"])
+            failed = [(None, None, None)] * len(ops)
+            failed[i] = (type(e).__name__, str(e), None)
+            raise TransactionCanceledException(failed)
+
+
 def main() -> None:
     port = int(sys.argv[1])
+    DynamoDBBackend.transact_write_items = transact_write_items
     app = DomainDispatcherApplication(create_backend_app)
     run_simple("127.0.0.1", port, app, threaded=False, use_reloader=False, use_debugger=False)
 

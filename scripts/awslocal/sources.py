@@ -22,18 +22,15 @@ class SqsEventSource:
     messages in flight gives no more until they are deleted or visible again.
     """
 
-    def __init__(self, source: SqsSource, queue_url: str, queue_arn: str, fifo: bool, pool: FunctionPool, sqs, pollers: int):
+    def __init__(self, source: SqsSource, queue_url: str, queue_arn: str, pool: FunctionPool, sqs, pollers: int):
         self.source = source
         self.queue_url = queue_url
         self.queue_arn = queue_arn
-        self.fifo = fifo
         self.pool = pool
         self.sqs = sqs
         self.pollers = max(1, min(pollers, source.maximum_concurrency))
         self.stopping = threading.Event()
         self.stats = {"batches": 0, "messages": 0, "deleted": 0, "failed": 0, "function_errors": 0}
-        self.lock = threading.Lock()
-        self.in_flight = 0
 
     def start(self) -> None:
         for _ in range(self.pollers):
@@ -41,9 +38,6 @@ class SqsEventSource:
 
     def stop(self) -> None:
         self.stopping.set()
-
-    def busy(self) -> bool:
-        return self.in_flight > 0
 
     def _receive(self) -> list[dict]:
         deadline = time.monotonic() + self.source.batching_window
@@ -63,16 +57,10 @@ class SqsEventSource:
     def _poll(self) -> None:
         while not self.stopping.is_set():
             try:
-                with self.lock:
-                    self.in_flight += 1
-                try:
-                    messages = self._receive()
-                    if messages:
-                        self._deliver(messages)
-                finally:
-                    with self.lock:
-                        self.in_flight -= 1
-                if not messages:
+                messages = self._receive()
+                if messages:
+                    self._deliver(messages)
+                else:
                     time.sleep(IDLE_POLL)
             except Exception as e:  # moto restarting, a stack stopping: try again shortly
                 if not self.stopping.is_set():

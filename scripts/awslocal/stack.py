@@ -244,7 +244,6 @@ class Stack:
                     source,
                     self.queue_urls[source.queue],
                     self.queue_arns[source.queue],
-                    t.queues[source.queue].fifo,
                     self.pools[source.function],
                     self.sqs_client(),
                     self.o.pollers,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,6 @@ class Function:
     timeout: int
     memory: int
     environment: dict[str, Any]  # values are still template expressions
-    policies: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -135,7 +134,6 @@ def load(path: Path) -> Template:
             timeout=int(p.get("Timeout", globals_.get("Timeout", 3))),
             memory=int(p.get("MemorySize", globals_.get("MemorySize", 128))),
             environment=env,
-            policies=p.get("Policies", []),
         )
         for event_name, event in p.get("Events", {}).items():
             props = event.get("Properties", {})

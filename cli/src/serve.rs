@@ -22,6 +22,8 @@ pub const MAX_ATTEMPTS: u32 = 5;
 /// A message being processed is hidden this long; after a crash it reappears.
 const VISIBILITY: Duration = Duration::from_secs(30);
 const IDLE_POLL: Duration = Duration::from_millis(50);
+/// Outbox messages relayed per pass.
+const RELAY_BATCH: usize = 64;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -107,6 +109,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     for name in [QueueName::Earn, QueueName::Tier, QueueName::Notify] {
         tokio::spawn(work(queue.clone(), name, Arc::clone(&services)));
     }
+    tokio::spawn(relay(Arc::clone(&services)));
     if args.jobs_every > 0 {
         tokio::spawn(schedule(
             Arc::clone(&services),
@@ -188,6 +191,20 @@ async fn schedule(services: Arc<Services>, every: Duration) {
         ] {
             if let Err(e) = services.run_job_everywhere(job, None, None, &|_| {}).await {
                 tracing::warn!(job = job.name(), error = %e, "scheduled job failed; next tick retries");
+            }
+        }
+    }
+}
+
+/// Plays the part of the table's stream: relays what commits wrote to the outbox.
+async fn relay(services: Arc<Services>) {
+    loop {
+        match services.relay_waiting(RELAY_BATCH).await {
+            Ok(0) => tokio::time::sleep(IDLE_POLL).await,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot relay the outbox; will retry");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }

@@ -1,4 +1,5 @@
-"""What AWS runs around the functions: SQS event-source mappings and EventBridge schedules."""
+"""What AWS runs around the functions: SQS and DynamoDB Streams event-source mappings, and
+EventBridge schedules."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import threading
 import time
 
 from .runtime import FunctionPool
-from .template import Schedule, SqsSource
+from .template import Schedule, SqsSource, StreamSource
 
 IDLE_POLL = 0.05  # moto is single-threaded: poll without long polling, and pause when empty
 
@@ -135,6 +136,135 @@ class SqsEventSource:
             "awsRegion": "us-east-1",
         }
         return record
+
+
+class StreamEventSource:
+    """A DynamoDB Streams event-source mapping on the table's one shard (moto keeps one).
+
+    Records pass the mapping's filter patterns or are dropped, as Lambda drops them. A batch is
+    invoked in order; with `ReportBatchItemFailures` the function names the first record that
+    failed and the batch is retried from it, and a function error retries the whole batch. With
+    `MaximumRetryAttempts: -1` a batch is retried until it succeeds, holding back the shard.
+    """
+
+    def __init__(self, source: StreamSource, table: str, pool: FunctionPool, dynamodb, streams):
+        self.source = source
+        self.table = table
+        self.pool = pool
+        self.dynamodb = dynamodb
+        self.streams = streams
+        self.stopping = threading.Event()
+        self.stats = {"batches": 0, "records": 0, "filtered": 0, "retries": 0, "function_errors": 0}
+
+    def start(self) -> None:
+        self.arn = self.dynamodb.describe_table(TableName=self.table)["Table"]["LatestStreamArn"]
+        shard = self.streams.describe_stream(StreamArn=self.arn)["StreamDescription"]["Shards"][0]["ShardId"]
+        self.iterator = self.streams.get_shard_iterator(
+            StreamArn=self.arn, ShardId=shard, ShardIteratorType=self.source.starting_position
+        )["ShardIterator"]
+        threading.Thread(target=self._poll, daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _poll(self) -> None:
+        pending: list[dict] = []
+        attempts = 0
+        while not self.stopping.is_set():
+            try:
+                if not pending:
+                    pending = self._read()
+                    attempts = 0
+                    if not pending:
+                        time.sleep(IDLE_POLL)
+                        continue
+                pending = self._deliver(pending)
+                if pending:
+                    attempts += 1
+                    self.stats["retries"] += 1
+                    if 0 <= self.source.maximum_retry_attempts < attempts:
+                        print(f"stream source {self.source.name}: {len(pending)} records dropped after {attempts} attempts", flush=True)
+                        pending = []
+                    else:
+                        self.stopping.wait(min(0.2 * attempts, 2.0))
+            except Exception as e:  # moto restarting, a stack stopping: try again shortly
+                if not self.stopping.is_set():
+                    print(f"stream source {self.source.name}: {e}", flush=True)
+                time.sleep(0.5)
+
+    def _read(self) -> list[dict]:
+        deadline = time.monotonic() + self.source.batching_window
+        records: list[dict] = []
+        while True:
+            answer = self.streams.get_records(ShardIterator=self.iterator, Limit=self.source.batch_size - len(records))
+            self.iterator = answer["NextShardIterator"]
+            got = answer.get("Records", [])
+            for record in got:
+                if self._passes(record):
+                    records.append(self._event_record(record))
+                else:
+                    self.stats["filtered"] += 1
+            if len(records) >= self.source.batch_size or time.monotonic() >= deadline or not got:
+                return records
+
+    def _passes(self, record: dict) -> bool:
+        return not self.source.filters or any(_matches(f, record) for f in self.source.filters)
+
+    def _event_record(self, record: dict) -> dict:
+        record = dict(record)
+        change = dict(record["dynamodb"])
+        created = change.get("ApproximateCreationDateTime")
+        if not isinstance(created, (int, float)):
+            change["ApproximateCreationDateTime"] = created.timestamp() if hasattr(created, "timestamp") else time.time()
+        record["dynamodb"] = change
+        record["eventSourceARN"] = self.arn
+        return record
+
+    def _deliver(self, records: list[dict]) -> list[dict]:
+        """Invokes with the batch; returns the records to retry (from the first failure on)."""
+        self.stats["batches"] += 1
+        self.stats["records"] += len(records)
+        try:
+            outcome = self.pool.invoke({"Records": records})
+        except RuntimeError:  # the function is stopping
+            return records
+        if not outcome.ok:
+            self.stats["function_errors"] += 1
+            return records
+        if not self.source.report_batch_item_failures:
+            return []
+        try:
+            answer = outcome.json()
+        except ValueError:
+            return records
+        if answer is None:
+            return []
+        if not isinstance(answer, dict):
+            return records
+        failures = answer.get("batchItemFailures") or []
+        if not failures:
+            return []
+        sequences = [r["dynamodb"]["SequenceNumber"] for r in records]
+        first = failures[0].get("itemIdentifier") if isinstance(failures[0], dict) else None
+        if first not in sequences:
+            return records
+        return records[sequences.index(first):]
+
+
+def _matches(pattern, value) -> bool:
+    """An event filter pattern (the subset the template uses): nested keys, lists of values or
+    `{"prefix": ...}`."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(k in value and _matches(p, value[k]) for k, p in pattern.items())
+    if isinstance(pattern, list):
+        for option in pattern:
+            if isinstance(option, dict) and "prefix" in option:
+                if isinstance(value, str) and value.startswith(option["prefix"]):
+                    return True
+            elif option == value:
+                return True
+        return False
+    return pattern == value
 
 
 class ScheduleRunner:

@@ -26,7 +26,7 @@ from . import template as tpl
 from .faults import FaultProxy, Faults
 from .front import HttpFront, sign_hs256
 from .runtime import FunctionPool
-from .sources import ScheduleRunner, SqsEventSource
+from .sources import ScheduleRunner, SqsEventSource, StreamEventSource
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -86,7 +86,7 @@ class Stack:
             self.jwt_secret = secrets_module.token_hex(32)
         self.moto: subprocess.Popen | None = None
         self.pools: dict[str, FunctionPool] = {}
-        self.sources: list[SqsEventSource] = []
+        self.sources: list[SqsEventSource | StreamEventSource] = []
         self.schedules: dict[str, ScheduleRunner] = {}
         self.queue_urls: dict[str, str] = {}
         self.queue_arns: dict[str, str] = {}
@@ -153,6 +153,9 @@ class Stack:
     def sqs_client(self):
         """A client of its own for a thread."""
         return boto3.client("sqs", **self._client_kw)
+
+    def streams_client(self):
+        return boto3.client("dynamodbstreams", **self._client_kw)
 
     # -- resources from the template ------------------------------------------------------------
 
@@ -248,6 +251,10 @@ class Stack:
                     self.sqs_client(),
                     self.o.pollers,
                 )
+            )
+        for source in t.stream_sources:
+            self.sources.append(
+                StreamEventSource(source, self.table_name, self.pools[source.function], self.dynamodb, self.streams_client())
             )
         for schedule in t.schedules:
             self.schedules[schedule.name] = ScheduleRunner(schedule, self.pools[schedule.function], self.o.schedules_every)

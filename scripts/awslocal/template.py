@@ -60,6 +60,20 @@ class SqsSource:
 
 
 @dataclass
+class StreamSource:
+    """A DynamoDB Streams event source on the table."""
+
+    name: str
+    function: str
+    batch_size: int
+    batching_window: int
+    starting_position: str
+    report_batch_item_failures: bool
+    maximum_retry_attempts: int  # -1: until the record succeeds
+    filters: list[dict]  # event filter patterns; a record passes when any matches
+
+
+@dataclass
 class Schedule:
     name: str
     function: str
@@ -93,6 +107,7 @@ class Template:
     routes: list[Route]
     sqs_sources: list[SqsSource]
     schedules: list[Schedule]
+    stream_sources: list[StreamSource]
 
 
 def load(path: Path) -> Template:
@@ -121,7 +136,7 @@ def load(path: Path) -> Template:
         )
 
     default_auth = _default_authorizer(resources)
-    functions, routes, sources, schedules = {}, [], [], []
+    functions, routes, sources, schedules, streams = {}, [], [], [], []
     for name, r in resources.items():
         if r["Type"] != "AWS::Serverless::Function":
             continue
@@ -163,6 +178,22 @@ def load(path: Path) -> Template:
                         in props.get("FunctionResponseTypes", []),
                     )
                 )
+            elif event["Type"] == "DynamoDB":
+                if props["Stream"] != {"Fn::GetAtt": [tables[0], "StreamArn"]}:
+                    raise ValueError(f"{name}.{event_name}: only the table's own stream is run locally")
+                streams.append(
+                    StreamSource(
+                        name=event_name,
+                        function=name,
+                        batch_size=int(props.get("BatchSize", 100)),
+                        batching_window=int(props.get("MaximumBatchingWindowInSeconds", 0)),
+                        starting_position=props["StartingPosition"],
+                        report_batch_item_failures="ReportBatchItemFailures"
+                        in props.get("FunctionResponseTypes", []),
+                        maximum_retry_attempts=int(props.get("MaximumRetryAttempts", -1)),
+                        filters=[json.loads(f["Pattern"]) for f in props.get("FilterCriteria", {}).get("Filters", [])],
+                    )
+                )
             elif event["Type"] in ("Schedule", "ScheduleV2"):
                 text = props.get("Input")
                 schedules.append(
@@ -184,6 +215,7 @@ def load(path: Path) -> Template:
         routes=routes,
         sqs_sources=sources,
         schedules=schedules,
+        stream_sources=streams,
     )
 
 

@@ -34,6 +34,13 @@ impl Envelope {
     pub fn group(&self) -> String {
         format!("{}#{}", self.program, self.member)
     }
+
+    /// The message's identity across the deployment. Event ids are unique only within a
+    /// program (two shops may both have a WooCommerce order 1001), so every queue that
+    /// deduplicates does so on this, never on the bare id.
+    pub fn dedup_id(&self) -> String {
+        format!("{}/{}", self.program, self.id)
+    }
 }
 
 /// The event types the earn function processes.

@@ -192,7 +192,7 @@ pub struct EventMarker {
 }
 
 /// One conditional write of a member's state: all of it or nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Commit {
     pub program: String,
     pub member: String,
@@ -219,6 +219,8 @@ pub struct Commit {
     pub assignments: Vec<AssignmentWrite>,
     /// Campaign counters the change adds to.
     pub counters: Vec<CounterAdd>,
+    /// Messages that follow from this change, written with it and relayed afterwards.
+    pub outbox: Vec<OutboxMessage>,
 }
 
 impl Commit {
@@ -244,7 +246,30 @@ impl Commit {
             idempotency: None,
             assignments: Vec::new(),
             counters: Vec::new(),
+            outbox: Vec::new(),
         }
+    }
+}
+
+/// A message that follows from a change (a tier check, a referrer's reward, a notice, a released
+/// parked event). It is written in the change's own commit and relayed to its queue afterwards,
+/// at least once, under a deduplication id fixed here: a crash between the commit and the send
+/// delays the message, it never loses or doubles it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxMessage {
+    pub queue: QueueName,
+    pub envelope: Envelope,
+}
+
+impl OutboxMessage {
+    pub fn new(queue: QueueName, envelope: Envelope) -> OutboxMessage {
+        OutboxMessage { queue, envelope }
+    }
+
+    /// Unique within the deployment: the queue and the message's program-scoped id. Kept in
+    /// the partition of the member it is about, so that its key follows from the message.
+    pub fn key(&self) -> String {
+        format!("{}#{}", self.queue.as_str(), self.envelope.dedup_id())
     }
 }
 
@@ -437,20 +462,30 @@ pub trait ParkingStore: Send + Sync {
         body: &str,
     ) -> Result<(), StoreError>;
     /// The events parked for an order, as `(event id, body)`.
-    /// They stay parked until [`ParkingStore::unpark`]: a release that fails half-way is done
-    /// again in full, and the earn queue's event ids make a second release change nothing.
     async fn parked(
         &self,
         program: &str,
         order_key: &str,
     ) -> Result<Vec<(String, String)>, StoreError>;
-    /// Forgets one parked event once it is queued; forgetting it twice is harmless.
-    async fn unpark(
+    /// Moves one parked event into the outbox, in one write: it leaves the parking only when
+    /// its message is sure to be relayed. Moving it again (or one already gone) is harmless.
+    async fn release_parked(
         &self,
         program: &str,
         order_key: &str,
         event_id: &str,
+        message: &OutboxMessage,
     ) -> Result<(), StoreError>;
+}
+
+/// The messages written by commits and not yet relayed.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Up to `limit` messages waiting to be relayed, oldest first where the store knows the
+    /// order (the local relay; an operator's sweep in AWS, where the table's stream relays).
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Forgets a message once its queue has it; forgetting it twice is harmless.
+    async fn relayed(&self, message: &OutboxMessage) -> Result<(), StoreError>;
 }
 
 /// A page of member ids and where the next page starts.
@@ -566,6 +601,7 @@ pub trait Store:
     + ScheduleStore
     + RedemptionStore
     + CampaignStore
+    + OutboxStore
 {
 }
 impl<
@@ -576,7 +612,8 @@ impl<
             + ParkingStore
             + ScheduleStore
             + RedemptionStore
-            + CampaignStore,
+            + CampaignStore
+            + OutboxStore,
     > Store for T
 {
 }
@@ -611,7 +648,8 @@ pub struct QueueError {
 
 #[async_trait]
 pub trait Queue: Send + Sync {
-    /// Sends a message; FIFO queues group by program#member and deduplicate by message id.
+    /// Sends a message; FIFO queues group by program#member and deduplicate by the message's
+    /// program-scoped id ([`Envelope::dedup_id`]).
     async fn send(&self, queue: QueueName, message: &Envelope) -> Result<(), QueueError>;
 }
 

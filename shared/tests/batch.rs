@@ -1,13 +1,11 @@
 //! Partial batch failures: exactly the failed messages, and the rest of their FIFO group, come back.
 #![cfg(feature = "sqlite")]
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use chrono::{Duration, SecondsFormat, Utc};
 use loyalty_core::envelope::Envelope;
-use loyalty_core::ports::{MemberStore, Queue, QueueError, QueueName, RejectStore, SystemClock};
+use loyalty_core::ports::{MemberStore, RejectStore, SystemClock};
 use loyalty_core::queue::local::LocalQueue;
 use loyalty_core::services::batch::{process_batch, Consumer, Record};
 use loyalty_core::services::programs::ProgramFormat;
@@ -15,24 +13,15 @@ use loyalty_core::services::Services;
 use loyalty_core::store::sqlite::SqliteStore;
 use serde_json::json;
 
-/// A queue whose sends for one member fail while `broken` is set (a throttled SQS, say).
-struct FlakyQueue {
-    inner: LocalQueue,
-    broken: AtomicBool,
-}
-
-#[async_trait]
-impl Queue for FlakyQueue {
-    async fn send(&self, queue: QueueName, message: &Envelope) -> Result<(), QueueError> {
-        if self.broken.load(Ordering::SeqCst) && message.member == "m-poison" {
-            return Err(QueueError {
-                queue: queue.as_str(),
-                message: "throttled".into(),
-                source: None,
-            });
-        }
-        self.inner.send(queue, message).await
-    }
+/// Makes `m-poison`'s account row unreadable (a bad manual edit), or removes it again.
+fn poison(db: &std::path::Path, on: bool) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let sql = if on {
+        "INSERT INTO accounts (program, member, version, body) VALUES ('kr-shop', 'm-poison', 1, '{not an account')"
+    } else {
+        "DELETE FROM accounts WHERE member = 'm-poison'"
+    };
+    conn.execute(sql, []).unwrap();
 }
 
 fn record(id: &str, member: &str, currency: &str) -> Record {
@@ -51,17 +40,14 @@ fn record(id: &str, member: &str, currency: &str) -> Record {
 
 #[tokio::test]
 async fn a_failure_fails_the_rest_of_its_group_and_nothing_else() {
-    // GIVEN kr-shop, and a queue that cannot take follow-ups for m-poison right now
-    let store = SqliteStore::memory().unwrap();
-    let queue = Arc::new(FlakyQueue {
-        inner: LocalQueue::new(store.clone(), 5),
-        broken: AtomicBool::new(true),
-    });
-    let services = Services::new(
-        Arc::new(store.clone()),
-        queue.clone(),
-        Arc::new(SystemClock),
-    );
+    // GIVEN kr-shop, and m-poison's account that cannot be read right now
+    let dir = std::env::temp_dir().join(format!("batch-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("loyalty.db");
+    let store = SqliteStore::open(&db).unwrap();
+    poison(&db, true);
+    let queue = Arc::new(LocalQueue::new(store.clone(), 5));
+    let services = Services::new(Arc::new(store.clone()), queue, Arc::new(SystemClock));
     services
         .put_program(
             "kr-shop",
@@ -97,21 +83,20 @@ async fn a_failure_fails_the_rest_of_its_group_and_nothing_else() {
     };
     assert_eq!(balance("m-a").await, 100);
     assert_eq!(balance("m-b").await, 100);
-    assert_eq!(
-        balance("m-poison").await,
-        100,
-        "p1 committed before its follow-up failed; p2 waited"
-    );
     assert_eq!(store.rejected("kr-shop", 10).await.unwrap().len(), 1);
 
-    // WHEN the queue recovers and the failed messages come back
-    queue.broken.store(false, Ordering::SeqCst);
+    // WHEN an operator removes the bad row and the failed messages come back
+    poison(&db, false);
     let retried: Vec<Record> = batch
         .into_iter()
         .filter(|r| failed.contains(&r.message_id))
         .collect();
     let failed_again = process_batch(&services, Consumer::Earn, &retried).await;
-    // THEN both succeed: p1 as a duplicate (no second credit), p2 for the first time
+    // THEN both succeed, each once
     assert!(failed_again.is_empty());
+    assert_eq!(balance("m-poison").await, 200);
+    assert!(process_batch(&services, Consumer::Earn, &retried)
+        .await
+        .is_empty());
     assert_eq!(balance("m-poison").await, 200);
 }

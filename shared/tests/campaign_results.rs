@@ -58,6 +58,7 @@ impl Stack {
     async fn drain(&self) -> Vec<String> {
         let mut earned = Vec::new();
         loop {
+            self.services.relay_waiting(1000).await.unwrap();
             let next = {
                 let mut sent = self.queue.0.lock().unwrap();
                 (!sent.is_empty()).then(|| sent.remove(0))
@@ -101,6 +102,7 @@ impl Stack {
                     idempotency: None,
                     assignments: Vec::new(),
                     counters: Vec::new(),
+                    outbox: Vec::new(),
                 })
                 .await
                 .unwrap();

@@ -50,9 +50,11 @@ async fn stack() -> Stack {
 }
 
 impl Stack {
-    /// Delivers every queued message to its consumer, as the event-source mappings do.
+    /// Relays the outbox, as the stream or the local relay does, and delivers every queued
+    /// message to its consumer, as the event-source mappings do.
     async fn drain(&self) {
         loop {
+            self.services.relay_waiting(1000).await.unwrap();
             let next = {
                 let mut sent = self.queue.0.lock().unwrap();
                 (!sent.is_empty()).then(|| sent.remove(0))
@@ -321,6 +323,7 @@ async fn seed(
                 idempotency: None,
                 assignments: Vec::new(),
                 counters: Vec::new(),
+                outbox: Vec::new(),
             })
             .await
             .unwrap();
@@ -341,10 +344,15 @@ async fn a_review_run_costs_what_is_due_not_what_exists_on_the_embedded_store() 
         .unwrap();
     s.clock
         .set(Utc.with_ymd_and_hms(2027, 3, 10, 6, 0, 0).unwrap());
-    // WHEN tier-reviews runs
+    // WHEN tier-reviews runs (its notices wait in the outbox: relaying them is not the job)
     let before = s.store.operations();
-    let report = s.run(Job::TierReviews, day).await;
+    let report = s
+        .services
+        .run_job(Job::TierReviews, "kr-shop", Some(day), &|_| {})
+        .await
+        .unwrap();
     let operations = s.store.operations() - before;
+    s.drain().await;
     // THEN it read exactly the 100 due members and lowered each one level
     assert_eq!((report.members, report.changed), (100, 100));
     assert_eq!(s.account("seed-000000").await.tier.id, "WELCOME");

@@ -11,7 +11,10 @@ use chrono::{TimeZone, Utc};
 use loyalty_core::domain::{
     Account, DueDates, DueJob, EntryKind, EventContext, LedgerEntry, OrderRecord, Program, Source,
 };
-use loyalty_core::ports::{Commit, CommitError, EventMarker, RejectedEvent, Store};
+use loyalty_core::envelope::Envelope;
+use loyalty_core::ports::{
+    Commit, CommitError, EventMarker, OutboxMessage, QueueName, RejectedEvent, Store,
+};
 
 fn program() -> Program {
     Program::from_toml(include_str!("../../examples/kr-shop.toml")).expect("kr-shop")
@@ -71,8 +74,38 @@ fn commit(
         idempotency: None,
         assignments: Vec::new(),
         counters: Vec::new(),
+        outbox: Vec::new(),
         due: DueDates::default(),
     }
+}
+
+/// A message about `member` for the outbox.
+fn message(queue: QueueName, member: &str, id: &str) -> OutboxMessage {
+    OutboxMessage::new(
+        queue,
+        Envelope {
+            kind: "tier.check".into(),
+            version: 1,
+            id: id.to_string(),
+            program: "kr-shop".into(),
+            member: member.to_string(),
+            occurred_at: Utc.with_ymd_and_hms(2026, 3, 10, 3, 0, 0).unwrap(),
+            data: serde_json::json!({}),
+        },
+    )
+}
+
+/// The waiting outbox messages about `member` (a shared moto table holds other tests' too).
+async fn waiting(store: &Arc<dyn Store>, member: &str) -> Vec<OutboxMessage> {
+    let mut mine: Vec<OutboxMessage> = store
+        .outbox(100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.envelope.member == member)
+        .collect();
+    mine.sort_by_key(|m| m.key());
+    mine
 }
 
 async fn a_new_account_is_created_once_and_versions_advance(store: Arc<dyn Store>) {
@@ -383,9 +416,10 @@ async fn rejected_events_are_kept_with_their_reason(store: Arc<dyn Store>) {
     assert_eq!(store.rejected(&program, 10).await.unwrap(), vec![rejected]);
 }
 
-async fn parked_events_stay_until_unparked(store: Arc<dyn Store>) {
+async fn a_parked_event_moves_to_the_outbox_once(store: Arc<dyn Store>) {
     // GIVEN two events parked for an order
     let order = format!("shopify#{}", uuid::Uuid::new_v4().simple());
+    let m = member();
     store
         .park("kr-shop", &order, "r-1", "{\"n\":1}")
         .await
@@ -394,25 +428,70 @@ async fn parked_events_stay_until_unparked(store: Arc<dyn Store>) {
         .park("kr-shop", &order, "r-2", "{\"n\":2}")
         .await
         .unwrap();
-    // WHEN they are read twice (a release that failed half-way is done again)
+    // WHEN they are read twice THEN both reads give both
     let mut first = store.parked("kr-shop", &order).await.unwrap();
-    let mut second = store.parked("kr-shop", &order).await.unwrap();
     first.sort();
-    second.sort();
-    // THEN both reads give both
     let both = vec![
         ("r-1".to_string(), "{\"n\":1}".to_string()),
         ("r-2".to_string(), "{\"n\":2}".to_string()),
     ];
     assert_eq!(first, both);
-    assert_eq!(second, both);
-    // WHEN one is unparked, twice THEN only the other stays
-    store.unpark("kr-shop", &order, "r-1").await.unwrap();
-    store.unpark("kr-shop", &order, "r-1").await.unwrap();
+    // WHEN one is released, twice (a retried release)
+    let released = message(QueueName::Earn, &m, "r-1");
+    for _ in 0..2 {
+        store
+            .release_parked("kr-shop", &order, "r-1", &released)
+            .await
+            .unwrap();
+    }
+    // THEN only the other stays parked, and the released one waits in the outbox once
     assert_eq!(
         store.parked("kr-shop", &order).await.unwrap(),
         both[1..].to_vec()
     );
+    assert_eq!(waiting(&store, &m).await, vec![released.clone()]);
+    // WHEN it is relayed THEN a third release finds nothing to move
+    store.relayed(&released).await.unwrap();
+    store
+        .release_parked("kr-shop", &order, "r-1", &released)
+        .await
+        .unwrap();
+    assert!(waiting(&store, &m).await.is_empty());
+}
+
+async fn a_commit_s_outbox_is_written_with_it_and_waits_until_relayed(store: Arc<dyn Store>) {
+    // GIVEN a commit with a tier check and a notice for the member, and a reward for another
+    let (m, referrer) = (member(), member());
+    let mut first = commit(&m, None, 10, "e1", Some("e1"));
+    let check = message(QueueName::Tier, &m, "tier-check-e1");
+    let notice = message(QueueName::Notify, &m, "points-earned-e1");
+    let reward = message(QueueName::Earn, &referrer, "referral-e1");
+    first.outbox = vec![check.clone(), notice.clone(), reward.clone()];
+    // WHEN it is committed THEN all three wait, each under the member it is about
+    store.commit(first).await.unwrap();
+    let mut both = vec![notice.clone(), check.clone()];
+    both.sort_by_key(|m| m.key());
+    assert_eq!(waiting(&store, &m).await, both);
+    assert_eq!(waiting(&store, &referrer).await, vec![reward.clone()]);
+    // WHEN a stale commit and a duplicate event bring messages THEN none is written
+    let mut stale = commit(&m, None, 20, "e2", Some("e2"));
+    stale.outbox = vec![message(QueueName::Tier, &m, "tier-check-e2")];
+    assert!(matches!(
+        store.commit(stale).await,
+        Err(CommitError::VersionConflict)
+    ));
+    let mut duplicate = commit(&m, Some(1), 20, "e3", Some("e1"));
+    duplicate.outbox = vec![message(QueueName::Tier, &m, "tier-check-e3")];
+    assert!(matches!(
+        store.commit(duplicate).await,
+        Err(CommitError::Duplicate)
+    ));
+    assert_eq!(waiting(&store, &m).await, both);
+    // WHEN one is relayed, twice THEN the others still wait
+    store.relayed(&check).await.unwrap();
+    store.relayed(&check).await.unwrap();
+    assert_eq!(waiting(&store, &m).await, vec![notice]);
+    assert_eq!(waiting(&store, &referrer).await, vec![reward]);
 }
 
 async fn the_due_index_lists_members_by_job_and_date_and_follows_each_commit(
@@ -764,7 +843,8 @@ macro_rules! conformance {
                 programs_are_versioned_and_conditional,
                 aliases_link_one_identity_to_one_member,
                 rejected_events_are_kept_with_their_reason,
-                parked_events_stay_until_unparked,
+                a_parked_event_moves_to_the_outbox_once,
+                a_commit_s_outbox_is_written_with_it_and_waits_until_relayed,
                 the_due_index_lists_members_by_job_and_date_and_follows_each_commit,
                 every_program_is_listed,
                 coupons_consume_once_and_idempotency_records_guard_their_commit,

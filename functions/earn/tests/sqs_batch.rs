@@ -3,15 +3,13 @@
 //! failures come back.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use chrono::{Duration, Utc};
 use loyalty_core::envelope::Envelope;
-use loyalty_core::ports::{MemberStore, Queue, QueueError, QueueName, SystemClock};
+use loyalty_core::ports::{MemberStore, Queue, QueueName, SystemClock};
 use loyalty_core::queue::sqs_fifo::SqsQueue;
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
@@ -36,26 +34,30 @@ async fn config() -> aws_config::SdkConfig {
         .await
 }
 
-/// Sends for `m-poison` fail while `broken` is set (a throttled follow-up queue).
-struct FlakyQueue {
-    inner: SqsQueue,
-    broken: AtomicBool,
-}
-
-#[async_trait]
-impl Queue for FlakyQueue {
-    async fn send(&self, queue: QueueName, message: &Envelope) -> Result<(), QueueError> {
-        if queue != QueueName::Earn
-            && self.broken.load(Ordering::SeqCst)
-            && message.member == "m-poison"
-        {
-            return Err(QueueError {
-                queue: queue.as_str(),
-                message: "throttled".into(),
-                source: None,
-            });
-        }
-        self.inner.send(queue, message).await
+/// Makes `m-poison`'s account item unreadable (a bad manual edit), or removes it again.
+async fn poison(dynamodb: &aws_sdk_dynamodb::Client, table: &str, on: bool) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let key = |v: &str| AttributeValue::S(v.to_string());
+    if on {
+        dynamodb
+            .put_item()
+            .table_name(table)
+            .item("PK", key("P#kr-shop#M#m-poison"))
+            .item("SK", key("ACCOUNT"))
+            .item("version", AttributeValue::N("1".into()))
+            .item("body", key("{not an account"))
+            .send()
+            .await
+            .unwrap();
+    } else {
+        dynamodb
+            .delete_item()
+            .table_name(table)
+            .key("PK", key("P#kr-shop#M#m-poison"))
+            .key("SK", key("ACCOUNT"))
+            .send()
+            .await
+            .unwrap();
     }
 }
 
@@ -135,15 +137,11 @@ async fn a_poisoned_message_and_the_rest_of_its_group_come_back_and_nothing_else
         .queue_url
         .unwrap();
     urls.insert(QueueName::Notify, notify);
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&config),
-        format!("loyalty-{run}"),
-    );
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let table = format!("loyalty-{run}");
+    let store = DynamoStore::new(dynamodb.clone(), &table);
     store.create_table().await.expect("table");
-    let queue = Arc::new(FlakyQueue {
-        inner: SqsQueue::new(sqs.clone(), urls.clone()),
-        broken: AtomicBool::new(true),
-    });
+    let queue = Arc::new(SqsQueue::new(sqs.clone(), urls.clone()));
     let services = Services::new(
         Arc::new(store.clone()),
         queue.clone(),
@@ -157,7 +155,9 @@ async fn a_poisoned_message_and_the_rest_of_its_group_come_back_and_nothing_else
         )
         .await
         .unwrap();
-    // AND a batch on the earn queue with a poisoned message in the middle of its group
+    // AND a batch on the earn queue with a poisoned message (its member's account item cannot
+    // be read) in the middle of its group
+    poison(&dynamodb, &table, true).await;
     let earn_url = urls[&QueueName::Earn].clone();
     for (id, member) in [
         ("a1", "m-a"),
@@ -166,7 +166,6 @@ async fn a_poisoned_message_and_the_rest_of_its_group_come_back_and_nothing_else
         ("b1", "m-b"),
     ] {
         queue
-            .inner
             .send(QueueName::Earn, &purchase(id, member))
             .await
             .unwrap();
@@ -216,8 +215,8 @@ async fn a_poisoned_message_and_the_rest_of_its_group_come_back_and_nothing_else
         }
     };
     assert_eq!((balance("m-a").await, balance("m-b").await), (100, 100));
-    // WHEN the follow-up queue recovers and the failures are delivered again
-    queue.broken.store(false, Ordering::SeqCst);
+    // WHEN an operator removes the bad item and the failures are delivered again
+    poison(&dynamodb, &table, false).await;
     let mut delivered = Vec::new();
     for _ in 0..5 {
         let (event, handles) = receive(&sqs, &earn_url).await;
@@ -245,7 +244,9 @@ async fn a_poisoned_message_and_the_rest_of_its_group_come_back_and_nothing_else
     delivered.sort();
     assert_eq!(delivered, vec!["p1", "p2"]);
     assert_eq!(balance("m-poison").await, 200);
-    // AND a tier check was sent for each purchase
+    // AND a tier check for each purchase waits in the outbox, and the relay sends each once
+    assert_eq!(services.relay_waiting(100).await.unwrap(), 4 * 2);
+    assert_eq!(services.relay_waiting(100).await.unwrap(), 0);
     let tier = sqs
         .receive_message()
         .queue_url(&urls[&QueueName::Tier])

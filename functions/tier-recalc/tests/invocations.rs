@@ -88,6 +88,8 @@ async fn harness() -> Harness {
 impl Harness {
     /// Receives what is on a queue, as bodies and as the Lambda event an SQS mapping delivers.
     async fn receive(&self, queue: QueueName) -> (Vec<Envelope>, Value) {
+        // What the commits wrote to the outbox, as the stream's relay would send it.
+        self.services.relay_waiting(1000).await.unwrap();
         let messages = self
             .sqs
             .receive_message()
@@ -189,6 +191,7 @@ async fn a_scheduled_review_lowers_a_member_due_and_refuses_unknown_jobs() {
             idempotency: None,
             assignments: Vec::new(),
             counters: Vec::new(),
+            outbox: Vec::new(),
         })
         .await
         .unwrap();

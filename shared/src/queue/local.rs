@@ -223,14 +223,14 @@ impl Queue for LocalQueue {
         };
         let body = serde_json::to_string(message)
             .map_err(|e| error("cannot encode the message".into(), Some(Box::new(e))))?;
-        let (id, group) = (message.id.clone(), message.group());
+        let (id, group) = (message.dedup_id(), message.group());
         self.store
             .with(move |conn| {
                 let tx = conn
                     .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                     .map_err(|e| sql_error("cannot begin", e))?;
                 // Like a FIFO queue's deduplication, but without SQS's five-minute window: a
-                // message id is accepted once, ever.
+                // message's program-scoped id is accepted once, ever.
                 let fresh = tx
                     .execute("INSERT OR IGNORE INTO sent (queue, id) VALUES (?1, ?2)", params![queue.as_str(), id])
                     .map_err(|e| sql_error("cannot enqueue", e))?;

@@ -10,8 +10,8 @@ use aws_sdk_sqs::Client;
 use crate::envelope::Envelope;
 use crate::ports::{Queue, QueueError, QueueName};
 
-/// SQS accepts deduplication ids of at most 128 characters from this set.
-fn valid_dedup_id(id: &str) -> bool {
+/// SQS accepts deduplication and group ids of at most 128 characters from this set.
+fn valid_sqs_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id.bytes().all(|b| {
@@ -19,9 +19,16 @@ fn valid_dedup_id(id: &str) -> bool {
         })
 }
 
-/// A stable stand-in for an id SQS would refuse.
-fn digest(id: &str) -> String {
-    format!("h{:016x}", crate::fingerprint::fnv1a64(id.bytes()))
+/// The id itself when SQS accepts it, else a stable stand-in (a SHA-256 digest: two ids that
+/// differ must never share a stand-in, or one message would be dropped as the other's copy).
+fn sqs_id(id: &str) -> String {
+    if valid_sqs_id(id) {
+        return id.to_string();
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(id.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("h-{hex}")
 }
 
 /// The SQS queues by name. The client is built once per container and shared.
@@ -55,14 +62,9 @@ impl Queue for SqsQueue {
             .map_err(|e| error(format!("cannot encode the message: {e}")))?;
         let mut request = self.client.send_message().queue_url(url).message_body(body);
         if matches!(queue, QueueName::Earn | QueueName::Tier) {
-            let dedup = if valid_dedup_id(&message.id) {
-                message.id.clone()
-            } else {
-                digest(&message.id)
-            };
             request = request
-                .message_group_id(message.group())
-                .message_deduplication_id(dedup);
+                .message_group_id(sqs_id(&message.group()))
+                .message_deduplication_id(sqs_id(&message.dedup_id()));
         }
         request.send().await.map_err(|e| QueueError {
             queue: queue.as_str(),
@@ -79,11 +81,14 @@ mod tests {
 
     #[test]
     fn ids_sqs_refuses_get_a_stable_digest() {
-        assert!(valid_dedup_id("ev-1001#refund"));
-        assert!(!valid_dedup_id("주문-1"));
-        assert!(!valid_dedup_id(&"x".repeat(129)));
-        assert_eq!(digest("주문-1"), digest("주문-1"));
-        assert_ne!(digest("a"), digest("b"));
-        assert!(valid_dedup_id(&digest("주문-1")));
+        // GIVEN ids SQS accepts THEN they are kept as they are
+        assert_eq!(sqs_id("kr-shop/ev-1001#refund"), "kr-shop/ev-1001#refund");
+        // GIVEN ids SQS refuses (not ASCII, too long) THEN each gets one stable stand-in
+        for refused in ["kr-shop#주문-1".to_string(), "x".repeat(129)] {
+            assert!(!valid_sqs_id(&refused));
+            assert_eq!(sqs_id(&refused), sqs_id(&refused));
+            assert!(valid_sqs_id(&sqs_id(&refused)));
+        }
+        assert_ne!(sqs_id(&"a".repeat(200)), sqs_id(&"b".repeat(200)));
     }
 }

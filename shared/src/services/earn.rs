@@ -15,9 +15,49 @@ use crate::domain::{Account, Change, EventContext, Program, Source};
 use crate::envelope::{parse_earn_event, EarnEvent, Engagement, Envelope, ENVELOPE_VERSION};
 use crate::ports::{
     counter_shard, AssignmentWrite, Commit, CommitError, CounterAdd, EventMarker, MemberState,
-    QueueName, RejectedEvent,
+    OutboxMessage, QueueName, RejectedEvent,
 };
 use crate::report::VariantCounts;
+
+/// Messages that follow an earn, written in its commit: a tier check after anything that moves
+/// the qualifying measure, the referrer's reward after a referred member's first purchase, and a
+/// notice. Their ids derive from the event's, so relaying them twice has no second effect.
+fn follow_ups(
+    envelope: &Envelope,
+    event: &EarnEvent,
+    referrer: Option<String>,
+) -> Vec<OutboxMessage> {
+    let mut outbox = Vec::with_capacity(3);
+    if matches!(event, EarnEvent::Purchase { .. } | EarnEvent::Refund { .. }) {
+        let check = message(
+            envelope,
+            "tier.check",
+            format!("tier-check-{}", envelope.id),
+            json!({}),
+        );
+        outbox.push(OutboxMessage::new(QueueName::Tier, check));
+    }
+    if let Some(referrer) = referrer {
+        let mut reward = message(
+            envelope,
+            "engagement.recorded",
+            format!("referral-{}", envelope.member),
+            json!({
+                "action": "referral", "ref": envelope.member, "referee": envelope.member,
+            }),
+        );
+        reward.member = referrer;
+        outbox.push(OutboxMessage::new(QueueName::Earn, reward));
+    }
+    let notice = message(
+        envelope,
+        "points.earned",
+        format!("points-earned-{}", envelope.id),
+        json!({ "event": envelope.id, "type": envelope.kind }),
+    );
+    outbox.push(OutboxMessage::new(QueueName::Notify, notice));
+    outbox
+}
 
 /// What became of a message that was handled (acknowledge it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +136,7 @@ impl Services {
             };
             let entries = outcome.change.entries.len();
             let no_op = outcome.change.no_op.clone();
+            let outbox = follow_ups(&envelope, &event, outcome.referrer);
             let commit = Commit {
                 program: program.id.clone(),
                 member: envelope.member.clone(),
@@ -111,20 +152,17 @@ impl Services {
                 idempotency: None,
                 assignments: outcome.assignments,
                 counters: outcome.counters,
+                outbox,
             };
             match self.store.commit(commit).await {
                 Ok(()) => {
-                    self.follow_up(&envelope, &event, outcome.referrer).await?;
                     return Ok(match no_op {
                         Some(reason) if entries == 0 => Processed::NoEffect(reason),
                         _ => Processed::Applied { entries },
                     });
                 }
-                Err(CommitError::Duplicate) => {
-                    // The effect is there; its follow-ups may not be (a crash between the two).
-                    self.follow_up(&envelope, &event, None).await?;
-                    return Ok(Processed::Duplicate);
-                }
+                // The effect is there, and so are its follow-ups: they were in its commit.
+                Err(CommitError::Duplicate) => return Ok(Processed::Duplicate),
                 // No coupon is revoked here; a conflict of any kind means reload and retry.
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => continue,
                 Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
@@ -162,7 +200,16 @@ impl Services {
                 return Ok(Processed::NoEffect(change.no_op.unwrap_or_default()));
             }
             let entries = change.entries.len();
-            let tier = change.account.tier.clone();
+            let notice = message(
+                &envelope,
+                "tier.changed",
+                format!("tier-changed-{}", envelope.id),
+                json!({
+                    "from": account.tier.id,
+                    "to": change.account.tier.id,
+                    "review_date": change.account.tier.review_on,
+                }),
+            );
             let commit = Commit {
                 program: program.id.clone(),
                 member: envelope.member.clone(),
@@ -178,23 +225,10 @@ impl Services {
                 idempotency: None,
                 assignments: Vec::new(),
                 counters: Vec::new(),
+                outbox: vec![OutboxMessage::new(QueueName::Notify, notice)],
             };
             match self.store.commit(commit).await {
-                Ok(()) => {
-                    let notice = message(
-                        &envelope,
-                        "tier.changed",
-                        format!("tier-changed-{}", envelope.id),
-                        json!({
-                            "from": account.tier.id, "to": tier.id, "review_date": tier.review_on,
-                        }),
-                    );
-                    self.queue
-                        .send(QueueName::Notify, &notice)
-                        .await
-                        .map_err(|e| Retry(e.to_string()))?;
-                    return Ok(Processed::Applied { entries });
-                }
+                Ok(()) => return Ok(Processed::Applied { entries }),
                 Err(CommitError::Duplicate) => return Ok(Processed::Duplicate),
                 // No coupon is revoked here; a conflict of any kind means reload and retry.
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => continue,
@@ -205,59 +239,6 @@ impl Services {
             "member {} kept changing; will retry",
             envelope.member
         )))
-    }
-
-    /// Messages that follow an earn: a tier check after anything that moves the qualifying
-    /// measure, the referrer's reward after a referred member's first purchase, and a notice.
-    /// Their ids derive from the event's, so sending them twice has no second effect.
-    async fn follow_up(
-        &self,
-        envelope: &Envelope,
-        event: &EarnEvent,
-        referrer: Option<String>,
-    ) -> Result<(), Retry> {
-        let send = |queue, m: Envelope| async move {
-            self.queue
-                .send(queue, &m)
-                .await
-                .map_err(|e| Retry(e.to_string()))
-        };
-        if matches!(event, EarnEvent::Purchase { .. } | EarnEvent::Refund { .. }) {
-            send(
-                QueueName::Tier,
-                message(
-                    envelope,
-                    "tier.check",
-                    format!("tier-check-{}", envelope.id),
-                    json!({}),
-                ),
-            )
-            .await?;
-        }
-        if let Some(referrer) = referrer {
-            let mut reward = message(
-                envelope,
-                "engagement.recorded",
-                format!("referral-{}", envelope.member),
-                json!({
-                    "action": "referral", "ref": envelope.member, "referee": envelope.member,
-                }),
-            );
-            reward.member = referrer;
-            send(QueueName::Earn, reward).await?;
-        }
-        send(
-            QueueName::Notify,
-            message(
-                envelope,
-                "points.earned",
-                format!("points-earned-{}", envelope.id),
-                json!({
-                    "event": envelope.id, "type": envelope.kind,
-                }),
-            ),
-        )
-        .await
     }
 
     /// Reads a message's envelope and its program; a message that has neither is rejected

@@ -17,7 +17,7 @@ use crate::domain::calendar::local_date;
 use crate::domain::schedule::{job_instant, job_source};
 use crate::domain::{Account, Change, DueJob, EventContext, Notice, Program};
 use crate::envelope::{Envelope, ENVELOPE_VERSION};
-use crate::ports::{Commit, CommitError, QueueName};
+use crate::ports::{Commit, CommitError, OutboxMessage, QueueName};
 
 /// Members read per index page.
 const PAGE: usize = 100;
@@ -293,14 +293,20 @@ impl Services {
             if change.account == account && change.entries.is_empty() {
                 return Ok(MemberOutcome::default());
             }
-            // Notices go out before the account remembers them: at least once, each with a
-            // stable id the brand's consumers can deduplicate on.
-            for notice in &notices {
-                self.send_notice(program, &account, notice, at).await?;
+            // Notices and a tier change are written with the change that remembers them, and
+            // relayed afterwards, each with a stable id the brand's consumers can deduplicate on.
+            let mut outbox: Vec<OutboxMessage> = notices
+                .iter()
+                .map(|notice| notice_message(program, &account, notice, at))
+                .collect();
+            if change.account.tier.id != account.tier.id {
+                let to = &change.account.tier;
+                let data =
+                    json!({"from": account.tier.id, "to": to.id, "review_date": to.review_on});
+                let id = format!("tier-changed-{}-{member}-{date}", job.name());
+                outbox.push(notice(program, member, "tier.changed", id, at, data));
             }
             let entries = change.entries.len();
-            let tier_changed = (change.account.tier.id != account.tier.id)
-                .then(|| (account.tier.id.clone(), change.account.tier.clone()));
             let commit = Commit {
                 program: program.id.clone(),
                 member: member.to_string(),
@@ -316,15 +322,10 @@ impl Services {
                 idempotency: None,
                 assignments: Vec::new(),
                 counters: Vec::new(),
+                outbox,
             };
             match self.store.commit(commit).await {
                 Ok(()) => {
-                    if let Some((from, to)) = tier_changed {
-                        let data = json!({"from": from, "to": to.id, "review_date": to.review_on});
-                        let id = format!("tier-changed-{}-{member}-{date}", job.name());
-                        self.notify(program, member, "tier.changed", id, at, data)
-                            .await?;
-                    }
                     return Ok(MemberOutcome {
                         changed: true,
                         entries,
@@ -342,55 +343,6 @@ impl Services {
             "member {member} kept changing during {}",
             job.name()
         )))
-    }
-
-    async fn send_notice(
-        &self,
-        program: &Program,
-        account: &Account,
-        notice: &Notice,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), ServiceError> {
-        let data = match notice {
-            Notice::Expiring { last_day, points } => json!({
-                "points": points, "last_day": last_day,
-            }),
-            Notice::DowngradeScheduled {
-                review_on,
-                from,
-                to,
-                needed,
-            } => json!({
-                "review_date": review_on, "from": from, "to": to, "needed": needed,
-            }),
-        };
-        let id = format!("notice-{}-{}", account.member, notice.key());
-        self.notify(program, &account.member, notice.kind(), id, at, data)
-            .await
-    }
-
-    async fn notify(
-        &self,
-        program: &Program,
-        member: &str,
-        kind: &str,
-        id: String,
-        at: chrono::DateTime<chrono::Utc>,
-        data: serde_json::Value,
-    ) -> Result<(), ServiceError> {
-        let message = Envelope {
-            kind: kind.to_string(),
-            version: ENVELOPE_VERSION,
-            id,
-            program: program.id.clone(),
-            member: member.to_string(),
-            occurred_at: at,
-            data,
-        };
-        self.queue
-            .send(QueueName::Notify, &message)
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))
     }
 
     /// Checks every member's tier against the current thresholds, a page at a time. The
@@ -429,4 +381,49 @@ impl Services {
             }
         }
     }
+}
+
+/// The message of a notice, with an id stable per member and notice.
+fn notice_message(
+    program: &Program,
+    account: &Account,
+    notice: &Notice,
+    at: chrono::DateTime<chrono::Utc>,
+) -> OutboxMessage {
+    let data = match notice {
+        Notice::Expiring { last_day, points } => json!({
+            "points": points, "last_day": last_day,
+        }),
+        Notice::DowngradeScheduled {
+            review_on,
+            from,
+            to,
+            needed,
+        } => json!({
+            "review_date": review_on, "from": from, "to": to, "needed": needed,
+        }),
+    };
+    let id = format!("notice-{}-{}", account.member, notice.key());
+    self::notice(program, &account.member, notice.kind(), id, at, data)
+}
+
+/// A message for the notify queue.
+fn notice(
+    program: &Program,
+    member: &str,
+    kind: &str,
+    id: String,
+    at: chrono::DateTime<chrono::Utc>,
+    data: serde_json::Value,
+) -> OutboxMessage {
+    let message = Envelope {
+        kind: kind.to_string(),
+        version: ENVELOPE_VERSION,
+        id,
+        program: program.id.clone(),
+        member: member.to_string(),
+        occurred_at: at,
+        data,
+    };
+    OutboxMessage::new(QueueName::Notify, message)
 }

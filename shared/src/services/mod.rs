@@ -17,6 +17,7 @@ pub mod earn;
 pub mod events;
 pub mod jobs;
 pub mod members;
+pub mod outbox;
 pub mod programs;
 pub mod redemptions;
 pub mod webhooks;

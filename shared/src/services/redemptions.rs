@@ -17,8 +17,8 @@ use super::{ServiceError, Services};
 use crate::domain::{AccountError, EventContext, Program, Source};
 use crate::envelope::{Envelope, ENVELOPE_VERSION};
 use crate::ports::{
-    Commit, CommitError, Consumption, Coupon, IdempotencyRecord, QueueName, Redemption,
-    RedemptionStatus, Reversal,
+    Commit, CommitError, Consumption, Coupon, IdempotencyRecord, OutboxMessage, QueueName,
+    Redemption, RedemptionStatus, Reversal,
 };
 
 /// Attempts at a redemption's optimistic commit. Concurrent spending by one member is rare
@@ -292,12 +292,11 @@ impl Services {
             });
             commit.redemption = Some(redemption);
             commit.idempotency = Some(request_id.record(&answer, now));
+            commit
+                .outbox
+                .push(reward_issued(&program, member, &answer.body, now));
             match self.store.commit(commit).await {
-                Ok(()) => {
-                    self.reward_issued(&program, member, &answer.body, now)
-                        .await;
-                    return Ok(answer);
-                }
+                Ok(()) => return Ok(answer),
                 // The same key committed first (a concurrent retry): answer as it did.
                 Err(CommitError::Duplicate) => {
                     if let Some(answer) = self.replay(&program.id, principal, key, &hash).await? {
@@ -400,11 +399,11 @@ impl Services {
                 reversal: None,
             });
             commit.idempotency = Some(request_id.record(&answer, now));
+            commit
+                .outbox
+                .push(reward_issued(program, member, &answer.body, now));
             match self.store.commit(commit).await {
-                Ok(()) => {
-                    self.reward_issued(program, member, &answer.body, now).await;
-                    return Ok(answer);
-                }
+                Ok(()) => return Ok(answer),
                 Err(CommitError::Duplicate) => {
                     let replayed = self
                         .replay(
@@ -509,28 +508,6 @@ impl Services {
         Err(ServiceError::Internal(format!(
             "member {member} kept changing; try again"
         )))
-    }
-
-    /// Tells the brand's integrations; a lost notice is logged, never a failed redemption.
-    async fn reward_issued(
-        &self,
-        program: &Program,
-        member: &str,
-        body: &Value,
-        at: DateTime<Utc>,
-    ) {
-        let message = Envelope {
-            kind: "reward.issued".into(),
-            version: ENVELOPE_VERSION,
-            id: format!("reward-issued-{}", body["id"].as_str().unwrap_or_default()),
-            program: program.id.clone(),
-            member: member.to_string(),
-            occurred_at: at,
-            data: body.clone(),
-        };
-        if let Err(e) = self.queue.send(QueueName::Notify, &message).await {
-            tracing::warn!(error = %e, member, "reward.issued was not sent");
-        }
     }
 
     /// `GET .../me/redemptions/{id}` (the member's own) and the admin view.
@@ -928,4 +905,23 @@ impl Services {
             "member {member} kept changing; try again"
         )))
     }
+}
+
+/// Tells the brand's integrations, through the outbox of the redemption's commit.
+fn reward_issued(
+    program: &Program,
+    member: &str,
+    body: &Value,
+    at: DateTime<Utc>,
+) -> OutboxMessage {
+    let message = Envelope {
+        kind: "reward.issued".into(),
+        version: ENVELOPE_VERSION,
+        id: format!("reward-issued-{}", body["id"].as_str().unwrap_or_default()),
+        program: program.id.clone(),
+        member: member.to_string(),
+        occurred_at: at,
+        data: body.clone(),
+    };
+    OutboxMessage::new(QueueName::Notify, message)
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{ServiceError, Services};
 use crate::envelope::{parse_earn_event, Envelope, ENVELOPE_VERSION};
-use crate::ports::QueueName;
+use crate::ports::{OutboxMessage, QueueName};
 use crate::webhooks::{
     cafe24, pos, shopify, woocommerce, MemberRef, Normalised, Platform, PlatformEvent, Secrets,
     WebhookError,
@@ -215,9 +215,9 @@ impl Services {
         Ok(())
     }
 
-    /// Queues the events parked for an order, now that its member is known. Each is forgotten
-    /// only after it is queued: a crash or a failed send leaves it parked, and the platform's
-    /// retry of the delivery releases it again (the earn queue counts its id once).
+    /// Releases the events parked for an order, now that its member is known: each moves into
+    /// the outbox in one write, so it is relayed to the earn queue even if this process dies
+    /// right after (and a second release of it changes nothing).
     async fn release_parked(
         &self,
         program: &str,
@@ -229,8 +229,10 @@ impl Services {
                 ServiceError::Internal(format!("parked event for {order} is corrupt: {e}"))
             })?;
             envelope.member = member.to_string();
-            self.send(&envelope).await?;
-            self.store.unpark(program, order, &event_id).await?;
+            let message = OutboxMessage::new(QueueName::Earn, envelope);
+            self.store
+                .release_parked(program, order, &event_id, &message)
+                .await?;
         }
         Ok(())
     }

@@ -12,9 +12,9 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, KeysAndAttributes, Projection, ProjectionType, Put, ReturnValue, ScalarAttributeType,
-    TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, Delete, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType, Put, ReturnValue,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
@@ -24,8 +24,9 @@ use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
     Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
-    MemberState, MemberStore, ParkingStore, ProgramStore, Redemption, RedemptionStore, RejectStore,
-    RejectedEvent, ScheduleStore, StoreError, StoredProgram, COUNTER_SHARDS,
+    MemberState, MemberStore, OutboxMessage, OutboxStore, ParkingStore, ProgramStore, Redemption,
+    RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
+    COUNTER_SHARDS,
 };
 use crate::report::VariantCounts;
 
@@ -37,6 +38,8 @@ const REJECTED_DAYS: i64 = 7;
 const DUE_SHARDS: u32 = 4;
 /// The item that lists every program (DynamoDB cannot list partition keys without a scan).
 const PROGRAMS_PK: &str = "PROGRAMS";
+/// The sort-key prefix of outbox items (the stream relay's filter names it too).
+pub const OUTBOX_PREFIX: &str = "OUTBOX#";
 
 /// The sparse index of members due for a job: the attribute on the account item (present only
 /// while something is due) and the GSI over it (keys only).
@@ -203,6 +206,13 @@ impl DynamoStore {
             .attribute_definitions(attribute("member")?)
             .key_schema(key("PK", KeyType::Hash)?)
             .key_schema(key("SK", KeyType::Range)?)
+            .stream_specification(build(
+                "stream",
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewImage)
+                    .build(),
+            )?)
             .billing_mode(BillingMode::PayPerRequest);
         for job in DueJob::ALL {
             let (attribute_name, index) = due_index(job);
@@ -946,7 +956,8 @@ impl MemberStore for DynamoStore {
             + usize::from(commit.revoke_coupon.is_some())
             + usize::from(commit.idempotency.is_some())
             + commit.assignments.len()
-            + commit.counters.len();
+            + commit.counters.len()
+            + commit.outbox.len();
         if items > MAX_TRANSACTION_ITEMS || commit.entries.len() > MAX_ENTRIES_PER_COMMIT {
             return Err(StoreError::Failed {
                 message: format!("a commit of {items} items is more than one transaction can hold"),
@@ -996,6 +1007,10 @@ impl MemberStore for DynamoStore {
             writes.push(self.put(item, None, None)?);
         }
         let special = self.redemption_writes(&commit, &mut writes)?;
+        // Last, so that the indexes of the cancellation reasons above are unchanged.
+        for message in &commit.outbox {
+            writes.push(self.put(outbox_item(message)?, None, None)?);
+        }
         match self
             .client
             .transact_write_items()
@@ -1240,22 +1255,123 @@ impl ParkingStore for DynamoStore {
         }
     }
 
-    async fn unpark(
+    async fn release_parked(
         &self,
         program: &str,
         order_key: &str,
         event_id: &str,
+        message: &OutboxMessage,
     ) -> Result<(), StoreError> {
+        let delete = build(
+            "delete",
+            Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(
+                    parked_pk(program, order_key),
+                    format!("PARKED#{event_id}"),
+                )))
+                .condition_expression("attribute_exists(PK)")
+                .build(),
+        )?;
+        let writes = vec![
+            TransactWriteItem::builder().delete(delete).build(),
+            self.put(outbox_item(message)?, None, None)?,
+        ];
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(writes))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Released before (the parked item is gone): nothing to do.
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(TransactWriteItemsError::TransactionCanceledException(c))
+                        if c.cancellation_reasons().first().and_then(|r| r.code())
+                            == Some("ConditionalCheckFailed")
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error("cannot release the parked event", e)),
+        }
+    }
+}
+
+/// A message waiting in the outbox: in the partition of the member it is about, so its key
+/// follows from the message and the stream relays it (DESIGN §5).
+fn outbox_key(message: &OutboxMessage) -> Item {
+    key(
+        member_pk(&message.envelope.program, &message.envelope.member),
+        format!("{OUTBOX_PREFIX}{}", message.key()),
+    )
+}
+
+fn outbox_item(message: &OutboxMessage) -> Result<Item, StoreError> {
+    let mut item = outbox_key(message);
+    item.insert("queue".into(), s(message.queue.as_str()));
+    item.insert("body".into(), encode("outbox message", message)?);
+    Ok(item)
+}
+
+/// The message of an outbox item, from its sort key and body (as the table's stream shows
+/// them), or `None` for any other item.
+pub fn outbox_message_parts(sk: &str, body: &str) -> Option<Result<OutboxMessage, StoreError>> {
+    let key = sk.strip_prefix(OUTBOX_PREFIX)?;
+    Some(serde_json::from_str(body).map_err(|e| StoreError::Corrupt {
+        key: format!("outbox/{key}"),
+        message: e.to_string(),
+    }))
+}
+
+fn outbox_message(item: &Item) -> Option<Result<OutboxMessage, StoreError>> {
+    outbox_message_parts(text(item, "SK")?, text(item, "body")?)
+}
+
+#[async_trait]
+impl OutboxStore for DynamoStore {
+    /// A scan: in AWS the table's stream relays the outbox, and this is the operator's sweep.
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
+        let mut messages = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(SK, :o)")
+                .expression_attribute_values(":o", s(OUTBOX_PREFIX))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot read the outbox", e))?;
+            for item in output.items.unwrap_or_default() {
+                if messages.len() == limit {
+                    return Ok(messages);
+                }
+                if let Some(message) = outbox_message(&item) {
+                    messages.push(message?);
+                }
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(messages);
+            }
+        }
+    }
+
+    async fn relayed(&self, message: &OutboxMessage) -> Result<(), StoreError> {
         self.client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(key(
-                parked_pk(program, order_key),
-                format!("PARKED#{event_id}"),
-            )))
+            .set_key(Some(outbox_key(message)))
             .send()
             .await
-            .map_err(|e| sdk_error("cannot unpark the event", e))?;
+            .map_err(|e| sdk_error("cannot forget a relayed message", e))?;
         Ok(())
     }
 }

@@ -19,8 +19,8 @@ use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
     Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
-    MemberState, MemberStore, ParkingStore, ProgramStore, Redemption, RedemptionStore, RejectStore,
-    RejectedEvent, ScheduleStore, StoreError, StoredProgram,
+    MemberState, MemberStore, OutboxMessage, OutboxStore, ParkingStore, ProgramStore, Redemption,
+    RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
 };
 use crate::report::VariantCounts;
 
@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS job_progress (
 CREATE TABLE IF NOT EXISTS parked (
     program TEXT NOT NULL, order_key TEXT NOT NULL, event_id TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (program, order_key, event_id));
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL);
 ";
 
 /// How long one statement waits for another process's write lock before giving up.
@@ -402,6 +404,9 @@ impl MemberStore for SqliteStore {
                     )
                     .map_err(|e| sql_error("cannot write the order", e))?;
                 }
+                for message in &commit.outbox {
+                    write_outbox(&tx, message)?;
+                }
                 tx.commit().map_err(|e| sql_error("cannot commit", e))?;
                 Ok(Ok(()))
             })
@@ -629,23 +634,73 @@ impl ParkingStore for SqliteStore {
         .await
     }
 
-    async fn unpark(
+    async fn release_parked(
         &self,
         program: &str,
         order_key: &str,
         event_id: &str,
+        message: &OutboxMessage,
     ) -> Result<(), StoreError> {
         let row = (
             program.to_string(),
             order_key.to_string(),
             event_id.to_string(),
         );
+        let message = message.clone();
         self.with(move |conn| {
-            conn.execute(
-                "DELETE FROM parked WHERE program = ?1 AND order_key = ?2 AND event_id = ?3",
-                params![row.0, row.1, row.2],
-            )
-            .map_err(|e| sql_error("cannot unpark the event", e))?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| sql_error("cannot begin", e))?;
+            let removed = tx
+                .execute(
+                    "DELETE FROM parked WHERE program = ?1 AND order_key = ?2 AND event_id = ?3",
+                    params![row.0, row.1, row.2],
+                )
+                .map_err(|e| sql_error("cannot release the parked event", e))?;
+            if removed == 1 {
+                write_outbox(&tx, &message)?;
+            }
+            tx.commit().map_err(|e| sql_error("cannot commit", e))
+        })
+        .await
+    }
+}
+
+/// Adds a message to the outbox, once per key (an equal message written again is the same one).
+fn write_outbox(tx: &Connection, message: &OutboxMessage) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO outbox (key, body) VALUES (?1, ?2)",
+        params![message.key(), encode("outbox message", message)?],
+    )
+    .map_err(|e| sql_error("cannot write to the outbox", e))?;
+    Ok(())
+}
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT key, body FROM outbox ORDER BY seq LIMIT ?1")
+                .map_err(|e| sql_error("cannot read the outbox", e))?;
+            let rows: Vec<(String, String)> = stmt
+                .query_map(params![limit], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map_err(|e| sql_error("cannot read the outbox", e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| sql_error("cannot read the outbox", e))?;
+            rows.iter()
+                .map(|(key, body)| decode(&format!("outbox/{key}"), body))
+                .collect()
+        })
+        .await
+    }
+
+    async fn relayed(&self, message: &OutboxMessage) -> Result<(), StoreError> {
+        let key = message.key();
+        self.with(move |conn| {
+            conn.execute("DELETE FROM outbox WHERE key = ?1", params![key])
+                .map_err(|e| sql_error("cannot forget a relayed message", e))?;
             Ok(())
         })
         .await

@@ -1,0 +1,22 @@
+//! Lambda entry point: build the services once per container, then hand each batch of stream
+//! records to `handle`.
+
+use aws_lambda_events::event::dynamodb::Event;
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use loyalty_core::config::AwsSettings;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .without_time()
+        .init();
+    let settings = AwsSettings::from_env()?;
+    let services = settings.services().await;
+    let services = &services;
+    run(service_fn(move |event: LambdaEvent<Event>| async move {
+        Ok::<_, Error>(outbox_relay::handle(services, event.payload).await)
+    }))
+    .await
+}

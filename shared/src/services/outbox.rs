@@ -1,0 +1,48 @@
+//! Relaying the outbox: each message written by a commit goes to its queue, then is forgotten.
+//!
+//! In AWS the table's stream hands each new outbox item to the relay function; locally a worker
+//! of `loyalty serve` reads the outbox table. Both call [`Services::relay`]. A message is
+//! forgotten only after its queue has it, and queues deduplicate on the message's
+//! program-scoped id, so a relay that dies half-way sends the message again and nothing doubles.
+
+use super::Services;
+use crate::ports::{OutboxMessage, StoreError};
+
+/// Why a message was not relayed (it stays in the outbox and is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Queue(#[from] crate::ports::QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Services {
+    /// Sends one outbox message to its queue and forgets it.
+    pub async fn relay(&self, message: &OutboxMessage) -> Result<(), RelayError> {
+        self.queue.send(message.queue, &message.envelope).await?;
+        self.store.relayed(message).await?;
+        Ok(())
+    }
+
+    /// Relays up to `limit` waiting messages; returns how many went out. A message that
+    /// fails is logged and stays for the next pass; it never holds back the others.
+    pub async fn relay_waiting(&self, limit: usize) -> Result<usize, RelayError> {
+        let waiting = self.store.outbox(limit).await?;
+        let mut sent = 0;
+        let mut last_error = None;
+        for message in &waiting {
+            match self.relay(message).await {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, key = %message.key(), "outbox message not relayed; will retry");
+                    last_error = Some(e);
+                }
+            }
+        }
+        match last_error {
+            Some(e) if sent == 0 => Err(e),
+            _ => Ok(sent),
+        }
+    }
+}

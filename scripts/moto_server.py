@@ -10,10 +10,18 @@ transaction checks every condition first, against the state before it (as Dynamo
 of one transaction are distinct), writes only when all hold, and keeps copies of just the items
 it touches in case a write fails half-way. What callers see is unchanged: the same cancellation
 reasons, in the same order.
+
+DynamoDB makes TransactWriteItems idempotent by its ClientRequestToken (which the SDKs draw for
+every call and keep across their own retries): a repeat within 10 minutes succeeds without
+writing again. moto ignores the token, so a retried transaction whose first answer was lost would
+be cancelled by its own first write; here a token that succeeded answers the same again.
 Usage: moto_server.py PORT
 """
 import copy
+import hashlib
+import json
 import sys
+import time
 
 from moto.dynamodb.comparisons import get_filter_expression
 from moto.dynamodb.exceptions import (
@@ -24,6 +32,7 @@ from moto.dynamodb.exceptions import (
     TransactWriteSingleOpException,
 )
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.responses import DynamoHandler
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
 
@@ -93,9 +102,35 @@ def transact_write_items(self, transact_items):
             raise TransactionCanceledException(failed)
 
 
+TOKEN_WINDOW = 600  # seconds, as DynamoDB keeps a token
+_tokens: dict[str, tuple[str, float]] = {}  # token -> (digest of the items, when it succeeded)
+_original_handler = DynamoHandler.transact_write_items
+
+
+def handle_transact_write_items(self):
+    token = self.body.get("ClientRequestToken")
+    digest = hashlib.sha256(json.dumps(self.body.get("TransactItems"), sort_keys=True).encode()).hexdigest()
+    now = time.monotonic()
+    for old in [t for t, (_, at) in _tokens.items() if now - at > TOKEN_WINDOW]:
+        del _tokens[old]
+    if token and _tokens.get(token, (None, 0))[0] == digest:
+        return _success()
+    result = _original_handler(self)
+    if token:
+        _tokens[token] = (digest, now)
+    return result
+
+
+def _success():
+    from moto.core.responses import ActionResult
+
+    return ActionResult({"ConsumedCapacity": [], "ItemCollectionMetrics": {}})
+
+
 def main() -> None:
     port = int(sys.argv[1])
     DynamoDBBackend.transact_write_items = transact_write_items
+    DynamoHandler.transact_write_items = handle_transact_write_items
     app = DomainDispatcherApplication(create_backend_app)
     run_simple("127.0.0.1", port, app, threaded=False, use_reloader=False, use_debugger=False)
 

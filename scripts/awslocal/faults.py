@@ -4,6 +4,8 @@ reset connection or a delay, or forwards the request and then loses the answer (
 happened; the caller sees an error), or kills the calling function right after the write.
 
 Spec (`--faults`): rules separated by `;`, each `TARGET:KIND=FRACTION[,KIND=FRACTION...]`.
+FRACTION may be `first`: the fault hits the first request of each distinct content (an SDK's own
+idempotency token left out) and never its repeats, so every write fails exactly once.
 TARGET is `[FUNCTION/]SERVICE.OPERATION` (`*` matches any service, operation or function) for
 requests to DynamoDB, SQS and SSM, or `lambda.FUNCTION` for the function processes.
 KIND for requests: throttle, error (500), reset, delay (`delay=0.1@300` waits 300 ms),
@@ -17,6 +19,7 @@ Example: `dynamodb.*:throttle=0.05,lost=0.05;sqs.SendMessage:lost=0.1;earn/dynam
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import http.client
 import json
 import random
@@ -32,6 +35,7 @@ from typing import Callable
 from urllib.parse import parse_qs
 
 REQUEST_KINDS = ("throttle", "error", "reset", "delay", "lost", "kill")
+FIRST = -1.0  # the fraction of a kind given as `first`
 LAMBDA_KINDS = ("crash", "init")
 
 
@@ -54,6 +58,7 @@ class Rule:
 @dataclass
 class Faults:
     rules: list[Rule] = field(default_factory=list)
+    seen: set = field(default_factory=set)  # (rule, kind, content) already hit by a `first`
     crashes: dict[str, float] = field(default_factory=dict)  # function pattern -> fraction
     init_failures: dict[str, float] = field(default_factory=dict)
 
@@ -72,6 +77,9 @@ class Faults:
                 if "@" in value:
                     value, ms = value.split("@", 1)
                     delay_ms = int(ms)
+                if value == "first":
+                    kinds[kind] = FIRST
+                    continue
                 fraction = float(value)
                 if not 0.0 <= fraction <= 1.0:
                     raise ValueError(f"fault rule {text!r}: {fraction} is not a fraction")
@@ -102,15 +110,31 @@ class Faults:
     def init_failure_fraction(self, function: str) -> float:
         return max((f for p, f in self.init_failures.items() if fnmatch.fnmatchcase(function, p)), default=0.0)
 
-    def choose(self, rng: random.Random, function: str, service: str, operation: str) -> tuple[str | None, int]:
+    def choose(self, rng: random.Random, function: str, service: str, operation: str, body: bytes = b"") -> tuple[str | None, int]:
         """The fault for one request, if any (the first rule and kind that fire)."""
-        for rule in self.rules:
+        for index, rule in enumerate(self.rules):
             if not rule.matches(function, service, operation):
                 continue
             for kind, fraction in rule.kinds.items():
-                if fraction and rng.random() < fraction:
+                if fraction == FIRST:
+                    key = (index, kind, _content(body))
+                    if key not in self.seen:
+                        self.seen.add(key)
+                        return kind, rule.delay_ms
+                elif fraction and rng.random() < fraction:
                     return kind, rule.delay_ms
         return None, 0
+
+
+def _content(body: bytes) -> str:
+    """What a request asks for, without the idempotency token an SDK draws for each call."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return hashlib.sha256(body).hexdigest()
+    if isinstance(parsed, dict):
+        parsed.pop("ClientRequestToken", None)
+    return hashlib.sha256(json.dumps(parsed, sort_keys=True).encode()).hexdigest()
 
 
 def operation_of(headers, body: bytes) -> tuple[str, str]:
@@ -125,6 +149,31 @@ def operation_of(headers, body: bytes) -> tuple[str, str]:
     action = parse_qs(body.decode("utf-8", "replace")).get("Action", ["?"])[0]
     scope = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/", headers.get("Authorization", ""))
     return (scope.group(1) if scope else "?"), action
+
+
+def iam_actions(service: str, operation: str, body: bytes) -> list[tuple[str, str]]:
+    """The IAM actions a request needs, with what they act on (`table`, `index/NAME`, a queue's
+    name, a parameter's name). A transaction needs the action of each of its items; there is no
+    IAM action for TransactWriteItems itself."""
+    try:
+        request = json.loads(body) if body else {}
+    except ValueError:
+        request = {}
+    if service == "dynamodb":
+        if operation == "TransactWriteItems":
+            kinds = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck": "ConditionCheckItem"}
+            return sorted({(f"dynamodb:{kinds[k]}", "table") for item in request.get("TransactItems", []) for k in item if k in kinds})
+        if operation == "TransactGetItems":
+            return [("dynamodb:GetItem", "table")]
+        index = request.get("IndexName")
+        return [(f"dynamodb:{operation}", f"index/{index}" if index else "table")]
+    if service == "sqs":
+        url = request.get("QueueUrl", "")
+        return [(f"sqs:{operation}", url.rstrip("/").rsplit("/", 1)[-1])]
+    if service == "ssm":
+        names = request.get("Names") or [request.get("Name", "?")]
+        return [(f"ssm:{operation}", name) for name in names]
+    return [(f"{service}:{operation}", "?")]
 
 
 THROTTLE = {
@@ -153,6 +202,8 @@ class FaultProxy:
         self.kill = kill
         self.counts: Counter = Counter()  # (function, service, operation, outcome) -> n
         self.count_lock = threading.Lock()
+        # What each function asked of AWS, as IAM names it: {(function, action, resource)}.
+        self.actions: set[tuple[str, str, str]] = set()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -179,6 +230,11 @@ class FaultProxy:
         with self.count_lock:
             self.counts[(function, service, operation, outcome)] += 1
 
+    def _record(self, function: str, service: str, operation: str, body: bytes) -> None:
+        found = iam_actions(service, operation, body)
+        with self.count_lock:
+            self.actions.update((function, action, resource) for action, resource in found)
+
     def handle(self, h: BaseHTTPRequestHandler) -> None:
         m = re.match(r"^/i/(\d+)(/.*)?$", h.path)
         instance = int(m.group(1)) if m else 0
@@ -188,8 +244,9 @@ class FaultProxy:
         function = self.function_of(instance)
         service, operation = operation_of(h.headers, body)
         with self.rng_lock:
-            kind, delay_ms = self.faults.choose(self.rng, function, service, operation)
+            kind, delay_ms = self.faults.choose(self.rng, function, service, operation, body)
         self._count(function, service, operation, kind or "ok")
+        self._record(function, service, operation, body)
 
         if kind == "throttle":
             return _answer(h, 400, {"__type": THROTTLE.get(service, "ThrottlingException"), "message": "Rate exceeded (fault)"}, service)

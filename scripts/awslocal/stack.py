@@ -342,6 +342,7 @@ class Stack:
             "seed": self.seed,
             "functions": {p.binary.name: {**p.stats, "instances": len(p.instances)} for p in self.pools.values()},
             "sources": {s.source.name: s.stats for s in self.sources},
+            "actions": sorted(list(a) for a in self.proxy.actions),
             "queues": self.queue_depths(),
             "requests": proxy,
             "schedules": {name: r.runs[-5:] for name, r in self.schedules.items()},
@@ -365,7 +366,7 @@ class Stack:
             def do_GET(self):
                 if self.path == "/status":
                     return self._json(200, stack.status())
-                self._json(404, {"message": "GET /status, POST /schedules/{name}, PUT /faults"})
+                self._json(404, {"message": "GET /status, POST /schedules/{name}, POST /invoke/{function}, PUT /faults"})
 
             def do_PUT(self):
                 if self.path != "/faults":
@@ -378,11 +379,27 @@ class Stack:
                 self._json(200, {"faults": spec})
 
             def do_POST(self):
+                if self.path.startswith("/invoke/"):
+                    return self._invoke(self.path.removeprefix("/invoke/"))
                 name = self.path.removeprefix("/schedules/")
                 runner = stack.schedules.get(name)
                 if runner is None:
                     return self._json(404, {"message": f"schedules: {sorted(stack.schedules)}"})
                 self._json(200, runner.run())
+
+            def _invoke(self, binary: str):
+                """Invokes a function once with the request's JSON, as `aws lambda invoke` does."""
+                pool = next((p for p in stack.pools.values() if p.binary.name == binary), None)
+                if pool is None:
+                    return self._json(404, {"message": f"functions: {sorted(p.binary.name for p in stack.pools.values())}"})
+                try:
+                    payload = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                except ValueError as e:
+                    return self._json(400, {"message": f"not JSON: {e}"})
+                outcome = pool.invoke(payload)
+                if outcome.ok:
+                    return self._json(200, {"ok": True, "result": json.loads(outcome.body or b"null")})
+                self._json(200, {"ok": False, "error": outcome.error_message})
 
         self.control = ThreadingHTTPServer(("127.0.0.1", self.o.control_port), Handler)
         self.control.daemon_threads = True

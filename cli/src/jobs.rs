@@ -68,16 +68,29 @@ async fn run_job(args: RunArgs) -> Result<(), String> {
     );
     bar.set_message(job.name());
     let reports = services
-        .run_job_everywhere(job, args.program.as_deref(), args.date, &|n| {
+        .run_job_everywhere(job, args.program.as_deref(), args.date, None, &|n| {
             bar.set_position(n as u64)
         })
         .await
         .map_err(|e| e.to_string());
     bar.finish_and_clear();
-    for report in reports? {
-        println!("{}", summary(&report));
+    let reports = reports?;
+    for report in &reports {
+        println!("{}", summary(report));
+        for failure in &report.failures {
+            println!("  failed: {}: {}", failure.member, failure.error);
+        }
     }
-    Ok(())
+    match reports
+        .iter()
+        .filter(|r| r.error.is_some() || r.failed > 0)
+        .count()
+    {
+        0 => Ok(()),
+        n => Err(format!(
+            "{n} program(s) left work undone; it is retried by the next run"
+        )),
+    }
 }
 
 fn summary(r: &JobReport) -> String {
@@ -86,8 +99,11 @@ fn summary(r: &JobReport) -> String {
         (Some(from), Some(to)) => format!(" for {from}..{to}"),
         _ => String::new(),
     };
+    if let Some(error) = &r.error {
+        return format!("{} {}: failed: {error}", r.job, r.program);
+    }
     format!(
-        "{} {}{dates}: {} members read, {} changed, {} ledger entries, {} notices, {} events queued",
-        r.job, r.program, r.members, r.changed, r.entries, r.notices, r.sent
+        "{} {}{dates}: {} members read, {} changed, {} ledger entries, {} notices, {} events queued, {} failed",
+        r.job, r.program, r.members, r.changed, r.entries, r.notices, r.sent, r.failed
     )
 }

@@ -189,8 +189,18 @@ async fn schedule(services: Arc<Services>, every: Duration) {
             Job::Notices,
             Job::CampaignTick,
         ] {
-            if let Err(e) = services.run_job_everywhere(job, None, None, &|_| {}).await {
-                tracing::warn!(job = job.name(), error = %e, "scheduled job failed; next tick retries");
+            match services
+                .run_job_everywhere(job, None, None, None, &|_| {})
+                .await
+            {
+                Ok(reports) => {
+                    for r in reports.iter().filter(|r| r.error.is_some() || r.failed > 0) {
+                        tracing::warn!(job = job.name(), program = r.program, failed = r.failed, error = ?r.error, "scheduled job left work for the next tick");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(job = job.name(), error = %e, "scheduled job failed; next tick retries")
+                }
             }
         }
     }

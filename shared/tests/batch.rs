@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use chrono::{Duration, SecondsFormat, Utc};
-use loyalty_core::envelope::Envelope;
 use loyalty_core::ports::{MemberStore, RejectStore, SystemClock};
 use loyalty_core::queue::local::LocalQueue;
 use loyalty_core::services::batch::{process_batch, Consumer, Record};

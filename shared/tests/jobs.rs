@@ -363,6 +363,202 @@ async fn a_review_run_costs_what_is_due_not_what_exists_on_the_embedded_store() 
     assert!(operations <= 2 * 100 + 10, "{operations} operations");
 }
 
+/// A stack on a database file (so that a test can damage a row as a bad manual edit would),
+/// with `n` members holding 100 points each that expire on 2027-03-01, and expire-points last
+/// completed on 2027-02-20.
+async fn expiring_members(n: usize) -> (Services, SqliteStore, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("jobs-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("loyalty.db");
+    let store = SqliteStore::open(&db).unwrap();
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2027, 3, 10, 6, 0, 0).unwrap());
+    let services = Services::new(
+        Arc::new(store.clone()),
+        Arc::new(Recorder::default()),
+        clock,
+    );
+    services
+        .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    let program = services.program("kr-shop").await.unwrap();
+    for i in 0..n {
+        let mut account = Account::open(&program, &format!("seed-{i:06}"), t0());
+        account.lots.add(date(2027, 3, 1), 100);
+        account.balance = 100;
+        store
+            .commit(Commit::new(
+                &program,
+                &account.member.clone(),
+                None,
+                loyalty_core::domain::Change::unchanged(account),
+            ))
+            .await
+            .unwrap();
+    }
+    store
+        .save_job_progress("kr-shop", "expire-points", Some("2027-02-20"))
+        .await
+        .unwrap();
+    (services, store, db)
+}
+
+/// Replaces a member's stored account body, returning the one it had.
+fn set_account_body(db: &std::path::Path, member: &str, body: &str) -> String {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let old: String = conn
+        .query_row(
+            "SELECT body FROM accounts WHERE member = ?1",
+            [member],
+            |row| row.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE accounts SET body = ?2 WHERE member = ?1",
+        [member, body],
+    )
+    .unwrap();
+    old
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_corrupt_member_is_named_and_retried_and_the_others_expire() {
+    // GIVEN 1,000 members due for expiry, one of them unreadable
+    let (services, store, db) = expiring_members(1_000).await;
+    let good = set_account_body(&db, "seed-000500", "{not an account");
+    let balance = |member: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .load_member("kr-shop", member, &[])
+                .await
+                .unwrap()
+                .account
+                .unwrap()
+                .balance
+        }
+    };
+    // WHEN expire-points runs
+    let run = || {
+        services.run_job(
+            Job::ExpirePoints,
+            "kr-shop",
+            Some(date(2027, 3, 10)),
+            &|_| {},
+        )
+    };
+    let report = run().await.unwrap();
+    // THEN 999 expire, and the report names the one that failed, with its cause
+    assert_eq!(
+        (report.members, report.changed, report.failed),
+        (1_000, 999, 1)
+    );
+    assert_eq!(report.failures[0].member, "seed-000500");
+    assert!(
+        report.failures[0].error.contains("corrupt"),
+        "{:?}",
+        report.failures
+    );
+    assert_eq!(balance("seed-000000").await, 0);
+    // AND the saved progress stops at the day it was due, so the next run comes back for it
+    let saved = store
+        .job_progress("kr-shop", "expire-points")
+        .await
+        .unwrap();
+    assert!(saved.as_deref() < Some("2027-03-10"), "{saved:?}");
+    // WHEN an operator repairs it and the job runs again
+    set_account_body(&db, "seed-000500", &good);
+    let report = run().await.unwrap();
+    // THEN it expires too, nothing fails, and the progress reaches the day of the run
+    assert_eq!((report.changed, report.failed), (1, 0));
+    assert_eq!(balance("seed-000500").await, 0);
+    assert_eq!(
+        store
+            .job_progress("kr-shop", "expire-points")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("2027-03-10")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_out_of_time_stops_cleanly_and_the_next_run_resumes() {
+    // GIVEN 200 members due for expiry, and an invocation with 5 seconds left (less than the
+    // margin a job keeps to save its progress and answer)
+    let (services, store, _db) = expiring_members(200).await;
+    let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap();
+    let deadline = loyalty_core::services::jobs::deadline_of(now_ms + 5_000);
+    // WHEN expire-points runs against that deadline
+    let day = Some(date(2027, 3, 10));
+    let report = services
+        .run_job_until(Job::ExpirePoints, "kr-shop", day, deadline, &|_| {})
+        .await
+        .unwrap();
+    // THEN it stops before changing anything and says it is incomplete, and its progress does
+    // not claim the day
+    assert!(!report.complete);
+    assert_eq!((report.changed, report.failed), (0, 0));
+    let saved = store
+        .job_progress("kr-shop", "expire-points")
+        .await
+        .unwrap();
+    assert!(saved.as_deref() < Some("2027-03-10"), "{saved:?}");
+    // WHEN the next run has time THEN it does all of it
+    let report = services
+        .run_job_until(Job::ExpirePoints, "kr-shop", day, None, &|_| {})
+        .await
+        .unwrap();
+    assert!(report.complete);
+    assert_eq!((report.changed, report.failed), (200, 0));
+    // AND a deadline a minute away is not past
+    let later = loyalty_core::services::jobs::deadline_of(now_ms + 60_000).unwrap();
+    assert!(later > std::time::Instant::now());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_program_never_stops_the_others() {
+    // GIVEN two programs, one of whose stored file is unreadable
+    let (services, store, db) = expiring_members(3).await;
+    services
+        .put_program(
+            "us-shop",
+            include_str!("../../examples/us-shop.toml"),
+            ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE programs SET file = '{broken' WHERE program = 'us-shop'",
+        [],
+    )
+    .unwrap();
+    // WHEN expire-points runs everywhere (a fresh process: nothing cached)
+    let fresh = Services::new(
+        Arc::new(store.clone()),
+        Arc::new(Recorder::default()),
+        FixedClock::at(Utc.with_ymd_and_hms(2027, 3, 10, 6, 0, 0).unwrap()),
+    );
+    let reports = fresh
+        .run_job_everywhere(
+            Job::ExpirePoints,
+            None,
+            Some(date(2027, 3, 10)),
+            None,
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    // THEN kr-shop's members expire, and us-shop's report carries its error
+    let by = |p: &str| reports.iter().find(|r| r.program == p).unwrap().clone();
+    assert_eq!(
+        (by("kr-shop").changed, by("kr-shop").error.clone()),
+        (3, None)
+    );
+    assert!(by("us-shop").error.is_some());
+}
+
 #[cfg(feature = "aws")]
 mod on_dynamodb {
     use std::sync::atomic::{AtomicU64, Ordering};

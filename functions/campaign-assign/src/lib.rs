@@ -70,9 +70,18 @@ async fn tick(services: &Services, schedule: &Schedule) -> Result<Value, Invocat
             Job::CampaignTick,
             schedule.program.as_deref(),
             schedule.date,
+            None,
             &|_| {},
         )
         .await
         .map_err(|e| InvocationError::Job(e.to_string()))?;
+    // A program that failed fails the invocation, after the others ran: the schedule retries.
+    let failed: Vec<String> = reports
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.program)))
+        .collect();
+    if !failed.is_empty() {
+        return Err(InvocationError::Job(failed.join("; ")));
+    }
     serde_json::to_value(reports).map_err(|e| InvocationError::Job(e.to_string()))
 }

@@ -4,7 +4,7 @@
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use loyalty_core::services::batch::{handle_sqs_event, Consumer};
-use loyalty_core::services::jobs::{Job, JobReport};
+use loyalty_core::services::jobs::{Deadline, Job, JobReport};
 use loyalty_core::services::Services;
 use serde_json::Value;
 
@@ -22,6 +22,16 @@ pub enum InvocationError {
 
 /// Handles one invocation; the answer is the batch response or the jobs' reports.
 pub async fn handle(services: &Services, event: Value) -> Result<Value, InvocationError> {
+    handle_until(services, event, None).await
+}
+
+/// As [`handle`], with a scheduled job stopping cleanly at `deadline` (the invocation's
+/// remaining time, less a margin); the next run resumes where it stopped.
+pub async fn handle_until(
+    services: &Services,
+    event: Value,
+    deadline: Deadline,
+) -> Result<Value, InvocationError> {
     if event.get("Records").is_some() {
         let batch: SqsEvent = serde_json::from_value(event)
             .map_err(|e| InvocationError::Unrecognised(e.to_string()))?;
@@ -31,7 +41,7 @@ pub async fn handle(services: &Services, event: Value) -> Result<Value, Invocati
     }
     let schedule: Schedule =
         serde_json::from_value(event).map_err(|e| InvocationError::Unrecognised(e.to_string()))?;
-    let reports = run_schedule(services, &schedule).await?;
+    let reports = run_schedule(services, &schedule, deadline).await?;
     serde_json::to_value(reports).map_err(|e| InvocationError::Job(e.to_string()))
 }
 
@@ -41,14 +51,33 @@ pub async fn handle_batch(services: &Services, event: SqsEvent) -> SqsBatchRespo
     handle_sqs_event(services, Consumer::Tier, event).await
 }
 
+/// Runs a schedule's job for every program. A program that failed as a whole fails the
+/// invocation (so that the schedule retries it and the error alarm fires) after every other
+/// program has run; members that failed are named in the reports and retried by the next run.
 pub async fn run_schedule(
     services: &Services,
     schedule: &Schedule,
+    deadline: Deadline,
 ) -> Result<Vec<JobReport>, InvocationError> {
     let job = Job::parse(&schedule.job)
         .ok_or_else(|| InvocationError::UnknownJob(schedule.job.clone()))?;
-    services
-        .run_job_everywhere(job, schedule.program.as_deref(), schedule.date, &|_| {})
+    let reports = services
+        .run_job_everywhere(
+            job,
+            schedule.program.as_deref(),
+            schedule.date,
+            deadline,
+            &|_| {},
+        )
         .await
-        .map_err(|e| InvocationError::Job(e.to_string()))
+        .map_err(|e| InvocationError::Job(e.to_string()))?;
+    let failed: Vec<String> = reports
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.program)))
+        .collect();
+    if failed.is_empty() {
+        Ok(reports)
+    } else {
+        Err(InvocationError::Job(failed.join("; ")))
+    }
 }

@@ -16,7 +16,8 @@ async fn main() -> Result<(), Error> {
     let services = &services;
     run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
-            tier_recalc::handle(services, event.payload)
+            let deadline = loyalty_core::services::jobs::deadline_of(event.context.deadline);
+            tier_recalc::handle_until(services, event.payload, deadline)
                 .await
                 .map_err(Error::from)
         },

@@ -9,8 +9,9 @@
 //!   birthday index for the days of its window; any other broadcast campaign makes one paged,
 //!   resumable pass over the program's members.
 //!
-//! Days are caught up from the last completed tick (inclusive), as the other jobs do, but never
-//! further back than [`MAX_TICK_CATCH_UP_DAYS`]: a birthday a month late is no gift.
+//! Days are caught up from the last completed tick (inclusive), as the other jobs do, however
+//! many were missed: a birthday paid late is better than one skipped for good. A gap of more
+//! than [`MAX_TICK_CATCH_UP_DAYS`] visits every calendar day once, which is all it can owe.
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use serde_json::json;
@@ -25,8 +26,8 @@ use crate::ports::QueueName;
 
 /// The job's name, and the key of its saved progress (the last date completed).
 pub const CAMPAIGN_TICK: &str = "campaign-tick";
-/// How far back a tick catches up missed days.
-pub const MAX_TICK_CATCH_UP_DAYS: i64 = 7;
+/// How far back a tick catches up missed days: a year covers every yearly day.
+pub const MAX_TICK_CATCH_UP_DAYS: i64 = 366;
 /// Members read per page of a full pass.
 const PAGE: usize = 100;
 /// The saved progress of a broadcast campaign's pass once it has covered every member.

@@ -59,6 +59,14 @@ impl Job {
         })
     }
 
+    /// The jobs that read the due-date index.
+    pub const DUE_DATE_JOBS: [Job; 4] = [
+        Job::ReleasePending,
+        Job::ExpirePoints,
+        Job::TierReviews,
+        Job::Notices,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Job::ReleasePending => "release-pending",
@@ -113,6 +121,65 @@ pub struct JobReport {
     pub notices: usize,
     /// Events sent to the earn queue (`campaign-tick`: birthdays and anniversaries).
     pub sent: usize,
+    /// Members that failed (each retried by the next run), and the first few with their cause.
+    pub failed: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<JobFailure>,
+    /// False when the run stopped at its deadline; the next run resumes where it stopped.
+    pub complete: bool,
+    /// Why the whole run failed for this program (the others ran regardless).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A member a run could not handle, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobFailure {
+    pub member: String,
+    pub error: String,
+}
+
+/// How many failures a report names (all are counted and logged).
+const FAILURES_NAMED: usize = 20;
+
+impl JobReport {
+    fn record_failure(&mut self, member: &str, error: &ServiceError) {
+        tracing::error!(job = self.job, program = self.program, member, error = %error, "member failed; the next run retries it");
+        self.failed += 1;
+        if self.failures.len() < FAILURES_NAMED {
+            self.failures.push(JobFailure {
+                member: member.to_string(),
+                error: error.to_string(),
+            });
+        }
+    }
+}
+
+/// When a run must stop (a Lambda's remaining time, less a margin); `None` runs to the end.
+pub type Deadline = Option<std::time::Instant>;
+
+/// How long before a Lambda's deadline a job stops: time to save its progress and answer.
+const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The deadline of a job run by a Lambda invocation whose deadline is `deadline_ms` (epoch
+/// milliseconds, as the runtime gives it), less a margin.
+pub fn deadline_of(deadline_ms: u64) -> Deadline {
+    let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+    let remaining = std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    Some(std::time::Instant::now() + remaining.saturating_sub(DEADLINE_MARGIN))
+}
+
+fn past(deadline: Deadline) -> bool {
+    deadline.is_some_and(|d| std::time::Instant::now() >= d)
+}
+
+/// One program's run of a due-date job.
+struct DueRun<'a> {
+    job: Job,
+    due: DueJob,
+    program: &'a Program,
+    date: NaiveDate,
+    deadline: Deadline,
 }
 
 /// What happened to one member.
@@ -133,25 +200,45 @@ impl Services {
         date: Option<NaiveDate>,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<JobReport, ServiceError> {
+        self.run_job_until(job, program, date, None, progress).await
+    }
+
+    /// Runs a job for one program, stopping cleanly at `deadline` (the report says so, and the
+    /// saved progress makes the next run resume).
+    pub async fn run_job_until(
+        &self,
+        job: Job,
+        program: &str,
+        date: Option<NaiveDate>,
+        deadline: Deadline,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<JobReport, ServiceError> {
         let program = self.program(program).await?;
         let now = self.clock.now();
         let date = date.unwrap_or_else(|| local_date(program.time_zone, now));
         let mut report = JobReport {
             job: job.name().to_string(),
             program: program.id.clone(),
+            complete: true,
             ..JobReport::default()
         };
         match (job, job.due()) {
             (_, Some(due)) => {
-                self.run_due_job(job, due, &program, date, &mut report, progress)
-                    .await?
+                let run = DueRun {
+                    job,
+                    due,
+                    program: &program,
+                    date,
+                    deadline,
+                };
+                self.run_due_job(run, &mut report, progress).await?
             }
             (Job::CampaignTick, None) => {
                 self.campaign_tick(&program, date, &mut report, progress)
                     .await?
             }
             (_, None) => {
-                self.recalculate_tiers(&program, date, &mut report, progress)
+                self.recalculate_tiers(&program, date, deadline, &mut report, progress)
                     .await?
             }
         }
@@ -163,17 +250,22 @@ impl Services {
             entries = report.entries,
             notices = report.notices,
             sent = report.sent,
+            failed = report.failed,
+            complete = report.complete,
             "job finished"
         );
         Ok(report)
     }
 
-    /// Runs a job for every program (the schedules), or for the one named.
+    /// Runs a job for every program (the schedules), or for the one named. A program that
+    /// fails is reported (`error`) and never stops the others; a run that reaches `deadline`
+    /// leaves the remaining programs for the next one.
     pub async fn run_job_everywhere(
         &self,
         job: Job,
         program: Option<&str>,
         date: Option<NaiveDate>,
+        deadline: Deadline,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<JobReport>, ServiceError> {
         let programs = match program {
@@ -182,22 +274,55 @@ impl Services {
         };
         let mut reports = Vec::with_capacity(programs.len());
         for program in programs {
-            reports.push(self.run_job(job, &program, date, progress).await?);
+            if past(deadline) {
+                reports.push(JobReport {
+                    job: job.name().to_string(),
+                    program,
+                    complete: false,
+                    ..JobReport::default()
+                });
+                continue;
+            }
+            let report = match self
+                .run_job_until(job, &program, date, deadline, progress)
+                .await
+            {
+                Ok(report) => report,
+                Err(e) => {
+                    tracing::error!(job = job.name(), program, error = %e, "job failed for this program; the next run retries it");
+                    JobReport {
+                        job: job.name().to_string(),
+                        program,
+                        error: Some(e.to_string()),
+                        ..JobReport::default()
+                    }
+                }
+            };
+            reports.push(report);
         }
         Ok(reports)
     }
 
+    /// Works through the due-date index from the last completed date to `date`, a page at a
+    /// time. A member that fails is reported and the run goes on; the saved progress stops at
+    /// the first day with a failure (or where the deadline stopped the run), so the next run
+    /// starts there again and everything after it is redone harmlessly (each change is
+    /// conditional on the account and a second settle finds nothing to do).
     async fn run_due_job(
         &self,
-        job: Job,
-        due: DueJob,
-        program: &Program,
-        date: NaiveDate,
+        run: DueRun<'_>,
         report: &mut JobReport,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<(), ServiceError> {
+        let DueRun {
+            job,
+            due,
+            program,
+            date,
+            deadline,
+        } = run;
         let at = job_instant(program, date, self.clock.now());
-        let last = self
+        let mut last = self
             .store
             .job_progress(&program.id, job.name())
             .await?
@@ -212,23 +337,73 @@ impl Services {
         };
         report.from = Some(from);
         report.to = Some(date);
+        let mut failed_on: Option<NaiveDate> = None;
         let mut day = from;
-        while day <= date {
-            for member in self.members_due_on(&program.id, due, day).await? {
-                let outcome = self.job_member(job, program, &member, date, at).await?;
-                report.members += 1;
-                report.changed += usize::from(outcome.changed);
-                report.entries += outcome.entries;
-                report.notices += outcome.notices;
-                progress(report.members);
+        'days: while day <= date {
+            let before = report.members;
+            for shard in 0..self.store.due_shards() {
+                let mut cursor: Option<String> = None;
+                loop {
+                    let page = self
+                        .store
+                        .due_members(&program.id, due, day, shard, cursor.as_deref(), PAGE)
+                        .await?;
+                    for member in &page.members {
+                        if past(deadline) {
+                            report.complete = false;
+                            break 'days;
+                        }
+                        report.members += 1;
+                        match self.job_member(job, program, member, date, at).await {
+                            Ok(outcome) => {
+                                report.changed += usize::from(outcome.changed);
+                                report.entries += outcome.entries;
+                                report.notices += outcome.notices;
+                            }
+                            Err(e) => {
+                                report.record_failure(member, &e);
+                                failed_on.get_or_insert(day);
+                            }
+                        }
+                        progress(report.members);
+                    }
+                    match page.next_cursor {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+            }
+            // A day's work is saved as it is done (a day without members costs no write).
+            if report.members > before {
+                let done = failed_on.unwrap_or(day);
+                self.advance_progress(&program.id, job, &mut last, done)
+                    .await?;
             }
             day = day.succ_opt().unwrap_or(NaiveDate::MAX);
         }
-        // Progress only moves forward: a run for an earlier date leaves it where it was.
-        if last.is_none_or(|last| last < date) {
+        let resume = match (failed_on, report.complete) {
+            (Some(failed), _) => failed,
+            (None, false) => day,
+            (None, true) => date,
+        };
+        self.advance_progress(&program.id, job, &mut last, resume)
+            .await
+    }
+
+    /// Saves `to` as the job's progress if it is later than what is saved: progress only moves
+    /// forward, so a run for an earlier date leaves it where it was.
+    async fn advance_progress(
+        &self,
+        program: &str,
+        job: Job,
+        last: &mut Option<NaiveDate>,
+        to: NaiveDate,
+    ) -> Result<(), ServiceError> {
+        if last.is_none_or(|last| last < to) {
             self.store
-                .save_job_progress(&program.id, job.name(), Some(&date.to_string()))
+                .save_job_progress(program, job.name(), Some(&to.to_string()))
                 .await?;
+            *last = Some(to);
         }
         Ok(())
     }
@@ -353,6 +528,7 @@ impl Services {
         &self,
         program: &Program,
         date: NaiveDate,
+        deadline: Deadline,
         report: &mut JobReport,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<(), ServiceError> {
@@ -364,12 +540,23 @@ impl Services {
                 .members_page(&program.id, cursor.as_deref(), PAGE)
                 .await?;
             for member in &page.members {
-                let outcome = self
-                    .job_member(Job::RecalculateTiers, program, member, date, at)
-                    .await?;
+                // The saved cursor is this page's start: a stopped pass redoes the page.
+                if past(deadline) {
+                    report.complete = false;
+                    return Ok(());
+                }
                 report.members += 1;
-                report.changed += usize::from(outcome.changed);
-                report.entries += outcome.entries;
+                match self
+                    .job_member(Job::RecalculateTiers, program, member, date, at)
+                    .await
+                {
+                    Ok(outcome) => {
+                        report.changed += usize::from(outcome.changed);
+                        report.entries += outcome.entries;
+                    }
+                    // Named in the report; the next full pass comes back to it.
+                    Err(e) => report.record_failure(member, &e),
+                }
                 progress(report.members);
             }
             self.store

@@ -64,6 +64,9 @@ impl Services {
                 program.file.version = Some(version);
                 let program = Arc::new(program);
                 self.remember(&program);
+                if expected.is_none() {
+                    self.start_jobs_at_creation(&program).await;
+                }
                 return Ok(SavedProgram {
                     program,
                     created: expected.is_none(),
@@ -74,5 +77,29 @@ impl Services {
             problem: "concurrent-update",
             detail: format!("program {id} is being changed by someone else; try again"),
         })
+    }
+
+    /// A new program's due-date jobs start from the earliest date anything of it can be due
+    /// (today less its backdating limit), so their first runs read days that can hold work
+    /// instead of the longest catch-up. Best effort: without it a first run reads further
+    /// back, which costs more and changes nothing.
+    async fn start_jobs_at_creation(&self, program: &Program) {
+        let today = crate::domain::calendar::local_date(program.time_zone, self.clock.now());
+        let start = today - program.backdating_limit - chrono::Duration::days(1);
+        for job in super::jobs::Job::DUE_DATE_JOBS {
+            let name = job.name();
+            let saved = match self.store.job_progress(&program.id, name).await {
+                Ok(None) => {
+                    self.store
+                        .save_job_progress(&program.id, name, Some(&start.to_string()))
+                        .await
+                }
+                Ok(Some(_)) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = saved {
+                tracing::warn!(program = program.id, job = name, error = %e, "job start not saved; its first run reads further back");
+            }
+        }
     }
 }

@@ -1,0 +1,120 @@
+"""IAM, the template and the code agree: every function is driven through its routes, queues,
+stream and schedules on the deployed topology, the fault proxy records each AWS action it asks
+for (a transaction counts as the actions of its items), and that is compared with the function's
+policy in infra/template.yaml, both ways: nothing missing, nothing unused."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from awslocal import iam
+from conftest import ROOT, Running, start_stack, stop_stack
+from test_outbox import shopify, with_retries
+from test_tour import tour
+
+TEMPLATE = ROOT / "infra" / "template.yaml"
+P = "/v1/programs/kr-shop"
+
+
+def invoke(stack: Running, function: str, payload: dict) -> dict:
+    req = urllib.request.Request(f"{stack.control}/invoke/{function}", data=json.dumps(payload).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return json.loads(r.read())
+
+
+def exercise(stack: Running) -> None:
+    """Every route, queue, stream and schedule of the template, once."""
+    started = time.monotonic()
+    step = lambda what: print(f"iam: {what} at {time.monotonic() - started:.1f} s", flush=True)  # noqa: E731
+    admin, member = stack.token("ops", admin=True), stack.token("m-1")
+    call = lambda method, path, body=None, token=admin, headers=None: stack.request(method, path, body, token=token, headers=headers)  # noqa: E731
+    # The README's tour: events, the member's views, adjustments, a redemption, a coupon.
+    tour(stack.api)
+    step("tour")
+    # Pay with points, captured and voided; a redemption reversed; the profile.
+    for order, then in (("till-7", "capture"), ("till-8", "void")):
+        status, held, _ = call("POST", f"{P}/me/redemptions", {"reward": "pay-with-points", "points": 1000, "order_ref": order},
+                               token=member, headers={"Idempotency-Key": f"hold-{order}"})
+        assert status == 201, held
+        assert call("POST", f"{P}/redemptions/{held['id']}/{then}", {"order_ref": order})[0] == 200
+    status, issued, _ = call("POST", f"{P}/me/redemptions", {"reward": "coupon-5000"}, token=member, headers={"Idempotency-Key": "iam-r"})
+    assert status == 201, issued
+    assert call("GET", f"{P}/me/redemptions/{issued['id']}", token=member)[0] == 200
+    assert call("POST", f"{P}/members/m-1/redemptions/{issued['id']}/reverse", {"reason": "iam"})[0] == 200
+    assert call("PATCH", f"{P}/me/profile", {"birthday": "03-15"}, token=member)[0] == 200
+    step("redemptions")
+    # The program and a campaign: saved, read, reported, shown to a member.
+    assert call("GET", P)[0] == 200
+    campaign = {
+        "name": "Welcome back", "kind": "broadcast", "status": "running",
+        "start": (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "end": (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "hash_seed": "iam-1", "audience": {}, "goal": "purchase",
+        "variants": [{"key": "control", "weight": 0.5, "effect": {"type": "none"}},
+                     {"key": "gift", "weight": 0.5, "effect": {"type": "grant", "points": 100}}],
+    }
+    status, saved, _ = call("PUT", f"{P}/campaigns/welcome-back", campaign)
+    assert status in (200, 201), saved
+    assert call("GET", f"{P}/campaigns/welcome-back")[0] == 200
+    assert call("GET", f"{P}/me/campaigns", token=member)[0] == 200
+    assert call("GET", f"{P}/campaigns/welcome-back/report")[0] == 200
+    step("campaign")
+    # A webhook whose refund waits for its order (parked, then released through the outbox).
+    occurred = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fixture = lambda name: (ROOT / "tests/fixtures/shopify" / name).read_text().replace("__OCCURRED_AT__", occurred).encode()  # noqa: E731
+    assert with_retries(lambda: shopify(stack, "refunds/create", fixture("refunds-create.json"), "iam-1"))[0] == 200
+    assert with_retries(lambda: shopify(stack, "orders/paid", fixture("orders-paid.json"), "iam-2"))[0] == 200
+    stack.eventually(lambda: call("GET", f"{P}/members/shopify:7001234")[1].get("pending") == 550, timeout=60, what="the order and its refund")
+    step("webhooks")
+    # Every schedule, and the full pass that no schedule runs.
+    for name in ("ReleasePending", "ExpirePoints", "TierReviews", "Notices", "CampaignTick"):
+        assert stack.run_schedule(name)["ok"], name
+    step("schedules")
+    result = invoke(stack, "tier-recalc", {"job": "recalculate-tiers"})
+    assert result["ok"], result
+    step("recalculate-tiers")
+    # Everything queued for the functions has been consumed (notices are the brand's to read).
+    stack.eventually(lambda: all(stack.status()["queues"][q]["visible"] + stack.status()["queues"][q]["in_flight"] == 0
+                                 for q in ("EarnQueue", "TierQueue")), timeout=60, what="empty earn and tier queues")
+    time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def used(tmp_path_factory):
+    # kr-shop with an anniversary action too, so that the campaign tick reads both yearly indexes.
+    program = tmp_path_factory.mktemp("iam") / "kr-shop.toml"
+    program.write_text((ROOT / "examples" / "kr-shop.toml").read_text()
+                       + '\n[actions.anniversary]\npoints = 500\nlimit = { count = 1, per = "year" }\n')
+    running = start_stack("--schedules-every", "0", "--visibility-timeout", "2", "--program", str(program))
+    try:
+        exercise(running)
+        actions: dict[str, set[tuple[str, str]]] = {}
+        for function, action, resource in running.status()["actions"]:
+            actions.setdefault(function, set()).add((action, resource))
+        return actions
+    finally:
+        stop_stack(running)
+
+
+def test_every_function_uses_exactly_what_the_template_grants(used):
+    # GIVEN every function driven through its routes, queues, stream and schedules
+    # WHEN what each asked of AWS is compared with its policy
+    missing, unused = iam.compare(iam.grants(TEMPLATE), used)
+    # THEN nothing is missing and nothing is granted in vain
+    assert missing == [], f"used but not granted: {missing}"
+    assert unused == [], f"granted but never used: {unused}"
+
+
+def test_a_removed_grant_is_noticed(used):
+    # GIVEN the template's grants without tier-recalc's Scan (the full pass of recalculate-tiers)
+    granted = iam.grants(TEMPLATE)
+    assert ("dynamodb:Scan", "table") in granted["tier-recalc"]
+    granted["tier-recalc"].discard(("dynamodb:Scan", "table"))
+    # WHEN compared with what the functions used THEN that action is reported missing
+    missing, _ = iam.compare(granted, used)
+    assert ("tier-recalc", "dynamodb:Scan", "table") in missing

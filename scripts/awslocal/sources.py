@@ -154,7 +154,7 @@ class StreamEventSource:
         self.dynamodb = dynamodb
         self.streams = streams
         self.stopping = threading.Event()
-        self.stats = {"batches": 0, "records": 0, "filtered": 0, "retries": 0, "function_errors": 0}
+        self.stats = {"batches": 0, "records": 0, "filtered": 0, "retries": 0, "function_errors": 0, "pending": 0}
 
     def start(self) -> None:
         self.arn = self.dynamodb.describe_table(TableName=self.table)["Table"]["LatestStreamArn"]
@@ -178,7 +178,9 @@ class StreamEventSource:
                     if not pending:
                         time.sleep(IDLE_POLL)
                         continue
+                self.stats["pending"] = len(pending)
                 pending = self._deliver(pending)
+                self.stats["pending"] = len(pending)
                 if pending:
                     attempts += 1
                     self.stats["retries"] += 1

@@ -19,8 +19,9 @@ import chaos
 from conftest import start_stack, stop_stack
 
 # Every operation of every function: throttled (nothing done) or answer lost (done, then the
-# caller sees a reset); earn killed right after a commit (before its follow-ups); webhook-ingest
-# killed right after a send or a delete (the seams of releasing a parked refund); random crashes.
+# caller sees a reset); earn killed right after a commit; webhook-ingest killed right after a send
+# or the release of a parked refund; the outbox relay killed after a send or a delete (the seams
+# of relaying); random crashes.
 FAULTS = ";".join(
     [
         "dynamodb.*:throttle=0.03,lost=0.03",
@@ -28,7 +29,9 @@ FAULTS = ";".join(
         "ssm.*:throttle=0.03,lost=0.03",
         "earn/dynamodb.TransactWriteItems:kill=0.02",
         "webhook-ingest/sqs.SendMessage:kill=0.01",
-        "webhook-ingest/dynamodb.DeleteItem:kill=0.2",
+        "webhook-ingest/dynamodb.TransactWriteItems:kill=0.05",
+        "outbox-relay/sqs.SendMessage:kill=0.01",
+        "outbox-relay/dynamodb.DeleteItem:kill=0.01",
         "lambda.*:crash=0.003",
     ]
 )
@@ -38,12 +41,15 @@ EVENTS = int(os.environ.get("CHAOS_EVENTS", "300"))
 
 
 def quiet(running, polls: int = 3) -> None:
-    """Waits until the earn and tier queues have been empty, with nothing in flight, a few times."""
+    """Waits until the earn and tier queues have been empty, with nothing in flight, and the
+    outbox relay has nothing left to retry, a few times."""
     calm, deadline = 0, time.monotonic() + 300
     while calm < polls:
-        assert time.monotonic() < deadline, running.status()["queues"]
-        queues = running.status()["queues"]
+        status = running.status()
+        assert time.monotonic() < deadline, status["queues"]
+        queues = status["queues"]
         busy = any(queues[q]["visible"] or queues[q]["in_flight"] for q in ("EarnQueue", "TierQueue"))
+        busy = busy or status["sources"].get("Outbox", {}).get("pending", 0) > 0
         calm = 0 if busy else calm + 1
         time.sleep(0.5)
 

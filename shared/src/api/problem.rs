@@ -51,6 +51,12 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        // Every 503 is worth retrying, and says when.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -84,6 +90,14 @@ impl From<ServiceError> for Problem {
             }
             ServiceError::Unavailable(e) => {
                 tracing::warn!(error = %e, "store unavailable");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the service is busy; try again shortly",
+                )
+            }
+            ServiceError::Busy(message) => {
+                tracing::warn!(error = %message, "busy");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",

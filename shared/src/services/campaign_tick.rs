@@ -151,7 +151,7 @@ impl Services {
             self.queue
                 .send(QueueName::Earn, &message)
                 .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                .map_err(ServiceError::from)?;
             report.sent += 1;
         }
         Ok(())

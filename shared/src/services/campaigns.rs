@@ -13,9 +13,6 @@ use crate::ports::{
 };
 use crate::report::VariantCounts;
 
-/// Attempts at saving when another admin saves the same campaign at once.
-const SAVE_ATTEMPTS: usize = 5;
-
 impl Services {
     /// `PUT /v1/programs/{program}/campaigns/{campaign}`: 201 when new, 200 when updated.
     pub async fn put_campaign(
@@ -41,7 +38,8 @@ impl Services {
         })?;
         let json =
             serde_json::to_string(&campaign).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        for _ in 0..SAVE_ATTEMPTS {
+        let mut contention = super::Contention::new();
+        loop {
             let current = self.store.campaign(&program.id, id).await?.map(|(v, _)| v);
             if let Some(version) = self
                 .store
@@ -52,11 +50,8 @@ impl Services {
                 let body = json!({"campaign": id, "version": version});
                 return Ok((current.is_none(), body));
             }
+            contention.again(|| format!("campaign {id}")).await?;
         }
-        Err(ServiceError::Conflict {
-            problem: "campaign-changed",
-            detail: format!("campaign {id} kept changing; read it again and retry"),
-        })
     }
 
     /// `GET /v1/programs/{program}/campaigns/{campaign}`.
@@ -199,7 +194,7 @@ impl Services {
             self.queue
                 .send(QueueName::Earn, &grant)
                 .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                .map_err(ServiceError::from)?;
         }
         let wanted = Assignment::new(
             id,

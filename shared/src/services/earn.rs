@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::json;
 
-use super::{ServiceError, Services, COMMIT_ATTEMPTS};
+use super::{Contention, ServiceError, Services};
 use crate::domain::{Account, Change, EventContext, Program, Source};
 use crate::envelope::{parse_earn_event, EarnEvent, Engagement, Envelope, ENVELOPE_VERSION};
 use crate::ports::{
@@ -118,7 +118,8 @@ impl Services {
             _ => Vec::new(),
         };
         let campaign_ids: Vec<String> = campaigns.iter().map(|(id, _)| id.clone()).collect();
-        for _ in 0..COMMIT_ATTEMPTS {
+        let mut contention = Contention::new();
+        loop {
             let now = self.clock.now();
             let state = self
                 .store
@@ -164,14 +165,13 @@ impl Services {
                 // The effect is there, and so are its follow-ups: they were in its commit.
                 Err(CommitError::Duplicate) => return Ok(Processed::Duplicate),
                 // No coupon is revoked here; a conflict of any kind means reload and retry.
-                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => continue,
+                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
             }
+            contention
+                .again(|| format!("member {}", envelope.member))
+                .await?;
         }
-        Err(Retry(format!(
-            "member {} kept changing; will retry",
-            envelope.member
-        )))
     }
 
     /// Handles one `tier.check`: upgrade the member if a threshold has been crossed.
@@ -184,7 +184,8 @@ impl Services {
             source: "tier".into(),
             event_id: envelope.id.clone(),
         };
-        for _ in 0..COMMIT_ATTEMPTS {
+        let mut contention = Contention::new();
+        loop {
             let now = self.clock.now();
             let state = self
                 .store
@@ -231,14 +232,13 @@ impl Services {
                 Ok(()) => return Ok(Processed::Applied { entries }),
                 Err(CommitError::Duplicate) => return Ok(Processed::Duplicate),
                 // No coupon is revoked here; a conflict of any kind means reload and retry.
-                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => continue,
+                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
             }
+            contention
+                .again(|| format!("member {}", envelope.member))
+                .await?;
         }
-        Err(Retry(format!(
-            "member {} kept changing; will retry",
-            envelope.member
-        )))
     }
 
     /// Reads a message's envelope and its program; a message that has neither is rejected

@@ -35,7 +35,7 @@ impl Services {
         self.queue
             .send(QueueName::Earn, &envelope)
             .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            .map_err(ServiceError::from)?;
         Ok(Accepted {
             id: envelope.id,
             status: "accepted",

@@ -12,7 +12,7 @@ use chrono::{Duration, NaiveDate};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{ServiceError, Services, COMMIT_ATTEMPTS};
+use super::{Contention, ServiceError, Services};
 use crate::domain::calendar::local_date;
 use crate::domain::schedule::{job_instant, job_source};
 use crate::domain::{Account, Change, DueJob, EventContext, Notice, Program};
@@ -442,7 +442,8 @@ impl Services {
         date: NaiveDate,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<MemberOutcome, ServiceError> {
-        for _ in 0..COMMIT_ATTEMPTS {
+        let mut contention = Contention::new();
+        loop {
             let state = self.store.load_member(&program.id, member, &[]).await?;
             let Some(account) = state.account else {
                 return Ok(MemberOutcome::default());
@@ -508,16 +509,15 @@ impl Services {
                     });
                 }
                 // No coupon is revoked here; a conflict of any kind means reload and retry.
-                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => continue,
+                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 // Job entries are never duplicates of an event's; a clash means it is done.
                 Err(CommitError::Duplicate) => return Ok(MemberOutcome::default()),
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
+            contention
+                .again(|| format!("member {member} during {}", job.name()))
+                .await?;
         }
-        Err(ServiceError::Internal(format!(
-            "member {member} kept changing during {}",
-            job.name()
-        )))
     }
 
     /// Checks every member's tier against the current thresholds, a page at a time. The

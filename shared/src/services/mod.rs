@@ -26,8 +26,45 @@ pub mod webhooks;
 /// saved through this process is seen at once; other containers see it within this time.
 const PROGRAM_CACHE_TTL: Duration = Duration::from_secs(30);
 
-/// Attempts at an optimistic commit before giving up (the message is then retried by the queue).
-pub(crate) const COMMIT_ATTEMPTS: usize = 8;
+/// Attempts at an optimistic write (load, decide, commit on a condition) before giving up: the
+/// queue then redelivers the message, or the HTTP caller gets a 503 with `Retry-After`.
+const COMMIT_ATTEMPTS: u32 = 16;
+/// The first pause after a conflict; each later one may be twice as long, up to the cap.
+const BACKOFF_BASE_MS: u64 = 2;
+const BACKOFF_CAP_MS: u64 = 200;
+
+/// The retry budget of one optimistic write, shared by every write path. After each conflict
+/// (someone else committed first) `again` pauses a random time up to a growing ceiling ("full
+/// jitter", so that writers who collided do not collide again in step) and, once the budget is
+/// spent, gives up with [`ServiceError::Busy`]: never a 500 for contention.
+#[derive(Debug, Default)]
+pub(crate) struct Contention {
+    attempts: u32,
+}
+
+impl Contention {
+    pub(crate) fn new() -> Contention {
+        Contention::default()
+    }
+
+    /// Call after an attempt that must be made again; `what` names what kept changing.
+    pub(crate) async fn again(
+        &mut self,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), ServiceError> {
+        self.attempts += 1;
+        if self.attempts >= COMMIT_ATTEMPTS {
+            return Err(ServiceError::Busy(format!("{} kept changing", what())));
+        }
+        let ceiling = BACKOFF_BASE_MS
+            .saturating_mul(1 << self.attempts.min(16))
+            .min(BACKOFF_CAP_MS);
+        let pause =
+            u64::try_from(uuid::Uuid::new_v4().as_u128() % u128::from(ceiling + 1)).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        Ok(())
+    }
+}
 
 /// Why a service call failed, in terms a caller can act on. The HTTP layer maps each to a status
 /// and a problem type.
@@ -65,6 +102,9 @@ pub enum ServiceError {
     },
     #[error("temporarily unavailable: {0}")]
     Unavailable(#[source] StoreError),
+    /// Contention or a queue that refused a message: worth retrying soon (503, `Retry-After`).
+    #[error("busy: {0}")]
+    Busy(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -82,6 +122,12 @@ impl ServiceError {
             problem: "unknown-program",
             detail: format!("program {program:?} does not exist"),
         }
+    }
+}
+
+impl From<crate::ports::QueueError> for ServiceError {
+    fn from(e: crate::ports::QueueError) -> Self {
+        ServiceError::Busy(e.to_string())
     }
 }
 
@@ -176,5 +222,32 @@ impl Services {
         if let Ok(mut cache) = self.programs.lock() {
             cache.insert(program.id.clone(), (Instant::now(), Arc::clone(program)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn contention_gives_up_with_busy_once_its_budget_is_spent() {
+        // GIVEN a write that conflicts every time
+        let mut contention = Contention::new();
+        let mut attempts = 1;
+        // WHEN it is tried again after each conflict
+        let outcome = loop {
+            match contention.again(|| "member m-1".to_string()).await {
+                Ok(()) => attempts += 1,
+                Err(e) => break e,
+            }
+        };
+        // THEN it was tried the budgeted number of times, and ends busy (a 503), never internal
+        assert_eq!(attempts, COMMIT_ATTEMPTS);
+        assert!(matches!(&outcome, ServiceError::Busy(m) if m == "member m-1 kept changing"));
+        let response = axum::response::IntoResponse::into_response(
+            crate::api::problem::Problem::from(outcome),
+        );
+        assert_eq!(response.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
     }
 }

@@ -52,7 +52,8 @@ impl Services {
         file.version = None;
         let file_json =
             serde_json::to_string(&file).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        for _ in 0..super::COMMIT_ATTEMPTS {
+        let mut contention = super::Contention::new();
+        loop {
             let current = self.store.get_program(id).await?;
             let expected = current.as_ref().map(|p| p.version);
             if let Some(version) = self
@@ -72,11 +73,8 @@ impl Services {
                     created: expected.is_none(),
                 });
             }
+            contention.again(|| format!("program {id}")).await?;
         }
-        Err(ServiceError::Conflict {
-            problem: "concurrent-update",
-            detail: format!("program {id} is being changed by someone else; try again"),
-        })
     }
 
     /// A new program's due-date jobs start from the earliest date anything of it can be due

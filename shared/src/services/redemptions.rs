@@ -6,14 +6,12 @@
 //! with the same key and body finds the record and gets the stored answer; two requests racing
 //! with one key cannot both commit, because the record is conditioned on not existing.
 
-use std::time::Duration as StdDuration;
-
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::{ServiceError, Services};
+use super::{Contention, ServiceError, Services};
 use crate::domain::{AccountError, EventContext, Program, Source};
 use crate::envelope::{Envelope, ENVELOPE_VERSION};
 use crate::ports::{
@@ -21,9 +19,6 @@ use crate::ports::{
     Redemption, RedemptionStatus, Reversal,
 };
 
-/// Attempts at a redemption's optimistic commit. Concurrent spending by one member is rare
-/// but must never end in an error: each attempt reloads, and they are spaced out a little.
-const ATTEMPTS: u32 = 40;
 /// How long an idempotency key is remembered.
 const KEY_DAYS: i64 = 7;
 
@@ -154,15 +149,6 @@ fn insufficient(e: AccountError) -> ServiceError {
     }
 }
 
-/// A short pause between attempts, different for each, so racing requests spread out.
-async fn back_off(attempt: u32) {
-    let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u8 % 8);
-    tokio::time::sleep(StdDuration::from_millis(
-        u64::from(attempt.min(10)) + jitter,
-    ))
-    .await;
-}
-
 impl Services {
     /// The stored answer for `key`, or 422 when the key was used with another request.
     async fn replay(
@@ -236,7 +222,8 @@ impl Services {
                 detail: format!("program {} has no reward {:?}", program.id, request.reward),
             })?
             .clone();
-        for attempt in 0..ATTEMPTS {
+        let mut contention = Contention::new();
+        loop {
             let now = self.clock.now();
             let state = self.store.load_member(&program.id, member, &[]).await?;
             let account = state
@@ -306,11 +293,8 @@ impl Services {
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            back_off(attempt).await;
+            contention.again(|| format!("member {member}")).await?;
         }
-        Err(ServiceError::Internal(format!(
-            "member {member} kept changing; try again"
-        )))
     }
 
     /// Pay with points: holds `points` for the shop's order until it captures them, voids
@@ -347,7 +331,8 @@ impl Services {
         self.store
             .put_alias(&program.id, "redemption", &id, member)
             .await?;
-        for attempt in 0..ATTEMPTS {
+        let mut contention = Contention::new();
+        loop {
             let now = self.clock.now();
             let state = self.store.load_member(&program.id, member, &[]).await?;
             let account = state
@@ -420,11 +405,8 @@ impl Services {
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            back_off(attempt).await;
+            contention.again(|| format!("member {member}")).await?;
         }
-        Err(ServiceError::Internal(format!(
-            "member {member} kept changing; try again"
-        )))
     }
 
     /// Admin: the shop captures (`capture = true`) or voids a pay-with-points hold. Capturing
@@ -451,7 +433,8 @@ impl Services {
         } else {
             RedemptionStatus::Voided
         };
-        for attempt in 0..ATTEMPTS {
+        let mut contention = Contention::new();
+        loop {
             let mut redemption = self
                 .store
                 .redemption(&program.id, &member, id)
@@ -503,11 +486,8 @@ impl Services {
                 ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            back_off(attempt).await;
+            contention.again(|| format!("member {member}")).await?;
         }
-        Err(ServiceError::Internal(format!(
-            "member {member} kept changing; try again"
-        )))
     }
 
     /// `GET .../me/redemptions/{id}` (the member's own) and the admin view.
@@ -553,7 +533,8 @@ impl Services {
                 "a reversal needs a reason",
             ));
         }
-        for attempt in 0..ATTEMPTS {
+        let mut contention = Contention::new();
+        loop {
             let mut redemption = self.redemption(&program.id, member, id).await?;
             match redemption.status {
                 RedemptionStatus::Issued | RedemptionStatus::Captured => {}
@@ -612,11 +593,8 @@ impl Services {
                 Err(CommitError::VersionConflict | CommitError::Duplicate) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            back_off(attempt).await;
+            contention.again(|| format!("member {member}")).await?;
         }
-        Err(ServiceError::Internal(format!(
-            "member {member} kept changing; try again"
-        )))
     }
 
     /// Admin: an operator's correction of the balance, with a reason. With an
@@ -638,7 +616,8 @@ impl Services {
                 return Ok(answer);
             }
         }
-        for attempt in 0..ATTEMPTS {
+        let mut contention = Contention::new();
+        loop {
             let now = self.clock.now();
             let state = self.store.load_member(&program.id, member, &[]).await?;
             let account = state
@@ -687,11 +666,8 @@ impl Services {
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            back_off(attempt).await;
+            contention.again(|| format!("member {member}")).await?;
         }
-        Err(ServiceError::Internal(format!(
-            "member {member} kept changing; try again"
-        )))
     }
 
     /// `GET .../me/rewards`: the catalog with what the member can afford and what is locked.
@@ -860,7 +836,8 @@ impl Services {
     ) -> Result<crate::domain::Profile, ServiceError> {
         let program = self.program(program_id).await?;
         let (request, _): (ProfileRequest, Value) = parse(body, "invalid-profile")?;
-        for attempt in 0..ATTEMPTS {
+        let mut contention = Contention::new();
+        loop {
             let now = self.clock.now();
             let today = crate::domain::calendar::local_date(program.time_zone, now);
             let state = self.store.load_member(&program.id, member, &[]).await?;
@@ -899,11 +876,8 @@ impl Services {
                 ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            back_off(attempt).await;
+            contention.again(|| format!("member {member}")).await?;
         }
-        Err(ServiceError::Internal(format!(
-            "member {member} kept changing; try again"
-        )))
     }
 }
 

@@ -182,7 +182,7 @@ impl Services {
         self.queue
             .send(QueueName::Earn, envelope)
             .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))
+            .map_err(ServiceError::from)
     }
 
     /// The canonical member of an event, or `None` when it is known only through an order whose

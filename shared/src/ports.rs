@@ -224,6 +224,21 @@ pub struct Commit {
 }
 
 impl Commit {
+    /// How many items it writes: DynamoDB holds at most 100 in one transaction, and every store
+    /// refuses more, so that they agree.
+    pub fn items(&self) -> usize {
+        1 + self.entries.len()
+            + usize::from(self.marker.is_some())
+            + self.orders.len()
+            + usize::from(self.redemption.is_some())
+            + usize::from(self.coupon.is_some())
+            + usize::from(self.revoke_coupon.is_some())
+            + usize::from(self.idempotency.is_some())
+            + self.assignments.len()
+            + self.counters.len()
+            + self.outbox.len()
+    }
+
     /// A commit of an account change and its entries, with nothing else.
     pub fn new(
         program: &crate::domain::Program,

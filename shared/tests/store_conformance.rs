@@ -459,6 +459,79 @@ async fn a_parked_event_moves_to_the_outbox_once(store: Arc<dyn Store>) {
     assert!(waiting(&store, &m).await.is_empty());
 }
 
+async fn an_expired_idempotency_record_frees_its_key(store: Arc<dyn Store>) {
+    use loyalty_core::ports::IdempotencyRecord;
+    // GIVEN a request's record whose replay window has passed (TTL has not removed it yet)
+    let m = member();
+    let record = |response: &str, expires_at| IdempotencyRecord {
+        principal: m.clone(),
+        key: "k-old".into(),
+        request_hash: "h".into(),
+        status: 201,
+        response: response.into(),
+        expires_at,
+    };
+    let old = record("{\"n\":1}", Utc::now() - chrono::Duration::minutes(1));
+    let mut first = commit(&m, None, 10, "e1", None);
+    first.idempotency = Some(old);
+    store.commit(first).await.unwrap();
+    // WHEN it is read THEN it is gone
+    assert_eq!(
+        store
+            .idempotency_record("kr-shop", &m, "k-old")
+            .await
+            .unwrap(),
+        None
+    );
+    // WHEN the key is used again THEN the new request commits and its record is the one kept
+    let new = record("{\"n\":2}", Utc::now() + chrono::Duration::days(1));
+    let mut second = commit(&m, Some(1), 20, "e2", None);
+    second.idempotency = Some(new.clone());
+    store.commit(second).await.unwrap();
+    assert_eq!(
+        store
+            .idempotency_record("kr-shop", &m, "k-old")
+            .await
+            .unwrap(),
+        Some(new.clone())
+    );
+    // AND while that one holds, the key is taken
+    let mut third = commit(&m, Some(2), 30, "e3", None);
+    third.idempotency = Some(new);
+    assert!(matches!(
+        store.commit(third).await,
+        Err(CommitError::Duplicate)
+    ));
+}
+
+async fn a_commit_larger_than_one_transaction_is_refused_whole(store: Arc<dyn Store>) {
+    // GIVEN a new member's commit of exactly 100 items (account, marker and 98 entries)
+    let m = member();
+    let mut fits = commit(&m, None, 0, "e0", Some("fits"));
+    fits.entries = (0..98).map(|i| entry(&format!("fits#{i}"), 1, i)).collect();
+    assert_eq!(fits.items(), 100);
+    // WHEN one more item is added THEN it is refused as too large, and nothing is written
+    let mut too_many = fits.clone();
+    too_many.outbox = vec![message(QueueName::Tier, &m, "tier-check-fits")];
+    match store.commit(too_many).await {
+        Err(CommitError::Store(e)) => {
+            assert!(e.to_string().contains("more than one transaction"), "{e}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(store
+        .load_member("kr-shop", &m, &[])
+        .await
+        .unwrap()
+        .account
+        .is_none());
+    assert!(waiting(&store, &m).await.is_empty());
+    // WHEN the 100 are committed THEN all of them are written
+    store.commit(fits).await.unwrap();
+    let page = store.ledger_page("kr-shop", &m, 200, None).await.unwrap();
+    assert_eq!(page.entries.len(), 98);
+}
+
 async fn a_commit_s_outbox_is_written_with_it_and_waits_until_relayed(store: Arc<dyn Store>) {
     // GIVEN a commit with a tier check and a notice for the member, and a reward for another
     let (m, referrer) = (member(), member());
@@ -583,7 +656,7 @@ async fn coupons_consume_once_and_idempotency_records_guard_their_commit(store: 
         request_hash: "h".into(),
         status: 201,
         response: "{}".into(),
-        expires_at: now + chrono::Duration::days(7),
+        expires_at: Utc::now() + chrono::Duration::days(7),
     };
     let mut first = commit(&m, None, 10, "e1", None);
     first.coupon = Some(Coupon {
@@ -845,6 +918,8 @@ macro_rules! conformance {
                 rejected_events_are_kept_with_their_reason,
                 a_parked_event_moves_to_the_outbox_once,
                 a_commit_s_outbox_is_written_with_it_and_waits_until_relayed,
+                a_commit_larger_than_one_transaction_is_refused_whole,
+                an_expired_idempotency_record_frees_its_key,
                 the_due_index_lists_members_by_job_and_date_and_follows_each_commit,
                 every_program_is_listed,
                 coupons_consume_once_and_idempotency_records_guard_their_commit,

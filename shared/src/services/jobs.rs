@@ -448,12 +448,10 @@ impl Services {
             let Some(account) = state.account else {
                 return Ok(MemberOutcome::default());
             };
-            // The program version is part of a full pass's id: a pass after the next change of
-            // thresholds is a new event, not a repeat of this one.
-            let event_id = match job {
-                Job::RecalculateTiers => format!("job:{}:{date}:v{}", job.name(), program.version),
-                _ => format!("job:{}:{date}", job.name()),
-            };
+            // The account's version is part of the entries' ids: a second change by the same
+            // job on the same day (points that matured later that day) is a new change, never
+            // taken for a repeat of the first. The account's version guards the commit itself.
+            let event_id = format!("job:{}:{date}:a{}", job.name(), account.version);
             let ctx = EventContext::new(event_id, at, at).with_source(job_source(job.name()));
             let (change, notices) = match job {
                 Job::ReleasePending | Job::ExpirePoints => (account.settle(program, &ctx), vec![]),

@@ -247,7 +247,10 @@ mod tests {
         let response = axum::response::IntoResponse::into_response(
             crate::api::problem::Problem::from(outcome),
         );
-        assert_eq!(response.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
         assert_eq!(response.headers()["retry-after"], "1");
     }
 }

@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
-use super::{decode_cursor, encode_cursor, ledger_seq, seq_key, MAX_ENTRIES_PER_COMMIT};
+use super::{decode_cursor, encode_cursor, ledger_seq, seq_key};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
@@ -30,8 +30,6 @@ use crate::ports::{
 };
 use crate::report::VariantCounts;
 
-/// DynamoDB refuses transactions of more than 100 items.
-const MAX_TRANSACTION_ITEMS: usize = 100;
 /// Days of rejected-event partitions read by `rejected`.
 const REJECTED_DAYS: i64 = 7;
 /// Each due date is spread over this many index partitions, so no date is one hot key.
@@ -654,7 +652,15 @@ impl DynamoStore {
             item.insert("body".into(), encode("idempotency record", record)?);
             // The table's TTL attribute: the record goes once the key can no longer be replayed.
             item.insert("expires_at".into(), n(record.expires_at.timestamp()));
-            writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
+            // An expired record that TTL has not deleted yet frees its key, as on every store.
+            writes.push(self.put(
+                item,
+                Some("attribute_not_exists(PK) OR expires_at < :now"),
+                Some(HashMap::from([(
+                    ":now".to_string(),
+                    n(Utc::now().timestamp()),
+                )])),
+            )?);
             special.idempotency = Some(writes.len() - 1);
         }
         let first = writes.len();
@@ -721,8 +727,8 @@ impl DynamoStore {
         if let Some(record) = &commit.idempotency {
             let key = idempotency_key(&commit.program, &record.principal, &record.key);
             match self.get(key).await {
-                Ok(Some(_)) => return Some(CommitError::Duplicate),
-                Ok(None) => {}
+                Ok(Some(item)) if !expired(&item) => return Some(CommitError::Duplicate),
+                Ok(_) => {}
                 Err(e) => return Some(CommitError::Store(e)),
             }
         }
@@ -814,8 +820,18 @@ impl RedemptionStore for DynamoStore {
         let item = self
             .get(idempotency_key(program, principal, request_key))
             .await?;
-        item.map(|i| body(&i, "idempotency record")).transpose()
+        let record: Option<IdempotencyRecord> =
+            item.map(|i| body(&i, "idempotency record")).transpose()?;
+        // TTL deletes an expired item within days, not at once: past its expiry it is gone.
+        Ok(record.filter(|r| r.expires_at > Utc::now()))
     }
+}
+
+/// An item whose TTL attribute has passed (TTL deletes it later, at its own pace).
+fn expired(item: &Item) -> bool {
+    number(item, "expires_at")
+        .and_then(|at| i64::try_from(at).ok())
+        .is_some_and(|at| at < Utc::now().timestamp())
 }
 
 fn marker_sk(marker: &EventMarker) -> String {
@@ -947,23 +963,8 @@ impl MemberStore for DynamoStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), CommitError> {
-        let items = 1
-            + commit.entries.len()
-            + usize::from(commit.marker.is_some())
-            + commit.orders.len()
-            + usize::from(commit.redemption.is_some())
-            + usize::from(commit.coupon.is_some())
-            + usize::from(commit.revoke_coupon.is_some())
-            + usize::from(commit.idempotency.is_some())
-            + commit.assignments.len()
-            + commit.counters.len()
-            + commit.outbox.len();
-        if items > MAX_TRANSACTION_ITEMS || commit.entries.len() > MAX_ENTRIES_PER_COMMIT {
-            return Err(StoreError::Failed {
-                message: format!("a commit of {items} items is more than one transaction can hold"),
-                source: None,
-            }
-            .into());
+        if let Some(refused) = super::too_large(&commit) {
+            return Err(refused.into());
         }
         let pk = member_pk(&commit.program, &commit.member);
         let version = commit.expected_version.unwrap_or(0) + 1;

@@ -16,6 +16,22 @@ pub fn ledger_seq(version: u64, index: usize) -> u64 {
 /// A commit writes at most this many ledger entries.
 pub const MAX_ENTRIES_PER_COMMIT: usize = 10_000;
 
+/// The most items one commit may write (DynamoDB's limit for a transaction), on every store.
+pub const MAX_COMMIT_ITEMS: usize = 100;
+
+/// The refusal of a commit that is too large for one transaction.
+pub(crate) fn too_large(commit: &crate::ports::Commit) -> Option<crate::ports::StoreError> {
+    let items = commit.items();
+    (items > MAX_COMMIT_ITEMS || commit.entries.len() > MAX_ENTRIES_PER_COMMIT).then(|| {
+        crate::ports::StoreError::Failed {
+            message: format!(
+                "a commit of {items} items is more than one transaction can hold ({MAX_COMMIT_ITEMS})"
+            ),
+            source: None,
+        }
+    })
+}
+
 /// The sort-key form of a sequence: zero-padded so that string order is numeric order.
 pub fn seq_key(seq: u64) -> String {
     format!("{seq:020}")

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use super::{decode_cursor, encode_cursor, ledger_seq, MAX_ENTRIES_PER_COMMIT};
+use super::{decode_cursor, encode_cursor, ledger_seq};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
@@ -304,12 +304,8 @@ impl MemberStore for SqliteStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), CommitError> {
-        if commit.entries.len() > MAX_ENTRIES_PER_COMMIT {
-            return Err(StoreError::Failed {
-                message: "too many ledger entries in one commit".into(),
-                source: None,
-            }
-            .into());
+        if let Some(refused) = super::too_large(&commit) {
+            return Err(refused.into());
         }
         let commit = Arc::new(commit);
         let outcome = self
@@ -331,15 +327,25 @@ impl MemberStore for SqliteStore {
                     }
                 }
                 if let Some(record) = &commit.idempotency {
-                    let exists: bool = tx
+                    let stored: Option<String> = tx
                         .query_row(
-                            "SELECT EXISTS (SELECT 1 FROM idempotency WHERE program = ?1 AND principal = ?2 AND key = ?3)",
+                            "SELECT body FROM idempotency WHERE program = ?1 AND principal = ?2 AND key = ?3",
                             params![commit.program, record.principal, record.key],
                             |row| row.get(0),
                         )
+                        .optional()
                         .map_err(|e| sql_error("cannot read the idempotency record", e))?;
-                    if exists {
-                        return Ok(Err(Outcome::Duplicate));
+                    if let Some(body) = stored {
+                        let old: IdempotencyRecord = decode("idempotency record", &body)?;
+                        // An expired record is gone, as DynamoDB's TTL makes it: the key is free.
+                        if old.expires_at > Utc::now() {
+                            return Ok(Err(Outcome::Duplicate));
+                        }
+                        tx.execute(
+                            "DELETE FROM idempotency WHERE program = ?1 AND principal = ?2 AND key = ?3",
+                            params![commit.program, record.principal, record.key],
+                        )
+                        .map_err(|e| sql_error("cannot replace the idempotency record", e))?;
                     }
                 }
                 let current: Option<u64> = tx
@@ -1108,15 +1114,18 @@ impl RedemptionStore for SqliteStore {
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let (program, principal, key) =
             (program.to_string(), principal.to_string(), key.to_string());
-        self.with(move |conn| {
-            read_body(
+        let record: Option<IdempotencyRecord> = self
+            .with(move |conn| {
+                read_body(
                 conn,
                 "SELECT body FROM idempotency WHERE program = ?1 AND principal = ?2 AND key = ?3",
                 &[&program, &principal, &key],
                 "idempotency record",
             )
-        })
-        .await
+            })
+            .await?;
+        // Past its expiry a record is gone, as DynamoDB's TTL makes it.
+        Ok(record.filter(|r| r.expires_at > Utc::now()))
     }
 }
 

@@ -143,8 +143,10 @@ class StreamEventSource:
 
     Records pass the mapping's filter patterns or are dropped, as Lambda drops them. A batch is
     invoked in order; with `ReportBatchItemFailures` the function names the first record that
-    failed and the batch is retried from it, and a function error retries the whole batch. With
-    `MaximumRetryAttempts: -1` a batch is retried until it succeeds, holding back the shard.
+    failed and the batch is retried from it, and a function error retries the whole batch (with
+    `BisectBatchOnFunctionError`, in halves: a function that keeps crashing still gets through,
+    one record at a time at worst). With `MaximumRetryAttempts: -1` a batch is retried until it
+    succeeds, holding back the shard.
     """
 
     def __init__(self, source: StreamSource, table: str, pool: FunctionPool, dynamodb, streams):
@@ -170,18 +172,25 @@ class StreamEventSource:
     def _poll(self) -> None:
         pending: list[dict] = []
         attempts = 0
+        size = self.source.batch_size  # halved after each function error, with bisect
         while not self.stopping.is_set():
             try:
                 if not pending:
                     pending = self._read()
-                    attempts = 0
+                    attempts, size = 0, self.source.batch_size
                     if not pending:
                         time.sleep(IDLE_POLL)
                         continue
                 self.stats["pending"] = len(pending)
-                pending = self._deliver(pending)
+                batch = pending[:size]
+                left, crashed = self._deliver(batch)
+                pending = left + pending[len(batch):]
+                if crashed and self.source.bisect_on_error:
+                    size = max(1, len(batch) // 2)
+                elif not left:
+                    attempts, size = 0, self.source.batch_size
                 self.stats["pending"] = len(pending)
-                if pending:
+                if left:
                     attempts += 1
                     self.stats["retries"] += 1
                     if 0 <= self.source.maximum_retry_attempts < attempts:
@@ -222,35 +231,36 @@ class StreamEventSource:
         record["eventSourceARN"] = self.arn
         return record
 
-    def _deliver(self, records: list[dict]) -> list[dict]:
-        """Invokes with the batch; returns the records to retry (from the first failure on)."""
+    def _deliver(self, records: list[dict]) -> tuple[list[dict], bool]:
+        """Invokes with the batch; returns the records to retry (from the first failure on), and
+        whether the function itself failed (crashed, timed out, raised)."""
         self.stats["batches"] += 1
         self.stats["records"] += len(records)
         try:
             outcome = self.pool.invoke({"Records": records})
         except RuntimeError:  # the function is stopping
-            return records
+            return records, False
         if not outcome.ok:
             self.stats["function_errors"] += 1
-            return records
+            return records, True
         if not self.source.report_batch_item_failures:
-            return []
+            return [], False
         try:
             answer = outcome.json()
         except ValueError:
-            return records
+            return records, False
         if answer is None:
-            return []
+            return [], False
         if not isinstance(answer, dict):
-            return records
+            return records, False
         failures = answer.get("batchItemFailures") or []
         if not failures:
-            return []
+            return [], False
         sequences = [r["dynamodb"]["SequenceNumber"] for r in records]
         first = failures[0].get("itemIdentifier") if isinstance(failures[0], dict) else None
         if first not in sequences:
-            return records
-        return records[sequences.index(first):]
+            return records, False
+        return records[sequences.index(first):], False
 
 
 def _matches(pattern, value) -> bool:

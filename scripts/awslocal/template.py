@@ -70,6 +70,7 @@ class StreamSource:
     starting_position: str
     report_batch_item_failures: bool
     maximum_retry_attempts: int  # -1: until the record succeeds
+    bisect_on_error: bool
     filters: list[dict]  # event filter patterns; a record passes when any matches
 
 
@@ -191,6 +192,7 @@ def load(path: Path) -> Template:
                         report_batch_item_failures="ReportBatchItemFailures"
                         in props.get("FunctionResponseTypes", []),
                         maximum_retry_attempts=int(props.get("MaximumRetryAttempts", -1)),
+                        bisect_on_error=bool(props.get("BisectBatchOnFunctionError", False)),
                         filters=[json.loads(f["Pattern"]) for f in props.get("FilterCriteria", {}).get("Filters", [])],
                     )
                 )

@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import boto3
 from botocore.config import Config
@@ -380,15 +381,18 @@ class Stack:
 
             def do_POST(self):
                 if self.path.startswith("/invoke/"):
-                    return self._invoke(self.path.removeprefix("/invoke/"))
+                    name, _, query = self.path.removeprefix("/invoke/").partition("?")
+                    timeout = parse_qs(query).get("timeout", [None])[0]
+                    return self._invoke(name, float(timeout) if timeout else None)
                 name = self.path.removeprefix("/schedules/")
                 runner = stack.schedules.get(name)
                 if runner is None:
                     return self._json(404, {"message": f"schedules: {sorted(stack.schedules)}"})
                 self._json(200, runner.run())
 
-            def _invoke(self, binary: str):
-                """Invokes a function once with the request's JSON, as `aws lambda invoke` does."""
+            def _invoke(self, binary: str, timeout: float | None):
+                """Invokes a function once with the request's JSON, as `aws lambda invoke` does;
+                `?timeout=S` gives it only S seconds (its deadline, as the runtime reports it)."""
                 pool = next((p for p in stack.pools.values() if p.binary.name == binary), None)
                 if pool is None:
                     return self._json(404, {"message": f"functions: {sorted(p.binary.name for p in stack.pools.values())}"})
@@ -396,7 +400,7 @@ class Stack:
                     payload = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                 except ValueError as e:
                     return self._json(400, {"message": f"not JSON: {e}"})
-                outcome = pool.invoke(payload)
+                outcome = pool.invoke(payload, timeout)
                 if outcome.ok:
                     return self._json(200, {"ok": True, "result": json.loads(outcome.body or b"null")})
                 self._json(200, {"ok": False, "error": outcome.error_message})

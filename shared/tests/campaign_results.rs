@@ -15,7 +15,7 @@ use loyalty_core::ports::{Commit, FixedClock, MemberStore, QueueName};
 use loyalty_core::report::sample_ratio;
 use loyalty_core::services::jobs::Job;
 use loyalty_core::services::programs::ProgramFormat;
-use loyalty_core::services::Services;
+use loyalty_core::services::{ServiceError, Services};
 use loyalty_core::store::sqlite::SqliteStore;
 use serde_json::{json, Value};
 
@@ -462,4 +462,51 @@ async fn the_report_recovers_a_known_uplift_and_flags_a_planted_mismatch() {
         .as_str()
         .unwrap()
         .starts_with("Do not trust"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_that_would_overlap_too_many_running_ones_is_refused_when_saved() {
+    // GIVEN as many running campaigns as may overlap, all in November
+    let s = stack(Utc.with_ymd_and_hms(2026, 11, 10, 3, 0, 0).unwrap()).await;
+    let max = loyalty_core::services::campaigns::MAX_OVERLAPPING_CAMPAIGNS;
+    let mut everyone = birthday_campaign();
+    everyone["audience"] = json!({});
+    for i in 0..max {
+        everyone["hash_seed"] = json!(format!("c-{i}"));
+        s.put_campaign(&format!("c-{i}"), &everyone).await;
+    }
+    // WHEN one more running campaign overlapping them is saved
+    let body = birthday_campaign().to_string();
+    let refused = s
+        .services
+        .put_campaign("kr-shop", "one-more", body.as_bytes())
+        .await;
+    // THEN it is refused with the reason, and nothing is saved
+    match refused {
+        Err(ServiceError::Conflict { problem, .. }) => {
+            assert_eq!(problem, "too-many-running-campaigns")
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert!(s.services.campaign("kr-shop", "one-more").await.is_err());
+    // AND a purchase in the window still commits, counted in every one of them at once
+    s.purchase(
+        "m-1",
+        "o-1",
+        10_000,
+        Utc.with_ymd_and_hms(2026, 11, 10, 2, 0, 0).unwrap(),
+    )
+    .await;
+    let counted = loyalty_core::ports::CampaignStore::campaign_counts(&s.store, "kr-shop", "c-29")
+        .await
+        .unwrap();
+    assert_eq!(counted.iter().map(|c| c.purchases).sum::<i64>(), 1);
+    // AND the same campaign as a draft, or running in December, is accepted
+    let mut draft = birthday_campaign();
+    draft["status"] = json!("draft");
+    s.put_campaign("one-more", &draft).await;
+    let mut december = birthday_campaign();
+    december["start"] = json!("2026-12-01T00:00:00+09:00");
+    december["end"] = json!("2026-12-31T00:00:00+09:00");
+    s.put_campaign("one-more", &december).await;
 }

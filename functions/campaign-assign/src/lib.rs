@@ -6,7 +6,7 @@ use axum::body::to_bytes;
 use axum::Router;
 use loyalty_core::api::gateway::behind_gateway;
 use loyalty_core::api::{campaign_router, AppState};
-use loyalty_core::services::jobs::{Job, Schedule};
+use loyalty_core::services::jobs::{failed_programs, Job, Schedule};
 use loyalty_core::services::Services;
 use serde_json::{json, Map, Value};
 use tower::ServiceExt;
@@ -76,12 +76,8 @@ async fn tick(services: &Services, schedule: &Schedule) -> Result<Value, Invocat
         .await
         .map_err(|e| InvocationError::Job(e.to_string()))?;
     // A program that failed fails the invocation, after the others ran: the schedule retries.
-    let failed: Vec<String> = reports
-        .iter()
-        .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.program)))
-        .collect();
-    if !failed.is_empty() {
-        return Err(InvocationError::Job(failed.join("; ")));
+    if let Some(failed) = failed_programs(&reports) {
+        return Err(InvocationError::Job(failed));
     }
     serde_json::to_value(reports).map_err(|e| InvocationError::Job(e.to_string()))
 }

@@ -4,7 +4,7 @@
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use loyalty_core::services::batch::{handle_sqs_event, Consumer};
-use loyalty_core::services::jobs::{Deadline, Job, JobReport};
+use loyalty_core::services::jobs::{failed_programs, Deadline, Job, JobReport};
 use loyalty_core::services::Services;
 use serde_json::Value;
 
@@ -71,13 +71,8 @@ pub async fn run_schedule(
         )
         .await
         .map_err(|e| InvocationError::Job(e.to_string()))?;
-    let failed: Vec<String> = reports
-        .iter()
-        .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.program)))
-        .collect();
-    if failed.is_empty() {
-        Ok(reports)
-    } else {
-        Err(InvocationError::Job(failed.join("; ")))
+    match failed_programs(&reports) {
+        None => Ok(reports),
+        Some(failed) => Err(InvocationError::Job(failed)),
     }
 }

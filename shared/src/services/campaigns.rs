@@ -13,6 +13,10 @@ use crate::ports::{
 };
 use crate::report::VariantCounts;
 
+/// How many running campaigns may overlap: each adds an assignment and a counter to a
+/// purchase's commit, which also holds the account, entries, marker, orders and outbox.
+pub const MAX_OVERLAPPING_CAMPAIGNS: usize = 30;
+
 impl Services {
     /// `PUT /v1/programs/{program}/campaigns/{campaign}`: 201 when new, 200 when updated.
     pub async fn put_campaign(
@@ -36,6 +40,7 @@ impl Services {
             CampaignError::Syntax(_) => ServiceError::invalid("malformed-campaign", e.to_string()),
             CampaignError::Invalid(_) => ServiceError::invalid("invalid-campaign", e.to_string()),
         })?;
+        self.check_overlap(&program.id, id, &campaign).await?;
         let json =
             serde_json::to_string(&campaign).map_err(|e| ServiceError::Internal(e.to_string()))?;
         let mut contention = super::Contention::new();
@@ -211,6 +216,41 @@ impl Services {
     }
 
     /// The campaigns running when a purchase happened, for the read that loads the member.
+    /// A purchase records its effect in every campaign running when it happened, in its one
+    /// commit (two items each, of the 100 a transaction holds): a campaign that would run
+    /// alongside too many others is refused when it is saved, not when purchases fail. Windows
+    /// that overlap at all count, which is stricter than counting any one instant.
+    async fn check_overlap(
+        &self,
+        program: &str,
+        id: &str,
+        campaign: &Campaign,
+    ) -> Result<(), ServiceError> {
+        if campaign.status != crate::campaigns::CampaignStatus::Running {
+            return Ok(());
+        }
+        let alongside = self
+            .campaign_list(program)
+            .await?
+            .iter()
+            .filter(|(other, c)| {
+                other != id
+                    && c.status == crate::campaigns::CampaignStatus::Running
+                    && c.start < campaign.end
+                    && campaign.start < c.end
+            })
+            .count();
+        if alongside + 1 > MAX_OVERLAPPING_CAMPAIGNS {
+            return Err(ServiceError::Conflict {
+                problem: "too-many-running-campaigns",
+                detail: format!(
+                    "{alongside} running campaigns overlap this one's window; at most {MAX_OVERLAPPING_CAMPAIGNS} may run at once (stop one, or move a window)"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) async fn campaigns_at(
         &self,
         program: &str,

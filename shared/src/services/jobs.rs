@@ -132,6 +132,16 @@ pub struct JobReport {
     pub error: Option<String>,
 }
 
+/// The programs whose run failed as a whole, with their errors, if any: a scheduled invocation
+/// fails with this after every program has run, so that the schedule retries it.
+pub fn failed_programs(reports: &[JobReport]) -> Option<String> {
+    let failed: Vec<String> = reports
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.program)))
+        .collect();
+    (!failed.is_empty()).then(|| failed.join("; "))
+}
+
 /// A member a run could not handle, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct JobFailure {

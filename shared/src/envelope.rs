@@ -8,9 +8,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::earning::{Purchase, PurchaseLine};
+use crate::domain::limits::{MAX_AMOUNT, MAX_LINES, MAX_POINTS, MAX_QUANTITY};
 use crate::domain::money::Currency;
 use crate::domain::orders::{RefundLine, RefundScope, Reversal};
 use crate::domain::program::Program;
+use crate::ids::{IdError, IdKind};
 
 pub const ENVELOPE_VERSION: u32 = 1;
 
@@ -52,13 +54,28 @@ pub const EARN_TYPES: &[&str] = &[
     "points.granted",
 ];
 
-/// Why an event is refused for good. The message says what to fix.
+/// Why an event is refused for good: a problem type and a message that says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct EventError(pub String);
+#[error("{detail}")]
+pub struct EventError {
+    pub problem: &'static str,
+    pub detail: String,
+}
 
 fn invalid(message: impl Into<String>) -> EventError {
-    EventError(message.into())
+    EventError {
+        problem: "invalid-event",
+        detail: message.into(),
+    }
+}
+
+impl From<IdError> for EventError {
+    fn from(e: IdError) -> EventError {
+        EventError {
+            problem: e.kind.problem(),
+            detail: e.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -256,9 +273,34 @@ fn currency_of(program: &Program, code: &str) -> Result<Currency, EventError> {
 }
 
 fn amount_of(currency: Currency, field: &str, text: &str) -> Result<i64, EventError> {
-    currency
+    let minor = currency
         .parse_non_negative(text)
-        .map_err(|e| invalid(format!("{field}: {e}")))
+        .map_err(|e| invalid(format!("{field}: {e}")))?;
+    if minor > MAX_AMOUNT {
+        return Err(invalid(format!(
+            "{field} must be at most {MAX_AMOUNT} minor units (got {text:?})"
+        )));
+    }
+    Ok(minor)
+}
+
+/// Units of a line: at least one, at most [`MAX_QUANTITY`].
+fn quantity_of(field: &str, quantity: i64) -> Result<i64, EventError> {
+    if !(1..=MAX_QUANTITY).contains(&quantity) {
+        return Err(invalid(format!(
+            "{field} must be between 1 and {MAX_QUANTITY} (got {quantity})"
+        )));
+    }
+    Ok(quantity)
+}
+
+fn lines_within(count: usize) -> Result<(), EventError> {
+    if count > MAX_LINES {
+        return Err(invalid(format!(
+            "data.lines has {count} lines; an order may have at most {MAX_LINES}"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks the envelope itself: version, ids, the program of the path.
@@ -275,12 +317,8 @@ pub fn check_envelope(envelope: &Envelope, program: &Program) -> Result<(), Even
             envelope.program, program.id
         )));
     }
-    if envelope.id.is_empty() || envelope.id.len() > 128 || envelope.id.contains('#') {
-        return Err(invalid("id must be 1-128 characters without '#'"));
-    }
-    if envelope.member.is_empty() || envelope.member.len() > 128 || envelope.member.contains('#') {
-        return Err(invalid("member must be 1-128 characters without '#'"));
-    }
+    IdKind::Event.check(&envelope.id)?;
+    IdKind::Member.check(&envelope.member)?;
     Ok(())
 }
 
@@ -292,24 +330,20 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
     match envelope.kind.as_str() {
         "purchase.completed" => {
             let d: PurchaseData = from_data(&envelope.kind, data)?;
-            required("order_id", &d.order_id)?;
+            IdKind::Order.check(&d.order_id)?;
             let currency = currency_of(program, &d.currency)?;
             if d.lines.is_empty() {
                 return Err(invalid("data.lines must list at least one line"));
             }
+            lines_within(d.lines.len())?;
             let mut lines = Vec::with_capacity(d.lines.len());
             for (i, l) in d.lines.iter().enumerate() {
                 required(&format!("lines[{i}].line_id"), &l.line_id)?;
-                if l.quantity <= 0 {
-                    return Err(invalid(format!(
-                        "data.lines[{i}].quantity must be greater than zero"
-                    )));
-                }
                 lines.push(PurchaseLine {
                     line_id: l.line_id.clone(),
                     sku: l.sku.clone(),
                     category: l.category.clone(),
-                    quantity: l.quantity,
+                    quantity: quantity_of(&format!("data.lines[{i}].quantity"), l.quantity)?,
                     unit_price: amount_of(
                         currency,
                         &format!("data.lines[{i}].unit_price"),
@@ -352,7 +386,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
         }
         "purchase.refunded" => {
             let d: RefundData = from_data(&envelope.kind, data)?;
-            required("order_id", &d.order_id)?;
+            IdKind::Order.check(&d.order_id)?;
             required("refund_id", &d.refund_id)?;
             if d.refund_id == "cancel" {
                 return Err(invalid(
@@ -364,12 +398,9 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             }
             let scope = match (d.lines.is_empty(), &d.amount, &d.order_total) {
                 (false, None, None) => {
+                    lines_within(d.lines.len())?;
                     for (i, l) in d.lines.iter().enumerate() {
-                        if l.quantity <= 0 {
-                            return Err(invalid(format!(
-                                "data.lines[{i}].quantity must be greater than zero"
-                            )));
-                        }
+                        quantity_of(&format!("data.lines[{i}].quantity"), l.quantity)?;
                     }
                     RefundScope::lines(
                         d.lines
@@ -409,7 +440,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
         }
         "purchase.cancelled" => {
             let d: CancelData = from_data(&envelope.kind, data)?;
-            required("order_id", &d.order_id)?;
+            IdKind::Order.check(&d.order_id)?;
             let _ = d.reason;
             Ok(EarnEvent::Refund {
                 platform: d.platform.unwrap_or_else(|| "api".into()),
@@ -454,8 +485,11 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
         }
         "points.granted" => {
             let d: GrantData = from_data(&envelope.kind, data)?;
-            if d.points <= 0 {
-                return Err(invalid("data.points must be greater than zero"));
+            if d.points <= 0 || d.points > MAX_POINTS {
+                return Err(invalid(format!(
+                    "data.points must be between 1 and {MAX_POINTS} (got {})",
+                    d.points
+                )));
             }
             Ok(EarnEvent::Grant {
                 points: d.points,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod envelope;
 pub mod fingerprint;
+pub mod ids;
 pub mod ports;
 pub mod queue;
 pub mod report;

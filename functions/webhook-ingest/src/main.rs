@@ -1,7 +1,7 @@
 //! Lambda entry point: the webhook routes of the shared API, behind API Gateway. Clients and
 //! the secret cache are built once per container.
 
-use loyalty_core::api::webhook_router;
+use loyalty_core::api::{edge, webhook_router};
 use loyalty_core::config::AwsSettings;
 
 #[tokio::main]
@@ -12,5 +12,5 @@ async fn main() -> Result<(), lambda_http::Error> {
         .without_time()
         .init();
     let settings = AwsSettings::from_env()?;
-    lambda_http::run(webhook_router(settings.app_state().await)).await
+    lambda_http::run(edge(webhook_router(settings.app_state().await))).await
 }

@@ -44,6 +44,29 @@ impl Principal {
     }
 }
 
+impl Principal {
+    /// A member route: the token speaks for a member, so it must not be an admin token (an
+    /// operator acts on a member through the admin routes, which say who did it), nor a token
+    /// limited to another program.
+    pub fn require_member(&self, program: &str) -> Result<(), Problem> {
+        if self.scopes.iter().any(|s| s == ADMIN_SCOPE) {
+            return Err(Problem::forbidden(
+                "this route is the member's own: it needs a member token, not an admin token",
+            ));
+        }
+        match &self.program {
+            Some(limited) if limited != program => Err(Problem::forbidden(format!(
+                "this token is limited to program {limited:?}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Seconds by which a token's `exp` may have passed and still be accepted, for clocks that
+/// differ a little (README "Tokens").
+pub const CLOCK_LEEWAY_SECONDS: u64 = 5;
+
 /// Claims of our tokens (DESIGN §6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -106,6 +129,7 @@ impl FromRequestParts<AppState> for Principal {
                 let token = bearer(parts)?;
                 let mut validation = Validation::new(Algorithm::HS256);
                 validation.validate_aud = false;
+                validation.leeway = CLOCK_LEEWAY_SECONDS;
                 validation.set_required_spec_claims(&["exp", "sub"]);
                 let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
                     .map_err(|e| Problem::unauthorized(format!("the token is not valid: {e}")))?;

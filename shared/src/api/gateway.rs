@@ -9,9 +9,10 @@ use serde_json::{Map, Value};
 
 use super::auth::GatewayClaims;
 
-/// Adds the claims layer to a router a Lambda function runs.
+/// Adds the claims layer, and what every served router gets ([`super::edge`]), to a router a
+/// Lambda function runs.
 pub fn behind_gateway(router: Router) -> Router {
-    router.layer(axum::middleware::map_request(with_claims))
+    super::edge(router).layer(axum::middleware::map_request(with_claims))
 }
 
 /// Copies the authorizer's verified claims onto the request. A request without them (a route

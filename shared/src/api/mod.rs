@@ -5,7 +5,6 @@
 //! (404), then the request itself (400). Bodies are read as bytes and parsed only after the
 //! checks, so a malformed body never hides a missing token.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -24,6 +23,10 @@ pub mod problem;
 use auth::{Principal, Verifier};
 use problem::Problem;
 
+use crate::ids::{
+    CampaignId, CouponCode, IdError, IdKind, IdempotencyKey, MemberId, ProgramId, RedemptionId,
+};
+
 use crate::services::programs::ProgramFormat;
 use crate::services::Services;
 use crate::webhooks::Secrets;
@@ -37,8 +40,8 @@ pub struct AppState {
     pub secrets: Arc<dyn Secrets>,
 }
 
-/// Largest request body accepted (a program file or an event).
-const MAX_BODY: usize = 256 * 1024;
+/// Largest request body accepted (a program file or an event), in bytes.
+pub const MAX_BODY: usize = 256 * 1024;
 
 /// Admin routes for programs and events.
 pub fn admin_router(state: AppState) -> Router {
@@ -124,15 +127,26 @@ pub fn webhook_router(state: AppState) -> Router {
 
 /// Every route, as `loyalty serve` mounts them, with problem+json for unknown paths.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(webhook_router(state.clone()))
-        .merge(admin_router(state.clone()))
-        .merge(member_router(state.clone()))
-        .merge(redemption_router(state.clone()))
-        .merge(campaign_router(state))
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+    edge(
+        Router::new()
+            .merge(webhook_router(state.clone()))
+            .merge(admin_router(state.clone()))
+            .merge(member_router(state.clone()))
+            .merge(redemption_router(state.clone()))
+            .merge(campaign_router(state))
+            .route("/health", get(|| async { Json(json!({"status": "ok"})) })),
+    )
+}
+
+/// What every served router gets, locally and in each Lambda function: unknown routes are 404,
+/// bodies over [`MAX_BODY`] are 413 before anything is read, and every error the framework
+/// gives (405, 413, undecodable paths, bad queries) is `application/problem+json`.
+pub fn edge(router: Router) -> Router {
+    router
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(problem::framework_errors))
+        .layer(axum::middleware::from_fn(problem::refuse_large_bodies))
 }
 
 async fn webhook(
@@ -141,6 +155,7 @@ async fn webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
+    let program = ProgramId::parse(&program)?;
     let ingested = state
         .services
         .ingest_webhook(state.secrets.as_ref(), &platform, &program, &headers, &body)
@@ -155,12 +170,12 @@ async fn put_program(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
+    let program = admin_of(&principal, &program)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| Problem::bad_request("malformed-program", "the body is not UTF-8 text"))?;
     let saved = state
         .services
-        .put_program(&program, text, format_of(&headers))
+        .put_program(&program, text, format_of(&headers)?)
         .await?;
     let status = if saved.created {
         StatusCode::CREATED
@@ -176,7 +191,7 @@ async fn get_program(
     State(state): State<AppState>,
     Path(program): Path<String>,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
+    let program = admin_of(&principal, &program)?;
     let program = state.services.program(&program).await?;
     Ok(
         Json(json!({"program": program.id, "version": program.version, "file": program.file}))
@@ -184,16 +199,22 @@ async fn get_program(
     )
 }
 
-/// TOML is the canonical format; JSON is accepted when the request says so.
-fn format_of(headers: &HeaderMap) -> ProgramFormat {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if content_type.starts_with("application/json") {
-        ProgramFormat::Json
-    } else {
-        ProgramFormat::Toml
+/// TOML is the canonical format (no Content-Type, `application/toml` or `text/plain`); JSON is
+/// accepted when the request says so. Media types are compared without regard to case.
+fn format_of(headers: &HeaderMap) -> Result<ProgramFormat, Problem> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(ProgramFormat::Toml);
+    };
+    let text = value.to_str().unwrap_or("").to_ascii_lowercase();
+    let essence = text.split(';').next().unwrap_or("").trim();
+    match essence {
+        "application/json" => Ok(ProgramFormat::Json),
+        "application/toml" | "text/toml" | "text/plain" | "" => Ok(ProgramFormat::Toml),
+        other => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!("a program file is application/toml or application/json, not {other:?}"),
+        )),
     }
 }
 
@@ -203,25 +224,35 @@ async fn submit_event(
     Path(program): Path<String>,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
+    let program = admin_of(&principal, &program)?;
     let accepted = state.services.submit_event(&program, &body).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
-/// The member a token speaks for: the `app` alias of its subject, or the subject itself.
+/// An admin route: the caller is an admin of the program, whose id is well-formed.
+fn admin_of(principal: &Principal, program: &str) -> Result<ProgramId, Problem> {
+    principal.require_admin(program)?;
+    Ok(ProgramId::parse(program)?)
+}
+
+/// A member route: the caller holds a member token, and the member is the one it speaks for:
+/// the `app` alias of its subject, or the subject itself.
 async fn member_of(
     state: &AppState,
     program: &str,
     principal: &Principal,
-) -> Result<String, Problem> {
+) -> Result<(ProgramId, MemberId), Problem> {
+    principal.require_member(program)?;
+    let program = ProgramId::parse(program)?;
     let services = &state.services;
-    services.program(program).await?;
-    Ok(services
+    services.program(&program).await?;
+    let member = services
         .store
-        .resolve_alias(program, "app", &principal.subject)
+        .resolve_alias(&program, "app", &principal.subject)
         .await
         .map_err(crate::services::ServiceError::from)?
-        .unwrap_or_else(|| principal.subject.clone()))
+        .unwrap_or_else(|| principal.subject.clone());
+    Ok((program, MemberId::parse(&member)?))
 }
 
 async fn me(
@@ -229,7 +260,7 @@ async fn me(
     State(state): State<AppState>,
     Path(program): Path<String>,
 ) -> Result<Response, Problem> {
-    let member = member_of(&state, &program, &principal).await?;
+    let (program, member) = member_of(&state, &program, &principal).await?;
     Ok(Json(state.services.member_view(&program, &member).await?).into_response())
 }
 
@@ -239,7 +270,8 @@ async fn put_campaign(
     Path((program, campaign)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
+    let program = admin_of(&principal, &program)?;
+    let campaign = CampaignId::parse(&campaign)?;
     let (created, saved) = state
         .services
         .put_campaign(&program, &campaign, &body)
@@ -257,7 +289,8 @@ async fn get_campaign(
     State(state): State<AppState>,
     Path((program, campaign)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
+    let program = admin_of(&principal, &program)?;
+    let campaign = CampaignId::parse(&campaign)?;
     Ok(Json(state.services.campaign(&program, &campaign).await?).into_response())
 }
 
@@ -274,7 +307,8 @@ async fn campaign_report(
     Path((program, campaign)): Path<(String, String)>,
     Query(query): Query<ReportQuery>,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
+    let program = admin_of(&principal, &program)?;
+    let campaign = CampaignId::parse(&campaign)?;
     let report = state.services.campaign_report(&program, &campaign).await?;
     match query.format.as_deref() {
         None | Some("json") => Ok(Json(report).into_response()),
@@ -296,7 +330,7 @@ async fn my_rewards(
     State(state): State<AppState>,
     Path(program): Path<String>,
 ) -> Result<Response, Problem> {
-    let member = member_of(&state, &program, &principal).await?;
+    let (program, member) = member_of(&state, &program, &principal).await?;
     let rewards = state.services.catalog(&program, &member).await?;
     Ok(Json(json!({ "rewards": rewards })).into_response())
 }
@@ -306,7 +340,7 @@ async fn my_campaigns(
     State(state): State<AppState>,
     Path(program): Path<String>,
 ) -> Result<Response, Problem> {
-    let member = member_of(&state, &program, &principal).await?;
+    let (program, member) = member_of(&state, &program, &principal).await?;
     Ok(Json(state.services.my_campaigns(&program, &member).await?).into_response())
 }
 
@@ -316,7 +350,7 @@ async fn my_profile(
     Path(program): Path<String>,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let member = member_of(&state, &program, &principal).await?;
+    let (program, member) = member_of(&state, &program, &principal).await?;
     let profile = state
         .services
         .update_profile(&program, &member, &body)
@@ -324,8 +358,17 @@ async fn my_profile(
     Ok(Json(profile).into_response())
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Option<&str> {
-    headers.get("idempotency-key").and_then(|v| v.to_str().ok())
+/// The `Idempotency-Key` header, if given; a value that breaks the rule is refused, never
+/// ignored (ignoring it would let a retry act twice).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| IdError {
+        kind: IdKind::IdempotencyKey,
+        value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+    })?;
+    Ok(Some(IdempotencyKey::parse(text)?))
 }
 
 fn answer(a: crate::services::redemptions::Answer) -> Response {
@@ -340,11 +383,11 @@ async fn redeem(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let member = member_of(&state, &program, &principal).await?;
-    let key = idempotency_key(&headers);
+    let (program, member) = member_of(&state, &program, &principal).await?;
+    let key = idempotency_key(&headers)?;
     let done = state
         .services
-        .redeem(&program, &member, &principal.subject, key, &body)
+        .redeem(&program, &member, &principal.subject, key.as_deref(), &body)
         .await?;
     Ok(answer(done))
 }
@@ -355,7 +398,8 @@ async fn my_redemption(
     Path((program, id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     // Read under the caller's own member: another member's id is simply not found.
-    let member = member_of(&state, &program, &principal).await?;
+    let (program, member) = member_of(&state, &program, &principal).await?;
+    let id = RedemptionId::parse(&id)?;
     Ok(Json(state.services.redemption(&program, &member, &id).await?).into_response())
 }
 
@@ -364,7 +408,8 @@ async fn check_coupon(
     State(state): State<AppState>,
     Path((program, code)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
+    let program = admin_of(&principal, &program)?;
+    let code = CouponCode::parse(&code)?;
     Ok(Json(state.services.check_coupon(&program, &code).await?).into_response())
 }
 
@@ -374,7 +419,8 @@ async fn consume_coupon(
     Path((program, code)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
+    let program = admin_of(&principal, &program)?;
+    let code = CouponCode::parse(&code)?;
     Ok(Json(
         state
             .services
@@ -390,7 +436,9 @@ async fn reverse_redemption(
     Path((program, member, id)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
+    let program = admin_of(&principal, &program)?;
+    let member = MemberId::parse(&member)?;
+    let id = RedemptionId::parse(&id)?;
     let done = state
         .services
         .reverse_redemption(&program, &member, &id, &principal.subject, &body)
@@ -405,11 +453,12 @@ async fn adjust(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
-    let key = idempotency_key(&headers);
+    let program = admin_of(&principal, &program)?;
+    let member = MemberId::parse(&member)?;
+    let key = idempotency_key(&headers)?;
     let done = state
         .services
-        .adjust(&program, &member, &principal.subject, key, &body)
+        .adjust(&program, &member, &principal.subject, key.as_deref(), &body)
         .await?;
     Ok(answer(done))
 }
@@ -419,7 +468,8 @@ async fn capture_hold(
     State(state): State<AppState>,
     Path((program, id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
+    let program = admin_of(&principal, &program)?;
+    let id = RedemptionId::parse(&id)?;
     let done = state
         .services
         .settle_hold(&program, &id, true, &principal.subject)
@@ -432,7 +482,8 @@ async fn void_hold(
     State(state): State<AppState>,
     Path((program, id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
+    let program = admin_of(&principal, &program)?;
+    let id = RedemptionId::parse(&id)?;
     let done = state
         .services
         .settle_hold(&program, &id, false, &principal.subject)
@@ -444,9 +495,9 @@ async fn my_ledger(
     principal: Principal,
     State(state): State<AppState>,
     Path(program): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<PageQuery>,
 ) -> Result<Response, Problem> {
-    let member = member_of(&state, &program, &principal).await?;
+    let (program, member) = member_of(&state, &program, &principal).await?;
     ledger(&state, &program, &member, &query).await
 }
 
@@ -455,7 +506,8 @@ async fn admin_member_view(
     State(state): State<AppState>,
     Path((program, member)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
+    let program = admin_of(&principal, &program)?;
+    let member = MemberId::parse(&member)?;
     Ok(Json(state.services.member_view(&program, &member).await?).into_response())
 }
 
@@ -463,25 +515,35 @@ async fn admin_member_ledger(
     principal: Principal,
     State(state): State<AppState>,
     Path((program, member)): Path<(String, String)>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<PageQuery>,
 ) -> Result<Response, Problem> {
-    principal.require_admin(&program)?;
+    let program = admin_of(&principal, &program)?;
+    let member = MemberId::parse(&member)?;
     ledger(&state, &program, &member, &query).await
+}
+
+/// A page of the ledger: a parameter given twice is refused (400), not chosen among.
+#[derive(Debug, serde::Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    limit: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
 }
 
 async fn ledger(
     state: &AppState,
     program: &str,
     member: &str,
-    query: &HashMap<String, String>,
+    query: &PageQuery,
 ) -> Result<Response, Problem> {
-    let limit = match query.get("limit") {
+    let limit = match &query.limit {
         Some(text) => Some(text.parse::<usize>().map_err(|_| {
             Problem::bad_request("invalid-limit", format!("limit {text:?} is not a number"))
         })?),
         None => None,
     };
-    let cursor = query.get("cursor").map(String::as_str);
+    let cursor = query.cursor.as_deref();
     Ok(Json(
         state
             .services

@@ -1,10 +1,13 @@
 //! Errors as `application/problem+json` (RFC 9457): a stable `type` whose last segment names the
 //! problem, a human `detail`, and the status.
 
+use axum::extract::Request;
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::ids::IdError;
 use crate::services::ServiceError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +67,76 @@ impl IntoResponse for Problem {
             );
         }
         response
+    }
+}
+
+/// Turns an error response the framework made (405, 413, an undecodable path, a bad query, a
+/// malformed body) into a problem; the server's own problems pass unchanged.
+pub async fn framework_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let said = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (slug, detail) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method-not-allowed",
+            match &allow {
+                Some(allow) => format!(
+                    "this route answers {}",
+                    String::from_utf8_lossy(allow.as_bytes())
+                ),
+                None => "this route does not answer this method".to_string(),
+            },
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload-too-large", too_large()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported-media-type", said),
+        StatusCode::NOT_FOUND => ("not-found", "no such route".to_string()),
+        _ if status.is_client_error() => ("bad-request", said),
+        _ => ("internal", "something went wrong on our side".to_string()),
+    };
+    let mut problem = Problem::new(status, slug, detail).into_response();
+    if let Some(allow) = allow {
+        problem.headers_mut().insert(header::ALLOW, allow);
+    }
+    problem
+}
+
+fn too_large() -> String {
+    format!("a request body may have at most {} bytes", super::MAX_BODY)
+}
+
+/// Refuses a body whose declared length is over the limit before anything reads it, so even a
+/// request without a token learns the limit (a body without a length is cut at the limit when
+/// read).
+pub async fn refuse_large_bodies(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > super::MAX_BODY as u64) {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            too_large(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+impl From<IdError> for Problem {
+    fn from(e: IdError) -> Problem {
+        Problem::bad_request(e.kind.problem(), e.to_string())
     }
 }
 

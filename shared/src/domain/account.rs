@@ -305,6 +305,8 @@ impl Account {
         if reason.trim().is_empty() {
             return Err(AccountError::Invalid("an adjustment needs a reason".into()));
         }
+        super::limits::check_points("points", points)
+            .map_err(|e| AccountError::Invalid(e.to_string()))?;
         let mut journal = Journal::begin(self, program, ctx);
         if points > 0 {
             let expires_on = lot_expiry(program, ctx.occurred_at);
@@ -321,6 +323,8 @@ impl Account {
             journal.account.balance += points;
         }
         journal.post(EntryKind::Adjust, points, 0, reason);
+        super::limits::check_account(&journal.account)
+            .map_err(|e| AccountError::Invalid(e.to_string()))?;
         Ok(journal.finish())
     }
 }

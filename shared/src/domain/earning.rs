@@ -83,6 +83,10 @@ pub enum EarnError {
     DiscountTooLarge(usize),
     #[error("lines[{0}].line_id {1:?} appears twice in the order")]
     DuplicateLine(usize, String),
+    #[error("lines[{0}]: unit_price x quantity is above the limit of {max} minor units", max = super::limits::MAX_AMOUNT)]
+    LineTooLarge(usize),
+    #[error("the order would earn {0} points, above the limit of {max} for one event", max = super::limits::MAX_POINTS)]
+    TooManyPoints(i64),
     #[error("the order's amounts are too large to compute")]
     Overflow,
 }
@@ -172,6 +176,9 @@ pub fn purchase_points(
 
     let total = points.iter().try_fold(0i64, |acc, p| acc.checked_add(*p));
     let mut total = total.ok_or(EarnError::Overflow)?;
+    if total > super::limits::MAX_POINTS && rules.max_points_per_order.is_none() {
+        return Err(EarnError::TooManyPoints(total));
+    }
     let mut capped = false;
     if let Some(cap) = rules.max_points_per_order {
         if total > cap {
@@ -226,7 +233,8 @@ fn eligible_amounts(rules: &PurchaseRules, purchase: &Purchase) -> Result<Vec<i6
             let total = line
                 .quantity
                 .checked_mul(line.unit_price)
-                .ok_or(EarnError::Overflow)?;
+                .filter(|t| *t <= super::limits::MAX_AMOUNT)
+                .ok_or(EarnError::LineTooLarge(i))?;
             if line.discount > total {
                 return Err(EarnError::DiscountTooLarge(i));
             }

@@ -7,6 +7,7 @@ pub mod calendar;
 pub mod earning;
 pub mod engagement;
 pub mod ledger;
+pub mod limits;
 pub mod lots;
 pub mod money;
 pub mod orders;

@@ -13,6 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use super::limits::{MAX_AMOUNT, MAX_POINTS};
 use super::money::Currency;
 
 /// Basis points: 10,000 = 1.0x.
@@ -559,9 +560,17 @@ impl Validator {
         });
     }
 
+    /// Points the program gives or asks: from zero up to the limit of one entry.
     fn non_negative(&mut self, field: &str, value: i64) {
         if value < 0 {
             self.fail(field, format!("must not be negative (got {value})"));
+        }
+        self.at_most_points(field, value);
+    }
+
+    fn at_most_points(&mut self, field: &str, value: i64) {
+        if value > MAX_POINTS {
+            self.fail(field, format!("must be at most {MAX_POINTS} (got {value})"));
         }
     }
 
@@ -577,6 +586,13 @@ impl Validator {
     fn amount(&mut self, field: &str, currency: Option<Currency>, text: &str) -> Option<i64> {
         let currency = currency?;
         match currency.parse_non_negative(text) {
+            Ok(minor) if minor > MAX_AMOUNT => {
+                self.fail(
+                    field,
+                    format!("must be at most {MAX_AMOUNT} minor units (got {minor})"),
+                );
+                None
+            }
             Ok(minor) => Some(minor),
             Err(e) => {
                 self.fail(field, format!("is not a valid amount: {e}"));
@@ -668,6 +684,7 @@ impl Validator {
             if cap <= 0 {
                 self.fail("purchase.max_points_per_order", "must be greater than zero");
             }
+            self.at_most_points("purchase.max_points_per_order", cap);
         }
         let categories = self.line_rules("purchase.categories", &p.categories, |r| &r.category);
         let skus = self.line_rules("purchase.skus", &p.skus, |r| &r.sku);
@@ -876,6 +893,7 @@ impl Validator {
             if r.cost <= 0 {
                 self.fail(format!("{field}.cost"), "must be greater than zero");
             }
+            self.at_most_points(&format!("{field}.cost"), r.cost);
             let amount_minor = match (r.kind, &r.amount) {
                 (RewardKind::FixedDiscount, Some(a)) => {
                     self.amount(&format!("{field}.amount"), currency, a)
@@ -937,6 +955,8 @@ impl Validator {
         if p.min_points <= 0 {
             self.fail("pay_with_points.min_points", "must be greater than zero");
         }
+        self.at_most_points("pay_with_points.points", p.points);
+        self.at_most_points("pay_with_points.min_points", p.min_points);
         if p.hold_minutes == 0 {
             self.fail("pay_with_points.hold_minutes", "must be at least 1");
         }

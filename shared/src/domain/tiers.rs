@@ -15,7 +15,8 @@ use super::program::{Downgrade, Measure, Program, Review, Window};
 
 pub(crate) fn add_measure(account: &mut Account, month: YearMonth, delta: i64) {
     if delta != 0 {
-        *account.qualifying.entry(month).or_insert(0) += delta;
+        let value = account.qualifying.entry(month).or_insert(0);
+        *value = value.saturating_add(delta);
     }
 }
 
@@ -31,8 +32,7 @@ pub fn measure_at(program: &Program, account: &Account, date: NaiveDate) -> i64 
         .qualifying
         .iter()
         .filter(|(m, _)| in_window(m))
-        .map(|(_, v)| *v)
-        .sum()
+        .fold(0i64, |sum, (_, v)| sum.saturating_add(*v))
 }
 
 /// Index of the highest tier whose threshold the measure reaches.

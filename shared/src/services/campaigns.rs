@@ -26,16 +26,8 @@ impl Services {
         body: &[u8],
     ) -> Result<(bool, Value), ServiceError> {
         let program = self.program(program_id).await?;
-        if id.is_empty()
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(ServiceError::invalid(
-                "invalid-campaign",
-                "a campaign id is letters, digits, '-' and '_'",
-            ));
-        }
+        crate::ids::IdKind::Campaign.check(id)?;
+        super::require_object(body, "malformed-campaign")?;
         let campaign = Campaign::from_json(body, &program).map_err(|e| match e {
             CampaignError::Syntax(_) => ServiceError::invalid("malformed-campaign", e.to_string()),
             CampaignError::Invalid(_) => ServiceError::invalid("invalid-campaign", e.to_string()),

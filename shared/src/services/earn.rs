@@ -346,7 +346,7 @@ fn decide(
         assignments: Vec::new(),
         counters: Vec::new(),
     };
-    Ok(match event {
+    let outcome = match event {
         EarnEvent::Purchase { purchase, .. } => {
             let parts =
                 super::campaigns::parts(campaigns, program, &account, state, ctx.occurred_at);
@@ -401,7 +401,12 @@ fn decide(
             }
             outcome
         }
-    })
+    };
+    // A credit that would take the account past its bounds is refused, so no later sum can
+    // overflow (domain::limits).
+    crate::domain::limits::check_account(&outcome.change.account)
+        .map_err(|e| format!("the event is refused: {e}"))?;
+    Ok(outcome)
 }
 
 /// Counts a purchase in the member's campaigns: for each, the assignment and counters, with

@@ -20,6 +20,7 @@ impl Services {
     /// it for earn. Sending the same id again is accepted again and has no second effect.
     pub async fn submit_event(&self, program: &str, body: &[u8]) -> Result<Accepted, ServiceError> {
         let program = self.program(program).await?;
+        super::require_object(body, "malformed-event")?;
         let mut envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
             ServiceError::invalid(
                 "malformed-event",
@@ -27,7 +28,7 @@ impl Services {
             )
         })?;
         parse_earn_event(&envelope, &program)
-            .map_err(|e| ServiceError::invalid("invalid-event", e.to_string()))?;
+            .map_err(|e| ServiceError::invalid(e.problem, e.detail))?;
         program
             .check_occurred_at(envelope.occurred_at, self.clock.now())
             .map_err(|e| ServiceError::invalid("event-out-of-bounds", e.to_string()))?;

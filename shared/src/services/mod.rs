@@ -125,6 +125,24 @@ impl ServiceError {
     }
 }
 
+/// A JSON request body must be an object: serde would read a struct from an array too, by
+/// position, which no client means.
+pub(crate) fn require_object(body: &[u8], problem: &'static str) -> Result<(), ServiceError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(ServiceError::invalid(
+            problem,
+            "the body must be a JSON object",
+        )),
+    }
+}
+
+impl From<crate::ids::IdError> for ServiceError {
+    fn from(e: crate::ids::IdError) -> Self {
+        ServiceError::invalid(e.kind.problem(), e.to_string())
+    }
+}
+
 impl From<crate::ports::QueueError> for ServiceError {
     fn from(e: crate::ports::QueueError) -> Self {
         ServiceError::Busy(e.to_string())
@@ -177,6 +195,7 @@ impl Services {
         let mut program = Program::from_json(&stored.file_json)
             .map_err(|e| ServiceError::Internal(format!("stored program {id} is invalid: {e}")))?;
         program.version = stored.version;
+        program.file.version = Some(stored.version);
         let program = Arc::new(program);
         self.remember(&program);
         Ok(program)

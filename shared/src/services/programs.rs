@@ -31,7 +31,10 @@ impl Services {
     ) -> Result<SavedProgram, ServiceError> {
         let parsed = match format {
             ProgramFormat::Toml => Program::from_toml(text),
-            ProgramFormat::Json => Program::from_json(text),
+            ProgramFormat::Json => {
+                super::require_object(text.as_bytes(), "malformed-program")?;
+                Program::from_json(text)
+            }
         };
         let mut program = parsed.map_err(|e| match e {
             ProgramError::Syntax { .. } => {

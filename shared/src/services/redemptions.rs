@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::{Contention, ServiceError, Services};
 use crate::domain::{AccountError, EventContext, Program, Source};
 use crate::envelope::{Envelope, ENVELOPE_VERSION};
+use crate::ids::IdKind;
 use crate::ports::{
     Commit, CommitError, Consumption, Coupon, IdempotencyRecord, OutboxMessage, QueueName,
     Redemption, RedemptionStatus, Reversal,
@@ -117,10 +118,13 @@ fn parse<T: serde::de::DeserializeOwned>(
     body: &[u8],
     problem: &'static str,
 ) -> Result<(T, Value), ServiceError> {
+    super::require_object(body, problem)?;
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ServiceError::invalid(problem, format!("the body is not JSON: {e}")))?;
-    let parsed = serde_json::from_value(value.clone())
-        .map_err(|e| ServiceError::invalid(problem, e.to_string()))?;
+    // Read from the bytes, not the value: a field given twice is refused, as in events, rather
+    // than the last one winning.
+    let parsed =
+        serde_json::from_slice(body).map_err(|e| ServiceError::invalid(problem, e.to_string()))?;
     Ok((parsed, value))
 }
 
@@ -208,6 +212,7 @@ impl Services {
             key,
             hash: &hash,
         };
+        IdKind::Reward.check(&request.reward)?;
         if request.reward == PAY_WITH_POINTS {
             return self
                 .hold_points(&program, member, &request, &request_id)
@@ -322,9 +327,10 @@ impl Services {
         let order_ref = request
             .order_ref
             .as_deref()
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
             .ok_or_else(|| ServiceError::invalid("invalid-redemption", "order_ref is required"))?;
+        IdKind::Order.check(order_ref)?;
+        crate::domain::limits::check_points("points", points)
+            .map_err(|e| ServiceError::invalid("invalid-redemption", e.to_string()))?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         // The shop captures by redemption id alone: remember whose it is (harmless if the
         // hold below is refused).
@@ -723,10 +729,9 @@ impl Services {
             .0
             .get("order_ref")
             .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
             .map(str::to_string)
             .ok_or_else(|| ServiceError::invalid("invalid-consumption", "order_ref is required"))?;
+        IdKind::Order.check(&order_ref)?;
         let now = self.clock.now();
         let conflict =
             |problem: &'static str, detail: String| ServiceError::Conflict { problem, detail };

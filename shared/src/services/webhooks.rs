@@ -254,7 +254,7 @@ impl Services {
         };
         let program = self.program(program).await?;
         parse_earn_event(&envelope, &program)
-            .map_err(|e| ServiceError::invalid("invalid-event", e.to_string()))?;
+            .map_err(|e| ServiceError::invalid(e.problem, e.detail))?;
         program
             .check_occurred_at(envelope.occurred_at, self.clock.now())
             .map_err(|e| ServiceError::invalid("event-out-of-bounds", e.to_string()))?;

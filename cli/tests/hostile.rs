@@ -1,0 +1,417 @@
+//! A hostile client against `loyalty serve`: numbers at and beyond their limits, ids that break
+//! their rule, requests the framework answers, and tokens of the wrong kind or just expired.
+//! Every refusal is problem+json with a documented status, and nothing is written.
+
+mod common;
+
+use chrono::Utc;
+use common::{token, Server, SECRET};
+use loyalty_core::api::auth::{sign, Claims, ADMIN_SCOPE};
+use loyalty_core::domain::limits::{MAX_AMOUNT, MAX_BALANCE, MAX_POINTS, MAX_QUANTITY};
+use serde_json::{json, Value};
+
+const PROGRAM: &str = "/v1/programs/kr-shop";
+
+struct Client {
+    server: Server,
+    admin: String,
+}
+
+impl Client {
+    fn new() -> Client {
+        Client {
+            server: Server::start(&[]),
+            admin: token(&["--admin"]),
+        }
+    }
+
+    fn adjust(&self, member: &str, points: i64) -> (u16, Value) {
+        let body = json!({"points": points, "reason": "test"}).to_string();
+        self.server.call(
+            "POST",
+            &format!("{PROGRAM}/members/{member}/adjustments"),
+            &self.admin,
+            &[],
+            Some(&body),
+        )
+    }
+
+    fn event(&self, event: &Value) -> (u16, Value) {
+        self.server.call(
+            "POST",
+            &format!("{PROGRAM}/events"),
+            &self.admin,
+            &[],
+            Some(&event.to_string()),
+        )
+    }
+
+    fn view(&self, member: &str) -> Value {
+        let (status, view) = self.server.call(
+            "GET",
+            &format!("{PROGRAM}/members/{member}"),
+            &self.admin,
+            &[],
+            None,
+        );
+        assert_eq!(status, 200, "{view}");
+        view
+    }
+
+    fn ledger_sum(&self, member: &str) -> (usize, i64) {
+        let (status, page) = self.server.call(
+            "GET",
+            &format!("{PROGRAM}/members/{member}/ledger?limit=100"),
+            &self.admin,
+            &[],
+            None,
+        );
+        assert_eq!(status, 200, "{page}");
+        let entries = page["entries"].as_array().cloned().unwrap_or_default();
+        let sum = entries.iter().filter_map(|e| e["points"].as_i64()).sum();
+        (entries.len(), sum)
+    }
+}
+
+fn purchase(id: &str, member: &str, quantity: i64, unit_price: &str) -> Value {
+    json!({
+        "type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
+        "member": member, "occurred_at": Utc::now().to_rfc3339(),
+        "data": {"order_id": id, "currency": "KRW",
+                 "lines": [{"line_id": "1", "quantity": quantity, "unit_price": unit_price}]}
+    })
+}
+
+fn assert_problem(answer: &(u16, Value), status: u16, slug: &str, field: &str) {
+    let (got, body) = answer;
+    assert_eq!(*got, status, "{body}");
+    assert!(
+        body["type"].as_str().is_some_and(|t| t.ends_with(slug)),
+        "{slug}: {body}"
+    );
+    assert!(
+        body["detail"].as_str().is_some_and(|d| d.contains(field)),
+        "{field}: {body}"
+    );
+}
+
+#[test]
+fn overflowing_numbers_are_refused_naming_the_field_and_write_nothing() {
+    let client = Client::new();
+    // GIVEN a member with a balance at the largest adjustment allowed
+    assert_eq!(client.adjust("m-1", MAX_POINTS).0, 201);
+
+    // WHEN adjustments of i64::MAX, i64::MIN and one past the limit are sent
+    // THEN each is refused naming points, and the balance is unchanged
+    for points in [i64::MAX, i64::MIN, MAX_POINTS + 1, -(MAX_POINTS + 1)] {
+        assert_problem(
+            &client.adjust("m-1", points),
+            400,
+            "invalid-adjustment",
+            "points",
+        );
+    }
+    // AND an adjustment of i64::MIN on an empty account is refused the same way
+    assert_problem(
+        &client.adjust("m-2", i64::MIN),
+        400,
+        "invalid-adjustment",
+        "points",
+    );
+
+    // WHEN a purchase's unit price is i64::MAX, or a quantity is 2^32
+    let huge_price = purchase("o-1", "m-1", 1, "9223372036854775807");
+    let huge_quantity = purchase("o-2", "m-1", 4_294_967_296, "1000");
+    let over_price = purchase("o-3", "m-1", 1, &(MAX_AMOUNT + 1).to_string());
+    let line_over = purchase("o-4", "m-1", MAX_QUANTITY, &(MAX_AMOUNT / 10).to_string());
+    // THEN each is refused naming the field
+    assert_problem(
+        &client.event(&huge_price),
+        400,
+        "invalid-event",
+        "unit_price",
+    );
+    assert_problem(
+        &client.event(&huge_quantity),
+        400,
+        "invalid-event",
+        "quantity",
+    );
+    assert_problem(
+        &client.event(&over_price),
+        400,
+        "invalid-event",
+        "unit_price",
+    );
+    assert_problem(&client.event(&line_over), 400, "invalid-event", "lines[0]");
+
+    // AND the member still has exactly the one adjustment, and balance == Σ ledger
+    let view = client.view("m-1");
+    assert_eq!(view["balance"], MAX_POINTS);
+    assert_eq!(client.ledger_sum("m-1"), (1, MAX_POINTS));
+}
+
+#[test]
+fn a_balance_stops_at_its_limit_and_still_equals_its_ledger() {
+    let client = Client::new();
+    // GIVEN a member credited up to the balance limit in the largest steps
+    let steps = MAX_BALANCE / MAX_POINTS;
+    for _ in 0..steps {
+        assert_eq!(client.adjust("m-3", MAX_POINTS).0, 201);
+    }
+    // WHEN one more point is credited
+    let answer = client.adjust("m-3", 1);
+    // THEN it is refused naming the balance
+    assert_problem(&answer, 400, "invalid-adjustment", "balance");
+    // AND the balance is at the limit and equals the sum of its ledger
+    let view = client.view("m-3");
+    assert_eq!(view["balance"], MAX_BALANCE);
+    let mut sum = 0i64;
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = cursor
+            .as_ref()
+            .map(|c| format!("&cursor={c}"))
+            .unwrap_or_default();
+        let (status, page) = client.server.call(
+            "GET",
+            &format!("{PROGRAM}/members/m-3/ledger?limit=100{query}"),
+            &client.admin,
+            &[],
+            None,
+        );
+        assert_eq!(status, 200);
+        for entry in page["entries"].as_array().expect("entries") {
+            sum += entry["points"].as_i64().expect("points");
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(sum, MAX_BALANCE);
+}
+
+#[test]
+fn a_bad_member_id_gets_the_same_problem_on_every_route() {
+    let client = Client::new();
+    let bad = "m-1%23x"; // m-1#x
+    let long = "m".repeat(200);
+    for member in [bad, long.as_str()] {
+        // WHEN the member is named on the event route and on each admin path
+        let mut event = purchase("o-9", "placeholder", 1, "1000");
+        event["member"] = json!(if member == bad { "m-1#x" } else { member });
+        let answers = [
+            client.event(&event),
+            client.adjust(member, 10),
+            client.server.call(
+                "GET",
+                &format!("{PROGRAM}/members/{member}"),
+                &client.admin,
+                &[],
+                None,
+            ),
+            client.server.call(
+                "GET",
+                &format!("{PROGRAM}/members/{member}/ledger"),
+                &client.admin,
+                &[],
+                None,
+            ),
+            client.server.call(
+                "POST",
+                &format!("{PROGRAM}/members/{member}/redemptions/r-1/reverse"),
+                &client.admin,
+                &[],
+                Some(r#"{"reason":"x"}"#),
+            ),
+        ];
+        // THEN every answer is the same problem
+        for answer in &answers {
+            assert_problem(answer, 400, "invalid-member-id", "member");
+        }
+    }
+    // AND a NUL in an event's member is refused the same way
+    let mut event = purchase("o-10", "m-1", 1, "1000");
+    event["member"] = json!("m\u{0}1");
+    assert_problem(&client.event(&event), 400, "invalid-member-id", "member");
+    // AND a 10,000-character campaign id is refused
+    let campaign = "c".repeat(10_000);
+    let answer = client.server.call(
+        "PUT",
+        &format!("{PROGRAM}/campaigns/{campaign}"),
+        &client.admin,
+        &[],
+        Some("{}"),
+    );
+    assert_problem(&answer, 400, "invalid-campaign-id", "campaign");
+}
+
+#[test]
+fn a_malformed_idempotency_key_is_refused_not_ignored() {
+    let client = Client::new();
+    let body = json!({"points": 10, "reason": "test"}).to_string();
+    // WHEN an adjustment is sent twice with the key "clé" (raw UTF-8 bytes in the header)
+    for _ in 0..2 {
+        let response = reqwest::blocking::Client::new()
+            .post(format!(
+                "{}{PROGRAM}/members/m-5/adjustments",
+                client.server.base
+            ))
+            .bearer_auth(&client.admin)
+            .header(
+                "Idempotency-Key",
+                reqwest::header::HeaderValue::from_bytes("clé".as_bytes()).expect("bytes"),
+            )
+            .header("Content-Type", "application/json")
+            .body(body.clone())
+            .send()
+            .expect("request");
+        // THEN each is refused, naming the header
+        assert_eq!(response.status(), 400);
+        let problem: Value = response.json().expect("json");
+        assert!(problem["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("invalid-idempotency-key")));
+    }
+    // AND nothing was credited
+    assert_eq!(client.view("m-5")["balance"], 0);
+}
+
+/// The raw response of a request, for what the framework answers.
+fn raw(
+    base: &str,
+    method: &str,
+    path: &str,
+    auth: &str,
+    body: Vec<u8>,
+) -> reqwest::blocking::Response {
+    reqwest::blocking::Client::new()
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+            format!("{base}{path}"),
+        )
+        .bearer_auth(auth)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .expect("request")
+}
+
+#[test]
+fn framework_errors_are_problems_with_documented_statuses() {
+    let client = Client::new();
+    let base = &client.server.base;
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        ("DELETE", PROGRAM, Vec::new(), 405, "method-not-allowed"),
+        (
+            "GET",
+            "/v1/programs/%FF/members/m-1",
+            Vec::new(),
+            400,
+            "bad-request",
+        ),
+        (
+            "GET",
+            "/v1/programs/kr-shop/members/m-1/ledger?limit=1&limit=2",
+            Vec::new(),
+            400,
+            "bad-request",
+        ),
+        ("GET", "/v1/nothing-here", Vec::new(), 404, "not-found"),
+    ];
+    for (method, path, body, status, slug) in cases {
+        // WHEN the request is sent
+        let response = raw(base, method, path, &client.admin, body);
+        // THEN it is problem+json with its status and type
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{method} {path}"
+        );
+        if status == 405 {
+            assert_eq!(response.headers()["allow"], "GET,HEAD,PUT");
+        }
+        let problem: Value = response.json().expect("json");
+        assert!(
+            problem["type"].as_str().is_some_and(|t| t.ends_with(slug)),
+            "{problem}"
+        );
+        assert_eq!(problem["status"], status);
+    }
+}
+
+#[test]
+fn a_ten_megabyte_body_is_refused_before_it_is_read() {
+    use std::io::{Read, Write};
+    let client = Client::new();
+    let address = client.server.base.trim_start_matches("http://").to_string();
+    // WHEN a request declares a 10 MB body (and sends its first kilobyte)
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+    let head = format!(
+        "POST {PROGRAM}/events HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        client.admin,
+        10 * 1024 * 1024
+    );
+    stream.write_all(head.as_bytes()).expect("head");
+    let _ = stream.write_all(&[b' '; 1024]);
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    // THEN the answer is 413 problem+json naming the limit
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    assert!(answer.contains("payload-too-large"), "{answer}");
+    assert!(answer.contains("262144"), "{answer}");
+}
+
+fn signed(sub: &str, scope: &str, expires_in: i64) -> String {
+    let claims = Claims {
+        sub: sub.into(),
+        scope: scope.into(),
+        exp: Utc::now().timestamp() + expires_in,
+        program: None,
+    };
+    sign(SECRET.as_bytes(), &claims).expect("signed")
+}
+
+#[test]
+fn member_routes_need_a_member_token_that_has_not_expired() {
+    let client = Client::new();
+    // WHEN an admin token calls GET /me THEN it is forbidden
+    let (status, problem) =
+        client
+            .server
+            .call("GET", &format!("{PROGRAM}/me"), &client.admin, &[], None);
+    assert_eq!(status, 403, "{problem}");
+    let admin = signed("ops", ADMIN_SCOPE, 3600);
+    assert_eq!(
+        client
+            .server
+            .call("GET", &format!("{PROGRAM}/me"), &admin, &[], None)
+            .0,
+        403
+    );
+    // WHEN a member token that expired ten seconds ago is used THEN it is unauthorized
+    let expired = signed("m-1", "", -10);
+    let (status, problem) =
+        client
+            .server
+            .call("GET", &format!("{PROGRAM}/me"), &expired, &[], None);
+    assert_eq!(status, 401, "{problem}");
+    // AND a valid member token is served
+    let fresh = signed("m-1", "", 60);
+    assert_eq!(
+        client
+            .server
+            .call("GET", &format!("{PROGRAM}/me"), &fresh, &[], None)
+            .0,
+        200
+    );
+}

@@ -1,0 +1,257 @@
+//! One rule per kind of id, the same on every route and in events (README "Ids").
+//!
+//! Ids from outside are parsed once at the edge into these types; a value of a type always
+//! satisfies its rule, so the stores can use it as a key part without checking again.
+
+use std::fmt;
+
+/// The kinds of id that cross a boundary, with their rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    /// Programs and rewards: `[a-z0-9-]{1,64}`, chosen by the brand.
+    Program,
+    Reward,
+    /// Campaigns: `[A-Za-z0-9_-]{1,64}`.
+    Campaign,
+    /// Members, event ids, order references and redemption ids: 1 to 128 bytes of UTF-8 with no
+    /// `#` (the stores' key separator), no control character and no leading or trailing space.
+    Member,
+    Event,
+    Order,
+    Redemption,
+    /// Coupon codes: `[A-Za-z0-9-]{1,64}`.
+    Coupon,
+    /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+    IdempotencyKey,
+}
+
+impl IdKind {
+    /// The field or header that carries it, as problems name it.
+    pub fn field(self) -> &'static str {
+        match self {
+            IdKind::Program => "program",
+            IdKind::Campaign => "campaign",
+            IdKind::Reward => "reward",
+            IdKind::Member => "member",
+            IdKind::Event => "id",
+            IdKind::Order => "order_id",
+            IdKind::Redemption => "redemption",
+            IdKind::Coupon => "code",
+            IdKind::IdempotencyKey => "Idempotency-Key",
+        }
+    }
+
+    /// The problem type of a value that breaks the rule.
+    pub fn problem(self) -> &'static str {
+        match self {
+            IdKind::Program => "invalid-program-id",
+            IdKind::Campaign => "invalid-campaign-id",
+            IdKind::Reward => "invalid-reward-id",
+            IdKind::Member => "invalid-member-id",
+            IdKind::Event => "invalid-event-id",
+            IdKind::Order => "invalid-order-id",
+            IdKind::Redemption => "invalid-redemption-id",
+            IdKind::Coupon => "invalid-coupon-code",
+            IdKind::IdempotencyKey => "invalid-idempotency-key",
+        }
+    }
+
+    /// The rule in words.
+    pub fn rule(self) -> &'static str {
+        match self {
+            IdKind::Program | IdKind::Reward => {
+                "1-64 characters of lower-case letters, digits and '-'"
+            }
+            IdKind::Campaign => "1-64 characters of letters, digits, '-' and '_'",
+            IdKind::Member | IdKind::Event | IdKind::Order | IdKind::Redemption => {
+                "1-128 bytes without '#', control characters or surrounding spaces"
+            }
+            IdKind::Coupon => "1-64 characters of letters, digits and '-'",
+            IdKind::IdempotencyKey => "1-255 visible ASCII characters",
+        }
+    }
+
+    pub fn accepts(self, value: &str) -> bool {
+        match self {
+            IdKind::Program | IdKind::Reward => {
+                (1..=64).contains(&value.len())
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            }
+            IdKind::Campaign => {
+                (1..=64).contains(&value.len())
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }
+            IdKind::Member | IdKind::Event | IdKind::Order | IdKind::Redemption => {
+                (1..=128).contains(&value.len())
+                    && value.trim() == value
+                    && !value.chars().any(|c| c == '#' || c.is_control())
+            }
+            IdKind::Coupon => {
+                (1..=64).contains(&value.len())
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }
+            IdKind::IdempotencyKey => {
+                (1..=255).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic())
+            }
+        }
+    }
+
+    /// Checks `value` against the rule.
+    pub fn check(self, value: &str) -> Result<(), IdError> {
+        if self.accepts(value) {
+            Ok(())
+        } else {
+            Err(IdError {
+                kind: self,
+                value: shorten(value),
+            })
+        }
+    }
+}
+
+/// A value that breaks its kind's rule; the value is shortened for messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {value:?} is not valid: it must be {rule}", field = kind.field(), rule = kind.rule())]
+pub struct IdError {
+    pub kind: IdKind,
+    pub value: String,
+}
+
+fn shorten(value: &str) -> String {
+    match value.char_indices().nth(40) {
+        Some((at, _)) => format!("{}…", &value[..at]),
+        None => value.to_string(),
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $kind:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const KIND: IdKind = $kind;
+
+            pub fn parse(value: &str) -> Result<$name, IdError> {
+                Self::KIND.check(value)?;
+                Ok($name(value.to_string()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A program's id.
+    ProgramId,
+    IdKind::Program
+);
+id_type!(
+    /// A member's canonical id (or an alias value that names one).
+    MemberId,
+    IdKind::Member
+);
+id_type!(
+    /// A campaign's id.
+    CampaignId,
+    IdKind::Campaign
+);
+id_type!(
+    /// A redemption's id.
+    RedemptionId,
+    IdKind::Redemption
+);
+id_type!(
+    /// A coupon's code.
+    CouponCode,
+    IdKind::Coupon
+);
+id_type!(
+    /// A caller's `Idempotency-Key`.
+    IdempotencyKey,
+    IdKind::IdempotencyKey
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn members_refuse_separators_controls_and_length() {
+        // GIVEN values that would break a store key or a log line
+        for bad in [
+            "",
+            "m-1#x",
+            "m\u{0}1",
+            " m-1",
+            "m-1 ",
+            "m\n1",
+            &"m".repeat(129),
+        ] {
+            // WHEN parsed THEN each is refused with the member problem
+            let e = MemberId::parse(bad).unwrap_err();
+            assert_eq!(e.kind.problem(), "invalid-member-id");
+        }
+        // AND ordinary ids, emails and non-ASCII names pass
+        for good in ["m-1", "kim@example.com", "회원-7", &"m".repeat(128)] {
+            assert!(MemberId::parse(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        // GIVEN a key with a non-ASCII letter WHEN parsed THEN it is refused
+        assert!(IdempotencyKey::parse("clé").is_err());
+        assert!(IdempotencyKey::parse("a b").is_err());
+        assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
+        // AND a UUID passes
+        assert!(IdempotencyKey::parse("3f0c2a8e-7c1b-4f7e-9d1a-0b6e5c4d3a21").is_ok());
+    }
+
+    #[test]
+    fn long_values_are_shortened_in_messages() {
+        let e = CampaignId::parse(&"x".repeat(10_000)).unwrap_err();
+        assert!(e.to_string().len() < 200, "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn a_parsed_member_never_holds_a_separator(s in any::<String>()) {
+            if let Ok(id) = MemberId::parse(&s) {
+                prop_assert!(!id.contains('#'));
+                prop_assert!(id.len() <= 128 && !id.is_empty());
+                prop_assert!(!id.chars().any(char::is_control));
+            }
+        }
+    }
+}

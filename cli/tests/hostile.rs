@@ -415,3 +415,81 @@ fn member_routes_need_a_member_token_that_has_not_expired() {
         200
     );
 }
+
+#[test]
+fn a_field_given_twice_is_refused_on_adjustments_as_in_events() {
+    let client = Client::new();
+    // WHEN an adjustment names points twice
+    let answer = client.server.call(
+        "POST",
+        &format!("{PROGRAM}/members/m-6/adjustments"),
+        &client.admin,
+        &[],
+        Some(r#"{"points": 10, "points": 1000000, "reason": "twice"}"#),
+    );
+    // THEN it is refused, naming the field, and nothing is credited
+    assert_problem(&answer, 400, "invalid-adjustment", "points");
+    assert_eq!(client.view("m-6")["balance"], 0);
+    // AND a body that is an array, not an object, is refused too
+    let answer = client.server.call(
+        "POST",
+        &format!("{PROGRAM}/members/m-6/adjustments"),
+        &client.admin,
+        &[],
+        Some(r#"[10, "as an array"]"#),
+    );
+    assert_problem(&answer, 400, "invalid-adjustment", "object");
+}
+
+#[test]
+fn a_program_file_is_read_as_json_whatever_the_case_of_its_media_type_and_keeps_its_version() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("hostile-program-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let db = dir.join("loyalty.db");
+    let db = db.to_str().expect("utf-8 path");
+    let admin = token(&["--admin"]);
+    let file = {
+        let server = Server::start(&["--db", db]);
+        let (status, current) = server.call("GET", PROGRAM, &admin, &[], None);
+        assert_eq!(status, 200, "{current}");
+        // WHEN the file is saved back as "Application/JSON"
+        let mut file = current["file"].clone();
+        file.as_object_mut().expect("object").remove("version");
+        let response = reqwest::blocking::Client::new()
+            .put(format!("{}{PROGRAM}", server.base))
+            .bearer_auth(&admin)
+            .header("Content-Type", "Application/JSON; charset=utf-8")
+            .body(file.to_string())
+            .send()
+            .expect("request");
+        // THEN it is read as JSON and saved as the next version
+        assert_eq!(response.status(), 200);
+        let saved: Value = response.json().expect("json");
+        assert_eq!(
+            saved["version"],
+            current["version"].as_i64().expect("v") + 1
+        );
+        saved
+    };
+    // AND a server that reads it from the store (no cache) gives its version in the file too
+    let server = Server::start(&["--db", db]);
+    let (status, current) = server.call("GET", PROGRAM, &admin, &[], None);
+    assert_eq!(status, 200);
+    assert_eq!(current["version"], file["version"]);
+    assert_eq!(current["file"]["version"], file["version"]);
+    // AND a media type that is neither TOML nor JSON is 415
+    let response = reqwest::blocking::Client::new()
+        .put(format!("{}{PROGRAM}", server.base))
+        .bearer_auth(&admin)
+        .header("Content-Type", "application/xml")
+        .body("<program/>")
+        .send()
+        .expect("request");
+    assert_eq!(response.status(), 415);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+}

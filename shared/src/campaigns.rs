@@ -12,6 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::bucketing::{bucket_ranges, choose_variation, hash, in_namespace, Namespace};
+use crate::domain::limits::MAX_POINTS;
+use crate::domain::program::MAX_MULTIPLIER_BP;
 use crate::domain::Program;
 
 /// How far the weights may sum from 1.
@@ -225,8 +227,17 @@ impl Campaign {
                     &field("effect.basis_points"),
                     "must be greater than zero".into(),
                 ),
-                Effect::Bonus { points } | Effect::Grant { points } if *points <= 0 => {
-                    fail(&field("effect.points"), "must be greater than zero".into())
+                Effect::Multiplier { basis_points } if *basis_points > MAX_MULTIPLIER_BP => fail(
+                    &field("effect.basis_points"),
+                    format!("must be at most {MAX_MULTIPLIER_BP} (100x)"),
+                ),
+                Effect::Bonus { points } | Effect::Grant { points }
+                    if *points <= 0 || *points > MAX_POINTS =>
+                {
+                    fail(
+                        &field("effect.points"),
+                        format!("must be between 1 and {MAX_POINTS}"),
+                    )
                 }
                 Effect::Reward { reward } if !program.rewards.iter().any(|r| &r.id == reward) => {
                     fail(

@@ -18,7 +18,8 @@ use super::money::Currency;
 
 /// Basis points: 10,000 = 1.0x.
 pub const UNIT_BP: u32 = 10_000;
-const MAX_MULTIPLIER_BP: u32 = 100 * UNIT_BP;
+/// The largest multiplier a tier, a line rule or a campaign may set (100x).
+pub const MAX_MULTIPLIER_BP: u32 = 100 * UNIT_BP;
 /// Events dated further ahead than this are refused: clocks drift, but not by more.
 pub const MAX_FUTURE_SKEW_SECONDS: i64 = 300;
 

@@ -17,4 +17,5 @@ pub mod queue;
 pub mod report;
 pub mod services;
 pub mod store;
+pub mod telemetry;
 pub mod webhooks;

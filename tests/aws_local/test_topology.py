@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import boto3
 
-from conftest import ROOT, SECRETS, start_stack, stop_stack
+from conftest import JWT_SECRET, ROOT, SECRETS, start_stack, stop_stack
 
 
 def iso(moment: datetime) -> str:
@@ -222,5 +222,40 @@ def test_a_function_that_cannot_start_answers_500_and_is_started_afresh(tmp_path
         assert "LOYALTY_TABLE is not set" in (tmp_path / "logs" / "redeem.log").read_text()
         # AND the other functions, started with their environment, answer
         assert running.request("GET", "/v1/programs/kr-shop/me", token=running.token("m-1"))[0] == 200
+    finally:
+        stop_stack(running)
+
+
+def test_functions_log_each_message_at_info_with_its_ids_and_no_secret(tmp_path):
+    # GIVEN a stack whose functions run with the template's logging settings, logs kept on disk
+    running = start_stack("--schedules-every", "0", "--work-dir", str(tmp_path))
+    try:
+        admin = running.token("ops", admin=True)
+        event = purchase("ev-log-1", "m-log", "log-1", 10_000, datetime.now(timezone.utc) - timedelta(days=8))
+        # WHEN an event is accepted and processed
+        assert running.request("POST", "/v1/programs/kr-shop/events", event, token=admin)[0] == 202
+        running.eventually(lambda: running.member("m-log")["balance"] == 100, what="the purchase credited")
+
+        def processed():
+            text = (tmp_path / "logs" / "earn.log").read_text()
+            for line in text.splitlines():
+                _, _, payload = line.partition("] ")
+                if payload.startswith("{") and '"ev-log-1"' in payload:
+                    record = json.loads(payload)
+                    if record.get("fields", {}).get("message") == "message processed":
+                        return record
+            return None
+
+        # THEN earn logged it at INFO as one JSON line with the event's ids and its outcome
+        record = running.eventually(processed, what="an INFO line for ev-log-1")
+        assert record["level"] == "INFO", record
+        fields = record["fields"]
+        assert (fields["event_id"], fields["program"], fields["member"]) == ("ev-log-1", "kr-shop", "m-log")
+        assert (fields["kind"], fields["outcome"]) == ("purchase.completed", "applied"), fields
+        # AND no log of any function holds a secret of the stack
+        for log in (tmp_path / "logs").glob("*.log"):
+            text = log.read_text()
+            for secret in [JWT_SECRET, *SECRETS.values()]:
+                assert secret not in text, f"{log.name} holds a secret"
     finally:
         stop_stack(running)

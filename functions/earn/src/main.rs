@@ -6,11 +6,7 @@ use loyalty_core::config::AwsSettings;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .without_time()
-        .init();
+    loyalty_core::telemetry::init_lambda();
     let settings = AwsSettings::from_env()?;
     let services = settings.services().await;
     let services = &services;

@@ -19,6 +19,20 @@ pub struct Record {
     pub body: String,
 }
 
+/// What a log line says of a message: the envelope's ids, never its data.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Ids {
+    #[serde(default)]
+    id: String,
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    program: String,
+    /// The canonical member id (aliases are resolved before a message is queued).
+    #[serde(default)]
+    member: String,
+}
+
 /// Which queue's handler runs the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consumer {
@@ -45,21 +59,36 @@ pub async fn process_batch(
             Consumer::Earn => services.process_earn(&record.body).await,
             Consumer::Tier => services.process_tier_check(&record.body).await,
         };
+        let ids = serde_json::from_str::<Ids>(&record.body).unwrap_or_default();
         match result {
             Ok(Processed::Rejected(reason)) => {
                 tracing::warn!(
                     message_id = record.message_id,
+                    event_id = ids.id,
+                    kind = ids.kind,
+                    program = ids.program,
+                    member = ids.member,
                     reason,
                     "message rejected for good"
                 );
             }
-            Ok(outcome) => tracing::debug!(
+            Ok(outcome) => tracing::info!(
                 message_id = record.message_id,
-                ?outcome,
+                event_id = ids.id,
+                kind = ids.kind,
+                program = ids.program,
+                member = ids.member,
+                outcome = outcome.name(),
                 "message processed"
             ),
             Err(retry) => {
-                tracing::warn!(message_id = record.message_id, error = %retry, "message will be retried");
+                tracing::warn!(
+                    message_id = record.message_id,
+                    event_id = ids.id,
+                    program = ids.program,
+                    error = %retry,
+                    "message will be retried"
+                );
                 failed.push(record.message_id.clone());
                 if let Some(group) = record.group.as_deref() {
                     failed_groups.insert(group);

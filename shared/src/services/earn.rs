@@ -72,6 +72,18 @@ pub enum Processed {
     Rejected(String),
 }
 
+impl Processed {
+    /// The outcome's name in logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Processed::Applied { .. } => "applied",
+            Processed::Duplicate => "duplicate",
+            Processed::NoEffect(_) => "no-effect",
+            Processed::Rejected(_) => "rejected",
+        }
+    }
+}
+
 /// A failure worth retrying (the queue redelivers the message).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -73,6 +73,12 @@ struct AdjustRequest {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ConsumeRequest {
+    order_ref: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ReverseRequest {
     reason: String,
 }
@@ -725,12 +731,9 @@ impl Services {
         body: &[u8],
     ) -> Result<CouponView, ServiceError> {
         let program = self.program(program).await?;
-        let order_ref = parse::<Value>(body, "invalid-consumption")?
+        let order_ref = parse::<ConsumeRequest>(body, "invalid-consumption")?
             .0
-            .get("order_ref")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| ServiceError::invalid("invalid-consumption", "order_ref is required"))?;
+            .order_ref;
         IdKind::Order.check(&order_ref)?;
         let now = self.clock.now();
         let conflict =

@@ -35,6 +35,11 @@ impl Principal {
                 "this route needs the {ADMIN_SCOPE} scope"
             )));
         }
+        self.within(program)
+    }
+
+    /// A token limited to one program (claim `program`) acts in that program only.
+    fn within(&self, program: &str) -> Result<(), Problem> {
         match &self.program {
             Some(limited) if limited != program => Err(Problem::forbidden(format!(
                 "this token is limited to program {limited:?}"
@@ -42,9 +47,7 @@ impl Principal {
             _ => Ok(()),
         }
     }
-}
 
-impl Principal {
     /// A member route: the token speaks for a member, so it must not be an admin token (an
     /// operator acts on a member through the admin routes, which say who did it), nor a token
     /// limited to another program.
@@ -54,12 +57,7 @@ impl Principal {
                 "this route is the member's own: it needs a member token, not an admin token",
             ));
         }
-        match &self.program {
-            Some(limited) if limited != program => Err(Problem::forbidden(format!(
-                "this token is limited to program {limited:?}"
-            ))),
-            _ => Ok(()),
-        }
+        self.within(program)
     }
 }
 

@@ -4,9 +4,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod audit;
 mod campaign;
 mod jobs;
+mod report;
 mod serve;
+mod stores;
 mod token;
 
 #[derive(Debug, Parser)]
@@ -40,16 +43,29 @@ enum Command {
     Jobs(jobs::JobsArgs),
     /// Campaign results.
     Campaign(campaign::CampaignArgs),
+    /// Finance's and marketing's reports (liability, KPIs).
+    Report(report::ReportArgs),
+    /// Check every member against its ledger and each program against its books; exit
+    /// status 1 on any violation.
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
+    if let Command::Audit(args) = cli.command {
+        return audit::run(args).unwrap_or_else(|message| {
+            eprintln!("loyalty: {message}");
+            ExitCode::from(2)
+        });
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Token(args) => token::run(&args),
         Command::Jobs(args) => jobs::run(args),
         Command::Campaign(args) => campaign::run(args),
+        Command::Report(args) => report::run(args),
+        Command::Audit(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! and HTTP routes that the Lambda functions and `loyalty serve` share.
 
 pub mod api;
+pub mod audit;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod bucketing;
@@ -12,6 +13,7 @@ pub mod domain;
 pub mod envelope;
 pub mod fingerprint;
 pub mod ids;
+pub mod liability;
 pub mod ports;
 pub mod queue;
 pub mod report;

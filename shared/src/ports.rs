@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::books::BooksAdd;
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, LotShare, OrderRecord};
 use crate::envelope::Envelope;
 
@@ -221,6 +222,8 @@ pub struct Commit {
     pub counters: Vec<CounterAdd>,
     /// Messages that follow from this change, written with it and relayed afterwards.
     pub outbox: Vec<OutboxMessage>,
+    /// What the change adds to the program's books (`domain::books`).
+    pub books: BooksAdd,
 }
 
 impl Commit {
@@ -237,19 +240,23 @@ impl Commit {
             + self.assignments.len()
             + self.counters.len()
             + self.outbox.len()
+            + usize::from(!self.books.is_empty())
     }
 
-    /// A commit of an account change and its entries, with nothing else.
+    /// A commit of an account change from `before` (`None`: a new member) and its entries,
+    /// recorded at `at`, with its due dates and what it adds to the books, and nothing else.
     pub fn new(
         program: &crate::domain::Program,
         member: &str,
-        expected_version: Option<u64>,
+        before: Option<&Account>,
         change: crate::domain::Change,
+        at: DateTime<Utc>,
     ) -> Commit {
         Commit {
             program: program.id.clone(),
             member: member.to_string(),
-            expected_version,
+            expected_version: before.map(|a| a.version),
+            books: BooksAdd::between(program, before, &change.account, &change.entries, at),
             due: change.account.due_dates(program),
             account: change.account,
             entries: change.entries,
@@ -606,6 +613,80 @@ pub trait CampaignStore: Send + Sync {
     ) -> Result<Vec<crate::report::VariantCounts>, StoreError>;
 }
 
+/// The program's books (`domain::books`), written by `MemberStore::commit`.
+#[async_trait]
+pub trait BooksStore: Send + Sync {
+    /// Every counter of every day up to and including `until`, summed over the shards, by day.
+    async fn book_rows(
+        &self,
+        program: &str,
+        until: chrono::NaiveDate,
+    ) -> Result<Vec<crate::domain::books::BookRow>, StoreError>;
+}
+
+/// What is kept under one member, as read by a walk over the store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemberRecords {
+    pub program: String,
+    pub member: String,
+    pub account: Option<Account>,
+    /// Oldest recorded first.
+    pub entries: Vec<LedgerEntry>,
+    pub orders: Vec<OrderRecord>,
+}
+
+/// An event parked until its order is seen, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedEvent {
+    pub program: String,
+    pub order_key: String,
+    pub event_id: String,
+    pub body: String,
+}
+
+/// What a walk over the store finds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Walked {
+    Member(Box<MemberRecords>),
+    Parked(ParkedEvent),
+}
+
+/// Everything about a member apart from the account and the ledger (a member export).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MemberFile {
+    pub orders: Vec<OrderRecord>,
+    pub redemptions: Vec<Redemption>,
+    pub coupons: Vec<Coupon>,
+    pub assignments: Vec<Assignment>,
+    /// Identities linked to the member, as `(kind, value)`.
+    pub aliases: Vec<(String, String)>,
+}
+
+/// Reads the whole store (the audit), or everything about one member (an export).
+#[async_trait]
+pub trait RecordsStore: Send + Sync {
+    /// How many parts a walk can be split into and read in parallel.
+    fn parts(&self) -> u32;
+    /// Walks one part: every member whole (one at a time, so memory stays bounded by the
+    /// largest member) and every parked event, of one program or all.
+    async fn walk(
+        &self,
+        part: u32,
+        program: Option<&str>,
+        visit: &(dyn Fn(Walked) + Send + Sync),
+    ) -> Result<(), StoreError>;
+    /// Read capacity units consumed by walks so far, where the store counts them.
+    fn read_units(&self) -> Option<f64>;
+    /// One member's records, read again as consistently as the store can (a walk that is no
+    /// snapshot re-reads a member it found wrong before saying so).
+    async fn member_records(
+        &self,
+        program: &str,
+        member: &str,
+    ) -> Result<MemberRecords, StoreError>;
+    async fn member_file(&self, program: &str, member: &str) -> Result<MemberFile, StoreError>;
+}
+
 /// Everything the services need from state.
 pub trait Store:
     ProgramStore
@@ -617,6 +698,8 @@ pub trait Store:
     + RedemptionStore
     + CampaignStore
     + OutboxStore
+    + BooksStore
+    + RecordsStore
 {
 }
 impl<
@@ -628,7 +711,9 @@ impl<
             + ScheduleStore
             + RedemptionStore
             + CampaignStore
-            + OutboxStore,
+            + OutboxStore
+            + BooksStore
+            + RecordsStore,
     > Store for T
 {
 }

@@ -87,23 +87,13 @@ impl Stack {
             let mut account = Account::open(&program, member, joined);
             account.profile.birthday = birthday.map(str::to_string);
             self.store
-                .commit(Commit {
-                    program: program.id.clone(),
-                    member: member.clone(),
-                    expected_version: None,
-                    due: account.due_dates(&program),
-                    account,
-                    entries: Vec::new(),
-                    marker: None,
-                    orders: Default::default(),
-                    redemption: None,
-                    coupon: None,
-                    revoke_coupon: None,
-                    idempotency: None,
-                    assignments: Vec::new(),
-                    counters: Vec::new(),
-                    outbox: Vec::new(),
-                })
+                .commit(Commit::new(
+                    &program,
+                    &account.member.clone(),
+                    None,
+                    loyalty_core::domain::Change::unchanged(account),
+                    Utc::now(),
+                ))
                 .await
                 .unwrap();
         }

@@ -308,23 +308,13 @@ async fn seed(
             day + Duration::days(30 + (i % 300) as i64)
         });
         store
-            .commit(Commit {
-                program: program.id.clone(),
-                member,
-                expected_version: None,
-                due: account.due_dates(program),
-                account,
-                entries: Vec::new(),
-                marker: None,
-                orders: Default::default(),
-                redemption: None,
-                coupon: None,
-                revoke_coupon: None,
-                idempotency: None,
-                assignments: Vec::new(),
-                counters: Vec::new(),
-                outbox: Vec::new(),
-            })
+            .commit(Commit::new(
+                program,
+                &account.member.clone(),
+                None,
+                loyalty_core::domain::Change::unchanged(account),
+                Utc::now(),
+            ))
             .await
             .unwrap();
     }
@@ -392,6 +382,7 @@ async fn expiring_members(n: usize) -> (Services, SqliteStore, std::path::PathBu
                 &account.member.clone(),
                 None,
                 loyalty_core::domain::Change::unchanged(account),
+                Utc::now(),
             ))
             .await
             .unwrap();

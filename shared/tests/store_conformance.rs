@@ -44,6 +44,7 @@ fn entry(id: &str, points: i64, balance_after: i64) -> LedgerEntry {
         reason: format!("{points} points"),
         shortfall: 0,
         provisional: false,
+        lots: Vec::new(),
     }
 }
 
@@ -76,6 +77,7 @@ fn commit(
         counters: Vec::new(),
         outbox: Vec::new(),
         due: DueDates::default(),
+        books: Default::default(),
     }
 }
 

@@ -91,6 +91,7 @@ async fn function() -> Function {
             member,
             None,
             loyalty_core::domain::Change::unchanged(account),
+            now,
         );
         commit.due = commit.account.due_dates(&program);
         store.commit(commit).await.unwrap();

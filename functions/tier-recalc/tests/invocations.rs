@@ -176,23 +176,13 @@ async fn a_scheduled_review_lowers_a_member_due_and_refuses_unknown_jobs() {
     account.tier.id = "GOLD".into();
     account.tier.review_on = Some(today - Duration::days(1));
     h.store
-        .commit(Commit {
-            program: "kr-shop".into(),
-            member: "m-gold".into(),
-            expected_version: None,
-            due: account.due_dates(&program),
-            account,
-            entries: Vec::new(),
-            marker: None,
-            orders: Default::default(),
-            redemption: None,
-            coupon: None,
-            revoke_coupon: None,
-            idempotency: None,
-            assignments: Vec::new(),
-            counters: Vec::new(),
-            outbox: Vec::new(),
-        })
+        .commit(Commit::new(
+            &program,
+            "m-gold",
+            None,
+            loyalty_core::domain::Change::unchanged(account),
+            Utc::now(),
+        ))
         .await
         .unwrap();
     // WHEN EventBridge Scheduler invokes the function with the schedule's input

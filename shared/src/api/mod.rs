@@ -57,6 +57,10 @@ pub fn admin_router(state: AppState) -> Router {
             get(admin_member_ledger),
         )
         .route(
+            "/v1/programs/{program}/reports/liability",
+            get(liability_report),
+        )
+        .route(
             "/v1/programs/{program}/campaigns/{campaign}",
             get(get_campaign).put(put_campaign),
         )
@@ -323,6 +327,62 @@ async fn campaign_report(
         )
         .into()),
     }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LiabilityQuery {
+    #[serde(default)]
+    as_of: Option<String>,
+    /// `csv` for the movement table, `svg` for the chart, JSON otherwise.
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// A `YYYY-MM-DD` query parameter.
+fn date_param(name: &str, value: Option<&str>) -> Result<Option<chrono::NaiveDate>, Problem> {
+    value
+        .map(|text| {
+            chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+                crate::services::ServiceError::invalid(
+                    "invalid-date",
+                    format!("{name} {text:?} is not a date (YYYY-MM-DD)"),
+                )
+                .into()
+            })
+        })
+        .transpose()
+}
+
+async fn liability_report(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+    Query(query): Query<LiabilityQuery>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let as_of = date_param("as_of", query.as_of.as_deref())?;
+    let format = query.format.as_deref().unwrap_or("json");
+    if !matches!(format, "json" | "csv" | "svg") {
+        return Err(crate::services::ServiceError::invalid(
+            "invalid-format",
+            format!("format {format:?} is not json, csv or svg"),
+        )
+        .into());
+    }
+    let report = state.services.liability(&program, as_of).await?;
+    Ok(match format {
+        "csv" => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            crate::liability::csv(&report),
+        )
+            .into_response(),
+        "svg" => (
+            [(header::CONTENT_TYPE, "image/svg+xml")],
+            crate::liability::svg(&report),
+        )
+            .into_response(),
+        _ => Json(report).into_response(),
+    })
 }
 
 async fn my_rewards(

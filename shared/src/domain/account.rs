@@ -409,6 +409,9 @@ pub(crate) struct Journal<'a> {
     source: Source,
     provisional: bool,
     posted: usize,
+    /// The lots as they were when the last entry was posted: the next entry records the moves
+    /// made since, wherever in the domain they were made.
+    lots_mark: Lots,
     pub no_op: Option<String>,
 }
 
@@ -421,6 +424,7 @@ impl<'a> Journal<'a> {
             source: ctx.source.clone(),
             provisional,
             posted: 0,
+            lots_mark: account.lots.clone(),
             no_op: None,
         }
     }
@@ -481,6 +485,8 @@ impl<'a> Journal<'a> {
         source: Source,
         occurred_at: DateTime<Utc>,
     ) {
+        let lots = self.account.lots.moves_since(&self.lots_mark);
+        self.lots_mark = self.account.lots.clone();
         self.entries.push(LedgerEntry {
             id,
             kind,
@@ -494,6 +500,7 @@ impl<'a> Journal<'a> {
             reason,
             shortfall: 0,
             provisional: self.provisional,
+            lots,
         });
     }
 

@@ -70,6 +70,11 @@ pub struct LedgerEntry {
     /// A change that time alone has made but no job has written yet (see `Account::as_of`).
     #[serde(default)]
     pub provisional: bool,
+    /// What the entry did to each lot (signed, by last usable day): a credit names the lot it
+    /// joined, a spend the lots it took from. `points` minus their sum is the change to the
+    /// debt (`points - Σ lots == -Δdebt`), so the books can follow every lot to its end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lots: Vec<super::lots::LotShare>,
 }
 
 fn is_zero(n: &i64) -> bool {

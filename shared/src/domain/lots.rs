@@ -88,6 +88,24 @@ impl Lots {
         self.iter().take_while(|l| l.expires_on <= until).collect()
     }
 
+    /// What changed in each lot from `before` to `self` (signed), lots in date order.
+    pub fn moves_since(&self, before: &Lots) -> Vec<LotShare> {
+        let mut dates: Vec<NaiveDate> = self.0.keys().chain(before.0.keys()).copied().collect();
+        dates.sort_unstable();
+        dates.dedup();
+        dates
+            .into_iter()
+            .filter_map(|d| {
+                let change =
+                    self.0.get(&d).copied().unwrap_or(0) - before.0.get(&d).copied().unwrap_or(0);
+                (change != 0).then_some(LotShare {
+                    expires_on: d,
+                    points: change,
+                })
+            })
+            .collect()
+    }
+
     pub fn first_expiry(&self) -> Option<NaiveDate> {
         self.0.keys().next().copied()
     }

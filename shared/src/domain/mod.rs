@@ -3,6 +3,7 @@
 //! Services load state, call these functions, and commit what they return with a condition.
 
 pub mod account;
+pub mod books;
 pub mod calendar;
 pub mod earning;
 pub mod engagement;

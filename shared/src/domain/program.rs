@@ -60,6 +60,10 @@ pub struct ProgramFile {
     pub coupons: CouponsFile,
     #[serde(default)]
     pub notices: NoticesFile,
+    /// What one point is worth to the brand, in major units of the currency ("1" won, "0.01"
+    /// dollars): the money value of the points liability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_value: Option<String>,
 }
 
 fn default_backdating_days() -> u32 {
@@ -397,6 +401,8 @@ pub struct Program {
     pub pay_with_points: Option<PayWithPoints>,
     pub coupon_valid_days: u32,
     pub notices: NoticesFile,
+    /// Millionths of a major unit that one point is worth, if the program says.
+    pub point_value_micros: Option<i64>,
     /// The file this program was read from, for saving and showing it back.
     pub file: ProgramFile,
 }
@@ -522,6 +528,28 @@ impl Program {
         }
         Ok(())
     }
+}
+
+/// A point's value ("1", "0.01") in millionths of a major unit: at most 6 fraction digits,
+/// greater than 0, at most 1,000,000 (so that a value times any balance fits in i128 with room).
+pub fn parse_point_value(text: &str) -> Option<i64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty()
+        || whole.len() > 7
+        || fraction.len() > 6
+        || !digits(whole)
+        || !digits(fraction)
+    {
+        return None;
+    }
+    if text.ends_with('.') {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let fraction: i64 = format!("{fraction:0<6}").parse().ok()?;
+    let micros = whole * 1_000_000 + fraction;
+    (micros > 0 && micros <= 1_000_000 * 1_000_000).then_some(micros)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -650,6 +678,16 @@ impl Validator {
         if f.coupons.valid_days == 0 {
             self.fail("coupons.valid_days", "must be at least 1");
         }
+        let point_value_micros = f.point_value.as_deref().and_then(|text| {
+            let parsed = parse_point_value(text);
+            if parsed.is_none() {
+                self.fail(
+                    "point_value",
+                    "must be a decimal of at most 6 fraction digits, greater than 0 and at most 1000000",
+                );
+            }
+            parsed
+        });
         Some(Program {
             id: f.id.clone(),
             name: f.name.clone(),
@@ -668,6 +706,7 @@ impl Validator {
             pay_with_points,
             coupon_valid_days: f.coupons.valid_days,
             notices: f.notices.clone(),
+            point_value_micros,
             file: f.clone(),
         })
     }

@@ -151,21 +151,18 @@ impl Services {
             let no_op = outcome.change.no_op.clone();
             let outbox = follow_ups(&envelope, &event, outcome.referrer);
             let commit = Commit {
-                program: program.id.clone(),
-                member: envelope.member.clone(),
-                expected_version: state.account.as_ref().map(|a| a.version),
-                due: outcome.change.account.due_dates(&program),
-                account: outcome.change.account,
-                entries: outcome.change.entries,
                 marker: Some(marker.clone()),
                 orders: outcome.orders,
-                redemption: None,
-                coupon: None,
-                revoke_coupon: None,
-                idempotency: None,
                 assignments: outcome.assignments,
                 counters: outcome.counters,
                 outbox,
+                ..Commit::new(
+                    &program,
+                    &envelope.member,
+                    state.account.as_ref(),
+                    outcome.change,
+                    now,
+                )
             };
             match self.store.commit(commit).await {
                 Ok(()) => {
@@ -224,21 +221,9 @@ impl Services {
                 }),
             );
             let commit = Commit {
-                program: program.id.clone(),
-                member: envelope.member.clone(),
-                expected_version: Some(account.version),
-                due: change.account.due_dates(&program),
-                account: change.account,
-                entries: change.entries,
                 marker: Some(marker.clone()),
-                orders: Default::default(),
-                redemption: None,
-                coupon: None,
-                revoke_coupon: None,
-                idempotency: None,
-                assignments: Vec::new(),
-                counters: Vec::new(),
                 outbox: vec![OutboxMessage::new(QueueName::Notify, notice)],
+                ..Commit::new(&program, &envelope.member, Some(&account), change, now)
             };
             match self.store.commit(commit).await {
                 Ok(()) => return Ok(Processed::Applied { entries }),

@@ -492,21 +492,8 @@ impl Services {
             }
             let entries = change.entries.len();
             let commit = Commit {
-                program: program.id.clone(),
-                member: member.to_string(),
-                expected_version: Some(account.version),
-                due: change.account.due_dates(program),
-                account: change.account,
-                entries: change.entries,
-                marker: None,
-                orders: Default::default(),
-                redemption: None,
-                coupon: None,
-                revoke_coupon: None,
-                idempotency: None,
-                assignments: Vec::new(),
-                counters: Vec::new(),
                 outbox,
+                ..Commit::new(program, member, Some(&account), change, at)
             };
             match self.store.commit(commit).await {
                 Ok(()) => {

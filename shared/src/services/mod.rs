@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use crate::domain::Program;
 use crate::ports::{Clock, Queue, Store, StoreError};
 
+pub mod audit;
 pub mod batch;
 pub mod campaign_tick;
 pub mod campaigns;
 pub mod earn;
 pub mod events;
+pub mod finance;
 pub mod jobs;
 pub mod members;
 pub mod outbox;

@@ -273,12 +273,7 @@ impl Services {
                     "code": code, "expires_at": expires_at, "balance": change.account.balance,
                 }),
             };
-            let mut commit = Commit::new(
-                &program,
-                member,
-                state.account.as_ref().map(|a| a.version),
-                change,
-            );
+            let mut commit = Commit::new(&program, member, state.account.as_ref(), change, now);
             commit.coupon = Some(Coupon {
                 code,
                 member: member.to_string(),
@@ -377,12 +372,7 @@ impl Services {
                     "order_ref": order_ref, "value": value, "currency": program.currency.to_string(),
                 }),
             };
-            let mut commit = Commit::new(
-                program,
-                member,
-                state.account.as_ref().map(|a| a.version),
-                change,
-            );
+            let mut commit = Commit::new(program, member, state.account.as_ref(), change, now);
             commit.redemption = Some(Redemption {
                 id: id.clone(),
                 member: member.to_string(),
@@ -487,7 +477,7 @@ impl Services {
                 });
             };
             redemption.status = wanted;
-            let mut commit = Commit::new(&program, &member, Some(account.version), change);
+            let mut commit = Commit::new(&program, &member, Some(&account), change, now);
             commit.redemption = Some(redemption);
             match self.store.commit(commit).await {
                 Ok(()) => return Ok(json!({"id": id, "status": status_name(wanted)})),
@@ -589,7 +579,7 @@ impl Services {
                 by: by.to_string(),
                 at: now,
             });
-            let mut commit = Commit::new(&program, member, Some(account.version), change);
+            let mut commit = Commit::new(&program, member, Some(&account), change, now);
             commit.revoke_coupon = redemption.code.clone();
             commit.redemption = Some(redemption);
             match self.store.commit(commit).await {
@@ -651,12 +641,7 @@ impl Services {
                 status: 201,
                 body: json!({"id": id, "points": request.points, "balance": change.account.balance}),
             };
-            let mut commit = Commit::new(
-                &program,
-                member,
-                state.account.as_ref().map(|a| a.version),
-                change,
-            );
+            let mut commit = Commit::new(&program, member, state.account.as_ref(), change, now);
             commit.idempotency = key.map(|key| IdempotencyRecord {
                 principal: by.to_string(),
                 key: key.to_string(),
@@ -869,12 +854,7 @@ impl Services {
             }
             let profile = updated.profile.clone();
             let change = crate::domain::Change::unchanged(updated);
-            let commit = Commit::new(
-                &program,
-                member,
-                state.account.as_ref().map(|a| a.version),
-                change,
-            );
+            let commit = Commit::new(&program, member, state.account.as_ref(), change, now);
             match self.store.commit(commit).await {
                 Ok(()) => return Ok(profile),
                 Err(

@@ -5,7 +5,9 @@
 //! are mapped to typed outcomes (duplicate, version conflict), and the SDK error is kept as the
 //! source of anything else.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -17,9 +19,10 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, StreamSpecification, StreamViewType, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Utc};
 
 use super::{decode_cursor, encode_cursor, ledger_seq, seq_key};
+use crate::domain::books::{BookRow, BooksAdd, BOOK_SHARDS};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
@@ -28,6 +31,7 @@ use crate::ports::{
     RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
     COUNTER_SHARDS,
 };
+use crate::ports::{BooksStore, MemberFile, MemberRecords, ParkedEvent, RecordsStore, Walked};
 use crate::report::VariantCounts;
 
 /// Days of rejected-event partitions read by `rejected`.
@@ -84,6 +88,10 @@ type Item = HashMap<String, AttributeValue>;
 pub struct DynamoStore {
     client: Client,
     table: String,
+    /// Parallel segments of a walk (the audit's scan).
+    parts: u32,
+    /// Read capacity consumed by walks, in thousandths of a unit.
+    read_milli_units: Arc<AtomicU64>,
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {
@@ -171,6 +179,21 @@ impl DynamoStore {
         DynamoStore {
             client,
             table: table.into(),
+            parts: 4,
+            read_milli_units: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Splits walks into `parts` parallel scan segments (1 to 1,000,000).
+    pub fn with_parts(mut self, parts: u32) -> DynamoStore {
+        self.parts = parts.clamp(1, 1_000_000);
+        self
+    }
+
+    fn count_read(&self, capacity: Option<&aws_sdk_dynamodb::types::ConsumedCapacity>) {
+        if let Some(units) = capacity.and_then(|c| c.capacity_units()) {
+            self.read_milli_units
+                .fetch_add((units * 1000.0).round() as u64, Ordering::Relaxed);
         }
     }
 
@@ -553,6 +576,64 @@ struct SpecialWrites {
     assignments: Option<(usize, usize)>,
 }
 
+fn books_pk(program: &str, shard: u32) -> String {
+    format!("P#{program}#BOOKS#S#{shard}")
+}
+
+#[async_trait]
+impl BooksStore for DynamoStore {
+    async fn book_rows(&self, program: &str, until: NaiveDate) -> Result<Vec<BookRow>, StoreError> {
+        let mut summed: BTreeMap<(NaiveDate, String), i64> = BTreeMap::new();
+        for shard in 0..BOOK_SHARDS {
+            let mut start = None;
+            loop {
+                let output = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .key_condition_expression("PK = :pk AND SK BETWEEN :lo AND :hi")
+                    .expression_attribute_values(":pk", s(books_pk(program, shard)))
+                    .expression_attribute_values(":lo", s("D#"))
+                    .expression_attribute_values(":hi", s(format!("D#{until}")))
+                    .set_exclusive_start_key(start)
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("cannot read the books", e))?;
+                for item in output.items() {
+                    let sk = text(item, "SK").unwrap_or_default();
+                    let day = sk
+                        .strip_prefix("D#")
+                        .and_then(|d| d.parse::<NaiveDate>().ok())
+                        .ok_or_else(|| StoreError::Corrupt {
+                            key: sk.to_string(),
+                            message: "not a day of the books".into(),
+                        })?;
+                    for (name, value) in item.iter().filter(|(k, _)| *k != "PK" && *k != "SK") {
+                        let value = value
+                            .as_n()
+                            .ok()
+                            .and_then(|v| v.parse::<i64>().ok())
+                            .ok_or_else(|| StoreError::Corrupt {
+                                key: format!("{sk} {name}"),
+                                message: "a counter that is not an integer".into(),
+                            })?;
+                        *summed.entry((day, name.clone())).or_insert(0) += value;
+                    }
+                }
+                start = output.last_evaluated_key;
+                if start.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(summed
+            .into_iter()
+            .map(|((day, name), value)| BookRow { day, name, value })
+            .collect())
+    }
+}
+
 fn counter_pk(program: &str, campaign: &str, shard: u32) -> String {
     format!("P#{program}#C#{campaign}#S#{shard}")
 }
@@ -721,6 +802,35 @@ impl DynamoStore {
                 .build(),
         )?;
         Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// Adds a commit's counters to its day's item in its shard of the books (`ADD` creates
+    /// the item and each counter the first time).
+    fn books_write(
+        &self,
+        program: &str,
+        add: &BooksAdd,
+    ) -> Result<Option<TransactWriteItem>, StoreError> {
+        let Some(day) = add.day.filter(|_| !add.is_empty()) else {
+            return Ok(None);
+        };
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(books_pk(program, add.shard), format!("D#{day}"))));
+        let mut terms = Vec::with_capacity(add.counts.len());
+        for (i, (name, value)) in add.counts.iter().enumerate() {
+            terms.push(format!("#c{i} :c{i}"));
+            update = update
+                .expression_attribute_names(format!("#c{i}"), name)
+                .expression_attribute_values(format!(":c{i}"), n(value));
+        }
+        let update = build(
+            "update",
+            update
+                .update_expression(format!("ADD {}", terms.join(", ")))
+                .build(),
+        )?;
+        Ok(Some(TransactWriteItem::builder().update(update).build()))
     }
 
     async fn cancelled_without_reasons(&self, commit: &Commit) -> Option<CommitError> {
@@ -1012,6 +1122,9 @@ impl MemberStore for DynamoStore {
         for message in &commit.outbox {
             writes.push(self.put(outbox_item(message)?, None, None)?);
         }
+        if let Some(write) = self.books_write(&commit.program, &commit.books)? {
+            writes.push(write);
+        }
         match self
             .client
             .transact_write_items()
@@ -1123,20 +1236,44 @@ impl AliasStore for DynamoStore {
     ) -> Result<bool, StoreError> {
         let mut item = key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS");
         item.insert("member".into(), s(member));
+        let alias = build(
+            "alias",
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(PK) OR #m = :m")
+                .expression_attribute_names("#m", "member")
+                .expression_attribute_values(":m", s(member))
+                .build(),
+        )?;
+        let alias = TransactWriteItem::builder().put(alias).build();
+        // The member's side of the link, so that an export finds the member's identities.
+        let mine = self.put(
+            key(member_pk(program, member), format!("I#{kind}#{value}")),
+            None,
+            None,
+        )?;
         let result = self
             .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(PK) OR #m = :m")
-            .expression_attribute_names("#m", "member")
-            .expression_attribute_values(":m", s(member))
+            .transact_write_items()
+            .transact_items(alias)
+            .transact_items(mine)
             .send()
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
-            Err(e) => Err(sdk_error("cannot link the identity", e)),
+            Err(e) => match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled))
+                    if cancelled
+                        .cancellation_reasons()
+                        .first()
+                        .and_then(|r| r.code())
+                        == Some("ConditionalCheckFailed") =>
+                {
+                    Ok(false)
+                }
+                _ => Err(sdk_error("cannot link the identity", e)),
+            },
         }
     }
 }
@@ -1548,6 +1685,203 @@ impl ScheduleStore for DynamoStore {
                 .map_err(|e| sdk_error("cannot save the job's progress", e)),
         };
         result
+    }
+}
+
+/// Where a scanned item belongs.
+enum Place {
+    Member { program: String, member: String },
+    Parked(ParkedEvent),
+    Other,
+}
+
+fn place(item: &Item) -> Place {
+    let (Some(pk), Some(sk)) = (text(item, "PK"), text(item, "SK")) else {
+        return Place::Other;
+    };
+    let Some(rest) = pk.strip_prefix("P#") else {
+        return Place::Other;
+    };
+    // Program ids never hold `#`, so the first `#` ends the program.
+    let Some((program, rest)) = rest.split_once('#') else {
+        return Place::Other;
+    };
+    if let Some(member) = rest.strip_prefix("M#") {
+        return Place::Member {
+            program: program.to_string(),
+            member: member.to_string(),
+        };
+    }
+    match (rest.strip_prefix("ORDER#"), sk.strip_prefix("PARKED#")) {
+        (Some(order_key), Some(event_id)) => Place::Parked(ParkedEvent {
+            program: program.to_string(),
+            order_key: order_key.to_string(),
+            event_id: event_id.to_string(),
+            body: text(item, "body").unwrap_or_default().to_string(),
+        }),
+        _ => Place::Other,
+    }
+}
+
+/// Adds one item of a member's partition to what is known of the member.
+fn gather(records: &mut MemberRecords, item: &Item) -> Result<(), StoreError> {
+    let sk = text(item, "SK").unwrap_or_default();
+    if sk == "ACCOUNT" {
+        records.account = Some(body(item, sk)?);
+    } else if sk.starts_with("L#") {
+        records.entries.push(body(item, sk)?);
+    } else if sk.starts_with("O#") {
+        records.orders.push(body(item, sk)?);
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl RecordsStore for DynamoStore {
+    fn parts(&self) -> u32 {
+        self.parts
+    }
+
+    /// One parallel-scan segment. A partition's items come together and in key order within a
+    /// segment, so a member is whole when the next partition starts.
+    async fn walk(
+        &self,
+        part: u32,
+        program: Option<&str>,
+        visit: &(dyn Fn(Walked) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        let mut start = None;
+        let mut current: Option<MemberRecords> = None;
+        loop {
+            let mut scan = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .segment(i32::try_from(part).unwrap_or(0))
+                .total_segments(i32::try_from(self.parts).unwrap_or(1))
+                .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
+                .set_exclusive_start_key(start.take());
+            if let Some(program) = program {
+                scan = scan
+                    .filter_expression("begins_with(PK, :p)")
+                    .expression_attribute_values(":p", s(format!("P#{program}#")));
+            }
+            let output = scan
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot scan the table", e))?;
+            self.count_read(output.consumed_capacity());
+            for item in output.items() {
+                match place(item) {
+                    Place::Member { program, member } => {
+                        let same = current
+                            .as_ref()
+                            .is_some_and(|c| c.program == program && c.member == member);
+                        if !same {
+                            if let Some(done) = current.take() {
+                                visit(Walked::Member(Box::new(done)));
+                            }
+                            current = Some(MemberRecords {
+                                program,
+                                member,
+                                ..MemberRecords::default()
+                            });
+                        }
+                        if let Some(records) = current.as_mut() {
+                            gather(records, item)?;
+                        }
+                    }
+                    Place::Parked(event) => visit(Walked::Parked(event)),
+                    Place::Other => {}
+                }
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        if let Some(done) = current.take() {
+            visit(Walked::Member(Box::new(done)));
+        }
+        Ok(())
+    }
+
+    fn read_units(&self) -> Option<f64> {
+        Some(self.read_milli_units.load(Ordering::Relaxed) as f64 / 1000.0)
+    }
+
+    async fn member_records(
+        &self,
+        program: &str,
+        member: &str,
+    ) -> Result<MemberRecords, StoreError> {
+        let mut records = MemberRecords {
+            program: program.to_string(),
+            member: member.to_string(),
+            ..MemberRecords::default()
+        };
+        for item in self.partition(&member_pk(program, member), "").await? {
+            gather(&mut records, &item)?;
+        }
+        Ok(records)
+    }
+
+    async fn member_file(&self, program: &str, member: &str) -> Result<MemberFile, StoreError> {
+        let pk = member_pk(program, member);
+        let mut file = MemberFile::default();
+        for prefix in ["O#", "R#", "A#", "I#"] {
+            for item in self.partition(&pk, prefix).await? {
+                let sk = text(&item, "SK").unwrap_or_default();
+                match prefix {
+                    "O#" => file.orders.push(body(&item, sk)?),
+                    "R#" => file.redemptions.push(body(&item, sk)?),
+                    "A#" => file.assignments.push(body(&item, sk)?),
+                    _ => {
+                        if let Some((kind, value)) = sk.trim_start_matches("I#").split_once('#') {
+                            file.aliases.push((kind.to_string(), value.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        for code in file
+            .redemptions
+            .iter()
+            .filter_map(|r| r.code.clone())
+            .collect::<Vec<_>>()
+        {
+            if let Some(coupon) = self.coupon(program, &code).await? {
+                file.coupons.push(coupon);
+            }
+        }
+        Ok(file)
+    }
+}
+
+impl DynamoStore {
+    /// Every item of a partition whose sort key starts with `prefix`, consistently read.
+    async fn partition(&self, pk: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
+                .expression_attribute_values(":pk", s(pk))
+                .expression_attribute_values(":prefix", s(prefix))
+                .set_exclusive_start_key(start.take())
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot read the member's items", e))?;
+            items.extend(output.items.unwrap_or_default());
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
     }
 }
 

@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::{decode_cursor, encode_cursor, ledger_seq};
+use crate::domain::books::{BookRow, BooksAdd};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
@@ -22,6 +23,7 @@ use crate::ports::{
     MemberState, MemberStore, OutboxMessage, OutboxStore, ParkingStore, ProgramStore, Redemption,
     RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
 };
+use crate::ports::{BooksStore, MemberFile, MemberRecords, ParkedEvent, RecordsStore, Walked};
 use crate::report::VariantCounts;
 
 const SCHEMA: &str = "
@@ -77,6 +79,10 @@ CREATE TABLE IF NOT EXISTS job_progress (
 CREATE TABLE IF NOT EXISTS parked (
     program TEXT NOT NULL, order_key TEXT NOT NULL, event_id TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (program, order_key, event_id));
+CREATE TABLE IF NOT EXISTS books (
+    program TEXT NOT NULL, day TEXT NOT NULL, shard INTEGER NOT NULL, name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (program, day, shard, name));
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL);
 ";
@@ -413,6 +419,7 @@ impl MemberStore for SqliteStore {
                 for message in &commit.outbox {
                     write_outbox(&tx, message)?;
                 }
+                add_books(&tx, &commit.program, &commit.books)?;
                 tx.commit().map_err(|e| sql_error("cannot commit", e))?;
                 Ok(Ok(()))
             })
@@ -978,6 +985,57 @@ fn add_counts(tx: &Connection, program: &str, add: &CounterAdd) -> Result<(), St
     Ok(())
 }
 
+/// Adds a commit's counters to its day's books, inside the caller's transaction.
+fn add_books(tx: &Connection, program: &str, add: &BooksAdd) -> Result<(), StoreError> {
+    let Some(day) = add.day else {
+        return Ok(());
+    };
+    for (name, value) in &add.counts {
+        tx.execute(
+            "INSERT INTO books (program, day, shard, name, value) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (program, day, shard, name) DO UPDATE SET value = value + excluded.value",
+            params![program, day.to_string(), add.shard, name, value],
+        )
+        .map_err(|e| sql_error("cannot add to the books", e))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl BooksStore for SqliteStore {
+    async fn book_rows(&self, program: &str, until: NaiveDate) -> Result<Vec<BookRow>, StoreError> {
+        let program = program.to_string();
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT day, name, SUM(value) FROM books WHERE program = ?1 AND day <= ?2
+                     GROUP BY day, name ORDER BY day, name",
+                )
+                .map_err(|e| sql_error("cannot read the books", e))?;
+            let rows = statement
+                .query_map(params![program, until.to_string()], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(|e| sql_error("cannot read the books", e))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (day, name, value) = row.map_err(|e| sql_error("cannot read the books", e))?;
+                let day = day.parse().map_err(|_| StoreError::Corrupt {
+                    key: format!("books of {program}"),
+                    message: format!("day {day:?} is not a date"),
+                })?;
+                out.push(BookRow { day, name, value });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 /// Writes an assignment if the stored one is still the one expected; `false` when it is not.
 fn write_assignment(
     tx: &Connection,
@@ -1278,6 +1336,228 @@ impl CampaignStore for SqliteStore {
             .map_err(|e| sql_error("cannot save the campaign", e))?;
             tx.commit().map_err(|e| sql_error("cannot commit", e))?;
             Ok(Some(version))
+        })
+        .await
+    }
+}
+
+/// Members read per statement in a walk (keyset pages, so the walk holds no lock for long).
+const WALK_PAGE: i64 = 200;
+
+fn bodies<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    what: &str,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<T>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(sql)
+        .map_err(|e| sql_error(&format!("cannot read the {what}s"), e))?;
+    let rows = statement
+        .query_map(args, |row| row.get::<_, String>(0))
+        .map_err(|e| sql_error(&format!("cannot read the {what}s"), e))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let body = row.map_err(|e| sql_error(&format!("cannot read the {what}s"), e))?;
+        out.push(decode(what, &body)?);
+    }
+    Ok(out)
+}
+
+/// One member's account, ledger (oldest first) and order records.
+fn member_records(
+    conn: &Connection,
+    program: &str,
+    member: &str,
+    account: &str,
+) -> Result<MemberRecords, StoreError> {
+    Ok(MemberRecords {
+        program: program.to_string(),
+        member: member.to_string(),
+        account: Some(decode("account", account)?),
+        entries: bodies(
+            conn,
+            "entry",
+            "SELECT body FROM ledger WHERE program = ?1 AND member = ?2 ORDER BY seq",
+            &[&program, &member],
+        )?,
+        orders: bodies(
+            conn,
+            "order",
+            "SELECT body FROM orders WHERE program = ?1 AND member = ?2 ORDER BY order_key",
+            &[&program, &member],
+        )?,
+    })
+}
+
+#[async_trait]
+impl RecordsStore for SqliteStore {
+    fn parts(&self) -> u32 {
+        1
+    }
+
+    async fn walk(
+        &self,
+        _part: u32,
+        program: Option<&str>,
+        visit: &(dyn Fn(Walked) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        let only = program.map(str::to_string);
+        let mut after = (String::new(), String::new());
+        loop {
+            let from = after.clone();
+            let only_program = only.clone();
+            let page: Vec<MemberRecords> = self
+                .with(move |conn| {
+                    // One snapshot per page: a member's account and ledger agree even while
+                    // `loyalty serve` writes.
+                    let conn = conn
+                        .transaction()
+                        .map_err(|e| sql_error("cannot begin", e))?;
+                    let mut statement = conn
+                        .prepare_cached(
+                            "SELECT program, member, body FROM accounts
+                             WHERE (program, member) > (?1, ?2) AND (?3 IS NULL OR program = ?3)
+                             ORDER BY program, member LIMIT ?4",
+                        )
+                        .map_err(|e| sql_error("cannot read the accounts", e))?;
+                    let rows = statement
+                        .query_map(params![from.0, from.1, only_program, WALK_PAGE], |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, String>(1)?,
+                                row.get::<_, String>(2)?,
+                            ))
+                        })
+                        .map_err(|e| sql_error("cannot read the accounts", e))?;
+                    let mut accounts = Vec::new();
+                    for row in rows {
+                        accounts.push(row.map_err(|e| sql_error("cannot read the accounts", e))?);
+                    }
+                    drop(statement);
+                    accounts
+                        .iter()
+                        .map(|(p, m, body)| member_records(&conn, p, m, body))
+                        .collect()
+                })
+                .await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = (last.program.clone(), last.member.clone());
+            for records in page {
+                visit(Walked::Member(Box::new(records)));
+            }
+        }
+        let only_program = only.clone();
+        let parked: Vec<ParkedEvent> = self
+            .with(move |conn| {
+                let mut statement = conn
+                    .prepare_cached(
+                        "SELECT program, order_key, event_id, body FROM parked
+                         WHERE ?1 IS NULL OR program = ?1 ORDER BY program, order_key, event_id",
+                    )
+                    .map_err(|e| sql_error("cannot read the parked events", e))?;
+                let rows = statement
+                    .query_map(params![only_program], |row| {
+                        Ok(ParkedEvent {
+                            program: row.get(0)?,
+                            order_key: row.get(1)?,
+                            event_id: row.get(2)?,
+                            body: row.get(3)?,
+                        })
+                    })
+                    .map_err(|e| sql_error("cannot read the parked events", e))?;
+                rows.map(|r| r.map_err(|e| sql_error("cannot read the parked events", e)))
+                    .collect()
+            })
+            .await?;
+        for event in parked {
+            visit(Walked::Parked(event));
+        }
+        Ok(())
+    }
+
+    fn read_units(&self) -> Option<f64> {
+        None
+    }
+
+    async fn member_records(
+        &self,
+        program: &str,
+        member: &str,
+    ) -> Result<MemberRecords, StoreError> {
+        let (program, member) = (program.to_string(), member.to_string());
+        self.with(move |conn| {
+            let conn = conn
+                .transaction()
+                .map_err(|e| sql_error("cannot begin", e))?;
+            let account: Option<String> = conn
+                .query_row(
+                    "SELECT body FROM accounts WHERE program = ?1 AND member = ?2",
+                    params![program, member],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| sql_error("cannot read the account", e))?;
+            match account {
+                Some(body) => member_records(&conn, &program, &member, &body),
+                None => Ok(MemberRecords {
+                    program: program.clone(),
+                    member: member.clone(),
+                    ..MemberRecords::default()
+                }),
+            }
+        })
+        .await
+    }
+
+    async fn member_file(&self, program: &str, member: &str) -> Result<MemberFile, StoreError> {
+        let (program, member) = (program.to_string(), member.to_string());
+        self.with(move |conn| {
+            let args: [&dyn rusqlite::ToSql; 2] = [&program, &member];
+            let redemptions: Vec<Redemption> = bodies(
+                conn,
+                "redemption",
+                "SELECT body FROM redemptions WHERE program = ?1 AND member = ?2 ORDER BY id",
+                &args,
+            )?;
+            let mut coupons = Vec::new();
+            for code in redemptions.iter().filter_map(|r| r.code.as_deref()) {
+                coupons.extend(bodies::<Coupon>(
+                    conn,
+                    "coupon",
+                    "SELECT body FROM coupons WHERE program = ?1 AND code = ?2",
+                    &[&program, &code],
+                )?);
+            }
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT kind, value FROM aliases WHERE program = ?1 AND member = ?2 ORDER BY kind, value",
+                )
+                .map_err(|e| sql_error("cannot read the aliases", e))?;
+            let aliases = statement
+                .query_map(params![program, member], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map_err(|e| sql_error("cannot read the aliases", e))?
+                .collect::<Result<Vec<(String, String)>, _>>()
+                .map_err(|e| sql_error("cannot read the aliases", e))?;
+            Ok(MemberFile {
+                orders: bodies(
+                    conn,
+                    "order",
+                    "SELECT body FROM orders WHERE program = ?1 AND member = ?2 ORDER BY order_key",
+                    &args,
+                )?,
+                redemptions,
+                coupons,
+                assignments: bodies(
+                    conn,
+                    "assignment",
+                    "SELECT body FROM assignments WHERE program = ?1 AND member = ?2 ORDER BY campaign",
+                    &args,
+                )?,
+                aliases,
+            })
         })
         .await
     }

@@ -1,0 +1,405 @@
+//! The books, the liability report and the audit, through the services on the embedded store,
+//! with the clock moved across a year so that points really expire.
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use common::Recorder;
+use loyalty_core::domain::calendar::YearMonth;
+use loyalty_core::liability::LiabilityReport;
+use loyalty_core::ports::{FixedClock, MemberStore, QueueName, ScheduleStore};
+use loyalty_core::services::audit::AuditReport;
+use loyalty_core::services::jobs::Job;
+use loyalty_core::services::programs::ProgramFormat;
+use loyalty_core::services::Services;
+use loyalty_core::store::sqlite::SqliteStore;
+use serde_json::json;
+
+const KR_SHOP: &str = include_str!("../../examples/kr-shop.toml");
+
+struct Stack {
+    services: Services,
+    store: SqliteStore,
+    queue: Arc<Recorder>,
+    clock: Arc<FixedClock>,
+    path: std::path::PathBuf,
+}
+
+/// Noon in Seoul on a day.
+fn seoul_noon(y: i32, m: u32, d: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, m, d, 3, 0, 0).unwrap()
+}
+
+fn day(y: i32, m: u32, d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, d).unwrap()
+}
+
+async fn stack(name: &str) -> Stack {
+    let path =
+        std::env::temp_dir().join(format!("loyalty-finance-{name}-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let store = SqliteStore::open(&path).unwrap();
+    let queue = Arc::new(Recorder::default());
+    let clock = FixedClock::at(seoul_noon(2026, 3, 10));
+    let services = Services::new(Arc::new(store.clone()), queue.clone(), clock.clone());
+    services
+        .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    Stack {
+        services,
+        store,
+        queue,
+        clock,
+        path,
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Stack {
+    async fn at(&self, when: DateTime<Utc>) {
+        self.clock.set(when);
+    }
+
+    async fn drain(&self) {
+        loop {
+            self.services.relay_waiting(1000).await.unwrap();
+            let next = {
+                let mut sent = self.queue.0.lock().unwrap();
+                (!sent.is_empty()).then(|| sent.remove(0))
+            };
+            let Some((queue, message)) = next else { return };
+            let body = serde_json::to_string(&message).unwrap();
+            match queue {
+                QueueName::Earn => {
+                    self.services.process_earn(&body).await.unwrap();
+                }
+                QueueName::Tier => {
+                    self.services.process_tier_check(&body).await.unwrap();
+                }
+                QueueName::Notify => {}
+            }
+        }
+    }
+
+    async fn event(&self, event: serde_json::Value) {
+        self.services
+            .process_earn(&event.to_string())
+            .await
+            .unwrap();
+        self.drain().await;
+    }
+
+    async fn purchase(&self, member: &str, order: &str, lines: &[(&str, i64, i64)]) {
+        let lines: Vec<_> = lines
+            .iter()
+            .map(|(id, qty, price)| json!({"line_id": id, "quantity": qty, "unit_price": price.to_string()}))
+            .collect();
+        self.event(json!({
+            "type": "purchase.completed", "version": 1, "id": format!("ev-{order}"),
+            "program": "kr-shop", "member": member, "occurred_at": self.clock_now(),
+            "data": {"order_id": order, "currency": "KRW", "lines": lines}
+        }))
+        .await;
+    }
+
+    async fn refund(&self, member: &str, order: &str, refund: &str, line: &str, qty: i64) {
+        self.event(json!({
+            "type": "purchase.refunded", "version": 1, "id": format!("ev-{refund}"),
+            "program": "kr-shop", "member": member, "occurred_at": self.clock_now(),
+            "data": {"order_id": order, "refund_id": refund, "lines": [{"line_id": line, "quantity": qty}]}
+        }))
+        .await;
+    }
+
+    async fn cancel(&self, member: &str, order: &str) {
+        self.event(json!({
+            "type": "purchase.cancelled", "version": 1, "id": format!("ev-cancel-{order}"),
+            "program": "kr-shop", "member": member, "occurred_at": self.clock_now(),
+            "data": {"order_id": order}
+        }))
+        .await;
+    }
+
+    fn clock_now(&self) -> String {
+        use loyalty_core::ports::Clock;
+        self.clock.now().to_rfc3339()
+    }
+
+    async fn adjust(&self, member: &str, points: i64) {
+        let body = json!({"points": points, "reason": "goodwill"}).to_string();
+        self.services
+            .adjust("kr-shop", member, "ops", None, body.as_bytes())
+            .await
+            .unwrap();
+    }
+
+    async fn redeem(&self, member: &str, reward: &str) -> String {
+        let body = json!({"reward": reward}).to_string();
+        let key = format!("{member}-{reward}-{}", self.clock_now());
+        let answer = self
+            .services
+            .redeem("kr-shop", member, member, Some(&key), body.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 201, "{}", answer.body);
+        answer.body["id"].as_str().unwrap().to_string()
+    }
+
+    async fn reverse(&self, member: &str, id: &str) {
+        let body = json!({"reason": "the coupon never reached the member"}).to_string();
+        self.services
+            .reverse_redemption("kr-shop", member, id, "ops", body.as_bytes())
+            .await
+            .unwrap();
+    }
+
+    async fn job(&self, job: Job, date: NaiveDate) {
+        self.services
+            .run_job(job, "kr-shop", Some(date), &|_| {})
+            .await
+            .unwrap();
+        self.drain().await;
+    }
+
+    async fn report(&self, as_of: NaiveDate) -> LiabilityReport {
+        self.services
+            .liability("kr-shop", Some(as_of))
+            .await
+            .unwrap()
+    }
+
+    async fn audit(&self) -> AuditReport {
+        self.services
+            .audit(Some("kr-shop"), Arc::new(|_| {}))
+            .await
+            .unwrap()
+    }
+
+    /// Σ balance, Σ lots and Σ pending over every member, as each one sees it now.
+    async fn members_now(&self) -> (i64, i64, i64) {
+        use loyalty_core::ports::Clock;
+        let program = self.services.program("kr-shop").await.unwrap();
+        let page = self
+            .store
+            .members_page("kr-shop", None, 1000)
+            .await
+            .unwrap();
+        let (mut balance, mut lots, mut pending) = (0, 0, 0);
+        for member in page.members {
+            let account = self
+                .store
+                .load_member("kr-shop", &member, &[])
+                .await
+                .unwrap()
+                .account
+                .unwrap();
+            let view = account.as_of(&program, self.clock.now()).account;
+            balance += view.balance;
+            lots += view.lots.total();
+            pending += view.pending_points();
+        }
+        (balance, lots, pending)
+    }
+}
+
+/// The invariants every liability report keeps, whatever the history.
+fn assert_reconciles(report: &LiabilityReport) {
+    let by_month: i64 = report.by_expiry_month.iter().map(|m| m.points).sum();
+    assert_eq!(
+        by_month, report.outstanding,
+        "expiry months sum to outstanding"
+    );
+    assert_eq!(report.net, report.outstanding - report.owed);
+    let mut opening = 0;
+    for m in &report.movements {
+        assert_eq!(
+            m.opening, opening,
+            "{} opens where the month before closed",
+            m.month
+        );
+        assert_eq!(
+            m.opening + m.issued - m.redeemed - m.expired - m.clawed_back + m.adjusted,
+            m.closing,
+            "{} moves from its opening to its closing",
+            m.month
+        );
+        assert_eq!(m.issued, m.issued_by_kind.values().sum::<i64>());
+        opening = m.closing;
+    }
+    assert_eq!(
+        opening, report.net,
+        "the last closing is the sum of the balances"
+    );
+    let tiers: i64 = report.by_tier.iter().map(|t| t.points).sum();
+    assert_eq!(tiers, report.outstanding, "the tiers hold every lot");
+    let pending: i64 = report
+        .pending_by_release_month
+        .iter()
+        .map(|m| m.points)
+        .sum();
+    assert_eq!(pending, report.pending);
+}
+
+fn assert_clean(audit: &AuditReport) {
+    assert!(audit.violations.is_empty(), "{:#?}", audit.violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_books_reconcile_with_every_account_through_a_year_of_mixed_work() {
+    // GIVEN a shop whose members buy, get refunds, cancel, redeem, have a redemption given
+    // back and receive operators' adjustments, in March 2026
+    let s = stack("mixed").await;
+    s.purchase("m-1", "o-1", &[("a", 2, 30_000), ("b", 1, 40_000)])
+        .await;
+    s.purchase("m-2", "o-2", &[("a", 1, 59_000)]).await;
+    s.adjust("m-3", 8_000).await;
+    s.at(seoul_noon(2026, 3, 12)).await;
+    s.refund("m-1", "o-1", "r-1", "a", 1).await;
+    s.purchase("m-4", "o-4", &[("a", 3, 20_000)]).await;
+    s.refund("m-5", "o-5", "r-5", "a", 1).await; // arrives before its order: parked
+    s.purchase("m-5", "o-5", &[("a", 2, 25_000)]).await;
+    s.at(seoul_noon(2026, 3, 20)).await;
+    s.job(Job::ReleasePending, day(2026, 3, 20)).await;
+    s.cancel("m-4", "o-4").await;
+    let issued = s.redeem("m-3", "coupon-5000").await;
+    s.at(seoul_noon(2026, 4, 2)).await;
+    s.reverse("m-3", &issued).await;
+    s.redeem("m-3", "free-shipping").await;
+    s.adjust("m-2", -100).await;
+    s.purchase("m-2", "o-22", &[("a", 1, 120_000)]).await;
+
+    // THEN the audit finds nothing wrong, its sums are the books', and the report reconciles
+    let audit = s.audit().await;
+    assert_clean(&audit);
+    assert_eq!(audit.members, 5);
+    let report = s.report(day(2026, 4, 2)).await;
+    assert_reconciles(&report);
+    let (balance, lots, pending) = s.members_now().await;
+    assert_eq!(report.net, balance);
+    assert_eq!(report.outstanding, lots);
+    assert_eq!(report.pending, pending);
+    let sums = &audit.programs["kr-shop"];
+    assert_eq!(sums.members.lots, sums.books.lots);
+    assert_eq!(
+        sums.members.balance, report.net,
+        "nothing has matured unwritten yet"
+    );
+    assert_eq!(report.members, 5);
+    assert_eq!(
+        report.value.as_deref(),
+        Some(report.outstanding.to_string().as_str())
+    );
+
+    // WHEN the year turns: the March 2026 points last until 2027-03-31
+    let march: i64 = report
+        .by_expiry_month
+        .iter()
+        .filter(|m| m.month == YearMonth::new(2027, 3))
+        .map(|m| m.points)
+        .sum();
+    assert!(march > 0, "{report:#?}");
+    s.at(seoul_noon(2027, 3, 31)).await;
+    let last_day = s.report(day(2027, 3, 31)).await;
+    s.at(seoul_noon(2027, 4, 1)).await;
+    let next_day = s.report(day(2027, 4, 1)).await;
+
+    // THEN they are outstanding on their last day and expired in the next day's report,
+    // before any job has run
+    assert_reconciles(&last_day);
+    assert_reconciles(&next_day);
+    assert!(last_day
+        .by_expiry_month
+        .iter()
+        .any(|m| m.month == YearMonth::new(2027, 3) && m.points == march));
+    assert!(next_day
+        .by_expiry_month
+        .iter()
+        .all(|m| m.month != YearMonth::new(2027, 3)));
+    assert_eq!(next_day.outstanding, last_day.outstanding - march);
+    let april = next_day.movements.last().unwrap();
+    assert_eq!(april.month, YearMonth::new(2027, 4));
+    assert_eq!(april.expired, march);
+    assert_eq!(next_day.provisional.expired, march);
+    let (balance, lots, _) = s.members_now().await;
+    assert_eq!((next_day.net, next_day.outstanding), (balance, lots));
+
+    // WHEN the expiry job writes what the report foresaw
+    s.job(Job::ExpirePoints, day(2027, 4, 1)).await;
+    let written = s.report(day(2027, 4, 1)).await;
+
+    // THEN the report is the same, now from written entries, and the audit is still clean
+    assert_eq!(written.outstanding, next_day.outstanding);
+    assert_eq!(written.movements, next_day.movements);
+    assert_eq!(written.provisional.expired, 0);
+    let audit = s.audit().await;
+    assert_clean(&audit);
+    let sums = &audit.programs["kr-shop"];
+    assert_eq!(sums.members.balance, written.net);
+    assert_eq!(sums.members.lots, written.outstanding);
+
+    // AND the cohorts say where each month's points went
+    let march_cohort = written
+        .breakage
+        .cohorts
+        .iter()
+        .find(|c| c.month == YearMonth::new(2026, 3))
+        .unwrap();
+    assert_eq!(march_cohort.outstanding, 0);
+    assert!(march_cohort.matured && march_cohort.expired > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_changed_behind_the_ledger_is_named_with_the_difference() {
+    // GIVEN two members with points
+    let s = stack("corrupt").await;
+    s.purchase("m-1", "o-1", &[("a", 1, 50_000)]).await;
+    s.adjust("m-2", 1_000).await;
+    assert_clean(&s.audit().await);
+
+    // WHEN m-2's balance is raised by 7 in the store, behind the ledger's back
+    let conn = rusqlite::Connection::open(&s.path).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE accounts SET body = json_set(body, '$.balance', json_extract(body, '$.balance') + 7)
+             WHERE program = 'kr-shop' AND member = 'm-2'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+
+    // THEN the audit names m-2, the rule and the difference, and the books disagree too
+    let audit = s.audit().await;
+    let balance: Vec<_> = audit
+        .violations
+        .iter()
+        .filter(|v| v.rule == "balance")
+        .collect();
+    assert_eq!(balance.len(), 1, "{:#?}", audit.violations);
+    assert_eq!(balance[0].member.as_deref(), Some("m-2"));
+    assert_eq!(balance[0].difference, Some(7));
+    assert!(audit
+        .violations
+        .iter()
+        .any(|v| v.rule == "books" && v.difference == Some(-7)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_of_a_future_day_is_refused() {
+    let s = stack("future").await;
+    let refused = s
+        .services
+        .liability("kr-shop", Some(day(2026, 3, 11)))
+        .await;
+    assert!(refused.is_err());
+    let today = s.report(day(2026, 3, 10)).await;
+    assert_eq!(today.outstanding, 0);
+    assert!(today.movements.is_empty());
+}

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod audit;
 mod campaign;
 mod jobs;
+mod member;
 mod report;
 mod serve;
 mod stores;
@@ -45,6 +46,8 @@ enum Command {
     Campaign(campaign::CampaignArgs),
     /// Finance's and marketing's reports (liability, KPIs).
     Report(report::ReportArgs),
+    /// Member data (export).
+    Member(member::MemberArgs),
     /// Check every member against its ledger and each program against its books; exit
     /// status 1 on any violation.
     Audit(audit::AuditArgs),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Jobs(args) => jobs::run(args),
         Command::Campaign(args) => campaign::run(args),
         Command::Report(args) => report::run(args),
+        Command::Member(args) => member::run(args),
         Command::Audit(_) => Ok(()),
     };
     match result {

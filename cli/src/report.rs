@@ -21,6 +21,30 @@ enum ReportCommand {
     /// The points liability as of a date: outstanding points by expiry month, pending, held,
     /// by tier, their value, the movement of each month and breakage by issue cohort.
     Liability(LiabilityArgs),
+    /// Members, activity, repurchase and redemption rates, points per order, engagement, tiers
+    /// and each campaign's results over a period.
+    Kpis(KpiArgs),
+}
+
+#[derive(Debug, Args)]
+struct KpiArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The program (needed only when the store has several).
+    #[arg(long)]
+    program: Option<String>,
+    /// First day of the period (30 days before --to when absent).
+    #[arg(long)]
+    from: Option<NaiveDate>,
+    /// Last day of the period (today when absent).
+    #[arg(long)]
+    to: Option<NaiveDate>,
+    /// Print the KPIs as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also write the KPI card to this SVG file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -45,8 +69,70 @@ struct LiabilityArgs {
 }
 
 pub fn run(args: ReportArgs) -> Result<(), String> {
-    let ReportCommand::Liability(args) = args.command;
-    runtime()?.block_on(liability_report(args))
+    match args.command {
+        ReportCommand::Liability(args) => runtime()?.block_on(liability_report(args)),
+        ReportCommand::Kpis(args) => runtime()?.block_on(kpi_report(args)),
+    }
+}
+
+async fn kpi_report(args: KpiArgs) -> Result<(), String> {
+    let services = args.store.open().await?.services();
+    let program = program_of(&services, args.program.as_deref()).await?;
+    let kpis = services
+        .kpis(&program, args.from, args.to)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(path) = &args.svg {
+        std::fs::write(path, loyalty_core::kpis::svg(&kpis))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&kpis).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    let rate = |r: &loyalty_core::kpis::Ratio| r.rate.clone().unwrap_or_else(|| "n/a".into());
+    println!("{} from {} to {}", kpis.program, kpis.from, kpis.to);
+    println!(
+        "members          {:>10}  (new {})",
+        kpis.members, kpis.new_members
+    );
+    println!(
+        "active 30 / 90   {:>10} / {}",
+        kpis.active_30, kpis.active_90
+    );
+    println!(
+        "repurchase rate  {:>10}  ({} of {} first buyers)",
+        rate(&kpis.repurchase),
+        kpis.repurchase.numerator,
+        kpis.repurchase.denominator
+    );
+    println!(
+        "redemption rate  {:>10}  ({} of {} points)",
+        rate(&kpis.redemption),
+        kpis.redemption.numerator,
+        kpis.redemption.denominator
+    );
+    println!(
+        "points per order {:>10}  ({} orders)",
+        kpis.points_per_order.as_deref().unwrap_or("n/a"),
+        kpis.orders
+    );
+    for (action, n) in &kpis.engagement {
+        println!("action {action:<12} {n:>8}");
+    }
+    for (tier, n) in &kpis.tiers {
+        println!("tier {tier:<14} {n:>8}");
+    }
+    for (moved, n) in &kpis.tier_moves {
+        println!("moved {moved:<13} {n:>8}");
+    }
+    for c in &kpis.campaigns {
+        println!("campaign {} ({}): {}", c.campaign, c.name, c.verdict);
+    }
+    Ok(())
 }
 
 async fn liability_report(args: LiabilityArgs) -> Result<(), String> {

@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use common::Recorder;
 use loyalty_core::domain::calendar::YearMonth;
 use loyalty_core::liability::LiabilityReport;
-use loyalty_core::ports::{FixedClock, MemberStore, QueueName, ScheduleStore};
+use loyalty_core::ports::{AliasStore, FixedClock, MemberStore, QueueName, ScheduleStore};
 use loyalty_core::services::audit::AuditReport;
 use loyalty_core::services::jobs::Job;
 use loyalty_core::services::programs::ProgramFormat;
@@ -402,4 +402,126 @@ async fn a_report_of_a_future_day_is_refused() {
     let today = s.report(day(2026, 3, 10)).await;
     assert_eq!(today.outstanding, 0);
     assert!(today.movements.is_empty());
+}
+
+impl Stack {
+    async fn action(&self, member: &str, action: &str, reference: &str) {
+        self.event(json!({
+            "type": "engagement.recorded", "version": 1, "id": format!("ev-{reference}"),
+            "program": "kr-shop", "member": member, "occurred_at": self.clock_now(),
+            "data": {"action": action, "ref": reference}
+        }))
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpis_of_a_small_history_are_the_figures_counted_by_hand() {
+    // GIVEN five members and what they did in March and April 2026
+    let s = stack("kpis").await;
+    s.purchase("m-a", "a-1", &[("1", 1, 50_000)]).await; // 10 March: 500 points
+    s.at(seoul_noon(2026, 3, 20)).await;
+    s.adjust("m-a", 3_000).await;
+    s.at(seoul_noon(2026, 4, 2)).await;
+    s.purchase("m-b", "b-1", &[("1", 1, 100_000)]).await; // first purchase, 1,000
+    s.at(seoul_noon(2026, 4, 5)).await;
+    s.purchase("m-a", "a-2", &[("1", 1, 50_000)]).await; // 500
+    s.at(seoul_noon(2026, 4, 10)).await;
+    s.purchase("m-c", "c-1", &[("1", 1, 30_000)]).await; // first purchase, 300
+    s.at(seoul_noon(2026, 4, 11)).await;
+    s.action("m-c", "review", "rv-1").await; // 500
+    s.at(seoul_noon(2026, 4, 15)).await;
+    s.action("m-d", "signup", "su-1").await; // 1,000, never buys
+    s.at(seoul_noon(2026, 4, 16)).await;
+    s.redeem("m-a", "free-shipping").await; // 3,000 spent
+    s.at(seoul_noon(2026, 4, 20)).await;
+    s.purchase("m-b", "b-2", &[("1", 1, 20_000)]).await; // bought again after 18 days, 200
+    s.at(seoul_noon(2026, 4, 25)).await;
+    s.purchase("m-e", "e-1", &[("1", 1, 400_000)]).await; // 4,000, then SILVER
+    s.at(seoul_noon(2026, 4, 30)).await;
+
+    // WHEN April's KPIs are asked for
+    let k = s
+        .services
+        .kpis("kr-shop", Some(day(2026, 4, 1)), Some(day(2026, 4, 30)))
+        .await
+        .unwrap();
+
+    // THEN they are what was counted by hand
+    assert_eq!((k.members, k.new_members), (5, 4), "m-a joined in March");
+    assert_eq!((k.active_30, k.active_90), (4, 4), "m-d never bought");
+    assert_eq!(
+        (k.repurchase.numerator, k.repurchase.denominator),
+        (1, 3),
+        "of b, c and e who first bought in April, only b bought again"
+    );
+    assert_eq!(k.repurchase.rate.as_deref(), Some("0.3333"));
+    assert_eq!((k.orders, k.order_points), (5, 6_000));
+    assert_eq!(k.points_per_order.as_deref(), Some("1200.00"));
+    assert_eq!(
+        (k.redemption.numerator, k.redemption.denominator),
+        (3_000, 7_500),
+        "6,000 for April's orders + 500 review + 1,000 signup issued; 3,000 redeemed"
+    );
+    assert_eq!(k.redemption.rate.as_deref(), Some("0.4000"));
+    assert_eq!(k.engagement.get("review"), Some(&1));
+    assert_eq!(k.engagement.get("signup"), Some(&1));
+    assert_eq!(k.engagement.len(), 2);
+    assert_eq!(k.tiers.get("WELCOME"), Some(&4));
+    assert_eq!(k.tiers.get("SILVER"), Some(&1));
+    assert_eq!(k.tier_moves.get("WELCOME→SILVER"), Some(&1));
+    assert_eq!(k.tier_moves.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_of_five_thousand_entries_holds_them_all_and_reads_them_a_page_at_a_time() {
+    use futures_util::StreamExt;
+    // GIVEN a member with 5,000 ledger entries, a purchase, a redemption and an identity
+    let s = stack("export").await;
+    s.purchase("m-1", "o-1", &[("a", 1, 59_000)]).await;
+    for i in 0..4_998 {
+        s.adjust("m-1", if i % 2 == 0 { 10 } else { -5 }).await;
+    }
+    s.redeem("m-1", "free-shipping").await;
+    s.store
+        .put_alias("kr-shop", "email", "m1@example.com", "m-1")
+        .await
+        .unwrap();
+    let total = s
+        .store
+        .ledger_page("kr-shop", "m-1", 100, None)
+        .await
+        .unwrap();
+    assert!(total.next_cursor.is_some());
+
+    // WHEN it is exported
+    let before = s.store.operations();
+    let mut chunks = std::pin::pin!(s.services.export_member("kr-shop", "m-1").await.unwrap());
+    let mut document = String::new();
+    let mut sizes = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.unwrap();
+        sizes.push(chunk.matches("\"kind\":").count());
+        document.push_str(&chunk);
+    }
+    let reads = s.store.operations() - before;
+
+    // THEN the document holds every entry once, with the rest of what is held about m-1
+    let export: serde_json::Value = serde_json::from_str(&document).unwrap();
+    let ledger = export["ledger"].as_array().unwrap();
+    assert_eq!(ledger.len(), 5_000);
+    let ids: std::collections::BTreeSet<&str> =
+        ledger.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 5_000);
+    assert_eq!(export["member"], "m-1");
+    assert_eq!(export["orders"].as_array().unwrap().len(), 1);
+    assert_eq!(export["redemptions"].as_array().unwrap().len(), 1);
+    assert_eq!(export["coupons"].as_array().unwrap().len(), 1);
+    assert_eq!(export["aliases"][0]["value"], "m1@example.com");
+    let balance: i64 = ledger.iter().map(|e| e["points"].as_i64().unwrap()).sum();
+    assert_eq!(export["account"]["balance"].as_i64().unwrap(), balance);
+    // AND it was read and written a page at a time: no chunk held more than a page
+    assert!(sizes.iter().all(|n| *n <= 100), "{sizes:?}");
+    assert!(sizes.len() >= 50, "{} chunks", sizes.len());
+    assert!(reads >= 50, "{reads} reads");
 }

@@ -57,9 +57,14 @@ pub fn admin_router(state: AppState) -> Router {
             get(admin_member_ledger),
         )
         .route(
+            "/v1/programs/{program}/members/{member}/export",
+            get(member_export),
+        )
+        .route(
             "/v1/programs/{program}/reports/liability",
             get(liability_report),
         )
+        .route("/v1/programs/{program}/reports/kpis", get(kpi_report))
         .route(
             "/v1/programs/{program}/campaigns/{campaign}",
             get(get_campaign).put(put_campaign),
@@ -385,6 +390,45 @@ async fn liability_report(
     })
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct KpiQuery {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    /// `svg` for the card, JSON otherwise.
+    #[serde(default)]
+    format: Option<String>,
+}
+
+async fn kpi_report(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+    Query(query): Query<KpiQuery>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let from = date_param("from", query.from.as_deref())?;
+    let to = date_param("to", query.to.as_deref())?;
+    let format = query.format.as_deref().unwrap_or("json");
+    if !matches!(format, "json" | "svg") {
+        return Err(crate::services::ServiceError::invalid(
+            "invalid-format",
+            format!("format {format:?} is not json or svg"),
+        )
+        .into());
+    }
+    let kpis = state.services.kpis(&program, from, to).await?;
+    Ok(match format {
+        "svg" => (
+            [(header::CONTENT_TYPE, "image/svg+xml")],
+            crate::kpis::svg(&kpis),
+        )
+            .into_response(),
+        _ => Json(kpis).into_response(),
+    })
+}
+
 async fn my_rewards(
     principal: Principal,
     State(state): State<AppState>,
@@ -569,6 +613,26 @@ async fn admin_member_view(
     let program = admin_of(&principal, &program)?;
     let member = MemberId::parse(&member)?;
     Ok(Json(state.services.member_view(&program, &member).await?).into_response())
+}
+
+/// Everything held about a member, streamed as one JSON document.
+async fn member_export(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, member)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let member = MemberId::parse(&member)?;
+    let chunks = state.services.export_member(&program, &member).await?;
+    let disposition = format!("attachment; filename=\"{program}-member-export.json\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 async fn admin_member_ledger(

@@ -58,6 +58,14 @@ EXCEPTIONS = {
         ["422"],
         "an Idempotency-Key reused with another body is refused by design",
     ),
+    ("GET", "/v1/programs/{program}/reports/liability"): (
+        ["400"],
+        "the books cannot know a day after today: a rule that depends on the clock",
+    ),
+    ("GET", "/v1/programs/{program}/reports/kpis"): (
+        ["400"],
+        "a period's start must not follow its end: a rule across two parameters",
+    ),
 }
 # Checks about the methods a path declares, which need the whole document.
 METHOD_CHECKS = ("unsupported_method", "allow_header_conformance")

@@ -15,6 +15,7 @@ import pytest
 from awslocal import iam
 from conftest import ROOT, Running, start_stack, stop_stack
 from test_outbox import shopify, with_retries
+from test_topology import purchase
 from test_tour import tour
 
 TEMPLATE = ROOT / "infra" / "template.yaml"
@@ -33,6 +34,10 @@ def exercise(stack: Running) -> None:
     step = lambda what: print(f"iam: {what} at {time.monotonic() - started:.1f} s", flush=True)  # noqa: E731
     admin, member = stack.token("ops", admin=True), stack.token("m-1")
     call = lambda method, path, body=None, token=admin, headers=None: stack.request(method, path, body, token=token, headers=headers)  # noqa: E731
+    # A purchase whose return window closes during the exercise: the release schedule commits
+    # it (a job's commit, with its books).
+    occurred = datetime.now(timezone.utc) - timedelta(days=7) + timedelta(seconds=5)
+    assert call("POST", f"{P}/events", purchase("ev-iam-release", "m-iam-release", "iam-release", 50_000, occurred))[0] == 202
     # The README's tour: events, the member's views, adjustments, a redemption, a coupon.
     tour(stack.api)
     step("tour")
@@ -47,7 +52,14 @@ def exercise(stack: Running) -> None:
     assert call("GET", f"{P}/me/redemptions/{issued['id']}", token=member)[0] == 200
     assert call("POST", f"{P}/members/m-1/redemptions/{issued['id']}/reverse", {"reason": "iam"})[0] == 200
     assert call("PATCH", f"{P}/me/profile", {"birthday": "03-15"}, token=member)[0] == 200
+    # A member's first contact is a profile: a new account, counted in the books.
+    assert call("PATCH", f"{P}/me/profile", {"birthday": "05-05"}, token=stack.token("m-iam-new"))[0] == 200
     step("redemptions")
+    # Finance's reports and a member's export.
+    assert call("GET", f"{P}/reports/liability")[0] == 200
+    assert call("GET", f"{P}/reports/kpis")[0] == 200
+    assert call("GET", f"{P}/members/m-1/export")[0] == 200
+    step("reports")
     # The program and a campaign: saved, read, reported, shown to a member.
     assert call("GET", P)[0] == 200
     campaign = {

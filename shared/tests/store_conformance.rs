@@ -904,6 +904,111 @@ async fn counters_sum_their_shards_and_assignment_writes_are_conditional(store: 
     assert_eq!(state.assignments[&spring].purchases, 2);
 }
 
+async fn the_books_the_walk_and_member_files_agree_with_what_was_committed(store: Arc<dyn Store>) {
+    use loyalty_core::ports::Walked;
+    // GIVEN a program of its own with two members: m-1 given 500 then spending 200, m-2
+    // given 300 with an order record; an identity of m-1 and an event parked for an order
+    let mut p = program();
+    p.id = format!("walk-{}", uuid::Uuid::new_v4().simple());
+    let at = Utc.with_ymd_and_hms(2026, 3, 10, 3, 0, 0).unwrap();
+    let ctx = |id: &str| EventContext::new(id, at, at);
+    let one = Account::open(&p, "m-1", at);
+    let given = one.adjust(&p, 500, "welcome", &ctx("adjust-1")).unwrap();
+    let after_gift = given.account.clone();
+    store
+        .commit(Commit::new(&p, "m-1", None, given, at))
+        .await
+        .unwrap();
+    let stored_one = store
+        .load_member(&p.id, "m-1", &[])
+        .await
+        .unwrap()
+        .account
+        .unwrap();
+    let (spent, _) = stored_one
+        .redeem(&p, 200, "a reward", &ctx("redeem-1"))
+        .unwrap();
+    store
+        .commit(Commit::new(&p, "m-1", Some(&stored_one), spent, at))
+        .await
+        .unwrap();
+    let two = Account::open(&p, "m-2", at);
+    let mut commit = Commit::new(
+        &p,
+        "m-2",
+        None,
+        two.adjust(&p, 300, "welcome", &ctx("adjust-2")).unwrap(),
+        at,
+    );
+    commit.orders.insert(
+        "shopify#o-1".into(),
+        OrderRecord {
+            order_id: "o-1".into(),
+            ..OrderRecord::default()
+        },
+    );
+    store.commit(commit).await.unwrap();
+    assert!(store
+        .put_alias(&p.id, "email", "one@example.com", "m-1")
+        .await
+        .unwrap());
+    store
+        .park(&p.id, "shopify#o-9", "ev-9", "{}")
+        .await
+        .unwrap();
+    assert_eq!(after_gift.balance, 500);
+
+    // WHEN the books are summed and the program's members walked, in every part
+    let rows = store
+        .book_rows(&p.id, chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap())
+        .await
+        .unwrap();
+    let books = loyalty_core::liability::written(&rows);
+    let found = std::sync::Mutex::new(Vec::new());
+    for part in 0..store.parts() {
+        store
+            .walk(part, Some(&p.id), &|w| found.lock().unwrap().push(w))
+            .await
+            .unwrap();
+    }
+    let found = found.into_inner().unwrap();
+
+    // THEN the books hold the sums of what was committed
+    assert_eq!((books.members, books.balance, books.lots), (2, 600, 600));
+    assert_eq!((books.debt, books.pending, books.held), (0, 0, 0));
+    // AND the walk finds each member whole and the parked event, nothing else
+    let mut members: Vec<_> = found
+        .iter()
+        .filter_map(|w| match w {
+            Walked::Member(m) => Some(m.as_ref().clone()),
+            Walked::Parked(_) => None,
+        })
+        .collect();
+    members.sort_by(|a, b| a.member.cmp(&b.member));
+    assert_eq!(members.len(), 2, "{found:?}");
+    assert_eq!(members[0].member, "m-1");
+    assert_eq!(members[0].entries.len(), 2);
+    assert_eq!(members[0].account.as_ref().unwrap().balance, 300);
+    assert_eq!(members[1].orders.len(), 1);
+    assert!(found.iter().any(
+        |w| matches!(w, Walked::Parked(e) if e.event_id == "ev-9" && e.order_key == "shopify#o-9")
+    ));
+    // AND a member read again is what the walk found, and an export finds the identity
+    assert_eq!(
+        store.member_records(&p.id, "m-1").await.unwrap(),
+        members[0]
+    );
+    let file = store.member_file(&p.id, "m-1").await.unwrap();
+    assert_eq!(
+        file.aliases,
+        vec![("email".to_string(), "one@example.com".to_string())]
+    );
+    assert_eq!(
+        store.member_file(&p.id, "m-2").await.unwrap().orders.len(),
+        1
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -927,7 +1032,8 @@ macro_rules! conformance {
                 coupons_consume_once_and_idempotency_records_guard_their_commit,
                 campaigns_are_versioned_and_conditional,
                 assignments_are_sticky_until_the_seed_or_bucket_version_changes,
-                counters_sum_their_shards_and_assignment_writes_are_conditional);
+                counters_sum_their_shards_and_assignment_writes_are_conditional,
+                the_books_the_walk_and_member_files_agree_with_what_was_committed);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {

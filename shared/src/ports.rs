@@ -112,6 +112,9 @@ pub struct Assignment {
     /// A bonus effect pays on the next purchase only.
     #[serde(default)]
     pub bonus_paid: bool,
+    /// Rewards redeemed since the assignment (what a `redemption` goal counts).
+    #[serde(default)]
+    pub redemptions: u32,
 }
 
 impl Assignment {
@@ -132,6 +135,7 @@ impl Assignment {
             purchases: 0,
             revenue: 0,
             bonus_paid: false,
+            redemptions: 0,
         }
     }
 }

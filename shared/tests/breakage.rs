@@ -119,7 +119,7 @@ enum Kind {
 struct Op {
     at: DateTime<Utc>,
     member: usize,
-    /// The op's place in its member's own history.
+    /// Increasing along its member's own history (ties in `at` keep that order).
     seq: usize,
     kind: Kind,
 }
@@ -412,9 +412,6 @@ async fn breakage_matches_an_oracle_over_two_years_of_members() {
             }
         }
         if n % 1000 == 0 {
-            if n % 5000 == 0 {
-                println!("TMP {n} {:?}", started.elapsed());
-            }
             queue.0.lock().unwrap().clear();
         }
     }
@@ -488,7 +485,7 @@ async fn breakage_matches_an_oracle_over_two_years_of_members() {
     assert_eq!(report.outstanding, outstanding, "outstanding");
     assert_eq!(report.pending, pending, "pending");
     assert!(
-        expected_rate.as_str() > "0.0000" && expected_rate.as_str() < "1.0000",
+        expected_rate.starts_with("0.") && expected_rate != "0.0000",
         "the rate {expected_rate} is strictly between 0 and 1"
     );
     println!("total {:?}", started.elapsed());

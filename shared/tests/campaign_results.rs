@@ -500,3 +500,97 @@ async fn a_campaign_that_would_overlap_too_many_running_ones_is_refused_when_sav
     december["end"] = json!("2026-12-31T00:00:00+09:00");
     s.put_campaign("one-more", &december).await;
 }
+
+fn goal_campaign(goal: &str, seed: &str) -> Value {
+    json!({
+        "name": format!("Goal {goal}"), "kind": "on_exposure", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": seed, "goal": goal,
+        "variants": [
+            {"key": "control", "weight": 0.0, "effect": {"type": "none"}},
+            {"key": "all", "weight": 1.0, "effect": {"type": "none"}}
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revenue_goals_count_revenue_net_of_refunds_and_redemption_goals_count_redeemers() {
+    // GIVEN a revenue campaign and a redemption campaign, both shown to three members
+    let now = Utc.with_ymd_and_hms(2026, 11, 10, 3, 0, 0).unwrap();
+    let s = stack(now).await;
+    s.put_campaign("spend", &goal_campaign("revenue", "spend-2026"))
+        .await;
+    s.put_campaign("treat", &goal_campaign("redemption", "treat-2026"))
+        .await;
+    for member in ["buyer", "early-refund", "redeemer"] {
+        s.services.my_campaigns("kr-shop", member).await.unwrap();
+    }
+    let event = |kind: &str, id: &str, member: &str, data: Value| {
+        json!({"type": kind, "version": 1, "id": id, "program": "kr-shop", "member": member,
+               "occurred_at": now, "data": data})
+        .to_string()
+    };
+    let two_units = |order: &str, price: i64| {
+        json!({"order_id": order, "currency": "KRW",
+               "lines": [{"line_id": "1", "quantity": 2, "unit_price": price.to_string()}]})
+    };
+    let one_back = |order: &str, refund: &str| json!({"order_id": order, "refund_id": refund, "lines": [{"line_id": "1", "quantity": 1}]});
+    // WHEN the buyer buys two units of 50,000 and returns one; the other member's refund of
+    // one of two 10,000 units arrives before the order; the third redeems a coupon
+    for body in [
+        event(
+            "purchase.completed",
+            "b-1",
+            "buyer",
+            two_units("ob", 50_000),
+        ),
+        event("purchase.refunded", "b-2", "buyer", one_back("ob", "rb")),
+        event(
+            "purchase.refunded",
+            "e-1",
+            "early-refund",
+            one_back("oe", "re"),
+        ),
+        event(
+            "purchase.completed",
+            "e-2",
+            "early-refund",
+            two_units("oe", 10_000),
+        ),
+    ] {
+        s.services.process_earn(&body).await.unwrap();
+    }
+    s.services
+        .adjust(
+            "kr-shop",
+            "redeemer",
+            "ops",
+            None,
+            br#"{"points": 5000, "reason": "gift"}"#,
+        )
+        .await
+        .unwrap();
+    let answer = s
+        .services
+        .redeem(
+            "kr-shop",
+            "redeemer",
+            "redeemer",
+            Some("k-1"),
+            br#"{"reward": "coupon-5000"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 201);
+
+    // THEN the revenue campaign counts what was kept: 50,000 + 10,000, per member squared
+    let spend = s.store_counts("spend").await;
+    let all = spend.iter().find(|c| c.variant == "all").unwrap();
+    assert_eq!(all.revenue, 60_000);
+    assert_eq!(all.revenue_sq, 50_000_i128 * 50_000 + 10_000 * 10_000);
+    assert_eq!((all.assigned, all.converters, all.purchases), (3, 2, 2));
+    // AND the redemption campaign converts only the member who redeemed
+    let treat = s.store_counts("treat").await;
+    let all = treat.iter().find(|c| c.variant == "all").unwrap();
+    assert_eq!((all.assigned, all.converters, all.purchases), (3, 1, 2));
+}

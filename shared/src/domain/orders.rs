@@ -46,6 +46,9 @@ pub struct OrderEarning {
     pub share_refunded: i64,
     #[serde(default)]
     pub share_total: i64,
+    /// The campaigns that counted this purchase: its refunds take their revenue back there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counted_in: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +64,12 @@ pub struct LineRecord {
     pub clawed: i64,
     /// Measure taken back so far: floor(measure x refunded / quantity).
     pub unqualified: i64,
+    /// The line's eligible amount (minor units): campaign revenue.
+    #[serde(default)]
+    pub eligible: i64,
+    /// Eligible amount refunded so far: floor(eligible x refunded / quantity).
+    #[serde(default)]
+    pub refunded_eligible: i64,
 }
 
 /// A refund of some units of some lines, a share of the order, or a cancellation of whatever
@@ -121,6 +130,15 @@ pub enum OrderError {
     WrongOrder { expected: String, found: String },
 }
 
+impl OrderRecord {
+    /// The eligible amount refunded so far, over every line.
+    pub fn refunded_eligible(&self) -> i64 {
+        self.earned
+            .as_ref()
+            .map_or(0, |e| e.lines.iter().map(|l| l.refunded_eligible).sum())
+    }
+}
+
 impl Account {
     /// Credits a purchase: pending until the return window closes (counted from when it
     /// happened), at the member's current tier, with the given campaign effects.
@@ -168,6 +186,8 @@ impl Account {
                 refunded: 0,
                 clawed: 0,
                 unqualified: 0,
+                eligible: l.eligible,
+                refunded_eligible: 0,
             })
             .collect();
         let measure: i64 = lines.iter().map(|l| l.measure).sum();
@@ -206,6 +226,7 @@ impl Account {
             lines,
             share_refunded: 0,
             share_total: 0,
+            counted_in: Vec::new(),
         });
 
         let account = &mut journal.account;
@@ -344,6 +365,8 @@ fn apply_reversal(
         measure += unqualified - line.unqualified;
         line.clawed = clawed;
         line.unqualified = unqualified;
+        line.refunded_eligible = cumulative(line.eligible, line.refunded, line.quantity)
+            .max(cumulative(line.eligible, share, of));
     }
     record.applied.insert(reversal.refund_id.clone());
     tiers::add_measure(&mut journal.account, earned.month, -measure);

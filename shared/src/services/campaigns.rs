@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::{ServiceError, Services};
-use crate::campaigns::{Campaign, CampaignError, CampaignKind, Effect};
+use crate::campaigns::{Campaign, CampaignError, CampaignKind, Effect, Goal};
 use crate::domain::{Account, CampaignEffect, Program};
 use crate::envelope::{Envelope, ENVELOPE_VERSION};
 use crate::ports::{
@@ -336,7 +336,8 @@ impl Part<'_> {
         let counts = VariantCounts {
             variant: variant.key.clone(),
             assigned: i64::from(self.stored.is_none()),
-            converters: i64::from(before.purchases == 0),
+            // A redemption campaign converts a member who redeems, not one who buys.
+            converters: i64::from(before.purchases == 0 && self.campaign.goal != Goal::Redemption),
             purchases: 1,
             revenue: eligible,
             revenue_sq: square(after.revenue) - square(before.revenue),

@@ -127,6 +127,13 @@ impl Services {
             EarnEvent::Purchase { .. } => {
                 self.campaigns_at(&program.id, envelope.occurred_at).await?
             }
+            // A refund takes revenue back from the campaigns that counted its order, running
+            // or not any more.
+            EarnEvent::Refund { .. } => self
+                .campaign_list(&program.id)
+                .await
+                .map_err(|e| Retry(e.to_string()))?
+                .to_vec(),
             _ => Vec::new(),
         };
         let campaign_ids: Vec<String> = campaigns.iter().map(|(id, _)| id.clone()).collect();
@@ -358,14 +365,29 @@ fn decide(
                 count_purchase(program, &parts, &effects, &earned, &account, purchased, ctx)?
             };
             let mut outcome = with_order(earned);
+            let counted_in: Vec<String> = counted.1.iter().map(|c| c.campaign.clone()).collect();
+            if let Some(earning) = outcome
+                .orders
+                .values_mut()
+                .next()
+                .and_then(|o| o.earned.as_mut())
+            {
+                earning.counted_in = counted_in;
+            }
             (outcome.assignments, outcome.counters) = counted;
             outcome
         }
-        EarnEvent::Refund { reversal, .. } => with_order(
-            account
+        EarnEvent::Refund { reversal, .. } => {
+            let refunded = account
                 .refund(program, order, reversal, ctx)
-                .map_err(|e| e.to_string())?,
-        ),
+                .map_err(|e| e.to_string())?;
+            let revenue = refunded.order.refunded_eligible()
+                - order.map_or(0, crate::domain::OrderRecord::refunded_eligible);
+            let counted = take_back_revenue(&envelope.member, &refunded.order, state, revenue);
+            let mut outcome = with_order(refunded);
+            (outcome.assignments, outcome.counters) = counted;
+            outcome
+        }
         EarnEvent::Engagement(Engagement::Action { action, .. }) => {
             plain(account.record_action(program, action, ctx))
         }
@@ -406,6 +428,44 @@ fn decide(
     Ok(outcome)
 }
 
+/// A refund's eligible amount taken back from the revenue of each campaign that counted its
+/// order (the member's assignment, conditionally, and the variant's counters).
+fn take_back_revenue(
+    member: &str,
+    order: &crate::domain::OrderRecord,
+    state: &MemberState,
+    revenue: i64,
+) -> (Vec<AssignmentWrite>, Vec<CounterAdd>) {
+    let counted_in = order.earned.as_ref().map_or(&[][..], |e| &e.counted_in[..]);
+    if revenue <= 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let square = |r: i64| i128::from(r) * i128::from(r);
+    counted_in
+        .iter()
+        .filter_map(|campaign| state.assignments.get(campaign))
+        .map(|stored| {
+            let mut after = stored.clone();
+            after.revenue = stored.revenue.saturating_sub(revenue);
+            let add = CounterAdd {
+                campaign: stored.campaign.clone(),
+                shard: counter_shard(member),
+                counts: VariantCounts {
+                    variant: stored.variant.clone(),
+                    revenue: -revenue,
+                    revenue_sq: square(after.revenue) - square(stored.revenue),
+                    ..VariantCounts::default()
+                },
+            };
+            let write = AssignmentWrite {
+                assignment: after,
+                expected: Some(stored.clone()),
+            };
+            (write, add)
+        })
+        .unzip()
+}
+
 /// Counts a purchase in the member's campaigns: for each, the assignment and counters, with
 /// the points its variant added (the purchase's points less what they would be without it).
 fn count_purchase(
@@ -432,7 +492,9 @@ fn count_purchase(
         &[],
     )
     .map_err(|e| e.to_string())?
-    .eligible;
+    .eligible
+        // Refunds that arrived before the purchase were applied with it: revenue is net.
+        - earned.order.refunded_eligible();
     let mut writes = Vec::new();
     let mut adds = Vec::new();
     for part in parts {

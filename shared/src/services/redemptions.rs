@@ -236,7 +236,11 @@ impl Services {
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
-            let state = self.store.load_member(&program.id, member, &[]).await?;
+            let goals = self.redemption_goals(&program.id, now).await?;
+            let state = self
+                .store
+                .load_member_with(&program.id, member, &[], &goals)
+                .await?;
             let account = state
                 .account
                 .clone()
@@ -288,6 +292,7 @@ impl Services {
             commit
                 .outbox
                 .push(reward_issued(&program, member, &answer.body, now));
+            (commit.assignments, commit.counters) = count_redemption(member, &state, &goals);
             match self.store.commit(commit).await {
                 Ok(()) => return Ok(answer),
                 // The same key committed first (a concurrent retry): answer as it did.
@@ -516,6 +521,21 @@ impl Services {
             redemption.status = RedemptionStatus::Voided;
         }
         Ok(redemption)
+    }
+
+    /// The running campaigns whose goal is a redemption.
+    async fn redemption_goals(
+        &self,
+        program: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, ServiceError> {
+        Ok(self
+            .campaigns_at(program, now)
+            .await?
+            .into_iter()
+            .filter(|(_, c)| c.goal == crate::campaigns::Goal::Redemption)
+            .map(|(id, _)| id)
+            .collect())
     }
 
     /// Admin: gives a redemption's points back to their original lots, with a reason, once.
@@ -886,4 +906,38 @@ fn reward_issued(
         data: body.clone(),
     };
     OutboxMessage::new(QueueName::Notify, message)
+}
+
+/// A redemption counted in each running redemption-goal campaign the member is assigned to: a
+/// converter on their first, written with the redemption (the assignment conditionally).
+fn count_redemption(
+    member: &str,
+    state: &crate::ports::MemberState,
+    campaigns: &[String],
+) -> (
+    Vec<crate::ports::AssignmentWrite>,
+    Vec<crate::ports::CounterAdd>,
+) {
+    campaigns
+        .iter()
+        .filter_map(|id| state.assignments.get(id))
+        .map(|stored| {
+            let mut after = stored.clone();
+            after.redemptions = stored.redemptions.saturating_add(1);
+            let add = crate::ports::CounterAdd {
+                campaign: stored.campaign.clone(),
+                shard: crate::ports::counter_shard(member),
+                counts: crate::report::VariantCounts {
+                    variant: stored.variant.clone(),
+                    converters: i64::from(stored.redemptions == 0),
+                    ..Default::default()
+                },
+            };
+            let write = crate::ports::AssignmentWrite {
+                assignment: after,
+                expected: Some(stored.clone()),
+            };
+            (write, add)
+        })
+        .unzip()
 }

@@ -339,6 +339,26 @@ fn the_audit_the_reports_and_the_export_agree_with_the_api_and_catch_a_corrupted
         2
     );
 
+    // WHEN an audit is asked for over HTTP
+    let (status, run) = shop
+        .server
+        .call("POST", &format!("{P}/audits"), &shop.admin, &[], None);
+    assert_eq!(status, 202, "{run}");
+    let at = format!("{P}/audits/{}", run["id"].as_str().expect("id"));
+    let mut done = Value::Null;
+    for _ in 0..100 {
+        done = shop.get(&at);
+        if done["status"] == "done" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // THEN the job ran on the queue and its report says what the command said
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["report"]["members"], 5);
+    assert_eq!(done["report"]["entries"], entries);
+    assert_eq!(done["report"]["violations_total"], 0);
+
     // WHEN m-3's balance is raised by 7 in the file, behind the ledger's back
     drop(shop.server);
     let conn = rusqlite::Connection::open(&shop.db).expect("open");

@@ -691,6 +691,36 @@ pub trait RecordsStore: Send + Sync {
     async fn member_file(&self, program: &str, member: &str) -> Result<MemberFile, StoreError>;
 }
 
+/// An audit asked for through the API and run as a job, with its report once done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRun {
+    pub id: String,
+    /// `queued`, `running` or `done`.
+    pub status: String,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The audit's report (`services::audit::AuditReport` as JSON) once done.
+    #[serde(default)]
+    pub report: Option<serde_json::Value>,
+}
+
+/// Audits run as jobs: the request is written with the message that starts it.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Writes a new audit (its id must be new) and, in the same write, the message that
+    /// starts it, relayed like any outbox message.
+    async fn request_audit(
+        &self,
+        program: &str,
+        run: &AuditRun,
+        message: &OutboxMessage,
+    ) -> Result<(), StoreError>;
+    async fn audit_run(&self, program: &str, id: &str) -> Result<Option<AuditRun>, StoreError>;
+    async fn save_audit_run(&self, program: &str, run: &AuditRun) -> Result<(), StoreError>;
+}
+
 /// Everything the services need from state.
 pub trait Store:
     ProgramStore
@@ -704,6 +734,7 @@ pub trait Store:
     + OutboxStore
     + BooksStore
     + RecordsStore
+    + AuditStore
 {
 }
 impl<
@@ -717,7 +748,8 @@ impl<
             + CampaignStore
             + OutboxStore
             + BooksStore
-            + RecordsStore,
+            + RecordsStore
+            + AuditStore,
     > Store for T
 {
 }

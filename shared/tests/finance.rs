@@ -375,6 +375,20 @@ async fn an_account_changed_behind_the_ledger_is_named_with_the_difference() {
         .unwrap();
     assert_eq!(changed, 1);
 
+    // AND an audit asked for through the API runs as a job on the tier queue and keeps its report
+    let run = s.services.request_audit("kr-shop", "ops").await.unwrap();
+    assert_eq!(run.status, "queued");
+    s.drain().await;
+    let done = s.services.audit_run("kr-shop", &run.id).await.unwrap();
+    assert_eq!(done.status, "done");
+    let stored = done.report.unwrap();
+    assert_eq!(stored["members"], 2);
+    assert!(stored["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["member"] == "m-2" && v["rule"] == "balance" && v["difference"] == 7));
+
     // THEN the audit names m-2, the rule and the difference, and the books disagree too
     let audit = s.audit().await;
     let balance: Vec<_> = audit

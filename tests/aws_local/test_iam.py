@@ -59,6 +59,10 @@ def exercise(stack: Running) -> None:
     assert call("GET", f"{P}/reports/liability")[0] == 200
     assert call("GET", f"{P}/reports/kpis")[0] == 200
     assert call("GET", f"{P}/members/m-1/export")[0] == 200
+    # An audit run as a job by the tier queue's consumer, its report kept.
+    status, run, _ = call("POST", f"{P}/audits")
+    assert status == 202, run
+    stack.eventually(lambda: call("GET", f"{P}/audits/{run['id']}")[1].get("status") == "done", timeout=120, what="the audit job")
     step("reports")
     # The program and a campaign: saved, read, reported, shown to a member.
     assert call("GET", P)[0] == 200

@@ -65,6 +65,8 @@ pub fn admin_router(state: AppState) -> Router {
             get(liability_report),
         )
         .route("/v1/programs/{program}/reports/kpis", get(kpi_report))
+        .route("/v1/programs/{program}/audits", post(request_audit))
+        .route("/v1/programs/{program}/audits/{id}", get(audit_run))
         .route(
             "/v1/programs/{program}/campaigns/{campaign}",
             get(get_campaign).put(put_campaign),
@@ -427,6 +429,43 @@ async fn kpi_report(
             .into_response(),
         _ => Json(kpis).into_response(),
     })
+}
+
+/// Starts an audit of the program as a job; its report is read at the returned location.
+async fn request_audit(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let run = state
+        .services
+        .request_audit(&program, &principal.subject)
+        .await?;
+    let location = format!("/v1/programs/{program}/audits/{}", run.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(run),
+    )
+        .into_response())
+}
+
+async fn audit_run(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    // Audit ids are this service's own (32 hexadecimal digits); anything else is none of them.
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(crate::services::ServiceError::NotFound {
+            problem: "unknown-audit",
+            detail: format!("program {program} has no audit {id:?}"),
+        }
+        .into());
+    }
+    Ok(Json(state.services.audit_run(&program, &id).await?).into_response())
 }
 
 async fn my_rewards(

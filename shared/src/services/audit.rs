@@ -8,8 +8,17 @@ use serde::Serialize;
 
 use super::{ServiceError, Services};
 use crate::audit::{check_member, check_parked, Totals, Violation};
+use crate::envelope::{Envelope, ENVELOPE_VERSION};
 use crate::liability;
-use crate::ports::{MemberRecords, Walked};
+use crate::ports::{AuditRun, MemberRecords, OutboxMessage, QueueName, Walked};
+
+/// The message that starts an audit asked for through the API (on the tier queue, whose
+/// consumer runs jobs).
+pub const AUDIT_REQUESTED: &str = "audit.requested";
+/// The member of an audit's message: `#` is in no member id, so this names no member.
+const AUDIT_MEMBER: &str = "#audit";
+/// Violations kept in a stored audit report (all of them are counted).
+const MAX_STORED_VIOLATIONS: usize = 500;
 
 /// Re-reads of a member the walk found wrong, before the violation is believed: a scan is no
 /// snapshot, and a member may have changed while it was read.
@@ -160,6 +169,85 @@ impl Services {
             }
         }
         Ok(())
+    }
+}
+
+impl Services {
+    /// Asks for an audit of `program`, run as a job; returns it as stored (`queued`).
+    pub async fn request_audit(&self, program: &str, by: &str) -> Result<AuditRun, ServiceError> {
+        let program = self.program(program).await?;
+        let now = self.clock.now();
+        let run = AuditRun {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            status: "queued".into(),
+            requested_by: by.to_string(),
+            requested_at: now,
+            finished_at: None,
+            report: None,
+        };
+        let envelope = Envelope {
+            kind: AUDIT_REQUESTED.into(),
+            version: ENVELOPE_VERSION,
+            id: format!("audit-{}", run.id),
+            program: program.id.clone(),
+            member: AUDIT_MEMBER.into(),
+            occurred_at: now,
+            data: serde_json::json!({"audit": run.id}),
+        };
+        let message = OutboxMessage::new(QueueName::Tier, envelope);
+        self.store
+            .request_audit(&program.id, &run, &message)
+            .await?;
+        Ok(run)
+    }
+
+    pub async fn audit_run(&self, program: &str, id: &str) -> Result<AuditRun, ServiceError> {
+        let program = self.program(program).await?;
+        self.store
+            .audit_run(&program.id, id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound {
+                problem: "unknown-audit",
+                detail: format!("program {} has no audit {id:?}", program.id),
+            })
+    }
+
+    /// Runs an audit asked for through the API and stores its report. A redelivered message
+    /// for an audit already done does nothing.
+    pub(crate) async fn run_requested_audit(
+        &self,
+        program: &str,
+        envelope: &Envelope,
+    ) -> Result<super::earn::Processed, ServiceError> {
+        let id = envelope.data["audit"].as_str().unwrap_or_default();
+        let Some(mut run) = self.store.audit_run(program, id).await? else {
+            return Ok(super::earn::Processed::NoEffect(format!("no audit {id:?}")));
+        };
+        if run.status == "done" {
+            return Ok(super::earn::Processed::Duplicate);
+        }
+        run.status = "running".into();
+        self.store.save_audit_run(program, &run).await?;
+        let report = self.audit(Some(program), Arc::new(|_| {})).await?;
+        tracing::info!(
+            program,
+            audit = id,
+            members = report.members,
+            violations = report.violations.len(),
+            "audit done"
+        );
+        let mut report = report;
+        let total = report.violations.len();
+        // A stored item has a size limit; the first violations and the count tell the story.
+        report.violations.truncate(MAX_STORED_VIOLATIONS);
+        let mut stored =
+            serde_json::to_value(&report).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        stored["violations_total"] = serde_json::json!(total);
+        run.status = "done".into();
+        run.finished_at = Some(self.clock.now());
+        run.report = Some(stored);
+        self.store.save_audit_run(program, &run).await?;
+        Ok(super::earn::Processed::Applied { entries: 0 })
     }
 }
 

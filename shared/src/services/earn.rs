@@ -196,6 +196,13 @@ impl Services {
             Ok(opened) => opened,
             Err(rejected) => return Ok(rejected),
         };
+        // The tier queue's consumer also runs the audits asked for through the API.
+        if envelope.kind == super::audit::AUDIT_REQUESTED {
+            return self
+                .run_requested_audit(&program.id, &envelope)
+                .await
+                .map_err(|e| Retry(e.to_string()));
+        }
         let marker = EventMarker {
             source: "tier".into(),
             event_id: envelope.id.clone(),

@@ -31,7 +31,9 @@ use crate::ports::{
     RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
     COUNTER_SHARDS,
 };
-use crate::ports::{BooksStore, MemberFile, MemberRecords, ParkedEvent, RecordsStore, Walked};
+use crate::ports::{
+    AuditRun, AuditStore, BooksStore, MemberFile, MemberRecords, ParkedEvent, RecordsStore, Walked,
+};
 use crate::report::VariantCounts;
 
 /// Days of rejected-event partitions read by `rejected`.
@@ -1723,6 +1725,11 @@ fn place(item: &Item) -> Place {
     }
 }
 
+/// A partition that holds only messages waiting to be relayed is no member.
+fn has_records(records: &MemberRecords) -> bool {
+    records.account.is_some() || !records.entries.is_empty() || !records.orders.is_empty()
+}
+
 /// Adds one item of a member's partition to what is known of the member.
 fn gather(records: &mut MemberRecords, item: &Item) -> Result<(), StoreError> {
     let sk = text(item, "SK").unwrap_or_default();
@@ -1778,7 +1785,7 @@ impl RecordsStore for DynamoStore {
                             .as_ref()
                             .is_some_and(|c| c.program == program && c.member == member);
                         if !same {
-                            if let Some(done) = current.take() {
+                            if let Some(done) = current.take().filter(has_records) {
                                 visit(Walked::Member(Box::new(done)));
                             }
                             current = Some(MemberRecords {
@@ -1800,7 +1807,7 @@ impl RecordsStore for DynamoStore {
                 break;
             }
         }
-        if let Some(done) = current.take() {
+        if let Some(done) = current.take().filter(has_records) {
             visit(Walked::Member(Box::new(done)));
         }
         Ok(())
@@ -1888,6 +1895,53 @@ impl DynamoStore {
                 return Ok(items);
             }
         }
+    }
+}
+
+fn audit_key(program: &str, id: &str) -> Item {
+    key(format!("P#{program}#AUDIT"), format!("A#{id}"))
+}
+
+#[async_trait]
+impl AuditStore for DynamoStore {
+    async fn request_audit(
+        &self,
+        program: &str,
+        run: &AuditRun,
+        message: &OutboxMessage,
+    ) -> Result<(), StoreError> {
+        let mut item = audit_key(program, &run.id);
+        item.insert("body".into(), encode("audit", run)?);
+        let audit = self.put(item, Some("attribute_not_exists(PK)"), None)?;
+        let outbox = self.put(outbox_item(message)?, None, None)?;
+        self.client
+            .transact_write_items()
+            .transact_items(audit)
+            .transact_items(outbox)
+            .send()
+            .await
+            .map_err(|e| sdk_error("cannot request the audit", e))?;
+        Ok(())
+    }
+
+    async fn audit_run(&self, program: &str, id: &str) -> Result<Option<AuditRun>, StoreError> {
+        self.get(audit_key(program, id))
+            .await?
+            .map(|item| body(&item, "audit"))
+            .transpose()
+    }
+
+    async fn save_audit_run(&self, program: &str, run: &AuditRun) -> Result<(), StoreError> {
+        let mut item = audit_key(program, &run.id);
+        item.insert("body".into(), encode("audit", run)?);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| sdk_error("cannot save the audit", e))?;
+        Ok(())
     }
 }
 

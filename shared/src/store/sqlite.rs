@@ -23,7 +23,9 @@ use crate::ports::{
     MemberState, MemberStore, OutboxMessage, OutboxStore, ParkingStore, ProgramStore, Redemption,
     RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
 };
-use crate::ports::{BooksStore, MemberFile, MemberRecords, ParkedEvent, RecordsStore, Walked};
+use crate::ports::{
+    AuditRun, AuditStore, BooksStore, MemberFile, MemberRecords, ParkedEvent, RecordsStore, Walked,
+};
 use crate::report::VariantCounts;
 
 const SCHEMA: &str = "
@@ -83,6 +85,9 @@ CREATE TABLE IF NOT EXISTS books (
     program TEXT NOT NULL, day TEXT NOT NULL, shard INTEGER NOT NULL, name TEXT NOT NULL,
     value INTEGER NOT NULL,
     PRIMARY KEY (program, day, shard, name));
+CREATE TABLE IF NOT EXISTS audits (
+    program TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (program, id));
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL);
 ";
@@ -1558,6 +1563,63 @@ impl RecordsStore for SqliteStore {
                 )?,
                 aliases,
             })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn request_audit(
+        &self,
+        program: &str,
+        run: &AuditRun,
+        message: &OutboxMessage,
+    ) -> Result<(), StoreError> {
+        let (program, body, message) =
+            (program.to_string(), encode("audit", run)?, message.clone());
+        let id = run.id.clone();
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| sql_error("cannot begin", e))?;
+            tx.execute(
+                "INSERT INTO audits (program, id, body) VALUES (?1, ?2, ?3)",
+                params![program, id, body],
+            )
+            .map_err(|e| sql_error("cannot write the audit", e))?;
+            write_outbox(&tx, &message)?;
+            tx.commit().map_err(|e| sql_error("cannot commit", e))
+        })
+        .await
+    }
+
+    async fn audit_run(&self, program: &str, id: &str) -> Result<Option<AuditRun>, StoreError> {
+        let (program, id) = (program.to_string(), id.to_string());
+        self.with(move |conn| {
+            let body: Option<String> = conn
+                .query_row(
+                    "SELECT body FROM audits WHERE program = ?1 AND id = ?2",
+                    params![program, id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| sql_error("cannot read the audit", e))?;
+            body.map(|b| decode("audit", &b)).transpose()
+        })
+        .await
+    }
+
+    async fn save_audit_run(&self, program: &str, run: &AuditRun) -> Result<(), StoreError> {
+        let (program, id, body) = (program.to_string(), run.id.clone(), encode("audit", run)?);
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO audits (program, id, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (program, id) DO UPDATE SET body = excluded.body",
+                params![program, id, body],
+            )
+            .map_err(|e| sql_error("cannot write the audit", e))?;
+            Ok(())
         })
         .await
     }

@@ -197,16 +197,10 @@ fn table(r: &LiabilityReport) -> String {
         "month", "opening", "issued", "redeemed", "expired", "clawed back", "adjusted", "closing"
     );
     for m in &r.movements {
+        let [opening, issued, redeemed, expired, clawed, adjusted, closing] = m.figures();
         out += &format!(
-            "{:<8} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>10}\n",
+            "{:<8} {opening:>10} {issued:>10} {redeemed:>10} {expired:>10} {clawed:>11} {adjusted:>10} {closing:>10}\n",
             m.month.to_string(),
-            m.opening,
-            m.issued,
-            m.redeemed,
-            m.expired,
-            m.clawed_back,
-            m.adjusted,
-            m.closing
         );
     }
     let b = &r.breakage;

@@ -33,6 +33,21 @@ pub struct TierLine {
     pub pending: i64,
 }
 
+impl Movement {
+    /// opening, issued, redeemed, expired, clawed back, adjusted, closing: a row of a table.
+    pub fn figures(&self) -> [i64; 7] {
+        [
+            self.opening,
+            self.issued,
+            self.redeemed,
+            self.expired,
+            self.clawed_back,
+            self.adjusted,
+            self.closing,
+        ]
+    }
+}
+
 /// One month of the available balance: `opening + issued - redeemed - expired - clawed_back
 /// + adjusted == closing`, and `closing` is next month's `opening`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -452,16 +467,7 @@ pub fn csv(report: &LiabilityReport) -> String {
     );
     let mut months: BTreeMap<YearMonth, [i64; 9]> = BTreeMap::new();
     for m in &report.movements {
-        let row = months.entry(m.month).or_default();
-        row[..7].copy_from_slice(&[
-            m.opening,
-            m.issued,
-            m.redeemed,
-            m.expired,
-            m.clawed_back,
-            m.adjusted,
-            m.closing,
-        ]);
+        months.entry(m.month).or_default()[..7].copy_from_slice(&m.figures());
     }
     for e in &report.by_expiry_month {
         months.entry(e.month).or_default()[7] = e.points;

@@ -320,20 +320,12 @@ async fn campaign_report(
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
     let campaign = CampaignId::parse(&campaign)?;
+    let format = format_param(query.format.as_deref(), &["json", "svg"])?;
     let report = state.services.campaign_report(&program, &campaign).await?;
-    match query.format.as_deref() {
-        None | Some("json") => Ok(Json(report).into_response()),
-        Some("svg") => Ok((
-            [(header::CONTENT_TYPE, "image/svg+xml")],
-            crate::report::svg(&report),
-        )
-            .into_response()),
-        Some(other) => Err(crate::services::ServiceError::invalid(
-            "invalid-format",
-            format!("format {other:?} is not json or svg"),
-        )
-        .into()),
-    }
+    Ok(match format {
+        "svg" => svg_response(crate::report::svg(&report)),
+        _ => Json(report).into_response(),
+    })
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -368,14 +360,7 @@ async fn liability_report(
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
     let as_of = date_param("as_of", query.as_of.as_deref())?;
-    let format = query.format.as_deref().unwrap_or("json");
-    if !matches!(format, "json" | "csv" | "svg") {
-        return Err(crate::services::ServiceError::invalid(
-            "invalid-format",
-            format!("format {format:?} is not json, csv or svg"),
-        )
-        .into());
-    }
+    let format = format_param(query.format.as_deref(), &["json", "csv", "svg"])?;
     let report = state.services.liability(&program, as_of).await?;
     Ok(match format {
         "csv" => (
@@ -383,13 +368,26 @@ async fn liability_report(
             crate::liability::csv(&report),
         )
             .into_response(),
-        "svg" => (
-            [(header::CONTENT_TYPE, "image/svg+xml")],
-            crate::liability::svg(&report),
-        )
-            .into_response(),
+        "svg" => svg_response(crate::liability::svg(&report)),
         _ => Json(report).into_response(),
     })
+}
+
+/// A report's `format` parameter: one of `allowed` (the first is the default).
+fn format_param<'a>(value: Option<&'a str>, allowed: &[&'a str]) -> Result<&'a str, Problem> {
+    let format = value.unwrap_or(allowed[0]);
+    if allowed.contains(&format) {
+        return Ok(format);
+    }
+    Err(crate::services::ServiceError::invalid(
+        "invalid-format",
+        format!("format {format:?} is not one of {}", allowed.join(", ")),
+    )
+    .into())
+}
+
+fn svg_response(svg: String) -> Response {
+    ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response()
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -412,21 +410,10 @@ async fn kpi_report(
     let program = admin_of(&principal, &program)?;
     let from = date_param("from", query.from.as_deref())?;
     let to = date_param("to", query.to.as_deref())?;
-    let format = query.format.as_deref().unwrap_or("json");
-    if !matches!(format, "json" | "svg") {
-        return Err(crate::services::ServiceError::invalid(
-            "invalid-format",
-            format!("format {format:?} is not json or svg"),
-        )
-        .into());
-    }
+    let format = format_param(query.format.as_deref(), &["json", "svg"])?;
     let kpis = state.services.kpis(&program, from, to).await?;
     Ok(match format {
-        "svg" => (
-            [(header::CONTENT_TYPE, "image/svg+xml")],
-            crate::kpis::svg(&kpis),
-        )
-            .into_response(),
+        "svg" => svg_response(crate::kpis::svg(&kpis)),
         _ => Json(kpis).into_response(),
     })
 }

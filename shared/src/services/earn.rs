@@ -127,24 +127,27 @@ impl Services {
             EarnEvent::Purchase { .. } => {
                 self.campaigns_at(&program.id, envelope.occurred_at).await?
             }
-            // A refund takes revenue back from the campaigns that counted its order, running
-            // or not any more.
-            EarnEvent::Refund { .. } => self
-                .campaign_list(&program.id)
-                .await
-                .map_err(|e| Retry(e.to_string()))?
-                .to_vec(),
             _ => Vec::new(),
         };
         let campaign_ids: Vec<String> = campaigns.iter().map(|(id, _)| id.clone()).collect();
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
-            let state = self
+            let mut state = self
                 .store
                 .load_member_with(&program.id, &envelope.member, &order_keys, &campaign_ids)
                 .await
                 .map_err(|e| Retry(e.to_string()))?;
+            // A refund takes revenue back from the campaigns that counted its order, running or
+            // not any more: their assignments are read once the order says which they are.
+            let counted_in = counted_in(&event, &state);
+            if !counted_in.is_empty() {
+                state = self
+                    .store
+                    .load_member_with(&program.id, &envelope.member, &order_keys, &counted_in)
+                    .await
+                    .map_err(|e| Retry(e.to_string()))?;
+            }
             let ctx = EventContext::new(envelope.id.clone(), envelope.occurred_at, now)
                 .with_source(Source {
                     platform: Some(event.source().to_string()),
@@ -433,6 +436,19 @@ fn decide(
     crate::domain::limits::check_account(&outcome.change.account)
         .map_err(|e| format!("the event is refused: {e}"))?;
     Ok(outcome)
+}
+
+/// The campaigns that counted the order a refund is about.
+fn counted_in(event: &EarnEvent, state: &MemberState) -> Vec<String> {
+    match event {
+        EarnEvent::Refund { .. } => state
+            .orders
+            .values()
+            .filter_map(|o| o.earned.as_ref())
+            .flat_map(|e| e.counted_in.iter().cloned())
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// A refund's eligible amount taken back from the revenue of each campaign that counted its

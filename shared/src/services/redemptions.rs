@@ -233,10 +233,10 @@ impl Services {
                 detail: format!("program {} has no reward {:?}", program.id, request.reward),
             })?
             .clone();
+        let goals = self.redemption_goals(&program.id, self.clock.now()).await?;
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
-            let goals = self.redemption_goals(&program.id, now).await?;
             let state = self
                 .store
                 .load_member_with(&program.id, member, &[], &goals)

@@ -294,6 +294,18 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
+    /// Writes an item whatever is there (records whose key already makes them unique).
+    async fn put_plain(&self, item: Item, what: &str) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| sdk_error(what, e))?;
+        Ok(())
+    }
+
     /// Reads items by key in one BatchGetItem, retrying the keys DynamoDB leaves unprocessed.
     async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
@@ -1295,14 +1307,8 @@ impl RejectStore for DynamoStore {
         );
         let mut item = key(pk, sk);
         item.insert("body".into(), encode("rejected event", rejected)?);
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
+        self.put_plain(item, "cannot record the rejected event")
             .await
-            .map_err(|e| sdk_error("cannot record the rejected event", e))?;
-        Ok(())
     }
 
     /// The newest rejected events of the last seven days (one partition per day, so recording
@@ -1351,14 +1357,7 @@ impl ParkingStore for DynamoStore {
     ) -> Result<(), StoreError> {
         let mut item = key(parked_pk(program, order_key), format!("PARKED#{event_id}"));
         item.insert("body".into(), s(body));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| sdk_error("cannot park the event", e))?;
-        Ok(())
+        self.put_plain(item, "cannot park the event").await
     }
 
     async fn parked(
@@ -1934,14 +1933,7 @@ impl AuditStore for DynamoStore {
     async fn save_audit_run(&self, program: &str, run: &AuditRun) -> Result<(), StoreError> {
         let mut item = audit_key(program, &run.id);
         item.insert("body".into(), encode("audit", run)?);
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| sdk_error("cannot save the audit", e))?;
-        Ok(())
+        self.put_plain(item, "cannot save the audit").await
     }
 }
 

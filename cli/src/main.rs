@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod audit;
 mod campaign;
+mod import;
 mod jobs;
 mod member;
 mod report;
@@ -48,6 +49,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Member data (export).
     Member(member::MemberArgs),
+    /// Bring members and balances over from another programme.
+    Import(import::ImportArgs),
     /// Check every member against its ledger and each program against its books; exit
     /// status 1 on any violation.
     Audit(audit::AuditArgs),
@@ -62,6 +65,12 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         });
     }
+    if let Command::Import(args) = cli.command {
+        return import::run(args).unwrap_or_else(|message| {
+            eprintln!("loyalty: {message}");
+            ExitCode::from(2)
+        });
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Token(args) => token::run(&args),
@@ -69,7 +78,7 @@ fn main() -> ExitCode {
         Command::Campaign(args) => campaign::run(args),
         Command::Report(args) => report::run(args),
         Command::Member(args) => member::run(args),
-        Command::Audit(_) => Ok(()),
+        Command::Audit(_) | Command::Import(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod envelope;
 pub mod fingerprint;
 pub mod ids;
+pub mod imports;
 pub mod kpis;
 pub mod liability;
 pub mod ports;

@@ -567,7 +567,7 @@ async fn reverse_redemption(
     body: Bytes,
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
-    let member = MemberId::parse(&member)?;
+    let member = member_in_path(&state, &program, &member).await?;
     let id = RedemptionId::parse(&id)?;
     let done = state
         .services
@@ -584,7 +584,7 @@ async fn adjust(
     body: Bytes,
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
-    let member = MemberId::parse(&member)?;
+    let member = member_in_path(&state, &program, &member).await?;
     let key = idempotency_key(&headers)?;
     let done = state
         .services
@@ -637,7 +637,7 @@ async fn admin_member_view(
     Path((program, member)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
-    let member = MemberId::parse(&member)?;
+    let member = member_in_path(&state, &program, &member).await?;
     Ok(Json(state.services.member_view(&program, &member).await?).into_response())
 }
 
@@ -648,7 +648,7 @@ async fn member_export(
     Path((program, member)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
-    let member = MemberId::parse(&member)?;
+    let member = member_in_path(&state, &program, &member).await?;
     let chunks = state.services.export_member(&program, &member).await?;
     let disposition = format!("attachment; filename=\"{program}-member-export.json\"");
     Ok((
@@ -668,8 +668,17 @@ async fn admin_member_ledger(
     Query(query): Query<PageQuery>,
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
-    let member = MemberId::parse(&member)?;
+    let member = member_in_path(&state, &program, &member).await?;
     ledger(&state, &program, &member, &query).await
+}
+
+/// The member a path names: its id, or an identity linked to it (`email:ann@example.com`,
+/// `phone:+821012345678`, `shopify:7001234`), so support staff can use what they know. An
+/// identity linked to no one stands for itself, as it does in events.
+async fn member_in_path(state: &AppState, program: &str, raw: &str) -> Result<MemberId, Problem> {
+    let named = MemberId::parse(raw)?;
+    let canonical = state.services.canonical_member(program, &named).await?;
+    Ok(MemberId::parse(&canonical)?)
 }
 
 /// A page of the ledger: a parameter given twice is refused (400), not chosen among.

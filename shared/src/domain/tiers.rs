@@ -169,7 +169,7 @@ pub struct NextTier {
     pub needed: i64,
 }
 
-fn set_tier(
+pub(crate) fn set_tier(
     journal: &mut Journal<'_>,
     program: &Program,
     index: usize,

@@ -18,6 +18,7 @@ pub mod earn;
 pub mod events;
 pub mod export;
 pub mod finance;
+pub mod import;
 pub mod jobs;
 pub mod kpis;
 pub mod members;

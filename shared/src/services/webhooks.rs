@@ -193,9 +193,40 @@ impl Services {
         event: &PlatformEvent,
     ) -> Result<Option<String>, ServiceError> {
         Ok(match &event.member {
-            MemberRef::Identity(identity) => Some(self.canonical_member(program, identity).await?),
+            MemberRef::Identity(identity) => {
+                Some(self.member_of_identity(program, event, identity).await?)
+            }
             MemberRef::Order(key) => self.store.resolve_alias(program, "order", key).await?,
         })
+    }
+
+    /// The member of a platform identity. An identity seen for the first time may belong to a
+    /// member known by another of the event's identities (an email imported from another
+    /// programme): that member is credited, and the identity is linked to it so that later
+    /// events need one read again.
+    async fn member_of_identity(
+        &self,
+        program: &str,
+        event: &PlatformEvent,
+        identity: &str,
+    ) -> Result<String, ServiceError> {
+        let Some((kind, value)) = identity.split_once(':') else {
+            return Ok(identity.to_string());
+        };
+        if let Some(member) = self.store.resolve_alias(program, kind, value).await? {
+            return Ok(member);
+        }
+        let mut member = identity.to_string();
+        for other in &event.identities {
+            if let Some((k, v)) = other.split_once(':') {
+                if let Some(found) = self.store.resolve_alias(program, k, v).await? {
+                    member = found;
+                    break;
+                }
+            }
+        }
+        self.store.put_alias(program, kind, value, &member).await?;
+        Ok(member)
     }
 
     /// Keeps an event until its order's payment names the member. The payment may have been

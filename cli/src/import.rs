@@ -1,0 +1,262 @@
+//! `loyalty import balances`: members and their balances brought over from another programme.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use loyalty_core::domain::import::ImportMode;
+use loyalty_core::imports::{read_balances, BalanceFile, BalanceFormat};
+use loyalty_core::services::import::{ImportSummary, RowOrigin, RowOutcome};
+use serde_json::json;
+
+use crate::report::program_of;
+use crate::stores::{runtime, StoreArgs};
+
+/// Rows written at once (each is one member's read and conditional write).
+const IN_FLIGHT: usize = 8;
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    command: ImportCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportCommand {
+    /// Balances from a Smile.io, LoyaltyLion or Yotpo export, or our own CSV. Each row is
+    /// applied once: importing the same file again changes nothing.
+    Balances(BalanceArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Smile,
+    Loyaltylion,
+    Yotpo,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Add each row's points to the balance.
+    Add,
+    /// Make each balance the row's points (the difference is written).
+    Set,
+}
+
+#[derive(Debug, Args)]
+struct BalanceArgs {
+    /// The CSV file.
+    file: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The program (needed only when the store has several).
+    #[arg(long)]
+    program: Option<String>,
+    #[arg(long, value_enum)]
+    format: Format,
+    #[arg(long, value_enum, default_value_t = Mode::Add)]
+    mode: Mode,
+    /// Say what would change, and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Where the refused rows go, with their reasons (default: FILE.errors.csv).
+    #[arg(long)]
+    errors: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Exit status: 0 when every row was applied or unchanged, 1 when some were refused (the
+/// others were applied), 2 when nothing could be done.
+pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
+    let ImportCommand::Balances(args) = args.command;
+    runtime()?.block_on(balances(args))
+}
+
+async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
+    let bytes = std::fs::read(&args.file)
+        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let format = match args.format {
+        Format::Smile => BalanceFormat::Smile,
+        Format::Loyaltylion => BalanceFormat::LoyaltyLion,
+        Format::Yotpo => BalanceFormat::Yotpo,
+        Format::Csv => BalanceFormat::Csv,
+    };
+    let mode = match args.mode {
+        Mode::Add => ImportMode::Add,
+        Mode::Set => ImportMode::Set,
+    };
+    let file =
+        read_balances(format, &bytes).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let services = args.store.open().await?.services();
+    let program = program_of(&services, args.program.as_deref()).await?;
+    let file_name = args.file.file_name().map_or_else(
+        || args.file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let twice = stated_twice(&file, mode);
+    let bar = progress(file.rows.len() as u64);
+    let outcomes: Vec<RowOutcome> = futures_util::stream::iter(file.rows.iter())
+        .map(|row| {
+            let services = &services;
+            let program = &program;
+            let file_name = &file_name;
+            let twice = &twice;
+            let bar = &bar;
+            let digest = &file.digest;
+            async move {
+                let origin = RowOrigin {
+                    file_name,
+                    digest,
+                    line: row.line,
+                    mode,
+                    dry_run: args.dry_run,
+                };
+                let outcome = match (&row.read, twice.get(&row.line)) {
+                    (Err(reason), _) => Ok(RowOutcome::Refused {
+                        reason: reason.clone(),
+                    }),
+                    (Ok(_), Some(first)) => Ok(RowOutcome::Refused {
+                        reason: format!(
+                            "the same member as row {first}: with --mode set a balance is stated once"
+                        ),
+                    }),
+                    (Ok(data), None) => services
+                        .import_balance(program, "import", &origin, data)
+                        .await
+                        .map_err(|e| format!("row {}: {e}", row.line)),
+                };
+                bar.inc(1);
+                outcome
+            }
+        })
+        .buffered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    bar.finish_and_clear();
+    let mut summary = ImportSummary::default();
+    for outcome in &outcomes {
+        summary.count(outcome);
+    }
+    let errors_path = args
+        .errors
+        .clone()
+        .unwrap_or_else(|| errors_beside(&args.file));
+    let errors_file = if summary.refused > 0 {
+        write_errors(&errors_path, &file, &outcomes)?;
+        Some(errors_path.display().to_string())
+    } else {
+        None
+    };
+    report(&args, &summary, errors_file.as_deref())?;
+    Ok(if summary.refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// With `--mode set`, the rows that name a member already named by an earlier row: which
+/// balance to reach would depend on the order rows are written in.
+fn stated_twice(file: &BalanceFile, mode: ImportMode) -> HashMap<u64, u64> {
+    let mut first: HashMap<String, u64> = HashMap::new();
+    let mut twice = HashMap::new();
+    if mode == ImportMode::Add {
+        return twice;
+    }
+    for row in &file.rows {
+        if let Ok(data) = &row.read {
+            let who = data
+                .member
+                .clone()
+                .or_else(|| data.email.clone())
+                .unwrap_or_default();
+            match first.get(&who) {
+                Some(line) => {
+                    twice.insert(row.line, *line);
+                }
+                None => {
+                    first.insert(who, row.line);
+                }
+            }
+        }
+    }
+    twice
+}
+
+fn progress(rows: u64) -> ProgressBar {
+    let bar = ProgressBar::new(rows).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} rows ({per_sec}, {eta} left)")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+fn errors_beside(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".errors.csv");
+    PathBuf::from(name)
+}
+
+/// The refused rows as they were, after their line and the reason: fix them and import the
+/// error file itself.
+fn write_errors(path: &Path, file: &BalanceFile, outcomes: &[RowOutcome]) -> Result<(), String> {
+    let cannot = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+    let mut out = csv::Writer::from_path(path).map_err(|e| cannot(&e))?;
+    let mut header = vec!["line".to_string(), "error".to_string()];
+    header.extend(file.header.iter().cloned());
+    out.write_record(&header).map_err(|e| cannot(&e))?;
+    for (row, outcome) in file.rows.iter().zip(outcomes) {
+        if let RowOutcome::Refused { reason } = outcome {
+            let mut record = vec![row.line.to_string(), reason.clone()];
+            record.extend(row.cells.iter().cloned());
+            out.write_record(&record).map_err(|e| cannot(&e))?;
+        }
+    }
+    out.flush().map_err(|e| cannot(&e))
+}
+
+fn report(args: &BalanceArgs, s: &ImportSummary, errors: Option<&str>) -> Result<(), String> {
+    if args.json {
+        let doc = json!({
+            "file": args.file.display().to_string(),
+            "dry_run": args.dry_run,
+            "rows": s.rows,
+            "applied": s.applied,
+            "unchanged": s.unchanged,
+            "refused": s.refused,
+            "points_added": s.points_added,
+            "points_removed": s.points_removed,
+            "errors_file": errors,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    let verb = if args.dry_run {
+        "would apply"
+    } else {
+        "applied"
+    };
+    println!(
+        "import: rows={} {verb}={} unchanged={} refused={} points_added={} points_removed={}",
+        s.rows, s.applied, s.unchanged, s.refused, s.points_added, s.points_removed
+    );
+    if let Some(path) = errors {
+        println!("refused rows, with their reasons: {path}");
+    }
+    Ok(())
+}

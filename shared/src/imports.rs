@@ -1,0 +1,336 @@
+//! Balance files exported by other loyalty programmes, read into rows.
+//!
+//! Each format is read by its column names (any case, spaces or underscores), so an export
+//! with extra columns still reads; a column the format needs and the file lacks stops the
+//! whole file, while a bad cell refuses only its row.
+//!
+//! | format        | member                    | points                      | also read                          |
+//! |---------------|---------------------------|-----------------------------|------------------------------------|
+//! | `smile`       | `email`                   | `points`                    |                                    |
+//! | `loyaltylion` | `email` / `customer email`| `points`                    |                                    |
+//! | `yotpo`       | `email`                   | `points balance` (empty: 0) | `birthday` (MM/DD or MM/DD/YYYY)   |
+//! | `csv` (ours)  | `member` and/or `email`   | `points`                    | `tier`, `birthday` (MM-DD or YYYY-MM-DD), `expires_on` (YYYY-MM-DD) |
+
+use chrono::NaiveDate;
+use sha2::{Digest, Sha256};
+
+use crate::domain::import::ImportedBalance;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalanceFormat {
+    Smile,
+    LoyaltyLion,
+    Yotpo,
+    Csv,
+}
+
+impl BalanceFormat {
+    pub fn parse(name: &str) -> Option<BalanceFormat> {
+        match name {
+            "smile" => Some(BalanceFormat::Smile),
+            "loyaltylion" => Some(BalanceFormat::LoyaltyLion),
+            "yotpo" => Some(BalanceFormat::Yotpo),
+            "csv" => Some(BalanceFormat::Csv),
+            _ => None,
+        }
+    }
+}
+
+/// One row of a balance file, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceRow {
+    /// The row's line in the file (the header is line 1).
+    pub line: u64,
+    /// The cells as written, for the error file.
+    pub cells: Vec<String>,
+    /// What the row says, or why it cannot be read.
+    pub read: Result<RowData, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowData {
+    pub member: Option<String>,
+    /// Lower-cased.
+    pub email: Option<String>,
+    pub balance: ImportedBalance,
+}
+
+/// A balance file read whole: its header, its rows and a digest of its bytes (what makes each
+/// row's id, so the same file imported twice is recognised row by row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceFile {
+    pub header: Vec<String>,
+    pub rows: Vec<BalanceRow>,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FileError(pub String);
+
+fn normalise(name: &str) -> String {
+    name.trim()
+        .trim_start_matches('\u{feff}')
+        .to_lowercase()
+        .replace(['_', '-'], " ")
+}
+
+struct Columns {
+    member: Option<usize>,
+    email: Option<usize>,
+    points: Option<usize>,
+    tier: Option<usize>,
+    birthday: Option<usize>,
+    expires_on: Option<usize>,
+}
+
+fn find(header: &[String], names: &[&str]) -> Option<usize> {
+    header.iter().position(|h| {
+        names.contains(&h.as_str()) || names.iter().any(|n| h.starts_with(&format!("{n} (")))
+    })
+}
+
+fn columns(format: BalanceFormat, header: &[String]) -> Result<Columns, FileError> {
+    let email = find(header, &["email", "customer email", "email address"]);
+    let c = match format {
+        BalanceFormat::Smile | BalanceFormat::LoyaltyLion => Columns {
+            member: None,
+            email,
+            points: find(header, &["points"]),
+            tier: None,
+            birthday: None,
+            expires_on: None,
+        },
+        BalanceFormat::Yotpo => Columns {
+            member: None,
+            email,
+            points: find(header, &["points balance", "points"]),
+            tier: None,
+            birthday: find(header, &["birthday"]),
+            expires_on: None,
+        },
+        BalanceFormat::Csv => Columns {
+            member: find(header, &["member"]),
+            email,
+            points: find(header, &["points"]),
+            tier: find(header, &["tier"]),
+            birthday: find(header, &["birthday"]),
+            expires_on: find(header, &["expires on", "expiry date"]),
+        },
+    };
+    if c.member.is_none() && c.email.is_none() {
+        return Err(FileError(match format {
+            BalanceFormat::Csv => "the file has neither a member nor an email column".into(),
+            _ => "the file has no email column".into(),
+        }));
+    }
+    if c.points.is_none() && format != BalanceFormat::Yotpo {
+        return Err(FileError("the file has no points column".into()));
+    }
+    Ok(c)
+}
+
+/// Reads a whole balance file. A file whose header lacks what the format needs is refused;
+/// a row with a bad cell is kept with its reason.
+pub fn read_balances(format: BalanceFormat, bytes: &[u8]) -> Result<BalanceFile, FileError> {
+    let digest = hex16(bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| FileError(format!("the header cannot be read: {e}")))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let names: Vec<String> = header.iter().map(|h| normalise(h)).collect();
+    let columns = columns(format, &names)?;
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| FileError(format!("the file is not CSV: {e}")))?;
+        let line = record.position().map_or(0, |p| p.line());
+        let cells: Vec<String> = record.iter().map(str::to_string).collect();
+        if cells.iter().all(|c| c.is_empty()) {
+            continue;
+        }
+        let read = row(format, &columns, &cells);
+        rows.push(BalanceRow { line, cells, read });
+    }
+    Ok(BalanceFile {
+        header,
+        rows,
+        digest,
+    })
+}
+
+fn cell<'a>(cells: &'a [String], at: Option<usize>) -> Option<&'a str> {
+    at.and_then(|i| cells.get(i))
+        .map(String::as_str)
+        .filter(|c| !c.is_empty())
+}
+
+fn row(format: BalanceFormat, c: &Columns, cells: &[String]) -> Result<RowData, String> {
+    let member = cell(cells, c.member).map(str::to_string);
+    if let Some(m) = &member {
+        crate::ids::IdKind::Member
+            .check(m)
+            .map_err(|e| format!("member: {e}"))?;
+    }
+    let email = match cell(cells, c.email) {
+        Some(e) => Some(email(e)?),
+        None => None,
+    };
+    if member.is_none() && email.is_none() {
+        return Err(match format {
+            BalanceFormat::Csv => "neither a member nor an email is given".into(),
+            _ => "the email is empty".into(),
+        });
+    }
+    let points = match (cell(cells, c.points), format) {
+        (Some(text), _) => points(text)?,
+        (None, BalanceFormat::Yotpo) => 0,
+        (None, _) => return Err("the points are empty".into()),
+    };
+    let birthday = match cell(cells, c.birthday) {
+        Some(text) => Some(birthday(text)?),
+        None => None,
+    };
+    let expires_on = match cell(cells, c.expires_on) {
+        Some(text) => Some(
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .map_err(|_| format!("expires_on {text:?} is not a date (YYYY-MM-DD)"))?,
+        ),
+        None => None,
+    };
+    Ok(RowData {
+        member,
+        email,
+        balance: ImportedBalance {
+            points,
+            tier: cell(cells, c.tier).map(str::to_string),
+            birthday,
+            expires_on,
+        },
+    })
+}
+
+/// An email as an alias value: trimmed, lower-cased, one `@` with text on both sides.
+pub fn email(text: &str) -> Result<String, String> {
+    let e = text.trim().to_lowercase();
+    let ok = matches!(e.split_once('@'), Some((user, host)) if !user.is_empty() && host.contains('.') && !host.contains('@'))
+        && !e
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '#');
+    if !ok {
+        return Err(format!("{text:?} is not an email address"));
+    }
+    crate::ids::IdKind::Member
+        .check(&e)
+        .map_err(|e| format!("email: {e}"))?;
+    Ok(e)
+}
+
+/// Whole points, with a sign, without separators ("52,620" would silently become 52).
+fn points(text: &str) -> Result<i64, String> {
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "points {text:?} is not a whole number (write 52620, not 52,620 or 52.6)"
+        ));
+    }
+    let value: i64 = text
+        .parse()
+        .map_err(|_| format!("points {text:?} is out of range"))?;
+    crate::domain::limits::check_points("points", value).map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+/// A birthday as `MM-DD`, from `MM-DD`, `YYYY-MM-DD`, `MM/DD` or `MM/DD/YYYY`.
+fn birthday(text: &str) -> Result<String, String> {
+    let parts: Vec<&str> = text.split(['-', '/']).collect();
+    let (month, day) = match (parts.as_slice(), text.contains('/')) {
+        ([m, d], _) => (*m, *d),
+        ([y, m, d], false) if y.len() == 4 => (*m, *d),
+        ([m, d, y], true) if y.len() == 4 => (*m, *d),
+        _ => {
+            return Err(format!(
+                "birthday {text:?} is not MM-DD, YYYY-MM-DD, MM/DD or MM/DD/YYYY"
+            ))
+        }
+    };
+    let candidate = format!("{month:0>2}-{day:0>2}");
+    crate::domain::account::parse_birthday(&candidate).map_err(|e| e.to_string())
+}
+
+fn hex16(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_smile_file_reads_emails_and_points_and_refuses_bad_rows() {
+        // GIVEN a Smile.io export with a bad email, separators in points and an empty cell
+        let file = "email,points\nAnn@Example.com,1200\nnot-an-email,5\nbo@example.com,\"52,620\"\ncy@example.com,\n";
+        // WHEN it is read
+        let read = read_balances(BalanceFormat::Smile, file.as_bytes()).unwrap();
+        // THEN the good row is lower-cased with its points, each bad one has its reason
+        assert_eq!(read.rows.len(), 4);
+        let first = read.rows[0].read.as_ref().unwrap();
+        assert_eq!(first.email.as_deref(), Some("ann@example.com"));
+        assert_eq!(first.balance.points, 1200);
+        assert_eq!(read.rows[0].line, 2);
+        assert!(read.rows[1]
+            .read
+            .as_ref()
+            .unwrap_err()
+            .contains("not an email"));
+        assert!(read.rows[2].read.as_ref().unwrap_err().contains("52,620"));
+        assert!(read.rows[3].read.as_ref().unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn a_yotpo_file_reads_points_balance_and_birthday() {
+        // GIVEN a Yotpo export with its own column titles
+        let file = "First Name,Email,Points Balance,Points Spent,Birthday (MM/DD) or (MM/DD/YYYY)\nAnn,ann@example.com,300,40,03/07/1990\nBo,bo@example.com,,0,12/31\n";
+        let read = read_balances(BalanceFormat::Yotpo, file.as_bytes()).unwrap();
+        // THEN the balance and the birthday are read, and an empty balance is 0
+        let ann = read.rows[0].read.as_ref().unwrap();
+        assert_eq!(ann.balance.points, 300);
+        assert_eq!(ann.balance.birthday.as_deref(), Some("03-07"));
+        let bo = read.rows[1].read.as_ref().unwrap();
+        assert_eq!(
+            (bo.balance.points, bo.balance.birthday.as_deref()),
+            (0, Some("12-31"))
+        );
+    }
+
+    #[test]
+    fn our_csv_reads_member_tier_and_expiry_and_a_missing_column_stops_the_file() {
+        let file =
+            "member,email,points,tier,birthday,expires_on\nm-1,,500,GOLD,1990-02-29,2027-06-30\n";
+        let read = read_balances(BalanceFormat::Csv, file.as_bytes()).unwrap();
+        let m = read.rows[0].read.as_ref().unwrap();
+        assert_eq!(m.member.as_deref(), Some("m-1"));
+        assert_eq!(m.balance.tier.as_deref(), Some("GOLD"));
+        assert!(read.rows[0].read.is_ok());
+        assert_eq!(m.balance.expires_on, NaiveDate::from_ymd_opt(2027, 6, 30));
+        // AND a Smile file without a points column is refused whole
+        let e = read_balances(BalanceFormat::Smile, b"email,balance\na@b.co,1\n").unwrap_err();
+        assert!(e.0.contains("points"));
+        // AND the digest depends on the bytes
+        assert_ne!(
+            read.digest,
+            read_balances(BalanceFormat::Csv, b"member,points\nm-1,1\n")
+                .unwrap()
+                .digest
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Balance imports: each row of a file from another programme applied once, as an entry whose
+//! id comes from the file's bytes and the row, so importing the same file again changes nothing.
+
+use serde::Serialize;
+
+use super::{Contention, ServiceError, Services};
+use crate::domain::import::ImportMode;
+use crate::domain::{AccountError, EventContext, Source};
+use crate::imports::RowData;
+use crate::ports::{Commit, CommitError, EventMarker};
+
+/// What became of one row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RowOutcome {
+    /// Written (or, in a dry run, would be): the points it moved.
+    Applied {
+        member: String,
+        points: i64,
+    },
+    /// Nothing to write: imported before, or the balance is already the one stated.
+    Unchanged {
+        member: String,
+        reason: String,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// Where a row comes from: the file (its name and digest), the row's line, and the mode.
+#[derive(Debug, Clone)]
+pub struct RowOrigin<'a> {
+    pub file_name: &'a str,
+    pub digest: &'a str,
+    pub line: u64,
+    pub mode: ImportMode,
+    pub dry_run: bool,
+}
+
+impl RowOrigin<'_> {
+    /// The entry's event id: the same file, row and mode give the same id.
+    fn event_id(&self) -> String {
+        format!(
+            "import-{}-{}-{}",
+            self.digest,
+            self.mode.as_str(),
+            self.line
+        )
+    }
+}
+
+impl Services {
+    /// Applies one row of a balance file to its member (found by id, by email alias, or new).
+    /// Failures of the row itself are `Refused`; only store failures are errors.
+    pub async fn import_balance(
+        &self,
+        program_id: &str,
+        by: &str,
+        origin: &RowOrigin<'_>,
+        row: &RowData,
+    ) -> Result<RowOutcome, ServiceError> {
+        let program = self.program(program_id).await?;
+        let member = match self.import_member(&program.id, row, origin.dry_run).await? {
+            Ok(member) => member,
+            Err(reason) => return Ok(RowOutcome::Refused { reason }),
+        };
+        let marker = EventMarker {
+            source: "import".into(),
+            event_id: origin.event_id(),
+        };
+        let reason = format!("imported from {}, row {}", origin.file_name, origin.line);
+        let mut contention = Contention::new();
+        loop {
+            let now = self.clock.now();
+            let state = self.store.load_member(&program.id, &member, &[]).await?;
+            if origin.dry_run && self.store.has_marker(&program.id, &member, &marker).await? {
+                return Ok(unchanged(member, "imported before"));
+            }
+            let account = state
+                .account
+                .clone()
+                .unwrap_or_else(|| crate::domain::Account::open(&program, &member, now));
+            let ctx = EventContext::new(marker.event_id.clone(), now, now).with_source(Source {
+                admin: Some(by.to_string()),
+                rule: Some("import".into()),
+                ..Source::default()
+            });
+            let change =
+                match account.import_balance(&program, origin.mode, &row.balance, &reason, &ctx) {
+                    Ok(change) => change,
+                    Err(e) => return Ok(refused(e)),
+                };
+            let points = moved(&change);
+            let outcome = match &change.no_op {
+                Some(why) if points == 0 => unchanged(member.clone(), why),
+                _ => RowOutcome::Applied {
+                    member: member.clone(),
+                    points,
+                },
+            };
+            if origin.dry_run {
+                return Ok(outcome);
+            }
+            let commit = Commit {
+                marker: Some(marker.clone()),
+                ..Commit::new(&program, &member, state.account.as_ref(), change, now)
+            };
+            match self.store.commit(commit).await {
+                Ok(()) => return Ok(outcome),
+                Err(CommitError::Duplicate) => return Ok(unchanged(member, "imported before")),
+                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            }
+            contention.again(|| format!("member {member}")).await?;
+        }
+    }
+
+    /// The row's member: the one named (an id or an alias), else the one its email is linked
+    /// to, else a new member `email:{email}`. The email is linked to the member, so that later
+    /// orders with that email find it; an email linked to someone else refuses the row.
+    async fn import_member(
+        &self,
+        program: &str,
+        row: &RowData,
+        dry_run: bool,
+    ) -> Result<Result<String, String>, ServiceError> {
+        let by_email = match &row.email {
+            Some(email) => self.store.resolve_alias(program, "email", email).await?,
+            None => None,
+        };
+        let member = match (&row.member, &by_email, &row.email) {
+            (Some(m), _, _) => self.canonical_member(program, m).await?,
+            (None, Some(linked), _) => linked.clone(),
+            (None, None, Some(email)) => format!("email:{email}"),
+            (None, None, None) => return Ok(Err("neither a member nor an email is given".into())),
+        };
+        if let (Some(email), Some(linked)) = (&row.email, &by_email) {
+            if *linked != member {
+                return Ok(Err(format!(
+                    "email {email} already belongs to member {linked}, not {member}"
+                )));
+            }
+        }
+        if let (Some(email), None, false) = (&row.email, &by_email, dry_run) {
+            if !self
+                .store
+                .put_alias(program, "email", email, &member)
+                .await?
+            {
+                return Ok(Err(format!(
+                    "email {email} was just linked to another member"
+                )));
+            }
+        }
+        Ok(Ok(member))
+    }
+}
+
+fn unchanged(member: String, reason: &str) -> RowOutcome {
+    RowOutcome::Unchanged {
+        member,
+        reason: reason.to_string(),
+    }
+}
+
+fn refused(e: AccountError) -> RowOutcome {
+    RowOutcome::Refused {
+        reason: e.to_string(),
+    }
+}
+
+/// The points a change moved on the balance (tier entries move none).
+fn moved(change: &crate::domain::Change) -> i64 {
+    change
+        .entries
+        .iter()
+        .filter(|e| e.kind == crate::domain::EntryKind::Adjust)
+        .map(|e| e.points)
+        .sum()
+}
+
+/// Counts of an import, as the summary shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportSummary {
+    pub rows: u64,
+    pub applied: u64,
+    pub unchanged: u64,
+    pub refused: u64,
+    pub points_added: i64,
+    pub points_removed: i64,
+}
+
+impl ImportSummary {
+    pub fn count(&mut self, outcome: &RowOutcome) {
+        self.rows += 1;
+        match outcome {
+            RowOutcome::Applied { points, .. } => {
+                self.applied += 1;
+                if *points >= 0 {
+                    self.points_added += points;
+                } else {
+                    self.points_removed -= points;
+                }
+            }
+            RowOutcome::Unchanged { .. } => self.unchanged += 1,
+            RowOutcome::Refused { .. } => self.refused += 1,
+        }
+    }
+}

@@ -6,9 +6,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod audit;
 mod campaign;
+mod dlq;
 mod import;
 mod jobs;
 mod member;
+mod rejected;
 mod report;
 mod serve;
 mod stores;
@@ -49,6 +51,10 @@ enum Command {
     Report(report::ReportArgs),
     /// Member data (export).
     Member(member::MemberArgs),
+    /// Events refused for good: list, show, replay.
+    Rejected(rejected::RejectedArgs),
+    /// Dead-letter queues: list, redrive.
+    Dlq(dlq::DlqArgs),
     /// Bring members and balances over from another programme.
     Import(import::ImportArgs),
     /// Check every member against its ledger and each program against its books; exit
@@ -78,6 +84,8 @@ fn main() -> ExitCode {
         Command::Campaign(args) => campaign::run(args),
         Command::Report(args) => report::run(args),
         Command::Member(args) => member::run(args),
+        Command::Rejected(args) => rejected::run(args),
+        Command::Dlq(args) => dlq::run(args),
         Command::Audit(_) | Command::Import(_) => Ok(()),
     };
     match result {

@@ -29,6 +29,10 @@ pub struct Envelope {
     pub occurred_at: DateTime<Utc>,
     #[serde(default)]
     pub data: serde_json::Value,
+    /// Set on an operator's replay of a rejected event (the replay's number): the event keeps
+    /// its id, so it can never take effect twice, but the queues see a new message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<u32>,
 }
 
 impl Envelope {
@@ -41,7 +45,10 @@ impl Envelope {
     /// program (two shops may both have a WooCommerce order 1001), so every queue that
     /// deduplicates does so on this, never on the bare id.
     pub fn dedup_id(&self) -> String {
-        format!("{}/{}", self.program, self.id)
+        match self.replay {
+            Some(n) => format!("{}/{}/replay-{n}", self.program, self.id),
+            None => format!("{}/{}", self.program, self.id),
+        }
     }
 }
 

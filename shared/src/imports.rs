@@ -164,7 +164,7 @@ pub fn read_balances(format: BalanceFormat, bytes: &[u8]) -> Result<BalanceFile,
     })
 }
 
-fn cell<'a>(cells: &'a [String], at: Option<usize>) -> Option<&'a str> {
+fn cell(cells: &[String], at: Option<usize>) -> Option<&str> {
     at.and_then(|i| cells.get(i))
         .map(String::as_str)
         .filter(|c| !c.is_empty())

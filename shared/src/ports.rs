@@ -389,7 +389,9 @@ pub struct LedgerPage {
     pub next_cursor: Option<String>,
 }
 
-/// An event refused for good (bad input), kept with its reason for operators.
+/// An event refused for good (bad input, or a program that lacks what it names), kept with
+/// its reason for operators, who may replay it once the program is mended. One record per
+/// event: refused again, it keeps its count of replays and takes the new reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RejectedEvent {
     pub program: String,
@@ -397,6 +399,40 @@ pub struct RejectedEvent {
     pub at: DateTime<Utc>,
     pub reason: String,
     pub payload: String,
+    /// Times an operator has replayed it.
+    #[serde(default)]
+    pub replays: u32,
+    /// The last replay, unless it was refused again since.
+    #[serde(default)]
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
+/// A page of rejected events, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RejectedPage {
+    pub events: Vec<RejectedEvent>,
+    /// Opaque; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Where a page of rejected events goes on: after this event (the same text in every adapter).
+pub fn rejected_cursor(event: &RejectedEvent) -> String {
+    format!(
+        "{}|{}",
+        event
+            .at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        event.event_id
+    )
+}
+
+/// Reads a cursor of [`rejected_cursor`]; `None` when it is not one.
+pub fn parse_rejected_cursor(cursor: &str) -> Option<(DateTime<Utc>, String)> {
+    let (at, id) = cursor.split_once('|')?;
+    let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
+    crate::ids::IdKind::Event
+        .accepts(id)
+        .then(|| (at, id.to_string()))
 }
 
 #[async_trait]
@@ -471,9 +507,40 @@ pub trait AliasStore: Send + Sync {
 
 #[async_trait]
 pub trait RejectStore: Send + Sync {
+    /// Records an event refused for good, or records it again with its new reason (keeping
+    /// its count of replays).
     async fn reject(&self, rejected: &RejectedEvent) -> Result<(), StoreError>;
-    async fn rejected(&self, program: &str, limit: usize)
-        -> Result<Vec<RejectedEvent>, StoreError>;
+    /// Rejected events of a program, newest first, `limit` at a time. A cursor that is not
+    /// one of [`rejected_cursor`] is refused as `Failed` by the caller before it gets here.
+    async fn rejected_page(
+        &self,
+        program: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<RejectedPage, StoreError>;
+    async fn rejected(
+        &self,
+        program: &str,
+        limit: usize,
+    ) -> Result<Vec<RejectedEvent>, StoreError> {
+        Ok(self.rejected_page(program, limit, None).await?.events)
+    }
+    async fn rejected_event(
+        &self,
+        program: &str,
+        event_id: &str,
+    ) -> Result<Option<RejectedEvent>, StoreError>;
+    /// Marks a rejected event replayed for the `replays`-th time (it had been `replays - 1`
+    /// times) and adds its message to the outbox, in one write. `false` when another replay
+    /// came first or the record is gone.
+    async fn replay_rejected(
+        &self,
+        program: &str,
+        event_id: &str,
+        replays: u32,
+        at: DateTime<Utc>,
+        message: &OutboxMessage,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Events that arrived before the order that names their member (a Shopify refund carries no
@@ -787,6 +854,34 @@ pub trait Queue: Send + Sync {
     /// Sends a message; FIFO queues group by program#member and deduplicate by the message's
     /// program-scoped id ([`Envelope::dedup_id`]).
     async fn send(&self, queue: QueueName, message: &Envelope) -> Result<(), QueueError>;
+}
+
+/// A message its queue gave up on after its attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    /// The queue's id for it (SQS's message id; the local queue's deduplication id).
+    pub id: String,
+    pub body: String,
+    /// Why its last attempt failed, where the queue keeps it.
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// The dead-letter queues, for operators: look, count, and move messages back to be processed
+/// again. A message moved back keeps its event id, so what had taken effect does not again.
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
+    /// Up to `max` dead letters of `queue`, looked at and left there.
+    async fn dead_letters(
+        &self,
+        queue: QueueName,
+        max: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError>;
+    /// How many dead letters `queue` has (SQS's approximate count).
+    async fn dead_letter_count(&self, queue: QueueName) -> Result<u64, QueueError>;
+    /// Moves up to `max` dead letters back to `queue`; returns how many moved.
+    async fn redrive(&self, queue: QueueName, max: usize) -> Result<usize, QueueError>;
 }
 
 pub trait Clock: Send + Sync {

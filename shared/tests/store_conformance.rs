@@ -86,6 +86,7 @@ fn message(queue: QueueName, member: &str, id: &str) -> OutboxMessage {
     OutboxMessage::new(
         queue,
         Envelope {
+            replay: None,
             kind: "tier.check".into(),
             version: 1,
             id: id.to_string(),
@@ -406,16 +407,84 @@ async fn aliases_link_one_identity_to_one_member(store: Arc<dyn Store>) {
 }
 
 async fn rejected_events_are_kept_with_their_reason(store: Arc<dyn Store>) {
+    // GIVEN three events rejected a second apart
     let program = format!("p-{}", uuid::Uuid::new_v4().simple());
-    let rejected = RejectedEvent {
+    let start = Utc::now() - chrono::Duration::seconds(10);
+    let rejected = |id: &str, s: i64, reason: &str| RejectedEvent {
         program: program.clone(),
-        event_id: "ev-bad".into(),
-        at: Utc::now(),
-        reason: "data.currency is USD, but program kr-shop uses KRW".into(),
+        event_id: id.into(),
+        at: start + chrono::Duration::seconds(s),
+        reason: reason.into(),
         payload: "{}".into(),
+        replays: 0,
+        replayed_at: None,
     };
-    store.reject(&rejected).await.unwrap();
-    assert_eq!(store.rejected(&program, 10).await.unwrap(), vec![rejected]);
+    for (id, s) in [("ev-1", 0), ("ev-2", 1), ("ev-3", 2)] {
+        store
+            .reject(&rejected(id, s, "data.currency is USD"))
+            .await
+            .unwrap();
+    }
+    // WHEN they are read two at a time THEN newest first, each once, over two pages
+    let first = store.rejected_page(&program, 2, None).await.unwrap();
+    let ids = |events: &[RejectedEvent]| {
+        events
+            .iter()
+            .map(|e| e.event_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&first.events), ["ev-3", "ev-2"]);
+    let cursor = first.next_cursor.expect("a second page");
+    let second = store
+        .rejected_page(&program, 2, Some(&cursor))
+        .await
+        .unwrap();
+    assert_eq!(ids(&second.events), ["ev-1"]);
+    assert_eq!(
+        second.events[0],
+        rejected("ev-1", 0, "data.currency is USD")
+    );
+    // WHEN ev-1 is replayed THEN its record says so and its message waits in the outbox
+    let m = member();
+    let replay = message(QueueName::Earn, &m, "ev-1");
+    let at = Utc::now();
+    assert!(store
+        .replay_rejected(&program, "ev-1", 1, at, &replay)
+        .await
+        .unwrap());
+    let replayed = store
+        .rejected_event(&program, "ev-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (replayed.replays, replayed.replayed_at.is_some()),
+        (1, true)
+    );
+    assert_eq!(waiting(&store, &m).await, vec![replay.clone()]);
+    // AND a second replay that thinks it is the first is refused
+    assert!(!store
+        .replay_rejected(&program, "ev-1", 1, at, &replay)
+        .await
+        .unwrap());
+    // WHEN ev-1 is refused again, later THEN it is listed once, first, with its new reason and
+    // its count of replays
+    store
+        .reject(&rejected("ev-1", 5, "still no such action"))
+        .await
+        .unwrap();
+    let all = store.rejected_page(&program, 10, None).await.unwrap();
+    assert_eq!(ids(&all.events), ["ev-1", "ev-3", "ev-2"]);
+    assert_eq!(
+        (
+            all.events[0].reason.as_str(),
+            all.events[0].replays,
+            all.events[0].replayed_at
+        ),
+        ("still no such action", 1, None)
+    );
+    assert_eq!(store.rejected_event(&program, "ev-9").await.unwrap(), None);
+    store.relayed(&replay).await.unwrap();
 }
 
 async fn a_parked_event_moves_to_the_outbox_once(store: Arc<dyn Store>) {

@@ -40,7 +40,7 @@ The oracle, in short (kr-shop):
   pending points. (No order releases during a run: recent ones have >= 2 days left.)
 * Engagement: signup 1000 once per member (a second signup, by another channel and id, is a
   no-op); review 500 and photo_review 1000, at most 5 per calendar month (Asia/Seoul) of
-  `occurred_at`; birthday 2000 once per year; `share` is not rewarded by kr-shop; points.granted
+  `occurred_at`; birthday 2000 once per year; `share` is not rewarded by kr-shop (refused, to be replayed if it ever is); points.granted
   credits its points. All available at once.
 * Tiers never move: every member's total eligible spend stays below SILVER (300,000 KRW), so
   every purchase earns at WELCOME (x1.0) whatever the arrival order.

@@ -87,6 +87,17 @@ def exercise(stack: Running) -> None:
     assert with_retries(lambda: shopify(stack, "orders/paid", fixture("orders-paid.json"), "iam-2"))[0] == 200
     stack.eventually(lambda: call("GET", f"{P}/members/shopify:7001234")[1].get("pending") == 550, timeout=60, what="the order and its refund")
     step("webhooks")
+    # An event refused for an action kr-shop does not reward: listed, shown and replayed (the
+    # replay is refused again, since the program still lacks the action).
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    share = {"type": "engagement.recorded", "version": 1, "id": "ev-iam-share", "program": "kr-shop",
+             "member": "m-1", "occurred_at": now, "data": {"action": "share", "ref": "iam"}}
+    assert call("POST", f"{P}/events", share)[0] == 202
+    stack.eventually(lambda: any(e["id"] == "ev-iam-share" for e in call("GET", f"{P}/rejected-events")[1].get("events", [])),
+                     timeout=60, what="the rejected event")
+    assert call("GET", f"{P}/rejected-events/ev-iam-share")[0] == 200
+    assert call("POST", f"{P}/rejected-events/ev-iam-share/replay")[0] == 202
+    step("rejected events")
     # Every schedule, and the full pass that no schedule runs.
     for name in ("ReleasePending", "ExpirePoints", "TierReviews", "Notices", "CampaignTick"):
         assert stack.run_schedule(name)["ok"], name

@@ -18,6 +18,11 @@ pub struct Server {
 impl Server {
     /// Starts serve on a free port, in memory unless `extra` says otherwise.
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_env(extra, &[])
+    }
+
+    /// Starts serve with extra arguments and environment (webhook secrets...).
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--addr", "127.0.0.1:0", "--jobs-every", "0"])
             .args(if extra.is_empty() {
@@ -27,6 +32,7 @@ impl Server {
             })
             .env("LOYALTY_JWT_SECRET", SECRET)
             .env("LOYALTY_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("loyalty serve starts");

@@ -68,6 +68,18 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/v1/programs/{program}/audits", post(request_audit))
         .route("/v1/programs/{program}/audits/{id}", get(audit_run))
         .route(
+            "/v1/programs/{program}/rejected-events",
+            get(rejected_events),
+        )
+        .route(
+            "/v1/programs/{program}/rejected-events/{id}",
+            get(rejected_event),
+        )
+        .route(
+            "/v1/programs/{program}/rejected-events/{id}/replay",
+            post(replay_rejected),
+        )
+        .route(
             "/v1/programs/{program}/campaigns/{campaign}",
             get(get_campaign).put(put_campaign),
         )
@@ -455,6 +467,54 @@ async fn audit_run(
     Ok(Json(state.services.audit_run(&program, &id).await?).into_response())
 }
 
+async fn rejected_events(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let limit = limit_param(&query)?;
+    let list = state
+        .services
+        .rejected_events(&program, limit, query.cursor.as_deref())
+        .await?;
+    Ok(Json(list).into_response())
+}
+
+/// A rejected event's id is the event's id (a rejection of unreadable bytes has one made up).
+fn rejected_id(program: &str, id: &str) -> Result<String, Problem> {
+    if !crate::ids::IdKind::Event.accepts(id) {
+        return Err(crate::services::ServiceError::NotFound {
+            problem: "rejected-event-not-found",
+            detail: format!("program {program} has no rejected event {id:?}"),
+        }
+        .into());
+    }
+    Ok(id.to_string())
+}
+
+async fn rejected_event(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let id = rejected_id(&program, &id)?;
+    Ok(Json(state.services.rejected_event(&program, &id).await?).into_response())
+}
+
+async fn replay_rejected(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let id = rejected_id(&program, &id)?;
+    let replayed = state.services.replay_rejected(&program, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(replayed)).into_response())
+}
+
 async fn my_rewards(
     principal: Principal,
     State(state): State<AppState>,
@@ -690,18 +750,22 @@ struct PageQuery {
     cursor: Option<String>,
 }
 
+fn limit_param(query: &PageQuery) -> Result<Option<usize>, Problem> {
+    match &query.limit {
+        Some(text) => Ok(Some(text.parse::<usize>().map_err(|_| {
+            Problem::bad_request("invalid-limit", format!("limit {text:?} is not a number"))
+        })?)),
+        None => Ok(None),
+    }
+}
+
 async fn ledger(
     state: &AppState,
     program: &str,
     member: &str,
     query: &PageQuery,
 ) -> Result<Response, Problem> {
-    let limit = match &query.limit {
-        Some(text) => Some(text.parse::<usize>().map_err(|_| {
-            Problem::bad_request("invalid-limit", format!("limit {text:?} is not a number"))
-        })?),
-        None => None,
-    };
+    let limit = limit_param(query)?;
     let cursor = query.cursor.as_deref();
     Ok(Json(
         state

@@ -1,7 +1,9 @@
 //! Points for valuable actions: signup, reviews, shares, birthdays, referrals and custom ones.
 //!
-//! An action that the program does not reward, or that is over its limit for the period, is a
-//! recorded no-op with a reason, not an error: the platform did nothing wrong by sending it.
+//! An action that is over its limit for the period is a recorded no-op with a reason, not an
+//! error: the platform did nothing wrong by sending it. (An action the program does not reward
+//! at all is refused by the earn service before it gets here, so that it can be replayed once
+//! the program rewards it; here it stays a no-op.)
 
 use std::collections::BTreeMap;
 

@@ -12,7 +12,7 @@ use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::envelope::Envelope;
-use crate::ports::{Queue, QueueError, QueueName, StoreError};
+use crate::ports::{DeadLetter, DeadLetters, Queue, QueueError, QueueName, StoreError};
 use crate::store::sqlite::{sql_error, SqliteStore};
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -188,26 +188,103 @@ impl LocalQueue {
             })
             .await
     }
+}
 
-    /// Dead letters of a queue: (id, error).
-    pub async fn dead_letters(
+fn queue_error(queue: QueueName, e: StoreError) -> QueueError {
+    QueueError {
+        queue: queue.as_str(),
+        message: e.to_string(),
+        source: Some(Box::new(e)),
+    }
+}
+
+#[async_trait]
+impl DeadLetters for LocalQueue {
+    async fn dead_letters(
         &self,
         queue: QueueName,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+        max: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
         self.store
             .with(move |conn| {
                 let mut stmt = conn
                     .prepare_cached(
-                        "SELECT id, error FROM dead_letters WHERE queue = ?1 ORDER BY at",
+                        "SELECT id, body, error, attempts, at FROM dead_letters WHERE queue = ?1
+                         ORDER BY rowid LIMIT ?2",
                     )
                     .map_err(|e| sql_error("cannot read dead letters", e))?;
                 let rows = stmt
-                    .query_map(params![queue.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_map(params![queue.as_str(), max as i64], |r| {
+                        let at: String = r.get(4)?;
+                        Ok(DeadLetter {
+                            id: r.get(0)?,
+                            body: r.get(1)?,
+                            error: r.get(2)?,
+                            attempts: r.get(3)?,
+                            at: chrono::DateTime::parse_from_rfc3339(&at)
+                                .ok()
+                                .map(|t| t.with_timezone(&Utc)),
+                        })
+                    })
                     .map_err(|e| sql_error("cannot read dead letters", e))?;
                 rows.collect::<Result<_, _>>()
                     .map_err(|e| sql_error("cannot read dead letters", e))
             })
             .await
+            .map_err(|e| queue_error(queue, e))
+    }
+
+    async fn dead_letter_count(&self, queue: QueueName) -> Result<u64, QueueError> {
+        self.store
+            .with(move |conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM dead_letters WHERE queue = ?1",
+                    params![queue.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(|e| sql_error("cannot count dead letters", e))
+            })
+            .await
+            .map_err(|e| queue_error(queue, e))
+    }
+
+    /// Back to the end of their queue, with their attempts counted afresh, in one
+    /// transaction: a message is either a dead letter or waiting, never both nor neither.
+    async fn redrive(&self, queue: QueueName, max: usize) -> Result<usize, QueueError> {
+        self.store
+            .with(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(|e| sql_error("cannot begin", e))?;
+                let letters: Vec<(i64, String, String)> = {
+                    let mut stmt = tx
+                        .prepare_cached(
+                            "SELECT rowid, id, body FROM dead_letters WHERE queue = ?1 ORDER BY rowid LIMIT ?2",
+                        )
+                        .map_err(|e| sql_error("cannot read dead letters", e))?;
+                    let rows = stmt
+                        .query_map(params![queue.as_str(), max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .map_err(|e| sql_error("cannot read dead letters", e))?;
+                    rows.collect::<Result<_, _>>()
+                        .map_err(|e| sql_error("cannot read dead letters", e))?
+                };
+                for (rowid, id, body) in &letters {
+                    let group = serde_json::from_str::<Envelope>(body)
+                        .map(|e| e.group())
+                        .unwrap_or_else(|_| id.clone());
+                    tx.execute(
+                        "INSERT OR IGNORE INTO queue (queue, id, grp, body, available_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![queue.as_str(), id, group, body, now_ms()],
+                    )
+                    .map_err(|e| sql_error("cannot redrive", e))?;
+                    tx.execute("DELETE FROM dead_letters WHERE rowid = ?1", params![rowid])
+                        .map_err(|e| sql_error("cannot redrive", e))?;
+                }
+                tx.commit().map_err(|e| sql_error("cannot commit", e))?;
+                Ok(letters.len())
+            })
+            .await
+            .map_err(|e| queue_error(queue, e))
     }
 }
 

@@ -186,6 +186,7 @@ impl Services {
             report: None,
         };
         let envelope = Envelope {
+            replay: None,
             kind: AUDIT_REQUESTED.into(),
             version: ENVELOPE_VERSION,
             id: format!("audit-{}", run.id),

@@ -137,6 +137,7 @@ impl Services {
                 }
             }
             let message = Envelope {
+                replay: None,
                 kind: "engagement.recorded".into(),
                 version: ENVELOPE_VERSION,
                 id: format!("{action}-{member}-{}", day.year()),

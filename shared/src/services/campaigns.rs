@@ -177,6 +177,7 @@ impl Services {
         let v = &campaign.variants[variant];
         if let Effect::Grant { points } = &v.effect {
             let grant = Envelope {
+                replay: None,
                 kind: "points.granted".into(),
                 version: ENVELOPE_VERSION,
                 id: format!("grant-{id}-{member}"),

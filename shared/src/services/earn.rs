@@ -262,8 +262,13 @@ impl Services {
             Ok(e) => e,
             Err(e) => {
                 let reason = format!("not an event envelope: {e}");
+                // Each unreadable message is kept on its own, under an id from its bytes.
+                let id = format!(
+                    "unreadable-{:016x}",
+                    crate::fingerprint::fnv1a64(body.bytes())
+                );
                 return self
-                    .store_rejection("unknown", "unknown", body, &reason)
+                    .store_rejection("unknown", &id, body, &reason)
                     .await
                     .map(Err);
             }
@@ -301,6 +306,8 @@ impl Services {
             at: self.clock.now(),
             reason: reason.to_string(),
             payload: body.chars().take(64 * 1024).collect(),
+            replays: 0,
+            replayed_at: None,
         };
         self.store
             .reject(&rejected)
@@ -312,6 +319,7 @@ impl Services {
 
 fn message(cause: &Envelope, kind: &str, id: String, data: serde_json::Value) -> Envelope {
     Envelope {
+        replay: None,
         kind: kind.to_string(),
         version: ENVELOPE_VERSION,
         id,
@@ -397,6 +405,16 @@ fn decide(
             let mut outcome = with_order(refunded);
             (outcome.assignments, outcome.counters) = counted;
             outcome
+        }
+        // An action the program does not reward is refused for good, not recorded as done:
+        // once the program rewards it, the event can be replayed and count.
+        EarnEvent::Engagement(Engagement::Action { action, .. })
+            if !program.actions.contains_key(action) =>
+        {
+            return Err(format!(
+                "action {action:?} is not rewarded by program {}; add it to the program's actions and replay the event",
+                program.id
+            ));
         }
         EarnEvent::Engagement(Engagement::Action { action, .. }) => {
             plain(account.record_action(program, action, ctx))

@@ -599,6 +599,7 @@ fn notice(
     data: serde_json::Value,
 ) -> OutboxMessage {
     let message = Envelope {
+        replay: None,
         kind: kind.to_string(),
         version: ENVELOPE_VERSION,
         id,

@@ -25,6 +25,7 @@ pub mod members;
 pub mod outbox;
 pub mod programs;
 pub mod redemptions;
+pub mod rejections;
 pub mod webhooks;
 
 /// How long a container trusts its cached copy of a program before reading it again. A program

@@ -897,6 +897,7 @@ fn reward_issued(
     at: DateTime<Utc>,
 ) -> OutboxMessage {
     let message = Envelope {
+        replay: None,
         kind: "reward.issued".into(),
         version: ENVELOPE_VERSION,
         id: format!("reward-issued-{}", body["id"].as_str().unwrap_or_default()),

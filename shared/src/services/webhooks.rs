@@ -275,6 +275,7 @@ impl Services {
         member: &str,
     ) -> Result<Envelope, ServiceError> {
         let envelope = Envelope {
+            replay: None,
             kind: event.kind.to_string(),
             version: ENVELOPE_VERSION,
             id: event.id.clone(),

@@ -24,6 +24,7 @@ use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Utc};
 use super::{decode_cursor, encode_cursor, ledger_seq, seq_key};
 use crate::domain::books::{BookRow, BooksAdd, BOOK_SHARDS};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
+use crate::ports::{parse_rejected_cursor, RejectedPage};
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
     Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
@@ -37,7 +38,7 @@ use crate::ports::{
 use crate::report::VariantCounts;
 
 /// Days of rejected-event partitions read by `rejected`.
-const REJECTED_DAYS: i64 = 7;
+const REJECTED_DAYS: i64 = 35;
 /// Each due date is spread over this many index partitions, so no date is one hot key.
 const DUE_SHARDS: u32 = 4;
 /// The item that lists every program (DynamoDB cannot list partition keys without a scan).
@@ -1292,57 +1293,216 @@ impl AliasStore for DynamoStore {
     }
 }
 
+/// A rejected event by id: its record, its replay count and where it is listed.
+fn rejected_key(program: &str, event_id: &str) -> Item {
+    key(format!("P#{program}#REJECTED#E#{event_id}"), "R")
+}
+
+/// The day partition that lists a rejection, and its place in it.
+fn rejected_list_key(program: &str, at: DateTime<Utc>, event_id: &str) -> (String, String) {
+    (
+        format!("P#{program}#REJECTED#{}", at.format("%Y-%m-%d")),
+        format!(
+            "{}#{event_id}",
+            at.to_rfc3339_opts(SecondsFormat::Millis, true)
+        ),
+    )
+}
+
+fn rejected_of(item: &Item) -> Result<RejectedEvent, StoreError> {
+    let mut event: RejectedEvent = body(item, "rejected event")?;
+    event.replays = number(item, "replays").map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+    Ok(event)
+}
+
 #[async_trait]
 impl RejectStore for DynamoStore {
+    /// Two items in one write: the event's record (by id, keeping its replay count) and its
+    /// place in the day's list (one partition per day, so a flood of rejections has no hot
+    /// key). A record refused again is listed on its new day; its old place is skipped.
     async fn reject(&self, rejected: &RejectedEvent) -> Result<(), StoreError> {
-        let pk = format!(
-            "P#{}#REJECTED#{}",
-            rejected.program,
-            rejected.at.format("%Y-%m-%d")
-        );
-        let sk = format!(
-            "{}#{}",
-            rejected.at.to_rfc3339_opts(SecondsFormat::Millis, true),
-            rejected.event_id
-        );
-        let mut item = key(pk, sk);
-        item.insert("body".into(), encode("rejected event", rejected)?);
-        self.put_plain(item, "cannot record the rejected event")
+        let (list_pk, list_sk) =
+            rejected_list_key(&rejected.program, rejected.at, &rejected.event_id);
+        let mut listed = key(list_pk.clone(), list_sk.clone());
+        listed.insert("event_id".into(), s(&rejected.event_id));
+        let list = self.put(listed, None, None)?;
+        let record = build(
+            "update",
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(rejected_key(&rejected.program, &rejected.event_id)))
+                .update_expression("SET body = :b, list_pk = :lp, list_sk = :ls")
+                .expression_attribute_values(":b", encode("rejected event", rejected)?)
+                .expression_attribute_values(":lp", s(list_pk))
+                .expression_attribute_values(":ls", s(list_sk))
+                .build(),
+        )?;
+        self.client
+            .transact_write_items()
+            .transact_items(list)
+            .transact_items(TransactWriteItem::builder().update(record).build())
+            .send()
             .await
+            .map_err(|e| sdk_error("cannot record the rejected event", e))?;
+        Ok(())
     }
 
-    /// The newest rejected events of the last seven days (one partition per day, so recording
-    /// one is a single put with no hot key).
-    async fn rejected(
+    /// Walks the day lists back from the cursor's day (or today) over [`REJECTED_DAYS`], then
+    /// reads the records of the page in one batch.
+    async fn rejected_page(
         &self,
         program: &str,
         limit: usize,
-    ) -> Result<Vec<RejectedEvent>, StoreError> {
-        let mut out = Vec::new();
-        let today = Utc::now();
-        for days_back in 0..REJECTED_DAYS {
-            if out.len() >= limit {
-                break;
+        cursor: Option<&str>,
+    ) -> Result<RejectedPage, StoreError> {
+        let after = match cursor.map(parse_rejected_cursor) {
+            None => None,
+            Some(Some(after)) => Some(after),
+            Some(None) => {
+                return Err(StoreError::Failed {
+                    message: "the cursor is not one this store gave".into(),
+                    source: None,
+                })
             }
-            let day = (today - Duration::days(days_back))
-                .format("%Y-%m-%d")
-                .to_string();
-            let output = self
+        };
+        let today = Utc::now().date_naive();
+        let oldest = today - Duration::days(REJECTED_DAYS);
+        let mut day = after.as_ref().map_or(today, |(at, _)| at.date_naive());
+        let mut start = after.map(|(at, id)| rejected_list_key(program, at, &id));
+        let mut listed: Vec<Item> = Vec::new();
+        while listed.len() < limit && day >= oldest {
+            let pk = format!("P#{program}#REJECTED#{day}");
+            let mut query = self
                 .client
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("PK = :pk")
-                .expression_attribute_values(":pk", s(format!("P#{program}#REJECTED#{day}")))
+                .expression_attribute_values(":pk", s(&pk))
                 .scan_index_forward(false)
-                .limit((limit - out.len()) as i32)
+                .limit((limit - listed.len()) as i32);
+            if let Some((spk, ssk)) = start.take().filter(|(spk, _)| *spk == pk) {
+                query = query.set_exclusive_start_key(Some(key(spk, ssk)));
+            }
+            let output = query
                 .send()
                 .await
                 .map_err(|e| sdk_error("cannot read rejected events", e))?;
-            for item in output.items.unwrap_or_default() {
-                out.push(body::<RejectedEvent>(&item, "rejected event")?);
+            let items = output.items.unwrap_or_default();
+            let full = output.last_evaluated_key.is_some();
+            listed.extend(items);
+            if !full {
+                day -= Duration::days(1);
             }
         }
-        Ok(out)
+        let next_cursor = if listed.len() >= limit {
+            listed
+                .last()
+                .and_then(|i| text(i, "SK"))
+                .and_then(|sk| sk.split_once('#'))
+                .map(|(at, id)| format!("{at}|{id}"))
+        } else {
+            None
+        };
+        // An event refused again is listed at each place; its record is read once.
+        let ids: std::collections::BTreeSet<String> = listed
+            .iter()
+            .filter_map(|i| text(i, "event_id").map(str::to_string))
+            .collect();
+        let keys: Vec<Item> = ids.iter().map(|id| rejected_key(program, id)).collect();
+        let records: HashMap<String, Item> = if keys.is_empty() {
+            HashMap::new()
+        } else {
+            self.batch_get(keys)
+                .await?
+                .into_iter()
+                .filter_map(|i| text(&i, "PK").map(|pk| (pk.to_string(), i.clone())))
+                .collect()
+        };
+        let mut events = Vec::new();
+        for item in &listed {
+            let here = (text(item, "PK"), text(item, "SK"));
+            match text(item, "event_id") {
+                Some(id) => {
+                    let pk = format!("P#{program}#REJECTED#E#{id}");
+                    // A place the event has since left (refused again later) is skipped.
+                    if let Some(record) = records
+                        .get(&pk)
+                        .filter(|r| (text(r, "list_pk"), text(r, "list_sk")) == here)
+                    {
+                        events.push(rejected_of(record)?);
+                    }
+                }
+                // Recorded before rejections had records of their own.
+                None => events.push(body::<RejectedEvent>(item, "rejected event")?),
+            }
+        }
+        Ok(RejectedPage {
+            events,
+            next_cursor,
+        })
+    }
+
+    async fn rejected_event(
+        &self,
+        program: &str,
+        event_id: &str,
+    ) -> Result<Option<RejectedEvent>, StoreError> {
+        self.get(rejected_key(program, event_id))
+            .await?
+            .map(|item| rejected_of(&item))
+            .transpose()
+    }
+
+    async fn replay_rejected(
+        &self,
+        program: &str,
+        event_id: &str,
+        replays: u32,
+        at: DateTime<Utc>,
+        message: &OutboxMessage,
+    ) -> Result<bool, StoreError> {
+        let Some(mut event) = self.rejected_event(program, event_id).await? else {
+            return Ok(false);
+        };
+        if event.replays + 1 != replays {
+            return Ok(false);
+        }
+        event.replays = replays;
+        event.replayed_at = Some(at);
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(rejected_key(program, event_id)))
+            .update_expression("SET body = :b, replays = :n")
+            .expression_attribute_values(":b", encode("rejected event", &event)?)
+            .expression_attribute_values(":n", n(replays));
+        update = if replays <= 1 {
+            update.condition_expression("attribute_exists(PK) AND attribute_not_exists(replays)")
+        } else {
+            update
+                .condition_expression("replays = :before")
+                .expression_attribute_values(":before", n(replays - 1))
+        };
+        let record = build("update", update.build())?;
+        let outbox = self.put(outbox_item(message)?, None, None)?;
+        match self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(record).build())
+            .transact_items(outbox)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(TransactWriteItemsError::TransactionCanceledException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_error("cannot replay the rejected event", e)),
+        }
     }
 }
 

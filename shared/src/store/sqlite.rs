@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::{decode_cursor, encode_cursor, ledger_seq};
 use crate::domain::books::{BookRow, BooksAdd};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
+use crate::ports::{parse_rejected_cursor, rejected_cursor, RejectedPage};
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
     Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
@@ -50,7 +51,15 @@ CREATE TABLE IF NOT EXISTS aliases (
     PRIMARY KEY (program, kind, value));
 CREATE TABLE IF NOT EXISTS rejected (
     program TEXT NOT NULL, at TEXT NOT NULL, event_id TEXT NOT NULL, body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS rejected_by_time ON rejected (program, at);
+CREATE TABLE IF NOT EXISTS rejected_events (
+    program TEXT NOT NULL, event_id TEXT NOT NULL, at TEXT NOT NULL,
+    replays INTEGER NOT NULL DEFAULT 0, body TEXT NOT NULL,
+    PRIMARY KEY (program, event_id));
+CREATE INDEX IF NOT EXISTS rejected_events_by_time ON rejected_events (program, at, event_id);
+-- Rejections recorded before events were kept one record each.
+INSERT OR IGNORE INTO rejected_events (program, event_id, at, body)
+    SELECT program, event_id, at, body FROM rejected;
+DELETE FROM rejected;
 CREATE TABLE IF NOT EXISTS due (
     program TEXT NOT NULL, job TEXT NOT NULL, member TEXT NOT NULL, date TEXT NOT NULL,
     PRIMARY KEY (program, job, member));
@@ -566,11 +575,12 @@ impl RejectStore for SqliteStore {
         let rejected = rejected.clone();
         self.with(move |conn| {
             conn.execute(
-                "INSERT INTO rejected (program, at, event_id, body) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO rejected_events (program, event_id, at, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (program, event_id) DO UPDATE SET at = excluded.at, body = excluded.body",
                 params![
                     rejected.program,
-                    rejected.at.to_rfc3339(),
                     rejected.event_id,
+                    rejected_at(&rejected),
                     encode("rejected event", &rejected)?
                 ],
             )
@@ -580,31 +590,128 @@ impl RejectStore for SqliteStore {
         .await
     }
 
-    async fn rejected(
+    async fn rejected_page(
         &self,
         program: &str,
         limit: usize,
-    ) -> Result<Vec<RejectedEvent>, StoreError> {
+        cursor: Option<&str>,
+    ) -> Result<RejectedPage, StoreError> {
         let program = program.to_string();
+        let (at, id) = match cursor.map(parse_rejected_cursor) {
+            None => ("9999".to_string(), String::new()),
+            Some(Some((at, id))) => (at.to_rfc3339_opts(SecondsFormat::Millis, true), id),
+            Some(None) => {
+                return Err(StoreError::Failed {
+                    message: "the cursor is not one this store gave".into(),
+                    source: None,
+                })
+            }
+        };
         self.with(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT body FROM rejected WHERE program = ?1 ORDER BY at DESC LIMIT ?2",
+                    "SELECT replays, body FROM rejected_events
+                     WHERE program = ?1 AND (at < ?2 OR (at = ?2 AND event_id < ?3))
+                     ORDER BY at DESC, event_id DESC LIMIT ?4",
                 )
                 .map_err(|e| sql_error("cannot read rejected events", e))?;
             let rows = stmt
-                .query_map(params![program, limit as i64], |row| {
-                    row.get::<_, String>(0)
+                .query_map(params![program, at, id, limit as i64 + 1], |row| {
+                    Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?))
                 })
                 .map_err(|e| sql_error("cannot read rejected events", e))?;
-            rows.map(|r| {
-                let body = r.map_err(|e| sql_error("cannot read rejected events", e))?;
-                decode(&format!("rejected event of {program}"), &body)
+            let mut events = Vec::new();
+            for r in rows {
+                let (replays, body) = r.map_err(|e| sql_error("cannot read rejected events", e))?;
+                let mut event: RejectedEvent =
+                    decode(&format!("rejected event of {program}"), &body)?;
+                event.replays = replays;
+                events.push(event);
+            }
+            let more = events.len() > limit;
+            events.truncate(limit);
+            let next_cursor = if more {
+                events.last().map(rejected_cursor)
+            } else {
+                None
+            };
+            Ok(RejectedPage {
+                events,
+                next_cursor,
             })
-            .collect()
         })
         .await
     }
+
+    async fn rejected_event(
+        &self,
+        program: &str,
+        event_id: &str,
+    ) -> Result<Option<RejectedEvent>, StoreError> {
+        let (program, event_id) = (program.to_string(), event_id.to_string());
+        self.with(move |conn| {
+            let row: Option<(u32, String)> = conn
+                .query_row(
+                    "SELECT replays, body FROM rejected_events WHERE program = ?1 AND event_id = ?2",
+                    params![program, event_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(|e| sql_error("cannot read the rejected event", e))?;
+            row.map(|(replays, body)| {
+                let mut event: RejectedEvent = decode(&format!("rejected event {event_id}"), &body)?;
+                event.replays = replays;
+                Ok(event)
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn replay_rejected(
+        &self,
+        program: &str,
+        event_id: &str,
+        replays: u32,
+        at: DateTime<Utc>,
+        message: &OutboxMessage,
+    ) -> Result<bool, StoreError> {
+        let (program, event_id, message) =
+            (program.to_string(), event_id.to_string(), message.clone());
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| sql_error("cannot begin", e))?;
+            let body: Option<String> = tx
+                .query_row(
+                    "SELECT body FROM rejected_events WHERE program = ?1 AND event_id = ?2 AND replays = ?3",
+                    params![program, event_id, replays.saturating_sub(1)],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| sql_error("cannot read the rejected event", e))?;
+            let Some(body) = body else {
+                return Ok(false);
+            };
+            let mut event: RejectedEvent = decode(&format!("rejected event {event_id}"), &body)?;
+            event.replays = replays;
+            event.replayed_at = Some(at);
+            tx.execute(
+                "UPDATE rejected_events SET replays = ?3, body = ?4 WHERE program = ?1 AND event_id = ?2",
+                params![program, event_id, replays, encode("rejected event", &event)?],
+            )
+            .map_err(|e| sql_error("cannot mark the rejected event replayed", e))?;
+            write_outbox(&tx, &message)?;
+            tx.commit().map_err(|e| sql_error("cannot commit", e))?;
+            Ok(true)
+        })
+        .await
+    }
+}
+
+/// The time a rejection is sorted by: one fixed width, so that text order is time order.
+fn rejected_at(rejected: &RejectedEvent) -> String {
+    rejected.at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 #[async_trait]

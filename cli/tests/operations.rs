@@ -1,0 +1,435 @@
+//! Operations that repair and migrate, from outside: `loyalty import balances`, `loyalty
+//! rejected list|show|replay` and `loyalty dlq list|redrive` against the SQLite file of a
+//! running `loyalty serve`, and the same rejected events over HTTP.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use common::{token, Server, BIN};
+use loyalty_core::webhooks::sign_base64;
+use serde_json::{json, Value};
+
+const P: &str = "/v1/programs/kr-shop";
+const SHOPIFY_SECRET: &str = "shpss_operations";
+
+struct Shop {
+    server: Server,
+    admin: String,
+    db: PathBuf,
+    dir: PathBuf,
+}
+
+impl Shop {
+    fn start(name: &str) -> Shop {
+        let dir = std::env::temp_dir().join(format!("loyalty-ops-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let db = dir.join("loyalty.db");
+        let server = Server::start_env(
+            &["--db", db.to_str().expect("utf-8 path")],
+            &[("LOYALTY_SECRET_KR_SHOP_SHOPIFY", SHOPIFY_SECRET)],
+        );
+        Shop {
+            server,
+            admin: token(&["--admin"]),
+            db,
+            dir,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string());
+        self.server
+            .call(method, path, &self.admin, &[], body.as_deref())
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (status, answer) = self.call("GET", path, None);
+        assert_eq!(status, 200, "{path}: {answer}");
+        answer
+    }
+
+    fn member(&self, member: &str) -> Value {
+        self.get(&format!("{P}/members/{member}"))
+    }
+
+    fn loyalty(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .args(["--db", self.db.to_str().expect("utf-8 path")])
+            .env("LOYALTY_LOG", "warn")
+            .output()
+            .expect("loyalty runs")
+    }
+
+    /// Waits until nothing is left to relay or to process, so that what was queued has had
+    /// its effect (or its lack of one).
+    fn settled(&self) {
+        let conn = rusqlite::Connection::open(&self.db).expect("db");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let waiting: i64 = conn
+                .query_row(
+                    "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM queue WHERE queue = 'earn')",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap_or(1);
+            if waiting == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{waiting} messages never processed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn eventually(&self, member: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, v) = self.call("GET", &format!("{P}/members/{member}"), None);
+            if status == 200 && check(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never held for {member}; last {v}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Shop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ok(out: &Output) -> Value {
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The points of row `i` of the Smile.io file.
+fn points(i: usize) -> i64 {
+    (i as i64 * 37) % 5_000 + 1
+}
+
+/// A Smile.io export of 1,000 rows: 997 members (one of them the Shopify fixture's customer)
+/// and 3 bad rows.
+fn smile_file(dir: &Path) -> PathBuf {
+    let mut text = String::from("email,points\n");
+    for i in 0..997 {
+        let email = if i == 0 {
+            "Minji@Example.com".to_string()
+        } else {
+            format!("member{i}@example.com")
+        };
+        text.push_str(&format!("{email},{}\n", points(i)));
+    }
+    text.push_str("not-an-email,10\n");
+    text.push_str("bad-points@example.com,\"1,200\"\n");
+    text.push_str("no-points@example.com,\n");
+    let path = dir.join("smile.csv");
+    std::fs::write(&path, text).expect("file");
+    path
+}
+
+#[test]
+fn a_smile_export_imports_once_sets_only_differences_and_later_orders_find_its_members() {
+    // GIVEN a running shop and a Smile.io export of 1,000 rows, 3 of them bad
+    let shop = Shop::start("import");
+    let file = smile_file(&shop.dir);
+    let path = file.to_str().expect("utf-8 path");
+    let import = |mode: &str| {
+        ok(&shop.loyalty(&[
+            "import",
+            "balances",
+            path,
+            "--program",
+            "kr-shop",
+            "--format",
+            "smile",
+            "--mode",
+            mode,
+            "--json",
+        ]))
+    };
+    // WHEN it is imported
+    let first = import("add");
+    // THEN 997 rows are applied with the stated points and 3 are refused
+    let stated: i64 = (0..997).map(points).sum();
+    assert_eq!(
+        (
+            first["rows"].as_i64(),
+            first["applied"].as_i64(),
+            first["refused"].as_i64()
+        ),
+        (Some(1000), Some(997), Some(3)),
+        "{first}"
+    );
+    assert_eq!(first["points_added"].as_i64(), Some(stated));
+    for i in [1, 500, 996] {
+        let m = shop.member(&format!("email:member{i}@example.com"));
+        assert_eq!(m["balance"].as_i64(), Some(points(i)), "{m}");
+    }
+    // AND the error file names each bad row with its reason
+    let errors = std::fs::read_to_string(first["errors_file"].as_str().expect("errors file"))
+        .expect("error file");
+    let lines: Vec<&str> = errors.lines().collect();
+    assert_eq!(lines.len(), 4, "{errors}");
+    assert!(
+        lines[1].starts_with("999,") && lines[1].contains("not an email"),
+        "{errors}"
+    );
+    assert!(
+        lines[2].starts_with("1000,") && lines[2].contains("whole number"),
+        "{errors}"
+    );
+    assert!(
+        lines[3].starts_with("1001,") && lines[3].contains("empty"),
+        "{errors}"
+    );
+    // WHEN the same file is imported again THEN nothing changes
+    let again = import("add");
+    assert_eq!(
+        (again["applied"].as_i64(), again["unchanged"].as_i64()),
+        (Some(0), Some(997)),
+        "{again}"
+    );
+    assert_eq!(
+        shop.member("email:member1@example.com")["balance"].as_i64(),
+        Some(points(1))
+    );
+    // WHEN two members earn more and the file is imported with --mode set
+    for (member, extra) in [("member7@example.com", 300), ("member8@example.com", 45)] {
+        let (status, answer) = shop.call(
+            "POST",
+            &format!("{P}/members/email:{member}/adjustments"),
+            Some(json!({"points": extra, "reason": "goodwill"})),
+        );
+        assert_eq!(status, 201, "{answer}");
+    }
+    let set = import("set");
+    // THEN only their differences are written, back to the stated balances
+    assert_eq!(
+        (
+            set["applied"].as_i64(),
+            set["unchanged"].as_i64(),
+            set["points_removed"].as_i64()
+        ),
+        (Some(2), Some(995), Some(345)),
+        "{set}"
+    );
+    assert_eq!(
+        shop.member("email:member7@example.com")["balance"].as_i64(),
+        Some(points(7))
+    );
+    // AND the entries say where they came from
+    let ledger = shop.get(&format!("{P}/members/email:member8@example.com/ledger"));
+    let reasons: Vec<&str> = ledger["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"imported from smile.csv, row 10"),
+        "{reasons:?}"
+    );
+    // WHEN a Shopify order arrives for the imported email (customer 7001234, minji@example.com)
+    let occurred =
+        (Utc::now() - chrono::Duration::days(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let body = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/shopify/orders-paid.json"),
+    )
+    .expect("fixture")
+    .replace("__OCCURRED_AT__", &occurred);
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{}/webhooks/shopify/kr-shop", shop.server.base))
+        .header("X-Shopify-Topic", "orders/paid")
+        .header(
+            "X-Shopify-Hmac-Sha256",
+            sign_base64(SHOPIFY_SECRET, body.as_bytes()),
+        )
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .expect("webhook");
+    assert_eq!(response.status().as_u16(), 200);
+    // THEN the imported member is credited, and the Shopify customer is that member
+    let minji = shop.eventually("email:minji@example.com", |v| v["pending"] == 1_000);
+    assert_eq!(minji["balance"].as_i64(), Some(points(0)));
+    assert_eq!(
+        shop.member("shopify:7001234")["member"],
+        "email:minji@example.com"
+    );
+}
+
+fn share_event(id: &str, member: &str) -> Value {
+    json!({"type": "engagement.recorded", "version": 1, "id": id, "program": "kr-shop",
+           "member": member, "occurred_at": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+           "data": {"action": "share", "ref": id}})
+}
+
+#[test]
+fn an_event_rejected_for_an_unknown_action_is_replayed_once_after_the_program_rewards_it() {
+    // GIVEN a member with 1,000 points and an engagement kr-shop does not reward
+    let shop = Shop::start("rejected");
+    let (status, _) = shop.call(
+        "POST",
+        &format!("{P}/members/m-share/adjustments"),
+        Some(json!({"points": 1000, "reason": "opening"})),
+    );
+    assert_eq!(status, 201);
+    let (status, answer) = shop.call(
+        "POST",
+        &format!("{P}/events"),
+        Some(share_event("ev-share-1", "m-share")),
+    );
+    assert_eq!(status, 202, "{answer}");
+    shop.settled();
+    // WHEN operators list the rejected events (CLI and HTTP)
+    let listed = ok(&shop.loyalty(&["rejected", "list", "--program", "kr-shop", "--json"]));
+    let over_http = shop.get(&format!("{P}/rejected-events"));
+    // THEN it is there with its type, member and reason, and the balance is untouched
+    assert_eq!(listed[0]["id"], "ev-share-1", "{listed}");
+    assert_eq!(listed[0]["type"], "engagement.recorded");
+    assert_eq!(listed[0]["member"], "m-share");
+    assert!(listed[0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("\"share\" is not rewarded"));
+    assert_eq!(over_http["events"][0]["id"], "ev-share-1");
+    assert_eq!(shop.member("m-share")["balance"], 1000);
+    // WHEN the program starts rewarding shares with 50 points, and the event is replayed
+    let mut file = shop.get(P)["file"].clone();
+    file["actions"]["share"] = json!({"points": 50});
+    let (status, saved) = shop.call("PUT", P, Some(file));
+    assert_eq!(status, 200, "{saved}");
+    let replayed = ok(&shop.loyalty(&[
+        "rejected",
+        "replay",
+        "ev-share-1",
+        "--program",
+        "kr-shop",
+        "--json",
+    ]));
+    assert_eq!(replayed["replay"], 1);
+    // THEN it is applied once
+    shop.eventually("m-share", |v| v["balance"] == 1050);
+    // WHEN it is replayed a second time, over HTTP
+    let (status, second) = shop.call(
+        "POST",
+        &format!("{P}/rejected-events/ev-share-1/replay"),
+        None,
+    );
+    assert_eq!(status, 202, "{second}");
+    assert_eq!(second["replay"], 2);
+    shop.settled();
+    // THEN nothing changes, and the record says it was replayed twice
+    assert_eq!(shop.member("m-share")["balance"], 1050);
+    let shown = ok(&shop.loyalty(&[
+        "rejected",
+        "show",
+        "ev-share-1",
+        "--program",
+        "kr-shop",
+        "--json",
+    ]));
+    assert_eq!(
+        (shown["status"].as_str(), shown["replays"].as_i64()),
+        (Some("replayed"), Some(2))
+    );
+    // AND an unknown id is a 404 problem
+    let (status, problem) = shop.call("GET", &format!("{P}/rejected-events/ev-nope"), None);
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (404, Some("/problems/rejected-event-not-found"))
+    );
+    // AND a replay that is refused again stays listed, with its new reason
+    let (status, answer) = shop.call(
+        "POST",
+        &format!("{P}/events"),
+        Some(json!({
+        "type": "engagement.recorded", "version": 1, "id": "ev-anniversary", "program": "kr-shop",
+        "member": "m-share", "occurred_at": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+        "data": {"action": "anniversary", "ref": "d"}})),
+    );
+    assert_eq!(status, 202, "{answer}");
+    shop.settled();
+    assert_eq!(
+        shop.call(
+            "POST",
+            &format!("{P}/rejected-events/ev-anniversary/replay"),
+            None
+        )
+        .0,
+        202
+    );
+    shop.settled();
+    let again = shop.get(&format!("{P}/rejected-events/ev-anniversary"));
+    assert_eq!(
+        (again["status"].as_str(), again["replays"].as_i64()),
+        (Some("rejected"), Some(1)),
+        "{again}"
+    );
+}
+
+#[test]
+fn a_message_forced_into_the_dead_letters_is_redriven_and_applied_once() {
+    // GIVEN a purchase that the earn queue gave up on (forced into its dead letters), twice
+    let shop = Shop::start("dlq");
+    let purchase = json!({"type": "purchase.completed", "version": 1, "id": "ev-dlq-1",
+        "program": "kr-shop", "member": "m-dlq",
+        "occurred_at": (Utc::now() - chrono::Duration::days(30)).to_rfc3339_opts(SecondsFormat::Secs, true),
+        "data": {"order_id": "o-dlq-1", "currency": "KRW",
+                 "lines": [{"line_id": "l-1", "quantity": 1, "unit_price": "50000"}]}});
+    let conn = rusqlite::Connection::open(&shop.db).expect("db");
+    let force = || {
+        conn.execute(
+            "INSERT INTO dead_letters (queue, id, body, attempts, error, at) VALUES ('earn', 'kr-shop/ev-dlq-1', ?1, 5, 'store unavailable', ?2)",
+            rusqlite::params![purchase.to_string(), Utc::now().to_rfc3339()],
+        )
+        .expect("forced");
+    };
+    force();
+    // WHEN the dead letters are listed
+    let listed = ok(&shop.loyalty(&["dlq", "list", "--queue", "earn", "--json"]));
+    // THEN it is there with its error
+    assert_eq!(listed["count"], 1, "{listed}");
+    assert_eq!(listed["messages"][0]["error"], "store unavailable");
+    assert_eq!(shop.member("m-dlq")["balance"], 0);
+    // WHEN they are redriven
+    let redriven = ok(&shop.loyalty(&["dlq", "redrive", "--queue", "earn", "--json"]));
+    assert_eq!(redriven["redriven"], 1, "{redriven}");
+    // THEN the purchase is applied: 500 points (1% of 50,000), past its return window
+    let m = shop.eventually("m-dlq", |v| v["balance"] == 500);
+    assert_eq!(m["pending"], 0);
+    // WHEN the same message is forced in again and redriven
+    force();
+    let again = ok(&shop.loyalty(&["dlq", "redrive", "--queue", "earn", "--max", "10", "--json"]));
+    assert_eq!(again["redriven"], 1);
+    shop.settled();
+    // THEN it changes nothing, and no dead letter is left
+    assert_eq!(shop.member("m-dlq")["balance"], 500);
+    let empty = ok(&shop.loyalty(&["dlq", "list", "--queue", "earn", "--json"]));
+    assert_eq!(empty["count"], 0);
+}

@@ -10,6 +10,7 @@ mod dlq;
 mod import;
 mod jobs;
 mod member;
+mod reconcile;
 mod rejected;
 mod report;
 mod serve;
@@ -53,6 +54,8 @@ enum Command {
     Member(member::MemberArgs),
     /// Events refused for good: list, show, replay.
     Rejected(rejected::RejectedArgs),
+    /// Compare a platform's orders and refunds with what was applied; send what is missing.
+    Reconcile(reconcile::ReconcileArgs),
     /// Dead-letter queues: list, redrive.
     Dlq(dlq::DlqArgs),
     /// Bring members and balances over from another programme.
@@ -67,6 +70,12 @@ fn main() -> ExitCode {
     init_logs(cli.log_format);
     if let Command::Audit(args) = cli.command {
         return audit::run(args).unwrap_or_else(|message| {
+            eprintln!("loyalty: {message}");
+            ExitCode::from(2)
+        });
+    }
+    if let Command::Reconcile(args) = cli.command {
+        return reconcile::run(args).unwrap_or_else(|message| {
             eprintln!("loyalty: {message}");
             ExitCode::from(2)
         });
@@ -86,7 +95,7 @@ fn main() -> ExitCode {
         Command::Member(args) => member::run(args),
         Command::Rejected(args) => rejected::run(args),
         Command::Dlq(args) => dlq::run(args),
-        Command::Audit(_) | Command::Import(_) => Ok(()),
+        Command::Audit(_) | Command::Import(_) | Command::Reconcile(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -579,6 +579,10 @@ pub trait OutboxStore: Send + Sync {
     async fn outbox(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError>;
     /// Forgets a message once its queue has it; forgetting it twice is harmless.
     async fn relayed(&self, message: &OutboxMessage) -> Result<(), StoreError>;
+    /// Writes a message that follows from no change of state (an operator's command feeding
+    /// a queue it cannot reach directly), to be relayed like the others. Writing the same
+    /// message twice leaves one.
+    async fn enqueue(&self, message: &OutboxMessage) -> Result<(), StoreError>;
 }
 
 /// A page of member ids and where the next page starts.

@@ -3,5 +3,6 @@
 
 #[cfg(feature = "sqlite")]
 pub mod local;
+pub mod outbox;
 #[cfg(feature = "aws")]
 pub mod sqs_fifo;

@@ -24,6 +24,7 @@ pub mod kpis;
 pub mod members;
 pub mod outbox;
 pub mod programs;
+pub mod reconcile;
 pub mod redemptions;
 pub mod rejections;
 pub mod webhooks;

@@ -146,7 +146,22 @@ impl Services {
             }
             Normalised::Events(events) => events,
         };
-        // Check every event before queueing any, so a delivery is all or nothing.
+        let ids = self.ingest_events(program, events).await?;
+        Ok(Ingested {
+            status: "accepted",
+            events: ids,
+            reason: None,
+        })
+    }
+
+    /// Queues a delivery's events (or parks those waiting for their order), as a webhook does:
+    /// every event is checked before any is queued, so a delivery is all or nothing. Returns
+    /// the ids queued or parked.
+    pub async fn ingest_events(
+        &self,
+        program: &str,
+        events: Vec<PlatformEvent>,
+    ) -> Result<Vec<String>, ServiceError> {
         let mut ready = Vec::with_capacity(events.len());
         for event in events {
             let member = self.member_of(program, &event).await?;
@@ -171,11 +186,7 @@ impl Services {
             }
             ids.push(envelope.id);
         }
-        Ok(Ingested {
-            status: "accepted",
-            events: ids,
-            reason: None,
-        })
+        Ok(ids)
     }
 
     async fn send(&self, envelope: &Envelope) -> Result<(), ServiceError> {
@@ -187,7 +198,7 @@ impl Services {
 
     /// The canonical member of an event, or `None` when it is known only through an order whose
     /// payment has not been seen yet.
-    async fn member_of(
+    pub(crate) async fn member_of(
         &self,
         program: &str,
         event: &PlatformEvent,
@@ -216,17 +227,33 @@ impl Services {
         if let Some(member) = self.store.resolve_alias(program, kind, value).await? {
             return Ok(member);
         }
-        let mut member = identity.to_string();
+        let member = self
+            .member_by_other_identity(program, kind, event)
+            .await?
+            .unwrap_or_else(|| identity.to_string());
+        self.store.put_alias(program, kind, value, &member).await?;
+        Ok(member)
+    }
+
+    /// The member another of the event's identities (its email) is linked to, unless that
+    /// member is another customer of the same platform (two accounts of one shop that share
+    /// an email stay two members until an operator merges them).
+    pub(crate) async fn member_by_other_identity(
+        &self,
+        program: &str,
+        kind: &str,
+        event: &PlatformEvent,
+    ) -> Result<Option<String>, ServiceError> {
         for other in &event.identities {
             if let Some((k, v)) = other.split_once(':') {
                 if let Some(found) = self.store.resolve_alias(program, k, v).await? {
-                    member = found;
-                    break;
+                    if !found.starts_with(&format!("{kind}:")) {
+                        return Ok(Some(found));
+                    }
                 }
             }
         }
-        self.store.put_alias(program, kind, value, &member).await?;
-        Ok(member)
+        Ok(None)
     }
 
     /// Keeps an event until its order's payment names the member. The payment may have been

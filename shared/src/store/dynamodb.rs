@@ -1673,6 +1673,11 @@ impl OutboxStore for DynamoStore {
             .map_err(|e| sdk_error("cannot forget a relayed message", e))?;
         Ok(())
     }
+
+    async fn enqueue(&self, message: &OutboxMessage) -> Result<(), StoreError> {
+        self.put_plain(outbox_item(message)?, "cannot write to the outbox")
+            .await
+    }
 }
 
 fn parked_pk(program: &str, order_key: &str) -> String {

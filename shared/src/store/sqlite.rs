@@ -830,6 +830,11 @@ impl OutboxStore for SqliteStore {
         })
         .await
     }
+
+    async fn enqueue(&self, message: &OutboxMessage) -> Result<(), StoreError> {
+        let message = message.clone();
+        self.with(move |conn| write_outbox(conn, &message)).await
+    }
 }
 
 /// Replaces the member's rows in the due-date index with the dates of this commit.

@@ -75,6 +75,37 @@ pub fn normalise(
     }
 }
 
+/// An order as the Admin REST API gives it (`orders.json?status=any`, refunds included) turned
+/// into the events its webhooks produce, with the same ids: `orders/paid` once paid, then
+/// `refunds/create` for each refund, then `orders/cancelled` if it was cancelled.
+pub fn order_events(order: &Value, now: DateTime<Utc>) -> Result<Vec<PlatformEvent>, WebhookError> {
+    let mut events = Vec::new();
+    let mut add = |normalised: Normalised| {
+        if let Normalised::Events(found) = normalised {
+            events.extend(found);
+        }
+    };
+    let paid = matches!(
+        order.get("financial_status").and_then(Value::as_str),
+        Some("paid" | "partially_refunded" | "refunded")
+    );
+    if paid {
+        add(self::paid(order, now)?);
+    }
+    for refund in order
+        .get("refunds")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        add(self::refund(refund, now)?);
+    }
+    if order.get("cancelled_at").is_some_and(|c| !c.is_null()) {
+        add(cancelled(order, now)?);
+    }
+    Ok(events)
+}
+
 fn customer_of(order: &Value) -> Option<String> {
     order.get("customer").and_then(|c| id(c, "id").ok())
 }

@@ -90,6 +90,16 @@ pub fn normalise(topic: &str, body: &[u8], now: DateTime<Utc>) -> Result<Normali
     }
 }
 
+/// An order as `wp-json/wc/v3/orders` gives it, turned into the events its `order.updated`
+/// webhook produces, with the same ids (WooCommerce's webhooks deliver that same document).
+pub fn order_events(order: &Value, now: DateTime<Utc>) -> Result<Vec<PlatformEvent>, WebhookError> {
+    let body = serde_json::to_vec(order).map_err(|e| invalid(e.to_string()))?;
+    Ok(match normalise("order.updated", &body, now)? {
+        Normalised::Events(events) => events,
+        Normalised::Ignored(_) => Vec::new(),
+    })
+}
+
 fn paid(
     order: &Value,
     order_id: &str,

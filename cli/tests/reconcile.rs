@@ -1,0 +1,462 @@
+//! `loyalty reconcile` from outside: a local fake of a platform's order API (pages, a 429)
+//! against a running `loyalty serve`, whose webhooks were switched off for a day.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use common::{token, Server, BIN};
+use loyalty_core::webhooks::sign_base64;
+use serde_json::Value;
+
+const WOO_SECRET: &str = "woo-reconcile-secret";
+const SHOPIFY_SECRET: &str = "shpss_reconcile";
+const SHOPIFY_TOKEN: &str = "shpat_reconcile";
+const KEY: &str = "ck_reconcile";
+const SECRET: &str = "cs_reconcile";
+
+/// A request the fake API answered: its target, the status given, and its credentials.
+type Request = (String, u16, Option<String>);
+
+/// A platform's order API serving fixed pages: the path a request asked for decides the page;
+/// the first request for page 2 is refused with 429 and `Retry-After: 1`.
+struct FakeApi {
+    base: String,
+    requests: Arc<Mutex<Vec<Request>>>,
+}
+
+impl FakeApi {
+    /// `pages` are JSON arrays of orders; `pages_header` says how the next page is announced.
+    fn start(pages: Vec<String>, woo: bool) -> FakeApi {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
+        let log = requests.clone();
+        let link_base = base.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut auth = None;
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+                        break;
+                    }
+                    let lower = header.to_ascii_lowercase();
+                    if lower.starts_with("authorization:")
+                        || lower.starts_with("x-shopify-access-token:")
+                    {
+                        auth = Some(
+                            header
+                                .split_once(':')
+                                .map(|(_, v)| v.trim().to_string())
+                                .unwrap_or_default(),
+                        );
+                    }
+                }
+                let page = if woo {
+                    target
+                        .rsplit_once("page=")
+                        .and_then(|(_, n)| n.parse::<usize>().ok())
+                        .unwrap_or(1)
+                } else {
+                    target
+                        .rsplit_once("page_info=p")
+                        .and_then(|(_, n)| n.parse::<usize>().ok())
+                        .unwrap_or(1)
+                };
+                let seen_before = log
+                    .lock()
+                    .expect("log")
+                    .iter()
+                    .any(|(t, _, _): &Request| *t == target);
+                let (status, extra, body) = if page == 2 && !seen_before {
+                    (
+                        429,
+                        "Retry-After: 1\r\n".to_string(),
+                        "{\"code\":\"too_many_requests\"}".to_string(),
+                    )
+                } else {
+                    let orders = pages.get(page - 1).cloned().unwrap_or_else(|| "[]".into());
+                    if woo {
+                        (
+                            200,
+                            format!("X-WP-Total: 0\r\nX-WP-TotalPages: {}\r\n", pages.len()),
+                            orders,
+                        )
+                    } else {
+                        let link = if page < pages.len() {
+                            format!("Link: <{link_base}/admin/api/2025-01/orders.json?limit=250&page_info=p{}>; rel=\"next\"\r\n", page + 1)
+                        } else {
+                            String::new()
+                        };
+                        (200, link, format!("{{\"orders\": {orders}}}"))
+                    }
+                };
+                log.lock().expect("log").push((target, status, auth));
+                let mut stream = stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FakeApi { base, requests }
+    }
+}
+
+fn stamp(t: chrono::DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S").to_string()
+}
+
+/// WooCommerce order `id` of customer `customer` (the fixture's two lines, $75.19 in all).
+fn woo_order(id: u32, customer: u32, status: &str, refunds: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/woocommerce/order-processing.json");
+    let now = Utc::now();
+    std::fs::read_to_string(path)
+        .expect("fixture")
+        .replace("\"id\": 727,", &format!("\"id\": {id},"))
+        .replace("\"number\": \"727\"", &format!("\"number\": \"{id}\""))
+        .replace(
+            "\"customer_id\": 55",
+            &format!("\"customer_id\": {customer}"),
+        )
+        .replace(
+            "Ava.Lee@example.com",
+            &format!("customer{customer}@example.com"),
+        )
+        .replace("__STATUS__", status)
+        .replace("__PAID_AT__", &stamp(now - chrono::Duration::days(2)))
+        .replace("__MODIFIED_AT__", &stamp(now - chrono::Duration::days(1)))
+        .replace("__REFUNDS__", refunds)
+}
+
+struct Shop {
+    server: Server,
+    admin: String,
+    db: PathBuf,
+    dir: PathBuf,
+}
+
+impl Shop {
+    fn start(name: &str) -> Shop {
+        let dir =
+            std::env::temp_dir().join(format!("loyalty-reconcile-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let db = dir.join("loyalty.db");
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let (us_shop, kr_shop) = (examples.join("us-shop.toml"), examples.join("kr-shop.toml"));
+        let server = Server::start_env(
+            &[
+                "--db",
+                db.to_str().expect("utf-8"),
+                "--program",
+                us_shop.to_str().expect("utf-8"),
+                "--program",
+                kr_shop.to_str().expect("utf-8"),
+            ],
+            &[
+                ("LOYALTY_SECRET_US_SHOP_WOOCOMMERCE", WOO_SECRET),
+                ("LOYALTY_SECRET_KR_SHOP_SHOPIFY", SHOPIFY_SECRET),
+            ],
+        );
+        Shop {
+            server,
+            admin: token(&["--admin"]),
+            db,
+            dir,
+        }
+    }
+
+    fn shopify(&self, topic: &str, body: &str) {
+        let response = reqwest::blocking::Client::new()
+            .post(format!("{}/webhooks/shopify/kr-shop", self.server.base))
+            .header("X-Shopify-Topic", topic)
+            .header(
+                "X-Shopify-Hmac-Sha256",
+                sign_base64(SHOPIFY_SECRET, body.as_bytes()),
+            )
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .expect("webhook");
+        assert_eq!(response.status().as_u16(), 200);
+    }
+
+    fn webhook(&self, order: &str) {
+        let response = reqwest::blocking::Client::new()
+            .post(format!("{}/webhooks/woocommerce/us-shop", self.server.base))
+            .header("X-WC-Webhook-Topic", "order.updated")
+            .header(
+                "X-WC-Webhook-Signature",
+                sign_base64(WOO_SECRET, order.as_bytes()),
+            )
+            .body(order.to_string())
+            .send()
+            .expect("webhook");
+        assert_eq!(response.status().as_u16(), 200);
+    }
+
+    fn reconcile(&self, api: &FakeApi, extra: &[&str]) -> Value {
+        self.reconcile_on("us-shop", "woocommerce", api, extra)
+    }
+
+    fn reconcile_on(&self, program: &str, platform: &str, api: &FakeApi, extra: &[&str]) -> Value {
+        let since = (Utc::now() - chrono::Duration::days(3))
+            .date_naive()
+            .to_string();
+        let out: Output = Command::new(BIN)
+            .args([
+                "reconcile",
+                "--program",
+                program,
+                "--platform",
+                platform,
+                "--since",
+                &since,
+                "--json",
+            ])
+            .args(extra)
+            .args(["--db", self.db.to_str().expect("utf-8")])
+            .env("LOYALTY_WOOCOMMERCE_URL", &api.base)
+            .env("LOYALTY_WOOCOMMERCE_KEY", KEY)
+            .env("LOYALTY_WOOCOMMERCE_SECRET", SECRET)
+            .env("LOYALTY_SHOPIFY_URL", &api.base)
+            .env("LOYALTY_SHOPIFY_TOKEN", SHOPIFY_TOKEN)
+            .env("LOYALTY_LOG", "warn")
+            .output()
+            .expect("loyalty reconcile runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    }
+
+    fn pending(&self, customer: u32) -> i64 {
+        self.pending_of("us-shop", &format!("woocommerce:{customer}"))
+    }
+
+    fn pending_of(&self, program: &str, member: &str) -> i64 {
+        let (status, v) = self.server.call(
+            "GET",
+            &format!("/v1/programs/{program}/members/{member}"),
+            &self.admin,
+            &[],
+            None,
+        );
+        assert_eq!(status, 200, "{v}");
+        v["pending"].as_i64().unwrap_or(-1)
+    }
+
+    /// Waits until nothing is left to relay or process.
+    fn settled(&self) {
+        let conn = rusqlite::Connection::open(&self.db).expect("db");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let waiting: i64 = conn
+                .query_row(
+                    "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM queue WHERE queue = 'earn')",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap_or(1);
+            if waiting == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{waiting} messages never processed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn balances(&self) -> Vec<i64> {
+        (61..=64).map(|c| self.pending(c)).collect()
+    }
+}
+
+impl Drop for Shop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn missing(result: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = result["not_present"]
+        .as_array()
+        .expect("not_present")
+        .iter()
+        .map(|r| r["event"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn woocommerce_reconcile_credits_exactly_what_the_webhooks_missed_and_nothing_twice() {
+    // GIVEN us-shop, whose WooCommerce webhook delivered orders 1001 and 1004 (unrefunded) and
+    // then was switched off for a day, while 1002 was paid, 1003 was paid and partly refunded,
+    // 1004 was partly refunded, and 1005 waits for payment
+    let shop = Shop::start("woo");
+    let refund = |id: u32| format!(r#"[{{"id": {id}, "reason": "damaged", "total": "-15.04"}}]"#);
+    shop.webhook(&woo_order(1001, 61, "processing", "[]"));
+    shop.webhook(&woo_order(1004, 64, "processing", "[]"));
+    shop.settled();
+    let now_orders = [
+        woo_order(1001, 61, "processing", "[]"),
+        woo_order(1002, 62, "processing", "[]"),
+        woo_order(1003, 63, "processing", &refund(903)),
+        woo_order(1004, 64, "processing", &refund(904)),
+        woo_order(1005, 65, "pending", "[]"),
+    ];
+    // AND the shop's API serves them three to a page, and asks to wait once
+    let api = FakeApi::start(
+        vec![
+            format!("[{},{},{}]", now_orders[0], now_orders[1], now_orders[2]),
+            format!("[{},{}]", now_orders[3], now_orders[4]),
+        ],
+        true,
+    );
+    assert_eq!(shop.balances(), [64, 0, 0, 64]);
+    // WHEN reconcile runs as a dry run
+    let dry = shop.reconcile(&api, &["--dry-run"]);
+    // THEN it names exactly the missed payments and refunds, and changes nothing
+    let expected = [
+        "woocommerce-order-1002-paid",
+        "woocommerce-order-1003-paid",
+        "woocommerce-order-1003-refund-903",
+        "woocommerce-order-1004-refund-904",
+    ];
+    assert_eq!(missing(&dry), expected, "{dry}");
+    assert_eq!(
+        (dry["orders"].as_i64(), dry["present"].as_i64()),
+        (Some(5), Some(2))
+    );
+    shop.settled();
+    assert_eq!(shop.balances(), [64, 0, 0, 64]);
+    // WHEN it runs for real
+    let run = shop.reconcile(&api, &[]);
+    assert_eq!(missing(&run), expected, "{run}");
+    assert_eq!(run["sent"], 4);
+    shop.settled();
+    // THEN the missed orders earn and the refunds take back their share (64 - 12 = 52)
+    assert_eq!(shop.balances(), [64, 64, 52, 52]);
+    // WHEN it runs again THEN everything is present and nothing changes
+    let again = shop.reconcile(&api, &[]);
+    assert_eq!(
+        (again["present"].as_i64(), again["sent"].as_i64()),
+        (Some(6), Some(0)),
+        "{again}"
+    );
+    // WHEN the webhooks that were missed are delivered late
+    for order in &now_orders[1..4] {
+        shop.webhook(order);
+    }
+    shop.settled();
+    // THEN nothing changes either
+    assert_eq!(shop.balances(), [64, 64, 52, 52]);
+    // AND the API was read with the key, and page 2 was asked again after its 429
+    let requests = api.requests.lock().expect("log").clone();
+    let basic = format!("Basic {}", base64_of(&format!("{KEY}:{SECRET}")));
+    assert!(
+        requests
+            .iter()
+            .all(|(_, _, auth)| auth.as_deref() == Some(basic.as_str())),
+        "{requests:?}"
+    );
+    let page2: Vec<u16> = requests
+        .iter()
+        .filter(|(t, _, _)| t.ends_with("page=2"))
+        .map(|(_, s, _)| *s)
+        .collect();
+    assert_eq!(&page2[..2], [429, 200]);
+    assert!(
+        requests[0].0.contains("modified_after="),
+        "{}",
+        requests[0].0
+    );
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn shopify_fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/shopify")
+        .join(name);
+    let occurred =
+        (Utc::now() - chrono::Duration::days(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    std::fs::read_to_string(path)
+        .expect("fixture")
+        .replace("__OCCURRED_AT__", &occurred)
+}
+
+#[test]
+fn shopify_reconcile_follows_link_pages_and_sends_the_missed_payment_and_refund() {
+    // GIVEN kr-shop, whose Shopify webhook delivered order A's payment, then missed order B
+    // (another customer) and A's refund
+    let shop = Shop::start("shopify");
+    let paid_a = shopify_fixture("orders-paid.json");
+    shop.shopify("orders/paid", &paid_a);
+    shop.settled();
+    let refund_a = shopify_fixture("refunds-create.json");
+    let mut order_a: Value = serde_json::from_str(&paid_a).expect("json");
+    order_a["financial_status"] = "partially_refunded".into();
+    order_a["refunds"] = Value::Array(vec![serde_json::from_str(&refund_a).expect("json")]);
+    let mut order_b: Value = serde_json::from_str(&paid_a).expect("json");
+    order_b["id"] = 820982911946154509u64.into();
+    order_b["customer"]["id"] = 7001235.into();
+    order_b["customer"]["email"] = "other@example.com".into();
+    order_b["refunds"] = Value::Array(Vec::new());
+    // AND the Admin API serves them one to a page, linked, and asks to wait once
+    let api = FakeApi::start(vec![format!("[{order_a}]"), format!("[{order_b}]")], false);
+    // WHEN reconcile runs
+    let run = shop.reconcile_on("kr-shop", "shopify", &api, &[]);
+    // THEN it sends exactly B's payment and A's refund
+    assert_eq!(
+        missing(&run),
+        [
+            "shopify-order-820982911946154508-refund-929361464",
+            "shopify-order-820982911946154509-paid",
+        ],
+        "{run}"
+    );
+    shop.settled();
+    // AND A keeps 1,000 - 450 pending, B earns 1,000
+    assert_eq!(shop.pending_of("kr-shop", "shopify:7001234"), 550);
+    assert_eq!(shop.pending_of("kr-shop", "shopify:7001235"), 1000);
+    // WHEN the refund webhook arrives late THEN nothing changes
+    shop.shopify("refunds/create", &refund_a);
+    shop.settled();
+    assert_eq!(shop.pending_of("kr-shop", "shopify:7001234"), 550);
+    // AND the API was read with the access token and status=any, following the Link header
+    let requests = api.requests.lock().expect("log").clone();
+    assert!(
+        requests
+            .iter()
+            .all(|(_, _, auth)| auth.as_deref() == Some(SHOPIFY_TOKEN)),
+        "{requests:?}"
+    );
+    assert!(requests[0].0.contains("status=any") && requests[0].0.contains("updated_at_min="));
+    let statuses: Vec<u16> = requests.iter().map(|(_, s, _)| *s).collect();
+    assert_eq!(statuses, [200, 429, 200]);
+}

@@ -1,0 +1,106 @@
+//! Reconciliation with a shop platform: its orders and refunds, read from its API, compared
+//! with what the engine applied; what is missing is sent as the very events its webhooks would
+//! have produced (same ids), so whatever arrives twice counts once.
+
+use serde::Serialize;
+
+use super::{ServiceError, Services};
+use crate::ports::EventMarker;
+use crate::webhooks::{MemberRef, PlatformEvent};
+
+/// What reconciliation found for one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reconciled {
+    pub event: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub order_id: String,
+    pub member: Option<String>,
+    /// `present` (applied before), `missing` (a dry run), `sent`, or `refused` with the reason.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Services {
+    /// Each event in turn: applied already (its marker is there), or sent now. One event that
+    /// cannot be sent is reported and the others go on.
+    pub async fn reconcile_events(
+        &self,
+        program: &str,
+        events: Vec<PlatformEvent>,
+        dry_run: bool,
+    ) -> Result<Vec<Reconciled>, ServiceError> {
+        let program = self.program(program).await?;
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            let member = self.known_member(&program.id, &event).await?;
+            let field = |name: &str| {
+                event
+                    .data
+                    .get(name)
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let marker = EventMarker {
+                source: field("platform"),
+                event_id: event.id.clone(),
+            };
+            let present = match &member {
+                Some(m) => self.store.has_marker(&program.id, m, &marker).await?,
+                None => false,
+            };
+            let mut found = Reconciled {
+                event: event.id.clone(),
+                kind: event.kind.to_string(),
+                order_id: field("order_id"),
+                member,
+                status: "present",
+                reason: None,
+            };
+            if !present {
+                found.status = "missing";
+                if !dry_run {
+                    match self.ingest_events(&program.id, vec![event]).await {
+                        Ok(_) => found.status = "sent",
+                        Err(
+                            e @ (ServiceError::Invalid { .. } | ServiceError::Unprocessable { .. }),
+                        ) => {
+                            found.status = "refused";
+                            found.reason = Some(e.to_string());
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            out.push(found);
+        }
+        Ok(out)
+    }
+
+    /// The event's member as far as the store knows it, read only (a dry run writes nothing).
+    async fn known_member(
+        &self,
+        program: &str,
+        event: &PlatformEvent,
+    ) -> Result<Option<String>, ServiceError> {
+        let identity = match &event.member {
+            MemberRef::Order(key) => {
+                return Ok(self.store.resolve_alias(program, "order", key).await?)
+            }
+            MemberRef::Identity(identity) => identity,
+        };
+        let Some((kind, value)) = identity.split_once(':') else {
+            return Ok(Some(identity.clone()));
+        };
+        if let Some(member) = self.store.resolve_alias(program, kind, value).await? {
+            return Ok(Some(member));
+        }
+        Ok(Some(
+            self.member_by_other_identity(program, kind, event)
+                .await?
+                .unwrap_or_else(|| identity.clone()),
+        ))
+    }
+}

@@ -25,7 +25,7 @@ enum MemberCommand {
 
 #[derive(Debug, Args)]
 struct ExportArgs {
-    /// The member id.
+    /// The member id, or an identity linked to it (`email:ann@example.com`).
     member: String,
     #[command(flatten)]
     store: StoreArgs,
@@ -45,7 +45,13 @@ pub fn run(args: MemberArgs) -> Result<(), String> {
 async fn export(args: ExportArgs) -> Result<(), String> {
     let services = args.store.open().await?.services();
     let program = program_of(&services, args.program.as_deref()).await?;
-    let member = loyalty_core::ids::MemberId::parse(&args.member).map_err(|e| e.to_string())?;
+    let named = loyalty_core::ids::MemberId::parse(&args.member).map_err(|e| e.to_string())?;
+    // An identity (`email:ann@example.com`) names its member, as in the admin routes.
+    let canonical = services
+        .canonical_member(&program, &named)
+        .await
+        .map_err(|e| e.to_string())?;
+    let member = loyalty_core::ids::MemberId::parse(&canonical).map_err(|e| e.to_string())?;
     let chunks = services
         .export_member(&program, &member)
         .await

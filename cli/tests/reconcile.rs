@@ -460,3 +460,98 @@ fn shopify_reconcile_follows_link_pages_and_sends_the_missed_payment_and_refund(
     let statuses: Vec<u16> = requests.iter().map(|(_, s, _)| *s).collect();
     assert_eq!(statuses, [200, 429, 200]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_on_a_table_leaves_what_is_missing_in_its_outbox() {
+    use loyalty_core::ports::OutboxStore;
+    use loyalty_core::services::programs::ProgramFormat;
+    use loyalty_core::store::dynamodb::DynamoStore;
+    // GIVEN a table of its own with us-shop, which has seen none of two WooCommerce orders
+    let endpoint = std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
+        panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run the tests with scripts/test, which starts moto")
+    });
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .endpoint_url(&endpoint)
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "reconcile",
+        ))
+        .build();
+    let table = format!("loyalty-reconcile-{}", uuid::Uuid::new_v4().simple());
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(config), &table);
+    store.create_table().await.expect("moto creates the table");
+    let services = loyalty_core::services::Services::new(
+        Arc::new(store.clone()),
+        Arc::new(loyalty_core::queue::outbox::OutboxQueue::new(Arc::new(
+            store.clone(),
+        ))),
+        Arc::new(loyalty_core::ports::SystemClock),
+    );
+    let us_shop = include_str!("../../examples/us-shop.toml");
+    services
+        .put_program("us-shop", us_shop, ProgramFormat::Toml)
+        .await
+        .expect("program");
+    let api = FakeApi::start(
+        vec![format!(
+            "[{},{}]",
+            woo_order(2001, 71, "processing", "[]"),
+            woo_order(2002, 72, "completed", "[]")
+        )],
+        true,
+    );
+    // WHEN reconcile runs against the table
+    let since = (Utc::now() - chrono::Duration::days(3))
+        .date_naive()
+        .to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "reconcile",
+                "--platform",
+                "woocommerce",
+                "--since",
+                &since,
+                "--json",
+            ])
+            .args(["--table", &table])
+            .env("LOYALTY_WOOCOMMERCE_URL", &api.base)
+            .env("LOYALTY_WOOCOMMERCE_KEY", KEY)
+            .env("LOYALTY_WOOCOMMERCE_SECRET", SECRET)
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("LOYALTY_LOG", "warn")
+            .output()
+            .expect("loyalty reconcile runs")
+    })
+    .await
+    .expect("joined");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    // THEN both payments were sent: they wait in the table's outbox for the stream's relay
+    assert_eq!(result["sent"], 2, "{result}");
+    let mut waiting: Vec<String> = store
+        .outbox(100)
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter(|m| m.queue == loyalty_core::ports::QueueName::Earn)
+        .map(|m| m.envelope.id)
+        .collect();
+    waiting.sort();
+    assert_eq!(
+        waiting,
+        ["woocommerce-order-2001-paid", "woocommerce-order-2002-paid"]
+    );
+}

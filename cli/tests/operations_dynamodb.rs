@@ -1,0 +1,177 @@
+//! `loyalty import balances` and `loyalty rejected` with `--table`, against a DynamoDB table in
+//! moto. `scripts/test` starts moto and exports `LOYALTY_TEST_DYNAMODB_ENDPOINT`; without it
+//! this test fails, saying so.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{SecondsFormat, Utc};
+use common::BIN;
+use loyalty_core::envelope::Envelope;
+use loyalty_core::ports::{OutboxStore, Queue, QueueError, QueueName, SystemClock};
+use loyalty_core::services::earn::Processed;
+use loyalty_core::services::programs::ProgramFormat;
+use loyalty_core::services::Services;
+use loyalty_core::store::dynamodb::DynamoStore;
+use serde_json::{json, Value};
+
+const KR_SHOP: &str = include_str!("../../examples/kr-shop.toml");
+
+/// Follow-ups are not this test's subject.
+struct Dropped;
+
+#[async_trait]
+impl Queue for Dropped {
+    async fn send(&self, _: QueueName, _: &Envelope) -> Result<(), QueueError> {
+        Ok(())
+    }
+}
+
+fn endpoint() -> String {
+    std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
+        panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run the tests with scripts/test, which starts moto")
+    })
+}
+
+fn client() -> aws_sdk_dynamodb::Client {
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "cli-ops"))
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+fn loyalty(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("LOYALTY_LOG", "warn")
+        .output()
+        .expect("loyalty runs")
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yotpo_import_and_a_replay_work_on_a_table() {
+    // GIVEN a table of its own with kr-shop, and a Yotpo export of three rows, one bad
+    let table = format!("loyalty-cli-ops-{}", uuid::Uuid::new_v4().simple());
+    let store = DynamoStore::new(client(), &table);
+    store.create_table().await.expect("moto creates the table");
+    let store = Arc::new(store);
+    let services = Services::new(store.clone(), Arc::new(Dropped), Arc::new(SystemClock));
+    services
+        .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+        .await
+        .expect("program");
+    let dir =
+        std::env::temp_dir().join(format!("loyalty-ops-ddb-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("yotpo.csv");
+    std::fs::write(
+        &file,
+        "First Name,Email,Points Balance,Points Spent,Birthday (MM/DD) or (MM/DD/YYYY)\n\
+         Ann,ann@example.com,1200,50,03/07/1990\n\
+         Bo,bo@example.com,,0,\n\
+         Cy,cy@example.com,300,0,13/45\n",
+    )
+    .expect("file");
+    let import = || {
+        json_of(&loyalty(&[
+            "import",
+            "balances",
+            file.to_str().expect("utf-8"),
+            "--table",
+            &table,
+            "--format",
+            "yotpo",
+            "--json",
+        ]))
+    };
+
+    // WHEN it is imported into the table, twice
+    let first = import();
+    let second = import();
+
+    // THEN Ann has her balance and birthday, Bo (no balance) is known, Cy's bad birthday is
+    // refused, and the second run changes nothing
+    assert_eq!(
+        (
+            first["applied"].as_i64(),
+            first["unchanged"].as_i64(),
+            first["refused"].as_i64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{first}"
+    );
+    assert_eq!(
+        (second["applied"].as_i64(), second["unchanged"].as_i64()),
+        (Some(0), Some(2))
+    );
+    let ann = services
+        .member_view("kr-shop", "email:ann@example.com")
+        .await
+        .expect("view");
+    assert_eq!(ann.balance, 1200);
+    let export = json_of(&loyalty(&[
+        "member",
+        "export",
+        "email:ann@example.com",
+        "--table",
+        &table,
+    ]));
+    assert_eq!(export["profile"]["birthday"], "03-07", "{export}");
+
+    // GIVEN an engagement kr-shop does not reward, refused by earn
+    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+    let share = json!({"type": "engagement.recorded", "version": 1, "id": "ev-t-share",
+        "program": "kr-shop", "member": "email:ann@example.com", "occurred_at": now,
+        "data": {"action": "share", "ref": "t"}})
+    .to_string();
+    assert!(matches!(
+        services.process_earn(&share).await.expect("processed"),
+        Processed::Rejected(_)
+    ));
+
+    // WHEN operators list it and replay it from the table
+    let listed = json_of(&loyalty(&["rejected", "list", "--table", &table, "--json"]));
+    let replayed = json_of(&loyalty(&[
+        "rejected",
+        "replay",
+        "ev-t-share",
+        "--table",
+        &table,
+        "--json",
+    ]));
+
+    // THEN it was listed, and its replay waits in the outbox with the event's own id
+    assert_eq!(listed[0]["id"], "ev-t-share", "{listed}");
+    assert_eq!(replayed["replay"], 1);
+    let waiting = store.outbox(100).await.expect("outbox");
+    let message = waiting
+        .iter()
+        .find(|m| m.envelope.id == "ev-t-share")
+        .expect("the replay in the outbox");
+    assert_eq!(
+        (message.queue, message.envelope.replay),
+        (QueueName::Earn, Some(1))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

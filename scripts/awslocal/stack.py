@@ -345,6 +345,7 @@ class Stack:
             "sources": {s.source.name: s.stats for s in self.sources},
             "actions": sorted(list(a) for a in self.proxy.actions),
             "queues": self.queue_depths(),
+            "queue_urls": dict(self.queue_urls),
             "requests": proxy,
             "schedules": {name: r.runs[-5:] for name, r in self.schedules.items()},
         }

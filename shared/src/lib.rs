@@ -16,6 +16,8 @@ pub mod ids;
 pub mod imports;
 pub mod kpis;
 pub mod liability;
+#[cfg(feature = "platform-api")]
+pub mod platforms;
 pub mod ports;
 pub mod queue;
 pub mod report;

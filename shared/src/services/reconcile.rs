@@ -104,3 +104,62 @@ impl Services {
         ))
     }
 }
+
+/// A reconciliation over a window of time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    pub orders: u64,
+    pub results: Vec<Reconciled>,
+}
+
+impl ReconcileReport {
+    pub fn count(&self, status: &str) -> usize {
+        self.results.iter().filter(|r| r.status == status).count()
+    }
+}
+
+#[cfg(feature = "platform-api")]
+impl Services {
+    /// Reads every order changed in `[after, before)` from the platform, page by page, and
+    /// reconciles each. A platform that cannot be read is [`ServiceError::Busy`].
+    pub async fn reconcile_platform(
+        &self,
+        program: &str,
+        api: &crate::platforms::OrderApi,
+        after: chrono::DateTime<chrono::Utc>,
+        before: chrono::DateTime<chrono::Utc>,
+        dry_run: bool,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<ReconcileReport, ServiceError> {
+        let mut report = ReconcileReport::default();
+        let mut next = Some(api.first_page(after, before));
+        while let Some(url) = next {
+            let (page, following) = api.page(&url).await.map_err(ServiceError::Busy)?;
+            next = following;
+            for order in page {
+                report.orders += 1;
+                progress(report.orders);
+                // An order that cannot be read is reported, and the others go on.
+                let events = match api.events(&order) {
+                    Ok(events) => events,
+                    Err(reason) => {
+                        let id = order.get("id").map(|v| v.to_string()).unwrap_or_default();
+                        report.results.push(Reconciled {
+                            event: format!("order-{}", id.trim_matches('"')),
+                            kind: "order".into(),
+                            order_id: id.trim_matches('"').to_string(),
+                            member: None,
+                            status: "refused",
+                            reason: Some(reason),
+                        });
+                        continue;
+                    }
+                };
+                report
+                    .results
+                    .extend(self.reconcile_events(program, events, dry_run).await?);
+            }
+        }
+        Ok(report)
+    }
+}

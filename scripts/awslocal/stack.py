@@ -210,6 +210,12 @@ class Stack:
                         name = f"/loyalty/{program}/{platform}{param_suffix}"
                         self.ssm.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
                         names.append(name)
+                # A shop's order API (JSON: url and key/secret or token), for reconciliation.
+                api = os.environ.get(secret_variable(program, platform).replace(SECRET_PREFIX, "LOYALTY_API_", 1))
+                if api:
+                    name = f"/loyalty/{program}/{platform}/api"
+                    self.ssm.put_parameter(Name=name, Value=api, Type="SecureString", Overwrite=True)
+                    names.append(name)
         self.lines.append(f"SSM parameters: {', '.join(names) if names else 'none (no LOYALTY_SECRET_* variables)'}")
 
     def _program_ids(self) -> list[str]:

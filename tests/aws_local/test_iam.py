@@ -6,9 +6,11 @@ policy in infra/template.yaml, both ways: nothing missing, nothing unused."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -20,6 +22,37 @@ from test_tour import tour
 
 TEMPLATE = ROOT / "infra" / "template.yaml"
 P = "/v1/programs/kr-shop"
+
+
+def woocommerce_api() -> tuple[ThreadingHTTPServer, list[str]]:
+    """kr-shop's WooCommerce order API: one paid order (customer 88) the webhooks never sent."""
+    paid = (datetime.now(timezone.utc) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S")
+    order = {"id": 5501, "status": "processing", "currency": "KRW", "prices_include_tax": False,
+             "date_created_gmt": paid, "date_paid_gmt": paid, "date_modified_gmt": paid,
+             "shipping_total": "0", "total_tax": "0", "total": "30000", "customer_id": 88,
+             "billing": {"email": "iam-woo@example.com"},
+             "line_items": [{"id": 1, "quantity": 1, "subtotal": "30000", "subtotal_tax": "0",
+                             "total": "30000", "total_tax": "0", "sku": "MUG"}],
+             "refunds": []}
+    asked: list[str] = []
+
+    class Orders(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            asked.append(self.path)
+            body = json.dumps([order]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("X-WP-TotalPages", "1")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Orders)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, asked
 
 
 def invoke(stack: Running, function: str, payload: dict) -> dict:
@@ -99,9 +132,12 @@ def exercise(stack: Running) -> None:
     assert call("POST", f"{P}/rejected-events/ev-iam-share/replay")[0] == 202
     step("rejected events")
     # Every schedule, and the full pass that no schedule runs.
-    for name in ("ReleasePending", "ExpirePoints", "TierReviews", "Notices", "CampaignTick"):
+    for name in ("ReleasePending", "ExpirePoints", "TierReviews", "Notices", "CampaignTick", "ReconcilePlatforms"):
         assert stack.run_schedule(name)["ok"], name
     step("schedules")
+    # The reconciliation read the shop's API and sent the order its webhook never delivered.
+    stack.eventually(lambda: call("GET", f"{P}/members/woocommerce:88")[1].get("pending") == 300, timeout=60,
+                     what="the reconciled order")
     result = invoke(stack, "tier-recalc", {"job": "recalculate-tiers"})
     assert result["ok"], result
     step("recalculate-tiers")
@@ -117,15 +153,20 @@ def used(tmp_path_factory):
     program = tmp_path_factory.mktemp("iam") / "kr-shop.toml"
     program.write_text((ROOT / "examples" / "kr-shop.toml").read_text()
                        + '\n[actions.anniversary]\npoints = 500\nlimit = { count = 1, per = "year" }\n')
-    running = start_stack("--schedules-every", "0", "--visibility-timeout", "2", "--program", str(program))
+    api, asked = woocommerce_api()
+    credentials = json.dumps({"url": f"http://127.0.0.1:{api.server_address[1]}", "key": "ck_iam", "secret": "cs_iam"})
+    running = start_stack("--schedules-every", "0", "--visibility-timeout", "2", "--program", str(program),
+                          env={"LOYALTY_API_KR_SHOP_WOOCOMMERCE": credentials})
     try:
         exercise(running)
+        assert any("modified_after=" in path for path in asked), asked
         actions: dict[str, set[tuple[str, str]]] = {}
         for function, action, resource in running.status()["actions"]:
             actions.setdefault(function, set()).add((action, resource))
         return actions
     finally:
         stop_stack(running)
+        api.shutdown()
 
 
 def test_every_function_uses_exactly_what_the_template_grants(used):

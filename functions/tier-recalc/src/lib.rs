@@ -1,10 +1,12 @@
 //! The tier-recalc function has two triggers: the tier queue (SQS FIFO batches of
 //! `tier.check`, answered with partial batch failures) and EventBridge schedules whose input is
-//! `{"job": "<name>"}` (optionally with `"program"` and `"date"`).
+//! `{"job": "<name>"}` (optionally with `"program"` and `"date"`). One of the jobs,
+//! `reconcile-platforms`, reads the shops' order APIs with credentials from SSM.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use loyalty_core::services::batch::{handle_sqs_event, Consumer};
 use loyalty_core::services::jobs::{failed_programs, Deadline, Job, JobReport};
+use loyalty_core::services::reconcile::{PlatformKeys, RECONCILE_JOB};
 use loyalty_core::services::Services;
 use serde_json::Value;
 
@@ -32,6 +34,16 @@ pub async fn handle_until(
     event: Value,
     deadline: Deadline,
 ) -> Result<Value, InvocationError> {
+    handle_with(services, None, event, deadline).await
+}
+
+/// As [`handle_until`], with where the platforms' API credentials are (the reconciliation).
+pub async fn handle_with(
+    services: &Services,
+    keys: Option<&dyn PlatformKeys>,
+    event: Value,
+    deadline: Deadline,
+) -> Result<Value, InvocationError> {
     if event.get("Records").is_some() {
         let batch: SqsEvent = serde_json::from_value(event)
             .map_err(|e| InvocationError::Unrecognised(e.to_string()))?;
@@ -41,6 +53,9 @@ pub async fn handle_until(
     }
     let schedule: Schedule =
         serde_json::from_value(event).map_err(|e| InvocationError::Unrecognised(e.to_string()))?;
+    if schedule.job == RECONCILE_JOB {
+        return reconcile(services, keys, &schedule).await;
+    }
     let reports = run_schedule(services, &schedule, deadline).await?;
     serde_json::to_value(reports).map_err(|e| InvocationError::Job(e.to_string()))
 }
@@ -75,4 +90,32 @@ pub async fn run_schedule(
         None => Ok(reports),
         Some(failed) => Err(InvocationError::Job(failed)),
     }
+}
+
+/// Reconciles every program with the platforms it has API credentials for. A program that
+/// failed fails the invocation, after the others ran.
+async fn reconcile(
+    services: &Services,
+    keys: Option<&dyn PlatformKeys>,
+    schedule: &Schedule,
+) -> Result<Value, InvocationError> {
+    let keys = keys.ok_or_else(|| {
+        InvocationError::Job("no source of platform API credentials is configured".into())
+    })?;
+    let runs = services
+        .reconcile_platforms(keys, schedule.program.as_deref())
+        .await
+        .map_err(|e| InvocationError::Job(e.to_string()))?;
+    let failed: Vec<String> = runs
+        .iter()
+        .filter_map(|r| {
+            r.error
+                .as_ref()
+                .map(|e| format!("{}/{}: {e}", r.program, r.platform))
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Err(InvocationError::Job(failed.join("; ")));
+    }
+    serde_json::to_value(runs).map_err(|e| InvocationError::Job(e.to_string()))
 }

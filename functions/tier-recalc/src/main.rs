@@ -3,6 +3,7 @@
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use loyalty_core::config::AwsSettings;
+use loyalty_core::webhooks::ssm::SsmSecrets;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -10,10 +11,13 @@ async fn main() -> Result<(), Error> {
     let settings = AwsSettings::from_env()?;
     let services = settings.services().await;
     let services = &services;
+    let config = loyalty_core::aws::sdk_config(None).await;
+    let keys = SsmSecrets::new(aws_sdk_ssm::Client::new(&config));
+    let keys = &keys;
     run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
             let deadline = loyalty_core::services::jobs::deadline_of(event.context.deadline);
-            tier_recalc::handle_until(services, event.payload, deadline)
+            tier_recalc::handle_with(services, Some(keys), event.payload, deadline)
                 .await
                 .map_err(Error::from)
         },

@@ -163,3 +163,129 @@ impl Services {
         Ok(report)
     }
 }
+
+/// The scheduled job that reconciles every program with each platform it has API credentials
+/// for (in AWS, hourly: WooCommerce never retries a failed webhook).
+pub const RECONCILE_JOB: &str = "reconcile-platforms";
+
+/// Where a program's API credentials for a platform are kept (SSM in AWS), as JSON.
+#[cfg(feature = "platform-api")]
+#[async_trait::async_trait]
+pub trait PlatformKeys: Send + Sync {
+    async fn api_credentials(
+        &self,
+        program: &str,
+        platform: crate::webhooks::Platform,
+    ) -> Result<Option<String>, crate::ports::StoreError>;
+}
+
+/// One program and platform of a scheduled reconciliation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReconcileRun {
+    pub program: String,
+    pub platform: String,
+    /// The window read: orders changed in `[after, before)`.
+    pub after: Option<chrono::DateTime<chrono::Utc>>,
+    pub before: Option<chrono::DateTime<chrono::Utc>>,
+    pub orders: u64,
+    pub present: usize,
+    pub sent: usize,
+    pub refused: usize,
+    pub error: Option<String>,
+}
+
+/// Each run reads from where the last one ended, less this, so that an order changed while
+/// the last one read is not missed.
+#[cfg(feature = "platform-api")]
+const OVERLAP_MINUTES: i64 = 60;
+/// How far back a program's first run reads.
+#[cfg(feature = "platform-api")]
+const FIRST_RUN_HOURS: i64 = 24;
+
+#[cfg(feature = "platform-api")]
+impl Services {
+    /// The scheduled job: every program (or one), every platform it has credentials for. One
+    /// that fails is reported and retried by the next run; the others go on. What is missing
+    /// is sent through the outbox, as an operator's command would.
+    pub async fn reconcile_platforms(
+        &self,
+        keys: &dyn PlatformKeys,
+        program: Option<&str>,
+    ) -> Result<Vec<ReconcileRun>, ServiceError> {
+        let programs = match program {
+            Some(p) => vec![p.to_string()],
+            None => self.store.program_ids().await?,
+        };
+        let outbox = Services::new(
+            self.store.clone(),
+            std::sync::Arc::new(crate::queue::outbox::OutboxQueue::new(self.store.clone())),
+            self.clock.clone(),
+        );
+        let mut runs = Vec::new();
+        for program in programs {
+            for platform in crate::platforms::RECONCILED {
+                let mut run = ReconcileRun {
+                    program: program.clone(),
+                    platform: platform.as_str().to_string(),
+                    ..ReconcileRun::default()
+                };
+                match outbox
+                    .reconcile_window(keys, &program, platform, &mut run)
+                    .await
+                {
+                    Ok(true) => runs.push(run),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(program, platform = %platform, error = %e, "reconciliation failed; the next run retries it");
+                        run.error = Some(e.to_string());
+                        runs.push(run);
+                    }
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// One program and platform; `false` when it has no credentials (nothing to do).
+    async fn reconcile_window(
+        &self,
+        keys: &dyn PlatformKeys,
+        program: &str,
+        platform: crate::webhooks::Platform,
+        run: &mut ReconcileRun,
+    ) -> Result<bool, ServiceError> {
+        let Some(text) = keys.api_credentials(program, platform).await? else {
+            return Ok(false);
+        };
+        let credentials = crate::platforms::ApiCredentials::from_json(platform, &text)
+            .map_err(|e| ServiceError::invalid("invalid-credentials", e))?;
+        let api = crate::platforms::OrderApi::new(platform, &credentials)
+            .map_err(|e| ServiceError::invalid("invalid-credentials", e))?;
+        let job = format!("{RECONCILE_JOB}-{platform}");
+        let now = self.clock.now();
+        let last = self
+            .store
+            .job_progress(program, &job)
+            .await?
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc));
+        let after = match last {
+            Some(t) => t - chrono::Duration::minutes(OVERLAP_MINUTES),
+            None => now - chrono::Duration::hours(FIRST_RUN_HOURS),
+        };
+        run.after = Some(after);
+        run.before = Some(now);
+        let report = self
+            .reconcile_platform(program, &api, after, now, false, &|_| {})
+            .await?;
+        run.orders = report.orders;
+        run.present = report.count("present");
+        run.sent = report.count("sent");
+        run.refused = report.count("refused");
+        tracing::info!(program, platform = %platform, orders = run.orders, sent = run.sent, refused = run.refused, "reconciled");
+        self.store
+            .save_job_progress(program, &job, Some(&now.to_rfc3339()))
+            .await?;
+        Ok(true)
+    }
+}

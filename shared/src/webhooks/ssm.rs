@@ -108,3 +108,18 @@ impl Secrets for SsmSecrets {
         Ok(values)
     }
 }
+
+/// A program's API credentials for a platform's order API (`/loyalty/{program}/{platform}/api`,
+/// a SecureString of JSON), read by the reconciliation job once per run, never cached.
+#[cfg(feature = "platform-api")]
+#[async_trait]
+impl crate::services::reconcile::PlatformKeys for SsmSecrets {
+    async fn api_credentials(
+        &self,
+        program: &str,
+        platform: Platform,
+    ) -> Result<Option<String>, StoreError> {
+        self.fetch(&format!("{}/api", parameter_name(program, platform)))
+            .await
+    }
+}

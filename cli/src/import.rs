@@ -4,13 +4,16 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use loyalty_core::domain::import::ImportMode;
-use loyalty_core::imports::{read_balances, BalanceFile, BalanceFormat};
+use loyalty_core::imports::{read_balances, read_shopify_orders, BalanceFile, BalanceFormat};
+use loyalty_core::queue::outbox::OutboxQueue;
 use loyalty_core::services::import::{ImportSummary, RowOrigin, RowOutcome};
+use loyalty_core::services::Services;
 use serde_json::json;
 
 use crate::report::program_of;
@@ -30,6 +33,36 @@ enum ImportCommand {
     /// Balances from a Smile.io, LoyaltyLion or Yotpo export, or our own CSV. Each row is
     /// applied once: importing the same file again changes nothing.
     Balances(BalanceArgs),
+    /// Paid orders from Shopify's order export, as the events their webhooks produce (same
+    /// ids): what was applied before is left alone, and a webhook arriving later counts once.
+    Orders(OrderArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OrderPlatform {
+    Shopify,
+}
+
+#[derive(Debug, Args)]
+struct OrderArgs {
+    /// The CSV file (Shopify admin: Orders > Export).
+    file: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The program (needed only when the store has several).
+    #[arg(long)]
+    program: Option<String>,
+    #[arg(long, value_enum)]
+    platform: OrderPlatform,
+    /// Say what would be sent, and send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Where the refused orders go, with their reasons (default: FILE.errors.csv).
+    #[arg(long)]
+    errors: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,8 +108,107 @@ struct BalanceArgs {
 /// Exit status: 0 when every row was applied or unchanged, 1 when some were refused (the
 /// others were applied), 2 when nothing could be done.
 pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
-    let ImportCommand::Balances(args) = args.command;
-    runtime()?.block_on(balances(args))
+    match args.command {
+        ImportCommand::Balances(args) => runtime()?.block_on(balances(args)),
+        ImportCommand::Orders(args) => runtime()?.block_on(orders(args)),
+    }
+}
+
+async fn orders(args: OrderArgs) -> Result<ExitCode, String> {
+    let OrderPlatform::Shopify = args.platform;
+    let bytes = std::fs::read(&args.file)
+        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let opened = args.store.open().await?;
+    let store = opened.store();
+    // What is sent goes through the outbox, relayed by the running system.
+    let services = Services::new(
+        store.clone(),
+        Arc::new(OutboxQueue::new(store)),
+        Arc::new(loyalty_core::ports::SystemClock),
+    );
+    let program = program_of(&services, args.program.as_deref()).await?;
+    let currency = services
+        .program(&program)
+        .await
+        .map_err(|e| e.to_string())?
+        .currency;
+    let orders = read_shopify_orders(&bytes, currency)
+        .map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let bar = progress(orders.len() as u64);
+    let mut counts: HashMap<&'static str, u64> = HashMap::new();
+    let mut refused: Vec<(u64, String, String)> = Vec::new();
+    for order in &orders {
+        match &order.read {
+            Err(reason) => refused.push((order.line, order.name.clone(), reason.clone())),
+            Ok(event) => {
+                let found = services
+                    .reconcile_events(&program, vec![event.clone()], args.dry_run)
+                    .await
+                    .map_err(|e| format!("order {}: {e}", order.name))?;
+                for r in found {
+                    match r.reason {
+                        Some(reason) => refused.push((order.line, order.name.clone(), reason)),
+                        None => *counts.entry(r.status).or_default() += 1,
+                    }
+                }
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let errors_path = args
+        .errors
+        .clone()
+        .unwrap_or_else(|| errors_beside(&args.file));
+    let errors_file = if refused.is_empty() {
+        None
+    } else {
+        let cannot =
+            |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", errors_path.display());
+        let mut out = csv::Writer::from_path(&errors_path).map_err(|e| cannot(&e))?;
+        out.write_record(["line", "order", "error"])
+            .map_err(|e| cannot(&e))?;
+        for (line, name, reason) in &refused {
+            out.write_record([line.to_string(), name.clone(), reason.clone()])
+                .map_err(|e| cannot(&e))?;
+        }
+        out.flush().map_err(|e| cannot(&e))?;
+        Some(errors_path.display().to_string())
+    };
+    let count = |s: &str| counts.get(s).copied().unwrap_or(0);
+    let doc = json!({
+        "file": args.file.display().to_string(),
+        "dry_run": args.dry_run,
+        "orders": orders.len(),
+        "present": count("present"),
+        "missing": count("missing") + count("sent"),
+        "sent": count("sent"),
+        "refused": refused.len(),
+        "errors_file": errors_file,
+    });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "import: orders={} present={} missing={} sent={} refused={}",
+            orders.len(),
+            count("present"),
+            count("missing") + count("sent"),
+            count("sent"),
+            refused.len()
+        );
+        if let Some(path) = &errors_file {
+            println!("refused orders, with their reasons: {path}");
+        }
+    }
+    Ok(if refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {

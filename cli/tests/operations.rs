@@ -433,3 +433,102 @@ fn a_message_forced_into_the_dead_letters_is_redriven_and_applied_once() {
     let empty = ok(&shop.loyalty(&["dlq", "list", "--queue", "earn", "--json"]));
     assert_eq!(empty["count"], 0);
 }
+
+/// Shopify's order export: #1001 (the webhook fixture's order, two line rows), a refunded
+/// order, a guest order and a new customer's order.
+fn shopify_export(dir: &Path) -> PathBuf {
+    let paid = (Utc::now() - chrono::Duration::days(1))
+        .with_timezone(&chrono::FixedOffset::east_opt(9 * 3600).expect("KST"))
+        .format("%Y-%m-%d %H:%M:%S %z")
+        .to_string();
+    let header = "Name,Email,Financial Status,Paid at,Fulfillment Status,Currency,Subtotal,Shipping,Taxes,Total,Discount Amount,Created at,Lineitem quantity,Lineitem name,Lineitem price,Lineitem sku,Cancelled at,Refunded Amount,Id,Lineitem discount";
+    let rows = [
+        format!("#1001,minji@example.com,paid,{paid},unfulfilled,KRW,100000.00,3000.00,9364.00,103000.00,3000.00,{paid},2,Black tee,29000.00,TEE-BLK-M,,0.00,820982911946154508,3000.00"),
+        "#1001,,,,,,,,,,,,1,Denim jacket,45000.00,JKT-DNM-L,,,,0.00".to_string(),
+        format!("#1002,minji@example.com,partially_refunded,{paid},fulfilled,KRW,45000.00,0.00,0.00,45000.00,0.00,{paid},1,Denim jacket,45000.00,JKT-DNM-L,,45000.00,820982911946154510,0.00"),
+        format!("#1003,,paid,{paid},unfulfilled,KRW,10000.00,0.00,0.00,10000.00,0.00,{paid},1,Mug,10000.00,MUG,,0.00,820982911946154511,0.00"),
+        format!("#1004,New.Buyer@example.com,paid,{paid},unfulfilled,KRW,20000.00,0.00,0.00,20000.00,0.00,{paid},1,Mug,20000.00,MUG,,0.00,820982911946154512,0.00"),
+    ];
+    let path = dir.join("orders_export.csv");
+    std::fs::write(&path, format!("{header}\n{}\n", rows.join("\n"))).expect("file");
+    path
+}
+
+#[test]
+fn shopify_s_order_export_credits_paid_orders_once_and_the_late_webhook_changes_nothing() {
+    // GIVEN a running shop and Shopify's order export of four orders
+    let shop = Shop::start("orders");
+    let file = shopify_export(&shop.dir);
+    let import = || {
+        ok(&shop.loyalty(&[
+            "import",
+            "orders",
+            file.to_str().expect("utf-8"),
+            "--platform",
+            "shopify",
+            "--program",
+            "kr-shop",
+            "--json",
+        ]))
+    };
+    // WHEN it is imported
+    let first = import();
+    // THEN the two paid orders with an email are sent, the refunded and the guest one refused
+    assert_eq!(
+        (
+            first["orders"].as_i64(),
+            first["sent"].as_i64(),
+            first["refused"].as_i64()
+        ),
+        (Some(4), Some(2), Some(2)),
+        "{first}"
+    );
+    let errors = std::fs::read_to_string(first["errors_file"].as_str().expect("errors file"))
+        .expect("error file");
+    assert!(
+        errors.contains("#1002") && errors.contains("refunded"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("#1003") && errors.contains("guest"),
+        "{errors}"
+    );
+    // AND #1001 earns as its webhook does: 1% of 2 x 29,000 - 3,000 + 45,000, pending
+    let minji = shop.eventually("email:minji@example.com", |v| v["pending"] == 1_000);
+    assert_eq!(minji["balance"], 0);
+    shop.eventually("email:new.buyer@example.com", |v| v["pending"] == 200);
+    // WHEN the file is imported again THEN both are present and nothing is sent
+    let again = import();
+    assert_eq!(
+        (again["present"].as_i64(), again["sent"].as_i64()),
+        (Some(2), Some(0)),
+        "{again}"
+    );
+    // WHEN #1001's webhook arrives late, with the customer's id
+    let occurred =
+        (Utc::now() - chrono::Duration::days(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let body = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/shopify/orders-paid.json"),
+    )
+    .expect("fixture")
+    .replace("__OCCURRED_AT__", &occurred);
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{}/webhooks/shopify/kr-shop", shop.server.base))
+        .header("X-Shopify-Topic", "orders/paid")
+        .header(
+            "X-Shopify-Hmac-Sha256",
+            sign_base64(SHOPIFY_SECRET, body.as_bytes()),
+        )
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .expect("webhook");
+    assert_eq!(response.status().as_u16(), 200);
+    shop.settled();
+    // THEN it counts once: the customer is the member of the email, with 1,000 pending
+    let minji = shop.member("shopify:7001234");
+    assert_eq!(
+        (minji["member"].as_str(), minji["pending"].as_i64()),
+        (Some("email:minji@example.com"), Some(1_000))
+    );
+}

@@ -334,3 +334,192 @@ mod tests {
         );
     }
 }
+
+/// An order of Shopify's order export (one row per line item; the order's own columns are on
+/// its first row), as the event its `orders/paid` webhook produces, or why it is not imported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedOrder {
+    /// The line of the order's first row.
+    pub line: u64,
+    pub name: String,
+    pub read: Result<crate::webhooks::PlatformEvent, String>,
+}
+
+/// Reads Shopify's order export (Orders > Export, CSV for Excel, numbers, or other
+/// spreadsheet programs). Each paid order becomes the event `shopify-order-{Id}-paid` that its
+/// webhook produces, credited to the member of its email; an order that was refunded or
+/// cancelled is refused (the export names no refund lines: `loyalty reconcile` reads those from
+/// the API), as is an unpaid one.
+pub fn read_shopify_orders(
+    bytes: &[u8],
+    currency: crate::domain::Currency,
+) -> Result<Vec<ExportedOrder>, FileError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| FileError(format!("the header cannot be read: {e}")))?
+        .iter()
+        .map(normalise)
+        .collect();
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let need = |name: &str| {
+        column(name).ok_or_else(|| {
+            FileError(format!(
+                "the file has no {name:?} column: is it Shopify's order export?"
+            ))
+        })
+    };
+    let columns = ExportColumns {
+        name: need("name")?,
+        id: need("id")?,
+        email: need("email")?,
+        financial: need("financial status")?,
+        paid_at: need("paid at")?,
+        currency: need("currency")?,
+        shipping: column("shipping"),
+        taxes: column("taxes"),
+        cancelled_at: column("cancelled at"),
+        refunded: column("refunded amount"),
+        quantity: need("lineitem quantity")?,
+        price: need("lineitem price")?,
+        sku: column("lineitem sku"),
+        discount: column("lineitem discount"),
+    };
+    let mut orders: Vec<(u64, String, Vec<Vec<String>>)> = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| FileError(format!("the file is not CSV: {e}")))?;
+        let line = record.position().map_or(0, |p| p.line());
+        let cells: Vec<String> = record.iter().map(str::to_string).collect();
+        let name = cells.get(columns.name).cloned().unwrap_or_default();
+        match orders.last_mut() {
+            Some((_, last, rows)) if *last == name => rows.push(cells),
+            _ => orders.push((line, name, vec![cells])),
+        }
+    }
+    Ok(orders
+        .into_iter()
+        .map(|(line, name, rows)| ExportedOrder {
+            line,
+            read: exported_order(&columns, &rows, currency),
+            name,
+        })
+        .collect())
+}
+
+struct ExportColumns {
+    name: usize,
+    id: usize,
+    email: usize,
+    financial: usize,
+    paid_at: usize,
+    currency: usize,
+    shipping: Option<usize>,
+    taxes: Option<usize>,
+    cancelled_at: Option<usize>,
+    refunded: Option<usize>,
+    quantity: usize,
+    price: usize,
+    sku: Option<usize>,
+    discount: Option<usize>,
+}
+
+/// An amount of the export (`29000.00`) in the program's currency's minor units.
+fn export_amount(currency: crate::domain::Currency, text: &str, what: &str) -> Result<i64, String> {
+    let text = if text.is_empty() { "0" } else { text };
+    currency
+        .parse_amount(text)
+        .or_else(|e| {
+            // A currency without minor units is still written with ".00".
+            match text.split_once('.') {
+                Some((whole, cents)) if cents.bytes().all(|b| b == b'0') => {
+                    currency.parse_amount(whole)
+                }
+                _ => Err(e),
+            }
+        })
+        .map_err(|e| format!("{what} {text:?}: {e}"))
+}
+
+fn exported_order(
+    c: &ExportColumns,
+    rows: &[Vec<String>],
+    currency: crate::domain::Currency,
+) -> Result<crate::webhooks::PlatformEvent, String> {
+    use serde_json::json;
+    let first = &rows[0];
+    let get = |row: &Vec<String>, at: Option<usize>| {
+        at.and_then(|i| row.get(i)).cloned().unwrap_or_default()
+    };
+    let order_id = get(first, Some(c.id));
+    crate::ids::IdKind::Order
+        .check(&order_id)
+        .map_err(|e| format!("Id: {e}"))?;
+    let status = get(first, Some(c.financial));
+    if !get(first, c.cancelled_at).is_empty() {
+        return Err("the order was cancelled".into());
+    }
+    let refunded = export_amount(currency, &get(first, c.refunded), "Refunded Amount")?;
+    if refunded > 0 || status.contains("refunded") {
+        return Err("the order was refunded: its refunds name no lines here; run `loyalty reconcile --platform shopify`".into());
+    }
+    if status != "paid" {
+        return Err(format!("the order is {status:?}, not paid"));
+    }
+    let code = get(first, Some(c.currency));
+    if code != currency.to_string() {
+        return Err(format!("the order is in {code}, the program in {currency}"));
+    }
+    let email = match get(first, Some(c.email)).as_str() {
+        "" => {
+            return Err("the order has no email: a guest checkout has no member to credit".into())
+        }
+        e => email(e)?,
+    };
+    let paid_at =
+        chrono::DateTime::parse_from_str(&get(first, Some(c.paid_at)), "%Y-%m-%d %H:%M:%S %z")
+            .map_err(|_| {
+                format!(
+                    "Paid at {:?} is not a time (2026-11-28 14:03:11 +0900)",
+                    get(first, Some(c.paid_at))
+                )
+            })?
+            .with_timezone(&chrono::Utc);
+    let mut lines = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let quantity: i64 = get(row, Some(c.quantity))
+            .parse()
+            .map_err(|_| format!("row {}: Lineitem quantity is not a number", i + 1))?;
+        let price = export_amount(currency, &get(row, Some(c.price)), "Lineitem price")?;
+        let discount = export_amount(currency, &get(row, c.discount), "Lineitem discount")?;
+        lines.push(json!({
+            // The export names no line ids: the line's place in the order stands for it.
+            "line_id": format!("export-{}", i + 1),
+            "sku": get(row, c.sku),
+            "quantity": quantity,
+            "unit_price": currency.format_amount(price),
+            "discount": currency.format_amount(discount),
+        }));
+    }
+    let shipping = export_amount(currency, &get(first, c.shipping), "Shipping")?;
+    let taxes = export_amount(currency, &get(first, c.taxes), "Taxes")?;
+    Ok(crate::webhooks::PlatformEvent {
+        kind: "purchase.completed",
+        id: format!("shopify-order-{order_id}-paid"),
+        member: crate::webhooks::MemberRef::Identity(format!("email:{email}")),
+        occurred_at: paid_at,
+        data: json!({
+            "order_id": order_id,
+            "currency": code,
+            "lines": lines,
+            "shipping": currency.format_amount(shipping),
+            "tax": currency.format_amount(taxes),
+            "channel": "online",
+            "platform": "shopify",
+        }),
+        order_key: Some(crate::envelope::order_key("shopify", &order_id)),
+        identities: Vec::new(),
+    })
+}

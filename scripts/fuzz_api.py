@@ -50,6 +50,10 @@ EXCEPTIONS = {
         ["400"],
         "a cursor is opaque: only one this API issued is accepted (400 invalid-cursor)",
     ),
+    ("GET", "/v1/programs/{program}/rejected-events"): (
+        ["400"],
+        "a cursor is opaque: only one this API issued is accepted (400 invalid-cursor)",
+    ),
     ("POST", "/v1/programs/{program}/members/{member}/adjustments"): (
         ["422"],
         "an Idempotency-Key reused with another body is refused by design",

@@ -4,16 +4,13 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use loyalty_core::domain::import::ImportMode;
 use loyalty_core::imports::{read_balances, read_shopify_orders, BalanceFile, BalanceFormat};
-use loyalty_core::queue::outbox::OutboxQueue;
 use loyalty_core::services::import::{ImportSummary, RowOrigin, RowOutcome};
-use loyalty_core::services::Services;
 use serde_json::json;
 
 use crate::report::program_of;
@@ -118,14 +115,7 @@ async fn orders(args: OrderArgs) -> Result<ExitCode, String> {
     let OrderPlatform::Shopify = args.platform;
     let bytes = std::fs::read(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
-    let opened = args.store.open().await?;
-    let store = opened.store();
-    // What is sent goes through the outbox, relayed by the running system.
-    let services = Services::new(
-        store.clone(),
-        Arc::new(OutboxQueue::new(store)),
-        Arc::new(loyalty_core::ports::SystemClock),
-    );
+    let services = args.store.open().await?.sending_services();
     let program = program_of(&services, args.program.as_deref()).await?;
     let currency = services
         .program(&program)

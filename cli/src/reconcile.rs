@@ -9,15 +9,12 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use chrono::{NaiveDate, NaiveTime, Utc};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use loyalty_core::platforms::{ApiCredentials, OrderApi};
-use loyalty_core::queue::outbox::OutboxQueue;
 use loyalty_core::services::reconcile::{ReconcileReport, Reconciled};
-use loyalty_core::services::Services;
 use loyalty_core::webhooks::Platform as WebhookPlatform;
 use serde_json::json;
 
@@ -83,14 +80,7 @@ async fn reconcile(args: ReconcileArgs) -> Result<ExitCode, String> {
         },
     };
     let api = OrderApi::new(platform, &credentials)?;
-    let opened = args.store.open().await?;
-    let store = opened.store();
-    // What is sent goes through the outbox, relayed by the running system.
-    let services = Services::new(
-        store.clone(),
-        Arc::new(OutboxQueue::new(store)),
-        Arc::new(loyalty_core::ports::SystemClock),
-    );
+    let services = args.store.open().await?.sending_services();
     let program = program_of(&services, args.program.as_deref()).await?;
     let bar = spinner();
     let ticker = bar.clone();

@@ -63,6 +63,17 @@ impl Opened {
     pub fn services(&self) -> Services {
         Services::new(self.store(), Arc::new(NoQueue), Arc::new(SystemClock))
     }
+
+    /// Services for commands that feed the queues: what they send goes into the outbox, and
+    /// the running system (`loyalty serve`'s relay, or the table's stream) relays it.
+    pub fn sending_services(&self) -> Services {
+        let store = self.store();
+        Services::new(
+            store.clone(),
+            Arc::new(loyalty_core::queue::outbox::OutboxQueue::new(store)),
+            Arc::new(SystemClock),
+        )
+    }
 }
 
 /// The queue of a read-only command: sending is a bug, said so.

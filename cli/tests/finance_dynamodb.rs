@@ -4,60 +4,18 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{SecondsFormat, Utc};
-use common::BIN;
-use loyalty_core::envelope::Envelope;
-use loyalty_core::ports::{Queue, QueueError, QueueName, SystemClock};
+use common::moto::{client, loyalty, Dropped};
+use loyalty_core::ports::SystemClock;
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::DynamoStore;
 use serde_json::{json, Value};
 
 const KR_SHOP: &str = include_str!("../../examples/kr-shop.toml");
-
-/// The services' follow-ups (tier checks, notices) are not this test's subject.
-struct Dropped;
-
-#[async_trait]
-impl Queue for Dropped {
-    async fn send(&self, _: QueueName, _: &Envelope) -> Result<(), QueueError> {
-        Ok(())
-    }
-}
-
-fn endpoint() -> String {
-    std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
-        panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run the tests with scripts/test, which starts moto")
-    })
-}
-
-fn client() -> aws_sdk_dynamodb::Client {
-    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "cli-finance"))
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(config)
-}
-
-fn loyalty(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("AWS_ENDPOINT_URL", endpoint())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("LOYALTY_LOG", "warn")
-        .output()
-        .expect("loyalty runs")
-}
 
 fn purchase(id: &str, member: &str, amount: i64) -> String {
     let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);

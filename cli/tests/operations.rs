@@ -57,6 +57,31 @@ impl Shop {
         self.get(&format!("{P}/members/{member}"))
     }
 
+    /// Shopify's `orders/paid` of the webhook fixture (customer 7001234, minji@example.com),
+    /// paid yesterday.
+    fn shopify_paid(&self) {
+        let occurred =
+            (Utc::now() - chrono::Duration::days(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+        let body = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures/shopify/orders-paid.json"),
+        )
+        .expect("fixture")
+        .replace("__OCCURRED_AT__", &occurred);
+        let response = reqwest::blocking::Client::new()
+            .post(format!("{}/webhooks/shopify/kr-shop", self.server.base))
+            .header("X-Shopify-Topic", "orders/paid")
+            .header(
+                "X-Shopify-Hmac-Sha256",
+                sign_base64(SHOPIFY_SECRET, body.as_bytes()),
+            )
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .expect("webhook");
+        assert_eq!(response.status().as_u16(), 200);
+    }
+
     fn loyalty(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
@@ -66,28 +91,8 @@ impl Shop {
             .expect("loyalty runs")
     }
 
-    /// Waits until nothing is left to relay or to process, so that what was queued has had
-    /// its effect (or its lack of one).
     fn settled(&self) {
-        let conn = rusqlite::Connection::open(&self.db).expect("db");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let waiting: i64 = conn
-                .query_row(
-                    "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM queue WHERE queue = 'earn')",
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap_or(1);
-            if waiting == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{waiting} messages never processed"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::settled(&self.db);
     }
 
     fn eventually(&self, member: &str, check: impl Fn(&Value) -> bool) -> Value {
@@ -255,25 +260,7 @@ fn a_smile_export_imports_once_sets_only_differences_and_later_orders_find_its_m
         "{reasons:?}"
     );
     // WHEN a Shopify order arrives for the imported email (customer 7001234, minji@example.com)
-    let occurred =
-        (Utc::now() - chrono::Duration::days(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
-    let body = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/shopify/orders-paid.json"),
-    )
-    .expect("fixture")
-    .replace("__OCCURRED_AT__", &occurred);
-    let response = reqwest::blocking::Client::new()
-        .post(format!("{}/webhooks/shopify/kr-shop", shop.server.base))
-        .header("X-Shopify-Topic", "orders/paid")
-        .header(
-            "X-Shopify-Hmac-Sha256",
-            sign_base64(SHOPIFY_SECRET, body.as_bytes()),
-        )
-        .header("Content-Type", "application/json")
-        .body(body)
-        .send()
-        .expect("webhook");
-    assert_eq!(response.status().as_u16(), 200);
+    shop.shopify_paid();
     // THEN the imported member is credited, and the Shopify customer is that member
     let minji = shop.eventually("email:minji@example.com", |v| v["pending"] == 1_000);
     assert_eq!(minji["balance"].as_i64(), Some(points(0)));
@@ -505,25 +492,7 @@ fn shopify_s_order_export_credits_paid_orders_once_and_the_late_webhook_changes_
         "{again}"
     );
     // WHEN #1001's webhook arrives late, with the customer's id
-    let occurred =
-        (Utc::now() - chrono::Duration::days(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
-    let body = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/shopify/orders-paid.json"),
-    )
-    .expect("fixture")
-    .replace("__OCCURRED_AT__", &occurred);
-    let response = reqwest::blocking::Client::new()
-        .post(format!("{}/webhooks/shopify/kr-shop", shop.server.base))
-        .header("X-Shopify-Topic", "orders/paid")
-        .header(
-            "X-Shopify-Hmac-Sha256",
-            sign_base64(SHOPIFY_SECRET, body.as_bytes()),
-        )
-        .header("Content-Type", "application/json")
-        .body(body)
-        .send()
-        .expect("webhook");
-    assert_eq!(response.status().as_u16(), 200);
+    shop.shopify_paid();
     shop.settled();
     // THEN it counts once: the customer is the member of the email, with 1,000 pending
     let minji = shop.member("shopify:7001234");

@@ -8,7 +8,6 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use common::{token, Server, BIN};
@@ -264,27 +263,8 @@ impl Shop {
         v["pending"].as_i64().unwrap_or(-1)
     }
 
-    /// Waits until nothing is left to relay or process.
     fn settled(&self) {
-        let conn = rusqlite::Connection::open(&self.db).expect("db");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let waiting: i64 = conn
-                .query_row(
-                    "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM queue WHERE queue = 'earn')",
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap_or(1);
-            if waiting == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{waiting} messages never processed"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::settled(&self.db);
     }
 
     fn balances(&self) -> Vec<i64> {
@@ -467,23 +447,9 @@ async fn reconcile_on_a_table_leaves_what_is_missing_in_its_outbox() {
     use loyalty_core::services::programs::ProgramFormat;
     use loyalty_core::store::dynamodb::DynamoStore;
     // GIVEN a table of its own with us-shop, which has seen none of two WooCommerce orders
-    let endpoint = std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
-        panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run the tests with scripts/test, which starts moto")
-    });
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-        .endpoint_url(&endpoint)
-        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "reconcile",
-        ))
-        .build();
+    let endpoint = common::moto::endpoint();
     let table = format!("loyalty-reconcile-{}", uuid::Uuid::new_v4().simple());
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(config), &table);
+    let store = DynamoStore::new(common::moto::client(), &table);
     store.create_table().await.expect("moto creates the table");
     let services = loyalty_core::services::Services::new(
         Arc::new(store.clone()),

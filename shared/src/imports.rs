@@ -68,6 +68,14 @@ pub struct BalanceFile {
 #[error("{0}")]
 pub struct FileError(pub String);
 
+/// A CSV reader as exports need: rows of any length, cells trimmed.
+fn reader(bytes: &[u8]) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(bytes)
+}
+
 fn normalise(name: &str) -> String {
     name.trim()
         .trim_start_matches('\u{feff}')
@@ -134,10 +142,7 @@ fn columns(format: BalanceFormat, header: &[String]) -> Result<Columns, FileErro
 /// a row with a bad cell is kept with its reason.
 pub fn read_balances(format: BalanceFormat, bytes: &[u8]) -> Result<BalanceFile, FileError> {
     let digest = hex16(bytes);
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(bytes);
+    let mut reader = reader(bytes);
     let header: Vec<String> = reader
         .headers()
         .map_err(|e| FileError(format!("the header cannot be read: {e}")))?
@@ -354,10 +359,7 @@ pub fn read_shopify_orders(
     bytes: &[u8],
     currency: crate::domain::Currency,
 ) -> Result<Vec<ExportedOrder>, FileError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(bytes);
+    let mut reader = reader(bytes);
     let header: Vec<String> = reader
         .headers()
         .map_err(|e| FileError(format!("the header cannot be read: {e}")))?

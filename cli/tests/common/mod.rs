@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod moto;
+
 pub const SECRET: &str = "end-to-end-secret";
 pub const BIN: &str = env!("CARGO_BIN_EXE_loyalty");
 
@@ -105,4 +107,28 @@ pub fn token(args: &[&str]) -> String {
         .expect("utf-8")
         .trim()
         .to_string()
+}
+
+/// Waits until the store of a running `loyalty serve` has nothing left to relay or to process
+/// on the earn queue, so that what was queued has had its effect (or its lack of one).
+pub fn settled(db: &std::path::Path) {
+    let conn = rusqlite::Connection::open(db).expect("db");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM queue WHERE queue = 'earn')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(1);
+        if waiting == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} messages never processed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -55,6 +55,18 @@ pub struct LedgerView {
 pub const MAX_PAGE: usize = 100;
 pub const DEFAULT_PAGE: usize = 20;
 
+/// A page size asked for: [`DEFAULT_PAGE`] when none, refused outside 1..=[`MAX_PAGE`].
+pub fn page_limit(limit: Option<usize>) -> Result<usize, ServiceError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ServiceError::invalid(
+            "invalid-limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    Ok(limit)
+}
+
 impl Services {
     /// The member's account as of now (a member never seen before has an empty account).
     pub async fn member_view(
@@ -126,13 +138,7 @@ impl Services {
         cursor: Option<&str>,
     ) -> Result<LedgerView, ServiceError> {
         let program = self.program(program).await?;
-        let limit = limit.unwrap_or(DEFAULT_PAGE);
-        if limit == 0 || limit > MAX_PAGE {
-            return Err(ServiceError::invalid(
-                "invalid-limit",
-                format!("limit must be between 1 and {MAX_PAGE}"),
-            ));
-        }
+        let limit = page_limit(limit)?;
         if let Some(c) = cursor {
             if decode_cursor(c).is_none() {
                 return Err(ServiceError::invalid(

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::members::{DEFAULT_PAGE, MAX_PAGE};
+use super::members::page_limit;
 use super::{ServiceError, Services};
 use crate::envelope::Envelope;
 use crate::ports::{parse_rejected_cursor, OutboxMessage, QueueName, RejectedEvent};
@@ -85,13 +85,7 @@ impl Services {
         cursor: Option<&str>,
     ) -> Result<RejectedList, ServiceError> {
         let program = self.program(program).await?;
-        let limit = limit.unwrap_or(DEFAULT_PAGE);
-        if limit == 0 || limit > MAX_PAGE {
-            return Err(ServiceError::invalid(
-                "invalid-limit",
-                format!("limit must be between 1 and {MAX_PAGE}"),
-            ));
-        }
+        let limit = page_limit(limit)?;
         if let Some(c) = cursor.filter(|c| parse_rejected_cursor(c).is_none()) {
             return Err(ServiceError::invalid(
                 "invalid-cursor",

@@ -134,7 +134,7 @@ def exercise(stack: Running) -> None:
     # Every schedule, and the full pass that no schedule runs.
     for name in ("ReleasePending", "ExpirePoints", "TierReviews", "Notices", "CampaignTick", "ReconcilePlatforms"):
         assert stack.run_schedule(name)["ok"], name
-    step("schedules")
+        step(f"schedule {name}")
     # The reconciliation read the shop's API and sent the order its webhook never delivered.
     stack.eventually(lambda: call("GET", f"{P}/members/woocommerce:88")[1].get("pending") == 300, timeout=60,
                      what="the reconciled order")

@@ -2,20 +2,18 @@
 //! against a DynamoDB table in moto that the services filled. `scripts/test` starts moto and
 //! exports `LOYALTY_TEST_DYNAMODB_ENDPOINT`; without it this test fails, saying so.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::moto::{client, loyalty, Dropped};
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{SecondsFormat, Utc};
-use common::moto::{client, loyalty, Dropped};
 use loyalty_core::ports::SystemClock;
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::DynamoStore;
 use serde_json::{json, Value};
 
-const KR_SHOP: &str = include_str!("../../examples/kr-shop.toml");
+const KR_SHOP: &str = include_str!("../../../examples/kr-shop.toml");
 
 fn purchase(id: &str, member: &str, amount: i64) -> String {
     let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);

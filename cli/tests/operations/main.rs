@@ -1,8 +1,13 @@
-//! Operations that repair and migrate, from outside: `loyalty import balances`, `loyalty
+//! Operations that repair and migrate, from outside: `loyalty import balances|orders`, `loyalty
 //! rejected list|show|replay` and `loyalty dlq list|redrive` against the SQLite file of a
-//! running `loyalty serve`, and the same rejected events over HTTP.
+//! running `loyalty serve`, and the same rejected events over HTTP; `loyalty reconcile` against
+//! fake platform APIs (`reconcile`); the same commands on a DynamoDB table in moto (`table`).
+//! One test binary for all of them: each binary links the whole engine.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod reconcile;
+mod table;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

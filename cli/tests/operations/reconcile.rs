@@ -1,16 +1,14 @@
 //! `loyalty reconcile` from outside: a local fake of a platform's order API (pages, a 429)
 //! against a running `loyalty serve`, whose webhooks were switched off for a day.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
+use crate::common::{token, Server, BIN};
 use chrono::{SecondsFormat, Utc};
-use common::{token, Server, BIN};
 use loyalty_core::webhooks::sign_base64;
 use serde_json::Value;
 
@@ -264,7 +262,7 @@ impl Shop {
     }
 
     fn settled(&self) {
-        common::settled(&self.db);
+        crate::common::settled(&self.db);
     }
 
     fn balances(&self) -> Vec<i64> {
@@ -447,9 +445,9 @@ async fn reconcile_on_a_table_leaves_what_is_missing_in_its_outbox() {
     use loyalty_core::services::programs::ProgramFormat;
     use loyalty_core::store::dynamodb::DynamoStore;
     // GIVEN a table of its own with us-shop, which has seen none of two WooCommerce orders
-    let endpoint = common::moto::endpoint();
+    let endpoint = crate::common::moto::endpoint();
     let table = format!("loyalty-reconcile-{}", uuid::Uuid::new_v4().simple());
-    let store = DynamoStore::new(common::moto::client(), &table);
+    let store = DynamoStore::new(crate::common::moto::client(), &table);
     store.create_table().await.expect("moto creates the table");
     let services = loyalty_core::services::Services::new(
         Arc::new(store.clone()),
@@ -458,7 +456,7 @@ async fn reconcile_on_a_table_leaves_what_is_missing_in_its_outbox() {
         ))),
         Arc::new(loyalty_core::ports::SystemClock),
     );
-    let us_shop = include_str!("../../examples/us-shop.toml");
+    let us_shop = include_str!("../../../examples/us-shop.toml");
     services
         .put_program("us-shop", us_shop, ProgramFormat::Toml)
         .await

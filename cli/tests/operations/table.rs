@@ -2,13 +2,11 @@
 //! moto. `scripts/test` starts moto and exports `LOYALTY_TEST_DYNAMODB_ENDPOINT`; without it
 //! this test fails, saying so.
 
-mod common;
-
 use std::process::Output;
 use std::sync::Arc;
 
+use crate::common::moto::{client, loyalty, Dropped};
 use chrono::{SecondsFormat, Utc};
-use common::moto::{client, loyalty, Dropped};
 use loyalty_core::ports::{OutboxStore, QueueName, SystemClock};
 use loyalty_core::services::earn::Processed;
 use loyalty_core::services::programs::ProgramFormat;
@@ -16,7 +14,7 @@ use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::DynamoStore;
 use serde_json::{json, Value};
 
-const KR_SHOP: &str = include_str!("../../examples/kr-shop.toml");
+const KR_SHOP: &str = include_str!("../../../examples/kr-shop.toml");
 
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

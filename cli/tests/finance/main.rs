@@ -2,7 +2,10 @@
 //! and `loyalty member export` against the store of a running `loyalty serve`, the same reports
 //! over HTTP, and an account corrupted behind the ledger's back.
 
+#[path = "../common/mod.rs"]
 mod common;
+/// The same tools with `--table`, in this binary (each binary links the whole engine).
+mod table;
 
 use std::process::{Command, Output};
 

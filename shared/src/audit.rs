@@ -87,7 +87,8 @@ pub fn check_member(records: &MemberRecords, now: DateTime<Utc>) -> (Vec<Violati
         );
         return (found, totals);
     };
-    totals.members = 1;
+    // A member merged into another is no longer one (its books say so too).
+    totals.members = u64::from(account.merged.is_none());
     totals.balance = account.balance;
     totals.lots = account.lots.total();
     totals.debt = account.debt;
@@ -196,7 +197,9 @@ fn missing_cause(entry: &LedgerEntry) -> Option<String> {
         | EntryKind::Pending
         | EntryKind::Release
         | EntryKind::Clawback
-        | EntryKind::Tier => s.event_id.is_some(),
+        | EntryKind::Tier
+        | EntryKind::Merge
+        | EntryKind::Forfeit => s.event_id.is_some(),
     };
     (!ok).then(|| {
         format!(
@@ -217,7 +220,9 @@ fn check_orders(
     records: &MemberRecords,
     violation: &mut impl FnMut(&'static str, String, Option<i64>),
 ) {
-    for order in &records.orders {
+    // An order copied by a merge has its purchase on the other member's ledger, and its
+    // clawbacks on both.
+    for order in records.orders.iter().filter(|o| o.moved_from.is_none()) {
         let Some(earned) = &order.earned else {
             continue;
         };

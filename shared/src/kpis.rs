@@ -118,12 +118,16 @@ impl KpiCounter {
         if account.joined_on > self.to {
             return;
         }
+        // A member merged into another is counted there; its ledger and orders stay its own.
+        let member = account.merged.is_none();
         let k = &mut self.kpis;
-        k.members += 1;
-        if account.joined_on >= self.from {
-            k.new_members += 1;
+        if member {
+            k.members += 1;
+            if account.joined_on >= self.from {
+                k.new_members += 1;
+            }
+            *k.tiers.entry(account.tier.id.clone()).or_insert(0) += 1;
         }
-        *k.tiers.entry(account.tier.id.clone()).or_insert(0) += 1;
         let mut purchases: Vec<DateTime<Utc>> = records
             .orders
             .iter()
@@ -132,7 +136,11 @@ impl KpiCounter {
             .filter(|t| local_date(self.tz, *t) <= self.to)
             .collect();
         purchases.sort();
-        for order in records.orders.iter().filter_map(|o| o.earned.as_ref()) {
+        if !member {
+            purchases.clear();
+        }
+        let own = records.orders.iter().filter(|o| o.moved_from.is_none());
+        for order in own.filter_map(|o| o.earned.as_ref()) {
             if self.within(local_date(self.tz, order.occurred_at)) {
                 self.kpis.orders += 1;
                 self.kpis.order_points += order.points;

@@ -64,6 +64,10 @@ pub struct Movement {
     pub clawed_back: i64,
     /// Operators' corrections, signed.
     pub adjusted: i64,
+    /// Moved between members by merges, signed: 0 once both halves of each merge are written.
+    pub transferred: i64,
+    /// Given up by members whose personal data was erased.
+    pub forfeited: i64,
     pub closing: i64,
 }
 
@@ -79,6 +83,8 @@ pub struct Cohort {
     pub expired: i64,
     pub clawed_back: i64,
     pub adjusted: i64,
+    pub transferred: i64,
+    pub forfeited: i64,
     pub outstanding: i64,
     /// Every point of it has been redeemed, expired or taken back.
     pub matured: bool,
@@ -385,6 +391,8 @@ fn movements(sums: &Sums, last: YearMonth) -> Vec<Movement> {
             expired: -of("expire"),
             clawed_back: -of("clawback"),
             adjusted: of("adjust"),
+            transferred: of("merge"),
+            forfeited: -of("forfeit"),
             closing: opening + change,
         };
         opening = movement.closing;
@@ -416,6 +424,8 @@ fn breakage(program: &Program, sums: &Sums, as_of: NaiveDate, outstanding: i64) 
                 expired: -of("expire"),
                 clawed_back: -of("clawback"),
                 adjusted: of("adjust"),
+                transferred: of("merge"),
+                forfeited: -of("forfeit"),
                 outstanding: kinds.values().sum(),
                 matured: expires < this_month,
             };

@@ -214,6 +214,8 @@ pub struct Commit {
     pub due: DueDates,
     /// A redemption written or updated with the debit (or the reversal) it records.
     pub redemption: Option<Redemption>,
+    /// Redemptions copied from a member merged into this one (written as they are).
+    pub copied_redemptions: Vec<Redemption>,
     /// A new coupon (must not exist yet).
     pub coupon: Option<Coupon>,
     /// Revokes this coupon code, on condition that it has not been consumed.
@@ -238,6 +240,7 @@ impl Commit {
             + usize::from(self.marker.is_some())
             + self.orders.len()
             + usize::from(self.redemption.is_some())
+            + self.copied_redemptions.len()
             + usize::from(self.coupon.is_some())
             + usize::from(self.revoke_coupon.is_some())
             + usize::from(self.idempotency.is_some())
@@ -267,6 +270,7 @@ impl Commit {
             marker: None,
             orders: BTreeMap::new(),
             redemption: None,
+            copied_redemptions: Vec::new(),
             coupon: None,
             revoke_coupon: None,
             idempotency: None,
@@ -503,6 +507,24 @@ pub trait AliasStore: Send + Sync {
         value: &str,
         member: &str,
     ) -> Result<bool, StoreError>;
+    /// Moves an identity from one member to another (a merge), or links it to `to` if it is
+    /// linked to no one; `false` when it is linked to a third member.
+    async fn move_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<bool, StoreError>;
+    /// Unlinks an identity from a member (an erasure); nothing when it is linked to another.
+    async fn remove_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+        member: &str,
+    ) -> Result<(), StoreError>;
 }
 
 #[async_trait]
@@ -729,7 +751,8 @@ pub enum Walked {
 /// Everything about a member apart from the account and the ledger (a member export).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct MemberFile {
-    pub orders: Vec<OrderRecord>,
+    /// Order records by order key.
+    pub orders: Vec<(String, OrderRecord)>,
     pub redemptions: Vec<Redemption>,
     pub coupons: Vec<Coupon>,
     pub assignments: Vec<Assignment>,

@@ -70,6 +70,7 @@ fn commit(
         }),
         orders: BTreeMap::new(),
         redemption: None,
+        copied_redemptions: Vec::new(),
         coupon: None,
         revoke_coupon: None,
         idempotency: None,

@@ -1,11 +1,13 @@
 //! Operations that repair and migrate, from outside: `loyalty import balances|orders`, `loyalty
 //! rejected list|show|replay` and `loyalty dlq list|redrive` against the SQLite file of a
 //! running `loyalty serve`, and the same rejected events over HTTP; `loyalty reconcile` against
-//! fake platform APIs (`reconcile`); the same commands on a DynamoDB table in moto (`table`).
+//! fake platform APIs (`reconcile`); the same commands on a DynamoDB table in moto (`table`);
+//! merging members (`members`).
 //! One test binary for all of them: each binary links the whole engine.
 
 #[path = "../common/mod.rs"]
 mod common;
+mod members;
 mod reconcile;
 mod table;
 

@@ -131,6 +131,10 @@ pub fn redemption_router(state: AppState) -> Router {
             post(adjust),
         )
         .route(
+            "/v1/programs/{program}/members/{member}/merge",
+            post(merge_members),
+        )
+        .route(
             "/v1/programs/{program}/redemptions/{id}/capture",
             post(capture_hold),
         )
@@ -651,6 +655,21 @@ async fn adjust(
         .adjust(&program, &member, &principal.subject, key.as_deref(), &body)
         .await?;
     Ok(answer(done))
+}
+
+async fn merge_members(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, member)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let survivor = member_in_path(&state, &program, &member).await?;
+    let report = state
+        .services
+        .merge_request(&program, &survivor, &principal.subject, &body)
+        .await?;
+    Ok(Json(report).into_response())
 }
 
 async fn capture_hold(

@@ -58,6 +58,12 @@ pub struct Account {
     /// Notices already sent (`expiring:{last day}`, `downgrade:{review date}`).
     #[serde(default)]
     pub notified: std::collections::BTreeSet<String>,
+    /// Set once this member was merged into another: the member keeps no points of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<super::merge::Merged>,
+    /// Members merged into this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
     /// Optimistic-concurrency version: every commit is conditioned on it.
     #[serde(default)]
     pub version: u64,
@@ -216,6 +222,8 @@ impl Account {
             categories: Default::default(),
             profile: Profile::default(),
             notified: Default::default(),
+            merged: None,
+            merged_from: Vec::new(),
             version: 0,
         }
     }

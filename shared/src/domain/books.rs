@@ -62,6 +62,8 @@ pub fn kind_name(kind: EntryKind) -> &'static str {
         EntryKind::Adjust => "adjust",
         EntryKind::Clawback => "clawback",
         EntryKind::Tier => "tier",
+        EntryKind::Merge => "merge",
+        EntryKind::Forfeit => "forfeit",
     }
 }
 
@@ -119,6 +121,10 @@ impl BooksAdd {
                 add.plus(format!("m|{}", after.tier.id), 1);
                 add.plus("joined".into(), 1);
             }
+        }
+        // A member merged into another is no longer one.
+        if before.is_some_and(|b| b.merged.is_none()) && after.merged.is_some() {
+            add.plus(format!("m|{}", after.tier.id), -1);
         }
         add
     }

@@ -25,6 +25,10 @@ pub enum EntryKind {
     Clawback,
     /// A tier change; always 0 points.
     Tier,
+    /// Points moved between two members who were merged: out of one, into the other.
+    Merge,
+    /// Points given up when a member's personal data was erased (the amounts stay in the books).
+    Forfeit,
 }
 
 /// Where an entry came from: enough to trace every point to the event that created or spent it.

@@ -11,6 +11,7 @@ pub mod import;
 pub mod ledger;
 pub mod limits;
 pub mod lots;
+pub mod merge;
 pub mod money;
 pub mod orders;
 pub mod program;
@@ -21,6 +22,7 @@ pub use account::{Account, AccountError, Change, Hold, PendingGrant, Profile, Ti
 pub use earning::{CampaignEffect, Purchase, PurchaseLine};
 pub use ledger::{EntryKind, EventContext, LedgerEntry, Source};
 pub use lots::{LotShare, Lots};
+pub use merge::Merged;
 pub use money::{Currency, Money, MoneyError};
 pub use orders::{OrderChange, OrderRecord, RefundLine, RefundScope, Reversal};
 pub use program::{Program, ProgramError};

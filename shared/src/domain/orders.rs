@@ -30,6 +30,10 @@ pub struct OrderRecord {
     /// Refund ids (and `cancel`) already applied.
     #[serde(default)]
     pub applied: BTreeSet<String>,
+    /// The member this record was copied from by a merge (its purchase entry is on that
+    /// member's ledger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

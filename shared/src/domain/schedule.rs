@@ -155,6 +155,10 @@ impl Account {
     /// The next date on which each job has work for this account. Dates already past are
     /// kept as they are: the next run of the job picks them up (it reads back to its last run).
     pub fn due_dates(&self, program: &Program) -> DueDates {
+        // A merged member keeps nothing that time could change.
+        if self.merged.is_some() {
+            return DueDates::default();
+        }
         // Matured pending points, and holds not captured in time, are both settled by
         // `release-pending`.
         let release = self

@@ -108,10 +108,13 @@ struct Outcome {
 impl Services {
     /// Handles one earn-queue message (SQS record body or local queue delivery).
     pub async fn process_earn(&self, body: &str) -> Result<Processed, Retry> {
-        let (envelope, program) = match self.open(body).await? {
+        let (mut envelope, program) = match self.open(body).await? {
             Ok(opened) => opened,
             Err(rejected) => return Ok(rejected),
         };
+        if envelope.kind == super::merge::MEMBER_MERGE {
+            return self.finish_merge(&program, &envelope).await;
+        }
         let event = match parse_earn_event(&envelope, &program) {
             Ok(event) => event,
             Err(e) => return self.reject(&envelope, body, &e.to_string()).await,
@@ -138,6 +141,22 @@ impl Services {
                 .load_member_with(&program.id, &envelope.member, &order_keys, &campaign_ids)
                 .await
                 .map_err(|e| Retry(e.to_string()))?;
+            // An event for a member merged into another is the survivor's.
+            if let Some(into) = state.account.as_ref().and_then(|a| a.merged_into()) {
+                // Applied before the merge: its marker stayed with the merged member.
+                if self
+                    .store
+                    .has_marker(&program.id, &envelope.member, &marker)
+                    .await
+                    .map_err(|e| Retry(e.to_string()))?
+                {
+                    return Ok(Processed::Duplicate);
+                }
+                tracing::info!(program = %program.id, event_id = %envelope.id, into, "event of a merged member");
+                envelope.member = into.to_string();
+                contention.redirected(|| format!("member {}", envelope.member))?;
+                continue;
+            }
             // A refund takes revenue back from the campaigns that counted its order, running or
             // not any more: their assignments are read once the order says which they are.
             let counted_in = counted_in(&event, &state);
@@ -190,6 +209,31 @@ impl Services {
             contention
                 .again(|| format!("member {}", envelope.member))
                 .await?;
+        }
+    }
+
+    /// The `member.merge` message written with a merge's first step: finishes it (a merge
+    /// interrupted after that step completes here; one that completed changes nothing).
+    async fn finish_merge(
+        &self,
+        program: &Program,
+        envelope: &Envelope,
+    ) -> Result<Processed, Retry> {
+        let Some(from) = envelope.data.get("from").and_then(|f| f.as_str()) else {
+            return self
+                .reject(
+                    envelope,
+                    &envelope.id,
+                    "a member.merge message names no member",
+                )
+                .await;
+        };
+        match self.complete_merge(program, &envelope.member, from).await {
+            Ok(_) => Ok(Processed::Applied { entries: 0 }),
+            Err(ServiceError::Conflict { detail, .. } | ServiceError::NotFound { detail, .. }) => {
+                Ok(Processed::NoEffect(detail))
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -59,7 +59,7 @@ impl Services {
                 "notified": account.notified,
             },
             "aliases": file.aliases.iter().map(|(kind, value)| json!({"kind": kind, "value": value})).collect::<Vec<_>>(),
-            "orders": file.orders,
+            "orders": file.orders.iter().map(|(_, order)| order).collect::<Vec<_>>(),
             "redemptions": file.redemptions,
             "coupons": file.coupons,
             "campaign_assignments": file.assignments,

@@ -25,7 +25,15 @@ pub struct MemberView {
     pub next_tier: Option<NextTier>,
     /// Lots ending in the next 30 days; `date` is the last day they can be used.
     pub expiring: Vec<DatedPoints>,
+    /// Every lot of available points; `date` is its last usable day.
+    pub lots: Vec<DatedPoints>,
     pub referral_code: String,
+    /// The member this one was merged into: its points and events are that member's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<String>,
+    /// Members merged into this one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -124,7 +132,17 @@ impl Services {
             },
             next_tier: progress.next_tier,
             expiring,
+            lots: view
+                .lots
+                .iter()
+                .map(|l| DatedPoints {
+                    date: l.expires_on,
+                    points: l.points,
+                })
+                .collect(),
             referral_code: referral_code(&program.id, member),
+            merged_into: view.merged_into().map(str::to_string),
+            merged_from: view.merged_from.clone(),
         })
     }
 

@@ -22,6 +22,7 @@ pub mod import;
 pub mod jobs;
 pub mod kpis;
 pub mod members;
+pub mod merge;
 pub mod outbox;
 pub mod programs;
 pub mod reconcile;
@@ -47,7 +48,15 @@ const BACKOFF_CAP_MS: u64 = 200;
 #[derive(Debug, Default)]
 pub(crate) struct Contention {
     attempts: u32,
+    redirects: u32,
 }
+
+/// The longest reason an operator may give (characters), as the API document says.
+pub const MAX_REASON: usize = 500;
+
+/// Merges followed from a merged member to its survivor (a member merged into one that was
+/// merged in turn) before giving up.
+const MERGE_HOPS: u32 = 8;
 
 impl Contention {
     pub(crate) fn new() -> Contention {
@@ -69,6 +78,18 @@ impl Contention {
         let pause =
             u64::try_from(uuid::Uuid::new_v4().as_u128() % u128::from(ceiling + 1)).unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(pause)).await;
+        Ok(())
+    }
+
+    /// Call when the member turned out to be merged into another, before trying that one.
+    pub(crate) fn redirected(&mut self, what: impl FnOnce() -> String) -> Result<(), ServiceError> {
+        self.redirects += 1;
+        if self.redirects > MERGE_HOPS {
+            return Err(ServiceError::Internal(format!(
+                "{}: more than {MERGE_HOPS} merges to follow",
+                what()
+            )));
+        }
         Ok(())
     }
 }

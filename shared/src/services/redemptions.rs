@@ -120,7 +120,7 @@ fn digest(body: &Value) -> String {
         .collect()
 }
 
-fn parse<T: serde::de::DeserializeOwned>(
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
     body: &[u8],
     problem: &'static str,
 ) -> Result<(T, Value), ServiceError> {

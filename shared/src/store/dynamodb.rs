@@ -718,7 +718,7 @@ impl DynamoStore {
     ) -> Result<SpecialWrites, StoreError> {
         let mut special = SpecialWrites::default();
         let pk = member_pk(&commit.program, &commit.member);
-        if let Some(redemption) = &commit.redemption {
+        for redemption in commit.redemption.iter().chain(&commit.copied_redemptions) {
             let mut item = key(&pk, format!("R#{}", redemption.id));
             item.insert("body".into(), encode("redemption", redemption)?);
             writes.push(self.put(item, None, None)?);
@@ -1275,21 +1275,111 @@ impl AliasStore for DynamoStore {
             .transact_items(mine)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) => match e.as_service_error() {
-                Some(TransactWriteItemsError::TransactionCanceledException(cancelled))
-                    if cancelled
-                        .cancellation_reasons()
-                        .first()
-                        .and_then(|r| r.code())
-                        == Some("ConditionalCheckFailed") =>
-                {
-                    Ok(false)
-                }
-                _ => Err(sdk_error("cannot link the identity", e)),
-            },
-        }
+        alias_written(result, "cannot link the identity")
+    }
+    async fn move_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<bool, StoreError> {
+        let mut item = key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS");
+        item.insert("member".into(), s(to));
+        let alias = build(
+            "alias",
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(PK) OR #m = :from OR #m = :to")
+                .expression_attribute_names("#m", "member")
+                .expression_attribute_values(":from", s(from))
+                .expression_attribute_values(":to", s(to))
+                .build(),
+        )?;
+        let sk = format!("I#{kind}#{value}");
+        let gone = build(
+            "delete",
+            Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(member_pk(program, from), sk.clone())))
+                .build(),
+        )?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(alias).build())
+            .transact_items(self.put(key(member_pk(program, to), sk), None, None)?)
+            .transact_items(TransactWriteItem::builder().delete(gone).build())
+            .send()
+            .await;
+        alias_written(result, "cannot move the identity")
+    }
+
+    async fn remove_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+        member: &str,
+    ) -> Result<(), StoreError> {
+        let alias = build(
+            "delete",
+            Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS")))
+                .condition_expression("attribute_not_exists(PK) OR #m = :m")
+                .expression_attribute_names("#m", "member")
+                .expression_attribute_values(":m", s(member))
+                .build(),
+        )?;
+        let mine = build(
+            "delete",
+            Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(
+                    member_pk(program, member),
+                    format!("I#{kind}#{value}"),
+                )))
+                .build(),
+        )?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().delete(alias).build())
+            .transact_items(TransactWriteItem::builder().delete(mine).build())
+            .send()
+            .await;
+        // Linked to another member: only the member's own side was stale, and it stays until
+        // the other's link is moved or removed.
+        alias_written(result, "cannot unlink the identity").map(|_| ())
+    }
+}
+
+/// `true` when an alias transaction went through, `false` when its condition on the alias
+/// (linked to someone else) refused it.
+fn alias_written<T, R>(
+    result: Result<T, SdkError<TransactWriteItemsError, R>>,
+    what: &str,
+) -> Result<bool, StoreError>
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) => match e.as_service_error() {
+            Some(TransactWriteItemsError::TransactionCanceledException(cancelled))
+                if cancelled
+                    .cancellation_reasons()
+                    .first()
+                    .and_then(|r| r.code())
+                    == Some("ConditionalCheckFailed") =>
+            {
+                Ok(false)
+            }
+            _ => Err(sdk_error(what, e)),
+        },
     }
 }
 
@@ -2004,7 +2094,9 @@ impl RecordsStore for DynamoStore {
             for item in self.partition(&pk, prefix).await? {
                 let sk = text(&item, "SK").unwrap_or_default();
                 match prefix {
-                    "O#" => file.orders.push(body(&item, sk)?),
+                    "O#" => file
+                        .orders
+                        .push((sk.trim_start_matches("O#").to_string(), body(&item, sk)?)),
                     "R#" => file.redemptions.push(body(&item, sk)?),
                     "A#" => file.assignments.push(body(&item, sk)?),
                     _ => {

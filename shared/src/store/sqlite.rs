@@ -567,6 +567,64 @@ impl AliasStore for SqliteStore {
         })
         .await
     }
+
+    async fn move_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<bool, StoreError> {
+        let (program, kind, value, from, to) = (
+            program.to_string(),
+            kind.to_string(),
+            value.to_string(),
+            from.to_string(),
+            to.to_string(),
+        );
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO aliases (program, kind, value, member) VALUES (?1, ?2, ?3, ?5)
+                 ON CONFLICT (program, kind, value) DO UPDATE SET member = ?5 WHERE member = ?4",
+                params![program, kind, value, from, to],
+            )
+            .map_err(|e| sql_error("cannot move the alias", e))?;
+            let owner: String = conn
+                .query_row(
+                    "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
+                    params![program, kind, value],
+                    |row| row.get(0),
+                )
+                .map_err(|e| sql_error("cannot read the alias", e))?;
+            Ok(owner == to)
+        })
+        .await
+    }
+
+    async fn remove_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+        member: &str,
+    ) -> Result<(), StoreError> {
+        let (program, kind, value, member) = (
+            program.to_string(),
+            kind.to_string(),
+            value.to_string(),
+            member.to_string(),
+        );
+        self.with(move |conn| {
+            conn.execute(
+                "DELETE FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3 AND member = ?4",
+                params![program, kind, value, member],
+            )
+            .map_err(|e| sql_error("cannot remove the alias", e))?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -1028,7 +1086,7 @@ fn write_redemption_items(
     tx: &rusqlite::Transaction<'_>,
     commit: &Commit,
 ) -> Result<(), StoreError> {
-    if let Some(redemption) = &commit.redemption {
+    for redemption in commit.redemption.iter().chain(&commit.copied_redemptions) {
         tx.execute(
             "INSERT INTO redemptions (program, member, id, body) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (program, member, id) DO UPDATE SET body = excluded.body",
@@ -1481,6 +1539,30 @@ fn bodies<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
+/// A member's order records with their keys.
+fn keyed_orders(
+    conn: &Connection,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<(String, OrderRecord)>, StoreError> {
+    let failed = |e| sql_error("cannot read the orders", e);
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT order_key, body FROM orders WHERE program = ?1 AND member = ?2 ORDER BY order_key",
+        )
+        .map_err(failed)?;
+    let rows = statement
+        .query_map(args, |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })
+        .map_err(failed)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (key, body) = row.map_err(failed)?;
+        out.push((key, decode("order", &body)?));
+    }
+    Ok(out)
+}
+
 /// One member's account, ledger (oldest first) and order records.
 fn member_records(
     conn: &Connection,
@@ -1659,12 +1741,7 @@ impl RecordsStore for SqliteStore {
                 .collect::<Result<Vec<(String, String)>, _>>()
                 .map_err(|e| sql_error("cannot read the aliases", e))?;
             Ok(MemberFile {
-                orders: bodies(
-                    conn,
-                    "order",
-                    "SELECT body FROM orders WHERE program = ?1 AND member = ?2 ORDER BY order_key",
-                    &args,
-                )?,
+                orders: keyed_orders(conn, &args)?,
                 redemptions,
                 coupons,
                 assignments: bodies(

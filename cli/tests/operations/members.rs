@@ -1,0 +1,251 @@
+//! One person, one account, from outside: merging two members over HTTP and with `loyalty
+//! member merge`, against a running `loyalty serve`.
+
+use chrono::{Datelike, NaiveDate, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+use super::{ok, Shop, P};
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The last day of the month `months` after this one (Seoul and UTC agree on the month
+/// except in the first hours of one, which the lots' dates absorb).
+fn end_of_month_in(months: u32) -> NaiveDate {
+    let today = Utc::now().date_naive();
+    let index = today.year() * 12 + today.month0() as i32 + months as i32 + 1;
+    NaiveDate::from_ymd_opt(index / 12, (index % 12) as u32 + 1, 1)
+        .and_then(|d| d.pred_opt())
+        .expect("date")
+}
+
+fn pos_purchase(id: &str, member: &str, order: &str) -> Value {
+    json!({
+        "type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
+        "member": member, "occurred_at": now(),
+        "data": {
+            "order_id": order, "currency": "KRW", "channel": "store", "shipping": "0", "tax": "0",
+            "lines": [{"line_id": "1", "sku": "TEE-01", "category": "apparel", "quantity": 1,
+                       "unit_price": "59000", "discount": "0"}]
+        }
+    })
+}
+
+fn birthday(id: &str, member: &str) -> Value {
+    json!({"type": "engagement.recorded", "version": 1, "id": id, "program": "kr-shop",
+           "member": member, "occurred_at": now(),
+           "data": {"action": "birthday", "ref": format!("birthday-{}", Utc::now().year())}})
+}
+
+impl Shop {
+    fn send(&self, event: Value) {
+        let (status, answer) = self.call("POST", &format!("{P}/events"), Some(event));
+        assert_eq!(status, 202, "{answer}");
+    }
+
+    /// Every ledger entry of a member, newest first, through the admin route's pages.
+    fn whole_ledger(&self, member: &str) -> Vec<Value> {
+        let mut entries = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = self.get(&format!("{P}/members/{member}/ledger?limit=100{cursor}"));
+            entries.extend(page["entries"].as_array().expect("entries").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return entries,
+            }
+        }
+    }
+}
+
+fn lots(view: &Value) -> Vec<(String, i64)> {
+    view["lots"]
+        .as_array()
+        .expect("lots")
+        .iter()
+        .map(|l| {
+            (
+                l["date"].as_str().unwrap_or_default().to_string(),
+                l["points"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_pos_member_merged_into_the_app_member_keeps_every_point_date_order_and_used_limit() {
+    // GIVEN a POS member with 3,000 points ending in 2 months, who was paid this year's
+    // birthday bonus and has a store purchase pending, and an app member with 5,000 ending in
+    // 11 months
+    let shop = Shop::start("merge");
+    let pos = "pos:010-1234-5678";
+    let app = "app-minji";
+    let (soon, later) = (end_of_month_in(2), end_of_month_in(11));
+    let file = shop.dir.join("balances.csv");
+    std::fs::write(
+        &file,
+        format!("member,points,expires_on\n{pos},3000,{soon}\n{app},5000,{later}\n"),
+    )
+    .expect("file");
+    let imported = ok(&shop.loyalty(&[
+        "import",
+        "balances",
+        file.to_str().expect("utf-8 path"),
+        "--program",
+        "kr-shop",
+        "--format",
+        "csv",
+        "--json",
+    ]));
+    assert_eq!(imported["applied"].as_i64(), Some(2), "{imported}");
+    shop.send(birthday("bd-pos", pos));
+    shop.send(pos_purchase("pos-sale-1", pos, "store-1001"));
+    let before = shop.eventually(pos, |v| v["pending"] == 590 && v["balance"] == 5000);
+    let birthday_lot = end_of_month_in(12);
+    assert_eq!(
+        lots(&before),
+        vec![(soon.to_string(), 3000), (birthday_lot.to_string(), 2000)]
+    );
+
+    // WHEN support merges the POS member into the app member
+    let (status, merged) = shop.call(
+        "POST",
+        &format!("{P}/members/{app}/merge"),
+        Some(json!({"from": pos, "reason": "same person: phone 010-1234-5678 in the app"})),
+    );
+
+    // THEN the survivor holds both members' points with both expiry dates
+    assert_eq!(status, 200, "{merged}");
+    assert_eq!(
+        (merged["points"].as_i64(), merged["pending"].as_i64()),
+        (Some(5000), Some(590)),
+        "{merged}"
+    );
+    let survivor = shop.member(app);
+    assert_eq!(survivor["balance"].as_i64(), Some(10_000), "{survivor}");
+    assert_eq!(survivor["pending"].as_i64(), Some(590));
+    let mut expected = vec![
+        (soon.to_string(), 3000),
+        (later.to_string(), 5000),
+        (birthday_lot.to_string(), 2000),
+    ];
+    expected.sort();
+    assert_eq!(lots(&survivor), expected);
+    assert_eq!(survivor["merged_from"], json!([pos]));
+    // AND Σ ledger == balance on the survivor, with the merge entry and its reason
+    let ledger = shop.whole_ledger(app);
+    let sum = |key: &str| {
+        ledger
+            .iter()
+            .map(|e| e[key].as_i64().unwrap_or(0))
+            .sum::<i64>()
+    };
+    assert_eq!((sum("points"), sum("pending")), (10_000, 590));
+    let entry = ledger
+        .iter()
+        .find(|e| e["kind"] == "merge")
+        .expect("merge entry");
+    assert!(entry["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("same person"));
+    // AND the POS member's own ledger says where its points went (-5,000 and -590 pending),
+    // and its id now names the survivor
+    let conn = rusqlite::Connection::open(&shop.db).expect("db");
+    let out: String = conn
+        .query_row(
+            "SELECT body FROM ledger WHERE member = ?1 AND body LIKE '%\"merge\"%'",
+            [pos],
+            |r| r.get(0),
+        )
+        .expect("the POS member's merge entry");
+    let out: Value = serde_json::from_str(&out).expect("entry");
+    assert_eq!(
+        (out["points"].as_i64(), out["pending"].as_i64()),
+        (Some(-5000), Some(-590))
+    );
+    assert_eq!(shop.member(pos)["member"], app);
+
+    // WHEN the POS order is refunded, naming the POS member
+    shop.send(json!({"type": "purchase.refunded", "version": 1, "id": "pos-refund-1",
+        "program": "kr-shop", "member": pos, "occurred_at": now(),
+        "data": {"order_id": "store-1001", "refund_id": "r1", "lines": [{"line_id": "1", "quantity": 1}]}}));
+    // THEN it takes back from the survivor
+    let refunded = shop.eventually(app, |v| v["pending"] == 0);
+    assert_eq!(refunded["balance"].as_i64(), Some(10_000));
+
+    // WHEN the merge is asked for again, over HTTP and with the CLI
+    let (status, again) = shop.call(
+        "POST",
+        &format!("{P}/members/{app}/merge"),
+        Some(json!({"from": pos, "reason": "same person"})),
+    );
+    let cli = ok(&shop.loyalty(&[
+        "member",
+        "merge",
+        app,
+        "--from",
+        pos,
+        "--reason",
+        "again",
+        "--program",
+        "kr-shop",
+        "--json",
+    ]));
+    // THEN nothing changes
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        (again["repeated"].as_bool(), cli["repeated"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(shop.member(app)["balance"].as_i64(), Some(10_000));
+
+    // WHEN the survivor's birthday is reported this year
+    shop.send(birthday("bd-app", app));
+    shop.settled();
+    // THEN it is not paid a second time
+    let after = shop.member(app);
+    assert_eq!(after["balance"].as_i64(), Some(10_000), "{after}");
+    let ledger = shop.whole_ledger(app);
+    let paid = ledger
+        .iter()
+        .filter(|e| e["source"]["rule"] == "birthday" && e["points"].as_i64() > Some(0))
+        .count();
+    assert_eq!(paid, 0, "the survivor's own ledger has no birthday payment");
+    assert_eq!(sum_points(&ledger), 10_000);
+}
+
+fn sum_points(ledger: &[Value]) -> i64 {
+    ledger
+        .iter()
+        .map(|e| e["points"].as_i64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn a_merge_is_refused_into_itself_for_unknown_members_and_without_a_reason() {
+    // GIVEN a running shop with one member
+    let shop = Shop::start("merge-refused");
+    shop.send(pos_purchase("sale-a", "m-a", "o-a"));
+    shop.eventually("m-a", |v| v["pending"] == 590);
+    let merge = |survivor: &str, body: Value| {
+        shop.call("POST", &format!("{P}/members/{survivor}/merge"), Some(body))
+    };
+    // WHEN merges that cannot be are asked for THEN each is a problem and nothing changes
+    let (status, itself) = merge("m-a", json!({"from": "m-a", "reason": "x"}));
+    assert_eq!(
+        (status, itself["type"].as_str()),
+        (400, Some("/problems/invalid-merge"))
+    );
+    let (status, unknown) = merge("m-a", json!({"from": "m-nobody", "reason": "x"}));
+    assert_eq!(
+        (status, unknown["type"].as_str()),
+        (404, Some("/problems/unknown-member"))
+    );
+    let (status, blank) = merge("m-a", json!({"from": "m-b", "reason": " "}));
+    assert_eq!(status, 400, "{blank}");
+    let (status, extra) = merge("m-a", json!({"from": "m-b", "reason": "x", "points": 5}));
+    assert_eq!(status, 400, "{extra}");
+    assert_eq!(shop.member("m-a")["pending"].as_i64(), Some(590));
+}

@@ -1,0 +1,148 @@
+//! Merging two members who are one person (a POS member known by phone and the app's member).
+//!
+//! A merge is two changes, each one conditional write of one account, so that it is the same on
+//! every store: `merge_out` empties the other member into a snapshot kept on its own account
+//! (and marks it merged), and `merge_in` adds that snapshot to the survivor. The second change is
+//! written under a marker named after the other member, so that running it again (a retry, the
+//! relayed message, a second request) adds nothing. Between the two, the points are on neither
+//! balance but in the snapshot: nothing can spend them and nothing is lost.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::account::{Account, AccountError, Change, Journal, Profile};
+use super::ledger::{EntryKind, EventContext};
+use super::program::Program;
+
+/// What became of a member merged into another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Merged {
+    pub into: String,
+    pub at: DateTime<Utc>,
+    pub reason: String,
+    pub by: String,
+    /// The account as it was when merged (settled): what the survivor receives.
+    pub snapshot: Box<Account>,
+}
+
+impl Account {
+    /// The survivor this member was merged into, if it was.
+    pub fn merged_into(&self) -> Option<&str> {
+        self.merged.as_ref().map(|m| m.into.as_str())
+    }
+
+    /// Empties this member into a snapshot for `into`. Refused while a checkout holds points
+    /// (the shop would capture or void a hold that has moved).
+    pub fn merge_out(
+        &self,
+        program: &Program,
+        into: &str,
+        reason: &str,
+        by: &str,
+        ctx: &EventContext,
+    ) -> Result<Change, AccountError> {
+        if let Some(already) = self.merged_into() {
+            return Err(AccountError::Invalid(format!(
+                "{} was merged into {already} already",
+                self.member
+            )));
+        }
+        let mut journal = Journal::begin(self, program, ctx);
+        if !journal.account.holds.is_empty() {
+            return Err(open_hold(&self.member));
+        }
+        let snapshot = journal.account.clone();
+        let account = &mut journal.account;
+        account.lots = Default::default();
+        account.debt = 0;
+        account.balance = 0;
+        account.pending.clear();
+        account.qualifying.clear();
+        account.profile = Profile::default();
+        account.merged = Some(Merged {
+            into: into.to_string(),
+            at: ctx.recorded_at,
+            reason: reason.to_string(),
+            by: by.to_string(),
+            snapshot: Box::new(snapshot.clone()),
+        });
+        journal.post(
+            EntryKind::Merge,
+            -snapshot.balance,
+            -snapshot.pending_points(),
+            &format!("Merged into {into}: {reason}"),
+        );
+        Ok(journal.finish())
+    }
+
+    /// Adds a merged member's snapshot: its lots with their own expiry dates, pending points
+    /// with their release dates, qualifying history, the higher tier (until its own review),
+    /// engagement counts (so a limit is not paid twice) and what the profile lacks.
+    pub fn merge_in(
+        &self,
+        program: &Program,
+        other: &Merged,
+        ctx: &EventContext,
+    ) -> Result<Change, AccountError> {
+        if !self.holds.is_empty() {
+            return Err(open_hold(&self.member));
+        }
+        let from = &other.snapshot;
+        let mut journal = Journal::begin(self, program, ctx);
+        let account = &mut journal.account;
+        for share in from.lots.iter() {
+            account.lots.add(share.expires_on, share.points);
+        }
+        account.debt += from.debt;
+        account.balance = account.lots.total() - account.debt;
+        account.pending.extend(from.pending.iter().cloned());
+        for (month, measure) in &from.qualifying {
+            super::tiers::add_measure(account, *month, *measure);
+        }
+        let rank = |id: &str| program.tier(id).map_or(0, |(i, _)| i);
+        if rank(&from.tier.id) > rank(&account.tier.id) {
+            account.tier = from.tier.clone();
+        }
+        for (action, periods) in &from.actions {
+            let mine = account.actions.entry(action.clone()).or_default();
+            for (period, count) in periods {
+                *mine.entry(period.clone()).or_insert(0) += count;
+            }
+        }
+        account.purchases += from.purchases;
+        account.categories.extend(from.categories.iter().cloned());
+        account.notified.extend(from.notified.iter().cloned());
+        account.joined_on = account.joined_on.min(from.joined_on);
+        account.last_purchase_at = account.last_purchase_at.max(from.last_purchase_at);
+        if account.referred_by.is_none() {
+            account.referred_by = from.referred_by.clone();
+        }
+        if account.profile.birthday.is_none() {
+            account.profile.birthday = from.profile.birthday.clone();
+            account.profile.birthday_set_on = from.profile.birthday_set_on;
+        }
+        if account.profile.anniversary.is_none() {
+            account.profile.anniversary = from.profile.anniversary;
+        }
+        if !account.merged_from.contains(&from.member) {
+            account.merged_from.push(from.member.clone());
+        }
+        journal.post(
+            EntryKind::Merge,
+            from.balance,
+            from.pending_points(),
+            &format!("Merged from {}: {}", from.member, other.reason),
+        );
+        // Pending points that matured, or lots that ended, while in transit.
+        journal.settle(program, ctx.recorded_at);
+        super::limits::check_account(&journal.account)
+            .map_err(|e| AccountError::Invalid(e.to_string()))?;
+        Ok(journal.finish())
+    }
+}
+
+fn open_hold(member: &str) -> AccountError {
+    AccountError::Invalid(format!(
+        "{member} has points held for a checkout; capture or void the hold first"
+    ))
+}

@@ -407,6 +407,93 @@ async fn aliases_link_one_identity_to_one_member(store: Arc<dyn Store>) {
     );
 }
 
+async fn identities_move_between_members_and_are_removed_only_by_their_member(
+    store: Arc<dyn Store>,
+) {
+    let p = program();
+    let (from, to, third) = (member(), member(), member());
+    let value = uuid::Uuid::new_v4().simple().to_string();
+    // GIVEN an identity linked to one member, and another linked to a third
+    assert!(store
+        .put_alias(&p.id, "phone", &value, &from)
+        .await
+        .unwrap());
+    let other = format!("{value}-other");
+    assert!(store
+        .put_alias(&p.id, "phone", &other, &third)
+        .await
+        .unwrap());
+    // WHEN the first is moved to the survivor, twice, and the other asked to move too
+    assert!(store
+        .move_alias(&p.id, "phone", &value, &from, &to)
+        .await
+        .unwrap());
+    assert!(store
+        .move_alias(&p.id, "phone", &value, &from, &to)
+        .await
+        .unwrap());
+    assert!(!store
+        .move_alias(&p.id, "phone", &other, &from, &to)
+        .await
+        .unwrap());
+    // THEN the first names the survivor, in its member file too, and the other is untouched
+    let resolve = |v: String| {
+        let store = store.clone();
+        let id = p.id.clone();
+        async move { store.resolve_alias(&id, "phone", &v).await.unwrap() }
+    };
+    assert_eq!(resolve(value.clone()).await.as_deref(), Some(to.as_str()));
+    assert_eq!(
+        resolve(other.clone()).await.as_deref(),
+        Some(third.as_str())
+    );
+    let file = store.member_file(&p.id, &to).await.unwrap();
+    assert_eq!(file.aliases, vec![("phone".to_string(), value.clone())]);
+    assert!(store
+        .member_file(&p.id, &from)
+        .await
+        .unwrap()
+        .aliases
+        .is_empty());
+    // AND an identity linked to no one moves as a new link
+    let fresh = format!("{value}-fresh");
+    assert!(store
+        .move_alias(&p.id, "pos", &fresh, &from, &to)
+        .await
+        .unwrap());
+    assert_eq!(
+        resolve_kind(&store, &p.id, "pos", &fresh).await.as_deref(),
+        Some(to.as_str())
+    );
+    // WHEN a member that is not linked asks to remove it THEN it stays; its member removes it
+    store
+        .remove_alias(&p.id, "phone", &value, &third)
+        .await
+        .unwrap();
+    assert_eq!(resolve(value.clone()).await.as_deref(), Some(to.as_str()));
+    store
+        .remove_alias(&p.id, "phone", &value, &to)
+        .await
+        .unwrap();
+    assert_eq!(resolve(value.clone()).await, None);
+    assert!(store
+        .member_file(&p.id, &to)
+        .await
+        .unwrap()
+        .aliases
+        .iter()
+        .all(|(kind, _)| kind != "phone"));
+}
+
+async fn resolve_kind(
+    store: &Arc<dyn Store>,
+    program: &str,
+    kind: &str,
+    value: &str,
+) -> Option<String> {
+    store.resolve_alias(program, kind, value).await.unwrap()
+}
+
 async fn rejected_events_are_kept_with_their_reason(store: Arc<dyn Store>) {
     // GIVEN three events rejected a second apart
     let program = format!("p-{}", uuid::Uuid::new_v4().simple());
@@ -1092,6 +1179,7 @@ macro_rules! conformance {
                 order_records_are_read_with_the_account,
                 programs_are_versioned_and_conditional,
                 aliases_link_one_identity_to_one_member,
+                identities_move_between_members_and_are_removed_only_by_their_member,
                 rejected_events_are_kept_with_their_reason,
                 a_parked_event_moves_to_the_outbox_once,
                 a_commit_s_outbox_is_written_with_it_and_waits_until_relayed,

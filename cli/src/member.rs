@@ -24,6 +24,27 @@ enum MemberCommand {
     /// Merge another member into SURVIVOR: points with their expiry dates, pending points,
     /// tier history, identities, orders and redemptions. Asked again, changes nothing.
     Merge(MergeArgs),
+    /// Suspend a member: its events wait and it redeems nothing until resumed.
+    Suspend(SuspendArgs),
+    /// Resume a suspended member: the events that waited are applied, or cancelled with
+    /// `--cancel-events` (kept as rejected events).
+    Resume(SuspendArgs),
+}
+
+#[derive(Debug, Args)]
+struct SuspendArgs {
+    /// The member id, or an identity linked to it.
+    member: String,
+    /// Why (kept with the suspension, or on the cancelled events).
+    #[arg(long)]
+    reason: String,
+    /// On resume: cancel the events that waited instead of applying them.
+    #[arg(long)]
+    cancel_events: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long)]
+    program: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +84,8 @@ pub fn run(args: MemberArgs) -> Result<(), String> {
     match args.command {
         MemberCommand::Export(args) => runtime()?.block_on(export(args)),
         MemberCommand::Merge(args) => runtime()?.block_on(merge(args)),
+        MemberCommand::Suspend(args) => runtime()?.block_on(suspension(args, true)),
+        MemberCommand::Resume(args) => runtime()?.block_on(suspension(args, false)),
     }
 }
 
@@ -85,6 +108,30 @@ async fn named_member(
         .canonical_member(program, &named)
         .await
         .map_err(|e| e.to_string())
+}
+
+async fn suspension(args: SuspendArgs, suspend: bool) -> Result<(), String> {
+    // Resumed events go through the outbox to the running system.
+    let services = args.store.open().await?.sending_services();
+    let program = program_of(&services, args.program.as_deref()).await?;
+    let member = named_member(&services, &program, &args.member).await?;
+    let report = if suspend {
+        services
+            .suspend(&program, &member, &args.reason, &operator())
+            .await
+    } else {
+        let events = match args.cancel_events {
+            true => loyalty_core::services::suspension::Waiting::Cancel,
+            false => loyalty_core::services::suspension::Waiting::Apply,
+        };
+        services
+            .resume(&program, &member, &args.reason, events, &operator())
+            .await
+    }
+    .map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
 }
 
 async fn merge(args: MergeArgs) -> Result<(), String> {

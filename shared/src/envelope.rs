@@ -33,6 +33,11 @@ pub struct Envelope {
     /// its id, so it can never take effect twice, but the queues see a new message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<u32>,
+    /// Set when the event waited while its member was suspended and was sent again on resume
+    /// (the resume's time, in milliseconds): the queues see a new message, the marker still
+    /// stops a second effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<i64>,
 }
 
 impl Envelope {
@@ -45,9 +50,13 @@ impl Envelope {
     /// program (two shops may both have a WooCommerce order 1001), so every queue that
     /// deduplicates does so on this, never on the bare id.
     pub fn dedup_id(&self) -> String {
-        match self.replay {
+        let base = match self.replay {
             Some(n) => format!("{}/{}/replay-{n}", self.program, self.id),
             None => format!("{}/{}", self.program, self.id),
+        };
+        match self.resumed {
+            Some(at) => format!("{base}/resumed-{at}"),
+            None => base,
         }
     }
 }

@@ -591,6 +591,13 @@ pub trait ParkingStore: Send + Sync {
         event_id: &str,
         message: &OutboxMessage,
     ) -> Result<(), StoreError>;
+    /// Drops one parked event (an operator cancelled it); dropping it again is harmless.
+    async fn discard_parked(
+        &self,
+        program: &str,
+        order_key: &str,
+        event_id: &str,
+    ) -> Result<(), StoreError>;
 }
 
 /// The messages written by commits and not yet relayed.

@@ -26,6 +26,7 @@ fn client() -> aws_sdk_sqs::Client {
 fn envelope(id: &str, member: &str) -> Envelope {
     Envelope {
         replay: None,
+        resumed: None,
         kind: "purchase.completed".into(),
         version: 1,
         id: id.into(),

@@ -88,6 +88,7 @@ fn message(queue: QueueName, member: &str, id: &str) -> OutboxMessage {
         queue,
         Envelope {
             replay: None,
+            resumed: None,
             kind: "tier.check".into(),
             version: 1,
             id: id.to_string(),

@@ -4,7 +4,7 @@
 use chrono::{Datelike, NaiveDate, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use super::{ok, Shop, P};
+use super::{common, ok, Shop, P};
 
 fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -248,4 +248,109 @@ fn a_merge_is_refused_into_itself_for_unknown_members_and_without_a_reason() {
     let (status, extra) = merge("m-a", json!({"from": "m-b", "reason": "x", "points": 5}));
     assert_eq!(status, 400, "{extra}");
     assert_eq!(shop.member("m-a")["pending"].as_i64(), Some(590));
+}
+
+#[test]
+fn a_suspended_member_earns_and_redeems_nothing_until_resumed_then_its_events_apply_once() {
+    // GIVEN a member with 5,000 points
+    let shop = Shop::start("suspend");
+    let member = "m-suspect";
+    let (status, answer) = shop.call(
+        "POST",
+        &format!("{P}/members/{member}/adjustments"),
+        Some(json!({"points": 5000, "reason": "opening balance"})),
+    );
+    assert_eq!(status, 201, "{answer}");
+    // WHEN an operator suspends the member and a purchase and a birthday arrive
+    let (status, suspended) = shop.call(
+        "POST",
+        &format!("{P}/members/{member}/suspend"),
+        Some(json!({"reason": "chargebacks under review"})),
+    );
+    assert_eq!(status, 200, "{suspended}");
+    shop.send(pos_purchase("sus-sale-1", member, "sus-1"));
+    shop.send(birthday("sus-bd", member));
+    shop.settled();
+    // THEN nothing is earned, the member view says why, and a redemption is refused
+    let view = shop.member(member);
+    assert_eq!(
+        (view["balance"].as_i64(), view["pending"].as_i64()),
+        (Some(5000), Some(0))
+    );
+    assert_eq!(view["suspended"]["reason"], "chargebacks under review");
+    let me = common::token(&["--member", member]);
+    let (status, refused) = shop.server.call(
+        "POST",
+        &format!("{P}/me/redemptions"),
+        &me,
+        &[("Idempotency-Key", "k-1")],
+        Some(&json!({"reward": "free-shipping"}).to_string()),
+    );
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["type"], "/problems/member-suspended");
+
+    // WHEN the member is resumed with the CLI
+    let resumed = ok(&shop.loyalty(&[
+        "member",
+        "resume",
+        member,
+        "--reason",
+        "cleared",
+        "--program",
+        "kr-shop",
+    ]));
+    // THEN both waiting events are applied once, and the member may redeem again
+    assert_eq!(resumed["applied"].as_i64(), Some(2), "{resumed}");
+    let view = shop.eventually(member, |v| v["pending"] == 590 && v["balance"] == 7000);
+    assert!(view.get("suspended").is_none(), "{view}");
+    let (status, again) = shop.call(
+        "POST",
+        &format!("{P}/members/{member}/resume"),
+        Some(json!({"reason": "cleared"})),
+    );
+    assert_eq!(
+        (status, again["applied"].as_i64()),
+        (200, Some(0)),
+        "{again}"
+    );
+    shop.send(pos_purchase("sus-sale-1", member, "sus-1"));
+    shop.settled();
+    assert_eq!(shop.member(member)["pending"].as_i64(), Some(590));
+    let (status, redeemed) = shop.server.call(
+        "POST",
+        &format!("{P}/me/redemptions"),
+        &me,
+        &[("Idempotency-Key", "k-2")],
+        Some(&json!({"reward": "free-shipping"}).to_string()),
+    );
+    assert_eq!(status, 201, "{redeemed}");
+
+    // WHEN the member is suspended again, an event waits, and the resume cancels it
+    let (status, _) = shop.call(
+        "POST",
+        &format!("{P}/members/{member}/suspend"),
+        Some(json!({"reason": "again"})),
+    );
+    assert_eq!(status, 200);
+    shop.send(pos_purchase("sus-sale-2", member, "sus-2"));
+    shop.settled();
+    let (status, cancelled) = shop.call(
+        "POST",
+        &format!("{P}/members/{member}/resume"),
+        Some(json!({"reason": "fraudulent order", "events": "cancel"})),
+    );
+    // THEN it never earns, and operators find it among the rejected events with the reason
+    assert_eq!(
+        (status, cancelled["cancelled"].as_i64()),
+        (200, Some(1)),
+        "{cancelled}"
+    );
+    shop.settled();
+    assert_eq!(shop.member(member)["pending"].as_i64(), Some(590));
+    let (status, rejected) = shop.call("GET", &format!("{P}/rejected-events/sus-sale-2"), None);
+    assert_eq!(status, 200, "{rejected}");
+    assert!(rejected["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("fraudulent order"));
 }

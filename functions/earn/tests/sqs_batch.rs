@@ -64,6 +64,7 @@ async fn poison(dynamodb: &aws_sdk_dynamodb::Client, table: &str, on: bool) {
 fn purchase(id: &str, member: &str) -> Envelope {
     Envelope {
         replay: None,
+        resumed: None,
         kind: "purchase.completed".into(),
         version: 1,
         id: id.into(),

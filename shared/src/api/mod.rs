@@ -135,6 +135,14 @@ pub fn redemption_router(state: AppState) -> Router {
             post(merge_members),
         )
         .route(
+            "/v1/programs/{program}/members/{member}/suspend",
+            post(suspend_member),
+        )
+        .route(
+            "/v1/programs/{program}/members/{member}/resume",
+            post(resume_member),
+        )
+        .route(
             "/v1/programs/{program}/redemptions/{id}/capture",
             post(capture_hold),
         )
@@ -668,6 +676,36 @@ async fn merge_members(
     let report = state
         .services
         .merge_request(&program, &survivor, &principal.subject, &body)
+        .await?;
+    Ok(Json(report).into_response())
+}
+
+async fn suspend_member(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, member)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let member = member_in_path(&state, &program, &member).await?;
+    let report = state
+        .services
+        .suspend_request(&program, &member, &principal.subject, &body)
+        .await?;
+    Ok(Json(report).into_response())
+}
+
+async fn resume_member(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, member)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let member = member_in_path(&state, &program, &member).await?;
+    let report = state
+        .services
+        .resume_request(&program, &member, &principal.subject, &body)
         .await?;
     Ok(Json(report).into_response())
 }

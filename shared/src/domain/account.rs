@@ -64,6 +64,9 @@ pub struct Account {
     /// Members merged into this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<String>,
+    /// Set while an operator has suspended the member: events wait, nothing is redeemed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<Suspension>,
     /// Optimistic-concurrency version: every commit is conditioned on it.
     #[serde(default)]
     pub version: u64,
@@ -92,6 +95,14 @@ pub struct Profile {
     pub birthday_set_on: Option<NaiveDate>,
     #[serde(default)]
     pub anniversary: Option<NaiveDate>,
+}
+
+/// Why and by whom a member was suspended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspension {
+    pub reason: String,
+    pub by: String,
+    pub at: DateTime<Utc>,
 }
 
 /// Days between two changes of a birthday.
@@ -224,6 +235,7 @@ impl Account {
             notified: Default::default(),
             merged: None,
             merged_from: Vec::new(),
+            suspended: None,
             version: 0,
         }
     }

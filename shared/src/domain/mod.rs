@@ -18,7 +18,9 @@ pub mod program;
 pub mod schedule;
 pub mod tiers;
 
-pub use account::{Account, AccountError, Change, Hold, PendingGrant, Profile, TierStatus};
+pub use account::{
+    Account, AccountError, Change, Hold, PendingGrant, Profile, Suspension, TierStatus,
+};
 pub use earning::{CampaignEffect, Purchase, PurchaseLine};
 pub use ledger::{EntryKind, EventContext, LedgerEntry, Source};
 pub use lots::{LotShare, Lots};

@@ -187,6 +187,7 @@ impl Services {
         };
         let envelope = Envelope {
             replay: None,
+            resumed: None,
             kind: AUDIT_REQUESTED.into(),
             version: ENVELOPE_VERSION,
             id: format!("audit-{}", run.id),

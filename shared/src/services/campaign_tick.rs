@@ -138,6 +138,7 @@ impl Services {
             }
             let message = Envelope {
                 replay: None,
+                resumed: None,
                 kind: "engagement.recorded".into(),
                 version: ENVELOPE_VERSION,
                 id: format!("{action}-{member}-{}", day.year()),

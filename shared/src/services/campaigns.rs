@@ -178,6 +178,7 @@ impl Services {
         if let Effect::Grant { points } = &v.effect {
             let grant = Envelope {
                 replay: None,
+                resumed: None,
                 kind: "points.granted".into(),
                 version: ENVELOPE_VERSION,
                 id: format!("grant-{id}-{member}"),

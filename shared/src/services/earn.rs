@@ -157,6 +157,17 @@ impl Services {
                 contention.redirected(|| format!("member {}", envelope.member))?;
                 continue;
             }
+            if state
+                .account
+                .as_ref()
+                .is_some_and(|a| a.suspended.is_some())
+            {
+                let body = serde_json::to_string(&envelope).map_err(|e| Retry(e.to_string()))?;
+                self.wait_for_resume(&program.id, &envelope, &body).await?;
+                return Ok(Processed::NoEffect(
+                    "the member is suspended: the event waits for the resume".into(),
+                ));
+            }
             // A refund takes revenue back from the campaigns that counted its order, running or
             // not any more: their assignments are read once the order says which they are.
             let counted_in = counted_in(&event, &state);
@@ -364,6 +375,7 @@ impl Services {
 fn message(cause: &Envelope, kind: &str, id: String, data: serde_json::Value) -> Envelope {
     Envelope {
         replay: None,
+        resumed: None,
         kind: kind.to_string(),
         version: ENVELOPE_VERSION,
         id,

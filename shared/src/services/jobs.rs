@@ -600,6 +600,7 @@ fn notice(
 ) -> OutboxMessage {
     let message = Envelope {
         replay: None,
+        resumed: None,
         kind: kind.to_string(),
         version: ENVELOPE_VERSION,
         id,

@@ -34,6 +34,9 @@ pub struct MemberView {
     /// Members merged into this one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<String>,
+    /// Present while the member is suspended: why, by whom, since when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<crate::domain::Suspension>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -143,6 +146,7 @@ impl Services {
             referral_code: referral_code(&program.id, member),
             merged_into: view.merged_into().map(str::to_string),
             merged_from: view.merged_from.clone(),
+            suspended: view.suspended.clone(),
         })
     }
 

@@ -183,6 +183,7 @@ impl Services {
                 .map_err(refused)?;
             let finish = Envelope {
                 replay: None,
+                resumed: None,
                 kind: MEMBER_MERGE.into(),
                 version: ENVELOPE_VERSION,
                 id: format!("merge-{from}"),
@@ -325,6 +326,7 @@ impl Services {
                 // The summed qualifying history may reach a higher tier.
                 let check = Envelope {
                     replay: None,
+                    resumed: None,
                     kind: "tier.check".into(),
                     version: ENVELOPE_VERSION,
                     id: format!("tier-check-{step}"),

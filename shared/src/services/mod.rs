@@ -28,6 +28,7 @@ pub mod programs;
 pub mod reconcile;
 pub mod redemptions;
 pub mod rejections;
+pub mod suspension;
 pub mod webhooks;
 
 /// How long a container trusts its cached copy of a program before reading it again. A program

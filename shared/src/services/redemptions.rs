@@ -245,6 +245,12 @@ impl Services {
                 .account
                 .clone()
                 .unwrap_or_else(|| crate::domain::Account::open(&program, member, now));
+            if account.suspended.is_some() {
+                return Err(ServiceError::Forbidden {
+                    problem: "member-suspended",
+                    detail: "the member is suspended and can redeem nothing until resumed".into(),
+                });
+            }
             check_tier_lock(&program, &account, reward.min_tier.as_deref())?;
             let id = uuid::Uuid::new_v4().simple().to_string();
             let ctx = EventContext::new(format!("redeem-{id}"), now, now).with_source(Source {
@@ -898,6 +904,7 @@ fn reward_issued(
 ) -> OutboxMessage {
     let message = Envelope {
         replay: None,
+        resumed: None,
         kind: "reward.issued".into(),
         version: ENVELOPE_VERSION,
         id: format!("reward-issued-{}", body["id"].as_str().unwrap_or_default()),

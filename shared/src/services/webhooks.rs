@@ -303,6 +303,7 @@ impl Services {
     ) -> Result<Envelope, ServiceError> {
         let envelope = Envelope {
             replay: None,
+            resumed: None,
             kind: event.kind.to_string(),
             version: ENVELOPE_VERSION,
             id: event.id.clone(),

@@ -1688,6 +1688,25 @@ impl ParkingStore for DynamoStore {
             Err(e) => Err(sdk_error("cannot release the parked event", e)),
         }
     }
+
+    async fn discard_parked(
+        &self,
+        program: &str,
+        order_key: &str,
+        event_id: &str,
+    ) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                parked_pk(program, order_key),
+                format!("PARKED#{event_id}"),
+            )))
+            .send()
+            .await
+            .map_err(|e| sdk_error("cannot drop the parked event", e))?;
+        Ok(())
+    }
 }
 
 /// A message waiting in the outbox: in the partition of the member it is about, so its key

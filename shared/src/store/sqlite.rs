@@ -847,6 +847,28 @@ impl ParkingStore for SqliteStore {
         })
         .await
     }
+
+    async fn discard_parked(
+        &self,
+        program: &str,
+        order_key: &str,
+        event_id: &str,
+    ) -> Result<(), StoreError> {
+        let row = (
+            program.to_string(),
+            order_key.to_string(),
+            event_id.to_string(),
+        );
+        self.with(move |conn| {
+            conn.execute(
+                "DELETE FROM parked WHERE program = ?1 AND order_key = ?2 AND event_id = ?3",
+                params![row.0, row.1, row.2],
+            )
+            .map_err(|e| sql_error("cannot drop the parked event", e))?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 /// Adds a message to the outbox, once per key (an equal message written again is the same one).

@@ -1,0 +1,276 @@
+//! Suspending a member (`POST .../members/{m}/suspend` and `/resume`, `loyalty member suspend
+//! | resume`): while suspended, the member's events wait parked (nothing is earned) and nothing
+//! can be redeemed; on resume they are applied, or cancelled if the operator says so (kept as
+//! rejected events with the reason, which an operator can still replay).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Contention, ServiceError, Services};
+use crate::domain::{Account, Suspension};
+use crate::envelope::Envelope;
+use crate::ports::{Commit, CommitError, OutboxMessage, QueueName, RejectedEvent};
+
+/// Where a suspended member's events wait, among the parked events.
+pub fn parking_key(member: &str) -> String {
+    format!("suspended#{member}")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuspendRequest {
+    reason: String,
+}
+
+/// What becomes of the events that waited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Waiting {
+    #[default]
+    Apply,
+    Cancel,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResumeRequest {
+    reason: String,
+    #[serde(default)]
+    events: Waiting,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SuspensionReport {
+    pub member: String,
+    pub suspended: Option<Suspension>,
+    /// On resume: the waiting events sent to be applied, and those cancelled.
+    pub applied: usize,
+    pub cancelled: usize,
+}
+
+fn reason_of(reason: &str) -> Result<String, ServiceError> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > super::MAX_REASON {
+        return Err(ServiceError::invalid(
+            "invalid-reason",
+            format!(
+                "a reason of 1 to {} characters is required",
+                super::MAX_REASON
+            ),
+        ));
+    }
+    Ok(reason.to_string())
+}
+
+impl Services {
+    /// `POST .../suspend` with `{"reason"}`. Suspending a suspended member keeps the first
+    /// suspension.
+    pub async fn suspend_request(
+        &self,
+        program: &str,
+        member: &str,
+        by: &str,
+        body: &[u8],
+    ) -> Result<SuspensionReport, ServiceError> {
+        let (request, _): (SuspendRequest, _) = super::redemptions::parse(body, "invalid-reason")?;
+        self.suspend(program, member, &reason_of(&request.reason)?, by)
+            .await
+    }
+
+    /// `POST .../resume` with `{"reason", "events": "apply" | "cancel"}`.
+    pub async fn resume_request(
+        &self,
+        program: &str,
+        member: &str,
+        by: &str,
+        body: &[u8],
+    ) -> Result<SuspensionReport, ServiceError> {
+        let (request, _): (ResumeRequest, _) = super::redemptions::parse(body, "invalid-reason")?;
+        self.resume(
+            program,
+            member,
+            &reason_of(&request.reason)?,
+            request.events,
+            by,
+        )
+        .await
+    }
+
+    pub async fn suspend(
+        &self,
+        program: &str,
+        member: &str,
+        reason: &str,
+        by: &str,
+    ) -> Result<SuspensionReport, ServiceError> {
+        let program = self.program(program).await?;
+        let mut contention = Contention::new();
+        loop {
+            let now = self.clock.now();
+            let account = self.suspendable(&program.id, member).await?;
+            if account.suspended.is_some() {
+                return Ok(report(member, account.suspended, 0, 0));
+            }
+            let mut after = account.clone();
+            after.suspended = Some(Suspension {
+                reason: reason.to_string(),
+                by: by.to_string(),
+                at: now,
+            });
+            let suspended = after.suspended.clone();
+            let change = crate::domain::Change::unchanged(after);
+            match self
+                .store
+                .commit(Commit::new(&program, member, Some(&account), change, now))
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(program = %program.id, member, "member suspended");
+                    return Ok(report(member, suspended, 0, 0));
+                }
+                Err(CommitError::Store(e)) => return Err(e.into()),
+                Err(_) => {}
+            }
+            contention.again(|| format!("member {member}")).await?;
+        }
+    }
+
+    /// Lifts a suspension, then applies or cancels the events that waited. Resuming a member
+    /// who is not suspended still deals with any event left waiting (an interrupted resume).
+    pub async fn resume(
+        &self,
+        program: &str,
+        member: &str,
+        reason: &str,
+        events: Waiting,
+        by: &str,
+    ) -> Result<SuspensionReport, ServiceError> {
+        let program = self.program(program).await?;
+        let mut contention = Contention::new();
+        loop {
+            let now = self.clock.now();
+            let account = self.suspendable(&program.id, member).await?;
+            if account.suspended.is_none() {
+                break;
+            }
+            let mut after = account.clone();
+            after.suspended = None;
+            let change = crate::domain::Change::unchanged(after);
+            match self
+                .store
+                .commit(Commit::new(&program, member, Some(&account), change, now))
+                .await
+            {
+                Ok(()) => break,
+                Err(CommitError::Store(e)) => return Err(e.into()),
+                Err(_) => {}
+            }
+            contention.again(|| format!("member {member}")).await?;
+        }
+        tracing::info!(program = %program.id, member, "member resumed");
+        let (applied, cancelled) = self
+            .release_waiting(&program.id, member, reason, events, by)
+            .await?;
+        Ok(report(member, None, applied, cancelled))
+    }
+
+    async fn release_waiting(
+        &self,
+        program: &str,
+        member: &str,
+        reason: &str,
+        events: Waiting,
+        by: &str,
+    ) -> Result<(usize, usize), ServiceError> {
+        let key = parking_key(member);
+        let (mut applied, mut cancelled) = (0, 0);
+        for (event_id, body) in self.store.parked(program, &key).await? {
+            match events {
+                Waiting::Apply => {
+                    let mut envelope: Envelope = serde_json::from_str(&body).map_err(|e| {
+                        ServiceError::Internal(format!("waiting event {event_id} is corrupt: {e}"))
+                    })?;
+                    envelope.resumed = Some(self.clock.now().timestamp_millis());
+                    let message = OutboxMessage::new(QueueName::Earn, envelope);
+                    self.store
+                        .release_parked(program, &key, &event_id, &message)
+                        .await?;
+                    applied += 1;
+                }
+                Waiting::Cancel => {
+                    let rejected = RejectedEvent {
+                        program: program.to_string(),
+                        event_id: event_id.clone(),
+                        at: self.clock.now(),
+                        reason: format!("cancelled by {by} when {member} was resumed: {reason}"),
+                        payload: body,
+                        replays: 0,
+                        replayed_at: None,
+                    };
+                    self.store.reject(&rejected).await?;
+                    self.store.discard_parked(program, &key, &event_id).await?;
+                    cancelled += 1;
+                }
+            }
+        }
+        Ok((applied, cancelled))
+    }
+
+    async fn suspendable(&self, program: &str, member: &str) -> Result<Account, ServiceError> {
+        let account = self
+            .store
+            .load_member(program, member, &[])
+            .await?
+            .account
+            .ok_or_else(|| ServiceError::NotFound {
+                problem: "unknown-member",
+                detail: format!("member {member:?} does not exist"),
+            })?;
+        if let Some(into) = account.merged_into() {
+            return Err(ServiceError::Conflict {
+                problem: "member-merged",
+                detail: format!("{member} was merged into {into}"),
+            });
+        }
+        Ok(account)
+    }
+
+    /// Keeps an event of a suspended member until the member is resumed. The resume may have
+    /// released the waiting events between the load and the park: look once more.
+    pub(crate) async fn wait_for_resume(
+        &self,
+        program: &str,
+        envelope: &Envelope,
+        body: &str,
+    ) -> Result<(), ServiceError> {
+        let key = parking_key(&envelope.member);
+        self.store.park(program, &key, &envelope.id, body).await?;
+        let account = self
+            .store
+            .load_member(program, &envelope.member, &[])
+            .await?
+            .account;
+        if account.is_some_and(|a| a.suspended.is_none()) {
+            let mut envelope = envelope.clone();
+            envelope.resumed = Some(self.clock.now().timestamp_millis());
+            let message = OutboxMessage::new(QueueName::Earn, envelope);
+            self.store
+                .release_parked(program, &key, &message.envelope.id, &message)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn report(
+    member: &str,
+    suspended: Option<Suspension>,
+    applied: usize,
+    cancelled: usize,
+) -> SuspensionReport {
+    SuspensionReport {
+        member: member.to_string(),
+        suspended,
+        applied,
+        cancelled,
+    }
+}

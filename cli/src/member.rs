@@ -24,11 +24,27 @@ enum MemberCommand {
     /// Merge another member into SURVIVOR: points with their expiry dates, pending points,
     /// tier history, identities, orders and redemptions. Asked again, changes nothing.
     Merge(MergeArgs),
+    /// Erase a member's personal data: points forfeited, identities, orders, redemptions and
+    /// events that name it deleted, the ledger's amounts kept under a pseudonym.
+    Erase(EraseArgs),
     /// Suspend a member: its events wait and it redeems nothing until resumed.
     Suspend(SuspendArgs),
     /// Resume a suspended member: the events that waited are applied, or cancelled with
     /// `--cancel-events` (kept as rejected events).
     Resume(SuspendArgs),
+}
+
+#[derive(Debug, Args)]
+struct EraseArgs {
+    /// The member id, or an identity linked to it.
+    member: String,
+    /// Why (kept with the pseudonymous record).
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long)]
+    program: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +100,7 @@ pub fn run(args: MemberArgs) -> Result<(), String> {
     match args.command {
         MemberCommand::Export(args) => runtime()?.block_on(export(args)),
         MemberCommand::Merge(args) => runtime()?.block_on(merge(args)),
+        MemberCommand::Erase(args) => runtime()?.block_on(erase(args)),
         MemberCommand::Suspend(args) => runtime()?.block_on(suspension(args, true)),
         MemberCommand::Resume(args) => runtime()?.block_on(suspension(args, false)),
     }
@@ -108,6 +125,19 @@ async fn named_member(
         .canonical_member(program, &named)
         .await
         .map_err(|e| e.to_string())
+}
+
+async fn erase(args: EraseArgs) -> Result<(), String> {
+    let services = args.store.open().await?.services();
+    let program = program_of(&services, args.program.as_deref()).await?;
+    let member = named_member(&services, &program, &args.member).await?;
+    let report = services
+        .erase_member(&program, &member, &args.reason, &operator())
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
 }
 
 async fn suspension(args: SuspendArgs, suspend: bool) -> Result<(), String> {

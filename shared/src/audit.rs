@@ -88,7 +88,7 @@ pub fn check_member(records: &MemberRecords, now: DateTime<Utc>) -> (Vec<Violati
         return (found, totals);
     };
     // A member merged into another is no longer one (its books say so too).
-    totals.members = u64::from(account.merged.is_none());
+    totals.members = u64::from(account.is_member());
     totals.balance = account.balance;
     totals.lots = account.lots.total();
     totals.debt = account.debt;

@@ -119,7 +119,7 @@ impl KpiCounter {
             return;
         }
         // A member merged into another is counted there; its ledger and orders stay its own.
-        let member = account.merged.is_none();
+        let member = account.is_member();
         let k = &mut self.kpis;
         if member {
             k.members += 1;

@@ -823,6 +823,24 @@ pub trait AuditStore: Send + Sync {
 }
 
 /// Everything the services need from state.
+/// Erasing a member's personal data.
+#[async_trait]
+pub trait ErasureStore: Send + Sync {
+    /// Deletes everything stored under a member (account, ledger, event markers, orders,
+    /// redemptions, assignments, due dates), its identities with their links, and the coupons
+    /// named.
+    async fn erase_member(
+        &self,
+        program: &str,
+        member: &str,
+        coupons: &[String],
+    ) -> Result<(), StoreError>;
+    /// Deletes the parked and rejected events of a program whose stored payload holds one of
+    /// `needles` as a whole JSON string; returns how many went.
+    async fn forget_payloads(&self, program: &str, needles: &[String])
+        -> Result<usize, StoreError>;
+}
+
 pub trait Store:
     ProgramStore
     + MemberStore
@@ -836,6 +854,7 @@ pub trait Store:
     + BooksStore
     + RecordsStore
     + AuditStore
+    + ErasureStore
 {
 }
 impl<
@@ -850,7 +869,8 @@ impl<
             + OutboxStore
             + BooksStore
             + RecordsStore
-            + AuditStore,
+            + AuditStore
+            + ErasureStore,
     > Store for T
 {
 }

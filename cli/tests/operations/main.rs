@@ -67,6 +67,11 @@ impl Shop {
     /// Shopify's `orders/paid` of the webhook fixture (customer 7001234, minji@example.com),
     /// paid yesterday.
     fn shopify_paid(&self) {
+        self.shopify_paid_order("820982911946154508");
+    }
+
+    /// The same order under another Shopify order id.
+    fn shopify_paid_order(&self, order: &str) {
         let occurred =
             (Utc::now() - chrono::Duration::days(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
         let body = std::fs::read_to_string(
@@ -74,7 +79,8 @@ impl Shop {
                 .join("../tests/fixtures/shopify/orders-paid.json"),
         )
         .expect("fixture")
-        .replace("__OCCURRED_AT__", &occurred);
+        .replace("__OCCURRED_AT__", &occurred)
+        .replace("820982911946154508", order);
         let response = reqwest::blocking::Client::new()
             .post(format!("{}/webhooks/shopify/kr-shop", self.server.base))
             .header("X-Shopify-Topic", "orders/paid")

@@ -354,3 +354,84 @@ fn a_suspended_member_earns_and_redeems_nothing_until_resumed_then_its_events_ap
         .unwrap_or_default()
         .contains("fraudulent order"));
 }
+
+#[test]
+fn an_erased_member_leaves_amounts_without_a_person_and_its_email_later_makes_a_new_member() {
+    // GIVEN a Shopify customer (7001234, minji@example.com) with an order, a birthday, and an
+    // event refused for good that names the email
+    let shop = Shop::start("erase");
+    shop.shopify_paid();
+    let member = "shopify:7001234";
+    shop.eventually(member, |v| v["pending"] == 1_000);
+    let me = common::token(&["--member", member]);
+    let (status, profile) = shop.server.call(
+        "PATCH",
+        &format!("{P}/me/profile"),
+        &me,
+        &[],
+        Some(&json!({"birthday": "03-14"}).to_string()),
+    );
+    assert_eq!(status, 200, "{profile}");
+    shop.send(
+        json!({"type": "engagement.recorded", "version": 1, "id": "ev-share-minji",
+        "program": "kr-shop", "member": "email:minji@example.com", "occurred_at": now(),
+        "data": {"action": "share", "ref": "x"}}),
+    );
+    shop.settled();
+    let (status, _) = shop.call("GET", &format!("{P}/rejected-events/ev-share-minji"), None);
+    assert_eq!(status, 200);
+
+    // WHEN support erases the member, named by its email
+    let (status, erased) = shop.call(
+        "DELETE",
+        &format!("{P}/members/email:minji@example.com?reason=erasure%20request%20by%20email"),
+        None,
+    );
+
+    // THEN the points are forfeited and the ledger is kept under a pseudonym
+    assert_eq!(status, 200, "{erased}");
+    assert_eq!(
+        (
+            erased["member"].as_str(),
+            erased["forfeited_pending"].as_i64()
+        ),
+        (Some(member), Some(1_000)),
+        "{erased}"
+    );
+    let pseudonym = erased["pseudonym"].as_str().expect("pseudonym").to_string();
+    assert!(pseudonym.starts_with("erased-"));
+    // AND the export of the kept record holds no personal data, and its amounts sum to zero
+    let (status, kept) = shop.call("GET", &format!("{P}/members/{pseudonym}/export"), None);
+    assert_eq!(status, 200, "{kept}");
+    let text = kept.to_string();
+    for personal in ["minji", "Minji", "7001234", "03-14", "Kim"] {
+        assert!(!text.contains(personal), "{personal} is still in {text}");
+    }
+    let entries = kept["ledger"].as_array().expect("ledger");
+    assert!(entries.iter().any(|e| e["kind"] == "forfeit"), "{text}");
+    let sum = |key: &str| {
+        entries
+            .iter()
+            .map(|e| e[key].as_i64().unwrap_or(0))
+            .sum::<i64>()
+    };
+    assert_eq!((sum("points"), sum("pending")), (0, 0));
+    // AND nothing is left under the member's id, its email or the refused event
+    let (_, old) = shop.call("GET", &format!("{P}/members/{member}/export"), None);
+    assert!(!old.to_string().contains("minji"), "{old}");
+    let (status, _) = shop.call("GET", &format!("{P}/rejected-events/ev-share-minji"), None);
+    assert_eq!(status, 404);
+    // AND the books still balance: the audit finds nothing wrong
+    let audit = shop.loyalty(&["audit", "--json"]);
+    let report = ok(&audit);
+    assert_eq!(report["violations"], json!([]), "{report}");
+    assert_eq!(audit.status.code(), Some(0));
+
+    // WHEN an order for the erased email arrives
+    shop.shopify_paid_order("820982911946154999");
+    // THEN it makes a new member, who has only that order
+    let fresh = shop.eventually(member, |v| v["pending"] == 1_000);
+    assert_eq!(fresh["balance"].as_i64(), Some(0), "{fresh}");
+    let ledger = shop.whole_ledger(member);
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+}

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -133,6 +133,10 @@ pub fn redemption_router(state: AppState) -> Router {
         .route(
             "/v1/programs/{program}/members/{member}/merge",
             post(merge_members),
+        )
+        .route(
+            "/v1/programs/{program}/members/{member}",
+            delete(erase_member),
         )
         .route(
             "/v1/programs/{program}/members/{member}/suspend",
@@ -676,6 +680,29 @@ async fn merge_members(
     let report = state
         .services
         .merge_request(&program, &survivor, &principal.subject, &body)
+        .await?;
+    Ok(Json(report).into_response())
+}
+
+/// `DELETE .../members/{m}?reason=`: the reason is required, as for every operator action.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EraseQuery {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn erase_member(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, member)): Path<(String, String)>,
+    Query(query): Query<EraseQuery>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let member = member_in_path(&state, &program, &member).await?;
+    let report = state
+        .services
+        .erase_member(&program, &member, &query.reason, &principal.subject)
         .await?;
     Ok(Json(report).into_response())
 }

@@ -67,6 +67,10 @@ pub struct Account {
     /// Set while an operator has suspended the member: events wait, nothing is redeemed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended: Option<Suspension>,
+    /// Set once the member's personal data was erased: the account and ledger kept for the
+    /// books are under the pseudonym.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased: Option<super::erasure::Erasure>,
     /// Optimistic-concurrency version: every commit is conditioned on it.
     #[serde(default)]
     pub version: u64,
@@ -236,8 +240,14 @@ impl Account {
             merged: None,
             merged_from: Vec::new(),
             suspended: None,
+            erased: None,
             version: 0,
         }
+    }
+
+    /// Counted among the program's members: not merged into another, not erased.
+    pub fn is_member(&self) -> bool {
+        self.merged.is_none() && self.erased.is_none()
     }
 
     pub fn pending_points(&self) -> i64 {

@@ -117,13 +117,14 @@ impl BooksAdd {
                     add.plus(format!("m|{}", after.tier.id), 1);
                 }
             }
-            None => {
+            None if after.is_member() => {
                 add.plus(format!("m|{}", after.tier.id), 1);
                 add.plus("joined".into(), 1);
             }
+            None => {}
         }
-        // A member merged into another is no longer one.
-        if before.is_some_and(|b| b.merged.is_none()) && after.merged.is_some() {
+        // A member merged into another, or erased, is no longer one.
+        if before.is_some_and(Account::is_member) && !after.is_member() {
             add.plus(format!("m|{}", after.tier.id), -1);
         }
         add

@@ -7,6 +7,7 @@ pub mod books;
 pub mod calendar;
 pub mod earning;
 pub mod engagement;
+pub mod erasure;
 pub mod import;
 pub mod ledger;
 pub mod limits;

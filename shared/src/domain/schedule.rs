@@ -156,7 +156,7 @@ impl Account {
     /// kept as they are: the next run of the job picks them up (it reads back to its last run).
     pub fn due_dates(&self, program: &Program) -> DueDates {
         // A merged member keeps nothing that time could change.
-        if self.merged.is_some() {
+        if !self.is_member() {
             return DueDates::default();
         }
         // Matured pending points, and holds not captured in time, are both settled by

@@ -157,6 +157,13 @@ impl Services {
                 contention.redirected(|| format!("member {}", envelope.member))?;
                 continue;
             }
+            // Being erased: once it is gone, the event makes a new member.
+            if state.account.as_ref().is_some_and(|a| a.erased.is_some()) {
+                return Err(Retry(format!(
+                    "member {} is being erased; the event waits until that is done",
+                    envelope.member
+                )));
+            }
             if state
                 .account
                 .as_ref()

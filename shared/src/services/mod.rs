@@ -15,6 +15,7 @@ pub mod batch;
 pub mod campaign_tick;
 pub mod campaigns;
 pub mod earn;
+pub mod erasure;
 pub mod events;
 pub mod export;
 pub mod finance;

@@ -33,7 +33,8 @@ use crate::ports::{
     COUNTER_SHARDS,
 };
 use crate::ports::{
-    AuditRun, AuditStore, BooksStore, MemberFile, MemberRecords, ParkedEvent, RecordsStore, Walked,
+    AuditRun, AuditStore, BooksStore, ErasureStore, MemberFile, MemberRecords, ParkedEvent,
+    RecordsStore, Walked,
 };
 use crate::report::VariantCounts;
 
@@ -2210,6 +2211,146 @@ impl AuditStore for DynamoStore {
         let mut item = audit_key(program, &run.id);
         item.insert("body".into(), encode("audit", run)?);
         self.put_plain(item, "cannot save the audit").await
+    }
+}
+
+/// How many deletes one BatchWriteItem takes.
+const BATCH_WRITE: usize = 25;
+
+impl DynamoStore {
+    /// Deletes items by key, 25 at a time, until DynamoDB has processed every one.
+    async fn delete_all(&self, keys: Vec<Item>) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+        let mut waiting: Vec<WriteRequest> = Vec::with_capacity(keys.len());
+        for key in keys {
+            let request = build(
+                "delete",
+                DeleteRequest::builder().set_key(Some(key)).build(),
+            )?;
+            waiting.push(WriteRequest::builder().delete_request(request).build());
+        }
+        let mut pause = std::time::Duration::from_millis(50);
+        while !waiting.is_empty() {
+            let rest = waiting.split_off(waiting.len().min(BATCH_WRITE));
+            let batch = std::mem::replace(&mut waiting, rest);
+            let output = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, batch)
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot delete the items", e))?;
+            let unprocessed = output
+                .unprocessed_items
+                .and_then(|mut m| m.remove(&self.table))
+                .unwrap_or_default();
+            if !unprocessed.is_empty() {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                waiting.extend(unprocessed);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ErasureStore for DynamoStore {
+    async fn erase_member(
+        &self,
+        program: &str,
+        member: &str,
+        coupons: &[String],
+    ) -> Result<(), StoreError> {
+        let items = self.partition(&member_pk(program, member), "").await?;
+        // The identities first: while they stand, they still lead to the member.
+        for item in &items {
+            let sk = text(item, "SK").unwrap_or_default();
+            if let Some((kind, value)) = sk.strip_prefix("I#").and_then(|i| i.split_once('#')) {
+                self.remove_alias(program, kind, value, member).await?;
+            }
+        }
+        let mut keys: Vec<Item> = items
+            .iter()
+            .filter_map(|item| {
+                Some(key(
+                    text(item, "PK")?.to_string(),
+                    text(item, "SK")?.to_string(),
+                ))
+            })
+            .collect();
+        keys.extend(coupons.iter().map(|code| coupon_key(program, code)));
+        self.delete_all(keys).await
+    }
+
+    async fn forget_payloads(
+        &self,
+        program: &str,
+        needles: &[String],
+    ) -> Result<usize, StoreError> {
+        if needles.is_empty() {
+            return Ok(0);
+        }
+        // A scan of the program's parked and rejected events: erasures are rare, and these
+        // are kept by order and by day, never by member.
+        let mut filter = String::from(
+            "(begins_with(PK, :parked) OR (begins_with(PK, :rejected) AND SK = :r)) AND (",
+        );
+        let mut scan = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .expression_attribute_names("#b", "body")
+            .expression_attribute_values(":parked", s(format!("P#{program}#ORDER#")))
+            .expression_attribute_values(":rejected", s(format!("P#{program}#REJECTED#E#")))
+            .expression_attribute_values(":r", s("R"));
+        for (i, needle) in needles.iter().enumerate() {
+            if i > 0 {
+                filter.push_str(" OR ");
+            }
+            filter.push_str(&format!("contains(#b, :raw{i}) OR contains(#b, :esc{i})"));
+            scan = scan
+                .expression_attribute_values(format!(":raw{i}"), s(format!("\"{needle}\"")))
+                .expression_attribute_values(format!(":esc{i}"), s(format!("\\\"{needle}\\\"")));
+        }
+        filter.push(')');
+        let scan = scan.filter_expression(filter);
+        let mut keys = Vec::new();
+        let mut start = None;
+        loop {
+            let output = scan
+                .clone()
+                .set_exclusive_start_key(start.take())
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot find the events to forget", e))?;
+            for item in output.items.unwrap_or_default() {
+                let (Some(pk), Some(sk)) = (text(&item, "PK"), text(&item, "SK")) else {
+                    continue;
+                };
+                keys.push(key(pk.to_string(), sk.to_string()));
+                // A rejected event is listed under its day too.
+                if let (Some(lp), Some(ls)) = (text(&item, "list_pk"), text(&item, "list_sk")) {
+                    keys.push(key(lp.to_string(), ls.to_string()));
+                }
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        let gone = keys
+            .iter()
+            .filter(|k| {
+                k.get("SK").is_some_and(|sk| {
+                    sk.as_s()
+                        .is_ok_and(|sk| sk.starts_with("PARKED#") || sk == "R")
+                })
+            })
+            .count();
+        self.delete_all(keys).await?;
+        Ok(gone)
     }
 }
 

@@ -25,7 +25,8 @@ use crate::ports::{
     RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
 };
 use crate::ports::{
-    AuditRun, AuditStore, BooksStore, MemberFile, MemberRecords, ParkedEvent, RecordsStore, Walked,
+    AuditRun, AuditStore, BooksStore, ErasureStore, MemberFile, MemberRecords, ParkedEvent,
+    RecordsStore, Walked,
 };
 use crate::report::VariantCounts;
 
@@ -1774,6 +1775,80 @@ impl RecordsStore for SqliteStore {
                 )?,
                 aliases,
             })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ErasureStore for SqliteStore {
+    async fn erase_member(
+        &self,
+        program: &str,
+        member: &str,
+        coupons: &[String],
+    ) -> Result<(), StoreError> {
+        let (program, member, coupons) =
+            (program.to_string(), member.to_string(), coupons.to_vec());
+        self.with(move |conn| {
+            let failed = |e| sql_error("cannot erase the member", e);
+            let tx = conn.transaction().map_err(failed)?;
+            for table in [
+                "accounts",
+                "ledger",
+                "markers",
+                "orders",
+                "aliases",
+                "due",
+                "redemptions",
+                "assignments",
+            ] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE program = ?1 AND member = ?2"),
+                    params![program, member],
+                )
+                .map_err(failed)?;
+            }
+            for code in &coupons {
+                tx.execute(
+                    "DELETE FROM coupons WHERE program = ?1 AND code = ?2",
+                    params![program, code],
+                )
+                .map_err(failed)?;
+            }
+            tx.commit().map_err(failed)
+        })
+        .await
+    }
+
+    async fn forget_payloads(
+        &self,
+        program: &str,
+        needles: &[String],
+    ) -> Result<usize, StoreError> {
+        let (program, needles) = (program.to_string(), needles.to_vec());
+        self.with(move |conn| {
+            let failed = |e| sql_error("cannot forget the events", e);
+            let mut gone = 0;
+            for needle in &needles {
+                // As a JSON string in the parked envelope, or inside the rejected event's
+                // payload (a JSON string itself, so its quotes are escaped).
+                let raw = format!("\"{needle}\"");
+                let escaped = format!("\\\"{needle}\\\"");
+                gone += conn
+                    .execute(
+                        "DELETE FROM parked WHERE program = ?1 AND (instr(body, ?2) > 0 OR instr(body, ?3) > 0)",
+                        params![program, raw, escaped],
+                    )
+                    .map_err(failed)?;
+                gone += conn
+                    .execute(
+                        "DELETE FROM rejected_events WHERE program = ?1 AND (instr(body, ?2) > 0 OR instr(body, ?3) > 0)",
+                        params![program, raw, escaped],
+                    )
+                    .map_err(failed)?;
+            }
+            Ok(gone)
         })
         .await
     }

@@ -1,0 +1,75 @@
+//! Erasing a member's personal data while keeping the books (GDPR Art. 17 and 17(3)(b)).
+//!
+//! The member's outstanding points are forfeited with an entry, the profile and everything that
+//! describes the person go, and what the books need (the amounts of every entry) is kept under a
+//! random pseudonym that nothing links back to the person.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::account::{Account, AccountError, Change, Journal, Profile};
+use super::ledger::{EntryKind, EventContext, LedgerEntry};
+use super::program::Program;
+
+/// What became of an erased member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Erasure {
+    /// The id the kept account and ledger have now.
+    pub pseudonym: String,
+    pub at: DateTime<Utc>,
+    pub reason: String,
+    pub by: String,
+}
+
+impl Account {
+    /// Forfeits every available and pending point and clears what describes the person.
+    pub fn erase(
+        &self,
+        program: &Program,
+        erasure: Erasure,
+        ctx: &EventContext,
+    ) -> Result<Change, AccountError> {
+        let mut journal = Journal::begin(self, program, ctx);
+        if !journal.account.holds.is_empty() {
+            return Err(AccountError::Invalid(format!(
+                "{} has points held for a checkout; capture or void the hold first",
+                self.member
+            )));
+        }
+        let (points, pending) = (journal.account.balance, journal.account.pending_points());
+        let account = &mut journal.account;
+        account.lots = Default::default();
+        account.debt = 0;
+        account.balance = 0;
+        account.pending.clear();
+        account.profile = Profile::default();
+        account.categories.clear();
+        account.referred_by = None;
+        account.notified.clear();
+        account.suspended = None;
+        account.erased = Some(erasure);
+        journal.post(
+            EntryKind::Forfeit,
+            -points,
+            -pending,
+            "Points forfeited: the member's personal data was erased",
+        );
+        Ok(journal.finish())
+    }
+}
+
+/// A ledger entry as kept for the books: the amounts, kinds, dates and order ids stay; every
+/// text that could name the person (`names`: the member id and identities) is replaced.
+pub fn pseudonymised(entry: &LedgerEntry, names: &[String], pseudonym: &str) -> LedgerEntry {
+    let mut kept = entry.clone();
+    for name in names.iter().filter(|n| !n.is_empty()) {
+        kept.reason = kept.reason.replace(name.as_str(), pseudonym);
+    }
+    kept.provisional = false;
+    kept
+}
+
+/// A random pseudonym (nothing in it derives from the person).
+pub fn new_pseudonym() -> String {
+    format!("erased-{}", uuid::Uuid::new_v4().simple())
+}

@@ -1,0 +1,279 @@
+//! Erasing a member (`DELETE .../members/{m}`, `loyalty member erase`): the person goes, the
+//! amounts stay (`domain::erasure`).
+//!
+//! A resumable sequence, each step idempotent:
+//! 1. the member's points are forfeited with an entry and its account is marked erased with a
+//!    random pseudonym (one conditional write, under the marker `erase`);
+//! 2. the ledger is copied, its texts pseudonymised, to an account of the pseudonym, in commits
+//!    of at most [`COPY_CHUNK`] entries each under its own marker; these add nothing to the books,
+//!    which counted the entries when they were first written;
+//! 3. everything under the member's id is deleted (account, ledger, markers, orders,
+//!    redemptions, identities and their links, coupons), and so are the members merged into it;
+//! 4. parked and rejected events that hold one of its identities are deleted.
+//!
+//! Run again after an interruption, it finds the pseudonym on the account and carries on.
+
+use serde::Serialize;
+
+use super::{Contention, ServiceError, Services};
+use crate::domain::books::BooksAdd;
+use crate::domain::erasure::{new_pseudonym, pseudonymised, Erasure};
+use crate::domain::{Account, Change, DueDates, EventContext, LedgerEntry, Program, Source};
+use crate::ports::{Commit, CommitError, EventMarker};
+
+/// Ledger entries copied per commit, inside one DynamoDB transaction with the account.
+const COPY_CHUNK: usize = 90;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErasureReport {
+    pub member: String,
+    /// The id the kept account and ledger have now.
+    pub pseudonym: String,
+    /// Available and pending points forfeited.
+    pub forfeited: i64,
+    pub forfeited_pending: i64,
+    /// Ledger entries kept under the pseudonym.
+    pub entries: usize,
+    pub identities: usize,
+    /// Members merged into this one, erased with it.
+    pub merged: usize,
+    /// Parked and rejected events deleted because they named the member.
+    pub events: usize,
+}
+
+/// How identities appear in stored texts and payloads: as `kind:value` (member ids) and as the
+/// bare value (a webhook's email field).
+fn identity_names(aliases: &[(String, String)]) -> Vec<String> {
+    aliases
+        .iter()
+        .flat_map(|(kind, value)| [format!("{kind}:{value}"), value.clone()])
+        .collect()
+}
+
+fn marker(id: &str) -> EventMarker {
+    EventMarker {
+        source: "erase".into(),
+        event_id: id.to_string(),
+    }
+}
+
+impl Services {
+    /// Erases `member`, with the operator's reason (kept with the pseudonymous record).
+    pub async fn erase_member(
+        &self,
+        program_id: &str,
+        member: &str,
+        reason: &str,
+        by: &str,
+    ) -> Result<ErasureReport, ServiceError> {
+        let program = self.program(program_id).await?;
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().count() > super::MAX_REASON {
+            return Err(ServiceError::invalid(
+                "invalid-reason",
+                format!(
+                    "a reason of 1 to {} characters is required",
+                    super::MAX_REASON
+                ),
+            ));
+        }
+        let (account, forfeit) = self.forfeit(&program, member, reason, by).await?;
+        let Some(erasure) = account.erased.clone() else {
+            return Err(ServiceError::Internal(
+                "the erasure was not recorded".into(),
+            ));
+        };
+        let file = self.store.member_file(&program.id, member).await?;
+        let mut names: Vec<String> = vec![member.to_string()];
+        names.extend(identity_names(&file.aliases));
+        if let Some((_, value)) = member.split_once(':') {
+            names.push(value.to_string());
+        }
+        let mut kept = erasure.clone();
+        for name in &names {
+            kept.reason = kept.reason.replace(name.as_str(), &erasure.pseudonym);
+        }
+        let entries = self
+            .keep_ledger(&program, member, &account, &kept, &names)
+            .await?;
+        let coupons: Vec<String> = file.coupons.iter().map(|c| c.code.clone()).collect();
+        let identities = file.aliases.len();
+        for merged in &account.merged_from {
+            let other = self.store.member_file(&program.id, merged).await?;
+            names.push(merged.clone());
+            names.extend(identity_names(&other.aliases));
+            let codes: Vec<String> = other.coupons.iter().map(|c| c.code.clone()).collect();
+            self.store.erase_member(&program.id, merged, &codes).await?;
+        }
+        self.store
+            .erase_member(&program.id, member, &coupons)
+            .await?;
+        // Short names (`m-1`) would match other members' payloads; ids and identities that
+        // name a person are longer than that.
+        names.retain(|n| n.chars().count() >= 5);
+        names.sort();
+        names.dedup();
+        let events = self.store.forget_payloads(&program.id, &names).await?;
+        tracing::info!(program = %program.id, pseudonym = %erasure.pseudonym, entries, events, "member erased");
+        Ok(ErasureReport {
+            member: member.to_string(),
+            pseudonym: erasure.pseudonym,
+            forfeited: forfeit.0,
+            forfeited_pending: forfeit.1,
+            entries,
+            identities,
+            merged: account.merged_from.len(),
+            events,
+        })
+    }
+
+    /// Step 1: the account marked erased, its points forfeited. Returns the account and the
+    /// points forfeited now (0 when it was marked before).
+    async fn forfeit(
+        &self,
+        program: &Program,
+        member: &str,
+        reason: &str,
+        by: &str,
+    ) -> Result<(Account, (i64, i64)), ServiceError> {
+        let mut contention = Contention::new();
+        loop {
+            let now = self.clock.now();
+            let account = self
+                .store
+                .load_member(&program.id, member, &[])
+                .await?
+                .account
+                .ok_or_else(|| ServiceError::NotFound {
+                    problem: "unknown-member",
+                    detail: format!("member {member:?} does not exist"),
+                })?;
+            if account.erased.is_some() {
+                return Ok((account, (0, 0)));
+            }
+            if let Some(into) = account.merged_into() {
+                return Err(ServiceError::Conflict {
+                    problem: "member-merged",
+                    detail: format!("{member} was merged into {into}; erase {into}"),
+                });
+            }
+            let erasure = Erasure {
+                pseudonym: new_pseudonym(),
+                at: now,
+                reason: reason.to_string(),
+                by: by.to_string(),
+            };
+            let ctx = EventContext::new("erase", now, now).with_source(Source {
+                admin: Some(by.to_string()),
+                rule: Some("erasure".into()),
+                ..Source::default()
+            });
+            let change =
+                account
+                    .erase(program, erasure, &ctx)
+                    .map_err(|e| ServiceError::Conflict {
+                        problem: "erasure-refused",
+                        detail: e.to_string(),
+                    })?;
+            let forfeit = change
+                .entries
+                .iter()
+                .filter(|e| e.kind == crate::domain::EntryKind::Forfeit)
+                .fold((0, 0), |(p, q), e| (p - e.points, q - e.pending));
+            let erased = change.account.clone();
+            let commit = Commit {
+                marker: Some(marker("erase")),
+                ..Commit::new(program, member, Some(&account), change, now)
+            };
+            match self.store.commit(commit).await {
+                Ok(()) => return Ok((erased, forfeit)),
+                Err(CommitError::Store(e)) => return Err(e.into()),
+                Err(_) => {}
+            }
+            contention.again(|| format!("member {member}")).await?;
+        }
+    }
+
+    /// Step 2: the ledger under the pseudonym, oldest first, its texts pseudonymised.
+    async fn keep_ledger(
+        &self,
+        program: &Program,
+        member: &str,
+        erased: &Account,
+        erasure: &Erasure,
+        names: &[String],
+    ) -> Result<usize, ServiceError> {
+        let mut entries: Vec<LedgerEntry> = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .ledger_page(&program.id, member, 100, cursor.as_deref())
+                .await?;
+            entries.extend(
+                page.entries
+                    .iter()
+                    .map(|e| pseudonymised(e, names, &erasure.pseudonym)),
+            );
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        entries.reverse();
+        let count = entries.len();
+        for (n, chunk) in entries.chunks(COPY_CHUNK).enumerate() {
+            self.keep_chunk(program, erased, erasure, n, chunk.to_vec())
+                .await?;
+        }
+        Ok(count)
+    }
+
+    async fn keep_chunk(
+        &self,
+        program: &Program,
+        erased: &Account,
+        erasure: &Erasure,
+        part: usize,
+        entries: Vec<LedgerEntry>,
+    ) -> Result<(), ServiceError> {
+        let pseudonym = &erasure.pseudonym;
+        let mut contention = Contention::new();
+        loop {
+            let now = self.clock.now();
+            let kept = self
+                .store
+                .load_member(&program.id, pseudonym, &[])
+                .await?
+                .account;
+            let account = kept.clone().unwrap_or_else(|| Account {
+                member: pseudonym.clone(),
+                profile: Default::default(),
+                merged_from: Vec::new(),
+                erased: Some(erasure.clone()),
+                version: 0,
+                ..erased.clone()
+            });
+            let commit = Commit {
+                marker: Some(marker(&format!("erase-copy-{part}"))),
+                entries: entries.clone(),
+                // Counted in the books when first written; the kept account is no member.
+                books: BooksAdd::default(),
+                due: DueDates::default(),
+                ..Commit::new(
+                    program,
+                    pseudonym,
+                    kept.as_ref(),
+                    Change::unchanged(account),
+                    now,
+                )
+            };
+            match self.store.commit(commit).await {
+                Ok(()) | Err(CommitError::Duplicate) => return Ok(()),
+                Err(CommitError::Store(e)) => return Err(e.into()),
+                Err(_) => {}
+            }
+            contention.again(|| format!("member {pseudonym}")).await?;
+        }
+    }
+}

@@ -169,12 +169,8 @@ async fn merge(args: MergeArgs) -> Result<(), String> {
     let services = args.store.open().await?.sending_services();
     let program = program_of(&services, args.program.as_deref()).await?;
     let survivor = named_member(&services, &program, &args.survivor).await?;
-    let from = services
-        .merge_source(&program, &args.from)
-        .await
-        .map_err(|e| e.to_string())?;
     let report = services
-        .merge_members(&program, &survivor, &from, &args.reason, &operator())
+        .merge_named(&program, &survivor, &args.from, &args.reason, &operator())
         .await
         .map_err(|e| e.to_string())?;
     if args.json {

@@ -132,3 +132,120 @@ async fn a_yotpo_import_and_a_replay_work_on_a_table() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_merge_and_erase_on_a_table() {
+    use loyalty_core::ports::{AliasStore, RecordsStore, RejectStore};
+    // GIVEN a table with Ann (1,200 points, a birthday) and Bo (known, no points), and an
+    // event refused for good that names Ann
+    let table = format!("loyalty-cli-members-{}", uuid::Uuid::new_v4().simple());
+    let store = DynamoStore::new(client(), &table);
+    store.create_table().await.expect("moto creates the table");
+    let store = Arc::new(store);
+    let services = Services::new(store.clone(), Arc::new(Dropped), Arc::new(SystemClock));
+    services
+        .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+        .await
+        .expect("program");
+    let dir = std::env::temp_dir().join(format!(
+        "loyalty-ddb-members-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("balances.csv");
+    std::fs::write(
+        &file,
+        "member,email,points,birthday\nann-1,ann@example.com,1200,03-07\nbo-1,bo@example.com,0,\n",
+    )
+    .expect("file");
+    let imported = json_of(&loyalty(&[
+        "import",
+        "balances",
+        file.to_str().expect("utf-8"),
+        "--table",
+        &table,
+        "--format",
+        "csv",
+        "--json",
+    ]));
+    assert_eq!(imported["refused"].as_i64(), Some(0), "{imported}");
+    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+    let share = json!({"type": "engagement.recorded", "version": 1, "id": "ev-ann-share",
+        "program": "kr-shop", "member": "email:ann@example.com", "occurred_at": now,
+        "data": {"action": "share", "ref": "t"}})
+    .to_string();
+    services.process_earn(&share).await.expect("processed");
+
+    // WHEN Bo is merged into Ann with the CLI, twice
+    let merge = || {
+        json_of(&loyalty(&[
+            "member",
+            "merge",
+            "ann-1",
+            "--from",
+            "email:bo@example.com",
+            "--reason",
+            "one person",
+            "--table",
+            &table,
+            "--json",
+        ]))
+    };
+    let (first, second) = (merge(), merge());
+    // THEN Bo's email leads to Ann, and the second changes nothing
+    assert_eq!(
+        (first["repeated"].as_bool(), second["repeated"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(
+        store
+            .resolve_alias("kr-shop", "email", "bo@example.com")
+            .await
+            .expect("alias")
+            .as_deref(),
+        Some("ann-1")
+    );
+
+    // WHEN Ann is erased with the CLI
+    let erased = json_of(&loyalty(&[
+        "member",
+        "erase",
+        "email:ann@example.com",
+        "--reason",
+        "erasure request",
+        "--table",
+        &table,
+    ]));
+    // THEN her points are forfeited, nothing under her id or emails is left, the refused event
+    // that named her is gone, and the kept record has the amounts
+    assert_eq!(erased["forfeited"].as_i64(), Some(1200), "{erased}");
+    let file = store.member_file("kr-shop", "ann-1").await.expect("file");
+    assert!(file.aliases.is_empty() && file.orders.is_empty());
+    for email in ["ann@example.com", "bo@example.com"] {
+        assert_eq!(
+            store
+                .resolve_alias("kr-shop", "email", email)
+                .await
+                .expect("alias"),
+            None
+        );
+    }
+    assert_eq!(
+        store
+            .rejected_event("kr-shop", "ev-ann-share")
+            .await
+            .expect("read"),
+        None
+    );
+    let pseudonym = erased["pseudonym"].as_str().expect("pseudonym");
+    let kept = services
+        .ledger("kr-shop", pseudonym, Some(100), None)
+        .await
+        .expect("ledger");
+    assert!(kept
+        .entries
+        .iter()
+        .any(|e| e.kind == loyalty_core::domain::EntryKind::Forfeit));
+    assert_eq!(kept.entries.iter().map(|e| e.points).sum::<i64>(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -83,8 +83,37 @@ impl Services {
                 format!("the reason is longer than {} characters", super::MAX_REASON),
             ));
         }
-        let from = self.merge_source(program, &request.from).await?;
-        self.merge_members(program, survivor, &from, &request.reason, by)
+        self.merge_named(program, survivor, &request.from, &request.reason, by)
+            .await
+    }
+
+    /// Merges the member `named` (an id, or an identity linked to one) into `survivor`. An
+    /// identity that leads to the survivor already (moved by an earlier merge) is a repeat.
+    pub async fn merge_named(
+        &self,
+        program: &str,
+        survivor: &str,
+        named: &str,
+        reason: &str,
+        by: &str,
+    ) -> Result<MergeReport, ServiceError> {
+        let from = self.merge_source(program, named).await?;
+        if from == survivor && named != survivor {
+            let program = self.program(program).await?;
+            let balance = self.existing_member(&program, survivor).await?.balance;
+            return Ok(MergeReport {
+                survivor: survivor.to_string(),
+                merged: named.to_string(),
+                points: 0,
+                pending: 0,
+                orders: 0,
+                redemptions: 0,
+                identities: 0,
+                balance,
+                repeated: true,
+            });
+        }
+        self.merge_members(program, survivor, &from, reason, by)
             .await
     }
 

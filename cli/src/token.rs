@@ -18,6 +18,9 @@ pub struct TokenArgs {
     /// Limit the admin token to one program.
     #[arg(long, requires = "admin")]
     program: Option<String>,
+    /// The operator the admin token names (ledgers and approvals say who acted).
+    #[arg(long, requires = "admin", default_value = "admin")]
+    operator: String,
     /// Hours until the token expires.
     #[arg(long, default_value_t = 24)]
     hours: i64,
@@ -35,7 +38,12 @@ pub fn run(args: &TokenArgs) -> Result<(), String> {
     }
     let claims = match (&args.member, args.admin) {
         (Some(member), _) => claims(member, &[], None, args.hours),
-        (None, _) => claims("admin", &[ADMIN_SCOPE], args.program.as_deref(), args.hours),
+        (None, _) => claims(
+            &args.operator,
+            &[ADMIN_SCOPE],
+            args.program.as_deref(),
+            args.hours,
+        ),
     };
     let token =
         sign(secret.as_bytes(), &claims).map_err(|e| format!("cannot sign the token: {e}"))?;

@@ -282,8 +282,15 @@ pub fn check_parked(event: &ParkedEvent, now: DateTime<Utc>) -> Option<Violation
         detail,
         difference: None,
     };
-    // A suspended member's events wait for the operator, however long that takes.
-    if event.order_key.starts_with("suspended#") {
+    // A suspended member's events, held events and waiting adjustments wait for an operator,
+    // however long that takes.
+    if event.order_key.starts_with("suspended#")
+        || [
+            crate::services::safeguards::REVIEW_KEY,
+            crate::services::safeguards::APPROVALS_KEY,
+        ]
+        .contains(&event.order_key.as_str())
+    {
         return None;
     }
     match serde_json::from_str::<Envelope>(&event.body) {

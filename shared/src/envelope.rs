@@ -38,6 +38,10 @@ pub struct Envelope {
     /// stops a second effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed: Option<i64>,
+    /// Set when an operator released the event from review (it was held over a safeguard's
+    /// limit): the operator's name. The safeguard does not hold it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed_by: Option<String>,
 }
 
 impl Envelope {
@@ -54,8 +58,12 @@ impl Envelope {
             Some(n) => format!("{}/{}/replay-{n}", self.program, self.id),
             None => format!("{}/{}", self.program, self.id),
         };
-        match self.resumed {
+        let base = match self.resumed {
             Some(at) => format!("{base}/resumed-{at}"),
+            None => base,
+        };
+        match self.reviewed_by {
+            Some(_) => format!("{base}/reviewed"),
             None => base,
         }
     }

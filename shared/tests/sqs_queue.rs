@@ -27,6 +27,7 @@ fn envelope(id: &str, member: &str) -> Envelope {
     Envelope {
         replay: None,
         resumed: None,
+        reviewed_by: None,
         kind: "purchase.completed".into(),
         version: 1,
         id: id.into(),

@@ -89,6 +89,7 @@ fn message(queue: QueueName, member: &str, id: &str) -> OutboxMessage {
         Envelope {
             replay: None,
             resumed: None,
+            reviewed_by: None,
             kind: "tier.check".into(),
             version: 1,
             id: id.to_string(),

@@ -435,3 +435,170 @@ fn an_erased_member_leaves_amounts_without_a_person_and_its_email_later_makes_a_
     let ledger = shop.whole_ledger(member);
     assert_eq!(ledger.len(), 1, "{ledger:?}");
 }
+
+fn referral(id: &str, referee: &str, referrer: &str) -> Value {
+    json!({"type": "engagement.recorded", "version": 1, "id": id, "program": "kr-shop",
+           "member": referee, "occurred_at": now(),
+           "data": {"action": "referral", "ref": id, "referrer": referrer}})
+}
+
+fn action(id: &str, member: &str, action: &str) -> Value {
+    json!({"type": "engagement.recorded", "version": 1, "id": id, "program": "kr-shop",
+           "member": member, "occurred_at": now(), "data": {"action": action, "ref": id}})
+}
+
+impl Shop {
+    fn rejected_reason(&self, id: &str) -> String {
+        let (status, rejected) = self.call("GET", &format!("{P}/rejected-events/{id}"), None);
+        assert_eq!(status, 200, "{id}: {rejected}");
+        rejected["reason"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// kr-shop with more in its file.
+    fn amend_program(&self, extra: &str) {
+        let file = format!(
+            "{}\n{extra}\n",
+            include_str!("../../../examples/kr-shop.toml")
+        );
+        let response = reqwest::blocking::Client::new()
+            .put(format!("{}{P}", self.server.base))
+            .bearer_auth(&self.admin)
+            .header("Content-Type", "application/toml")
+            .body(file)
+            .send()
+            .expect("put program");
+        assert_eq!(response.status().as_u16(), 200, "{:?}", response.text());
+    }
+}
+
+#[test]
+fn a_self_referral_by_plus_tag_and_the_eleventh_referral_of_a_month_are_refused_with_reasons() {
+    // GIVEN a referrer whose email is minji@example.com
+    let shop = Shop::start("referrals");
+    let file = shop.dir.join("referrer.csv");
+    std::fs::write(&file, "member,email,points\napp-ref,minji@example.com,0\n").expect("file");
+    ok(&shop.loyalty(&[
+        "import",
+        "balances",
+        file.to_str().expect("utf-8"),
+        "--program",
+        "kr-shop",
+        "--format",
+        "csv",
+        "--json",
+    ]));
+    // WHEN a new member whose email is the referrer's with a +tag says the referrer sent them
+    shop.send(referral(
+        "ref-self",
+        "email:Min.Ji+friend@example.com",
+        "app-ref",
+    ));
+    shop.send(pos_purchase(
+        "ref-self-sale",
+        "email:Min.Ji+friend@example.com",
+        "self-1",
+    ));
+    shop.settled();
+    // THEN the referral is refused with the reason, visible to operators, and pays nobody
+    let reason = shop.rejected_reason("ref-self");
+    assert!(reason.contains("self-referral"), "{reason}");
+    assert_eq!(shop.member("app-ref")["balance"].as_i64(), Some(0));
+
+    // WHEN eleven other people the referrer referred make a first purchase this month
+    for i in 1..=11 {
+        let friend = format!("friend-{i}");
+        shop.send(referral(&format!("ref-{i}"), &friend, "app-ref"));
+        shop.send(pos_purchase(
+            &format!("ref-sale-{i}"),
+            &friend,
+            &format!("ref-o-{i}"),
+        ));
+    }
+    shop.settled();
+    shop.settled();
+    // THEN ten are rewarded, and the eleventh is refused under the limit of 10, with the reason
+    assert_eq!(shop.member("app-ref")["balance"].as_i64(), Some(30_000));
+    let refused: Vec<String> = (1..=11)
+        .filter_map(|i| {
+            let (status, r) = shop.call(
+                "GET",
+                &format!("{P}/rejected-events/referral-friend-{i}"),
+                None,
+            );
+            (status == 200).then(|| r["reason"].as_str().unwrap_or_default().to_string())
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("limit is 10 a month"), "{}", refused[0]);
+    // AND every referee got their own welcome bonus
+    assert_eq!(shop.member("friend-11")["balance"].as_i64(), Some(1000));
+}
+
+#[test]
+fn earnings_over_the_daily_limit_wait_for_review_and_large_adjustments_for_a_second_operator() {
+    // GIVEN kr-shop with a daily limit of 1,000 points and approval above 10,000
+    let shop = Shop::start("safeguards");
+    shop.amend_program("[safeguards]\ndaily_points = 1000\nadjustment_approval_above = 10000");
+    // WHEN a member is rewarded 500 and then 1,000 more on one day
+    shop.send(action("fast-review", "m-fast", "review"));
+    shop.send(action("fast-photo", "m-fast", "photo_review"));
+    shop.settled();
+    // THEN the second is held with its reason and the member has 500
+    assert_eq!(shop.member("m-fast")["balance"].as_i64(), Some(500));
+    let held = shop.get(&format!("{P}/reviews"));
+    assert_eq!(held["events"][0]["id"], "fast-photo", "{held}");
+    assert!(held["events"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("above the daily limit of 1000"));
+    // WHEN an operator releases it, twice
+    let (first, _) = shop.call("POST", &format!("{P}/reviews/fast-photo/release"), None);
+    let (second, gone) = shop.call("POST", &format!("{P}/reviews/fast-photo/release"), None);
+    // THEN it is applied once
+    assert_eq!((first, second), (202, 404), "{gone}");
+    shop.eventually("m-fast", |v| v["balance"] == 1500);
+    shop.settled();
+    assert_eq!(shop.member("m-fast")["balance"].as_i64(), Some(1500));
+    assert_eq!(shop.get(&format!("{P}/reviews"))["events"], json!([]));
+
+    // WHEN an operator adjusts a member by 50,000 points
+    let (status, asked) = shop.call(
+        "POST",
+        &format!("{P}/members/m-fast/adjustments"),
+        Some(json!({"points": 50_000, "reason": "store credit for a lost parcel"})),
+    );
+    // THEN it waits for approval, and nothing is credited yet
+    assert_eq!(
+        (status, asked["status"].as_str()),
+        (202, Some("pending_approval")),
+        "{asked}"
+    );
+    let id = asked["id"].as_str().expect("id").to_string();
+    assert_eq!(shop.member("m-fast")["balance"].as_i64(), Some(1500));
+    assert_eq!(
+        shop.get(&format!("{P}/approvals"))["adjustments"][0]["id"],
+        id
+    );
+    // WHEN the same operator approves it THEN that is refused
+    let approve = format!("{P}/approvals/{id}/approve");
+    let (status, same) = shop.call("POST", &approve, None);
+    assert_eq!(
+        (status, same["type"].as_str()),
+        (403, Some("/problems/same-operator"))
+    );
+    // WHEN a second operator approves it, twice THEN it is applied once
+    let second = common::token(&["--admin", "--operator", "lead-2"]);
+    let (status, approved) = shop.server.call("POST", &approve, &second, &[], None);
+    assert_eq!(status, 201, "{approved}");
+    assert_eq!(approved["balance"].as_i64(), Some(51_500));
+    let (status, _) = shop.server.call("POST", &approve, &second, &[], None);
+    assert_eq!(status, 404);
+    assert_eq!(shop.member("m-fast")["balance"].as_i64(), Some(51_500));
+    // AND a small adjustment needs no approval
+    let (status, small) = shop.call(
+        "POST",
+        &format!("{P}/members/m-fast/adjustments"),
+        Some(json!({"points": -500, "reason": "duplicate review"})),
+    );
+    assert_eq!(status, 201, "{small}");
+}

@@ -65,6 +65,7 @@ fn purchase(id: &str, member: &str) -> Envelope {
     Envelope {
         replay: None,
         resumed: None,
+        reviewed_by: None,
         kind: "purchase.completed".into(),
         version: 1,
         id: id.into(),

@@ -138,6 +138,24 @@ pub fn redemption_router(state: AppState) -> Router {
             "/v1/programs/{program}/members/{member}",
             delete(erase_member),
         )
+        .route("/v1/programs/{program}/reviews", get(held_events))
+        .route(
+            "/v1/programs/{program}/reviews/{id}/release",
+            post(release_held),
+        )
+        .route(
+            "/v1/programs/{program}/reviews/{id}/cancel",
+            post(cancel_held),
+        )
+        .route("/v1/programs/{program}/approvals", get(pending_adjustments))
+        .route(
+            "/v1/programs/{program}/approvals/{id}/approve",
+            post(approve_adjustment),
+        )
+        .route(
+            "/v1/programs/{program}/approvals/{id}/decline",
+            post(decline_adjustment),
+        )
         .route(
             "/v1/programs/{program}/members/{member}/suspend",
             post(suspend_member),
@@ -705,6 +723,84 @@ async fn erase_member(
         .erase_member(&program, &member, &query.reason, &principal.subject)
         .await?;
     Ok(Json(report).into_response())
+}
+
+async fn held_events(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let held = state.services.held_events(&program).await?;
+    Ok(Json(json!({ "events": held })).into_response())
+}
+
+async fn release_held(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    IdKind::Event.check(&id)?;
+    let held = state
+        .services
+        .release_held(&program, &id, &principal.subject)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(held)).into_response())
+}
+
+async fn cancel_held(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    IdKind::Event.check(&id)?;
+    let held = state
+        .services
+        .cancel_held(&program, &id, &principal.subject, &body)
+        .await?;
+    Ok(Json(held).into_response())
+}
+
+async fn pending_adjustments(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let pending = state.services.pending_adjustments(&program).await?;
+    Ok(Json(json!({ "adjustments": pending })).into_response())
+}
+
+async fn approve_adjustment(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    IdKind::Event.check(&id)?;
+    let done = state
+        .services
+        .approve_adjustment(&program, &id, &principal.subject)
+        .await?;
+    Ok(answer(done))
+}
+
+async fn decline_adjustment(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    IdKind::Event.check(&id)?;
+    let pending = state
+        .services
+        .decline_adjustment(&program, &id, &principal.subject, &body)
+        .await?;
+    Ok(Json(pending).into_response())
 }
 
 async fn suspend_member(

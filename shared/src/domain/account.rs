@@ -67,6 +67,10 @@ pub struct Account {
     /// Set while an operator has suspended the member: events wait, nothing is redeemed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended: Option<Suspension>,
+    /// Points earned by day (program time zone), today's and yesterday's, kept only while the
+    /// program has a daily limit (`safeguards.daily_points`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub earned_days: BTreeMap<NaiveDate, i64>,
     /// Set once the member's personal data was erased: the account and ledger kept for the
     /// books are under the pseudonym.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -240,6 +244,7 @@ impl Account {
             merged: None,
             merged_from: Vec::new(),
             suspended: None,
+            earned_days: BTreeMap::new(),
             erased: None,
             version: 0,
         }

@@ -123,6 +123,17 @@ impl Account {
                     rule.referrer_points
                 );
                 credit_action(&mut journal, program, rule.referrer_points, &reason);
+                let month = super::calendar::YearMonth::of(super::calendar::local_date(
+                    program.time_zone,
+                    ctx.occurred_at,
+                ));
+                *journal
+                    .account
+                    .actions
+                    .entry(super::safeguards::REFERRALS_REWARDED.to_string())
+                    .or_default()
+                    .entry(month.to_string())
+                    .or_insert(0) += 1;
             }
             _ => journal.no_op = Some("referrals are not rewarded by this program".into()),
         }

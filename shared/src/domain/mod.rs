@@ -16,6 +16,7 @@ pub mod merge;
 pub mod money;
 pub mod orders;
 pub mod program;
+pub mod safeguards;
 pub mod schedule;
 pub mod tiers;
 

@@ -64,6 +64,8 @@ pub struct ProgramFile {
     /// dollars): the money value of the points liability.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub point_value: Option<String>,
+    #[serde(default)]
+    pub safeguards: SafeguardsFile,
 }
 
 fn default_backdating_days() -> u32 {
@@ -242,6 +244,28 @@ pub struct ReferralFile {
     /// Paid to the new member with their first purchase.
     #[serde(default)]
     pub referee_points: i64,
+    /// Referrals a referrer is rewarded for per calendar month (program time zone); the next
+    /// are refused with the reason. 0: no limit.
+    #[serde(default = "default_referrals_per_month")]
+    pub max_per_month: u32,
+}
+
+fn default_referrals_per_month() -> u32 {
+    10
+}
+
+/// Safeguards against abuse and mistakes (`[safeguards]`); each is off when left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafeguardsFile {
+    /// Points a member may earn in one day (program time zone): an event that would take the
+    /// day past it is held for an operator's review instead of credited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_points: Option<i64>,
+    /// Adjustments of more points than this (either way) wait for a second operator's
+    /// approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adjustment_approval_above: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -403,6 +427,7 @@ pub struct Program {
     pub notices: NoticesFile,
     /// Millionths of a major unit that one point is worth, if the program says.
     pub point_value_micros: Option<i64>,
+    pub safeguards: SafeguardsFile,
     /// The file this program was read from, for saving and showing it back.
     pub file: ProgramFile,
 }
@@ -670,6 +695,12 @@ impl Validator {
             self.non_negative("referral.referrer_points", r.referrer_points);
             self.non_negative("referral.referee_points", r.referee_points);
         }
+        if let Some(points) = f.safeguards.daily_points {
+            self.non_negative("safeguards.daily_points", points);
+        }
+        if let Some(points) = f.safeguards.adjustment_approval_above {
+            self.non_negative("safeguards.adjustment_approval_above", points);
+        }
         let rewards = self.rewards(f, currency, &tiers);
         let pay_with_points = f
             .pay_with_points
@@ -707,6 +738,7 @@ impl Validator {
             coupon_valid_days: f.coupons.valid_days,
             notices: f.notices.clone(),
             point_value_micros,
+            safeguards: f.safeguards.clone(),
             file: f.clone(),
         })
     }

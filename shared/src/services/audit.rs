@@ -188,6 +188,7 @@ impl Services {
         let envelope = Envelope {
             replay: None,
             resumed: None,
+            reviewed_by: None,
             kind: AUDIT_REQUESTED.into(),
             version: ENVELOPE_VERSION,
             id: format!("audit-{}", run.id),

@@ -139,6 +139,7 @@ impl Services {
             let message = Envelope {
                 replay: None,
                 resumed: None,
+                reviewed_by: None,
                 kind: "engagement.recorded".into(),
                 version: ENVELOPE_VERSION,
                 id: format!("{action}-{member}-{}", day.year()),

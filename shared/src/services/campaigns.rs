@@ -179,6 +179,7 @@ impl Services {
             let grant = Envelope {
                 replay: None,
                 resumed: None,
+                reviewed_by: None,
                 kind: "points.granted".into(),
                 version: ENVELOPE_VERSION,
                 id: format!("grant-{id}-{member}"),

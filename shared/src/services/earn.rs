@@ -119,6 +119,15 @@ impl Services {
             Ok(event) => event,
             Err(e) => return self.reject(&envelope, body, &e.to_string()).await,
         };
+        if let EarnEvent::Engagement(Engagement::Referred { referrer }) = &event {
+            if let Some(reason) = self
+                .self_referral(&program.id, &envelope.member, referrer)
+                .await
+                .map_err(|e| Retry(e.to_string()))?
+            {
+                return self.reject(&envelope, body, &reason).await;
+            }
+        }
         let marker = EventMarker {
             source: event.source().to_string(),
             event_id: envelope.id.clone(),
@@ -190,10 +199,16 @@ impl Services {
                     platform: Some(event.source().to_string()),
                     ..Source::default()
                 });
-            let outcome = match decide(&program, &envelope, &event, &state, &campaigns, &ctx) {
+            let mut outcome = match decide(&program, &envelope, &event, &state, &campaigns, &ctx) {
                 Ok(outcome) => outcome,
                 Err(reason) => return self.reject(&envelope, body, &reason).await,
             };
+            if let Some(reason) = count_daily(&program, &envelope, &mut outcome.change, now) {
+                self.hold_for_review(&program.id, &envelope, &reason)
+                    .await
+                    .map_err(|e| Retry(e.to_string()))?;
+                return Ok(Processed::NoEffect(reason));
+            }
             let entries = outcome.change.entries.len();
             let no_op = outcome.change.no_op.clone();
             let outbox = follow_ups(&envelope, &event, outcome.referrer);
@@ -383,6 +398,7 @@ fn message(cause: &Envelope, kind: &str, id: String, data: serde_json::Value) ->
     Envelope {
         replay: None,
         resumed: None,
+        reviewed_by: None,
         kind: kind.to_string(),
         version: ENVELOPE_VERSION,
         id,
@@ -391,6 +407,44 @@ fn message(cause: &Envelope, kind: &str, id: String, data: serde_json::Value) ->
         occurred_at: Utc::now().max(cause.occurred_at),
         data,
     }
+}
+
+/// Counts what the event credits towards the member's day, when the program limits it; the
+/// reason to hold the event instead, if it would pass the limit. An event an operator released
+/// from review is counted, never held again.
+fn count_daily(
+    program: &Program,
+    envelope: &Envelope,
+    change: &mut Change,
+    now: chrono::DateTime<Utc>,
+) -> Option<String> {
+    program.safeguards.daily_points?;
+    let crediting: i64 = change
+        .entries
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                crate::domain::EntryKind::Earn | crate::domain::EntryKind::Pending
+            )
+        })
+        .map(|e| e.points + e.pending)
+        .sum();
+    let day = crate::domain::calendar::local_date(program.time_zone, now);
+    let days = &mut change.account.earned_days;
+    days.retain(|d, _| *d >= day.pred_opt().unwrap_or(day));
+    let today = days.get(&day).copied().unwrap_or(0);
+    if envelope.reviewed_by.is_none() {
+        if let Some(reason) =
+            crate::domain::safeguards::over_daily_limit(program, today, crediting, day)
+        {
+            return Some(reason);
+        }
+    }
+    if crediting > 0 {
+        days.insert(day, today.saturating_add(crediting));
+    }
+    None
 }
 
 /// Applies one event to the member's state with the domain; an `Err` is a permanent reason.
@@ -486,6 +540,11 @@ fn decide(
             plain(account.referred_by(referrer))
         }
         EarnEvent::Engagement(Engagement::ReferrerReward { referee }) => {
+            let day = crate::domain::calendar::local_date(program.time_zone, ctx.occurred_at);
+            if let Some(reason) = crate::domain::safeguards::referral_limit(&account, program, day)
+            {
+                return Err(reason);
+            }
             plain(account.reward_referrer(program, referee, ctx))
         }
         EarnEvent::Grant {

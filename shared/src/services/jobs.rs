@@ -601,6 +601,7 @@ fn notice(
     let message = Envelope {
         replay: None,
         resumed: None,
+        reviewed_by: None,
         kind: kind.to_string(),
         version: ENVELOPE_VERSION,
         id,

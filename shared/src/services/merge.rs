@@ -213,6 +213,7 @@ impl Services {
             let finish = Envelope {
                 replay: None,
                 resumed: None,
+                reviewed_by: None,
                 kind: MEMBER_MERGE.into(),
                 version: ENVELOPE_VERSION,
                 id: format!("merge-{from}"),
@@ -356,6 +357,7 @@ impl Services {
                 let check = Envelope {
                     replay: None,
                     resumed: None,
+                    reviewed_by: None,
                     kind: "tier.check".into(),
                     version: ENVELOPE_VERSION,
                     id: format!("tier-check-{step}"),

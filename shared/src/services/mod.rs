@@ -29,6 +29,7 @@ pub mod programs;
 pub mod reconcile;
 pub mod redemptions;
 pub mod rejections;
+pub mod safeguards;
 pub mod suspension;
 pub mod webhooks;
 

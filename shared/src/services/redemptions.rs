@@ -644,6 +644,28 @@ impl Services {
                 return Ok(answer);
             }
         }
+        if let Some(above) = program.safeguards.adjustment_approval_above {
+            if request.points.unsigned_abs() > above.unsigned_abs() {
+                if request.reason.trim().is_empty() {
+                    return Err(ServiceError::invalid(
+                        "invalid-adjustment",
+                        "an adjustment needs a reason",
+                    ));
+                }
+                crate::domain::limits::check_points("points", request.points)
+                    .map_err(|e| ServiceError::invalid("invalid-adjustment", e.to_string()))?;
+                return self
+                    .request_approval(
+                        &program.id,
+                        member,
+                        request.points,
+                        request.reason.trim(),
+                        by,
+                        key,
+                    )
+                    .await;
+            }
+        }
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
@@ -905,6 +927,7 @@ fn reward_issued(
     let message = Envelope {
         replay: None,
         resumed: None,
+        reviewed_by: None,
         kind: "reward.issued".into(),
         version: ENVELOPE_VERSION,
         id: format!("reward-issued-{}", body["id"].as_str().unwrap_or_default()),

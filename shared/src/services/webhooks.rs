@@ -304,6 +304,7 @@ impl Services {
         let envelope = Envelope {
             replay: None,
             resumed: None,
+            reviewed_by: None,
             kind: event.kind.to_string(),
             version: ENVELOPE_VERSION,
             id: event.id.clone(),

@@ -1,0 +1,332 @@
+//! Safeguards that need an operator: self-referrals refused with their reason, events held for
+//! review over the daily earning limit (`GET .../reviews`, release or cancel), and adjustments
+//! above a threshold that wait for a second operator's approval (`GET .../approvals`, approve
+//! or decline). What waits is kept among the parked events, under one key per kind, so an
+//! operator lists it in one read; releasing moves it into the outbox in one write.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::redemptions::Answer;
+use super::{Contention, ServiceError, Services};
+use crate::domain::safeguards::{identities_of, self_referral};
+use crate::domain::{Account, AccountError, EventContext, Source};
+use crate::envelope::Envelope;
+use crate::ports::{Commit, CommitError, EventMarker, OutboxMessage, QueueName, RejectedEvent};
+
+/// Where held events and waiting adjustments are parked.
+pub const REVIEW_KEY: &str = "review";
+pub const APPROVALS_KEY: &str = "approvals";
+
+/// An event held over the daily limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldEvent {
+    pub id: String,
+    pub member: String,
+    pub reason: String,
+    pub held_at: DateTime<Utc>,
+    pub event: Envelope,
+}
+
+/// An adjustment waiting for a second operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingAdjustment {
+    pub id: String,
+    pub member: String,
+    pub points: i64,
+    pub reason: String,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: String,
+}
+
+fn not_waiting(what: &str, id: &str) -> ServiceError {
+    ServiceError::NotFound {
+        problem: "not-waiting",
+        detail: format!("no {what} {id:?} is waiting (released, cancelled or never held)"),
+    }
+}
+
+fn reason_in(body: &[u8]) -> Result<String, ServiceError> {
+    let (request, _): (ReasonBody, _) = super::redemptions::parse(body, "invalid-reason")?;
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.chars().count() > super::MAX_REASON {
+        return Err(ServiceError::invalid(
+            "invalid-reason",
+            format!(
+                "a reason of 1 to {} characters is required",
+                super::MAX_REASON
+            ),
+        ));
+    }
+    Ok(reason.to_string())
+}
+
+impl Services {
+    /// Why a referral is the new member referring themselves, if it is.
+    pub(crate) async fn self_referral(
+        &self,
+        program: &str,
+        referee: &str,
+        referrer: &str,
+    ) -> Result<Option<String>, ServiceError> {
+        let mine = self.store.member_file(program, referee).await?;
+        let theirs = self.store.member_file(program, referrer).await?;
+        Ok(self_referral(
+            &identities_of(referee, &mine.aliases),
+            &identities_of(referrer, &theirs.aliases),
+        ))
+    }
+
+    pub(crate) async fn hold_for_review(
+        &self,
+        program: &str,
+        envelope: &Envelope,
+        reason: &str,
+    ) -> Result<(), ServiceError> {
+        tracing::warn!(program, event_id = %envelope.id, reason, "event held for review");
+        let held = HeldEvent {
+            id: envelope.id.clone(),
+            member: envelope.member.clone(),
+            reason: reason.to_string(),
+            held_at: self.clock.now(),
+            event: envelope.clone(),
+        };
+        let body =
+            serde_json::to_string(&held).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        self.store
+            .park(program, REVIEW_KEY, &envelope.id, &body)
+            .await?;
+        Ok(())
+    }
+
+    /// `GET .../reviews`: the events held over the daily limit, oldest first.
+    pub async fn held_events(&self, program: &str) -> Result<Vec<HeldEvent>, ServiceError> {
+        let program = self.program(program).await?;
+        let mut held = Vec::new();
+        for (id, body) in self.store.parked(&program.id, REVIEW_KEY).await? {
+            held.push(
+                serde_json::from_str::<HeldEvent>(&body).map_err(|e| {
+                    ServiceError::Internal(format!("held event {id} is corrupt: {e}"))
+                })?,
+            );
+        }
+        held.sort_by_key(|h| h.held_at);
+        Ok(held)
+    }
+
+    async fn held_event(&self, program: &str, id: &str) -> Result<HeldEvent, ServiceError> {
+        self.held_events(program)
+            .await?
+            .into_iter()
+            .find(|h| h.id == id)
+            .ok_or_else(|| not_waiting("held event", id))
+    }
+
+    /// `POST .../reviews/{id}/release`: the event is applied, past the limit, once.
+    pub async fn release_held(
+        &self,
+        program: &str,
+        id: &str,
+        by: &str,
+    ) -> Result<HeldEvent, ServiceError> {
+        let mut held = self.held_event(program, id).await?;
+        held.event.reviewed_by = Some(by.to_string());
+        let message = OutboxMessage::new(QueueName::Earn, held.event.clone());
+        self.store
+            .release_parked(program, REVIEW_KEY, id, &message)
+            .await?;
+        tracing::info!(program, event_id = id, by, "held event released");
+        Ok(held)
+    }
+
+    /// `POST .../reviews/{id}/cancel` with `{"reason"}`: the event never earns; it is kept
+    /// among the rejected events with the reason.
+    pub async fn cancel_held(
+        &self,
+        program: &str,
+        id: &str,
+        by: &str,
+        body: &[u8],
+    ) -> Result<HeldEvent, ServiceError> {
+        let reason = reason_in(body)?;
+        let held = self.held_event(program, id).await?;
+        let payload = serde_json::to_string(&held.event)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        self.store
+            .reject(&RejectedEvent {
+                program: program.to_string(),
+                event_id: id.to_string(),
+                at: self.clock.now(),
+                reason: format!("cancelled by {by} after review: {reason} ({})", held.reason),
+                payload,
+                replays: 0,
+                replayed_at: None,
+            })
+            .await?;
+        self.store.discard_parked(program, REVIEW_KEY, id).await?;
+        Ok(held)
+    }
+
+    /// An adjustment above the program's threshold: kept until a second operator approves it.
+    pub(crate) async fn request_approval(
+        &self,
+        program: &str,
+        member: &str,
+        points: i64,
+        reason: &str,
+        by: &str,
+        key: Option<&str>,
+    ) -> Result<Answer, ServiceError> {
+        // With an Idempotency-Key, a retry names the same request.
+        let id = match key {
+            Some(key) => format!(
+                "appr-{:016x}",
+                crate::fingerprint::fnv1a64(format!("{by}\n{key}").bytes())
+            ),
+            None => format!("appr-{}", uuid::Uuid::new_v4().simple()),
+        };
+        let pending = PendingAdjustment {
+            id: id.clone(),
+            member: member.to_string(),
+            points,
+            reason: reason.to_string(),
+            requested_by: by.to_string(),
+            requested_at: self.clock.now(),
+        };
+        let body =
+            serde_json::to_string(&pending).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        self.store.park(program, APPROVALS_KEY, &id, &body).await?;
+        Ok(Answer {
+            status: 202,
+            body: json!({"id": id, "status": "pending_approval", "points": points, "member": member}),
+        })
+    }
+
+    /// `GET .../approvals`: adjustments waiting for a second operator, oldest first.
+    pub async fn pending_adjustments(
+        &self,
+        program: &str,
+    ) -> Result<Vec<PendingAdjustment>, ServiceError> {
+        let program = self.program(program).await?;
+        let mut pending = Vec::new();
+        for (id, body) in self.store.parked(&program.id, APPROVALS_KEY).await? {
+            pending.push(
+                serde_json::from_str::<PendingAdjustment>(&body).map_err(|e| {
+                    ServiceError::Internal(format!("pending adjustment {id} is corrupt: {e}"))
+                })?,
+            );
+        }
+        pending.sort_by_key(|p| p.requested_at);
+        Ok(pending)
+    }
+
+    async fn pending_adjustment(
+        &self,
+        program: &str,
+        id: &str,
+    ) -> Result<PendingAdjustment, ServiceError> {
+        self.pending_adjustments(program)
+            .await?
+            .into_iter()
+            .find(|p| p.id == id)
+            .ok_or_else(|| not_waiting("adjustment", id))
+    }
+
+    /// `POST .../approvals/{id}/approve`: a second operator applies it, once.
+    pub async fn approve_adjustment(
+        &self,
+        program_id: &str,
+        id: &str,
+        by: &str,
+    ) -> Result<Answer, ServiceError> {
+        let program = self.program(program_id).await?;
+        let pending = self.pending_adjustment(&program.id, id).await?;
+        if pending.requested_by == by {
+            return Err(ServiceError::Forbidden {
+                problem: "same-operator",
+                detail: "an adjustment is approved by another operator than the one who asked"
+                    .into(),
+            });
+        }
+        let member = pending.member.as_str();
+        let mut contention = Contention::new();
+        let balance = loop {
+            let now = self.clock.now();
+            let state = self.store.load_member(&program.id, member, &[]).await?;
+            let account = state
+                .account
+                .clone()
+                .unwrap_or_else(|| Account::open(&program, member, now));
+            let ctx = EventContext::new(format!("adjust-{id}"), now, now).with_source(Source {
+                admin: Some(pending.requested_by.clone()),
+                rule: Some(format!("approved-by:{by}")),
+                ..Source::default()
+            });
+            let reason = format!("{} (approved by {by})", pending.reason);
+            let change = account
+                .adjust(&program, pending.points, &reason, &ctx)
+                .map_err(|e| match e {
+                    AccountError::InsufficientPoints { .. } => ServiceError::Conflict {
+                        problem: "insufficient-points",
+                        detail: e.to_string(),
+                    },
+                    other => ServiceError::invalid("invalid-adjustment", other.to_string()),
+                })?;
+            let balance = change.account.balance;
+            let commit = Commit {
+                marker: Some(EventMarker {
+                    source: "approval".into(),
+                    event_id: id.to_string(),
+                }),
+                ..Commit::new(&program, member, state.account.as_ref(), change, now)
+            };
+            match self.store.commit(commit).await {
+                Ok(()) => break balance,
+                Err(CommitError::Duplicate) => {
+                    break self
+                        .store
+                        .load_member(&program.id, member, &[])
+                        .await?
+                        .account
+                        .map_or(0, |a| a.balance)
+                }
+                Err(CommitError::Store(e)) => return Err(e.into()),
+                Err(_) => {}
+            }
+            contention.again(|| format!("member {member}")).await?;
+        };
+        self.store
+            .discard_parked(&program.id, APPROVALS_KEY, id)
+            .await?;
+        tracing::info!(program = %program.id, id, by, "adjustment approved");
+        Ok(Answer {
+            status: 201,
+            body: json!({"id": id, "points": pending.points, "balance": balance, "approved_by": by}),
+        })
+    }
+
+    /// `POST .../approvals/{id}/decline` with `{"reason"}`: it is dropped, and said so in the
+    /// logs; nothing was written to the member.
+    pub async fn decline_adjustment(
+        &self,
+        program: &str,
+        id: &str,
+        by: &str,
+        body: &[u8],
+    ) -> Result<PendingAdjustment, ServiceError> {
+        let reason = reason_in(body)?;
+        let pending = self.pending_adjustment(program, id).await?;
+        self.store
+            .discard_parked(program, APPROVALS_KEY, id)
+            .await?;
+        tracing::info!(program, id, by, reason = %reason, "adjustment declined");
+        Ok(pending)
+    }
+}

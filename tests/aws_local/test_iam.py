@@ -131,6 +131,38 @@ def exercise(stack: Running) -> None:
     assert call("GET", f"{P}/rejected-events/ev-iam-share")[0] == 200
     assert call("POST", f"{P}/rejected-events/ev-iam-share/replay")[0] == 202
     step("rejected events")
+    # One person, one account: a POS member merged into the app's, a suspension whose event
+    # waits for the resume, an erasure; a purchase over the daily limit held and released; an
+    # adjustment over the threshold approved by a second operator.
+    today = datetime.now(timezone.utc) - timedelta(minutes=1)
+    assert call("POST", f"{P}/events", purchase("ev-iam-pos", "pos:010-9999-0000", "iam-pos", 20_000, today))[0] == 202
+    stack.eventually(lambda: call("GET", f"{P}/members/pos:010-9999-0000")[1].get("pending") == 200, timeout=60,
+                     what="the POS member's purchase")
+    assert call("POST", f"{P}/members/m-iam-app/adjustments", {"points": 100, "reason": "iam"})[0] == 201
+    status, merged, _ = call("POST", f"{P}/members/m-iam-app/merge", {"from": "pos:010-9999-0000", "reason": "iam"})
+    assert status == 200 and merged["balance"] == 100 and merged["pending"] == 200, merged
+    assert call("POST", f"{P}/members/m-iam-app/suspend", {"reason": "iam"})[0] == 200
+    review = {"type": "engagement.recorded", "version": 1, "id": "ev-iam-review", "program": "kr-shop",
+              "member": "m-iam-app", "occurred_at": now, "data": {"action": "review", "ref": "iam"}}
+    assert call("POST", f"{P}/events", review)[0] == 202
+    stack.eventually(lambda: call("POST", f"{P}/members/m-iam-app/resume", {"reason": "iam"})[1].get("applied") == 1,
+                     timeout=60, what="the waiting event")
+    stack.eventually(lambda: call("GET", f"{P}/members/m-iam-app")[1].get("balance") == 600, timeout=60,
+                     what="the resumed event applied")
+    status, erased, _ = call("DELETE", f"{P}/members/m-iam-app?reason=iam")
+    assert status == 200 and erased["forfeited"] == 600, erased
+    assert call("POST", f"{P}/events", purchase("ev-iam-big", "m-iam-big", "iam-big", 20_000_000, today))[0] == 202
+    stack.eventually(lambda: any(e["id"] == "ev-iam-big" for e in call("GET", f"{P}/reviews")[1].get("events", [])),
+                     timeout=60, what="the held purchase")
+    assert call("POST", f"{P}/reviews/ev-iam-big/release")[0] == 202
+    stack.eventually(lambda: call("GET", f"{P}/members/m-iam-big")[1].get("pending") == 200_000, timeout=60,
+                     what="the released purchase")
+    status, asked, _ = call("POST", f"{P}/members/m-iam-big/adjustments", {"points": 200_000, "reason": "iam"})
+    assert status == 202, asked
+    assert call("GET", f"{P}/approvals")[0] == 200
+    lead = stack.token("lead-2", admin=True)
+    assert call("POST", f"{P}/approvals/{asked['id']}/approve", token=lead)[0] == 201
+    step("members and safeguards")
     # Every schedule, and the full pass that no schedule runs.
     for name in ("ReleasePending", "ExpirePoints", "TierReviews", "Notices", "CampaignTick", "ReconcilePlatforms"):
         assert stack.run_schedule(name)["ok"], name
@@ -152,7 +184,8 @@ def used(tmp_path_factory):
     # kr-shop with an anniversary action too, so that the campaign tick reads both yearly indexes.
     program = tmp_path_factory.mktemp("iam") / "kr-shop.toml"
     program.write_text((ROOT / "examples" / "kr-shop.toml").read_text()
-                       + '\n[actions.anniversary]\npoints = 500\nlimit = { count = 1, per = "year" }\n')
+                       + '\n[actions.anniversary]\npoints = 500\nlimit = { count = 1, per = "year" }\n'
+                       + '\n[safeguards]\ndaily_points = 100000\nadjustment_approval_above = 150000\n')
     api, asked = woocommerce_api()
     credentials = json.dumps({"url": f"http://127.0.0.1:{api.server_address[1]}", "key": "ck_iam", "secret": "cs_iam"})
     running = start_stack("--schedules-every", "0", "--visibility-timeout", "2", "--program", str(program),

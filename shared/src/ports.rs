@@ -259,6 +259,7 @@ impl Commit {
         change: crate::domain::Change,
         at: DateTime<Utc>,
     ) -> Commit {
+        let outbox = follow_ups_of(program, member, &change, at);
         Commit {
             program: program.id.clone(),
             member: member.to_string(),
@@ -276,9 +277,63 @@ impl Commit {
             idempotency: None,
             assignments: Vec::new(),
             counters: Vec::new(),
-            outbox: Vec::new(),
+            outbox,
         }
     }
+}
+
+impl Commit {
+    /// Adds messages of the caller's own to those the change implies.
+    pub fn and_send(mut self, messages: Vec<OutboxMessage>) -> Commit {
+        self.outbox.extend(messages);
+        self
+    }
+}
+
+/// What a change implies whichever path writes it (an earn, a job, a redemption): the
+/// referrer's reward once a referred member's first order is past its return window, and a tier
+/// check when released purchases count towards an upgrade only now.
+fn follow_ups_of(
+    program: &crate::domain::Program,
+    member: &str,
+    change: &crate::domain::Change,
+    at: DateTime<Utc>,
+) -> Vec<OutboxMessage> {
+    let envelope = |kind: &str, id: String, member: &str, data: serde_json::Value| Envelope {
+        replay: None,
+        resumed: None,
+        reviewed_by: None,
+        kind: kind.to_string(),
+        version: crate::envelope::ENVELOPE_VERSION,
+        id,
+        program: program.id.clone(),
+        member: member.to_string(),
+        occurred_at: at,
+        data,
+    };
+    let mut outbox = Vec::new();
+    if let Some(referrer) = &change.referrer {
+        let data = serde_json::json!({"action": "referral", "ref": member, "referee": member});
+        let reward = envelope(
+            "engagement.recorded",
+            format!("referral-{member}"),
+            referrer,
+            data,
+        );
+        outbox.push(OutboxMessage::new(QueueName::Earn, reward));
+    }
+    let released = change
+        .entries
+        .iter()
+        .filter(|e| e.kind == crate::domain::EntryKind::Release && !e.provisional);
+    if program.tier_rules.upgrade_after_return_window {
+        if let Some(first) = released.into_iter().next() {
+            let id = format!("tier-check-{}", first.id.replace('#', "-"));
+            let check = envelope("tier.check", id, member, serde_json::json!({}));
+            outbox.push(OutboxMessage::new(QueueName::Tier, check));
+        }
+    }
+    outbox
 }
 
 /// A message that follows from a change (a tier check, a referrer's reward, a notice, a released

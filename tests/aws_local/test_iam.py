@@ -145,8 +145,10 @@ def exercise(stack: Running) -> None:
     review = {"type": "engagement.recorded", "version": 1, "id": "ev-iam-review", "program": "kr-shop",
               "member": "m-iam-app", "occurred_at": now, "data": {"action": "review", "ref": "iam"}}
     assert call("POST", f"{P}/events", review)[0] == 202
-    stack.eventually(lambda: call("POST", f"{P}/members/m-iam-app/resume", {"reason": "iam"})[1].get("applied") == 1,
-                     timeout=60, what="the waiting event")
+    stack.eventually(lambda: stack.status()["queues"]["EarnQueue"]["visible"] + stack.status()["queues"]["EarnQueue"]["in_flight"] == 0,
+                     timeout=60, what="the event parked")
+    status, resumed, _ = call("POST", f"{P}/members/m-iam-app/resume", {"reason": "iam"})
+    assert status == 200 and resumed["applied"] == 1, resumed
     stack.eventually(lambda: call("GET", f"{P}/members/m-iam-app")[1].get("balance") == 600, timeout=60,
                      what="the resumed event applied")
     status, erased, _ = call("DELETE", f"{P}/members/m-iam-app?reason=iam")

@@ -602,3 +602,63 @@ fn earnings_over_the_daily_limit_wait_for_review_and_large_adjustments_for_a_sec
     );
     assert_eq!(status, 201, "{small}");
 }
+
+#[test]
+fn with_the_options_on_referrals_pay_and_tiers_rise_only_once_the_first_order_is_kept() {
+    // GIVEN kr-shop paying referrals and counting upgrades only after the return window
+    let shop = Shop::start("after-window");
+    let file = include_str!("../../../examples/kr-shop.toml")
+        .replace(
+            "referee_points = 1000",
+            "referee_points = 1000\nreward_after_return_window = true",
+        )
+        .replace(
+            "[tier_rules]\n",
+            "[tier_rules]\nupgrade_after_return_window = true\n",
+        );
+    let response = reqwest::blocking::Client::new()
+        .put(format!("{}{P}", shop.server.base))
+        .bearer_auth(&shop.admin)
+        .header("Content-Type", "application/toml")
+        .body(file)
+        .send()
+        .expect("put program");
+    assert_eq!(response.status().as_u16(), 200);
+    // WHEN a referred member buys for 400,000 KRW (past SILVER's 300,000) yesterday
+    shop.send(referral("ref-w", "friend-w", "app-ref-w"));
+    shop.send(json!({
+        "type": "purchase.completed", "version": 1, "id": "sale-w", "program": "kr-shop",
+        "member": "friend-w",
+        "occurred_at": (Utc::now() - chrono::Duration::days(1)).to_rfc3339_opts(SecondsFormat::Secs, true),
+        "data": {"order_id": "w-1", "currency": "KRW", "channel": "online", "shipping": "0", "tax": "0",
+                 "lines": [{"line_id": "1", "sku": "COAT", "category": "apparel", "quantity": 1,
+                            "unit_price": "400000", "discount": "0"}]}
+    }));
+    shop.settled();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // THEN nobody is paid and the tier waits while the order can still be returned
+    let friend = shop.member("friend-w");
+    assert_eq!(
+        (friend["balance"].as_i64(), friend["pending"].as_i64()),
+        (Some(0), Some(4000)),
+        "{friend}"
+    );
+    assert_eq!(friend["tier"]["id"], "WELCOME");
+    assert_eq!(shop.member("app-ref-w")["balance"].as_i64(), Some(0));
+    // WHEN the return window has closed and the release job runs
+    let later = (Utc::now() + chrono::Duration::days(8))
+        .date_naive()
+        .to_string();
+    let out = shop.loyalty(&["jobs", "run", "release-pending", "--date", &later]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // THEN the new member has the order's points and the welcome bonus, the referrer is paid,
+    // and the tier rises
+    let friend = shop.eventually("friend-w", |v| v["tier"]["id"] == "SILVER");
+    assert_eq!(friend["balance"].as_i64(), Some(5000), "{friend}");
+    let referrer = shop.eventually("app-ref-w", |v| v["balance"] == 3000);
+    assert_eq!(referrer["pending"].as_i64(), Some(0));
+}

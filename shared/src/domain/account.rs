@@ -45,6 +45,8 @@ pub struct Account {
     pub purchases: u32,
     #[serde(default)]
     pub referred_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referral_due: Option<ReferralDue>,
     pub joined_on: NaiveDate,
     #[serde(default)]
     pub last_purchase_at: Option<DateTime<Utc>>,
@@ -90,6 +92,22 @@ pub struct PendingGrant {
     /// The lot the points join when released.
     pub expires_on: NaiveDate,
     pub points: i64,
+    /// The qualifying measure of the purchase not yet counted for an upgrade
+    /// (`tier_rules.upgrade_after_return_window`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub qualifying: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// A referral waiting for the new member's first order to pass its return window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferralDue {
+    pub referrer: String,
+    /// The first purchase's event: its release pays both sides.
+    pub event_id: String,
 }
 
 /// The member's profile. A birthday is a month and day (`MM-DD`); it can be changed at most
@@ -193,6 +211,8 @@ pub struct Change {
     pub entries: Vec<LedgerEntry>,
     /// Why nothing happened, when the operation was a recorded no-op (over a cap, not configured).
     pub no_op: Option<String>,
+    /// A referrer to reward, now that the member's first order is past its return window.
+    pub referrer: Option<String>,
 }
 
 impl Change {
@@ -202,6 +222,7 @@ impl Change {
             account,
             entries: Vec::new(),
             no_op: None,
+            referrer: None,
         }
     }
 }
@@ -236,6 +257,7 @@ impl Account {
             actions: BTreeMap::new(),
             purchases: 0,
             referred_by: None,
+            referral_due: None,
             joined_on: local_date(program.time_zone, now),
             last_purchase_at: None,
             categories: Default::default(),
@@ -448,6 +470,7 @@ pub(crate) struct Journal<'a> {
     /// made since, wherever in the domain they were made.
     lots_mark: Lots,
     pub no_op: Option<String>,
+    pub referrer: Option<String>,
 }
 
 impl<'a> Journal<'a> {
@@ -461,6 +484,7 @@ impl<'a> Journal<'a> {
             posted: 0,
             lots_mark: account.lots.clone(),
             no_op: None,
+            referrer: None,
         }
     }
 
@@ -476,6 +500,7 @@ impl<'a> Journal<'a> {
             account: self.account,
             entries: self.entries,
             no_op: self.no_op,
+            referrer: self.referrer,
         }
     }
 
@@ -594,15 +619,15 @@ impl<'a> Journal<'a> {
                 .filter(|d| *d < today)
                 .map(|d| (d, start_of_day(tz, d.succ_opt().unwrap_or(d))));
             match (release, expiry) {
-                (Some((i, at)), Some((_, exp_at))) if at <= exp_at => self.release(i),
-                (Some((i, _)), None) => self.release(i),
+                (Some((i, at)), Some((_, exp_at))) if at <= exp_at => self.release(program, i),
+                (Some((i, _)), None) => self.release(program, i),
                 (_, Some((date, at))) => self.expire(date, at),
                 (None, None) => break,
             }
         }
     }
 
-    fn release(&mut self, index: usize) {
+    fn release(&mut self, program: &Program, index: usize) {
         let grant = self.account.pending.remove(index);
         self.credit(grant.points, grant.expires_on);
         let source = Source {
@@ -621,9 +646,38 @@ impl<'a> Journal<'a> {
             grant.points,
             -grant.points,
             reason,
-            source,
+            source.clone(),
             grant.release_at,
         );
+        self.referral_due(program, &grant, source);
+    }
+
+    /// The first order of a referred member is past its return window: the welcome bonus now,
+    /// and the referrer's reward by message (`Change::referrer`).
+    fn referral_due(&mut self, program: &Program, grant: &PendingGrant, mut source: Source) {
+        let due = self
+            .account
+            .referral_due
+            .as_ref()
+            .is_some_and(|d| d.event_id == grant.event_id);
+        let Some(due) = due.then(|| self.account.referral_due.take()).flatten() else {
+            return;
+        };
+        let bonus = program.referral.as_ref().map_or(0, |r| r.referee_points);
+        if bonus > 0 {
+            self.credit(bonus, grant.expires_on);
+            source.rule = Some("referral:referee".into());
+            self.push(
+                format!("referee#{}", grant.event_id),
+                EntryKind::Earn,
+                bonus,
+                0,
+                format!("{bonus} points welcome bonus for being referred (first order kept)"),
+                source,
+                grant.release_at,
+            );
+        }
+        self.referrer = Some(due.referrer);
     }
 
     fn expire(&mut self, date: NaiveDate, at: DateTime<Utc>) {

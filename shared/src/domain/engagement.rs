@@ -110,6 +110,7 @@ impl Account {
             account,
             entries: Vec::new(),
             no_op,
+            referrer: None,
         }
     }
 

@@ -45,6 +45,7 @@ impl Account {
         account.profile = Profile::default();
         account.categories.clear();
         account.referred_by = None;
+        account.referral_due = None;
         account.notified.clear();
         account.suspended = None;
         account.erased = Some(erasure);

@@ -116,6 +116,7 @@ impl Account {
         account.last_purchase_at = account.last_purchase_at.max(from.last_purchase_at);
         if account.referred_by.is_none() {
             account.referred_by = from.referred_by.clone();
+            account.referral_due = from.referral_due.clone();
         }
         if account.profile.birthday.is_none() {
             account.profile.birthday = from.profile.birthday.clone();

@@ -205,6 +205,11 @@ impl Account {
                 release_at,
                 expires_on,
                 points: earned.points,
+                qualifying: if program.tier_rules.upgrade_after_return_window {
+                    measure
+                } else {
+                    0
+                },
             });
             let reason = format!(
                 "{} points pending for order {} until {}{campaign_note}",
@@ -244,17 +249,26 @@ impl Account {
                 .map(|l| l.category.clone()),
         );
         let mut referrer = None;
+        let waits = release_at > ctx.recorded_at;
         if account.purchases == 1 {
             if let (Some(by), Some(rule)) = (account.referred_by.clone(), &program.referral) {
-                if rule.referee_points > 0 {
-                    journal.credit(rule.referee_points, expires_on);
-                    let reason = format!(
-                        "{} points welcome bonus for being referred",
-                        rule.referee_points
-                    );
-                    journal.post(EntryKind::Earn, rule.referee_points, 0, &reason);
+                if rule.reward_after_return_window && waits {
+                    // Both sides are paid when the order's points are released.
+                    account.referral_due = Some(crate::domain::account::ReferralDue {
+                        referrer: by,
+                        event_id: ctx.event_id.clone(),
+                    });
+                } else {
+                    if rule.referee_points > 0 {
+                        journal.credit(rule.referee_points, expires_on);
+                        let reason = format!(
+                            "{} points welcome bonus for being referred",
+                            rule.referee_points
+                        );
+                        journal.post(EntryKind::Earn, rule.referee_points, 0, &reason);
+                    }
+                    referrer = Some(by);
                 }
-                referrer = Some(by);
             }
         }
 
@@ -384,6 +398,7 @@ fn apply_reversal(
         Some(grant) => {
             let n = grant.points.min(points);
             grant.points -= n;
+            grant.qualifying = (grant.qualifying - measure).max(0);
             n
         }
         None => 0,

@@ -143,6 +143,10 @@ pub struct TierRulesFile {
     pub window: Window,
     pub review: Review,
     pub downgrade: Downgrade,
+    /// A purchase counts towards an upgrade only once its return window has closed (so that
+    /// buying to reach a tier and returning the goods reaches nothing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upgrade_after_return_window: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,6 +252,10 @@ pub struct ReferralFile {
     /// are refused with the reason. 0: no limit.
     #[serde(default = "default_referrals_per_month")]
     pub max_per_month: u32,
+    /// Pay both sides only once the new member's first order is past its return window (and
+    /// not wholly refunded), instead of at the purchase.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reward_after_return_window: bool,
 }
 
 fn default_referrals_per_month() -> u32 {

@@ -65,7 +65,9 @@ impl Account {
         let mut journal = Journal::begin(self, program, ctx);
         let today = local_date(program.time_zone, ctx.recorded_at);
         let current = current_index(program, &journal.account);
-        let measure = measure_at(program, &journal.account, today);
+        // Purchases still inside their return window wait, when the program says so.
+        let waiting: i64 = journal.account.pending.iter().map(|g| g.qualifying).sum();
+        let measure = measure_at(program, &journal.account, today).saturating_sub(waiting);
         let target = tier_for(program, measure);
         if target > current {
             let reason = format!(

@@ -179,10 +179,12 @@ impl Services {
                 .is_some_and(|a| a.suspended.is_some())
             {
                 let body = serde_json::to_string(&envelope).map_err(|e| Retry(e.to_string()))?;
-                self.wait_for_resume(&program.id, &envelope, &body).await?;
-                return Ok(Processed::NoEffect(
-                    "the member is suspended: the event waits for the resume".into(),
-                ));
+                if self.wait_for_resume(&program.id, &envelope, &body).await? {
+                    return Ok(Processed::NoEffect(
+                        "the member is suspended: the event waits for the resume".into(),
+                    ));
+                }
+                continue;
             }
             // A refund takes revenue back from the campaigns that counted its order, running or
             // not any more: their assignments are read once the order says which they are.
@@ -217,7 +219,6 @@ impl Services {
                 orders: outcome.orders,
                 assignments: outcome.assignments,
                 counters: outcome.counters,
-                outbox,
                 ..Commit::new(
                     &program,
                     &envelope.member,
@@ -225,7 +226,8 @@ impl Services {
                     outcome.change,
                     now,
                 )
-            };
+            }
+            .and_send(outbox);
             match self.store.commit(commit).await {
                 Ok(()) => {
                     return Ok(match no_op {
@@ -316,9 +318,9 @@ impl Services {
             );
             let commit = Commit {
                 marker: Some(marker.clone()),
-                outbox: vec![OutboxMessage::new(QueueName::Notify, notice)],
                 ..Commit::new(&program, &envelope.member, Some(&account), change, now)
-            };
+            }
+            .and_send(vec![OutboxMessage::new(QueueName::Notify, notice)]);
             match self.store.commit(commit).await {
                 Ok(()) => return Ok(Processed::Applied { entries }),
                 Err(CommitError::Duplicate) => return Ok(Processed::Duplicate),

@@ -491,10 +491,7 @@ impl Services {
                 outbox.push(notice(program, member, "tier.changed", id, at, data));
             }
             let entries = change.entries.len();
-            let commit = Commit {
-                outbox,
-                ..Commit::new(program, member, Some(&account), change, at)
-            };
+            let commit = Commit::new(program, member, Some(&account), change, at).and_send(outbox);
             match self.store.commit(commit).await {
                 Ok(()) => {
                     return Ok(MemberOutcome {

@@ -224,9 +224,9 @@ impl Services {
             };
             let commit = Commit {
                 marker: Some(merge_marker(&step)),
-                outbox: vec![OutboxMessage::new(QueueName::Earn, finish)],
                 ..Commit::new(program, from, Some(&other), change, now)
-            };
+            }
+            .and_send(vec![OutboxMessage::new(QueueName::Earn, finish)]);
             match self.store.commit(commit).await {
                 Ok(()) => return Ok(false),
                 Err(CommitError::Duplicate) => return Ok(true),
@@ -377,9 +377,9 @@ impl Services {
                     .cloned()
                     .collect(),
                 copied_redemptions: redemptions.clone(),
-                outbox,
                 ..Commit::new(program, survivor, Some(&account), change, now)
-            };
+            }
+            .and_send(outbox);
             match self.store.commit(commit).await {
                 Ok(()) | Err(CommitError::Duplicate) => return Ok(()),
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}

@@ -234,14 +234,15 @@ impl Services {
         Ok(account)
     }
 
-    /// Keeps an event of a suspended member until the member is resumed. The resume may have
-    /// released the waiting events between the load and the park: look once more.
+    /// Keeps an event of a suspended member until the member is resumed; `false` when the
+    /// member was resumed between the load and the park, so that the caller applies the event
+    /// now. The copy left parked is sent again by a later resume, and its marker stops it.
     pub(crate) async fn wait_for_resume(
         &self,
         program: &str,
         envelope: &Envelope,
         body: &str,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<bool, ServiceError> {
         let key = parking_key(&envelope.member);
         self.store.park(program, &key, &envelope.id, body).await?;
         let account = self
@@ -249,15 +250,7 @@ impl Services {
             .load_member(program, &envelope.member, &[])
             .await?
             .account;
-        if account.is_some_and(|a| a.suspended.is_none()) {
-            let mut envelope = envelope.clone();
-            envelope.resumed = Some(self.clock.now().timestamp_millis());
-            let message = OutboxMessage::new(QueueName::Earn, envelope);
-            self.store
-                .release_parked(program, &key, &message.envelope.id, &message)
-                .await?;
-        }
-        Ok(())
+        Ok(account.is_some_and(|a| a.suspended.is_some()))
     }
 }
 

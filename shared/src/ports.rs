@@ -781,6 +781,13 @@ pub trait BooksStore: Send + Sync {
         program: &str,
         until: chrono::NaiveDate,
     ) -> Result<Vec<crate::domain::books::BookRow>, StoreError>;
+    /// One counter of one day, summed over the shards (0 when never written).
+    async fn book_counter(
+        &self,
+        program: &str,
+        day: chrono::NaiveDate,
+        name: &str,
+    ) -> Result<i64, StoreError>;
 }
 
 /// What is kept under one member, as read by a walk over the store.

@@ -187,7 +187,8 @@ def used(tmp_path_factory):
     program = tmp_path_factory.mktemp("iam") / "kr-shop.toml"
     program.write_text((ROOT / "examples" / "kr-shop.toml").read_text()
                        + '\n[actions.anniversary]\npoints = 500\nlimit = { count = 1, per = "year" }\n'
-                       + '\n[safeguards]\ndaily_points = 100000\nadjustment_approval_above = 150000\n')
+                       + '\n[safeguards]\ndaily_points = 100000\nadjustment_approval_above = 150000\n'
+                       + 'operator_daily_points = 100000000\n')
     api, asked = woocommerce_api()
     credentials = json.dumps({"url": f"http://127.0.0.1:{api.server_address[1]}", "key": "ck_iam", "secret": "cs_iam"})
     running = start_stack("--schedules-every", "0", "--visibility-timeout", "2", "--program", str(program),

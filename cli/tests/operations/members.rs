@@ -538,7 +538,9 @@ fn a_self_referral_by_plus_tag_and_the_eleventh_referral_of_a_month_are_refused_
 fn earnings_over_the_daily_limit_wait_for_review_and_large_adjustments_for_a_second_operator() {
     // GIVEN kr-shop with a daily limit of 1,000 points and approval above 10,000
     let shop = Shop::start("safeguards");
-    shop.amend_program("[safeguards]\ndaily_points = 1000\nadjustment_approval_above = 10000");
+    shop.amend_program(
+        "[safeguards]\ndaily_points = 1000\nadjustment_approval_above = 10000\noperator_daily_points = 60000",
+    );
     // WHEN a member is rewarded 500 and then 1,000 more on one day
     shop.send(action("fast-review", "m-fast", "review"));
     shop.send(action("fast-photo", "m-fast", "photo_review"));
@@ -601,6 +603,19 @@ fn earnings_over_the_daily_limit_wait_for_review_and_large_adjustments_for_a_sec
         Some(json!({"points": -500, "reason": "duplicate review"})),
     );
     assert_eq!(status, 201, "{small}");
+    // AND the operator who asked for 50,500 today cannot adjust 10,000 more, another can
+    let ten = json!({"points": 10_000, "reason": "goodwill"});
+    let adjust = format!("{P}/members/m-fast/adjustments");
+    let (status, over) = shop.call("POST", &adjust, Some(ten.clone()));
+    assert_eq!(
+        (status, over["type"].as_str()),
+        (409, Some("/problems/operator-daily-limit")),
+        "{over}"
+    );
+    let (status, _) = shop
+        .server
+        .call("POST", &adjust, &second, &[], Some(&ten.to_string()));
+    assert_eq!(status, 201);
 }
 
 #[test]

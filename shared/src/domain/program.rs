@@ -274,6 +274,10 @@ pub struct SafeguardsFile {
     /// approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adjustment_approval_above: Option<i64>,
+    /// Points (either way) one operator may adjust in a day; beyond, adjustments are refused
+    /// (409 `operator-daily-limit`) until the next day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_daily_points: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -708,6 +712,9 @@ impl Validator {
         }
         if let Some(points) = f.safeguards.adjustment_approval_above {
             self.non_negative("safeguards.adjustment_approval_above", points);
+        }
+        if let Some(points) = f.safeguards.operator_daily_points {
+            self.non_negative("safeguards.operator_daily_points", points);
         }
         let rewards = self.rewards(f, currency, &tiers);
         let pay_with_points = f

@@ -134,6 +134,17 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(
     Ok((parsed, value))
 }
 
+/// The books' counter of what an operator adjusted on a day (`safeguards.operator_daily_points`).
+pub(crate) fn operator_counter(by: &str) -> String {
+    format!("a|{by}")
+}
+
+/// Adds an adjustment to its operator's counter of the day, in the adjustment's own commit.
+pub(crate) fn count_for_operator(commit: &mut Commit, by: &str, points: i64) {
+    let slot = commit.books.counts.entry(operator_counter(by)).or_insert(0);
+    *slot = slot.saturating_add(points.saturating_abs());
+}
+
 /// A coupon code: 20 characters of 122 random bits, in groups a cashier can read out.
 fn coupon_code() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
@@ -666,6 +677,8 @@ impl Services {
                     .await;
             }
         }
+        self.check_operator_limit(&program, by, request.points)
+            .await?;
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
@@ -690,6 +703,7 @@ impl Services {
                 body: json!({"id": id, "points": request.points, "balance": change.account.balance}),
             };
             let mut commit = Commit::new(&program, member, state.account.as_ref(), change, now);
+            count_for_operator(&mut commit, by, request.points);
             commit.idempotency = key.map(|key| IdempotencyRecord {
                 principal: by.to_string(),
                 key: key.to_string(),
@@ -713,6 +727,33 @@ impl Services {
             }
             contention.again(|| format!("member {member}")).await?;
         }
+    }
+
+    /// Refuses an adjustment that would take its operator past the program's daily limit.
+    async fn check_operator_limit(
+        &self,
+        program: &crate::domain::Program,
+        by: &str,
+        points: i64,
+    ) -> Result<(), ServiceError> {
+        let Some(limit) = program.safeguards.operator_daily_points else {
+            return Ok(());
+        };
+        let day = crate::domain::calendar::local_date(program.time_zone, self.clock.now());
+        let used = self
+            .store
+            .book_counter(&program.id, day, &operator_counter(by))
+            .await?;
+        if used.saturating_add(points.saturating_abs()) > limit {
+            return Err(ServiceError::Conflict {
+                problem: "operator-daily-limit",
+                detail: format!(
+                    "{by} has adjusted {used} points on {day}; {} more would pass the daily limit of {limit} (ask another operator, or tomorrow)",
+                    points.saturating_abs()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// `GET .../me/rewards`: the catalog with what the member can afford and what is locked.

@@ -280,13 +280,18 @@ impl Services {
                     other => ServiceError::invalid("invalid-adjustment", other.to_string()),
                 })?;
             let balance = change.account.balance;
-            let commit = Commit {
+            let mut commit = Commit {
                 marker: Some(EventMarker {
                     source: "approval".into(),
                     event_id: id.to_string(),
                 }),
                 ..Commit::new(&program, member, state.account.as_ref(), change, now)
             };
+            super::redemptions::count_for_operator(
+                &mut commit,
+                &pending.requested_by,
+                pending.points,
+            );
             match self.store.commit(commit).await {
                 Ok(()) => break balance,
                 Err(CommitError::Duplicate) => {

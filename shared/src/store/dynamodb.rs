@@ -648,6 +648,23 @@ impl BooksStore for DynamoStore {
             .map(|((day, name), value)| BookRow { day, name, value })
             .collect())
     }
+
+    async fn book_counter(
+        &self,
+        program: &str,
+        day: NaiveDate,
+        name: &str,
+    ) -> Result<i64, StoreError> {
+        let keys = (0..BOOK_SHARDS)
+            .map(|shard| key(books_pk(program, shard), format!("D#{day}")))
+            .collect();
+        Ok(self
+            .batch_get(keys)
+            .await?
+            .iter()
+            .filter_map(|item| item.get(name)?.as_n().ok()?.parse::<i64>().ok())
+            .sum())
+    }
 }
 
 fn counter_pk(program: &str, campaign: &str, shard: u32) -> String {

@@ -1232,6 +1232,24 @@ impl BooksStore for SqliteStore {
         })
         .await
     }
+
+    async fn book_counter(
+        &self,
+        program: &str,
+        day: NaiveDate,
+        name: &str,
+    ) -> Result<i64, StoreError> {
+        let (program, name) = (program.to_string(), name.to_string());
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT COALESCE(SUM(value), 0) FROM books WHERE program = ?1 AND day = ?2 AND name = ?3",
+                params![program, day.to_string(), name],
+                |row| row.get(0),
+            )
+            .map_err(|e| sql_error("cannot read the books", e))
+        })
+        .await
+    }
 }
 
 /// Writes an assignment if the stored one is still the one expected; `false` when it is not.

@@ -236,7 +236,7 @@ fn a_merge_is_refused_into_itself_for_unknown_members_and_without_a_reason() {
     let (status, itself) = merge("m-a", json!({"from": "m-a", "reason": "x"}));
     assert_eq!(
         (status, itself["type"].as_str()),
-        (400, Some("/problems/invalid-merge"))
+        (409, Some("/problems/merge-refused"))
     );
     let (status, unknown) = merge("m-a", json!({"from": "m-nobody", "reason": "x"}));
     assert_eq!(

@@ -144,10 +144,10 @@ impl Services {
     ) -> Result<MergeReport, ServiceError> {
         let program = self.program(program_id).await?;
         if survivor == from {
-            return Err(ServiceError::invalid(
-                "invalid-merge",
-                "a member cannot be merged into itself",
-            ));
+            return Err(ServiceError::Conflict {
+                problem: "merge-refused",
+                detail: "a member cannot be merged into itself".into(),
+            });
         }
         if reason.trim().is_empty() {
             return Err(ServiceError::invalid(

@@ -199,7 +199,8 @@ fn missing_cause(entry: &LedgerEntry) -> Option<String> {
         | EntryKind::Clawback
         | EntryKind::Tier
         | EntryKind::Merge
-        | EntryKind::Forfeit => s.event_id.is_some(),
+        | EntryKind::Forfeit
+        | EntryKind::Payout => s.event_id.is_some(),
     };
     (!ok).then(|| {
         format!(

@@ -68,6 +68,8 @@ pub struct Movement {
     pub transferred: i64,
     /// Given up by members whose personal data was erased.
     pub forfeited: i64,
+    /// Paid out in money to members whose personal data was erased.
+    pub paid_out: i64,
     pub closing: i64,
 }
 
@@ -85,6 +87,7 @@ pub struct Cohort {
     pub adjusted: i64,
     pub transferred: i64,
     pub forfeited: i64,
+    pub paid_out: i64,
     pub outstanding: i64,
     /// Every point of it has been redeemed, expired or taken back.
     pub matured: bool,
@@ -393,6 +396,7 @@ fn movements(sums: &Sums, last: YearMonth) -> Vec<Movement> {
             adjusted: of("adjust"),
             transferred: of("merge"),
             forfeited: -of("forfeit"),
+            paid_out: -of("payout"),
             closing: opening + change,
         };
         opening = movement.closing;
@@ -426,6 +430,7 @@ fn breakage(program: &Program, sums: &Sums, as_of: NaiveDate, outstanding: i64) 
                 adjusted: of("adjust"),
                 transferred: of("merge"),
                 forfeited: -of("forfeit"),
+                paid_out: -of("payout"),
                 outstanding: kinds.values().sum(),
                 matured: expires < this_month,
             };

@@ -7,6 +7,21 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// How a log line names a member: its id, unless the id is an identity that names a person (an
+/// email, a phone number), which is replaced by a digest so that no log holds it.
+pub fn member_ref(member: &str) -> String {
+    let kind = member.split_once(':').map_or("", |(kind, _)| kind);
+    let personal = member.contains('@') || ["phone", "tel", "pos", "mobile"].contains(&kind);
+    if personal {
+        format!(
+            "person-{:016x}",
+            crate::fingerprint::fnv1a64(member.bytes())
+        )
+    } else {
+        member.to_string()
+    }
+}
+
 /// The filter directive from the three variables, in that order, else `info`.
 fn directive(loyalty: Option<String>, rust: Option<String>, lambda: Option<String>) -> String {
     let given = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
@@ -50,6 +65,26 @@ pub fn init_lambda() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_named_by_an_email_or_a_phone_number_are_logged_by_a_digest() {
+        // GIVEN member ids that name a person and ids that do not
+        // WHEN they are named in a log THEN only the latter appear as they are
+        for personal in [
+            "email:ann@example.com",
+            "pos:010-1234-5678",
+            "phone:+821012345678",
+        ] {
+            let logged = member_ref(personal);
+            assert!(
+                logged.starts_with("person-") && !logged.contains("ann"),
+                "{logged}"
+            );
+        }
+        for plain in ["m-1", "shopify:7001234", "app-minji", "erased-5f0c"] {
+            assert_eq!(member_ref(plain), plain);
+        }
+    }
 
     fn s(v: &str) -> Option<String> {
         Some(v.to_string())

@@ -677,3 +677,50 @@ fn with_the_options_on_referrals_pay_and_tiers_rise_only_once_the_first_order_is
     let referrer = shop.eventually("app-ref-w", |v| v["balance"] == 3000);
     assert_eq!(referrer["pending"].as_i64(), Some(0));
 }
+
+#[test]
+fn a_program_that_pays_out_at_erasure_books_the_points_as_paid_out() {
+    // GIVEN kr-shop paying out an erased member's points, and a member with 1,200
+    let shop = Shop::start("payout");
+    shop.amend_program("[erasure]\noutstanding = \"pay_out\"");
+    let (status, _) = shop.call(
+        "POST",
+        &format!("{P}/members/m-leaving/adjustments"),
+        Some(json!({"points": 1200, "reason": "opening balance"})),
+    );
+    assert_eq!(status, 201);
+    // WHEN the member is erased
+    let (status, erased) = shop.call(
+        "DELETE",
+        &format!("{P}/members/m-leaving?reason=request"),
+        None,
+    );
+    // THEN the points are paid out, not forfeited, and the liability report says so
+    assert_eq!(status, 200, "{erased}");
+    assert_eq!(
+        (erased["paid_out"].as_i64(), erased["forfeited"].as_i64()),
+        (Some(1200), Some(0))
+    );
+    let report = shop.get(&format!("{P}/reports/liability"));
+    let month = report["movements"]
+        .as_array()
+        .and_then(|m| m.last())
+        .cloned()
+        .expect("a month");
+    assert_eq!(
+        (month["paid_out"].as_i64(), month["closing"].as_i64()),
+        (Some(1200), Some(0)),
+        "{month}"
+    );
+    let pseudonym = erased["pseudonym"].as_str().expect("pseudonym");
+    let kept = shop.get(&format!("{P}/members/{pseudonym}/ledger"));
+    let payout = kept["entries"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["kind"] == "payout"))
+        .cloned()
+        .expect("a payout entry");
+    assert!(payout["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("worth 1200 KRW"));
+}

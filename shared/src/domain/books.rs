@@ -64,6 +64,7 @@ pub fn kind_name(kind: EntryKind) -> &'static str {
         EntryKind::Tier => "tier",
         EntryKind::Merge => "merge",
         EntryKind::Forfeit => "forfeit",
+        EntryKind::Payout => "payout",
     }
 }
 

@@ -9,7 +9,20 @@ use serde::{Deserialize, Serialize};
 
 use super::account::{Account, AccountError, Change, Journal, Profile};
 use super::ledger::{EntryKind, EventContext, LedgerEntry};
-use super::program::Program;
+use super::program::{Outstanding, Program};
+
+/// Points at `micros` millionths of a major unit each, as a decimal of major units.
+fn paid_value(points: i64, micros: i64) -> String {
+    let total = i128::from(points) * i128::from(micros);
+    let (whole, fraction) = (total / 1_000_000, total % 1_000_000);
+    if fraction == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{fraction:06}")
+            .trim_end_matches('0')
+            .to_string()
+    }
+}
 
 /// What became of an erased member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,12 +62,42 @@ impl Account {
         account.notified.clear();
         account.suspended = None;
         account.erased = Some(erasure);
-        journal.post(
-            EntryKind::Forfeit,
-            -points,
-            -pending,
-            "Points forfeited: the member's personal data was erased",
-        );
+        match program.erasure.outstanding {
+            Outstanding::PayOut if points > 0 => {
+                let worth = program
+                    .point_value_micros
+                    .map(|micros| {
+                        format!(
+                            ", worth {} {}",
+                            paid_value(points, micros),
+                            program.currency
+                        )
+                    })
+                    .unwrap_or_default();
+                journal.post(
+                    EntryKind::Payout,
+                    -points,
+                    0,
+                    &format!(
+                        "{points} points paid out{worth}: the member's personal data was erased"
+                    ),
+                );
+                if pending > 0 {
+                    journal.post(
+                        EntryKind::Forfeit,
+                        0,
+                        -pending,
+                        "Pending points forfeited: the member's personal data was erased",
+                    );
+                }
+            }
+            _ => journal.post(
+                EntryKind::Forfeit,
+                -points,
+                -pending,
+                "Points forfeited: the member's personal data was erased",
+            ),
+        }
         Ok(journal.finish())
     }
 }

@@ -29,6 +29,9 @@ pub enum EntryKind {
     Merge,
     /// Points given up when a member's personal data was erased (the amounts stay in the books).
     Forfeit,
+    /// Available points paid out in money when a member's personal data was erased (programs
+    /// whose `[erasure]` says so).
+    Payout,
 }
 
 /// Where an entry came from: enough to trace every point to the event that created or spent it.

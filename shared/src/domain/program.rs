@@ -66,6 +66,26 @@ pub struct ProgramFile {
     pub point_value: Option<String>,
     #[serde(default)]
     pub safeguards: SafeguardsFile,
+    #[serde(default)]
+    pub erasure: ErasureFile,
+}
+
+/// What becomes of an erased member's available points (`[erasure]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureFile {
+    #[serde(default)]
+    pub outstanding: Outstanding,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outstanding {
+    /// Given up (breakage).
+    #[default]
+    Forfeit,
+    /// Paid to the person in money at the program's point value, outside the engine.
+    PayOut,
 }
 
 fn default_backdating_days() -> u32 {
@@ -440,6 +460,7 @@ pub struct Program {
     /// Millionths of a major unit that one point is worth, if the program says.
     pub point_value_micros: Option<i64>,
     pub safeguards: SafeguardsFile,
+    pub erasure: ErasureFile,
     /// The file this program was read from, for saving and showing it back.
     pub file: ProgramFile,
 }
@@ -754,6 +775,7 @@ impl Validator {
             notices: f.notices.clone(),
             point_value_micros,
             safeguards: f.safeguards.clone(),
+            erasure: f.erasure,
             file: f.clone(),
         })
     }

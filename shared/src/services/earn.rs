@@ -161,7 +161,7 @@ impl Services {
                 {
                     return Ok(Processed::Duplicate);
                 }
-                tracing::info!(program = %program.id, event_id = %envelope.id, into, "event of a merged member");
+                tracing::info!(program = %program.id, event_id = %envelope.id, into = %crate::telemetry::member_ref(into), "event of a merged member");
                 envelope.member = into.to_string();
                 contention.redirected(|| format!("member {}", envelope.member))?;
                 continue;

@@ -32,6 +32,8 @@ pub struct ErasureReport {
     /// Available and pending points forfeited.
     pub forfeited: i64,
     pub forfeited_pending: i64,
+    /// Available points paid out in money instead (`[erasure] outstanding = "pay_out"`).
+    pub paid_out: i64,
     /// Ledger entries kept under the pseudonym.
     pub entries: usize,
     pub identities: usize,
@@ -120,6 +122,7 @@ impl Services {
             pseudonym: erasure.pseudonym,
             forfeited: forfeit.0,
             forfeited_pending: forfeit.1,
+            paid_out: forfeit.2,
             entries,
             identities,
             merged: account.merged_from.len(),
@@ -135,7 +138,7 @@ impl Services {
         member: &str,
         reason: &str,
         by: &str,
-    ) -> Result<(Account, (i64, i64)), ServiceError> {
+    ) -> Result<(Account, (i64, i64, i64)), ServiceError> {
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
@@ -149,7 +152,7 @@ impl Services {
                     detail: format!("member {member:?} does not exist"),
                 })?;
             if account.erased.is_some() {
-                return Ok((account, (0, 0)));
+                return Ok((account, (0, 0, 0)));
             }
             if let Some(into) = account.merged_into() {
                 return Err(ServiceError::Conflict {
@@ -175,11 +178,16 @@ impl Services {
                         problem: "erasure-refused",
                         detail: e.to_string(),
                     })?;
-            let forfeit = change
-                .entries
-                .iter()
-                .filter(|e| e.kind == crate::domain::EntryKind::Forfeit)
-                .fold((0, 0), |(p, q), e| (p - e.points, q - e.pending));
+            let gone = |kind| {
+                change
+                    .entries
+                    .iter()
+                    .filter(|e| e.kind == kind)
+                    .fold((0, 0), |(p, q), e| (p - e.points, q - e.pending))
+            };
+            let (forfeited, pending) = gone(crate::domain::EntryKind::Forfeit);
+            let (paid, _) = gone(crate::domain::EntryKind::Payout);
+            let forfeit = (forfeited, pending, paid);
             let erased = change.account.clone();
             let commit = Commit {
                 marker: Some(marker("erase")),

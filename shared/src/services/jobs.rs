@@ -154,7 +154,7 @@ const FAILURES_NAMED: usize = 20;
 
 impl JobReport {
     fn record_failure(&mut self, member: &str, error: &ServiceError) {
-        tracing::error!(job = self.job, program = self.program, member, error = %error, "member failed; the next run retries it");
+        tracing::error!(job = self.job, program = self.program, member = %crate::telemetry::member_ref(member), error = %error, "member failed; the next run retries it");
         self.failed += 1;
         if self.failures.len() < FAILURES_NAMED {
             self.failures.push(JobFailure {

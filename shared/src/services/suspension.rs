@@ -124,7 +124,7 @@ impl Services {
                 .await
             {
                 Ok(()) => {
-                    tracing::info!(program = %program.id, member, "member suspended");
+                    tracing::info!(program = %program.id, member = %crate::telemetry::member_ref(member), "member suspended");
                     return Ok(report(member, suspended, 0, 0));
                 }
                 Err(CommitError::Store(e)) => return Err(e.into()),
@@ -166,7 +166,7 @@ impl Services {
             }
             contention.again(|| format!("member {member}")).await?;
         }
-        tracing::info!(program = %program.id, member, "member resumed");
+        tracing::info!(program = %program.id, member = %crate::telemetry::member_ref(member), "member resumed");
         let (applied, cancelled) = self
             .release_waiting(&program.id, member, reason, events, by)
             .await?;

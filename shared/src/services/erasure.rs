@@ -69,17 +69,8 @@ impl Services {
         by: &str,
     ) -> Result<ErasureReport, ServiceError> {
         let program = self.program(program_id).await?;
-        let reason = reason.trim();
-        if reason.is_empty() || reason.chars().count() > super::MAX_REASON {
-            return Err(ServiceError::invalid(
-                "invalid-reason",
-                format!(
-                    "a reason of 1 to {} characters is required",
-                    super::MAX_REASON
-                ),
-            ));
-        }
-        let (account, forfeit) = self.forfeit(&program, member, reason, by).await?;
+        let reason = super::operator_reason(reason, "invalid-reason")?;
+        let (account, forfeit) = self.forfeit(&program, member, &reason, by).await?;
         let Some(erasure) = account.erased.clone() else {
             return Err(ServiceError::Internal(
                 "the erasure was not recorded".into(),

@@ -77,12 +77,6 @@ impl Services {
         body: &[u8],
     ) -> Result<MergeReport, ServiceError> {
         let (request, _): (MergeRequest, _) = super::redemptions::parse(body, "invalid-merge")?;
-        if request.reason.chars().count() > super::MAX_REASON {
-            return Err(ServiceError::invalid(
-                "invalid-merge",
-                format!("the reason is longer than {} characters", super::MAX_REASON),
-            ));
-        }
         self.merge_named(program, survivor, &request.from, &request.reason, by)
             .await
     }
@@ -149,14 +143,9 @@ impl Services {
                 detail: "a member cannot be merged into itself".into(),
             });
         }
-        if reason.trim().is_empty() {
-            return Err(ServiceError::invalid(
-                "invalid-merge",
-                "a merge needs a reason",
-            ));
-        }
+        let reason = super::operator_reason(reason, "invalid-merge")?;
         let repeated = self
-            .merge_out(&program, survivor, from, reason.trim(), by)
+            .merge_out(&program, survivor, from, &reason, by)
             .await?;
         let mut report = self.complete_merge(&program, survivor, from).await?;
         report.repeated = repeated;

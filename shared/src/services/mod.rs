@@ -57,6 +57,18 @@ pub(crate) struct Contention {
 /// The longest reason an operator may give (characters), as the API document says.
 pub const MAX_REASON: usize = 500;
 
+/// An operator's reason, trimmed: required, and at most [`MAX_REASON`] characters.
+pub(crate) fn operator_reason(reason: &str, problem: &'static str) -> Result<String, ServiceError> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON {
+        return Err(ServiceError::invalid(
+            problem,
+            format!("a reason of 1 to {MAX_REASON} characters is required"),
+        ));
+    }
+    Ok(reason.to_string())
+}
+
 /// Merges followed from a merged member to its survivor (a member merged into one that was
 /// merged in turn) before giving up.
 const MERGE_HOPS: u32 = 8;

@@ -55,17 +55,7 @@ fn not_waiting(what: &str, id: &str) -> ServiceError {
 
 fn reason_in(body: &[u8]) -> Result<String, ServiceError> {
     let (request, _): (ReasonBody, _) = super::redemptions::parse(body, "invalid-reason")?;
-    let reason = request.reason.trim();
-    if reason.is_empty() || reason.chars().count() > super::MAX_REASON {
-        return Err(ServiceError::invalid(
-            "invalid-reason",
-            format!(
-                "a reason of 1 to {} characters is required",
-                super::MAX_REASON
-            ),
-        ));
-    }
-    Ok(reason.to_string())
+    super::operator_reason(&request.reason, "invalid-reason")
 }
 
 impl Services {

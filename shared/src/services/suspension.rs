@@ -48,17 +48,7 @@ pub struct SuspensionReport {
 }
 
 fn reason_of(reason: &str) -> Result<String, ServiceError> {
-    let reason = reason.trim();
-    if reason.is_empty() || reason.chars().count() > super::MAX_REASON {
-        return Err(ServiceError::invalid(
-            "invalid-reason",
-            format!(
-                "a reason of 1 to {} characters is required",
-                super::MAX_REASON
-            ),
-        ));
-    }
-    Ok(reason.to_string())
+    super::operator_reason(reason, "invalid-reason")
 }
 
 impl Services {

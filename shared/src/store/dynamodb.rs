@@ -1317,19 +1317,16 @@ impl AliasStore for DynamoStore {
                 .build(),
         )?;
         let sk = format!("I#{kind}#{value}");
-        let gone = build(
-            "delete",
-            Delete::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(member_pk(program, from), sk.clone())))
-                .build(),
-        )?;
+        // The old member's side is marked moved rather than deleted: finishing a merge (the
+        // earn function, from the merge's message) then needs no delete permission.
+        let mut moved = key(member_pk(program, from), sk.clone());
+        moved.insert("moved_to".into(), s(to));
         let result = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().put(alias).build())
             .transact_items(self.put(key(member_pk(program, to), sk), None, None)?)
-            .transact_items(TransactWriteItem::builder().delete(gone).build())
+            .transact_items(self.put(moved, None, None)?)
             .send()
             .await;
         alias_written(result, "cannot move the identity")
@@ -2136,6 +2133,8 @@ impl RecordsStore for DynamoStore {
                         .push((sk.trim_start_matches("O#").to_string(), body(&item, sk)?)),
                     "R#" => file.redemptions.push(body(&item, sk)?),
                     "A#" => file.assignments.push(body(&item, sk)?),
+                    // An identity moved to another member by a merge is no longer this one's.
+                    _ if item.contains_key("moved_to") => {}
                     _ => {
                         if let Some((kind, value)) = sk.trim_start_matches("I#").split_once('#') {
                             file.aliases.push((kind.to_string(), value.to_string()));
@@ -2281,7 +2280,7 @@ impl ErasureStore for DynamoStore {
     ) -> Result<(), StoreError> {
         let items = self.partition(&member_pk(program, member), "").await?;
         // The identities first: while they stand, they still lead to the member.
-        for item in &items {
+        for item in items.iter().filter(|i| !i.contains_key("moved_to")) {
             let sk = text(item, "SK").unwrap_or_default();
             if let Some((kind, value)) = sk.strip_prefix("I#").and_then(|i| i.split_once('#')) {
                 self.remove_alias(program, kind, value, member).await?;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod audit;
 mod campaign;
+mod console;
 mod dlq;
 mod import;
 mod jobs;

@@ -105,6 +105,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         println!("export {SECRET_VAR}={secret}");
     }
     println!("tokens: loyalty token --admin | loyalty token --member ID");
+    println!("console: http://{addr}/console/ (sign in with loyalty token --admin)");
 
     for name in [QueueName::Earn, QueueName::Tier, QueueName::Notify] {
         tokio::spawn(work(queue.clone(), name, Arc::clone(&services)));
@@ -116,7 +117,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             Duration::from_secs(args.jobs_every),
         ));
     }
-    axum::serve(listener, api::router(state))
+    axum::serve(listener, api::router(state).merge(crate::console::router()))
         .with_graceful_shutdown(shutdown())
         .await
         .map_err(|e| format!("server failed: {e}"))

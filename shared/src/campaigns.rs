@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bucketing::{bucket_ranges, choose_variation, hash, in_namespace, Namespace};
 use crate::domain::limits::MAX_POINTS;
-use crate::domain::program::MAX_MULTIPLIER_BP;
+use crate::domain::program::{join, FieldError, MAX_MULTIPLIER_BP};
 use crate::domain::Program;
 
 /// How far the weights may sum from 1.
@@ -148,8 +148,8 @@ pub struct Campaign {
 pub enum CampaignError {
     #[error("campaign is not valid JSON: {0}")]
     Syntax(String),
-    #[error("campaign is invalid: {}", .0.join("; "))]
-    Invalid(Vec<String>),
+    #[error("campaign is invalid: {}", join(.0))]
+    Invalid(Vec<FieldError>),
 }
 
 impl Campaign {
@@ -165,9 +165,14 @@ impl Campaign {
         }
     }
 
-    fn problems(&self, program: &Program) -> Vec<String> {
+    fn problems(&self, program: &Program) -> Vec<FieldError> {
         let mut problems = Vec::new();
-        let mut fail = |field: &str, message: String| problems.push(format!("{field} {message}"));
+        let mut fail = |field: &str, message: String| {
+            problems.push(FieldError {
+                field: field.to_string(),
+                message,
+            })
+        };
         if self.name.trim().is_empty() {
             fail("name", "must not be empty".into());
         }

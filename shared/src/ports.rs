@@ -506,6 +506,17 @@ pub trait ProgramStore: Send + Sync {
         expected: Option<u32>,
         at: DateTime<Utc>,
     ) -> Result<Option<u32>, StoreError>;
+    /// Every saved version of a program, newest first: (version, saved at).
+    async fn program_versions(
+        &self,
+        program: &str,
+    ) -> Result<Vec<(u32, DateTime<Utc>)>, StoreError>;
+    /// One saved version, as it was saved.
+    async fn program_version(
+        &self,
+        program: &str,
+        version: u32,
+    ) -> Result<Option<StoredProgram>, StoreError>;
 }
 
 #[async_trait]

@@ -41,7 +41,11 @@ fn a_valid_campaign_is_accepted_and_mistakes_are_named_by_field() {
         panic!("refused")
     };
     // THEN each problem names its field
-    let text = problems.join("\n");
+    let text = problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
     for field in [
         "variants weights must sum to 1",
         "audience.tiers[0]",

@@ -373,6 +373,27 @@ async fn programs_are_versioned_and_conditional(store: Arc<dyn Store>) {
         (2, "{\"v\":2}")
     );
     assert!(store.get_program("never-saved").await.unwrap().is_none());
+    // WHEN it is saved up to version 11
+    for v in 3..=11u32 {
+        let file = format!("{{\"v\":{v}}}");
+        assert_eq!(
+            store.put_program(&id, &file, Some(v - 1), at).await.unwrap(),
+            Some(v)
+        );
+    }
+    // THEN every version is listed, newest first by number (11 before 2), and each reads as saved
+    let versions: Vec<u32> = store
+        .program_versions(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
+    assert_eq!(versions, (1..=11).rev().collect::<Vec<u32>>());
+    let first = store.program_version(&id, 1).await.unwrap().unwrap();
+    assert_eq!((first.version, first.file_json.as_str()), (1, "{\"v\":1}"));
+    assert!(store.program_version(&id, 12).await.unwrap().is_none());
+    assert!(store.program_versions("never-saved").await.unwrap().is_empty());
 }
 
 async fn aliases_link_one_identity_to_one_member(store: Arc<dyn Store>) {

@@ -142,16 +142,40 @@ impl FromRequestParts<AppState> for Principal {
                     .extensions
                     .get::<GatewayClaims>()
                     .ok_or_else(|| Problem::unauthorized("no verified token on the request"))?;
-                let text = |k: &str| claims.0.get(k).and_then(|v| v.as_str()).map(str::to_string);
-                let sub =
-                    text("sub").ok_or_else(|| Problem::unauthorized("the token has no subject"))?;
-                Ok(principal(
-                    sub,
-                    &text("scope").unwrap_or_default(),
-                    text("program"),
-                ))
+                gateway_principal(&claims.0)
             }
         }
+    }
+}
+
+/// The principal of claims API Gateway verified.
+fn gateway_principal(
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Principal, Problem> {
+    let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let sub = text("sub").ok_or_else(|| Problem::unauthorized("the token has no subject"))?;
+    let mut found = principal(sub, &text("scope").unwrap_or_default(), text("program"));
+    if claims.contains_key("username") && !in_group(claims, OPERATORS_GROUP) {
+        found.scopes.retain(|s| s != ADMIN_SCOPE);
+    }
+    Ok(found)
+}
+
+/// The user-pool group whose users may act as admins through the console. A person's token
+/// (one with a `username`) carries the admin scope only if the console's client asked for it;
+/// any member could ask, so the group decides. Machine tokens (client credentials) have no
+/// user and keep their scope.
+pub const OPERATORS_GROUP: &str = "operators";
+
+/// Whether the `cognito:groups` claim names `group`: API Gateway hands it over as a JSON
+/// array or as its text (`[operators support]`).
+fn in_group(claims: &serde_json::Map<String, serde_json::Value>, group: &str) -> bool {
+    match claims.get("cognito:groups") {
+        Some(serde_json::Value::Array(groups)) => groups.iter().any(|g| g.as_str() == Some(group)),
+        Some(serde_json::Value::String(text)) => text
+            .split(|c: char| c == '[' || c == ']' || c == ',' || c == '"' || c.is_whitespace())
+            .any(|g| g == group),
+        _ => false,
     }
 }
 
@@ -176,4 +200,45 @@ fn bearer(parts: &Parts) -> Result<&str, Problem> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Problem::unauthorized("the Authorization header must be 'Bearer <token>'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        value.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_person_is_admin_only_in_the_operators_group() {
+        // GIVEN access tokens of people (with a username) that asked for the admin scope
+        let scope = "openid loyalty/admin";
+        for (groups, admin) in [
+            (json!("[operators]"), true),
+            (json!("[support operators]"), true),
+            (json!(["operators"]), true),
+            (json!("[operatorsx]"), false),
+            (json!([]), false),
+            (json!(null), false),
+        ] {
+            let token = claims(
+                json!({"sub": "u-1", "username": "ann", "scope": scope, "cognito:groups": groups}),
+            );
+            // WHEN the principal is read THEN the admin scope stays only for operators
+            let principal = gateway_principal(&token).unwrap();
+            assert_eq!(
+                principal.require_admin("kr-shop").is_ok(),
+                admin,
+                "{groups}"
+            );
+        }
+        // AND a machine token (client credentials: no username) keeps its scope
+        let machine = claims(json!({"sub": "client-1", "scope": "loyalty/admin"}));
+        assert!(gateway_principal(&machine)
+            .unwrap()
+            .require_admin("kr-shop")
+            .is_ok());
+    }
 }

@@ -83,6 +83,14 @@ pub fn admin_router(state: AppState) -> Router {
             "/v1/programs/{program}/campaigns/{campaign}",
             get(get_campaign).put(put_campaign),
         )
+        .route("/v1/programs/{program}/campaigns", get(list_campaigns))
+        .route("/v1/programs/{program}/versions", get(program_versions))
+        .route(
+            "/v1/programs/{program}/versions/{version}",
+            get(program_version),
+        )
+        .route("/v1/programs/{program}/jobs", get(last_job_runs))
+        .route("/v1/programs", get(list_programs))
         .with_state(state)
 }
 
@@ -349,6 +357,61 @@ async fn get_campaign(
     let program = admin_of(&principal, &program)?;
     let campaign = CampaignId::parse(&campaign)?;
     Ok(Json(state.services.campaign(&program, &campaign).await?).into_response())
+}
+
+async fn list_campaigns(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    Ok(Json(state.services.campaigns_overview(&program).await?).into_response())
+}
+
+async fn list_programs(
+    principal: Principal,
+    State(state): State<AppState>,
+) -> Result<Response, Problem> {
+    let only = principal.program.clone();
+    principal.require_admin(only.as_deref().unwrap_or(""))?;
+    Ok(Json(state.services.programs_overview(only.as_deref()).await?).into_response())
+}
+
+async fn program_versions(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    Ok(Json(state.services.program_versions(&program).await?).into_response())
+}
+
+async fn program_version(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, version)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let version = version
+        .parse::<u32>()
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "invalid-version",
+                format!("a version is a whole number from 1, not {version:?}"),
+            )
+        })?;
+    Ok(Json(state.services.program_version(&program, version).await?).into_response())
+}
+
+async fn last_job_runs(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    Ok(Json(state.services.last_job_runs(&program).await?).into_response())
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -7,6 +7,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::domain::program::FieldError;
 use crate::ids::IdError;
 use crate::services::ServiceError;
 
@@ -16,6 +17,8 @@ pub struct Problem {
     /// The last segment of the type URI, e.g. `insufficient-points`.
     pub slug: &'static str,
     pub detail: String,
+    /// Field by field, when a document was refused (an extension member, `errors`).
+    pub errors: Vec<FieldError>,
 }
 
 impl Problem {
@@ -24,6 +27,7 @@ impl Problem {
             status,
             slug,
             detail: detail.into(),
+            errors: Vec::new(),
         }
     }
 
@@ -43,12 +47,19 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let title = self.status.canonical_reason().unwrap_or("Error");
-        let body = json!({
+        let mut body = json!({
             "type": format!("/problems/{}", self.slug),
             "title": title,
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
+        if !self.errors.is_empty() {
+            body["errors"] = json!(self
+                .errors
+                .iter()
+                .map(|e| json!({"field": e.field, "message": e.message}))
+                .collect::<Vec<_>>());
+        }
         let mut response = (self.status, body.to_string()).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -149,6 +160,14 @@ impl From<ServiceError> for Problem {
             ServiceError::Invalid { problem, detail } => {
                 Problem::new(StatusCode::BAD_REQUEST, problem, detail)
             }
+            ServiceError::InvalidFields {
+                problem,
+                detail,
+                errors,
+            } => Problem {
+                errors,
+                ..Problem::new(StatusCode::BAD_REQUEST, problem, detail)
+            },
             ServiceError::Conflict { problem, detail } => {
                 Problem::new(StatusCode::CONFLICT, problem, detail)
             }

@@ -418,7 +418,7 @@ pub enum ProgramError {
     Invalid(Vec<FieldError>),
 }
 
-fn join(errors: &[FieldError]) -> String {
+pub(crate) fn join(errors: &[FieldError]) -> String {
     errors
         .iter()
         .map(ToString::to_string)

@@ -30,7 +30,11 @@ impl Services {
         super::require_object(body, "malformed-campaign")?;
         let campaign = Campaign::from_json(body, &program).map_err(|e| match e {
             CampaignError::Syntax(_) => ServiceError::invalid("malformed-campaign", e.to_string()),
-            CampaignError::Invalid(_) => ServiceError::invalid("invalid-campaign", e.to_string()),
+            CampaignError::Invalid(ref errors) => ServiceError::InvalidFields {
+                problem: "invalid-campaign",
+                detail: e.to_string(),
+                errors: errors.clone(),
+            },
         })?;
         self.check_overlap(&program.id, id, &campaign).await?;
         let json =
@@ -49,6 +53,34 @@ impl Services {
             }
             contention.again(|| format!("campaign {id}")).await?;
         }
+    }
+
+    /// `GET /v1/programs/{program}/campaigns`: every campaign with its status and window,
+    /// newest start first.
+    pub async fn campaigns_overview(&self, program_id: &str) -> Result<Value, ServiceError> {
+        let program = self.program(program_id).await?;
+        let mut campaigns = Vec::new();
+        for (id, json) in self.store.campaigns(&program.id).await? {
+            let campaign: Campaign = serde_json::from_str(&json).map_err(|e| {
+                ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}"))
+            })?;
+            campaigns.push((
+                campaign.start,
+                json!({
+                    "id": id,
+                    "name": campaign.name,
+                    "kind": campaign.kind,
+                    "status": campaign.status,
+                    "start": campaign.start,
+                    "end": campaign.end,
+                    "goal": campaign.goal,
+                    "variants": campaign.variants.len(),
+                }),
+            ));
+        }
+        campaigns.sort_by_key(|c| std::cmp::Reverse(c.0));
+        let campaigns: Vec<Value> = campaigns.into_iter().map(|(_, c)| c).collect();
+        Ok(json!({"program": program.id, "campaigns": campaigns}))
     }
 
     /// `GET /v1/programs/{program}/campaigns/{campaign}`.

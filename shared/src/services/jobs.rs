@@ -8,9 +8,9 @@
 //! version and every entry id derives from the job, the date and the member, so running the same
 //! job twice, or finishing an interrupted run, has no second effect.
 
-use chrono::{Duration, NaiveDate};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{Contention, ServiceError, Services};
 use crate::domain::calendar::local_date;
@@ -35,6 +35,11 @@ pub enum Job {
     Notices,
     RecalculateTiers,
     CampaignTick,
+}
+
+/// Where a job's last run is kept: beside its progress, under a name no job has.
+fn last_run_key(job: Job) -> String {
+    format!("last-run/{}", job.name())
 }
 
 impl Job {
@@ -216,6 +221,76 @@ impl Services {
     /// Runs a job for one program, stopping cleanly at `deadline` (the report says so, and the
     /// saved progress makes the next run resume).
     pub async fn run_job_until(
+        &self,
+        job: Job,
+        program: &str,
+        date: Option<NaiveDate>,
+        deadline: Deadline,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<JobReport, ServiceError> {
+        let started = self.clock.now();
+        let result = self
+            .run_job_once(job, program, date, deadline, progress)
+            .await;
+        self.record_run(job, program, started, &result).await;
+        result
+    }
+
+    /// Keeps the last run of a job beside its progress, for operators (`GET .../jobs`). Best
+    /// effort: a run that cannot be recorded has still done its work.
+    async fn record_run(
+        &self,
+        job: Job,
+        program: &str,
+        started: DateTime<Utc>,
+        result: &Result<JobReport, ServiceError>,
+    ) {
+        let outcome = match result {
+            Ok(report) => json!({"report": report}),
+            Err(ServiceError::NotFound { .. }) => return,
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        let mut run = json!({
+            "job": job.name(),
+            "started_at": started,
+            "finished_at": self.clock.now(),
+        });
+        if let (Some(run), Some(outcome)) = (run.as_object_mut(), outcome.as_object()) {
+            run.extend(outcome.clone());
+        }
+        let saved = self
+            .store
+            .save_job_progress(program, &last_run_key(job), Some(&run.to_string()))
+            .await;
+        if let Err(e) = saved {
+            tracing::warn!(job = job.name(), program, error = %e, "the job's last run was not recorded");
+        }
+    }
+
+    /// `GET /v1/programs/{program}/jobs`: the last run of each job.
+    pub async fn last_job_runs(&self, program: &str) -> Result<Value, ServiceError> {
+        let program = self.program(program).await?;
+        let mut runs = Vec::new();
+        for name in Job::NAMES {
+            let Some(job) = Job::parse(name) else {
+                continue;
+            };
+            let last = self
+                .store
+                .job_progress(&program.id, &last_run_key(job))
+                .await?;
+            let last = match last {
+                Some(text) => serde_json::from_str::<Value>(&text).map_err(|e| {
+                    ServiceError::Internal(format!("the last run of {name} is corrupt: {e}"))
+                })?,
+                None => json!({"job": name}),
+            };
+            runs.push(last);
+        }
+        Ok(json!({"program": program.id, "jobs": runs}))
+    }
+
+    async fn run_job_once(
         &self,
         job: Job,
         program: &str,

@@ -123,6 +123,13 @@ pub enum ServiceError {
         problem: &'static str,
         detail: String,
     },
+    /// A document refused field by field: every problem, each naming its field.
+    #[error("{detail}")]
+    InvalidFields {
+        problem: &'static str,
+        detail: String,
+        errors: Vec<crate::domain::program::FieldError>,
+    },
     #[error("{detail}")]
     Conflict {
         problem: &'static str,

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use serde_json::{json, Value};
+
 use super::{ServiceError, Services};
 use crate::domain::program::ProgramError;
 use crate::domain::Program;
@@ -40,7 +42,11 @@ impl Services {
             ProgramError::Syntax { .. } => {
                 ServiceError::invalid("malformed-program", e.to_string())
             }
-            ProgramError::Invalid(_) => ServiceError::invalid("invalid-program", e.to_string()),
+            ProgramError::Invalid(ref errors) => ServiceError::InvalidFields {
+                problem: "invalid-program",
+                detail: e.to_string(),
+                errors: errors.clone(),
+            },
         })?;
         if program.id != id {
             return Err(ServiceError::invalid(
@@ -102,5 +108,68 @@ impl Services {
                 tracing::warn!(program = program.id, job = name, error = %e, "job start not saved; its first run reads further back");
             }
         }
+    }
+}
+
+impl Services {
+    /// `GET /v1/programs`: the programs an admin may act in (all, or the one its token is
+    /// limited to), with what a console needs to show amounts and dates.
+    pub async fn programs_overview(&self, only: Option<&str>) -> Result<Value, ServiceError> {
+        let ids = match only {
+            Some(id) => vec![id.to_string()],
+            None => self.store.program_ids().await?,
+        };
+        let mut programs = Vec::new();
+        for id in ids {
+            let program = match self.program(&id).await {
+                Ok(p) => p,
+                Err(ServiceError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            programs.push(json!({
+                "id": program.id,
+                "name": program.name,
+                "version": program.version,
+                "currency": program.currency.to_string(),
+                "time_zone": program.time_zone.name(),
+                "point_value": program
+                    .point_value_micros
+                    .map(|m| crate::liability::decimal(i128::from(m), 0)),
+            }));
+        }
+        Ok(json!({"programs": programs}))
+    }
+
+    /// `GET /v1/programs/{program}/versions`: every saved version, newest first.
+    pub async fn program_versions(&self, id: &str) -> Result<Value, ServiceError> {
+        let program = self.program(id).await?;
+        let versions = self.store.program_versions(&program.id).await?;
+        let versions: Vec<Value> = versions
+            .into_iter()
+            .map(|(version, at)| json!({"version": version, "saved_at": at}))
+            .collect();
+        Ok(json!({"program": program.id, "versions": versions}))
+    }
+
+    /// `GET /v1/programs/{program}/versions/{version}`: a saved version's file, as saved.
+    pub async fn program_version(&self, id: &str, version: u32) -> Result<Value, ServiceError> {
+        let program = self.program(id).await?;
+        let stored = self
+            .store
+            .program_version(&program.id, version)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound {
+                problem: "unknown-version",
+                detail: format!("program {} has no version {version}", program.id),
+            })?;
+        let file: Value = serde_json::from_str(&stored.file_json).map_err(|e| {
+            ServiceError::Internal(format!("stored program {id} v{version} is corrupt: {e}"))
+        })?;
+        Ok(json!({
+            "program": program.id,
+            "version": stored.version,
+            "saved_at": stored.updated_at,
+            "file": file,
+        }))
     }
 }

@@ -981,13 +981,14 @@ fn marker_sk(marker: &EventMarker) -> String {
     format!("E#{}#{}", marker.source, marker.event_id)
 }
 
-#[async_trait]
-impl ProgramStore for DynamoStore {
-    async fn get_program(&self, program: &str) -> Result<Option<StoredProgram>, StoreError> {
-        let Some(item) = self
-            .get(key(format!("P#{program}"), "PROGRAM#CURRENT"))
-            .await?
-        else {
+impl DynamoStore {
+    /// A program item (the current version or a saved copy).
+    async fn program_item(
+        &self,
+        program: &str,
+        sk: &str,
+    ) -> Result<Option<StoredProgram>, StoreError> {
+        let Some(item) = self.get(key(format!("P#{program}"), sk)).await? else {
             return Ok(None);
         };
         let corrupt = |message: &str| StoreError::Corrupt {
@@ -1009,6 +1010,66 @@ impl ProgramStore for DynamoStore {
             file_json,
             updated_at,
         }))
+    }
+}
+
+#[async_trait]
+impl ProgramStore for DynamoStore {
+    async fn get_program(&self, program: &str) -> Result<Option<StoredProgram>, StoreError> {
+        self.program_item(program, "PROGRAM#CURRENT").await
+    }
+
+    async fn program_versions(
+        &self,
+        program: &str,
+    ) -> Result<Vec<(u32, DateTime<Utc>)>, StoreError> {
+        let mut versions = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("PK = :pk AND begins_with(SK, :v)")
+                .expression_attribute_values(":pk", s(format!("P#{program}")))
+                .expression_attribute_values(":v", s("PROGRAM#v"))
+                .projection_expression("version, updated_at")
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot list the program versions", e))?;
+            for item in output.items() {
+                let version = number(item, "version").and_then(|v| u32::try_from(v).ok());
+                let at = text(item, "updated_at")
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc));
+                match (version, at) {
+                    (Some(v), Some(at)) => versions.push((v, at)),
+                    _ => {
+                        return Err(StoreError::Corrupt {
+                            key: format!("program {program}"),
+                            message: "a version without its number or time".into(),
+                        })
+                    }
+                }
+            }
+            match output.last_evaluated_key {
+                Some(last) => start = Some(last),
+                None => break,
+            }
+        }
+        // Sort keys order v10 before v2: the numbers decide.
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
+        Ok(versions)
+    }
+
+    async fn program_version(
+        &self,
+        program: &str,
+        version: u32,
+    ) -> Result<Option<StoredProgram>, StoreError> {
+        self.program_item(program, &format!("PROGRAM#v{version}"))
+            .await
     }
 
     async fn put_program(

@@ -208,14 +208,18 @@ fn marker_key(marker: &EventMarker) -> String {
     format!("{}#{}", marker.source, marker.event_id)
 }
 
-#[async_trait]
-impl ProgramStore for SqliteStore {
-    async fn get_program(&self, program: &str) -> Result<Option<StoredProgram>, StoreError> {
+impl SqliteStore {
+    /// The newest version of a program, or the one named.
+    async fn read_program(
+        &self,
+        program: &str,
+        version: Option<u32>,
+    ) -> Result<Option<StoredProgram>, StoreError> {
         let program = program.to_string();
         self.with(move |conn| {
             conn.query_row(
-                "SELECT version, file, updated_at FROM programs WHERE program = ?1 ORDER BY version DESC LIMIT 1",
-                params![program],
+                "SELECT version, file, updated_at FROM programs WHERE program = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
+                params![program, version],
                 |row| Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)),
             )
             .optional()
@@ -229,6 +233,48 @@ impl ProgramStore for SqliteStore {
             .transpose()
         })
         .await
+    }
+}
+
+#[async_trait]
+impl ProgramStore for SqliteStore {
+    async fn get_program(&self, program: &str) -> Result<Option<StoredProgram>, StoreError> {
+        self.read_program(program, None).await
+    }
+
+    async fn program_versions(
+        &self,
+        program: &str,
+    ) -> Result<Vec<(u32, DateTime<Utc>)>, StoreError> {
+        let program = program.to_string();
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare("SELECT version, updated_at FROM programs WHERE program = ?1 ORDER BY version DESC")
+                .map_err(|e| sql_error("cannot read the program versions", e))?;
+            let rows = statement
+                .query_map(params![program], |row| {
+                    Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(|e| sql_error("cannot read the program versions", e))?;
+            let mut versions = Vec::new();
+            for row in rows {
+                let (version, at) = row.map_err(|e| sql_error("cannot read the program versions", e))?;
+                let at = DateTime::parse_from_rfc3339(&at)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| StoreError::Corrupt { key: format!("program {program}"), message: e.to_string() })?;
+                versions.push((version, at));
+            }
+            Ok(versions)
+        })
+        .await
+    }
+
+    async fn program_version(
+        &self,
+        program: &str,
+        version: u32,
+    ) -> Result<Option<StoredProgram>, StoreError> {
+        self.read_program(program, Some(version)).await
     }
 
     async fn put_program(

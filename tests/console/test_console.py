@@ -1,0 +1,305 @@
+"""The operator console in a real browser (Debian's Chromium, driven by Playwright) against
+`loyalty serve` with seeded data: what support staff, marketers and finance do with it, and a
+screenshot of every page at desktop and phone width (target/console/)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+ROOT = Path(__file__).resolve().parents[2]
+LOYALTY = os.environ.get("LOYALTY_BIN", str(ROOT / "target" / "debug" / "loyalty"))
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+SHOTS = ROOT / "target" / "console"
+SECRET = "console-test-secret"
+SHOPIFY_SECRET = "console-shopify-secret"
+ENV = {**os.environ, "LOYALTY_JWT_SECRET": SECRET, "LOYALTY_SECRET_KR_SHOP_SHOPIFY": SHOPIFY_SECRET}
+# Chromium on a closed network: no background connections, no sandbox (root in CI).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+P = "/v1/programs/kr-shop"
+
+
+class Server:
+    def __init__(self, base: str, process: subprocess.Popen):
+        self.base, self.process = base, process
+        self.admin = token("--admin", "--operator", "seed")
+
+    def call(self, method: str, path: str, body=None, auth: str | None = None, headers: dict | None = None, raw: bytes | None = None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {auth or self.admin}")
+        for k, v in (headers or {}).items():
+            request.add_header(k, v)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def eventually(self, check, what: str, timeout: float = 15):
+        end = time.time() + timeout
+        while time.time() < end:
+            if check():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+def token(*args: str) -> str:
+    return subprocess.run([LOYALTY, "token", *args], env=ENV, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def ago(days: int) -> str:
+    return (datetime.now(timezone.utc) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def purchase(n: int, member: str, days_ago: int, quantity: int) -> dict:
+    return {"type": "purchase.completed", "version": 1, "id": f"ev-{n}", "program": "kr-shop", "member": member,
+            "occurred_at": ago(days_ago),
+            "data": {"order_id": str(n), "currency": "KRW", "channel": "online", "shipping": "3000", "tax": "0",
+                     "lines": [{"line_id": "1", "sku": "TEE-01", "category": "apparel", "quantity": quantity,
+                                "unit_price": "59000", "discount": "0"}]}}
+
+
+def seed(server: Server) -> None:
+    """Six members with purchases (some released, some pending), an operator's gift, a coupon, and
+    a Shopify customer known by email."""
+    for i in range(1, 7):
+        assert server.call("POST", f"{P}/events", purchase(2000 + i, f"m-{i}", 3 + 2 * i, i))[0] == 202
+    assert server.call("POST", f"{P}/members/m-1/adjustments", {"points": 12000, "reason": "launch gift"})[0] == 201
+    server.eventually(lambda: server.call("GET", f"{P}/members/m-6")[1]["pending"] + server.call("GET", f"{P}/members/m-6")[1]["balance"] > 0, "purchases applied")
+    member = token("--member", "m-1")
+    status, _ = server.call("POST", f"{P}/me/redemptions", {"reward": "coupon-5000"}, auth=member, headers={"Idempotency-Key": "seed-1"})
+    assert status == 201
+    body = (ROOT / "tests/fixtures/shopify/orders-paid.json").read_text().replace("__OCCURRED_AT__", ago(2)).encode()
+    signature = base64.b64encode(hmac.new(SHOPIFY_SECRET.encode(), body, hashlib.sha256).digest()).decode()
+    status, answer = server.call("POST", "/webhooks/shopify/kr-shop", raw=body,
+                                 headers={"X-Shopify-Topic": "orders/paid", "X-Shopify-Hmac-Sha256": signature, "Content-Type": "application/json"})
+    assert status == 200, answer
+    server.eventually(lambda: server.call("GET", f"{P}/members/email:minji@example.com")[1].get("pending") == 1000, "the Shopify order applied")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([LOYALTY, "serve", "--memory", "--addr", f"127.0.0.1:{port}"], env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(base + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    running = Server(base, process)
+    seed(running)
+    yield running
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport=DESKTOP, locale="en-US")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "Failed to load resource" not in m.text else None)
+    page.goto(server.base + "/console/")
+    page.get_by_test_id("token").fill(server.admin)
+    page.get_by_test_id("signin").click()
+    expect(page.get_by_test_id("kpi-members")).to_be_visible()
+    yield page
+    context.close()
+    # THEN no page threw or logged an error along the way
+    assert errors == []
+
+
+def value(page: Page, testid: str) -> str:
+    return page.get_by_test_id(testid).get_attribute("data-value")
+
+
+def test_support_finds_a_member_by_email_and_adjusts_with_a_reason(page: Page, server: Server):
+    # GIVEN the Shopify customer known by the email minji@example.com
+    status, view = server.call("GET", f"{P}/members/email:minji@example.com")
+    assert status == 200
+    # WHEN a support agent searches the email
+    page.get_by_role("link", name="Members").click()
+    page.get_by_test_id("member-search").fill("minji@example.com")
+    page.get_by_test_id("member-find").click()
+    # THEN the console shows the member the API names, with the balance and pending the API reports
+    expect(page.get_by_test_id("member-id")).to_have_text(view["member"])
+    assert int(value(page, "kpi-balance")) == view["balance"]
+    assert int(value(page, "kpi-pending")) == view["pending"] == 1000
+    # WHEN the agent adjusts by 1,500 points with a reason, confirming in the dialog
+    page.get_by_test_id("action-adjust").click()
+    page.get_by_test_id("field-points").fill("1500")
+    page.get_by_test_id("field-reason").fill("goodwill: late delivery")
+    page.get_by_test_id("confirm").click()
+    # THEN the new ledger entry is on top with its reason, and the balance is the API's
+    expect(page.get_by_test_id("notice")).to_be_visible()
+    first = page.get_by_test_id("ledger-table").locator("tbody tr").first
+    expect(first.locator(".reason")).to_have_text("goodwill: late delivery")
+    assert first.locator("[data-value]").get_attribute("data-value") == "1500"
+    after = server.call("GET", f"{P}/members/email:minji@example.com")[1]
+    assert after["balance"] == view["balance"] + 1500
+    assert int(value(page, "kpi-balance")) == after["balance"]
+    # AND a confirmation without a reason sends nothing: the dialog refuses to close
+    page.get_by_test_id("action-adjust").click()
+    page.get_by_test_id("field-points").fill("100")
+    page.get_by_test_id("confirm").click()
+    expect(page.get_by_test_id("dialog")).to_be_visible()
+    page.keyboard.press("Escape")
+    assert server.call("GET", f"{P}/members/email:minji@example.com")[1]["balance"] == after["balance"]
+
+
+def test_an_api_problem_is_shown_with_its_title_and_detail(page: Page, server: Server):
+    # WHEN an agent takes more points than the member has
+    page.goto(server.base + "/console/#/members/m-2")
+    expect(page.get_by_test_id("member-id")).to_have_text("m-2")
+    page.get_by_test_id("action-adjust").click()
+    page.get_by_test_id("field-points").fill("-99999999")
+    page.get_by_test_id("field-reason").fill("test")
+    page.get_by_test_id("confirm").click()
+    # THEN the problem's title and detail are shown, and the page is still there
+    expect(page.get_by_test_id("problem-title")).to_be_visible()
+    assert page.get_by_test_id("problem-detail").inner_text().strip() != ""
+    expect(page.get_by_test_id("member-id")).to_have_text("m-2")
+    # AND a malformed member id in the address is a problem too, not a blank page
+    page.goto(server.base + "/console/#/members/" + "x" * 300)
+    expect(page.get_by_test_id("problem-title")).to_have_text("Bad Request")
+    expect(page.get_by_test_id("page-failed")).to_be_visible()
+
+
+def test_a_marketer_fixes_a_campaign_by_field_and_opens_its_report(page: Page, server: Server):
+    # GIVEN a new campaign whose weights sum to 1.1
+    page.get_by_role("link", name="Campaigns").click()
+    page.get_by_test_id("campaign-new").click()
+    page.get_by_test_id("campaign-id").fill("spring-double")
+    draft = json.loads(page.get_by_test_id("campaign-editor").input_value())
+    draft.update({"name": "Spring double points", "start": ago(1), "end": ago(-14)})
+    draft["variants"][1]["weight"] = 0.6
+    page.get_by_test_id("campaign-editor").fill(json.dumps(draft, indent=2))
+    # WHEN it is saved THEN the problem names the field, and nothing is saved
+    page.get_by_test_id("campaign-save").click()
+    fields = page.get_by_test_id("problem-fields")
+    expect(fields).to_be_visible()
+    assert fields.locator("li").first.get_attribute("data-field") == "variants"
+    assert "sum to 1" in fields.inner_text()
+    assert server.call("GET", f"{P}/campaigns/spring-double")[0] == 404
+    # WHEN the weight is fixed and saved, then started
+    draft["variants"][1]["weight"] = 0.5
+    page.get_by_test_id("campaign-editor").fill(json.dumps(draft, indent=2))
+    page.get_by_test_id("campaign-save").click()
+    expect(page.get_by_test_id("campaign-status")).to_have_text("draft")
+    expect(page.get_by_test_id("problem")).to_be_hidden()
+    page.get_by_test_id("campaign-start").click()
+    expect(page.get_by_test_id("campaign-status")).to_have_text("running")
+    assert server.call("GET", f"{P}/campaigns/spring-double")[1]["status"] == "running"
+    # AND members are exposed to it in the app
+    for i in range(1, 7):
+        assert server.call("GET", f"{P}/me/campaigns", auth=token("--member", f"m-{i}"))[0] == 200
+    page.reload()
+    # THEN its report shows one bar per variant, the members the API counts, and a verdict
+    report = server.call("GET", f"{P}/campaigns/spring-double/report")[1]
+    bars = page.get_by_test_id("report-chart").locator("rect.bar")
+    expect(bars).to_have_count(2)
+    rows = page.get_by_test_id("report-table").locator("tbody tr")
+    shown = sum(int(rows.nth(i).locator("td").nth(2).inner_text().replace(",", "")) for i in range(2))
+    assert shown == sum(v["members"] for v in report["variants"]) == 6
+    expect(page.get_by_test_id("verdict")).to_contain_text(report["verdict"])
+    # AND the list shows it running with its window
+    page.get_by_role("link", name="Campaigns").click()
+    expect(page.get_by_test_id("campaign-list")).to_contain_text("Spring double points")
+    expect(page.get_by_test_id("campaign-list")).to_contain_text("running")
+
+
+def test_the_overview_totals_equal_the_reports(page: Page, server: Server):
+    # GIVEN the reports' JSON for the period the overview shows
+    to = page.get_by_test_id("to").input_value()
+    frm = page.get_by_test_id("from").input_value()
+    kpis = server.call("GET", f"{P}/reports/kpis?from={frm}&to={to}")[1]
+    liability = server.call("GET", f"{P}/reports/liability?as_of={to}")[1]
+    # THEN every tile is the reports' number
+    for key in ("members", "new_members", "active_30", "orders", "order_points"):
+        assert int(value(page, f"kpi-{key}")) == kpis[key], key
+    assert kpis["members"] >= 7
+    assert int(value(page, "kpi-outstanding")) == liability["outstanding"]
+    assert int(value(page, "kpi-pending")) == liability["pending"]
+    assert value(page, "kpi-value") == liability["value"]
+    # AND the charts' bars are the months' and tiers' numbers
+    bars = page.get_by_test_id("issued-redeemed-chart").locator("rect.bar")
+    issued = [int(bars.nth(i).get_attribute("data-value")) for i in range(bars.count()) if bars.nth(i).get_attribute("data-series") == "Issued"]
+    assert issued == [m["issued"] for m in liability["movements"]]
+    expiry = page.get_by_test_id("liability-expiry-chart").locator("rect.bar")
+    assert sum(int(expiry.nth(i).get_attribute("data-value")) for i in range(expiry.count())) == liability["outstanding"]
+    tiers = page.get_by_test_id("tiers-chart").locator("rect.bar")
+    assert {tiers.nth(i).get_attribute("data-label"): int(tiers.nth(i).get_attribute("data-value")) for i in range(tiers.count())} == kpis["tiers"]
+    # WHEN a bar is hovered THEN its number shows
+    bars.first.hover()
+    expect(page.get_by_test_id("tooltip")).to_contain_text(f"{issued[0]:,}")
+    # WHEN the table view is chosen THEN the same numbers are in a table
+    page.get_by_test_id("issued-redeemed-toggle").click()
+    expect(page.get_by_test_id("issued-redeemed-table")).to_contain_text(f"{issued[0]:,}")
+
+
+def test_every_page_in_both_languages_and_at_phone_width(browser, server: Server):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pages = {"overview": "kpi-members", "members/m-1": "ledger-table", "program": "program-editor",
+             "campaigns": "campaign-list", "operations": "job-runs"}
+    for size_name, size in (("desktop", DESKTOP), ("phone", PHONE)):
+        context = browser.new_context(viewport=size, locale="en-US", device_scale_factor=1)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.base + "/console/")
+        page.get_by_test_id("token").fill(server.admin)
+        page.get_by_test_id("signin").click()
+        for route, ready in pages.items():
+            page.goto(f"{server.base}/console/#/{route}")
+            expect(page.get_by_test_id(ready)).to_be_visible()
+            page.wait_for_timeout(100)
+            name = route.split("/")[0]
+            page.screenshot(path=str(SHOTS / f"{name}-{size_name}.png"), full_page=True)
+            # THEN nothing is wider than the screen but for tables and editors, which scroll
+            overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 1, f"{route} at {size_name} is {overflow}px too wide"
+        # WHEN the language is switched THEN the page is in Korean, amounts in won
+        page.goto(f"{server.base}/console/#/members/m-1")
+        expect(page.get_by_test_id("ledger-table")).to_be_visible()
+        page.get_by_test_id("lang").click()
+        expect(page.get_by_role("link", name="회원")).to_be_visible()
+        expect(page.get_by_test_id("kpi-cash")).to_contain_text("₩")
+        page.screenshot(path=str(SHOTS / f"members-ko-{size_name}.png"), full_page=True)
+        page.get_by_test_id("lang").click()
+        assert errors == []
+        context.close()
+    # AND the operations page lists the last run of every job, as the API does
+    jobs = server.call("GET", f"{P}/jobs")[1]["jobs"]
+    assert any("report" in j for j in jobs)

@@ -120,7 +120,7 @@ def groups(document):
         for method in item:
             if method not in ("get", "put", "post", "patch", "delete"):
                 continue
-            rest = path.split("{program}", 1)[1]
+            rest = path.split("{program}", 1)[1] if "{program}" in path else path
             who = "member" if rest == "/me" or rest.startswith("/me/") else "admin"
             extra = tuple(EXCEPTIONS.get((method.upper(), path), ([], ""))[0])
             grouped.setdefault((who, extra), []).append((path, method))

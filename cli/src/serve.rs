@@ -74,11 +74,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             "messages left in flight by a previous run are delivered again"
         );
     }
-    let services = Arc::new(Services::new(
-        Arc::new(store.clone()),
-        Arc::new(queue.clone()),
-        Arc::new(SystemClock),
-    ));
+    let services = Arc::new(
+        Services::new(
+            Arc::new(store.clone()),
+            Arc::new(queue.clone()),
+            Arc::new(SystemClock),
+        )
+        .with_dead_letters(Arc::new(queue.clone())),
+    );
     let loaded = load_programs(&services, &store, &args.programs).await?;
 
     let (secret, generated) = match std::env::var(SECRET_VAR) {

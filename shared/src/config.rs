@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::api::auth::Verifier;
 use crate::api::AppState;
 use crate::ports::{QueueName, SystemClock};
-use crate::queue::sqs_fifo::SqsQueue;
+use crate::queue::sqs_fifo::{QueuePair, SqsDeadLetters, SqsQueue};
 use crate::services::Services;
 use crate::store::dynamodb::DynamoStore;
 use crate::webhooks::ssm::SsmSecrets;
@@ -16,6 +16,9 @@ use crate::webhooks::ssm::SsmSecrets;
 pub struct AwsSettings {
     pub table: String,
     pub queues: HashMap<QueueName, String>,
+    /// Dead-letter queues the function may count and redrive (`LOYALTY_EARN_DEAD_LETTER_URL`,
+    /// `LOYALTY_TIER_DEAD_LETTER_URL`), each beside its queue's URL.
+    pub dead_letters: HashMap<QueueName, String>,
 }
 
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +47,20 @@ impl AwsSettings {
                 queues.insert(queue, url);
             }
         }
-        Ok(AwsSettings { table, queues })
+        let mut dead_letters = HashMap::new();
+        for (queue, name) in [
+            (QueueName::Earn, "LOYALTY_EARN_DEAD_LETTER_URL"),
+            (QueueName::Tier, "LOYALTY_TIER_DEAD_LETTER_URL"),
+        ] {
+            if let Ok(url) = std::env::var(name) {
+                dead_letters.insert(queue, url);
+            }
+        }
+        Ok(AwsSettings {
+            table,
+            queues,
+            dead_letters,
+        })
     }
 
     /// The services on DynamoDB and SQS, with clients built once from one AWS configuration.
@@ -54,8 +70,29 @@ impl AwsSettings {
 
     fn services_with(&self, config: &aws_config::SdkConfig) -> Services {
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(config), &self.table);
-        let queue = SqsQueue::new(aws_sdk_sqs::Client::new(config), self.queues.clone());
-        Services::new(Arc::new(store), Arc::new(queue), Arc::new(SystemClock))
+        let sqs = aws_sdk_sqs::Client::new(config);
+        let queue = SqsQueue::new(sqs.clone(), self.queues.clone());
+        let services = Services::new(Arc::new(store), Arc::new(queue), Arc::new(SystemClock));
+        let pairs: HashMap<QueueName, QueuePair> = self
+            .dead_letters
+            .iter()
+            .filter_map(|(name, dead_letter_url)| {
+                let queue_url = self.queues.get(name)?.clone();
+                let dead_letter_url = dead_letter_url.clone();
+                Some((
+                    *name,
+                    QueuePair {
+                        queue_url,
+                        dead_letter_url,
+                    },
+                ))
+            })
+            .collect();
+        if pairs.is_empty() {
+            services
+        } else {
+            services.with_dead_letters(Arc::new(SqsDeadLetters::new(sqs, pairs)))
+        }
     }
 
     /// What the HTTP functions need: the services, tokens verified by API Gateway's JWT

@@ -377,7 +377,10 @@ async fn programs_are_versioned_and_conditional(store: Arc<dyn Store>) {
     for v in 3..=11u32 {
         let file = format!("{{\"v\":{v}}}");
         assert_eq!(
-            store.put_program(&id, &file, Some(v - 1), at).await.unwrap(),
+            store
+                .put_program(&id, &file, Some(v - 1), at)
+                .await
+                .unwrap(),
             Some(v)
         );
     }
@@ -393,7 +396,11 @@ async fn programs_are_versioned_and_conditional(store: Arc<dyn Store>) {
     let first = store.program_version(&id, 1).await.unwrap().unwrap();
     assert_eq!((first.version, first.file_json.as_str()), (1, "{\"v\":1}"));
     assert!(store.program_version(&id, 12).await.unwrap().is_none());
-    assert!(store.program_versions("never-saved").await.unwrap().is_empty());
+    assert!(store
+        .program_versions("never-saved")
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn aliases_link_one_identity_to_one_member(store: Arc<dyn Store>) {

@@ -12,6 +12,7 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import boto3
 import pytest
 
 from awslocal import iam
@@ -131,6 +132,29 @@ def exercise(stack: Running) -> None:
     assert call("GET", f"{P}/rejected-events/ev-iam-share")[0] == 200
     assert call("POST", f"{P}/rejected-events/ev-iam-share/replay")[0] == 202
     step("rejected events")
+    # What the console reads: the programs, the program's versions, campaigns and job runs.
+    for path in ("/v1/programs", f"{P}/versions", f"{P}/versions/1", f"{P}/campaigns", f"{P}/jobs"):
+        assert call("GET", path)[0] == 200, path
+    # Dead letters: a purchase and a tier check that their queues gave up on, counted and
+    # redriven by an operator, then processed.
+    sqs = boto3.client("sqs", endpoint_url=stack.moto, region_name="us-east-1",
+                       aws_access_key_id="test", aws_secret_access_key="test")
+    urls = stack.status()["queue_urls"]
+    recent = datetime.now(timezone.utc) - timedelta(minutes=1)
+    check = {"type": "tier.check", "version": 1, "id": "tier-iam-dlq", "program": "kr-shop", "member": "m-iam-dlq",
+             "occurred_at": recent.strftime("%Y-%m-%dT%H:%M:%SZ"), "data": {}}
+    for logical, body in (("EarnDeadLetterQueue", purchase("ev-iam-dlq", "m-iam-dlq", "iam-dlq", 10_000, recent)),
+                          ("TierDeadLetterQueue", check)):
+        sqs.send_message(QueueUrl=urls[logical], MessageBody=json.dumps(body), MessageGroupId="kr-shop/m-iam-dlq",
+                         MessageDeduplicationId=f"iam-{logical}")
+    status, depths, _ = call("GET", "/v1/dead-letters")
+    assert status == 200 and {q["queue"]: q["depth"] for q in depths["queues"]} == {"earn": 1, "tier": 1}, depths
+    for queue in ("earn", "tier"):
+        status, moved, _ = call("POST", f"/v1/dead-letters/{queue}/redrive")
+        assert status == 200 and moved["moved"] == 1, moved
+    stack.eventually(lambda: call("GET", f"{P}/members/m-iam-dlq")[1].get("pending") == 100, timeout=60,
+                     what="the redriven purchase")
+    step("dead letters")
     # One person, one account: a POS member merged into the app's, a suspension whose event
     # waits for the resume, an erasure; a purchase over the daily limit held and released; an
     # adjustment over the threshold approved by a second operator.

@@ -10,6 +10,7 @@ import hmac
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -96,11 +97,12 @@ def seed(server: Server) -> None:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([LOYALTY, "serve", "--memory", "--addr", f"127.0.0.1:{port}"], env=ENV,
+    db = tmp_path_factory.mktemp("console") / "loyalty.db"
+    process = subprocess.Popen([LOYALTY, "serve", "--db", str(db), "--addr", f"127.0.0.1:{port}"], env=ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     for _ in range(100):
@@ -110,6 +112,7 @@ def server():
         except OSError:
             time.sleep(0.1)
     running = Server(base, process)
+    running.db = db
     seed(running)
     yield running
     process.terminate()
@@ -303,3 +306,57 @@ def test_every_page_in_both_languages_and_at_phone_width(browser, server: Server
     # AND the operations page lists the last run of every job, as the API does
     jobs = server.call("GET", f"{P}/jobs")[1]["jobs"]
     assert any("report" in j for j in jobs)
+
+
+def test_an_operator_redrives_a_dead_letter_and_sees_the_last_job_runs(page: Page, server: Server):
+    # GIVEN a purchase the earn queue gave up on (forced into its dead letters)
+    event = purchase(3001, "m-dead", 20, 1)
+    with sqlite3.connect(server.db) as db:
+        db.execute("INSERT INTO dead_letters (queue, id, body, attempts, error, at) VALUES ('earn', 'kr-shop/ev-3001', ?, 5, 'store unavailable', ?)",
+                   (json.dumps(event), datetime.now(timezone.utc).isoformat()))
+    # WHEN an operator opens the operations page THEN the earn queue's depth is the API's: 1
+    page.get_by_role("link", name="Operations").click()
+    expect(page.get_by_test_id("dlq-earn")).to_have_attribute("data-value", "1")
+    assert server.call("GET", "/v1/dead-letters")[1]["queues"][0] == {"queue": "earn", "depth": 1}
+    # WHEN it is redriven, confirmed in the dialog
+    page.get_by_test_id("redrive-earn").click()
+    page.get_by_test_id("confirm").click()
+    # THEN the queue is empty and the purchase is applied once
+    expect(page.get_by_test_id("dlq-earn")).to_have_attribute("data-value", "0")
+    server.eventually(lambda: server.call("GET", f"{P}/members/m-dead")[1]["balance"] == 590, "the redriven purchase")
+    # AND the last run of each job is listed as the API reports it
+    jobs = server.call("GET", f"{P}/jobs")[1]["jobs"]
+    rows = page.get_by_test_id("job-runs").locator("tbody tr")
+    expect(rows).to_have_count(len(jobs))
+    assert [rows.nth(i).locator("td").first.inner_text() for i in range(len(jobs))] == [j["job"] for j in jobs]
+
+
+def test_the_program_editor_names_every_problem_by_field_and_keeps_versions(page: Page, server: Server):
+    # GIVEN the program file in the editor
+    page.get_by_role("link", name="Program").click()
+    editor = page.get_by_test_id("program-editor")
+    file = json.loads(editor.input_value())
+    before = server.call("GET", f"{P}/versions")[1]["versions"]
+    # WHEN it is saved with no expiry and a negative tier threshold
+    broken = json.loads(json.dumps(file))
+    broken["expiry"]["months"] = 0
+    broken["tiers"][2]["threshold"] = -5
+    editor.fill(json.dumps(broken, indent=2))
+    page.get_by_test_id("program-save").click()
+    # THEN every problem the API names is listed by its field, and nothing is saved
+    problem = server.call("PUT", P, raw=json.dumps(broken).encode(), headers={"Content-Type": "application/json"})[1]
+    fields = page.get_by_test_id("problem-fields").locator("li")
+    expect(fields).to_have_count(len(problem["errors"]))
+    assert [fields.nth(i).get_attribute("data-field") for i in range(fields.count())] == [e["field"] for e in problem["errors"]]
+    assert {"expiry.months", "tiers[2].threshold"} <= {e["field"] for e in problem["errors"]}
+    assert server.call("GET", f"{P}/versions")[1]["versions"] == before
+    # WHEN a valid change is saved THEN it is a new version, listed above the old one
+    file["name"] = "KR Shop Members (console)"
+    editor.fill(json.dumps(file, indent=2))
+    page.get_by_test_id("program-save").click()
+    expect(page.get_by_test_id("notice")).to_contain_text(f"version {before[0]['version'] + 1}")
+    page.reload()
+    expect(page.get_by_test_id("versions").locator("tbody tr")).to_have_count(len(before) + 1)
+    # AND an older version can be read as it was saved
+    page.get_by_test_id(f"view-v{before[0]['version']}").click()
+    expect(page.get_by_test_id("version-view")).to_contain_text('"name": "KR Shop Members"')

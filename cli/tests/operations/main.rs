@@ -423,10 +423,29 @@ fn a_message_forced_into_the_dead_letters_is_redriven_and_applied_once() {
     // THEN the purchase is applied: 500 points (1% of 50,000), past its return window
     let m = shop.eventually("m-dlq", |v| v["balance"] == 500);
     assert_eq!(m["pending"], 0);
-    // WHEN the same message is forced in again and redriven
+    // WHEN the same message is forced in again THEN an operator sees it over HTTP
     force();
-    let again = ok(&shop.loyalty(&["dlq", "redrive", "--queue", "earn", "--max", "10", "--json"]));
-    assert_eq!(again["redriven"], 1);
+    let depths = shop.get("/v1/dead-letters");
+    assert_eq!(
+        depths["queues"],
+        json!([{"queue": "earn", "depth": 1}, {"queue": "tier", "depth": 0}])
+    );
+    // AND a token limited to one program may neither see nor move what programs share
+    let limited = token(&["--admin", "--program", "kr-shop"]);
+    for (method, path) in [
+        ("GET", "/v1/dead-letters"),
+        ("POST", "/v1/dead-letters/earn/redrive"),
+    ] {
+        let (status, _) = shop.server.call(method, path, &limited, &[], None);
+        assert_eq!(status, 403, "{method} {path}");
+    }
+    assert_eq!(
+        shop.call("POST", "/v1/dead-letters/notify/redrive", None).0,
+        404
+    );
+    // WHEN it is redriven over HTTP THEN it moves, and changes nothing (applied once already)
+    let (status, again) = shop.call("POST", "/v1/dead-letters/earn/redrive", None);
+    assert_eq!((status, again["moved"].as_u64()), (200, Some(1)), "{again}");
     shop.settled();
     // THEN it changes nothing, and no dead letter is left
     assert_eq!(shop.member("m-dlq")["balance"], 500);

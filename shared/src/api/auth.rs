@@ -38,6 +38,17 @@ impl Principal {
         self.within(program)
     }
 
+    /// Admin of every program: for what programs share (the dead-letter queues).
+    pub fn require_admin_everywhere(&self) -> Result<(), Problem> {
+        self.require_admin("")?;
+        match &self.program {
+            Some(limited) => Err(Problem::forbidden(format!(
+                "this route acts for every program; this token is limited to {limited:?}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// A token limited to one program (claim `program`) acts in that program only.
     fn within(&self, program: &str) -> Result<(), Problem> {
         match &self.program {

@@ -91,6 +91,11 @@ pub fn admin_router(state: AppState) -> Router {
         )
         .route("/v1/programs/{program}/jobs", get(last_job_runs))
         .route("/v1/programs", get(list_programs))
+        .route("/v1/dead-letters", get(dead_letter_depths))
+        .route(
+            "/v1/dead-letters/{queue}/redrive",
+            post(redrive_dead_letters),
+        )
         .with_state(state)
 }
 
@@ -375,6 +380,23 @@ async fn list_programs(
     let only = principal.program.clone();
     principal.require_admin(only.as_deref().unwrap_or(""))?;
     Ok(Json(state.services.programs_overview(only.as_deref()).await?).into_response())
+}
+
+async fn dead_letter_depths(
+    principal: Principal,
+    State(state): State<AppState>,
+) -> Result<Response, Problem> {
+    principal.require_admin_everywhere()?;
+    Ok(Json(state.services.dead_letter_depths().await?).into_response())
+}
+
+async fn redrive_dead_letters(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+) -> Result<Response, Problem> {
+    principal.require_admin_everywhere()?;
+    Ok(Json(state.services.redrive_dead_letters(&queue).await?).into_response())
 }
 
 async fn program_versions(

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod batch;
 pub mod campaign_tick;
 pub mod campaigns;
+pub mod dead_letters;
 pub mod earn;
 pub mod erasure;
 pub mod events;
@@ -216,6 +217,9 @@ pub struct Services {
     programs: Mutex<HashMap<String, (Instant, Arc<Program>)>>,
     /// Each program's campaigns, trusted for as long as a program.
     campaigns: Mutex<HashMap<String, (Instant, CampaignList)>>,
+    /// The queues' dead letters, where this process may see them (`loyalty serve`, and the
+    /// member-api function when the template gives it the dead-letter queues).
+    dead_letters: Option<Arc<dyn crate::ports::DeadLetters>>,
 }
 
 /// A program's campaigns, by id.
@@ -229,7 +233,14 @@ impl Services {
             clock,
             programs: Mutex::new(HashMap::new()),
             campaigns: Mutex::new(HashMap::new()),
+            dead_letters: None,
         }
+    }
+
+    /// The same services, able to count and redrive the queues' dead letters.
+    pub fn with_dead_letters(mut self, dead_letters: Arc<dyn crate::ports::DeadLetters>) -> Self {
+        self.dead_letters = Some(dead_letters);
+        self
     }
 
     /// The current program, from the cache when fresh.

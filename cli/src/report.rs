@@ -24,6 +24,23 @@ enum ReportCommand {
     /// Members, activity, repurchase and redemption rates, points per order, engagement, tiers
     /// and each campaign's results over a period.
     Kpis(KpiArgs),
+    /// What the brand owes each cause: donated points and their money, by month.
+    Donations(DonationArgs),
+}
+
+#[derive(Debug, Args)]
+struct DonationArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The program (needed only when the store has several).
+    #[arg(long)]
+    program: Option<String>,
+    /// One month (YYYY-MM); every month with a donation when absent.
+    #[arg(long)]
+    month: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -72,7 +89,46 @@ pub fn run(args: ReportArgs) -> Result<(), String> {
     match args.command {
         ReportCommand::Liability(args) => runtime()?.block_on(liability_report(args)),
         ReportCommand::Kpis(args) => runtime()?.block_on(kpi_report(args)),
+        ReportCommand::Donations(args) => runtime()?.block_on(donations_report(args)),
     }
+}
+
+async fn donations_report(args: DonationArgs) -> Result<(), String> {
+    let month = args
+        .month
+        .as_deref()
+        .map(str::parse::<loyalty_core::domain::calendar::YearMonth>)
+        .transpose()
+        .map_err(|e| format!("--month: {e}"))?;
+    let services = args.store.open().await?.services();
+    let program = program_of(&services, args.program.as_deref()).await?;
+    let report = services
+        .donations(&program, month)
+        .await
+        .map_err(|e| e.to_string())?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    if report.months.is_empty() {
+        println!("{}: no donations", report.program);
+    }
+    for m in &report.months {
+        println!(
+            "{}  {:>12} points  {:>14} {}",
+            m.month, m.points, m.amount, report.currency
+        );
+        for c in &m.causes {
+            println!(
+                "  {:<28} {:>10} points  {:>14} {}",
+                c.cause, c.points, c.amount, report.currency
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn kpi_report(args: KpiArgs) -> Result<(), String> {

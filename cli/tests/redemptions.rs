@@ -405,3 +405,149 @@ fn a_pay_with_points_hold_not_captured_returns_its_points() {
     );
     assert_eq!(view["status"], "voided");
 }
+
+const TOML: &[(&str, &str)] = &[("Content-Type", "application/toml")];
+
+/// kr-shop with a donation reward (1 point gives 1 won to Seoul Forest, from 1,000 points) and
+/// its points shown as cashback.
+fn giving_program() -> String {
+    format!(
+        "{}\n[cashback]\nenabled = true\n\n[[rewards]]\nid = \"plant-trees\"\nname = \"Trees for Seoul\"\n\
+         kind = \"donation\"\ncause = \"Seoul Forest\"\npoints_per_unit = 1\nmin_points = 1000\n",
+        include_str!("../../examples/kr-shop.toml")
+    )
+}
+
+#[test]
+fn a_donation_is_debited_once_and_owed_to_its_cause_in_money() {
+    // GIVEN kr-shop with a donation to Seoul Forest, and a member with 12,000 points
+    let dir = std::env::temp_dir().join(format!("loyalty-donations-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let db = dir.join("loyalty.db");
+    let shop = Shop {
+        server: Server::start(&["--db", db.to_str().expect("utf-8 path")]),
+        admin: token(&["--admin"]),
+    };
+    let (status, saved) =
+        shop.server
+            .call("PUT", PROGRAM, &shop.admin, TOML, Some(&giving_program()));
+    assert_eq!(status, 200, "{saved}");
+    shop.credit("m-1", 12_000);
+    let member = token(&["--member", "m-1"]);
+    // WHEN the member donates 5,000 points twice with the same Idempotency-Key
+    let body = json!({"reward": "plant-trees", "points": 5000}).to_string();
+    let first = shop.redeem(&member, Some("give-1"), &body);
+    let again = shop.redeem(&member, Some("give-1"), &body);
+    // THEN one debit, and the same answer naming the cause and the money
+    assert_eq!(first.0, 201, "{}", first.1);
+    assert_eq!(first, again);
+    assert_eq!(
+        (&first.1["status"], &first.1["cause"], &first.1["amount"]),
+        (&json!("donated"), &json!("Seoul Forest"), &json!("5000"))
+    );
+    assert_eq!(shop.balance("m-1"), 7_000);
+    let donated: Vec<Value> = shop
+        .ledger("m-1")
+        .into_iter()
+        .filter(|e| e["kind"] == "redeem")
+        .collect();
+    assert_eq!(donated.len(), 1);
+    assert_eq!(
+        donated[0]["reason"],
+        "Donated 5000 points to Seoul Forest (5000 KRW)"
+    );
+    // AND the donations report owes the cause 5,000 won this month, over HTTP and on the CLI
+    let (status, report) = shop.server.call(
+        "GET",
+        &format!("{PROGRAM}/reports/donations"),
+        &shop.admin,
+        &[],
+        None,
+    );
+    assert_eq!(status, 200, "{report}");
+    // Seoul keeps one offset all year.
+    let month = (chrono::Utc::now() + chrono::Duration::hours(9))
+        .format("%Y-%m")
+        .to_string();
+    let expected = json!([{"month": month, "points": 5000, "amount": "5000",
+        "causes": [{"cause": "Seoul Forest", "points": 5000, "amount": "5000"}]}]);
+    assert_eq!(report["months"], expected, "{report}");
+    let cli = std::process::Command::new(common::BIN)
+        .args(["report", "donations", "--json", "--db"])
+        .arg(&db)
+        .output()
+        .expect("loyalty runs");
+    assert!(cli.status.success(), "{cli:?}");
+    let printed: Value = serde_json::from_slice(&cli.stdout).expect("JSON");
+    assert_eq!(printed["months"], expected);
+    // AND finance's liability counts the donated points as redeemed
+    let (_, liability) = shop.server.call(
+        "GET",
+        &format!("{PROGRAM}/reports/liability"),
+        &shop.admin,
+        &[],
+        None,
+    );
+    let movements = liability["movements"].as_array().expect("movements");
+    assert_eq!(movements.last().expect("a month")["redeemed"], 5000);
+    // AND below the minimum, or not a whole amount of money, is refused with nothing written
+    for points in [999, 0] {
+        let body = json!({"reward": "plant-trees", "points": points}).to_string();
+        let (status, problem) = shop.redeem(&member, Some(&format!("give-{points}")), &body);
+        assert_eq!(status, 400, "{problem}");
+    }
+    assert_eq!(shop.balance("m-1"), 7_000);
+    // AND a donation is final: an operator cannot reverse it
+    let id = first.1["id"].as_str().expect("id");
+    let (status, problem) = shop.server.call(
+        "POST",
+        &format!("{PROGRAM}/members/m-1/redemptions/{id}/reverse"),
+        &shop.admin,
+        &[],
+        Some(&json!({"reason": "changed their mind"}).to_string()),
+    );
+    assert_eq!(status, 409, "{problem}");
+    // AND with cashback on, the member view and the ledger say what the points are worth
+    let (_, view) = shop
+        .server
+        .call("GET", &format!("{PROGRAM}/me"), &member, &[], None);
+    assert_eq!(
+        view["cashback"],
+        json!({"currency": "KRW", "balance": "7000", "pending": "0"})
+    );
+    let entries = shop.ledger("m-1");
+    assert!(entries
+        .iter()
+        .all(|e| e["value"] == json!(e["points"].as_i64().expect("points").to_string())));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_donation_refuses_a_fraction_of_money_and_cashback_needs_a_point_value() {
+    // GIVEN a cause that takes 10 points for 1 won
+    let shop = Shop::new();
+    let program = giving_program().replace("points_per_unit = 1\n", "points_per_unit = 10\n");
+    let (status, saved) = shop
+        .server
+        .call("PUT", PROGRAM, &shop.admin, TOML, Some(&program));
+    assert_eq!(status, 200, "{saved}");
+    shop.credit("m-2", 5_000);
+    let member = token(&["--member", "m-2"]);
+    // WHEN 1,005 points are given THEN 400 (100.5 won), and nothing is debited
+    let body = json!({"reward": "plant-trees", "points": 1005}).to_string();
+    let (status, problem) = shop.redeem(&member, Some("k-1"), &body);
+    assert_eq!(status, 400, "{problem}");
+    assert!(is_problem(&problem, "invalid-donation"), "{problem}");
+    assert_eq!(shop.balance("m-2"), 5_000);
+    // WHEN cashback is enabled without a point value THEN the program is refused by field
+    let without = giving_program().replace("point_value = \"1\"", "");
+    let (status, problem) = shop
+        .server
+        .call("PUT", PROGRAM, &shop.admin, TOML, Some(&without));
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(
+        problem["errors"][0]["field"], "cashback.enabled",
+        "{problem}"
+    );
+}

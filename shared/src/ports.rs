@@ -367,6 +367,8 @@ pub enum RedemptionStatus {
     Held,
     Captured,
     Voided,
+    /// Points given to a cause: final, never reversed (the brand owes the cause).
+    Donated,
 }
 
 /// A redemption, kept under its member: what was spent, from which lots (so that a reversal

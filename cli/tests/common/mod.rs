@@ -73,9 +73,13 @@ impl Server {
             request = request.header(*name, *value);
         }
         if let Some(body) = body {
-            request = request
-                .header("Content-Type", "application/json")
-                .body(body.to_string());
+            let typed = headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+            if !typed {
+                request = request.header("Content-Type", "application/json");
+            }
+            request = request.body(body.to_string());
         }
         let response = request.send().expect("request");
         let status = response.status().as_u16();

@@ -166,8 +166,13 @@ fn gateway_principal(
     let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let sub = text("sub").ok_or_else(|| Problem::unauthorized("the token has no subject"))?;
     let mut found = principal(sub, &text("scope").unwrap_or_default(), text("program"));
-    if claims.contains_key("username") && !in_group(claims, OPERATORS_GROUP) {
-        found.scopes.retain(|s| s != ADMIN_SCOPE);
+    if let Some(username) = text("username") {
+        if in_group(claims, OPERATORS_GROUP) {
+            // Ledgers and approvals name the operator as people know them.
+            found.subject = username;
+        } else {
+            found.scopes.retain(|s| s != ADMIN_SCOPE);
+        }
     }
     Ok(found)
 }
@@ -244,6 +249,8 @@ mod tests {
                 admin,
                 "{groups}"
             );
+            // AND an operator is named as people know them (ledgers, approvals)
+            assert_eq!(principal.subject, if admin { "ann" } else { "u-1" });
         }
         // AND a machine token (client credentials: no username) keeps its scope
         let machine = claims(json!({"sub": "client-1", "scope": "loyalty/admin"}));

@@ -65,6 +65,10 @@ pub fn admin_router(state: AppState) -> Router {
             get(liability_report),
         )
         .route("/v1/programs/{program}/reports/kpis", get(kpi_report))
+        .route(
+            "/v1/programs/{program}/reports/donations",
+            get(donations_report),
+        )
         .route("/v1/programs/{program}/audits", post(request_audit))
         .route("/v1/programs/{program}/audits/{id}", get(audit_run))
         .route(
@@ -502,6 +506,29 @@ async fn liability_report(
         "svg" => svg_response(crate::liability::svg(&report)),
         _ => Json(report).into_response(),
     })
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DonationsQuery {
+    #[serde(default)]
+    month: Option<String>,
+}
+
+async fn donations_report(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(program): Path<String>,
+    Query(query): Query<DonationsQuery>,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let month = match query.month.as_deref() {
+        None => None,
+        Some(text) => Some(
+            text.parse::<crate::domain::calendar::YearMonth>()
+                .map_err(|e| Problem::bad_request("invalid-month", e))?,
+        ),
+    };
+    Ok(Json(state.services.donations(&program, month).await?).into_response())
 }
 
 /// A report's `format` parameter: one of `allowed` (the first is the default).

@@ -68,6 +68,17 @@ pub struct ProgramFile {
     pub safeguards: SafeguardsFile,
     #[serde(default)]
     pub erasure: ErasureFile,
+    #[serde(default)]
+    pub cashback: CashbackFile,
+}
+
+/// Points shown as money (`[cashback]`): the member view and the ledger carry each amount's
+/// value at `point_value`, so an app can say "5,900 won cashback" instead of "5,900 points".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CashbackFile {
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 /// What becomes of an erased member's available points (`[erasure]`).
@@ -307,7 +318,18 @@ pub struct RewardFile {
     #[serde(default)]
     pub name: String,
     pub kind: RewardKind,
+    /// Points the reward costs; a `donation` has no fixed cost (the member chooses how many,
+    /// from `min_points`).
+    #[serde(default)]
     pub cost: i64,
+    /// For a `donation`: the cause the brand gives to, how many points give one major unit of
+    /// money, and the fewest points one donation may give.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points_per_unit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_points: Option<i64>,
     /// Value off the order for `fixed_discount`, in major units.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<String>,
@@ -329,6 +351,8 @@ pub enum RewardKind {
     PercentDiscount,
     FreeShipping,
     FreeProduct,
+    /// Points given to a cause: the brand gives the money on the member's behalf.
+    Donation,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -461,6 +485,8 @@ pub struct Program {
     pub point_value_micros: Option<i64>,
     pub safeguards: SafeguardsFile,
     pub erasure: ErasureFile,
+    /// Points shown as store credit at `point_value_micros` (`[cashback] enabled`).
+    pub cashback: bool,
     /// The file this program was read from, for saving and showing it back.
     pub file: ProgramFile,
 }
@@ -509,6 +535,27 @@ pub struct Reward {
     pub percent_bp: Option<u32>,
     pub sku: Option<String>,
     pub min_tier: Option<String>,
+    pub donation: Option<Donation>,
+}
+
+/// A `donation` reward: `points_per_unit` points give one major unit of money to `cause`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Donation {
+    pub cause: String,
+    pub points_per_unit: i64,
+    pub min_points: i64,
+}
+
+impl Donation {
+    /// What `points` give, in minor units of `currency`: `None` unless a whole number of them
+    /// (a donation is money, never a fraction of a won or a cent).
+    pub fn money_minor(&self, points: i64, currency: Currency) -> Option<i64> {
+        let scaled = i128::from(points).checked_mul(10_i128.pow(u32::from(currency.exponent())))?;
+        let per = i128::from(self.points_per_unit);
+        (per > 0 && scaled % per == 0)
+            .then(|| scaled / per)
+            .and_then(|m| i64::try_from(m).ok())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -755,6 +802,7 @@ impl Validator {
             }
             parsed
         });
+        self.cashback(f, currency, point_value_micros, pay_with_points.as_ref());
         Some(Program {
             id: f.id.clone(),
             name: f.name.clone(),
@@ -776,8 +824,42 @@ impl Validator {
             point_value_micros,
             safeguards: f.safeguards.clone(),
             erasure: f.erasure,
+            cashback: f.cashback.enabled,
             file: f.clone(),
         })
+    }
+
+    /// Cashback shows points at the point value, so it needs one; a checkout that takes points
+    /// at another rate would pay out other money than the member was shown.
+    fn cashback(
+        &mut self,
+        f: &ProgramFile,
+        currency: Option<Currency>,
+        point_value_micros: Option<i64>,
+        pay: Option<&PayWithPoints>,
+    ) {
+        if !f.cashback.enabled {
+            return;
+        }
+        let Some(micros) = point_value_micros else {
+            self.fail(
+                "cashback.enabled",
+                "needs point_value: what one point is worth",
+            );
+            return;
+        };
+        if let (Some(pay), Some(currency)) = (pay, currency) {
+            // points x point value (millionths of a major unit) == value (minor units).
+            let shown = i128::from(pay.points) * i128::from(micros);
+            let taken = i128::from(pay.value_minor)
+                * 10_i128.pow(u32::from(6 - currency.exponent().min(6)));
+            if shown != taken {
+                self.fail(
+                    "pay_with_points.value",
+                    "must be points x point_value when cashback is enabled",
+                );
+            }
+        }
     }
 
     fn purchase(&mut self, p: &PurchaseFile, currency: Option<Currency>) -> Option<PurchaseRules> {
@@ -999,7 +1081,8 @@ impl Validator {
             if out.iter().any(|o| o.id == r.id) {
                 self.fail(format!("{field}.id"), format!("{:?} appears twice", r.id));
             }
-            if r.cost <= 0 {
+            let donation = self.donation(&field, r);
+            if r.kind != RewardKind::Donation && r.cost <= 0 {
                 self.fail(format!("{field}.cost"), "must be greater than zero");
             }
             self.at_most_points(&format!("{field}.cost"), r.cost);
@@ -1048,9 +1131,57 @@ impl Validator {
                 percent_bp: r.percent_bp,
                 sku: r.sku.clone(),
                 min_tier: r.min_tier.clone(),
+                donation,
             });
         }
         out
+    }
+
+    /// A donation's cause and rates: required for a `donation`, refused on any other reward.
+    fn donation(&mut self, field: &str, r: &RewardFile) -> Option<Donation> {
+        if r.kind != RewardKind::Donation {
+            for (name, given) in [
+                ("cause", r.cause.is_some()),
+                ("points_per_unit", r.points_per_unit.is_some()),
+                ("min_points", r.min_points.is_some()),
+            ] {
+                if given {
+                    self.fail(format!("{field}.{name}"), "is only for a donation");
+                }
+            }
+            return None;
+        }
+        if r.cost != 0 {
+            self.fail(
+                format!("{field}.cost"),
+                "a donation has no cost: the member chooses the points (min_points)",
+            );
+        }
+        let cause = r.cause.clone().unwrap_or_default();
+        if cause.trim().is_empty() || cause.len() > 100 {
+            self.fail(
+                format!("{field}.cause"),
+                "is required for a donation, at most 100 characters",
+            );
+        }
+        let per = r.points_per_unit.unwrap_or(0);
+        if per <= 0 {
+            self.fail(
+                format!("{field}.points_per_unit"),
+                "is required for a donation, greater than zero",
+            );
+        }
+        self.at_most_points(&format!("{field}.points_per_unit"), per);
+        let min = r.min_points.unwrap_or(per);
+        if min <= 0 {
+            self.fail(format!("{field}.min_points"), "must be greater than zero");
+        }
+        self.at_most_points(&format!("{field}.min_points"), min);
+        Some(Donation {
+            cause,
+            points_per_unit: per,
+            min_points: min,
+        })
     }
 
     fn pay_with_points(

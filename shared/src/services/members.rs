@@ -37,6 +37,9 @@ pub struct MemberView {
     /// Present while the member is suspended: why, by whom, since when.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suspended: Option<crate::domain::Suspension>,
+    /// With `[cashback]`: the balance and pending points as money.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cashback: Option<CashbackView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -56,10 +59,76 @@ pub struct TierView {
     pub qualifying: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerView {
     pub entries: Vec<LedgerEntry>,
     pub next_cursor: Option<String>,
+    /// With `[cashback]`: what a point is worth, to show each entry's money `value`.
+    pub point_value: Option<PointValue>,
+}
+
+/// What one point is worth: millionths of a major unit, and the currency's minor digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointValue {
+    pub micros: i64,
+    pub exponent: u8,
+}
+
+impl PointValue {
+    /// A program's, when it shows points as cashback.
+    pub fn cashback_of(program: &crate::domain::Program) -> Option<PointValue> {
+        program
+            .point_value_micros
+            .filter(|_| program.cashback)
+            .map(|micros| PointValue {
+                micros,
+                exponent: program.currency.exponent(),
+            })
+    }
+
+    /// `points` in major units, as a decimal string with the currency's minor digits.
+    pub fn of(self, points: i64) -> String {
+        crate::liability::decimal(i128::from(points) * i128::from(self.micros), self.exponent)
+    }
+}
+
+impl Serialize for LedgerView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Valued<'a> {
+            #[serde(flatten)]
+            entry: &'a LedgerEntry,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            value: Option<String>,
+        }
+        #[derive(Serialize)]
+        struct Page<'a> {
+            entries: Vec<Valued<'a>>,
+            next_cursor: &'a Option<String>,
+        }
+        let entries = self
+            .entries
+            .iter()
+            .map(|entry| Valued {
+                entry,
+                value: self.point_value.map(|v| v.of(entry.points)),
+            })
+            .collect();
+        Page {
+            entries,
+            next_cursor: &self.next_cursor,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// The member's points as money (`[cashback]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CashbackView {
+    pub currency: String,
+    /// Available points at the point value, in major units.
+    pub balance: String,
+    pub pending: String,
 }
 
 /// Ledger pages hold at most this many entries.
@@ -147,6 +216,11 @@ impl Services {
             merged_into: view.merged_into().map(str::to_string),
             merged_from: view.merged_from.clone(),
             suspended: view.suspended.clone(),
+            cashback: PointValue::cashback_of(&program).map(|v| CashbackView {
+                currency: program.currency.to_string(),
+                balance: v.of(view.balance),
+                pending: v.of(view.pending_points()),
+            }),
         })
     }
 
@@ -186,6 +260,7 @@ impl Services {
         Ok(LedgerView {
             entries,
             next_cursor: page.next_cursor,
+            point_value: PointValue::cashback_of(&program),
         })
     }
 }

@@ -145,6 +145,106 @@ pub(crate) fn count_for_operator(commit: &mut Commit, by: &str, points: i64) {
     *slot = slot.saturating_add(points.saturating_abs());
 }
 
+/// What a redemption of a catalogue reward spends: the reward's cost, or for a donation the
+/// points the member chose.
+struct Spend {
+    points: i64,
+    reason: String,
+    donation: Option<Given>,
+}
+
+/// A donation's cause and the money it gives, in the books of the day (`g|{cause}` points and
+/// `gv|{cause}` minor units) so that the donations report reads counters, not members.
+struct Given {
+    cause: String,
+    amount_minor: i64,
+    /// The same in major units, as a decimal string.
+    amount: String,
+}
+
+impl Given {
+    fn count(&self, commit: &mut Commit, points: i64) {
+        for (name, value) in [
+            (donation_points_counter(&self.cause), points),
+            (donation_money_counter(&self.cause), self.amount_minor),
+        ] {
+            let slot = commit.books.counts.entry(name).or_insert(0);
+            *slot = slot.saturating_add(value);
+        }
+    }
+}
+
+/// The books' counters of what a cause was given on a day.
+pub fn donation_points_counter(cause: &str) -> String {
+    format!("g|{cause}")
+}
+pub fn donation_money_counter(cause: &str) -> String {
+    format!("gv|{cause}")
+}
+
+impl Spend {
+    fn of(
+        program: &Program,
+        reward: &crate::domain::program::Reward,
+        points: Option<i64>,
+    ) -> Result<Spend, ServiceError> {
+        let Some(donation) = &reward.donation else {
+            return Ok(Spend {
+                points: reward.cost,
+                reason: format!("Redeemed {} points for {}", reward.cost, reward.name),
+                donation: None,
+            });
+        };
+        let points = points.ok_or_else(|| {
+            ServiceError::invalid(
+                "invalid-redemption",
+                format!(
+                    "a donation names its points (at least {})",
+                    donation.min_points
+                ),
+            )
+        })?;
+        if points < donation.min_points || points > crate::domain::limits::MAX_POINTS {
+            return Err(ServiceError::invalid(
+                "invalid-donation",
+                format!(
+                    "a donation to {} is from {} to {} points",
+                    donation.cause,
+                    donation.min_points,
+                    crate::domain::limits::MAX_POINTS
+                ),
+            ));
+        }
+        let currency = program.currency;
+        let amount_minor = donation.money_minor(points, currency).ok_or_else(|| {
+            ServiceError::invalid(
+                "invalid-donation",
+                format!(
+                    "{points} points are not a whole amount of {currency} at {} points per unit",
+                    donation.points_per_unit
+                ),
+            )
+        })?;
+        let exponent = currency.exponent();
+        let amount = crate::liability::decimal(
+            i128::from(amount_minor) * 10_i128.pow(u32::from(6 - exponent.min(6))),
+            exponent,
+        );
+        Ok(Spend {
+            points,
+            reason: format!(
+                "Donated {points} points to {} ({amount} {currency})",
+                donation.cause
+            ),
+            donation: Some(Given {
+                cause: donation.cause.clone(),
+                amount_minor,
+                amount,
+            }),
+        })
+    }
+}
+
 /// A coupon code: 20 characters of 122 random bits, in groups a cashier can read out.
 fn coupon_code() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
@@ -244,6 +344,7 @@ impl Services {
                 detail: format!("program {} has no reward {:?}", program.id, request.reward),
             })?
             .clone();
+        let spend = Spend::of(&program, &reward, request.points)?;
         let goals = self.redemption_goals(&program.id, self.clock.now()).await?;
         let mut contention = Contention::new();
         loop {
@@ -269,41 +370,60 @@ impl Services {
                 redemption: Some(id.clone()),
                 ..Source::default()
             });
-            let reason = format!("Redeemed {} points for {}", reward.cost, reward.name);
             let (change, taken) = account
-                .redeem(&program, reward.cost, &reason, &ctx)
+                .redeem(&program, spend.points, &spend.reason, &ctx)
                 .map_err(insufficient)?;
-            let expires_at = now + Duration::days(i64::from(program.coupon_valid_days));
-            let code = coupon_code();
-            let redemption = Redemption {
+            let mut redemption = Redemption {
                 id: id.clone(),
                 member: member.to_string(),
                 reward: reward.id.clone(),
-                points: reward.cost,
+                points: spend.points,
                 status: RedemptionStatus::Issued,
-                code: Some(code.clone()),
-                expires_at: Some(expires_at),
+                code: None,
+                expires_at: None,
                 taken,
                 created_at: now,
                 reversal: None,
             };
-            let answer = Answer {
-                status: 201,
-                body: json!({
-                    "id": id, "status": "issued", "reward": reward.id, "points": reward.cost,
-                    "code": code, "expires_at": expires_at, "balance": change.account.balance,
-                }),
-            };
+            let balance = change.account.balance;
             let mut commit = Commit::new(&program, member, state.account.as_ref(), change, now);
-            commit.coupon = Some(Coupon {
-                code,
-                member: member.to_string(),
-                redemption: id.clone(),
-                reward: reward.id.clone(),
-                expires_at,
-                consumed: None,
-                revoked: false,
-            });
+            let answer = match &spend.donation {
+                Some(given) => {
+                    redemption.status = RedemptionStatus::Donated;
+                    given.count(&mut commit, spend.points);
+                    Answer {
+                        status: 201,
+                        body: json!({
+                            "id": id, "status": "donated", "reward": reward.id,
+                            "points": spend.points, "cause": given.cause,
+                            "amount": given.amount, "balance": balance,
+                        }),
+                    }
+                }
+                None => {
+                    let expires_at = now + Duration::days(i64::from(program.coupon_valid_days));
+                    let code = coupon_code();
+                    redemption.code = Some(code.clone());
+                    redemption.expires_at = Some(expires_at);
+                    commit.coupon = Some(Coupon {
+                        code: code.clone(),
+                        member: member.to_string(),
+                        redemption: id.clone(),
+                        reward: reward.id.clone(),
+                        expires_at,
+                        consumed: None,
+                        revoked: false,
+                    });
+                    Answer {
+                        status: 201,
+                        body: json!({
+                            "id": id, "status": "issued", "reward": reward.id,
+                            "points": spend.points, "code": code, "expires_at": expires_at,
+                            "balance": balance,
+                        }),
+                    }
+                }
+            };
             commit.redemption = Some(redemption);
             commit.idempotency = Some(request_id.record(&answer, now));
             commit
@@ -587,6 +707,14 @@ impl Services {
                     return Err(ServiceError::Conflict {
                         problem: "not-reversible",
                         detail: format!("redemption {id} is a hold: void it instead"),
+                    })
+                }
+                RedemptionStatus::Donated => {
+                    return Err(ServiceError::Conflict {
+                        problem: "not-reversible",
+                        detail: format!(
+                            "redemption {id} is a donation: the brand owes it to the cause"
+                        ),
                     })
                 }
             }
@@ -895,6 +1023,7 @@ fn status_name(status: RedemptionStatus) -> &'static str {
         RedemptionStatus::Held => "held",
         RedemptionStatus::Captured => "captured",
         RedemptionStatus::Voided => "voided",
+        RedemptionStatus::Donated => "donated",
     }
 }
 

@@ -76,6 +76,7 @@ pub const EARN_TYPES: &[&str] = &[
     "purchase.cancelled",
     "engagement.recorded",
     "points.granted",
+    "membership.paid",
 ];
 
 /// Why an event is refused for good: a problem type and a message that says what to fix.
@@ -118,6 +119,25 @@ struct PurchaseData {
     channel: Option<String>,
     #[serde(default)]
     platform: Option<String>,
+}
+
+/// `membership.paid`: a payment of the program's membership fee made outside an order of the
+/// shop (a till, a subscription service). It is a purchase of the membership's SKU.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipPaidData {
+    order_id: String,
+    currency: String,
+    /// What was paid for all the periods, in major units.
+    amount: String,
+    #[serde(default = "one")]
+    periods: i64,
+    #[serde(default)]
+    platform: Option<String>,
+}
+
+fn one() -> i64 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -403,6 +423,45 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                 &[],
             )
             .map_err(|e| invalid(format!("data.{e}")))?;
+            Ok(EarnEvent::Purchase {
+                platform: d.platform.unwrap_or_else(|| "api".into()),
+                purchase,
+            })
+        }
+        "membership.paid" => {
+            let d: MembershipPaidData = from_data(&envelope.kind, data)?;
+            let rules = program
+                .membership
+                .as_ref()
+                .ok_or_else(|| invalid(format!("program {} has no membership", program.id)))?;
+            IdKind::Order.check(&d.order_id)?;
+            let currency = currency_of(program, &d.currency)?;
+            let most = crate::domain::limits::MAX_MEMBERSHIP_PERIODS;
+            if !(1..=most).contains(&d.periods) {
+                return Err(invalid(format!(
+                    "data.periods must be between 1 and {most}"
+                )));
+            }
+            let periods = d.periods;
+            let amount = amount_of(currency, "data.amount", &d.amount)?;
+            if amount % periods != 0 {
+                return Err(invalid("data.amount must divide evenly over data.periods"));
+            }
+            let purchase = Purchase {
+                order_id: d.order_id,
+                currency,
+                lines: vec![PurchaseLine {
+                    line_id: "membership".into(),
+                    sku: rules.sku.clone(),
+                    category: String::new(),
+                    quantity: periods,
+                    unit_price: amount / periods,
+                    discount: 0,
+                    gift_card: false,
+                }],
+                shipping: 0,
+                tax: 0,
+            };
             Ok(EarnEvent::Purchase {
                 platform: d.platform.unwrap_or_else(|| "api".into()),
                 purchase,

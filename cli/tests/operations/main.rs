@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod members;
+mod membership;
 mod reconcile;
 mod table;
 
@@ -68,6 +69,22 @@ impl Shop {
     /// paid yesterday.
     fn shopify_paid(&self) {
         self.shopify_paid_order("820982911946154508");
+    }
+
+    /// A signed `orders/paid` delivery of this body.
+    fn shopify_delivery(&self, body: &str) {
+        let response = reqwest::blocking::Client::new()
+            .post(format!("{}/webhooks/shopify/kr-shop", self.server.base))
+            .header("X-Shopify-Topic", "orders/paid")
+            .header(
+                "X-Shopify-Hmac-Sha256",
+                sign_base64(SHOPIFY_SECRET, body.as_bytes()),
+            )
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .expect("webhook");
+        assert_eq!(response.status().as_u16(), 200);
     }
 
     /// The same order under another Shopify order id.

@@ -77,6 +77,9 @@ pub struct Account {
     /// books are under the pseudonym.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erased: Option<super::erasure::Erasure>,
+    /// The paid membership, current or past (`[membership]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<super::membership::Membership>,
     /// Optimistic-concurrency version: every commit is conditioned on it.
     #[serde(default)]
     pub version: u64,
@@ -268,6 +271,7 @@ impl Account {
             suspended: None,
             earned_days: BTreeMap::new(),
             erased: None,
+            membership: None,
             version: 0,
         }
     }

@@ -16,6 +16,8 @@ use super::account::Account;
 pub const MAX_AMOUNT: i64 = 10_000_000_000_000;
 /// Units on one order line.
 pub const MAX_QUANTITY: i64 = 1_000_000;
+/// Periods one membership payment may buy (ten years of monthly periods).
+pub const MAX_MEMBERSHIP_PERIODS: i64 = 120;
 /// Lines in one order or refund.
 pub const MAX_LINES: usize = 1_000;
 /// Points of any one entry: an adjustment, what one event earns, a reward's cost.

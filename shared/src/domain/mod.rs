@@ -12,6 +12,7 @@ pub mod import;
 pub mod ledger;
 pub mod limits;
 pub mod lots;
+pub mod membership;
 pub mod merge;
 pub mod money;
 pub mod orders;

@@ -15,7 +15,8 @@ use super::account::{lot_expiry, Account, Change, Journal, PendingGrant};
 use super::calendar::{local_date, YearMonth};
 use super::earning::{purchase_points, CampaignEffect, EarnError, Purchase};
 use super::ledger::{EntryKind, EventContext};
-use super::program::{InsufficientBalance, Measure, Program};
+use super::membership::MembershipPayment;
+use super::program::{InsufficientBalance, Measure, Program, UNIT_BP};
 use super::tiers;
 
 /// Everything the loyalty engine remembers about one order of one member.
@@ -165,14 +166,49 @@ impl Account {
             .map_or(program.lowest_tier().multiplier_bp, |(_, t)| {
                 t.multiplier_bp
             });
+        let day = local_date(program.time_zone, ctx.occurred_at);
+        let (earning, paid_note) = pay_membership(&mut journal.account, program, purchase, day);
+        let membership = program
+            .membership
+            .as_ref()
+            .filter(|rules| journal.account.has_membership(Some(rules), day))
+            .filter(|rules| rules.multiplier_bp != UNIT_BP);
+        let mut effects = campaigns.to_vec();
+        if let Some(rules) = membership {
+            effects.push(CampaignEffect::Multiplier {
+                campaign: format!("membership {}", rules.id),
+                basis_points: rules.multiplier_bp,
+            });
+        }
         let earned = purchase_points(
             &program.purchase,
             program.currency,
-            purchase,
+            &earning,
             tier_bp,
-            campaigns,
+            &effects,
         )?;
-        let month = YearMonth::of(local_date(program.time_zone, ctx.occurred_at));
+        let mut membership_note = paid_note;
+        if let Some(rules) = membership {
+            let without = purchase_points(
+                &program.purchase,
+                program.currency,
+                &earning,
+                tier_bp,
+                campaigns,
+            )?;
+            if let Some(m) = journal.account.membership.as_mut() {
+                m.bonus_points = m
+                    .bonus_points
+                    .saturating_add(earned.points - without.points);
+            }
+            membership_note = format!(
+                " with {} (x{}.{:02}){membership_note}",
+                rules.name,
+                rules.multiplier_bp / UNIT_BP,
+                rules.multiplier_bp % UNIT_BP / 100
+            );
+        }
+        let month = YearMonth::of(day);
         let expires_on = lot_expiry(program, ctx.occurred_at);
         let release_at = ctx.occurred_at + program.purchase.pending;
         let measure_of = |eligible: i64, points: i64| match program.tier_rules.measure {
@@ -197,7 +233,7 @@ impl Account {
         let measure: i64 = lines.iter().map(|l| l.measure).sum();
         tiers::add_measure(&mut journal.account, month, measure);
 
-        let campaign_note = campaign_note(campaigns);
+        let campaign_note = format!("{}{membership_note}", campaign_note(campaigns));
         if release_at > ctx.recorded_at {
             journal.account.pending.push(PendingGrant {
                 event_id: ctx.event_id.clone(),
@@ -305,8 +341,83 @@ impl Account {
             record.parked.push(reversal.clone());
         } else {
             apply_reversal(&mut journal, program, &mut record, reversal)?;
+            end_membership(&mut journal, program, reversal);
         }
         Ok(done(journal, record, None))
+    }
+}
+
+/// The membership lines of a purchase (its SKU) pay the fee: the membership starts or renews
+/// on the day of the purchase. Unless the program says so, the fee is not spend: those lines
+/// earn and qualify nothing. Returns the purchase as it earns, and a note for the ledger.
+fn pay_membership(
+    account: &mut Account,
+    program: &Program,
+    purchase: &Purchase,
+    day: chrono::NaiveDate,
+) -> (Purchase, String) {
+    let Some(rules) = &program.membership else {
+        return (purchase.clone(), String::new());
+    };
+    let lines: Vec<_> = purchase
+        .lines
+        .iter()
+        .filter(|l| l.sku == rules.sku)
+        .collect();
+    if lines.is_empty() {
+        return (purchase.clone(), String::new());
+    }
+    let periods: i64 = lines.iter().map(|l| l.quantity).sum();
+    let amount = lines.iter().fold(0_i64, |sum, l| {
+        sum.saturating_add(
+            l.unit_price
+                .saturating_mul(l.quantity)
+                .saturating_sub(l.discount),
+        )
+    });
+    account.pay_membership(
+        rules,
+        MembershipPayment {
+            order_id: purchase.order_id.clone(),
+            paid_on: day,
+            periods: u32::try_from(periods.clamp(1, super::limits::MAX_MEMBERSHIP_PERIODS))
+                .unwrap_or(1),
+            amount_minor: amount,
+            line_ids: lines.iter().map(|l| l.line_id.clone()).collect(),
+            refunded: false,
+        },
+    );
+    let mut earning = purchase.clone();
+    if !rules.fee_earns_points {
+        for line in earning.lines.iter_mut().filter(|l| l.sku == rules.sku) {
+            line.gift_card = true;
+        }
+    }
+    let through = account.membership.as_ref().map_or(day, |m| m.paid_through);
+    (earning, format!("; {} paid through {through}", rules.name))
+}
+
+/// A refund of a membership payment ends the membership at once; the points earned with it
+/// stay (they belong to purchases this refund does not take back). The ledger says so.
+fn end_membership(journal: &mut Journal<'_>, program: &Program, reversal: &Reversal) {
+    let Some(rules) = &program.membership else {
+        return;
+    };
+    let lines: Option<Vec<String>> = match &reversal.scope {
+        RefundScope::Lines { lines } => Some(lines.iter().map(|l| l.line_id.clone()).collect()),
+        RefundScope::Share { amount, total } if amount < total => return,
+        RefundScope::Share { .. } | RefundScope::Rest => None,
+    };
+    let day = local_date(program.time_zone, reversal.occurred_at);
+    if journal
+        .account
+        .refund_membership(&reversal.order_id, lines.as_deref(), day)
+    {
+        let reason = format!(
+            "{} ended on {day}: the payment of order {} was refunded",
+            rules.name, reversal.order_id
+        );
+        journal.post(EntryKind::Clawback, 0, 0, &reason);
     }
 }
 

@@ -70,6 +70,56 @@ pub struct ProgramFile {
     pub erasure: ErasureFile,
     #[serde(default)]
     pub cashback: CashbackFile,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<MembershipFile>,
+}
+
+/// A paid membership (`[membership]`): a fee per period buys benefits until the period and its
+/// grace days end without a renewal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipFile {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    /// The fee per period, in major units of the program's currency.
+    pub price: String,
+    pub period_months: u32,
+    #[serde(default)]
+    pub grace_days: u32,
+    /// The SKU of a membership payment on a purchase (one unit, one period).
+    pub sku: String,
+    /// Points on purchases are multiplied by this too, with the tier's, under one floor.
+    #[serde(default = "unit_bp")]
+    pub multiplier_bp: u32,
+    /// A reward granted as a coupon once in each month of membership.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_reward: Option<String>,
+    /// Flags an app shows while the membership is active (early access to sales...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub early_access: Vec<String>,
+    /// Whether the fee itself earns points as spend (not by default).
+    #[serde(default)]
+    pub fee_earns_points: bool,
+}
+
+fn unit_bp() -> u32 {
+    UNIT_BP
+}
+
+/// The membership as the engine uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipRules {
+    pub id: String,
+    pub name: String,
+    pub price_minor: i64,
+    pub period_months: u32,
+    pub grace_days: u32,
+    pub sku: String,
+    pub multiplier_bp: u32,
+    pub monthly_reward: Option<String>,
+    pub early_access: Vec<String>,
+    pub fee_earns_points: bool,
 }
 
 /// Points shown as money (`[cashback]`): the member view and the ledger carry each amount's
@@ -342,6 +392,9 @@ pub struct RewardFile {
     /// Lowest tier allowed to redeem.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_tier: Option<String>,
+    /// Only members with an active paid membership may redeem it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub members_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -487,6 +540,7 @@ pub struct Program {
     pub erasure: ErasureFile,
     /// Points shown as store credit at `point_value_micros` (`[cashback] enabled`).
     pub cashback: bool,
+    pub membership: Option<MembershipRules>,
     /// The file this program was read from, for saving and showing it back.
     pub file: ProgramFile,
 }
@@ -536,6 +590,7 @@ pub struct Reward {
     pub sku: Option<String>,
     pub min_tier: Option<String>,
     pub donation: Option<Donation>,
+    pub members_only: bool,
 }
 
 /// A `donation` reward: `points_per_unit` points give one major unit of money to `cause`.
@@ -803,6 +858,18 @@ impl Validator {
             parsed
         });
         self.cashback(f, currency, point_value_micros, pay_with_points.as_ref());
+        let membership = f
+            .membership
+            .as_ref()
+            .and_then(|m| self.membership(m, currency, &rewards));
+        for (i, r) in f.rewards.iter().enumerate() {
+            if r.members_only && f.membership.is_none() {
+                self.fail(
+                    format!("rewards[{i}].members_only"),
+                    "needs a [membership] in the program",
+                );
+            }
+        }
         Some(Program {
             id: f.id.clone(),
             name: f.name.clone(),
@@ -825,7 +892,71 @@ impl Validator {
             safeguards: f.safeguards.clone(),
             erasure: f.erasure,
             cashback: f.cashback.enabled,
+            membership,
             file: f.clone(),
+        })
+    }
+
+    fn membership(
+        &mut self,
+        m: &MembershipFile,
+        currency: Option<Currency>,
+        rewards: &[Reward],
+    ) -> Option<MembershipRules> {
+        if !is_identifier(&m.id) {
+            self.fail(
+                "membership.id",
+                "must be lower-case letters, digits and '-'",
+            );
+        }
+        let price_minor = self.amount("membership.price", currency, &m.price);
+        if price_minor == Some(0) {
+            self.fail("membership.price", "must be greater than zero");
+        }
+        if !(1..=24).contains(&m.period_months) {
+            self.fail("membership.period_months", "must be between 1 and 24");
+        }
+        if m.grace_days > 90 {
+            self.fail("membership.grace_days", "must be at most 90");
+        }
+        if m.sku.trim().is_empty() {
+            self.fail("membership.sku", "must name the SKU of the membership");
+        }
+        if m.multiplier_bp < UNIT_BP {
+            self.fail(
+                "membership.multiplier_bp",
+                format!("must be at least {UNIT_BP} (a membership never lowers points)"),
+            );
+        }
+        self.multiplier("membership.multiplier_bp", m.multiplier_bp);
+        if let Some(reward) = &m.monthly_reward {
+            match rewards.iter().find(|r| &r.id == reward) {
+                None => self.fail(
+                    "membership.monthly_reward",
+                    format!("{reward:?} is not one of the rewards"),
+                ),
+                Some(r) if r.donation.is_some() => self.fail(
+                    "membership.monthly_reward",
+                    "must be a reward with a coupon, not a donation",
+                ),
+                Some(_) => {}
+            }
+        }
+        Some(MembershipRules {
+            id: m.id.clone(),
+            name: if m.name.is_empty() {
+                m.id.clone()
+            } else {
+                m.name.clone()
+            },
+            price_minor: price_minor?,
+            period_months: m.period_months,
+            grace_days: m.grace_days,
+            sku: m.sku.clone(),
+            multiplier_bp: m.multiplier_bp,
+            monthly_reward: m.monthly_reward.clone(),
+            early_access: m.early_access.clone(),
+            fee_earns_points: m.fee_earns_points,
         })
     }
 
@@ -1132,6 +1263,7 @@ impl Validator {
                 sku: r.sku.clone(),
                 min_tier: r.min_tier.clone(),
                 donation,
+                members_only: r.members_only,
             });
         }
         out

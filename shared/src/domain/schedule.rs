@@ -121,7 +121,14 @@ pub enum Notice {
         /// What is still needed (spend or points) to keep the tier.
         needed: i64,
     },
+    /// The paid membership's next period starts on `renews_on`: a reminder a week before.
+    MembershipRenewal { renews_on: NaiveDate },
+    /// No renewal came: the membership's benefits end on `on` (sending it marks it lapsed).
+    MembershipLapsed { on: NaiveDate },
 }
+
+/// How long before a membership's renewal date its reminder is sent.
+pub const RENEWAL_REMINDER_DAYS: i64 = 7;
 
 impl Notice {
     /// The key kept on the account once the notice is sent, so it is never sent twice.
@@ -129,6 +136,8 @@ impl Notice {
         match self {
             Notice::Expiring { last_day, .. } => format!("expiring:{last_day}"),
             Notice::DowngradeScheduled { review_on, .. } => format!("downgrade:{review_on}"),
+            Notice::MembershipRenewal { renews_on } => format!("membership-renewal:{renews_on}"),
+            Notice::MembershipLapsed { on } => format!("membership-lapsed:{on}"),
         }
     }
 
@@ -136,6 +145,8 @@ impl Notice {
         match self {
             Notice::Expiring { .. } => "points.expiring",
             Notice::DowngradeScheduled { .. } => "tier.downgrade_scheduled",
+            Notice::MembershipRenewal { .. } => "membership.renewal_due",
+            Notice::MembershipLapsed { .. } => "membership.lapsed",
         }
     }
 }
@@ -181,7 +192,12 @@ impl Account {
             release,
             expire,
             review: self.tier.review_on,
-            notice: self.notices_due(program).into_iter().map(|(d, _)| d).min(),
+            notice: self
+                .notices_due(program)
+                .into_iter()
+                .map(|(d, _)| d)
+                .chain(self.next_membership_grant(program))
+                .min(),
             birthday: self.profile.birthday.as_deref().and_then(yearly_index_date),
             anniversary: NaiveDate::from_ymd_opt(
                 YEARLY_INDEX_YEAR,
@@ -213,7 +229,33 @@ impl Account {
                 }
             }
         }
+        if let (Some(rules), Some(m)) = (&program.membership, &self.membership) {
+            if m.ended_on.is_none() && m.lapsed_on.is_none() && m.id == rules.id {
+                let renews_on = m.renews_on();
+                let lapses_on = m.lapses_on(rules);
+                for (on, notice) in [
+                    (
+                        renews_on - Duration::days(RENEWAL_REMINDER_DAYS),
+                        Notice::MembershipRenewal { renews_on },
+                    ),
+                    (lapses_on, Notice::MembershipLapsed { on: lapses_on }),
+                ] {
+                    if !self.notified.contains(&notice.key()) {
+                        due.push((on, notice));
+                    }
+                }
+            }
+        }
         due
+    }
+
+    /// The day the membership's next monthly reward is due (the `notices` job grants it).
+    pub fn next_membership_grant(&self, program: &Program) -> Option<NaiveDate> {
+        let rules = program.membership.as_ref()?;
+        let m = self.membership.as_ref().filter(|m| m.id == rules.id)?;
+        m.grants_due(rules, NaiveDate::MAX)
+            .first()
+            .map(|_| m.next_grant_day())
     }
 
     /// The downgrade the next review will make if nothing more qualifies before it.
@@ -248,9 +290,14 @@ impl Account {
             let subject_passed = match &notice {
                 Notice::Expiring { last_day, .. } => *last_day < today,
                 Notice::DowngradeScheduled { review_on, .. } => *review_on <= today,
+                Notice::MembershipRenewal { renews_on } => *renews_on < today,
+                Notice::MembershipLapsed { .. } => false,
             };
             if on > today && !subject_passed {
                 continue;
+            }
+            if let (Notice::MembershipLapsed { on }, Some(m)) = (&notice, &mut account.membership) {
+                m.lapsed_on = Some(*on);
             }
             account.notified.insert(notice.key());
             if !subject_passed {

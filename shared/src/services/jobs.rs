@@ -439,6 +439,24 @@ impl Services {
                             break 'days;
                         }
                         report.members += 1;
+                        // The membership's monthly rewards first: months that began with the
+                        // benefits are owed even when the lapse is written in the same run.
+                        if job == Job::Notices {
+                            match self
+                                .grant_membership_rewards(program, member, date, at)
+                                .await
+                            {
+                                Ok(granted) => {
+                                    report.changed += usize::from(granted > 0);
+                                    report.entries += granted;
+                                }
+                                Err(e) => {
+                                    report.record_failure(member, &e);
+                                    failed_on.get_or_insert(day);
+                                    continue;
+                                }
+                            }
+                        }
                         match self.job_member(job, program, member, date, at).await {
                             Ok(outcome) => {
                                 report.changed += usize::from(outcome.changed);
@@ -655,6 +673,13 @@ fn notice_message(
             needed,
         } => json!({
             "review_date": review_on, "from": from, "to": to, "needed": needed,
+        }),
+        Notice::MembershipRenewal { renews_on } => json!({
+            "membership": account.membership.as_ref().map(|m| &m.id), "renews_on": renews_on,
+            "price": program.membership.as_ref().map(|m| program.currency.format_amount(m.price_minor)),
+        }),
+        Notice::MembershipLapsed { on } => json!({
+            "membership": account.membership.as_ref().map(|m| &m.id), "lapsed_on": on,
         }),
     };
     let id = format!("notice-{}-{}", account.member, notice.key());

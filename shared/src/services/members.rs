@@ -40,6 +40,78 @@ pub struct MemberView {
     /// With `[cashback]`: the balance and pending points as money.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cashback: Option<CashbackView>,
+    /// The paid membership, current or past.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub membership: Option<MembershipView>,
+}
+
+/// The member's paid membership: its state today, its dates, and what it has given so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MembershipView {
+    pub id: String,
+    pub name: String,
+    pub status: crate::domain::membership::MembershipStatus,
+    pub started_on: NaiveDate,
+    pub paid_through: NaiveDate,
+    /// When the next payment is due to continue without a gap.
+    pub renews_on: NaiveDate,
+    /// The first day without benefits if no payment comes.
+    pub lapses_on: NaiveDate,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_on: Option<NaiveDate>,
+    pub multiplier_bp: u32,
+    /// Flags for the app while the benefits hold (early access...).
+    pub early_access: Vec<String>,
+    pub saved: MembershipSaved,
+}
+
+/// What memberships have given the member: points their multiplier added, their value at the
+/// point value (when the program sets one), and monthly rewards granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MembershipSaved {
+    pub points: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub rewards: u32,
+}
+
+fn membership_view(
+    program: &crate::domain::Program,
+    account: &Account,
+    today: NaiveDate,
+) -> Option<MembershipView> {
+    let (rules, m) = program
+        .membership
+        .as_ref()
+        .zip(account.membership.as_ref())?;
+    let benefits = m.benefits_on(rules, today);
+    Some(MembershipView {
+        id: m.id.clone(),
+        name: rules.name.clone(),
+        status: m.status(rules, today),
+        started_on: m.started_on,
+        paid_through: m.paid_through,
+        renews_on: m.renews_on(),
+        lapses_on: m.lapsed_on.unwrap_or_else(|| m.lapses_on(rules)),
+        ended_on: m.ended_on,
+        multiplier_bp: rules.multiplier_bp,
+        early_access: if benefits {
+            rules.early_access.clone()
+        } else {
+            Vec::new()
+        },
+        saved: MembershipSaved {
+            points: m.bonus_points,
+            value: program.point_value_micros.map(|micros| {
+                PointValue {
+                    micros,
+                    exponent: program.currency.exponent(),
+                }
+                .of(m.bonus_points)
+            }),
+            rewards: m.grants,
+        },
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -216,6 +288,7 @@ impl Services {
             merged_into: view.merged_into().map(str::to_string),
             merged_from: view.merged_from.clone(),
             suspended: view.suspended.clone(),
+            membership: membership_view(&program, &view, today),
             cashback: PointValue::cashback_of(&program).map(|v| CashbackView {
                 currency: program.currency.to_string(),
                 balance: v.of(view.balance),

@@ -24,6 +24,7 @@ pub mod import;
 pub mod jobs;
 pub mod kpis;
 pub mod members;
+pub mod membership;
 pub mod merge;
 pub mod outbox;
 pub mod programs;

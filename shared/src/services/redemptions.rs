@@ -246,7 +246,7 @@ impl Spend {
 }
 
 /// A coupon code: 20 characters of 122 random bits, in groups a cashier can read out.
-fn coupon_code() -> String {
+pub(crate) fn coupon_code() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut bits = uuid::Uuid::new_v4().as_u128();
     let mut code = String::with_capacity(24);
@@ -364,6 +364,7 @@ impl Services {
                 });
             }
             check_tier_lock(&program, &account, reward.min_tier.as_deref())?;
+            check_membership(&program, &account, &reward, now)?;
             let id = uuid::Uuid::new_v4().simple().to_string();
             let ctx = EventContext::new(format!("redeem-{id}"), now, now).with_source(Source {
                 rule: Some(format!("reward:{}", reward.id)),
@@ -987,6 +988,27 @@ fn check_tier_lock(
     }
 }
 
+/// A members-only reward needs the paid membership's benefits today.
+fn check_membership(
+    program: &Program,
+    account: &crate::domain::Account,
+    reward: &crate::domain::program::Reward,
+    now: DateTime<Utc>,
+) -> Result<(), ServiceError> {
+    let today = crate::domain::calendar::local_date(program.time_zone, now);
+    if !reward.members_only || account.has_membership(program.membership.as_ref(), today) {
+        return Ok(());
+    }
+    let name = program
+        .membership
+        .as_ref()
+        .map_or("the membership", |m| m.name.as_str());
+    Err(ServiceError::Forbidden {
+        problem: "members-only",
+        detail: format!("reward {} is for members of {name}", reward.id),
+    })
+}
+
 fn unknown_coupon(code: &str) -> ServiceError {
     ServiceError::NotFound {
         problem: "unknown-coupon",
@@ -1088,7 +1110,7 @@ impl Services {
 }
 
 /// Tells the brand's integrations, through the outbox of the redemption's commit.
-fn reward_issued(
+pub(crate) fn reward_issued(
     program: &Program,
     member: &str,
     body: &Value,

@@ -1,0 +1,254 @@
+//! A paid membership end to end, against `loyalty serve`: bought with a Shopify order of its
+//! SKU or a `membership.paid` event, its multiplier with the tier's under one floor, rewards
+//! only members may redeem, the monthly reward once per month however the job runs, renewal,
+//! lapse after the grace days and the end of it when its payment is refunded.
+
+use chrono::{Duration, Months, NaiveDate, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+use super::{common, Shop, P};
+
+/// kr-shop with "KR Shop Plus": 4,900 won a month, 7 days of grace, points x1.5, a free
+/// shipping coupon every month, early access to sales, and a members-only gift.
+fn plus_program() -> String {
+    format!(
+        "{}\n[membership]\nid = \"plus\"\nname = \"KR Shop Plus\"\nprice = \"4900\"\n\
+         period_months = 1\ngrace_days = 7\nsku = \"PLUS-MONTH\"\nmultiplier_bp = 15000\n\
+         monthly_reward = \"free-shipping\"\nearly_access = [\"sale-preview\"]\n\n\
+         [[rewards]]\nid = \"members-gift\"\nname = \"Members' gift\"\nkind = \"free_product\"\n\
+         sku = \"GIFT-1\"\ncost = 1000\nmembers_only = true\n",
+        include_str!("../../../examples/kr-shop.toml")
+    )
+}
+
+fn plus_shop(name: &str) -> Shop {
+    let shop = Shop::start(name);
+    let (status, saved) = shop.server.call(
+        "PUT",
+        P,
+        &shop.admin,
+        &[("Content-Type", "application/toml")],
+        Some(&plus_program()),
+    );
+    assert_eq!(status, 200, "{saved}");
+    shop
+}
+
+fn at(days_ago: i64) -> String {
+    (Utc::now() - Duration::days(days_ago)).to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn event(shop: &Shop, body: Value) {
+    let (status, answer) = shop.call("POST", &format!("{P}/events"), Some(body));
+    assert_eq!(status, 202, "{answer}");
+}
+
+fn paid(shop: &Shop, id: &str, member: &str, periods: i64, days_ago: i64) {
+    event(
+        shop,
+        json!({"type": "membership.paid", "version": 1, "id": id, "program": "kr-shop",
+               "member": member, "occurred_at": at(days_ago),
+               "data": {"order_id": id, "currency": "KRW",
+                        "amount": (4900 * periods).to_string(), "periods": periods}}),
+    );
+}
+
+fn purchase(shop: &Shop, id: &str, member: &str, amount: &str) {
+    event(
+        shop,
+        json!({"type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
+               "member": member, "occurred_at": at(0),
+               "data": {"order_id": id, "currency": "KRW",
+                        "lines": [{"line_id": "1", "sku": "TEE", "quantity": 1, "unit_price": amount}]}}),
+    );
+}
+
+/// `loyalty jobs run notices` as of `date`, which must leave no member failed.
+fn jobs(shop: &Shop, date: NaiveDate) {
+    let out = shop.loyalty(&["jobs", "run", "notices", "--date", &date.to_string()]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !printed.contains("failed:"),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn day(value: &Value) -> NaiveDate {
+    value.as_str().expect("a date").parse().expect("a date")
+}
+
+fn today_in_seoul() -> NaiveDate {
+    (Utc::now() + Duration::hours(9)).date_naive()
+}
+
+#[test]
+fn a_shopify_order_of_the_membership_sku_starts_it_and_its_multiplier_joins_the_tiers() {
+    // GIVEN kr-shop with the Plus membership
+    let shop = plus_shop("membership-buy");
+    // WHEN a Shopify order pays for it: its tee line carries the membership's SKU (2 months)
+    let body = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/shopify/orders-paid.json"),
+    )
+    .expect("fixture")
+    .replace("__OCCURRED_AT__", &at(0))
+    .replace("TEE-BLK-M", "PLUS-MONTH");
+    shop.shopify_delivery(&body);
+    // THEN the member view shows it active, paid for two months, with its renewal date
+    let member = "shopify:7001234";
+    let view = shop.eventually(member, |v| v["membership"]["status"] == "active");
+    let membership = &view["membership"];
+    let started = day(&membership["started_on"]);
+    assert_eq!(started, today_in_seoul());
+    assert_eq!(
+        day(&membership["renews_on"]),
+        started.checked_add_months(Months::new(2)).expect("date")
+    );
+    assert_eq!(membership["early_access"], json!(["sale-preview"]));
+    // AND the fee earned nothing: the order's other lines earned, at x1.5
+    let ledger = shop.get(&format!("{P}/members/{member}/ledger"));
+    let entry = &ledger["entries"][0];
+    assert!(
+        entry["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("with KR Shop Plus (x1.50); KR Shop Plus paid through"),
+        "{entry}"
+    );
+    let before = view["pending"].as_i64().expect("pending");
+    let saved = view["membership"]["saved"]["points"]
+        .as_i64()
+        .expect("saved");
+    // WHEN the member's next purchase comes: 12,345 won, 123.45 points at x1 (WELCOME)
+    purchase(&shop, "o-next", member, "12345");
+    // THEN it earns 123.45 x 1.0 x 1.5 = 185.175, floored once: 185 (not floor(123) x 1.5 = 184)
+    let view = shop.eventually(member, |v| v["pending"].as_i64() != Some(before));
+    assert_eq!(view["pending"].as_i64(), Some(before + 185), "{view}");
+    // AND the view counts what the membership added: 185 - 123
+    assert_eq!(
+        view["membership"]["saved"]["points"].as_i64(),
+        Some(saved + 62),
+        "{view}"
+    );
+    // AND a members-only reward is refused to a non-member and granted to the member
+    for who in [member, "m-not-plus"] {
+        let (status, _) = shop.call(
+            "POST",
+            &format!("{P}/members/{who}/adjustments"),
+            Some(json!({"points": 2000, "reason": "gift"})),
+        );
+        assert_eq!(status, 201);
+    }
+    let redeem = |who: &str| {
+        shop.server.call(
+            "POST",
+            &format!("{P}/me/redemptions"),
+            &common::token(&["--member", who]),
+            &[("Idempotency-Key", "gift-1")],
+            Some(&json!({"reward": "members-gift"}).to_string()),
+        )
+    };
+    let (status, refused) = redeem("m-not-plus");
+    assert_eq!(status, 403, "{refused}");
+    assert!(refused["type"]
+        .as_str()
+        .expect("type")
+        .ends_with("members-only"));
+    let (status, granted) = redeem(member);
+    assert_eq!(status, 201, "{granted}");
+}
+
+#[test]
+fn without_renewal_a_membership_lapses_a_renewal_extends_it_and_a_refund_ends_it() {
+    // GIVEN three members who paid for one month today
+    let shop = plus_shop("membership-lapse");
+    for member in ["m-lapse", "m-renew", "m-refund"] {
+        paid(&shop, &format!("pay-{member}"), member, 1, 0);
+    }
+    let first = shop.eventually("m-refund", |v| v["membership"]["status"] == "active");
+    let paid_through = day(&first["membership"]["paid_through"]);
+    assert_eq!(
+        paid_through,
+        today_in_seoul()
+            .checked_add_months(Months::new(1))
+            .and_then(|d| d.pred_opt())
+            .expect("date")
+    );
+    // WHEN one renews before the period ends
+    paid(&shop, "pay-m-renew-2", "m-renew", 1, 0);
+    // THEN it is extended by one period
+    let renewed = shop.eventually("m-renew", |v| {
+        v["membership"]["paid_through"] != first["membership"]["paid_through"]
+    });
+    assert_eq!(
+        day(&renewed["membership"]["renews_on"]),
+        today_in_seoul()
+            .checked_add_months(Months::new(2))
+            .expect("date")
+    );
+    // WHEN another's payment is refunded
+    event(
+        &shop,
+        json!({"type": "purchase.refunded", "version": 1, "id": "refund-plus", "program": "kr-shop",
+               "member": "m-refund", "occurred_at": at(0),
+               "data": {"order_id": "pay-m-refund", "refund_id": "r-1",
+                        "lines": [{"line_id": "membership", "quantity": 1}]}}),
+    );
+    // THEN it ends at once, and the ledger says why
+    let ended = shop.eventually("m-refund", |v| v["membership"]["status"] == "ended");
+    assert_eq!(day(&ended["membership"]["ended_on"]), today_in_seoul());
+    let ledger = shop.get(&format!("{P}/members/m-refund/ledger"));
+    assert!(ledger["entries"][0]["reason"]
+        .as_str()
+        .expect("reason")
+        .starts_with("KR Shop Plus ended on"));
+    // WHEN the jobs run on the last day of grace THEN nothing lapses
+    let grace_end = paid_through + Duration::days(7);
+    let run = |date: NaiveDate| jobs(&shop, date);
+    run(grace_end);
+    assert_eq!(shop.member("m-lapse")["membership"]["status"], "active");
+    // WHEN they run the day after THEN the unrenewed membership has lapsed, the renewed not
+    run(grace_end + Duration::days(1));
+    let lapsed = shop.member("m-lapse");
+    assert_eq!(lapsed["membership"]["status"], "lapsed", "{lapsed}");
+    assert_eq!(
+        day(&lapsed["membership"]["lapses_on"]),
+        grace_end + Duration::days(1)
+    );
+    assert_eq!(shop.member("m-renew")["membership"]["status"], "active");
+}
+
+#[test]
+fn the_monthly_reward_is_granted_once_per_month_when_the_job_runs_late_or_twice() {
+    // GIVEN a member who paid for three months today
+    let shop = plus_shop("membership-grants");
+    paid(&shop, "pay-3", "m-grants", 3, 0);
+    shop.eventually("m-grants", |v| v["membership"]["status"] == "active");
+    let start = today_in_seoul();
+    let coupons = || {
+        let export = shop.get(&format!("{P}/members/m-grants/export"));
+        export["redemptions"]
+            .as_array()
+            .expect("redemptions")
+            .iter()
+            .filter(|r| r["reward"] == "free-shipping" && r["points"] == 0)
+            .count()
+    };
+    let run = |date: NaiveDate| jobs(&shop, date);
+    // WHEN the job runs on the first day THEN the first month's coupon is granted
+    run(start);
+    assert_eq!(coupons(), 1);
+    // WHEN it next runs two months late, and then again on the same day
+    let late = start.checked_add_months(Months::new(2)).expect("date") + Duration::days(3);
+    run(late);
+    run(late);
+    // THEN each of the three months has its coupon, once; the view counts them
+    assert_eq!(coupons(), 3);
+    let view = shop.member("m-grants");
+    assert_eq!(view["membership"]["saved"]["rewards"], 3, "{view}");
+    // AND past the paid months no more are granted
+    run(start.checked_add_months(Months::new(5)).expect("date"));
+    assert_eq!(coupons(), 3);
+    assert_eq!(shop.member("m-grants")["balance"], 0);
+}

@@ -1,0 +1,318 @@
+//! A paid membership on an account (`[membership]` in the program file): the periods paid for,
+//! the grace after them, the payments (so that a refund of one ends it), the monthly reward's
+//! grants and what its multiplier added.
+//!
+//! Dates are the program's. A payment starts a membership, or extends one that still has its
+//! benefits by its periods; the benefits last through the last paid day and the grace days.
+//! Lapsing and the monthly grants are written by the `notices` job, so the account says what
+//! happened whatever day it is read on.
+
+use chrono::{Months, NaiveDate};
+use serde::{Deserialize, Serialize};
+
+use super::program::MembershipRules;
+use super::Account;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub id: String,
+    pub started_on: NaiveDate,
+    /// The last day of the last period paid for.
+    pub paid_through: NaiveDate,
+    /// The first day without benefits, once the `notices` job found the grace over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lapsed_on: Option<NaiveDate>,
+    /// The day a refund of its payment ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_on: Option<NaiveDate>,
+    pub payments: Vec<MembershipPayment>,
+    /// Months of this membership whose reward was granted (month 0 starts on `started_on`).
+    #[serde(default)]
+    pub months_granted: u32,
+    /// Points its multiplier added to purchases, over every membership of the member.
+    #[serde(default)]
+    pub bonus_points: i64,
+    /// Monthly rewards granted, over every membership of the member.
+    #[serde(default)]
+    pub grants: u32,
+}
+
+/// A payment of the fee: an order's membership lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipPayment {
+    pub order_id: String,
+    pub paid_on: NaiveDate,
+    pub periods: u32,
+    pub amount_minor: i64,
+    /// The order's lines that paid the fee (a refund of one of them ends the membership).
+    #[serde(default)]
+    pub line_ids: Vec<String>,
+    #[serde(default)]
+    pub refunded: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembershipStatus {
+    /// Within a paid period.
+    Active,
+    /// Past the paid periods, within the grace days: benefits continue.
+    Grace,
+    /// Not renewed in time.
+    Lapsed,
+    /// Its payment was refunded.
+    Ended,
+}
+
+/// `day` plus `months` calendar months (the last day of a shorter month when needed).
+fn plus_months(day: NaiveDate, months: u32) -> NaiveDate {
+    day.checked_add_months(Months::new(months))
+        .unwrap_or(NaiveDate::MAX)
+}
+
+impl Membership {
+    pub fn status(&self, rules: &MembershipRules, day: NaiveDate) -> MembershipStatus {
+        if self.ended_on.is_some_and(|e| e <= day) {
+            MembershipStatus::Ended
+        } else if self.lapsed_on.is_some() || day >= self.lapses_on(rules) {
+            MembershipStatus::Lapsed
+        } else if day <= self.paid_through {
+            MembershipStatus::Active
+        } else {
+            MembershipStatus::Grace
+        }
+    }
+
+    /// Whether its benefits (multiplier, members-only rewards, grants) hold on `day`.
+    pub fn benefits_on(&self, rules: &MembershipRules, day: NaiveDate) -> bool {
+        day >= self.started_on
+            && matches!(
+                self.status(rules, day),
+                MembershipStatus::Active | MembershipStatus::Grace
+            )
+    }
+
+    /// The first day without benefits if no renewal comes.
+    pub fn lapses_on(&self, rules: &MembershipRules) -> NaiveDate {
+        self.paid_through + chrono::Duration::days(i64::from(rules.grace_days) + 1)
+    }
+
+    /// The day the next period starts (when a renewal is due).
+    pub fn renews_on(&self) -> NaiveDate {
+        self.paid_through.succ_opt().unwrap_or(self.paid_through)
+    }
+
+    /// The first day of month `k` of the membership.
+    fn month_start(&self, k: u32) -> NaiveDate {
+        plus_months(self.started_on, k)
+    }
+
+    /// The first day of the first month whose reward is not granted yet.
+    pub fn next_grant_day(&self) -> NaiveDate {
+        self.month_start(self.months_granted)
+    }
+
+    /// The months whose reward is due by `today` and not granted yet: each month that started
+    /// within a paid period (not in the grace days: a renewal then pays for the month, and
+    /// makes it due). A job that runs late grants every month it missed; one that runs twice
+    /// finds them granted.
+    pub fn grants_due(&self, rules: &MembershipRules, today: NaiveDate) -> Vec<u32> {
+        if rules.monthly_reward.is_none() {
+            return Vec::new();
+        }
+        let mut due = Vec::new();
+        let mut k = self.months_granted;
+        loop {
+            let start = self.month_start(k);
+            let paid = start <= self.paid_through && self.benefits_on(rules, start);
+            if start > today || !paid || due.len() >= 36 {
+                return due;
+            }
+            due.push(k);
+            k += 1;
+        }
+    }
+}
+
+impl Account {
+    /// Records a payment of `periods` periods made on `paid_on`: a membership with its
+    /// benefits on that day is extended from its last paid day, any other starts anew. Paid
+    /// twice for one order (a redelivery) changes nothing.
+    pub fn pay_membership(&mut self, rules: &MembershipRules, payment: MembershipPayment) {
+        let months = rules.period_months.saturating_mul(payment.periods.max(1));
+        if let Some(m) = &self.membership {
+            if m.payments.iter().any(|p| p.order_id == payment.order_id) {
+                return;
+            }
+        }
+        let paid_on = payment.paid_on;
+        match &mut self.membership {
+            Some(m) if m.id == rules.id && m.benefits_on(rules, paid_on) => {
+                m.paid_through = plus_months(m.renews_on(), months)
+                    .pred_opt()
+                    .unwrap_or(m.paid_through);
+                m.payments.push(payment);
+            }
+            current => {
+                let (bonus_points, grants, mut payments) = current
+                    .take()
+                    .map(|m| (m.bonus_points, m.grants, m.payments))
+                    .unwrap_or_default();
+                payments.push(payment);
+                *current = Some(Membership {
+                    id: rules.id.clone(),
+                    started_on: paid_on,
+                    paid_through: plus_months(paid_on, months).pred_opt().unwrap_or(paid_on),
+                    lapsed_on: None,
+                    ended_on: None,
+                    payments,
+                    months_granted: 0,
+                    bonus_points,
+                    grants,
+                });
+            }
+        }
+    }
+
+    /// A refund of a membership payment ends the membership on `on`; true when it did.
+    pub fn refund_membership(
+        &mut self,
+        order_id: &str,
+        lines: Option<&[String]>,
+        on: NaiveDate,
+    ) -> bool {
+        let Some(m) = &mut self.membership else {
+            return false;
+        };
+        let Some(payment) = m
+            .payments
+            .iter_mut()
+            .find(|p| p.order_id == order_id && !p.refunded)
+        else {
+            return false;
+        };
+        // A refund that names lines ends it only when it names a membership line.
+        if let Some(lines) = lines {
+            if !payment.line_ids.iter().any(|l| lines.contains(l)) {
+                return false;
+            }
+        }
+        payment.refunded = true;
+        if m.ended_on.is_none() {
+            m.ended_on = Some(on);
+        }
+        true
+    }
+
+    /// Whether the member has the membership's benefits on `day`.
+    pub fn has_membership(&self, rules: Option<&MembershipRules>, day: NaiveDate) -> bool {
+        match (rules, &self.membership) {
+            (Some(rules), Some(m)) => m.id == rules.id && m.benefits_on(rules, day),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> MembershipRules {
+        MembershipRules {
+            id: "plus".into(),
+            name: "Plus".into(),
+            price_minor: 4_900,
+            period_months: 1,
+            grace_days: 7,
+            sku: "PLUS".into(),
+            multiplier_bp: 20_000,
+            monthly_reward: Some("free-shipping".into()),
+            early_access: vec![],
+            fee_earns_points: false,
+        }
+    }
+
+    fn day(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    fn payment(order: &str, on: &str) -> MembershipPayment {
+        MembershipPayment {
+            order_id: order.into(),
+            paid_on: day(on),
+            periods: 1,
+            amount_minor: 4_900,
+            line_ids: vec!["1".into()],
+            refunded: false,
+        }
+    }
+
+    fn account() -> Account {
+        let program =
+            crate::domain::Program::from_toml(include_str!("../../../examples/kr-shop.toml"))
+                .unwrap();
+        Account::open(&program, "m-1", chrono::Utc::now())
+    }
+
+    #[test]
+    fn a_payment_starts_a_period_and_a_renewal_in_time_extends_it() {
+        // GIVEN a membership paid on 31 January
+        let mut a = account();
+        a.pay_membership(&rules(), payment("o-1", "2026-01-31"));
+        let m = a.membership.clone().unwrap();
+        // THEN it is paid through 27 February, with grace through 6 March
+        assert_eq!(m.paid_through, day("2026-02-27"));
+        assert_eq!(
+            m.status(&rules(), day("2026-03-01")),
+            MembershipStatus::Grace
+        );
+        assert_eq!(
+            m.status(&rules(), day("2026-03-06")),
+            MembershipStatus::Grace
+        );
+        assert_eq!(
+            m.status(&rules(), day("2026-03-07")),
+            MembershipStatus::Lapsed
+        );
+        // WHEN it is renewed in the grace days, and the same order is delivered again
+        a.pay_membership(&rules(), payment("o-2", "2026-03-03"));
+        a.pay_membership(&rules(), payment("o-2", "2026-03-03"));
+        // THEN it runs one period on from the last paid day, once
+        let m = a.membership.clone().unwrap();
+        assert_eq!(
+            (m.started_on, m.paid_through),
+            (day("2026-01-31"), day("2026-03-27"))
+        );
+        assert_eq!(m.payments.len(), 2);
+        // WHEN a later payment comes after the lapse THEN a new membership starts
+        a.pay_membership(&rules(), payment("o-3", "2026-05-10"));
+        let m = a.membership.clone().unwrap();
+        assert_eq!(
+            (m.started_on, m.paid_through),
+            (day("2026-05-10"), day("2026-06-09"))
+        );
+    }
+
+    #[test]
+    fn grants_are_due_once_per_month_with_benefits() {
+        let mut a = account();
+        a.pay_membership(&rules(), payment("o-1", "2026-01-15"));
+        let m = a.membership.clone().unwrap();
+        // A job that runs late (20 February) owes the paid month only: the second month starts
+        // in the grace days, unpaid
+        assert_eq!(m.grants_due(&rules(), day("2026-02-20")), vec![0]);
+        assert_eq!(m.grants_due(&rules(), day("2026-04-20")), vec![0]);
+        // AND a renewal in the grace days pays for it
+        let mut renewed = a.clone();
+        renewed.pay_membership(&rules(), payment("o-2", "2026-02-18"));
+        let r = renewed.membership.clone().unwrap();
+        assert_eq!(r.grants_due(&rules(), day("2026-04-20")), vec![0, 1]);
+        let mut granted = m.clone();
+        granted.months_granted = 1;
+        assert!(granted.grants_due(&rules(), day("2026-04-20")).is_empty());
+        // AND a refund of the payment ends the benefits at once
+        assert!(a.refund_membership("o-1", None, day("2026-01-20")));
+        assert!(!a.has_membership(Some(&rules()), day("2026-01-20")));
+        assert!(!a.refund_membership("o-1", None, day("2026-01-21")));
+    }
+}

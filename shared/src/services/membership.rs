@@ -1,0 +1,110 @@
+//! The paid membership's monthly reward: granted by the `notices` job as a coupon, once for
+//! each month of membership, in a commit of its own per month (with its redemption and coupon).
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde_json::json;
+
+use super::redemptions::{coupon_code, reward_issued};
+use super::{Contention, ServiceError, Services};
+use crate::domain::account::Journal;
+use crate::domain::schedule::job_source;
+use crate::domain::{EntryKind, EventContext, Program};
+use crate::ports::{Commit, CommitError, Coupon, Redemption, RedemptionStatus};
+
+impl Services {
+    /// Grants the monthly reward for every month of membership that started by `date` with
+    /// the benefits on and has none yet. The month's redemption id is fixed, so a grant that
+    /// raced another run is refused as a duplicate; the account's count of months granted is
+    /// written with it, so a later run finds nothing due.
+    pub(crate) async fn grant_membership_rewards(
+        &self,
+        program: &Program,
+        member: &str,
+        date: NaiveDate,
+        at: DateTime<Utc>,
+    ) -> Result<usize, ServiceError> {
+        let Some(rules) = &program.membership else {
+            return Ok(0);
+        };
+        let Some(reward) = rules
+            .monthly_reward
+            .as_ref()
+            .and_then(|id| program.reward(id))
+        else {
+            return Ok(0);
+        };
+        let mut granted = 0;
+        let mut contention = Contention::new();
+        loop {
+            let state = self.store.load_member(&program.id, member, &[]).await?;
+            let Some(account) = state.account else {
+                return Ok(granted);
+            };
+            let Some(m) = account.membership.as_ref().filter(|m| m.id == rules.id) else {
+                return Ok(granted);
+            };
+            let Some(&month) = m.grants_due(rules, date).first() else {
+                return Ok(granted);
+            };
+            let id = format!("membership-{}-{}-m{month}", rules.id, m.started_on);
+            let ctx =
+                EventContext::new(format!("grant:{id}"), at, at).with_source(job_source("notices"));
+            let code = coupon_code();
+            let mut journal = Journal::begin(&account, program, &ctx);
+            if let Some(m) = journal.account.membership.as_mut() {
+                m.months_granted = month + 1;
+                m.grants = m.grants.saturating_add(1);
+            }
+            let reason = format!(
+                "{}: the monthly {} (month {}), coupon {code}",
+                rules.name,
+                reward.name,
+                month + 1
+            );
+            journal.post(EntryKind::Redeem, 0, 0, &reason);
+            let change = journal.finish();
+            let expires_at = at + Duration::days(i64::from(program.coupon_valid_days));
+            let mut commit = Commit::new(program, member, Some(&account), change, at);
+            commit.coupon = Some(Coupon {
+                code: code.clone(),
+                member: member.to_string(),
+                redemption: id.clone(),
+                reward: reward.id.clone(),
+                expires_at,
+                consumed: None,
+                revoked: false,
+            });
+            commit.redemption = Some(Redemption {
+                id: id.clone(),
+                member: member.to_string(),
+                reward: reward.id.clone(),
+                points: 0,
+                status: RedemptionStatus::Issued,
+                code: Some(code.clone()),
+                expires_at: Some(expires_at),
+                taken: Vec::new(),
+                created_at: at,
+                reversal: None,
+            });
+            let body = json!({
+                "id": id, "status": "issued", "reward": reward.id, "points": 0, "code": code,
+                "expires_at": expires_at, "membership": rules.id, "month": month + 1,
+            });
+            commit
+                .outbox
+                .push(reward_issued(program, member, &body, at));
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    granted += 1;
+                    continue;
+                }
+                Err(CommitError::Duplicate) => return Ok(granted),
+                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            }
+            contention
+                .again(|| format!("member {member}'s membership reward"))
+                .await?;
+        }
+    }
+}

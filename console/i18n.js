@@ -37,6 +37,8 @@ export const TEXT = {
     changed: "Changed", failed: "Failed", complete: "complete", partial: "stopped at its deadline", never: "not run yet",
     signin: "Sign in", signin_token: "Paste an admin token (loyalty token --admin).", signin_cognito: "Sign in with your operator account.",
     signin_failed: "Sign-in failed", page_failed: "This page could not be shown; the problem is above.",
+    membership_active: "active", membership_grace: "in grace", membership_lapsed: "lapsed", membership_ended: "ended",
+    renews: "renews {date}",
   },
   ko: {
     program: "프로그램", signout: "로그아웃", overview: "개요", members: "회원", campaigns: "캠페인", operations: "운영",
@@ -75,5 +77,7 @@ export const TEXT = {
     changed: "변경", failed: "실패", complete: "완료", partial: "마감 시간에 중단", never: "실행 전",
     signin: "로그인", signin_token: "관리자 토큰을 붙여 넣으세요 (loyalty token --admin).", signin_cognito: "운영자 계정으로 로그인하세요.",
     signin_failed: "로그인 실패", page_failed: "이 페이지를 표시할 수 없습니다. 문제는 위에 있습니다.",
+    membership_active: "이용 중", membership_grace: "유예 기간", membership_lapsed: "만료", membership_ended: "종료",
+    renews: "{date} 갱신",
   },
 };

@@ -98,18 +98,7 @@ impl Shop {
         .expect("fixture")
         .replace("__OCCURRED_AT__", &occurred)
         .replace("820982911946154508", order);
-        let response = reqwest::blocking::Client::new()
-            .post(format!("{}/webhooks/shopify/kr-shop", self.server.base))
-            .header("X-Shopify-Topic", "orders/paid")
-            .header(
-                "X-Shopify-Hmac-Sha256",
-                sign_base64(SHOPIFY_SECRET, body.as_bytes()),
-            )
-            .header("Content-Type", "application/json")
-            .body(body)
-            .send()
-            .expect("webhook");
-        assert_eq!(response.status().as_u16(), 200);
+        self.shopify_delivery(&body);
     }
 
     fn loyalty(&self, args: &[&str]) -> Output {

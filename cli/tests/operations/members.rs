@@ -13,7 +13,8 @@ fn now() -> String {
 /// The last day of the month `months` after this one (Seoul and UTC agree on the month
 /// except in the first hours of one, which the lots' dates absorb).
 fn end_of_month_in(months: u32) -> NaiveDate {
-    let today = Utc::now().date_naive();
+    // Today in the program's zone (Seoul keeps one offset all year): lots end by its calendar.
+    let today = (Utc::now() + chrono::Duration::hours(9)).date_naive();
     let index = today.year() * 12 + today.month0() as i32 + months as i32 + 1;
     NaiveDate::from_ymd_opt(index / 12, (index % 12) as u32 + 1, 1)
         .and_then(|d| d.pred_opt())

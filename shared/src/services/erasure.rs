@@ -133,15 +133,7 @@ impl Services {
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
-            let account = self
-                .store
-                .load_member(&program.id, member, &[])
-                .await?
-                .account
-                .ok_or_else(|| ServiceError::NotFound {
-                    problem: "unknown-member",
-                    detail: format!("member {member:?} does not exist"),
-                })?;
+            let account = self.existing_account(&program.id, member).await?;
             if account.erased.is_some() {
                 return Ok((account, (0, 0, 0)));
             }

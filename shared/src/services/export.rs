@@ -28,13 +28,7 @@ impl Services {
         member: &str,
     ) -> Result<impl Stream<Item = Result<String, StoreError>> + Send + 'static, ServiceError> {
         let program = self.program(program).await?;
-        let state = self.store.load_member(&program.id, member, &[]).await?;
-        let Some(account) = state.account else {
-            return Err(ServiceError::NotFound {
-                problem: "unknown-member",
-                detail: format!("program {} has no member {member:?}", program.id),
-            });
-        };
+        let account = self.existing_account(&program.id, member).await?;
         let file = self.store.member_file(&program.id, member).await?;
         let now = self.clock.now();
         let head = json!({

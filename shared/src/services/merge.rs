@@ -231,14 +231,7 @@ impl Services {
         program: &Program,
         member: &str,
     ) -> Result<Account, ServiceError> {
-        self.store
-            .load_member(&program.id, member, &[])
-            .await?
-            .account
-            .ok_or_else(|| ServiceError::NotFound {
-                problem: "unknown-member",
-                detail: format!("member {member:?} does not exist"),
-            })
+        self.existing_account(&program.id, member).await
     }
 
     /// Steps 2 and 3: what the survivor receives. Idempotent; also run by the earn queue's
@@ -326,10 +319,9 @@ impl Services {
         loop {
             let now = self.clock.now();
             let state = self.store.load_member(&program.id, survivor, &keys).await?;
-            let account = state.account.ok_or_else(|| ServiceError::NotFound {
-                problem: "unknown-member",
-                detail: format!("member {survivor:?} does not exist"),
-            })?;
+            let account = state
+                .account
+                .ok_or_else(|| ServiceError::unknown_member(survivor))?;
             let change = if part == 0 {
                 let ctx = EventContext::new(step.clone(), now, now).with_source(Source {
                     admin: Some(merged.by.clone()),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::domain::Program;
+use crate::domain::{Account, Program};
 use crate::ports::{Clock, Queue, Store, StoreError};
 
 pub mod audit;
@@ -169,6 +169,14 @@ impl ServiceError {
         }
     }
 
+    /// 404: the member has no account.
+    pub fn unknown_member(member: &str) -> Self {
+        ServiceError::NotFound {
+            problem: "unknown-member",
+            detail: format!("member {member:?} does not exist"),
+        }
+    }
+
     pub fn unknown_program(program: &str) -> Self {
         ServiceError::NotFound {
             problem: "unknown-program",
@@ -236,6 +244,20 @@ impl Services {
             campaigns: Mutex::new(HashMap::new()),
             dead_letters: None,
         }
+    }
+
+    /// The member's account, or 404 `unknown-member`: for operations on a member that must
+    /// exist (merge, suspension, erasure, export).
+    pub(crate) async fn existing_account(
+        &self,
+        program: &str,
+        member: &str,
+    ) -> Result<Account, ServiceError> {
+        self.store
+            .load_member(program, member, &[])
+            .await?
+            .account
+            .ok_or_else(|| ServiceError::unknown_member(member))
     }
 
     /// The same services, able to count and redrive the queues' dead letters.

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Contention, ServiceError, Services};
-use crate::domain::{Account, Suspension};
+use crate::domain::{Account, Program, Suspension};
 use crate::envelope::Envelope;
 use crate::ports::{Commit, CommitError, OutboxMessage, QueueName, RejectedEvent};
 
@@ -93,30 +93,42 @@ impl Services {
         by: &str,
     ) -> Result<SuspensionReport, ServiceError> {
         let program = self.program(program).await?;
+        let suspension = Suspension {
+            reason: reason.to_string(),
+            by: by.to_string(),
+            at: self.clock.now(),
+        };
+        let suspended = self
+            .set_suspension(&program, member, Some(suspension))
+            .await?;
+        tracing::info!(program = %program.id, member = %crate::telemetry::member_ref(member), "member suspended");
+        Ok(report(member, suspended, 0, 0))
+    }
+
+    /// Suspends (`Some`) or resumes (`None`) a member, conditionally on the account's version;
+    /// a member already in that state is left as it is. Returns the suspension now in force.
+    async fn set_suspension(
+        &self,
+        program: &Program,
+        member: &str,
+        wanted: Option<Suspension>,
+    ) -> Result<Option<Suspension>, ServiceError> {
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
             let account = self.suspendable(&program.id, member).await?;
-            if account.suspended.is_some() {
-                return Ok(report(member, account.suspended, 0, 0));
+            if account.suspended.is_some() == wanted.is_some() {
+                return Ok(account.suspended);
             }
             let mut after = account.clone();
-            after.suspended = Some(Suspension {
-                reason: reason.to_string(),
-                by: by.to_string(),
-                at: now,
-            });
-            let suspended = after.suspended.clone();
+            after.suspended = wanted.clone();
             let change = crate::domain::Change::unchanged(after);
             match self
                 .store
-                .commit(Commit::new(&program, member, Some(&account), change, now))
+                .commit(Commit::new(program, member, Some(&account), change, now))
                 .await
             {
-                Ok(()) => {
-                    tracing::info!(program = %program.id, member = %crate::telemetry::member_ref(member), "member suspended");
-                    return Ok(report(member, suspended, 0, 0));
-                }
+                Ok(()) => return Ok(wanted),
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Err(_) => {}
             }
@@ -135,27 +147,7 @@ impl Services {
         by: &str,
     ) -> Result<SuspensionReport, ServiceError> {
         let program = self.program(program).await?;
-        let mut contention = Contention::new();
-        loop {
-            let now = self.clock.now();
-            let account = self.suspendable(&program.id, member).await?;
-            if account.suspended.is_none() {
-                break;
-            }
-            let mut after = account.clone();
-            after.suspended = None;
-            let change = crate::domain::Change::unchanged(after);
-            match self
-                .store
-                .commit(Commit::new(&program, member, Some(&account), change, now))
-                .await
-            {
-                Ok(()) => break,
-                Err(CommitError::Store(e)) => return Err(e.into()),
-                Err(_) => {}
-            }
-            contention.again(|| format!("member {member}")).await?;
-        }
+        self.set_suspension(&program, member, None).await?;
         tracing::info!(program = %program.id, member = %crate::telemetry::member_ref(member), "member resumed");
         let (applied, cancelled) = self
             .release_waiting(&program.id, member, reason, events, by)
@@ -206,15 +198,7 @@ impl Services {
     }
 
     async fn suspendable(&self, program: &str, member: &str) -> Result<Account, ServiceError> {
-        let account = self
-            .store
-            .load_member(program, member, &[])
-            .await?
-            .account
-            .ok_or_else(|| ServiceError::NotFound {
-                problem: "unknown-member",
-                detail: format!("member {member:?} does not exist"),
-            })?;
+        let account = self.existing_account(program, member).await?;
         if let Some(into) = account.merged_into() {
             return Err(ServiceError::Conflict {
                 problem: "member-merged",

@@ -86,13 +86,7 @@ impl Services {
                 sum.1 += row.value;
             }
         }
-        let exponent = program.currency.exponent();
-        let money = |minor: i64| {
-            liability::decimal(
-                i128::from(minor) * 10_i128.pow(u32::from(6 - exponent.min(6))),
-                exponent,
-            )
-        };
+        let money = |minor: i64| program.currency.format_amount(minor);
         let mut months: Vec<DonationMonth> = Vec::new();
         let mut minor_of_month = 0_i64;
         for ((at, cause), (points, minor)) in sums {

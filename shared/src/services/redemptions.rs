@@ -225,11 +225,7 @@ impl Spend {
                 ),
             )
         })?;
-        let exponent = currency.exponent();
-        let amount = crate::liability::decimal(
-            i128::from(amount_minor) * 10_i128.pow(u32::from(6 - exponent.min(6))),
-            exponent,
-        );
+        let amount = currency.format_amount(amount_minor);
         Ok(Spend {
             points,
             reason: format!(

@@ -46,7 +46,13 @@ impl Services {
             let Some(&month) = m.grants_due(rules, date).first() else {
                 return Ok(granted);
             };
-            let id = format!("membership-{}-{}-m{month}", rules.id, m.started_on);
+            // The member is in the id: the notice it sends is deduplicated on it, across members.
+            let id = format!(
+                "membership-{}-{:016x}-{}-m{month}",
+                rules.id,
+                crate::fingerprint::fnv1a64(member.bytes()),
+                m.started_on
+            );
             let ctx =
                 EventContext::new(format!("grant:{id}"), at, at).with_source(job_source("notices"));
             let code = coupon_code();

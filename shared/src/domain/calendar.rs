@@ -87,8 +87,8 @@ impl FromStr for YearMonth {
             .ok_or_else(|| format!("{s:?} is not YYYY-MM"))?;
         let year: i32 = y.parse().map_err(|_| format!("{s:?} is not YYYY-MM"))?;
         // A bound that keeps the month index far from overflow.
-        if !(1..=9999).contains(&year) {
-            return Err(format!("{s:?} has no year {year} (1 to 9999)"));
+        if !(0..=9999).contains(&year) {
+            return Err(format!("{s:?} has no year {year} (0 to 9999)"));
         }
         let month: u32 = m.parse().map_err(|_| format!("{s:?} is not YYYY-MM"))?;
         if !(1..=12).contains(&month) {

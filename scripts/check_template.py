@@ -8,12 +8,20 @@
   the loyalty/admin scope;
 - the console: its bucket blocks all public access and only the CloudFront distribution may
   read it (through an origin access control, no legacy identity); the API's paths reach the HTTP
-  API uncached; the console's client is in the JWT authorizer's audience.
+  API uncached; the console's client is in the JWT authorizer's audience;
+- observability: X-Ray tracing is active on every function; an SNS topic, with an email
+  subscription when AlarmEmail is given, is in every alarm's AlarmActions and OKActions; the
+  rejected-event rate and failed job runs are alarmed on the functions' own metrics (namespace
+  Loyalty); the dashboard's body is JSON once its !Sub variables are filled in, has its six
+  widgets, and its errors, durations and dead-letter widgets name every function and dead-letter
+  queue.
 
 Exit status 1 with one line per finding.
 """
 
+import json
 import pathlib
+import re
 import sys
 
 from cfnlint.decode import cfn_yaml
@@ -85,13 +93,15 @@ def main() -> int:
                     findings.append(f"{name}.{event_name}: admin route {path} without the loyalty/admin scope")
 
     findings.extend(check_console(resources))
+    findings.extend(check_observability(template))
     findings.extend(check_openapi())
 
     for finding in findings:
         print(finding)
     if not findings:
         distributions = sum(r["Type"] == "AWS::CloudFront::Distribution" for r in resources.values())
-        print(f"template: {len(functions)} functions, {len(queues)} queues, {distributions} distribution(s); no findings")
+        alarms = sum(r["Type"] == "AWS::CloudWatch::Alarm" for r in resources.values())
+        print(f"template: {len(functions)} functions, {len(queues)} queues, {distributions} distribution(s), {alarms} alarms; no findings")
     return 1 if findings else 0
 
 
@@ -208,6 +218,160 @@ def check_console(resources: dict) -> list:
             if "ConsoleClient" not in refs:
                 findings.append(f"{where}: ConsoleClient is not in the audience; the console's tokens would be refused")
 
+    return findings
+
+
+METRICS_NAMESPACE = "Loyalty"
+ALARM_TOPIC = "AlarmTopic"
+ALARM_EMAIL = "AlarmEmail"
+DASHBOARD_WIDGETS = (
+    "Events per minute by outcome",
+    "Errors",
+    "Dead-letter queue depths",
+    "Points issued vs redeemed",
+    "Durations p50/p99",
+    "Outbox lag",
+)
+PSEUDO_PARAMETERS = {"AWS::AccountId", "AWS::NotificationARNs", "AWS::NoValue", "AWS::Partition", "AWS::Region", "AWS::StackId", "AWS::StackName", "AWS::URLSuffix"}
+
+
+def alarm_metrics(alarm: dict) -> list:
+    """(namespace, metric name, {dimension: value}) of every metric an alarm reads, whether it
+    names one metric or uses metric math."""
+    p = alarm.get("Properties", {})
+    dims = lambda ds: {d.get("Name"): d.get("Value") for d in ds or []}  # noqa: E731
+    if "MetricName" in p:
+        return [(p.get("Namespace"), p["MetricName"], dims(p.get("Dimensions")))]
+    metrics = []
+    for query in p.get("Metrics", []):
+        metric = query.get("MetricStat", {}).get("Metric")
+        if metric:
+            metrics.append((metric.get("Namespace"), metric.get("MetricName"), dims(metric.get("Dimensions"))))
+    return metrics
+
+
+def check_observability(template: dict) -> list:
+    """X-Ray, the alarm topic and its subscription, the alarms on the functions' own metrics and
+    the operators' dashboard."""
+    findings = []
+    resources = template["Resources"]
+    of_type = lambda kind: {n: r for n, r in resources.items() if r["Type"] == kind}  # noqa: E731
+    functions = of_type("AWS::Serverless::Function")
+    alarms = of_type("AWS::CloudWatch::Alarm")
+    binary = lambda r: r.get("Metadata", {}).get("BuildProperties", {}).get("Binary")  # noqa: E731
+
+    # Lambda records each invocation's trace; SAM grants the role the X-Ray write policy.
+    default_tracing = template.get("Globals", {}).get("Function", {}).get("Tracing")
+    for name, r in functions.items():
+        tracing = r["Properties"].get("Tracing", default_tracing)
+        if tracing != "Active":
+            findings.append(f"{name}: X-Ray tracing is {tracing or 'off'}; set Globals.Function.Tracing: Active")
+
+    # The topic every alarm notifies, and an email subscription only when an address is given.
+    parameter = template.get("Parameters", {}).get(ALARM_EMAIL)
+    if parameter is None:
+        findings.append(f"no {ALARM_EMAIL} parameter (String, default empty)")
+    elif parameter.get("Type") != "String" or parameter.get("Default") != "":
+        findings.append(f"{ALARM_EMAIL}: must be a String whose default is empty")
+    if resources.get(ALARM_TOPIC, {}).get("Type") != "AWS::SNS::Topic":
+        findings.append(f"no SNS topic {ALARM_TOPIC} for the alarms")
+    conditions = template.get("Conditions", {})
+    is_set = [{"Fn::Not": [{"Fn::Equals": pair}]} for pair in ([{"Ref": ALARM_EMAIL}, ""], ["", {"Ref": ALARM_EMAIL}])]
+    subscribed = False
+    for name, r in of_type("AWS::SNS::Subscription").items():
+        p = r.get("Properties", {})
+        if p.get("TopicArn") != {"Ref": ALARM_TOPIC} or p.get("Endpoint") != {"Ref": ALARM_EMAIL}:
+            continue
+        subscribed = True
+        if p.get("Protocol") != "email":
+            findings.append(f"{name}: protocol {p.get('Protocol')!r}, not email")
+        if conditions.get(r.get("Condition")) not in is_set:
+            findings.append(f"{name}: must be created only when {ALARM_EMAIL} is not empty (a condition !Not [!Equals [!Ref {ALARM_EMAIL}, \"\"]])")
+    for name, r in of_type("AWS::SNS::TopicSubscription").items():
+        findings.append(f"{name}: use AWS::SNS::Subscription")
+    if not subscribed:
+        findings.append(f"no email subscription of {ALARM_EMAIL} to {ALARM_TOPIC}")
+    for name, r in alarms.items():
+        for actions in ("AlarmActions", "OKActions"):
+            if {"Ref": ALARM_TOPIC} not in r["Properties"].get(actions, []):
+                findings.append(f"{name}: {ALARM_TOPIC} is not in its {actions}")
+
+    # The rejected-event rate of earn: 100 * rejected / all its events, over 5 minutes, 2 of 2.
+    rate = alarms.get("RejectedEventRateAlarm")
+    if rate is None:
+        findings.append("no RejectedEventRateAlarm")
+    else:
+        p = rate["Properties"]
+        read = alarm_metrics(rate)
+        for dimensions in ({"function": "earn", "outcome": "rejected"}, {"function": "earn"}):
+            if (METRICS_NAMESPACE, "Events", dimensions) not in read:
+                findings.append(f"RejectedEventRateAlarm: does not read {METRICS_NAMESPACE}/Events {dimensions}")
+        returned = [q for q in p.get("Metrics", []) if q.get("ReturnData", True)]
+        if len(returned) != 1 or "Expression" not in returned[0]:
+            findings.append("RejectedEventRateAlarm: must return one metric math expression (the rate in percent)")
+        periods = {q["MetricStat"].get("Period") for q in p.get("Metrics", []) if "MetricStat" in q}
+        expected = {"Threshold": 5, "ComparisonOperator": "GreaterThanThreshold", "EvaluationPeriods": 2, "DatapointsToAlarm": 2, "TreatMissingData": "notBreaching"}
+        for key, value in expected.items():
+            if p.get(key) != value:
+                findings.append(f"RejectedEventRateAlarm: {key} is {p.get(key)!r}, not {value!r}")
+        if periods != {300}:
+            findings.append(f"RejectedEventRateAlarm: periods {sorted(periods, key=str)}, not 300 seconds")
+
+    # A failed job run of every function that runs scheduled jobs.
+    job_alarmed = {
+        m[2].get("function")
+        for r in alarms.values()
+        for m in alarm_metrics(r)
+        if m[:2] == (METRICS_NAMESPACE, "JobRunFailed") and set(m[2]) == {"function"}
+    }
+    for name, r in functions.items():
+        schedules = [e for e in r["Properties"].get("Events", {}).values() if e["Type"] in ("Schedule", "ScheduleV2")]
+        if schedules and binary(r) not in job_alarmed:
+            findings.append(f"{name}: runs scheduled jobs, but no alarm reads {METRICS_NAMESPACE}/JobRunFailed {{function: {binary(r)}}}")
+
+    # The dashboard: its body is JSON once the !Sub variables are filled in.
+    dashboards = of_type("AWS::CloudWatch::Dashboard")
+    if len(dashboards) != 1:
+        findings.append(f"expected one CloudWatch dashboard, found {sorted(dashboards)}")
+    for name, r in dashboards.items():
+        body = r["Properties"].get("DashboardBody")
+        sub = body.get("Fn::Sub") if isinstance(body, dict) else None
+        text, variables = (sub[0], sub[1]) if isinstance(sub, list) else (sub, {})
+        if not isinstance(text, str):
+            findings.append(f"{name}: DashboardBody must be a !Sub of the JSON body (region, function and queue names filled in)")
+            continue
+        for variable in sorted(set(re.findall(r"\$\{([^!}][^}]*)\}", text))):
+            known = variable in variables or variable in PSEUDO_PARAMETERS or variable.split(".")[0] in resources or variable in template.get("Parameters", {})
+            if not known:
+                findings.append(f"{name}: ${{{variable}}} names nothing of the template")
+        filled = re.sub(r"\$\{!", "${", re.sub(r"\$\{([^!}][^}]*)\}", lambda m: f"SUB({m.group(1)})", text))
+        try:
+            dashboard = json.loads(filled)
+        except json.JSONDecodeError as e:
+            findings.append(f"{name}: the body is not JSON once its variables are filled in: {e}")
+            continue
+        widgets = {w.get("properties", {}).get("title"): w for w in dashboard.get("widgets", [])}
+        for title in DASHBOARD_WIDGETS:
+            if title not in widgets:
+                findings.append(f"{name}: no widget {title!r}")
+        for title, w in widgets.items():
+            if w.get("type") == "metric" and w["properties"].get("region") != "SUB(AWS::Region)":
+                findings.append(f"{name}: widget {title!r} must be in the stack's region (${{AWS::Region}})")
+        named = lambda title: json.dumps(widgets.get(title, {}))  # noqa: E731
+        for title in ("Errors", "Durations p50/p99"):
+            if title in widgets:
+                for function in functions:
+                    if f'"SUB({function})"' not in named(title):
+                        findings.append(f"{name}: widget {title!r} does not show {function}")
+        if "Dead-letter queue depths" in widgets:
+            for queue, q in of_type("AWS::SQS::Queue").items():
+                target = q.get("Properties", {}).get("RedrivePolicy", {}).get("deadLetterTargetArn")
+                dead_letter = logical_of(target)
+                if dead_letter and f'"SUB({dead_letter}.QueueName)"' not in named("Dead-letter queue depths"):
+                    findings.append(f"{name}: widget 'Dead-letter queue depths' does not show {dead_letter}")
+        for metric, title in (("Events", "Events per minute by outcome"), ("OutboxLag", "Outbox lag"), ("PointsIssued", "Points issued vs redeemed"), ("PointsRedeemed", "Points issued vs redeemed")):
+            if title in widgets and metric not in named(title):
+                findings.append(f"{name}: widget {title!r} does not show {METRICS_NAMESPACE}/{metric}")
     return findings
 
 

@@ -9,6 +9,7 @@ use clap::Args;
 use loyalty_core::api::{self, auth::Verifier, AppState};
 use loyalty_core::ports::{ProgramStore, QueueName, SystemClock};
 use loyalty_core::queue::local::{Delivery, LocalQueue};
+use loyalty_core::services::batch::{log_notice, process_message, Consumer};
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
 use loyalty_core::store::sqlite::SqliteStore;
@@ -120,10 +121,26 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             Duration::from_secs(args.jobs_every),
         ));
     }
-    axum::serve(listener, api::router(state).merge(crate::console::router()))
+    loyalty_core::telemetry::metrics::set_function("serve");
+    let app = api::router(state)
+        .merge(crate::console::router())
+        .route("/metrics", axum::routing::get(metrics));
+    axum::serve(listener, loyalty_core::telemetry::observe_http(app))
         .with_graceful_shutdown(shutdown())
         .await
         .map_err(|e| format!("server failed: {e}"))
+}
+
+/// `GET /metrics`: what this process has done, in Prometheus's text format. It names programs
+/// and counts, never a member, so it needs no token (like `/health`).
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        loyalty_core::telemetry::metrics::prometheus(),
+    )
 }
 
 /// Loads the program files given, or kr-shop when the store has no program yet.
@@ -244,21 +261,22 @@ async fn work(queue: LocalQueue, name: QueueName, services: Arc<Services>) {
 }
 
 async fn handle(queue: &LocalQueue, name: QueueName, services: &Services, delivery: Delivery) {
+    let id = delivery.seq.to_string();
     let result = match name {
-        QueueName::Earn => services
-            .process_earn(&delivery.body)
+        QueueName::Earn => process_message(services, Consumer::Earn, &id, &delivery.body)
             .await
-            .map(|p| format!("{p:?}")),
-        QueueName::Tier => services
-            .process_tier_check(&delivery.body)
+            .map(drop),
+        QueueName::Tier => process_message(services, Consumer::Tier, &id, &delivery.body)
             .await
-            .map(|p| format!("{p:?}")),
+            .map(drop),
         // The brand's own integrations consume notices in AWS; locally they are logged.
-        QueueName::Notify => Ok("logged".to_string()),
+        QueueName::Notify => {
+            log_notice(&id, &delivery.body);
+            Ok(())
+        }
     };
     match result {
-        Ok(outcome) => {
-            tracing::info!(queue = name.as_str(), outcome, body = %delivery.body, "message handled");
+        Ok(()) => {
             if let Err(e) = queue.ack(delivery.seq).await {
                 tracing::warn!(error = %e, "cannot acknowledge; the message will be seen again");
             }

@@ -42,6 +42,10 @@ pub struct Envelope {
     /// limit): the operator's name. The safeguard does not hold it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reviewed_by: Option<String>,
+    /// The trace of the request or webhook the event came from (X-Ray's root id): every
+    /// message that follows from it carries it on, and every log line about it names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 impl Envelope {

@@ -303,6 +303,7 @@ fn follow_ups_of(
         replay: None,
         resumed: None,
         reviewed_by: None,
+        trace: crate::telemetry::trace::current(),
         kind: kind.to_string(),
         version: crate::envelope::ENVELOPE_VERSION,
         id,

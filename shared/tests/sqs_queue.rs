@@ -28,6 +28,7 @@ fn envelope(id: &str, member: &str) -> Envelope {
         replay: None,
         resumed: None,
         reviewed_by: None,
+        trace: None,
         kind: "purchase.completed".into(),
         version: 1,
         id: id.into(),

@@ -90,6 +90,7 @@ fn message(queue: QueueName, member: &str, id: &str) -> OutboxMessage {
             replay: None,
             resumed: None,
             reviewed_by: None,
+            trace: None,
             kind: "tier.check".into(),
             version: 1,
             id: id.to_string(),

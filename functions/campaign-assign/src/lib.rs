@@ -26,7 +26,7 @@ pub enum InvocationError {
 
 /// The routes this function serves.
 pub fn app(state: AppState) -> Router {
-    behind_gateway(campaign_router(state))
+    loyalty_core::telemetry::observe_http(behind_gateway(campaign_router(state)))
 }
 
 /// Handles one invocation: an HTTP request (answered as API Gateway expects) or the tick.

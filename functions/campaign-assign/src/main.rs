@@ -6,18 +6,18 @@ use loyalty_core::config::AwsSettings;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    loyalty_core::telemetry::init_lambda();
+    loyalty_core::telemetry::init_lambda("campaign-assign");
     let settings = AwsSettings::from_env()?;
     let state = settings.app_state().await;
     let services = state.services.clone();
     let app = campaign_assign::app(state);
     let (services, app) = (&services, &app);
-    run(service_fn(
-        move |event: LambdaEvent<serde_json::Value>| async move {
+    run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        loyalty_core::telemetry::invocation(async move {
             campaign_assign::handle(services, app, event.payload)
                 .await
                 .map_err(Error::from)
-        },
-    ))
+        })
+    }))
     .await
 }

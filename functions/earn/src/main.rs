@@ -3,15 +3,18 @@
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use loyalty_core::config::AwsSettings;
+use loyalty_core::telemetry;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    loyalty_core::telemetry::init_lambda();
+    telemetry::init_lambda("earn");
     let settings = AwsSettings::from_env()?;
     let services = settings.services().await;
     let services = &services;
-    run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<_, Error>(earn::handle(services, event.payload).await)
+    run(service_fn(move |event: LambdaEvent<SqsEvent>| {
+        telemetry::invocation(
+            async move { Ok::<_, Error>(earn::handle(services, event.payload).await) },
+        )
     }))
     .await
 }

@@ -66,6 +66,7 @@ fn purchase(id: &str, member: &str) -> Envelope {
         replay: None,
         resumed: None,
         reviewed_by: None,
+        trace: None,
         kind: "purchase.completed".into(),
         version: 1,
         id: id.into(),

@@ -2,10 +2,14 @@
 //! authorizer. Clients are built once per container.
 
 use loyalty_core::config::AwsSettings;
+use loyalty_core::telemetry::observe_lambda_http;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    loyalty_core::telemetry::init_lambda();
+    loyalty_core::telemetry::init_lambda("member-api");
     let settings = AwsSettings::from_env()?;
-    lambda_http::run(member_api::app(settings.app_state().await)).await
+    lambda_http::run(observe_lambda_http(member_api::app(
+        settings.app_state().await,
+    )))
+    .await
 }

@@ -8,6 +8,7 @@ use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventR
 use loyalty_core::ports::OutboxMessage;
 use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::outbox_message_parts;
+use loyalty_core::telemetry::metrics;
 
 /// Relays the outbox items of one batch, in order, stopping at the first that fails.
 pub async fn handle(services: &Services, event: Event) -> DynamoDbEventResponse {
@@ -28,6 +29,7 @@ pub async fn handle(services: &Services, event: Event) -> DynamoDbEventResponse 
                 continue;
             }
         };
+        let committed = record.change.approximate_creation_date_time;
         if let Err(e) = services.relay(&message).await {
             tracing::warn!(error = %e, key = %message.key(), "outbox message not relayed; the stream retries from it");
             let mut failure = DynamoDbBatchItemFailure::default();
@@ -35,6 +37,12 @@ pub async fn handle(services: &Services, event: Event) -> DynamoDbEventResponse 
             response.batch_item_failures.push(failure);
             return response;
         }
+        let lag = (services.clock.now() - committed).num_milliseconds().max(0);
+        metrics::observe(
+            metrics::OUTBOX_LAG,
+            &[("program", &message.envelope.program)],
+            lag.unsigned_abs(),
+        );
     }
     response
 }

@@ -4,15 +4,18 @@
 use aws_lambda_events::event::dynamodb::Event;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use loyalty_core::config::AwsSettings;
+use loyalty_core::telemetry;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    loyalty_core::telemetry::init_lambda();
+    telemetry::init_lambda("outbox-relay");
     let settings = AwsSettings::from_env()?;
     let services = settings.services().await;
     let services = &services;
-    run(service_fn(move |event: LambdaEvent<Event>| async move {
-        Ok::<_, Error>(outbox_relay::handle(services, event.payload).await)
+    run(service_fn(move |event: LambdaEvent<Event>| {
+        telemetry::invocation(async move {
+            Ok::<_, Error>(outbox_relay::handle(services, event.payload).await)
+        })
     }))
     .await
 }

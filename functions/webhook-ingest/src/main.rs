@@ -3,10 +3,14 @@
 
 use loyalty_core::api::{edge, webhook_router};
 use loyalty_core::config::AwsSettings;
+use loyalty_core::telemetry::observe_lambda_http;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    loyalty_core::telemetry::init_lambda();
+    loyalty_core::telemetry::init_lambda("webhook-ingest");
     let settings = AwsSettings::from_env()?;
-    lambda_http::run(edge(webhook_router(settings.app_state().await))).await
+    lambda_http::run(observe_lambda_http(edge(webhook_router(
+        settings.app_state().await,
+    ))))
+    .await
 }

@@ -189,6 +189,7 @@ impl Services {
             replay: None,
             resumed: None,
             reviewed_by: None,
+            trace: crate::telemetry::trace::current(),
             kind: AUDIT_REQUESTED.into(),
             version: ENVELOPE_VERSION,
             id: format!("audit-{}", run.id),

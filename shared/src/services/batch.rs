@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use super::earn::Processed;
+use super::earn::{Processed, Retry};
 use super::Services;
 
 /// One message of a batch: its id (to report a failure), its FIFO group and its body.
@@ -31,6 +31,8 @@ struct Ids {
     /// The canonical member id (aliases are resolved before a message is queued).
     #[serde(default)]
     member: String,
+    #[serde(default)]
+    trace: Option<String>,
 }
 
 /// Which queue's handler runs the batch.
@@ -55,48 +57,85 @@ pub async fn process_batch(
                 continue;
             }
         }
-        let result = match consumer {
-            Consumer::Earn => services.process_earn(&record.body).await,
-            Consumer::Tier => services.process_tier_check(&record.body).await,
-        };
-        let ids = serde_json::from_str::<Ids>(&record.body).unwrap_or_default();
-        match result {
-            Ok(Processed::Rejected(reason)) => {
-                tracing::warn!(
-                    message_id = record.message_id,
-                    event_id = ids.id,
-                    kind = ids.kind,
-                    program = ids.program,
-                    member = ids.member,
-                    reason,
-                    "message rejected for good"
-                );
-            }
-            Ok(outcome) => tracing::info!(
-                message_id = record.message_id,
-                event_id = ids.id,
-                kind = ids.kind,
-                program = ids.program,
-                member = ids.member,
-                outcome = outcome.name(),
-                "message processed"
-            ),
-            Err(retry) => {
-                tracing::warn!(
-                    message_id = record.message_id,
-                    event_id = ids.id,
-                    program = ids.program,
-                    error = %retry,
-                    "message will be retried"
-                );
-                failed.push(record.message_id.clone());
-                if let Some(group) = record.group.as_deref() {
-                    failed_groups.insert(group);
-                }
+        if process_message(services, consumer, &record.message_id, &record.body)
+            .await
+            .is_err()
+        {
+            failed.push(record.message_id.clone());
+            if let Some(group) = record.group.as_deref() {
+                failed_groups.insert(group);
             }
         }
     }
     failed
+}
+
+/// Processes one message: every line logged meanwhile carries its ids (a span), every message
+/// it sends on carries its trace, and its outcome is logged once and counted (`Events`). Its
+/// data is never logged: it may name a person.
+pub async fn process_message(
+    services: &Services,
+    consumer: Consumer,
+    message_id: &str,
+    body: &str,
+) -> Result<Processed, Retry> {
+    let ids = serde_json::from_str::<Ids>(body).unwrap_or_default();
+    let trace = ids
+        .trace
+        .as_deref()
+        .and_then(crate::telemetry::trace::root_of);
+    let span = tracing::info_span!(
+        "message",
+        message_id,
+        event_id = ids.id,
+        kind = ids.kind,
+        program = ids.program,
+        member = crate::telemetry::member_ref(&ids.member),
+        trace = trace.as_deref().unwrap_or_default(),
+    );
+    let work = async {
+        match consumer {
+            Consumer::Earn => services.process_earn(body).await,
+            Consumer::Tier => services.process_tier_check(body).await,
+        }
+    };
+    let result =
+        crate::telemetry::trace::scope(trace, tracing::Instrument::instrument(work, span.clone()))
+            .await;
+    let _entered = span.enter();
+    let outcome = match &result {
+        Ok(outcome) => outcome.name(),
+        Err(_) => "retried",
+    };
+    // Messages on the queues were checked at the edge, so their program exists: the label
+    // stays bounded by the programs.
+    crate::telemetry::metrics::add(
+        crate::telemetry::metrics::EVENTS,
+        &[("program", &ids.program), ("outcome", outcome)],
+        1,
+    );
+    match &result {
+        Ok(Processed::Rejected(reason)) => {
+            tracing::warn!(outcome, reason, "message rejected for good");
+        }
+        Ok(_) => tracing::info!(outcome, "message processed"),
+        Err(retry) => tracing::warn!(outcome, error = %retry, "message will be retried"),
+    }
+    result
+}
+
+/// Logs a notice (a message for the brand's integrations) by its ids, without its data.
+pub fn log_notice(message_id: &str, body: &str) {
+    let ids = serde_json::from_str::<Ids>(body).unwrap_or_default();
+    tracing::info!(
+        message_id,
+        event_id = ids.id,
+        kind = ids.kind,
+        program = ids.program,
+        member = crate::telemetry::member_ref(&ids.member),
+        trace = ids.trace.unwrap_or_default(),
+        "notice"
+    );
 }
 
 /// An SQS event from a Lambda event-source mapping, processed as a batch, answered with the

@@ -140,6 +140,7 @@ impl Services {
                 replay: None,
                 resumed: None,
                 reviewed_by: None,
+                trace: crate::telemetry::trace::current(),
                 kind: "engagement.recorded".into(),
                 version: ENVELOPE_VERSION,
                 id: format!("{action}-{member}-{}", day.year()),
@@ -151,8 +152,7 @@ impl Services {
                     "platform": CAMPAIGN_TICK,
                 }),
             };
-            self.queue
-                .send(QueueName::Earn, &message)
+            self.send_to(QueueName::Earn, &message)
                 .await
                 .map_err(ServiceError::from)?;
             report.sent += 1;

@@ -212,6 +212,7 @@ impl Services {
                 replay: None,
                 resumed: None,
                 reviewed_by: None,
+                trace: crate::telemetry::trace::current(),
                 kind: "points.granted".into(),
                 version: ENVELOPE_VERSION,
                 id: format!("grant-{id}-{member}"),
@@ -223,8 +224,7 @@ impl Services {
                     "reason": format!("{}: {points} points", campaign.name),
                 }),
             };
-            self.queue
-                .send(QueueName::Earn, &grant)
+            self.send_to(QueueName::Earn, &grant)
                 .await
                 .map_err(ServiceError::from)?;
         }

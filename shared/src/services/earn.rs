@@ -228,7 +228,7 @@ impl Services {
                 )
             }
             .and_send(outbox);
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => {
                     return Ok(match no_op {
                         Some(reason) if entries == 0 => Processed::NoEffect(reason),
@@ -321,7 +321,7 @@ impl Services {
                 ..Commit::new(&program, &envelope.member, Some(&account), change, now)
             }
             .and_send(vec![OutboxMessage::new(QueueName::Notify, notice)]);
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => return Ok(Processed::Applied { entries }),
                 Err(CommitError::Duplicate) => return Ok(Processed::Duplicate),
                 // No coupon is revoked here; a conflict of any kind means reload and retry.
@@ -401,6 +401,7 @@ fn message(cause: &Envelope, kind: &str, id: String, data: serde_json::Value) ->
         replay: None,
         resumed: None,
         reviewed_by: None,
+        trace: cause.trace.clone(),
         kind: kind.to_string(),
         version: ENVELOPE_VERSION,
         id,

@@ -176,7 +176,7 @@ impl Services {
                 marker: Some(marker("erase")),
                 ..Commit::new(program, member, Some(&account), change, now)
             };
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => return Ok((erased, forfeit)),
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Err(_) => {}
@@ -259,7 +259,7 @@ impl Services {
                     now,
                 )
             };
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) | Err(CommitError::Duplicate) => return Ok(()),
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Err(_) => {}

@@ -33,8 +33,12 @@ impl Services {
             .check_occurred_at(envelope.occurred_at, self.clock.now())
             .map_err(|e| ServiceError::invalid("event-out-of-bounds", e.to_string()))?;
         envelope.member = self.canonical_member(&program.id, &envelope.member).await?;
-        self.queue
-            .send(QueueName::Earn, &envelope)
+        envelope.trace = envelope
+            .trace
+            .as_deref()
+            .and_then(crate::telemetry::trace::root_of)
+            .or_else(crate::telemetry::trace::current);
+        self.send_to(QueueName::Earn, &envelope)
             .await
             .map_err(ServiceError::from)?;
         Ok(Accepted {

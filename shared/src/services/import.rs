@@ -106,7 +106,7 @@ impl Services {
                 marker: Some(marker.clone()),
                 ..Commit::new(&program, &member, state.account.as_ref(), change, now)
             };
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => return Ok(outcome),
                 Err(CommitError::Duplicate) => return Ok(unchanged(member, "imported before")),
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}

@@ -38,6 +38,30 @@ pub enum Job {
 }
 
 /// Where a job's last run is kept: beside its progress, under a name no job has.
+/// A run's metrics: members looked at, changed and failed, its time, and whether it failed.
+fn count_run(
+    job: Job,
+    program: &str,
+    started: DateTime<Utc>,
+    finished: DateTime<Utc>,
+    result: &Result<JobReport, ServiceError>,
+) {
+    use crate::telemetry::metrics;
+    let labels = [("program", program), ("job", job.name())];
+    let failed = match result {
+        Ok(report) => {
+            metrics::add(metrics::JOB_MEMBERS, &labels, report.members as u64);
+            metrics::add(metrics::JOB_CHANGED, &labels, report.changed as u64);
+            metrics::add(metrics::JOB_FAILED, &labels, report.failed as u64);
+            report.failed > 0
+        }
+        Err(_) => true,
+    };
+    metrics::add(metrics::JOB_RUN_FAILED, &labels, u64::from(failed));
+    let millis = (finished - started).num_milliseconds().max(0);
+    metrics::observe(metrics::JOB_DURATION, &labels, millis.unsigned_abs());
+}
+
 fn last_run_key(job: Job) -> String {
     format!("last-run/{}", job.name())
 }
@@ -250,6 +274,7 @@ impl Services {
             Err(ServiceError::NotFound { .. }) => return,
             Err(e) => json!({"error": e.to_string()}),
         };
+        count_run(job, program, started, self.clock.now(), result);
         let mut run = json!({
             "job": job.name(),
             "started_at": started,
@@ -585,7 +610,7 @@ impl Services {
             }
             let entries = change.entries.len();
             let commit = Commit::new(program, member, Some(&account), change, at).and_send(outbox);
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => {
                     return Ok(MemberOutcome {
                         changed: true,
@@ -699,6 +724,7 @@ fn notice(
         replay: None,
         resumed: None,
         reviewed_by: None,
+        trace: crate::telemetry::trace::current(),
         kind: kind.to_string(),
         version: ENVELOPE_VERSION,
         id,

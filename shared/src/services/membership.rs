@@ -99,7 +99,7 @@ impl Services {
             commit
                 .outbox
                 .push(reward_issued(program, member, &body, at));
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => {
                     granted += 1;
                     continue;

@@ -203,6 +203,7 @@ impl Services {
                 replay: None,
                 resumed: None,
                 reviewed_by: None,
+                trace: crate::telemetry::trace::current(),
                 kind: MEMBER_MERGE.into(),
                 version: ENVELOPE_VERSION,
                 id: format!("merge-{from}"),
@@ -216,7 +217,7 @@ impl Services {
                 ..Commit::new(program, from, Some(&other), change, now)
             }
             .and_send(vec![OutboxMessage::new(QueueName::Earn, finish)]);
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => return Ok(false),
                 Err(CommitError::Duplicate) => return Ok(true),
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
@@ -339,6 +340,7 @@ impl Services {
                     replay: None,
                     resumed: None,
                     reviewed_by: None,
+                    trace: crate::telemetry::trace::current(),
                     kind: "tier.check".into(),
                     version: ENVELOPE_VERSION,
                     id: format!("tier-check-{step}"),
@@ -361,7 +363,7 @@ impl Services {
                 ..Commit::new(program, survivor, Some(&account), change, now)
             }
             .and_send(outbox);
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) | Err(CommitError::Duplicate) => return Ok(()),
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),

@@ -231,10 +231,82 @@ pub struct Services {
     dead_letters: Option<Arc<dyn crate::ports::DeadLetters>>,
 }
 
+/// The points a commit's entries issue, redeem, expire and claw back, for the metrics.
+fn points_moved(
+    entries: &[crate::domain::LedgerEntry],
+) -> Vec<(crate::telemetry::metrics::Metric, u64)> {
+    use crate::domain::EntryKind;
+    use crate::telemetry::metrics::{
+        Metric, POINTS_CLAWED_BACK, POINTS_EXPIRED, POINTS_ISSUED, POINTS_REDEEMED,
+    };
+    let mut moved: Vec<(Metric, u64)> = Vec::new();
+    for entry in entries {
+        let (metric, points) = match entry.kind {
+            EntryKind::Earn | EntryKind::Pending => {
+                (POINTS_ISSUED, entry.points.max(0) + entry.pending.max(0))
+            }
+            EntryKind::Redeem => (POINTS_REDEEMED, -entry.points.min(0)),
+            EntryKind::Expire => (POINTS_EXPIRED, -entry.points.min(0)),
+            EntryKind::Clawback => (
+                POINTS_CLAWED_BACK,
+                -entry.points.min(0) - entry.pending.min(0),
+            ),
+            _ => continue,
+        };
+        let points = u64::try_from(points).unwrap_or(0);
+        match moved.iter_mut().find(|(m, _)| *m == metric) {
+            Some((_, sum)) => *sum += points,
+            None => moved.push((metric, points)),
+        }
+    }
+    moved
+}
+
 /// A program's campaigns, by id.
 pub(crate) type CampaignList = Arc<Vec<(String, crate::campaigns::Campaign)>>;
 
 impl Services {
+    /// Writes a commit, and counts what it did: the points it moved by kind, or the conflict
+    /// that refused it (the caller reloads and retries).
+    pub(crate) async fn commit(
+        &self,
+        commit: crate::ports::Commit,
+    ) -> Result<(), crate::ports::CommitError> {
+        use crate::telemetry::metrics;
+        let program = commit.program.clone();
+        let moved = points_moved(&commit.entries);
+        let result = self.store.commit(commit).await;
+        match &result {
+            Ok(()) => {
+                for (metric, points) in moved {
+                    metrics::add(metric, &[("program", &program)], points);
+                }
+            }
+            Err(crate::ports::CommitError::VersionConflict) => {
+                metrics::add(metrics::COMMIT_CONFLICTS, &[("program", &program)], 1);
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Sends a message to a queue, counting the sends the queue refused.
+    pub(crate) async fn send_to(
+        &self,
+        queue: crate::ports::QueueName,
+        message: &crate::envelope::Envelope,
+    ) -> Result<(), crate::ports::QueueError> {
+        let sent = self.queue.send(queue, message).await;
+        if sent.is_err() {
+            crate::telemetry::metrics::add(
+                crate::telemetry::metrics::QUEUE_SEND_FAILURES,
+                &[("program", &message.program)],
+                1,
+            );
+        }
+        sent
+    }
+
     pub fn new(store: Arc<dyn Store>, queue: Arc<dyn Queue>, clock: Arc<dyn Clock>) -> Services {
         Services {
             store,

@@ -20,8 +20,13 @@ pub enum RelayError {
 impl Services {
     /// Sends one outbox message to its queue and forgets it.
     pub async fn relay(&self, message: &OutboxMessage) -> Result<(), RelayError> {
-        self.queue.send(message.queue, &message.envelope).await?;
+        self.send_to(message.queue, &message.envelope).await?;
         self.store.relayed(message).await?;
+        crate::telemetry::metrics::add(
+            crate::telemetry::metrics::OUTBOX_RELAYED,
+            &[("program", &message.envelope.program)],
+            1,
+        );
         Ok(())
     }
 

@@ -427,7 +427,7 @@ impl Services {
                 .outbox
                 .push(reward_issued(&program, member, &answer.body, now));
             (commit.assignments, commit.counters) = count_redemption(member, &state, &goals);
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => return Ok(answer),
                 // The same key committed first (a concurrent retry): answer as it did.
                 Err(CommitError::Duplicate) => {
@@ -528,7 +528,7 @@ impl Services {
             commit
                 .outbox
                 .push(reward_issued(program, member, &answer.body, now));
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => return Ok(answer),
                 Err(CommitError::Duplicate) => {
                     let replayed = self
@@ -618,7 +618,7 @@ impl Services {
             redemption.status = wanted;
             let mut commit = Commit::new(&program, &member, Some(&account), change, now);
             commit.redemption = Some(redemption);
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => return Ok(json!({"id": id, "status": status_name(wanted)})),
                 Err(
                     CommitError::VersionConflict
@@ -744,7 +744,7 @@ impl Services {
             let mut commit = Commit::new(&program, member, Some(&account), change, now);
             commit.revoke_coupon = redemption.code.clone();
             commit.redemption = Some(redemption);
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => {
                     return Ok(json!({"id": id, "status": "reversed", "balance": balance}));
                 }
@@ -837,7 +837,7 @@ impl Services {
                 response: answer.body.to_string(),
                 expires_at: now + Duration::days(KEY_DAYS),
             });
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => return Ok(answer),
                 Err(CommitError::Duplicate) => {
                     if let Some(answer) = match key {
@@ -1091,7 +1091,7 @@ impl Services {
             let profile = updated.profile.clone();
             let change = crate::domain::Change::unchanged(updated);
             let commit = Commit::new(&program, member, state.account.as_ref(), change, now);
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => return Ok(profile),
                 Err(
                     CommitError::VersionConflict
@@ -1116,6 +1116,7 @@ pub(crate) fn reward_issued(
         replay: None,
         resumed: None,
         reviewed_by: None,
+        trace: crate::telemetry::trace::current(),
         kind: "reward.issued".into(),
         version: ENVELOPE_VERSION,
         id: format!("reward-issued-{}", body["id"].as_str().unwrap_or_default()),

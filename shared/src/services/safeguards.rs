@@ -282,7 +282,7 @@ impl Services {
                 &pending.requested_by,
                 pending.points,
             );
-            match self.store.commit(commit).await {
+            match self.commit(commit).await {
                 Ok(()) => break balance,
                 Err(CommitError::Duplicate) => {
                     break self

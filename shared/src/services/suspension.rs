@@ -124,7 +124,6 @@ impl Services {
             after.suspended = wanted.clone();
             let change = crate::domain::Change::unchanged(after);
             match self
-                .store
                 .commit(Commit::new(program, member, Some(&account), change, now))
                 .await
             {

@@ -190,8 +190,7 @@ impl Services {
     }
 
     async fn send(&self, envelope: &Envelope) -> Result<(), ServiceError> {
-        self.queue
-            .send(QueueName::Earn, envelope)
+        self.send_to(QueueName::Earn, envelope)
             .await
             .map_err(ServiceError::from)
     }
@@ -305,6 +304,7 @@ impl Services {
             replay: None,
             resumed: None,
             reviewed_by: None,
+            trace: crate::telemetry::trace::current(),
             kind: event.kind.to_string(),
             version: ENVELOPE_VERSION,
             id: event.id.clone(),

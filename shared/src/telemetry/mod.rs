@@ -5,7 +5,12 @@
 //! configuration passes in `AWS_LAMBDA_LOG_LEVEL` (the template sets it). Functions write JSON
 //! lines without a time (CloudWatch stamps each line).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tracing_subscriber::EnvFilter;
+
+pub mod metrics;
+pub mod trace;
 
 /// How a log line names a member: its id, unless the id is an identity that names a person (an
 /// email, a phone number), which is replaced by a digest so that no log holds it.
@@ -53,13 +58,100 @@ pub fn filter() -> EnvFilter {
     EnvFilter::try_new(&wanted).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// Logs of a Lambda function: JSON lines on standard output, at the level of [`filter`].
-pub fn init_lambda() {
+/// Logs and metrics of a Lambda function named `function` (`earn`, `redeem`, ...): JSON lines
+/// on standard output, at the level of [`filter`]. The Lambda runtime's span gives each line
+/// the invocation's `requestId` and `xrayTraceId`.
+pub fn init_lambda(function: &'static str) {
+    metrics::set_function(function);
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter())
         .without_time()
         .init();
+}
+
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Counts the first invocation of this process as a cold start.
+fn count_cold_start() {
+    if !STARTED.swap(true, Ordering::Relaxed) {
+        metrics::add(metrics::COLD_STARTS, &[], 1);
+    }
+}
+
+/// One Lambda invocation of a function driven by events (queues, schedules, the stream): run
+/// under the invocation's trace, then what it counted is written as EMF lines.
+pub async fn invocation<F: std::future::Future>(work: F) -> F::Output {
+    count_cold_start();
+    let out = trace::scope(trace::from_lambda_env(), work).await;
+    metrics::flush_emf();
+    out
+}
+
+/// The HTTP functions' routers, observed: each request runs under its trace (the
+/// `X-Amzn-Trace-Id` header, else the invocation's), is logged by its route (never its path,
+/// which may hold an email) and counted by status class; its metrics go out as EMF lines.
+pub fn observe_lambda_http(router: axum::Router) -> axum::Router {
+    router.layer(axum::middleware::from_fn(lambda_request))
+}
+
+/// `loyalty serve`'s router, observed the same way; its metrics stay for `GET /metrics`.
+pub fn observe_http(router: axum::Router) -> axum::Router {
+    router.layer(axum::middleware::from_fn(local_request))
+}
+
+async fn lambda_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    count_cold_start();
+    let response = observed_request(request, next, trace::from_lambda_env()).await;
+    metrics::flush_emf();
+    response
+}
+
+async fn local_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    observed_request(request, next, None).await
+}
+
+async fn observed_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    invocation_trace: Option<String>,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let trace = request
+        .headers()
+        .get("x-amzn-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace::root_of)
+        .or(invocation_trace)
+        .unwrap_or_else(trace::new_id);
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = request.method().clone();
+    let response = trace::scope(Some(trace.clone()), next.run(request)).await;
+    let status = response.status().as_u16();
+    let class = match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::add(metrics::REQUESTS, &[("status", class)], 1);
+    let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if status >= 500 {
+        tracing::warn!(%method, route, status, millis, trace, "request answered");
+    } else {
+        tracing::info!(%method, route, status, millis, trace, "request answered");
+    }
+    response
 }
 
 #[cfg(test)]

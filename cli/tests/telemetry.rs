@@ -1,0 +1,209 @@
+//! What operators see of `loyalty serve`: JSON logs with each message's ids and trace and no
+//! personal data, and `GET /metrics` in Prometheus's text format.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use common::{token, BIN, SECRET};
+use serde_json::{json, Value};
+
+const EMAIL: &str = "minji.telemetry@example.com";
+const TRACE: &str = "1-6750a1b2-0123456789abcdef01234567";
+
+struct Logged {
+    child: std::process::Child,
+    base: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `loyalty serve` with JSON logs at INFO written to a file.
+fn serve_with_logs(name: &str) -> Logged {
+    let log = std::env::temp_dir().join(format!("loyalty-{name}-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--memory",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--jobs-every", "0"])
+        .env("LOYALTY_JWT_SECRET", SECRET)
+        .env("LOYALTY_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(url) = line.strip_prefix("loyalty serve: listening on ") {
+            break url.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Logged { child, base, log }
+}
+
+fn purchase(id: &str, member: &str) -> Value {
+    let occurred =
+        (Utc::now() - chrono::Duration::days(8)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    json!({
+        "type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
+        "member": member, "occurred_at": occurred,
+        "data": {"order_id": format!("o-{id}"), "currency": "KRW", "channel": "online",
+                 "lines": [{"line_id": "1", "sku": "TEE-01", "quantity": 1, "unit_price": "59000"}]}
+    })
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn metrics(base: &str) -> String {
+    let response = client().get(format!("{base}/metrics")).send().unwrap();
+    assert_eq!(response.status(), 200);
+    let kind = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    response.text().unwrap()
+}
+
+/// The value of one series of the text format, if present.
+fn series(text: &str, name_and_labels: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_processed_event_is_logged_with_its_ids_and_trace_and_counted_at_metrics() {
+    // GIVEN serve with JSON logs, and a member named by an email address
+    let serve = serve_with_logs("telemetry");
+    let admin = token(&["--admin"]);
+    let member = format!("email:{EMAIL}");
+    // WHEN a purchase is posted with an X-Ray trace header
+    let response = client()
+        .post(format!("{}/v1/programs/kr-shop/events", serve.base))
+        .bearer_auth(&admin)
+        .header(
+            "X-Amzn-Trace-Id",
+            format!("Root={TRACE};Parent=53995c3f42cd8ad8;Sampled=1"),
+        )
+        .json(&purchase("ev-tel-1", &member))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    // THEN /metrics counts it as applied for kr-shop, with the points it issued
+    let applied =
+        "loyalty_events_total{function=\"serve\",outcome=\"applied\",program=\"kr-shop\"}";
+    let text = eventually("the event counted", || {
+        let text = metrics(&serve.base);
+        (series(&text, applied) == Some(1)).then_some(text)
+    });
+    let issued = series(
+        &text,
+        "loyalty_points_issued_total{function=\"serve\",program=\"kr-shop\"}",
+    );
+    assert_eq!(issued, Some(590), "{text}");
+    assert!(
+        text.contains("# TYPE loyalty_events_total counter"),
+        "{text}"
+    );
+    assert!(
+        series(
+            &text,
+            "loyalty_requests_total{function=\"serve\",status=\"2xx\"}"
+        )
+        .unwrap()
+            >= 1,
+        "{text}"
+    );
+
+    // AND the log has one INFO JSON line for it, with its ids, outcome and the request's trace
+    let processed = eventually("the processed line", || {
+        let log = std::fs::read_to_string(&serve.log).unwrap();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| {
+                l["fields"]["message"] == "message processed" && l["span"]["event_id"] == "ev-tel-1"
+            })
+    });
+    assert_eq!(processed["level"], "INFO");
+    assert_eq!(processed["fields"]["outcome"], "applied");
+    let span = &processed["span"];
+    assert_eq!(
+        (span["program"].as_str(), span["kind"].as_str()),
+        (Some("kr-shop"), Some("purchase.completed"))
+    );
+    assert_eq!(span["trace"], TRACE, "{processed}");
+    assert!(
+        span["member"].as_str().unwrap().starts_with("person-"),
+        "{processed}"
+    );
+    // AND the request was logged by its route with the same trace
+    let log = std::fs::read_to_string(&serve.log).unwrap();
+    let request = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "request answered" && l["fields"]["trace"] == TRACE)
+        .unwrap_or_else(|| panic!("no request line with the trace in\n{log}"));
+    assert_eq!(request["fields"]["route"], "/v1/programs/{program}/events");
+    // AND no line holds the email, the token or the signing secret
+    for secret in [EMAIL, admin.as_str(), SECRET] {
+        assert!(!log.contains(secret), "the log holds {secret}:\n{log}");
+    }
+}
+
+#[test]
+fn metrics_needs_no_token_and_lists_every_family() {
+    // GIVEN a fresh serve WHEN /metrics is read without a token
+    let serve = serve_with_logs("metrics-families");
+    let text = metrics(&serve.base);
+    // THEN every family is declared, even before anything was counted
+    for family in [
+        "loyalty_events_total",
+        "loyalty_points_issued_total",
+        "loyalty_points_redeemed_total",
+        "loyalty_points_expired_total",
+        "loyalty_points_clawed_back_total",
+        "loyalty_commit_conflicts_total",
+        "loyalty_queue_send_failures_total",
+        "loyalty_outbox_relayed_total",
+        "loyalty_job_duration_milliseconds",
+        "loyalty_job_run_failed_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing:\n{text}"
+        );
+    }
+}

@@ -1,0 +1,440 @@
+//! What the engine did, counted: one registry per process, read two ways.
+//!
+//! Lambda functions write what was counted during an invocation as CloudWatch Embedded Metric
+//! Format lines (one JSON line per set of labels) when the invocation ends, and start again from
+//! zero; CloudWatch turns the lines into metrics, so no API call and no permission is needed.
+//! `loyalty serve` keeps the totals and shows them at `GET /metrics` in Prometheus's text format.
+//!
+//! Labels are bounded: the function, the program, and a small closed set per metric (an
+//! outcome, a job, a status class). Never a member: that would be one series per person.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Mutex, OnceLock};
+
+/// The CloudWatch namespace of every metric (the template's dashboard and alarms read it).
+pub const NAMESPACE: &str = "Loyalty";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Count,
+    Milliseconds,
+}
+
+/// One metric: its CloudWatch name, its unit and what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub unit: Unit,
+    pub help: &'static str,
+}
+
+const fn count(name: &'static str, help: &'static str) -> Metric {
+    Metric {
+        name,
+        unit: Unit::Count,
+        help,
+    }
+}
+
+const fn millis(name: &'static str, help: &'static str) -> Metric {
+    Metric {
+        name,
+        unit: Unit::Milliseconds,
+        help,
+    }
+}
+
+pub const EVENTS: Metric = count("Events", "Queue messages processed, by outcome.");
+pub const POINTS_ISSUED: Metric = count("PointsIssued", "Points credited (earned or pending).");
+pub const POINTS_REDEEMED: Metric = count("PointsRedeemed", "Points spent on rewards.");
+pub const POINTS_EXPIRED: Metric = count("PointsExpired", "Points that expired.");
+pub const POINTS_CLAWED_BACK: Metric = count(
+    "PointsClawedBack",
+    "Points taken back by refunds and cancellations.",
+);
+pub const COMMIT_CONFLICTS: Metric = count(
+    "CommitConflicts",
+    "Commits refused because the account changed meanwhile (each is retried).",
+);
+pub const QUEUE_SEND_FAILURES: Metric =
+    count("QueueSendFailures", "Messages a queue did not take.");
+pub const OUTBOX_RELAYED: Metric = count("OutboxRelayed", "Outbox messages sent to their queue.");
+pub const OUTBOX_LAG: Metric = millis(
+    "OutboxLag",
+    "Time from a commit to the relay of its outbox message.",
+);
+pub const JOB_MEMBERS: Metric = count("JobMembers", "Members a job run looked at.");
+pub const JOB_CHANGED: Metric = count("JobChanged", "Members a job run changed.");
+pub const JOB_FAILED: Metric = count("JobFailed", "Members a job run failed on (retried).");
+pub const JOB_RUN_FAILED: Metric = count(
+    "JobRunFailed",
+    "Job runs that failed or left members failed.",
+);
+pub const JOB_DURATION: Metric = millis("JobDuration", "Time a job run took for one program.");
+pub const COLD_STARTS: Metric = count("ColdStart", "Invocations that started a new process.");
+pub const REQUESTS: Metric = count("Requests", "HTTP requests answered, by status class.");
+
+/// Every metric, in the order `/metrics` lists them.
+pub const ALL: &[Metric] = &[
+    EVENTS,
+    POINTS_ISSUED,
+    POINTS_REDEEMED,
+    POINTS_EXPIRED,
+    POINTS_CLAWED_BACK,
+    COMMIT_CONFLICTS,
+    QUEUE_SEND_FAILURES,
+    OUTBOX_RELAYED,
+    OUTBOX_LAG,
+    JOB_MEMBERS,
+    JOB_CHANGED,
+    JOB_FAILED,
+    JOB_RUN_FAILED,
+    JOB_DURATION,
+    COLD_STARTS,
+    REQUESTS,
+];
+
+/// Labels besides the function, sorted by name.
+type Labels = Vec<(&'static str, String)>;
+
+/// One series: what was counted since the last flush, and since the process started.
+#[derive(Debug, Default)]
+struct Series {
+    /// Observations since the last EMF flush (one per call for times; a single sum for counts).
+    recent: Vec<u64>,
+    total: u64,
+    observations: u64,
+}
+
+#[derive(Default)]
+struct Registry {
+    series: BTreeMap<(&'static str, Labels), Series>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    series: BTreeMap::new(),
+});
+static FUNCTION: OnceLock<&'static str> = OnceLock::new();
+
+/// Names the process in every metric (`earn`, `serve`, ...); the first call wins.
+pub fn set_function(name: &'static str) {
+    let _ = FUNCTION.set(name);
+}
+
+fn function() -> &'static str {
+    FUNCTION.get().copied().unwrap_or("loyalty")
+}
+
+fn labels(given: &[(&'static str, &str)]) -> Labels {
+    let mut labels: Labels = given
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(name, value)| (*name, (*value).to_string()))
+        .collect();
+    labels.sort();
+    labels
+}
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    // A panic while counting cannot leave the map half-written; keep counting.
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Adds `n` to a count.
+pub fn add(metric: Metric, given: &[(&'static str, &str)], n: u64) {
+    if n == 0 {
+        return;
+    }
+    let mut registry = registry();
+    let series = registry
+        .series
+        .entry((metric.name, labels(given)))
+        .or_default();
+    match series.recent.first_mut() {
+        Some(sum) => *sum += n,
+        None => series.recent.push(n),
+    }
+    series.total += n;
+    series.observations += 1;
+}
+
+/// Records one observation of a time.
+pub fn observe(metric: Metric, given: &[(&'static str, &str)], millis: u64) {
+    let mut registry = registry();
+    let series = registry
+        .series
+        .entry((metric.name, labels(given)))
+        .or_default();
+    series.recent.push(millis);
+    series.total += millis;
+    series.observations += 1;
+}
+
+fn metric(name: &str) -> Option<Metric> {
+    ALL.iter().copied().find(|m| m.name == name)
+}
+
+/// CloudWatch's dimension sets for a line's labels: the function alone, the function with the
+/// labels other than the program (totals across programs, which alarms read), and all of them.
+fn dimension_sets(labels: &Labels) -> Vec<Vec<&'static str>> {
+    let mut sets = vec![vec!["function"]];
+    let without_program: Vec<&'static str> = labels
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| *name != "program")
+        .collect();
+    if !without_program.is_empty() {
+        sets.push([vec!["function"], without_program].concat());
+    }
+    if labels.iter().any(|(name, _)| *name == "program") {
+        sets.push([vec!["function"], labels.iter().map(|(n, _)| *n).collect()].concat());
+    }
+    sets
+}
+
+/// EMF allows at most 100 values of one metric in one line.
+const EMF_MAX_VALUES: usize = 100;
+
+/// What was counted since the last call, as EMF lines, and forgets it (the totals stay).
+pub fn drain_emf(timestamp_millis: i64) -> Vec<String> {
+    let mut by_labels: BTreeMap<Labels, Vec<(Metric, Vec<u64>)>> = BTreeMap::new();
+    for ((name, labels), series) in registry().series.iter_mut() {
+        let recent = std::mem::take(&mut series.recent);
+        if let (Some(metric), false) = (metric(name), recent.is_empty()) {
+            by_labels
+                .entry(labels.clone())
+                .or_default()
+                .push((metric, recent));
+        }
+    }
+    let mut lines = Vec::new();
+    for (labels, metrics) in by_labels {
+        let chunks = metrics
+            .iter()
+            .map(|(_, values)| values.len().div_ceil(EMF_MAX_VALUES))
+            .max()
+            .unwrap_or(0);
+        for chunk in 0..chunks {
+            let line = emf_line(timestamp_millis, &labels, &metrics, chunk);
+            lines.push(line.to_string());
+        }
+    }
+    lines
+}
+
+fn emf_line(
+    timestamp_millis: i64,
+    labels: &Labels,
+    metrics: &[(Metric, Vec<u64>)],
+    chunk: usize,
+) -> serde_json::Value {
+    let mut line = serde_json::Map::new();
+    line.insert("function".into(), function().into());
+    for (name, value) in labels {
+        line.insert((*name).into(), value.clone().into());
+    }
+    let mut declared = Vec::new();
+    for (metric, values) in metrics {
+        let start = chunk * EMF_MAX_VALUES;
+        let Some(part) = values.get(start..values.len().min(start + EMF_MAX_VALUES)) else {
+            continue;
+        };
+        let value = match part {
+            [one] => serde_json::json!(one),
+            many => serde_json::json!(many),
+        };
+        line.insert(metric.name.into(), value);
+        let unit = match metric.unit {
+            Unit::Count => "Count",
+            Unit::Milliseconds => "Milliseconds",
+        };
+        declared.push(serde_json::json!({"Name": metric.name, "Unit": unit}));
+    }
+    line.insert(
+        "_aws".into(),
+        serde_json::json!({
+            "Timestamp": timestamp_millis,
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": dimension_sets(labels),
+                "Metrics": declared,
+            }],
+        }),
+    );
+    serde_json::Value::Object(line)
+}
+
+/// Writes what was counted since the last flush to standard output as EMF lines.
+pub fn flush_emf() {
+    let now = chrono::Utc::now().timestamp_millis();
+    let lines = drain_emf(now);
+    if lines.is_empty() {
+        return;
+    }
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+}
+
+/// `PointsIssued` as `loyalty_points_issued`.
+fn snake(name: &str) -> String {
+    let mut out = String::from("loyalty");
+    for c in name.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The totals since the process started, in Prometheus's text format (counts as counters,
+/// times as summaries without quantiles: a sum and a count).
+pub fn prometheus() -> String {
+    let registry = registry();
+    let mut out = String::new();
+    for metric in ALL {
+        let series: Vec<_> = registry
+            .series
+            .iter()
+            .filter(|((name, _), _)| *name == metric.name)
+            .collect();
+        let base = snake(metric.name);
+        let (family, kind) = match metric.unit {
+            Unit::Count => (format!("{base}_total"), "counter"),
+            Unit::Milliseconds => (format!("{base}_milliseconds"), "summary"),
+        };
+        let _ = writeln!(out, "# HELP {family} {}", metric.help);
+        let _ = writeln!(out, "# TYPE {family} {kind}");
+        for ((_, labels), s) in series {
+            let mut all = vec![("function", function().to_string())];
+            all.extend(labels.iter().cloned());
+            let text: Vec<String> = all
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            let text = text.join(",");
+            match metric.unit {
+                Unit::Count => {
+                    let _ = writeln!(out, "{family}{{{text}}} {}", s.total);
+                }
+                Unit::Milliseconds => {
+                    let _ = writeln!(out, "{family}_sum{{{text}}} {}", s.total);
+                    let _ = writeln!(out, "{family}_count{{{text}}} {}", s.observations);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The registry is one per process and tests run in parallel: each test uses its own
+    // program label and reads only its own series.
+
+    fn lines_of(program: &str, lines: &[String]) -> Vec<serde_json::Value> {
+        lines
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["program"] == program)
+            .collect()
+    }
+
+    #[test]
+    fn counts_become_one_emf_line_per_label_set_and_start_again_from_zero() {
+        // GIVEN three applied events and one rejected one in a program
+        add(EVENTS, &[("program", "emf-a"), ("outcome", "applied")], 1);
+        add(EVENTS, &[("program", "emf-a"), ("outcome", "applied")], 2);
+        add(EVENTS, &[("program", "emf-a"), ("outcome", "rejected")], 1);
+        add(
+            POINTS_ISSUED,
+            &[("program", "emf-a"), ("outcome", "applied")],
+            150,
+        );
+        // WHEN the registry is drained
+        let lines = lines_of("emf-a", &drain_emf(1_700_000_000_000));
+        // THEN each label set is one line, with its sums and its EMF declaration
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let applied = lines.iter().find(|l| l["outcome"] == "applied").unwrap();
+        assert_eq!(applied["Events"], 3);
+        assert_eq!(applied["PointsIssued"], 150);
+        let declared = &applied["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(declared["Namespace"], "Loyalty");
+        assert_eq!(
+            declared["Dimensions"],
+            serde_json::json!([
+                ["function"],
+                ["function", "outcome"],
+                ["function", "outcome", "program"]
+            ])
+        );
+        assert_eq!(applied["_aws"]["Timestamp"], 1_700_000_000_000i64);
+        // AND a second drain has nothing of them
+        assert!(lines_of("emf-a", &drain_emf(1)).is_empty());
+    }
+
+    #[test]
+    fn times_are_sent_as_values_at_most_a_hundred_per_line() {
+        // GIVEN 150 observations of a time
+        for ms in 0..150 {
+            observe(JOB_DURATION, &[("program", "emf-b"), ("job", "expire")], ms);
+        }
+        // WHEN drained THEN two lines carry 100 and 50 values, in Milliseconds
+        let lines = lines_of("emf-b", &drain_emf(0));
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["JobDuration"].as_array().unwrap().len(), 100);
+        assert_eq!(lines[1]["JobDuration"].as_array().unwrap().len(), 50);
+        assert_eq!(
+            lines[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"],
+            "Milliseconds"
+        );
+    }
+
+    #[test]
+    fn prometheus_shows_totals_that_draining_does_not_reset() {
+        // GIVEN counts and times, drained once as EMF
+        add(POINTS_REDEEMED, &[("program", "prom-c")], 500);
+        add(POINTS_REDEEMED, &[("program", "prom-c")], 250);
+        observe(OUTBOX_LAG, &[("program", "prom-c")], 40);
+        let _ = drain_emf(0);
+        // WHEN the text format is read
+        let text = prometheus();
+        // THEN the counter has its total and the time its sum and count
+        assert!(text.contains("# TYPE loyalty_points_redeemed_total counter"));
+        let series = "{function=\"loyalty\",program=\"prom-c\"}";
+        assert!(
+            text.contains(&format!("loyalty_points_redeemed_total{series} 750")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("loyalty_outbox_lag_milliseconds_sum{series} 40")));
+        assert!(text.contains(&format!("loyalty_outbox_lag_milliseconds_count{series} 1")));
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_empty_labels_left_out() {
+        add(EVENTS, &[("program", "prom-\"d\""), ("outcome", "")], 1);
+        let text = prometheus();
+        assert!(
+            text.contains(
+                "loyalty_events_total{function=\"loyalty\",program=\"prom-\\\"d\\\"\"} 1"
+            ),
+            "{text}"
+        );
+    }
+}

@@ -11,6 +11,10 @@ use crate::services::Services;
 use crate::store::dynamodb::DynamoStore;
 use crate::webhooks::ssm::SsmSecrets;
 
+/// The key read during init to open the connection (no item has it; the template grants the
+/// outbox relay, which reads nothing else, this key alone).
+pub const WARM_UP_KEY: &str = "warm-up";
+
 /// What a function needs to reach its table and queues.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsSettings {
@@ -65,11 +69,37 @@ impl AwsSettings {
 
     /// The services on DynamoDB and SQS, with clients built once from one AWS configuration.
     pub async fn services(&self) -> Services {
-        self.services_with(&crate::aws::sdk_config(None).await)
+        let config = crate::aws::sdk_config(None).await;
+        let dynamodb = self.warm_up(&config).await;
+        self.services_with(&config, dynamodb)
     }
 
-    fn services_with(&self, config: &aws_config::SdkConfig) -> Services {
-        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(config), &self.table);
+    /// Opens the connection to DynamoDB during init, with one read of a key that never exists:
+    /// the first invocation then pays no TLS handshake, and init's time is not billed the same
+    /// way. A failure here is only logged; the first real call tries again.
+    async fn warm_up(&self, config: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let key = || AttributeValue::S(WARM_UP_KEY.to_string());
+        let client = aws_sdk_dynamodb::Client::new(config);
+        let read = client
+            .get_item()
+            .table_name(&self.table)
+            .key("PK", key())
+            .key("SK", key())
+            .send()
+            .await;
+        if let Err(e) = read {
+            tracing::info!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "warm-up read failed");
+        }
+        client
+    }
+
+    fn services_with(
+        &self,
+        config: &aws_config::SdkConfig,
+        dynamodb: aws_sdk_dynamodb::Client,
+    ) -> Services {
+        let store = DynamoStore::new(dynamodb, &self.table);
         let sqs = aws_sdk_sqs::Client::new(config);
         let queue = SqsQueue::new(sqs.clone(), self.queues.clone());
         let services = Services::new(Arc::new(store), Arc::new(queue), Arc::new(SystemClock));
@@ -99,8 +129,9 @@ impl AwsSettings {
     /// authorizer, and webhook secrets from SSM Parameter Store.
     pub async fn app_state(&self) -> AppState {
         let config = crate::aws::sdk_config(None).await;
+        let dynamodb = self.warm_up(&config).await;
         AppState {
-            services: Arc::new(self.services_with(&config)),
+            services: Arc::new(self.services_with(&config, dynamodb)),
             verifier: Verifier::Gateway,
             secrets: Arc::new(SsmSecrets::new(aws_sdk_ssm::Client::new(&config))),
         }

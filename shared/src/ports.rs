@@ -92,6 +92,9 @@ pub struct MemberState {
     pub orders: BTreeMap<String, OrderRecord>,
     /// The member's recorded campaign assignments among those asked for, by campaign.
     pub assignments: BTreeMap<String, Assignment>,
+    /// The event asked about already had its effect on this member (its marker exists); only
+    /// [`MemberStore::load_member_for_event`] says so.
+    pub seen: bool,
 }
 
 /// A member's variant in a campaign, recorded at the first assignment and kept (sticky) until
@@ -543,6 +546,23 @@ pub trait MemberStore: Send + Sync {
         order_keys: &[String],
         campaigns: &[String],
     ) -> Result<MemberState, StoreError>;
+    /// [`MemberStore::load_member_with`], and whether the event of `marker` already had its
+    /// effect: a duplicate delivery then costs this read and no write. Stores that can read the
+    /// marker in the same request do.
+    async fn load_member_for_event(
+        &self,
+        program: &str,
+        member: &str,
+        marker: &EventMarker,
+        order_keys: &[String],
+        campaigns: &[String],
+    ) -> Result<MemberState, StoreError> {
+        let mut state = self
+            .load_member_with(program, member, order_keys, campaigns)
+            .await?;
+        state.seen = self.has_marker(program, member, marker).await?;
+        Ok(state)
+    }
     async fn commit(&self, commit: Commit) -> Result<(), CommitError>;
     async fn ledger_page(
         &self,

@@ -215,6 +215,23 @@ async fn a_repeated_event_is_a_duplicate_without_effect(store: Arc<dyn Store>) {
             .len(),
         1
     );
+    // AND the read before a commit tells the event apart from one never seen, with the account
+    let seen = |id: &str| EventMarker {
+        source: "api".into(),
+        event_id: id.into(),
+    };
+    let state = store
+        .load_member_for_event("kr-shop", &m, &seen("ev-1"), &[], &[])
+        .await
+        .unwrap();
+    assert!(state.seen);
+    assert_eq!(state.account.map(|a| a.balance), Some(10));
+    let state = store
+        .load_member_for_event("kr-shop", &m, &seen("ev-2"), &[], &[])
+        .await
+        .unwrap();
+    assert!(!state.seen);
+    assert_eq!(state.account.map(|a| a.balance), Some(10));
 }
 
 async fn concurrent_writers_serialise_through_the_version(store: Arc<dyn Store>) {

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import boto3
 
@@ -230,37 +231,102 @@ def test_a_function_that_cannot_start_answers_500_and_is_started_afresh(tmp_path
         stop_stack(running)
 
 
-def test_functions_log_each_message_at_info_with_its_ids_and_no_secret(tmp_path):
+TRACE = "1-6750a1b2-0123456789abcdef01234567"
+EMAIL = "jiwoo.logs@example.com"
+
+
+def json_lines(log: Path) -> list[dict]:
+    """The JSON objects a function printed (the stack prefixes each line with its source)."""
+    found = []
+    for line in log.read_text().splitlines():
+        _, _, payload = line.partition("] ")
+        if payload.startswith("{"):
+            try:
+                found.append(json.loads(payload))
+            except json.JSONDecodeError:
+                pass
+    return found
+
+
+def emf_sum(lines: list[dict], metric: str, **labels: str) -> int:
+    """The sum of an EMF metric over the lines whose labels match, checking each declaration."""
+    total = 0
+    for line in lines:
+        if metric not in line or "_aws" not in line:
+            continue
+        declared = line["_aws"]["CloudWatchMetrics"][0]
+        assert declared["Namespace"] == "Loyalty", line
+        assert metric in [m["Name"] for m in declared["Metrics"]], line
+        assert ["function"] in declared["Dimensions"], line
+        assert all("member" not in d for d in declared["Dimensions"]), line
+        if all(line.get(k) == v for k, v in labels.items()):
+            value = line[metric]
+            total += sum(value) if isinstance(value, list) else value
+    return total
+
+
+def test_functions_log_each_message_at_info_with_its_ids_trace_and_metrics_and_no_personal_data(tmp_path):
     # GIVEN a stack whose functions run with the template's logging settings, logs kept on disk
     running = start_stack("--schedules-every", "0", "--work-dir", str(tmp_path))
+    logs = tmp_path / "logs"
     try:
         admin = running.token("ops", admin=True)
-        event = purchase("ev-log-1", "m-log", "log-1", 10_000, datetime.now(timezone.utc) - timedelta(days=8))
-        # WHEN an event is accepted and processed
-        assert running.request("POST", "/v1/programs/kr-shop/events", event, token=admin)[0] == 202
-        running.eventually(lambda: running.member("m-log")["balance"] == 100, what="the purchase credited")
+        member = f"email:{EMAIL}"
+        # WHEN an event of a member named by an email is accepted under an X-Ray trace header
+        event = purchase("ev-log-1", member, "log-1", 10_000, datetime.now(timezone.utc) - timedelta(days=8))
+        header = {"X-Amzn-Trace-Id": f"Root={TRACE};Parent=53995c3f42cd8ad8;Sampled=1"}
+        assert running.request("POST", "/v1/programs/kr-shop/events", event, token=admin, headers=header)[0] == 202
+        running.eventually(lambda: running.member(member)["balance"] == 100, what="the purchase credited")
+        # AND a signed Shopify order whose payload holds a customer's email is processed
+        body, headers = shopify_paid(820982911946154999, 7009999, 1)
+        assert running.request("POST", "/webhooks/shopify/kr-shop", body, headers=headers)[0] == 200
+        running.eventually(lambda: running.member("shopify:7009999")["pending"] > 0, what="the order credited")
 
         def processed():
-            text = (tmp_path / "logs" / "earn.log").read_text()
-            for line in text.splitlines():
-                _, _, payload = line.partition("] ")
-                if payload.startswith("{") and '"ev-log-1"' in payload:
-                    record = json.loads(payload)
-                    if record.get("fields", {}).get("message") == "message processed":
-                        return record
+            for record in json_lines(logs / "earn.log"):
+                span = record.get("span", {})
+                if record.get("fields", {}).get("message") == "message processed" and span.get("event_id") == "ev-log-1":
+                    return record
             return None
 
-        # THEN earn logged it at INFO as one JSON line with the event's ids and its outcome
+        # THEN earn logged it at INFO as one JSON line with the event's ids, outcome and trace
         record = running.eventually(processed, what="an INFO line for ev-log-1")
         assert record["level"] == "INFO", record
-        fields = record["fields"]
-        assert (fields["event_id"], fields["program"], fields["member"]) == ("ev-log-1", "kr-shop", "m-log")
-        assert (fields["kind"], fields["outcome"]) == ("purchase.completed", "applied"), fields
-        # AND no log of any function holds a secret of the stack
-        for log in (tmp_path / "logs").glob("*.log"):
+        span = record["span"]
+        assert (span["program"], span["kind"], span["trace"]) == ("kr-shop", "purchase.completed", TRACE), span
+        assert span["member"].startswith("person-"), span
+        assert record["fields"]["outcome"] == "applied", record
+        # AND the invocation's request id
+        assert any(s.get("requestId") for s in record["spans"]), record
+        # AND the trace went on with the tier check to tier-recalc
+        running.eventually(
+            lambda: any(r.get("span", {}).get("trace") == TRACE and r["span"].get("kind") == "tier.check"
+                        for r in json_lines(logs / "tier-recalc.log")),
+            what="the tier check logged under the request's trace")
+        # AND the request itself was logged by its route with that trace
+        requests = [r for f in logs.glob("*.log") for r in json_lines(f)
+                    if r.get("fields", {}).get("message") == "request answered"]
+        assert any(r["fields"].get("trace") == TRACE and r["fields"]["route"] == "/v1/programs/{program}/events"
+                   for r in requests), requests[:5]
+
+        # AND every processed message was counted in EMF lines by outcome, once
+        earn = json_lines(logs / "earn.log")
+        outcomes = [r["fields"]["outcome"] for r in earn
+                    if r.get("fields", {}).get("message") in ("message processed", "message rejected for good",
+                                                              "message will be retried")]
+        assert outcomes, earn[-5:]
+        assert emf_sum(earn, "Events", function="earn") == len(outcomes)
+        assert emf_sum(earn, "Events", function="earn", outcome="applied") == outcomes.count("applied")
+        assert emf_sum(earn, "PointsIssued", function="earn", program="kr-shop") >= 100
+        assert emf_sum(earn, "ColdStart", function="earn") >= 1
+        api = [r for f in logs.glob("*.log") for r in json_lines(f)]
+        assert emf_sum(api, "Requests", status="2xx") >= 3
+
+        # AND no log of any function holds a secret of the stack or a person's data
+        for log in logs.glob("*.log"):
             text = log.read_text()
-            for secret in [JWT_SECRET, *SECRETS.values()]:
-                assert secret not in text, f"{log.name} holds a secret"
+            for secret in [JWT_SECRET, admin, *SECRETS.values(), EMAIL, "minji@example.com"]:
+                assert secret not in text, f"{log.name} holds {secret}"
     finally:
         stop_stack(running)
 

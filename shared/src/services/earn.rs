@@ -19,16 +19,17 @@ use crate::ports::{
 };
 use crate::report::VariantCounts;
 
-/// Messages that follow an earn, written in its commit: a tier check after anything that moves
-/// the qualifying measure, the referrer's reward after a referred member's first purchase, and a
+/// Messages that follow an earn, written in its commit: a tier check when the purchase takes
+/// the member past a higher tier's threshold (nothing else can: refunds lower the measure, and
+/// time only lowers it; purchases released later send their own), the referrer's reward after a referred member's first purchase, and a
 /// notice. Their ids derive from the event's, so relaying them twice has no second effect.
 fn follow_ups(
     envelope: &Envelope,
-    event: &EarnEvent,
+    upgrade_due: bool,
     referrer: Option<String>,
 ) -> Vec<OutboxMessage> {
     let mut outbox = Vec::with_capacity(3);
-    if matches!(event, EarnEvent::Purchase { .. } | EarnEvent::Refund { .. }) {
+    if upgrade_due {
         let check = message(
             envelope,
             "tier.check",
@@ -147,20 +148,22 @@ impl Services {
             let now = self.clock.now();
             let mut state = self
                 .store
-                .load_member_with(&program.id, &envelope.member, &order_keys, &campaign_ids)
+                .load_member_for_event(
+                    &program.id,
+                    &envelope.member,
+                    &marker,
+                    &order_keys,
+                    &campaign_ids,
+                )
                 .await
                 .map_err(|e| Retry(e.to_string()))?;
+            // A second delivery: its effect and its follow-ups are there (they were in its
+            // commit). This read is all it costs. (Of a merged member too: its marker stayed.)
+            if state.seen {
+                return Ok(Processed::Duplicate);
+            }
             // An event for a member merged into another is the survivor's.
             if let Some(into) = state.account.as_ref().and_then(|a| a.merged_into()) {
-                // Applied before the merge: its marker stayed with the merged member.
-                if self
-                    .store
-                    .has_marker(&program.id, &envelope.member, &marker)
-                    .await
-                    .map_err(|e| Retry(e.to_string()))?
-                {
-                    return Ok(Processed::Duplicate);
-                }
                 tracing::info!(program = %program.id, event_id = %envelope.id, into = %crate::telemetry::member_ref(into), "event of a merged member");
                 envelope.member = into.to_string();
                 contention.redirected(|| format!("member {}", envelope.member))?;
@@ -213,7 +216,14 @@ impl Services {
             }
             let entries = outcome.change.entries.len();
             let no_op = outcome.change.no_op.clone();
-            let outbox = follow_ups(&envelope, &event, outcome.referrer);
+            let upgrade_due = matches!(event, EarnEvent::Purchase { .. })
+                && !outcome
+                    .change
+                    .account
+                    .check_tier(&program, &EventContext::new(envelope.id.clone(), now, now))
+                    .entries
+                    .is_empty();
+            let outbox = follow_ups(&envelope, upgrade_due, outcome.referrer);
             let commit = Commit {
                 marker: Some(marker.clone()),
                 orders: outcome.orders,

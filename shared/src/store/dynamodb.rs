@@ -1145,24 +1145,29 @@ impl MemberStore for DynamoStore {
         let mut keys = vec![key(&pk, "ACCOUNT")];
         keys.extend(order_keys.iter().map(|k| key(&pk, format!("O#{k}"))));
         keys.extend(campaigns.iter().map(|c| key(&pk, format!("A#{c}"))));
-        let mut state = MemberState::default();
-        for item in self.batch_get(keys).await? {
-            match text(&item, "SK") {
-                Some("ACCOUNT") => {
-                    state.account = Some(body::<Account>(&item, &format!("account {pk}"))?)
-                }
-                Some(sk) => {
-                    if let Some(order_key) = sk.strip_prefix("O#") {
-                        let record = body::<OrderRecord>(&item, sk)?;
-                        state.orders.insert(order_key.to_string(), record);
-                    } else if let Some(campaign) = sk.strip_prefix("A#") {
-                        let assignment = body::<Assignment>(&item, sk)?;
-                        state.assignments.insert(campaign.to_string(), assignment);
-                    }
-                }
-                None => {}
-            }
-        }
+        member_state(&pk, self.batch_get(keys).await?)
+    }
+
+    /// One batch read: the marker's key rides along with the account's.
+    async fn load_member_for_event(
+        &self,
+        program: &str,
+        member: &str,
+        marker: &EventMarker,
+        order_keys: &[String],
+        campaigns: &[String],
+    ) -> Result<MemberState, StoreError> {
+        let pk = member_pk(program, member);
+        let marker_key = marker_sk(marker);
+        let mut keys = vec![key(&pk, "ACCOUNT"), key(&pk, &marker_key)];
+        keys.extend(order_keys.iter().map(|k| key(&pk, format!("O#{k}"))));
+        keys.extend(campaigns.iter().map(|c| key(&pk, format!("A#{c}"))));
+        let items = self.batch_get(keys).await?;
+        let seen = items
+            .iter()
+            .any(|item| text(item, "SK") == Some(marker_key.as_str()));
+        let mut state = member_state(&pk, items)?;
+        state.seen = seen;
         Ok(state)
     }
 
@@ -1305,6 +1310,32 @@ impl MemberStore for DynamoStore {
             .await?
             .is_some())
     }
+}
+
+/// The account, order records and assignments among the items of a member's batch read.
+fn member_state(
+    pk: &str,
+    items: Vec<HashMap<String, AttributeValue>>,
+) -> Result<MemberState, StoreError> {
+    let mut state = MemberState::default();
+    for item in items {
+        match text(&item, "SK") {
+            Some("ACCOUNT") => {
+                state.account = Some(body::<Account>(&item, &format!("account {pk}"))?)
+            }
+            Some(sk) => {
+                if let Some(order_key) = sk.strip_prefix("O#") {
+                    let record = body::<OrderRecord>(&item, sk)?;
+                    state.orders.insert(order_key.to_string(), record);
+                } else if let Some(campaign) = sk.strip_prefix("A#") {
+                    let assignment = body::<Assignment>(&item, sk)?;
+                    state.assignments.insert(campaign.to_string(), assignment);
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(state)
 }
 
 #[async_trait]

@@ -365,7 +365,12 @@ impl MemberStore for SqliteStore {
                     assignments.insert(campaign.clone(), a);
                 }
             }
-            Ok(MemberState { account, orders, assignments })
+            Ok(MemberState {
+                account,
+                orders,
+                assignments,
+                seen: false,
+            })
         })
         .await
     }

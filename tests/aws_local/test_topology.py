@@ -272,11 +272,13 @@ def test_functions_log_each_message_at_info_with_its_ids_trace_and_metrics_and_n
     try:
         admin = running.token("ops", admin=True)
         member = f"email:{EMAIL}"
-        # WHEN an event of a member named by an email is accepted under an X-Ray trace header
-        event = purchase("ev-log-1", member, "log-1", 10_000, datetime.now(timezone.utc) - timedelta(days=8))
+        # WHEN an event of a member named by an email is accepted (a purchase that reaches
+        # SILVER, so that a tier check follows it); the caller's X-Ray header is replaced by the
+        # invocation's trace, as Lambda does
+        event = purchase("ev-log-1", member, "log-1", 300_000, datetime.now(timezone.utc) - timedelta(days=8))
         header = {"X-Amzn-Trace-Id": f"Root={TRACE};Parent=53995c3f42cd8ad8;Sampled=1"}
         assert running.request("POST", "/v1/programs/kr-shop/events", event, token=admin, headers=header)[0] == 202
-        running.eventually(lambda: running.member(member)["balance"] == 100, what="the purchase credited")
+        running.eventually(lambda: running.member(member)["balance"] == 3000, what="the purchase credited")
         # AND a signed Shopify order whose payload holds a customer's email is processed
         body, headers = shopify_paid(820982911946154999, 7009999, 1)
         assert running.request("POST", "/webhooks/shopify/kr-shop", body, headers=headers)[0] == 200
@@ -289,25 +291,30 @@ def test_functions_log_each_message_at_info_with_its_ids_trace_and_metrics_and_n
                     return record
             return None
 
-        # THEN earn logged it at INFO as one JSON line with the event's ids, outcome and trace
+        # THEN the function that took the request logged it by its route, under the trace of its
+        # invocation (_X_AMZN_TRACE_ID, which the Lambda runtime passes on as the header)
+        requests = [r for f in logs.glob("*.log") for r in json_lines(f)
+                    if r.get("fields", {}).get("message") == "request answered"]
+        accepted = [r for r in requests
+                    if r["fields"]["route"] == "/v1/programs/{program}/events" and r["fields"]["status"] == 202]
+        assert len(accepted) == 1, requests[:5]
+        trace = accepted[0]["fields"]["trace"]
+        invocation = next(s for s in accepted[0]["spans"] if "requestId" in s)
+        assert invocation.get("xrayTraceId", "").startswith(f"Root={trace};"), accepted[0]
+        # AND earn logged the event at INFO as one JSON line with its ids, outcome and that trace
         record = running.eventually(processed, what="an INFO line for ev-log-1")
         assert record["level"] == "INFO", record
         span = record["span"]
-        assert (span["program"], span["kind"], span["trace"]) == ("kr-shop", "purchase.completed", TRACE), span
+        assert (span["program"], span["kind"], span["trace"]) == ("kr-shop", "purchase.completed", trace), span
         assert span["member"].startswith("person-"), span
         assert record["fields"]["outcome"] == "applied", record
         # AND the invocation's request id
         assert any(s.get("requestId") for s in record["spans"]), record
         # AND the trace went on with the tier check to tier-recalc
         running.eventually(
-            lambda: any(r.get("span", {}).get("trace") == TRACE and r["span"].get("kind") == "tier.check"
+            lambda: any(r.get("span", {}).get("trace") == trace and r["span"].get("kind") == "tier.check"
                         for r in json_lines(logs / "tier-recalc.log")),
             what="the tier check logged under the request's trace")
-        # AND the request itself was logged by its route with that trace
-        requests = [r for f in logs.glob("*.log") for r in json_lines(f)
-                    if r.get("fields", {}).get("message") == "request answered"]
-        assert any(r["fields"].get("trace") == TRACE and r["fields"]["route"] == "/v1/programs/{program}/events"
-                   for r in requests), requests[:5]
 
         # AND every processed message was counted in EMF lines by outcome, once
         earn = json_lines(logs / "earn.log")
@@ -317,7 +324,7 @@ def test_functions_log_each_message_at_info_with_its_ids_trace_and_metrics_and_n
         assert outcomes, earn[-5:]
         assert emf_sum(earn, "Events", function="earn") == len(outcomes)
         assert emf_sum(earn, "Events", function="earn", outcome="applied") == outcomes.count("applied")
-        assert emf_sum(earn, "PointsIssued", function="earn", program="kr-shop") >= 100
+        assert emf_sum(earn, "PointsIssued", function="earn", program="kr-shop") >= 3000
         assert emf_sum(earn, "ColdStart", function="earn") >= 1
         api = [r for f in logs.glob("*.log") for r in json_lines(f)]
         assert emf_sum(api, "Requests", status="2xx") >= 3

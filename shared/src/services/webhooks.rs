@@ -1,5 +1,6 @@
 //! Webhook ingest: verify the sender, normalise the payload, resolve the member, queue the
-//! events. Nothing heavy happens before the answer: one alias read per event at most.
+//! events. Nothing heavy happens before the answer: an alias read per identity, and a write
+//! only for what is new (the order's member, an identity seen for the first time).
 
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
@@ -322,7 +323,9 @@ impl Services {
         Ok(envelope)
     }
 
-    /// Records the order's member (for refunds without a customer) and links identities.
+    /// Records the order's member (for refunds without a customer) and links identities. An
+    /// identity already linked to the member is only read: a link is a two-item transaction,
+    /// and a returning customer's identities are linked since the first order.
     async fn remember_identities(
         &self,
         program: &str,
@@ -334,6 +337,10 @@ impl Services {
         }
         for identity in &event.identities {
             if let Some((kind, value)) = identity.split_once(':') {
+                let linked = self.store.resolve_alias(program, kind, value).await?;
+                if linked.as_deref() == Some(member) {
+                    continue;
+                }
                 if !self.store.put_alias(program, kind, value, member).await? {
                     tracing::info!(
                         program,

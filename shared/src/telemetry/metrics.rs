@@ -145,32 +145,38 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
 
 /// Adds `n` to a count.
 pub fn add(metric: Metric, given: &[(&'static str, &str)], n: u64) {
-    if n == 0 {
-        return;
-    }
-    let mut registry = registry();
-    let series = registry
-        .series
-        .entry((metric.name, labels(given)))
-        .or_default();
-    match series.recent.first_mut() {
-        Some(sum) => *sum += n,
-        None => series.recent.push(n),
-    }
-    series.total += n;
-    series.observations += 1;
+    registry().add(metric, given, n);
 }
 
 /// Records one observation of a time.
 pub fn observe(metric: Metric, given: &[(&'static str, &str)], millis: u64) {
-    let mut registry = registry();
-    let series = registry
-        .series
-        .entry((metric.name, labels(given)))
-        .or_default();
-    series.recent.push(millis);
-    series.total += millis;
-    series.observations += 1;
+    registry().observe(metric, given, millis);
+}
+
+/// What was counted since the last call, as EMF lines, and forgets it (the totals stay).
+pub fn drain_emf(timestamp_millis: i64) -> Vec<String> {
+    registry().drain_emf(timestamp_millis)
+}
+
+/// The totals since the process started, in Prometheus's text format (counts as counters,
+/// times as summaries without quantiles: a sum and a count).
+pub fn prometheus() -> String {
+    registry().prometheus()
+}
+
+/// Writes what was counted since the last flush to standard output as EMF lines.
+pub fn flush_emf() {
+    let now = chrono::Utc::now().timestamp_millis();
+    let lines = drain_emf(now);
+    if lines.is_empty() {
+        return;
+    }
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
 }
 
 fn metric(name: &str) -> Option<Metric> {
@@ -198,31 +204,88 @@ fn dimension_sets(labels: &Labels) -> Vec<Vec<&'static str>> {
 /// EMF allows at most 100 values of one metric in one line.
 const EMF_MAX_VALUES: usize = 100;
 
-/// What was counted since the last call, as EMF lines, and forgets it (the totals stay).
-pub fn drain_emf(timestamp_millis: i64) -> Vec<String> {
-    let mut by_labels: BTreeMap<Labels, Vec<(Metric, Vec<u64>)>> = BTreeMap::new();
-    for ((name, labels), series) in registry().series.iter_mut() {
-        let recent = std::mem::take(&mut series.recent);
-        if let (Some(metric), false) = (metric(name), recent.is_empty()) {
-            by_labels
-                .entry(labels.clone())
-                .or_default()
-                .push((metric, recent));
+impl Registry {
+    fn add(&mut self, metric: Metric, given: &[(&'static str, &str)], n: u64) {
+        if n == 0 {
+            return;
         }
-    }
-    let mut lines = Vec::new();
-    for (labels, metrics) in by_labels {
-        let chunks = metrics
-            .iter()
-            .map(|(_, values)| values.len().div_ceil(EMF_MAX_VALUES))
-            .max()
-            .unwrap_or(0);
-        for chunk in 0..chunks {
-            let line = emf_line(timestamp_millis, &labels, &metrics, chunk);
-            lines.push(line.to_string());
+        let series = self.series.entry((metric.name, labels(given))).or_default();
+        match series.recent.first_mut() {
+            Some(sum) => *sum += n,
+            None => series.recent.push(n),
         }
+        series.total += n;
+        series.observations += 1;
     }
-    lines
+
+    fn observe(&mut self, metric: Metric, given: &[(&'static str, &str)], millis: u64) {
+        let series = self.series.entry((metric.name, labels(given))).or_default();
+        series.recent.push(millis);
+        series.total += millis;
+        series.observations += 1;
+    }
+
+    fn drain_emf(&mut self, timestamp_millis: i64) -> Vec<String> {
+        let mut by_labels: BTreeMap<Labels, Vec<(Metric, Vec<u64>)>> = BTreeMap::new();
+        for ((name, labels), series) in self.series.iter_mut() {
+            let recent = std::mem::take(&mut series.recent);
+            if let (Some(metric), false) = (metric(name), recent.is_empty()) {
+                by_labels
+                    .entry(labels.clone())
+                    .or_default()
+                    .push((metric, recent));
+            }
+        }
+        let mut lines = Vec::new();
+        for (labels, metrics) in by_labels {
+            let chunks = metrics
+                .iter()
+                .map(|(_, values)| values.len().div_ceil(EMF_MAX_VALUES))
+                .max()
+                .unwrap_or(0);
+            for chunk in 0..chunks {
+                let line = emf_line(timestamp_millis, &labels, &metrics, chunk);
+                lines.push(line.to_string());
+            }
+        }
+        lines
+    }
+
+    fn prometheus(&self) -> String {
+        let mut out = String::new();
+        for metric in ALL {
+            let base = snake(metric.name);
+            let (family, kind) = match metric.unit {
+                Unit::Count => (format!("{base}_total"), "counter"),
+                Unit::Milliseconds => (format!("{base}_milliseconds"), "summary"),
+            };
+            let _ = writeln!(out, "# HELP {family} {}", metric.help);
+            let _ = writeln!(out, "# TYPE {family} {kind}");
+            let series = self
+                .series
+                .iter()
+                .filter(|((name, _), _)| *name == metric.name);
+            for ((_, labels), s) in series {
+                let mut all = vec![("function", function().to_string())];
+                all.extend(labels.iter().cloned());
+                let text: Vec<String> = all
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                    .collect();
+                let text = text.join(",");
+                match metric.unit {
+                    Unit::Count => {
+                        let _ = writeln!(out, "{family}{{{text}}} {}", s.total);
+                    }
+                    Unit::Milliseconds => {
+                        let _ = writeln!(out, "{family}_sum{{{text}}} {}", s.total);
+                        let _ = writeln!(out, "{family}_count{{{text}}} {}", s.observations);
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 fn emf_line(
@@ -267,21 +330,6 @@ fn emf_line(
     serde_json::Value::Object(line)
 }
 
-/// Writes what was counted since the last flush to standard output as EMF lines.
-pub fn flush_emf() {
-    let now = chrono::Utc::now().timestamp_millis();
-    let lines = drain_emf(now);
-    if lines.is_empty() {
-        return;
-    }
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    for line in lines {
-        let _ = writeln!(out, "{line}");
-    }
-    let _ = out.flush();
-}
-
 /// `PointsIssued` as `loyalty_points_issued`.
 fn snake(name: &str) -> String {
     let mut out = String::from("loyalty");
@@ -301,52 +349,11 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The totals since the process started, in Prometheus's text format (counts as counters,
-/// times as summaries without quantiles: a sum and a count).
-pub fn prometheus() -> String {
-    let registry = registry();
-    let mut out = String::new();
-    for metric in ALL {
-        let series: Vec<_> = registry
-            .series
-            .iter()
-            .filter(|((name, _), _)| *name == metric.name)
-            .collect();
-        let base = snake(metric.name);
-        let (family, kind) = match metric.unit {
-            Unit::Count => (format!("{base}_total"), "counter"),
-            Unit::Milliseconds => (format!("{base}_milliseconds"), "summary"),
-        };
-        let _ = writeln!(out, "# HELP {family} {}", metric.help);
-        let _ = writeln!(out, "# TYPE {family} {kind}");
-        for ((_, labels), s) in series {
-            let mut all = vec![("function", function().to_string())];
-            all.extend(labels.iter().cloned());
-            let text: Vec<String> = all
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                .collect();
-            let text = text.join(",");
-            match metric.unit {
-                Unit::Count => {
-                    let _ = writeln!(out, "{family}{{{text}}} {}", s.total);
-                }
-                Unit::Milliseconds => {
-                    let _ = writeln!(out, "{family}_sum{{{text}}} {}", s.total);
-                    let _ = writeln!(out, "{family}_count{{{text}}} {}", s.observations);
-                }
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // The registry is one per process and tests run in parallel: each test uses its own
-    // program label and reads only its own series.
+    // Each test counts in a registry of its own (the process's is shared by parallel tests).
 
     fn lines_of(program: &str, lines: &[String]) -> Vec<serde_json::Value> {
         lines
@@ -358,17 +365,18 @@ mod tests {
 
     #[test]
     fn counts_become_one_emf_line_per_label_set_and_start_again_from_zero() {
+        let mut r = Registry::default();
         // GIVEN three applied events and one rejected one in a program
-        add(EVENTS, &[("program", "emf-a"), ("outcome", "applied")], 1);
-        add(EVENTS, &[("program", "emf-a"), ("outcome", "applied")], 2);
-        add(EVENTS, &[("program", "emf-a"), ("outcome", "rejected")], 1);
-        add(
+        r.add(EVENTS, &[("program", "emf-a"), ("outcome", "applied")], 1);
+        r.add(EVENTS, &[("program", "emf-a"), ("outcome", "applied")], 2);
+        r.add(EVENTS, &[("program", "emf-a"), ("outcome", "rejected")], 1);
+        r.add(
             POINTS_ISSUED,
             &[("program", "emf-a"), ("outcome", "applied")],
             150,
         );
         // WHEN the registry is drained
-        let lines = lines_of("emf-a", &drain_emf(1_700_000_000_000));
+        let lines = lines_of("emf-a", &r.drain_emf(1_700_000_000_000));
         // THEN each label set is one line, with its sums and its EMF declaration
         assert_eq!(lines.len(), 2, "{lines:?}");
         let applied = lines.iter().find(|l| l["outcome"] == "applied").unwrap();
@@ -386,17 +394,18 @@ mod tests {
         );
         assert_eq!(applied["_aws"]["Timestamp"], 1_700_000_000_000i64);
         // AND a second drain has nothing of them
-        assert!(lines_of("emf-a", &drain_emf(1)).is_empty());
+        assert!(lines_of("emf-a", &r.drain_emf(1)).is_empty());
     }
 
     #[test]
     fn times_are_sent_as_values_at_most_a_hundred_per_line() {
+        let mut r = Registry::default();
         // GIVEN 150 observations of a time
         for ms in 0..150 {
-            observe(JOB_DURATION, &[("program", "emf-b"), ("job", "expire")], ms);
+            r.observe(JOB_DURATION, &[("program", "emf-b"), ("job", "expire")], ms);
         }
         // WHEN drained THEN two lines carry 100 and 50 values, in Milliseconds
-        let lines = lines_of("emf-b", &drain_emf(0));
+        let lines = lines_of("emf-b", &r.drain_emf(0));
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["JobDuration"].as_array().unwrap().len(), 100);
         assert_eq!(lines[1]["JobDuration"].as_array().unwrap().len(), 50);
@@ -408,13 +417,14 @@ mod tests {
 
     #[test]
     fn prometheus_shows_totals_that_draining_does_not_reset() {
+        let mut r = Registry::default();
         // GIVEN counts and times, drained once as EMF
-        add(POINTS_REDEEMED, &[("program", "prom-c")], 500);
-        add(POINTS_REDEEMED, &[("program", "prom-c")], 250);
-        observe(OUTBOX_LAG, &[("program", "prom-c")], 40);
-        let _ = drain_emf(0);
+        r.add(POINTS_REDEEMED, &[("program", "prom-c")], 500);
+        r.add(POINTS_REDEEMED, &[("program", "prom-c")], 250);
+        r.observe(OUTBOX_LAG, &[("program", "prom-c")], 40);
+        let _ = r.drain_emf(0);
         // WHEN the text format is read
-        let text = prometheus();
+        let text = r.prometheus();
         // THEN the counter has its total and the time its sum and count
         assert!(text.contains("# TYPE loyalty_points_redeemed_total counter"));
         let series = "{function=\"loyalty\",program=\"prom-c\"}";
@@ -428,8 +438,9 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped_and_empty_labels_left_out() {
-        add(EVENTS, &[("program", "prom-\"d\""), ("outcome", "")], 1);
-        let text = prometheus();
+        let mut r = Registry::default();
+        r.add(EVENTS, &[("program", "prom-\"d\""), ("outcome", "")], 1);
+        let text = r.prometheus();
         assert!(
             text.contains(
                 "loyalty_events_total{function=\"loyalty\",program=\"prom-\\\"d\\\"\"} 1"

@@ -7,7 +7,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 pub mod metrics;
 pub mod trace;
@@ -47,15 +49,19 @@ fn lambda_level(level: &str) -> &'static str {
     }
 }
 
-/// The level filter of this process, from its environment.
-pub fn filter() -> EnvFilter {
+/// The level filter of this process, from its environment: a level, and levels by target
+/// (`warn,loyalty_core=debug`). `Targets` rather than `EnvFilter`, whose span-field filters
+/// nobody here uses and whose regular expressions would add a regex engine to every bootstrap.
+pub fn filter() -> Targets {
     let var = |name: &str| std::env::var(name).ok();
     let wanted = directive(
         var("LOYALTY_LOG"),
         var("RUST_LOG"),
         var("AWS_LAMBDA_LOG_LEVEL"),
     );
-    EnvFilter::try_new(&wanted).unwrap_or_else(|_| EnvFilter::new("info"))
+    wanted
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO))
 }
 
 /// Logs and metrics of a Lambda function named `function` (`earn`, `redeem`, ...): JSON lines
@@ -63,10 +69,9 @@ pub fn filter() -> EnvFilter {
 /// the invocation's `requestId` and `xrayTraceId`.
 pub fn init_lambda(function: &'static str) {
     metrics::set_function(function);
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter())
-        .without_time()
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().json().without_time())
+        .with(filter())
         .init();
 }
 

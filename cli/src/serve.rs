@@ -24,7 +24,9 @@ pub const MAX_ATTEMPTS: u32 = 5;
 const VISIBILITY: Duration = Duration::from_secs(30);
 const IDLE_POLL: Duration = Duration::from_millis(50);
 /// Outbox messages relayed per pass.
-const RELAY_BATCH: usize = 64;
+const RELAY_BATCH: usize = 256;
+/// Messages taken from a queue at once (one per member), processed together.
+const RECEIVE_BATCH: usize = 128;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -245,12 +247,17 @@ async fn relay(services: Arc<Services>) {
 /// and let failures come back with backoff until they are dead-lettered.
 async fn work(queue: LocalQueue, name: QueueName, services: Arc<Services>) {
     loop {
-        match queue.receive(name, 16, VISIBILITY).await {
+        match queue.receive(name, RECEIVE_BATCH, VISIBILITY).await {
             Ok(batch) if batch.is_empty() => tokio::time::sleep(IDLE_POLL).await,
             Ok(batch) => {
-                for delivery in batch {
-                    handle(&queue, name, &services, delivery).await;
-                }
+                // At most one message per group: they are independent, so they run together
+                // and their writes share the store's commits.
+                futures_util::future::join_all(
+                    batch
+                        .into_iter()
+                        .map(|delivery| handle(&queue, name, &services, delivery)),
+                )
+                .await;
             }
             Err(e) => {
                 tracing::warn!(queue = name.as_str(), error = %e, "cannot read the queue");

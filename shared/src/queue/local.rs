@@ -24,7 +24,8 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             attempts INTEGER NOT NULL DEFAULT 0, available_at INTEGER NOT NULL,
             last_error TEXT,
             UNIQUE (queue, id));
-        CREATE INDEX IF NOT EXISTS queue_groups ON queue (queue, grp, seq);
+        DROP INDEX IF EXISTS queue_groups;
+        CREATE INDEX IF NOT EXISTS queue_order ON queue (queue, seq);
         CREATE TABLE IF NOT EXISTS sent (queue TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (queue, id));
         CREATE TABLE IF NOT EXISTS dead_letters (
             queue TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL, attempts INTEGER NOT NULL,
@@ -54,6 +55,57 @@ fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
+/// Rows read per step when looking for the heads of groups.
+const SCAN_PAGE: usize = 512;
+/// Rows looked at, at most, by one receive. Only heads in flight or waiting for a retry (one
+/// per group) can stand before a due head, so this bounds the work of a receive whatever the
+/// backlog, and a group further back waits for the next receive.
+const SCAN_LIMIT: usize = 16_384;
+
+/// The oldest message of each group, in queue order, that is due: a group whose head is in
+/// flight or waiting for a retry gives nothing (its order holds). Reads from the front of the
+/// queue in pages through the `(queue, seq)` index, so its cost is the rows before the last head
+/// taken, not the backlog.
+fn due_heads(
+    conn: &Connection,
+    queue: QueueName,
+    max: usize,
+    now: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let failed = |e| sql_error("cannot read the queue", e);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, grp, available_at FROM queue WHERE queue = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .map_err(failed)?;
+    let mut groups = std::collections::HashSet::new();
+    let (mut heads, mut after, mut scanned) = (Vec::new(), 0i64, 0usize);
+    while heads.len() < max && scanned < SCAN_LIMIT {
+        let rows: Vec<(i64, String, i64)> = stmt
+            .query_map(params![queue.as_str(), after, SCAN_PAGE as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(failed)?
+            .collect::<Result<_, _>>()
+            .map_err(failed)?;
+        let last_page = rows.len() < SCAN_PAGE;
+        for (seq, group, available_at) in rows {
+            after = seq;
+            scanned += 1;
+            if groups.insert(group) && available_at <= now {
+                heads.push(seq);
+                if heads.len() == max {
+                    break;
+                }
+            }
+        }
+        if last_page {
+            break;
+        }
+    }
+    Ok(heads)
+}
+
 impl LocalQueue {
     pub fn new(store: SqliteStore, max_attempts: u32) -> LocalQueue {
         LocalQueue {
@@ -73,36 +125,22 @@ impl LocalQueue {
         let hide_ms = i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX);
         self.store
             .with(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(|e| sql_error("cannot begin", e))?;
+                let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
                 let now = now_ms();
-                let heads: Vec<(i64, String, u32)> = {
-                    let mut stmt = tx
+                let heads = due_heads(&tx, queue, max, now)?;
+                let mut deliveries = Vec::with_capacity(heads.len());
+                for seq in heads {
+                    let (body, attempts): (String, u32) = tx
                         .prepare_cached(
-                            "SELECT q.seq, q.body, q.attempts FROM queue q
-                             WHERE q.queue = ?1 AND q.available_at <= ?2
-                               AND q.seq = (SELECT MIN(p.seq) FROM queue p WHERE p.queue = q.queue AND p.grp = q.grp)
-                             ORDER BY q.seq LIMIT ?3",
+                            "UPDATE queue SET attempts = attempts + 1, available_at = ?2 WHERE seq = ?1
+                             RETURNING body, attempts",
                         )
-                        .map_err(|e| sql_error("cannot read the queue", e))?;
-                    let rows = stmt
-                        .query_map(params![queue.as_str(), now, max as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                        .map_err(|e| sql_error("cannot read the queue", e))?;
-                    rows.collect::<Result<_, _>>().map_err(|e| sql_error("cannot read the queue", e))?
-                };
-                for (seq, _, _) in &heads {
-                    tx.execute(
-                        "UPDATE queue SET attempts = attempts + 1, available_at = ?2 WHERE seq = ?1",
-                        params![seq, now.saturating_add(hide_ms)],
-                    )
-                    .map_err(|e| sql_error("cannot update the queue", e))?;
+                        .and_then(|mut s| s.query_row(params![seq, now.saturating_add(hide_ms)], |r| Ok((r.get(0)?, r.get(1)?))))
+                        .map_err(|e| sql_error("cannot update the queue", e))?;
+                    deliveries.push(Delivery { seq, queue, body, attempts });
                 }
                 tx.commit().map_err(|e| sql_error("cannot commit", e))?;
-                Ok(heads
-                    .into_iter()
-                    .map(|(seq, body, attempts)| Delivery { seq, queue, body, attempts: attempts + 1 })
-                    .collect())
+                Ok(deliveries)
             })
             .await
     }
@@ -141,7 +179,7 @@ impl LocalQueue {
         self.store
             .with(move |conn| {
                 let tx = conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .savepoint()
                     .map_err(|e| sql_error("cannot begin", e))?;
                 let row: Option<(String, String, String)> = tx
                     .query_row("SELECT queue, id, body FROM queue WHERE seq = ?1", params![seq], |r| {
@@ -254,7 +292,7 @@ impl DeadLetters for LocalQueue {
         self.store
             .with(move |conn| {
                 let tx = conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .savepoint()
                     .map_err(|e| sql_error("cannot begin", e))?;
                 let letters: Vec<(i64, String, String)> = {
                     let mut stmt = tx
@@ -304,7 +342,7 @@ impl Queue for LocalQueue {
         self.store
             .with(move |conn| {
                 let tx = conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .savepoint()
                     .map_err(|e| sql_error("cannot begin", e))?;
                 // Like a FIFO queue's deduplication, but without SQS's five-minute window: a
                 // message's program-scoped id is accepted once, ever.

@@ -31,21 +31,36 @@ impl Services {
     }
 
     /// Relays up to `limit` waiting messages; returns how many went out. A message that
-    /// fails is logged and stays for the next pass; it never holds back the others.
+    /// fails is logged and stays for the next pass; it never holds back the others. Messages
+    /// of one queue group go out one after the other, in the order they were written (a
+    /// group's order is what its consumers rely on); different groups go out together.
     pub async fn relay_waiting(&self, limit: usize) -> Result<usize, RelayError> {
         let waiting = self.store.outbox(limit).await?;
-        let mut sent = 0;
-        let mut last_error = None;
+        let mut groups: Vec<Vec<&OutboxMessage>> = Vec::new();
+        let mut index = std::collections::HashMap::new();
         for message in &waiting {
-            match self.relay(message).await {
-                Ok(()) => sent += 1,
-                Err(e) => {
-                    tracing::warn!(error = %e, key = %message.key(), "outbox message not relayed; will retry");
-                    last_error = Some(e);
-                }
-            }
+            let key = (message.queue, message.envelope.group());
+            let slot = *index.entry(key).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[slot].push(message);
         }
-        match last_error {
+        let outcomes = futures_util::future::join_all(groups.into_iter().map(|group| async move {
+            let mut sent = 0;
+            for message in group {
+                if let Err(e) = self.relay(message).await {
+                    tracing::warn!(error = %e, key = %message.key(), "outbox message not relayed; will retry");
+                    // The rest of the group waits behind it, in order.
+                    return (sent, Some(e));
+                }
+                sent += 1;
+            }
+            (sent, None)
+        }))
+        .await;
+        let sent = outcomes.iter().map(|(sent, _)| sent).sum();
+        match outcomes.into_iter().find_map(|(_, e)| e) {
             Some(e) if sent == 0 => Err(e),
             _ => Ok(sent),
         }

@@ -4,6 +4,9 @@
 #[cfg(feature = "aws")]
 pub mod dynamodb;
 #[cfg(feature = "sqlite")]
+#[cfg(feature = "sqlite")]
+mod group_commit;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 /// Ledger entries are ordered by a per-member sequence derived from the account version that

@@ -1,19 +1,21 @@
 //! The embedded store: all state of `loyalty serve` in one SQLite file (or in memory).
 //!
-//! It mirrors the DynamoDB adapter's semantics, not its layout: every commit is one
-//! `BEGIN IMMEDIATE` transaction that checks the account version and refuses an existing event
-//! marker or ledger entry id. Another process holding the database (a `loyalty jobs run` next to
-//! `serve`) is waited for (busy timeout) and retried, never reported as a failure to the caller
-//! unless it persists.
+//! It mirrors the DynamoDB adapter's semantics, not its layout: every commit is one savepoint,
+//! all or nothing, that checks the account version and refuses an existing event marker or
+//! ledger entry id. Writes that arrive together share one `BEGIN IMMEDIATE` transaction (see
+//! `group_commit`), and each caller is answered once its transaction committed. Another process
+//! holding the database (a `loyalty jobs run` next to `serve`) is waited for (busy timeout) and
+//! retried, never reported as a failure to the caller unless it persists.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
+use super::group_commit::{Readers, Writer};
 use super::{decode_cursor, encode_cursor, ledger_seq};
 use crate::domain::books::{BookRow, BooksAdd};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
@@ -104,13 +106,16 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 /// How long one statement waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Further attempts after a busy timeout, with a growing pause between them.
-const BUSY_RETRIES: u32 = 5;
 
-/// The SQLite adapter. Cloning shares the connection.
+/// Read-only connections beside the writer (a file database only).
+const READERS: usize = 3;
+
+/// The SQLite adapter: one writer thread that commits waiting writes together, and readers
+/// that see what was committed (see `group_commit`). Cloning shares both.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    writer: Arc<Writer>,
+    readers: Option<Arc<Readers>>,
     /// Operations run against the database (each one read or one transaction), for the tests
     /// and benchmarks that check a job's cost.
     operations: Arc<std::sync::atomic::AtomicU64>,
@@ -126,7 +131,9 @@ impl SqliteStore {
             .map_err(|e| StoreError::failed("cannot enable WAL", e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| StoreError::failed("cannot set synchronous", e))?;
-        SqliteStore::init(conn)
+        let mut store = SqliteStore::init(conn)?;
+        store.readers = Some(Arc::new(Readers::open(path, READERS, BUSY_TIMEOUT)?));
+        Ok(store)
     }
 
     /// A private database that lives as long as the process (`serve --memory`, tests).
@@ -143,9 +150,15 @@ impl SqliteStore {
             .map_err(|e| StoreError::failed("cannot create the schema", e))?;
         crate::queue::local::migrate(&conn)?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: Arc::new(Writer::start(conn)?),
+            readers: None,
             operations: Arc::default(),
         })
+    }
+
+    /// How many transactions the writer has committed so far; concurrent writes share them.
+    pub fn commits(&self) -> u64 {
+        self.writer.commits()
     }
 
     /// How many operations (reads or transactions) this store has run so far.
@@ -153,33 +166,35 @@ impl SqliteStore {
         self.operations.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Runs blocking database work off the async runtime, retrying while the database is busy.
+    /// Runs database work in the writer's next batch; answers once that batch committed.
     pub(crate) async fn with<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: Fn(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
         self.operations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| StoreError::Failed {
-                message: "the database connection was poisoned by a panic".into(),
-                source: None,
-            })?;
-            let mut attempt = 0;
-            loop {
-                match work(&mut guard) {
-                    Err(StoreError::Transient { .. }) if attempt < BUSY_RETRIES => {
-                        attempt += 1;
-                        std::thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
-                    }
-                    other => return other,
-                }
+        self.writer.run(work).await
+    }
+
+    /// Runs a read on a reader connection (off the async runtime), or on the writer when the
+    /// database is in memory. It sees everything committed before it began.
+    pub(crate) async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.operations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &self.readers {
+            Some(readers) => {
+                let readers = Arc::clone(readers);
+                tokio::task::spawn_blocking(move || readers.read(work))
+                    .await
+                    .map_err(|e| StoreError::failed("database task failed", e))?
             }
-        })
-        .await
-        .map_err(|e| StoreError::failed("database task failed", e))?
+            None => self.writer.run(move |conn| work(conn)).await,
+        }
     }
 }
 
@@ -216,7 +231,7 @@ impl SqliteStore {
         version: Option<u32>,
     ) -> Result<Option<StoredProgram>, StoreError> {
         let program = program.to_string();
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 "SELECT version, file, updated_at FROM programs WHERE program = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
                 params![program, version],
@@ -247,7 +262,7 @@ impl ProgramStore for SqliteStore {
         program: &str,
     ) -> Result<Vec<(u32, DateTime<Utc>)>, StoreError> {
         let program = program.to_string();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn
                 .prepare("SELECT version, updated_at FROM programs WHERE program = ?1 ORDER BY version DESC")
                 .map_err(|e| sql_error("cannot read the program versions", e))?;
@@ -286,9 +301,7 @@ impl ProgramStore for SqliteStore {
     ) -> Result<Option<u32>, StoreError> {
         let (program, file_json) = (program.to_string(), file_json.to_string());
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| sql_error("cannot begin", e))?;
+            let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
             let current: Option<u32> = tx
                 .query_row(
                     "SELECT MAX(version) FROM programs WHERE program = ?1",
@@ -328,7 +341,7 @@ impl MemberStore for SqliteStore {
             order_keys.to_vec(),
             campaigns.to_vec(),
         );
-        self.with(move |conn| {
+        self.read(move |conn| {
             let account = conn
                 .query_row(
                     "SELECT body FROM accounts WHERE program = ?1 AND member = ?2",
@@ -384,7 +397,7 @@ impl MemberStore for SqliteStore {
             .with(move |conn| {
                 let commit = &commit;
                 let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .savepoint()
                     .map_err(|e| sql_error("cannot begin", e))?;
                 if let Some(marker) = &commit.marker {
                     let exists: bool = tx
@@ -514,7 +527,7 @@ impl MemberStore for SqliteStore {
         };
         let limit = limit.clamp(1, 100);
         let (program, member) = (program.to_string(), member.to_string());
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT seq, body FROM ledger WHERE program = ?1 AND member = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4",
@@ -550,7 +563,7 @@ impl MemberStore for SqliteStore {
         marker: &EventMarker,
     ) -> Result<bool, StoreError> {
         let (program, member, key) = (program.to_string(), member.to_string(), marker_key(marker));
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM markers WHERE program = ?1 AND member = ?2 AND marker = ?3)",
                 params![program, member, key],
@@ -577,7 +590,7 @@ impl AliasStore for SqliteStore {
         value: &str,
     ) -> Result<Option<String>, StoreError> {
         let (program, kind, value) = (program.to_string(), kind.to_string(), value.to_string());
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
                 params![program, kind, value],
@@ -717,7 +730,7 @@ impl RejectStore for SqliteStore {
                 })
             }
         };
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT replays, body FROM rejected_events
@@ -759,7 +772,7 @@ impl RejectStore for SqliteStore {
         event_id: &str,
     ) -> Result<Option<RejectedEvent>, StoreError> {
         let (program, event_id) = (program.to_string(), event_id.to_string());
-        self.with(move |conn| {
+        self.read(move |conn| {
             let row: Option<(u32, String)> = conn
                 .query_row(
                     "SELECT replays, body FROM rejected_events WHERE program = ?1 AND event_id = ?2",
@@ -790,7 +803,7 @@ impl RejectStore for SqliteStore {
             (program.to_string(), event_id.to_string(), message.clone());
         self.with(move |conn| {
             let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .savepoint()
                 .map_err(|e| sql_error("cannot begin", e))?;
             let body: Option<String> = tx
                 .query_row(
@@ -856,7 +869,7 @@ impl ParkingStore for SqliteStore {
         order_key: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let (program, order_key) = (program.to_string(), order_key.to_string());
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT event_id, body FROM parked WHERE program = ?1 AND order_key = ?2 ORDER BY rowid")
                 .map_err(|e| sql_error("cannot read parked events", e))?;
@@ -883,9 +896,7 @@ impl ParkingStore for SqliteStore {
         );
         let message = message.clone();
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| sql_error("cannot begin", e))?;
+            let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
             let removed = tx
                 .execute(
                     "DELETE FROM parked WHERE program = ?1 AND order_key = ?2 AND event_id = ?3",
@@ -937,7 +948,7 @@ fn write_outbox(tx: &Connection, message: &OutboxMessage) -> Result<(), StoreErr
 impl OutboxStore for SqliteStore {
     async fn outbox(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT key, body FROM outbox ORDER BY seq LIMIT ?1")
                 .map_err(|e| sql_error("cannot read the outbox", e))?;
@@ -971,7 +982,7 @@ impl OutboxStore for SqliteStore {
 
 /// Replaces the member's rows in the due-date index with the dates of this commit.
 fn write_due(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     program: &str,
     member: &str,
     due: &DueDates,
@@ -1039,7 +1050,7 @@ impl ScheduleStore for SqliteStore {
         }
         let (program, date) = (program.to_string(), date.to_string());
         let cursor = cursor.unwrap_or_default().to_string();
-        self.with(move |conn| {
+        self.read(move |conn| {
             member_page(
                 conn,
                 "SELECT member FROM due WHERE program = ?1 AND job = ?2 AND date = ?3 AND member > ?4
@@ -1059,7 +1070,7 @@ impl ScheduleStore for SqliteStore {
     ) -> Result<MemberPage, StoreError> {
         let program = program.to_string();
         let cursor = cursor.unwrap_or_default().to_string();
-        self.with(move |conn| {
+        self.read(move |conn| {
             member_page(
                 conn,
                 "SELECT member FROM accounts WHERE program = ?1 AND member > ?2 ORDER BY member LIMIT ?3",
@@ -1071,7 +1082,7 @@ impl ScheduleStore for SqliteStore {
     }
 
     async fn program_ids(&self) -> Result<Vec<String>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut statement = conn
                 .prepare_cached("SELECT DISTINCT program FROM programs ORDER BY program")
                 .map_err(|e| sql_error("cannot list programs", e))?;
@@ -1087,7 +1098,7 @@ impl ScheduleStore for SqliteStore {
 
     async fn job_progress(&self, program: &str, job: &str) -> Result<Option<String>, StoreError> {
         let (program, job) = (program.to_string(), job.to_string());
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 "SELECT progress FROM job_progress WHERE program = ?1 AND job = ?2",
                 params![program, job],
@@ -1128,11 +1139,7 @@ impl ScheduleStore for SqliteStore {
 }
 
 /// Marks a coupon revoked unless it has been consumed; `false` when it has.
-fn revoke_coupon(
-    tx: &rusqlite::Transaction<'_>,
-    program: &str,
-    code: &str,
-) -> Result<bool, StoreError> {
+fn revoke_coupon(tx: &Connection, program: &str, code: &str) -> Result<bool, StoreError> {
     let body: Option<String> = tx
         .query_row(
             "SELECT body FROM coupons WHERE program = ?1 AND code = ?2",
@@ -1156,10 +1163,7 @@ fn revoke_coupon(
 }
 
 /// The redemption, new coupon and idempotency record of a commit, if any.
-fn write_redemption_items(
-    tx: &rusqlite::Transaction<'_>,
-    commit: &Commit,
-) -> Result<(), StoreError> {
+fn write_redemption_items(tx: &Connection, commit: &Commit) -> Result<(), StoreError> {
     for redemption in commit.redemption.iter().chain(&commit.copied_redemptions) {
         tx.execute(
             "INSERT INTO redemptions (program, member, id, body) VALUES (?1, ?2, ?3, ?4)
@@ -1254,7 +1258,7 @@ fn add_books(tx: &Connection, program: &str, add: &BooksAdd) -> Result<(), Store
 impl BooksStore for SqliteStore {
     async fn book_rows(&self, program: &str, until: NaiveDate) -> Result<Vec<BookRow>, StoreError> {
         let program = program.to_string();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn
                 .prepare_cached(
                     "SELECT day, name, SUM(value) FROM books WHERE program = ?1 AND day <= ?2
@@ -1291,7 +1295,7 @@ impl BooksStore for SqliteStore {
         name: &str,
     ) -> Result<i64, StoreError> {
         let (program, name) = (program.to_string(), name.to_string());
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 "SELECT COALESCE(SUM(value), 0) FROM books WHERE program = ?1 AND day = ?2 AND name = ?3",
                 params![program, day.to_string(), name],
@@ -1361,7 +1365,7 @@ impl RedemptionStore for SqliteStore {
         id: &str,
     ) -> Result<Option<Redemption>, StoreError> {
         let (program, member, id) = (program.to_string(), member.to_string(), id.to_string());
-        self.with(move |conn| {
+        self.read(move |conn| {
             read_body(
                 conn,
                 "SELECT body FROM redemptions WHERE program = ?1 AND member = ?2 AND id = ?3",
@@ -1374,7 +1378,7 @@ impl RedemptionStore for SqliteStore {
 
     async fn coupon(&self, program: &str, code: &str) -> Result<Option<Coupon>, StoreError> {
         let (program, code) = (program.to_string(), code.to_string());
-        self.with(move |conn| {
+        self.read(move |conn| {
             read_body(
                 conn,
                 "SELECT body FROM coupons WHERE program = ?1 AND code = ?2",
@@ -1395,9 +1399,7 @@ impl RedemptionStore for SqliteStore {
         let (program, code, order_ref) =
             (program.to_string(), code.to_string(), order_ref.to_string());
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| sql_error("cannot begin", e))?;
+            let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
             let coupon: Option<Coupon> = read_body(
                 &tx,
                 "SELECT body FROM coupons WHERE program = ?1 AND code = ?2",
@@ -1440,7 +1442,7 @@ impl RedemptionStore for SqliteStore {
         let (program, principal, key) =
             (program.to_string(), principal.to_string(), key.to_string());
         let record: Option<IdempotencyRecord> = self
-            .with(move |conn| {
+            .read(move |conn| {
                 read_body(
                 conn,
                 "SELECT body FROM idempotency WHERE program = ?1 AND principal = ?2 AND key = ?3",
@@ -1458,7 +1460,7 @@ impl RedemptionStore for SqliteStore {
 impl CampaignStore for SqliteStore {
     async fn campaigns(&self, program: &str) -> Result<Vec<(String, String)>, StoreError> {
         let program = program.to_string();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn
                 .prepare_cached("SELECT id, body FROM campaigns WHERE program = ?1 ORDER BY id")
                 .map_err(|e| sql_error("cannot list campaigns", e))?;
@@ -1481,9 +1483,7 @@ impl CampaignStore for SqliteStore {
         let (program, member, assignment) =
             (program.to_string(), member.to_string(), assignment.clone());
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| sql_error("cannot begin", e))?;
+            let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
             let stored: Option<Assignment> = read_body(
                 &tx,
                 "SELECT body FROM assignments WHERE program = ?1 AND member = ?2 AND campaign = ?3",
@@ -1519,7 +1519,7 @@ impl CampaignStore for SqliteStore {
         campaign: &str,
     ) -> Result<Vec<VariantCounts>, StoreError> {
         let (program, campaign) = (program.to_string(), campaign.to_string());
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn
                 .prepare_cached(
                     "SELECT variant, assigned, converters, purchases, revenue, revenue_sq, points
@@ -1559,7 +1559,7 @@ impl CampaignStore for SqliteStore {
 
     async fn campaign(&self, program: &str, id: &str) -> Result<Option<(u32, String)>, StoreError> {
         let (program, id) = (program.to_string(), id.to_string());
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 "SELECT version, body FROM campaigns WHERE program = ?1 AND id = ?2",
                 params![program, id],
@@ -1581,7 +1581,7 @@ impl CampaignStore for SqliteStore {
         let (program, id, json) = (program.to_string(), id.to_string(), json.to_string());
         self.with(move |conn| {
             let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .savepoint()
                 .map_err(|e| sql_error("cannot begin", e))?;
             let current: Option<u32> = tx
                 .query_row(
@@ -1699,12 +1699,9 @@ impl RecordsStore for SqliteStore {
             let from = after.clone();
             let only_program = only.clone();
             let page: Vec<MemberRecords> = self
-                .with(move |conn| {
-                    // One snapshot per page: a member's account and ledger agree even while
-                    // `loyalty serve` writes.
-                    let conn = conn
-                        .transaction()
-                        .map_err(|e| sql_error("cannot begin", e))?;
+                .read(move |conn| {
+                    // One snapshot per page (a read transaction): a member's account and
+                    // ledger agree even while `loyalty serve` writes.
                     let mut statement = conn
                         .prepare_cached(
                             "SELECT program, member, body FROM accounts
@@ -1728,7 +1725,7 @@ impl RecordsStore for SqliteStore {
                     drop(statement);
                     accounts
                         .iter()
-                        .map(|(p, m, body)| member_records(&conn, p, m, body))
+                        .map(|(p, m, body)| member_records(conn, p, m, body))
                         .collect()
                 })
                 .await?;
@@ -1742,7 +1739,7 @@ impl RecordsStore for SqliteStore {
         }
         let only_program = only.clone();
         let parked: Vec<ParkedEvent> = self
-            .with(move |conn| {
+            .read(move |conn| {
                 let mut statement = conn
                     .prepare_cached(
                         "SELECT program, order_key, event_id, body FROM parked
@@ -1779,10 +1776,7 @@ impl RecordsStore for SqliteStore {
         member: &str,
     ) -> Result<MemberRecords, StoreError> {
         let (program, member) = (program.to_string(), member.to_string());
-        self.with(move |conn| {
-            let conn = conn
-                .transaction()
-                .map_err(|e| sql_error("cannot begin", e))?;
+        self.read(move |conn| {
             let account: Option<String> = conn
                 .query_row(
                     "SELECT body FROM accounts WHERE program = ?1 AND member = ?2",
@@ -1792,7 +1786,7 @@ impl RecordsStore for SqliteStore {
                 .optional()
                 .map_err(|e| sql_error("cannot read the account", e))?;
             match account {
-                Some(body) => member_records(&conn, &program, &member, &body),
+                Some(body) => member_records(conn, &program, &member, &body),
                 None => Ok(MemberRecords {
                     program: program.clone(),
                     member: member.clone(),
@@ -1805,7 +1799,7 @@ impl RecordsStore for SqliteStore {
 
     async fn member_file(&self, program: &str, member: &str) -> Result<MemberFile, StoreError> {
         let (program, member) = (program.to_string(), member.to_string());
-        self.with(move |conn| {
+        self.read(move |conn| {
             let args: [&dyn rusqlite::ToSql; 2] = [&program, &member];
             let redemptions: Vec<Redemption> = bodies(
                 conn,
@@ -1861,7 +1855,7 @@ impl ErasureStore for SqliteStore {
             (program.to_string(), member.to_string(), coupons.to_vec());
         self.with(move |conn| {
             let failed = |e| sql_error("cannot erase the member", e);
-            let tx = conn.transaction().map_err(failed)?;
+            let tx = conn.savepoint().map_err(failed)?;
             for table in [
                 "accounts",
                 "ledger",
@@ -1935,9 +1929,7 @@ impl AuditStore for SqliteStore {
             (program.to_string(), encode("audit", run)?, message.clone());
         let id = run.id.clone();
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| sql_error("cannot begin", e))?;
+            let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
             tx.execute(
                 "INSERT INTO audits (program, id, body) VALUES (?1, ?2, ?3)",
                 params![program, id, body],
@@ -1951,7 +1943,7 @@ impl AuditStore for SqliteStore {
 
     async fn audit_run(&self, program: &str, id: &str) -> Result<Option<AuditRun>, StoreError> {
         let (program, id) = (program.to_string(), id.to_string());
-        self.with(move |conn| {
+        self.read(move |conn| {
             let body: Option<String> = conn
                 .query_row(
                     "SELECT body FROM audits WHERE program = ?1 AND id = ?2",

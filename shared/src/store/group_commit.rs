@@ -1,0 +1,290 @@
+//! One writer thread and a few readers for the SQLite store.
+//!
+//! Every write goes to one thread that owns the only writing connection. It takes the jobs
+//! that are waiting (up to [`MAX_BATCH`]) and runs them in one transaction, each inside a
+//! savepoint of its own: a job that fails or is refused leaves no trace and the others still
+//! commit. A job's caller is answered only after the COMMIT, so nothing is acted upon (a 202,
+//! an acknowledgement, a relay) before it is durable. One COMMIT for many jobs is what makes a
+//! busy file fast: the pages a batch touches go to the WAL once, not once per job.
+//!
+//! Reads of a file database run on connections of their own, each in a read transaction that
+//! sees only committed data, and never wait for the writer. An in-memory database has no
+//! second connection, so its reads are jobs of the writer too.
+
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use super::sqlite::sql_error;
+use crate::ports::StoreError;
+
+/// Jobs committed together at most. Large enough that a busy server commits rarely, small
+/// enough that one transaction never holds the file for long.
+const MAX_BATCH: usize = 256;
+/// Attempts at `BEGIN IMMEDIATE` while another process holds the file, after its busy timeout.
+const BEGIN_RETRIES: u32 = 5;
+
+/// What a job says to its caller once the batch's fate is known.
+type Reply = Box<dyn FnOnce(Option<&Failure>) + Send>;
+
+/// Why a whole batch did not commit.
+struct Failure {
+    message: String,
+    transient: bool,
+}
+
+impl Failure {
+    fn from_sql(what: &str, e: rusqlite::Error) -> Failure {
+        let transient = matches!(
+            e.sqlite_error_code(),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        );
+        Failure {
+            message: format!("{what}: {e}"),
+            transient,
+        }
+    }
+
+    fn error(&self) -> StoreError {
+        let message = self.message.clone();
+        if self.transient {
+            StoreError::Transient {
+                message,
+                source: None,
+            }
+        } else {
+            StoreError::Failed {
+                message,
+                source: None,
+            }
+        }
+    }
+}
+
+trait Job: Send {
+    /// Runs inside the batch's transaction and says how to answer once it ends.
+    fn run(self: Box<Self>, conn: &mut Connection) -> Reply;
+    /// The batch could not begin: answer without running.
+    fn refuse(self: Box<Self>, why: &Failure);
+}
+
+struct Work<F, T> {
+    work: F,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> Job for Work<F, T>
+where
+    F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send,
+    T: Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &mut Connection) -> Reply {
+        let Work { work, reply } = *self;
+        let result = in_savepoint(conn, work);
+        Box::new(move |failure| {
+            let answer = match failure {
+                None => result,
+                Some(f) => result.and_then(|_| Err(f.error())),
+            };
+            // The caller may have gone (a dropped request): nothing to tell.
+            let _ = reply.send(answer);
+        })
+    }
+
+    fn refuse(self: Box<Self>, why: &Failure) {
+        let _ = self.reply.send(Err(why.error()));
+    }
+}
+
+/// A job's own savepoint: its writes stay only if it succeeds. A job that returns `Ok` with a
+/// refusal inside (a conflict) has already rolled back its own savepoint.
+fn in_savepoint<T>(
+    conn: &mut Connection,
+    work: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job")
+        .map_err(|e| sql_error("cannot begin", e))?;
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(conn))).unwrap_or_else(|_| {
+        Err(StoreError::Failed {
+            message: "a database job panicked".into(),
+            source: None,
+        })
+    });
+    let end = if result.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    match conn.execute_batch(end) {
+        Ok(()) => result,
+        Err(e) => Err(sql_error("cannot end a savepoint", e)),
+    }
+}
+
+/// The writing connection's thread, reached through a channel.
+pub(crate) struct Writer {
+    jobs: Mutex<mpsc::Sender<Box<dyn Job>>>,
+    /// Transactions committed so far (each holds one or more jobs).
+    commits: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// Moves the connection to a thread of its own; the thread ends when the last handle goes.
+    pub(crate) fn start(conn: Connection) -> Result<Writer, StoreError> {
+        let (sender, receiver) = mpsc::channel::<Box<dyn Job>>();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&commits);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || write_loop(conn, receiver, &counted))
+            .map_err(|e| StoreError::failed("cannot start the database writer", e))?;
+        Ok(Writer {
+            jobs: Mutex::new(sender),
+            commits,
+        })
+    }
+
+    pub(crate) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work` in the next batch; answers after that batch has committed.
+    pub(crate) async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let stopped = || StoreError::Failed {
+            message: "the database writer has stopped".into(),
+            source: None,
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Box<dyn Job> = Box::new(Work { work, reply });
+        self.jobs
+            .lock()
+            .map_err(|_| stopped())?
+            .send(job)
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, commits: &AtomicU64) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if commit_batch(&mut conn, batch) {
+            commits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs a batch in one transaction; true when it committed.
+fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>) -> bool {
+    if let Err(failure) = begin(conn) {
+        for job in batch {
+            job.refuse(&failure);
+        }
+        return false;
+    }
+    let replies: Vec<Reply> = batch.into_iter().map(|job| job.run(conn)).collect();
+    let failure = match conn.execute_batch("COMMIT") {
+        Ok(()) => None,
+        Err(e) => {
+            let failure = Failure::from_sql("cannot commit", e);
+            // Nothing of the batch stays; each caller is told and retries as it would after
+            // any failed transaction.
+            let _ = conn.execute_batch("ROLLBACK");
+            Some(failure)
+        }
+    };
+    let committed = failure.is_none();
+    for reply in replies {
+        reply(failure.as_ref());
+    }
+    committed
+}
+
+/// `BEGIN IMMEDIATE`, waiting for another process that holds the file (the busy timeout), and
+/// a few more times after that with a growing pause.
+fn begin(conn: &Connection) -> Result<(), Failure> {
+    let mut attempt = 0;
+    loop {
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let failure = Failure::from_sql("cannot begin", e);
+                if !failure.transient || attempt >= BEGIN_RETRIES {
+                    return Err(failure);
+                }
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
+            }
+        }
+    }
+}
+
+/// Read-only connections to a database file, used in turn.
+pub(crate) struct Readers {
+    conns: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+impl Readers {
+    pub(crate) fn open(path: &Path, count: usize, busy: Duration) -> Result<Readers, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conns = (0..count.max(1))
+            .map(|_| {
+                let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+                    StoreError::failed(format!("cannot open {} to read", path.display()), e)
+                })?;
+                conn.busy_timeout(busy)
+                    .map_err(|e| StoreError::failed("cannot set the busy timeout", e))?;
+                Ok(Mutex::new(conn))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Readers {
+            conns,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `work` in a read transaction: one consistent view of what was committed.
+    pub(crate) fn read<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = self.conns.len();
+        // A free connection if there is one, else wait for the next in turn.
+        let free = (0..count).find_map(|i| self.conns[(start + i) % count].try_lock().ok());
+        let mut conn = match free {
+            Some(conn) => conn,
+            None => self.conns[start % count]
+                .lock()
+                .map_err(|_| StoreError::Failed {
+                    message: "a database reader was poisoned by a panic".into(),
+                    source: None,
+                })?,
+        };
+        let tx = conn
+            .transaction()
+            .map_err(|e| sql_error("cannot begin a read", e))?;
+        let result = work(&tx);
+        // A read transaction has nothing to keep: ending it releases the snapshot.
+        drop(tx);
+        result
+    }
+}

@@ -1,0 +1,173 @@
+//! The embedded queue and the SQLite store's shared commits, as `loyalty serve` uses them.
+#![cfg(feature = "sqlite")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loyalty_core::envelope::Envelope;
+use loyalty_core::ports::{Queue, QueueName, SystemClock};
+use loyalty_core::queue::local::LocalQueue;
+use loyalty_core::services::batch::{process_message, Consumer};
+use loyalty_core::services::programs::ProgramFormat;
+use loyalty_core::services::Services;
+use loyalty_core::store::sqlite::SqliteStore;
+use serde_json::json;
+
+const HIDE: Duration = Duration::from_secs(30);
+
+fn file_store() -> (SqliteStore, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("local-queue-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("loyalty.db");
+    (SqliteStore::open(&db).unwrap(), db)
+}
+
+fn purchase(id: &str, member: &str, won: u32) -> Envelope {
+    serde_json::from_value(json!({
+        "type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop", "member": member,
+        "occurred_at": "2026-11-01T03:00:00Z",
+        "data": {"order_id": id, "currency": "KRW",
+                 "lines": [{"line_id": "1", "quantity": 1, "unit_price": won.to_string()}]}
+    }))
+    .unwrap()
+}
+
+async fn bodies(queue: &LocalQueue, max: usize) -> Vec<String> {
+    queue
+        .receive(QueueName::Earn, max, HIDE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| serde_json::from_str::<Envelope>(&d.body).unwrap().id)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_receive_takes_the_oldest_message_of_each_group_and_none_behind_one_in_flight() {
+    // GIVEN a queue with two messages for m-a, one for m-b and two for m-c, sent in this order
+    let (store, _db) = file_store();
+    let queue = LocalQueue::new(store, 5);
+    for (id, member) in [
+        ("a1", "m-a"),
+        ("b1", "m-b"),
+        ("a2", "m-a"),
+        ("c1", "m-c"),
+        ("c2", "m-c"),
+    ] {
+        queue
+            .send(QueueName::Earn, &purchase(id, member, 1000))
+            .await
+            .unwrap();
+    }
+    // WHEN a worker takes up to ten
+    // THEN it gets each group's oldest, in the order they were sent
+    assert_eq!(bodies(&queue, 10).await, ["a1", "b1", "c1"]);
+    // AND while those are in flight, nothing else of their groups is given out
+    assert!(bodies(&queue, 10).await.is_empty());
+    // AND a message sent meanwhile for a new group is
+    queue
+        .send(QueueName::Earn, &purchase("d1", "m-d", 1000))
+        .await
+        .unwrap();
+    assert_eq!(bodies(&queue, 10).await, ["d1"]);
+    // WHEN m-a's and m-c's heads are acknowledged (their sequence numbers follow the sends)
+    for seq in [1, 4] {
+        queue.ack(seq).await.unwrap();
+    }
+    // THEN their next messages come, and at most as many as asked for
+    assert_eq!(bodies(&queue, 1).await, ["a2"]);
+    assert_eq!(bodies(&queue, 10).await, ["c2"]);
+}
+
+#[tokio::test]
+async fn concurrent_writes_share_commits_and_each_is_answered_only_once_durable() {
+    // GIVEN a database file and a queue in it
+    let (store, db) = file_store();
+    let queue = LocalQueue::new(store.clone(), 5);
+    let before = store.commits();
+    // WHEN 300 messages are sent at once, 20 of them twice
+    let sends = (0..320).map(|i| {
+        let queue = queue.clone();
+        let n = if i < 300 { i } else { i - 300 };
+        async move {
+            queue
+                .send(
+                    QueueName::Earn,
+                    &purchase(&format!("e{n}"), &format!("m-{n}"), 1000),
+                )
+                .await
+        }
+    });
+    let answers = futures_util::future::join_all(sends).await;
+    // THEN every send is answered with success, the queue holds each message once
+    assert!(answers.iter().all(Result::is_ok));
+    assert_eq!(queue.depth(QueueName::Earn).await.unwrap(), 300);
+    // AND another connection to the file already sees all of them (nothing answered is
+    // still uncommitted)
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let seen: i64 = conn
+        .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(seen, 300);
+    // AND they took fewer transactions than sends
+    let commits = store.commits() - before;
+    assert!(commits < 320, "{commits} commits for 320 sends");
+}
+
+#[tokio::test]
+async fn a_write_that_fails_inside_a_shared_commit_leaves_no_trace_and_the_others_stay() {
+    // GIVEN kr-shop on a database file where any ledger entry of m-bad is refused by the
+    // database itself (after its account row was written in the same commit)
+    let (store, db) = file_store();
+    let queue = Arc::new(LocalQueue::new(store.clone(), 5));
+    let services = Services::new(Arc::new(store.clone()), queue, Arc::new(SystemClock));
+    services
+        .put_program(
+            "kr-shop",
+            include_str!("../../examples/kr-shop.toml"),
+            ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse_m_bad AFTER INSERT ON ledger WHEN NEW.member = 'm-bad'
+             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
+        )
+        .unwrap();
+    // WHEN purchases of 40 members and of m-bad are processed at once
+    let mut members: Vec<String> = (0..40).map(|i| format!("m-{i}")).collect();
+    members.insert(17, "m-bad".into());
+    let outcomes =
+        futures_util::future::join_all(
+            members.iter().enumerate().map(|(i, m)| {
+                let body = serde_json::to_string(&purchase(&format!("o{i}"), m, 20_000)).unwrap();
+                let services = &services;
+                async move {
+                    process_message(services, Consumer::Earn, &format!("msg-{i}"), &body).await
+                }
+            }),
+        )
+        .await;
+    // THEN m-bad's message fails (to be retried) and everyone else's succeeds
+    for (member, outcome) in members.iter().zip(&outcomes) {
+        assert_eq!(outcome.is_err(), member == "m-bad", "{member}: {outcome:?}");
+    }
+    // AND m-bad has no account row: its whole commit was rolled back, not just the ledger
+    // entry; every other member has the 200 pending points of the purchase
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let accounts: Vec<String> = conn
+        .prepare("SELECT member FROM accounts ORDER BY member")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(accounts.len(), 40);
+    assert!(!accounts.contains(&"m-bad".to_string()));
+    let entries: i64 = conn
+        .query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(entries, 40);
+}

@@ -18,7 +18,9 @@ With wrk installed, step 2 is also run with wrk (bench/wrk/me.lua): paced at abo
 closed-loop at full speed (the most GET /me the server answers).
 
 The load generators are bench/node/load.mjs (Node.js; open-loop fixed-rate GET client).
-Usage: .venv/bin/python bench/serve_load.py [--events 20000] [--members 2000] [--rate 500]
+With wrk installed, step 3 posts with wrk (bench/wrk/events.lua) for --seconds instead of
+--events with Node.js (--poster node to choose Node): C costs the shared cores less.
+Usage: .venv/bin/python bench/serve_load.py [--events 20000] [--seconds 10] [--members 2000] [--rate 500]
        [--idle 20] [--concurrency 32] [--loyalty PATH] [--memory]
 """
 
@@ -64,6 +66,25 @@ def post(base: str, admin: str, count: int, members: int, concurrency: int, firs
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def post_wrk(base: str, admin: str, seconds: int, members: int, concurrency: int, first_id: int) -> dict:
+    """Events posted by wrk (bench/wrk/events.lua) for a number of seconds: a load generator in
+    C costs the two cores far less than Node's HTTP client, so more of them is left to the
+    server. "count" is the requests wrk saw answered (a few more sent as it stopped may count)."""
+    threads = 2
+    env = {**os.environ, "WRK_TOKEN": admin, "WRK_RUN": f"wrk{first_id}",
+           "WRK_MEMBERS": str(members), "WRK_AMOUNT": str(AMOUNT), "WRK_THREADS": str(threads)}
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds}s", "--latency",
+                          "-s", str(ROOT / "bench" / "wrk" / "events.lua"), base],
+                         env=env, check=True, capture_output=True, text=True)
+    summary = next(l for l in out.stdout.splitlines() if l.startswith("WRK "))
+    fields = dict(kv.split("=") for kv in summary.split()[1:])
+    elapsed = float(fields["seconds"])
+    posted = int(fields["requests"])
+    return {"count": posted, "seconds": elapsed, "per_second": posted / elapsed,
+            "errors_status": int(fields["errors_status"]),
+            "latency_ms": {"p50": float(fields["p50_ms"]), "p99": float(fields["p99_ms"]), "max": float(fields["max_ms"])}}
+
+
 def wait_pending(base: str, admin: str, expected: int, timeout: float = 3600) -> float:
     """Polls the liability report until pending == expected; returns when it did (monotonic)."""
     deadline = time.monotonic() + timeout
@@ -104,6 +125,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--idle", type=int, default=20, help="seconds of GET /me while idle")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--loyalty", type=Path)
+    p.add_argument("--poster", choices=("node", "wrk"), default="wrk" if shutil.which("wrk") else "node",
+                   help="what posts the events (default: wrk when installed)")
+    p.add_argument("--seconds", type=int, default=10, help="how long wrk posts events (--events is node's count)")
     p.add_argument("--memory", action="store_true", help="serve --memory instead of a SQLite file")
     p.add_argument("--json", type=Path, default=ROOT / "target" / "bench" / "serve_load.json")
     args = p.parse_args(argv)
@@ -116,7 +140,7 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "LOYALTY_JWT_SECRET": SECRET}
     server = subprocess.Popen([str(loyalty), "serve", "--addr", "127.0.0.1:0", "--jobs-every", "0", *store],
                               env=env, stdout=subprocess.PIPE, stderr=open(work / "serve.log", "w"), text=True)
-    results: dict = {"binary": str(loyalty), "store": "memory" if args.memory else "sqlite file", "events": args.events,
+    results: dict = {"binary": str(loyalty), "poster": args.poster, "store": "memory" if args.memory else "sqlite file", "events": args.events,
                      "members": args.members, "rate": args.rate, "concurrency": args.concurrency,
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     getter = None
@@ -164,14 +188,18 @@ def main(argv: list[str]) -> int:
             before = pending(base, admin)
             started_wall = time.time() * 1000
             started = time.monotonic()
-            accepted = post(base, admin, args.events, args.members, args.concurrency, first)
+            if args.poster == "wrk":
+                accepted = post_wrk(base, admin, args.seconds, args.members, args.concurrency, first)
+            else:
+                accepted = post(base, admin, args.events, args.members, args.concurrency, first)
             posted = time.monotonic()
-            done = wait_pending(base, admin, before + args.events * POINTS)
+            done = wait_pending(base, admin, before + accepted["count"] * POINTS)
             done_wall = time.time() * 1000
             first += args.events
-            row = {"accepted": accepted, "accepted_per_s": args.events / (posted - started),
+            events = accepted["count"]
+            row = {"accepted": accepted, "accepted_per_s": events / (posted - started),
                    "post_seconds": posted - started, "end_to_end_seconds": done - started,
-                   "processed_per_s": args.events / (done - started), "drain_after_posting_s": done - posted}
+                   "processed_per_s": events / (done - started), "drain_after_posting_s": done - posted}
             if with_reads:
                 getter.send_signal(signal.SIGTERM)
                 getter.wait(60)

@@ -116,7 +116,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     for name in [QueueName::Earn, QueueName::Tier, QueueName::Notify] {
         tokio::spawn(work(queue.clone(), name, Arc::clone(&services)));
     }
-    tokio::spawn(relay(Arc::clone(&services)));
+    tokio::spawn(relay(queue.clone()));
     if args.jobs_every > 0 {
         tokio::spawn(schedule(
             Arc::clone(&services),
@@ -229,10 +229,11 @@ async fn schedule(services: Arc<Services>, every: Duration) {
     }
 }
 
-/// Plays the part of the table's stream: relays what commits wrote to the outbox.
-async fn relay(services: Arc<Services>) {
+/// Plays the part of the table's stream: moves what commits wrote to the outbox to the queues,
+/// many messages per transaction.
+async fn relay(queue: LocalQueue) {
     loop {
-        match services.relay_waiting(RELAY_BATCH).await {
+        match queue.relay_outbox(RELAY_BATCH).await {
             Ok(0) => tokio::time::sleep(IDLE_POLL).await,
             Ok(_) => {}
             Err(e) => {
@@ -251,13 +252,17 @@ async fn work(queue: LocalQueue, name: QueueName, services: Arc<Services>) {
             Ok(batch) if batch.is_empty() => tokio::time::sleep(IDLE_POLL).await,
             Ok(batch) => {
                 // At most one message per group: they are independent, so they run together
-                // and their writes share the store's commits.
-                futures_util::future::join_all(
+                // and their writes share the store's commits; the processed ones go in one.
+                let done = futures_util::future::join_all(
                     batch
                         .into_iter()
                         .map(|delivery| handle(&queue, name, &services, delivery)),
                 )
                 .await;
+                let done: Vec<i64> = done.into_iter().flatten().collect();
+                if let Err(e) = queue.ack_all(done).await {
+                    tracing::warn!(error = %e, "cannot acknowledge; the messages will be seen again");
+                }
             }
             Err(e) => {
                 tracing::warn!(queue = name.as_str(), error = %e, "cannot read the queue");
@@ -267,7 +272,14 @@ async fn work(queue: LocalQueue, name: QueueName, services: Arc<Services>) {
     }
 }
 
-async fn handle(queue: &LocalQueue, name: QueueName, services: &Services, delivery: Delivery) {
+/// Processes one delivery; its sequence number when it is done (to acknowledge), none when it
+/// failed and was scheduled for a retry or dead-lettered.
+async fn handle(
+    queue: &LocalQueue,
+    name: QueueName,
+    services: &Services,
+    delivery: Delivery,
+) -> Option<i64> {
     let id = delivery.seq.to_string();
     let result = match name {
         QueueName::Earn => process_message(services, Consumer::Earn, &id, &delivery.body)
@@ -283,20 +295,19 @@ async fn handle(queue: &LocalQueue, name: QueueName, services: &Services, delive
         }
     };
     match result {
-        Ok(()) => {
-            if let Err(e) = queue.ack(delivery.seq).await {
-                tracing::warn!(error = %e, "cannot acknowledge; the message will be seen again");
+        Ok(()) => Some(delivery.seq),
+        Err(retry) => {
+            match queue.fail(&delivery, &retry.0).await {
+                Ok(true) => {
+                    tracing::error!(queue = name.as_str(), error = %retry, "message dead-lettered")
+                }
+                Ok(false) => {
+                    tracing::warn!(queue = name.as_str(), attempt = delivery.attempts, error = %retry, "will retry")
+                }
+                Err(e) => tracing::error!(error = %e, "cannot record the failure"),
             }
+            None
         }
-        Err(retry) => match queue.fail(&delivery, &retry.0).await {
-            Ok(true) => {
-                tracing::error!(queue = name.as_str(), error = %retry, "message dead-lettered")
-            }
-            Ok(false) => {
-                tracing::warn!(queue = name.as_str(), attempt = delivery.attempts, error = %retry, "will retry")
-            }
-            Err(e) => tracing::error!(error = %e, "cannot record the failure"),
-        },
     }
 }
 

@@ -171,3 +171,86 @@ async fn a_write_that_fails_inside_a_shared_commit_leaves_no_trace_and_the_other
         .unwrap();
     assert_eq!(entries, 40);
 }
+
+#[tokio::test]
+async fn the_outbox_moves_to_the_queues_once_and_in_each_members_order() {
+    // GIVEN kr-shop on a database file, and two purchases each by three members processed,
+    // whose commits wrote their notices to the outbox
+    let (store, db) = file_store();
+    let queue = LocalQueue::new(store.clone(), 5);
+    let services = Services::new(
+        Arc::new(store.clone()),
+        Arc::new(queue.clone()),
+        Arc::new(SystemClock),
+    );
+    services
+        .put_program(
+            "kr-shop",
+            include_str!("../../examples/kr-shop.toml"),
+            ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    for round in 0..2 {
+        for m in 0..3 {
+            let body = serde_json::to_string(&purchase(
+                &format!("o{round}-{m}"),
+                &format!("m-{m}"),
+                20_000,
+            ))
+            .unwrap();
+            process_message(&services, Consumer::Earn, "msg", &body)
+                .await
+                .unwrap();
+        }
+    }
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let waiting: i64 = conn
+        .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+        .unwrap();
+    assert!(waiting >= 6, "{waiting} outbox messages");
+    // WHEN the relay runs twice
+    let first = queue.relay_outbox(1000).await.unwrap();
+    let second = queue.relay_outbox(1000).await.unwrap();
+    // THEN every message moved once, and nothing is left behind
+    assert_eq!(first as i64, waiting);
+    assert_eq!(second, 0);
+    let left: i64 = conn
+        .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
+    let queued =
+        queue.depth(QueueName::Notify).await.unwrap() + queue.depth(QueueName::Tier).await.unwrap();
+    assert_eq!(queued as i64, waiting);
+    // AND each member's notices are delivered in the order of the purchases
+    for round in 0..2 {
+        let mut got: Vec<String> = queue
+            .receive(QueueName::Notify, 10, HIDE)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| {
+                serde_json::from_str::<Envelope>(&d.body)
+                    .unwrap()
+                    .data
+                    .to_string()
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got.len(), 3);
+        for (m, data) in got.iter().enumerate() {
+            assert!(
+                data.contains(&format!("o{round}-{m}")),
+                "round {round}: {data}"
+            );
+        }
+        let seqs: Vec<i64> = conn
+            .prepare("SELECT seq FROM queue WHERE queue = 'notify' AND attempts > 0")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        queue.ack_all(seqs).await.unwrap();
+    }
+}

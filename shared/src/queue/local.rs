@@ -12,8 +12,10 @@ use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::envelope::Envelope;
-use crate::ports::{DeadLetter, DeadLetters, Queue, QueueError, QueueName, StoreError};
-use crate::store::sqlite::{sql_error, SqliteStore};
+use crate::ports::{
+    DeadLetter, DeadLetters, OutboxMessage, Queue, QueueError, QueueName, StoreError,
+};
+use crate::store::sqlite::{sql_error, Cached, SqliteStore};
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(
@@ -151,7 +153,7 @@ impl LocalQueue {
     pub async fn recover_in_flight(&self) -> Result<usize, StoreError> {
         self.store
             .with(|conn| {
-                conn.execute(
+                conn.exec(
                     "UPDATE queue SET available_at = ?1 WHERE available_at > ?1",
                     params![now_ms()],
                 )
@@ -162,13 +164,73 @@ impl LocalQueue {
 
     /// The message was processed: it is gone.
     pub async fn ack(&self, seq: i64) -> Result<(), StoreError> {
+        self.ack_all(vec![seq]).await
+    }
+
+    /// These messages were processed: they are gone, in one write.
+    pub async fn ack_all(&self, seqs: Vec<i64>) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
         self.store
             .with(move |conn| {
-                conn.execute("DELETE FROM queue WHERE seq = ?1", params![seq])
-                    .map_err(|e| sql_error("cannot delete from the queue", e))?;
+                for seq in &seqs {
+                    conn.exec("DELETE FROM queue WHERE seq = ?1", params![seq])
+                        .map_err(|e| sql_error("cannot delete from the queue", e))?;
+                }
                 Ok(())
             })
             .await
+    }
+
+    /// Plays the part of the table's stream for the outbox of the same database: moves up to
+    /// `limit` waiting messages, oldest first, to their queues in one transaction, so each is
+    /// relayed exactly once and a group's order holds. Returns how many were moved.
+    pub async fn relay_outbox(&self, limit: usize) -> Result<usize, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let programs: Vec<String> = self
+            .store
+            .with(move |conn| {
+                let failed = |e| sql_error("cannot read the outbox", e);
+                let rows: Vec<(i64, String)> = conn
+                    .prepare_cached("SELECT seq, body FROM outbox ORDER BY seq LIMIT ?1")
+                    .map_err(failed)?
+                    .query_map(params![limit], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(failed)?
+                    .collect::<Result<_, _>>()
+                    .map_err(failed)?;
+                let mut programs = Vec::with_capacity(rows.len());
+                for (seq, stored) in rows {
+                    let message: OutboxMessage =
+                        serde_json::from_str(&stored).map_err(|e| StoreError::Corrupt {
+                            key: format!("outbox/{seq}"),
+                            message: e.to_string(),
+                        })?;
+                    let envelope = &message.envelope;
+                    let body = serde_json::to_string(envelope)
+                        .map_err(|e| StoreError::failed("cannot encode the message", e))?;
+                    enqueue(
+                        conn,
+                        message.queue,
+                        &envelope.dedup_id(),
+                        &envelope.group(),
+                        &body,
+                    )?;
+                    conn.exec("DELETE FROM outbox WHERE seq = ?1", params![seq])
+                        .map_err(|e| sql_error("cannot forget a relayed message", e))?;
+                    programs.push(message.envelope.program);
+                }
+                Ok(programs)
+            })
+            .await?;
+        for program in &programs {
+            crate::telemetry::metrics::add(
+                crate::telemetry::metrics::OUTBOX_RELAYED,
+                &[("program", program)],
+                1,
+            );
+        }
+        Ok(programs.len())
     }
 
     /// The message failed: retry later with exponential backoff, or dead-letter it once it has
@@ -178,13 +240,13 @@ impl LocalQueue {
         let max = self.max_attempts;
         self.store
             .with(move |conn| {
-                let tx = conn
-                    .savepoint()
-                    .map_err(|e| sql_error("cannot begin", e))?;
+                let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
                 let row: Option<(String, String, String)> = tx
-                    .query_row("SELECT queue, id, body FROM queue WHERE seq = ?1", params![seq], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
+                    .row(
+                        "SELECT queue, id, body FROM queue WHERE seq = ?1",
+                        params![seq],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
                     .optional()
                     .map_err(|e| sql_error("cannot read the queue", e))?;
                 let Some((queue, id, body)) = row else {
@@ -192,16 +254,16 @@ impl LocalQueue {
                 };
                 let dead = attempts >= max;
                 if dead {
-                    tx.execute(
-                        "INSERT INTO dead_letters (queue, id, body, attempts, error, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    tx.exec(
+"INSERT INTO dead_letters (queue, id, body, attempts, error, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                         params![queue, id, body, attempts, error, Utc::now().to_rfc3339()],
                     )
                     .map_err(|e| sql_error("cannot dead-letter", e))?;
-                    tx.execute("DELETE FROM queue WHERE seq = ?1", params![seq])
+                    tx.exec("DELETE FROM queue WHERE seq = ?1", params![seq])
                         .map_err(|e| sql_error("cannot delete from the queue", e))?;
                 } else {
                     let backoff_ms = 200i64.saturating_mul(1 << attempts.min(10));
-                    tx.execute(
+                    tx.exec(
                         "UPDATE queue SET available_at = ?2, last_error = ?3 WHERE seq = ?1",
                         params![seq, now_ms().saturating_add(backoff_ms), error],
                     )
@@ -217,7 +279,7 @@ impl LocalQueue {
     pub async fn depth(&self, queue: QueueName) -> Result<u64, StoreError> {
         self.store
             .with(move |conn| {
-                conn.query_row(
+                conn.row(
                     "SELECT COUNT(*) FROM queue WHERE queue = ?1",
                     params![queue.as_str()],
                     |r| r.get(0),
@@ -226,6 +288,32 @@ impl LocalQueue {
             })
             .await
     }
+}
+
+/// Adds a message to a queue unless its id was sent before: like a FIFO queue's
+/// deduplication, but without SQS's five-minute window, a message's program-scoped id is
+/// accepted once, ever.
+fn enqueue(
+    conn: &Connection,
+    queue: QueueName,
+    id: &str,
+    group: &str,
+    body: &str,
+) -> Result<(), StoreError> {
+    let fresh = conn
+        .exec(
+            "INSERT OR IGNORE INTO sent (queue, id) VALUES (?1, ?2)",
+            params![queue.as_str(), id],
+        )
+        .map_err(|e| sql_error("cannot enqueue", e))?;
+    if fresh == 1 {
+        conn.exec(
+            "INSERT INTO queue (queue, id, grp, body, available_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![queue.as_str(), id, group, body, now_ms()],
+        )
+        .map_err(|e| sql_error("cannot enqueue", e))?;
+    }
+    Ok(())
 }
 
 fn queue_error(queue: QueueName, e: StoreError) -> QueueError {
@@ -275,7 +363,7 @@ impl DeadLetters for LocalQueue {
     async fn dead_letter_count(&self, queue: QueueName) -> Result<u64, QueueError> {
         self.store
             .with(move |conn| {
-                conn.query_row(
+                conn.row(
                     "SELECT COUNT(*) FROM dead_letters WHERE queue = ?1",
                     params![queue.as_str()],
                     |r| r.get(0),
@@ -310,12 +398,12 @@ impl DeadLetters for LocalQueue {
                     let group = serde_json::from_str::<Envelope>(body)
                         .map(|e| e.group())
                         .unwrap_or_else(|_| id.clone());
-                    tx.execute(
-                        "INSERT OR IGNORE INTO queue (queue, id, grp, body, available_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    tx.exec(
+"INSERT OR IGNORE INTO queue (queue, id, grp, body, available_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                         params![queue.as_str(), id, group, body, now_ms()],
                     )
                     .map_err(|e| sql_error("cannot redrive", e))?;
-                    tx.execute("DELETE FROM dead_letters WHERE rowid = ?1", params![rowid])
+                    tx.exec("DELETE FROM dead_letters WHERE rowid = ?1", params![rowid])
                         .map_err(|e| sql_error("cannot redrive", e))?;
                 }
                 tx.commit().map_err(|e| sql_error("cannot commit", e))?;
@@ -340,25 +428,7 @@ impl Queue for LocalQueue {
             .map_err(|e| error("cannot encode the message".into(), Some(Box::new(e))))?;
         let (id, group) = (message.dedup_id(), message.group());
         self.store
-            .with(move |conn| {
-                let tx = conn
-                    .savepoint()
-                    .map_err(|e| sql_error("cannot begin", e))?;
-                // Like a FIFO queue's deduplication, but without SQS's five-minute window: a
-                // message's program-scoped id is accepted once, ever.
-                let fresh = tx
-                    .execute("INSERT OR IGNORE INTO sent (queue, id) VALUES (?1, ?2)", params![queue.as_str(), id])
-                    .map_err(|e| sql_error("cannot enqueue", e))?;
-                if fresh == 1 {
-                    tx.execute(
-                        "INSERT INTO queue (queue, id, grp, body, available_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        params![queue.as_str(), id, group, body, now_ms()],
-                    )
-                    .map_err(|e| sql_error("cannot enqueue", e))?;
-                }
-                tx.commit().map_err(|e| sql_error("cannot commit", e))?;
-                Ok(())
-            })
+            .with(move |conn| enqueue(conn, queue, &id, &group, &body))
             .await
             .map_err(|e| error(e.to_string(), Some(Box::new(e))))
     }

@@ -107,23 +107,25 @@ fn in_savepoint<T>(
     conn: &mut Connection,
     work: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT job")
-        .map_err(|e| sql_error("cannot begin", e))?;
+    run_cached(conn, "SAVEPOINT job").map_err(|e| sql_error("cannot begin", e))?;
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(conn))).unwrap_or_else(|_| {
         Err(StoreError::Failed {
             message: "a database job panicked".into(),
             source: None,
         })
     });
-    let end = if result.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
+    let ended = match result.is_ok() {
+        true => run_cached(conn, "RELEASE job"),
+        false => run_cached(conn, "ROLLBACK TO job").and_then(|()| run_cached(conn, "RELEASE job")),
     };
-    match conn.execute_batch(end) {
+    match ended {
         Ok(()) => result,
         Err(e) => Err(sql_error("cannot end a savepoint", e)),
     }
+}
+
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 /// The writing connection's thread, reached through a channel.
@@ -252,6 +254,7 @@ impl Readers {
                 })?;
                 conn.busy_timeout(busy)
                     .map_err(|e| StoreError::failed("cannot set the busy timeout", e))?;
+                conn.set_prepared_statement_cache_capacity(super::sqlite::STATEMENT_CACHE);
                 Ok(Mutex::new(conn))
             })
             .collect::<Result<_, StoreError>>()?;
@@ -270,7 +273,7 @@ impl Readers {
         let count = self.conns.len();
         // A free connection if there is one, else wait for the next in turn.
         let free = (0..count).find_map(|i| self.conns[(start + i) % count].try_lock().ok());
-        let mut conn = match free {
+        let conn = match free {
             Some(conn) => conn,
             None => self.conns[start % count]
                 .lock()
@@ -279,12 +282,10 @@ impl Readers {
                     source: None,
                 })?,
         };
-        let tx = conn
-            .transaction()
-            .map_err(|e| sql_error("cannot begin a read", e))?;
-        let result = work(&tx);
+        run_cached(&conn, "BEGIN").map_err(|e| sql_error("cannot begin a read", e))?;
+        let result = work(&conn);
         // A read transaction has nothing to keep: ending it releases the snapshot.
-        drop(tx);
+        run_cached(&conn, "COMMIT").map_err(|e| sql_error("cannot end a read", e))?;
         result
     }
 }

@@ -144,6 +144,7 @@ impl SqliteStore {
     }
 
     fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| StoreError::failed("cannot set the busy timeout", e))?;
         conn.execute_batch(SCHEMA)
@@ -177,8 +178,8 @@ impl SqliteStore {
         self.writer.run(work).await
     }
 
-    /// Runs a read on a reader connection (off the async runtime), or on the writer when the
-    /// database is in memory. It sees everything committed before it began.
+    /// Runs a read on a reader connection, or on the writer when the database is in memory.
+    /// It sees everything committed before it began.
     pub(crate) async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -187,16 +188,41 @@ impl SqliteStore {
         self.operations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match &self.readers {
-            Some(readers) => {
-                let readers = Arc::clone(readers);
-                tokio::task::spawn_blocking(move || readers.read(work))
-                    .await
-                    .map_err(|e| StoreError::failed("database task failed", e))?
-            }
+            // In place: a read of a few rows takes less time than handing it to another thread
+            // and waking this task again.
+            Some(readers) => readers.read(work),
             None => self.writer.run(move |conn| work(conn)).await,
         }
     }
 }
+
+/// Statements prepared once per connection and kept: parsing SQL was a third of the writer's
+/// time when every statement was prepared afresh.
+pub(crate) trait Cached {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
+/// Distinct statements a connection keeps prepared (rusqlite keeps 16 by default; a commit
+/// alone uses more).
+pub(crate) const STATEMENT_CACHE: usize = 256;
 
 /// SQLite's "busy" and "locked" are contention: worth retrying. Everything else is not.
 pub(crate) fn sql_error(what: &str, e: rusqlite::Error) -> StoreError {
@@ -232,8 +258,8 @@ impl SqliteStore {
     ) -> Result<Option<StoredProgram>, StoreError> {
         let program = program.to_string();
         self.read(move |conn| {
-            conn.query_row(
-                "SELECT version, file, updated_at FROM programs WHERE program = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
+            conn.row(
+"SELECT version, file, updated_at FROM programs WHERE program = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
                 params![program, version],
                 |row| Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)),
             )
@@ -303,7 +329,7 @@ impl ProgramStore for SqliteStore {
         self.with(move |conn| {
             let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
             let current: Option<u32> = tx
-                .query_row(
+                .row(
                     "SELECT MAX(version) FROM programs WHERE program = ?1",
                     params![program],
                     |row| row.get(0),
@@ -313,7 +339,7 @@ impl ProgramStore for SqliteStore {
                 return Ok(None);
             }
             let version = current.unwrap_or(0) + 1;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO programs (program, version, file, updated_at) VALUES (?1, ?2, ?3, ?4)",
                 params![program, version, file_json, at.to_rfc3339()],
             )
@@ -343,8 +369,8 @@ impl MemberStore for SqliteStore {
         );
         self.read(move |conn| {
             let account = conn
-                .query_row(
-                    "SELECT body FROM accounts WHERE program = ?1 AND member = ?2",
+                .row(
+"SELECT body FROM accounts WHERE program = ?1 AND member = ?2",
                     params![program, member],
                     |row| row.get::<_, String>(0),
                 )
@@ -355,8 +381,8 @@ impl MemberStore for SqliteStore {
             let mut orders = std::collections::BTreeMap::new();
             for key in &order_keys {
                 let body = conn
-                    .query_row(
-                        "SELECT body FROM orders WHERE program = ?1 AND member = ?2 AND order_key = ?3",
+                    .row(
+"SELECT body FROM orders WHERE program = ?1 AND member = ?2 AND order_key = ?3",
                         params![program, member, key],
                         |row| row.get::<_, String>(0),
                     )
@@ -401,8 +427,8 @@ impl MemberStore for SqliteStore {
                     .map_err(|e| sql_error("cannot begin", e))?;
                 if let Some(marker) = &commit.marker {
                     let exists: bool = tx
-                        .query_row(
-                            "SELECT EXISTS (SELECT 1 FROM markers WHERE program = ?1 AND member = ?2 AND marker = ?3)",
+                        .row(
+"SELECT EXISTS (SELECT 1 FROM markers WHERE program = ?1 AND member = ?2 AND marker = ?3)",
                             params![commit.program, commit.member, marker_key(marker)],
                             |row| row.get(0),
                         )
@@ -413,8 +439,8 @@ impl MemberStore for SqliteStore {
                 }
                 if let Some(record) = &commit.idempotency {
                     let stored: Option<String> = tx
-                        .query_row(
-                            "SELECT body FROM idempotency WHERE program = ?1 AND principal = ?2 AND key = ?3",
+                        .row(
+"SELECT body FROM idempotency WHERE program = ?1 AND principal = ?2 AND key = ?3",
                             params![commit.program, record.principal, record.key],
                             |row| row.get(0),
                         )
@@ -426,16 +452,16 @@ impl MemberStore for SqliteStore {
                         if old.expires_at > Utc::now() {
                             return Ok(Err(Outcome::Duplicate));
                         }
-                        tx.execute(
-                            "DELETE FROM idempotency WHERE program = ?1 AND principal = ?2 AND key = ?3",
+                        tx.exec(
+"DELETE FROM idempotency WHERE program = ?1 AND principal = ?2 AND key = ?3",
                             params![commit.program, record.principal, record.key],
                         )
                         .map_err(|e| sql_error("cannot replace the idempotency record", e))?;
                     }
                 }
                 let current: Option<u64> = tx
-                    .query_row(
-                        "SELECT version FROM accounts WHERE program = ?1 AND member = ?2",
+                    .row(
+"SELECT version FROM accounts WHERE program = ?1 AND member = ?2",
                         params![commit.program, commit.member],
                         |row| row.get(0),
                     )
@@ -447,16 +473,16 @@ impl MemberStore for SqliteStore {
                 let version = commit.expected_version.unwrap_or(0) + 1;
                 let mut account = commit.account.clone();
                 account.version = version;
-                tx.execute(
-                    "INSERT INTO accounts (program, member, version, body) VALUES (?1, ?2, ?3, ?4)
+                tx.exec(
+"INSERT INTO accounts (program, member, version, body) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (program, member) DO UPDATE SET version = excluded.version, body = excluded.body",
                     params![commit.program, commit.member, version, encode("account", &account)?],
                 )
                 .map_err(|e| sql_error("cannot write the account", e))?;
                 for (i, entry) in commit.entries.iter().enumerate() {
                     let inserted = tx
-                        .execute(
-                            "INSERT OR IGNORE INTO ledger (program, member, seq, entry_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        .exec(
+"INSERT OR IGNORE INTO ledger (program, member, seq, entry_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
                             params![commit.program, commit.member, ledger_seq(version, i), entry.id, encode("entry", entry)?],
                         )
                         .map_err(|e| sql_error("cannot write a ledger entry", e))?;
@@ -466,8 +492,8 @@ impl MemberStore for SqliteStore {
                     }
                 }
                 if let Some(marker) = &commit.marker {
-                    tx.execute(
-                        "INSERT INTO markers (program, member, marker, at) VALUES (?1, ?2, ?3, ?4)",
+                    tx.exec(
+"INSERT INTO markers (program, member, marker, at) VALUES (?1, ?2, ?3, ?4)",
                         params![commit.program, commit.member, marker_key(marker), Utc::now().to_rfc3339()],
                     )
                     .map_err(|e| sql_error("cannot write the marker", e))?;
@@ -488,8 +514,8 @@ impl MemberStore for SqliteStore {
                     add_counts(&tx, &commit.program, add)?;
                 }
                 for (key, order) in &commit.orders {
-                    tx.execute(
-                        "INSERT INTO orders (program, member, order_key, body) VALUES (?1, ?2, ?3, ?4)
+                    tx.exec(
+"INSERT INTO orders (program, member, order_key, body) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (program, member, order_key) DO UPDATE SET body = excluded.body",
                         params![commit.program, commit.member, key, encode("order", order)?],
                     )
@@ -564,8 +590,8 @@ impl MemberStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (program, member, key) = (program.to_string(), member.to_string(), marker_key(marker));
         self.read(move |conn| {
-            conn.query_row(
-                "SELECT EXISTS (SELECT 1 FROM markers WHERE program = ?1 AND member = ?2 AND marker = ?3)",
+            conn.row(
+"SELECT EXISTS (SELECT 1 FROM markers WHERE program = ?1 AND member = ?2 AND marker = ?3)",
                 params![program, member, key],
                 |row| row.get(0),
             )
@@ -591,7 +617,7 @@ impl AliasStore for SqliteStore {
     ) -> Result<Option<String>, StoreError> {
         let (program, kind, value) = (program.to_string(), kind.to_string(), value.to_string());
         self.read(move |conn| {
-            conn.query_row(
+            conn.row(
                 "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
                 params![program, kind, value],
                 |row| row.get(0),
@@ -616,13 +642,13 @@ impl AliasStore for SqliteStore {
             member.to_string(),
         );
         self.with(move |conn| {
-            conn.execute(
-                "INSERT OR IGNORE INTO aliases (program, kind, value, member) VALUES (?1, ?2, ?3, ?4)",
+            conn.exec(
+"INSERT OR IGNORE INTO aliases (program, kind, value, member) VALUES (?1, ?2, ?3, ?4)",
                 params![program, kind, value, member],
             )
             .map_err(|e| sql_error("cannot write the alias", e))?;
             let owner: String = conn
-                .query_row(
+                .row(
                     "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
                     params![program, kind, value],
                     |row| row.get(0),
@@ -649,14 +675,14 @@ impl AliasStore for SqliteStore {
             to.to_string(),
         );
         self.with(move |conn| {
-            conn.execute(
+            conn.exec(
                 "INSERT INTO aliases (program, kind, value, member) VALUES (?1, ?2, ?3, ?5)
                  ON CONFLICT (program, kind, value) DO UPDATE SET member = ?5 WHERE member = ?4",
                 params![program, kind, value, from, to],
             )
             .map_err(|e| sql_error("cannot move the alias", e))?;
             let owner: String = conn
-                .query_row(
+                .row(
                     "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
                     params![program, kind, value],
                     |row| row.get(0),
@@ -681,8 +707,8 @@ impl AliasStore for SqliteStore {
             member.to_string(),
         );
         self.with(move |conn| {
-            conn.execute(
-                "DELETE FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3 AND member = ?4",
+            conn.exec(
+"DELETE FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3 AND member = ?4",
                 params![program, kind, value, member],
             )
             .map_err(|e| sql_error("cannot remove the alias", e))?;
@@ -697,8 +723,8 @@ impl RejectStore for SqliteStore {
     async fn reject(&self, rejected: &RejectedEvent) -> Result<(), StoreError> {
         let rejected = rejected.clone();
         self.with(move |conn| {
-            conn.execute(
-                "INSERT INTO rejected_events (program, event_id, at, body) VALUES (?1, ?2, ?3, ?4)
+            conn.exec(
+"INSERT INTO rejected_events (program, event_id, at, body) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (program, event_id) DO UPDATE SET at = excluded.at, body = excluded.body",
                 params![
                     rejected.program,
@@ -774,15 +800,16 @@ impl RejectStore for SqliteStore {
         let (program, event_id) = (program.to_string(), event_id.to_string());
         self.read(move |conn| {
             let row: Option<(u32, String)> = conn
-                .query_row(
-                    "SELECT replays, body FROM rejected_events WHERE program = ?1 AND event_id = ?2",
+                .row(
+"SELECT replays, body FROM rejected_events WHERE program = ?1 AND event_id = ?2",
                     params![program, event_id],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
                 .map_err(|e| sql_error("cannot read the rejected event", e))?;
             row.map(|(replays, body)| {
-                let mut event: RejectedEvent = decode(&format!("rejected event {event_id}"), &body)?;
+                let mut event: RejectedEvent =
+                    decode(&format!("rejected event {event_id}"), &body)?;
                 event.replays = replays;
                 Ok(event)
             })
@@ -802,12 +829,10 @@ impl RejectStore for SqliteStore {
         let (program, event_id, message) =
             (program.to_string(), event_id.to_string(), message.clone());
         self.with(move |conn| {
-            let tx = conn
-                .savepoint()
-                .map_err(|e| sql_error("cannot begin", e))?;
+            let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
             let body: Option<String> = tx
-                .query_row(
-                    "SELECT body FROM rejected_events WHERE program = ?1 AND event_id = ?2 AND replays = ?3",
+                .row(
+"SELECT body FROM rejected_events WHERE program = ?1 AND event_id = ?2 AND replays = ?3",
                     params![program, event_id, replays.saturating_sub(1)],
                     |r| r.get(0),
                 )
@@ -819,8 +844,8 @@ impl RejectStore for SqliteStore {
             let mut event: RejectedEvent = decode(&format!("rejected event {event_id}"), &body)?;
             event.replays = replays;
             event.replayed_at = Some(at);
-            tx.execute(
-                "UPDATE rejected_events SET replays = ?3, body = ?4 WHERE program = ?1 AND event_id = ?2",
+            tx.exec(
+"UPDATE rejected_events SET replays = ?3, body = ?4 WHERE program = ?1 AND event_id = ?2",
                 params![program, event_id, replays, encode("rejected event", &event)?],
             )
             .map_err(|e| sql_error("cannot mark the rejected event replayed", e))?;
@@ -853,8 +878,8 @@ impl ParkingStore for SqliteStore {
             body.to_string(),
         );
         self.with(move |conn| {
-            conn.execute(
-                "INSERT OR IGNORE INTO parked (program, order_key, event_id, body) VALUES (?1, ?2, ?3, ?4)",
+            conn.exec(
+"INSERT OR IGNORE INTO parked (program, order_key, event_id, body) VALUES (?1, ?2, ?3, ?4)",
                 params![row.0, row.1, row.2, row.3],
             )
             .map_err(|e| sql_error("cannot park the event", e))?;
@@ -898,7 +923,7 @@ impl ParkingStore for SqliteStore {
         self.with(move |conn| {
             let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
             let removed = tx
-                .execute(
+                .exec(
                     "DELETE FROM parked WHERE program = ?1 AND order_key = ?2 AND event_id = ?3",
                     params![row.0, row.1, row.2],
                 )
@@ -923,7 +948,7 @@ impl ParkingStore for SqliteStore {
             event_id.to_string(),
         );
         self.with(move |conn| {
-            conn.execute(
+            conn.exec(
                 "DELETE FROM parked WHERE program = ?1 AND order_key = ?2 AND event_id = ?3",
                 params![row.0, row.1, row.2],
             )
@@ -936,7 +961,7 @@ impl ParkingStore for SqliteStore {
 
 /// Adds a message to the outbox, once per key (an equal message written again is the same one).
 fn write_outbox(tx: &Connection, message: &OutboxMessage) -> Result<(), StoreError> {
-    tx.execute(
+    tx.exec(
         "INSERT OR IGNORE INTO outbox (key, body) VALUES (?1, ?2)",
         params![message.key(), encode("outbox message", message)?],
     )
@@ -967,7 +992,7 @@ impl OutboxStore for SqliteStore {
     async fn relayed(&self, message: &OutboxMessage) -> Result<(), StoreError> {
         let key = message.key();
         self.with(move |conn| {
-            conn.execute("DELETE FROM outbox WHERE key = ?1", params![key])
+            conn.exec("DELETE FROM outbox WHERE key = ?1", params![key])
                 .map_err(|e| sql_error("cannot forget a relayed message", e))?;
             Ok(())
         })
@@ -989,12 +1014,12 @@ fn write_due(
 ) -> Result<(), StoreError> {
     for job in DueJob::ALL {
         let result = match due.get(job) {
-            Some(date) => tx.execute(
+            Some(date) => tx.exec(
                 "INSERT INTO due (program, job, member, date) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (program, job, member) DO UPDATE SET date = excluded.date",
                 params![program, job.as_str(), member, date.to_string()],
             ),
-            None => tx.execute(
+            None => tx.exec(
                 "DELETE FROM due WHERE program = ?1 AND job = ?2 AND member = ?3",
                 params![program, job.as_str(), member],
             ),
@@ -1099,7 +1124,7 @@ impl ScheduleStore for SqliteStore {
     async fn job_progress(&self, program: &str, job: &str) -> Result<Option<String>, StoreError> {
         let (program, job) = (program.to_string(), job.to_string());
         self.read(move |conn| {
-            conn.query_row(
+            conn.row(
                 "SELECT progress FROM job_progress WHERE program = ?1 AND job = ?2",
                 params![program, job],
                 |row| row.get::<_, String>(0),
@@ -1120,12 +1145,12 @@ impl ScheduleStore for SqliteStore {
         let progress = progress.map(str::to_string);
         self.with(move |conn| {
             let result = match &progress {
-                Some(p) => conn.execute(
+                Some(p) => conn.exec(
                     "INSERT INTO job_progress (program, job, progress) VALUES (?1, ?2, ?3)
                      ON CONFLICT (program, job) DO UPDATE SET progress = excluded.progress",
                     params![program, job, p],
                 ),
-                None => conn.execute(
+                None => conn.exec(
                     "DELETE FROM job_progress WHERE program = ?1 AND job = ?2",
                     params![program, job],
                 ),
@@ -1141,7 +1166,7 @@ impl ScheduleStore for SqliteStore {
 /// Marks a coupon revoked unless it has been consumed; `false` when it has.
 fn revoke_coupon(tx: &Connection, program: &str, code: &str) -> Result<bool, StoreError> {
     let body: Option<String> = tx
-        .query_row(
+        .row(
             "SELECT body FROM coupons WHERE program = ?1 AND code = ?2",
             params![program, code],
             |row| row.get(0),
@@ -1154,7 +1179,7 @@ fn revoke_coupon(tx: &Connection, program: &str, code: &str) -> Result<bool, Sto
         return Ok(false);
     }
     coupon.revoked = true;
-    tx.execute(
+    tx.exec(
         "UPDATE coupons SET body = ?3 WHERE program = ?1 AND code = ?2",
         params![program, code, encode("coupon", &coupon)?],
     )
@@ -1165,7 +1190,7 @@ fn revoke_coupon(tx: &Connection, program: &str, code: &str) -> Result<bool, Sto
 /// The redemption, new coupon and idempotency record of a commit, if any.
 fn write_redemption_items(tx: &Connection, commit: &Commit) -> Result<(), StoreError> {
     for redemption in commit.redemption.iter().chain(&commit.copied_redemptions) {
-        tx.execute(
+        tx.exec(
             "INSERT INTO redemptions (program, member, id, body) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (program, member, id) DO UPDATE SET body = excluded.body",
             params![
@@ -1178,14 +1203,14 @@ fn write_redemption_items(tx: &Connection, commit: &Commit) -> Result<(), StoreE
         .map_err(|e| sql_error("cannot write the redemption", e))?;
     }
     if let Some(coupon) = &commit.coupon {
-        tx.execute(
+        tx.exec(
             "INSERT INTO coupons (program, code, body) VALUES (?1, ?2, ?3)",
             params![commit.program, coupon.code, encode("coupon", coupon)?],
         )
         .map_err(|e| sql_error("cannot write the coupon", e))?;
     }
     if let Some(record) = &commit.idempotency {
-        tx.execute(
+        tx.exec(
             "INSERT INTO idempotency (program, principal, key, body) VALUES (?1, ?2, ?3, ?4)",
             params![
                 commit.program,
@@ -1211,8 +1236,8 @@ fn parse_square(campaign: &str, text: &str) -> Result<i128, StoreError> {
 fn add_counts(tx: &Connection, program: &str, add: &CounterAdd) -> Result<(), StoreError> {
     let c = &add.counts;
     let square: Option<String> = tx
-        .query_row(
-            "SELECT revenue_sq FROM counters WHERE program = ?1 AND campaign = ?2 AND shard = ?3 AND variant = ?4",
+        .row(
+"SELECT revenue_sq FROM counters WHERE program = ?1 AND campaign = ?2 AND shard = ?3 AND variant = ?4",
             params![program, add.campaign, add.shard, c.variant],
             |row| row.get(0),
         )
@@ -1222,8 +1247,8 @@ fn add_counts(tx: &Connection, program: &str, add: &CounterAdd) -> Result<(), St
         Some(text) => parse_square(&add.campaign, &text)?,
         None => 0,
     } + c.revenue_sq;
-    tx.execute(
-        "INSERT INTO counters (program, campaign, shard, variant, assigned, converters, purchases, revenue, revenue_sq, points)
+    tx.exec(
+"INSERT INTO counters (program, campaign, shard, variant, assigned, converters, purchases, revenue, revenue_sq, points)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (program, campaign, shard, variant) DO UPDATE SET
            assigned = assigned + excluded.assigned, converters = converters + excluded.converters,
@@ -1244,7 +1269,7 @@ fn add_books(tx: &Connection, program: &str, add: &BooksAdd) -> Result<(), Store
         return Ok(());
     };
     for (name, value) in &add.counts {
-        tx.execute(
+        tx.exec(
             "INSERT INTO books (program, day, shard, name, value) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (program, day, shard, name) DO UPDATE SET value = value + excluded.value",
             params![program, day.to_string(), add.shard, name, value],
@@ -1296,8 +1321,8 @@ impl BooksStore for SqliteStore {
     ) -> Result<i64, StoreError> {
         let (program, name) = (program.to_string(), name.to_string());
         self.read(move |conn| {
-            conn.query_row(
-                "SELECT COALESCE(SUM(value), 0) FROM books WHERE program = ?1 AND day = ?2 AND name = ?3",
+            conn.row(
+"SELECT COALESCE(SUM(value), 0) FROM books WHERE program = ?1 AND day = ?2 AND name = ?3",
                 params![program, day.to_string(), name],
                 |row| row.get(0),
             )
@@ -1334,7 +1359,7 @@ fn write_assignment(
     if !expected {
         return Ok(false);
     }
-    tx.execute(
+    tx.exec(
         "INSERT INTO assignments (program, member, campaign, body) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (program, member, campaign) DO UPDATE SET body = excluded.body",
         params![program, member, a.campaign, encode("assignment", a)?],
@@ -1349,7 +1374,7 @@ fn read_body<T: serde::de::DeserializeOwned>(
     params: &[&dyn rusqlite::ToSql],
     what: &str,
 ) -> Result<Option<T>, StoreError> {
-    conn.query_row(sql, params, |row| row.get::<_, String>(0))
+    conn.row(sql, params, |row| row.get::<_, String>(0))
         .optional()
         .map_err(|e| sql_error(&format!("cannot read the {what}"), e))?
         .map(|body| decode(what, &body))
@@ -1419,7 +1444,7 @@ impl RedemptionStore for SqliteStore {
                         order_ref: order_ref.clone(),
                         at: now,
                     });
-                    tx.execute(
+                    tx.exec(
                         "UPDATE coupons SET body = ?3 WHERE program = ?1 AND code = ?2",
                         params![program, code, encode("coupon", &coupon)?],
                     )
@@ -1495,7 +1520,7 @@ impl CampaignStore for SqliteStore {
                     return Ok((stored, false));
                 }
             }
-            tx.execute(
+            tx.exec(
                 "INSERT INTO assignments (program, member, campaign, body) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (program, member, campaign) DO UPDATE SET body = excluded.body",
                 params![
@@ -1560,7 +1585,7 @@ impl CampaignStore for SqliteStore {
     async fn campaign(&self, program: &str, id: &str) -> Result<Option<(u32, String)>, StoreError> {
         let (program, id) = (program.to_string(), id.to_string());
         self.read(move |conn| {
-            conn.query_row(
+            conn.row(
                 "SELECT version, body FROM campaigns WHERE program = ?1 AND id = ?2",
                 params![program, id],
                 |row| Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?)),
@@ -1584,8 +1609,8 @@ impl CampaignStore for SqliteStore {
                 .savepoint()
                 .map_err(|e| sql_error("cannot begin", e))?;
             let current: Option<u32> = tx
-                .query_row(
-                    "SELECT version FROM campaigns WHERE program = ?1 AND id = ?2",
+                .row(
+"SELECT version FROM campaigns WHERE program = ?1 AND id = ?2",
                     params![program, id],
                     |row| row.get(0),
                 )
@@ -1595,8 +1620,8 @@ impl CampaignStore for SqliteStore {
                 return Ok(None);
             }
             let version = current.unwrap_or(0) + 1;
-            tx.execute(
-                "INSERT INTO campaigns (program, id, version, body) VALUES (?1, ?2, ?3, ?4)
+            tx.exec(
+"INSERT INTO campaigns (program, id, version, body) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (program, id) DO UPDATE SET version = excluded.version, body = excluded.body",
                 params![program, id, version, json],
             )
@@ -1778,7 +1803,7 @@ impl RecordsStore for SqliteStore {
         let (program, member) = (program.to_string(), member.to_string());
         self.read(move |conn| {
             let account: Option<String> = conn
-                .query_row(
+                .row(
                     "SELECT body FROM accounts WHERE program = ?1 AND member = ?2",
                     params![program, member],
                     |row| row.get(0),
@@ -1873,7 +1898,7 @@ impl ErasureStore for SqliteStore {
                 .map_err(failed)?;
             }
             for code in &coupons {
-                tx.execute(
+                tx.exec(
                     "DELETE FROM coupons WHERE program = ?1 AND code = ?2",
                     params![program, code],
                 )
@@ -1899,14 +1924,14 @@ impl ErasureStore for SqliteStore {
                 let raw = format!("\"{needle}\"");
                 let escaped = format!("\\\"{needle}\\\"");
                 gone += conn
-                    .execute(
-                        "DELETE FROM parked WHERE program = ?1 AND (instr(body, ?2) > 0 OR instr(body, ?3) > 0)",
+                    .exec(
+"DELETE FROM parked WHERE program = ?1 AND (instr(body, ?2) > 0 OR instr(body, ?3) > 0)",
                         params![program, raw, escaped],
                     )
                     .map_err(failed)?;
                 gone += conn
-                    .execute(
-                        "DELETE FROM rejected_events WHERE program = ?1 AND (instr(body, ?2) > 0 OR instr(body, ?3) > 0)",
+                    .exec(
+"DELETE FROM rejected_events WHERE program = ?1 AND (instr(body, ?2) > 0 OR instr(body, ?3) > 0)",
                         params![program, raw, escaped],
                     )
                     .map_err(failed)?;
@@ -1930,7 +1955,7 @@ impl AuditStore for SqliteStore {
         let id = run.id.clone();
         self.with(move |conn| {
             let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO audits (program, id, body) VALUES (?1, ?2, ?3)",
                 params![program, id, body],
             )
@@ -1945,7 +1970,7 @@ impl AuditStore for SqliteStore {
         let (program, id) = (program.to_string(), id.to_string());
         self.read(move |conn| {
             let body: Option<String> = conn
-                .query_row(
+                .row(
                     "SELECT body FROM audits WHERE program = ?1 AND id = ?2",
                     params![program, id],
                     |row| row.get(0),
@@ -1960,7 +1985,7 @@ impl AuditStore for SqliteStore {
     async fn save_audit_run(&self, program: &str, run: &AuditRun) -> Result<(), StoreError> {
         let (program, id, body) = (program.to_string(), run.id.clone(), encode("audit", run)?);
         self.with(move |conn| {
-            conn.execute(
+            conn.exec(
                 "INSERT INTO audits (program, id, body) VALUES (?1, ?2, ?3)
                  ON CONFLICT (program, id) DO UPDATE SET body = excluded.body",
                 params![program, id, body],

@@ -1005,7 +1005,8 @@ impl OutboxStore for SqliteStore {
     }
 }
 
-/// Replaces the member's rows in the due-date index with the dates of this commit.
+/// Replaces the member's rows in the due-date index with the dates of this commit. A date that
+/// did not change is not written again (most commits change one or none of the six).
 fn write_due(
     tx: &Connection,
     program: &str,
@@ -1016,7 +1017,8 @@ fn write_due(
         let result = match due.get(job) {
             Some(date) => tx.exec(
                 "INSERT INTO due (program, job, member, date) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (program, job, member) DO UPDATE SET date = excluded.date",
+                 ON CONFLICT (program, job, member) DO UPDATE SET date = excluded.date
+                 WHERE date IS NOT excluded.date",
                 params![program, job.as_str(), member, date.to_string()],
             ),
             None => tx.exec(

@@ -32,6 +32,25 @@ fn purchase(id: &str, member: &str, won: u32) -> Envelope {
     .unwrap()
 }
 
+/// The services of `loyalty serve` on this store, with its queue and kr-shop loaded.
+async fn kr_shop(store: &SqliteStore) -> (LocalQueue, Services) {
+    let queue = LocalQueue::new(store.clone(), 5);
+    let services = Services::new(
+        Arc::new(store.clone()),
+        Arc::new(queue.clone()),
+        Arc::new(SystemClock),
+    );
+    services
+        .put_program(
+            "kr-shop",
+            include_str!("../../examples/kr-shop.toml"),
+            ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    (queue, services)
+}
+
 async fn bodies(queue: &LocalQueue, max: usize) -> Vec<String> {
     queue
         .receive(QueueName::Earn, max, HIDE)
@@ -119,16 +138,7 @@ async fn a_write_that_fails_inside_a_shared_commit_leaves_no_trace_and_the_other
     // GIVEN kr-shop on a database file where any ledger entry of m-bad is refused by the
     // database itself (after its account row was written in the same commit)
     let (store, db) = file_store();
-    let queue = Arc::new(LocalQueue::new(store.clone(), 5));
-    let services = Services::new(Arc::new(store.clone()), queue, Arc::new(SystemClock));
-    services
-        .put_program(
-            "kr-shop",
-            include_str!("../../examples/kr-shop.toml"),
-            ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
+    let (_queue, services) = kr_shop(&store).await;
     rusqlite::Connection::open(&db)
         .unwrap()
         .execute_batch(
@@ -177,20 +187,7 @@ async fn the_outbox_moves_to_the_queues_once_and_in_each_members_order() {
     // GIVEN kr-shop on a database file, and two purchases each by three members processed,
     // whose commits wrote their notices to the outbox
     let (store, db) = file_store();
-    let queue = LocalQueue::new(store.clone(), 5);
-    let services = Services::new(
-        Arc::new(store.clone()),
-        Arc::new(queue.clone()),
-        Arc::new(SystemClock),
-    );
-    services
-        .put_program(
-            "kr-shop",
-            include_str!("../../examples/kr-shop.toml"),
-            ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
+    let (queue, services) = kr_shop(&store).await;
     for round in 0..2 {
         for m in 0..3 {
             let body = serde_json::to_string(&purchase(

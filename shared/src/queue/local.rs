@@ -201,11 +201,15 @@ impl LocalQueue {
                     .map_err(failed)?;
                 let mut programs = Vec::with_capacity(rows.len());
                 for (seq, stored) in rows {
-                    let message: OutboxMessage =
-                        serde_json::from_str(&stored).map_err(|e| StoreError::Corrupt {
-                            key: format!("outbox/{seq}"),
-                            message: e.to_string(),
-                        })?;
+                    // A row that does not decode (a manual edit) stays for an operator; it
+                    // never holds back the messages after it.
+                    let message: OutboxMessage = match serde_json::from_str(&stored) {
+                        Ok(message) => message,
+                        Err(e) => {
+                            tracing::warn!(seq, error = %e, "outbox row does not decode; left in place");
+                            continue;
+                        }
+                    };
                     let envelope = &message.envelope;
                     let body = serde_json::to_string(envelope)
                         .map_err(|e| StoreError::failed("cannot encode the message", e))?;

@@ -130,7 +130,7 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 
 /// The writing connection's thread, reached through a channel.
 pub(crate) struct Writer {
-    jobs: Mutex<mpsc::Sender<Box<dyn Job>>>,
+    jobs: mpsc::Sender<Box<dyn Job>>,
     /// Transactions committed so far (each holds one or more jobs).
     commits: Arc<AtomicU64>,
 }
@@ -146,7 +146,7 @@ impl Writer {
             .spawn(move || write_loop(conn, receiver, &counted))
             .map_err(|e| StoreError::failed("cannot start the database writer", e))?;
         Ok(Writer {
-            jobs: Mutex::new(sender),
+            jobs: sender,
             commits,
         })
     }
@@ -167,11 +167,7 @@ impl Writer {
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Box<dyn Job> = Box::new(Work { work, reply });
-        self.jobs
-            .lock()
-            .map_err(|_| stopped())?
-            .send(job)
-            .map_err(|_| stopped())?;
+        self.jobs.send(job).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }

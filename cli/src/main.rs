@@ -68,7 +68,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    // Held to the end of main: dropping it writes out what the log thread still holds.
+    let _logs = init_logs(cli.log_format, matches!(cli.command, Command::Serve(_)));
     if let Command::Audit(args) = cli.command {
         return audit::run(args).unwrap_or_else(|message| {
             eprintln!("loyalty: {message}");
@@ -107,16 +108,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logs(format: LogFormat) {
+/// Logs on standard error. `serve` writes a few lines per event: they go through a thread of
+/// their own that writes whatever has gathered in one system call, instead of one call per
+/// line on the threads that answer requests and process events (no line is dropped: a full
+/// buffer makes the logging thread wait). The other commands write in place, so that their
+/// lines and their progress bars keep their order.
+fn init_logs(
+    format: LogFormat,
+    buffered: bool,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry().with(loyalty_core::telemetry::filter());
+    let (writer, guard) = if buffered {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .finish(std::io::BufWriter::with_capacity(
+                1 << 16,
+                std::io::stderr(),
+            ));
+        (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer),
+            Some(guard),
+        )
+    } else {
+        (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+            None,
+        )
+    };
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(colour)
-        .with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(loyalty_core::telemetry::filter());
+        .with_writer(writer);
     match format {
         LogFormat::Json => registry.with(layer.json()).init(),
         LogFormat::Text => registry.with(layer).init(),
     }
+    guard
 }

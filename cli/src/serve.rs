@@ -9,7 +9,7 @@ use clap::Args;
 use loyalty_core::api::{self, auth::Verifier, AppState};
 use loyalty_core::ports::{ProgramStore, QueueName, SystemClock};
 use loyalty_core::queue::local::{Delivery, LocalQueue};
-use loyalty_core::services::batch::{log_notice, process_message, Consumer};
+use loyalty_core::services::batch::{log_notice, log_notice_envelope, process_message, Consumer};
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
 use loyalty_core::store::sqlite::SqliteStore;
@@ -230,10 +230,11 @@ async fn schedule(services: Arc<Services>, every: Duration) {
 }
 
 /// Plays the part of the table's stream: moves what commits wrote to the outbox to the queues,
-/// many messages per transaction.
+/// many messages per transaction, and logs the notices (the brand's integrations consume them
+/// in AWS).
 async fn relay(queue: LocalQueue) {
     loop {
-        match queue.relay_outbox(RELAY_BATCH).await {
+        match queue.relay_outbox(RELAY_BATCH, log_notice_envelope).await {
             Ok(0) => tokio::time::sleep(IDLE_POLL).await,
             Ok(_) => {}
             Err(e) => {
@@ -288,7 +289,8 @@ async fn handle(
         QueueName::Tier => process_message(services, Consumer::Tier, &id, &delivery.body)
             .await
             .map(drop),
-        // The brand's own integrations consume notices in AWS; locally they are logged.
+        // The relay logs notices without queueing them; a notice queued by an earlier version
+        // is logged here.
         QueueName::Notify => {
             log_notice(&id, &delivery.body);
             Ok(())

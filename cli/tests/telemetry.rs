@@ -177,6 +177,28 @@ fn a_processed_event_is_logged_with_its_ids_and_trace_and_counted_at_metrics() {
         .find(|l| l["fields"]["message"] == "request answered" && l["fields"]["trace"] == TRACE)
         .unwrap_or_else(|| panic!("no request line with the trace in\n{log}"));
     assert_eq!(request["fields"]["route"], "/v1/programs/{program}/events");
+    // AND its notice is logged once, named by its program-scoped id, with the same trace
+    let notices = eventually("the notice line", || {
+        let log = std::fs::read_to_string(&serve.log).unwrap();
+        let found: Vec<Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["fields"]["message"] == "notice")
+            .collect();
+        (!found.is_empty()).then_some(found)
+    });
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let notice = &notices[0]["fields"];
+    assert_eq!(notice["message_id"], "kr-shop/points-earned-ev-tel-1");
+    assert_eq!(notice["event_id"], "points-earned-ev-tel-1");
+    assert_eq!(
+        (notice["kind"].as_str(), notice["trace"].as_str()),
+        (Some("points.earned"), Some(TRACE))
+    );
+    assert!(
+        notice["member"].as_str().unwrap().starts_with("person-"),
+        "{notice}"
+    );
     // AND no line holds the email, the token or the signing secret
     for secret in [EMAIL, admin.as_str(), SECRET] {
         assert!(!log.contains(secret), "the log holds {secret}:\n{log}");

@@ -4,12 +4,10 @@
 //! its claims on the request ([`GatewayClaims`]). Locally, `loyalty serve` verifies HS256 tokens
 //! signed with `LOYALTY_JWT_SECRET`. Either way the handlers see the same `Principal`.
 
-use std::sync::Arc;
-
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
 use chrono::Utc;
+#[cfg(feature = "local-tokens")]
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -96,18 +94,21 @@ pub struct GatewayClaims(pub serde_json::Map<String, serde_json::Value>);
 #[derive(Clone)]
 pub enum Verifier {
     /// Local: HS256 with a shared secret.
-    Hs256(Arc<DecodingKey>),
+    #[cfg(feature = "local-tokens")]
+    Hs256(std::sync::Arc<DecodingKey>),
     /// Behind API Gateway: the authorizer verified the token.
     Gateway,
 }
 
+#[cfg(feature = "local-tokens")]
 impl Verifier {
     pub fn hs256(secret: &[u8]) -> Verifier {
-        Verifier::Hs256(Arc::new(DecodingKey::from_secret(secret)))
+        Verifier::Hs256(std::sync::Arc::new(DecodingKey::from_secret(secret)))
     }
 }
 
 /// Signs a development token (`loyalty token`).
+#[cfg(feature = "local-tokens")]
 pub fn sign(secret: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -134,6 +135,7 @@ impl FromRequestParts<AppState> for Principal {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         match &state.verifier {
+            #[cfg(feature = "local-tokens")]
             Verifier::Hs256(key) => {
                 let token = bearer(parts)?;
                 let mut validation = Validation::new(Algorithm::HS256);
@@ -203,10 +205,11 @@ fn principal(subject: String, scope: &str, program: Option<String>) -> Principal
     }
 }
 
+#[cfg(feature = "local-tokens")]
 fn bearer(parts: &Parts) -> Result<&str, Problem> {
     let value = parts
         .headers
-        .get(header::AUTHORIZATION)
+        .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| Problem::unauthorized("an Authorization: Bearer token is required"))?
         .to_str()
         .map_err(|_| Problem::unauthorized("the Authorization header is not text"))?;

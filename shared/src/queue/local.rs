@@ -185,8 +185,18 @@ impl LocalQueue {
 
     /// Plays the part of the table's stream for the outbox of the same database: moves up to
     /// `limit` waiting messages, oldest first, to their queues in one transaction, so each is
-    /// relayed exactly once and a group's order holds. Returns how many were moved.
-    pub async fn relay_outbox(&self, limit: usize) -> Result<usize, StoreError> {
+    /// relayed exactly once and a group's order holds. Returns how many were relayed.
+    ///
+    /// Notices (the notify queue) are handed to `notice` instead of being queued: locally
+    /// nothing else consumes them, and a queue round trip (insert, receive, delete) per notice
+    /// would cost the single writer as much as the purchase itself. `notice` is called in the
+    /// transaction, before it commits, so a commit that fails hands the same notices again: at
+    /// least once, each named by its deduplication id, as SQS would deliver them.
+    pub async fn relay_outbox(
+        &self,
+        limit: usize,
+        notice: fn(&Envelope),
+    ) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let programs: Vec<String> = self
             .store
@@ -211,15 +221,19 @@ impl LocalQueue {
                         }
                     };
                     let envelope = &message.envelope;
-                    let body = serde_json::to_string(envelope)
-                        .map_err(|e| StoreError::failed("cannot encode the message", e))?;
-                    enqueue(
-                        conn,
-                        message.queue,
-                        &envelope.dedup_id(),
-                        &envelope.group(),
-                        &body,
-                    )?;
+                    if message.queue == QueueName::Notify {
+                        notice(envelope);
+                    } else {
+                        let body = serde_json::to_string(envelope)
+                            .map_err(|e| StoreError::failed("cannot encode the message", e))?;
+                        enqueue(
+                            conn,
+                            message.queue,
+                            &envelope.dedup_id(),
+                            &envelope.group(),
+                            &body,
+                        )?;
+                    }
                     conn.exec("DELETE FROM outbox WHERE seq = ?1", params![seq])
                         .map_err(|e| sql_error("cannot forget a relayed message", e))?;
                     programs.push(message.envelope.program);

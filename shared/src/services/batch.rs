@@ -127,13 +127,45 @@ pub async fn process_message(
 /// Logs a notice (a message for the brand's integrations) by its ids, without its data.
 pub fn log_notice(message_id: &str, body: &str) {
     let ids = serde_json::from_str::<Ids>(body).unwrap_or_default();
+    notice_line(
+        message_id,
+        &ids.id,
+        &ids.kind,
+        &ids.program,
+        &ids.member,
+        ids.trace.as_deref(),
+    );
+}
+
+/// Logs a notice that has not been queued: `loyalty serve` hands notices to its log as it
+/// relays them, since nothing else consumes them locally. Named by its deduplication id.
+pub fn log_notice_envelope(envelope: &crate::envelope::Envelope) {
+    let e = envelope;
+    notice_line(
+        &e.dedup_id(),
+        &e.id,
+        &e.kind,
+        &e.program,
+        &e.member,
+        e.trace.as_deref(),
+    );
+}
+
+fn notice_line(
+    message_id: &str,
+    event_id: &str,
+    kind: &str,
+    program: &str,
+    member: &str,
+    trace: Option<&str>,
+) {
     tracing::info!(
         message_id,
-        event_id = ids.id,
-        kind = ids.kind,
-        program = ids.program,
-        member = crate::telemetry::member_ref(&ids.member),
-        trace = ids.trace.unwrap_or_default(),
+        event_id,
+        kind,
+        program,
+        member = crate::telemetry::member_ref(member),
+        trace = trace.unwrap_or_default(),
         "notice"
     );
 }

@@ -145,6 +145,10 @@ impl SqliteStore {
 
     fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // Every job of a shared commit runs in its own savepoint, whose journal of the pages
+        // it changes is a temporary file unless temporary storage is in memory.
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(|e| StoreError::failed("cannot keep temporary storage in memory", e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| StoreError::failed("cannot set the busy timeout", e))?;
         conn.execute_batch(SCHEMA)

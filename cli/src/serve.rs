@@ -113,6 +113,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     println!("tokens: loyalty token --admin | loyalty token --member ID");
     println!("console: http://{addr}/console/ (sign in with loyalty token --admin)");
 
+    // One worker per queue: a second earn worker processed 2-5% more, but took the CPU that
+    // answers GET /me (p99 from 6-7 ms to 25-28 ms at 500/s).
     for name in [QueueName::Earn, QueueName::Tier, QueueName::Notify] {
         tokio::spawn(work(queue.clone(), name, Arc::clone(&services)));
     }
@@ -254,6 +256,8 @@ async fn work(queue: LocalQueue, name: QueueName, services: Arc<Services>) {
             Ok(batch) => {
                 // At most one message per group: they are independent, so they run together
                 // and their writes share the store's commits; the processed ones go in one.
+                // One task: spawning one per message put 128 tasks ahead of every request in
+                // the scheduler's queues (GET /me p99 went from 7 to 25 ms).
                 let done = futures_util::future::join_all(
                     batch
                         .into_iter()

@@ -1,14 +1,13 @@
 //! Partial batch failures: exactly the failed messages, and the rest of their FIFO group, come back.
 #![cfg(feature = "sqlite")]
 
+mod common;
+
 use std::sync::Arc;
 
 use chrono::{Duration, SecondsFormat, Utc};
 use loyalty_core::ports::{MemberStore, RejectStore, SystemClock};
-use loyalty_core::queue::local::LocalQueue;
 use loyalty_core::services::batch::{process_batch, Consumer, Record};
-use loyalty_core::services::programs::ProgramFormat;
-use loyalty_core::services::Services;
 use loyalty_core::store::sqlite::SqliteStore;
 use serde_json::json;
 
@@ -45,16 +44,7 @@ async fn a_failure_fails_the_rest_of_its_group_and_nothing_else() {
     let db = dir.join("loyalty.db");
     let store = SqliteStore::open(&db).unwrap();
     poison(&db, true);
-    let queue = Arc::new(LocalQueue::new(store.clone(), 5));
-    let services = Services::new(Arc::new(store.clone()), queue, Arc::new(SystemClock));
-    services
-        .put_program(
-            "kr-shop",
-            include_str!("../../examples/kr-shop.toml"),
-            ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
+    let (_, services) = common::kr_shop_services(&store, 5, Arc::new(SystemClock)).await;
     // AND a batch with a poisoned message in the middle, a later one of its group, a message
     // that is bad for good, and messages of other members
     let batch = vec![

@@ -1,31 +1,22 @@
 //! Pay with points: holds captured, voided, or expired, with a clock the test moves.
 #![cfg(feature = "sqlite")]
 
+mod common;
+
 use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 use loyalty_core::domain::EntryKind;
 use loyalty_core::ports::{FixedClock, MemberStore, RedemptionStatus};
-use loyalty_core::queue::local::LocalQueue;
 use loyalty_core::services::jobs::Job;
-use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::{ServiceError, Services};
 use loyalty_core::store::sqlite::SqliteStore;
 use serde_json::json;
 
 async fn stack() -> (Services, Arc<FixedClock>, SqliteStore) {
     let store = SqliteStore::memory().unwrap();
-    let queue = LocalQueue::new(store.clone(), 3);
     let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap());
-    let services = Services::new(Arc::new(store.clone()), Arc::new(queue), clock.clone());
-    services
-        .put_program(
-            "kr-shop",
-            include_str!("../../examples/kr-shop.toml"),
-            ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
+    let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
     services
         .adjust(
             "kr-shop",

@@ -1,6 +1,8 @@
 //! The embedded queue and the SQLite store's shared commits, as `loyalty serve` uses them.
 #![cfg(feature = "sqlite")]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +10,6 @@ use loyalty_core::envelope::Envelope;
 use loyalty_core::ports::{Queue, QueueName, SystemClock};
 use loyalty_core::queue::local::LocalQueue;
 use loyalty_core::services::batch::{process_message, Consumer};
-use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
 use loyalty_core::store::sqlite::SqliteStore;
 use serde_json::json;
@@ -34,21 +35,7 @@ fn purchase(id: &str, member: &str, won: u32) -> Envelope {
 
 /// The services of `loyalty serve` on this store, with its queue and kr-shop loaded.
 async fn kr_shop(store: &SqliteStore) -> (LocalQueue, Services) {
-    let queue = LocalQueue::new(store.clone(), 5);
-    let services = Services::new(
-        Arc::new(store.clone()),
-        Arc::new(queue.clone()),
-        Arc::new(SystemClock),
-    );
-    services
-        .put_program(
-            "kr-shop",
-            include_str!("../../examples/kr-shop.toml"),
-            ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
-    (queue, services)
+    common::kr_shop_services(store, 5, Arc::new(SystemClock)).await
 }
 
 async fn bodies(queue: &LocalQueue, max: usize) -> Vec<String> {

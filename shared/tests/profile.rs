@@ -1,13 +1,11 @@
 //! The member's profile: a birthday changes at most once in 365 days.
 #![cfg(feature = "sqlite")]
 
-use std::sync::Arc;
+mod common;
 
 use chrono::{Duration, TimeZone, Utc};
 use loyalty_core::ports::FixedClock;
-use loyalty_core::queue::local::LocalQueue;
-use loyalty_core::services::programs::ProgramFormat;
-use loyalty_core::services::{ServiceError, Services};
+use loyalty_core::services::ServiceError;
 use loyalty_core::store::sqlite::SqliteStore;
 
 #[tokio::test]
@@ -16,19 +14,7 @@ async fn a_birthday_is_set_then_changed_no_sooner_than_a_year_later() {
     let store = SqliteStore::memory().unwrap();
     let start = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
     let clock = FixedClock::at(start);
-    let services = Services::new(
-        Arc::new(store.clone()),
-        Arc::new(LocalQueue::new(store, 3)),
-        clock.clone(),
-    );
-    services
-        .put_program(
-            "kr-shop",
-            include_str!("../../examples/kr-shop.toml"),
-            ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
+    let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
     let patch = |body: &'static str| services.update_profile("kr-shop", "m-1", body.as_bytes());
     // WHEN the birthday is set THEN it is kept, with the day it was set
     let profile = patch(r#"{"birthday": "03-15", "anniversary": "2020-06-01"}"#)

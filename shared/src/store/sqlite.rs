@@ -422,6 +422,9 @@ impl MemberStore for SqliteStore {
         if let Some(refused) = super::too_large(&commit) {
             return Err(refused.into());
         }
+        // Encoded here, on the caller's thread: the writer thread is the one serial resource,
+        // so it only executes statements.
+        let encoded = Encoded::of(&commit)?;
         let commit = Arc::new(commit);
         let outcome = self
             .with(move |conn| {
@@ -474,20 +477,18 @@ impl MemberStore for SqliteStore {
                 if current != commit.expected_version {
                     return Ok(Err(Outcome::Conflict));
                 }
-                let version = commit.expected_version.unwrap_or(0) + 1;
-                let mut account = commit.account.clone();
-                account.version = version;
+                let version = encoded.version;
                 tx.exec(
 "INSERT INTO accounts (program, member, version, body) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (program, member) DO UPDATE SET version = excluded.version, body = excluded.body",
-                    params![commit.program, commit.member, version, encode("account", &account)?],
+                    params![commit.program, commit.member, version, encoded.account],
                 )
                 .map_err(|e| sql_error("cannot write the account", e))?;
-                for (i, entry) in commit.entries.iter().enumerate() {
+                for (i, (entry, body)) in commit.entries.iter().zip(&encoded.entries).enumerate() {
                     let inserted = tx
                         .exec(
 "INSERT OR IGNORE INTO ledger (program, member, seq, entry_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                            params![commit.program, commit.member, ledger_seq(version, i), entry.id, encode("entry", entry)?],
+                            params![commit.program, commit.member, ledger_seq(version, i), entry.id, body],
                         )
                         .map_err(|e| sql_error("cannot write a ledger entry", e))?;
                     if inserted == 0 {
@@ -517,16 +518,16 @@ impl MemberStore for SqliteStore {
                 for add in &commit.counters {
                     add_counts(&tx, &commit.program, add)?;
                 }
-                for (key, order) in &commit.orders {
+                for ((key, _), body) in commit.orders.iter().zip(&encoded.orders) {
                     tx.exec(
 "INSERT INTO orders (program, member, order_key, body) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (program, member, order_key) DO UPDATE SET body = excluded.body",
-                        params![commit.program, commit.member, key, encode("order", order)?],
+                        params![commit.program, commit.member, key, body],
                     )
                     .map_err(|e| sql_error("cannot write the order", e))?;
                 }
-                for message in &commit.outbox {
-                    write_outbox(&tx, message)?;
+                for (key, body) in &encoded.outbox {
+                    write_outbox_row(&tx, key, body)?;
                 }
                 add_books(&tx, &commit.program, &commit.books)?;
                 tx.commit().map_err(|e| sql_error("cannot commit", e))?;
@@ -609,6 +610,38 @@ enum Outcome {
     Duplicate,
     Conflict,
     CouponConsumed,
+}
+
+/// A commit's rows as the statements take them, encoded before the commit reaches the writer.
+struct Encoded {
+    /// The account's version after the commit.
+    version: u64,
+    account: String,
+    entries: Vec<String>,
+    orders: Vec<String>,
+    /// (key, body) of each outgoing message.
+    outbox: Vec<(String, String)>,
+}
+
+impl Encoded {
+    fn of(commit: &Commit) -> Result<Encoded, StoreError> {
+        let version = commit.expected_version.unwrap_or(0) + 1;
+        let mut account = commit.account.clone();
+        account.version = version;
+        Ok(Encoded {
+            version,
+            account: encode("account", &account)?,
+            entries: (commit.entries.iter())
+                .map(|entry| encode("entry", entry))
+                .collect::<Result<_, _>>()?,
+            orders: (commit.orders.values())
+                .map(|order| encode("order", order))
+                .collect::<Result<_, _>>()?,
+            outbox: (commit.outbox.iter())
+                .map(|m| Ok((m.key(), encode("outbox message", m)?)))
+                .collect::<Result<_, StoreError>>()?,
+        })
+    }
 }
 
 #[async_trait]
@@ -965,9 +998,13 @@ impl ParkingStore for SqliteStore {
 
 /// Adds a message to the outbox, once per key (an equal message written again is the same one).
 fn write_outbox(tx: &Connection, message: &OutboxMessage) -> Result<(), StoreError> {
+    write_outbox_row(tx, &message.key(), &encode("outbox message", message)?)
+}
+
+fn write_outbox_row(tx: &Connection, key: &str, body: &str) -> Result<(), StoreError> {
     tx.exec(
         "INSERT OR IGNORE INTO outbox (key, body) VALUES (?1, ?2)",
-        params![message.key(), encode("outbox message", message)?],
+        params![key, body],
     )
     .map_err(|e| sql_error("cannot write to the outbox", e))?;
     Ok(())

@@ -141,3 +141,33 @@ impl Member {
         }
     }
 }
+
+/// The services of `loyalty serve` on `store`: its durable queue (a message is dead-lettered
+/// after `max_attempts` deliveries), `clock`, and kr-shop loaded. Returns the queue too, for
+/// the tests that play its consumers.
+#[cfg(feature = "sqlite")]
+pub async fn kr_shop_services(
+    store: &loyalty_core::store::sqlite::SqliteStore,
+    max_attempts: u32,
+    clock: std::sync::Arc<dyn loyalty_core::ports::Clock>,
+) -> (
+    loyalty_core::queue::local::LocalQueue,
+    loyalty_core::services::Services,
+) {
+    use std::sync::Arc;
+    let queue = loyalty_core::queue::local::LocalQueue::new(store.clone(), max_attempts);
+    let services = loyalty_core::services::Services::new(
+        Arc::new(store.clone()),
+        Arc::new(queue.clone()),
+        clock,
+    );
+    services
+        .put_program(
+            "kr-shop",
+            include_str!("../../../examples/kr-shop.toml"),
+            loyalty_core::services::programs::ProgramFormat::Toml,
+        )
+        .await
+        .expect("kr-shop loads");
+    (queue, services)
+}

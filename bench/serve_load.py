@@ -2,9 +2,9 @@
 second, and GET /me latency at a fixed 500 requests/s while idle and while the events are being
 processed.
 
-Starts `loyalty serve` (target/release/loyalty when it exists, else target/debug/loyalty; copy it
-aside first if a rebuild may replace it, and pass it with --loyalty) on a fresh SQLite file with
-kr-shop and no scheduled jobs. Then:
+Starts `loyalty serve` (the first of target/local/loyalty, target/release/loyalty and
+target/debug/loyalty that exists; copy it aside first if a rebuild may replace it, and pass it
+with --loyalty) on a fresh SQLite file with kr-shop and no scheduled jobs. Then:
 
   1. seed: one purchase for each of MEMBERS members (m-0 ...), waited for until applied;
   2. idle: GET /me at RATE/s for IDLE seconds, cycling through the members' tokens;
@@ -131,7 +131,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--memory", action="store_true", help="serve --memory instead of a SQLite file")
     p.add_argument("--json", type=Path, default=ROOT / "target" / "bench" / "serve_load.json")
     args = p.parse_args(argv)
-    loyalty = args.loyalty or next((c for c in (ROOT / "target" / "release" / "loyalty", ROOT / "target" / "debug" / "loyalty") if c.exists()), None)
+    loyalty = args.loyalty or next((c for c in (ROOT / "target" / "local" / "loyalty", ROOT / "target" / "release" / "loyalty", ROOT / "target" / "debug" / "loyalty") if c.exists()), None)
     if loyalty is None:
         print("no loyalty binary: cargo build -p loyalty-cli", file=sys.stderr)
         return 2

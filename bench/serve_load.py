@@ -21,7 +21,7 @@ The load generators are bench/node/load.mjs (Node.js; open-loop fixed-rate GET c
 With wrk installed, step 3 posts with wrk (bench/wrk/events.lua) for --seconds instead of
 --events with Node.js (--poster node to choose Node): C costs the shared cores less.
 Usage: .venv/bin/python bench/serve_load.py [--events 20000] [--seconds 10] [--members 2000] [--rate 500]
-       [--idle 20] [--concurrency 32] [--loyalty PATH] [--memory]
+       [--idle 20] [--concurrency 32] [--post-delay-ms 0] [--loyalty PATH] [--memory]
 """
 
 from __future__ import annotations
@@ -66,13 +66,16 @@ def post(base: str, admin: str, count: int, members: int, concurrency: int, firs
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def post_wrk(base: str, admin: str, seconds: int, members: int, concurrency: int, first_id: int) -> dict:
+def post_wrk(base: str, admin: str, seconds: int, members: int, concurrency: int, first_id: int, delay_ms: int = 0) -> dict:
     """Events posted by wrk (bench/wrk/events.lua) for a number of seconds: a load generator in
     C costs the two cores far less than Node's HTTP client, so more of them is left to the
-    server. "count" is the requests wrk saw answered (a few more sent as it stopped may count)."""
+    server. "count" is the requests wrk saw answered (a few more sent as it stopped may count).
+    With delay_ms, each connection waits that long before each request: an offered load of at
+    most concurrency * 1000 / delay_ms events per second instead of a flood."""
     threads = 2
     env = {**os.environ, "WRK_TOKEN": admin, "WRK_RUN": f"wrk{first_id}",
-           "WRK_MEMBERS": str(members), "WRK_AMOUNT": str(AMOUNT), "WRK_THREADS": str(threads)}
+           "WRK_MEMBERS": str(members), "WRK_AMOUNT": str(AMOUNT), "WRK_THREADS": str(threads),
+           "WRK_DELAY_MS": str(delay_ms)}
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds}s", "--latency",
                           "-s", str(ROOT / "bench" / "wrk" / "events.lua"), base],
                          env=env, check=True, capture_output=True, text=True)
@@ -128,6 +131,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--poster", choices=("node", "wrk"), default="wrk" if shutil.which("wrk") else "node",
                    help="what posts the events (default: wrk when installed)")
     p.add_argument("--seconds", type=int, default=10, help="how long wrk posts events (--events is node's count)")
+    p.add_argument("--post-delay-ms", type=int, default=0,
+                   help="wrk: each connection waits this long before each POST (a paced load of at most "
+                        "concurrency * 1000 / delay events/s); 0 posts as fast as they are answered")
     p.add_argument("--memory", action="store_true", help="serve --memory instead of a SQLite file")
     p.add_argument("--json", type=Path, default=ROOT / "target" / "bench" / "serve_load.json")
     args = p.parse_args(argv)
@@ -142,6 +148,7 @@ def main(argv: list[str]) -> int:
                               env=env, stdout=subprocess.PIPE, stderr=open(work / "serve.log", "w"), text=True)
     results: dict = {"binary": str(loyalty), "poster": args.poster, "store": "memory" if args.memory else "sqlite file", "events": args.events,
                      "members": args.members, "rate": args.rate, "concurrency": args.concurrency,
+                     "post_delay_ms": args.post_delay_ms,
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     getter = None
     try:
@@ -189,7 +196,7 @@ def main(argv: list[str]) -> int:
             started_wall = time.time() * 1000
             started = time.monotonic()
             if args.poster == "wrk":
-                accepted = post_wrk(base, admin, args.seconds, args.members, args.concurrency, first)
+                accepted = post_wrk(base, admin, args.seconds, args.members, args.concurrency, first, args.post_delay_ms)
             else:
                 accepted = post(base, admin, args.events, args.members, args.concurrency, first)
             posted = time.monotonic()

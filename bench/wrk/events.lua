@@ -1,7 +1,8 @@
 -- POST purchase events to /v1/programs/kr-shop/events for wrk, as fast as they are answered for
 -- wrk's duration: every request a new event (id WRK_RUN-<thread>-<n>, member
 -- m-(n * WRK_THREADS + thread) % WRK_MEMBERS, WRK_AMOUNT won). The admin token is in WRK_TOKEN.
--- wrk counts the answered requests; a few sent as it stops may be accepted too.
+-- wrk counts the answered requests; a few sent as it stops may be accepted too. WRK_DELAY_MS
+-- paces the connections instead of posting as fast as they are answered.
 local thread_count = 0
 
 function setup(thread)
@@ -17,6 +18,14 @@ local total_threads = tonumber(os.getenv("WRK_THREADS") or "1")
 local occurred = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() - 60)
 local sent = 0
 local headers
+-- WRK_DELAY_MS > 0 paces each connection: it waits that long before each request.
+local delay_ms = tonumber(os.getenv("WRK_DELAY_MS") or "0")
+
+if delay_ms > 0 then
+  function delay()
+    return delay_ms
+  end
+end
 
 function init(args)
   headers = { ["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json" }

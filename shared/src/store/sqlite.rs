@@ -109,6 +109,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read-only connections beside the writer (a file database only).
 const READERS: usize = 3;
+/// WAL pages between checkpoints (SQLite's default is 1,000). A checkpoint copies every page the
+/// WAL holds back into the file, once however often it changed since the last one: the hot pages
+/// of a busy server (accounts, the queue, the books) are copied a tenth as often.
+const WAL_CHECKPOINT_PAGES: i64 = 10_000;
 
 /// The SQLite adapter: one writer thread that commits waiting writes together, and readers
 /// that see what was committed (see `group_commit`). Cloning shares both.
@@ -131,6 +135,8 @@ impl SqliteStore {
             .map_err(|e| StoreError::failed("cannot enable WAL", e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| StoreError::failed("cannot set synchronous", e))?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
+            .map_err(|e| StoreError::failed("cannot set the checkpoint interval", e))?;
         let mut store = SqliteStore::init(conn)?;
         store.readers = Some(Arc::new(Readers::open(path, READERS, BUSY_TIMEOUT)?));
         Ok(store)

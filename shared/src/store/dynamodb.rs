@@ -1142,9 +1142,7 @@ impl MemberStore for DynamoStore {
         campaigns: &[String],
     ) -> Result<MemberState, StoreError> {
         let pk = member_pk(program, member);
-        let mut keys = vec![key(&pk, "ACCOUNT")];
-        keys.extend(order_keys.iter().map(|k| key(&pk, format!("O#{k}"))));
-        keys.extend(campaigns.iter().map(|c| key(&pk, format!("A#{c}"))));
+        let keys = member_keys(&pk, None, order_keys, campaigns);
         member_state(&pk, self.batch_get(keys).await?)
     }
 
@@ -1159,9 +1157,7 @@ impl MemberStore for DynamoStore {
     ) -> Result<MemberState, StoreError> {
         let pk = member_pk(program, member);
         let marker_key = marker_sk(marker);
-        let mut keys = vec![key(&pk, "ACCOUNT"), key(&pk, &marker_key)];
-        keys.extend(order_keys.iter().map(|k| key(&pk, format!("O#{k}"))));
-        keys.extend(campaigns.iter().map(|c| key(&pk, format!("A#{c}"))));
+        let keys = member_keys(&pk, Some(&marker_key), order_keys, campaigns);
         let items = self.batch_get(keys).await?;
         let seen = items
             .iter()
@@ -1310,6 +1306,21 @@ impl MemberStore for DynamoStore {
             .await?
             .is_some())
     }
+}
+
+/// The keys of a member's batch read: the account, the event's marker when there is one, the
+/// order records and the campaign assignments asked for.
+fn member_keys(
+    pk: &str,
+    marker: Option<&str>,
+    order_keys: &[String],
+    campaigns: &[String],
+) -> Vec<Item> {
+    let mut keys = vec![key(pk, "ACCOUNT")];
+    keys.extend(marker.map(|sk| key(pk, sk)));
+    keys.extend(order_keys.iter().map(|k| key(pk, format!("O#{k}"))));
+    keys.extend(campaigns.iter().map(|c| key(pk, format!("A#{c}"))));
+    keys
 }
 
 /// The account, order records and assignments among the items of a member's batch read.

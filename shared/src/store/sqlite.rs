@@ -524,7 +524,7 @@ impl MemberStore for SqliteStore {
                 for add in &commit.counters {
                     add_counts(&tx, &commit.program, add)?;
                 }
-                for ((key, _), body) in commit.orders.iter().zip(&encoded.orders) {
+                for (key, body) in &encoded.orders {
                     tx.exec(
 "INSERT INTO orders (program, member, order_key, body) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (program, member, order_key) DO UPDATE SET body = excluded.body",
@@ -624,7 +624,8 @@ struct Encoded {
     version: u64,
     account: String,
     entries: Vec<String>,
-    orders: Vec<String>,
+    /// (order key, body) of each order record.
+    orders: Vec<(String, String)>,
     /// (key, body) of each outgoing message.
     outbox: Vec<(String, String)>,
 }
@@ -640,9 +641,9 @@ impl Encoded {
             entries: (commit.entries.iter())
                 .map(|entry| encode("entry", entry))
                 .collect::<Result<_, _>>()?,
-            orders: (commit.orders.values())
-                .map(|order| encode("order", order))
-                .collect::<Result<_, _>>()?,
+            orders: (commit.orders.iter())
+                .map(|(key, order)| Ok((key.clone(), encode("order", order)?)))
+                .collect::<Result<_, StoreError>>()?,
             outbox: (commit.outbox.iter())
                 .map(|m| Ok((m.key(), encode("outbox message", m)?)))
                 .collect::<Result<_, StoreError>>()?,

@@ -824,6 +824,18 @@ async fn the_due_index_lists_members_by_job_and_date_and_follows_each_commit(
     assert!(due(DueJob::Review, d1).await.is_empty());
     assert_eq!(due(DueJob::Review, d2).await, vec![m.clone()]);
     assert!(due(DueJob::Release, d2).await.is_empty());
+    // WHEN the next commit keeps the review and adds an expiry
+    let mut third = commit(&m, Some(2), 30, "e3", None);
+    third.program = program.clone();
+    third.due = DueDates {
+        review: Some(d2),
+        expire: Some(d1),
+        ..DueDates::default()
+    };
+    store.commit(third).await.unwrap();
+    // THEN both are listed, the kept one as before
+    assert_eq!(due(DueJob::Review, d2).await, vec![m.clone()]);
+    assert_eq!(due(DueJob::Expire, d1).await, vec![m.clone()]);
     // AND the member is in the program's full pass, and job progress is kept per job
     let page = store.members_page(&program, None, 10).await.unwrap();
     assert_eq!(page.members, vec![m.clone()]);
@@ -1258,6 +1270,64 @@ async fn sqlite() -> Arc<dyn Store> {
 }
 
 conformance!(sqlite_store, sqlite());
+
+#[tokio::test]
+async fn a_sqlite_file_from_before_accounts_recorded_due_dates_is_indexed_whole_again() {
+    use loyalty_core::ports::{MemberStore as _, ScheduleStore as _};
+    use loyalty_core::store::sqlite::SqliteStore;
+    // GIVEN a database file whose account is due for review and release, written by a version
+    // whose accounts had no due column
+    let path = std::env::temp_dir().join(format!("due-{}.sqlite", uuid::Uuid::new_v4().simple()));
+    let (d1, d2) = (
+        chrono::NaiveDate::from_ymd_opt(2027, 3, 10).unwrap(),
+        chrono::NaiveDate::from_ymd_opt(2027, 4, 1).unwrap(),
+    );
+    let m = member();
+    let mut first = commit(&m, None, 10, "e1", None);
+    first.due = DueDates {
+        review: Some(d1),
+        release: Some(d2),
+        ..DueDates::default()
+    };
+    SqliteStore::open(&path)
+        .unwrap()
+        .commit(first)
+        .await
+        .unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("ALTER TABLE accounts DROP COLUMN due")
+        .unwrap();
+    // WHEN it is opened and the next commit keeps the review and clears the release
+    let store = SqliteStore::open(&path).unwrap();
+    let mut second = commit(&m, Some(1), 20, "e2", None);
+    second.due = DueDates {
+        review: Some(d1),
+        ..DueDates::default()
+    };
+    store.commit(second).await.unwrap();
+    // THEN the index holds the review only: no row from before was taken as recorded
+    let listed = |job, date| {
+        let store = store.clone();
+        async move {
+            let mut found = Vec::new();
+            for shard in 0..store.due_shards() {
+                let page = store
+                    .due_members(&program().id, job, date, shard, None, 10)
+                    .await
+                    .unwrap();
+                found.extend(page.members);
+            }
+            found
+        }
+    };
+    assert_eq!(listed(DueJob::Review, d1).await, vec![m.clone()]);
+    assert!(listed(DueJob::Release, d2).await.is_empty());
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
 
 #[cfg(feature = "aws")]
 async fn dynamo() -> Arc<dyn Store> {

@@ -323,9 +323,10 @@ impl Services {
         Ok(envelope)
     }
 
-    /// Records the order's member (for refunds without a customer) and links identities. An
-    /// identity already linked to the member is only read: a link is a two-item transaction,
-    /// and a returning customer's identities are linked since the first order.
+    /// Records the order's member (for refunds without a customer) and links identities. A link
+    /// that is already there is only read: a link is a two-item transaction, a returning
+    /// customer's identities are linked since the first order, and a platform delivers an
+    /// order's webhooks more than once (retries, one per topic).
     async fn remember_identities(
         &self,
         program: &str,
@@ -333,9 +334,16 @@ impl Services {
         member: &str,
     ) -> Result<(), ServiceError> {
         if let Some(key) = &event.order_key {
-            self.store.put_alias(program, "order", key, member).await?;
+            let linked = self.store.resolve_alias(program, "order", key).await?;
+            if linked.as_deref() != Some(member) {
+                self.store.put_alias(program, "order", key, member).await?;
+            }
         }
         for identity in &event.identities {
+            // The identity that named the member was resolved or linked a moment ago.
+            if matches!(&event.member, MemberRef::Identity(named) if named == identity) {
+                continue;
+            }
             if let Some((kind, value)) = identity.split_once(':') {
                 let linked = self.store.resolve_alias(program, kind, value).await?;
                 if linked.as_deref() == Some(member) {

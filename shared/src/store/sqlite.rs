@@ -159,6 +159,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::failed("cannot set the busy timeout", e))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| StoreError::failed("cannot create the schema", e))?;
+        add_due_column(&conn)?;
         crate::queue::local::migrate(&conn)?;
         Ok(SqliteStore {
             writer: Arc::new(Writer::start(conn)?),
@@ -204,6 +205,24 @@ impl SqliteStore {
             None => self.writer.run(move |conn| work(conn)).await,
         }
     }
+}
+
+/// Gives a database made before accounts recorded their due dates the column (empty: those
+/// accounts have all six dates written at their next commit).
+fn add_due_column(conn: &Connection) -> Result<(), StoreError> {
+    let failed = |e| StoreError::failed("cannot add the due column to accounts", e);
+    let present: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('accounts') WHERE name = 'due')",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(failed)?;
+    if !present {
+        conn.execute_batch("ALTER TABLE accounts ADD COLUMN due TEXT")
+            .map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// Statements prepared once per connection and kept: parsing SQL was a third of the writer's
@@ -472,22 +491,28 @@ impl MemberStore for SqliteStore {
                         .map_err(|e| sql_error("cannot replace the idempotency record", e))?;
                     }
                 }
-                let current: Option<u64> = tx
+                let current: Option<(u64, Option<String>)> = tx
                     .row(
-"SELECT version FROM accounts WHERE program = ?1 AND member = ?2",
+"SELECT version, due FROM accounts WHERE program = ?1 AND member = ?2",
                         params![commit.program, commit.member],
-                        |row| row.get(0),
+                        |row| Ok((row.get(0)?, row.get(1)?)),
                     )
                     .optional()
                     .map_err(|e| sql_error("cannot read the account version", e))?;
-                if current != commit.expected_version {
+                if current.as_ref().map(|(version, _)| *version) != commit.expected_version {
                     return Ok(Err(Outcome::Conflict));
                 }
+                // A new member has no row in the due-date index yet; an account written before
+                // the column existed has rows nobody recorded, so all six are written again.
+                let due_before = match current {
+                    None => Some(DUE_NONE.to_string()),
+                    Some((_, due)) => due,
+                };
                 let version = encoded.version;
                 tx.exec(
-"INSERT INTO accounts (program, member, version, body) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (program, member) DO UPDATE SET version = excluded.version, body = excluded.body",
-                    params![commit.program, commit.member, version, encoded.account],
+"INSERT INTO accounts (program, member, version, body, due) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (program, member) DO UPDATE SET version = excluded.version, body = excluded.body, due = excluded.due",
+                    params![commit.program, commit.member, version, encoded.account, encoded.due],
                 )
                 .map_err(|e| sql_error("cannot write the account", e))?;
                 for (i, (entry, body)) in commit.entries.iter().zip(&encoded.entries).enumerate() {
@@ -509,7 +534,7 @@ impl MemberStore for SqliteStore {
                     )
                     .map_err(|e| sql_error("cannot write the marker", e))?;
                 }
-                write_due(&tx, &commit.program, &commit.member, &commit.due)?;
+                write_due(&tx, &commit.program, &commit.member, &commit.due, due_before.as_deref())?;
                 if let Some(code) = &commit.revoke_coupon {
                     if !revoke_coupon(&tx, &commit.program, code)? {
                         return Ok(Err(Outcome::CouponConsumed));
@@ -628,6 +653,8 @@ struct Encoded {
     orders: Vec<(String, String)>,
     /// (key, body) of each outgoing message.
     outbox: Vec<(String, String)>,
+    /// The account's due dates, as its row records them ([`due_column`]).
+    due: String,
 }
 
 impl Encoded {
@@ -636,6 +663,7 @@ impl Encoded {
         let mut account = commit.account.clone();
         account.version = version;
         Ok(Encoded {
+            due: due_column(&commit.due),
             version,
             account: encode("account", &account)?,
             entries: (commit.entries.iter())
@@ -1053,21 +1081,42 @@ impl OutboxStore for SqliteStore {
     }
 }
 
-/// Replaces the member's rows in the due-date index with the dates of this commit. A date that
-/// did not change is not written again (most commits change one or none of the six).
+/// The due dates of an account as its row records them: the six dates of [`DueJob::ALL`] in
+/// that order, joined by `|`, each empty when the job has nothing due.
+fn due_column(due: &DueDates) -> String {
+    let dates: Vec<String> = (DueJob::ALL.iter())
+        .map(|job| due.get(*job).map(|d| d.to_string()).unwrap_or_default())
+        .collect();
+    dates.join("|")
+}
+
+/// [`due_column`] of an account with nothing due.
+const DUE_NONE: &str = "|||||";
+
+/// Replaces the member's rows in the due-date index with the dates of this commit. Only the
+/// dates that differ from `before` (the account row's record of the rows, when it has one) are
+/// written: most commits change one or none of the six, and each statement costs the one
+/// writer a lookup even when it changes nothing.
 fn write_due(
     tx: &Connection,
     program: &str,
     member: &str,
     due: &DueDates,
+    before: Option<&str>,
 ) -> Result<(), StoreError> {
-    for job in DueJob::ALL {
-        let result = match due.get(job) {
-            Some(date) => tx.exec(
+    let before: Vec<&str> = before.map_or_else(Vec::new, |b| b.split('|').collect());
+    for (i, job) in DueJob::ALL.into_iter().enumerate() {
+        let date = due.get(job);
+        let now = date.map(|d| d.to_string()).unwrap_or_default();
+        if before.len() == DueJob::ALL.len() && before[i] == now {
+            continue;
+        }
+        let result = match date {
+            Some(_) => tx.exec(
                 "INSERT INTO due (program, job, member, date) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (program, job, member) DO UPDATE SET date = excluded.date
                  WHERE date IS NOT excluded.date",
-                params![program, job.as_str(), member, date.to_string()],
+                params![program, job.as_str(), member, now],
             ),
             None => tx.exec(
                 "DELETE FROM due WHERE program = ?1 AND job = ?2 AND member = ?3",

@@ -455,6 +455,53 @@ async fn aliases_link_one_identity_to_one_member(store: Arc<dyn Store>) {
     );
 }
 
+async fn an_order_link_leads_to_its_member_until_the_member_is_erased(store: Arc<dyn Store>) {
+    // GIVEN an order linked to its member, who also has an email
+    let (m, order) = (
+        member(),
+        format!("shopify#{}", uuid::Uuid::new_v4().simple()),
+    );
+    assert!(store
+        .put_alias("kr-shop", "order", &order, &m)
+        .await
+        .unwrap());
+    assert!(store
+        .put_alias("kr-shop", "email", &format!("{m}@example.com"), &m)
+        .await
+        .unwrap());
+    // WHEN it is linked again, to the member and to another
+    assert!(store
+        .put_alias("kr-shop", "order", &order, &m)
+        .await
+        .unwrap());
+    assert!(!store
+        .put_alias("kr-shop", "order", &order, "someone-else")
+        .await
+        .unwrap());
+    // THEN it leads to the member, and the member's file lists the email, not the order
+    assert_eq!(
+        store
+            .resolve_alias("kr-shop", "order", &order)
+            .await
+            .unwrap(),
+        Some(m.clone())
+    );
+    let file = store.member_file("kr-shop", &m).await.unwrap();
+    assert_eq!(
+        file.aliases,
+        vec![("email".to_string(), format!("{m}@example.com"))]
+    );
+    // WHEN the member is erased THEN the order leads nowhere
+    store.erase_member("kr-shop", &m, &[]).await.unwrap();
+    assert_eq!(
+        store
+            .resolve_alias("kr-shop", "order", &order)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 async fn identities_move_between_members_and_are_removed_only_by_their_member(
     store: Arc<dyn Store>,
 ) {
@@ -1239,6 +1286,7 @@ macro_rules! conformance {
                 order_records_are_read_with_the_account,
                 programs_are_versioned_and_conditional,
                 aliases_link_one_identity_to_one_member,
+                an_order_link_leads_to_its_member_until_the_member_is_erased,
                 identities_move_between_members_and_are_removed_only_by_their_member,
                 rejected_events_are_kept_with_their_reason,
                 a_parked_event_moves_to_the_outbox_once,

@@ -1372,6 +1372,9 @@ impl AliasStore for DynamoStore {
     ) -> Result<bool, StoreError> {
         let mut item = key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS");
         item.insert("member".into(), s(member));
+        if kind == ORDER_LINK {
+            return self.put_order_link(item, member).await;
+        }
         let alias = build(
             "alias",
             Put::builder()
@@ -1477,6 +1480,68 @@ impl AliasStore for DynamoStore {
 
 /// `true` when an alias transaction went through, `false` when its condition on the alias
 /// (linked to someone else) refused it.
+/// The kind of alias that names an order's member (`order`, `shopify#1001`).
+const ORDER_LINK: &str = "order";
+
+impl DynamoStore {
+    /// An order's link to its member is one item, without the member's side that other
+    /// identities have: one is written for every new order (1 write unit, against 4 for a
+    /// two-item transaction), and nothing lists a member's orders through it (the member's
+    /// order records do). The erasure of the member finds these links by a scan.
+    async fn put_order_link(&self, item: Item, member: &str) -> Result<bool, StoreError> {
+        let written = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(PK) OR #m = :m")
+            .expression_attribute_names("#m", "member")
+            .expression_attribute_values(":m", s(member))
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_error("cannot link the order", e)),
+        }
+    }
+
+    /// The keys of the order links of `member` (see [`DynamoStore::put_order_link`]).
+    async fn order_links(&self, program: &str, member: &str) -> Result<Vec<Item>, StoreError> {
+        let mut keys = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(PK, :links) AND SK = :alias AND #m = :m")
+                .expression_attribute_names("#m", "member")
+                .expression_attribute_values(":links", s(format!("P#{program}#ID#{ORDER_LINK}#")))
+                .expression_attribute_values(":alias", s("ALIAS"))
+                .expression_attribute_values(":m", s(member))
+                .projection_expression("PK, SK")
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot find the member's order links", e))?;
+            keys.extend(output.items.unwrap_or_default());
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+}
+
 fn alias_written<T, R>(
     result: Result<T, SdkError<TransactWriteItemsError, R>>,
     what: &str,
@@ -2389,6 +2454,8 @@ impl ErasureStore for DynamoStore {
                 self.remove_alias(program, kind, value, member).await?;
             }
         }
+        self.delete_all(self.order_links(program, member).await?)
+            .await?;
         let mut keys: Vec<Item> = items
             .iter()
             .filter_map(|item| {

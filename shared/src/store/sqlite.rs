@@ -1942,7 +1942,10 @@ impl RecordsStore for SqliteStore {
             }
             let mut statement = conn
                 .prepare_cached(
-                    "SELECT kind, value FROM aliases WHERE program = ?1 AND member = ?2 ORDER BY kind, value",
+                    // Orders' links are not the member's identities (nor are they in DynamoDB's
+                    // member partition): the file lists its orders.
+                    "SELECT kind, value FROM aliases WHERE program = ?1 AND member = ?2 AND kind <> 'order'
+                     ORDER BY kind, value",
                 )
                 .map_err(|e| sql_error("cannot read the aliases", e))?;
             let aliases = statement

@@ -568,18 +568,8 @@ impl CampaignStore for DynamoStore {
                 .condition_expression("version = :expected")
                 .expression_attribute_values(":expected", n(v)),
         };
-        match request.send().await {
-            Ok(_) => Ok(Some(version)),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(sdk_error("cannot save the campaign", e)),
-        }
+        let written = put_written(request.send().await, "cannot save the campaign")?;
+        Ok(written.then_some(version))
     }
 }
 
@@ -1499,18 +1489,7 @@ impl DynamoStore {
             .expression_attribute_values(":m", s(member))
             .send()
             .await;
-        match written {
-            Ok(_) => Ok(true),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_error("cannot link the order", e)),
-        }
+        put_written(written, "cannot link the order")
     }
 
     /// The keys of the order links of `member` (see [`DynamoStore::put_order_link`]).
@@ -1539,6 +1518,29 @@ impl DynamoStore {
                 return Ok(keys);
             }
         }
+    }
+}
+
+/// Whether a conditional `PutItem` wrote (true) or found its condition false (false).
+fn put_written<T, R>(
+    result: Result<T, SdkError<aws_sdk_dynamodb::operation::put_item::PutItemError, R>>,
+    what: &str,
+) -> Result<bool, StoreError>
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    match result {
+        Ok(_) => Ok(true),
+        Err(e)
+            if matches!(
+                e.as_service_error(),
+                Some(PutItemError::ConditionalCheckFailedException(_))
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(sdk_error(what, e)),
     }
 }
 

@@ -1494,30 +1494,22 @@ impl DynamoStore {
 
     /// The keys of the order links of `member` (see [`DynamoStore::put_order_link`]).
     async fn order_links(&self, program: &str, member: &str) -> Result<Vec<Item>, StoreError> {
-        let mut keys = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("begins_with(PK, :links) AND SK = :alias AND #m = :m")
-                .expression_attribute_names("#m", "member")
-                .expression_attribute_values(":links", s(format!("P#{program}#ID#{ORDER_LINK}#")))
-                .expression_attribute_values(":alias", s("ALIAS"))
-                .expression_attribute_values(":m", s(member))
-                .projection_expression("PK, SK")
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error("cannot find the member's order links", e))?;
-            keys.extend(output.items.unwrap_or_default());
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                return Ok(keys);
-            }
-        }
+        self.client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("begins_with(PK, :links) AND SK = :alias AND #m = :m")
+            .expression_attribute_names("#m", "member")
+            .expression_attribute_values(":links", s(format!("P#{program}#ID#{ORDER_LINK}#")))
+            .expression_attribute_values(":alias", s("ALIAS"))
+            .expression_attribute_values(":m", s(member))
+            .projection_expression("PK, SK")
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<Item>, _>>()
+            .await
+            .map_err(|e| sdk_error("cannot find the member's order links", e))
     }
 }
 

@@ -637,15 +637,20 @@ def scenario(args, work_dir: Path) -> dict:
 
         run("10 purchases of known members, earn batch of 10", ten, settle=3.0)
 
-        # Release of matured pending points: members whose purchase of six days ago releases
-        # within the week, then the release-pending job as of two days ahead: its first run
-        # (nothing due, but it catches up on its whole look-back), then with 1 member due, then 10.
+        # Release of matured pending points (kr-shop keeps points pending 7 days): the
+        # release-pending job's first run as of yesterday (nothing due, but it catches up on its
+        # whole look-back); then a member whose purchase of six days ago matures tomorrow or the
+        # day after (in the program's zone), and the job as of two days ahead; then 10 members
+        # whose purchases of five days ago mature a day later, and the job as of three days ahead.
+        # Each run reads from the day the one before stopped, so each finds its members due.
         six_days = now - timedelta(days=6)
-        day = (now + timedelta(days=2)).strftime("%Y-%m-%d")
+        five_days = now - timedelta(days=5)
+        job_days = {key: (now + timedelta(days=ahead)).strftime("%Y-%m-%d") for key, ahead in ((0, -1), (1, 2), (10, 3))}
         one = base + 300
         job_answer = {}
 
         def job(key):
+            day = job_days[key]
             req = urllib.request.Request(f"{d.control}/invoke/tier-recalc", data=json.dumps({"job": "release-pending", "program": PROGRAM, "date": day}).encode(), method="POST")
             with urllib.request.urlopen(req, timeout=600) as r:
                 job_answer[key] = json.loads(r.read())
@@ -659,7 +664,7 @@ def scenario(args, work_dir: Path) -> dict:
         for i in range(10):
             m = base + 400 + i
             d.event({"type": "purchase.completed", "version": 1, "id": f"bench-rel-{m}", "program": PROGRAM, "member": f"m-rel-{m}",
-                     "occurred_at": six_days.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                     "occurred_at": five_days.strftime("%Y-%m-%dT%H:%M:%SZ"),
                      "data": {"order_id": f"rel-{m}", "currency": "KRW", "lines": [{"line_id": "1", "sku": "TEE-01", "category": "apparel", "quantity": 1, "unit_price": "10000"}]}})
         d.quiet()
         run("release-pending job, 10 members due", lambda: job(10))

@@ -324,9 +324,10 @@ impl Services {
     }
 
     /// Records the order's member (for refunds without a customer) and links identities. A link
-    /// that is already there is only read: a link is a two-item transaction, a returning
-    /// customer's identities are linked since the first order, and a platform delivers an
-    /// order's webhooks more than once (retries, one per topic).
+    /// that is already there is only read, never written again: a read costs less than a write
+    /// (an identity's link is a two-item transaction), a returning customer's identities are
+    /// linked since the first order, and a platform delivers an order's webhooks more than once
+    /// (retries, one per topic).
     async fn remember_identities(
         &self,
         program: &str,

@@ -579,6 +579,10 @@ pub trait MemberStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 }
 
+/// The alias kind that links an order key (`shopify#1001`) to the member who placed it, for
+/// refunds that name no customer. Not an identity of the member: a store may keep it apart.
+pub const ORDER_LINK: &str = "order";
+
 #[async_trait]
 pub trait AliasStore: Send + Sync {
     /// The canonical member for an identity (`app`, `email`, `shopify`...), if linked.

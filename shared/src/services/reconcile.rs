@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::{ServiceError, Services};
-use crate::ports::EventMarker;
+use crate::ports::{EventMarker, ORDER_LINK};
 use crate::webhooks::{MemberRef, PlatformEvent};
 
 /// What reconciliation found for one event.
@@ -87,7 +87,7 @@ impl Services {
     ) -> Result<Option<String>, ServiceError> {
         let identity = match &event.member {
             MemberRef::Order(key) => {
-                return Ok(self.store.resolve_alias(program, "order", key).await?)
+                return Ok(self.store.resolve_alias(program, ORDER_LINK, key).await?)
             }
             MemberRef::Identity(identity) => identity,
         };
@@ -146,7 +146,7 @@ impl Services {
                         let id = order.get("id").map(|v| v.to_string()).unwrap_or_default();
                         report.results.push(Reconciled {
                             event: format!("order-{}", id.trim_matches('"')),
-                            kind: "order".into(),
+                            kind: ORDER_LINK.into(),
                             order_id: id.trim_matches('"').to_string(),
                             member: None,
                             status: "refused",

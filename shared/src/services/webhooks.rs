@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{ServiceError, Services};
 use crate::envelope::{parse_earn_event, Envelope, ENVELOPE_VERSION};
-use crate::ports::{OutboxMessage, QueueName};
+use crate::ports::{OutboxMessage, QueueName, ORDER_LINK};
 use crate::webhooks::{
     cafe24, pos, shopify, woocommerce, MemberRef, Normalised, Platform, PlatformEvent, Secrets,
     WebhookError,
@@ -207,7 +207,7 @@ impl Services {
             MemberRef::Identity(identity) => {
                 Some(self.member_of_identity(program, event, identity).await?)
             }
-            MemberRef::Order(key) => self.store.resolve_alias(program, "order", key).await?,
+            MemberRef::Order(key) => self.store.resolve_alias(program, ORDER_LINK, key).await?,
         })
     }
 
@@ -267,7 +267,7 @@ impl Services {
         let body =
             serde_json::to_string(envelope).map_err(|e| ServiceError::Internal(e.to_string()))?;
         self.store.park(program, order, &envelope.id, &body).await?;
-        if let Some(member) = self.store.resolve_alias(program, "order", order).await? {
+        if let Some(member) = self.store.resolve_alias(program, ORDER_LINK, order).await? {
             self.release_parked(program, order, &member).await?;
         }
         Ok(())
@@ -335,9 +335,11 @@ impl Services {
         member: &str,
     ) -> Result<(), ServiceError> {
         if let Some(key) = &event.order_key {
-            let linked = self.store.resolve_alias(program, "order", key).await?;
+            let linked = self.store.resolve_alias(program, ORDER_LINK, key).await?;
             if linked.as_deref() != Some(member) {
-                self.store.put_alias(program, "order", key, member).await?;
+                self.store
+                    .put_alias(program, ORDER_LINK, key, member)
+                    .await?;
             }
         }
         for identity in &event.identities {

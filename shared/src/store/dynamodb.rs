@@ -24,7 +24,7 @@ use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Utc};
 use super::{decode_cursor, encode_cursor, ledger_seq, seq_key};
 use crate::domain::books::{BookRow, BooksAdd, BOOK_SHARDS};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
-use crate::ports::{parse_rejected_cursor, RejectedPage};
+use crate::ports::{parse_rejected_cursor, RejectedPage, ORDER_LINK};
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
     Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
@@ -1468,11 +1468,6 @@ impl AliasStore for DynamoStore {
     }
 }
 
-/// `true` when an alias transaction went through, `false` when its condition on the alias
-/// (linked to someone else) refused it.
-/// The kind of alias that names an order's member (`order`, `shopify#1001`).
-const ORDER_LINK: &str = "order";
-
 impl DynamoStore {
     /// An order's link to its member is one item, without the member's side that other
     /// identities have: one is written for every new order (1 write unit, against 4 for a
@@ -1536,6 +1531,8 @@ where
     }
 }
 
+/// `true` when an alias transaction went through, `false` when its condition on the alias
+/// (linked to someone else) refused it.
 fn alias_written<T, R>(
     result: Result<T, SdkError<TransactWriteItemsError, R>>,
     what: &str,

@@ -505,7 +505,7 @@ impl MemberStore for SqliteStore {
                 // A new member has no row in the due-date index yet; an account written before
                 // the column existed has rows nobody recorded, so all six are written again.
                 let due_before = match current {
-                    None => Some(DUE_NONE.to_string()),
+                    None => Some(due_column(&DueDates::default())),
                     Some((_, due)) => due,
                 };
                 let version = encoded.version;
@@ -1089,9 +1089,6 @@ fn due_column(due: &DueDates) -> String {
         .collect();
     dates.join("|")
 }
-
-/// [`due_column`] of an account with nothing due.
-const DUE_NONE: &str = "|||||";
 
 /// Replaces the member's rows in the due-date index with the dates of this commit. Only the
 /// dates that differ from `before` (the account row's record of the rows, when it has one) are
@@ -1944,12 +1941,12 @@ impl RecordsStore for SqliteStore {
                 .prepare_cached(
                     // Orders' links are not the member's identities (nor are they in DynamoDB's
                     // member partition): the file lists its orders.
-                    "SELECT kind, value FROM aliases WHERE program = ?1 AND member = ?2 AND kind <> 'order'
+                    "SELECT kind, value FROM aliases WHERE program = ?1 AND member = ?2 AND kind <> ?3
                      ORDER BY kind, value",
                 )
                 .map_err(|e| sql_error("cannot read the aliases", e))?;
             let aliases = statement
-                .query_map(params![program, member], |row| Ok((row.get(0)?, row.get(1)?)))
+                .query_map(params![program, member, crate::ports::ORDER_LINK], |row| Ok((row.get(0)?, row.get(1)?)))
                 .map_err(|e| sql_error("cannot read the aliases", e))?
                 .collect::<Result<Vec<(String, String)>, _>>()
                 .map_err(|e| sql_error("cannot read the aliases", e))?;

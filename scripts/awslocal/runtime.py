@@ -236,6 +236,9 @@ class FunctionPool:
         self.lock = threading.Condition()
         self.idle: list[Instance] = []
         self.instances: dict[int, Instance] = {}
+        # Every instance this pool started, stopped ones too: a stopping process may still be
+        # talking to AWS, and its requests belong to this function.
+        self.started: set[int] = set()
         self.stopping = False
         self.stats = {"invocations": 0, "cold_starts": 0, "errors": 0, "crashes": 0, "timeouts": 0}
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -282,6 +285,7 @@ class FunctionPool:
                 if len(self.instances) < self.concurrency:
                     instance = Instance(self)
                     self.instances[instance.id] = instance
+                    self.started.add(instance.id)
                     self.stats["cold_starts"] += 1
                     return instance, True
                 self.lock.wait(0.5)

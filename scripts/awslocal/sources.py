@@ -264,8 +264,8 @@ class StreamEventSource:
 
 
 def _matches(pattern, value) -> bool:
-    """An event filter pattern (the subset the template uses): nested keys, lists of values or
-    `{"prefix": ...}`."""
+    """An event filter pattern (the subset the template uses): nested keys, lists of values,
+    `{"prefix": ...}` or `{"exists": true}`."""
     if isinstance(pattern, dict):
         return isinstance(value, dict) and all(k in value and _matches(p, value[k]) for k, p in pattern.items())
     if isinstance(pattern, list):
@@ -273,6 +273,8 @@ def _matches(pattern, value) -> bool:
             if isinstance(option, dict) and "prefix" in option:
                 if isinstance(value, str) and value.startswith(option["prefix"]):
                     return True
+            elif option == {"exists": True}:
+                return True  # the dict above found the key
             elif option == value:
                 return True
         return False

@@ -295,7 +295,7 @@ class Stack:
 
     def _function_of(self, instance_id: int) -> str:
         for pool in self.pools.values():
-            if instance_id in pool.instances:
+            if instance_id in pool.started:
                 return pool.binary.name
         return "?"
 

@@ -705,6 +705,13 @@ pub trait OutboxStore: Send + Sync {
     /// a queue it cannot reach directly), to be relayed like the others. Writing the same
     /// message twice leaves one.
     async fn enqueue(&self, message: &OutboxMessage) -> Result<(), StoreError>;
+    /// Up to `limit` messages that rode along the entries of their commit instead of waiting
+    /// (a store whose change feed relays them: DynamoDB's stream). They are never forgotten:
+    /// this is what an operator resends after the relay was down longer than the feed keeps
+    /// records. A store that makes every message wait has none.
+    async fn carried(&self, _limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A page of member ids and where the next page starts.

@@ -115,6 +115,22 @@ async fn waiting(store: &Arc<dyn Store>, member: &str) -> Vec<OutboxMessage> {
     mine
 }
 
+/// Every message written about `member` and not forgotten: waiting, or riding along a ledger
+/// entry of its commit (a store whose change feed relays them).
+async fn written(store: &Arc<dyn Store>, member: &str) -> Vec<OutboxMessage> {
+    let mut mine = waiting(store, member).await;
+    mine.extend(
+        store
+            .carried(100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.envelope.member == member),
+    );
+    mine.sort_by_key(|m| m.key());
+    mine
+}
+
 async fn a_new_account_is_created_once_and_versions_advance(store: Arc<dyn Store>) {
     // GIVEN a member never seen
     let m = member();
@@ -794,11 +810,12 @@ async fn a_commit_s_outbox_is_written_with_it_and_waits_until_relayed(store: Arc
     let notice = message(QueueName::Notify, &m, "points-earned-e1");
     let reward = message(QueueName::Earn, &referrer, "referral-e1");
     first.outbox = vec![check.clone(), notice.clone(), reward.clone()];
-    // WHEN it is committed THEN all three wait, each under the member it is about
+    // WHEN it is committed THEN all three are written, each under the member it is about; the
+    // one about another member waits in the outbox
     store.commit(first).await.unwrap();
     let mut both = vec![notice.clone(), check.clone()];
     both.sort_by_key(|m| m.key());
-    assert_eq!(waiting(&store, &m).await, both);
+    assert_eq!(written(&store, &m).await, both);
     assert_eq!(waiting(&store, &referrer).await, vec![reward.clone()]);
     // WHEN a stale commit and a duplicate event bring messages THEN none is written
     let mut stale = commit(&m, None, 20, "e2", Some("e2"));
@@ -813,12 +830,22 @@ async fn a_commit_s_outbox_is_written_with_it_and_waits_until_relayed(store: Arc
         store.commit(duplicate).await,
         Err(CommitError::Duplicate)
     ));
-    assert_eq!(waiting(&store, &m).await, both);
-    // WHEN one is relayed, twice THEN the others still wait
-    store.relayed(&check).await.unwrap();
-    store.relayed(&check).await.unwrap();
-    assert_eq!(waiting(&store, &m).await, vec![notice]);
-    assert_eq!(waiting(&store, &referrer).await, vec![reward]);
+    assert_eq!(written(&store, &m).await, both);
+    assert_eq!(written(&store, &referrer).await, vec![reward.clone()]);
+    // WHEN the waiting one is relayed, twice THEN it is forgotten and the others are still there
+    store.relayed(&reward).await.unwrap();
+    store.relayed(&reward).await.unwrap();
+    assert_eq!(written(&store, &referrer).await, vec![]);
+    assert_eq!(written(&store, &m).await, both);
+    // WHEN a change without entries brings a message THEN it waits, on every store
+    let mut quiet = commit(&m, Some(1), 10, "e4", Some("e4"));
+    quiet.entries.clear();
+    let later = message(QueueName::Tier, &m, "tier-check-e4");
+    quiet.outbox = vec![later.clone()];
+    store.commit(quiet).await.unwrap();
+    assert!(waiting(&store, &m).await.contains(&later));
+    store.relayed(&later).await.unwrap();
+    assert!(!waiting(&store, &m).await.contains(&later));
 }
 
 async fn the_due_index_lists_members_by_job_and_date_and_follows_each_commit(

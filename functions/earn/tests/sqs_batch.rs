@@ -9,7 +9,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use chrono::{Duration, Utc};
 use loyalty_core::envelope::Envelope;
-use loyalty_core::ports::{MemberStore, Queue, QueueName, SystemClock};
+use loyalty_core::ports::{MemberStore, OutboxStore, Queue, QueueName, SystemClock};
 use loyalty_core::queue::sqs_fifo::SqsQueue;
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
@@ -248,9 +248,21 @@ async fn a_poisoned_message_and_the_rest_of_its_group_come_back_and_nothing_else
     delivered.sort();
     assert_eq!(delivered, vec!["p1", "p2"]);
     assert_eq!(balance("m-poison").await, 200);
-    // AND a notice for each purchase waits in the outbox, and the relay sends each once; no
-    // purchase reached a tier's threshold, so no tier check was written
-    assert_eq!(services.relay_waiting(100).await.unwrap(), 4);
+    // AND a notice for each purchase rides along its ledger entry, for the stream's relay, and
+    // none waits in the outbox; no purchase reached a tier's threshold, so no tier check was
+    // written
+    let mut notices: Vec<(&str, String)> = store
+        .carried(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.queue.as_str(), m.envelope.id))
+        .collect();
+    notices.sort();
+    assert_eq!(
+        notices,
+        ["a1", "b1", "p1", "p2"].map(|id| ("notify", format!("points-earned-{id}")))
+    );
     assert_eq!(services.relay_waiting(100).await.unwrap(), 0);
     let tier = sqs
         .receive_message()

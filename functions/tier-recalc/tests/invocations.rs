@@ -8,7 +8,7 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use chrono::{Duration, Utc};
 use loyalty_core::domain::{calendar::local_date, Account};
 use loyalty_core::envelope::Envelope;
-use loyalty_core::ports::{Commit, MemberStore, QueueName, SystemClock};
+use loyalty_core::ports::{Commit, MemberStore, OutboxStore, QueueName, SystemClock};
 use loyalty_core::queue::sqs_fifo::SqsQueue;
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
@@ -34,6 +34,8 @@ struct Harness {
     store: DynamoStore,
     sqs: aws_sdk_sqs::Client,
     urls: HashMap<QueueName, String>,
+    /// The carried messages already relayed: the stream shows each entry once.
+    relayed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 async fn harness() -> Harness {
@@ -82,14 +84,21 @@ async fn harness() -> Harness {
         store,
         sqs,
         urls,
+        relayed: Default::default(),
     }
 }
 
 impl Harness {
     /// Receives what is on a queue, as bodies and as the Lambda event an SQS mapping delivers.
     async fn receive(&self, queue: QueueName) -> (Vec<Envelope>, Value) {
-        // What the commits wrote to the outbox, as the stream's relay would send it.
+        // What the commits wrote to the outbox or carried along their entries, as the stream's
+        // relay would send it.
         self.services.relay_waiting(1000).await.unwrap();
+        for message in self.store.carried(1000).await.unwrap() {
+            if self.relayed.lock().unwrap().insert(message.key()) {
+                self.services.relay_carried(&message).await.unwrap();
+            }
+        }
         let messages = self
             .sqs
             .receive_message()

@@ -1,7 +1,10 @@
 //! Relaying the outbox: each message written by a commit goes to its queue, then is forgotten.
 //!
 //! In AWS the table's stream hands each new outbox item to the relay function; locally a worker
-//! of `loyalty serve` reads the outbox table. Both call [`Services::relay`]. A message is
+//! of `loyalty serve` reads the outbox table. Both call [`Services::relay`]. On DynamoDB a
+//! commit's messages about its own member ride along its first ledger entry instead
+//! ([`Services::relay_carried`]): the stream shows that entry once, and nothing is left to
+//! forget. A message is
 //! forgotten only after its queue has it, and queues deduplicate on the message's
 //! program-scoped id, so a relay that dies half-way sends the message again and nothing doubles.
 
@@ -20,8 +23,14 @@ pub enum RelayError {
 impl Services {
     /// Sends one outbox message to its queue and forgets it.
     pub async fn relay(&self, message: &OutboxMessage) -> Result<(), RelayError> {
-        self.send_to(message.queue, &message.envelope).await?;
+        self.relay_carried(message).await?;
         self.store.relayed(message).await?;
+        Ok(())
+    }
+
+    /// Sends a message that rode along a ledger entry (there is nothing to forget).
+    pub async fn relay_carried(&self, message: &OutboxMessage) -> Result<(), RelayError> {
+        self.send_to(message.queue, &message.envelope).await?;
         crate::telemetry::metrics::add(
             crate::telemetry::metrics::OUTBOX_RELAYED,
             &[("program", &message.envelope.program)],

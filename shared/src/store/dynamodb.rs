@@ -1178,10 +1178,14 @@ impl MemberStore for DynamoStore {
                 Some(HashMap::from([(":v".to_string(), n(v))])),
             )?,
         }];
+        let (carried, waiting) = carried_and_waiting(&commit);
         for (i, entry) in commit.entries.iter().enumerate() {
             let mut item = key(&pk, format!("L#{}", seq_key(ledger_seq(version, i))));
             item.insert("entry_id".into(), s(&entry.id));
             item.insert("body".into(), encode("entry", entry)?);
+            if i == 0 && !carried.is_empty() {
+                item.insert(CARRIED.into(), encode("outbox message", &carried)?);
+            }
             writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
         }
         let marker_index = match &commit.marker {
@@ -1204,7 +1208,7 @@ impl MemberStore for DynamoStore {
         }
         let special = self.redemption_writes(&commit, &mut writes)?;
         // Last, so that the indexes of the cancellation reasons above are unchanged.
-        for message in &commit.outbox {
+        for message in waiting {
             writes.push(self.put(outbox_item(message)?, None, None)?);
         }
         if let Some(write) = self.books_write(&commit.program, &commit.books)? {
@@ -1883,6 +1887,30 @@ impl ParkingStore for DynamoStore {
     }
 }
 
+impl DynamoStore {
+    /// Up to `limit` messages from the items a scan finds, in the order found.
+    async fn scan_messages(
+        &self,
+        scan: aws_sdk_dynamodb::operation::scan::builders::ScanFluentBuilder,
+        limit: usize,
+        messages_of: impl Fn(&Item) -> Option<Result<Vec<OutboxMessage>, StoreError>>,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let mut messages = Vec::new();
+        let mut pages = scan.into_paginator().items().send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| sdk_error("cannot read the outbox", e))?;
+            if let Some(found) = messages_of(&item) {
+                messages.extend(found?);
+            }
+            if messages.len() >= limit {
+                messages.truncate(limit);
+                break;
+            }
+        }
+        Ok(messages)
+    }
+}
+
 /// A message waiting in the outbox: in the partition of the member it is about, so its key
 /// follows from the message and the stream relays it (DESIGN §5).
 fn outbox_key(message: &OutboxMessage) -> Item {
@@ -1897,6 +1925,37 @@ fn outbox_item(message: &OutboxMessage) -> Result<Item, StoreError> {
     item.insert("queue".into(), s(message.queue.as_str()));
     item.insert("body".into(), encode("outbox message", message)?);
     Ok(item)
+}
+
+/// The attribute of a ledger entry that carries the messages of its commit.
+pub const CARRIED: &str = "outbox";
+
+/// Which of a commit's messages ride along its first ledger entry, and which wait as outbox
+/// items. An entry is written anyway and the stream shows it once (entries are never
+/// rewritten), so a carried message costs neither an item of its own nor the relay's delete.
+/// Only messages about the committing member ride along: another member's message waits in
+/// that member's partition, in order with its other messages.
+fn carried_and_waiting(commit: &Commit) -> (Vec<&OutboxMessage>, Vec<&OutboxMessage>) {
+    if commit.entries.is_empty() {
+        return (Vec::new(), commit.outbox.iter().collect());
+    }
+    commit
+        .outbox
+        .iter()
+        .partition(|message| message.envelope.member == commit.member)
+}
+
+/// The messages a ledger entry carries, from its sort key and [`CARRIED`] attribute (as the
+/// table's stream shows them), or `None` for any other item.
+pub fn carried_messages(
+    sk: &str,
+    carried: &str,
+) -> Option<Result<Vec<OutboxMessage>, StoreError>> {
+    let entry = sk.strip_prefix("L#")?;
+    Some(serde_json::from_str(carried).map_err(|e| StoreError::Corrupt {
+        key: format!("ledger/{entry}"),
+        message: e.to_string(),
+    }))
 }
 
 /// The message of an outbox item, from its sort key and body (as the table's stream shows
@@ -1917,33 +1976,33 @@ fn outbox_message(item: &Item) -> Option<Result<OutboxMessage, StoreError>> {
 impl OutboxStore for DynamoStore {
     /// A scan: in AWS the table's stream relays the outbox, and this is the operator's sweep.
     async fn outbox(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
-        let mut messages = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("begins_with(SK, :o)")
-                .expression_attribute_values(":o", s(OUTBOX_PREFIX))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error("cannot read the outbox", e))?;
-            for item in output.items.unwrap_or_default() {
-                if messages.len() == limit {
-                    return Ok(messages);
-                }
-                if let Some(message) = outbox_message(&item) {
-                    messages.push(message?);
-                }
-            }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                return Ok(messages);
-            }
-        }
+        let scan = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("begins_with(SK, :o)")
+            .expression_attribute_values(":o", s(OUTBOX_PREFIX))
+            .consistent_read(true);
+        self.scan_messages(scan, limit, |item| {
+            outbox_message(item).map(|message| message.map(|m| vec![m]))
+        })
+        .await
+    }
+
+    /// A scan of the ledger entries that carry messages.
+    async fn carried(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
+        let scan = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("begins_with(SK, :l) AND attribute_exists(#c)")
+            .expression_attribute_names("#c", CARRIED)
+            .expression_attribute_values(":l", s("L#"))
+            .consistent_read(true);
+        self.scan_messages(scan, limit, |item| {
+            carried_messages(text(item, "SK")?, text(item, CARRIED)?)
+        })
+        .await
     }
 
     async fn relayed(&self, message: &OutboxMessage) -> Result<(), StoreError> {

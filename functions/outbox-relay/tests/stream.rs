@@ -1,0 +1,244 @@
+//! The relay against moto, with this test playing the table's stream: the items a purchase
+//! wrote are handed to the handler as the stream's records, and the queues are read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_lambda_events::event::dynamodb::Event;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_sqs::types::QueueAttributeName;
+use chrono::{Duration, Utc};
+use loyalty_core::ports::{QueueName, SystemClock};
+use loyalty_core::queue::sqs_fifo::SqsQueue;
+use loyalty_core::services::programs::ProgramFormat;
+use loyalty_core::services::Services;
+use loyalty_core::store::dynamodb::DynamoStore;
+use serde_json::{json, Value};
+
+type Item = HashMap<String, AttributeValue>;
+
+fn endpoint() -> String {
+    std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
+        panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run scripts/test, which starts moto")
+    })
+}
+
+async fn config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "harness",
+        ))
+        .load()
+        .await
+}
+
+/// An attribute in the DynamoDB JSON form the stream's images travel in.
+fn attribute(value: &AttributeValue) -> Value {
+    match value {
+        AttributeValue::S(s) => json!({ "S": s }),
+        AttributeValue::N(n) => json!({ "N": n }),
+        AttributeValue::Bool(b) => json!({ "BOOL": b }),
+        AttributeValue::Null(_) => json!({ "NULL": true }),
+        AttributeValue::L(l) => json!({ "L": l.iter().map(attribute).collect::<Vec<_>>() }),
+        AttributeValue::M(m) => json!({ "M": image(m) }),
+        AttributeValue::Ss(ss) => json!({ "SS": ss }),
+        other => panic!("an attribute the table does not use: {other:?}"),
+    }
+}
+
+fn image(item: &Item) -> Value {
+    item.iter().map(|(k, v)| (k.clone(), attribute(v))).collect()
+}
+
+/// The stream's record of `item`, as Lambda delivers it.
+fn record(name: &str, sequence: usize, item: &Item) -> Value {
+    let keys: Item = item
+        .iter()
+        .filter(|(k, _)| *k == "PK" || *k == "SK")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    json!({
+        "eventID": format!("{sequence}"), "eventName": name, "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb", "awsRegion": "us-east-1",
+        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/x",
+        "dynamodb": {
+            "ApproximateCreationDateTime": Utc::now().timestamp(),
+            "Keys": image(&keys), "NewImage": image(item),
+            "SequenceNumber": format!("{:021}", sequence), "SizeBytes": 100,
+            "StreamViewType": "NEW_IMAGE"
+        }
+    })
+}
+
+fn event(records: Vec<Value>) -> Event {
+    serde_json::from_value(json!({ "Records": records })).expect("a Lambda DynamoDB event")
+}
+
+struct Harness {
+    services: Services,
+    dynamodb: aws_sdk_dynamodb::Client,
+    table: String,
+    sqs: aws_sdk_sqs::Client,
+    notify: String,
+}
+
+async fn harness() -> Harness {
+    let config = config().await;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let mut urls = HashMap::new();
+    for (queue, name) in [(QueueName::Earn, "earn"), (QueueName::Tier, "tier")] {
+        let url = sqs
+            .create_queue()
+            .queue_name(format!("{name}-{run}.fifo"))
+            .attributes(QueueAttributeName::FifoQueue, "true")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        urls.insert(queue, url);
+    }
+    let notify = sqs
+        .create_queue()
+        .queue_name(format!("notify-{run}"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    urls.insert(QueueName::Notify, notify.clone());
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let table = format!("loyalty-{run}");
+    let store = DynamoStore::new(dynamodb.clone(), table.clone());
+    store.create_table().await.unwrap();
+    let services = Services::new(
+        Arc::new(store),
+        Arc::new(SqsQueue::new(sqs.clone(), urls)),
+        Arc::new(SystemClock),
+    );
+    services
+        .put_program(
+            "kr-shop",
+            include_str!("../../../examples/kr-shop.toml"),
+            ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    Harness {
+        services,
+        dynamodb,
+        table,
+        sqs,
+        notify,
+    }
+}
+
+impl Harness {
+    async fn items(&self) -> Vec<Item> {
+        let mut items: Vec<Item> = self
+            .dynamodb
+            .scan()
+            .table_name(&self.table)
+            .send()
+            .await
+            .unwrap()
+            .items
+            .unwrap_or_default();
+        items.sort_by_key(|i| format!("{:?}{:?}", i.get("PK"), i.get("SK")));
+        items
+    }
+
+    /// The ids of the notices on the notify queue.
+    async fn notices(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        loop {
+            let messages = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.notify)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .unwrap()
+                .messages
+                .unwrap_or_default();
+            if messages.is_empty() {
+                return ids;
+            }
+            for m in messages {
+                let body: Value = serde_json::from_str(m.body().unwrap()).unwrap();
+                ids.push(body["id"].as_str().unwrap().to_string());
+                self.sqs
+                    .delete_message()
+                    .queue_url(&self.notify)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_notice_carried_by_a_ledger_entry_is_sent_once_and_nothing_is_deleted() {
+    // GIVEN a purchase committed by earn: its notice rides along its ledger entry
+    let h = harness().await;
+    let purchase = json!({"type": "purchase.completed", "version": 1, "id": "o-1-paid",
+        "program": "kr-shop", "member": "m-1",
+        "occurred_at": (Utc::now() - Duration::days(8)).to_rfc3339(),
+        "data": {"order_id": "o-1", "currency": "KRW",
+                 "lines": [{"line_id": "1", "quantity": 1, "unit_price": "10000"}]}});
+    h.services
+        .process_earn(&purchase.to_string())
+        .await
+        .expect("processed");
+    let before = h.items().await;
+    let sk = |i: &Item| i["SK"].as_s().unwrap().clone();
+    assert!(before.iter().all(|i| !sk(i).starts_with("OUTBOX#")), "{before:?}");
+    let entry = before
+        .iter()
+        .find(|i| sk(i).starts_with("L#"))
+        .expect("a ledger entry");
+    // WHEN the stream hands the relay every item the commit wrote, then the entry rewritten
+    let mut records: Vec<Value> = before
+        .iter()
+        .enumerate()
+        .map(|(i, item)| record("INSERT", i + 1, item))
+        .collect();
+    records.push(record("MODIFY", before.len() + 1, entry));
+    let response = outbox_relay::handle(&h.services, event(records)).await;
+    // THEN the notice is on its queue once, and the table is as it was
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(h.notices().await, vec!["points-earned-o-1-paid"]);
+    assert_eq!(h.items().await, before);
+}
+
+#[tokio::test]
+async fn a_ledger_entry_with_unreadable_messages_is_skipped_and_the_rest_goes_out() {
+    // GIVEN an entry whose carried messages cannot be read (a bad manual edit), then an entry
+    // carrying a notice
+    let h = harness().await;
+    let mut bad: Item = HashMap::new();
+    bad.insert("PK".into(), AttributeValue::S("P#kr-shop#M#m-2".into()));
+    bad.insert("SK".into(), AttributeValue::S("L#0001".into()));
+    bad.insert("outbox".into(), AttributeValue::S("[{not json".into()));
+    let mut good = bad.clone();
+    good.insert("SK".into(), AttributeValue::S("L#0002".into()));
+    let notice = json!([{"queue": "notify", "envelope": {"type": "points.earned", "version": 1,
+        "id": "points-earned-x", "program": "kr-shop", "member": "m-2",
+        "occurred_at": Utc::now().to_rfc3339(), "data": {}}}]);
+    good.insert("outbox".into(), AttributeValue::S(notice.to_string()));
+    // WHEN the stream hands both to the relay
+    let response = outbox_relay::handle(
+        &h.services,
+        event(vec![record("INSERT", 1, &bad), record("INSERT", 2, &good)]),
+    )
+    .await;
+    // THEN the batch succeeds and the readable notice went out
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(h.notices().await, vec!["points-earned-x"]);
+}

@@ -210,6 +210,10 @@ pub struct Commit {
     pub account: Account,
     pub entries: Vec<LedgerEntry>,
     pub marker: Option<EventMarker>,
+    /// The order the marked event is about (a purchase's, a refund's): a store may keep the
+    /// marker on that order's record, when the commit writes it, instead of an item of its
+    /// own. [`MemberStore::load_member_for_event`] given the order's key finds it either way.
+    pub marker_order: Option<String>,
     /// Order records to write, by order key.
     pub orders: BTreeMap<String, OrderRecord>,
     /// When each scheduled job next has work for the member (`Account::due_dates`): the store
@@ -272,6 +276,7 @@ impl Commit {
             account: change.account,
             entries: change.entries,
             marker: None,
+            marker_order: None,
             orders: BTreeMap::new(),
             redemption: None,
             copied_redemptions: Vec::new(),
@@ -571,6 +576,8 @@ pub trait MemberStore: Send + Sync {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<LedgerPage, StoreError>;
+    /// Whether the marker is there as an item of its own. A marker kept on its order's record
+    /// ([`Commit::marker_order`]) is seen by [`MemberStore::load_member_for_event`] only.
     async fn has_marker(
         &self,
         program: &str,

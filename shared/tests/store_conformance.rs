@@ -68,6 +68,7 @@ fn commit(
             source: "api".into(),
             event_id: e.to_string(),
         }),
+        marker_order: None,
         orders: BTreeMap::new(),
         redemption: None,
         copied_redemptions: Vec::new(),
@@ -371,6 +372,68 @@ async fn order_records_are_read_with_the_account(store: Arc<dyn Store>) {
         state.orders.keys().collect::<Vec<_>>(),
         vec!["shopify#1001"]
     );
+}
+
+async fn an_order_s_events_are_duplicates_whether_or_not_their_marker_rides_on_the_order(
+    store: Arc<dyn Store>,
+) {
+    // GIVEN a purchase of order shopify#2001 committed with its order record, its marker kept
+    // with the order where the store can
+    let m = member();
+    let order = "shopify#2001".to_string();
+    let with_order = |expected, balance, entry: &str, event: &str| {
+        let mut c = commit(&m, expected, balance, entry, Some(event));
+        c.marker_order = Some(order.clone());
+        c.orders.insert(
+            order.clone(),
+            OrderRecord {
+                order_id: order.clone(),
+                ..OrderRecord::default()
+            },
+        );
+        c
+    };
+    let marked = |event: &str| EventMarker {
+        source: "api".into(),
+        event_id: event.into(),
+    };
+    let seen = |event: &'static str| {
+        let (store, m, order) = (store.clone(), m.clone(), order.clone());
+        async move {
+            store
+                .load_member_for_event("kr-shop", &m, &marked(event), &[order], &[])
+                .await
+                .unwrap()
+                .seen
+        }
+    };
+    store
+        .commit(with_order(None, 10, "paid#0", "order-2001-paid"))
+        .await
+        .unwrap();
+    // WHEN its refund rewrites the order's record under a marker of its own
+    store
+        .commit(with_order(Some(1), 5, "refund#0", "order-2001-refund-1"))
+        .await
+        .unwrap();
+    // THEN both events read as seen with the order, and an event never committed does not
+    assert!(seen("order-2001-paid").await);
+    assert!(seen("order-2001-refund-1").await);
+    assert!(!seen("order-2001-refund-2").await);
+    // AND either one committed again is a duplicate, and nothing changed
+    for (entry, event) in [
+        ("paid#1", "order-2001-paid"),
+        ("refund#1", "order-2001-refund-1"),
+    ] {
+        let again = store.commit(with_order(Some(2), 99, entry, event)).await;
+        assert!(matches!(again, Err(CommitError::Duplicate)), "{again:?}");
+    }
+    let state = store
+        .load_member("kr-shop", &m, &[order.clone()])
+        .await
+        .unwrap();
+    assert_eq!(state.account.map(|a| (a.version, a.balance)), Some((2, 5)));
+    assert!(state.orders.contains_key(&order));
 }
 
 async fn programs_are_versioned_and_conditional(store: Arc<dyn Store>) {
@@ -1317,6 +1380,7 @@ macro_rules! conformance {
                 identities_move_between_members_and_are_removed_only_by_their_member,
                 rejected_events_are_kept_with_their_reason,
                 a_parked_event_moves_to_the_outbox_once,
+                an_order_s_events_are_duplicates_whether_or_not_their_marker_rides_on_the_order,
                 a_commit_s_outbox_is_written_with_it_and_waits_until_relayed,
                 a_commit_larger_than_one_transaction_is_refused_whole,
                 an_expired_idempotency_record_frees_its_key,

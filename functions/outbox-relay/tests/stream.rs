@@ -49,7 +49,9 @@ fn attribute(value: &AttributeValue) -> Value {
 }
 
 fn image(item: &Item) -> Value {
-    item.iter().map(|(k, v)| (k.clone(), attribute(v))).collect()
+    item.iter()
+        .map(|(k, v)| (k.clone(), attribute(v)))
+        .collect()
 }
 
 /// The stream's record of `item`, as Lambda delivers it.
@@ -198,7 +200,10 @@ async fn a_notice_carried_by_a_ledger_entry_is_sent_once_and_nothing_is_deleted(
         .expect("processed");
     let before = h.items().await;
     let sk = |i: &Item| i["SK"].as_s().unwrap().clone();
-    assert!(before.iter().all(|i| !sk(i).starts_with("OUTBOX#")), "{before:?}");
+    assert!(
+        before.iter().all(|i| !sk(i).starts_with("OUTBOX#")),
+        "{before:?}"
+    );
     let entry = before
         .iter()
         .find(|i| sk(i).starts_with("L#"))

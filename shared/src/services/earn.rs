@@ -226,6 +226,7 @@ impl Services {
             let outbox = follow_ups(&envelope, upgrade_due, outcome.referrer);
             let commit = Commit {
                 marker: Some(marker.clone()),
+                marker_order: order_keys.first().cloned(),
                 orders: outcome.orders,
                 assignments: outcome.assignments,
                 counters: outcome.counters,

@@ -47,8 +47,19 @@ impl Services {
                 source: field("platform"),
                 event_id: event.id.clone(),
             };
+            // The marker of an order's event may be kept on the order's record.
+            let order_keys: Vec<String> = Some(field("order_id"))
+                .filter(|id| !id.is_empty())
+                .map(|id| crate::envelope::order_key(&marker.source, &id))
+                .into_iter()
+                .collect();
             let present = match &member {
-                Some(m) => self.store.has_marker(&program.id, m, &marker).await?,
+                Some(m) => {
+                    self.store
+                        .load_member_for_event(&program.id, m, &marker, &order_keys, &[])
+                        .await?
+                        .seen
+                }
                 None => false,
             };
             let mut found = Reconciled {

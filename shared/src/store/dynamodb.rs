@@ -395,15 +395,19 @@ impl DynamoStore {
             return CommitError::Duplicate;
         }
         if let Some(marker) = &commit.marker {
-            let key = key(
-                member_pk(&commit.program, &commit.member),
-                marker_sk(marker),
+            let pk = member_pk(&commit.program, &commit.member);
+            let mut keys = vec![key(&pk, marker_sk(marker))];
+            keys.extend(
+                commit
+                    .marker_order
+                    .iter()
+                    .map(|o| key(&pk, format!("O#{o}"))),
             );
-            match self.get(key).await {
-                Ok(Some(_)) => return CommitError::Duplicate,
-                Ok(None) => return CommitError::VersionConflict,
-                Err(e) => return CommitError::Store(e),
-            }
+            return match self.batch_get(keys).await {
+                Ok(items) if marked(&items, &marker_sk(marker)) => CommitError::Duplicate,
+                Ok(_) => CommitError::VersionConflict,
+                Err(e) => CommitError::Store(e),
+            };
         }
         CommitError::VersionConflict
     }
@@ -856,6 +860,35 @@ impl DynamoStore {
         Ok(Some(TransactWriteItem::builder().update(update).build()))
     }
 
+    /// An order record's write. It is updated in place, never replaced, so that it keeps the
+    /// markers of the events kept on it ([`Commit::marker_order`]); the event's marker is
+    /// added on condition that it is not there yet. No other condition: the account's version
+    /// guards the record.
+    fn order_write(
+        &self,
+        pk: &str,
+        order_key: &str,
+        record: &OrderRecord,
+        marker: Option<&EventMarker>,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, format!("O#{order_key}"))))
+            .expression_attribute_names("#b", "body")
+            .expression_attribute_values(":b", encode("order", record)?);
+        update = match marker {
+            None => update.update_expression("SET #b = :b"),
+            Some(marker) => update
+                .update_expression("SET #b = :b ADD #m :m")
+                .condition_expression("NOT contains(#m, :e)")
+                .expression_attribute_names("#m", MARKERS)
+                .expression_attribute_values(":m", AttributeValue::Ss(vec![marker_sk(marker)]))
+                .expression_attribute_values(":e", s(marker_sk(marker))),
+        };
+        let update = build("update", update.build())?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
     async fn cancelled_without_reasons(&self, commit: &Commit) -> Option<CommitError> {
         if let Some(record) = &commit.idempotency {
             let key = idempotency_key(&commit.program, &record.principal, &record.key);
@@ -965,6 +998,18 @@ fn expired(item: &Item) -> bool {
     number(item, "expires_at")
         .and_then(|at| i64::try_from(at).ok())
         .is_some_and(|at| at < Utc::now().timestamp())
+}
+
+/// The attribute of an order record that holds the markers kept on it (a string set).
+const MARKERS: &str = "markers";
+
+/// Whether an event had its effect: its marker is among `items`, or on one of them that is an
+/// order record.
+fn marked(items: &[Item], marker_key: &str) -> bool {
+    items.iter().any(|item| {
+        text(item, "SK") == Some(marker_key)
+            || matches!(item.get(MARKERS), Some(AttributeValue::Ss(set)) if set.iter().any(|m| m == marker_key))
+    })
 }
 
 fn marker_sk(marker: &EventMarker) -> String {
@@ -1149,9 +1194,7 @@ impl MemberStore for DynamoStore {
         let marker_key = marker_sk(marker);
         let keys = member_keys(&pk, Some(&marker_key), order_keys, campaigns);
         let items = self.batch_get(keys).await?;
-        let seen = items
-            .iter()
-            .any(|item| text(item, "SK") == Some(marker_key.as_str()));
+        let seen = marked(&items, &marker_key);
         let mut state = member_state(&pk, items)?;
         state.seen = seen;
         Ok(state)
@@ -1188,23 +1231,31 @@ impl MemberStore for DynamoStore {
             }
             writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
         }
-        let marker_index = match &commit.marker {
-            Some(marker) => {
-                let mut item = key(&pk, marker_sk(marker));
-                item.insert(
-                    "at".into(),
-                    s(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)),
-                );
-                writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
-                Some(writes.len() - 1)
-            }
-            None => None,
-        };
-        // Order records need no condition of their own: the account's version guards them.
+        // The marker rides on its order's record when the commit writes that record (a
+        // purchase, a refund): one item less.
+        let on_order = commit
+            .marker_order
+            .as_ref()
+            .filter(|order| commit.orders.contains_key(*order));
+        let mut marker_index = None;
+        if let (Some(marker), None) = (&commit.marker, on_order) {
+            let mut item = key(&pk, marker_sk(marker));
+            item.insert(
+                "at".into(),
+                s(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)),
+            );
+            writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
+            marker_index = Some(writes.len() - 1);
+        }
         for (order_key, record) in &commit.orders {
-            let mut item = key(&pk, format!("O#{order_key}"));
-            item.insert("body".into(), encode("order", record)?);
-            writes.push(self.put(item, None, None)?);
+            let marker = commit
+                .marker
+                .as_ref()
+                .filter(|_| on_order == Some(order_key));
+            writes.push(self.order_write(&pk, order_key, record, marker)?);
+            if marker.is_some() {
+                marker_index = Some(writes.len() - 1);
+            }
         }
         let special = self.redemption_writes(&commit, &mut writes)?;
         // Last, so that the indexes of the cancellation reasons above are unchanged.
@@ -1947,15 +1998,14 @@ fn carried_and_waiting(commit: &Commit) -> (Vec<&OutboxMessage>, Vec<&OutboxMess
 
 /// The messages a ledger entry carries, from its sort key and [`CARRIED`] attribute (as the
 /// table's stream shows them), or `None` for any other item.
-pub fn carried_messages(
-    sk: &str,
-    carried: &str,
-) -> Option<Result<Vec<OutboxMessage>, StoreError>> {
+pub fn carried_messages(sk: &str, carried: &str) -> Option<Result<Vec<OutboxMessage>, StoreError>> {
     let entry = sk.strip_prefix("L#")?;
-    Some(serde_json::from_str(carried).map_err(|e| StoreError::Corrupt {
-        key: format!("ledger/{entry}"),
-        message: e.to_string(),
-    }))
+    Some(
+        serde_json::from_str(carried).map_err(|e| StoreError::Corrupt {
+            key: format!("ledger/{entry}"),
+            message: e.to_string(),
+        }),
+    )
 }
 
 /// The message of an outbox item, from its sort key and body (as the table's stream shows

@@ -429,7 +429,7 @@ async fn an_order_s_events_are_duplicates_whether_or_not_their_marker_rides_on_t
         assert!(matches!(again, Err(CommitError::Duplicate)), "{again:?}");
     }
     let state = store
-        .load_member("kr-shop", &m, &[order.clone()])
+        .load_member("kr-shop", &m, std::slice::from_ref(&order))
         .await
         .unwrap();
     assert_eq!(state.account.map(|a| (a.version, a.balance)), Some((2, 5)));

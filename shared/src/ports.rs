@@ -569,6 +569,17 @@ pub trait MemberStore: Send + Sync {
         Ok(state)
     }
     async fn commit(&self, commit: Commit) -> Result<(), CommitError>;
+    /// Several members' commits at once: all or none where the store can (DynamoDB: one
+    /// transaction, their books added up in one write); a store that cannot commits them one
+    /// after the other and stops at the first error. After an error each member is as before
+    /// or as its commit left it, and nothing says which: the caller reloads them and commits
+    /// one at a time.
+    async fn commit_together(&self, commits: Vec<Commit>) -> Result<(), CommitError> {
+        for commit in commits {
+            self.commit(commit).await?;
+        }
+        Ok(())
+    }
     async fn ledger_page(
         &self,
         program: &str,

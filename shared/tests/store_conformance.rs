@@ -1258,6 +1258,68 @@ async fn counters_sum_their_shards_and_assignment_writes_are_conditional(store: 
     assert_eq!(state.assignments[&spring].purchases, 2);
 }
 
+async fn commits_together_write_every_member_and_count_the_books_once_each(store: Arc<dyn Store>) {
+    // GIVEN a program of its own with two members, each given points
+    let mut p = program();
+    p.id = format!("together-{}", uuid::Uuid::new_v4().simple());
+    let at = Utc.with_ymd_and_hms(2026, 3, 10, 3, 0, 0).unwrap();
+    let ctx = |id: &str| EventContext::new(id, at, at);
+    let mut stored = Vec::new();
+    for (member, points) in [("m-1", 500), ("m-2", 300)] {
+        let given = Account::open(&p, member, at)
+            .adjust(&p, points, "welcome", &ctx(&format!("gift-{member}")))
+            .unwrap();
+        store
+            .commit(Commit::new(&p, member, None, given, at))
+            .await
+            .unwrap();
+        let account = store.load_member(&p.id, member, &[]).await.unwrap().account;
+        stored.push(account.unwrap());
+    }
+    let give = |account: &Account, points: i64, id: &str| {
+        let change = account.adjust(&p, points, "bonus", &ctx(id)).unwrap();
+        Commit::new(&p, &account.member, Some(account), change, at)
+    };
+    // WHEN both are given more in commits made together
+    store
+        .commit_together(vec![
+            give(&stored[0], 40, "bonus-1"),
+            give(&stored[1], 60, "bonus-2"),
+        ])
+        .await
+        .unwrap();
+    // THEN each account moved on, and the day's books count all four gifts
+    let balance = |member: &'static str| {
+        let (store, program) = (store.clone(), p.id.clone());
+        async move {
+            let account = store.load_member(&program, member, &[]).await.unwrap();
+            account.account.map(|a| (a.version, a.balance))
+        }
+    };
+    assert_eq!(balance("m-1").await, Some((2, 540)));
+    assert_eq!(balance("m-2").await, Some((2, 360)));
+    let rows = store
+        .book_rows(&p.id, chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap())
+        .await
+        .unwrap();
+    let written = loyalty_core::liability::written(&rows);
+    assert_eq!((written.balance, written.members), (900, 2), "{rows:?}");
+    // WHEN a group holds a commit made from a version no longer current
+    let fresh = store.load_member(&p.id, "m-2", &[]).await.unwrap().account;
+    let result = store
+        .commit_together(vec![
+            give(&stored[0], 1, "stale"),
+            give(&fresh.unwrap(), 2, "fresh"),
+        ])
+        .await;
+    // THEN it is refused as a conflict and the stale member is unchanged
+    assert!(
+        matches!(result, Err(CommitError::VersionConflict)),
+        "{result:?}"
+    );
+    assert_eq!(balance("m-1").await, Some((2, 540)));
+}
+
 async fn the_books_the_walk_and_member_files_agree_with_what_was_committed(store: Arc<dyn Store>) {
     use loyalty_core::ports::Walked;
     // GIVEN a program of its own with two members: m-1 given 500 then spending 200, m-2
@@ -1381,6 +1443,7 @@ macro_rules! conformance {
                 rejected_events_are_kept_with_their_reason,
                 a_parked_event_moves_to_the_outbox_once,
                 an_order_s_events_are_duplicates_whether_or_not_their_marker_rides_on_the_order,
+                commits_together_write_every_member_and_count_the_books_once_each,
                 a_commit_s_outbox_is_written_with_it_and_waits_until_relayed,
                 a_commit_larger_than_one_transaction_is_refused_whole,
                 an_expired_idempotency_record_frees_its_key,

@@ -146,6 +146,13 @@ impl BooksAdd {
     pub fn is_empty(&self) -> bool {
         self.counts.is_empty()
     }
+
+    /// Adds the counts of another change of the same day (changes committed together).
+    pub fn absorb(&mut self, other: &BooksAdd) {
+        for (name, value) in &other.counts {
+            self.plus(name.clone(), *value);
+        }
+    }
 }
 
 /// Pending points by the day (program time zone) they become available and the lot they join.

@@ -18,9 +18,34 @@ use crate::domain::schedule::{job_instant, job_source};
 use crate::domain::{Account, Change, DueJob, EventContext, Notice, Program};
 use crate::envelope::{Envelope, ENVELOPE_VERSION};
 use crate::ports::{Commit, CommitError, OutboxMessage, QueueName};
+use crate::store::MAX_COMMIT_ITEMS;
 
 /// Members read per index page.
 const PAGE: usize = 100;
+
+/// Splits a group's changes into transactions that fit the store's limit: the items of each
+/// change but its books (`items`), and the day's books once per transaction. A change too
+/// large alone goes alone (and is refused on its own).
+fn transactions<T>(group: Vec<T>, items: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut chunks: Vec<Vec<T>> = Vec::new();
+    let mut size = 0;
+    for change in group {
+        let items = items(&change);
+        match chunks.last_mut() {
+            Some(chunk) if size + items <= MAX_COMMIT_ITEMS => chunk.push(change),
+            _ => {
+                size = 1;
+                chunks.push(vec![change]);
+            }
+        }
+        size += items;
+    }
+    chunks
+}
+
+/// Members whose changes by a job are committed together (on DynamoDB: one transaction of
+/// about 2 items each and the day's books once; the store's limit is 100 items).
+const GROUP: usize = 25;
 /// How far back a job with no saved progress, or a long gap, reads the index.
 const MAX_CATCH_UP_DAYS: i64 = 400;
 /// The saved progress of `recalculate-tiers` (a member cursor while a pass is under way).
@@ -182,6 +207,12 @@ pub struct JobFailure {
 const FAILURES_NAMED: usize = 20;
 
 impl JobReport {
+    fn add(&mut self, outcome: &MemberOutcome) {
+        self.changed += usize::from(outcome.changed);
+        self.entries += outcome.entries;
+        self.notices += outcome.notices;
+    }
+
     fn record_failure(&mut self, member: &str, error: &ServiceError) {
         tracing::error!(job = self.job, program = self.program, member = %crate::telemetry::member_ref(member), error = %error, "member failed; the next run retries it");
         self.failed += 1;
@@ -458,42 +489,32 @@ impl Services {
                         .store
                         .due_members(&program.id, due, day, shard, cursor.as_deref(), PAGE)
                         .await?;
-                    for member in &page.members {
+                    // Notices go member by member (each may owe rewards first); the other jobs
+                    // commit a group's changes together.
+                    let group = if job == Job::Notices { 1 } else { GROUP };
+                    for members in page.members.chunks(group) {
                         if past(deadline) {
                             report.complete = false;
                             break 'days;
                         }
-                        report.members += 1;
-                        // The membership's monthly rewards first: months that began with the
-                        // benefits are owed even when the lapse is written in the same run.
-                        if job == Job::Notices {
-                            match self
-                                .grant_membership_rewards(program, member, date, at)
-                                .await
-                            {
-                                Ok(granted) => {
-                                    report.changed += usize::from(granted > 0);
-                                    report.entries += granted;
-                                }
+                        let outcomes = match job {
+                            Job::Notices => {
+                                let member = &members[0];
+                                vec![self.notices_member(program, member, date, at, report).await]
+                            }
+                            _ => self.job_members(job, program, members, date, at).await,
+                        };
+                        for (member, outcome) in members.iter().zip(outcomes) {
+                            report.members += 1;
+                            match outcome {
+                                Ok(outcome) => report.add(&outcome),
                                 Err(e) => {
                                     report.record_failure(member, &e);
                                     failed_on.get_or_insert(day);
-                                    continue;
                                 }
                             }
+                            progress(report.members);
                         }
-                        match self.job_member(job, program, member, date, at).await {
-                            Ok(outcome) => {
-                                report.changed += usize::from(outcome.changed);
-                                report.entries += outcome.entries;
-                                report.notices += outcome.notices;
-                            }
-                            Err(e) => {
-                                report.record_failure(member, &e);
-                                failed_on.get_or_insert(day);
-                            }
-                        }
-                        progress(report.members);
                     }
                     match page.next_cursor {
                         Some(next) => cursor = Some(next),
@@ -572,52 +593,12 @@ impl Services {
     ) -> Result<MemberOutcome, ServiceError> {
         let mut contention = Contention::new();
         loop {
-            let state = self.store.load_member(&program.id, member, &[]).await?;
-            let Some(account) = state.account else {
+            let Some((commit, outcome)) = self.job_change(job, program, member, date, at).await?
+            else {
                 return Ok(MemberOutcome::default());
             };
-            // The account's version is part of the entries' ids: a second change by the same
-            // job on the same day (points that matured later that day) is a new change, never
-            // taken for a repeat of the first. The account's version guards the commit itself.
-            let event_id = format!("job:{}:{date}:a{}", job.name(), account.version);
-            let ctx = EventContext::new(event_id, at, at).with_source(job_source(job.name()));
-            let (change, notices) = match job {
-                Job::ReleasePending | Job::ExpirePoints => (account.settle(program, &ctx), vec![]),
-                Job::TierReviews => (account.review_tier(program, &ctx), vec![]),
-                Job::Notices => {
-                    let (after, notices) = account.take_notices(program, at);
-                    (Change::unchanged(after), notices)
-                }
-                Job::RecalculateTiers => (account.check_tier(program, &ctx), vec![]),
-                // The tick works through the earn queue, never member by member here.
-                Job::CampaignTick => (Change::unchanged(account.clone()), vec![]),
-            };
-            if change.account == account && change.entries.is_empty() {
-                return Ok(MemberOutcome::default());
-            }
-            // Notices and a tier change are written with the change that remembers them, and
-            // relayed afterwards, each with a stable id the brand's consumers can deduplicate on.
-            let mut outbox: Vec<OutboxMessage> = notices
-                .iter()
-                .map(|notice| notice_message(program, &account, notice, at))
-                .collect();
-            if change.account.tier.id != account.tier.id {
-                let to = &change.account.tier;
-                let data =
-                    json!({"from": account.tier.id, "to": to.id, "review_date": to.review_on});
-                let id = format!("tier-changed-{}-{member}-{date}", job.name());
-                outbox.push(notice(program, member, "tier.changed", id, at, data));
-            }
-            let entries = change.entries.len();
-            let commit = Commit::new(program, member, Some(&account), change, at).and_send(outbox);
             match self.commit(commit).await {
-                Ok(()) => {
-                    return Ok(MemberOutcome {
-                        changed: true,
-                        entries,
-                        notices: notices.len(),
-                    });
-                }
+                Ok(()) => return Ok(outcome),
                 // No coupon is revoked here; a conflict of any kind means reload and retry.
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 // Job entries are never duplicates of an event's; a clash means it is done.
@@ -628,6 +609,126 @@ impl Services {
                 .again(|| format!("member {member} during {}", job.name()))
                 .await?;
         }
+    }
+
+    /// The notices job for one member: the membership's monthly rewards first (months that
+    /// began with the benefits are owed even when the lapse is written in the same run), then
+    /// the notices. The rewards count in the report even when the notices then fail.
+    async fn notices_member(
+        &self,
+        program: &Program,
+        member: &str,
+        date: NaiveDate,
+        at: chrono::DateTime<chrono::Utc>,
+        report: &mut JobReport,
+    ) -> Result<MemberOutcome, ServiceError> {
+        let granted = self
+            .grant_membership_rewards(program, member, date, at)
+            .await?;
+        report.changed += usize::from(granted > 0);
+        report.entries += granted;
+        self.job_member(Job::Notices, program, member, date, at)
+            .await
+    }
+
+    /// Applies a job to a group of members, their changes committed together where the store
+    /// can (one transaction, and the day's books counted in one write instead of one per
+    /// member). If that fails, each member is reloaded and committed on its own, so one member
+    /// changed meanwhile, or one that cannot be read, costs only itself.
+    async fn job_members(
+        &self,
+        job: Job,
+        program: &Program,
+        members: &[String],
+        date: NaiveDate,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<Result<MemberOutcome, ServiceError>> {
+        let mut outcomes: Vec<Option<Result<MemberOutcome, ServiceError>>> =
+            std::iter::repeat_with(|| None)
+                .take(members.len())
+                .collect();
+        let mut group: Vec<(usize, Commit, MemberOutcome)> = Vec::new();
+        for (i, member) in members.iter().enumerate() {
+            match self.job_change(job, program, member, date, at).await {
+                Ok(Some((commit, outcome))) => group.push((i, commit, outcome)),
+                Ok(None) => outcomes[i] = Some(Ok(MemberOutcome::default())),
+                Err(e) => outcomes[i] = Some(Err(e)),
+            }
+        }
+        let items = |(_, commit, _): &(usize, Commit, MemberOutcome)| {
+            commit.items() - usize::from(!commit.books.is_empty())
+        };
+        for chunk in transactions(group, items) {
+            let (commits, changed): (Vec<Commit>, Vec<(usize, MemberOutcome)>) =
+                chunk.into_iter().map(|(i, c, o)| (c, (i, o))).unzip();
+            if self.commit_together(commits).await.is_ok() {
+                for (i, outcome) in changed {
+                    outcomes[i] = Some(Ok(outcome));
+                }
+                continue;
+            }
+            for (i, _) in changed {
+                outcomes[i] = Some(self.job_member(job, program, &members[i], date, at).await);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Ok(MemberOutcome::default())))
+            .collect()
+    }
+
+    /// What a job changes for one member, as of its account now, with the commit that writes
+    /// it: `None` when there is nothing to do.
+    async fn job_change(
+        &self,
+        job: Job,
+        program: &Program,
+        member: &str,
+        date: NaiveDate,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<(Commit, MemberOutcome)>, ServiceError> {
+        let state = self.store.load_member(&program.id, member, &[]).await?;
+        let Some(account) = state.account else {
+            return Ok(None);
+        };
+        // The account's version is part of the entries' ids: a second change by the same
+        // job on the same day (points that matured later that day) is a new change, never
+        // taken for a repeat of the first. The account's version guards the commit itself.
+        let event_id = format!("job:{}:{date}:a{}", job.name(), account.version);
+        let ctx = EventContext::new(event_id, at, at).with_source(job_source(job.name()));
+        let (change, notices) = match job {
+            Job::ReleasePending | Job::ExpirePoints => (account.settle(program, &ctx), vec![]),
+            Job::TierReviews => (account.review_tier(program, &ctx), vec![]),
+            Job::Notices => {
+                let (after, notices) = account.take_notices(program, at);
+                (Change::unchanged(after), notices)
+            }
+            Job::RecalculateTiers => (account.check_tier(program, &ctx), vec![]),
+            // The tick works through the earn queue, never member by member here.
+            Job::CampaignTick => (Change::unchanged(account.clone()), vec![]),
+        };
+        if change.account == account && change.entries.is_empty() {
+            return Ok(None);
+        }
+        // Notices and a tier change are written with the change that remembers them, and
+        // relayed afterwards, each with a stable id the brand's consumers can deduplicate on.
+        let mut outbox: Vec<OutboxMessage> = notices
+            .iter()
+            .map(|notice| notice_message(program, &account, notice, at))
+            .collect();
+        if change.account.tier.id != account.tier.id {
+            let to = &change.account.tier;
+            let data = json!({"from": account.tier.id, "to": to.id, "review_date": to.review_on});
+            let id = format!("tier-changed-{}-{member}-{date}", job.name());
+            outbox.push(notice(program, member, "tier.changed", id, at, data));
+        }
+        let outcome = MemberOutcome {
+            changed: true,
+            entries: change.entries.len(),
+            notices: notices.len(),
+        };
+        let commit = Commit::new(program, member, Some(&account), change, at).and_send(outbox);
+        Ok(Some((commit, outcome)))
     }
 
     /// Checks every member's tier against the current thresholds, a page at a time. The
@@ -734,4 +835,27 @@ fn notice(
         data,
     };
     OutboxMessage::new(QueueName::Notify, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_split_into_transactions_within_the_store_s_limit() {
+        // GIVEN 40 changes of 3 items each (the day's books counted once per transaction)
+        let changes: Vec<usize> = vec![3; 40];
+        // WHEN they are split
+        let chunks = transactions(changes, |items| *items);
+        // THEN 33 fit the first transaction (1 + 33 x 3 = 100) and the rest the second
+        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), vec![33, 7]);
+    }
+
+    #[test]
+    fn a_change_too_large_for_a_transaction_goes_alone() {
+        // GIVEN a small change, one of 150 items, and another small one
+        let chunks = transactions(vec![2, 150, 2], |items| *items);
+        // THEN the large one is a transaction of its own, between the others
+        assert_eq!(chunks, vec![vec![2], vec![150], vec![2]]);
+    }
 }

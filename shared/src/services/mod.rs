@@ -290,6 +290,28 @@ impl Services {
         result
     }
 
+    /// [`crate::ports::MemberStore::commit_together`], with the same metrics as
+    /// [`Services::commit`].
+    pub(crate) async fn commit_together(
+        &self,
+        commits: Vec<crate::ports::Commit>,
+    ) -> Result<(), crate::ports::CommitError> {
+        use crate::telemetry::metrics;
+        let moved: Vec<_> = commits
+            .iter()
+            .map(|c| (c.program.clone(), points_moved(&c.entries)))
+            .collect();
+        let result = self.store.commit_together(commits).await;
+        if result.is_ok() {
+            for (program, moved) in moved {
+                for (metric, points) in moved {
+                    metrics::add(metric, &[("program", &program)], points);
+                }
+            }
+        }
+        result
+    }
+
     /// Sends a message to a queue, counting the sends the queue refused.
     pub(crate) async fn send_to(
         &self,

@@ -413,6 +413,77 @@ impl DynamoStore {
     }
 }
 
+impl DynamoStore {
+    /// A commit's writes, but for its books: the account under its version, the entries (the
+    /// first carrying the messages about the member), the marker, the order records, the
+    /// redemption's items and the waiting messages. With the index of the write whose failed
+    /// condition means a duplicate, and those of the other conditional writes.
+    fn commit_writes(
+        &self,
+        commit: &Commit,
+    ) -> Result<(Vec<TransactWriteItem>, Option<usize>, SpecialWrites), StoreError> {
+        let pk = member_pk(&commit.program, &commit.member);
+        let version = commit.expected_version.unwrap_or(0) + 1;
+        let mut account = commit.account.clone();
+        account.version = version;
+        let mut account_item = key(&pk, "ACCOUNT");
+        account_item.extend(due_attributes(&commit.program, &commit.member, &commit.due));
+        account_item.insert("member".into(), s(&commit.member));
+        account_item.insert("version".into(), n(version));
+        account_item.insert("body".into(), encode("account", &account)?);
+        let mut writes = vec![match commit.expected_version {
+            None => self.put(account_item, Some("attribute_not_exists(PK)"), None)?,
+            Some(v) => self.put(
+                account_item,
+                Some("version = :v"),
+                Some(HashMap::from([(":v".to_string(), n(v))])),
+            )?,
+        }];
+        let (carried, waiting) = carried_and_waiting(&commit);
+        for (i, entry) in commit.entries.iter().enumerate() {
+            let mut item = key(&pk, format!("L#{}", seq_key(ledger_seq(version, i))));
+            item.insert("entry_id".into(), s(&entry.id));
+            item.insert("body".into(), encode("entry", entry)?);
+            if i == 0 && !carried.is_empty() {
+                item.insert(CARRIED.into(), encode("outbox message", &carried)?);
+            }
+            writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
+        }
+        // The marker rides on its order's record when the commit writes that record (a
+        // purchase, a refund): one item less.
+        let on_order = commit
+            .marker_order
+            .as_ref()
+            .filter(|order| commit.orders.contains_key(*order));
+        let mut marker_index = None;
+        if let (Some(marker), None) = (&commit.marker, on_order) {
+            let mut item = key(&pk, marker_sk(marker));
+            item.insert(
+                "at".into(),
+                s(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)),
+            );
+            writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
+            marker_index = Some(writes.len() - 1);
+        }
+        for (order_key, record) in &commit.orders {
+            let marker = commit
+                .marker
+                .as_ref()
+                .filter(|_| on_order == Some(order_key));
+            writes.push(self.order_write(&pk, order_key, record, marker)?);
+            if marker.is_some() {
+                marker_index = Some(writes.len() - 1);
+            }
+        }
+        let special = self.redemption_writes(&commit, &mut writes)?;
+        // Last, so that the indexes of the cancellation reasons above are unchanged.
+        for message in waiting {
+            writes.push(self.put(outbox_item(message)?, None, None)?);
+        }
+        Ok((writes, marker_index, special))
+    }
+}
+
 #[async_trait]
 impl CampaignStore for DynamoStore {
     async fn campaigns(&self, program: &str) -> Result<Vec<(String, String)>, StoreError> {
@@ -1000,6 +1071,27 @@ fn expired(item: &Item) -> bool {
         .is_some_and(|at| at < Utc::now().timestamp())
 }
 
+/// A commit of an account, its entries, messages and books, and nothing whose failed
+/// condition would mean something else than a conflict.
+fn plain(commit: &Commit) -> bool {
+    commit.marker.is_none()
+        && commit.orders.is_empty()
+        && commit.redemption.is_none()
+        && commit.copied_redemptions.is_empty()
+        && commit.coupon.is_none()
+        && commit.revoke_coupon.is_none()
+        && commit.idempotency.is_none()
+        && commit.assignments.is_empty()
+        && commit.counters.is_empty()
+}
+
+fn refused(message: &str) -> StoreError {
+    StoreError::Failed {
+        message: message.to_string(),
+        source: None,
+    }
+}
+
 /// The attribute of an order record that holds the markers kept on it (a string set).
 const MARKERS: &str = "markers";
 
@@ -1204,64 +1296,7 @@ impl MemberStore for DynamoStore {
         if let Some(refused) = super::too_large(&commit) {
             return Err(refused.into());
         }
-        let pk = member_pk(&commit.program, &commit.member);
-        let version = commit.expected_version.unwrap_or(0) + 1;
-        let mut account = commit.account.clone();
-        account.version = version;
-        let mut account_item = key(&pk, "ACCOUNT");
-        account_item.extend(due_attributes(&commit.program, &commit.member, &commit.due));
-        account_item.insert("member".into(), s(&commit.member));
-        account_item.insert("version".into(), n(version));
-        account_item.insert("body".into(), encode("account", &account)?);
-        let mut writes = vec![match commit.expected_version {
-            None => self.put(account_item, Some("attribute_not_exists(PK)"), None)?,
-            Some(v) => self.put(
-                account_item,
-                Some("version = :v"),
-                Some(HashMap::from([(":v".to_string(), n(v))])),
-            )?,
-        }];
-        let (carried, waiting) = carried_and_waiting(&commit);
-        for (i, entry) in commit.entries.iter().enumerate() {
-            let mut item = key(&pk, format!("L#{}", seq_key(ledger_seq(version, i))));
-            item.insert("entry_id".into(), s(&entry.id));
-            item.insert("body".into(), encode("entry", entry)?);
-            if i == 0 && !carried.is_empty() {
-                item.insert(CARRIED.into(), encode("outbox message", &carried)?);
-            }
-            writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
-        }
-        // The marker rides on its order's record when the commit writes that record (a
-        // purchase, a refund): one item less.
-        let on_order = commit
-            .marker_order
-            .as_ref()
-            .filter(|order| commit.orders.contains_key(*order));
-        let mut marker_index = None;
-        if let (Some(marker), None) = (&commit.marker, on_order) {
-            let mut item = key(&pk, marker_sk(marker));
-            item.insert(
-                "at".into(),
-                s(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)),
-            );
-            writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
-            marker_index = Some(writes.len() - 1);
-        }
-        for (order_key, record) in &commit.orders {
-            let marker = commit
-                .marker
-                .as_ref()
-                .filter(|_| on_order == Some(order_key));
-            writes.push(self.order_write(&pk, order_key, record, marker)?);
-            if marker.is_some() {
-                marker_index = Some(writes.len() - 1);
-            }
-        }
-        let special = self.redemption_writes(&commit, &mut writes)?;
-        // Last, so that the indexes of the cancellation reasons above are unchanged.
-        for message in waiting {
-            writes.push(self.put(outbox_item(message)?, None, None)?);
-        }
+        let (mut writes, marker_index, special) = self.commit_writes(&commit)?;
         if let Some(write) = self.books_write(&commit.program, &commit.books)? {
             writes.push(write);
         }
@@ -1283,6 +1318,56 @@ impl MemberStore for DynamoStore {
                     Err(self
                         .cancelled(&commit, marker_index, special, reasons)
                         .await)
+                }
+                _ => Err(sdk_error("cannot commit", e).into()),
+            },
+        }
+    }
+
+    /// One transaction. Only plain commits (an account, its entries, messages and books: what
+    /// the scheduled jobs write) go together; a cancellation is reported as a conflict, and the
+    /// caller's commits one by one tell what it was.
+    async fn commit_together(&self, commits: Vec<Commit>) -> Result<(), CommitError> {
+        if commits.len() == 1 {
+            if let Some(commit) = commits.into_iter().next() {
+                return self.commit(commit).await;
+            }
+            return Ok(());
+        }
+        let mut writes = Vec::new();
+        let mut books: BTreeMap<(&str, NaiveDate), BooksAdd> = BTreeMap::new();
+        for commit in &commits {
+            if !plain(commit) {
+                return Err(refused("only plain commits go together").into());
+            }
+            if let Some(refused) = super::too_large(commit) {
+                return Err(refused.into());
+            }
+            writes.extend(self.commit_writes(commit)?.0);
+            if let Some(day) = commit.books.day.filter(|_| !commit.books.is_empty()) {
+                books
+                    .entry((&commit.program, day))
+                    .and_modify(|add| add.absorb(&commit.books))
+                    .or_insert_with(|| commit.books.clone());
+            }
+        }
+        for ((program, _), add) in &books {
+            writes.extend(self.books_write(program, add)?);
+        }
+        if writes.len() > super::MAX_COMMIT_ITEMS {
+            return Err(refused("commits together are more than one transaction can hold").into());
+        }
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(writes))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(_)) => {
+                    Err(CommitError::VersionConflict)
                 }
                 _ => Err(sdk_error("cannot commit", e).into()),
             },

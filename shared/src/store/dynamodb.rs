@@ -439,7 +439,7 @@ impl DynamoStore {
                 Some(HashMap::from([(":v".to_string(), n(v))])),
             )?,
         }];
-        let (carried, waiting) = carried_and_waiting(&commit);
+        let (carried, waiting) = carried_and_waiting(commit);
         for (i, entry) in commit.entries.iter().enumerate() {
             let mut item = key(&pk, format!("L#{}", seq_key(ledger_seq(version, i))));
             item.insert("entry_id".into(), s(&entry.id));
@@ -475,7 +475,7 @@ impl DynamoStore {
                 marker_index = Some(writes.len() - 1);
             }
         }
-        let special = self.redemption_writes(&commit, &mut writes)?;
+        let special = self.redemption_writes(commit, &mut writes)?;
         // Last, so that the indexes of the cancellation reasons above are unchanged.
         for message in waiting {
             writes.push(self.put(outbox_item(message)?, None, None)?);

@@ -480,46 +480,53 @@ impl Services {
         report.to = Some(date);
         let mut failed_on: Option<NaiveDate> = None;
         let mut day = from;
+        // Notices go member by member (each may owe rewards first); the other jobs commit a
+        // group's changes together, gathered across the index's shards and pages.
+        let group = if job == Job::Notices { 1 } else { GROUP };
         'days: while day <= date {
             let before = report.members;
-            for shard in 0..self.store.due_shards() {
-                let mut cursor: Option<String> = None;
-                loop {
+            let mut shards = 0..self.store.due_shards();
+            let mut shard = shards.next();
+            let mut cursor: Option<String> = None;
+            let mut waiting: Vec<String> = Vec::new();
+            loop {
+                while waiting.len() < group {
+                    let Some(current) = shard else { break };
                     let page = self
                         .store
-                        .due_members(&program.id, due, day, shard, cursor.as_deref(), PAGE)
+                        .due_members(&program.id, due, day, current, cursor.as_deref(), PAGE)
                         .await?;
-                    // Notices go member by member (each may owe rewards first); the other jobs
-                    // commit a group's changes together.
-                    let group = if job == Job::Notices { 1 } else { GROUP };
-                    for members in page.members.chunks(group) {
-                        if past(deadline) {
-                            report.complete = false;
-                            break 'days;
-                        }
-                        let outcomes = match job {
-                            Job::Notices => {
-                                let member = &members[0];
-                                vec![self.notices_member(program, member, date, at, report).await]
-                            }
-                            _ => self.job_members(job, program, members, date, at).await,
-                        };
-                        for (member, outcome) in members.iter().zip(outcomes) {
-                            report.members += 1;
-                            match outcome {
-                                Ok(outcome) => report.add(&outcome),
-                                Err(e) => {
-                                    report.record_failure(member, &e);
-                                    failed_on.get_or_insert(day);
-                                }
-                            }
-                            progress(report.members);
+                    waiting.extend(page.members);
+                    cursor = page.next_cursor;
+                    if cursor.is_none() {
+                        shard = shards.next();
+                    }
+                }
+                if waiting.is_empty() {
+                    break;
+                }
+                if past(deadline) {
+                    report.complete = false;
+                    break 'days;
+                }
+                let members: Vec<String> = waiting.drain(..waiting.len().min(group)).collect();
+                let outcomes = match job {
+                    Job::Notices => {
+                        let member = &members[0];
+                        vec![self.notices_member(program, member, date, at, report).await]
+                    }
+                    _ => self.job_members(job, program, &members, date, at).await,
+                };
+                for (member, outcome) in members.iter().zip(outcomes) {
+                    report.members += 1;
+                    match outcome {
+                        Ok(outcome) => report.add(&outcome),
+                        Err(e) => {
+                            report.record_failure(member, &e);
+                            failed_on.get_or_insert(day);
                         }
                     }
-                    match page.next_cursor {
-                        Some(next) => cursor = Some(next),
-                        None => break,
-                    }
+                    progress(report.members);
                 }
             }
             // A day's work is saved as it is done (a day without members costs no write).

@@ -931,6 +931,33 @@ impl DynamoStore {
         Ok(Some(TransactWriteItem::builder().update(update).build()))
     }
 
+    /// Sends one commit's transaction. A cancellation is not an error of the store: it comes
+    /// back as the reason of each item (a code where its condition failed).
+    async fn transact(
+        &self,
+        writes: Vec<TransactWriteItem>,
+    ) -> Result<Result<(), Vec<Option<String>>>, StoreError> {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(writes))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Ok(())),
+            Err(e) => match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
+                    Ok(Err(cancelled
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code().map(str::to_string))
+                        .collect()))
+                }
+                _ => Err(sdk_error("cannot commit", e)),
+            },
+        }
+    }
+
     /// An order record's write. It is updated in place, never replaced, so that it keeps the
     /// markers of the events kept on it ([`Commit::marker_order`]); the event's marker is
     /// added on condition that it is not there yet. No other condition: the account's version
@@ -1300,27 +1327,11 @@ impl MemberStore for DynamoStore {
         if let Some(write) = self.books_write(&commit.program, &commit.books)? {
             writes.push(write);
         }
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(writes))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => match e.as_service_error() {
-                Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
-                    let reasons = cancelled
-                        .cancellation_reasons()
-                        .iter()
-                        .map(|r| r.code().map(str::to_string))
-                        .collect();
-                    Err(self
-                        .cancelled(&commit, marker_index, special, reasons)
-                        .await)
-                }
-                _ => Err(sdk_error("cannot commit", e).into()),
-            },
+        match self.transact(writes).await? {
+            Ok(()) => Ok(()),
+            Err(reasons) => Err(self
+                .cancelled(&commit, marker_index, special, reasons)
+                .await),
         }
     }
 
@@ -1357,21 +1368,9 @@ impl MemberStore for DynamoStore {
         if writes.len() > super::MAX_COMMIT_ITEMS {
             return Err(refused("commits together are more than one transaction can hold").into());
         }
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(writes))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => match e.as_service_error() {
-                Some(TransactWriteItemsError::TransactionCanceledException(_)) => {
-                    Err(CommitError::VersionConflict)
-                }
-                _ => Err(sdk_error("cannot commit", e).into()),
-            },
-        }
+        self.transact(writes)
+            .await?
+            .map_err(|_| CommitError::VersionConflict)
     }
 
     async fn ledger_page(

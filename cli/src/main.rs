@@ -17,6 +17,7 @@ mod dlq;
 mod import;
 mod jobs;
 mod member;
+mod outbox;
 mod reconcile;
 mod rejected;
 mod report;
@@ -65,6 +66,8 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Dead-letter queues: list, redrive.
     Dlq(dlq::DlqArgs),
+    /// Messages on their way to the queues: list, resend after a relay outage.
+    Outbox(outbox::OutboxArgs),
     /// Bring members and balances over from another programme.
     Import(import::ImportArgs),
     /// Check every member against its ledger and each program against its books; exit
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Member(args) => member::run(args),
         Command::Rejected(args) => rejected::run(args),
         Command::Dlq(args) => dlq::run(args),
+        Command::Outbox(args) => outbox::run(args),
         Command::Audit(_) | Command::Import(_) | Command::Reconcile(_) => Ok(()),
     };
     match result {

@@ -724,10 +724,15 @@ pub trait OutboxStore: Send + Sync {
     /// message twice leaves one.
     async fn enqueue(&self, message: &OutboxMessage) -> Result<(), StoreError>;
     /// Up to `limit` messages that rode along the entries of their commit instead of waiting
-    /// (a store whose change feed relays them: DynamoDB's stream). They are never forgotten:
-    /// this is what an operator resends after the relay was down longer than the feed keeps
-    /// records. A store that makes every message wait has none.
-    async fn carried(&self, _limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
+    /// (a store whose change feed relays them: DynamoDB's stream), of entries recorded in
+    /// `recorded`. They are never forgotten: this is what an operator resends after the relay
+    /// was down longer than the feed keeps records. A store that makes every message wait has
+    /// none.
+    async fn carried(
+        &self,
+        _recorded: std::ops::Range<DateTime<Utc>>,
+        _limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
         Ok(Vec::new())
     }
 }

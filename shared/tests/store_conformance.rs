@@ -122,7 +122,10 @@ async fn written(store: &Arc<dyn Store>, member: &str) -> Vec<OutboxMessage> {
     let mut mine = waiting(store, member).await;
     mine.extend(
         store
-            .carried(100_000)
+            .carried(
+                chrono::DateTime::<chrono::Utc>::MIN_UTC..chrono::DateTime::<chrono::Utc>::MAX_UTC,
+                100_000,
+            )
             .await
             .unwrap()
             .into_iter()

@@ -249,3 +249,126 @@ async fn members_merge_and_erase_on_a_table() {
     assert_eq!(kept.entries.iter().map(|e| e.points).sum::<i64>(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What a relay sends, in order.
+#[derive(Default)]
+struct Sent(std::sync::Mutex<Vec<(QueueName, String)>>);
+
+#[async_trait::async_trait]
+impl loyalty_core::ports::Queue for Sent {
+    async fn send(
+        &self,
+        queue: QueueName,
+        message: &loyalty_core::envelope::Envelope,
+    ) -> Result<(), loyalty_core::ports::QueueError> {
+        self.0.lock().unwrap().push((queue, message.id.clone()));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_carried_during_a_relay_outage_are_resent_and_no_others() {
+    // GIVEN a table with kr-shop and a purchase recorded three days ago, then one recorded
+    // yesterday, during an outage of the stream's relay longer than the stream keeps records
+    let table = format!("loyalty-cli-outbox-{}", uuid::Uuid::new_v4().simple());
+    let store = DynamoStore::new(client(), &table);
+    store.create_table().await.expect("moto creates the table");
+    let store = Arc::new(store);
+    let now = Utc::now();
+    let clock = loyalty_core::ports::FixedClock::at(now - chrono::Duration::days(3));
+    let services = Services::new(store.clone(), Arc::new(Dropped), clock.clone());
+    services
+        .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+        .await
+        .expect("program");
+    let purchase = |id: &str, at: chrono::DateTime<Utc>| {
+        json!({"type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
+            "member": "ann-1", "occurred_at": at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            "data": {"order_id": id, "currency": "KRW",
+                "lines": [{"line_id": "1", "quantity": 1, "unit_price": "10000"}]}})
+        .to_string()
+    };
+    for (id, at) in [
+        ("p-before", now - chrono::Duration::days(3)),
+        ("p-during", now - chrono::Duration::days(1)),
+    ] {
+        clock.set(at);
+        assert!(matches!(
+            services
+                .process_earn(&purchase(id, at))
+                .await
+                .expect("processed"),
+            Processed::Applied { .. }
+        ));
+    }
+    let all = chrono::DateTime::<Utc>::MIN_UTC..chrono::DateTime::<Utc>::MAX_UTC;
+    let outage = now - chrono::Duration::days(2)..now;
+    let during: Vec<String> = store
+        .carried(outage.clone(), 100)
+        .await
+        .expect("carried")
+        .iter()
+        .map(|m| m.key())
+        .collect();
+    assert!(!during.is_empty(), "the purchase carried its notice");
+    assert!(store.carried(all, 100).await.expect("carried").len() > during.len());
+    assert!(store.outbox(100).await.expect("outbox").is_empty());
+    let since = outage.start.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let until = outage.end.to_rfc3339_opts(SecondsFormat::Secs, true);
+
+    // WHEN an operator resends the outage's messages, twice
+    let args = [
+        "outbox", "resend", "--table", &table, "--since", &since, "--until", &until, "--json",
+    ];
+    let first = json_of(&loyalty(&args));
+    let second = json_of(&loyalty(&args));
+
+    // THEN exactly the messages carried during the outage wait in the outbox, once each
+    assert_eq!(
+        first["resent"].as_u64(),
+        Some(during.len() as u64),
+        "{first}"
+    );
+    assert_eq!(second["resent"], first["resent"]);
+    let mut waiting: Vec<String> = store
+        .outbox(100)
+        .await
+        .expect("outbox")
+        .iter()
+        .map(|m| m.key())
+        .collect();
+    waiting.sort();
+    let mut expected = during.clone();
+    expected.sort();
+    assert_eq!(waiting, expected);
+    let listed = json_of(&loyalty(&[
+        "outbox", "list", "--table", &table, "--since", &since, "--json",
+    ]));
+    assert_eq!(
+        listed["waiting"].as_array().map(Vec::len),
+        Some(during.len())
+    );
+    assert_eq!(
+        listed["carried"].as_array().map(Vec::len),
+        Some(during.len())
+    );
+    // AND the relay sends them (the purchase of yesterday's notice only) and forgets them
+    let sent = Arc::new(Sent::default());
+    let relay = Services::new(store.clone(), sent.clone(), Arc::new(SystemClock));
+    relay.relay_waiting(100).await.expect("relayed");
+    let sent = sent.0.lock().unwrap().clone();
+    assert_eq!(sent.len(), during.len());
+    assert!(
+        sent.iter().all(|(_, id)| id.contains("p-during")),
+        "{sent:?}"
+    );
+    assert!(store.outbox(100).await.expect("outbox").is_empty());
+
+    // WHEN the window is empty THEN the command refuses it and writes nothing
+    let refused = loyalty(&[
+        "outbox", "resend", "--table", &table, "--since", &until, "--until", &since,
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--until"));
+    assert!(store.outbox(100).await.expect("outbox").is_empty());
+}

@@ -252,7 +252,10 @@ async fn a_poisoned_message_and_the_rest_of_its_group_come_back_and_nothing_else
     // none waits in the outbox; no purchase reached a tier's threshold, so no tier check was
     // written
     let mut notices: Vec<(&str, String)> = store
-        .carried(100)
+        .carried(
+            chrono::DateTime::<chrono::Utc>::MIN_UTC..chrono::DateTime::<chrono::Utc>::MAX_UTC,
+            100,
+        )
         .await
         .unwrap()
         .into_iter()

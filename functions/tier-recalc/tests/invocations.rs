@@ -94,7 +94,15 @@ impl Harness {
         // What the commits wrote to the outbox or carried along their entries, as the stream's
         // relay would send it.
         self.services.relay_waiting(1000).await.unwrap();
-        for message in self.store.carried(1000).await.unwrap() {
+        for message in self
+            .store
+            .carried(
+                chrono::DateTime::<chrono::Utc>::MIN_UTC..chrono::DateTime::<chrono::Utc>::MAX_UTC,
+                1000,
+            )
+            .await
+            .unwrap()
+        {
             if self.relayed.lock().unwrap().insert(message.key()) {
                 self.services.relay_carried(&message).await.unwrap();
             }

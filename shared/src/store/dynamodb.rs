@@ -2102,6 +2102,20 @@ pub fn outbox_message_parts(sk: &str, body: &str) -> Option<Result<OutboxMessage
     }))
 }
 
+/// When a ledger entry was recorded, read from its body alone.
+fn recorded_at(sk: &str, body: &str) -> Result<DateTime<Utc>, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        recorded_at: DateTime<Utc>,
+    }
+    serde_json::from_str::<Recorded>(body)
+        .map(|r| r.recorded_at)
+        .map_err(|e| StoreError::Corrupt {
+            key: format!("entry/{sk}"),
+            message: e.to_string(),
+        })
+}
+
 fn outbox_message(item: &Item) -> Option<Result<OutboxMessage, StoreError>> {
     outbox_message_parts(text(item, "SK")?, text(item, "body")?)
 }
@@ -2123,8 +2137,13 @@ impl OutboxStore for DynamoStore {
         .await
     }
 
-    /// A scan of the ledger entries that carry messages.
-    async fn carried(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
+    /// A scan of the ledger entries that carry messages; the entry's body says when it was
+    /// recorded.
+    async fn carried(
+        &self,
+        recorded: std::ops::Range<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
         let scan = self
             .client
             .scan()
@@ -2134,7 +2153,12 @@ impl OutboxStore for DynamoStore {
             .expression_attribute_values(":l", s("L#"))
             .consistent_read(true);
         self.scan_messages(scan, limit, |item| {
-            carried_messages(text(item, "SK")?, text(item, CARRIED)?)
+            let sk = text(item, "SK")?;
+            match recorded_at(sk, text(item, "body")?) {
+                Ok(at) if recorded.contains(&at) => carried_messages(sk, text(item, CARRIED)?),
+                Ok(_) => Some(Ok(Vec::new())),
+                Err(e) => Some(Err(e)),
+            }
         })
         .await
     }

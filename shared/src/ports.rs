@@ -610,6 +610,17 @@ pub trait AliasStore: Send + Sync {
         kind: &str,
         value: &str,
     ) -> Result<Option<String>, StoreError>;
+    /// The same answer, possibly a moment old: enough to skip a link that is already there,
+    /// never to decide who a member is (a stale miss only writes the link again, under the
+    /// link's own condition). A store whose reads are all current answers `resolve_alias`.
+    async fn linked_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.resolve_alias(program, kind, value).await
+    }
     /// Links an identity to a member; `false` when it is already linked to another member.
     async fn put_alias(
         &self,

@@ -335,7 +335,7 @@ impl Services {
         member: &str,
     ) -> Result<(), ServiceError> {
         if let Some(key) = &event.order_key {
-            let linked = self.store.resolve_alias(program, ORDER_LINK, key).await?;
+            let linked = self.store.linked_alias(program, ORDER_LINK, key).await?;
             if linked.as_deref() != Some(member) {
                 self.store
                     .put_alias(program, ORDER_LINK, key, member)
@@ -348,7 +348,7 @@ impl Services {
                 continue;
             }
             if let Some((kind, value)) = identity.split_once(':') {
-                let linked = self.store.resolve_alias(program, kind, value).await?;
+                let linked = self.store.linked_alias(program, kind, value).await?;
                 if linked.as_deref() == Some(member) {
                     continue;
                 }

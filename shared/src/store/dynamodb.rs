@@ -266,12 +266,17 @@ impl DynamoStore {
     }
 
     async fn get(&self, key: Item) -> Result<Option<Item>, StoreError> {
+        self.read(key, true).await
+    }
+
+    /// A read that is strongly consistent or, at half the read units, possibly a moment old.
+    async fn read(&self, key: Item, consistent: bool) -> Result<Option<Item>, StoreError> {
         let output = self
             .client
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key))
-            .consistent_read(true)
+            .consistent_read(consistent)
             .send()
             .await
             .map_err(|e| sdk_error("cannot read an item", e))?;
@@ -1488,6 +1493,21 @@ impl AliasStore for DynamoStore {
     ) -> Result<Option<String>, StoreError> {
         let item = self
             .get(key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS"))
+            .await?;
+        Ok(item.and_then(|i| text(&i, "member").map(str::to_string)))
+    }
+
+    async fn linked_alias(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let item = self
+            .read(
+                key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS"),
+                false,
+            )
             .await?;
         Ok(item.and_then(|i| text(&i, "member").map(str::to_string)))
     }

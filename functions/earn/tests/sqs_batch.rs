@@ -3,36 +3,14 @@
 //! failures come back.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use chrono::{Duration, Utc};
 use loyalty_core::envelope::Envelope;
-use loyalty_core::ports::{MemberStore, OutboxStore, Queue, QueueName, SystemClock};
-use loyalty_core::queue::sqs_fifo::SqsQueue;
-use loyalty_core::services::programs::ProgramFormat;
-use loyalty_core::services::Services;
-use loyalty_core::store::dynamodb::DynamoStore;
+use loyalty_core::ports::{MemberStore, OutboxStore, Queue, QueueName};
+use loyalty_testing::{deployment, Deployment, Redelivery};
 use serde_json::json;
-
-fn endpoint() -> String {
-    std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
-        panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run scripts/test, which starts moto")
-    })
-}
-
-/// An AWS configuration pointed at moto, with test credentials.
-async fn config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "harness",
-        ))
-        .load()
-        .await
-}
 
 /// Makes `m-poison`'s account item unreadable (a bad manual edit), or removes it again.
 async fn poison(dynamodb: &aws_sdk_dynamodb::Client, table: &str, on: bool) {
@@ -115,50 +93,16 @@ async fn receive(sqs: &aws_sdk_sqs::Client, url: &str) -> (SqsEvent, HashMap<Str
 #[tokio::test]
 async fn a_poisoned_message_and_the_rest_of_its_group_come_back_and_nothing_else() {
     // GIVEN moto with the table and the three queues, and kr-shop saved
-    let config = config().await;
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let sqs = aws_sdk_sqs::Client::new(&config);
-    let mut urls = HashMap::new();
-    for (queue, name) in [(QueueName::Earn, "earn"), (QueueName::Tier, "tier")] {
-        let url = sqs
-            .create_queue()
-            .queue_name(format!("{name}-{run}.fifo"))
-            .attributes(QueueAttributeName::FifoQueue, "true")
-            .attributes(QueueAttributeName::VisibilityTimeout, "0")
-            .send()
-            .await
-            .expect("create queue")
-            .queue_url
-            .expect("url");
-        urls.insert(queue, url);
-    }
-    let notify = sqs
-        .create_queue()
-        .queue_name(format!("notify-{run}"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    urls.insert(QueueName::Notify, notify);
-    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
-    let table = format!("loyalty-{run}");
-    let store = DynamoStore::new(dynamodb.clone(), &table);
-    store.create_table().await.expect("table");
-    let queue = Arc::new(SqsQueue::new(sqs.clone(), urls.clone()));
-    let services = Services::new(
-        Arc::new(store.clone()),
-        queue.clone(),
-        Arc::new(SystemClock),
-    );
-    services
-        .put_program(
-            "kr-shop",
-            include_str!("../../../examples/kr-shop.toml"),
-            ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
+    let Deployment {
+        sqs,
+        dynamodb,
+        table,
+        store,
+        urls,
+        queue,
+        services,
+        ..
+    } = deployment(Redelivery::AtOnce).await;
     // AND a batch on the earn queue with a poisoned message (its member's account item cannot
     // be read) in the middle of its group
     poison(&dynamodb, &table, true).await;

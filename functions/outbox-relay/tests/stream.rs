@@ -2,37 +2,16 @@
 //! wrote are handed to the handler as the stream's records, and the queues are read.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use aws_lambda_events::event::dynamodb::Event;
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_sqs::types::QueueAttributeName;
 use chrono::{Duration, Utc};
-use loyalty_core::ports::{QueueName, SystemClock};
-use loyalty_core::queue::sqs_fifo::SqsQueue;
-use loyalty_core::services::programs::ProgramFormat;
+use loyalty_core::ports::QueueName;
 use loyalty_core::services::Services;
-use loyalty_core::store::dynamodb::DynamoStore;
+use loyalty_testing::{deployment, Redelivery};
 use serde_json::{json, Value};
 
 type Item = HashMap<String, AttributeValue>;
-
-fn endpoint() -> String {
-    std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
-        panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run scripts/test, which starts moto")
-    })
-}
-
-async fn config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "harness",
-        ))
-        .load()
-        .await
-}
 
 /// An attribute in the DynamoDB JSON form the stream's images travel in.
 fn attribute(value: &AttributeValue) -> Value {
@@ -87,53 +66,13 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
-    let config = config().await;
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let sqs = aws_sdk_sqs::Client::new(&config);
-    let mut urls = HashMap::new();
-    for (queue, name) in [(QueueName::Earn, "earn"), (QueueName::Tier, "tier")] {
-        let url = sqs
-            .create_queue()
-            .queue_name(format!("{name}-{run}.fifo"))
-            .attributes(QueueAttributeName::FifoQueue, "true")
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        urls.insert(queue, url);
-    }
-    let notify = sqs
-        .create_queue()
-        .queue_name(format!("notify-{run}"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    urls.insert(QueueName::Notify, notify.clone());
-    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
-    let table = format!("loyalty-{run}");
-    let store = DynamoStore::new(dynamodb.clone(), table.clone());
-    store.create_table().await.unwrap();
-    let services = Services::new(
-        Arc::new(store),
-        Arc::new(SqsQueue::new(sqs.clone(), urls)),
-        Arc::new(SystemClock),
-    );
-    services
-        .put_program(
-            "kr-shop",
-            include_str!("../../../examples/kr-shop.toml"),
-            ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
+    let deployment = deployment(Redelivery::Later).await;
+    let notify = deployment.urls[&QueueName::Notify].clone();
     Harness {
-        services,
-        dynamodb,
-        table,
-        sqs,
+        services: deployment.services,
+        dynamodb: deployment.dynamodb,
+        table: deployment.table,
+        sqs: deployment.sqs,
         notify,
     }
 }

@@ -2,32 +2,16 @@
 //! and a scheduled job as EventBridge Scheduler invokes it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use chrono::{Duration, Utc};
 use loyalty_core::domain::{calendar::local_date, Account};
 use loyalty_core::envelope::Envelope;
-use loyalty_core::ports::{Commit, MemberStore, OutboxStore, QueueName, SystemClock};
-use loyalty_core::queue::sqs_fifo::SqsQueue;
-use loyalty_core::services::programs::ProgramFormat;
+use loyalty_core::ports::{Commit, MemberStore, OutboxStore, QueueName};
 use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::DynamoStore;
+use loyalty_testing::{deployment, Redelivery};
 use serde_json::{json, Value};
-
-async fn config() -> aws_config::SdkConfig {
-    let endpoint = std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
-        panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run scripts/test, which starts moto")
-    });
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "harness",
-        ))
-        .load()
-        .await
-}
 
 struct Harness {
     services: Services,
@@ -39,51 +23,12 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
-    let config = config().await;
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let sqs = aws_sdk_sqs::Client::new(&config);
-    let mut urls = HashMap::new();
-    for (queue, name, fifo) in [
-        (QueueName::Earn, "earn", true),
-        (QueueName::Tier, "tier", true),
-        (QueueName::Notify, "notify", false),
-    ] {
-        let mut request = sqs
-            .create_queue()
-            .attributes(QueueAttributeName::VisibilityTimeout, "0");
-        request = if fifo {
-            request
-                .queue_name(format!("{name}-{run}.fifo"))
-                .attributes(QueueAttributeName::FifoQueue, "true")
-        } else {
-            request.queue_name(format!("{name}-{run}"))
-        };
-        let url = request.send().await.unwrap().queue_url.unwrap();
-        urls.insert(queue, url);
-    }
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&config),
-        format!("loyalty-{run}"),
-    );
-    store.create_table().await.unwrap();
-    let services = Services::new(
-        Arc::new(store.clone()),
-        Arc::new(SqsQueue::new(sqs.clone(), urls.clone())),
-        Arc::new(SystemClock),
-    );
-    services
-        .put_program(
-            "kr-shop",
-            include_str!("../../../examples/kr-shop.toml"),
-            ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
+    let deployment = deployment(Redelivery::AtOnce).await;
     Harness {
-        services,
-        store,
-        sqs,
-        urls,
+        services: deployment.services,
+        store: deployment.store,
+        sqs: deployment.sqs,
+        urls: deployment.urls,
         relayed: Default::default(),
     }
 }

@@ -1999,26 +1999,19 @@ impl ParkingStore for DynamoStore {
             TransactWriteItem::builder().delete(delete).build(),
             self.put(outbox_item(message)?, None, None)?,
         ];
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(writes))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
+        match self.transact(writes).await? {
+            Ok(()) => Ok(()),
             // Released before (the parked item is gone): nothing to do.
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(TransactWriteItemsError::TransactionCanceledException(c))
-                        if c.cancellation_reasons().first().and_then(|r| r.code())
-                            == Some("ConditionalCheckFailed")
-                ) =>
+            Err(reasons)
+                if reasons.first().and_then(Option::as_deref) == Some("ConditionalCheckFailed") =>
             {
                 Ok(())
             }
-            Err(e) => Err(sdk_error("cannot release the parked event", e)),
+            // The put has no condition: what is left is a conflict or throttling.
+            Err(reasons) => Err(StoreError::Transient {
+                message: format!("cannot release the parked event: cancelled ({reasons:?})"),
+                source: None,
+            }),
         }
     }
 

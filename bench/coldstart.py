@@ -370,9 +370,15 @@ class Bench:
         elif function == "tier-recalc":
             self._purge("earn")
             self._purge("tier-recalc")
-            d.shopify("orders/paid", order(8_600_000_000))
+            # 400,000 KRW takes a new member past SILVER's threshold: the one purchase that
+            # sends a tier.check (others send none since the checks became conditional).
+            d.shopify("orders/paid", units.shopify_order(8_600_000_000 + n, 7_400_000 + 8_600 + n * 10,
+                                                         self.now - dt.timedelta(minutes=20), [(1, 1, 400_000)]))
             self._invoke_messages("earn", self._messages("earn"))
-            self._invoke_messages("tier-recalc", self._messages("tier-recalc"))
+            checks = self._messages("tier-recalc")
+            if not checks:
+                raise RuntimeError("tier-recalc: no tier.check to invoke it with")
+            self._invoke_messages("tier-recalc", checks)
         elif function == "member-api":
             d.http("GET", f"/v1/programs/{PROGRAM}/me", None, {"Authorization": f"Bearer {d.member_token(self.member)}"})
         elif function == "redeem":

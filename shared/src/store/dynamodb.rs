@@ -269,6 +269,20 @@ impl DynamoStore {
         self.read(key, true).await
     }
 
+    /// The member an identity is linked to, read strongly or (half the units) possibly a
+    /// moment old.
+    async fn alias_member(
+        &self,
+        program: &str,
+        kind: &str,
+        value: &str,
+        consistent: bool,
+    ) -> Result<Option<String>, StoreError> {
+        let alias = key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS");
+        let item = self.read(alias, consistent).await?;
+        Ok(item.and_then(|i| text(&i, "member").map(str::to_string)))
+    }
+
     /// A read that is strongly consistent or, at half the read units, possibly a moment old.
     async fn read(&self, key: Item, consistent: bool) -> Result<Option<Item>, StoreError> {
         let output = self
@@ -1491,10 +1505,7 @@ impl AliasStore for DynamoStore {
         kind: &str,
         value: &str,
     ) -> Result<Option<String>, StoreError> {
-        let item = self
-            .get(key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS"))
-            .await?;
-        Ok(item.and_then(|i| text(&i, "member").map(str::to_string)))
+        self.alias_member(program, kind, value, true).await
     }
 
     async fn linked_alias(
@@ -1503,13 +1514,7 @@ impl AliasStore for DynamoStore {
         kind: &str,
         value: &str,
     ) -> Result<Option<String>, StoreError> {
-        let item = self
-            .read(
-                key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS"),
-                false,
-            )
-            .await?;
-        Ok(item.and_then(|i| text(&i, "member").map(str::to_string)))
+        self.alias_member(program, kind, value, false).await
     }
 
     async fn put_alias(

@@ -2,6 +2,8 @@
 //! to the queues. Most ride along the ledger entry of their commit and the table's stream
 //! relays them; the stream keeps records for 24 hours, so after a longer relay outage an
 //! operator writes the messages of that window back into the outbox, and the relay sends them.
+//! Messages that wait as outbox items were shown to the relay once, when written; they are
+//! shown again (an update the stream reports).
 
 use std::io::IsTerminal;
 use std::ops::Range;
@@ -9,7 +11,7 @@ use std::ops::Range;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use loyalty_core::ports::{OutboxMessage, Store};
+use loyalty_core::ports::{OutboxMessage, Store, StoreError};
 use serde_json::json;
 
 use crate::stores::{runtime, StoreArgs};
@@ -25,10 +27,11 @@ enum OutboxCommand {
     /// The messages waiting in the outbox, and those carried by the entries recorded in the
     /// window.
     List(Window),
-    /// Write the messages carried by the entries recorded in the window back into the
-    /// outbox, for the relay to send. A message that did reach its queue goes again: the
-    /// consumers of the earn and tier queues skip what they have applied, but the brand may
-    /// receive a notice twice, so give the window of the outage.
+    /// Show every waiting message to the relay again, and write the messages carried by the
+    /// entries recorded in the window back into the outbox, for the relay to send. A carried
+    /// message that did reach its queue goes again: the consumers of the earn and tier queues
+    /// skip what they have applied, but the brand may receive a notice twice, so give the
+    /// window of the outage.
     Resend(Window),
 }
 
@@ -112,29 +115,49 @@ async fn list(w: Window) -> Result<(), String> {
 
 async fn resend(w: Window) -> Result<(), String> {
     let (store, carried) = carried(&w).await?;
-    let bar = ProgressBar::new(carried.len() as u64).with_style(
-        ProgressStyle::with_template("{bar:30} outbox: {pos}/{len} written back ({per_sec})")
+    // Read before the carried ones are written back, which the stream shows anyway.
+    let waiting = store
+        .outbox(w.max as usize)
+        .await
+        .map_err(|e| e.to_string())?;
+    // A carried message already written back waits, and is woken with the others.
+    let waiting_keys: std::collections::HashSet<String> =
+        waiting.iter().map(OutboxMessage::key).collect();
+    let carried: Vec<OutboxMessage> = carried
+        .into_iter()
+        .filter(|m| !waiting_keys.contains(&m.key()))
+        .collect();
+    let total = waiting.len() + carried.len();
+    let bar = ProgressBar::new(total as u64).with_style(
+        ProgressStyle::with_template("{bar:30} outbox: {pos}/{len} shown to the relay ({per_sec})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
+    let stopped = |e: StoreError, done: u64| {
+        format!("{e} ({done} of {total} shown to the relay; run the command again)")
+    };
+    for message in &waiting {
+        store
+            .wake(message)
+            .await
+            .map_err(|e| stopped(e, bar.position()))?;
+        bar.inc(1);
+    }
     for message in &carried {
         // Written under the message's own key: a second run leaves one copy.
-        store.enqueue(message).await.map_err(|e| {
-            format!(
-                "{e} ({} of {} written back; run the command again)",
-                bar.position(),
-                carried.len()
-            )
-        })?;
+        store
+            .enqueue(message)
+            .await
+            .map_err(|e| stopped(e, bar.position()))?;
         bar.inc(1);
     }
     bar.finish_and_clear();
     if w.json {
-        return print_json(&json!({"resent": carried.len()}));
+        return print_json(&json!({"woken": waiting.len(), "resent": carried.len()}));
     }
-    println!("outbox: resent={}", carried.len());
+    println!("outbox: woken={} resent={}", waiting.len(), carried.len());
     Ok(())
 }
 

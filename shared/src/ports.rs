@@ -734,6 +734,12 @@ pub trait OutboxStore: Send + Sync {
     /// a queue it cannot reach directly), to be relayed like the others. Writing the same
     /// message twice leaves one.
     async fn enqueue(&self, message: &OutboxMessage) -> Result<(), StoreError>;
+    /// Shows a waiting message to the change feed again, for a relay that missed its first
+    /// showing (DynamoDB's stream keeps records 24 hours). A message relayed meanwhile is left
+    /// gone. A store whose relay reads the outbox itself (SQLite) has nothing to do.
+    async fn wake(&self, _message: &OutboxMessage) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Up to `limit` messages that rode along the entries of their commit instead of waiting
     /// (a store whose change feed relays them: DynamoDB's stream), of entries recorded in
     /// `recorded`. They are never forgotten: this is what an operator resends after the relay

@@ -323,13 +323,36 @@ async fn messages_carried_during_a_relay_outage_are_resent_and_no_others() {
     let first = json_of(&loyalty(&args));
     let second = json_of(&loyalty(&args));
 
-    // THEN exactly the messages carried during the outage wait in the outbox, once each
+    // THEN exactly the messages carried during the outage wait in the outbox, once each (the
+    // second run finds them waiting, and wakes them instead of writing them again)
     assert_eq!(
         first["resent"].as_u64(),
         Some(during.len() as u64),
         "{first}"
     );
-    assert_eq!(second["resent"], first["resent"]);
+    assert_eq!(second["resent"].as_u64(), Some(0), "{second}");
+    // AND the second run showed the first run's waiting messages to the stream again (an
+    // update of their `woken` time), as it would any message left waiting by the outage
+    assert_eq!(first["woken"].as_u64(), Some(0), "{first}");
+    assert_eq!(
+        second["woken"].as_u64(),
+        Some(during.len() as u64),
+        "{second}"
+    );
+    let woken = client()
+        .scan()
+        .table_name(&table)
+        .filter_expression("begins_with(SK, :o) AND attribute_exists(woken)")
+        .expression_attribute_values(
+            ":o",
+            aws_sdk_dynamodb::types::AttributeValue::S("OUTBOX#".into()),
+        )
+        .send()
+        .await
+        .expect("scan")
+        .items
+        .unwrap_or_default();
+    assert_eq!(woken.len(), during.len());
     let mut waiting: Vec<String> = store
         .outbox(100)
         .await

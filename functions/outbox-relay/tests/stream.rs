@@ -59,6 +59,7 @@ fn event(records: Vec<Value>) -> Event {
 
 struct Harness {
     services: Services,
+    store: loyalty_core::store::dynamodb::DynamoStore,
     dynamodb: aws_sdk_dynamodb::Client,
     table: String,
     sqs: aws_sdk_sqs::Client,
@@ -70,6 +71,7 @@ async fn harness() -> Harness {
     let notify = deployment.urls[&QueueName::Notify].clone();
     Harness {
         services: deployment.services,
+        store: deployment.store,
         dynamodb: deployment.dynamodb,
         table: deployment.table,
         sqs: deployment.sqs,
@@ -185,4 +187,38 @@ async fn a_ledger_entry_with_unreadable_messages_is_skipped_and_the_rest_goes_ou
     // THEN the batch succeeds and the readable notice went out
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(h.notices().await, vec!["points-earned-x"]);
+}
+
+#[tokio::test]
+async fn a_waiting_message_woken_after_a_long_outage_is_sent_and_forgotten() {
+    // GIVEN a message waiting in the outbox whose first stream record the relay missed, woken
+    // by an operator (`loyalty outbox resend`)
+    use loyalty_core::ports::{OutboxMessage, OutboxStore};
+    let h = harness().await;
+    let envelope: loyalty_core::envelope::Envelope = serde_json::from_value(json!({
+        "type": "points.earned", "version": 1, "id": "points-earned-w", "program": "kr-shop",
+        "member": "m-3", "occurred_at": Utc::now().to_rfc3339(), "data": {}}))
+    .unwrap();
+    let message = OutboxMessage::new(QueueName::Notify, envelope);
+    h.store.enqueue(&message).await.unwrap();
+    h.store.wake(&message).await.unwrap();
+    let items = h.items().await;
+    let woken: Vec<&Item> = items.iter().filter(|i| i.contains_key("woken")).collect();
+    assert_eq!(woken.len(), 1, "{items:?}");
+    // WHEN the stream hands the relay the update
+    let response =
+        outbox_relay::handle(&h.services, event(vec![record("MODIFY", 1, woken[0])])).await;
+    // THEN the message is on its queue and the item is gone; waking it again writes nothing
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(h.notices().await, vec!["points-earned-w"]);
+    let waiting = || async {
+        h.items()
+            .await
+            .into_iter()
+            .filter(|i| i["SK"].as_s().is_ok_and(|sk| sk.starts_with("OUTBOX#")))
+            .count()
+    };
+    assert_eq!(waiting().await, 0);
+    h.store.wake(&message).await.unwrap();
+    assert_eq!(waiting().await, 0);
 }

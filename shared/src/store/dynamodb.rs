@@ -2196,6 +2196,38 @@ impl OutboxStore for DynamoStore {
         self.put_plain(outbox_item(message)?, "cannot write to the outbox")
             .await
     }
+
+    /// An update of the item's `woken` time: the stream shows a MODIFY, which the relay's
+    /// filter passes like an INSERT. Rewriting the item unchanged would show nothing.
+    async fn wake(&self, message: &OutboxMessage) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(outbox_key(message)))
+            .update_expression("SET #w = :w")
+            .condition_expression("attribute_exists(PK)")
+            .expression_attribute_names("#w", "woken")
+            .expression_attribute_values(
+                ":w",
+                s(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Relayed and forgotten meanwhile.
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error("cannot wake an outbox message", e)),
+        }
+    }
 }
 
 fn parked_pk(program: &str, order_key: &str) -> String {

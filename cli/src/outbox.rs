@@ -5,13 +5,15 @@
 //! Messages that wait as outbox items were shown to the relay once, when written; they are
 //! shown again (an update the stream reports).
 
+use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::ops::Range;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use loyalty_core::ports::{OutboxMessage, Store, StoreError};
+use loyalty_core::ports::{OutboxMessage, Store};
 use serde_json::json;
 
 use crate::stores::{runtime, StoreArgs};
@@ -75,22 +77,35 @@ pub fn run(args: OutboxArgs) -> Result<(), String> {
     })
 }
 
-async fn carried(w: &Window) -> Result<(std::sync::Arc<dyn Store>, Vec<OutboxMessage>), String> {
+/// What the window finds: the opened store, the messages waiting as outbox items, and those
+/// carried by the entries recorded in the window.
+struct Found {
+    store: Arc<dyn Store>,
+    waiting: Vec<OutboxMessage>,
+    carried: Vec<OutboxMessage>,
+}
+
+async fn found(w: &Window) -> Result<Found, String> {
     let recorded = w.recorded()?;
     let store = w.store.open().await?.store();
-    let found = store
-        .carried(recorded, w.max as usize)
+    let max = w.max as usize;
+    // Waiting first: carried messages written back later are shown by the stream anyway.
+    let waiting = store.outbox(max).await.map_err(|e| e.to_string())?;
+    let carried = store
+        .carried(recorded, max)
         .await
         .map_err(|e| e.to_string())?;
-    Ok((store, found))
+    Ok(Found {
+        store,
+        waiting,
+        carried,
+    })
 }
 
 async fn list(w: Window) -> Result<(), String> {
-    let (store, carried) = carried(&w).await?;
-    let waiting = store
-        .outbox(w.max as usize)
-        .await
-        .map_err(|e| e.to_string())?;
+    let Found {
+        waiting, carried, ..
+    } = found(&w).await?;
     if w.json {
         let doc = json!({"waiting": waiting, "carried": carried});
         return print_json(&doc);
@@ -113,52 +128,73 @@ async fn list(w: Window) -> Result<(), String> {
     Ok(())
 }
 
+/// What to do with one message.
+#[derive(Clone, Copy)]
+enum Step {
+    Wake,
+    WriteBack,
+}
+
 async fn resend(w: Window) -> Result<(), String> {
-    let (store, carried) = carried(&w).await?;
-    // Read before the carried ones are written back, which the stream shows anyway.
-    let waiting = store
-        .outbox(w.max as usize)
-        .await
-        .map_err(|e| e.to_string())?;
+    let Found {
+        store,
+        waiting,
+        carried,
+    } = found(&w).await?;
     // A carried message already written back waits, and is woken with the others.
-    let waiting_keys: std::collections::HashSet<String> =
-        waiting.iter().map(OutboxMessage::key).collect();
+    let waiting_keys: HashSet<String> = waiting.iter().map(OutboxMessage::key).collect();
     let carried: Vec<OutboxMessage> = carried
         .into_iter()
         .filter(|m| !waiting_keys.contains(&m.key()))
         .collect();
-    let total = waiting.len() + carried.len();
-    let bar = ProgressBar::new(total as u64).with_style(
+    let steps: Vec<(Step, &OutboxMessage)> = waiting
+        .iter()
+        .map(|m| (Step::Wake, m))
+        .chain(carried.iter().map(|m| (Step::WriteBack, m)))
+        .collect();
+    let bar = ProgressBar::new(steps.len() as u64).with_style(
         ProgressStyle::with_template("{bar:30} outbox: {pos}/{len} shown to the relay ({per_sec})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
-    let stopped = |e: StoreError, done: u64| {
-        format!("{e} ({done} of {total} shown to the relay; run the command again)")
-    };
-    for message in &waiting {
-        store
-            .wake(message)
-            .await
-            .map_err(|e| stopped(e, bar.position()))?;
-        bar.inc(1);
-    }
-    for message in &carried {
-        // Written under the message's own key: a second run leaves one copy.
-        store
-            .enqueue(message)
-            .await
-            .map_err(|e| stopped(e, bar.position()))?;
+    // One message that cannot be written is reported; the others still go.
+    let (mut woken, mut resent, mut failed) = (0, 0, Vec::new());
+    for (step, message) in &steps {
+        let done = match step {
+            Step::Wake => store.wake(message).await,
+            // Written under the message's own key: a second run leaves one copy.
+            Step::WriteBack => store.enqueue(message).await,
+        };
+        match (done, step) {
+            (Ok(()), Step::Wake) => woken += 1,
+            (Ok(()), Step::WriteBack) => resent += 1,
+            (Err(e), _) => {
+                eprintln!("loyalty: {}: {e}", message.key());
+                failed.push(message.key());
+            }
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
     if w.json {
-        return print_json(&json!({"woken": waiting.len(), "resent": carried.len()}));
+        print_json(&json!({"woken": woken, "resent": resent, "failed": failed}))?;
+    } else {
+        println!(
+            "outbox: woken={woken} resent={resent} failed={}",
+            failed.len()
+        );
     }
-    println!("outbox: woken={} resent={}", waiting.len(), carried.len());
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {} messages were not shown to the relay; run the command again",
+            failed.len(),
+            steps.len()
+        ))
+    }
 }
 
 fn print_json(doc: &serde_json::Value) -> Result<(), String> {

@@ -127,6 +127,9 @@ class Instance:
         env = pool.environment(self)
         env["AWS_LAMBDA_RUNTIME_API"] = f"127.0.0.1:{self.server.server_address[1]}"
         self.started = time.monotonic()
+        # Known as the pool's before it runs: its first request (the init's warm-up read) can
+        # reach the proxy before the pool's own bookkeeping after this constructor.
+        pool.started.add(self.id)
         self.process = subprocess.Popen(
             [str(pool.binary)],
             env=env,

@@ -73,9 +73,12 @@ impl Envelope {
     }
 }
 
+/// The type of a purchase event.
+pub const PURCHASE: &str = "purchase.completed";
+
 /// The event types the earn function processes.
 pub const EARN_TYPES: &[&str] = &[
-    "purchase.completed",
+    PURCHASE,
     "purchase.refunded",
     "purchase.cancelled",
     "engagement.recorded",
@@ -376,7 +379,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
     check_envelope(envelope, program)?;
     let data = &envelope.data;
     match envelope.kind.as_str() {
-        "purchase.completed" => {
+        PURCHASE => {
             let d: PurchaseData = from_data(&envelope.kind, data)?;
             IdKind::Order.check(&d.order_id)?;
             let currency = currency_of(program, &d.currency)?;

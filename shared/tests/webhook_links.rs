@@ -74,3 +74,47 @@ async fn a_redelivered_order_writes_nothing_but_its_message() {
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_identity_named_twice_is_linked_once_and_its_event_queued() {
+    // GIVEN a paid order whose delivery names the customer's email twice (as customer and as
+    // buyer, say), on a store where nothing is linked yet
+    let store = SqliteStore::memory().unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let services = Services::new(
+        Arc::new(store.clone()),
+        Arc::new(LocalQueue::new(SqliteStore::memory().unwrap(), 3)),
+        FixedClock::at(now),
+    );
+    services
+        .put_program(
+            "kr-shop",
+            include_str!("../../examples/kr-shop.toml"),
+            ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    let mut events = paid_order(now);
+    let email = events[0]
+        .identities
+        .iter()
+        .find(|i| i.starts_with("email:"))
+        .cloned()
+        .expect("the fixture's order names an email");
+    events[0].identities.push(email.clone());
+    let order = events[0].order_key.clone().unwrap();
+    // WHEN it is delivered
+    let ids = services.ingest_events("kr-shop", events).await.unwrap();
+    // THEN its event is queued, and the order and the email lead to the same member
+    assert_eq!(ids.len(), 1);
+    let member = store
+        .resolve_alias("kr-shop", "order", &order)
+        .await
+        .unwrap()
+        .expect("the order is linked");
+    let (kind, value) = email.split_once(':').unwrap();
+    assert_eq!(
+        store.resolve_alias("kr-shop", kind, value).await.unwrap(),
+        Some(member)
+    );
+}

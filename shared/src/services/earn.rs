@@ -12,7 +12,9 @@ use serde_json::json;
 
 use super::{Contention, ServiceError, Services};
 use crate::domain::{Account, Change, EventContext, Program, Source};
-use crate::envelope::{parse_earn_event, EarnEvent, Engagement, Envelope, ENVELOPE_VERSION};
+use crate::envelope::{
+    parse_earn_event, EarnEvent, Engagement, Envelope, ENVELOPE_VERSION, PURCHASE,
+};
 use crate::ports::{
     counter_shard, AssignmentWrite, Commit, CommitError, CounterAdd, EventMarker, MemberState,
     OutboxMessage, QueueName, RejectedEvent,
@@ -106,10 +108,18 @@ struct Outcome {
     counters: Vec<CounterAdd>,
 }
 
+/// What a message needs besides its envelope.
+#[derive(Clone, Copy)]
+enum Needs {
+    Program,
+    /// The program and, for a purchase, its campaigns.
+    Campaigns,
+}
+
 impl Services {
     /// Handles one earn-queue message (SQS record body or local queue delivery).
     pub async fn process_earn(&self, body: &str) -> Result<Processed, Retry> {
-        let (mut envelope, program) = match self.open(body).await? {
+        let (mut envelope, program) = match self.open(body, Needs::Campaigns).await? {
             Ok(opened) => opened,
             Err(rejected) => return Ok(rejected),
         };
@@ -285,7 +295,7 @@ impl Services {
 
     /// Handles one `tier.check`: upgrade the member if a threshold has been crossed.
     pub async fn process_tier_check(&self, body: &str) -> Result<Processed, Retry> {
-        let (envelope, program) = match self.open(body).await? {
+        let (envelope, program) = match self.open(body, Needs::Program).await? {
             Ok(opened) => opened,
             Err(rejected) => return Ok(rejected),
         };
@@ -347,7 +357,11 @@ impl Services {
 
     /// Reads a message's envelope and its program; a message that has neither is rejected
     /// (the inner `Err`), since no retry can mend it.
-    async fn open(&self, body: &str) -> Result<Result<(Envelope, Arc<Program>), Processed>, Retry> {
+    async fn open(
+        &self,
+        body: &str,
+        needs: Needs,
+    ) -> Result<Result<(Envelope, Arc<Program>), Processed>, Retry> {
         let envelope: Envelope = match serde_json::from_str(body) {
             Ok(e) => e,
             Err(e) => {
@@ -363,7 +377,14 @@ impl Services {
                     .map(Err);
             }
         };
-        match self.program(&envelope.program).await {
+        let program = match needs {
+            // A purchase earns with the campaigns running when it happened.
+            Needs::Campaigns if envelope.kind == PURCHASE => {
+                self.program_with_campaigns(&envelope.program).await
+            }
+            _ => self.program(&envelope.program).await,
+        };
+        match program {
             Ok(program) => Ok(Ok((envelope, program))),
             Err(ServiceError::NotFound { detail, .. }) => {
                 self.reject(&envelope, body, &detail).await.map(Err)

@@ -408,6 +408,22 @@ impl Services {
         Ok(list)
     }
 
+    /// The program, with its campaigns read in the same round trip when neither is cached (a
+    /// cold start, or every [`PROGRAM_CACHE_TTL`]): for the operations that need both, one
+    /// wait instead of two. Campaigns read for a program that turns out not to exist are not
+    /// kept.
+    pub(crate) async fn program_with_campaigns(
+        &self,
+        id: &str,
+    ) -> Result<Arc<Program>, ServiceError> {
+        let (program, _warmed) =
+            futures_util::future::join(self.program(id), self.campaign_list(id)).await;
+        if program.is_err() {
+            self.forget_campaigns(id);
+        }
+        program
+    }
+
     /// Forgets a program's cached campaigns (after one is saved here).
     pub(crate) fn forget_campaigns(&self, program: &str) {
         if let Ok(mut cache) = self.campaigns.lock() {

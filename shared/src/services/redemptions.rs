@@ -314,10 +314,23 @@ impl Services {
                     "an Idempotency-Key header is required",
                 )
             })?;
-        let program = self.program(program_id).await?;
-        let (request, value): (RedeemRequest, Value) = parse(body, "invalid-redemption")?;
-        let hash = digest(&value);
-        if let Some(answer) = self.replay(&program.id, principal, key, &hash).await? {
+        let parsed: Result<(RedeemRequest, Value), _> = parse(body, "invalid-redemption");
+        let hash = parsed.as_ref().map(|(_, value)| digest(value)).ok();
+        // The program, its campaigns (for redemption goals) and an earlier answer to this key
+        // are read together: one wait instead of three on a cold start.
+        let (program, earlier) =
+            futures_util::future::join(self.program_with_campaigns(program_id), async {
+                match &hash {
+                    Some(hash) => self.replay(program_id, principal, key, hash).await,
+                    None => Ok(None),
+                }
+            })
+            .await;
+        let program = program?;
+        let (request, _) = parsed?;
+        // Some whenever the body parsed.
+        let hash = hash.unwrap_or_default();
+        if let Some(answer) = earlier? {
             return Ok(answer);
         }
         let request_id = RequestId {

@@ -6,6 +6,8 @@ use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use futures_util::future::try_join_all;
+
 use super::{ServiceError, Services};
 use crate::envelope::{parse_earn_event, Envelope, ENVELOPE_VERSION};
 use crate::ports::{OutboxMessage, QueueName, ORDER_LINK};
@@ -178,9 +180,19 @@ impl Services {
                 _ => {
                     self.remember_identities(program, &event, &envelope.member)
                         .await?;
-                    self.send(&envelope).await?;
+                    // The order's parked events are looked for while the event is sent (its
+                    // link is written, so a later park finds it), and released after it.
+                    let parked = async {
+                        match &event.order_key {
+                            Some(order) => self.store.parked(program, order).await,
+                            None => Ok(Vec::new()),
+                        }
+                    };
+                    let (sent, parked) =
+                        futures_util::future::join(self.send(&envelope), parked).await;
+                    sent?;
                     if let Some(order) = &event.order_key {
-                        self.release_parked(program, order, &envelope.member)
+                        self.release(program, order, &envelope.member, parked?)
                             .await?;
                     }
                 }
@@ -282,7 +294,18 @@ impl Services {
         order: &str,
         member: &str,
     ) -> Result<(), ServiceError> {
-        for (event_id, body) in self.store.parked(program, order).await? {
+        let parked = self.store.parked(program, order).await?;
+        self.release(program, order, member, parked).await
+    }
+
+    async fn release(
+        &self,
+        program: &str,
+        order: &str,
+        member: &str,
+        parked: Vec<(String, String)>,
+    ) -> Result<(), ServiceError> {
+        for (event_id, body) in parked {
             let mut envelope: Envelope = serde_json::from_str(&body).map_err(|e| {
                 ServiceError::Internal(format!("parked event for {order} is corrupt: {e}"))
             })?;
@@ -334,31 +357,48 @@ impl Services {
         event: &PlatformEvent,
         member: &str,
     ) -> Result<(), ServiceError> {
+        let mut links: Vec<(&str, &str)> = Vec::with_capacity(1 + event.identities.len());
         if let Some(key) = &event.order_key {
-            let linked = self.store.linked_alias(program, ORDER_LINK, key).await?;
-            if linked.as_deref() != Some(member) {
-                self.store
-                    .put_alias(program, ORDER_LINK, key, member)
-                    .await?;
-            }
+            links.push((ORDER_LINK, key));
         }
         for identity in &event.identities {
             // The identity that named the member was resolved or linked a moment ago.
             if matches!(&event.member, MemberRef::Identity(named) if named == identity) {
                 continue;
             }
-            if let Some((kind, value)) = identity.split_once(':') {
-                let linked = self.store.linked_alias(program, kind, value).await?;
-                if linked.as_deref() == Some(member) {
-                    continue;
-                }
-                if !self.store.put_alias(program, kind, value, member).await? {
-                    tracing::info!(
-                        program,
-                        kind,
-                        "identity already linked to another member; left as it is"
-                    );
-                }
+            // Named twice, an identity would race its own link.
+            match identity.split_once(':') {
+                Some(link) if !links.contains(&link) => links.push(link),
+                _ => {}
+            }
+        }
+        // Read together, then the missing ones written together: two waits at most, however
+        // many links the event names.
+        let linked = try_join_all(
+            links
+                .iter()
+                .map(|(kind, value)| self.store.linked_alias(program, kind, value)),
+        )
+        .await?;
+        let missing: Vec<(&str, &str)> = links
+            .into_iter()
+            .zip(linked)
+            .filter(|(_, linked)| linked.as_deref() != Some(member))
+            .map(|(link, _)| link)
+            .collect();
+        let written = try_join_all(
+            missing
+                .iter()
+                .map(|(kind, value)| self.store.put_alias(program, kind, value, member)),
+        )
+        .await?;
+        for ((kind, _), written) in missing.iter().zip(written) {
+            if !written && *kind != ORDER_LINK {
+                tracing::info!(
+                    program,
+                    kind,
+                    "identity already linked to another member; left as it is"
+                );
             }
         }
         Ok(())

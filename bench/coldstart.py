@@ -433,6 +433,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", type=Path, default=ROOT / "target" / "bench" / "coldstart.json")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/bench-coldstart"))
     p.add_argument("--tls-host", default="127.0.0.1", help="host of the HTTPS endpoint (the certificate names localhost and 127.0.0.1)")
+    p.add_argument("--latency-ms", type=int, default=0,
+                   help="hold every AWS request this long before it reaches moto (a network and service round trip: "
+                        "moto answers in its own time, one request after another, where DynamoDB answers in parallel)")
     p.add_argument("--only", default="", help="comma-separated functions/probes to run (default: all)")
     p.add_argument("--modes", default="plain,tls,tls-ca-only",
                    help="plain: HTTP; tls: HTTPS, Rust and Python trusting the system bundle plus the local CA; "
@@ -451,7 +454,8 @@ def main(argv: list[str]) -> int:
     stack_module.FaultProxy = units.FaultProxy
     stack = stack_module.Stack(stack_module.Options(
         root=ROOT, bin_dir=args.bin_dir, api_port=0, schedules_every=0, visibility_timeout=30,
-        concurrency=1, pollers=1, jwt_secret=units.JWT_SECRET, work_dir=args.work_dir))
+        concurrency=1, pollers=1, jwt_secret=units.JWT_SECRET, work_dir=args.work_dir,
+        faults=f"*.*:delay=1@{args.latency_ms}" if args.latency_ms else ""))
     stack.start()
     results: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "samples": args.samples, "modes": {}}
     try:

@@ -66,6 +66,13 @@ impl From<WebhookError> for ServiceError {
     }
 }
 
+/// A link an event names, and the member it leads to when it was read.
+struct Link {
+    kind: String,
+    value: String,
+    linked: Option<String>,
+}
+
 impl Services {
     /// Handles one delivery to `POST /webhooks/{platform}/{program}`.
     pub async fn ingest_webhook(
@@ -167,18 +174,23 @@ impl Services {
     ) -> Result<Vec<String>, ServiceError> {
         let mut ready = Vec::with_capacity(events.len());
         for event in events {
-            let member = self.member_of(program, &event).await?;
+            // Who the event is for, and where its links lead now: read together.
+            let (member, links) = futures_util::future::try_join(
+                self.member_of(program, &event),
+                self.links_of(program, &event),
+            )
+            .await?;
             let envelope = self
                 .envelope(program, &event, member.as_deref().unwrap_or(UNKNOWN_MEMBER))
                 .await?;
-            ready.push((event, envelope, member.is_some()));
+            ready.push((event, envelope, member.is_some(), links));
         }
         let mut ids = Vec::with_capacity(ready.len());
-        for (event, envelope, known) in ready {
+        for (event, envelope, known, links) in ready {
             match (&event.member, known) {
                 (MemberRef::Order(order), false) => self.park(program, order, &envelope).await?,
                 _ => {
-                    self.remember_identities(program, &event, &envelope.member)
+                    self.remember_links(program, links, &envelope.member)
                         .await?;
                     // The order's parked events are looked for while the event is sent (its
                     // link is written, so a later park finds it), and released after it.
@@ -346,23 +358,23 @@ impl Services {
         Ok(envelope)
     }
 
-    /// Records the order's member (for refunds without a customer) and links identities. A link
-    /// that is already there is only read, never written again: a read costs less than a write
-    /// (an identity's link is a two-item transaction), a returning customer's identities are
-    /// linked since the first order, and a platform delivers an order's webhooks more than once
-    /// (retries, one per topic).
-    async fn remember_identities(
+    /// The links an event asks to be remembered: its order's member (for refunds without a
+    /// customer) and its identities, but not the one that names the member (resolved or linked
+    /// by [`Self::member_of`]). Each comes with the member it leads to now, read eventually
+    /// consistent and all together: a stale miss only writes the link again, under its own
+    /// condition.
+    async fn links_of(
         &self,
         program: &str,
         event: &PlatformEvent,
-        member: &str,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Vec<Link>, ServiceError> {
         let mut links: Vec<(&str, &str)> = Vec::with_capacity(1 + event.identities.len());
         if let Some(key) = &event.order_key {
-            links.push((ORDER_LINK, key));
+            if !matches!(&event.member, MemberRef::Order(named) if named == key) {
+                links.push((ORDER_LINK, key));
+            }
         }
         for identity in &event.identities {
-            // The identity that named the member was resolved or linked a moment ago.
             if matches!(&event.member, MemberRef::Identity(named) if named == identity) {
                 continue;
             }
@@ -372,28 +384,45 @@ impl Services {
                 _ => {}
             }
         }
-        // Read together, then the missing ones written together: two waits at most, however
-        // many links the event names.
         let linked = try_join_all(
             links
                 .iter()
                 .map(|(kind, value)| self.store.linked_alias(program, kind, value)),
         )
         .await?;
-        let missing: Vec<(&str, &str)> = links
+        Ok(links
             .into_iter()
             .zip(linked)
-            .filter(|(_, linked)| linked.as_deref() != Some(member))
-            .map(|(link, _)| link)
+            .map(|((kind, value), linked)| Link {
+                kind: kind.to_string(),
+                value: value.to_string(),
+                linked,
+            })
+            .collect())
+    }
+
+    /// Writes the links that do not lead to `member` yet, all together. A link that is already
+    /// there is only read, never written again: a read costs less than a write (an identity's
+    /// link is a two-item transaction), a returning customer's identities are linked since the
+    /// first order, and a platform delivers an order's webhooks more than once (retries, one
+    /// per topic).
+    async fn remember_links(
+        &self,
+        program: &str,
+        links: Vec<Link>,
+        member: &str,
+    ) -> Result<(), ServiceError> {
+        let missing: Vec<Link> = links
+            .into_iter()
+            .filter(|link| link.linked.as_deref() != Some(member))
             .collect();
-        let written = try_join_all(
-            missing
-                .iter()
-                .map(|(kind, value)| self.store.put_alias(program, kind, value, member)),
-        )
+        let written = try_join_all(missing.iter().map(|link| {
+            self.store
+                .put_alias(program, &link.kind, &link.value, member)
+        }))
         .await?;
-        for ((kind, _), written) in missing.iter().zip(written) {
-            if !written && *kind != ORDER_LINK {
+        for (Link { kind, .. }, written) in missing.iter().zip(written) {
+            if !written && kind != ORDER_LINK {
                 tracing::info!(
                     program,
                     kind,

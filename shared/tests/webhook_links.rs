@@ -21,14 +21,8 @@ fn paid_order(now: chrono::DateTime<Utc>) -> Vec<PlatformEvent> {
     }
 }
 
-#[tokio::test]
-async fn a_redelivered_order_writes_nothing_but_its_message() {
-    // GIVEN a store on a file (so that reads do not go through the writer) and a queue of
-    // its own, and a paid order with a customer and an email, delivered once
-    let dir = std::env::temp_dir().join(format!("links-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = SqliteStore::open(&dir.join("loyalty.sqlite")).unwrap();
-    let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+/// Services on `store` with kr-shop saved, and a queue of their own.
+async fn kr_shop_on(store: &SqliteStore, now: chrono::DateTime<Utc>) -> Services {
     let queue = LocalQueue::new(SqliteStore::memory().unwrap(), 3);
     let services = Services::new(
         Arc::new(store.clone()),
@@ -43,6 +37,18 @@ async fn a_redelivered_order_writes_nothing_but_its_message() {
         )
         .await
         .unwrap();
+    services
+}
+
+#[tokio::test]
+async fn a_redelivered_order_writes_nothing_but_its_message() {
+    // GIVEN a store on a file (so that reads do not go through the writer) and a queue of
+    // its own, and a paid order with a customer and an email, delivered once
+    let dir = std::env::temp_dir().join(format!("links-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = SqliteStore::open(&dir.join("loyalty.sqlite")).unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let services = kr_shop_on(&store, now).await;
     let events = paid_order(now);
     let order = events[0]
         .order_key
@@ -81,19 +87,7 @@ async fn an_identity_named_twice_is_linked_once_and_its_event_queued() {
     // buyer, say), on a store where nothing is linked yet
     let store = SqliteStore::memory().unwrap();
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
-    let services = Services::new(
-        Arc::new(store.clone()),
-        Arc::new(LocalQueue::new(SqliteStore::memory().unwrap(), 3)),
-        FixedClock::at(now),
-    );
-    services
-        .put_program(
-            "kr-shop",
-            include_str!("../../examples/kr-shop.toml"),
-            ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
+    let services = kr_shop_on(&store, now).await;
     let mut events = paid_order(now);
     let email = events[0]
         .identities

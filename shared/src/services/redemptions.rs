@@ -314,22 +314,20 @@ impl Services {
                     "an Idempotency-Key header is required",
                 )
             })?;
-        let parsed: Result<(RedeemRequest, Value), _> = parse(body, "invalid-redemption");
-        let hash = parsed.as_ref().map(|(_, value)| digest(value)).ok();
+        let parsed = parse::<RedeemRequest>(body, "invalid-redemption")
+            .map(|(request, value): (_, Value)| (request, digest(&value)));
         // The program, its campaigns (for redemption goals) and an earlier answer to this key
         // are read together: one wait instead of three on a cold start.
         let (program, earlier) =
             futures_util::future::join(self.program_with_campaigns(program_id), async {
-                match &hash {
-                    Some(hash) => self.replay(program_id, principal, key, hash).await,
-                    None => Ok(None),
+                match &parsed {
+                    Ok((_, hash)) => self.replay(program_id, principal, key, hash).await,
+                    Err(_) => Ok(None),
                 }
             })
             .await;
         let program = program?;
-        let (request, _) = parsed?;
-        // Some whenever the body parsed.
-        let hash = hash.unwrap_or_default();
+        let (request, hash) = parsed?;
         if let Some(answer) = earlier? {
             return Ok(answer);
         }

@@ -17,7 +17,10 @@ with --loyalty) on a fresh SQLite file with kr-shop and no scheduled jobs. Then:
 With wrk installed, step 2 is also run with wrk (bench/wrk/me.lua): paced at about RATE/s, and
 closed-loop at full speed (the most GET /me the server answers).
 
-The load generators are bench/node/load.mjs (Node.js; open-loop fixed-rate GET client).
+The load generators: GET /me by bench/getter (Rust; `--getter node` for bench/node/load.mjs, which
+fires on the same schedule and writes the same CSV but took 0.14-0.17 of a core at 500/s, against
+0.04-0.05 for the Rust one, on the two cores the server uses too; its event loop also added to
+the latencies it measured: idle p99 3.3-4.1 ms through Node, 1.5-2.6 ms through the Rust one).
 With wrk installed, step 3 posts with wrk (bench/wrk/events.lua) for --seconds instead of
 --events with Node.js (--poster node to choose Node): C costs the shared cores less.
 Usage: .venv/bin/python bench/serve_load.py [--events 20000] [--seconds 10] [--members 2000] [--rate 500]
@@ -48,6 +51,18 @@ AMOUNT = 20000  # KRW: 200 points each, pending for the return window
 POINTS = AMOUNT // 100
 NODE = shutil.which("node") or "node"
 LOAD = str(ROOT / "bench" / "node" / "load.mjs")
+GETTER = ROOT / "target" / "bench-getter" / "release" / "getter"
+
+
+def getter_command(kind: str, base: str, tokens: Path, rate: int, seconds: int, csv: Path) -> list[str]:
+    """The open-loop GET /me client: bench/getter (Rust, built on first use) or Node.js. Both
+    fire on the same schedule and write the same CSV; the Rust one costs the shared cores less."""
+    if kind == "node":
+        return [NODE, LOAD, "get", base, str(tokens), str(rate), str(seconds), str(csv)]
+    if not GETTER.exists():
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT / "bench" / "getter", check=True,
+                       env={**os.environ, "CARGO_TARGET_DIR": str(ROOT / "target" / "bench-getter")})
+    return [str(GETTER), base, str(tokens), str(rate), str(seconds), str(csv)]
 
 
 def token(sub: str, admin: bool = False) -> str:
@@ -130,6 +145,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--loyalty", type=Path)
     p.add_argument("--poster", choices=("node", "wrk"), default="wrk" if shutil.which("wrk") else "node",
                    help="what posts the events (default: wrk when installed)")
+    p.add_argument("--getter", choices=("rust", "node"), default="rust",
+                   help="the open-loop GET /me client: bench/getter (Rust, built on first use) or bench/node/load.mjs")
     p.add_argument("--seconds", type=int, default=10, help="how long wrk posts events (--events is node's count)")
     p.add_argument("--post-delay-ms", type=int, default=0,
                    help="wrk: each connection waits this long before each POST (a paced load of at most "
@@ -146,7 +163,7 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "LOYALTY_JWT_SECRET": SECRET}
     server = subprocess.Popen([str(loyalty), "serve", "--addr", "127.0.0.1:0", "--jobs-every", "0", *store],
                               env=env, stdout=subprocess.PIPE, stderr=open(work / "serve.log", "w"), text=True)
-    results: dict = {"binary": str(loyalty), "poster": args.poster, "store": "memory" if args.memory else "sqlite file", "events": args.events,
+    results: dict = {"binary": str(loyalty), "poster": args.poster, "getter": args.getter, "store": "memory" if args.memory else "sqlite file", "events": args.events,
                      "members": args.members, "rate": args.rate, "concurrency": args.concurrency,
                      "post_delay_ms": args.post_delay_ms,
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -169,7 +186,7 @@ def main(argv: list[str]) -> int:
 
         # 2. idle GET /me
         csv = work / "idle.csv"
-        subprocess.run([NODE, LOAD, "get", base, str(tokens), str(args.rate), str(args.idle), str(csv)], check=True)
+        subprocess.run(getter_command(args.getter, base, tokens, args.rate, args.idle, csv), check=True)
         results["idle"] = latencies(csv)
         print(f"idle GET /me at {args.rate}/s: {results['idle']}", flush=True)
 
@@ -190,7 +207,7 @@ def main(argv: list[str]) -> int:
         for phase, with_reads in (("throughput", False), ("throughput with GET /me", True)):
             if with_reads:
                 csv = work / "busy.csv"
-                getter = subprocess.Popen([NODE, LOAD, "get", base, str(tokens), str(args.rate), "3600", str(csv)])
+                getter = subprocess.Popen(getter_command(args.getter, base, tokens, args.rate, 3600, csv))
                 time.sleep(2.0)
             before = pending(base, admin)
             started_wall = time.time() * 1000

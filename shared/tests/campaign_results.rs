@@ -277,6 +277,50 @@ async fn the_tick_pays_exactly_todays_birthdays_once_reading_only_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_that_missed_a_week_pays_each_missed_birthday_once() {
+    // GIVEN a tick completed on 22 November, and one member whose birthday is on each of the
+    // seven days after it (and one more on the eighth)
+    let first = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(first).await;
+    let days: Vec<String> = (23..=30).map(|day| format!("11-{day}")).collect();
+    let birthdays: Vec<(String, Option<&str>)> = days
+        .iter()
+        .map(|day| (format!("born-{day}"), Some(day.as_str())))
+        .collect();
+    s.seed(
+        &birthdays,
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+    )
+    .await;
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(s.drain().await, Vec::<String>::new());
+    // WHEN the next tick runs a week later (29 November in Seoul), then again
+    s.clock
+        .set(Utc.with_ymd_and_hms(2026, 11, 29, 1, 0, 0).unwrap());
+    let report = s
+        .services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    s.drain().await;
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    s.drain().await;
+    // THEN the first caught up 22 to 29 November and paid the seven birthdays in it, once
+    // each, and not the one still to come
+    assert_eq!(report.members, 7, "{report:?}");
+    for (member, _) in &birthdays {
+        let expected = if member == "born-11-30" { 0 } else { 2_000 };
+        assert_eq!(s.balance(member).await, expected, "{member}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anniversaries_are_paid_from_the_first_full_year_once() {
     // GIVEN a program that pays 500 points on the joining anniversary, and members who joined
     // on 22 November 2025, on 21 November 2025, and today

@@ -571,22 +571,36 @@ impl Services {
         due: DueJob,
         date: NaiveDate,
     ) -> Result<Vec<String>, ServiceError> {
+        // The shards are independent: they are read together, each page after page, and
+        // their members listed in shard order.
+        let shards = futures_util::future::try_join_all(
+            (0..self.store.due_shards()).map(|shard| self.shard_due_on(program, due, date, shard)),
+        )
+        .await?;
+        Ok(shards.into_iter().flatten().collect())
+    }
+
+    /// Every member of one shard of the due-date index whose `due` date is `date`.
+    async fn shard_due_on(
+        &self,
+        program: &str,
+        due: DueJob,
+        date: NaiveDate,
+        shard: u32,
+    ) -> Result<Vec<String>, ServiceError> {
         let mut members = Vec::new();
-        for shard in 0..self.store.due_shards() {
-            let mut cursor: Option<String> = None;
-            loop {
-                let page = self
-                    .store
-                    .due_members(program, due, date, shard, cursor.as_deref(), PAGE)
-                    .await?;
-                members.extend(page.members);
-                match page.next_cursor {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .due_members(program, due, date, shard, cursor.as_deref(), PAGE)
+                .await?;
+            members.extend(page.members);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(members),
             }
         }
-        Ok(members)
     }
 
     /// Applies one job to one member: load, decide, send notices, commit with the version.

@@ -6,7 +6,13 @@
 //! strings, or one token per line). Writes "due_ms,latency_ms,status" lines to OUT_CSV (due_ms
 //! is wall-clock milliseconds since the epoch), after SECONDS or on SIGTERM once the requests
 //! in flight have answered. Status 0 is a request that failed without an answer.
+//!
+//! The schedule is kept by a thread of its own with the OS's sleep (tens of microseconds late at
+//! most when a core is free), not by the runtime's timer, whose millisecond ticks would add up to
+//! a millisecond of the client's own lateness to every latency counted from the due time.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http_body_util::{BodyExt, Empty};
@@ -54,49 +60,39 @@ async fn run(base: &str, tokens_file: &str, rate: &str, seconds: &str, out: &str
         .as_secs_f64()
         * 1000.0;
     let end = start + Duration::from_secs_f64(seconds);
-    let mut fired: u64 = 0;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut due_now = pace(start, period, end, Arc::clone(&stop));
     loop {
-        let due = start + period.mul_f64(fired as f64);
-        if due >= end {
-            break;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(due.into()) => {}
+        let k = tokio::select! {
+            k = due_now.recv() => match k {
+                Some(k) => k,
+                None => break,
+            },
             _ = term.recv() => break,
-        }
-        // Everything due by now goes out, however late the timer woke.
-        let now = Instant::now();
-        while start + period.mul_f64(fired as f64) <= now {
-            let k = fired;
-            let due = start + period.mul_f64(k as f64);
-            let request = hyper::Request::get(&uri)
-                .header(
-                    "authorization",
-                    format!("Bearer {}", tokens[k as usize % tokens.len()]),
-                )
-                .body(Empty::<Bytes>::new())
-                .expect("a request");
-            let (client, done) = (client.clone(), done.clone());
-            tokio::spawn(async move {
-                let status = match client.request(request).await {
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        match response.into_body().collect().await {
-                            Ok(_) => status,
-                            Err(_) => 0,
-                        }
+        };
+        let due = start + period.mul_f64(k as f64);
+        let token = &tokens[k as usize % tokens.len()];
+        let request = hyper::Request::get(&uri)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Empty::<Bytes>::new())
+            .expect("a request");
+        let (client, done) = (client.clone(), done.clone());
+        tokio::spawn(async move {
+            let status = match client.request(request).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    match response.into_body().collect().await {
+                        Ok(_) => status,
+                        Err(_) => 0,
                     }
-                    Err(_) => 0,
-                };
-                let _ = done.send(Sample {
-                    k,
-                    latency: due.elapsed(),
-                    status,
-                });
-            });
-            fired += 1;
-        }
+                }
+                Err(_) => 0,
+            };
+            let latency = due.elapsed();
+            let _ = done.send(Sample { k, latency, status });
+        });
     }
+    stop.store(true, Ordering::Relaxed);
     drop(done);
     let mut lines = String::new();
     let ms = period.as_secs_f64() * 1000.0;
@@ -109,6 +105,35 @@ async fn run(base: &str, tokens_file: &str, rate: &str, seconds: &str, out: &str
         ));
     }
     std::fs::write(out, lines).expect("the output file is writable");
+}
+
+/// Sends each request's number when it is due (all those overdue at once, however late the
+/// thread woke), until `end` or `stop`.
+fn pace(
+    start: Instant,
+    period: Duration,
+    end: Instant,
+    stop: Arc<AtomicBool>,
+) -> mpsc::UnboundedReceiver<u64> {
+    let (due_now, receiver) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let mut k: u64 = 0;
+        loop {
+            let due = start + period.mul_f64(k as f64);
+            if due >= end || stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if due_now.send(k).is_err() {
+                return;
+            }
+            k += 1;
+        }
+    });
+    receiver
 }
 
 fn read_tokens(path: &str) -> Vec<String> {

@@ -619,6 +619,16 @@ def scenario(args, work_dir: Path) -> dict:
         run("GET /me", lambda: me.setdefault("answer", d.http("GET", f"/v1/programs/{PROGRAM}/me", None, {"Authorization": f"Bearer {d.member_token(member)}"})))
         print("redemption:", redeem_status["answer"][0], "GET /me:", me["answer"][0], json.dumps(me["answer"][1])[:300], flush=True)
 
+        # A frequent buyer: eight purchases in the last days, all still pending (kr-shop keeps
+        # points pending 7 days), so the account carries eight pending purchases; then a ninth.
+        # Order ids as long as Shopify's (13 digits).
+        f, order = base + 50, 6_100_000_000_000
+        for i in range(8):
+            d.shopify("orders/paid", shopify_order(f, order + 7919 * i, now - timedelta(hours=40 - 4 * i), [(50 + i, 1, 39000 + 1000 * i)]))
+        d.quiet()
+        run("purchase of a frequent buyer (8 purchases pending)",
+            lambda: d.shopify("orders/paid", shopify_order(f, order + 7919 * 9, now - timedelta(minutes=7), [(60, 2, 41000)])))
+
         # Ten purchases of ten known members, delivered to earn as one batch of 10: the earn
         # source is paused while webhook-ingest queues them.
         members10 = [base + 100 + i for i in range(10)]
@@ -709,7 +719,8 @@ def report(results: dict) -> None:
         for function, f in sorted(s["by_function"].items()):
             calls = ", ".join(f"{k.split('.', 1)[1]} {v:g}" for k, v in sorted(f.items()) if "." in k)
             print(f"| {label} | {function} | {calls} | {f.get('rcu', 0):g} | {f.get('wcu', 0):g} ({f.get('wcu index', 0):g}) |")
-    for label in ("purchase of a known member", "redemption (coupon-5000)", "duplicate delivery of that purchase"):
+    for label in ("purchase of a known member", "purchase of a frequent buyer (8 purchases pending)",
+                  "redemption (coupon-5000)", "duplicate delivery of that purchase"):
         if label not in results:
             continue
         print(f"\nItems written by '{label}': function, call, item (sort key kind), size in bytes, WCU (+ index WCU)")

@@ -109,7 +109,9 @@ _original_handler = DynamoHandler.transact_write_items
 
 def handle_transact_write_items(self):
     token = self.body.get("ClientRequestToken")
-    digest = hashlib.sha256(json.dumps(self.body.get("TransactItems"), sort_keys=True).encode()).hexdigest()
+    # Binary attributes arrive decoded (bytes); they are digested as their hex.
+    items = json.dumps(self.body.get("TransactItems"), sort_keys=True, default=lambda b: b.hex())
+    digest = hashlib.sha256(items.encode()).hexdigest()
     now = time.monotonic()
     for old in [t for t, (_, at) in _tokens.items() if now - at > TOKEN_WINDOW]:
         del _tokens[old]

@@ -10,7 +10,7 @@ use chrono::{SecondsFormat, Utc};
 use loyalty_core::ports::SystemClock;
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
-use loyalty_core::store::dynamodb::DynamoStore;
+use loyalty_core::store::dynamodb::{body_json, DynamoStore};
 use serde_json::{json, Value};
 
 const KR_SHOP: &str = include_str!("../../../examples/kr-shop.toml");
@@ -112,7 +112,7 @@ async fn the_audit_reads_a_table_in_parallel_segments_and_names_a_corrupted_acco
         .item
         .expect("the account");
     let mut body: Value =
-        serde_json::from_str(item["body"].as_s().expect("body")).expect("json body");
+        serde_json::from_str(&body_json(&item, "account").expect("body")).expect("json body");
     body["balance"] = json!(body["balance"].as_i64().expect("balance") - 40);
     let mut changed = item.clone();
     changed.insert("body".into(), AttributeValue::S(body.to_string()));

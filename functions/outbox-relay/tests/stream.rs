@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use aws_lambda_events::event::dynamodb::Event;
 use aws_sdk_dynamodb::types::AttributeValue;
+use base64::Engine;
 use chrono::{Duration, Utc};
 use loyalty_core::ports::QueueName;
 use loyalty_core::services::Services;
@@ -18,6 +19,7 @@ fn attribute(value: &AttributeValue) -> Value {
     match value {
         AttributeValue::S(s) => json!({ "S": s }),
         AttributeValue::N(n) => json!({ "N": n }),
+        AttributeValue::B(b) => json!({ "B": base64::engine::general_purpose::STANDARD.encode(b) }),
         AttributeValue::Bool(b) => json!({ "BOOL": b }),
         AttributeValue::Null(_) => json!({ "NULL": true }),
         AttributeValue::L(l) => json!({ "L": l.iter().map(attribute).collect::<Vec<_>>() }),

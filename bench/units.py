@@ -7,7 +7,8 @@ counting proxy: every DynamoDB, SQS and SSM request of every function is parsed 
 DynamoDB on-demand and SQS bill it. Then drives, one at a time and each until the whole chain
 is quiet (webhook-ingest -> earn -> outbox-relay -> tier-recalc ...):
 
-  first purchase of a new member, purchase of a known member, duplicate delivery, refund,
+  first purchase of a new member, purchase of a known member, a frequent buyer's purchase
+  (eight others still pending), duplicate delivery, refund,
   admin adjustment, redemption, GET /me, release of matured pending points (tier-recalc job),
   and ten purchases delivered to earn as one batch of 10.
 

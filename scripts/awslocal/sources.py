@@ -3,6 +3,7 @@ EventBridge schedules."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -227,7 +228,7 @@ class StreamEventSource:
         created = change.get("ApproximateCreationDateTime")
         if not isinstance(created, (int, float)):
             change["ApproximateCreationDateTime"] = created.timestamp() if hasattr(created, "timestamp") else time.time()
-        record["dynamodb"] = change
+        record["dynamodb"] = _base64_binaries(change)
         record["eventSourceARN"] = self.arn
         return record
 
@@ -261,6 +262,18 @@ class StreamEventSource:
         if first not in sequences:
             return records, False
         return records[sequences.index(first):], False
+
+
+def _base64_binaries(value):
+    """A stream record's images with binary attributes as Lambda delivers them: base64 text
+    (boto3 hands them over decoded)."""
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {k: _base64_binaries(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_base64_binaries(v) for v in value]
+    return value
 
 
 def _matches(pattern, value) -> bool:

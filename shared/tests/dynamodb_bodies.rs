@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
 use loyalty_core::domain::calendar::YearMonth;
 use loyalty_core::domain::{
-    Account, DueDates, EntryKind, EventContext, LedgerEntry, OrderRecord, PendingGrant, Program,
+    Account, Change, EntryKind, EventContext, LedgerEntry, OrderRecord, PendingGrant, Program,
     Source,
 };
 use loyalty_core::ports::{Commit, MemberStore};
@@ -101,31 +101,34 @@ fn purchase_entry(id: &str, balance_after: i64) -> LedgerEntry {
     }
 }
 
-fn commit(account: Account, expected: Option<u64>, entry_id: &str) -> Commit {
+/// A purchase's commit over `before`: the account, its entry (with what it sends), its order
+/// record and the day's books, as earn writes them.
+fn commit(account: Account, before: Option<&Account>, entry_id: &str) -> Commit {
+    let program = program();
+    let member = account.member.clone();
+    let change = Change {
+        entries: vec![purchase_entry(entry_id, account.balance)],
+        account,
+        no_op: None,
+        referrer: None,
+    };
+    let mut commit = Commit::new(&program, &member, before, change, Utc::now());
     let order = OrderRecord {
         order_id: format!("shopify#{entry_id}"),
         ..OrderRecord::default()
     };
-    Commit {
-        program: account.program.clone(),
-        member: account.member.clone(),
-        expected_version: expected,
-        entries: vec![purchase_entry(entry_id, account.balance)],
-        account,
-        marker: None,
-        marker_order: None,
-        orders: BTreeMap::from([(format!("shopify#{entry_id}"), order)]),
-        redemption: None,
-        copied_redemptions: Vec::new(),
-        coupon: None,
-        revoke_coupon: None,
-        idempotency: None,
-        assignments: Vec::new(),
-        counters: Vec::new(),
-        outbox: Vec::new(),
-        due: DueDates::default(),
-        books: Default::default(),
-    }
+    commit.orders = BTreeMap::from([(format!("shopify#{entry_id}"), order)]);
+    commit
+}
+
+async fn put_raw(item: HashMap<String, AttributeValue>) {
+    client()
+        .put_item()
+        .table_name(TABLE)
+        .set_item(Some(item))
+        .send()
+        .await
+        .expect("put");
 }
 
 /// An item's size as DynamoDB bills it: attribute names plus values (strings and binaries by
@@ -221,13 +224,7 @@ async fn an_account_written_as_a_json_string_is_read_and_deflated_by_its_next_co
     account.version = 1;
     let plain = serde_json::to_string(&account).expect("json");
     item.insert("body".into(), AttributeValue::S(plain));
-    client()
-        .put_item()
-        .table_name(TABLE)
-        .set_item(Some(item))
-        .send()
-        .await
-        .expect("put");
+    put_raw(item).await;
 
     // WHEN it is read, and a second purchase commits over it
     let read = store
@@ -236,9 +233,10 @@ async fn an_account_written_as_a_json_string_is_read_and_deflated_by_its_next_co
         .expect("load")
         .account;
     assert_eq!(read.as_ref(), Some(&account));
+    let before = account.clone();
     account.purchases += 1;
     store
-        .commit(commit(account.clone(), Some(1), "e-2"))
+        .commit(commit(account.clone(), Some(&before), "e-2"))
         .await
         .expect("second commit");
 
@@ -271,13 +269,7 @@ async fn a_binary_body_that_does_not_inflate_is_reported_corrupt_not_read() {
         "body".into(),
         AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(vec![0xff; 64])),
     );
-    client()
-        .put_item()
-        .table_name(TABLE)
-        .set_item(Some(item))
-        .send()
-        .await
-        .expect("put");
+    put_raw(item).await;
 
     // WHEN the member is loaded
     let outcome = store.load_member(&program.id, &m, &[]).await;

@@ -555,7 +555,7 @@ mod on_dynamodb {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
-    use aws_sdk_dynamodb::config::{BehaviorVersion, ConfigBag, Credentials, Intercept, Region};
+    use aws_sdk_dynamodb::config::{ConfigBag, Intercept};
     use aws_sdk_dynamodb::error::BoxError;
     use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
     use loyalty_core::domain::DueJob;
@@ -637,15 +637,8 @@ mod on_dynamodb {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_review_run_costs_what_is_due_not_what_exists_on_dynamodb() {
         // GIVEN a table on moto with 5,000 SILVER members, 100 of them due on 2027-03-10
-        let endpoint = std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
-            panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run the tests with scripts/test, which starts moto")
-        });
         let requests = Requests::default();
-        let config = aws_sdk_dynamodb::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(endpoint)
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "jobs"))
+        let config = crate::common::moto_dynamodb("jobs")
             .interceptor(requests.clone())
             .build();
         let table = format!("loyalty-jobs-{}", uuid::Uuid::new_v4().simple());

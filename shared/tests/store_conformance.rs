@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod common;
+
 use chrono::{TimeZone, Utc};
 use loyalty_core::domain::{
     Account, DueDates, DueJob, EntryKind, EventContext, LedgerEntry, OrderRecord, Program, Source,
@@ -1544,16 +1546,7 @@ async fn a_sqlite_file_from_before_accounts_recorded_due_dates_is_indexed_whole_
 
 #[cfg(feature = "aws")]
 async fn dynamo() -> Arc<dyn Store> {
-    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-    let endpoint = std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
-        panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run the tests with scripts/test, which starts moto")
-    });
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "conformance"))
-        .build();
+    let config = common::moto_dynamodb("conformance").build();
     let store = loyalty_core::store::dynamodb::DynamoStore::new(
         aws_sdk_dynamodb::Client::from_conf(config),
         "loyalty-conformance",

@@ -171,3 +171,18 @@ pub async fn kr_shop_services(
         .expect("kr-shop loads");
     (queue, services)
 }
+
+/// A DynamoDB client configuration for moto at the endpoint `scripts/test` exports; without it
+/// the test fails saying so, never passes silently.
+#[cfg(feature = "aws")]
+pub fn moto_dynamodb(provider: &'static str) -> aws_sdk_dynamodb::config::Builder {
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    let endpoint = std::env::var("LOYALTY_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
+        panic!("LOYALTY_TEST_DYNAMODB_ENDPOINT is not set: run the tests with scripts/test, which starts moto")
+    });
+    aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, provider))
+}

@@ -210,9 +210,10 @@ pub struct Commit {
     pub account: Account,
     pub entries: Vec<LedgerEntry>,
     pub marker: Option<EventMarker>,
-    /// The order the marked event is about (a purchase's, a refund's): a store may keep the
-    /// marker on that order's record, when the commit writes it, instead of an item of its
-    /// own. [`MemberStore::load_member_for_event`] given the order's key finds it either way.
+    /// The order the marked event is about (a purchase's, a refund's), whose record the
+    /// commit writes (stores refuse it otherwise): a store may keep the marker on that record
+    /// instead of an item of its own. [`MemberStore::load_member_for_event`] given the order's
+    /// key finds it there.
     pub marker_order: Option<String>,
     /// Order records to write, by order key.
     pub orders: BTreeMap<String, OrderRecord>,
@@ -553,7 +554,10 @@ pub trait MemberStore: Send + Sync {
     ) -> Result<MemberState, StoreError>;
     /// [`MemberStore::load_member_with`], and whether the event of `marker` already had its
     /// effect: a duplicate delivery then costs this read and no write. Stores that can read the
-    /// marker in the same request do.
+    /// marker in the same request do. Given order keys, the event is an order's, committed with
+    /// [`Commit::marker_order`] the first of them, and a store that keeps such markers on the
+    /// order's record looks there alone. (A marker of its own from before that is not seen; the
+    /// order's record still makes the event's repeat a no-op.)
     async fn load_member_for_event(
         &self,
         program: &str,

@@ -439,6 +439,17 @@ async fn an_order_s_events_are_duplicates_whether_or_not_their_marker_rides_on_t
         .unwrap();
     assert_eq!(state.account.map(|a| (a.version, a.balance)), Some((2, 5)));
     assert!(state.orders.contains_key(&order));
+    // AND a commit marking its event on an order whose record it does not write is refused,
+    // and writes nothing
+    let mut stray = commit(&m, Some(2), 7, "stray#0", Some("order-2002-paid"));
+    stray.marker_order = Some("shopify#2002".into());
+    let refused = store.commit(stray).await;
+    assert!(
+        matches!(&refused, Err(CommitError::Store(e)) if e.to_string().contains("shopify#2002")),
+        "{refused:?}"
+    );
+    let state = store.load_member("kr-shop", &m, &[]).await.unwrap();
+    assert_eq!(state.account.map(|a| (a.version, a.balance)), Some((2, 5)));
 }
 
 async fn programs_are_versioned_and_conditional(store: Arc<dyn Store>) {

@@ -22,17 +22,26 @@ pub const MAX_ENTRIES_PER_COMMIT: usize = 10_000;
 /// The most items one commit may write (DynamoDB's limit for a transaction), on every store.
 pub const MAX_COMMIT_ITEMS: usize = 100;
 
-/// The refusal of a commit that is too large for one transaction.
-pub(crate) fn too_large(commit: &crate::ports::Commit) -> Option<crate::ports::StoreError> {
+/// The refusal of a commit that no store writes: one too large for one transaction, or one
+/// whose event is marked on an order whose record it does not write (the marker of an order's
+/// event is looked for on that record alone, [`crate::ports::MemberStore::load_member_for_event`]).
+pub(crate) fn unfit(commit: &crate::ports::Commit) -> Option<crate::ports::StoreError> {
+    let refused = |message: String| crate::ports::StoreError::Failed {
+        message,
+        source: None,
+    };
     let items = commit.items();
-    (items > MAX_COMMIT_ITEMS || commit.entries.len() > MAX_ENTRIES_PER_COMMIT).then(|| {
-        crate::ports::StoreError::Failed {
-            message: format!(
-                "a commit of {items} items is more than one transaction can hold ({MAX_COMMIT_ITEMS})"
-            ),
-            source: None,
-        }
-    })
+    if items > MAX_COMMIT_ITEMS || commit.entries.len() > MAX_ENTRIES_PER_COMMIT {
+        return Some(refused(format!(
+            "a commit of {items} items is more than one transaction can hold ({MAX_COMMIT_ITEMS})"
+        )));
+    }
+    match &commit.marker_order {
+        Some(order) if !commit.orders.contains_key(order) => Some(refused(format!(
+            "a commit marks its event on order {order} but does not write that order's record"
+        ))),
+        _ => None,
+    }
 }
 
 /// The sort-key form of a sequence: zero-padded so that string order is numeric order.

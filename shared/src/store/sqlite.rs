@@ -444,7 +444,7 @@ impl MemberStore for SqliteStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), CommitError> {
-        if let Some(refused) = super::too_large(&commit) {
+        if let Some(refused) = super::unfit(&commit) {
             return Err(refused.into());
         }
         // Encoded here, on the caller's thread: the writer thread is the one serial resource,

@@ -510,12 +510,9 @@ impl DynamoStore {
             }
             writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
         }
-        // The marker rides on its order's record when the commit writes that record (a
-        // purchase, a refund): one item less.
-        let on_order = commit
-            .marker_order
-            .as_ref()
-            .filter(|order| commit.orders.contains_key(*order));
+        // The marker rides on its order's record (a purchase, a refund): one item less. A
+        // commit that names an order writes its record (`store::unfit` refuses it otherwise).
+        let on_order = commit.marker_order.as_ref();
         let mut marker_index = None;
         if let (Some(marker), None) = (&commit.marker, on_order) {
             let mut item = key(&pk, marker_sk(marker));

@@ -169,7 +169,10 @@ def iam_actions(service: str, operation: str, body: bytes) -> list[tuple[str, st
         return [(f"dynamodb:{operation}", f"index/{index}" if index else "table")]
     if service == "sqs":
         url = request.get("QueueUrl", "")
-        return [(f"sqs:{operation}", url.rstrip("/").rsplit("/", 1)[-1])]
+        # A batch is authorised by its single operation's action (SendMessageBatch: sqs:SendMessage).
+        single = {"SendMessageBatch": "SendMessage", "DeleteMessageBatch": "DeleteMessage",
+                  "ChangeMessageVisibilityBatch": "ChangeMessageVisibility"}.get(operation, operation)
+        return [(f"sqs:{single}", url.rstrip("/").rsplit("/", 1)[-1])]
     if service == "ssm":
         names = request.get("Names") or [request.get("Name", "?")]
         return [(f"ssm:{operation}", name) for name in names]

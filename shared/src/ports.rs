@@ -1059,6 +1059,28 @@ pub trait Queue: Send + Sync {
     /// Sends a message; FIFO queues group by program#member and deduplicate by the message's
     /// program-scoped id ([`Envelope::dedup_id`]).
     async fn send(&self, queue: QueueName, message: &Envelope) -> Result<(), QueueError>;
+
+    /// Sends messages in their order, in as few requests as the queue allows (one by one unless
+    /// it says otherwise). On a failure, every message before [`SendAllError::sent`] went out;
+    /// the one there did not, and those after it may have.
+    async fn send_all(&self, queue: QueueName, messages: &[&Envelope]) -> Result<(), SendAllError> {
+        for (sent, message) in messages.iter().enumerate() {
+            self.send(queue, message)
+                .await
+                .map_err(|error| SendAllError { sent, error })?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a [`Queue::send_all`] stopped being sure.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (after {sent} sent)")]
+pub struct SendAllError {
+    /// How many of the messages, from the first, went out.
+    pub sent: usize,
+    #[source]
+    pub error: QueueError,
 }
 
 /// A message its queue gave up on after its attempts.

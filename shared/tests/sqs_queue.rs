@@ -98,6 +98,65 @@ async fn fifo_messages_are_grouped_by_member_and_deduplicated_by_id() {
 }
 
 #[tokio::test]
+async fn many_messages_sent_together_arrive_once_each_in_their_group_s_order() {
+    // GIVEN an earn FIFO queue
+    let client = client();
+    let name = format!("earn-{}.fifo", uuid::Uuid::new_v4().simple());
+    let url = client
+        .create_queue()
+        .queue_name(&name)
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .expect("moto creates the queue")
+        .queue_url
+        .expect("queue url");
+    let queue = SqsQueue::new(
+        client.clone(),
+        HashMap::from([(QueueName::Earn, url.clone())]),
+    );
+    // WHEN 23 messages of one member, the fourth twice, are sent together (three batches)
+    let mut envelopes: Vec<Envelope> = (1..=23)
+        .map(|n| envelope(&format!("ev-{n}"), "m-1"))
+        .collect();
+    envelopes.insert(4, envelope("ev-4", "m-1"));
+    let all: Vec<&Envelope> = envelopes.iter().collect();
+    queue.send_all(QueueName::Earn, &all).await.unwrap();
+    // THEN each arrives once, in order
+    let mut ids = Vec::new();
+    loop {
+        let received = client
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        if received.is_empty() {
+            break;
+        }
+        for m in received {
+            ids.push(
+                serde_json::from_str::<Envelope>(m.body().unwrap())
+                    .unwrap()
+                    .id,
+            );
+            client
+                .delete_message()
+                .queue_url(&url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    let expected: Vec<String> = (1..=23).map(|n| format!("ev-{n}")).collect();
+    assert_eq!(ids, expected);
+}
+
+#[tokio::test]
 async fn a_queue_without_a_url_is_an_error_not_a_panic() {
     // GIVEN an adapter that knows no tier queue WHEN a tier message is sent THEN it fails clearly
     let queue = SqsQueue::new(client(), HashMap::new());

@@ -30,7 +30,7 @@ FAULTS = ";".join(
         "earn/dynamodb.TransactWriteItems:kill=0.02",
         "webhook-ingest/sqs.SendMessage:kill=0.01",
         "webhook-ingest/dynamodb.TransactWriteItems:kill=0.05",
-        "outbox-relay/sqs.SendMessage:kill=0.01",
+        "outbox-relay/sqs.SendMessageBatch:kill=0.01",
         "outbox-relay/dynamodb.DeleteItem:kill=0.01",
         "lambda.*:crash=0.003",
     ]

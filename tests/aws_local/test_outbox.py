@@ -62,7 +62,7 @@ def lossy():
     """Every SQS send and every transaction is applied and then its answer is lost, once."""
     running = start_stack(
         "--schedules-every", "0", "--visibility-timeout", "2",
-        "--faults", "sqs.SendMessage:lost=first;dynamodb.TransactWriteItems:lost=first",
+        "--faults", "sqs.SendMessage*:lost=first;dynamodb.TransactWriteItems:lost=first",
     )
     yield running
     stop_stack(running)
@@ -97,7 +97,7 @@ def test_a_referrer_is_rewarded_once_though_every_send_is_lost_once(lossy: Runni
     assert lossy.member("m-referrer")["balance"] == 3000
     # AND the faults did hit: sends from the relay and commits were answered with a reset
     requests = lossy.status()["requests"]
-    assert any(k.startswith("outbox-relay sqs.SendMessage lost") for k in requests), requests
+    assert any(k.startswith("outbox-relay sqs.SendMessageBatch lost") for k in requests), requests
     assert any(k.startswith("earn dynamodb.TransactWriteItems lost") for k in requests), requests
 
 

@@ -1,9 +1,11 @@
 //! The outbox relay: the table's stream in, each message out to its queue. A message comes
 //! either as an outbox item (sent, then deleted) or riding along a new ledger entry (sent; the
-//! entry stays, and the stream shows it once). A stream shard is ordered, so on a failure the
-//! batch answers with that record's sequence number: Lambda retries from there, and nothing
-//! after it is skipped. Messages already sent are sent again on that retry; queues deduplicate
-//! them by their program-scoped id.
+//! entry stays, and the stream shows it once). The messages ledger entries carry go out
+//! together, each queue's in batches of ten, until the next outbox item or the end of the
+//! stream's batch. A stream shard is ordered, so on a failure the batch answers with the
+//! sequence number of the first record whose messages may not all have gone out: Lambda
+//! retries from there, and nothing after it is skipped. Messages already sent are sent again on
+//! that retry; queues deduplicate them by their program-scoped id.
 
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
@@ -21,51 +23,86 @@ enum Found {
     Carried(Vec<OutboxMessage>),
 }
 
-/// Relays the messages of one batch, in order, stopping at the first that fails.
+/// Relays the messages of one batch in order; on a failure, answers with the record to retry
+/// from.
 pub async fn handle(services: &Services, event: Event) -> DynamoDbEventResponse {
+    let records = event.records;
+    let failed_at = match relay_records(services, &records).await {
+        Ok(()) => return DynamoDbEventResponse::default(),
+        Err(at) => at,
+    };
+    let mut failure = DynamoDbBatchItemFailure::default();
+    failure.item_identifier = Some(sequence(&records[failed_at]));
     let mut response = DynamoDbEventResponse::default();
-    for record in event.records {
-        let sequence = record.change.sequence_number.clone().unwrap_or_default();
-        let found = match found(&record) {
+    response.batch_item_failures.push(failure);
+    response
+}
+
+/// Relays the records' messages; on a failure, the index of the first record whose messages
+/// may not all have gone out.
+async fn relay_records(services: &Services, records: &[EventRecord]) -> Result<(), usize> {
+    // Carried messages, with the index of their record, wait to go out together.
+    let mut carried: Vec<(usize, OutboxMessage)> = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        let found = match found(record) {
             None => continue,
             Some(Ok(found)) => found,
             // No retry can mend it; a stuck shard would hold back every later message.
             Some(Err(e)) => {
-                tracing::error!(error = %e, sequence, "corrupt outbox message skipped");
+                tracing::error!(error = %e, sequence = sequence(record), "corrupt outbox message skipped");
                 continue;
             }
         };
-        let sent = match &found {
-            Found::Waiting(message) => logged(message, services.relay(message).await),
-            Found::Carried(messages) => {
-                let mut sent = Ok(());
-                for message in messages {
-                    sent = logged(message, services.relay_carried(message).await);
-                    if sent.is_err() {
-                        break;
-                    }
-                }
-                sent
+        match found {
+            Found::Carried(messages) => carried.extend(messages.into_iter().map(|m| (index, m))),
+            // An outbox item is sent, then forgotten, after what came before it.
+            Found::Waiting(message) => {
+                send_carried(services, records, std::mem::take(&mut carried)).await?;
+                logged(&message, services.relay(&message).await).map_err(|_| index)?;
+                observe_lag(services, record, &message);
             }
-        };
-        if sent.is_err() {
-            let mut failure = DynamoDbBatchItemFailure::default();
-            failure.item_identifier = Some(sequence);
-            response.batch_item_failures.push(failure);
-            return response;
-        }
-        let lag = (services.clock.now() - record.change.approximate_creation_date_time)
-            .num_milliseconds()
-            .max(0);
-        for message in found.messages() {
-            metrics::observe(
-                metrics::OUTBOX_LAG,
-                &[("program", &message.envelope.program)],
-                lag.unsigned_abs(),
-            );
         }
     }
-    response
+    send_carried(services, records, carried).await
+}
+
+/// Sends the carried messages together; on a failure, the index of the record of the first
+/// that may not have gone out.
+async fn send_carried(
+    services: &Services,
+    records: &[EventRecord],
+    carried: Vec<(usize, OutboxMessage)>,
+) -> Result<(), usize> {
+    let messages: Vec<&OutboxMessage> = carried.iter().map(|(_, m)| m).collect();
+    match services.relay_carried_all(&messages).await {
+        Ok(()) => {
+            for (index, message) in &carried {
+                observe_lag(services, &records[*index], message);
+            }
+            Ok(())
+        }
+        Err((at, e)) => {
+            let first_unsent = carried.get(at).or(carried.last());
+            let key = first_unsent.map(|(_, m)| m.key()).unwrap_or_default();
+            tracing::warn!(error = %e, key = %key, "outbox message not relayed; the stream retries from its record");
+            Err(first_unsent.map_or(0, |(index, _)| *index))
+        }
+    }
+}
+
+fn sequence(record: &EventRecord) -> String {
+    record.change.sequence_number.clone().unwrap_or_default()
+}
+
+fn observe_lag(services: &Services, record: &EventRecord, message: &OutboxMessage) {
+    let lag = (services.clock.now() - record.change.approximate_creation_date_time)
+        .num_milliseconds()
+        .max(0);
+    metrics::observe(
+        metrics::OUTBOX_LAG,
+        &[("program", &message.envelope.program)],
+        lag.unsigned_abs(),
+    );
 }
 
 /// Logs a message that was not relayed.
@@ -74,15 +111,6 @@ fn logged(message: &OutboxMessage, outcome: Result<(), RelayError>) -> Result<()
         tracing::warn!(error = %e, key = %message.key(), "outbox message not relayed; the stream retries from it");
     }
     outcome
-}
-
-impl Found {
-    fn messages(&self) -> &[OutboxMessage] {
-        match self {
-            Found::Waiting(message) => std::slice::from_ref(message),
-            Found::Carried(messages) => messages,
-        }
-    }
 }
 
 /// The messages of a stream record, `None` for a record that brings none: a removal, any other

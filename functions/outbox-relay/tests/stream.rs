@@ -224,3 +224,183 @@ async fn a_waiting_message_woken_after_a_long_outage_is_sent_and_forgotten() {
     h.store.wake(&message).await.unwrap();
     assert_eq!(waiting().await, 0);
 }
+
+/// A queue that records each `send_all` it is given and refuses the messages with given ids
+/// (with everything before them in that call sent).
+#[derive(Default)]
+struct Recording {
+    calls: std::sync::Mutex<Vec<(QueueName, Vec<String>)>>,
+    refuse: Vec<String>,
+}
+
+#[async_trait::async_trait]
+impl loyalty_core::ports::Queue for Recording {
+    async fn send(
+        &self,
+        queue: QueueName,
+        message: &loyalty_core::envelope::Envelope,
+    ) -> Result<(), loyalty_core::ports::QueueError> {
+        self.send_all(queue, &[message]).await.map_err(|e| e.error)
+    }
+
+    async fn send_all(
+        &self,
+        queue: QueueName,
+        messages: &[&loyalty_core::envelope::Envelope],
+    ) -> Result<(), loyalty_core::ports::SendAllError> {
+        let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
+        self.calls.lock().unwrap().push((queue, ids.clone()));
+        match ids.iter().position(|id| self.refuse.contains(id)) {
+            None => Ok(()),
+            Some(sent) => Err(loyalty_core::ports::SendAllError {
+                sent,
+                error: loyalty_core::ports::QueueError {
+                    queue: queue.as_str(),
+                    message: "refused".into(),
+                    source: None,
+                },
+            }),
+        }
+    }
+}
+
+/// The relay's services on moto's table, with `queue` in place of SQS.
+async fn recording(queue: std::sync::Arc<Recording>) -> Services {
+    let deployment = deployment(Redelivery::Later).await;
+    Services::new(
+        std::sync::Arc::new(deployment.store),
+        queue,
+        std::sync::Arc::new(loyalty_core::ports::SystemClock),
+    )
+}
+
+/// A ledger entry of member `m-{n}` carrying messages `(queue, id)`.
+fn carrying(n: usize, messages: &[(&str, &str)]) -> Item {
+    let mut item: Item = HashMap::new();
+    item.insert("PK".into(), AttributeValue::S(format!("P#kr-shop#M#m-{n}")));
+    item.insert("SK".into(), AttributeValue::S("L#0001".into()));
+    let carried: Vec<Value> = messages
+        .iter()
+        .map(|(queue, id)| {
+            json!({"queue": queue, "envelope": {"type": "points.earned", "version": 1,
+                "id": id, "program": "kr-shop", "member": format!("m-{n}"),
+                "occurred_at": Utc::now().to_rfc3339(), "data": {}}})
+        })
+        .collect();
+    item.insert(
+        "outbox".into(),
+        AttributeValue::S(json!(carried).to_string()),
+    );
+    item
+}
+
+#[tokio::test]
+async fn the_messages_of_a_batch_go_to_each_queue_together_in_their_order() {
+    // GIVEN twelve ledger entries, each carrying a notice, the fifth also a tier check
+    let queue = std::sync::Arc::new(Recording::default());
+    let services = recording(queue.clone()).await;
+    let records: Vec<Value> = (1..=12)
+        .map(|n| {
+            let notice = format!("n-{n}");
+            let mut messages = vec![("notify", notice.as_str())];
+            if n == 5 {
+                messages.push(("tier", "t-5"));
+            }
+            record("INSERT", n, &carrying(n, &messages))
+        })
+        .collect();
+    // WHEN the stream hands them to the relay in one batch
+    let response = outbox_relay::handle(&services, event(records)).await;
+    // THEN each queue is given its messages once, in one call, in the records' order
+    assert!(response.batch_item_failures.is_empty());
+    let notices: Vec<String> = (1..=12).map(|n| format!("n-{n}")).collect();
+    assert_eq!(
+        *queue.calls.lock().unwrap(),
+        vec![
+            (QueueName::Notify, notices),
+            (QueueName::Tier, vec!["t-5".to_string()])
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_message_makes_the_stream_retry_from_the_first_record_not_all_sent() {
+    // GIVEN five entries carrying notices, the second also a tier check; the tier queue refuses
+    // that check and the notify queue the fourth notice
+    let queue = std::sync::Arc::new(Recording {
+        refuse: vec!["t-2".into(), "n-4".into()],
+        ..Recording::default()
+    });
+    let services = recording(queue.clone()).await;
+    let records: Vec<Value> = (1..=5)
+        .map(|n| {
+            let notice = format!("n-{n}");
+            let mut messages = vec![("notify", notice.as_str())];
+            if n == 2 {
+                messages.push(("tier", "t-2"));
+            }
+            record("INSERT", n, &carrying(n, &messages))
+        })
+        .collect();
+    // WHEN the relay is handed them
+    let response = outbox_relay::handle(&services, event(records)).await;
+    // THEN the batch fails at the second record, the earliest with a message not sent: the
+    // first record's notice went out, and everything from the second is sent again
+    let failed: Vec<Option<String>> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(failed, vec![Some(format!("{:021}", 2))]);
+    let notices: Vec<String> = (1..=5).map(|n| format!("n-{n}")).collect();
+    assert_eq!(
+        *queue.calls.lock().unwrap(),
+        vec![
+            (QueueName::Notify, notices),
+            (QueueName::Tier, vec!["t-2".to_string()])
+        ]
+    );
+}
+
+#[tokio::test]
+async fn carried_messages_before_a_waiting_one_go_out_before_it() {
+    // GIVEN an entry carrying a notice, a woken outbox message, then another entry's notice
+    use loyalty_core::ports::{OutboxMessage, OutboxStore};
+    let h = harness().await;
+    let envelope: loyalty_core::envelope::Envelope = serde_json::from_value(json!({
+        "type": "points.earned", "version": 1, "id": "w-2", "program": "kr-shop",
+        "member": "m-2", "occurred_at": Utc::now().to_rfc3339(), "data": {}}))
+    .unwrap();
+    let message = OutboxMessage::new(QueueName::Notify, envelope);
+    h.store.enqueue(&message).await.unwrap();
+    h.store.wake(&message).await.unwrap();
+    let woken = h
+        .items()
+        .await
+        .into_iter()
+        .find(|i| i.contains_key("woken"))
+        .expect("the woken item");
+    let queue = std::sync::Arc::new(Recording::default());
+    let services = Services::new(
+        std::sync::Arc::new(h.store.clone()),
+        queue.clone(),
+        std::sync::Arc::new(loyalty_core::ports::SystemClock),
+    );
+    // WHEN the stream hands the three records to the relay
+    let records = vec![
+        record("INSERT", 1, &carrying(1, &[("notify", "n-1")])),
+        record("MODIFY", 2, &woken),
+        record("INSERT", 3, &carrying(3, &[("notify", "n-3")])),
+    ];
+    let response = outbox_relay::handle(&services, event(records)).await;
+    // THEN the queue is given them in the records' order
+    assert!(response.batch_item_failures.is_empty());
+    let calls: Vec<Vec<String>> = queue
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, ids)| ids.clone())
+        .collect();
+    assert_eq!(calls, vec![vec!["n-1"], vec!["w-2"], vec!["n-3"]]);
+}

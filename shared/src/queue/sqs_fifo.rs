@@ -8,7 +8,7 @@ use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::Client;
 
 use crate::envelope::Envelope;
-use crate::ports::{DeadLetter, DeadLetters, Queue, QueueError, QueueName};
+use crate::ports::{DeadLetter, DeadLetters, Queue, QueueError, QueueName, SendAllError};
 
 /// SQS accepts deduplication and group ids of at most 128 characters from this set.
 fn valid_sqs_id(id: &str) -> bool {
@@ -38,39 +38,163 @@ pub struct SqsQueue {
     urls: HashMap<QueueName, String>,
 }
 
+/// Entries SQS takes in one SendMessageBatch, and the bytes of their bodies together.
+const BATCH_MAX: usize = 10;
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// A message as SQS takes it: its body, and for a FIFO queue its group and deduplication ids.
+struct Outgoing {
+    body: String,
+    fifo: Option<(String, String)>,
+}
+
 impl SqsQueue {
     pub fn new(client: Client, urls: HashMap<QueueName, String>) -> SqsQueue {
         SqsQueue { client, urls }
     }
+
+    fn url(&self, queue: QueueName) -> Result<&String, QueueError> {
+        self.urls.get(&queue).ok_or_else(|| {
+            queue_error(
+                queue,
+                format!("no URL configured for the {} queue", queue.as_str()),
+            )
+        })
+    }
+
+    /// Sends up to [`BATCH_MAX`] messages in one request; on a failure, how many of them, from
+    /// the first, went out.
+    async fn send_batch(
+        &self,
+        queue: QueueName,
+        url: &str,
+        chunk: &[Outgoing],
+    ) -> Result<(), (usize, QueueError)> {
+        let mut entries = Vec::with_capacity(chunk.len());
+        for (i, message) in chunk.iter().enumerate() {
+            let (group, dedup) = message.fifo.clone().unzip();
+            let entry = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(&message.body)
+                .set_message_group_id(group)
+                .set_message_deduplication_id(dedup)
+                .build()
+                .map_err(|e| {
+                    (
+                        0,
+                        queue_error(queue, format!("cannot build the batch: {e}")),
+                    )
+                })?;
+            entries.push(entry);
+        }
+        let output = self
+            .client
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| (0, refused(queue, e)))?;
+        // Entries fail one by one; everything before the first that failed went out.
+        let first_failed = output
+            .failed()
+            .iter()
+            .map(|f| (f.id().parse::<usize>().unwrap_or(0), f.code().to_string()))
+            .min();
+        match first_failed {
+            None => Ok(()),
+            Some((at, code)) => Err((
+                at,
+                queue_error(queue, format!("SQS refused the message: {code}")),
+            )),
+        }
+    }
+}
+
+fn queue_error(queue: QueueName, message: String) -> QueueError {
+    QueueError {
+        queue: queue.as_str(),
+        message,
+        source: None,
+    }
+}
+
+fn refused<E>(queue: QueueName, e: E) -> QueueError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    QueueError {
+        queue: queue.as_str(),
+        message: format!("SQS refused the message: {}", e.code().unwrap_or("error")),
+        source: Some(Box::new(e)),
+    }
+}
+
+/// The body and ids of a message for `queue`.
+fn outgoing(queue: QueueName, message: &Envelope) -> Result<Outgoing, QueueError> {
+    let body = serde_json::to_string(message)
+        .map_err(|e| queue_error(queue, format!("cannot encode the message: {e}")))?;
+    let fifo = matches!(queue, QueueName::Earn | QueueName::Tier)
+        .then(|| (sqs_id(&message.group()), sqs_id(&message.dedup_id())));
+    Ok(Outgoing { body, fifo })
+}
+
+/// Consecutive runs of at most [`BATCH_MAX`] messages and [`BATCH_BYTES`] of bodies.
+fn chunks(messages: &[Outgoing]) -> Vec<&[Outgoing]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, message) in messages.iter().enumerate() {
+        let full = i - start == BATCH_MAX || bytes + message.body.len() > BATCH_BYTES;
+        if full && i > start {
+            chunks.push(&messages[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += message.body.len();
+    }
+    if start < messages.len() {
+        chunks.push(&messages[start..]);
+    }
+    chunks
 }
 
 #[async_trait]
 impl Queue for SqsQueue {
     async fn send(&self, queue: QueueName, message: &Envelope) -> Result<(), QueueError> {
-        let error = |message: String| QueueError {
-            queue: queue.as_str(),
-            message,
-            source: None,
-        };
-        let url = self.urls.get(&queue).ok_or_else(|| {
-            error(format!(
-                "no URL configured for the {} queue",
-                queue.as_str()
-            ))
-        })?;
-        let body = serde_json::to_string(message)
-            .map_err(|e| error(format!("cannot encode the message: {e}")))?;
-        let mut request = self.client.send_message().queue_url(url).message_body(body);
-        if matches!(queue, QueueName::Earn | QueueName::Tier) {
-            request = request
-                .message_group_id(sqs_id(&message.group()))
-                .message_deduplication_id(sqs_id(&message.dedup_id()));
+        let url = self.url(queue)?;
+        let Outgoing { body, fifo } = outgoing(queue, message)?;
+        let (group, dedup) = fifo.unzip();
+        self.client
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .set_message_group_id(group)
+            .set_message_deduplication_id(dedup)
+            .send()
+            .await
+            .map_err(|e| refused(queue, e))?;
+        Ok(())
+    }
+
+    /// SendMessageBatch, one chunk after the other: a FIFO queue keeps a group's order inside a
+    /// batch, and a chunk is sent only once every message before it went out.
+    async fn send_all(&self, queue: QueueName, messages: &[&Envelope]) -> Result<(), SendAllError> {
+        let at_start = |error| SendAllError { sent: 0, error };
+        let url = self.url(queue).map_err(at_start)?;
+        let outgoing: Vec<Outgoing> = messages
+            .iter()
+            .map(|m| outgoing(queue, m))
+            .collect::<Result<_, _>>()
+            .map_err(at_start)?;
+        let mut sent = 0;
+        for chunk in chunks(&outgoing) {
+            if let Err((within, error)) = self.send_batch(queue, url, chunk).await {
+                return Err(SendAllError {
+                    sent: sent + within,
+                    error,
+                });
+            }
+            sent += chunk.len();
         }
-        request.send().await.map_err(|e| QueueError {
-            queue: queue.as_str(),
-            message: format!("SQS refused the message: {}", e.code().unwrap_or("error")),
-            source: Some(Box::new(e)),
-        })?;
         Ok(())
     }
 }
@@ -264,5 +388,31 @@ mod tests {
             assert!(valid_sqs_id(&sqs_id(&refused)));
         }
         assert_ne!(sqs_id(&"a".repeat(200)), sqs_id(&"b".repeat(200)));
+    }
+
+    fn bodies(sizes: &[usize]) -> Vec<Outgoing> {
+        sizes
+            .iter()
+            .map(|&n| Outgoing {
+                body: "x".repeat(n),
+                fifo: None,
+            })
+            .collect()
+    }
+
+    fn lengths(messages: &[Outgoing]) -> Vec<usize> {
+        chunks(messages).iter().map(|c| c.len()).collect()
+    }
+
+    #[test]
+    fn messages_are_cut_into_batches_of_ten_and_of_256_kb_at_most() {
+        // GIVEN 23 small messages THEN batches of 10, 10 and 3, in order
+        assert_eq!(lengths(&bodies(&[100; 23])), vec![10, 10, 3]);
+        // GIVEN five messages of 100 KB THEN no batch holds more than 256 KB of bodies
+        assert_eq!(lengths(&bodies(&[100 * 1024; 5])), vec![2, 2, 1]);
+        // GIVEN one message larger than a batch may be THEN it goes alone (SQS will say why)
+        assert_eq!(lengths(&bodies(&[10, 300 * 1024, 10])), vec![1, 1, 1]);
+        // GIVEN nothing THEN no batch
+        assert!(chunks(&[]).is_empty());
     }
 }

@@ -10,6 +10,7 @@
 
 use super::Services;
 use crate::ports::{OutboxMessage, StoreError};
+use crate::telemetry::metrics;
 
 /// Why a message was not relayed (it stays in the outbox and is retried).
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,45 @@ impl Services {
             1,
         );
         Ok(())
+    }
+
+    /// Sends messages that rode along ledger entries, each queue's in as few requests as it
+    /// allows ([`crate::ports::Queue::send_all`]). On a failure, the index (in `messages`) of
+    /// the first message that may not have gone out: every message before it did. The queues
+    /// are independent, so one that fails does not hold back the others.
+    pub async fn relay_carried_all(
+        &self,
+        messages: &[&OutboxMessage],
+    ) -> Result<(), (usize, RelayError)> {
+        let mut by_queue: Vec<(crate::ports::QueueName, Vec<usize>)> = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            match by_queue
+                .iter_mut()
+                .find(|(queue, _)| *queue == message.queue)
+            {
+                Some((_, indexes)) => indexes.push(i),
+                None => by_queue.push((message.queue, vec![i])),
+            }
+        }
+        let mut first_unsent: Option<(usize, RelayError)> = None;
+        for (queue, indexes) in by_queue {
+            let envelopes: Vec<_> = indexes.iter().map(|&i| &messages[i].envelope).collect();
+            let outcome = self.queue.send_all(queue, &envelopes).await;
+            let sent = outcome.as_ref().err().map_or(indexes.len(), |e| e.sent);
+            for &i in indexes.iter().take(sent) {
+                let program: &str = &messages[i].envelope.program;
+                metrics::add(metrics::OUTBOX_RELAYED, &[("program", program)], 1);
+            }
+            if let Err(e) = outcome {
+                let at = indexes.get(e.sent).or(indexes.last()).copied().unwrap_or(0);
+                let program: &str = &messages[at].envelope.program;
+                metrics::add(metrics::QUEUE_SEND_FAILURES, &[("program", program)], 1);
+                if first_unsent.as_ref().is_none_or(|(first, _)| at < *first) {
+                    first_unsent = Some((at, e.error.into()));
+                }
+            }
+        }
+        first_unsent.map_or(Ok(()), Err)
     }
 
     /// Relays up to `limit` waiting messages; returns how many went out. A message that

@@ -205,7 +205,10 @@ class StreamEventSource:
                 time.sleep(0.5)
 
     def _read(self) -> list[dict]:
-        deadline = time.monotonic() + self.source.batching_window
+        """Records for one invocation. As Lambda does with a batching window, once a record has
+        passed the filter, the batch waits for more until it is full or the window, counted from
+        that record, has passed; with no window it goes as soon as a read brings nothing new."""
+        deadline = None
         records: list[dict] = []
         while True:
             answer = self.streams.get_records(ShardIterator=self.iterator, Limit=self.source.batch_size - len(records))
@@ -216,8 +219,16 @@ class StreamEventSource:
                     records.append(self._event_record(record))
                 else:
                     self.stats["filtered"] += 1
-            if len(records) >= self.source.batch_size or time.monotonic() >= deadline or not got:
+            if records and deadline is None:
+                deadline = time.monotonic() + self.source.batching_window
+            if len(records) >= self.source.batch_size or not records:
                 return records
+            if time.monotonic() >= deadline:
+                return records
+            if not got:
+                if self.source.batching_window <= 0:
+                    return records
+                time.sleep(min(IDLE_POLL, max(0.0, deadline - time.monotonic())))
 
     def _passes(self, record: dict) -> bool:
         return not self.source.filters or any(_matches(f, record) for f in self.source.filters)

@@ -39,10 +39,9 @@ fn envelope(id: &str, member: &str) -> Envelope {
     }
 }
 
-#[tokio::test]
-async fn fifo_messages_are_grouped_by_member_and_deduplicated_by_id() {
-    // GIVEN an earn FIFO queue (content-based deduplication off, as in the template)
-    let client = client();
+/// A new earn FIFO queue on moto (content-based deduplication off, as in the template): the
+/// adapter on it, and its URL.
+async fn earn_queue(client: &aws_sdk_sqs::Client) -> (SqsQueue, String) {
     let name = format!("earn-{}.fifo", uuid::Uuid::new_v4().simple());
     let url = client
         .create_queue()
@@ -57,6 +56,14 @@ async fn fifo_messages_are_grouped_by_member_and_deduplicated_by_id() {
         client.clone(),
         HashMap::from([(QueueName::Earn, url.clone())]),
     );
+    (queue, url)
+}
+
+#[tokio::test]
+async fn fifo_messages_are_grouped_by_member_and_deduplicated_by_id() {
+    // GIVEN an earn FIFO queue (content-based deduplication off, as in the template)
+    let client = client();
+    let (queue, url) = earn_queue(&client).await;
     // WHEN the same message is sent twice and another one once
     queue
         .send(QueueName::Earn, &envelope("ev-1", "m-1"))
@@ -101,20 +108,7 @@ async fn fifo_messages_are_grouped_by_member_and_deduplicated_by_id() {
 async fn many_messages_sent_together_arrive_once_each_in_their_group_s_order() {
     // GIVEN an earn FIFO queue
     let client = client();
-    let name = format!("earn-{}.fifo", uuid::Uuid::new_v4().simple());
-    let url = client
-        .create_queue()
-        .queue_name(&name)
-        .attributes(QueueAttributeName::FifoQueue, "true")
-        .send()
-        .await
-        .expect("moto creates the queue")
-        .queue_url
-        .expect("queue url");
-    let queue = SqsQueue::new(
-        client.clone(),
-        HashMap::from([(QueueName::Earn, url.clone())]),
-    );
+    let (queue, url) = earn_queue(&client).await;
     // WHEN 23 messages of one member, the fourth twice, are sent together (three batches)
     let mut envelopes: Vec<Envelope> = (1..=23)
         .map(|n| envelope(&format!("ev-{n}"), "m-1"))

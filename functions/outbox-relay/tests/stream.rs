@@ -294,21 +294,27 @@ fn carrying(n: usize, messages: &[(&str, &str)]) -> Item {
     item
 }
 
+/// The stream records of `count` ledger entries, entry n carrying notice `n-{n}`, and entry
+/// `tier_at` also tier check `t-{tier_at}`.
+fn notices(count: usize, tier_at: usize) -> Vec<Value> {
+    (1..=count)
+        .map(|n| {
+            let (notice, check) = (format!("n-{n}"), format!("t-{n}"));
+            let mut messages = vec![("notify", notice.as_str())];
+            if n == tier_at {
+                messages.push(("tier", check.as_str()));
+            }
+            record("INSERT", n, &carrying(n, &messages))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn the_messages_of_a_batch_go_to_each_queue_together_in_their_order() {
     // GIVEN twelve ledger entries, each carrying a notice, the fifth also a tier check
     let queue = std::sync::Arc::new(Recording::default());
     let services = recording(queue.clone()).await;
-    let records: Vec<Value> = (1..=12)
-        .map(|n| {
-            let notice = format!("n-{n}");
-            let mut messages = vec![("notify", notice.as_str())];
-            if n == 5 {
-                messages.push(("tier", "t-5"));
-            }
-            record("INSERT", n, &carrying(n, &messages))
-        })
-        .collect();
+    let records = notices(12, 5);
     // WHEN the stream hands them to the relay in one batch
     let response = outbox_relay::handle(&services, event(records)).await;
     // THEN each queue is given its messages once, in one call, in the records' order
@@ -332,16 +338,7 @@ async fn a_refused_message_makes_the_stream_retry_from_the_first_record_not_all_
         ..Recording::default()
     });
     let services = recording(queue.clone()).await;
-    let records: Vec<Value> = (1..=5)
-        .map(|n| {
-            let notice = format!("n-{n}");
-            let mut messages = vec![("notify", notice.as_str())];
-            if n == 2 {
-                messages.push(("tier", "t-2"));
-            }
-            record("INSERT", n, &carrying(n, &messages))
-        })
-        .collect();
+    let records = notices(5, 2);
     // WHEN the relay is handed them
     let response = outbox_relay::handle(&services, event(records)).await;
     // THEN the batch fails at the second record, the earliest with a message not sent: the

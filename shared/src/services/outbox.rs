@@ -3,10 +3,10 @@
 //! In AWS the table's stream hands each new outbox item to the relay function; locally a worker
 //! of `loyalty serve` reads the outbox table. Both call [`Services::relay`]. On DynamoDB a
 //! commit's messages about its own member ride along its first ledger entry instead
-//! ([`Services::relay_carried`]): the stream shows that entry once, and nothing is left to
-//! forget. A message is
-//! forgotten only after its queue has it, and queues deduplicate on the message's
-//! program-scoped id, so a relay that dies half-way sends the message again and nothing doubles.
+//! ([`Services::relay_carried_all`], which the relay calls once for a stream batch's entries):
+//! the stream shows that entry once, and nothing is left to forget. A message is forgotten only
+//! after its queue has it, and queues deduplicate on the message's program-scoped id, so a relay
+//! that dies half-way sends the message again and nothing doubles.
 
 use super::Services;
 use crate::ports::{OutboxMessage, StoreError};

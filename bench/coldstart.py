@@ -177,6 +177,10 @@ class TlsFront:
 
     def __init__(self, upstream_port: int, cert: Path, key: Path):
         upstream = upstream_port
+        # Connections and requests by instance (the path's `/i/{id}`): a rise in an instance's
+        # connections between two of its invocations is a TLS handshake it paid.
+        self.counts: dict[str, dict[str, int]] = {}
+        counts, lock = self.counts, threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -188,6 +192,14 @@ class TlsFront:
                 pass
 
             def do_POST(self):
+                parts = self.path.split("/")
+                instance = parts[2] if len(parts) > 2 and parts[1] == "i" else "?"
+                with lock:
+                    mine = counts.setdefault(instance, {"connections": 0, "requests": 0})
+                    mine["requests"] += 1
+                    if not getattr(self, "counted", False):
+                        self.counted = True
+                        mine["connections"] += 1
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 c = http.client.HTTPConnection("127.0.0.1", upstream, timeout=60)
@@ -413,12 +425,28 @@ class Bench:
         if not cold.ok or not new:
             raise RuntimeError(f"{function}: first invocation failed: {cold.error_type} {cold.error_message} {TIMES.get(new[0] if new else -1)}")
         t = TIMES[new[0]]
+        self._settle()
+        between = self._seen_by(pool)
         self.trigger(function)
         warm = self._outcome(pool, k + 1)
         if not warm.ok or warm.cold:
             raise RuntimeError(f"{function}: second invocation was not a warm success: {warm}")
-        return {"init": (t["ready"] - t["start"]) * 1000, "first": (t["response"] - t["ready"]) * 1000,
-                "total": (t["response"] - t["start"]) * 1000, "warm": warm.duration_ms}
+        sample = {"init": (t["ready"] - t["start"]) * 1000, "first": (t["response"] - t["ready"]) * 1000,
+                  "total": (t["response"] - t["start"]) * 1000, "warm": warm.duration_ms}
+        if self.tls:
+            after = self._seen_by(pool)
+            sample["warm_connections"] = after["connections"] - between["connections"]
+            sample["warm_requests"] = after["requests"] - between["requests"]
+        return sample
+
+    def _seen_by(self, pool: FunctionPool) -> dict[str, int]:
+        """The TLS connections and requests of `pool`'s instances so far."""
+        seen = {"connections": 0, "requests": 0}
+        for instance, counts in (self.tls.counts.items() if self.tls else []):
+            if instance.isdigit() and int(instance) in pool.started:
+                for k in seen:
+                    seen[k] += counts[k]
+        return seen
 
 
 def stats(values: list[float]) -> dict:
@@ -477,10 +505,15 @@ def main(argv: list[str]) -> int:
                 for i in range(args.samples):
                     samples.append(bench.one(name))
                 row = {k: stats([s[k] for s in samples]) for k in ("init", "first", "total", "warm")}
+                for k in ("warm_connections", "warm_requests"):
+                    if k in samples[0]:
+                        row[k] = stats([s[k] for s in samples])
                 row["samples"] = samples
                 results["modes"][mode][name] = row
                 print(f"{mode:5} {name:16} total median {row['total']['median']:7.1f} ms (min {row['total']['min']:6.1f}, max {row['total']['max']:7.1f}); "
-                      f"init {row['init']['median']:6.1f}, first invocation {row['first']['median']:6.1f}, warm {row['warm']['median']:6.1f}", flush=True)
+                      f"init {row['init']['median']:6.1f}, first invocation {row['first']['median']:6.1f}, warm {row['warm']['median']:6.1f}"
+                      + (f"; warm: {row['warm_connections']['median']:.0f} TLS connections opened for {row['warm_requests']['median']:.0f} requests"
+                         if "warm_connections" in row else ""), flush=True)
     finally:
         for pool in bench.by_binary.values() if "bench" in locals() else []:
             if pool.name.startswith("loyalty-probe"):

@@ -40,13 +40,19 @@ async fn kr_shop_on(store: &SqliteStore, now: chrono::DateTime<Utc>) -> Services
     services
 }
 
-#[tokio::test]
-async fn a_redelivered_order_writes_nothing_but_its_message() {
-    // GIVEN a store on a file (so that reads do not go through the writer) and a queue of
-    // its own, and a paid order with a customer and an email, delivered once
+/// A store on a file of its own, in the directory returned: reads do not go through its
+/// writer, so its commits count writes alone.
+fn store_on_file() -> (SqliteStore, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("links-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let store = SqliteStore::open(&dir.join("loyalty.sqlite")).unwrap();
+    (SqliteStore::open(&dir.join("loyalty.sqlite")).unwrap(), dir)
+}
+
+#[tokio::test]
+async fn a_redelivered_order_writes_nothing_but_its_message() {
+    // GIVEN a store on a file and a queue of its own, and a paid order with a customer and an
+    // email, delivered once
+    let (store, dir) = store_on_file();
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
     let services = kr_shop_on(&store, now).await;
     let events = paid_order(now);
@@ -111,4 +117,88 @@ async fn an_identity_named_twice_is_linked_once_and_its_event_queued() {
         store.resolve_alias("kr-shop", kind, value).await.unwrap(),
         Some(member)
     );
+}
+
+#[tokio::test]
+async fn an_event_that_fails_its_checks_links_nothing() {
+    // GIVEN a new customer's paid order dated a day ahead of the clock (out of the program's
+    // bounds), on a store where nothing is linked yet
+    let (store, dir) = store_on_file();
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let services = kr_shop_on(&store, now).await;
+    let events = paid_order(now + chrono::Duration::days(1));
+    let loyalty_core::webhooks::MemberRef::Identity(customer) = events[0].member.clone() else {
+        panic!("the fixture's order names its customer");
+    };
+    let written = store.commits();
+    // WHEN it is delivered
+    let refused = services.ingest_events("kr-shop", events).await;
+    // THEN it is refused as invalid
+    assert!(
+        matches!(
+            refused,
+            Err(loyalty_core::services::ServiceError::Invalid { .. })
+        ),
+        "{refused:?}"
+    );
+    // AND nothing was written: the customer is not linked to a member
+    assert_eq!(store.commits() - written, 0);
+    let (kind, value) = customer.split_once(':').unwrap();
+    assert_eq!(
+        store.resolve_alias("kr-shop", kind, value).await.unwrap(),
+        None
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn two_events_of_one_delivery_for_a_new_customer_credit_one_member() {
+    // GIVEN a delivery of two paid orders of one new customer whose email another programme's
+    // import linked to a member of its own
+    let store = SqliteStore::memory().unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let services = kr_shop_on(&store, now).await;
+    let mut events = paid_order(now);
+    let email = events[0]
+        .identities
+        .iter()
+        .find(|i| i.starts_with("email:"))
+        .cloned()
+        .expect("the fixture's order names an email");
+    let (kind, value) = email.split_once(':').unwrap();
+    store
+        .put_alias("kr-shop", kind, value, "imported-7")
+        .await
+        .unwrap();
+    let mut second = events[0].clone();
+    second.id = format!("{}-second", second.id);
+    second.order_key = second.order_key.map(|o| format!("{o}-second"));
+    events.push(second);
+    let loyalty_core::webhooks::MemberRef::Identity(customer) = events[0].member.clone() else {
+        panic!("the fixture's order names its customer");
+    };
+    // WHEN it is delivered
+    let ids = services.ingest_events("kr-shop", events).await.unwrap();
+    // THEN both events are queued, and the customer and both orders lead to the email's member
+    assert_eq!(ids.len(), 2);
+    let (kind, value) = customer.split_once(':').unwrap();
+    assert_eq!(
+        store.resolve_alias("kr-shop", kind, value).await.unwrap(),
+        Some("imported-7".to_string())
+    );
+    let orders = [
+        paid_order(now)[0].order_key.clone().unwrap(),
+        format!("{}-second", paid_order(now)[0].order_key.clone().unwrap()),
+    ];
+    for order in orders {
+        assert_eq!(
+            store
+                .resolve_alias("kr-shop", "order", &order)
+                .await
+                .unwrap(),
+            Some("imported-7".to_string()),
+            "{order}"
+        );
+    }
 }

@@ -104,7 +104,7 @@ def shopify_paid(order_id: int, customer: int, days_ago: int) -> tuple[bytes, di
 def test_ssm_throttled_is_503_and_the_next_delivery_succeeds():
     # GIVEN a fresh stack whose webhook-ingest finds SSM throttled (every call, retries included)
     running = start_stack(
-        "--schedules-every", "0", "--concurrency", "1", "--faults", "webhook-ingest/ssm.GetParameter:throttle=1"
+        "--schedules-every", "0", "--concurrency", "1", "--faults", "webhook-ingest/ssm.GetParameters:throttle=1"
     )
     try:
         body, headers = shopify_paid(820982911946154999, 7009999, days_ago=1)

@@ -319,11 +319,17 @@ async fn member_of(
     principal.require_member(program)?;
     let program = ProgramId::parse(program)?;
     let services = &state.services;
-    services.program(&program).await?;
-    let member = services
-        .store
-        .resolve_alias(&program, "app", &principal.subject)
-        .await
+    // Read together: on a cold start the program is not cached yet, and this saves a wait. An
+    // unknown program answers first, whatever the link's read did.
+    let (known, alias) = futures_util::future::join(
+        services.program(&program),
+        services
+            .store
+            .resolve_alias(&program, "app", &principal.subject),
+    )
+    .await;
+    known?;
+    let member = alias
         .map_err(crate::services::ServiceError::from)?
         .unwrap_or_else(|| principal.subject.clone());
     Ok((program, MemberId::parse(&member)?))

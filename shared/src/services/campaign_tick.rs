@@ -43,17 +43,15 @@ impl Services {
         &self,
         program: &Program,
         date: NaiveDate,
+        saved: Option<String>,
         report: &mut JobReport,
         progress: Progress<'_>,
     ) -> Result<(), ServiceError> {
         let at = job_instant(program, date, self.clock.now());
-        // Independent reads, sent together: on a cold start each wait is a round trip.
-        let (last, campaigns) = futures_util::future::join(
-            self.store.job_progress(&program.id, CAMPAIGN_TICK),
-            self.campaign_list(&program.id),
-        )
-        .await;
-        let last = last?.and_then(|p| p.parse::<NaiveDate>().ok());
+        // `saved` (the day the last tick finished) was read together with the program, and
+        // so were the campaigns (cached).
+        let campaigns = self.campaign_list(&program.id).await;
+        let last = saved.and_then(|p| p.parse::<NaiveDate>().ok());
         let earliest = date - Duration::days(MAX_TICK_CATCH_UP_DAYS);
         let from = match last {
             Some(last) if last <= date => last.max(earliest),

@@ -250,6 +250,8 @@ struct DueRun<'a> {
     program: &'a Program,
     date: NaiveDate,
     deadline: Deadline,
+    /// The job's saved progress when the run began.
+    saved: Option<String>,
 }
 
 /// What happened to one member.
@@ -354,7 +356,7 @@ impl Services {
         deadline: Deadline,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<JobReport, ServiceError> {
-        let program = self.program(program).await?;
+        let (program, saved) = self.program_and_progress(job, program).await?;
         let now = self.clock.now();
         let date = date.unwrap_or_else(|| local_date(program.time_zone, now));
         let mut report = JobReport {
@@ -371,11 +373,12 @@ impl Services {
                     program: &program,
                     date,
                     deadline,
+                    saved,
                 };
                 self.run_due_job(run, &mut report, progress).await?
             }
             (Job::CampaignTick, None) => {
-                self.campaign_tick(&program, date, &mut report, progress)
+                self.campaign_tick(&program, date, saved, &mut report, progress)
                     .await?
             }
             (_, None) => {
@@ -396,6 +399,36 @@ impl Services {
             "job finished"
         );
         Ok(report)
+    }
+
+    /// The program, with what the job reads before anything else sent in the same round trip:
+    /// its saved progress (the due-date jobs and the campaign tick) and the program's campaigns
+    /// (the tick). On a cold start none of it is cached, and each wait is a round trip.
+    async fn program_and_progress(
+        &self,
+        job: Job,
+        program: &str,
+    ) -> Result<(std::sync::Arc<Program>, Option<String>), ServiceError> {
+        let tick = job == Job::CampaignTick;
+        let progress = async {
+            if job.due().is_some() || tick {
+                self.store.job_progress(program, job.name()).await
+            } else {
+                Ok(None)
+            }
+        };
+        let campaigns = async {
+            if tick {
+                // Only warms the cache, which the tick reads; its failure shows there.
+                let _ = self.campaign_list(program).await;
+            }
+        };
+        let (found, saved, ()) =
+            futures_util::future::join3(self.program(program), progress, campaigns).await;
+        if found.is_err() && tick {
+            self.forget_campaigns(program);
+        }
+        Ok((found?, saved?))
     }
 
     /// Runs a job for every program (the schedules), or for the one named. A program that
@@ -461,13 +494,10 @@ impl Services {
             program,
             date,
             deadline,
+            saved,
         } = run;
         let at = job_instant(program, date, self.clock.now());
-        let mut last = self
-            .store
-            .job_progress(&program.id, job.name())
-            .await?
-            .and_then(|p| p.parse::<NaiveDate>().ok());
+        let mut last = saved.and_then(|p| p.parse::<NaiveDate>().ok());
         // From the last completed date (inclusive: work added later that day), or, on a first
         // run, as far back as anything can be due.
         let earliest = date - Duration::days(MAX_CATCH_UP_DAYS);

@@ -66,6 +66,16 @@ impl From<WebhookError> for ServiceError {
     }
 }
 
+/// Who an event is for.
+enum Resolved {
+    /// A member, through a link that is there or needs none.
+    Known(String),
+    /// A member, through an identity not linked yet: `link` is still to be written.
+    New { member: String, link: Link },
+    /// Known only through an order whose payment has not been seen yet.
+    Unknown,
+}
+
 /// A link an event names, and the member it leads to when it was read.
 struct Link {
     kind: String,
@@ -173,13 +183,26 @@ impl Services {
         events: Vec<PlatformEvent>,
     ) -> Result<Vec<String>, ServiceError> {
         let mut ready = Vec::with_capacity(events.len());
+        // A new identity's own link is written with the event's other links, all together,
+        // once the event has passed its checks. Several events of one delivery may name the
+        // same new identity, and each must find the link the one before wrote: there it is
+        // written at once, as the identity is resolved.
+        let together = events.len() == 1;
         for event in events {
             // Who the event is for, and where its links lead now: read together.
-            let (member, links) = futures_util::future::try_join(
-                self.member_of(program, &event),
+            let (resolved, mut links) = futures_util::future::try_join(
+                self.member_of(program, &event, together),
                 self.links_of(program, &event),
             )
             .await?;
+            let member = match resolved {
+                Resolved::Known(member) => Some(member),
+                Resolved::New { member, link } => {
+                    links.push(link);
+                    Some(member)
+                }
+                Resolved::Unknown => None,
+            };
             let envelope = self
                 .envelope(program, &event, member.as_deref().unwrap_or(UNKNOWN_MEMBER))
                 .await?;
@@ -220,43 +243,65 @@ impl Services {
             .map_err(ServiceError::from)
     }
 
-    /// The canonical member of an event, or `None` when it is known only through an order whose
-    /// payment has not been seen yet.
-    pub(crate) async fn member_of(
+    /// The canonical member of an event. An identity seen for the first time comes with the
+    /// link that will lead it to its member: written here when `defer_link` is false, else
+    /// left to the caller.
+    async fn member_of(
         &self,
         program: &str,
         event: &PlatformEvent,
-    ) -> Result<Option<String>, ServiceError> {
-        Ok(match &event.member {
+        defer_link: bool,
+    ) -> Result<Resolved, ServiceError> {
+        match &event.member {
             MemberRef::Identity(identity) => {
-                Some(self.member_of_identity(program, event, identity).await?)
+                let resolved = self.member_of_identity(program, event, identity).await?;
+                match resolved {
+                    Resolved::New { member, link } if !defer_link => {
+                        self.store
+                            .put_alias(program, &link.kind, &link.value, &member)
+                            .await?;
+                        Ok(Resolved::Known(member))
+                    }
+                    resolved => Ok(resolved),
+                }
             }
-            MemberRef::Order(key) => self.store.resolve_alias(program, ORDER_LINK, key).await?,
-        })
+            MemberRef::Order(key) => Ok(
+                match self.store.resolve_alias(program, ORDER_LINK, key).await? {
+                    Some(member) => Resolved::Known(member),
+                    None => Resolved::Unknown,
+                },
+            ),
+        }
     }
 
     /// The member of a platform identity. An identity seen for the first time may belong to a
     /// member known by another of the event's identities (an email imported from another
-    /// programme): that member is credited, and the identity is linked to it so that later
-    /// events need one read again.
+    /// programme): that member is credited, and the identity is to be linked to it so that
+    /// later events need one read again.
     async fn member_of_identity(
         &self,
         program: &str,
         event: &PlatformEvent,
         identity: &str,
-    ) -> Result<String, ServiceError> {
+    ) -> Result<Resolved, ServiceError> {
         let Some((kind, value)) = identity.split_once(':') else {
-            return Ok(identity.to_string());
+            return Ok(Resolved::Known(identity.to_string()));
         };
         if let Some(member) = self.store.resolve_alias(program, kind, value).await? {
-            return Ok(member);
+            return Ok(Resolved::Known(member));
         }
         let member = self
             .member_by_other_identity(program, kind, event)
             .await?
             .unwrap_or_else(|| identity.to_string());
-        self.store.put_alias(program, kind, value, &member).await?;
-        Ok(member)
+        Ok(Resolved::New {
+            member,
+            link: Link {
+                kind: kind.to_string(),
+                value: value.to_string(),
+                linked: None,
+            },
+        })
     }
 
     /// The member another of the event's identities (its email) is linked to, unless that

@@ -38,8 +38,40 @@ impl SsmSecrets {
         }
     }
 
+    /// The values of those of `names` that exist, in one request (at most ten names, SSM's
+    /// limit). Throttling, denial or a network failure is an error: the delivery gets a 503 and
+    /// the platform retries it.
+    async fn fetch_all(&self, names: &[String]) -> Result<HashMap<String, String>, StoreError> {
+        match self
+            .client
+            .get_parameters()
+            .set_names(Some(names.to_vec()))
+            .with_decryption(true)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(output
+                .parameters
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| Some((p.name?, p.value?)))
+                .collect()),
+            Err(e) => {
+                // Say nothing of the values; the error names the parameters and the cause.
+                let cause = aws_sdk_ssm::error::DisplayErrorContext(&e).to_string();
+                let names = names.join(", ");
+                tracing::warn!(parameters = names, error = %cause, "webhook secret unavailable");
+                Err(StoreError::Transient {
+                    message: format!("cannot read {names} from SSM"),
+                    source: Some(Box::new(e)),
+                })
+            }
+        }
+    }
+
     /// The parameter's value; `None` only when it does not exist. Throttling, denial or a
-    /// network failure is an error: the delivery gets a 503 and the platform retries it.
+    /// network failure is an error, as for [`Self::fetch_all`].
+    #[cfg(feature = "platform-api")]
     async fn fetch(&self, name: &str) -> Result<Option<String>, StoreError> {
         match self
             .client
@@ -95,14 +127,20 @@ impl Secrets for SsmSecrets {
         if let Some(values) = self.cached(&key) {
             return Ok(values);
         }
-        let name = parameter_name(program, platform);
-        let mut values = Vec::new();
-        if let Some(current) = self.fetch(&name).await? {
-            values.push(current);
-            if let Some(previous) = self.fetch(&format!("{name}/previous")).await? {
-                values.push(previous);
+        // The current secret and the previous one (kept during a rotation) in one round trip;
+        // a previous secret alone, without a current one, is not a configured platform.
+        let current = parameter_name(program, platform);
+        let previous = format!("{current}/previous");
+        let mut found = self.fetch_all(&[current.clone(), previous.clone()]).await?;
+        let values: Vec<String> = match found.remove(&current) {
+            Some(current) => std::iter::once(current)
+                .chain(found.remove(&previous))
+                .collect(),
+            None => {
+                tracing::info!(parameter = current, "no webhook secret");
+                Vec::new()
             }
-        }
+        };
         // Only answers are cached, never a failure to get one.
         self.remember(key, values.clone());
         Ok(values)

@@ -40,6 +40,24 @@ async fn kr_shop_on(store: &SqliteStore, now: chrono::DateTime<Utc>) -> Services
     services
 }
 
+/// The email an event names (`email:...`).
+fn email_of(event: &PlatformEvent) -> String {
+    event
+        .identities
+        .iter()
+        .find(|i| i.starts_with("email:"))
+        .cloned()
+        .expect("the fixture's order names an email")
+}
+
+/// The platform identity an event is for (`shopify:...`).
+fn customer_of(event: &PlatformEvent) -> String {
+    match &event.member {
+        loyalty_core::webhooks::MemberRef::Identity(customer) => customer.clone(),
+        other => panic!("the fixture's order names its customer, not {other:?}"),
+    }
+}
+
 /// A store on a file of its own, in the directory returned: reads do not go through its
 /// writer, so its commits count writes alone.
 fn store_on_file() -> (SqliteStore, std::path::PathBuf) {
@@ -95,12 +113,7 @@ async fn an_identity_named_twice_is_linked_once_and_its_event_queued() {
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
     let services = kr_shop_on(&store, now).await;
     let mut events = paid_order(now);
-    let email = events[0]
-        .identities
-        .iter()
-        .find(|i| i.starts_with("email:"))
-        .cloned()
-        .expect("the fixture's order names an email");
+    let email = email_of(&events[0]);
     events[0].identities.push(email.clone());
     let order = events[0].order_key.clone().unwrap();
     // WHEN it is delivered
@@ -127,9 +140,7 @@ async fn an_event_that_fails_its_checks_links_nothing() {
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
     let services = kr_shop_on(&store, now).await;
     let events = paid_order(now + chrono::Duration::days(1));
-    let loyalty_core::webhooks::MemberRef::Identity(customer) = events[0].member.clone() else {
-        panic!("the fixture's order names its customer");
-    };
+    let customer = customer_of(&events[0]);
     let written = store.commits();
     // WHEN it is delivered
     let refused = services.ingest_events("kr-shop", events).await;
@@ -160,12 +171,7 @@ async fn two_events_of_one_delivery_for_a_new_customer_credit_one_member() {
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
     let services = kr_shop_on(&store, now).await;
     let mut events = paid_order(now);
-    let email = events[0]
-        .identities
-        .iter()
-        .find(|i| i.starts_with("email:"))
-        .cloned()
-        .expect("the fixture's order names an email");
+    let email = email_of(&events[0]);
     let (kind, value) = email.split_once(':').unwrap();
     store
         .put_alias("kr-shop", kind, value, "imported-7")
@@ -175,9 +181,7 @@ async fn two_events_of_one_delivery_for_a_new_customer_credit_one_member() {
     second.id = format!("{}-second", second.id);
     second.order_key = second.order_key.map(|o| format!("{o}-second"));
     events.push(second);
-    let loyalty_core::webhooks::MemberRef::Identity(customer) = events[0].member.clone() else {
-        panic!("the fixture's order names its customer");
-    };
+    let customer = customer_of(&events[0]);
     // WHEN it is delivered
     let ids = services.ingest_events("kr-shop", events).await.unwrap();
     // THEN both events are queued, and the customer and both orders lead to the email's member

@@ -56,16 +56,7 @@ impl SsmSecrets {
                 .into_iter()
                 .filter_map(|p| Some((p.name?, p.value?)))
                 .collect()),
-            Err(e) => {
-                // Say nothing of the values; the error names the parameters and the cause.
-                let cause = aws_sdk_ssm::error::DisplayErrorContext(&e).to_string();
-                let names = names.join(", ");
-                tracing::warn!(parameters = names, error = %cause, "webhook secret unavailable");
-                Err(StoreError::Transient {
-                    message: format!("cannot read {names} from SSM"),
-                    source: Some(Box::new(e)),
-                })
-            }
+            Err(e) => Err(unavailable(&names.join(", "), e)),
         }
     }
 
@@ -89,15 +80,7 @@ impl SsmSecrets {
                 tracing::info!(parameter = name, "no webhook secret");
                 Ok(None)
             }
-            Err(e) => {
-                // Say nothing of the value; the error names the parameter and the cause.
-                let cause = aws_sdk_ssm::error::DisplayErrorContext(&e).to_string();
-                tracing::warn!(parameter = name, error = %cause, "webhook secret unavailable");
-                Err(StoreError::Transient {
-                    message: format!("cannot read {name} from SSM"),
-                    source: Some(Box::new(e)),
-                })
-            }
+            Err(e) => Err(unavailable(name, e)),
         }
     }
 
@@ -117,6 +100,20 @@ impl SsmSecrets {
             }
             cache.insert(key, (Instant::now(), values));
         }
+    }
+}
+
+/// SSM could not answer for `names` (throttled, denied, unreachable): a transient error, logged
+/// with the parameters' names and the cause, never their values.
+fn unavailable<E>(names: &str, e: E) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let cause = aws_sdk_ssm::error::DisplayErrorContext(&e).to_string();
+    tracing::warn!(parameters = names, error = %cause, "webhook secret unavailable");
+    StoreError::Transient {
+        message: format!("cannot read {names} from SSM"),
+        source: Some(Box::new(e)),
     }
 }
 

@@ -15,6 +15,7 @@ use crate::domain::{Account, Change, EventContext, Program, Source};
 use crate::envelope::{
     parse_earn_event, EarnEvent, Engagement, Envelope, ENVELOPE_VERSION, PURCHASE,
 };
+use crate::ids::IdKind;
 use crate::ports::{
     counter_shard, AssignmentWrite, Commit, CommitError, CounterAdd, EventMarker, MemberState,
     OutboxMessage, QueueName, RejectedEvent,
@@ -108,6 +109,22 @@ struct Outcome {
     counters: Vec<CounterAdd>,
 }
 
+/// A message's envelope and program, and for a purchase on a cold start its member's state.
+struct Opened {
+    envelope: Envelope,
+    program: Arc<Program>,
+    ahead: Option<ReadAhead>,
+}
+
+/// A member read sent before the event was parsed, with the keys it was read under: it stands
+/// for the first read only when the parsed event has the same keys and no campaign runs (whose
+/// assignments it did not read).
+struct ReadAhead {
+    marker: EventMarker,
+    order_keys: Vec<String>,
+    state: MemberState,
+}
+
 /// What a message needs besides its envelope.
 #[derive(Clone, Copy)]
 enum Needs {
@@ -119,7 +136,11 @@ enum Needs {
 impl Services {
     /// Handles one earn-queue message (SQS record body or local queue delivery).
     pub async fn process_earn(&self, body: &str) -> Result<Processed, Retry> {
-        let (mut envelope, program) = match self.open(body, Needs::Campaigns).await? {
+        let Opened {
+            mut envelope,
+            program,
+            ahead,
+        } = match self.open(body, Needs::Campaigns).await? {
             Ok(opened) => opened,
             Err(rejected) => return Ok(rejected),
         };
@@ -153,20 +174,26 @@ impl Services {
             _ => Vec::new(),
         };
         let campaign_ids: Vec<String> = campaigns.iter().map(|(id, _)| id.clone()).collect();
+        let mut ahead = ahead.filter(|a| {
+            a.marker == marker && a.order_keys == order_keys && campaign_ids.is_empty()
+        });
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
-            let mut state = self
-                .store
-                .load_member_for_event(
-                    &program.id,
-                    &envelope.member,
-                    &marker,
-                    &order_keys,
-                    &campaign_ids,
-                )
-                .await
-                .map_err(|e| Retry(e.to_string()))?;
+            let mut state = match ahead.take() {
+                Some(read) => read.state,
+                None => self
+                    .store
+                    .load_member_for_event(
+                        &program.id,
+                        &envelope.member,
+                        &marker,
+                        &order_keys,
+                        &campaign_ids,
+                    )
+                    .await
+                    .map_err(|e| Retry(e.to_string()))?,
+            };
             // A second delivery: its effect and its follow-ups are there (they were in its
             // commit). This read is all it costs. (Of a merged member too: its marker stayed.)
             if state.seen {
@@ -295,7 +322,9 @@ impl Services {
 
     /// Handles one `tier.check`: upgrade the member if a threshold has been crossed.
     pub async fn process_tier_check(&self, body: &str) -> Result<Processed, Retry> {
-        let (envelope, program) = match self.open(body, Needs::Program).await? {
+        let Opened {
+            envelope, program, ..
+        } = match self.open(body, Needs::Program).await? {
             Ok(opened) => opened,
             Err(rejected) => return Ok(rejected),
         };
@@ -357,11 +386,7 @@ impl Services {
 
     /// Reads a message's envelope and its program; a message that has neither is rejected
     /// (the inner `Err`), since no retry can mend it.
-    async fn open(
-        &self,
-        body: &str,
-        needs: Needs,
-    ) -> Result<Result<(Envelope, Arc<Program>), Processed>, Retry> {
+    async fn open(&self, body: &str, needs: Needs) -> Result<Result<Opened, Processed>, Retry> {
         let envelope: Envelope = match serde_json::from_str(body) {
             Ok(e) => e,
             Err(e) => {
@@ -377,20 +402,71 @@ impl Services {
                     .map(Err);
             }
         };
-        let program = match needs {
+        let (program, ahead) = match needs {
             // A purchase earns with the campaigns running when it happened.
             Needs::Campaigns if envelope.kind == PURCHASE => {
-                self.program_with_campaigns(&envelope.program).await
+                futures_util::future::join(
+                    self.program_with_campaigns(&envelope.program),
+                    self.read_ahead(&envelope),
+                )
+                .await
             }
-            _ => self.program(&envelope.program).await,
+            _ => (self.program(&envelope.program).await, None),
         };
         match program {
-            Ok(program) => Ok(Ok((envelope, program))),
+            Ok(program) => Ok(Ok(Opened {
+                envelope,
+                program,
+                ahead,
+            })),
             Err(ServiceError::NotFound { detail, .. }) => {
                 self.reject(&envelope, body, &detail).await.map(Err)
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// On a cold start (the program not cached), a purchase's member read is sent beside the
+    /// program's: its keys come from the envelope alone. Best effort: nothing is read for ids
+    /// the edge would refuse, and a failed read is left to the ordinary read after it.
+    async fn read_ahead(&self, envelope: &Envelope) -> Option<ReadAhead> {
+        if self.cached(&envelope.program).is_some() {
+            return None;
+        }
+        let data = &envelope.data;
+        let order_id = data.get("order_id")?.as_str()?;
+        let platform = match data.get("platform") {
+            None | Some(serde_json::Value::Null) => "api",
+            Some(platform) => platform.as_str()?,
+        };
+        let valid = IdKind::Order.check(order_id).is_ok()
+            && IdKind::Member.check(&envelope.member).is_ok()
+            && IdKind::Event.check(&envelope.id).is_ok();
+        if !valid {
+            return None;
+        }
+        let marker = EventMarker {
+            source: platform.to_string(),
+            event_id: envelope.id.clone(),
+        };
+        let order_keys = vec![crate::envelope::order_key(platform, order_id)];
+        let state = self
+            .store
+            .load_member_for_event(
+                &envelope.program,
+                &envelope.member,
+                &marker,
+                &order_keys,
+                &[],
+            )
+            .await
+            .map_err(|e| tracing::debug!(error = %e, "the read ahead failed"))
+            .ok()?;
+        Some(ReadAhead {
+            marker,
+            order_keys,
+            state,
+        })
     }
 
     async fn reject(

@@ -6,6 +6,8 @@
 //! with the same key and body finds the record and gets the stored answer; two requests racing
 //! with one key cannot both commit, because the record is conditioned on not existing.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -16,12 +18,19 @@ use crate::domain::{AccountError, EventContext, Program, Source};
 use crate::envelope::{Envelope, ENVELOPE_VERSION};
 use crate::ids::IdKind;
 use crate::ports::{
-    Commit, CommitError, Consumption, Coupon, IdempotencyRecord, OutboxMessage, QueueName,
-    Redemption, RedemptionStatus, Reversal,
+    Commit, CommitError, Consumption, Coupon, IdempotencyRecord, MemberState, OutboxMessage,
+    QueueName, Redemption, RedemptionStatus, Reversal,
 };
 
 /// How long an idempotency key is remembered.
 const KEY_DAYS: i64 = 7;
+
+/// What a redemption starts from ([`Services::redeemer`]).
+struct Redeemer {
+    program: Arc<Program>,
+    goals: Vec<String>,
+    state: MemberState,
+}
 
 /// Who asked, with which key, for what: the idempotency record of a request.
 struct RequestId<'a> {
@@ -316,17 +325,21 @@ impl Services {
             })?;
         let parsed = parse::<RedeemRequest>(body, "invalid-redemption")
             .map(|(request, value): (_, Value)| (request, digest(&value)));
-        // The program, its campaigns (for redemption goals) and an earlier answer to this key
-        // are read together: one wait instead of three on a cold start.
-        let (program, earlier) =
-            futures_util::future::join(self.program_with_campaigns(program_id), async {
+        // The member (after the program and its campaigns, for redemption goals) and an
+        // earlier answer to this key are read together: one wait when warm, two on a cold start.
+        let (read, earlier) =
+            futures_util::future::join(self.redeemer(program_id, member), async {
                 match &parsed {
                     Ok((_, hash)) => self.replay(program_id, principal, key, hash).await,
                     Err(_) => Ok(None),
                 }
             })
             .await;
-        let program = program?;
+        let Redeemer {
+            program,
+            goals,
+            state: first,
+        } = read?;
         let (request, hash) = parsed?;
         if let Some(answer) = earlier? {
             return Ok(answer);
@@ -339,7 +352,7 @@ impl Services {
         IdKind::Reward.check(&request.reward)?;
         if request.reward == PAY_WITH_POINTS {
             return self
-                .hold_points(&program, member, &request, &request_id)
+                .hold_points(&program, member, &request, &request_id, first)
                 .await;
         }
         let reward = program
@@ -352,14 +365,18 @@ impl Services {
             })?
             .clone();
         let spend = Spend::of(&program, &reward, request.points)?;
-        let goals = self.redemption_goals(&program.id, self.clock.now()).await?;
+        let mut first = Some(first);
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
-            let state = self
-                .store
-                .load_member_with(&program.id, member, &[], &goals)
-                .await?;
+            let state = match first.take() {
+                Some(state) => state,
+                None => {
+                    self.store
+                        .load_member_with(&program.id, member, &[], &goals)
+                        .await?
+                }
+            };
             let account = state
                 .account
                 .clone()
@@ -461,6 +478,7 @@ impl Services {
         member: &str,
         request: &RedeemRequest,
         request_id: &RequestId<'_>,
+        first: MemberState,
     ) -> Result<Answer, ServiceError> {
         let rules = program
             .pay_with_points
@@ -488,10 +506,14 @@ impl Services {
         self.store
             .put_alias(&program.id, "redemption", &id, member)
             .await?;
+        let mut first = Some(first);
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
-            let state = self.store.load_member(&program.id, member, &[]).await?;
+            let state = match first.take() {
+                Some(state) => state,
+                None => self.store.load_member(&program.id, member, &[]).await?,
+            };
             let account = state
                 .account
                 .clone()
@@ -666,6 +688,22 @@ impl Services {
             redemption.status = RedemptionStatus::Voided;
         }
         Ok(redemption)
+    }
+
+    /// What a redemption starts from: the program, the running campaigns whose goal is a
+    /// redemption, and the member with their assignments in those.
+    async fn redeemer(&self, program_id: &str, member: &str) -> Result<Redeemer, ServiceError> {
+        let program = self.program_with_campaigns(program_id).await?;
+        let goals = self.redemption_goals(&program.id, self.clock.now()).await?;
+        let state = self
+            .store
+            .load_member_with(&program.id, member, &[], &goals)
+            .await?;
+        Ok(Redeemer {
+            program,
+            goals,
+            state,
+        })
     }
 
     /// The running campaigns whose goal is a redemption.

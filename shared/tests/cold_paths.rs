@@ -1,0 +1,288 @@
+//! What a function's first invocation waits for: the reads that do not depend on each other's
+//! answers are sent together. Each test runs on moto (`scripts/test` exports
+//! `LOYALTY_TEST_DYNAMODB_ENDPOINT`) with a client that notes when each request leaves and when
+//! its answer comes back, so that "sent together" is seen from outside the code.
+#![cfg(all(feature = "aws", feature = "local-tokens"))]
+
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_dynamodb::config::interceptors::{
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
+use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_dynamodb::error::BoxError;
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
+use axum::body::{to_bytes, Body};
+use axum::http::{Request, StatusCode};
+use chrono::{DateTime, TimeZone, Utc};
+use loyalty_core::api::auth::{claims, sign, Verifier};
+use loyalty_core::api::{router, AppState};
+use loyalty_core::ports::FixedClock;
+use loyalty_core::services::earn::Processed;
+use loyalty_core::services::programs::ProgramFormat;
+use loyalty_core::services::Services;
+use loyalty_core::store::dynamodb::DynamoStore;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+mod common;
+
+const SECRET: &[u8] = b"cold-paths-secret";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Sent,
+    Answered,
+}
+
+/// Every DynamoDB request of a client, in the order its sending and its answer happened, each
+/// named by its operation and body.
+#[derive(Debug, Default, Clone)]
+struct Timeline(Arc<Mutex<Vec<(Phase, String)>>>);
+
+/// The name of the request an operation sent, kept for its answer.
+#[derive(Debug, Clone)]
+struct Named(String);
+
+impl Storable for Named {
+    type Storer = StoreReplace<Self>;
+}
+
+impl Intercept for Timeline {
+    fn name(&self) -> &'static str {
+        "timeline"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let request = context.request();
+        let operation = request
+            .headers()
+            .get("x-amz-target")
+            .and_then(|t| t.rsplit('.').next())
+            .unwrap_or("?");
+        let body = request
+            .body()
+            .bytes()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        let name = format!("{operation} {body}");
+        cfg.interceptor_state().store_put(Named(name.clone()));
+        self.0.lock().unwrap().push((Phase::Sent, name));
+        Ok(())
+    }
+
+    fn read_before_deserialization(
+        &self,
+        _context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let name = cfg
+            .load::<Named>()
+            .map_or_else(String::new, |n| n.0.clone());
+        self.0.lock().unwrap().push((Phase::Answered, name));
+        Ok(())
+    }
+}
+
+impl Timeline {
+    fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+
+    /// Where the first request of `operation` whose body holds `part` was sent or answered.
+    fn at(&self, phase: Phase, operation: &str, part: &str) -> usize {
+        let prefix = format!("{operation} ");
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .position(|(p, name)| *p == phase && name.starts_with(&prefix) && name.contains(part))
+            .unwrap_or_else(|| panic!("no {operation} with {part:?} was {phase:?}: {self:?}"))
+    }
+
+    fn count(&self, operation: &str) -> usize {
+        let prefix = format!("{operation} ");
+        let timeline = self.0.lock().unwrap();
+        timeline
+            .iter()
+            .filter(|(p, name)| *p == Phase::Sent && name.starts_with(&prefix))
+            .count()
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap()
+}
+
+/// A table of its own on moto with kr-shop saved, and a client that notes its requests.
+async fn kr_shop_table() -> (String, Timeline) {
+    let table = format!("loyalty-cold-{}", uuid::Uuid::new_v4().simple());
+    let timeline = Timeline::default();
+    let services = cold_services(&table, &timeline);
+    let store = DynamoStore::new(client(&timeline), &table);
+    store.create_table().await.expect("moto creates the table");
+    services
+        .put_program(
+            "kr-shop",
+            include_str!("../../examples/kr-shop.toml"),
+            ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    (table, timeline)
+}
+
+fn client(timeline: &Timeline) -> aws_sdk_dynamodb::Client {
+    let config = common::moto_dynamodb("cold")
+        .interceptor(timeline.clone())
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+/// Services as a new instance has them: nothing read yet, nothing cached.
+fn cold_services(table: &str, timeline: &Timeline) -> Arc<Services> {
+    Arc::new(Services::new(
+        Arc::new(DynamoStore::new(client(timeline), table)),
+        Arc::new(common::Recorder::default()),
+        FixedClock::at(now()),
+    ))
+}
+
+fn purchase(member: &str, order: &str, amount: i64) -> String {
+    json!({
+        "type": "purchase.completed", "version": 1, "id": format!("shopify-order-{order}-paid"),
+        "program": "kr-shop", "member": member, "occurred_at": now(),
+        "data": {"order_id": order, "currency": "KRW", "platform": "shopify",
+                 "lines": [{"line_id": "1", "quantity": 1, "unit_price": amount.to_string()}]}
+    })
+    .to_string()
+}
+
+/// The member's points, available and pending.
+async fn points(services: &Services, member: &str) -> i64 {
+    let view = services.member_view("kr-shop", member).await.unwrap();
+    view.balance + view.pending
+}
+
+#[tokio::test]
+async fn a_cold_earn_reads_the_member_beside_the_program() {
+    // GIVEN kr-shop on moto and a member who bought once
+    let (table, timeline) = kr_shop_table().await;
+    let member = "shopify:7300000001";
+    let warm = cold_services(&table, &timeline);
+    let first = warm
+        .process_earn(&purchase(member, "9100001", 30_000))
+        .await
+        .unwrap();
+    assert!(matches!(first, Processed::Applied { .. }), "{first:?}");
+    let before = points(&warm, member).await;
+    // WHEN a new instance, which has read nothing yet, processes the member's next purchase
+    let cold = cold_services(&table, &timeline);
+    timeline.clear();
+    let second = cold
+        .process_earn(&purchase(member, "9100002", 50_000))
+        .await
+        .unwrap();
+    // THEN the member's read left before the program's answer came back, and was the only one
+    assert!(matches!(second, Processed::Applied { .. }), "{second:?}");
+    assert!(
+        timeline.at(Phase::Sent, "BatchGetItem", "9100002")
+            < timeline.at(Phase::Answered, "GetItem", "PROGRAM#CURRENT"),
+        "{timeline:?}"
+    );
+    assert_eq!(timeline.count("BatchGetItem"), 1, "{timeline:?}");
+    // AND the purchase earned as it does when warm
+    assert!(points(&warm, member).await > before);
+}
+
+#[tokio::test]
+async fn a_cold_duplicate_costs_the_one_read_it_shares_with_the_program() {
+    // GIVEN kr-shop on moto and a purchase already applied
+    let (table, timeline) = kr_shop_table().await;
+    let member = "shopify:7300000002";
+    let message = purchase(member, "9200001", 30_000);
+    let warm = cold_services(&table, &timeline);
+    warm.process_earn(&message).await.unwrap();
+    let before = points(&warm, member).await;
+    // WHEN a new instance receives the same message again
+    let cold = cold_services(&table, &timeline);
+    timeline.clear();
+    let again = cold.process_earn(&message).await.unwrap();
+    // THEN it is a duplicate, found by the read sent beside the program's, and nothing is
+    // written
+    assert!(matches!(again, Processed::Duplicate), "{again:?}");
+    assert_eq!(timeline.count("BatchGetItem"), 1, "{timeline:?}");
+    assert_eq!(timeline.count("TransactWriteItems"), 0, "{timeline:?}");
+    assert_eq!(points(&warm, member).await, before);
+}
+
+#[tokio::test]
+async fn a_cold_redemption_reads_the_member_beside_its_earlier_answer() {
+    // GIVEN kr-shop on moto and a member with enough points for a coupon
+    let (table, timeline) = kr_shop_table().await;
+    let member = "shopify:7300000003";
+    let warm = cold_services(&table, &timeline);
+    let adjustment = json!({"points": 100_000, "reason": "welcome"}).to_string();
+    warm.adjust(
+        "kr-shop",
+        member,
+        "ops",
+        Some("welcome-1"),
+        adjustment.as_bytes(),
+    )
+    .await
+    .unwrap();
+    let before = points(&warm, member).await;
+    // WHEN a new instance's API answers the member's first redemption with a new key
+    let cold = cold_services(&table, &timeline);
+    let app = router(AppState {
+        services: cold,
+        verifier: Verifier::hs256(SECRET),
+        secrets: Arc::new(loyalty_core::webhooks::EnvSecrets),
+    });
+    timeline.clear();
+    let (status, answer) = redeem(app, member, "coupon-5000", "key-1").await;
+    // THEN the program's campaigns were read with the program and the caller's link, and the
+    // member's read left before the earlier answer's read came back
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let program_answered = timeline.at(Phase::Answered, "GetItem", "PROGRAM#CURRENT");
+    assert!(
+        timeline.at(Phase::Sent, "Query", "\"C#\"") < program_answered,
+        "{timeline:?}"
+    );
+    assert!(
+        timeline.at(Phase::Sent, "BatchGetItem", "ACCOUNT")
+            < timeline.at(Phase::Answered, "GetItem", "IDEMP"),
+        "{timeline:?}"
+    );
+    // AND the coupon was paid for as it is when warm
+    assert_eq!(
+        points(&warm, member).await,
+        before - answer["points"].as_i64().unwrap()
+    );
+}
+
+async fn redeem(app: axum::Router, member: &str, reward: &str, key: &str) -> (StatusCode, Value) {
+    let token = sign(SECRET, &claims(member, &[], None, 1)).unwrap();
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/programs/kr-shop/me/redemptions")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(Body::from(json!({ "reward": reward }).to_string()))
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}

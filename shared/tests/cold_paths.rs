@@ -223,47 +223,44 @@ async fn a_cold_duplicate_costs_the_one_read_it_shares_with_the_program() {
 }
 
 #[tokio::test]
-async fn a_cold_redemption_reads_the_member_beside_its_earlier_answer() {
-    // GIVEN kr-shop on moto and a member with enough points for a coupon
+async fn a_redemption_reads_the_member_beside_its_earlier_answer() {
+    // GIVEN kr-shop on moto, a member with enough points for two coupons, and an instance that
+    // has answered one redemption already
     let (table, timeline) = kr_shop_table().await;
     let member = "shopify:7300000003";
-    let warm = cold_services(&table, &timeline);
+    let services = cold_services(&table, &timeline);
     let adjustment = json!({"points": 100_000, "reason": "welcome"}).to_string();
-    warm.adjust(
-        "kr-shop",
-        member,
-        "ops",
-        Some("welcome-1"),
-        adjustment.as_bytes(),
-    )
-    .await
-    .unwrap();
-    let before = points(&warm, member).await;
-    // WHEN a new instance's API answers the member's first redemption with a new key
-    let cold = cold_services(&table, &timeline);
+    services
+        .adjust(
+            "kr-shop",
+            member,
+            "ops",
+            Some("welcome-1"),
+            adjustment.as_bytes(),
+        )
+        .await
+        .unwrap();
     let app = router(AppState {
-        services: cold,
+        services: Arc::clone(&services),
         verifier: Verifier::hs256(SECRET),
         secrets: Arc::new(loyalty_core::webhooks::EnvSecrets),
     });
+    let (status, _) = redeem(app.clone(), member, "coupon-5000", "key-1").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let before = points(&services, member).await;
+    // WHEN the member redeems again with a new key
     timeline.clear();
-    let (status, answer) = redeem(app, member, "coupon-5000", "key-1").await;
-    // THEN the program's campaigns were read with the program and the caller's link, and the
-    // member's read left before the earlier answer's read came back
+    let (status, answer) = redeem(app, member, "coupon-5000", "key-2").await;
+    // THEN the member's read left before the earlier answer's read came back
     assert_eq!(status, StatusCode::CREATED, "{answer}");
-    let program_answered = timeline.at(Phase::Answered, "GetItem", "PROGRAM#CURRENT");
-    assert!(
-        timeline.at(Phase::Sent, "Query", "\"C#\"") < program_answered,
-        "{timeline:?}"
-    );
     assert!(
         timeline.at(Phase::Sent, "BatchGetItem", "ACCOUNT")
             < timeline.at(Phase::Answered, "GetItem", "IDEMP"),
         "{timeline:?}"
     );
-    // AND the coupon was paid for as it is when warm
+    // AND the coupon was paid for
     assert_eq!(
-        points(&warm, member).await,
+        points(&services, member).await,
         before - answer["points"].as_i64().unwrap()
     );
 }

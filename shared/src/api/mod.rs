@@ -316,35 +316,13 @@ async fn member_of(
     program: &str,
     principal: &Principal,
 ) -> Result<(ProgramId, MemberId), Problem> {
-    member_reading(state, program, principal, Reads::Program).await
-}
-
-/// What a member route reads with the caller's link, besides the program.
-#[derive(Clone, Copy)]
-enum Reads {
-    Program,
-    /// The program's campaigns too (a redemption counts in those whose goal it is).
-    Campaigns,
-}
-
-async fn member_reading(
-    state: &AppState,
-    program: &str,
-    principal: &Principal,
-    reads: Reads,
-) -> Result<(ProgramId, MemberId), Problem> {
     principal.require_member(program)?;
     let program = ProgramId::parse(program)?;
     let services = &state.services;
     // Read together: on a cold start the program is not cached yet, and this saves a wait. An
     // unknown program answers first, whatever the link's read did.
     let (known, alias) = futures_util::future::join(
-        async {
-            match reads {
-                Reads::Program => services.program(&program).await,
-                Reads::Campaigns => services.program_with_campaigns(&program).await,
-            }
-        },
+        services.program(&program),
         services
             .store
             .resolve_alias(&program, "app", &principal.subject),
@@ -747,7 +725,7 @@ async fn redeem(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let (program, member) = member_reading(&state, &program, &principal, Reads::Campaigns).await?;
+    let (program, member) = member_of(&state, &program, &principal).await?;
     let key = idempotency_key(&headers)?;
     let done = state
         .services

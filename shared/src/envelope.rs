@@ -76,6 +76,9 @@ impl Envelope {
 /// The type of a purchase event.
 pub const PURCHASE: &str = "purchase.completed";
 
+/// Asks the tier queue's consumer whether a member has crossed a threshold.
+pub const TIER_CHECK: &str = "tier.check";
+
 /// The event types the earn function processes.
 pub const EARN_TYPES: &[&str] = &[
     PURCHASE,

@@ -339,7 +339,12 @@ fn follow_ups_of(
     if program.tier_rules.upgrade_after_return_window {
         if let Some(first) = released.into_iter().next() {
             let id = format!("tier-check-{}", first.id.replace('#', "-"));
-            let check = envelope("tier.check", id, member, serde_json::json!({}));
+            let check = envelope(
+                crate::envelope::TIER_CHECK,
+                id,
+                member,
+                serde_json::json!({}),
+            );
             outbox.push(OutboxMessage::new(QueueName::Tier, check));
         }
     }

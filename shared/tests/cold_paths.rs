@@ -223,6 +223,36 @@ async fn a_cold_duplicate_costs_the_one_read_it_shares_with_the_program() {
 }
 
 #[tokio::test]
+async fn a_cold_tier_check_reads_the_member_beside_the_program() {
+    // GIVEN kr-shop on moto and a member whose purchase crossed the SILVER threshold
+    let (table, timeline) = kr_shop_table().await;
+    let member = "shopify:7300000004";
+    let warm = cold_services(&table, &timeline);
+    warm.process_earn(&purchase(member, "9400001", 400_000))
+        .await
+        .unwrap();
+    let check = json!({
+        "type": "tier.check", "version": 1, "id": "tier-check-shopify-order-9400001-paid",
+        "program": "kr-shop", "member": member, "occurred_at": now(), "data": {}
+    });
+    // WHEN a new instance, which has read nothing yet, processes the member's tier check
+    let cold = cold_services(&table, &timeline);
+    timeline.clear();
+    let outcome = cold.process_tier_check(&check.to_string()).await.unwrap();
+    // THEN the member's read left before the program's answer came back, and was the only one
+    assert!(matches!(outcome, Processed::Applied { .. }), "{outcome:?}");
+    assert!(
+        timeline.at(Phase::Sent, "BatchGetItem", "ACCOUNT")
+            < timeline.at(Phase::Answered, "GetItem", "PROGRAM#CURRENT"),
+        "{timeline:?}"
+    );
+    assert_eq!(timeline.count("BatchGetItem"), 1, "{timeline:?}");
+    // AND the member was upgraded as a warm instance would
+    let view = warm.member_view("kr-shop", member).await.unwrap();
+    assert_eq!(view.tier.id, "SILVER");
+}
+
+#[tokio::test]
 async fn a_redemption_reads_the_member_beside_its_earlier_answer() {
     // GIVEN kr-shop on moto, a member with enough points for two coupons, and an instance that
     // has answered one redemption already

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::{Contention, ServiceError, Services};
 use crate::domain::{Account, Change, EventContext, Program, Source};
 use crate::envelope::{
-    parse_earn_event, EarnEvent, Engagement, Envelope, ENVELOPE_VERSION, PURCHASE,
+    parse_earn_event, EarnEvent, Engagement, Envelope, ENVELOPE_VERSION, PURCHASE, TIER_CHECK,
 };
 use crate::ids::IdKind;
 use crate::ports::{
@@ -35,7 +35,7 @@ fn follow_ups(
     if upgrade_due {
         let check = message(
             envelope,
-            "tier.check",
+            TIER_CHECK,
             format!("tier-check-{}", envelope.id),
             json!({}),
         );
@@ -120,9 +120,26 @@ struct Opened {
 /// for the first read only when the parsed event has the same keys and no campaign runs (whose
 /// assignments it did not read).
 struct ReadAhead {
-    marker: EventMarker,
+    /// A purchase's marker; none for a tier check, whose marker is only written.
+    marker: Option<EventMarker>,
     order_keys: Vec<String>,
     state: MemberState,
+}
+
+/// The marker and order key a purchase's envelope names, if its ids are ones the edge accepts.
+fn purchase_keys(envelope: &Envelope) -> Option<(EventMarker, String)> {
+    let data = &envelope.data;
+    let order_id = data.get("order_id")?.as_str()?;
+    let platform = match data.get("platform") {
+        None | Some(serde_json::Value::Null) => "api",
+        Some(platform) => platform.as_str()?,
+    };
+    IdKind::Order.check(order_id).ok()?;
+    let marker = EventMarker {
+        source: platform.to_string(),
+        event_id: envelope.id.clone(),
+    };
+    Some((marker, crate::envelope::order_key(platform, order_id)))
 }
 
 /// What a message needs besides its envelope.
@@ -175,7 +192,9 @@ impl Services {
         };
         let campaign_ids: Vec<String> = campaigns.iter().map(|(id, _)| id.clone()).collect();
         let mut ahead = ahead.filter(|a| {
-            a.marker == marker && a.order_keys == order_keys && campaign_ids.is_empty()
+            a.marker.as_ref() == Some(&marker)
+                && a.order_keys == order_keys
+                && campaign_ids.is_empty()
         });
         let mut contention = Contention::new();
         loop {
@@ -323,7 +342,9 @@ impl Services {
     /// Handles one `tier.check`: upgrade the member if a threshold has been crossed.
     pub async fn process_tier_check(&self, body: &str) -> Result<Processed, Retry> {
         let Opened {
-            envelope, program, ..
+            envelope,
+            program,
+            ahead,
         } = match self.open(body, Needs::Program).await? {
             Ok(opened) => opened,
             Err(rejected) => return Ok(rejected),
@@ -339,14 +360,18 @@ impl Services {
             source: "tier".into(),
             event_id: envelope.id.clone(),
         };
+        let mut ahead = ahead.filter(|a| a.marker.is_none() && program.id == envelope.program);
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
-            let state = self
-                .store
-                .load_member(&program.id, &envelope.member, &[])
-                .await
-                .map_err(|e| Retry(e.to_string()))?;
+            let state = match ahead.take() {
+                Some(read) => read.state,
+                None => self
+                    .store
+                    .load_member(&program.id, &envelope.member, &[])
+                    .await
+                    .map_err(|e| Retry(e.to_string()))?,
+            };
             let Some(account) = state.account else {
                 return Ok(Processed::NoEffect("no such member yet".into()));
             };
@@ -402,17 +427,17 @@ impl Services {
                     .map(Err);
             }
         };
-        let (program, ahead) = match needs {
-            // A purchase earns with the campaigns running when it happened.
-            Needs::Campaigns if envelope.kind == PURCHASE => {
-                futures_util::future::join(
-                    self.program_with_campaigns(&envelope.program),
-                    self.read_ahead(&envelope),
-                )
-                .await
+        let program = async {
+            match needs {
+                // A purchase earns with the campaigns running when it happened.
+                Needs::Campaigns if envelope.kind == PURCHASE => {
+                    self.program_with_campaigns(&envelope.program).await
+                }
+                _ => self.program(&envelope.program).await,
             }
-            _ => (self.program(&envelope.program).await, None),
         };
+        let (program, ahead) =
+            futures_util::future::join(program, self.read_ahead(&envelope, needs)).await;
         match program {
             Ok(program) => Ok(Ok(Opened {
                 envelope,
@@ -426,40 +451,34 @@ impl Services {
         }
     }
 
-    /// On a cold start (the program not cached), a purchase's member read is sent beside the
-    /// program's: its keys come from the envelope alone. Best effort: nothing is read for ids
-    /// the edge would refuse, and a failed read is left to the ordinary read after it.
-    async fn read_ahead(&self, envelope: &Envelope) -> Option<ReadAhead> {
-        if self.cached(&envelope.program).is_some() {
-            return None;
-        }
-        let data = &envelope.data;
-        let order_id = data.get("order_id")?.as_str()?;
-        let platform = match data.get("platform") {
-            None | Some(serde_json::Value::Null) => "api",
-            Some(platform) => platform.as_str()?,
-        };
-        let valid = IdKind::Order.check(order_id).is_ok()
-            && IdKind::Member.check(&envelope.member).is_ok()
+    /// On a cold start (the program not cached), the member read of a purchase or a tier check
+    /// is sent beside the program's: its keys come from the envelope alone. Best effort:
+    /// nothing is read for ids the edge would refuse, and a failed read is left to the
+    /// ordinary read after it.
+    async fn read_ahead(&self, envelope: &Envelope, needs: Needs) -> Option<ReadAhead> {
+        let valid = IdKind::Member.check(&envelope.member).is_ok()
             && IdKind::Event.check(&envelope.id).is_ok();
-        if !valid {
+        if !valid || self.cached(&envelope.program).is_some() {
             return None;
         }
-        let marker = EventMarker {
-            source: platform.to_string(),
-            event_id: envelope.id.clone(),
+        let (marker, order_keys) = match (needs, envelope.kind.as_str()) {
+            (Needs::Campaigns, PURCHASE) => {
+                let (marker, order_key) = purchase_keys(envelope)?;
+                (Some(marker), vec![order_key])
+            }
+            (Needs::Program, TIER_CHECK) => (None, Vec::new()),
+            _ => return None,
         };
-        let order_keys = vec![crate::envelope::order_key(platform, order_id)];
-        let state = self
-            .store
-            .load_member_for_event(
-                &envelope.program,
-                &envelope.member,
-                &marker,
-                &order_keys,
-                &[],
-            )
-            .await
+        let (program, member) = (&envelope.program, &envelope.member);
+        let read = match &marker {
+            Some(marker) => {
+                self.store
+                    .load_member_for_event(program, member, marker, &order_keys, &[])
+                    .await
+            }
+            None => self.store.load_member(program, member, &[]).await,
+        };
+        let state = read
             .map_err(|e| tracing::debug!(error = %e, "the read ahead failed"))
             .ok()?;
         Some(ReadAhead {

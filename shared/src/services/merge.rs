@@ -341,7 +341,7 @@ impl Services {
                     resumed: None,
                     reviewed_by: None,
                     trace: crate::telemetry::trace::current(),
-                    kind: "tier.check".into(),
+                    kind: crate::envelope::TIER_CHECK.into(),
                     version: ENVELOPE_VERSION,
                     id: format!("tier-check-{step}"),
                     program: program.id.clone(),

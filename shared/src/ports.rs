@@ -630,6 +630,20 @@ pub trait AliasStore: Send + Sync {
     ) -> Result<Option<String>, StoreError> {
         self.resolve_alias(program, kind, value).await
     }
+    /// [`AliasStore::linked_alias`] of several identities (`(kind, value)`, each named once),
+    /// answered in their order. A store that can read them in one request does.
+    async fn linked_aliases(
+        &self,
+        program: &str,
+        links: &[(&str, &str)],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        futures_util::future::try_join_all(
+            links
+                .iter()
+                .map(|(kind, value)| self.linked_alias(program, kind, value)),
+        )
+        .await
+    }
     /// Links an identity to a member; `false` when it is already linked to another member.
     async fn put_alias(
         &self,

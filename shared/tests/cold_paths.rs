@@ -17,11 +17,13 @@ use axum::http::{Request, StatusCode};
 use chrono::{DateTime, TimeZone, Utc};
 use loyalty_core::api::auth::{claims, sign, Verifier};
 use loyalty_core::api::{router, AppState};
+use loyalty_core::ports::AliasStore as _;
 use loyalty_core::ports::FixedClock;
 use loyalty_core::services::earn::Processed;
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::DynamoStore;
+use loyalty_core::webhooks::{shopify, Normalised};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -108,10 +110,15 @@ impl Timeline {
 
     fn count(&self, operation: &str) -> usize {
         let prefix = format!("{operation} ");
+        self.sent_where(|name| name.starts_with(&prefix))
+    }
+
+    /// How many requests sent were named so that `is` holds.
+    fn sent_where(&self, is: impl Fn(&str) -> bool) -> usize {
         let timeline = self.0.lock().unwrap();
         timeline
             .iter()
-            .filter(|(p, name)| *p == Phase::Sent && name.starts_with(&prefix))
+            .filter(|(p, name)| *p == Phase::Sent && is(name))
             .count()
     }
 }
@@ -293,6 +300,53 @@ async fn a_redemption_reads_the_member_beside_its_earlier_answer() {
         points(&services, member).await,
         before - answer["points"].as_i64().unwrap()
     );
+}
+
+#[tokio::test]
+async fn a_webhook_reads_the_links_it_may_write_in_one_request() {
+    // GIVEN kr-shop on moto and a paid order of a new customer, with an email
+    let (table, timeline) = kr_shop_table().await;
+    let services = cold_services(&table, &timeline);
+    let body = include_str!("../../tests/fixtures/shopify/orders-paid.json")
+        .replace("__OCCURRED_AT__", &now().to_rfc3339());
+    let events = match shopify::normalise("orders/paid", body.as_bytes(), None, now()).unwrap() {
+        Normalised::Events(events) => events,
+        ignored => panic!("the fixture is a paid order: {ignored:?}"),
+    };
+    let order = events[0]
+        .order_key
+        .clone()
+        .expect("a paid order names its order");
+    let email = events[0]
+        .identities
+        .iter()
+        .find(|i| i.starts_with("email:"))
+        .cloned()
+        .expect("the fixture's order names an email");
+    // WHEN the order is ingested
+    timeline.clear();
+    services.ingest_events("kr-shop", events).await.unwrap();
+    // THEN the order's and the email's links were read in one request, and neither alone
+    let order_link = format!("P#kr-shop#ID#order#{order}\"");
+    let email_link = format!("P#kr-shop#ID#{}\"", email.replacen(':', "#", 1));
+    let together = timeline.sent_where(|name| {
+        name.starts_with("BatchGetItem ")
+            && name.contains(&order_link)
+            && name.contains(&email_link)
+    });
+    assert_eq!(together, 1, "{timeline:?}");
+    assert_eq!(
+        timeline.sent_where(|name| name.starts_with("GetItem ") && name.contains(&order_link)),
+        0,
+        "{timeline:?}"
+    );
+    // AND the links were written: the order now leads to its member
+    let store = DynamoStore::new(client(&timeline), &table);
+    assert!(store
+        .resolve_alias("kr-shop", "order", &order)
+        .await
+        .unwrap()
+        .is_some());
 }
 
 async fn redeem(app: axum::Router, member: &str, reward: &str, key: &str) -> (StatusCode, Value) {

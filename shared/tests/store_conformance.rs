@@ -556,6 +556,26 @@ async fn aliases_link_one_identity_to_one_member(store: Arc<dyn Store>) {
     ] {
         assert_eq!(read.unwrap(), None);
     }
+    // AND several read together come back in the order asked, a missing one as nothing
+    assert_eq!(
+        store
+            .linked_aliases(
+                "kr-shop",
+                &[
+                    ("email", "nobody"),
+                    ("email", &value),
+                    ("shopify", "nobody")
+                ]
+            )
+            .await
+            .unwrap(),
+        vec![None, Some("m-1".to_string()), None]
+    );
+    assert!(store
+        .linked_aliases("kr-shop", &[])
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn an_order_link_leads_to_its_member_until_the_member_is_erased(store: Arc<dyn Store>) {

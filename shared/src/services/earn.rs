@@ -109,7 +109,8 @@ struct Outcome {
     counters: Vec<CounterAdd>,
 }
 
-/// A message's envelope and program, and for a purchase on a cold start its member's state.
+/// A message's envelope and program, and for a purchase or a tier check on a cold start the
+/// member's state ([`Services::read_ahead`]).
 struct Opened {
     envelope: Envelope,
     program: Arc<Program>,

@@ -429,12 +429,7 @@ impl Services {
                 _ => {}
             }
         }
-        let linked = try_join_all(
-            links
-                .iter()
-                .map(|(kind, value)| self.store.linked_alias(program, kind, value)),
-        )
-        .await?;
+        let linked = self.store.linked_aliases(program, &links).await?;
         Ok(links
             .into_iter()
             .zip(linked)

@@ -117,6 +117,15 @@ fn member_pk(program: &str, member: &str) -> String {
     format!("P#{program}#M#{member}")
 }
 
+/// The partition key of an identity's (or an order's) link.
+fn alias_pk(program: &str, kind: &str, value: &str) -> String {
+    format!("P#{program}#ID#{kind}#{value}")
+}
+
+fn alias_key(program: &str, kind: &str, value: &str) -> Item {
+    key(alias_pk(program, kind, value), "ALIAS")
+}
+
 fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
     HashMap::from([("PK".to_string(), s(pk)), ("SK".to_string(), s(sk))])
 }
@@ -320,8 +329,9 @@ impl DynamoStore {
         value: &str,
         consistent: bool,
     ) -> Result<Option<String>, StoreError> {
-        let alias = key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS");
-        let item = self.read(alias, consistent).await?;
+        let item = self
+            .read(alias_key(program, kind, value), consistent)
+            .await?;
         Ok(item.and_then(|i| text(&i, "member").map(str::to_string)))
     }
 
@@ -369,8 +379,19 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// Reads items by key in one BatchGetItem, retrying the keys DynamoDB leaves unprocessed.
+    /// Reads items by key in one BatchGetItem, strongly consistent.
     async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+        self.batch_read(keys, true, "cannot read the member").await
+    }
+
+    /// Reads up to 100 items by key in one BatchGetItem, retrying the keys DynamoDB leaves
+    /// unprocessed; `consistent` false reads at half the read units, possibly a moment old.
+    async fn batch_read(
+        &self,
+        keys: Vec<Item>,
+        consistent: bool,
+        what: &str,
+    ) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
         let mut pending = keys;
         for _ in 0..10 {
@@ -381,7 +402,7 @@ impl DynamoStore {
                 "batch get",
                 KeysAndAttributes::builder()
                     .set_keys(Some(pending))
-                    .consistent_read(true)
+                    .consistent_read(consistent)
                     .build(),
             )?;
             let output = self
@@ -390,7 +411,7 @@ impl DynamoStore {
                 .request_items(&self.table, request)
                 .send()
                 .await
-                .map_err(|e| sdk_error("cannot read the member", e))?;
+                .map_err(|e| sdk_error(what, e))?;
             if let Some(mut found) = output.responses {
                 items.extend(found.remove(&self.table).unwrap_or_default());
             }
@@ -1558,6 +1579,34 @@ impl AliasStore for DynamoStore {
         self.alias_member(program, kind, value, false).await
     }
 
+    /// One BatchGetItem, possibly a moment old, for the links of a delivery (at most a few: an
+    /// order and an event's identities), at most 100 at a time.
+    async fn linked_aliases(
+        &self,
+        program: &str,
+        links: &[(&str, &str)],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let mut found: HashMap<String, String> = HashMap::new();
+        for chunk in links.chunks(100) {
+            let keys = chunk
+                .iter()
+                .map(|(kind, value)| alias_key(program, kind, value))
+                .collect();
+            for item in self
+                .batch_read(keys, false, "cannot read the links")
+                .await?
+            {
+                if let (Some(pk), Some(member)) = (text(&item, "PK"), text(&item, "member")) {
+                    found.insert(pk.to_string(), member.to_string());
+                }
+            }
+        }
+        Ok(links
+            .iter()
+            .map(|(kind, value)| found.get(&alias_pk(program, kind, value)).cloned())
+            .collect())
+    }
+
     async fn put_alias(
         &self,
         program: &str,
@@ -1565,7 +1614,7 @@ impl AliasStore for DynamoStore {
         value: &str,
         member: &str,
     ) -> Result<bool, StoreError> {
-        let mut item = key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS");
+        let mut item = alias_key(program, kind, value);
         item.insert("member".into(), s(member));
         if kind == ORDER_LINK {
             return self.put_order_link(item, member).await;
@@ -1604,7 +1653,7 @@ impl AliasStore for DynamoStore {
         from: &str,
         to: &str,
     ) -> Result<bool, StoreError> {
-        let mut item = key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS");
+        let mut item = alias_key(program, kind, value);
         item.insert("member".into(), s(to));
         let alias = build(
             "alias",
@@ -1644,7 +1693,7 @@ impl AliasStore for DynamoStore {
             "delete",
             Delete::builder()
                 .table_name(&self.table)
-                .set_key(Some(key(format!("P#{program}#ID#{kind}#{value}"), "ALIAS")))
+                .set_key(Some(alias_key(program, kind, value)))
                 .condition_expression("attribute_not_exists(PK) OR #m = :m")
                 .expression_attribute_names("#m", "member")
                 .expression_attribute_values(":m", s(member))

@@ -20,7 +20,6 @@ use loyalty_core::api::{router, AppState};
 use loyalty_core::ports::AliasStore as _;
 use loyalty_core::ports::FixedClock;
 use loyalty_core::services::earn::Processed;
-use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::DynamoStore;
 use loyalty_core::webhooks::{shopify, Normalised};
@@ -134,14 +133,7 @@ async fn kr_shop_table() -> (String, Timeline) {
     let services = cold_services(&table, &timeline);
     let store = DynamoStore::new(client(&timeline), &table);
     store.create_table().await.expect("moto creates the table");
-    services
-        .put_program(
-            "kr-shop",
-            include_str!("../../examples/kr-shop.toml"),
-            ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
+    common::save_kr_shop(&services).await;
     (table, timeline)
 }
 

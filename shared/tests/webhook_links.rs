@@ -7,10 +7,11 @@ use std::sync::Arc;
 use chrono::{TimeZone, Utc};
 use loyalty_core::ports::{AliasStore as _, FixedClock};
 use loyalty_core::queue::local::LocalQueue;
-use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
 use loyalty_core::store::sqlite::SqliteStore;
 use loyalty_core::webhooks::{shopify, Normalised, PlatformEvent};
+
+mod common;
 
 fn paid_order(now: chrono::DateTime<Utc>) -> Vec<PlatformEvent> {
     let body = include_str!("../../tests/fixtures/shopify/orders-paid.json")
@@ -29,14 +30,7 @@ async fn kr_shop_on(store: &SqliteStore, now: chrono::DateTime<Utc>) -> Services
         Arc::new(queue),
         FixedClock::at(now),
     );
-    services
-        .put_program(
-            "kr-shop",
-            include_str!("../../examples/kr-shop.toml"),
-            ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
+    common::save_kr_shop(&services).await;
     services
 }
 

@@ -35,6 +35,18 @@ pub fn kr() -> Program {
     Program::from_toml(include_str!("../../../examples/kr-shop.toml")).expect("kr-shop is valid")
 }
 
+/// Saves kr-shop as its operator would, in TOML.
+pub async fn save_kr_shop(services: &loyalty_core::services::Services) {
+    services
+        .put_program(
+            "kr-shop",
+            include_str!("../../../examples/kr-shop.toml"),
+            loyalty_core::services::programs::ProgramFormat::Toml,
+        )
+        .await
+        .expect("kr-shop is saved");
+}
+
 pub fn us() -> Program {
     Program::from_toml(include_str!("../../../examples/us-shop.toml")).expect("us-shop is valid")
 }

@@ -173,14 +173,7 @@ pub async fn kr_shop_services(
         Arc::new(queue.clone()),
         clock,
     );
-    services
-        .put_program(
-            "kr-shop",
-            include_str!("../../../examples/kr-shop.toml"),
-            loyalty_core::services::programs::ProgramFormat::Toml,
-        )
-        .await
-        .expect("kr-shop loads");
+    save_kr_shop(&services).await;
     (queue, services)
 }
 

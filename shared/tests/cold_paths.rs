@@ -258,22 +258,8 @@ async fn a_redemption_reads_the_member_beside_its_earlier_answer() {
     let (table, timeline) = kr_shop_table().await;
     let member = "shopify:7300000003";
     let services = cold_services(&table, &timeline);
-    let adjustment = json!({"points": 100_000, "reason": "welcome"}).to_string();
-    services
-        .adjust(
-            "kr-shop",
-            member,
-            "ops",
-            Some("welcome-1"),
-            adjustment.as_bytes(),
-        )
-        .await
-        .unwrap();
-    let app = router(AppState {
-        services: Arc::clone(&services),
-        verifier: Verifier::hs256(SECRET),
-        secrets: Arc::new(loyalty_core::webhooks::EnvSecrets),
-    });
+    give(&services, member, 100_000).await;
+    let app = app_of(&services);
     let (status, _) = redeem(app.clone(), member, "coupon-5000", "key-1").await;
     assert_eq!(status, StatusCode::CREATED);
     let before = points(&services, member).await;
@@ -290,6 +276,35 @@ async fn a_redemption_reads_the_member_beside_its_earlier_answer() {
     // AND the coupon was paid for
     assert_eq!(
         points(&services, member).await,
+        before - answer["points"].as_i64().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_cold_redemption_reads_the_member_beside_the_campaigns() {
+    // GIVEN kr-shop on moto (no campaign) and a member with enough points for a coupon
+    let (table, timeline) = kr_shop_table().await;
+    let member = "shopify:7300000005";
+    let warm = cold_services(&table, &timeline);
+    give(&warm, member, 100_000).await;
+    let before = points(&warm, member).await;
+    // WHEN a new instance, which has read nothing yet, answers the member's redemption
+    let cold = cold_services(&table, &timeline);
+    timeline.clear();
+    let (status, answer) = redeem(app_of(&cold), member, "coupon-5000", "key-1").await;
+    // THEN the member's read left before the campaigns' answer came back, and was the only one
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert!(
+        timeline.at(Phase::Sent, "BatchGetItem", "ACCOUNT")
+            < timeline.at(Phase::Answered, "Query", "\"C#\""),
+        "{timeline:?}"
+    );
+    let member_reads =
+        timeline.sent_where(|name| name.starts_with("BatchGetItem ") && name.contains("ACCOUNT"));
+    assert_eq!(member_reads, 1, "{timeline:?}");
+    // AND the coupon was paid for
+    assert_eq!(
+        points(&warm, member).await,
         before - answer["points"].as_i64().unwrap()
     );
 }
@@ -339,6 +354,30 @@ async fn a_webhook_reads_the_links_it_may_write_in_one_request() {
         .await
         .unwrap()
         .is_some());
+}
+
+/// The API on `services`, with tokens signed by [`SECRET`].
+fn app_of(services: &Arc<Services>) -> axum::Router {
+    router(AppState {
+        services: Arc::clone(services),
+        verifier: Verifier::hs256(SECRET),
+        secrets: Arc::new(loyalty_core::webhooks::EnvSecrets),
+    })
+}
+
+/// An operator's adjustment of `points` to `member`.
+async fn give(services: &Services, member: &str, points: i64) {
+    let adjustment = json!({"points": points, "reason": "welcome"}).to_string();
+    services
+        .adjust(
+            "kr-shop",
+            member,
+            "ops",
+            Some("welcome-1"),
+            adjustment.as_bytes(),
+        )
+        .await
+        .unwrap();
 }
 
 async fn redeem(app: axum::Router, member: &str, reward: &str, key: &str) -> (StatusCode, Value) {

@@ -379,6 +379,13 @@ impl Services {
         Ok(program)
     }
 
+    /// The program's campaigns if the cache holds them and they are fresh.
+    pub(crate) fn cached_campaigns(&self, program: &str) -> Option<CampaignList> {
+        let cache = self.campaigns.lock().ok()?;
+        let (at, list) = cache.get(program)?;
+        (at.elapsed() < PROGRAM_CACHE_TTL).then(|| Arc::clone(list))
+    }
+
     fn cached(&self, id: &str) -> Option<Arc<Program>> {
         let cache = self.programs.lock().ok()?;
         let (at, program) = cache.get(id)?;
@@ -387,11 +394,7 @@ impl Services {
 
     /// The program's campaigns, from the cache when fresh (else one query).
     pub(crate) async fn campaign_list(&self, program: &str) -> Result<CampaignList, ServiceError> {
-        if let Some(list) = self.campaigns.lock().ok().and_then(|c| {
-            c.get(program)
-                .filter(|(at, _)| at.elapsed() < PROGRAM_CACHE_TTL)
-                .map(|(_, l)| Arc::clone(l))
-        }) {
+        if let Some(list) = self.cached_campaigns(program) {
             return Ok(list);
         }
         let mut list = Vec::new();

@@ -180,7 +180,10 @@ class TlsFront:
         # Connections and requests by instance (the path's `/i/{id}`): a rise in an instance's
         # connections between two of its invocations is a TLS handshake it paid.
         self.counts: dict[str, dict[str, int]] = {}
-        counts, lock = self.counts, threading.Lock()
+        # When each instance's connections were accepted (their handshake done), known at their
+        # first request.
+        self.opened: dict[str, list[float]] = {}
+        counts, opened, lock = self.counts, self.opened, threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -191,6 +194,12 @@ class TlsFront:
             def log_message(self, *args):
                 pass
 
+            def setup(self):
+                super().setup()
+                # The handshake is done when the connection is accepted; a connection may
+                # carry its first request much later (the client's pool opened it ahead).
+                self.accepted_at = time.monotonic()
+
             def do_POST(self):
                 parts = self.path.split("/")
                 instance = parts[2] if len(parts) > 2 and parts[1] == "i" else "?"
@@ -200,6 +209,7 @@ class TlsFront:
                     if not getattr(self, "counted", False):
                         self.counted = True
                         mine["connections"] += 1
+                        opened.setdefault(instance, []).append(self.accepted_at)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 c = http.client.HTTPConnection("127.0.0.1", upstream, timeout=60)
@@ -434,6 +444,11 @@ class Bench:
         sample = {"init": (t["ready"] - t["start"]) * 1000, "first": (t["response"] - t["ready"]) * 1000,
                   "total": (t["response"] - t["start"]) * 1000, "warm": warm.duration_ms}
         if self.tls:
+            # Connections opened before the first /next (init) and during the first invocation:
+            # every one of the latter is a TLS handshake the first invocation waited for.
+            opened = self.tls.opened.get(str(new[0]), [])
+            sample["init_connections"] = sum(1 for at in opened if at <= t["ready"])
+            sample["first_connections"] = sum(1 for at in opened if t["ready"] < at <= t["response"])
             after = self._seen_by(pool)
             sample["warm_connections"] = after["connections"] - between["connections"]
             sample["warm_requests"] = after["requests"] - between["requests"]
@@ -505,14 +520,16 @@ def main(argv: list[str]) -> int:
                 for i in range(args.samples):
                     samples.append(bench.one(name))
                 row = {k: stats([s[k] for s in samples]) for k in ("init", "first", "total", "warm")}
-                for k in ("warm_connections", "warm_requests"):
+                for k in ("init_connections", "first_connections", "warm_connections", "warm_requests"):
                     if k in samples[0]:
                         row[k] = stats([s[k] for s in samples])
                 row["samples"] = samples
                 results["modes"][mode][name] = row
                 print(f"{mode:5} {name:16} total median {row['total']['median']:7.1f} ms (min {row['total']['min']:6.1f}, max {row['total']['max']:7.1f}); "
                       f"init {row['init']['median']:6.1f}, first invocation {row['first']['median']:6.1f}, warm {row['warm']['median']:6.1f}"
-                      + (f"; warm: {row['warm_connections']['median']:.0f} TLS connections opened for {row['warm_requests']['median']:.0f} requests"
+                      + (f"; TLS connections opened: init {row['init_connections']['median']:.0f}, first invocation "
+                         f"{row['first_connections']['median']:.0f} (max {row['first_connections']['max']:.0f}), "
+                         f"warm {row['warm_connections']['median']:.0f} for {row['warm_requests']['median']:.0f} requests"
                          if "warm_connections" in row else ""), flush=True)
     finally:
         for pool in bench.by_binary.values() if "bench" in locals() else []:

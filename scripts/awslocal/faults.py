@@ -207,6 +207,9 @@ class FaultProxy:
         self.count_lock = threading.Lock()
         # What each function asked of AWS, as IAM names it: {(function, action, resource)}.
         self.actions: set[tuple[str, str, str]] = set()
+        # When each instance's connections were accepted, known at their first request: one
+        # opened during an invocation is a TLS handshake it waited for on AWS.
+        self.opened: dict[int, list[float]] = {}
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -217,6 +220,11 @@ class FaultProxy:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                # A client's pool may open a connection well before its first request.
+                self.accepted_at = time.monotonic()
 
             def do_POST(self):
                 proxy.handle(self)
@@ -247,6 +255,10 @@ class FaultProxy:
         path = (m.group(2) if m else h.path) or "/"
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
+        if not getattr(h, "counted", False):
+            h.counted = True
+            with self.count_lock:
+                self.opened.setdefault(instance, []).append(h.accepted_at)
         function = self.function_of(instance)
         service, operation = operation_of(h.headers, body)
         with self.rng_lock:

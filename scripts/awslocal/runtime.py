@@ -118,6 +118,7 @@ class Instance:
         self.waiting: list[Invocation] = []
         self.current: Invocation | None = None
         self.ready = threading.Event()  # the init phase ended: the first /next arrived
+        self.ready_at: float | None = None  # when it did
         self.dead = False
         self.init_error: str | None = None
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _RuntimeApi)
@@ -160,6 +161,8 @@ class Instance:
         self.server.shutdown()
 
     def next_invocation(self) -> Invocation | None:
+        if self.ready_at is None:
+            self.ready_at = time.monotonic()
         self.ready.set()
         with self.lock:
             while not self.waiting and not self.dead:
@@ -180,6 +183,8 @@ class Instance:
             if current is None or current.request_id != request_id:
                 return
             self.current = None
+            if self.ready_at is not None and self.id not in self.pool.first_invocations:
+                self.pool.first_invocations[self.id] = (self.ready_at, time.monotonic(), current.payload)
         if ok:
             current.finish(Outcome(True, body=body))
         else:
@@ -242,6 +247,8 @@ class FunctionPool:
         # Every instance this pool started, stopped ones too: a stopping process may still be
         # talking to AWS, and its requests belong to this function.
         self.started: set[int] = set()
+        # Each instance's first invocation: its first /next, its answer, and its payload.
+        self.first_invocations: dict[int, tuple[float, float, bytes]] = {}
         self.stopping = False
         self.stats = {"invocations": 0, "cold_starts": 0, "errors": 0, "crashes": 0, "timeouts": 0}
         log_dir.mkdir(parents=True, exist_ok=True)

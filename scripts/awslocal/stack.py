@@ -354,7 +354,24 @@ class Stack:
             "queue_urls": dict(self.queue_urls),
             "requests": proxy,
             "schedules": {name: r.runs[-5:] for name, r in self.schedules.items()},
+            "first_invocation_connections": self.first_invocation_connections(),
         }
+
+    def first_invocation_connections(self) -> dict[str, dict[str, dict]]:
+        """For each function, each instance's first invocation: the connections it opened
+        (those opened during init are not counted: that is where they belong) and what it was
+        (a scheduled job's input, an HTTP route, or the number of queue or stream records)."""
+        found: dict[str, dict[str, dict]] = {}
+        with self.proxy.count_lock:
+            opened = {i: list(times) for i, times in self.proxy.opened.items()}
+        for pool in self.pools.values():
+            mine = found.setdefault(pool.binary.name, {})
+            for instance, (ready, answered, payload) in list(pool.first_invocations.items()):
+                mine[str(instance)] = {
+                    "connections": sum(1 for at in opened.get(instance, []) if ready < at <= answered),
+                    "work": _work_of(payload),
+                }
+        return found
 
     def _start_control(self) -> None:
         stack = self
@@ -416,3 +433,25 @@ class Stack:
         self.control.daemon_threads = True
         threading.Thread(target=self.control.serve_forever, daemon=True).start()
         self.control_url = f"http://127.0.0.1:{self.control.server_address[1]}"
+
+
+def _work_of(payload: bytes) -> str:
+    """What an invocation was, in a few words: a job, a route, or a number of records."""
+    try:
+        event = json.loads(payload or b"null")
+    except ValueError:
+        return "?"
+    if not isinstance(event, dict):
+        return "?"
+    if "job" in event:
+        return f"job {event['job']}"
+    if "Records" in event:
+        kinds = set()
+        for record in event["Records"]:
+            try:
+                kinds.add(json.loads(record.get("body") or "{}").get("type") or record.get("eventName") or "?")
+            except (ValueError, AttributeError):
+                kinds.add(record.get("eventName") or "?")
+        return f"{len(event['Records'])} records: {', '.join(sorted(kinds))}"
+    context = event.get("requestContext", {}).get("http", {})
+    return f"{context.get('method', '?')} {event.get('rawPath', '?')}"

@@ -11,9 +11,43 @@ use crate::services::Services;
 use crate::store::dynamodb::DynamoStore;
 use crate::webhooks::ssm::SsmSecrets;
 
-/// The key read during init to open the connection (no item has it; the template grants the
-/// outbox relay, which reads nothing else, this key alone).
+/// The key read during init to open connections to DynamoDB (no item has it).
 pub const WARM_UP_KEY: &str = "warm-up";
+/// The parameter named during init to open the connection to SSM (none has this name; it lies
+/// under the `/loyalty/` path the template grants).
+pub const WARM_UP_PARAMETER: &str = "/loyalty/warm-up";
+
+/// The connections a function's first invocation uses at once, opened during init so that it
+/// waits for no TLS handshake. HTTP/1.1 carries one request at a time per connection: requests
+/// sent together on a cold start each open one, unless that many are already open and idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    /// DynamoDB requests the first invocation sends together.
+    pub dynamodb: usize,
+    /// It sends to SQS.
+    pub sqs: bool,
+    /// It reads SSM parameters.
+    pub ssm: bool,
+}
+
+impl Connections {
+    /// DynamoDB only, `n` requests at once.
+    pub const fn dynamodb(n: usize) -> Connections {
+        Connections {
+            dynamodb: n,
+            sqs: false,
+            ssm: false,
+        }
+    }
+
+    pub const fn and_sqs(self) -> Connections {
+        Connections { sqs: true, ..self }
+    }
+
+    pub const fn and_ssm(self) -> Connections {
+        Connections { ssm: true, ..self }
+    }
+}
 
 /// What a function needs to reach its table and queues.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,40 +101,61 @@ impl AwsSettings {
         })
     }
 
-    /// The services on DynamoDB and SQS, with clients built once from one AWS configuration.
-    pub async fn services(&self) -> Services {
-        let config = crate::aws::sdk_config(None).await;
-        let dynamodb = self.warm_up(&config).await;
-        self.services_with(&config, dynamodb)
+    /// The services on DynamoDB and SQS, with clients built once from one AWS configuration,
+    /// and `warm` opened.
+    pub async fn services(&self, warm: Connections) -> Services {
+        let clients = Clients::new(&crate::aws::sdk_config(None).await);
+        self.warm_up(&clients, warm).await;
+        self.services_with(&clients)
     }
 
-    /// Opens the connection to DynamoDB during init, with one read of a key that never exists:
-    /// the first invocation then pays no TLS handshake, and init's time is not billed the same
-    /// way. A failure here is only logged; the first real call tries again.
-    async fn warm_up(&self, config: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
+    /// Opens the connections of `warm` during init, all at once: the first invocation then
+    /// pays no TLS handshake, and init's time is not billed the same way. Each request reads or
+    /// sends nothing: a DynamoDB read of a key that never exists, an SQS batch of no messages
+    /// (refused as empty, after the connection is made), an SSM read of a parameter that does
+    /// not exist. A failure here is only logged; the first real call tries again.
+    async fn warm_up(&self, clients: &Clients, warm: Connections) {
         use aws_sdk_dynamodb::types::AttributeValue;
         let key = || AttributeValue::S(WARM_UP_KEY.to_string());
-        let client = aws_sdk_dynamodb::Client::new(config);
-        let read = client
-            .get_item()
-            .table_name(&self.table)
-            .key("PK", key())
-            .key("SK", key())
-            .send()
-            .await;
-        if let Err(e) = read {
-            tracing::info!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "warm-up read failed");
-        }
-        client
+        let reads = (0..warm.dynamodb).map(|_| async {
+            let read = clients
+                .dynamodb
+                .get_item()
+                .table_name(&self.table)
+                .key("PK", key())
+                .key("SK", key())
+                .send()
+                .await;
+            if let Err(e) = read {
+                tracing::info!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "warm-up read failed");
+            }
+        });
+        let sqs = async {
+            // Every queue is on the one SQS endpoint; the first configured, in a fixed order.
+            let first = [QueueName::Earn, QueueName::Tier, QueueName::Notify]
+                .iter()
+                .find_map(|q| self.queues.get(q));
+            let Some(url) = first.filter(|_| warm.sqs) else {
+                return;
+            };
+            let sent = clients
+                .sqs
+                .send_message_batch()
+                .queue_url(url)
+                .set_entries(Some(Vec::new()))
+                .send()
+                .await;
+            // The empty batch is refused by the service; only a failure to reach it matters.
+            if let Err(aws_sdk_sqs::error::SdkError::DispatchFailure(e)) = sent {
+                tracing::info!(error = ?e, "warm-up of SQS failed");
+            }
+        };
+        futures_util::future::join(futures_util::future::join_all(reads), sqs).await;
     }
 
-    fn services_with(
-        &self,
-        config: &aws_config::SdkConfig,
-        dynamodb: aws_sdk_dynamodb::Client,
-    ) -> Services {
-        let store = DynamoStore::new(dynamodb, &self.table);
-        let sqs = aws_sdk_sqs::Client::new(config);
+    fn services_with(&self, clients: &Clients) -> Services {
+        let store = DynamoStore::new(clients.dynamodb.clone(), &self.table);
+        let sqs = clients.sqs.clone();
         let queue = SqsQueue::new(sqs.clone(), self.queues.clone());
         let services = Services::new(Arc::new(store), Arc::new(queue), Arc::new(SystemClock));
         let pairs: HashMap<QueueName, QueuePair> = self
@@ -126,14 +181,46 @@ impl AwsSettings {
     }
 
     /// What the HTTP functions need: the services, tokens verified by API Gateway's JWT
-    /// authorizer, and webhook secrets from SSM Parameter Store.
-    pub async fn app_state(&self) -> AppState {
+    /// authorizer, and webhook secrets from SSM Parameter Store; `warm` opened.
+    pub async fn app_state(&self, warm: Connections) -> AppState {
         let config = crate::aws::sdk_config(None).await;
-        let dynamodb = self.warm_up(&config).await;
+        let clients = Clients::new(&config);
+        let ssm = aws_sdk_ssm::Client::new(&config);
+        futures_util::future::join(self.warm_up(&clients, warm), async {
+            if warm.ssm {
+                warm_up_ssm(&ssm).await;
+            }
+        })
+        .await;
         AppState {
-            services: Arc::new(self.services_with(&config, dynamodb)),
+            services: Arc::new(self.services_with(&clients)),
             verifier: Verifier::Gateway,
-            secrets: Arc::new(SsmSecrets::new(aws_sdk_ssm::Client::new(&config))),
+            secrets: Arc::new(SsmSecrets::new(ssm)),
+        }
+    }
+}
+
+/// Opens the connection to SSM: a read of a parameter that does not exist (reported as
+/// invalid, not as an error). Apart from `warm_up` so that the functions without SSM do not
+/// link the call.
+async fn warm_up_ssm(ssm: &aws_sdk_ssm::Client) {
+    let read = ssm.get_parameters().names(WARM_UP_PARAMETER).send().await;
+    if let Err(e) = read {
+        tracing::info!(error = %aws_sdk_ssm::error::DisplayErrorContext(&e), "warm-up of SSM failed");
+    }
+}
+
+/// The DynamoDB and SQS clients of one AWS configuration (they share its HTTP client).
+struct Clients {
+    dynamodb: aws_sdk_dynamodb::Client,
+    sqs: aws_sdk_sqs::Client,
+}
+
+impl Clients {
+    fn new(config: &aws_config::SdkConfig) -> Clients {
+        Clients {
+            dynamodb: aws_sdk_dynamodb::Client::new(config),
+            sqs: aws_sdk_sqs::Client::new(config),
         }
     }
 }

@@ -1,11 +1,15 @@
 """IAM, the template and the code agree: every function is driven through its routes, queues,
 stream and schedules on the deployed topology, the fault proxy records each AWS action it asks
 for (a transaction counts as the actions of its items), and that is compared with the function's
-policy in infra/template.yaml, both ways: nothing missing, nothing unused."""
+policy in infra/template.yaml, both ways: nothing missing, nothing unused.
+
+The same run shows that every instance opened during its init the connections its first
+invocation used: on AWS each one opened later is a TLS handshake that invocation waits for."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -205,8 +209,12 @@ def exercise(stack: Running) -> None:
     time.sleep(2)
 
 
+FUNCTIONS = {"webhook-ingest", "earn", "outbox-relay", "tier-recalc", "member-api", "redeem", "campaign-assign"}
+
+
 @pytest.fixture(scope="module")
-def used(tmp_path_factory):
+def exercised(tmp_path_factory) -> dict:
+    """The stack's status after every function was driven through its work."""
     # kr-shop with an anniversary action too, so that the campaign tick reads both yearly indexes.
     program = tmp_path_factory.mktemp("iam") / "kr-shop.toml"
     program.write_text((ROOT / "examples" / "kr-shop.toml").read_text()
@@ -220,13 +228,18 @@ def used(tmp_path_factory):
     try:
         exercise(running)
         assert any("modified_after=" in path for path in asked), asked
-        actions: dict[str, set[tuple[str, str]]] = {}
-        for function, action, resource in running.status()["actions"]:
-            actions.setdefault(function, set()).add((action, resource))
-        return actions
+        return running.status()
     finally:
         stop_stack(running)
         api.shutdown()
+
+
+@pytest.fixture(scope="module")
+def used(exercised) -> dict[str, set[tuple[str, str]]]:
+    actions: dict[str, set[tuple[str, str]]] = {}
+    for function, action, resource in exercised["actions"]:
+        actions.setdefault(function, set()).add((action, resource))
+    return actions
 
 
 def test_every_function_uses_exactly_what_the_template_grants(used):
@@ -246,3 +259,17 @@ def test_a_removed_grant_is_noticed(used):
     # WHEN compared with what the functions used THEN that action is reported missing
     missing, _ = iam.compare(granted, used)
     assert ("tier-recalc", "dynamodb:Scan", "table") in missing
+
+
+def test_no_first_invocation_waits_for_a_new_connection(exercised):
+    # GIVEN every function started cold and driven through its routes, queues, stream and
+    # schedules
+    first = exercised["first_invocation_connections"]
+    assert FUNCTIONS <= set(first) and all(first[f] for f in FUNCTIONS), first
+    # WHEN the connections each instance opened during its first invocation are counted
+    # (jobs are left out: a schedule's run or an audit reads many members at once, for as long
+    # as it takes, and nobody waits on its answer)
+    opened = {f"{f} {i}": first[f][i] for f in first for i in first[f]
+              if first[f][i]["connections"] and not re.search(r"^job |audit\.requested", first[f][i]["work"])}
+    # THEN there are none: init opened every connection the first invocation used
+    assert opened == {}, opened

@@ -2,13 +2,15 @@
 //! invocation (an API Gateway request or the campaign-tick schedule) to `handle`.
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use loyalty_core::config::AwsSettings;
+use loyalty_core::config::{AwsSettings, Connections};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     loyalty_core::telemetry::init_lambda("campaign-assign");
     let settings = AwsSettings::from_env()?;
-    let state = settings.app_state().await;
+    // A tick reads four yearly-day lists at once; an assignment that grants points sends the
+    // grant to the earn queue.
+    let state = settings.app_state(Connections::dynamodb(4).and_sqs()).await;
     let services = state.services.clone();
     let app = campaign_assign::app(state);
     let (services, app) = (&services, &app);

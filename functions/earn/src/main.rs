@@ -2,14 +2,15 @@
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use loyalty_core::config::AwsSettings;
+use loyalty_core::config::{AwsSettings, Connections};
 use loyalty_core::telemetry;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     telemetry::init_lambda("earn");
     let settings = AwsSettings::from_env()?;
-    let services = settings.services().await;
+    // A cold purchase reads the program, its campaigns and the member together.
+    let services = settings.services(Connections::dynamodb(3)).await;
     let services = &services;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         telemetry::invocation(

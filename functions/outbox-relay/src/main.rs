@@ -3,14 +3,15 @@
 
 use aws_lambda_events::event::dynamodb::Event;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use loyalty_core::config::AwsSettings;
+use loyalty_core::config::{AwsSettings, Connections};
 use loyalty_core::telemetry;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     telemetry::init_lambda("outbox-relay");
     let settings = AwsSettings::from_env()?;
-    let services = settings.services().await;
+    // It only sends (what the stream's entries carry): SQS alone.
+    let services = settings.services(Connections::dynamodb(0).and_sqs()).await;
     let services = &services;
     run(service_fn(move |event: LambdaEvent<Event>| {
         telemetry::invocation(async move {

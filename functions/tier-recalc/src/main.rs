@@ -2,14 +2,15 @@
 //! SQS batch of `tier.check` or an EventBridge schedule) to `handle`.
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use loyalty_core::config::AwsSettings;
+use loyalty_core::config::{AwsSettings, Connections};
 use loyalty_core::webhooks::ssm::SsmSecrets;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     loyalty_core::telemetry::init_lambda("tier-recalc");
     let settings = AwsSettings::from_env()?;
-    let services = settings.services().await;
+    // A cold tier check reads the program and the member together.
+    let services = settings.services(Connections::dynamodb(2)).await;
     let services = &services;
     let config = loyalty_core::aws::sdk_config(None).await;
     let keys = SsmSecrets::new(aws_sdk_ssm::Client::new(&config));

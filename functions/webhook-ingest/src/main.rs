@@ -2,15 +2,17 @@
 //! the secret cache are built once per container.
 
 use loyalty_core::api::{edge, webhook_router};
-use loyalty_core::config::AwsSettings;
+use loyalty_core::config::{AwsSettings, Connections};
 use loyalty_core::telemetry::observe_lambda_http;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     loyalty_core::telemetry::init_lambda("webhook-ingest");
     let settings = AwsSettings::from_env()?;
-    lambda_http::run(observe_lambda_http(edge(webhook_router(
-        settings.app_state().await,
-    ))))
-    .await
+    // A new customer's order reads its secrets (SSM), reads and writes up to three links at
+    // once, and sends to the earn queue.
+    let state = settings
+        .app_state(Connections::dynamodb(3).and_sqs().and_ssm())
+        .await;
+    lambda_http::run(observe_lambda_http(edge(webhook_router(state)))).await
 }

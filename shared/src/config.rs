@@ -110,7 +110,7 @@ impl AwsSettings {
     }
 
     /// Opens the connections of `warm` during init, all at once: the first invocation then
-    /// pays no TLS handshake, and init's time is not billed the same way. Each request reads or
+    /// pays no TLS handshake. Each request reads or
     /// sends nothing: a DynamoDB read of a key that never exists, an SQS batch of no messages
     /// (refused as empty, after the connection is made), an SSM read of a parameter that does
     /// not exist. A failure here is only logged; the first real call tries again.

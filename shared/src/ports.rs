@@ -610,6 +610,23 @@ pub trait MemberStore: Send + Sync {
 /// refunds that name no customer. Not an identity of the member: a store may keep it apart.
 pub const ORDER_LINK: &str = "order";
 
+/// A link as a delivery finds it: the member it leads to, and, for an order's link, whether
+/// events are parked waiting for it (a refund that came before its order). An identity's link
+/// is never awaited.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Linked {
+    pub member: Option<String>,
+    pub awaited: bool,
+}
+
+/// What linking an order found: `written` is false when the order is linked to another
+/// member; `awaited` says whether events were parked for the order, read in the same write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderLinked {
+    pub written: bool,
+    pub awaited: bool,
+}
+
 #[async_trait]
 pub trait AliasStore: Send + Sync {
     /// The canonical member for an identity (`app`, `email`, `shopify`...), if linked.
@@ -631,19 +648,32 @@ pub trait AliasStore: Send + Sync {
         self.resolve_alias(program, kind, value).await
     }
     /// [`AliasStore::linked_alias`] of several identities (`(kind, value)`, each named once),
-    /// answered in their order. A store that can read them in one request does.
+    /// answered in their order, each order's link with whether events await it. A store that
+    /// can read them in one request does; one that cannot tell whether events await an order
+    /// answers that they do, and the caller looks.
     async fn linked_aliases(
         &self,
         program: &str,
         links: &[(&str, &str)],
-    ) -> Result<Vec<Option<String>>, StoreError> {
-        futures_util::future::try_join_all(
-            links
-                .iter()
-                .map(|(kind, value)| self.linked_alias(program, kind, value)),
-        )
+    ) -> Result<Vec<Linked>, StoreError> {
+        futures_util::future::try_join_all(links.iter().map(|(kind, value)| async move {
+            Ok(Linked {
+                member: self.linked_alias(program, kind, value).await?,
+                awaited: *kind == ORDER_LINK,
+            })
+        }))
         .await
     }
+    /// Links an order to its member, as [`AliasStore::put_alias`] does, and says in the same
+    /// write whether events were parked waiting for it (see [`ParkingStore::park_for_order`]):
+    /// the order's delivery looks for them only then. Linked to another member, the order is
+    /// left as it is and answered awaited, so that the caller looks.
+    async fn link_order(
+        &self,
+        program: &str,
+        order_key: &str,
+        member: &str,
+    ) -> Result<OrderLinked, StoreError>;
     /// Links an identity to a member; `false` when it is already linked to another member.
     async fn put_alias(
         &self,
@@ -721,6 +751,18 @@ pub trait ParkingStore: Send + Sync {
         event_id: &str,
         body: &str,
     ) -> Result<(), StoreError>;
+    /// Parks an event until its order is linked, then marks the order's link awaited, and
+    /// answers the member the order is linked to by now (the caller then releases the event
+    /// itself). The order's delivery links the order in one write that reads the mark
+    /// ([`AliasStore::link_order`]): whichever of the two writes comes second sees the other,
+    /// so a parked event is never left behind by both.
+    async fn park_for_order(
+        &self,
+        program: &str,
+        order_key: &str,
+        event_id: &str,
+        body: &str,
+    ) -> Result<Option<String>, StoreError>;
     /// The events parked for an order, as `(event id, body)`.
     async fn parked(
         &self,

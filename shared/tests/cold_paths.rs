@@ -17,12 +17,12 @@ use axum::http::{Request, StatusCode};
 use chrono::{DateTime, TimeZone, Utc};
 use loyalty_core::api::auth::{claims, sign, Verifier};
 use loyalty_core::api::{router, AppState};
-use loyalty_core::ports::AliasStore as _;
 use loyalty_core::ports::FixedClock;
+use loyalty_core::ports::{AliasStore as _, ParkingStore as _};
 use loyalty_core::services::earn::Processed;
 use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::DynamoStore;
-use loyalty_core::webhooks::{shopify, Normalised};
+use loyalty_core::webhooks::{shopify, Normalised, PlatformEvent};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -351,6 +351,69 @@ async fn a_webhook_reads_the_links_it_may_write_in_one_request() {
     let store = DynamoStore::new(client(&timeline), &table);
     assert!(store
         .resolve_alias("kr-shop", "order", &order)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// The events of a Shopify fixture, its order id replaced by `order`.
+fn shopify_events(topic: &str, fixture: &str, order: &str) -> Vec<PlatformEvent> {
+    let body = fixture
+        .replace("__OCCURRED_AT__", &now().to_rfc3339())
+        .replace("820982911946154508", order);
+    match shopify::normalise(topic, body.as_bytes(), None, now()).unwrap() {
+        Normalised::Events(events) => events,
+        ignored => panic!("the fixture is an order's event: {ignored:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_paid_order_looks_for_parked_events_only_when_some_wait_for_it() {
+    const PAID: &str = include_str!("../../tests/fixtures/shopify/orders-paid.json");
+    const REFUND: &str = include_str!("../../tests/fixtures/shopify/refunds-create.json");
+    // GIVEN kr-shop on moto and a refund that came before its order's payment
+    let (table, timeline) = kr_shop_table().await;
+    let services = cold_services(&table, &timeline);
+    let store = DynamoStore::new(client(&timeline), &table);
+    services
+        .ingest_events(
+            "kr-shop",
+            shopify_events("refunds/create", REFUND, "8300000001"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .parked("kr-shop", "shopify#8300000001")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let parked_query = |name: &str| name.starts_with("Query ") && name.contains("#ORDER#");
+    // WHEN the order's payment comes
+    timeline.clear();
+    services
+        .ingest_events("kr-shop", shopify_events("orders/paid", PAID, "8300000001"))
+        .await
+        .unwrap();
+    // THEN the refund was looked for and released
+    assert_eq!(timeline.sent_where(parked_query), 1, "{timeline:?}");
+    assert!(store
+        .parked("kr-shop", "shopify#8300000001")
+        .await
+        .unwrap()
+        .is_empty());
+    // WHEN another order of the same customer is paid, for which nothing was parked
+    timeline.clear();
+    services
+        .ingest_events("kr-shop", shopify_events("orders/paid", PAID, "8300000002"))
+        .await
+        .unwrap();
+    // THEN no parked event is asked for, and the order leads to its member
+    assert_eq!(timeline.sent_where(parked_query), 0, "{timeline:?}");
+    assert!(store
+        .resolve_alias("kr-shop", "order", "shopify#8300000002")
         .await
         .unwrap()
         .is_some());

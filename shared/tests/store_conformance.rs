@@ -15,7 +15,8 @@ use loyalty_core::domain::{
 };
 use loyalty_core::envelope::Envelope;
 use loyalty_core::ports::{
-    Commit, CommitError, EventMarker, OutboxMessage, QueueName, RejectedEvent, Store,
+    Commit, CommitError, EventMarker, Linked, OrderLinked, OutboxMessage, QueueName, RejectedEvent,
+    Store,
 };
 
 fn program() -> Program {
@@ -569,7 +570,14 @@ async fn aliases_link_one_identity_to_one_member(store: Arc<dyn Store>) {
             )
             .await
             .unwrap(),
-        vec![None, Some("m-1".to_string()), None]
+        vec![
+            Linked::default(),
+            Linked {
+                member: Some("m-1".to_string()),
+                awaited: false
+            },
+            Linked::default()
+        ]
     );
     assert!(store
         .linked_aliases("kr-shop", &[])
@@ -834,6 +842,117 @@ async fn a_parked_event_moves_to_the_outbox_once(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(waiting(&store, &m).await.is_empty());
+}
+
+/// An order's link as a delivery reads it, through `linked_aliases`.
+async fn order_link(store: &Arc<dyn Store>, order: &str) -> Linked {
+    let mut read = store
+        .linked_aliases("kr-shop", &[("order", order)])
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    read.remove(0)
+}
+
+async fn an_order_s_link_says_whether_events_were_parked_for_it(store: Arc<dyn Store>) {
+    let (m, other) = (member(), member());
+    let order = || format!("shopify#{}", uuid::Uuid::new_v4().simple());
+    // GIVEN an order for which nothing was parked
+    let plain = order();
+    // WHEN it is linked, and read
+    let linked = store.link_order("kr-shop", &plain, &m).await.unwrap();
+    // THEN nothing awaits it
+    assert_eq!(
+        linked,
+        OrderLinked {
+            written: true,
+            awaited: false
+        }
+    );
+    assert_eq!(
+        order_link(&store, &plain).await,
+        Linked {
+            member: Some(m.clone()),
+            awaited: false
+        }
+    );
+
+    // GIVEN a refund parked before its order was paid
+    let early = order();
+    let found = store
+        .park_for_order("kr-shop", &early, "refund-1", "{}")
+        .await
+        .unwrap();
+    // THEN parking found no member, and the order leads to none yet but is awaited
+    assert_eq!(found, None);
+    assert_eq!(
+        store
+            .resolve_alias("kr-shop", "order", &early)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        order_link(&store, &early).await,
+        Linked {
+            member: None,
+            awaited: true
+        }
+    );
+    // WHEN the order is linked THEN the link says so, and keeps saying so
+    assert_eq!(
+        store.link_order("kr-shop", &early, &m).await.unwrap(),
+        OrderLinked {
+            written: true,
+            awaited: true
+        }
+    );
+    assert_eq!(
+        order_link(&store, &early).await,
+        Linked {
+            member: Some(m.clone()),
+            awaited: true
+        }
+    );
+    assert_eq!(
+        store
+            .resolve_alias("kr-shop", "order", &early)
+            .await
+            .unwrap(),
+        Some(m.clone())
+    );
+
+    // GIVEN an order linked first WHEN a refund is parked for it THEN parking finds its member
+    let late = order();
+    assert!(store
+        .put_alias("kr-shop", "order", &late, &m)
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .park_for_order("kr-shop", &late, "refund-2", "{}")
+            .await
+            .unwrap(),
+        Some(m.clone())
+    );
+    assert_eq!(store.parked("kr-shop", &late).await.unwrap().len(), 1);
+
+    // WHEN another member's delivery links the order THEN it is left as it is, and answered
+    // awaited so that the caller looks
+    assert_eq!(
+        store.link_order("kr-shop", &plain, &other).await.unwrap(),
+        OrderLinked {
+            written: false,
+            awaited: true
+        }
+    );
+    assert_eq!(
+        store
+            .resolve_alias("kr-shop", "order", &plain)
+            .await
+            .unwrap(),
+        Some(m)
+    );
 }
 
 async fn an_expired_idempotency_record_frees_its_key(store: Arc<dyn Store>) {
@@ -1486,6 +1605,7 @@ macro_rules! conformance {
                 identities_move_between_members_and_are_removed_only_by_their_member,
                 rejected_events_are_kept_with_their_reason,
                 a_parked_event_moves_to_the_outbox_once,
+                an_order_s_link_says_whether_events_were_parked_for_it,
                 an_order_s_events_are_duplicates_whether_or_not_their_marker_rides_on_the_order,
                 commits_together_write_every_member_and_count_the_books_once_each,
                 a_commit_s_outbox_is_written_with_it_and_waits_until_relayed,

@@ -76,11 +76,13 @@ enum Resolved {
     Unknown,
 }
 
-/// A link an event names, and the member it leads to when it was read.
+/// A link an event names, the member it leads to when it was read, and (an order's link)
+/// whether events were parked for the order then.
 struct Link {
     kind: String,
     value: String,
     linked: Option<String>,
+    awaited: bool,
 }
 
 impl Services {
@@ -213,14 +215,22 @@ impl Services {
             match (&event.member, known) {
                 (MemberRef::Order(order), false) => self.park(program, order, &envelope).await?,
                 _ => {
-                    self.remember_links(program, links, &envelope.member)
+                    // An order named by the event's member (a refund without a customer) is
+                    // linked already, and not read again here: its parked events are looked
+                    // for as before.
+                    let order_named = matches!(&event.member, MemberRef::Order(_));
+                    let awaited = self
+                        .remember_links(program, links, &envelope.member)
                         .await?;
-                    // The order's parked events are looked for while the event is sent (its
-                    // link is written, so a later park finds it), and released after it.
+                    // The order's parked events, when its link says there are some, are looked
+                    // for while the event is sent (its link is written, so a later park finds
+                    // it), and released after it.
                     let parked = async {
                         match &event.order_key {
-                            Some(order) => self.store.parked(program, order).await,
-                            None => Ok(Vec::new()),
+                            Some(order) if awaited || order_named => {
+                                self.store.parked(program, order).await
+                            }
+                            _ => Ok(Vec::new()),
                         }
                     };
                     let (sent, parked) =
@@ -300,6 +310,7 @@ impl Services {
                 kind: kind.to_string(),
                 value: value.to_string(),
                 linked: None,
+                awaited: false,
             },
         })
     }
@@ -326,7 +337,7 @@ impl Services {
     }
 
     /// Keeps an event until its order's payment names the member. The payment may have been
-    /// recorded between the lookup and the park, so look once more.
+    /// recorded between the lookup and the park: parking answers the order's member if so.
     async fn park(
         &self,
         program: &str,
@@ -335,8 +346,11 @@ impl Services {
     ) -> Result<(), ServiceError> {
         let body =
             serde_json::to_string(envelope).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        self.store.park(program, order, &envelope.id, &body).await?;
-        if let Some(member) = self.store.resolve_alias(program, ORDER_LINK, order).await? {
+        let linked = self
+            .store
+            .park_for_order(program, order, &envelope.id, &body)
+            .await?;
+        if let Some(member) = linked {
             self.release_parked(program, order, &member).await?;
         }
         Ok(())
@@ -436,7 +450,8 @@ impl Services {
             .map(|((kind, value), linked)| Link {
                 kind: kind.to_string(),
                 value: value.to_string(),
-                linked,
+                linked: linked.member,
+                awaited: linked.awaited,
             })
             .collect())
     }
@@ -445,23 +460,36 @@ impl Services {
     /// there is only read, never written again: a read costs less than a write (an identity's
     /// link is a two-item transaction), a returning customer's identities are linked since the
     /// first order, and a platform delivers an order's webhooks more than once (retries, one
-    /// per topic).
+    /// per topic). Answers whether events were parked for the event's order, as its link
+    /// said when read or written.
     async fn remember_links(
         &self,
         program: &str,
         links: Vec<Link>,
         member: &str,
-    ) -> Result<(), ServiceError> {
-        let missing: Vec<Link> = links
+    ) -> Result<bool, ServiceError> {
+        let (kept, missing): (Vec<Link>, Vec<Link>) = links
             .into_iter()
-            .filter(|link| link.linked.as_deref() != Some(member))
-            .collect();
-        let written = try_join_all(missing.iter().map(|link| {
-            self.store
-                .put_alias(program, &link.kind, &link.value, member)
+            .partition(|link| link.linked.as_deref() == Some(member));
+        let mut awaited = kept
+            .iter()
+            .any(|link| link.kind == ORDER_LINK && link.awaited);
+        let written = try_join_all(missing.iter().map(|link| async move {
+            if link.kind == ORDER_LINK {
+                self.store
+                    .link_order(program, &link.value, member)
+                    .await
+                    .map(|order| (order.written, order.awaited))
+            } else {
+                self.store
+                    .put_alias(program, &link.kind, &link.value, member)
+                    .await
+                    .map(|written| (written, false))
+            }
         }))
         .await?;
-        for (Link { kind, .. }, written) in missing.iter().zip(written) {
+        for (Link { kind, .. }, (written, order_awaited)) in missing.iter().zip(written) {
+            awaited |= order_awaited;
             if !written && kind != ORDER_LINK {
                 tracing::info!(
                     program,
@@ -470,6 +498,6 @@ impl Services {
                 );
             }
         }
-        Ok(())
+        Ok(awaited)
     }
 }

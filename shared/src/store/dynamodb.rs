@@ -26,7 +26,7 @@ use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Utc};
 use super::{decode_cursor, encode_cursor, ledger_seq, seq_key};
 use crate::domain::books::{BookRow, BooksAdd, BOOK_SHARDS};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
-use crate::ports::{parse_rejected_cursor, RejectedPage, ORDER_LINK};
+use crate::ports::{parse_rejected_cursor, Linked, OrderLinked, RejectedPage, ORDER_LINK};
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
     Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
@@ -1585,8 +1585,8 @@ impl AliasStore for DynamoStore {
         &self,
         program: &str,
         links: &[(&str, &str)],
-    ) -> Result<Vec<Option<String>>, StoreError> {
-        let mut found: HashMap<String, String> = HashMap::new();
+    ) -> Result<Vec<Linked>, StoreError> {
+        let mut found: HashMap<String, Linked> = HashMap::new();
         for chunk in links.chunks(100) {
             let keys = chunk
                 .iter()
@@ -1596,14 +1596,18 @@ impl AliasStore for DynamoStore {
                 .batch_read(keys, false, "cannot read the links")
                 .await?
             {
-                if let (Some(pk), Some(member)) = (text(&item, "PK"), text(&item, "member")) {
-                    found.insert(pk.to_string(), member.to_string());
+                if let Some(pk) = text(&item, "PK") {
+                    found.insert(pk.to_string(), linked(&item));
                 }
             }
         }
         Ok(links
             .iter()
-            .map(|(kind, value)| found.get(&alias_pk(program, kind, value)).cloned())
+            .map(|(kind, value)| {
+                found
+                    .remove(&alias_pk(program, kind, value))
+                    .unwrap_or_default()
+            })
             .collect())
     }
 
@@ -1614,11 +1618,11 @@ impl AliasStore for DynamoStore {
         value: &str,
         member: &str,
     ) -> Result<bool, StoreError> {
+        if kind == ORDER_LINK {
+            return Ok(self.link_order(program, value, member).await?.written);
+        }
         let mut item = alias_key(program, kind, value);
         item.insert("member".into(), s(member));
-        if kind == ORDER_LINK {
-            return self.put_order_link(item, member).await;
-        }
         let alias = build(
             "alias",
             Put::builder()
@@ -1645,6 +1649,49 @@ impl AliasStore for DynamoStore {
             .await;
         alias_written(result, "cannot link the identity")
     }
+    /// An order's link to its member is one item, without the member's side that other
+    /// identities have: one is written for every new order (1 write unit, against 4 for a
+    /// two-item transaction), and nothing lists a member's orders through it (the member's
+    /// order records do). The erasure of the member finds these links by a scan. It is an
+    /// update, so that it keeps the mark of events parked before it, and returns that mark.
+    async fn link_order(
+        &self,
+        program: &str,
+        order_key: &str,
+        member: &str,
+    ) -> Result<OrderLinked, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(alias_key(program, ORDER_LINK, order_key)))
+            .update_expression("SET #m = :m")
+            .condition_expression("attribute_not_exists(#m) OR #m = :m")
+            .expression_attribute_names("#m", "member")
+            .expression_attribute_values(":m", s(member))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(OrderLinked {
+                written: true,
+                awaited: output.attributes().is_some_and(|old| linked(old).awaited),
+            }),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(OrderLinked {
+                    written: false,
+                    awaited: true,
+                })
+            }
+            Err(e) => Err(sdk_error("cannot link the order", e)),
+        }
+    }
+
     async fn move_alias(
         &self,
         program: &str,
@@ -1723,24 +1770,6 @@ impl AliasStore for DynamoStore {
 }
 
 impl DynamoStore {
-    /// An order's link to its member is one item, without the member's side that other
-    /// identities have: one is written for every new order (1 write unit, against 4 for a
-    /// two-item transaction), and nothing lists a member's orders through it (the member's
-    /// order records do). The erasure of the member finds these links by a scan.
-    async fn put_order_link(&self, item: Item, member: &str) -> Result<bool, StoreError> {
-        let written = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(PK) OR #m = :m")
-            .expression_attribute_names("#m", "member")
-            .expression_attribute_values(":m", s(member))
-            .send()
-            .await;
-        put_written(written, "cannot link the order")
-    }
-
     /// The keys of the order links of `member` (see [`DynamoStore::put_order_link`]).
     async fn order_links(&self, program: &str, member: &str) -> Result<Vec<Item>, StoreError> {
         self.client
@@ -2038,6 +2067,31 @@ impl ParkingStore for DynamoStore {
         self.put_plain(item, "cannot park the event").await
     }
 
+    /// The parked item, then the mark on the order's link (an update that creates a link
+    /// without a member when the order is not linked yet), whose new state is the answer.
+    async fn park_for_order(
+        &self,
+        program: &str,
+        order_key: &str,
+        event_id: &str,
+        body: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.park(program, order_key, event_id, body).await?;
+        let output = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(alias_key(program, ORDER_LINK, order_key)))
+            .update_expression("SET #a = :t")
+            .expression_attribute_names("#a", AWAITED)
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| sdk_error("cannot mark the order awaited", e))?;
+        Ok(output.attributes().and_then(|now| linked(now).member))
+    }
+
     async fn parked(
         &self,
         program: &str,
@@ -2317,6 +2371,17 @@ impl OutboxStore for DynamoStore {
             }
             Err(e) => Err(sdk_error("cannot wake an outbox message", e)),
         }
+    }
+}
+
+/// The attribute of an order's link that says events were parked for the order.
+const AWAITED: &str = "awaited";
+
+/// A link item as a delivery reads it.
+fn linked(item: &Item) -> Linked {
+    Linked {
+        member: text(item, "member").map(str::to_string),
+        awaited: item.contains_key(AWAITED),
     }
 }
 

@@ -181,19 +181,18 @@ fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, commits:
                 Err(_) => break,
             }
         }
-        if commit_batch(&mut conn, batch) {
-            commits.fetch_add(1, Ordering::Relaxed);
-        }
+        commit_batch(&mut conn, batch, commits);
     }
 }
 
-/// Runs a batch in one transaction; true when it committed.
-fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>) -> bool {
+/// Runs a batch in one transaction, counting it in `commits` when it committed, before any
+/// caller hears the answer (a caller that counts commits then sees its own).
+fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>, commits: &AtomicU64) {
     if let Err(failure) = begin(conn) {
         for job in batch {
             job.refuse(&failure);
         }
-        return false;
+        return;
     }
     let replies: Vec<Reply> = batch.into_iter().map(|job| job.run(conn)).collect();
     let failure = match conn.execute_batch("COMMIT") {
@@ -206,11 +205,12 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>) -> bool {
             Some(failure)
         }
     };
-    let committed = failure.is_none();
+    if failure.is_none() {
+        commits.fetch_add(1, Ordering::Relaxed);
+    }
     for reply in replies {
         reply(failure.as_ref());
     }
-    committed
 }
 
 /// `BEGIN IMMEDIATE`, waiting for another process that holds the file (the busy timeout), and

@@ -19,7 +19,9 @@ use super::group_commit::{Readers, Writer};
 use super::{decode_cursor, encode_cursor, ledger_seq};
 use crate::domain::books::{BookRow, BooksAdd};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
-use crate::ports::{parse_rejected_cursor, rejected_cursor, RejectedPage};
+use crate::ports::{
+    parse_rejected_cursor, rejected_cursor, Linked, OrderLinked, RejectedPage, ORDER_LINK,
+};
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
     Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
@@ -700,6 +702,56 @@ impl AliasStore for SqliteStore {
         .await
     }
 
+    /// The links and, for orders, whether events are parked for them, in one read.
+    async fn linked_aliases(
+        &self,
+        program: &str,
+        links: &[(&str, &str)],
+    ) -> Result<Vec<Linked>, StoreError> {
+        let program = program.to_string();
+        let links: Vec<(String, String)> = links
+            .iter()
+            .map(|(kind, value)| (kind.to_string(), value.to_string()))
+            .collect();
+        self.read(move |conn| {
+            links
+                .iter()
+                .map(|(kind, value)| {
+                    let member = conn
+                        .row(
+                            "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
+                            params![program, kind, value],
+                            |row| row.get(0),
+                        )
+                        .optional()
+                        .map_err(|e| sql_error("cannot read the alias", e))?;
+                    let awaited = kind == ORDER_LINK && awaited(conn, &program, value)?;
+                    Ok(Linked { member, awaited })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn link_order(
+        &self,
+        program: &str,
+        order_key: &str,
+        member: &str,
+    ) -> Result<OrderLinked, StoreError> {
+        let (program, order_key, member) = (
+            program.to_string(),
+            order_key.to_string(),
+            member.to_string(),
+        );
+        self.with(move |conn| {
+            let written = link(conn, &program, ORDER_LINK, &order_key, &member)?;
+            let awaited = !written || awaited(conn, &program, &order_key)?;
+            Ok(OrderLinked { written, awaited })
+        })
+        .await
+    }
+
     async fn put_alias(
         &self,
         program: &str,
@@ -713,22 +765,8 @@ impl AliasStore for SqliteStore {
             value.to_string(),
             member.to_string(),
         );
-        self.with(move |conn| {
-            conn.exec(
-"INSERT OR IGNORE INTO aliases (program, kind, value, member) VALUES (?1, ?2, ?3, ?4)",
-                params![program, kind, value, member],
-            )
-            .map_err(|e| sql_error("cannot write the alias", e))?;
-            let owner: String = conn
-                .row(
-                    "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
-                    params![program, kind, value],
-                    |row| row.get(0),
-                )
-                .map_err(|e| sql_error("cannot read the alias", e))?;
-            Ok(owner == member)
-        })
-        .await
+        self.with(move |conn| link(conn, &program, &kind, &value, &member))
+            .await
     }
 
     async fn move_alias(
@@ -934,8 +972,78 @@ fn rejected_at(rejected: &RejectedEvent) -> String {
     rejected.at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Links an identity to a member unless it is linked already; `false` when it leads to
+/// another member.
+fn link(
+    conn: &Connection,
+    program: &str,
+    kind: &str,
+    value: &str,
+    member: &str,
+) -> Result<bool, StoreError> {
+    conn.exec(
+        "INSERT OR IGNORE INTO aliases (program, kind, value, member) VALUES (?1, ?2, ?3, ?4)",
+        params![program, kind, value, member],
+    )
+    .map_err(|e| sql_error("cannot write the alias", e))?;
+    let owner: String = conn
+        .row(
+            "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
+            params![program, kind, value],
+            |row| row.get(0),
+        )
+        .map_err(|e| sql_error("cannot read the alias", e))?;
+    Ok(owner == member)
+}
+
+/// Whether events are parked for an order.
+fn awaited(conn: &Connection, program: &str, order_key: &str) -> Result<bool, StoreError> {
+    conn.row(
+        "SELECT EXISTS (SELECT 1 FROM parked WHERE program = ?1 AND order_key = ?2)",
+        params![program, order_key],
+        |row| row.get(0),
+    )
+    .map_err(|e| sql_error("cannot read parked events", e))
+}
+
 #[async_trait]
 impl ParkingStore for SqliteStore {
+    /// The event parked and the order's member read in one transaction: the parked rows are
+    /// the mark that [`AliasStore::link_order`] reads.
+    async fn park_for_order(
+        &self,
+        program: &str,
+        order_key: &str,
+        event_id: &str,
+        body: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = (
+            program.to_string(),
+            order_key.to_string(),
+            event_id.to_string(),
+            body.to_string(),
+        );
+        self.with(move |conn| {
+            let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
+            tx.exec(
+"INSERT OR IGNORE INTO parked (program, order_key, event_id, body) VALUES (?1, ?2, ?3, ?4)",
+                params![row.0, row.1, row.2, row.3],
+            )
+            .map_err(|e| sql_error("cannot park the event", e))?;
+            let member = tx
+                .row(
+                    "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
+                    params![row.0, ORDER_LINK, row.1],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| sql_error("cannot read the alias", e))?;
+            tx.commit().map_err(|e| sql_error("cannot commit", e))?;
+            Ok(member)
+        })
+        .await
+    }
+
     async fn park(
         &self,
         program: &str,

@@ -1,11 +1,35 @@
 //! AWS configuration, loaded once per process (Lambda container) and shared by every client.
 
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::config::SharedHttpClient;
+use aws_smithy_http_client::proxy::ProxyConfig;
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use aws_smithy_http_client::{Builder, ConnectorBuilder};
+
 /// Region, credentials and endpoint from the environment (`AWS_ENDPOINT_URL` included), or an
 /// explicit endpoint (moto, DynamoDB Local) when given.
-pub async fn sdk_config(endpoint: Option<&str>) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http_client());
     if let Some(url) = endpoint {
         loader = loader.endpoint_url(url);
     }
     loader.load().await
+}
+
+/// The HTTPS client of every AWS client: the SDK's default client (connector settings, sleep,
+/// proxy from the environment) with rustls on ring instead of aws-lc. aws-lc seeds its random
+/// generator from CPU jitter on its first use, 40-60 ms of computing in the first TLS
+/// handshake of every new process (docs/decisions.md).
+pub fn http_client() -> SharedHttpClient {
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector =
+            ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::Ring));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }

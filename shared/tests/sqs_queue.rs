@@ -19,6 +19,7 @@ fn client() -> aws_sdk_sqs::Client {
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "sqs-test"))
+        .http_client(loyalty_core::aws::http_client())
         .build();
     aws_sdk_sqs::Client::from_conf(config)
 }

@@ -13,6 +13,7 @@ fn client(endpoint: &str) -> aws_sdk_ssm::Client {
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "ssm-test"))
+        .http_client(loyalty_core::aws::http_client())
         .build();
     aws_sdk_ssm::Client::from_conf(config)
 }

@@ -25,6 +25,7 @@ pub fn endpoint() -> String {
 /// An AWS configuration pointed at moto, with test credentials.
 pub async fn config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(loyalty_core::aws::http_client())
         .endpoint_url(endpoint())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(

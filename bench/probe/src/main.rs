@@ -7,7 +7,10 @@ use serde_json::{json, Value};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    #[cfg(feature = "ring")]
+    let loader = loader.http_client(ring::http_client());
+    let config = loader.load().await;
     let client = aws_sdk_dynamodb::Client::new(&config);
     let table = std::env::var("PROBE_TABLE")?;
     let pk = std::env::var("PROBE_PK")?;
@@ -24,4 +27,26 @@ async fn main() -> Result<(), Error> {
         Ok::<_, Error>(json!({"found": item.item().is_some()}))
     }))
     .await
+}
+
+/// The functions' HTTPS client, as `loyalty_core::aws::http_client` builds it.
+#[cfg(feature = "ring")]
+mod ring {
+    use aws_sdk_dynamodb::config::SharedHttpClient;
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder};
+
+    pub fn http_client() -> SharedHttpClient {
+        Builder::new().build_with_connector_fn(|settings, components| {
+            let mut connector =
+                ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::Ring));
+            connector.set_connector_settings(settings.cloned());
+            if let Some(components) = components {
+                connector.set_sleep_impl(components.sleep_impl());
+            }
+            connector.set_proxy_config(Some(ProxyConfig::from_env()));
+            connector.build()
+        })
+    }
 }

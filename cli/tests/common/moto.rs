@@ -32,6 +32,7 @@ pub fn client() -> aws_sdk_dynamodb::Client {
         .endpoint_url(endpoint())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "cli-tests"))
+        .http_client(loyalty_core::aws::http_client())
         .build();
     aws_sdk_dynamodb::Client::from_conf(config)
 }

@@ -190,4 +190,5 @@ pub fn moto_dynamodb(provider: &'static str) -> aws_sdk_dynamodb::config::Builde
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, provider))
+        .http_client(loyalty_core::aws::http_client())
 }

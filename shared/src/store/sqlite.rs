@@ -690,16 +690,8 @@ impl AliasStore for SqliteStore {
         value: &str,
     ) -> Result<Option<String>, StoreError> {
         let (program, kind, value) = (program.to_string(), kind.to_string(), value.to_string());
-        self.read(move |conn| {
-            conn.row(
-                "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
-                params![program, kind, value],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(|e| sql_error("cannot read the alias", e))
-        })
-        .await
+        self.read(move |conn| alias_owner(conn, &program, &kind, &value))
+            .await
     }
 
     /// The links and, for orders, whether events are parked for them, in one read.
@@ -717,14 +709,7 @@ impl AliasStore for SqliteStore {
             links
                 .iter()
                 .map(|(kind, value)| {
-                    let member = conn
-                        .row(
-                            "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
-                            params![program, kind, value],
-                            |row| row.get(0),
-                        )
-                        .optional()
-                        .map_err(|e| sql_error("cannot read the alias", e))?;
+                    let member = alias_owner(conn, &program, kind, value)?;
                     let awaited = kind == ORDER_LINK && awaited(conn, &program, value)?;
                     Ok(Linked { member, awaited })
                 })
@@ -791,14 +776,7 @@ impl AliasStore for SqliteStore {
                 params![program, kind, value, from, to],
             )
             .map_err(|e| sql_error("cannot move the alias", e))?;
-            let owner: String = conn
-                .row(
-                    "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
-                    params![program, kind, value],
-                    |row| row.get(0),
-                )
-                .map_err(|e| sql_error("cannot read the alias", e))?;
-            Ok(owner == to)
+            Ok(alias_owner(conn, &program, &kind, &value)?.as_deref() == Some(to.as_str()))
         })
         .await
     }
@@ -986,14 +964,23 @@ fn link(
         params![program, kind, value, member],
     )
     .map_err(|e| sql_error("cannot write the alias", e))?;
-    let owner: String = conn
-        .row(
-            "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
-            params![program, kind, value],
-            |row| row.get(0),
-        )
-        .map_err(|e| sql_error("cannot read the alias", e))?;
-    Ok(owner == member)
+    Ok(alias_owner(conn, program, kind, value)?.as_deref() == Some(member))
+}
+
+/// The member an identity is linked to, if any.
+fn alias_owner(
+    conn: &Connection,
+    program: &str,
+    kind: &str,
+    value: &str,
+) -> Result<Option<String>, StoreError> {
+    conn.row(
+        "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
+        params![program, kind, value],
+        |row| row.get(0),
+    )
+    .optional()
+    .map_err(|e| sql_error("cannot read the alias", e))
 }
 
 /// Whether events are parked for an order.
@@ -1030,14 +1017,7 @@ impl ParkingStore for SqliteStore {
                 params![row.0, row.1, row.2, row.3],
             )
             .map_err(|e| sql_error("cannot park the event", e))?;
-            let member = tx
-                .row(
-                    "SELECT member FROM aliases WHERE program = ?1 AND kind = ?2 AND value = ?3",
-                    params![row.0, ORDER_LINK, row.1],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(|e| sql_error("cannot read the alias", e))?;
+            let member = alias_owner(&tx, &row.0, ORDER_LINK, &row.1)?;
             tx.commit().map_err(|e| sql_error("cannot commit", e))?;
             Ok(member)
         })

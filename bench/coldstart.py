@@ -19,7 +19,7 @@ plus the local CA, so that loading the roots costs what it costs on Lambda; and 
 with only the local CA in SSL_CERT_FILE / AWS_CA_BUNDLE (the share of loading ~150 roots).
 
 What each function's first invocation is:
-  webhook-ingest  POST /webhooks/shopify/kr-shop, a new order (through the HTTP API front)
+  webhook-ingest  POST /webhooks/shopify/kr-shop, a new order (through the function URL front)
   earn            that order's message from the earn queue, as an SQS event of 1 record
   outbox-relay    the stream records of earn's commit (the stream event-source mapping)
   tier-recalc     the tier.check from the tier queue, as an SQS event of 1 record

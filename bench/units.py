@@ -81,6 +81,7 @@ PRICE = {
     "lambda_request": 0.20 / 1e6,
     "lambda_gb_s": 0.0000133334,  # arm64
     "http_api": 1.00 / 1e6,  # API Gateway HTTP API, first 300 million a month
+    "function_url": 0.0,  # a function URL: the invocation's own price, nothing more
 }
 MEMORY_GB = 256 / 1024
 
@@ -391,10 +392,13 @@ class Driver:
     def __init__(self, stack):
         self.stack = stack
         self.api = stack.api
+        self.webhooks = stack.webhooks
         self.control = stack.control_url
 
     def http(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, object]:
-        req = urllib.request.Request(self.api + path, data=body, method=method, headers=headers or {})
+        """To the HTTP API, or a webhook to webhook-ingest's function URL as the platforms send."""
+        base = self.webhooks if path.startswith("/webhooks/") else self.api
+        req = urllib.request.Request(base + path, data=body, method=method, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=120) as r:
                 return r.status, json.loads(r.read() or b"null")
@@ -754,7 +758,7 @@ def cost(results: dict) -> None:
             "SQS standard": s["sqs_standard"] * per * PRICE["sqs_standard"],
             "Lambda requests": lambda_requests * PRICE["lambda_request"],
             "Lambda duration": gb_s * PRICE["lambda_gb_s"],
-            "API Gateway HTTP API (webhooks)": 1e6 * PRICE["http_api"],
+            "webhooks' function URL (API Gateway HTTP API: $1.00)": 1e6 * PRICE["function_url"],
         }
         c["total"] = sum(c.values())
         rows[name] = (c, {"WRU": wru, "RRU": rru, "SQS billed": (s["sqs_fifo"] + s["sqs_standard"]) * per,

@@ -4,11 +4,12 @@
 - no IAM statement allows a wildcard action;
 - every queue has a dead-letter queue, and every dead-letter queue an alarm on its depth;
 - every SQS event source reports batch item failures;
-- the webhook route is the only HTTP route without the JWT authorizer, and admin routes need
-  the loyalty/admin scope;
+- every HTTP route has the JWT authorizer, and admin routes need the loyalty/admin scope; the
+  webhooks enter by webhook-ingest's function URL, the only function with one (public: the
+  function checks each platform's signature);
 - the console: its bucket blocks all public access and only the CloudFront distribution may
-  read it (through an origin access control, no legacy identity); the API's paths reach the HTTP
-  API uncached; the console's client is in the JWT authorizer's audience;
+  read it (through an origin access control, no legacy identity); /v1/* reaches the HTTP API and
+  /webhooks/* the webhooks' function URL, uncached; the console's client is in the JWT authorizer's audience;
 - observability: X-Ray tracing is active on every function; an SNS topic, with an email
   subscription when AlarmEmail is given, is in every alarm's AlarmActions and OKActions; the
   rejected-event rate and failed job runs are alarmed on the functions' own metrics (namespace
@@ -85,13 +86,15 @@ def main() -> int:
             if event["Type"] == "HttpApi":
                 path = properties["Path"]
                 auth = properties.get("Auth", {})
-                open_route = auth.get("Authorizer") == "NONE"
-                if path.startswith("/webhooks/") != open_route:
-                    findings.append(f"{name}.{event_name}: {path} must {'not ' if open_route else ''}skip the JWT authorizer")
+                if auth.get("Authorizer") == "NONE":
+                    findings.append(f"{name}.{event_name}: {path} must not skip the JWT authorizer")
+                if path.startswith("/webhooks/"):
+                    findings.append(f"{name}.{event_name}: {path} on the HTTP API; webhooks enter by the function URL")
                 admin = path in ("/v1/programs/{program}", "/v1/programs/{program}/events") or "/members/" in path or "/coupons/" in path or "/campaigns/" in path or path.startswith("/v1/programs/{program}/redemptions/")
                 if admin and "loyalty/admin" not in auth.get("AuthorizationScopes", []):
                     findings.append(f"{name}.{event_name}: admin route {path} without the loyalty/admin scope")
 
+    findings.extend(check_function_urls(functions))
     findings.extend(check_console(resources))
     findings.extend(check_observability(template))
     findings.extend(check_openapi())
@@ -125,6 +128,52 @@ def refs_in(value) -> set:
     if isinstance(value, list):
         return set().union(*(refs_in(v) for v in value))
     return set()
+
+
+WEBHOOK_FUNCTION = "webhook-ingest"
+
+
+def webhook_function(functions: dict) -> str | None:
+    for name, r in functions.items():
+        if r.get("Metadata", {}).get("BuildProperties", {}).get("Binary") == WEBHOOK_FUNCTION:
+            return name
+    return None
+
+
+def check_function_urls(functions: dict) -> list:
+    """webhook-ingest has a public, buffered function URL; no other function has a URL."""
+    findings = []
+    webhooks = webhook_function(functions)
+    for name, r in functions.items():
+        config = r["Properties"].get("FunctionUrlConfig")
+        if name != webhooks:
+            if config is not None:
+                findings.append(f"{name}: a function URL; only {WEBHOOK_FUNCTION} has one")
+            continue
+        if config is None:
+            findings.append(f"{name}: no function URL; the platforms deliver to it")
+            continue
+        if config.get("AuthType") != "NONE":
+            findings.append(f"{name}: FunctionUrlConfig.AuthType must be NONE (the platforms sign, they do not use IAM)")
+        if config.get("InvokeMode", "BUFFERED") != "BUFFERED":
+            findings.append(f"{name}: FunctionUrlConfig.InvokeMode must be BUFFERED")
+        if config.get("Cors"):
+            findings.append(f"{name}: FunctionUrlConfig.Cors: no browser calls the webhooks")
+    return findings
+
+
+def url_host_of(value) -> str | None:
+    """The function whose URL's host `!Select [2, !Split ["/", !GetAtt F.FunctionUrl]]` is."""
+    if not isinstance(value, dict) or list(value) != ["Fn::Select"]:
+        return None
+    index, split = value["Fn::Select"]
+    if str(index) != "2" or not isinstance(split, dict) or "Fn::Split" not in split:
+        return None
+    separator, source = split["Fn::Split"]
+    target = source.get("Fn::GetAtt") if isinstance(source, dict) else None
+    if separator != "/" or not target or target[0][-3:] != "Url" or target[1] != "FunctionUrl":
+        return None
+    return target[0][:-3]
 
 
 def check_console(resources: dict) -> list:
@@ -171,14 +220,19 @@ def check_console(resources: dict) -> list:
             if isinstance(o.get("DomainName"), dict)
             and any(o["DomainName"].get("Fn::Sub", "").startswith(f"${{{api}}}.execute-api.") for api in http_apis)
         }
+        webhooks = webhook_function({n: r for n, r in resources.items() if r["Type"] == "AWS::Serverless::Function"})
+        url_origins = {oid for oid, o in origins.items() if webhooks and url_host_of(o.get("DomainName")) == webhooks}
         behaviours = {b["PathPattern"]: b for b in config.get("CacheBehaviors", [])}
-        for pattern in ("/v1/*", "/webhooks/*"):
+        for pattern, targets, what in (
+            ("/v1/*", api_origins, "the HTTP API"),
+            ("/webhooks/*", url_origins, f"{WEBHOOK_FUNCTION}'s function URL"),
+        ):
             behaviour = behaviours.get(pattern)
             if behaviour is None:
-                findings.append(f"{name}: no {pattern} behaviour; the console reaches the API on its own origin")
+                findings.append(f"{name}: no {pattern} behaviour; the console's domain serves it")
                 continue
-            if behaviour["TargetOriginId"] not in api_origins:
-                findings.append(f"{name}: {pattern} goes to origin {behaviour['TargetOriginId']}, not to the HTTP API")
+            if behaviour["TargetOriginId"] not in targets:
+                findings.append(f"{name}: {pattern} goes to origin {behaviour['TargetOriginId']}, not to {what}")
             if behaviour.get("CachePolicyId") != CACHING_DISABLED:
                 findings.append(f"{name}: {pattern} must use the managed CachingDisabled cache policy ({CACHING_DISABLED})")
 

@@ -18,6 +18,7 @@ def main(argv: list[str]) -> int:
     root = Path(__file__).resolve().parents[2]
     p = argparse.ArgumentParser(prog="scripts/aws-local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=3000, help="port of the HTTP API (default 3000, as loyalty serve)")
+    p.add_argument("--webhook-port", type=int, help="port of webhook-ingest's function URL (default: the API's port + 1; any free port with --port 0)")
     p.add_argument("--control-port", type=int, default=0, help="port of the control API (default: any free port)")
     p.add_argument("--program", action="append", type=Path, default=[], help="program file to load (default: examples/kr-shop.toml)")
     p.add_argument("--faults", default="", help="faults to inject; see README (Faults on demand)")
@@ -36,6 +37,7 @@ def main(argv: list[str]) -> int:
                 root=root,
                 bin_dir=args.bin_dir,
                 api_port=args.port,
+                webhook_port=args.webhook_port if args.webhook_port is not None else (args.port + 1 if args.port else 0),
                 control_port=args.control_port,
                 faults=args.faults,
                 seed=args.seed,
@@ -69,6 +71,7 @@ def main(argv: list[str]) -> int:
         print(f"export LOYALTY_JWT_SECRET={stack.jwt_secret}")
     print("tokens: loyalty token --admin | loyalty token --member ID")
     print(f"Control: {stack.control_url} (GET /status, POST /schedules/NAME, PUT /faults)")
+    print(f"Webhooks: {stack.webhooks} (webhook-ingest's function URL: POST /webhooks/PLATFORM/PROGRAM)")
     print(f"API: {stack.api}", flush=True)
     stopped.wait()
     stack.stop()

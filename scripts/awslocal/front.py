@@ -6,6 +6,11 @@ Locally the authorizer verifies the development tokens of `loyalty token` (HS256
 refuses and what it passes on are API Gateway's: 401 `{"message":"Unauthorized"}` without a valid
 token, 403 `{"message":"Forbidden"}` without a required scope, and the claims as strings in
 `requestContext.authorizer.jwt`.
+
+A function URL is served the same way on a port of its own, as Lambda serves one on a host of
+its own: every method and path goes to its function (the event's `routeKey` is `$default`, with
+no path parameters), nothing is authorised on the way (AuthType NONE), a body may be at most
+6 MB, and a failed invocation answers 502.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from .runtime import FunctionPool
 from .template import Route
 
 MAX_PAYLOAD = 10 * 1024 * 1024  # API Gateway's limit on a request body
+MAX_URL_PAYLOAD = 6 * 1024 * 1024  # Lambda's limit on a synchronous invocation's request
+URL_ID = "local"  # the function URL's id: its host is {id}.lambda-url.{region}.on.aws
 
 
 def b64url_decode(text: str) -> bytes:
@@ -79,10 +86,19 @@ def claim_strings(claims: dict) -> dict[str, str]:
 
 
 class HttpFront:
-    def __init__(self, routes: list[Route], pools: dict[str, FunctionPool], jwt_secret: str, port: int):
+    def __init__(
+        self,
+        routes: list[Route],
+        pools: dict[str, FunctionPool],
+        jwt_secret: str,
+        port: int,
+        url_function: str | None = None,
+    ):
+        """`url_function`: serve that function's URL instead of the routes."""
         self.routes = routes
         self.pools = pools
         self.jwt_secret = jwt_secret
+        self.url_function = url_function
         front = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -108,11 +124,14 @@ class HttpFront:
 
     def handle(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
-        if length > MAX_PAYLOAD:
+        if length > (MAX_URL_PAYLOAD if self.url_function else MAX_PAYLOAD):
             return _reply(h, 413, {"message": "Request Entity Too Large"})
         body = h.rfile.read(length) if length else b""
         url = urlsplit(h.path)
-        route, params = self._route(h.command, url.path)
+        if self.url_function:
+            route, params = Route(h.command, "$default", self.url_function, None, []), {}
+        else:
+            route, params = self._route(h.command, url.path)
         if route is None:
             return _reply(h, 404, {"message": "Not Found"})
         authorizer = None
@@ -122,15 +141,16 @@ class HttpFront:
                 return refusal
         event = self._event(h, route, params, url, body, authorizer)
         outcome = self.pools[route.function].invoke(event)
+        failed = 502 if self.url_function else 500
         if not outcome.ok:
-            if outcome.error_type == "Sandbox.Timedout":
+            if outcome.error_type == "Sandbox.Timedout" and not self.url_function:
                 return _reply(h, 503, {"message": "Service Unavailable"})
-            return _reply(h, 500, {"message": "Internal Server Error"})
+            return _reply(h, failed, {"message": "Internal Server Error"})
         try:
             response = outcome.json()
             status = int(response["statusCode"])
         except (ValueError, KeyError, TypeError):
-            return _reply(h, 500, {"message": "Internal Server Error"})
+            return _reply(h, failed, {"message": "Internal Server Error"})
         payload = response.get("body") or ""
         data = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
         h.send_response(status)
@@ -142,7 +162,8 @@ class HttpFront:
                 h.send_header(k, v)
         for cookie in response.get("cookies") or []:
             h.send_header("Set-Cookie", cookie)
-        h.send_header("apigw-requestid", event["requestContext"]["requestId"])
+        request_header = "x-amzn-requestid" if self.url_function else "apigw-requestid"
+        h.send_header(request_header, event["requestContext"]["requestId"])
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
         if h.command != "HEAD":
@@ -185,11 +206,12 @@ class HttpFront:
             text, encoded = body.decode("utf-8"), False
         except UnicodeDecodeError:
             text, encoded = base64.b64encode(body).decode(), True
+        route_key = "$default" if self.url_function else route.key
         context = {
             "accountId": "123456789012",
-            "apiId": "local",
+            "apiId": URL_ID if self.url_function else "local",
             "domainName": h.headers.get("Host", "127.0.0.1"),
-            "domainPrefix": "local",
+            "domainPrefix": URL_ID if self.url_function else "local",
             "http": {
                 "method": h.command,
                 "path": unquote(url.path),
@@ -198,7 +220,7 @@ class HttpFront:
                 "userAgent": h.headers.get("User-Agent", ""),
             },
             "requestId": request_id,
-            "routeKey": route.key,
+            "routeKey": route_key,
             "stage": "$default",
             "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
             "timeEpoch": int(now.timestamp() * 1000),
@@ -207,7 +229,7 @@ class HttpFront:
             context["authorizer"] = authorizer
         event = {
             "version": "2.0",
-            "routeKey": route.key,
+            "routeKey": route_key,
             "rawPath": url.path,
             "rawQueryString": url.query,
             "headers": headers,

@@ -40,6 +40,7 @@ class Options:
     root: Path
     bin_dir: Path
     api_port: int = 3000
+    webhook_port: int = 0  # webhook-ingest's function URL
     control_port: int = 0
     faults: str = ""
     seed: int | None = None
@@ -103,6 +104,15 @@ class Stack:
         self.front = HttpFront(self.template.routes, self.pools, self.jwt_secret, self.o.api_port)
         threading.Thread(target=self.front.serve_forever, daemon=True).start()
         self.api = f"http://127.0.0.1:{self.front.port}"
+        # Each function URL on a port of its own; the webhooks' is where the platforms deliver.
+        self.urls: dict[str, str] = {}
+        for url in self.template.urls:
+            binary = self.template.functions[url.function].binary
+            port = self.o.webhook_port if binary == "webhook-ingest" else 0
+            front = HttpFront([], self.pools, self.jwt_secret, port, url_function=url.function)
+            threading.Thread(target=front.serve_forever, daemon=True).start()
+            self.urls[binary] = f"http://127.0.0.1:{front.port}"
+        self.webhooks = self.urls["webhook-ingest"]
         self._start_control()
         for source in self.sources:
             source.start()

@@ -1,6 +1,6 @@
 """Reads infra/template.yaml into what the local stack builds: the table, the queues with their
-dead-letter queues, the functions with their environment, HTTP routes, SQS event sources and
-schedules. Everything comes from the template, so the local stack cannot drift from the deployed one.
+dead-letter queues, the functions with their environment, HTTP routes, function URLs, SQS event
+sources and schedules. Everything comes from the template, so the local stack cannot drift from the deployed one.
 """
 
 from __future__ import annotations
@@ -46,6 +46,14 @@ class Route:
         pattern = "^" + re.sub(r"\\\{([A-Za-z0-9_]+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path)) + "$"
         m = re.match(pattern, path)
         return m.groupdict() if m else None
+
+
+@dataclass
+class FunctionUrl:
+    """A function's URL (`FunctionUrlConfig`): every method and path goes to the function."""
+
+    function: str  # logical id
+    auth_type: str  # NONE | AWS_IAM
 
 
 @dataclass
@@ -106,6 +114,7 @@ class Template:
     queues: dict[str, Queue]
     functions: dict[str, Function]
     routes: list[Route]
+    urls: list[FunctionUrl]
     sqs_sources: list[SqsSource]
     schedules: list[Schedule]
     stream_sources: list[StreamSource]
@@ -137,7 +146,7 @@ def load(path: Path) -> Template:
         )
 
     default_auth = _default_authorizer(resources)
-    functions, routes, sources, schedules, streams = {}, [], [], [], []
+    functions, routes, urls, sources, schedules, streams = {}, [], [], [], [], []
     for name, r in resources.items():
         if r["Type"] != "AWS::Serverless::Function":
             continue
@@ -151,6 +160,11 @@ def load(path: Path) -> Template:
             memory=int(p.get("MemorySize", globals_.get("MemorySize", 128))),
             environment=env,
         )
+        if "FunctionUrlConfig" in p:
+            auth_type = p["FunctionUrlConfig"]["AuthType"]
+            if auth_type != "NONE":
+                raise ValueError(f"{name}: a function URL with AuthType {auth_type} is not run locally")
+            urls.append(FunctionUrl(function=name, auth_type=auth_type))
         for event_name, event in p.get("Events", {}).items():
             props = event.get("Properties", {})
             if event["Type"] == "HttpApi":
@@ -215,6 +229,7 @@ def load(path: Path) -> Template:
         queues=queues,
         functions=functions,
         routes=routes,
+        urls=urls,
         sqs_sources=sources,
         schedules=schedules,
         stream_sources=streams,

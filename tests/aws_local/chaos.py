@@ -929,15 +929,17 @@ _RETRIES_LOCK = threading.Lock()
 
 
 def send_until_accepted(base_url: str, delivery: Delivery, scenario: Scenario, admin_token: str,
-                        attempts: int = 30) -> int:
+                        attempts: int = 30, webhook_url: str | None = None) -> int:
     """Sends like a platform: retries on 5xx, 429 and connection errors with a short backoff
     (0.2-1 s), re-signing every attempt; returns the final status. Any other 4xx is returned at
-    once (the caller treats it as a failure: every generated delivery is valid)."""
+    once (the caller treats it as a failure: every generated delivery is valid). Webhooks go to
+    `webhook_url` when the deployment has one of its own (a function URL), else to `base_url`."""
     status = 0
     for attempt in range(attempts):
         method, path, headers, body = render(delivery, scenario, admin_token)
+        base = webhook_url if webhook_url and path.startswith("/webhooks/") else base_url
         try:
-            status, _ = _request(base_url, method, path, headers, body, timeout=10.0)
+            status, _ = _request(base, method, path, headers, body, timeout=10.0)
         except (OSError, http.client.HTTPException):  # refused, reset, timed out: server down
             status = 0
         if 200 <= status < 300:

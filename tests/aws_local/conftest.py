@@ -36,6 +36,7 @@ SECRETS = {
 class Running:
     process: subprocess.Popen
     api: str
+    webhooks: str  # webhook-ingest's function URL
     control: str
     moto: str
     output: list[str] = field(default_factory=list)
@@ -44,14 +45,17 @@ class Running:
         claims = {"sub": sub, "exp": int(time.time()) + exp_in, "scope": "loyalty/admin" if admin else ""}
         return sign_hs256(JWT_SECRET, claims)
 
-    def request(self, method: str, path: str, body=None, token: str | None = None, headers: dict | None = None):
+    def request(self, method: str, path: str, body=None, token: str | None = None, headers: dict | None = None,
+                base: str | None = None):
+        """To the HTTP API, or as the platforms deliver: a /webhooks/ path to the function URL."""
+        base = base or (self.webhooks if path.startswith("/webhooks/") else self.api)
         data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
         h = dict(headers or {})
         if token:
             h["Authorization"] = f"Bearer {token}"
         if data is not None:
             h.setdefault("Content-Type", "application/json")
-        req = urllib.request.Request(self.api + path, data=data, method=method, headers=h)
+        req = urllib.request.Request(base + path, data=data, method=method, headers=h)
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return r.status, _json(r.read()), dict(r.headers)
@@ -114,12 +118,12 @@ def start_stack(*args: str, env: dict | None = None) -> Running:
         if not line:
             raise AssertionError("aws-local exited before printing the API URL:\n" + "".join(lines))
         lines.append(line)
-        for key in ("API", "Control", "moto"):
+        for key in ("API", "Webhooks", "Control", "moto"):
             if line.startswith(key + ": "):
                 found[key] = line.split()[1]
         if time.monotonic() > deadline:
             raise AssertionError("aws-local did not start:\n" + "".join(lines))
-    running = Running(process, found["API"], found["Control"], found["moto"], lines)
+    running = Running(process, found["API"], found["Webhooks"], found["Control"], found["moto"], lines)
     threading.Thread(target=lambda: [running.output.append(l) for l in process.stdout], daemon=True).start()
     return running
 

@@ -67,7 +67,7 @@ def test_every_balance_ends_where_the_oracle_says_under_faults():
         started = time.monotonic()
         with ThreadPoolExecutor(4) as pool:
             statuses = list(
-                pool.map(lambda d: (d.key, chaos.send_until_accepted(running.api, d, scenario, admin)), scenario.deliveries)
+                pool.map(lambda d: (d.key, chaos.send_until_accepted(running.api, d, scenario, admin, webhook_url=running.webhooks)), scenario.deliveries)
             )
         refused = [(key, status) for key, status in statuses if not 200 <= status < 300]
         assert not refused, f"valid deliveries were refused: {refused[:10]}"

@@ -1,5 +1,5 @@
-"""The deployed topology on one machine, from outside: the HTTP API and its authorizer, a
-webhook through SQS to earn, a tier upgrade through the tier queue, a schedule, and a message
+"""The deployed topology on one machine, from outside: the HTTP API and its authorizer,
+webhook-ingest's function URL, a webhook through SQS to earn, a tier upgrade through the tier queue, a schedule, and a message
 that keeps failing ending in the dead-letter queue."""
 
 from __future__ import annotations
@@ -99,6 +99,39 @@ def shopify_paid(order_id: int, customer: int, days_ago: int) -> tuple[bytes, di
     body = body.replace("820982911946154508", str(order_id)).replace("7001234", str(customer)).encode()
     signature = base64.b64encode(hmac.new(SECRETS["LOYALTY_SECRET_KR_SHOP_SHOPIFY"].encode(), body, hashlib.sha256).digest())
     return body, {"X-Shopify-Topic": "orders/paid", "X-Shopify-Hmac-Sha256": signature.decode()}
+
+
+def test_webhooks_enter_by_the_function_url_alone(stack):
+    # GIVEN a signed Shopify delivery of a new order
+    body, headers = shopify_paid(820982911946150001, 7005555, days_ago=1)
+    admin = stack.token("ops", admin=True)
+    # WHEN it is posted to the HTTP API THEN API Gateway's own 404: the API has no webhook route
+    assert stack.request("POST", "/webhooks/shopify/kr-shop", body, headers=headers, base=stack.api)[:2] == (
+        404,
+        {"message": "Not Found"},
+    )
+    # WHEN the function URL is sent another method, or an admin route with an admin token
+    wrong_method = stack.request("GET", "/webhooks/shopify/kr-shop")
+    admin_route = stack.request(
+        "POST", "/v1/programs/kr-shop/events", purchase("ev-url-1", "m-url", "url-1", 10_000, datetime.now(timezone.utc)),
+        token=admin, base=stack.webhooks,
+    )
+    # THEN the function refuses them itself, as problems: nothing but the webhooks is served there
+    for (status, problem, response_headers), expected in ((wrong_method, 405), (admin_route, 404)):
+        assert status == expected, problem
+        assert {k.lower(): v for k, v in response_headers.items()}["content-type"] == "application/problem+json"
+    # WHEN the delivery goes to the function URL THEN it is accepted, with Lambda's request id
+    status, answer, response_headers = stack.request("POST", "/webhooks/shopify/kr-shop", body, headers=headers)
+    assert status == 200, answer
+    assert "x-amzn-requestid" in {k.lower() for k in response_headers}
+    # AND its customer is credited, while the event sent to the wrong place credited no one
+    token = stack.token("shopify:7005555")
+    stack.eventually(
+        lambda: stack.request("GET", "/v1/programs/kr-shop/me", token=token)[1].get("pending") == 1000,
+        what="the delivery credited",
+    )
+    view = stack.request("GET", "/v1/programs/kr-shop/me", token=stack.token("m-url"))[1]
+    assert (view["balance"], view["pending"]) == (0, 0), view
 
 
 def test_ssm_throttled_is_503_and_the_next_delivery_succeeds():

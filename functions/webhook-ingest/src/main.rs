@@ -1,5 +1,5 @@
-//! Lambda entry point: the webhook routes of the shared API, behind API Gateway. Clients and
-//! the secret cache are built once per container.
+//! Lambda entry point: the webhook routes of the shared API, behind the function's URL.
+//! Clients and the secret cache are built once per container.
 
 use loyalty_core::api::{edge, webhook_router};
 use loyalty_core::config::{AwsSettings, Connections};

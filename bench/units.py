@@ -82,7 +82,13 @@ PRICE = {
     "lambda_gb_s": 0.0000133334,  # arm64
     "http_api": 1.00 / 1e6,  # API Gateway HTTP API, first 300 million a month
     "function_url": 0.0,  # a function URL: the invocation's own price, nothing more
+    # Provisioned capacity (TableCapacity=provisioned), by the hour of one unit per second.
+    "wcu_hour": 0.00065,
+    "rcu_hour": 0.00013,
 }
+# The share of provisioned capacity used: auto scaling's target, and a lower figure for a load
+# that moves faster than auto scaling follows it (it scales up within minutes, down rarely).
+UTILISATION = (0.70, 0.50)
 MEMORY_GB = 256 / 1024
 
 # -- DynamoDB item sizes --------------------------------------------------------------------
@@ -767,6 +773,31 @@ def cost(results: dict) -> None:
         print(f"| {key} | ${rows['1'][0][key]:.2f} | ${rows['10'][0][key]:.2f} |")
     for key in rows["1"][1]:
         print(f"| {key} per million | {rows['1'][1][key]:,.0f} | {rows['10'][1][key]:,.0f} |")
+    provisioned(rows)
+
+
+def provisioned(rows: dict) -> None:
+    """The same counts with the table's capacity provisioned: a unit used for one second costs an
+    hour's price / 3600, divided by the share of the capacity used."""
+    print("\nWith provisioned capacity (TableCapacity=provisioned), by utilisation:")
+    heads = [f"batch of {b}, {u:.0%} used" for b in ("1", "10") for u in UTILISATION]
+    print("| | " + " | ".join(heads) + " |")
+    print("|---" * (len(heads) + 1) + "|")
+    totals = {}
+    for key in ("DynamoDB writes", "DynamoDB reads"):
+        unit, price = ("WRU", "wcu_hour") if key == "DynamoDB writes" else ("RRU", "rcu_hour")
+        cells = []
+        for batch in ("1", "10"):
+            for u in UTILISATION:
+                value = rows[batch][1][unit] * PRICE[price] / 3600 / u
+                totals[(batch, u)] = totals.get((batch, u), 0.0) + value
+                cells.append(f"${value:.2f}")
+        print(f"| {key} | " + " | ".join(cells) + " |")
+    rest = [sum(v for k, v in rows[batch][0].items() if not k.startswith("DynamoDB") and k != "total")
+            for batch in ("1", "10") for _ in UTILISATION]
+    print("| everything else, as above | " + " | ".join(f"${r:.2f}" for r in rest) + " |")
+    cells = [totals[(b, u)] + r for (b, u), r in zip(((b, u) for b in ("1", "10") for u in UTILISATION), rest)]
+    print("| **total** | " + " | ".join(f"**${c:.2f}**" for c in cells) + " |")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ def main() -> int:
                     findings.append(f"{name}.{event_name}: admin route {path} without the loyalty/admin scope")
 
     findings.extend(check_function_urls(functions))
+    findings.extend(check_capacity(template))
     findings.extend(check_console(resources))
     findings.extend(check_observability(template))
     findings.extend(check_openapi())
@@ -106,6 +107,80 @@ def main() -> int:
         alarms = sum(r["Type"] == "AWS::CloudWatch::Alarm" for r in resources.values())
         print(f"template: {len(functions)} functions, {len(queues)} queues, {distributions} distribution(s), {alarms} alarms; no findings")
     return 1 if findings else 0
+
+
+def check_capacity(template: dict) -> list:
+    """The table is on demand or, with TableCapacity provisioned, has a floor of capacity on the
+    table and on every index and a target-tracking policy per table or index and dimension: an
+    index left without auto scaling would throttle the table's writes under load."""
+    resources = template["Resources"]
+    table_name, table = next((n, r) for n, r in resources.items() if r["Type"] == "AWS::DynamoDB::Table")
+    props = table["Properties"]
+    findings = []
+    mode = props.get("BillingMode")
+    if mode != {"Fn::If": ["IsProvisioned", "PROVISIONED", "PAY_PER_REQUEST"]}:
+        return [f"{table_name}: BillingMode {mode!r}; on demand unless TableCapacity is provisioned"]
+    if template.get("Conditions", {}).get("IsProvisioned") != {"Fn::Equals": [{"Ref": "TableCapacity"}, "provisioned"]}:
+        findings.append("IsProvisioned must be TableCapacity = provisioned")
+    scaled = {}
+    for name, r in resources.items():
+        if r["Type"] != "AWS::ApplicationAutoScaling::ScalableTarget":
+            continue
+        p = r["Properties"]
+        if r.get("Condition") != "IsProvisioned":
+            findings.append(f"{name}: scales capacity without the IsProvisioned condition")
+        dimension = p.get("ScalableDimension", "")
+        unit = dimension.rsplit(":", 1)[-1].removesuffix("CapacityUnits")
+        if p.get("MaxCapacity") != {"Ref": f"Max{unit}Capacity"}:
+            findings.append(f"{name}: MaxCapacity is not Max{unit}Capacity")
+        scaled[(resource_id_of(p.get("ResourceId"), table_name), dimension)] = name
+    policies = {
+        logical_of(r["Properties"].get("ScalingTargetId")): r
+        for r in resources.values()
+        if r["Type"] == "AWS::ApplicationAutoScaling::ScalingPolicy"
+    }
+    units = [("table", "table", props.get("ProvisionedThroughput"))] + [
+        (f"index/{gsi['IndexName']}", "index", gsi.get("ProvisionedThroughput"))
+        for gsi in props.get("GlobalSecondaryIndexes", [])
+    ]
+    for path, kind, throughput in units:
+        if not (isinstance(throughput, dict) and throughput.get("Fn::If", [None])[0] == "IsProvisioned"
+                and throughput["Fn::If"][2] == {"Ref": "AWS::NoValue"}):
+            findings.append(f"{table_name} {path}: no ProvisionedThroughput under IsProvisioned")
+        for unit in ("Read", "Write"):
+            target = scaled.get((path, f"dynamodb:{kind}:{unit}CapacityUnits"))
+            if target is None:
+                findings.append(f"{table_name} {path}: {unit.lower()} capacity is not auto scaled")
+                continue
+            policy = policies.get(target, {}).get("Properties", {})
+            metric = (
+                policy.get("TargetTrackingScalingPolicyConfiguration", {})
+                .get("PredefinedMetricSpecification", {})
+                .get("PredefinedMetricType")
+            )
+            if policy.get("PolicyType") != "TargetTrackingScaling" or metric != f"DynamoDB{unit}CapacityUtilization":
+                findings.append(f"{target}: no target-tracking policy on {unit.lower()} utilisation")
+    throttles = {
+        (stat["Metric"].get("MetricName"), str(stat["Metric"].get("Dimensions")))
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm" and r.get("Condition") == "IsProvisioned"
+        for stat in (q.get("MetricStat") for q in r["Properties"].get("Metrics", []))
+        if stat and stat["Metric"].get("Namespace") == "AWS/DynamoDB"
+    }
+    on_table = str([{"Name": "TableName", "Value": {"Ref": table_name}}])
+    for metric in ("WriteThrottleEvents", "ReadThrottleEvents"):
+        if (metric, on_table) not in throttles:
+            findings.append(f"{table_name}: no alarm under IsProvisioned reads its {metric}")
+    return findings
+
+
+def resource_id_of(value, table_name: str) -> str | None:
+    """`table` or `index/NAME` of an auto scaling ResourceId `!Sub table/${Table}[/index/NAME]`."""
+    text = value.get("Fn::Sub") if isinstance(value, dict) else None
+    prefix = f"table/${{{table_name}}}"
+    if not isinstance(text, str) or not text.startswith(prefix):
+        return None
+    return "table" if text == prefix else text[len(prefix) + 1 :]
 
 
 CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"

@@ -225,7 +225,7 @@ def load(path: Path) -> Template:
 
     return Template(
         table_logical=tables[0],
-        table=resources[tables[0]]["Properties"],
+        table=at_defaults(resources[tables[0]]["Properties"], raw),
         queues=queues,
         functions=functions,
         routes=routes,
@@ -234,6 +234,45 @@ def load(path: Path) -> Template:
         schedules=schedules,
         stream_sources=streams,
     )
+
+
+def at_defaults(value: Any, raw: dict) -> Any:
+    """`value` as deployed with every parameter at its default: each !If takes the branch its
+    condition gives then, and !Ref AWS::NoValue drops the property (the table is on demand)."""
+    if isinstance(value, list):
+        return [at_defaults(v, raw) for v in value if not _no_value(v)]
+    if not isinstance(value, dict):
+        return value
+    if set(value) == {"Fn::If"}:
+        name, then, otherwise = value["Fn::If"]
+        return at_defaults(then if _condition(name, raw) else otherwise, raw)
+    resolved = {k: at_defaults(v, raw) for k, v in value.items()}
+    return {k: v for k, v in resolved.items() if not _no_value(v)}
+
+
+def _no_value(value: Any) -> bool:
+    return value == {"Ref": "AWS::NoValue"}
+
+
+def _condition(name: str, raw: dict) -> bool:
+    return _truth(raw.get("Conditions", {})[name], raw)
+
+
+def _truth(expr: Any, raw: dict) -> bool:
+    if "Fn::Equals" in expr:
+        left, right = (_parameter(v, raw) for v in expr["Fn::Equals"])
+        return left == right
+    if "Fn::Not" in expr:
+        return not _truth(expr["Fn::Not"][0], raw)
+    if "Condition" in expr:
+        return _condition(expr["Condition"], raw)
+    raise ValueError(f"condition {expr!r} is not evaluated locally")
+
+
+def _parameter(value: Any, raw: dict) -> Any:
+    if isinstance(value, dict) and "Ref" in value:
+        return str(raw.get("Parameters", {})[value["Ref"]].get("Default", ""))
+    return value
 
 
 def _default_authorizer(resources: dict) -> str | None:

@@ -65,6 +65,31 @@ def test_the_authorizer_refuses_what_api_gateway_refuses(stack):
     assert "apigw-requestid" in {k.lower() for k in headers}
 
 
+def test_the_local_table_is_the_one_deployed_at_the_parameters_defaults(tmp_path):
+    from awslocal.template import load
+
+    # GIVEN the template, whose table is on demand unless TableCapacity is provisioned
+    source = (ROOT / "infra" / "template.yaml").read_text()
+    # WHEN it is loaded as it stands
+    table = load(ROOT / "infra" / "template.yaml").table
+    # THEN the table is on demand, with no capacity on it or on any index
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert "ProvisionedThroughput" not in table
+    assert all("ProvisionedThroughput" not in index for index in table["GlobalSecondaryIndexes"])
+    # WHEN TableCapacity defaults to provisioned instead
+    provisioned = tmp_path / "template.yaml"
+    marker = "    AllowedValues: [on-demand, provisioned]\n    Default: on-demand\n"
+    assert marker in source
+    provisioned.write_text(source.replace(marker, marker.replace("Default: on-demand", "Default: provisioned")))
+    table = load(provisioned).table
+    # THEN the table and each of its indexes have their floor of capacity
+    assert table["BillingMode"] == "PROVISIONED"
+    assert table["ProvisionedThroughput"] == {"ReadCapacityUnits": 5, "WriteCapacityUnits": 5}
+    assert [index["ProvisionedThroughput"] for index in table["GlobalSecondaryIndexes"]] == [
+        {"ReadCapacityUnits": 1, "WriteCapacityUnits": 1}
+    ] * 6
+
+
 def test_a_signed_shopify_order_travels_through_sqs_to_earn(stack):
     # GIVEN a Shopify orders/paid delivery from yesterday, signed with the program's secret
     body = (ROOT / "tests/fixtures/shopify/orders-paid.json").read_text()

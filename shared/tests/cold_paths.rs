@@ -356,6 +356,74 @@ async fn a_webhook_reads_the_links_it_may_write_in_one_request() {
         .is_some());
 }
 
+#[tokio::test]
+async fn a_known_customer_s_link_is_read_with_the_order_s_links_in_one_request() {
+    const PAID: &str = include_str!("../../tests/fixtures/shopify/orders-paid.json");
+    // GIVEN kr-shop on moto and a customer's first paid order
+    let (table, timeline) = kr_shop_table().await;
+    let services = cold_services(&table, &timeline);
+    let store = DynamoStore::new(client(&timeline), &table);
+    let first = shopify_events("orders/paid", PAID, "8400000001");
+    let customer = match &first[0].member {
+        loyalty_core::webhooks::MemberRef::Identity(identity) => identity.replacen(':', "#", 1),
+        other => panic!("the fixture's order names its customer: {other:?}"),
+    };
+    let customer_link = format!("P#kr-shop#ID#{customer}\"");
+    let strong_read_of = |link: &str| {
+        let link = link.to_string();
+        move |name: &str| {
+            name.starts_with("GetItem ")
+                && name.contains(&link)
+                && name.contains("\"ConsistentRead\":true")
+        }
+    };
+    // WHEN it is ingested
+    timeline.clear();
+    services.ingest_events("kr-shop", first).await.unwrap();
+    // THEN the customer's link, missing from the links' read, was read again strongly before
+    // the customer became a member
+    assert_eq!(
+        timeline
+            .sent_where(|name| name.starts_with("BatchGetItem ") && name.contains(&customer_link)),
+        1,
+        "{timeline:?}"
+    );
+    assert_eq!(
+        timeline.sent_where(strong_read_of(&customer_link)),
+        1,
+        "{timeline:?}"
+    );
+    let member = store
+        .resolve_alias("kr-shop", "order", "shopify#8400000001")
+        .await
+        .unwrap()
+        .expect("the first order leads to its member");
+    // WHEN the same customer's next order is paid
+    timeline.clear();
+    services
+        .ingest_events("kr-shop", shopify_events("orders/paid", PAID, "8400000002"))
+        .await
+        .unwrap();
+    // THEN the customer's link was read with the order's links, in one request and no other
+    let order_link = "P#kr-shop#ID#order#shopify#8400000002\"";
+    assert_eq!(
+        timeline.sent_where(|name| name.starts_with("BatchGetItem ")
+            && name.contains(&customer_link)
+            && name.contains(order_link)),
+        1,
+        "{timeline:?}"
+    );
+    assert_eq!(timeline.count("GetItem"), 0, "{timeline:?}");
+    // AND the order leads to the same member
+    assert_eq!(
+        store
+            .resolve_alias("kr-shop", "order", "shopify#8400000002")
+            .await
+            .unwrap(),
+        Some(member)
+    );
+}
+
 /// The events of a Shopify fixture, its order id replaced by `order`.
 fn shopify_events(topic: &str, fixture: &str, order: &str) -> Vec<PlatformEvent> {
     let body = fixture

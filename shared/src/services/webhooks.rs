@@ -192,11 +192,7 @@ impl Services {
         let together = events.len() == 1;
         for event in events {
             // Who the event is for, and where its links lead now: read together.
-            let (resolved, mut links) = futures_util::future::try_join(
-                self.member_of(program, &event, together),
-                self.links_of(program, &event),
-            )
-            .await?;
+            let (resolved, mut links) = self.member_and_links(program, &event, together).await?;
             let member = match resolved {
                 Resolved::Known(member) => Some(member),
                 Resolved::New { member, link } => {
@@ -245,6 +241,39 @@ impl Services {
             ids.push(envelope.id);
         }
         Ok(ids)
+    }
+
+    /// The event's member and its links. A customer's own link is read in the links' one
+    /// eventually consistent request: a link found there names the member (a link moves only
+    /// when its member is merged or erased, and earn follows a merge and waits out an erasure,
+    /// as it must for an event queued a moment before either); a miss is read again strongly
+    /// before a new member is made. An order's member (a refund without a customer) is read
+    /// strongly beside the links.
+    async fn member_and_links(
+        &self,
+        program: &str,
+        event: &PlatformEvent,
+        defer_link: bool,
+    ) -> Result<(Resolved, Vec<Link>), ServiceError> {
+        match &event.member {
+            MemberRef::Identity(identity) => {
+                let own = identity.split_once(':');
+                let (read, links) = self.links_of(program, event, own).await?;
+                let resolved = match read {
+                    Some(member) => Resolved::Known(member),
+                    None => self.member_of(program, event, defer_link).await?,
+                };
+                Ok((resolved, links))
+            }
+            MemberRef::Order(_) => {
+                let (resolved, (_, links)) = futures_util::future::try_join(
+                    self.member_of(program, event, defer_link),
+                    self.links_of(program, event, None),
+                )
+                .await?;
+                Ok((resolved, links))
+            }
+        }
     }
 
     async fn send(&self, envelope: &Envelope) -> Result<(), ServiceError> {
@@ -421,12 +450,14 @@ impl Services {
     /// customer) and its identities, but not the one that names the member (resolved or linked
     /// by [`Self::member_of`]). Each comes with the member it leads to now, read eventually
     /// consistent and all together: a stale miss only writes the link again, under its own
-    /// condition.
+    /// condition. `own`, the link that names the member, is read in the same request, and the
+    /// member it leads to comes first.
     async fn links_of(
         &self,
         program: &str,
         event: &PlatformEvent,
-    ) -> Result<Vec<Link>, ServiceError> {
+        own: Option<(&str, &str)>,
+    ) -> Result<(Option<String>, Vec<Link>), ServiceError> {
         let mut links: Vec<(&str, &str)> = Vec::with_capacity(1 + event.identities.len());
         if let Some(key) = &event.order_key {
             if !matches!(&event.member, MemberRef::Order(named) if named == key) {
@@ -443,8 +474,16 @@ impl Services {
                 _ => {}
             }
         }
-        let linked = self.store.linked_aliases(program, &links).await?;
-        Ok(links
+        // Each key once: a batch read refuses a key named twice.
+        let mut read = links.clone();
+        read.extend(own.filter(|own| !links.contains(own)));
+        let mut linked = self.store.linked_aliases(program, &read).await?;
+        let own_member = own
+            .and_then(|own| read.iter().position(|link| *link == own))
+            .and_then(|at| linked.get(at))
+            .and_then(|own| own.member.clone());
+        linked.truncate(links.len());
+        let links = links
             .into_iter()
             .zip(linked)
             .map(|((kind, value), linked)| Link {
@@ -453,7 +492,8 @@ impl Services {
                 linked: linked.member,
                 awaited: linked.awaited,
             })
-            .collect())
+            .collect();
+        Ok((own_member, links))
     }
 
     /// Writes the links that do not lead to `member` yet, all together. A link that is already

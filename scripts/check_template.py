@@ -160,18 +160,42 @@ def check_capacity(template: dict) -> list:
             )
             if policy.get("PolicyType") != "TargetTrackingScaling" or metric != f"DynamoDB{unit}CapacityUtilization":
                 findings.append(f"{target}: no target-tracking policy on {unit.lower()} utilisation")
-    throttles = {
-        (stat["Metric"].get("MetricName"), str(stat["Metric"].get("Dimensions")))
-        for r in resources.values()
-        if r["Type"] == "AWS::CloudWatch::Alarm" and r.get("Condition") == "IsProvisioned"
-        for stat in (q.get("MetricStat") for q in r["Properties"].get("Metrics", []))
-        if stat and stat["Metric"].get("Namespace") == "AWS/DynamoDB"
-    }
-    on_table = str([{"Name": "TableName", "Value": {"Ref": table_name}}])
-    for metric in ("WriteThrottleEvents", "ReadThrottleEvents"):
-        if (metric, on_table) not in throttles:
-            findings.append(f"{table_name}: no alarm under IsProvisioned reads its {metric}")
+    findings.extend(check_throttle_alarm(resources, table_name, props))
     return findings
+
+
+def check_throttle_alarm(resources: dict, table_name: str, props: dict) -> list:
+    """An alarm under IsProvisioned reads the table's read and write throttle events and each
+    index's write throttle events (the table's own leave the indexes out), each filled with 0
+    where it has no data: a sum with a missing term has no data, which would not breach."""
+    wanted = [("WriteThrottleEvents", None), ("ReadThrottleEvents", None)] + [
+        ("WriteThrottleEvents", gsi["IndexName"]) for gsi in props.get("GlobalSecondaryIndexes", [])
+    ]
+    missing = wanted
+    for name, r in resources.items():
+        if r["Type"] != "AWS::CloudWatch::Alarm" or r.get("Condition") != "IsProvisioned":
+            continue
+        queries = r["Properties"].get("Metrics", [])
+        read = {}
+        for q in queries:
+            metric = (q.get("MetricStat") or {}).get("Metric") or {}
+            if metric.get("Namespace") != "AWS/DynamoDB":
+                continue
+            dims = {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])}
+            if dims.get("TableName") != {"Ref": table_name}:
+                continue
+            read[(metric.get("MetricName"), dims.get("GlobalSecondaryIndexName"))] = q["Id"]
+        if any(w not in read for w in wanted):
+            missing = min(missing, [w for w in wanted if w not in read], key=len)
+            continue
+        expression = " ".join(q.get("Expression", "") for q in queries if q.get("ReturnData", True))
+        return [
+            f"{name}: {metric} of {index or 'the table'} is not FILL({read[(metric, index)]}, 0) in its expression"
+            for metric, index in wanted
+            if f"FILL({read[(metric, index)]}, 0)" not in expression
+        ]
+    listed = ", ".join(f"{m} of {i or 'the table'}" for m, i in missing)
+    return [f"{table_name}: no alarm under IsProvisioned reads its throttle events; missing {listed}"]
 
 
 def resource_id_of(value, table_name: str) -> str | None:

@@ -182,8 +182,11 @@ class Stack:
         }
         if props.get("GlobalSecondaryIndexes"):
             kwargs["GlobalSecondaryIndexes"] = [
-                {k: gsi[k] for k in ("IndexName", "KeySchema", "Projection")} for gsi in props["GlobalSecondaryIndexes"]
+                {k: gsi[k] for k in ("IndexName", "KeySchema", "Projection", "ProvisionedThroughput") if k in gsi}
+                for gsi in props["GlobalSecondaryIndexes"]
             ]
+        if props.get("ProvisionedThroughput"):
+            kwargs["ProvisionedThroughput"] = props["ProvisionedThroughput"]
         if props.get("StreamSpecification"):
             kwargs["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": props["StreamSpecification"]["StreamViewType"]}
         self.dynamodb.create_table(**kwargs)

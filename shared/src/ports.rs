@@ -636,9 +636,11 @@ pub trait AliasStore: Send + Sync {
         kind: &str,
         value: &str,
     ) -> Result<Option<String>, StoreError>;
-    /// The same answer, possibly a moment old: enough to skip a link that is already there,
-    /// never to decide who a member is (a stale miss only writes the link again, under the
-    /// link's own condition). A store whose reads are all current answers `resolve_alias`.
+    /// The same answer, possibly a moment old: enough to skip a link that is already there (a
+    /// stale miss only writes the link again, under the link's own condition), and to take a
+    /// customer's member from a link found, but never to make a new member from a miss (read
+    /// that again with `resolve_alias`). A store whose reads are all current answers
+    /// `resolve_alias`.
     async fn linked_alias(
         &self,
         program: &str,

@@ -1,7 +1,7 @@
 """Requests and DynamoDB capacity units per operation, through the real bootstraps.
 
 Runs the deployed topology in this process (scripts/awslocal: moto, the table and queues of
-infra/template.yaml, the release bootstraps under the local Lambda runtime, the HTTP API) with
+infra/template.yaml, the release bootstraps under the local Lambda runtime, the HTTP API, the function URL) with
 the proxy the functions already talk to (AWS_ENDPOINT_URL = the fault proxy) replaced by a
 counting proxy: every DynamoDB, SQS and SSM request of every function is parsed and priced as
 DynamoDB on-demand and SQS bill it. Then drives, one at a time and each until the whole chain

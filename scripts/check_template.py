@@ -208,6 +208,7 @@ def resource_id_of(value, table_name: str) -> str | None:
 
 
 CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+ALL_VIEWER_EXCEPT_HOST = "b689b0a8-53d0-40ab-baf2-68738e2966ac"
 CLOUDFRONT = "cloudfront.amazonaws.com"
 
 
@@ -334,6 +335,13 @@ def check_console(resources: dict) -> list:
                 findings.append(f"{name}: {pattern} goes to origin {behaviour['TargetOriginId']}, not to {what}")
             if behaviour.get("CachePolicyId") != CACHING_DISABLED:
                 findings.append(f"{name}: {pattern} must use the managed CachingDisabled cache policy ({CACHING_DISABLED})")
+            # The distribution's Host would not be the origin's: API Gateway and a function URL
+            # both refuse it (403).
+            if behaviour.get("OriginRequestPolicyId") != ALL_VIEWER_EXCEPT_HOST:
+                findings.append(f"{name}: {pattern} must use the managed AllViewerExceptHostHeader origin request policy ({ALL_VIEWER_EXCEPT_HOST})")
+            for target in targets & {behaviour["TargetOriginId"]}:
+                if origins[target].get("CustomOriginConfig", {}).get("OriginProtocolPolicy") != "https-only":
+                    findings.append(f"{name}: origin {target} must be https-only")
 
     policies = {}
     for name, r in of_type("AWS::S3::BucketPolicy").items():

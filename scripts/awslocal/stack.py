@@ -1,6 +1,6 @@
 """The deployed topology on one machine: moto (DynamoDB, SQS, SSM), the resources of
 infra/template.yaml, the function binaries under a local Lambda runtime, the HTTP API with its
-JWT authorizer, the SQS event-source mappings and the schedules, with faults on demand."""
+JWT authorizer, webhook-ingest's function URL, the SQS event-source mappings and the schedules, with faults on demand."""
 
 from __future__ import annotations
 

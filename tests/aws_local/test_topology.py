@@ -100,7 +100,7 @@ def test_a_signed_shopify_order_travels_through_sqs_to_earn(stack):
         "X-Shopify-Hmac-Sha256": signature.decode(),
         "X-Shopify-Webhook-Id": "delivery-1",
     }
-    # WHEN it is delivered to the webhook route (no authorizer there; the secret comes from SSM)
+    # WHEN it is delivered to webhook-ingest's function URL (no authorizer; the secret comes from SSM)
     status, answer, _ = stack.request("POST", "/webhooks/shopify/kr-shop", body, headers=headers)
     # THEN it is acknowledged, and the member sees 1,000 pending points through GET /me
     assert status == 200, answer

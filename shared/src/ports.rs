@@ -95,6 +95,28 @@ pub struct MemberState {
     /// The event asked about already had its effect on this member (its marker exists); only
     /// [`MemberStore::load_member_for_event`] says so.
     pub seen: bool,
+    /// The revision of each order record read, for a store that keeps one (0: none yet). A
+    /// commit written from a read that may be a moment old names them in
+    /// [`Commit::order_revisions`].
+    pub order_revisions: BTreeMap<String, u64>,
+}
+
+impl MemberState {
+    /// The revisions, as read, of the order records a commit writes (0 for one not read: absent).
+    pub fn revisions_of<'a>(
+        &self,
+        orders: impl IntoIterator<Item = &'a String>,
+    ) -> BTreeMap<String, u64> {
+        orders
+            .into_iter()
+            .map(|key| {
+                (
+                    key.clone(),
+                    self.order_revisions.get(key).copied().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
 }
 
 /// A member's variant in a campaign, recorded at the first assignment and kept (sticky) until
@@ -217,6 +239,12 @@ pub struct Commit {
     pub marker_order: Option<String>,
     /// Order records to write, by order key.
     pub orders: BTreeMap<String, OrderRecord>,
+    /// For a commit made from a read that may be a moment old
+    /// ([`MemberStore::load_member_for_event_cheaply`]): each order record's revision as read
+    /// (0: absent). A store that keeps revisions writes a record only if it still has that one,
+    /// else the commit fails as a conflict (or as a duplicate, when the record holds the
+    /// marker). Empty: the account's version alone guards the records (a current read).
+    pub order_revisions: BTreeMap<String, u64>,
     /// When each scheduled job next has work for the member (`Account::due_dates`): the store
     /// indexes the account under these dates, in the same write.
     pub due: DueDates,
@@ -279,6 +307,7 @@ impl Commit {
             marker: None,
             marker_order: None,
             orders: BTreeMap::new(),
+            order_revisions: BTreeMap::new(),
             redemption: None,
             copied_redemptions: Vec::new(),
             coupon: None,
@@ -576,6 +605,21 @@ pub trait MemberStore: Send + Sync {
             .await?;
         state.seen = self.has_marker(program, member, marker).await?;
         Ok(state)
+    }
+    /// [`MemberStore::load_member_for_event`], possibly a moment old, for fewer read units where
+    /// a store has such reads (DynamoDB: half). Safe only for a caller that commits with
+    /// [`Commit::order_revisions`] from this read, reads no campaign assignments (their writes
+    /// are not guarded by a revision), and reads again with `load_member_for_event` after a
+    /// conflict. A store whose reads are all current answers `load_member_for_event`.
+    async fn load_member_for_event_cheaply(
+        &self,
+        program: &str,
+        member: &str,
+        marker: &EventMarker,
+        order_keys: &[String],
+    ) -> Result<MemberState, StoreError> {
+        self.load_member_for_event(program, member, marker, order_keys, &[])
+            .await
     }
     async fn commit(&self, commit: Commit) -> Result<(), CommitError>;
     /// Several members' commits at once: all or none where the store can (DynamoDB: one

@@ -73,6 +73,7 @@ fn commit(
         }),
         marker_order: None,
         orders: BTreeMap::new(),
+        order_revisions: BTreeMap::new(),
         redemption: None,
         copied_redemptions: Vec::new(),
         coupon: None,
@@ -451,6 +452,33 @@ async fn an_order_s_events_are_duplicates_whether_or_not_their_marker_rides_on_t
     );
     let state = store.load_member("kr-shop", &m, &[]).await.unwrap();
     assert_eq!(state.account.map(|a| (a.version, a.balance)), Some((2, 5)));
+    // AND read as earn reads first (possibly a moment old: the revisions of the records read
+    // come with it), the events read as seen alike
+    let cheaply = |event: &'static str| {
+        let (store, m, order) = (store.clone(), m.clone(), order.clone());
+        async move {
+            store
+                .load_member_for_event_cheaply("kr-shop", &m, &marked(event), &[order])
+                .await
+                .unwrap()
+        }
+    };
+    assert!(cheaply("order-2001-refund-1").await.seen);
+    let read = cheaply("order-2001-refund-2").await;
+    assert!(!read.seen);
+    // WHEN a new event commits from that read, naming the revisions it read, and then again
+    // from the same read
+    let from_read = |expected, balance, entry: &str| {
+        let mut c = with_order(Some(expected), balance, entry, "order-2001-refund-2");
+        c.order_revisions = read.revisions_of([&order]);
+        c
+    };
+    store.commit(from_read(2, 4, "refund#2")).await.unwrap();
+    let again = store.commit(from_read(3, 3, "refund#3")).await;
+    // THEN it applied once, and the second is a duplicate
+    assert!(matches!(again, Err(CommitError::Duplicate)), "{again:?}");
+    let state = store.load_member("kr-shop", &m, &[]).await.unwrap();
+    assert_eq!(state.account.map(|a| (a.version, a.balance)), Some((3, 4)));
 }
 
 async fn programs_are_versioned_and_conditional(store: Arc<dyn Store>) {

@@ -198,10 +198,24 @@ impl Services {
                 && campaign_ids.is_empty()
         });
         let mut contention = Contention::new();
+        // The first read may be a moment old (half the read units): the commit's conditions
+        // refuse what it missed, and the read after a conflict is current. Assignments are
+        // read currently, always: their writes carry no revision.
+        let mut current = !campaign_ids.is_empty();
         loop {
             let now = self.clock.now();
             let mut state = match ahead.take() {
                 Some(read) => read.state,
+                None if !current => self
+                    .store
+                    .load_member_for_event_cheaply(
+                        &program.id,
+                        &envelope.member,
+                        &marker,
+                        &order_keys,
+                    )
+                    .await
+                    .map_err(|e| Retry(e.to_string()))?,
                 None => self
                     .store
                     .load_member_for_event(
@@ -244,6 +258,8 @@ impl Services {
                         "the member is suspended: the event waits for the resume".into(),
                     ));
                 }
+                // Resumed since the read: read it as it is now.
+                current = true;
                 continue;
             }
             // A refund takes revenue back from the campaigns that counted its order, running or
@@ -284,6 +300,9 @@ impl Services {
             let commit = Commit {
                 marker: Some(marker.clone()),
                 marker_order: order_keys.first().cloned(),
+                // Only the records read: one written without a read has no revision to hold.
+                order_revisions: state
+                    .revisions_of(outcome.orders.keys().filter(|key| order_keys.contains(key))),
                 orders: outcome.orders,
                 assignments: outcome.assignments,
                 counters: outcome.counters,
@@ -309,6 +328,7 @@ impl Services {
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
             }
+            current = true;
             contention
                 .again(|| format!("member {}", envelope.member))
                 .await?;

@@ -427,6 +427,30 @@ impl DynamoStore {
         })
     }
 
+    /// One batch read: the marker's key rides along with the account's, unless the marker is
+    /// on the order's record, which is read anyway (a read unit less for every purchase).
+    async fn member_for_event(
+        &self,
+        program: &str,
+        member: &str,
+        marker: &EventMarker,
+        order_keys: &[String],
+        campaigns: &[String],
+        consistent: bool,
+    ) -> Result<MemberState, StoreError> {
+        let pk = member_pk(program, member);
+        let marker_key = marker_sk(marker);
+        let own_item = Some(&marker_key).filter(|_| order_keys.is_empty());
+        let keys = member_keys(&pk, own_item.map(String::as_str), order_keys, campaigns);
+        let items = self
+            .batch_read(keys, consistent, "cannot read the member")
+            .await?;
+        let seen = marked(&items, &marker_key);
+        let mut state = member_state(&pk, items)?;
+        state.seen = seen;
+        Ok(state)
+    }
+
     /// Why a commit transaction was cancelled. moto does not always report reasons; then the
     /// marker is looked up to tell a duplicate from a version conflict.
     async fn cancelled(
@@ -437,7 +461,9 @@ impl DynamoStore {
         reasons: Vec<Option<String>>,
     ) -> CommitError {
         let failed = |i: usize| reasons.get(i).and_then(|r| r.as_deref());
-        if let Some(i) = marker_index {
+        // A record written on condition of a revision read a moment ago fails alike whether it
+        // holds the marker or changed since: the marker is looked up below.
+        if let Some(i) = marker_index.filter(|_| !special.revisions) {
             if failed(i) == Some("ConditionalCheckFailed") {
                 return CommitError::Duplicate;
             }
@@ -468,10 +494,11 @@ impl DynamoStore {
         {
             return CommitError::VersionConflict;
         }
-        if reasons
-            .iter()
-            .flatten()
-            .any(|r| r == "ConditionalCheckFailed")
+        if !special.revisions
+            && reasons
+                .iter()
+                .flatten()
+                .any(|r| r == "ConditionalCheckFailed")
         {
             // A ledger entry id that exists already: the event had its effect.
             return CommitError::Duplicate;
@@ -544,17 +571,21 @@ impl DynamoStore {
             writes.push(self.put(item, Some("attribute_not_exists(PK)"), None)?);
             marker_index = Some(writes.len() - 1);
         }
+        let mut revised = false;
         for (order_key, record) in &commit.orders {
             let marker = commit
                 .marker
                 .as_ref()
                 .filter(|_| on_order == Some(order_key));
-            writes.push(self.order_write(&pk, order_key, record, marker)?);
+            let read = commit.order_revisions.get(order_key).copied();
+            writes.push(self.order_write(&pk, order_key, record, marker, (read, version))?);
+            revised |= read.is_some();
             if marker.is_some() {
                 marker_index = Some(writes.len() - 1);
             }
         }
-        let special = self.redemption_writes(commit, &mut writes)?;
+        let mut special = self.redemption_writes(commit, &mut writes)?;
+        special.revisions = revised;
         // Last, so that the indexes of the cancellation reasons above are unchanged.
         for message in waiting {
             writes.push(self.put(outbox_item(message)?, None, None)?);
@@ -730,6 +761,9 @@ impl CampaignStore for DynamoStore {
 /// Where the redemption items of a commit sit in its transaction.
 #[derive(Debug, Clone, Copy, Default)]
 struct SpecialWrites {
+    /// An order record is written on condition of the revision read: a failed condition there
+    /// is a stale read or a duplicate, told apart by reading again.
+    revisions: bool,
     idempotency: Option<usize>,
     revoke: Option<usize>,
     /// Assignment writes: a failed condition there means the member changed meanwhile.
@@ -1041,27 +1075,50 @@ impl DynamoStore {
     /// markers of the events kept on it ([`Commit::marker_order`]); the event's marker is
     /// added on condition that it is not there yet. No other condition: the account's version
     /// guards the record.
+    /// An order record's write, with the commit's account version as its revision; given the
+    /// revision read (`revisions.0`), on condition that it is still the record's.
     fn order_write(
         &self,
         pk: &str,
         order_key: &str,
         record: &OrderRecord,
         marker: Option<&EventMarker>,
+        revisions: (Option<u64>, u64),
     ) -> Result<TransactWriteItem, StoreError> {
+        let (read, written) = revisions;
         let mut update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(pk, format!("O#{order_key}"))))
             .expression_attribute_names("#b", "body")
-            .expression_attribute_values(":b", encode_deflated("order", record)?);
+            .expression_attribute_names("#r", REVISION)
+            .expression_attribute_values(":b", encode_deflated("order", record)?)
+            .expression_attribute_values(":r", n(written));
+        let mut conditions = Vec::new();
         update = match marker {
-            None => update.update_expression("SET #b = :b"),
-            Some(marker) => update
-                .update_expression("SET #b = :b ADD #m :m")
-                .condition_expression("NOT contains(#m, :e)")
-                .expression_attribute_names("#m", MARKERS)
-                .expression_attribute_values(":m", AttributeValue::Ss(vec![marker_sk(marker)]))
-                .expression_attribute_values(":e", s(marker_sk(marker))),
+            None => update.update_expression("SET #b = :b, #r = :r"),
+            Some(marker) => {
+                conditions.push("NOT contains(#m, :e)");
+                update
+                    .update_expression("SET #b = :b, #r = :r ADD #m :m")
+                    .expression_attribute_names("#m", MARKERS)
+                    .expression_attribute_values(":m", AttributeValue::Ss(vec![marker_sk(marker)]))
+                    .expression_attribute_values(":e", s(marker_sk(marker)))
+            }
         };
+        update = match read {
+            None => update,
+            Some(0) => {
+                conditions.push("attribute_not_exists(#r)");
+                update
+            }
+            Some(read) => {
+                conditions.push("#r = :read");
+                update.expression_attribute_values(":read", n(read))
+            }
+        };
+        if !conditions.is_empty() {
+            update = update.condition_expression(conditions.join(" AND "));
+        }
         let update = build("update", update.build())?;
         Ok(TransactWriteItem::builder().update(update).build())
     }
@@ -1200,6 +1257,10 @@ fn refused(message: &str) -> StoreError {
 
 /// The attribute of an order record that holds the markers kept on it (a string set).
 const MARKERS: &str = "markers";
+
+/// The attribute of an order record that holds its revision: the account version of the commit
+/// that last wrote it (absent on records written before revisions were kept: revision 0).
+const REVISION: &str = "rev";
 
 /// Whether an event had its effect: its marker is among `items`, or on one of them that is an
 /// order record.
@@ -1379,8 +1440,7 @@ impl MemberStore for DynamoStore {
         member_state(&pk, self.batch_get(keys).await?)
     }
 
-    /// One batch read: the marker's key rides along with the account's, unless the marker is
-    /// on the order's record, which is read anyway (a read unit less for every purchase).
+    /// Strongly consistent ([`DynamoStore::member_for_event`]).
     async fn load_member_for_event(
         &self,
         program: &str,
@@ -1389,15 +1449,22 @@ impl MemberStore for DynamoStore {
         order_keys: &[String],
         campaigns: &[String],
     ) -> Result<MemberState, StoreError> {
-        let pk = member_pk(program, member);
-        let marker_key = marker_sk(marker);
-        let own_item = Some(&marker_key).filter(|_| order_keys.is_empty());
-        let keys = member_keys(&pk, own_item.map(String::as_str), order_keys, campaigns);
-        let items = self.batch_get(keys).await?;
-        let seen = marked(&items, &marker_key);
-        let mut state = member_state(&pk, items)?;
-        state.seen = seen;
-        Ok(state)
+        self.member_for_event(program, member, marker, order_keys, campaigns, true)
+            .await
+    }
+
+    /// Eventually consistent, half the read units: a stale account fails its commit's version
+    /// condition, a stale order record its revision condition, a stale miss of the marker the
+    /// marker's condition.
+    async fn load_member_for_event_cheaply(
+        &self,
+        program: &str,
+        member: &str,
+        marker: &EventMarker,
+        order_keys: &[String],
+    ) -> Result<MemberState, StoreError> {
+        self.member_for_event(program, member, marker, order_keys, &[], false)
+            .await
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), CommitError> {
@@ -1548,6 +1615,10 @@ fn member_state(
                 if let Some(order_key) = sk.strip_prefix("O#") {
                     let record = body::<OrderRecord>(&item, sk)?;
                     state.orders.insert(order_key.to_string(), record);
+                    let revision = number(&item, REVISION).unwrap_or(0);
+                    state
+                        .order_revisions
+                        .insert(order_key.to_string(), revision);
                 } else if let Some(campaign) = sk.strip_prefix("A#") {
                     let assignment = body::<Assignment>(&item, sk)?;
                     state.assignments.insert(campaign.to_string(), assignment);

@@ -440,6 +440,7 @@ impl MemberStore for SqliteStore {
                 orders,
                 assignments,
                 seen: false,
+                order_revisions: Default::default(),
             })
         })
         .await

@@ -156,3 +156,49 @@ async fn an_event_whose_marker_a_stale_read_missed_is_a_duplicate() {
     let after = read(&store, &member, "paid").await;
     assert_eq!(after.account.map(|a| a.version), Some(1));
 }
+
+#[tokio::test]
+async fn a_record_read_as_absent_is_not_written_over_one_written_since() {
+    // GIVEN a member with an account, and a refund's read of its order made when the order had
+    // no record yet
+    let store = store().await;
+    let member = format!("m-{}", uuid::Uuid::new_v4().simple());
+    let none = read(&store, &member, "opened").await;
+    let mut opened = order_commit(&member, None, "opened", &[], &none);
+    opened.orders.clear();
+    opened.order_revisions.clear();
+    opened.marker_order = None;
+    store.commit(opened).await.expect("the account opens");
+    let early = read(&store, &member, "refund-early").await;
+    assert!(early.orders.is_empty());
+    // AND the order's purchase commits its record since
+    store
+        .commit(order_commit(
+            &member,
+            early.account.as_ref(),
+            "paid",
+            &["paid-lines"],
+            &early,
+        ))
+        .await
+        .expect("the purchase commits");
+    // WHEN the refund commits from its read over the current account
+    let current = read(&store, &member, "refund-early").await;
+    let stale = order_commit(
+        &member,
+        current.account.as_ref(),
+        "refund-early",
+        &["refund-early"],
+        &early,
+    );
+    let outcome = store.commit(stale).await;
+    // THEN it is refused as a conflict (its marker is new: only the revision refuses it), and
+    // the purchase's record stands
+    assert!(
+        matches!(outcome, Err(CommitError::VersionConflict)),
+        "{outcome:?}"
+    );
+    let after = read(&store, &member, "refund-early").await;
+    assert!(after.orders[ORDER].applied.contains("paid-lines"));
+    assert!(!after.orders[ORDER].applied.contains("refund-early"));
+}

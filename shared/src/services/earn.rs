@@ -233,8 +233,16 @@ impl Services {
             if state.seen {
                 return Ok(Processed::Duplicate);
             }
+            // Anything decided below outside the commit (a redirect, a wait for a resume, a
+            // rejection, a hold for review) is decided on a current read: one a moment old may
+            // have missed the marker of this very event, applied a moment ago, and only the
+            // commit's own conditions would have caught that.
+            let settled = |current: &mut bool| std::mem::replace(current, true);
             // An event for a member merged into another is the survivor's.
             if let Some(into) = state.account.as_ref().and_then(|a| a.merged_into()) {
+                if !settled(&mut current) {
+                    continue;
+                }
                 tracing::info!(program = %program.id, event_id = %envelope.id, into = %crate::telemetry::member_ref(into), "event of a merged member");
                 envelope.member = into.to_string();
                 contention.redirected(|| format!("member {}", envelope.member))?;
@@ -252,6 +260,9 @@ impl Services {
                 .as_ref()
                 .is_some_and(|a| a.suspended.is_some())
             {
+                if !settled(&mut current) {
+                    continue;
+                }
                 let body = serde_json::to_string(&envelope).map_err(|e| Retry(e.to_string()))?;
                 if self.wait_for_resume(&program.id, &envelope, &body).await? {
                     return Ok(Processed::NoEffect(
@@ -279,9 +290,13 @@ impl Services {
                 });
             let mut outcome = match decide(&program, &envelope, &event, &state, &campaigns, &ctx) {
                 Ok(outcome) => outcome,
+                Err(_) if !settled(&mut current) => continue,
                 Err(reason) => return self.reject(&envelope, body, &reason).await,
             };
             if let Some(reason) = count_daily(&program, &envelope, &mut outcome.change, now) {
+                if !settled(&mut current) {
+                    continue;
+                }
                 self.hold_for_review(&program.id, &envelope, &reason)
                     .await
                     .map_err(|e| Retry(e.to_string()))?;

@@ -1073,10 +1073,10 @@ impl DynamoStore {
 
     /// An order record's write. It is updated in place, never replaced, so that it keeps the
     /// markers of the events kept on it ([`Commit::marker_order`]); the event's marker is
-    /// added on condition that it is not there yet. No other condition: the account's version
+    /// added on condition that it is not there yet. It takes the commit's account version as
+    /// its revision and, given the revision read (`revisions.0`, a read that may be a moment
+    /// old), is written on condition that the record still has it; else the account's version
     /// guards the record.
-    /// An order record's write, with the commit's account version as its revision; given the
-    /// revision read (`revisions.0`), on condition that it is still the record's.
     fn order_write(
         &self,
         pk: &str,

@@ -1,0 +1,223 @@
+//! Earn's first read of a member is eventually consistent: DynamoDB may answer each item of
+//! it from a replica a moment behind. moto's reads are always current, so here a client plays
+//! such a replica: it takes the order records and event markers out of every eventually
+//! consistent BatchGetItem answer, as if they had been written a moment ago, and leaves the
+//! account as it is. Whatever earn decides outside its commit on such a read would be decided
+//! wrongly; these tests show it reads the member currently first.
+//! Runs on moto (`scripts/test` exports `LOYALTY_TEST_DYNAMODB_ENDPOINT`).
+#![cfg(feature = "aws")]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::config::interceptors::{
+    BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextMut,
+};
+use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_dynamodb::error::BoxError;
+use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
+use chrono::{DateTime, TimeZone, Utc};
+use loyalty_core::ports::FixedClock;
+use loyalty_core::services::earn::Processed;
+use loyalty_core::services::Services;
+use loyalty_core::store::dynamodb::DynamoStore;
+use serde_json::{json, Value};
+
+mod common;
+
+/// A replica behind on everything but the account: eventually consistent batch reads come
+/// back without order records (`O#…`) and event markers (`E#…`). Counts the reads it aged.
+#[derive(Debug, Default, Clone)]
+struct BehindReplica(Arc<AtomicUsize>);
+
+/// The request being answered is an eventually consistent BatchGetItem.
+#[derive(Debug, Clone)]
+struct Eventual;
+
+impl Storable for Eventual {
+    type Storer = StoreReplace<Self>;
+}
+
+impl Intercept for BehindReplica {
+    fn name(&self) -> &'static str {
+        "behind-replica"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let request = context.request();
+        let batch_get = request
+            .headers()
+            .get("x-amz-target")
+            .is_some_and(|t| t.ends_with(".BatchGetItem"));
+        let body: Value = request
+            .body()
+            .bytes()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or_default();
+        let consistent = body["RequestItems"]
+            .as_object()
+            .is_some_and(|tables| tables.values().any(|t| t["ConsistentRead"] == true));
+        if batch_get && !consistent {
+            cfg.interceptor_state().store_put(Eventual);
+        }
+        Ok(())
+    }
+
+    fn modify_before_attempt_completion(
+        &self,
+        context: &mut FinalizerInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if cfg.load::<Eventual>().is_none() {
+            return Ok(());
+        }
+        let Some(Ok(output)) = context.output_or_error_mut() else {
+            return Ok(());
+        };
+        let Some(answer) = output.downcast_mut::<BatchGetItemOutput>() else {
+            return Ok(());
+        };
+        let behind = |item: &HashMap<String, AttributeValue>| {
+            item.get("SK")
+                .and_then(|sk| sk.as_s().ok())
+                .is_some_and(|sk| sk.starts_with("O#") || sk.starts_with("E#"))
+        };
+        for items in answer.responses.iter_mut().flat_map(|r| r.values_mut()) {
+            items.retain(|item| !behind(item));
+        }
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap()
+}
+
+fn services(table: &str, replica: Option<&BehindReplica>) -> Services {
+    let client = client(replica);
+    Services::new(
+        Arc::new(DynamoStore::new(client, table)),
+        Arc::new(common::Recorder::default()),
+        FixedClock::at(now()),
+    )
+}
+
+/// Services of a warm instance (the program read: a cold one reads the member strongly,
+/// beside the program) whose eventually consistent reads are answered by `replica`.
+async fn warm_behind(table: &str, replica: &BehindReplica) -> Services {
+    let services = services(table, Some(replica));
+    services.program("kr-shop").await.expect("kr-shop is saved");
+    services
+}
+
+fn client(replica: Option<&BehindReplica>) -> aws_sdk_dynamodb::Client {
+    let mut config = common::moto_dynamodb("stale-reads");
+    if let Some(replica) = replica {
+        config = config.interceptor(replica.clone());
+    }
+    aws_sdk_dynamodb::Client::from_conf(config.build())
+}
+
+/// A table of its own on moto with kr-shop saved, and services that read it currently.
+async fn kr_shop_table() -> (String, Services) {
+    let table = format!("loyalty-stale-{}", uuid::Uuid::new_v4().simple());
+    DynamoStore::new(client(None), &table)
+        .create_table()
+        .await
+        .expect("moto creates the table");
+    let services = services(&table, None);
+    common::save_kr_shop(&services).await;
+    (table, services)
+}
+
+fn purchase(member: &str, order: &str, amount: i64) -> String {
+    json!({
+        "type": "purchase.completed", "version": 1, "id": format!("shopify-order-{order}-paid"),
+        "program": "kr-shop", "member": member, "occurred_at": now(),
+        "data": {"order_id": order, "currency": "KRW", "platform": "shopify",
+                 "lines": [{"line_id": "1", "quantity": 1, "unit_price": amount.to_string()}]}
+    })
+    .to_string()
+}
+
+/// The member's points, available and pending.
+async fn points(services: &Services, member: &str) -> i64 {
+    let view = services.member_view("kr-shop", member).await.unwrap();
+    view.balance + view.pending
+}
+
+#[tokio::test]
+async fn a_repeat_for_a_merged_member_is_not_redirected_on_a_read_a_moment_old() {
+    // GIVEN a purchase applied to one member, who was then merged into another
+    let (table, current) = kr_shop_table().await;
+    let (merged, survivor) = ("shopify:7400000001", "shopify:7400000002");
+    let message = purchase(merged, "9400001", 30_000);
+    for body in [&message, &purchase(survivor, "9400002", 50_000)] {
+        let applied = current.process_earn(body).await.unwrap();
+        assert!(matches!(applied, Processed::Applied { .. }), "{applied:?}");
+    }
+    current
+        .merge_members("kr-shop", survivor, merged, "the same customer", "ops")
+        .await
+        .unwrap();
+    let before = points(&current, survivor).await;
+    assert!(before > 0);
+    // WHEN the purchase is delivered again, to an instance whose eventually consistent reads
+    // see the merge but not yet the order's record, which holds the event's marker
+    let replica = BehindReplica::default();
+    let again = warm_behind(&table, &replica)
+        .await
+        .process_earn(&message)
+        .await
+        .unwrap();
+    // THEN the replica did answer a read, yet the delivery is told a duplicate
+    assert!(replica.0.load(Ordering::SeqCst) > 0);
+    assert!(matches!(again, Processed::Duplicate), "{again:?}");
+    // AND the survivor did not earn the purchase a second time
+    assert_eq!(points(&current, survivor).await, before);
+}
+
+#[tokio::test]
+async fn a_new_purchase_read_a_moment_old_still_earns_once() {
+    // GIVEN two members who bought the same once
+    let (table, current) = kr_shop_table().await;
+    let (member, control) = ("shopify:7400000003", "shopify:7400000004");
+    for (who, order) in [(member, "9400003"), (control, "9400004")] {
+        current
+            .process_earn(&purchase(who, order, 30_000))
+            .await
+            .unwrap();
+    }
+    let before = points(&current, member).await;
+    // WHEN the member's next purchase is processed on reads that miss the member's order
+    // records, and delivered again the same way; the other member's on current reads
+    let replica = BehindReplica::default();
+    let behind = warm_behind(&table, &replica).await;
+    let message = purchase(member, "9400005", 50_000);
+    let first = behind.process_earn(&message).await.unwrap();
+    let again = behind.process_earn(&message).await.unwrap();
+    current
+        .process_earn(&purchase(control, "9400006", 50_000))
+        .await
+        .unwrap();
+    // THEN the first applies and the repeat is a duplicate
+    assert!(replica.0.load(Ordering::SeqCst) >= 2);
+    assert!(matches!(first, Processed::Applied { .. }), "{first:?}");
+    assert!(matches!(again, Processed::Duplicate), "{again:?}");
+    // AND the member earned what the other did: the purchase once
+    assert!(points(&current, member).await > before);
+    assert_eq!(
+        points(&current, member).await,
+        points(&current, control).await
+    );
+}

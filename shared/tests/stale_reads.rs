@@ -221,3 +221,29 @@ async fn a_new_purchase_read_a_moment_old_still_earns_once() {
         points(&current, control).await
     );
 }
+
+#[tokio::test]
+async fn a_repeat_for_a_suspended_member_does_not_wait_for_a_resume_on_a_read_a_moment_old() {
+    // GIVEN a purchase applied to a member who was then suspended
+    let (table, current) = kr_shop_table().await;
+    let member = "shopify:7400000007";
+    let message = purchase(member, "9400007", 30_000);
+    current.process_earn(&message).await.unwrap();
+    current
+        .suspend("kr-shop", member, "chargebacks under review", "ops")
+        .await
+        .unwrap();
+    let before = points(&current, member).await;
+    // WHEN the purchase is delivered again, to an instance whose eventually consistent reads
+    // see the suspension but not yet the order's record
+    let replica = BehindReplica::default();
+    let again = warm_behind(&table, &replica)
+        .await
+        .process_earn(&message)
+        .await
+        .unwrap();
+    // THEN it is told a duplicate: nothing waits for the resume to earn it again
+    assert!(replica.0.load(Ordering::SeqCst) > 0);
+    assert!(matches!(again, Processed::Duplicate), "{again:?}");
+    assert_eq!(points(&current, member).await, before);
+}

@@ -910,7 +910,7 @@ pub trait ScheduleStore: Send + Sync {
 
 /// Redemptions, coupons and API idempotency records (written through `MemberStore::commit`).
 #[async_trait]
-pub trait RedemptionStore: Send + Sync {
+pub trait RedemptionStore: MemberStore {
     async fn redemption(
         &self,
         program: &str,
@@ -933,6 +933,24 @@ pub trait RedemptionStore: Send + Sync {
         principal: &str,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// [`MemberStore::load_member_with`] (no order records) and
+    /// [`RedemptionStore::idempotency_record`] of a request, read together where the store can
+    /// (DynamoDB: one BatchGetItem): what a redemption reads before it commits.
+    async fn load_member_and_request(
+        &self,
+        program: &str,
+        member: &str,
+        campaigns: &[String],
+        principal: &str,
+        key: &str,
+    ) -> Result<(MemberState, Option<IdempotencyRecord>), StoreError> {
+        let (state, record) = futures_util::future::join(
+            self.load_member_with(program, member, &[], campaigns),
+            self.idempotency_record(program, principal, key),
+        )
+        .await;
+        Ok((state?, record?))
+    }
 }
 
 /// Campaign files, versioned per campaign.

@@ -252,12 +252,17 @@ async fn a_cold_tier_check_reads_the_member_beside_the_program() {
 }
 
 #[tokio::test]
-async fn a_redemption_reads_the_member_beside_its_earlier_answer() {
+async fn a_redemption_reads_the_member_and_its_earlier_answer_in_one_request() {
     // GIVEN kr-shop on moto, a member with enough points for two coupons, and an instance that
     // has answered one redemption already
     let (table, timeline) = kr_shop_table().await;
     let member = "shopify:7300000003";
-    let services = cold_services(&table, &timeline);
+    // (at the wall clock's time: the store tells an expired idempotency record by it)
+    let services = Arc::new(Services::new(
+        Arc::new(DynamoStore::new(client(&timeline), &table)),
+        Arc::new(common::Recorder::default()),
+        FixedClock::at(Utc::now()),
+    ));
     give(&services, member, 100_000).await;
     let app = app_of(&services);
     let (status, _) = redeem(app.clone(), member, "coupon-5000", "key-1").await;
@@ -265,19 +270,29 @@ async fn a_redemption_reads_the_member_beside_its_earlier_answer() {
     let before = points(&services, member).await;
     // WHEN the member redeems again with a new key
     timeline.clear();
-    let (status, answer) = redeem(app, member, "coupon-5000", "key-2").await;
-    // THEN the member's read left before the earlier answer's read came back
+    let (status, answer) = redeem(app.clone(), member, "coupon-5000", "key-2").await;
+    // THEN the key's earlier answer was looked for in the member's read, the one read sent
     assert_eq!(status, StatusCode::CREATED, "{answer}");
-    assert!(
-        timeline.at(Phase::Sent, "BatchGetItem", "ACCOUNT")
-            < timeline.at(Phase::Answered, "GetItem", "IDEMP"),
+    let with_account = timeline.at(Phase::Sent, "BatchGetItem", "ACCOUNT");
+    assert_eq!(
+        with_account,
+        timeline.at(Phase::Sent, "BatchGetItem", "key-2"),
         "{timeline:?}"
     );
+    let alone = timeline.sent_where(|name| name.starts_with("GetItem ") && name.contains("IDEMP"));
+    assert_eq!(alone, 0, "{timeline:?}");
+    assert_eq!(timeline.count("BatchGetItem"), 1, "{timeline:?}");
     // AND the coupon was paid for
-    assert_eq!(
-        points(&services, member).await,
-        before - answer["points"].as_i64().unwrap()
-    );
+    let after = points(&services, member).await;
+    assert_eq!(after, before - answer["points"].as_i64().unwrap());
+    // AND WHEN the same request is sent again with that key
+    timeline.clear();
+    let (again, repeated) = redeem(app, member, "coupon-5000", "key-2").await;
+    // THEN the same answer comes from that one read, and nothing is written or paid again
+    assert_eq!((again, &repeated), (StatusCode::CREATED, &answer));
+    assert_eq!(timeline.count("BatchGetItem"), 1, "{timeline:?}");
+    assert_eq!(timeline.count("TransactWriteItems"), 0, "{timeline:?}");
+    assert_eq!(points(&services, member).await, after);
 }
 
 #[tokio::test]

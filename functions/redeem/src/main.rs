@@ -9,7 +9,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     loyalty_core::telemetry::init_lambda("redeem");
     let settings = AwsSettings::from_env()?;
     // A cold redemption reads the program and the caller's link together, then the program's
-    // campaigns, the member and the earlier answer to its Idempotency-Key.
-    let state = settings.app_state(Connections::dynamodb(3)).await;
+    // campaigns beside the member (with the earlier answer to its Idempotency-Key).
+    let state = settings.app_state(Connections::dynamodb(2)).await;
     lambda_http::run(observe_lambda_http(redeem::app(state))).await
 }

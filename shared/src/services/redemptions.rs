@@ -30,6 +30,8 @@ struct Redeemer {
     program: Arc<Program>,
     goals: Vec<String>,
     state: MemberState,
+    /// The idempotency record of the request, when one was asked for.
+    earlier: Option<IdempotencyRecord>,
 }
 
 /// Who asked, with which key, for what: the idempotency record of a request.
@@ -275,6 +277,22 @@ fn insufficient(e: AccountError) -> ServiceError {
     }
 }
 
+/// The answer stored for `key`, or 422 when the key was used with another request.
+fn stored_answer(record: IdempotencyRecord, key: &str, hash: &str) -> Result<Answer, ServiceError> {
+    if record.request_hash != hash {
+        return Err(ServiceError::Unprocessable {
+            problem: "idempotency-key-reused",
+            detail: format!("Idempotency-Key {key:?} was used with a different request"),
+        });
+    }
+    let body = serde_json::from_str(&record.response)
+        .map_err(|e| ServiceError::Internal(format!("stored answer is corrupt: {e}")))?;
+    Ok(Answer {
+        status: record.status,
+        body,
+    })
+}
+
 impl Services {
     /// The stored answer for `key`, or 422 when the key was used with another request.
     async fn replay(
@@ -284,25 +302,11 @@ impl Services {
         key: &str,
         hash: &str,
     ) -> Result<Option<Answer>, ServiceError> {
-        let Some(record) = self
+        let record = self
             .store
             .idempotency_record(program, principal, key)
-            .await?
-        else {
-            return Ok(None);
-        };
-        if record.request_hash != hash {
-            return Err(ServiceError::Unprocessable {
-                problem: "idempotency-key-reused",
-                detail: format!("Idempotency-Key {key:?} was used with a different request"),
-            });
-        }
-        let body = serde_json::from_str(&record.response)
-            .map_err(|e| ServiceError::Internal(format!("stored answer is corrupt: {e}")))?;
-        Ok(Some(Answer {
-            status: record.status,
-            body,
-        }))
+            .await?;
+        record.map(|r| stored_answer(r, key, hash)).transpose()
     }
 
     /// `POST /v1/programs/{program}/me/redemptions`: spends points on a reward, once per key.
@@ -325,25 +329,18 @@ impl Services {
             })?;
         let parsed = parse::<RedeemRequest>(body, "invalid-redemption")
             .map(|(request, value): (_, Value)| (request, digest(&value)));
-        // The member (beside the program's campaigns on a cold start, see `redeemer`) and an
-        // earlier answer to this key are read together: one wait, warm or cold. Three reads
-        // at once on a cold start: the function opens three connections during init.
-        let (read, earlier) =
-            futures_util::future::join(self.redeemer(program_id, member), async {
-                match &parsed {
-                    Ok((_, hash)) => self.replay(program_id, principal, key, hash).await,
-                    Err(_) => Ok(None),
-                }
-            })
-            .await;
+        // An earlier answer to this key is read with the member: one read, warm or cold (see
+        // `redeemer`).
+        let asked = parsed.as_ref().ok().map(|_| (principal, key));
         let Redeemer {
             program,
             goals,
             state: first,
-        } = read?;
+            earlier,
+        } = self.redeemer(program_id, member, asked).await?;
         let (request, hash) = parsed?;
-        if let Some(answer) = earlier? {
-            return Ok(answer);
+        if let Some(record) = earlier {
+            return stored_answer(record, key, &hash);
         }
         let request_id = RequestId {
             principal,
@@ -692,39 +689,59 @@ impl Services {
     }
 
     /// What a redemption starts from: the program, the running campaigns whose goal is a
-    /// redemption, and the member with their assignments in those.
+    /// redemption, the member with their assignments in those, and the idempotency record of
+    /// the request `asked` (principal, key), read with the member.
     ///
     /// When the campaigns are not cached (a cold start, or every `PROGRAM_CACHE_TTL`), the
     /// member is read beside them, without assignments, and read again with them only if a
     /// campaign has a redemption goal: one wait instead of two, and one read more only then.
-    async fn redeemer(&self, program_id: &str, member: &str) -> Result<Redeemer, ServiceError> {
+    async fn redeemer(
+        &self,
+        program_id: &str,
+        member: &str,
+        asked: Option<(&str, &str)>,
+    ) -> Result<Redeemer, ServiceError> {
+        let read = |campaigns: Vec<String>| async move {
+            match asked {
+                Some((principal, key)) => {
+                    self.store
+                        .load_member_and_request(program_id, member, &campaigns, principal, key)
+                        .await
+                }
+                None => self
+                    .store
+                    .load_member_with(program_id, member, &[], &campaigns)
+                    .await
+                    .map(|state| (state, None)),
+            }
+        };
         let ahead = self.cached_campaigns(program_id).is_none();
         let (program, first) =
             futures_util::future::join(self.program_with_campaigns(program_id), async {
                 if !ahead {
                     return None;
                 }
-                Some(
-                    self.store
-                        .load_member_with(program_id, member, &[], &[])
-                        .await,
-                )
+                Some(read(Vec::new()).await)
             })
             .await;
         let program = program?;
         let goals = self.redemption_goals(&program.id, self.clock.now()).await?;
-        let state = match first {
-            Some(Ok(state)) if goals.is_empty() => state,
-            _ => {
-                self.store
+        let (state, earlier) = match first {
+            Some(Ok(read)) if goals.is_empty() => read,
+            Some(Ok((_, earlier))) => {
+                let state = self
+                    .store
                     .load_member_with(&program.id, member, &[], &goals)
-                    .await?
+                    .await?;
+                (state, earlier)
             }
+            _ => read(goals.clone()).await?,
         };
         Ok(Redeemer {
             program,
             goals,
             state,
+            earlier,
         })
     }
 

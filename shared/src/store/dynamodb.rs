@@ -876,8 +876,14 @@ fn coupon_key(program: &str, code: &str) -> Item {
     key(format!("P#{program}#COUPON#{code}"), "COUPON")
 }
 
+/// The sort key of an idempotency record (alone under its partition key).
+const IDEMPOTENCY_SK: &str = "IDEMP";
+
 fn idempotency_key(program: &str, principal: &str, request_key: &str) -> Item {
-    key(format!("P#{program}#K#{principal}#{request_key}"), "IDEMP")
+    key(
+        format!("P#{program}#K#{principal}#{request_key}"),
+        IDEMPOTENCY_SK,
+    )
 }
 
 fn timestamp(at: DateTime<Utc>) -> String {
@@ -1220,11 +1226,38 @@ impl RedemptionStore for DynamoStore {
         let item = self
             .get(idempotency_key(program, principal, request_key))
             .await?;
-        let record: Option<IdempotencyRecord> =
-            item.map(|i| body(&i, "idempotency record")).transpose()?;
-        // TTL deletes an expired item within days, not at once: past its expiry it is gone.
-        Ok(record.filter(|r| r.expires_at > Utc::now()))
+        item.map(|i| idempotency_of(&i))
+            .transpose()
+            .map(Option::flatten)
     }
+
+    /// One strongly consistent BatchGetItem of the account, its assignments and the record.
+    async fn load_member_and_request(
+        &self,
+        program: &str,
+        member: &str,
+        campaigns: &[String],
+        principal: &str,
+        request_key: &str,
+    ) -> Result<(MemberState, Option<IdempotencyRecord>), StoreError> {
+        let pk = member_pk(program, member);
+        let mut keys = member_keys(&pk, None, &[], campaigns);
+        keys.push(idempotency_key(program, principal, request_key));
+        let (records, items): (Vec<Item>, Vec<Item>) = self
+            .batch_get(keys)
+            .await?
+            .into_iter()
+            .partition(|item| text(item, "SK") == Some(IDEMPOTENCY_SK));
+        let record = records.first().map(idempotency_of).transpose()?;
+        Ok((member_state(&pk, items)?, record.flatten()))
+    }
+}
+
+/// An idempotency record from its item; `None` past its expiry (TTL deletes an expired item
+/// within days, not at once: past its expiry it is gone).
+fn idempotency_of(item: &Item) -> Result<Option<IdempotencyRecord>, StoreError> {
+    let record: IdempotencyRecord = body(item, "idempotency record")?;
+    Ok(Some(record).filter(|r| r.expires_at > Utc::now()))
 }
 
 /// An item whose TTL attribute has passed (TTL deletes it later, at its own pace).

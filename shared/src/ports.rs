@@ -243,7 +243,9 @@ pub struct Commit {
     /// ([`MemberStore::load_member_for_event_cheaply`]): each order record's revision as read
     /// (0: absent). A store that keeps revisions writes a record only if it still has that one,
     /// else the commit fails as a conflict (or as a duplicate, when the record holds the
-    /// marker). Empty: the account's version alone guards the records (a current read).
+    /// marker). Empty: the account's version alone guards the records (a current read). Earn
+    /// names them after a current read too, where the condition holds anyway; the cost is on a
+    /// cancelled commit, which then reads the marker to tell a repeat from a conflict.
     pub order_revisions: BTreeMap<String, u64>,
     /// When each scheduled job next has work for the member (`Account::due_dates`): the store
     /// indexes the account under these dates, in the same write.

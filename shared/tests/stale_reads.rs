@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodb::config::interceptors::{
     BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextMut,
@@ -52,22 +52,7 @@ impl Intercept for BehindReplica {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let request = context.request();
-        let batch_get = request
-            .headers()
-            .get("x-amz-target")
-            .is_some_and(|t| t.ends_with(".BatchGetItem"));
-        let body: Value = request
-            .body()
-            .bytes()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or_default();
-        let consistent = body["RequestItems"]
-            .as_object()
-            .is_some_and(|tables| tables.values().any(|t| t["ConsistentRead"] == true));
-        if batch_get && !consistent {
-            cfg.interceptor_state().store_put(Eventual);
-        }
+        mark_eventual(context, cfg);
         Ok(())
     }
 
@@ -77,13 +62,7 @@ impl Intercept for BehindReplica {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if cfg.load::<Eventual>().is_none() {
-            return Ok(());
-        }
-        let Some(Ok(output)) = context.output_or_error_mut() else {
-            return Ok(());
-        };
-        let Some(answer) = output.downcast_mut::<BatchGetItemOutput>() else {
+        let Some(answer) = eventual_answer(context, cfg) else {
             return Ok(());
         };
         let behind = |item: &HashMap<String, AttributeValue>| {
@@ -99,12 +78,119 @@ impl Intercept for BehindReplica {
     }
 }
 
+/// Marks the request as an eventually consistent BatchGetItem, for the answer's interceptor.
+fn mark_eventual(context: &BeforeTransmitInterceptorContextRef<'_>, cfg: &mut ConfigBag) {
+    let request = context.request();
+    let batch_get = request
+        .headers()
+        .get("x-amz-target")
+        .is_some_and(|t| t.ends_with(".BatchGetItem"));
+    let body: Value = request
+        .body()
+        .bytes()
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .unwrap_or_default();
+    let consistent = body["RequestItems"]
+        .as_object()
+        .is_some_and(|tables| tables.values().any(|t| t["ConsistentRead"] == true));
+    if batch_get && !consistent {
+        cfg.interceptor_state().store_put(Eventual);
+    }
+}
+
+/// The answer of an eventually consistent BatchGetItem, to age.
+fn eventual_answer<'a>(
+    context: &'a mut FinalizerInterceptorContextMut<'_>,
+    cfg: &ConfigBag,
+) -> Option<&'a mut BatchGetItemOutput> {
+    cfg.load::<Eventual>()?;
+    let Some(Ok(output)) = context.output_or_error_mut() else {
+        return None;
+    };
+    output.downcast_mut::<BatchGetItemOutput>()
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+/// A replica behind on one account alone: eventually consistent batch reads answer it as it
+/// was when [`OldAccount::keep`] copied it; everything else is current. Counts the reads it aged.
+#[derive(Debug, Default, Clone)]
+struct OldAccount {
+    kept: Arc<Mutex<Option<Item>>>,
+    aged: Arc<AtomicUsize>,
+}
+
+impl OldAccount {
+    /// Copies the member's account as it is now, to be answered from then on.
+    async fn keep(&self, table: &str, member: &str) {
+        let key = |pk: String, sk: &str| {
+            HashMap::from([
+                ("PK".to_string(), AttributeValue::S(pk)),
+                ("SK".to_string(), AttributeValue::S(sk.to_string())),
+            ])
+        };
+        let item = client(None)
+            .get_item()
+            .table_name(table)
+            .set_key(Some(key(format!("P#kr-shop#M#{member}"), "ACCOUNT")))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+            .expect("the member has an account");
+        *self.kept.lock().unwrap() = Some(item);
+    }
+}
+
+impl Intercept for OldAccount {
+    fn name(&self) -> &'static str {
+        "old-account"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        mark_eventual(context, cfg);
+        Ok(())
+    }
+
+    fn modify_before_attempt_completion(
+        &self,
+        context: &mut FinalizerInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let Some(answer) = eventual_answer(context, cfg) else {
+            return Ok(());
+        };
+        let Some(old) = self.kept.lock().unwrap().clone() else {
+            return Ok(());
+        };
+        for items in answer.responses.iter_mut().flat_map(|r| r.values_mut()) {
+            for item in items.iter_mut() {
+                if item.get("PK") == old.get("PK") && item.get("SK") == old.get("SK") {
+                    *item = old.clone();
+                    self.aged.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap()
 }
 
 fn services(table: &str, replica: Option<&BehindReplica>) -> Services {
-    let client = client(replica);
+    services_on(table, client(replica))
+}
+
+fn services_on(table: &str, client: aws_sdk_dynamodb::Client) -> Services {
     Services::new(
         Arc::new(DynamoStore::new(client, table)),
         Arc::new(common::Recorder::default()),
@@ -246,4 +332,108 @@ async fn a_repeat_for_a_suspended_member_does_not_wait_for_a_resume_on_a_read_a_
     assert!(replica.0.load(Ordering::SeqCst) > 0);
     assert!(matches!(again, Processed::Duplicate), "{again:?}");
     assert_eq!(points(&current, member).await, before);
+}
+
+/// Services of a warm instance whose eventually consistent reads answer the account `old` kept.
+async fn warm_with_old_account(table: &str, old: &OldAccount) -> Services {
+    let config = common::moto_dynamodb("stale-reads").interceptor(old.clone());
+    let services = services_on(table, aws_sdk_dynamodb::Client::from_conf(config.build()));
+    services.program("kr-shop").await.expect("kr-shop is saved");
+    services
+}
+
+/// A member shown a running campaign whose goal is revenue, and a purchase of theirs it
+/// counted: its refund reads the member's assignment, currently, once the order names it.
+async fn counted_purchase(current: &Services, member: &str, order: &str) {
+    let campaign = json!({
+        "name": "Spend in December", "kind": "on_exposure", "status": "running",
+        "start": "2026-12-01T00:00:00Z", "end": "2027-01-01T00:00:00Z",
+        "hash_seed": "spend-december", "goal": "revenue",
+        "variants": [
+            {"key": "control", "weight": 0.0, "effect": {"type": "none"}},
+            {"key": "all", "weight": 1.0, "effect": {"type": "none"}}
+        ]
+    });
+    current
+        .put_campaign("kr-shop", "spend", campaign.to_string().as_bytes())
+        .await
+        .unwrap();
+    current.my_campaigns("kr-shop", member).await.unwrap();
+    let applied = current
+        .process_earn(&purchase(member, order, 30_000))
+        .await
+        .unwrap();
+    assert!(matches!(applied, Processed::Applied { .. }), "{applied:?}");
+}
+
+fn refund(member: &str, order: &str) -> String {
+    json!({
+        "type": "purchase.refunded", "version": 1, "id": format!("shopify-refund-{order}"),
+        "program": "kr-shop", "member": member, "occurred_at": now(),
+        "data": {"order_id": order, "refund_id": format!("r-{order}"), "platform": "shopify",
+                 "lines": [{"line_id": "1", "quantity": 1}]}
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_refund_for_a_member_suspended_a_moment_ago_waits_for_the_resume() {
+    // GIVEN a member's purchase counted in a campaign, and the member suspended since
+    let (table, current) = kr_shop_table().await;
+    let member = "shopify:7400000008";
+    counted_purchase(&current, member, "9400008").await;
+    let old = OldAccount::default();
+    old.keep(&table, member).await;
+    current
+        .suspend("kr-shop", member, "chargebacks under review", "ops")
+        .await
+        .unwrap();
+    let before = points(&current, member).await;
+    // WHEN the order's refund is processed by an instance whose eventually consistent reads
+    // still answer the account from before the suspension
+    let refunded = warm_with_old_account(&table, &old)
+        .await
+        .process_earn(&refund(member, "9400008"))
+        .await
+        .unwrap();
+    // THEN the replica did answer the old account, yet the refund waits for the resume
+    assert!(old.aged.load(Ordering::SeqCst) > 0);
+    assert!(matches!(refunded, Processed::NoEffect(_)), "{refunded:?}");
+    // AND the suspended member's points are as they were
+    assert_eq!(points(&current, member).await, before);
+}
+
+#[tokio::test]
+async fn a_refund_for_a_member_merged_a_moment_ago_is_the_survivor_s() {
+    // GIVEN a member's purchase counted in a campaign, and the member merged since
+    let (table, current) = kr_shop_table().await;
+    let (merged, survivor) = ("shopify:7400000009", "shopify:7400000010");
+    counted_purchase(&current, merged, "9400009").await;
+    current
+        .process_earn(&purchase(survivor, "9400010", 50_000))
+        .await
+        .unwrap();
+    let old = OldAccount::default();
+    old.keep(&table, merged).await;
+    current
+        .merge_members("kr-shop", survivor, merged, "the same customer", "ops")
+        .await
+        .unwrap();
+    let before = points(&current, survivor).await;
+    // WHEN the order's refund is processed by an instance whose eventually consistent reads
+    // still answer the merged member's account from before the merge
+    let refunded = warm_with_old_account(&table, &old)
+        .await
+        .process_earn(&refund(merged, "9400009"))
+        .await
+        .unwrap();
+    // THEN the replica did answer the old account, yet the refund is the survivor's: it takes
+    // the order's points back from the survivor, and leaves the emptied account as it was
+    assert!(old.aged.load(Ordering::SeqCst) > 0);
+    assert!(
+        matches!(refunded, Processed::Applied { .. }),
+        "{refunded:?}"
+    );
+    assert!(points(&current, survivor).await < before);
+    assert_eq!(points(&current, merged).await, 0);
 }

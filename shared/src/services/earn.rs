@@ -233,6 +233,20 @@ impl Services {
             if state.seen {
                 return Ok(Processed::Duplicate);
             }
+            // A refund takes revenue back from the campaigns that counted its order, running or
+            // not any more: their assignments are read once the order says which they are. That
+            // read is current and replaces the account too, so everything below is decided on
+            // it (a merge or a suspension the first read missed included); its marker is
+            // guarded by the commit's condition.
+            let counted_in = counted_in(&event, &state);
+            if !counted_in.is_empty() {
+                state = self
+                    .store
+                    .load_member_with(&program.id, &envelope.member, &order_keys, &counted_in)
+                    .await
+                    .map_err(|e| Retry(e.to_string()))?;
+                current = true;
+            }
             // Anything decided below outside the commit (a redirect, a wait for a resume, a
             // rejection, a hold for review) is decided on a current read: one a moment old may
             // have missed the marker of this very event, applied a moment ago, and only the
@@ -272,16 +286,6 @@ impl Services {
                 // Resumed since the read: read it as it is now.
                 current = true;
                 continue;
-            }
-            // A refund takes revenue back from the campaigns that counted its order, running or
-            // not any more: their assignments are read once the order says which they are.
-            let counted_in = counted_in(&event, &state);
-            if !counted_in.is_empty() {
-                state = self
-                    .store
-                    .load_member_with(&program.id, &envelope.member, &order_keys, &counted_in)
-                    .await
-                    .map_err(|e| Retry(e.to_string()))?;
             }
             let ctx = EventContext::new(envelope.id.clone(), envelope.occurred_at, now)
                 .with_source(Source {

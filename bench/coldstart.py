@@ -1,6 +1,7 @@
-"""Cold starts: each function's release bootstrap, and three probes doing one DynamoDB GetItem
-per invocation (bench/probe in Rust with the functions' SDK versions and features, Node.js 20
-with AWS SDK v3, Python with boto3), each started as Lambda starts an instance: a fresh process
+"""Cold starts: each function's release bootstrap, and the probes doing one DynamoDB GetItem
+per invocation (bench/probe in Rust with the functions' SDK versions and features, on the SDK's
+default HTTPS client and, given --probe-ring, on the functions' own (rustls on ring); Node.js 20
+with AWS SDK v3; Python with boto3), each started as Lambda starts an instance: a fresh process
 behind the local Lambda Runtime API of scripts/awslocal/runtime.py, talking to moto through the
 same proxy as the functions (scripts/awslocal, in this process).
 
@@ -29,7 +30,8 @@ What each function's first invocation is:
   probes          {} -> one GetItem of the member's account item
 
 Usage: .venv/bin/python bench/coldstart.py [--samples 15] [--bin-dir /tmp/bench-bin]
-       [--probe target/bench-probe/release/probe] [--json FILE] [--modes plain,tls,tls-ca-only]
+       [--probe target/bench-probe/release/probe]
+       [--probe-ring target/bench-probe-ring/release/probe] [--json FILE] [--modes plain,tls,tls-ca-only]
        [--only NAME,...]
 """
 
@@ -65,7 +67,7 @@ import units  # noqa: E402  (webhook payloads, the driver)
 
 PROGRAM = "kr-shop"
 FUNCTIONS = ["webhook-ingest", "earn", "outbox-relay", "tier-recalc", "member-api", "redeem", "campaign-assign"]
-PROBES = ["probe-rust", "probe-node", "probe-python"]
+PROBES = ["probe-rust", "probe-rust-ring", "probe-node", "probe-python"]
 
 # -- timing hooks on the runtime ------------------------------------------------------------------
 
@@ -244,7 +246,7 @@ class TlsFront:
 
 
 class Bench:
-    def __init__(self, stack, driver: units.Driver, probe_binary: Path, cert_dir: Path):
+    def __init__(self, stack, driver: units.Driver, probe_binary: Path, ring_binary: Path | None, cert_dir: Path):
         self.stack = stack
         self.d = driver
         self.by_binary = {p.binary.name: p for p in stack.pools.values()}
@@ -270,14 +272,17 @@ class Bench:
                                      json.dumps({"points": 1_000_000, "reason": "bench"}).encode(),
                                      {"Authorization": f"Bearer {driver.admin()}", "Content-Type": "application/json"})
         assert status < 300, (status, answer)
-        self._probe_pools(probe_binary)
+        self._probe_pools(probe_binary, ring_binary)
 
-    def _probe_pools(self, probe_binary: Path) -> None:
+    def _probe_pools(self, probe_binary: Path, ring_binary: Path | None) -> None:
         node = shutil.which("node") or "node"
         python = str(ROOT / ".venv" / "bin" / "python")
         ARGV["/bench/probe-node"] = [node, str(ROOT / "bench" / "node" / "probe.mjs")]
         ARGV["/bench/probe-python"] = [python, str(ROOT / "bench" / "python" / "probe.py")]
         binaries = {"probe-rust": probe_binary, "probe-node": Path("/bench/probe-node"), "probe-python": Path("/bench/probe-python")}
+        if ring_binary:
+            # The same probe on the functions' own HTTPS client (rustls on ring), in the same run.
+            binaries["probe-rust-ring"] = ring_binary
         variables = {"PROBE_TABLE": self.stack.table_name, "PROBE_PK": f"P#{PROGRAM}#M#{self.member}", "PROBE_SK": "ACCOUNT"}
         for name, binary in binaries.items():
             pool = FunctionPool(
@@ -473,6 +478,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--samples", type=int, default=15)
     p.add_argument("--bin-dir", type=Path, default=Path("/tmp/bench-bin"))
     p.add_argument("--probe", type=Path, default=ROOT / "target" / "bench-probe" / "release" / "probe")
+    p.add_argument("--probe-ring", type=Path, default=ROOT / "target" / "bench-probe-ring" / "release" / "probe",
+                   help="the probe built with --features ring, run beside the other in the same run (skipped when absent)")
     p.add_argument("--json", type=Path, default=ROOT / "target" / "bench" / "coldstart.json")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/bench-coldstart"))
     p.add_argument("--tls-host", default="127.0.0.1", help="host of the HTTPS endpoint (the certificate names localhost and 127.0.0.1)")
@@ -503,11 +510,14 @@ def main(argv: list[str]) -> int:
     results: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "samples": args.samples, "modes": {}}
     try:
         driver = units.Driver(stack)
-        bench = Bench(stack, driver, args.probe, args.work_dir / "tls")
+        ring = args.probe_ring if args.probe_ring.exists() else None
+        if ring is None:
+            print(f"{args.probe_ring} is missing: the probe on ring is not run", file=sys.stderr)
+        bench = Bench(stack, driver, args.probe, ring, args.work_dir / "tls")
         bench.tls_host = args.tls_host
         for pool in bench.by_binary.values():
             bench._environment_hook(pool)
-        names = FUNCTIONS + PROBES
+        names = [n for n in FUNCTIONS + PROBES if n in bench.by_binary]
         if args.only:
             names = [n for n in names if n in args.only.split(",")]
         for mode in args.modes.split(","):
@@ -546,17 +556,19 @@ def main(argv: list[str]) -> int:
 def report(results: dict) -> None:
     for mode, rows in results["modes"].items():
         rust = rows.get("probe-rust", {}).get("total", {}).get("median")
+        ring = rows.get("probe-rust-ring", {}).get("total", {}).get("median")
         node = rows.get("probe-node", {}).get("total", {}).get("median")
         print(f"\n{mode}: median of {results['samples']} (min-max), ms")
-        print("| function | process start -> first response | init | first invocation | same work warm | cold extra (total - warm) | vs Rust probe | Node.js probe / this |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| function | process start -> first response | init | first invocation | same work warm | cold extra (total - warm) | vs Rust probe | vs Rust probe on ring | Node.js probe / this |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name, row in rows.items():
             t = row["total"]
             ratio = f"{t['median'] / rust:.2f}x" if rust else "-"
+            ring_ratio = f"{t['median'] / ring:.2f}x" if ring else "-"
             node_ratio = f"{node / t['median']:.1f}x" if node else "-"
             extra = t["median"] - row["warm"]["median"]
             print(f"| {name} | {t['median']:.1f} ({t['min']:.1f}-{t['max']:.1f}) | {row['init']['median']:.1f} | {row['first']['median']:.1f} | "
-                  f"{row['warm']['median']:.1f} | {extra:.1f} | {ratio} | {node_ratio} |")
+                  f"{row['warm']['median']:.1f} | {extra:.1f} | {ratio} | {ring_ratio} | {node_ratio} |")
 
 
 if __name__ == "__main__":

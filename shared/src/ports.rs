@@ -1100,13 +1100,13 @@ pub trait AuditStore: Send + Sync {
     async fn save_audit_run(&self, program: &str, run: &AuditRun) -> Result<(), StoreError>;
 }
 
-/// Everything the services need from state.
 /// Erasing a member's personal data.
 #[async_trait]
 pub trait ErasureStore: Send + Sync {
     /// Deletes everything stored under a member (account, ledger, event markers, orders,
     /// redemptions, assignments, due dates), its identities with their links, and the coupons
-    /// named.
+    /// named. The account goes last: until everything else is gone, its erasure mark leads a
+    /// run of the erasure again to the rest.
     async fn erase_member(
         &self,
         program: &str,
@@ -1119,6 +1119,7 @@ pub trait ErasureStore: Send + Sync {
         -> Result<usize, StoreError>;
 }
 
+/// Everything the services need from state.
 pub trait Store:
     ProgramStore
     + MemberStore

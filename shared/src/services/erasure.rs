@@ -7,11 +7,14 @@
 //! 2. the ledger is copied, its texts pseudonymised, to an account of the pseudonym, in commits
 //!    of at most [`COPY_CHUNK`] entries each under its own marker; these add nothing to the books,
 //!    which counted the entries when they were first written;
-//! 3. everything under the member's id is deleted (account, ledger, markers, orders,
-//!    redemptions, identities and their links, coupons), and so are the members merged into it;
-//! 4. parked and rejected events that hold one of its identities are deleted.
+//! 3. parked and rejected events that hold one of its identities are deleted, while the
+//!    identities are still there to name them;
+//! 4. everything under the member's id is deleted (ledger, markers, orders, redemptions,
+//!    identities and their links, coupons, and the account last), and so are the members merged
+//!    into it.
 //!
-//! Run again after an interruption, it finds the pseudonym on the account and carries on.
+//! Run again after an interruption, it finds the pseudonym on the account and carries on: the
+//! account is the last thing to go, so whatever an interrupted run left, its mark is there too.
 
 use serde::Serialize;
 
@@ -91,22 +94,27 @@ impl Services {
             .await?;
         let coupons: Vec<String> = file.coupons.iter().map(|c| c.code.clone()).collect();
         let identities = file.aliases.len();
+        let mut merged_files = Vec::new();
         for merged in &account.merged_from {
             let other = self.store.member_file(&program.id, merged).await?;
             names.push(merged.clone());
             names.extend(identity_names(&other.aliases));
+            merged_files.push((merged, other));
+        }
+        // Short names (`m-1`) would match other members' payloads; ids and identities that
+        // name a person are longer than that.
+        names.retain(|n| n.chars().count() >= 5);
+        names.sort();
+        names.dedup();
+        // Before the identities go: a run again after them would no longer know their names.
+        let events = self.store.forget_payloads(&program.id, &names).await?;
+        for (merged, other) in merged_files {
             let codes: Vec<String> = other.coupons.iter().map(|c| c.code.clone()).collect();
             self.store.erase_member(&program.id, merged, &codes).await?;
         }
         self.store
             .erase_member(&program.id, member, &coupons)
             .await?;
-        // Short names (`m-1`) would match other members' payloads; ids and identities that
-        // name a person are longer than that.
-        names.retain(|n| n.chars().count() >= 5);
-        names.sort();
-        names.dedup();
-        let events = self.store.forget_payloads(&program.id, &names).await?;
         tracing::info!(program = %program.id, pseudonym = %erasure.pseudonym, entries, events, "member erased");
         Ok(ErasureReport {
             member: member.to_string(),

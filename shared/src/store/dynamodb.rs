@@ -2973,7 +2973,7 @@ impl ErasureStore for DynamoStore {
         }
         self.delete_all(self.order_links(program, member).await?)
             .await?;
-        let mut keys: Vec<Item> = items
+        let (accounts, mut keys): (Vec<Item>, Vec<Item>) = items
             .iter()
             .filter_map(|item| {
                 Some(key(
@@ -2981,9 +2981,16 @@ impl ErasureStore for DynamoStore {
                     text(item, "SK")?.to_string(),
                 ))
             })
-            .collect();
+            .partition(|k| {
+                k.get("SK")
+                    .and_then(|sk| sk.as_s().ok())
+                    .is_some_and(|sk| sk == "ACCOUNT")
+            });
         keys.extend(coupons.iter().map(|code| coupon_key(program, code)));
-        self.delete_all(keys).await
+        self.delete_all(keys).await?;
+        // The account last, in a request of its own: an erasure interrupted before it is found
+        // again from the account's erasure mark and finished; none leaves items without it.
+        self.delete_all(accounts).await
     }
 
     async fn forget_payloads(

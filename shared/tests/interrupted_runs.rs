@@ -1,7 +1,8 @@
-//! An erasure on DynamoDB is a sequence of requests (the erasure mark, the kept ledger, the
-//! forgotten events, the deletes), none of which can be one transaction with the rest. Here it
-//! is cut at every one of its writes in turn, and run again: the second run must finish it,
-//! with nothing of the person left and the kept ledger copied once.
+//! An erasure and a merge on DynamoDB are each a sequence of requests (an erasure: the mark, the
+//! kept ledger, the forgotten events, the deletes; a merge: the other member emptied, the
+//! survivor filled, the identities moved), which no one transaction could hold. Here each is
+//! cut at every one of its writes in turn, as a process killed there would leave it, and run
+//! again: the second run must finish it, losing and doubling nothing.
 //! Runs on moto (`scripts/test` exports `LOYALTY_TEST_DYNAMODB_ENDPOINT`).
 #![cfg(feature = "aws")]
 
@@ -133,10 +134,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let table = format!("loyalty-erasure-{}", uuid::Uuid::new_v4().simple());
+    let table = format!("loyalty-interrupted-{}", uuid::Uuid::new_v4().simple());
     let cut = Cut::off();
     let client = aws_sdk_dynamodb::Client::from_conf(
-        common::moto_dynamodb("erasure-resume")
+        common::moto_dynamodb("interrupted-runs")
             .interceptor(cut.clone())
             .build(),
     );
@@ -277,4 +278,102 @@ async fn an_erasure_cut_at_any_write_is_finished_by_running_it_again() {
     }
     // (the mark, the copy, the scan, the email's link, the deletes, the account)
     assert!(cuts >= 10, "only {cuts} writes were cut");
+}
+
+/// The member's points, available and pending, and whether its ledger adds up to them.
+async fn points(s: &Setup, member: &str) -> (i64, i64) {
+    let view = s.services.member_view("kr-shop", member).await.unwrap();
+    let ledger = s.services.ledger("kr-shop", member, Some(100), None);
+    let entries = ledger.await.unwrap().entries;
+    assert_eq!(
+        entries.iter().map(|e| e.points).sum::<i64>(),
+        view.balance,
+        "{member}: the balance is the sum of the ledger"
+    );
+    (view.balance, view.pending)
+}
+
+/// Applies a purchase of `amount` and says so.
+async fn bought(s: &Setup, member: &str, order: &str, amount: i64) {
+    let applied = s
+        .services
+        .process_earn(&purchase(member, order, amount))
+        .await
+        .unwrap();
+    assert!(matches!(applied, Processed::Applied { .. }), "{applied:?}");
+}
+
+#[tokio::test]
+async fn a_merge_cut_at_any_write_is_finished_by_running_it_again() {
+    let s = setup().await;
+    let mut cuts = 0;
+    for at in 0.. {
+        // GIVEN a survivor with a purchase, and another member with three and an email
+        let survivor = format!("shopify:78000{at:05}");
+        let other = format!("shopify:79000{at:05}");
+        let email = format!("merged-{at}@example.com");
+        bought(&s, &survivor, &format!("78{at:05}"), 40_000).await;
+        for n in 0..3 {
+            bought(&s, &other, &format!("79{at:05}{n}"), 10_000 + n).await;
+        }
+        assert!(s
+            .store
+            .put_alias("kr-shop", "email", &email, &other)
+            .await
+            .unwrap());
+        let (kept, moved) = (points(&s, &survivor).await, points(&s, &other).await);
+
+        // WHEN the merge is stopped at its `at`-th write
+        s.cut.arm(at);
+        let first = s
+            .services
+            .merge_members("kr-shop", &survivor, &other, "the same customer", "ops")
+            .await;
+        s.cut.disarm();
+        if !s.cut.reached() {
+            first.expect("a merge that was not stopped finishes");
+            break;
+        }
+        assert!(
+            first.is_err(),
+            "stopped at write {at}, it reported {first:?}"
+        );
+        cuts += 1;
+
+        // AND it is asked again
+        s.services
+            .merge_members("kr-shop", &survivor, &other, "the same customer", "ops")
+            .await
+            .unwrap_or_else(|e| panic!("run again after write {at}: {e:?}"));
+
+        // THEN the survivor holds both members' points once, the other none
+        assert_eq!(
+            points(&s, &survivor).await,
+            (kept.0 + moved.0, kept.1 + moved.1),
+            "cut at {at}"
+        );
+        assert_eq!(points(&s, &other).await, (0, 0), "cut at {at}");
+        // AND the other's email and id lead to the survivor
+        for (kind, value) in [("email", email.as_str()), ("shopify", &other[8..])] {
+            let linked = s.store.resolve_alias("kr-shop", kind, value).await.unwrap();
+            assert_eq!(linked.as_ref(), Some(&survivor), "cut at {at}: {kind}");
+        }
+        // AND the other's purchase delivered again earns nothing
+        let again = s
+            .services
+            .process_earn(&purchase(&other, &format!("79{at:05}0"), 10_000))
+            .await
+            .unwrap();
+        assert!(
+            matches!(again, Processed::Duplicate),
+            "cut at {at}: {again:?}"
+        );
+        assert_eq!(
+            points(&s, &survivor).await,
+            (kept.0 + moved.0, kept.1 + moved.1),
+            "cut at {at}"
+        );
+    }
+    // (the other emptied, the survivor filled, two identities moved)
+    assert!(cuts >= 4, "only {cuts} writes were cut");
 }

@@ -1,6 +1,7 @@
-//! An erasure and a merge on DynamoDB are each a sequence of requests (an erasure: the mark, the
-//! kept ledger, the forgotten events, the deletes; a merge: the other member emptied, the
-//! survivor filled, the identities moved), which no one transaction could hold. Here each is
+//! An erasure, a merge and a resume on DynamoDB are each a sequence of requests (an erasure: the
+//! mark, the kept ledger, the forgotten events, the deletes; a merge: the other member emptied,
+//! the survivor filled, the identities moved; a resume: the account, then each waiting event
+//! released), which no one transaction could hold. Here each is
 //! cut at every one of its writes in turn, as a process killed there would leave it, and run
 //! again: the second run must finish it, losing and doubling nothing.
 //! Runs on moto (`scripts/test` exports `LOYALTY_TEST_DYNAMODB_ENDPOINT`).
@@ -14,8 +15,9 @@ use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeZone, Utc};
-use loyalty_core::ports::{AliasStore, FixedClock, RejectStore};
+use loyalty_core::ports::{AliasStore, FixedClock, OutboxStore, ParkingStore, RejectStore};
 use loyalty_core::services::earn::Processed;
+use loyalty_core::services::suspension::{parking_key, Waiting};
 use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::DynamoStore;
 use serde_json::json;
@@ -375,5 +377,66 @@ async fn a_merge_cut_at_any_write_is_finished_by_running_it_again() {
         );
     }
     // (the other emptied, the survivor filled, two identities moved)
+    assert!(cuts >= 4, "only {cuts} writes were cut");
+}
+
+#[tokio::test]
+async fn a_resume_cut_at_any_write_is_finished_by_running_it_again() {
+    let s = setup().await;
+    let mut cuts = 0;
+    for at in 0.. {
+        // GIVEN a suspended member whose three purchases wait
+        let member = format!("shopify:80000{at:05}");
+        bought(&s, &member, &format!("80{at:05}"), 30_000).await;
+        s.services
+            .suspend("kr-shop", &member, "card testing", "ops")
+            .await
+            .unwrap();
+        let orders: Vec<String> = (0..3).map(|n| format!("81{at:05}{n}")).collect();
+        for order in &orders {
+            let waits = s
+                .services
+                .process_earn(&purchase(&member, order, 10_000))
+                .await
+                .unwrap();
+            assert!(matches!(waits, Processed::NoEffect(_)), "{waits:?}");
+        }
+
+        // WHEN its resume is stopped at its `at`-th write
+        s.cut.arm(at);
+        let first = s
+            .services
+            .resume("kr-shop", &member, "cleared", Waiting::Apply, "ops")
+            .await;
+        s.cut.disarm();
+        if !s.cut.reached() {
+            first.expect("a resume that was not stopped finishes");
+            break;
+        }
+        assert!(
+            first.is_err(),
+            "stopped at write {at}, it reported {first:?}"
+        );
+        cuts += 1;
+
+        // AND it is asked again
+        s.services
+            .resume("kr-shop", &member, "cleared", Waiting::Apply, "ops")
+            .await
+            .unwrap_or_else(|e| panic!("run again after write {at}: {e:?}"));
+
+        // THEN the member is not suspended, nothing waits, and each purchase is on its way
+        let view = s.services.member_view("kr-shop", &member).await.unwrap();
+        assert!(view.suspended.is_none(), "cut at {at}");
+        let waiting = s.store.parked("kr-shop", &parking_key(&member)).await;
+        assert_eq!(waiting.unwrap(), Vec::new(), "cut at {at}");
+        let outbox = s.store.outbox(1_000).await.unwrap();
+        for order in &orders {
+            let id = format!("shopify-order-{order}-paid");
+            let sent = outbox.iter().filter(|m| m.envelope.id == id).count();
+            assert_eq!(sent, 1, "cut at {at}: {id}");
+        }
+    }
+    // (the account, then each of the three waiting events)
     assert!(cuts >= 4, "only {cuts} writes were cut");
 }

@@ -22,6 +22,7 @@ use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use chrono::{DateTime, TimeZone, Utc};
 use loyalty_core::ports::FixedClock;
 use loyalty_core::services::earn::Processed;
+use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::DynamoStore;
 use serde_json::{json, Value};
@@ -216,14 +217,7 @@ fn client(replica: Option<&BehindReplica>) -> aws_sdk_dynamodb::Client {
 
 /// A table of its own on moto with kr-shop saved, and services that read it currently.
 async fn kr_shop_table() -> (String, Services) {
-    let table = format!("loyalty-stale-{}", uuid::Uuid::new_v4().simple());
-    DynamoStore::new(client(None), &table)
-        .create_table()
-        .await
-        .expect("moto creates the table");
-    let services = services(&table, None);
-    common::save_kr_shop(&services).await;
-    (table, services)
+    kr_shop_table_as(str::to_string).await
 }
 
 fn purchase(member: &str, order: &str, amount: i64) -> String {
@@ -436,4 +430,95 @@ async fn a_refund_for_a_member_merged_a_moment_ago_is_the_survivor_s() {
     );
     assert!(points(&current, survivor).await < before);
     assert_eq!(points(&current, merged).await, 0);
+}
+
+/// A table of its own on moto with kr-shop saved as `edit` changes it, and services that read
+/// it currently.
+async fn kr_shop_table_as(edit: impl FnOnce(&str) -> String) -> (String, Services) {
+    let table = format!("loyalty-stale-{}", uuid::Uuid::new_v4().simple());
+    DynamoStore::new(client(None), &table)
+        .create_table()
+        .await
+        .expect("moto creates the table");
+    let services = services(&table, None);
+    let file = edit(include_str!("../../examples/kr-shop.toml"));
+    services
+        .put_program("kr-shop", &file, ProgramFormat::Toml)
+        .await
+        .expect("the edited kr-shop is valid");
+    (table, services)
+}
+
+#[tokio::test]
+async fn a_repeat_is_not_held_for_review_on_a_read_a_moment_old() {
+    // GIVEN a program that holds a day's earnings over 500 points for review, and a member's
+    // purchase of 300 points applied today
+    let (table, current) =
+        kr_shop_table_as(|file| format!("{file}\n[safeguards]\ndaily_points = 500\n")).await;
+    let member = "shopify:7400000011";
+    let message = purchase(member, "9400011", 30_000);
+    let applied = current.process_earn(&message).await.unwrap();
+    assert!(matches!(applied, Processed::Applied { .. }), "{applied:?}");
+    assert_eq!(points(&current, member).await, 300);
+    // WHEN the purchase is delivered again, to an instance whose eventually consistent reads
+    // see the day's 300 points on the account but not yet the order's record, which holds the
+    // event's marker (the purchase looks new: 300 + 300 is over the limit)
+    let replica = BehindReplica::default();
+    let again = warm_behind(&table, &replica)
+        .await
+        .process_earn(&message)
+        .await
+        .unwrap();
+    // THEN the replica did answer a read, yet the delivery is told a duplicate
+    assert!(replica.0.load(Ordering::SeqCst) > 0);
+    assert!(matches!(again, Processed::Duplicate), "{again:?}");
+    // AND nothing waits for an operator's review, and the points are as they were
+    assert!(current.held_events("kr-shop").await.unwrap().is_empty());
+    assert_eq!(points(&current, member).await, 300);
+}
+
+fn referrer_reward(referrer: &str, referee: &str) -> String {
+    json!({
+        "type": "engagement.recorded", "version": 1, "id": format!("referral-{referee}"),
+        "program": "kr-shop", "member": referrer, "occurred_at": now(),
+        "data": {"action": "referral", "ref": referee, "referee": referee}
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_repeat_is_not_rejected_on_a_read_a_moment_old() {
+    // GIVEN a program that rewards one referral a month, and a referrer rewarded for one
+    let (table, current) = kr_shop_table_as(|file| {
+        file.replace(
+            "referee_points = 1000",
+            "referee_points = 1000\nmax_per_month = 1",
+        )
+    })
+    .await;
+    let referrer = "shopify:7400000012";
+    let message = referrer_reward(referrer, "shopify:7400000013");
+    let applied = current.process_earn(&message).await.unwrap();
+    assert!(matches!(applied, Processed::Applied { .. }), "{applied:?}");
+    let before = points(&current, referrer).await;
+    assert_eq!(before, 3000);
+    // WHEN the reward is delivered again, to an instance whose eventually consistent reads see
+    // the month's one reward on the account but not yet the event's marker (the reward looks
+    // like a second one, over the month's limit)
+    let replica = BehindReplica::default();
+    let again = warm_behind(&table, &replica)
+        .await
+        .process_earn(&message)
+        .await
+        .unwrap();
+    // THEN the replica did answer a read, yet the delivery is told a duplicate
+    assert!(replica.0.load(Ordering::SeqCst) > 0);
+    assert!(matches!(again, Processed::Duplicate), "{again:?}");
+    // AND no rejected event is stored for an operator to find, and the points are as they were
+    let rejected = current
+        .rejected_events("kr-shop", None, None)
+        .await
+        .unwrap();
+    assert!(rejected.events.is_empty(), "{:?}", rejected.events);
+    assert_eq!(points(&current, referrer).await, before);
 }

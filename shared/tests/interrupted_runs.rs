@@ -8,17 +8,19 @@
 #![cfg(feature = "aws")]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeZone, Utc};
-use loyalty_core::ports::{AliasStore, FixedClock, OutboxStore, ParkingStore, RejectStore};
+use loyalty_core::ports::{
+    AliasStore, FixedClock, OutboxStore, ParkingStore, RedemptionStore, RejectStore,
+};
 use loyalty_core::services::earn::Processed;
 use loyalty_core::services::suspension::{parking_key, Waiting};
-use loyalty_core::services::Services;
+use loyalty_core::services::{ServiceError, Services};
 use loyalty_core::store::dynamodb::DynamoStore;
 use serde_json::json;
 
@@ -91,6 +93,97 @@ impl Intercept for Cut {
     }
 }
 
+/// A writer that ignores an erasure's mark: just before the member's account is deleted, it
+/// moves the account's version on and adds an item under the member, as a commit landing
+/// between the erasure's read of the member's items and its deletes would.
+#[derive(Debug, Clone, Default)]
+struct Racer {
+    armed: Arc<Mutex<Option<(String, String)>>>,
+    raced: Arc<AtomicUsize>,
+}
+
+impl Racer {
+    fn arm(&self, table: &str, member: &str) {
+        *self.armed.lock().unwrap() = Some((table.to_string(), format!("P#kr-shop#M#{member}")));
+    }
+
+    fn raced(&self) -> usize {
+        self.raced.load(Ordering::SeqCst)
+    }
+}
+
+impl Intercept for Racer {
+    fn name(&self) -> &'static str {
+        "racer"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        if !deletes_an_account(body) {
+            return Ok(());
+        }
+        let Some((table, pk)) = self.armed.lock().unwrap().take() else {
+            return Ok(());
+        };
+        // The interceptor cannot wait on the test's runtime: the write runs on one of its own.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(late_write(&table, &pk));
+        })
+        .join()
+        .map_err(|_| "the late write failed")?;
+        self.raced.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Whether a request deletes an account item, alone or in a batch.
+fn deletes_an_account(body: &[u8]) -> bool {
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let account = |key: &serde_json::Value| key["SK"]["S"] == "ACCOUNT";
+    let in_batch = request["RequestItems"].as_object().is_some_and(|tables| {
+        tables
+            .values()
+            .filter_map(|writes| writes.as_array())
+            .flatten()
+            .any(|w| account(&w["DeleteRequest"]["Key"]))
+    });
+    let alone = account(&request["Key"]) && request.get("UpdateExpression").is_none();
+    in_batch || alone
+}
+
+/// The account's version moved on and an item added under the member, by another client.
+async fn late_write(table: &str, pk: &str) {
+    let client = aws_sdk_dynamodb::Client::from_conf(common::moto_dynamodb("late-writer").build());
+    let s = |v: &str| AttributeValue::S(v.to_string());
+    client
+        .update_item()
+        .table_name(table)
+        .key("PK", s(pk))
+        .key("SK", s("ACCOUNT"))
+        .update_expression("SET version = version + :one")
+        .expression_attribute_values(":one", AttributeValue::N("1".into()))
+        .send()
+        .await
+        .unwrap();
+    client
+        .put_item()
+        .table_name(table)
+        .item("PK", s(pk))
+        .item("SK", s("L#late"))
+        .send()
+        .await
+        .unwrap();
+}
+
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 12, 4, 9, 0, 0).unwrap()
 }
@@ -130,6 +223,7 @@ async fn items_under(client: &aws_sdk_dynamodb::Client, table: &str, member: &st
 struct Setup {
     table: String,
     cut: Cut,
+    racer: Racer,
     client: aws_sdk_dynamodb::Client,
     store: Arc<DynamoStore>,
     services: Services,
@@ -138,9 +232,11 @@ struct Setup {
 async fn setup() -> Setup {
     let table = format!("loyalty-interrupted-{}", uuid::Uuid::new_v4().simple());
     let cut = Cut::off();
+    let racer = Racer::default();
     let client = aws_sdk_dynamodb::Client::from_conf(
         common::moto_dynamodb("interrupted-runs")
             .interceptor(cut.clone())
+            .interceptor(racer.clone())
             .build(),
     );
     let store = Arc::new(DynamoStore::new(client.clone(), &table));
@@ -154,23 +250,25 @@ async fn setup() -> Setup {
     Setup {
         table,
         cut,
+        racer,
         client,
         store,
         services,
     }
 }
 
-/// A member with a dozen purchases (more items than one BatchWriteItem deletes), an email, and
-/// a refused event that names the email.
-async fn member_with_history(s: &Setup, member: &str, email: &str, refused_id: &str) {
+/// A member with a dozen purchases (more items than one BatchWriteItem deletes), an email, a
+/// refused event that names the email, and `coupons` coupons redeemed; returns their codes.
+async fn member_with_history(
+    s: &Setup,
+    member: &str,
+    email: &str,
+    refused_id: &str,
+    coupons: usize,
+) -> Vec<String> {
     for n in 0..12 {
         let order = format!("{}{n:02}", &member[8..]);
-        let applied = s
-            .services
-            .process_earn(&purchase(member, &order, 20_000 + n))
-            .await
-            .unwrap();
-        assert!(matches!(applied, Processed::Applied { .. }), "{applied:?}");
+        bought(s, member, &order, 20_000 + n).await;
     }
     assert!(s
         .store
@@ -179,6 +277,28 @@ async fn member_with_history(s: &Setup, member: &str, email: &str, refused_id: &
         .unwrap());
     let kept = s.services.process_earn(&refused(refused_id, email)).await;
     assert!(matches!(kept, Ok(Processed::Rejected(_))), "{kept:?}");
+    redeemed_coupons(s, member, coupons).await
+}
+
+/// Coupons the member redeemed with points an operator gave; their codes.
+async fn redeemed_coupons(s: &Setup, member: &str, count: usize) -> Vec<String> {
+    let gift = json!({"points": 5000 * count, "reason": "gift"}).to_string();
+    s.services
+        .adjust("kr-shop", member, "ops", None, gift.as_bytes())
+        .await
+        .unwrap();
+    let mut codes = Vec::new();
+    for n in 0..count {
+        let coupon = br#"{"reward": "coupon-5000"}"#;
+        let key = format!("k-coupon-{n}");
+        let answer = s
+            .services
+            .redeem("kr-shop", member, member, Some(&key), coupon)
+            .await
+            .unwrap();
+        codes.push(answer.body["code"].as_str().expect("a code").to_string());
+    }
+    codes
 }
 
 /// How many entries the member's ledger has.
@@ -197,7 +317,9 @@ async fn an_erasure_cut_at_any_write_is_finished_by_running_it_again() {
         let member = format!("shopify:75000{at:05}");
         let email = format!("erased-{at}@example.com");
         let refused_id = format!("ev-erasure-{at}");
-        member_with_history(&s, &member, &email, &refused_id).await;
+        // (more coupons than one BatchWriteItem deletes: some are deleted in a request after
+        // the last redemption that names them)
+        let codes = member_with_history(&s, &member, &email, &refused_id, 26).await;
         let merged = format!("shopify:76000{at:05}");
         let applied = s
             .services
@@ -236,7 +358,8 @@ async fn an_erasure_cut_at_any_write_is_finished_by_running_it_again() {
             .await
             .unwrap_or_else(|e| panic!("run again after write {at}: {e:?}"));
 
-        // THEN nothing is left under its id, its email leads nowhere, the refused event is gone
+        // THEN nothing is left under its id, its email leads nowhere, the refused event and
+        // the coupon are gone
         for gone in [&member, &merged] {
             assert_eq!(
                 items_under(&s.client, &s.table, gone).await,
@@ -260,6 +383,10 @@ async fn an_erasure_cut_at_any_write_is_finished_by_running_it_again() {
             None,
             "cut at {at}"
         );
+        for code in &codes {
+            let coupon = s.store.coupon("kr-shop", code).await.unwrap();
+            assert_eq!(coupon, None, "cut at {at}");
+        }
         // AND the pseudonym keeps the ledger once, its points forfeited
         let kept = s
             .services
@@ -280,6 +407,92 @@ async fn an_erasure_cut_at_any_write_is_finished_by_running_it_again() {
     }
     // (the mark, the copy, the scan, the email's link, the deletes, the account)
     assert!(cuts >= 10, "only {cuts} writes were cut");
+}
+
+#[tokio::test]
+async fn a_write_that_lands_while_an_erasure_deletes_is_deleted_too() {
+    // GIVEN a member with purchases, an email, a refused event and a coupon
+    let s = setup().await;
+    let member = "shopify:7700000001";
+    let codes = member_with_history(&s, member, "late@example.com", "ev-late", 1).await;
+    // WHEN a write that ignores the erasure's mark lands just before the account is deleted
+    s.racer.arm(&s.table, member);
+    s.services
+        .erase_member("kr-shop", member, "erasure request", "ops")
+        .await
+        .unwrap();
+    // THEN the erasure deleted what that write added too: nothing is left under the member's id
+    assert_eq!(s.racer.raced(), 1);
+    assert_eq!(items_under(&s.client, &s.table, member).await, 0);
+    assert_eq!(s.store.coupon("kr-shop", &codes[0]).await.unwrap(), None);
+}
+
+fn tier_check(member: &str) -> String {
+    json!({"type": "tier.check", "version": 1, "id": format!("tier-check-{member}"),
+           "program": "kr-shop", "member": member, "occurred_at": now(), "data": {}})
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_member_whose_erasure_has_begun_takes_no_adjustment_redemption_or_tier() {
+    // GIVEN two members whose purchases crossed SILVER's threshold, with points to redeem
+    let s = setup().await;
+    let (member, control) = ("shopify:7700000002", "shopify:7700000003");
+    for (who, order) in [(member, "7700002"), (control, "7700003")] {
+        bought(&s, who, order, 400_000).await;
+        s.services
+            .adjust(
+                "kr-shop",
+                who,
+                "ops",
+                None,
+                br#"{"points": 10000, "reason": "gift"}"#,
+            )
+            .await
+            .unwrap();
+    }
+    // AND the first member's erasure stopped right after its mark
+    s.cut.arm(1);
+    let first = s
+        .services
+        .erase_member("kr-shop", member, "erasure request", "ops")
+        .await;
+    s.cut.disarm();
+    assert!(s.cut.reached() && first.is_err(), "{first:?}");
+
+    // WHEN an operator adjusts each, each redeems a coupon, and each one's tier check arrives
+    let erased_ones = |outcome: &Result<_, ServiceError>| {
+        matches!(
+            outcome,
+            Err(ServiceError::Conflict {
+                problem: "member-erased",
+                ..
+            })
+        )
+    };
+    let gift = br#"{"points": 100, "reason": "late gift"}"#;
+    let coupon = br#"{"reward": "coupon-5000"}"#;
+    for who in [member, control] {
+        let adjusted = s.services.adjust("kr-shop", who, "ops", None, gift).await;
+        let redeemed = s
+            .services
+            .redeem("kr-shop", who, who, Some("k-late"), coupon)
+            .await;
+        let checked = s.services.process_tier_check(&tier_check(who)).await;
+        // THEN the member being erased is refused both, as 409 member-erased, and its tier is
+        // not changed; the other member's are applied
+        let erased = who == member;
+        assert_eq!(erased_ones(&adjusted), erased, "{who}: {adjusted:?}");
+        assert_eq!(erased_ones(&redeemed), erased, "{who}: {redeemed:?}");
+        let applied = matches!(checked, Ok(Processed::Applied { .. }));
+        assert_eq!(applied, !erased, "{who}: {checked:?}");
+    }
+    // AND run again, the erasure leaves nothing under the member's id
+    s.services
+        .erase_member("kr-shop", member, "erasure request", "ops")
+        .await
+        .unwrap();
+    assert_eq!(items_under(&s.client, &s.table, member).await, 0);
 }
 
 /// The member's points, available and pending, and whether its ledger adds up to them.

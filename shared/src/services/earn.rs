@@ -415,6 +415,12 @@ impl Services {
             let Some(account) = state.account else {
                 return Ok(Processed::NoEffect("no such member yet".into()));
             };
+            // Its items are being deleted: a tier written now would outlive the erasure.
+            if account.erased.is_some() {
+                return Ok(Processed::NoEffect(
+                    "the member's personal data is being erased".into(),
+                ));
+            }
             let ctx = EventContext::new(envelope.id.clone(), now, now);
             let change = account.check_tier(&program, &ctx);
             if change.entries.is_empty() {

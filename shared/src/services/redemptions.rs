@@ -277,6 +277,18 @@ fn insufficient(e: AccountError) -> ServiceError {
     }
 }
 
+/// 409 for a member whose erasure has begun: what is written now would outlive it.
+fn refuse_erased(account: &crate::domain::Account) -> Result<(), ServiceError> {
+    match &account.erased {
+        Some(_) => Err(ServiceError::Conflict {
+            problem: "member-erased",
+            detail: "the member's personal data is being erased; nothing more is written to it"
+                .into(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The answer stored for `key`, or 422 when the key was used with another request.
 fn stored_answer(record: IdempotencyRecord, key: &str, hash: &str) -> Result<Answer, ServiceError> {
     if record.request_hash != hash {
@@ -379,6 +391,7 @@ impl Services {
                 .account
                 .clone()
                 .unwrap_or_else(|| crate::domain::Account::open(&program, member, now));
+            refuse_erased(&account)?;
             if account.suspended.is_some() {
                 return Err(ServiceError::Forbidden {
                     problem: "member-suspended",
@@ -900,6 +913,7 @@ impl Services {
                 .account
                 .clone()
                 .unwrap_or_else(|| crate::domain::Account::open(&program, member, now));
+            refuse_erased(&account)?;
             let id = uuid::Uuid::new_v4().simple().to_string();
             let ctx = EventContext::new(format!("adjust-{id}"), now, now).with_source(Source {
                 admin: Some(by.to_string()),

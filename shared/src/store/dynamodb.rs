@@ -130,6 +130,11 @@ fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
     HashMap::from([("PK".to_string(), s(pk)), ("SK".to_string(), s(sk))])
 }
 
+/// The key of a stored item.
+fn key_of(item: &Item) -> Option<Item> {
+    Some(key(text(item, "PK")?, text(item, "SK")?))
+}
+
 fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
     item.get(name)
         .and_then(|v| v.as_s().ok())
@@ -2918,7 +2923,83 @@ impl AuditStore for DynamoStore {
 /// How many deletes one BatchWriteItem takes.
 const BATCH_WRITE: usize = 25;
 
+/// How many times an erasure deletes what a write that landed meanwhile added, before it asks
+/// to be run again.
+const ERASURE_SWEEPS: usize = 3;
+
 impl DynamoStore {
+    /// Deletes every item of the member's and the items that lead to it; the account last, on
+    /// the version this sweep read. `false`: the account changed meanwhile (a write that landed
+    /// after the read), so another sweep must find what that write added.
+    async fn sweep_member(
+        &self,
+        program: &str,
+        member: &str,
+        coupons: &[String],
+    ) -> Result<bool, StoreError> {
+        let items = self.partition(&member_pk(program, member), "").await?;
+        // The coupons first, in requests of their own: the redemptions that name them are how a
+        // run again finds them.
+        let mut codes: Vec<String> = coupons.to_vec();
+        for item in &items {
+            let sk = text(item, "SK").unwrap_or_default();
+            if sk.starts_with("R#") {
+                codes.extend(body::<crate::ports::Redemption>(item, sk)?.code);
+            }
+        }
+        codes.sort();
+        codes.dedup();
+        self.delete_all(codes.iter().map(|code| coupon_key(program, code)).collect())
+            .await?;
+        // The identities next: while they stand, they still lead to the member.
+        for item in items.iter().filter(|i| !i.contains_key("moved_to")) {
+            let sk = text(item, "SK").unwrap_or_default();
+            if let Some((kind, value)) = sk.strip_prefix("I#").and_then(|i| i.split_once('#')) {
+                self.remove_alias(program, kind, value, member).await?;
+            }
+        }
+        self.delete_all(self.order_links(program, member).await?)
+            .await?;
+        let (accounts, keys): (Vec<&Item>, Vec<&Item>) = items
+            .iter()
+            .partition(|item| text(item, "SK") == Some("ACCOUNT"));
+        self.delete_all(keys.into_iter().filter_map(key_of).collect())
+            .await?;
+        // The account last, in a request of its own: an erasure interrupted before it is found
+        // again from the account's erasure mark and finished; none leaves items without it.
+        match accounts.first() {
+            Some(account) => self.delete_account_at(account).await,
+            None => Ok(true),
+        }
+    }
+
+    /// Deletes the account item if it is still at the version read; `false` if it is not.
+    async fn delete_account_at(&self, account: &Item) -> Result<bool, StoreError> {
+        use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+        let version = account.get("version").cloned().unwrap_or_else(|| n(0));
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(key_of(account))
+            .condition_expression("version = :v")
+            .expression_attribute_values(":v", version)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(DeleteItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_error("cannot delete the account", e)),
+        }
+    }
+
     /// Deletes items by key, 25 at a time, until DynamoDB has processed every one.
     async fn delete_all(&self, keys: Vec<Item>) -> Result<(), StoreError> {
         use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
@@ -2963,34 +3044,17 @@ impl ErasureStore for DynamoStore {
         member: &str,
         coupons: &[String],
     ) -> Result<(), StoreError> {
-        let items = self.partition(&member_pk(program, member), "").await?;
-        // The identities first: while they stand, they still lead to the member.
-        for item in items.iter().filter(|i| !i.contains_key("moved_to")) {
-            let sk = text(item, "SK").unwrap_or_default();
-            if let Some((kind, value)) = sk.strip_prefix("I#").and_then(|i| i.split_once('#')) {
-                self.remove_alias(program, kind, value, member).await?;
+        for _ in 0..ERASURE_SWEEPS {
+            if self.sweep_member(program, member, coupons).await? {
+                return Ok(());
             }
         }
-        self.delete_all(self.order_links(program, member).await?)
-            .await?;
-        let (accounts, mut keys): (Vec<Item>, Vec<Item>) = items
-            .iter()
-            .filter_map(|item| {
-                Some(key(
-                    text(item, "PK")?.to_string(),
-                    text(item, "SK")?.to_string(),
-                ))
-            })
-            .partition(|k| {
-                k.get("SK")
-                    .and_then(|sk| sk.as_s().ok())
-                    .is_some_and(|sk| sk == "ACCOUNT")
-            });
-        keys.extend(coupons.iter().map(|code| coupon_key(program, code)));
-        self.delete_all(keys).await?;
-        // The account last, in a request of its own: an erasure interrupted before it is found
-        // again from the account's erasure mark and finished; none leaves items without it.
-        self.delete_all(accounts).await
+        Err(StoreError::Transient {
+            message: format!(
+                "member {member} kept changing while its items were deleted; run the erasure again"
+            ),
+            source: None,
+        })
     }
 
     async fn forget_payloads(

@@ -26,7 +26,10 @@ What each function's first invocation is:
   tier-recalc     the tier.check from the tier queue, as an SQS event of 1 record
   member-api      GET /v1/programs/kr-shop/me
   redeem          POST /v1/programs/kr-shop/me/redemptions with a new Idempotency-Key
-  campaign-assign its schedule's input, {"job": "campaign-tick"}
+  campaign-assign its schedule's input, {"job": "campaign-tick"}: a whole tick over every member
+                  the earlier samples made (a batch job, started by a schedule)
+  campaign-assign-api  the same function's member route, GET /v1/programs/kr-shop/me/campaigns,
+                  what the app waits for (a row of its own, on the same binary)
   probes          {} -> one GetItem of the member's account item
 
 Usage: .venv/bin/python bench/coldstart.py [--samples 15] [--bin-dir /tmp/bench-bin]
@@ -66,7 +69,10 @@ from awslocal.sources import SqsEventSource  # noqa: E402
 import units  # noqa: E402  (webhook payloads, the driver)
 
 PROGRAM = "kr-shop"
-FUNCTIONS = ["webhook-ingest", "earn", "outbox-relay", "tier-recalc", "member-api", "redeem", "campaign-assign"]
+FUNCTIONS = ["webhook-ingest", "earn", "outbox-relay", "tier-recalc", "member-api", "redeem", "campaign-assign",
+             "campaign-assign-api"]
+# Rows measured on another row's binary: a second kind of first invocation of the same function.
+SAME_BINARY = {"campaign-assign-api": "campaign-assign"}
 PROBES = ["probe-rust", "probe-rust-ring", "probe-node", "probe-python"]
 
 # -- timing hooks on the runtime ------------------------------------------------------------------
@@ -416,6 +422,11 @@ class Bench:
                 raise RuntimeError(f"redeem: {status} {answer}")
         elif function == "campaign-assign":
             self.by_binary[function].invoke({"job": "campaign-tick"})
+        elif function == "campaign-assign-api":
+            status, answer = d.http("GET", f"/v1/programs/{PROGRAM}/me/campaigns", None,
+                                    {"Authorization": f"Bearer {d.member_token(self.member)}"})
+            if status >= 300:
+                raise RuntimeError(f"campaign-assign-api: {status} {answer}")
         else:  # the probes
             self.by_binary[function].invoke({})
 
@@ -430,7 +441,7 @@ class Bench:
     def one(self, function: str) -> dict:
         """Kills every instance of `function`, runs its first invocation (cold) and then the
         same kind of work again on the same instance (warm); returns the times."""
-        pool = self.by_binary[function]
+        pool = self.pool_of(function)
         self._kill_all(pool)
         before = set(TIMES)
         k = len(OUTCOMES[pool.name])
@@ -458,6 +469,10 @@ class Bench:
             sample["warm_connections"] = after["connections"] - between["connections"]
             sample["warm_requests"] = after["requests"] - between["requests"]
         return sample
+
+    def pool_of(self, function: str) -> FunctionPool:
+        """The instances that answer `function`'s row."""
+        return self.by_binary[SAME_BINARY.get(function, function)]
 
     def _seen_by(self, pool: FunctionPool) -> dict[str, int]:
         """The TLS connections and requests of `pool`'s instances so far."""
@@ -517,7 +532,7 @@ def main(argv: list[str]) -> int:
         bench.tls_host = args.tls_host
         for pool in bench.by_binary.values():
             bench._environment_hook(pool)
-        names = [n for n in FUNCTIONS + PROBES if n in bench.by_binary]
+        names = [n for n in FUNCTIONS + PROBES if SAME_BINARY.get(n, n) in bench.by_binary]
         if args.only:
             names = [n for n in names if n in args.only.split(",")]
         for mode in args.modes.split(","):

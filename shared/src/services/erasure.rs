@@ -44,6 +44,9 @@ pub struct ErasureReport {
     pub merged: usize,
     /// Parked and rejected events deleted because they named the member.
     pub events: usize,
+    /// Begun by an earlier run that stopped: that run forfeited (this one reports 0), and the
+    /// counts are of what was left to do.
+    pub resumed: bool,
 }
 
 /// How identities appear in stored texts and payloads: as `kind:value` (member ids) and as the
@@ -119,31 +122,32 @@ impl Services {
         Ok(ErasureReport {
             member: member.to_string(),
             pseudonym: erasure.pseudonym,
-            forfeited: forfeit.0,
-            forfeited_pending: forfeit.1,
-            paid_out: forfeit.2,
+            forfeited: forfeit.map_or(0, |f| f.0),
+            forfeited_pending: forfeit.map_or(0, |f| f.1),
+            paid_out: forfeit.map_or(0, |f| f.2),
             entries,
             identities,
             merged: account.merged_from.len(),
             events,
+            resumed: forfeit.is_none(),
         })
     }
 
     /// Step 1: the account marked erased, its points forfeited. Returns the account and the
-    /// points forfeited now (0 when it was marked before).
+    /// points forfeited now (none when it was marked before).
     async fn forfeit(
         &self,
         program: &Program,
         member: &str,
         reason: &str,
         by: &str,
-    ) -> Result<(Account, (i64, i64, i64)), ServiceError> {
+    ) -> Result<(Account, Option<(i64, i64, i64)>), ServiceError> {
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
             let account = self.existing_account(&program.id, member).await?;
             if account.erased.is_some() {
-                return Ok((account, (0, 0, 0)));
+                return Ok((account, None));
             }
             if let Some(into) = account.merged_into() {
                 return Err(ServiceError::Conflict {
@@ -185,7 +189,7 @@ impl Services {
                 ..Commit::new(program, member, Some(&account), change, now)
             };
             match self.commit(commit).await {
-                Ok(()) => return Ok((erased, forfeit)),
+                Ok(()) => return Ok((erased, Some(forfeit))),
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Err(_) => {}
             }

@@ -598,6 +598,76 @@ async fn a_merge_cut_at_any_write_is_finished_by_running_it_again() {
     assert!(cuts >= 4, "only {cuts} writes were cut");
 }
 
+fn finish_merge(survivor: &str, other: &str) -> String {
+    json!({"type": "member.merge", "version": 1, "id": format!("merge-{other}"),
+           "program": "kr-shop", "member": survivor, "occurred_at": now(),
+           "data": {"from": other}})
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_merge_whose_survivor_is_erased_before_it_finishes_leaves_the_other_erasable() {
+    // GIVEN a merge stopped after its first write: the other member emptied into a survivor
+    // that has not received it yet
+    let s = setup().await;
+    let (survivor, other) = ("shopify:7700000004", "shopify:7700000005");
+    bought(&s, survivor, "7700004", 40_000).await;
+    bought(&s, other, "7700005", 10_000).await;
+    assert!(s
+        .store
+        .put_alias("kr-shop", "email", "orphan@example.com", other)
+        .await
+        .unwrap());
+    s.cut.arm(1);
+    let merge = s
+        .services
+        .merge_members("kr-shop", survivor, other, "the same customer", "ops")
+        .await;
+    s.cut.disarm();
+    assert!(s.cut.reached() && merge.is_err(), "{merge:?}");
+    // WHEN the survivor's erasure stops after its mark, and the merge's message arrives
+    s.cut.arm(1);
+    let erasure = s
+        .services
+        .erase_member("kr-shop", survivor, "erasure request", "ops")
+        .await;
+    s.cut.disarm();
+    assert!(s.cut.reached() && erasure.is_err(), "{erasure:?}");
+    let waiting = s
+        .services
+        .process_earn(&finish_merge(survivor, other))
+        .await;
+    // THEN the merge waits: nothing is moved into a member being erased
+    assert!(waiting.is_err(), "{waiting:?}");
+    // WHEN the erasure is run again, the message arrives again, and the other member is erased
+    s.services
+        .erase_member("kr-shop", survivor, "erasure request", "ops")
+        .await
+        .unwrap();
+    let finished = s
+        .services
+        .process_earn(&finish_merge(survivor, other))
+        .await;
+    let report = s
+        .services
+        .erase_member("kr-shop", other, "erasure request", "ops")
+        .await;
+    // THEN the merge has no survivor to finish into, and the other member, merged into no one
+    // that exists, is erased on its own: nothing is left under either id, nor its email
+    assert!(
+        matches!(finished, Ok(Processed::NoEffect(_))),
+        "{finished:?}"
+    );
+    assert!(report.is_ok(), "{report:?}");
+    for gone in [survivor, other] {
+        assert_eq!(items_under(&s.client, &s.table, gone).await, 0, "{gone}");
+    }
+    let email = s
+        .store
+        .resolve_alias("kr-shop", "email", "orphan@example.com");
+    assert_eq!(email.await.unwrap(), None);
+}
+
 #[tokio::test]
 async fn a_resume_cut_at_any_write_is_finished_by_running_it_again() {
     let s = setup().await;

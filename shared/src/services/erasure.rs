@@ -149,11 +149,21 @@ impl Services {
             if account.erased.is_some() {
                 return Ok((account, None));
             }
+            // A member merged into one erased before the merge finished is merged into no one:
+            // it is erased on its own.
             if let Some(into) = account.merged_into() {
-                return Err(ServiceError::Conflict {
-                    problem: "member-merged",
-                    detail: format!("{member} was merged into {into}; erase {into}"),
-                });
+                if self
+                    .store
+                    .load_member(&program.id, into, &[])
+                    .await?
+                    .account
+                    .is_some()
+                {
+                    return Err(ServiceError::Conflict {
+                        problem: "member-merged",
+                        detail: format!("{member} was merged into {into}; erase {into}"),
+                    });
+                }
             }
             let erasure = Erasure {
                 pseudonym: new_pseudonym(),

@@ -19,7 +19,9 @@ use serde_json::json;
 use super::{Contention, ServiceError, Services};
 use crate::domain::{Account, AccountError, EventContext, Merged, OrderRecord, Program, Source};
 use crate::envelope::{Envelope, ENVELOPE_VERSION};
-use crate::ports::{Commit, CommitError, EventMarker, OutboxMessage, QueueName, Redemption};
+use crate::ports::{
+    Commit, CommitError, EventMarker, OutboxMessage, QueueName, Redemption, StoreError,
+};
 
 /// The kind of the message that finishes a merge (internal: refused on the events route).
 pub const MEMBER_MERGE: &str = "member.merge";
@@ -323,6 +325,14 @@ impl Services {
             let account = state
                 .account
                 .ok_or_else(|| ServiceError::unknown_member(survivor))?;
+            // What an erased survivor received would be deleted with it, never forfeited: the
+            // merge waits until the erasure is done (then it has no survivor to finish into).
+            if account.erased.is_some() {
+                return Err(ServiceError::Unavailable(StoreError::Transient {
+                    message: "the survivor is being erased; the merge waits".into(),
+                    source: None,
+                }));
+            }
             let change = if part == 0 {
                 let ctx = EventContext::new(step.clone(), now, now).with_source(Source {
                     admin: Some(merged.by.clone()),

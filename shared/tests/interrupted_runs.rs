@@ -60,14 +60,9 @@ impl Cut {
     }
 }
 
-const CUT_AT: [&str; 6] = [
-    ".BatchWriteItem",
-    ".TransactWriteItems",
-    ".PutItem",
-    ".UpdateItem",
-    ".DeleteItem",
-    ".Scan",
-];
+/// Requests that change nothing and are never cut: every other one is (a write of a kind added
+/// later included, so that no case passes by not cutting it).
+const READS: [&str; 3] = [".GetItem", ".BatchGetItem", ".Query"];
 
 impl Intercept for Cut {
     fn name(&self) -> &'static str {
@@ -84,7 +79,7 @@ impl Intercept for Cut {
             .request()
             .headers()
             .get("x-amz-target")
-            .is_some_and(|t| CUT_AT.iter().any(|op| t.ends_with(op)));
+            .is_some_and(|t| !READS.iter().any(|op| t.ends_with(op)));
         if write && self.seen.fetch_add(1, Ordering::SeqCst) >= self.at.load(Ordering::SeqCst) {
             self.stopped.store(true, Ordering::SeqCst);
             return Err("the process was stopped here".into());

@@ -3049,10 +3049,10 @@ impl ErasureStore for DynamoStore {
                 return Ok(());
             }
         }
+        // (No member id: it may be an email, and this error is logged.)
         Err(StoreError::Transient {
-            message: format!(
-                "member {member} kept changing while its items were deleted; run the erasure again"
-            ),
+            message: "the member kept changing while its items were deleted; run the erasure again"
+                .into(),
             source: None,
         })
     }

@@ -325,6 +325,40 @@ async fn a_cold_redemption_reads_the_member_beside_the_campaigns() {
 }
 
 #[tokio::test]
+async fn a_cold_member_s_campaigns_are_read_beside_the_program() {
+    // GIVEN kr-shop on moto with a running campaign, and a member
+    let (table, timeline) = kr_shop_table().await;
+    let member = "shopify:7300000006";
+    let warm = cold_services(&table, &timeline);
+    let campaign = json!({
+        "name": "December", "kind": "on_exposure", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2027-01-01T00:00:00Z",
+        "hash_seed": "december", "goal": "revenue",
+        "variants": [
+            {"key": "control", "weight": 0.0, "effect": {"type": "none"}},
+            {"key": "all", "weight": 1.0, "effect": {"type": "none"}}
+        ]
+    });
+    warm.put_campaign("kr-shop", "december", campaign.to_string().as_bytes())
+        .await
+        .unwrap();
+    give(&warm, member, 1_000).await;
+    // WHEN a new instance, which has read nothing yet, answers the member's campaigns
+    let cold = cold_services(&table, &timeline);
+    timeline.clear();
+    let shown = cold.my_campaigns("kr-shop", member).await.unwrap();
+    // THEN the campaigns' read left before the program's answer came back
+    assert!(
+        timeline.at(Phase::Sent, "Query", "\"C#\"")
+            < timeline.at(Phase::Answered, "GetItem", "PROGRAM#CURRENT"),
+        "{timeline:?}"
+    );
+    // AND the member is shown the running campaign, its variant recorded
+    assert_eq!(shown["campaigns"][0]["campaign"], "december", "{shown}");
+    assert_eq!(shown["campaigns"][0]["variant"], "all", "{shown}");
+}
+
+#[tokio::test]
 async fn a_webhook_reads_the_links_it_may_write_in_one_request() {
     // GIVEN kr-shop on moto and a paid order of a new customer, with an email
     let (table, timeline) = kr_shop_table().await;

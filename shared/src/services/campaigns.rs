@@ -151,7 +151,8 @@ impl Services {
         program_id: &str,
         member: &str,
     ) -> Result<Value, ServiceError> {
-        let program = self.program(program_id).await?;
+        // Cold, the campaigns are read beside the program: the member's read needs both.
+        let program = self.program_with_campaigns(program_id).await?;
         let now = self.clock.now();
         let running: Vec<_> = self
             .campaign_list(&program.id)

@@ -60,6 +60,15 @@ impl Cut {
     }
 }
 
+/// The operation a request names (`DynamoDB_20120810.PutItem`); empty when it names none.
+fn target<'a>(context: &'a BeforeTransmitInterceptorContextRef<'_>) -> &'a str {
+    context
+        .request()
+        .headers()
+        .get("x-amz-target")
+        .unwrap_or_default()
+}
+
 /// Requests that change nothing and are never cut: every other one is (a write of a kind added
 /// later included, so that no case passes by not cutting it).
 const READS: [&str; 3] = [".GetItem", ".BatchGetItem", ".Query"];
@@ -75,11 +84,7 @@ impl Intercept for Cut {
         _components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let write = context
-            .request()
-            .headers()
-            .get("x-amz-target")
-            .is_some_and(|t| !READS.iter().any(|op| t.ends_with(op)));
+        let write = !READS.iter().any(|op| target(context).ends_with(op));
         if write && self.seen.fetch_add(1, Ordering::SeqCst) >= self.at.load(Ordering::SeqCst) {
             self.stopped.store(true, Ordering::SeqCst);
             return Err("the process was stopped here".into());
@@ -118,12 +123,11 @@ impl Intercept for Racer {
         _components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let request = context.request();
-        let deletes = request
-            .headers()
-            .get("x-amz-target")
-            .is_some_and(|t| t.ends_with(".DeleteItem") || t.ends_with(".BatchWriteItem"));
-        if !deletes || !deletes_an_account(request.body().bytes().unwrap_or_default()) {
+        let deletes = [".DeleteItem", ".BatchWriteItem"]
+            .iter()
+            .any(|op| target(context).ends_with(op));
+        let body = context.request().body().bytes().unwrap_or_default();
+        if !deletes || !deletes_an_account(body) {
             return Ok(());
         }
         let Some((table, pk)) = self.armed.lock().unwrap().take() else {

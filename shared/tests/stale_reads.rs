@@ -207,6 +207,18 @@ async fn warm_behind(table: &str, replica: &BehindReplica) -> Services {
     services
 }
 
+/// `message` delivered again to a warm instance behind a [`BehindReplica`]: what became of it,
+/// and how many reads the replica aged.
+async fn again_behind(table: &str, message: &str) -> (Processed, usize) {
+    let replica = BehindReplica::default();
+    let again = warm_behind(table, &replica)
+        .await
+        .process_earn(message)
+        .await
+        .unwrap();
+    (again, replica.0.load(Ordering::SeqCst))
+}
+
 fn client(replica: Option<&BehindReplica>) -> aws_sdk_dynamodb::Client {
     let mut config = common::moto_dynamodb("stale-reads");
     if let Some(replica) = replica {
@@ -254,14 +266,9 @@ async fn a_repeat_for_a_merged_member_is_not_redirected_on_a_read_a_moment_old()
     assert!(before > 0);
     // WHEN the purchase is delivered again, to an instance whose eventually consistent reads
     // see the merge but not yet the order's record, which holds the event's marker
-    let replica = BehindReplica::default();
-    let again = warm_behind(&table, &replica)
-        .await
-        .process_earn(&message)
-        .await
-        .unwrap();
+    let (again, aged) = again_behind(&table, &message).await;
     // THEN the replica did answer a read, yet the delivery is told a duplicate
-    assert!(replica.0.load(Ordering::SeqCst) > 0);
+    assert!(aged > 0);
     assert!(matches!(again, Processed::Duplicate), "{again:?}");
     // AND the survivor did not earn the purchase a second time
     assert_eq!(points(&current, survivor).await, before);
@@ -316,14 +323,9 @@ async fn a_repeat_for_a_suspended_member_does_not_wait_for_a_resume_on_a_read_a_
     let before = points(&current, member).await;
     // WHEN the purchase is delivered again, to an instance whose eventually consistent reads
     // see the suspension but not yet the order's record
-    let replica = BehindReplica::default();
-    let again = warm_behind(&table, &replica)
-        .await
-        .process_earn(&message)
-        .await
-        .unwrap();
+    let (again, aged) = again_behind(&table, &message).await;
     // THEN it is told a duplicate: nothing waits for the resume to earn it again
-    assert!(replica.0.load(Ordering::SeqCst) > 0);
+    assert!(aged > 0);
     assert!(matches!(again, Processed::Duplicate), "{again:?}");
     assert_eq!(points(&current, member).await, before);
 }
@@ -463,14 +465,9 @@ async fn a_repeat_is_not_held_for_review_on_a_read_a_moment_old() {
     // WHEN the purchase is delivered again, to an instance whose eventually consistent reads
     // see the day's 300 points on the account but not yet the order's record, which holds the
     // event's marker (the purchase looks new: 300 + 300 is over the limit)
-    let replica = BehindReplica::default();
-    let again = warm_behind(&table, &replica)
-        .await
-        .process_earn(&message)
-        .await
-        .unwrap();
+    let (again, aged) = again_behind(&table, &message).await;
     // THEN the replica did answer a read, yet the delivery is told a duplicate
-    assert!(replica.0.load(Ordering::SeqCst) > 0);
+    assert!(aged > 0);
     assert!(matches!(again, Processed::Duplicate), "{again:?}");
     // AND nothing waits for an operator's review, and the points are as they were
     assert!(current.held_events("kr-shop").await.unwrap().is_empty());
@@ -505,14 +502,9 @@ async fn a_repeat_is_not_rejected_on_a_read_a_moment_old() {
     // WHEN the reward is delivered again, to an instance whose eventually consistent reads see
     // the month's one reward on the account but not yet the event's marker (the reward looks
     // like a second one, over the month's limit)
-    let replica = BehindReplica::default();
-    let again = warm_behind(&table, &replica)
-        .await
-        .process_earn(&message)
-        .await
-        .unwrap();
+    let (again, aged) = again_behind(&table, &message).await;
     // THEN the replica did answer a read, yet the delivery is told a duplicate
-    assert!(replica.0.load(Ordering::SeqCst) > 0);
+    assert!(aged > 0);
     assert!(matches!(again, Processed::Duplicate), "{again:?}");
     // AND no rejected event is stored for an operator to find, and the points are as they were
     let rejected = current

@@ -478,7 +478,8 @@ pub enum Consumption {
 /// transaction as its effect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyRecord {
-    /// Who sent it (the token's subject): keys are per caller.
+    /// Who sent it (the token's subject): keys are per caller. The first field: an erasure on
+    /// DynamoDB tells a caller's records by how their stored body begins.
     pub principal: String,
     pub key: String,
     /// A digest of the request, to tell a retry from a reuse of the key.
@@ -655,6 +656,10 @@ pub trait MemberStore: Send + Sync {
 /// The alias kind that links an order key (`shopify#1001`) to the member who placed it, for
 /// refunds that name no customer. Not an identity of the member: a store may keep it apart.
 pub const ORDER_LINK: &str = "order";
+
+/// The alias kind that links the subject of an app's token to its member; a subject with no
+/// such link is the member id itself.
+pub const APP_LINK: &str = "app";
 
 /// A link as a delivery finds it: the member it leads to, and, for an order's link, whether
 /// events are parked waiting for it (a refund that came before its order). An identity's link
@@ -1114,9 +1119,23 @@ pub trait ErasureStore: Send + Sync {
         coupons: &[String],
     ) -> Result<(), StoreError>;
     /// Deletes the parked and rejected events of a program whose stored payload holds one of
-    /// `needles` as a whole JSON string; returns how many went.
-    async fn forget_payloads(&self, program: &str, needles: &[String])
-        -> Result<usize, StoreError>;
+    /// `needles` as a whole JSON string, and the idempotency records of the requests sent by one
+    /// of `principals` (a member's own app: their answers hold its coupon codes and balance).
+    async fn forget_payloads(
+        &self,
+        program: &str,
+        needles: &[String],
+        principals: &[String],
+    ) -> Result<Forgotten, StoreError>;
+}
+
+/// What [`ErasureStore::forget_payloads`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// Parked and rejected events.
+    pub events: usize,
+    /// Idempotency records.
+    pub requests: usize,
 }
 
 /// Everything the services need from state.

@@ -1028,6 +1028,48 @@ async fn an_expired_idempotency_record_frees_its_key(store: Arc<dyn Store>) {
     ));
 }
 
+async fn a_caller_s_stored_answers_are_forgotten_and_no_one_else_s(store: Arc<dyn Store>) {
+    use loyalty_core::ports::IdempotencyRecord;
+    // GIVEN two answers stored for one app subject, and one each for a subject that begins
+    // with it and a `#`, and for another
+    let subject = member();
+    let (longer, other) = (format!("{subject}#2"), member());
+    let record = |principal: &str, key: &str| IdempotencyRecord {
+        principal: principal.to_string(),
+        key: key.to_string(),
+        request_hash: "h".into(),
+        status: 201,
+        response: "{\"code\":\"C-1\"}".into(),
+        expires_at: Utc::now() + chrono::Duration::days(1),
+    };
+    let asked = [
+        (&subject, "k-1"),
+        (&subject, "k-2"),
+        (&longer, "k-1"),
+        (&other, "k-1"),
+    ];
+    for (i, (principal, key)) in asked.iter().enumerate() {
+        let m = member();
+        let mut c = commit(&m, None, 10, &format!("e{i}"), None);
+        c.idempotency = Some(record(principal, key));
+        store.commit(c).await.unwrap();
+    }
+    // WHEN the subject's answers are forgotten (no payload named)
+    let forgotten = store
+        .forget_payloads("kr-shop", &[], std::slice::from_ref(&subject))
+        .await
+        .unwrap();
+    // THEN its two go, and the others stay
+    assert_eq!((forgotten.events, forgotten.requests), (0, 2));
+    for (principal, key) in asked {
+        let kept = store
+            .idempotency_record("kr-shop", principal, key)
+            .await
+            .unwrap();
+        assert_eq!(kept.is_some(), *principal != subject, "{principal} {key}");
+    }
+}
+
 async fn a_commit_larger_than_one_transaction_is_refused_whole(store: Arc<dyn Store>) {
     // GIVEN a new member's commit of exactly 100 items (account, marker and 98 entries)
     let m = member();
@@ -1639,6 +1681,7 @@ macro_rules! conformance {
                 a_commit_s_outbox_is_written_with_it_and_waits_until_relayed,
                 a_commit_larger_than_one_transaction_is_refused_whole,
                 an_expired_idempotency_record_frees_its_key,
+                a_caller_s_stored_answers_are_forgotten_and_no_one_else_s,
                 the_due_index_lists_members_by_job_and_date_and_follows_each_commit,
                 every_program_is_listed,
                 coupons_consume_once_and_idempotency_records_guard_their_commit,

@@ -381,6 +381,29 @@ fn an_erased_member_leaves_amounts_without_a_person_and_its_email_later_makes_a_
     shop.settled();
     let (status, _) = shop.call("GET", &format!("{P}/rejected-events/ev-share-minji"), None);
     assert_eq!(status, 200);
+    // AND a coupon the member's app redeemed with an Idempotency-Key
+    let (status, answer) = shop.call(
+        "POST",
+        &format!("{P}/members/{member}/adjustments"),
+        Some(json!({"points": 5000, "reason": "goodwill"})),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let redeem = || {
+        shop.server.call(
+            "POST",
+            &format!("{P}/me/redemptions"),
+            &me,
+            &[("Idempotency-Key", "k-erase")],
+            Some(&json!({"reward": "free-shipping"}).to_string()),
+        )
+    };
+    let (status, coupon) = redeem();
+    assert_eq!(status, 201, "{coupon}");
+    assert_eq!(
+        redeem(),
+        (201, coupon.clone()),
+        "a retry replays the answer"
+    );
 
     // WHEN support erases the member, named by its email
     let (status, erased) = shop.call(
@@ -422,6 +445,13 @@ fn an_erased_member_leaves_amounts_without_a_person_and_its_email_later_makes_a_
     assert!(!old.to_string().contains("minji"), "{old}");
     let (status, _) = shop.call("GET", &format!("{P}/rejected-events/ev-share-minji"), None);
     assert_eq!(status, 404);
+    // AND the app's stored answer is gone: a retry of its key does not replay the coupon
+    assert_eq!(erased["requests"].as_i64(), Some(1), "{erased}");
+    let (status, retried) = redeem();
+    assert_ne!(status, 201, "{retried}");
+    assert!(!retried
+        .to_string()
+        .contains(coupon["code"].as_str().expect("code")));
     // AND the books still balance: the audit finds nothing wrong
     let audit = shop.loyalty(&["audit", "--json"]);
     let report = ok(&audit);

@@ -135,7 +135,7 @@ async fn a_yotpo_import_and_a_replay_work_on_a_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_merge_and_erase_on_a_table() {
-    use loyalty_core::ports::{AliasStore, RecordsStore, RejectStore};
+    use loyalty_core::ports::{AliasStore, RecordsStore, RedemptionStore, RejectStore};
     // GIVEN a table with Ann (1,200 points, a birthday) and Bo (known, no points), and an
     // event refused for good that names Ann
     let table = format!("loyalty-cli-members-{}", uuid::Uuid::new_v4().simple());
@@ -175,6 +175,18 @@ async fn members_merge_and_erase_on_a_table() {
         "data": {"action": "share", "ref": "t"}})
     .to_string();
     services.process_earn(&share).await.expect("processed");
+    // AND a coupon Ann's app redeemed with an Idempotency-Key (3,000 given for it)
+    let subject = format!("sub-{}", uuid::Uuid::new_v4().simple());
+    assert!(store
+        .put_alias("kr-shop", "app", &subject, "ann-1")
+        .await
+        .expect("link"));
+    let gift = br#"{"points": 3000, "reason": "for the coupon"}"#;
+    let given = services.adjust("kr-shop", "ann-1", "ops", None, gift);
+    assert_eq!(given.await.expect("adjusted").status, 201);
+    let coupon = br#"{"reward": "free-shipping"}"#;
+    let redeemed = services.redeem("kr-shop", "ann-1", &subject, Some("k-ann"), coupon);
+    assert_eq!(redeemed.await.expect("redeemed").status, 201);
 
     // WHEN Bo is merged into Ann with the CLI, twice
     let merge = || {
@@ -237,6 +249,10 @@ async fn members_merge_and_erase_on_a_table() {
             .expect("read"),
         None
     );
+    // AND so is the stored answer to her app's redemption, which held her coupon's code
+    assert_eq!(erased["requests"].as_i64(), Some(1), "{erased}");
+    let answer = store.idempotency_record("kr-shop", &subject, "k-ann");
+    assert_eq!(answer.await.expect("read"), None);
     let pseudonym = erased["pseudonym"].as_str().expect("pseudonym");
     let kept = services
         .ledger("kr-shop", pseudonym, Some(100), None)

@@ -325,7 +325,7 @@ async fn member_of(
         services.program(&program),
         services
             .store
-            .resolve_alias(&program, "app", &principal.subject),
+            .resolve_alias(&program, crate::ports::APP_LINK, &principal.subject),
     )
     .await;
     known?;

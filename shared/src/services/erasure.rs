@@ -7,8 +7,8 @@
 //! 2. the ledger is copied, its texts pseudonymised, to an account of the pseudonym, in commits
 //!    of at most [`COPY_CHUNK`] entries each under its own marker; these add nothing to the books,
 //!    which counted the entries when they were first written;
-//! 3. parked and rejected events that hold one of its identities are deleted, while the
-//!    identities are still there to name them;
+//! 3. parked and rejected events that hold one of its identities, and the stored answers to
+//!    its app's requests, are deleted while the identities are still there to name them;
 //! 4. everything under the member's id is deleted (ledger, markers, orders, redemptions,
 //!    identities and their links, coupons, and the account last), and so are the members merged
 //!    into it.
@@ -22,7 +22,7 @@ use super::{Contention, ServiceError, Services};
 use crate::domain::books::BooksAdd;
 use crate::domain::erasure::{new_pseudonym, pseudonymised, Erasure};
 use crate::domain::{Account, Change, DueDates, EventContext, LedgerEntry, Program, Source};
-use crate::ports::{Commit, CommitError, EventMarker};
+use crate::ports::{Commit, CommitError, EventMarker, APP_LINK};
 
 /// Ledger entries copied per commit, inside one DynamoDB transaction with the account.
 const COPY_CHUNK: usize = 90;
@@ -44,6 +44,8 @@ pub struct ErasureReport {
     pub merged: usize,
     /// Parked and rejected events deleted because they named the member.
     pub events: usize,
+    /// Stored answers to the member's own requests from its app (idempotency records) deleted.
+    pub requests: usize,
     /// Begun by an earlier run that stopped: that run forfeited (this one reports 0), and the
     /// counts are of what was left to do.
     pub resumed: bool,
@@ -55,6 +57,15 @@ fn identity_names(aliases: &[(String, String)]) -> Vec<String> {
     aliases
         .iter()
         .flat_map(|(kind, value)| [format!("{kind}:{value}"), value.clone()])
+        .collect()
+}
+
+/// The token subjects the member's app may call with: its `app` identities, and the member id
+/// itself (a subject with no link). Its own requests' stored answers are kept under them.
+fn app_subjects(member: &str, aliases: &[(String, String)]) -> Vec<String> {
+    let linked = aliases.iter().filter(|(kind, _)| kind == APP_LINK);
+    std::iter::once(member.to_string())
+        .chain(linked.map(|(_, subject)| subject.clone()))
         .collect()
 }
 
@@ -97,11 +108,13 @@ impl Services {
             .await?;
         let coupons: Vec<String> = file.coupons.iter().map(|c| c.code.clone()).collect();
         let identities = file.aliases.len();
+        let mut principals = app_subjects(member, &file.aliases);
         let mut merged_files = Vec::new();
         for merged in &account.merged_from {
             let other = self.store.member_file(&program.id, merged).await?;
             names.push(merged.clone());
             names.extend(identity_names(&other.aliases));
+            principals.extend(app_subjects(merged, &other.aliases));
             merged_files.push((merged, other));
         }
         // Short names (`m-1`) would match other members' payloads; ids and identities that
@@ -110,7 +123,10 @@ impl Services {
         names.sort();
         names.dedup();
         // Before the identities go: a run again after them would no longer know their names.
-        let events = self.store.forget_payloads(&program.id, &names).await?;
+        let forgotten = self
+            .store
+            .forget_payloads(&program.id, &names, &principals)
+            .await?;
         for (merged, other) in merged_files {
             let codes: Vec<String> = other.coupons.iter().map(|c| c.code.clone()).collect();
             self.store.erase_member(&program.id, merged, &codes).await?;
@@ -118,7 +134,8 @@ impl Services {
         self.store
             .erase_member(&program.id, member, &coupons)
             .await?;
-        tracing::info!(program = %program.id, pseudonym = %erasure.pseudonym, entries, events, "member erased");
+        let (events, requests) = (forgotten.events, forgotten.requests);
+        tracing::info!(program = %program.id, pseudonym = %erasure.pseudonym, entries, events, requests, "member erased");
         Ok(ErasureReport {
             member: member.to_string(),
             pseudonym: erasure.pseudonym,
@@ -129,6 +146,7 @@ impl Services {
             identities,
             merged: account.merged_from.len(),
             events,
+            requests,
             resumed: forfeit.is_none(),
         })
     }

@@ -35,8 +35,8 @@ use crate::ports::{
     COUNTER_SHARDS,
 };
 use crate::ports::{
-    AuditRun, AuditStore, BooksStore, ErasureStore, MemberFile, MemberRecords, ParkedEvent,
-    RecordsStore, Walked,
+    AuditRun, AuditStore, BooksStore, ErasureStore, Forgotten, MemberFile, MemberRecords,
+    ParkedEvent, RecordsStore, Walked,
 };
 use crate::report::VariantCounts;
 
@@ -886,9 +886,14 @@ const IDEMPOTENCY_SK: &str = "IDEMP";
 
 fn idempotency_key(program: &str, principal: &str, request_key: &str) -> Item {
     key(
-        format!("P#{program}#K#{principal}#{request_key}"),
+        format!("{}{request_key}", idempotency_prefix(program, principal)),
         IDEMPOTENCY_SK,
     )
+}
+
+/// The start of the partition keys of one caller's idempotency records.
+fn idempotency_prefix(program: &str, principal: &str) -> String {
+    format!("P#{program}#K#{principal}#")
 }
 
 fn timestamp(at: DateTime<Utc>) -> String {
@@ -3061,14 +3066,16 @@ impl ErasureStore for DynamoStore {
         &self,
         program: &str,
         needles: &[String],
-    ) -> Result<usize, StoreError> {
-        if needles.is_empty() {
-            return Ok(0);
+        principals: &[String],
+    ) -> Result<Forgotten, StoreError> {
+        if needles.is_empty() && principals.is_empty() {
+            return Ok(Forgotten::default());
         }
-        // A scan of the program's parked and rejected events: erasures are rare, and these
-        // are kept by order and by day, never by member.
+        // A scan of the program's parked and rejected events and of its idempotency records:
+        // erasures are rare, and these are kept by order, by day and by caller, never by member.
+        // One scan for both, each kind by its own test.
         let mut filter = String::from(
-            "(begins_with(PK, :parked) OR (begins_with(PK, :rejected) AND SK = :r)) AND (",
+            "((begins_with(PK, :parked) OR (begins_with(PK, :rejected) AND SK = :r)) AND (",
         );
         let mut scan = self
             .client
@@ -3087,7 +3094,31 @@ impl ErasureStore for DynamoStore {
                 .expression_attribute_values(format!(":raw{i}"), s(format!("\"{needle}\"")))
                 .expression_attribute_values(format!(":esc{i}"), s(format!("\\\"{needle}\\\"")));
         }
-        filter.push(')');
+        if needles.is_empty() {
+            // No key is empty: no parked or rejected event is forgotten.
+            filter.push_str("SK = :nothing");
+            scan = scan.expression_attribute_values(":nothing", s(""));
+        }
+        filter.push_str("))");
+        for (i, principal) in principals.iter().enumerate() {
+            // The key's prefix finds the caller's records, and those of any caller whose
+            // subject starts with this one and a `#`; the body's first field tells them apart.
+            let first_field = serde_json::to_string(principal)
+                .map(|p| format!("{{\"principal\":{p},"))
+                .map_err(|e| StoreError::failed("cannot encode a principal", e))?;
+            filter.push_str(&format!(
+                " OR (begins_with(PK, :k{i}) AND SK = :idemp AND begins_with(#b, :p{i}))"
+            ));
+            scan = scan
+                .expression_attribute_values(
+                    format!(":k{i}"),
+                    s(idempotency_prefix(program, principal)),
+                )
+                .expression_attribute_values(format!(":p{i}"), s(first_field));
+        }
+        if !principals.is_empty() {
+            scan = scan.expression_attribute_values(":idemp", s(IDEMPOTENCY_SK));
+        }
         let scan = scan.filter_expression(filter);
         let mut keys = Vec::new();
         let mut start = None;
@@ -3114,17 +3145,22 @@ impl ErasureStore for DynamoStore {
                 break;
             }
         }
-        let gone = keys
-            .iter()
-            .filter(|k| {
-                k.get("SK").is_some_and(|sk| {
-                    sk.as_s()
-                        .is_ok_and(|sk| sk.starts_with("PARKED#") || sk == "R")
-                })
-            })
-            .count();
+        let sort_key = |k: &Item| k.get("SK").and_then(|sk| sk.as_s().ok()).cloned();
+        let sort_keys: Vec<Option<String>> = keys.iter().map(sort_key).collect();
+        let forgotten = Forgotten {
+            events: sort_keys
+                .iter()
+                .flatten()
+                .filter(|sk| sk.starts_with("PARKED#") || *sk == "R")
+                .count(),
+            requests: sort_keys
+                .iter()
+                .flatten()
+                .filter(|sk| *sk == IDEMPOTENCY_SK)
+                .count(),
+        };
         self.delete_all(keys).await?;
-        Ok(gone)
+        Ok(forgotten)
     }
 }
 

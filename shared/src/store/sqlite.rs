@@ -29,8 +29,8 @@ use crate::ports::{
     RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
 };
 use crate::ports::{
-    AuditRun, AuditStore, BooksStore, ErasureStore, MemberFile, MemberRecords, ParkedEvent,
-    RecordsStore, Walked,
+    AuditRun, AuditStore, BooksStore, ErasureStore, Forgotten, MemberFile, MemberRecords,
+    ParkedEvent, RecordsStore, Walked,
 };
 use crate::report::VariantCounts;
 
@@ -2101,10 +2101,21 @@ impl ErasureStore for SqliteStore {
         &self,
         program: &str,
         needles: &[String],
-    ) -> Result<usize, StoreError> {
-        let (program, needles) = (program.to_string(), needles.to_vec());
+        principals: &[String],
+    ) -> Result<Forgotten, StoreError> {
+        let (program, needles, principals) =
+            (program.to_string(), needles.to_vec(), principals.to_vec());
         self.with(move |conn| {
             let failed = |e| sql_error("cannot forget the events", e);
+            let mut requests = 0;
+            for principal in &principals {
+                requests += conn
+                    .exec(
+                        "DELETE FROM idempotency WHERE program = ?1 AND principal = ?2",
+                        params![program, principal],
+                    )
+                    .map_err(failed)?;
+            }
             let mut gone = 0;
             for needle in &needles {
                 // As a JSON string in the parked envelope, or inside the rejected event's
@@ -2124,7 +2135,10 @@ impl ErasureStore for SqliteStore {
                     )
                     .map_err(failed)?;
             }
-            Ok(gone)
+            Ok(Forgotten {
+                events: gone,
+                requests,
+            })
         })
         .await
     }

@@ -16,9 +16,10 @@ use aws_sdk_dynamodb::error::BoxError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeZone, Utc};
 use loyalty_core::ports::{
-    AliasStore, FixedClock, OutboxStore, ParkingStore, RedemptionStore, RejectStore,
+    AliasStore, FixedClock, MemberStore, OutboxStore, ParkingStore, RedemptionStore, RejectStore,
 };
 use loyalty_core::services::earn::Processed;
+use loyalty_core::services::jobs::Job;
 use loyalty_core::services::suspension::{parking_key, Waiting};
 use loyalty_core::services::{ServiceError, Services};
 use loyalty_core::store::dynamodb::DynamoStore;
@@ -455,6 +456,21 @@ async fn a_member_whose_erasure_has_begun_takes_no_adjustment_redemption_or_tier
             .await
             .unwrap();
     }
+    // AND a campaign running for everyone
+    let autumn = json!({
+        "name": "Autumn", "kind": "broadcast", "status": "running",
+        "start": "2026-12-01T00:00:00+09:00", "end": "2026-12-31T00:00:00+09:00",
+        "hash_seed": "autumn-2026", "goal": "purchase",
+        "variants": [
+            {"key": "control", "weight": 0.5, "effect": {"type": "none"}},
+            {"key": "x2", "weight": 0.5, "effect": {"type": "none"}}
+        ]
+    });
+    let body = autumn.to_string();
+    let saved = s
+        .services
+        .put_campaign("kr-shop", "autumn", body.as_bytes());
+    saved.await.unwrap();
     // AND the first member's erasure stopped right after its mark
     s.cut.arm(1);
     let first = s
@@ -464,7 +480,12 @@ async fn a_member_whose_erasure_has_begun_takes_no_adjustment_redemption_or_tier
     s.cut.disarm();
     assert!(s.cut.reached() && first.is_err(), "{first:?}");
 
-    // WHEN an operator adjusts each, each redeems a coupon, and each one's tier check arrives
+    // WHEN the campaign tick runs, an operator adjusts each, each redeems a coupon, each one's
+    // tier check arrives and each opens its campaigns
+    let tick = s
+        .services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {});
+    tick.await.unwrap();
     let erased_ones = |outcome: &Result<_, ServiceError>| {
         matches!(
             outcome,
@@ -483,9 +504,16 @@ async fn a_member_whose_erasure_has_begun_takes_no_adjustment_redemption_or_tier
             .redeem("kr-shop", who, who, Some("k-late"), coupon)
             .await;
         let checked = s.services.process_tier_check(&tier_check(who)).await;
-        // THEN the member being erased is refused both, as 409 member-erased, and its tier is
-        // not changed; the other member's are applied
+        let shown = s.services.my_campaigns("kr-shop", who).await.unwrap();
+        // THEN the member being erased is refused both, as 409 member-erased, its tier is not
+        // changed and it is shown no campaign and assigned none; the other member's are applied
         let erased = who == member;
+        let campaigns = shown["campaigns"].as_array().map_or(0, Vec::len);
+        assert_eq!(campaigns, usize::from(!erased), "{who}: {shown}");
+        let ids = ["autumn".to_string()];
+        let read = s.store.load_member_with("kr-shop", who, &[], &ids);
+        let assigned = read.await.unwrap().assignments.len();
+        assert_eq!(assigned, usize::from(!erased), "{who}");
         assert_eq!(erased_ones(&adjusted), erased, "{who}: {adjusted:?}");
         assert_eq!(erased_ones(&redeemed), erased, "{who}: {redeemed:?}");
         let applied = matches!(checked, Ok(Processed::Applied { .. }));

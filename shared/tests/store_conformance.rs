@@ -1378,15 +1378,17 @@ async fn assignments_are_sticky_until_the_seed_or_bucket_version_changes(store: 
     store.commit(commit(&m, None, 0, "e1", None)).await.unwrap();
     // GIVEN a first assignment to x2
     let first = store
-        .record_assignment("kr-shop", &m, &assignment("x2", "s1", 0))
+        .record_assignment("kr-shop", &m, &assignment("x2", "s1", 0), true)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("recorded");
     assert_eq!((first.0.variant.as_str(), first.1), ("x2", true));
     // WHEN another variant is recorded with the same seed THEN the first stays
     let again = store
-        .record_assignment("kr-shop", &m, &assignment("control", "s1", 0))
+        .record_assignment("kr-shop", &m, &assignment("control", "s1", 0), true)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("recorded");
     assert_eq!((again.0.variant.as_str(), again.1), ("x2", false));
     // AND it comes with the account in one read
     let state = store
@@ -1397,14 +1399,16 @@ async fn assignments_are_sticky_until_the_seed_or_bucket_version_changes(store: 
     assert_eq!(state.assignments.keys().collect::<Vec<_>>(), vec![&weekend]);
     // WHEN the bucket version rises, or the seed changes THEN the new one replaces it
     let raised = store
-        .record_assignment("kr-shop", &m, &assignment("control", "s1", 1))
+        .record_assignment("kr-shop", &m, &assignment("control", "s1", 1), true)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("recorded");
     assert_eq!(raised.0.variant, "control");
     let reseeded = store
-        .record_assignment("kr-shop", &m, &assignment("x2", "s2", 1))
+        .record_assignment("kr-shop", &m, &assignment("x2", "s2", 1), true)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("recorded");
     assert_eq!(reseeded.0.variant, "x2");
     // AND each new record counted one member, in its variant
     let counts = store.campaign_counts("kr-shop", &weekend).await.unwrap();
@@ -1413,6 +1417,58 @@ async fn assignments_are_sticky_until_the_seed_or_bucket_version_changes(store: 
         .map(|c| (c.variant.as_str(), c.assigned))
         .collect();
     assert_eq!(assigned, vec![("control", 1), ("x2", 2)]);
+}
+
+async fn an_assignment_never_outlives_the_member_s_erasure(store: Arc<dyn Store>) {
+    use loyalty_core::domain::erasure::Erasure;
+    use loyalty_core::ports::Assignment;
+    let autumn = format!("autumn-{}", uuid::Uuid::new_v4().simple());
+    let at = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let assignment = Assignment::new(&autumn, "x2", "s1", 0, at);
+    let assigned = |store: Arc<dyn Store>, m: String| {
+        let campaigns = vec![autumn.clone()];
+        async move {
+            let state = store.load_member_with("kr-shop", &m, &[], &campaigns);
+            state.await.unwrap().assignments.len()
+        }
+    };
+    // GIVEN a member whose erasure has begun (its account marked), one read before its
+    // account was erased, and one with no account yet
+    let (marked, gone, new) = (member(), member(), member());
+    let mut mark = commit(&marked, None, 0, "e1", None);
+    mark.account.erased = Some(Erasure {
+        pseudonym: "erased-x".into(),
+        at,
+        reason: "request".into(),
+        by: "ops".into(),
+    });
+    store.commit(mark).await.unwrap();
+    store
+        .commit(commit(&gone, None, 0, "e1", None))
+        .await
+        .unwrap();
+    store.erase_member("kr-shop", &gone, &[]).await.unwrap();
+    // WHEN an assignment is recorded for each
+    let mut recorded = Vec::new();
+    for (m, seen) in [(&marked, true), (&gone, true), (&new, false)] {
+        let written = store.record_assignment("kr-shop", m, &assignment, seen);
+        recorded.push(written.await.unwrap());
+    }
+    let [for_marked, for_gone, for_new] = <[_; 3]>::try_from(recorded).unwrap();
+    // THEN only the member with no account yet has one, and only it was counted
+    assert_eq!(
+        (
+            for_marked,
+            for_gone,
+            for_new.map(|(a, fresh)| (a.variant, fresh))
+        ),
+        (None, None, Some(("x2".to_string(), true)))
+    );
+    assert_eq!(assigned(store.clone(), marked).await, 0);
+    assert_eq!(assigned(store.clone(), gone).await, 0);
+    assert_eq!(assigned(store.clone(), new).await, 1);
+    let counts = store.campaign_counts("kr-shop", &autumn).await.unwrap();
+    assert_eq!(counts.iter().map(|c| c.assigned).sum::<i64>(), 1);
 }
 
 async fn counters_sum_their_shards_and_assignment_writes_are_conditional(store: Arc<dyn Store>) {
@@ -1687,6 +1743,7 @@ macro_rules! conformance {
                 coupons_consume_once_and_idempotency_records_guard_their_commit,
                 campaigns_are_versioned_and_conditional,
                 assignments_are_sticky_until_the_seed_or_bucket_version_changes,
+                an_assignment_never_outlives_the_member_s_erasure,
                 counters_sum_their_shards_and_assignment_writes_are_conditional,
                 the_books_the_walk_and_member_files_agree_with_what_was_committed);
         }

@@ -17,6 +17,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use futures_util::StreamExt;
 use serde_json::json;
 
+use super::campaigns::Assignee;
 use super::jobs::JobReport;
 use super::{ServiceError, Services};
 use crate::campaigns::{Campaign, CampaignKind};
@@ -260,7 +261,8 @@ impl Services {
             .store
             .load_member_with(&program.id, member, &[], &[id.to_string()])
             .await?;
-        let Some(account) = state.account.as_ref() else {
+        // No account, or one being erased: nothing to assign.
+        let Some(account) = state.account.as_ref().filter(|a| a.erased.is_none()) else {
             return Ok(false);
         };
         if state
@@ -277,8 +279,10 @@ impl Services {
         let Some(variant) = campaign.assign(member) else {
             return Ok(false);
         };
-        self.assign(&program.id, member, id, campaign, variant, at)
+        let to = Assignee { member, seen: true };
+        let recorded = self
+            .assign(&program.id, to, id, campaign, variant, at)
             .await?;
-        Ok(true)
+        Ok(recorded.is_some())
     }
 }

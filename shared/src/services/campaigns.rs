@@ -17,6 +17,13 @@ use crate::report::VariantCounts;
 /// purchase's commit, which also holds the account, entries, marker, orders and outbox.
 pub const MAX_OVERLAPPING_CAMPAIGNS: usize = 30;
 
+/// Who an assignment is for: the member, and whether its account was there when read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Assignee<'a> {
+    pub member: &'a str,
+    pub seen: bool,
+}
+
 impl Services {
     /// `PUT /v1/programs/{program}/campaigns/{campaign}`: 201 when new, 200 when updated.
     pub async fn put_campaign(
@@ -166,6 +173,11 @@ impl Services {
             .store
             .load_member_with(&program.id, member, &[], &ids)
             .await?;
+        // Being erased: nothing is assigned to the person any more.
+        if state.account.as_ref().is_some_and(|a| a.erased.is_some()) {
+            return Ok(json!({ "campaigns": [] }));
+        }
+        let seen = state.account.is_some();
         let account = state
             .account
             .clone()
@@ -179,8 +191,15 @@ impl Services {
             let recorded = match state.assignments.get(id) {
                 Some(a) if a.holds_for(&campaign.hash_seed, campaign.bucket_version) => a.clone(),
                 _ => {
-                    self.assign(&program.id, member, id, campaign, variant, now)
+                    let to = Assignee { member, seen };
+                    match self
+                        .assign(&program.id, to, id, campaign, variant, now)
                         .await?
+                    {
+                        Some(recorded) => recorded,
+                        // Its erasure began since the read.
+                        None => return Ok(json!({ "campaigns": [] })),
+                    }
                 }
             };
             let Some(v) = campaign.variants.iter().find(|v| v.key == recorded.variant) else {
@@ -197,16 +216,17 @@ impl Services {
     /// Records a member's assignment (counted once, in the same write). A variant that grants
     /// points sends the grant to the earn queue first: its id is fixed per campaign and member,
     /// so a grant sent again (a retry, a second tick) is applied once, and a crash between the
-    /// two writes loses nothing.
+    /// two writes loses nothing. `None` when the member's erasure began since it was read.
     pub(crate) async fn assign(
         &self,
         program: &str,
-        member: &str,
+        to: Assignee<'_>,
         id: &str,
         campaign: &Campaign,
         variant: usize,
         now: DateTime<Utc>,
-    ) -> Result<Assignment, ServiceError> {
+    ) -> Result<Option<Assignment>, ServiceError> {
+        let member = to.member;
         let v = &campaign.variants[variant];
         if let Effect::Grant { points } = &v.effect {
             let grant = Envelope {
@@ -236,11 +256,11 @@ impl Services {
             campaign.bucket_version,
             now,
         );
-        let (stored, _) = self
+        let recorded = self
             .store
-            .record_assignment(program, member, &wanted)
+            .record_assignment(program, member, &wanted, to.seen)
             .await?;
-        Ok(stored)
+        Ok(recorded.map(|(stored, _)| stored))
     }
 
     /// The campaigns running when a purchase happened, for the read that loads the member.

@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, Delete, GlobalSecondaryIndex,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
     KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType, Put, ReturnValue,
     ScalarAttributeType, StreamSpecification, StreamViewType, TransactWriteItem, Update,
 };
@@ -544,6 +544,10 @@ impl DynamoStore {
         account_item.extend(due_attributes(&commit.program, &commit.member, &commit.due));
         account_item.insert("member".into(), s(&commit.member));
         account_item.insert("version".into(), n(version));
+        if account.erased.is_some() {
+            // For the conditions of writes that are not commits on the account (assignments).
+            account_item.insert(ERASING.into(), AttributeValue::Bool(true));
+        }
         account_item.insert("body".into(), encode_deflated("account", &account)?);
         let mut writes = vec![match commit.expected_version {
             None => self.put(account_item, Some("attribute_not_exists(PK)"), None)?,
@@ -632,8 +636,24 @@ impl CampaignStore for DynamoStore {
         program: &str,
         member: &str,
         assignment: &Assignment,
-    ) -> Result<(Assignment, bool), StoreError> {
+        account_seen: bool,
+    ) -> Result<Option<(Assignment, bool)>, StoreError> {
         let pk = member_pk(program, member);
+        // The account as the caller read it, not being erased: an assignment is not a commit
+        // on the account, and an erasure's deletes must not be outlived by one.
+        let account = build(
+            "condition check",
+            ConditionCheck::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(&pk, "ACCOUNT")))
+                .condition_expression(if account_seen {
+                    "attribute_exists(PK) AND attribute_not_exists(#erasing)"
+                } else {
+                    "attribute_not_exists(#erasing)"
+                })
+                .expression_attribute_names("#erasing", ERASING)
+                .build(),
+        )?;
         let put = self.put(
             assignment_item(&pk, assignment)?,
             Some("attribute_not_exists(PK) OR hash_seed <> :seed OR bucket_version < :bv"),
@@ -648,10 +668,16 @@ impl CampaignStore for DynamoStore {
             .transact_write_items()
             .transact_items(put)
             .transact_items(count)
+            .transact_items(
+                TransactWriteItem::builder()
+                    .condition_check(account)
+                    .build(),
+            )
             .send()
             .await;
         match result {
-            Ok(_) => Ok((assignment.clone(), true)),
+            Ok(_) => Ok(Some((assignment.clone(), true))),
+            Err(e) if cancelled_at(&e, 2) => Ok(None),
             Err(e)
                 if matches!(
                     e.as_service_error(),
@@ -667,7 +693,7 @@ impl CampaignStore for DynamoStore {
                         message: "an assignment was being recorded concurrently".into(),
                         source: None,
                     })?;
-                Ok((body(&stored, "assignment")?, false))
+                Ok(Some((body(&stored, "assignment")?, false)))
             }
             Err(e) => Err(sdk_error("cannot record the assignment", e)),
         }
@@ -880,6 +906,9 @@ fn wide_number(item: &Item, name: &str) -> Option<i128> {
 fn coupon_key(program: &str, code: &str) -> Item {
     key(format!("P#{program}#COUPON#{code}"), "COUPON")
 }
+
+/// The account's attribute that says its erasure has begun (the mark itself is in the body).
+const ERASING: &str = "erasing";
 
 /// The sort key of an idempotency record (alone under its partition key).
 const IDEMPOTENCY_SK: &str = "IDEMP";
@@ -1930,6 +1959,20 @@ where
 
 /// `true` when an alias transaction went through, `false` when its condition on the alias
 /// (linked to someone else) refused it.
+/// Whether a transaction was cancelled by the failed condition of its write at `index`.
+fn cancelled_at<R>(e: &SdkError<TransactWriteItemsError, R>, index: usize) -> bool {
+    match e.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
+            cancelled
+                .cancellation_reasons()
+                .get(index)
+                .and_then(|r| r.code())
+                == Some("ConditionalCheckFailed")
+        }
+        _ => false,
+    }
+}
+
 fn alias_written<T, R>(
     result: Result<T, SdkError<TransactWriteItemsError, R>>,
     what: &str,

@@ -1689,11 +1689,22 @@ impl CampaignStore for SqliteStore {
         program: &str,
         member: &str,
         assignment: &Assignment,
-    ) -> Result<(Assignment, bool), StoreError> {
+        account_seen: bool,
+    ) -> Result<Option<(Assignment, bool)>, StoreError> {
         let (program, member, assignment) =
             (program.to_string(), member.to_string(), assignment.clone());
         self.with(move |conn| {
             let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
+            let account: Option<Account> = read_body(
+                &tx,
+                "SELECT body FROM accounts WHERE program = ?1 AND member = ?2",
+                &[&program, &member],
+                "account",
+            )?;
+            let erasing = account.as_ref().is_some_and(|a| a.erased.is_some());
+            if erasing || (account_seen && account.is_none()) {
+                return Ok(None);
+            }
             let stored: Option<Assignment> = read_body(
                 &tx,
                 "SELECT body FROM assignments WHERE program = ?1 AND member = ?2 AND campaign = ?3",
@@ -1702,7 +1713,7 @@ impl CampaignStore for SqliteStore {
             )?;
             if let Some(stored) = stored {
                 if stored.holds_for(&assignment.hash_seed, assignment.bucket_version) {
-                    return Ok((stored, false));
+                    return Ok(Some((stored, false)));
                 }
             }
             tx.exec(
@@ -1718,7 +1729,7 @@ impl CampaignStore for SqliteStore {
             .map_err(|e| sql_error("cannot record the assignment", e))?;
             add_counts(&tx, &program, &CounterAdd::assigned(&member, &assignment))?;
             tx.commit().map_err(|e| sql_error("cannot commit", e))?;
-            Ok((assignment.clone(), true))
+            Ok(Some((assignment.clone(), true)))
         })
         .await
     }

@@ -717,6 +717,21 @@ pub trait AliasStore: Send + Sync {
         }))
         .await
     }
+    /// [`AliasStore::resolve_alias`] of several identities (`(kind, value)`, each named once),
+    /// answered in their order, current: what a new member is made from. A store that can read
+    /// them in one request does.
+    async fn resolve_aliases(
+        &self,
+        program: &str,
+        links: &[(&str, &str)],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        futures_util::future::try_join_all(
+            links
+                .iter()
+                .map(|(kind, value)| self.resolve_alias(program, kind, value)),
+        )
+        .await
+    }
     /// Links an order to its member, as [`AliasStore::put_alias`] does, and says in the same
     /// write whether events were parked waiting for it (see [`ParkingStore::park_for_order`]):
     /// the order's delivery looks for them only then. Linked to another member, the order is

@@ -418,30 +418,39 @@ async fn a_known_customer_s_link_is_read_with_the_order_s_links_in_one_request()
         other => panic!("the fixture's order names its customer: {other:?}"),
     };
     let customer_link = format!("P#kr-shop#ID#{customer}\"");
-    let strong_read_of = |link: &str| {
+    let email = first[0]
+        .identities
+        .iter()
+        .find_map(|i| i.strip_prefix("email:"))
+        .expect("the fixture's order names an email");
+    let email_link = format!("P#kr-shop#ID#email#{email}\"");
+    let read_of = |link: &str, strong: bool| {
         let link = link.to_string();
         move |name: &str| {
-            name.starts_with("GetItem ")
+            name.starts_with("BatchGetItem ")
                 && name.contains(&link)
-                && name.contains("\"ConsistentRead\":true")
+                && name.contains("\"ConsistentRead\":true") == strong
         }
     };
     // WHEN it is ingested
     timeline.clear();
     services.ingest_events("kr-shop", first).await.unwrap();
-    // THEN the customer's link, missing from the links' read, was read again strongly before
-    // the customer became a member
+    // THEN the customer's link, missing from the links' read, was read again strongly with the
+    // email's link, in one request, before the customer became a member
     assert_eq!(
-        timeline
-            .sent_where(|name| name.starts_with("BatchGetItem ") && name.contains(&customer_link)),
+        timeline.sent_where(read_of(&customer_link, false)),
         1,
         "{timeline:?}"
     );
     assert_eq!(
-        timeline.sent_where(strong_read_of(&customer_link)),
+        timeline.sent_where(
+            |name| read_of(&customer_link, true)(name) && read_of(&email_link, true)(name)
+        ),
         1,
         "{timeline:?}"
     );
+    let alone = |name: &str| name.starts_with("GetItem ") && name.contains("#ID#");
+    assert_eq!(timeline.sent_where(alone), 0, "{timeline:?}");
     let member = store
         .resolve_alias("kr-shop", "order", "shopify#8400000001")
         .await

@@ -102,17 +102,11 @@ impl Services {
             }
             MemberRef::Identity(identity) => identity,
         };
-        let Some((kind, value)) = identity.split_once(':') else {
+        let Some(own) = identity.split_once(':') else {
             return Ok(Some(identity.clone()));
         };
-        if let Some(member) = self.store.resolve_alias(program, kind, value).await? {
-            return Ok(Some(member));
-        }
-        Ok(Some(
-            self.member_by_other_identity(program, kind, event)
-                .await?
-                .unwrap_or_else(|| identity.clone()),
-        ))
+        let (own, other) = self.identity_members(program, event, own).await?;
+        Ok(Some(own.or(other).unwrap_or_else(|| identity.clone())))
     }
 }
 

@@ -326,13 +326,11 @@ impl Services {
         let Some((kind, value)) = identity.split_once(':') else {
             return Ok(Resolved::Known(identity.to_string()));
         };
-        if let Some(member) = self.store.resolve_alias(program, kind, value).await? {
+        let (own, other) = self.identity_members(program, event, (kind, value)).await?;
+        if let Some(member) = own {
             return Ok(Resolved::Known(member));
         }
-        let member = self
-            .member_by_other_identity(program, kind, event)
-            .await?
-            .unwrap_or_else(|| identity.to_string());
+        let member = other.unwrap_or_else(|| identity.to_string());
         Ok(Resolved::New {
             member,
             link: Link {
@@ -344,25 +342,33 @@ impl Services {
         })
     }
 
-    /// The member another of the event's identities (its email) is linked to, unless that
-    /// member is another customer of the same platform (two accounts of one shop that share
-    /// an email stay two members until an operator merges them).
-    pub(crate) async fn member_by_other_identity(
+    /// The member an identity (`own`, `(kind, value)`) is linked to, and the member another of
+    /// the event's identities (its email) is linked to, unless that member is another customer
+    /// of the same platform (two accounts of one shop that share an email stay two members
+    /// until an operator merges them). Read current, in one request: a new member is made
+    /// from a miss.
+    pub(crate) async fn identity_members(
         &self,
         program: &str,
-        kind: &str,
         event: &PlatformEvent,
-    ) -> Result<Option<String>, ServiceError> {
-        for other in &event.identities {
-            if let Some((k, v)) = other.split_once(':') {
-                if let Some(found) = self.store.resolve_alias(program, k, v).await? {
-                    if !found.starts_with(&format!("{kind}:")) {
-                        return Ok(Some(found));
-                    }
-                }
+        own: (&str, &str),
+    ) -> Result<(Option<String>, Option<String>), ServiceError> {
+        let mut links = vec![own];
+        for other in event.identities.iter().filter_map(|i| i.split_once(':')) {
+            // Each key once: a batch read refuses a key named twice.
+            if !links.contains(&other) {
+                links.push(other);
             }
         }
-        Ok(None)
+        let mut found = self
+            .store
+            .resolve_aliases(program, &links)
+            .await?
+            .into_iter();
+        let own_member = found.next().flatten();
+        let platform = format!("{}:", own.0);
+        let other = found.flatten().find(|m| !m.starts_with(&platform));
+        Ok((own_member, other))
     }
 
     /// Keeps an event until its order's payment names the member. The payment may have been

@@ -528,6 +528,38 @@ impl DynamoStore {
 }
 
 impl DynamoStore {
+    /// Identities' links in their order, in batch reads of 100.
+    async fn links(
+        &self,
+        program: &str,
+        links: &[(&str, &str)],
+        consistent: bool,
+    ) -> Result<Vec<Linked>, StoreError> {
+        let mut found: HashMap<String, Linked> = HashMap::new();
+        for chunk in links.chunks(100) {
+            let keys = chunk
+                .iter()
+                .map(|(kind, value)| alias_key(program, kind, value))
+                .collect();
+            for item in self
+                .batch_read(keys, consistent, "cannot read the links")
+                .await?
+            {
+                if let Some(pk) = text(&item, "PK") {
+                    found.insert(pk.to_string(), linked(&item));
+                }
+            }
+        }
+        Ok(links
+            .iter()
+            .map(|(kind, value)| {
+                found
+                    .remove(&alias_pk(program, kind, value))
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
     /// A commit's writes, but for its books: the account under its version, the entries (the
     /// first carrying the messages about the member), the marker, the order records, the
     /// redemption's items and the waiting messages. With the index of the write whose failed
@@ -1729,29 +1761,16 @@ impl AliasStore for DynamoStore {
         program: &str,
         links: &[(&str, &str)],
     ) -> Result<Vec<Linked>, StoreError> {
-        let mut found: HashMap<String, Linked> = HashMap::new();
-        for chunk in links.chunks(100) {
-            let keys = chunk
-                .iter()
-                .map(|(kind, value)| alias_key(program, kind, value))
-                .collect();
-            for item in self
-                .batch_read(keys, false, "cannot read the links")
-                .await?
-            {
-                if let Some(pk) = text(&item, "PK") {
-                    found.insert(pk.to_string(), linked(&item));
-                }
-            }
-        }
-        Ok(links
-            .iter()
-            .map(|(kind, value)| {
-                found
-                    .remove(&alias_pk(program, kind, value))
-                    .unwrap_or_default()
-            })
-            .collect())
+        self.links(program, links, false).await
+    }
+
+    async fn resolve_aliases(
+        &self,
+        program: &str,
+        links: &[(&str, &str)],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let found = self.links(program, links, true).await?;
+        Ok(found.into_iter().map(|linked| linked.member).collect())
     }
 
     async fn put_alias(

@@ -993,15 +993,17 @@ pub trait CampaignStore: Send + Sync {
     async fn campaigns(&self, program: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// Records an assignment unless one that still holds (same seed, bucket version not lower)
     /// is there; returns the one stored and whether it is the one given. A new record counts
-    /// one member assigned to its variant, in the same write. Nothing is recorded (`None`)
-    /// when the member's account is being erased, or is gone though the caller read it
-    /// (`account_seen`): the erasure's deletes are not outlived by an assignment.
+    /// one member assigned to its variant and adds `message` (what follows from it: a
+    /// campaign's grant) to the outbox, in the same write. Nothing is recorded (`None`) when
+    /// the member's account is being erased, or is gone though the caller read it
+    /// (`account_seen`): the erasure's deletes are not outlived by an assignment or its grant.
     async fn record_assignment(
         &self,
         program: &str,
         member: &str,
         assignment: &Assignment,
         account_seen: bool,
+        message: Option<&OutboxMessage>,
     ) -> Result<Option<(Assignment, bool)>, StoreError>;
     /// A campaign's counters per variant, summed over the shards.
     async fn campaign_counts(

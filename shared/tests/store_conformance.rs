@@ -1068,6 +1068,31 @@ async fn a_caller_s_stored_answers_are_forgotten_and_no_one_else_s(store: Arc<dy
             .unwrap();
         assert_eq!(kept.is_some(), *principal != subject, "{principal} {key}");
     }
+
+    // GIVEN events parked for an order, two naming one of many names each, one naming none
+    let names: Vec<String> = (0..45).map(|_| member()).collect();
+    let order = format!("shopify#{}", member());
+    for (id, named) in [("p-1", &names[2]), ("p-2", &names[44]), ("p-3", &other)] {
+        let body = serde_json::json!({ "member": named }).to_string();
+        store.park("kr-shop", &order, id, &body).await.unwrap();
+    }
+    // AND more callers than one filter holds, the one with answers last
+    let mut callers: Vec<String> = (0..24).map(|_| member()).collect();
+    callers.push(other.clone());
+    // WHEN all of them are forgotten
+    let forgotten = store
+        .forget_payloads("kr-shop", &names, &callers)
+        .await
+        .unwrap();
+    // THEN the two events that named them go, and so does the last caller's answer
+    assert_eq!((forgotten.events, forgotten.requests), (2, 1));
+    let left = store.parked("kr-shop", &order).await.unwrap();
+    assert_eq!(
+        left.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        ["p-3"]
+    );
+    let answer = store.idempotency_record("kr-shop", &other, "k-1");
+    assert_eq!(answer.await.unwrap(), None);
 }
 
 async fn a_commit_larger_than_one_transaction_is_refused_whole(store: Arc<dyn Store>) {
@@ -1378,14 +1403,14 @@ async fn assignments_are_sticky_until_the_seed_or_bucket_version_changes(store: 
     store.commit(commit(&m, None, 0, "e1", None)).await.unwrap();
     // GIVEN a first assignment to x2
     let first = store
-        .record_assignment("kr-shop", &m, &assignment("x2", "s1", 0), true)
+        .record_assignment("kr-shop", &m, &assignment("x2", "s1", 0), true, None)
         .await
         .unwrap()
         .expect("recorded");
     assert_eq!((first.0.variant.as_str(), first.1), ("x2", true));
     // WHEN another variant is recorded with the same seed THEN the first stays
     let again = store
-        .record_assignment("kr-shop", &m, &assignment("control", "s1", 0), true)
+        .record_assignment("kr-shop", &m, &assignment("control", "s1", 0), true, None)
         .await
         .unwrap()
         .expect("recorded");
@@ -1399,13 +1424,13 @@ async fn assignments_are_sticky_until_the_seed_or_bucket_version_changes(store: 
     assert_eq!(state.assignments.keys().collect::<Vec<_>>(), vec![&weekend]);
     // WHEN the bucket version rises, or the seed changes THEN the new one replaces it
     let raised = store
-        .record_assignment("kr-shop", &m, &assignment("control", "s1", 1), true)
+        .record_assignment("kr-shop", &m, &assignment("control", "s1", 1), true, None)
         .await
         .unwrap()
         .expect("recorded");
     assert_eq!(raised.0.variant, "control");
     let reseeded = store
-        .record_assignment("kr-shop", &m, &assignment("x2", "s2", 1), true)
+        .record_assignment("kr-shop", &m, &assignment("x2", "s2", 1), true, None)
         .await
         .unwrap()
         .expect("recorded");
@@ -1448,14 +1473,16 @@ async fn an_assignment_never_outlives_the_member_s_erasure(store: Arc<dyn Store>
         .await
         .unwrap();
     store.erase_member("kr-shop", &gone, &[]).await.unwrap();
-    // WHEN an assignment is recorded for each
+    // WHEN an assignment is recorded for each, with its grant
     let mut recorded = Vec::new();
     for (m, seen) in [(&marked, true), (&gone, true), (&new, false)] {
-        let written = store.record_assignment("kr-shop", m, &assignment, seen);
+        let grant = message(QueueName::Earn, m, &format!("grant-{autumn}"));
+        let written = store.record_assignment("kr-shop", m, &assignment, seen, Some(&grant));
         recorded.push(written.await.unwrap());
     }
     let [for_marked, for_gone, for_new] = <[_; 3]>::try_from(recorded).unwrap();
-    // THEN only the member with no account yet has one, and only it was counted
+    // THEN only the member with no account yet has one, and only it was counted and has its
+    // grant waiting to be relayed
     assert_eq!(
         (
             for_marked,
@@ -1464,11 +1491,17 @@ async fn an_assignment_never_outlives_the_member_s_erasure(store: Arc<dyn Store>
         ),
         (None, None, Some(("x2".to_string(), true)))
     );
-    assert_eq!(assigned(store.clone(), marked).await, 0);
-    assert_eq!(assigned(store.clone(), gone).await, 0);
-    assert_eq!(assigned(store.clone(), new).await, 1);
+    assert_eq!(assigned(store.clone(), marked.clone()).await, 0);
+    assert_eq!(assigned(store.clone(), gone.clone()).await, 0);
+    assert_eq!(assigned(store.clone(), new.clone()).await, 1);
     let counts = store.campaign_counts("kr-shop", &autumn).await.unwrap();
     assert_eq!(counts.iter().map(|c| c.assigned).sum::<i64>(), 1);
+    let grants = |m| waiting(&store, m);
+    assert_eq!(
+        (grants(&marked).await.len(), grants(&gone).await.len()),
+        (0, 0)
+    );
+    assert_eq!(grants(&new).await[0].envelope.id, format!("grant-{autumn}"));
 }
 
 async fn counters_sum_their_shards_and_assignment_writes_are_conditional(store: Arc<dyn Store>) {

@@ -9,7 +9,7 @@ use crate::campaigns::{Campaign, CampaignError, CampaignKind, Effect, Goal};
 use crate::domain::{Account, CampaignEffect, Program};
 use crate::envelope::{Envelope, ENVELOPE_VERSION};
 use crate::ports::{
-    counter_shard, Assignment, AssignmentWrite, CounterAdd, MemberState, QueueName,
+    counter_shard, Assignment, AssignmentWrite, CounterAdd, MemberState, OutboxMessage, QueueName,
 };
 use crate::report::VariantCounts;
 
@@ -214,9 +214,10 @@ impl Services {
     }
 
     /// Records a member's assignment (counted once, in the same write). A variant that grants
-    /// points sends the grant to the earn queue first: its id is fixed per campaign and member,
-    /// so a grant sent again (a retry, a second tick) is applied once, and a crash between the
-    /// two writes loses nothing. `None` when the member's erasure began since it was read.
+    /// points writes the grant to the outbox in that write too, relayed to earn afterwards:
+    /// nothing is lost between the two, and its id is fixed per campaign and member, so a grant
+    /// relayed again (a retry, a new seed) is applied once. `None` when the member's erasure
+    /// began since it was read: no assignment and no grant.
     pub(crate) async fn assign(
         &self,
         program: &str,
@@ -228,27 +229,28 @@ impl Services {
     ) -> Result<Option<Assignment>, ServiceError> {
         let member = to.member;
         let v = &campaign.variants[variant];
-        if let Effect::Grant { points } = &v.effect {
-            let grant = Envelope {
-                replay: None,
-                resumed: None,
-                reviewed_by: None,
-                trace: crate::telemetry::trace::current(),
-                kind: "points.granted".into(),
-                version: ENVELOPE_VERSION,
-                id: format!("grant-{id}-{member}"),
-                program: program.to_string(),
-                member: member.to_string(),
-                occurred_at: now,
-                data: json!({
-                    "points": points, "campaign": id, "variant": v.key,
-                    "reason": format!("{}: {points} points", campaign.name),
-                }),
-            };
-            self.send_to(QueueName::Earn, &grant)
-                .await
-                .map_err(ServiceError::from)?;
-        }
+        let grant = match &v.effect {
+            Effect::Grant { points } => Some(OutboxMessage::new(
+                QueueName::Earn,
+                Envelope {
+                    replay: None,
+                    resumed: None,
+                    reviewed_by: None,
+                    trace: crate::telemetry::trace::current(),
+                    kind: "points.granted".into(),
+                    version: ENVELOPE_VERSION,
+                    id: format!("grant-{id}-{member}"),
+                    program: program.to_string(),
+                    member: member.to_string(),
+                    occurred_at: now,
+                    data: json!({
+                        "points": points, "campaign": id, "variant": v.key,
+                        "reason": format!("{}: {points} points", campaign.name),
+                    }),
+                },
+            )),
+            _ => None,
+        };
         let wanted = Assignment::new(
             id,
             &v.key,
@@ -258,7 +260,7 @@ impl Services {
         );
         let recorded = self
             .store
-            .record_assignment(program, member, &wanted, to.seen)
+            .record_assignment(program, member, &wanted, to.seen, grant.as_ref())
             .await?;
         Ok(recorded.map(|(stored, _)| stored))
     }

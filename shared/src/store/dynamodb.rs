@@ -528,6 +528,34 @@ impl DynamoStore {
 }
 
 impl DynamoStore {
+    /// What a refused assignment found: the member's account being erased, or gone though
+    /// read (`None`), else the assignment another request recorded first.
+    async fn assignment_after_refusal(
+        &self,
+        pk: &str,
+        assignment: &Assignment,
+        account_seen: bool,
+    ) -> Result<Option<(Assignment, bool)>, StoreError> {
+        let assigned = format!("A#{}", assignment.campaign);
+        let keys = vec![key(pk, "ACCOUNT"), key(pk, assigned.as_str())];
+        let items = self
+            .batch_read(keys, true, "cannot read the assignment")
+            .await?;
+        let of = |sk: &str| items.iter().find(|i| text(i, "SK") == Some(sk));
+        match of("ACCOUNT") {
+            Some(account) if account.contains_key(ERASING) => return Ok(None),
+            None if account_seen => return Ok(None),
+            _ => {}
+        }
+        match of(&assigned) {
+            Some(stored) => Ok(Some((body(stored, "assignment")?, false))),
+            None => Err(StoreError::Transient {
+                message: "an assignment was being recorded concurrently".into(),
+                source: None,
+            }),
+        }
+    }
+
     /// Identities' links in their order, in batch reads of 100.
     async fn links(
         &self,
@@ -669,8 +697,18 @@ impl CampaignStore for DynamoStore {
         member: &str,
         assignment: &Assignment,
         account_seen: bool,
+        message: Option<&OutboxMessage>,
     ) -> Result<Option<(Assignment, bool)>, StoreError> {
         let pk = member_pk(program, member);
+        let put = self.put(
+            assignment_item(&pk, assignment)?,
+            Some("attribute_not_exists(PK) OR hash_seed <> :seed OR bucket_version < :bv"),
+            Some(HashMap::from([
+                (":seed".to_string(), s(&assignment.hash_seed)),
+                (":bv".to_string(), n(assignment.bucket_version)),
+            ])),
+        )?;
+        let count = self.counter_write(program, &CounterAdd::assigned(member, assignment))?;
         // The account as the caller read it, not being erased: an assignment is not a commit
         // on the account, and an erasure's deletes must not be outlived by one.
         let account = build(
@@ -686,49 +724,54 @@ impl CampaignStore for DynamoStore {
                 .expression_attribute_names("#erasing", ERASING)
                 .build(),
         )?;
-        let put = self.put(
-            assignment_item(&pk, assignment)?,
-            Some("attribute_not_exists(PK) OR hash_seed <> :seed OR bucket_version < :bv"),
-            Some(HashMap::from([
-                (":seed".to_string(), s(&assignment.hash_seed)),
-                (":bv".to_string(), n(assignment.bucket_version)),
-            ])),
-        )?;
-        let count = self.counter_write(program, &CounterAdd::assigned(member, assignment))?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(put)
-            .transact_items(count)
-            .transact_items(
-                TransactWriteItem::builder()
-                    .condition_check(account)
-                    .build(),
-            )
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Some((assignment.clone(), true))),
-            Err(e) if cancelled_at(&e, 2) => Ok(None),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(TransactWriteItemsError::TransactionCanceledException(_))
-                ) =>
-            {
-                // Recorded by another request first: that one stands.
-                let item_key = key(pk, format!("A#{}", assignment.campaign));
-                let stored = self
-                    .get(item_key)
-                    .await?
-                    .ok_or_else(|| StoreError::Transient {
-                        message: "an assignment was being recorded concurrently".into(),
-                        source: None,
-                    })?;
-                Ok(Some((body(&stored, "assignment")?, false)))
-            }
-            Err(e) => Err(sdk_error("cannot record the assignment", e)),
+        let mut writes = vec![
+            put,
+            count,
+            TransactWriteItem::builder()
+                .condition_check(account)
+                .build(),
+        ];
+        if let Some(message) = message {
+            writes.push(self.put(outbox_item(message)?, None, None)?);
         }
+        for attempt in 1..=ASSIGNMENT_ATTEMPTS {
+            let sent = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(writes.clone()))
+                .send()
+                .await;
+            let reasons = match sent {
+                Ok(_) => return Ok(Some((assignment.clone(), true))),
+                Err(e) => match e.as_service_error() {
+                    Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
+                        cancelled
+                            .cancellation_reasons()
+                            .iter()
+                            .map(|r| r.code().map(str::to_string))
+                            .collect::<Vec<_>>()
+                    }
+                    _ => return Err(sdk_error("cannot record the assignment", e)),
+                },
+            };
+            let code = |i: usize| reasons.get(i).and_then(|r| r.as_deref());
+            if code(2) == Some("ConditionalCheckFailed") {
+                return Ok(None);
+            }
+            // A commit on the account (a purchase) was in flight: try again.
+            if reasons.iter().flatten().any(|r| r == "TransactionConflict") {
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+                continue;
+            }
+            // Recorded by another request first (that one stands), or no reasons given.
+            return self
+                .assignment_after_refusal(&pk, assignment, account_seen)
+                .await;
+        }
+        Err(StoreError::Transient {
+            message: "the member's account was busy; the assignment was not recorded".into(),
+            source: None,
+        })
     }
 
     async fn campaign_counts(
@@ -941,6 +984,9 @@ fn coupon_key(program: &str, code: &str) -> Item {
 
 /// The account's attribute that says its erasure has begun (the mark itself is in the body).
 const ERASING: &str = "erasing";
+
+/// Tries of an assignment whose transaction met a commit on the member's account.
+const ASSIGNMENT_ATTEMPTS: u64 = 4;
 
 /// The sort key of an idempotency record (alone under its partition key).
 const IDEMPOTENCY_SK: &str = "IDEMP";
@@ -1978,20 +2024,6 @@ where
 
 /// `true` when an alias transaction went through, `false` when its condition on the alias
 /// (linked to someone else) refused it.
-/// Whether a transaction was cancelled by the failed condition of its write at `index`.
-fn cancelled_at<R>(e: &SdkError<TransactWriteItemsError, R>, index: usize) -> bool {
-    match e.as_service_error() {
-        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
-            cancelled
-                .cancellation_reasons()
-                .get(index)
-                .and_then(|r| r.code())
-                == Some("ConditionalCheckFailed")
-        }
-        _ => false,
-    }
-}
-
 fn alias_written<T, R>(
     result: Result<T, SdkError<TransactWriteItemsError, R>>,
     what: &str,
@@ -3130,100 +3162,116 @@ impl ErasureStore for DynamoStore {
         needles: &[String],
         principals: &[String],
     ) -> Result<Forgotten, StoreError> {
-        if needles.is_empty() && principals.is_empty() {
-            return Ok(Forgotten::default());
-        }
         // A scan of the program's parked and rejected events and of its idempotency records:
         // erasures are rare, and these are kept by order, by day and by caller, never by member.
-        // One scan for both, each kind by its own test.
-        let mut filter = String::from(
-            "((begins_with(PK, :parked) OR (begins_with(PK, :rejected) AND SK = :r)) AND (",
-        );
-        let mut scan = self
-            .client
-            .scan()
-            .table_name(&self.table)
-            .expression_attribute_names("#b", "body")
-            .expression_attribute_values(":parked", s(format!("P#{program}#ORDER#")))
-            .expression_attribute_values(":rejected", s(format!("P#{program}#REJECTED#E#")))
-            .expression_attribute_values(":r", s("R"));
-        for (i, needle) in needles.iter().enumerate() {
-            if i > 0 {
-                filter.push_str(" OR ");
-            }
-            filter.push_str(&format!("contains(#b, :raw{i}) OR contains(#b, :esc{i})"));
-            scan = scan
-                .expression_attribute_values(format!(":raw{i}"), s(format!("\"{needle}\"")))
-                .expression_attribute_values(format!(":esc{i}"), s(format!("\\\"{needle}\\\"")));
-        }
-        if needles.is_empty() {
-            // No key is empty: no parked or rejected event is forgotten.
-            filter.push_str("SK = :nothing");
-            scan = scan.expression_attribute_values(":nothing", s(""));
-        }
-        filter.push_str("))");
-        for (i, principal) in principals.iter().enumerate() {
-            // The key's prefix finds the caller's records, and those of any caller whose
-            // subject starts with this one and a `#`; the body's first field tells them apart.
-            let first_field = serde_json::to_string(principal)
-                .map(|p| format!("{{\"principal\":{p},"))
-                .map_err(|e| StoreError::failed("cannot encode a principal", e))?;
-            filter.push_str(&format!(
-                " OR (begins_with(PK, :k{i}) AND SK = :idemp AND begins_with(#b, :p{i}))"
-            ));
-            scan = scan
-                .expression_attribute_values(
-                    format!(":k{i}"),
-                    s(idempotency_prefix(program, principal)),
-                )
-                .expression_attribute_values(format!(":p{i}"), s(first_field));
-        }
-        if !principals.is_empty() {
-            scan = scan.expression_attribute_values(":idemp", s(IDEMPOTENCY_SK));
-        }
-        let scan = scan.filter_expression(filter);
-        let mut keys = Vec::new();
-        let mut start = None;
-        loop {
-            let output = scan
-                .clone()
-                .set_exclusive_start_key(start.take())
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| sdk_error("cannot find the events to forget", e))?;
-            for item in output.items.unwrap_or_default() {
-                let (Some(pk), Some(sk)) = (text(&item, "PK"), text(&item, "SK")) else {
-                    continue;
-                };
-                keys.push(key(pk.to_string(), sk.to_string()));
-                // A rejected event is listed under its day too.
-                if let (Some(lp), Some(ls)) = (text(&item, "list_pk"), text(&item, "list_sk")) {
-                    keys.push(key(lp.to_string(), ls.to_string()));
+        // One scan for both; a filter holds at most 4 KB, so many names take several.
+        let rounds = needles
+            .len()
+            .div_ceil(FORGET_PER_SCAN)
+            .max(principals.len().div_ceil(FORGET_PER_SCAN));
+        let chunk = |names: &[String], round: usize| -> Vec<String> {
+            names
+                .iter()
+                .skip(round * FORGET_PER_SCAN)
+                .take(FORGET_PER_SCAN)
+                .cloned()
+                .collect()
+        };
+        let mut keys: BTreeMap<(String, String), Item> = BTreeMap::new();
+        for round in 0..rounds {
+            let (needles, principals) = (chunk(needles, round), chunk(principals, round));
+            let (filter, values) = forget_filter(program, &needles, &principals)?;
+            let scan = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .expression_attribute_names("#b", "body")
+                .set_expression_attribute_values(Some(values))
+                .filter_expression(filter)
+                .consistent_read(true);
+            let mut start = None;
+            loop {
+                let output = scan
+                    .clone()
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("cannot find the events to forget", e))?;
+                for item in output.items.unwrap_or_default() {
+                    let (Some(pk), Some(sk)) = (text(&item, "PK"), text(&item, "SK")) else {
+                        continue;
+                    };
+                    keys.insert((pk.to_string(), sk.to_string()), key(pk, sk));
+                    // A rejected event is listed under its day too.
+                    if let (Some(lp), Some(ls)) = (text(&item, "list_pk"), text(&item, "list_sk")) {
+                        keys.insert((lp.to_string(), ls.to_string()), key(lp, ls));
+                    }
+                }
+                start = output.last_evaluated_key;
+                if start.is_none() {
+                    break;
                 }
             }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
         }
-        let sort_key = |k: &Item| k.get("SK").and_then(|sk| sk.as_s().ok()).cloned();
-        let sort_keys: Vec<Option<String>> = keys.iter().map(sort_key).collect();
         let forgotten = Forgotten {
-            events: sort_keys
-                .iter()
-                .flatten()
-                .filter(|sk| sk.starts_with("PARKED#") || *sk == "R")
+            events: keys
+                .keys()
+                .filter(|(_, sk)| sk.starts_with("PARKED#") || sk == "R")
                 .count(),
-            requests: sort_keys
-                .iter()
-                .flatten()
-                .filter(|sk| *sk == IDEMPOTENCY_SK)
-                .count(),
+            requests: keys.keys().filter(|(_, sk)| sk == IDEMPOTENCY_SK).count(),
         };
-        self.delete_all(keys).await?;
+        self.delete_all(keys.into_values().collect()).await?;
         Ok(forgotten)
     }
+}
+
+/// Names (or principals) per scan of an erasure: each adds about 70 characters to the filter.
+const FORGET_PER_SCAN: usize = 20;
+
+/// The filter of one scan of [`ErasureStore::forget_payloads`]: parked and rejected events
+/// that hold one of `needles` as a whole JSON string, or idempotency records of one of
+/// `principals`; with its values.
+fn forget_filter(
+    program: &str,
+    needles: &[String],
+    principals: &[String],
+) -> Result<(String, HashMap<String, AttributeValue>), StoreError> {
+    let mut values = HashMap::new();
+    let mut clauses = Vec::new();
+    if !needles.is_empty() {
+        values.insert(":parked".to_string(), s(format!("P#{program}#ORDER#")));
+        values.insert(
+            ":rejected".to_string(),
+            s(format!("P#{program}#REJECTED#E#")),
+        );
+        values.insert(":r".to_string(), s("R"));
+        let mut held = Vec::new();
+        for (i, needle) in needles.iter().enumerate() {
+            held.push(format!("contains(#b, :raw{i}) OR contains(#b, :esc{i})"));
+            values.insert(format!(":raw{i}"), s(format!("\"{needle}\"")));
+            values.insert(format!(":esc{i}"), s(format!("\\\"{needle}\\\"")));
+        }
+        clauses.push(format!(
+            "((begins_with(PK, :parked) OR (begins_with(PK, :rejected) AND SK = :r)) AND ({}))",
+            held.join(" OR ")
+        ));
+    }
+    if !principals.is_empty() {
+        values.insert(":idemp".to_string(), s(IDEMPOTENCY_SK));
+    }
+    for (i, principal) in principals.iter().enumerate() {
+        // The key's prefix finds the caller's records, and those of any caller whose subject
+        // starts with this one and a `#`; the body's first field tells them apart.
+        let first_field = serde_json::to_string(principal)
+            .map(|p| format!("{{\"principal\":{p},"))
+            .map_err(|e| StoreError::failed("cannot encode a principal", e))?;
+        clauses.push(format!(
+            "(begins_with(PK, :k{i}) AND SK = :idemp AND begins_with(#b, :p{i}))"
+        ));
+        values.insert(format!(":k{i}"), s(idempotency_prefix(program, principal)));
+        values.insert(format!(":p{i}"), s(first_field));
+    }
+    Ok((clauses.join(" OR "), values))
 }
 
 #[cfg(test)]

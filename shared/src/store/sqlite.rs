@@ -1690,9 +1690,14 @@ impl CampaignStore for SqliteStore {
         member: &str,
         assignment: &Assignment,
         account_seen: bool,
+        message: Option<&OutboxMessage>,
     ) -> Result<Option<(Assignment, bool)>, StoreError> {
-        let (program, member, assignment) =
-            (program.to_string(), member.to_string(), assignment.clone());
+        let (program, member, assignment, message) = (
+            program.to_string(),
+            member.to_string(),
+            assignment.clone(),
+            message.cloned(),
+        );
         self.with(move |conn| {
             let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
             let account: Option<Account> = read_body(
@@ -1728,6 +1733,9 @@ impl CampaignStore for SqliteStore {
             )
             .map_err(|e| sql_error("cannot record the assignment", e))?;
             add_counts(&tx, &program, &CounterAdd::assigned(&member, &assignment))?;
+            if let Some(message) = &message {
+                write_outbox(&tx, message)?;
+            }
             tx.commit().map_err(|e| sql_error("cannot commit", e))?;
             Ok(Some((assignment.clone(), true)))
         })

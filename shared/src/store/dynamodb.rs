@@ -547,10 +547,15 @@ impl DynamoStore {
             None if account_seen => return Ok(None),
             _ => {}
         }
-        match of(&assigned) {
-            Some(stored) => Ok(Some((body(stored, "assignment")?, false))),
-            None => Err(StoreError::Transient {
-                message: "an assignment was being recorded concurrently".into(),
+        let stored: Option<Assignment> = of(&assigned)
+            .map(|item| body(item, "assignment"))
+            .transpose()?;
+        match stored {
+            Some(s) if s.holds_for(&assignment.hash_seed, assignment.bucket_version) => {
+                Ok(Some((s, false)))
+            }
+            _ => Err(StoreError::Transient {
+                message: "the assignment was refused; try again".into(),
                 source: None,
             }),
         }
@@ -760,7 +765,9 @@ impl CampaignStore for DynamoStore {
             }
             // A commit on the account (a purchase) was in flight: try again.
             if reasons.iter().flatten().any(|r| r == "TransactionConflict") {
-                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+                if attempt < ASSIGNMENT_ATTEMPTS {
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+                }
                 continue;
             }
             // Recorded by another request first (that one stands), or no reasons given.

@@ -92,6 +92,13 @@ def exercise(stack: Running) -> None:
     assert call("PATCH", f"{P}/me/profile", {"birthday": "03-15"}, token=member)[0] == 200
     # A member's first contact is a profile: a new account, counted in the books.
     assert call("PATCH", f"{P}/me/profile", {"birthday": "05-05"}, token=stack.token("m-iam-new"))[0] == 200
+    # Members whose birthday is today in Seoul, or tomorrow should the day turn before the
+    # campaign tick runs: the tick sends one of them its birthday's event (campaign-assign's
+    # only use of SQS).
+    seoul = datetime.now(timezone(timedelta(hours=9)))
+    for n, day in enumerate((seoul, seoul + timedelta(days=1))):
+        birthday = {"birthday": day.strftime("%m-%d")}
+        assert call("PATCH", f"{P}/me/profile", birthday, token=stack.token(f"m-iam-bd-{n}"))[0] == 200
     step("redemptions")
     # Finance's reports and a member's export.
     assert call("GET", f"{P}/reports/liability")[0] == 200

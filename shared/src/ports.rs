@@ -996,8 +996,8 @@ pub trait CampaignStore: Send + Sync {
     /// one member assigned to its variant and adds `message` (what follows from it: a
     /// campaign's grant) to the outbox, in the same write. Nothing is recorded (`None`) when
     /// the member's account is being erased, or is gone though the caller read it
-    /// (`account_seen`): the erasure's deletes are not outlived by an assignment, and a grant
-    /// written before the mark finds the member being erased and has no effect (earn).
+    /// (`account_seen`): the erasure's deletes are not outlived by an assignment, and no grant
+    /// is written for a member being erased.
     async fn record_assignment(
         &self,
         program: &str,

@@ -127,12 +127,6 @@ struct ReadAhead {
     state: MemberState,
 }
 
-/// A campaign's grant (`points.granted` naming its campaign), as an assignment writes it.
-fn is_campaign_grant(envelope: &Envelope) -> bool {
-    envelope.kind == "points.granted"
-        && envelope.data.get("campaign").is_some_and(|c| c.is_string())
-}
-
 /// The marker and order key a purchase's envelope names, if its ids are ones the edge accepts.
 fn purchase_keys(envelope: &Envelope) -> Option<(EventMarker, String)> {
     let data = &envelope.data;
@@ -268,17 +262,8 @@ impl Services {
                 contention.redirected(|| format!("member {}", envelope.member))?;
                 continue;
             }
-            // Being erased: once it is gone, the event makes a new member. A campaign's grant
-            // was for the person being erased (assigned before the mark): it has no effect.
+            // Being erased: once it is gone, the event makes a new member.
             if state.account.as_ref().is_some_and(|a| a.erased.is_some()) {
-                if is_campaign_grant(&envelope) {
-                    if !settled(&mut current) {
-                        continue;
-                    }
-                    return Ok(Processed::NoEffect(
-                        "a campaign's grant for a member being erased".into(),
-                    ));
-                }
                 return Err(Retry(format!(
                     "member {} is being erased; the event waits until that is done",
                     envelope.member

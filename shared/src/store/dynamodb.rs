@@ -740,24 +740,8 @@ impl CampaignStore for DynamoStore {
             writes.push(self.put(outbox_item(message)?, None, None)?);
         }
         for attempt in 1..=ASSIGNMENT_ATTEMPTS {
-            let sent = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(writes.clone()))
-                .send()
-                .await;
-            let reasons = match sent {
-                Ok(_) => return Ok(Some((assignment.clone(), true))),
-                Err(e) => match e.as_service_error() {
-                    Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
-                        cancelled
-                            .cancellation_reasons()
-                            .iter()
-                            .map(|r| r.code().map(str::to_string))
-                            .collect::<Vec<_>>()
-                    }
-                    _ => return Err(sdk_error("cannot record the assignment", e)),
-                },
+            let Err(reasons) = self.transact(writes.clone()).await? else {
+                return Ok(Some((assignment.clone(), true)));
             };
             let code = |i: usize| reasons.get(i).and_then(|r| r.as_deref());
             if code(2) == Some("ConditionalCheckFailed") {

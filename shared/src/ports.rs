@@ -84,6 +84,25 @@ pub struct StoredProgram {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What a cold start reads of a program before anything else: its current version and, as
+/// asked, its campaigns and one job's saved progress ([`ProgramStore::program_head`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProgramHead {
+    pub program: Option<StoredProgram>,
+    /// (id, JSON), as [`CampaignStore::campaigns`] lists them; empty unless asked for.
+    pub campaigns: Vec<(String, String)>,
+    /// The named job's saved progress, as [`ScheduleStore::job_progress`] reads it.
+    pub progress: Option<String>,
+}
+
+/// What [`ProgramStore::program_head`] reads beside the program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeadParts<'a> {
+    pub campaigns: bool,
+    /// A job whose progress is read.
+    pub job: Option<&'a str>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberState {
     /// `None` for a member never seen before.
@@ -546,6 +565,15 @@ pub fn parse_rejected_cursor(cursor: &str) -> Option<(DateTime<Utc>, String)> {
 #[async_trait]
 pub trait ProgramStore: Send + Sync {
     async fn get_program(&self, program: &str) -> Result<Option<StoredProgram>, StoreError>;
+    /// The program with what `parts` names, read together: what `get_program`,
+    /// [`CampaignStore::campaigns`] and [`ScheduleStore::job_progress`] return, in one round
+    /// trip where the store keeps them side by side (DynamoDB: one query of the program's
+    /// partition, strongly consistent). Without the program, nothing else is returned.
+    async fn program_head(
+        &self,
+        program: &str,
+        parts: HeadParts<'_>,
+    ) -> Result<ProgramHead, StoreError>;
     /// Saves a new version: `expected` is the version replaced (`None` = must be new). Returns
     /// the new version, or `Ok(None)` when someone else saved first.
     async fn put_program(

@@ -20,6 +20,7 @@ use loyalty_core::api::{router, AppState};
 use loyalty_core::ports::FixedClock;
 use loyalty_core::ports::{AliasStore as _, ParkingStore as _};
 use loyalty_core::services::earn::Processed;
+use loyalty_core::services::jobs::Job;
 use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::DynamoStore;
 use loyalty_core::webhooks::{shopify, Normalised, PlatformEvent};
@@ -107,6 +108,16 @@ impl Timeline {
             .unwrap_or_else(|| panic!("no {operation} with {part:?} was {phase:?}: {self:?}"))
     }
 
+    /// The name of the first request sent.
+    fn first_sent(&self) -> String {
+        let timeline = self.0.lock().unwrap();
+        timeline
+            .iter()
+            .find(|(p, _)| *p == Phase::Sent)
+            .map(|(_, name)| name.clone())
+            .unwrap_or_default()
+    }
+
     fn count(&self, operation: &str) -> usize {
         let prefix = format!("{operation} ");
         self.sent_where(|name| name.starts_with(&prefix))
@@ -120,6 +131,14 @@ impl Timeline {
             .filter(|(p, name)| *p == Phase::Sent && is(name))
             .count()
     }
+}
+
+/// The requests that read a program and its campaigns together (one query from the
+/// campaigns to the current version).
+fn program_and_campaigns(timeline: &Timeline) -> usize {
+    timeline.sent_where(|name| {
+        name.starts_with("Query ") && name.contains("\"C#\"") && name.contains("PROGRAM#CURRENT")
+    })
 }
 
 fn now() -> DateTime<Utc> {
@@ -188,14 +207,18 @@ async fn a_cold_earn_reads_the_member_beside_the_program() {
         .process_earn(&purchase(member, "9100002", 50_000))
         .await
         .unwrap();
-    // THEN the member's read left before the program's answer came back, and was the only one
+    // THEN the program and its campaigns were one read, the member's left before its answer
+    // came back and was the only one, and nothing else was read
     assert!(matches!(second, Processed::Applied { .. }), "{second:?}");
     assert!(
         timeline.at(Phase::Sent, "BatchGetItem", "9100002")
-            < timeline.at(Phase::Answered, "GetItem", "PROGRAM#CURRENT"),
+            < timeline.at(Phase::Answered, "Query", "PROGRAM#CURRENT"),
         "{timeline:?}"
     );
+    assert_eq!(program_and_campaigns(&timeline), 1, "{timeline:?}");
     assert_eq!(timeline.count("BatchGetItem"), 1, "{timeline:?}");
+    assert_eq!(timeline.count("Query"), 1, "{timeline:?}");
+    assert_eq!(timeline.count("GetItem"), 0, "{timeline:?}");
     // AND the purchase earned as it does when warm
     assert!(points(&warm, member).await > before);
 }
@@ -219,6 +242,42 @@ async fn a_cold_duplicate_costs_the_one_read_it_shares_with_the_program() {
     assert_eq!(timeline.count("BatchGetItem"), 1, "{timeline:?}");
     assert_eq!(timeline.count("TransactWriteItems"), 0, "{timeline:?}");
     assert_eq!(points(&warm, member).await, before);
+}
+
+#[tokio::test]
+async fn a_cold_job_reads_its_program_progress_and_campaigns_in_one_request() {
+    // GIVEN kr-shop on moto, where the campaign tick and the release job have run
+    let (table, timeline) = kr_shop_table().await;
+    let warm = cold_services(&table, &timeline);
+    for (job, from) in [
+        (Job::CampaignTick, "\"C#\""),
+        (Job::ReleasePending, "\"JOB#\""),
+    ] {
+        warm.run_job(job, "kr-shop", None, &|_| {}).await.unwrap();
+        let again = warm.run_job(job, "kr-shop", None, &|_| {}).await.unwrap();
+        // WHEN a new instance, which has read nothing yet, runs the job
+        let cold = cold_services(&table, &timeline);
+        timeline.clear();
+        let report = cold.run_job(job, "kr-shop", None, &|_| {}).await.unwrap();
+        // THEN its first request read the program with the job's progress (and, for the tick,
+        // the campaigns), and neither was read on its own
+        let first = timeline.first_sent();
+        assert!(
+            first.starts_with("Query ")
+                && first.contains(from)
+                && first.contains("PROGRAM#CURRENT"),
+            "{timeline:?}"
+        );
+        let apart = timeline.sent_where(|name| {
+            name.starts_with("GetItem ") && (name.contains("PROGRAM#") || name.contains("JOB#"))
+        });
+        assert_eq!(apart, 0, "{timeline:?}");
+        // AND it resumed from the saved progress, as the warm instance's run again did
+        assert_eq!(
+            (report.from, report.to, report.failed),
+            (again.from, again.to, 0)
+        );
+    }
 }
 
 #[tokio::test]
@@ -296,7 +355,7 @@ async fn a_redemption_reads_the_member_and_its_earlier_answer_in_one_request() {
 }
 
 #[tokio::test]
-async fn a_cold_redemption_reads_the_member_beside_the_campaigns() {
+async fn a_cold_redemption_reads_the_campaigns_with_the_program_beside_the_caller_s_link() {
     // GIVEN kr-shop on moto (no campaign) and a member with enough points for a coupon
     let (table, timeline) = kr_shop_table().await;
     let member = "shopify:7300000005";
@@ -307,13 +366,19 @@ async fn a_cold_redemption_reads_the_member_beside_the_campaigns() {
     let cold = cold_services(&table, &timeline);
     timeline.clear();
     let (status, answer) = redeem(app_of(&cold), member, "coupon-5000", "key-1").await;
-    // THEN the member's read left before the campaigns' answer came back, and was the only one
+    // THEN the program and its campaigns were one read, sent beside the caller's link, and
+    // the member's read was the only one
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     assert!(
-        timeline.at(Phase::Sent, "BatchGetItem", "ACCOUNT")
+        timeline.at(Phase::Sent, "GetItem", "ALIAS")
             < timeline.at(Phase::Answered, "Query", "\"C#\""),
         "{timeline:?}"
     );
+    assert_eq!(program_and_campaigns(&timeline), 1, "{timeline:?}");
+    let apart =
+        timeline.sent_where(|name| name.starts_with("GetItem ") && name.contains("PROGRAM#"));
+    assert_eq!(apart, 0, "{timeline:?}");
+    assert_eq!(timeline.count("Query"), 1, "{timeline:?}");
     let member_reads =
         timeline.sent_where(|name| name.starts_with("BatchGetItem ") && name.contains("ACCOUNT"));
     assert_eq!(member_reads, 1, "{timeline:?}");
@@ -325,7 +390,7 @@ async fn a_cold_redemption_reads_the_member_beside_the_campaigns() {
 }
 
 #[tokio::test]
-async fn a_cold_member_s_campaigns_are_read_beside_the_program() {
+async fn a_cold_member_s_campaigns_are_read_with_the_program_beside_the_caller_s_link() {
     // GIVEN kr-shop on moto with a running campaign, and a member
     let (table, timeline) = kr_shop_table().await;
     let member = "shopify:7300000006";
@@ -343,16 +408,38 @@ async fn a_cold_member_s_campaigns_are_read_beside_the_program() {
         .await
         .unwrap();
     give(&warm, member, 1_000).await;
-    // WHEN a new instance, which has read nothing yet, answers the member's campaigns
+    // WHEN a new instance, which has read nothing yet, answers the member's app for its
+    // campaigns
     let cold = cold_services(&table, &timeline);
     timeline.clear();
-    let shown = cold.my_campaigns("kr-shop", member).await.unwrap();
-    // THEN the campaigns' read left before the program's answer came back
+    let token = sign(SECRET, &claims(member, &[], None, 1)).unwrap();
+    let request = Request::builder()
+        .uri("/v1/programs/kr-shop/me/campaigns")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app_of(&cold).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let shown: Value =
+        serde_json::from_slice(&to_bytes(response.into_body(), 1 << 20).await.unwrap()).unwrap();
+    // THEN the program and its campaigns were one read, sent beside the caller's link, and
+    // both were answered before the member's read, the only other
+    assert_eq!(program_and_campaigns(&timeline), 1, "{timeline:?}");
     assert!(
-        timeline.at(Phase::Sent, "Query", "\"C#\"")
-            < timeline.at(Phase::Answered, "GetItem", "PROGRAM#CURRENT"),
+        timeline.at(Phase::Sent, "GetItem", "ALIAS")
+            < timeline.at(Phase::Answered, "Query", "PROGRAM#CURRENT"),
         "{timeline:?}"
     );
+    assert!(
+        timeline.at(Phase::Answered, "Query", "PROGRAM#CURRENT")
+            < timeline.at(Phase::Sent, "BatchGetItem", "ACCOUNT"),
+        "{timeline:?}"
+    );
+    assert_eq!(timeline.count("Query"), 1, "{timeline:?}");
+    assert_eq!(timeline.count("BatchGetItem"), 1, "{timeline:?}");
+    let apart =
+        timeline.sent_where(|name| name.starts_with("GetItem ") && name.contains("PROGRAM#"));
+    assert_eq!(apart, 0, "{timeline:?}");
     // AND the member is shown the running campaign, its variant recorded
     assert_eq!(shown["campaigns"][0]["campaign"], "december", "{shown}");
     assert_eq!(shown["campaigns"][0]["variant"], "all", "{shown}");

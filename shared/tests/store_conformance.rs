@@ -1391,6 +1391,101 @@ async fn campaigns_are_versioned_and_conditional(store: Arc<dyn Store>) {
     );
 }
 
+async fn a_program_s_head_is_its_program_campaigns_and_job_progress_as_read_apart(
+    store: Arc<dyn Store>,
+) {
+    use loyalty_core::ports::HeadParts;
+    // GIVEN a program at version 2 (its saved copies beside it), two campaigns, and the saved
+    // progress of two jobs
+    let program = format!("head-{}", uuid::Uuid::new_v4().simple());
+    let at = Utc::now();
+    store
+        .put_program(&program, "{\"v\":1}", None, at)
+        .await
+        .unwrap();
+    store
+        .put_program(&program, "{\"v\":2}", Some(1), at)
+        .await
+        .unwrap();
+    for (id, body) in [("weekend", "{\"w\":1}"), ("birthday", "{\"b\":1}")] {
+        store.put_campaign(&program, id, body, None).await.unwrap();
+    }
+    store
+        .save_job_progress(&program, "release-pending", Some("2026-12-03"))
+        .await
+        .unwrap();
+    store
+        .save_job_progress(&program, "campaign-tick", Some("cursor-7"))
+        .await
+        .unwrap();
+    let apart = (
+        store.get_program(&program).await.unwrap(),
+        store.campaigns(&program).await.unwrap(),
+    );
+    assert_eq!(apart.0.as_ref().map(|p| p.version), Some(2));
+    // WHEN the head is read with each combination of parts
+    let all = HeadParts {
+        campaigns: true,
+        job: Some("campaign-tick"),
+    };
+    let head = store.program_head(&program, all).await.unwrap();
+    // THEN each part is what its own read returns, and only the job named is read
+    assert_eq!(head.program, apart.0);
+    let mut campaigns = head.campaigns.clone();
+    campaigns.sort();
+    let mut expected = apart.1.clone();
+    expected.sort();
+    assert_eq!(campaigns, expected);
+    assert_eq!(head.progress.as_deref(), Some("cursor-7"));
+    let job_only = HeadParts {
+        campaigns: false,
+        job: Some("release-pending"),
+    };
+    let head = store.program_head(&program, job_only).await.unwrap();
+    assert_eq!(head.program, apart.0);
+    assert!(head.campaigns.is_empty());
+    assert_eq!(head.progress.as_deref(), Some("2026-12-03"));
+    let nothing_else = store
+        .program_head(&program, HeadParts::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            nothing_else.program,
+            nothing_else.campaigns.len(),
+            nothing_else.progress
+        ),
+        (apart.0, 0, None)
+    );
+    let unsaved_job = HeadParts {
+        campaigns: false,
+        job: Some("expire-points"),
+    };
+    assert_eq!(
+        store
+            .program_head(&program, unsaved_job)
+            .await
+            .unwrap()
+            .progress,
+        None
+    );
+    // WHEN the program does not exist, though a campaign and a job's progress were saved under
+    // its id THEN nothing is returned
+    let missing = format!("head-{}", uuid::Uuid::new_v4().simple());
+    store
+        .put_campaign(&missing, "orphan", "{}", None)
+        .await
+        .unwrap();
+    store
+        .save_job_progress(&missing, "campaign-tick", Some("x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.program_head(&missing, all).await.unwrap(),
+        loyalty_core::ports::ProgramHead::default()
+    );
+}
+
 async fn assignments_are_sticky_until_the_seed_or_bucket_version_changes(store: Arc<dyn Store>) {
     use loyalty_core::ports::Assignment;
     let m = member();
@@ -1775,6 +1870,7 @@ macro_rules! conformance {
                 every_program_is_listed,
                 coupons_consume_once_and_idempotency_records_guard_their_commit,
                 campaigns_are_versioned_and_conditional,
+                a_program_s_head_is_its_program_campaigns_and_job_progress_as_read_apart,
                 assignments_are_sticky_until_the_seed_or_bucket_version_changes,
                 an_assignment_never_outlives_the_member_s_erasure,
                 counters_sum_their_shards_and_assignment_writes_are_conditional,

@@ -8,10 +8,11 @@ use loyalty_core::config::{AwsSettings, Connections};
 async fn main() -> Result<(), Error> {
     loyalty_core::telemetry::init_lambda("campaign-assign");
     let settings = AwsSettings::from_env()?;
-    // A tick reads four yearly-day lists at once. SQS is not warmed: only the tick sends (the
-    // day's birthdays and anniversaries), a job no caller waits on; an assignment's grant goes
-    // by the outbox, with the assignment.
-    let state = settings.app_state(Connections::dynamodb(4)).await;
+    // The member route reads the program with its campaigns beside the caller's link. The
+    // tick, a job no caller waits on, opens what more it needs (it reads four yearly-day lists
+    // at once) and is the only one to send to SQS (the day's birthdays and anniversaries); an
+    // assignment's grant goes by the outbox, with the assignment.
+    let state = settings.app_state(Connections::dynamodb(2)).await;
     let services = state.services.clone();
     let app = campaign_assign::app(state);
     let (services, app) = (&services, &app);

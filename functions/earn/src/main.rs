@@ -9,8 +9,8 @@ use loyalty_core::telemetry;
 async fn main() -> Result<(), Error> {
     telemetry::init_lambda("earn");
     let settings = AwsSettings::from_env()?;
-    // A cold purchase reads the program, its campaigns and the member together.
-    let services = settings.services(Connections::dynamodb(3)).await;
+    // A cold purchase reads the program with its campaigns beside the member.
+    let services = settings.services(Connections::dynamodb(2)).await;
     let services = &services;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         telemetry::invocation(

@@ -8,8 +8,8 @@ use loyalty_core::telemetry::observe_lambda_http;
 async fn main() -> Result<(), lambda_http::Error> {
     loyalty_core::telemetry::init_lambda("redeem");
     let settings = AwsSettings::from_env()?;
-    // A cold redemption reads the program and the caller's link together, then the program's
-    // campaigns beside the member (with the earlier answer to its Idempotency-Key).
+    // A cold redemption reads the program with its campaigns beside the caller's link, then
+    // the member (with the earlier answer to its Idempotency-Key).
     let state = settings.app_state(Connections::dynamodb(2)).await;
     lambda_http::run(observe_lambda_http(redeem::app(state))).await
 }

@@ -316,13 +316,37 @@ async fn member_of(
     program: &str,
     principal: &Principal,
 ) -> Result<(ProgramId, MemberId), Problem> {
+    caller(state, program, principal, false).await
+}
+
+/// [`member_of`] for the routes that go on to the program's campaigns: read with the program.
+async fn member_with_campaigns(
+    state: &AppState,
+    program: &str,
+    principal: &Principal,
+) -> Result<(ProgramId, MemberId), Problem> {
+    caller(state, program, principal, true).await
+}
+
+async fn caller(
+    state: &AppState,
+    program: &str,
+    principal: &Principal,
+    campaigns: bool,
+) -> Result<(ProgramId, MemberId), Problem> {
     principal.require_member(program)?;
     let program = ProgramId::parse(program)?;
     let services = &state.services;
+    let known = async {
+        match campaigns {
+            true => services.program_with_campaigns(&program).await,
+            false => services.program(&program).await,
+        }
+    };
     // Read together: on a cold start the program is not cached yet, and this saves a wait. An
     // unknown program answers first, whatever the link's read did.
     let (known, alias) = futures_util::future::join(
-        services.program(&program),
+        known,
         services
             .store
             .resolve_alias(&program, crate::ports::APP_LINK, &principal.subject),
@@ -682,7 +706,7 @@ async fn my_campaigns(
     State(state): State<AppState>,
     Path(program): Path<String>,
 ) -> Result<Response, Problem> {
-    let (program, member) = member_of(&state, &program, &principal).await?;
+    let (program, member) = member_with_campaigns(&state, &program, &principal).await?;
     Ok(Json(state.services.my_campaigns(&program, &member).await?).into_response())
 }
 
@@ -725,7 +749,7 @@ async fn redeem(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let (program, member) = member_of(&state, &program, &principal).await?;
+    let (program, member) = member_with_campaigns(&state, &program, &principal).await?;
     let key = idempotency_key(&headers)?;
     let done = state
         .services

@@ -401,20 +401,26 @@ impl Services {
         Ok(report)
     }
 
-    /// The program, with what the job reads before anything else sent in the same round trip:
-    /// its saved progress (the due-date jobs and the campaign tick) and the program's campaigns
-    /// (the tick). On a cold start none of it is cached, and each wait is a round trip.
+    /// The program, with what the job reads before anything else: its saved progress (the
+    /// due-date jobs and the campaign tick) and the program's campaigns (the tick). When the
+    /// program is not cached (a cold start), all of it in one round trip.
     async fn program_and_progress(
         &self,
         job: Job,
         program: &str,
     ) -> Result<(std::sync::Arc<Program>, Option<String>), ServiceError> {
         let tick = job == Job::CampaignTick;
+        let parts = crate::ports::HeadParts {
+            campaigns: tick,
+            job: (job.due().is_some() || tick).then(|| job.name()),
+        };
+        let Some(found) = self.cached(program) else {
+            return self.program_head(program, parts).await;
+        };
         let progress = async {
-            if job.due().is_some() || tick {
-                self.store.job_progress(program, job.name()).await
-            } else {
-                Ok(None)
+            match parts.job {
+                Some(name) => self.store.job_progress(program, name).await,
+                None => Ok(None),
             }
         };
         let campaigns = async {
@@ -423,12 +429,8 @@ impl Services {
                 let _ = self.campaign_list(program).await;
             }
         };
-        let (found, saved, ()) =
-            futures_util::future::join3(self.program(program), progress, campaigns).await;
-        if found.is_err() && tick {
-            self.forget_campaigns(program);
-        }
-        Ok((found?, saved?))
+        let (saved, ()) = futures_util::future::join(progress, campaigns).await;
+        Ok((found, saved?))
     }
 
     /// Runs a job for every program (the schedules), or for the one named. A program that

@@ -365,11 +365,17 @@ impl Services {
         if let Some(program) = self.cached(id) {
             return Ok(program);
         }
-        let stored = self
-            .store
-            .get_program(id)
-            .await?
-            .ok_or_else(|| ServiceError::unknown_program(id))?;
+        let stored = self.store.get_program(id).await?;
+        self.adopt(id, stored)
+    }
+
+    /// The program as stored, parsed and cached; unknown when it is not there.
+    fn adopt(
+        &self,
+        id: &str,
+        stored: Option<crate::ports::StoredProgram>,
+    ) -> Result<Arc<Program>, ServiceError> {
+        let stored = stored.ok_or_else(|| ServiceError::unknown_program(id))?;
         let mut program = Program::from_json(&stored.file_json)
             .map_err(|e| ServiceError::Internal(format!("stored program {id} is invalid: {e}")))?;
         program.version = stored.version;
@@ -377,6 +383,25 @@ impl Services {
         let program = Arc::new(program);
         self.remember(&program);
         Ok(program)
+    }
+
+    /// The program read afresh with what `parts` names, in one round trip: its campaigns go
+    /// to the cache (those of a program that is not there are not kept), and the job's progress
+    /// is returned. For a cold start, whose every wait is a round trip.
+    pub(crate) async fn program_head(
+        &self,
+        id: &str,
+        parts: crate::ports::HeadParts<'_>,
+    ) -> Result<(Arc<Program>, Option<String>), ServiceError> {
+        let head = self.store.program_head(id, parts).await?;
+        let program = self.adopt(id, head.program)?;
+        if parts.campaigns {
+            // A corrupt campaign is left uncached, so that the read that needs it says so.
+            if let Ok(list) = parse_campaigns(head.campaigns) {
+                self.remember_campaigns(id, list);
+            }
+        }
+        Ok((program, head.progress))
     }
 
     /// The program's campaigns if the cache holds them and they are fresh.
@@ -397,34 +422,34 @@ impl Services {
         if let Some(list) = self.cached_campaigns(program) {
             return Ok(list);
         }
-        let mut list = Vec::new();
-        for (id, json) in self.store.campaigns(program).await? {
-            let campaign = serde_json::from_str(&json).map_err(|e| {
-                ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}"))
-            })?;
-            list.push((id, campaign));
-        }
-        let list = Arc::new(list);
-        if let Ok(mut cache) = self.campaigns.lock() {
-            cache.insert(program.to_string(), (Instant::now(), Arc::clone(&list)));
-        }
+        let list = parse_campaigns(self.store.campaigns(program).await?)?;
+        self.remember_campaigns(program, Arc::clone(&list));
         Ok(list)
     }
 
-    /// The program, with its campaigns read in the same round trip when neither is cached (a
-    /// cold start, or every [`PROGRAM_CACHE_TTL`]): for the operations that need both, one
-    /// wait instead of two. Campaigns read for a program that turns out not to exist are not
-    /// kept.
+    fn remember_campaigns(&self, program: &str, list: CampaignList) {
+        if let Ok(mut cache) = self.campaigns.lock() {
+            cache.insert(program.to_string(), (Instant::now(), list));
+        }
+    }
+
+    /// The program with its campaigns cached: read in one round trip when the program is not
+    /// cached (a cold start, or every [`PROGRAM_CACHE_TTL`]), for the operations that need
+    /// both. A cached program's campaigns are read again only once they are stale (a failure
+    /// then shows at the read that needs them).
     pub(crate) async fn program_with_campaigns(
         &self,
         id: &str,
     ) -> Result<Arc<Program>, ServiceError> {
-        let (program, _warmed) =
-            futures_util::future::join(self.program(id), self.campaign_list(id)).await;
-        if program.is_err() {
-            self.forget_campaigns(id);
-        }
-        program
+        let Some(program) = self.cached(id) else {
+            let parts = crate::ports::HeadParts {
+                campaigns: true,
+                job: None,
+            };
+            return Ok(self.program_head(id, parts).await?.0);
+        };
+        let _warmed = self.campaign_list(id).await;
+        Ok(program)
     }
 
     /// Forgets a program's cached campaigns (after one is saved here).
@@ -439,6 +464,17 @@ impl Services {
             cache.insert(program.id.clone(), (Instant::now(), Arc::clone(program)));
         }
     }
+}
+
+/// Campaigns as stored, (id, JSON), parsed.
+fn parse_campaigns(stored: Vec<(String, String)>) -> Result<CampaignList, ServiceError> {
+    let mut list = Vec::with_capacity(stored.len());
+    for (id, json) in stored {
+        let campaign = serde_json::from_str(&json)
+            .map_err(|e| ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}")))?;
+        list.push((id, campaign));
+    }
+    Ok(Arc::new(list))
 }
 
 #[cfg(test)]

@@ -26,7 +26,9 @@ use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Utc};
 use super::{decode_cursor, encode_cursor, ledger_seq, seq_key};
 use crate::domain::books::{BookRow, BooksAdd, BOOK_SHARDS};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
-use crate::ports::{parse_rejected_cursor, Linked, OrderLinked, RejectedPage, ORDER_LINK};
+use crate::ports::{
+    parse_rejected_cursor, HeadParts, Linked, OrderLinked, ProgramHead, RejectedPage, ORDER_LINK,
+};
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
     Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
@@ -1423,35 +1425,110 @@ impl DynamoStore {
         program: &str,
         sk: &str,
     ) -> Result<Option<StoredProgram>, StoreError> {
-        let Some(item) = self.get(key(format!("P#{program}"), sk)).await? else {
-            return Ok(None);
-        };
-        let corrupt = |message: &str| StoreError::Corrupt {
-            key: format!("program {program}"),
-            message: message.to_string(),
-        };
-        let version = number(&item, "version")
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| corrupt("no version"))?;
-        let file_json = text(&item, "body")
-            .ok_or_else(|| corrupt("no body"))?
-            .to_string();
-        let updated_at = text(&item, "updated_at")
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .ok_or_else(|| corrupt("no updated_at"))?;
-        Ok(Some(StoredProgram {
-            version,
-            file_json,
-            updated_at,
-        }))
+        match self.get(key(format!("P#{program}"), sk)).await? {
+            Some(item) => stored_program(program, &item).map(Some),
+            None => Ok(None),
+        }
     }
+
+    /// The items of the program's partition from `from` to its current version: campaigns
+    /// (`C#`), then jobs' progress (`JOB#`), then `PROGRAM#CURRENT` (its saved copies,
+    /// `PROGRAM#v{n}`, sort after it).
+    async fn program_range(&self, program: &str, from: &str) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("PK = :pk AND SK BETWEEN :from AND :to")
+                .expression_attribute_values(":pk", s(format!("P#{program}")))
+                .expression_attribute_values(":from", s(from))
+                .expression_attribute_values(":to", s(PROGRAM_CURRENT))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot read the program", e))?;
+            items.extend(output.items.unwrap_or_default());
+            match output.last_evaluated_key {
+                Some(last) => start = Some(last),
+                None => return Ok(items),
+            }
+        }
+    }
+}
+
+/// The sort key of a program's current version.
+const PROGRAM_CURRENT: &str = "PROGRAM#CURRENT";
+
+/// A program item (the current version or a saved copy) as stored.
+fn stored_program(program: &str, item: &Item) -> Result<StoredProgram, StoreError> {
+    let corrupt = |message: &str| StoreError::Corrupt {
+        key: format!("program {program}"),
+        message: message.to_string(),
+    };
+    let version = number(item, "version")
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| corrupt("no version"))?;
+    let file_json = text(item, "body")
+        .ok_or_else(|| corrupt("no body"))?
+        .to_string();
+    let updated_at = text(item, "updated_at")
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| corrupt("no updated_at"))?;
+    Ok(StoredProgram {
+        version,
+        file_json,
+        updated_at,
+    })
 }
 
 #[async_trait]
 impl ProgramStore for DynamoStore {
     async fn get_program(&self, program: &str) -> Result<Option<StoredProgram>, StoreError> {
-        self.program_item(program, "PROGRAM#CURRENT").await
+        self.program_item(program, PROGRAM_CURRENT).await
+    }
+
+    async fn program_head(
+        &self,
+        program: &str,
+        parts: HeadParts<'_>,
+    ) -> Result<ProgramHead, StoreError> {
+        let from = match parts {
+            HeadParts {
+                campaigns: true, ..
+            } => "C#",
+            HeadParts { job: Some(_), .. } => "JOB#",
+            _ => {
+                return Ok(ProgramHead {
+                    program: self.get_program(program).await?,
+                    ..ProgramHead::default()
+                })
+            }
+        };
+        let job = parts.job.map(|j| format!("JOB#{j}"));
+        let mut head = ProgramHead::default();
+        for item in self.program_range(program, from).await? {
+            match text(&item, "SK").unwrap_or_default() {
+                PROGRAM_CURRENT => head.program = Some(stored_program(program, &item)?),
+                sk if Some(sk) == job.as_deref() => {
+                    head.progress = text(&item, "progress").map(str::to_string)
+                }
+                sk if parts.campaigns => {
+                    if let (Some(id), Some(body)) = (sk.strip_prefix("C#"), text(&item, "body")) {
+                        head.campaigns.push((id.to_string(), body.to_string()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(match head.program {
+            Some(_) => head,
+            None => ProgramHead::default(),
+        })
     }
 
     async fn program_versions(
@@ -1527,12 +1604,12 @@ impl ProgramStore for DynamoStore {
         };
         let current = match expected {
             None => self.put(
-                item("PROGRAM#CURRENT".into()),
+                item(PROGRAM_CURRENT.into()),
                 Some("attribute_not_exists(PK)"),
                 None,
             )?,
             Some(v) => self.put(
-                item("PROGRAM#CURRENT".into()),
+                item(PROGRAM_CURRENT.into()),
                 Some("version = :expected"),
                 Some(HashMap::from([(":expected".to_string(), n(v))])),
             )?,

@@ -20,7 +20,8 @@ use super::{decode_cursor, encode_cursor, ledger_seq};
 use crate::domain::books::{BookRow, BooksAdd};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
-    parse_rejected_cursor, rejected_cursor, Linked, OrderLinked, RejectedPage, ORDER_LINK,
+    parse_rejected_cursor, rejected_cursor, HeadParts, Linked, OrderLinked, ProgramHead,
+    RejectedPage, ORDER_LINK,
 };
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
@@ -312,6 +313,30 @@ impl SqliteStore {
 impl ProgramStore for SqliteStore {
     async fn get_program(&self, program: &str) -> Result<Option<StoredProgram>, StoreError> {
         self.read_program(program, None).await
+    }
+
+    /// Three reads of the one file: no round trip to save.
+    async fn program_head(
+        &self,
+        program: &str,
+        parts: HeadParts<'_>,
+    ) -> Result<ProgramHead, StoreError> {
+        let Some(stored) = self.read_program(program, None).await? else {
+            return Ok(ProgramHead::default());
+        };
+        let campaigns = match parts.campaigns {
+            true => CampaignStore::campaigns(self, program).await?,
+            false => Vec::new(),
+        };
+        let progress = match parts.job {
+            Some(job) => self.job_progress(program, job).await?,
+            None => None,
+        };
+        Ok(ProgramHead {
+            program: Some(stored),
+            campaigns,
+            progress,
+        })
     }
 
     async fn program_versions(

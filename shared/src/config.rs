@@ -28,6 +28,10 @@ pub struct Connections {
     pub sqs: bool,
     /// It reads SSM parameters.
     pub ssm: bool,
+    /// One of the DynamoDB connections is opened by listing the programs
+    /// ([`Services::list_programs`]) rather than by a read of nothing (the HTTP functions',
+    /// [`AwsSettings::app_state`]).
+    pub programs: bool,
 }
 
 impl Connections {
@@ -37,6 +41,7 @@ impl Connections {
             dynamodb: n,
             sqs: false,
             ssm: false,
+            programs: false,
         }
     }
 
@@ -46,6 +51,14 @@ impl Connections {
 
     pub const fn and_ssm(self) -> Connections {
         Connections { ssm: true, ..self }
+    }
+
+    /// One of the DynamoDB connections lists the programs.
+    pub const fn listing_programs(self) -> Connections {
+        Connections {
+            programs: self.dynamodb > 0,
+            ..self
+        }
     }
 }
 
@@ -186,14 +199,28 @@ impl AwsSettings {
         let config = crate::aws::sdk_config(None).await;
         let clients = Clients::new(&config);
         let ssm = aws_sdk_ssm::Client::new(&config);
-        futures_util::future::join(self.warm_up(&clients, warm), async {
+        let services = self.services_with(&clients);
+        let others = Connections {
+            dynamodb: warm.dynamodb.saturating_sub(usize::from(warm.programs)),
+            ..warm
+        };
+        let listing = async {
+            if !warm.programs {
+                return;
+            }
+            match services.store.program_ids().await {
+                Ok(ids) => services.list_programs(ids),
+                Err(e) => tracing::info!(error = %e, "listing the programs during init failed"),
+            }
+        };
+        let ssm_warm_up = async {
             if warm.ssm {
                 warm_up_ssm(&ssm).await;
             }
-        })
-        .await;
+        };
+        futures_util::future::join3(self.warm_up(&clients, others), ssm_warm_up, listing).await;
         AppState {
-            services: Arc::new(self.services_with(&clients)),
+            services: Arc::new(services),
             verifier: Verifier::Gateway,
             secrets: Arc::new(SsmSecrets::new(ssm)),
         }

@@ -18,12 +18,12 @@ use chrono::{DateTime, TimeZone, Utc};
 use loyalty_core::api::auth::{claims, sign, Verifier};
 use loyalty_core::api::{router, AppState};
 use loyalty_core::ports::FixedClock;
-use loyalty_core::ports::{AliasStore as _, ParkingStore as _};
+use loyalty_core::ports::{AliasStore as _, ParkingStore as _, ScheduleStore as _};
 use loyalty_core::services::earn::Processed;
 use loyalty_core::services::jobs::Job;
 use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::DynamoStore;
-use loyalty_core::webhooks::{shopify, Normalised, PlatformEvent};
+use loyalty_core::webhooks::{shopify, Normalised, Platform, PlatformEvent, Secrets};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -443,6 +443,77 @@ async fn a_cold_member_s_campaigns_are_read_with_the_program_beside_the_caller_s
     // AND the member is shown the running campaign, its variant recorded
     assert_eq!(shown["campaigns"][0]["campaign"], "december", "{shown}");
     assert_eq!(shown["campaigns"][0]["variant"], "all", "{shown}");
+}
+
+/// Webhook secrets whose every read is noted on the timeline (as `SSM {program}`) and takes
+/// a moment, as SSM's does.
+struct NotedSecrets(Timeline);
+
+#[async_trait::async_trait]
+impl Secrets for NotedSecrets {
+    async fn secrets(
+        &self,
+        program: &str,
+        _platform: Platform,
+    ) -> Result<Vec<String>, loyalty_core::ports::StoreError> {
+        let name = format!("SSM {program}");
+        self.0 .0.lock().unwrap().push((Phase::Sent, name.clone()));
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        self.0 .0.lock().unwrap().push((Phase::Answered, name));
+        Ok(vec!["a-secret".to_string()])
+    }
+}
+
+/// A Shopify delivery to `program` (its signature made with another secret: the reads come
+/// before the check).
+async fn deliver(services: &Services, secrets: &NotedSecrets, program: &str) {
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(shopify::HMAC_HEADER, "bm90LWl0".parse().unwrap());
+    headers.insert(shopify::TOPIC_HEADER, "orders/paid".parse().unwrap());
+    let refused = services
+        .ingest_webhook(secrets, "shopify", program, &headers, b"{}")
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_webhook_reads_the_secret_beside_the_program_only_for_a_program_listed_at_start() {
+    // GIVEN kr-shop on moto, and new instances: one that listed the programs during init,
+    // one that did not
+    let (table, timeline) = kr_shop_table().await;
+    let secrets = NotedSecrets(timeline.clone());
+    let listing = cold_services(&table, &timeline);
+    let store = DynamoStore::new(client(&timeline), &table);
+    listing.list_programs(store.program_ids().await.unwrap());
+    let unlisted = cold_services(&table, &timeline);
+    // WHEN the listing instance receives a delivery for kr-shop
+    timeline.clear();
+    deliver(&listing, &secrets, "kr-shop").await;
+    // THEN the secret was asked for before the program's read came back
+    assert!(
+        timeline.at(Phase::Sent, "SSM", "kr-shop")
+            < timeline.at(Phase::Answered, "GetItem", "PROGRAM#CURRENT"),
+        "{timeline:?}"
+    );
+    // WHEN the other instance receives the same delivery
+    timeline.clear();
+    deliver(&unlisted, &secrets, "kr-shop").await;
+    // THEN the secret was asked for only once the program was found
+    assert!(
+        timeline.at(Phase::Answered, "GetItem", "PROGRAM#CURRENT")
+            < timeline.at(Phase::Sent, "SSM", "kr-shop"),
+        "{timeline:?}"
+    );
+    // WHEN the listing instance receives deliveries for a program that does not exist
+    timeline.clear();
+    deliver(&listing, &secrets, "made-up-shop").await;
+    deliver(&listing, &secrets, "made-up-shop").await;
+    // THEN no secret is asked for
+    assert_eq!(
+        timeline.sent_where(|n| n.starts_with("SSM ")),
+        0,
+        "{timeline:?}"
+    );
 }
 
 #[tokio::test]

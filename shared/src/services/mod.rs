@@ -3,7 +3,7 @@
 //! The Lambda handlers and `loyalty serve` call these same functions; only the adapters behind
 //! the ports differ.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -226,6 +226,9 @@ pub struct Services {
     programs: Mutex<HashMap<String, (Instant, Arc<Program>)>>,
     /// Each program's campaigns, trusted for as long as a program.
     campaigns: Mutex<HashMap<String, (Instant, CampaignList)>>,
+    /// The programs listed during init ([`Services::list_programs`]): they existed then, and
+    /// programs are never deleted. A program saved later is simply not in it.
+    listed: Mutex<HashSet<String>>,
     /// The queues' dead letters, where this process may see them (`loyalty serve`, and the
     /// member-api function when the template gives it the dead-letter queues).
     dead_letters: Option<Arc<dyn crate::ports::DeadLetters>>,
@@ -336,6 +339,7 @@ impl Services {
             clock,
             programs: Mutex::new(HashMap::new()),
             campaigns: Mutex::new(HashMap::new()),
+            listed: Mutex::new(HashSet::new()),
             dead_letters: None,
         }
     }
@@ -402,6 +406,18 @@ impl Services {
             }
         }
         Ok((program, head.progress))
+    }
+
+    /// Notes the programs that exist, as listed during init.
+    pub fn list_programs(&self, ids: Vec<String>) {
+        if let Ok(mut listed) = self.listed.lock() {
+            listed.extend(ids);
+        }
+    }
+
+    /// Whether the program was listed during init or is cached: it exists.
+    pub(crate) fn known_program(&self, id: &str) -> bool {
+        self.cached(id).is_some() || self.listed.lock().is_ok_and(|l| l.contains(id))
     }
 
     /// The program's campaigns if the cache holds them and they are fresh.

@@ -778,6 +778,21 @@ pub trait AliasStore: Send + Sync {
         value: &str,
         member: &str,
     ) -> Result<bool, StoreError>;
+    /// Links several identities (never an order) to one member, as [`AliasStore::put_alias`]
+    /// does each, in one write where the store can; one answer per identity, in order.
+    async fn put_aliases(
+        &self,
+        program: &str,
+        identities: &[(&str, &str)],
+        member: &str,
+    ) -> Result<Vec<bool>, StoreError> {
+        futures_util::future::try_join_all(
+            identities
+                .iter()
+                .map(|(kind, value)| self.put_alias(program, kind, value, member)),
+        )
+        .await
+    }
     /// Moves an identity from one member to another (a merge), or links it to `to` if it is
     /// linked to no one; `false` when it is linked to a third member.
     async fn move_alias(

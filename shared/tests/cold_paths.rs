@@ -517,7 +517,7 @@ async fn a_webhook_reads_the_secret_beside_the_program_only_for_a_program_listed
 }
 
 #[tokio::test]
-async fn a_webhook_reads_the_links_it_may_write_in_one_request() {
+async fn a_webhook_reads_the_links_it_may_write_in_one_request_and_writes_them_in_two() {
     // GIVEN kr-shop on moto and a paid order of a new customer, with an email
     let (table, timeline) = kr_shop_table().await;
     let services = cold_services(&table, &timeline);
@@ -554,6 +554,12 @@ async fn a_webhook_reads_the_links_it_may_write_in_one_request() {
         0,
         "{timeline:?}"
     );
+    // AND the customer's and the email's links were written in one request, beside the
+    // order's
+    let identities = timeline
+        .sent_where(|name| name.starts_with("TransactWriteItems ") && name.contains(&email_link));
+    assert_eq!(identities, 1, "{timeline:?}");
+    assert_eq!(timeline.count("TransactWriteItems"), 1, "{timeline:?}");
     // AND the links were written: the order now leads to its member
     let store = DynamoStore::new(client(&timeline), &table);
     assert!(store

@@ -545,6 +545,62 @@ async fn programs_are_versioned_and_conditional(store: Arc<dyn Store>) {
         .is_empty());
 }
 
+async fn identities_linked_together_are_answered_each_as_when_linked_apart(store: Arc<dyn Store>) {
+    let program = format!("links-{}", uuid::Uuid::new_v4().simple());
+    let (mine, theirs) = ("m-1", "m-2");
+    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+    let (customer, phone, later) = ("7301", "010-5550-0101", "7302");
+    // GIVEN the email linked to another member already
+    assert!(store
+        .put_alias(&program, "email", &email, theirs)
+        .await
+        .unwrap());
+    // WHEN a customer id, that email and a phone are linked to m-1 together
+    let asked = [
+        ("shopify", customer),
+        ("email", email.as_str()),
+        ("pos", phone),
+    ];
+    let written = store.put_aliases(&program, &asked, mine).await.unwrap();
+    // THEN each is answered as alone: the email stays with its member, the others are m-1's
+    assert_eq!(written, vec![true, false, true]);
+    let members = store.resolve_aliases(&program, &asked).await.unwrap();
+    assert_eq!(
+        members,
+        vec![Some(mine.into()), Some(theirs.into()), Some(mine.into())]
+    );
+    // AND the member's own side lists the two it holds, and not the email
+    let mut held = store.member_file(&program, mine).await.unwrap().aliases;
+    held.sort();
+    assert_eq!(
+        held,
+        vec![
+            ("pos".to_string(), phone.to_string()),
+            ("shopify".to_string(), customer.to_string())
+        ]
+    );
+    // WHEN they are linked together again, with one more, none held by another member
+    let again = [("shopify", customer), ("pos", phone), ("shopify", later)];
+    // THEN all are written, and nothing is asked of none
+    assert_eq!(
+        store.put_aliases(&program, &again, mine).await.unwrap(),
+        vec![true, true, true]
+    );
+    assert_eq!(
+        store
+            .resolve_alias(&program, "shopify", later)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(mine)
+    );
+    assert!(store
+        .put_aliases(&program, &[], mine)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn aliases_link_one_identity_to_one_member(store: Arc<dyn Store>) {
     let value = uuid::Uuid::new_v4().simple().to_string();
     // GIVEN an identity linked to m-1
@@ -1855,6 +1911,7 @@ macro_rules! conformance {
                 order_records_are_read_with_the_account,
                 programs_are_versioned_and_conditional,
                 aliases_link_one_identity_to_one_member,
+                identities_linked_together_are_answered_each_as_when_linked_apart,
                 an_order_link_leads_to_its_member_until_the_member_is_erased,
                 identities_move_between_members_and_are_removed_only_by_their_member,
                 rejected_events_are_kept_with_their_reason,

@@ -533,23 +533,25 @@ impl Services {
         let mut awaited = kept
             .iter()
             .any(|link| link.kind == ORDER_LINK && link.awaited);
-        let written = try_join_all(missing.iter().map(|link| async move {
-            if link.kind == ORDER_LINK {
-                self.store
-                    .link_order(program, &link.value, member)
-                    .await
-                    .map(|order| (order.written, order.awaited))
-            } else {
-                self.store
-                    .put_alias(program, &link.kind, &link.value, member)
-                    .await
-                    .map(|written| (written, false))
-            }
-        }))
+        let (orders, identities): (Vec<&Link>, Vec<&Link>) =
+            missing.iter().partition(|link| link.kind == ORDER_LINK);
+        // The identities in one write, beside the order's link.
+        let pairs: Vec<(&str, &str)> = identities
+            .iter()
+            .map(|link| (link.kind.as_str(), link.value.as_str()))
+            .collect();
+        let (orders, written) = futures_util::future::try_join(
+            try_join_all(
+                orders
+                    .iter()
+                    .map(|link| self.store.link_order(program, &link.value, member)),
+            ),
+            self.store.put_aliases(program, &pairs, member),
+        )
         .await?;
-        for (Link { kind, .. }, (written, order_awaited)) in missing.iter().zip(written) {
-            awaited |= order_awaited;
-            if !written && kind != ORDER_LINK {
+        awaited |= orders.iter().any(|order| order.awaited);
+        for ((kind, _), written) in pairs.iter().zip(written) {
+            if !written {
                 tracing::info!(
                     program,
                     kind,

@@ -706,6 +706,21 @@ pub struct OrderLinked {
     pub awaited: bool,
 }
 
+/// Links each identity with a write of its own ([`AliasStore::put_alias`]), all at once.
+pub async fn put_each<S: AliasStore + ?Sized>(
+    store: &S,
+    program: &str,
+    identities: &[(&str, &str)],
+    member: &str,
+) -> Result<Vec<bool>, StoreError> {
+    futures_util::future::try_join_all(
+        identities
+            .iter()
+            .map(|(kind, value)| store.put_alias(program, kind, value, member)),
+    )
+    .await
+}
+
 #[async_trait]
 pub trait AliasStore: Send + Sync {
     /// The canonical member for an identity (`app`, `email`, `shopify`...), if linked.
@@ -786,12 +801,7 @@ pub trait AliasStore: Send + Sync {
         identities: &[(&str, &str)],
         member: &str,
     ) -> Result<Vec<bool>, StoreError> {
-        futures_util::future::try_join_all(
-            identities
-                .iter()
-                .map(|(kind, value)| self.put_alias(program, kind, value, member)),
-        )
-        .await
+        put_each(self, program, identities, member).await
     }
     /// Moves an identity from one member to another (a merge), or links it to `to` if it is
     /// linked to no one; `false` when it is linked to a third member.

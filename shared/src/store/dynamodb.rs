@@ -1938,12 +1938,7 @@ impl AliasStore for DynamoStore {
                 return Ok(vec![true; identities.len()]);
             }
         }
-        futures_util::future::try_join_all(
-            identities
-                .iter()
-                .map(|(kind, value)| self.put_alias(program, kind, value, member)),
-        )
-        .await
+        crate::ports::put_each(self, program, identities, member).await
     }
 
     /// An order's link to its member is one item, without the member's side that other

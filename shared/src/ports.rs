@@ -664,6 +664,11 @@ pub trait MemberStore: Send + Sync {
         }
         Ok(())
     }
+    /// Whether [`MemberStore::commit_together`] writes all of its commits or none of them, so
+    /// that after an error each commit may be sent again alone as it was.
+    fn commits_together_atomically(&self) -> bool {
+        false
+    }
     async fn ledger_page(
         &self,
         program: &str,

@@ -5,8 +5,11 @@
 //! the later messages of that group in the same batch are not processed and are reported as
 //! failed too, so they come back after it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use futures_util::future::join_all;
+
+use super::batch_commit::{CommitGroup, Seat};
 use super::earn::{Processed, Retry};
 use super::Services;
 
@@ -42,32 +45,76 @@ pub enum Consumer {
     Tier,
 }
 
-/// Processes the records in order and returns the ids of those that must be retried.
+/// Processes the records and returns the ids of those that must be retried, in the batch's
+/// order. Earn's messages go in waves, the k-th message of every FIFO group in wave k, each
+/// wave processed at once and committed together ([`super::batch_commit`]); tier checks go one
+/// after the other.
 pub async fn process_batch(
     services: &Services,
     consumer: Consumer,
     records: &[Record],
 ) -> Vec<String> {
-    let mut failed = Vec::new();
+    let waves = match consumer {
+        Consumer::Earn => waves(records),
+        Consumer::Tier => records.iter().map(|r| vec![r]).collect(),
+    };
+    let mut failed: HashSet<&str> = HashSet::new();
     let mut failed_groups: HashSet<&str> = HashSet::new();
-    for record in records {
-        if let Some(group) = record.group.as_deref() {
-            if failed_groups.contains(group) {
-                failed.push(record.message_id.clone());
-                continue;
-            }
-        }
-        if process_message(services, consumer, &record.message_id, &record.body)
-            .await
-            .is_err()
-        {
-            failed.push(record.message_id.clone());
-            if let Some(group) = record.group.as_deref() {
-                failed_groups.insert(group);
+    for wave in waves {
+        let (skipped, ready): (Vec<&Record>, Vec<&Record>) = wave.into_iter().partition(|r| {
+            r.group
+                .as_deref()
+                .is_some_and(|g| failed_groups.contains(g))
+        });
+        failed.extend(skipped.iter().map(|r| r.message_id.as_str()));
+        let group = CommitGroup::new(ready.len());
+        let work = ready
+            .iter()
+            .zip(group.seats())
+            .map(|(record, seat)| async move {
+                let seat = (consumer == Consumer::Earn).then_some(seat);
+                let outcome =
+                    process_seated(services, consumer, &record.message_id, &record.body, seat)
+                        .await;
+                (*record, outcome.is_err())
+            });
+        let ((), outcomes) = tokio::join!(group.write(services), join_all(work));
+        for (record, retried) in outcomes {
+            if retried {
+                failed.insert(&record.message_id);
+                if let Some(group) = record.group.as_deref() {
+                    failed_groups.insert(group);
+                }
             }
         }
     }
-    failed
+    records
+        .iter()
+        .filter(|r| failed.contains(r.message_id.as_str()))
+        .map(|r| r.message_id.clone())
+        .collect()
+}
+
+/// The k-th message of each FIFO group in the k-th wave (a message of no group in the first),
+/// in the batch's order within each wave.
+fn waves(records: &[Record]) -> Vec<Vec<&Record>> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut waves: Vec<Vec<&Record>> = Vec::new();
+    for record in records {
+        let k = match record.group.as_deref() {
+            Some(group) => {
+                let count = seen.entry(group).or_default();
+                *count += 1;
+                *count - 1
+            }
+            None => 0,
+        };
+        if waves.len() <= k {
+            waves.resize_with(k + 1, Vec::new);
+        }
+        waves[k].push(record);
+    }
+    waves
 }
 
 /// Processes one message: every line logged meanwhile carries its ids (a span), every message
@@ -78,6 +125,17 @@ pub async fn process_message(
     consumer: Consumer,
     message_id: &str,
     body: &str,
+) -> Result<Processed, Retry> {
+    process_seated(services, consumer, message_id, body, None).await
+}
+
+/// [`process_message`], an earn message's first commit going with its wave's given a seat.
+async fn process_seated(
+    services: &Services,
+    consumer: Consumer,
+    message_id: &str,
+    body: &str,
+    seat: Option<Seat<'_>>,
 ) -> Result<Processed, Retry> {
     let ids = serde_json::from_str::<Ids>(body).unwrap_or_default();
     let trace = ids
@@ -95,7 +153,7 @@ pub async fn process_message(
     );
     let work = async {
         match consumer {
-            Consumer::Earn => services.process_earn(body).await,
+            Consumer::Earn => services.process_earn_seated(body, seat).await,
             Consumer::Tier => services.process_tier_check(body).await,
         }
     };

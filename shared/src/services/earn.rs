@@ -10,6 +10,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::json;
 
+use super::batch_commit::Seat;
 use super::{Contention, ServiceError, Services};
 use crate::domain::{Account, Change, EventContext, Program, Source};
 use crate::envelope::{
@@ -154,6 +155,16 @@ enum Needs {
 impl Services {
     /// Handles one earn-queue message (SQS record body or local queue delivery).
     pub async fn process_earn(&self, body: &str) -> Result<Processed, Retry> {
+        self.process_earn_seated(body, None).await
+    }
+
+    /// [`Services::process_earn`], whose first commit, given a seat, goes with the other
+    /// commits of its batch.
+    pub(crate) async fn process_earn_seated(
+        &self,
+        body: &str,
+        mut seat: Option<Seat<'_>>,
+    ) -> Result<Processed, Retry> {
         let Opened {
             mut envelope,
             program,
@@ -334,7 +345,11 @@ impl Services {
                 )
             }
             .and_send(outbox);
-            match self.commit(commit).await {
+            let committed = match seat.take() {
+                Some(seat) => seat.commit(self, commit).await,
+                None => self.commit(commit).await,
+            };
+            match committed {
                 Ok(()) => {
                     return Ok(match no_op {
                         Some(reason) if entries == 0 => Processed::NoEffect(reason),

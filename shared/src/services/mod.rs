@@ -12,6 +12,7 @@ use crate::ports::{Clock, Queue, Store, StoreError};
 
 pub mod audit;
 pub mod batch;
+mod batch_commit;
 pub mod campaign_tick;
 pub mod campaigns;
 pub mod dead_letters;

@@ -6,7 +6,7 @@
 //! source of anything else.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -1377,12 +1377,11 @@ fn expired(item: &Item) -> bool {
         .is_some_and(|at| at < Utc::now().timestamp())
 }
 
-/// A commit of an account, its entries, messages and books, and nothing whose failed
-/// condition would mean something else than a conflict.
-fn plain(commit: &Commit) -> bool {
-    commit.marker.is_none()
-        && commit.orders.is_empty()
-        && commit.redemption.is_none()
+/// A commit of an account, its entries, messages and books, and perhaps an event's marker and
+/// order records: nothing that writes items outside the member's partition but its books (a
+/// coupon, an idempotency record, campaign counters another member's commit may add to too).
+fn groupable(commit: &Commit) -> bool {
+    commit.redemption.is_none()
         && commit.copied_redemptions.is_empty()
         && commit.coupon.is_none()
         && commit.revoke_coupon.is_none()
@@ -1701,9 +1700,14 @@ impl MemberStore for DynamoStore {
         }
     }
 
-    /// One transaction. Only plain commits (an account, its entries, messages and books: what
-    /// the scheduled jobs write) go together; a cancellation is reported as a conflict, and the
-    /// caller's commits one by one tell what it was.
+    fn commits_together_atomically(&self) -> bool {
+        true
+    }
+
+    /// One transaction. Commits of an account, its entries, messages, books, and an event's
+    /// marker and order records (what the scheduled jobs and earn write) go together, one per
+    /// member; a cancellation is reported as a conflict, and the caller's commits one by one
+    /// tell what it was (a duplicate, a conflict).
     async fn commit_together(&self, commits: Vec<Commit>) -> Result<(), CommitError> {
         if commits.len() == 1 {
             if let Some(commit) = commits.into_iter().next() {
@@ -1713,9 +1717,14 @@ impl MemberStore for DynamoStore {
         }
         let mut writes = Vec::new();
         let mut books: BTreeMap<(&str, NaiveDate), BooksAdd> = BTreeMap::new();
+        let mut members = HashSet::with_capacity(commits.len());
         for commit in &commits {
-            if !plain(commit) {
-                return Err(refused("only plain commits go together").into());
+            if !groupable(commit) {
+                return Err(refused("only plain commits and events' commits go together").into());
+            }
+            // One transaction writes an item once: two commits on one member go one by one.
+            if !members.insert((&commit.program, &commit.member)) {
+                return Err(refused("two commits on one member do not go together").into());
             }
             if let Some(refused) = super::unfit(commit) {
                 return Err(refused.into());

@@ -192,3 +192,6 @@ pub fn moto_dynamodb(provider: &'static str) -> aws_sdk_dynamodb::config::Builde
         .credentials_provider(Credentials::new("test", "test", None, None, provider))
         .http_client(loyalty_core::aws::http_client())
 }
+
+#[cfg(feature = "aws")]
+pub mod timeline;

@@ -1,0 +1,279 @@
+//! An earn batch's commits written together on DynamoDB (moto; `scripts/test` exports
+//! `LOYALTY_TEST_DYNAMODB_ENDPOINT`): one transaction, and one write of the program's books,
+//! for the purchases of several members; each message alone again when they cannot go
+//! together. Requests are seen from outside the code, through the client's timeline.
+#![cfg(feature = "aws")]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use loyalty_core::domain::{Account, EventContext, OrderRecord, Program};
+use loyalty_core::ports::{Commit, CommitError, EventMarker, FixedClock, MemberStore};
+use loyalty_core::services::batch::{process_batch, Consumer, Record};
+use loyalty_core::services::Services;
+use loyalty_core::store::dynamodb::DynamoStore;
+use serde_json::json;
+
+mod common;
+
+use common::timeline::Timeline;
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap()
+}
+
+/// kr-shop on a table of its own, with services whose client notes its requests.
+async fn kr_shop() -> (Arc<Services>, Arc<DynamoStore>, Timeline) {
+    let table = format!("loyalty-batch-{}", uuid::Uuid::new_v4().simple());
+    let timeline = Timeline::default();
+    let config = common::moto_dynamodb("batch")
+        .interceptor(timeline.clone())
+        .build();
+    let store = Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::from_conf(config),
+        &table,
+    ));
+    store.create_table().await.expect("moto creates the table");
+    let services = Arc::new(Services::new(
+        store.clone(),
+        Arc::new(common::Recorder::default()),
+        FixedClock::at(now()),
+    ));
+    common::save_kr_shop(&services).await;
+    (services, store, timeline)
+}
+
+/// A purchase message as earn.fifo delivers it, in `group`.
+fn purchase_in(group: &str, member: &str, order: &str) -> Record {
+    let body = json!({
+        "type": "purchase.completed", "version": 1, "id": format!("shopify-order-{order}-paid"),
+        "program": "kr-shop", "member": member, "occurred_at": now(),
+        "data": {"order_id": order, "currency": "KRW", "platform": "shopify",
+                 "lines": [{"line_id": "1", "quantity": 1, "unit_price": "30000"}]}
+    });
+    Record {
+        message_id: format!("msg-{order}"),
+        group: Some(group.to_string()),
+        body: body.to_string(),
+    }
+}
+
+fn purchase(member: &str, order: &str) -> Record {
+    purchase_in(&format!("kr-shop#{member}"), member, order)
+}
+
+/// The member's points, available and pending.
+async fn points(services: &Services, member: &str) -> i64 {
+    let view = services.member_view("kr-shop", member).await.unwrap();
+    view.balance + view.pending
+}
+
+/// How many items of the program's books a request's body writes.
+fn books_in(body: &str) -> usize {
+    body.matches("P#kr-shop#BOOKS#S#").count()
+}
+
+/// The program's books say what its members say, and the members break no rule.
+async fn books_agree(services: &Services) {
+    let audit = services
+        .audit(Some("kr-shop"), Arc::new(|_| {}))
+        .await
+        .unwrap();
+    assert!(audit.violations.is_empty(), "{:?}", audit.violations);
+    let program = &audit.programs["kr-shop"];
+    assert_eq!(program.books.balance, program.members.balance);
+    assert_eq!(program.books.pending, program.members.pending);
+    assert_eq!(program.books.members, program.members.members);
+}
+
+#[tokio::test]
+async fn purchases_of_several_members_in_one_batch_are_one_transaction_with_one_books_write() {
+    // GIVEN kr-shop on moto, three members who bought once, and a fourth member's purchase
+    // processed alone, as a measure
+    let (services, _, timeline) = kr_shop().await;
+    let members = [
+        "shopify:8100000001",
+        "shopify:8100000002",
+        "shopify:8100000003",
+    ];
+    for (i, member) in members.iter().enumerate() {
+        let first = [purchase(member, &format!("81000{i}1"))];
+        assert!(process_batch(&services, Consumer::Earn, &first)
+            .await
+            .is_empty());
+    }
+    let before: Vec<i64> =
+        futures_util::future::join_all(members.iter().map(|m| points(&services, m))).await;
+    let alone = "shopify:8100000009";
+    services
+        .process_earn(&purchase(alone, "8100091").body)
+        .await
+        .unwrap();
+    let measure = points(&services, alone).await;
+    // WHEN one batch brings each of the three a new purchase
+    timeline.clear();
+    let batch: Vec<Record> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| purchase(m, &format!("81000{i}2")))
+        .collect();
+    let failed = process_batch(&services, Consumer::Earn, &batch).await;
+    // THEN nothing failed, the three commits were one transaction writing the books once
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(timeline.count("TransactWriteItems"), 1, "{timeline:?}");
+    let written = timeline.sent_where(|name| {
+        name.starts_with("TransactWriteItems ")
+            && members.iter().all(|m| name.contains(m))
+            && books_in(name) == 1
+    });
+    assert_eq!(written, 1, "{timeline:?}");
+    // AND each member earned what a purchase earns alone, and the books agree
+    for (member, before) in members.iter().zip(before) {
+        assert_eq!(points(&services, member).await - before, measure);
+    }
+    books_agree(&services).await;
+}
+
+#[tokio::test]
+async fn a_repeat_in_a_batch_costs_its_read_and_the_others_still_commit_together() {
+    // GIVEN kr-shop on moto and a purchase already applied
+    let (services, _, timeline) = kr_shop().await;
+    let (a, b, c) = (
+        "shopify:8200000001",
+        "shopify:8200000002",
+        "shopify:8200000003",
+    );
+    let applied = purchase(a, "8200011");
+    assert!(
+        process_batch(&services, Consumer::Earn, std::slice::from_ref(&applied))
+            .await
+            .is_empty()
+    );
+    let points_of_a = points(&services, a).await;
+    // WHEN a batch brings it again with two other members' purchases
+    timeline.clear();
+    let batch = [purchase(b, "8200021"), applied, purchase(c, "8200031")];
+    let failed = process_batch(&services, Consumer::Earn, &batch).await;
+    // THEN nothing failed, the repeat wrote nothing, and the two others were one transaction
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(timeline.count("TransactWriteItems"), 1, "{timeline:?}");
+    let together = timeline.sent_where(|name| {
+        name.starts_with("TransactWriteItems ")
+            && name.contains(b)
+            && name.contains(c)
+            && !name.contains(a)
+    });
+    assert_eq!(together, 1, "{timeline:?}");
+    assert_eq!(points(&services, a).await, points_of_a);
+    assert_eq!(points(&services, b).await, points_of_a);
+    assert_eq!(points(&services, c).await, points_of_a);
+    books_agree(&services).await;
+}
+
+#[tokio::test]
+async fn commits_that_cannot_go_together_are_each_written_alone_and_each_counts_once() {
+    // GIVEN kr-shop on moto and a member who bought once
+    let (services, _, _) = kr_shop().await;
+    let (a, b) = ("shopify:8300000001", "shopify:8300000002");
+    assert!(
+        process_batch(&services, Consumer::Earn, &[purchase(a, "8300011")])
+            .await
+            .is_empty()
+    );
+    let one = points(&services, a).await;
+    // WHEN one wave holds two purchases of that member (in two FIFO groups, as no sender
+    // of ours makes them, so that their commits land on one account) and another member's
+    let batch = [
+        purchase_in("group-1", a, "8300012"),
+        purchase_in("group-2", a, "8300013"),
+        purchase(b, "8300021"),
+    ];
+    let failed = process_batch(&services, Consumer::Earn, &batch).await;
+    // THEN nothing failed, and each purchase counted once
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(points(&services, a).await, 3 * one);
+    assert_eq!(points(&services, b).await, one);
+    books_agree(&services).await;
+    // AND the batch again changes nothing
+    let again = process_batch(&services, Consumer::Earn, &batch).await;
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(points(&services, a).await, 3 * one);
+    assert_eq!(points(&services, b).await, one);
+}
+
+/// A commit giving `member` `points` under the event `event` of `order`, its marker kept on
+/// the order's record, from the account `before`.
+fn order_commit(
+    program: &Program,
+    member: &str,
+    before: Option<&Account>,
+    points: i64,
+    order: &str,
+) -> Commit {
+    let at = now();
+    let event = format!("{order}-paid");
+    let account = before
+        .cloned()
+        .unwrap_or_else(|| Account::open(program, member, at));
+    let change = account
+        .adjust(program, points, "gift", &EventContext::new(&event, at, at))
+        .unwrap();
+    let mut orders = BTreeMap::new();
+    orders.insert(
+        order.to_string(),
+        OrderRecord {
+            order_id: order.to_string(),
+            ..OrderRecord::default()
+        },
+    );
+    Commit {
+        marker: Some(EventMarker {
+            source: "shopify".into(),
+            event_id: event,
+        }),
+        marker_order: Some(order.to_string()),
+        orders,
+        ..Commit::new(program, member, before, change, at)
+    }
+}
+
+#[tokio::test]
+async fn events_commits_refused_together_write_nothing_and_alone_tell_what_each_was() {
+    // GIVEN kr-shop on moto, a member whose order's event was applied, and another member
+    let (services, store, _) = kr_shop().await;
+    let program = services.program("kr-shop").await.unwrap();
+    let (a, b) = ("shopify:8400000001", "shopify:8400000002");
+    store
+        .commit(order_commit(&program, a, None, 100, "shopify#8400011"))
+        .await
+        .unwrap();
+    let read = store.load_member("kr-shop", a, &[]).await.unwrap().account;
+    // WHEN that event is committed again together with a new event of the other member
+    let repeat = order_commit(&program, a, read.as_ref(), 100, "shopify#8400011");
+    let new = order_commit(&program, b, None, 50, "shopify#8400021");
+    assert!(store.commits_together_atomically());
+    let together = store
+        .commit_together(vec![repeat.clone(), new.clone()])
+        .await;
+    // THEN they are refused together and the other member was not written
+    assert!(
+        matches!(together, Err(CommitError::VersionConflict)),
+        "{together:?}"
+    );
+    let b_read = store.load_member("kr-shop", b, &[]).await.unwrap();
+    assert!(b_read.account.is_none(), "{:?}", b_read.account);
+    // AND alone, the repeat is told a duplicate and the new event is written
+    let again = store.commit(repeat).await;
+    assert!(matches!(again, Err(CommitError::Duplicate)), "{again:?}");
+    store.commit(new).await.unwrap();
+    let balance = |member: &'static str| {
+        let store = store.clone();
+        async move {
+            let read = store.load_member("kr-shop", member, &[]).await.unwrap();
+            read.account.map(|a| a.balance)
+        }
+    };
+    assert_eq!(balance(a).await, Some(100));
+    assert_eq!(balance(b).await, Some(50));
+}

@@ -119,8 +119,11 @@ async fn purchases_of_several_members_in_one_batch_are_one_transaction_with_one_
         .map(|(i, m)| purchase(m, &format!("81000{i}2")))
         .collect();
     let failed = process_batch(&services, Consumer::Earn, &batch).await;
-    // THEN nothing failed, the three commits were one transaction writing the books once
+    // THEN nothing failed, the members were read two at a time (the connections a cold
+    // instance has open), and the three commits were one transaction writing the books once
     assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(timeline.count("BatchGetItem"), 3, "{timeline:?}");
+    assert_eq!(timeline.most_at_once("BatchGetItem"), 2, "{timeline:?}");
     assert_eq!(timeline.count("TransactWriteItems"), 1, "{timeline:?}");
     let written = timeline.sent_where(|name| {
         name.starts_with("TransactWriteItems ")

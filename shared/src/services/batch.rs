@@ -45,10 +45,15 @@ pub enum Consumer {
     Tier,
 }
 
+/// How many messages of a wave are processed at once: earn opens two DynamoDB connections
+/// during init, and more requests at a time would open more during a cold start's first
+/// invocation.
+const AT_ONCE: usize = 2;
+
 /// Processes the records and returns the ids of those that must be retried, in the batch's
 /// order. Earn's messages go in waves, the k-th message of every FIFO group in wave k, each
-/// wave processed at once and committed together ([`super::batch_commit`]); tier checks go one
-/// after the other.
+/// wave's messages processed [`AT_ONCE`] at a time and committed together
+/// ([`super::batch_commit`]); tier checks go one after the other.
 pub async fn process_batch(
     services: &Services,
     consumer: Consumer,
@@ -67,17 +72,15 @@ pub async fn process_batch(
                 .is_some_and(|g| failed_groups.contains(g))
         });
         failed.extend(skipped.iter().map(|r| r.message_id.as_str()));
-        let group = CommitGroup::new(ready.len());
-        let work = ready
-            .iter()
-            .zip(group.seats())
-            .map(|(record, seat)| async move {
-                let seat = (consumer == Consumer::Earn).then_some(seat);
-                let outcome =
-                    process_seated(services, consumer, &record.message_id, &record.body, seat)
-                        .await;
-                (*record, outcome.is_err())
-            });
+        let group = CommitGroup::new(ready.len(), AT_ONCE);
+        let group = &group;
+        let work = ready.iter().map(|record| async move {
+            let seat = group.seat().await;
+            let seat = (consumer == Consumer::Earn).then_some(seat);
+            let outcome =
+                process_seated(services, consumer, &record.message_id, &record.body, seat).await;
+            (*record, outcome.is_err())
+        });
         let ((), outcomes) = tokio::join!(group.write(services), join_all(work));
         for (record, retried) in outcomes {
             if retried {

@@ -3,7 +3,8 @@
 //! one per event, and the batch waits for one commit instead of one per message.
 //!
 //! Each message of a wave (at most one per FIFO group) is processed as if alone up to its
-//! commit, which it hands to the group through its [`Seat`]. Once every seat has handed in a
+//! commit, which it hands to the group through its [`Seat`]; a few at a time, each letting the
+//! next one go once its commit is handed in. Once every seat has handed in a
 //! commit or been given up (a duplicate, a rejection, an error), the group's commits are sent
 //! together. When they are refused together (a condition failed, two commits on one member,
 //! too many items), nothing was written, and each message commits alone as it would have
@@ -11,7 +12,7 @@
 
 use std::sync::Mutex;
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, Notify, Semaphore, SemaphorePermit};
 
 use super::Services;
 use crate::ports::{Commit, CommitError, StoreError};
@@ -26,6 +27,8 @@ enum Answer {
 /// The commits of one wave.
 pub(crate) struct CommitGroup {
     seats: usize,
+    /// Turns: how many messages are processed at once, up to their commit.
+    turns: Semaphore,
     state: Mutex<Handed>,
     changed: Notify,
 }
@@ -37,29 +40,34 @@ struct Handed {
 }
 
 /// A message's place in its wave's group: used for its first commit, or given up when dropped.
+/// It holds one of the group's turns until then.
 pub(crate) struct Seat<'a> {
     group: &'a CommitGroup,
     used: bool,
+    turn: Option<SemaphorePermit<'a>>,
 }
 
 impl CommitGroup {
-    pub(crate) fn new(seats: usize) -> CommitGroup {
+    /// A group for `seats` messages, of which `at_once` are processed at a time.
+    pub(crate) fn new(seats: usize, at_once: usize) -> CommitGroup {
         CommitGroup {
             seats,
+            turns: Semaphore::new(at_once.max(1)),
             state: Mutex::new(Handed::default()),
             changed: Notify::new(),
         }
     }
 
-    /// The seats, one per message of the wave; each must be used or dropped for
-    /// [`CommitGroup::write`] to finish.
-    pub(crate) fn seats(&self) -> Vec<Seat<'_>> {
-        (0..self.seats)
-            .map(|_| Seat {
-                group: self,
-                used: false,
-            })
-            .collect()
+    /// A message's seat, once it has its turn. Each of the `seats` messages takes one, and uses
+    /// or drops it, for [`CommitGroup::write`] to finish.
+    pub(crate) async fn seat(&self) -> Seat<'_> {
+        // Never closed: a turn always comes once a seat ahead is used or dropped.
+        let turn = self.turns.acquire().await.ok();
+        Seat {
+            group: self,
+            used: false,
+            turn,
+        }
     }
 
     /// Waits for every seat, then writes the commits handed in and answers each.
@@ -110,6 +118,8 @@ impl Seat<'_> {
     ) -> Result<(), CommitError> {
         let (sender, answer) = oneshot::channel();
         self.used = true;
+        // The next message may go while this one waits for the group.
+        self.turn = None;
         self.group
             .state
             .lock()

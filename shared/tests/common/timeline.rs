@@ -102,6 +102,23 @@ impl Timeline {
         self.sent_where(|name| name.starts_with(&prefix))
     }
 
+    /// The most requests of `operation` that were sent and not yet answered at one time.
+    pub fn most_at_once(&self, operation: &str) -> usize {
+        let prefix = format!("{operation} ");
+        let (mut now, mut most) = (0_usize, 0_usize);
+        for (phase, name) in self.0.lock().unwrap().iter() {
+            if !name.starts_with(&prefix) {
+                continue;
+            }
+            match phase {
+                Phase::Sent => now += 1,
+                Phase::Answered => now = now.saturating_sub(1),
+            }
+            most = most.max(now);
+        }
+        most
+    }
+
     /// How many requests sent were named so that `is` holds.
     pub fn sent_where(&self, is: impl Fn(&str) -> bool) -> usize {
         let timeline = self.0.lock().unwrap();

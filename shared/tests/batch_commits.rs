@@ -17,6 +17,7 @@ use serde_json::json;
 
 mod common;
 
+use common::replica::BehindReplica;
 use common::timeline::Timeline;
 
 fn now() -> DateTime<Utc> {
@@ -27,21 +28,40 @@ fn now() -> DateTime<Utc> {
 async fn kr_shop() -> (Arc<Services>, Arc<DynamoStore>, Timeline) {
     let table = format!("loyalty-batch-{}", uuid::Uuid::new_v4().simple());
     let timeline = Timeline::default();
-    let config = common::moto_dynamodb("batch")
-        .interceptor(timeline.clone())
-        .build();
-    let store = Arc::new(DynamoStore::new(
-        aws_sdk_dynamodb::Client::from_conf(config),
-        &table,
-    ));
+    let (services, store) = services_on(&table, &timeline, None);
     store.create_table().await.expect("moto creates the table");
+    common::save_kr_shop(&services).await;
+    (services, store, timeline)
+}
+
+/// kr-shop on a table of its own, by the table's name.
+async fn kr_shop_named() -> (String, Arc<Services>) {
+    let table = format!("loyalty-batch-{}", uuid::Uuid::new_v4().simple());
+    let (services, store) = services_on(&table, &Timeline::default(), None);
+    store.create_table().await.expect("moto creates the table");
+    common::save_kr_shop(&services).await;
+    (table, services)
+}
+
+/// Services on `table` whose client notes its requests, and whose eventually consistent reads
+/// are answered by `replica` if given.
+fn services_on(
+    table: &str,
+    timeline: &Timeline,
+    replica: Option<&BehindReplica>,
+) -> (Arc<Services>, Arc<DynamoStore>) {
+    let mut config = common::moto_dynamodb("batch").interceptor(timeline.clone());
+    if let Some(replica) = replica {
+        config = config.interceptor(replica.clone());
+    }
+    let client = aws_sdk_dynamodb::Client::from_conf(config.build());
+    let store = Arc::new(DynamoStore::new(client, table));
     let services = Arc::new(Services::new(
         store.clone(),
         Arc::new(common::Recorder::default()),
         FixedClock::at(now()),
     ));
-    common::save_kr_shop(&services).await;
-    (services, store, timeline)
+    (services, store)
 }
 
 /// A purchase message as earn.fifo delivers it, in `group`.
@@ -171,6 +191,45 @@ async fn a_repeat_in_a_batch_costs_its_read_and_the_others_still_commit_together
     assert_eq!(points(&services, a).await, points_of_a);
     assert_eq!(points(&services, b).await, points_of_a);
     assert_eq!(points(&services, c).await, points_of_a);
+    books_agree(&services).await;
+}
+
+#[tokio::test]
+async fn a_repeat_read_from_a_replica_behind_cancels_the_group_and_each_message_goes_alone() {
+    // GIVEN kr-shop on moto, a purchase already applied, and a warm instance whose eventually
+    // consistent reads come from a replica that has not seen its order's record yet
+    let (table, services) = kr_shop_named().await;
+    let (a, b, c) = (
+        "shopify:8500000001",
+        "shopify:8500000002",
+        "shopify:8500000003",
+    );
+    let applied = purchase(a, "8500011");
+    assert!(
+        process_batch(&services, Consumer::Earn, std::slice::from_ref(&applied))
+            .await
+            .is_empty()
+    );
+    let one = points(&services, a).await;
+    let timeline = Timeline::default();
+    let replica = BehindReplica::default();
+    let (behind, _) = services_on(&table, &timeline, Some(&replica));
+    behind.program("kr-shop").await.unwrap();
+    // WHEN a batch brings the purchase again with two other members' purchases
+    let batch = [purchase(b, "8500021"), applied, purchase(c, "8500031")];
+    let failed = process_batch(&behind, Consumer::Earn, &batch).await;
+    // THEN the replica answered the repeat as new, so its commit went with the others', and
+    // that transaction was cancelled by the marker on its order's record
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(replica.aged() >= 3, "{}", replica.aged());
+    let together = timeline.sent_where(|name| {
+        name.starts_with("TransactWriteItems ") && [a, b, c].iter().all(|m| name.contains(m))
+    });
+    assert_eq!(together, 1, "{timeline:?}");
+    // AND each message then went alone: the repeat changed nothing, the others earned once
+    assert_eq!(points(&services, a).await, one);
+    assert_eq!(points(&services, b).await, one);
+    assert_eq!(points(&services, c).await, one);
     books_agree(&services).await;
 }
 

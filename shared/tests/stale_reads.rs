@@ -16,100 +16,18 @@ use aws_sdk_dynamodb::config::interceptors::{
 };
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
-use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput;
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use chrono::{DateTime, TimeZone, Utc};
 use loyalty_core::ports::FixedClock;
 use loyalty_core::services::earn::Processed;
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::DynamoStore;
-use serde_json::{json, Value};
+use serde_json::json;
 
 mod common;
 
-/// A replica behind on everything but the account: eventually consistent batch reads come
-/// back without order records (`O#…`) and event markers (`E#…`). Counts the reads it aged.
-#[derive(Debug, Default, Clone)]
-struct BehindReplica(Arc<AtomicUsize>);
-
-/// The request being answered is an eventually consistent BatchGetItem.
-#[derive(Debug, Clone)]
-struct Eventual;
-
-impl Storable for Eventual {
-    type Storer = StoreReplace<Self>;
-}
-
-impl Intercept for BehindReplica {
-    fn name(&self) -> &'static str {
-        "behind-replica"
-    }
-
-    fn read_before_transmit(
-        &self,
-        context: &BeforeTransmitInterceptorContextRef<'_>,
-        _components: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        mark_eventual(context, cfg);
-        Ok(())
-    }
-
-    fn modify_before_attempt_completion(
-        &self,
-        context: &mut FinalizerInterceptorContextMut<'_>,
-        _components: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let Some(answer) = eventual_answer(context, cfg) else {
-            return Ok(());
-        };
-        let behind = |item: &HashMap<String, AttributeValue>| {
-            item.get("SK")
-                .and_then(|sk| sk.as_s().ok())
-                .is_some_and(|sk| sk.starts_with("O#") || sk.starts_with("E#"))
-        };
-        for items in answer.responses.iter_mut().flat_map(|r| r.values_mut()) {
-            items.retain(|item| !behind(item));
-        }
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-/// Marks the request as an eventually consistent BatchGetItem, for the answer's interceptor.
-fn mark_eventual(context: &BeforeTransmitInterceptorContextRef<'_>, cfg: &mut ConfigBag) {
-    let request = context.request();
-    let batch_get = request
-        .headers()
-        .get("x-amz-target")
-        .is_some_and(|t| t.ends_with(".BatchGetItem"));
-    let body: Value = request
-        .body()
-        .bytes()
-        .and_then(|b| serde_json::from_slice(b).ok())
-        .unwrap_or_default();
-    let consistent = body["RequestItems"]
-        .as_object()
-        .is_some_and(|tables| tables.values().any(|t| t["ConsistentRead"] == true));
-    if batch_get && !consistent {
-        cfg.interceptor_state().store_put(Eventual);
-    }
-}
-
-/// The answer of an eventually consistent BatchGetItem, to age.
-fn eventual_answer<'a>(
-    context: &'a mut FinalizerInterceptorContextMut<'_>,
-    cfg: &ConfigBag,
-) -> Option<&'a mut BatchGetItemOutput> {
-    cfg.load::<Eventual>()?;
-    let Some(Ok(output)) = context.output_or_error_mut() else {
-        return None;
-    };
-    output.downcast_mut::<BatchGetItemOutput>()
-}
+use common::replica::{eventual_answer, mark_eventual, BehindReplica};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -216,7 +134,7 @@ async fn again_behind(table: &str, message: &str) -> (Processed, usize) {
         .process_earn(message)
         .await
         .unwrap();
-    (again, replica.0.load(Ordering::SeqCst))
+    (again, replica.aged())
 }
 
 fn client(replica: Option<&BehindReplica>) -> aws_sdk_dynamodb::Client {
@@ -298,7 +216,7 @@ async fn a_new_purchase_read_a_moment_old_still_earns_once() {
         .await
         .unwrap();
     // THEN the first applies and the repeat is a duplicate
-    assert!(replica.0.load(Ordering::SeqCst) >= 2);
+    assert!(replica.aged() >= 2);
     assert!(matches!(first, Processed::Applied { .. }), "{first:?}");
     assert!(matches!(again, Processed::Duplicate), "{again:?}");
     // AND the member earned what the other did: the purchase once

@@ -195,3 +195,6 @@ pub fn moto_dynamodb(provider: &'static str) -> aws_sdk_dynamodb::config::Builde
 
 #[cfg(feature = "aws")]
 pub mod timeline;
+
+#[cfg(feature = "aws")]
+pub mod replica;

@@ -952,12 +952,25 @@ def send_until_accepted(base_url: str, delivery: Delivery, scenario: Scenario, a
     return status
 
 
-def _get_json(base_url: str, path: str, admin_token: str) -> tuple[int, dict]:
-    status, body = _request(base_url, "GET", path, {"Authorization": f"Bearer {admin_token}"})
-    try:
-        return status, json.loads(body or b"null") or {}
-    except ValueError:
-        return status, {"raw": body[:200].decode(errors="replace")}
+def _get_json(base_url: str, path: str, admin_token: str, attempts: int = 8) -> tuple[int, dict]:
+    """A GET as a client reads: a 5xx, a 429 or a reset (the faults, an instance crashed by them)
+    is read again a few times; any other answer is returned at once."""
+    for attempt in range(attempts):
+        try:
+            status, body = _request(base_url, "GET", path, {"Authorization": f"Bearer {admin_token}"})
+        except (OSError, http.client.HTTPException):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.3)
+            continue
+        if (status >= 500 or status == 429) and attempt < attempts - 1:
+            time.sleep(0.3)
+            continue
+        try:
+            return status, json.loads(body or b"null") or {}
+        except ValueError:
+            return status, {"raw": body[:200].decode(errors="replace")}
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def check(base_url: str, scenario: Scenario, admin_token: str) -> list[str]:

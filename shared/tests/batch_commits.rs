@@ -159,6 +159,41 @@ async fn purchases_of_several_members_in_one_batch_are_one_transaction_with_one_
 }
 
 #[tokio::test]
+async fn a_cold_instance_s_batch_has_no_more_requests_in_flight_than_connections_warmed() {
+    // GIVEN kr-shop on moto and three members who bought once
+    let (table, services) = kr_shop_named().await;
+    let members = [
+        "shopify:8600000001",
+        "shopify:8600000002",
+        "shopify:8600000003",
+    ];
+    for (i, member) in members.iter().enumerate() {
+        let first = [purchase(member, &format!("86000{i}1"))];
+        assert!(process_batch(&services, Consumer::Earn, &first)
+            .await
+            .is_empty());
+    }
+    let one = points(&services, members[0]).await;
+    // WHEN a new instance, which has read nothing yet, receives a purchase of each in one batch
+    let timeline = Timeline::default();
+    let (cold, _) = services_on(&table, &timeline, None);
+    let batch: Vec<Record> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| purchase(m, &format!("86000{i}2")))
+        .collect();
+    let failed = process_batch(&cold, Consumer::Earn, &batch).await;
+    // THEN no more than two requests were ever in flight (earn opens two connections during
+    // init: a third would open one during the first invocation), and the commits were one
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(timeline.most_in_flight(|_| true), 2, "{timeline:?}");
+    assert_eq!(timeline.count("TransactWriteItems"), 1, "{timeline:?}");
+    for member in members {
+        assert_eq!(points(&services, member).await, 2 * one);
+    }
+}
+
+#[tokio::test]
 async fn a_repeat_in_a_batch_costs_its_read_and_the_others_still_commit_together() {
     // GIVEN kr-shop on moto and a purchase already applied
     let (services, _, timeline) = kr_shop().await;

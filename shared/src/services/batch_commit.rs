@@ -3,13 +3,15 @@
 //! one per event, and the batch waits for one commit instead of one per message.
 //!
 //! Each message of a wave (at most one per FIFO group) is processed as if alone up to its
-//! commit, which it hands to the group through its [`Seat`]; a few at a time, each letting the
-//! next one go once its commit is handed in. Once every seat has handed in a
+//! commit, which it hands to the group through its [`Seat`]: the first alone (on a cold start
+//! it reads the program beside its member), then a few at a time, each letting the next one go
+//! once its commit is handed in. Once every seat has handed in a
 //! commit or been given up (a duplicate, a rejection, an error), the group's commits are sent
 //! together. When they are refused together (a condition failed, two commits on one member,
 //! too many items), nothing was written, and each message commits alone as it would have
 //! without the batch: the single commit's answer tells a duplicate from a conflict.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::{oneshot, Notify, Semaphore, SemaphorePermit};
@@ -29,6 +31,9 @@ pub(crate) struct CommitGroup {
     seats: usize,
     /// Turns: how many messages are processed at once, up to their commit.
     turns: Semaphore,
+    /// The turns added once the first message has handed in its commit or finished: that one
+    /// goes alone, since on a cold start it reads the program beside its member.
+    later_turns: AtomicUsize,
     state: Mutex<Handed>,
     changed: Notify,
 }
@@ -52,7 +57,8 @@ impl CommitGroup {
     pub(crate) fn new(seats: usize, at_once: usize) -> CommitGroup {
         CommitGroup {
             seats,
-            turns: Semaphore::new(at_once.max(1)),
+            turns: Semaphore::new(1),
+            later_turns: AtomicUsize::new(at_once.saturating_sub(1)),
             state: Mutex::new(Handed::default()),
             changed: Notify::new(),
         }
@@ -102,6 +108,16 @@ impl CommitGroup {
         }
     }
 
+    /// A message handed in its commit or finished: the others may go as many at a time as
+    /// the group allows.
+    fn one_done(&self) {
+        let later = self.later_turns.swap(0, Ordering::SeqCst);
+        if later > 0 {
+            self.turns.add_permits(later);
+        }
+        self.changed.notify_one();
+    }
+
     fn all_in(&self) -> Option<Vec<(Commit, oneshot::Sender<Answer>)>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         (state.given_up + state.commits.len() >= self.seats)
@@ -126,10 +142,14 @@ impl Seat<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .commits
             .push((commit, sender));
-        self.group.changed.notify_one();
+        self.group.one_done();
         match answer.await {
             Ok(Answer::Written) => Ok(()),
-            Ok(Answer::Alone(commit)) => services.commit(*commit).await,
+            Ok(Answer::Alone(commit)) => {
+                // Alone as in the wave: no more commits at a time than reads.
+                let _turn = self.group.turns.acquire().await;
+                services.commit(*commit).await
+            }
             // Not known to be written: the message is retried, and its marker stops a repeat.
             Err(_) => Err(CommitError::Store(StoreError::Failed {
                 message: "the batch's commit was abandoned".into(),
@@ -147,7 +167,7 @@ impl Drop for Seat<'_> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .given_up += 1;
-            self.group.changed.notify_one();
+            self.group.one_done();
         }
     }
 }

@@ -105,9 +105,15 @@ impl Timeline {
     /// The most requests of `operation` that were sent and not yet answered at one time.
     pub fn most_at_once(&self, operation: &str) -> usize {
         let prefix = format!("{operation} ");
+        self.most_in_flight(|name| name.starts_with(&prefix))
+    }
+
+    /// The most requests named so that `is` holds that were sent and not yet answered at one
+    /// time.
+    pub fn most_in_flight(&self, is: impl Fn(&str) -> bool) -> usize {
         let (mut now, mut most) = (0_usize, 0_usize);
         for (phase, name) in self.0.lock().unwrap().iter() {
-            if !name.starts_with(&prefix) {
+            if !is(name) {
                 continue;
             }
             match phase {

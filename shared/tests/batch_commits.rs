@@ -83,6 +83,12 @@ fn purchase(member: &str, order: &str) -> Record {
     purchase_in(&format!("kr-shop#{member}"), member, order)
 }
 
+/// Processes `records` as earn's batch, which leaves nothing to retry.
+async fn earned(services: &Services, records: &[Record]) {
+    let failed = process_batch(services, Consumer::Earn, records).await;
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
 /// The member's points, available and pending.
 async fn points(services: &Services, member: &str) -> i64 {
     let view = services.member_view("kr-shop", member).await.unwrap();
@@ -119,9 +125,7 @@ async fn purchases_of_several_members_in_one_batch_are_one_transaction_with_one_
     ];
     for (i, member) in members.iter().enumerate() {
         let first = [purchase(member, &format!("81000{i}1"))];
-        assert!(process_batch(&services, Consumer::Earn, &first)
-            .await
-            .is_empty());
+        earned(&services, &first).await;
     }
     let before: Vec<i64> =
         futures_util::future::join_all(members.iter().map(|m| points(&services, m))).await;
@@ -169,9 +173,7 @@ async fn a_cold_instance_s_batch_has_no_more_requests_in_flight_than_connections
     ];
     for (i, member) in members.iter().enumerate() {
         let first = [purchase(member, &format!("86000{i}1"))];
-        assert!(process_batch(&services, Consumer::Earn, &first)
-            .await
-            .is_empty());
+        earned(&services, &first).await;
     }
     let one = points(&services, members[0]).await;
     // WHEN a new instance, which has read nothing yet, receives a purchase of each in one batch
@@ -203,11 +205,7 @@ async fn a_repeat_in_a_batch_costs_its_read_and_the_others_still_commit_together
         "shopify:8200000003",
     );
     let applied = purchase(a, "8200011");
-    assert!(
-        process_batch(&services, Consumer::Earn, std::slice::from_ref(&applied))
-            .await
-            .is_empty()
-    );
+    earned(&services, std::slice::from_ref(&applied)).await;
     let points_of_a = points(&services, a).await;
     // WHEN a batch brings it again with two other members' purchases
     timeline.clear();
@@ -240,11 +238,7 @@ async fn a_repeat_read_from_a_replica_behind_cancels_the_group_and_each_message_
         "shopify:8500000003",
     );
     let applied = purchase(a, "8500011");
-    assert!(
-        process_batch(&services, Consumer::Earn, std::slice::from_ref(&applied))
-            .await
-            .is_empty()
-    );
+    earned(&services, std::slice::from_ref(&applied)).await;
     let one = points(&services, a).await;
     let timeline = Timeline::default();
     let replica = BehindReplica::default();
@@ -273,11 +267,7 @@ async fn commits_that_cannot_go_together_are_each_written_alone_and_each_counts_
     // GIVEN kr-shop on moto and a member who bought once
     let (services, _, _) = kr_shop().await;
     let (a, b) = ("shopify:8300000001", "shopify:8300000002");
-    assert!(
-        process_batch(&services, Consumer::Earn, &[purchase(a, "8300011")])
-            .await
-            .is_empty()
-    );
+    earned(&services, &[purchase(a, "8300011")]).await;
     let one = points(&services, a).await;
     // WHEN one wave holds two purchases of that member (in two FIFO groups, as no sender
     // of ours makes them, so that their commits land on one account) and another member's

@@ -17,7 +17,7 @@ use serde_json::json;
 
 mod common;
 
-use common::replica::BehindReplica;
+use common::replica::{BehindReplica, Replica};
 use common::timeline::Timeline;
 
 fn now() -> DateTime<Utc> {
@@ -52,7 +52,7 @@ fn services_on(
 ) -> (Arc<Services>, Arc<DynamoStore>) {
     let mut config = common::moto_dynamodb("batch").interceptor(timeline.clone());
     if let Some(replica) = replica {
-        config = config.interceptor(replica.clone());
+        config = config.interceptor(Replica(replica.clone()));
     }
     let client = aws_sdk_dynamodb::Client::from_conf(config.build());
     let store = Arc::new(DynamoStore::new(client, table));
@@ -81,6 +81,15 @@ fn purchase_in(group: &str, member: &str, order: &str) -> Record {
 
 fn purchase(member: &str, order: &str) -> Record {
     purchase_in(&format!("kr-shop#{member}"), member, order)
+}
+
+/// A purchase of each member, of the order `{orders}{i}{n}` for the i-th.
+fn purchases(members: &[&str], orders: &str, n: u8) -> Vec<Record> {
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| purchase(m, &format!("{orders}{i}{n}")))
+        .collect()
 }
 
 /// Processes `records` as earn's batch, which leaves nothing to retry.
@@ -123,9 +132,8 @@ async fn purchases_of_several_members_in_one_batch_are_one_transaction_with_one_
         "shopify:8100000002",
         "shopify:8100000003",
     ];
-    for (i, member) in members.iter().enumerate() {
-        let first = [purchase(member, &format!("81000{i}1"))];
-        earned(&services, &first).await;
+    for first in purchases(&members, "81000", 1) {
+        earned(&services, &[first]).await;
     }
     let before: Vec<i64> =
         futures_util::future::join_all(members.iter().map(|m| points(&services, m))).await;
@@ -137,11 +145,7 @@ async fn purchases_of_several_members_in_one_batch_are_one_transaction_with_one_
     let measure = points(&services, alone).await;
     // WHEN one batch brings each of the three a new purchase
     timeline.clear();
-    let batch: Vec<Record> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| purchase(m, &format!("81000{i}2")))
-        .collect();
+    let batch = purchases(&members, "81000", 2);
     let failed = process_batch(&services, Consumer::Earn, &batch).await;
     // THEN nothing failed, the members were read two at a time (the connections a cold
     // instance has open), and the three commits were one transaction writing the books once
@@ -171,19 +175,14 @@ async fn a_cold_instance_s_batch_has_no_more_requests_in_flight_than_connections
         "shopify:8600000002",
         "shopify:8600000003",
     ];
-    for (i, member) in members.iter().enumerate() {
-        let first = [purchase(member, &format!("86000{i}1"))];
-        earned(&services, &first).await;
+    for first in purchases(&members, "86000", 1) {
+        earned(&services, &[first]).await;
     }
     let one = points(&services, members[0]).await;
     // WHEN a new instance, which has read nothing yet, receives a purchase of each in one batch
     let timeline = Timeline::default();
     let (cold, _) = services_on(&table, &timeline, None);
-    let batch: Vec<Record> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| purchase(m, &format!("86000{i}2")))
-        .collect();
+    let batch = purchases(&members, "86000", 2);
     let failed = process_batch(&cold, Consumer::Earn, &batch).await;
     // THEN no more than two requests were ever in flight (earn opens two connections during
     // init: a third would open one during the first invocation), and the commits were one

@@ -11,11 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use aws_sdk_dynamodb::config::interceptors::{
-    BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextMut,
-};
-use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_sdk_dynamodb::error::BoxError;
+use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeZone, Utc};
 use loyalty_core::ports::FixedClock;
@@ -27,7 +23,7 @@ use serde_json::json;
 
 mod common;
 
-use common::replica::{eventual_answer, mark_eventual, BehindReplica};
+use common::replica::{BehindReplica, Lag, Replica};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -62,32 +58,10 @@ impl OldAccount {
     }
 }
 
-impl Intercept for OldAccount {
-    fn name(&self) -> &'static str {
-        "old-account"
-    }
-
-    fn read_before_transmit(
-        &self,
-        context: &BeforeTransmitInterceptorContextRef<'_>,
-        _components: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        mark_eventual(context, cfg);
-        Ok(())
-    }
-
-    fn modify_before_attempt_completion(
-        &self,
-        context: &mut FinalizerInterceptorContextMut<'_>,
-        _components: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let Some(answer) = eventual_answer(context, cfg) else {
-            return Ok(());
-        };
+impl Lag for OldAccount {
+    fn age(&self, answer: &mut BatchGetItemOutput) {
         let Some(old) = self.kept.lock().unwrap().clone() else {
-            return Ok(());
+            return;
         };
         for items in answer.responses.iter_mut().flat_map(|r| r.values_mut()) {
             for item in items.iter_mut() {
@@ -97,7 +71,6 @@ impl Intercept for OldAccount {
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -140,7 +113,7 @@ async fn again_behind(table: &str, message: &str) -> (Processed, usize) {
 fn client(replica: Option<&BehindReplica>) -> aws_sdk_dynamodb::Client {
     let mut config = common::moto_dynamodb("stale-reads");
     if let Some(replica) = replica {
-        config = config.interceptor(replica.clone());
+        config = config.interceptor(Replica(replica.clone()));
     }
     aws_sdk_dynamodb::Client::from_conf(config.build())
 }
@@ -250,7 +223,7 @@ async fn a_repeat_for_a_suspended_member_does_not_wait_for_a_resume_on_a_read_a_
 
 /// Services of a warm instance whose eventually consistent reads answer the account `old` kept.
 async fn warm_with_old_account(table: &str, old: &OldAccount) -> Services {
-    let config = common::moto_dynamodb("stale-reads").interceptor(old.clone());
+    let config = common::moto_dynamodb("stale-reads").interceptor(Replica(old.clone()));
     let services = services_on(table, aws_sdk_dynamodb::Client::from_conf(config.build()));
     services.program("kr-shop").await.expect("kr-shop is saved");
     services

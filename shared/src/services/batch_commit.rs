@@ -6,9 +6,10 @@
 //! commit, which it hands to the group through its [`Seat`]: the first alone (on a cold start
 //! it reads the program beside its member), then a few at a time, each letting the next one go
 //! once its commit is handed in. Once every seat has handed in a commit or been given up (a
-//! duplicate, a rejection, an error), the group's commits are sent together. When they are refused together (a condition failed, two commits on one member,
-//! too many items), nothing was written, and each message commits alone as it would have
-//! without the batch: the single commit's answer tells a duplicate from a conflict.
+//! duplicate, a rejection, an error), the group's commits are sent together. When they are
+//! refused together (a condition failed, two commits on one member, too many items), nothing
+//! was written, and each message commits alone as it would have without the batch: the single
+//! commit's answer tells a duplicate from a conflict.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;

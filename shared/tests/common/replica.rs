@@ -28,9 +28,19 @@ impl Storable for Eventual {
     type Storer = StoreReplace<Self>;
 }
 
-impl Intercept for BehindReplica {
+/// What a replica a moment behind answers: it changes an eventually consistent BatchGetItem's
+/// answer; every other answer is current.
+pub trait Lag: std::fmt::Debug + Send + Sync + 'static {
+    fn age(&self, answer: &mut BatchGetItemOutput);
+}
+
+/// A client's interceptor that answers its eventually consistent batch reads as `L` would.
+#[derive(Debug, Clone)]
+pub struct Replica<L>(pub L);
+
+impl<L: Lag> Intercept for Replica<L> {
     fn name(&self) -> &'static str {
-        "behind-replica"
+        "replica"
     }
 
     fn read_before_transmit(
@@ -49,9 +59,15 @@ impl Intercept for BehindReplica {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let Some(answer) = eventual_answer(context, cfg) else {
-            return Ok(());
-        };
+        if let Some(answer) = eventual_answer(context, cfg) {
+            self.0.age(answer);
+        }
+        Ok(())
+    }
+}
+
+impl Lag for BehindReplica {
+    fn age(&self, answer: &mut BatchGetItemOutput) {
         let behind = |item: &std::collections::HashMap<String, AttributeValue>| {
             item.get("SK")
                 .and_then(|sk| sk.as_s().ok())
@@ -61,12 +77,11 @@ impl Intercept for BehindReplica {
             items.retain(|item| !behind(item));
         }
         self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
     }
 }
 
 /// Marks the request as an eventually consistent BatchGetItem, for the answer's interceptor.
-pub fn mark_eventual(context: &BeforeTransmitInterceptorContextRef<'_>, cfg: &mut ConfigBag) {
+fn mark_eventual(context: &BeforeTransmitInterceptorContextRef<'_>, cfg: &mut ConfigBag) {
     let request = context.request();
     let batch_get = request
         .headers()
@@ -86,7 +101,7 @@ pub fn mark_eventual(context: &BeforeTransmitInterceptorContextRef<'_>, cfg: &mu
 }
 
 /// The answer of an eventually consistent BatchGetItem, to age.
-pub fn eventual_answer<'a>(
+fn eventual_answer<'a>(
     context: &'a mut FinalizerInterceptorContextMut<'_>,
     cfg: &ConfigBag,
 ) -> Option<&'a mut BatchGetItemOutput> {

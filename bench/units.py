@@ -10,7 +10,8 @@ is quiet (webhook-ingest -> earn -> outbox-relay -> tier-recalc ...):
   first purchase of a new member, purchase of a known member, a frequent buyer's purchase
   (eight others still pending), duplicate delivery, refund,
   admin adjustment, redemption, GET /me, release of matured pending points (tier-recalc job),
-  and ten purchases delivered to earn as one batch of 10.
+  ten purchases delivered to earn as one batch of 10, the campaign tick; then, in a running
+  campaign the members have seen, a purchase alone and ten as one batch of 10.
 
 Units, as DynamoDB on-demand charges them (sizes approximated, see item_size):
   reads   GetItem / BatchGetItem item: ceil(size/4KB) x (1 strong, 0.5 eventual), 1 item at least;
@@ -699,6 +700,38 @@ def scenario(args, work_dir: Path) -> dict:
 
         run("campaign-tick job (schedule of campaign-assign)", tick)
         print("campaign-tick:", json.dumps(job_answer.get("campaign-tick"))[:600], flush=True)
+
+        # A running campaign counting purchases (two variants that change nothing), which the
+        # ten members above and the warm-up member see in the app; once the functions' cached
+        # campaigns have expired and a warm-up purchase has read them again, a purchase of one
+        # member alone and then one of each of the ten as one earn batch of 10 (within the
+        # cache's 30 s).
+        campaign = {"name": "Bench split", "kind": "on_exposure", "status": "running",
+                    "start": (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "end": (now + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "hash_seed": "bench-split", "goal": "purchase",
+                    "variants": [{"key": "a", "weight": 0.5, "effect": {"type": "none"}},
+                                 {"key": "b", "weight": 0.5, "effect": {"type": "none"}}]}
+        status, answer = d.http("PUT", f"/v1/programs/{PROGRAM}/campaigns/bench-split", json.dumps(campaign).encode(),
+                                {"Authorization": f"Bearer {d.admin()}", "Content-Type": "application/json"})
+        assert status < 300, (status, answer)
+        time.sleep(31)  # PROGRAM_CACHE_TTL: every warm instance reads the campaigns again
+        for m in [w] + members10:
+            status, answer = d.http("GET", f"/v1/programs/{PROGRAM}/me/campaigns", None, {"Authorization": f"Bearer {d.member_token(f'shopify:{m}')}"})
+            assert status == 200 and answer["campaigns"], (status, answer)
+        run("warm-up: purchase in a running campaign", lambda: d.shopify("orders/paid", shopify_order(w, 7_000_003, now - timedelta(minutes=2), [(3, 1, 30000)])))
+        run("purchase of a known member in a running campaign",
+            lambda: d.shopify("orders/paid", shopify_order(members10[0], 7_400_000, now - timedelta(minutes=12), [(70, 1, 25000)])))
+        earn_source.stop()
+        time.sleep(1.0)
+
+        def ten_in_campaign():
+            for i, m in enumerate(members10):
+                d.shopify("orders/paid", shopify_order(m, 7_500_000 + i, now - timedelta(minutes=10), [(80 + i, 2, 25000)]))
+            earn_source.stopping.clear()
+            earn_source.start()
+
+        run("10 purchases of known members in a running campaign, earn batch of 10", ten_in_campaign, settle=3.0)
         results["_meta"] = {"date": now.isoformat(), "bin_dir": str(args.bin_dir), "redemption_status": redeem_status["answer"][0],
                             "me_status": me["answer"][0], "jobs": job_answer}
     finally:
@@ -731,7 +764,9 @@ def report(results: dict) -> None:
             calls = ", ".join(f"{k.split('.', 1)[1]} {v:g}" for k, v in sorted(f.items()) if "." in k)
             print(f"| {label} | {function} | {calls} | {f.get('rcu', 0):g} | {f.get('wcu', 0):g} ({f.get('wcu index', 0):g}) |")
     for label in ("purchase of a known member", "purchase of a frequent buyer (8 purchases pending)",
-                  "redemption (coupon-5000)", "duplicate delivery of that purchase"):
+                  "redemption (coupon-5000)", "duplicate delivery of that purchase",
+                  "purchase of a known member in a running campaign",
+                  "10 purchases of known members in a running campaign, earn batch of 10"):
         if label not in results:
             continue
         print(f"\nItems written by '{label}': function, call, item (sort key kind), size in bytes, WCU (+ index WCU)")

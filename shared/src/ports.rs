@@ -197,7 +197,8 @@ pub struct AssignmentWrite {
 /// never all update one item.
 pub const COUNTER_SHARDS: u32 = 8;
 
-/// The counter shard a member's changes go to (stable per member).
+/// The counter shard a member's changes go to (stable per member; a batch's commits written
+/// together add to the shard of their first).
 pub fn counter_shard(member: &str) -> u32 {
     crate::bucketing::fnv32a(member) % COUNTER_SHARDS
 }

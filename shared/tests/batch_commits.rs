@@ -4,12 +4,15 @@
 //! together. Requests are seen from outside the code, through the client's timeline.
 #![cfg(feature = "aws")]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use loyalty_core::domain::{Account, EventContext, OrderRecord, Program};
-use loyalty_core::ports::{Commit, CommitError, EventMarker, FixedClock, MemberStore};
+use loyalty_core::ports::{
+    counter_shard, CampaignStore, Commit, CommitError, EventMarker, FixedClock, MemberStore,
+};
+use loyalty_core::report::VariantCounts;
 use loyalty_core::services::batch::{process_batch, Consumer, Record};
 use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::DynamoStore;
@@ -162,6 +165,75 @@ async fn purchases_of_several_members_in_one_batch_are_one_transaction_with_one_
     // AND each member earned what a purchase earns alone, and the books agree
     for (member, before) in members.iter().zip(before) {
         assert_eq!(points(&services, member).await - before, measure);
+    }
+    books_agree(&services).await;
+}
+
+/// A running campaign of kr-shop counting purchases, in two variants that change nothing.
+fn split_campaign() -> Vec<u8> {
+    json!({
+        "name": "Split", "kind": "on_exposure", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": "batch-split-2026", "goal": "purchase",
+        "variants": [
+            {"key": "a", "weight": 0.5, "effect": {"type": "none"}},
+            {"key": "b", "weight": 0.5, "effect": {"type": "none"}}
+        ]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn purchases_of_members_in_a_running_campaign_are_one_transaction_adding_to_each_variant_once(
+) {
+    // GIVEN kr-shop on moto, a purchase processed alone as a measure, three members who bought
+    // once, each in a shard of its own of the campaign counters, then a running campaign that
+    // counts purchases, which each of them has seen in the app
+    let (services, store, timeline) = kr_shop().await;
+    let members = [
+        "shopify:8700000001",
+        "shopify:8700000002",
+        "shopify:8700000003",
+    ];
+    let shards: HashSet<u32> = members.iter().map(|m| counter_shard(m)).collect();
+    assert_eq!(shards.len(), members.len(), "{shards:?}");
+    earned(&services, &[purchase("shopify:8700000009", "8700091")]).await;
+    let measure = points(&services, "shopify:8700000009").await;
+    earned(&services, &purchases(&members, "87000", 1)).await;
+    services
+        .put_campaign("kr-shop", "split", &split_campaign())
+        .await
+        .unwrap();
+    for member in members {
+        services.my_campaigns("kr-shop", member).await.unwrap();
+    }
+    // WHEN one batch brings each of the three a new purchase
+    timeline.clear();
+    let failed = process_batch(&services, Consumer::Earn, &purchases(&members, "87000", 2)).await;
+    // THEN nothing failed, and the three commits, with their assignments, were one transaction
+    // adding to each variant's counters once (three members and two variants: one variant
+    // had two of them, whose counters, in two shards, went as one write)
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(timeline.count("TransactWriteItems"), 1, "{timeline:?}");
+    let counts = store.campaign_counts("kr-shop", "split").await.unwrap();
+    let counters_written = |name: &str| name.matches("P#kr-shop#C#split#S#").count();
+    let written = timeline.sent_where(|name| {
+        name.starts_with("TransactWriteItems ")
+            && members.iter().all(|m| name.contains(m))
+            && counters_written(name) == counts.len()
+    });
+    assert_eq!(written, 1, "{timeline:?}");
+    // AND the campaign counted three assigned members, who converted with one purchase each of
+    // 30,000, and each member earned what a purchase earns alone; the books agree
+    let sum = |f: fn(&VariantCounts) -> i128| counts.iter().map(f).sum::<i128>();
+    assert_eq!(sum(|c| c.assigned.into()), 3, "{counts:?}");
+    assert_eq!(sum(|c| c.converters.into()), 3, "{counts:?}");
+    assert_eq!(sum(|c| c.purchases.into()), 3, "{counts:?}");
+    assert_eq!(sum(|c| c.revenue.into()), 90_000, "{counts:?}");
+    assert_eq!(sum(|c| c.revenue_sq), 3 * 30_000 * 30_000, "{counts:?}");
+    for member in members {
+        assert_eq!(points(&services, member).await, 2 * measure);
     }
     books_agree(&services).await;
 }

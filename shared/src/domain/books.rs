@@ -45,7 +45,8 @@ pub struct BookRow {
     pub value: i64,
 }
 
-/// The shard a member's changes go to (stable per member).
+/// The shard a member's changes go to (stable per member; a batch's commits written together
+/// add to the shard of their first).
 pub fn book_shard(member: &str) -> u32 {
     crate::bucketing::fnv32a(member) % BOOK_SHARDS
 }

@@ -9,7 +9,9 @@
 //! duplicate, a rejection, an error), the group's commits are sent together. When they are
 //! refused together (a condition failed, two commits on one member, too many items), nothing
 //! was written, and each message commits alone as it would have without the batch: the single
-//! commit's answer tells a duplicate from a conflict.
+//! commit's answer tells a duplicate from a conflict. When the answer is lost (a timeout), the
+//! group may have been written: each commit sent alone then fails on its account's version or
+//! its marker, and the message reads again and finds its event applied.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;

@@ -1078,9 +1078,6 @@ impl DynamoStore {
         if !commit.assignments.is_empty() {
             special.assignments = Some((first, writes.len()));
         }
-        for add in &commit.counters {
-            writes.push(self.counter_write(&commit.program, add)?);
-        }
         Ok(special)
     }
 
@@ -1377,17 +1374,16 @@ fn expired(item: &Item) -> bool {
         .is_some_and(|at| at < Utc::now().timestamp())
 }
 
-/// A commit of an account, its entries, messages and books, and perhaps an event's marker and
-/// order records: nothing that writes items outside the member's partition but its books (a
-/// coupon, an idempotency record, campaign counters another member's commit may add to too).
+/// A commit of an account, its entries, messages, books and campaign counters, and perhaps an
+/// event's marker, order records and campaign assignments: nothing that writes items outside
+/// the member's partition but the counters it adds to (merged with the others'), not a
+/// coupon, a redemption or an idempotency record.
 fn groupable(commit: &Commit) -> bool {
     commit.redemption.is_none()
         && commit.copied_redemptions.is_empty()
         && commit.coupon.is_none()
         && commit.revoke_coupon.is_none()
         && commit.idempotency.is_none()
-        && commit.assignments.is_empty()
-        && commit.counters.is_empty()
 }
 
 fn refused(message: &str) -> StoreError {
@@ -1689,6 +1685,9 @@ impl MemberStore for DynamoStore {
             return Err(refused.into());
         }
         let (mut writes, marker_index, special) = self.commit_writes(&commit)?;
+        for add in &commit.counters {
+            writes.push(self.counter_write(&commit.program, add)?);
+        }
         if let Some(write) = self.books_write(&commit.program, &commit.books)? {
             writes.push(write);
         }
@@ -1704,10 +1703,12 @@ impl MemberStore for DynamoStore {
         true
     }
 
-    /// One transaction. Commits of an account, its entries, messages, books, and an event's
-    /// marker and order records (what the scheduled jobs and earn write) go together, one per
-    /// member; a cancellation is reported as a conflict, and the caller's commits one by one
-    /// tell what it was (a duplicate, a conflict).
+    /// One transaction. Commits of an account, its entries, messages, books and campaign
+    /// counters, and an event's marker, order records and campaign assignments (what the
+    /// scheduled jobs and earn write) go together, one per member; a cancellation is reported
+    /// as a conflict, and the caller's commits one by one tell what it was (a duplicate, a
+    /// conflict). The books of a day and a variant's counters are each one write, in the shard
+    /// of the first commit that adds to them: their readers sum the shards.
     async fn commit_together(&self, commits: Vec<Commit>) -> Result<(), CommitError> {
         if commits.len() == 1 {
             if let Some(commit) = commits.into_iter().next() {
@@ -1717,6 +1718,7 @@ impl MemberStore for DynamoStore {
         }
         let mut writes = Vec::new();
         let mut books: BTreeMap<(&str, NaiveDate), BooksAdd> = BTreeMap::new();
+        let mut counters: BTreeMap<(&str, &str, &str), CounterAdd> = BTreeMap::new();
         let mut members = HashSet::with_capacity(commits.len());
         for commit in &commits {
             if !groupable(commit) {
@@ -1736,9 +1738,18 @@ impl MemberStore for DynamoStore {
                     .and_modify(|add| add.absorb(&commit.books))
                     .or_insert_with(|| commit.books.clone());
             }
+            for add in &commit.counters {
+                counters
+                    .entry((&commit.program, &add.campaign, &add.counts.variant))
+                    .and_modify(|sum| sum.counts.add(&add.counts))
+                    .or_insert_with(|| add.clone());
+            }
         }
         for ((program, _), add) in &books {
             writes.extend(self.books_write(program, add)?);
+        }
+        for ((program, _, _), add) in &counters {
+            writes.push(self.counter_write(program, add)?);
         }
         if writes.len() > super::MAX_COMMIT_ITEMS {
             return Err(refused("commits together are more than one transaction can hold").into());

@@ -777,12 +777,19 @@ def report(results: dict) -> None:
 
 def cost(results: dict) -> None:
     """Cost per million purchase events of a known member (the steady state), from the measured
-    units and durations: delivered to earn one by one, and in batches of 10."""
-    single = results.get("purchase of a known member")
-    ten = results.get("10 purchases of known members, earn batch of 10")
-    if not single or not ten:
-        return
-    print("\nCost per million purchase events (known member; us-east-1 list prices; Lambda arm64 256 MB):")
+    units and durations: delivered to earn one by one, and in batches of 10; without a campaign,
+    then in a running campaign the members have seen."""
+    for title, single, ten in (
+        ("known member", "purchase of a known member", "10 purchases of known members, earn batch of 10"),
+        ("known member in a running campaign", "purchase of a known member in a running campaign",
+         "10 purchases of known members in a running campaign, earn batch of 10"),
+    ):
+        if results.get(single) and results.get(ten):
+            cost_of(title, results[single], results[ten])
+
+
+def cost_of(title: str, single: dict, ten: dict) -> None:
+    print(f"\nCost per million purchase events ({title}; us-east-1 list prices; Lambda arm64 256 MB):")
     print("| | batch of 1 | batch of 10 |")
     print("|---|---|---|")
     rows = {}

@@ -5,7 +5,15 @@
 #![cfg(feature = "aws")]
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use aws_sdk_dynamodb::config::interceptors::{
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
+use aws_sdk_dynamodb::config::{Builder, ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_dynamodb::error::BoxError;
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
 
 use chrono::{DateTime, TimeZone, Utc};
 use loyalty_core::domain::{Account, EventContext, OrderRecord, Program};
@@ -31,7 +39,7 @@ fn now() -> DateTime<Utc> {
 async fn kr_shop() -> (Arc<Services>, Arc<DynamoStore>, Timeline) {
     let table = format!("loyalty-batch-{}", uuid::Uuid::new_v4().simple());
     let timeline = Timeline::default();
-    let (services, store) = services_on(&table, &timeline, None);
+    let (services, store) = services_on(&table, &timeline, |c| c);
     store.create_table().await.expect("moto creates the table");
     common::save_kr_shop(&services).await;
     (services, store, timeline)
@@ -40,23 +48,20 @@ async fn kr_shop() -> (Arc<Services>, Arc<DynamoStore>, Timeline) {
 /// kr-shop on a table of its own, by the table's name.
 async fn kr_shop_named() -> (String, Arc<Services>) {
     let table = format!("loyalty-batch-{}", uuid::Uuid::new_v4().simple());
-    let (services, store) = services_on(&table, &Timeline::default(), None);
+    let (services, store) = services_on(&table, &Timeline::default(), |c| c);
     store.create_table().await.expect("moto creates the table");
     common::save_kr_shop(&services).await;
     (table, services)
 }
 
-/// Services on `table` whose client notes its requests, and whose eventually consistent reads
-/// are answered by `replica` if given.
+/// Services on `table` whose client notes its requests, its configuration changed by `with`
+/// (an interceptor more).
 fn services_on(
     table: &str,
     timeline: &Timeline,
-    replica: Option<&BehindReplica>,
+    with: impl FnOnce(Builder) -> Builder,
 ) -> (Arc<Services>, Arc<DynamoStore>) {
-    let mut config = common::moto_dynamodb("batch").interceptor(timeline.clone());
-    if let Some(replica) = replica {
-        config = config.interceptor(Replica(replica.clone()));
-    }
+    let config = with(common::moto_dynamodb("batch").interceptor(timeline.clone()));
     let client = aws_sdk_dynamodb::Client::from_conf(config.build());
     let store = Arc::new(DynamoStore::new(client, table));
     let services = Arc::new(Services::new(
@@ -253,7 +258,7 @@ async fn a_cold_instance_s_batch_has_no_more_requests_in_flight_than_connections
     let one = points(&services, members[0]).await;
     // WHEN a new instance, which has read nothing yet, receives a purchase of each in one batch
     let timeline = Timeline::default();
-    let (cold, _) = services_on(&table, &timeline, None);
+    let (cold, _) = services_on(&table, &timeline, |c| c);
     let batch = purchases(&members, "86000", 2);
     let failed = process_batch(&cold, Consumer::Earn, &batch).await;
     // THEN no more than two requests were ever in flight (earn opens two connections during
@@ -313,7 +318,9 @@ async fn a_repeat_read_from_a_replica_behind_cancels_the_group_and_each_message_
     let one = points(&services, a).await;
     let timeline = Timeline::default();
     let replica = BehindReplica::default();
-    let (behind, _) = services_on(&table, &timeline, Some(&replica));
+    let (behind, _) = services_on(&table, &timeline, |c| {
+        c.interceptor(Replica(replica.clone()))
+    });
     behind.program("kr-shop").await.unwrap();
     // WHEN a batch brings the purchase again with two other members' purchases
     let batch = [purchase(b, "8500021"), applied, purchase(c, "8500031")];
@@ -358,6 +365,90 @@ async fn commits_that_cannot_go_together_are_each_written_alone_and_each_counts_
     assert!(again.is_empty(), "{again:?}");
     assert_eq!(points(&services, a).await, 3 * one);
     assert_eq!(points(&services, b).await, one);
+}
+
+/// Loses the answer to the next transaction once armed: DynamoDB has written it, and the
+/// client is told it failed, as when a connection drops after the request reached the table.
+#[derive(Debug, Clone, Default)]
+struct LoseAnswer(Arc<AtomicBool>);
+
+/// A transaction whose answer is to be lost.
+#[derive(Debug, Clone)]
+struct Losing;
+
+impl Storable for Losing {
+    type Storer = StoreReplace<Self>;
+}
+
+impl Intercept for LoseAnswer {
+    fn name(&self) -> &'static str {
+        "lose-answer"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let target = context.request().headers().get("x-amz-target");
+        if target.is_some_and(|t| t.ends_with(".TransactWriteItems"))
+            && self.0.swap(false, Ordering::SeqCst)
+        {
+            cfg.interceptor_state().store_put(Losing);
+        }
+        Ok(())
+    }
+
+    fn read_before_deserialization(
+        &self,
+        _context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        match cfg.load::<Losing>() {
+            Some(_) => Err("the connection dropped before the answer".into()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_group_written_whose_answer_was_lost_counts_each_purchase_once() {
+    // GIVEN kr-shop on moto, three members who bought once, and an instance whose client will
+    // lose the answer to its next transaction, which DynamoDB writes
+    let (table, services) = kr_shop_named().await;
+    let members = [
+        "shopify:8800000001",
+        "shopify:8800000002",
+        "shopify:8800000003",
+    ];
+    earned(&services, &purchases(&members, "88000", 1)).await;
+    let one = points(&services, members[0]).await;
+    let timeline = Timeline::default();
+    let lose = LoseAnswer::default();
+    let (dropping, _) = services_on(&table, &timeline, |c| c.interceptor(lose.clone()));
+    lose.0.store(true, Ordering::SeqCst);
+    // WHEN one batch brings each of them a new purchase
+    let batch = purchases(&members, "88000", 2);
+    let failed = process_batch(&dropping, Consumer::Earn, &batch).await;
+    // THEN the group's transaction was sent once, with every member, and its answer lost
+    assert!(!lose.0.load(Ordering::SeqCst), "no transaction was sent");
+    let together = timeline.sent_where(|name| {
+        name.starts_with("TransactWriteItems ") && members.iter().all(|m| name.contains(m))
+    });
+    assert_eq!(together, 1, "{timeline:?}");
+    // AND each message, sent alone, found its purchase applied: nothing failed, nothing was
+    // counted twice, and the batch again changes nothing
+    assert!(failed.is_empty(), "{failed:?}");
+    for member in members {
+        assert_eq!(points(&services, member).await, 2 * one);
+    }
+    books_agree(&services).await;
+    earned(&dropping, &batch).await;
+    for member in members {
+        assert_eq!(points(&services, member).await, 2 * one);
+    }
 }
 
 /// A commit giving `member` `points` under the event `event` of `order`, its marker kept on

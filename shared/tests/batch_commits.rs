@@ -1,7 +1,9 @@
 //! An earn batch's commits written together on DynamoDB (moto; `scripts/test` exports
 //! `LOYALTY_TEST_DYNAMODB_ENDPOINT`): one transaction, and one write of the program's books,
-//! for the purchases of several members; each message alone again when they cannot go
-//! together. Requests are seen from outside the code, through the client's timeline.
+//! for the purchases of several members, in a running campaign too, counting what the same
+//! messages count one by one; each message alone again when they cannot go together or the
+//! group's answer is lost. Requests are seen from outside the code, through the client's
+//! timeline.
 #![cfg(feature = "aws")]
 
 use std::collections::{BTreeMap, HashSet};
@@ -72,13 +74,18 @@ fn services_on(
     (services, store)
 }
 
-/// A purchase message as earn.fifo delivers it, in `group`.
+/// A purchase message of 30,000 as earn.fifo delivers it, in `group`.
 fn purchase_in(group: &str, member: &str, order: &str) -> Record {
+    priced_in(group, member, order, 30_000)
+}
+
+/// A purchase message of one unit at `price` as earn.fifo delivers it, in `group`.
+fn priced_in(group: &str, member: &str, order: &str, price: i64) -> Record {
     let body = json!({
         "type": "purchase.completed", "version": 1, "id": format!("shopify-order-{order}-paid"),
         "program": "kr-shop", "member": member, "occurred_at": now(),
         "data": {"order_id": order, "currency": "KRW", "platform": "shopify",
-                 "lines": [{"line_id": "1", "quantity": 1, "unit_price": "30000"}]}
+                 "lines": [{"line_id": "1", "quantity": 1, "unit_price": price.to_string()}]}
     });
     Record {
         message_id: format!("msg-{order}"),
@@ -241,6 +248,94 @@ async fn purchases_of_members_in_a_running_campaign_are_one_transaction_adding_t
         assert_eq!(points(&services, member).await, 2 * measure);
     }
     books_agree(&services).await;
+}
+
+/// A fixed pseudo-random stream (splitmix64): the same messages on every run.
+struct Stream(u64);
+
+impl Stream {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    }
+}
+
+/// kr-shop with the split campaign running, seen in the app by each of `members`.
+async fn kr_shop_in_campaign(members: &[String]) -> (Arc<Services>, Arc<DynamoStore>, Timeline) {
+    let (services, store, timeline) = kr_shop().await;
+    services
+        .put_campaign("kr-shop", "split", &split_campaign())
+        .await
+        .unwrap();
+    for member in members {
+        services.my_campaigns("kr-shop", member).await.unwrap();
+    }
+    timeline.clear();
+    (services, store, timeline)
+}
+
+/// A campaign's counts per variant, summed over the shards, by variant.
+async fn counts_of(store: &DynamoStore) -> Vec<VariantCounts> {
+    let mut counts = store.campaign_counts("kr-shop", "split").await.unwrap();
+    counts.sort_by(|a, b| a.variant.cmp(&b.variant));
+    counts
+}
+
+#[tokio::test]
+async fn batches_with_repeats_in_a_running_campaign_count_what_the_same_messages_count_alone() {
+    // GIVEN two kr-shop tables with the split campaign running, seen by the same six members,
+    // and 48 purchase messages of theirs at various prices, 12 of them delivered again later
+    let members: Vec<String> = (1..=6).map(|i| format!("shopify:890000000{i}")).collect();
+    let (batched, batched_store, batched_timeline) = kr_shop_in_campaign(&members).await;
+    let (alone, alone_store, alone_timeline) = kr_shop_in_campaign(&members).await;
+    let mut random = Stream(20261204);
+    let prices = [9_000, 30_000, 45_500, 120_000];
+    let mut messages: Vec<Record> = (0..36)
+        .map(|i| {
+            let member = &members[random.below(members.len())];
+            let price = prices[random.below(prices.len())];
+            priced_in(
+                &format!("kr-shop#{member}"),
+                member,
+                &format!("89{i:03}"),
+                price,
+            )
+        })
+        .collect();
+    for _ in 0..12 {
+        let again = messages[random.below(messages.len())].clone();
+        let at = random.below(messages.len() + 1);
+        messages.insert(at, again);
+    }
+    // WHEN one table receives them in earn batches of up to 10 and the other one by one
+    for batch in messages.chunks(10) {
+        earned(&batched, batch).await;
+    }
+    for message in &messages {
+        earned(&alone, std::slice::from_ref(message)).await;
+    }
+    // THEN the batches went in fewer transactions, and every member's points, the campaign's
+    // counts per variant and the books are the same on both
+    let (grouped, one_by_one) = (
+        batched_timeline.count("TransactWriteItems"),
+        alone_timeline.count("TransactWriteItems"),
+    );
+    assert!(grouped < one_by_one, "{grouped} against {one_by_one}");
+    for member in &members {
+        assert_eq!(
+            points(&batched, member).await,
+            points(&alone, member).await,
+            "{member}"
+        );
+    }
+    let counts = counts_of(&batched_store).await;
+    assert_eq!(counts, counts_of(&alone_store).await);
+    assert_eq!(counts.iter().map(|c| c.purchases).sum::<i64>(), 36);
+    books_agree(&batched).await;
+    books_agree(&alone).await;
 }
 
 #[tokio::test]

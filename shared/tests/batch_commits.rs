@@ -32,6 +32,7 @@ mod common;
 
 use common::replica::{BehindReplica, Replica};
 use common::timeline::Timeline;
+use common::Stream;
 
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap()
@@ -181,9 +182,10 @@ async fn purchases_of_several_members_in_one_batch_are_one_transaction_with_one_
     books_agree(&services).await;
 }
 
-/// A running campaign of kr-shop counting purchases, in two variants that change nothing.
-fn split_campaign() -> Vec<u8> {
-    json!({
+/// Starts a campaign of kr-shop counting purchases, in two variants that change nothing, and
+/// shows it to each of `members` in the app.
+async fn start_split(services: &Services, members: &[&str]) {
+    let campaign = json!({
         "name": "Split", "kind": "on_exposure", "status": "running",
         "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
         "hash_seed": "batch-split-2026", "goal": "purchase",
@@ -191,9 +193,14 @@ fn split_campaign() -> Vec<u8> {
             {"key": "a", "weight": 0.5, "effect": {"type": "none"}},
             {"key": "b", "weight": 0.5, "effect": {"type": "none"}}
         ]
-    })
-    .to_string()
-    .into_bytes()
+    });
+    services
+        .put_campaign("kr-shop", "split", campaign.to_string().as_bytes())
+        .await
+        .unwrap();
+    for member in members {
+        services.my_campaigns("kr-shop", member).await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -213,13 +220,7 @@ async fn purchases_of_members_in_a_running_campaign_are_one_transaction_adding_t
     earned(&services, &[purchase("shopify:8700000009", "8700091")]).await;
     let measure = points(&services, "shopify:8700000009").await;
     earned(&services, &purchases(&members, "87000", 1)).await;
-    services
-        .put_campaign("kr-shop", "split", &split_campaign())
-        .await
-        .unwrap();
-    for member in members {
-        services.my_campaigns("kr-shop", member).await.unwrap();
-    }
+    start_split(&services, &members).await;
     // WHEN one batch brings each of the three a new purchase
     timeline.clear();
     let failed = process_batch(&services, Consumer::Earn, &purchases(&members, "87000", 2)).await;
@@ -250,29 +251,10 @@ async fn purchases_of_members_in_a_running_campaign_are_one_transaction_adding_t
     books_agree(&services).await;
 }
 
-/// A fixed pseudo-random stream (splitmix64): the same messages on every run.
-struct Stream(u64);
-
-impl Stream {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % n as u64) as usize
-    }
-}
-
 /// kr-shop with the split campaign running, seen in the app by each of `members`.
-async fn kr_shop_in_campaign(members: &[String]) -> (Arc<Services>, Arc<DynamoStore>, Timeline) {
+async fn kr_shop_in_campaign(members: &[&str]) -> (Arc<Services>, Arc<DynamoStore>, Timeline) {
     let (services, store, timeline) = kr_shop().await;
-    services
-        .put_campaign("kr-shop", "split", &split_campaign())
-        .await
-        .unwrap();
-    for member in members {
-        services.my_campaigns("kr-shop", member).await.unwrap();
-    }
+    start_split(&services, members).await;
     timeline.clear();
     (services, store, timeline)
 }
@@ -288,14 +270,15 @@ async fn counts_of(store: &DynamoStore) -> Vec<VariantCounts> {
 async fn batches_with_repeats_in_a_running_campaign_count_what_the_same_messages_count_alone() {
     // GIVEN two kr-shop tables with the split campaign running, seen by the same six members,
     // and 48 purchase messages of theirs at various prices, 12 of them delivered again later
-    let members: Vec<String> = (1..=6).map(|i| format!("shopify:890000000{i}")).collect();
+    let ids: Vec<String> = (1..=6).map(|i| format!("shopify:890000000{i}")).collect();
+    let members: Vec<&str> = ids.iter().map(String::as_str).collect();
     let (batched, batched_store, batched_timeline) = kr_shop_in_campaign(&members).await;
     let (alone, alone_store, alone_timeline) = kr_shop_in_campaign(&members).await;
     let mut random = Stream(20261204);
     let prices = [9_000, 30_000, 45_500, 120_000];
     let mut messages: Vec<Record> = (0..36)
         .map(|i| {
-            let member = &members[random.below(members.len())];
+            let member = members[random.below(members.len())];
             let price = prices[random.below(prices.len())];
             priced_in(
                 &format!("kr-shop#{member}"),

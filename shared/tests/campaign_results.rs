@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Recorder;
+use common::{Recorder, Stream};
 
 use std::sync::Arc;
 
@@ -416,19 +416,6 @@ fn simulated() -> Value {
             {"key": "x2", "weight": 0.5, "effect": {"type": "multiplier", "basis_points": 20000}}
         ]
     })
-}
-
-/// A fixed pseudo-random stream (splitmix64), so the simulation is the same on every run.
-struct Stream(u64);
-
-impl Stream {
-    fn unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// Runs the simulated campaign: every member is exposed through the app (except the treated

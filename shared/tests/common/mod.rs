@@ -2,6 +2,29 @@
 //! service tests play the consumers of.
 #![allow(dead_code)]
 
+/// A fixed pseudo-random stream (splitmix64): the same numbers on every run.
+pub struct Stream(pub u64);
+
+impl Stream {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A number in [0, n).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
 /// A queue that keeps what is sent; the test plays the consumers.
 #[derive(Default)]
 pub struct Recorder(

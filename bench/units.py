@@ -648,16 +648,22 @@ def scenario(args, work_dir: Path) -> dict:
             d.shopify("orders/paid", shopify_order(m, 7_200_000 + i, now - timedelta(minutes=20), [(30 + i, 1, 10000)]))
         d.quiet()
         earn_source = next(s for s in stack.sources if isinstance(s, SqsEventSource) and s.pool.binary.name == "earn")
-        earn_source.stop()
-        time.sleep(1.0)
 
-        def ten():
-            for i, m in enumerate(members10):
-                d.shopify("orders/paid", shopify_order(m, 7_300_000 + i, now - timedelta(minutes=15), [(40 + i, 2, 25000)]))
-            earn_source.stopping.clear()
-            earn_source.start()
+        def ten(label: str, orders: int, lines: int, minutes: int) -> None:
+            """A purchase of each of the ten, queued while earn's source is paused, then
+            delivered to earn as one batch."""
+            earn_source.stop()
+            time.sleep(1.0)
 
-        run("10 purchases of known members, earn batch of 10", ten, settle=3.0)
+            def send():
+                for i, m in enumerate(members10):
+                    d.shopify("orders/paid", shopify_order(m, orders + i, now - timedelta(minutes=minutes), [(lines + i, 2, 25000)]))
+                earn_source.stopping.clear()
+                earn_source.start()
+
+            run(label, send, settle=3.0)
+
+        ten("10 purchases of known members, earn batch of 10", 7_300_000, 40, 15)
 
         # Release of matured pending points (kr-shop keeps points pending 7 days): the
         # release-pending job's first run as of yesterday (nothing due, but it catches up on its
@@ -722,16 +728,7 @@ def scenario(args, work_dir: Path) -> dict:
         run("warm-up: purchase in a running campaign", lambda: d.shopify("orders/paid", shopify_order(w, 7_000_003, now - timedelta(minutes=2), [(3, 1, 30000)])))
         run("purchase of a known member in a running campaign",
             lambda: d.shopify("orders/paid", shopify_order(members10[0], 7_400_000, now - timedelta(minutes=12), [(70, 1, 25000)])))
-        earn_source.stop()
-        time.sleep(1.0)
-
-        def ten_in_campaign():
-            for i, m in enumerate(members10):
-                d.shopify("orders/paid", shopify_order(m, 7_500_000 + i, now - timedelta(minutes=10), [(80 + i, 2, 25000)]))
-            earn_source.stopping.clear()
-            earn_source.start()
-
-        run("10 purchases of known members in a running campaign, earn batch of 10", ten_in_campaign, settle=3.0)
+        ten("10 purchases of known members in a running campaign, earn batch of 10", 7_500_000, 80, 10)
         results["_meta"] = {"date": now.isoformat(), "bin_dir": str(args.bin_dir), "redemption_status": redeem_status["answer"][0],
                             "me_status": me["answer"][0], "jobs": job_answer}
     finally:

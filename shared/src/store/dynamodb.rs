@@ -1376,8 +1376,8 @@ fn expired(item: &Item) -> bool {
 
 /// A commit of an account, its entries, messages, books and campaign counters, and perhaps an
 /// event's marker, order records and campaign assignments: nothing that writes items outside
-/// the member's partition but the counters it adds to (merged with the others'), not a
-/// coupon, a redemption or an idempotency record.
+/// the member's partition but the books and counters it adds to (merged with the others'),
+/// not a coupon, a redemption or an idempotency record.
 fn groupable(commit: &Commit) -> bool {
     commit.redemption.is_none()
         && commit.copied_redemptions.is_empty()

@@ -7,12 +7,13 @@
 //! it reads the program beside its member), then a few at a time, each letting the next one go
 //! once its commit is handed in. Once every seat has handed in a commit or been given up (a
 //! duplicate, a rejection, an error), the group's commits are sent together. When they are
-//! refused together (a condition failed, two commits on one member, too many items), nothing
+//! refused together (a condition failed, too many items), nothing
 //! was written, and each message commits alone as it would have without the batch: the single
 //! commit's answer tells a duplicate from a conflict. When the answer is lost (a timeout), the
 //! group may have been written: each commit sent alone then fails on its account's version or
 //! its marker, and the message reads again and finds its event applied.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -88,6 +89,12 @@ impl CommitGroup {
             }
             notified.await;
         };
+        // One transaction writes an item once: a member's first commit goes with the group,
+        // any other of the same member alone (it then meets the first's new version).
+        let mut members = HashSet::new();
+        let (commits, later): (Vec<_>, Vec<_>) = commits
+            .into_iter()
+            .partition(|(c, _)| members.insert((c.program.clone(), c.member.clone())));
         let together = commits.len() > 1
             && services.store.commits_together_atomically()
             && {
@@ -100,9 +107,10 @@ impl CommitGroup {
                     }
                 }
             };
-        for (commit, answer) in commits {
+        let answers = commits.into_iter().map(|c| (c, together));
+        for ((commit, answer), written) in answers.chain(later.into_iter().map(|c| (c, false))) {
             // A message that stopped waiting has nothing to be told.
-            let _ = answer.send(if together {
+            let _ = answer.send(if written {
                 Answer::Written
             } else {
                 Answer::Alone(Box::new(commit))

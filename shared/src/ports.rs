@@ -118,9 +118,24 @@ pub struct MemberState {
     /// commit written from a read that may be a moment old names them in
     /// [`Commit::order_revisions`].
     pub order_revisions: BTreeMap<String, u64>,
+    /// The revision of each assignment read, likewise, by campaign: such a commit names it in
+    /// [`AssignmentWrite::read_revision`].
+    pub assignment_revisions: BTreeMap<String, u64>,
 }
 
 impl MemberState {
+    /// `writes` naming each assignment's revision as read (0: none), to commit from this read.
+    pub fn with_revisions(&self, writes: Vec<AssignmentWrite>) -> Vec<AssignmentWrite> {
+        let read = |campaign: &str| self.assignment_revisions.get(campaign).copied();
+        writes
+            .into_iter()
+            .map(|write| AssignmentWrite {
+                read_revision: Some(read(&write.assignment.campaign).unwrap_or(0)),
+                ..write
+            })
+            .collect()
+    }
+
     /// The revisions, as read, of the order records a commit writes (0 for one not read: absent).
     pub fn revisions_of<'a>(
         &self,
@@ -184,13 +199,19 @@ impl Assignment {
     }
 }
 
-/// An assignment written with a member's commit (a purchase counted in it), on condition that
-/// the stored one is still `expected` (`None`: none stored). Compared on seed, bucket version and
-/// purchases, which every update changes.
+/// An assignment written with a member's commit (a purchase, a refund or a redemption counted
+/// in it), on condition that the stored one is still `expected` (`None`: none stored), compared
+/// on seed, bucket version and purchases. A refund or a redemption leaves the purchases as they
+/// were, so after a read that may be a moment old the store compares the revision as well.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssignmentWrite {
     pub assignment: Assignment,
     pub expected: Option<Assignment>,
+    /// For a commit made from a read that may be a moment old: the assignment's revision as
+    /// read ([`MemberState::assignment_revisions`]; 0: none). A store that keeps revisions
+    /// writes the assignment only if it still has that one, else the commit fails as a
+    /// conflict. `None`: the account's version guards it (a current read).
+    pub read_revision: Option<u64>,
 }
 
 /// How many shards each variant's counters are spread over: a popular campaign's purchases
@@ -640,17 +661,18 @@ pub trait MemberStore: Send + Sync {
     }
     /// [`MemberStore::load_member_for_event`], possibly a moment old, for fewer read units where
     /// a store has such reads (DynamoDB: half). Safe only for a caller that commits with
-    /// [`Commit::order_revisions`] from this read, reads no campaign assignments (their writes
-    /// are not guarded by a revision), and reads again with `load_member_for_event` after a
-    /// conflict. A store whose reads are all current answers `load_member_for_event`.
+    /// [`Commit::order_revisions`] and [`AssignmentWrite::read_revision`] from this read, and
+    /// reads again with `load_member_for_event` after a conflict. A store whose reads are all
+    /// current answers `load_member_for_event`.
     async fn load_member_for_event_cheaply(
         &self,
         program: &str,
         member: &str,
         marker: &EventMarker,
         order_keys: &[String],
+        campaigns: &[String],
     ) -> Result<MemberState, StoreError> {
-        self.load_member_for_event(program, member, marker, order_keys, &[])
+        self.load_member_for_event(program, member, marker, order_keys, campaigns)
             .await
     }
     async fn commit(&self, commit: Commit) -> Result<(), CommitError>;

@@ -73,7 +73,7 @@ fn order_commit(
 
 async fn read(store: &DynamoStore, member: &str, event: &str) -> MemberState {
     store
-        .load_member_for_event_cheaply("kr-shop", member, &marker(event), &[ORDER.into()])
+        .load_member_for_event_cheaply("kr-shop", member, &marker(event), &[ORDER.into()], &[])
         .await
         .expect("read")
 }

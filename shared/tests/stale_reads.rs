@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeZone, Utc};
-use loyalty_core::ports::FixedClock;
+use loyalty_core::ports::{CampaignStore, FixedClock, MemberStore};
 use loyalty_core::services::earn::Processed;
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
@@ -27,17 +27,23 @@ use common::replica::{BehindReplica, Lag, Replica};
 
 type Item = HashMap<String, AttributeValue>;
 
-/// A replica behind on one account alone: eventually consistent batch reads answer it as it
-/// was when [`OldAccount::keep`] copied it; everything else is current. Counts the reads it aged.
+/// A replica behind on one item alone (an account, an assignment): eventually consistent batch
+/// reads answer it as it was when [`OldItem::keep`] copied it; everything else is current.
+/// Counts the reads it aged.
 #[derive(Debug, Default, Clone)]
-struct OldAccount {
+struct OldItem {
     kept: Arc<Mutex<Option<Item>>>,
     aged: Arc<AtomicUsize>,
 }
 
-impl OldAccount {
+impl OldItem {
     /// Copies the member's account as it is now, to be answered from then on.
     async fn keep(&self, table: &str, member: &str) {
+        self.keep_item(table, member, "ACCOUNT").await;
+    }
+
+    /// Copies the member's item `sk` as it is now, to be answered from then on.
+    async fn keep_item(&self, table: &str, member: &str, sk: &str) {
         let key = |pk: String, sk: &str| {
             HashMap::from([
                 ("PK".to_string(), AttributeValue::S(pk)),
@@ -47,18 +53,18 @@ impl OldAccount {
         let item = client(None)
             .get_item()
             .table_name(table)
-            .set_key(Some(key(format!("P#kr-shop#M#{member}"), "ACCOUNT")))
+            .set_key(Some(key(format!("P#kr-shop#M#{member}"), sk)))
             .consistent_read(true)
             .send()
             .await
             .unwrap()
             .item
-            .expect("the member has an account");
+            .expect("the member has the item");
         *self.kept.lock().unwrap() = Some(item);
     }
 }
 
-impl Lag for OldAccount {
+impl Lag for OldItem {
     fn age(&self, answer: &mut BatchGetItemOutput) {
         let Some(old) = self.kept.lock().unwrap().clone() else {
             return;
@@ -221,8 +227,8 @@ async fn a_repeat_for_a_suspended_member_does_not_wait_for_a_resume_on_a_read_a_
     assert_eq!(points(&current, member).await, before);
 }
 
-/// Services of a warm instance whose eventually consistent reads answer the account `old` kept.
-async fn warm_with_old_account(table: &str, old: &OldAccount) -> Services {
+/// Services of a warm instance whose eventually consistent reads answer the item `old` kept.
+async fn warm_with_old_item(table: &str, old: &OldItem) -> Services {
     let config = common::moto_dynamodb("stale-reads").interceptor(Replica(old.clone()));
     let services = services_on(table, aws_sdk_dynamodb::Client::from_conf(config.build()));
     services.program("kr-shop").await.expect("kr-shop is saved");
@@ -269,7 +275,7 @@ async fn a_refund_for_a_member_suspended_a_moment_ago_waits_for_the_resume() {
     let (table, current) = kr_shop_table().await;
     let member = "shopify:7400000008";
     counted_purchase(&current, member, "9400008").await;
-    let old = OldAccount::default();
+    let old = OldItem::default();
     old.keep(&table, member).await;
     current
         .suspend("kr-shop", member, "chargebacks under review", "ops")
@@ -278,7 +284,7 @@ async fn a_refund_for_a_member_suspended_a_moment_ago_waits_for_the_resume() {
     let before = points(&current, member).await;
     // WHEN the order's refund is processed by an instance whose eventually consistent reads
     // still answer the account from before the suspension
-    let refunded = warm_with_old_account(&table, &old)
+    let refunded = warm_with_old_item(&table, &old)
         .await
         .process_earn(&refund(member, "9400008"))
         .await
@@ -300,7 +306,7 @@ async fn a_refund_for_a_member_merged_a_moment_ago_is_the_survivor_s() {
         .process_earn(&purchase(survivor, "9400010", 50_000))
         .await
         .unwrap();
-    let old = OldAccount::default();
+    let old = OldItem::default();
     old.keep(&table, merged).await;
     current
         .merge_members("kr-shop", survivor, merged, "the same customer", "ops")
@@ -309,7 +315,7 @@ async fn a_refund_for_a_member_merged_a_moment_ago_is_the_survivor_s() {
     let before = points(&current, survivor).await;
     // WHEN the order's refund is processed by an instance whose eventually consistent reads
     // still answer the merged member's account from before the merge
-    let refunded = warm_with_old_account(&table, &old)
+    let refunded = warm_with_old_item(&table, &old)
         .await
         .process_earn(&refund(merged, "9400009"))
         .await
@@ -323,6 +329,50 @@ async fn a_refund_for_a_member_merged_a_moment_ago_is_the_survivor_s() {
     );
     assert!(points(&current, survivor).await < before);
     assert_eq!(points(&current, merged).await, 0);
+}
+
+#[tokio::test]
+async fn a_purchase_read_beside_an_assignment_from_before_a_refund_keeps_the_refund() {
+    // GIVEN a member's purchase of 30,000 counted in a campaign, its assignment as it was then
+    // kept, and the order refunded since (the assignment's revenue back to 0, its purchases
+    // unchanged)
+    let (table, current) = kr_shop_table().await;
+    let member = "shopify:7400000014";
+    counted_purchase(&current, member, "9400014").await;
+    let old = OldItem::default();
+    old.keep_item(&table, member, "A#spend").await;
+    let refunded = current
+        .process_earn(&refund(member, "9400014"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(refunded, Processed::Applied { .. }),
+        "{refunded:?}"
+    );
+    // WHEN the member's next purchase, of 50,000, is processed by an instance whose eventually
+    // consistent reads answer the current account beside the assignment from before the refund
+    let bought = warm_with_old_item(&table, &old)
+        .await
+        .process_earn(&purchase(member, "9400015", 50_000))
+        .await
+        .unwrap();
+    // THEN the replica did answer the old assignment, and the purchase applied
+    assert!(old.aged.load(Ordering::SeqCst) > 0);
+    assert!(matches!(bought, Processed::Applied { .. }), "{bought:?}");
+    // AND the assignment counts both purchases with the refund's revenue taken back: 50,000,
+    // not the 80,000 a write over the old one would leave
+    let store = DynamoStore::new(client(None), &table);
+    let state = store
+        .load_member_with("kr-shop", member, &[], &["spend".to_string()])
+        .await
+        .unwrap();
+    let assignment = &state.assignments["spend"];
+    assert_eq!((assignment.purchases, assignment.revenue), (2, 50_000));
+    // AND so do the campaign's counters
+    let counts = store.campaign_counts("kr-shop", "spend").await.unwrap();
+    let revenue: i64 = counts.iter().map(|c| c.revenue).sum();
+    let purchases: i64 = counts.iter().map(|c| c.purchases).sum();
+    assert_eq!((purchases, revenue), (2, 50_000));
 }
 
 /// A table of its own on moto with kr-shop saved as `edit` changes it, and services that read

@@ -458,7 +458,7 @@ async fn an_order_s_events_are_duplicates_whether_or_not_their_marker_rides_on_t
         let (store, m, order) = (store.clone(), m.clone(), order.clone());
         async move {
             store
-                .load_member_for_event_cheaply("kr-shop", &m, &marked(event), &[order])
+                .load_member_for_event_cheaply("kr-shop", &m, &marked(event), &[order], &[])
                 .await
                 .unwrap()
         }
@@ -1685,6 +1685,7 @@ async fn counters_sum_their_shards_and_assignment_writes_are_conditional(store: 
     first.assignments = vec![AssignmentWrite {
         assignment: bought.clone(),
         expected: None,
+        read_revision: None,
     }];
     first.counters = vec![add(0, 50_000), add(5, 20_000)];
     store.commit(first).await.unwrap();
@@ -1707,6 +1708,7 @@ async fn counters_sum_their_shards_and_assignment_writes_are_conditional(store: 
     stale.assignments = vec![AssignmentWrite {
         assignment: bought.clone(),
         expected: None,
+        read_revision: None,
     }];
     stale.counters = vec![add(1, 1)];
     assert!(matches!(
@@ -1722,6 +1724,7 @@ async fn counters_sum_their_shards_and_assignment_writes_are_conditional(store: 
     next.assignments = vec![AssignmentWrite {
         assignment: again,
         expected: Some(bought),
+        read_revision: None,
     }];
     store.commit(next).await.unwrap();
     let state = store

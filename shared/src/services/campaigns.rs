@@ -404,6 +404,7 @@ impl Part<'_> {
         let write = AssignmentWrite {
             assignment: after,
             expected: self.stored.cloned(),
+            read_revision: None,
         };
         let add = CounterAdd {
             campaign: self.id.to_string(),

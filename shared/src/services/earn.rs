@@ -210,9 +210,9 @@ impl Services {
         });
         let mut contention = Contention::new();
         // The first read may be a moment old (half the read units): the commit's conditions
-        // refuse what it missed, and the read after a conflict is current. Assignments are
-        // read currently, always: their writes carry no revision.
-        let mut current = !campaign_ids.is_empty();
+        // (the account's version, the revisions of the order records and assignments read)
+        // refuse what it missed, and the read after a conflict is current.
+        let mut current = false;
         loop {
             let now = self.clock.now();
             let mut state = match ahead.take() {
@@ -224,6 +224,7 @@ impl Services {
                         &envelope.member,
                         &marker,
                         &order_keys,
+                        &campaign_ids,
                     )
                     .await
                     .map_err(|e| Retry(e.to_string()))?,
@@ -334,7 +335,7 @@ impl Services {
                 order_revisions: state
                     .revisions_of(outcome.orders.keys().filter(|key| order_keys.contains(key))),
                 orders: outcome.orders,
-                assignments: outcome.assignments,
+                assignments: state.with_revisions(outcome.assignments),
                 counters: outcome.counters,
                 ..Commit::new(
                     &program,
@@ -814,6 +815,7 @@ fn take_back_revenue(
             let write = AssignmentWrite {
                 assignment: after,
                 expected: Some(stored.clone()),
+                read_revision: None,
             };
             (write, add)
         })

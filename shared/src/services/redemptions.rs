@@ -1258,6 +1258,7 @@ fn count_redemption(
             let write = crate::ports::AssignmentWrite {
                 assignment: after,
                 expected: Some(stored.clone()),
+                read_revision: None,
             };
             (write, add)
         })

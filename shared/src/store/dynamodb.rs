@@ -1072,8 +1072,10 @@ impl DynamoStore {
             special.idempotency = Some(writes.len() - 1);
         }
         let first = writes.len();
+        // The commit's account version is each assignment's revision, as for order records.
+        let version = commit.expected_version.unwrap_or(0) + 1;
         for write in &commit.assignments {
-            writes.push(self.assignment_write(&pk, write)?);
+            writes.push(self.assignment_write(&pk, write, version)?);
         }
         if !commit.assignments.is_empty() {
             special.assignments = Some((first, writes.len()));
@@ -1081,25 +1083,36 @@ impl DynamoStore {
         Ok(special)
     }
 
-    /// An assignment put, on condition that the stored one is still the one expected.
+    /// An assignment put, with `revision` (the commit's account version), on condition that the
+    /// stored one is still the one expected and, given the revision read, still has it.
     fn assignment_write(
         &self,
         pk: &str,
         write: &AssignmentWrite,
+        revision: u64,
     ) -> Result<TransactWriteItem, StoreError> {
-        let item = assignment_item(pk, &write.assignment)?;
-        match &write.expected {
-            None => self.put(item, Some("attribute_not_exists(PK)"), None),
-            Some(e) => self.put(
-                item,
-                Some("hash_seed = :seed AND bucket_version = :bv AND purchases = :n"),
-                Some(HashMap::from([
-                    (":seed".to_string(), s(&e.hash_seed)),
-                    (":bv".to_string(), n(e.bucket_version)),
-                    (":n".to_string(), n(e.purchases)),
-                ])),
-            ),
+        let mut item = assignment_item(pk, &write.assignment)?;
+        item.insert(REVISION.into(), n(revision));
+        let Some(e) = &write.expected else {
+            return self.put(item, Some("attribute_not_exists(PK)"), None);
+        };
+        let mut condition =
+            "hash_seed = :seed AND bucket_version = :bv AND purchases = :n".to_string();
+        let mut values = HashMap::from([
+            (":seed".to_string(), s(&e.hash_seed)),
+            (":bv".to_string(), n(e.bucket_version)),
+            (":n".to_string(), n(e.purchases)),
+        ]);
+        match write.read_revision {
+            None => {}
+            // Recorded by campaign-assign and not counted in since: no revision yet.
+            Some(0) => condition.push_str(" AND attribute_not_exists(rev)"),
+            Some(read) => {
+                condition.push_str(" AND rev = :read");
+                values.insert(":read".to_string(), n(read));
+            }
         }
+        self.put(item, Some(&condition), Some(values))
     }
 
     /// Adds to one shard of a variant's counters (`ADD` creates the item the first time).
@@ -1667,16 +1680,17 @@ impl MemberStore for DynamoStore {
     }
 
     /// Eventually consistent, half the read units: a stale account fails its commit's version
-    /// condition, a stale order record its revision condition, a stale miss of the marker the
-    /// marker's condition.
+    /// condition, a stale order record or assignment its revision condition, a stale miss of
+    /// the marker the marker's condition.
     async fn load_member_for_event_cheaply(
         &self,
         program: &str,
         member: &str,
         marker: &EventMarker,
         order_keys: &[String],
+        campaigns: &[String],
     ) -> Result<MemberState, StoreError> {
-        self.member_for_event(program, member, marker, order_keys, &[], false)
+        self.member_for_event(program, member, marker, order_keys, campaigns, false)
             .await
     }
 
@@ -1860,6 +1874,10 @@ fn member_state(
                 } else if let Some(campaign) = sk.strip_prefix("A#") {
                     let assignment = body::<Assignment>(&item, sk)?;
                     state.assignments.insert(campaign.to_string(), assignment);
+                    let revision = number(&item, REVISION).unwrap_or(0);
+                    state
+                        .assignment_revisions
+                        .insert(campaign.to_string(), revision);
                 }
             }
             None => {}

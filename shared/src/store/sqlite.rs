@@ -466,6 +466,7 @@ impl MemberStore for SqliteStore {
                 assignments,
                 seen: false,
                 order_revisions: Default::default(),
+                assignment_revisions: Default::default(),
             })
         })
         .await

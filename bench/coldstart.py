@@ -11,6 +11,9 @@ its first invocation does real work. Measured on the runtime API's side:
   init   process start (just before exec) -> its first GET /invocation/next
   first  that GET -> the POST of the first invocation's response
   total  process start -> the first response
+The samples are taken in rounds, one of each function and probe per round, so that every row
+meets moto's table as it grows over the run alike (moto answers one request at a time, and its
+answers slow as the table fills); --no-interleave takes each row's samples one after another.
 In three modes: plain HTTP to the local endpoint; HTTPS through a local TLS-terminating proxy
 with a certificate signed by a local CA that each runtime is told to trust (SSL_CERT_FILE for
 the Rust SDK's default client, rustls with rustls-native-certs, which reads SSL_CERT_FILE instead
@@ -35,7 +38,7 @@ What each function's first invocation is:
 Usage: .venv/bin/python bench/coldstart.py [--samples 15] [--bin-dir /tmp/bench-bin]
        [--probe target/bench-probe/release/probe]
        [--probe-ring target/bench-probe-ring/release/probe] [--json FILE] [--modes plain,tls,tls-ca-only]
-       [--only NAME,...]
+       [--only NAME,...] [--no-interleave]
 """
 
 from __future__ import annotations
@@ -488,6 +491,18 @@ def stats(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def sample_rounds(bench: "Bench", names: list[str], samples: int, interleave: bool) -> dict[str, list[dict]]:
+    """`samples` cold starts of each name: in rounds of one each, or each name's in a row."""
+    by_name: dict[str, list[dict]] = {name: [] for name in names}
+    order = [name for _ in range(samples) for name in names] if interleave else \
+        [name for name in names for _ in range(samples)]
+    for done, name in enumerate(order, 1):
+        by_name[name].append(bench.one(name))
+        if interleave and done % len(names) == 0:
+            print(f"  round {done // len(names)} of {samples}", file=sys.stderr, flush=True)
+    return by_name
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=15)
@@ -501,6 +516,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--latency-ms", type=int, default=0,
                    help="hold every AWS request this long before it reaches moto (a network and service round trip: "
                         "moto answers in its own time, one request after another, where DynamoDB answers in parallel)")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
+                   help="take the samples in rounds of one per function or probe (default), so that every row "
+                        "meets moto's table as it grows over the run alike; --no-interleave: each row's samples "
+                        "one after another, a later row on a fuller table")
     p.add_argument("--only", default="", help="comma-separated functions/probes to run (default: all)")
     p.add_argument("--modes", default="plain,tls,tls-ca-only",
                    help="plain: HTTP; tls: HTTPS, Rust and Python trusting the system bundle plus the local CA; "
@@ -540,10 +559,9 @@ def main(argv: list[str]) -> int:
                 chain, key, ca, bundle = make_certificate(args.work_dir / "tls")
                 bench.enable_tls(chain, key, ca, ca if mode == "tls-ca-only" else bundle)
             results["modes"][mode] = {}
+            by_name = sample_rounds(bench, names, args.samples, args.interleave)
             for name in names:
-                samples = []
-                for i in range(args.samples):
-                    samples.append(bench.one(name))
+                samples = by_name[name]
                 row = {k: stats([s[k] for s in samples]) for k in ("init", "first", "total", "warm")}
                 for k in ("init_connections", "first_connections", "warm_connections", "warm_requests"):
                     if k in samples[0]:

@@ -23,7 +23,10 @@ plus the local CA, so that loading the roots costs what it costs on Lambda; and 
 with only the local CA in SSL_CERT_FILE / AWS_CA_BUNDLE (the share of loading ~150 roots).
 
 What each function's first invocation is:
-  webhook-ingest  POST /webhooks/shopify/kr-shop, a new order (through the function URL front)
+  webhook-ingest  POST /webhooks/shopify/kr-shop, a new order of a new customer (through the
+                  function URL front): the customer's and the email's links made
+  webhook-ingest-known  the same function, a new order of a customer known since the set-up
+                  (most orders): the links read, the order's written (a row of its own)
   earn            that order's message from the earn queue, as an SQS event of 1 record
   outbox-relay    the stream records of earn's commit (the stream event-source mapping)
   tier-recalc     the tier.check from the tier queue, as an SQS event of 1 record
@@ -72,10 +75,12 @@ from awslocal.sources import SqsEventSource  # noqa: E402
 import units  # noqa: E402  (webhook payloads, the driver)
 
 PROGRAM = "kr-shop"
-FUNCTIONS = ["webhook-ingest", "earn", "outbox-relay", "tier-recalc", "member-api", "redeem", "campaign-assign",
-             "campaign-assign-api"]
+FUNCTIONS = ["webhook-ingest", "webhook-ingest-known", "earn", "outbox-relay", "tier-recalc", "member-api", "redeem",
+             "campaign-assign", "campaign-assign-api"]
 # Rows measured on another row's binary: a second kind of first invocation of the same function.
-SAME_BINARY = {"campaign-assign-api": "campaign-assign"}
+SAME_BINARY = {"campaign-assign-api": "campaign-assign", "webhook-ingest-known": "webhook-ingest"}
+# The customer of the webhook-ingest-known row: known since the bench's set-up.
+KNOWN_CUSTOMER = 8_200_000_002
 PROBES = ["probe-rust", "probe-rust-ring", "probe-node", "probe-python"]
 
 # -- timing hooks on the runtime ------------------------------------------------------------------
@@ -275,6 +280,7 @@ class Bench:
         # A member with points to read and redeem: the probes read its account item.
         self.member = "shopify:8200000001"
         driver.shopify("orders/paid", units.shopify_order(8200000001, 7_900_001, self.now - dt.timedelta(minutes=30), [(1, 1, 10000)]))
+        driver.shopify("orders/paid", units.shopify_order(KNOWN_CUSTOMER, 7_900_002, self.now - dt.timedelta(minutes=30), [(1, 1, 10000)]))
         self._drain("earn")
         self._drain("tier-recalc")
         status, answer = driver.http("POST", f"/v1/programs/{PROGRAM}/members/{self.member}/adjustments",
@@ -392,9 +398,13 @@ class Bench:
         self.counter += 1
         n = self.counter
         d = self.d
-        order = lambda base: units.shopify_order(base + n, 7_400_000 + base // 1_000_000 + n * 10, self.now - dt.timedelta(minutes=20), [(1, 1, 20000)])  # noqa: E731
+        # A new customer and order per trigger; each row's orders in a range of its own.
+        order_id = lambda base: 7_400_000_000 + base // 1_000_000 * 10_000 + n  # noqa: E731
+        order = lambda base: units.shopify_order(base + n, order_id(base), self.now - dt.timedelta(minutes=20), [(1, 1, 20000)])  # noqa: E731
         if function == "webhook-ingest":
             d.shopify("orders/paid", order(8_300_000_000))
+        elif function == "webhook-ingest-known":
+            d.shopify("orders/paid", units.shopify_order(KNOWN_CUSTOMER, order_id(8_350_000_000), self.now - dt.timedelta(minutes=20), [(1, 1, 20000)]))
         elif function == "earn":
             self._purge("earn")
             d.shopify("orders/paid", order(8_400_000_000))
@@ -408,7 +418,7 @@ class Bench:
             self._purge("tier-recalc")
             # 400,000 KRW takes a new member past SILVER's threshold: the one purchase that
             # sends a tier.check (others send none since the checks became conditional).
-            d.shopify("orders/paid", units.shopify_order(8_600_000_000 + n, 7_400_000 + 8_600 + n * 10,
+            d.shopify("orders/paid", units.shopify_order(8_600_000_000 + n, order_id(8_600_000_000),
                                                          self.now - dt.timedelta(minutes=20), [(1, 1, 400_000)]))
             self._invoke_messages("earn", self._messages("earn"))
             checks = self._messages("tier-recalc")

@@ -661,8 +661,10 @@ pub trait MemberStore: Send + Sync {
     }
     /// [`MemberStore::load_member_for_event`], possibly a moment old, for fewer read units where
     /// a store has such reads (DynamoDB: half). Safe only for a caller that commits with
-    /// [`Commit::order_revisions`] and [`AssignmentWrite::read_revision`] from this read, and
-    /// reads again with `load_member_for_event` after a conflict. A store whose reads are all
+    /// [`Commit::order_revisions`] and [`AssignmentWrite::read_revision`] from this read, reads
+    /// again currently what it decides on outside the commit (an assignment it did not find:
+    /// [`MemberStore::load_assignments`]), and reads again with `load_member_for_event` after a
+    /// conflict. A store whose reads are all
     /// current answers `load_member_for_event`.
     async fn load_member_for_event_cheaply(
         &self,
@@ -674,6 +676,18 @@ pub trait MemberStore: Send + Sync {
     ) -> Result<MemberState, StoreError> {
         self.load_member_for_event(program, member, marker, order_keys, campaigns)
             .await
+    }
+    /// The member's assignments in `campaigns` (with their revisions), current: what a purchase
+    /// read a moment old found no assignment of, or none that holds, it reads again, since
+    /// whether it counts in such a campaign is decided outside its commit. Only
+    /// [`MemberState::assignments`] and [`MemberState::assignment_revisions`] are answered.
+    async fn load_assignments(
+        &self,
+        program: &str,
+        member: &str,
+        campaigns: &[String],
+    ) -> Result<MemberState, StoreError> {
+        self.load_member_with(program, member, &[], campaigns).await
     }
     async fn commit(&self, commit: Commit) -> Result<(), CommitError>;
     /// Several members' commits at once: all or none where the store can (DynamoDB: one

@@ -80,6 +80,28 @@ impl Lag for OldItem {
     }
 }
 
+/// A replica that has none of the member's campaign assignments yet: eventually consistent
+/// batch reads come back without them. Counts the reads it aged.
+#[derive(Debug, Default, Clone)]
+struct NoAssignments(Arc<AtomicUsize>);
+
+impl Lag for NoAssignments {
+    fn age(&self, answer: &mut BatchGetItemOutput) {
+        let assignment = |item: &Item| {
+            item.get("SK")
+                .and_then(|sk| sk.as_s().ok())
+                .is_some_and(|sk| sk.starts_with("A#"))
+        };
+        for items in answer.responses.iter_mut().flat_map(|r| r.values_mut()) {
+            let before = items.len();
+            items.retain(|item| !assignment(item));
+            if items.len() < before {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap()
 }
@@ -373,6 +395,41 @@ async fn a_purchase_read_beside_an_assignment_from_before_a_refund_keeps_the_ref
     let revenue: i64 = counts.iter().map(|c| c.revenue).sum();
     let purchases: i64 = counts.iter().map(|c| c.purchases).sum();
     assert_eq!((purchases, revenue), (2, 50_000));
+}
+
+#[tokio::test]
+async fn a_purchase_whose_read_missed_the_member_s_assignment_still_counts_in_the_campaign() {
+    // GIVEN a member shown a running campaign, whose first purchase of 30,000 it counted
+    let (table, current) = kr_shop_table().await;
+    let member = "shopify:7400000016";
+    counted_purchase(&current, member, "9400016").await;
+    // WHEN the member's next purchase, of 50,000, is processed by an instance whose eventually
+    // consistent reads do not have the member's assignment yet (the member looks outside the
+    // campaign, which counts only members shown it)
+    let replica = NoAssignments::default();
+    let config = common::moto_dynamodb("stale-reads").interceptor(Replica(replica.clone()));
+    let behind = services_on(&table, aws_sdk_dynamodb::Client::from_conf(config.build()));
+    behind.program("kr-shop").await.expect("kr-shop is saved");
+    let bought = behind
+        .process_earn(&purchase(member, "9400017", 50_000))
+        .await
+        .unwrap();
+    // THEN the replica did leave the assignment out, and the purchase applied
+    assert!(replica.0.load(Ordering::SeqCst) > 0);
+    assert!(matches!(bought, Processed::Applied { .. }), "{bought:?}");
+    // AND the campaign counted it: two purchases, 80,000 of revenue, on the assignment and on
+    // the counters
+    let store = DynamoStore::new(client(None), &table);
+    let state = store
+        .load_member_with("kr-shop", member, &[], &["spend".to_string()])
+        .await
+        .unwrap();
+    let assignment = &state.assignments["spend"];
+    assert_eq!((assignment.purchases, assignment.revenue), (2, 80_000));
+    let counts = store.campaign_counts("kr-shop", "spend").await.unwrap();
+    let revenue: i64 = counts.iter().map(|c| c.revenue).sum();
+    let purchases: i64 = counts.iter().map(|c| c.purchases).sum();
+    assert_eq!((purchases, revenue), (2, 80_000));
 }
 
 /// A table of its own on moto with kr-shop saved as `edit` changes it, and services that read

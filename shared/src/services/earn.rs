@@ -211,7 +211,8 @@ impl Services {
         let mut contention = Contention::new();
         // The first read may be a moment old (half the read units): the commit's conditions
         // (the account's version, the revisions of the order records and assignments read)
-        // refuse what it missed, and the read after a conflict is current.
+        // refuse a stale item it writes, and the read after a conflict is current. An
+        // assignment it did not find is read again currently (`missed_assignments`).
         let mut current = false;
         loop {
             let now = self.clock.now();
@@ -244,6 +245,25 @@ impl Services {
             // commit). This read is all it costs. (Of a merged member too: its marker stayed.)
             if state.seen {
                 return Ok(Processed::Duplicate);
+            }
+            // Whether the purchase counts in a campaign is decided outside the commit: no
+            // condition guards an assignment it does not write, so one the read did not find
+            // (or found from before a reset) may be there, and is read again currently.
+            let missed = missed_assignments(&campaigns, &state);
+            if !current && !missed.is_empty() {
+                let fresh = self
+                    .store
+                    .load_assignments(&program.id, &envelope.member, &missed)
+                    .await
+                    .map_err(|e| Retry(e.to_string()))?;
+                for campaign in &missed {
+                    state.assignments.remove(campaign);
+                    state.assignment_revisions.remove(campaign);
+                }
+                state.assignments.extend(fresh.assignments);
+                state
+                    .assignment_revisions
+                    .extend(fresh.assignment_revisions);
             }
             // A refund takes revenue back from the campaigns that counted its order, running or
             // not any more: their assignments are read once the order says which they are. That
@@ -768,6 +788,24 @@ fn decide(
     crate::domain::limits::check_account(&outcome.change.account)
         .map_err(|e| format!("the event is refused: {e}"))?;
     Ok(outcome)
+}
+
+/// The running campaigns in which the member's state has no assignment that holds (none, or
+/// one from before the campaign's seed changed or its bucket version rose).
+fn missed_assignments(
+    campaigns: &[(String, crate::campaigns::Campaign)],
+    state: &MemberState,
+) -> Vec<String> {
+    campaigns
+        .iter()
+        .filter(|(id, campaign)| {
+            !state
+                .assignments
+                .get(id)
+                .is_some_and(|a| a.holds_for(&campaign.hash_seed, campaign.bucket_version))
+        })
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 /// The campaigns that counted the order a refund is about.

@@ -1694,6 +1694,24 @@ impl MemberStore for DynamoStore {
             .await
     }
 
+    /// The assignments' items alone, strongly consistent (1 read unit each).
+    async fn load_assignments(
+        &self,
+        program: &str,
+        member: &str,
+        campaigns: &[String],
+    ) -> Result<MemberState, StoreError> {
+        let pk = member_pk(program, member);
+        let keys = campaigns
+            .iter()
+            .map(|c| key(&pk, format!("A#{c}")))
+            .collect();
+        let items = self
+            .batch_read(keys, true, "cannot read the assignments")
+            .await?;
+        member_state(&pk, items)
+    }
+
     async fn commit(&self, commit: Commit) -> Result<(), CommitError> {
         if let Some(refused) = super::unfit(&commit) {
             return Err(refused.into());

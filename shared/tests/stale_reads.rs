@@ -2,8 +2,10 @@
 //! it from a replica a moment behind. moto's reads are always current, so here a client plays
 //! such a replica: it takes the order records and event markers out of every eventually
 //! consistent BatchGetItem answer, as if they had been written a moment ago, and leaves the
-//! account as it is. Whatever earn decides outside its commit on such a read would be decided
-//! wrongly; these tests show it reads the member currently first.
+//! account as it is; others answer one item as it was before (an account, an assignment), or
+//! leave the member's campaign assignments out. Whatever earn decides outside its commit on
+//! such a read would be decided wrongly; these tests show it reads currently first, and that
+//! its commit refuses a stale item it writes.
 //! Runs on moto (`scripts/test` exports `LOYALTY_TEST_DYNAMODB_ENDPOINT`).
 #![cfg(feature = "aws")]
 

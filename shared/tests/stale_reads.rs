@@ -385,18 +385,28 @@ async fn a_purchase_read_beside_an_assignment_from_before_a_refund_keeps_the_ref
     assert!(matches!(bought, Processed::Applied { .. }), "{bought:?}");
     // AND the assignment counts both purchases with the refund's revenue taken back: 50,000,
     // not the 80,000 a write over the old one would leave
-    let store = DynamoStore::new(client(None), &table);
+    let (assignment, counters) = spend_counts(&table, member).await;
+    assert_eq!(assignment, (2, 50_000));
+    // AND so do the campaign's counters
+    assert_eq!(counters, (2, 50_000));
+}
+
+/// The purchases and revenue the `spend` campaign counts for `member`: on the member's
+/// assignment, and on the campaign's counters summed over shards and variants.
+async fn spend_counts(table: &str, member: &str) -> ((u32, i64), (i64, i64)) {
+    let store = DynamoStore::new(client(None), table);
     let state = store
         .load_member_with("kr-shop", member, &[], &["spend".to_string()])
         .await
         .unwrap();
     let assignment = &state.assignments["spend"];
-    assert_eq!((assignment.purchases, assignment.revenue), (2, 50_000));
-    // AND so do the campaign's counters
     let counts = store.campaign_counts("kr-shop", "spend").await.unwrap();
     let revenue: i64 = counts.iter().map(|c| c.revenue).sum();
     let purchases: i64 = counts.iter().map(|c| c.purchases).sum();
-    assert_eq!((purchases, revenue), (2, 50_000));
+    (
+        (assignment.purchases, assignment.revenue),
+        (purchases, revenue),
+    )
 }
 
 #[tokio::test]
@@ -421,17 +431,9 @@ async fn a_purchase_whose_read_missed_the_member_s_assignment_still_counts_in_th
     assert!(matches!(bought, Processed::Applied { .. }), "{bought:?}");
     // AND the campaign counted it: two purchases, 80,000 of revenue, on the assignment and on
     // the counters
-    let store = DynamoStore::new(client(None), &table);
-    let state = store
-        .load_member_with("kr-shop", member, &[], &["spend".to_string()])
-        .await
-        .unwrap();
-    let assignment = &state.assignments["spend"];
-    assert_eq!((assignment.purchases, assignment.revenue), (2, 80_000));
-    let counts = store.campaign_counts("kr-shop", "spend").await.unwrap();
-    let revenue: i64 = counts.iter().map(|c| c.revenue).sum();
-    let purchases: i64 = counts.iter().map(|c| c.purchases).sum();
-    assert_eq!((purchases, revenue), (2, 80_000));
+    let (assignment, counters) = spend_counts(&table, member).await;
+    assert_eq!(assignment, (2, 80_000));
+    assert_eq!(counters, (2, 80_000));
 }
 
 /// A table of its own on moto with kr-shop saved as `edit` changes it, and services that read

@@ -11,7 +11,8 @@ is quiet (webhook-ingest -> earn -> outbox-relay -> tier-recalc ...):
   (eight others still pending), duplicate delivery, refund,
   admin adjustment, redemption, GET /me, release of matured pending points (tier-recalc job),
   ten purchases delivered to earn as one batch of 10, the campaign tick; then, in a running
-  campaign the members have seen, a purchase alone and ten as one batch of 10.
+  campaign the members have seen, a purchase alone and ten as one batch of 10; last, a purchase
+  of a member the campaign has not assigned.
 
 Units, as DynamoDB on-demand charges them (sizes approximated, see item_size):
   reads   GetItem / BatchGetItem item: ceil(size/4KB) x (1 strong, 0.5 eventual), 1 item at least;
@@ -729,6 +730,10 @@ def scenario(args, work_dir: Path) -> dict:
         run("purchase of a known member in a running campaign",
             lambda: d.shopify("orders/paid", shopify_order(members10[0], 7_400_000, now - timedelta(minutes=12), [(70, 1, 25000)])))
         ten("10 purchases of known members in a running campaign, earn batch of 10", 7_500_000, 80, 10)
+        # A known member the campaign has not assigned (never shown it): earn reads the absent
+        # assignment again, strongly, before the purchase counts in no variant.
+        run("purchase of a known member a running campaign has not assigned",
+            lambda: d.shopify("orders/paid", shopify_order(c, 7_400_001, now - timedelta(minutes=11), [(71, 1, 25000)])))
         results["_meta"] = {"date": now.isoformat(), "bin_dir": str(args.bin_dir), "redemption_status": redeem_status["answer"][0],
                             "me_status": me["answer"][0], "jobs": job_answer}
     finally:
@@ -763,7 +768,8 @@ def report(results: dict) -> None:
     for label in ("purchase of a known member", "purchase of a frequent buyer (8 purchases pending)",
                   "redemption (coupon-5000)", "duplicate delivery of that purchase",
                   "purchase of a known member in a running campaign",
-                  "10 purchases of known members in a running campaign, earn batch of 10"):
+                  "10 purchases of known members in a running campaign, earn batch of 10",
+                  "purchase of a known member a running campaign has not assigned"):
         if label not in results:
             continue
         print(f"\nItems written by '{label}': function, call, item (sort key kind), size in bytes, WCU (+ index WCU)")

@@ -52,7 +52,7 @@ impl OldItem {
                 ("SK".to_string(), AttributeValue::S(sk.to_string())),
             ])
         };
-        let item = client(None)
+        let item = client()
             .get_item()
             .table_name(table)
             .set_key(Some(key(format!("P#kr-shop#M#{member}"), sk)))
@@ -108,10 +108,6 @@ fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap()
 }
 
-fn services(table: &str, replica: Option<&BehindReplica>) -> Services {
-    services_on(table, client(replica))
-}
-
 fn services_on(table: &str, client: aws_sdk_dynamodb::Client) -> Services {
     Services::new(
         Arc::new(DynamoStore::new(client, table)),
@@ -121,9 +117,10 @@ fn services_on(table: &str, client: aws_sdk_dynamodb::Client) -> Services {
 }
 
 /// Services of a warm instance (the program read: a cold one reads the member strongly,
-/// beside the program) whose eventually consistent reads are answered by `replica`.
-async fn warm_behind(table: &str, replica: &BehindReplica) -> Services {
-    let services = services(table, Some(replica));
+/// beside the program) whose eventually consistent reads are answered as `lag` would.
+async fn warm_behind<L: Lag + Clone>(table: &str, lag: &L) -> Services {
+    let config = common::moto_dynamodb("stale-reads").interceptor(Replica(lag.clone()));
+    let services = services_on(table, aws_sdk_dynamodb::Client::from_conf(config.build()));
     services.program("kr-shop").await.expect("kr-shop is saved");
     services
 }
@@ -140,12 +137,9 @@ async fn again_behind(table: &str, message: &str) -> (Processed, usize) {
     (again, replica.aged())
 }
 
-fn client(replica: Option<&BehindReplica>) -> aws_sdk_dynamodb::Client {
-    let mut config = common::moto_dynamodb("stale-reads");
-    if let Some(replica) = replica {
-        config = config.interceptor(Replica(replica.clone()));
-    }
-    aws_sdk_dynamodb::Client::from_conf(config.build())
+/// A client whose reads are all current.
+fn client() -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::from_conf(common::moto_dynamodb("stale-reads").build())
 }
 
 /// A table of its own on moto with kr-shop saved, and services that read it currently.
@@ -251,14 +245,6 @@ async fn a_repeat_for_a_suspended_member_does_not_wait_for_a_resume_on_a_read_a_
     assert_eq!(points(&current, member).await, before);
 }
 
-/// Services of a warm instance whose eventually consistent reads answer the item `old` kept.
-async fn warm_with_old_item(table: &str, old: &OldItem) -> Services {
-    let config = common::moto_dynamodb("stale-reads").interceptor(Replica(old.clone()));
-    let services = services_on(table, aws_sdk_dynamodb::Client::from_conf(config.build()));
-    services.program("kr-shop").await.expect("kr-shop is saved");
-    services
-}
-
 /// A member shown a running campaign whose goal is revenue, and a purchase of theirs it
 /// counted: its refund reads the member's assignment, currently, once the order names it.
 async fn counted_purchase(current: &Services, member: &str, order: &str) {
@@ -308,7 +294,7 @@ async fn a_refund_for_a_member_suspended_a_moment_ago_waits_for_the_resume() {
     let before = points(&current, member).await;
     // WHEN the order's refund is processed by an instance whose eventually consistent reads
     // still answer the account from before the suspension
-    let refunded = warm_with_old_item(&table, &old)
+    let refunded = warm_behind(&table, &old)
         .await
         .process_earn(&refund(member, "9400008"))
         .await
@@ -339,7 +325,7 @@ async fn a_refund_for_a_member_merged_a_moment_ago_is_the_survivor_s() {
     let before = points(&current, survivor).await;
     // WHEN the order's refund is processed by an instance whose eventually consistent reads
     // still answer the merged member's account from before the merge
-    let refunded = warm_with_old_item(&table, &old)
+    let refunded = warm_behind(&table, &old)
         .await
         .process_earn(&refund(merged, "9400009"))
         .await
@@ -375,7 +361,7 @@ async fn a_purchase_read_beside_an_assignment_from_before_a_refund_keeps_the_ref
     );
     // WHEN the member's next purchase, of 50,000, is processed by an instance whose eventually
     // consistent reads answer the current account beside the assignment from before the refund
-    let bought = warm_with_old_item(&table, &old)
+    let bought = warm_behind(&table, &old)
         .await
         .process_earn(&purchase(member, "9400015", 50_000))
         .await
@@ -394,7 +380,7 @@ async fn a_purchase_read_beside_an_assignment_from_before_a_refund_keeps_the_ref
 /// The purchases and revenue the `spend` campaign counts for `member`: on the member's
 /// assignment, and on the campaign's counters summed over shards and variants.
 async fn spend_counts(table: &str, member: &str) -> ((u32, i64), (i64, i64)) {
-    let store = DynamoStore::new(client(None), table);
+    let store = DynamoStore::new(client(), table);
     let state = store
         .load_member_with("kr-shop", member, &[], &["spend".to_string()])
         .await
@@ -419,10 +405,8 @@ async fn a_purchase_whose_read_missed_the_member_s_assignment_still_counts_in_th
     // consistent reads do not have the member's assignment yet (the member looks outside the
     // campaign, which counts only members shown it)
     let replica = NoAssignments::default();
-    let config = common::moto_dynamodb("stale-reads").interceptor(Replica(replica.clone()));
-    let behind = services_on(&table, aws_sdk_dynamodb::Client::from_conf(config.build()));
-    behind.program("kr-shop").await.expect("kr-shop is saved");
-    let bought = behind
+    let bought = warm_behind(&table, &replica)
+        .await
         .process_earn(&purchase(member, "9400017", 50_000))
         .await
         .unwrap();
@@ -440,11 +424,11 @@ async fn a_purchase_whose_read_missed_the_member_s_assignment_still_counts_in_th
 /// it currently.
 async fn kr_shop_table_as(edit: impl FnOnce(&str) -> String) -> (String, Services) {
     let table = format!("loyalty-stale-{}", uuid::Uuid::new_v4().simple());
-    DynamoStore::new(client(None), &table)
+    DynamoStore::new(client(), &table)
         .create_table()
         .await
         .expect("moto creates the table");
-    let services = services(&table, None);
+    let services = services_on(&table, client());
     let file = edit(include_str!("../../examples/kr-shop.toml"));
     services
         .put_program("kr-shop", &file, ProgramFormat::Toml)

@@ -4,7 +4,7 @@
 the admin events API) and what happens to them: purchases, partial and full refunds,
 cancellations, engagement actions (over their limits too) and grants. Every logical event is
 rendered as the exact payload its platform sends, with one fixed id, and delivered three times
-in an order shuffled by the seed, so refunds and cancellations often arrive before their
+(or as many as asked) in an order shuffled by the seed, so refunds and cancellations often arrive before their
 order. `Scenario.expected` is what every member must end with, computed here from kr-shop's
 documented rules (README "The rules in one page", DESIGN §3, examples/kr-shop.toml and the
 platform notes of README "Webhooks from shop platforms"), not from the engine's code.
@@ -91,12 +91,14 @@ SPEND_BUDGET = 280_000  # per member, safely below SILVER
 assert SPEND_BUDGET < SILVER
 ENGAGEMENT_WINDOW_DAYS = 85  # see the module doc: inside the backdating limit, up to 4 months
 
+# Deliveries of each logical event: a platform's retries and resends. A run with one copy is
+# the one that catches an event acknowledged but not applied (a later copy would heal it).
 COPIES = 3
 
 
 @dataclass
 class Delivery:
-    key: str  # logical event key, e.g. "shopify-paid-1007"; the 3 copies share it
+    key: str  # logical event key, e.g. "shopify-paid-1007"; its copies share it
     kind: str  # "shopify", "woocommerce", "cafe24", "pos", "admin"
     method: str  # "POST"
     path: str  # e.g. "/webhooks/shopify/kr-shop" or "/v1/programs/kr-shop/events"
@@ -832,9 +834,11 @@ _CHANNELS = [
 ]
 
 
-def build_scenario(seed: int, events: int = 300, now: datetime | None = None) -> Scenario:
+def build_scenario(seed: int, events: int = 300, now: datetime | None = None,
+                   copies: int = COPIES) -> Scenario:
     """Members on every channel until about `events` logical events exist; each is delivered
-    3 times (byte-identical bodies, new delivery ids), all shuffled by `seed`."""
+    `copies` times (byte-identical bodies, new delivery ids), all shuffled by `seed`."""
+    assert copies >= 1, copies
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(microsecond=0)
     b = _Builder(seed, now)
     # Every channel at least once, then by weight.
@@ -847,7 +851,7 @@ def build_scenario(seed: int, events: int = 300, now: datetime | None = None) ->
         make(b, events - len(b.logical))
     deliveries = []
     for d in b.logical:
-        for copy in range(COPIES):
+        for copy in range(copies):
             headers = dict(d.headers)
             # Platforms resend under new delivery ids: only the body is the same.
             if d.kind == "shopify":

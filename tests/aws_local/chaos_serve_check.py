@@ -2,7 +2,7 @@
 """Sends a chaos scenario (tests/aws_local/chaos.py) to `loyalty serve` and checks the oracle.
 
     python3 tests/aws_local/chaos_serve_check.py --seed 7 [--events 300] [--loyalty target/debug/loyalty]
-        [--kills 3] [--threads 6] [--timeout 60]
+        [--copies 3] [--kills 3] [--threads 6] [--timeout 60]
 
 Starts serve (in memory, or on a fresh SQLite file with --kills), takes an admin token from
 `loyalty token --admin`, sends every delivery like a platform does (retrying 5xx, 429 and
@@ -101,6 +101,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--events", type=int, default=300)
+    ap.add_argument("--copies", type=int, default=chaos.COPIES, help="deliveries of each logical event")
     ap.add_argument("--loyalty", default=str(ROOT / "target/debug/loyalty"))
     ap.add_argument("--kills", type=int, default=0, help="SIGKILL and restart serve N times while sending")
     ap.add_argument("--threads", type=int, default=6)
@@ -113,7 +114,7 @@ def main() -> int:
 
     chaos.ENGAGEMENT_WINDOW_DAYS = args.engagement_days
     started = time.monotonic()
-    scenario = chaos.build_scenario(args.seed, args.events)
+    scenario = chaos.build_scenario(args.seed, args.events, copies=args.copies)
     print(f"seed {args.seed}: {scenario.logical_events} logical events, {len(scenario.deliveries)} deliveries, "
           f"{len(scenario.expected)} members, kills {args.kills}")
     print("composition:", chaos.composition(scenario))

@@ -9,7 +9,10 @@ idempotency token left out) and never its repeats, so every write fails exactly 
 TARGET is `[FUNCTION/]SERVICE.OPERATION` (`*` matches any service, operation or function) for
 requests to DynamoDB, SQS and SSM, or `lambda.FUNCTION` for the function processes.
 KIND for requests: throttle, error (500), reset, delay (`delay=0.1@300` waits 300 ms),
-lost (forwarded, then the connection is reset), kill (forwarded, then the caller is killed).
+lost (forwarded, then the connection is reset), kill (forwarded, then the caller is killed),
+partial (a batch of two or more is done in part and answered as AWS does then: BatchGetItem's
+`UnprocessedKeys`, BatchWriteItem's `UnprocessedItems`, SendMessageBatch's and
+DeleteMessageBatch's `Failed` entries; other requests, and batches of one, pass untouched).
 KIND for lambda: crash (the process is killed at a random moment of an invocation), init (a cold
 start without the function's environment variables, so its start-up fails as a misconfigured
 deployment's would).
@@ -34,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 from urllib.parse import parse_qs
 
-REQUEST_KINDS = ("throttle", "error", "reset", "delay", "lost", "kill")
+REQUEST_KINDS = ("throttle", "error", "reset", "delay", "lost", "kill", "partial")
 FIRST = -1.0  # the fraction of a kind given as `first`
 LAMBDA_KINDS = ("crash", "init")
 
@@ -263,6 +266,9 @@ class FaultProxy:
         service, operation = operation_of(h.headers, body)
         with self.rng_lock:
             kind, delay_ms = self.faults.choose(self.rng, function, service, operation, body)
+            split = split_batch(self.rng, service, operation, body) if kind == "partial" else None
+        if kind == "partial" and split is None:
+            kind = None
         self._count(function, service, operation, kind or "ok")
         self._record(function, service, operation, body)
 
@@ -275,7 +281,11 @@ class FaultProxy:
         if kind == "delay":
             time.sleep(delay_ms / 1000)
 
+        if split is not None:
+            body, left_out = split
         status, headers, answer = self._forward(h, path, body)
+        if split is not None and status == 200:
+            answer = with_left_out(operation, answer, left_out)
         if kind == "lost":
             return _reset(h)
         if kind == "kill":
@@ -292,12 +302,59 @@ class FaultProxy:
     def _forward(self, h: BaseHTTPRequestHandler, path: str, body: bytes):
         connection = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
         try:
-            headers = {k: v for k, v in h.headers.items() if k.lower() not in ("connection", "keep-alive")}
+            # Content-Length is the body's own (a `partial` fault forwards a shorter one).
+            headers = {k: v for k, v in h.headers.items() if k.lower() not in ("connection", "keep-alive", "content-length")}
             connection.request(h.command, path, body=body, headers=headers)
             response = connection.getresponse()
             return response.status, response.getheaders(), response.read()
         finally:
             connection.close()
+
+
+def split_batch(rng: random.Random, service: str, operation: str, body: bytes) -> tuple[bytes, object] | None:
+    """For a `partial` fault: the request to forward (a batch cut short, at least one of its
+    items kept) and what was left out, or None when the request is not a batch of two or more."""
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return None
+    if service == "dynamodb" and operation in ("BatchGetItem", "BatchWriteItem"):
+        field = "RequestItems"
+        tables = request.get(field) or {}
+        if len(tables) != 1:
+            return None
+        (table, part), = tables.items()
+        items = part.get("Keys", []) if operation == "BatchGetItem" else part
+        if len(items) < 2:
+            return None
+        cut = rng.randint(1, len(items) - 1)
+        if operation == "BatchGetItem":
+            kept = {**part, "Keys": items[:cut]}
+            left_out = {table: {**part, "Keys": items[cut:]}}
+        else:
+            kept, left_out = items[:cut], {table: items[cut:]}
+        return json.dumps({**request, field: {table: kept}}).encode(), left_out
+    if service == "sqs" and operation in ("SendMessageBatch", "DeleteMessageBatch"):
+        entries = request.get("Entries") or []
+        if len(entries) < 2:
+            return None
+        cut = rng.randint(1, len(entries) - 1)
+        return json.dumps({**request, "Entries": entries[:cut]}).encode(), [e["Id"] for e in entries[cut:]]
+    return None
+
+
+def with_left_out(operation: str, answer: bytes, left_out) -> bytes:
+    """The upstream answer to the shortened batch, telling the caller what was not done."""
+    response = json.loads(answer or b"{}")
+    if operation == "BatchGetItem":
+        response["UnprocessedKeys"] = left_out
+    elif operation == "BatchWriteItem":
+        response["UnprocessedItems"] = left_out
+    else:
+        failed = [{"Id": i, "SenderFault": False, "Code": "InternalError", "Message": "not processed (fault)"}
+                  for i in left_out]
+        response["Failed"] = response.get("Failed", []) + failed
+    return json.dumps(response).encode()
 
 
 def _answer(h: BaseHTTPRequestHandler, status: int, error: dict, service: str) -> None:

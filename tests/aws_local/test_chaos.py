@@ -20,7 +20,8 @@ import chaos
 from conftest import start_stack, stop_stack
 
 # Every operation of every function: throttled (nothing done) or answer lost (done, then the
-# caller sees a reset); earn killed right after a commit; webhook-ingest killed right after a send
+# caller sees a reset); a tenth of the batches done in part (keys left unprocessed, messages
+# failed); earn killed right after a commit; webhook-ingest killed right after a send
 # or the release of a parked refund; the outbox relay killed after a send or a delete (the seams
 # of relaying); random crashes.
 FAULTS = ";".join(
@@ -28,6 +29,8 @@ FAULTS = ";".join(
         "dynamodb.*:throttle=0.03,lost=0.03",
         "sqs.*:throttle=0.03,lost=0.03",
         "ssm.*:throttle=0.03,lost=0.03",
+        "dynamodb.Batch*:partial=0.1",
+        "sqs.*Batch:partial=0.1",
         "earn/dynamodb.TransactWriteItems:kill=0.02",
         "webhook-ingest/sqs.SendMessage:kill=0.01",
         "webhook-ingest/dynamodb.TransactWriteItems:kill=0.05",
@@ -134,8 +137,10 @@ def run_and_check(scenario: chaos.Scenario, seed: int, fault_spec: str) -> None:
         ]
         unexpected = [r for r in rejected if 'action "share" is not rewarded' not in r["reason"]]
         assert unexpected == [], unexpected[:3]
-        # The faults really happened: throttles and lost answers on DynamoDB and SQS, kills
-        for kind in ("dynamodb.TransactWriteItems lost", "sqs.SendMessage lost", "dynamodb.BatchGetItem throttle"):
+        # The faults really happened: throttles, lost answers and batches done in part on DynamoDB
+        # and SQS, kills
+        for kind in ("dynamodb.TransactWriteItems lost", "sqs.SendMessage lost", "dynamodb.BatchGetItem throttle",
+                     "dynamodb.BatchGetItem partial", "sqs.SendMessageBatch partial"):
             assert any(kind in k for k in faults), f"no {kind} was injected"
         assert sum(f["crashes"] for f in status["functions"].values()) >= 1
     finally:

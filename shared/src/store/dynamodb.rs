@@ -392,7 +392,9 @@ impl DynamoStore {
     }
 
     /// Reads up to 100 items by key in one BatchGetItem, retrying the keys DynamoDB leaves
-    /// unprocessed; `consistent` false reads at half the read units, possibly a moment old.
+    /// unprocessed after a pause that doubles (it leaves them when the table is short of
+    /// capacity, so an immediate retry mostly meets the same); `consistent` false reads at half
+    /// the read units, possibly a moment old.
     async fn batch_read(
         &self,
         keys: Vec<Item>,
@@ -401,9 +403,14 @@ impl DynamoStore {
     ) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
         let mut pending = keys;
-        for _ in 0..10 {
+        let mut pause = UNPROCESSED_PAUSE;
+        for attempt in 0..UNPROCESSED_ATTEMPTS {
             if pending.is_empty() {
                 return Ok(items);
+            }
+            if attempt > 0 {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
             }
             let request = build(
                 "batch get",
@@ -427,6 +434,9 @@ impl DynamoStore {
                 .and_then(|mut u| u.remove(&self.table))
                 .map(|k| k.keys)
                 .unwrap_or_default();
+        }
+        if pending.is_empty() {
+            return Ok(items);
         }
         Err(StoreError::Transient {
             message: "DynamoDB kept leaving keys unprocessed".into(),
@@ -3157,6 +3167,11 @@ impl AuditStore for DynamoStore {
         self.put_plain(item, "cannot save the audit").await
     }
 }
+
+/// BatchGetItem requests for one read before the keys still unprocessed fail it (worth
+/// retrying), and the first pause between them: at most 10 + 20 + ... + 640 ms in all.
+const UNPROCESSED_ATTEMPTS: u32 = 8;
+const UNPROCESSED_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// How many deletes one BatchWriteItem takes.
 const BATCH_WRITE: usize = 25;

@@ -319,8 +319,7 @@ def split_batch(rng: random.Random, service: str, operation: str, body: bytes) -
     except ValueError:
         return None
     if service == "dynamodb" and operation in ("BatchGetItem", "BatchWriteItem"):
-        field = "RequestItems"
-        tables = request.get(field) or {}
+        tables = request.get("RequestItems") or {}
         if len(tables) != 1:
             return None
         (table, part), = tables.items()
@@ -333,7 +332,7 @@ def split_batch(rng: random.Random, service: str, operation: str, body: bytes) -
             left_out = {table: {**part, "Keys": items[cut:]}}
         else:
             kept, left_out = items[:cut], {table: items[cut:]}
-        return json.dumps({**request, field: {table: kept}}).encode(), left_out
+        return json.dumps({**request, "RequestItems": {table: kept}}).encode(), left_out
     if service == "sqs" and operation in ("SendMessageBatch", "DeleteMessageBatch"):
         entries = request.get("Entries") or []
         if len(entries) < 2:

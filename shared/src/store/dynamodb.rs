@@ -405,6 +405,7 @@ impl DynamoStore {
         let mut pending = keys;
         let mut pause = UNPROCESSED_PAUSE;
         for attempt in 0..UNPROCESSED_ATTEMPTS {
+            // Checked before each request, not after each answer: a read of no keys sends none.
             if pending.is_empty() {
                 return Ok(items);
             }
@@ -435,6 +436,7 @@ impl DynamoStore {
                 .map(|k| k.keys)
                 .unwrap_or_default();
         }
+        // The last request's answer may have left nothing out.
         if pending.is_empty() {
             return Ok(items);
         }

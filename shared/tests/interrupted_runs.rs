@@ -230,6 +230,7 @@ struct Setup {
     client: aws_sdk_dynamodb::Client,
     store: Arc<DynamoStore>,
     services: Services,
+    clock: Arc<FixedClock>,
 }
 
 async fn setup() -> Setup {
@@ -244,10 +245,11 @@ async fn setup() -> Setup {
     );
     let store = Arc::new(DynamoStore::new(client.clone(), &table));
     store.create_table().await.expect("moto creates the table");
+    let clock = FixedClock::at(now());
     let services = Services::new(
         store.clone(),
         Arc::new(common::Recorder::default()),
-        FixedClock::at(now()),
+        clock.clone(),
     );
     common::save_kr_shop(&services).await;
     Setup {
@@ -257,6 +259,7 @@ async fn setup() -> Setup {
         client,
         store,
         services,
+        clock,
     }
 }
 
@@ -633,13 +636,17 @@ fn finish_merge(survivor: &str, other: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_merge_whose_survivor_is_erased_before_it_finishes_leaves_the_other_erasable() {
+async fn a_merge_whose_survivor_is_erased_before_it_finishes_erases_the_other_too() {
     // GIVEN a merge stopped after its first write: the other member emptied into a survivor
     // that has not received it yet
     let s = setup().await;
     let (survivor, other) = ("shopify:7700000004", "shopify:7700000005");
     bought(&s, survivor, "7700004", 40_000).await;
     bought(&s, other, "7700005", 10_000).await;
+    // (a season later: their points are available)
+    s.clock.set(now() + chrono::Duration::days(90));
+    let before = (points(&s, survivor).await, points(&s, other).await);
+    assert!(before.0 .0 > 0 && before.1 .0 > 0, "{before:?}");
     assert!(s
         .store
         .put_alias("kr-shop", "email", "orphan@example.com", other)
@@ -666,7 +673,7 @@ async fn a_merge_whose_survivor_is_erased_before_it_finishes_leaves_the_other_er
         .await;
     // THEN the merge waits: nothing is moved into a member being erased
     assert!(waiting.is_err(), "{waiting:?}");
-    // WHEN the erasure is run again, the message arrives again, and the other member is erased
+    // WHEN the erasure is run again and the message arrives again
     s.services
         .erase_member("kr-shop", survivor, "erasure request", "ops")
         .await
@@ -675,17 +682,12 @@ async fn a_merge_whose_survivor_is_erased_before_it_finishes_leaves_the_other_er
         .services
         .process_earn(&finish_merge(survivor, other))
         .await;
-    let report = s
-        .services
-        .erase_member("kr-shop", other, "erasure request", "ops")
-        .await;
-    // THEN the merge has no survivor to finish into, and the other member, merged into no one
-    // that exists, is erased on its own: nothing is left under either id, nor its email
+    // THEN the merge has no survivor to finish into, and the other member, the same person,
+    // is erased with it: nothing is left under either id, nor its email
     assert!(
         matches!(finished, Ok(Processed::NoEffect(_))),
         "{finished:?}"
     );
-    assert!(report.is_ok(), "{report:?}");
     for gone in [survivor, other] {
         assert_eq!(items_under(&s.client, &s.table, gone).await, 0, "{gone}");
     }
@@ -693,6 +695,20 @@ async fn a_merge_whose_survivor_is_erased_before_it_finishes_leaves_the_other_er
         .store
         .resolve_alias("kr-shop", "email", "orphan@example.com");
     assert_eq!(email.await.unwrap(), None);
+    // AND the other's points, merged out and never received, were given up with it: the
+    // books' merge halves cancel and nothing is owed or pending
+    let books = s.services.liability("kr-shop", None).await.unwrap();
+    let transferred: i64 = books.movements.iter().map(|m| m.transferred).sum();
+    assert_eq!(transferred, 0, "{:?}", books.movements);
+    assert_eq!((books.net, books.pending), (0, 0));
+    let forfeited: i64 = books.movements.iter().map(|m| m.forfeited).sum();
+    assert_eq!(forfeited, before.0 .0 + before.1 .0);
+    // AND the message delivered again changes nothing
+    let again = s
+        .services
+        .process_earn(&finish_merge(survivor, other))
+        .await;
+    assert!(matches!(again, Ok(Processed::NoEffect(_))), "{again:?}");
 }
 
 #[tokio::test]

@@ -49,6 +49,25 @@ impl Account {
                 self.member
             )));
         }
+        // Merged out into a member erased before it received the points (the service erases
+        // such a member only once the survivor is gone): they come back, lots and pending
+        // points as they were, to be given up below, so the books' merge halves still cancel.
+        if let Some(merged) = self.merged.as_ref().filter(|m| {
+            m.snapshot.balance != 0 || m.snapshot.pending_points() != 0 || m.snapshot.debt != 0
+        }) {
+            let snapshot = &merged.snapshot;
+            let account = &mut journal.account;
+            account.lots = snapshot.lots.clone();
+            account.debt = snapshot.debt;
+            account.balance = snapshot.balance;
+            account.pending = snapshot.pending.clone();
+            journal.post(
+                EntryKind::Merge,
+                snapshot.balance,
+                snapshot.pending_points(),
+                "Merge undone: the member it was merged into was erased before receiving it",
+            );
+        }
         let (points, pending) = (journal.account.balance, journal.account.pending_points());
         let account = &mut journal.account;
         account.lots = Default::default();

@@ -252,6 +252,22 @@ impl Services {
                 detail: format!("{from} has not been merged into {survivor}"),
             });
         };
+        if self.survivor_erased(program, survivor).await? {
+            // Merged into one person whose data is gone: this part of them goes too.
+            self.erase_member(
+                &program.id,
+                from,
+                "merged into a member who was erased before the merge finished",
+                &merged.by,
+            )
+            .await?;
+            return Err(ServiceError::Conflict {
+                problem: "member-erased",
+                detail: format!(
+                    "{survivor} was erased before the merge finished; {from} was erased with it"
+                ),
+            });
+        }
         let file = self.store.member_file(&program.id, from).await?;
         let orders: Vec<(String, OrderRecord)> = file
             .orders
@@ -293,6 +309,17 @@ impl Services {
             balance,
             repeated: false,
         })
+    }
+
+    /// Whether a merge's survivor is gone. Only an erasure deletes an account, and a member
+    /// is merged out only into one that exists, so gone means erased.
+    async fn survivor_erased(
+        &self,
+        program: &Program,
+        survivor: &str,
+    ) -> Result<bool, ServiceError> {
+        let state = self.store.load_member(&program.id, survivor, &[]).await?;
+        Ok(state.account.is_none())
     }
 
     /// One commit on the survivor: the first carries the snapshot, every one some copies.

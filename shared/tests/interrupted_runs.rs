@@ -636,6 +636,52 @@ fn finish_merge(survivor: &str, other: &str) -> String {
 }
 
 #[tokio::test]
+async fn a_member_being_erased_is_neither_merged_into_nor_merged_from() {
+    // GIVEN a member whose erasure stopped right after its mark, and another with points
+    let s = setup().await;
+    let (erasing, other) = ("shopify:7700000007", "shopify:7700000008");
+    bought(&s, erasing, "7700007", 30_000).await;
+    bought(&s, other, "7700008", 10_000).await;
+    let kept = points(&s, other).await;
+    s.cut.arm(1);
+    let erasure = s
+        .services
+        .erase_member("kr-shop", erasing, "erasure request", "ops")
+        .await;
+    s.cut.disarm();
+    assert!(s.cut.reached() && erasure.is_err(), "{erasure:?}");
+    // WHEN an operator merges the other into it, and it into the other
+    let into = s
+        .services
+        .merge_members("kr-shop", erasing, other, "the same customer", "ops")
+        .await;
+    let from = s
+        .services
+        .merge_members("kr-shop", other, erasing, "the same customer", "ops")
+        .await;
+    // THEN both are refused as 409 member-erased and the other keeps its points
+    for refused in [&into, &from] {
+        assert!(
+            matches!(
+                refused,
+                Err(ServiceError::Conflict {
+                    problem: "member-erased",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(points(&s, other).await, kept);
+    // AND the erasure run again still leaves nothing under the member's id
+    s.services
+        .erase_member("kr-shop", erasing, "erasure request", "ops")
+        .await
+        .unwrap();
+    assert_eq!(items_under(&s.client, &s.table, erasing).await, 0);
+}
+
+#[tokio::test]
 async fn a_merge_whose_survivor_is_erased_before_it_finishes_erases_the_other_too() {
     // GIVEN a merge stopped after its first write: the other member emptied into a survivor
     // that has not received it yet

@@ -184,6 +184,16 @@ impl Services {
                 }
                 None => {}
             }
+            // A person being forgotten is neither merged into nor merged from: what moved would
+            // outlive the erasure, or be deleted with it unforfeited.
+            for (member, account) in [(survivor, &target), (from, &other)] {
+                if account.erased.is_some() {
+                    return Err(ServiceError::Conflict {
+                        problem: "member-erased",
+                        detail: format!("{member} is being erased; nothing is merged with it"),
+                    });
+                }
+            }
             if !target.holds.is_empty() {
                 return Err(ServiceError::Conflict {
                     problem: "merge-refused",

@@ -28,7 +28,7 @@ pub struct Violation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
     /// What rule it breaks (`balance`, `pending`, `lots`, `running-balance`, `cause`, `order`,
-    /// `hold`, `parked`).
+    /// `hold`, `parked`, `merge`, `books`).
     pub rule: &'static str,
     pub detail: String,
     /// Stored minus expected, where the rule is a sum.

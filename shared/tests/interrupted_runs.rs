@@ -223,6 +223,30 @@ async fn items_under(client: &aws_sdk_dynamodb::Client, table: &str, member: &st
         .count as usize
 }
 
+/// The pseudonyms of the accounts kept by erasures.
+async fn kept_accounts(client: &aws_sdk_dynamodb::Client, table: &str) -> Vec<String> {
+    let prefix = "P#kr-shop#M#erased-";
+    let items = client
+        .scan()
+        .table_name(table)
+        .filter_expression("begins_with(PK, :p)")
+        .expression_attribute_values(":p", AttributeValue::S(prefix.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    let mut kept: Vec<String> = items
+        .iter()
+        .filter_map(|item| item.get("PK")?.as_s().ok())
+        .map(|pk| pk["P#kr-shop#M#".len()..].to_string())
+        .collect();
+    kept.sort();
+    kept.dedup();
+    kept
+}
+
 struct Setup {
     table: String,
     cut: Cut,
@@ -719,11 +743,25 @@ async fn a_merge_whose_survivor_is_erased_before_it_finishes_erases_the_other_to
         .await;
     // THEN the merge waits: nothing is moved into a member being erased
     assert!(waiting.is_err(), "{waiting:?}");
-    // WHEN the erasure is run again and the message arrives again
+    // WHEN the erasure is run again
     s.services
         .erase_member("kr-shop", survivor, "erasure request", "ops")
         .await
         .unwrap();
+    // THEN the audit finds the other's points merged into no one that exists
+    let merges = |report: &loyalty_core::services::audit::AuditReport| -> Vec<(Option<String>, Option<i64>)> {
+        let found = report.violations.iter().filter(|v| v.rule == "merge");
+        found.map(|v| (v.member.clone(), v.difference)).collect()
+    };
+    let quiet: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(|_| {});
+    let audit = s
+        .services
+        .audit(Some("kr-shop"), quiet.clone())
+        .await
+        .unwrap();
+    let moved = before.1 .0 + before.1 .1;
+    assert_eq!(merges(&audit), vec![(Some(other.to_string()), Some(moved))]);
+    // WHEN the message arrives again
     let finished = s
         .services
         .process_earn(&finish_merge(survivor, other))
@@ -749,6 +787,26 @@ async fn a_merge_whose_survivor_is_erased_before_it_finishes_erases_the_other_to
     assert_eq!((books.net, books.pending), (0, 0));
     let forfeited: i64 = books.movements.iter().map(|m| m.forfeited).sum();
     assert_eq!(forfeited, before.0 .0 + before.1 .0);
+    // AND the accounts kept under pseudonyms say nothing of the merge nor of the person
+    let kept = kept_accounts(&s.client, &s.table).await;
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for pseudonym in &kept {
+        let state = s
+            .store
+            .load_member("kr-shop", pseudonym, &[])
+            .await
+            .unwrap();
+        let account = state.account.unwrap();
+        assert!(
+            account.merged.is_none(),
+            "{pseudonym}: {:?}",
+            account.merged
+        );
+        assert_eq!(account.profile, Default::default(), "{pseudonym}");
+    }
+    // AND the audit finds nothing wrong
+    let audit = s.services.audit(Some("kr-shop"), quiet).await.unwrap();
+    assert!(audit.violations.is_empty(), "{:?}", audit.violations);
     // AND the message delivered again changes nothing
     let again = s
         .services

@@ -80,6 +80,8 @@ impl Account {
         account.referral_due = None;
         account.notified.clear();
         account.suspended = None;
+        // The snapshot describes the person, and the survivor's id another of their names.
+        account.merged = None;
         account.erased = Some(erasure);
         match program.erasure.outstanding {
             Outstanding::PayOut if points > 0 => {

@@ -46,6 +46,8 @@ pub struct ProgramAudit {
 struct Progress {
     report: AuditReport,
     suspects: Vec<(String, String)>,
+    /// Members merged out: (program, member, survivor, points and pending points moved).
+    merged_out: Vec<(String, String, String, i64, i64)>,
 }
 
 impl Services {
@@ -67,6 +69,20 @@ impl Services {
                     let Ok(mut s) = state.lock() else { return };
                     match walked {
                         Walked::Member(records) => {
+                            if let Some(m) = records
+                                .account
+                                .as_ref()
+                                .filter(|a| a.erased.is_none())
+                                .and_then(|a| a.merged.as_ref())
+                            {
+                                s.merged_out.push((
+                                    records.program.clone(),
+                                    records.member.clone(),
+                                    m.into.clone(),
+                                    m.snapshot.balance,
+                                    m.snapshot.pending_points(),
+                                ));
+                            }
                             let (found, totals) = check_member(&records, now);
                             s.report.members += totals.members;
                             s.report.entries += totals.entries;
@@ -90,15 +106,32 @@ impl Services {
             part.await
                 .map_err(|e| ServiceError::Internal(format!("an audit part failed: {e}")))??;
         }
-        let (mut report, suspects) = {
+        let (mut report, suspects, merged_out) = {
             let mut s = state
                 .lock()
                 .map_err(|_| ServiceError::Internal("the audit state was poisoned".into()))?;
             (
                 std::mem::take(&mut s.report),
                 std::mem::take(&mut s.suspects),
+                std::mem::take(&mut s.merged_out),
             )
         };
+        for (program, member, into, points, pending) in merged_out {
+            // A survivor gone before it received the points: credited to no one until the
+            // member is erased too (what the merge's message does now).
+            let survivor = self.store.load_member(&program, &into, &[]).await?;
+            if survivor.account.is_none() && (points != 0 || pending != 0) {
+                report.violations.push(Violation {
+                    program,
+                    member: Some(member.clone()),
+                    rule: "merge",
+                    detail: format!(
+                        "merged into {into}, which is gone (erased) without having received {points} points and {pending} pending: erase {member} to give them up"
+                    ),
+                    difference: Some(points + pending),
+                });
+            }
+        }
         for (program, member) in suspects {
             let (found, totals) = self.recheck(&program, &member, now).await?;
             add_totals(&mut report, &program, &totals);

@@ -499,13 +499,7 @@ async fn a_member_whose_erasure_has_begun_takes_no_adjustment_redemption_or_tier
         .put_campaign("kr-shop", "autumn", body.as_bytes());
     saved.await.unwrap();
     // AND the first member's erasure stopped right after its mark
-    s.cut.arm(1);
-    let first = s
-        .services
-        .erase_member("kr-shop", member, "erasure request", "ops")
-        .await;
-    s.cut.disarm();
-    assert!(s.cut.reached() && first.is_err(), "{first:?}");
+    erasure_stopped_after_its_mark(&s, member).await;
 
     // WHEN the campaign tick runs, an operator adjusts each, each redeems a coupon, each one's
     // tier check arrives and each opens its campaigns
@@ -513,15 +507,6 @@ async fn a_member_whose_erasure_has_begun_takes_no_adjustment_redemption_or_tier
         .services
         .run_job(Job::CampaignTick, "kr-shop", None, &|_| {});
     tick.await.unwrap();
-    let erased_ones = |outcome: &Result<_, ServiceError>| {
-        matches!(
-            outcome,
-            Err(ServiceError::Conflict {
-                problem: "member-erased",
-                ..
-            })
-        )
-    };
     let gift = br#"{"points": 100, "reason": "late gift"}"#;
     let coupon = br#"{"reward": "coupon-5000"}"#;
     for who in [member, control] {
@@ -541,8 +526,8 @@ async fn a_member_whose_erasure_has_begun_takes_no_adjustment_redemption_or_tier
         let read = s.store.load_member_with("kr-shop", who, &[], &ids);
         let assigned = read.await.unwrap().assignments.len();
         assert_eq!(assigned, usize::from(!erased), "{who}");
-        assert_eq!(erased_ones(&adjusted), erased, "{who}: {adjusted:?}");
-        assert_eq!(erased_ones(&redeemed), erased, "{who}: {redeemed:?}");
+        assert_eq!(refused_as_erased(&adjusted), erased, "{who}: {adjusted:?}");
+        assert_eq!(refused_as_erased(&redeemed), erased, "{who}: {redeemed:?}");
         let applied = matches!(checked, Ok(Processed::Applied { .. }));
         assert_eq!(applied, !erased, "{who}: {checked:?}");
     }
@@ -568,6 +553,28 @@ async fn points(s: &Setup, member: &str) -> (i64, i64) {
 }
 
 /// Applies a purchase of `amount` and says so.
+/// Erases `member` with its run stopped right after its first write, the mark.
+async fn erasure_stopped_after_its_mark(s: &Setup, member: &str) {
+    s.cut.arm(1);
+    let erasure = s
+        .services
+        .erase_member("kr-shop", member, "erasure request", "ops")
+        .await;
+    s.cut.disarm();
+    assert!(s.cut.reached() && erasure.is_err(), "{erasure:?}");
+}
+
+/// Whether an outcome is the refusal of a member being erased.
+fn refused_as_erased<T>(outcome: &Result<T, ServiceError>) -> bool {
+    matches!(
+        outcome,
+        Err(ServiceError::Conflict {
+            problem: "member-erased",
+            ..
+        })
+    )
+}
+
 async fn bought(s: &Setup, member: &str, order: &str, amount: i64) {
     let applied = s
         .services
@@ -667,13 +674,7 @@ async fn a_member_being_erased_is_neither_merged_into_nor_merged_from() {
     bought(&s, erasing, "7700007", 30_000).await;
     bought(&s, other, "7700008", 10_000).await;
     let kept = points(&s, other).await;
-    s.cut.arm(1);
-    let erasure = s
-        .services
-        .erase_member("kr-shop", erasing, "erasure request", "ops")
-        .await;
-    s.cut.disarm();
-    assert!(s.cut.reached() && erasure.is_err(), "{erasure:?}");
+    erasure_stopped_after_its_mark(&s, erasing).await;
     // WHEN an operator merges the other into it, and it into the other
     let into = s
         .services
@@ -685,16 +686,7 @@ async fn a_member_being_erased_is_neither_merged_into_nor_merged_from() {
         .await;
     // THEN both are refused as 409 member-erased and the other keeps its points
     for refused in [&into, &from] {
-        assert!(
-            matches!(
-                refused,
-                Err(ServiceError::Conflict {
-                    problem: "member-erased",
-                    ..
-                })
-            ),
-            "{refused:?}"
-        );
+        assert!(refused_as_erased(refused), "{refused:?}");
     }
     assert_eq!(points(&s, other).await, kept);
     // AND the erasure run again still leaves nothing under the member's id
@@ -730,13 +722,7 @@ async fn a_merge_whose_survivor_is_erased_before_it_finishes_erases_the_other_to
     s.cut.disarm();
     assert!(s.cut.reached() && merge.is_err(), "{merge:?}");
     // WHEN the survivor's erasure stops after its mark, and the merge's message arrives
-    s.cut.arm(1);
-    let erasure = s
-        .services
-        .erase_member("kr-shop", survivor, "erasure request", "ops")
-        .await;
-    s.cut.disarm();
-    assert!(s.cut.reached() && erasure.is_err(), "{erasure:?}");
+    erasure_stopped_after_its_mark(&s, survivor).await;
     let waiting = s
         .services
         .process_earn(&finish_merge(survivor, other))

@@ -116,11 +116,13 @@ impl Services {
                 std::mem::take(&mut s.merged_out),
             )
         };
-        for (program, member, into, points, pending) in merged_out {
+        // Only members that moved points are read again: nothing else can be lost.
+        let moved = merged_out.into_iter().filter(|m| m.3 != 0 || m.4 != 0);
+        for (program, member, into, points, pending) in moved {
             // A survivor gone before it received the points: credited to no one until the
             // member is erased too (what the merge's message does now).
             let survivor = self.store.load_member(&program, &into, &[]).await?;
-            if survivor.account.is_none() && (points != 0 || pending != 0) {
+            if survivor.account.is_none() {
                 report.violations.push(Violation {
                     program,
                     member: Some(member.clone()),

@@ -104,6 +104,15 @@ fn invalid(message: impl Into<String>) -> EventError {
     }
 }
 
+/// The other member a referral names keeps to the member-id rule: it becomes a key (the
+/// referrer's reward goes to it).
+fn referral_party(field: &str, member: &str) -> Result<(), EventError> {
+    IdKind::Member.check(member).map_err(|e| EventError {
+        problem: e.kind.problem(),
+        detail: format!("data.{field}: {e}"),
+    })
+}
+
 impl From<IdError> for EventError {
     fn from(e: IdError) -> EventError {
         EventError {
@@ -552,8 +561,14 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             let platform = d.platform.clone().unwrap_or_else(|| "api".into());
             let engagement = match d.action.as_str() {
                 "referral" => match (d.role.as_deref(), d.referrer, d.referee) {
-                    (Some("referee") | None, Some(referrer), None) => Engagement::Referred { referrer },
-                    (Some("referrer") | None, None, Some(referee)) => Engagement::ReferrerReward { referee },
+                    (Some("referee") | None, Some(referrer), None) => {
+                        referral_party("referrer", &referrer)?;
+                        Engagement::Referred { referrer }
+                    }
+                    (Some("referrer") | None, None, Some(referee)) => {
+                        referral_party("referee", &referee)?;
+                        Engagement::ReferrerReward { referee }
+                    }
                     _ => {
                         return Err(invalid(
                             "a referral names either data.referrer (on the new member) or data.referee (on the referrer)",

@@ -130,6 +130,33 @@ fn shorten(value: &str) -> String {
     }
 }
 
+/// The id of an event made from other ids (a campaign's grant, a referrer's reward, a yearly
+/// greeting): the prefix and the parts joined with '-' while that keeps to the event-id rule,
+/// else the prefix and a SHA-256 digest of the parts. The same parts always make the same id,
+/// so the event's copies still collapse into one, and a long member or campaign id never makes
+/// an id that earn's own check refuses (the event would be rejected for good, its points lost).
+pub fn derived_event_id(prefix: &str, parts: &[&str]) -> String {
+    let plain = parts
+        .iter()
+        .fold(prefix.to_string(), |id, part| id + "-" + part);
+    if IdKind::Event.accepts(&plain) {
+        return plain;
+    }
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for part in parts {
+        // Each part's length first, so that no two lists of parts digest the same bytes.
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    }
+    let hex: String = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{prefix}-h{hex}")
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:expr) => {
         $(#[$doc])*
@@ -242,6 +269,28 @@ mod tests {
     fn long_values_are_shortened_in_messages() {
         let e = CampaignId::parse(&"x".repeat(10_000)).unwrap_err();
         assert!(e.to_string().len() < 200, "{e}");
+    }
+
+    #[test]
+    fn derived_event_ids_keep_to_the_rule_and_to_their_parts() {
+        // GIVEN short parts WHEN an id is derived THEN it reads as the parts joined
+        assert_eq!(derived_event_id("grant", &["c-1", "m-1"]), "grant-c-1-m-1");
+        // GIVEN a 64-character campaign and a 128-byte member
+        let (campaign, member) = ("c".repeat(64), "회".repeat(42) + "mm");
+        // WHEN an id is derived THEN earn's check accepts it, and again it is the same
+        let long = derived_event_id("grant", &[&campaign, &member]);
+        assert!(IdKind::Event.accepts(&long), "{long}");
+        assert_eq!(long, derived_event_id("grant", &[&campaign, &member]));
+        // AND another member's id differs, even where the joined text would be the same
+        assert_ne!(
+            long,
+            derived_event_id("grant", &[&campaign, &format!("{member}x")])
+        );
+        let (x, z) = ("x".repeat(60), "z".repeat(100));
+        assert_ne!(
+            derived_event_id("grant", &[&x, &format!("y-{z}")]),
+            derived_event_id("grant", &[&format!("{x}-y"), &z])
+        );
     }
 
     proptest! {

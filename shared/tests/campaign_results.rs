@@ -277,6 +277,40 @@ async fn the_tick_pays_exactly_todays_birthdays_once_reading_only_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_with_the_longest_ids_get_their_birthday_points_and_grants() {
+    // GIVEN members whose ids take all 128 bytes the rule allows, their birthday today, one
+    // of them in the gift variant of a 64-character broadcast campaign and one not
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let id = "b".repeat(64);
+    let c = campaign(birthday_campaign());
+    let long = |n: usize| format!("{}m{n:04}", "회".repeat(41));
+    let gift = (0..).map(long).find(|m| c.assign(m) == Some(1)).unwrap();
+    let control = (0..).map(long).find(|m| c.assign(m) == Some(0)).unwrap();
+    assert_eq!((gift.len(), control.len()), (128, 128));
+    s.seed(
+        &[
+            (gift.clone(), Some("11-22")),
+            (control.clone(), Some("11-22")),
+        ],
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+    )
+    .await;
+    s.put_campaign(&id, &birthday_campaign()).await;
+    // WHEN the tick runs and its messages are delivered
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    let earned = s.drain().await;
+    // THEN both got the program's birthday points and the gift member the grant: no id the
+    // tick made was refused by earn's own check
+    assert_eq!(s.balance(&control).await, 2_000);
+    assert_eq!(s.balance(&gift).await, 3_000, "{earned:?}");
+    assert!(earned.iter().all(|e| e.len() <= 128), "{earned:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tick_that_missed_a_week_pays_each_missed_birthday_once() {
     // GIVEN a tick completed on 22 November, and one member whose birthday is on each of the
     // seven days after it (and one more on the eighth)

@@ -566,6 +566,79 @@ fn a_self_referral_by_plus_tag_and_the_eleventh_referral_of_a_month_are_refused_
 }
 
 #[test]
+fn a_referrer_named_by_an_alias_is_paid_on_its_member_and_a_malformed_one_is_refused() {
+    // GIVEN a member app-hana whose email is hana@example.com
+    let shop = Shop::start("referral-alias");
+    let file = shop.dir.join("hana.csv");
+    std::fs::write(&file, "member,email,points\napp-hana,hana@example.com,0\n").expect("file");
+    ok(&shop.loyalty(&[
+        "import",
+        "balances",
+        file.to_str().expect("utf-8"),
+        "--program",
+        "kr-shop",
+        "--format",
+        "csv",
+        "--json",
+    ]));
+    // WHEN a referral names a referrer with the key separator '#', and another names the
+    // referrer by email, and that new member buys
+    let (status, problem) = shop.call(
+        "POST",
+        &format!("{P}/events"),
+        Some(referral("ref-bad", "friend-b", "app#hana")),
+    );
+    shop.send(referral("ref-alias", "friend-a", "email:hana@example.com"));
+    shop.send(pos_purchase("ref-alias-sale", "friend-a", "alias-o-1"));
+    shop.settled();
+    // THEN the malformed one is refused at the edge, naming the field
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["type"], "/problems/invalid-member-id");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("data.referrer"),
+        "{problem}"
+    );
+    // AND the member the email names is paid the referrer's 3,000 points
+    shop.eventually("app-hana", |v| v["balance"] == 3000);
+}
+
+#[test]
+fn a_submitted_event_cannot_say_it_was_reviewed_or_replayed() {
+    // GIVEN kr-shop with a daily limit of 1,000 points
+    let shop = Shop::start("forged-review");
+    shop.amend_program("[safeguards]\ndaily_points = 1000");
+    // WHEN a caller submits an event that names a reviewer, and one that names a replay
+    let mut reviewed = action("forged-photo", "m-forged", "photo_review");
+    reviewed["reviewed_by"] = json!("ops-lead");
+    let mut replayed = action("forged-review", "m-forged", "review");
+    replayed["replay"] = json!(7);
+    let (first, reviewed) = shop.call("POST", &format!("{P}/events"), Some(reviewed));
+    let (second, replayed) = shop.call("POST", &format!("{P}/events"), Some(replayed));
+    shop.settled();
+    // THEN both are refused with the field named, and the member has nothing
+    assert_eq!((first, second), (400, 400), "{reviewed} {replayed}");
+    assert!(
+        reviewed["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("reviewed_by"),
+        "{reviewed}"
+    );
+    assert!(
+        replayed["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("replay"),
+        "{replayed}"
+    );
+    assert_eq!(shop.member("m-forged")["balance"].as_i64(), Some(0));
+    assert_eq!(shop.whole_ledger("m-forged"), Vec::<Value>::new());
+}
+
+#[test]
 fn earnings_over_the_daily_limit_wait_for_review_and_large_adjustments_for_a_second_operator() {
     // GIVEN kr-shop with a daily limit of 1,000 points and approval above 10,000
     let shop = Shop::start("safeguards");

@@ -162,7 +162,7 @@ impl Services {
                 trace: crate::telemetry::trace::current(),
                 kind: "engagement.recorded".into(),
                 version: ENVELOPE_VERSION,
-                id: format!("{action}-{member}-{}", day.year()),
+                id: crate::ids::derived_event_id(action, &[&member, &day.year().to_string()]),
                 program: program.id.clone(),
                 member: member.clone(),
                 occurred_at: at.min(self.clock.now()),

@@ -239,7 +239,7 @@ impl Services {
                     trace: crate::telemetry::trace::current(),
                     kind: "points.granted".into(),
                     version: ENVELOPE_VERSION,
-                    id: format!("grant-{id}-{member}"),
+                    id: crate::ids::derived_event_id("grant", &[id, member]),
                     program: program.to_string(),
                     member: member.to_string(),
                     occurred_at: now,

@@ -46,7 +46,7 @@ fn follow_ups(
         let mut reward = message(
             envelope,
             "engagement.recorded",
-            format!("referral-{}", envelope.member),
+            crate::ids::derived_event_id("referral", &[&envelope.member]),
             json!({
                 "action": "referral", "ref": envelope.member, "referee": envelope.member,
             }),

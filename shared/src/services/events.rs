@@ -27,12 +27,14 @@ impl Services {
                 format!("the body is not an event envelope: {e}"),
             )
         })?;
+        operators_fields_unset(&envelope)?;
         parse_earn_event(&envelope, &program)
             .map_err(|e| ServiceError::invalid(e.problem, e.detail))?;
         program
             .check_occurred_at(envelope.occurred_at, self.clock.now())
             .map_err(|e| ServiceError::invalid("event-out-of-bounds", e.to_string()))?;
         envelope.member = self.canonical_member(&program.id, &envelope.member).await?;
+        self.canonical_referrer(&program.id, &mut envelope).await?;
         envelope.trace = envelope
             .trace
             .as_deref()
@@ -45,6 +47,22 @@ impl Services {
             id: envelope.id,
             status: "accepted",
         })
+    }
+
+    /// A referral's referrer named by an alias (e.g. `shopify:7001` linked to `app-42`) is
+    /// resolved here, as the member is: earn never resolves again, and the reward must reach
+    /// the member the alias names, not a new account under the alias.
+    async fn canonical_referrer(
+        &self,
+        program: &str,
+        envelope: &mut Envelope,
+    ) -> Result<(), ServiceError> {
+        let Some(referrer) = envelope.data.get("referrer").and_then(|r| r.as_str()) else {
+            return Ok(());
+        };
+        let canonical = self.canonical_member(program, referrer).await?;
+        envelope.data["referrer"] = serde_json::Value::String(canonical);
+        Ok(())
     }
 
     /// The canonical id of a member named `kind:value` (e.g. `shopify:7001234`) when that
@@ -63,4 +81,28 @@ impl Services {
             .await?
             .unwrap_or_else(|| member.to_string()))
     }
+}
+
+/// `replay`, `resumed` and `reviewed_by` are written by the operators' routes (a replay, a
+/// resume, a release from review). A caller setting them would skip the daily limit's hold
+/// under a made-up reviewer's name, or choose a new deduplication id for the queues.
+fn operators_fields_unset(envelope: &Envelope) -> Result<(), ServiceError> {
+    let set: Vec<&str> = [
+        ("replay", envelope.replay.is_some()),
+        ("resumed", envelope.resumed.is_some()),
+        ("reviewed_by", envelope.reviewed_by.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(field, set)| set.then_some(field))
+    .collect();
+    if set.is_empty() {
+        return Ok(());
+    }
+    Err(ServiceError::invalid(
+        "invalid-event",
+        format!(
+            "{} set by the operators' routes only, never in a submitted event",
+            set.join(", ") + if set.len() == 1 { " is" } else { " are" }
+        ),
+    ))
 }

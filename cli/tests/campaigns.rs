@@ -31,8 +31,22 @@ fn a_campaign_is_saved_versioned_and_refused_with_the_field_named() {
         "{problem}"
     );
     assert_eq!(server.call("GET", path, &admin, &[], None).0, 404);
-    // WHEN they are fixed THEN it is created (201), then updated (200, version 2)
+    // WHEN they are fixed but a variant's key holds the key separator '#'
+    // THEN 400 names that key, and nothing is saved
     campaign["variants"][1]["weight"] = json!(0.5);
+    campaign["variants"][1]["key"] = json!("free#shipping");
+    let (status, problem) = server.call("PUT", path, &admin, &[], Some(&campaign.to_string()));
+    assert_eq!(status, 400, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("variants[1].key"),
+        "{problem}"
+    );
+    assert_eq!(server.call("GET", path, &admin, &[], None).0, 404);
+    // WHEN the key is fixed too THEN it is created (201), then updated (200, version 2)
+    campaign["variants"][1]["key"] = json!("free-shipping");
     let (status, saved) = server.call("PUT", path, &admin, &[], Some(&campaign.to_string()));
     assert_eq!(
         (status, saved["version"].as_i64()),

@@ -248,6 +248,57 @@ fn a_bad_member_id_gets_the_same_problem_on_every_route() {
 }
 
 #[test]
+fn fields_of_an_event_that_become_key_parts_keep_to_their_rules() {
+    let client = Client::new();
+    // GIVEN a purchase from a 2,000-character platform, one from a platform with the key
+    // separator, a grant naming a campaign with it and one naming a 100-byte variant, and a
+    // grant with a 10,000-character reason
+    let mut long_platform = purchase("o-p1", "m-1", 1, "1000");
+    long_platform["data"]["platform"] = json!("p".repeat(2_000));
+    let mut hashed_platform = purchase("o-p2", "m-1", 1, "1000");
+    hashed_platform["data"]["platform"] = json!("pos#O");
+    let grant = |id: &str, data: Value| {
+        json!({"type": "points.granted", "version": 1, "id": id, "program": "kr-shop",
+               "member": "m-1", "occurred_at": Utc::now().to_rfc3339(), "data": data})
+    };
+    let campaign = grant(
+        "g-1",
+        json!({"points": 10, "campaign": "c#1", "variant": "a"}),
+    );
+    let variant = grant(
+        "g-2",
+        json!({"points": 10, "campaign": "c-1", "variant": "v".repeat(100)}),
+    );
+    let reason = grant("g-3", json!({"points": 10, "reason": "r".repeat(10_000)}));
+    // WHEN each is submitted
+    // THEN each is refused naming its field
+    assert_problem(
+        &client.event(&long_platform),
+        400,
+        "invalid-platform",
+        "platform",
+    );
+    assert_problem(
+        &client.event(&hashed_platform),
+        400,
+        "invalid-platform",
+        "platform",
+    );
+    assert_problem(
+        &client.event(&campaign),
+        400,
+        "invalid-campaign-id",
+        "campaign",
+    );
+    assert_problem(&client.event(&variant), 400, "invalid-variant", "variant");
+    assert_problem(&client.event(&reason), 400, "invalid-event", "reason");
+    // AND a purchase from a platform that keeps to the rule is accepted
+    let mut store = purchase("o-p3", "m-1", 1, "1000");
+    store["data"]["platform"] = json!("pos-seoul-2");
+    assert_eq!(client.event(&store).0, 202);
+}
+
+#[test]
 fn a_malformed_idempotency_key_is_refused_not_ignored() {
     let client = Client::new();
     let body = json!({"points": 10, "reason": "test"}).to_string();

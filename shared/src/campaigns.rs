@@ -221,8 +221,11 @@ impl Campaign {
         let mut keys = BTreeSet::new();
         for (i, v) in self.variants.iter().enumerate() {
             let field = |name: &str| format!("variants[{i}].{name}");
-            if v.key.is_empty() || !keys.insert(v.key.as_str()) {
-                fail(&field("key"), "must be present and unique".into());
+            if !crate::ids::IdKind::Variant.accepts(&v.key) || !keys.insert(v.key.as_str()) {
+                fail(
+                    &field("key"),
+                    format!("must be unique and {}", crate::ids::IdKind::Variant.rule()),
+                );
             }
             if !(0.0..=1.0).contains(&v.weight) {
                 fail(&field("weight"), "must be between 0 and 1".into());

@@ -104,6 +104,13 @@ fn invalid(message: impl Into<String>) -> EventError {
     }
 }
 
+/// The platform an event names, `api` when it names none; it becomes part of keys.
+fn platform_of(platform: Option<String>) -> Result<String, EventError> {
+    let platform = platform.unwrap_or_else(|| "api".into());
+    IdKind::Platform.check(&platform)?;
+    Ok(platform)
+}
+
 /// The other member a referral names keeps to the member-id rule: it becomes a key (the
 /// referrer's reward goes to it).
 fn referral_party(field: &str, member: &str) -> Result<(), EventError> {
@@ -443,7 +450,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             )
             .map_err(|e| invalid(format!("data.{e}")))?;
             Ok(EarnEvent::Purchase {
-                platform: d.platform.unwrap_or_else(|| "api".into()),
+                platform: platform_of(d.platform)?,
                 purchase,
             })
         }
@@ -482,7 +489,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                 tax: 0,
             };
             Ok(EarnEvent::Purchase {
-                platform: d.platform.unwrap_or_else(|| "api".into()),
+                platform: platform_of(d.platform)?,
                 purchase,
             })
         }
@@ -530,7 +537,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                 }
             };
             Ok(EarnEvent::Refund {
-                platform: d.platform.unwrap_or_else(|| "api".into()),
+                platform: platform_of(d.platform)?,
                 reversal: Reversal {
                     order_id: d.order_id,
                     refund_id: d.refund_id,
@@ -545,7 +552,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             IdKind::Order.check(&d.order_id)?;
             let _ = d.reason;
             Ok(EarnEvent::Refund {
-                platform: d.platform.unwrap_or_else(|| "api".into()),
+                platform: platform_of(d.platform)?,
                 reversal: Reversal {
                     order_id: d.order_id,
                     refund_id: "cancel".into(),
@@ -558,7 +565,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
         "engagement.recorded" => {
             let d: EngagementData = from_data(&envelope.kind, data)?;
             required("ref", &d.reference)?;
-            let platform = d.platform.clone().unwrap_or_else(|| "api".into());
+            let platform = platform_of(d.platform.clone())?;
             let engagement = match d.action.as_str() {
                 "referral" => match (d.role.as_deref(), d.referrer, d.referee) {
                     (Some("referee") | None, Some(referrer), None) => {
@@ -599,11 +606,24 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                     d.points
                 )));
             }
+            if let Some(campaign) = &d.campaign {
+                IdKind::Campaign.check(campaign)?;
+            }
+            if let Some(variant) = &d.variant {
+                IdKind::Variant.check(variant)?;
+            }
+            let reason = d
+                .reason
+                .unwrap_or_else(|| format!("{} points granted", d.points));
+            if reason.chars().count() > crate::services::MAX_REASON {
+                return Err(invalid(format!(
+                    "data.reason must be at most {} characters",
+                    crate::services::MAX_REASON
+                )));
+            }
             Ok(EarnEvent::Grant {
                 points: d.points,
-                reason: d
-                    .reason
-                    .unwrap_or_else(|| format!("{} points granted", d.points)),
+                reason,
                 campaign: d.campaign,
                 variant: d.variant,
             })

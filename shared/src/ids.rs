@@ -21,6 +21,12 @@ pub enum IdKind {
     Redemption,
     /// Coupon codes: `[A-Za-z0-9-]{1,64}`.
     Coupon,
+    /// The platform an event came from (`shopify`, `pos`, `api`...): `[a-z0-9-]{1,32}`. It is
+    /// part of order keys and markers.
+    Platform,
+    /// A campaign variant's key: 1 to 64 bytes with no `#`, no control character and no
+    /// leading or trailing space (`x1.5` is one). It is part of the counters' keys.
+    Variant,
     /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
     IdempotencyKey,
 }
@@ -37,6 +43,8 @@ impl IdKind {
             IdKind::Order => "order_id",
             IdKind::Redemption => "redemption",
             IdKind::Coupon => "code",
+            IdKind::Platform => "platform",
+            IdKind::Variant => "variant",
             IdKind::IdempotencyKey => "Idempotency-Key",
         }
     }
@@ -52,6 +60,8 @@ impl IdKind {
             IdKind::Order => "invalid-order-id",
             IdKind::Redemption => "invalid-redemption-id",
             IdKind::Coupon => "invalid-coupon-code",
+            IdKind::Platform => "invalid-platform",
+            IdKind::Variant => "invalid-variant",
             IdKind::IdempotencyKey => "invalid-idempotency-key",
         }
     }
@@ -67,6 +77,8 @@ impl IdKind {
                 "1-128 bytes without '#', control characters or surrounding spaces"
             }
             IdKind::Coupon => "1-64 characters of letters, digits and '-'",
+            IdKind::Platform => "1-32 characters of lower-case letters, digits and '-'",
+            IdKind::Variant => "1-64 bytes without '#', control characters or surrounding spaces",
             IdKind::IdempotencyKey => "1-255 visible ASCII characters",
         }
     }
@@ -86,9 +98,14 @@ impl IdKind {
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             }
             IdKind::Member | IdKind::Event | IdKind::Order | IdKind::Redemption => {
-                (1..=128).contains(&value.len())
-                    && value.trim() == value
-                    && !value.chars().any(|c| c == '#' || c.is_control())
+                (1..=128).contains(&value.len()) && plain_text(value)
+            }
+            IdKind::Variant => (1..=64).contains(&value.len()) && plain_text(value),
+            IdKind::Platform => {
+                (1..=32).contains(&value.len())
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             }
             IdKind::Coupon => {
                 (1..=64).contains(&value.len())
@@ -113,6 +130,11 @@ impl IdKind {
             })
         }
     }
+}
+
+/// No key separator, no control character, no surrounding space.
+fn plain_text(value: &str) -> bool {
+    value.trim() == value && !value.chars().any(|c| c == '#' || c.is_control())
 }
 
 /// A value that breaks its kind's rule; the value is shortened for messages.

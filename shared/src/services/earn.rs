@@ -137,6 +137,7 @@ fn purchase_keys(envelope: &Envelope) -> Option<(EventMarker, String)> {
         Some(platform) => platform.as_str()?,
     };
     IdKind::Order.check(order_id).ok()?;
+    IdKind::Platform.check(platform).ok()?;
     let marker = EventMarker {
         source: platform.to_string(),
         event_id: envelope.id.clone(),

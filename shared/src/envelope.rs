@@ -56,20 +56,21 @@ impl Envelope {
 
     /// The message's identity across the deployment. Event ids are unique only within a
     /// program (two shops may both have a WooCommerce order 1001), so every queue that
-    /// deduplicates does so on this, never on the bare id.
+    /// deduplicates does so on this, never on the bare id. The suffixes of a replay, a resume
+    /// and a release from review follow a '#', which no event id holds: an event whose id
+    /// ends like a suffix (`x/replay-1`) is never taken for another's replay.
     pub fn dedup_id(&self) -> String {
-        let base = match self.replay {
-            Some(n) => format!("{}/{}/replay-{n}", self.program, self.id),
-            None => format!("{}/{}", self.program, self.id),
-        };
-        let base = match self.resumed {
-            Some(at) => format!("{base}/resumed-{at}"),
-            None => base,
-        };
-        match self.reviewed_by {
-            Some(_) => format!("{base}/reviewed"),
-            None => base,
+        let mut id = format!("{}/{}", self.program, self.id);
+        if let Some(n) = self.replay {
+            id += &format!("#replay-{n}");
         }
+        if let Some(at) = self.resumed {
+            id += &format!("#resumed-{at}");
+        }
+        if self.reviewed_by.is_some() {
+            id += "#reviewed";
+        }
+        id
     }
 }
 
@@ -632,5 +633,36 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             "type {other:?} is not one of {}",
             EARN_TYPES.join(", ")
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(id: &str) -> Envelope {
+        serde_json::from_value(serde_json::json!({
+            "type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
+            "member": "m-1", "occurred_at": "2026-11-01T00:00:00Z", "data": {}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_replay_never_shares_its_deduplication_id_with_another_event() {
+        // GIVEN event x replayed once, and an event whose id is x's replay suffix
+        let mut replay = envelope("x");
+        replay.replay = Some(1);
+        let lookalike = envelope("x/replay-1");
+        // WHEN the queues deduplicate them THEN they are two messages
+        assert_ne!(replay.dedup_id(), lookalike.dedup_id());
+        // AND a resumed or reviewed event differs from the plain one and from each other
+        let mut resumed = envelope("x");
+        resumed.resumed = Some(1);
+        let mut reviewed = envelope("x");
+        reviewed.reviewed_by = Some("ops".into());
+        let ids = [envelope("x"), replay, resumed, reviewed].map(|e| e.dedup_id());
+        let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), 4, "{ids:?}");
     }
 }

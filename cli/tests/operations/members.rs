@@ -217,6 +217,52 @@ fn a_pos_member_merged_into_the_app_member_keeps_every_point_date_order_and_used
     assert_eq!(sum_points(&ledger), 10_000);
 }
 
+#[test]
+fn a_member_merged_into_another_takes_no_adjustment_of_its_own() {
+    // GIVEN m-old with 700 points merged into m-new
+    let shop = Shop::start("merged-adjust");
+    let adjust = |member: &str, points: i64| {
+        shop.call(
+            "POST",
+            &format!("{P}/members/{member}/adjustments"),
+            Some(json!({"points": points, "reason": "goodwill"})),
+        )
+    };
+    assert_eq!(adjust("m-old", 700).0, 201);
+    assert_eq!(adjust("m-new", 100).0, 201);
+    let (status, merged) = shop.call(
+        "POST",
+        &format!("{P}/members/m-new/merge"),
+        Some(json!({"from": "m-old", "reason": "same person"})),
+    );
+    assert_eq!(status, 200, "{merged}");
+    // WHEN an operator adjusts m-old by its old id
+    let (status, problem) = adjust("m-old", 500);
+    // THEN 409 names the survivor, and no point is kept where nobody sees it
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["type"], "/problems/member-merged");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("m-new"),
+        "{problem}"
+    );
+    assert_eq!(shop.member("m-new")["balance"].as_i64(), Some(800));
+    let conn = rusqlite::Connection::open(&shop.db).expect("db");
+    let entries: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM ledger WHERE member = 'm-old'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(
+        entries, 2,
+        "the adjustment and the merge's entry, nothing more"
+    );
+}
+
 fn sum_points(ledger: &[Value]) -> i64 {
     ledger
         .iter()

@@ -277,13 +277,24 @@ fn insufficient(e: AccountError) -> ServiceError {
     }
 }
 
-/// 409 for a member whose erasure has begun: what is written now would outlive it.
-fn refuse_erased(account: &crate::domain::Account) -> Result<(), ServiceError> {
-    match &account.erased {
-        Some(_) => Err(ServiceError::Conflict {
+/// 409 for a member whose erasure has begun (what is written now would outlive it) or who
+/// was merged into another (it keeps no points of its own: points given or taken back here
+/// would be seen by no one, the survivor included).
+fn refuse_closed(account: &crate::domain::Account) -> Result<(), ServiceError> {
+    if account.erased.is_some() {
+        return Err(ServiceError::Conflict {
             problem: "member-erased",
             detail: "the member's personal data is being erased; nothing more is written to it"
                 .into(),
+        });
+    }
+    match account.merged_into() {
+        Some(into) => Err(ServiceError::Conflict {
+            problem: "member-merged",
+            detail: format!(
+                "{} was merged into {into}; its points, and any change to them, are {into}'s",
+                account.member
+            ),
         }),
         None => Ok(()),
     }
@@ -391,7 +402,7 @@ impl Services {
                 .account
                 .clone()
                 .unwrap_or_else(|| crate::domain::Account::open(&program, member, now));
-            refuse_erased(&account)?;
+            refuse_closed(&account)?;
             if account.suspended.is_some() {
                 return Err(ServiceError::Forbidden {
                     problem: "member-suspended",
@@ -529,6 +540,7 @@ impl Services {
                 .account
                 .clone()
                 .unwrap_or_else(|| crate::domain::Account::open(program, member, now));
+            refuse_closed(&account)?;
             let expires_at = now + Duration::minutes(i64::from(rules.hold_minutes));
             let ctx = EventContext::new(format!("hold-{id}"), now, now).with_source(Source {
                 rule: Some(PAY_WITH_POINTS.into()),
@@ -620,6 +632,9 @@ impl Services {
         };
         let mut contention = Contention::new();
         loop {
+            // The account before the redemption, as in a reversal: a capture or void committed
+            // between the two reads fails this one's commit.
+            let state = self.store.load_member(&program.id, &member, &[]).await?;
             let mut redemption = self
                 .store
                 .redemption(&program.id, &member, id)
@@ -629,7 +644,6 @@ impl Services {
                 return Ok(json!({"id": id, "status": status_name(wanted)}));
             }
             let now = self.clock.now();
-            let state = self.store.load_member(&program.id, &member, &[]).await?;
             let account = state.account.ok_or_else(unknown)?;
             let ctx = EventContext::new(format!("{}-{id}", status_name(wanted)), now, now)
                 .with_source(Source {
@@ -792,6 +806,10 @@ impl Services {
         }
         let mut contention = Contention::new();
         loop {
+            // The account first: every change of a redemption's status commits its account,
+            // so a status read after the account is at least as new as the version the commit
+            // is conditioned on, and a reversal committed meanwhile fails this one's commit.
+            let state = self.store.load_member(&program.id, member, &[]).await?;
             let mut redemption = self.redemption(&program.id, member, id).await?;
             match redemption.status {
                 RedemptionStatus::Issued | RedemptionStatus::Captured => {}
@@ -817,10 +835,10 @@ impl Services {
                 }
             }
             let now = self.clock.now();
-            let state = self.store.load_member(&program.id, member, &[]).await?;
             let account = state
                 .account
                 .ok_or_else(|| ServiceError::Internal(format!("redemption {id} has no account")))?;
+            refuse_closed(&account)?;
             let ctx = EventContext::new(format!("reverse-{id}"), now, now).with_source(Source {
                 rule: Some(format!("reward:{}", redemption.reward)),
                 redemption: Some(id.to_string()),
@@ -913,7 +931,7 @@ impl Services {
                 .account
                 .clone()
                 .unwrap_or_else(|| crate::domain::Account::open(&program, member, now));
-            refuse_erased(&account)?;
+            refuse_closed(&account)?;
             let id = uuid::Uuid::new_v4().simple().to_string();
             let ctx = EventContext::new(format!("adjust-{id}"), now, now).with_source(Source {
                 admin: Some(by.to_string()),

@@ -1,0 +1,165 @@
+//! Two operators acting on one redemption at once, on DynamoDB: a second reversal committed
+//! while the first is between its reads must make the first refuse, never credit twice.
+//! Runs on moto (`scripts/test` exports `LOYALTY_TEST_DYNAMODB_ENDPOINT`).
+#![cfg(feature = "aws")]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_dynamodb::error::BoxError;
+use chrono::{DateTime, TimeZone, Utc};
+use loyalty_core::ports::{FixedClock, MemberStore};
+use loyalty_core::services::{ServiceError, Services};
+use loyalty_core::store::dynamodb::DynamoStore;
+use serde_json::json;
+
+mod common;
+
+type Rival = Box<dyn FnOnce() + Send>;
+
+/// Runs the rival's operation to its end just before the armed member's next batch read (an
+/// account's read) is sent: as if another operator's request committed at that moment.
+#[derive(Clone, Default)]
+struct Interleave {
+    armed: Arc<Mutex<Option<(String, Rival)>>>,
+    ran: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Interleave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interleave")
+    }
+}
+
+impl Intercept for Interleave {
+    fn name(&self) -> &'static str {
+        "interleave"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let target = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or_default();
+        if !target.ends_with(".BatchGetItem") {
+            return Ok(());
+        }
+        let body = context.request().body().bytes().unwrap_or_default();
+        let mut armed = self.armed.lock().unwrap();
+        let names_member = armed
+            .as_ref()
+            .is_some_and(|(pk, _)| String::from_utf8_lossy(body).contains(pk.as_str()));
+        if !names_member {
+            return Ok(());
+        }
+        let Some((_, rival)) = armed.take() else {
+            return Ok(());
+        };
+        drop(armed);
+        // The interceptor cannot wait on the test's runtime: the rival runs on one of its own.
+        std::thread::spawn(rival)
+            .join()
+            .map_err(|_| "the rival failed")?;
+        self.ran.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 12, 5, 9, 0, 0).unwrap()
+}
+
+/// Services on `table` through a client of their own, without the interleaving.
+fn rival_services(table: &str) -> Services {
+    let client = aws_sdk_dynamodb::Client::from_conf(common::moto_dynamodb("rival").build());
+    Services::new(
+        Arc::new(DynamoStore::new(client, table)),
+        Arc::new(common::Recorder::default()),
+        FixedClock::at(now()),
+    )
+}
+
+const REASON: &[u8] = br#"{"reason": "the coupon never reached the member"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_committed_between_another_s_reads_makes_that_one_refuse() {
+    // GIVEN a member with 10,000 points who redeemed a 5,000-point coupon
+    let table = format!("loyalty-racing-{}", uuid::Uuid::new_v4().simple());
+    let interleave = Interleave::default();
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        common::moto_dynamodb("racing-operators")
+            .interceptor(interleave.clone())
+            .build(),
+    );
+    let store = Arc::new(DynamoStore::new(client, &table));
+    store.create_table().await.expect("moto creates the table");
+    let services = Services::new(
+        store.clone(),
+        Arc::new(common::Recorder::default()),
+        FixedClock::at(now()),
+    );
+    common::save_kr_shop(&services).await;
+    let adjustment = json!({"points": 10_000, "reason": "opening balance"}).to_string();
+    services
+        .adjust("kr-shop", "m-race", "ops", None, adjustment.as_bytes())
+        .await
+        .unwrap();
+    let redeemed = services
+        .redeem(
+            "kr-shop",
+            "m-race",
+            "m-race",
+            Some("race-1"),
+            br#"{"reward": "coupon-5000"}"#,
+        )
+        .await
+        .unwrap();
+    let id = redeemed.body["id"].as_str().unwrap().to_string();
+    // WHEN another operator's reversal of it commits while this reversal reads the member
+    let (rival_table, rival_id) = (table.clone(), id.clone());
+    *interleave.armed.lock().unwrap() = Some((
+        "P#kr-shop#M#m-race".into(),
+        Box::new(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                rival_services(&rival_table)
+                    .reverse_redemption("kr-shop", "m-race", &rival_id, "ops-2", REASON)
+                    .await
+                    .unwrap();
+            });
+        }),
+    ));
+    let answer = services
+        .reverse_redemption("kr-shop", "m-race", &id, "ops-1", REASON)
+        .await;
+    // THEN this one is refused as already reversed, and the points came back once
+    assert_eq!(interleave.ran.load(Ordering::SeqCst), 1);
+    assert!(
+        matches!(
+            answer,
+            Err(ServiceError::Conflict {
+                problem: "already-reversed",
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    let account = store
+        .load_member("kr-shop", "m-race", &[])
+        .await
+        .unwrap()
+        .account
+        .unwrap();
+    assert_eq!(account.balance, 10_000);
+}

@@ -548,6 +548,97 @@ fn a_review_without_spend_goes_down_one_level_once() {
 }
 
 #[test]
+fn a_merge_pays_one_member_s_debt_with_the_other_s_points() {
+    // GIVEN (kr-shop allows a negative balance) a survivor who spent an order's 500 points and
+    // then saw the order cancelled (a debt of 500), and a member with 300 points ending in 40
+    // days
+    let p = kr();
+    let now = t0();
+    let mut survivor = Member::new(&p, now);
+    buy(
+        &mut survivor,
+        &p,
+        "o-1",
+        vec![line("a", 5, 10_000)],
+        now - days(8),
+        now,
+    );
+    let spent = survivor
+        .account
+        .adjust(&p, -500, "spent at the till", &ctx("spend", now, now))
+        .unwrap();
+    survivor.commit(spent);
+    give_back(&mut survivor, &p, &cancel("o-1", now), now);
+    assert_eq!(
+        (survivor.account.balance, survivor.account.debt),
+        (-500, 500)
+    );
+    let mut other = Member::new(&p, now);
+    other.account.member = "m-2".into();
+    let gift = other
+        .account
+        .adjust(&p, 300, "goodwill", &ctx("gift", now, now))
+        .unwrap();
+    other.commit(gift);
+    // WHEN the other member is merged into the survivor
+    let out = other
+        .account
+        .merge_out(&p, "m-1", "same person", "ops", &ctx("merge-out", now, now))
+        .unwrap();
+    let merged = out.account.merged.clone().unwrap();
+    let change = survivor
+        .account
+        .merge_in(&p, &merged, &ctx("merge-in", now, now))
+        .unwrap();
+    survivor.commit(change);
+    // THEN the 300 points paid 300 of the debt: no lot is left to expire while a debt stays
+    assert_eq!(survivor.account.balance, -200);
+    assert_eq!(
+        (survivor.account.lots.total(), survivor.account.debt),
+        (0, 200)
+    );
+    survivor.assert_consistent();
+    // AND a year on, the balance is still -200
+    let later = now + days(400);
+    let settled = survivor.account.settle(&p, &ctx("later", later, later));
+    survivor.commit(settled);
+    assert_eq!(survivor.account.balance, -200);
+    survivor.assert_consistent();
+}
+
+#[test]
+fn a_refund_stating_another_order_total_never_gives_points_back() {
+    // GIVEN an order of 500 points, half refunded by amount (55,000 of a total of 110,000)
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    buy(&mut m, &p, "o-1", vec![line("a", 5, 10_000)], now, now);
+    let share = |id: &str, amount: i64, total: i64| Reversal {
+        order_id: "o-1".into(),
+        refund_id: id.into(),
+        scope: RefundScope::Share { amount, total },
+        event_id: format!("ev-{id}"),
+        occurred_at: now,
+    };
+    give_back(&mut m, &p, &share("r-1", 55_000, 110_000), now);
+    assert_eq!(m.account.pending_points(), 250);
+    // WHEN a second refund of 1,100 states the total as 1,100,000 (the platform counted
+    // otherwise: 0.1 % more of the order)
+    give_back(&mut m, &p, &share("r-2", 1_100, 1_100_000), now);
+    // THEN the half already taken stays taken, and 0.1 % more is taken: floor(500 x 50.1 %)
+    assert_eq!(m.account.pending_points(), 500 - 250);
+    let earned = m.orders["o-1"].earned.clone().unwrap();
+    assert_eq!(
+        (earned.share_refunded, earned.share_total),
+        (551_100, 1_100_000)
+    );
+    // AND a third by the first total takes its share of what is left, never less than before
+    give_back(&mut m, &p, &share("r-3", 11_000, 110_000), now);
+    assert_eq!(m.account.pending_points(), 500 - 300);
+    m.assert_consistent();
+}
+
+#[test]
 fn refunds_known_only_by_amount_take_back_their_share_of_every_line() {
     // GIVEN an order of 300 + 200 points whose platform total is 110,000 (shipping included)
     let p = kr();

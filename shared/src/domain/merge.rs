@@ -94,6 +94,16 @@ impl Account {
             account.lots.add(share.expires_on, share.points);
         }
         account.debt += from.debt;
+        // One member's lots pay the other's debt, soonest-expiring first, as a credit pays a
+        // debt before it makes a lot: an account never holds both, or the lots would expire
+        // while the debt stayed.
+        let paid: i64 = account
+            .lots
+            .take(account.debt, None)
+            .iter()
+            .map(|s| s.points)
+            .sum();
+        account.debt -= paid;
         account.balance = account.lots.total() - account.debt;
         account.pending.extend(from.pending.iter().cloned());
         for (month, measure) in &from.qualifying {

@@ -458,6 +458,12 @@ fn campaign_note(campaigns: &[CampaignEffect]) -> String {
     }
 }
 
+/// `value × to / from`, rounded down, without overflow (amounts are at most 10^13 each).
+fn rescale(value: i64, to: i64, from: i64) -> i64 {
+    let scaled = i128::from(value) * i128::from(to) / i128::from(from);
+    i64::try_from(scaled).unwrap_or(i64::MAX)
+}
+
 /// Claws back a refund: the order's pending points first, then available points (the order's
 /// own lot first, then soonest-expiring), then per policy a debt or a recorded shortfall.
 fn apply_reversal(
@@ -471,8 +477,14 @@ fn apply_reversal(
     };
     let wanted = refund_quantities(&record.order_id, earned, reversal)?;
     if let RefundScope::Share { amount, total } = reversal.scope {
+        // A platform may state the order's total differently from one refund to the next:
+        // what was refunded so far is carried over as the same share of the new total.
+        let so_far = match earned.share_total {
+            0 => 0,
+            before => rescale(earned.share_refunded, total, before),
+        };
         earned.share_total = total;
-        earned.share_refunded = (earned.share_refunded + amount).min(total);
+        earned.share_refunded = (so_far + amount).min(total);
     }
     let (share, of) = (earned.share_refunded, earned.share_total);
     let mut points = 0;
@@ -490,12 +502,16 @@ fn apply_reversal(
             share,
             of,
         ));
+        // Nor does a later refund ever give back what an earlier one took (a share rounded
+        // down under a new total).
+        let (clawed, unqualified) = (clawed.max(line.clawed), unqualified.max(line.unqualified));
         points += clawed - line.clawed;
         measure += unqualified - line.unqualified;
         line.clawed = clawed;
         line.unqualified = unqualified;
         line.refunded_eligible = cumulative(line.eligible, line.refunded, line.quantity)
-            .max(cumulative(line.eligible, share, of));
+            .max(cumulative(line.eligible, share, of))
+            .max(line.refunded_eligible);
     }
     record.applied.insert(reversal.refund_id.clone());
     tiers::add_measure(&mut journal.account, earned.month, -measure);

@@ -117,9 +117,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
     background(queue, Arc::clone(&services), args.jobs_every)?;
     loyalty_core::telemetry::metrics::set_function("serve");
-    let app = api::router(state)
-        .merge(crate::console::router())
-        .route("/metrics", axum::routing::get(metrics));
+    let app = api::edge(
+        api::routes(state)
+            .merge(crate::console::router())
+            .route("/metrics", axum::routing::get(metrics)),
+    );
     axum::serve(listener, loyalty_core::telemetry::observe_http(app))
         .with_graceful_shutdown(shutdown())
         .await

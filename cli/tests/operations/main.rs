@@ -370,6 +370,12 @@ fn an_event_rejected_for_an_unknown_action_is_replayed_once_after_the_program_re
         (status, problem["type"].as_str()),
         (404, Some("/problems/rejected-event-not-found"))
     );
+    // AND an id that breaks the event-id rule is 400, as on every route that names an event
+    let (status, problem) = shop.call("GET", &format!("{P}/rejected-events/ev%23x"), None);
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (400, Some("/problems/invalid-event-id"))
+    );
     // AND a replay that is refused again stays listed, with its new reason
     let (status, answer) = shop.call(
         "POST",

@@ -199,17 +199,22 @@ pub fn webhook_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Every route, as `loyalty serve` mounts them, with problem+json for unknown paths.
+/// Every route, with problem+json for unknown paths and framework errors.
 pub fn router(state: AppState) -> Router {
-    edge(
-        Router::new()
-            .merge(webhook_router(state.clone()))
-            .merge(admin_router(state.clone()))
-            .merge(member_router(state.clone()))
-            .merge(redemption_router(state.clone()))
-            .merge(campaign_router(state))
-            .route("/health", get(|| async { Json(json!({"status": "ok"})) })),
-    )
+    edge(routes(state))
+}
+
+/// Every route, before [`edge`]: a server that mounts routes of its own beside them (the
+/// console, `/metrics`) merges them first and applies [`edge`] to the whole, since a layer
+/// wraps only the routes that exist when it is applied.
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .merge(webhook_router(state.clone()))
+        .merge(admin_router(state.clone()))
+        .merge(member_router(state.clone()))
+        .merge(redemption_router(state.clone()))
+        .merge(campaign_router(state))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
 }
 
 /// What every served router gets, locally and in each Lambda function: unknown routes are 404,
@@ -658,25 +663,13 @@ async fn rejected_events(
     Ok(Json(list).into_response())
 }
 
-/// A rejected event's id is the event's id (a rejection of unreadable bytes has one made up).
-fn rejected_id(program: &str, id: &str) -> Result<String, Problem> {
-    if !crate::ids::IdKind::Event.accepts(id) {
-        return Err(crate::services::ServiceError::NotFound {
-            problem: "rejected-event-not-found",
-            detail: format!("program {program} has no rejected event {id:?}"),
-        }
-        .into());
-    }
-    Ok(id.to_string())
-}
-
 async fn rejected_event(
     principal: Principal,
     State(state): State<AppState>,
     Path((program, id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
-    let id = rejected_id(&program, &id)?;
+    IdKind::Event.check(&id)?;
     Ok(Json(state.services.rejected_event(&program, &id).await?).into_response())
 }
 
@@ -686,7 +679,7 @@ async fn replay_rejected(
     Path((program, id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
-    let id = rejected_id(&program, &id)?;
+    IdKind::Event.check(&id)?;
     let replayed = state.services.replay_rejected(&program, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(replayed)).into_response())
 }

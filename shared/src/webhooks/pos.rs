@@ -27,7 +27,8 @@ pub fn verify_signature(
         }
     }
     let t = timestamp.ok_or(WebhookError::InvalidSignature)?;
-    if (now.timestamp() - t).abs() > MAX_SKEW_SECONDS {
+    // abs_diff: any i64 from outside, i64::MIN included, without overflow.
+    if now.timestamp().abs_diff(t) > MAX_SKEW_SECONDS.unsigned_abs() {
         return Err(WebhookError::StaleSignature);
     }
     let mut message = format!("{t}.").into_bytes();
@@ -121,5 +122,21 @@ mod tests {
         assert!(verify_signature(&["other".into()], body, &header, now).is_err());
         assert!(verify_signature(&["s3cret".into()], b"{ }", &header, now).is_err());
         assert!(verify_signature(&["s3cret".into()], body, "v1=00", now).is_err());
+    }
+
+    #[test]
+    fn timestamps_at_the_ends_of_i64_are_stale_not_a_panic() {
+        // GIVEN headers whose t is i64::MIN, i64::MAX, and now + i64::MIN (whose difference
+        // from now is i64::MIN, which has no absolute value in i64)
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+        for t in [i64::MIN, i64::MAX, now.timestamp().wrapping_add(i64::MIN)] {
+            let header = format!("t={t},v1=00");
+            // WHEN checked THEN each is stale
+            assert_eq!(
+                verify_signature(&["s3cret".into()], b"{}", &header, now),
+                Err(WebhookError::StaleSignature),
+                "{t}"
+            );
+        }
     }
 }

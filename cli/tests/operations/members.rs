@@ -769,6 +769,38 @@ fn earnings_over_the_daily_limit_wait_for_review_and_large_adjustments_for_a_sec
 }
 
 #[test]
+fn an_idempotency_key_names_one_adjustment_waiting_for_approval() {
+    // GIVEN kr-shop asking a second operator to approve adjustments above 10,000
+    let shop = Shop::start("approval-keys");
+    shop.amend_program("[safeguards]\nadjustment_approval_above = 10000");
+    let ask = |member: &str, points: i64| {
+        let body = json!({"points": points, "reason": "store credit"}).to_string();
+        shop.server.call(
+            "POST",
+            &format!("{P}/members/{member}/adjustments"),
+            &shop.admin,
+            &[("Idempotency-Key", "credit-1")],
+            Some(&body),
+        )
+    };
+    // WHEN an operator asks for 50,000 for m-a, asks again, then sends the key with 90,000 for m-b
+    let (first, asked) = ask("m-a", 50_000);
+    let (again, repeated) = ask("m-a", 50_000);
+    let (reused, problem) = ask("m-b", 90_000);
+    // THEN the retry gets the first answer and the reuse is 422, and only m-a's 50,000 waits
+    assert_eq!((first, again), (202, 202), "{asked} {repeated}");
+    assert_eq!(asked, repeated);
+    assert_eq!(reused, 422, "{problem}");
+    assert_eq!(problem["type"], "/problems/idempotency-key-reused");
+    let waiting = shop.get(&format!("{P}/approvals"))["adjustments"].clone();
+    assert_eq!(waiting.as_array().map(Vec::len), Some(1), "{waiting}");
+    assert_eq!(
+        (waiting[0]["member"].as_str(), waiting[0]["points"].as_i64()),
+        (Some("m-a"), Some(50_000))
+    );
+}
+
+#[test]
 fn with_the_options_on_referrals_pay_and_tiers_rise_only_once_the_first_order_is_kept() {
     // GIVEN kr-shop paying referrals and counting upgrades only after the return window
     let shop = Shop::start("after-window");

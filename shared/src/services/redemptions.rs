@@ -916,7 +916,7 @@ impl Services {
                         request.points,
                         request.reason.trim(),
                         by,
-                        key,
+                        key.map(|key| (key, hash.as_str())),
                     )
                     .await;
             }

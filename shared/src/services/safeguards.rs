@@ -38,6 +38,10 @@ pub struct PendingAdjustment {
     pub reason: String,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
+    /// With an Idempotency-Key, the digest of the request it was sent with: a retry with the
+    /// same key and request gets the same answer, another request with the key 422.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_hash: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,16 +176,33 @@ impl Services {
         points: i64,
         reason: &str,
         by: &str,
-        key: Option<&str>,
+        key: Option<(&str, &str)>,
     ) -> Result<Answer, ServiceError> {
         // With an Idempotency-Key, a retry names the same request.
         let id = match key {
-            Some(key) => format!(
+            Some((key, _)) => format!(
                 "appr-{:016x}",
                 crate::fingerprint::fnv1a64(format!("{by}\n{key}").bytes())
             ),
             None => format!("appr-{}", uuid::Uuid::new_v4().simple()),
         };
+        let answer = |p: &PendingAdjustment| Answer {
+            status: 202,
+            body: json!({"id": p.id, "status": "pending_approval", "points": p.points, "member": p.member}),
+        };
+        if let Some((key, hash)) = key {
+            if let Some(waiting) = self.waiting_adjustment(program, &id).await? {
+                if waiting.request_hash.as_deref() != Some(hash) {
+                    return Err(ServiceError::Unprocessable {
+                        problem: "idempotency-key-reused",
+                        detail: format!(
+                            "Idempotency-Key {key:?} was used with a different request"
+                        ),
+                    });
+                }
+                return Ok(answer(&waiting));
+            }
+        }
         let pending = PendingAdjustment {
             id: id.clone(),
             member: member.to_string(),
@@ -189,14 +210,12 @@ impl Services {
             reason: reason.to_string(),
             requested_by: by.to_string(),
             requested_at: self.clock.now(),
+            request_hash: key.map(|(_, hash)| hash.to_string()),
         };
         let body =
             serde_json::to_string(&pending).map_err(|e| ServiceError::Internal(e.to_string()))?;
         self.store.park(program, APPROVALS_KEY, &id, &body).await?;
-        Ok(Answer {
-            status: 202,
-            body: json!({"id": id, "status": "pending_approval", "points": points, "member": member}),
-        })
+        Ok(answer(&pending))
     }
 
     /// `GET .../approvals`: adjustments waiting for a second operator, oldest first.
@@ -222,11 +241,21 @@ impl Services {
         program: &str,
         id: &str,
     ) -> Result<PendingAdjustment, ServiceError> {
-        self.pending_adjustments(program)
+        self.waiting_adjustment(program, id)
+            .await?
+            .ok_or_else(|| not_waiting("adjustment", id))
+    }
+
+    async fn waiting_adjustment(
+        &self,
+        program: &str,
+        id: &str,
+    ) -> Result<Option<PendingAdjustment>, ServiceError> {
+        Ok(self
+            .pending_adjustments(program)
             .await?
             .into_iter()
-            .find(|p| p.id == id)
-            .ok_or_else(|| not_waiting("adjustment", id))
+            .find(|p| p.id == id))
     }
 
     /// `POST .../approvals/{id}/approve`: a second operator applies it, once.

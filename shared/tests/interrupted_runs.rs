@@ -861,3 +861,51 @@ async fn a_resume_cut_at_any_write_is_finished_by_running_it_again() {
     // (the account, then each of the three waiting events)
     assert!(cuts >= 4, "only {cuts} writes were cut");
 }
+
+fn cancelled(member: &str, order: &str) -> String {
+    json!({"type": "purchase.cancelled", "version": 1, "id": format!("shopify-order-{order}-cancelled"),
+           "program": "kr-shop", "member": member, "occurred_at": now(),
+           "data": {"order_id": order, "platform": "shopify"}})
+    .to_string()
+}
+
+#[tokio::test]
+async fn an_order_cancelled_between_a_merge_s_steps_is_taken_back_from_the_survivor() {
+    // GIVEN a survivor with an order, and another member whose order is still in its return
+    // window, merged with the merge stopped after its first write
+    let s = setup().await;
+    let (survivor, other) = ("shopify:7700000010", "shopify:7700000011");
+    bought(&s, survivor, "7700010", 20_000).await;
+    bought(&s, other, "7700011", 10_000).await;
+    let own = points(&s, survivor).await;
+    s.cut.arm(1);
+    let merge = s
+        .services
+        .merge_members("kr-shop", survivor, other, "the same customer", "ops")
+        .await;
+    s.cut.disarm();
+    assert!(s.cut.reached() && merge.is_err(), "{merge:?}");
+    // WHEN the other's order is cancelled before the merge's second step, which then runs
+    s.services
+        .process_earn(&cancelled(other, "7700011"))
+        .await
+        .unwrap();
+    s.services
+        .process_earn(&finish_merge(survivor, other))
+        .await
+        .unwrap();
+    // THEN the cancellation took the order's points back: the survivor has its own alone
+    assert_eq!(points(&s, survivor).await, own);
+    // AND the order's record holds the purchase with the cancellation applied, nothing parked
+    let state = s
+        .store
+        .load_member("kr-shop", survivor, &["shopify#7700011".to_string()])
+        .await
+        .unwrap();
+    let record = &state.orders["shopify#7700011"];
+    assert!(
+        record.earned.is_some() && record.parked.is_empty(),
+        "{record:?}"
+    );
+    assert!(record.applied.contains("cancel"), "{record:?}");
+}

@@ -315,6 +315,27 @@ impl Account {
         Ok(done(journal, record, referrer))
     }
 
+    /// Refunds parked on this member's record of an order whose purchase is on `record`, a
+    /// record copied here by a merge (the refunds reached this member while the merge was
+    /// between its steps): applied now, in the order they arrived, as when a purchase arrives
+    /// after its refunds. Returns the record with them applied.
+    pub fn apply_parked(
+        &self,
+        program: &Program,
+        record: &OrderRecord,
+        parked: &[Reversal],
+        ctx: &EventContext,
+    ) -> Result<OrderChange, OrderError> {
+        let mut record = record.clone();
+        let mut journal = Journal::begin(self, program, ctx);
+        for reversal in parked {
+            if !record.applied.contains(&reversal.refund_id) {
+                apply_reversal(&mut journal, program, &mut record, reversal)?;
+            }
+        }
+        Ok(done(journal, record, None))
+    }
+
     /// Takes back what the refunded units earned (or, for a cancellation, everything left).
     /// Before the purchase is known the refund is parked on the order record.
     pub fn refund(

@@ -380,6 +380,8 @@ impl Services {
             } else {
                 crate::domain::Change::unchanged(account.clone())
             };
+            let (change, copies) =
+                with_copies(program, &step, change, &orders, &state.orders, now)?;
             let mut outbox = Vec::new();
             if part == 0 {
                 // The summed qualifying history may reach a higher tier.
@@ -400,12 +402,7 @@ impl Services {
             }
             let commit = Commit {
                 marker: Some(merge_marker(&step)),
-                // An order the survivor has a record of itself keeps it.
-                orders: orders
-                    .iter()
-                    .filter(|(key, _)| !state.orders.contains_key(key))
-                    .cloned()
-                    .collect(),
+                orders: copies,
                 copied_redemptions: redemptions.clone(),
                 ..Commit::new(program, survivor, Some(&account), change, now)
             }
@@ -418,6 +415,51 @@ impl Services {
             contention.again(|| format!("member {survivor}")).await?;
         }
     }
+}
+
+/// The order records a merge's commit copies onto the survivor, and the change with what
+/// they bring. An order the survivor has a record of itself keeps it, unless that record only
+/// holds refunds parked for want of the purchase: they reached the survivor while the merge
+/// was between its steps, and are applied to the copied purchase now (else they would wait
+/// for ever, and the order's points stay with the survivor).
+fn with_copies(
+    program: &Program,
+    step: &str,
+    mut change: crate::domain::Change,
+    orders: &[(String, OrderRecord)],
+    own: &std::collections::BTreeMap<String, OrderRecord>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<
+    (
+        crate::domain::Change,
+        std::collections::BTreeMap<String, OrderRecord>,
+    ),
+    ServiceError,
+> {
+    let mut copies = std::collections::BTreeMap::new();
+    for (i, (key, record)) in orders.iter().enumerate() {
+        let parked = match own.get(key) {
+            None => {
+                copies.insert(key.clone(), record.clone());
+                continue;
+            }
+            Some(own) if own.earned.is_none() && record.earned.is_some() => &own.parked,
+            Some(_) => continue,
+        };
+        let ctx = EventContext::new(format!("{step}-refunds-{i}"), now, now).with_source(Source {
+            order_id: Some(record.order_id.clone()),
+            rule: Some("merge".into()),
+            ..Source::default()
+        });
+        let applied = change
+            .account
+            .apply_parked(program, record, parked, &ctx)
+            .map_err(|e| ServiceError::Internal(format!("order {key}: {e}")))?;
+        change.account = applied.change.account;
+        change.entries.extend(applied.change.entries);
+        copies.insert(key.clone(), applied.order);
+    }
+    Ok((change, copies))
 }
 
 /// The copies in commits of at most [`COPY_CHUNK`] records, always at least one (the first

@@ -158,6 +158,36 @@ async fn an_event_that_fails_its_checks_links_nothing() {
 }
 
 #[tokio::test]
+async fn a_delivery_of_two_events_that_fail_their_checks_links_nothing() {
+    // GIVEN a delivery of two paid orders of a new customer, dated a day ahead of the clock
+    // (a bulk delivery: each event's new identity is linked as the event is read)
+    let store = SqliteStore::memory().unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let services = kr_shop_on(&store, now).await;
+    let mut events = paid_order(now + chrono::Duration::days(1));
+    let mut second = events[0].clone();
+    second.id = format!("{}-second", second.id);
+    second.order_key = second.order_key.map(|o| format!("{o}-second"));
+    events.push(second);
+    let customer = customer_of(&events[0]);
+    // WHEN it is delivered
+    let refused = services.ingest_events("kr-shop", events).await;
+    // THEN it is refused, and the customer is linked to no member
+    assert!(
+        matches!(
+            refused,
+            Err(loyalty_core::services::ServiceError::Invalid { .. })
+        ),
+        "{refused:?}"
+    );
+    let (kind, value) = customer.split_once(':').unwrap();
+    assert_eq!(
+        store.resolve_alias("kr-shop", kind, value).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
 async fn two_events_of_one_delivery_for_a_new_customer_credit_one_member() {
     // GIVEN a delivery of two paid orders of one new customer whose email another programme's
     // import linked to a member of its own

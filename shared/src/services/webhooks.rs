@@ -205,18 +205,25 @@ impl Services {
         let together = events.len() == 1;
         for event in events {
             // Who the event is for, and where its links lead now: read together.
-            let (resolved, mut links) = self.member_and_links(program, &event, together).await?;
-            let member = match resolved {
-                Resolved::Known(member) => Some(member),
-                Resolved::New { member, link } => {
-                    links.push(link);
-                    Some(member)
-                }
-                Resolved::Unknown => None,
+            let (resolved, mut links) = self.member_and_links(program, &event).await?;
+            let (member, new) = match resolved {
+                Resolved::Known(member) => (Some(member), None),
+                Resolved::New { member, link } => (Some(member), Some(link)),
+                Resolved::Unknown => (None, None),
             };
             let envelope = self
                 .envelope(program, &event, member.as_deref().unwrap_or(UNKNOWN_MEMBER))
                 .await?;
+            // Only once the event has passed its checks: a refused event links nothing.
+            match (new, &member) {
+                (Some(link), _) if together => links.push(link),
+                (Some(link), Some(member)) => {
+                    self.store
+                        .put_alias(program, &link.kind, &link.value, member)
+                        .await?;
+                }
+                _ => {}
+            }
             ready.push((event, envelope, member.is_some(), links));
         }
         let mut ids = Vec::with_capacity(ready.len());
@@ -266,7 +273,6 @@ impl Services {
         &self,
         program: &str,
         event: &PlatformEvent,
-        defer_link: bool,
     ) -> Result<(Resolved, Vec<Link>), ServiceError> {
         match &event.member {
             MemberRef::Identity(identity) => {
@@ -274,13 +280,13 @@ impl Services {
                 let (read, links) = self.links_of(program, event, own).await?;
                 let resolved = match read {
                     Some(member) => Resolved::Known(member),
-                    None => self.member_of(program, event, defer_link).await?,
+                    None => self.member_of(program, event).await?,
                 };
                 Ok((resolved, links))
             }
             MemberRef::Order(_) => {
                 let (resolved, (_, links)) = futures_util::future::try_join(
-                    self.member_of(program, event, defer_link),
+                    self.member_of(program, event),
                     self.links_of(program, event, None),
                 )
                 .await?;
@@ -296,26 +302,16 @@ impl Services {
     }
 
     /// The canonical member of an event. An identity seen for the first time comes with the
-    /// link that will lead it to its member: written here when `defer_link` is false, else
-    /// left to the caller.
+    /// link that will lead it to its member, left to the caller to write once the event has
+    /// passed its checks.
     async fn member_of(
         &self,
         program: &str,
         event: &PlatformEvent,
-        defer_link: bool,
     ) -> Result<Resolved, ServiceError> {
         match &event.member {
             MemberRef::Identity(identity) => {
-                let resolved = self.member_of_identity(program, event, identity).await?;
-                match resolved {
-                    Resolved::New { member, link } if !defer_link => {
-                        self.store
-                            .put_alias(program, &link.kind, &link.value, &member)
-                            .await?;
-                        Ok(Resolved::Known(member))
-                    }
-                    resolved => Ok(resolved),
-                }
+                self.member_of_identity(program, event, identity).await
             }
             MemberRef::Order(key) => Ok(
                 match self.store.resolve_alias(program, ORDER_LINK, key).await? {

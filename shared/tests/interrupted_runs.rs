@@ -27,6 +27,8 @@ use serde_json::json;
 
 mod common;
 
+use common::target;
+
 /// Fails every write (and the scan that finds events to forget) from the `cut`-th on, as a
 /// process killed there would leave it: what was sent before stays, nothing after is sent.
 #[derive(Debug, Clone)]
@@ -59,15 +61,6 @@ impl Cut {
     fn reached(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
     }
-}
-
-/// The operation a request names (`DynamoDB_20120810.PutItem`); empty when it names none.
-fn target<'a>(context: &'a BeforeTransmitInterceptorContextRef<'_>) -> &'a str {
-    context
-        .request()
-        .headers()
-        .get("x-amz-target")
-        .unwrap_or_default()
 }
 
 /// Requests that change nothing and are never cut: every other one is (a write of a kind added
@@ -552,7 +545,18 @@ async fn points(s: &Setup, member: &str) -> (i64, i64) {
     (view.balance, view.pending)
 }
 
-/// Applies a purchase of `amount` and says so.
+/// Merges `other` into `survivor` with the merge stopped right after its first write: the
+/// other member emptied, the survivor not yet filled.
+async fn merge_stopped_after_its_first_write(s: &Setup, survivor: &str, other: &str) {
+    s.cut.arm(1);
+    let merge = s
+        .services
+        .merge_members("kr-shop", survivor, other, "the same customer", "ops")
+        .await;
+    s.cut.disarm();
+    assert!(s.cut.reached() && merge.is_err(), "{merge:?}");
+}
+
 /// Erases `member` with its run stopped right after its first write, the mark.
 async fn erasure_stopped_after_its_mark(s: &Setup, member: &str) {
     s.cut.arm(1);
@@ -575,6 +579,7 @@ fn refused_as_erased<T>(outcome: &Result<T, ServiceError>) -> bool {
     )
 }
 
+/// Applies a purchase of `amount` and says so.
 async fn bought(s: &Setup, member: &str, order: &str, amount: i64) {
     let applied = s
         .services
@@ -714,13 +719,7 @@ async fn a_merge_whose_survivor_is_erased_before_it_finishes_erases_the_other_to
         .put_alias("kr-shop", "email", "orphan@example.com", other)
         .await
         .unwrap());
-    s.cut.arm(1);
-    let merge = s
-        .services
-        .merge_members("kr-shop", survivor, other, "the same customer", "ops")
-        .await;
-    s.cut.disarm();
-    assert!(s.cut.reached() && merge.is_err(), "{merge:?}");
+    merge_stopped_after_its_first_write(&s, survivor, other).await;
     // WHEN the survivor's erasure stops after its mark, and the merge's message arrives
     erasure_stopped_after_its_mark(&s, survivor).await;
     let waiting = s
@@ -878,13 +877,7 @@ async fn an_order_cancelled_between_a_merge_s_steps_is_taken_back_from_the_survi
     bought(&s, survivor, "7700010", 20_000).await;
     bought(&s, other, "7700011", 10_000).await;
     let own = points(&s, survivor).await;
-    s.cut.arm(1);
-    let merge = s
-        .services
-        .merge_members("kr-shop", survivor, other, "the same customer", "ops")
-        .await;
-    s.cut.disarm();
-    assert!(s.cut.reached() && merge.is_err(), "{merge:?}");
+    merge_stopped_after_its_first_write(&s, survivor, other).await;
     // WHEN the other's order is cancelled before the merge's second step, which then runs
     s.services
         .process_earn(&cancelled(other, "7700011"))

@@ -44,12 +44,7 @@ impl Intercept for Interleave {
         _components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let target = context
-            .request()
-            .headers()
-            .get("x-amz-target")
-            .unwrap_or_default();
-        if !target.ends_with(".BatchGetItem") {
+        if !common::target(context).ends_with(".BatchGetItem") {
             return Ok(());
         }
         let body = context.request().body().bytes().unwrap_or_default();

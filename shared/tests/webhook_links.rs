@@ -22,6 +22,14 @@ fn paid_order(now: chrono::DateTime<Utc>) -> Vec<PlatformEvent> {
     }
 }
 
+/// Another order of the same customer, delivered with the first.
+fn second_order(first: &PlatformEvent) -> PlatformEvent {
+    let mut second = first.clone();
+    second.id = format!("{}-second", second.id);
+    second.order_key = second.order_key.map(|o| format!("{o}-second"));
+    second
+}
+
 /// Services on `store` with kr-shop saved, and a queue of their own.
 async fn kr_shop_on(store: &SqliteStore, now: chrono::DateTime<Utc>) -> Services {
     let queue = LocalQueue::new(SqliteStore::memory().unwrap(), 3);
@@ -165,10 +173,7 @@ async fn a_delivery_of_two_events_that_fail_their_checks_links_nothing() {
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
     let services = kr_shop_on(&store, now).await;
     let mut events = paid_order(now + chrono::Duration::days(1));
-    let mut second = events[0].clone();
-    second.id = format!("{}-second", second.id);
-    second.order_key = second.order_key.map(|o| format!("{o}-second"));
-    events.push(second);
+    events.push(second_order(&events[0]));
     let customer = customer_of(&events[0]);
     // WHEN it is delivered
     let refused = services.ingest_events("kr-shop", events).await;
@@ -201,10 +206,7 @@ async fn two_events_of_one_delivery_for_a_new_customer_credit_one_member() {
         .put_alias("kr-shop", kind, value, "imported-7")
         .await
         .unwrap();
-    let mut second = events[0].clone();
-    second.id = format!("{}-second", second.id);
-    second.order_key = second.order_key.map(|o| format!("{o}-second"));
-    events.push(second);
+    events.push(second_order(&events[0]));
     let customer = customer_of(&events[0]);
     // WHEN it is delivered
     let ids = services.ingest_events("kr-shop", events).await.unwrap();

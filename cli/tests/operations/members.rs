@@ -525,6 +525,22 @@ fn action(id: &str, member: &str, action: &str) -> Value {
 }
 
 impl Shop {
+    /// A member with an email and no points, imported as a brand would.
+    fn import_member(&self, member: &str, email: &str) {
+        let file = self.dir.join(format!("{member}.csv"));
+        std::fs::write(&file, format!("member,email,points\n{member},{email},0\n")).expect("file");
+        ok(&self.loyalty(&[
+            "import",
+            "balances",
+            file.to_str().expect("utf-8"),
+            "--program",
+            "kr-shop",
+            "--format",
+            "csv",
+            "--json",
+        ]));
+    }
+
     fn rejected_reason(&self, id: &str) -> String {
         let (status, rejected) = self.call("GET", &format!("{P}/rejected-events/{id}"), None);
         assert_eq!(status, 200, "{id}: {rejected}");
@@ -552,18 +568,7 @@ impl Shop {
 fn a_self_referral_by_plus_tag_and_the_eleventh_referral_of_a_month_are_refused_with_reasons() {
     // GIVEN a referrer whose email is minji@example.com
     let shop = Shop::start("referrals");
-    let file = shop.dir.join("referrer.csv");
-    std::fs::write(&file, "member,email,points\napp-ref,minji@example.com,0\n").expect("file");
-    ok(&shop.loyalty(&[
-        "import",
-        "balances",
-        file.to_str().expect("utf-8"),
-        "--program",
-        "kr-shop",
-        "--format",
-        "csv",
-        "--json",
-    ]));
+    shop.import_member("app-ref", "minji@example.com");
     // WHEN a new member whose email is the referrer's with a +tag says the referrer sent them
     shop.send(referral(
         "ref-self",
@@ -615,18 +620,7 @@ fn a_self_referral_by_plus_tag_and_the_eleventh_referral_of_a_month_are_refused_
 fn a_referrer_named_by_an_alias_is_paid_on_its_member_and_a_malformed_one_is_refused() {
     // GIVEN a member app-hana whose email is hana@example.com
     let shop = Shop::start("referral-alias");
-    let file = shop.dir.join("hana.csv");
-    std::fs::write(&file, "member,email,points\napp-hana,hana@example.com,0\n").expect("file");
-    ok(&shop.loyalty(&[
-        "import",
-        "balances",
-        file.to_str().expect("utf-8"),
-        "--program",
-        "kr-shop",
-        "--format",
-        "csv",
-        "--json",
-    ]));
+    shop.import_member("app-hana", "hana@example.com");
     // WHEN a referral names a referrer with the key separator '#', and another names the
     // referrer by email, and that new member buys
     let (status, problem) = shop.call(

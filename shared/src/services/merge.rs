@@ -13,11 +13,16 @@
 //!
 //! Asked again, each step finds its marker and the merge reports what it did the first time.
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
 use super::{Contention, ServiceError, Services};
-use crate::domain::{Account, AccountError, EventContext, Merged, OrderRecord, Program, Source};
+use crate::domain::{
+    Account, AccountError, Change, EventContext, Merged, OrderRecord, Program, Source,
+};
 use crate::envelope::{Envelope, ENVELOPE_VERSION};
 use crate::ports::{
     Commit, CommitError, EventMarker, OutboxMessage, QueueName, Redemption, StoreError,
@@ -378,7 +383,7 @@ impl Services {
                 });
                 account.merge_in(program, merged, &ctx).map_err(refused)?
             } else {
-                crate::domain::Change::unchanged(account.clone())
+                Change::unchanged(account.clone())
             };
             let (change, copies) =
                 with_copies(program, &step, change, &orders, &state.orders, now)?;
@@ -425,18 +430,12 @@ impl Services {
 fn with_copies(
     program: &Program,
     step: &str,
-    mut change: crate::domain::Change,
+    mut change: Change,
     orders: &[(String, OrderRecord)],
-    own: &std::collections::BTreeMap<String, OrderRecord>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<
-    (
-        crate::domain::Change,
-        std::collections::BTreeMap<String, OrderRecord>,
-    ),
-    ServiceError,
-> {
-    let mut copies = std::collections::BTreeMap::new();
+    own: &BTreeMap<String, OrderRecord>,
+    now: DateTime<Utc>,
+) -> Result<(Change, BTreeMap<String, OrderRecord>), ServiceError> {
+    let mut copies = BTreeMap::new();
     for (i, (key, record)) in orders.iter().enumerate() {
         let parked = match own.get(key) {
             None => {

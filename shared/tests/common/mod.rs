@@ -216,6 +216,19 @@ pub fn moto_dynamodb(provider: &'static str) -> aws_sdk_dynamodb::config::Builde
         .http_client(loyalty_core::aws::http_client())
 }
 
+/// The DynamoDB operation a request is about to send (`DynamoDB_20120810.GetItem`...), as an
+/// interceptor sees it.
+#[cfg(feature = "aws")]
+pub fn target<'a>(
+    context: &'a aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+) -> &'a str {
+    context
+        .request()
+        .headers()
+        .get("x-amz-target")
+        .unwrap_or_default()
+}
+
 #[cfg(feature = "aws")]
 pub mod timeline;
 

@@ -99,6 +99,7 @@ def main() -> int:
     findings.extend(check_console(resources))
     findings.extend(check_observability(template))
     findings.extend(check_openapi())
+    findings.extend(check_routes_documented(functions))
 
     for finding in findings:
         print(finding)
@@ -533,6 +534,32 @@ def check_observability(template: dict) -> list:
         for metric, title in (("Events", "Events per minute by outcome"), ("OutboxLag", "Outbox lag"), ("PointsIssued", "Points issued vs redeemed"), ("PointsRedeemed", "Points issued vs redeemed")):
             if title in widgets and metric not in named(title):
                 findings.append(f"{name}: widget {title!r} does not show {METRICS_NAMESPACE}/{metric}")
+    return findings
+
+
+def check_routes_documented(functions) -> list:
+    """The HTTP API routes exactly the operations of infra/openapi.yaml, each to one function
+    (webhooks enter by the function URL instead)."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "infra" / "openapi.yaml").read_text())
+    documented = {
+        (method.upper(), path)
+        for path, item in spec.get("paths", {}).items()
+        for method in item
+        if method in ("get", "put", "post", "patch", "delete") and not path.startswith("/webhooks/")
+    }
+    routed = {}
+    for name, r in functions.items():
+        for event in r["Properties"].get("Events", {}).values():
+            if event["Type"] == "HttpApi":
+                route = (event["Properties"]["Method"].upper(), event["Properties"]["Path"])
+                routed.setdefault(route, []).append(name)
+    findings = [f"openapi: {m} {p} has no route in the template" for m, p in sorted(documented - routed.keys())]
+    findings += [f"{names[0]}: {m} {p} is routed but not in infra/openapi.yaml"
+                 for (m, p), names in sorted(routed.items()) if (m, p) not in documented]
+    findings += [f"{m} {p} is routed to {len(names)} functions: {', '.join(names)}"
+                 for (m, p), names in sorted(routed.items()) if len(names) > 1]
     return findings
 
 

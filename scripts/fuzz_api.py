@@ -58,6 +58,11 @@ EXCEPTIONS = {
         ["422"],
         "an Idempotency-Key reused with another body is refused by design",
     ),
+    ("POST", "/v1/programs/{program}/members/{member}/aliases"): (
+        ["400"],
+        "an email's value must be an address, and `kind:value` together must follow the member "
+        "id rule: rules across the two fields",
+    ),
     ("POST", "/v1/programs/{program}/me/redemptions"): (
         ["422"],
         "an Idempotency-Key reused with another body is refused by design",

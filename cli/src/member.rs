@@ -1,5 +1,6 @@
 //! `loyalty member export`: everything held about one member as one JSON document, written as
-//! it is read; `loyalty member merge`: two members who are one person become one.
+//! it is read; `loyalty member merge`: two members who are one person become one; `loyalty
+//! member link`: an identity leads to a member.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +25,9 @@ enum MemberCommand {
     /// Merge another member into SURVIVOR: points with their expiry dates, pending points,
     /// tier history, identities, orders and redemptions. Asked again, changes nothing.
     Merge(MergeArgs),
+    /// Link an identity (a platform's customer id, an email, an app login) to MEMBER: its
+    /// later events and the app's tokens of it reach MEMBER. Asked again, changes nothing.
+    Link(LinkArgs),
     /// Erase a member's personal data: points forfeited, identities, orders, redemptions and
     /// events that name it deleted, the ledger's amounts kept under a pseudonym.
     Erase(EraseArgs),
@@ -83,6 +87,22 @@ struct MergeArgs {
 }
 
 #[derive(Debug, Args)]
+struct LinkArgs {
+    /// The member id, or an identity linked to it.
+    member: String,
+    /// The identity's kind: a platform (`shopify`, `pos`...), `email` or `app`.
+    #[arg(long)]
+    kind: String,
+    /// The identity: the platform's customer id, the address, or the app token's subject.
+    #[arg(long)]
+    value: String,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long)]
+    program: Option<String>,
+}
+
+#[derive(Debug, Args)]
 struct ExportArgs {
     /// The member id, or an identity linked to it (`email:ann@example.com`).
     member: String,
@@ -100,6 +120,7 @@ pub fn run(args: MemberArgs) -> Result<(), String> {
     match args.command {
         MemberCommand::Export(args) => runtime()?.block_on(export(args)),
         MemberCommand::Merge(args) => runtime()?.block_on(merge(args)),
+        MemberCommand::Link(args) => runtime()?.block_on(link(args)),
         MemberCommand::Erase(args) => runtime()?.block_on(erase(args)),
         MemberCommand::Suspend(args) => runtime()?.block_on(suspension(args, true)),
         MemberCommand::Resume(args) => runtime()?.block_on(suspension(args, false)),
@@ -125,6 +146,19 @@ async fn named_member(
         .canonical_member(program, &named)
         .await
         .map_err(|e| e.to_string())
+}
+
+async fn link(args: LinkArgs) -> Result<(), String> {
+    let services = args.store.open().await?.services();
+    let program = program_of(&services, args.program.as_deref()).await?;
+    let member = named_member(&services, &program, &args.member).await?;
+    let report = services
+        .link_named(&program, &member, &args.kind, &args.value, &operator())
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
 }
 
 async fn erase(args: EraseArgs) -> Result<(), String> {

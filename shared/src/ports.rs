@@ -727,6 +727,10 @@ pub trait MemberStore: Send + Sync {
 /// refunds that name no customer. Not an identity of the member: a store may keep it apart.
 pub const ORDER_LINK: &str = "order";
 
+/// The alias kind that leads from a redemption's id to its member, for the shop's checks of a
+/// redemption by id. Not an identity an operator links.
+pub const REDEMPTION_LINK: &str = "redemption";
+
 /// The alias kind that links the subject of an app's token to its member; a subject with no
 /// such link is the member id itself.
 pub const APP_LINK: &str = "app";

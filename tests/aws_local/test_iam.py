@@ -176,6 +176,11 @@ def exercise(stack: Running) -> None:
     assert call("POST", f"{P}/members/m-iam-app/adjustments", {"points": 100, "reason": "iam"})[0] == 201
     status, merged, _ = call("POST", f"{P}/members/m-iam-app/merge", {"from": "pos:010-9999-0000", "reason": "iam"})
     assert status == 200 and merged["balance"] == 100 and merged["pending"] == 200, merged
+    # Support links the member's app login; the app's token of it then sees the member.
+    status, linked, _ = call("POST", f"{P}/members/m-iam-app/aliases", {"kind": "app", "value": "sub-iam-app"})
+    assert status == 201 and linked["linked"] is True, linked
+    status, view, _ = call("GET", f"{P}/me", token=stack.token("sub-iam-app"))
+    assert status == 200 and view["member"] == "m-iam-app" and view["balance"] == 100, view
     assert call("POST", f"{P}/members/m-iam-app/suspend", {"reason": "iam"})[0] == 200
     review = {"type": "engagement.recorded", "version": 1, "id": "ev-iam-review", "program": "kr-shop",
               "member": "m-iam-app", "occurred_at": now, "data": {"action": "review", "ref": "iam"}}

@@ -900,3 +900,188 @@ fn a_program_that_pays_out_at_erasure_books_the_points_as_paid_out() {
         .unwrap_or_default()
         .contains("worth 1200 KRW"));
 }
+
+#[test]
+fn support_links_a_shopify_customer_and_an_app_login_to_a_member_who_then_earns_and_sees_its_points(
+) {
+    // GIVEN app-minji with 1,000 points, m-other, and a POS customer credited under its own id
+    let shop = Shop::start("aliases");
+    let adjust = |member: &str, points: i64| {
+        let (status, answer) = shop.call(
+            "POST",
+            &format!("{P}/members/{member}/adjustments"),
+            Some(json!({"points": points, "reason": "opening balance"})),
+        );
+        assert_eq!(status, 201, "{answer}");
+    };
+    adjust("app-minji", 1_000);
+    adjust("m-other", 10);
+    shop.send(pos_purchase("pos-own-1", "pos:010-5555-0000", "store-7"));
+    shop.eventually("pos:010-5555-0000", |v| v["pending"] == 590);
+    let link = |member: &str, body: Value| {
+        shop.call("POST", &format!("{P}/members/{member}/aliases"), Some(body))
+    };
+
+    // WHEN support links the Shopify customer 7001234 and the app login sub-minji to app-minji
+    let (status, shopify) = link("app-minji", json!({"kind": "shopify", "value": "7001234"}));
+    let (login_status, login) = link("app-minji", json!({"kind": "app", "value": "sub-minji"}));
+    // THEN both are linked now
+    assert_eq!(status, 201, "{shopify}");
+    assert_eq!(
+        shopify,
+        json!({"member": "app-minji", "kind": "shopify", "value": "7001234", "linked": true})
+    );
+    assert_eq!(login_status, 201, "{login}");
+    // AND the customer's next Shopify order earns on app-minji, not on a new account
+    shop.shopify_paid();
+    let minji = shop.eventually("app-minji", |v| v["pending"] == 1_000);
+    assert_eq!(minji["balance"].as_i64(), Some(1_000));
+    assert_eq!(shop.member("shopify:7001234")["member"], "app-minji");
+    let conn = rusqlite::Connection::open(&shop.db).expect("db");
+    let accounts: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM accounts WHERE member = 'shopify:7001234'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(accounts, 0, "no account under the Shopify id");
+    // AND the app's token of that login sees app-minji's points
+    let me = common::token(&["--member", "sub-minji"]);
+    let (status, view) = shop.server.call("GET", &format!("{P}/me"), &me, &[], None);
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        (view["member"].as_str(), view["balance"].as_i64()),
+        (Some("app-minji"), Some(1_000))
+    );
+
+    // WHEN the same link is asked for again, by the member's id or by the linked identity
+    let (again, repeated) = link("app-minji", json!({"kind": "shopify", "value": "7001234"}));
+    let (by_alias, aliased) = link(
+        "shopify:7001234",
+        json!({"kind": "app", "value": "sub-minji"}),
+    );
+    // THEN nothing changes
+    assert_eq!((again, repeated["linked"].as_bool()), (200, Some(false)));
+    assert_eq!(
+        (by_alias, aliased["member"].as_str()),
+        (200, Some("app-minji"))
+    );
+
+    // WHEN links that would take an identity from its member are asked for
+    let refused = [
+        link("m-other", json!({"kind": "shopify", "value": "7001234"})),
+        // the order linked minji@example.com to app-minji; the email is compared lower-cased
+        link(
+            "m-other",
+            json!({"kind": "email", "value": " Minji@Example.com"}),
+        ),
+        link(
+            "app-minji",
+            json!({"kind": "pos", "value": "010-5555-0000"}),
+        ),
+    ];
+    // THEN each is a conflict that says what to do, and nothing moves
+    let types: Vec<&str> = refused
+        .iter()
+        .map(|(status, problem)| {
+            assert_eq!(*status, 409, "{problem}");
+            problem["type"].as_str().unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "/problems/identity-linked",
+            "/problems/identity-linked",
+            "/problems/identity-has-account"
+        ]
+    );
+    assert!(
+        refused[2].1["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("merge"),
+        "{}",
+        refused[2].1
+    );
+    assert_eq!(shop.member("shopify:7001234")["member"], "app-minji");
+    assert_eq!(
+        shop.member("pos:010-5555-0000")["pending"].as_i64(),
+        Some(590)
+    );
+    assert_eq!(shop.member("m-other")["balance"].as_i64(), Some(10));
+
+    // WHEN a link is malformed, names the engine's own kinds, or names no member
+    let bad = [
+        json!({"kind": "order", "value": "shopify#1001"}),
+        json!({"kind": "redemption", "value": "r-1"}),
+        json!({"kind": "Shopify", "value": "7002"}),
+        json!({"kind": "email", "value": "not-an-email"}),
+        json!({"kind": "shopify", "value": "70#02"}),
+        json!({"kind": "shopify", "value": "x".repeat(125)}),
+        json!({"kind": "shopify"}),
+        json!({"kind": "shopify", "value": "7002", "reason": "extra"}),
+    ];
+    // THEN each is 400 invalid-identity and nothing is linked
+    for body in bad {
+        let (status, problem) = link("m-other", body.clone());
+        assert_eq!(
+            (status, problem["type"].as_str()),
+            (400, Some("/problems/invalid-identity")),
+            "{body}: {problem}"
+        );
+    }
+    let (status, unknown) = link("m-nobody", json!({"kind": "shopify", "value": "7002"}));
+    assert_eq!(
+        (status, unknown["type"].as_str()),
+        (404, Some("/problems/unknown-member"))
+    );
+    let links: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM aliases WHERE value = '7002' OR kind IN ('order', 'redemption') AND value IN ('shopify#1001', 'r-1')",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(links, 0);
+
+    // WHEN support links an email with the CLI, and then the Shopify customer to m-other
+    let linked = ok(&shop.loyalty(&[
+        "member",
+        "link",
+        "app-minji",
+        "--kind",
+        "email",
+        "--value",
+        "Minji.Kim@Example.com",
+        "--program",
+        "kr-shop",
+    ]));
+    let taken = shop.loyalty(&[
+        "member",
+        "link",
+        "m-other",
+        "--kind",
+        "shopify",
+        "--value",
+        "7001234",
+        "--program",
+        "kr-shop",
+    ]);
+    // THEN the email is linked lower-cased, and the customer stays app-minji's
+    assert_eq!(
+        linked,
+        json!({"member": "app-minji", "kind": "email", "value": "minji.kim@example.com", "linked": true})
+    );
+    assert_eq!(
+        shop.member("email:minji.kim@example.com")["member"],
+        "app-minji"
+    );
+    assert!(!taken.status.success());
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).contains("linked to app-minji"),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+}

@@ -152,6 +152,10 @@ pub fn redemption_router(state: AppState) -> Router {
             post(merge_members),
         )
         .route(
+            "/v1/programs/{program}/members/{member}/aliases",
+            post(link_identity),
+        )
+        .route(
             "/v1/programs/{program}/members/{member}",
             delete(erase_member),
         )
@@ -835,6 +839,26 @@ async fn merge_members(
         .merge_request(&program, &survivor, &principal.subject, &body)
         .await?;
     Ok(Json(report).into_response())
+}
+
+/// 201 when the identity is linked now, 200 when it led to the member already.
+async fn link_identity(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((program, member)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let program = admin_of(&principal, &program)?;
+    let member = member_in_path(&state, &program, &member).await?;
+    let report = state
+        .services
+        .link_request(&program, &member, &principal.subject, &body)
+        .await?;
+    let status = match report.linked {
+        true => StatusCode::CREATED,
+        false => StatusCode::OK,
+    };
+    Ok((status, Json(report)).into_response())
 }
 
 /// `DELETE .../members/{m}?reason=`: the reason is required, as for every operator action.

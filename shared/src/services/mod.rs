@@ -21,6 +21,7 @@ pub mod erasure;
 pub mod events;
 pub mod export;
 pub mod finance;
+pub mod identities;
 pub mod import;
 pub mod jobs;
 pub mod kpis;

@@ -19,7 +19,7 @@ use crate::envelope::{Envelope, ENVELOPE_VERSION};
 use crate::ids::IdKind;
 use crate::ports::{
     Commit, CommitError, Consumption, Coupon, IdempotencyRecord, MemberState, OutboxMessage,
-    QueueName, Redemption, RedemptionStatus, Reversal,
+    QueueName, Redemption, RedemptionStatus, Reversal, REDEMPTION_LINK,
 };
 
 /// How long an idempotency key is remembered.
@@ -280,7 +280,7 @@ fn insufficient(e: AccountError) -> ServiceError {
 /// 409 for a member whose erasure has begun (what is written now would outlive it) or who
 /// was merged into another (it keeps no points of its own: points given or taken back here
 /// would be seen by no one, the survivor included).
-fn refuse_closed(account: &crate::domain::Account) -> Result<(), ServiceError> {
+pub(crate) fn refuse_closed(account: &crate::domain::Account) -> Result<(), ServiceError> {
     if account.erased.is_some() {
         return Err(ServiceError::Conflict {
             problem: "member-erased",
@@ -526,7 +526,7 @@ impl Services {
         // The shop captures by redemption id alone: remember whose it is (harmless if the
         // hold below is refused).
         self.store
-            .put_alias(&program.id, "redemption", &id, member)
+            .put_alias(&program.id, REDEMPTION_LINK, &id, member)
             .await?;
         let mut first = Some(first);
         let mut contention = Contention::new();
@@ -622,7 +622,7 @@ impl Services {
         };
         let member = self
             .store
-            .resolve_alias(&program.id, "redemption", id)
+            .resolve_alias(&program.id, REDEMPTION_LINK, id)
             .await?
             .ok_or_else(unknown)?;
         let wanted = if capture {

@@ -89,3 +89,61 @@ async fn a_failure_fails_the_rest_of_its_group_and_nothing_else() {
         .is_empty());
     assert_eq!(balance("m-poison").await, 200);
 }
+
+#[tokio::test]
+async fn a_message_that_is_not_an_envelope_is_rejected_where_its_program_s_operators_look() {
+    // GIVEN kr-shop, and a program named "unknown"
+    let store = SqliteStore::memory().unwrap();
+    let (_, services) = common::kr_shop_services(&store, 5, Arc::new(SystemClock)).await;
+    let unknown = include_str!("../../examples/kr-shop.toml").replacen(
+        "id = \"kr-shop\"",
+        "id = \"unknown\"",
+        1,
+    );
+    services
+        .put_program(
+            "unknown",
+            &unknown,
+            loyalty_core::services::programs::ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    // AND a batch of a kr-shop message whose time is not a time, and bytes that are not JSON
+    let mut garbled = record("g1", "m-g", "KRW");
+    garbled.body = garbled
+        .body
+        .replace("\"occurred_at\":\"", "\"occurred_at\":\"yesterday ");
+    let noise = Record {
+        message_id: "msg-noise".into(),
+        group: Some("kr-shop#m-n".into()),
+        body: "\u{1}not json".into(),
+    };
+    // WHEN the batch is processed
+    let failed = process_batch(&services, Consumer::Earn, &[garbled.clone(), noise]).await;
+    // THEN neither is retried: the kr-shop message is among kr-shop's rejected events, with the
+    // reason, and the noise is not shown to the program named "unknown"
+    assert!(failed.is_empty(), "{failed:?}");
+    let listed = services
+        .rejected_events("kr-shop", None, None)
+        .await
+        .unwrap();
+    assert_eq!(listed.events.len(), 1, "{:?}", listed.events);
+    let rejected = serde_json::to_value(&listed.events[0]).unwrap();
+    assert!(
+        rejected["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not an event envelope"),
+        "{rejected}"
+    );
+    let theirs = services
+        .rejected_events("unknown", None, None)
+        .await
+        .unwrap();
+    assert!(theirs.events.is_empty(), "{:?}", theirs.events);
+    let kept = store
+        .rejected(loyalty_core::services::earn::UNREADABLE, 10)
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 1);
+}

@@ -505,7 +505,7 @@ impl Services {
                     crate::fingerprint::fnv1a64(body.bytes())
                 );
                 return self
-                    .store_rejection("unknown", &id, body, &reason)
+                    .store_rejection(&unreadable_program(body), &id, body, &reason)
                     .await
                     .map(Err);
             }
@@ -604,6 +604,22 @@ impl Services {
             .map_err(|e| Retry(e.to_string()))?;
         Ok(Processed::Rejected(reason.to_string()))
     }
+}
+
+/// Where a message that is not an envelope is kept. Its operators find it among their
+/// program's rejected events when its JSON names a program by the rule (a sender that got one
+/// field wrong); otherwise under a name that no program can take, as programs are named by
+/// [`IdKind::Program`].
+pub const UNREADABLE: &str = "_unreadable";
+
+fn unreadable_program(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .as_ref()
+        .and_then(|value| value.get("program"))
+        .and_then(|program| program.as_str())
+        .filter(|program| IdKind::Program.accepts(program))
+        .map_or_else(|| UNREADABLE.to_string(), str::to_string)
 }
 
 fn message(cause: &Envelope, kind: &str, id: String, data: serde_json::Value) -> Envelope {

@@ -37,7 +37,7 @@ struct RunArgs {
     #[arg(long)]
     program: Option<String>,
     /// As if today were this date (YYYY-MM-DD) in the program's time zone.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::date_arg)]
     date: Option<NaiveDate>,
 }
 

@@ -75,6 +75,12 @@ enum Command {
     Audit(audit::AuditArgs),
 }
 
+/// A `--date`-like argument: `YYYY-MM-DD` with a four-digit year, as the HTTP API takes it.
+fn date_arg(text: &str) -> Result<chrono::NaiveDate, String> {
+    loyalty_core::domain::calendar::parse_date(text)
+        .ok_or_else(|| format!("{text:?} is not a date (YYYY-MM-DD)"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Held to the end of main: dropping it writes out what the log thread still holds.

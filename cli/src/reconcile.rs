@@ -38,10 +38,10 @@ pub struct ReconcileArgs {
     #[arg(long, value_enum)]
     platform: Platform,
     /// Orders changed on or after this day (UTC).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::date_arg)]
     since: NaiveDate,
     /// Orders changed before the end of this day (UTC); today when absent.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::date_arg)]
     until: Option<NaiveDate>,
     /// Say what is missing, and send nothing.
     #[arg(long)]

@@ -51,10 +51,10 @@ struct KpiArgs {
     #[arg(long)]
     program: Option<String>,
     /// First day of the period (30 days before --to when absent).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::date_arg)]
     from: Option<NaiveDate>,
     /// Last day of the period (today when absent).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::date_arg)]
     to: Option<NaiveDate>,
     /// Print the KPIs as JSON.
     #[arg(long)]
@@ -72,7 +72,7 @@ struct LiabilityArgs {
     #[arg(long)]
     program: Option<String>,
     /// The end of this day in the program's time zone (today when absent).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::date_arg)]
     as_of: Option<NaiveDate>,
     /// Print the report as JSON.
     #[arg(long, conflicts_with = "csv")]

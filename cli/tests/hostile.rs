@@ -548,3 +548,32 @@ fn a_program_file_is_read_as_json_whatever_the_case_of_its_media_type_and_keeps_
         "application/problem+json"
     );
 }
+
+#[test]
+fn dates_in_queries_have_four_digit_years_so_no_report_runs_off_the_calendar() {
+    // GIVEN a running server
+    let client = Client::new();
+    let get = |query: &str| {
+        client.server.call(
+            "GET",
+            &format!("{PROGRAM}/reports/{query}"),
+            &client.admin,
+            &[],
+            None,
+        )
+    };
+    // WHEN reports are asked for dates that chrono reads but whose neighbours do not exist
+    for query in [
+        "kpis?to=-262143-01-01",
+        "kpis?from=%2B262142-12-31&to=%2B262142-12-31",
+        "kpis?from=2026-1-01",
+        "liability?as_of=%2B10000-01-01",
+    ] {
+        // THEN each is 400 invalid-date naming the parameter
+        let field = query.split(['?', '=']).nth(1).unwrap_or_default();
+        assert_problem(&get(query), 400, "invalid-date", field);
+    }
+    // AND the server is still up, and a plain date is fine
+    let (status, kpis) = get("kpis?from=2026-01-01&to=2026-01-31");
+    assert_eq!(status, 200, "{kpis}");
+}

@@ -83,6 +83,9 @@ pub struct NamespaceFile {
     pub end: f64,
 }
 
+/// The most days an audience's filters may count back (a hundred years).
+pub const MAX_AUDIENCE_DAYS: u32 = 36_500;
+
 /// Who may be in a campaign. Every filter given must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,6 +207,14 @@ impl Campaign {
                 );
             }
         }
+        for (field, days) in [
+            ("audience.new_members_days", self.audience.new_members_days),
+            ("audience.dormant_days", self.audience.dormant_days),
+        ] {
+            if days.is_some_and(|days| days > MAX_AUDIENCE_DAYS) {
+                fail(field, format!("must be at most {MAX_AUDIENCE_DAYS}"));
+            }
+        }
         if self
             .audience
             .purchased_category
@@ -313,14 +324,20 @@ impl Campaign {
         if !audience.tiers.is_empty() && !audience.tiers.contains(&account.tier.id) {
             return false;
         }
+        // A count of days past the calendar (a campaign stored before the bound) reaches every
+        // member for the first filter and none for the second, never a panic.
         if let Some(days) = audience.new_members_days {
-            if account.joined_on < today - chrono::Duration::days(i64::from(days)) {
+            let since = today.checked_sub_signed(chrono::Duration::days(i64::from(days)));
+            if since.is_some_and(|since| account.joined_on < since) {
                 return false;
             }
         }
         if let Some(days) = audience.dormant_days {
-            let since = now - chrono::Duration::days(i64::from(days));
-            if account.last_purchase_at.is_some_and(|t| t > since) {
+            let since = now.checked_sub_signed(chrono::Duration::days(i64::from(days)));
+            if account
+                .last_purchase_at
+                .is_some_and(|t| since.is_none_or(|since| t > since))
+            {
                 return false;
             }
         }

@@ -11,7 +11,6 @@
 //! | `yotpo`       | `email`                   | `points balance` (empty: 0) | `birthday` (MM/DD or MM/DD/YYYY)   |
 //! | `csv` (ours)  | `member` and/or `email`   | `points`                    | `tier`, `birthday` (MM-DD or YYYY-MM-DD), `expires_on` (YYYY-MM-DD) |
 
-use chrono::NaiveDate;
 use sha2::{Digest, Sha256};
 
 use crate::domain::import::ImportedBalance;
@@ -203,8 +202,8 @@ fn row(format: BalanceFormat, c: &Columns, cells: &[String]) -> Result<RowData, 
     };
     let expires_on = match cell(cells, c.expires_on) {
         Some(text) => Some(
-            NaiveDate::parse_from_str(text, "%Y-%m-%d")
-                .map_err(|_| format!("expires_on {text:?} is not a date (YYYY-MM-DD)"))?,
+            crate::domain::calendar::parse_date(text)
+                .ok_or_else(|| format!("expires_on {text:?} is not a date (YYYY-MM-DD)"))?,
         ),
         None => None,
     };
@@ -326,7 +325,7 @@ mod tests {
         assert_eq!(m.member.as_deref(), Some("m-1"));
         assert_eq!(m.balance.tier.as_deref(), Some("GOLD"));
         assert!(read.rows[0].read.is_ok());
-        assert_eq!(m.balance.expires_on, NaiveDate::from_ymd_opt(2027, 6, 30));
+        assert_eq!(m.balance.expires_on, chrono::NaiveDate::from_ymd_opt(2027, 6, 30));
         // AND a Smile file without a points column is refused whole
         let e = read_balances(BalanceFormat::Smile, b"email,balance\na@b.co,1\n").unwrap_err();
         assert!(e.0.contains("points"));

@@ -104,3 +104,33 @@ fn coverage_and_namespaces_leave_members_out() {
     assert!((share(&half) - 0.5).abs() < 0.02);
     assert!((share(&spaced) - 0.4).abs() < 0.02);
 }
+
+#[test]
+fn audience_day_counts_past_the_calendar_are_refused_and_a_stored_one_never_panics() {
+    // GIVEN a campaign whose audience counts back 100,000,000 days (273,000 years)
+    let mut far = weekend();
+    far["audience"] = json!({"new_members_days": 100_000_000, "dormant_days": 100_000_000});
+    // WHEN it is saved THEN both fields are named
+    let Err(CampaignError::Invalid(problems)) = parse(&far) else {
+        panic!("refused")
+    };
+    let text = problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for field in ["audience.new_members_days", "audience.dormant_days"] {
+        assert!(text.contains(field), "{field} not in {text}");
+    }
+    // WHEN one stored before the bound is asked who it admits
+    let stored: Campaign = serde_json::from_value(far).expect("stored as is");
+    let program = kr();
+    let now = chrono::Utc::now();
+    let mut member = loyalty_core::domain::Account::open(&program, "m-1", now);
+    let new_admitted = stored.admits(&program, &member, now);
+    member.last_purchase_at = Some(now);
+    let buyer_admitted = stored.admits(&program, &member, now);
+    // THEN it answers without a panic: every member joined within it, none who bought is
+    // dormant that long
+    assert_eq!((new_admitted, buyer_admitted), (true, false));
+}

@@ -178,3 +178,69 @@ async fn a_captured_hold_stays_spent_and_a_voided_one_comes_back() {
         "{small:?}"
     );
 }
+
+#[tokio::test]
+async fn a_hold_worth_more_than_any_checkout_is_refused_not_wrapped() {
+    // GIVEN points worth 10,000,000 KRW each at checkout, and a member with 10^12 points
+    let store = SqliteStore::memory().unwrap();
+    let (_, services) =
+        common::kr_shop_services(&store, 3, Arc::new(loyalty_core::ports::SystemClock)).await;
+    let rich = include_str!("../../examples/kr-shop.toml").replacen(
+        "value = \"1\"           # ... is worth 1 KRW at checkout",
+        "value = \"10000000\"",
+        1,
+    );
+    services
+        .put_program(
+            "kr-shop",
+            &rich,
+            loyalty_core::services::programs::ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    services
+        .adjust(
+            "kr-shop",
+            "m-1",
+            "ops",
+            None,
+            br#"{"points": 1000000000000, "reason": "test"}"#,
+        )
+        .await
+        .unwrap();
+    // WHEN all of them are held for a checkout (10^19 KRW, past 64 bits)
+    let refused = services
+        .redeem(
+            "kr-shop",
+            "m-1",
+            "m-1",
+            Some("h-big"),
+            &hold(1_000_000_000_000, "order-1"),
+        )
+        .await;
+    // THEN it is refused, and nothing is held
+    assert!(
+        matches!(
+            &refused,
+            Err(ServiceError::Invalid {
+                problem: "invalid-redemption",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let view = services.member_view("kr-shop", "m-1").await.unwrap();
+    assert_eq!(view.balance, 1_000_000_000_000);
+    // AND a hold whose value fits is taken, valued exactly
+    let held = services
+        .redeem(
+            "kr-shop",
+            "m-1",
+            "m-1",
+            Some("h-ok"),
+            &hold(1_000_000, "order-2"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(held.body["value"], 10_000_000_000_000i64);
+}

@@ -169,6 +169,19 @@ fn other_mistakes_name_their_fields() {
             KR.replace("id = \"coupon-5000\"", "id = \"free-shipping\""),
             "rewards[1].id",
         ),
+        // Day counts whose dates would pass the calendar's end (a panic on every commit)
+        (
+            KR.replace("valid_days = 30", "valid_days = 100000000"),
+            "coupons.valid_days",
+        ),
+        (
+            KR.replace("expiring_days = 30", "expiring_days = 100000000"),
+            "notices.expiring_days",
+        ),
+        (
+            KR.replace("downgrade_days = 30", "downgrade_days = 3651"),
+            "notices.downgrade_days",
+        ),
     ];
     for (text, field) in cases {
         // WHEN each is loaded THEN the error names the field

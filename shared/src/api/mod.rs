@@ -515,7 +515,7 @@ struct LiabilityQuery {
 fn date_param(name: &str, value: Option<&str>) -> Result<Option<chrono::NaiveDate>, Problem> {
     value
         .map(|text| {
-            chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+            crate::domain::calendar::parse_date(text).ok_or_else(|| {
                 crate::services::ServiceError::invalid(
                     "invalid-date",
                     format!("{name} {text:?} is not a date (YYYY-MM-DD)"),

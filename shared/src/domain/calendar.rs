@@ -11,6 +11,31 @@ use chrono::{DateTime, Datelike, Months, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// A date from outside, as `YYYY-MM-DD` exactly: a four-digit year, so that every date
+/// computed from it stays a date (chrono's own `%Y` takes `-262143` or `+99999`, whose day
+/// after or month after does not exist).
+pub fn parse_date(text: &str) -> Option<NaiveDate> {
+    let shaped = text.len() == 10
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    shaped
+        .then(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())
+        .flatten()
+}
+
+/// `date` moved by `days`, held at the calendar's ends (a lot that never expires ends on
+/// [`NaiveDate::MAX`], and its day after is that day again, never a panic).
+pub fn add_days(date: NaiveDate, days: i64) -> NaiveDate {
+    date.checked_add_signed(chrono::Duration::days(days))
+        .unwrap_or(if days < 0 {
+            NaiveDate::MIN
+        } else {
+            NaiveDate::MAX
+        })
+}
+
 /// The calendar day of an instant in the program's time zone.
 pub fn local_date(tz: Tz, at: DateTime<Utc>) -> NaiveDate {
     at.with_timezone(&tz).date_naive()
@@ -117,6 +142,25 @@ mod tests {
 
     fn date(y: i32, m: u32, d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn dates_from_outside_have_four_digit_years_and_days_stop_at_the_calendar_s_ends() {
+        assert_eq!(parse_date("2026-02-28"), Some(date(2026, 2, 28)));
+        for bad in [
+            "-262143-01-01",
+            "+262142-12-31",
+            "+10000-01-01",
+            "2026-2-28",
+            "2026-02-30",
+            "2026/02/28",
+            " 2026-02-28",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
+        assert_eq!(add_days(NaiveDate::MAX, 1), NaiveDate::MAX);
+        assert_eq!(add_days(date(2026, 1, 1), -100_000_000), NaiveDate::MIN);
+        assert_eq!(add_days(date(2026, 1, 31), 1), date(2026, 2, 1));
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl Membership {
 
     /// The first day without benefits if no renewal comes.
     pub fn lapses_on(&self, rules: &MembershipRules) -> NaiveDate {
-        self.paid_through + chrono::Duration::days(i64::from(rules.grace_days) + 1)
+        crate::domain::calendar::add_days(self.paid_through, i64::from(rules.grace_days) + 1)
     }
 
     /// The day the next period starts (when a renewal is due).
@@ -290,6 +290,32 @@ mod tests {
         assert_eq!(
             (m.started_on, m.paid_through),
             (day("2026-05-10"), day("2026-06-09"))
+        );
+    }
+
+    #[test]
+    fn renewals_that_reach_the_calendar_s_end_stay_active_and_never_panic() {
+        // GIVEN two-year periods, renewed 120 periods at a time, 1,100 times (264,000 years)
+        let rules = MembershipRules {
+            period_months: 24,
+            ..rules()
+        };
+        let mut a = account();
+        for n in 0..1_100 {
+            let paid = MembershipPayment {
+                periods: 120,
+                ..payment(&format!("o-{n}"), "2026-01-31")
+            };
+            a.pay_membership(&rules, paid);
+        }
+        // WHEN its lapse and status are asked for
+        let m = a.membership.clone().unwrap();
+        // THEN the paid-through day is held at the calendar's end, and it is active
+        assert!(m.paid_through >= NaiveDate::MAX.pred_opt().unwrap());
+        assert_eq!(m.lapses_on(&rules), NaiveDate::MAX);
+        assert_eq!(
+            m.status(&rules, day("2026-06-01")),
+            MembershipStatus::Active
         );
     }
 

@@ -438,6 +438,9 @@ impl Default for CouponsFile {
     }
 }
 
+/// The most days a program file's day counts (notices, coupons) may name.
+const MAX_DAYS: u32 = 3650;
+
 fn default_coupon_days() -> u32 {
     30
 }
@@ -844,8 +847,18 @@ impl Validator {
             .pay_with_points
             .as_ref()
             .and_then(|p| self.pay_with_points(p, currency));
-        if f.coupons.valid_days == 0 {
-            self.fail("coupons.valid_days", "must be at least 1");
+        // Day counts are bounded so that every date computed from them is a date (chrono
+        // panics past year 262,143): ten years is more than any notice or coupon needs.
+        if f.coupons.valid_days == 0 || f.coupons.valid_days > MAX_DAYS {
+            self.fail("coupons.valid_days", "must be between 1 and 3650");
+        }
+        for (field, days) in [
+            ("notices.expiring_days", f.notices.expiring_days),
+            ("notices.downgrade_days", f.notices.downgrade_days),
+        ] {
+            if days > MAX_DAYS {
+                self.fail(field, "must be at most 3650");
+            }
         }
         let point_value_micros = f.point_value.as_deref().and_then(|text| {
             let parsed = parse_point_value(text);

@@ -9,7 +9,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::account::Account;
-use super::calendar::{local_date, start_of_day};
+use super::calendar::{add_days, local_date, start_of_day};
 use super::ledger::Source;
 use super::program::Program;
 use super::tiers::{measure_at, tier_for};
@@ -217,7 +217,7 @@ impl Account {
                 points: lot.points,
             };
             if lot.points > 0 && !self.notified.contains(&notice.key()) {
-                let on = lot.expires_on + Duration::days(1 - expiring_days);
+                let on = add_days(lot.expires_on, 1 - expiring_days);
                 due.push((on, notice));
             }
         }
@@ -225,7 +225,7 @@ impl Account {
             if !self.notified.contains(&notice.key()) {
                 if let Notice::DowngradeScheduled { review_on, .. } = &notice {
                     let days = i64::from(program.notices.downgrade_days);
-                    due.push((*review_on - Duration::days(days), notice));
+                    due.push((add_days(*review_on, -days), notice));
                 }
             }
         }
@@ -235,7 +235,7 @@ impl Account {
                 let lapses_on = m.lapses_on(rules);
                 for (on, notice) in [
                     (
-                        renews_on - Duration::days(RENEWAL_REMINDER_DAYS),
+                        add_days(renews_on, -RENEWAL_REMINDER_DAYS),
                         Notice::MembershipRenewal { renews_on },
                     ),
                     (lapses_on, Notice::MembershipLapsed { on: lapses_on }),

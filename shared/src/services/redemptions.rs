@@ -145,6 +145,21 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(
     Ok((parsed, value))
 }
 
+/// `points` at `value_minor` per `per` points, rounded down; refused when the money would
+/// not fit the amounts' bound (10^13 minor units), which a checkout could not take anyway.
+fn checkout_value(points: i64, value_minor: i64, per: i64) -> Result<i64, ServiceError> {
+    let value = i128::from(points) * i128::from(value_minor) / i128::from(per.max(1));
+    i64::try_from(value)
+        .ok()
+        .filter(|value| *value <= crate::domain::limits::MAX_AMOUNT)
+        .ok_or_else(|| {
+            ServiceError::invalid(
+                "invalid-redemption",
+                format!("{points} points are worth more than a checkout can take off"),
+            )
+        })
+}
+
 /// The books' counter of what an operator adjusted on a day (`safeguards.operator_daily_points`).
 pub(crate) fn operator_counter(by: &str) -> String {
     format!("a|{by}")
@@ -557,8 +572,9 @@ impl Services {
                 .last()
                 .map(|h| h.taken.clone())
                 .unwrap_or_default();
-            // What the points are worth at checkout, in minor units, rounded down.
-            let value = points * rules.value_minor / rules.points.max(1);
+            // What the points are worth at checkout, in minor units, rounded down: in 128 bits,
+            // since points (up to 10^12) times a value (up to 10^13) passes 64.
+            let value = checkout_value(points, rules.value_minor, rules.points)?;
             let answer = Answer {
                 status: 201,
                 body: json!({

@@ -68,9 +68,8 @@ fn amount(currency: Currency, value: &Value, field: &str) -> Result<Option<i64>,
         Some(Value::Number(n)) => currency.parse_amount(n.to_string().trim_start_matches('-')),
         Some(_) => return Err(invalid(format!("resource.{field} is not an amount"))),
     };
-    parsed
-        .map(Some)
-        .map_err(|e| invalid(format!("resource.{field}: {e}")))
+    let minor = parsed.map_err(|e| invalid(format!("resource.{field}: {e}")))?;
+    super::bounded(minor, &format!("resource.{field}")).map(Some)
 }
 
 /// RFC 3339, or `YYYY-MM-DD HH:MM:SS` in Korea Standard Time.
@@ -315,6 +314,22 @@ mod tests {
             verify_key(&["".into()], Some("")),
             Err(WebhookError::InvalidApiKey)
         );
+    }
+
+    #[test]
+    fn amounts_past_the_bound_are_refused_before_they_are_added_up() {
+        // GIVEN a return whose price and coupon, each past 10^13, would net a plausible 1,000
+        let resource = json!({"order_price_amount": "9223372036854775807", "shipping_fee": "1",
+            "coupon_discount_amount": "9223372036854774808"});
+        // WHEN its order total is worked out THEN the price is refused by name, never wrapped
+        let refused = order_total(Currency::KRW, &resource).unwrap_err();
+        assert!(
+            refused.to_string().contains("resource.order_price_amount"),
+            "{refused}"
+        );
+        // AND amounts at the bound still add up
+        let fine = json!({"order_price_amount": "10000000000000", "coupon_discount_amount": "1"});
+        assert_eq!(order_total(Currency::KRW, &fine), Ok(9_999_999_999_999));
     }
 
     #[test]

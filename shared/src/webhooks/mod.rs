@@ -72,6 +72,18 @@ pub enum WebhookError {
     Invalid(String),
 }
 
+/// A platform's amount, held to the amounts' bound before anything adds it up: a delivery of
+/// at most 256 KiB then cannot sum past 64 bits (a wrapped sum would pass the later checks as
+/// a small, plausible amount).
+pub(crate) fn bounded(minor: i64, what: &str) -> Result<i64, WebhookError> {
+    match minor.unsigned_abs() <= crate::domain::limits::MAX_AMOUNT.unsigned_abs() {
+        true => Ok(minor),
+        false => Err(WebhookError::Invalid(format!(
+            "{what}: over the amounts' bound of 10^13 minor units"
+        ))),
+    }
+}
+
 /// Webhook secrets per program and platform: the current one first, then the previous one
 /// while a rotation is under way. None configured is an empty list; a source that cannot answer
 /// now (throttled, denied, unreachable) is a transient error, so that the platform retries.

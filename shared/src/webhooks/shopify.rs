@@ -49,9 +49,10 @@ fn time(value: &Value, fields: &[&str]) -> Option<DateTime<Utc>> {
 }
 
 fn minor(currency: Currency, text: &str, what: &str) -> Result<i64, WebhookError> {
-    currency
+    let minor = currency
         .parse_amount(text)
-        .map_err(|e| invalid(format!("{what}: {e}")))
+        .map_err(|e| invalid(format!("{what}: {e}")))?;
+    super::bounded(minor, what)
 }
 
 /// Turns a verified delivery into events. `triggered_at` is the header of the same name.

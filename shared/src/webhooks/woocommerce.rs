@@ -50,9 +50,10 @@ fn gmt(order: &Value, fields: &[&str]) -> Option<DateTime<Utc>> {
 
 fn money(currency: Currency, value: &Value, field: &str, what: &str) -> Result<i64, WebhookError> {
     let text = text(value, field).unwrap_or("0");
-    currency
+    let minor = currency
         .parse_amount(text)
-        .map_err(|e| invalid(format!("{what}.{field}: {e}")))
+        .map_err(|e| invalid(format!("{what}.{field}: {e}")))?;
+    super::bounded(minor, &format!("{what}.{field}"))
 }
 
 pub fn normalise(topic: &str, body: &[u8], now: DateTime<Utc>) -> Result<Normalised, WebhookError> {

@@ -325,7 +325,10 @@ mod tests {
         assert_eq!(m.member.as_deref(), Some("m-1"));
         assert_eq!(m.balance.tier.as_deref(), Some("GOLD"));
         assert!(read.rows[0].read.is_ok());
-        assert_eq!(m.balance.expires_on, chrono::NaiveDate::from_ymd_opt(2027, 6, 30));
+        assert_eq!(
+            m.balance.expires_on,
+            chrono::NaiveDate::from_ymd_opt(2027, 6, 30)
+        );
         // AND a Smile file without a points column is refused whole
         let e = read_balances(BalanceFormat::Smile, b"email,balance\na@b.co,1\n").unwrap_err();
         assert!(e.0.contains("points"));

@@ -1085,3 +1085,60 @@ fn support_links_a_shopify_customer_and_an_app_login_to_a_member_who_then_earns_
         String::from_utf8_lossy(&taken.stderr)
     );
 }
+
+#[test]
+fn a_suspended_member_is_resumed_before_it_is_merged_so_its_waiting_events_are_not_stranded() {
+    // GIVEN m-sus, suspended with a purchase waiting, and m-keep
+    let shop = Shop::start("merge-suspended");
+    let call =
+        |path: &str, body: Value| shop.call("POST", &format!("{P}/members/{path}"), Some(body));
+    assert_eq!(
+        call("m-keep/adjustments", json!({"points": 100, "reason": "x"})).0,
+        201
+    );
+    assert_eq!(
+        call("m-sus/adjustments", json!({"points": 100, "reason": "x"})).0,
+        201
+    );
+    assert_eq!(call("m-sus/suspend", json!({"reason": "check"})).0, 200);
+    shop.send(pos_purchase("sus-merge-1", "m-sus", "sm-1"));
+    shop.settled();
+    // WHEN it is merged into m-keep
+    let (status, refused) = call(
+        "m-keep/merge",
+        json!({"from": "m-sus", "reason": "same person"}),
+    );
+    // THEN the merge is refused, saying to resume first, and nothing moved
+    assert_eq!(
+        (status, refused["type"].as_str()),
+        (409, Some("/problems/merge-refused")),
+        "{refused}"
+    );
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("resume"),
+        "{refused}"
+    );
+    assert_eq!(shop.member("m-keep")["balance"].as_i64(), Some(100));
+    // WHEN it is resumed, then merged
+    let (status, resumed) = call("m-sus/resume", json!({"reason": "cleared"}));
+    assert_eq!(
+        (status, resumed["applied"].as_i64()),
+        (200, Some(1)),
+        "{resumed}"
+    );
+    shop.eventually("m-sus", |v| v["pending"] == 590);
+    let (status, merged) = call(
+        "m-keep/merge",
+        json!({"from": "m-sus", "reason": "same person"}),
+    );
+    // THEN the survivor holds the purchase that waited
+    assert_eq!(status, 200, "{merged}");
+    let keep = shop.member("m-keep");
+    assert_eq!(
+        (keep["balance"].as_i64(), keep["pending"].as_i64()),
+        (Some(200), Some(590))
+    );
+}

@@ -199,6 +199,17 @@ impl Services {
                     });
                 }
             }
+            // A suspended member's events wait under its own id: merged, nothing would ever
+            // release them (a resume of a merged member is refused, the survivor's releases
+            // its own).
+            if other.suspended.is_some() {
+                return Err(ServiceError::Conflict {
+                    problem: "merge-refused",
+                    detail: format!(
+                        "{from} is suspended and its events wait for a resume; resume it (applying or cancelling them) before the merge"
+                    ),
+                });
+            }
             if !target.holds.is_empty() {
                 return Err(ServiceError::Conflict {
                     problem: "merge-refused",

@@ -177,6 +177,9 @@ impl Services {
         if envelope.kind == super::merge::MEMBER_MERGE {
             return self.finish_merge(&program, &envelope).await;
         }
+        if envelope.kind == super::suspension::MEMBER_RESUMED {
+            return self.resumed(&program, &envelope, body).await;
+        }
         let event = match parse_earn_event(&envelope, &program) {
             Ok(event) => event,
             Err(e) => return self.reject(&envelope, body, &e.to_string()).await,
@@ -412,6 +415,29 @@ impl Services {
             Err(ServiceError::Conflict { detail, .. } | ServiceError::NotFound { detail, .. }) => {
                 Ok(Processed::NoEffect(detail))
             }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Finishes a resume: the events that waited are applied or cancelled, as decided.
+    async fn resumed(
+        &self,
+        program: &Program,
+        envelope: &Envelope,
+        body: &str,
+    ) -> Result<Processed, Retry> {
+        let resumed: super::suspension::Resumed =
+            match serde_json::from_value(envelope.data.clone()) {
+                Ok(resumed) => resumed,
+                Err(e) => return self.reject(envelope, body, &e.to_string()).await,
+            };
+        match self
+            .finish_resume(&program.id, &envelope.member, &resumed)
+            .await
+        {
+            Ok(0) => Ok(Processed::NoEffect("nothing waited".into())),
+            Ok(_) => Ok(Processed::Applied { entries: 0 }),
+            Err(ServiceError::NotFound { detail, .. }) => Ok(Processed::NoEffect(detail)),
             Err(e) => Err(e.into()),
         }
     }

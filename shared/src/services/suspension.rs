@@ -21,8 +21,22 @@ struct SuspendRequest {
     reason: String,
 }
 
+/// The message written with a resume's lift, on the earn queue: its consumer applies or
+/// cancels the events that waited, so that a resume interrupted after the lift still
+/// finishes (the lift alone would leave them parked, with nothing to send them).
+pub const MEMBER_RESUMED: &str = "member.resumed";
+
+/// What a resume decided, carried by its [`MEMBER_RESUMED`] message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resumed {
+    pub events: Waiting,
+    pub reason: String,
+    pub by: String,
+}
+
 /// What becomes of the events that waited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Waiting {
     #[default]
@@ -98,36 +112,40 @@ impl Services {
             by: by.to_string(),
             at: self.clock.now(),
         };
-        let suspended = self
-            .set_suspension(&program, member, Some(suspension))
+        let (suspended, _) = self
+            .set_suspension(&program, member, Some(suspension), None)
             .await?;
         tracing::info!(program = %program.id, member = %crate::telemetry::member_ref(member), "member suspended");
         Ok(report(member, suspended, 0, 0))
     }
 
     /// Suspends (`Some`) or resumes (`None`) a member, conditionally on the account's version;
-    /// a member already in that state is left as it is. Returns the suspension now in force.
+    /// a member already in that state is left as it is. Returns the suspension now in force,
+    /// and whether this call changed it. A lift writes `resumed`'s message in its commit.
     async fn set_suspension(
         &self,
         program: &Program,
         member: &str,
         wanted: Option<Suspension>,
-    ) -> Result<Option<Suspension>, ServiceError> {
+        resumed: Option<&Resumed>,
+    ) -> Result<(Option<Suspension>, bool), ServiceError> {
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
             let account = self.suspendable(&program.id, member).await?;
             if account.suspended.is_some() == wanted.is_some() {
-                return Ok(account.suspended);
+                return Ok((account.suspended, false));
             }
             let mut after = account.clone();
             after.suspended = wanted.clone();
             let change = crate::domain::Change::unchanged(after);
-            match self
-                .commit(Commit::new(program, member, Some(&account), change, now))
-                .await
-            {
-                Ok(()) => return Ok(wanted),
+            let mut commit = Commit::new(program, member, Some(&account), change, now);
+            if let (Some(resumed), Some(lifted)) = (resumed, &account.suspended) {
+                let message = resumed_message(program, member, lifted, resumed)?;
+                commit = commit.and_send(vec![message]);
+            }
+            match self.commit(commit).await {
+                Ok(()) => return Ok((wanted, true)),
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Err(_) => {}
             }
@@ -135,8 +153,9 @@ impl Services {
         }
     }
 
-    /// Lifts a suspension, then applies or cancels the events that waited. Resuming a member
-    /// who is not suspended still deals with any event left waiting (an interrupted resume).
+    /// Lifts a suspension with the message that applies or cancels the events that waited
+    /// (their count is answered). Resuming a member who is not suspended deals at once with
+    /// any event left waiting (one parked as the lift committed).
     pub async fn resume(
         &self,
         program: &str,
@@ -146,12 +165,53 @@ impl Services {
         by: &str,
     ) -> Result<SuspensionReport, ServiceError> {
         let program = self.program(program).await?;
-        self.set_suspension(&program, member, None).await?;
-        tracing::info!(program = %program.id, member = %crate::telemetry::member_ref(member), "member resumed");
-        let (applied, cancelled) = self
-            .release_waiting(&program.id, member, reason, events, by)
+        let waiting = self
+            .store
+            .parked(&program.id, &parking_key(member))
+            .await?
+            .len();
+        let resumed = Resumed {
+            events,
+            reason: reason.to_string(),
+            by: by.to_string(),
+        };
+        let (_, lifted) = self
+            .set_suspension(&program, member, None, Some(&resumed))
             .await?;
+        tracing::info!(program = %program.id, member = %crate::telemetry::member_ref(member), "member resumed");
+        let (applied, cancelled) = match (lifted, events) {
+            (true, Waiting::Apply) => (waiting, 0),
+            (true, Waiting::Cancel) => (0, waiting),
+            (false, _) => {
+                self.release_waiting(&program.id, member, reason, events, by)
+                    .await?
+            }
+        };
         Ok(report(member, None, applied, cancelled))
+    }
+
+    /// The consumer of a [`MEMBER_RESUMED`] message: releases what still waits, unless the
+    /// member was suspended again since (the next resume decides for those).
+    pub(crate) async fn finish_resume(
+        &self,
+        program: &str,
+        member: &str,
+        resumed: &Resumed,
+    ) -> Result<usize, ServiceError> {
+        let account = self.existing_account(program, member).await?;
+        if account.suspended.is_some() {
+            return Ok(0);
+        }
+        let (applied, cancelled) = self
+            .release_waiting(
+                program,
+                member,
+                &resumed.reason,
+                resumed.events,
+                &resumed.by,
+            )
+            .await?;
+        Ok(applied + cancelled)
     }
 
     async fn release_waiting(
@@ -225,6 +285,31 @@ impl Services {
             .account;
         Ok(account.is_some_and(|a| a.suspended.is_some()))
     }
+}
+
+/// The lift's message, named after the suspension it ends: a repeat of the commit sends the
+/// same id, a later suspension's resume another.
+fn resumed_message(
+    program: &Program,
+    member: &str,
+    lifted: &Suspension,
+    resumed: &Resumed,
+) -> Result<OutboxMessage, ServiceError> {
+    let at = lifted.at.timestamp_millis().to_string();
+    let envelope = Envelope {
+        replay: None,
+        resumed: None,
+        reviewed_by: None,
+        trace: crate::telemetry::trace::current(),
+        kind: MEMBER_RESUMED.into(),
+        version: crate::envelope::ENVELOPE_VERSION,
+        id: crate::ids::derived_event_id("resume", &[member, &at]),
+        program: program.id.clone(),
+        member: member.to_string(),
+        occurred_at: lifted.at,
+        data: serde_json::to_value(resumed).map_err(|e| ServiceError::Internal(e.to_string()))?,
+    };
+    Ok(OutboxMessage::new(QueueName::Earn, envelope))
 }
 
 fn report(

@@ -87,6 +87,23 @@ pub fn check_member(records: &MemberRecords, now: DateTime<Utc>) -> (Vec<Violati
         );
         return (found, totals);
     };
+    // An erasure marks the account first and deletes it last; a mark an hour old is a run that
+    // stopped (its member's events wait for it), which only running it again finishes. The
+    // account kept under the pseudonym carries the mark too, and is done.
+    if let Some(erasure) = account
+        .erased
+        .as_ref()
+        .filter(|e| e.pseudonym != records.member && e.at + Duration::hours(1) < now)
+    {
+        violation(
+            "erasure",
+            format!(
+                "marked for erasure by {} at {} and not finished (its events wait): run the erasure again",
+                erasure.by, erasure.at
+            ),
+            None,
+        );
+    }
     // A member merged into another is no longer one (its books say so too).
     totals.members = u64::from(account.is_member());
     totals.balance = account.balance;

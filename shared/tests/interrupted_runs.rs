@@ -373,6 +373,25 @@ async fn an_erasure_cut_at_any_write_is_finished_by_running_it_again() {
             "stopped at write {at}, it reported {first:?}"
         );
         cuts += 1;
+        // AND an audit two hours later names the erasure left unfinished, once it was marked
+        if at == 1 {
+            s.clock.set(now() + chrono::Duration::hours(2));
+            let quiet: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(|_| {});
+            let audit = s.services.audit(Some("kr-shop"), quiet).await.unwrap();
+            s.clock.set(now());
+            let unfinished: Vec<_> = audit
+                .violations
+                .iter()
+                .filter(|v| v.rule == "erasure")
+                .map(|v| v.member.clone())
+                .collect();
+            assert_eq!(
+                unfinished,
+                vec![Some(member.clone())],
+                "{:?}",
+                audit.violations
+            );
+        }
 
         // AND it is run again
         let second = s

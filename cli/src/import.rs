@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use loyalty_core::domain::import::ImportMode;
 use loyalty_core::imports::{read_balances, read_shopify_orders, BalanceFile, BalanceFormat};
 use loyalty_core::services::import::{ImportSummary, RowOrigin, RowOutcome};
+use loyalty_core::services::ServiceError;
 use serde_json::json;
 
 use crate::report::program_of;
@@ -131,10 +132,20 @@ async fn orders(args: OrderArgs) -> Result<ExitCode, String> {
         match &order.read {
             Err(reason) => refused.push((order.line, order.name.clone(), reason.clone())),
             Ok(event) => {
-                let found = services
+                // An order the store could not take is refused with the others, to be
+                // imported again; the rest of the file still goes.
+                let found = match services
                     .reconcile_events(&program, vec![event.clone()], args.dry_run)
                     .await
-                    .map_err(|e| format!("order {}: {e}", order.name))?;
+                {
+                    Ok(found) => found,
+                    Err(e) => {
+                        let reason = format!("not imported, import the order again: {e}");
+                        refused.push((order.line, order.name.clone(), reason));
+                        bar.inc(1);
+                        continue;
+                    }
+                };
                 for r in found {
                     match r.reason {
                         Some(reason) => refused.push((order.line, order.name.clone(), reason)),
@@ -241,18 +252,27 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
                     dry_run: args.dry_run,
                 };
                 let outcome = match (&row.read, twice.get(&row.line)) {
-                    (Err(reason), _) => Ok(RowOutcome::Refused {
+                    (Err(reason), _) => RowOutcome::Refused {
                         reason: reason.clone(),
-                    }),
-                    (Ok(_), Some(first)) => Ok(RowOutcome::Refused {
+                    },
+                    (Ok(_), Some(first)) => RowOutcome::Refused {
                         reason: format!(
                             "the same member as row {first}: with --mode set a balance is stated once"
                         ),
-                    }),
+                    },
+                    // A row the store could not take (busy, unreadable) is refused with the
+                    // others, to be imported again: the rest of the file is applied and counted.
                     (Ok(data), None) => services
                         .import_balance(program, "import", &origin, data)
                         .await
-                        .map_err(|e| format!("row {}: {e}", row.line)),
+                        .unwrap_or_else(|e| RowOutcome::Refused {
+                            reason: match e {
+                                ServiceError::Invalid { .. } | ServiceError::Conflict { .. } => {
+                                    e.to_string()
+                                }
+                                e => format!("not applied, import the row again: {e}"),
+                            },
+                        }),
                 };
                 bar.inc(1);
                 outcome
@@ -260,9 +280,7 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
         })
         .buffered(IN_FLIGHT)
         .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+        .await;
     bar.finish_and_clear();
     let mut summary = ImportSummary::default();
     for outcome in &outcomes {

@@ -545,3 +545,58 @@ fn shopify_s_order_export_credits_paid_orders_once_and_the_late_webhook_changes_
         (Some("email:minji@example.com"), Some(1_000))
     );
 }
+
+#[test]
+fn a_row_the_store_cannot_take_is_refused_and_the_rest_of_the_file_is_applied_and_counted() {
+    // GIVEN a running shop in which m-poison's account cannot be read (a bad manual edit), and
+    // a file of three rows, m-poison's in the middle
+    let shop = Shop::start("import-poison");
+    let conn = rusqlite::Connection::open(&shop.db).expect("db");
+    conn.execute(
+        "INSERT INTO accounts (program, member, version, body) VALUES ('kr-shop', 'm-poison', 1, '{not an account')",
+        [],
+    )
+    .expect("poison");
+    let file = shop.dir.join("three.csv");
+    std::fs::write(
+        &file,
+        "member,points\nm-ok-1,100\nm-poison,200\nm-ok-2,300\n",
+    )
+    .expect("file");
+    // WHEN it is imported
+    let out = shop.loyalty(&[
+        "import",
+        "balances",
+        file.to_str().expect("utf-8 path"),
+        "--program",
+        "kr-shop",
+        "--format",
+        "csv",
+        "--json",
+    ]);
+    // THEN the two other rows are applied, m-poison's is refused to be imported again, and the
+    // run says so (exit 1, the summary, the errors file)
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = ok(&out);
+    assert_eq!(
+        (summary["applied"].as_i64(), summary["refused"].as_i64()),
+        (Some(2), Some(1)),
+        "{summary}"
+    );
+    for (member, points) in [("m-ok-1", 100), ("m-ok-2", 300)] {
+        assert_eq!(shop.member(member)["balance"].as_i64(), Some(points));
+    }
+    let errors = std::fs::read_to_string(summary["errors_file"].as_str().expect("errors file"))
+        .expect("errors file");
+    assert!(
+        errors
+            .lines()
+            .any(|l| l.starts_with("3,") && l.contains("import the row again")),
+        "{errors}"
+    );
+}

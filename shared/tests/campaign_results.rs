@@ -37,7 +37,10 @@ async fn stack(now: DateTime<Utc>) -> Stack {
 }
 
 async fn stack_with(now: DateTime<Utc>, program: &str) -> Stack {
-    let store = SqliteStore::memory().unwrap();
+    stack_on(SqliteStore::memory().unwrap(), now, program).await
+}
+
+async fn stack_on(store: SqliteStore, now: DateTime<Utc>, program: &str) -> Stack {
     let queue = Arc::new(Recorder::default());
     let clock = FixedClock::at(now);
     let services = Services::new(Arc::new(store.clone()), queue.clone(), clock.clone());
@@ -658,4 +661,66 @@ async fn revenue_goals_count_revenue_net_of_refunds_and_redemption_goals_count_r
     let treat = s.store_counts("treat").await;
     let all = treat.iter().find(|c| c.variant == "all").unwrap();
     assert_eq!((all.assigned, all.converters, all.purchases), (3, 1, 2));
+}
+
+#[tokio::test]
+async fn a_member_the_tick_cannot_read_is_reported_and_the_others_are_still_assigned() {
+    // GIVEN three members whose birthday is today, the birthday campaign, and m-poison's
+    // account that cannot be read right now (a bad manual edit)
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let db = std::env::temp_dir().join(format!("tick-{}.db", uuid::Uuid::new_v4().simple()));
+    let s = stack_on(SqliteStore::open(&db).unwrap(), now, KR_SHOP).await;
+    let members: Vec<(String, Option<&str>)> = ["m-a", "m-poison", "m-b"]
+        .iter()
+        .map(|m| (m.to_string(), Some("11-22")))
+        .collect();
+    s.seed(
+        &members,
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+    )
+    .await;
+    s.put_campaign("birthday-gift", &birthday_campaign()).await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let body: String = conn
+        .query_row(
+            "SELECT body FROM accounts WHERE member = 'm-poison'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let set = |body: &str| {
+        conn.execute(
+            "UPDATE accounts SET body = ?1 WHERE member = 'm-poison'",
+            [body],
+        )
+        .unwrap()
+    };
+    set("{not an account");
+    // WHEN the tick runs
+    let first = s
+        .services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    // THEN m-poison is named as failed, and the others were assigned regardless
+    assert_eq!(first.error, None, "{first:?}");
+    assert_eq!((first.failed, first.changed), (1, 2), "{first:?}");
+    assert_eq!(first.failures[0].member, "m-poison");
+    // WHEN the account is mended and the tick runs again
+    set(&body);
+    let again = s
+        .services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    // THEN m-poison is assigned now, and nobody twice
+    assert_eq!((again.failed, again.changed), (0, 1), "{again:?}");
+    s.drain().await;
+    let counts: i64 = s
+        .store_counts("birthday-gift")
+        .await
+        .into_iter()
+        .map(|c| c.assigned)
+        .sum();
+    assert_eq!(counts, 3);
 }

@@ -106,7 +106,9 @@ impl Services {
                     .await?;
             }
         }
-        if last.is_none_or(|last| last < date) {
+        // A member that failed is retried by the next tick, which goes over these days again
+        // (what was sent or assigned is not repeated: ids and assignments are fixed).
+        if report.failed == 0 && last.is_none_or(|last| last < date) {
             self.store
                 .save_job_progress(&program.id, CAMPAIGN_TICK, Some(&date.to_string()))
                 .await?;
@@ -146,37 +148,57 @@ impl Services {
         for member in members {
             report.members += 1;
             progress(report.members);
-            if job == DueJob::Anniversary {
-                let state = self.store.load_member(&program.id, &member, &[]).await?;
-                let a_year_in = state
-                    .account
-                    .is_some_and(|a| a.anniversary_date().year() < day.year());
-                if !a_year_in {
-                    continue;
-                }
-            }
-            let message = Envelope {
-                replay: None,
-                resumed: None,
-                reviewed_by: None,
-                trace: crate::telemetry::trace::current(),
-                kind: "engagement.recorded".into(),
-                version: ENVELOPE_VERSION,
-                id: crate::ids::derived_event_id(action, &[&member, &day.year().to_string()]),
-                program: program.id.clone(),
-                member: member.clone(),
-                occurred_at: at.min(self.clock.now()),
-                data: json!({
-                    "action": action, "ref": format!("{action}-{}", day.year()),
-                    "platform": CAMPAIGN_TICK,
-                }),
-            };
-            self.send_to(QueueName::Earn, &message)
+            match self
+                .pay_yearly(program, job, action, day, &member, at)
                 .await
-                .map_err(ServiceError::from)?;
-            report.sent += 1;
+            {
+                Ok(true) => report.sent += 1,
+                Ok(false) => {}
+                Err(e) => report.record_failure(&member, &e),
+            }
         }
         Ok(())
+    }
+
+    /// One member's yearly event; `false` when an anniversary is not a year in yet.
+    async fn pay_yearly(
+        &self,
+        program: &Program,
+        job: DueJob,
+        action: &str,
+        day: NaiveDate,
+        member: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, ServiceError> {
+        if job == DueJob::Anniversary {
+            let state = self.store.load_member(&program.id, member, &[]).await?;
+            let a_year_in = state
+                .account
+                .is_some_and(|a| a.anniversary_date().year() < day.year());
+            if !a_year_in {
+                return Ok(false);
+            }
+        }
+        let message = Envelope {
+            replay: None,
+            resumed: None,
+            reviewed_by: None,
+            trace: crate::telemetry::trace::current(),
+            kind: "engagement.recorded".into(),
+            version: ENVELOPE_VERSION,
+            id: crate::ids::derived_event_id(action, &[member, &day.year().to_string()]),
+            program: program.id.clone(),
+            member: member.to_string(),
+            occurred_at: at.min(self.clock.now()),
+            data: json!({
+                "action": action, "ref": format!("{action}-{}", day.year()),
+                "platform": CAMPAIGN_TICK,
+            }),
+        };
+        self.send_to(QueueName::Earn, &message)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(true)
     }
 
     /// Assigns a birthday campaign to the members whose birthday is `day`.
@@ -194,11 +216,10 @@ impl Services {
         for member in self.yearly_members(program, DueJob::Birthday, day).await? {
             report.members += 1;
             progress(report.members);
-            if self
-                .assign_member(program, id, campaign, &member, at)
-                .await?
-            {
-                report.changed += 1;
+            match self.assign_member(program, id, campaign, &member, at).await {
+                Ok(true) => report.changed += 1,
+                Ok(false) => {}
+                Err(e) => report.record_failure(&member, &e),
             }
         }
         Ok(())
@@ -226,14 +247,15 @@ impl Services {
                 .store
                 .members_page(&program.id, cursor.as_deref(), PAGE)
                 .await?;
+            // A member that fails is left to the assignment its first visit or purchase makes
+            // (the pass goes on; it is not repeated).
             for member in &page.members {
                 report.members += 1;
                 progress(report.members);
-                if self
-                    .assign_member(program, id, campaign, member, at)
-                    .await?
-                {
-                    report.changed += 1;
+                match self.assign_member(program, id, campaign, member, at).await {
+                    Ok(true) => report.changed += 1,
+                    Ok(false) => {}
+                    Err(e) => report.record_failure(member, &e),
                 }
             }
             let next = page.next_cursor.as_deref().unwrap_or(PASS_DONE);

@@ -213,7 +213,7 @@ impl JobReport {
         self.notices += outcome.notices;
     }
 
-    fn record_failure(&mut self, member: &str, error: &ServiceError) {
+    pub(super) fn record_failure(&mut self, member: &str, error: &ServiceError) {
         tracing::error!(job = self.job, program = self.program, member = %crate::telemetry::member_ref(member), error = %error, "member failed; the next run retries it");
         self.failed += 1;
         if self.failures.len() < FAILURES_NAMED {

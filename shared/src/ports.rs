@@ -1156,6 +1156,12 @@ pub struct ParkedEvent {
 pub enum Walked {
     Member(Box<MemberRecords>),
     Parked(ParkedEvent),
+    /// A member whose records cannot be read: named, so that the walk goes on.
+    Unreadable {
+        program: String,
+        member: String,
+        detail: String,
+    },
 }
 
 /// Everything about a member apart from the account and the ledger (a member export).

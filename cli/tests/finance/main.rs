@@ -362,7 +362,8 @@ fn the_audit_the_reports_and_the_export_agree_with_the_api_and_catch_a_corrupted
     assert_eq!(done["report"]["entries"], entries);
     assert_eq!(done["report"]["violations_total"], 0);
 
-    // WHEN m-3's balance is raised by 7 in the file, behind the ledger's back
+    // WHEN m-3's balance is raised by 7 in the file, behind the ledger's back, and m-2's
+    // account is made unreadable
     drop(shop.server);
     let conn = rusqlite::Connection::open(&shop.db).expect("open");
     conn.execute(
@@ -370,10 +371,16 @@ fn the_audit_the_reports_and_the_export_agree_with_the_api_and_catch_a_corrupted
         [],
     )
     .expect("update");
+    conn.execute(
+        "UPDATE accounts SET body = '{not an account' WHERE member = 'm-2'",
+        [],
+    )
+    .expect("update");
     drop(conn);
     let audit = loyalty(&["audit", "--db", &db]);
 
-    // THEN the audit exits 1, names m-3 and the difference, and says so on its last line
+    // THEN the audit exits 1, names m-3 and the difference, names m-2 as unreadable without
+    // stopping, and says so on its last line
     let text = stdout(&audit);
     assert_eq!(audit.status.code(), Some(1), "{text}");
     assert!(
@@ -382,11 +389,13 @@ fn the_audit_the_reports_and_the_export_agree_with_the_api_and_catch_a_corrupted
                 && l.ends_with("(difference +7)")),
         "{text}"
     );
-    let last = text.lines().last().expect("a last line");
     assert!(
-        last.starts_with(&format!("audit: members=5 entries={entries} violations=")),
-        "{last}"
+        text.lines()
+            .any(|l| l.starts_with("violation: kr-shop/m-2: unreadable:")),
+        "{text}"
     );
+    let last = text.lines().last().expect("a last line");
+    assert!(last.starts_with("audit: members=4 "), "{last}");
     assert!(!last.ends_with("violations=0"));
     let _ = std::fs::remove_file(&shop.db);
 }

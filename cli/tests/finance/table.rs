@@ -123,6 +123,24 @@ async fn the_audit_reads_a_table_in_parallel_segments_and_names_a_corrupted_acco
         .send()
         .await
         .expect("put");
+    // AND d-2's account item is made unreadable
+    let mut unreadable = client()
+        .get_item()
+        .table_name(&table)
+        .set_key(Some(key("P#kr-shop#M#d-2", "ACCOUNT")))
+        .send()
+        .await
+        .expect("get")
+        .item
+        .expect("the account");
+    unreadable.insert("body".into(), AttributeValue::S("{not an account".into()));
+    client()
+        .put_item()
+        .table_name(&table)
+        .set_item(Some(unreadable))
+        .send()
+        .await
+        .expect("put");
     let audit = loyalty(&["audit", "--table", &table, "--json"]);
 
     // THEN it exits 1 and its JSON report names d-3 and the difference
@@ -137,7 +155,16 @@ async fn the_audit_reads_a_table_in_parallel_segments_and_names_a_corrupted_acco
     assert_eq!(balance.len(), 1, "{report}");
     assert_eq!(balance[0]["member"], "d-3");
     assert_eq!(balance[0]["difference"], -40);
+    // AND d-2 is named unreadable, the walk having gone on past it
+    let unreadable: Vec<&Value> = report["violations"]
+        .as_array()
+        .expect("violations")
+        .iter()
+        .filter(|v| v["rule"] == "unreadable")
+        .collect();
+    assert_eq!(unreadable.len(), 1, "{report}");
+    assert_eq!(unreadable[0]["member"], "d-2");
     assert!(String::from_utf8_lossy(&audit.stderr)
         .lines()
-        .any(|l| l.starts_with("audit: members=3 entries=7 violations=")));
+        .any(|l| l.starts_with("audit: members=2 ")));
 }

@@ -97,6 +97,18 @@ impl Services {
                         Walked::Parked(event) => {
                             s.report.violations.extend(check_parked(&event, now));
                         }
+                        // Not in the sums: the program's books show the difference too.
+                        Walked::Unreadable {
+                            program,
+                            member,
+                            detail,
+                        } => s.report.violations.push(Violation {
+                            program,
+                            member: Some(member),
+                            rule: "unreadable",
+                            detail,
+                            difference: None,
+                        }),
                     }
                 };
                 store.walk(part, program.as_deref(), &visit).await
@@ -135,9 +147,19 @@ impl Services {
             }
         }
         for (program, member) in suspects {
-            let (found, totals) = self.recheck(&program, &member, now).await?;
-            add_totals(&mut report, &program, &totals);
-            report.violations.extend(found);
+            match self.recheck(&program, &member, now).await {
+                Ok((found, totals)) => {
+                    add_totals(&mut report, &program, &totals);
+                    report.violations.extend(found);
+                }
+                Err(e) => report.violations.push(Violation {
+                    program,
+                    member: Some(member),
+                    rule: "unreadable",
+                    detail: e.to_string(),
+                    difference: None,
+                }),
+            }
         }
         self.reconcile(&mut report, now).await?;
         report.read_units = self.store.read_units();

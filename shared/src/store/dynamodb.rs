@@ -2958,6 +2958,27 @@ fn has_records(records: &MemberRecords) -> bool {
     records.account.is_some() || !records.entries.is_empty() || !records.orders.is_empty()
 }
 
+/// Hands the member walked so far to `visit`: its records, or, when one of its items could
+/// not be read, its name and why.
+fn flush(
+    current: &mut Option<MemberRecords>,
+    broken: &mut Option<String>,
+    visit: &(dyn Fn(Walked) + Send + Sync),
+) {
+    let (Some(done), broken) = (current.take(), broken.take()) else {
+        return;
+    };
+    match broken {
+        Some(detail) => visit(Walked::Unreadable {
+            program: done.program,
+            member: done.member,
+            detail,
+        }),
+        None if has_records(&done) => visit(Walked::Member(Box::new(done))),
+        None => {}
+    }
+}
+
 /// Adds one item of a member's partition to what is known of the member.
 fn gather(records: &mut MemberRecords, item: &Item) -> Result<(), StoreError> {
     let sk = text(item, "SK").unwrap_or_default();
@@ -2987,6 +3008,7 @@ impl RecordsStore for DynamoStore {
     ) -> Result<(), StoreError> {
         let mut start = None;
         let mut current: Option<MemberRecords> = None;
+        let mut broken: Option<String> = None;
         loop {
             let mut scan = self
                 .client
@@ -3013,17 +3035,19 @@ impl RecordsStore for DynamoStore {
                             .as_ref()
                             .is_some_and(|c| c.program == program && c.member == member);
                         if !same {
-                            if let Some(done) = current.take().filter(has_records) {
-                                visit(Walked::Member(Box::new(done)));
-                            }
+                            flush(&mut current, &mut broken, visit);
                             current = Some(MemberRecords {
                                 program,
                                 member,
                                 ..MemberRecords::default()
                             });
                         }
+                        // An item that cannot be read makes its member unreadable (named, its
+                        // partial records not checked); the walk goes on.
                         if let Some(records) = current.as_mut() {
-                            gather(records, item)?;
+                            if let Err(e) = gather(records, item) {
+                                broken.get_or_insert(e.to_string());
+                            }
                         }
                     }
                     Place::Parked(event) => visit(Walked::Parked(event)),
@@ -3035,9 +3059,7 @@ impl RecordsStore for DynamoStore {
                 break;
             }
         }
-        if let Some(done) = current.take().filter(has_records) {
-            visit(Walked::Member(Box::new(done)));
-        }
+        flush(&mut current, &mut broken, visit);
         Ok(())
     }
 

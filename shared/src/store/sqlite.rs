@@ -1953,7 +1953,7 @@ impl RecordsStore for SqliteStore {
         loop {
             let from = after.clone();
             let only_program = only.clone();
-            let page: Vec<MemberRecords> = self
+            let page: Vec<(String, String, Result<MemberRecords, StoreError>)> = self
                 .read(move |conn| {
                     // One snapshot per page (a read transaction): a member's account and
                     // ledger agree even while `loyalty serve` writes.
@@ -1978,18 +1978,29 @@ impl RecordsStore for SqliteStore {
                         accounts.push(row.map_err(|e| sql_error("cannot read the accounts", e))?);
                     }
                     drop(statement);
-                    accounts
-                        .iter()
-                        .map(|(p, m, body)| member_records(conn, p, m, body))
-                        .collect()
+                    // One member that cannot be read is named, and the walk goes on.
+                    Ok(accounts
+                        .into_iter()
+                        .map(|(p, m, body)| {
+                            let records = member_records(conn, &p, &m, &body);
+                            (p, m, records)
+                        })
+                        .collect())
                 })
                 .await?;
-            let Some(last) = page.last() else {
+            let Some((program, member, _)) = page.last() else {
                 break;
             };
-            after = (last.program.clone(), last.member.clone());
-            for records in page {
-                visit(Walked::Member(Box::new(records)));
+            after = (program.clone(), member.clone());
+            for (program, member, records) in page {
+                visit(match records {
+                    Ok(records) => Walked::Member(Box::new(records)),
+                    Err(e) => Walked::Unreadable {
+                        program,
+                        member,
+                        detail: e.to_string(),
+                    },
+                });
             }
         }
         let only_program = only.clone();

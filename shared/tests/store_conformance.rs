@@ -1874,6 +1874,7 @@ async fn the_books_the_walk_and_member_files_agree_with_what_was_committed(store
         .filter_map(|w| match w {
             Walked::Member(m) => Some(m.as_ref().clone()),
             Walked::Parked(_) => None,
+            Walked::Unreadable { member, .. } => panic!("{member} unreadable"),
         })
         .collect();
     members.sort_by(|a, b| a.member.cmp(&b.member));

@@ -51,8 +51,8 @@ pub struct ReconcileArgs {
     json: bool,
 }
 
-/// Exit status: 0 when everything is applied or sent, 1 when some events were refused, 2 when
-/// the platform or the store could not be read.
+/// Exit status: 0 when everything is applied or sent, 1 when some events were refused or could
+/// not be looked at (failed: run it again), 2 when the platform or the store could not be read.
 pub fn run(args: ReconcileArgs) -> Result<ExitCode, String> {
     runtime()?.block_on(reconcile(args))
 }
@@ -97,7 +97,7 @@ async fn reconcile(args: ReconcileArgs) -> Result<ExitCode, String> {
     bar.finish_and_clear();
     let report = report?;
     print(&args, &report)?;
-    Ok(if report.count("refused") > 0 {
+    Ok(if report.count("refused") + report.count("failed") > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -129,6 +129,7 @@ fn print(args: &ReconcileArgs, report: &ReconcileReport) -> Result<(), String> {
             "missing": results.len() - count("present"),
             "sent": count("sent"),
             "refused": count("refused"),
+            "failed": count("failed"),
             "not_present": not_present,
         });
         println!(
@@ -152,12 +153,13 @@ fn print(args: &ReconcileArgs, report: &ReconcileReport) -> Result<(), String> {
         );
     }
     println!(
-        "reconcile: orders={orders} events={} present={} missing={} sent={} refused={}",
+        "reconcile: orders={orders} events={} present={} missing={} sent={} refused={} failed={}",
         results.len(),
         count("present"),
         results.len() - count("present"),
         count("sent"),
-        count("refused")
+        count("refused"),
+        count("failed")
     );
     Ok(())
 }

@@ -213,6 +213,22 @@ impl Shop {
     }
 
     fn reconcile_on(&self, program: &str, platform: &str, api: &FakeApi, extra: &[&str]) -> Value {
+        let (out, answer) = self.reconcile_status(program, platform, api, extra);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        answer
+    }
+
+    fn reconcile_status(
+        &self,
+        program: &str,
+        platform: &str,
+        api: &FakeApi,
+        extra: &[&str],
+    ) -> (Output, Value) {
         let since = (Utc::now() - chrono::Duration::days(3))
             .date_naive()
             .to_string();
@@ -237,12 +253,9 @@ impl Shop {
             .env("LOYALTY_LOG", "warn")
             .output()
             .expect("loyalty reconcile runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON")
+        let answer = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        (out, answer)
     }
 
     fn pending(&self, customer: u32) -> i64 {
@@ -370,6 +383,48 @@ fn woocommerce_reconcile_credits_exactly_what_the_webhooks_missed_and_nothing_tw
         "{}",
         requests[0].0
     );
+}
+
+#[test]
+fn an_order_that_cannot_be_looked_at_is_reported_failed_and_the_others_are_sent() {
+    // GIVEN customer 71, whose account cannot be read right now (a bad manual edit), and two
+    // missed orders, 71's and 72's
+    let shop = Shop::start("woo-failed");
+    shop.webhook(&woo_order(1006, 71, "processing", "[]"));
+    shop.settled();
+    let conn = rusqlite::Connection::open(&shop.db).expect("db");
+    conn.execute(
+        "UPDATE accounts SET body = '{not an account' WHERE member = 'woocommerce:71'",
+        [],
+    )
+    .expect("poison");
+    let api = FakeApi::start(
+        vec![format!(
+            "[{},{}]",
+            woo_order(2001, 71, "processing", "[]"),
+            woo_order(2002, 72, "processing", "[]")
+        )],
+        true,
+    );
+    // WHEN reconcile runs
+    let (out, run) = shop.reconcile_status("us-shop", "woocommerce", &api, &[]);
+    // THEN 72's order is sent, 71's is reported failed with the cause, and the run says to
+    // run it again (exit 1)
+    assert_eq!(out.status.code(), Some(1), "{run}");
+    assert_eq!(
+        (run["sent"].as_i64(), run["failed"].as_i64()),
+        (Some(1), Some(1)),
+        "{run}"
+    );
+    let failed: Vec<&Value> = run["not_present"]
+        .as_array()
+        .expect("not_present")
+        .iter()
+        .filter(|r| r["status"] == "failed")
+        .collect();
+    assert_eq!(failed[0]["event"], "woocommerce-order-2001-paid", "{run}");
+    shop.settled();
+    assert_eq!(shop.pending(72), 64);
 }
 
 fn base64_of(text: &str) -> String {

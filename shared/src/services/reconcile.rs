@@ -24,7 +24,8 @@ pub struct Reconciled {
 
 impl Services {
     /// Each event in turn: applied already (its marker is there), or sent now. One event that
-    /// cannot be sent is reported and the others go on.
+    /// cannot be sent (refused) or cannot be looked at now (failed, to be tried again) is
+    /// reported and the others go on.
     pub async fn reconcile_events(
         &self,
         program: &str,
@@ -34,60 +35,78 @@ impl Services {
         let program = self.program(program).await?;
         let mut out = Vec::with_capacity(events.len());
         for event in events {
-            let member = self.known_member(&program.id, &event).await?;
-            let field = |name: &str| {
-                event
-                    .data
-                    .get(name)
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            let marker = EventMarker {
-                source: field("platform"),
-                event_id: event.id.clone(),
-            };
-            // The marker of an order's event may be kept on the order's record.
-            let order_keys: Vec<String> = Some(field("order_id"))
-                .filter(|id| !id.is_empty())
-                .map(|id| crate::envelope::order_key(&marker.source, &id))
-                .into_iter()
-                .collect();
-            let present = match &member {
-                Some(m) => {
-                    self.store
-                        .load_member_for_event(&program.id, m, &marker, &order_keys, &[])
-                        .await?
-                        .seen
-                }
-                None => false,
-            };
-            let mut found = Reconciled {
-                event: event.id.clone(),
-                kind: event.kind.to_string(),
-                order_id: field("order_id"),
-                member,
-                status: "present",
-                reason: None,
-            };
-            if !present {
-                found.status = "missing";
-                if !dry_run {
-                    match self.ingest_events(&program.id, vec![event]).await {
-                        Ok(_) => found.status = "sent",
-                        Err(
-                            e @ (ServiceError::Invalid { .. } | ServiceError::Unprocessable { .. }),
-                        ) => {
-                            found.status = "refused";
-                            found.reason = Some(e.to_string());
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            out.push(found);
+            let (id, kind, order_id) = (
+                event.id.clone(),
+                event.kind.to_string(),
+                text_field(&event, "order_id"),
+            );
+            out.push(
+                self.reconcile_event(&program.id, event, dry_run)
+                    .await
+                    .unwrap_or_else(|e| Reconciled {
+                        event: id,
+                        kind,
+                        order_id,
+                        member: None,
+                        status: "failed",
+                        reason: Some(e.to_string()),
+                    }),
+            );
         }
         Ok(out)
+    }
+
+    async fn reconcile_event(
+        &self,
+        program: &str,
+        event: PlatformEvent,
+        dry_run: bool,
+    ) -> Result<Reconciled, ServiceError> {
+        let member = self.known_member(program, &event).await?;
+        let field = |name: &str| text_field(&event, name);
+        let marker = EventMarker {
+            source: field("platform"),
+            event_id: event.id.clone(),
+        };
+        // The marker of an order's event may be kept on the order's record.
+        let order_keys: Vec<String> = Some(field("order_id"))
+            .filter(|id| !id.is_empty())
+            .map(|id| crate::envelope::order_key(&marker.source, &id))
+            .into_iter()
+            .collect();
+        let present = match &member {
+            Some(m) => {
+                self.store
+                    .load_member_for_event(program, m, &marker, &order_keys, &[])
+                    .await?
+                    .seen
+            }
+            None => false,
+        };
+        let mut found = Reconciled {
+            event: event.id.clone(),
+            kind: event.kind.to_string(),
+            order_id: field("order_id"),
+            member,
+            status: "present",
+            reason: None,
+        };
+        if !present {
+            found.status = "missing";
+            if !dry_run {
+                match self.ingest_events(program, vec![event]).await {
+                    Ok(_) => found.status = "sent",
+                    Err(
+                        e @ (ServiceError::Invalid { .. } | ServiceError::Unprocessable { .. }),
+                    ) => {
+                        found.status = "refused";
+                        found.reason = Some(e.to_string());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The event's member as far as the store knows it, read only (a dry run writes nothing).
@@ -108,6 +127,16 @@ impl Services {
         let (own, other) = self.identity_members(program, event, own).await?;
         Ok(Some(own.or(other).unwrap_or_else(|| identity.clone())))
     }
+}
+
+/// A text field of an event's data, or empty.
+fn text_field(event: &PlatformEvent, name: &str) -> String {
+    event
+        .data
+        .get(name)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A reconciliation over a window of time.
@@ -196,6 +225,8 @@ pub struct ReconcileRun {
     pub present: usize,
     pub sent: usize,
     pub refused: usize,
+    /// Orders that could not be looked at now: the window is read again by the next run.
+    pub failed: usize,
     pub error: Option<String>,
 }
 
@@ -287,7 +318,17 @@ impl Services {
         run.present = report.count("present");
         run.sent = report.count("sent");
         run.refused = report.count("refused");
-        tracing::info!(program, platform = %platform, orders = run.orders, sent = run.sent, refused = run.refused, "reconciled");
+        run.failed = report.count("failed");
+        tracing::info!(program, platform = %platform, orders = run.orders, sent = run.sent, refused = run.refused, failed = run.failed, "reconciled");
+        // Read again from the same start while an order failed; what was sent is not sent
+        // twice (its marker is there by then).
+        if run.failed > 0 {
+            run.error = Some(format!(
+                "{} orders could not be looked at; the next run reads the window again",
+                run.failed
+            ));
+            return Ok(true);
+        }
         self.store
             .save_job_progress(program, &job, Some(&now.to_rfc3339()))
             .await?;

@@ -164,6 +164,13 @@ pub fn derived_event_id(prefix: &str, parts: &[&str]) -> String {
     if IdKind::Event.accepts(&plain) {
         return plain;
     }
+    digested_event_id(prefix, parts)
+}
+
+/// [`derived_event_id`] always in its digest form: for an id that lands in another member's
+/// ledger (a referrer's reward names the member referred, whose id is often an email or a
+/// phone number), where the parts must not be read back.
+pub fn digested_event_id(prefix: &str, parts: &[&str]) -> String {
     use sha2::{Digest, Sha256};
     let mut digest = Sha256::new();
     for part in parts {

@@ -398,7 +398,7 @@ fn follow_ups_of(
         let data = serde_json::json!({"action": "referral", "ref": member, "referee": member});
         let reward = envelope(
             "engagement.recorded",
-            crate::ids::derived_event_id("referral", &[member]),
+            crate::ids::digested_event_id("referral", &[member]),
             referrer,
             data,
         );

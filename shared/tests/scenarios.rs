@@ -445,7 +445,7 @@ fn a_late_review_meets_its_own_month_s_limit_after_three_newer_months() {
 
 #[test]
 fn a_referred_member_s_first_purchase_pays_both_sides() {
-    // GIVEN a member referred by m-0
+    // GIVEN a member referred by m-0, whose id is an email
     let p = kr();
     let now = t0();
     let mut m = Member::new(&p, now);
@@ -467,7 +467,14 @@ fn a_referred_member_s_first_purchase_pays_both_sides() {
     let mut referrer = Member::new(&p, now);
     let paid = referrer
         .account
-        .reward_referrer(&p, "m-1", &ctx("ref-m-1", now, now));
+        .reward_referrer(&p, &ctx("ref-email:jiwoo@example.com", now, now));
+    // AND the referrer's entry says why without naming the member referred (the referrer
+    // reads it in the app; ids are often an email or a phone number)
+    let reason = paid.entries[0].reason.clone();
+    assert!(
+        reason.contains("referral") && !reason.contains("jiwoo"),
+        "{reason}"
+    );
     referrer.commit(paid);
     assert_eq!(referrer.account.balance, 3_000);
 }

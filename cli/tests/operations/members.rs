@@ -604,7 +604,10 @@ fn a_self_referral_by_plus_tag_and_the_eleventh_referral_of_a_month_are_refused_
         .filter_map(|i| {
             let (status, r) = shop.call(
                 "GET",
-                &format!("{P}/rejected-events/referral-friend-{i}"),
+                &format!(
+                    "{P}/rejected-events/{}",
+                    loyalty_core::ids::digested_event_id("referral", &[&format!("friend-{i}")])
+                ),
                 None,
             );
             (status == 200).then(|| r["reason"].as_str().unwrap_or_default().to_string())
@@ -612,6 +615,17 @@ fn a_self_referral_by_plus_tag_and_the_eleventh_referral_of_a_month_are_refused_
         .collect();
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(refused[0].contains("limit is 10 a month"), "{}", refused[0]);
+    // AND the referrer's own ledger, as the app shows it, never names a member referred
+    let me = common::token(&["--member", "app-ref"]);
+    let (status, page) =
+        shop.server
+            .call("GET", &format!("{P}/me/ledger?limit=100"), &me, &[], None);
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page["entries"].as_array().map_or(0, Vec::len) >= 10,
+        "{page}"
+    );
+    assert!(!page.to_string().contains("friend-"), "{page}");
     // AND every referee got their own welcome bonus
     assert_eq!(shop.member("friend-11")["balance"].as_i64(), Some(1000));
 }

@@ -114,13 +114,15 @@ impl Account {
         }
     }
 
-    /// Pays the referrer once their referred member has made a first purchase.
-    pub fn reward_referrer(&self, program: &Program, referee: &str, ctx: &EventContext) -> Change {
+    /// Pays the referrer once their referred member has made a first purchase. The reason
+    /// never names the referred member: the referrer reads it in the app, and member ids are
+    /// often an email or a phone number.
+    pub fn reward_referrer(&self, program: &Program, ctx: &EventContext) -> Change {
         let mut journal = Journal::begin(self, program, ctx);
         match &program.referral {
             Some(rule) if rule.referrer_points > 0 => {
                 let reason = format!(
-                    "{} points for referring {referee}, who made a first purchase",
+                    "{} points for a referral: the member referred made a first purchase",
                     rule.referrer_points
                 );
                 credit_action(&mut journal, program, rule.referrer_points, &reason);

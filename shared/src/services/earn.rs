@@ -46,7 +46,7 @@ fn follow_ups(
         let mut reward = message(
             envelope,
             "engagement.recorded",
-            crate::ids::derived_event_id("referral", &[&envelope.member]),
+            crate::ids::digested_event_id("referral", &[&envelope.member]),
             json!({
                 "action": "referral", "ref": envelope.member, "referee": envelope.member,
             }),
@@ -794,13 +794,13 @@ fn decide(
         EarnEvent::Engagement(Engagement::Referred { referrer }) => {
             plain(account.referred_by(referrer))
         }
-        EarnEvent::Engagement(Engagement::ReferrerReward { referee }) => {
+        EarnEvent::Engagement(Engagement::ReferrerReward { .. }) => {
             let day = crate::domain::calendar::local_date(program.time_zone, ctx.occurred_at);
             if let Some(reason) = crate::domain::safeguards::referral_limit(&account, program, day)
             {
                 return Err(reason);
             }
-            plain(account.reward_referrer(program, referee, ctx))
+            plain(account.reward_referrer(program, ctx))
         }
         EarnEvent::Grant {
             points,

@@ -724,3 +724,55 @@ async fn a_member_the_tick_cannot_read_is_reported_and_the_others_are_still_assi
         .sum();
     assert_eq!(counts, 3);
 }
+
+#[tokio::test]
+async fn a_tick_out_of_time_stops_and_the_next_one_goes_on() {
+    // GIVEN three members whose birthday is today, and the birthday campaign
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let members: Vec<(String, Option<&str>)> = ["m-a", "m-b", "m-c"]
+        .iter()
+        .map(|m| (m.to_string(), Some("11-22")))
+        .collect();
+    s.seed(
+        &members,
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+    )
+    .await;
+    s.put_campaign("birthday-gift", &birthday_campaign()).await;
+    // WHEN a tick runs with its invocation's time already spent
+    let spent = s
+        .services
+        .run_job_everywhere(
+            Job::CampaignTick,
+            Some("kr-shop"),
+            None,
+            Some(std::time::Instant::now()),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    // THEN it stops incomplete, having paid and assigned no one
+    assert_eq!(
+        (spent[0].complete, spent[0].sent, spent[0].changed),
+        (false, 0, 0),
+        "{spent:?}"
+    );
+    assert!(s.drain().await.is_empty());
+    // WHEN the next tick has time
+    let next = s
+        .services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    // THEN it does the day: three birthdays paid and assigned
+    assert_eq!(
+        (next.complete, next.sent, next.changed),
+        (true, 3, 3),
+        "{next:?}"
+    );
+    s.drain().await;
+    for (member, _) in &members {
+        assert!(s.balance(member).await >= 2_000, "{member}");
+    }
+}

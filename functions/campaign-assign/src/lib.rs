@@ -6,7 +6,7 @@ use axum::body::to_bytes;
 use axum::Router;
 use loyalty_core::api::gateway::behind_gateway;
 use loyalty_core::api::{campaign_router, AppState};
-use loyalty_core::services::jobs::{failed_programs, Job, Schedule};
+use loyalty_core::services::jobs::{failed_programs, Deadline, Job, Schedule};
 use loyalty_core::services::Services;
 use serde_json::{json, Map, Value};
 use tower::ServiceExt;
@@ -35,10 +35,20 @@ pub async fn handle(
     app: &Router,
     event: Value,
 ) -> Result<Value, InvocationError> {
+    handle_with(services, app, event, None).await
+}
+
+/// [`handle`], with the invocation's deadline: a tick stops before it and the next goes on.
+pub async fn handle_with(
+    services: &Services,
+    app: &Router,
+    event: Value,
+    deadline: Deadline,
+) -> Result<Value, InvocationError> {
     if event.get("job").is_some() {
         let schedule: Schedule = serde_json::from_value(event)
             .map_err(|e| InvocationError::Unrecognised(e.to_string()))?;
-        return tick(services, &schedule).await;
+        return tick(services, &schedule, deadline).await;
     }
     let request = lambda_http::request::from_str(&event.to_string())
         .map_err(|e| InvocationError::Unrecognised(e.to_string()))?;
@@ -61,7 +71,11 @@ pub async fn handle(
     }))
 }
 
-async fn tick(services: &Services, schedule: &Schedule) -> Result<Value, InvocationError> {
+async fn tick(
+    services: &Services,
+    schedule: &Schedule,
+    deadline: Deadline,
+) -> Result<Value, InvocationError> {
     if Job::parse(&schedule.job) != Some(Job::CampaignTick) {
         return Err(InvocationError::WrongJob(schedule.job.clone()));
     }
@@ -70,7 +84,7 @@ async fn tick(services: &Services, schedule: &Schedule) -> Result<Value, Invocat
             Job::CampaignTick,
             schedule.program.as_deref(),
             schedule.date,
-            None,
+            deadline,
             &|_| {},
         )
         .await

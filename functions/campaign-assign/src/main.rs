@@ -18,7 +18,8 @@ async fn main() -> Result<(), Error> {
     let (services, app) = (&services, &app);
     run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         loyalty_core::telemetry::invocation(async move {
-            campaign_assign::handle(services, app, event.payload)
+            let deadline = loyalty_core::services::jobs::deadline_of(event.context.deadline);
+            campaign_assign::handle_with(services, app, event.payload, deadline)
                 .await
                 .map_err(Error::from)
         })

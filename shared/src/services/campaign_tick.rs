@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::campaigns::Assignee;
-use super::jobs::JobReport;
+use super::jobs::{past, Deadline, JobReport};
 use super::{ServiceError, Services};
 use crate::campaigns::{Campaign, CampaignKind};
 use crate::domain::schedule::{job_instant, yearly_index_dates};
@@ -39,15 +39,27 @@ const YEARLY_READS_TOGETHER: usize = 4;
 
 type Progress<'a> = &'a (dyn Fn(usize) + Sync);
 
+/// One program's tick: the day it runs for, the day the last tick finished, and when it must
+/// stop (what it leaves is done by the next tick: sends and assignments are not repeated).
+pub(crate) struct Tick {
+    pub date: NaiveDate,
+    pub saved: Option<String>,
+    pub deadline: Deadline,
+}
+
 impl Services {
     pub(crate) async fn campaign_tick(
         &self,
         program: &Program,
-        date: NaiveDate,
-        saved: Option<String>,
+        tick: Tick,
         report: &mut JobReport,
         progress: Progress<'_>,
     ) -> Result<(), ServiceError> {
+        let Tick {
+            date,
+            saved,
+            deadline,
+        } = tick;
         let at = job_instant(program, date, self.clock.now());
         // `saved` (the day the last tick finished) was read together with the program, and
         // so were the campaigns (cached).
@@ -79,6 +91,10 @@ impl Services {
             lists.push_back(self.yearly_members(program, job, day));
         }
         for &(job, action, day) in &yearly {
+            if past(deadline) {
+                report.complete = false;
+                return Ok(());
+            }
             let Some(members) = lists.next().await else {
                 break;
             };
@@ -98,12 +114,19 @@ impl Services {
                 let tz = program.time_zone;
                 let start = crate::domain::calendar::local_date(tz, campaign.start);
                 for day in days.iter().filter(|d| **d >= start) {
+                    if past(deadline) {
+                        report.complete = false;
+                        return Ok(());
+                    }
                     self.assign_birthdays(program, id, campaign, *day, at, report, progress)
                         .await?;
                 }
             } else {
-                self.assign_everyone(program, id, campaign, at, report, progress)
+                self.assign_everyone(program, id, campaign, at, deadline, report, progress)
                     .await?;
+                if !report.complete {
+                    return Ok(());
+                }
             }
         }
         // A member that failed is retried by the next tick, which goes over these days again
@@ -228,12 +251,14 @@ impl Services {
     /// Assigns a broadcast campaign to every member of its audience: one paged pass over the
     /// program's members, resumed from its saved cursor and not repeated once complete
     /// (members who join later are assigned at their first purchase or app visit).
+    #[allow(clippy::too_many_arguments)]
     async fn assign_everyone(
         &self,
         program: &Program,
         id: &str,
         campaign: &Campaign,
         at: DateTime<Utc>,
+        deadline: Deadline,
         report: &mut JobReport,
         progress: Progress<'_>,
     ) -> Result<(), ServiceError> {
@@ -243,6 +268,11 @@ impl Services {
             return Ok(());
         }
         loop {
+            // Stopped between pages: the saved cursor is where the next tick goes on.
+            if past(deadline) {
+                report.complete = false;
+                return Ok(());
+            }
             let page = self
                 .store
                 .members_page(&program.id, cursor.as_deref(), PAGE)

@@ -239,7 +239,7 @@ pub fn deadline_of(deadline_ms: u64) -> Deadline {
     Some(std::time::Instant::now() + remaining.saturating_sub(DEADLINE_MARGIN))
 }
 
-fn past(deadline: Deadline) -> bool {
+pub(super) fn past(deadline: Deadline) -> bool {
     deadline.is_some_and(|d| std::time::Instant::now() >= d)
 }
 
@@ -378,7 +378,12 @@ impl Services {
                 self.run_due_job(run, &mut report, progress).await?
             }
             (Job::CampaignTick, None) => {
-                self.campaign_tick(&program, date, saved, &mut report, progress)
+                let tick = super::campaign_tick::Tick {
+                    date,
+                    saved,
+                    deadline,
+                };
+                self.campaign_tick(&program, tick, &mut report, progress)
                     .await?
             }
             (_, None) => {

@@ -3,25 +3,31 @@
 
 use std::collections::HashMap;
 
+use aws_sdk_sqs::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_sqs::error::BoxError;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use chrono::Utc;
 use loyalty_core::envelope::Envelope;
+use loyalty_core::ports::DeadLetters;
 use loyalty_core::ports::{Queue, QueueName};
-use loyalty_core::queue::sqs_fifo::SqsQueue;
+use loyalty_core::queue::sqs_fifo::{QueuePair, SqsDeadLetters, SqsQueue};
 
 fn client() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::from_conf(config().build())
+}
+
+fn config() -> aws_sdk_sqs::config::Builder {
     let endpoint = std::env::var("LOYALTY_TEST_SQS_ENDPOINT").unwrap_or_else(|_| {
         panic!("LOYALTY_TEST_SQS_ENDPOINT is not set: run the tests with scripts/test, which starts moto")
     });
-    let config = aws_sdk_sqs::Config::builder()
+    aws_sdk_sqs::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "sqs-test"))
         .http_client(loyalty_core::aws::http_client())
-        .build();
-    aws_sdk_sqs::Client::from_conf(config)
 }
 
 fn envelope(id: &str, member: &str) -> Envelope {
@@ -160,4 +166,112 @@ async fn a_queue_without_a_url_is_an_error_not_a_panic() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("tier"), "{err}");
+}
+
+/// Refuses every SendMessage whose body names "poison", as SQS refusing one message would.
+#[derive(Debug)]
+struct RefusePoison;
+
+impl Intercept for RefusePoison {
+    fn name(&self) -> &'static str {
+        "refuse-poison"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let target = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or_default();
+        let body = context.request().body().bytes().unwrap_or_default();
+        if target.ends_with(".SendMessage") && String::from_utf8_lossy(body).contains("poison") {
+            return Err("refused".into());
+        }
+        Ok(())
+    }
+}
+
+async fn fifo(client: &aws_sdk_sqs::Client, name: &str) -> String {
+    client
+        .create_queue()
+        .queue_name(format!("{name}-{}.fifo", uuid::Uuid::new_v4().simple()))
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .expect("moto creates the queue")
+        .queue_url
+        .expect("queue url")
+}
+
+#[tokio::test]
+async fn a_dead_letter_that_cannot_be_moved_holds_back_its_group_only() {
+    // GIVEN an earn queue whose dead-letter queue holds m-1's poison and next message, and
+    // m-2's message
+    let plain = client();
+    let (queue_url, dead_letter_url) = (fifo(&plain, "earn").await, fifo(&plain, "earn-dlq").await);
+    for (id, member) in [("poison-1", "m-1"), ("ev-2", "m-1"), ("ev-3", "m-2")] {
+        plain
+            .send_message()
+            .queue_url(&dead_letter_url)
+            .message_body(serde_json::to_string(&envelope(id, member)).unwrap())
+            .message_group_id(format!("kr-shop#{member}"))
+            .message_deduplication_id(id)
+            .send()
+            .await
+            .unwrap();
+    }
+    let refusing = aws_sdk_sqs::Client::from_conf(config().interceptor(RefusePoison).build());
+    let pairs = HashMap::from([(
+        QueueName::Earn,
+        QueuePair {
+            queue_url: queue_url.clone(),
+            dead_letter_url: dead_letter_url.clone(),
+        },
+    )]);
+    let dead_letters = SqsDeadLetters::new(refusing, pairs);
+    // WHEN they are redriven, and SQS refuses the poison
+    let answer = dead_letters.redrive(QueueName::Earn, 100).await;
+    // THEN m-2's message is moved, m-1's two stay behind in their order, and the answer says so
+    let error = answer.expect_err("one message was not moved");
+    assert!(error.to_string().contains("1 moved"), "{error}");
+    let moved: Vec<String> = plain
+        .receive_message()
+        .queue_url(&queue_url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+        .iter()
+        .map(|m| {
+            serde_json::from_str::<Envelope>(m.body().unwrap())
+                .unwrap()
+                .id
+        })
+        .collect();
+    assert_eq!(moved, vec!["ev-3"]);
+    let left = plain
+        .get_queue_attributes()
+        .queue_url(&dead_letter_url)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    let count = |name: QueueAttributeName| {
+        left.attributes()
+            .and_then(|a| a.get(&name))
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        count(QueueAttributeName::ApproximateNumberOfMessages)
+            + count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        2
+    );
 }

@@ -330,10 +330,13 @@ impl DeadLetters for SqsDeadLetters {
 
     /// Each message is sent back with its group and a deduplication id made from its own id
     /// in the dead-letter queue, then deleted there: a move cut short sends it again under the
-    /// same id, which SQS drops as a copy.
+    /// same id, which SQS drops as a copy. A message that cannot be moved is left where it is
+    /// with the rest of its group (their order kept), the others are moved, and the answer
+    /// then says how many moved and why one did not.
     async fn redrive(&self, queue: QueueName, max: usize) -> Result<usize, QueueError> {
         let pair = self.pair(queue)?.clone();
-        let mut moved = 0;
+        let (mut moved, mut stuck) = (0, Vec::new());
+        let mut held_groups = std::collections::HashSet::new();
         while moved < max {
             let messages = self
                 .receive(queue, &pair.dead_letter_url, 60, max - moved)
@@ -342,34 +345,66 @@ impl DeadLetters for SqsDeadLetters {
                 break;
             }
             for m in messages {
-                let id = m.message_id().unwrap_or_default();
-                let mut send = self
-                    .client
-                    .send_message()
-                    .queue_url(&pair.queue_url)
-                    .message_body(m.body().unwrap_or_default());
-                if let Some(group) = attribute(&m, "MessageGroupId") {
-                    let dedup = attribute(&m, "MessageDeduplicationId").unwrap_or_default();
-                    send = send
-                        .message_group_id(group)
-                        .message_deduplication_id(sqs_id(&format!("{dedup}/redrive/{id}")));
+                let group = attribute(&m, "MessageGroupId");
+                if group.as_ref().is_some_and(|g| held_groups.contains(g)) {
+                    continue;
                 }
-                send.send()
-                    .await
-                    .map_err(|e| sqs_error(queue, "cannot send the message back", e))?;
-                if let Some(handle) = m.receipt_handle() {
-                    self.client
-                        .delete_message()
-                        .queue_url(&pair.dead_letter_url)
-                        .receipt_handle(handle)
-                        .send()
-                        .await
-                        .map_err(|e| sqs_error(queue, "cannot delete the dead letter", e))?;
+                match self.move_back(queue, &pair, &m).await {
+                    Ok(()) => moved += 1,
+                    Err(e) => {
+                        held_groups.extend(group);
+                        stuck.push(e);
+                    }
                 }
-                moved += 1;
             }
         }
-        Ok(moved)
+        match stuck.into_iter().next() {
+            None => Ok(moved),
+            Some(first) => Err(QueueError {
+                queue: queue.as_str(),
+                message: format!(
+                    "{moved} moved; a message (and the rest of its group) was left in the dead-letter queue: {}; redrive again",
+                    first.message
+                ),
+                source: first.source,
+            }),
+        }
+    }
+}
+
+impl SqsDeadLetters {
+    /// One dead letter sent back to its queue, then deleted from the dead-letter queue.
+    async fn move_back(
+        &self,
+        queue: QueueName,
+        pair: &QueuePair,
+        m: &aws_sdk_sqs::types::Message,
+    ) -> Result<(), QueueError> {
+        let id = m.message_id().unwrap_or_default();
+        let mut send = self
+            .client
+            .send_message()
+            .queue_url(&pair.queue_url)
+            .message_body(m.body().unwrap_or_default());
+        if let Some(group) = attribute(m, "MessageGroupId") {
+            let dedup = attribute(m, "MessageDeduplicationId").unwrap_or_default();
+            send = send
+                .message_group_id(group)
+                .message_deduplication_id(sqs_id(&format!("{dedup}/redrive/{id}")));
+        }
+        send.send()
+            .await
+            .map_err(|e| sqs_error(queue, "cannot send the message back", e))?;
+        if let Some(handle) = m.receipt_handle() {
+            self.client
+                .delete_message()
+                .queue_url(&pair.dead_letter_url)
+                .receipt_handle(handle)
+                .send()
+                .await
+                .map_err(|e| sqs_error(queue, "cannot delete the dead letter", e))?;
+        }
+        Ok(())
     }
 }
 

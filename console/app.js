@@ -597,7 +597,15 @@ async function operations() {
 
 function signOut(reload = true) {
   sessionStorage.removeItem("loyalty.token");
+  sessionStorage.removeItem("loyalty.pkce");
   state.token = "";
+  // With Cognito, its own session ends too: else the next "Sign in" on this browser would be
+  // let in as the operator who just left.
+  if (reload && state.config.auth === "cognito") {
+    const q = new URLSearchParams({ client_id: state.config.client_id, logout_uri: redirectUri() });
+    location.assign(`https://${state.config.cognito_domain}/logout?${q}`);
+    return;
+  }
   if (reload) route();
 }
 

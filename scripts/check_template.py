@@ -277,6 +277,27 @@ def url_host_of(value) -> str | None:
     return target[0][:-3]
 
 
+def check_console_headers(name: str, resources: dict, config: dict, behaviours: dict) -> list:
+    """The console's files, wherever the distribution serves them, carry the Content-Security-
+    Policy `loyalty serve` gives them (cli/src/console.rs), nosniff and DENY framing."""
+    source = (ROOT / "cli" / "src" / "console.rs").read_text()
+    local = re.search(r'header::CONTENT_SECURITY_POLICY,\s*"([^"]+)"', source)
+    if local is None:
+        return ["cli/src/console.rs: no Content-Security-Policy found to compare with"]
+    findings = []
+    for where, behaviour in (("default", config.get("DefaultCacheBehavior", {})), ("/console/*", behaviours.get("/console/*", {}))):
+        if behaviour.get("TargetOriginId") != "console":
+            continue
+        policy = resources.get(logical_of(behaviour.get("ResponseHeadersPolicyId")) or "", {})
+        headers = policy.get("Properties", {}).get("ResponseHeadersPolicyConfig", {}).get("SecurityHeadersConfig", {})
+        csp = headers.get("ContentSecurityPolicy", {}).get("ContentSecurityPolicy")
+        if csp != local.group(1):
+            findings.append(f"{name}: the {where} behaviour's Content-Security-Policy is {csp!r}, not loyalty serve's {local.group(1)!r}")
+        if "ContentTypeOptions" not in headers or headers.get("FrameOptions", {}).get("FrameOption") != "DENY":
+            findings.append(f"{name}: the {where} behaviour must send nosniff and X-Frame-Options DENY")
+    return findings
+
+
 def check_console(resources: dict) -> list:
     """The console's bucket, its policy, the distribution in front of it and the API, and its
     client."""
@@ -324,6 +345,7 @@ def check_console(resources: dict) -> list:
         webhooks = webhook_function({n: r for n, r in resources.items() if r["Type"] == "AWS::Serverless::Function"})
         url_origins = {oid for oid, o in origins.items() if webhooks and url_host_of(o.get("DomainName")) == webhooks}
         behaviours = {b["PathPattern"]: b for b in config.get("CacheBehaviors", [])}
+        findings.extend(check_console_headers(name, resources, config, behaviours))
         for pattern, targets, what in (
             ("/v1/*", api_origins, "the HTTP API"),
             ("/webhooks/*", url_origins, f"{WEBHOOK_FUNCTION}'s function URL"),

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -180,6 +181,32 @@ def test_support_finds_a_member_by_email_and_adjusts_with_a_reason(page: Page, s
     expect(page.get_by_test_id("dialog")).to_be_visible()
     page.keyboard.press("Escape")
     assert server.call("GET", f"{P}/members/email:minji@example.com")[1]["balance"] == after["balance"]
+
+
+def test_signing_out_of_a_cognito_console_ends_the_cognito_session_too(browser, server: Server):
+    # GIVEN the console deployed with Cognito sign-in, an operator signed in
+    context = browser.new_context(viewport=DESKTOP, locale="en-US")
+    page = context.new_page()
+    config = {"auth": "cognito", "cognito_domain": "auth.example.test", "client_id": "console-client"}
+    page.route("**/console/config.json", lambda route: route.fulfill(json=config))
+    left: list[str] = []
+    page.route("https://auth.example.test/**", lambda route: (left.append(route.request.url), route.fulfill(body="bye")))
+    page.goto(server.base + "/console/")
+    page.evaluate("token => sessionStorage.setItem('loyalty.token', token)", server.admin)
+    page.reload()
+    expect(page.get_by_test_id("kpi-members")).to_be_visible()
+    # WHEN the operator signs out
+    page.locator("#signout").click()
+    page.wait_for_url("https://auth.example.test/**")
+    # THEN the token is gone and the browser went to Cognito's logout for this console
+    assert len(left) == 1 and left[0].startswith("https://auth.example.test/logout?"), left
+    query = dict(part.split("=", 1) for part in left[0].split("?", 1)[1].split("&"))
+    assert query["client_id"] == "console-client"
+    # (the page's own address, which the sign-in returns to as well)
+    assert urllib.parse.unquote(query["logout_uri"]) == server.base + "/console/"
+    page.goto(server.base + "/console/")
+    assert page.evaluate("sessionStorage.getItem('loyalty.token')") is None
+    context.close()
 
 
 def test_an_api_problem_is_shown_with_its_title_and_detail(page: Page, server: Server):

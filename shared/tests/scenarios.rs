@@ -686,3 +686,110 @@ fn refunds_known_only_by_amount_take_back_their_share_of_every_line() {
     );
     m.assert_consistent();
 }
+
+#[test]
+fn points_given_back_into_a_lot_that_has_ended_expire_and_never_pay_a_debt() {
+    use chrono::TimeZone;
+    let at = |y, m, d| chrono::Utc.with_ymd_and_hms(y, m, d, 3, 0, 0).unwrap();
+    // GIVEN a kr-shop member with 1,000 points ending 31 January 2027 and 800 from an order
+    // ending 31 December 2027, all 1,800 redeemed on 20 January
+    let p = kr();
+    let mut m = Member::new(&p, at(2026, 1, 1));
+    let gift = m
+        .account
+        .adjust(
+            &p,
+            1_000,
+            "welcome back",
+            &ctx("adj-1", at(2026, 1, 10), at(2026, 1, 10)),
+        )
+        .unwrap();
+    m.commit(gift);
+    buy(
+        &mut m,
+        &p,
+        "o-b",
+        vec![line("a", 1, 80_000)],
+        at(2026, 12, 1),
+        at(2026, 12, 1),
+    );
+    let (spent, taken) = m
+        .account
+        .redeem(
+            &p,
+            1_800,
+            "coupon",
+            &ctx("red-1", at(2027, 1, 20), at(2027, 1, 20)),
+        )
+        .unwrap();
+    m.commit(spent);
+    assert_eq!(taken.len(), 2, "{taken:?}");
+    // AND the order cancelled on 5 February, leaving a debt of 800
+    give_back(&mut m, &p, &cancel("o-b", at(2027, 2, 5)), at(2027, 2, 5));
+    assert_eq!((m.account.balance, m.account.debt), (-800, 800));
+    // WHEN the redemption is reversed on 10 February
+    let reversed = m
+        .account
+        .reverse_redemption(
+            &p,
+            &taken,
+            "reversal",
+            &ctx("rev-1", at(2027, 2, 10), at(2027, 2, 10)),
+        )
+        .unwrap();
+    m.commit(reversed);
+    // THEN the ended lot's 1,000 expire at once and the live 800 pay the debt: nothing is made
+    // out of points that had ended
+    assert_eq!((m.account.balance, m.account.debt), (0, 0));
+    m.assert_consistent();
+}
+
+#[test]
+fn a_merge_finished_after_the_other_s_points_ended_pays_no_debt_with_them() {
+    // GIVEN a survivor with a debt of 500 (an order's points spent, then the order cancelled),
+    // and a member with 300 points merged out today, whose merge finishes a year later, when
+    // those points have ended
+    let p = kr();
+    let now = t0();
+    let mut survivor = Member::new(&p, now);
+    buy(
+        &mut survivor,
+        &p,
+        "o-1",
+        vec![line("a", 5, 10_000)],
+        now - days(8),
+        now,
+    );
+    let spent = survivor
+        .account
+        .adjust(&p, -500, "spent at the till", &ctx("spend", now, now))
+        .unwrap();
+    survivor.commit(spent);
+    give_back(&mut survivor, &p, &cancel("o-1", now), now);
+    let mut other = Member::new(&p, now);
+    other.account.member = "m-2".into();
+    let gift = other
+        .account
+        .adjust(&p, 300, "goodwill", &ctx("gift", now, now))
+        .unwrap();
+    other.commit(gift);
+    let out = other
+        .account
+        .merge_out(&p, "m-1", "same person", "ops", &ctx("merge-out", now, now))
+        .unwrap();
+    let merged = out.account.merged.clone().unwrap();
+    // WHEN the survivor receives them
+    let later = now + days(400);
+    let change = survivor
+        .account
+        .merge_in(&p, &merged, &ctx("merge-in", later, later))
+        .unwrap();
+    survivor.commit(change);
+    // THEN the ended 300 expire and the debt of 500 stays whole
+    assert_eq!(
+        (survivor.account.balance, survivor.account.debt),
+        (-500, 500)
+    );
+    assert_eq!(survivor.account.lots.total(), 0);
+    survivor.assert_consistent();
+}

@@ -340,8 +340,9 @@ impl Account {
             return Err(AccountError::NotPositive);
         }
         let mut journal = Journal::begin(self, program, ctx);
+        let today = local_date(program.time_zone, ctx.recorded_at);
         for share in shares {
-            journal.credit(share.points, share.expires_on);
+            journal.restore(share.points, share.expires_on, today);
         }
         journal.post(EntryKind::Reverse, points, 0, reason);
         // A lot that ended meanwhile expires at once rather than being usable again.
@@ -447,7 +448,7 @@ impl Account {
             .iter()
             .position(|h| h.redemption == redemption)?;
         let hold = journal.account.holds.remove(index);
-        journal.return_hold(&hold, reason, ctx.recorded_at);
+        journal.return_hold(&hold, reason, ctx.recorded_at, program.time_zone);
         journal.settle(program, ctx.recorded_at);
         Some(journal.finish())
     }
@@ -505,6 +506,18 @@ impl<'a> Journal<'a> {
             entries: self.entries,
             no_op: self.no_op,
             referrer: self.referrer,
+        }
+    }
+
+    /// Puts spent points back into the lot they were taken from. A lot still usable `today`
+    /// pays any debt first, as a credit does; an ended lot's points pay nothing and expire
+    /// at once (the next settle), as they would have had they not been spent.
+    pub fn restore(&mut self, points: i64, expires_on: NaiveDate, today: NaiveDate) {
+        if expires_on < today {
+            self.account.lots.add(expires_on, points);
+            self.account.balance += points;
+        } else {
+            self.credit(points, expires_on);
         }
     }
 
@@ -569,9 +582,10 @@ impl<'a> Journal<'a> {
     }
 
     /// Returns a hold's points to the lots they came from.
-    fn return_hold(&mut self, hold: &Hold, reason: &str, at: DateTime<Utc>) {
+    fn return_hold(&mut self, hold: &Hold, reason: &str, at: DateTime<Utc>, tz: chrono_tz::Tz) {
+        let today = local_date(tz, at);
         for share in &hold.taken {
-            self.credit(share.points, share.expires_on);
+            self.restore(share.points, share.expires_on, today);
         }
         let source = Source {
             redemption: Some(hold.redemption.clone()),
@@ -602,7 +616,7 @@ impl<'a> Journal<'a> {
                 "The hold of {} points for order {} was not captured in time; points returned",
                 hold.points, hold.order_ref
             );
-            self.return_hold(hold, &reason, hold.expires_at);
+            self.return_hold(hold, &reason, hold.expires_at, program.time_zone);
         }
         let tz = program.time_zone;
         let today = local_date(tz, now);

@@ -70,6 +70,14 @@ impl Lots {
         taken
     }
 
+    /// [`Lots::take`] from the lots still usable on `today` only: an ended lot pays nothing.
+    pub fn take_usable(&mut self, points: i64, today: NaiveDate) -> Vec<LotShare> {
+        let mut usable = Lots(self.0.split_off(&today));
+        let taken = usable.take(points, None);
+        self.0.append(&mut usable.0);
+        taken
+    }
+
     /// Removes and returns the lots whose last usable day is before `today`.
     pub fn remove_expired(&mut self, today: NaiveDate) -> Vec<LotShare> {
         let keep = self.0.split_off(&today);

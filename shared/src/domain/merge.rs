@@ -96,10 +96,11 @@ impl Account {
         account.debt += from.debt;
         // One member's lots pay the other's debt, soonest-expiring first, as a credit pays a
         // debt before it makes a lot: an account never holds both, or the lots would expire
-        // while the debt stayed.
+        // while the debt stayed. Only lots still usable pay: an ended one expires below.
+        let today = super::calendar::local_date(program.time_zone, ctx.recorded_at);
         let paid: i64 = account
             .lots
-            .take(account.debt, None)
+            .take_usable(account.debt, today)
             .iter()
             .map(|s| s.points)
             .sum();

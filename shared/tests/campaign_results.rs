@@ -776,3 +776,32 @@ async fn a_tick_out_of_time_stops_and_the_next_one_goes_on() {
         assert!(s.balance(member).await >= 2_000, "{member}");
     }
 }
+
+#[tokio::test]
+async fn a_bonus_is_not_used_up_by_a_purchase_that_earns_nothing() {
+    // GIVEN a campaign that gives every member 500 points on their next purchase
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    s.put_campaign(
+        "next-order-bonus",
+        &json!({
+            "name": "500 on the next order", "kind": "broadcast", "status": "running",
+            "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+            "hash_seed": "bonus-2026", "goal": "purchase",
+            "variants": [
+                {"key": "control", "weight": 0, "effect": {"type": "none"}},
+                {"key": "bonus", "weight": 1, "effect": {"type": "bonus", "points": 500}}
+            ]
+        }),
+    )
+    .await;
+    let at = now - chrono::Duration::hours(1);
+    // WHEN the member first buys only a gift card (nothing earns), then a shirt of 59,000
+    s.purchase_in("m-gift", "g-1", 50_000, "gift_card", at)
+        .await;
+    let after_card = s.balance("m-gift").await;
+    s.purchase_in("m-gift", "g-2", 59_000, "apparel", at).await;
+    // THEN the card earned nothing, and the shirt earned its 590 and the bonus of 500
+    assert_eq!(after_card, 0);
+    assert_eq!(s.balance("m-gift").await, 590 + 500);
+}

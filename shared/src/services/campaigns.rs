@@ -367,12 +367,14 @@ impl Part<'_> {
     }
 
     /// What counting a purchase writes: the member's assignment (conditional on the one read)
-    /// and the variant's counters. `eligible` is the purchase's eligible amount; `extra` the
+    /// and the variant's counters. `eligible` is the purchase's eligible amount; `bonus_paid`
+    /// whether a bonus variant's points were paid on it (something was eligible); `extra` the
     /// points the variant added.
     pub fn count_purchase(
         &self,
         member: &str,
         eligible: i64,
+        bonus_paid: bool,
         extra: i64,
         at: DateTime<Utc>,
     ) -> (AssignmentWrite, CounterAdd) {
@@ -389,7 +391,8 @@ impl Part<'_> {
         let mut after = before.clone();
         after.purchases = before.purchases.saturating_add(1);
         after.revenue = before.revenue.saturating_add(eligible);
-        after.bonus_paid |= matches!(self.effect(), Some(CampaignEffect::Bonus { .. }));
+        after.bonus_paid |=
+            bonus_paid && matches!(self.effect(), Some(CampaignEffect::Bonus { .. }));
         let square = |r: i64| i128::from(r) * i128::from(r);
         let counts = VariantCounts {
             variant: variant.key.clone(),

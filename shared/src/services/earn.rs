@@ -921,7 +921,7 @@ fn count_purchase(
         |change: &Change| -> i64 { change.entries.iter().map(|e| e.points + e.pending).sum() };
     let with_all = program_points(&earned.change);
     // Revenue is the eligible amount (what earns points), the same for every variant.
-    let eligible = crate::domain::earning::purchase_points(
+    let gross = crate::domain::earning::purchase_points(
         &program.purchase,
         program.currency,
         purchase,
@@ -929,9 +929,12 @@ fn count_purchase(
         &[],
     )
     .map_err(|e| e.to_string())?
-    .eligible
-        // Refunds that arrived before the purchase were applied with it: revenue is net.
-        - earned.order.refunded_eligible();
+    .eligible;
+    // Refunds that arrived before the purchase were applied with it: revenue is net.
+    let eligible = gross - earned.order.refunded_eligible();
+    // A bonus is shared over what earns: a purchase of nothing eligible pays none, and does
+    // not use it up.
+    let bonus_paid = gross > 0;
     let mut writes = Vec::new();
     let mut adds = Vec::new();
     for part in parts {
@@ -945,7 +948,13 @@ fn count_purchase(
                 with_all - program_points(&without.change)
             }
         };
-        let (write, add) = part.count_purchase(&account.member, eligible, extra, ctx.occurred_at);
+        let (write, add) = part.count_purchase(
+            &account.member,
+            eligible,
+            bonus_paid,
+            extra,
+            ctx.occurred_at,
+        );
         writes.push(write);
         adds.push(add);
     }

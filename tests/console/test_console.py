@@ -183,23 +183,27 @@ def test_support_finds_a_member_by_email_and_adjusts_with_a_reason(page: Page, s
     assert server.call("GET", f"{P}/members/email:minji@example.com")[1]["balance"] == after["balance"]
 
 
-def test_signing_out_of_a_cognito_console_ends_the_cognito_session_too(browser, server: Server):
-    # GIVEN the console deployed with Cognito sign-in, an operator signed in
+def test_a_cognito_console_signs_in_by_code_and_signing_out_ends_the_cognito_session(browser, server: Server):
+    # GIVEN the console deployed with Cognito sign-in (its domain's token endpoint answered here)
     context = browser.new_context(viewport=DESKTOP, locale="en-US")
     page = context.new_page()
-    config = {"auth": "cognito", "cognito_domain": "auth.example.test", "client_id": "console-client"}
+    domain = "loyalty-test.auth.us-east-1.amazoncognito.com"
+    config = {"auth": "cognito", "cognito_domain": domain, "client_id": "console-client"}
     page.route("**/console/config.json", lambda route: route.fulfill(json=config))
     left: list[str] = []
-    page.route("https://auth.example.test/**", lambda route: (left.append(route.request.url), route.fulfill(body="bye")))
-    page.goto(server.base + "/console/")
-    page.evaluate("token => sessionStorage.setItem('loyalty.token', token)", server.admin)
-    page.reload()
+    page.route(f"https://{domain}/oauth2/token",
+               lambda route: route.fulfill(json={"access_token": server.admin}, headers={"Access-Control-Allow-Origin": "*"}))
+    page.route(f"https://{domain}/logout**", lambda route: (left.append(route.request.url), route.fulfill(body="bye")))
+    # WHEN Cognito sends the operator back with a code
+    page.goto(server.base + "/console/?code=the-code")
+    # THEN the console exchanges it for a token (under the page's Content-Security-Policy) and
+    # shows the overview
     expect(page.get_by_test_id("kpi-members")).to_be_visible()
     # WHEN the operator signs out
     page.locator("#signout").click()
-    page.wait_for_url("https://auth.example.test/**")
+    page.wait_for_url(f"https://{domain}/logout**")
     # THEN the token is gone and the browser went to Cognito's logout for this console
-    assert len(left) == 1 and left[0].startswith("https://auth.example.test/logout?"), left
+    assert len(left) == 1 and left[0].startswith(f"https://{domain}/logout?"), left
     query = dict(part.split("=", 1) for part in left[0].split("?", 1)[1].split("&"))
     assert query["client_id"] == "console-client"
     # (the page's own address, which the sign-in returns to as well)

@@ -805,3 +805,48 @@ async fn a_bonus_is_not_used_up_by_a_purchase_that_earns_nothing() {
     assert_eq!(after_card, 0);
     assert_eq!(s.balance("m-gift").await, 590 + 500);
 }
+
+#[tokio::test]
+async fn a_day_a_member_failed_on_is_gone_over_again_for_a_week_then_given_up() {
+    // GIVEN m-poison, whose birthday is 22 November and whose account cannot be read, the
+    // birthday campaign, and a tick that finished 21 November
+    let day = |d: u32| Utc.with_ymd_and_hms(2026, 11, d, 1, 0, 0).unwrap();
+    let db = std::env::temp_dir().join(format!("tick-{}.db", uuid::Uuid::new_v4().simple()));
+    let s = stack_on(SqliteStore::open(&db).unwrap(), day(21), KR_SHOP).await;
+    s.seed(
+        &[("m-poison".to_string(), Some("11-22"))],
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+    )
+    .await;
+    s.put_campaign("birthday-gift", &birthday_campaign()).await;
+    let tick = || async {
+        s.services
+            .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+            .await
+            .unwrap()
+    };
+    assert_eq!(tick().await.failed, 0);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE accounts SET body = '{not an account' WHERE member = 'm-poison'",
+            [],
+        )
+        .unwrap();
+    // WHEN ticks run on 25 and 26 November
+    s.clock.set(day(25));
+    let first = tick().await;
+    s.clock.set(day(26));
+    let second = tick().await;
+    // THEN each goes over the days since 21 November again, naming m-poison
+    assert_eq!(first.failed, 1, "{first:?}");
+    assert_eq!(second.from, Some(day(21).date_naive()), "{second:?}");
+    assert_eq!(second.failed, 1, "{second:?}");
+    // WHEN a tick runs on 30 November, more than a week after the failed day
+    s.clock.set(day(30));
+    let later = tick().await;
+    let next = tick().await;
+    // THEN it still names m-poison, and gives the day up: the next tick starts from today
+    assert_eq!(later.failed, 1, "{later:?}");
+    assert_eq!(next.from, Some(day(30).date_naive()), "{next:?}");
+}

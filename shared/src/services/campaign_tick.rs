@@ -34,6 +34,9 @@ pub const MAX_TICK_CATCH_UP_DAYS: i64 = 366;
 const PAGE: usize = 100;
 /// The saved progress of a broadcast campaign's pass once it has covered every member.
 const PASS_DONE: &str = "done";
+/// How long a day on which a member failed is gone over again by later ticks; after that the
+/// member stays named among the failures of the tick that gave up on it.
+const FAILED_DAY_RETRIED_DAYS: i64 = 7;
 /// Yearly-day lists (a job and a day, each a query per due-index shard) read at once.
 const YEARLY_READS_TOGETHER: usize = 4;
 
@@ -73,67 +76,82 @@ impl Services {
         report.from = Some(from);
         report.to = Some(date);
         let days: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= date).collect();
-        let yearly: Vec<(DueJob, &'static str, NaiveDate)> = [
+        let jobs: Vec<(DueJob, &'static str)> = [
             (DueJob::Birthday, "birthday"),
             (DueJob::Anniversary, "anniversary"),
         ]
         .into_iter()
         .filter(|(_, action)| program.actions.contains_key(*action))
-        .flat_map(|(job, action)| days.iter().map(move |day| (job, action, *day)))
         .collect();
+        // Day by day, so that the days done are saved as done even when a run stops.
+        let yearly: Vec<(DueJob, NaiveDate)> = days
+            .iter()
+            .flat_map(|day| jobs.iter().map(move |(job, _)| (*job, *day)))
+            .collect();
+        let running: Vec<(String, Campaign)> = campaigns?
+            .iter()
+            .filter(|(_, c)| c.kind == CampaignKind::Broadcast && c.running_at(at))
+            .cloned()
+            .collect();
+        let (birthdays, everyone): (Vec<_>, Vec<_>) = running
+            .iter()
+            .partition(|(_, c)| c.audience.birthday_in_window);
         // Whose day it is, read a few days and jobs at a time (a catch-up can owe a year of
         // them); paid in order as the lists arrive.
         // (No stream combinator with a closure here: its future would not be `Send` for every
         // lifetime, which the scheduled task needs.)
         let mut ahead = yearly.iter();
         let mut lists = futures_util::stream::FuturesOrdered::new();
-        for &(job, _, day) in ahead.by_ref().take(YEARLY_READS_TOGETHER) {
+        for &(job, day) in ahead.by_ref().take(YEARLY_READS_TOGETHER) {
             lists.push_back(self.yearly_members(program, job, day));
         }
-        for &(job, action, day) in &yearly {
+        // The last day done with nothing failed; a member that failed holds its day (and the
+        // ones after) for the next ticks to go over again, for a week at most.
+        let mut done: Option<NaiveDate> = None;
+        let mut held = false;
+        let retried_since = date - Duration::days(FAILED_DAY_RETRIED_DAYS);
+        for day in &days {
             if past(deadline) {
                 report.complete = false;
-                return Ok(());
-            }
-            let Some(members) = lists.next().await else {
                 break;
-            };
-            if let Some(&(next_job, _, next_day)) = ahead.next() {
-                lists.push_back(self.yearly_members(program, next_job, next_day));
             }
-            self.pay_yearly_day(program, job, action, day, members?, at, report, progress)
-                .await?;
-        }
-        let running: Vec<(String, Campaign)> = campaigns?
-            .iter()
-            .filter(|(_, c)| c.kind == CampaignKind::Broadcast && c.running_at(at))
-            .cloned()
-            .collect();
-        for (id, campaign) in &running {
-            if campaign.audience.birthday_in_window {
-                let tz = program.time_zone;
-                let start = crate::domain::calendar::local_date(tz, campaign.start);
-                for day in days.iter().filter(|d| **d >= start) {
-                    if past(deadline) {
-                        report.complete = false;
-                        return Ok(());
-                    }
+            let failed_before = report.failed;
+            for &(job, action) in &jobs {
+                let Some(members) = lists.next().await else {
+                    break;
+                };
+                if let Some(&(next_job, next_day)) = ahead.next() {
+                    lists.push_back(self.yearly_members(program, next_job, next_day));
+                }
+                self.pay_yearly_day(program, job, action, *day, members?, at, report, progress)
+                    .await?;
+            }
+            for (id, campaign) in &birthdays {
+                let start = crate::domain::calendar::local_date(program.time_zone, campaign.start);
+                if *day >= start {
                     self.assign_birthdays(program, id, campaign, *day, at, report, progress)
                         .await?;
                 }
-            } else {
+            }
+            held |= report.failed > failed_before && *day >= retried_since;
+            if !held {
+                done = Some(*day);
+            }
+        }
+        if report.complete {
+            for (id, campaign) in &everyone {
                 self.assign_everyone(program, id, campaign, at, deadline, report, progress)
                     .await?;
                 if !report.complete {
-                    return Ok(());
+                    break;
                 }
             }
         }
-        // A member that failed is retried by the next tick, which goes over these days again
-        // (what was sent or assigned is not repeated: ids and assignments are fixed).
-        if report.failed == 0 && last.is_none_or(|last| last < date) {
+        // What was sent or assigned on a day gone over again is not repeated: ids and
+        // assignments are fixed.
+        if let Some(done) = done.filter(|done| last.is_none_or(|last| last < *done)) {
             self.store
-                .save_job_progress(&program.id, CAMPAIGN_TICK, Some(&date.to_string()))
+                .save_job_progress(&program.id, CAMPAIGN_TICK, Some(&done.to_string()))
                 .await?;
         }
         Ok(())

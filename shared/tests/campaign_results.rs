@@ -663,14 +663,12 @@ async fn revenue_goals_count_revenue_net_of_refunds_and_redemption_goals_count_r
     assert_eq!((all.assigned, all.converters, all.purchases), (3, 1, 2));
 }
 
-#[tokio::test]
-async fn a_member_the_tick_cannot_read_is_reported_and_the_others_are_still_assigned() {
-    // GIVEN three members whose birthday is today, the birthday campaign, and m-poison's
-    // account that cannot be read right now (a bad manual edit)
-    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+/// A stack on a database file (so that a test can edit a row behind the engine's back) at
+/// `now`, with `members` whose birthday is 22 November and the birthday campaign.
+async fn birthdays_on_a_file(now: DateTime<Utc>, members: &[&str]) -> (Stack, std::path::PathBuf) {
     let db = std::env::temp_dir().join(format!("tick-{}.db", uuid::Uuid::new_v4().simple()));
     let s = stack_on(SqliteStore::open(&db).unwrap(), now, KR_SHOP).await;
-    let members: Vec<(String, Option<&str>)> = ["m-a", "m-poison", "m-b"]
+    let members: Vec<(String, Option<&str>)> = members
         .iter()
         .map(|m| (m.to_string(), Some("11-22")))
         .collect();
@@ -680,22 +678,36 @@ async fn a_member_the_tick_cannot_read_is_reported_and_the_others_are_still_assi
     )
     .await;
     s.put_campaign("birthday-gift", &birthday_campaign()).await;
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let body: String = conn
+    (s, db)
+}
+
+/// A member's stored account as it was, replaced by `body` when given (a bad manual edit).
+fn account_body(db: &std::path::Path, member: &str, body: Option<&str>) -> String {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let before: String = conn
         .query_row(
-            "SELECT body FROM accounts WHERE member = 'm-poison'",
-            [],
+            "SELECT body FROM accounts WHERE member = ?1",
+            [member],
             |r| r.get(0),
         )
         .unwrap();
-    let set = |body: &str| {
+    if let Some(body) = body {
         conn.execute(
-            "UPDATE accounts SET body = ?1 WHERE member = 'm-poison'",
-            [body],
+            "UPDATE accounts SET body = ?1 WHERE member = ?2",
+            [body, member],
         )
-        .unwrap()
-    };
-    set("{not an account");
+        .unwrap();
+    }
+    before
+}
+
+#[tokio::test]
+async fn a_member_the_tick_cannot_read_is_reported_and_the_others_are_still_assigned() {
+    // GIVEN three members whose birthday is today, the birthday campaign, and m-poison's
+    // account that cannot be read right now (a bad manual edit)
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let (s, db) = birthdays_on_a_file(now, &["m-a", "m-poison", "m-b"]).await;
+    let body = account_body(&db, "m-poison", Some("{not an account"));
     // WHEN the tick runs
     let first = s
         .services
@@ -707,7 +719,7 @@ async fn a_member_the_tick_cannot_read_is_reported_and_the_others_are_still_assi
     assert_eq!((first.failed, first.changed), (1, 2), "{first:?}");
     assert_eq!(first.failures[0].member, "m-poison");
     // WHEN the account is mended and the tick runs again
-    set(&body);
+    account_body(&db, "m-poison", Some(&body));
     let again = s
         .services
         .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
@@ -811,14 +823,7 @@ async fn a_day_a_member_failed_on_is_gone_over_again_for_a_week_then_given_up() 
     // GIVEN m-poison, whose birthday is 22 November and whose account cannot be read, the
     // birthday campaign, and a tick that finished 21 November
     let day = |d: u32| Utc.with_ymd_and_hms(2026, 11, d, 1, 0, 0).unwrap();
-    let db = std::env::temp_dir().join(format!("tick-{}.db", uuid::Uuid::new_v4().simple()));
-    let s = stack_on(SqliteStore::open(&db).unwrap(), day(21), KR_SHOP).await;
-    s.seed(
-        &[("m-poison".to_string(), Some("11-22"))],
-        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
-    )
-    .await;
-    s.put_campaign("birthday-gift", &birthday_campaign()).await;
+    let (s, db) = birthdays_on_a_file(day(21), &["m-poison"]).await;
     let tick = || async {
         s.services
             .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
@@ -826,13 +831,7 @@ async fn a_day_a_member_failed_on_is_gone_over_again_for_a_week_then_given_up() 
             .unwrap()
     };
     assert_eq!(tick().await.failed, 0);
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute(
-            "UPDATE accounts SET body = '{not an account' WHERE member = 'm-poison'",
-            [],
-        )
-        .unwrap();
+    account_body(&db, "m-poison", Some("{not an account"));
     // WHEN ticks run on 25 and 26 November
     s.clock.set(day(25));
     let first = tick().await;

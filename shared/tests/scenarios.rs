@@ -554,17 +554,17 @@ fn a_review_without_spend_goes_down_one_level_once() {
     assert_eq!(n.account.tier.review_on, None);
 }
 
-#[test]
-fn a_merge_pays_one_member_s_debt_with_the_other_s_points() {
-    // GIVEN (kr-shop allows a negative balance) a survivor who spent an order's 500 points and
-    // then saw the order cancelled (a debt of 500), and a member with 300 points ending in 40
-    // days
-    let p = kr();
-    let now = t0();
-    let mut survivor = Member::new(&p, now);
+/// A kr-shop survivor (a negative balance is allowed) who spent an order's 500 points and then
+/// saw the order cancelled (a debt of 500), and another member with 300 points ending in about
+/// a year, merged out into the survivor at `now`.
+fn survivor_in_debt_and_a_merged_member(
+    p: &loyalty_core::domain::Program,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Member, loyalty_core::domain::Merged) {
+    let mut survivor = Member::new(p, now);
     buy(
         &mut survivor,
-        &p,
+        p,
         "o-1",
         vec![line("a", 5, 10_000)],
         now - days(8),
@@ -572,27 +572,35 @@ fn a_merge_pays_one_member_s_debt_with_the_other_s_points() {
     );
     let spent = survivor
         .account
-        .adjust(&p, -500, "spent at the till", &ctx("spend", now, now))
+        .adjust(p, -500, "spent at the till", &ctx("spend", now, now))
         .unwrap();
     survivor.commit(spent);
-    give_back(&mut survivor, &p, &cancel("o-1", now), now);
+    give_back(&mut survivor, p, &cancel("o-1", now), now);
     assert_eq!(
         (survivor.account.balance, survivor.account.debt),
         (-500, 500)
     );
-    let mut other = Member::new(&p, now);
+    let mut other = Member::new(p, now);
     other.account.member = "m-2".into();
     let gift = other
         .account
-        .adjust(&p, 300, "goodwill", &ctx("gift", now, now))
+        .adjust(p, 300, "goodwill", &ctx("gift", now, now))
         .unwrap();
     other.commit(gift);
-    // WHEN the other member is merged into the survivor
     let out = other
         .account
-        .merge_out(&p, "m-1", "same person", "ops", &ctx("merge-out", now, now))
+        .merge_out(p, "m-1", "same person", "ops", &ctx("merge-out", now, now))
         .unwrap();
-    let merged = out.account.merged.clone().unwrap();
+    (survivor, out.account.merged.clone().unwrap())
+}
+
+#[test]
+fn a_merge_pays_one_member_s_debt_with_the_other_s_points() {
+    // GIVEN a survivor with a debt of 500 and a member with 300 points merged out into it
+    let p = kr();
+    let now = t0();
+    let (mut survivor, merged) = survivor_in_debt_and_a_merged_member(&p, now);
+    // WHEN the survivor receives the other's points
     let change = survivor
         .account
         .merge_in(&p, &merged, &ctx("merge-in", now, now))
@@ -746,38 +754,11 @@ fn points_given_back_into_a_lot_that_has_ended_expire_and_never_pay_a_debt() {
 
 #[test]
 fn a_merge_finished_after_the_other_s_points_ended_pays_no_debt_with_them() {
-    // GIVEN a survivor with a debt of 500 (an order's points spent, then the order cancelled),
-    // and a member with 300 points merged out today, whose merge finishes a year later, when
-    // those points have ended
+    // GIVEN a survivor with a debt of 500 and a member with 300 points merged out into it
+    // today, whose merge finishes a year later, when those points have ended
     let p = kr();
     let now = t0();
-    let mut survivor = Member::new(&p, now);
-    buy(
-        &mut survivor,
-        &p,
-        "o-1",
-        vec![line("a", 5, 10_000)],
-        now - days(8),
-        now,
-    );
-    let spent = survivor
-        .account
-        .adjust(&p, -500, "spent at the till", &ctx("spend", now, now))
-        .unwrap();
-    survivor.commit(spent);
-    give_back(&mut survivor, &p, &cancel("o-1", now), now);
-    let mut other = Member::new(&p, now);
-    other.account.member = "m-2".into();
-    let gift = other
-        .account
-        .adjust(&p, 300, "goodwill", &ctx("gift", now, now))
-        .unwrap();
-    other.commit(gift);
-    let out = other
-        .account
-        .merge_out(&p, "m-1", "same person", "ops", &ctx("merge-out", now, now))
-        .unwrap();
-    let merged = out.account.merged.clone().unwrap();
+    let (mut survivor, merged) = survivor_in_debt_and_a_merged_member(&p, now);
     // WHEN the survivor receives them
     let later = now + days(400);
     let change = survivor

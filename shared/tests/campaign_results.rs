@@ -668,17 +668,25 @@ async fn revenue_goals_count_revenue_net_of_refunds_and_redemption_goals_count_r
 async fn birthdays_on_a_file(now: DateTime<Utc>, members: &[&str]) -> (Stack, std::path::PathBuf) {
     let db = std::env::temp_dir().join(format!("tick-{}.db", uuid::Uuid::new_v4().simple()));
     let s = stack_on(SqliteStore::open(&db).unwrap(), now, KR_SHOP).await;
-    let members: Vec<(String, Option<&str>)> = members
-        .iter()
-        .map(|m| (m.to_string(), Some("11-22")))
-        .collect();
-    s.seed(
-        &members,
-        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
-    )
-    .await;
-    s.put_campaign("birthday-gift", &birthday_campaign()).await;
+    s.birthdays_today(members).await;
     (s, db)
+}
+
+impl Stack {
+    /// `members`, joined 1 October, whose birthday is 22 November, and the birthday campaign.
+    async fn birthdays_today(&self, members: &[&str]) {
+        let members: Vec<(String, Option<&str>)> = members
+            .iter()
+            .map(|m| (m.to_string(), Some("11-22")))
+            .collect();
+        self.seed(
+            &members,
+            Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+        )
+        .await;
+        self.put_campaign("birthday-gift", &birthday_campaign())
+            .await;
+    }
 }
 
 /// A member's stored account as it was, replaced by `body` when given (a bad manual edit).
@@ -742,16 +750,8 @@ async fn a_tick_out_of_time_stops_and_the_next_one_goes_on() {
     // GIVEN three members whose birthday is today, and the birthday campaign
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
     let s = stack(now).await;
-    let members: Vec<(String, Option<&str>)> = ["m-a", "m-b", "m-c"]
-        .iter()
-        .map(|m| (m.to_string(), Some("11-22")))
-        .collect();
-    s.seed(
-        &members,
-        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
-    )
-    .await;
-    s.put_campaign("birthday-gift", &birthday_campaign()).await;
+    let members = ["m-a", "m-b", "m-c"];
+    s.birthdays_today(&members).await;
     // WHEN a tick runs with its invocation's time already spent
     let spent = s
         .services
@@ -784,7 +784,7 @@ async fn a_tick_out_of_time_stops_and_the_next_one_goes_on() {
         "{next:?}"
     );
     s.drain().await;
-    for (member, _) in &members {
+    for member in members {
         assert!(s.balance(member).await >= 2_000, "{member}");
     }
 }

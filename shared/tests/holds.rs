@@ -14,17 +14,25 @@ use loyalty_core::store::sqlite::SqliteStore;
 use serde_json::json;
 
 async fn stack() -> (Services, Arc<FixedClock>, SqliteStore) {
+    stack_of(include_str!("../../examples/kr-shop.toml"), 10_000).await
+}
+
+/// kr-shop as `program` says, and m-1 with `points`, on 22 November 2026.
+async fn stack_of(program: &str, points: i64) -> (Services, Arc<FixedClock>, SqliteStore) {
     let store = SqliteStore::memory().unwrap();
     let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap());
     let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
     services
-        .adjust(
+        .put_program(
             "kr-shop",
-            "m-1",
-            "ops",
-            None,
-            br#"{"points": 10000, "reason": "gift"}"#,
+            program,
+            loyalty_core::services::programs::ProgramFormat::Toml,
         )
+        .await
+        .unwrap();
+    let gift = json!({"points": points, "reason": "gift"}).to_string();
+    services
+        .adjust("kr-shop", "m-1", "ops", None, gift.as_bytes())
         .await
         .unwrap();
     (services, clock, store)
@@ -182,32 +190,12 @@ async fn a_captured_hold_stays_spent_and_a_voided_one_comes_back() {
 #[tokio::test]
 async fn a_hold_worth_more_than_any_checkout_is_refused_not_wrapped() {
     // GIVEN points worth 10,000,000 KRW each at checkout, and a member with 10^12 points
-    let store = SqliteStore::memory().unwrap();
-    let (_, services) =
-        common::kr_shop_services(&store, 3, Arc::new(loyalty_core::ports::SystemClock)).await;
     let rich = include_str!("../../examples/kr-shop.toml").replacen(
         "value = \"1\"           # ... is worth 1 KRW at checkout",
         "value = \"10000000\"",
         1,
     );
-    services
-        .put_program(
-            "kr-shop",
-            &rich,
-            loyalty_core::services::programs::ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
-    services
-        .adjust(
-            "kr-shop",
-            "m-1",
-            "ops",
-            None,
-            br#"{"points": 1000000000000, "reason": "test"}"#,
-        )
-        .await
-        .unwrap();
+    let (services, _, _) = stack_of(&rich, 1_000_000_000_000).await;
     // WHEN all of them are held for a checkout (10^19 KRW, past 64 bits)
     let refused = services
         .redeem(

@@ -1,6 +1,8 @@
 //! The SQS adapter against moto: FIFO sends group by member and deduplicate by message id.
 #![cfg(feature = "aws")]
 
+mod common;
+
 use std::collections::HashMap;
 
 use aws_sdk_sqs::config::interceptors::BeforeTransmitInterceptorContextRef;
@@ -183,11 +185,7 @@ impl Intercept for RefusePoison {
         _components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let target = context
-            .request()
-            .headers()
-            .get("x-amz-target")
-            .unwrap_or_default();
+        let target = common::target(context);
         let body = context.request().body().bytes().unwrap_or_default();
         if target.ends_with(".SendMessage") && String::from_utf8_lossy(body).contains("poison") {
             return Err("refused".into());

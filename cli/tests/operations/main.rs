@@ -114,6 +114,22 @@ impl Shop {
         common::settled(&self.db);
     }
 
+    /// `loyalty import balances` of a CSV file `name` holding `text`, into kr-shop.
+    fn import_csv(&self, name: &str, text: &str) -> Output {
+        let file = self.dir.join(name);
+        std::fs::write(&file, text).expect("file");
+        self.loyalty(&[
+            "import",
+            "balances",
+            file.to_str().expect("utf-8 path"),
+            "--program",
+            "kr-shop",
+            "--format",
+            "csv",
+            "--json",
+        ])
+    }
+
     fn eventually(&self, member: &str, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -557,23 +573,11 @@ fn a_row_the_store_cannot_take_is_refused_and_the_rest_of_the_file_is_applied_an
         [],
     )
     .expect("poison");
-    let file = shop.dir.join("three.csv");
-    std::fs::write(
-        &file,
-        "member,points\nm-ok-1,100\nm-poison,200\nm-ok-2,300\n",
-    )
-    .expect("file");
     // WHEN it is imported
-    let out = shop.loyalty(&[
-        "import",
-        "balances",
-        file.to_str().expect("utf-8 path"),
-        "--program",
-        "kr-shop",
-        "--format",
-        "csv",
-        "--json",
-    ]);
+    let out = shop.import_csv(
+        "three.csv",
+        "member,points\nm-ok-1,100\nm-poison,200\nm-ok-2,300\n",
+    );
     // THEN the two other rows are applied, m-poison's is refused to be imported again, and the
     // run says so (exit 1, the summary, the errors file)
     assert_eq!(

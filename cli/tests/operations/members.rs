@@ -83,22 +83,10 @@ fn a_pos_member_merged_into_the_app_member_keeps_every_point_date_order_and_used
     let pos = "pos:010-1234-5678";
     let app = "app-minji";
     let (soon, later) = (end_of_month_in(2), end_of_month_in(11));
-    let file = shop.dir.join("balances.csv");
-    std::fs::write(
-        &file,
-        format!("member,points,expires_on\n{pos},3000,{soon}\n{app},5000,{later}\n"),
-    )
-    .expect("file");
-    let imported = ok(&shop.loyalty(&[
-        "import",
-        "balances",
-        file.to_str().expect("utf-8 path"),
-        "--program",
-        "kr-shop",
-        "--format",
-        "csv",
-        "--json",
-    ]));
+    let imported = ok(&shop.import_csv(
+        "balances.csv",
+        &format!("member,points,expires_on\n{pos},3000,{soon}\n{app},5000,{later}\n"),
+    ));
     assert_eq!(imported["applied"].as_i64(), Some(2), "{imported}");
     shop.send(birthday("bd-pos", pos));
     shop.send(pos_purchase("pos-sale-1", pos, "store-1001"));
@@ -527,18 +515,10 @@ fn action(id: &str, member: &str, action: &str) -> Value {
 impl Shop {
     /// A member with an email and no points, imported as a brand would.
     fn import_member(&self, member: &str, email: &str) {
-        let file = self.dir.join(format!("{member}.csv"));
-        std::fs::write(&file, format!("member,email,points\n{member},{email},0\n")).expect("file");
-        ok(&self.loyalty(&[
-            "import",
-            "balances",
-            file.to_str().expect("utf-8"),
-            "--program",
-            "kr-shop",
-            "--format",
-            "csv",
-            "--json",
-        ]));
+        ok(&self.import_csv(
+            &format!("{member}.csv"),
+            &format!("member,email,points\n{member},{email},0\n"),
+        ));
     }
 
     fn rejected_reason(&self, id: &str) -> String {

@@ -27,9 +27,9 @@ pub struct LinkReport {
 
 /// An identity as the request names it, checked and in its stored form (an email lower-cased).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub kind: String,
-    pub value: String,
+struct Identity {
+    kind: String,
+    value: String,
 }
 
 impl Identity {
@@ -38,7 +38,7 @@ impl Identity {
     /// `kind:value` as events name members, follows the member rule; an app login's value is a
     /// token's subject, which names the member itself when it has no link, so it follows the
     /// member rule alone.
-    pub fn parse(kind: &str, value: &str) -> Result<Identity, ServiceError> {
+    fn parse(kind: &str, value: &str) -> Result<Identity, ServiceError> {
         let invalid = |detail: String| ServiceError::invalid("invalid-identity", detail);
         if !IdKind::Platform.accepts(kind) {
             return Err(invalid(format!(
@@ -133,7 +133,7 @@ impl Services {
     /// Links `identity` to `member`. An identity linked to another member, or one that has an
     /// account of its own (its orders were credited to it before anyone linked it), is
     /// refused: that is a merge, which moves the points with it.
-    pub async fn link(
+    async fn link(
         &self,
         program: &str,
         member: &str,

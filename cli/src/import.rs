@@ -132,20 +132,12 @@ async fn orders(args: OrderArgs) -> Result<ExitCode, String> {
         match &order.read {
             Err(reason) => refused.push((order.line, order.name.clone(), reason.clone())),
             Ok(event) => {
-                // An order the store could not take is refused with the others, to be
-                // imported again; the rest of the file still goes.
-                let found = match services
+                // An order the store could not take comes back `failed`, with its reason, and
+                // is refused with the others; the rest of the file still goes.
+                let found = services
                     .reconcile_events(&program, vec![event.clone()], args.dry_run)
                     .await
-                {
-                    Ok(found) => found,
-                    Err(e) => {
-                        let reason = format!("not imported, import the order again: {e}");
-                        refused.push((order.line, order.name.clone(), reason));
-                        bar.inc(1);
-                        continue;
-                    }
-                };
+                    .map_err(|e| format!("order {}: {e}", order.name))?;
                 for r in found {
                     match r.reason {
                         Some(reason) => refused.push((order.line, order.name.clone(), reason)),

@@ -252,3 +252,174 @@ fn the_monthly_reward_is_granted_once_per_month_when_the_job_runs_late_or_twice(
     assert_eq!(coupons(), 3);
     assert_eq!(shop.member("m-grants")["balance"], 0);
 }
+
+fn refund(shop: &Shop, order: &str, refund_id: &str, member: &str, data: Value) {
+    let mut data = data;
+    data["order_id"] = json!(order);
+    data["refund_id"] = json!(refund_id);
+    event(
+        shop,
+        json!({"type": "purchase.refunded", "version": 1, "id": format!("{order}-{refund_id}"),
+               "program": "kr-shop", "member": member, "occurred_at": at(0), "data": data}),
+    );
+}
+
+/// The member's events so far are processed: a purchase posted now has earned (each member's
+/// events are processed in the order they came).
+fn settled(shop: &Shop, member: &str, mark: &str) {
+    let before = shop.member(member)["pending"].clone();
+    purchase(shop, mark, member, "1000");
+    shop.eventually(member, |v| v["pending"] != before);
+}
+
+#[test]
+fn a_refund_before_its_payment_or_in_parts_that_add_up_to_it_ends_the_membership() {
+    // GIVEN kr-shop with the Plus membership
+    let shop = plus_shop("membership-refund-order");
+    // WHEN one member's refund of the fee comes before the payment it refunds
+    refund(
+        &shop,
+        "pay-early",
+        "r-1",
+        "m-early",
+        json!({"lines": [{"line_id": "membership", "quantity": 1}]}),
+    );
+    paid(&shop, "pay-early", "m-early", 1, 0);
+    // AND another's fee is refunded by amount in two parts: 2,000 and then 2,900 of 4,900
+    paid(&shop, "pay-parts", "m-parts", 1, 0);
+    for (id, amount) in [("r-1", "2000"), ("r-2", "2900")] {
+        refund(
+            &shop,
+            "pay-parts",
+            id,
+            "m-parts",
+            json!({"amount": amount, "order_total": "4900"}),
+        );
+    }
+    // THEN both memberships have ended, today
+    for member in ["m-early", "m-parts"] {
+        let ended = shop.eventually(member, |v| v["membership"]["status"] == "ended");
+        assert_eq!(day(&ended["membership"]["ended_on"]), today_in_seoul());
+    }
+}
+
+#[test]
+fn a_part_refund_of_the_fee_leaves_the_membership() {
+    // GIVEN a member who paid for Plus today
+    let shop = plus_shop("membership-part-refund");
+    paid(&shop, "pay-part", "m-part", 1, 0);
+    // WHEN 2,000 of the order's 4,900 are refunded
+    refund(
+        &shop,
+        "pay-part",
+        "r-1",
+        "m-part",
+        json!({"amount": "2000", "order_total": "4900"}),
+    );
+    settled(&shop, "m-part", "o-after-part");
+    // THEN the membership goes on
+    assert_eq!(shop.member("m-part")["membership"]["status"], "active");
+}
+
+#[test]
+fn a_late_refund_of_an_earlier_membership_leaves_the_one_paid_for_since() {
+    // GIVEN a member whose first month, paid 60 days ago, lapsed, and who paid again today
+    let shop = plus_shop("membership-late-refund");
+    paid(&shop, "pay-old", "m-again", 1, 60);
+    paid(&shop, "pay-new", "m-again", 1, 0);
+    shop.eventually("m-again", |v| {
+        v["membership"]["started_on"].as_str() == Some(&today_in_seoul().to_string())
+    });
+    // WHEN the old month's payment is refunded
+    refund(
+        &shop,
+        "pay-old",
+        "r-old",
+        "m-again",
+        json!({"lines": [{"line_id": "membership", "quantity": 1}]}),
+    );
+    settled(&shop, "m-again", "o-after-refund");
+    // THEN the membership paid for today is still active
+    let view = shop.member("m-again");
+    assert_eq!(view["membership"]["status"], "active", "{view}");
+    // AND a refund of today's payment still ends it
+    refund(
+        &shop,
+        "pay-new",
+        "r-new",
+        "m-again",
+        json!({"lines": [{"line_id": "membership", "quantity": 1}]}),
+    );
+    shop.eventually("m-again", |v| v["membership"]["status"] == "ended");
+}
+
+#[test]
+fn a_membership_ended_and_bought_again_on_one_day_has_its_own_monthly_reward() {
+    // GIVEN a member who paid for Plus today and got the first month's reward
+    let shop = plus_shop("membership-rebought");
+    paid(&shop, "pay-a", "m-rebuy", 1, 0);
+    shop.eventually("m-rebuy", |v| v["membership"]["status"] == "active");
+    let today = today_in_seoul();
+    jobs(&shop, today);
+    let coupons = || {
+        let export = shop.get(&format!("{P}/members/m-rebuy/export"));
+        let redemptions = export["redemptions"].as_array().expect("redemptions");
+        let ids: Vec<String> = redemptions
+            .iter()
+            .filter(|r| r["reward"] == "free-shipping")
+            .map(|r| r["id"].as_str().expect("id").to_string())
+            .collect();
+        ids
+    };
+    assert_eq!(coupons().len(), 1);
+    // WHEN its payment is refunded and the member buys it again, the same day
+    refund(
+        &shop,
+        "pay-a",
+        "r-a",
+        "m-rebuy",
+        json!({"lines": [{"line_id": "membership", "quantity": 1}]}),
+    );
+    shop.eventually("m-rebuy", |v| v["membership"]["status"] == "ended");
+    paid(&shop, "pay-b", "m-rebuy", 1, 0);
+    shop.eventually("m-rebuy", |v| v["membership"]["status"] == "active");
+    // AND the job runs again that day, twice
+    jobs(&shop, today);
+    jobs(&shop, today);
+    // THEN the new membership's first month has a reward of its own, once
+    let ids = coupons();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_ne!(ids[0], ids[1]);
+    let view = shop.member("m-rebuy");
+    assert_eq!(view["membership"]["saved"]["rewards"], 2, "{view}");
+}
+
+#[test]
+fn a_merge_keeps_the_membership_that_is_paid_for() {
+    // GIVEN a survivor whose membership lapsed, and a member who paid for one today
+    let shop = plus_shop("membership-merge");
+    paid(&shop, "pay-lapsed", "m-survivor", 1, 60);
+    paid(&shop, "pay-today", "m-other", 1, 0);
+    shop.eventually("m-survivor", |v| v["membership"]["status"] == "lapsed");
+    shop.eventually("m-other", |v| v["membership"]["status"] == "active");
+    // WHEN support merges the other into the survivor
+    let (status, merged) = shop.call(
+        "POST",
+        &format!("{P}/members/m-survivor/merge"),
+        Some(json!({"from": "m-other", "reason": "same person"})),
+    );
+    assert_eq!(status, 200, "{merged}");
+    // THEN the survivor has the membership paid for today
+    let view = shop.member("m-survivor");
+    assert_eq!(view["membership"]["status"], "active", "{view}");
+    assert_eq!(day(&view["membership"]["started_on"]), today_in_seoul());
+    // AND a refund of that payment, delivered for the merged member, ends it
+    refund(
+        &shop,
+        "pay-today",
+        "r-today",
+        "m-other",
+        json!({"lines": [{"line_id": "membership", "quantity": 1}]}),
+    );
+    shop.eventually("m-survivor", |v| v["membership"]["status"] == "ended");
+}

@@ -174,7 +174,7 @@ impl Account {
         }
     }
 
-    /// A refund of a membership payment ends the membership on `on`; true when it did.
+    /// A refund of a payment of the current membership ends it on `on`; true when it did.
     pub fn refund_membership(
         &mut self,
         order_id: &str,
@@ -198,10 +198,43 @@ impl Account {
             }
         }
         payment.refunded = true;
+        // A payment of an earlier membership, refunded late, ends nothing paid for since.
+        if payment.paid_on < m.started_on {
+            return false;
+        }
         if m.ended_on.is_none() {
             m.ended_on = Some(on);
         }
         true
+    }
+
+    /// Takes in the membership of a member merged into this one: the one with benefits on
+    /// `day` stays (this member's when both have), so a merge never drops a paid period for a
+    /// lapsed one; what either gave (bonus points, grants) is added up.
+    pub fn merge_membership(
+        &mut self,
+        rules: Option<&MembershipRules>,
+        theirs: Option<&Membership>,
+        day: NaiveDate,
+    ) {
+        let Some(theirs) = theirs else {
+            return;
+        };
+        let with_benefits =
+            |m: &Membership| rules.is_some_and(|r| m.id == r.id && m.benefits_on(r, day));
+        let Some(mine) = &mut self.membership else {
+            self.membership = Some(theirs.clone());
+            return;
+        };
+        let (bonus_points, grants) = (
+            mine.bonus_points.saturating_add(theirs.bonus_points),
+            mine.grants.saturating_add(theirs.grants),
+        );
+        if !with_benefits(mine) && with_benefits(theirs) {
+            *mine = theirs.clone();
+        }
+        mine.bonus_points = bonus_points;
+        mine.grants = grants;
     }
 
     /// Whether the member has the membership's benefits on `day`.

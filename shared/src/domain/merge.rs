@@ -125,10 +125,8 @@ impl Account {
         account.notified.extend(from.notified.iter().cloned());
         account.joined_on = account.joined_on.min(from.joined_on);
         account.last_purchase_at = account.last_purchase_at.max(from.last_purchase_at);
-        // A paid membership goes with the person: the survivor's own if it has one.
-        if account.membership.is_none() {
-            account.membership = from.membership.clone();
-        }
+        // A paid membership goes with the person.
+        account.merge_membership(program.membership.as_ref(), from.membership.as_ref(), today);
         if account.referred_by.is_none() {
             account.referred_by = from.referred_by.clone();
             account.referral_due = from.referral_due.clone();

@@ -310,7 +310,7 @@ impl Account {
 
         // Refunds that arrived first are applied now, in the order they arrived.
         for reversal in std::mem::take(&mut record.parked) {
-            apply_reversal(&mut journal, program, &mut record, &reversal)?;
+            reverse(&mut journal, program, &mut record, &reversal)?;
         }
         Ok(done(journal, record, referrer))
     }
@@ -330,7 +330,7 @@ impl Account {
         let mut journal = Journal::begin(self, program, ctx);
         for reversal in parked {
             if !record.applied.contains(&reversal.refund_id) {
-                apply_reversal(&mut journal, program, &mut record, reversal)?;
+                reverse(&mut journal, program, &mut record, reversal)?;
             }
         }
         Ok(done(journal, record, None))
@@ -361,8 +361,7 @@ impl Account {
             ));
             record.parked.push(reversal.clone());
         } else {
-            apply_reversal(&mut journal, program, &mut record, reversal)?;
-            end_membership(&mut journal, program, reversal);
+            reverse(&mut journal, program, &mut record, reversal)?;
         }
         Ok(done(journal, record, None))
     }
@@ -418,15 +417,38 @@ fn pay_membership(
     (earning, format!("; {} paid through {through}", rules.name))
 }
 
+/// A refund applied: what it takes back, and the membership its order paid for, if it ends it.
+/// One path whether the refund came after its purchase or waited for it.
+fn reverse(
+    journal: &mut Journal<'_>,
+    program: &Program,
+    record: &mut OrderRecord,
+    reversal: &Reversal,
+) -> Result<(), OrderError> {
+    apply_reversal(journal, program, record, reversal)?;
+    end_membership(journal, program, record, reversal);
+    Ok(())
+}
+
 /// A refund of a membership payment ends the membership at once; the points earned with it
-/// stay (they belong to purchases this refund does not take back). The ledger says so.
-fn end_membership(journal: &mut Journal<'_>, program: &Program, reversal: &Reversal) {
+/// stay (they belong to purchases this refund does not take back). The ledger says so. Refunds
+/// by amount end it once they add up to the whole order, however many there were.
+fn end_membership(
+    journal: &mut Journal<'_>,
+    program: &Program,
+    record: &OrderRecord,
+    reversal: &Reversal,
+) {
     let Some(rules) = &program.membership else {
         return;
     };
+    let whole = record
+        .earned
+        .as_ref()
+        .is_some_and(|e| e.share_refunded >= e.share_total);
     let lines: Option<Vec<String>> = match &reversal.scope {
         RefundScope::Lines { lines } => Some(lines.iter().map(|l| l.line_id.clone()).collect()),
-        RefundScope::Share { amount, total } if amount < total => return,
+        RefundScope::Share { .. } if !whole => return,
         RefundScope::Share { .. } | RefundScope::Rest => None,
     };
     let day = local_date(program.time_zone, reversal.occurred_at);

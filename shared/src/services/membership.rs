@@ -47,11 +47,14 @@ impl Services {
                 return Ok(granted);
             };
             // The member is in the id: the notice it sends is deduplicated on it, across members.
+            // So is the member's count of grants: a membership ended and bought again on one
+            // day starts on the same day, and its first month is another grant.
             let id = format!(
-                "membership-{}-{:016x}-{}-m{month}",
+                "membership-{}-{:016x}-{}-m{month}-g{}",
                 rules.id,
                 crate::fingerprint::fnv1a64(member.bytes()),
-                m.started_on
+                m.started_on,
+                u64::from(m.grants) + 1
             );
             let ctx =
                 EventContext::new(format!("grant:{id}"), at, at).with_source(job_source("notices"));

@@ -501,6 +501,57 @@ fn an_erased_member_leaves_amounts_without_a_person_and_its_email_later_makes_a_
     assert_eq!(ledger.len(), 1, "{ledger:?}");
 }
 
+#[test]
+fn erasing_a_member_leaves_no_id_of_the_members_merged_into_it() {
+    // GIVEN two members known by their email, each with points, merged into an app member
+    let shop = Shop::start("erase-merged");
+    let survivor = "m-app-77";
+    let merged = ["email:ann.lee@example.com", "email:bo.kim@example.com"];
+    for member in [survivor].iter().chain(&merged) {
+        let (status, answer) = shop.call(
+            "POST",
+            &format!("{P}/members/{member}/adjustments"),
+            Some(json!({"points": 100, "reason": "goodwill"})),
+        );
+        assert_eq!(status, 201, "{answer}");
+    }
+    for from in merged {
+        let (status, answer) = shop.call(
+            "POST",
+            &format!("{P}/members/{survivor}/merge"),
+            Some(json!({"from": from, "reason": "the same person"})),
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
+    // WHEN support erases the app member
+    let (status, erased) = shop.call(
+        "DELETE",
+        &format!("{P}/members/{survivor}?reason=erasure%20request"),
+        None,
+    );
+    assert_eq!(status, 200, "{erased}");
+    assert_eq!(erased["merged"].as_i64(), Some(2), "{erased}");
+    // THEN the kept ledger names neither merged member: not in a reason, an entry id or an
+    // event id
+    let pseudonym = erased["pseudonym"].as_str().expect("pseudonym");
+    let (status, kept) = shop.call("GET", &format!("{P}/members/{pseudonym}/export"), None);
+    assert_eq!(status, 200, "{kept}");
+    let text = kept.to_string();
+    for personal in ["ann.lee", "bo.kim", "example.com", survivor] {
+        assert!(!text.contains(personal), "{personal} is still in {text}");
+    }
+    // AND its two merge entries are kept apart, with every amount
+    let entries = kept["ledger"].as_array().expect("ledger");
+    let merges: Vec<&Value> = entries.iter().filter(|e| e["kind"] == "merge").collect();
+    assert_eq!(merges.len(), 2, "{text}");
+    assert_ne!(merges[0]["id"], merges[1]["id"]);
+    let points: i64 = entries
+        .iter()
+        .map(|e| e["points"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(points, 0, "{text}");
+}
+
 fn referral(id: &str, referee: &str, referrer: &str) -> Value {
     json!({"type": "engagement.recorded", "version": 1, "id": id, "program": "kr-shop",
            "member": referee, "occurred_at": now(),

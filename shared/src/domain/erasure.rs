@@ -124,14 +124,26 @@ impl Account {
 }
 
 /// A ledger entry as kept for the books: the amounts, kinds, dates and order ids stay; every
-/// text that could name the person (`names`: the member id and identities) is replaced.
-pub fn pseudonymised(entry: &LedgerEntry, names: &[String], pseudonym: &str) -> LedgerEntry {
+/// text that could name the person (`stand_ins`: the member id, identities and the members
+/// merged into it, longest first, each with what stands for it) is replaced, in the reason and
+/// in the ids that carry a member's id (a merge's `merge-{member}`).
+pub fn pseudonymised(entry: &LedgerEntry, stand_ins: &[(String, String)]) -> LedgerEntry {
     let mut kept = entry.clone();
-    for name in names.iter().filter(|n| !n.is_empty()) {
-        kept.reason = kept.reason.replace(name.as_str(), pseudonym);
-    }
+    kept.reason = replaced(&kept.reason, stand_ins);
+    kept.id = replaced(&kept.id, stand_ins);
+    kept.source.event_id = kept.source.event_id.map(|id| replaced(&id, stand_ins));
     kept.provisional = false;
     kept
+}
+
+/// `text` with each name replaced by its stand-in, in the order given.
+pub fn replaced(text: &str, stand_ins: &[(String, String)]) -> String {
+    stand_ins
+        .iter()
+        .filter(|(name, _)| !name.is_empty())
+        .fold(text.to_string(), |text, (name, stand_in)| {
+            text.replace(name.as_str(), stand_in)
+        })
 }
 
 /// A random pseudonym (nothing in it derives from the person).

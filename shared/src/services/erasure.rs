@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::{Contention, ServiceError, Services};
 use crate::domain::books::BooksAdd;
-use crate::domain::erasure::{new_pseudonym, pseudonymised, Erasure};
+use crate::domain::erasure::{new_pseudonym, pseudonymised, replaced, Erasure};
 use crate::domain::{Account, Change, DueDates, EventContext, LedgerEntry, Program, Source};
 use crate::ports::{Commit, CommitError, EventMarker, APP_LINK};
 
@@ -57,6 +57,15 @@ fn identity_names(aliases: &[(String, String)]) -> Vec<String> {
     aliases
         .iter()
         .flat_map(|(kind, value)| [format!("{kind}:{value}"), value.clone()])
+        .collect()
+}
+
+/// Each name paired with what stands for it in kept texts.
+fn stand_ins_of(names: &[String], stand_in: &str) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter(|n| !n.is_empty())
+        .map(|n| (n.clone(), stand_in.to_string()))
         .collect()
 }
 
@@ -99,24 +108,36 @@ impl Services {
         if let Some((_, value)) = member.split_once(':') {
             names.push(value.to_string());
         }
-        let mut kept = erasure.clone();
-        for name in &names {
-            kept.reason = kept.reason.replace(name.as_str(), &erasure.pseudonym);
-        }
-        let entries = self
-            .keep_ledger(&program, member, &account, &kept, &names)
-            .await?;
-        let coupons: Vec<String> = file.coupons.iter().map(|c| c.code.clone()).collect();
-        let identities = file.aliases.len();
         let mut principals = app_subjects(member, &file.aliases);
+        // Members merged into it are named in its ledger (`Merged from …`, and the merge's
+        // entry id): known before the ledger is kept, each under a stand-in of its own (also
+        // for its identities, which the merge moved to this member).
+        let mut stand_ins = Vec::new();
         let mut merged_files = Vec::new();
-        for merged in &account.merged_from {
+        for (k, merged) in account.merged_from.iter().enumerate() {
             let other = self.store.member_file(&program.id, merged).await?;
-            names.push(merged.clone());
-            names.extend(identity_names(&other.aliases));
+            let mut theirs = vec![merged.clone()];
+            theirs.extend(identity_names(&other.aliases));
+            stand_ins.extend(stand_ins_of(
+                &theirs,
+                &format!("{}-{}", erasure.pseudonym, k + 1),
+            ));
+            names.extend(theirs);
             principals.extend(app_subjects(merged, &other.aliases));
             merged_files.push((merged, other));
         }
+        stand_ins.extend(stand_ins_of(&names, &erasure.pseudonym));
+        // Longest first, so that a name inside another is not replaced in it; a name stands
+        // for the first member it was found under.
+        stand_ins.sort_by(|(a, _), (b, _)| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        stand_ins.dedup_by(|later, first| later.0 == first.0);
+        let mut kept = erasure.clone();
+        kept.reason = replaced(&kept.reason, &stand_ins);
+        let entries = self
+            .keep_ledger(&program, member, &account, &kept, &stand_ins)
+            .await?;
+        let coupons: Vec<String> = file.coupons.iter().map(|c| c.code.clone()).collect();
+        let identities = file.aliases.len();
         // Short names (`m-1`) would match other members' payloads; ids and identities that
         // name a person are longer than that.
         names.retain(|n| n.chars().count() >= 5);
@@ -232,7 +253,7 @@ impl Services {
         member: &str,
         erased: &Account,
         erasure: &Erasure,
-        names: &[String],
+        stand_ins: &[(String, String)],
     ) -> Result<usize, ServiceError> {
         let mut entries: Vec<LedgerEntry> = Vec::new();
         let mut cursor: Option<String> = None;
@@ -241,11 +262,7 @@ impl Services {
                 .store
                 .ledger_page(&program.id, member, 100, cursor.as_deref())
                 .await?;
-            entries.extend(
-                page.entries
-                    .iter()
-                    .map(|e| pseudonymised(e, names, &erasure.pseudonym)),
-            );
+            entries.extend(page.entries.iter().map(|e| pseudonymised(e, stand_ins)));
             match page.next_cursor {
                 Some(next) => cursor = Some(next),
                 None => break,

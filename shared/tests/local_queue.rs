@@ -86,6 +86,38 @@ async fn a_receive_takes_the_oldest_message_of_each_group_and_none_behind_one_in
 }
 
 #[tokio::test]
+async fn a_member_with_thousands_of_messages_waiting_holds_up_no_other_member() {
+    // GIVEN 20,000 messages for m-flood, sent before one message each for m-b and m-c
+    let (store, _db) = file_store();
+    let queue = LocalQueue::new(store, 5);
+    let ids: Vec<String> = (0..20_000).map(|n| format!("flood-{n}")).collect();
+    for chunk in ids.chunks(500) {
+        let messages: Vec<Envelope> = chunk
+            .iter()
+            .map(|id| purchase(id, "m-flood", 1000))
+            .collect();
+        let sends = messages.iter().map(|m| queue.send(QueueName::Earn, m));
+        for sent in futures_util::future::join_all(sends).await {
+            sent.unwrap();
+        }
+    }
+    for (id, member) in [("b1", "m-b"), ("c1", "m-c")] {
+        queue
+            .send(QueueName::Earn, &purchase(id, member, 1000))
+            .await
+            .unwrap();
+    }
+    // WHEN a worker takes up to ten, and then, with those in flight, up to ten again
+    // THEN the first receive gives each member's oldest, m-flood's first
+    let first = bodies(&queue, 10).await;
+    assert_eq!(first.len(), 3, "{first:?}");
+    assert!(first[0].starts_with("flood-"), "{first:?}");
+    assert_eq!(first[1..], ["b1", "c1"]);
+    // AND the next gives nothing: every group's head is in flight
+    assert!(bodies(&queue, 10).await.is_empty());
+}
+
+#[tokio::test]
 async fn concurrent_writes_share_commits_and_each_is_answered_only_once_durable() {
     // GIVEN a database file and a queue in it
     let (store, db) = file_store();

@@ -59,9 +59,9 @@ fn now_ms() -> i64 {
 
 /// Rows read per step when looking for the heads of groups.
 const SCAN_PAGE: usize = 512;
-/// Rows looked at, at most, by one receive. Only heads in flight or waiting for a retry (one
-/// per group) can stand before a due head, so this bounds the work of a receive whatever the
-/// backlog, and a group further back waits for the next receive.
+/// Rows looked at, at most, by one receive's walk from the front. Past it (one group's backlog
+/// fills the front of the queue), the heads are taken group by group from the whole queue
+/// instead, so that a member with thousands of messages waiting holds up no one else.
 const SCAN_LIMIT: usize = 16_384;
 
 /// The oldest message of each group, in queue order, that is due: a group whose head is in
@@ -102,10 +102,38 @@ fn due_heads(
             }
         }
         if last_page {
-            break;
+            return Ok(heads);
         }
     }
+    if heads.len() < max {
+        return every_groups_head(conn, queue, max, now);
+    }
     Ok(heads)
+}
+
+/// The due heads of every group, oldest first: a pass over the whole queue, for when the front
+/// of the queue is one group's backlog.
+fn every_groups_head(
+    conn: &Connection,
+    queue: QueueName,
+    max: usize,
+    now: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let failed = |e| sql_error("cannot read the queue", e);
+    // SQLite takes `available_at` from the row whose `seq` is the group's MIN.
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq FROM (SELECT MIN(seq) AS seq, available_at FROM queue WHERE queue = ?1
+             GROUP BY grp) WHERE available_at <= ?2 ORDER BY seq LIMIT ?3",
+        )
+        .map_err(failed)?;
+    let rows = stmt
+        .query_map(
+            params![queue.as_str(), now, i64::try_from(max).unwrap_or(i64::MAX)],
+            |r| r.get(0),
+        )
+        .map_err(failed)?;
+    rows.collect::<Result<_, _>>().map_err(failed)
 }
 
 impl LocalQueue {

@@ -232,3 +232,36 @@ async fn a_hold_worth_more_than_any_checkout_is_refused_not_wrapped() {
         .unwrap();
     assert_eq!(held.body["value"], 10_000_000_000_000i64);
 }
+
+#[tokio::test]
+async fn a_suspended_member_holds_nothing_at_checkout() {
+    // GIVEN a member with 10,000 points, suspended by an operator
+    let (services, _, _) = stack().await;
+    services
+        .suspend("kr-shop", "m-1", "chargebacks under review", "ops")
+        .await
+        .unwrap();
+    // WHEN the member's app holds 5,000 of them for a checkout
+    let refused = services
+        .redeem(
+            "kr-shop",
+            "m-1",
+            "m-1",
+            Some("h-sus"),
+            &hold(5_000, "order-3"),
+        )
+        .await;
+    // THEN it is refused as for any reward, and nothing is held
+    assert!(
+        matches!(
+            &refused,
+            Err(ServiceError::Forbidden {
+                problem: "member-suspended",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let view = services.member_view("kr-shop", "m-1").await.unwrap();
+    assert_eq!(view.balance, 10_000);
+}

@@ -295,6 +295,17 @@ fn insufficient(e: AccountError) -> ServiceError {
 /// 409 for a member whose erasure has begun (what is written now would outlive it) or who
 /// was merged into another (it keeps no points of its own: points given or taken back here
 /// would be seen by no one, the survivor included).
+/// A suspended member spends nothing, by a reward or at checkout, until resumed.
+fn refuse_suspended(account: &crate::domain::Account) -> Result<(), ServiceError> {
+    match account.suspended {
+        Some(_) => Err(ServiceError::Forbidden {
+            problem: "member-suspended",
+            detail: "the member is suspended and can redeem nothing until resumed".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn refuse_closed(account: &crate::domain::Account) -> Result<(), ServiceError> {
     if account.erased.is_some() {
         return Err(ServiceError::Conflict {
@@ -418,12 +429,7 @@ impl Services {
                 .clone()
                 .unwrap_or_else(|| crate::domain::Account::open(&program, member, now));
             refuse_closed(&account)?;
-            if account.suspended.is_some() {
-                return Err(ServiceError::Forbidden {
-                    problem: "member-suspended",
-                    detail: "the member is suspended and can redeem nothing until resumed".into(),
-                });
-            }
+            refuse_suspended(&account)?;
             check_tier_lock(&program, &account, reward.min_tier.as_deref())?;
             check_membership(&program, &account, &reward, now)?;
             let id = uuid::Uuid::new_v4().simple().to_string();
@@ -556,6 +562,7 @@ impl Services {
                 .clone()
                 .unwrap_or_else(|| crate::domain::Account::open(program, member, now));
             refuse_closed(&account)?;
+            refuse_suspended(&account)?;
             let expires_at = now + Duration::minutes(i64::from(rules.hold_minutes));
             let ctx = EventContext::new(format!("hold-{id}"), now, now).with_source(Source {
                 rule: Some(PAY_WITH_POINTS.into()),

@@ -199,6 +199,51 @@ fn a_processed_event_is_logged_with_its_ids_and_trace_and_counted_at_metrics() {
         notice["member"].as_str().unwrap().starts_with("person-"),
         "{notice}"
     );
+    // WHEN support merges the email's member into an app member, whose ids (the merge's own
+    // message, its tier check) are made of the email
+    let app = "m-app-telemetry";
+    let response = client()
+        .post(format!("{}/v1/programs/kr-shop/events", serve.base))
+        .bearer_auth(&admin)
+        .json(&purchase("ev-tel-2", app))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    eventually("the app member", || {
+        let found = client()
+            .get(format!("{}/v1/programs/kr-shop/members/{app}", serve.base))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap();
+        let view: Value = found.json().unwrap();
+        (view["balance"].as_i64() > Some(0)).then_some(())
+    });
+    let merged = client()
+        .post(format!(
+            "{}/v1/programs/kr-shop/members/{app}/merge",
+            serve.base
+        ))
+        .bearer_auth(&admin)
+        .json(&json!({"from": member, "reason": "the same person"}))
+        .send()
+        .unwrap();
+    assert_eq!(
+        merged.status(),
+        200,
+        "{}",
+        merged.text().unwrap_or_default()
+    );
+    // THEN the merge's message is logged as processed, by a digest of its id
+    let log = eventually("the merge's line", || {
+        let log = std::fs::read_to_string(&serve.log).unwrap();
+        let done = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| {
+                l["fields"]["message"] == "message processed" && l["span"]["kind"] == "member.merge"
+            });
+        done.then_some(log)
+    });
     // AND no line holds the email, the token or the signing secret
     for secret in [EMAIL, admin.as_str(), SECRET] {
         assert!(!log.contains(secret), "the log holds {secret}:\n{log}");

@@ -84,7 +84,7 @@ async fn send_carried(
         Err((at, e)) => {
             let first_unsent = carried.get(at).or(carried.last());
             let key = first_unsent.map(|(_, m)| m.key()).unwrap_or_default();
-            tracing::warn!(error = %e, key = %key, "outbox message not relayed; the stream retries from its record");
+            tracing::warn!(error = %e, key = loyalty_core::telemetry::event_ref(&key), "outbox message not relayed; the stream retries from its record");
             Err(first_unsent.map_or(0, |(index, _)| *index))
         }
     }
@@ -108,7 +108,7 @@ fn observe_lag(services: &Services, record: &EventRecord, message: &OutboxMessag
 /// Logs a message that was not relayed.
 fn logged(message: &OutboxMessage, outcome: Result<(), RelayError>) -> Result<(), RelayError> {
     if let Err(e) = &outcome {
-        tracing::warn!(error = %e, key = %message.key(), "outbox message not relayed; the stream retries from it");
+        tracing::warn!(error = %e, key = loyalty_core::telemetry::event_ref(&message.key()), "outbox message not relayed; the stream retries from it");
     }
     outcome
 }

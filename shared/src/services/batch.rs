@@ -147,8 +147,8 @@ async fn process_seated(
         .and_then(crate::telemetry::trace::root_of);
     let span = tracing::info_span!(
         "message",
-        message_id,
-        event_id = ids.id,
+        message_id = crate::telemetry::event_ref(message_id),
+        event_id = crate::telemetry::event_ref(&ids.id),
         kind = ids.kind,
         program = ids.program,
         member = crate::telemetry::member_ref(&ids.member),
@@ -221,8 +221,8 @@ fn notice_line(
     trace: Option<&str>,
 ) {
     tracing::info!(
-        message_id,
-        event_id,
+        message_id = crate::telemetry::event_ref(message_id),
+        event_id = crate::telemetry::event_ref(event_id),
         kind,
         program,
         member = crate::telemetry::member_ref(member),

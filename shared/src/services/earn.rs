@@ -293,16 +293,18 @@ impl Services {
                 if !settled(&mut current) {
                     continue;
                 }
-                tracing::info!(program = %program.id, event_id = %envelope.id, into = %crate::telemetry::member_ref(into), "event of a merged member");
+                tracing::info!(program = %program.id, event_id = crate::telemetry::event_ref(&envelope.id), into = %crate::telemetry::member_ref(into), "event of a merged member");
                 envelope.member = into.to_string();
-                contention.redirected(|| format!("member {}", envelope.member))?;
+                contention.redirected(|| {
+                    format!("member {}", crate::telemetry::member_ref(&envelope.member))
+                })?;
                 continue;
             }
             // Being erased: once it is gone, the event makes a new member.
             if state.account.as_ref().is_some_and(|a| a.erased.is_some()) {
                 return Err(Retry(format!(
                     "member {} is being erased; the event waits until that is done",
-                    envelope.member
+                    crate::telemetry::member_ref(&envelope.member)
                 )));
             }
             if state
@@ -389,7 +391,7 @@ impl Services {
             }
             current = true;
             contention
-                .again(|| format!("member {}", envelope.member))
+                .again(|| format!("member {}", crate::telemetry::member_ref(&envelope.member)))
                 .await?;
         }
     }
@@ -513,7 +515,7 @@ impl Services {
                 Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
             }
             contention
-                .again(|| format!("member {}", envelope.member))
+                .again(|| format!("member {}", crate::telemetry::member_ref(&envelope.member)))
                 .await?;
         }
     }

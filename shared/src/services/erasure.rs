@@ -242,7 +242,9 @@ impl Services {
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Err(_) => {}
             }
-            contention.again(|| format!("member {member}")).await?;
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(member)))
+                .await?;
         }
     }
 
@@ -321,7 +323,9 @@ impl Services {
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Err(_) => {}
             }
-            contention.again(|| format!("member {pseudonym}")).await?;
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(pseudonym)))
+                .await?;
         }
     }
 }

@@ -112,7 +112,9 @@ impl Services {
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            contention.again(|| format!("member {member}")).await?;
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(&member)))
+                .await?;
         }
     }
 

@@ -664,7 +664,13 @@ impl Services {
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
             contention
-                .again(|| format!("member {member} during {}", job.name()))
+                .again(|| {
+                    format!(
+                        "member {} during {}",
+                        crate::telemetry::member_ref(member),
+                        job.name()
+                    )
+                })
                 .await?;
         }
     }

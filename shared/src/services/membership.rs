@@ -112,7 +112,12 @@ impl Services {
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
             contention
-                .again(|| format!("member {member}'s membership reward"))
+                .again(|| {
+                    format!(
+                        "member {}'s membership reward",
+                        crate::telemetry::member_ref(member)
+                    )
+                })
                 .await?;
         }
     }

@@ -251,7 +251,9 @@ impl Services {
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            contention.again(|| format!("member {from}")).await?;
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(from)))
+                .await?;
         }
     }
 
@@ -428,7 +430,9 @@ impl Services {
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            contention.again(|| format!("member {survivor}")).await?;
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(survivor)))
+                .await?;
         }
     }
 }

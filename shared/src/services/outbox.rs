@@ -99,7 +99,7 @@ impl Services {
             let mut sent = 0;
             for message in group {
                 if let Err(e) = self.relay(message).await {
-                    tracing::warn!(error = %e, key = %message.key(), "outbox message not relayed; will retry");
+                    tracing::warn!(error = %e, key = crate::telemetry::event_ref(&message.key()), "outbox message not relayed; will retry");
                     // The rest of the group waits behind it, in order.
                     return (sent, Some(e));
                 }

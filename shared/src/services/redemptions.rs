@@ -509,7 +509,9 @@ impl Services {
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            contention.again(|| format!("member {member}")).await?;
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(member)))
+                .await?;
         }
     }
 
@@ -625,7 +627,9 @@ impl Services {
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            contention.again(|| format!("member {member}")).await?;
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(member)))
+                .await?;
         }
     }
 
@@ -708,7 +712,9 @@ impl Services {
                 ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            contention.again(|| format!("member {member}")).await?;
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(&member)))
+                .await?;
         }
     }
 
@@ -899,7 +905,9 @@ impl Services {
                 Err(CommitError::VersionConflict | CommitError::Duplicate) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            contention.again(|| format!("member {member}")).await?;
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(member)))
+                .await?;
         }
     }
 
@@ -993,7 +1001,9 @@ impl Services {
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            contention.again(|| format!("member {member}")).await?;
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(member)))
+                .await?;
         }
     }
 
@@ -1243,7 +1253,9 @@ impl Services {
                 ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
-            contention.again(|| format!("member {member}")).await?;
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(member)))
+                .await?;
         }
     }
 }

@@ -141,7 +141,7 @@ impl Services {
                 detail: format!("rejected event {id:?} was replayed by someone else meanwhile; look at it again"),
             });
         }
-        tracing::info!(program = %program.id, event_id = id, replay, "rejected event replayed");
+        tracing::info!(program = %program.id, event_id = crate::telemetry::event_ref(id), replay, "rejected event replayed");
         Ok(Replayed {
             id: id.to_string(),
             replay,

@@ -84,7 +84,12 @@ impl Services {
         envelope: &Envelope,
         reason: &str,
     ) -> Result<(), ServiceError> {
-        tracing::warn!(program, event_id = %envelope.id, reason, "event held for review");
+        tracing::warn!(
+            program,
+            event_id = crate::telemetry::event_ref(&envelope.id),
+            reason,
+            "event held for review"
+        );
         let held = HeldEvent {
             id: envelope.id.clone(),
             member: envelope.member.clone(),
@@ -136,7 +141,12 @@ impl Services {
         self.store
             .release_parked(program, REVIEW_KEY, id, &message)
             .await?;
-        tracing::info!(program, event_id = id, by, "held event released");
+        tracing::info!(
+            program,
+            event_id = crate::telemetry::event_ref(id),
+            by,
+            "held event released"
+        );
         Ok(held)
     }
 
@@ -324,7 +334,9 @@ impl Services {
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Err(_) => {}
             }
-            contention.again(|| format!("member {member}")).await?;
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(member)))
+                .await?;
         };
         self.store
             .discard_parked(&program.id, APPROVALS_KEY, id)

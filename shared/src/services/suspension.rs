@@ -149,7 +149,9 @@ impl Services {
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Err(_) => {}
             }
-            contention.again(|| format!("member {member}")).await?;
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(member)))
+                .await?;
         }
     }
 

@@ -29,6 +29,21 @@ pub fn member_ref(member: &str) -> String {
     }
 }
 
+/// How a log line names an event or message id: as it is, unless it holds an identity that
+/// names a person (an id built from a member's: a merge's, a notice's, or one chosen so by a
+/// caller), which is replaced by a digest.
+pub fn event_ref(id: &str) -> String {
+    let personal = id.contains('@')
+        || ["phone:", "tel:", "pos:", "mobile:"]
+            .iter()
+            .any(|k| id.contains(k));
+    if personal {
+        format!("event-{:016x}", crate::fingerprint::fnv1a64(id.bytes()))
+    } else {
+        id.to_string()
+    }
+}
+
 /// The filter directive from the three variables, in that order, else `info`.
 fn directive(loyalty: Option<String>, rust: Option<String>, lambda: Option<String>) -> String {
     let given = |v: Option<String>| v.filter(|s| !s.trim().is_empty());

@@ -281,13 +281,38 @@ async fn schedule(services: Arc<Services>, every: Duration) {
 /// many messages per transaction, and logs the notices (the brand's integrations consume them
 /// in AWS).
 async fn relay(queue: LocalQueue) -> ! {
+    let mut forgotten_at = std::time::Instant::now();
     loop {
+        if forgotten_at.elapsed() >= FORGET_EVERY {
+            forget_sent(&queue).await;
+            forgotten_at = std::time::Instant::now();
+        }
         match queue.relay_outbox(RELAY_BATCH, log_notice_envelope).await {
             Ok(0) => tokio::time::sleep(IDLE_POLL).await,
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot relay the outbox; will retry");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// How often the ids sent to the queues longer ago than `SENT_KEPT` are forgotten.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
+
+/// Forgets the ids sent before the window, a thousand per writer job so that the other work
+/// goes on between them.
+async fn forget_sent(queue: &LocalQueue) {
+    const STEP: usize = 1_000;
+    let before = chrono::Utc::now() - loyalty_core::queue::local::SENT_KEPT;
+    loop {
+        match queue.forget_sent(before, STEP).await {
+            Ok(n) if n == STEP => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot forget the ids sent; will retry");
+                return;
             }
         }
     }

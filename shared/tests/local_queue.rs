@@ -118,6 +118,55 @@ async fn a_member_with_thousands_of_messages_waiting_holds_up_no_other_member() 
 }
 
 #[tokio::test]
+async fn an_id_sent_is_refused_again_for_a_week_then_forgotten() {
+    // GIVEN a message sent and processed
+    let (store, _db) = file_store();
+    let queue = LocalQueue::new(store, 5);
+    let message = purchase("p-1", "m-a", 1000);
+    queue.send(QueueName::Earn, &message).await.unwrap();
+    let seq = queue.receive(QueueName::Earn, 1, HIDE).await.unwrap()[0].seq;
+    queue.ack(seq).await.unwrap();
+    // WHEN the ids sent more than a week ago are forgotten
+    let week_ago = chrono::Utc::now() - loyalty_core::queue::local::SENT_KEPT;
+    assert_eq!(queue.forget_sent(week_ago, 1_000).await.unwrap(), 0);
+    // THEN its id, sent today, is still refused
+    queue.send(QueueName::Earn, &message).await.unwrap();
+    assert_eq!(queue.depth(QueueName::Earn).await.unwrap(), 0);
+    // WHEN a week has passed (ids sent before now are forgotten)
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(queue.forget_sent(later, 1_000).await.unwrap(), 1);
+    // THEN the same id is queued again (the consumer's marker makes it a duplicate there)
+    queue.send(QueueName::Earn, &message).await.unwrap();
+    assert_eq!(queue.depth(QueueName::Earn).await.unwrap(), 1);
+}
+
+#[test]
+fn a_file_whose_ids_sent_are_undated_opens_and_forgets_them_first() {
+    // GIVEN a database file made before ids sent were dated, with one id sent
+    let dir = std::env::temp_dir().join(format!("local-queue-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("loyalty.db");
+    let old = rusqlite::Connection::open(&db).unwrap();
+    old.execute_batch(
+        "CREATE TABLE sent (queue TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (queue, id));
+         INSERT INTO sent (queue, id) VALUES ('earn', 'kr-shop/old-1');",
+    )
+    .unwrap();
+    drop(old);
+    // WHEN it is opened by this version, and the ids of a week ago are forgotten
+    let queue = LocalQueue::new(SqliteStore::open(&db).unwrap(), 5);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let week_ago = chrono::Utc::now() - loyalty_core::queue::local::SENT_KEPT;
+    // THEN the undated id goes, as one older than any window
+    assert_eq!(
+        runtime
+            .block_on(queue.forget_sent(week_ago, 1_000))
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn concurrent_writes_share_commits_and_each_is_answered_only_once_durable() {
     // GIVEN a database file and a queue in it
     let (store, db) = file_store();

@@ -34,8 +34,22 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             error TEXT NOT NULL, at TEXT NOT NULL);
         ",
     )
-    .map_err(|e| StoreError::failed("cannot create the queue tables", e))
+    .map_err(|e| StoreError::failed("cannot create the queue tables", e))?;
+    // Files made before ids sent were forgotten after a while have no time of sending.
+    let dated = conn
+        .prepare("SELECT 1 FROM pragma_table_info('sent') WHERE name = 'at'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(|e| StoreError::failed("cannot read the queue tables", e))?;
+    if !dated {
+        conn.execute_batch("ALTER TABLE sent ADD COLUMN at INTEGER")
+            .map_err(|e| StoreError::failed("cannot date the ids sent", e))?;
+    }
+    Ok(())
 }
+
+/// How long an id sent to a queue is refused again. Past it a platform's redelivery (Shopify
+/// retries for two days) is queued again, and the event's marker makes it a duplicate there.
+pub const SENT_KEPT: chrono::Duration = chrono::Duration::days(7);
 
 /// One delivery of a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -279,6 +293,29 @@ impl LocalQueue {
         Ok(programs.len())
     }
 
+    /// Forgets up to `max` of the oldest ids sent before `before` (see [`SENT_KEPT`]); returns
+    /// how many. Looks at the `max` oldest rows only: ids are dated in the order they were sent.
+    pub async fn forget_sent(
+        &self,
+        before: chrono::DateTime<Utc>,
+        max: usize,
+    ) -> Result<usize, StoreError> {
+        let (before, max) = (
+            before.timestamp_millis(),
+            i64::try_from(max).unwrap_or(i64::MAX),
+        );
+        self.store
+            .with(move |conn| {
+                conn.exec(
+                    "DELETE FROM sent WHERE rowid IN (SELECT rowid FROM sent ORDER BY rowid LIMIT ?2)
+                     AND (at IS NULL OR at < ?1)",
+                    params![before, max],
+                )
+                .map_err(|e| sql_error("cannot forget the ids sent", e))
+            })
+            .await
+    }
+
     /// The message failed: retry later with exponential backoff, or dead-letter it once it has
     /// had `max_attempts` deliveries. Returns true when it was dead-lettered.
     pub async fn fail(&self, delivery: &Delivery, error: &str) -> Result<bool, StoreError> {
@@ -337,8 +374,7 @@ impl LocalQueue {
 }
 
 /// Adds a message to a queue unless its id was sent before: like a FIFO queue's
-/// deduplication, but without SQS's five-minute window, a message's program-scoped id is
-/// accepted once, ever.
+/// deduplication, with a window of [`SENT_KEPT`] instead of SQS's five minutes.
 fn enqueue(
     conn: &Connection,
     queue: QueueName,
@@ -348,8 +384,8 @@ fn enqueue(
 ) -> Result<(), StoreError> {
     let fresh = conn
         .exec(
-            "INSERT OR IGNORE INTO sent (queue, id) VALUES (?1, ?2)",
-            params![queue.as_str(), id],
+            "INSERT OR IGNORE INTO sent (queue, id, at) VALUES (?1, ?2, ?3)",
+            params![queue.as_str(), id, now_ms()],
         )
         .map_err(|e| sql_error("cannot enqueue", e))?;
     if fresh == 1 {

@@ -251,6 +251,55 @@ async fn a_write_that_fails_inside_a_shared_commit_leaves_no_trace_and_the_other
 }
 
 #[tokio::test]
+async fn a_commit_the_database_rolls_back_itself_tells_each_caller_what_stayed() {
+    // GIVEN kr-shop on a database file where a ledger entry of m-bad makes the database roll
+    // the whole transaction back (as it does itself on a full disk or an I/O error)
+    let (store, db) = file_store();
+    let (_queue, services) = kr_shop(&store).await;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER roll_back_m_bad AFTER INSERT ON ledger WHEN NEW.member = 'm-bad'
+             BEGIN SELECT RAISE(ROLLBACK, 'rolled back for the test'); END;",
+        )
+        .unwrap();
+    // WHEN purchases of 80 members and of m-bad are processed at once
+    let mut members: Vec<String> = (0..80).map(|i| format!("m-{i}")).collect();
+    members.insert(17, "m-bad".into());
+    let outcomes =
+        futures_util::future::join_all(
+            members.iter().enumerate().map(|(i, m)| {
+                let body = serde_json::to_string(&purchase(&format!("o{i}"), m, 20_000)).unwrap();
+                let services = &services;
+                async move {
+                    process_message(services, Consumer::Earn, &format!("msg-{i}"), &body).await
+                }
+            }),
+        )
+        .await;
+    // THEN m-bad's message fails, and each member told its message failed has nothing
+    // written, each told it succeeded has its account: a retry neither misses nor repeats
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let has_account = |member: &str| -> bool {
+        conn.query_row(
+            "SELECT COUNT(*) FROM accounts WHERE member = ?1",
+            [member],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            == 1
+    };
+    for (member, outcome) in members.iter().zip(&outcomes) {
+        assert_eq!(
+            has_account(member),
+            outcome.is_ok(),
+            "{member}: {outcome:?}"
+        );
+    }
+    assert!(outcomes[17].is_err());
+}
+
+#[tokio::test]
 async fn the_outbox_moves_to_the_queues_once_and_in_each_members_order() {
     // GIVEN kr-shop on a database file, and two purchases each by three members processed,
     // whose commits wrote their notices to the outbox

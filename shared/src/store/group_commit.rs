@@ -69,7 +69,8 @@ impl Failure {
 trait Job: Send {
     /// Runs inside the batch's transaction and says how to answer once it ends.
     fn run(self: Box<Self>, conn: &mut Connection) -> Reply;
-    /// The batch could not begin: answer without running.
+    /// The batch could not begin, or its transaction ended before this job: answer without
+    /// running.
     fn refuse(self: Box<Self>, why: &Failure);
 }
 
@@ -194,7 +195,19 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>, commits: &Atomi
         }
         return;
     }
-    let replies: Vec<Reply> = batch.into_iter().map(|job| job.run(conn)).collect();
+    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    for job in batch {
+        // The database ended the transaction itself (a full disk, an I/O error): what ran is
+        // gone with it, and a job run now would commit on its own, unseen by the COMMIT below.
+        if conn.is_autocommit() {
+            job.refuse(&Failure {
+                message: "the database rolled the transaction back".into(),
+                transient: false,
+            });
+            continue;
+        }
+        replies.push(job.run(conn));
+    }
     let failure = match conn.execute_batch("COMMIT") {
         Ok(()) => None,
         Err(e) => {

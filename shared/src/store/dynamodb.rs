@@ -502,6 +502,9 @@ impl DynamoStore {
                 return CommitError::VersionConflict;
             }
         }
+        if let Some(outcome) = not_a_conflict(&reasons) {
+            return outcome;
+        }
         if reasons.is_empty() {
             // moto gives no reasons: look at what could have failed.
             if let Some(outcome) = self.cancelled_without_reasons(commit).await {
@@ -867,6 +870,43 @@ impl CampaignStore for DynamoStore {
         let written = put_written(request.send().await, "cannot save the campaign")?;
         Ok(written.then_some(version))
     }
+}
+
+/// Whether a cancelled transaction's first item failed its condition (moto names no reason:
+/// its cancellations are conditions').
+fn first_condition_failed(codes: &[Option<&str>]) -> bool {
+    codes
+        .first()
+        .is_none_or(|c| c.is_none_or(|c| c == "ConditionalCheckFailed"))
+}
+
+/// A cancellation that no reload and retry of the commit would cure: the table throttled it
+/// (transient: the message or request comes back later), or an item broke one of DynamoDB's
+/// rules (it never commits; it fails instead of being retried as a conflict until it gives up).
+fn not_a_conflict(reasons: &[Option<String>]) -> Option<CommitError> {
+    let reason = |codes: &[&str]| {
+        reasons
+            .iter()
+            .flatten()
+            .find(|r| codes.contains(&r.as_str()))
+            .cloned()
+    };
+    if let Some(code) = reason(&[
+        "ThrottlingError",
+        "ProvisionedThroughputExceeded",
+        "RequestLimitExceeded",
+    ]) {
+        return Some(CommitError::Store(StoreError::Transient {
+            message: format!("the commit was throttled ({code}); try again later"),
+            source: None,
+        }));
+    }
+    reason(&["ValidationError", "ItemCollectionSizeLimitExceeded"]).map(|code| {
+        CommitError::Store(StoreError::Failed {
+            message: format!("the commit was refused by the table ({code})"),
+            source: None,
+        })
+    })
 }
 
 /// Where the redemption items of a commit sit in its transaction.
@@ -2399,15 +2439,26 @@ impl RejectStore for DynamoStore {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(TransactWriteItemsError::TransactionCanceledException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_error("cannot replay the rejected event", e)),
+            // The record's condition failed: replayed meanwhile. A throttle or a conflict with
+            // another writer is no answer yet (moto names no reason: its cancellations are the
+            // condition's).
+            Err(e) => match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
+                    let codes: Vec<Option<&str>> = cancelled
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code())
+                        .collect();
+                    match first_condition_failed(&codes) {
+                        true => Ok(false),
+                        false => Err(StoreError::transient(
+                            "the replay met another write or a throttle; try again",
+                            e,
+                        )),
+                    }
+                }
+                _ => Err(sdk_error("cannot replay the rejected event", e)),
+            },
         }
     }
 }
@@ -3501,5 +3552,53 @@ mod tests {
         let b = format!("L#{}", seq_key(ledger_seq(10, 0)));
         assert!(a < b);
         assert!(b.as_str() < "L#~");
+    }
+
+    #[test]
+    fn a_throttled_or_invalid_commit_is_no_version_conflict() {
+        let reasons = |codes: &[&str]| -> Vec<Option<String>> {
+            codes
+                .iter()
+                .map(|c| (*c != "None").then(|| c.to_string()))
+                .collect()
+        };
+        // GIVEN cancellations whose reasons are a throttle, or an item the table refuses
+        // WHEN they are told apart THEN the first is transient, the second fails for good
+        assert!(matches!(
+            not_a_conflict(&reasons(&["None", "ThrottlingError"])),
+            Some(CommitError::Store(StoreError::Transient { .. }))
+        ));
+        assert!(matches!(
+            not_a_conflict(&reasons(&["ProvisionedThroughputExceeded"])),
+            Some(CommitError::Store(StoreError::Transient { .. }))
+        ));
+        assert!(matches!(
+            not_a_conflict(&reasons(&["ValidationError", "None"])),
+            Some(CommitError::Store(StoreError::Failed { .. }))
+        ));
+        // AND a failed condition or a conflict is left to the version and marker checks
+        assert!(not_a_conflict(&reasons(&["ConditionalCheckFailed", "None"])).is_none());
+        assert!(not_a_conflict(&reasons(&["None", "TransactionConflict"])).is_none());
+        assert!(not_a_conflict(&[]).is_none());
+    }
+
+    #[test]
+    fn a_replay_is_taken_for_done_only_when_its_record_failed_its_condition() {
+        // GIVEN a replay's transaction (the record first, then the outbox) cancelled
+        // WHEN its record failed its condition, or moto named no reason THEN it was replayed
+        assert!(first_condition_failed(&[
+            Some("ConditionalCheckFailed"),
+            Some("None")
+        ]));
+        assert!(first_condition_failed(&[]));
+        // AND a throttle or a conflict with another writer is not
+        assert!(!first_condition_failed(&[
+            Some("None"),
+            Some("ThrottlingError")
+        ]));
+        assert!(!first_condition_failed(&[
+            Some("TransactionConflict"),
+            Some("None")
+        ]));
     }
 }

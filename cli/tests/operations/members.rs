@@ -259,6 +259,36 @@ fn sum_points(ledger: &[Value]) -> i64 {
 }
 
 #[test]
+fn a_balance_imported_for_a_merged_member_goes_to_the_member_it_was_merged_into() {
+    // GIVEN m-old, with points, merged into m-new
+    let shop = Shop::start("import-merged");
+    for member in ["m-old", "m-new"] {
+        let (status, answer) = shop.call(
+            "POST",
+            &format!("{P}/members/{member}/adjustments"),
+            Some(json!({"points": 100, "reason": "opening balance"})),
+        );
+        assert_eq!(status, 201, "{answer}");
+    }
+    let (status, merged) = shop.call(
+        "POST",
+        &format!("{P}/members/m-new/merge"),
+        Some(json!({"from": "m-old", "reason": "the same person"})),
+    );
+    assert_eq!(status, 200, "{merged}");
+    // WHEN a migration file adds 500 points to m-old, and is imported twice
+    for _ in 0..2 {
+        ok(&shop.import_csv("late.csv", "member,points\nm-old,500\n"));
+    }
+    // THEN m-new has them, once, and m-old's emptied account has none
+    let survivor = shop.member("m-new");
+    assert_eq!(survivor["balance"].as_i64(), Some(700), "{survivor}");
+    let ledger = shop.whole_ledger("m-new");
+    assert_eq!(sum_points(&ledger), 700);
+    assert_eq!(sum_points(&shop.whole_ledger("m-old")), 0);
+}
+
+#[test]
 fn a_merge_is_refused_into_itself_for_unknown_members_and_without_a_reason() {
     // GIVEN a running shop with one member
     let shop = Shop::start("merge-refused");

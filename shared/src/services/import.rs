@@ -61,7 +61,7 @@ impl Services {
         row: &RowData,
     ) -> Result<RowOutcome, ServiceError> {
         let program = self.program(program_id).await?;
-        let member = match self.import_member(&program.id, row, origin.dry_run).await? {
+        let mut member = match self.import_member(&program.id, row, origin.dry_run).await? {
             Ok(member) => member,
             Err(reason) => return Ok(RowOutcome::Refused { reason }),
         };
@@ -74,6 +74,18 @@ impl Services {
         loop {
             let now = self.clock.now();
             let state = self.store.load_member(&program.id, &member, &[]).await?;
+            // A member merged into another is the survivor's; one being erased takes nothing.
+            if let Some(into) = state.account.as_ref().and_then(|a| a.merged_into()) {
+                contention
+                    .redirected(|| format!("member {}", crate::telemetry::member_ref(&member)))?;
+                member = into.to_string();
+                continue;
+            }
+            if state.account.as_ref().is_some_and(|a| a.erased.is_some()) {
+                return Ok(RowOutcome::Refused {
+                    reason: format!("member {member} is being erased"),
+                });
+            }
             if origin.dry_run && self.store.has_marker(&program.id, &member, &marker).await? {
                 return Ok(unchanged(member, "imported before"));
             }

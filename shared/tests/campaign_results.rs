@@ -849,3 +849,133 @@ async fn a_day_a_member_failed_on_is_gone_over_again_for_a_week_then_given_up() 
     assert_eq!(later.failed, 1, "{later:?}");
     assert_eq!(next.from, Some(day(30).date_naive()), "{next:?}");
 }
+
+#[tokio::test]
+async fn a_member_assigned_before_the_seed_changed_still_earns_and_is_assigned_anew() {
+    // GIVEN a running campaign doubling every member's points, and a member's purchase in it
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let double = |seed: &str, version: u32| {
+        json!({
+            "name": "Double points", "kind": "broadcast", "status": "running",
+            "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+            "hash_seed": seed, "bucket_version": version, "goal": "purchase",
+            "variants": [
+                {"key": "control", "weight": 0, "effect": {"type": "none"}},
+                {"key": "double", "weight": 1, "effect": {"type": "multiplier", "basis_points": 20000}}
+            ]
+        })
+    };
+    s.put_campaign("double", &double("double-2026", 1)).await;
+    let at = now - chrono::Duration::hours(1);
+    s.purchase("m-seed", "s-1", 59_000, at).await;
+    assert_eq!(s.balance("m-seed").await, 1_180);
+    // WHEN the campaign's seed changes, then its bucket version, each before the next purchase
+    for (n, (seed, version)) in [("double-2026-b", 1), ("double-2026-b", 2)]
+        .iter()
+        .enumerate()
+    {
+        s.put_campaign("double", &double(seed, *version)).await;
+        s.purchase("m-seed", &format!("s-{}", n + 2), 59_000, at)
+            .await;
+    }
+    // THEN each purchase earned double, and the member's assignment is of the latest seed and version
+    assert_eq!(s.balance("m-seed").await, 3 * 1_180);
+    let state = s
+        .store
+        .load_assignments("kr-shop", "m-seed", &["double".to_string()])
+        .await
+        .unwrap();
+    let assignment = &state.assignments["double"];
+    assert_eq!(
+        (assignment.hash_seed.as_str(), assignment.bucket_version),
+        ("double-2026-b", 2)
+    );
+}
+
+#[tokio::test]
+async fn a_broadcast_grant_reaches_a_person_once_though_one_of_their_members_was_merged() {
+    // GIVEN m-b merged into m-a, each with points of its own
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let at = now - chrono::Duration::hours(1);
+    s.purchase("m-a", "a-1", 10_000, at).await;
+    s.purchase("m-b", "b-1", 10_000, at).await;
+    s.services
+        .merge_named("kr-shop", "m-a", "m-b", "the same person", "ops")
+        .await
+        .unwrap();
+    s.drain().await;
+    assert_eq!(s.balance("m-a").await, 200);
+    // WHEN a campaign granting 1,000 points to everyone starts and the tick assigns
+    s.put_campaign(
+        "welcome-gift",
+        &json!({
+            "name": "Gift", "kind": "broadcast", "status": "running",
+            "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+            "hash_seed": "gift-2026", "goal": "purchase",
+            "variants": [
+                {"key": "control", "weight": 0, "effect": {"type": "none"}},
+                {"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}}
+            ]
+        }),
+    )
+    .await;
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    s.drain().await;
+    // THEN the person has the grant once
+    assert_eq!(s.balance("m-a").await, 200 + 1_000);
+}
+
+#[tokio::test]
+async fn a_new_seed_makes_the_tick_assign_everyone_again() {
+    // GIVEN three members assigned by the tick to a broadcast campaign
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let members: Vec<(String, Option<&str>)> = (1..=3).map(|n| (format!("m-{n}"), None)).collect();
+    s.seed(
+        &members,
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+    )
+    .await;
+    let broadcast = |seed: &str| {
+        json!({
+            "name": "Split", "kind": "broadcast", "status": "running",
+            "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+            "hash_seed": seed, "goal": "purchase",
+            "variants": [
+                {"key": "control", "weight": 0.5, "effect": {"type": "none"}},
+                {"key": "double", "weight": 0.5, "effect": {"type": "multiplier", "basis_points": 20000}}
+            ]
+        })
+    };
+    let seeds = || async {
+        let mut seeds = Vec::new();
+        for (member, _) in &members {
+            let state = s
+                .store
+                .load_assignments("kr-shop", member, &["split".to_string()])
+                .await
+                .unwrap();
+            seeds.push(state.assignments.get("split").map(|a| a.hash_seed.clone()));
+        }
+        seeds
+    };
+    let tick = || async {
+        s.services
+            .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+            .await
+            .unwrap();
+    };
+    s.put_campaign("split", &broadcast("split-a")).await;
+    tick().await;
+    assert_eq!(seeds().await, vec![Some("split-a".to_string()); 3]);
+    // WHEN its seed changes and the tick runs again
+    s.put_campaign("split", &broadcast("split-b")).await;
+    tick().await;
+    // THEN every member is assigned under the new seed
+    assert_eq!(seeds().await, vec![Some("split-b".to_string()); 3]);
+}

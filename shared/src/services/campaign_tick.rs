@@ -280,7 +280,12 @@ impl Services {
         report: &mut JobReport,
         progress: Progress<'_>,
     ) -> Result<(), ServiceError> {
-        let key = format!("{CAMPAIGN_TICK}:{id}:{}", campaign.bucket_version);
+        // A new seed or bucket version re-buckets everyone: a pass of its own.
+        let key = format!(
+            "{CAMPAIGN_TICK}:{id}:{}:{:016x}",
+            campaign.bucket_version,
+            crate::fingerprint::fnv1a64(campaign.hash_seed.bytes())
+        );
         let mut cursor = self.store.job_progress(&program.id, &key).await?;
         if cursor.as_deref() == Some(PASS_DONE) {
             return Ok(());
@@ -331,8 +336,13 @@ impl Services {
             .store
             .load_member_with(&program.id, member, &[], &[id.to_string()])
             .await?;
-        // No account, or one being erased: nothing to assign.
-        let Some(account) = state.account.as_ref().filter(|a| a.erased.is_none()) else {
+        // No account, one being erased, or one merged into another (the survivor is the
+        // person, assigned on its own): nothing to assign.
+        let Some(account) = state
+            .account
+            .as_ref()
+            .filter(|a| a.erased.is_none() && a.merged_into().is_none())
+        else {
             return Ok(false);
         };
         if state

@@ -344,7 +344,11 @@ pub(crate) struct Part<'a> {
     pub id: &'a str,
     pub campaign: &'a Campaign,
     pub variant: usize,
+    /// The member's assignment, if it holds for the campaign's seed and bucket version.
     pub stored: Option<&'a Assignment>,
+    /// The assignment as read, whether or not it holds: the condition of the write that
+    /// replaces it (one made under an earlier seed or version is replaced, never added beside).
+    pub read: Option<&'a Assignment>,
 }
 
 impl Part<'_> {
@@ -406,7 +410,7 @@ impl Part<'_> {
         };
         let write = AssignmentWrite {
             assignment: after,
-            expected: self.stored.cloned(),
+            expected: self.read.cloned(),
             read_revision: None,
         };
         let add = CounterAdd {
@@ -429,10 +433,8 @@ pub(crate) fn parts<'a>(
     campaigns
         .iter()
         .filter_map(|(id, campaign)| {
-            let stored = state
-                .assignments
-                .get(id)
-                .filter(|a| a.holds_for(&campaign.hash_seed, campaign.bucket_version));
+            let read = state.assignments.get(id);
+            let stored = read.filter(|a| a.holds_for(&campaign.hash_seed, campaign.bucket_version));
             if campaign.kind == CampaignKind::OnExposure && stored.is_none() {
                 return None;
             }
@@ -442,6 +444,7 @@ pub(crate) fn parts<'a>(
                 campaign,
                 variant,
                 stored,
+                read,
             })
         })
         .collect()

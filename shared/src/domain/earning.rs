@@ -91,6 +91,14 @@ pub enum EarnError {
     Overflow,
 }
 
+/// The greatest common divisor of two non-negative numbers (0 with 0 is 0).
+fn gcd(mut a: i128, mut b: i128) -> i128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 /// Computes the points of one purchase.
 ///
 /// `tier_bp` is the multiplier of the tier the member has when the purchase is processed; the
@@ -121,6 +129,13 @@ pub fn purchase_points(
             multiplier_den = multiplier_den
                 .checked_mul(i128::from(UNIT_BP))
                 .ok_or(EarnError::Overflow)?;
+            // Kept in lowest terms (2x is 2/1, 1.5x 3/2), so that the campaigns a member may
+            // be in at once multiply without overflow.
+            let common = gcd(multiplier_num, multiplier_den);
+            if common > 1 {
+                multiplier_num /= common;
+                multiplier_den /= common;
+            }
         }
     }
     let denominator = i128::from(rules.per_minor)
@@ -363,6 +378,28 @@ mod tests {
         assert_eq!(earned.points, 179);
         let per_line: Vec<i64> = earned.lines.iter().map(|l| l.points).collect();
         assert_eq!(per_line, vec![60, 60, 59]);
+    }
+
+    #[test]
+    fn many_overlapping_multiplier_campaigns_multiply_without_overflow() {
+        // GIVEN a 50,000 KRW order of a GOLD member (1.5x) in eight 2x and eight 1.5x
+        // campaigns at once
+        let p = kr();
+        let purchase = order(vec![line("1", 1, 50_000, 0)]);
+        let mut campaigns = Vec::new();
+        for bp in [20_000, 15_000] {
+            for n in 0..8 {
+                campaigns.push(CampaignEffect::Multiplier {
+                    campaign: format!("c-{bp}-{n}"),
+                    basis_points: bp,
+                });
+            }
+        }
+        // WHEN points are computed
+        let earned =
+            purchase_points(&p.purchase, p.currency, &purchase, 15_000, &campaigns).unwrap();
+        // THEN 500 x 1.5 x 2^8 x 1.5^8 = 500 x 256 x 3^9 / 2^9, exactly: 4,920,750
+        assert_eq!(earned.points, 500 * 3_i64.pow(9) / 2);
     }
 
     #[test]

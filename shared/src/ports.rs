@@ -339,12 +339,18 @@ impl Commit {
         at: DateTime<Utc>,
     ) -> Commit {
         let outbox = follow_ups_of(program, member, &change, at);
+        let mut due = change.account.due_dates(program);
+        // A notice owed since a day already past (a refund that puts a tier below its
+        // threshold weeks before its review, points imported that expire within the warning
+        // days) is indexed today: the `notices` job reads on from its last run, never back.
+        let today = crate::domain::calendar::local_date(program.time_zone, at);
+        due.notice = due.notice.map(|d| d.max(today));
         Commit {
             program: program.id.clone(),
             member: member.to_string(),
             expected_version: before.map(|a| a.version),
             books: BooksAdd::between(program, before, &change.account, &change.entries, at),
-            due: change.account.due_dates(program),
+            due,
             account: change.account,
             entries: change.entries,
             marker: None,

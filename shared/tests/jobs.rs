@@ -236,6 +236,35 @@ async fn release_and_notices_are_written_once_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_owed_since_before_the_last_run_is_sent_by_the_next() {
+    // GIVEN the notices job ran on 2027-03-04
+    let s = stack().await;
+    s.clock
+        .set(Utc.with_ymd_and_hms(2027, 3, 4, 3, 0, 0).unwrap());
+    s.run(Job::Notices, date(2027, 3, 4)).await;
+    // WHEN on 2027-03-05 a purchase of 2026-03-09 arrives late: its 590 points are usable
+    // through 2027-03-31, so their warning was due on 2027-03-01, before that run
+    s.clock
+        .set(Utc.with_ymd_and_hms(2027, 3, 5, 3, 0, 0).unwrap());
+    s.purchase("m-late", "L", 59_000, t0() - Duration::days(1))
+        .await;
+    assert_eq!(s.account("m-late").await.balance, 590);
+    // AND the job runs on 2027-03-06
+    s.clock
+        .set(Utc.with_ymd_and_hms(2027, 3, 6, 3, 0, 0).unwrap());
+    let report = s.run(Job::Notices, date(2027, 3, 6)).await;
+    // THEN the member is warned, once
+    assert_eq!(report.notices, 1, "{report:?}");
+    let notices = s.notices.lock().unwrap();
+    let expiring: Vec<_> = notices
+        .iter()
+        .filter(|n| n.kind == "points.expiring" && n.member == "m-late")
+        .collect();
+    assert_eq!(expiring.len(), 1);
+    assert_eq!(expiring[0].data["last_day"], "2027-03-31");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missed_day_is_caught_up_by_the_next_run() {
     // GIVEN tier-reviews ran on 2027-03-09, and a GOLD member is due on 2027-03-10
     let s = stack().await;

@@ -539,15 +539,30 @@ fn a_review_without_spend_goes_down_one_level_once() {
     assert!(again.entries.iter().all(|e| e.kind != EntryKind::Tier));
     assert_eq!(again.account.tier, m.account.tier);
 
-    // GIVEN a us-shop ROUGE member, WHEN 1 January comes without spend
+    // GIVEN a us-shop ROUGE member who spent $1,200 in 2026 (calendar-year window and review)
     let u = us();
     let mut n = Member::new(&u, now);
     buy(&mut n, &u, "o-1", vec![line("a", 1, 120_000)], now, now);
     let up = n.account.check_tier(&u, &ctx("t-1", now, now));
     n.commit(up);
     assert_eq!(n.account.tier.id, "ROUGE");
-    let jan = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2027, 1, 1, 12, 0, 0).unwrap();
-    let review = n.account.review_tier(&u, &ctx("review", jan, jan));
+    // WHEN 1 January 2027 comes: the review judges 2026, the year that just closed
+    let jan =
+        |year| chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, year, 1, 1, 12, 0, 0).unwrap();
+    let review = n
+        .account
+        .review_tier(&u, &ctx("review-2027", jan(2027), jan(2027)));
+    n.commit(review);
+    // THEN ROUGE is kept for 2027, to be reviewed on 1 January 2028
+    assert_eq!(n.account.tier.id, "ROUGE");
+    assert_eq!(
+        n.account.tier.review_on,
+        chrono::NaiveDate::from_ymd_opt(2028, 1, 1)
+    );
+    // WHEN 1 January 2028 comes after a year without spend
+    let review = n
+        .account
+        .review_tier(&u, &ctx("review-2028", jan(2028), jan(2028)));
     n.commit(review);
     // THEN recompute drops straight to INSIDER
     assert_eq!(n.account.tier.id, "INSIDER");

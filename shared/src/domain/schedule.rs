@@ -262,7 +262,7 @@ impl Account {
     fn downgrade_ahead(&self, program: &Program) -> Option<Notice> {
         let review_on = self.tier.review_on?;
         let (current, tier) = program.tier(&self.tier.id)?;
-        let measure = measure_at(program, self, review_on);
+        let measure = measure_at(program, self, super::tiers::judged_through(review_on));
         let earned = tier_for(program, measure);
         if earned >= current {
             return None;

@@ -35,6 +35,13 @@ pub fn measure_at(program: &Program, account: &Account, date: NaiveDate) -> i64 
         .fold(0i64, |sum, (_, v)| sum.saturating_add(*v))
 }
 
+/// The last day a review on `review_on` judges: the day before it, so that a review on
+/// 1 January measures the calendar year that just closed (and a rolling window the months
+/// before the review's), not the first hours of the new one.
+pub fn judged_through(review_on: NaiveDate) -> NaiveDate {
+    review_on.pred_opt().unwrap_or(review_on)
+}
+
 /// Index of the highest tier whose threshold the measure reaches.
 pub fn tier_for(program: &Program, measure: i64) -> usize {
     program
@@ -94,7 +101,8 @@ impl Account {
             return journal.finish();
         };
         let current = current_index(program, &journal.account);
-        let measure = measure_at(program, &journal.account, review_on);
+        let judged = judged_through(review_on);
+        let measure = measure_at(program, &journal.account, judged);
         let earned = tier_for(program, measure);
         let new = if earned >= current {
             current
@@ -113,7 +121,7 @@ impl Account {
         } else {
             let reason = format!(
                 "Reviewed on {review_on}: {} is below the {} threshold of {}, moved from {} to {}",
-                describe(program, measure, review_on),
+                describe(program, measure, judged),
                 program.tiers[current].id,
                 describe_amount(program, program.tiers[current].threshold),
                 program.tiers[current].id,
@@ -134,7 +142,7 @@ impl Account {
             needed: (t.threshold - measure).max(0),
         });
         let keep = self.tier.review_on.map(|by| KeepTier {
-            needed: (tier.threshold - measure_at(program, self, by)).max(0),
+            needed: (tier.threshold - measure_at(program, self, judged_through(by))).max(0),
             by,
         });
         TierProgress {

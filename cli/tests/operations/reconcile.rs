@@ -494,6 +494,43 @@ fn shopify_reconcile_follows_link_pages_and_sends_the_missed_payment_and_refund(
     assert_eq!(statuses, [200, 429, 200]);
 }
 
+#[test]
+fn an_order_earned_by_a_member_merged_since_is_present() {
+    // GIVEN kr-shop, whose Shopify webhook delivered order A's payment for customer 7001234,
+    // a member support then merged into the app's member
+    let shop = Shop::start("shopify-merged");
+    let paid_a = shopify_fixture("orders-paid.json");
+    shop.shopify("orders/paid", &paid_a);
+    shop.settled();
+    let post = |path: &str, body: Value| {
+        shop.server.call(
+            "POST",
+            &format!("/v1/programs/kr-shop/members/m-app-5/{path}"),
+            &shop.admin,
+            &[],
+            Some(&body.to_string()),
+        )
+    };
+    let (status, answer) = post(
+        "adjustments",
+        serde_json::json!({"points": 10, "reason": "app sign-up"}),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let (status, merged) = post(
+        "merge",
+        serde_json::json!({"from": "shopify:7001234", "reason": "the same person"}),
+    );
+    assert_eq!(status, 200, "{merged}");
+    shop.settled();
+    // WHEN reconcile goes over the Admin API's orders, A among them
+    let api = FakeApi::start(vec![format!("[{paid_a}]")], false);
+    let run = shop.reconcile_on("kr-shop", "shopify", &api, &[]);
+    // THEN A's payment is present, not missing, and nothing is sent again
+    assert!(missing(&run).is_empty(), "{run}");
+    shop.settled();
+    assert_eq!(shop.pending_of("kr-shop", "m-app-5"), 1000);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_on_a_table_leaves_what_is_missing_in_its_outbox() {
     use loyalty_core::ports::OutboxStore;

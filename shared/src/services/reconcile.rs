@@ -76,10 +76,16 @@ impl Services {
             .collect();
         let present = match &member {
             Some(m) => {
-                self.store
+                let state = self
+                    .store
                     .load_member_for_event(program, m, &marker, &order_keys, &[])
-                    .await?
-                    .seen
+                    .await?;
+                state.seen
+                    || order_keys.iter().any(|key| {
+                        state.orders.get(key).is_some_and(|order| {
+                            had_effect(order, &event.kind, &field("refund_id"))
+                        })
+                    })
             }
             None => false,
         };
@@ -333,5 +339,16 @@ impl Services {
             .save_job_progress(program, &job, Some(&now.to_rfc3339()))
             .await?;
         Ok(true)
+    }
+}
+
+/// Whether the order's record shows the event's effect, when its marker is elsewhere: a merge
+/// copies the record to the survivor and leaves the marker with the member merged away.
+fn had_effect(order: &crate::domain::OrderRecord, kind: &str, refund_id: &str) -> bool {
+    match kind {
+        "purchase.completed" => order.earned.is_some(),
+        "purchase.refunded" => !refund_id.is_empty() && order.applied.contains(refund_id),
+        "purchase.cancelled" => order.applied.contains("cancel"),
+        _ => false,
     }
 }

@@ -82,9 +82,10 @@ impl Services {
                     .await?;
                 state.seen
                     || order_keys.iter().any(|key| {
-                        state.orders.get(key).is_some_and(|order| {
-                            had_effect(order, &event.kind, &field("refund_id"))
-                        })
+                        state
+                            .orders
+                            .get(key)
+                            .is_some_and(|order| had_effect(order, event.kind, &field("refund_id")))
                     })
             }
             None => false,

@@ -141,6 +141,21 @@ async fn a_message_that_is_not_an_envelope_is_rejected_where_its_program_s_opera
         .await
         .unwrap();
     assert!(theirs.events.is_empty(), "{:?}", theirs.events);
+    // AND a cursor dated far ahead, which no page gives, is refused
+    let forged = services
+        .rejected_events("kr-shop", None, Some("9999-12-31T00:00:00Z|g1"))
+        .await;
+    assert!(
+        matches!(
+            &forged,
+            Err(loyalty_core::services::ServiceError::Invalid {
+                problem: "invalid-cursor",
+                ..
+            })
+        ),
+        "{:?}",
+        forged.map(|l| l.events.len())
+    );
     let kept = store
         .rejected(loyalty_core::services::earn::UNREADABLE, 10)
         .await

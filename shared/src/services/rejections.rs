@@ -86,7 +86,12 @@ impl Services {
     ) -> Result<RejectedList, ServiceError> {
         let program = self.program(program).await?;
         let limit = page_limit(limit)?;
-        if let Some(c) = cursor.filter(|c| parse_rejected_cursor(c).is_none()) {
+        // A cursor names the time of a rejection already listed: never one ahead of now (the
+        // store would walk day by day towards it).
+        let ahead = self.clock.now() + chrono::Duration::days(1);
+        if let Some(c) =
+            cursor.filter(|c| parse_rejected_cursor(c).is_none_or(|(at, _)| at > ahead))
+        {
             return Err(ServiceError::invalid(
                 "invalid-cursor",
                 format!("cursor {c:?} was not issued by this API"),

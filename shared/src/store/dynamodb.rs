@@ -2313,7 +2313,9 @@ impl RejectStore for DynamoStore {
         };
         let today = Utc::now().date_naive();
         let oldest = today - Duration::days(REJECTED_DAYS);
-        let mut day = after.as_ref().map_or(today, |(at, _)| at.date_naive());
+        let mut day = after
+            .as_ref()
+            .map_or(today, |(at, _)| at.date_naive().min(today));
         let mut start = after.map(|(at, id)| rejected_list_key(program, at, &id));
         let mut listed: Vec<Item> = Vec::new();
         while listed.len() < limit && day >= oldest {

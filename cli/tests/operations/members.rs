@@ -289,6 +289,74 @@ fn a_balance_imported_for_a_merged_member_goes_to_the_member_it_was_merged_into(
 }
 
 #[test]
+fn erasing_the_end_of_a_merge_chain_erases_every_member_merged_along_it() {
+    // GIVEN m-first merged into m-second, then m-second into m-third, each with points
+    let shop = Shop::start("erase-chain");
+    for member in ["m-first", "m-second", "m-third"] {
+        let (status, answer) = shop.call(
+            "POST",
+            &format!("{P}/members/{member}/adjustments"),
+            Some(json!({"points": 100, "reason": "opening balance"})),
+        );
+        assert_eq!(status, 201, "{answer}");
+    }
+    for (survivor, from) in [("m-second", "m-first"), ("m-third", "m-second")] {
+        let (status, merged) = shop.call(
+            "POST",
+            &format!("{P}/members/{survivor}/merge"),
+            Some(json!({"from": from, "reason": "the same person"})),
+        );
+        assert_eq!(status, 200, "{merged}");
+    }
+    // WHEN m-third is erased
+    let (status, erased) = shop.call(
+        "DELETE",
+        &format!("{P}/members/m-third?reason=erasure%20request"),
+        None,
+    );
+    assert_eq!(status, 200, "{erased}");
+    // THEN both members merged along the chain are gone with it
+    assert_eq!(erased["merged"].as_i64(), Some(2), "{erased}");
+    for member in ["m-first", "m-second", "m-third"] {
+        let (status, left) = shop.call("GET", &format!("{P}/members/{member}/export"), None);
+        assert!(
+            status == 404 || left["ledger"].as_array().is_some_and(Vec::is_empty),
+            "{member}: {status} {left}"
+        );
+    }
+    // AND the audit finds nothing wrong: no points forfeited twice, none left in transit
+    let audit = shop.loyalty(&["audit", "--json"]);
+    let report = ok(&audit);
+    assert_eq!(report["violations"], json!([]), "{report}");
+}
+
+#[test]
+fn an_app_member_merged_away_signs_in_to_the_member_it_was_merged_into() {
+    // GIVEN the app's member app-b (its token's subject, no link of its own) merged into m-pos
+    let shop = Shop::start("merge-app");
+    for member in ["app-b", "m-pos"] {
+        let (status, answer) = shop.call(
+            "POST",
+            &format!("{P}/members/{member}/adjustments"),
+            Some(json!({"points": 100, "reason": "opening balance"})),
+        );
+        assert_eq!(status, 201, "{answer}");
+    }
+    let (status, merged) = shop.call(
+        "POST",
+        &format!("{P}/members/m-pos/merge"),
+        Some(json!({"from": "app-b", "reason": "the same person"})),
+    );
+    assert_eq!(status, 200, "{merged}");
+    // WHEN the app signs in with app-b's token and asks for its member
+    let me = common::token(&["--member", "app-b"]);
+    let (status, view) = shop.server.call("GET", &format!("{P}/me"), &me, &[], None);
+    // THEN it is the survivor, with both members' points
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["balance"].as_i64(), Some(200), "{view}");
+}
+
+#[test]
 fn a_merge_is_refused_into_itself_for_unknown_members_and_without_a_reason() {
     // GIVEN a running shop with one member
     let shop = Shop::start("merge-refused");

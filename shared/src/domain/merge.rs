@@ -138,8 +138,11 @@ impl Account {
         if account.profile.anniversary.is_none() {
             account.profile.anniversary = from.profile.anniversary;
         }
-        if !account.merged_from.contains(&from.member) {
-            account.merged_from.push(from.member.clone());
+        // The members merged into the other come along: erasing this one reaches them too.
+        for member in from.merged_from.iter().chain(std::iter::once(&from.member)) {
+            if !account.merged_from.contains(member) {
+                account.merged_from.push(member.clone());
+            }
         }
         journal.post(
             EntryKind::Merge,

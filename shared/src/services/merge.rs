@@ -311,8 +311,10 @@ impl Services {
                 .await?;
         }
         let mut identities = file.aliases.clone();
-        if let Some((kind, value)) = from.split_once(':') {
-            identities.push((kind.to_string(), value.to_string()));
+        match from.split_once(':') {
+            Some((kind, value)) => identities.push((kind.to_string(), value.to_string())),
+            // An id of no kind is its app's token subject: that login now reaches the survivor.
+            None => identities.push((crate::ports::APP_LINK.to_string(), from.to_string())),
         }
         identities.sort();
         identities.dedup();

@@ -306,6 +306,7 @@ pub fn check_parked(event: &ParkedEvent, now: DateTime<Utc>) -> Option<Violation
         || [
             crate::services::safeguards::REVIEW_KEY,
             crate::services::safeguards::APPROVALS_KEY,
+            crate::services::safeguards::DECIDED_KEY,
         ]
         .contains(&event.order_key.as_str())
     {

@@ -935,6 +935,57 @@ fn an_idempotency_key_names_one_adjustment_waiting_for_approval() {
         (waiting[0]["member"].as_str(), waiting[0]["points"].as_i64()),
         (Some("m-a"), Some(50_000))
     );
+
+    // WHEN a second operator approves it, and the first retries with the key
+    let id = asked["id"].as_str().expect("id");
+    let second = common::token(&["--admin", "--operator", "lead-2"]);
+    let (status, approved) = shop.server.call(
+        "POST",
+        &format!("{P}/approvals/{id}/approve"),
+        &second,
+        &[],
+        None,
+    );
+    assert_eq!(status, 201, "{approved}");
+    let (status, retried) = ask("m-a", 50_000);
+    // THEN the retry gets the approval's answer: nothing waits again, nothing is applied twice
+    assert_eq!((status, &retried), (201, &approved));
+    assert_eq!(ask("m-b", 90_000).0, 422);
+    let waiting = shop.get(&format!("{P}/approvals"))["adjustments"].clone();
+    assert_eq!(waiting.as_array().map(Vec::len), Some(0), "{waiting}");
+    assert_eq!(shop.member("m-a")["balance"].as_i64(), Some(50_000));
+
+    // WHEN another request is declined and retried with its key
+    let body = json!({"points": 30_000, "reason": "store credit"}).to_string();
+    let credit = || {
+        shop.server.call(
+            "POST",
+            &format!("{P}/members/m-c/adjustments"),
+            &shop.admin,
+            &[("Idempotency-Key", "credit-2")],
+            Some(&body),
+        )
+    };
+    let (status, asked) = credit();
+    assert_eq!(status, 202, "{asked}");
+    let id = asked["id"].as_str().expect("id");
+    let (status, declined) = shop.server.call(
+        "POST",
+        &format!("{P}/approvals/{id}/decline"),
+        &second,
+        &[],
+        Some(&json!({"reason": "no receipt"}).to_string()),
+    );
+    assert_eq!(status, 200, "{declined}");
+    // THEN the retry is told it was declined, and it does not wait for approval again
+    let (status, retried) = credit();
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(retried["status"], "declined", "{retried}");
+    let waiting = shop.get(&format!("{P}/approvals"))["adjustments"].clone();
+    assert_eq!(waiting.as_array().map(Vec::len), Some(0), "{waiting}");
+    // AND the audit finds nothing wrong in what was kept
+    let report = ok(&shop.loyalty(&["audit", "--json"]));
+    assert_eq!(report["violations"], json!([]), "{report}");
 }
 
 #[test]

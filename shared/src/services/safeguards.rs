@@ -18,6 +18,17 @@ use crate::ports::{Commit, CommitError, EventMarker, OutboxMessage, QueueName, R
 /// Where held events and waiting adjustments are parked.
 pub const REVIEW_KEY: &str = "review";
 pub const APPROVALS_KEY: &str = "approvals";
+/// Where the answers of approvals decided are kept, for the Idempotency-Key they were asked
+/// with: a retry after the decision gets it, not a new request for approval.
+pub const DECIDED_KEY: &str = "approvals-decided";
+
+/// The answer an approval asked for with an Idempotency-Key came to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Decided {
+    request_hash: String,
+    status: u16,
+    answer: serde_json::Value,
+}
 
 /// An event held over the daily limit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,6 +223,20 @@ impl Services {
                 }
                 return Ok(answer(&waiting));
             }
+            if let Some(decided) = self.decided(program, &id).await? {
+                if decided.request_hash != hash {
+                    return Err(ServiceError::Unprocessable {
+                        problem: "idempotency-key-reused",
+                        detail: format!(
+                            "Idempotency-Key {key:?} was used with a different request"
+                        ),
+                    });
+                }
+                return Ok(Answer {
+                    status: decided.status,
+                    body: decided.answer,
+                });
+            }
         }
         let pending = PendingAdjustment {
             id: id.clone(),
@@ -254,6 +279,47 @@ impl Services {
         self.waiting_adjustment(program, id)
             .await?
             .ok_or_else(|| not_waiting("adjustment", id))
+    }
+
+    /// The decision on an approval asked for with an Idempotency-Key, if one was made.
+    async fn decided(&self, program: &str, id: &str) -> Result<Option<Decided>, ServiceError> {
+        let Some((_, body)) = self
+            .store
+            .parked(program, DECIDED_KEY)
+            .await?
+            .into_iter()
+            .find(|(decided, _)| decided == id)
+        else {
+            return Ok(None);
+        };
+        serde_json::from_str(&body)
+            .map(Some)
+            .map_err(|e| ServiceError::Internal(format!("decided approval {id} is corrupt: {e}")))
+    }
+
+    /// Keeps the answer an approval came to, when it was asked for with an Idempotency-Key;
+    /// before the waiting request goes, so that a retry always finds one or the other.
+    async fn keep_decision(
+        &self,
+        program: &str,
+        pending: &PendingAdjustment,
+        status: u16,
+        answer: &serde_json::Value,
+    ) -> Result<(), ServiceError> {
+        let Some(request_hash) = pending.request_hash.clone() else {
+            return Ok(());
+        };
+        let decided = Decided {
+            request_hash,
+            status,
+            answer: answer.clone(),
+        };
+        let body =
+            serde_json::to_string(&decided).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        self.store
+            .park(program, DECIDED_KEY, &pending.id, &body)
+            .await?;
+        Ok(())
     }
 
     async fn waiting_adjustment(
@@ -338,14 +404,15 @@ impl Services {
                 .again(|| format!("member {}", crate::telemetry::member_ref(member)))
                 .await?;
         };
+        let body =
+            json!({"id": id, "points": pending.points, "balance": balance, "approved_by": by});
+        self.keep_decision(&program.id, &pending, 201, &body)
+            .await?;
         self.store
             .discard_parked(&program.id, APPROVALS_KEY, id)
             .await?;
         tracing::info!(program = %program.id, id, by, "adjustment approved");
-        Ok(Answer {
-            status: 201,
-            body: json!({"id": id, "points": pending.points, "balance": balance, "approved_by": by}),
-        })
+        Ok(Answer { status: 201, body })
     }
 
     /// `POST .../approvals/{id}/decline` with `{"reason"}`: it is dropped, and said so in the
@@ -359,6 +426,9 @@ impl Services {
     ) -> Result<PendingAdjustment, ServiceError> {
         let reason = reason_in(body)?;
         let pending = self.pending_adjustment(program, id).await?;
+        let answer = json!({"id": id, "status": "declined", "points": pending.points,
+            "member": pending.member, "declined_by": by, "reason": reason});
+        self.keep_decision(program, &pending, 200, &answer).await?;
         self.store
             .discard_parked(program, APPROVALS_KEY, id)
             .await?;

@@ -789,3 +789,27 @@ fn a_merge_finished_after_the_other_s_points_ended_pays_no_debt_with_them() {
     assert_eq!(survivor.account.lots.total(), 0);
     survivor.assert_consistent();
 }
+
+#[test]
+fn a_refund_leaves_other_orders_waiting_out_their_return_window_though_they_earned_nothing() {
+    // GIVEN a kr-shop member with a 50 KRW order (no points, but its return window waits)
+    // and a 10,000 KRW order, both within their return windows
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    buy(&mut m, &p, "o-small", vec![line("a", 1, 50)], now, now);
+    buy(&mut m, &p, "o-big", vec![line("b", 1, 10_000)], now, now);
+    let waiting = |m: &Member| -> Vec<String> {
+        m.account
+            .pending
+            .iter()
+            .map(|g| g.event_id.clone())
+            .collect()
+    };
+    assert_eq!(waiting(&m), ["ev-o-small", "ev-o-big"]);
+    // WHEN the big order is cancelled
+    give_back(&mut m, &p, &cancel("o-big", now), now);
+    // THEN only its own wait ends: the small order still waits out its window
+    assert_eq!(waiting(&m), ["ev-o-small"]);
+    assert_eq!(m.account.pending_points(), 0);
+}

@@ -573,7 +573,11 @@ fn apply_reversal(
         }
         None => 0,
     };
-    account.pending.retain(|g| g.points > 0);
+    // Only this order's wait ends with its points: another order's grant of no points still
+    // waits out its return window (a referral or an upgrade may wait on it).
+    account
+        .pending
+        .retain(|g| g.points > 0 || g.event_id != earned.event_id);
     let from_available = points - from_pending;
     let taken: i64 = account
         .lots

@@ -979,3 +979,47 @@ async fn a_new_seed_makes_the_tick_assign_everyone_again() {
     // THEN every member is assigned under the new seed
     assert_eq!(seeds().await, vec![Some("split-b".to_string()); 3]);
 }
+
+#[tokio::test]
+async fn a_membership_fee_is_no_campaign_revenue_and_a_cancelled_order_leaves_none() {
+    // GIVEN kr-shop selling a membership whose fee earns nothing, and a revenue campaign
+    let now = Utc.with_ymd_and_hms(2026, 11, 10, 3, 0, 0).unwrap();
+    let program = format!(
+        "{KR_SHOP}\n[membership]\nid = \"plus\"\nname = \"Plus\"\nprice = \"4900\"\n\
+         period_months = 1\ngrace_days = 7\nsku = \"PLUS-MONTH\"\nmultiplier_bp = 10000\n"
+    );
+    let s = stack_with(now, &program).await;
+    s.put_campaign("spend", &goal_campaign("revenue", "spend-2026"))
+        .await;
+    s.services.my_campaigns("kr-shop", "m-fee").await.unwrap();
+    // WHEN the member buys the membership (4,900) with a shirt (10,000), then cancels it all
+    let event = |kind: &str, id: &str, data: Value| {
+        json!({"type": kind, "version": 1, "id": id, "program": "kr-shop", "member": "m-fee",
+               "occurred_at": now, "data": data})
+        .to_string()
+    };
+    let order = json!({"order_id": "of", "currency": "KRW", "lines": [
+        {"line_id": "1", "sku": "PLUS-MONTH", "quantity": 1, "unit_price": "4900"},
+        {"line_id": "2", "sku": "TEE", "quantity": 1, "unit_price": "10000"}]});
+    s.services
+        .process_earn(&event("purchase.completed", "f-1", order))
+        .await
+        .unwrap();
+    let counted = s.store_counts("spend").await;
+    let after_purchase = counted.iter().find(|c| c.variant == "all").unwrap().revenue;
+    s.services
+        .process_earn(&event(
+            "purchase.cancelled",
+            "f-2",
+            json!({"order_id": "of"}),
+        ))
+        .await
+        .unwrap();
+    // THEN the campaign counted the shirt alone, and the cancellation took all of it back
+    assert_eq!(after_purchase, 10_000);
+    let counted = s.store_counts("spend").await;
+    assert_eq!(
+        counted.iter().find(|c| c.variant == "all").unwrap().revenue,
+        0
+    );
+}

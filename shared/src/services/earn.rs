@@ -922,16 +922,14 @@ fn count_purchase(
     let program_points =
         |change: &Change| -> i64 { change.entries.iter().map(|e| e.points + e.pending).sum() };
     let with_all = program_points(&earned.change);
-    // Revenue is the eligible amount (what earns points), the same for every variant.
-    let gross = crate::domain::earning::purchase_points(
-        &program.purchase,
-        program.currency,
-        purchase,
-        crate::domain::program::UNIT_BP,
-        &[],
-    )
-    .map_err(|e| e.to_string())?
-    .eligible;
+    // Revenue is the eligible amount (what earns points), the same for every variant: as the
+    // order's record has it, so that a membership fee that earns nothing is no revenue and a
+    // refund takes back exactly what was counted.
+    let gross: i64 = earned
+        .order
+        .earned
+        .as_ref()
+        .map_or(0, |e| e.lines.iter().map(|l| l.eligible).sum());
     // Refunds that arrived before the purchase were applied with it: revenue is net.
     let eligible = gross - earned.order.refunded_eligible();
     // A bonus is shared over what earns: a purchase of nothing eligible pays none, and does

@@ -813,3 +813,60 @@ fn a_refund_leaves_other_orders_waiting_out_their_return_window_though_they_earn
     assert_eq!(waiting(&m), ["ev-o-small"]);
     assert_eq!(m.account.pending_points(), 0);
 }
+
+#[test]
+fn a_merge_finishes_into_a_survivor_holding_points_for_a_checkout() {
+    // GIVEN a member with 300 points merged out into m-1, and m-1 with 1,000 points
+    let p = kr();
+    let now = t0();
+    let mut survivor = Member::new(&p, now);
+    let gift = survivor
+        .account
+        .adjust(&p, 1_000, "opening balance", &ctx("open", now, now))
+        .unwrap();
+    survivor.commit(gift);
+    let mut other = Member::new(&p, now);
+    other.account.member = "m-2".into();
+    let gift = other
+        .account
+        .adjust(&p, 300, "goodwill", &ctx("gift", now, now))
+        .unwrap();
+    other.commit(gift);
+    let merged = other
+        .account
+        .merge_out(&p, "m-1", "same person", "ops", &ctx("merge-out", now, now))
+        .unwrap()
+        .account
+        .merged
+        .unwrap();
+    // AND, before the merge's second step, m-1 holds 400 for a checkout
+    let held = survivor
+        .account
+        .hold(
+            &p,
+            "h-1",
+            "order-9",
+            400,
+            now + days(1),
+            &ctx("hold", now, now),
+        )
+        .unwrap();
+    survivor.commit(held);
+    // WHEN the second step runs
+    let change = survivor
+        .account
+        .merge_in(&p, &merged, &ctx("merge-in", now, now))
+        .unwrap();
+    survivor.commit(change);
+    // THEN the 300 points arrive beside the hold
+    assert_eq!(survivor.account.balance, 900);
+    survivor.assert_consistent();
+    // AND the hold voided gives its 400 back, once
+    let voided = survivor
+        .account
+        .void_hold(&p, "h-1", "checkout abandoned", &ctx("void", now, now))
+        .unwrap();
+    survivor.commit(voided);
+    assert_eq!(survivor.account.balance, 1_300);
+    survivor.assert_consistent();
+}

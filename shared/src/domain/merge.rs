@@ -84,9 +84,9 @@ impl Account {
         other: &Merged,
         ctx: &EventContext,
     ) -> Result<Change, AccountError> {
-        if !self.holds.is_empty() {
-            return Err(open_hold(&self.member));
-        }
+        // A hold the survivor opened since the first step stays as it is: its points left the
+        // lots when it was taken, and go back to them (or stay spent) whatever arrives here.
+        // Refusing would strand the other's points, already out of its account, until then.
         let from = &other.snapshot;
         let mut journal = Journal::begin(self, program, ctx);
         let account = &mut journal.account;

@@ -5,7 +5,9 @@
 //! stream's batch. A stream shard is ordered, so on a failure the batch answers with the
 //! sequence number of the first record whose messages may not all have gone out: Lambda
 //! retries from there, and nothing after it is skipped. Messages already sent are sent again on
-//! that retry; queues deduplicate them by their program-scoped id.
+//! that retry; the FIFO queues (earn, tier) deduplicate them by their program-scoped id, and
+//! the notify queue, a standard one, may deliver a notice twice: its consumers deduplicate on
+//! the envelope's `id`.
 
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};

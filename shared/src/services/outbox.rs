@@ -5,8 +5,10 @@
 //! commit's messages about its own member ride along its first ledger entry instead
 //! ([`Services::relay_carried_all`], which the relay calls once for a stream batch's entries):
 //! the stream shows that entry once, and nothing is left to forget. A message is forgotten only
-//! after its queue has it, and queues deduplicate on the message's program-scoped id, so a relay
-//! that dies half-way sends the message again and nothing doubles.
+//! after its queue has it, and the FIFO queues deduplicate on the message's program-scoped id,
+//! so a relay that dies half-way sends the message again and nothing doubles; the notify queue,
+//! a standard one, may deliver a notice twice, and its consumers deduplicate on the envelope's
+//! `id`.
 
 use super::Services;
 use crate::ports::{OutboxMessage, StoreError};

@@ -201,21 +201,27 @@ async fn concurrent_writes_share_commits_and_each_is_answered_only_once_durable(
     assert!(commits < 320, "{commits} commits for 320 sends");
 }
 
-#[tokio::test]
-async fn a_write_that_fails_inside_a_shared_commit_leaves_no_trace_and_the_others_stay() {
-    // GIVEN kr-shop on a database file where any ledger entry of m-bad is refused by the
-    // database itself (after its account row was written in the same commit)
+/// On kr-shop in a database file where a trigger answers a ledger entry of m-bad with
+/// `RAISE(action)`: the purchases of `n` members and of m-bad (18th) processed at once. Returns
+/// the file, the members in order and each one's outcome.
+async fn purchases_beside_m_bad(
+    n: usize,
+    action: &str,
+) -> (
+    std::path::PathBuf,
+    Vec<String>,
+    Vec<Result<loyalty_core::services::earn::Processed, loyalty_core::services::earn::Retry>>,
+) {
     let (store, db) = file_store();
     let (_queue, services) = kr_shop(&store).await;
     rusqlite::Connection::open(&db)
         .unwrap()
-        .execute_batch(
-            "CREATE TRIGGER refuse_m_bad AFTER INSERT ON ledger WHEN NEW.member = 'm-bad'
-             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
-        )
+        .execute_batch(&format!(
+            "CREATE TRIGGER m_bad AFTER INSERT ON ledger WHEN NEW.member = 'm-bad'
+             BEGIN SELECT RAISE({action}, 'refused for the test'); END;"
+        ))
         .unwrap();
-    // WHEN purchases of 40 members and of m-bad are processed at once
-    let mut members: Vec<String> = (0..40).map(|i| format!("m-{i}")).collect();
+    let mut members: Vec<String> = (0..n).map(|i| format!("m-{i}")).collect();
     members.insert(17, "m-bad".into());
     let outcomes =
         futures_util::future::join_all(
@@ -228,6 +234,15 @@ async fn a_write_that_fails_inside_a_shared_commit_leaves_no_trace_and_the_other
             }),
         )
         .await;
+    (db, members, outcomes)
+}
+
+#[tokio::test]
+async fn a_write_that_fails_inside_a_shared_commit_leaves_no_trace_and_the_others_stay() {
+    // GIVEN kr-shop on a database file where any ledger entry of m-bad is refused by the
+    // database itself (after its account row was written in the same commit)
+    // WHEN purchases of 40 members and of m-bad are processed at once
+    let (db, members, outcomes) = purchases_beside_m_bad(40, "ABORT").await;
     // THEN m-bad's message fails (to be retried) and everyone else's succeeds
     for (member, outcome) in members.iter().zip(&outcomes) {
         assert_eq!(outcome.is_err(), member == "m-bad", "{member}: {outcome:?}");
@@ -254,29 +269,8 @@ async fn a_write_that_fails_inside_a_shared_commit_leaves_no_trace_and_the_other
 async fn a_commit_the_database_rolls_back_itself_tells_each_caller_what_stayed() {
     // GIVEN kr-shop on a database file where a ledger entry of m-bad makes the database roll
     // the whole transaction back (as it does itself on a full disk or an I/O error)
-    let (store, db) = file_store();
-    let (_queue, services) = kr_shop(&store).await;
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute_batch(
-            "CREATE TRIGGER roll_back_m_bad AFTER INSERT ON ledger WHEN NEW.member = 'm-bad'
-             BEGIN SELECT RAISE(ROLLBACK, 'rolled back for the test'); END;",
-        )
-        .unwrap();
     // WHEN purchases of 80 members and of m-bad are processed at once
-    let mut members: Vec<String> = (0..80).map(|i| format!("m-{i}")).collect();
-    members.insert(17, "m-bad".into());
-    let outcomes =
-        futures_util::future::join_all(
-            members.iter().enumerate().map(|(i, m)| {
-                let body = serde_json::to_string(&purchase(&format!("o{i}"), m, 20_000)).unwrap();
-                let services = &services;
-                async move {
-                    process_message(services, Consumer::Earn, &format!("msg-{i}"), &body).await
-                }
-            }),
-        )
-        .await;
+    let (db, members, outcomes) = purchases_beside_m_bad(80, "ROLLBACK").await;
     // THEN m-bad's message fails, and each member told its message failed has nothing
     // written, each told it succeeded has its account: a retry neither misses nor repeats
     let conn = rusqlite::Connection::open(&db).unwrap();

@@ -262,20 +262,8 @@ fn sum_points(ledger: &[Value]) -> i64 {
 fn a_balance_imported_for_a_merged_member_goes_to_the_member_it_was_merged_into() {
     // GIVEN m-old, with points, merged into m-new
     let shop = Shop::start("import-merged");
-    for member in ["m-old", "m-new"] {
-        let (status, answer) = shop.call(
-            "POST",
-            &format!("{P}/members/{member}/adjustments"),
-            Some(json!({"points": 100, "reason": "opening balance"})),
-        );
-        assert_eq!(status, 201, "{answer}");
-    }
-    let (status, merged) = shop.call(
-        "POST",
-        &format!("{P}/members/m-new/merge"),
-        Some(json!({"from": "m-old", "reason": "the same person"})),
-    );
-    assert_eq!(status, 200, "{merged}");
+    shop.give(&["m-old", "m-new"], 100);
+    shop.merge("m-new", "m-old");
     // WHEN a migration file adds 500 points to m-old, and is imported twice
     for _ in 0..2 {
         ok(&shop.import_csv("late.csv", "member,points\nm-old,500\n"));
@@ -292,22 +280,9 @@ fn a_balance_imported_for_a_merged_member_goes_to_the_member_it_was_merged_into(
 fn erasing_the_end_of_a_merge_chain_erases_every_member_merged_along_it() {
     // GIVEN m-first merged into m-second, then m-second into m-third, each with points
     let shop = Shop::start("erase-chain");
-    for member in ["m-first", "m-second", "m-third"] {
-        let (status, answer) = shop.call(
-            "POST",
-            &format!("{P}/members/{member}/adjustments"),
-            Some(json!({"points": 100, "reason": "opening balance"})),
-        );
-        assert_eq!(status, 201, "{answer}");
-    }
-    for (survivor, from) in [("m-second", "m-first"), ("m-third", "m-second")] {
-        let (status, merged) = shop.call(
-            "POST",
-            &format!("{P}/members/{survivor}/merge"),
-            Some(json!({"from": from, "reason": "the same person"})),
-        );
-        assert_eq!(status, 200, "{merged}");
-    }
+    shop.give(&["m-first", "m-second", "m-third"], 100);
+    shop.merge("m-second", "m-first");
+    shop.merge("m-third", "m-second");
     // WHEN m-third is erased
     let (status, erased) = shop.call(
         "DELETE",
@@ -334,20 +309,8 @@ fn erasing_the_end_of_a_merge_chain_erases_every_member_merged_along_it() {
 fn an_app_member_merged_away_signs_in_to_the_member_it_was_merged_into() {
     // GIVEN the app's member app-b (its token's subject, no link of its own) merged into m-pos
     let shop = Shop::start("merge-app");
-    for member in ["app-b", "m-pos"] {
-        let (status, answer) = shop.call(
-            "POST",
-            &format!("{P}/members/{member}/adjustments"),
-            Some(json!({"points": 100, "reason": "opening balance"})),
-        );
-        assert_eq!(status, 201, "{answer}");
-    }
-    let (status, merged) = shop.call(
-        "POST",
-        &format!("{P}/members/m-pos/merge"),
-        Some(json!({"from": "app-b", "reason": "the same person"})),
-    );
-    assert_eq!(status, 200, "{merged}");
+    shop.give(&["app-b", "m-pos"], 100);
+    shop.merge("m-pos", "app-b");
     // WHEN the app signs in with app-b's token and asks for its member
     let me = common::token(&["--member", "app-b"]);
     let (status, view) = shop.server.call("GET", &format!("{P}/me"), &me, &[], None);
@@ -605,21 +568,9 @@ fn erasing_a_member_leaves_no_id_of_the_members_merged_into_it() {
     let shop = Shop::start("erase-merged");
     let survivor = "m-app-77";
     let merged = ["email:ann.lee@example.com", "email:bo.kim@example.com"];
-    for member in [survivor].iter().chain(&merged) {
-        let (status, answer) = shop.call(
-            "POST",
-            &format!("{P}/members/{member}/adjustments"),
-            Some(json!({"points": 100, "reason": "goodwill"})),
-        );
-        assert_eq!(status, 201, "{answer}");
-    }
+    shop.give(&[survivor, merged[0], merged[1]], 100);
     for from in merged {
-        let (status, answer) = shop.call(
-            "POST",
-            &format!("{P}/members/{survivor}/merge"),
-            Some(json!({"from": from, "reason": "the same person"})),
-        );
-        assert_eq!(status, 200, "{answer}");
+        shop.merge(survivor, from);
     }
     // WHEN support erases the app member
     let (status, erased) = shop.call(
@@ -662,6 +613,28 @@ fn action(id: &str, member: &str, action: &str) -> Value {
 }
 
 impl Shop {
+    /// `points` given to each of `members` by an operator.
+    fn give(&self, members: &[&str], points: i64) {
+        for member in members {
+            let (status, answer) = self.call(
+                "POST",
+                &format!("{P}/members/{member}/adjustments"),
+                Some(json!({"points": points, "reason": "opening balance"})),
+            );
+            assert_eq!(status, 201, "{answer}");
+        }
+    }
+
+    /// Support merges `from` into `survivor`, the same person.
+    fn merge(&self, survivor: &str, from: &str) {
+        let (status, merged) = self.call(
+            "POST",
+            &format!("{P}/members/{survivor}/merge"),
+            Some(json!({"from": from, "reason": "the same person"})),
+        );
+        assert_eq!(status, 200, "{merged}");
+    }
+
     /// A member with an email and no points, imported as a brand would.
     fn import_member(&self, member: &str, email: &str) {
         ok(&self.import_csv(

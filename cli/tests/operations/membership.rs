@@ -251,6 +251,11 @@ fn the_monthly_reward_is_granted_once_per_month_when_the_job_runs_late_or_twice(
     run(start.checked_add_months(Months::new(5)).expect("date"));
     assert_eq!(coupons(), 3);
     assert_eq!(shop.member("m-grants")["balance"], 0);
+    // AND the audit finds each grant's entry caused by its redemption
+    let audit = shop.loyalty(&["audit", "--json"]);
+    let report: Value = serde_json::from_slice(&audit.stdout).expect("json");
+    assert_eq!(report["violations"], json!([]), "{report}");
+    assert!(audit.status.success());
 }
 
 fn refund(shop: &Shop, order: &str, refund_id: &str, member: &str, data: Value) {

@@ -8,7 +8,7 @@ use super::redemptions::{coupon_code, reward_issued};
 use super::{Contention, ServiceError, Services};
 use crate::domain::account::Journal;
 use crate::domain::schedule::job_source;
-use crate::domain::{EntryKind, EventContext, Program};
+use crate::domain::{EntryKind, EventContext, Program, Source};
 use crate::ports::{Commit, CommitError, Coupon, Redemption, RedemptionStatus};
 
 impl Services {
@@ -56,8 +56,11 @@ impl Services {
                 m.started_on,
                 u64::from(m.grants) + 1
             );
-            let ctx =
-                EventContext::new(format!("grant:{id}"), at, at).with_source(job_source("notices"));
+            // The entry names the redemption it issued, as every redeem entry does.
+            let ctx = EventContext::new(format!("grant:{id}"), at, at).with_source(Source {
+                redemption: Some(id.clone()),
+                ..job_source("notices")
+            });
             let code = coupon_code();
             let mut journal = Journal::begin(&account, program, &ctx);
             if let Some(m) = journal.account.membership.as_mut() {

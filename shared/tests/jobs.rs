@@ -265,6 +265,19 @@ async fn a_notice_owed_since_before_the_last_run_is_sent_by_the_next() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_member_view_lists_only_releases_that_bring_points() {
+    // GIVEN a member with a 50 KRW order (no points) and a 59,000 KRW one, both pending
+    let s = stack().await;
+    s.purchase("m-rel", "R-small", 50, t0()).await;
+    s.purchase("m-rel", "R-big", 59_000, t0()).await;
+    // WHEN the member's view is read
+    let view = s.services.member_view("kr-shop", "m-rel").await.unwrap();
+    // THEN one release is listed: the 590 points
+    let releases: Vec<i64> = view.pending_releases.iter().map(|r| r.points).collect();
+    assert_eq!(releases, [590]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missed_day_is_caught_up_by_the_next_run() {
     // GIVEN tier-reviews ran on 2027-03-09, and a GOLD member is due on 2027-03-10
     let s = stack().await;

@@ -870,3 +870,37 @@ fn a_merge_finishes_into_a_survivor_holding_points_for_a_checkout() {
     assert_eq!(survivor.account.balance, 1_300);
     survivor.assert_consistent();
 }
+
+#[test]
+fn the_next_tier_still_needs_what_waits_out_its_return_window_when_upgrades_wait_for_it() {
+    // GIVEN kr-shop counting upgrades only once purchases are kept, and a member whose
+    // 400,000 KRW purchase (past SILVER's 300,000) is inside its return window
+    let p = loyalty_core::domain::Program::from_toml(
+        &include_str!("../../examples/kr-shop.toml").replace(
+            "[tier_rules]\n",
+            "[tier_rules]\nupgrade_after_return_window = true\n",
+        ),
+    )
+    .unwrap();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    buy(&mut m, &p, "o-1", vec![line("a", 1, 400_000)], now, now);
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
+    // WHEN the member's progress is shown
+    let progress = m.account.tier_progress(&p, today);
+    // THEN SILVER still needs the whole 300,000, as the upgrade will go by
+    let next = progress.next_tier.expect("a next tier");
+    assert_eq!((next.id.as_str(), next.needed), ("SILVER", 300_000));
+    let up = m.account.check_tier(&p, &ctx("t-1", now, now));
+    assert_eq!(up.account.tier.id, "WELCOME");
+    // AND once the purchase is kept, nothing more is needed
+    let later = now + days(30);
+    let settled = m.account.settle(&p, &ctx("later", later, later));
+    m.commit(settled);
+    let next = m
+        .account
+        .tier_progress(&p, today + days(30))
+        .next_tier
+        .expect("a next tier");
+    assert_eq!((next.id.as_str(), next.needed), ("SILVER", 0));
+}

@@ -42,6 +42,13 @@ pub fn judged_through(review_on: NaiveDate) -> NaiveDate {
     review_on.pred_opt().unwrap_or(review_on)
 }
 
+/// The measure an upgrade goes by on `today`: purchases still inside their return window wait,
+/// when the program says so (their grants then carry what they qualify).
+fn upgrade_measure(program: &Program, account: &Account, today: NaiveDate) -> i64 {
+    let waiting: i64 = account.pending.iter().map(|g| g.qualifying).sum();
+    measure_at(program, account, today).saturating_sub(waiting)
+}
+
 /// Index of the highest tier whose threshold the measure reaches.
 pub fn tier_for(program: &Program, measure: i64) -> usize {
     program
@@ -72,9 +79,7 @@ impl Account {
         let mut journal = Journal::begin(self, program, ctx);
         let today = local_date(program.time_zone, ctx.recorded_at);
         let current = current_index(program, &journal.account);
-        // Purchases still inside their return window wait, when the program says so.
-        let waiting: i64 = journal.account.pending.iter().map(|g| g.qualifying).sum();
-        let measure = measure_at(program, &journal.account, today).saturating_sub(waiting);
+        let measure = upgrade_measure(program, &journal.account, today);
         let target = tier_for(program, measure);
         if target > current {
             let reason = format!(
@@ -137,9 +142,11 @@ impl Account {
         let current = current_index(program, self);
         let measure = measure_at(program, self, today);
         let tier = &program.tiers[current];
+        // What the next tier still needs is what the upgrade will go by.
+        let towards = upgrade_measure(program, self, today);
         let next = program.tiers.get(current + 1).map(|t| NextTier {
             id: t.id.clone(),
-            needed: (t.threshold - measure).max(0),
+            needed: (t.threshold - towards).max(0),
         });
         let keep = self.tier.review_on.map(|by| KeepTier {
             needed: (tier.threshold - measure_at(program, self, judged_through(by))).max(0),

@@ -236,7 +236,8 @@ impl Services {
         let today = local_date(program.time_zone, now);
         let progress = view.tier_progress(&program, today);
         let mut releases: Vec<DatedPoints> = Vec::new();
-        for grant in &view.pending {
+        // A grant of no points (a small order, a fee) waits out its window but releases nothing.
+        for grant in view.pending.iter().filter(|g| g.points > 0) {
             let date = local_date(program.time_zone, grant.release_at);
             match releases.iter_mut().find(|r| r.date == date) {
                 Some(r) => r.points += grant.points,

@@ -266,9 +266,11 @@ async fn a_notice_owed_since_before_the_last_run_is_sent_by_the_next() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_member_view_lists_only_releases_that_bring_points() {
-    // GIVEN a member with a 50 KRW order (no points) and a 59,000 KRW one, both pending
+    // GIVEN a member with a 50 KRW order (no points) of the day before and a 59,000 KRW one,
+    // both pending
     let s = stack().await;
-    s.purchase("m-rel", "R-small", 50, t0()).await;
+    s.purchase("m-rel", "R-small", 50, t0() - Duration::days(1))
+        .await;
     s.purchase("m-rel", "R-big", 59_000, t0()).await;
     // WHEN the member's view is read
     let view = s.services.member_view("kr-shop", "m-rel").await.unwrap();

@@ -934,3 +934,45 @@ async fn an_order_cancelled_between_a_merge_s_steps_is_taken_back_from_the_survi
     );
     assert!(record.applied.contains("cancel"), "{record:?}");
 }
+
+#[tokio::test]
+async fn a_merge_whose_second_step_never_came_is_named_by_the_audit_until_it_is_finished() {
+    // GIVEN a merge stopped after its first write, whose message was lost
+    let s = setup().await;
+    let (survivor, other) = ("shopify:7700000008", "shopify:7700000009");
+    bought(&s, survivor, "7700008", 40_000).await;
+    bought(&s, other, "7700009", 10_000).await;
+    let moved = points(&s, other).await;
+    merge_stopped_after_its_first_write(&s, survivor, other).await;
+    let quiet: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(|_| {});
+    let merges = |report: &loyalty_core::services::audit::AuditReport| -> Vec<(Option<String>, Option<i64>)> {
+        let found = report.violations.iter().filter(|v| v.rule == "merge");
+        found.map(|v| (v.member.clone(), v.difference)).collect()
+    };
+    // WHEN the audit runs within the hour THEN the merge is still its own business
+    let audit = s
+        .services
+        .audit(Some("kr-shop"), quiet.clone())
+        .await
+        .unwrap();
+    assert_eq!(merges(&audit), vec![]);
+    // WHEN it runs two hours later
+    s.clock.set(now() + chrono::Duration::hours(2));
+    let audit = s
+        .services
+        .audit(Some("kr-shop"), quiet.clone())
+        .await
+        .unwrap();
+    // THEN it names the member whose points reached no one, and how many
+    assert_eq!(
+        merges(&audit),
+        vec![(Some(other.to_string()), Some(moved.0 + moved.1))]
+    );
+    // WHEN the merge is asked for again THEN it finishes and the audit is quiet
+    s.services
+        .merge_members("kr-shop", survivor, other, "the same customer", "ops")
+        .await
+        .unwrap();
+    let audit = s.services.audit(Some("kr-shop"), quiet).await.unwrap();
+    assert!(audit.violations.is_empty(), "{:?}", audit.violations);
+}

@@ -42,12 +42,22 @@ pub struct ProgramAudit {
     pub books: Totals,
 }
 
+/// A member merged out, as the walk found it.
+struct MergedOut {
+    program: String,
+    member: String,
+    into: String,
+    at: chrono::DateTime<chrono::Utc>,
+    points: i64,
+    pending: i64,
+}
+
 #[derive(Default)]
 struct Progress {
     report: AuditReport,
     suspects: Vec<(String, String)>,
-    /// Members merged out: (program, member, survivor, points and pending points moved).
-    merged_out: Vec<(String, String, String, i64, i64)>,
+    /// Members merged out: what each moved, and where.
+    merged_out: Vec<MergedOut>,
 }
 
 impl Services {
@@ -75,13 +85,14 @@ impl Services {
                                 .filter(|a| a.erased.is_none())
                                 .and_then(|a| a.merged.as_ref())
                             {
-                                s.merged_out.push((
-                                    records.program.clone(),
-                                    records.member.clone(),
-                                    m.into.clone(),
-                                    m.snapshot.balance,
-                                    m.snapshot.pending_points(),
-                                ));
+                                s.merged_out.push(MergedOut {
+                                    program: records.program.clone(),
+                                    member: records.member.clone(),
+                                    into: m.into.clone(),
+                                    at: m.at,
+                                    points: m.snapshot.balance,
+                                    pending: m.snapshot.pending_points(),
+                                });
                             }
                             let (found, totals) = check_member(&records, now);
                             s.report.members += totals.members;
@@ -129,22 +140,44 @@ impl Services {
             )
         };
         // Only members that moved points are read again: nothing else can be lost.
-        let moved = merged_out.into_iter().filter(|m| m.3 != 0 || m.4 != 0);
-        for (program, member, into, points, pending) in moved {
-            // A survivor gone before it received the points: credited to no one until the
-            // member is erased too (what the merge's message does now).
+        let moved = merged_out
+            .into_iter()
+            .filter(|m| m.points != 0 || m.pending != 0);
+        for m in moved {
+            let MergedOut {
+                program,
+                member,
+                into,
+                at,
+                points,
+                pending,
+            } = m;
             let survivor = self.store.load_member(&program, &into, &[]).await?;
-            if survivor.account.is_none() {
-                report.violations.push(Violation {
-                    program,
-                    member: Some(member.clone()),
-                    rule: "merge",
-                    detail: format!(
-                        "merged into {into}, which is gone (erased) without having received {points} points and {pending} pending: erase {member} to give them up"
-                    ),
-                    difference: Some(points + pending),
-                });
-            }
+            let detail = match survivor.account {
+                // A survivor gone before it received the points: credited to no one until the
+                // member is erased too (what the merge's message does now).
+                None => format!(
+                    "merged into {into}, which is gone (erased) without having received {points} points and {pending} pending: erase {member} to give them up"
+                ),
+                // Its second step never came (its message lost or refused): the points are
+                // out of one account and in no other. An hour is the merge's own time.
+                Some(s)
+                    if !s.merged_from.contains(&member)
+                        && at + chrono::Duration::hours(1) < now =>
+                {
+                    format!(
+                        "merged into {into} on {at}, which has not received its {points} points and {pending} pending: ask for the merge again to finish it"
+                    )
+                }
+                Some(_) => continue,
+            };
+            report.violations.push(Violation {
+                program,
+                member: Some(member),
+                rule: "merge",
+                detail,
+                difference: Some(points + pending),
+            });
         }
         for (program, member) in suspects {
             match self.recheck(&program, &member, now).await {

@@ -384,6 +384,21 @@ fn a_suspended_member_earns_and_redeems_nothing_until_resumed_then_its_events_ap
     );
     assert_eq!(status, 403, "{refused}");
     assert_eq!(refused["type"], "/problems/member-suspended");
+    // AND the member's export holds the two events waiting for the resume
+    let export = shop.get(&format!("{P}/members/{member}/export"));
+    let mut held: Vec<(&str, &str)> = export["held_events"]
+        .as_array()
+        .expect("held events")
+        .iter()
+        .map(|h| {
+            (
+                h["event"]["id"].as_str().unwrap_or_default(),
+                h["waits_for"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    held.sort();
+    assert_eq!(held, [("sus-bd", "resume"), ("sus-sale-1", "resume")]);
 
     // WHEN the member is resumed with the CLI
     let resumed = ok(&shop.loyalty(&[

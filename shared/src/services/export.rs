@@ -1,6 +1,6 @@
 //! A member's data, all of it, as one JSON document (GDPR Articles 15 and 20, PIPA's right of
-//! access): profile, account, identities, orders, redemptions, coupons and campaign
-//! assignments first, then the whole ledger, newest first, read and written a page at a
+//! access): profile, account, identities, orders, redemptions, coupons, campaign assignments
+//! and the events held for it first, then the whole ledger, newest first, read and written a page at a
 //! time, so that a member with a long history never sits in memory whole.
 
 use futures_util::stream::{self, Stream};
@@ -20,6 +20,37 @@ enum Part {
 }
 
 impl Services {
+    /// The member's events the engine holds: those waiting for its resume (suspended) and
+    /// those held for an operator's review. They name the person as much as the ledger does.
+    async fn events_held_for(
+        &self,
+        program: &str,
+        member: &str,
+    ) -> Result<Vec<serde_json::Value>, ServiceError> {
+        let mut held = Vec::new();
+        let suspended = super::suspension::parking_key(member);
+        for (id, body) in self.store.parked(program, &suspended).await? {
+            let event: serde_json::Value = serde_json::from_str(&body).unwrap_or(json!(body));
+            held.push(json!({"id": id, "waits_for": "resume", "event": event}));
+        }
+        for (id, body) in self
+            .store
+            .parked(program, super::safeguards::REVIEW_KEY)
+            .await?
+        {
+            let Ok(event) = serde_json::from_str::<super::safeguards::HeldEvent>(&body) else {
+                continue;
+            };
+            if event.member == member {
+                held.push(
+                    json!({"id": id, "waits_for": "review", "reason": event.reason,
+                    "event": event.event}),
+                );
+            }
+        }
+        Ok(held)
+    }
+
     /// The export as chunks of one JSON document. Fails before the first chunk when the
     /// member is unknown; a store failure later ends the stream with that error.
     pub async fn export_member(
@@ -30,6 +61,7 @@ impl Services {
         let program = self.program(program).await?;
         let account = self.existing_account(&program.id, member).await?;
         let file = self.store.member_file(&program.id, member).await?;
+        let held = self.events_held_for(&program.id, member).await?;
         let now = self.clock.now();
         let head = json!({
             "program": program.id,
@@ -57,6 +89,7 @@ impl Services {
             "redemptions": file.redemptions,
             "coupons": file.coupons,
             "campaign_assignments": file.assignments,
+            "held_events": held,
             // The engine records no consent: the brand's own systems hold it.
             "consents": [],
         });

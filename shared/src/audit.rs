@@ -87,6 +87,21 @@ pub fn check_member(records: &MemberRecords, now: DateTime<Utc>) -> (Vec<Violati
         );
         return (found, totals);
     };
+    // A member merged away holds nothing: what reached it since (the second step of a merge
+    // into it, run after it was merged on) is in no account anyone uses.
+    if let Some(into) = account.merged_into().filter(|_| account.erased.is_none()) {
+        let (points, pending) = (account.balance, account.pending_points());
+        if points != 0 || pending != 0 || account.debt != 0 {
+            violation(
+                "merge",
+                format!(
+                    "merged into {into} but holds {points} points, {pending} pending and a debt of {}: move them to {into} with adjustments",
+                    account.debt
+                ),
+                Some(points + pending),
+            );
+        }
+    }
     // An erasure marks the account first and deletes it last; a mark an hour old is a run that
     // stopped (its member's events wait for it), which only running it again finishes. The
     // account kept under the pseudonym carries the mark too, and is done.

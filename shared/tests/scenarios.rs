@@ -904,3 +904,48 @@ fn the_next_tier_still_needs_what_waits_out_its_return_window_when_upgrades_wait
         .expect("a next tier");
     assert_eq!((next.id.as_str(), next.needed), ("SILVER", 0));
 }
+
+#[test]
+fn the_audit_names_a_member_merged_away_that_received_points_since() {
+    // GIVEN m-2 merged out into m-1, and m-1 merged out into m-3 before m-2's points arrived
+    let p = kr();
+    let now = t0();
+    let mut other = Member::new(&p, now);
+    other.account.member = "m-2".into();
+    let gift = other
+        .account
+        .adjust(&p, 300, "goodwill", &ctx("gift", now, now))
+        .unwrap();
+    other.commit(gift);
+    let merged = other
+        .account
+        .merge_out(&p, "m-1", "same person", "ops", &ctx("out-2", now, now))
+        .unwrap()
+        .account
+        .merged
+        .unwrap();
+    let mut middle = Member::new(&p, now);
+    let out = middle
+        .account
+        .merge_out(&p, "m-3", "same person", "ops", &ctx("out-1", now, now))
+        .unwrap();
+    middle.commit(out);
+    // WHEN m-2's points reach m-1 all the same
+    let late = middle
+        .account
+        .merge_in(&p, &merged, &ctx("in-2", now, now))
+        .unwrap();
+    middle.commit(late);
+    // THEN the audit names m-1: 300 points in an account no one uses
+    let records = loyalty_core::ports::MemberRecords {
+        program: "kr-shop".into(),
+        member: middle.account.member.clone(),
+        account: Some(middle.account.clone()),
+        entries: middle.ledger.clone(),
+        orders: Vec::new(),
+    };
+    let (found, _) = loyalty_core::audit::check_member(&records, now);
+    let merges: Vec<_> = found.iter().filter(|v| v.rule == "merge").collect();
+    assert_eq!(merges.len(), 1, "{found:?}");
+    assert_eq!(merges[0].difference, Some(300));
+}

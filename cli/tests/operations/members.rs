@@ -347,6 +347,22 @@ fn a_merge_is_refused_into_itself_for_unknown_members_and_without_a_reason() {
 }
 
 #[test]
+fn deciding_on_an_approval_or_a_held_event_that_does_not_exist_is_not_found_whatever_the_body() {
+    // GIVEN a running shop with nothing waiting
+    let shop = Shop::start("decide-unknown");
+    // WHEN an approval and a held event that do not exist are declined and cancelled, with no
+    // reason given
+    for path in [
+        format!("{P}/approvals/appr-nothing/decline"),
+        format!("{P}/reviews/ev-nothing/cancel"),
+    ] {
+        let (status, problem) = shop.call("POST", &path, None);
+        // THEN each is 404: what is named comes before what is asked of it
+        assert_eq!(status, 404, "{path}: {problem}");
+    }
+}
+
+#[test]
 fn a_suspended_member_earns_and_redeems_nothing_until_resumed_then_its_events_apply_once() {
     // GIVEN a member with 5,000 points
     let shop = Shop::start("suspend");

@@ -170,8 +170,9 @@ impl Services {
         by: &str,
         body: &[u8],
     ) -> Result<HeldEvent, ServiceError> {
-        let reason = reason_in(body)?;
+        // What is named must exist before what is asked of it is read (404 before 400).
         let held = self.held_event(program, id).await?;
+        let reason = reason_in(body)?;
         let payload = serde_json::to_string(&held.event)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
         self.store
@@ -424,8 +425,8 @@ impl Services {
         by: &str,
         body: &[u8],
     ) -> Result<PendingAdjustment, ServiceError> {
-        let reason = reason_in(body)?;
         let pending = self.pending_adjustment(program, id).await?;
+        let reason = reason_in(body)?;
         let answer = json!({"id": id, "status": "declined", "points": pending.points,
             "member": pending.member, "declined_by": by, "reason": reason});
         self.keep_decision(program, &pending, 200, &answer).await?;

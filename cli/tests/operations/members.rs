@@ -260,19 +260,23 @@ fn sum_points(ledger: &[Value]) -> i64 {
 
 #[test]
 fn a_balance_imported_for_a_merged_member_goes_to_the_member_it_was_merged_into() {
-    // GIVEN m-old, with points, merged into m-new
+    // GIVEN m-old and m-new with 100 points each, m-old with 50 more from a first file
     let shop = Shop::start("import-merged");
     shop.give(&["m-old", "m-new"], 100);
+    ok(&shop.import_csv("early.csv", "member,points\nm-old,50\n"));
+    // AND m-old then merged into m-new
     shop.merge("m-new", "m-old");
-    // WHEN a migration file adds 500 points to m-old, and is imported twice
+    // WHEN a migration file adds 500 points to m-old, and is imported twice, and the first
+    // file again
     for _ in 0..2 {
         ok(&shop.import_csv("late.csv", "member,points\nm-old,500\n"));
     }
-    // THEN m-new has them, once, and m-old's emptied account has none
+    ok(&shop.import_csv("early.csv", "member,points\nm-old,50\n"));
+    // THEN m-new has each file's points once, and m-old's emptied account has none
     let survivor = shop.member("m-new");
-    assert_eq!(survivor["balance"].as_i64(), Some(700), "{survivor}");
+    assert_eq!(survivor["balance"].as_i64(), Some(750), "{survivor}");
     let ledger = shop.whole_ledger("m-new");
-    assert_eq!(sum_points(&ledger), 700);
+    assert_eq!(sum_points(&ledger), 750);
     assert_eq!(sum_points(&shop.whole_ledger("m-old")), 0);
 }
 

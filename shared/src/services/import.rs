@@ -76,6 +76,10 @@ impl Services {
             let state = self.store.load_member(&program.id, &member, &[]).await?;
             // A member merged into another is the survivor's; one being erased takes nothing.
             if let Some(into) = state.account.as_ref().and_then(|a| a.merged_into()) {
+                // Imported before the merge: the row's marker stayed here, its points moved on.
+                if self.store.has_marker(&program.id, &member, &marker).await? {
+                    return Ok(unchanged(member, "imported before"));
+                }
                 contention
                     .redirected(|| format!("member {}", crate::telemetry::member_ref(&member)))?;
                 member = into.to_string();

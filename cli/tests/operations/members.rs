@@ -281,6 +281,41 @@ fn a_balance_imported_for_a_merged_member_goes_to_the_member_it_was_merged_into(
 }
 
 #[test]
+fn erasing_a_member_of_a_short_id_leaves_the_kept_ledger_s_order_and_event_ids_whole() {
+    // GIVEN the POS member pos:42 with a purchase, event sale-4200 of order o-4242
+    let shop = Shop::start("erase-short");
+    shop.send(pos_purchase("sale-4200", "pos:42", "o-4242"));
+    shop.eventually("pos:42", |v| v["pending"] == 590);
+    // WHEN it is erased
+    let (status, erased) = shop.call(
+        "DELETE",
+        &format!("{P}/members/pos:42?reason=erasure%20request"),
+        None,
+    );
+    assert_eq!(status, 200, "{erased}");
+    // THEN the kept ledger still names the event and the order as they were
+    let pseudonym = erased["pseudonym"].as_str().expect("pseudonym");
+    let kept = shop.get(&format!("{P}/members/{pseudonym}/export"));
+    let entries = kept["ledger"].as_array().expect("ledger");
+    let sale = entries
+        .iter()
+        .find(|e| e["source"]["event_id"] == "sale-4200")
+        .unwrap_or_else(|| panic!("no entry of the event in {kept}"));
+    assert!(
+        sale["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("sale-4200")),
+        "{sale}"
+    );
+    assert!(
+        sale["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("order o-4242 ")),
+        "{sale}"
+    );
+}
+
+#[test]
 fn erasing_the_end_of_a_merge_chain_erases_every_member_merged_along_it() {
     // GIVEN m-first merged into m-second, then m-second into m-third, each with points
     let shop = Shop::start("erase-chain");

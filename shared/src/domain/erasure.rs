@@ -129,9 +129,16 @@ impl Account {
 /// in the ids that carry a member's id (a merge's `merge-{member}`).
 pub fn pseudonymised(entry: &LedgerEntry, stand_ins: &[(String, String)]) -> LedgerEntry {
     let mut kept = entry.clone();
-    kept.reason = replaced(&kept.reason, stand_ins);
-    kept.id = replaced(&kept.id, stand_ins);
-    kept.source.event_id = kept.source.event_id.map(|id| replaced(&id, stand_ins));
+    // Only names that can name a person: a short one (`42` of `pos:42`) would be replaced
+    // inside order and event numbers.
+    let names: Vec<(String, String)> = stand_ins
+        .iter()
+        .filter(|(name, _)| name.chars().count() >= 5)
+        .cloned()
+        .collect();
+    kept.reason = replaced(&kept.reason, &names);
+    kept.id = replaced(&kept.id, &names);
+    kept.source.event_id = kept.source.event_id.map(|id| replaced(&id, &names));
     kept.provisional = false;
     kept
 }

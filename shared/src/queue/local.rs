@@ -5,6 +5,8 @@
 //! messages are delivered in order (one group = program#member), a failed message is retried
 //! with backoff and moved to a dead-letter table after `max_attempts`.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -65,6 +67,8 @@ pub struct Delivery {
 pub struct LocalQueue {
     store: SqliteStore,
     max_attempts: u32,
+    /// When a receive last took the heads from the whole queue (ms since the epoch).
+    full_scan_at: Arc<AtomicI64>,
 }
 
 fn now_ms() -> i64 {
@@ -77,6 +81,9 @@ const SCAN_PAGE: usize = 512;
 /// fills the front of the queue), the heads are taken group by group from the whole queue
 /// instead, so that a member with thousands of messages waiting holds up no one else.
 const SCAN_LIMIT: usize = 16_384;
+/// How often, at most, a receive takes the heads from the whole queue: a sort of every row
+/// waiting, on the one writing thread; in between, receives give what the walk found.
+const FULL_SCAN_EVERY_MS: i64 = 1_000;
 
 /// The oldest message of each group, in queue order, that is due: a group whose head is in
 /// flight or waiting for a retry gives nothing (its order holds). Reads from the front of the
@@ -87,6 +94,7 @@ fn due_heads(
     queue: QueueName,
     max: usize,
     now: i64,
+    full_scan_at: &AtomicI64,
 ) -> Result<Vec<i64>, StoreError> {
     let failed = |e| sql_error("cannot read the queue", e);
     let mut stmt = conn
@@ -119,7 +127,8 @@ fn due_heads(
             return Ok(heads);
         }
     }
-    if heads.len() < max {
+    if heads.len() < max && now - full_scan_at.load(Ordering::Relaxed) >= FULL_SCAN_EVERY_MS {
+        full_scan_at.store(now, Ordering::Relaxed);
         return every_groups_head(conn, queue, max, now);
     }
     Ok(heads)
@@ -155,6 +164,7 @@ impl LocalQueue {
         LocalQueue {
             store,
             max_attempts: max_attempts.max(1),
+            full_scan_at: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -167,11 +177,12 @@ impl LocalQueue {
         visibility: Duration,
     ) -> Result<Vec<Delivery>, StoreError> {
         let hide_ms = i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX);
+        let full_scan_at = Arc::clone(&self.full_scan_at);
         self.store
             .with(move |conn| {
                 let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
                 let now = now_ms();
-                let heads = due_heads(&tx, queue, max, now)?;
+                let heads = due_heads(&tx, queue, max, now, &full_scan_at)?;
                 let mut deliveries = Vec::with_capacity(heads.len());
                 for seq in heads {
                     let (body, attempts): (String, u32) = tx

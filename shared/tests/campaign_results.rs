@@ -789,24 +789,25 @@ async fn a_tick_out_of_time_stops_and_the_next_one_goes_on() {
     }
 }
 
+/// A broadcast campaign running through November 2026 that puts every member in `variant`
+/// (its control weighs nothing).
+fn for_everyone(seed: &str, variant: Value) -> Value {
+    json!({
+        "name": "For everyone", "kind": "broadcast", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": seed, "goal": "purchase",
+        "variants": [{"key": "control", "weight": 0, "effect": {"type": "none"}}, variant]
+    })
+}
+
 #[tokio::test]
 async fn a_bonus_is_not_used_up_by_a_purchase_that_earns_nothing() {
     // GIVEN a campaign that gives every member 500 points on their next purchase
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
     let s = stack(now).await;
-    s.put_campaign(
-        "next-order-bonus",
-        &json!({
-            "name": "500 on the next order", "kind": "broadcast", "status": "running",
-            "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
-            "hash_seed": "bonus-2026", "goal": "purchase",
-            "variants": [
-                {"key": "control", "weight": 0, "effect": {"type": "none"}},
-                {"key": "bonus", "weight": 1, "effect": {"type": "bonus", "points": 500}}
-            ]
-        }),
-    )
-    .await;
+    let bonus = json!({"key": "bonus", "weight": 1, "effect": {"type": "bonus", "points": 500}});
+    s.put_campaign("next-order-bonus", &for_everyone("bonus-2026", bonus))
+        .await;
     let at = now - chrono::Duration::hours(1);
     // WHEN the member first buys only a gift card (nothing earns), then a shirt of 59,000
     s.purchase_in("m-gift", "g-1", 50_000, "gift_card", at)
@@ -908,19 +909,9 @@ async fn a_broadcast_grant_reaches_a_person_once_though_one_of_their_members_was
     s.drain().await;
     assert_eq!(s.balance("m-a").await, 200);
     // WHEN a campaign granting 1,000 points to everyone starts and the tick assigns
-    s.put_campaign(
-        "welcome-gift",
-        &json!({
-            "name": "Gift", "kind": "broadcast", "status": "running",
-            "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
-            "hash_seed": "gift-2026", "goal": "purchase",
-            "variants": [
-                {"key": "control", "weight": 0, "effect": {"type": "none"}},
-                {"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}}
-            ]
-        }),
-    )
-    .await;
+    let gift = json!({"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}});
+    s.put_campaign("welcome-gift", &for_everyone("gift-2026", gift))
+        .await;
     s.services
         .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
         .await

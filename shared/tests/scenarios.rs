@@ -595,6 +595,14 @@ fn survivor_in_debt_and_a_merged_member(
         (survivor.account.balance, survivor.account.debt),
         (-500, 500)
     );
+    (survivor, m2_merged_out_into_m1(p, now))
+}
+
+/// m-2, with 300 points, merged out into m-1 at `now`: what m-1 is to receive.
+fn m2_merged_out_into_m1(
+    p: &loyalty_core::domain::Program,
+    now: chrono::DateTime<chrono::Utc>,
+) -> loyalty_core::domain::Merged {
     let mut other = Member::new(p, now);
     other.account.member = "m-2".into();
     let gift = other
@@ -606,7 +614,7 @@ fn survivor_in_debt_and_a_merged_member(
         .account
         .merge_out(p, "m-1", "same person", "ops", &ctx("merge-out", now, now))
         .unwrap();
-    (survivor, out.account.merged.clone().unwrap())
+    out.account.merged.unwrap()
 }
 
 #[test]
@@ -825,20 +833,7 @@ fn a_merge_finishes_into_a_survivor_holding_points_for_a_checkout() {
         .adjust(&p, 1_000, "opening balance", &ctx("open", now, now))
         .unwrap();
     survivor.commit(gift);
-    let mut other = Member::new(&p, now);
-    other.account.member = "m-2".into();
-    let gift = other
-        .account
-        .adjust(&p, 300, "goodwill", &ctx("gift", now, now))
-        .unwrap();
-    other.commit(gift);
-    let merged = other
-        .account
-        .merge_out(&p, "m-1", "same person", "ops", &ctx("merge-out", now, now))
-        .unwrap()
-        .account
-        .merged
-        .unwrap();
+    let merged = m2_merged_out_into_m1(&p, now);
     // AND, before the merge's second step, m-1 holds 400 for a checkout
     let held = survivor
         .account
@@ -910,20 +905,7 @@ fn the_audit_names_a_member_merged_away_that_received_points_since() {
     // GIVEN m-2 merged out into m-1, and m-1 merged out into m-3 before m-2's points arrived
     let p = kr();
     let now = t0();
-    let mut other = Member::new(&p, now);
-    other.account.member = "m-2".into();
-    let gift = other
-        .account
-        .adjust(&p, 300, "goodwill", &ctx("gift", now, now))
-        .unwrap();
-    other.commit(gift);
-    let merged = other
-        .account
-        .merge_out(&p, "m-1", "same person", "ops", &ctx("out-2", now, now))
-        .unwrap()
-        .account
-        .merged
-        .unwrap();
+    let merged = m2_merged_out_into_m1(&p, now);
     let mut middle = Member::new(&p, now);
     let out = middle
         .account

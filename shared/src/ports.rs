@@ -71,6 +71,9 @@ pub enum CommitError {
     /// The coupon to revoke was consumed meanwhile.
     #[error("the coupon has been consumed")]
     CouponConsumed,
+    /// The commit's [`Quota`] would pass its limit.
+    #[error("the quota would pass its limit")]
+    OverQuota,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -309,6 +312,28 @@ pub struct Commit {
     pub outbox: Vec<OutboxMessage>,
     /// What the change adds to the program's books (`domain::books`).
     pub books: BooksAdd,
+    /// A limit the change counts against, checked by the commit itself.
+    pub quota: Option<Quota>,
+}
+
+/// A running total of a day that a change adds to on condition that it stays within its
+/// limit: checked in the commit, because a check before it lets concurrent changes pass the
+/// limit together (an operator's adjustments of the day).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    /// What is counted (`a|{operator}`), one total per program and day.
+    pub name: String,
+    pub day: chrono::NaiveDate,
+    /// Never negative.
+    pub add: i64,
+    pub limit: i64,
+}
+
+impl Quota {
+    /// The most the total may hold before the change for it to stay within the limit.
+    pub fn room(&self) -> i64 {
+        self.limit.saturating_sub(self.add)
+    }
 }
 
 impl Commit {
@@ -327,6 +352,7 @@ impl Commit {
             + self.counters.len()
             + self.outbox.len()
             + usize::from(!self.books.is_empty())
+            + usize::from(self.quota.is_some())
     }
 
     /// A commit of an account change from `before` (`None`: a new member) and its entries,
@@ -365,6 +391,7 @@ impl Commit {
             assignments: Vec::new(),
             counters: Vec::new(),
             outbox,
+            quota: None,
         }
     }
 }

@@ -158,3 +158,71 @@ async fn a_reversal_committed_between_another_s_reads_makes_that_one_refuse() {
         .unwrap();
     assert_eq!(account.balance, 10_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adjustment_committed_between_another_s_check_and_commit_keeps_the_daily_limit() {
+    // GIVEN kr-shop that lets an operator adjust 8,000 points a day
+    let table = format!("loyalty-racing-{}", uuid::Uuid::new_v4().simple());
+    let interleave = Interleave::default();
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        common::moto_dynamodb("racing-adjustments")
+            .interceptor(interleave.clone())
+            .build(),
+    );
+    let store = Arc::new(DynamoStore::new(client, &table));
+    store.create_table().await.expect("moto creates the table");
+    let services = Services::new(
+        store.clone(),
+        Arc::new(common::Recorder::default()),
+        FixedClock::at(now()),
+    );
+    let file = format!(
+        "{}\n[safeguards]\noperator_daily_points = 8000\n",
+        include_str!("../../examples/kr-shop.toml")
+    );
+    services
+        .put_program(
+            "kr-shop",
+            &file,
+            loyalty_core::services::programs::ProgramFormat::Toml,
+        )
+        .await
+        .expect("kr-shop is saved");
+    // WHEN ops adjusts m-b by 5,000 while its adjustment of m-a by 5,000, already checked
+    // against the limit, reads m-a
+    let rival_table = table.clone();
+    *interleave.armed.lock().unwrap() = Some((
+        "P#kr-shop#M#m-a".into(),
+        Box::new(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let body = json!({"points": 5_000, "reason": "goodwill"}).to_string();
+                rival_services(&rival_table)
+                    .adjust("kr-shop", "m-b", "ops", None, body.as_bytes())
+                    .await
+                    .unwrap();
+            });
+        }),
+    ));
+    let body = json!({"points": 5_000, "reason": "goodwill"}).to_string();
+    let answer = services
+        .adjust("kr-shop", "m-a", "ops", None, body.as_bytes())
+        .await;
+    // THEN the second to commit is refused for the limit, and m-a has nothing
+    assert_eq!(interleave.ran.load(Ordering::SeqCst), 1);
+    assert!(
+        matches!(
+            answer,
+            Err(ServiceError::Conflict {
+                problem: "operator-daily-limit",
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    let state = store.load_member("kr-shop", "m-a", &[]).await.unwrap();
+    assert_eq!(state.account.map_or(0, |a| a.balance), 0);
+}

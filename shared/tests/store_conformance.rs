@@ -15,8 +15,8 @@ use loyalty_core::domain::{
 };
 use loyalty_core::envelope::Envelope;
 use loyalty_core::ports::{
-    Commit, CommitError, EventMarker, Linked, OrderLinked, OutboxMessage, QueueName, RejectedEvent,
-    Store,
+    Commit, CommitError, EventMarker, Linked, OrderLinked, OutboxMessage, QueueName, Quota,
+    RejectedEvent, Store,
 };
 
 fn program() -> Program {
@@ -84,6 +84,7 @@ fn commit(
         outbox: Vec::new(),
         due: DueDates::default(),
         books: Default::default(),
+        quota: None,
     }
 }
 
@@ -1902,6 +1903,49 @@ async fn the_books_the_walk_and_member_files_agree_with_what_was_committed(store
     );
 }
 
+async fn a_quota_refuses_the_commit_that_would_pass_its_limit(store: Arc<dyn Store>) {
+    // GIVEN an operator's quota of 8,000 points on 5 December, 5,000 of it used by one commit
+    let operator = format!("a|ops-{}", uuid::Uuid::new_v4().simple());
+    let quota = |day: u32, add: i64| Quota {
+        name: operator.clone(),
+        day: chrono::NaiveDate::from_ymd_opt(2026, 12, day).unwrap(),
+        add,
+        limit: 8_000,
+    };
+    let (a, b, c) = (member(), member(), member());
+    let mut first = commit(&a, None, 5_000, "q1", None);
+    first.quota = Some(quota(5, 5_000));
+    store.commit(first).await.unwrap();
+    // WHEN another commit would add 5,000 more that day
+    let mut second = commit(&b, None, 5_000, "q2", None);
+    second.quota = Some(quota(5, 5_000));
+    let refused = store.commit(second).await;
+    // THEN it is refused whole: its member has no account
+    assert!(
+        matches!(refused, Err(CommitError::OverQuota)),
+        "{refused:?}"
+    );
+    assert!(store
+        .load_member("kr-shop", &b, &[])
+        .await
+        .unwrap()
+        .account
+        .is_none());
+    // AND 3,000 more that day fits, exactly to the limit, and the next day starts afresh
+    let mut third = commit(&b, None, 3_000, "q3", None);
+    third.quota = Some(quota(5, 3_000));
+    store.commit(third).await.unwrap();
+    let mut fourth = commit(&c, None, 1, "q4", None);
+    fourth.quota = Some(quota(5, 1));
+    assert!(matches!(
+        store.commit(fourth).await,
+        Err(CommitError::OverQuota)
+    ));
+    let mut next_day = commit(&c, None, 8_000, "q5", None);
+    next_day.quota = Some(quota(6, 8_000));
+    store.commit(next_day).await.unwrap();
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -1935,7 +1979,8 @@ macro_rules! conformance {
                 assignments_are_sticky_until_the_seed_or_bucket_version_changes,
                 an_assignment_never_outlives_the_member_s_erasure,
                 counters_sum_their_shards_and_assignment_writes_are_conditional,
-                the_books_the_walk_and_member_files_agree_with_what_was_committed);
+                the_books_the_walk_and_member_files_agree_with_what_was_committed,
+                a_quota_refuses_the_commit_that_would_pass_its_limit);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {

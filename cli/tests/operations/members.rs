@@ -949,6 +949,47 @@ fn earnings_over_the_daily_limit_wait_for_review_and_large_adjustments_for_a_sec
 }
 
 #[test]
+fn concurrent_adjustments_never_take_an_operator_past_the_daily_limit() {
+    // GIVEN kr-shop that lets an operator adjust 30,000 points a day
+    let shop = Shop::start("operator-race");
+    shop.amend_program("[safeguards]\noperator_daily_points = 30000");
+    // WHEN one operator sends twelve adjustments of 5,000 at once, each for another member
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let shop = &shop;
+                scope.spawn(move || {
+                    let body = json!({"points": 5_000, "reason": "goodwill"});
+                    shop.call(
+                        "POST",
+                        &format!("{P}/members/m-race-{i}/adjustments"),
+                        Some(body),
+                    )
+                    .0
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    // THEN six are applied and six refused for the limit
+    let applied = statuses.iter().filter(|s| **s == 201).count();
+    assert_eq!(applied, 6, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 6);
+    // AND the members hold 30,000 points between them
+    let held: i64 = (0..12)
+        .map(|i| {
+            shop.member(&format!("m-race-{i}"))["balance"]
+                .as_i64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(held, 30_000);
+}
+
+#[test]
 fn an_idempotency_key_names_one_adjustment_waiting_for_approval() {
     // GIVEN kr-shop asking a second operator to approve adjustments above 10,000
     let shop = Shop::start("approval-keys");

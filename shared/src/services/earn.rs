@@ -386,7 +386,11 @@ impl Services {
                 // The effect is there, and so are its follow-ups: they were in its commit.
                 Err(CommitError::Duplicate) => return Ok(Processed::Duplicate),
                 // No coupon is revoked here; a conflict of any kind means reload and retry.
-                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(
+                    CommitError::VersionConflict
+                    | CommitError::CouponConsumed
+                    | CommitError::OverQuota,
+                ) => {}
                 Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
             }
             current = true;
@@ -511,7 +515,11 @@ impl Services {
                 Ok(()) => return Ok(Processed::Applied { entries }),
                 Err(CommitError::Duplicate) => return Ok(Processed::Duplicate),
                 // No coupon is revoked here; a conflict of any kind means reload and retry.
-                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(
+                    CommitError::VersionConflict
+                    | CommitError::CouponConsumed
+                    | CommitError::OverQuota,
+                ) => {}
                 Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
             }
             contention

@@ -125,7 +125,11 @@ impl Services {
             match self.commit(commit).await {
                 Ok(()) => return Ok(outcome),
                 Err(CommitError::Duplicate) => return Ok(unchanged(member, "imported before")),
-                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(
+                    CommitError::VersionConflict
+                    | CommitError::CouponConsumed
+                    | CommitError::OverQuota,
+                ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
             contention

@@ -658,7 +658,11 @@ impl Services {
             match self.commit(commit).await {
                 Ok(()) => return Ok(outcome),
                 // No coupon is revoked here; a conflict of any kind means reload and retry.
-                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(
+                    CommitError::VersionConflict
+                    | CommitError::CouponConsumed
+                    | CommitError::OverQuota,
+                ) => {}
                 // Job entries are never duplicates of an event's; a clash means it is done.
                 Err(CommitError::Duplicate) => return Ok(MemberOutcome::default()),
                 Err(CommitError::Store(e)) => return Err(e.into()),

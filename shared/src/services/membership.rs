@@ -111,7 +111,11 @@ impl Services {
                     continue;
                 }
                 Err(CommitError::Duplicate) => return Ok(granted),
-                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(
+                    CommitError::VersionConflict
+                    | CommitError::CouponConsumed
+                    | CommitError::OverQuota,
+                ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
             contention

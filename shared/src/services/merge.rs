@@ -248,7 +248,11 @@ impl Services {
             match self.commit(commit).await {
                 Ok(()) => return Ok(false),
                 Err(CommitError::Duplicate) => return Ok(true),
-                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(
+                    CommitError::VersionConflict
+                    | CommitError::CouponConsumed
+                    | CommitError::OverQuota,
+                ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
             contention
@@ -429,7 +433,11 @@ impl Services {
             .and_send(outbox);
             match self.commit(commit).await {
                 Ok(()) | Err(CommitError::Duplicate) => return Ok(()),
-                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(
+                    CommitError::VersionConflict
+                    | CommitError::CouponConsumed
+                    | CommitError::OverQuota,
+                ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
             contention

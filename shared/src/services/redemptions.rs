@@ -166,9 +166,29 @@ pub(crate) fn operator_counter(by: &str) -> String {
 }
 
 /// Adds an adjustment to its operator's counter of the day, in the adjustment's own commit.
-pub(crate) fn count_for_operator(commit: &mut Commit, by: &str, points: i64) {
+/// Where the program limits what an operator adjusts in a day, the commit also adds it to the
+/// operator's quota of the day, on condition that it stays within `limit` (`i64::MAX` for an
+/// approved adjustment: counted, never refused).
+pub(crate) fn count_for_operator(
+    commit: &mut Commit,
+    program: &crate::domain::Program,
+    by: &str,
+    points: i64,
+    limit: i64,
+) {
     let slot = commit.books.counts.entry(operator_counter(by)).or_insert(0);
-    *slot = slot.saturating_add(points.saturating_abs());
+    let points = points.saturating_abs();
+    *slot = slot.saturating_add(points);
+    if program.safeguards.operator_daily_points.is_some() {
+        if let Some(day) = commit.books.day {
+            commit.quota = Some(crate::ports::Quota {
+                name: operator_counter(by),
+                day,
+                add: points,
+                limit,
+            });
+        }
+    }
 }
 
 /// What a redemption of a catalogue reward spends: the reward's cost, or for a donation the
@@ -506,7 +526,11 @@ impl Services {
                         return Ok(answer);
                     }
                 }
-                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(
+                    CommitError::VersionConflict
+                    | CommitError::CouponConsumed
+                    | CommitError::OverQuota,
+                ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
             contention
@@ -624,7 +648,11 @@ impl Services {
                         return Ok(answer);
                     }
                 }
-                Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
+                Err(
+                    CommitError::VersionConflict
+                    | CommitError::CouponConsumed
+                    | CommitError::OverQuota,
+                ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
             contention
@@ -708,7 +736,8 @@ impl Services {
                 Err(
                     CommitError::VersionConflict
                     | CommitError::Duplicate
-                    | CommitError::CouponConsumed,
+                    | CommitError::CouponConsumed
+                    | CommitError::OverQuota,
                 ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
@@ -902,7 +931,9 @@ impl Services {
                         detail: format!("the coupon of redemption {id} has been used at the till"),
                     })
                 }
-                Err(CommitError::VersionConflict | CommitError::Duplicate) => {}
+                Err(
+                    CommitError::VersionConflict | CommitError::Duplicate | CommitError::OverQuota,
+                ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
             contention
@@ -979,7 +1010,8 @@ impl Services {
                 body: json!({"id": id, "points": request.points, "balance": change.account.balance}),
             };
             let mut commit = Commit::new(&program, member, state.account.as_ref(), change, now);
-            count_for_operator(&mut commit, by, request.points);
+            let limit = program.safeguards.operator_daily_points.unwrap_or(i64::MAX);
+            count_for_operator(&mut commit, &program, by, request.points, limit);
             commit.idempotency = key.map(|key| IdempotencyRecord {
                 principal: by.to_string(),
                 key: key.to_string(),
@@ -997,6 +1029,15 @@ impl Services {
                     } {
                         return Ok(answer);
                     }
+                }
+                // Concurrent adjustments took the operator to the limit since the check.
+                Err(CommitError::OverQuota) => {
+                    self.check_operator_limit(&program, by, request.points)
+                        .await?;
+                    return Err(ServiceError::Conflict {
+                        problem: "operator-daily-limit",
+                        detail: format!("{by}'s adjustments of the day would pass the daily limit (ask another operator, or tomorrow)"),
+                    });
                 }
                 Err(CommitError::VersionConflict | CommitError::CouponConsumed) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
@@ -1249,7 +1290,8 @@ impl Services {
                 Err(
                     CommitError::VersionConflict
                     | CommitError::Duplicate
-                    | CommitError::CouponConsumed,
+                    | CommitError::CouponConsumed
+                    | CommitError::OverQuota,
                 ) => {}
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }

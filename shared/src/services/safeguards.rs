@@ -383,10 +383,13 @@ impl Services {
                 }),
                 ..Commit::new(&program, member, state.account.as_ref(), change, now)
             };
+            // Approved: it counts towards the requester's day, and is never refused for it.
             super::redemptions::count_for_operator(
                 &mut commit,
+                &program,
                 &pending.requested_by,
                 pending.points,
+                i64::MAX,
             );
             match self.commit(commit).await {
                 Ok(()) => break balance,

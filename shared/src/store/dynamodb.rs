@@ -32,9 +32,9 @@ use crate::ports::{
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
     Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
-    MemberState, MemberStore, OutboxMessage, OutboxStore, ParkingStore, ProgramStore, Redemption,
-    RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
-    COUNTER_SHARDS,
+    MemberState, MemberStore, OutboxMessage, OutboxStore, ParkingStore, ProgramStore, Quota,
+    Redemption, RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError,
+    StoredProgram, COUNTER_SHARDS,
 };
 use crate::ports::{
     AuditRun, AuditStore, BooksStore, ErasureStore, Forgotten, MemberFile, MemberRecords,
@@ -497,6 +497,11 @@ impl DynamoStore {
                 return CommitError::CouponConsumed;
             }
         }
+        if let Some(i) = special.quota {
+            if failed(i) == Some("ConditionalCheckFailed") {
+                return CommitError::OverQuota;
+            }
+        }
         if let Some((from, to)) = special.assignments {
             if (from..to).any(|i| failed(i) == Some("ConditionalCheckFailed")) {
                 return CommitError::VersionConflict;
@@ -917,6 +922,7 @@ struct SpecialWrites {
     revisions: bool,
     idempotency: Option<usize>,
     revoke: Option<usize>,
+    quota: Option<usize>,
     /// Assignment writes: a failed condition there means the member changed meanwhile.
     assignments: Option<(usize, usize)>,
 }
@@ -1023,6 +1029,13 @@ fn wide_number(item: &Item, name: &str) -> Option<i128> {
     }
 }
 
+fn quota_key(program: &str, quota: &Quota) -> Item {
+    key(
+        format!("P#{program}#QUOTA#{}", quota.name),
+        format!("D#{}", quota.day),
+    )
+}
+
 fn coupon_key(program: &str, code: &str) -> Item {
     key(format!("P#{program}#COUPON#{code}"), "COUPON")
 }
@@ -1107,6 +1120,10 @@ impl DynamoStore {
             writes.push(TransactWriteItem::builder().update(update).build());
             special.revoke = Some(writes.len() - 1);
         }
+        if let Some(quota) = &commit.quota {
+            writes.push(self.quota_write(&commit.program, quota)?);
+            special.quota = Some(writes.len() - 1);
+        }
         if let Some(record) = &commit.idempotency {
             let mut item = idempotency_key(&commit.program, &record.principal, &record.key);
             item.insert("body".into(), encode("idempotency record", record)?);
@@ -1165,6 +1182,28 @@ impl DynamoStore {
             }
         }
         self.put(item, Some(&condition), Some(values))
+    }
+
+    /// Adds to a quota's total of the day on condition that it stays within the limit; the
+    /// table's TTL removes the item two days after its day.
+    fn quota_write(&self, program: &str, quota: &Quota) -> Result<TransactWriteItem, StoreError> {
+        let expires = quota
+            .day
+            .and_hms_opt(0, 0, 0)
+            .map_or(0, |at| at.and_utc().timestamp() + 2 * 86_400);
+        let update = build(
+            "update",
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(quota_key(program, quota)))
+                .update_expression("ADD used :add SET expires_at = :expires")
+                .condition_expression("attribute_not_exists(used) OR used <= :room")
+                .expression_attribute_values(":add", n(quota.add))
+                .expression_attribute_values(":room", n(quota.room()))
+                .expression_attribute_values(":expires", n(expires))
+                .build(),
+        )?;
+        Ok(TransactWriteItem::builder().update(update).build())
     }
 
     /// Adds to one shard of a variant's counters (`ADD` creates the item the first time).
@@ -1319,6 +1358,19 @@ impl DynamoStore {
                 Err(e) => return Some(CommitError::Store(e)),
             }
         }
+        if let Some(quota) = &commit.quota {
+            match self.get(quota_key(&commit.program, quota)).await {
+                Ok(Some(item))
+                    if number(&item, "used")
+                        .and_then(|used| i64::try_from(used).ok())
+                        .is_some_and(|used| used > quota.room()) =>
+                {
+                    return Some(CommitError::OverQuota)
+                }
+                Ok(_) => {}
+                Err(e) => return Some(CommitError::Store(e)),
+            }
+        }
         None
     }
 }
@@ -1449,6 +1501,7 @@ fn groupable(commit: &Commit) -> bool {
         && commit.coupon.is_none()
         && commit.revoke_coupon.is_none()
         && commit.idempotency.is_none()
+        && commit.quota.is_none()
 }
 
 fn refused(message: &str) -> StoreError {

@@ -26,8 +26,9 @@ use crate::ports::{
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
     Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
-    MemberState, MemberStore, OutboxMessage, OutboxStore, ParkingStore, ProgramStore, Redemption,
-    RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError, StoredProgram,
+    MemberState, MemberStore, OutboxMessage, OutboxStore, ParkingStore, ProgramStore, Quota,
+    Redemption, RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError,
+    StoredProgram,
 };
 use crate::ports::{
     AuditRun, AuditStore, BooksStore, ErasureStore, Forgotten, MemberFile, MemberRecords,
@@ -100,6 +101,9 @@ CREATE TABLE IF NOT EXISTS books (
     program TEXT NOT NULL, day TEXT NOT NULL, shard INTEGER NOT NULL, name TEXT NOT NULL,
     value INTEGER NOT NULL,
     PRIMARY KEY (program, day, shard, name));
+CREATE TABLE IF NOT EXISTS quotas (
+    program TEXT NOT NULL, day TEXT NOT NULL, name TEXT NOT NULL, used INTEGER NOT NULL,
+    PRIMARY KEY (program, day, name));
 CREATE TABLE IF NOT EXISTS audits (
     program TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (program, id));
@@ -569,6 +573,11 @@ impl MemberStore for SqliteStore {
                         return Ok(Err(Outcome::CouponConsumed));
                     }
                 }
+                if let Some(quota) = &commit.quota {
+                    if !count_quota(&tx, &commit.program, quota)? {
+                        return Ok(Err(Outcome::OverQuota));
+                    }
+                }
                 write_redemption_items(&tx, commit)?;
                 for write in &commit.assignments {
                     if !write_assignment(&tx, &commit.program, &commit.member, write)? {
@@ -599,6 +608,7 @@ impl MemberStore for SqliteStore {
             Err(Outcome::Duplicate) => Err(CommitError::Duplicate),
             Err(Outcome::Conflict) => Err(CommitError::VersionConflict),
             Err(Outcome::CouponConsumed) => Err(CommitError::CouponConsumed),
+            Err(Outcome::OverQuota) => Err(CommitError::OverQuota),
         }
     }
 
@@ -670,6 +680,7 @@ enum Outcome {
     Duplicate,
     Conflict,
     CouponConsumed,
+    OverQuota,
 }
 
 /// A commit's rows as the statements take them, encoded before the commit reaches the writer.
@@ -1472,6 +1483,31 @@ fn add_counts(tx: &Connection, program: &str, add: &CounterAdd) -> Result<(), St
     )
     .map_err(|e| sql_error("cannot add to the counters", e))?;
     Ok(())
+}
+
+/// Adds to a quota's total of the day, inside the caller's transaction; false (and nothing
+/// written) when that would pass its limit.
+fn count_quota(tx: &Connection, program: &str, quota: &Quota) -> Result<bool, StoreError> {
+    let day = quota.day.to_string();
+    let used: i64 = tx
+        .row(
+            "SELECT used FROM quotas WHERE program = ?1 AND day = ?2 AND name = ?3",
+            params![program, day, quota.name],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(|e| sql_error("cannot read the quota", e))?
+        .unwrap_or(0);
+    if used > quota.room() {
+        return Ok(false);
+    }
+    tx.exec(
+        "INSERT INTO quotas (program, day, name, used) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (program, day, name) DO UPDATE SET used = used + excluded.used",
+        params![program, day, quota.name, quota.add],
+    )
+    .map_err(|e| sql_error("cannot add to the quota", e))?;
+    Ok(true)
 }
 
 /// Adds a commit's counters to its day's books, inside the caller's transaction.

@@ -130,7 +130,7 @@ async fn replay(args: OneArgs) -> Result<(), String> {
     let services = args.common.store.open().await?.services();
     let program = program_of(&services, args.common.program.as_deref()).await?;
     let replayed = services
-        .replay_rejected(&program, &args.id)
+        .replay_rejected(&program, &args.id, &crate::member::operator())
         .await
         .map_err(|e| e.to_string())?;
     if args.common.json {

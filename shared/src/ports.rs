@@ -587,6 +587,9 @@ pub struct RejectedEvent {
     /// The last replay, unless it was refused again since.
     #[serde(default)]
     pub replayed_at: Option<DateTime<Utc>>,
+    /// The operator of that replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_by: Option<String>,
 }
 
 /// A page of rejected events, newest first.
@@ -927,17 +930,34 @@ pub trait RejectStore: Send + Sync {
         program: &str,
         event_id: &str,
     ) -> Result<Option<RejectedEvent>, StoreError>;
-    /// Marks a rejected event replayed for the `replays`-th time (it had been `replays - 1`
-    /// times) and adds its message to the outbox, in one write. `false` when another replay
+    /// Marks a rejected event replayed for the `mark.number`-th time (it had been one time
+    /// fewer) and adds its message to the outbox, in one write. `false` when another replay
     /// came first or the record is gone.
     async fn replay_rejected(
         &self,
         program: &str,
         event_id: &str,
-        replays: u32,
-        at: DateTime<Utc>,
+        mark: &ReplayMark,
         message: &OutboxMessage,
     ) -> Result<bool, StoreError>;
+}
+
+/// An operator's replay of a rejected event, as the event keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayMark {
+    /// How many times it has been replayed, this one included.
+    pub number: u32,
+    pub at: DateTime<Utc>,
+    pub by: String,
+}
+
+impl ReplayMark {
+    /// The rejected event as this replay leaves it.
+    pub fn apply(&self, event: &mut RejectedEvent) {
+        event.replays = self.number;
+        event.replayed_at = Some(self.at);
+        event.replayed_by = Some(self.by.clone());
+    }
 }
 
 /// Events that arrived before the order that names their member (a Shopify refund carries no

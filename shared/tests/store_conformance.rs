@@ -16,7 +16,7 @@ use loyalty_core::domain::{
 use loyalty_core::envelope::Envelope;
 use loyalty_core::ports::{
     Commit, CommitError, EventMarker, Linked, OrderLinked, OutboxMessage, QueueName, Quota,
-    RejectedEvent, Store,
+    RejectedEvent, ReplayMark, Store,
 };
 
 fn program() -> Program {
@@ -817,6 +817,7 @@ async fn rejected_events_are_kept_with_their_reason(store: Arc<dyn Store>) {
         payload: "{}".into(),
         replays: 0,
         replayed_at: None,
+        replayed_by: None,
     };
     for (id, s) in [("ev-1", 0), ("ev-2", 1), ("ev-3", 2)] {
         store
@@ -846,9 +847,13 @@ async fn rejected_events_are_kept_with_their_reason(store: Arc<dyn Store>) {
     // WHEN ev-1 is replayed THEN its record says so and its message waits in the outbox
     let m = member();
     let replay = message(QueueName::Earn, &m, "ev-1");
-    let at = Utc::now();
+    let mark = ReplayMark {
+        number: 1,
+        at: Utc::now(),
+        by: "lead-2".into(),
+    };
     assert!(store
-        .replay_rejected(&program, "ev-1", 1, at, &replay)
+        .replay_rejected(&program, "ev-1", &mark, &replay)
         .await
         .unwrap());
     let replayed = store
@@ -857,13 +862,17 @@ async fn rejected_events_are_kept_with_their_reason(store: Arc<dyn Store>) {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (replayed.replays, replayed.replayed_at.is_some()),
-        (1, true)
+        (
+            replayed.replays,
+            replayed.replayed_at.is_some(),
+            replayed.replayed_by.as_deref()
+        ),
+        (1, true, Some("lead-2"))
     );
     assert_eq!(waiting(&store, &m).await, vec![replay.clone()]);
     // AND a second replay that thinks it is the first is refused
     assert!(!store
-        .replay_rejected(&program, "ev-1", 1, at, &replay)
+        .replay_rejected(&program, "ev-1", &mark, &replay)
         .await
         .unwrap());
     // WHEN ev-1 is refused again, later THEN it is listed once, first, with its new reason and

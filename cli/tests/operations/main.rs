@@ -355,6 +355,13 @@ fn an_event_rejected_for_an_unknown_action_is_replayed_once_after_the_program_re
         "--json",
     ]));
     assert_eq!(replayed["replay"], 1);
+    let after_cli = shop.get(&format!("{P}/rejected-events/ev-share-1"));
+    assert!(
+        after_cli["replayed_by"]
+            .as_str()
+            .is_some_and(|by| by.starts_with("cli:")),
+        "{after_cli}"
+    );
     // THEN it is applied once
     shop.eventually("m-share", |v| v["balance"] == 1050);
     // WHEN it is replayed a second time, over HTTP
@@ -366,7 +373,7 @@ fn an_event_rejected_for_an_unknown_action_is_replayed_once_after_the_program_re
     assert_eq!(status, 202, "{second}");
     assert_eq!(second["replay"], 2);
     shop.settled();
-    // THEN nothing changes, and the record says it was replayed twice
+    // THEN nothing changes, and the record says it was replayed twice, last by the admin
     assert_eq!(shop.member("m-share")["balance"], 1050);
     let shown = ok(&shop.loyalty(&[
         "rejected",
@@ -377,8 +384,12 @@ fn an_event_rejected_for_an_unknown_action_is_replayed_once_after_the_program_re
         "--json",
     ]));
     assert_eq!(
-        (shown["status"].as_str(), shown["replays"].as_i64()),
-        (Some("replayed"), Some(2))
+        (
+            shown["status"].as_str(),
+            shown["replays"].as_i64(),
+            shown["replayed_by"].as_str()
+        ),
+        (Some("replayed"), Some(2), Some("admin"))
     );
     // AND an unknown id is a 404 problem
     let (status, problem) = shop.call("GET", &format!("{P}/rejected-events/ev-nope"), None);

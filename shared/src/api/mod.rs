@@ -439,7 +439,13 @@ async fn redrive_dead_letters(
     Path(queue): Path<String>,
 ) -> Result<Response, Problem> {
     principal.require_admin_everywhere()?;
-    Ok(Json(state.services.redrive_dead_letters(&queue).await?).into_response())
+    Ok(Json(
+        state
+            .services
+            .redrive_dead_letters(&queue, &principal.subject)
+            .await?,
+    )
+    .into_response())
 }
 
 async fn program_versions(
@@ -684,7 +690,10 @@ async fn replay_rejected(
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
     IdKind::Event.check(&id)?;
-    let replayed = state.services.replay_rejected(&program, &id).await?;
+    let replayed = state
+        .services
+        .replay_rejected(&program, &id, &principal.subject)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(replayed)).into_response())
 }
 

@@ -35,7 +35,7 @@ impl Services {
 
     /// `POST /v1/dead-letters/{queue}/redrive`: up to [`REDRIVE_MAX`] messages back to their
     /// queue, processed again once (events keep their ids, so nothing applies twice).
-    pub async fn redrive_dead_letters(&self, queue: &str) -> Result<Value, ServiceError> {
+    pub async fn redrive_dead_letters(&self, queue: &str, by: &str) -> Result<Value, ServiceError> {
         let name = QUEUES
             .into_iter()
             .find(|q| q.as_str() == queue)
@@ -47,7 +47,7 @@ impl Services {
             .dead_letter_queues()?
             .redrive(name, REDRIVE_MAX)
             .await?;
-        tracing::info!(queue, moved, "dead letters redriven");
+        tracing::info!(queue, moved, by, "dead letters redriven");
         Ok(json!({"queue": queue, "moved": moved}))
     }
 }

@@ -633,6 +633,7 @@ impl Services {
             payload: body.chars().take(64 * 1024).collect(),
             replays: 0,
             replayed_at: None,
+            replayed_by: None,
         };
         self.store
             .reject(&rejected)

@@ -25,6 +25,8 @@ pub struct RejectedView {
     pub status: &'static str,
     pub replays: u32,
     pub replayed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The operator of the last replay.
+    pub replayed_by: Option<String>,
     /// The payload as JSON, or as text when it is not JSON.
     pub payload: Value,
 }
@@ -65,6 +67,7 @@ fn view(event: RejectedEvent) -> RejectedView {
         },
         replays: event.replays,
         replayed_at: event.replayed_at,
+        replayed_by: event.replayed_by,
         payload,
     }
 }
@@ -118,7 +121,12 @@ impl Services {
 
     /// `POST .../rejected-events/{id}/replay`: the event goes back to the earn queue, written
     /// with the mark of its replay in one write and relayed like any outbox message.
-    pub async fn replay_rejected(&self, program: &str, id: &str) -> Result<Replayed, ServiceError> {
+    pub async fn replay_rejected(
+        &self,
+        program: &str,
+        id: &str,
+        by: &str,
+    ) -> Result<Replayed, ServiceError> {
         let program = self.program(program).await?;
         let event = self
             .store
@@ -135,10 +143,14 @@ impl Services {
         let replay = event.replays + 1;
         envelope.replay = Some(replay);
         let message = OutboxMessage::new(QueueName::Earn, envelope);
-        let now = self.clock.now();
+        let mark = crate::ports::ReplayMark {
+            number: replay,
+            at: self.clock.now(),
+            by: by.to_string(),
+        };
         if !self
             .store
-            .replay_rejected(&program.id, id, replay, now, &message)
+            .replay_rejected(&program.id, id, &mark, &message)
             .await?
         {
             return Err(ServiceError::Conflict {
@@ -146,7 +158,7 @@ impl Services {
                 detail: format!("rejected event {id:?} was replayed by someone else meanwhile; look at it again"),
             });
         }
-        tracing::info!(program = %program.id, event_id = crate::telemetry::event_ref(id), replay, "rejected event replayed");
+        tracing::info!(program = %program.id, event_id = crate::telemetry::event_ref(id), replay, by, "rejected event replayed");
         Ok(Replayed {
             id: id.to_string(),
             replay,

@@ -184,6 +184,7 @@ impl Services {
                 payload,
                 replays: 0,
                 replayed_at: None,
+                replayed_by: None,
             })
             .await?;
         self.store.discard_parked(program, REVIEW_KEY, id).await?;

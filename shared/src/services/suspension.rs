@@ -248,6 +248,7 @@ impl Services {
                         payload: body,
                         replays: 0,
                         replayed_at: None,
+                        replayed_by: None,
                     };
                     self.store.reject(&rejected).await?;
                     self.store.discard_parked(program, &key, &event_id).await?;

@@ -33,7 +33,7 @@ use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
     Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
     MemberState, MemberStore, OutboxMessage, OutboxStore, ParkingStore, ProgramStore, Quota,
-    Redemption, RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError,
+    Redemption, RedemptionStore, RejectStore, RejectedEvent, ReplayMark, ScheduleStore, StoreError,
     StoredProgram, COUNTER_SHARDS,
 };
 use crate::ports::{
@@ -2458,18 +2458,17 @@ impl RejectStore for DynamoStore {
         &self,
         program: &str,
         event_id: &str,
-        replays: u32,
-        at: DateTime<Utc>,
+        mark: &ReplayMark,
         message: &OutboxMessage,
     ) -> Result<bool, StoreError> {
+        let replays = mark.number;
         let Some(mut event) = self.rejected_event(program, event_id).await? else {
             return Ok(false);
         };
         if event.replays + 1 != replays {
             return Ok(false);
         }
-        event.replays = replays;
-        event.replayed_at = Some(at);
+        mark.apply(&mut event);
         let mut update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(rejected_key(program, event_id)))

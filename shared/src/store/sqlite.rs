@@ -27,7 +27,7 @@ use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
     Consumption, CounterAdd, Coupon, EventMarker, IdempotencyRecord, LedgerPage, MemberPage,
     MemberState, MemberStore, OutboxMessage, OutboxStore, ParkingStore, ProgramStore, Quota,
-    Redemption, RedemptionStore, RejectStore, RejectedEvent, ScheduleStore, StoreError,
+    Redemption, RedemptionStore, RejectStore, RejectedEvent, ReplayMark, ScheduleStore, StoreError,
     StoredProgram,
 };
 use crate::ports::{
@@ -948,12 +948,16 @@ impl RejectStore for SqliteStore {
         &self,
         program: &str,
         event_id: &str,
-        replays: u32,
-        at: DateTime<Utc>,
+        mark: &ReplayMark,
         message: &OutboxMessage,
     ) -> Result<bool, StoreError> {
-        let (program, event_id, message) =
-            (program.to_string(), event_id.to_string(), message.clone());
+        let (program, event_id, mark, message) = (
+            program.to_string(),
+            event_id.to_string(),
+            mark.clone(),
+            message.clone(),
+        );
+        let replays = mark.number;
         self.with(move |conn| {
             let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
             let body: Option<String> = tx
@@ -968,8 +972,7 @@ impl RejectStore for SqliteStore {
                 return Ok(false);
             };
             let mut event: RejectedEvent = decode(&format!("rejected event {event_id}"), &body)?;
-            event.replays = replays;
-            event.replayed_at = Some(at);
+            mark.apply(&mut event);
             tx.exec(
 "UPDATE rejected_events SET replays = ?3, body = ?4 WHERE program = ?1 AND event_id = ?2",
                 params![program, event_id, replays, encode("rejected event", &event)?],

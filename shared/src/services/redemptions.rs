@@ -23,7 +23,7 @@ use crate::ports::{
 };
 
 /// How long an idempotency key is remembered.
-const KEY_DAYS: i64 = 7;
+pub(crate) const KEY_DAYS: i64 = 7;
 
 /// What a redemption starts from ([`Services::redeemer`]).
 struct Redeemer {

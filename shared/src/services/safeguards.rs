@@ -19,7 +19,8 @@ use crate::ports::{Commit, CommitError, EventMarker, OutboxMessage, QueueName, R
 pub const REVIEW_KEY: &str = "review";
 pub const APPROVALS_KEY: &str = "approvals";
 /// Where the answers of approvals decided are kept, for the Idempotency-Key they were asked
-/// with: a retry after the decision gets it, not a new request for approval.
+/// with: a retry after the decision gets it, not a new request for approval. They last as long
+/// as any answer kept for a key; those older are removed as the next decision is kept.
 pub const DECIDED_KEY: &str = "approvals-decided";
 
 /// The answer an approval asked for with an Idempotency-Key came to.
@@ -28,6 +29,17 @@ struct Decided {
     request_hash: String,
     status: u16,
     answer: serde_json::Value,
+    /// Absent on answers kept before they were dated: those count as expired.
+    #[serde(default)]
+    decided_at: Option<DateTime<Utc>>,
+}
+
+impl Decided {
+    /// Its key no longer names it: a request sent with the key again is a new one.
+    fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.decided_at
+            .is_none_or(|at| now - at > chrono::Duration::days(super::redemptions::KEY_DAYS))
+    }
 }
 
 /// An event held over the daily limit.
@@ -294,9 +306,10 @@ impl Services {
         else {
             return Ok(None);
         };
-        serde_json::from_str(&body)
-            .map(Some)
-            .map_err(|e| ServiceError::Internal(format!("decided approval {id} is corrupt: {e}")))
+        let decided: Decided = serde_json::from_str(&body).map_err(|e| {
+            ServiceError::Internal(format!("decided approval {id} is corrupt: {e}"))
+        })?;
+        Ok(Some(decided).filter(|d| !d.expired(self.clock.now())))
     }
 
     /// Keeps the answer an approval came to, when it was asked for with an Idempotency-Key;
@@ -311,16 +324,34 @@ impl Services {
         let Some(request_hash) = pending.request_hash.clone() else {
             return Ok(());
         };
+        let now = self.clock.now();
         let decided = Decided {
             request_hash,
             status,
             answer: answer.clone(),
+            decided_at: Some(now),
         };
         let body =
             serde_json::to_string(&decided).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        self.forget_expired_decisions(program, now).await?;
         self.store
             .park(program, DECIDED_KEY, &pending.id, &body)
             .await?;
+        Ok(())
+    }
+
+    /// Removes the answers whose keys have expired (an unreadable one too: nothing could use it).
+    async fn forget_expired_decisions(
+        &self,
+        program: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), ServiceError> {
+        for (id, body) in self.store.parked(program, DECIDED_KEY).await? {
+            let expired = serde_json::from_str::<Decided>(&body).map_or(true, |d| d.expired(now));
+            if expired {
+                self.store.discard_parked(program, DECIDED_KEY, &id).await?;
+            }
+        }
         Ok(())
     }
 

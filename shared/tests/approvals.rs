@@ -1,0 +1,78 @@
+//! Adjustments waiting for a second operator: what a retry with the same Idempotency-Key gets,
+//! and for how long, with a clock the test moves.
+#![cfg(feature = "sqlite")]
+
+mod common;
+
+use chrono::{Duration, TimeZone, Utc};
+use loyalty_core::ports::{Clock, FixedClock, ParkingStore};
+use loyalty_core::services::safeguards::DECIDED_KEY;
+use loyalty_core::store::sqlite::SqliteStore;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_decided_approval_answers_its_key_for_a_week_and_is_then_forgotten() {
+    // GIVEN kr-shop asking a second operator for adjustments above 10,000, and ops-1's request
+    // for 50,000 sent with key k-1 and approved by ops-2
+    let store = SqliteStore::memory().unwrap();
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap());
+    let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
+    let file = format!(
+        "{}\n[safeguards]\nadjustment_approval_above = 10000\n",
+        include_str!("../../examples/kr-shop.toml")
+    );
+    services
+        .put_program(
+            "kr-shop",
+            &file,
+            loyalty_core::services::programs::ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    let body = json!({"points": 50_000, "reason": "store credit"}).to_string();
+    let ask = |key: &'static str| {
+        let (services, body) = (&services, &body);
+        async move {
+            services
+                .adjust("kr-shop", "m-1", "ops-1", Some(key), body.as_bytes())
+                .await
+                .unwrap()
+        }
+    };
+    let asked = ask("k-1").await;
+    let id = asked.body["id"].as_str().unwrap().to_string();
+    services
+        .approve_adjustment("kr-shop", &id, "ops-2")
+        .await
+        .unwrap();
+    // WHEN ops-1 retries the request with k-1 six days later
+    clock.set(clock.now() + Duration::days(6));
+    let retried = ask("k-1").await;
+    // THEN it gets the approval's answer
+    assert_eq!(
+        (retried.status, retried.body["approved_by"].as_str()),
+        (201, Some("ops-2"))
+    );
+    // WHEN ops-1 sends k-1 again eight days after the decision
+    clock.set(clock.now() + Duration::days(2));
+    let again = ask("k-1").await;
+    // THEN the key names nothing any more: it is a new request waiting for approval
+    assert_eq!(
+        (again.status, again.body["status"].as_str()),
+        (202, Some("pending_approval"))
+    );
+    // WHEN ops-3 declines that one
+    services
+        .decline_adjustment("kr-shop", &id, "ops-3", br#"{"reason": "asked twice"}"#)
+        .await
+        .unwrap();
+    // THEN only the new decision is kept, and the key answers it
+    let kept = store.parked("kr-shop", DECIDED_KEY).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].1.contains("ops-3"), "{kept:?}");
+    let last = ask("k-1").await;
+    assert_eq!(
+        (last.status, last.body["status"].as_str()),
+        (200, Some("declined"))
+    );
+}

@@ -52,6 +52,7 @@ fn busy_account(program: &Program, member: &str) -> Account {
             expires_on: NaiveDate::from_ymd_opt(2027, 12, 31).unwrap(),
             points: 420 + i64::from(i) * 37,
             qualifying: 0,
+            month: None,
         });
         let month = NaiveDate::from_ymd_opt(2026, i + 1, 28).unwrap();
         account

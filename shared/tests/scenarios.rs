@@ -931,3 +931,46 @@ fn the_audit_names_a_member_merged_away_that_received_points_since() {
     assert_eq!(merges.len(), 1, "{found:?}");
     assert_eq!(merges[0].difference, Some(300));
 }
+
+#[test]
+fn an_upgrade_waits_only_for_purchases_inside_its_window() {
+    // GIVEN kr-shop measuring the calendar year and counting upgrades once purchases are kept,
+    // and a member whose 400,000 KRW purchase of 30 December 2026 waits out a 30-day window
+    let program = |pending_days: &str| {
+        loyalty_core::domain::Program::from_toml(
+            &include_str!("../../examples/kr-shop.toml")
+                .replace(
+                    "[tier_rules]\n",
+                    "[tier_rules]\nupgrade_after_return_window = true\n",
+                )
+                .replace("rolling_12_months", "calendar_year")
+                .replace("pending_days = 7", pending_days),
+        )
+        .unwrap()
+    };
+    let (thirty, none) = (program("pending_days = 30"), program("pending_days = 0"));
+    use chrono::TimeZone;
+    let december = chrono::Utc.with_ymd_and_hms(2026, 12, 30, 3, 0, 0).unwrap();
+    let mut m = Member::new(&thirty, december);
+    buy(
+        &mut m,
+        &thirty,
+        "o-1",
+        vec![line("a", 1, 400_000)],
+        december,
+        december,
+    );
+    // WHEN the shop stops making purchases wait, and the member buys 300,000 KRW on 2 January
+    let january = chrono::Utc.with_ymd_and_hms(2027, 1, 2, 3, 0, 0).unwrap();
+    buy(
+        &mut m,
+        &none,
+        "o-2",
+        vec![line("a", 1, 300_000)],
+        january,
+        january,
+    );
+    let up = m.account.check_tier(&none, &ctx("t-1", january, january));
+    // THEN the new year's 300,000 reach SILVER: December's waiting purchase is not of this year
+    assert_eq!(up.account.tier.id, "SILVER");
+}

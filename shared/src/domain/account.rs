@@ -99,6 +99,11 @@ pub struct PendingGrant {
     /// (`tier_rules.upgrade_after_return_window`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub qualifying: i64,
+    /// The month that measure is counted in (the purchase's), kept with it: an upgrade
+    /// subtracts only what waits inside its window. Absent on grants kept before: those are
+    /// subtracted whatever their month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month: Option<YearMonth>,
 }
 
 fn is_zero(n: &i64) -> bool {

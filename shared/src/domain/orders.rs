@@ -246,6 +246,10 @@ impl Account {
                 } else {
                     0
                 },
+                month: program
+                    .tier_rules
+                    .upgrade_after_return_window
+                    .then_some(month),
             });
             let reason = format!(
                 "{} points pending for order {} until {}{campaign_note}",

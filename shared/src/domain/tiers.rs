@@ -20,18 +20,22 @@ pub(crate) fn add_measure(account: &mut Account, month: YearMonth, delta: i64) {
     }
 }
 
+/// Whether a month's measure counts at `date`, over the program's window.
+fn in_window(program: &Program, date: NaiveDate, m: YearMonth) -> bool {
+    let month = YearMonth::of(date);
+    match program.tier_rules.window {
+        Window::Lifetime => m <= month,
+        Window::CalendarYear => m.year() == date.year() && m <= month,
+        Window::Rolling12Months => m > month.minus(12) && m <= month,
+    }
+}
+
 /// The qualifying measure at `date`, over the program's window.
 pub fn measure_at(program: &Program, account: &Account, date: NaiveDate) -> i64 {
-    let month = YearMonth::of(date);
-    let in_window = |m: &YearMonth| match program.tier_rules.window {
-        Window::Lifetime => *m <= month,
-        Window::CalendarYear => m.year() == date.year() && *m <= month,
-        Window::Rolling12Months => *m > month.minus(12) && *m <= month,
-    };
     account
         .qualifying
         .iter()
-        .filter(|(m, _)| in_window(m))
+        .filter(|(m, _)| in_window(program, date, **m))
         .fold(0i64, |sum, (_, v)| sum.saturating_add(*v))
 }
 
@@ -45,7 +49,12 @@ pub fn judged_through(review_on: NaiveDate) -> NaiveDate {
 /// The measure an upgrade goes by on `today`: purchases still inside their return window wait,
 /// when the program says so (their grants then carry what they qualify).
 fn upgrade_measure(program: &Program, account: &Account, today: NaiveDate) -> i64 {
-    let waiting: i64 = account.pending.iter().map(|g| g.qualifying).sum();
+    let waiting: i64 = account
+        .pending
+        .iter()
+        .filter(|g| g.month.is_none_or(|m| in_window(program, today, m)))
+        .map(|g| g.qualifying)
+        .sum();
     measure_at(program, account, today).saturating_sub(waiting)
 }
 

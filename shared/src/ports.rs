@@ -1306,6 +1306,9 @@ pub trait ErasureStore: Send + Sync {
         needles: &[String],
         principals: &[String],
     ) -> Result<Forgotten, StoreError>;
+    /// The members whose account names `referrer` as the member who referred them (a scan of
+    /// the program: erasures are rare, and referrals are kept by the member referred).
+    async fn referees(&self, program: &str, referrer: &str) -> Result<Vec<String>, StoreError>;
 }
 
 /// What [`ErasureStore::forget_payloads`] deleted.

@@ -1955,6 +1955,34 @@ async fn a_quota_refuses_the_commit_that_would_pass_its_limit(store: Arc<dyn Sto
     store.commit(next_day).await.unwrap();
 }
 
+async fn the_members_a_referrer_referred_are_found_by_its_id(store: Arc<dyn Store>) {
+    // GIVEN two members referred by one referrer, one by another, one by no one
+    let (referrer, other) = (member(), member());
+    let mut referred = Vec::new();
+    for by in [Some(&referrer), Some(&referrer), Some(&other), None] {
+        let m = member();
+        let mut c = commit(&m, None, 10, "r1", None);
+        c.account.referred_by = by.cloned();
+        store.commit(c).await.unwrap();
+        referred.push(m);
+    }
+    // WHEN the referrer's referees are asked for
+    let mut found = store.referees("kr-shop", &referrer).await.unwrap();
+    found.sort();
+    // THEN they are the two it referred
+    let mut expected = referred[..2].to_vec();
+    expected.sort();
+    assert_eq!(found, expected);
+    // AND once one names another referrer, it is no longer found
+    let mut moved = commit(&referred[0], Some(1), 20, "r2", None);
+    moved.account.referred_by = Some("#erased".into());
+    store.commit(moved).await.unwrap();
+    assert_eq!(
+        store.referees("kr-shop", &referrer).await.unwrap(),
+        vec![referred[1].clone()]
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -1989,7 +2017,8 @@ macro_rules! conformance {
                 an_assignment_never_outlives_the_member_s_erasure,
                 counters_sum_their_shards_and_assignment_writes_are_conditional,
                 the_books_the_walk_and_member_files_agree_with_what_was_committed,
-                a_quota_refuses_the_commit_that_would_pass_its_limit);
+                a_quota_refuses_the_commit_that_would_pass_its_limit,
+                the_members_a_referrer_referred_are_found_by_its_id);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {

@@ -1072,10 +1072,9 @@ fn an_idempotency_key_names_one_adjustment_waiting_for_approval() {
     assert_eq!(report["violations"], json!([]), "{report}");
 }
 
-#[test]
-fn with_the_options_on_referrals_pay_and_tiers_rise_only_once_the_first_order_is_kept() {
-    // GIVEN kr-shop paying referrals and counting upgrades only after the return window
-    let shop = Shop::start("after-window");
+/// kr-shop paying referrals and counting upgrades only once the first order is kept.
+fn after_window_shop(name: &str) -> Shop {
+    let shop = Shop::start(name);
     let file = include_str!("../../../examples/kr-shop.toml")
         .replace(
             "referee_points = 1000",
@@ -1093,16 +1092,41 @@ fn with_the_options_on_referrals_pay_and_tiers_rise_only_once_the_first_order_is
         .send()
         .expect("put program");
     assert_eq!(response.status().as_u16(), 200);
-    // WHEN a referred member buys for 400,000 KRW (past SILVER's 300,000) yesterday
-    shop.send(referral("ref-w", "friend-w", "app-ref-w"));
-    shop.send(json!({
-        "type": "purchase.completed", "version": 1, "id": "sale-w", "program": "kr-shop",
-        "member": "friend-w",
+    shop
+}
+
+/// A 400,000 KRW coat bought yesterday.
+fn coat_yesterday(id: &str, member: &str, order: &str) -> Value {
+    json!({
+        "type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
+        "member": member,
         "occurred_at": (Utc::now() - chrono::Duration::days(1)).to_rfc3339_opts(SecondsFormat::Secs, true),
-        "data": {"order_id": "w-1", "currency": "KRW", "channel": "online", "shipping": "0", "tax": "0",
+        "data": {"order_id": order, "currency": "KRW", "channel": "online", "shipping": "0", "tax": "0",
                  "lines": [{"line_id": "1", "sku": "COAT", "category": "apparel", "quantity": 1,
                             "unit_price": "400000", "discount": "0"}]}
-    }));
+    })
+}
+
+/// Runs the release job as of eight days from now (past kr-shop's return window).
+fn release_after_the_window(shop: &Shop) {
+    let later = (Utc::now() + chrono::Duration::days(8))
+        .date_naive()
+        .to_string();
+    let out = shop.loyalty(&["jobs", "run", "release-pending", "--date", &later]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn with_the_options_on_referrals_pay_and_tiers_rise_only_once_the_first_order_is_kept() {
+    // GIVEN kr-shop paying referrals and counting upgrades only after the return window
+    let shop = after_window_shop("after-window");
+    // WHEN a referred member buys for 400,000 KRW (past SILVER's 300,000) yesterday
+    shop.send(referral("ref-w", "friend-w", "app-ref-w"));
+    shop.send(coat_yesterday("sale-w", "friend-w", "w-1"));
     shop.settled();
     std::thread::sleep(std::time::Duration::from_millis(500));
     // THEN nobody is paid and the tier waits while the order can still be returned
@@ -1115,21 +1139,46 @@ fn with_the_options_on_referrals_pay_and_tiers_rise_only_once_the_first_order_is
     assert_eq!(friend["tier"]["id"], "WELCOME");
     assert_eq!(shop.member("app-ref-w")["balance"].as_i64(), Some(0));
     // WHEN the return window has closed and the release job runs
-    let later = (Utc::now() + chrono::Duration::days(8))
-        .date_naive()
-        .to_string();
-    let out = shop.loyalty(&["jobs", "run", "release-pending", "--date", &later]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    release_after_the_window(&shop);
     // THEN the new member has the order's points and the welcome bonus, the referrer is paid,
     // and the tier rises
     let friend = shop.eventually("friend-w", |v| v["tier"]["id"] == "SILVER");
     assert_eq!(friend["balance"].as_i64(), Some(5000), "{friend}");
     let referrer = shop.eventually("app-ref-w", |v| v["balance"] == 3000);
     assert_eq!(referrer["pending"].as_i64(), Some(0));
+}
+
+#[test]
+fn a_member_referred_by_someone_since_erased_keeps_its_bonus_and_the_erased_id_gets_nothing() {
+    // GIVEN a referrer with points, and the member it referred, whose first order waits out
+    // its return window
+    let shop = after_window_shop("erased-referrer");
+    shop.give(&["app-ref-e"], 100);
+    shop.send(referral("ref-e", "friend-e", "app-ref-e"));
+    shop.send(coat_yesterday("sale-e", "friend-e", "e-1"));
+    shop.settled();
+    // WHEN the referrer is erased
+    let (status, erased) = shop.call(
+        "DELETE",
+        &format!("{P}/members/app-ref-e?reason=erasure%20request"),
+        None,
+    );
+    // THEN the erasure reports the member it referred
+    assert_eq!(
+        (status, erased["referees"].as_i64()),
+        (200, Some(1)),
+        "{erased}"
+    );
+    // WHEN the return window has closed and the release job runs
+    release_after_the_window(&shop);
+    // THEN the new member has the order's points and the welcome bonus, and names no referrer
+    shop.eventually("friend-e", |v| v["balance"] == 5000);
+    shop.settled();
+    let export = shop.get(&format!("{P}/members/friend-e/export"));
+    assert_eq!(export["account"]["referred_by"], "#erased", "{export}");
+    // AND no member was made again under the erased id
+    let (status, _) = shop.call("GET", &format!("{P}/members/app-ref-e/export"), None);
+    assert_eq!(status, 404);
 }
 
 #[test]

@@ -700,7 +700,7 @@ impl<'a> Journal<'a> {
                 grant.release_at,
             );
         }
-        self.referrer = Some(due.referrer);
+        self.referrer = super::erasure::payable_referrer(due.referrer);
     }
 
     fn expire(&mut self, date: NaiveDate, at: DateTime<Utc>) {

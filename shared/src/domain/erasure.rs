@@ -24,6 +24,32 @@ fn paid_value(points: i64, micros: i64) -> String {
     }
 }
 
+/// What a referred member's account names as its referrer once the referrer is erased: it
+/// was referred (its welcome bonus stands, and no one else can claim it), by no one anyone
+/// can name, and no reward is owed. Not a member id (`#` is refused in those).
+pub const ERASED_REFERRER: &str = "#erased";
+
+/// The referrer a reward is owed to, unless it was erased.
+pub fn payable_referrer(referrer: String) -> Option<String> {
+    (referrer != ERASED_REFERRER).then_some(referrer)
+}
+
+impl Account {
+    /// The account of a member referred by `referrer` once the referrer is erased; `None` when
+    /// it does not name it.
+    pub fn forget_referrer(&self, referrer: &str) -> Option<Account> {
+        if self.referred_by.as_deref() != Some(referrer) {
+            return None;
+        }
+        let mut account = self.clone();
+        account.referred_by = Some(ERASED_REFERRER.to_string());
+        if let Some(due) = account.referral_due.as_mut() {
+            due.referrer = ERASED_REFERRER.to_string();
+        }
+        Some(account)
+    }
+}
+
 /// What became of an erased member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Erasure {

@@ -307,7 +307,7 @@ impl Account {
                         );
                         journal.post(EntryKind::Earn, rule.referee_points, 0, &reason);
                     }
-                    referrer = Some(by);
+                    referrer = super::erasure::payable_referrer(by);
                 }
             }
         }

@@ -9,7 +9,9 @@
 //!    which counted the entries when they were first written;
 //! 3. parked and rejected events that hold one of its identities, and the stored answers to
 //!    its app's requests, are deleted while the identities are still there to name them;
-//! 4. everything under the member's id is deleted (ledger, markers, orders, redemptions,
+//! 4. members it referred (itself or a member merged into it) keep that they were referred,
+//!    no longer by whom (`domain::erasure::ERASED_REFERRER`): no reward goes to its id later;
+//! 5. everything under the member's id is deleted (ledger, markers, orders, redemptions,
 //!    identities and their links, coupons, and the account last), and so are the members merged
 //!    into it.
 //!
@@ -46,6 +48,8 @@ pub struct ErasureReport {
     pub events: usize,
     /// Stored answers to the member's own requests from its app (idempotency records) deleted.
     pub requests: usize,
+    /// Members it referred, who no longer name it.
+    pub referees: usize,
     /// Begun by an earlier run that stopped: that run forfeited (this one reports 0), and the
     /// counts are of what was left to do.
     pub resumed: bool,
@@ -148,6 +152,10 @@ impl Services {
             .store
             .forget_payloads(&program.id, &names, &principals)
             .await?;
+        let referrers: Vec<String> = std::iter::once(member.to_string())
+            .chain(account.merged_from.iter().cloned())
+            .collect();
+        let referees = self.forget_as_referrer(&program, &referrers).await?;
         for (merged, other) in merged_files {
             let codes: Vec<String> = other.coupons.iter().map(|c| c.code.clone()).collect();
             self.store.erase_member(&program.id, merged, &codes).await?;
@@ -168,8 +176,59 @@ impl Services {
             merged: account.merged_from.len(),
             events,
             requests,
+            referees,
             resumed: forfeit.is_none(),
         })
+    }
+
+    /// Step 4: the members referred by one of `referrers` keep that they were referred, not by
+    /// whom. Returns how many were changed.
+    async fn forget_as_referrer(
+        &self,
+        program: &Program,
+        referrers: &[String],
+    ) -> Result<usize, ServiceError> {
+        let mut changed = 0;
+        for referrer in referrers {
+            for referee in self.store.referees(&program.id, referrer).await? {
+                if self.forget_referrer_of(program, &referee, referrer).await? {
+                    changed += 1;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Whether `referee` named `referrer` (and no longer does).
+    async fn forget_referrer_of(
+        &self,
+        program: &Program,
+        referee: &str,
+        referrer: &str,
+    ) -> Result<bool, ServiceError> {
+        let mut contention = Contention::new();
+        loop {
+            let state = self.store.load_member(&program.id, referee, &[]).await?;
+            let Some(account) = state.account.as_ref() else {
+                return Ok(false);
+            };
+            let Some(updated) = account.forget_referrer(referrer) else {
+                return Ok(false);
+            };
+            let change = Change::unchanged(updated);
+            let now = self.clock.now();
+            match self
+                .commit(Commit::new(program, referee, Some(account), change, now))
+                .await
+            {
+                Ok(()) => return Ok(true),
+                Err(CommitError::Store(e)) => return Err(e.into()),
+                Err(_) => {}
+            }
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(referee)))
+                .await?;
+        }
     }
 
     /// Step 1: the account marked erased, its points forfeited. Returns the account and the

@@ -635,6 +635,10 @@ impl DynamoStore {
             // For the conditions of writes that are not commits on the account (assignments).
             account_item.insert(ERASING.into(), AttributeValue::Bool(true));
         }
+        if let Some(referrer) = &account.referred_by {
+            // The body is deflated: an erasure of the referrer finds its referees by this.
+            account_item.insert(REFERRER.into(), s(referrer));
+        }
         account_item.insert("body".into(), encode_deflated("account", &account)?);
         let mut writes = vec![match commit.expected_version {
             None => self.put(account_item, Some("attribute_not_exists(PK)"), None)?,
@@ -3538,7 +3542,45 @@ impl ErasureStore for DynamoStore {
         self.delete_all(keys.into_values().collect()).await?;
         Ok(forgotten)
     }
+
+    async fn referees(&self, program: &str, referrer: &str) -> Result<Vec<String>, StoreError> {
+        let scan = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("begins_with(PK, :p) AND SK = :account AND #ref = :referrer")
+            .expression_attribute_names("#ref", REFERRER)
+            .expression_attribute_values(":p", s(format!("P#{program}#M#")))
+            .expression_attribute_values(":account", s("ACCOUNT"))
+            .expression_attribute_values(":referrer", s(referrer))
+            .projection_expression("#m")
+            .expression_attribute_names("#m", "member")
+            .consistent_read(true);
+        let mut referees = Vec::new();
+        let mut start = None;
+        loop {
+            let output = scan
+                .clone()
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("cannot find the members referred", e))?;
+            for item in output.items() {
+                if let Some(member) = text(item, "member") {
+                    referees.push(member.to_string());
+                }
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(referees)
+    }
 }
+
+/// The account attribute that names the member who referred it (`Account::referred_by`).
+const REFERRER: &str = "referrer";
 
 /// Names (or principals) per scan of an erasure: each adds about 70 characters to the filter.
 const FORGET_PER_SCAN: usize = 20;

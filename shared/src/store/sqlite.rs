@@ -2237,6 +2237,34 @@ impl ErasureStore for SqliteStore {
         })
         .await
     }
+
+    async fn referees(&self, program: &str, referrer: &str) -> Result<Vec<String>, StoreError> {
+        let needle = format!("\"referred_by\":{}", encode("referrer", &referrer)?);
+        let (program, referrer) = (program.to_string(), referrer.to_string());
+        self.read(move |conn| {
+            let failed = |e| sql_error("cannot find the members referred", e);
+            let mut statement = conn
+                .prepare(
+                    "SELECT member, body FROM accounts WHERE program = ?1 AND instr(body, ?2) > 0",
+                )
+                .map_err(failed)?;
+            let rows = statement
+                .query_map(params![program, needle], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(failed)?;
+            let mut referees = Vec::new();
+            for row in rows {
+                let (member, body) = row.map_err(failed)?;
+                let account: Account = decode(&format!("account {member}"), &body)?;
+                if account.referred_by.as_deref() == Some(referrer.as_str()) {
+                    referees.push(member);
+                }
+            }
+            Ok(referees)
+        })
+        .await
+    }
 }
 
 #[async_trait]

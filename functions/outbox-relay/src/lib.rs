@@ -17,6 +17,12 @@ use loyalty_core::services::Services;
 use loyalty_core::store::dynamodb::{carried_messages, outbox_message_parts, CARRIED};
 use loyalty_core::telemetry::metrics;
 
+/// How long a message the relay cannot read is retried before it is skipped. During a deploy,
+/// functions already updated may write messages in a form this relay does not know yet; it
+/// reads them once it is updated too. A message still unreadable after that is skipped (and
+/// counted, for the alarm): a stuck shard would hold back every later message for good.
+const UNREADABLE_GRACE_MINUTES: i64 = 15;
+
 /// What a stream record brings to relay.
 enum Found {
     /// An outbox item: forgotten once sent.
@@ -49,9 +55,14 @@ async fn relay_records(services: &Services, records: &[EventRecord]) -> Result<(
         let found = match found(record) {
             None => continue,
             Some(Ok(found)) => found,
-            // No retry can mend it; a stuck shard would hold back every later message.
             Some(Err(e)) => {
-                tracing::error!(error = %e, sequence = sequence(record), "corrupt outbox message skipped");
+                if age_minutes(services, record) < UNREADABLE_GRACE_MINUTES {
+                    tracing::warn!(error = %e, sequence = sequence(record), "unreadable outbox message; retried until the relay can read it");
+                    send_carried(services, records, std::mem::take(&mut carried)).await?;
+                    return Err(index);
+                }
+                tracing::error!(error = %e, sequence = sequence(record), "unreadable outbox message skipped; resend it by hand");
+                metrics::add(metrics::OUTBOX_SKIPPED, &[], 1);
                 continue;
             }
         };
@@ -90,6 +101,10 @@ async fn send_carried(
             Err(first_unsent.map_or(0, |(index, _)| *index))
         }
     }
+}
+
+fn age_minutes(services: &Services, record: &EventRecord) -> i64 {
+    (services.clock.now() - record.change.approximate_creation_date_time).num_minutes()
 }
 
 fn sequence(record: &EventRecord) -> String {

@@ -37,6 +37,11 @@ fn image(item: &Item) -> Value {
 
 /// The stream's record of `item`, as Lambda delivers it.
 fn record(name: &str, sequence: usize, item: &Item) -> Value {
+    record_at(name, sequence, item, Utc::now())
+}
+
+/// The same, written to the table at `at`.
+fn record_at(name: &str, sequence: usize, item: &Item, at: chrono::DateTime<Utc>) -> Value {
     let keys: Item = item
         .iter()
         .filter(|(k, _)| *k == "PK" || *k == "SK")
@@ -47,7 +52,7 @@ fn record(name: &str, sequence: usize, item: &Item) -> Value {
         "eventSource": "aws:dynamodb", "awsRegion": "us-east-1",
         "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/x",
         "dynamodb": {
-            "ApproximateCreationDateTime": Utc::now().timestamp(),
+            "ApproximateCreationDateTime": at.timestamp(),
             "Keys": image(&keys), "NewImage": image(item),
             "SequenceNumber": format!("{:021}", sequence), "SizeBytes": 100,
             "StreamViewType": "NEW_IMAGE"
@@ -165,11 +170,8 @@ async fn a_notice_carried_by_a_ledger_entry_is_sent_once_and_nothing_is_deleted(
     assert_eq!(h.items().await, before);
 }
 
-#[tokio::test]
-async fn a_ledger_entry_with_unreadable_messages_is_skipped_and_the_rest_goes_out() {
-    // GIVEN an entry whose carried messages cannot be read (a bad manual edit), then an entry
-    // carrying a notice
-    let h = harness().await;
+/// An entry whose carried messages cannot be read, then an entry carrying a notice.
+fn unreadable_then_readable() -> (Item, Item) {
     let mut bad: Item = HashMap::new();
     bad.insert("PK".into(), AttributeValue::S("P#kr-shop#M#m-2".into()));
     bad.insert("SK".into(), AttributeValue::S("L#0001".into()));
@@ -180,15 +182,49 @@ async fn a_ledger_entry_with_unreadable_messages_is_skipped_and_the_rest_goes_ou
         "id": "points-earned-x", "program": "kr-shop", "member": "m-2",
         "occurred_at": Utc::now().to_rfc3339(), "data": {}}}]);
     good.insert("outbox".into(), AttributeValue::S(notice.to_string()));
-    // WHEN the stream hands both to the relay
+    (bad, good)
+}
+
+#[tokio::test]
+async fn a_ledger_entry_with_unreadable_messages_is_retried_for_a_while_then_skipped() {
+    // GIVEN an entry whose carried messages cannot be read (written by a newer version of the
+    // functions during a deploy, or a bad manual edit), then an entry carrying a notice
+    let h = harness().await;
+    let (bad, good) = unreadable_then_readable();
+    // WHEN the stream hands both to the relay a minute after they were written
+    let minute_ago = Utc::now() - Duration::minutes(1);
     let response = outbox_relay::handle(
         &h.services,
-        event(vec![record("INSERT", 1, &bad), record("INSERT", 2, &good)]),
+        event(vec![
+            record_at("INSERT", 1, &bad, minute_ago),
+            record_at("INSERT", 2, &good, minute_ago),
+        ]),
     )
     .await;
-    // THEN the batch succeeds and the readable notice went out
+    // THEN the batch is retried from the unreadable one, and nothing went out yet
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(failed, vec![Some(format!("{:021}", 1))]);
+    assert_eq!(h.notices().await, Vec::<String>::new());
+    // WHEN it is still unreadable twenty minutes after it was written
+    let later = Utc::now() - Duration::minutes(20);
+    let response = outbox_relay::handle(
+        &h.services,
+        event(vec![
+            record_at("INSERT", 1, &bad, later),
+            record_at("INSERT", 2, &good, later),
+        ]),
+    )
+    .await;
+    // THEN it is skipped, counted, and the readable notice goes out
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(h.notices().await, vec!["points-earned-x"]);
+    assert!(
+        loyalty_core::telemetry::metrics::prometheus().contains("loyalty_outbox_skipped_total{")
+    );
 }
 
 #[tokio::test]

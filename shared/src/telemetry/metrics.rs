@@ -60,6 +60,10 @@ pub const COMMIT_CONFLICTS: Metric = count(
 pub const QUEUE_SEND_FAILURES: Metric =
     count("QueueSendFailures", "Messages a queue did not take.");
 pub const OUTBOX_RELAYED: Metric = count("OutboxRelayed", "Outbox messages sent to their queue.");
+pub const OUTBOX_SKIPPED: Metric = count(
+    "OutboxSkipped",
+    "Outbox messages the relay could not read and skipped (to resend by hand).",
+);
 pub const OUTBOX_LAG: Metric = millis(
     "OutboxLag",
     "Time from a commit to the relay of its outbox message.",
@@ -85,6 +89,7 @@ pub const ALL: &[Metric] = &[
     COMMIT_CONFLICTS,
     QUEUE_SEND_FAILURES,
     OUTBOX_RELAYED,
+    OUTBOX_SKIPPED,
     OUTBOX_LAG,
     JOB_MEMBERS,
     JOB_CHANGED,

@@ -366,11 +366,20 @@ impl Commit {
     ) -> Commit {
         let outbox = follow_ups_of(program, member, &change, at);
         let mut due = change.account.due_dates(program);
-        // A notice owed since a day already past (a refund that puts a tier below its
+        // Work due since a day already past (a notice owed since a refund put a tier below its
         // threshold weeks before its review, points imported that expire within the warning
-        // days) is indexed today: the `notices` job reads on from its last run, never back.
+        // days, a backdated purchase whose points were last usable before it was recorded) is
+        // indexed today: each job reads on from its last run, never back. Birthdays and
+        // anniversaries are indexed by day of the year, not by date.
         let today = crate::domain::calendar::local_date(program.time_zone, at);
-        due.notice = due.notice.map(|d| d.max(today));
+        for date in [
+            &mut due.release,
+            &mut due.expire,
+            &mut due.review,
+            &mut due.notice,
+        ] {
+            *date = date.map(|d| d.max(today));
+        }
         Commit {
             program: program.id.clone(),
             member: member.to_string(),

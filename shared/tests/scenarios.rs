@@ -974,3 +974,36 @@ fn an_upgrade_waits_only_for_purchases_inside_its_window() {
     // THEN the new year's 300,000 reach SILVER: December's waiting purchase is not of this year
     assert_eq!(up.account.tier.id, "SILVER");
 }
+
+#[test]
+fn points_last_usable_before_their_purchase_was_recorded_are_due_to_expire_the_day_it_was() {
+    // GIVEN kr-shop keeping points to the end of the month after they were earned
+    use chrono::TimeZone;
+    let p = loyalty_core::domain::Program::from_toml(
+        &include_str!("../../examples/kr-shop.toml").replace("months = 12", "months = 1"),
+    )
+    .unwrap();
+    // WHEN a purchase of 15 November (last usable 31 December) is recorded on 3 February
+    let (bought, recorded) = (
+        chrono::Utc.with_ymd_and_hms(2026, 11, 15, 3, 0, 0).unwrap(),
+        chrono::Utc.with_ymd_and_hms(2027, 2, 3, 3, 0, 0).unwrap(),
+    );
+    let m = Member::new(&p, bought);
+    let out = m
+        .account
+        .earn_purchase(
+            &p,
+            None,
+            &purchase("o-1", p.currency, vec![line("a", 1, 100_000)]),
+            &[],
+            &ctx("ev-o-1", bought, recorded),
+        )
+        .unwrap();
+    let commit = loyalty_core::ports::Commit::new(&p, "m-1", None, out.change, recorded);
+    // THEN the expiry job finds the member on 3 February, not on 1 January, a day it has
+    // already passed
+    assert_eq!(
+        commit.due.expire,
+        chrono::NaiveDate::from_ymd_opt(2027, 2, 3)
+    );
+}

@@ -787,7 +787,8 @@ impl Services {
         if change.account.tier.id != account.tier.id {
             let to = &change.account.tier;
             let data = json!({"from": account.tier.id, "to": to.id, "review_date": to.review_on});
-            let id = format!("tier-changed-{}-{member}-{date}", job.name());
+            // A catch-up over two missed reviews may move a member twice in one run.
+            let id = format!("tier-changed-{}-{member}-{date}-{}", job.name(), to.id);
             outbox.push(notice(program, member, "tier.changed", id, at, data));
         }
         let outcome = MemberOutcome {

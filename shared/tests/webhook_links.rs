@@ -232,3 +232,57 @@ async fn two_events_of_one_delivery_for_a_new_customer_credit_one_member() {
         );
     }
 }
+
+/// WooCommerce's restatement of an order paid on `paid_at` with one refund made `now`.
+fn restated_order(
+    paid_at: chrono::DateTime<Utc>,
+    now: chrono::DateTime<Utc>,
+) -> Vec<PlatformEvent> {
+    use loyalty_core::webhooks::MemberRef;
+    let member = MemberRef::Identity("woocommerce:77".into());
+    let paid = PlatformEvent {
+        kind: "purchase.completed",
+        id: "woocommerce-order-900-paid".into(),
+        member: member.clone(),
+        occurred_at: paid_at,
+        data: serde_json::json!({"order_id": "900", "currency": "KRW", "channel": "online",
+            "shipping": "0", "tax": "0", "platform": "woocommerce",
+            "lines": [{"line_id": "1", "sku": "COAT", "category": "apparel", "quantity": 1,
+                       "unit_price": "100000", "discount": "0"}]}),
+        order_key: Some(loyalty_core::envelope::order_key("woocommerce", "900")),
+        identities: Vec::new(),
+    };
+    let refund = PlatformEvent {
+        kind: "purchase.refunded",
+        id: "woocommerce-order-900-refund-5".into(),
+        member,
+        occurred_at: now,
+        data: serde_json::json!({"order_id": "900", "refund_id": "5", "amount": "100000",
+            "order_total": "100000", "platform": "woocommerce"}),
+        order_key: None,
+        identities: Vec::new(),
+    };
+    vec![paid, refund]
+}
+
+#[tokio::test]
+async fn a_refund_restated_with_a_payment_too_old_to_take_is_taken_without_it() {
+    // GIVEN kr-shop, which takes events up to 90 days old
+    use loyalty_core::ports::RejectStore as _;
+    let store = SqliteStore::memory().unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let services = kr_shop_on(&store, now).await;
+    // WHEN WooCommerce restates an order paid 120 days ago, with a refund made today
+    let events = restated_order(now - chrono::Duration::days(120), now);
+    let ids = services.ingest_events("kr-shop", events).await.unwrap();
+    // THEN the refund is taken, and the payment is kept among the rejected events, with why
+    assert_eq!(ids, vec!["woocommerce-order-900-refund-5"]);
+    let rejected = store.rejected_page("kr-shop", 10, None).await.unwrap();
+    assert_eq!(rejected.events.len(), 1, "{rejected:?}");
+    assert_eq!(rejected.events[0].event_id, "woocommerce-order-900-paid");
+    assert!(
+        rejected.events[0].reason.contains("days"),
+        "{:?}",
+        rejected.events[0].reason
+    );
+}

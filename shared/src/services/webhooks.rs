@@ -211,9 +211,23 @@ impl Services {
                 Resolved::New { member, link } => (Some(member), Some(link)),
                 Resolved::Unknown => (None, None),
             };
-            let envelope = self
-                .envelope(program, &event, member.as_deref().unwrap_or(UNKNOWN_MEMBER))
-                .await?;
+            let member_id = member.as_deref().unwrap_or(UNKNOWN_MEMBER);
+            let envelope = match self.envelope(program, &event, member_id).await {
+                Ok(envelope) => envelope,
+                // A delivery that restates an order (WooCommerce's order.updated, a Shopify
+                // order) brings its payment again with each refund: once the payment is older
+                // than the program takes events, it is left out and kept among the rejected
+                // events, instead of the refund being refused with it for good.
+                Err(ServiceError::Invalid {
+                    problem: "event-out-of-bounds",
+                    detail,
+                }) if !together => {
+                    self.reject_left_out(program, &event, member_id, &detail)
+                        .await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             // Only once the event has passed its checks: a refused event links nothing.
             match (new, &member) {
                 (Some(link), _) if together => links.push(link),
@@ -433,25 +447,45 @@ impl Services {
         Ok(())
     }
 
+    /// Keeps an event left out of its delivery among the rejected events, with the reason.
+    async fn reject_left_out(
+        &self,
+        program: &str,
+        event: &PlatformEvent,
+        member: &str,
+        reason: &str,
+    ) -> Result<(), ServiceError> {
+        let envelope = plain_envelope(program, event, member);
+        let payload =
+            serde_json::to_string(&envelope).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        tracing::warn!(
+            program,
+            event_id = crate::telemetry::event_ref(&event.id),
+            reason,
+            "event left out of its delivery"
+        );
+        self.store
+            .reject(&crate::ports::RejectedEvent {
+                program: program.to_string(),
+                event_id: event.id.clone(),
+                at: self.clock.now(),
+                reason: reason.to_string(),
+                payload,
+                replays: 0,
+                replayed_at: None,
+                replayed_by: None,
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn envelope(
         &self,
         program: &str,
         event: &PlatformEvent,
         member: &str,
     ) -> Result<Envelope, ServiceError> {
-        let envelope = Envelope {
-            replay: None,
-            resumed: None,
-            reviewed_by: None,
-            trace: crate::telemetry::trace::current(),
-            kind: event.kind.to_string(),
-            version: ENVELOPE_VERSION,
-            id: event.id.clone(),
-            program: program.to_string(),
-            member: member.to_string(),
-            occurred_at: event.occurred_at,
-            data: event.data.clone(),
-        };
+        let envelope = plain_envelope(program, event, member);
         let program = self.program(program).await?;
         parse_earn_event(&envelope, &program)
             .map_err(|e| ServiceError::invalid(e.problem, e.detail))?;
@@ -460,7 +494,6 @@ impl Services {
             .map_err(|e| ServiceError::invalid("event-out-of-bounds", e.to_string()))?;
         Ok(envelope)
     }
-
     /// The links an event asks to be remembered: its order's member (for refunds without a
     /// customer) and its identities, but not the one that names the member (resolved or linked
     /// by [`Self::member_of`]). Each comes with the member it leads to now, read eventually
@@ -556,5 +589,22 @@ impl Services {
             }
         }
         Ok(awaited)
+    }
+}
+
+/// An event's envelope, unchecked.
+fn plain_envelope(program: &str, event: &PlatformEvent, member: &str) -> Envelope {
+    Envelope {
+        replay: None,
+        resumed: None,
+        reviewed_by: None,
+        trace: crate::telemetry::trace::current(),
+        kind: event.kind.to_string(),
+        version: ENVELOPE_VERSION,
+        id: event.id.clone(),
+        program: program.to_string(),
+        member: member.to_string(),
+        occurred_at: event.occurred_at,
+        data: event.data.clone(),
     }
 }

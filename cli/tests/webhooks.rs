@@ -375,6 +375,26 @@ fn woocommerce_orders_earn_once_and_refunds_take_their_share() {
     assert_eq!(v["balance"], 0);
 }
 
+#[test]
+fn a_woocommerce_order_given_to_another_customer_is_reversed_where_its_points_went() {
+    // GIVEN us-shop with a WooCommerce secret, and an order paid by customer 55
+    let us_shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/us-shop.toml");
+    let server = start_with(&["--program", us_shop.to_str().unwrap()]);
+    let signed = |body: &[u8]| Some(sign_base64(WOO_SECRET, body));
+    let paid = woo_order("processing", "[]");
+    assert_eq!(woo(&server, &paid, signed(&paid)).0, 200);
+    eventually_in(&server, "us-shop", "woocommerce:55", |v| v["pending"] == 64);
+    // WHEN staff give the order to customer 56, then refund it in full
+    let refunded = String::from_utf8(woo_order("refunded", "[]"))
+        .expect("utf-8")
+        .replace("\"customer_id\": 55", "\"customer_id\": 56")
+        .into_bytes();
+    assert_eq!(woo(&server, &refunded, signed(&refunded)).0, 200);
+    // THEN customer 55 gives the order's points back
+    let v = eventually_in(&server, "us-shop", "woocommerce:55", |v| v["pending"] == 0);
+    assert_eq!(v["balance"], 0);
+}
+
 fn cafe24_fixture(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/cafe24")

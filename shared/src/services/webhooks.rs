@@ -221,7 +221,7 @@ impl Services {
                 Err(ServiceError::Invalid {
                     problem: "event-out-of-bounds",
                     detail,
-                }) if !together => {
+                }) if !together && event.occurred_at < self.clock.now() => {
                     self.reject_left_out(program, &event, member_id, &detail)
                         .await?;
                     continue;

@@ -97,6 +97,11 @@ fn shopify(
 }
 
 fn view_in(server: &Server, program: &str, member: &str) -> Value {
+    admin_get(server, &format!("/v1/programs/{program}/members/{member}"))
+}
+
+/// An admin's GET of `path`.
+fn admin_get(server: &Server, path: &str) -> Value {
     let token = Command::new(BIN)
         .args(["token", "--admin"])
         .env("LOYALTY_JWT_SECRET", JWT)
@@ -104,10 +109,7 @@ fn view_in(server: &Server, program: &str, member: &str) -> Value {
         .expect("token");
     let token = String::from_utf8(token.stdout).expect("utf-8");
     reqwest::blocking::Client::new()
-        .get(format!(
-            "{}/v1/programs/{program}/members/{member}",
-            server.base
-        ))
+        .get(format!("{}{path}", server.base))
         .bearer_auth(token.trim())
         .send()
         .expect("request")
@@ -193,7 +195,7 @@ fn shopify_orders_earn_once_and_refunds_take_back_exactly_their_lines() {
 }
 
 #[test]
-fn bad_shopify_deliveries_are_refused_and_write_nothing() {
+fn bad_shopify_deliveries_are_kept_aside_and_credit_nothing() {
     // GIVEN a running stack
     let server = start();
     let paid = fixture("orders-paid.json", &days_ago(1));
@@ -205,22 +207,31 @@ fn bad_shopify_deliveries_are_refused_and_write_nothing() {
         .as_str()
         .unwrap()
         .ends_with("invalid-signature"));
-    // WHEN a correctly signed body is not JSON, or lacks required fields THEN 400
-    assert_eq!(
-        shopify(&server, "orders/paid", b"not json", SHOPIFY_SECRET, "d-2").0,
-        400
+    // WHEN a correctly signed body is not JSON, or lacks required fields
+    let (not_json, answer) = shopify(&server, "orders/paid", b"not json", SHOPIFY_SECRET, "d-2");
+    let (no_lines, _) = shopify(
+        &server,
+        "orders/paid",
+        br#"{"id": 5, "customer": {"id": 1}}"#,
+        SHOPIFY_SECRET,
+        "d-3",
     );
+    // THEN both are acknowledged as rejected (Shopify would turn the webhook off after a few
+    // refusals) and kept among the rejected events with why
     assert_eq!(
-        shopify(
-            &server,
-            "orders/paid",
-            br#"{"id": 5, "customer": {"id": 1}}"#,
-            SHOPIFY_SECRET,
-            "d-3"
-        )
-        .0,
-        400
+        (not_json, no_lines, answer["status"].as_str()),
+        (200, 200, Some("rejected")),
+        "{answer}"
     );
+    let rejected = admin_get(&server, "/v1/programs/kr-shop/rejected-events");
+    let kept: Vec<&str> = rejected["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["id"].as_str())
+        .filter(|id| id.starts_with("shopify-delivery-"))
+        .collect();
+    assert_eq!(kept.len(), 2, "{rejected}");
     // WHEN a guest order arrives THEN it is acknowledged without effect
     let guest = fixture("orders-paid-guest.json", &days_ago(1));
     let (status, body) = shopify(&server, "orders/paid", &guest, SHOPIFY_SECRET, "d-4");
@@ -463,8 +474,9 @@ fn cafe24_orders_earn_once_and_returns_and_cancellations_reverse() {
     let v = eventually(&server, member, |v| v["pending"] == 0);
     assert_eq!(v["balance"], 0);
     assert_eq!(v["tier"]["qualifying"], 0);
-    // AND a body that is not JSON is refused with 400
-    assert_eq!(cafe24(&server, b"event_no=90025", Some(CAFE24_KEY)).0, 400);
+    // AND a body that is not JSON is acknowledged as rejected, and kept
+    let (status, answer) = cafe24(&server, b"event_no=90025", Some(CAFE24_KEY));
+    assert_eq!((status, answer["status"].as_str()), (200, Some("rejected")));
 }
 
 #[test]

@@ -135,14 +135,14 @@ impl Services {
                 let triggered = header(headers, shopify::TRIGGERED_AT_HEADER)
                     .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                     .map(|t| t.with_timezone(&Utc));
-                shopify::normalise(topic, body, triggered, now)?
+                shopify::normalise(topic, body, triggered, now)
             }
             Platform::Pos => {
                 let signature =
                     header(headers, pos::SIGNATURE_HEADER).ok_or(WebhookError::InvalidSignature)?;
                 pos::verify_signature(&keys, body, signature, now)?;
                 self.program(program).await?;
-                pos::normalise(body)?
+                pos::normalise(body)
             }
             Platform::WooCommerce => {
                 let signature = header(headers, woocommerce::SIGNATURE_HEADER);
@@ -160,7 +160,7 @@ impl Services {
                 )?;
                 self.program(program).await?;
                 let topic = header(headers, woocommerce::TOPIC_HEADER).unwrap_or_default();
-                woocommerce::normalise(topic, body, now)?
+                woocommerce::normalise(topic, body, now)
             }
             Platform::Cafe24 => {
                 cafe24::verify_key(&keys, header(headers, cafe24::API_KEY_HEADER))?;
@@ -168,9 +168,69 @@ impl Services {
                 if let Some(trace) = header(headers, cafe24::TRACE_HEADER) {
                     tracing::info!(trace, "cafe24 delivery");
                 }
-                cafe24::normalise(body, program.currency, now)?
+                cafe24::normalise(body, program.currency, now)
             }
         };
+        let outcome = match normalised {
+            Ok(normalised) => self.ingest_normalised(program, normalised).await,
+            Err(e) => Err(e.into()),
+        };
+        match outcome {
+            // Shopify, WooCommerce and Cafe24 turn a webhook off after a few refused deliveries
+            // in a row: a delivery that no retry can mend (an order without lines, in another
+            // currency, too old) would cut every later order off. It is acknowledged and kept
+            // among the rejected events instead. A POS is ours to fix: it is told 400.
+            Err(ServiceError::Invalid { problem, detail }) if platform != Platform::Pos => {
+                self.keep_refused_delivery(program, platform, body, problem, &detail)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Keeps a signed delivery that cannot be taken among the rejected events, under an id of
+    /// its body (a redelivery is the same), and acknowledges it.
+    async fn keep_refused_delivery(
+        &self,
+        program: &str,
+        platform: Platform,
+        body: &[u8],
+        problem: &str,
+        detail: &str,
+    ) -> Result<Ingested, ServiceError> {
+        let id = format!(
+            "{platform}-delivery-{:016x}",
+            crate::fingerprint::fnv1a64(body.iter().copied())
+        );
+        tracing::warn!(program, platform = %platform, event_id = %id, problem, detail, "webhook delivery refused and kept");
+        self.store
+            .reject(&crate::ports::RejectedEvent {
+                program: program.to_string(),
+                event_id: id,
+                at: self.clock.now(),
+                reason: format!("{problem}: {detail}"),
+                payload: String::from_utf8_lossy(body)
+                    .chars()
+                    .take(64 * 1024)
+                    .collect(),
+                replays: 0,
+                replayed_at: None,
+                replayed_by: None,
+            })
+            .await?;
+        Ok(Ingested {
+            status: "rejected",
+            events: Vec::new(),
+            reason: Some(detail.to_string()),
+        })
+    }
+
+    /// Queues what a verified delivery amounts to.
+    async fn ingest_normalised(
+        &self,
+        program: &str,
+        normalised: Normalised,
+    ) -> Result<Ingested, ServiceError> {
         let events = match normalised {
             Normalised::Ignored(reason) => {
                 return Ok(Ingested {

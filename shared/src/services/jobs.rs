@@ -449,10 +449,14 @@ impl Services {
         deadline: Deadline,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<JobReport>, ServiceError> {
-        let programs = match program {
+        let mut programs = match program {
             Some(p) => vec![p.to_string()],
             None => self.store.program_ids().await?,
         };
+        // The programs listed first could use up the time of every run: each run starts with
+        // another, so that none waits for ever. The reports come back in the list's order.
+        let first = turn(self.clock.now(), programs.len());
+        programs.rotate_left(first);
         let mut reports = Vec::with_capacity(programs.len());
         for program in programs {
             if past(deadline) {
@@ -481,6 +485,7 @@ impl Services {
             };
             reports.push(report);
         }
+        reports.rotate_right(first);
         Ok(reports)
     }
 
@@ -906,9 +911,32 @@ fn notice(
     OutboxMessage::new(QueueName::Notify, message)
 }
 
+/// Which of `n` programs a run at `now` starts with: one further every minute and every hour,
+/// so that runs every minute (`loyalty serve`) and hourly schedules alike start with each in
+/// turn (a step of 61 a hour shares no factor with a list shorter than 61).
+fn turn(now: DateTime<Utc>, n: usize) -> usize {
+    let minutes = u64::try_from(now.timestamp()).unwrap_or(0) / 60;
+    let n = u64::try_from(n.max(1)).unwrap_or(1);
+    usize::try_from((minutes + minutes / 60) % n).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hourly_runs_start_with_every_program_in_turn() {
+        // GIVEN runs at 5 past every hour
+        let start = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 5, 0, 5, 0).unwrap();
+        for n in [2, 3, 4, 5, 6, 10, 12, 30, 60] {
+            // WHEN n programs are listed
+            let firsts: std::collections::BTreeSet<usize> = (0..n)
+                .map(|h| turn(start + Duration::hours(h as i64), n))
+                .collect();
+            // THEN each program is first in one of n runs in a row
+            assert_eq!(firsts.len(), n, "{n} programs: {firsts:?}");
+        }
+    }
 
     #[test]
     fn changes_are_split_into_transactions_within_the_store_s_limit() {

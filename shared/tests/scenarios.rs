@@ -1007,3 +1007,34 @@ fn points_last_usable_before_their_purchase_was_recorded_are_due_to_expire_the_d
         chrono::NaiveDate::from_ymd_opt(2027, 2, 3)
     );
 }
+
+#[test]
+fn a_hundred_and_twenty_purchases_maturing_at_once_are_released_in_commits_that_fit() {
+    // GIVEN a member with 120 purchases in one return window, each 10,000 KRW (100 points)
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    for i in 0..120 {
+        let order = format!("o-{i}");
+        buy(&mut m, &p, &order, vec![line("a", 1, 10_000)], now, now);
+    }
+    assert_eq!(m.account.pending_points(), 12_000);
+    // WHEN the release job settles the member after the window, until nothing is left
+    let later = now + days(8);
+    let mut commits = 0;
+    while m.account.pending_points() > 0 {
+        let change = m
+            .account
+            .settle(&p, &ctx(&format!("s-{commits}"), later, later));
+        // THEN each settle fits one commit
+        let commit =
+            loyalty_core::ports::Commit::new(&p, "m-1", Some(&m.account), change.clone(), later);
+        assert!(commit.items() <= 100, "{} items", commit.items());
+        m.commit(change);
+        commits += 1;
+        assert!(commits <= 3, "never done");
+    }
+    // AND everything was released, in three settles, exactly
+    assert_eq!((commits, m.account.balance), (3, 12_000));
+    m.assert_consistent();
+}

@@ -468,6 +468,10 @@ pub fn lot_expiry(program: &Program, occurred_at: DateTime<Utc>) -> NaiveDate {
     )
 }
 
+/// The most entries one settle writes: with the event's own, its commit stays well within the
+/// 100 items of a DynamoDB transaction (every store refuses more).
+pub const SETTLE_ENTRIES_MAX: usize = 50;
+
 /// A working copy of an account plus the entries that explain each change made to it.
 pub(crate) struct Journal<'a> {
     pub account: Account,
@@ -608,13 +612,22 @@ impl<'a> Journal<'a> {
         );
     }
 
-    /// Applies, in time order, what time alone changes up to `now`.
+    /// Applies, in time order, what time alone changes up to `now`: at most
+    /// [`SETTLE_ENTRIES_MAX`] entries of it, so that the change fits one commit whatever has
+    /// piled up (the rest waits for the next settle, a job's or an event's, in the same order).
     pub fn settle(&mut self, program: &Program, now: DateTime<Utc>) {
+        let start = self.entries.len();
+        let full = |journal: &Journal<'_>| journal.entries.len() - start >= SETTLE_ENTRIES_MAX;
         // Holds not captured in time give their points back first (to lots that may then
         // expire below, if their day has passed).
-        let (expired, kept): (Vec<Hold>, Vec<Hold>) = std::mem::take(&mut self.account.holds)
-            .into_iter()
-            .partition(|h| h.expires_at <= now);
+        let (mut expired, mut kept): (Vec<Hold>, Vec<Hold>) =
+            std::mem::take(&mut self.account.holds)
+                .into_iter()
+                .partition(|h| h.expires_at <= now);
+        expired.sort_by_key(|h| h.expires_at);
+        if expired.len() > SETTLE_ENTRIES_MAX {
+            kept.extend(expired.split_off(SETTLE_ENTRIES_MAX));
+        }
         self.account.holds = kept;
         for hold in &expired {
             let reason = format!(
@@ -626,7 +639,7 @@ impl<'a> Journal<'a> {
         let tz = program.time_zone;
         let today = local_date(tz, now);
         // Releases and expiries interleave by the instant they take effect.
-        loop {
+        while !full(self) {
             let release = self
                 .account
                 .pending

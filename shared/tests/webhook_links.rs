@@ -286,3 +286,32 @@ async fn a_refund_restated_with_a_payment_too_old_to_take_is_taken_without_it() 
         rejected.events[0].reason
     );
 }
+
+#[tokio::test]
+async fn an_email_typed_at_another_shop_s_checkout_does_not_take_a_customer_s_orders() {
+    // GIVEN a WooCommerce order of customer 66 whose checkout named the Shopify customer's
+    // email (nobody verifies it there)
+    let store = SqliteStore::memory().unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let services = kr_shop_on(&store, now).await;
+    let shopify_order = paid_order(now);
+    let mut typed = restated_order(now, now).remove(0);
+    typed.member = loyalty_core::webhooks::MemberRef::Identity("woocommerce:66".into());
+    typed.identities = vec![email_of(&shopify_order[0])];
+    services
+        .ingest_events("kr-shop", vec![typed])
+        .await
+        .unwrap();
+    // WHEN that Shopify customer, new here, pays an order
+    let customer = customer_of(&shopify_order[0]);
+    services
+        .ingest_events("kr-shop", shopify_order)
+        .await
+        .unwrap();
+    // THEN the order is the Shopify customer's own, not WooCommerce customer 66's
+    let (kind, value) = customer.split_once(':').unwrap();
+    assert_eq!(
+        store.resolve_alias("kr-shop", kind, value).await.unwrap(),
+        Some(customer.clone())
+    );
+}

@@ -426,10 +426,12 @@ impl Services {
     }
 
     /// The member an identity (`own`, `(kind, value)`) is linked to, and the member another of
-    /// the event's identities (its email) is linked to, unless that member is another customer
-    /// of the same platform (two accounts of one shop that share an email stay two members
-    /// until an operator merges them). Read current, in one request: a new member is made
-    /// from a miss.
+    /// the event's identities (its email) is linked to, unless that member was made by a
+    /// platform's customer: its email came from a checkout form nobody verified, and anyone can
+    /// type another's there, so that the other's orders would then credit them. Members the
+    /// brand made (imported, the app's, an operator's) are found by their email; customers of
+    /// the platforms that share one stay apart until an operator merges them. Read current, in
+    /// one request: a new member is made from a miss.
     pub(crate) async fn identity_members(
         &self,
         program: &str,
@@ -449,8 +451,7 @@ impl Services {
             .await?
             .into_iter();
         let own_member = found.next().flatten();
-        let platform = format!("{}:", own.0);
-        let other = found.flatten().find(|m| !m.starts_with(&platform));
+        let other = found.flatten().find(|m| !made_by_a_platform(m));
         Ok((own_member, other))
     }
 
@@ -667,4 +668,11 @@ fn plain_envelope(program: &str, event: &PlatformEvent, member: &str) -> Envelop
         occurred_at: event.occurred_at,
         data: event.data.clone(),
     }
+}
+
+/// A member whose id is a platform's customer (`shopify:7001`): made by that platform's events.
+fn made_by_a_platform(member: &str) -> bool {
+    member
+        .split_once(':')
+        .is_some_and(|(kind, _)| Platform::parse(kind).is_some())
 }

@@ -1033,6 +1033,9 @@ fn a_hundred_and_twenty_purchases_maturing_at_once_are_released_in_commits_that_
         m.commit(change);
         commits += 1;
         assert!(commits <= 3, "never done");
+        // AND the member is shown everything matured all along
+        let shown = m.account.as_of(&p, later).account;
+        assert_eq!((shown.balance, shown.pending_points()), (12_000, 0));
     }
     // AND everything was released, in three settles, exactly
     assert_eq!((commits, m.account.balance), (3, 12_000));

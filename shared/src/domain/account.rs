@@ -612,12 +612,21 @@ impl<'a> Journal<'a> {
         );
     }
 
-    /// Applies, in time order, what time alone changes up to `now`: at most
-    /// [`SETTLE_ENTRIES_MAX`] entries of it, so that the change fits one commit whatever has
-    /// piled up (the rest waits for the next settle, a job's or an event's, in the same order).
+    /// Applies, in time order, what time alone changes up to `now`. A settle to be written
+    /// returns at most [`SETTLE_ENTRIES_MAX`] holds and releases at most as many purchases, so
+    /// that the change fits one commit whatever has piled up; the rest waits for the next
+    /// settle (a job's or an event's). Lots whose day has passed are expired all the same (one
+    /// entry a day at most), so that no ended lot is ever spent; a purchase released later into
+    /// a lot already ended is expired by that settle. What a member is shown (`as_of`) is
+    /// settled whole.
     pub fn settle(&mut self, program: &Program, now: DateTime<Utc>) {
         let start = self.entries.len();
-        let full = |journal: &Journal<'_>| journal.entries.len() - start >= SETTLE_ENTRIES_MAX;
+        let cap = if self.provisional {
+            usize::MAX
+        } else {
+            SETTLE_ENTRIES_MAX
+        };
+        let full = |journal: &Journal<'_>| journal.entries.len() - start >= cap;
         // Holds not captured in time give their points back first (to lots that may then
         // expire below, if their day has passed).
         let (mut expired, mut kept): (Vec<Hold>, Vec<Hold>) =
@@ -625,8 +634,8 @@ impl<'a> Journal<'a> {
                 .into_iter()
                 .partition(|h| h.expires_at <= now);
         expired.sort_by_key(|h| h.expires_at);
-        if expired.len() > SETTLE_ENTRIES_MAX {
-            kept.extend(expired.split_off(SETTLE_ENTRIES_MAX));
+        if expired.len() > cap {
+            kept.extend(expired.split_off(cap));
         }
         self.account.holds = kept;
         for hold in &expired {
@@ -639,13 +648,13 @@ impl<'a> Journal<'a> {
         let tz = program.time_zone;
         let today = local_date(tz, now);
         // Releases and expiries interleave by the instant they take effect.
-        while !full(self) {
+        loop {
             let release = self
                 .account
                 .pending
                 .iter()
                 .enumerate()
-                .filter(|(_, g)| g.release_at <= now)
+                .filter(|(_, g)| g.release_at <= now && !full(self))
                 .min_by_key(|(_, g)| g.release_at)
                 .map(|(i, g)| (i, g.release_at));
             let expiry = self

@@ -100,21 +100,39 @@ fn view_in(server: &Server, program: &str, member: &str) -> Value {
     admin_get(server, &format!("/v1/programs/{program}/members/{member}"))
 }
 
-/// An admin's GET of `path`.
-fn admin_get(server: &Server, path: &str) -> Value {
+fn admin_token() -> String {
     let token = Command::new(BIN)
         .args(["token", "--admin"])
         .env("LOYALTY_JWT_SECRET", JWT)
         .output()
         .expect("token");
-    let token = String::from_utf8(token.stdout).expect("utf-8");
+    String::from_utf8(token.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+/// An admin's GET of `path`.
+fn admin_get(server: &Server, path: &str) -> Value {
     reqwest::blocking::Client::new()
         .get(format!("{}{path}", server.base))
-        .bearer_auth(token.trim())
+        .bearer_auth(admin_token())
         .send()
         .expect("request")
         .json()
         .expect("json")
+}
+
+/// An admin's POST of `body` to `path`: the status.
+fn admin_post(server: &Server, path: &str, body: &Value) -> u16 {
+    reqwest::blocking::Client::new()
+        .post(format!("{}{path}", server.base))
+        .bearer_auth(admin_token())
+        .json(body)
+        .send()
+        .expect("request")
+        .status()
+        .as_u16()
 }
 
 fn eventually(server: &Server, member: &str, check: impl Fn(&Value) -> bool) -> Value {
@@ -404,6 +422,31 @@ fn a_woocommerce_order_given_to_another_customer_is_reversed_where_its_points_we
     // THEN customer 55 gives the order's points back
     let v = eventually_in(&server, "us-shop", "woocommerce:55", |v| v["pending"] == 0);
     assert_eq!(v["balance"], 0);
+}
+
+#[test]
+fn a_woocommerce_cancellation_of_an_order_credited_without_its_webhook_reaches_the_customer() {
+    // GIVEN us-shop, and WooCommerce order 727 of customer 55 credited through the events API
+    // (as a replay or an import does: no webhook linked the order)
+    let us_shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/us-shop.toml");
+    let server = start_with(&["--program", us_shop.to_str().unwrap()]);
+    let paid = json!({"type": "purchase.completed", "version": 1, "id": "woocommerce-order-727-paid",
+        "program": "us-shop", "member": "woocommerce:55", "occurred_at": days_ago(2),
+        "data": {"order_id": "727", "currency": "USD", "channel": "online", "shipping": "0",
+                 "tax": "0", "platform": "woocommerce",
+                 "lines": [{"line_id": "315", "sku": "LIP-01", "category": "", "quantity": 1,
+                            "unit_price": "45.00", "discount": "0"}]}});
+    assert_eq!(
+        admin_post(&server, "/v1/programs/us-shop/events", &paid),
+        202
+    );
+    eventually_in(&server, "us-shop", "woocommerce:55", |v| v["pending"] == 45);
+    // WHEN WooCommerce reports the order refunded
+    let refunded = woo_order("refunded", "[]");
+    let signed = Some(sign_base64(WOO_SECRET, &refunded));
+    assert_eq!(woo(&server, &refunded, signed).0, 200);
+    // THEN the customer gives the points back
+    eventually_in(&server, "us-shop", "woocommerce:55", |v| v["pending"] == 0);
 }
 
 fn cafe24_fixture(name: &str) -> Vec<u8> {

@@ -352,6 +352,9 @@ impl Services {
             MemberRef::Identity(identity) => {
                 let own = identity.split_once(':');
                 let (read, links) = self.links_of(program, event, own).await?;
+                if let Some(member) = self.paid_order_member(program, event).await? {
+                    return Ok((Resolved::Known(member), links));
+                }
                 let resolved = match read {
                     Some(member) => Resolved::Known(member),
                     None => self.member_of(program, event).await?,
@@ -367,6 +370,26 @@ impl Services {
                 Ok((resolved, links))
             }
         }
+    }
+
+    /// For a refund or a cancellation, the member its order's payment credited, when the
+    /// order is linked: staff may have given the order another customer since, and the
+    /// payment's points stay where they went. An order not linked (paid before links were
+    /// kept, its payment replayed or left out) goes to the customer the event names.
+    async fn paid_order_member(
+        &self,
+        program: &str,
+        event: &PlatformEvent,
+    ) -> Result<Option<String>, ServiceError> {
+        if !matches!(event.kind, "purchase.refunded" | "purchase.cancelled") {
+            return Ok(None);
+        }
+        let text = |field: &str| event.data.get(field).and_then(serde_json::Value::as_str);
+        let (Some(platform), Some(order)) = (text("platform"), text("order_id")) else {
+            return Ok(None);
+        };
+        let key = crate::envelope::order_key(platform, order);
+        Ok(self.store.resolve_alias(program, ORDER_LINK, &key).await?)
     }
 
     async fn send(&self, envelope: &Envelope) -> Result<(), ServiceError> {

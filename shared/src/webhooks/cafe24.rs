@@ -153,6 +153,15 @@ fn ignored_reason(effect: Effect, resource: &Value, orders: &str) -> String {
     }
 }
 
+/// The member of an order event, or the order itself when the event names nobody (a return
+/// completed carries only the order and the claim).
+fn member(resource: &Value, order_id: &str) -> MemberRef {
+    match text(resource, "member_id") {
+        Some(member) => MemberRef::Identity(format!("cafe24:{member}")),
+        None => MemberRef::Order(order_key("cafe24", order_id)),
+    }
+}
+
 fn currency(resource: &Value) -> Result<(Currency, &str), WebhookError> {
     let code = required(resource, "currency")?;
     let currency = Currency::from_code(code).map_err(|e| invalid(format!("currency: {e}")))?;
@@ -213,17 +222,11 @@ fn paid(
     }))
 }
 
-/// Whom a cancellation or a refund is for: the order's member, the one its payment credited.
-/// Staff may give an order another customer since; the payment's points stay where they went.
-fn order_member(order_id: &str) -> MemberRef {
-    MemberRef::Order(order_key("cafe24", order_id))
-}
-
 fn cancelled(resource: &Value, order_id: &str, now: DateTime<Utc>) -> PlatformEvent {
     PlatformEvent {
         kind: "purchase.cancelled",
         id: format!("cafe24-order-{order_id}-cancel"),
-        member: order_member(order_id),
+        member: member(resource, order_id),
         occurred_at: time(resource, &["cancel_date"]).unwrap_or(now),
         data: json!({"order_id": order_id, "platform": "cafe24", "reason": "cancelled"}),
         order_key: None,
@@ -255,7 +258,7 @@ fn refunded(
     Ok(PlatformEvent {
         kind: "purchase.refunded",
         id: format!("cafe24-order-{order_id}-refund-{claim}"),
-        member: order_member(order_id),
+        member: member(resource, order_id),
         occurred_at: time(resource, &["refund_date", "return_date", "cancel_date"]).unwrap_or(now),
         data: json!({
             "order_id": order_id,

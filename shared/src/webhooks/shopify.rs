@@ -206,9 +206,10 @@ fn paid(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookErr
 
 fn cancelled(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookError> {
     let order_id = id(order, "id")?;
-    // The order's member, the one its payment credited: staff may have given the order another
-    // customer since, and the payment's points stay where they went.
-    let member = MemberRef::Order(crate::envelope::order_key("shopify", &order_id));
+    let member = match customer_of(order) {
+        Some(customer) => MemberRef::Identity(format!("shopify:{customer}")),
+        None => MemberRef::Order(crate::envelope::order_key("shopify", &order_id)),
+    };
     Ok(Normalised::Events(vec![PlatformEvent {
         kind: "purchase.cancelled",
         id: format!("shopify-order-{order_id}-cancel"),

@@ -17,12 +17,6 @@ use crate::envelope::order_key;
 pub const SIGNATURE_HEADER: &str = "x-wc-webhook-signature";
 pub const TOPIC_HEADER: &str = "x-wc-webhook-topic";
 
-/// Whom a cancellation or a refund is for: the order's member, the one its payment credited.
-/// Staff may give an order another customer since; the payment's points stay where they went.
-fn order_member(order_id: &str) -> MemberRef {
-    MemberRef::Order(order_key("woocommerce", order_id))
-}
-
 fn invalid(message: impl Into<String>) -> WebhookError {
     WebhookError::Invalid(message.into())
 }
@@ -85,7 +79,7 @@ pub fn normalise(topic: &str, body: &[u8], now: DateTime<Utc>) -> Result<Normali
         "refunded" | "cancelled" => Ok(Normalised::Events(vec![PlatformEvent {
             kind: "purchase.cancelled",
             id: format!("woocommerce-order-{order_id}-cancel"),
-            member: order_member(&order_id),
+            member,
             occurred_at: gmt(&order, &["date_modified_gmt"]).unwrap_or(now),
             data: json!({"order_id": order_id, "platform": "woocommerce", "reason": status}),
             order_key: None,
@@ -191,7 +185,7 @@ fn paid(
         events.push(PlatformEvent {
             kind: "purchase.refunded",
             id: format!("woocommerce-order-{order_id}-refund-{refund_id}"),
-            member: order_member(order_id),
+            member: member.clone(),
             occurred_at: gmt(order, &["date_modified_gmt"]).unwrap_or(now),
             data: json!({
                 "order_id": order_id,

@@ -76,3 +76,46 @@ async fn a_decided_approval_answers_its_key_for_a_week_and_is_then_forgotten() {
         (200, Some("declined"))
     );
 }
+
+#[tokio::test]
+async fn a_key_used_again_after_its_decision_expired_is_a_new_adjustment() {
+    // GIVEN ops-1's request for 50,000 for m-1 with key k-1, approved by ops-2
+    let store = SqliteStore::memory().unwrap();
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap());
+    let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
+    let file = format!(
+        "{}\n[safeguards]\nadjustment_approval_above = 10000\n",
+        include_str!("../../examples/kr-shop.toml")
+    );
+    services
+        .put_program(
+            "kr-shop",
+            &file,
+            loyalty_core::services::programs::ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    let body = json!({"points": 50_000, "reason": "store credit"}).to_string();
+    let asked = services
+        .adjust("kr-shop", "m-1", "ops-1", Some("k-1"), body.as_bytes())
+        .await
+        .unwrap();
+    let id = asked.body["id"].as_str().unwrap().to_string();
+    services
+        .approve_adjustment("kr-shop", &id, "ops-2")
+        .await
+        .unwrap();
+    // WHEN ops-1 sends k-1 again eight days later, and ops-2 approves that too
+    clock.set(clock.now() + Duration::days(8));
+    let again = services
+        .adjust("kr-shop", "m-1", "ops-1", Some("k-1"), body.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(again.status, 202);
+    let approved = services
+        .approve_adjustment("kr-shop", &id, "ops-2")
+        .await
+        .unwrap();
+    // THEN the member has both adjustments
+    assert_eq!(approved.body["balance"].as_i64(), Some(100_000));
+}

@@ -285,6 +285,20 @@ async fn a_refund_restated_with_a_payment_too_old_to_take_is_taken_without_it() 
         "{:?}",
         rejected.events[0].reason
     );
+    // WHEN an operator replays the payment, and WooCommerce restates the order again
+    services
+        .replay_rejected("kr-shop", "woocommerce-order-900-paid", "ops")
+        .await
+        .unwrap();
+    let again = restated_order(now - chrono::Duration::days(120), now);
+    services.ingest_events("kr-shop", again).await.unwrap();
+    // THEN the payment is kept once, still saying it was replayed
+    let kept = store
+        .rejected_event("kr-shop", "woocommerce-order-900-paid")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.replays, 1, "{kept:?}");
 }
 
 #[tokio::test]

@@ -384,6 +384,9 @@ impl Services {
             });
         }
         let member = pending.member.as_str();
+        // One request's effect: a key used again once its decision expired names the same id,
+        // and its adjustment is another one.
+        let effect = format!("{id}-{}", pending.requested_at.timestamp_millis());
         let mut contention = Contention::new();
         let balance = loop {
             let now = self.clock.now();
@@ -392,7 +395,7 @@ impl Services {
                 .account
                 .clone()
                 .unwrap_or_else(|| Account::open(&program, member, now));
-            let ctx = EventContext::new(format!("adjust-{id}"), now, now).with_source(Source {
+            let ctx = EventContext::new(format!("adjust-{effect}"), now, now).with_source(Source {
                 admin: Some(pending.requested_by.clone()),
                 rule: Some(format!("approved-by:{by}")),
                 ..Source::default()
@@ -411,7 +414,7 @@ impl Services {
             let mut commit = Commit {
                 marker: Some(EventMarker {
                     source: "approval".into(),
-                    event_id: id.to_string(),
+                    event_id: effect.clone(),
                 }),
                 ..Commit::new(&program, member, state.account.as_ref(), change, now)
             };

@@ -9,6 +9,7 @@ use serde::Serialize;
 use futures_util::future::try_join_all;
 
 use super::{ServiceError, Services};
+use crate::domain::program::TimeBoundsError;
 use crate::envelope::{parse_earn_event, Envelope, ENVELOPE_VERSION};
 use crate::ports::{OutboxMessage, QueueName, ORDER_LINK};
 use crate::webhooks::{
@@ -25,6 +26,9 @@ pub struct Ingested {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// The problem of an event dated ahead of the clock.
+const FUTURE: &str = "event-in-future";
 
 /// Stands in for the member while an event waits for its order (never queued as such).
 const UNKNOWN_MEMBER: &str = "unknown";
@@ -180,7 +184,11 @@ impl Services {
             // in a row: a delivery that no retry can mend (an order without lines, in another
             // currency, too old) would cut every later order off. It is acknowledged and kept
             // among the rejected events instead. A POS is ours to fix: it is told 400.
-            Err(ServiceError::Invalid { problem, detail }) if platform != Platform::Pos => {
+            // An event dated ahead of the clock (the platform's clock runs fast) is taken by a
+            // retry: that one is still refused.
+            Err(ServiceError::Invalid { problem, detail })
+                if platform != Platform::Pos && problem != FUTURE =>
+            {
                 self.keep_refused_delivery(program, platform, body, problem, &detail)
                     .await
             }
@@ -203,21 +211,24 @@ impl Services {
             crate::fingerprint::fnv1a64(body.iter().copied())
         );
         tracing::warn!(program, platform = %platform, event_id = %id, problem, detail, "webhook delivery refused and kept");
-        self.store
-            .reject(&crate::ports::RejectedEvent {
-                program: program.to_string(),
-                event_id: id,
-                at: self.clock.now(),
-                reason: format!("{problem}: {detail}"),
-                payload: String::from_utf8_lossy(body)
-                    .chars()
-                    .take(64 * 1024)
-                    .collect(),
-                replays: 0,
-                replayed_at: None,
-                replayed_by: None,
-            })
-            .await?;
+        let kept = self.store.rejected_event(program, &id).await?.is_some();
+        if !kept {
+            self.store
+                .reject(&crate::ports::RejectedEvent {
+                    program: program.to_string(),
+                    event_id: id,
+                    at: self.clock.now(),
+                    reason: format!("{problem}: {detail}"),
+                    payload: String::from_utf8_lossy(body)
+                        .chars()
+                        .take(64 * 1024)
+                        .collect(),
+                    replays: 0,
+                    replayed_at: None,
+                    replayed_by: None,
+                })
+                .await?;
+        }
         Ok(Ingested {
             status: "rejected",
             events: Vec::new(),
@@ -539,6 +550,16 @@ impl Services {
         member: &str,
         reason: &str,
     ) -> Result<(), ServiceError> {
+        // Kept once: every restatement of the order brings it again, and a record kept again
+        // would forget its replays.
+        if self
+            .store
+            .rejected_event(program, &event.id)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
         let envelope = plain_envelope(program, event, member);
         let payload =
             serde_json::to_string(&envelope).map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -575,7 +596,12 @@ impl Services {
             .map_err(|e| ServiceError::invalid(e.problem, e.detail))?;
         program
             .check_occurred_at(envelope.occurred_at, self.clock.now())
-            .map_err(|e| ServiceError::invalid("event-out-of-bounds", e.to_string()))?;
+            .map_err(|e| match e {
+                TimeBoundsError::InFuture { .. } => ServiceError::invalid(FUTURE, e.to_string()),
+                TimeBoundsError::TooOld { .. } => {
+                    ServiceError::invalid("event-out-of-bounds", e.to_string())
+                }
+            })?;
         Ok(envelope)
     }
     /// The links an event asks to be remembered: its order's member (for refunds without a

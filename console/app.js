@@ -24,6 +24,25 @@ const money = (amount) => {
   if (amount == null || amount === "") return "–";
   return new Intl.NumberFormat(locale(), { style: "currency", currency: program().currency }).format(Number(amount));
 };
+// An amount in minor units (integers: cents, won) as money, exactly: its digits placed around
+// the currency's decimal point, never divided as a float.
+const minor = (amount) => {
+  if (amount == null || amount === "") return "–";
+  const digits = new Intl.NumberFormat("en", { style: "currency", currency: program().currency }).resolvedOptions().maximumFractionDigits;
+  const text = String(BigInt(amount) < 0n ? -BigInt(amount) : BigInt(amount)).padStart(digits + 1, "0");
+  const decimal = digits ? `${text.slice(0, -digits)}.${text.slice(-digits)}` : text;
+  return money(`${BigInt(amount) < 0n ? "-" : ""}${decimal}`);
+};
+// Points at a point value ("0.01"), as a decimal string, exactly.
+const worth = (pts, value) => {
+  const [whole, fraction = ""] = String(value).split(".");
+  const product = BigInt(pts) * BigInt(whole + fraction);
+  const sign = product < 0n ? "-" : "";
+  const text = String(product < 0n ? -product : product).padStart(fraction.length + 1, "0");
+  return fraction.length ? `${sign}${text.slice(0, -fraction.length)}.${text.slice(-fraction.length)}` : `${sign}${text}`;
+};
+// What tiers measure: spend (minor units) or points.
+const measured = (value) => (program().tier_measure === "points" ? points(value) : minor(value));
 const percent = (rate) => (rate == null ? "–" : new Intl.NumberFormat(locale(), { style: "percent", maximumFractionDigits: 1 }).format(Number(rate)));
 // Instants are shown in the program's zone; plain dates (2026-12-02) are already the program's.
 const when = (instant) =>
@@ -280,6 +299,9 @@ async function members(params, id) {
   const [view, exported] = await Promise.all([api("GET", path), api("GET", `${path}/export`)]);
   const member = view.member;
   const memberPath = inProgram(`/members/${encodeURIComponent(member)}`);
+  // One key per page: an adjustment sent again after a lost answer is applied once. The page
+  // is drawn again (with a new key) once one is applied.
+  const adjustKey = globalThis.crypto?.randomUUID?.() ?? `adjust-${Date.now()}-${Math.random().toString(36).slice(2)}`;
   const act = async (title, fields, send, danger = false) => {
     const values = await ask({ title, fields: [...fields, reasonField()], danger });
     if (!values) return;
@@ -294,7 +316,7 @@ async function members(params, id) {
   };
   const actions = h("div", { class: "actions" },
     h("button", { testid: "action-adjust", onclick: () => act(t("adjust"), [{ name: "points", label: t("points_signed"), type: "number" }],
-      (v) => api("POST", `${memberPath}/adjustments`, { points: Number(v.points), reason: v.reason })) }, t("adjust")),
+      (v) => api("POST", `${memberPath}/adjustments`, { points: Number(v.points), reason: v.reason }, { "Idempotency-Key": adjustKey })) }, t("adjust")),
     view.suspended
       ? h("button", { testid: "action-resume", onclick: () => act(t("resume"), [], (v) => api("POST", `${memberPath}/resume`, { reason: v.reason })) }, t("resume"))
       : h("button", { testid: "action-suspend", onclick: () => act(t("suspend"), [], (v) => api("POST", `${memberPath}/suspend`, { reason: v.reason })) }, t("suspend")),
@@ -334,7 +356,7 @@ async function members(params, id) {
     view.suspended ? h("div", { class: "warn", testid: "suspended" }, t("suspended_since", { reason: view.suspended.reason || "" })) : null,
     h("div", { class: "tiles" },
       tile("balance", t("balance"), points(view.balance), view.balance),
-      program().point_value ? tile("cash", t("worth"), money(view.balance * Number(program().point_value)), null) : null,
+      program().point_value ? tile("cash", t("worth"), money(worth(view.balance, program().point_value)), null) : null,
       tile("pending", t("pending"), points(view.pending), view.pending),
       tile("tier", t("tier"), tier.name || tier.id, tier.id),
       view.membership ? tile("membership", view.membership.name, `${t(`membership_${view.membership.status}`)} · ${t("renews", { date: day(view.membership.renews_on) })}`, view.membership.status) : null),
@@ -342,8 +364,8 @@ async function members(params, id) {
       h("section", { class: "card" }, h("h2", {}, t("tier_progress")),
         h("dl", { class: "facts" },
           h("dt", {}, t("tier")), h("dd", {}, `${tier.name || tier.id} (×${(tier.multiplier_bp / 10000).toFixed(2)})`),
-          h("dt", {}, t("qualifying")), h("dd", {}, money(tier.qualifying)),
-          h("dt", {}, t("next_tier")), h("dd", {}, next ? t("needed", { tier: next.id, amount: money(next.needed) }) : t("top_tier")),
+          h("dt", {}, t("qualifying")), h("dd", { testid: "qualifying" }, measured(tier.qualifying)),
+          h("dt", {}, t("next_tier")), h("dd", {}, next ? t("needed", { tier: next.id, amount: measured(next.needed) }) : t("top_tier")),
           h("dt", {}, t("review_date")), h("dd", {}, day(tier.review_date))),
         h("div", { class: "progress" }, h("div", { style: `width:${Math.round(progress * 100)}%` }))),
       h("section", { class: "card" }, h("h2", {}, t("actions")), actions,
@@ -513,7 +535,7 @@ async function campaignReport(id) {
         { label: t("members_col"), num: true, cell: (v) => num(v.members) },
         { label: t("converters"), num: true, cell: (v) => num(v.converters) },
         { label: t("conversion"), num: true, cell: (v) => `${pct(v.conversion_rate)} [${pct(v.conversion_interval?.[0])}, ${pct(v.conversion_interval?.[1])}]` },
-        { label: t("revenue"), num: true, cell: (v) => money(v.revenue) },
+        { label: t("revenue"), num: true, cell: (v) => minor(v.revenue) },
         { label: t("uplift"), num: true, cell: (v) => v.conversion_uplift ? `${pct(v.conversion_uplift.difference)} (p=${v.conversion_uplift.p_value?.toFixed?.(3) ?? "–"})` : "–" },
       ], variants, { "data-testid": "report-table" })),
     barChart({ id: "report", title: t("conversion_by_variant"), series: [{ name: t("conversion") }], format: pct,
@@ -541,18 +563,24 @@ async function operations() {
     if (!(await ask({ title, text: t("are_you_sure") }))) return;
     await run(title, send)();
   };
+  // Declining and cancelling say why (the API refuses them without a reason).
+  const withReason = (title, send) => async () => {
+    const values = await ask({ title, fields: [reasonField()] });
+    if (!values) return;
+    await run(title, () => send(values.reason))();
+  };
   const held = reviews.events || reviews.reviews || [];
   const pending = approvals.adjustments || approvals.approvals || [];
   return [
     h("h1", {}, t("operations")),
     h("section", { class: "card" }, h("h2", {}, t("rejected_events")),
       table([
-        { label: t("when"), cell: (e) => when(e.at) },
-        { label: t("event"), cell: (e) => h("code", {}, e.event_id) },
+        { label: t("when"), cell: (e) => when(e.rejected_at) },
+        { label: t("event"), cell: (e) => h("code", {}, e.id) },
         { label: t("reason"), cell: (e) => e.reason },
-        { label: t("replays"), num: true, cell: (e) => num(e.replays) },
-        { label: "", cell: (e) => h("button", { class: "quiet", testid: `replay-${e.event_id}`, onclick: confirmThen(t("replay"),
-          () => api("POST", inProgram(`/rejected-events/${encodeURIComponent(e.event_id)}/replay`))) }, t("replay")) },
+        { label: t("replays"), num: true, cell: (e) => h("span", { testid: `replays-${e.id}` }, num(e.replays)) },
+        { label: "", cell: (e) => h("button", { class: "quiet", testid: `replay-${e.id}`, onclick: confirmThen(t("replay"),
+          () => api("POST", inProgram(`/rejected-events/${encodeURIComponent(e.id)}/replay`))) }, t("replay")) },
       ], rejected.events || [], { "data-testid": "rejected" })),
     h("section", { class: "card" }, h("h2", {}, t("dead_letters")),
       deadLetters.error
@@ -570,7 +598,7 @@ async function operations() {
           { label: t("reason"), cell: (e) => e.reason || "" },
           { label: "", cell: (e) => h("span", { class: "actions" },
             h("button", { class: "quiet", onclick: confirmThen(t("release"), () => api("POST", inProgram(`/reviews/${encodeURIComponent(e.id || e.event_id)}/release`))) }, t("release")),
-            h("button", { class: "quiet", onclick: confirmThen(t("cancel_event"), () => api("POST", inProgram(`/reviews/${encodeURIComponent(e.id || e.event_id)}/cancel`))) }, t("cancel_event"))) },
+            h("button", { class: "quiet", testid: `cancel-${e.id || e.event_id}`, onclick: withReason(t("cancel_event"), (reason) => api("POST", inProgram(`/reviews/${encodeURIComponent(e.id || e.event_id)}/cancel`), { reason })) }, t("cancel_event"))) },
         ], held)),
       h("section", { class: "card" }, h("h2", {}, t("approvals")),
         table([
@@ -579,7 +607,7 @@ async function operations() {
           { label: t("reason"), cell: (a) => a.reason || "" },
           { label: "", cell: (a) => h("span", { class: "actions" },
             h("button", { class: "quiet", onclick: confirmThen(t("approve"), () => api("POST", inProgram(`/approvals/${encodeURIComponent(a.id)}/approve`))) }, t("approve")),
-            h("button", { class: "quiet", onclick: confirmThen(t("decline"), () => api("POST", inProgram(`/approvals/${encodeURIComponent(a.id)}/decline`))) }, t("decline"))) },
+            h("button", { class: "quiet", testid: `decline-${a.id}`, onclick: withReason(t("decline"), (reason) => api("POST", inProgram(`/approvals/${encodeURIComponent(a.id)}/decline`), { reason })) }, t("decline"))) },
         ], pending))),
     h("section", { class: "card" }, h("h2", {}, t("job_runs")),
       table([

@@ -362,6 +362,22 @@ def test_an_operator_redrives_a_dead_letter_and_sees_the_last_job_runs(page: Pag
     assert [rows.nth(i).locator("td").first.inner_text() for i in range(len(jobs))] == [j["job"] for j in jobs]
 
 
+def test_an_operator_replays_a_rejected_event_from_its_row(page: Page, server: Server):
+    # GIVEN an event kr-shop rejected (an action it does not reward)
+    event = {"type": "engagement.recorded", "version": 1, "id": "ev-console-share", "program": "kr-shop",
+             "member": "m-1", "occurred_at": ago(0), "data": {"action": "share", "ref": "ev-console-share"}}
+    assert server.call("POST", f"{P}/events", event)[0] == 202
+    server.eventually(lambda: server.call("GET", f"{P}/rejected-events/ev-console-share")[0] == 200, "the rejection")
+    # WHEN an operator opens the operations page THEN the event is listed by its id
+    page.get_by_role("link", name="Operations").click()
+    expect(page.get_by_test_id("replays-ev-console-share")).to_have_text("0")
+    # WHEN it is replayed from its row, confirmed in the dialog
+    page.get_by_test_id("replay-ev-console-share").click()
+    page.get_by_test_id("confirm").click()
+    # THEN the API counts the replay
+    server.eventually(lambda: server.call("GET", f"{P}/rejected-events/ev-console-share")[1].get("replays") == 1, "the replay")
+
+
 def test_the_program_editor_names_every_problem_by_field_and_keeps_versions(page: Page, server: Server):
     # GIVEN the program file in the editor
     page.get_by_role("link", name="Program").click()

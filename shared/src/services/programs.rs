@@ -135,6 +135,7 @@ impl Services {
                 "point_value": program
                     .point_value_micros
                     .map(|m| crate::liability::decimal(i128::from(m), 0)),
+                "tier_measure": program.tier_rules.measure,
             }));
         }
         Ok(json!({"programs": programs}))

@@ -238,10 +238,12 @@ function barChart({ id, title, series, rows, format = num, intervals }) {
 const tile = (id, label, value, raw) => h("div", { class: "tile", testid: `kpi-${id}`, "data-value": raw ?? "" }, h("div", { class: "label" }, label), h("div", { class: "value" }, value));
 
 async function overview(params) {
-  const to = params.get("to") || today();
+  // Dates from the address only as dates: anything else there would reach the API's query.
+  const date = (v) => (/^\d{4}-\d{2}-\d{2}$/.test(v || "") ? v : null);
+  const to = date(params.get("to")) || today();
   const fromDefault = new Date(`${to}T00:00:00Z`);
   fromDefault.setUTCDate(fromDefault.getUTCDate() - 29);
-  const from = params.get("from") || fromDefault.toISOString().slice(0, 10);
+  const from = date(params.get("from")) || fromDefault.toISOString().slice(0, 10);
   const [kpis, liability] = await Promise.all([
     api("GET", inProgram(`/reports/kpis?from=${from}&to=${to}`)),
     api("GET", inProgram(`/reports/liability?as_of=${to}`)),
@@ -666,16 +668,28 @@ const redirectUri = () => `${location.origin}${location.pathname}`;
 
 async function cognitoSignIn() {
   const verifier = b64url(crypto.getRandomValues(new Uint8Array(32)));
+  const nonce = b64url(crypto.getRandomValues(new Uint8Array(16)));
   sessionStorage.setItem("loyalty.pkce", verifier);
+  sessionStorage.setItem("loyalty.oauth_state", nonce);
   const challenge = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
   const q = new URLSearchParams({ response_type: "code", client_id: state.config.client_id, redirect_uri: redirectUri(),
-    scope: "openid email loyalty/admin", code_challenge: challenge, code_challenge_method: "S256" });
+    scope: "openid email loyalty/admin", code_challenge: challenge, code_challenge_method: "S256", state: nonce });
   location.assign(`https://${state.config.cognito_domain}/oauth2/authorize?${q}`);
 }
 
-async function finishCognito(code) {
+// Only a sign-in this browser started is finished: a link carrying someone else's code (and no
+// state of ours) would sign the operator in as that someone.
+async function finishCognito(code, returned) {
+  const verifier = sessionStorage.getItem("loyalty.pkce");
+  const expected = sessionStorage.getItem("loyalty.oauth_state");
+  sessionStorage.removeItem("loyalty.pkce");
+  sessionStorage.removeItem("loyalty.oauth_state");
+  if (!verifier || !expected || returned !== expected) {
+    history.replaceState(null, "", redirectUri());
+    throw new ProblemError({ title: t("signin_failed"), detail: "this sign-in was not started from this console" });
+  }
   const body = new URLSearchParams({ grant_type: "authorization_code", client_id: state.config.client_id, code,
-    redirect_uri: redirectUri(), code_verifier: sessionStorage.getItem("loyalty.pkce") || "" });
+    redirect_uri: redirectUri(), code_verifier: verifier });
   const response = await fetch(`https://${state.config.cognito_domain}/oauth2/token`, { method: "POST", body,
     headers: { "Content-Type": "application/x-www-form-urlencoded" } });
   if (!response.ok) throw new ProblemError({ title: t("signin_failed"), detail: await response.text() });
@@ -738,8 +752,9 @@ async function start() {
   } catch {
     state.config = { auth: "token" };
   }
-  const code = new URLSearchParams(location.search).get("code");
-  if (code && state.config.auth === "cognito") await finishCognito(code).catch(showProblem);
+  const query = new URLSearchParams(location.search);
+  const code = query.get("code");
+  if (code && state.config.auth === "cognito") await finishCognito(code, query.get("state")).catch(showProblem);
   $("#lang").addEventListener("click", () => {
     state.lang = state.lang === "ko" ? "en" : "ko";
     localStorage.setItem("loyalty.lang", state.lang);

@@ -194,8 +194,11 @@ def test_a_cognito_console_signs_in_by_code_and_signing_out_ends_the_cognito_ses
     page.route(f"https://{domain}/oauth2/token",
                lambda route: route.fulfill(json={"access_token": server.admin}, headers={"Access-Control-Allow-Origin": "*"}))
     page.route(f"https://{domain}/logout**", lambda route: (left.append(route.request.url), route.fulfill(body="bye")))
-    # WHEN Cognito sends the operator back with a code
-    page.goto(server.base + "/console/?code=the-code")
+    # (the sign-in this browser started: its PKCE verifier and state)
+    page.goto(server.base + "/console/")
+    page.evaluate("sessionStorage.setItem('loyalty.pkce', 'the-verifier'); sessionStorage.setItem('loyalty.oauth_state', 'the-state')")
+    # WHEN Cognito sends the operator back with a code and the state
+    page.goto(server.base + "/console/?code=the-code&state=the-state")
     # THEN the console exchanges it for a token (under the page's Content-Security-Policy) and
     # shows the overview
     expect(page.get_by_test_id("kpi-members")).to_be_visible()
@@ -209,6 +212,10 @@ def test_a_cognito_console_signs_in_by_code_and_signing_out_ends_the_cognito_ses
     # (the page's own address, which the sign-in returns to as well)
     assert urllib.parse.unquote(query["logout_uri"]) == server.base + "/console/"
     page.goto(server.base + "/console/")
+    assert page.evaluate("sessionStorage.getItem('loyalty.token')") is None
+    # WHEN a link brings a code this browser did not ask for THEN it is not exchanged
+    page.goto(server.base + "/console/?code=someone-elses-code&state=forged")
+    expect(page.get_by_test_id("problem")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('loyalty.token')") is None
     context.close()
 

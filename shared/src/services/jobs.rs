@@ -911,13 +911,13 @@ fn notice(
     OutboxMessage::new(QueueName::Notify, message)
 }
 
-/// Which of `n` programs a run at `now` starts with: one further every minute and every hour,
-/// so that runs every minute (`loyalty serve`) and hourly schedules alike start with each in
-/// turn (a step of 61 a hour shares no factor with a list shorter than 61).
+/// Which of `n` programs a run at `now` starts with: the hours since the epoch plus the minute
+/// of the hour, so that hourly schedules (at a fixed minute) start one further each hour, and
+/// runs every minute (`loyalty serve`) one further each minute.
 fn turn(now: DateTime<Utc>, n: usize) -> usize {
     let minutes = u64::try_from(now.timestamp()).unwrap_or(0) / 60;
     let n = u64::try_from(n.max(1)).unwrap_or(1);
-    usize::try_from((minutes + minutes / 60) % n).unwrap_or(0)
+    usize::try_from((minutes / 60 + minutes % 60) % n).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -928,7 +928,7 @@ mod tests {
     fn hourly_runs_start_with_every_program_in_turn() {
         // GIVEN runs at 5 past every hour
         let start = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 5, 0, 5, 0).unwrap();
-        for n in [2, 3, 4, 5, 6, 10, 12, 30, 60] {
+        for n in [2, 3, 4, 5, 6, 10, 12, 30, 60, 61, 122] {
             // WHEN n programs are listed
             let firsts: std::collections::BTreeSet<usize> = (0..n)
                 .map(|h| turn(start + Duration::hours(h as i64), n))

@@ -119,9 +119,22 @@ pub fn normalise(
         }
     };
     let orders = required(resource, "order_id")?;
+    let listed: Vec<&str> = orders
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .collect();
+    // Bulk events list several orders, comma-separated, with one set of amounts: a
+    // cancellation names no amount and applies to each, but a payment or a refund cannot be
+    // shared out among its orders (each would be credited or reversed by the whole).
+    if listed.len() > 1 && !matches!(effect, Effect::Cancel) {
+        return Err(invalid(format!(
+            "event_no {event_no} lists {} orders ({orders}) with one amount: it cannot be shared out among them; reconcile them one by one",
+            listed.len()
+        )));
+    }
     let mut events = Vec::new();
-    // Bulk events list several orders, comma-separated.
-    for order_id in orders.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+    for order_id in listed {
         let event = match effect {
             Effect::Paid => paid(resource, order_id, now)?,
             Effect::Cancel => Some(cancelled(resource, order_id, now)),
@@ -388,6 +401,26 @@ mod tests {
             normalise(no_claim.to_string().as_bytes(), Currency::KRW, now()),
             Err(WebhookError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_bulk_refund_or_payment_with_one_amount_for_several_orders_is_refused() {
+        // GIVEN a bulk refund of two orders with one amount, and a payment of two orders
+        let refund = json!({"event_no": 90073, "resource": {"order_id": "A-1,A-2",
+            "member_id": "m", "claim_code": "C-1", "refund_amount": "10000",
+            "actual_payment_amount": "20000", "currency": "KRW"}});
+        let paid = json!({"event_no": 90023, "resource": {"order_id": "A-1,A-2",
+            "member_id": "m", "paid": "T"}});
+        for body in [refund, paid] {
+            // WHEN each is read THEN it is refused, naming the orders, rather than applying the
+            // whole amount to each
+            match normalise(body.to_string().as_bytes(), Currency::KRW, now()) {
+                Err(WebhookError::Invalid(detail)) => {
+                    assert!(detail.contains("A-1,A-2"), "{detail}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use chrono::{DateTime, Utc};
 
 use super::{hmac, verify, MemberRef, Normalised, PlatformEvent, WebhookError};
-use crate::envelope::{Envelope, EARN_TYPES};
+use serde_json::Value;
+
+use crate::envelope::Envelope;
 
 pub const SIGNATURE_HEADER: &str = "x-loyalty-signature";
 const MAX_SKEW_SECONDS: i64 = 300;
@@ -64,18 +66,50 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The envelope as sent; the service checks it like any submitted event.
+/// What a till may send: sales, returns, memberships sold and actions, never points of its own
+/// choosing (`points.granted` is the campaigns').
+const POS_TYPES: &[&str] = &[
+    "purchase.completed",
+    "purchase.refunded",
+    "purchase.cancelled",
+    "engagement.recorded",
+    "membership.paid",
+];
+
+/// The id prefixes of the platforms' webhook events: a till's event named like one of them would
+/// take its place (the queue and the markers would call the platform's own a repeat).
+const PLATFORM_ID_PREFIXES: &[&str] = &["shopify-", "woocommerce-", "cafe24-"];
+
+/// The envelope as sent; the service checks it like any submitted event. A till speaks for
+/// itself only: its events are not the platforms' (by id or by `data.platform`).
 pub fn normalise(body: &[u8]) -> Result<Normalised, WebhookError> {
     let envelope: Envelope = serde_json::from_slice(body)
         .map_err(|e| WebhookError::Invalid(format!("the body is not an event envelope: {e}")))?;
-    let kind = EARN_TYPES
+    if let Some(prefix) = PLATFORM_ID_PREFIXES
+        .iter()
+        .find(|p| envelope.id.starts_with(**p))
+    {
+        return Err(WebhookError::Invalid(format!(
+            "id {:?} starts with {prefix:?}, which names another platform's events",
+            envelope.id
+        )));
+    }
+    match envelope.data.get("platform").and_then(Value::as_str) {
+        None | Some("pos") => {}
+        Some(other) => {
+            return Err(WebhookError::Invalid(format!(
+                "data.platform {other:?}: a POS sends its own events (\"pos\", or none)"
+            )))
+        }
+    }
+    let kind = POS_TYPES
         .iter()
         .find(|t| **t == envelope.kind)
         .ok_or_else(|| {
             WebhookError::Invalid(format!(
                 "type {:?} is not one of {}",
                 envelope.kind,
-                EARN_TYPES.join(", ")
+                POS_TYPES.join(", ")
             ))
         })?;
     Ok(Normalised::Events(vec![PlatformEvent {
@@ -93,6 +127,36 @@ pub fn normalise(body: &[u8]) -> Result<Normalised, WebhookError> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    fn envelope(id: &str, kind: &str, platform: Option<&str>) -> Vec<u8> {
+        let mut data = serde_json::json!({"order_id": "o-1", "currency": "KRW", "channel": "store",
+            "shipping": "0", "tax": "0", "lines": []});
+        if let Some(p) = platform {
+            data["platform"] = serde_json::json!(p);
+        }
+        serde_json::json!({"type": kind, "version": 1, "id": id, "program": "kr-shop",
+            "member": "pos:42", "occurred_at": "2026-11-22T12:00:00Z", "data": data})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_till_cannot_send_a_platform_s_event_or_points_of_its_choosing() {
+        // GIVEN a till's sale, and deliveries named like Shopify's, saying Shopify, or granting
+        let sale = envelope("till-7-sale-1", "purchase.completed", Some("pos"));
+        let named = envelope("shopify-order-1-paid", "purchase.completed", None);
+        let saying = envelope("till-7-sale-2", "purchase.completed", Some("shopify"));
+        let granting = envelope("till-7-grant", "points.granted", None);
+        // WHEN each is read THEN the sale is taken and the others are refused
+        assert!(matches!(normalise(&sale), Ok(Normalised::Events(_))));
+        for body in [named, saying, granting] {
+            assert!(
+                matches!(normalise(&body), Err(WebhookError::Invalid(_))),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
 
     #[test]
     fn a_fresh_signature_verifies_and_an_old_one_does_not() {

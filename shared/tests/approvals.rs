@@ -5,30 +5,32 @@
 mod common;
 
 use chrono::{Duration, TimeZone, Utc};
+use std::sync::Arc;
+
 use loyalty_core::ports::{Clock, FixedClock, ParkingStore};
 use loyalty_core::services::safeguards::DECIDED_KEY;
+use loyalty_core::services::Services;
 use loyalty_core::store::sqlite::SqliteStore;
 use serde_json::json;
+
+/// kr-shop asking a second operator for adjustments above 10,000, on 1 December 2026.
+async fn stack() -> (SqliteStore, Arc<FixedClock>, Services) {
+    let store = SqliteStore::memory().unwrap();
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap());
+    let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
+    common::save_kr_shop_with(
+        &services,
+        "[safeguards]\nadjustment_approval_above = 10000\n",
+    )
+    .await;
+    (store, clock, services)
+}
 
 #[tokio::test]
 async fn a_decided_approval_answers_its_key_for_a_week_and_is_then_forgotten() {
     // GIVEN kr-shop asking a second operator for adjustments above 10,000, and ops-1's request
     // for 50,000 sent with key k-1 and approved by ops-2
-    let store = SqliteStore::memory().unwrap();
-    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap());
-    let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
-    let file = format!(
-        "{}\n[safeguards]\nadjustment_approval_above = 10000\n",
-        include_str!("../../examples/kr-shop.toml")
-    );
-    services
-        .put_program(
-            "kr-shop",
-            &file,
-            loyalty_core::services::programs::ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
+    let (store, clock, services) = stack().await;
     let body = json!({"points": 50_000, "reason": "store credit"}).to_string();
     let ask = |key: &'static str| {
         let (services, body) = (&services, &body);
@@ -80,21 +82,7 @@ async fn a_decided_approval_answers_its_key_for_a_week_and_is_then_forgotten() {
 #[tokio::test]
 async fn a_key_used_again_after_its_decision_expired_is_a_new_adjustment() {
     // GIVEN ops-1's request for 50,000 for m-1 with key k-1, approved by ops-2
-    let store = SqliteStore::memory().unwrap();
-    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap());
-    let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
-    let file = format!(
-        "{}\n[safeguards]\nadjustment_approval_above = 10000\n",
-        include_str!("../../examples/kr-shop.toml")
-    );
-    services
-        .put_program(
-            "kr-shop",
-            &file,
-            loyalty_core::services::programs::ProgramFormat::Toml,
-        )
-        .await
-        .unwrap();
+    let (_store, clock, services) = stack().await;
     let body = json!({"points": 50_000, "reason": "store credit"}).to_string();
     let asked = services
         .adjust("kr-shop", "m-1", "ops-1", Some("k-1"), body.as_bytes())

@@ -82,15 +82,16 @@ fn rival_services(table: &str) -> Services {
     )
 }
 
-const REASON: &[u8] = br#"{"reason": "the coupon never reached the member"}"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reversal_committed_between_another_s_reads_makes_that_one_refuse() {
-    // GIVEN a member with 10,000 points who redeemed a 5,000-point coupon
+/// kr-shop (with `extra` TOML) on a table of its own in moto, through a client that runs the
+/// armed rival's operation at the armed moment.
+async fn racing(
+    provider: &'static str,
+    extra: &str,
+) -> (String, Interleave, Arc<DynamoStore>, Services) {
     let table = format!("loyalty-racing-{}", uuid::Uuid::new_v4().simple());
     let interleave = Interleave::default();
     let client = aws_sdk_dynamodb::Client::from_conf(
-        common::moto_dynamodb("racing-operators")
+        common::moto_dynamodb(provider)
             .interceptor(interleave.clone())
             .build(),
     );
@@ -101,7 +102,16 @@ async fn a_reversal_committed_between_another_s_reads_makes_that_one_refuse() {
         Arc::new(common::Recorder::default()),
         FixedClock::at(now()),
     );
-    common::save_kr_shop(&services).await;
+    common::save_kr_shop_with(&services, extra).await;
+    (table, interleave, store, services)
+}
+
+const REASON: &[u8] = br#"{"reason": "the coupon never reached the member"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_committed_between_another_s_reads_makes_that_one_refuse() {
+    // GIVEN a member with 10,000 points who redeemed a 5,000-point coupon
+    let (table, interleave, store, services) = racing("racing-operators", "").await;
     let adjustment = json!({"points": 10_000, "reason": "opening balance"}).to_string();
     services
         .adjust("kr-shop", "m-race", "ops", None, adjustment.as_bytes())
@@ -162,32 +172,11 @@ async fn a_reversal_committed_between_another_s_reads_makes_that_one_refuse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adjustment_committed_between_another_s_check_and_commit_keeps_the_daily_limit() {
     // GIVEN kr-shop that lets an operator adjust 8,000 points a day
-    let table = format!("loyalty-racing-{}", uuid::Uuid::new_v4().simple());
-    let interleave = Interleave::default();
-    let client = aws_sdk_dynamodb::Client::from_conf(
-        common::moto_dynamodb("racing-adjustments")
-            .interceptor(interleave.clone())
-            .build(),
-    );
-    let store = Arc::new(DynamoStore::new(client, &table));
-    store.create_table().await.expect("moto creates the table");
-    let services = Services::new(
-        store.clone(),
-        Arc::new(common::Recorder::default()),
-        FixedClock::at(now()),
-    );
-    let file = format!(
-        "{}\n[safeguards]\noperator_daily_points = 8000\n",
-        include_str!("../../examples/kr-shop.toml")
-    );
-    services
-        .put_program(
-            "kr-shop",
-            &file,
-            loyalty_core::services::programs::ProgramFormat::Toml,
-        )
-        .await
-        .expect("kr-shop is saved");
+    let (table, interleave, store, services) = racing(
+        "racing-adjustments",
+        "[safeguards]\noperator_daily_points = 8000\n",
+    )
+    .await;
     // WHEN ops adjusts m-b by 5,000 while its adjustment of m-a by 5,000, already checked
     // against the limit, reads m-a
     let rival_table = table.clone();

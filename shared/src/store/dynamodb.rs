@@ -3508,27 +3508,15 @@ impl ErasureStore for DynamoStore {
                 .set_expression_attribute_values(Some(values))
                 .filter_expression(filter)
                 .consistent_read(true);
-            let mut start = None;
-            loop {
-                let output = scan
-                    .clone()
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("cannot find the events to forget", e))?;
-                for item in output.items.unwrap_or_default() {
-                    let (Some(pk), Some(sk)) = (text(&item, "PK"), text(&item, "SK")) else {
-                        continue;
-                    };
-                    keys.insert((pk.to_string(), sk.to_string()), key(pk, sk));
-                    // A rejected event is listed under its day too.
-                    if let (Some(lp), Some(ls)) = (text(&item, "list_pk"), text(&item, "list_sk")) {
-                        keys.insert((lp.to_string(), ls.to_string()), key(lp, ls));
-                    }
-                }
-                start = output.last_evaluated_key;
-                if start.is_none() {
-                    break;
+            let found = scan_all(scan, "cannot find the events to forget").await?;
+            for item in &found {
+                let (Some(pk), Some(sk)) = (text(item, "PK"), text(item, "SK")) else {
+                    continue;
+                };
+                keys.insert((pk.to_string(), sk.to_string()), key(pk, sk));
+                // A rejected event is listed under its day too.
+                if let (Some(lp), Some(ls)) = (text(item, "list_pk"), text(item, "list_sk")) {
+                    keys.insert((lp.to_string(), ls.to_string()), key(lp, ls));
                 }
             }
         }
@@ -3556,26 +3544,33 @@ impl ErasureStore for DynamoStore {
             .projection_expression("#m")
             .expression_attribute_names("#m", "member")
             .consistent_read(true);
-        let mut referees = Vec::new();
-        let mut start = None;
-        loop {
-            let output = scan
-                .clone()
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| sdk_error("cannot find the members referred", e))?;
-            for item in output.items() {
-                if let Some(member) = text(item, "member") {
-                    referees.push(member.to_string());
-                }
-            }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
+        let found = scan_all(scan, "cannot find the members referred").await?;
+        Ok(found
+            .iter()
+            .filter_map(|item| text(item, "member").map(str::to_string))
+            .collect())
+    }
+}
+
+/// Every item a filtered scan finds, page after page (erasures: rare, and never on a hot path).
+async fn scan_all(
+    scan: aws_sdk_dynamodb::operation::scan::builders::ScanFluentBuilder,
+    what: &str,
+) -> Result<Vec<Item>, StoreError> {
+    let mut found = Vec::new();
+    let mut start = None;
+    loop {
+        let output = scan
+            .clone()
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| sdk_error(what, e))?;
+        found.extend(output.items.unwrap_or_default());
+        start = output.last_evaluated_key;
+        if start.is_none() {
+            return Ok(found);
         }
-        Ok(referees)
     }
 }
 

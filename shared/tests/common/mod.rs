@@ -60,10 +60,19 @@ pub fn kr() -> Program {
 
 /// Saves kr-shop as its operator would, in TOML.
 pub async fn save_kr_shop(services: &loyalty_core::services::Services) {
+    save_kr_shop_with(services, "").await;
+}
+
+/// Saves kr-shop with `extra` TOML tables appended (`[safeguards]` ...).
+pub async fn save_kr_shop_with(services: &loyalty_core::services::Services, extra: &str) {
+    let file = format!(
+        "{}\n{extra}",
+        include_str!("../../../examples/kr-shop.toml")
+    );
     services
         .put_program(
             "kr-shop",
-            include_str!("../../../examples/kr-shop.toml"),
+            &file,
             loyalty_core::services::programs::ProgramFormat::Toml,
         )
         .await

@@ -499,6 +499,12 @@ async function campaign(id) {
   const put = async (change = (b) => b) => {
     const campaignId = creating ? idInput.value.trim() : id;
     if (!campaignId) throw new ProblemError({ title: t("error"), detail: t("campaign_id_needed") });
+    // A new campaign never replaces one of the same id (a running one would get the template).
+    if (creating) {
+      const taken = await api("GET", inProgram(`/campaigns/${encodeURIComponent(campaignId)}`))
+        .then(() => true, (e) => (e.problem?.status === 404 ? false : Promise.reject(e)));
+      if (taken) throw new ProblemError({ title: t("error"), detail: t("campaign_id_taken", { id: campaignId }) });
+    }
     const saved = await api("PUT", inProgram(`/campaigns/${encodeURIComponent(campaignId)}`), change(parseJson(text.value)));
     showProblem(null);
     sessionStorage.setItem("loyalty.notice", t("saved_version", { version: saved.version }));

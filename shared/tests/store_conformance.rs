@@ -2109,3 +2109,36 @@ async fn dynamo() -> Arc<dyn Store> {
 
 #[cfg(feature = "aws")]
 conformance!(dynamodb_store, dynamo());
+
+#[tokio::test]
+async fn a_sqlite_file_keeps_the_quotas_of_the_last_two_days_only() {
+    use loyalty_core::ports::MemberStore as _;
+    use loyalty_core::store::sqlite::SqliteStore;
+    // GIVEN an operator's quota counted on 1 December in a database file
+    let path = std::env::temp_dir().join(format!("quota-{}.sqlite", uuid::Uuid::new_v4().simple()));
+    let store = SqliteStore::open(&path).unwrap();
+    let quota = |day: u32| Quota {
+        name: "a|ops".into(),
+        day: chrono::NaiveDate::from_ymd_opt(2026, 12, day).unwrap(),
+        add: 10,
+        limit: 1_000,
+    };
+    let mut first = commit(&member(), None, 10, "q1", None);
+    first.quota = Some(quota(1));
+    store.commit(first).await.unwrap();
+    // WHEN the operator adjusts again on 5 December
+    let mut later = commit(&member(), None, 10, "q2", None);
+    later.quota = Some(quota(5));
+    store.commit(later).await.unwrap();
+    // THEN only the day of 5 December is kept
+    let days: Vec<String> = rusqlite::Connection::open(&path)
+        .unwrap()
+        .prepare("SELECT day FROM quotas")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(days, vec!["2026-12-05".to_string()]);
+    let _ = std::fs::remove_file(&path);
+}

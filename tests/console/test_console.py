@@ -279,6 +279,14 @@ def test_a_marketer_fixes_a_campaign_by_field_and_opens_its_report(page: Page, s
     page.get_by_role("link", name="Campaigns").click()
     expect(page.get_by_test_id("campaign-list")).to_contain_text("Spring double points")
     expect(page.get_by_test_id("campaign-list")).to_contain_text("running")
+    # WHEN another new campaign is saved under the same id
+    before = server.call("GET", f"{P}/campaigns/spring-double")[1]
+    page.get_by_test_id("campaign-new").click()
+    page.get_by_test_id("campaign-id").fill("spring-double")
+    page.get_by_test_id("campaign-save").click()
+    # THEN the problem says it exists, and the running campaign is as it was
+    expect(page.get_by_test_id("problem")).to_contain_text("spring-double")
+    assert server.call("GET", f"{P}/campaigns/spring-double")[1] == before
 
 
 def test_the_overview_totals_equal_the_reports(page: Page, server: Server):

@@ -1489,9 +1489,16 @@ fn add_counts(tx: &Connection, program: &str, add: &CounterAdd) -> Result<(), St
 }
 
 /// Adds to a quota's total of the day, inside the caller's transaction; false (and nothing
-/// written) when that would pass its limit.
+/// written) when that would pass its limit. The program's totals of days two and more before
+/// go (DynamoDB's TTL removes them there).
 fn count_quota(tx: &Connection, program: &str, quota: &Quota) -> Result<bool, StoreError> {
     let day = quota.day.to_string();
+    let kept_from = (quota.day - chrono::Duration::days(2)).to_string();
+    tx.exec(
+        "DELETE FROM quotas WHERE program = ?1 AND day < ?2",
+        params![program, kept_from],
+    )
+    .map_err(|e| sql_error("cannot forget old quotas", e))?;
     let used: i64 = tx
         .row(
             "SELECT used FROM quotas WHERE program = ?1 AND day = ?2 AND name = ?3",

@@ -106,6 +106,26 @@ async fn racing(
     (table, interleave, store, services)
 }
 
+/// Arms the interleaving: `rival` runs to its end, on services of its own on `table`, just
+/// before the next read of the member whose partition is `pk`.
+fn arm<F, Fut>(interleave: &Interleave, pk: &str, table: &str, rival: F)
+where
+    F: FnOnce(Services) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let table = table.to_string();
+    *interleave.armed.lock().unwrap() = Some((
+        pk.to_string(),
+        Box::new(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(rival(rival_services(&table)));
+        }),
+    ));
+}
+
 const REASON: &[u8] = br#"{"reason": "the coupon never reached the member"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,22 +149,18 @@ async fn a_reversal_committed_between_another_s_reads_makes_that_one_refuse() {
         .unwrap();
     let id = redeemed.body["id"].as_str().unwrap().to_string();
     // WHEN another operator's reversal of it commits while this reversal reads the member
-    let (rival_table, rival_id) = (table.clone(), id.clone());
-    *interleave.armed.lock().unwrap() = Some((
-        "P#kr-shop#M#m-race".into(),
-        Box::new(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+    let rival_id = id.clone();
+    arm(
+        &interleave,
+        "P#kr-shop#M#m-race",
+        &table,
+        |rival| async move {
+            rival
+                .reverse_redemption("kr-shop", "m-race", &rival_id, "ops-2", REASON)
+                .await
                 .unwrap();
-            runtime.block_on(async {
-                rival_services(&rival_table)
-                    .reverse_redemption("kr-shop", "m-race", &rival_id, "ops-2", REASON)
-                    .await
-                    .unwrap();
-            });
-        }),
-    ));
+        },
+    );
     let answer = services
         .reverse_redemption("kr-shop", "m-race", &id, "ops-1", REASON)
         .await;
@@ -179,23 +195,13 @@ async fn an_adjustment_committed_between_another_s_check_and_commit_keeps_the_da
     .await;
     // WHEN ops adjusts m-b by 5,000 while its adjustment of m-a by 5,000, already checked
     // against the limit, reads m-a
-    let rival_table = table.clone();
-    *interleave.armed.lock().unwrap() = Some((
-        "P#kr-shop#M#m-a".into(),
-        Box::new(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let body = json!({"points": 5_000, "reason": "goodwill"}).to_string();
-                rival_services(&rival_table)
-                    .adjust("kr-shop", "m-b", "ops", None, body.as_bytes())
-                    .await
-                    .unwrap();
-            });
-        }),
-    ));
+    arm(&interleave, "P#kr-shop#M#m-a", &table, |rival| async move {
+        let body = json!({"points": 5_000, "reason": "goodwill"}).to_string();
+        rival
+            .adjust("kr-shop", "m-b", "ops", None, body.as_bytes())
+            .await
+            .unwrap();
+    });
     let body = json!({"points": 5_000, "reason": "goodwill"}).to_string();
     let answer = services
         .adjust("kr-shop", "m-a", "ops", None, body.as_bytes())

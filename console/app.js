@@ -410,6 +410,11 @@ function download(name, data) {
 function editor(id, value) {
   return h("textarea", { class: "code", id, testid: id, spellcheck: "false" }, value);
 }
+/** A 412 from a save: said plainly, with what to do (the operator's text stays in the editor). */
+function changedMeanwhile(error) {
+  if (error?.problem?.status !== 412) return error;
+  return new ProblemError({ ...error.problem, title: t("changed_meanwhile"), detail: t("changed_meanwhile_detail") });
+}
 function parseJson(text) {
   try {
     return JSON.parse(text);
@@ -425,13 +430,15 @@ async function programPage(params) {
   const notice = h("div", { class: "notice", testid: "notice", hidden: true });
   const save = async () => {
     try {
-      const saved = await api("PUT", inProgram(""), JSON.stringify(parseJson(text.value)));
+      // Saved only over the version this page read: another operator's save is never lost.
+      const saved = await api("PUT", inProgram(""), JSON.stringify(parseJson(text.value)), { "If-Match": `"${current.version}"` });
+      current.version = saved.version;
       showProblem(null);
       notice.textContent = t("saved_version", { version: saved.version });
       notice.hidden = false;
       await loadPrograms();
     } catch (e) {
-      showProblem(e);
+      showProblem(changedMeanwhile(e));
     }
   };
   return [
@@ -499,13 +506,12 @@ async function campaign(id) {
   const put = async (change = (b) => b) => {
     const campaignId = creating ? idInput.value.trim() : id;
     if (!campaignId) throw new ProblemError({ title: t("error"), detail: t("campaign_id_needed") });
-    // A new campaign never replaces one of the same id (a running one would get the template).
-    if (creating) {
-      const taken = await api("GET", inProgram(`/campaigns/${encodeURIComponent(campaignId)}`))
-        .then(() => true, (e) => (e.problem?.status === 404 ? false : Promise.reject(e)));
-      if (taken) throw new ProblemError({ title: t("error"), detail: t("campaign_id_taken", { id: campaignId }) });
-    }
-    const saved = await api("PUT", inProgram(`/campaigns/${encodeURIComponent(campaignId)}`), change(parseJson(text.value)));
+    // A new campaign never replaces one of the same id (a running one would get the template),
+    // and a save, start or stop is made only over the version this page read.
+    const precondition = creating ? { "If-None-Match": "*" } : { "If-Match": `"${current.version}"` };
+    const saved = await api("PUT", inProgram(`/campaigns/${encodeURIComponent(campaignId)}`), change(parseJson(text.value)), precondition)
+      .catch((e) => Promise.reject(creating && e.problem?.status === 412
+        ? new ProblemError({ title: t("error"), detail: t("campaign_id_taken", { id: campaignId }) }) : changedMeanwhile(e)));
     showProblem(null);
     sessionStorage.setItem("loyalty.notice", t("saved_version", { version: saved.version }));
     if (creating) location.hash = `#/campaigns/${encodeURIComponent(campaignId)}`;

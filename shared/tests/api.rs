@@ -353,3 +353,175 @@ async fn a_member_token_sees_only_its_own_member() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// A request with extra headers; the answer's status, ETag and body.
+async fn call_with(
+    h: &Harness,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, Option<String>, Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {}", admin(None)))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Body::from(body.to_string())).unwrap();
+    let response = h.app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let etag = response
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_string());
+    let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (
+        status,
+        etag,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn type_of(problem: &Value) -> &str {
+    problem["type"]
+        .as_str()
+        .unwrap_or("")
+        .rsplit('/')
+        .next()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_editor_never_overwrites_a_program_saved_after_it_read() {
+    // GIVEN kr-shop saved, and two operators who both read it (the same ETag)
+    let h = harness();
+    call(
+        &h,
+        "PUT",
+        "/v1/programs/kr-shop",
+        &admin(None),
+        "application/toml",
+        KR,
+    )
+    .await;
+    let (_, read, current) = call_with(&h, "GET", "/v1/programs/kr-shop", &[], "").await;
+    assert_eq!(read.as_deref(), Some("\"1\""));
+    let file = current["file"].to_string();
+    // WHEN the first saves with If-Match, then the second with the same If-Match
+    let (first, saved_tag, _) = call_with(
+        &h,
+        "PUT",
+        "/v1/programs/kr-shop",
+        &[("if-match", read.as_deref().unwrap())],
+        &file,
+    )
+    .await;
+    let (second, _, problem) = call_with(
+        &h,
+        "PUT",
+        "/v1/programs/kr-shop",
+        &[("if-match", read.as_deref().unwrap())],
+        &file,
+    )
+    .await;
+    // THEN the first is saved as version 2 and answers its new ETag
+    assert_eq!(
+        (first, saved_tag.as_deref()),
+        (StatusCode::OK, Some("\"2\""))
+    );
+    // AND the second is refused with 412, as a problem, and nothing more is saved
+    assert_eq!(second, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(type_of(&problem), "version-changed");
+    let (_, tag, _) = call_with(&h, "GET", "/v1/programs/kr-shop", &[], "").await;
+    assert_eq!(tag.as_deref(), Some("\"2\""));
+    // AND a precondition that is not an ETag this API gives is refused, never ignored
+    for (name, value) in [("if-match", "W/\"2\""), ("if-none-match", "\"2\"")] {
+        let (status, _, problem) =
+            call_with(&h, "PUT", "/v1/programs/kr-shop", &[(name, value)], &file).await;
+        assert_eq!(
+            (status, type_of(&problem)),
+            (StatusCode::BAD_REQUEST, "malformed-precondition"),
+            "{name}: {value}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn campaigns_are_started_on_the_version_read_and_created_only_once() {
+    // GIVEN kr-shop and a draft campaign, read by an operator
+    let h = harness();
+    call(
+        &h,
+        "PUT",
+        "/v1/programs/kr-shop",
+        &admin(None),
+        "application/toml",
+        KR,
+    )
+    .await;
+    let draft = json!({
+        "name": "Double points", "kind": "on_exposure", "status": "draft",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": "double-2026", "goal": "purchase",
+        "variants": [
+            {"key": "control", "weight": 0.5, "effect": {"type": "none"}},
+            {"key": "x2", "weight": 0.5, "effect": {"type": "multiplier", "basis_points": 20000}}
+        ]
+    });
+    let uri = "/v1/programs/kr-shop/campaigns/double";
+    let create = [("if-none-match", "*")];
+    let (created, _, _) = call_with(&h, "PUT", uri, &create, &draft.to_string()).await;
+    assert_eq!(created, StatusCode::CREATED);
+    let (_, read, _) = call_with(&h, "GET", uri, &[], "").await;
+    // WHEN another operator changes its weights, then the first starts the version it read
+    let mut reweighted = draft.clone();
+    reweighted["variants"][0]["weight"] = json!(0.2);
+    reweighted["variants"][1]["weight"] = json!(0.8);
+    let (changed, _, _) = call_with(&h, "PUT", uri, &[], &reweighted.to_string()).await;
+    assert_eq!(changed, StatusCode::OK);
+    let mut started = draft.clone();
+    started["status"] = json!("running");
+    let (status, _, problem) = call_with(
+        &h,
+        "PUT",
+        uri,
+        &[("if-match", read.as_deref().unwrap())],
+        &started.to_string(),
+    )
+    .await;
+    // THEN the start is refused (412) and the campaign keeps the other's weights, not running
+    assert_eq!(
+        (status, type_of(&problem)),
+        (StatusCode::PRECONDITION_FAILED, "version-changed")
+    );
+    let (_, tag, now) = call_with(&h, "GET", uri, &[], "").await;
+    assert_eq!(tag.as_deref(), Some("\"2\""));
+    assert_eq!(
+        (
+            now["status"].as_str(),
+            now["variants"][1]["weight"].as_f64()
+        ),
+        (Some("draft"), Some(0.8))
+    );
+    // AND creating it again "only if new" is refused, while If-Match: * saves over it
+    let (again, _, problem) = call_with(&h, "PUT", uri, &create, &draft.to_string()).await;
+    assert_eq!(
+        (again, type_of(&problem)),
+        (StatusCode::PRECONDITION_FAILED, "version-changed")
+    );
+    let (over, tag, _) = call_with(&h, "PUT", uri, &[("if-match", "*")], &draft.to_string()).await;
+    assert_eq!((over, tag.as_deref()), (StatusCode::OK, Some("\"3\"")));
+    // AND If-Match: * never creates one
+    let (absent, _, _) = call_with(
+        &h,
+        "PUT",
+        "/v1/programs/kr-shop/campaigns/other",
+        &[("if-match", "*")],
+        &draft.to_string(),
+    )
+    .await;
+    assert_eq!(absent, StatusCode::PRECONDITION_FAILED);
+}

@@ -287,6 +287,17 @@ def test_a_marketer_fixes_a_campaign_by_field_and_opens_its_report(page: Page, s
     # THEN the problem says it exists, and the running campaign is as it was
     expect(page.get_by_test_id("problem")).to_contain_text("spring-double")
     assert server.call("GET", f"{P}/campaigns/spring-double")[1] == before
+    # WHEN the running campaign is open here while another operator renames it, and it is stopped here
+    page.get_by_role("link", name="Campaigns").click()
+    page.get_by_role("link", name="Spring double points").click()
+    expect(page.get_by_test_id("campaign-stop")).to_be_visible()
+    renamed = {k: v for k, v in before.items() if k not in ("id", "version")} | {"name": "Spring double (renamed)"}
+    assert server.call("PUT", f"{P}/campaigns/spring-double", renamed)[0] == 200
+    page.get_by_test_id("campaign-stop").click()
+    # THEN the stop is refused as saved meanwhile, and the campaign runs on under the other's name
+    expect(page.get_by_test_id("problem-title")).to_have_text("Saved meanwhile by someone else")
+    after = server.call("GET", f"{P}/campaigns/spring-double")[1]
+    assert (after["status"], after["name"], after["version"]) == ("running", "Spring double (renamed)", before["version"] + 1)
 
 
 def test_the_overview_totals_equal_the_reports(page: Page, server: Server):
@@ -422,3 +433,15 @@ def test_the_program_editor_names_every_problem_by_field_and_keeps_versions(page
     # AND an older version can be read as it was saved
     page.get_by_test_id(f"view-v{before[0]['version']}").click()
     expect(page.get_by_test_id("version-view")).to_contain_text('"name": "KR Shop Members"')
+    # WHEN another operator saves a version while this page is open, and the editor saves after
+    page.reload()
+    expect(page.get_by_test_id("program-editor")).to_be_visible()
+    theirs = json.loads(json.dumps(file)) | {"name": "KR Shop Members (theirs)"}
+    assert server.call("PUT", P, raw=json.dumps(theirs).encode(), headers={"Content-Type": "application/json"})[0] == 200
+    saved = server.call("GET", f"{P}/versions")[1]["versions"]
+    page.get_by_test_id("program-editor").fill(json.dumps(file | {"name": "KR Shop Members (mine)"}, indent=2))
+    page.get_by_test_id("program-save").click()
+    # THEN the editor is told, and theirs stays the current version
+    expect(page.get_by_test_id("problem-title")).to_have_text("Saved meanwhile by someone else")
+    assert server.call("GET", f"{P}/versions")[1]["versions"] == saved
+    assert server.call("GET", P)[1]["file"]["name"] == "KR Shop Members (theirs)"

@@ -28,7 +28,7 @@ use crate::ids::{
 };
 
 use crate::services::programs::ProgramFormat;
-use crate::services::Services;
+use crate::services::{Expected, Services};
 use crate::webhooks::Secrets;
 
 /// What every handler needs: the services and how to verify callers.
@@ -254,19 +254,21 @@ async fn put_program(
     body: Bytes,
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
+    let expected = expected_version(&headers)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| Problem::bad_request("malformed-program", "the body is not UTF-8 text"))?;
     let saved = state
         .services
-        .put_program(&program, text, format_of(&headers)?)
+        .put_program_expecting(&program, text, format_of(&headers)?, expected)
         .await?;
     let status = if saved.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    let body = json!({"program": saved.program.id, "version": saved.program.version});
-    Ok((status, Json(body)).into_response())
+    let version = saved.program.version;
+    let body = json!({"program": saved.program.id, "version": version});
+    Ok((status, [etag(version)], Json(body)).into_response())
 }
 
 async fn get_program(
@@ -276,10 +278,49 @@ async fn get_program(
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
     let program = state.services.program(&program).await?;
-    Ok(
-        Json(json!({"program": program.id, "version": program.version, "file": program.file}))
-            .into_response(),
-    )
+    let body = json!({"program": program.id, "version": program.version, "file": program.file});
+    Ok(([etag(program.version)], Json(body)).into_response())
+}
+
+/// A saved version as an entity tag: `"3"` for version 3.
+fn etag(version: u32) -> (header::HeaderName, String) {
+    (header::ETAG, format!("\"{version}\""))
+}
+
+/// What a PUT expects of the version it replaces: `If-Match: "3"` (an ETag this API gave) or
+/// `If-Match: *` (any saved version), `If-None-Match: *` (nothing saved yet), or neither (the
+/// last writer wins, as for scripts). Anything else is refused, never ignored: ignoring it would
+/// let an editor overwrite what it never read.
+fn expected_version(headers: &HeaderMap) -> Result<Expected, Problem> {
+    let malformed = |name: &str| {
+        Problem::bad_request(
+            "malformed-precondition",
+            format!("{name} takes one entity tag this API gave (\"3\") or *"),
+        )
+    };
+    let value = |name: header::HeaderName| -> Result<Option<String>, Problem> {
+        headers
+            .get(&name)
+            .map(|v| v.to_str().map(|t| t.trim().to_string()))
+            .transpose()
+            .map_err(|_| malformed(name.as_str()))
+    };
+    match (value(header::IF_MATCH)?, value(header::IF_NONE_MATCH)?) {
+        (None, None) => Ok(Expected::Any),
+        (Some(m), None) if m == "*" => Ok(Expected::Exists),
+        (Some(m), None) => m
+            .strip_prefix('"')
+            .and_then(|m| m.strip_suffix('"'))
+            .and_then(|v| v.parse::<u32>().ok())
+            .map(Expected::Version)
+            .ok_or_else(|| malformed("If-Match")),
+        (None, Some(n)) if n == "*" => Ok(Expected::Absent),
+        (None, Some(_)) => Err(malformed("If-None-Match")),
+        (Some(_), Some(_)) => Err(Problem::bad_request(
+            "malformed-precondition",
+            "send If-Match or If-None-Match, not both",
+        )),
+    }
 }
 
 /// TOML is the canonical format (no Content-Type, `application/toml` or `text/plain`); JSON is
@@ -381,20 +422,30 @@ async fn put_campaign(
     principal: Principal,
     State(state): State<AppState>,
     Path((program, campaign)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
     let campaign = CampaignId::parse(&campaign)?;
+    let expected = expected_version(&headers)?;
     let (created, saved) = state
         .services
-        .put_campaign(&program, &campaign, &body)
+        .put_campaign_expecting(&program, &campaign, &body, expected)
         .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(saved)).into_response())
+    Ok((status, version_tag(&saved), Json(saved)).into_response())
+}
+
+/// The ETag of a body that names its `version`, if it does.
+fn version_tag(
+    body: &serde_json::Value,
+) -> axum::response::AppendHeaders<Vec<(header::HeaderName, String)>> {
+    let version = body["version"].as_u64().and_then(|v| u32::try_from(v).ok());
+    axum::response::AppendHeaders(version.map(etag).into_iter().collect())
 }
 
 async fn get_campaign(
@@ -404,7 +455,8 @@ async fn get_campaign(
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
     let campaign = CampaignId::parse(&campaign)?;
-    Ok(Json(state.services.campaign(&program, &campaign).await?).into_response())
+    let body = state.services.campaign(&program, &campaign).await?;
+    Ok((version_tag(&body), Json(body)).into_response())
 }
 
 async fn list_campaigns(

@@ -180,6 +180,9 @@ impl From<ServiceError> for Problem {
             ServiceError::Forbidden { problem, detail } => {
                 Problem::new(StatusCode::FORBIDDEN, problem, detail)
             }
+            ServiceError::PreconditionFailed { problem, detail } => {
+                Problem::new(StatusCode::PRECONDITION_FAILED, problem, detail)
+            }
             ServiceError::Unavailable(e) => {
                 tracing::warn!(error = %e, "store unavailable");
                 Problem::new(

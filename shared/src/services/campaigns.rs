@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::{ServiceError, Services};
+use super::{Expected, ServiceError, Services};
 use crate::campaigns::{Campaign, CampaignError, CampaignKind, Effect, Goal};
 use crate::domain::{Account, CampaignEffect, Program};
 use crate::envelope::{Envelope, ENVELOPE_VERSION};
@@ -32,8 +32,28 @@ impl Services {
         id: &str,
         body: &[u8],
     ) -> Result<(bool, Value), ServiceError> {
+        self.put_campaign_expecting(program_id, id, body, Expected::Any)
+            .await
+    }
+
+    /// [`Services::put_campaign`] on condition that the saved version is `expected`: starting
+    /// or stopping a campaign never overwrites what another operator saved meanwhile.
+    pub async fn put_campaign_expecting(
+        &self,
+        program_id: &str,
+        id: &str,
+        body: &[u8],
+        expected: Expected,
+    ) -> Result<(bool, Value), ServiceError> {
         let program = self.program(program_id).await?;
         crate::ids::IdKind::Campaign.check(id)?;
+        let what = format!("campaign {id}");
+        if expected != Expected::Any {
+            // The precondition before the body (RFC 9110 §13.2.2): "it exists" says more than a
+            // field of the body it would not have saved anyway.
+            let current = self.store.campaign(&program.id, id).await?.map(|(v, _)| v);
+            expected.check(current, &what)?;
+        }
         super::require_object(body, "malformed-campaign")?;
         let campaign = Campaign::from_json(body, &program).map_err(|e| match e {
             CampaignError::Syntax(_) => ServiceError::invalid("malformed-campaign", e.to_string()),
@@ -49,6 +69,7 @@ impl Services {
         let mut contention = super::Contention::new();
         loop {
             let current = self.store.campaign(&program.id, id).await?.map(|(v, _)| v);
+            expected.check(current, &what)?;
             if let Some(version) = self
                 .store
                 .put_campaign(&program.id, id, &json, current)

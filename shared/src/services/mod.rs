@@ -58,6 +58,44 @@ pub(crate) struct Contention {
     redirects: u32,
 }
 
+/// What a writer expects of the saved version it replaces: the `If-Match` (a version, or `*`
+/// for any) or `If-None-Match: *` (none) of its request, or nothing (`Any`, last writer wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    Any,
+    Absent,
+    Exists,
+    Version(u32),
+}
+
+impl Expected {
+    /// Refuses `current` (the saved version, if any) when it is not what was expected.
+    pub(crate) fn check(self, current: Option<u32>, what: &str) -> Result<(), ServiceError> {
+        let holds = match self {
+            Expected::Any => true,
+            Expected::Absent => current.is_none(),
+            Expected::Exists => current.is_some(),
+            Expected::Version(v) => current == Some(v),
+        };
+        if holds {
+            return Ok(());
+        }
+        let wanted = match self {
+            Expected::Version(v) => format!("version {v}"),
+            Expected::Exists => "a saved version".to_string(),
+            _ => "nothing saved".to_string(),
+        };
+        let saved = match current {
+            Some(v) => format!("version {v} is saved"),
+            None => "nothing is saved".to_string(),
+        };
+        Err(ServiceError::PreconditionFailed {
+            problem: "version-changed",
+            detail: format!("{what}: the request expected {wanted}, but {saved}; read it again"),
+        })
+    }
+}
+
 /// The longest reason an operator may give (characters), as the API document says.
 pub const MAX_REASON: usize = 500;
 
@@ -151,6 +189,12 @@ pub enum ServiceError {
     },
     #[error("{detail}")]
     Forbidden {
+        problem: &'static str,
+        detail: String,
+    },
+    /// The version the request expected is not the one saved (`If-Match`, 412).
+    #[error("{detail}")]
+    PreconditionFailed {
         problem: &'static str,
         detail: String,
     },

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::{ServiceError, Services};
+use super::{Expected, ServiceError, Services};
 use crate::domain::program::ProgramError;
 use crate::domain::Program;
 
@@ -31,6 +31,25 @@ impl Services {
         text: &str,
         format: ProgramFormat,
     ) -> Result<SavedProgram, ServiceError> {
+        self.put_program_expecting(id, text, format, Expected::Any)
+            .await
+    }
+
+    /// [`Services::put_program`] on condition that the saved version is `expected`: an editor
+    /// never overwrites what another saved after it read.
+    pub async fn put_program_expecting(
+        &self,
+        id: &str,
+        text: &str,
+        format: ProgramFormat,
+        expected: Expected,
+    ) -> Result<SavedProgram, ServiceError> {
+        let what = format!("program {id}");
+        if expected != Expected::Any {
+            // The precondition before the body (RFC 9110 §13.2.2).
+            let current = self.store.get_program(id).await?.map(|p| p.version);
+            expected.check(current, &what)?;
+        }
         let parsed = match format {
             ProgramFormat::Toml => Program::from_toml(text),
             ProgramFormat::Json => {
@@ -64,22 +83,23 @@ impl Services {
         let mut contention = super::Contention::new();
         loop {
             let current = self.store.get_program(id).await?;
-            let expected = current.as_ref().map(|p| p.version);
+            let replaced = current.as_ref().map(|p| p.version);
+            expected.check(replaced, &what)?;
             if let Some(version) = self
                 .store
-                .put_program(id, &file_json, expected, self.clock.now())
+                .put_program(id, &file_json, replaced, self.clock.now())
                 .await?
             {
                 program.version = version;
                 program.file.version = Some(version);
                 let program = Arc::new(program);
                 self.remember(&program);
-                if expected.is_none() {
+                if replaced.is_none() {
                     self.start_jobs_at_creation(&program).await;
                 }
                 return Ok(SavedProgram {
                     program,
-                    created: expected.is_none(),
+                    created: replaced.is_none(),
                 });
             }
             contention.again(|| format!("program {id}")).await?;

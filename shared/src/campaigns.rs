@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::bucketing::{bucket_ranges, choose_variation, hash, in_namespace, Namespace};
@@ -352,18 +352,26 @@ impl Campaign {
         true
     }
 
-    /// The member's birthday (month and day) falls on a day of the campaign's window.
+    /// The member's birthday (month and day) falls on a day of the campaign's window, whose end
+    /// is not in it. A 29 February birthday is kept on 28 February in a common year, as the
+    /// birthday job keeps it.
     fn birthday_in_window(&self, program: &Program, account: &crate::domain::Account) -> bool {
         let Some(birthday) = account.profile.birthday.as_deref() else {
             return false;
         };
         let tz = program.time_zone;
         let first = crate::domain::calendar::local_date(tz, self.start);
-        let last = crate::domain::calendar::local_date(tz, self.end);
+        let last = crate::domain::calendar::local_date(tz, self.end - chrono::Duration::nanoseconds(1));
         first
             .iter_days()
             .take_while(|d| *d <= last)
             .take(366)
-            .any(|d| d.format("%m-%d").to_string() == birthday)
+            .any(|d| {
+                let day = d.format("%m-%d").to_string();
+                let leap_day_kept = day == "02-28"
+                    && birthday == "02-29"
+                    && chrono::NaiveDate::from_ymd_opt(d.year(), 2, 29).is_none();
+                day == birthday || leap_day_kept
+            })
     }
 }

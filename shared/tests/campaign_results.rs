@@ -248,7 +248,7 @@ async fn the_tick_pays_exactly_todays_birthdays_once_reading_only_them() {
     }
     assert!(first
         .iter()
-        .any(|id| id.starts_with("grant-birthday-gift-")));
+        .any(|id| id.starts_with("grant-birthday-gift:")));
     // WHEN the tick runs again the same day, and the app also reports the birthday
     s.services
         .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
@@ -1013,4 +1013,75 @@ async fn a_membership_fee_is_no_campaign_revenue_and_a_cancelled_order_leaves_no
         counted.iter().find(|c| c.variant == "all").unwrap().revenue,
         0
     );
+}
+
+#[tokio::test]
+async fn a_purchase_that_assigns_a_member_first_sends_the_variants_grant_once() {
+    // GIVEN a running broadcast campaign whose one variant grants 1,000 points, and a member
+    // the tick has not reached yet
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let gift = json!({
+        "name": "Welcome gift", "kind": "broadcast", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": "welcome-2026", "goal": "purchase",
+        "variants": [
+            {"key": "control", "weight": 0, "effect": {"type": "none"}},
+            {"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}}
+        ]
+    });
+    s.put_campaign("welcome", &gift).await;
+    s.seed(&[("m-1".to_string(), None)], now).await;
+    // WHEN the member buys for 10,000 KRW before any tick, then everything queued is handled,
+    // then the tick runs and is handled too
+    s.purchase("m-1", "o-1", 10_000, now).await;
+    let purchase_only = {
+        let probe = stack(now).await;
+        probe.seed(&[("m-1".to_string(), None)], now).await;
+        probe.purchase("m-1", "o-1", 10_000, now).await;
+        probe.balance("m-1").await
+    };
+    let earned = s.drain().await;
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    let again = s.drain().await;
+    // THEN the purchase's commit sent the grant, and the tick sent none: 1,000 points more
+    // than the purchase alone earns, once
+    let grants = earned.iter().chain(&again).filter(|id| id.starts_with("grant")).count();
+    assert_eq!(grants, 1, "earn messages: {earned:?} then {again:?}");
+    assert_eq!(s.balance("m-1").await, purchase_only + 1_000);
+}
+
+#[tokio::test]
+async fn grants_of_two_campaigns_whose_ids_and_members_join_alike_are_both_paid() {
+    // GIVEN campaigns `welcome` and `welcome-kr`, each granting 1,000 points to everyone, and
+    // members `kr-1001` and `1001` (joined with '-', both pairs read `welcome-kr-1001`)
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let gift = |seed: &str| {
+        json!({
+            "name": "Welcome gift", "kind": "broadcast", "status": "running",
+            "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+            "hash_seed": seed, "goal": "purchase",
+            "variants": [
+                {"key": "control", "weight": 0, "effect": {"type": "none"}},
+                {"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}}
+            ]
+        })
+    };
+    s.put_campaign("welcome", &gift("a")).await;
+    s.put_campaign("welcome-kr", &gift("b")).await;
+    s.seed(&[("kr-1001".to_string(), None), ("1001".to_string(), None)], now)
+        .await;
+    // WHEN the tick assigns them and its grants are handled
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    let earned = s.drain().await;
+    // THEN four grants went out, and each member has 2,000 points
+    assert_eq!(earned.len(), 4, "{earned:?}");
+    assert_eq!((s.balance("kr-1001").await, s.balance("1001").await), (2_000, 2_000));
 }

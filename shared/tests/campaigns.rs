@@ -134,3 +134,42 @@ fn audience_day_counts_past_the_calendar_are_refused_and_a_stored_one_never_pani
     // dormant that long
     assert_eq!((new_admitted, buyer_admitted), (true, false));
 }
+
+#[test]
+fn a_birthday_campaign_admits_the_days_of_its_window_and_leap_day_birthdays() {
+    // GIVEN a birthday campaign for November in Seoul (its end, 1 December 00:00, not in it),
+    // and one for the end of February 2027, a common year
+    let program = kr();
+    let birthday = |start: &str, end: &str| {
+        let mut c = weekend();
+        c["audience"] = json!({"birthday_in_window": true});
+        c["start"] = json!(start);
+        c["end"] = json!(end);
+        parse(&c).expect("valid")
+    };
+    let november = birthday("2026-11-01T00:00:00+09:00", "2026-12-01T00:00:00+09:00");
+    let february = birthday("2027-02-20T00:00:00+09:00", "2027-03-05T00:00:00+09:00");
+    let now = chrono::Utc::now();
+    let born = |day: &str| {
+        let mut member = loyalty_core::domain::Account::open(&program, "m-1", now);
+        member.profile.birthday = Some(day.to_string());
+        member
+    };
+    // WHEN members born on the window's first and last days, the day after, and 29 February
+    // are asked for
+    let admitted = |c: &Campaign, day: &str| c.admits(&program, &born(day), now);
+    // THEN November admits 1 and 30 November but not 1 December, and February 2027 admits a
+    // member born on 29 February (kept on the 28th) but not one born on 6 March
+    assert_eq!(
+        [
+            admitted(&november, "11-01"),
+            admitted(&november, "11-30"),
+            admitted(&november, "12-01")
+        ],
+        [true, true, false]
+    );
+    assert_eq!(
+        [admitted(&february, "02-29"), admitted(&february, "03-06")],
+        [true, false]
+    );
+}

@@ -250,28 +250,7 @@ impl Services {
     ) -> Result<Option<Assignment>, ServiceError> {
         let member = to.member;
         let v = &campaign.variants[variant];
-        let grant = match &v.effect {
-            Effect::Grant { points } => Some(OutboxMessage::new(
-                QueueName::Earn,
-                Envelope {
-                    replay: None,
-                    resumed: None,
-                    reviewed_by: None,
-                    trace: crate::telemetry::trace::current(),
-                    kind: "points.granted".into(),
-                    version: ENVELOPE_VERSION,
-                    id: crate::ids::derived_event_id("grant", &[id, member]),
-                    program: program.to_string(),
-                    member: member.to_string(),
-                    occurred_at: now,
-                    data: json!({
-                        "points": points, "campaign": id, "variant": v.key,
-                        "reason": format!("{}: {points} points", campaign.name),
-                    }),
-                },
-            )),
-            _ => None,
-        };
+        let grant = grant_message(program, member, id, campaign, variant, now);
         let wanted = Assignment::new(
             id,
             &v.key,
@@ -337,6 +316,44 @@ impl Services {
     }
 }
 
+/// The grant a variant that grants points sends when a member is assigned to it, in the
+/// assignment's own write (whichever writes it first: the app, the tick or a purchase). Its id
+/// is fixed per campaign and member, so relaying it again is applied once.
+pub(crate) fn grant_message(
+    program: &str,
+    member: &str,
+    id: &str,
+    campaign: &Campaign,
+    variant: usize,
+    now: DateTime<Utc>,
+) -> Option<OutboxMessage> {
+    let v = &campaign.variants[variant];
+    let Effect::Grant { points } = &v.effect else {
+        return None;
+    };
+    Some(OutboxMessage::new(
+        QueueName::Earn,
+        Envelope {
+            replay: None,
+            resumed: None,
+            reviewed_by: None,
+            trace: crate::telemetry::trace::current(),
+            kind: "points.granted".into(),
+            version: ENVELOPE_VERSION,
+            // ':' is in no campaign id: `welcome` and member `kr-1` never make the id of
+            // `welcome-kr` and member `1`.
+            id: crate::ids::derived_event_id("grant", &[&format!("{id}:{member}")]),
+            program: program.to_string(),
+            member: member.to_string(),
+            occurred_at: now,
+            data: json!({
+                "points": points, "campaign": id, "variant": v.key,
+                "reason": format!("{}: {points} points", campaign.name),
+            }),
+        },
+    ))
+}
+
 /// The variant index a member has in a campaign: a recorded assignment that still holds, or
 /// for broadcast campaigns (intent to treat) the one hashing gives, if the audience admits them.
 /// `on_exposure` campaigns count only members who have seen them (recorded).
@@ -389,6 +406,15 @@ impl Part<'_> {
             }
             _ => None,
         }
+    }
+
+    /// The grant a purchase sends when it is what assigns the member (a broadcast campaign's
+    /// member the tick has not reached yet) to a variant that grants points.
+    pub fn grant(&self, program: &str, member: &str, at: DateTime<Utc>) -> Option<OutboxMessage> {
+        if self.stored.is_some() {
+            return None;
+        }
+        grant_message(program, member, self.id, self.campaign, self.variant, at)
     }
 
     /// What counting a purchase writes: the member's assignment (conditional on the one read)

@@ -108,6 +108,8 @@ struct Outcome {
     /// Campaign assignments and counters the event counts in.
     assignments: Vec<AssignmentWrite>,
     counters: Vec<CounterAdd>,
+    /// Grants of the campaigns this event assigns the member to first.
+    grants: Vec<OutboxMessage>,
 }
 
 /// A message's envelope and program, and for a purchase or a tier check on a cold start the
@@ -353,7 +355,8 @@ impl Services {
                     .check_tier(&program, &EventContext::new(envelope.id.clone(), now, now))
                     .entries
                     .is_empty();
-            let outbox = follow_ups(&envelope, upgrade_due, outcome.referrer);
+            let mut outbox = follow_ups(&envelope, upgrade_due, outcome.referrer);
+            outbox.extend(outcome.grants);
             let commit = Commit {
                 marker: Some(marker.clone()),
                 marker_order: order_keys.first().cloned(),
@@ -742,6 +745,7 @@ fn decide(
             referrer: out.referrer_to_reward,
             assignments: Vec::new(),
             counters: Vec::new(),
+            grants: Vec::new(),
         }
     };
     let plain = |change: Change| Outcome {
@@ -750,6 +754,7 @@ fn decide(
         referrer: None,
         assignments: Vec::new(),
         counters: Vec::new(),
+        grants: Vec::new(),
     };
     let outcome = match event {
         EarnEvent::Purchase { purchase, .. } => {
@@ -774,6 +779,13 @@ fn decide(
                 .and_then(|o| o.earned.as_mut())
             {
                 earning.counted_in = counted_in;
+            }
+            if !counted.0.is_empty() {
+                // The grants go with the assignments this commit writes, as the tick's do.
+                outcome.grants = parts
+                    .iter()
+                    .filter_map(|p| p.grant(&program.id, &envelope.member, ctx.occurred_at))
+                    .collect();
             }
             (outcome.assignments, outcome.counters) = counted;
             outcome

@@ -227,52 +227,42 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
     );
     let twice = stated_twice(&file, mode);
     let bar = progress(file.rows.len() as u64);
-    let outcomes: Vec<RowOutcome> = futures_util::stream::iter(file.rows.iter())
-        .map(|row| {
+    // Rows of one member go in the file's order (a debit after its credit); members in parallel.
+    let applied: Vec<Vec<(usize, RowOutcome)>> = futures_util::stream::iter(by_member(&file))
+        .map(|group| {
             let services = &services;
             let program = &program;
             let file_name = &file_name;
             let twice = &twice;
             let bar = &bar;
-            let digest = &file.digest;
+            let file = &file;
+            let args = &args;
             async move {
-                let origin = RowOrigin {
-                    file_name,
-                    digest,
-                    line: row.line,
-                    mode,
-                    dry_run: args.dry_run,
-                };
-                let outcome = match (&row.read, twice.get(&row.line)) {
-                    (Err(reason), _) => RowOutcome::Refused {
-                        reason: reason.clone(),
-                    },
-                    (Ok(_), Some(first)) => RowOutcome::Refused {
-                        reason: format!(
-                            "the same member as row {first}: with --mode set a balance is stated once"
-                        ),
-                    },
-                    // A row the store could not take (busy, unreadable) is refused with the
-                    // others, to be imported again: the rest of the file is applied and counted.
-                    (Ok(data), None) => services
-                        .import_balance(program, "import", &origin, data)
-                        .await
-                        .unwrap_or_else(|e| RowOutcome::Refused {
-                            reason: match e {
-                                ServiceError::Invalid { .. } | ServiceError::Conflict { .. } => {
-                                    e.to_string()
-                                }
-                                e => format!("not applied, import the row again: {e}"),
-                            },
-                        }),
-                };
-                bar.inc(1);
-                outcome
+                let mut outcomes = Vec::with_capacity(group.len());
+                for index in group {
+                    let row = &file.rows[index];
+                    let origin = RowOrigin {
+                        file_name,
+                        digest: &file.digest,
+                        line: row.line,
+                        mode,
+                        dry_run: args.dry_run,
+                    };
+                    let outcome = apply_row(services, program, &origin, row, twice).await;
+                    bar.inc(1);
+                    outcomes.push((index, outcome));
+                }
+                outcomes
             }
         })
-        .buffered(IN_FLIGHT)
-        .collect::<Vec<_>>()
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
         .await;
+    let mut outcomes: Vec<Option<RowOutcome>> = file.rows.iter().map(|_| None).collect();
+    for (index, outcome) in applied.into_iter().flatten() {
+        outcomes[index] = Some(outcome);
+    }
+    let outcomes: Vec<RowOutcome> = outcomes.into_iter().flatten().collect();
     bar.finish_and_clear();
     let mut summary = ImportSummary::default();
     for outcome in &outcomes {
@@ -288,12 +278,77 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
     } else {
         None
     };
+    // An earlier run's refused rows were applied this time: its error file, imported, would
+    // apply them again (its rows are another file's, with other ids).
+    if summary.refused == 0 && !args.dry_run && errors_path.exists() {
+        std::fs::remove_file(&errors_path)
+            .map_err(|e| format!("{}: {e}", errors_path.display()))?;
+        eprintln!(
+            "removed {}: every row is applied now, nothing is left to import from it",
+            errors_path.display()
+        );
+    }
     report(&args, &summary, errors_file.as_deref())?;
     Ok(if summary.refused == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// One row applied, or refused with its reason: a bad cell, a member stated twice with
+/// `--mode set`, or a row the store could not take (busy, unreadable), to be imported again,
+/// while the rest of the file is applied and counted.
+async fn apply_row(
+    services: &loyalty_core::services::Services,
+    program: &str,
+    origin: &RowOrigin<'_>,
+    row: &loyalty_core::imports::BalanceRow,
+    twice: &HashMap<u64, u64>,
+) -> RowOutcome {
+    match (&row.read, twice.get(&row.line)) {
+        (Err(reason), _) => RowOutcome::Refused {
+            reason: reason.clone(),
+        },
+        (Ok(_), Some(first)) => RowOutcome::Refused {
+            reason: format!(
+                "the same member as row {first}: with --mode set a balance is stated once"
+            ),
+        },
+        (Ok(data), None) => services
+            .import_balance(program, "import", origin, data)
+            .await
+            .unwrap_or_else(|e| RowOutcome::Refused {
+                reason: match e {
+                    ServiceError::Invalid { .. } | ServiceError::Conflict { .. } => e.to_string(),
+                    e => format!("not applied, import the row again: {e}"),
+                },
+            }),
+    }
+}
+
+/// The rows' indexes grouped by the member they name (its id, else its email), each group in
+/// the file's order; a row that could not be read is a group of its own.
+fn by_member(file: &BalanceFile) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut group_of: HashMap<&str, usize> = HashMap::new();
+    for (index, row) in file.rows.iter().enumerate() {
+        let key = row
+            .read
+            .as_ref()
+            .ok()
+            .and_then(|d| d.member.as_deref().or(d.email.as_deref()));
+        match key.and_then(|k| group_of.get(k)) {
+            Some(&g) => groups[g].push(index),
+            None => {
+                if let Some(k) = key {
+                    group_of.insert(k, groups.len());
+                }
+                groups.push(vec![index]);
+            }
+        }
+    }
+    groups
 }
 
 /// With `--mode set`, the rows that name a member already named by an earlier row: which

@@ -361,7 +361,8 @@ impl Campaign {
         };
         let tz = program.time_zone;
         let first = crate::domain::calendar::local_date(tz, self.start);
-        let last = crate::domain::calendar::local_date(tz, self.end - chrono::Duration::nanoseconds(1));
+        let last =
+            crate::domain::calendar::local_date(tz, self.end - chrono::Duration::nanoseconds(1));
         first
             .iter_days()
             .take_while(|d| *d <= last)

@@ -181,9 +181,26 @@ fn row(format: BalanceFormat, c: &Columns, cells: &[String]) -> Result<RowData, 
             .check(m)
             .map_err(|e| format!("member: {e}"))?;
     }
-    let email = match cell(cells, c.email) {
+    let mut email = match cell(cells, c.email) {
         Some(e) => Some(email(e)?),
         None => None,
+    };
+    // A member named by its email (`email:Ann@Example.com`) is the email's member, found and
+    // linked as an email column's would be: webhooks find members by their lower-cased links,
+    // never by an account that merely bears the address as its id.
+    let member = match member.as_deref().map(|m| (m, m.strip_prefix("email:"))) {
+        Some((_, Some(named))) => {
+            let named = self::email(named)?;
+            if email.as_ref().is_some_and(|e| *e != named) {
+                return Err(format!(
+                    "the member is email {named}, the email column says {}",
+                    email.unwrap_or_default()
+                ));
+            }
+            email = Some(named);
+            None
+        }
+        _ => member,
     };
     if member.is_none() && email.is_none() {
         return Err(match format {

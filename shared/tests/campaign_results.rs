@@ -1049,7 +1049,11 @@ async fn a_purchase_that_assigns_a_member_first_sends_the_variants_grant_once() 
     let again = s.drain().await;
     // THEN the purchase's commit sent the grant, and the tick sent none: 1,000 points more
     // than the purchase alone earns, once
-    let grants = earned.iter().chain(&again).filter(|id| id.starts_with("grant")).count();
+    let grants = earned
+        .iter()
+        .chain(&again)
+        .filter(|id| id.starts_with("grant"))
+        .count();
     assert_eq!(grants, 1, "earn messages: {earned:?} then {again:?}");
     assert_eq!(s.balance("m-1").await, purchase_only + 1_000);
 }
@@ -1073,8 +1077,11 @@ async fn grants_of_two_campaigns_whose_ids_and_members_join_alike_are_both_paid(
     };
     s.put_campaign("welcome", &gift("a")).await;
     s.put_campaign("welcome-kr", &gift("b")).await;
-    s.seed(&[("kr-1001".to_string(), None), ("1001".to_string(), None)], now)
-        .await;
+    s.seed(
+        &[("kr-1001".to_string(), None), ("1001".to_string(), None)],
+        now,
+    )
+    .await;
     // WHEN the tick assigns them and its grants are handled
     s.services
         .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
@@ -1083,5 +1090,8 @@ async fn grants_of_two_campaigns_whose_ids_and_members_join_alike_are_both_paid(
     let earned = s.drain().await;
     // THEN four grants went out, and each member has 2,000 points
     assert_eq!(earned.len(), 4, "{earned:?}");
-    assert_eq!((s.balance("kr-1001").await, s.balance("1001").await), (2_000, 2_000));
+    assert_eq!(
+        (s.balance("kr-1001").await, s.balance("1001").await),
+        (2_000, 2_000)
+    );
 }

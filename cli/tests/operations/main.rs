@@ -305,6 +305,57 @@ fn a_smile_export_imports_once_sets_only_differences_and_later_orders_find_its_m
     );
 }
 
+#[test]
+fn an_import_links_only_rows_it_applies_keeps_a_members_rows_in_order_and_clears_old_errors() {
+    // GIVEN a running shop and a file whose row for m-12 names a tier kr-shop lacks, with
+    // rows that credit then debit new members, and a member named by its email in mixed case
+    let shop = Shop::start("import-order");
+    let mut text = String::from("member,email,points,tier\n");
+    text.push_str("m-12,ann@example.com,500,PLATNUM\n");
+    for i in 0..8 {
+        text.push_str(&format!("pair-{i},,+100,\npair-{i},,-50,\n"));
+    }
+    text.push_str("email:Minji@Example.com,,700,\n");
+    // WHEN it is imported
+    let first = ok(&shop.import_csv("ours.csv", &text));
+    // THEN the bad row alone is refused, and every member's debit came after its credit
+    assert_eq!(
+        (first["applied"].as_i64(), first["refused"].as_i64()),
+        (Some(17), Some(1)),
+        "{first}"
+    );
+    for i in 0..8 {
+        assert_eq!(
+            shop.member(&format!("pair-{i}"))["balance"].as_i64(),
+            Some(50)
+        );
+    }
+    // AND the refused row linked no email: its fixed row, for m-1, takes ann@example.com
+    let errors = first["errors_file"]
+        .as_str()
+        .expect("errors file")
+        .to_string();
+    let fixed = ok(&shop.import_csv(
+        "fixed.csv",
+        "member,email,points,tier\nm-1,ann@example.com,500,\n",
+    ));
+    assert_eq!(fixed["applied"].as_i64(), Some(1), "{fixed}");
+    assert_eq!(shop.member("email:ann@example.com")["member"], "m-1");
+    // AND the member named by its email is the email's, lower-cased: a Shopify order of that
+    // customer (minji@example.com) credits it
+    shop.shopify_paid();
+    let minji = shop.eventually("email:minji@example.com", |v| v["pending"] == 1_000);
+    assert_eq!(minji["balance"].as_i64(), Some(700));
+    // WHEN the first file, its row fixed in place, is imported again with nothing refused
+    let again = ok(&shop.import_csv(
+        "ours.csv",
+        &text.replace("m-12,ann@example.com,500,PLATNUM", "m-12,,500,"),
+    ));
+    // THEN the old error file is gone (importing it would have applied its row again)
+    assert_eq!(again["refused"].as_i64(), Some(0), "{again}");
+    assert!(!Path::new(&errors).exists(), "{errors} is left");
+}
+
 fn share_event(id: &str, member: &str) -> Value {
     json!({"type": "engagement.recorded", "version": 1, "id": id, "program": "kr-shop",
            "member": member, "occurred_at": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),

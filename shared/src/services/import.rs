@@ -61,8 +61,8 @@ impl Services {
         row: &RowData,
     ) -> Result<RowOutcome, ServiceError> {
         let program = self.program(program_id).await?;
-        let mut member = match self.import_member(&program.id, row, origin.dry_run).await? {
-            Ok(member) => member,
+        let (mut member, mut to_link) = match self.import_member(&program.id, row).await? {
+            Ok(found) => found,
             Err(reason) => return Ok(RowOutcome::Refused { reason }),
         };
         let marker = EventMarker {
@@ -118,6 +118,19 @@ impl Services {
             if origin.dry_run {
                 return Ok(outcome);
             }
+            // The email is linked once the row is known to apply: a refused row links nothing
+            // (its email would name a member the fixed row is not).
+            if let Some(email) = to_link.take() {
+                if !self
+                    .store
+                    .put_alias(&program.id, "email", &email, &member)
+                    .await?
+                {
+                    return Ok(RowOutcome::Refused {
+                        reason: format!("email {email} was just linked to another member"),
+                    });
+                }
+            }
             let commit = Commit {
                 marker: Some(marker.clone()),
                 ..Commit::new(&program, &member, state.account.as_ref(), change, now)
@@ -139,14 +152,14 @@ impl Services {
     }
 
     /// The row's member: the one named (an id or an alias), else the one its email is linked
-    /// to, else a new member `email:{email}`. The email is linked to the member, so that later
-    /// orders with that email find it; an email linked to someone else refuses the row.
+    /// to, else a new member `email:{email}`; and the email to link to it, if it is not yet, so
+    /// that later orders with that email find it. An email linked to someone else refuses the
+    /// row.
     async fn import_member(
         &self,
         program: &str,
         row: &RowData,
-        dry_run: bool,
-    ) -> Result<Result<String, String>, ServiceError> {
+    ) -> Result<Result<(String, Option<String>), String>, ServiceError> {
         let by_email = match &row.email {
             Some(email) => self.store.resolve_alias(program, "email", email).await?,
             None => None,
@@ -164,18 +177,8 @@ impl Services {
                 )));
             }
         }
-        if let (Some(email), None, false) = (&row.email, &by_email, dry_run) {
-            if !self
-                .store
-                .put_alias(program, "email", email, &member)
-                .await?
-            {
-                return Ok(Err(format!(
-                    "email {email} was just linked to another member"
-                )));
-            }
-        }
-        Ok(Ok(member))
+        let to_link = row.email.clone().filter(|_| by_email.is_none());
+        Ok(Ok((member, to_link)))
     }
 }
 

@@ -221,3 +221,37 @@ async fn an_adjustment_committed_between_another_s_check_and_commit_keeps_the_da
     let state = store.load_member("kr-shop", "m-a", &[]).await.unwrap();
     assert_eq!(state.account.map_or(0, |a| a.balance), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_whose_subject_and_key_join_alike_never_get_each_others_answer() {
+    // GIVEN two members with 10,000 points each, and a redemption by caller `a#b` with key `c`
+    let (_, _, _, services) = racing("joined-keys", "").await;
+    for member in ["m-x", "m-y"] {
+        let adjustment = json!({"points": 10_000, "reason": "opening balance"}).to_string();
+        services
+            .adjust("kr-shop", member, "ops", None, adjustment.as_bytes())
+            .await
+            .unwrap();
+    }
+    let body = br#"{"reward": "coupon-5000"}"#;
+    let first = services
+        .redeem("kr-shop", "m-x", "a#b", Some("c"), body)
+        .await
+        .unwrap();
+    // WHEN caller `a` sends the same request with key `b#c` (the same text joined)
+    let second = services
+        .redeem("kr-shop", "m-y", "a", Some("b#c"), body)
+        .await;
+    // THEN it is refused as a key it cannot use, never handed the first caller's coupon
+    assert!(first.body["code"].is_string(), "{:?}", first.body);
+    assert!(
+        matches!(
+            second,
+            Err(ServiceError::Unprocessable {
+                problem: "idempotency-key-reused",
+                ..
+            })
+        ),
+        "{second:?}"
+    );
+}

@@ -346,8 +346,21 @@ pub(crate) fn refuse_closed(account: &crate::domain::Account) -> Result<(), Serv
     }
 }
 
-/// The answer stored for `key`, or 422 when the key was used with another request.
-fn stored_answer(record: IdempotencyRecord, key: &str, hash: &str) -> Result<Answer, ServiceError> {
+/// The answer stored for `key`, or 422 when the key was used with another request, or the
+/// record found is another caller's (where the store's key joins caller and key as text, a
+/// subject `a#b` with key `c` and a subject `a` with key `b#c` meet: never answer one with the
+/// other's coupon).
+fn stored_answer(
+    record: IdempotencyRecord,
+    (principal, key): (&str, &str),
+    hash: &str,
+) -> Result<Answer, ServiceError> {
+    if record.principal != principal || record.key != key {
+        return Err(ServiceError::Unprocessable {
+            problem: "idempotency-key-reused",
+            detail: format!("Idempotency-Key {key:?} cannot be used by this caller; send another"),
+        });
+    }
     if record.request_hash != hash {
         return Err(ServiceError::Unprocessable {
             problem: "idempotency-key-reused",
@@ -375,7 +388,9 @@ impl Services {
             .store
             .idempotency_record(program, principal, key)
             .await?;
-        record.map(|r| stored_answer(r, key, hash)).transpose()
+        record
+            .map(|r| stored_answer(r, (principal, key), hash))
+            .transpose()
     }
 
     /// `POST /v1/programs/{program}/me/redemptions`: spends points on a reward, once per key.
@@ -409,7 +424,7 @@ impl Services {
         } = self.redeemer(program_id, member, asked).await?;
         let (request, hash) = parsed?;
         if let Some(record) = earlier {
-            return stored_answer(record, key, &hash);
+            return stored_answer(record, (principal, key), &hash);
         }
         let request_id = RequestId {
             principal,

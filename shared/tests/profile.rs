@@ -61,3 +61,49 @@ async fn a_birthday_is_set_then_changed_no_sooner_than_a_year_later() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_anniversary_is_a_past_day_changed_no_sooner_than_a_year_later() {
+    // GIVEN a member on kr-shop who set an anniversary today
+    let store = SqliteStore::memory().unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let clock = FixedClock::at(start);
+    let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
+    let patch = |body: &'static str| services.update_profile("kr-shop", "m-1", body.as_bytes());
+    let set = patch(r#"{"anniversary": "2020-06-01"}"#).await.unwrap();
+    assert_eq!(
+        set.anniversary_set_on,
+        Some(chrono::NaiveDate::from_ymd_opt(2026, 11, 22).unwrap())
+    );
+    // WHEN it is moved to tomorrow's day of an earlier year, the same day
+    let moved = patch(r#"{"anniversary": "2000-11-23"}"#).await;
+    // THEN 409 (the yearly bonus cannot be fetched forward), and the same one again is fine
+    assert!(
+        matches!(
+            moved,
+            Err(ServiceError::Conflict {
+                problem: "anniversary-recently-changed",
+                ..
+            })
+        ),
+        "{moved:?}"
+    );
+    assert!(patch(r#"{"anniversary": "2020-06-01"}"#).await.is_ok());
+    // AND a day still to come, or before 1900, is refused even a year later
+    clock.set(start + Duration::days(365));
+    for bad in [
+        r#"{"anniversary": "2027-11-23"}"#,
+        r#"{"anniversary": "0001-01-01"}"#,
+    ] {
+        assert!(
+            matches!(patch(bad).await, Err(ServiceError::Invalid { .. })),
+            "{bad}"
+        );
+    }
+    // AND a year later it can be changed
+    let changed = patch(r#"{"anniversary": "2019-05-05"}"#).await.unwrap();
+    assert_eq!(
+        changed.anniversary,
+        chrono::NaiveDate::from_ymd_opt(2019, 5, 5)
+    );
+}

@@ -129,6 +129,9 @@ pub struct Profile {
     pub birthday_set_on: Option<NaiveDate>,
     #[serde(default)]
     pub anniversary: Option<NaiveDate>,
+    /// When the anniversary was last set: like a birthday, it changes at most once in 365 days.
+    #[serde(default)]
+    pub anniversary_set_on: Option<NaiveDate>,
 }
 
 /// Why and by whom a member was suspended.
@@ -160,8 +163,9 @@ pub fn parse_birthday(text: &str) -> Result<String, AccountError> {
 }
 
 impl Account {
-    /// Sets the birthday and the anniversary. A birthday set less than 365 days ago cannot be
-    /// changed (setting the same one again is no change).
+    /// Sets the birthday and the anniversary. Either, set less than 365 days ago, cannot be
+    /// changed (setting the same one again is no change), so that neither can be moved to
+    /// collect its yearly bonus early or again; an anniversary is a day already past.
     pub fn update_profile(
         &self,
         birthday: Option<&str>,
@@ -186,8 +190,25 @@ impl Account {
                 account.profile.birthday_set_on = Some(today);
             }
         }
-        if let Some(date) = anniversary {
+        if let Some(date) = anniversary.filter(|d| self.profile.anniversary != Some(*d)) {
+            let earliest = NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or(NaiveDate::MIN);
+            if date < earliest || date > today {
+                return Err(AccountError::Invalid(format!(
+                    "the anniversary must be a day from {earliest} to today ({today})"
+                )));
+            }
+            if let (Some(_), Some(set_on)) =
+                (&self.profile.anniversary, self.profile.anniversary_set_on)
+            {
+                let next = set_on + chrono::Duration::days(BIRTHDAY_CHANGE_DAYS);
+                if today < next {
+                    return Err(AccountError::Invalid(format!(
+                        "the anniversary was set on {set_on} and can be changed again from {next}"
+                    )));
+                }
+            }
             account.profile.anniversary = Some(date);
+            account.profile.anniversary_set_on = Some(today);
         }
         Ok(account)
     }

@@ -1264,8 +1264,8 @@ struct ProfileRequest {
 }
 
 impl Services {
-    /// `PATCH .../me/profile`: the member's birthday (`MM-DD`, changed at most once in 365
-    /// days) and anniversary (`YYYY-MM-DD`).
+    /// `PATCH .../me/profile`: the member's birthday (`MM-DD`) and anniversary (`YYYY-MM-DD`, a
+    /// day already past), each changed at most once in 365 days.
     pub async fn update_profile(
         &self,
         program_id: &str,
@@ -1288,7 +1288,11 @@ impl Services {
                 .map_err(|e| match e {
                     AccountError::Invalid(detail) if detail.contains("can be changed again") => {
                         ServiceError::Conflict {
-                            problem: "birthday-recently-changed",
+                            problem: if detail.starts_with("the anniversary") {
+                                "anniversary-recently-changed"
+                            } else {
+                                "birthday-recently-changed"
+                            },
                             detail,
                         }
                     }

@@ -1095,3 +1095,37 @@ async fn grants_of_two_campaigns_whose_ids_and_members_join_alike_are_both_paid(
         (2_000, 2_000)
     );
 }
+
+#[tokio::test]
+async fn widening_a_broadcast_campaigns_audience_assigns_the_members_it_now_admits() {
+    // GIVEN a running broadcast campaign for SILVER members whose tick pass is complete, and
+    // three WELCOME members it did not admit
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let members: Vec<(String, Option<&str>)> = (0..3).map(|i| (format!("w-{i}"), None)).collect();
+    s.seed(&members, now).await;
+    let mut offer = json!({
+        "name": "Thank you", "kind": "broadcast", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": "thanks-2026", "goal": "purchase", "audience": {"tiers": ["SILVER"]},
+        "variants": [
+            {"key": "control", "weight": 0.5, "effect": {"type": "none"}},
+            {"key": "x2", "weight": 0.5, "effect": {"type": "multiplier", "basis_points": 20000}}
+        ]
+    });
+    s.put_campaign("thanks", &offer).await;
+    let tick = || s.services.run_job(Job::CampaignTick, "kr-shop", None, &|_| {});
+    tick().await.unwrap();
+    let assigned = |counts: Vec<loyalty_core::report::VariantCounts>| -> i64 {
+        counts.iter().map(|c| c.assigned).sum()
+    };
+    assert_eq!(assigned(s.store_counts("thanks").await), 0);
+    // WHEN its audience is widened to WELCOME members too, and the tick runs again
+    offer["audience"] = json!({"tiers": ["WELCOME", "SILVER"]});
+    s.put_campaign("thanks", &offer).await;
+    tick().await.unwrap();
+    // THEN the three members are assigned, once each (a third tick changes nothing)
+    assert_eq!(assigned(s.store_counts("thanks").await), 3);
+    tick().await.unwrap();
+    assert_eq!(assigned(s.store_counts("thanks").await), 3);
+}

@@ -280,11 +280,19 @@ impl Services {
         report: &mut JobReport,
         progress: Progress<'_>,
     ) -> Result<(), ServiceError> {
-        // A new seed or bucket version re-buckets everyone: a pass of its own.
+        // A new seed or bucket version re-buckets everyone, and a new audience admits others:
+        // a pass of its own (members already assigned keep their assignment).
+        let audience = serde_json::to_string(&campaign.audience).unwrap_or_default();
         let key = format!(
             "{CAMPAIGN_TICK}:{id}:{}:{:016x}",
             campaign.bucket_version,
-            crate::fingerprint::fnv1a64(campaign.hash_seed.bytes())
+            crate::fingerprint::fnv1a64(
+                campaign
+                    .hash_seed
+                    .bytes()
+                    .chain([0])
+                    .chain(audience.bytes())
+            )
         );
         let mut cursor = self.store.job_progress(&program.id, &key).await?;
         if cursor.as_deref() == Some(PASS_DONE) {

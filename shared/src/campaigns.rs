@@ -144,6 +144,10 @@ pub struct Campaign {
     pub audience: Audience,
     pub goal: Goal,
     pub variants: Vec<Variant>,
+    /// When a running campaign was stopped: purchases made before still count in it, however
+    /// late they are delivered. Set when it is saved, never taken from the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<DateTime<Utc>>,
 }
 
 /// Why a campaign was refused: every problem, each naming its field.
@@ -296,9 +300,27 @@ impl Campaign {
         choose_variation(n, &bucket_ranges(count, self.coverage, Some(&weights)))
     }
 
-    /// Running at `at`: started, not ended, and not stopped.
+    /// Running at `at`: started, not ended, and not stopped by then (a purchase made before
+    /// the stop counts, delivered however late).
     pub fn running_at(&self, at: DateTime<Utc>) -> bool {
-        self.status == CampaignStatus::Running && self.start <= at && at < self.end
+        let on = match self.status {
+            CampaignStatus::Running => true,
+            CampaignStatus::Stopped => self.stopped_at.is_some_and(|stopped| at < stopped),
+            CampaignStatus::Draft => false,
+        };
+        on && self.start <= at && at < self.end
+    }
+
+    /// Sets when it was stopped, from the version it replaces (`before`) and the time it is
+    /// saved: kept while it stays stopped, `now` when a running one stops, none otherwise.
+    pub fn stamp_stop(&mut self, before: Option<&Campaign>, now: DateTime<Utc>) {
+        self.stopped_at = match (self.status, before) {
+            (CampaignStatus::Stopped, Some(b)) if b.status == CampaignStatus::Stopped => {
+                b.stopped_at
+            }
+            (CampaignStatus::Stopped, Some(b)) if b.status == CampaignStatus::Running => Some(now),
+            _ => None,
+        };
     }
 }
 

@@ -1114,7 +1114,10 @@ async fn widening_a_broadcast_campaigns_audience_assigns_the_members_it_now_admi
         ]
     });
     s.put_campaign("thanks", &offer).await;
-    let tick = || s.services.run_job(Job::CampaignTick, "kr-shop", None, &|_| {});
+    let tick = || {
+        s.services
+            .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+    };
     tick().await.unwrap();
     let assigned = |counts: Vec<loyalty_core::report::VariantCounts>| -> i64 {
         counts.iter().map(|c| c.assigned).sum()
@@ -1128,4 +1131,47 @@ async fn widening_a_broadcast_campaigns_audience_assigns_the_members_it_now_admi
     assert_eq!(assigned(s.store_counts("thanks").await), 3);
     tick().await.unwrap();
     assert_eq!(assigned(s.store_counts("thanks").await), 3);
+}
+
+#[tokio::test]
+async fn a_purchase_made_before_a_campaign_stopped_counts_in_it_delivered_late() {
+    // GIVEN a running double-points campaign for everyone, and two members
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    s.seed(&[("early".into(), None), ("late".into(), None)], now)
+        .await;
+    let mut double = json!({
+        "name": "Double points", "kind": "broadcast", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": "double-2026", "goal": "purchase",
+        "variants": [
+            {"key": "control", "weight": 0, "effect": {"type": "none"}},
+            {"key": "x2", "weight": 1, "effect": {"type": "multiplier", "basis_points": 20000}}
+        ]
+    });
+    s.put_campaign("double", &double).await;
+    // WHEN it is stopped an hour later, and then come a purchase made before the stop
+    // (delivered late) and one made after it, each of 10,000 KRW
+    s.clock.set(now + chrono::Duration::hours(1));
+    double["status"] = json!("stopped");
+    s.put_campaign("double", &double).await;
+    s.clock.set(now + chrono::Duration::hours(3));
+    s.purchase(
+        "early",
+        "o-early",
+        10_000,
+        now + chrono::Duration::minutes(30),
+    )
+    .await;
+    s.purchase("late", "o-late", 10_000, now + chrono::Duration::hours(2))
+        .await;
+    // THEN the purchase made while it ran earns double, the one after it does not
+    let (early, late) = (s.balance("early").await, s.balance("late").await);
+    assert_eq!(early, 2 * late, "early {early}, late {late}");
+    assert!(late > 0);
+    // AND saving it again, still stopped, keeps when it stopped
+    s.clock.set(now + chrono::Duration::days(1));
+    s.put_campaign("double", &double).await;
+    let saved = s.services.campaign("kr-shop", "double").await.unwrap();
+    assert_eq!(saved["stopped_at"], json!(now + chrono::Duration::hours(1)));
 }

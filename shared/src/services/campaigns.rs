@@ -64,12 +64,18 @@ impl Services {
             },
         })?;
         self.check_overlap(&program.id, id, &campaign).await?;
-        let json =
-            serde_json::to_string(&campaign).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let mut campaign = campaign;
         let mut contention = super::Contention::new();
         loop {
-            let current = self.store.campaign(&program.id, id).await?.map(|(v, _)| v);
+            let read = self.store.campaign(&program.id, id).await?;
+            let current = read.as_ref().map(|(v, _)| *v);
             expected.check(current, &what)?;
+            let before: Option<Campaign> = read
+                .as_ref()
+                .and_then(|(_, json)| serde_json::from_str(json).ok());
+            campaign.stamp_stop(before.as_ref(), self.clock.now());
+            let json = serde_json::to_string(&campaign)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
             if let Some(version) = self
                 .store
                 .put_campaign(&program.id, id, &json, current)
@@ -284,10 +290,15 @@ impl Services {
             .await?
             .iter()
             .filter(|(other, c)| {
+                // A stopped one still counts purchases made before its stop, delivered late.
+                let until = match c.status {
+                    crate::campaigns::CampaignStatus::Running => Some(c.end),
+                    crate::campaigns::CampaignStatus::Stopped => c.stopped_at.map(|s| s.min(c.end)),
+                    crate::campaigns::CampaignStatus::Draft => None,
+                };
                 other != id
-                    && c.status == crate::campaigns::CampaignStatus::Running
+                    && until.is_some_and(|until| campaign.start < until)
                     && c.start < campaign.end
-                    && campaign.start < c.end
             })
             .count();
         if alongside + 1 > MAX_OVERLAPPING_CAMPAIGNS {

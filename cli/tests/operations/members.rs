@@ -281,6 +281,26 @@ fn a_balance_imported_for_a_merged_member_goes_to_the_member_it_was_merged_into(
 }
 
 #[test]
+fn a_file_imported_again_after_its_member_was_merged_by_email_credits_nothing_more() {
+    // GIVEN a file that made email:ann@example.com with 500 points, and m-7 with 100
+    let shop = Shop::start("import-email-merged");
+    let file = "email,points\nann@example.com,500\n";
+    ok(&shop.import_csv("smile.csv", file));
+    shop.give(&["m-7"], 100);
+    // AND that member merged into m-7 (its email now finds m-7)
+    shop.merge("m-7", "email:ann@example.com");
+    // WHEN the same file is imported again
+    let again = ok(&shop.import_csv("smile.csv", file));
+    // THEN the row is unchanged, and m-7 has its 100 and the file's 500 once
+    assert_eq!(
+        (again["applied"].as_i64(), again["unchanged"].as_i64()),
+        (Some(0), Some(1)),
+        "{again}"
+    );
+    assert_eq!(shop.member("m-7")["balance"].as_i64(), Some(600));
+}
+
+#[test]
 fn erasing_a_member_of_a_short_id_leaves_the_kept_ledger_s_order_and_event_ids_whole() {
     // GIVEN the POS member pos:42 with a purchase, event sale-4200 of order o-4242
     let shop = Shop::start("erase-short");

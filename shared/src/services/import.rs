@@ -93,6 +93,19 @@ impl Services {
             if origin.dry_run && self.store.has_marker(&program.id, &member, &marker).await? {
                 return Ok(unchanged(member, "imported before"));
             }
+            // Imported before into a member merged into this one since: the marker stayed
+            // there, the points came here.
+            if let Some(account) = &state.account {
+                if self
+                    .imported_into_merged(&program.id, account, &marker)
+                    .await?
+                {
+                    return Ok(unchanged(
+                        member,
+                        "imported before, into a member merged into it",
+                    ));
+                }
+            }
             let account = state
                 .account
                 .clone()
@@ -149,6 +162,34 @@ impl Services {
                 .again(|| format!("member {}", crate::telemetry::member_ref(&member)))
                 .await?;
         }
+    }
+
+    /// Whether a member merged into `account` (or into one merged into it, and so on) holds
+    /// the row's marker. Merged members take no commits, so their markers never change.
+    async fn imported_into_merged(
+        &self,
+        program: &str,
+        account: &crate::domain::Account,
+        marker: &EventMarker,
+    ) -> Result<bool, ServiceError> {
+        /// Members looked at, at most: a member merged from more is not looked at further.
+        const MERGED_LOOKED_AT: usize = 64;
+        let mut waiting: Vec<String> = account.merged_from.clone();
+        let mut looked_at = 0;
+        while let Some(merged) = waiting.pop() {
+            if looked_at == MERGED_LOOKED_AT {
+                break;
+            }
+            looked_at += 1;
+            if self.store.has_marker(program, &merged, marker).await? {
+                return Ok(true);
+            }
+            let state = self.store.load_member(program, &merged, &[]).await?;
+            if let Some(a) = state.account {
+                waiting.extend(a.merged_from);
+            }
+        }
+        Ok(false)
     }
 
     /// The row's member: the one named (an id or an alias), else the one its email is linked

@@ -91,6 +91,22 @@ struct Columns {
     expires_on: Option<usize>,
 }
 
+impl Columns {
+    /// The columns a row is read from.
+    fn used(&self) -> impl Iterator<Item = usize> {
+        [
+            self.member,
+            self.email,
+            self.points,
+            self.tier,
+            self.birthday,
+            self.expires_on,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 fn find(header: &[String], names: &[&str]) -> Option<usize> {
     header.iter().position(|h| {
         names.contains(&h.as_str()) || names.iter().any(|n| h.starts_with(&format!("{n} (")))
@@ -142,23 +158,39 @@ fn columns(format: BalanceFormat, header: &[String]) -> Result<Columns, FileErro
 pub fn read_balances(format: BalanceFormat, bytes: &[u8]) -> Result<BalanceFile, FileError> {
     let digest = hex16(bytes);
     let mut reader = reader(bytes);
+    // Read as bytes: a cell that is not UTF-8 (a file saved as CP949 or Windows-1252) refuses
+    // its row when the row needs it, never the whole file.
     let header: Vec<String> = reader
-        .headers()
+        .byte_headers()
         .map_err(|e| FileError(format!("the header cannot be read: {e}")))?
         .iter()
-        .map(str::to_string)
+        .map(|h| String::from_utf8_lossy(h).into_owned())
         .collect();
     let names: Vec<String> = header.iter().map(|h| normalise(h)).collect();
     let columns = columns(format, &names)?;
     let mut rows = Vec::new();
-    for record in reader.records() {
+    for record in reader.byte_records() {
         let record = record.map_err(|e| FileError(format!("the file is not CSV: {e}")))?;
         let line = record.position().map_or(0, |p| p.line());
-        let cells: Vec<String> = record.iter().map(str::to_string).collect();
+        let cells: Vec<String> = record
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
         if cells.iter().all(|c| c.is_empty()) {
             continue;
         }
-        let read = row(format, &columns, &cells);
+        let not_text = columns.used().find(|&i| {
+            record
+                .get(i)
+                .is_some_and(|c| std::str::from_utf8(c).is_err())
+        });
+        let read = match not_text {
+            Some(i) => Err(format!(
+                "the {} cell is not UTF-8 text: save the file as CSV UTF-8 and import it again",
+                header.get(i).map_or("", |h| h.trim())
+            )),
+            None => row(format, &columns, &cells),
+        };
         rows.push(BalanceRow { line, cells, read });
     }
     Ok(BalanceFile {
@@ -294,6 +326,20 @@ fn hex16(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cell_that_is_not_utf8_refuses_its_row_only_when_the_row_needs_it() {
+        // GIVEN a file saved as Windows-1252: a name (not read) and an email that are not UTF-8
+        let bytes = b"email,points,name\na@b.co,5,Jos\xe9\nc\xe9@d.co,7,x\ne@f.co,9,y\n";
+        // WHEN it is read
+        let file = super::read_balances(super::BalanceFormat::Smile, bytes).expect("read");
+        // THEN the rows whose used cells are text read, and the one with such an email is
+        // refused with what to do
+        let read: Vec<bool> = file.rows.iter().map(|r| r.read.is_ok()).collect();
+        assert_eq!(read, [true, false, true]);
+        let reason = file.rows[1].read.as_ref().unwrap_err();
+        assert!(reason.contains("email cell is not UTF-8"), "{reason}");
+    }
+
     use super::*;
 
     #[test]

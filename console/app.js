@@ -507,7 +507,14 @@ async function campaign(id) {
     const campaignId = creating ? idInput.value.trim() : id;
     if (!campaignId) throw new ProblemError({ title: t("error"), detail: t("campaign_id_needed") });
     // A new campaign never replaces one of the same id (a running one would get the template),
-    // and a save, start or stop is made only over the version this page read.
+    // and a save, start or stop is made only over the version this page read. The id is looked
+    // up first so that a taken one is said before any field of the draft (the API checks the
+    // body first); If-None-Match makes it hold against a save in between.
+    if (creating) {
+      const taken = await api("GET", inProgram(`/campaigns/${encodeURIComponent(campaignId)}`))
+        .then(() => true, (e) => (e.problem?.status === 404 ? false : Promise.reject(e)));
+      if (taken) throw new ProblemError({ title: t("error"), detail: t("campaign_id_taken", { id: campaignId }) });
+    }
     const precondition = creating ? { "If-None-Match": "*" } : { "If-Match": `"${current.version}"` };
     const saved = await api("PUT", inProgram(`/campaigns/${encodeURIComponent(campaignId)}`), change(parseJson(text.value)), precondition)
       .catch((e) => Promise.reject(creating && e.problem?.status === 412

@@ -28,14 +28,16 @@ MIN_REQUESTS = 1000
 # `positive_data_acceptance` check expects of that operation; every other check stays as it is.
 EXCEPTIONS = {
     ("PUT", "/v1/programs/{program}"): (
-        ["400"],
+        ["400", "412"],
         "a program file has dozens of cross-field rules (tiers ascending, rewards known, "
-        "currencies real) that a JSON schema of 'any file' cannot state; 400 names each field",
+        "currencies real) that a JSON schema of 'any file' cannot state; 400 names each field. "
+        "An If-Match or If-None-Match that does not hold is 412 by design",
     ),
     ("PUT", "/v1/programs/{program}/campaigns/{campaign}"): (
-        ["400"],
+        ["400", "412"],
         "weights must sum to 1, end must follow start, offered rewards and tiers must exist in "
-        "the program: rules across fields and across documents",
+        "the program: rules across fields and across documents. An If-Match or If-None-Match "
+        "that does not hold is 412 by design",
     ),
     ("POST", "/v1/programs/{program}/events"): (
         ["400"],
@@ -66,6 +68,10 @@ EXCEPTIONS = {
     ("POST", "/v1/programs/{program}/me/redemptions"): (
         ["422"],
         "an Idempotency-Key reused with another body is refused by design",
+    ),
+    ("PATCH", "/v1/programs/{program}/me/profile"): (
+        ["400"],
+        "an anniversary is a day already past, from 1900 on: a rule that depends on the clock",
     ),
     ("GET", "/v1/programs/{program}/reports/liability"): (
         ["400"],

@@ -327,26 +327,47 @@ async fn apply_row(
     }
 }
 
-/// The rows' indexes grouped by the member they name (its id, else its email), each group in
-/// the file's order; a row that could not be read is a group of its own.
+/// The rows' indexes grouped so that rows which may be one member's (they share its id or its
+/// email) are in one group, each group in the file's order; a row that could not be read is a
+/// group of its own.
 fn by_member(file: &BalanceFile) -> Vec<Vec<usize>> {
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut group_of: HashMap<&str, usize> = HashMap::new();
+    // Each row points at a row of its group (a union-find over the rows).
+    let mut parent: Vec<usize> = (0..file.rows.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut first_with: HashMap<(bool, &str), usize> = HashMap::new();
     for (index, row) in file.rows.iter().enumerate() {
-        let key = row
-            .read
-            .as_ref()
-            .ok()
-            .and_then(|d| d.member.as_deref().or(d.email.as_deref()));
-        match key.and_then(|k| group_of.get(k)) {
-            Some(&g) => groups[g].push(index),
-            None => {
-                if let Some(k) = key {
-                    group_of.insert(k, groups.len());
+        let Ok(data) = &row.read else { continue };
+        let keys = [
+            data.member.as_deref().map(|m| (false, m)),
+            data.email.as_deref().map(|e| (true, e)),
+        ];
+        for key in keys.into_iter().flatten() {
+            match first_with.get(&key) {
+                Some(&other) => {
+                    let (a, b) = (root(&mut parent, index), root(&mut parent, other));
+                    parent[a.max(b)] = a.min(b);
                 }
-                groups.push(vec![index]);
+                None => {
+                    first_with.insert(key, index);
+                }
             }
         }
+    }
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut group_of: HashMap<usize, usize> = HashMap::new();
+    for index in 0..file.rows.len() {
+        let r = root(&mut parent, index);
+        let g = *group_of.entry(r).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(index);
     }
     groups
 }
@@ -446,4 +467,24 @@ fn report(args: &BalanceArgs, s: &ImportSummary, errors: Option<&str>) -> Result
         println!("refused rows, with their reasons: {path}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use loyalty_core::imports::{read_balances, BalanceFormat};
+
+    #[test]
+    fn rows_that_share_a_member_or_an_email_are_applied_as_one_group_in_order() {
+        // GIVEN rows where m-1 and ann@x.co meet on one row, and an unrelated one
+        let file = read_balances(
+            BalanceFormat::Csv,
+            b"member,email,points\n,ann@x.co,5\nm-2,,1\nm-1,,3\nm-1,ann@x.co,4\n,,\nbad,,x\n",
+        )
+        .expect("read");
+        // WHEN they are grouped THEN rows 0, 2 and 3 are one group, in the file's order
+        assert_eq!(
+            super::by_member(&file),
+            vec![vec![0, 2, 3], vec![1], vec![4]]
+        );
+    }
 }

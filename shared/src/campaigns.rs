@@ -159,7 +159,36 @@ pub enum CampaignError {
     Invalid(Vec<FieldError>),
 }
 
+/// Every field of a [`Campaign`]: what [`Campaign::from_stored`] keeps.
+const FIELDS: [&str; 14] = [
+    "name",
+    "kind",
+    "status",
+    "start",
+    "end",
+    "hash_seed",
+    "hash_version",
+    "bucket_version",
+    "coverage",
+    "namespace",
+    "audience",
+    "goal",
+    "variants",
+    "stopped_at",
+];
+
 impl Campaign {
+    /// A campaign as stored. Fields this version does not know (saved by a newer one, during a
+    /// deploy or after a rollback) are left out, never a reason to fail every purchase of the
+    /// program; a file from an operator is still read strictly ([`Campaign::from_json`]).
+    pub fn from_stored(json: &str) -> Result<Campaign, serde_json::Error> {
+        let mut value: serde_json::Value = serde_json::from_str(json)?;
+        if let Some(fields) = value.as_object_mut() {
+            fields.retain(|name, _| FIELDS.contains(&name.as_str()));
+        }
+        serde_json::from_value(value)
+    }
+
     /// Parses and validates a campaign of `program`.
     pub fn from_json(text: &[u8], program: &Program) -> Result<Campaign, CampaignError> {
         let campaign: Campaign =

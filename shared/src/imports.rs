@@ -51,6 +51,10 @@ pub struct RowData {
     pub member: Option<String>,
     /// Lower-cased.
     pub email: Option<String>,
+    /// The member cell as written when it named the member by an email in another case
+    /// (`email:Ann@Example.com`): a file imported before such cells were read as emails made a
+    /// member of that id, whose marker says the row was applied.
+    pub named_as: Option<String>,
     pub balance: ImportedBalance,
 }
 
@@ -220,14 +224,18 @@ fn row(format: BalanceFormat, c: &Columns, cells: &[String]) -> Result<RowData, 
     // A member named by its email (`email:Ann@Example.com`) is the email's member, found and
     // linked as an email column's would be: webhooks find members by their lower-cased links,
     // never by an account that merely bears the address as its id.
+    let mut named_as = None;
     let member = match member.as_deref().map(|m| (m, m.strip_prefix("email:"))) {
-        Some((_, Some(named))) => {
+        Some((cell, Some(named))) => {
             let named = self::email(named)?;
             if email.as_ref().is_some_and(|e| *e != named) {
                 return Err(format!(
                     "the member is email {named}, the email column says {}",
                     email.unwrap_or_default()
                 ));
+            }
+            if cell != format!("email:{named}") {
+                named_as = Some(cell.to_string());
             }
             email = Some(named);
             None
@@ -259,6 +267,7 @@ fn row(format: BalanceFormat, c: &Columns, cells: &[String]) -> Result<RowData, 
     Ok(RowData {
         member,
         email,
+        named_as,
         balance: ImportedBalance {
             points,
             tier: cell(cells, c.tier).map(str::to_string),

@@ -1175,3 +1175,40 @@ async fn a_purchase_made_before_a_campaign_stopped_counts_in_it_delivered_late()
     let saved = s.services.campaign("kr-shop", "double").await.unwrap();
     assert_eq!(saved["stopped_at"], json!(now + chrono::Duration::hours(1)));
 }
+
+#[tokio::test]
+async fn a_member_re_bucketed_into_the_granting_variant_is_not_granted_again() {
+    // GIVEN a broadcast campaign whose one variant grants 1,000 points, paid by the tick
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    s.seed(&[("m-1".to_string(), None)], now).await;
+    let mut gift = json!({
+        "name": "Welcome gift", "kind": "broadcast", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": "first", "goal": "purchase",
+        "variants": [
+            {"key": "control", "weight": 0, "effect": {"type": "none"}},
+            {"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}}
+        ]
+    });
+    s.put_campaign("welcome", &gift).await;
+    let tick = || {
+        s.services
+            .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+    };
+    tick().await.unwrap();
+    assert_eq!(s.drain().await.len(), 1);
+    // WHEN it is re-randomised (a new seed) and the tick and a purchase assign the member again
+    gift["hash_seed"] = json!("second");
+    s.put_campaign("welcome", &gift).await;
+    tick().await.unwrap();
+    s.purchase("m-1", "o-1", 10_000, now).await;
+    let earned = s.drain().await;
+    // THEN no second grant is sent (grants made under an earlier id form would not be
+    // recognised by their id), and the member has the 1,000 points once
+    assert!(
+        !earned.iter().any(|id| id.starts_with("grant")),
+        "{earned:?}"
+    );
+    assert!(s.balance("m-1").await < 2_000);
+}

@@ -173,3 +173,23 @@ fn a_birthday_campaign_admits_the_days_of_its_window_and_leap_day_birthdays() {
         [true, false]
     );
 }
+
+#[test]
+fn a_stored_campaign_is_read_whatever_fields_a_newer_version_added() {
+    // GIVEN a campaign as stored, with every field set, and with a field of a newer version
+    let mut full = weekend();
+    full["namespace"] = json!({"name": "ns", "start": 0.0, "end": 0.5});
+    full["stopped_at"] = json!("2026-11-28T00:00:00Z");
+    full["bucket_version"] = json!(2);
+    let campaign: Campaign = serde_json::from_value(full.clone()).expect("every field");
+    let stored = serde_json::to_value(&campaign).unwrap();
+    let mut newer = stored.clone();
+    newer["paused_until"] = json!("2026-12-01T00:00:00Z");
+    // WHEN it is read as stored
+    let read = Campaign::from_stored(&newer.to_string()).expect("read");
+    // THEN it is the campaign, every field kept (none is left out as unknown)
+    assert_eq!(read, campaign);
+    assert_eq!(serde_json::to_value(&read).unwrap(), stored);
+    // AND a file from an operator with that field is still refused
+    assert!(parse(&newer).is_err());
+}

@@ -107,3 +107,42 @@ async fn an_anniversary_is_a_past_day_changed_no_sooner_than_a_year_later() {
         chrono::NaiveDate::from_ymd_opt(2019, 5, 5)
     );
 }
+
+#[tokio::test]
+async fn a_merge_keeps_when_the_anniversary_it_brings_was_set() {
+    // GIVEN m-a, who set an anniversary today, and m-b, who has none
+    let store = SqliteStore::memory().unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let clock = FixedClock::at(start);
+    let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
+    let adjust = br#"{"points": 10, "reason": "opening"}"#;
+    for member in ["m-a", "m-b"] {
+        services
+            .adjust("kr-shop", member, "ops", None, adjust)
+            .await
+            .unwrap();
+    }
+    services
+        .update_profile("kr-shop", "m-a", br#"{"anniversary": "2020-06-01"}"#)
+        .await
+        .unwrap();
+    // WHEN m-a is merged into m-b, and m-b moves the anniversary the same day
+    services
+        .merge_members("kr-shop", "m-b", "m-a", "the same customer", "ops")
+        .await
+        .unwrap();
+    let moved = services
+        .update_profile("kr-shop", "m-b", br#"{"anniversary": "2000-11-23"}"#)
+        .await;
+    // THEN 409: the anniversary came with when it was set
+    assert!(
+        matches!(
+            moved,
+            Err(ServiceError::Conflict {
+                problem: "anniversary-recently-changed",
+                ..
+            })
+        ),
+        "{moved:?}"
+    );
+}

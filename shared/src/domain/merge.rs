@@ -137,6 +137,7 @@ impl Account {
         }
         if account.profile.anniversary.is_none() {
             account.profile.anniversary = from.profile.anniversary;
+            account.profile.anniversary_set_on = from.profile.anniversary_set_on;
         }
         // The members merged into the other come along: erasing this one reaches them too.
         for member in from.merged_from.iter().chain(std::iter::once(&from.member)) {

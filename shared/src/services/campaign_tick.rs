@@ -367,7 +367,11 @@ impl Services {
         let Some(variant) = campaign.assign(member) else {
             return Ok(false);
         };
-        let to = Assignee { member, seen: true };
+        let to = Assignee {
+            member,
+            seen: true,
+            earlier: state.assignments.get(id),
+        };
         let recorded = self
             .assign(&program.id, to, id, campaign, variant, at)
             .await?;

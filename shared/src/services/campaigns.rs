@@ -22,6 +22,8 @@ pub const MAX_OVERLAPPING_CAMPAIGNS: usize = 30;
 pub(crate) struct Assignee<'a> {
     pub member: &'a str,
     pub seen: bool,
+    /// The member's assignment as read, made under an earlier seed or bucket version, if any.
+    pub earlier: Option<&'a Assignment>,
 }
 
 impl Services {
@@ -48,12 +50,6 @@ impl Services {
         let program = self.program(program_id).await?;
         crate::ids::IdKind::Campaign.check(id)?;
         let what = format!("campaign {id}");
-        if expected != Expected::Any {
-            // The precondition before the body (RFC 9110 §13.2.2): "it exists" says more than a
-            // field of the body it would not have saved anyway.
-            let current = self.store.campaign(&program.id, id).await?.map(|(v, _)| v);
-            expected.check(current, &what)?;
-        }
         super::require_object(body, "malformed-campaign")?;
         let campaign = Campaign::from_json(body, &program).map_err(|e| match e {
             CampaignError::Syntax(_) => ServiceError::invalid("malformed-campaign", e.to_string()),
@@ -63,6 +59,11 @@ impl Services {
                 errors: errors.clone(),
             },
         })?;
+        // The body is checked first: a file that could never be saved is 400 whatever is saved.
+        if expected != Expected::Any {
+            let current = self.store.campaign(&program.id, id).await?.map(|(v, _)| v);
+            expected.check(current, &what)?;
+        }
         self.check_overlap(&program.id, id, &campaign).await?;
         let mut campaign = campaign;
         let mut contention = super::Contention::new();
@@ -72,7 +73,7 @@ impl Services {
             expected.check(current, &what)?;
             let before: Option<Campaign> = read
                 .as_ref()
-                .and_then(|(_, json)| serde_json::from_str(json).ok());
+                .and_then(|(_, json)| Campaign::from_stored(json).ok());
             campaign.stamp_stop(before.as_ref(), self.clock.now());
             let json = serde_json::to_string(&campaign)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -95,7 +96,7 @@ impl Services {
         let program = self.program(program_id).await?;
         let mut campaigns = Vec::new();
         for (id, json) in self.store.campaigns(&program.id).await? {
-            let campaign: Campaign = serde_json::from_str(&json).map_err(|e| {
+            let campaign = Campaign::from_stored(&json).map_err(|e| {
                 ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}"))
             })?;
             campaigns.push((
@@ -218,7 +219,11 @@ impl Services {
             let recorded = match state.assignments.get(id) {
                 Some(a) if a.holds_for(&campaign.hash_seed, campaign.bucket_version) => a.clone(),
                 _ => {
-                    let to = Assignee { member, seen };
+                    let to = Assignee {
+                        member,
+                        seen,
+                        earlier: state.assignments.get(id),
+                    };
                     match self
                         .assign(&program.id, to, id, campaign, variant, now)
                         .await?
@@ -256,7 +261,8 @@ impl Services {
     ) -> Result<Option<Assignment>, ServiceError> {
         let member = to.member;
         let v = &campaign.variants[variant];
-        let grant = grant_message(program, member, id, campaign, variant, now);
+        let grant = grant_message(program, member, id, campaign, variant, now)
+            .filter(|_| !granted_before(to.earlier, campaign));
         let wanted = Assignment::new(
             id,
             &v.key,
@@ -365,6 +371,19 @@ pub(crate) fn grant_message(
     ))
 }
 
+/// Whether a member re-bucketed (a new seed or bucket version) was granted the campaign's
+/// points under its earlier assignment: its variant, by key, is one that grants. A campaign
+/// grants a member once, whatever its seeds (grant ids made before `grant-{campaign}:{member}`
+/// had another form, so the id alone no longer tells).
+fn granted_before(earlier: Option<&Assignment>, campaign: &Campaign) -> bool {
+    earlier.is_some_and(|a| {
+        campaign
+            .variants
+            .iter()
+            .any(|v| v.key == a.variant && matches!(v.effect, Effect::Grant { .. }))
+    })
+}
+
 /// The variant index a member has in a campaign: a recorded assignment that still holds, or
 /// for broadcast campaigns (intent to treat) the one hashing gives, if the audience admits them.
 /// `on_exposure` campaigns count only members who have seen them (recorded).
@@ -422,7 +441,7 @@ impl Part<'_> {
     /// The grant a purchase sends when it is what assigns the member (a broadcast campaign's
     /// member the tick has not reached yet) to a variant that grants points.
     pub fn grant(&self, program: &str, member: &str, at: DateTime<Utc>) -> Option<OutboxMessage> {
-        if self.stored.is_some() {
+        if self.stored.is_some() || granted_before(self.read, self.campaign) {
             return None;
         }
         grant_message(program, member, self.id, self.campaign, self.variant, at)

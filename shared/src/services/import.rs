@@ -61,13 +61,18 @@ impl Services {
         row: &RowData,
     ) -> Result<RowOutcome, ServiceError> {
         let program = self.program(program_id).await?;
-        let (mut member, mut to_link) = match self.import_member(&program.id, row).await? {
-            Ok(found) => found,
-            Err(reason) => return Ok(RowOutcome::Refused { reason }),
-        };
         let marker = EventMarker {
             source: "import".into(),
             event_id: origin.event_id(),
+        };
+        if let Some(named) = &row.named_as {
+            if self.store.has_marker(&program.id, named, &marker).await? {
+                return Ok(unchanged(named.clone(), "imported before"));
+            }
+        }
+        let (mut member, mut to_link) = match self.import_member(&program.id, row).await? {
+            Ok(found) => found,
+            Err(reason) => return Ok(RowOutcome::Refused { reason }),
         };
         let reason = format!("imported from {}, row {}", origin.file_name, origin.line);
         let mut contention = Contention::new();

@@ -532,7 +532,7 @@ impl Services {
 fn parse_campaigns(stored: Vec<(String, String)>) -> Result<CampaignList, ServiceError> {
     let mut list = Vec::with_capacity(stored.len());
     for (id, json) in stored {
-        let campaign = serde_json::from_str(&json)
+        let campaign = crate::campaigns::Campaign::from_stored(&json)
             .map_err(|e| ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}")))?;
         list.push((id, campaign));
     }

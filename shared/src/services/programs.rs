@@ -45,11 +45,6 @@ impl Services {
         expected: Expected,
     ) -> Result<SavedProgram, ServiceError> {
         let what = format!("program {id}");
-        if expected != Expected::Any {
-            // The precondition before the body (RFC 9110 §13.2.2).
-            let current = self.store.get_program(id).await?.map(|p| p.version);
-            expected.check(current, &what)?;
-        }
         let parsed = match format {
             ProgramFormat::Toml => Program::from_toml(text),
             ProgramFormat::Json => {
@@ -75,6 +70,11 @@ impl Services {
                     program.id
                 ),
             ));
+        }
+        // The file is checked first: one that could never be saved is 400 whatever is saved.
+        if expected != Expected::Any {
+            let current = self.store.get_program(id).await?.map(|p| p.version);
+            expected.check(current, &what)?;
         }
         let mut file = program.file.clone();
         file.version = None;

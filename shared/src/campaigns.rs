@@ -340,6 +340,16 @@ impl Campaign {
         on && self.start <= at && at < self.end
     }
 
+    /// Until when purchases count in it (the end of the window it may add items to a commit
+    /// in): its end while running, its stop once stopped, never for a draft.
+    pub fn counts_until(&self) -> Option<DateTime<Utc>> {
+        match self.status {
+            CampaignStatus::Running => Some(self.end),
+            CampaignStatus::Stopped => self.stopped_at.map(|s| s.min(self.end)),
+            CampaignStatus::Draft => None,
+        }
+    }
+
     /// Sets when it was stopped, from the version it replaces (`before`) and the time it is
     /// saved: kept while it stays stopped, `now` when a running one stops, none otherwise.
     pub fn stamp_stop(&mut self, before: Option<&Campaign>, now: DateTime<Utc>) {

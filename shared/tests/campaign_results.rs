@@ -567,6 +567,26 @@ async fn a_campaign_that_would_overlap_too_many_running_ones_is_refused_when_sav
     december["start"] = json!("2026-12-01T00:00:00+09:00");
     december["end"] = json!("2026-12-31T00:00:00+09:00");
     s.put_campaign("one-more", &december).await;
+    // AND stopping it is never refused, but once stopped it cannot be moved back over
+    // November's campaigns (it counts purchases made before its stop, delivered late)
+    december["status"] = json!("stopped");
+    s.put_campaign("one-more", &december).await;
+    let mut moved = december.clone();
+    moved["start"] = birthday_campaign()["start"].clone();
+    let refused = s
+        .services
+        .put_campaign("kr-shop", "one-more", moved.to_string().as_bytes())
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(ServiceError::Conflict {
+                problem: "too-many-running-campaigns",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
 }
 
 fn goal_campaign(goal: &str, seed: &str) -> Value {

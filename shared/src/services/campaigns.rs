@@ -64,7 +64,6 @@ impl Services {
             let current = self.store.campaign(&program.id, id).await?.map(|(v, _)| v);
             expected.check(current, &what)?;
         }
-        self.check_overlap(&program.id, id, &campaign).await?;
         let mut campaign = campaign;
         let mut contention = super::Contention::new();
         loop {
@@ -75,6 +74,14 @@ impl Services {
                 .as_ref()
                 .and_then(|(_, json)| Campaign::from_stored(json).ok());
             campaign.stamp_stop(before.as_ref(), self.clock.now());
+            // A stop only shortens the window: it is never refused for the overlap.
+            let stopping = campaign.status == crate::campaigns::CampaignStatus::Stopped
+                && before
+                    .as_ref()
+                    .is_some_and(|b| b.status == crate::campaigns::CampaignStatus::Running);
+            if !stopping {
+                self.check_overlap(&program.id, id, &campaign).await?;
+            }
             let json = serde_json::to_string(&campaign)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
             if let Some(version) = self
@@ -288,23 +295,18 @@ impl Services {
         id: &str,
         campaign: &Campaign,
     ) -> Result<(), ServiceError> {
-        if campaign.status != crate::campaigns::CampaignStatus::Running {
+        // A stopped one still counts purchases made before its stop, delivered late.
+        let Some(mine) = campaign.counts_until() else {
             return Ok(());
-        }
+        };
         let alongside = self
             .campaign_list(program)
             .await?
             .iter()
             .filter(|(other, c)| {
-                // A stopped one still counts purchases made before its stop, delivered late.
-                let until = match c.status {
-                    crate::campaigns::CampaignStatus::Running => Some(c.end),
-                    crate::campaigns::CampaignStatus::Stopped => c.stopped_at.map(|s| s.min(c.end)),
-                    crate::campaigns::CampaignStatus::Draft => None,
-                };
                 other != id
-                    && until.is_some_and(|until| campaign.start < until)
-                    && c.start < campaign.end
+                    && c.counts_until().is_some_and(|until| campaign.start < until)
+                    && c.start < mine
             })
             .count();
         if alongside + 1 > MAX_OVERLAPPING_CAMPAIGNS {

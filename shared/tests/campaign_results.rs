@@ -1041,15 +1041,7 @@ async fn a_purchase_that_assigns_a_member_first_sends_the_variants_grant_once() 
     // the tick has not reached yet
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
     let s = stack(now).await;
-    let gift = json!({
-        "name": "Welcome gift", "kind": "broadcast", "status": "running",
-        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
-        "hash_seed": "welcome-2026", "goal": "purchase",
-        "variants": [
-            {"key": "control", "weight": 0, "effect": {"type": "none"}},
-            {"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}}
-        ]
-    });
+    let gift = welcome_gift("welcome-2026");
     s.put_campaign("welcome", &gift).await;
     s.seed(&[("m-1".to_string(), None)], now).await;
     // WHEN the member buys for 10,000 KRW before any tick, then everything queued is handled,
@@ -1084,17 +1076,7 @@ async fn grants_of_two_campaigns_whose_ids_and_members_join_alike_are_both_paid(
     // members `kr-1001` and `1001` (joined with '-', both pairs read `welcome-kr-1001`)
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
     let s = stack(now).await;
-    let gift = |seed: &str| {
-        json!({
-            "name": "Welcome gift", "kind": "broadcast", "status": "running",
-            "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
-            "hash_seed": seed, "goal": "purchase",
-            "variants": [
-                {"key": "control", "weight": 0, "effect": {"type": "none"}},
-                {"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}}
-            ]
-        })
-    };
+    let gift = welcome_gift;
     s.put_campaign("welcome", &gift("a")).await;
     s.put_campaign("welcome-kr", &gift("b")).await;
     s.seed(
@@ -1202,15 +1184,7 @@ async fn a_member_re_bucketed_into_the_granting_variant_is_not_granted_again() {
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
     let s = stack(now).await;
     s.seed(&[("m-1".to_string(), None)], now).await;
-    let mut gift = json!({
-        "name": "Welcome gift", "kind": "broadcast", "status": "running",
-        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
-        "hash_seed": "first", "goal": "purchase",
-        "variants": [
-            {"key": "control", "weight": 0, "effect": {"type": "none"}},
-            {"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}}
-        ]
-    });
+    let mut gift = welcome_gift("first");
     s.put_campaign("welcome", &gift).await;
     let tick = || {
         s.services
@@ -1231,4 +1205,17 @@ async fn a_member_re_bucketed_into_the_granting_variant_is_not_granted_again() {
         "{earned:?}"
     );
     assert!(s.balance("m-1").await < 2_000);
+}
+
+/// A running broadcast campaign whose one variant grants 1,000 points to everyone.
+fn welcome_gift(seed: &str) -> Value {
+    json!({
+        "name": "Welcome gift", "kind": "broadcast", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": seed, "goal": "purchase",
+        "variants": [
+            {"key": "control", "weight": 0, "effect": {"type": "none"}},
+            {"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}}
+        ]
+    })
 }

@@ -176,15 +176,8 @@ impl Account {
         if let Some(text) = birthday {
             let birthday = parse_birthday(text)?;
             if self.profile.birthday.as_deref() != Some(birthday.as_str()) {
-                if let (Some(_), Some(set_on)) =
-                    (&self.profile.birthday, self.profile.birthday_set_on)
-                {
-                    let next = set_on + chrono::Duration::days(BIRTHDAY_CHANGE_DAYS);
-                    if today < next {
-                        return Err(AccountError::Invalid(format!(
-                            "the birthday was set on {set_on} and can be changed again from {next}"
-                        )));
-                    }
+                if self.profile.birthday.is_some() {
+                    changeable("birthday", self.profile.birthday_set_on, today)?;
                 }
                 account.profile.birthday = Some(birthday);
                 account.profile.birthday_set_on = Some(today);
@@ -197,21 +190,29 @@ impl Account {
                     "the anniversary must be a day from {earliest} to today ({today})"
                 )));
             }
-            if let (Some(_), Some(set_on)) =
-                (&self.profile.anniversary, self.profile.anniversary_set_on)
-            {
-                let next = set_on + chrono::Duration::days(BIRTHDAY_CHANGE_DAYS);
-                if today < next {
-                    return Err(AccountError::Invalid(format!(
-                        "the anniversary was set on {set_on} and can be changed again from {next}"
-                    )));
-                }
+            if self.profile.anniversary.is_some() {
+                changeable("anniversary", self.profile.anniversary_set_on, today)?;
             }
             account.profile.anniversary = Some(date);
             account.profile.anniversary_set_on = Some(today);
         }
         Ok(account)
     }
+}
+
+/// Refuses to change a yearly day (`what`) set less than [`BIRTHDAY_CHANGE_DAYS`] before
+/// `today`: moved at will, it would collect its yearly bonus twice or early.
+fn changeable(what: &str, set_on: Option<NaiveDate>, today: NaiveDate) -> Result<(), AccountError> {
+    let Some(set_on) = set_on else {
+        return Ok(());
+    };
+    let next = set_on + chrono::Duration::days(BIRTHDAY_CHANGE_DAYS);
+    if today < next {
+        return Err(AccountError::Invalid(format!(
+            "the {what} was set on {set_on} and can be changed again from {next}"
+        )));
+    }
+    Ok(())
 }
 
 /// Points taken for a checkout, waiting for the shop to capture them.

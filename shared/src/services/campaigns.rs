@@ -59,11 +59,8 @@ impl Services {
                 errors: errors.clone(),
             },
         })?;
-        // The body is checked first: a file that could never be saved is 400 whatever is saved.
-        if expected != Expected::Any {
-            let current = self.store.campaign(&program.id, id).await?.map(|(v, _)| v);
-            expected.check(current, &what)?;
-        }
+        // The body was checked above: a file that could never be saved is 400 whatever is
+        // saved; the precondition is checked on the version the write is conditional on.
         let mut campaign = campaign;
         let mut contention = super::Contention::new();
         loop {

@@ -71,11 +71,8 @@ impl Services {
                 ),
             ));
         }
-        // The file is checked first: one that could never be saved is 400 whatever is saved.
-        if expected != Expected::Any {
-            let current = self.store.get_program(id).await?.map(|p| p.version);
-            expected.check(current, &what)?;
-        }
+        // The file was checked above: one that could never be saved is 400 whatever is saved;
+        // the precondition is checked on the version the write is conditional on.
         let mut file = program.file.clone();
         file.version = None;
         let file_json =

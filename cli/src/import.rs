@@ -245,6 +245,7 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
                         file_name,
                         digest: &file.digest,
                         line: row.line,
+                        content: &row.content,
                         mode,
                         dry_run: args.dry_run,
                     };
@@ -278,8 +279,8 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
     } else {
         None
     };
-    // An earlier run's refused rows were applied this time: its error file, imported, would
-    // apply them again (its rows are another file's, with other ids).
+    // An earlier run's refused rows were applied this time: its error file is of no more use
+    // (imported, its rows would be found imported before).
     if summary.refused == 0 && !args.dry_run && errors_path.exists() {
         std::fs::remove_file(&errors_path)
             .map_err(|e| format!("{}: {e}", errors_path.display()))?;

@@ -44,6 +44,10 @@ pub struct BalanceRow {
     pub cells: Vec<String>,
     /// What the row says, or why it cannot be read.
     pub read: Result<RowData, String>,
+    /// What makes the row's id: a digest of what it says and how many rows before it in the
+    /// file say the same, so that the file saved again (other line endings, quotes, columns,
+    /// rows in between), exported again or the row's error file finds the row imported before.
+    pub content: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,8 +62,8 @@ pub struct RowData {
     pub balance: ImportedBalance,
 }
 
-/// A balance file read whole: its header, its rows and a digest of its bytes (what makes each
-/// row's id, so the same file imported twice is recognised row by row).
+/// A balance file read whole: its header, its rows and a digest of its bytes (what made each
+/// row's id before rows were known by their content; still looked for, see `BalanceRow`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BalanceFile {
     pub header: Vec<String>,
@@ -195,8 +199,14 @@ pub fn read_balances(format: BalanceFormat, bytes: &[u8]) -> Result<BalanceFile,
             )),
             None => row(format, &columns, &cells),
         };
-        rows.push(BalanceRow { line, cells, read });
+        rows.push(BalanceRow {
+            line,
+            cells,
+            read,
+            content: String::new(),
+        });
     }
+    name_by_content(&mut rows);
     Ok(BalanceFile {
         header,
         rows,
@@ -323,6 +333,28 @@ fn birthday(text: &str) -> Result<String, String> {
     };
     let candidate = format!("{month:0>2}-{day:0>2}");
     crate::domain::account::parse_birthday(&candidate).map_err(|e| e.to_string())
+}
+
+/// Gives each row its content id: what it says (its member or email and its balance, as read,
+/// not as written) and its rank among the rows that say the same. A row that cannot be read
+/// says nothing: its cells make its id (it is refused anyway).
+fn name_by_content(rows: &mut [BalanceRow]) {
+    let mut seen: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    for row in rows {
+        let says = match &row.read {
+            Ok(data) => {
+                let b = &data.balance;
+                format!(
+                    "member={:?} email={:?} points={} tier={:?} birthday={:?} expires_on={:?}",
+                    data.member, data.email, b.points, b.tier, b.birthday, b.expires_on
+                )
+            }
+            Err(_) => format!("cells={:?}", row.cells),
+        };
+        let rank = seen.entry(says.clone()).or_insert(0);
+        row.content = hex16(format!("{says} rank={rank}").as_bytes());
+        *rank += 1;
+    }
 }
 
 fn hex16(bytes: &[u8]) -> String {

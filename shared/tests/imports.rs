@@ -21,6 +21,7 @@ async fn a_row_naming_its_member_by_an_email_in_capitals_is_not_applied_twice() 
         file_name: "ours.csv",
         digest: "0123456789abcdef",
         line: 2,
+        content: "00112233445566ff",
         mode: ImportMode::Add,
         dry_run: false,
     };
@@ -58,4 +59,114 @@ async fn a_row_naming_its_member_by_an_email_in_capitals_is_not_applied_twice() 
         .unwrap();
     // THEN the row is known as imported before: nothing is credited again
     assert!(matches!(again, RowOutcome::Unchanged { .. }), "{again:?}");
+}
+
+/// Applies every row of `file` in add mode, as `loyalty import balances` does.
+async fn import_file(services: &loyalty_core::services::Services, bytes: &[u8]) -> Vec<RowOutcome> {
+    let file = read_balances(BalanceFormat::Csv, bytes).expect("read");
+    let mut outcomes = Vec::new();
+    for row in &file.rows {
+        let origin = RowOrigin {
+            file_name: "balances.csv",
+            digest: &file.digest,
+            line: row.line,
+            content: &row.content,
+            mode: ImportMode::Add,
+            dry_run: false,
+        };
+        let data = row.read.clone().expect("row");
+        let outcome = services
+            .import_balance("kr-shop", "import", &origin, &data)
+            .await
+            .unwrap();
+        outcomes.push(outcome);
+    }
+    outcomes
+}
+
+async fn balance(services: &loyalty_core::services::Services, member: &str) -> i64 {
+    services
+        .member_view("kr-shop", member)
+        .await
+        .unwrap()
+        .balance
+}
+
+#[tokio::test]
+async fn a_balance_file_saved_again_by_a_spreadsheet_credits_nothing_again() {
+    // GIVEN a balance file added to the members, m-2 named twice on purpose
+    let store = SqliteStore::memory().unwrap();
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 6, 5, 0, 0).unwrap());
+    let (_, services) = common::kr_shop_services(&store, 3, clock).await;
+    let first = import_file(
+        &services,
+        b"member,points,tier\nm-1,500,\nm-2,300,\nm-2,300,\nm-3,70,\n",
+    )
+    .await;
+    assert!(first
+        .iter()
+        .all(|o| matches!(o, RowOutcome::Applied { .. })));
+    assert_eq!(balance(&services, "m-2").await, 600);
+    // WHEN it is imported again as a spreadsheet saves it: CRLF, quoted cells, a column more,
+    // the rows in another order with a blank row between them (every line and byte changed)
+    let again = import_file(
+        &services,
+        b"\"note\",\"member\",\"points\",\"tier\"\r\n\"x\",\"m-3\",\"70\",\"\"\r\n,,,\r\n\"y\",\"m-2\",\"300\",\"\"\r\n\"z\",\"m-1\",\"500\",\"\"\r\n\"w\",\"m-2\",\"300\",\"\"\r\n",
+    )
+    .await;
+    // THEN every row is known as imported before and no balance moved
+    assert_eq!(again.len(), 4);
+    assert!(
+        again.iter().all(
+            |o| matches!(o, RowOutcome::Unchanged { reason, .. } if reason == "imported before")
+        ),
+        "{again:?}"
+    );
+    assert_eq!(balance(&services, "m-1").await, 500);
+    assert_eq!(balance(&services, "m-2").await, 600);
+    assert_eq!(balance(&services, "m-3").await, 70);
+    // AND a row that says something else (another amount) is another row
+    let other = import_file(&services, b"member,points\nm-1,501\n").await;
+    assert!(
+        matches!(other[0], RowOutcome::Applied { points: 501, .. }),
+        "{other:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_row_applied_by_an_earlier_version_under_its_line_is_not_applied_again() {
+    // GIVEN a row applied as earlier versions did: its marker made from the file's digest, the
+    // mode and the row's line
+    let store = SqliteStore::memory().unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 12, 6, 5, 0, 0).unwrap();
+    let (_, services) = common::kr_shop_services(&store, 3, FixedClock::at(now)).await;
+    let bytes = b"member,points\nm-1,500\n";
+    let file = read_balances(BalanceFormat::Csv, bytes).expect("read");
+    let row = file.rows[0].read.clone().expect("row");
+    let program = services.program("kr-shop").await.unwrap();
+    let event_id = format!("import-{}-add-2", file.digest);
+    let ctx = loyalty_core::domain::EventContext::new(event_id.clone(), now, now);
+    let account = loyalty_core::domain::Account::open(&program, "m-1", now);
+    let change = account
+        .import_balance(&program, ImportMode::Add, &row.balance, "imported", &ctx)
+        .unwrap();
+    let commit = loyalty_core::ports::Commit {
+        marker: Some(loyalty_core::ports::EventMarker {
+            source: "import".into(),
+            event_id,
+        }),
+        ..loyalty_core::ports::Commit::new(&program, "m-1", None, change, now)
+    };
+    loyalty_core::ports::MemberStore::commit(&store, commit)
+        .await
+        .unwrap();
+    assert_eq!(balance(&services, "m-1").await, 500);
+    // WHEN this version imports the same file
+    let again = import_file(&services, bytes).await;
+    // THEN the row is imported before: nothing is credited again
+    assert!(
+        matches!(&again[0], RowOutcome::Unchanged { reason, .. } if reason == "imported before"),
+        "{again:?}"
+    );
+    assert_eq!(balance(&services, "m-1").await, 500);
 }

@@ -1,5 +1,6 @@
 //! Balance imports: each row of a file from another programme applied once, as an entry whose
-//! id comes from the file's bytes and the row, so importing the same file again changes nothing.
+//! id comes from what the row says, so importing the same file again (or saved again, or
+//! exported again) changes nothing.
 
 use serde::Serialize;
 
@@ -28,25 +29,39 @@ pub enum RowOutcome {
     },
 }
 
-/// Where a row comes from: the file (its name and digest), the row's line, and the mode.
+/// Where a row comes from: the file (its name and digest), the row's line and content id
+/// (`BalanceRow::content`), and the mode.
 #[derive(Debug, Clone)]
 pub struct RowOrigin<'a> {
     pub file_name: &'a str,
     pub digest: &'a str,
     pub line: u64,
+    pub content: &'a str,
     pub mode: ImportMode,
     pub dry_run: bool,
 }
 
 impl RowOrigin<'_> {
-    /// The entry's event id: the same file, row and mode give the same id.
-    fn event_id(&self) -> String {
-        format!(
-            "import-{}-{}-{}",
-            self.digest,
-            self.mode.as_str(),
-            self.line
-        )
+    /// The entry's marker: the same row content, rank and mode give the same one.
+    fn marker(&self) -> EventMarker {
+        EventMarker {
+            source: "import".into(),
+            event_id: format!("import-{}-{}", self.mode.as_str(), self.content),
+        }
+    }
+
+    /// The marker earlier versions wrote, from the file's bytes and the row's line: a row
+    /// applied under it is imported before too.
+    fn marker_by_line(&self) -> EventMarker {
+        EventMarker {
+            source: "import".into(),
+            event_id: format!(
+                "import-{}-{}-{}",
+                self.digest,
+                self.mode.as_str(),
+                self.line
+            ),
+        }
     }
 }
 
@@ -61,12 +76,9 @@ impl Services {
         row: &RowData,
     ) -> Result<RowOutcome, ServiceError> {
         let program = self.program(program_id).await?;
-        let marker = EventMarker {
-            source: "import".into(),
-            event_id: origin.event_id(),
-        };
+        let marker = origin.marker();
         if let Some(named) = &row.named_as {
-            if self.store.has_marker(&program.id, named, &marker).await? {
+            if self.imported_before(&program.id, named, origin).await? {
                 return Ok(unchanged(named.clone(), "imported before"));
             }
         }
@@ -82,7 +94,7 @@ impl Services {
             // A member merged into another is the survivor's; one being erased takes nothing.
             if let Some(into) = state.account.as_ref().and_then(|a| a.merged_into()) {
                 // Imported before the merge: the row's marker stayed here, its points moved on.
-                if self.store.has_marker(&program.id, &member, &marker).await? {
+                if self.imported_before(&program.id, &member, origin).await? {
                     return Ok(unchanged(member, "imported before"));
                 }
                 contention
@@ -95,14 +107,16 @@ impl Services {
                     reason: format!("member {member} is being erased"),
                 });
             }
-            if origin.dry_run && self.store.has_marker(&program.id, &member, &marker).await? {
+            // The commit is conditional on the marker; a dry run, and the marker of earlier
+            // versions, are looked for.
+            if self.imported_before(&program.id, &member, origin).await? {
                 return Ok(unchanged(member, "imported before"));
             }
             // Imported before into a member merged into this one since: the marker stayed
             // there, the points came here.
             if let Some(account) = &state.account {
                 if self
-                    .imported_into_merged(&program.id, account, &marker)
+                    .imported_into_merged(&program.id, account, origin)
                     .await?
                 {
                     return Ok(unchanged(
@@ -169,13 +183,28 @@ impl Services {
         }
     }
 
+    /// Whether `member` holds the row's marker, or the one earlier versions wrote for it.
+    async fn imported_before(
+        &self,
+        program: &str,
+        member: &str,
+        origin: &RowOrigin<'_>,
+    ) -> Result<bool, ServiceError> {
+        for marker in [origin.marker(), origin.marker_by_line()] {
+            if self.store.has_marker(program, member, &marker).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Whether a member merged into `account` (or into one merged into it, and so on) holds
     /// the row's marker. Merged members take no commits, so their markers never change.
     async fn imported_into_merged(
         &self,
         program: &str,
         account: &crate::domain::Account,
-        marker: &EventMarker,
+        origin: &RowOrigin<'_>,
     ) -> Result<bool, ServiceError> {
         /// Members looked at, at most: a member merged from more is not looked at further.
         const MERGED_LOOKED_AT: usize = 64;
@@ -186,7 +215,7 @@ impl Services {
                 break;
             }
             looked_at += 1;
-            if self.store.has_marker(program, &merged, marker).await? {
+            if self.imported_before(program, &merged, origin).await? {
                 return Ok(true);
             }
             let state = self.store.load_member(program, &merged, &[]).await?;

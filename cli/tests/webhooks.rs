@@ -213,6 +213,25 @@ fn shopify_orders_earn_once_and_refunds_take_back_exactly_their_lines() {
 }
 
 #[test]
+fn shopify_lines_removed_by_an_order_edit_before_payment_earn_nothing() {
+    // GIVEN kr-shop, and an order edited before it was paid: one of the two tees and the cap
+    // removed (current_quantity 1 of 2, and 0)
+    let server = start();
+    let mut order: Value =
+        serde_json::from_slice(&fixture("orders-paid.json", &days_ago(1))).expect("JSON");
+    order["line_items"][0]["current_quantity"] = json!(1);
+    order["line_items"][1]["current_quantity"] = json!(0);
+    let paid = serde_json::to_vec(&order).expect("JSON");
+    // WHEN orders/paid arrives
+    let (status, body) = shopify(&server, "orders/paid", &paid, SHOPIFY_SECRET, "edited-1");
+    assert_eq!(status, 200, "{body}");
+    // THEN only the tee kept earns, with its share of the line's discount: (29,000 - 1,500) / 100
+    let v = eventually(&server, MEMBER, |v| v["pending"] != 0);
+    assert_eq!(v["pending"], 275);
+    assert_eq!(v["tier"]["qualifying"], 27_500);
+}
+
+#[test]
 fn bad_shopify_deliveries_are_kept_aside_and_credit_nothing() {
     // GIVEN a running stack
     let server = start();

@@ -128,14 +128,21 @@ fn paid(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookErr
         .get("line_items")
         .and_then(Value::as_array)
         .ok_or_else(|| invalid("line_items is missing"))?;
+    let refunded = refunded_units(order)?;
     let mut lines = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let price = shop_amount(item, "price")
             .ok_or_else(|| invalid(format!("line_items[{i}].price is missing")))?;
-        let quantity = item
+        let ordered = item
             .get("quantity")
             .and_then(Value::as_i64)
             .ok_or_else(|| invalid(format!("line_items[{i}].quantity is missing")))?;
+        let line_id = id(item, "id")?;
+        let quantity = paid_units(item, ordered, refunded.get(&line_id).copied());
+        if quantity == 0 {
+            // Removed by an order edit: never paid for, and no refund will take it back.
+            continue;
+        }
         // Discount allocations include the line's share of order-level discounts.
         let mut discount = 0;
         match item.get("discount_allocations").and_then(Value::as_array) {
@@ -155,8 +162,11 @@ fn paid(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookErr
                 }
             }
         }
+        if quantity < ordered {
+            discount = kept_discount(discount, quantity, ordered);
+        }
         lines.push(json!({
-            "line_id": id(item, "id")?,
+            "line_id": line_id,
             "sku": item.get("sku").and_then(Value::as_str).unwrap_or(""),
             "category": item.get("product_type").and_then(Value::as_str).unwrap_or(""),
             "quantity": quantity,
@@ -164,6 +174,11 @@ fn paid(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookErr
             "discount": currency.format_amount(discount),
             "gift_card": item.get("gift_card").and_then(Value::as_bool).unwrap_or(false),
         }));
+    }
+    if lines.is_empty() {
+        return Ok(Normalised::Ignored(format!(
+            "order {order_id}: every line was removed by an order edit, nothing was paid for"
+        )));
     }
     let mut shipping = 0;
     for line in order
@@ -202,6 +217,46 @@ fn paid(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookErr
         order_key: Some(crate::envelope::order_key("shopify", &order_id)),
         identities,
     }]))
+}
+
+/// The units of each line that the order's refunds returned (`refunds` of an order from the
+/// Admin API; a webhook's order has none when it is paid).
+fn refunded_units(order: &Value) -> Result<std::collections::HashMap<String, i64>, WebhookError> {
+    let mut units = std::collections::HashMap::new();
+    let refunds = order.get("refunds").and_then(Value::as_array);
+    for refund in refunds.into_iter().flatten() {
+        let items = refund.get("refund_line_items").and_then(Value::as_array);
+        for item in items.into_iter().flatten() {
+            let quantity = item.get("quantity").and_then(Value::as_i64).unwrap_or(0);
+            if quantity > 0 {
+                let line = id(item, "line_item_id")?;
+                let sum: &mut i64 = units.entry(line).or_default();
+                *sum = sum.saturating_add(quantity);
+            }
+        }
+    }
+    Ok(units)
+}
+
+/// The units of a line that were paid for: `current_quantity` (what order edits and refunds
+/// left) with the refunded units added back, since their refunds take their points back; the
+/// ordered quantity when the field is absent (API versions before 2024-01).
+fn paid_units(item: &Value, ordered: i64, refunded: Option<i64>) -> i64 {
+    match item.get("current_quantity").and_then(Value::as_i64) {
+        Some(current) if ordered > 0 => current
+            .max(0)
+            .saturating_add(refunded.unwrap_or(0))
+            .min(ordered),
+        _ => ordered,
+    }
+}
+
+/// A line's discount for the units kept of those ordered, rounded up: the discount of removed
+/// units never makes the kept ones earn more.
+fn kept_discount(discount: i64, kept: i64, ordered: i64) -> i64 {
+    let (discount, kept, ordered) = (i128::from(discount), i128::from(kept), i128::from(ordered));
+    let share = (discount * kept + ordered - 1).div_euclid(ordered);
+    i64::try_from(share).unwrap_or(i64::MAX)
 }
 
 fn cancelled(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookError> {
@@ -271,4 +326,97 @@ fn customer(customer: &Value, fallback: DateTime<Utc>) -> Result<Normalised, Web
         order_key: None,
         identities,
     }]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order() -> Value {
+        let text = include_str!("../../../tests/fixtures/shopify/orders-paid.json")
+            .replace("__OCCURRED_AT__", "2026-12-01T10:00:00Z");
+        serde_json::from_str(&text).expect("fixture")
+    }
+
+    fn lines(events: &[PlatformEvent]) -> Vec<(String, i64, String)> {
+        events[0].data["lines"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .map(|l| {
+                (
+                    l["line_id"].as_str().unwrap_or("").to_string(),
+                    l["quantity"].as_i64().unwrap_or(0),
+                    l["discount"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_order_from_the_api_earns_its_refunded_units_once_and_its_removed_ones_never() {
+        // GIVEN an order read from the Admin API: of two tees one was refunded (current_quantity
+        // 1, and a refund of 1), and the cap was removed by an edit with no refund
+        let mut order = order();
+        order["financial_status"] = json!("partially_refunded");
+        order["line_items"][0]["current_quantity"] = json!(1);
+        order["line_items"][1]["current_quantity"] = json!(0);
+        order["refunds"] = json!([{
+            "id": 9001, "order_id": order["id"],
+            "refund_line_items": [{"line_item_id": 466157049, "quantity": 1}]
+        }]);
+        let now = Utc::now();
+        // WHEN it is turned into events
+        let events = order_events(&order, now).expect("events");
+        // THEN the payment earns both tees (the refund takes one back) with their whole
+        // discount, and not the cap; the refund returns one tee
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            lines(&events),
+            vec![("466157049".to_string(), 2, "3000".to_string())]
+        );
+        assert_eq!(events[1].kind, "purchase.refunded");
+        assert_eq!(events[1].data["lines"][0]["quantity"], 1);
+    }
+
+    #[test]
+    fn a_paid_order_without_current_quantity_earns_what_was_ordered() {
+        // GIVEN an order of an API version without current_quantity
+        // WHEN it is paid
+        let Normalised::Events(events) = paid(&order(), Utc::now()).expect("paid") else {
+            panic!("no events");
+        };
+        // THEN every ordered unit earns
+        assert_eq!(
+            lines(&events),
+            vec![
+                ("466157049".to_string(), 2, "3000".to_string()),
+                ("518995019".to_string(), 1, "0".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn an_order_whose_every_line_was_removed_earns_nothing() {
+        // GIVEN an order whose lines were all removed before it was paid
+        let mut order = order();
+        order["line_items"][0]["current_quantity"] = json!(0);
+        order["line_items"][1]["current_quantity"] = json!(0);
+        // WHEN it is paid THEN it is acknowledged and makes no event
+        assert!(matches!(
+            paid(&order, Utc::now()).expect("paid"),
+            Normalised::Ignored(_)
+        ));
+    }
+
+    #[test]
+    fn a_kept_share_of_a_discount_is_rounded_up() {
+        assert_eq!(kept_discount(3000, 1, 2), 1500);
+        assert_eq!(kept_discount(1000, 1, 3), 334);
+        assert_eq!(kept_discount(0, 1, 3), 0);
+        assert_eq!(
+            kept_discount(crate::domain::limits::MAX_AMOUNT, 999_999, 1_000_000),
+            9_999_990_000_000
+        );
+    }
 }

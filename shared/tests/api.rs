@@ -437,8 +437,41 @@ async fn an_editor_never_overwrites_a_program_saved_after_it_read() {
     assert_eq!(type_of(&problem), "version-changed");
     let (_, tag, _) = call_with(&h, "GET", "/v1/programs/kr-shop", &[], "").await;
     assert_eq!(tag.as_deref(), Some("\"2\""));
-    // AND a precondition that is not an ETag this API gives is refused, never ignored
-    for (name, value) in [("if-match", "W/\"2\""), ("if-none-match", "\"2\"")] {
+    // AND tags that never match a write (weak, never given, a list without the saved one)
+    // are 412 and save nothing, as RFC 9110 has it
+    for value in ["W/\"2\"", "\"draft-7\"", "\"1\", W/\"2\", \"3\""] {
+        let (status, _, problem) = call_with(
+            &h,
+            "PUT",
+            "/v1/programs/kr-shop",
+            &[("if-match", value)],
+            &file,
+        )
+        .await;
+        assert_eq!(
+            (status, type_of(&problem)),
+            (StatusCode::PRECONDITION_FAILED, "version-changed"),
+            "If-Match: {value}"
+        );
+    }
+    let (_, tag, _) = call_with(&h, "GET", "/v1/programs/kr-shop", &[], "").await;
+    assert_eq!(tag.as_deref(), Some("\"2\""));
+    // AND a list that names the saved version saves over it
+    let (listed, tag, _) = call_with(
+        &h,
+        "PUT",
+        "/v1/programs/kr-shop",
+        &[("if-match", "\"1\", \"2\"")],
+        &file,
+    )
+    .await;
+    assert_eq!((listed, tag.as_deref()), (StatusCode::OK, Some("\"3\"")));
+    // AND a precondition that is not a list of entity tags is refused, never ignored
+    for (name, value) in [
+        ("if-match", "2"),
+        ("if-match", "\"2\" \"3\""),
+        ("if-none-match", "\"2\""),
+    ] {
         let (status, _, problem) =
             call_with(&h, "PUT", "/v1/programs/kr-shop", &[(name, value)], &file).await;
         assert_eq!(

@@ -287,15 +287,17 @@ fn etag(version: u32) -> (header::HeaderName, String) {
     (header::ETAG, format!("\"{version}\""))
 }
 
-/// What a PUT expects of the version it replaces: `If-Match: "3"` (an ETag this API gave) or
-/// `If-Match: *` (any saved version), `If-None-Match: *` (nothing saved yet), or neither (the
-/// last writer wins, as for scripts). Anything else is refused, never ignored: ignoring it would
-/// let an editor overwrite what it never read.
+/// What a PUT expects of the version it replaces: `If-Match: "3"` (an ETag this API gave; a
+/// list of entity tags matches any of them) or `If-Match: *` (any saved version),
+/// `If-None-Match: *` (nothing saved yet), or neither (the last writer wins, as for scripts).
+/// Tags this API never gives and weak ones (`W/"3"`) never match a write (RFC 9110 compares
+/// strongly): 412. A header that is not a list of entity tags is refused, never ignored:
+/// ignoring it would let an editor overwrite what it never read.
 fn expected_version(headers: &HeaderMap) -> Result<Expected, Problem> {
     let malformed = |name: &str| {
         Problem::bad_request(
             "malformed-precondition",
-            format!("{name} takes one entity tag this API gave (\"3\") or *"),
+            format!("{name} takes * or entity tags, as this API gives them (\"3\")"),
         )
     };
     let value = |name: header::HeaderName| -> Result<Option<String>, Problem> {
@@ -308,11 +310,8 @@ fn expected_version(headers: &HeaderMap) -> Result<Expected, Problem> {
     match (value(header::IF_MATCH)?, value(header::IF_NONE_MATCH)?) {
         (None, None) => Ok(Expected::Any),
         (Some(m), None) if m == "*" => Ok(Expected::Exists),
-        (Some(m), None) => m
-            .strip_prefix('"')
-            .and_then(|m| m.strip_suffix('"'))
-            .and_then(|v| v.parse::<u32>().ok())
-            .map(Expected::Version)
+        (Some(m), None) => entity_tags(&m)
+            .map(Expected::OneOf)
             .ok_or_else(|| malformed("If-Match")),
         (None, Some(n)) if n == "*" => Ok(Expected::Absent),
         (None, Some(_)) => Err(malformed("If-None-Match")),
@@ -321,6 +320,36 @@ fn expected_version(headers: &HeaderMap) -> Result<Expected, Problem> {
             "send If-Match or If-None-Match, not both",
         )),
     }
+}
+
+/// The versions a list of entity tags names (`"3", W/"2", "x"` names 3), or `None` when it is
+/// not a list of at most [`MAX_TAGS`] entity tags.
+fn entity_tags(list: &str) -> Option<Vec<u32>> {
+    const MAX_TAGS: usize = 16;
+    let tags: Vec<&str> = list.split(',').map(str::trim).collect();
+    if tags.len() > MAX_TAGS {
+        return None;
+    }
+    let mut versions = Vec::new();
+    for tag in tags {
+        let (weak, tag) = match tag.strip_prefix("W/") {
+            Some(rest) => (true, rest),
+            None => (false, tag),
+        };
+        let opaque = tag.strip_prefix('"')?.strip_suffix('"')?;
+        // etagc: visible ASCII but the double quote (RFC 9110 §8.8.3).
+        if opaque
+            .bytes()
+            .any(|b| b == b'"' || !(0x21..=0x7e).contains(&b))
+        {
+            return None;
+        }
+        let ours = opaque.len() <= 9 && opaque.bytes().all(|b| b.is_ascii_digit());
+        if let (false, true, Ok(version)) = (weak, ours, opaque.parse::<u32>()) {
+            versions.push(version);
+        }
+    }
+    Some(versions)
 }
 
 /// TOML is the canonical format (no Content-Type, `application/toml` or `text/plain`); JSON is

@@ -58,30 +58,39 @@ pub(crate) struct Contention {
     redirects: u32,
 }
 
-/// What a writer expects of the saved version it replaces: the `If-Match` (a version, or `*`
-/// for any) or `If-None-Match: *` (none) of its request, or nothing (`Any`, last writer wins).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a writer expects of the saved version it replaces: the `If-Match` (one of some
+/// versions, or `*` for any) or `If-None-Match: *` (none) of its request, or nothing (`Any`,
+/// last writer wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expected {
     Any,
     Absent,
     Exists,
-    Version(u32),
+    /// One of these versions; none (the request named only tags this API never gives, or weak
+    /// ones, which a write never matches) is always refused.
+    OneOf(Vec<u32>),
 }
 
 impl Expected {
     /// Refuses `current` (the saved version, if any) when it is not what was expected.
-    pub(crate) fn check(self, current: Option<u32>, what: &str) -> Result<(), ServiceError> {
+    pub(crate) fn check(&self, current: Option<u32>, what: &str) -> Result<(), ServiceError> {
         let holds = match self {
             Expected::Any => true,
             Expected::Absent => current.is_none(),
             Expected::Exists => current.is_some(),
-            Expected::Version(v) => current == Some(v),
+            Expected::OneOf(versions) => current.is_some_and(|c| versions.contains(&c)),
         };
         if holds {
             return Ok(());
         }
         let wanted = match self {
-            Expected::Version(v) => format!("version {v}"),
+            Expected::OneOf(versions) if versions.is_empty() => {
+                "a version this API never gives".to_string()
+            }
+            Expected::OneOf(versions) => {
+                let versions: Vec<String> = versions.iter().map(u32::to_string).collect();
+                format!("version {}", versions.join(" or "))
+            }
             Expected::Exists => "a saved version".to_string(),
             _ => "nothing saved".to_string(),
         };

@@ -170,7 +170,9 @@ class HttpFront:
             h.wfile.write(data)
 
     def _route(self, method: str, path: str):
-        for route in self.routes:
+        # API Gateway's precedence: a route of the method before ANY, greedy paths last.
+        ranked = sorted(self.routes, key=lambda r: (r.greedy, r.method == "ANY"))
+        for route in ranked:
             params = route.match(method, path)
             if params is not None:
                 return route, params

@@ -40,10 +40,17 @@ class Route:
     def key(self) -> str:
         return f"{self.method} {self.path}"
 
+    @property
+    def greedy(self) -> bool:
+        """A path ending in `{name+}`, which takes the rest of the path: API Gateway tries it last."""
+        return self.path.endswith("+}")
+
     def match(self, method: str, path: str) -> dict[str, str] | None:
-        if method != self.method:
+        if self.method not in (method, "ANY"):
             return None
-        pattern = "^" + re.sub(r"\\\{([A-Za-z0-9_]+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path)) + "$"
+        pattern = re.escape(self.path)
+        pattern = re.sub(r"\\\{([A-Za-z0-9_]+)\\\+\\\}$", r"(?P<\1>.+)", pattern)
+        pattern = "^" + re.sub(r"\\\{([A-Za-z0-9_]+)\\\}", r"(?P<\1>[^/]+)", pattern) + "$"
         m = re.match(pattern, path)
         return m.groupdict() if m else None
 

@@ -56,8 +56,17 @@ def test_the_authorizer_refuses_what_api_gateway_refuses(stack):
         assert (status, body) == (401, {"message": "Unauthorized"})
     # WHEN a member token calls an admin route THEN 403 for the missing scope
     assert stack.request("GET", "/v1/programs/kr-shop", token=stack.token("m-1"))[:2] == (403, {"message": "Forbidden"})
-    # WHEN a route is not in the template THEN 404
-    assert stack.request("GET", "/v1/nothing", token=stack.token("m-1"))[0] == 404
+    # WHEN a path or a method is not in the template THEN member-api's router answers, through
+    # the ANY /{proxy+} route, 404 and 405 (with Allow) as problems, as `loyalty serve` does
+    unknown = stack.request("GET", "/v1/nothing", token=stack.token("m-1"))
+    wrong_method = stack.request("DELETE", "/v1/programs/kr-shop/me", token=stack.token("m-1"))
+    for (status, problem, headers), expected in ((unknown, 404), (wrong_method, 405)):
+        headers = {k.lower(): v for k, v in headers.items()}
+        assert (status, headers["content-type"]) == (expected, "application/problem+json"), problem
+        assert problem["status"] == expected, problem
+    assert "GET" in {k.lower(): v for k, v in wrong_method[2].items()}["allow"]
+    # AND such a request without a token is refused by the authorizer before any function runs
+    assert stack.request("GET", "/v1/nothing")[:2] == (401, {"message": "Unauthorized"})
     # WHEN a valid member token calls GET /me THEN the function answers with the member's view
     status, body, headers = stack.request("GET", "/v1/programs/kr-shop/me", token=stack.token("m-new"))
     assert status == 200, body
@@ -130,11 +139,16 @@ def test_webhooks_enter_by_the_function_url_alone(stack):
     # GIVEN a signed Shopify delivery of a new order
     body, headers = shopify_paid(820982911946150001, 7005555, days_ago=1)
     admin = stack.token("ops", admin=True)
-    # WHEN it is posted to the HTTP API THEN API Gateway's own 404: the API has no webhook route
+    # WHEN it is posted to the HTTP API THEN the authorizer refuses it (no token), and with a
+    # token member-api's 404: the API has no webhook route
     assert stack.request("POST", "/webhooks/shopify/kr-shop", body, headers=headers, base=stack.api)[:2] == (
-        404,
-        {"message": "Not Found"},
+        401,
+        {"message": "Unauthorized"},
     )
+    status, problem, _ = stack.request(
+        "POST", "/webhooks/shopify/kr-shop", body, headers=headers, token=admin, base=stack.api
+    )
+    assert (status, problem.get("status")) == (404, 404), problem
     # WHEN the function URL is sent another method, or an admin route with an admin token
     wrong_method = stack.request("GET", "/webhooks/shopify/kr-shop")
     admin_route = stack.request(

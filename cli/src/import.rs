@@ -168,6 +168,15 @@ async fn orders(args: OrderArgs) -> Result<ExitCode, String> {
         out.flush().map_err(|e| cannot(&e))?;
         Some(errors_path.display().to_string())
     };
+    // An earlier run's report of refused orders no longer says what is left.
+    if refused.is_empty() && !args.dry_run && errors_path.exists() {
+        std::fs::remove_file(&errors_path)
+            .map_err(|e| format!("{}: {e}", errors_path.display()))?;
+        eprintln!(
+            "removed {}: every order is imported now",
+            errors_path.display()
+        );
+    }
     let count = |s: &str| counts.get(s).copied().unwrap_or(0);
     let doc = json!({
         "file": args.file.display().to_string(),

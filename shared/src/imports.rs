@@ -368,6 +368,32 @@ fn hex16(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn an_order_export_cell_that_is_not_utf8_refuses_its_order_only_when_the_order_reads_it() {
+        // GIVEN Shopify's export saved as CP949: a product name (not read) in #1 and an email
+        // (read) in #2 are not UTF-8
+        let header = b"Name,Email,Financial Status,Paid at,Currency,Lineitem quantity,Lineitem name,Lineitem price,Id\n";
+        let mut bytes = header.to_vec();
+        bytes.extend_from_slice(
+            b"#1,a@b.co,paid,2026-12-01 10:00:00 +0900,KRW,1,\xb0\xa1\xb3\xaa,1000.00,11\n",
+        );
+        bytes.extend_from_slice(
+            b"#2,\xb0\xa1@b.co,paid,2026-12-01 10:00:00 +0900,KRW,1,Mug,1000.00,12\n",
+        );
+        bytes.extend_from_slice(b"#3,c@d.co,paid,2026-12-01 10:00:00 +0900,KRW,1,Mug,2000.00,13\n");
+        // WHEN it is read
+        let orders = super::read_shopify_orders(&bytes, crate::domain::Currency::KRW).unwrap();
+        // THEN #1 and #3 are read, and #2 alone is refused, saying how to save the file
+        assert_eq!(orders.len(), 3);
+        assert!(orders[0].read.is_ok(), "{:?}", orders[0].read);
+        assert!(orders[2].read.is_ok(), "{:?}", orders[2].read);
+        let refused = orders[1].read.as_ref().unwrap_err();
+        assert!(
+            refused.contains("\"email\"") && refused.contains("CSV UTF-8"),
+            "{refused}"
+        );
+    }
+
+    #[test]
     fn a_cell_that_is_not_utf8_refuses_its_row_only_when_the_row_needs_it() {
         // GIVEN a file saved as Windows-1252: a name (not read) and an email that are not UTF-8
         let bytes = b"email,points,name\na@b.co,5,Jos\xe9\nc\xe9@d.co,7,x\ne@f.co,9,y\n";
@@ -467,10 +493,10 @@ pub fn read_shopify_orders(
 ) -> Result<Vec<ExportedOrder>, FileError> {
     let mut reader = reader(bytes);
     let header: Vec<String> = reader
-        .headers()
+        .byte_headers()
         .map_err(|e| FileError(format!("the header cannot be read: {e}")))?
         .iter()
-        .map(normalise)
+        .map(|h| normalise(&String::from_utf8_lossy(h)))
         .collect();
     let column = |name: &str| header.iter().position(|h| h == name);
     let need = |name: &str| {
@@ -496,25 +522,61 @@ pub fn read_shopify_orders(
         sku: column("lineitem sku"),
         discount: column("lineitem discount"),
     };
-    let mut orders: Vec<(u64, String, Vec<Vec<String>>)> = Vec::new();
-    for record in reader.records() {
+    let mut orders: Vec<ExportRows> = Vec::new();
+    // Read as bytes: a cell that is not UTF-8 (the export saved again as CP949 or
+    // Windows-1252) refuses its order when the order needs it, never the whole file.
+    for record in reader.byte_records() {
         let record = record.map_err(|e| FileError(format!("the file is not CSV: {e}")))?;
         let line = record.position().map_or(0, |p| p.line());
-        let cells: Vec<String> = record.iter().map(str::to_string).collect();
+        let cells: Vec<String> = record
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        let not_text = columns.used().find(|&i| {
+            record
+                .get(i)
+                .is_some_and(|c| std::str::from_utf8(c).is_err())
+        });
+        let not_text = not_text.map(|i| {
+            format!(
+                "line {line}: the {:?} cell is not UTF-8 text: save the file as CSV UTF-8 and import it again",
+                header.get(i).map_or("", String::as_str)
+            )
+        });
         let name = cells.get(columns.name).cloned().unwrap_or_default();
         match orders.last_mut() {
-            Some((_, last, rows)) if *last == name => rows.push(cells),
-            _ => orders.push((line, name, vec![cells])),
+            Some(last) if last.name == name => {
+                last.rows.push(cells);
+                last.not_text = last.not_text.take().or(not_text);
+            }
+            _ => orders.push(ExportRows {
+                line,
+                name,
+                rows: vec![cells],
+                not_text,
+            }),
         }
     }
     Ok(orders
         .into_iter()
-        .map(|(line, name, rows)| ExportedOrder {
-            line,
-            read: exported_order(&columns, &rows, currency),
-            name,
+        .map(|order| ExportedOrder {
+            line: order.line,
+            read: match order.not_text {
+                Some(reason) => Err(reason),
+                None => exported_order(&columns, &order.rows, currency),
+            },
+            name: order.name,
         })
         .collect())
+}
+
+/// The rows of one order of the export, as read.
+struct ExportRows {
+    line: u64,
+    name: String,
+    rows: Vec<Vec<String>>,
+    /// Why a cell the order reads cannot be, if one cannot.
+    not_text: Option<String>,
 }
 
 struct ExportColumns {
@@ -532,6 +594,30 @@ struct ExportColumns {
     price: usize,
     sku: Option<usize>,
     discount: Option<usize>,
+}
+
+impl ExportColumns {
+    /// The columns an order is read from.
+    fn used(&self) -> impl Iterator<Item = usize> {
+        [
+            Some(self.name),
+            Some(self.id),
+            Some(self.email),
+            Some(self.financial),
+            Some(self.paid_at),
+            Some(self.currency),
+            self.shipping,
+            self.taxes,
+            self.cancelled_at,
+            self.refunded,
+            Some(self.quantity),
+            Some(self.price),
+            self.sku,
+            self.discount,
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 /// An amount of the export (`29000.00`) in the program's currency's minor units.

@@ -622,6 +622,22 @@ fn shopify_s_order_export_credits_paid_orders_once_and_the_late_webhook_changes_
         (minji["member"].as_str(), minji["pending"].as_i64()),
         (Some("email:minji@example.com"), Some(1_000))
     );
+    // WHEN the export is saved again without the two refused orders and imported
+    let text = std::fs::read_to_string(&file).expect("file");
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("#1002") && !l.starts_with("#1003"))
+        .collect();
+    std::fs::write(&file, kept.join("\n") + "\n").expect("file");
+    let errors_file = first["errors_file"].as_str().expect("errors file");
+    let clean = import();
+    // THEN nothing is refused and the earlier report of refused orders is gone
+    assert_eq!(
+        (clean["refused"].as_i64(), clean["present"].as_i64()),
+        (Some(0), Some(2)),
+        "{clean}"
+    );
+    assert!(!Path::new(errors_file).exists(), "{errors_file} is left");
 }
 
 #[test]

@@ -393,6 +393,29 @@ pub fn check_envelope(envelope: &Envelope, program: &Program) -> Result<(), Even
     Ok(())
 }
 
+/// The membership lines of an order (the program's membership SKU) buy at most
+/// [`MAX_MEMBERSHIP_PERIODS`](crate::domain::limits::MAX_MEMBERSHIP_PERIODS) periods: more is
+/// refused, never cut (the fee of the periods cut would buy nothing).
+fn membership_periods_within(program: &Program, purchase: &Purchase) -> Result<(), EventError> {
+    let Some(rules) = &program.membership else {
+        return Ok(());
+    };
+    let periods: i64 = purchase
+        .lines
+        .iter()
+        .filter(|l| l.sku == rules.sku)
+        .map(|l| l.quantity)
+        .sum();
+    let most = crate::domain::limits::MAX_MEMBERSHIP_PERIODS;
+    if periods > most {
+        return Err(invalid(format!(
+            "data.lines of SKU {} buy {periods} membership periods, more than {most} in one order",
+            rules.sku
+        )));
+    }
+    Ok(())
+}
+
 /// Parses an earn-queue envelope into a domain event, checking everything that can be checked
 /// without state.
 pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEvent, EventError> {
@@ -441,6 +464,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                 },
             };
             let _ = (d.taxes_included, &d.channel);
+            membership_periods_within(program, &purchase)?;
             // Catch line problems (discount above the total, duplicate line ids) now, not in earn.
             crate::domain::earning::purchase_points(
                 &program.purchase,

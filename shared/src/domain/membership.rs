@@ -44,11 +44,38 @@ pub struct MembershipPayment {
     pub paid_on: NaiveDate,
     pub periods: u32,
     pub amount_minor: i64,
-    /// The order's lines that paid the fee (a refund of one of them ends the membership).
+    /// The order's lines that paid the fee (a refund of them takes back their periods).
     #[serde(default)]
     pub line_ids: Vec<String>,
+    /// Refunded whole.
     #[serde(default)]
     pub refunded: bool,
+    /// Periods refunded so far, when a refund returned only some of them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refunded_periods: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl MembershipPayment {
+    /// The periods it still pays for.
+    fn kept_periods(&self) -> u32 {
+        match self.refunded {
+            true => 0,
+            false => self.periods.saturating_sub(self.refunded_periods),
+        }
+    }
+}
+
+/// What a refund did to the membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipRefund {
+    /// No period is left paid for.
+    Ended,
+    /// Some periods are: the benefits now last through this day (and the grace after it).
+    Shortened { paid_through: NaiveDate },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -70,11 +97,16 @@ fn plus_months(day: NaiveDate, months: u32) -> NaiveDate {
         .unwrap_or(NaiveDate::MAX)
 }
 
+/// The last day of `months` months that start on `first`.
+fn last_day(first: NaiveDate, months: u32) -> NaiveDate {
+    plus_months(first, months).pred_opt().unwrap_or(first)
+}
+
 impl Membership {
     pub fn status(&self, rules: &MembershipRules, day: NaiveDate) -> MembershipStatus {
         if self.ended_on.is_some_and(|e| e <= day) {
             MembershipStatus::Ended
-        } else if self.lapsed_on.is_some() || day >= self.lapses_on(rules) {
+        } else if self.lapsed_on.is_some_and(|l| l <= day) || day >= self.lapses_on(rules) {
             MembershipStatus::Lapsed
         } else if day <= self.paid_through {
             MembershipStatus::Active
@@ -100,6 +132,46 @@ impl Membership {
     /// The day the next period starts (when a renewal is due).
     pub fn renews_on(&self) -> NaiveDate {
         self.paid_through.succ_opt().unwrap_or(self.paid_through)
+    }
+
+    /// Lays its payments made since `from` end to end in the order they were made, whatever
+    /// order they arrived in: each extends the one before while its benefits held (period or
+    /// grace) when it was made, else starts a membership anew. A payment delivered late, or a
+    /// refund of some periods, then leaves the membership as if everything had arrived in order.
+    /// False when no period is left paid for.
+    fn lay_out(&mut self, rules: &MembershipRules, from: NaiveDate) -> bool {
+        let mut kept: Vec<&MembershipPayment> = self
+            .payments
+            .iter()
+            .filter(|p| p.paid_on >= from && p.kept_periods() > 0)
+            .collect();
+        kept.sort_by(|a, b| (a.paid_on, &a.order_id).cmp(&(b.paid_on, &b.order_id)));
+        let months = |p: &MembershipPayment| rules.period_months.saturating_mul(p.kept_periods());
+        let Some((first, later)) = kept.split_first() else {
+            return false;
+        };
+        let mut started = first.paid_on;
+        let mut through = last_day(started, months(first));
+        for p in later {
+            let lapses =
+                crate::domain::calendar::add_days(through, i64::from(rules.grace_days) + 1);
+            if p.paid_on < lapses {
+                through = last_day(through.succ_opt().unwrap_or(through), months(p));
+            } else {
+                (started, through) = (p.paid_on, last_day(p.paid_on, months(p)));
+            }
+        }
+        // A membership that starts after the one whose months were granted is a new one.
+        if started > self.lapses_on(rules) {
+            self.months_granted = 0;
+        }
+        self.started_on = started;
+        self.paid_through = through;
+        // Recorded as lapsed before a payment that now runs later (delivered late).
+        if self.lapsed_on.is_some_and(|l| l < self.lapses_on(rules)) {
+            self.lapsed_on = None;
+        }
+        true
     }
 
     /// The first day of month `k` of the membership.
@@ -136,23 +208,34 @@ impl Membership {
 
 impl Account {
     /// Records a payment of `periods` periods made on `paid_on`: a membership with its
-    /// benefits on that day is extended from its last paid day, any other starts anew. Paid
-    /// twice for one order (a redelivery) changes nothing.
+    /// benefits on that day is extended from its last paid day, any other starts anew. A
+    /// payment made before the membership started (delivered late) that would have run into it
+    /// is its start: the payments are laid out again in the order they were made. Paid twice
+    /// for one order (a redelivery) changes nothing.
     pub fn pay_membership(&mut self, rules: &MembershipRules, payment: MembershipPayment) {
-        let months = rules.period_months.saturating_mul(payment.periods.max(1));
         if let Some(m) = &self.membership {
             if m.payments.iter().any(|p| p.order_id == payment.order_id) {
                 return;
             }
         }
         let paid_on = payment.paid_on;
+        let own_end = last_day(
+            paid_on,
+            rules.period_months.saturating_mul(payment.periods.max(1)),
+        );
+        let own_lapse = crate::domain::calendar::add_days(own_end, i64::from(rules.grace_days) + 1);
         match &mut self.membership {
-            Some(m) if m.id == rules.id && m.benefits_on(rules, paid_on) => {
-                m.paid_through = plus_months(m.renews_on(), months)
-                    .pred_opt()
-                    .unwrap_or(m.paid_through);
+            Some(m) if m.id == rules.id && m.ended_on.is_none() && m.started_on <= paid_on => {
+                let from = m.started_on;
                 m.payments.push(payment);
+                m.lay_out(rules, from);
             }
+            Some(m) if m.id == rules.id && m.ended_on.is_none() && own_lapse > m.started_on => {
+                m.payments.push(payment);
+                m.lay_out(rules, paid_on);
+            }
+            // Made before the membership started and over before it: an earlier one's.
+            Some(m) if m.id == rules.id && m.ended_on.is_none() => m.payments.push(payment),
             current => {
                 let (bonus_points, grants, mut payments) = current
                     .take()
@@ -162,7 +245,7 @@ impl Account {
                 *current = Some(Membership {
                     id: rules.id.clone(),
                     started_on: paid_on,
-                    paid_through: plus_months(paid_on, months).pred_opt().unwrap_or(paid_on),
+                    paid_through: own_end,
                     lapsed_on: None,
                     ended_on: None,
                     payments,
@@ -174,38 +257,54 @@ impl Account {
         }
     }
 
-    /// A refund of a payment of the current membership ends it on `on`; true when it did.
+    /// A refund of a payment of the current membership: the periods of the membership lines
+    /// it returns (`lines`: line ids and units; `None`: the whole order) are taken back and the
+    /// membership is laid out again without them; it ends on `on` when no period is left paid
+    /// for. What it did, if anything.
     pub fn refund_membership(
         &mut self,
+        rules: &MembershipRules,
         order_id: &str,
-        lines: Option<&[String]>,
+        lines: Option<&[(String, i64)]>,
         on: NaiveDate,
-    ) -> bool {
-        let Some(m) = &mut self.membership else {
-            return false;
-        };
-        let Some(payment) = m
+    ) -> Option<MembershipRefund> {
+        let m = self.membership.as_mut()?;
+        let started_on = m.started_on;
+        let payment = m
             .payments
             .iter_mut()
-            .find(|p| p.order_id == order_id && !p.refunded)
-        else {
-            return false;
-        };
-        // A refund that names lines ends it only when it names a membership line.
-        if let Some(lines) = lines {
-            if !payment.line_ids.iter().any(|l| lines.contains(l)) {
-                return false;
+            .find(|p| p.order_id == order_id && p.kept_periods() > 0)?;
+        let periods = match lines {
+            None => None,
+            Some(lines) => {
+                let units: i64 = lines
+                    .iter()
+                    .filter(|(id, _)| payment.line_ids.contains(id))
+                    .map(|(_, units)| (*units).max(0))
+                    .fold(0, i64::saturating_add);
+                if units == 0 {
+                    return None;
+                }
+                Some(u32::try_from(units).unwrap_or(u32::MAX))
             }
+        };
+        match periods {
+            Some(n) if n < payment.kept_periods() => {
+                payment.refunded_periods = payment.refunded_periods.saturating_add(n);
+            }
+            _ => payment.refunded = true,
         }
-        payment.refunded = true;
         // A payment of an earlier membership, refunded late, ends nothing paid for since.
-        if payment.paid_on < m.started_on {
-            return false;
+        if payment.paid_on < started_on || m.ended_on.is_some() {
+            return None;
         }
-        if m.ended_on.is_none() {
-            m.ended_on = Some(on);
+        if m.lay_out(rules, started_on) {
+            return Some(MembershipRefund::Shortened {
+                paid_through: m.paid_through,
+            });
         }
-        true
+        m.ended_on = Some(on);
+        Some(MembershipRefund::Ended)
     }
 
     /// Takes in the membership of a member merged into this one: the one with benefits on
@@ -277,6 +376,7 @@ mod tests {
             amount_minor: 4_900,
             line_ids: vec!["1".into()],
             refunded: false,
+            refunded_periods: 0,
         }
     }
 
@@ -370,8 +470,103 @@ mod tests {
         granted.months_granted = 1;
         assert!(granted.grants_due(&rules(), day("2026-04-20")).is_empty());
         // AND a refund of the payment ends the benefits at once
-        assert!(a.refund_membership("o-1", None, day("2026-01-20")));
+        assert_eq!(
+            a.refund_membership(&rules(), "o-1", None, day("2026-01-20")),
+            Some(MembershipRefund::Ended)
+        );
         assert!(!a.has_membership(Some(&rules()), day("2026-01-20")));
-        assert!(!a.refund_membership("o-1", None, day("2026-01-21")));
+        assert_eq!(
+            a.refund_membership(&rules(), "o-1", None, day("2026-01-21")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_payment_delivered_late_counts_as_of_the_day_it_was_made() {
+        // GIVEN a membership started by a payment of 20 January, its first month granted
+        let mut a = account();
+        a.pay_membership(&rules(), payment("o-b", "2026-01-20"));
+        a.membership.as_mut().unwrap().months_granted = 1;
+        // WHEN a payment made on 10 January arrives afterwards (a reconciled order)
+        a.pay_membership(&rules(), payment("o-a", "2026-01-10"));
+        // THEN the membership is as if both had arrived in order: from 10 January, two months
+        let m = a.membership.clone().unwrap();
+        assert_eq!(
+            (m.started_on, m.paid_through),
+            (day("2026-01-10"), day("2026-03-09"))
+        );
+        // AND the month granted is not granted again
+        assert_eq!(m.months_granted, 1);
+        assert_eq!(m.grants_due(&rules(), day("2026-01-31")), Vec::<u32>::new());
+        assert_eq!(m.grants_due(&rules(), day("2026-02-10")), vec![1]);
+        // AND a payment made long before, whose period ended before it started, extends nothing
+        a.pay_membership(&rules(), payment("o-old", "2025-06-01"));
+        let m = a.membership.clone().unwrap();
+        assert_eq!(
+            (m.started_on, m.paid_through),
+            (day("2026-01-10"), day("2026-03-09"))
+        );
+    }
+
+    #[test]
+    fn a_refund_takes_back_only_the_periods_it_refunds() {
+        // GIVEN a year paid at once on 1 January (12 periods)
+        let mut a = account();
+        let year = MembershipPayment {
+            periods: 12,
+            ..payment("o-1", "2026-01-01")
+        };
+        a.pay_membership(&rules(), year);
+        assert_eq!(
+            a.membership.as_ref().unwrap().paid_through,
+            day("2026-12-31")
+        );
+        // WHEN one unit of its membership line is refunded
+        let one = [("1".to_string(), 1_i64)];
+        let refunded = a.refund_membership(&rules(), "o-1", Some(&one), day("2026-02-01"));
+        // THEN eleven months are left, and the benefits hold
+        assert_eq!(
+            refunded,
+            Some(MembershipRefund::Shortened {
+                paid_through: day("2026-11-30")
+            })
+        );
+        assert!(a.has_membership(Some(&rules()), day("2026-06-01")));
+        // AND a refund naming another line of the order takes nothing
+        let other = [("2".to_string(), 5_i64)];
+        assert_eq!(
+            a.refund_membership(&rules(), "o-1", Some(&other), day("2026-02-02")),
+            None
+        );
+        // GIVEN a month paid on 1 January and a renewal paid by mistake on 25 January
+        let mut b = account();
+        b.pay_membership(&rules(), payment("o-2", "2026-01-01"));
+        b.pay_membership(&rules(), payment("o-3", "2026-01-25"));
+        // WHEN the renewal is refunded THEN January, paid by the first, is kept
+        assert_eq!(
+            b.refund_membership(&rules(), "o-3", None, day("2026-01-26")),
+            Some(MembershipRefund::Shortened {
+                paid_through: day("2026-01-31")
+            })
+        );
+        assert!(b.has_membership(Some(&rules()), day("2026-01-30")));
+    }
+
+    #[test]
+    fn a_lapse_written_later_leaves_the_days_paid_for_with_their_benefits() {
+        // GIVEN a membership paid through 27 February that the job found lapsed on 7 March
+        let mut a = account();
+        a.pay_membership(&rules(), payment("o-1", "2026-01-31"));
+        a.membership.as_mut().unwrap().lapsed_on = Some(day("2026-03-07"));
+        // WHEN a purchase of 10 February is processed afterwards THEN it had the benefits
+        assert!(a.has_membership(Some(&rules()), day("2026-02-10")));
+        assert!(!a.has_membership(Some(&rules()), day("2026-03-08")));
+        // AND a renewal made in the grace days, delivered after the lapse was written, extends
+        a.pay_membership(&rules(), payment("o-2", "2026-03-03"));
+        let m = a.membership.clone().unwrap();
+        assert_eq!(
+            (m.started_on, m.paid_through, m.lapsed_on),
+            (day("2026-01-31"), day("2026-03-27"), None)
+        );
     }
 }

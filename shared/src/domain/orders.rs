@@ -15,7 +15,7 @@ use super::account::{lot_expiry, Account, Change, Journal, PendingGrant};
 use super::calendar::{local_date, YearMonth};
 use super::earning::{purchase_points, CampaignEffect, EarnError, Purchase};
 use super::ledger::{EntryKind, EventContext};
-use super::membership::MembershipPayment;
+use super::membership::{MembershipPayment, MembershipRefund};
 use super::program::{InsufficientBalance, Measure, Program, UNIT_BP};
 use super::tiers;
 
@@ -409,6 +409,7 @@ fn pay_membership(
             amount_minor: amount,
             line_ids: lines.iter().map(|l| l.line_id.clone()).collect(),
             refunded: false,
+            refunded_periods: 0,
         },
     );
     let mut earning = purchase.clone();
@@ -450,22 +451,33 @@ fn end_membership(
         .earned
         .as_ref()
         .is_some_and(|e| e.share_refunded >= e.share_total);
-    let lines: Option<Vec<String>> = match &reversal.scope {
-        RefundScope::Lines { lines } => Some(lines.iter().map(|l| l.line_id.clone()).collect()),
+    let lines: Option<Vec<(String, i64)>> = match &reversal.scope {
+        RefundScope::Lines { lines } => Some(
+            lines
+                .iter()
+                .map(|l| (l.line_id.clone(), l.quantity))
+                .collect(),
+        ),
         RefundScope::Share { .. } if !whole => return,
         RefundScope::Share { .. } | RefundScope::Rest => None,
     };
     let day = local_date(program.time_zone, reversal.occurred_at);
-    if journal
-        .account
-        .refund_membership(&reversal.order_id, lines.as_deref(), day)
-    {
-        let reason = format!(
-            "{} ended on {day}: the payment of order {} was refunded",
-            rules.name, reversal.order_id
-        );
-        journal.post(EntryKind::Clawback, 0, 0, &reason);
-    }
+    let reason =
+        match journal
+            .account
+            .refund_membership(rules, &reversal.order_id, lines.as_deref(), day)
+        {
+            None => return,
+            Some(MembershipRefund::Ended) => format!(
+                "{} ended on {day}: the payment of order {} was refunded",
+                rules.name, reversal.order_id
+            ),
+            Some(MembershipRefund::Shortened { paid_through }) => format!(
+                "{} paid through {paid_through}: periods of order {} were refunded",
+                rules.name, reversal.order_id
+            ),
+        };
+    journal.post(EntryKind::Clawback, 0, 0, &reason);
 }
 
 fn existing(order: Option<&OrderRecord>, order_id: &str) -> Result<OrderRecord, OrderError> {

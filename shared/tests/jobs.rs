@@ -334,6 +334,70 @@ async fn recalculating_tiers_after_a_threshold_falls_upgrades_once_and_resumes()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recalculating_tiers_writes_nothing_to_an_erased_member() {
+    // GIVEN a member who spent 150,000 KRW (WELCOME) and was erased, and another who was not
+    let s = stack().await;
+    for m in ["gone", "kept"] {
+        s.purchase(m, &format!("O-{m}"), 150_000, t0() - Duration::days(3))
+            .await;
+    }
+    let pseudonym = s
+        .services
+        .erase_member("kr-shop", "gone", "erasure request", "ops")
+        .await
+        .unwrap()
+        .pseudonym;
+    s.drain().await;
+    let erased = s.account(&pseudonym).await;
+    let notices_before = s.notices.lock().unwrap().len();
+    // WHEN SILVER's threshold falls to 100,000 and the tiers are recalculated
+    let lowered = KR_SHOP.replace("threshold = \"300000\"", "threshold = \"100000\"");
+    s.services
+        .put_program("kr-shop", &lowered, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    s.run(Job::RecalculateTiers, date(2026, 3, 10)).await;
+    // THEN the member kept is upgraded, and the erased member's kept account is untouched: no
+    // tier change, no notice about it
+    assert_eq!(s.account("kept").await.tier.id, "SILVER");
+    assert_eq!(s.account(&pseudonym).await, erased);
+    let notices = s.notices.lock().unwrap();
+    assert!(
+        notices[notices_before..].iter().all(|n| n.member == "kept"),
+        "{:?}",
+        &notices[notices_before..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_that_waited_for_the_return_window_is_not_lost_when_the_wait_is_turned_off() {
+    // GIVEN upgrades that wait for the return window, and a purchase of today that takes a
+    // member past SILVER's 300,000: WELCOME while it may still be returned
+    let s = stack().await;
+    let waiting = KR_SHOP.replace(
+        "[tier_rules]\n",
+        "[tier_rules]\nupgrade_after_return_window = true\n",
+    );
+    assert_ne!(waiting, KR_SHOP);
+    s.services
+        .put_program("kr-shop", &waiting, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    s.purchase("w-1", "O-w-1", 350_000, t0()).await;
+    assert_eq!(s.account("w-1").await.tier.id, "WELCOME");
+    // WHEN the program stops waiting, and the tiers are recalculated as README says to
+    s.services
+        .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    s.run(Job::RecalculateTiers, date(2026, 3, 10)).await;
+    // THEN the purchase counts at once: SILVER, before its points are released
+    let account = s.account("w-1").await;
+    assert_eq!(account.tier.id, "SILVER");
+    assert_eq!(account.pending_points(), 3_500);
+}
+
 /// Seeds `total` members straight into the store; `due` of them are due for review on `day`.
 async fn seed(
     store: &dyn MemberStore,

@@ -47,8 +47,13 @@ pub fn judged_through(review_on: NaiveDate) -> NaiveDate {
 }
 
 /// The measure an upgrade goes by on `today`: purchases still inside their return window wait,
-/// when the program says so (their grants then carry what they qualify).
+/// when the program says so (their grants then carry what they qualify). Once it no longer
+/// says so, nothing waits: grants made before still carry their measure, and no release would
+/// check the tier when they mature.
 fn upgrade_measure(program: &Program, account: &Account, today: NaiveDate) -> i64 {
+    if !program.tier_rules.upgrade_after_return_window {
+        return measure_at(program, account, today);
+    }
     let waiting: i64 = account
         .pending
         .iter()

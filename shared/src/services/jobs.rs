@@ -764,6 +764,11 @@ impl Services {
         let Some(account) = state.account else {
             return Ok(None);
         };
+        // Merged away or being erased: nothing more is written to it (a tier change would
+        // send a notice about an erased member).
+        if !account.is_member() {
+            return Ok(None);
+        }
         // The account's version is part of the entries' ids: a second change by the same
         // job on the same day (points that matured later that day) is a new change, never
         // taken for a repeat of the first. The account's version guards the commit itself.

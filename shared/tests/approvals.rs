@@ -107,3 +107,38 @@ async fn a_key_used_again_after_its_decision_expired_is_a_new_adjustment() {
     // THEN the member has both adjustments
     assert_eq!(approved.body["balance"].as_i64(), Some(100_000));
 }
+
+#[tokio::test]
+async fn an_approval_for_a_member_merged_since_it_was_asked_for_is_refused() {
+    // GIVEN m-1 and m-2 with a few points each, and ops-1's request of 50,000 for m-1
+    let (_, _, services) = stack().await;
+    for member in ["m-1", "m-2"] {
+        let small = json!({"points": 100, "reason": "welcome"}).to_string();
+        services
+            .adjust("kr-shop", member, "ops-1", None, small.as_bytes())
+            .await
+            .unwrap();
+    }
+    let body = json!({"points": 50_000, "reason": "store credit"}).to_string();
+    let asked = services
+        .adjust("kr-shop", "m-1", "ops-1", Some("k-merge"), body.as_bytes())
+        .await
+        .unwrap();
+    let id = asked.body["id"].as_str().unwrap().to_string();
+    // WHEN m-1 is merged into m-2, and ops-2 then approves the request
+    services
+        .merge_named("kr-shop", "m-2", "m-1", "same person", "ops-3")
+        .await
+        .unwrap();
+    let approved = services.approve_adjustment("kr-shop", &id, "ops-2").await;
+    // THEN it is refused as a direct adjustment of m-1 would be, and no points land anywhere
+    match approved {
+        Err(loyalty_core::services::ServiceError::Conflict { problem, .. }) => {
+            assert_eq!(problem, "member-merged")
+        }
+        other => panic!("{other:?}"),
+    }
+    let m1 = services.member_view("kr-shop", "m-1").await.unwrap();
+    let m2 = services.member_view("kr-shop", "m-2").await.unwrap();
+    assert_eq!((m1.balance, m2.balance), (0, 200));
+}

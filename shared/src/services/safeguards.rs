@@ -395,6 +395,8 @@ impl Services {
                 .account
                 .clone()
                 .unwrap_or_else(|| Account::open(&program, member, now));
+            // Merged or erased since it was asked for: refused as a direct adjustment is.
+            super::redemptions::refuse_closed(&account)?;
             let ctx = EventContext::new(format!("adjust-{effect}"), now, now).with_source(Source {
                 admin: Some(pending.requested_by.clone()),
                 rule: Some(format!("approved-by:{by}")),

@@ -249,13 +249,24 @@ fn table(r: &LiabilityReport) -> String {
         out += &format!("{}   {:>10}\n", m.month, m.points);
     }
     out += &format!(
-        "\n{:<8} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>10}\n",
-        "month", "opening", "issued", "redeemed", "expired", "clawed back", "adjusted", "closing"
+        "\n{:<8} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>11} {:>10} {:>10} {:>10}\n",
+        "month",
+        "opening",
+        "issued",
+        "redeemed",
+        "expired",
+        "clawed back",
+        "adjusted",
+        "transferred",
+        "forfeited",
+        "paid out",
+        "closing"
     );
     for m in &r.movements {
-        let [opening, issued, redeemed, expired, clawed, adjusted, closing] = m.figures();
+        let [opening, issued, redeemed, expired, clawed, adjusted, transferred, forfeited, paid_out, closing] =
+            m.figures();
         out += &format!(
-            "{:<8} {opening:>10} {issued:>10} {redeemed:>10} {expired:>10} {clawed:>11} {adjusted:>10} {closing:>10}\n",
+            "{:<8} {opening:>10} {issued:>10} {redeemed:>10} {expired:>10} {clawed:>11} {adjusted:>10} {transferred:>11} {forfeited:>10} {paid_out:>10} {closing:>10}\n",
             m.month.to_string(),
         );
     }

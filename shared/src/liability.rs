@@ -34,8 +34,9 @@ pub struct TierLine {
 }
 
 impl Movement {
-    /// opening, issued, redeemed, expired, clawed back, adjusted, closing: a row of a table.
-    pub fn figures(&self) -> [i64; 7] {
+    /// opening, issued, redeemed, expired, clawed back, adjusted, transferred, forfeited, paid
+    /// out, closing: a row of a table.
+    pub fn figures(&self) -> [i64; 10] {
         [
             self.opening,
             self.issued,
@@ -43,13 +44,27 @@ impl Movement {
             self.expired,
             self.clawed_back,
             self.adjusted,
+            self.transferred,
+            self.forfeited,
+            self.paid_out,
             self.closing,
         ]
+    }
+
+    /// Whether the month adds up (see [`Movement`]).
+    pub fn adds_up(&self) -> bool {
+        self.opening + self.issued - self.redeemed - self.expired - self.clawed_back
+            + self.adjusted
+            + self.transferred
+            - self.forfeited
+            - self.paid_out
+            == self.closing
     }
 }
 
 /// One month of the available balance: `opening + issued - redeemed - expired - clawed_back
-/// + adjusted == closing`, and `closing` is next month's `opening`.
+/// + adjusted + transferred - forfeited - paid_out == closing`, and `closing` is next month's
+/// `opening`. `transferred` is 0 over a merge whose two halves fall in one month.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Movement {
     pub month: YearMonth,
@@ -476,22 +491,35 @@ pub fn decimal(millionths: i128, min_digits: u8) -> String {
 
 /// The movement table as CSV, one row per month, with what expires and what is released in
 /// each month alongside.
+/// Months after the report's own have no movement yet: their movement cells are empty, never 0
+/// (a closing of 0 would read as the balance falling to nothing).
 pub fn csv(report: &LiabilityReport) -> String {
     let mut out = String::from(
-        "month,opening,issued,redeemed,expired,clawed_back,adjusted,closing,expiring,pending_released\n",
+        "month,opening,issued,redeemed,expired,clawed_back,adjusted,transferred,forfeited,paid_out,closing,expiring,pending_released\n",
     );
-    let mut months: BTreeMap<YearMonth, [i64; 9]> = BTreeMap::new();
+    let mut months: BTreeMap<YearMonth, [Option<i64>; 12]> = BTreeMap::new();
     for m in &report.movements {
-        months.entry(m.month).or_default()[..7].copy_from_slice(&m.figures());
+        let row = months.entry(m.month).or_default();
+        for (cell, figure) in row.iter_mut().zip(m.figures()) {
+            *cell = Some(figure);
+        }
     }
     for e in &report.by_expiry_month {
-        months.entry(e.month).or_default()[7] = e.points;
+        months.entry(e.month).or_default()[10] = Some(e.points);
     }
     for p in &report.pending_by_release_month {
-        months.entry(p.month).or_default()[8] = p.points;
+        months.entry(p.month).or_default()[11] = Some(p.points);
     }
-    for (month, row) in months {
-        let cells: Vec<String> = row.iter().map(i64::to_string).collect();
+    for (month, mut row) in months {
+        // A month with a movement has its schedules' cells even when nothing is due in it.
+        if row[0].is_some() {
+            row[10] = row[10].or(Some(0));
+            row[11] = row[11].or(Some(0));
+        }
+        let cells: Vec<String> = row
+            .iter()
+            .map(|c| c.map(|n| n.to_string()).unwrap_or_default())
+            .collect();
         out += &format!("{month},{}\n", cells.join(","));
     }
     out
@@ -550,6 +578,36 @@ fn xml(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_month_moved_by_every_kind_of_entry_adds_up() {
+        // GIVEN a month in which every kind of entry moved points
+        let kinds = [
+            "earn", "pending", "release", "redeem", "reverse", "expire", "adjust", "clawback",
+            "tier", "merge", "forfeit", "payout",
+        ];
+        for kind in kinds {
+            let parsed: crate::domain::EntryKind =
+                serde_json::from_value(serde_json::json!(kind)).unwrap();
+            assert_eq!(serde_json::to_value(parsed).unwrap(), kind);
+        }
+        let month = YearMonth::of(chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
+        let mut sums = Sums::default();
+        let moved = sums.points.entry(month).or_default();
+        // (pending and tier entries move no available points: their `points` are 0)
+        for (i, kind) in kinds.iter().enumerate() {
+            let sign = if i % 2 == 0 { 1 } else { -1 };
+            let points = match *kind {
+                "pending" | "tier" => 0,
+                _ => sign * (i as i64 + 1) * 100,
+            };
+            moved.insert(kind.to_string(), points);
+        }
+        // WHEN its movement is made THEN it adds up, and so does the month after
+        let rows = movements(&sums, month.minus(-1));
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(Movement::adds_up), "{rows:?}");
+    }
 
     #[test]
     fn decimals_keep_the_currency_digits_and_drop_the_rest_of_the_zeros() {

@@ -214,7 +214,10 @@ fn assert_reconciles(report: &Value) {
         assert_eq!(n("opening"), opening, "{m}");
         assert_eq!(
             n("opening") + n("issued") - n("redeemed") - n("expired") - n("clawed_back")
-                + n("adjusted"),
+                + n("adjusted")
+                + n("transferred")
+                - n("forfeited")
+                - n("paid_out"),
             n("closing"),
             "{m}"
         );
@@ -298,9 +301,34 @@ fn the_audit_the_reports_and_the_export_agree_with_the_api_and_catch_a_corrupted
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     let csv = csv.text().expect("text");
     assert!(
-        csv.starts_with("month,opening,issued,redeemed,expired,clawed_back,adjusted,closing"),
+        csv.starts_with("month,opening,issued,redeemed,expired,clawed_back,adjusted,transferred,forfeited,paid_out,closing,expiring,pending_released\n"),
         "{csv}"
     );
+    // AND each month of the report adds up in it, and the months after it, which only have
+    // points expiring, leave their movement empty rather than a closing of 0
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let movements = http["movements"].as_array().expect("movements").len();
+    assert!(rows.len() > movements, "{csv}");
+    for (i, row) in rows.iter().enumerate() {
+        if i < movements {
+            let n: Vec<i64> = row[1..11]
+                .iter()
+                .map(|c| c.parse().expect("a number"))
+                .collect();
+            assert_eq!(
+                n[0] + n[1] - n[2] - n[3] - n[4] + n[5] + n[6] - n[7] - n[8],
+                n[9],
+                "{row:?}"
+            );
+        } else {
+            assert!(row[1..11].iter().all(|c| c.is_empty()), "{row:?}");
+            assert!(!row[11].is_empty() || !row[12].is_empty(), "{row:?}");
+        }
+    }
     let svg = tempfile_path("liability.svg");
     assert!(loyalty(&[
         "report",

@@ -8,7 +8,7 @@ use chrono::{Duration, TimeZone, Utc};
 use std::sync::Arc;
 
 use loyalty_core::ports::{Clock, FixedClock, ParkingStore};
-use loyalty_core::services::safeguards::DECIDED_KEY;
+use loyalty_core::services::safeguards::{APPROVALS_KEY, DECIDED_KEY};
 use loyalty_core::services::Services;
 use loyalty_core::store::sqlite::SqliteStore;
 use serde_json::json;
@@ -141,4 +141,51 @@ async fn an_approval_for_a_member_merged_since_it_was_asked_for_is_refused() {
     let m1 = services.member_view("kr-shop", "m-1").await.unwrap();
     let m2 = services.member_view("kr-shop", "m-2").await.unwrap();
     assert_eq!((m1.balance, m2.balance), (0, 200));
+}
+
+#[tokio::test]
+async fn an_approval_applied_but_not_yet_recorded_cannot_then_be_declined() {
+    // GIVEN ops-1's request of 50,000 for m-1, approved by ops-2, whose run stopped after the
+    // points were written and before the request left the waiting list
+    let (store, _, services) = stack().await;
+    let body = json!({"points": 50_000, "reason": "store credit"}).to_string();
+    let asked = services
+        .adjust("kr-shop", "m-1", "ops-1", Some("k-race"), body.as_bytes())
+        .await
+        .unwrap();
+    let id = asked.body["id"].as_str().unwrap().to_string();
+    let waiting = store.parked("kr-shop", APPROVALS_KEY).await.unwrap();
+    services
+        .approve_adjustment("kr-shop", &id, "ops-2")
+        .await
+        .unwrap();
+    for (parked_id, parked_body) in &waiting {
+        store
+            .park("kr-shop", APPROVALS_KEY, parked_id, parked_body)
+            .await
+            .unwrap();
+    }
+    // WHEN ops-3 declines it
+    let declined = services
+        .decline_adjustment("kr-shop", &id, "ops-3", br#"{"reason": "too much"}"#)
+        .await;
+    // THEN it is refused: the points are the member's, and approving again records that
+    match declined {
+        Err(loyalty_core::services::ServiceError::Conflict { problem, .. }) => {
+            assert_eq!(problem, "already-approved")
+        }
+        other => panic!("{other:?}"),
+    }
+    let again = services
+        .approve_adjustment("kr-shop", &id, "ops-3")
+        .await
+        .unwrap();
+    assert_eq!(again.status, 201);
+    let m1 = services.member_view("kr-shop", "m-1").await.unwrap();
+    assert_eq!(m1.balance, 50_000);
+    assert!(store
+        .parked("kr-shop", APPROVALS_KEY)
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -384,9 +384,7 @@ impl Services {
             });
         }
         let member = pending.member.as_str();
-        // One request's effect: a key used again once its decision expired names the same id,
-        // and its adjustment is another one.
-        let effect = format!("{id}-{}", pending.requested_at.timestamp_millis());
+        let effect = approval_effect(&pending);
         let mut contention = Contention::new();
         let balance = loop {
             let now = self.clock.now();
@@ -467,6 +465,24 @@ impl Services {
     ) -> Result<PendingAdjustment, ServiceError> {
         let pending = self.pending_adjustment(program, id).await?;
         let reason = reason_in(body)?;
+        // Approved already, though not yet recorded as such (the approver's run stopped after
+        // its write): declining would answer "declined" for points the member has.
+        let applied = EventMarker {
+            source: "approval".into(),
+            event_id: approval_effect(&pending),
+        };
+        if self
+            .store
+            .has_marker(program, &pending.member, &applied)
+            .await?
+        {
+            return Err(ServiceError::Conflict {
+                problem: "already-approved",
+                detail: format!(
+                    "adjustment {id} was approved and applied; approve it again to record the decision"
+                ),
+            });
+        }
         let answer = json!({"id": id, "status": "declined", "points": pending.points,
             "member": pending.member, "declined_by": by, "reason": reason});
         self.keep_decision(program, &pending, 200, &answer).await?;
@@ -476,4 +492,10 @@ impl Services {
         tracing::info!(program, id, by, reason = %reason, "adjustment declined");
         Ok(pending)
     }
+}
+
+/// The effect of one request for approval: a key used again once its decision expired names
+/// the same id, and its adjustment is another one.
+fn approval_effect(pending: &PendingAdjustment) -> String {
+    format!("{}-{}", pending.id, pending.requested_at.timestamp_millis())
 }

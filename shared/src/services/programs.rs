@@ -82,6 +82,9 @@ impl Services {
             let current = self.store.get_program(id).await?;
             let replaced = current.as_ref().map(|p| p.version);
             expected.check(replaced, &what)?;
+            if let Some(current) = &current {
+                keeps_tiers(&current.file_json, &program)?;
+            }
             if let Some(version) = self
                 .store
                 .put_program(id, &file_json, replaced, self.clock.now())
@@ -190,4 +193,44 @@ impl Services {
             "file": file,
         }))
     }
+}
+
+/// A new version keeps every tier id of the one it replaces: members hold tiers by id, and one
+/// whose tier is gone would earn at the lowest tier's multiplier, never be reviewed out of it,
+/// and be "upgraded" into a lower one. A tier is renamed by its `name`; thresholds and
+/// benefits change freely.
+fn keeps_tiers(current_json: &str, next: &Program) -> Result<(), ServiceError> {
+    #[derive(serde::Deserialize)]
+    struct Saved {
+        #[serde(default)]
+        tiers: Vec<SavedTier>,
+    }
+    #[derive(serde::Deserialize)]
+    struct SavedTier {
+        id: String,
+    }
+    let Ok(saved) = serde_json::from_str::<Saved>(current_json) else {
+        return Ok(());
+    };
+    let dropped: Vec<String> = saved
+        .tiers
+        .into_iter()
+        .map(|t| t.id)
+        .filter(|id| !next.tiers.iter().any(|t| t.id == *id))
+        .collect();
+    if dropped.is_empty() {
+        return Ok(());
+    }
+    let detail = format!(
+        "tiers {} are in the saved version and not in this one: members may hold them; keep their ids (change a tier's name, threshold or benefits instead)",
+        dropped.join(", ")
+    );
+    Err(ServiceError::InvalidFields {
+        problem: "invalid-program",
+        detail: detail.clone(),
+        errors: vec![crate::domain::program::FieldError {
+            field: "tiers".into(),
+            message: detail,
+        }],
+    })
 }

@@ -58,6 +58,21 @@ pub(crate) struct Contention {
     redirects: u32,
 }
 
+/// Parked events (`(event id, envelope)`) in the order they happened, then by id: a store may
+/// list them by id (DynamoDB sorts by key), and a member's events are applied in the order
+/// they happened. One whose time cannot be read goes last, and is refused when read.
+pub(crate) fn in_order_of_occurrence(mut parked: Vec<(String, String)>) -> Vec<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Occurred {
+        occurred_at: chrono::DateTime<chrono::Utc>,
+    }
+    parked.sort_by_cached_key(|(id, body)| {
+        let at = serde_json::from_str::<Occurred>(body).map(|o| o.occurred_at);
+        (at.map_or((1, None), |at| (0, Some(at))), id.clone())
+    });
+    parked
+}
+
 /// What a writer expects of the saved version it replaces: the `If-Match` (one of some
 /// versions, or `*` for any) or `If-None-Match: *` (none) of its request, or nothing (`Any`,
 /// last writer wins).
@@ -575,5 +590,29 @@ mod tests {
             axum::http::StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(response.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn parked_events_are_released_in_the_order_they_happened_not_by_id() {
+        // GIVEN events parked while a member was suspended, listed by id as DynamoDB lists them
+        let event = |id: &str, at: &str| {
+            (
+                id.to_string(),
+                format!(r#"{{"id": "{id}", "occurred_at": "{at}"}}"#),
+            )
+        };
+        let parked = vec![
+            event("a-refund", "2026-12-03T10:00:00Z"),
+            event("b-unreadable", "not a time"),
+            event("c-purchase", "2026-12-01T10:00:00Z"),
+            event("d-second", "2026-12-03T10:00:00Z"),
+        ];
+        // WHEN they are put in order
+        let ids: Vec<String> = super::in_order_of_occurrence(parked)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        // THEN the first to happen goes first, ties by id, and one without a time last
+        assert_eq!(ids, ["c-purchase", "a-refund", "d-second", "b-unreadable"]);
     }
 }

@@ -226,7 +226,8 @@ impl Services {
     ) -> Result<(usize, usize), ServiceError> {
         let key = parking_key(member);
         let (mut applied, mut cancelled) = (0, 0);
-        for (event_id, body) in self.store.parked(program, &key).await? {
+        let waiting = super::in_order_of_occurrence(self.store.parked(program, &key).await?);
+        for (event_id, body) in waiting {
             match events {
                 Waiting::Apply => {
                     let mut envelope: Envelope = serde_json::from_str(&body).map_err(|e| {

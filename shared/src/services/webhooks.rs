@@ -529,7 +529,7 @@ impl Services {
         member: &str,
         parked: Vec<(String, String)>,
     ) -> Result<(), ServiceError> {
-        for (event_id, body) in parked {
+        for (event_id, body) in super::in_order_of_occurrence(parked) {
             let mut envelope: Envelope = serde_json::from_str(&body).map_err(|e| {
                 ServiceError::Internal(format!("parked event for {order} is corrupt: {e}"))
             })?;

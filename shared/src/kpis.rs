@@ -128,17 +128,20 @@ impl KpiCounter {
             }
             *k.tiers.entry(account.tier.id.clone()).or_insert(0) += 1;
         }
-        let mut purchases: Vec<DateTime<Utc>> = records
+        // Every purchase seen: a repurchase may come after the period (as far as seen today);
+        // activity counts those by its end.
+        let mut seen: Vec<DateTime<Utc>> = records
             .orders
             .iter()
             .filter_map(|o| o.earned.as_ref())
             .map(|e| e.occurred_at)
-            .filter(|t| local_date(self.tz, *t) <= self.to)
             .collect();
-        purchases.sort();
+        seen.sort();
         if !member {
-            purchases.clear();
+            seen.clear();
         }
+        let by_end = seen.partition_point(|t| local_date(self.tz, *t) <= self.to);
+        let purchases = &seen[..by_end];
         let own = records.orders.iter().filter(|o| o.moved_from.is_none());
         for order in own.filter_map(|o| o.earned.as_ref()) {
             if self.within(local_date(self.tz, order.occurred_at)) {
@@ -154,7 +157,7 @@ impl KpiCounter {
         if let Some(first) = purchases.first() {
             if self.within(self.day(*first)) {
                 self.first_buyers += 1;
-                let again = purchases
+                let again = seen
                     .get(1)
                     .is_some_and(|second| *second - *first <= Duration::days(REPURCHASE_DAYS));
                 self.repurchasers += i64::from(again);

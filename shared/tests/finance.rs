@@ -485,6 +485,22 @@ async fn kpis_of_a_small_history_are_the_figures_counted_by_hand() {
     assert_eq!(k.tiers.get("SILVER"), Some(&1));
     assert_eq!(k.tier_moves.get("WELCOME→SILVER"), Some(&1));
     assert_eq!(k.tier_moves.len(), 1);
+
+    // WHEN m-c buys again on 5 May, within 90 days of its first purchase, and April's KPIs
+    // are asked for once more
+    s.at(seoul_noon(2026, 5, 5)).await;
+    s.purchase("m-c", "c-2", &[("1", 1, 30_000)]).await;
+    let later = s
+        .services
+        .kpis("kr-shop", Some(day(2026, 4, 1)), Some(day(2026, 4, 30)))
+        .await
+        .unwrap();
+    // THEN m-c bought again (as far as seen today), and April's activity is unchanged
+    assert_eq!(
+        (later.repurchase.numerator, later.repurchase.denominator),
+        (2, 3)
+    );
+    assert_eq!((later.active_30, later.orders), (4, 5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,6 +63,29 @@ fn upgrade_measure(program: &Program, account: &Account, today: NaiveDate) -> i6
     measure_at(program, account, today).saturating_sub(waiting)
 }
 
+/// The measure an upgrade goes by on `today`, and the day it is judged as of. In a calendar-year
+/// window, the year just closed is judged too while the tier was set in it: a purchase of late
+/// December released from its return window (or delivered) in January reached its threshold
+/// in its own year, which the review of 1 January counts as well. A tier set since (a review,
+/// an upgrade) is never raised again by the closed year.
+fn upgrade_judged(program: &Program, account: &Account, today: NaiveDate) -> (i64, NaiveDate) {
+    let now = upgrade_measure(program, account, today);
+    if program.tier_rules.window != Window::CalendarYear {
+        return (now, today);
+    }
+    let Some(year_end) = NaiveDate::from_ymd_opt(today.year() - 1, 12, 31) else {
+        return (now, today);
+    };
+    if account.tier.since > year_end {
+        return (now, today);
+    }
+    let closed = upgrade_measure(program, account, year_end);
+    match tier_for(program, closed) > tier_for(program, now) {
+        true => (closed, year_end),
+        false => (now, today),
+    }
+}
+
 /// Index of the highest tier whose threshold the measure reaches.
 pub fn tier_for(program: &Program, measure: i64) -> usize {
     program
@@ -93,14 +116,14 @@ impl Account {
         let mut journal = Journal::begin(self, program, ctx);
         let today = local_date(program.time_zone, ctx.recorded_at);
         let current = current_index(program, &journal.account);
-        let measure = upgrade_measure(program, &journal.account, today);
+        let (measure, judged) = upgrade_judged(program, &journal.account, today);
         let target = tier_for(program, measure);
         if target > current {
             let reason = format!(
                 "Upgraded from {} to {}: {} reached the threshold of {}",
                 program.tiers[current].id,
                 program.tiers[target].id,
-                describe(program, measure, today),
+                describe(program, measure, judged),
                 describe_amount(program, program.tiers[target].threshold),
             );
             set_tier(&mut journal, program, target, today, &reason);

@@ -398,6 +398,82 @@ async fn an_upgrade_that_waited_for_the_return_window_is_not_lost_when_the_wait_
     assert_eq!(account.pending_points(), 3_500);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_drops_a_tier_members_may_hold_is_refused() {
+    // GIVEN kr-shop saved, with its VIP tier
+    let s = stack().await;
+    assert!(KR_SHOP.contains("id = \"VIP\""));
+    // WHEN a version renames VIP's id
+    let renamed = KR_SHOP.replace("id = \"VIP\"", "id = \"VIP_PLUS\"");
+    let refused = s
+        .services
+        .put_program("kr-shop", &renamed, ProgramFormat::Toml)
+        .await;
+    // THEN it is refused, naming the tier, and the saved version stays
+    match refused {
+        Err(loyalty_core::services::ServiceError::InvalidFields { errors, detail, .. }) => {
+            assert_eq!(errors[0].field, "tiers");
+            assert!(detail.contains("VIP"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s
+        .services
+        .program("kr-shop")
+        .await
+        .unwrap()
+        .tier("VIP")
+        .is_some());
+    // AND a version that keeps its id and moves its threshold is saved
+    let named = KR_SHOP.replacen("threshold = \"1000000\"", "threshold = \"900000\"", 1);
+    assert_ne!(named, KR_SHOP);
+    s.services
+        .put_program("kr-shop", &named, ProgramFormat::Toml)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_december_purchase_released_in_january_reaches_its_year_s_upgrade() {
+    // GIVEN a calendar-year window whose upgrades wait for the 7-day return window, and a
+    // purchase of 28 December 2026 that takes a member past SILVER's 300,000
+    let s = stack().await;
+    let yearly = KR_SHOP
+        .replace(
+            "window = \"rolling_12_months\"",
+            "window = \"calendar_year\"",
+        )
+        .replace(
+            "[tier_rules]\n",
+            "[tier_rules]\nupgrade_after_return_window = true\n",
+        );
+    assert!(yearly.contains("calendar_year") && yearly.contains("upgrade_after"));
+    s.services
+        .put_program("kr-shop", &yearly, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    let bought = Utc.with_ymd_and_hms(2026, 12, 28, 3, 0, 0).unwrap();
+    s.clock.set(bought);
+    s.purchase("y-1", "O-y-1", 350_000, bought).await;
+    assert_eq!(s.account("y-1").await.tier.id, "WELCOME");
+    // WHEN its points are released on 4 January 2027, in the next year's window
+    s.clock
+        .set(Utc.with_ymd_and_hms(2027, 1, 4, 3, 0, 0).unwrap());
+    s.run(Job::ReleasePending, date(2027, 1, 4)).await;
+    // THEN the release's tier check judges the year the purchase was made in: SILVER
+    let account = s.account("y-1").await;
+    assert_eq!(account.pending_points(), 0);
+    assert_eq!(account.tier.id, "SILVER");
+    // AND a member downgraded at a review since is not raised again by the closed year
+    let mut reviewed = account.clone();
+    reviewed.tier.id = "WELCOME".into();
+    reviewed.tier.since = date(2027, 1, 4);
+    let program = s.services.program("kr-shop").await.unwrap();
+    let at = Utc.with_ymd_and_hms(2027, 1, 5, 3, 0, 0).unwrap();
+    let ctx = loyalty_core::domain::EventContext::new("check", at, at);
+    assert!(reviewed.check_tier(&program, &ctx).entries.is_empty());
+}
+
 /// Seeds `total` members straight into the store; `due` of them are due for review on `day`.
 async fn seed(
     store: &dyn MemberStore,

@@ -999,21 +999,23 @@ pub trait ParkingStore: Send + Sync {
         order_key: &str,
     ) -> Result<Vec<(String, String)>, StoreError>;
     /// Moves one parked event into the outbox, in one write: it leaves the parking only when
-    /// its message is sure to be relayed. Moving it again (or one already gone) is harmless.
+    /// its message is sure to be relayed. Moving it again (or one already gone) is harmless:
+    /// false says this call did not move it (it was gone).
     async fn release_parked(
         &self,
         program: &str,
         order_key: &str,
         event_id: &str,
         message: &OutboxMessage,
-    ) -> Result<(), StoreError>;
-    /// Drops one parked event (an operator cancelled it); dropping it again is harmless.
+    ) -> Result<bool, StoreError>;
+    /// Drops one parked event (an operator cancelled it); dropping it again is harmless: false
+    /// says this call did not drop it (it was gone).
     async fn discard_parked(
         &self,
         program: &str,
         order_key: &str,
         event_id: &str,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 }
 
 /// The messages written by commits and not yet relayed.

@@ -917,12 +917,17 @@ async fn a_parked_event_moves_to_the_outbox_once(store: Arc<dyn Store>) {
     assert_eq!(first, both);
     // WHEN one is released, twice (a retried release)
     let released = message(QueueName::Earn, &m, "r-1");
+    let mut moved = Vec::new();
     for _ in 0..2 {
-        store
-            .release_parked("kr-shop", &order, "r-1", &released)
-            .await
-            .unwrap();
+        moved.push(
+            store
+                .release_parked("kr-shop", &order, "r-1", &released)
+                .await
+                .unwrap(),
+        );
     }
+    // THEN the first release says it moved it, the second that it did not
+    assert_eq!(moved, [true, false]);
     // THEN only the other stays parked, and the released one waits in the outbox once
     assert_eq!(
         store.parked("kr-shop", &order).await.unwrap(),
@@ -931,10 +936,29 @@ async fn a_parked_event_moves_to_the_outbox_once(store: Arc<dyn Store>) {
     assert_eq!(waiting(&store, &m).await, vec![released.clone()]);
     // WHEN it is relayed THEN a third release finds nothing to move
     store.relayed(&released).await.unwrap();
-    store
+    assert!(!store
         .release_parked("kr-shop", &order, "r-1", &released)
         .await
-        .unwrap();
+        .unwrap());
+    assert!(waiting(&store, &m).await.is_empty());
+    // WHEN the other is dropped, twice THEN the first drop says it dropped it, the second not,
+    // and a release of what was dropped moves nothing
+    let dropped = [
+        store
+            .discard_parked("kr-shop", &order, "r-2")
+            .await
+            .unwrap(),
+        store
+            .discard_parked("kr-shop", &order, "r-2")
+            .await
+            .unwrap(),
+    ];
+    assert_eq!(dropped, [true, false]);
+    let late = message(QueueName::Earn, &m, "r-2");
+    assert!(!store
+        .release_parked("kr-shop", &order, "r-2", &late)
+        .await
+        .unwrap());
     assert!(waiting(&store, &m).await.is_empty());
 }
 

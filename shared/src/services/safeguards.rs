@@ -161,9 +161,14 @@ impl Services {
         let mut held = self.held_event(program, id).await?;
         held.event.reviewed_by = Some(by.to_string());
         let message = OutboxMessage::new(QueueName::Earn, held.event.clone());
-        self.store
+        // Released or cancelled by another operator since it was read: this release did nothing.
+        if !self
+            .store
             .release_parked(program, REVIEW_KEY, id, &message)
-            .await?;
+            .await?
+        {
+            return Err(not_waiting("held event", id));
+        }
         tracing::info!(
             program,
             event_id = crate::telemetry::event_ref(id),
@@ -187,19 +192,28 @@ impl Services {
         let reason = reason_in(body)?;
         let payload = serde_json::to_string(&held.event)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        self.store
-            .reject(&RejectedEvent {
-                program: program.to_string(),
-                event_id: id.to_string(),
-                at: self.clock.now(),
-                reason: format!("cancelled by {by} after review: {reason} ({})", held.reason),
-                payload,
-                replays: 0,
-                replayed_at: None,
-                replayed_by: None,
-            })
-            .await?;
-        self.store.discard_parked(program, REVIEW_KEY, id).await?;
+        // Taken off the list first: one released by another operator since it was read has
+        // earned, and is not then said to be cancelled.
+        if !self.store.discard_parked(program, REVIEW_KEY, id).await? {
+            return Err(not_waiting("held event", id));
+        }
+        let rejected = RejectedEvent {
+            program: program.to_string(),
+            event_id: id.to_string(),
+            at: self.clock.now(),
+            reason: format!("cancelled by {by} after review: {reason} ({})", held.reason),
+            payload,
+            replays: 0,
+            replayed_at: None,
+            replayed_by: None,
+        };
+        if let Err(e) = self.store.reject(&rejected).await {
+            // Put back, so that a cancelled event is never lost without its record.
+            let body =
+                serde_json::to_string(&held).map_err(|e| ServiceError::Internal(e.to_string()))?;
+            self.store.park(program, REVIEW_KEY, id, &body).await?;
+            return Err(e.into());
+        }
         Ok(held)
     }
 

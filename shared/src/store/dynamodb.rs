@@ -2600,7 +2600,7 @@ impl ParkingStore for DynamoStore {
         order_key: &str,
         event_id: &str,
         message: &OutboxMessage,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let delete = build(
             "delete",
             Delete::builder()
@@ -2617,12 +2617,12 @@ impl ParkingStore for DynamoStore {
             self.put(outbox_item(message)?, None, None)?,
         ];
         match self.transact(writes).await? {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             // Released before (the parked item is gone): nothing to do.
             Err(reasons)
                 if reasons.first().and_then(Option::as_deref) == Some("ConditionalCheckFailed") =>
             {
-                Ok(())
+                Ok(false)
             }
             // The put has no condition: what is left is a conflict or throttling.
             Err(reasons) => Err(StoreError::Transient {
@@ -2637,18 +2637,20 @@ impl ParkingStore for DynamoStore {
         program: &str,
         order_key: &str,
         event_id: &str,
-    ) -> Result<(), StoreError> {
-        self.client
+    ) -> Result<bool, StoreError> {
+        let output = self
+            .client
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(key(
                 parked_pk(program, order_key),
                 format!("PARKED#{event_id}"),
             )))
+            .return_values(ReturnValue::AllOld)
             .send()
             .await
             .map_err(|e| sdk_error("cannot drop the parked event", e))?;
-        Ok(())
+        Ok(output.attributes().is_some_and(|old| !old.is_empty()))
     }
 }
 

@@ -1114,7 +1114,7 @@ impl ParkingStore for SqliteStore {
         order_key: &str,
         event_id: &str,
         message: &OutboxMessage,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let row = (
             program.to_string(),
             order_key.to_string(),
@@ -1132,7 +1132,8 @@ impl ParkingStore for SqliteStore {
             if removed == 1 {
                 write_outbox(&tx, &message)?;
             }
-            tx.commit().map_err(|e| sql_error("cannot commit", e))
+            tx.commit().map_err(|e| sql_error("cannot commit", e))?;
+            Ok(removed == 1)
         })
         .await
     }
@@ -1142,19 +1143,20 @@ impl ParkingStore for SqliteStore {
         program: &str,
         order_key: &str,
         event_id: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let row = (
             program.to_string(),
             order_key.to_string(),
             event_id.to_string(),
         );
         self.with(move |conn| {
-            conn.exec(
-                "DELETE FROM parked WHERE program = ?1 AND order_key = ?2 AND event_id = ?3",
-                params![row.0, row.1, row.2],
-            )
-            .map_err(|e| sql_error("cannot drop the parked event", e))?;
-            Ok(())
+            let removed = conn
+                .exec(
+                    "DELETE FROM parked WHERE program = ?1 AND order_key = ?2 AND event_id = ?3",
+                    params![row.0, row.1, row.2],
+                )
+                .map_err(|e| sql_error("cannot drop the parked event", e))?;
+            Ok(removed == 1)
         })
         .await
     }

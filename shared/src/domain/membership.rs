@@ -150,16 +150,20 @@ impl Membership {
         let Some((first, later)) = kept.split_first() else {
             return false;
         };
+        // Periods run whole months from the start, so a membership begun on the 31st renews
+        // on the last day of each shorter month and is back on the 31st after it.
         let mut started = first.paid_on;
-        let mut through = last_day(started, months(first));
+        let mut total = months(first);
+        let mut through = last_day(started, total);
         for p in later {
             let lapses =
                 crate::domain::calendar::add_days(through, i64::from(rules.grace_days) + 1);
             if p.paid_on < lapses {
-                through = last_day(through.succ_opt().unwrap_or(through), months(p));
+                total = total.saturating_add(months(p));
             } else {
-                (started, through) = (p.paid_on, last_day(p.paid_on, months(p)));
+                (started, total) = (p.paid_on, months(p));
             }
+            through = last_day(started, total);
         }
         // A membership that starts after the one whose months were granted is a new one.
         if started > self.lapses_on(rules) {
@@ -410,11 +414,12 @@ mod tests {
         // WHEN it is renewed in the grace days, and the same order is delivered again
         a.pay_membership(&rules(), payment("o-2", "2026-03-03"));
         a.pay_membership(&rules(), payment("o-2", "2026-03-03"));
-        // THEN it runs one period on from the last paid day, once
+        // THEN it runs one period on from the last paid day, once, in months from its start
+        // (back to the month's last day, as one payment of two periods would have)
         let m = a.membership.clone().unwrap();
         assert_eq!(
             (m.started_on, m.paid_through),
-            (day("2026-01-31"), day("2026-03-27"))
+            (day("2026-01-31"), day("2026-03-30"))
         );
         assert_eq!(m.payments.len(), 2);
         // WHEN a later payment comes after the lapse THEN a new membership starts
@@ -566,7 +571,7 @@ mod tests {
         let m = a.membership.clone().unwrap();
         assert_eq!(
             (m.started_on, m.paid_through, m.lapsed_on),
-            (day("2026-01-31"), day("2026-03-27"), None)
+            (day("2026-01-31"), day("2026-03-30"), None)
         );
     }
 }

@@ -885,6 +885,48 @@ fn a_submitted_event_cannot_say_it_was_reviewed_or_replayed() {
 }
 
 #[test]
+fn events_applied_at_a_resume_are_counted_towards_the_day_but_never_held_again() {
+    // GIVEN a daily limit of 1,000 points, and a member suspended while three reviews of 500
+    // points each arrive
+    let shop = Shop::start("resume-limit");
+    shop.amend_program("[safeguards]\ndaily_points = 1000");
+    shop.give(&["m-back"], 10);
+    let (status, _) = shop.call(
+        "POST",
+        &format!("{P}/members/m-back/suspend"),
+        Some(json!({"reason": "checking"})),
+    );
+    assert_eq!(status, 200);
+    for id in ["back-1", "back-2", "back-3"] {
+        shop.send(action(id, "m-back", "review"));
+    }
+    shop.settled();
+    // WHEN an operator resumes the member, applying them
+    let (status, resumed) = shop.call(
+        "POST",
+        &format!("{P}/members/m-back/resume"),
+        Some(json!({"reason": "cleared"})),
+    );
+    assert_eq!(
+        (status, resumed["applied"].as_i64()),
+        (200, Some(3)),
+        "{resumed}"
+    );
+    // THEN all three are applied: the operator decided on them, and none waits for review
+    shop.eventually("m-back", |v| v["balance"] == 1510);
+    shop.settled();
+    assert_eq!(shop.get(&format!("{P}/reviews"))["events"], json!([]));
+    // AND the day's count includes them: a fourth review today is held
+    shop.send(action("back-4", "m-back", "review"));
+    shop.settled();
+    assert_eq!(shop.member("m-back")["balance"].as_i64(), Some(1510));
+    assert_eq!(
+        shop.get(&format!("{P}/reviews"))["events"][0]["id"],
+        "back-4"
+    );
+}
+
+#[test]
 fn earnings_over_the_daily_limit_wait_for_review_and_large_adjustments_for_a_second_operator() {
     // GIVEN kr-shop with a daily limit of 1,000 points and approval above 10,000
     let shop = Shop::start("safeguards");

@@ -680,7 +680,8 @@ fn message(cause: &Envelope, kind: &str, id: String, data: serde_json::Value) ->
 
 /// Counts what the event credits towards the member's day, when the program limits it; the
 /// reason to hold the event instead, if it would pass the limit. An event an operator released
-/// from review is counted, never held again.
+/// from review, or applied when resuming a suspended member, is counted, never held again:
+/// the events that waited out a suspension all arrive on the day of the resume.
 fn count_daily(
     program: &Program,
     envelope: &Envelope,
@@ -703,7 +704,7 @@ fn count_daily(
     let days = &mut change.account.earned_days;
     days.retain(|d, _| *d >= day.pred_opt().unwrap_or(day));
     let today = days.get(&day).copied().unwrap_or(0);
-    if envelope.reviewed_by.is_none() {
+    if envelope.reviewed_by.is_none() && envelope.resumed.is_none() {
         if let Some(reason) =
             crate::domain::safeguards::over_daily_limit(program, today, crediting, day)
         {

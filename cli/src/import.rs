@@ -9,7 +9,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use loyalty_core::domain::import::ImportMode;
-use loyalty_core::imports::{read_balances, read_shopify_orders, BalanceFile, BalanceFormat};
+use loyalty_core::imports::{
+    read_balances, read_shopify_orders, BalanceFile, BalanceFormat, ERROR_FILE_ROW_ID,
+};
 use loyalty_core::services::import::{ImportSummary, RowOrigin, RowOutcome};
 use loyalty_core::services::ServiceError;
 use serde_json::json;
@@ -432,12 +434,23 @@ fn errors_beside(file: &Path) -> PathBuf {
 fn write_errors(path: &Path, file: &BalanceFile, outcomes: &[RowOutcome]) -> Result<(), String> {
     let cannot = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
     let mut out = csv::Writer::from_path(path).map_err(|e| cannot(&e))?;
+    // The rows' ids go with them: imported, the error file's rows are the same rows.
+    let id_at = file
+        .header
+        .iter()
+        .position(|h| h.trim().eq_ignore_ascii_case(ERROR_FILE_ROW_ID));
     let mut header = vec!["line".to_string(), "error".to_string()];
+    if id_at.is_none() {
+        header.push(ERROR_FILE_ROW_ID.to_string());
+    }
     header.extend(file.header.iter().cloned());
     out.write_record(&header).map_err(|e| cannot(&e))?;
     for (row, outcome) in file.rows.iter().zip(outcomes) {
         if let RowOutcome::Refused { reason } = outcome {
             let mut record = vec![row.line.to_string(), reason.clone()];
+            if id_at.is_none() {
+                record.push(row.content.clone());
+            }
             record.extend(row.cells.iter().cloned());
             out.write_record(&record).map_err(|e| cannot(&e))?;
         }

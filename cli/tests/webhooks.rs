@@ -444,6 +444,81 @@ fn a_woocommerce_order_given_to_another_customer_is_reversed_where_its_points_we
 }
 
 #[test]
+fn a_woocommerce_order_given_to_another_customer_or_a_guest_is_credited_and_refunded_once() {
+    // GIVEN us-shop, and an order paid by customer 55
+    let us_shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/us-shop.toml");
+    let server = start_with(&["--program", us_shop.to_str().unwrap()]);
+    let signed = |body: &[u8]| Some(sign_base64(WOO_SECRET, body));
+    let of = |status: &str, refunds: &str, customer: &str, email: &str| {
+        String::from_utf8(woo_order(status, refunds))
+            .expect("utf-8")
+            .replace(
+                "\"customer_id\": 55",
+                &format!("\"customer_id\": {customer}"),
+            )
+            .replace("Ava.Lee@example.com", email)
+            .into_bytes()
+    };
+    let paid = woo_order("processing", "[]");
+    assert_eq!(woo(&server, &paid, signed(&paid)).0, 200);
+    eventually_in(&server, "us-shop", "woocommerce:55", |v| v["pending"] == 64);
+    // WHEN staff give the order to customer 56 and complete it
+    let moved = of("completed", "[]", "56", "Bo.Kim@example.com");
+    assert_eq!(woo(&server, &moved, signed(&moved)).0, 200);
+    // AND then make it a guest's, and refund $15.04 of it
+    let refunds = r#"[{"id": 901, "reason": "damaged", "total": "-15.04"}]"#;
+    let guest = of("processing", refunds, "0", "Ava.Lee@example.com");
+    let (status, answer) = woo(&server, &guest, signed(&guest));
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("accepted")),
+        "{answer}"
+    );
+    // THEN the payment was credited once, to 55, and the refund is taken back there
+    let ava = eventually_in(&server, "us-shop", "woocommerce:55", |v| v["pending"] == 52);
+    assert_eq!(ava["balance"], 0);
+    let bo = view_in(&server, "us-shop", "woocommerce:56");
+    assert_eq!(
+        (bo["pending"].as_i64(), bo["balance"].as_i64()),
+        (Some(0), Some(0)),
+        "{bo}"
+    );
+}
+
+#[test]
+fn a_woocommerce_order_cancelled_before_it_was_paid_keeps_its_later_payment() {
+    // GIVEN us-shop, and an order of customer 55 cancelled unpaid (date_paid_gmt null)
+    let us_shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/us-shop.toml");
+    let server = start_with(&["--program", us_shop.to_str().unwrap()]);
+    let signed = |body: &[u8]| Some(sign_base64(WOO_SECRET, body));
+    let unpaid = String::from_utf8(woo_order("cancelled", "[]")).expect("utf-8");
+    let unpaid = never_paid(&unpaid).into_bytes();
+    let (status, answer) = woo(&server, &unpaid, signed(&unpaid));
+    // THEN it is acknowledged with nothing to take back
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("ignored")),
+        "{answer}"
+    );
+    // WHEN it is paid afterwards
+    let paid = woo_order("processing", "[]");
+    assert_eq!(woo(&server, &paid, signed(&paid)).0, 200);
+    // THEN the payment earns
+    eventually_in(&server, "us-shop", "woocommerce:55", |v| v["pending"] == 64);
+}
+
+/// The order with `"date_paid_gmt": null`, as WooCommerce sends an order never paid.
+fn never_paid(order: &str) -> String {
+    let start = order.find("\"date_paid_gmt\"").expect("the field");
+    let end = start + order[start..].find(',').expect("a comma after it");
+    format!(
+        "{}\"date_paid_gmt\": null{}",
+        &order[..start],
+        &order[end..]
+    )
+}
+
+#[test]
 fn a_woocommerce_cancellation_of_an_order_credited_without_its_webhook_reaches_the_customer() {
     // GIVEN us-shop, and WooCommerce order 727 of customer 55 credited through the events API
     // (as a replay or an import does: no webhook linked the order)

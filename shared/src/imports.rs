@@ -207,6 +207,18 @@ pub fn read_balances(format: BalanceFormat, bytes: &[u8]) -> Result<BalanceFile,
         });
     }
     name_by_content(&mut rows);
+    // An error file names each row as the file it came from did: a second of two identical
+    // rows keeps its rank there, and is not taken for the first.
+    if let Some(at) = names.iter().position(|n| n == ERROR_FILE_ROW_ID) {
+        for row in &mut rows {
+            let given = row.cells.get(at).map(|c| c.trim());
+            if let Some(id) =
+                given.filter(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                row.content = id.to_ascii_lowercase();
+            }
+        }
+    }
     Ok(BalanceFile {
         header,
         rows,
@@ -335,6 +347,9 @@ fn birthday(text: &str) -> Result<String, String> {
     crate::domain::account::parse_birthday(&candidate).map_err(|e| e.to_string())
 }
 
+/// The column of an error file that keeps each row's content id (as `normalise` reads it).
+pub const ERROR_FILE_ROW_ID: &str = "loyalty row id";
+
 /// Gives each row its content id: what it says (its member or email and its balance, as read,
 /// not as written) and its rank among the rows that say the same. A row that cannot be read
 /// says nothing: its cells make its id (it is refused anyway).
@@ -367,6 +382,29 @@ fn hex16(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rows_of_an_error_file_keep_the_ids_they_had_in_their_file() {
+        // GIVEN a file with one row twice: the second is the same row's second credit
+        let file = super::read_balances(
+            super::BalanceFormat::Csv,
+            b"member,points\nm-1,100\nm-1,100\n",
+        )
+        .unwrap();
+        assert_ne!(file.rows[0].content, file.rows[1].content);
+        // WHEN the second alone comes back in an error file, with the id it had
+        let errors = format!(
+            "line,error,loyalty row id,member,points\n3,busy,{},m-1,100\n",
+            file.rows[1].content
+        );
+        let again = super::read_balances(super::BalanceFormat::Csv, errors.as_bytes()).unwrap();
+        // THEN it is that second row, not the first
+        assert_eq!(again.rows[0].content, file.rows[1].content);
+        // AND a cell that is not an id leaves the row known by what it says
+        let odd = b"line,error,loyalty row id,member,points\n3,busy,x,m-1,100\n";
+        let odd = super::read_balances(super::BalanceFormat::Csv, odd).unwrap();
+        assert_eq!(odd.rows[0].content, file.rows[0].content);
+    }
+
     #[test]
     fn an_order_export_cell_that_is_not_utf8_refuses_its_order_only_when_the_order_reads_it() {
         // GIVEN Shopify's export saved as CP949: a product name (not read) in #1 and an email

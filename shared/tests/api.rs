@@ -456,7 +456,17 @@ async fn an_editor_never_overwrites_a_program_saved_after_it_read() {
     }
     let (_, tag, _) = call_with(&h, "GET", "/v1/programs/kr-shop", &[], "").await;
     assert_eq!(tag.as_deref(), Some("\"2\""));
-    // AND a list that names the saved version saves over it
+    // AND a tag that only reads as the saved version ("02") does not match it
+    let (padded, _, _) = call_with(
+        &h,
+        "PUT",
+        "/v1/programs/kr-shop",
+        &[("if-match", "\"02\"")],
+        &file,
+    )
+    .await;
+    assert_eq!(padded, StatusCode::PRECONDITION_FAILED);
+    // AND a list that names the saved version saves over it, also over two header lines
     let (listed, tag, _) = call_with(
         &h,
         "PUT",
@@ -466,6 +476,15 @@ async fn an_editor_never_overwrites_a_program_saved_after_it_read() {
     )
     .await;
     assert_eq!((listed, tag.as_deref()), (StatusCode::OK, Some("\"3\"")));
+    let (two_lines, tag, _) = call_with(
+        &h,
+        "PUT",
+        "/v1/programs/kr-shop",
+        &[("if-match", "\"1\""), ("if-match", "\"3\"")],
+        &file,
+    )
+    .await;
+    assert_eq!((two_lines, tag.as_deref()), (StatusCode::OK, Some("\"4\"")));
     // AND a precondition that is not a list of entity tags is refused, never ignored
     for (name, value) in [
         ("if-match", "2"),

@@ -170,3 +170,46 @@ async fn a_row_applied_by_an_earlier_version_under_its_line_is_not_applied_again
     );
     assert_eq!(balance(&services, "m-1").await, 500);
 }
+
+#[tokio::test]
+async fn a_later_file_in_set_mode_may_set_a_balance_back_to_what_an_earlier_one_stated() {
+    // GIVEN m-1 set to 100 by one export, then to 50 by a corrected one
+    let store = SqliteStore::memory().unwrap();
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 6, 5, 0, 0).unwrap());
+    let (_, services) = common::kr_shop_services(&store, 3, clock).await;
+    let set = |bytes: &'static [u8]| {
+        let services = &services;
+        async move {
+            let file = read_balances(BalanceFormat::Csv, bytes).expect("read");
+            let row = &file.rows[0];
+            let origin = RowOrigin {
+                file_name: "export.csv",
+                digest: &file.digest,
+                line: row.line,
+                content: &row.content,
+                mode: ImportMode::Set,
+                dry_run: false,
+            };
+            services
+                .import_balance(
+                    "kr-shop",
+                    "import",
+                    &origin,
+                    &row.read.clone().expect("row"),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    set(b"member,points\nm-1,100\n").await;
+    set(b"member,points,tier\nm-1,50,\n").await;
+    assert_eq!(balance(&services, "m-1").await, 50);
+    // WHEN a third export states 100 again
+    let third = set(b"member,points,note\nm-1,100,again\n").await;
+    // THEN the balance is set back to 100
+    assert!(
+        matches!(third, RowOutcome::Applied { points: 50, .. }),
+        "{third:?}"
+    );
+    assert_eq!(balance(&services, "m-1").await, 100);
+}

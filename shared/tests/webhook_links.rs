@@ -329,3 +329,39 @@ async fn an_email_typed_at_another_shop_s_checkout_does_not_take_a_customer_s_or
         Some(customer.clone())
     );
 }
+
+#[tokio::test]
+async fn a_payment_delivered_again_for_another_customer_goes_where_it_went() {
+    // GIVEN a paid order of customer 7001234, delivered and linked to its member
+    let store = SqliteStore::memory().unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let queue = Arc::new(common::Recorder::default());
+    let services = Services::new(Arc::new(store.clone()), queue.clone(), FixedClock::at(now));
+    common::save_kr_shop(&services).await;
+    let events = paid_order(now);
+    let first_member = customer_of(&events[0]);
+    services.ingest_events("kr-shop", events).await.unwrap();
+    // WHEN staff give the order to another customer with another email, and the platform
+    // delivers its payment again (WooCommerce restates an order on every change)
+    let mut moved = paid_order(now);
+    moved[0].member = loyalty_core::webhooks::MemberRef::Identity("shopify:7009999".into());
+    moved[0].identities = vec!["email:someone.else@example.com".into()];
+    services.ingest_events("kr-shop", moved).await.unwrap();
+    // THEN the payment is sent for the member it credited, where its marker stops it, and
+    // nothing of the order is linked to the other customer
+    let sent = queue.0.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    assert!(
+        sent.iter().all(|(_, e)| e.member == first_member),
+        "{sent:?}"
+    );
+    for (kind, value) in [
+        ("shopify", "7009999"),
+        ("email", "someone.else@example.com"),
+    ] {
+        assert_eq!(
+            store.resolve_alias("kr-shop", kind, value).await.unwrap(),
+            None
+        );
+    }
+}

@@ -300,12 +300,14 @@ fn expected_version(headers: &HeaderMap) -> Result<Expected, Problem> {
             format!("{name} takes * or entity tags, as this API gives them (\"3\")"),
         )
     };
+    // A list may come as several header lines: they are one list.
     let value = |name: header::HeaderName| -> Result<Option<String>, Problem> {
-        headers
-            .get(&name)
-            .map(|v| v.to_str().map(|t| t.trim().to_string()))
-            .transpose()
-            .map_err(|_| malformed(name.as_str()))
+        let mut lines = Vec::new();
+        for line in headers.get_all(&name) {
+            let text = line.to_str().map_err(|_| malformed(name.as_str()))?;
+            lines.push(text.trim().to_string());
+        }
+        Ok((!lines.is_empty()).then(|| lines.join(", ")))
     };
     match (value(header::IF_MATCH)?, value(header::IF_NONE_MATCH)?) {
         (None, None) => Ok(Expected::Any),
@@ -344,8 +346,12 @@ fn entity_tags(list: &str) -> Option<Vec<u32>> {
         {
             return None;
         }
-        let ours = opaque.len() <= 9 && opaque.bytes().all(|b| b.is_ascii_digit());
-        if let (false, true, Ok(version)) = (weak, ours, opaque.parse::<u32>()) {
+        // Compared strongly: "03" is not the tag "3" this API gives.
+        let ours = opaque
+            .parse::<u32>()
+            .ok()
+            .filter(|v| v.to_string() == opaque);
+        if let (false, Some(version)) = (weak, ours) {
             versions.push(version);
         }
     }

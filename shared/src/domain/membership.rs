@@ -155,18 +155,21 @@ impl Membership {
         let mut started = first.paid_on;
         let mut total = months(first);
         let mut through = last_day(started, total);
+        let mut restarted = false;
         for p in later {
             let lapses =
                 crate::domain::calendar::add_days(through, i64::from(rules.grace_days) + 1);
             if p.paid_on < lapses {
                 total = total.saturating_add(months(p));
             } else {
-                (started, total) = (p.paid_on, months(p));
+                (started, total, restarted) = (p.paid_on, months(p), true);
             }
             through = last_day(started, total);
         }
-        // A membership that starts after the one whose months were granted is a new one.
-        if started > self.lapses_on(rules) {
+        // A payment made after the one before had lapsed starts a new membership, whose months
+        // are granted anew; the same membership starting earlier or later (a payment delivered
+        // late, the first one refunded) keeps what was granted.
+        if restarted && started != self.started_on {
             self.months_granted = 0;
         }
         self.started_on = started;
@@ -511,6 +514,23 @@ mod tests {
             (m.started_on, m.paid_through),
             (day("2026-01-10"), day("2026-03-09"))
         );
+    }
+
+    #[test]
+    fn a_payment_on_the_day_it_lapsed_starts_a_membership_whose_months_are_granted_anew() {
+        // GIVEN a month paid on 15 January (benefits through 21 February), its month granted
+        let mut a = account();
+        a.pay_membership(&rules(), payment("o-1", "2026-01-15"));
+        a.membership.as_mut().unwrap().months_granted = 1;
+        // WHEN the next payment is made on 22 February, the first day without benefits
+        a.pay_membership(&rules(), payment("o-2", "2026-02-22"));
+        // THEN a new membership starts that day, and its first month's reward is due
+        let m = a.membership.clone().unwrap();
+        assert_eq!(
+            (m.started_on, m.paid_through, m.months_granted),
+            (day("2026-02-22"), day("2026-03-21"), 0)
+        );
+        assert_eq!(m.grants_due(&rules(), day("2026-02-22")), vec![0]);
     }
 
     #[test]

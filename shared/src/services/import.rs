@@ -42,11 +42,17 @@ pub struct RowOrigin<'a> {
 }
 
 impl RowOrigin<'_> {
-    /// The entry's marker: the same row content, rank and mode give the same one.
+    /// The entry's marker: in `add` mode the same row content and rank give the same one, so
+    /// that no file saved again credits twice; in `set` mode (which a second run leaves as it
+    /// is anyway) the file and the line, so that a later file may set a balance back to one an
+    /// earlier file stated.
     fn marker(&self) -> EventMarker {
-        EventMarker {
-            source: "import".into(),
-            event_id: format!("import-{}-{}", self.mode.as_str(), self.content),
+        match self.mode {
+            ImportMode::Add => EventMarker {
+                source: "import".into(),
+                event_id: format!("import-{}-{}", self.mode.as_str(), self.content),
+            },
+            ImportMode::Set => self.marker_by_line(),
         }
     }
 

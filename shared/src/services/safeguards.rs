@@ -192,12 +192,9 @@ impl Services {
         let reason = reason_in(body)?;
         let payload = serde_json::to_string(&held.event)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        // Taken off the list first: one released by another operator since it was read has
-        // earned, and is not then said to be cancelled.
-        if !self.store.discard_parked(program, REVIEW_KEY, id).await? {
-            return Err(not_waiting("held event", id));
-        }
-        let rejected = RejectedEvent {
+        // Kept among the rejected events first, so that an event cancelled is never lost
+        // without its record, then taken off the list.
+        let mut rejected = RejectedEvent {
             program: program.to_string(),
             event_id: id.to_string(),
             at: self.clock.now(),
@@ -207,12 +204,17 @@ impl Services {
             replayed_at: None,
             replayed_by: None,
         };
-        if let Err(e) = self.store.reject(&rejected).await {
-            // Put back, so that a cancelled event is never lost without its record.
-            let body =
-                serde_json::to_string(&held).map_err(|e| ServiceError::Internal(e.to_string()))?;
-            self.store.park(program, REVIEW_KEY, id, &body).await?;
-            return Err(e.into());
+        self.store.reject(&rejected).await?;
+        if !self.store.discard_parked(program, REVIEW_KEY, id).await? {
+            // Another operator decided on it since it was read (released: it earned, and a
+            // replay would change nothing, its marker being on the member; or cancelled it):
+            // its record says no more than that.
+            rejected.reason = format!(
+                "another operator decided on it before {by}'s cancel ({})",
+                held.reason
+            );
+            self.store.reject(&rejected).await?;
+            return Err(not_waiting("held event", id));
         }
         Ok(held)
     }

@@ -362,9 +362,34 @@ impl Services {
         match &event.member {
             MemberRef::Identity(identity) => {
                 let own = identity.split_once(':');
-                let (read, links) = self.links_of(program, event, own).await?;
+                let (read, mut links) = self.links_of(program, event, own).await?;
                 if let Some(member) = self.paid_order_member(program, event).await? {
-                    return Ok((Resolved::Known(member), links));
+                    if event.kind != "purchase.completed" {
+                        return Ok((Resolved::Known(member), links));
+                    }
+                    // A payment delivered again for another customer goes where it went (its
+                    // marker stops it there), and links nothing new to that member: the order
+                    // was given to someone else. A customer not linked yet whose email is that
+                    // member's (a brand's member, found by email as always) is the same person.
+                    let same_person = read.is_none()
+                        && !made_by_a_platform(&member)
+                        && links.iter().any(|l| {
+                            l.kind != ORDER_LINK && l.linked.as_deref() == Some(member.as_str())
+                        });
+                    links.retain(|l| l.linked.as_deref() == Some(member.as_str()));
+                    let resolved = match (same_person, own) {
+                        (true, Some((kind, value))) => Resolved::New {
+                            member,
+                            link: Link {
+                                kind: kind.to_string(),
+                                value: value.to_string(),
+                                linked: None,
+                                awaited: false,
+                            },
+                        },
+                        _ => Resolved::Known(member),
+                    };
+                    return Ok((resolved, links));
                 }
                 let resolved = match read {
                     Some(member) => Resolved::Known(member),
@@ -383,16 +408,21 @@ impl Services {
         }
     }
 
-    /// For a refund or a cancellation, the member its order's payment credited, when the
-    /// order is linked: staff may have given the order another customer since, and the
-    /// payment's points stay where they went. An order not linked (paid before links were
-    /// kept, its payment replayed or left out) goes to the customer the event names.
+    /// For a payment, a refund or a cancellation, the member its order's payment credited,
+    /// when the order is linked: staff may have given the order another customer since, and
+    /// the payment's points stay where they went (a payment delivered again with the new
+    /// customer is that payment, stopped as a duplicate there). An order not linked (paid
+    /// before links were kept, its payment replayed or left out) goes to the customer the
+    /// event names.
     async fn paid_order_member(
         &self,
         program: &str,
         event: &PlatformEvent,
     ) -> Result<Option<String>, ServiceError> {
-        if !matches!(event.kind, "purchase.refunded" | "purchase.cancelled") {
+        if !matches!(
+            event.kind,
+            "purchase.completed" | "purchase.refunded" | "purchase.cancelled"
+        ) {
             return Ok(None);
         }
         let text = |field: &str| event.data.get(field).and_then(serde_json::Value::as_str);

@@ -67,15 +67,40 @@ pub fn normalise(topic: &str, body: &[u8], now: DateTime<Utc>) -> Result<Normali
     let order_id = id(&order, "id")?;
     let status = text(&order, "status").ok_or_else(|| invalid("status is missing"))?;
     let customer = id(&order, "customer_id").unwrap_or_else(|_| "0".into());
-    if customer == "0" {
-        return Ok(Normalised::Ignored(format!(
-            "order {order_id} is a guest checkout: no member to credit"
-        )));
-    }
-    let member = MemberRef::Identity(format!("woocommerce:{customer}"));
+    // A guest order credits no one; its refunds and cancellation go to whoever its payment
+    // credited, if anyone (staff may have made a customer's order a guest's since).
+    let guest = customer == "0";
+    let member = match guest {
+        true => MemberRef::Order(order_key("woocommerce", &order_id)),
+        false => MemberRef::Identity(format!("woocommerce:{customer}")),
+    };
     let occurred_at = gmt(&order, &["date_paid_gmt", "date_created_gmt"]).unwrap_or(now);
+    // An order cancelled before it was paid (WooCommerce cancels unpaid orders after a while,
+    // and takes a payment for them later) has nothing to take back; a cancellation kept for it
+    // would take back its later payment.
+    let never_paid = order.get("date_paid_gmt").is_some_and(Value::is_null);
     match status {
+        "processing" | "completed" if guest => {
+            match paid(&order, &order_id, member, occurred_at, now)? {
+                Normalised::Events(events) => {
+                    let refunds: Vec<PlatformEvent> = events
+                        .into_iter()
+                        .filter(|e| e.kind != "purchase.completed")
+                        .collect();
+                    Ok(match refunds.is_empty() {
+                        true => Normalised::Ignored(format!(
+                            "order {order_id} is a guest checkout: no member to credit"
+                        )),
+                        false => Normalised::Events(refunds),
+                    })
+                }
+                ignored => Ok(ignored),
+            }
+        }
         "processing" | "completed" => paid(&order, &order_id, member, occurred_at, now),
+        "cancelled" if never_paid => Ok(Normalised::Ignored(format!(
+            "order {order_id} was cancelled before it was paid: nothing to take back"
+        ))),
         "refunded" | "cancelled" => Ok(Normalised::Events(vec![PlatformEvent {
             kind: "purchase.cancelled",
             id: format!("woocommerce-order-{order_id}-cancel"),

@@ -474,6 +474,49 @@ async fn a_late_december_purchase_released_in_january_reaches_its_year_s_upgrade
     assert!(reviewed.check_tier(&program, &ctx).entries.is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referrer_s_reward_for_a_member_being_erased_is_dropped_not_kept_for_later() {
+    // GIVEN a member whose erasure has begun (marked, its items not yet deleted)
+    let s = stack().await;
+    s.purchase("m-gone", "O-gone", 10_000, t0()).await;
+    let program = s.services.program("kr-shop").await.unwrap();
+    let mut marked = s.account("m-gone").await;
+    let before = marked.clone();
+    marked.erased = Some(loyalty_core::domain::erasure::Erasure {
+        pseudonym: "erased-1".into(),
+        at: t0(),
+        reason: "erasure request".into(),
+        by: "ops".into(),
+    });
+    let change = loyalty_core::domain::Change::unchanged(marked);
+    s.store
+        .commit(Commit::new(&program, "m-gone", Some(&before), change, t0()))
+        .await
+        .unwrap();
+    // WHEN a referee's order, matured meanwhile, sends its referrer's reward
+    let reward = json!({
+        "type": "engagement.recorded", "version": 1, "id": "referral-reward-1",
+        "program": "kr-shop", "member": "m-gone", "occurred_at": t0(),
+        "data": {"action": "referral", "ref": "m-new", "referee": "m-new"}
+    });
+    let processed = s.services.process_earn(&reward.to_string()).await;
+    // THEN it is dropped: kept for later, it would make a member of the erased id
+    assert!(
+        matches!(
+            processed,
+            Ok(loyalty_core::services::earn::Processed::NoEffect(_))
+        ),
+        "{processed:?}"
+    );
+    // AND any other event for the member still waits for the erasure to finish
+    let other = json!({
+        "type": "engagement.recorded", "version": 1, "id": "review-gone",
+        "program": "kr-shop", "member": "m-gone", "occurred_at": t0(),
+        "data": {"action": "review", "ref": "rv-gone"}
+    });
+    assert!(s.services.process_earn(&other.to_string()).await.is_err());
+}
+
 /// Seeds `total` members straight into the store; `due` of them are due for review on `day`.
 async fn seed(
     store: &dyn MemberStore,

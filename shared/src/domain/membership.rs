@@ -315,8 +315,9 @@ impl Account {
     }
 
     /// Takes in the membership of a member merged into this one: the one with benefits on
-    /// `day` stays (this member's when both have), so a merge never drops a paid period for a
-    /// lapsed one; what either gave (bonus points, grants) is added up.
+    /// `day` stays, and when both have them, the payments of both are laid out together (the
+    /// person paid for every one of those periods); a merge never drops a paid period for a
+    /// lapsed one. What either gave (bonus points, grants) is added up.
     pub fn merge_membership(
         &mut self,
         rules: Option<&MembershipRules>,
@@ -336,8 +337,21 @@ impl Account {
             mine.bonus_points.saturating_add(theirs.bonus_points),
             mine.grants.saturating_add(theirs.grants),
         );
-        if !with_benefits(mine) && with_benefits(theirs) {
-            *mine = theirs.clone();
+        match (rules, with_benefits(mine), with_benefits(theirs)) {
+            // Both paid for: every period either paid for is the person's, laid out together.
+            (Some(rules), true, true) => {
+                let granted = mine.months_granted.max(theirs.months_granted);
+                for p in &theirs.payments {
+                    if !mine.payments.iter().any(|q| q.order_id == p.order_id) {
+                        mine.payments.push(p.clone());
+                    }
+                }
+                let from = mine.started_on.min(theirs.started_on);
+                mine.lay_out(rules, from);
+                mine.months_granted = granted;
+            }
+            (_, false, true) => *mine = theirs.clone(),
+            _ => {}
         }
         mine.bonus_points = bonus_points;
         mine.grants = grants;
@@ -531,6 +545,30 @@ mod tests {
             (day("2026-02-22"), day("2026-03-21"), 0)
         );
         assert_eq!(m.grants_due(&rules(), day("2026-02-22")), vec![0]);
+    }
+
+    #[test]
+    fn a_merge_of_two_paid_memberships_keeps_every_period_paid_for() {
+        // GIVEN a member who paid a month on 1 January, and another (the same person) who paid
+        // six months on 20 January, its first month granted
+        let mut survivor = account();
+        survivor.pay_membership(&rules(), payment("o-1", "2026-01-01"));
+        let mut other = account();
+        let six = MembershipPayment {
+            periods: 6,
+            ..payment("o-2", "2026-01-20")
+        };
+        other.pay_membership(&rules(), six);
+        other.membership.as_mut().unwrap().months_granted = 1;
+        // WHEN the other is merged into the survivor on 25 January
+        survivor.merge_membership(Some(&rules()), other.membership.as_ref(), day("2026-01-25"));
+        // THEN seven months are paid for from 1 January, and no month is granted twice
+        let m = survivor.membership.clone().unwrap();
+        assert_eq!(
+            (m.started_on, m.paid_through, m.months_granted),
+            (day("2026-01-01"), day("2026-07-31"), 1)
+        );
+        assert_eq!(m.payments.len(), 2);
     }
 
     #[test]

@@ -302,8 +302,18 @@ impl Services {
                 })?;
                 continue;
             }
-            // Being erased: once it is gone, the event makes a new member.
+            // Being erased: once it is gone, the event makes a new member. Not a referrer's
+            // reward: a referee's order matured during the erasure names the erased member as
+            // its referrer, and would make a member of that id holding points for no one.
             if state.account.as_ref().is_some_and(|a| a.erased.is_some()) {
+                if matches!(
+                    event,
+                    EarnEvent::Engagement(Engagement::ReferrerReward { .. })
+                ) {
+                    return Ok(Processed::NoEffect(
+                        "the referrer's personal data is being erased: no reward".into(),
+                    ));
+                }
                 return Err(Retry(format!(
                     "member {} is being erased; the event waits until that is done",
                     crate::telemetry::member_ref(&envelope.member)

@@ -807,6 +807,18 @@ async fn a_merge_whose_survivor_is_erased_before_it_finishes_erases_the_other_to
             account.merged
         );
         assert_eq!(account.profile, Default::default(), "{pseudonym}");
+        // (nor their ledgers: not the survivor's id in the other's merge entry either)
+        let ledger = s
+            .store
+            .ledger_page("kr-shop", pseudonym, 1000, None)
+            .await
+            .unwrap();
+        for entry in &ledger.entries {
+            let text = serde_json::to_string(entry).unwrap();
+            for id in [survivor, other, "7700000004", "7700000005"] {
+                assert!(!text.contains(id), "{pseudonym} names {id}: {text}");
+            }
+        }
     }
     // AND the audit finds nothing wrong
     let audit = s.services.audit(Some("kr-shop"), quiet).await.unwrap();

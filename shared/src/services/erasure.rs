@@ -64,6 +64,17 @@ fn identity_names(aliases: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
+/// The member a merge's first step moved this member into, as its entry names it.
+fn merged_into_named(entry: &LedgerEntry) -> Option<String> {
+    if entry.source.rule.as_deref() != Some("merge") {
+        return None;
+    }
+    let id = entry.source.event_id.as_deref().unwrap_or(&entry.id);
+    let into = id.strip_prefix("merge-into-")?;
+    let into = into.split('#').next().unwrap_or(into);
+    (!into.is_empty()).then(|| into.to_string())
+}
+
 /// Each name paired with what stands for it in kept texts.
 fn stand_ins_of(names: &[String], stand_in: &str) -> Vec<(String, String)> {
     names
@@ -316,19 +327,32 @@ impl Services {
         erasure: &Erasure,
         stand_ins: &[(String, String)],
     ) -> Result<usize, ServiceError> {
-        let mut entries: Vec<LedgerEntry> = Vec::new();
+        let mut read: Vec<LedgerEntry> = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
             let page = self
                 .store
                 .ledger_page(&program.id, member, 100, cursor.as_deref())
                 .await?;
-            entries.extend(page.entries.iter().map(|e| pseudonymised(e, stand_ins)));
+            read.extend(page.entries);
             match page.next_cursor {
                 Some(next) => cursor = Some(next),
                 None => break,
             }
         }
+        // A member merged into another that was erased before the merge finished names it in
+        // its merge's entry ("Merged into …", `merge-into-…`); by then nothing else here knows
+        // that member (a resumed run's account no longer says where it went), the ledger does.
+        let mut stand_ins = stand_ins.to_vec();
+        for entry in &read {
+            if let Some(into) = merged_into_named(entry) {
+                stand_ins.push((into, format!("{}-into", erasure.pseudonym)));
+            }
+        }
+        stand_ins.sort_by(|(a, _), (b, _)| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        stand_ins.dedup_by(|later, first| later.0 == first.0);
+        let mut entries: Vec<LedgerEntry> =
+            read.iter().map(|e| pseudonymised(e, &stand_ins)).collect();
         entries.reverse();
         let count = entries.len();
         for (n, chunk) in entries.chunks(COPY_CHUNK).enumerate() {

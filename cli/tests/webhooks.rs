@@ -494,17 +494,33 @@ fn a_woocommerce_order_cancelled_before_it_was_paid_keeps_its_later_payment() {
     let unpaid = String::from_utf8(woo_order("cancelled", "[]")).expect("utf-8");
     let unpaid = never_paid(&unpaid).into_bytes();
     let (status, answer) = woo(&server, &unpaid, signed(&unpaid));
-    // THEN it is acknowledged with nothing to take back
-    assert_eq!(
-        (status, answer["status"].as_str()),
-        (200, Some("ignored")),
-        "{answer}"
-    );
+    // THEN it is acknowledged, with nothing to take back: no event is kept for it
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["events"], json!([]), "{answer}");
     // WHEN it is paid afterwards
     let paid = woo_order("processing", "[]");
     assert_eq!(woo(&server, &paid, signed(&paid)).0, 200);
     // THEN the payment earns
     eventually_in(&server, "us-shop", "woocommerce:55", |v| v["pending"] == 64);
+}
+
+#[test]
+fn a_cash_on_delivery_order_refused_at_the_door_gives_its_points_back() {
+    // GIVEN us-shop, and a cash-on-delivery order of customer 55, processing and credited
+    // though not yet paid (date_paid_gmt null until it is completed)
+    let us_shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/us-shop.toml");
+    let server = start_with(&["--program", us_shop.to_str().unwrap()]);
+    let signed = |body: &[u8]| Some(sign_base64(WOO_SECRET, body));
+    let processing = String::from_utf8(woo_order("processing", "[]")).expect("utf-8");
+    let processing = never_paid(&processing).into_bytes();
+    assert_eq!(woo(&server, &processing, signed(&processing)).0, 200);
+    eventually_in(&server, "us-shop", "woocommerce:55", |v| v["pending"] == 64);
+    // WHEN the customer refuses the parcel and the order is cancelled, still unpaid
+    let cancelled = String::from_utf8(woo_order("cancelled", "[]")).expect("utf-8");
+    let cancelled = never_paid(&cancelled).into_bytes();
+    assert_eq!(woo(&server, &cancelled, signed(&cancelled)).0, 200);
+    // THEN the points it credited are taken back
+    eventually_in(&server, "us-shop", "woocommerce:55", |v| v["pending"] == 0);
 }
 
 /// The order with `"date_paid_gmt": null`, as WooCommerce sends an order never paid.

@@ -166,10 +166,11 @@ impl Membership {
             }
             through = last_day(started, total);
         }
-        // A payment made after the one before had lapsed starts a new membership, whose months
-        // are granted anew; the same membership starting earlier or later (a payment delivered
-        // late, the first one refunded) keeps what was granted.
-        if restarted && started != self.started_on {
+        // A membership that starts once the one whose months were granted had lapsed is a new
+        // one, whose months are granted anew; the same membership starting earlier or later (a
+        // payment delivered late, one refunded) keeps what was granted, so that no month's
+        // reward is granted twice.
+        if restarted && started >= self.lapses_on(rules) {
             self.months_granted = 0;
         }
         self.started_on = started;
@@ -569,6 +570,29 @@ mod tests {
             (day("2026-01-01"), day("2026-07-31"), 1)
         );
         assert_eq!(m.payments.len(), 2);
+    }
+
+    #[test]
+    fn a_refund_that_leaves_a_gap_grants_no_month_twice() {
+        // GIVEN months paid on 1 January, 1 February and 1 March, each one granted
+        let mut a = account();
+        for (order, on) in [
+            ("o-1", "2026-01-01"),
+            ("o-2", "2026-02-01"),
+            ("o-3", "2026-03-01"),
+        ] {
+            a.pay_membership(&rules(), payment(order, on));
+        }
+        a.membership.as_mut().unwrap().months_granted = 3;
+        // WHEN February's payment is refunded (January's lapsed before March's was made)
+        a.refund_membership(&rules(), "o-2", None, day("2026-03-05"));
+        // THEN March is paid for, and its reward, granted already, is not due again
+        let m = a.membership.clone().unwrap();
+        assert_eq!(
+            (m.started_on, m.paid_through),
+            (day("2026-03-01"), day("2026-03-31"))
+        );
+        assert!(m.grants_due(&rules(), day("2026-03-05")).is_empty());
     }
 
     #[test]

@@ -196,7 +196,13 @@ impl Services {
         member: &str,
         origin: &RowOrigin<'_>,
     ) -> Result<bool, ServiceError> {
-        for marker in [origin.marker(), origin.marker_by_line()] {
+        // Both forms in either mode: a `set` row applied by a version that named rows by
+        // content is imported before too.
+        let by_content = EventMarker {
+            source: "import".into(),
+            event_id: format!("import-{}-{}", origin.mode.as_str(), origin.content),
+        };
+        for marker in [by_content, origin.marker_by_line()] {
             if self.store.has_marker(program, member, &marker).await? {
                 return Ok(true);
             }

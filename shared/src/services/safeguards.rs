@@ -204,16 +204,22 @@ impl Services {
             replayed_at: None,
             replayed_by: None,
         };
+        let before = self.store.rejected_event(program, id).await?;
         self.store.reject(&rejected).await?;
         if !self.store.discard_parked(program, REVIEW_KEY, id).await? {
-            // Another operator decided on it since it was read (released: it earned, and a
-            // replay would change nothing, its marker being on the member; or cancelled it):
-            // its record says no more than that.
-            rejected.reason = format!(
-                "another operator decided on it before {by}'s cancel ({})",
-                held.reason
-            );
-            self.store.reject(&rejected).await?;
+            // Another operator decided on it since it was read: a cancel's record kept by then
+            // is put back; else (released: it earned, and a replay would change nothing, its
+            // marker being on the member) the record says no more than that.
+            match before {
+                Some(theirs) => self.store.reject(&theirs).await?,
+                None => {
+                    rejected.reason = format!(
+                        "another operator decided on it before {by}'s cancel ({})",
+                        held.reason
+                    );
+                    self.store.reject(&rejected).await?;
+                }
+            }
             return Err(not_waiting("held event", id));
         }
         Ok(held)

@@ -14,7 +14,7 @@ use crate::envelope::{parse_earn_event, Envelope, ENVELOPE_VERSION};
 use crate::ports::{OutboxMessage, QueueName, ORDER_LINK};
 use crate::webhooks::{
     cafe24, pos, shopify, woocommerce, MemberRef, Normalised, Platform, PlatformEvent, Secrets,
-    WebhookError,
+    WebhookError, IF_CREDITED,
 };
 
 /// The answer to a platform.
@@ -274,7 +274,10 @@ impl Services {
         // same new identity, and each must find the link the one before wrote: there it is
         // written at once, as the identity is resolved.
         let together = events.len() == 1;
-        for event in events {
+        for mut event in events {
+            if !self.worth_ingesting(program, &mut event).await? {
+                continue;
+            }
             // Who the event is for, and where its links lead now: read together.
             let (resolved, mut links) = self.member_and_links(program, &event).await?;
             let (member, new) = match resolved {
@@ -364,13 +367,19 @@ impl Services {
                 let own = identity.split_once(':');
                 let (read, mut links) = self.links_of(program, event, own).await?;
                 if let Some(member) = self.paid_order_member(program, event).await? {
-                    if event.kind != "purchase.completed" {
-                        return Ok((Resolved::Known(member), links));
-                    }
-                    // A payment delivered again for another customer goes where it went (its
-                    // marker stops it there), and links nothing new to that member: the order
-                    // was given to someone else. A customer not linked yet whose email is that
-                    // member's (a brand's member, found by email as always) is the same person.
+                    return Ok((Resolved::Known(member), links));
+                }
+                // A payment restated after staff gave the order to another customer: the
+                // order's link (read with the others) names the member it credited, where its
+                // marker stops it. Nothing new is linked to that member (the order went to
+                // someone else), but the customer's own identity when its email is already
+                // that brand-made member's: the same person (an imported member's late webhook).
+                let credited = links
+                    .iter()
+                    .find(|l| l.kind == ORDER_LINK)
+                    .and_then(|l| l.linked.clone())
+                    .filter(|m| event.kind == "purchase.completed" && read.as_ref() != Some(m));
+                if let Some(member) = credited {
                     let same_person = read.is_none()
                         && !made_by_a_platform(&member)
                         && links.iter().any(|l| {
@@ -408,21 +417,55 @@ impl Services {
         }
     }
 
-    /// For a payment, a refund or a cancellation, the member its order's payment credited,
-    /// when the order is linked: staff may have given the order another customer since, and
-    /// the payment's points stay where they went (a payment delivered again with the new
-    /// customer is that payment, stopped as a duplicate there). An order not linked (paid
-    /// before links were kept, its payment replayed or left out) goes to the customer the
-    /// event names.
+    /// Whether an event marked `if_credited` (a guest order's refund, an order cancelled
+    /// before it was paid) has anything to take back: only when the order's payment credited
+    /// someone. Otherwise it is dropped rather than kept waiting for a payment that, if it ever
+    /// came, it must not take back. The mark is taken off either way.
+    async fn worth_ingesting(
+        &self,
+        program: &str,
+        event: &mut PlatformEvent,
+    ) -> Result<bool, ServiceError> {
+        let marked = event
+            .data
+            .as_object_mut()
+            .and_then(|data| data.remove(IF_CREDITED))
+            .is_some_and(|v| v == serde_json::Value::Bool(true));
+        let (true, Some(platform), Some(order)) = (
+            marked,
+            event
+                .data
+                .get("platform")
+                .and_then(serde_json::Value::as_str),
+            event
+                .data
+                .get("order_id")
+                .and_then(serde_json::Value::as_str),
+        ) else {
+            return Ok(true);
+        };
+        let key = crate::envelope::order_key(platform, order);
+        let credited = self.store.resolve_alias(program, ORDER_LINK, &key).await?;
+        if credited.is_none() {
+            tracing::info!(
+                program,
+                event_id = crate::telemetry::event_ref(&event.id),
+                "nothing to take back: the order credited no one"
+            );
+        }
+        Ok(credited.is_some())
+    }
+
+    /// For a refund or a cancellation, the member its order's payment credited, when the
+    /// order is linked: staff may have given the order another customer since, and the
+    /// payment's points stay where they went. An order not linked (paid before links were
+    /// kept, its payment replayed or left out) goes to the customer the event names.
     async fn paid_order_member(
         &self,
         program: &str,
         event: &PlatformEvent,
     ) -> Result<Option<String>, ServiceError> {
-        if !matches!(
-            event.kind,
-            "purchase.completed" | "purchase.refunded" | "purchase.cancelled"
-        ) {
+        if !matches!(event.kind, "purchase.refunded" | "purchase.cancelled") {
             return Ok(None);
         }
         let text = |field: &str| event.data.get(field).and_then(serde_json::Value::as_str);

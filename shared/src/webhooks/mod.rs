@@ -72,6 +72,10 @@ pub enum WebhookError {
     Invalid(String),
 }
 
+/// A mark in a platform event's data: take it only if the order's payment credited someone
+/// (taken off before the event is queued).
+pub const IF_CREDITED: &str = "if_credited";
+
 /// A platform's amount, held to the amounts' bound before anything adds it up: a delivery of
 /// at most 256 KiB then cannot sum past 64 bits (a wrapped sum would pass the later checks as
 /// a small, plausible amount).

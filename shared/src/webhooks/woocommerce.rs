@@ -75,11 +75,12 @@ pub fn normalise(topic: &str, body: &[u8], now: DateTime<Utc>) -> Result<Normali
         false => MemberRef::Identity(format!("woocommerce:{customer}")),
     };
     let occurred_at = gmt(&order, &["date_paid_gmt", "date_created_gmt"]).unwrap_or(now);
-    // An order cancelled before it was paid (WooCommerce cancels unpaid orders after a while,
-    // and takes a payment for them later) has nothing to take back; a cancellation kept for it
-    // would take back its later payment.
-    let never_paid = order.get("date_paid_gmt").is_some_and(Value::is_null);
-    match status {
+    // An order not paid when cancelled (WooCommerce cancels unpaid orders after a while, and
+    // takes a payment for them later; cash on delivery is paid on completion) takes back only
+    // what a payment credited: kept waiting, it would take back a later payment. So do a
+    // guest order's refunds: its payment credited no one, unless the order was a customer's.
+    let not_paid = order.get("date_paid_gmt").is_some_and(Value::is_null);
+    let mut normalised = match status {
         "processing" | "completed" if guest => {
             match paid(&order, &order_id, member, occurred_at, now)? {
                 Normalised::Events(events) => {
@@ -87,21 +88,18 @@ pub fn normalise(topic: &str, body: &[u8], now: DateTime<Utc>) -> Result<Normali
                         .into_iter()
                         .filter(|e| e.kind != "purchase.completed")
                         .collect();
-                    Ok(match refunds.is_empty() {
+                    match refunds.is_empty() {
                         true => Normalised::Ignored(format!(
                             "order {order_id} is a guest checkout: no member to credit"
                         )),
                         false => Normalised::Events(refunds),
-                    })
+                    }
                 }
-                ignored => Ok(ignored),
+                ignored => ignored,
             }
         }
-        "processing" | "completed" => paid(&order, &order_id, member, occurred_at, now),
-        "cancelled" if never_paid => Ok(Normalised::Ignored(format!(
-            "order {order_id} was cancelled before it was paid: nothing to take back"
-        ))),
-        "refunded" | "cancelled" => Ok(Normalised::Events(vec![PlatformEvent {
+        "processing" | "completed" => paid(&order, &order_id, member, occurred_at, now)?,
+        "refunded" | "cancelled" => Normalised::Events(vec![PlatformEvent {
             kind: "purchase.cancelled",
             id: format!("woocommerce-order-{order_id}-cancel"),
             member,
@@ -109,11 +107,21 @@ pub fn normalise(topic: &str, body: &[u8], now: DateTime<Utc>) -> Result<Normali
             data: json!({"order_id": order_id, "platform": "woocommerce", "reason": status}),
             order_key: None,
             identities: Vec::new(),
-        }])),
-        other => Ok(Normalised::Ignored(format!(
+        }]),
+        other => Normalised::Ignored(format!(
             "order {order_id} is {other}: nothing to credit yet"
-        ))),
+        )),
+    };
+    if let Normalised::Events(events) = &mut normalised {
+        for event in events.iter_mut().filter(|e| e.kind != "purchase.completed") {
+            if guest || (not_paid && event.kind == "purchase.cancelled") {
+                if let Some(data) = event.data.as_object_mut() {
+                    data.insert(super::IF_CREDITED.into(), Value::Bool(true));
+                }
+            }
+        }
     }
+    Ok(normalised)
 }
 
 /// An order as `wp-json/wc/v3/orders` gives it, turned into the events its `order.updated`

@@ -89,6 +89,18 @@ struct Link {
     awaited: bool,
 }
 
+impl Link {
+    /// An identity's link that is not there yet.
+    fn unwritten((kind, value): (&str, &str)) -> Link {
+        Link {
+            kind: kind.to_string(),
+            value: value.to_string(),
+            linked: None,
+            awaited: false,
+        }
+    }
+}
+
 impl Services {
     /// Handles one delivery to `POST /webhooks/{platform}/{program}`.
     pub async fn ingest_webhook(
@@ -387,14 +399,9 @@ impl Services {
                         });
                     links.retain(|l| l.linked.as_deref() == Some(member.as_str()));
                     let resolved = match (same_person, own) {
-                        (true, Some((kind, value))) => Resolved::New {
+                        (true, Some(own)) => Resolved::New {
                             member,
-                            link: Link {
-                                kind: kind.to_string(),
-                                value: value.to_string(),
-                                linked: None,
-                                awaited: false,
-                            },
+                            link: Link::unwritten(own),
                         },
                         _ => Resolved::Known(member),
                     };
@@ -523,12 +530,7 @@ impl Services {
         let member = other.unwrap_or_else(|| identity.to_string());
         Ok(Resolved::New {
             member,
-            link: Link {
-                kind: kind.to_string(),
-                value: value.to_string(),
-                linked: None,
-                awaited: false,
-            },
+            link: Link::unwritten((kind, value)),
         })
     }
 

@@ -480,6 +480,97 @@ fn a_referred_member_s_first_purchase_pays_both_sides() {
 }
 
 #[test]
+fn a_referred_first_order_cancelled_before_it_arrived_pays_neither_side() {
+    // GIVEN a member referred by m-0, whose first order's cancellation arrived before it
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    m.account.referred_by = Some("m-0".into());
+    let cancel = Reversal {
+        order_id: "o-1".into(),
+        refund_id: "cancel".into(),
+        scope: RefundScope::Rest,
+        event_id: "ev-cancel".into(),
+        occurred_at: now - days(1),
+    };
+    let parked = m
+        .account
+        .refund(&p, None, &cancel, &ctx("ev-cancel", now - days(1), now))
+        .unwrap();
+    assert!(parked.order.parked.len() == 1);
+    // WHEN the purchase arrives (8 days late, past its return window)
+    let out = m
+        .account
+        .earn_purchase(
+            &p,
+            Some(&parked.order),
+            &purchase("o-1", Currency::KRW, vec![line("a", 1, 10_000)]),
+            &[],
+            &ctx("ev", now - days(8), now),
+        )
+        .unwrap();
+    // THEN its points are taken back, and neither the welcome bonus nor the referrer's reward
+    // is paid for an order that was not kept
+    assert_eq!(out.referrer_to_reward, None);
+    assert_eq!(out.change.account.balance, 0);
+    assert_eq!(out.change.account.pending_points(), 0);
+}
+
+#[test]
+fn a_first_order_partly_kept_still_pays_its_referral_when_its_window_closes() {
+    // GIVEN referrals paid once the first order's return window has closed, and a referred
+    // member whose first order is a 10,000 KRW tee and a 50,000 KRW gift card (no points)
+    let text = include_str!("../../examples/kr-shop.toml").replace(
+        "referee_points = 1000",
+        "referee_points = 1000\nreward_after_return_window = true",
+    );
+    let p = loyalty_core::domain::Program::from_toml(&text).unwrap();
+    assert!(p.referral.as_ref().unwrap().reward_after_return_window);
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    m.account.referred_by = Some("m-0".into());
+    let mut card = line("card", 1, 50_000);
+    card.gift_card = true;
+    let order = purchase("o-1", Currency::KRW, vec![line("tee", 1, 10_000), card]);
+    let out = m
+        .account
+        .earn_purchase(&p, None, &order, &[], &ctx("ev-1", now, now))
+        .unwrap();
+    assert_eq!(out.referrer_to_reward, None);
+    let record = out.order.clone();
+    m.commit(out.change);
+    // WHEN the tee is returned within the window: its points go, the gift card is kept
+    let tee = Reversal {
+        order_id: "o-1".into(),
+        refund_id: "r-1".into(),
+        scope: RefundScope::lines(vec![RefundLine {
+            line_id: "tee".into(),
+            quantity: 1,
+        }]),
+        event_id: "ev-r-1".into(),
+        occurred_at: now + days(2),
+    };
+    let refunded = m
+        .account
+        .refund(
+            &p,
+            Some(&record),
+            &tee,
+            &ctx("ev-r-1", now + days(2), now + days(2)),
+        )
+        .unwrap();
+    m.commit(refunded.change);
+    // AND the window closes
+    let later = now + days(10);
+    let settled = m.account.settle(&p, &ctx("settle", later, later));
+    // THEN the order, partly kept, pays both sides of the referral
+    assert_eq!(settled.referrer.as_deref(), Some("m-0"));
+    m.commit(settled);
+    assert_eq!(m.account.balance, 1_000);
+    m.assert_consistent();
+}
+
+#[test]
 fn crossing_silver_upgrades_after_the_purchase_and_the_next_purchase_earns_more() {
     // GIVEN a WELCOME member in kr-shop
     let p = kr();

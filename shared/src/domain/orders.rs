@@ -288,9 +288,17 @@ impl Account {
                 .filter(|l| !l.category.is_empty())
                 .map(|l| l.category.clone()),
         );
+        let first = account.purchases == 1;
+        // Refunds that arrived first are applied now, in the order they arrived, before the
+        // referral: an order wholly refunded or cancelled by then pays neither side.
+        for reversal in std::mem::take(&mut record.parked) {
+            reverse(&mut journal, program, &mut record, &reversal)?;
+        }
+        let kept = record.earned.as_ref().is_some_and(|e| !wholly_refunded(e));
+        let account = &mut journal.account;
         let mut referrer = None;
         let waits = release_at > ctx.recorded_at;
-        if account.purchases == 1 {
+        if first && kept {
             if let (Some(by), Some(rule)) = (account.referred_by.clone(), &program.referral) {
                 if rule.reward_after_return_window && waits {
                     // Both sides are paid when the order's points are released.
@@ -310,11 +318,6 @@ impl Account {
                     referrer = super::erasure::payable_referrer(by);
                 }
             }
-        }
-
-        // Refunds that arrived first are applied now, in the order they arrived.
-        for reversal in std::mem::take(&mut record.parked) {
-            reverse(&mut journal, program, &mut record, &reversal)?;
         }
         Ok(done(journal, record, referrer))
     }
@@ -480,6 +483,13 @@ fn end_membership(
     journal.post(EntryKind::Clawback, 0, 0, &reason);
 }
 
+/// Every unit of every line refunded, or refunds by amount that reached the order's total.
+fn wholly_refunded(earned: &OrderEarning) -> bool {
+    let lines = earned.lines.iter().all(|l| l.refunded >= l.quantity);
+    let share = earned.share_total > 0 && earned.share_refunded >= earned.share_total;
+    lines || share
+}
+
 fn existing(order: Option<&OrderRecord>, order_id: &str) -> Result<OrderRecord, OrderError> {
     match order {
         Some(o) if o.order_id != order_id => Err(OrderError::WrongOrder {
@@ -574,6 +584,7 @@ fn apply_reversal(
     }
     record.applied.insert(reversal.refund_id.clone());
     tiers::add_measure(&mut journal.account, earned.month, -measure);
+    let whole = wholly_refunded(earned);
 
     let account = &mut journal.account;
     let from_pending = match account
@@ -589,11 +600,12 @@ fn apply_reversal(
         }
         None => 0,
     };
-    // Only this order's wait ends with its points: another order's grant of no points still
-    // waits out its return window (a referral or an upgrade may wait on it).
+    // The order's wait ends only when nothing of it is kept: a grant left with no points may
+    // still hold back the measure of lines that earned none, or the referral of a first order
+    // partly kept. Another order's grant of no points waits out its return window as ever.
     account
         .pending
-        .retain(|g| g.points > 0 || g.event_id != earned.event_id);
+        .retain(|g| g.points > 0 || g.event_id != earned.event_id || !whole);
     let from_available = points - from_pending;
     let taken: i64 = account
         .lots

@@ -241,7 +241,18 @@ fn bad_requests_are_problems_and_write_nothing() {
         request.send().unwrap()
     };
     let valid = purchase("ev-1", "m-9", "o-1", 8).to_string();
+    // A body under the request limit whose message would pass the queue's: U+FFFF takes 3
+    // bytes as sent and 6 as queued (SQS takes it only escaped).
+    let mut too_large = purchase("ev-3", "m-9", "o-3", 8);
+    too_large["data"]["lines"][0]["sku"] = "\u{ffff}".repeat(50_000).into();
     let cases = [
+        (
+            Some(admin.as_str()),
+            url.clone(),
+            too_large.to_string(),
+            400,
+            "event-too-large",
+        ),
         (
             Some(admin.as_str()),
             url.clone(),

@@ -48,6 +48,30 @@ pub struct Envelope {
     pub trace: Option<String>,
 }
 
+/// The most bytes a queue takes in one message body (SQS's own limit on the queues the
+/// template makes).
+pub const MAX_MESSAGE_BYTES: usize = 262_144;
+
+/// The most bytes an event may have when it is accepted (its envelope, encoded): what is added
+/// to it later (the canonical member in place of an alias or an order's placeholder, a replay's
+/// or a resume's mark, the trace) fits in the room left below [`MAX_MESSAGE_BYTES`].
+pub const MAX_EVENT_BYTES: usize = MAX_MESSAGE_BYTES - 4_096;
+
+/// The envelope as a queue's message body. SQS takes only XML's characters, which leave out
+/// U+FFFE and U+FFFF; JSON writes both unescaped, and a message holding one would be refused
+/// for good (a stream shard of the relay stuck behind it), so they are written as escapes,
+/// which read back as the same text. They can only stand inside a string: everything JSON
+/// writes outside strings is ASCII.
+pub fn message_body(envelope: &Envelope) -> serde_json::Result<String> {
+    let body = serde_json::to_string(envelope)?;
+    if !body.contains(['\u{fffe}', '\u{ffff}']) {
+        return Ok(body);
+    }
+    Ok(body
+        .replace('\u{fffe}', "\\ufffe")
+        .replace('\u{ffff}', "\\uffff"))
+}
+
 impl Envelope {
     /// FIFO group: one member's events are processed in order.
     pub fn group(&self) -> String {
@@ -688,5 +712,30 @@ mod tests {
         let ids = [envelope("x"), replay, resumed, reviewed].map(|e| e.dedup_id());
         let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
         assert_eq!(distinct.len(), 4, "{ids:?}");
+    }
+
+    /// What SQS takes in a message body: XML's characters.
+    fn sqs_takes(c: char) -> bool {
+        matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}')
+            || c >= '\u{10000}'
+    }
+
+    #[test]
+    fn a_message_body_holds_only_what_sqs_takes_and_reads_back_the_same() {
+        // GIVEN an event whose member and data hold U+FFFE and U+FFFF, which JSON writes raw
+        let mut event = envelope("e-1");
+        event.member = "m-\u{ffff}".into();
+        event.data = serde_json::json!({"sku": "a\u{fffe}\\\u{ffff}b", "note": "é 🎁 \u{1}"});
+        // WHEN it is written as a message body
+        let body = message_body(&event).unwrap();
+        // THEN every character is one SQS takes
+        assert!(body.chars().all(sqs_takes), "{body:?}");
+        // AND the body reads back as the same event
+        assert_eq!(serde_json::from_str::<Envelope>(&body).unwrap(), event);
+        // AND an event without them is written as JSON writes it
+        assert_eq!(
+            message_body(&envelope("e-2")).unwrap(),
+            serde_json::to_string(&envelope("e-2")).unwrap()
+        );
     }
 }

@@ -132,7 +132,7 @@ where
 
 /// The body and ids of a message for `queue`.
 fn outgoing(queue: QueueName, message: &Envelope) -> Result<Outgoing, QueueError> {
-    let body = serde_json::to_string(message)
+    let body = crate::envelope::message_body(message)
         .map_err(|e| queue_error(queue, format!("cannot encode the message: {e}")))?;
     let fifo = matches!(queue, QueueName::Earn | QueueName::Tier)
         .then(|| (sqs_id(&message.group()), sqs_id(&message.dedup_id())));

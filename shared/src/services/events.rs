@@ -33,6 +33,7 @@ impl Services {
         program
             .check_occurred_at(envelope.occurred_at, self.clock.now())
             .map_err(|e| ServiceError::invalid("event-out-of-bounds", e.to_string()))?;
+        super::fits_a_message(&envelope)?;
         envelope.member = self.canonical_member(&program.id, &envelope.member).await?;
         self.canonical_referrer(&program.id, &mut envelope).await?;
         envelope.trace = envelope

@@ -267,6 +267,22 @@ pub(crate) fn require_object(body: &[u8], problem: &'static str) -> Result<(), S
     }
 }
 
+/// An event too large for one queue message is refused when it is accepted: a queue would
+/// refuse it for good, and every retry of the delivery with it.
+pub(crate) fn fits_a_message(envelope: &crate::envelope::Envelope) -> Result<(), ServiceError> {
+    use crate::envelope::{message_body, MAX_EVENT_BYTES};
+    let bytes = message_body(envelope)
+        .map_err(|e| ServiceError::Internal(format!("cannot encode the event: {e}")))?
+        .len();
+    if bytes > MAX_EVENT_BYTES {
+        return Err(ServiceError::invalid(
+            "event-too-large",
+            format!("the event takes {bytes} bytes as a message; at most {MAX_EVENT_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
 impl From<crate::ids::IdError> for ServiceError {
     fn from(e: crate::ids::IdError) -> Self {
         ServiceError::invalid(e.kind.problem(), e.to_string())

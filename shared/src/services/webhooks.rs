@@ -669,6 +669,7 @@ impl Services {
         let program = self.program(program).await?;
         parse_earn_event(&envelope, &program)
             .map_err(|e| ServiceError::invalid(e.problem, e.detail))?;
+        super::fits_a_message(&envelope)?;
         program
             .check_occurred_at(envelope.occurred_at, self.clock.now())
             .map_err(|e| match e {

@@ -311,6 +311,61 @@ fn the_monthly_reward_is_granted_once_per_month_when_the_job_runs_late_or_twice(
     assert!(audit.status.success());
 }
 
+#[test]
+fn an_operator_withdraws_a_monthly_coupon_and_the_till_refuses_it() {
+    // GIVEN a member whose first month's coupon was granted (a reward of no points)
+    let shop = plus_shop("membership-withdraw");
+    paid(&shop, "pay-w", "m-withdraw", 1, 0);
+    shop.eventually("m-withdraw", |v| v["membership"]["status"] == "active");
+    jobs(&shop, today_in_seoul());
+    let export = shop.get(&format!("{P}/members/m-withdraw/export"));
+    let coupon = export["redemptions"]
+        .as_array()
+        .expect("redemptions")
+        .iter()
+        .find(|r| r["reward"] == "free-shipping")
+        .cloned()
+        .expect("the month's coupon");
+    let (id, code) = (
+        coupon["id"].as_str().unwrap(),
+        coupon["code"].as_str().unwrap(),
+    );
+    // WHEN an operator reverses it (a chargeback of the month)
+    let (status, reversed) = shop.call(
+        "POST",
+        &format!("{P}/members/m-withdraw/redemptions/{id}/reverse"),
+        Some(json!({"reason": "chargeback"})),
+    );
+    // THEN it is reversed, the balance untouched
+    assert_eq!(
+        (
+            status,
+            reversed["status"].as_str(),
+            reversed["balance"].as_i64()
+        ),
+        (200, Some("reversed"), Some(0)),
+        "{reversed}"
+    );
+    // AND the till can no longer use the coupon
+    let (status, problem) = shop.call(
+        "POST",
+        &format!("{P}/coupons/{code}/consume"),
+        Some(json!({"order_ref": "till-1"})),
+    );
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("coupon-revoked"),
+        "{problem}"
+    );
+    // AND the books still agree with the ledger
+    let audit = shop.loyalty(&["audit", "--json"]);
+    let report: Value = serde_json::from_slice(&audit.stdout).expect("json");
+    assert_eq!(report["violations"], json!([]), "{report}");
+}
+
 fn refund(shop: &Shop, order: &str, refund_id: &str, member: &str, data: Value) {
     let mut data = data;
     data["order_id"] = json!(order);

@@ -354,7 +354,8 @@ impl Account {
         Ok((journal.finish(), taken))
     }
 
-    /// Gives a redemption back: each share returns to the lot it was taken from.
+    /// Gives a redemption back: each share returns to the lot it was taken from. A reward that
+    /// took no points (a paid membership's monthly coupon) is reversed with an entry of none.
     pub fn reverse_redemption(
         &self,
         program: &Program,
@@ -363,7 +364,7 @@ impl Account {
         ctx: &EventContext,
     ) -> Result<Change, AccountError> {
         let points: i64 = shares.iter().map(|s| s.points).sum();
-        if points <= 0 {
+        if points < 0 {
             return Err(AccountError::NotPositive);
         }
         let mut journal = Journal::begin(self, program, ctx);

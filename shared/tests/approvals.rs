@@ -189,3 +189,33 @@ async fn an_approval_applied_but_not_yet_recorded_cannot_then_be_declined() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_key_of_an_adjustment_waiting_for_approval_is_not_taken_by_a_smaller_one() {
+    // GIVEN ops-1's request for 50,000 sent with key k-1, waiting for a second operator
+    let (_store, _clock, services) = stack().await;
+    let adjust = |points: i64| {
+        let services = &services;
+        async move {
+            let body = json!({"points": points, "reason": "store credit"}).to_string();
+            services
+                .adjust("kr-shop", "m-1", "ops-1", Some("k-1"), body.as_bytes())
+                .await
+        }
+    };
+    let asked = adjust(50_000).await.unwrap();
+    assert_eq!(asked.status, 202);
+    // WHEN ops-1 sends k-1 again with 5,000, under the threshold
+    let reused = adjust(5_000).await;
+    // THEN it is 422, as for any other request sent with a used key, and nothing is credited
+    match reused {
+        Err(loyalty_core::services::ServiceError::Unprocessable { problem, .. }) => {
+            assert_eq!(problem, "idempotency-key-reused")
+        }
+        other => panic!("expected 422, got {other:?}"),
+    }
+    let view = services.member_view("kr-shop", "m-1").await.unwrap();
+    assert_eq!(view.balance, 0);
+    // AND the first request, sent again, still gets its answer
+    assert_eq!(adjust(50_000).await.unwrap().body, asked.body);
+}

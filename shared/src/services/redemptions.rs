@@ -975,6 +975,9 @@ impl Services {
             if let Some(answer) = self.replay(&program.id, by, key, &hash).await? {
                 return Ok(answer);
             }
+            if let Some(answer) = self.earlier_approval(&program.id, by, key, &hash).await? {
+                return Ok(answer);
+            }
         }
         if let Some(above) = program.safeguards.adjustment_approval_above {
             if request.points.unsigned_abs() > above.unsigned_abs() {

@@ -85,6 +85,21 @@ fn reason_in(body: &[u8]) -> Result<String, ServiceError> {
     super::operator_reason(&request.reason, "invalid-reason")
 }
 
+/// The id of an adjustment kept for approval, from its operator and Idempotency-Key.
+fn approval_id(by: &str, key: &str) -> String {
+    format!(
+        "appr-{:016x}",
+        crate::fingerprint::fnv1a64(format!("{by}\n{key}").bytes())
+    )
+}
+
+fn waiting_answer(pending: &PendingAdjustment) -> Answer {
+    Answer {
+        status: 202,
+        body: json!({"id": pending.id, "status": "pending_approval", "points": pending.points, "member": pending.member}),
+    }
+}
+
 impl Services {
     /// Why a referral is the new member referring themselves, if it is.
     pub(crate) async fn self_referral(
@@ -237,41 +252,12 @@ impl Services {
     ) -> Result<Answer, ServiceError> {
         // With an Idempotency-Key, a retry names the same request.
         let id = match key {
-            Some((key, _)) => format!(
-                "appr-{:016x}",
-                crate::fingerprint::fnv1a64(format!("{by}\n{key}").bytes())
-            ),
+            Some((key, _)) => approval_id(by, key),
             None => format!("appr-{}", uuid::Uuid::new_v4().simple()),
         };
-        let answer = |p: &PendingAdjustment| Answer {
-            status: 202,
-            body: json!({"id": p.id, "status": "pending_approval", "points": p.points, "member": p.member}),
-        };
         if let Some((key, hash)) = key {
-            if let Some(waiting) = self.waiting_adjustment(program, &id).await? {
-                if waiting.request_hash.as_deref() != Some(hash) {
-                    return Err(ServiceError::Unprocessable {
-                        problem: "idempotency-key-reused",
-                        detail: format!(
-                            "Idempotency-Key {key:?} was used with a different request"
-                        ),
-                    });
-                }
-                return Ok(answer(&waiting));
-            }
-            if let Some(decided) = self.decided(program, &id).await? {
-                if decided.request_hash != hash {
-                    return Err(ServiceError::Unprocessable {
-                        problem: "idempotency-key-reused",
-                        detail: format!(
-                            "Idempotency-Key {key:?} was used with a different request"
-                        ),
-                    });
-                }
-                return Ok(Answer {
-                    status: decided.status,
-                    body: decided.answer,
-                });
+            if let Some(earlier) = self.earlier_approval(program, by, key, hash).await? {
+                return Ok(earlier);
             }
         }
         let pending = PendingAdjustment {
@@ -286,7 +272,39 @@ impl Services {
         let body =
             serde_json::to_string(&pending).map_err(|e| ServiceError::Internal(e.to_string()))?;
         self.store.park(program, APPROVALS_KEY, &id, &body).await?;
-        Ok(answer(&pending))
+        Ok(waiting_answer(&pending))
+    }
+
+    /// The answer to an adjustment whose Idempotency-Key was given before to one kept for
+    /// approval: that request's answer (waiting, or as decided), or 422 when this request is
+    /// another. Asked by every adjustment with a key, above the threshold or not: a key is one
+    /// request whichever way its first use went.
+    pub(crate) async fn earlier_approval(
+        &self,
+        program: &str,
+        by: &str,
+        key: &str,
+        hash: &str,
+    ) -> Result<Option<Answer>, ServiceError> {
+        let id = approval_id(by, key);
+        let reused = || ServiceError::Unprocessable {
+            problem: "idempotency-key-reused",
+            detail: format!("Idempotency-Key {key:?} was used with a different request"),
+        };
+        if let Some(waiting) = self.waiting_adjustment(program, &id).await? {
+            if waiting.request_hash.as_deref() != Some(hash) {
+                return Err(reused());
+            }
+            return Ok(Some(waiting_answer(&waiting)));
+        }
+        match self.decided(program, &id).await? {
+            Some(decided) if decided.request_hash != hash => Err(reused()),
+            Some(decided) => Ok(Some(Answer {
+                status: decided.status,
+                body: decided.answer,
+            })),
+            None => Ok(None),
+        }
     }
 
     /// `GET .../approvals`: adjustments waiting for a second operator, oldest first.

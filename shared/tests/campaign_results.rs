@@ -358,6 +358,37 @@ async fn a_tick_that_missed_a_week_pays_each_missed_birthday_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_birthday_caught_up_in_the_new_year_leaves_that_year_its_own() {
+    // GIVEN a tick completed on 30 December 2026 (Seoul) and a member born on 31 December, whose
+    // program pays a birthday once a year
+    let s = stack(Utc.with_ymd_and_hms(2026, 12, 30, 1, 0, 0).unwrap()).await;
+    s.seed(
+        &[("born-12-31".into(), Some("12-31"))],
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+    )
+    .await;
+    let tick = |at: DateTime<Utc>| {
+        let s = &s;
+        async move {
+            s.clock.set(at);
+            s.services
+                .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+                .await
+                .unwrap();
+            s.drain().await;
+        }
+    };
+    tick(Utc.with_ymd_and_hms(2026, 12, 30, 1, 0, 0).unwrap()).await;
+    // WHEN no tick runs on 31 December, the next one on 2 January catches the birthday up
+    tick(Utc.with_ymd_and_hms(2027, 1, 2, 1, 0, 0).unwrap()).await;
+    assert_eq!(s.balance("born-12-31").await, 2_000);
+    // AND the tick of 31 December 2027 pays that year's birthday
+    tick(Utc.with_ymd_and_hms(2027, 12, 31, 1, 0, 0).unwrap()).await;
+    // THEN each year has had its birthday: the one paid late counted in 2026, its own year
+    assert_eq!(s.balance("born-12-31").await, 4_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anniversaries_are_paid_from_the_first_full_year_once() {
     // GIVEN a program that pays 500 points on the joining anniversary, and members who joined
     // on 22 November 2025, on 21 November 2025, and today

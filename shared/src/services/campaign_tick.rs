@@ -220,6 +220,7 @@ impl Services {
                 return Ok(false);
             }
         }
+        let now = self.clock.now();
         let message = Envelope {
             replay: None,
             resumed: None,
@@ -230,7 +231,9 @@ impl Services {
             id: crate::ids::derived_event_id(action, &[member, &day.year().to_string()]),
             program: program.id.clone(),
             member: member.to_string(),
-            occurred_at: at.min(self.clock.now()),
+            // The day paid, not the tick's: a day caught up in the next year counts towards
+            // its own year's limit, and leaves the new year's birthday to be paid.
+            occurred_at: job_instant(program, day, now).min(at).min(now),
             data: json!({
                 "action": action, "ref": format!("{action}-{}", day.year()),
                 "platform": CAMPAIGN_TICK,

@@ -200,6 +200,14 @@ impl Assignment {
             redemptions: 0,
         }
     }
+
+    /// The assignment in place of `earlier` (one made under another seed or bucket version): a
+    /// bonus the member was paid in the campaign stays paid, so a re-randomised member is not
+    /// paid it twice.
+    pub fn replacing(mut self, earlier: Option<&Assignment>) -> Assignment {
+        self.bonus_paid |= earlier.is_some_and(|a| a.bonus_paid);
+        self
+    }
 }
 
 /// An assignment written with a member's commit (a purchase, a refund or a redemption counted

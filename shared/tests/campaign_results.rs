@@ -871,6 +871,27 @@ async fn a_bonus_is_not_used_up_by_a_purchase_that_earns_nothing() {
 }
 
 #[tokio::test]
+async fn a_bonus_paid_is_not_paid_again_when_the_campaign_is_re_randomised() {
+    // GIVEN a campaign that gives every member 500 points on their next purchase, paid to a
+    // member on a purchase of 59,000
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let bonus = json!({"key": "bonus", "weight": 1, "effect": {"type": "bonus", "points": 500}});
+    let mut campaign = for_everyone("bonus-2026", bonus);
+    s.put_campaign("next-order-bonus", &campaign).await;
+    let at = now - chrono::Duration::hours(1);
+    s.purchase("m-once", "b-1", 59_000, at).await;
+    assert_eq!(s.balance("m-once").await, 590 + 500);
+    // WHEN the campaign is re-randomised (a new bucket version), and the member buys twice more
+    campaign["bucket_version"] = json!(2);
+    s.put_campaign("next-order-bonus", &campaign).await;
+    s.purchase("m-once", "b-2", 59_000, at).await;
+    s.purchase("m-once", "b-3", 59_000, at).await;
+    // THEN those purchases earn their own points only: the bonus was the member's once
+    assert_eq!(s.balance("m-once").await, 3 * 590 + 500);
+}
+
+#[tokio::test]
 async fn a_day_a_member_failed_on_is_gone_over_again_for_a_week_then_given_up() {
     // GIVEN m-poison, whose birthday is 22 November and whose account cannot be read, the
     // birthday campaign, and a tick that finished 21 November

@@ -273,7 +273,8 @@ impl Services {
             &campaign.hash_seed,
             campaign.bucket_version,
             now,
-        );
+        )
+        .replacing(to.earlier);
         let recorded = self
             .store
             .record_assignment(program, member, &wanted, to.seen, grant.as_ref())
@@ -427,7 +428,9 @@ impl Part<'_> {
                 campaign: self.id.to_string(),
                 basis_points,
             }),
-            Effect::Bonus { points } if !self.stored.is_some_and(|a| a.bonus_paid) => {
+            // Once per member in a campaign: an assignment replaced by a new seed or bucket
+            // version keeps its bonus paid (`read` is the stored one, or the one it replaces).
+            Effect::Bonus { points } if !self.read.is_some_and(|a| a.bonus_paid) => {
                 Some(CampaignEffect::Bonus {
                     campaign: self.id.to_string(),
                     points,
@@ -467,6 +470,7 @@ impl Part<'_> {
                 self.campaign.bucket_version,
                 at,
             )
+            .replacing(self.read)
         });
         let mut after = before.clone();
         after.purchases = before.purchases.saturating_add(1);

@@ -474,6 +474,36 @@ async fn a_campaign_outside_its_window_assigns_nobody() {
     assert!(s.store_counts("birthday-gift").await.is_empty());
 }
 
+#[tokio::test]
+async fn a_purchase_made_before_the_exposure_gets_no_effect_of_the_campaign() {
+    // GIVEN an on-exposure campaign doubling the points of every member who sees it, seen by
+    // the member in the app now
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let mut campaign = simulated();
+    campaign["variants"][0]["weight"] = json!(0);
+    campaign["variants"][1]["weight"] = json!(1);
+    s.put_campaign("double", &campaign).await;
+    s.services.my_campaigns("kr-shop", "m-late").await.unwrap();
+    // WHEN a purchase made an hour before, delivered late, is processed, then one made after
+    s.purchase("m-late", "before", 59_000, now - chrono::Duration::hours(1))
+        .await;
+    let before = s.balance("m-late").await;
+    s.clock.set(now + chrono::Duration::minutes(5));
+    s.purchase(
+        "m-late",
+        "after",
+        59_000,
+        now + chrono::Duration::minutes(1),
+    )
+    .await;
+    // THEN only the one made after the exposure is doubled, and only it is counted
+    assert_eq!((before, s.balance("m-late").await), (590, 590 + 1_180));
+    let counts = s.store_counts("double").await;
+    let x2 = counts.iter().find(|c| c.variant == "x2").unwrap();
+    assert_eq!(x2.purchases, 1, "{counts:?}");
+}
+
 fn simulated() -> Value {
     json!({
         "name": "Double points", "kind": "on_exposure", "status": "running",

@@ -515,7 +515,11 @@ pub(crate) fn parts<'a>(
         .filter_map(|(id, campaign)| {
             let read = state.assignments.get(id);
             let stored = read.filter(|a| a.holds_for(&campaign.hash_seed, campaign.bucket_version));
-            if campaign.kind == CampaignKind::OnExposure && stored.is_none() {
+            // Only what a member does after seeing the campaign: a purchase made before the
+            // exposure (delivered after it) is neither changed nor counted.
+            if campaign.kind == CampaignKind::OnExposure
+                && !stored.is_some_and(|a| a.assigned_at <= at)
+            {
                 return None;
             }
             let variant = variant_of(id, campaign, program, account, state, at)?;

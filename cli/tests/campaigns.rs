@@ -68,8 +68,11 @@ fn a_campaign_is_saved_versioned_and_refused_with_the_field_named() {
     assert_eq!(server.call("GET", path, &member, &[], None).0, 403);
 }
 
+/// A purchase made now, after whatever the member saw in the app before it (an on-exposure
+/// campaign changes only purchases made after the exposure). Two seconds ahead, so that the
+/// time, written to the second, is not before an exposure recorded in the same second.
 fn purchase(id: &str, member: &str) -> String {
-    let occurred = (chrono::Utc::now() - chrono::Duration::days(1))
+    let occurred = (chrono::Utc::now() + chrono::Duration::seconds(2))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     json!({
         "type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",

@@ -650,15 +650,16 @@ def scenario(args, work_dir: Path) -> dict:
         d.quiet()
         earn_source = next(s for s in stack.sources if isinstance(s, SqsEventSource) and s.pool.binary.name == "earn")
 
-        def ten(label: str, orders: int, lines: int, minutes: int) -> None:
+        def ten(label: str, orders: int, lines: int, minutes: int, at: datetime | None = None) -> None:
             """A purchase of each of the ten, queued while earn's source is paused, then
             delivered to earn as one batch."""
             earn_source.stop()
             time.sleep(1.0)
+            when = at or now - timedelta(minutes=minutes)
 
             def send():
                 for i, m in enumerate(members10):
-                    d.shopify("orders/paid", shopify_order(m, orders + i, now - timedelta(minutes=minutes), [(lines + i, 2, 25000)]))
+                    d.shopify("orders/paid", shopify_order(m, orders + i, when, [(lines + i, 2, 25000)]))
                 earn_source.stopping.clear()
                 earn_source.start()
 
@@ -726,10 +727,12 @@ def scenario(args, work_dir: Path) -> dict:
         for m in [w] + members10:
             status, answer = d.http("GET", f"/v1/programs/{PROGRAM}/me/campaigns", None, {"Authorization": f"Bearer {d.member_token(f'shopify:{m}')}"})
             assert status == 200 and answer["campaigns"], (status, answer)
-        run("warm-up: purchase in a running campaign", lambda: d.shopify("orders/paid", shopify_order(w, 7_000_003, now - timedelta(minutes=2), [(3, 1, 30000)])))
+        # Purchases made after the members saw the campaign: only those count in it.
+        seen = datetime.now(timezone.utc) + timedelta(seconds=1)
+        run("warm-up: purchase in a running campaign", lambda: d.shopify("orders/paid", shopify_order(w, 7_000_003, seen, [(3, 1, 30000)])))
         run("purchase of a known member in a running campaign",
-            lambda: d.shopify("orders/paid", shopify_order(members10[0], 7_400_000, now - timedelta(minutes=12), [(70, 1, 25000)])))
-        ten("10 purchases of known members in a running campaign, earn batch of 10", 7_500_000, 80, 10)
+            lambda: d.shopify("orders/paid", shopify_order(members10[0], 7_400_000, seen, [(70, 1, 25000)])))
+        ten("10 purchases of known members in a running campaign, earn batch of 10", 7_500_000, 80, 10, at=seen)
         # A known member the campaign has not assigned (never shown it): earn reads the absent
         # assignment again, strongly, before the purchase counts in no variant.
         run("purchase of a known member a running campaign has not assigned",

@@ -1024,6 +1024,34 @@ async fn a_broadcast_grant_reaches_a_person_once_though_one_of_their_members_was
 }
 
 #[tokio::test]
+async fn a_login_still_leading_to_a_merged_member_is_shown_no_campaign_and_granted_nothing() {
+    // GIVEN m-b merged into m-a, and an on-exposure campaign granting 1,000 points, which m-a
+    // has seen
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let at = now - chrono::Duration::hours(1);
+    s.purchase("m-a", "a-1", 10_000, at).await;
+    s.purchase("m-b", "b-1", 10_000, at).await;
+    s.services
+        .merge_named("kr-shop", "m-a", "m-b", "the same person", "ops")
+        .await
+        .unwrap();
+    s.drain().await;
+    let mut campaign = simulated();
+    campaign["variants"][0]["weight"] = json!(0);
+    campaign["variants"][1] =
+        json!({"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}});
+    s.put_campaign("app-gift", &campaign).await;
+    s.services.my_campaigns("kr-shop", "m-a").await.unwrap();
+    // WHEN the app asks for m-b's campaigns (a login whose link the merge has not moved yet)
+    let shown = s.services.my_campaigns("kr-shop", "m-b").await.unwrap();
+    s.drain().await;
+    // THEN none is shown, and the person has the grant once
+    assert_eq!(shown["campaigns"], json!([]));
+    assert_eq!(s.balance("m-a").await, 200 + 1_000);
+}
+
+#[tokio::test]
 async fn a_new_seed_makes_the_tick_assign_everyone_again() {
     // GIVEN three members assigned by the tick to a broadcast campaign
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();

@@ -205,8 +205,14 @@ impl Services {
             .store
             .load_member_with(&program.id, member, &[], &ids)
             .await?;
-        // Being erased: nothing is assigned to the person any more.
-        if state.account.as_ref().is_some_and(|a| a.erased.is_some()) {
+        // Being erased: nothing is assigned to the person any more. Merged into another (a
+        // login still leading here while the merge moves its links): the survivor is the
+        // person, assigned on its own, and a grant here would reach it a second time.
+        if state
+            .account
+            .as_ref()
+            .is_some_and(|a| a.erased.is_some() || a.merged_into().is_some())
+        {
             return Ok(json!({ "campaigns": [] }));
         }
         let seen = state.account.is_some();

@@ -340,6 +340,19 @@ impl Campaign {
         on && self.start <= at && at < self.end
     }
 
+    /// The last moment of `[from, to]` at which it runs, `None` when it runs at none: what a
+    /// catch-up of a past day assigns as of (a campaign that has ended since still had that
+    /// day).
+    pub fn last_running_in(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let until = self.counts_until()?;
+        let last = if to < until {
+            to
+        } else {
+            until - chrono::Duration::milliseconds(1)
+        };
+        (self.start.max(from) <= last).then_some(last)
+    }
+
     /// Until when purchases count in it (the end of the window it may add items to a commit
     /// in): its end while running, its stop once stopped, never for a draft.
     pub fn counts_until(&self) -> Option<DateTime<Utc>> {

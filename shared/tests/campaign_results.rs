@@ -358,6 +358,43 @@ async fn a_tick_that_missed_a_week_pays_each_missed_birthday_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_birthday_campaign_ended_since_still_has_the_days_a_late_tick_catches_up() {
+    // GIVEN a birthday campaign that ran until the end of 20 November (Seoul) and granted
+    // everyone in its audience, a tick completed on 18 November, and members born on 19, 20
+    // and 21 November
+    let s = stack(Utc.with_ymd_and_hms(2026, 11, 18, 1, 0, 0).unwrap()).await;
+    let born: Vec<(String, Option<&str>)> = ["11-19", "11-20", "11-21"]
+        .iter()
+        .map(|day| (format!("born-{day}"), Some(*day)))
+        .collect();
+    s.seed(&born, Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap())
+        .await;
+    let mut campaign = birthday_campaign();
+    campaign["end"] = json!("2026-11-21T00:00:00+09:00");
+    campaign["variants"][0]["weight"] = json!(0);
+    campaign["variants"][1]["weight"] = json!(1);
+    s.put_campaign("birthday-gift", &campaign).await;
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    s.drain().await;
+    // WHEN the next tick runs on 22 November, after the campaign has ended
+    s.clock
+        .set(Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap());
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    s.drain().await;
+    // THEN the birthdays of the days it ran have the program's points and the campaign's
+    // grant, and the one after it the points alone
+    assert_eq!(s.balance("born-11-19").await, 2_000 + 1_000);
+    assert_eq!(s.balance("born-11-20").await, 2_000 + 1_000);
+    assert_eq!(s.balance("born-11-21").await, 2_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_birthday_caught_up_in_the_new_year_leaves_that_year_its_own() {
     // GIVEN a tick completed on 30 December 2026 (Seoul) and a member born on 31 December, whose
     // program pays a birthday once a year

@@ -21,6 +21,7 @@ use super::campaigns::Assignee;
 use super::jobs::{past, Deadline, JobReport};
 use super::{ServiceError, Services};
 use crate::campaigns::{Campaign, CampaignKind};
+use crate::domain::calendar::start_of_day;
 use crate::domain::schedule::{job_instant, yearly_index_dates};
 use crate::domain::{Account, DueJob, Program};
 use crate::envelope::{Envelope, ENVELOPE_VERSION};
@@ -88,13 +89,16 @@ impl Services {
             .iter()
             .flat_map(|day| jobs.iter().map(move |(job, _)| (*job, *day)))
             .collect();
-        let running: Vec<(String, Campaign)> = campaigns?
+        // A birthday campaign is looked at for each day gone over, whether or not it still
+        // runs: the days it ran keep their birthdays.
+        let broadcast: Vec<(String, Campaign)> = campaigns?
             .iter()
-            .filter(|(_, c)| c.kind == CampaignKind::Broadcast && c.running_at(at))
+            .filter(|(_, c)| c.kind == CampaignKind::Broadcast)
             .cloned()
             .collect();
-        let (birthdays, everyone): (Vec<_>, Vec<_>) = running
+        let (birthdays, everyone): (Vec<_>, Vec<_>) = broadcast
             .iter()
+            .filter(|(_, c)| c.audience.birthday_in_window || c.running_at(at))
             .partition(|(_, c)| c.audience.birthday_in_window);
         // Whose day it is, read a few days and jobs at a time (a catch-up can owe a year of
         // them); paid in order as the lists arrive.
@@ -126,10 +130,11 @@ impl Services {
                 self.pay_yearly_day(program, job, action, *day, members?, at, report, progress)
                     .await?;
             }
+            let day_start = start_of_day(program.time_zone, *day);
+            let day_at = job_instant(program, *day, self.clock.now()).min(at);
             for (id, campaign) in &birthdays {
-                let start = crate::domain::calendar::local_date(program.time_zone, campaign.start);
-                if *day >= start {
-                    self.assign_birthdays(program, id, campaign, *day, at, report, progress)
+                if let Some(when) = campaign.last_running_in(day_start, day_at) {
+                    self.assign_birthdays(program, id, campaign, *day, when, report, progress)
                         .await?;
                 }
             }

@@ -1082,7 +1082,8 @@ pub trait ScheduleStore: Send + Sync {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<MemberPage, StoreError>;
-    /// Every member of a program, a page at a time (a full pass: `recalculate-tiers`).
+    /// Every member of a program, a page at a time (a full pass: `recalculate-tiers`). A page
+    /// may be empty and still have a next cursor: the pass goes on from it.
     async fn members_page(
         &self,
         program: &str,

@@ -825,6 +825,12 @@ impl Services {
         let at = job_instant(program, date, self.clock.now());
         let mut cursor = self.store.job_progress(&program.id, RECALCULATE).await?;
         loop {
+            // Between pages too: a page may come back empty, only moving the cursor on (a
+            // scan of a table mostly of other programs' items).
+            if past(deadline) {
+                report.complete = false;
+                return Ok(());
+            }
             let page = self
                 .store
                 .members_page(&program.id, cursor.as_deref(), PAGE)

@@ -47,6 +47,10 @@ const DEFLATE_LEVEL: u8 = 9;
 /// No body inflates past this (an item is at most 400 KB; JSON deflates about 3 to 5 times), so
 /// a corrupt or hostile binary body costs no more memory than this.
 const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// Scan requests a page of members may take when they find none (each reads up to the page's
+/// limit of items): an empty page with its cursor is answered after them.
+const EMPTY_SCAN_PAGES: usize = 50;
 /// Days of rejected-event partitions read by `rejected`.
 const REJECTED_DAYS: i64 = 35;
 /// Each due date is spread over this many index partitions, so no date is one hot key.
@@ -2937,7 +2941,9 @@ impl ScheduleStore for DynamoStore {
         limit: usize,
     ) -> Result<MemberPage, StoreError> {
         let mut start = cursor.map(decode_key).transpose()?;
+        let mut scanned = 0;
         loop {
+            scanned += 1;
             let output = self
                 .client
                 .scan()
@@ -2953,9 +2959,11 @@ impl ScheduleStore for DynamoStore {
                 .await
                 .map_err(|e| sdk_error("cannot scan the accounts", e))?;
             let page = member_page(output.items(), output.last_evaluated_key())?;
-            // A scan page can be all filtered out; go on until members or the end.
+            // A scan page can be all filtered out (other programs' items, ledger entries): go
+            // on until members or the end, but for a bounded number of requests, so that the
+            // caller saves its cursor and looks at its deadline in a table mostly of others.
             match (&page.next_cursor, page.members.is_empty()) {
-                (Some(next), true) => start = Some(decode_key(next)?),
+                (Some(next), true) if scanned < EMPTY_SCAN_PAGES => start = Some(decode_key(next)?),
                 _ => return Ok(page),
             }
         }

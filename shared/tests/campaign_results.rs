@@ -395,6 +395,39 @@ async fn a_birthday_campaign_ended_since_still_has_the_days_a_late_tick_catches_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_as_of_a_later_date_leaves_the_days_from_today_to_the_scheduled_ticks() {
+    // GIVEN a tick on 22 November (Seoul) run as of 30 November, and a member born on 23
+    // November
+    let s = stack(Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap()).await;
+    let later = chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", Some(later), &|_| {})
+        .await
+        .unwrap();
+    s.drain().await;
+    s.seed(
+        &[("born-11-23".into(), Some("11-23"))],
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+    )
+    .await;
+    // WHEN no tick runs on 23 November, and the scheduled one of 24 November runs
+    s.clock
+        .set(Utc.with_ymd_and_hms(2026, 11, 24, 1, 0, 0).unwrap());
+    let report = s
+        .services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    s.drain().await;
+    // THEN it went over the days since 22 November, and paid the birthday of the 23rd
+    assert_eq!(
+        report.from,
+        Some(chrono::NaiveDate::from_ymd_opt(2026, 11, 22).unwrap())
+    );
+    assert_eq!(s.balance("born-11-23").await, 2_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_birthday_caught_up_in_the_new_year_leaves_that_year_its_own() {
     // GIVEN a tick completed on 30 December 2026 (Seoul) and a member born on 31 December, whose
     // program pays a birthday once a year

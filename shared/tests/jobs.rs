@@ -236,6 +236,27 @@ async fn release_and_notices_are_written_once_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_as_of_a_later_date_leaves_the_days_from_today_to_the_scheduled_runs() {
+    // GIVEN release-pending run on 10 March as of 30 April (a date typed a month ahead)
+    let s = stack().await;
+    s.run(Job::ReleasePending, date(2026, 3, 10)).await;
+    s.run(Job::ReleasePending, date(2026, 4, 30)).await;
+    // AND a purchase of 10 March afterwards, its points due on 17 March
+    s.purchase("m-late", "L", 59_000, t0()).await;
+    // WHEN no run happens on 17 March, and the scheduled one of 18 March runs
+    s.clock.set(t0() + Duration::days(8));
+    let report = s
+        .services
+        .run_job(Job::ReleasePending, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    s.drain().await;
+    // THEN it went over the days since 10 March, and released the points due on the 17th
+    assert_eq!(report.from, Some(date(2026, 3, 10)), "{report:?}");
+    assert_eq!(s.account("m-late").await.balance, 590);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notice_owed_since_before_the_last_run_is_sent_by_the_next() {
     // GIVEN the notices job ran on 2027-03-04
     let s = stack().await;

@@ -154,6 +154,10 @@ impl Services {
         }
         // What was sent or assigned on a day gone over again is not repeated: ids and
         // assignments are fixed.
+        // Never past today: a tick as of a later date leaves the days from today to the
+        // scheduled ticks.
+        let today = crate::domain::calendar::local_date(program.time_zone, self.clock.now());
+        let done = done.map(|done| done.min(today));
         if let Some(done) = done.filter(|done| last.is_none_or(|last| last < *done)) {
             self.store
                 .save_job_progress(&program.id, CAMPAIGN_TICK, Some(&done.to_string()))

@@ -520,6 +520,9 @@ impl Services {
         };
         report.from = Some(from);
         report.to = Some(date);
+        // A run as of a later date than today does its days, but saves no progress past
+        // today: the scheduled runs must still go over the days from today on.
+        let today = local_date(program.time_zone, self.clock.now());
         let mut failed_on: Option<NaiveDate> = None;
         let mut day = from;
         // Notices go member by member (each may owe rewards first); the other jobs commit a
@@ -573,7 +576,7 @@ impl Services {
             }
             // A day's work is saved as it is done (a day without members costs no write).
             if report.members > before {
-                let done = failed_on.unwrap_or(day);
+                let done = failed_on.unwrap_or(day).min(today);
                 self.advance_progress(&program.id, job, &mut last, done)
                     .await?;
             }
@@ -584,7 +587,7 @@ impl Services {
             (None, false) => day,
             (None, true) => date,
         };
-        self.advance_progress(&program.id, job, &mut last, resume)
+        self.advance_progress(&program.id, job, &mut last, resume.min(today))
             .await
     }
 

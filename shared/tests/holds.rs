@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 use loyalty_core::domain::EntryKind;
-use loyalty_core::ports::{FixedClock, MemberStore, RedemptionStatus};
+use loyalty_core::ports::{FixedClock, MemberStore, RedemptionStatus, RedemptionStore};
 use loyalty_core::services::jobs::Job;
 use loyalty_core::services::{ServiceError, Services};
 use loyalty_core::store::sqlite::SqliteStore;
@@ -115,6 +115,55 @@ async fn a_hold_not_captured_in_time_returns_its_points() {
             .count(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_void_of_a_hold_expired_a_moment_ago_is_what_happened_and_is_written() {
+    // GIVEN 4,000 points held for an order, past its 30 minutes, before any job ran
+    let (services, clock, store) = stack().await;
+    let held = services
+        .redeem(
+            "kr-shop",
+            "m-1",
+            "m-1",
+            Some("h-1"),
+            &hold(4_000, "order-9"),
+        )
+        .await
+        .unwrap();
+    let id = held.body["id"].as_str().unwrap().to_string();
+    clock.set(Utc.with_ymd_and_hms(2026, 11, 22, 3, 31, 0).unwrap());
+    // WHEN the shop voids it
+    let voided = services
+        .settle_hold("kr-shop", &id, false, "shop")
+        .await
+        .unwrap();
+    // THEN it is voided, as the shop asked, and stored so
+    assert_eq!(voided["status"], "voided", "{voided}");
+    let stored = store
+        .redemption("kr-shop", "m-1", &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, RedemptionStatus::Voided);
+    // AND the points came back once: the job finds nothing left to write
+    let report = services
+        .run_job(Job::ReleasePending, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.changed, 0, "{report:?}");
+    let page = store
+        .ledger_page("kr-shop", "m-1", 100, None)
+        .await
+        .unwrap();
+    assert_eq!(page.entries.iter().map(|e| e.points).sum::<i64>(), 10_000);
+    let account = store
+        .load_member("kr-shop", "m-1", &[])
+        .await
+        .unwrap()
+        .account
+        .unwrap();
+    assert_eq!((account.balance, account.holds.len()), (10_000, 0));
 }
 
 #[tokio::test]

@@ -461,7 +461,9 @@ impl Account {
         Some(journal.finish())
     }
 
-    /// The shop gave the checkout up: the hold's points return to their lots.
+    /// The shop gave the checkout up: the hold's points return to their lots. A hold that
+    /// expired since it was last written is void already: its return, which beginning the
+    /// change writes, is the change.
     pub fn void_hold(
         &self,
         program: &Program,
@@ -470,14 +472,20 @@ impl Account {
         ctx: &EventContext,
     ) -> Option<Change> {
         let mut journal = Journal::begin(self, program, ctx);
-        let index = journal
+        let open = journal
             .account
             .holds
             .iter()
-            .position(|h| h.redemption == redemption)?;
-        let hold = journal.account.holds.remove(index);
-        journal.return_hold(&hold, reason, ctx.recorded_at, program.time_zone);
-        journal.settle(program, ctx.recorded_at);
+            .position(|h| h.redemption == redemption);
+        match open {
+            Some(index) => {
+                let hold = journal.account.holds.remove(index);
+                journal.return_hold(&hold, reason, ctx.recorded_at, program.time_zone);
+                journal.settle(program, ctx.recorded_at);
+            }
+            None if self.holds.iter().any(|h| h.redemption == redemption) => {}
+            None => return None,
+        }
         Some(journal.finish())
     }
 }

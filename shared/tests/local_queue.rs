@@ -345,6 +345,42 @@ async fn the_outbox_moves_to_the_queues_once_and_in_each_members_order() {
     }
 }
 
+#[tokio::test]
+async fn rows_the_relay_cannot_read_never_hold_back_the_messages_after_them() {
+    // GIVEN 300 outbox rows that do not decode (more than one pass of the relay reads), then
+    // a purchase whose commit wrote its messages after them
+    let (store, db) = file_store();
+    let (queue, services) = kr_shop(&store).await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    for i in 0..300 {
+        conn.execute(
+            "INSERT INTO outbox (key, body) VALUES (?1, '{not a message')",
+            [format!("unreadable-{i}")],
+        )
+        .unwrap();
+    }
+    let body = serde_json::to_string(&purchase("o-after", "m-after", 20_000)).unwrap();
+    process_message(&services, Consumer::Earn, "msg", &body)
+        .await
+        .unwrap();
+    let count = || -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .unwrap()
+    };
+    let waiting = count() - 300;
+    assert!(waiting >= 1, "{waiting}");
+    // WHEN the relay makes three passes of 256 rows
+    let mut relayed = 0;
+    for _ in 0..3 {
+        relayed += queue.relay_outbox(256, ignore_notice).await.unwrap();
+    }
+    // THEN the purchase's messages went out, and the unreadable rows wait for an operator
+    assert_eq!(relayed as i64, waiting);
+    assert_eq!(count(), 300);
+}
+
+fn ignore_notice(_: &Envelope) {}
+
 /// Notices the relay handed over, as (member, event id).
 static HANDED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
 

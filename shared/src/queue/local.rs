@@ -69,6 +69,9 @@ pub struct LocalQueue {
     max_attempts: u32,
     /// When a receive last took the heads from the whole queue (ms since the epoch).
     full_scan_at: Arc<AtomicI64>,
+    /// The outbox's rows up to this one, left in place because they do not decode, are not
+    /// read again by this process (a newer binary, started later, reads them).
+    unreadable_through: Arc<AtomicI64>,
 }
 
 fn now_ms() -> i64 {
@@ -165,6 +168,7 @@ impl LocalQueue {
             store,
             max_attempts: max_attempts.max(1),
             full_scan_at: Arc::new(AtomicI64::new(0)),
+            unreadable_through: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -251,28 +255,41 @@ impl LocalQueue {
         notice: fn(&Envelope),
     ) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let unreadable_through = self.unreadable_through.clone();
         let programs: Vec<String> = self
             .store
             .with(move |conn| {
                 let failed = |e| sql_error("cannot read the outbox", e);
                 let rows: Vec<(i64, String)> = conn
-                    .prepare_cached("SELECT seq, body FROM outbox ORDER BY seq LIMIT ?1")
+                    .prepare_cached(
+                        "SELECT seq, body FROM outbox WHERE seq > ?2 ORDER BY seq LIMIT ?1",
+                    )
                     .map_err(failed)?
-                    .query_map(params![limit], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_map(
+                        params![limit, unreadable_through.load(Ordering::Relaxed)],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
                     .map_err(failed)?
                     .collect::<Result<_, _>>()
                     .map_err(failed)?;
                 let mut programs = Vec::with_capacity(rows.len());
+                // Whether every row so far was left in place: the front of what remains.
+                let mut front = true;
                 for (seq, stored) in rows {
-                    // A row that does not decode (a manual edit) stays for an operator; it
-                    // never holds back the messages after it.
+                    // A row that does not decode (a manual edit, a message of a newer version
+                    // after a downgrade) stays for an operator; it never holds back the
+                    // messages after it, however many such rows there are.
                     let message: OutboxMessage = match serde_json::from_str(&stored) {
                         Ok(message) => message,
                         Err(e) => {
                             tracing::warn!(seq, error = %e, "outbox row does not decode; left in place");
+                            if front {
+                                unreadable_through.fetch_max(seq, Ordering::Relaxed);
+                            }
                             continue;
                         }
                     };
+                    front = false;
                     let envelope = &message.envelope;
                     if message.queue == QueueName::Notify {
                         notice(envelope);

@@ -126,7 +126,8 @@ fn print(args: &ReconcileArgs, report: &ReconcileReport) -> Result<(), String> {
             "orders": orders,
             "events": results.len(),
             "present": count("present"),
-            "missing": results.len() - count("present"),
+            "missing": results.len() - count("present") - count("rejected"),
+            "rejected": count("rejected"),
             "sent": count("sent"),
             "refused": count("refused"),
             "failed": count("failed"),
@@ -153,10 +154,11 @@ fn print(args: &ReconcileArgs, report: &ReconcileReport) -> Result<(), String> {
         );
     }
     println!(
-        "reconcile: orders={orders} events={} present={} missing={} sent={} refused={} failed={}",
+        "reconcile: orders={orders} events={} present={} rejected={} missing={} sent={} refused={} failed={}",
         results.len(),
         count("present"),
-        results.len() - count("present"),
+        count("rejected"),
+        results.len() - count("present") - count("rejected"),
         count("sent"),
         count("refused"),
         count("failed")

@@ -425,6 +425,36 @@ fn the_audit_the_reports_and_the_export_agree_with_the_api_and_catch_a_corrupted
     let last = text.lines().last().expect("a last line");
     assert!(last.starts_with("audit: members=4 "), "{last}");
     assert!(!last.ends_with("violations=0"));
+
+    // WHEN the audit is asked for a program that does not exist (a typo)
+    let typo = loyalty(&["audit", "--db", &db, "--program", "kr-shp"]);
+    // THEN it fails naming it, rather than passing over nobody
+    let said = String::from_utf8_lossy(&typo.stderr);
+    assert_eq!(typo.status.code(), Some(2), "{said}");
+    assert!(said.contains("kr-shp"), "{said}");
+
+    // WHEN a row of the books cannot be read
+    let conn = rusqlite::Connection::open(&shop.db).expect("open");
+    conn.execute(
+        "UPDATE books SET day = '0000-00-00' WHERE rowid = (SELECT MIN(rowid) FROM books)",
+        [],
+    )
+    .expect("update");
+    drop(conn);
+    let audit = loyalty(&["audit", "--db", &db]);
+    // THEN that is a violation of the program, and its members are still checked
+    let text = stdout(&audit);
+    assert_eq!(audit.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("violation: kr-shop: books: the program's books cannot be read")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("violation: kr-shop/m-3: balance:")),
+        "{text}"
+    );
     let _ = std::fs::remove_file(&shop.db);
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::common::{token, Server, BIN};
 use chrono::{SecondsFormat, Utc};
 use loyalty_core::webhooks::sign_base64;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const WOO_SECRET: &str = "woo-reconcile-secret";
 const SHOPIFY_SECRET: &str = "shpss_reconcile";
@@ -383,6 +383,68 @@ fn woocommerce_reconcile_credits_exactly_what_the_webhooks_missed_and_nothing_tw
         "{}",
         requests[0].0
     );
+}
+
+#[test]
+fn an_order_an_operator_cancelled_is_reported_rejected_and_not_sent_again() {
+    // GIVEN customer 62 suspended while order 1002 was paid, and resumed with its waiting
+    // events cancelled (a fraudulent order)
+    let shop = Shop::start("woo-cancelled");
+    shop.webhook(&woo_order(1001, 62, "processing", "[]"));
+    shop.settled();
+    let call = |path: &str, body: Value| {
+        let (status, answer) = shop.server.call(
+            "POST",
+            &format!("/v1/programs/us-shop/members/woocommerce:62/{path}"),
+            &shop.admin,
+            &[],
+            Some(&body.to_string()),
+        );
+        assert_eq!(status, 200, "{answer}");
+        answer
+    };
+    call("suspend", json!({"reason": "chargebacks"}));
+    shop.webhook(&woo_order(1002, 62, "processing", "[]"));
+    shop.settled();
+    let resumed = call(
+        "resume",
+        json!({"reason": "fraudulent order", "events": "cancel"}),
+    );
+    assert_eq!(resumed["cancelled"], 1, "{resumed}");
+    shop.settled();
+    let before = shop.pending(62);
+    // WHEN reconcile reads both orders from the shop's API
+    let api = FakeApi::start(
+        vec![format!(
+            "[{},{}]",
+            woo_order(1001, 62, "processing", "[]"),
+            woo_order(1002, 62, "processing", "[]")
+        )],
+        true,
+    );
+    let run = shop.reconcile(&api, &[]);
+    shop.settled();
+    // THEN the cancelled payment is reported rejected, with the operator's reason, and not sent
+    let cancelled = run["not_present"]
+        .as_array()
+        .expect("not_present")
+        .iter()
+        .find(|r| r["event"] == "woocommerce-order-1002-paid")
+        .cloned()
+        .expect("the cancelled payment is reported");
+    assert_eq!(cancelled["status"], "rejected", "{run}");
+    assert!(
+        cancelled["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("fraudulent order")),
+        "{run}"
+    );
+    assert_eq!(
+        (run["sent"].as_i64(), run["missing"].as_i64()),
+        (Some(0), Some(0)),
+        "{run}"
+    );
+    assert_eq!(shop.pending(62), before);
 }
 
 #[test]

@@ -169,11 +169,12 @@ fn gateway_principal(
     let sub = text("sub").ok_or_else(|| Problem::unauthorized("the token has no subject"))?;
     let mut found = principal(sub, &text("scope").unwrap_or_default(), text("program"));
     if let Some(username) = text("username") {
-        if in_group(claims, OPERATORS_GROUP) {
-            // Ledgers and approvals name the operator as people know them.
-            found.subject = username;
-        } else {
+        if !in_group(claims, OPERATORS_GROUP) {
             found.scopes.retain(|s| s != ADMIN_SCOPE);
+        } else if found.scopes.iter().any(|s| s == ADMIN_SCOPE) {
+            // Ledgers and approvals name the operator as people know them. Only when acting
+            // as one: an operator signed in to the member app is the member its `sub` names.
+            found.subject = username;
         }
     }
     Ok(found)
@@ -255,6 +256,11 @@ mod tests {
             // AND an operator is named as people know them (ledgers, approvals)
             assert_eq!(principal.subject, if admin { "ann" } else { "u-1" });
         }
+        // AND an operator signed in to the member app (no admin scope) is its `sub`
+        let app = claims(
+            json!({"sub": "u-1", "username": "ann", "scope": "openid", "cognito:groups": ["operators"]}),
+        );
+        assert_eq!(gateway_principal(&app).unwrap().subject, "u-1");
         // AND a machine token (client credentials: no username) keeps its scope
         let machine = claims(json!({"sub": "client-1", "scope": "loyalty/admin"}));
         assert!(gateway_principal(&machine)

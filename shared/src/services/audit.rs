@@ -68,6 +68,10 @@ impl Services {
         program: Option<&str>,
         progress: Arc<dyn Fn(u64) + Send + Sync>,
     ) -> Result<AuditReport, ServiceError> {
+        // A program named that does not exist is an error, not an audit of nobody that passes.
+        if let Some(program) = program {
+            self.program(program).await?;
+        }
         let now = self.clock.now();
         let state = Arc::new(Mutex::new(Progress::default()));
         let mut parts = Vec::new();
@@ -152,7 +156,19 @@ impl Services {
                 points,
                 pending,
             } = m;
-            let survivor = self.store.load_member(&program, &into, &[]).await?;
+            let survivor = match self.store.load_member(&program, &into, &[]).await {
+                Ok(survivor) => survivor,
+                Err(e) => {
+                    report.violations.push(Violation {
+                        program: program.clone(),
+                        member: Some(member.clone()),
+                        rule: "merge",
+                        detail: format!("merged into {into}, which cannot be read: {e}"),
+                        difference: None,
+                    });
+                    continue;
+                }
+            };
             let detail = match survivor.account {
                 // A survivor gone before it received the points: credited to no one until the
                 // member is erased too (what the merge's message does now).
@@ -224,14 +240,31 @@ impl Services {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), ServiceError> {
         for (id, audit) in report.programs.iter_mut() {
-            let program = self.program(id).await?;
-            let today = crate::domain::calendar::local_date(program.time_zone, now);
-            // Books are dated by day; a commit made as this runs may be dated tomorrow in a
-            // zone ahead of the machine's, so read a day further.
-            let rows = self
-                .store
-                .book_rows(id, today + chrono::Duration::days(1))
-                .await?;
+            // A program whose file or books cannot be read is reported, and the others are
+            // still compared.
+            let rows = async {
+                let program = self.program(id).await?;
+                let today = crate::domain::calendar::local_date(program.time_zone, now);
+                // Books are dated by day; a commit made as this runs may be dated tomorrow in
+                // a zone ahead of the machine's, so read a day further.
+                self.store
+                    .book_rows(id, today + chrono::Duration::days(1))
+                    .await
+                    .map_err(ServiceError::from)
+            };
+            let rows = match rows.await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    report.violations.push(Violation {
+                        program: id.clone(),
+                        member: None,
+                        rule: "books",
+                        detail: format!("the program's books cannot be read: {e}"),
+                        difference: None,
+                    });
+                    continue;
+                }
+            };
             audit.books = liability::written(&rows);
             for (what, members, books) in [
                 (

@@ -524,7 +524,7 @@ pub(crate) fn parts<'a>(
             // Only what a member does after seeing the campaign: a purchase made before the
             // exposure (delivered after it) is neither changed nor counted.
             if campaign.kind == CampaignKind::OnExposure
-                && !stored.is_some_and(|a| a.assigned_at <= at)
+                && stored.is_none_or(|a| a.assigned_at > at)
             {
                 return None;
             }

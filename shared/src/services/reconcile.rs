@@ -98,6 +98,16 @@ impl Services {
             status: "present",
             reason: None,
         };
+        // An event an operator cancelled (held for review, or waiting while its member was
+        // suspended) is kept among the rejected events, with no marker: it is not missing,
+        // and sending it again would apply what the operator refused.
+        if !present {
+            if let Some(rejected) = self.store.rejected_event(program, &event.id).await? {
+                found.status = "rejected";
+                found.reason = Some(rejected.reason);
+                return Ok(found);
+            }
+        }
         if !present {
             found.status = "missing";
             if !dry_run {

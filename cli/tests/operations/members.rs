@@ -539,6 +539,11 @@ fn a_suspended_member_earns_and_redeems_nothing_until_resumed_then_its_events_ap
         .as_str()
         .unwrap_or_default()
         .contains("fraudulent order"));
+    // WHEN the same sale is delivered again (a platform restating it, a retry)
+    shop.send(pos_purchase("sus-sale-2", member, "sus-2"));
+    shop.settled();
+    // THEN it is taken as the event the operator cancelled: still no points
+    assert_eq!(shop.member(member)["pending"].as_i64(), Some(590));
 }
 
 #[test]

@@ -620,6 +620,72 @@ impl Services {
         })
     }
 
+    /// Marks an event an operator cancelled (held for review, or waiting while its member was
+    /// suspended) as taken, with no effect: a platform that delivers it again (WooCommerce
+    /// restates an order's payment with every change of the order) or a reconcile then finds
+    /// it a duplicate. Its record among the rejected events is what an operator replays it
+    /// from. A member with no account yet is left without one: nothing to mark it on.
+    pub(crate) async fn mark_cancelled(&self, envelope: &Envelope) -> Result<(), ServiceError> {
+        let program = self.program(&envelope.program).await?;
+        let Ok(event) = parse_earn_event(envelope, &program) else {
+            return Ok(());
+        };
+        let marker = EventMarker {
+            source: event.source().to_string(),
+            event_id: envelope.id.clone(),
+        };
+        let order = match &event {
+            EarnEvent::Purchase { purchase, .. } => Some(purchase.order_id.clone()),
+            EarnEvent::Refund { reversal, .. } => Some(reversal.order_id.clone()),
+            _ => None,
+        };
+        let order_keys: Vec<String> = event.order_key().into_iter().collect();
+        let mut contention = Contention::new();
+        loop {
+            let state = self
+                .store
+                .load_member_for_event(&program.id, &envelope.member, &marker, &order_keys, &[])
+                .await?;
+            let Some(account) = state.account.clone().filter(|_| !state.seen) else {
+                return Ok(());
+            };
+            let now = self.clock.now();
+            let mut commit = Commit::new(
+                &program,
+                &envelope.member,
+                Some(&account),
+                Change::unchanged(account.clone()),
+                now,
+            );
+            commit.marker = Some(marker.clone());
+            if let (Some(key), Some(order_id)) = (order_keys.first(), &order) {
+                let record =
+                    state
+                        .orders
+                        .get(key)
+                        .cloned()
+                        .unwrap_or_else(|| crate::domain::OrderRecord {
+                            order_id: order_id.clone(),
+                            ..crate::domain::OrderRecord::default()
+                        });
+                commit.marker_order = Some(key.clone());
+                commit.orders.insert(key.clone(), record);
+            }
+            match self.commit(commit).await {
+                Ok(()) | Err(CommitError::Duplicate) => return Ok(()),
+                Err(
+                    CommitError::VersionConflict
+                    | CommitError::CouponConsumed
+                    | CommitError::OverQuota,
+                ) => {}
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            }
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(&envelope.member)))
+                .await?;
+        }
+    }
+
     async fn reject(
         &self,
         envelope: &Envelope,

@@ -79,6 +79,10 @@ fn not_found(program: &str, id: &str) -> ServiceError {
     }
 }
 
+/// How the record of an event an operator cancelled begins (held for review, or waiting while
+/// its member was suspended): such an event is marked as taken and never replayed.
+pub(crate) const CANCELLED_BY: &str = "cancelled by ";
+
 impl Services {
     /// `GET .../rejected-events`: newest first, a page at a time.
     pub async fn rejected_events(
@@ -133,6 +137,14 @@ impl Services {
             .rejected_event(&program.id, id)
             .await?
             .ok_or_else(|| not_found(&program.id, id))?;
+        // A cancel is final: the event was marked as taken, so that no delivery of it earns
+        // (a replay would be told it is a duplicate). Points meant after all are an adjustment.
+        if event.reason.starts_with(CANCELLED_BY) {
+            return Err(ServiceError::Conflict {
+                problem: "event-cancelled",
+                detail: format!("rejected event {id:?} was cancelled by an operator, which is final; adjust the member's points instead"),
+            });
+        }
         let mut envelope: Envelope =
             serde_json::from_str(&event.payload).map_err(|e| ServiceError::Unprocessable {
                 problem: "not-replayable",

@@ -213,7 +213,11 @@ impl Services {
             program: program.to_string(),
             event_id: id.to_string(),
             at: self.clock.now(),
-            reason: format!("cancelled by {by} after review: {reason} ({})", held.reason),
+            reason: format!(
+                "{}{by} after review: {reason} ({})",
+                super::rejections::CANCELLED_BY,
+                held.reason
+            ),
             payload,
             replays: 0,
             replayed_at: None,
@@ -237,6 +241,7 @@ impl Services {
             }
             return Err(not_waiting("held event", id));
         }
+        self.mark_cancelled(&held.event).await?;
         Ok(held)
     }
 

@@ -245,14 +245,22 @@ impl Services {
                         program: program.to_string(),
                         event_id: event_id.clone(),
                         at: self.clock.now(),
-                        reason: format!("cancelled by {by} when {member} was resumed: {reason}"),
+                        reason: format!(
+                            "{}{by} when {member} was resumed: {reason}",
+                            super::rejections::CANCELLED_BY
+                        ),
                         payload: body,
                         replays: 0,
                         replayed_at: None,
                         replayed_by: None,
                     };
                     self.store.reject(&rejected).await?;
-                    self.store.discard_parked(program, &key, &event_id).await?;
+                    if self.store.discard_parked(program, &key, &event_id).await? {
+                        // Only once it is off the list: an event released meanwhile earns.
+                        if let Ok(envelope) = serde_json::from_str::<Envelope>(&rejected.payload) {
+                            self.mark_cancelled(&envelope).await?;
+                        }
+                    }
                     cancelled += 1;
                 }
             }

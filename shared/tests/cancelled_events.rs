@@ -1,0 +1,174 @@
+//! Events an operator cancels (waiting while their member was suspended, or held for review)
+//! never earn, however often their platform delivers them again: a queue forgets a message's
+//! id after a while (SQS's FIFO queues after five minutes), and WooCommerce restates an order's
+//! payment with every change of the order.
+#![cfg(feature = "sqlite")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use loyalty_core::ports::{QueueName, SystemClock};
+use loyalty_core::queue::local::LocalQueue;
+use loyalty_core::services::Services;
+use loyalty_core::store::sqlite::SqliteStore;
+use serde_json::json;
+
+fn purchase(id: &str, member: &str) -> String {
+    json!({
+        "type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
+        "member": member, "occurred_at": Utc::now() - chrono::Duration::hours(1),
+        "data": {"order_id": id, "currency": "KRW", "platform": "woocommerce",
+                 "lines": [{"line_id": "1", "quantity": 1, "unit_price": "59000"}]}
+    })
+    .to_string()
+}
+
+/// Delivers every message waiting (and those that follow from them) to earn.
+async fn drain(queue: &LocalQueue, services: &Services) {
+    loop {
+        queue.relay_outbox(1000, |_| {}).await.unwrap();
+        let deliveries = queue
+            .receive(QueueName::Earn, 10, Duration::from_secs(30))
+            .await
+            .unwrap();
+        if deliveries.is_empty() {
+            return;
+        }
+        for delivery in deliveries {
+            services.process_earn(&delivery.body).await.unwrap();
+            queue.ack(delivery.seq).await.unwrap();
+        }
+    }
+}
+
+async fn pending(services: &Services, member: &str) -> i64 {
+    services
+        .member_view("kr-shop", member)
+        .await
+        .unwrap()
+        .pending
+}
+
+#[tokio::test]
+async fn a_payment_cancelled_at_a_resume_is_not_credited_when_delivered_again() {
+    // GIVEN a member with one purchase, suspended while a second payment arrived, and resumed
+    // with its waiting events cancelled
+    let store = SqliteStore::memory().unwrap();
+    let (queue, services) = common::kr_shop_services(&store, 5, Arc::new(SystemClock)).await;
+    let member = "woocommerce:62";
+    services
+        .process_earn(&purchase("woo-1001-paid", member))
+        .await
+        .unwrap();
+    let before = pending(&services, member).await;
+    services
+        .suspend_request("kr-shop", member, "ops", br#"{"reason": "chargebacks"}"#)
+        .await
+        .unwrap();
+    services
+        .process_earn(&purchase("woo-1002-paid", member))
+        .await
+        .unwrap();
+    drain(&queue, &services).await;
+    services
+        .resume_request(
+            "kr-shop",
+            member,
+            "ops",
+            br#"{"reason": "fraudulent order", "events": "cancel"}"#,
+        )
+        .await
+        .unwrap();
+    drain(&queue, &services).await;
+    assert_eq!(pending(&services, member).await, before);
+    // WHEN the platform delivers the cancelled payment again, past the queue's memory of it
+    let again = services
+        .process_earn(&purchase("woo-1002-paid", member))
+        .await
+        .unwrap();
+    // THEN it is the cancelled event again: nothing is credited
+    assert_eq!(again.name(), "duplicate", "{again:?}");
+    assert_eq!(pending(&services, member).await, before);
+    // AND it is still among the rejected events, for an operator to replay if wanted
+    assert!(store_has_rejected(&services, "woo-1002-paid").await);
+}
+
+async fn store_has_rejected(services: &Services, id: &str) -> bool {
+    services.rejected_event("kr-shop", id).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_payment_cancelled_after_review_is_not_credited_when_delivered_again() {
+    // GIVEN kr-shop holding for review what takes a member past 1,000 points a day, and a
+    // payment of 590 held over it and cancelled by an operator
+    let store = SqliteStore::memory().unwrap();
+    let (queue, services) = common::kr_shop_services(&store, 5, Arc::new(SystemClock)).await;
+    common::save_kr_shop_with(&services, "[safeguards]\ndaily_points = 1000\n").await;
+    let member = "woocommerce:63";
+    services
+        .process_earn(&purchase("woo-2001-paid", member))
+        .await
+        .unwrap();
+    let before = pending(&services, member).await;
+    services
+        .process_earn(&purchase("woo-2002-paid", member))
+        .await
+        .unwrap();
+    drain(&queue, &services).await;
+    let held = services.held_events("kr-shop").await.unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    services
+        .cancel_held(
+            "kr-shop",
+            "woo-2002-paid",
+            "ops",
+            br#"{"reason": "a test order"}"#,
+        )
+        .await
+        .unwrap();
+    // WHEN the platform delivers the cancelled payment again
+    let again = services
+        .process_earn(&purchase("woo-2002-paid", member))
+        .await
+        .unwrap();
+    // THEN nothing is credited
+    assert_eq!(again.name(), "duplicate", "{again:?}");
+    assert_eq!(pending(&services, member).await, before);
+}
+
+#[tokio::test]
+async fn a_cancelled_event_is_final_and_its_replay_is_refused() {
+    // GIVEN a payment held for review and cancelled by an operator
+    let store = SqliteStore::memory().unwrap();
+    let (queue, services) = common::kr_shop_services(&store, 5, Arc::new(SystemClock)).await;
+    common::save_kr_shop_with(&services, "[safeguards]\ndaily_points = 100\n").await;
+    services
+        .process_earn(&purchase("woo-3001-paid", "woocommerce:64"))
+        .await
+        .unwrap();
+    drain(&queue, &services).await;
+    services
+        .cancel_held(
+            "kr-shop",
+            "woo-3001-paid",
+            "ops",
+            br#"{"reason": "a test order"}"#,
+        )
+        .await
+        .unwrap();
+    // WHEN an operator replays it
+    let replayed = services
+        .replay_rejected("kr-shop", "woo-3001-paid", "ops-2")
+        .await;
+    // THEN it is refused as final, naming the way to credit points after all
+    match replayed {
+        Err(loyalty_core::services::ServiceError::Conflict { problem, detail }) => {
+            assert_eq!(problem, "event-cancelled");
+            assert!(detail.contains("adjust"), "{detail}");
+        }
+        other => panic!("expected 409, got {other:?}"),
+    }
+}

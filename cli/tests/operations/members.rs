@@ -203,6 +203,26 @@ fn a_pos_member_merged_into_the_app_member_keeps_every_point_date_order_and_used
         .count();
     assert_eq!(paid, 0, "the survivor's own ledger has no birthday payment");
     assert_eq!(sum_points(&ledger), 10_000);
+
+    // WHEN the person asks for their data (an export of the survivor)
+    let export = shop.get(&format!("{P}/members/{app}/export"));
+    // THEN it holds the POS member's own history too: its file and its whole ledger
+    assert_eq!(export["merged_members"][0]["member"], pos, "{export}");
+    assert!(export["merged_members"][0]["orders"]
+        .as_array()
+        .is_some_and(|orders| orders.iter().any(|o| o["order_id"] == "store-1001")));
+    assert_eq!(export["merged_ledgers"][0]["member"], pos);
+    let theirs = export["merged_ledgers"][0]["ledger"]
+        .as_array()
+        .expect("the POS member's ledger");
+    assert!(
+        theirs.iter().any(|e| e["kind"] == "merge") && theirs.iter().any(|e| e["kind"] == "earn"),
+        "{theirs:?}"
+    );
+    assert_eq!(
+        export["ledger"].as_array().map(Vec::len),
+        Some(ledger.len())
+    );
 }
 
 #[test]

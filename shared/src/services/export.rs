@@ -1,7 +1,8 @@
 //! A member's data, all of it, as one JSON document (GDPR Articles 15 and 20, PIPA's right of
 //! access): profile, account, identities, orders, redemptions, coupons, campaign assignments
 //! and the events held for it first, then the whole ledger, newest first, read and written a page at a
-//! time, so that a member with a long history never sits in memory whole.
+//! time, so that a member with a long history never sits in memory whole; then the ledgers of
+//! the members merged into it, which keep their own history (`merged_ledgers`).
 
 use futures_util::stream::{self, Stream};
 use serde_json::json;
@@ -12,11 +13,29 @@ use crate::ports::StoreError;
 /// Ledger entries read per page of an export.
 const EXPORT_PAGE: usize = 100;
 
-/// Where the ledger part of an export stands.
+/// Where the ledger part of an export stands: the ledger of the member, then those of the
+/// members merged into it (`ledgers[index]`).
 enum Part {
     Head(String),
-    Ledger { cursor: Option<String>, first: bool },
+    Ledger {
+        index: usize,
+        cursor: Option<String>,
+        first: bool,
+    },
     Done,
+}
+
+/// What closes the ledger at `index` of `count`, and opens the next: the member's own ledger
+/// is the document's `ledger`; those of members merged into it follow in `merged_ledgers`.
+fn after_ledger(index: usize, count: usize, next: Option<&str>) -> String {
+    let next = next.map(|m| serde_json::to_string(m).unwrap_or_default());
+    match (index, next) {
+        (0, None) => "]}".to_string(),
+        (0, Some(m)) => format!("],\"merged_ledgers\":[{{\"member\":{m},\"ledger\":["),
+        (_, Some(m)) => format!("]}},{{\"member\":{m},\"ledger\":["),
+        (_, None) if count > 1 => "]}]}".to_string(),
+        (_, None) => "]}".to_string(),
+    }
 }
 
 impl Services {
@@ -62,6 +81,20 @@ impl Services {
         let account = self.existing_account(&program.id, member).await?;
         let file = self.store.member_file(&program.id, member).await?;
         let held = self.events_held_for(&program.id, member).await?;
+        // Members merged into this one keep their own history under their ids (a merge moves
+        // the points, not the past): it is the person's data as much.
+        let mut merged = Vec::with_capacity(account.merged_from.len());
+        for id in &account.merged_from {
+            let theirs = self.store.member_file(&program.id, id).await?;
+            merged.push(json!({
+                "member": id,
+                "aliases": theirs.aliases.iter().map(|(kind, value)| json!({"kind": kind, "value": value})).collect::<Vec<_>>(),
+                "orders": theirs.orders.iter().map(|(_, order)| order).collect::<Vec<_>>(),
+                "redemptions": theirs.redemptions,
+                "coupons": theirs.coupons,
+                "campaign_assignments": theirs.assignments,
+            }));
+        }
         let now = self.clock.now();
         let head = json!({
             "program": program.id,
@@ -90,6 +123,7 @@ impl Services {
             "coupons": file.coupons,
             "campaign_assignments": file.assignments,
             "held_events": held,
+            "merged_members": merged,
             // The engine records no consent: the brand's own systems hold it.
             "consents": [],
         });
@@ -98,21 +132,32 @@ impl Services {
         head.pop();
         head.push_str(",\"ledger\":[");
         let store = self.store.clone();
-        let (program, member) = (program.id.clone(), member.to_string());
+        let program = program.id.clone();
+        let ledgers: std::sync::Arc<Vec<String>> = std::sync::Arc::new(
+            std::iter::once(member.to_string())
+                .chain(account.merged_from.iter().cloned())
+                .collect(),
+        );
         Ok(stream::unfold(Part::Head(head), move |part| {
-            let (store, program, member) = (store.clone(), program.clone(), member.clone());
+            let (store, program, ledgers) = (store.clone(), program.clone(), ledgers.clone());
             async move {
                 match part {
                     Part::Head(text) => Some((
                         Ok(text),
                         Part::Ledger {
+                            index: 0,
                             cursor: None,
                             first: true,
                         },
                     )),
-                    Part::Ledger { cursor, first } => {
+                    Part::Ledger {
+                        index,
+                        cursor,
+                        first,
+                    } => {
+                        let member = &ledgers[index];
                         let page = match store
-                            .ledger_page(&program, &member, EXPORT_PAGE, cursor.as_deref())
+                            .ledger_page(&program, member, EXPORT_PAGE, cursor.as_deref())
                             .await
                         {
                             Ok(page) => page,
@@ -138,13 +183,25 @@ impl Services {
                             Some(next) => Some((
                                 Ok(chunk),
                                 Part::Ledger {
+                                    index,
                                     cursor: Some(next),
                                     first,
                                 },
                             )),
                             None => {
-                                chunk.push_str("]}");
-                                Some((Ok(chunk), Part::Done))
+                                let next = ledgers.get(index + 1).map(String::as_str);
+                                chunk.push_str(&after_ledger(index, ledgers.len(), next));
+                                match next {
+                                    Some(_) => Some((
+                                        Ok(chunk),
+                                        Part::Ledger {
+                                            index: index + 1,
+                                            cursor: None,
+                                            first: true,
+                                        },
+                                    )),
+                                    None => Some((Ok(chunk), Part::Done)),
+                                }
                             }
                         }
                     }

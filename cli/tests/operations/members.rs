@@ -615,6 +615,15 @@ fn an_erased_member_leaves_amounts_without_a_person_and_its_email_later_makes_a_
         "a retry replays the answer"
     );
 
+    // AND the member's export holds that event, which names the person
+    let export = shop.get(&format!("{P}/members/{member}/export"));
+    assert!(
+        export["rejected_events"]
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["id"] == "ev-share-minji")),
+        "{export}"
+    );
+
     // WHEN support erases the member, named by its email
     let (status, erased) = shop.call(
         "DELETE",

@@ -57,7 +57,7 @@ pub struct ErasureReport {
 
 /// How identities appear in stored texts and payloads: as `kind:value` (member ids) and as the
 /// bare value (a webhook's email field).
-fn identity_names(aliases: &[(String, String)]) -> Vec<String> {
+pub(crate) fn identity_names(aliases: &[(String, String)]) -> Vec<String> {
     aliases
         .iter()
         .flat_map(|(kind, value)| [format!("{kind}:{value}"), value.clone()])

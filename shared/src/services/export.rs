@@ -70,6 +70,47 @@ impl Services {
         Ok(held)
     }
 
+    /// The events refused for good that name the member or one of its identities (or those of
+    /// the members merged into it), as an erasure finds them to delete: a read of every
+    /// rejected event of the program, a page at a time (exports are rare).
+    async fn rejected_naming(
+        &self,
+        program: &str,
+        members: &[String],
+        aliases: &[(String, String)],
+    ) -> Result<Vec<serde_json::Value>, ServiceError> {
+        let mut names = super::erasure::identity_names(aliases);
+        names.extend(members.iter().cloned());
+        // Short names (`m-1`) would match other members' payloads, as in an erasure.
+        names.retain(|n| n.chars().count() >= 5);
+        // As a JSON string in the payload, or inside a payload that is a JSON string itself
+        // (its quotes escaped): as an erasure matches them.
+        let needles: Vec<String> = names
+            .iter()
+            .flat_map(|n| [format!("\"{n}\""), format!("\\\"{n}\\\"")])
+            .collect();
+        let mut found = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .rejected_page(program, EXPORT_PAGE, cursor.as_deref())
+                .await?;
+            for event in page.events {
+                if needles.iter().any(|n| event.payload.contains(n.as_str())) {
+                    let payload: serde_json::Value =
+                        serde_json::from_str(&event.payload).unwrap_or(json!(event.payload));
+                    found.push(json!({"id": event.event_id, "at": event.at,
+                        "reason": event.reason, "payload": payload}));
+                }
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(found),
+            }
+        }
+    }
+
     /// The export as chunks of one JSON document. Fails before the first chunk when the
     /// member is unknown; a store failure later ends the stream with that error.
     pub async fn export_member(
@@ -84,8 +125,10 @@ impl Services {
         // Members merged into this one keep their own history under their ids (a merge moves
         // the points, not the past): it is the person's data as much.
         let mut merged = Vec::with_capacity(account.merged_from.len());
+        let mut aliases = file.aliases.clone();
         for id in &account.merged_from {
             let theirs = self.store.member_file(&program.id, id).await?;
+            aliases.extend(theirs.aliases.iter().cloned());
             merged.push(json!({
                 "member": id,
                 "aliases": theirs.aliases.iter().map(|(kind, value)| json!({"kind": kind, "value": value})).collect::<Vec<_>>(),
@@ -95,6 +138,12 @@ impl Services {
                 "campaign_assignments": theirs.assignments,
             }));
         }
+        let everyone: Vec<String> = std::iter::once(member.to_string())
+            .chain(account.merged_from.iter().cloned())
+            .collect();
+        let rejected = self
+            .rejected_naming(&program.id, &everyone, &aliases)
+            .await?;
         let now = self.clock.now();
         let head = json!({
             "program": program.id,
@@ -124,6 +173,7 @@ impl Services {
             "campaign_assignments": file.assignments,
             "held_events": held,
             "merged_members": merged,
+            "rejected_events": rejected,
             // The engine records no consent: the brand's own systems hold it.
             "consents": [],
         });

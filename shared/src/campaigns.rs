@@ -256,6 +256,18 @@ impl Campaign {
         {
             fail("audience.purchased_category", "must not be empty".into());
         }
+        let max = crate::domain::limits::MAX_CATEGORY_CHARS;
+        if self
+            .audience
+            .purchased_category
+            .as_deref()
+            .is_some_and(|c| c.chars().count() > max)
+        {
+            fail(
+                "audience.purchased_category",
+                format!("must be at most {max} characters (what an account keeps of a category)"),
+            );
+        }
         if self.variants.len() < 2 {
             fail(
                 "variants",

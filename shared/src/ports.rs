@@ -1317,6 +1317,14 @@ pub trait ErasureStore: Send + Sync {
         member: &str,
         coupons: &[String],
     ) -> Result<(), StoreError>;
+    /// The rejected events of a program whose stored payload holds one of `needles` as a whole
+    /// JSON string, found as [`Self::forget_payloads`] finds them (a member's export): a read
+    /// of every rejected event, whatever its day.
+    async fn rejected_naming(
+        &self,
+        program: &str,
+        needles: &[String],
+    ) -> Result<Vec<RejectedEvent>, StoreError>;
     /// Deletes the parked and rejected events of a program whose stored payload holds one of
     /// `needles` as a whole JSON string, and the idempotency records of the requests sent by one
     /// of `principals` (a member's own app: their answers hold its coupon codes and balance).

@@ -428,6 +428,42 @@ async fn a_tick_as_of_a_later_date_leaves_the_days_from_today_to_the_scheduled_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_birthday_campaign_an_operator_stopped_assigns_no_one_more() {
+    // GIVEN a birthday campaign granting everyone in its audience, a tick completed on 18
+    // November (Seoul), and a member born on 19 November
+    let s = stack(Utc.with_ymd_and_hms(2026, 11, 18, 1, 0, 0).unwrap()).await;
+    s.seed(
+        &[("born-11-19".into(), Some("11-19"))],
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+    )
+    .await;
+    let mut campaign = birthday_campaign();
+    campaign["variants"][0]["weight"] = json!(0);
+    campaign["variants"][1]["weight"] = json!(1);
+    s.put_campaign("birthday-gift", &campaign).await;
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    s.drain().await;
+    // WHEN an operator stops it at 10:00 on 19 November, before any tick of that day, and the
+    // next tick runs on 22 November
+    s.clock
+        .set(Utc.with_ymd_and_hms(2026, 11, 19, 1, 0, 0).unwrap());
+    campaign["status"] = json!("stopped");
+    s.put_campaign("birthday-gift", &campaign).await;
+    s.clock
+        .set(Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap());
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+        .await
+        .unwrap();
+    s.drain().await;
+    // THEN the member has the program's birthday points and no grant of the stopped campaign
+    assert_eq!(s.balance("born-11-19").await, 2_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_birthday_caught_up_in_the_new_year_leaves_that_year_its_own() {
     // GIVEN a tick completed on 30 December 2026 (Seoul) and a member born on 31 December, whose
     // program pays a birthday once a year

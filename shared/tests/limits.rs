@@ -6,7 +6,8 @@ mod common;
 use common::*;
 use loyalty_core::domain::earning::purchase_points;
 use loyalty_core::domain::limits::{
-    check_account, MAX_AMOUNT, MAX_BALANCE, MAX_LINES, MAX_POINTS, MAX_QUANTITY,
+    check_account, MAX_AMOUNT, MAX_BALANCE, MAX_CATEGORY_CHARS, MAX_KEPT_CATEGORIES, MAX_LINES,
+    MAX_POINTS, MAX_QUANTITY,
 };
 use loyalty_core::domain::{CampaignEffect, PurchaseLine};
 use proptest::prelude::*;
@@ -141,4 +142,45 @@ fn the_largest_order_earns_or_is_refused_without_overflow() {
     // THEN it is refused for earning too many points, not wrapped
     let e = earned.expect_err("beyond the points of one entry");
     assert!(e.to_string().contains("above the limit"), "{e}");
+}
+
+#[test]
+fn an_account_keeps_a_bounded_number_of_short_categories() {
+    // GIVEN a shop that names a category per product, one of them a long path
+    let program = kr();
+    let now = t0();
+    let mut member = Member::new(&program, now);
+    let long = "x".repeat(MAX_CATEGORY_CHARS + 1);
+    // WHEN a member buys 300 products of different categories, in three orders of 100, and
+    // one of the long one
+    for order in 0..3 {
+        let mut lines: Vec<PurchaseLine> = (0..100)
+            .map(|i| {
+                let mut l = line(&format!("l{i}"), 1, 1_000);
+                l.category = format!("category-{order}-{i}");
+                l
+            })
+            .collect();
+        let mut odd = line("long", 1, 1_000);
+        odd.category = long.clone();
+        lines.push(odd);
+        let bought = purchase(&format!("o-{order}"), program.currency, lines);
+        let out = member
+            .account
+            .earn_purchase(
+                &program,
+                None,
+                &bought,
+                &[],
+                &ctx(&format!("ev-{order}"), now, now),
+            )
+            .unwrap();
+        member.commit(out.change);
+    }
+    // THEN the account keeps the first 200 categories and none longer than the limit
+    let kept = &member.account.categories;
+    assert_eq!(kept.len(), MAX_KEPT_CATEGORIES);
+    assert!(kept.contains("category-0-0") && kept.contains("category-1-99"));
+    assert!(!kept.iter().any(|c| c.chars().count() > MAX_CATEGORY_CHARS));
+    member.assert_consistent();
 }

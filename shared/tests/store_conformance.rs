@@ -1185,6 +1185,56 @@ async fn a_caller_s_stored_answers_are_forgotten_and_no_one_else_s(store: Arc<dy
     assert_eq!(answer.await.unwrap(), None);
 }
 
+async fn rejected_events_naming_a_member_are_found_whatever_their_day(store: Arc<dyn Store>) {
+    // GIVEN a program's rejected events: one of a year ago naming an email, one of today
+    // naming a member id in a delivery kept as the text it came as (not JSON), and one naming
+    // neither
+    let program = format!("p-{}", uuid::Uuid::new_v4().simple());
+    let (email, id) = (format!("{}@example.com", member()), member());
+    let rejected = |event: &str, at, payload: String| RejectedEvent {
+        program: program.clone(),
+        event_id: event.into(),
+        at,
+        reason: "data.currency is USD".into(),
+        payload,
+        replays: 0,
+        replayed_at: None,
+        replayed_by: None,
+    };
+    let year_ago = Utc::now() - chrono::Duration::days(365);
+    let kept = [
+        rejected(
+            "old",
+            year_ago,
+            serde_json::json!({"email": email}).to_string(),
+        ),
+        rejected(
+            "text",
+            Utc::now(),
+            format!("{{\"customer\": {{\"id\": \"{id}\"}}, cut off"),
+        ),
+        rejected(
+            "other",
+            Utc::now(),
+            serde_json::json!({"member": member()}).to_string(),
+        ),
+    ];
+    for event in &kept {
+        store.reject(event).await.unwrap();
+    }
+    // WHEN those naming the email or the member id are asked for
+    let mut found: Vec<String> = store
+        .rejected_naming(&program, &[email.clone(), id.clone()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    found.sort();
+    // THEN the two that name them are found, the year-old one too, and nothing else
+    assert_eq!(found, ["old", "text"]);
+}
+
 async fn a_commit_larger_than_one_transaction_is_refused_whole(store: Arc<dyn Store>) {
     // GIVEN a new member's commit of exactly 100 items (account, marker and 98 entries)
     let m = member();
@@ -2044,6 +2094,7 @@ macro_rules! conformance {
                 a_commit_larger_than_one_transaction_is_refused_whole,
                 an_expired_idempotency_record_frees_its_key,
                 a_caller_s_stored_answers_are_forgotten_and_no_one_else_s,
+                rejected_events_naming_a_member_are_found_whatever_their_day,
                 the_due_index_lists_members_by_job_and_date_and_follows_each_commit,
                 every_program_is_listed,
                 coupons_consume_once_and_idempotency_records_guard_their_commit,

@@ -50,8 +50,9 @@ pub struct Account {
     pub joined_on: NaiveDate,
     #[serde(default)]
     pub last_purchase_at: Option<DateTime<Utc>>,
-    /// Product categories the member has bought from (campaign audiences). A shop has a
-    /// bounded set of categories, so this stays small.
+    /// Product categories the member has bought from (campaign audiences): at most
+    /// [`MAX_KEPT_CATEGORIES`](super::limits::MAX_KEPT_CATEGORIES), the first bought, each of
+    /// at most [`MAX_CATEGORY_CHARS`](super::limits::MAX_CATEGORY_CHARS) characters.
     #[serde(default)]
     pub categories: std::collections::BTreeSet<String>,
     /// What the member told about themselves (birthday, anniversary).
@@ -163,6 +164,24 @@ pub fn parse_birthday(text: &str) -> Result<String, AccountError> {
 }
 
 impl Account {
+    /// Keeps the categories bought from, within their bounds: an empty one, one too long to be
+    /// a campaign's audience, or one past the count kept is left out.
+    pub fn remember_categories<'a>(&mut self, categories: impl IntoIterator<Item = &'a str>) {
+        use super::limits::{MAX_CATEGORY_CHARS, MAX_KEPT_CATEGORIES};
+        for category in categories {
+            if category.is_empty()
+                || category.chars().count() > MAX_CATEGORY_CHARS
+                || self.categories.contains(category)
+            {
+                continue;
+            }
+            if self.categories.len() >= MAX_KEPT_CATEGORIES {
+                return;
+            }
+            self.categories.insert(category.to_string());
+        }
+    }
+
     /// Sets the birthday and the anniversary. Either, set less than 365 days ago, cannot be
     /// changed (setting the same one again is no change), so that neither can be moved to
     /// collect its yearly bonus early or again; an anniversary is a day already past.

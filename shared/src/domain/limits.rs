@@ -20,6 +20,11 @@ pub const MAX_QUANTITY: i64 = 1_000_000;
 pub const MAX_MEMBERSHIP_PERIODS: i64 = 120;
 /// Lines in one order or refund.
 pub const MAX_LINES: usize = 1_000;
+/// Product categories an account keeps for campaign audiences, and the characters of each: a
+/// shop that names a category per product (or a long path) must not grow an account past what
+/// one item holds (DynamoDB: 400 KB), where it could no longer be written.
+pub const MAX_KEPT_CATEGORIES: usize = 200;
+pub const MAX_CATEGORY_CHARS: usize = 100;
 /// Points of any one entry: an adjustment, what one event earns, a reward's cost.
 pub const MAX_POINTS: i64 = 1_000_000_000_000;
 /// A member's balance with pending points and points on hold; and a member's debt.

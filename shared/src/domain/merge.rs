@@ -121,7 +121,7 @@ impl Account {
             }
         }
         account.purchases += from.purchases;
-        account.categories.extend(from.categories.iter().cloned());
+        account.remember_categories(from.categories.iter().map(String::as_str));
         account.notified.extend(from.notified.iter().cloned());
         account.joined_on = account.joined_on.min(from.joined_on);
         account.last_purchase_at = account.last_purchase_at.max(from.last_purchase_at);

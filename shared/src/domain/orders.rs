@@ -281,13 +281,7 @@ impl Account {
         let account = &mut journal.account;
         account.purchases += 1;
         account.last_purchase_at = account.last_purchase_at.max(Some(ctx.occurred_at));
-        account.categories.extend(
-            purchase
-                .lines
-                .iter()
-                .filter(|l| !l.category.is_empty())
-                .map(|l| l.category.clone()),
-        );
+        account.remember_categories(purchase.lines.iter().map(|l| l.category.as_str()));
         let first = account.purchases == 1;
         // Refunds that arrived first are applied now, in the order they arrived, before the
         // referral: an order wholly refunded or cancelled by then pays neither side.

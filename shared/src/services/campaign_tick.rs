@@ -20,7 +20,7 @@ use serde_json::json;
 use super::campaigns::Assignee;
 use super::jobs::{past, Deadline, JobReport};
 use super::{ServiceError, Services};
-use crate::campaigns::{Campaign, CampaignKind};
+use crate::campaigns::{Campaign, CampaignKind, CampaignStatus};
 use crate::domain::calendar::start_of_day;
 use crate::domain::schedule::{job_instant, yearly_index_dates};
 use crate::domain::{Account, DueJob, Program};
@@ -90,7 +90,8 @@ impl Services {
             .flat_map(|day| jobs.iter().map(move |(job, _)| (*job, *day)))
             .collect();
         // A birthday campaign is looked at for each day gone over, whether or not it still
-        // runs: the days it ran keep their birthdays.
+        // runs: the days it ran keep their birthdays. One an operator stopped assigns no one
+        // more, as before its stop.
         let broadcast: Vec<(String, Campaign)> = campaigns?
             .iter()
             .filter(|(_, c)| c.kind == CampaignKind::Broadcast)
@@ -98,7 +99,13 @@ impl Services {
             .collect();
         let (birthdays, everyone): (Vec<_>, Vec<_>) = broadcast
             .iter()
-            .filter(|(_, c)| c.audience.birthday_in_window || c.running_at(at))
+            .filter(|(_, c)| {
+                if c.audience.birthday_in_window {
+                    c.status == CampaignStatus::Running
+                } else {
+                    c.running_at(at)
+                }
+            })
             .partition(|(_, c)| c.audience.birthday_in_window);
         // Whose day it is, read a few days and jobs at a time (a catch-up can owe a year of
         // them); paid in order as the lists arrive.

@@ -508,6 +508,10 @@ impl Part<'_> {
     }
 }
 
+/// How much earlier than its exposure a purchase may be dated and still count in an
+/// on-exposure campaign: the clocks of the till or the platform and the server's differ.
+const EXPOSURE_SKEW: chrono::Duration = chrono::Duration::minutes(2);
+
 /// The member's parts in the campaigns running at a purchase.
 pub(crate) fn parts<'a>(
     campaigns: &'a [(String, Campaign)],
@@ -522,9 +526,11 @@ pub(crate) fn parts<'a>(
             let read = state.assignments.get(id);
             let stored = read.filter(|a| a.holds_for(&campaign.hash_seed, campaign.bucket_version));
             // Only what a member does after seeing the campaign: a purchase made before the
-            // exposure (delivered after it) is neither changed nor counted.
+            // exposure (delivered after it) is neither changed nor counted. The exposure is the
+            // server's time, the purchase the till's or the platform's (to the second): within
+            // a couple of minutes they are taken as one moment.
             if campaign.kind == CampaignKind::OnExposure
-                && stored.is_none_or(|a| a.assigned_at > at)
+                && stored.is_none_or(|a| a.assigned_at - EXPOSURE_SKEW > at)
             {
                 return None;
             }

@@ -72,7 +72,7 @@ impl Services {
 
     /// The events refused for good that name the member or one of its identities (or those of
     /// the members merged into it), as an erasure finds them to delete: a read of every
-    /// rejected event of the program, a page at a time (exports are rare).
+    /// rejected event of the program (exports are rare).
     async fn rejected_naming(
         &self,
         program: &str,
@@ -83,32 +83,16 @@ impl Services {
         names.extend(members.iter().cloned());
         // Short names (`m-1`) would match other members' payloads, as in an erasure.
         names.retain(|n| n.chars().count() >= 5);
-        // As a JSON string in the payload, or inside a payload that is a JSON string itself
-        // (its quotes escaped): as an erasure matches them.
-        let needles: Vec<String> = names
-            .iter()
-            .flat_map(|n| [format!("\"{n}\""), format!("\\\"{n}\\\"")])
-            .collect();
-        let mut found = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .rejected_page(program, EXPORT_PAGE, cursor.as_deref())
-                .await?;
-            for event in page.events {
-                if needles.iter().any(|n| event.payload.contains(n.as_str())) {
-                    let payload: serde_json::Value =
-                        serde_json::from_str(&event.payload).unwrap_or(json!(event.payload));
-                    found.push(json!({"id": event.event_id, "at": event.at,
-                        "reason": event.reason, "payload": payload}));
-                }
-            }
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => return Ok(found),
-            }
-        }
+        let found = self.store.rejected_naming(program, &names).await?;
+        Ok(found
+            .into_iter()
+            .map(|event| {
+                let payload: serde_json::Value =
+                    serde_json::from_str(&event.payload).unwrap_or(json!(event.payload));
+                json!({"id": event.event_id, "at": event.at, "reason": event.reason,
+                    "payload": payload})
+            })
+            .collect())
     }
 
     /// The export as chunks of one JSON document. Fails before the first chunk when the

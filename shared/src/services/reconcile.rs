@@ -99,14 +99,19 @@ impl Services {
             reason: None,
         };
         // An event an operator cancelled (held for review, or waiting while its member was
-        // suspended) is kept among the rejected events, with no marker: it is not missing,
-        // and sending it again would apply what the operator refused.
-        if !present {
-            if let Some(rejected) = self.store.rejected_event(program, &event.id).await? {
-                found.status = "rejected";
-                found.reason = Some(rejected.reason);
-                return Ok(found);
-            }
+        // suspended) is kept among the rejected events, and marked as taken with no effect:
+        // it is reported as what it is, and never sent again (it would apply what the
+        // operator refused where its marker is missing: a member it was cancelled for before
+        // this version, one with no account then).
+        if let Some(rejected) = self
+            .store
+            .rejected_event(program, &event.id)
+            .await?
+            .filter(|r| r.reason.starts_with(super::rejections::CANCELLED_BY))
+        {
+            found.status = "rejected";
+            found.reason = Some(rejected.reason);
+            return Ok(found);
         }
         if !present {
             found.status = "missing";

@@ -203,7 +203,24 @@ impl Services {
         body: &[u8],
     ) -> Result<HeldEvent, ServiceError> {
         // What is named must exist before what is asked of it is read (404 before 400).
-        let held = self.held_event(program, id).await?;
+        let held = match self.held_event(program, id).await {
+            Ok(held) => held,
+            Err(e) => {
+                // A cancel that stopped after taking the event off the list, before marking
+                // it as taken: asked again, it finishes that.
+                if let Some(cancelled) = self
+                    .store
+                    .rejected_event(program, id)
+                    .await?
+                    .filter(|r| r.reason.starts_with(super::rejections::CANCELLED_BY))
+                {
+                    if let Ok(event) = serde_json::from_str::<Envelope>(&cancelled.payload) {
+                        self.mark_cancelled(&event).await?;
+                    }
+                }
+                return Err(e);
+            }
+        };
         let reason = reason_in(body)?;
         let payload = serde_json::to_string(&held.event)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -405,11 +422,20 @@ impl Services {
         program: &str,
         id: &str,
     ) -> Result<Option<PendingAdjustment>, ServiceError> {
-        Ok(self
-            .pending_adjustments(program)
+        // Only this one is read: another waiting request that does not decode is no reason to
+        // refuse this one (every adjustment with a key asks).
+        let Some((_, body)) = self
+            .store
+            .parked(program, APPROVALS_KEY)
             .await?
             .into_iter()
-            .find(|p| p.id == id))
+            .find(|(waiting, _)| waiting == id)
+        else {
+            return Ok(None);
+        };
+        serde_json::from_str(&body)
+            .map(Some)
+            .map_err(|e| ServiceError::Internal(format!("waiting approval {id} is corrupt: {e}")))
     }
 
     /// `POST .../approvals/{id}/approve`: a second operator applies it, once.

@@ -255,12 +255,12 @@ impl Services {
                         replayed_by: None,
                     };
                     self.store.reject(&rejected).await?;
-                    if self.store.discard_parked(program, &key, &event_id).await? {
-                        // Only once it is off the list: an event released meanwhile earns.
-                        if let Ok(envelope) = serde_json::from_str::<Envelope>(&rejected.payload) {
-                            self.mark_cancelled(&envelope).await?;
-                        }
+                    // Marked before it leaves the list: a resume that stops here is carried on
+                    // by its message, which finds it still waiting (the mark is written once).
+                    if let Ok(envelope) = serde_json::from_str::<Envelope>(&rejected.payload) {
+                        self.mark_cancelled(&envelope).await?;
                     }
+                    self.store.discard_parked(program, &key, &event_id).await?;
                     cancelled += 1;
                 }
             }

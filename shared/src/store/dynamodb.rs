@@ -3485,6 +3485,32 @@ impl ErasureStore for DynamoStore {
         })
     }
 
+    async fn rejected_naming(
+        &self,
+        program: &str,
+        needles: &[String],
+    ) -> Result<Vec<RejectedEvent>, StoreError> {
+        let mut found: BTreeMap<String, RejectedEvent> = BTreeMap::new();
+        for names in needles.chunks(FORGET_PER_SCAN) {
+            let (filter, values) = forget_filter(program, names, &[])?;
+            let scan = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .expression_attribute_names("#b", "body")
+                .set_expression_attribute_values(Some(values))
+                .filter_expression(filter)
+                .consistent_read(true);
+            for item in scan_all(scan, "cannot find the rejected events naming a member").await? {
+                if text(&item, "SK") == Some("R") {
+                    let event = rejected_of(&item)?;
+                    found.insert(event.event_id.clone(), event);
+                }
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
     async fn forget_payloads(
         &self,
         program: &str,

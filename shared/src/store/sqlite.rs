@@ -2201,6 +2201,41 @@ impl ErasureStore for SqliteStore {
         .await
     }
 
+    async fn rejected_naming(
+        &self,
+        program: &str,
+        needles: &[String],
+    ) -> Result<Vec<RejectedEvent>, StoreError> {
+        let (program, needles) = (program.to_string(), needles.to_vec());
+        self.read(move |conn| {
+            let failed = |e| sql_error("cannot find the rejected events naming a member", e);
+            let mut found: std::collections::BTreeMap<String, RejectedEvent> = Default::default();
+            let mut statement = conn
+                .prepare_cached(
+"SELECT event_id, replays, body FROM rejected_events WHERE program = ?1 AND (instr(body, ?2) > 0 OR instr(body, ?3) > 0)",
+                )
+                .map_err(failed)?;
+            for needle in &needles {
+                // As in `forget_payloads`: the payload is a JSON string inside the stored body.
+                let (raw, escaped) = (format!("\"{needle}\""), format!("\\\"{needle}\\\""));
+                let rows = statement
+                    .query_map(params![program, raw, escaped], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, String>(2)?))
+                    })
+                    .map_err(failed)?;
+                for row in rows {
+                    let (event_id, replays, body) = row.map_err(failed)?;
+                    let mut event: RejectedEvent =
+                        decode(&format!("rejected event {event_id}"), &body)?;
+                    event.replays = replays;
+                    found.insert(event_id, event);
+                }
+            }
+            Ok(found.into_values().collect())
+        })
+        .await
+    }
+
     async fn forget_payloads(
         &self,
         program: &str,

@@ -172,3 +172,51 @@ async fn a_cancelled_event_is_final_and_its_replay_is_refused() {
         other => panic!("expected 409, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_payment_cancelled_stays_cancelled_for_the_member_its_member_was_merged_into() {
+    // GIVEN a payment of woocommerce:65 held for review and cancelled, then woocommerce:65
+    // merged into app-65 (the same person)
+    let store = SqliteStore::memory().unwrap();
+    let (queue, services) = common::kr_shop_services(&store, 5, Arc::new(SystemClock)).await;
+    common::save_kr_shop_with(&services, "[safeguards]\ndaily_points = 1000\n").await;
+    let (member, survivor) = ("woocommerce:65", "app-65");
+    services
+        .process_earn(&purchase("woo-4001-paid", member))
+        .await
+        .unwrap();
+    services
+        .process_earn(&purchase("woo-4002-paid", member))
+        .await
+        .unwrap();
+    drain(&queue, &services).await;
+    services
+        .cancel_held(
+            "kr-shop",
+            "woo-4002-paid",
+            "ops",
+            br#"{"reason": "a test order"}"#,
+        )
+        .await
+        .unwrap();
+    // (the limit lifted again, so that nothing is held for it below)
+    common::save_kr_shop(&services).await;
+    services
+        .process_earn(&purchase("app-first", survivor))
+        .await
+        .unwrap();
+    services
+        .merge_named("kr-shop", survivor, member, "the same person", "ops")
+        .await
+        .unwrap();
+    drain(&queue, &services).await;
+    let before = pending(&services, survivor).await;
+    // WHEN the platform delivers the cancelled payment again, now to the survivor
+    let again = services
+        .process_earn(&purchase("woo-4002-paid", survivor))
+        .await
+        .unwrap();
+    // THEN nothing is credited: the order's record, moved with the merge, says it was cancelled
+    assert_eq!(again.name(), "no-effect", "{again:?}");
+    assert_eq!(pending(&services, survivor).await, before);
+}

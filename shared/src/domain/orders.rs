@@ -19,6 +19,11 @@ use super::membership::{MembershipPayment, MembershipRefund};
 use super::program::{InsufficientBalance, Measure, Program, UNIT_BP};
 use super::tiers;
 
+/// What an order's record holds among its applied refunds when an operator cancelled its
+/// payment: the payment, delivered again (or to the member it was merged into, with the
+/// record), earns nothing. No refund id holds a `#`.
+pub const PAYMENT_CANCELLED: &str = "#payment-cancelled";
+
 /// Everything the loyalty engine remembers about one order of one member.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderRecord {
@@ -159,6 +164,13 @@ impl Account {
         let mut journal = Journal::begin(self, program, ctx);
         if record.earned.is_some() {
             journal.no_op = Some(format!("order {} already earned points", purchase.order_id));
+            return Ok(done(journal, record, None));
+        }
+        if record.applied.contains(PAYMENT_CANCELLED) {
+            journal.no_op = Some(format!(
+                "the payment of order {} was cancelled by an operator",
+                purchase.order_id
+            ));
             return Ok(done(journal, record, None));
         }
         let tier_bp = program

@@ -634,9 +634,16 @@ impl Services {
             source: event.source().to_string(),
             event_id: envelope.id.clone(),
         };
+        // The order's record says so too (its marker is not carried by a merge; the record
+        // is): a payment cancelled, or a refund taken as applied.
         let order = match &event {
-            EarnEvent::Purchase { purchase, .. } => Some(purchase.order_id.clone()),
-            EarnEvent::Refund { reversal, .. } => Some(reversal.order_id.clone()),
+            EarnEvent::Purchase { purchase, .. } => Some((
+                purchase.order_id.clone(),
+                crate::domain::orders::PAYMENT_CANCELLED.to_string(),
+            )),
+            EarnEvent::Refund { reversal, .. } => {
+                Some((reversal.order_id.clone(), reversal.refund_id.clone()))
+            }
             _ => None,
         };
         let order_keys: Vec<String> = event.order_key().into_iter().collect();
@@ -658,8 +665,8 @@ impl Services {
                 now,
             );
             commit.marker = Some(marker.clone());
-            if let (Some(key), Some(order_id)) = (order_keys.first(), &order) {
-                let record =
+            if let (Some(key), Some((order_id, applied))) = (order_keys.first(), &order) {
+                let mut record =
                     state
                         .orders
                         .get(key)
@@ -668,6 +675,7 @@ impl Services {
                             order_id: order_id.clone(),
                             ..crate::domain::OrderRecord::default()
                         });
+                record.applied.insert(applied.clone());
                 commit.marker_order = Some(key.clone());
                 commit.orders.insert(key.clone(), record);
             }

@@ -35,6 +35,10 @@ pub enum StoreError {
     /// Stored data that does not decode (a bug or a manual edit), never retried.
     #[error("stored item {key} is corrupt: {message}")]
     Corrupt { key: String, message: String },
+    /// A write no store makes as it is (more items than one transaction holds, an item larger
+    /// than the table takes): the same write again is refused again.
+    #[error("the store cannot write this: {message}")]
+    Unfit { message: String },
 }
 
 impl StoreError {

@@ -202,3 +202,49 @@ async fn a_record_read_as_absent_is_not_written_over_one_written_since() {
     assert!(after.orders[ORDER].applied.contains("paid-lines"));
     assert!(!after.orders[ORDER].applied.contains("refund-early"));
 }
+
+#[tokio::test]
+async fn a_commit_whose_account_the_table_cannot_hold_is_refused_as_unfit_and_writes_nothing() {
+    // GIVEN a member whose account, as a change would leave it, is larger than an item may be
+    // (an account built past the bounds the domain keeps, as one written before them could be)
+    let store = store().await;
+    let member = format!("m-{}", uuid::Uuid::new_v4().simple());
+    let program = program();
+    let at = Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap();
+    let mut account = Account::open(&program, &member, at);
+    // (random text, which the store's compression of large bodies does not shrink enough)
+    account.categories = (0..8_000)
+        .map(|_| {
+            (0..4)
+                .map(|_| uuid::Uuid::new_v4().simple().to_string())
+                .collect()
+        })
+        .collect();
+    let change = Change {
+        account,
+        entries: Vec::new(),
+        no_op: None,
+        referrer: None,
+    };
+    let commit = Commit {
+        marker: Some(marker("huge")),
+        ..Commit::new(&program, &member, None, change, at)
+    };
+    // WHEN it is committed
+    let refused = store.commit(commit).await;
+    // THEN the store says it can never write it (not worth a retry), and nothing is written
+    assert!(
+        matches!(
+            refused,
+            Err(CommitError::Store(
+                loyalty_core::ports::StoreError::Unfit { .. }
+            ))
+        ),
+        "{refused:?}"
+    );
+    let state = store
+        .load_member_for_event("kr-shop", &member, &marker("huge"), &[], &[])
+        .await
+        .expect("read");
+    assert!(state.account.is_none() && !state.seen);
+}

@@ -19,7 +19,7 @@ use crate::envelope::{
 use crate::ids::IdKind;
 use crate::ports::{
     counter_shard, AssignmentWrite, Commit, CommitError, CounterAdd, EventMarker, MemberState,
-    OutboxMessage, QueueName, RejectedEvent,
+    OutboxMessage, QueueName, RejectedEvent, StoreError,
 };
 use crate::report::VariantCounts;
 
@@ -404,6 +404,13 @@ impl Services {
                     | CommitError::CouponConsumed
                     | CommitError::OverQuota,
                 ) => {}
+                // Refused as it is, it would be refused on every delivery, and the member's
+                // later events would wait behind it until the dead letters: kept instead
+                // among the rejected events, for an operator.
+                Err(CommitError::Store(e @ StoreError::Unfit { .. })) => {
+                    let reason = format!("the event's change cannot be written: {e}");
+                    return self.reject(&envelope, body, &reason).await;
+                }
                 Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
             }
             current = true;

@@ -914,10 +914,15 @@ fn not_a_conflict(reasons: &[Option<String>]) -> Option<CommitError> {
             source: None,
         }));
     }
-    reason(&["ValidationError", "ItemCollectionSizeLimitExceeded"]).map(|code| {
-        CommitError::Store(StoreError::Failed {
+    // DynamoDB names an item too large `ValidationError`; moto, `ItemSizeTooLarge`.
+    reason(&[
+        "ValidationError",
+        "ItemCollectionSizeLimitExceeded",
+        "ItemSizeTooLarge",
+    ])
+    .map(|code| {
+        CommitError::Store(StoreError::Unfit {
             message: format!("the commit was refused by the table ({code})"),
-            source: None,
         })
     })
 }
@@ -1291,6 +1296,14 @@ impl DynamoStore {
                         .map(|r| r.code().map(str::to_string))
                         .collect()))
                 }
+                // The request as it is (an item over 400 KB, a transaction over 4 MB): sent
+                // again it is refused again.
+                _ if e.code() == Some("ValidationException") => Err(StoreError::Unfit {
+                    message: format!(
+                        "the table refused the commit: {}",
+                        e.message().unwrap_or("ValidationException")
+                    ),
+                }),
                 _ => Err(sdk_error("cannot commit", e)),
             },
         }

@@ -26,10 +26,7 @@ pub const MAX_COMMIT_ITEMS: usize = 100;
 /// whose event is marked on an order whose record it does not write (the marker of an order's
 /// event is looked for on that record alone, [`crate::ports::MemberStore::load_member_for_event`]).
 pub(crate) fn unfit(commit: &crate::ports::Commit) -> Option<crate::ports::StoreError> {
-    let refused = |message: String| crate::ports::StoreError::Failed {
-        message,
-        source: None,
-    };
+    let refused = |message: String| crate::ports::StoreError::Unfit { message };
     let items = commit.items();
     if items > MAX_COMMIT_ITEMS || commit.entries.len() > MAX_ENTRIES_PER_COMMIT {
         return Some(refused(format!(

@@ -108,7 +108,8 @@ async fn list(w: Window) -> Result<(), String> {
     } = found(&w).await?;
     if w.json {
         let doc = json!({"waiting": waiting, "carried": carried});
-        return print_json(&doc);
+        print_json(&doc)?;
+        return cut_short(&w, waiting.len(), carried.len());
     }
     for (state, messages) in [("waiting", &waiting), ("carried", &carried)] {
         for m in messages {
@@ -125,7 +126,7 @@ async fn list(w: Window) -> Result<(), String> {
         waiting.len(),
         carried.len()
     );
-    Ok(())
+    cut_short(&w, waiting.len(), carried.len())
 }
 
 /// What to do with one message.
@@ -141,6 +142,7 @@ async fn resend(w: Window) -> Result<(), String> {
         waiting,
         carried,
     } = found(&w).await?;
+    let carried_found = carried.len();
     // A carried message already written back waits, and is woken with the others.
     let waiting_keys: HashSet<String> = waiting.iter().map(OutboxMessage::key).collect();
     let carried: Vec<OutboxMessage> = carried
@@ -186,15 +188,27 @@ async fn resend(w: Window) -> Result<(), String> {
             failed.len()
         );
     }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
+    if !failed.is_empty() {
+        return Err(format!(
             "{} of {} messages were not shown to the relay; run the command again",
             failed.len(),
             steps.len()
-        ))
+        ));
     }
+    // A window that held more than --max was cut short: say so, never a quiet success.
+    cut_short(&w, waiting.len(), carried_found)
+}
+
+/// An error when the window reached `--max` (its waiting or its carried messages): the rest
+/// was not looked at. Running again changes nothing already done.
+fn cut_short(w: &Window, waiting: usize, carried: usize) -> Result<(), String> {
+    let max = w.max as usize;
+    if waiting >= max || carried >= max {
+        return Err(format!(
+            "the window holds more than --max {max} messages; only that many were looked at: run again with a larger --max or a narrower window"
+        ));
+    }
+    Ok(())
 }
 
 fn print_json(doc: &serde_json::Value) -> Result<(), String> {

@@ -410,4 +410,18 @@ async fn messages_carried_during_a_relay_outage_are_resent_and_no_others() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--until"));
     assert!(store.outbox(100).await.expect("outbox").is_empty());
+
+    // WHEN a window holding more messages than --max is resent
+    let wide = (now - chrono::Duration::days(4)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let cut = loyalty(&[
+        "outbox", "resend", "--table", &table, "--since", &wide, "--max", "1", "--json",
+    ]);
+    // THEN it does that many and fails saying the rest was not looked at
+    assert!(!cut.status.success());
+    assert!(
+        String::from_utf8_lossy(&cut.stderr).contains("--max"),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    assert_eq!(json_of(&cut)["resent"].as_u64(), Some(1));
 }

@@ -1274,6 +1274,20 @@ impl DynamoStore {
         Ok(Some(TransactWriteItem::builder().update(update).build()))
     }
 
+    /// A scan of the table's items whose body a filter of [`forget_filter`] finds.
+    fn payload_scan(
+        &self,
+        (filter, values): (String, HashMap<String, AttributeValue>),
+    ) -> aws_sdk_dynamodb::operation::scan::builders::ScanFluentBuilder {
+        self.client
+            .scan()
+            .table_name(&self.table)
+            .expression_attribute_names("#b", "body")
+            .set_expression_attribute_values(Some(values))
+            .filter_expression(filter)
+            .consistent_read(true)
+    }
+
     /// Sends one commit's transaction. A cancellation is not an error of the store: it comes
     /// back as the reason of each item (a code where its condition failed).
     async fn transact(
@@ -3505,15 +3519,7 @@ impl ErasureStore for DynamoStore {
     ) -> Result<Vec<RejectedEvent>, StoreError> {
         let mut found: BTreeMap<String, RejectedEvent> = BTreeMap::new();
         for names in needles.chunks(FORGET_PER_SCAN) {
-            let (filter, values) = forget_filter(program, names, &[])?;
-            let scan = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .expression_attribute_names("#b", "body")
-                .set_expression_attribute_values(Some(values))
-                .filter_expression(filter)
-                .consistent_read(true);
+            let scan = self.payload_scan(forget_filter(program, names, &[])?);
             for item in scan_all(scan, "cannot find the rejected events naming a member").await? {
                 if text(&item, "SK") == Some("R") {
                     let event = rejected_of(&item)?;
@@ -3548,15 +3554,7 @@ impl ErasureStore for DynamoStore {
         let mut keys: BTreeMap<(String, String), Item> = BTreeMap::new();
         for round in 0..rounds {
             let (needles, principals) = (chunk(needles, round), chunk(principals, round));
-            let (filter, values) = forget_filter(program, &needles, &principals)?;
-            let scan = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .expression_attribute_names("#b", "body")
-                .set_expression_attribute_values(Some(values))
-                .filter_expression(filter)
-                .consistent_read(true);
+            let scan = self.payload_scan(forget_filter(program, &needles, &principals)?);
             let found = scan_all(scan, "cannot find the events to forget").await?;
             for item in &found {
                 let (Some(pk), Some(sk)) = (text(item, "PK"), text(item, "SK")) else {

@@ -3701,7 +3701,7 @@ mod tests {
                 .collect()
         };
         // GIVEN cancellations whose reasons are a throttle, or an item the table refuses
-        // WHEN they are told apart THEN the first is transient, the second fails for good
+        // WHEN they are told apart THEN the first is transient, the second unfit for good
         assert!(matches!(
             not_a_conflict(&reasons(&["None", "ThrottlingError"])),
             Some(CommitError::Store(StoreError::Transient { .. }))
@@ -3712,7 +3712,11 @@ mod tests {
         ));
         assert!(matches!(
             not_a_conflict(&reasons(&["ValidationError", "None"])),
-            Some(CommitError::Store(StoreError::Failed { .. }))
+            Some(CommitError::Store(StoreError::Unfit { .. }))
+        ));
+        assert!(matches!(
+            not_a_conflict(&reasons(&["None", "ItemSizeTooLarge"])),
+            Some(CommitError::Store(StoreError::Unfit { .. }))
         ));
         // AND a failed condition or a conflict is left to the version and marker checks
         assert!(not_a_conflict(&reasons(&["ConditionalCheckFailed", "None"])).is_none());

@@ -419,7 +419,7 @@ fn a_refund_before_its_payment_or_in_parts_that_add_up_to_it_ends_the_membership
 #[test]
 fn a_part_refund_of_the_fee_leaves_the_membership() {
     // GIVEN a member who paid for Plus today
-    let shop = plus_shop("membership-part-refund");
+    let shop = plus_shop("membership-periods-refund");
     paid(&shop, "pay-part", "m-part", 1, 0);
     // WHEN 2,000 of the order's 4,900 are refunded
     refund(

@@ -686,14 +686,8 @@ impl Services {
                 commit.marker_order = Some(key.clone());
                 commit.orders.insert(key.clone(), record);
             }
-            match self.commit(commit).await {
-                Ok(()) | Err(CommitError::Duplicate) => return Ok(()),
-                Err(
-                    CommitError::VersionConflict
-                    | CommitError::CouponConsumed
-                    | CommitError::OverQuota,
-                ) => {}
-                Err(CommitError::Store(e)) => return Err(e.into()),
+            if self.commit_marked(commit).await? {
+                return Ok(());
             }
             contention
                 .again(|| format!("member {}", crate::telemetry::member_ref(&envelope.member)))

@@ -431,14 +431,8 @@ impl Services {
                 ..Commit::new(program, survivor, Some(&account), change, now)
             }
             .and_send(outbox);
-            match self.commit(commit).await {
-                Ok(()) | Err(CommitError::Duplicate) => return Ok(()),
-                Err(
-                    CommitError::VersionConflict
-                    | CommitError::CouponConsumed
-                    | CommitError::OverQuota,
-                ) => {}
-                Err(CommitError::Store(e)) => return Err(e.into()),
+            if self.commit_marked(commit).await? {
+                return Ok(());
             }
             contention
                 .again(|| format!("member {}", crate::telemetry::member_ref(survivor)))

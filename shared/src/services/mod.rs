@@ -402,6 +402,22 @@ impl Services {
     }
 
     /// Sends a message to a queue, counting the sends the queue refused.
+    /// Commits a change marked by its event: `true` when it is written, now or before (its
+    /// marker is there), `false` on a conflict of any kind (reload and try again).
+    pub(crate) async fn commit_marked(
+        &self,
+        commit: crate::ports::Commit,
+    ) -> Result<bool, ServiceError> {
+        use crate::ports::CommitError;
+        match self.commit(commit).await {
+            Ok(()) | Err(CommitError::Duplicate) => Ok(true),
+            Err(
+                CommitError::VersionConflict | CommitError::CouponConsumed | CommitError::OverQuota,
+            ) => Ok(false),
+            Err(CommitError::Store(e)) => Err(e.into()),
+        }
+    }
+
     pub(crate) async fn send_to(
         &self,
         queue: crate::ports::QueueName,

@@ -1435,3 +1435,80 @@ fn welcome_gift(seed: &str) -> Value {
         ]
     })
 }
+
+/// Replaces a member's stored account body (a bad manual edit), returning the one it had.
+fn set_account_body(db: &std::path::Path, member: &str, body: &str) -> String {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let old: String = conn
+        .query_row(
+            "SELECT body FROM accounts WHERE member = ?1",
+            [member],
+            |row| row.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE accounts SET body = ?2 WHERE member = ?1",
+        [member, body],
+    )
+    .unwrap();
+    old
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_a_broadcast_pass_failed_is_assigned_by_the_next_tick() {
+    // GIVEN a broadcast campaign for everyone and three members, one of them unreadable
+    let now = Utc.with_ymd_and_hms(2026, 11, 10, 3, 0, 0).unwrap();
+    let dir = std::env::temp_dir().join(format!("tick-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("loyalty.db");
+    let s = stack_on(SqliteStore::open(&db).unwrap(), now, KR_SHOP).await;
+    let members: Vec<(String, Option<&str>)> = ["a", "b", "c"]
+        .iter()
+        .map(|m| (m.to_string(), None))
+        .collect();
+    s.seed(&members, now - chrono::Duration::days(30)).await;
+    let good = set_account_body(&db, "b", "{not an account");
+    let c = json!({
+        "name": "Everyone", "kind": "broadcast", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": "everyone-2026", "goal": "purchase",
+        "variants": [
+            {"key": "control", "weight": 0.0, "effect": {"type": "none"}},
+            {"key": "x2", "weight": 1.0, "effect": {"type": "multiplier", "basis_points": 20000}}
+        ]
+    });
+    s.put_campaign("everyone", &c).await;
+    let assigned = |member: &'static str| {
+        let store = s.store.clone();
+        async move {
+            store
+                .load_member_with("kr-shop", member, &[], &["everyone".to_string()])
+                .await
+                .unwrap()
+                .assignments
+                .contains_key("everyone")
+        }
+    };
+    let tick = || {
+        s.services
+            .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+    };
+    // WHEN the tick runs
+    let report = tick().await.unwrap();
+    // THEN the others are assigned and the unreadable one is named among the failures
+    assert_eq!((report.changed, report.failed), (2, 1), "{report:?}");
+    assert_eq!(report.failures[0].member, "b");
+    assert!(assigned("a").await && assigned("c").await);
+    // WHEN an operator repairs it and the next day's tick runs
+    set_account_body(&db, "b", &good);
+    assert!(!assigned("b").await);
+    s.clock.set(now + chrono::Duration::days(1));
+    let report = tick().await.unwrap();
+    // THEN it is assigned, and nothing else is gone over
+    assert_eq!((report.members, report.changed, report.failed), (1, 1, 0));
+    assert!(assigned("b").await);
+    // AND a tick after that tries nobody again
+    s.clock.set(now + chrono::Duration::days(2));
+    let report = tick().await.unwrap();
+    assert_eq!((report.members, report.changed), (0, 0), "{report:?}");
+}

@@ -41,7 +41,47 @@ const FAILED_DAY_RETRIED_DAYS: i64 = 7;
 /// Yearly-day lists (a job and a day, each a query per due-index shard) read at once.
 const YEARLY_READS_TOGETHER: usize = 4;
 
+/// Members a broadcast pass keeps to try again, at most (more failures are only reported).
+const MAX_RETRIED_MEMBERS: usize = 1_000;
+
 type Progress<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// A broadcast campaign's pass: whom it assigns for, and as of when.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    program: &'a Program,
+    id: &'a str,
+    campaign: &'a Campaign,
+    at: DateTime<Utc>,
+}
+
+/// The members a broadcast pass failed to assign, with the day of their first failure.
+#[derive(Default)]
+struct Retries(std::collections::BTreeMap<String, NaiveDate>);
+
+impl Retries {
+    /// What was saved; unreadable text (a hand edit) is an empty list, as before any failure.
+    fn read(saved: Option<&str>) -> Retries {
+        Retries(
+            saved
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_default(),
+        )
+    }
+
+    fn add(&mut self, member: &str, today: NaiveDate) {
+        if self.0.len() < MAX_RETRIED_MEMBERS || self.0.contains_key(member) {
+            self.0.entry(member.to_string()).or_insert(today);
+        }
+    }
+
+    fn write(&self) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        serde_json::to_string(&self.0).ok()
+    }
+}
 
 /// One program's tick: the day it runs for, the day the last tick finished, and when it must
 /// stop (what it leaves is done by the next tick: sends and assignments are not repeated).
@@ -313,40 +353,111 @@ impl Services {
                     .chain(audience.bytes())
             )
         );
+        let pass = Pass {
+            program,
+            id,
+            campaign,
+            at,
+        };
+        let retry_key = format!("{key}:retry");
+        let mut saved_retries = self.store.job_progress(&program.id, &retry_key).await?;
+        let mut retries = Retries::read(saved_retries.as_deref());
+        let today = crate::domain::calendar::local_date(program.time_zone, at);
+        self.retry_failed(&pass, &mut retries, today, deadline, report, progress)
+            .await;
         let mut cursor = self.store.job_progress(&program.id, &key).await?;
-        if cursor.as_deref() == Some(PASS_DONE) {
-            return Ok(());
-        }
-        loop {
+        while cursor.as_deref() != Some(PASS_DONE) {
             // Stopped between pages: the saved cursor is where the next tick goes on.
             if past(deadline) {
                 report.complete = false;
-                return Ok(());
+                break;
             }
             let page = self
                 .store
                 .members_page(&program.id, cursor.as_deref(), PAGE)
                 .await?;
-            // A member that fails is left to the assignment its first visit or purchase makes
-            // (the pass goes on; it is not repeated).
+            // A member that fails is named in the report and tried again by the next ticks
+            // (the pass goes on past it).
             for member in &page.members {
                 report.members += 1;
                 progress(report.members);
                 match self.assign_member(program, id, campaign, member, at).await {
                     Ok(true) => report.changed += 1,
                     Ok(false) => {}
-                    Err(e) => report.record_failure(member, &e),
+                    Err(e) => {
+                        report.record_failure(member, &e);
+                        retries.add(member, today);
+                    }
                 }
             }
-            let next = page.next_cursor.as_deref().unwrap_or(PASS_DONE);
-            self.store
-                .save_job_progress(&program.id, &key, Some(next))
+            // The failures first: a cursor saved past a member whose retry is not saved
+            // would lose it.
+            self.save_retries(&program.id, &retry_key, &retries, &mut saved_retries)
                 .await?;
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => return Ok(()),
+            let next = page.next_cursor.unwrap_or_else(|| PASS_DONE.to_string());
+            self.store
+                .save_job_progress(&program.id, &key, Some(&next))
+                .await?;
+            cursor = Some(next);
+        }
+        self.save_retries(&program.id, &retry_key, &retries, &mut saved_retries)
+            .await
+    }
+
+    /// Tries again the members a pass failed to assign, for [`FAILED_DAY_RETRIED_DAYS`] after
+    /// their first failure (then they stay named among that tick's failures).
+    async fn retry_failed(
+        &self,
+        pass: &Pass<'_>,
+        retries: &mut Retries,
+        today: NaiveDate,
+        deadline: Deadline,
+        report: &mut JobReport,
+        progress: Progress<'_>,
+    ) {
+        let since = today - Duration::days(FAILED_DAY_RETRIED_DAYS);
+        retries.0.retain(|_, first| *first >= since);
+        let members: Vec<String> = retries.0.keys().cloned().collect();
+        for member in members {
+            if past(deadline) {
+                report.complete = false;
+                return;
+            }
+            report.members += 1;
+            progress(report.members);
+            let Pass {
+                program,
+                id,
+                campaign,
+                at,
+            } = *pass;
+            match self.assign_member(program, id, campaign, &member, at).await {
+                Ok(assigned) => {
+                    report.changed += usize::from(assigned);
+                    retries.0.remove(&member);
+                }
+                Err(e) => report.record_failure(&member, &e),
             }
         }
+    }
+
+    /// Saves the members left to try again, when they differ from what is saved.
+    async fn save_retries(
+        &self,
+        program: &str,
+        key: &str,
+        retries: &Retries,
+        saved: &mut Option<String>,
+    ) -> Result<(), ServiceError> {
+        let now = retries.write();
+        if now == *saved {
+            return Ok(());
+        }
+        self.store
+            .save_job_progress(program, key, now.as_deref())
+            .await?;
+        *saved = now;
+        Ok(())
     }
 
     /// Assigns one member if the audience admits them and they have no assignment yet;

@@ -25,12 +25,16 @@ use crate::report::VariantCounts;
 
 /// Messages that follow an earn, written in its commit: a tier check when the purchase takes
 /// the member past a higher tier's threshold (nothing else can: refunds lower the measure, and
-/// time only lowers it; purchases released later send their own), the referrer's reward after a referred member's first purchase, and a
-/// notice. Their ids derive from the event's, so relaying them twice has no second effect.
+/// time only lowers it; purchases released later send their own), the referrer's reward after
+/// a referred member's first purchase, and a notice when the event changed the member's points
+/// (the brand's integrations tell the member; an event over a limit, or a refund waiting for
+/// its order, has nothing to tell). Their ids derive from the event's, so relaying them twice
+/// has no second effect.
 fn follow_ups(
     envelope: &Envelope,
     upgrade_due: bool,
     referrer: Option<String>,
+    changed: bool,
 ) -> Vec<OutboxMessage> {
     let mut outbox = Vec::with_capacity(3);
     if upgrade_due {
@@ -54,13 +58,15 @@ fn follow_ups(
         reward.member = referrer;
         outbox.push(OutboxMessage::new(QueueName::Earn, reward));
     }
-    let notice = message(
-        envelope,
-        "points.earned",
-        format!("points-earned-{}", envelope.id),
-        json!({ "event": envelope.id, "type": envelope.kind }),
-    );
-    outbox.push(OutboxMessage::new(QueueName::Notify, notice));
+    if changed {
+        let notice = message(
+            envelope,
+            "points.earned",
+            format!("points-earned-{}", envelope.id),
+            json!({ "event": envelope.id, "type": envelope.kind }),
+        );
+        outbox.push(OutboxMessage::new(QueueName::Notify, notice));
+    }
     outbox
 }
 
@@ -365,7 +371,7 @@ impl Services {
                     .check_tier(&program, &EventContext::new(envelope.id.clone(), now, now))
                     .entries
                     .is_empty();
-            let mut outbox = follow_ups(&envelope, upgrade_due, outcome.referrer);
+            let mut outbox = follow_ups(&envelope, upgrade_due, outcome.referrer, entries > 0);
             outbox.extend(outcome.grants);
             let commit = Commit {
                 marker: Some(marker.clone()),

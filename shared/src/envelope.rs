@@ -231,6 +231,8 @@ struct RefundData {
 struct RefundLineData {
     line_id: String,
     quantity: i64,
+    #[serde(default)]
+    sku: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -566,6 +568,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                             .map(|l| RefundLine {
                                 line_id: l.line_id,
                                 quantity: l.quantity,
+                                sku: l.sku,
                             })
                             .collect(),
                     )

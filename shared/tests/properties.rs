@@ -246,6 +246,7 @@ impl Sim {
                     .map(|(i, q)| RefundLine {
                         line_id: earned.lines[i % earned.lines.len()].line_id.clone(),
                         quantity: *q,
+                        sku: String::new(),
                     })
                     .collect(),
             ),
@@ -348,6 +349,7 @@ proptest! {
                 scope: RefundScope::lines(ls.iter().map(|(i, q)| RefundLine {
                     line_id: format!("l{}", i % lines.len()),
                     quantity: *q,
+                    sku: String::new(),
                 }).collect()),
                 event_id: format!("ev-r-{n}"),
                 occurred_at: now,
@@ -423,7 +425,7 @@ proptest! {
                 .map(|(i, q)| {
                     let take = step.min(*q);
                     *q -= take;
-                    RefundLine { line_id: format!("l{i}"), quantity: take }
+                    RefundLine { line_id: format!("l{i}"), quantity: take, sku: String::new() }
                 })
                 .collect();
             let r = Reversal {

@@ -21,6 +21,7 @@ fn refund(
                 .map(|(l, q)| RefundLine {
                     line_id: (*l).into(),
                     quantity: *q,
+                    sku: String::new(),
                 })
                 .collect(),
         ),
@@ -546,6 +547,7 @@ fn a_first_order_partly_kept_still_pays_its_referral_when_its_window_closes() {
         scope: RefundScope::lines(vec![RefundLine {
             line_id: "tee".into(),
             quantity: 1,
+            sku: String::new(),
         }]),
         event_id: "ev-r-1".into(),
         occurred_at: now + days(2),

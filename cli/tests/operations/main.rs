@@ -73,9 +73,14 @@ impl Shop {
 
     /// A signed `orders/paid` delivery of this body.
     fn shopify_delivery(&self, body: &str) {
+        self.shopify_topic("orders/paid", body);
+    }
+
+    /// A signed delivery of this body under a topic.
+    fn shopify_topic(&self, topic: &str, body: &str) {
         let response = reqwest::blocking::Client::new()
             .post(format!("{}/webhooks/shopify/kr-shop", self.server.base))
-            .header("X-Shopify-Topic", "orders/paid")
+            .header("X-Shopify-Topic", topic)
             .header(
                 "X-Shopify-Hmac-Sha256",
                 sign_base64(SHOPIFY_SECRET, body.as_bytes()),
@@ -553,7 +558,7 @@ fn shopify_export(dir: &Path) -> PathBuf {
     let header = "Name,Email,Financial Status,Paid at,Fulfillment Status,Currency,Subtotal,Shipping,Taxes,Total,Discount Amount,Created at,Lineitem quantity,Lineitem name,Lineitem price,Lineitem sku,Cancelled at,Refunded Amount,Id,Lineitem discount";
     let rows = [
         format!("#1001,minji@example.com,paid,{paid},unfulfilled,KRW,100000.00,3000.00,9364.00,103000.00,3000.00,{paid},2,Black tee,29000.00,TEE-BLK-M,,0.00,820982911946154508,3000.00"),
-        "#1001,,,,,,,,,,,,1,Denim jacket,45000.00,JKT-DNM-L,,,,0.00".to_string(),
+        "#1001,,,,,,,,,,,,1,Navy cap,45000.00,CAP-NVY,,,,0.00".to_string(),
         format!("#1002,minji@example.com,partially_refunded,{paid},fulfilled,KRW,45000.00,0.00,0.00,45000.00,0.00,{paid},1,Denim jacket,45000.00,JKT-DNM-L,,45000.00,820982911946154510,0.00"),
         format!("#1003,,paid,{paid},unfulfilled,KRW,10000.00,0.00,0.00,10000.00,0.00,{paid},1,Mug,10000.00,MUG,,0.00,820982911946154511,0.00"),
         format!("#1004,New.Buyer@example.com,paid,{paid},unfulfilled,KRW,20000.00,0.00,0.00,20000.00,0.00,{paid},1,Mug,20000.00,MUG,,0.00,820982911946154512,0.00"),
@@ -622,6 +627,19 @@ fn shopify_s_order_export_credits_paid_orders_once_and_the_late_webhook_changes_
         (minji["member"].as_str(), minji["pending"].as_i64()),
         (Some("email:minji@example.com"), Some(1_000))
     );
+    // WHEN the customer returns the cap, and Shopify's refund names its own line id (which
+    // the export did not give) and the line's SKU
+    let refund = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/shopify/refunds-create.json"),
+    )
+    .expect("fixture")
+    .replace(
+        "__OCCURRED_AT__",
+        &Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+    );
+    shop.shopify_topic("refunds/create", &refund);
+    // THEN the cap's 450 points are taken back from the imported order
+    shop.eventually("email:minji@example.com", |v| v["pending"] == 550);
     // WHEN the export is saved again without the two refused orders and imported
     let text = std::fs::read_to_string(&file).expect("file");
     let kept: Vec<&str> = text

@@ -80,7 +80,16 @@ pub struct LineRecord {
     /// Eligible amount refunded so far: floor(eligible x refunded / quantity).
     #[serde(default)]
     pub refunded_eligible: i64,
+    /// The SKU of a line imported without its platform's id ([`IMPORTED_LINE_PREFIX`]): the
+    /// platform's refunds find it by SKU. Empty for every other line.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sku: String,
 }
+
+/// How lines of an order imported from a platform's export that names no line ids are named
+/// (`export-1`, `export-2`, … in the export's order). The platform's refunds name its own line
+/// ids, so such lines are found by SKU.
+pub const IMPORTED_LINE_PREFIX: &str = "export-";
 
 /// A refund of some units of some lines, a share of the order, or a cancellation of whatever
 /// is left.
@@ -116,6 +125,10 @@ impl RefundScope {
 pub struct RefundLine {
     pub line_id: String,
     pub quantity: i64,
+    /// The line's SKU, when the platform gives it: it finds a line the order was imported
+    /// with, which has no platform id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sku: String,
 }
 
 /// The outcome for an order: the account change, the updated order record, and what the caller
@@ -240,6 +253,7 @@ impl Account {
                 unqualified: 0,
                 eligible: l.eligible,
                 refunded_eligible: 0,
+                sku: imported_sku(purchase, &l.line_id),
             })
             .collect();
         let measure: i64 = lines.iter().map(|l| l.measure).sum();
@@ -687,6 +701,7 @@ fn refund_quantities(
             .lines
             .iter()
             .position(|l| l.line_id == refund_line.line_id)
+            .or_else(|| imported_line(earned, &wanted, refund_line))
             .ok_or_else(|| OrderError::UnknownLine {
                 order_id: order_id.to_string(),
                 line_id: refund_line.line_id.clone(),
@@ -694,6 +709,40 @@ fn refund_quantities(
         wanted[index] += refund_line.quantity;
     }
     Ok(wanted)
+}
+
+/// The imported line a refund line names by SKU: the first of that SKU with units left to
+/// refund, else the first of that SKU (whose refund is then capped as any other).
+fn imported_line(earned: &OrderEarning, wanted: &[i64], refund_line: &RefundLine) -> Option<usize> {
+    if refund_line.sku.is_empty() {
+        return None;
+    }
+    let same: Vec<usize> = (0..earned.lines.len())
+        .filter(|&i| {
+            let line = &earned.lines[i];
+            line.line_id.starts_with(IMPORTED_LINE_PREFIX) && line.sku == refund_line.sku
+        })
+        .collect();
+    same.iter()
+        .copied()
+        .find(|&i| {
+            let line = &earned.lines[i];
+            line.quantity - line.refunded - wanted[i] >= refund_line.quantity
+        })
+        .or_else(|| same.first().copied())
+}
+
+/// The SKU kept for a line imported without its platform's id; empty for any other.
+fn imported_sku(purchase: &Purchase, line_id: &str) -> String {
+    if !line_id.starts_with(IMPORTED_LINE_PREFIX) {
+        return String::new();
+    }
+    purchase
+        .lines
+        .iter()
+        .find(|l| l.line_id == line_id)
+        .map(|l| l.sku.clone())
+        .unwrap_or_default()
 }
 
 /// floor(total x part / whole), exactly; never more than `total`.

@@ -81,6 +81,9 @@ pub fn normalise(
 /// `refunds/create` for each refund, then `orders/cancelled` if it was cancelled.
 pub fn order_events(order: &Value, now: DateTime<Utc>) -> Result<Vec<PlatformEvent>, WebhookError> {
     let mut events = Vec::new();
+    if is_test(order) {
+        return Ok(events);
+    }
     let mut add = |normalised: Normalised| {
         if let Normalised::Events(found) = normalised {
             events.extend(found);
@@ -111,8 +114,19 @@ fn customer_of(order: &Value) -> Option<String> {
     order.get("customer").and_then(|c| id(c, "id").ok())
 }
 
+/// Whether Shopify marks the order as a test (test mode of the payment provider, the Bogus
+/// gateway): no money moved, so it earns nothing, and nothing of it is taken back.
+fn is_test(order: &Value) -> bool {
+    order.get("test").and_then(Value::as_bool) == Some(true)
+}
+
 fn paid(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookError> {
     let order_id = id(order, "id")?;
+    if is_test(order) {
+        return Ok(Normalised::Ignored(format!(
+            "order {order_id} is a test order: no money moved"
+        )));
+    }
     let Some(customer) = customer_of(order) else {
         tracing::info!(order_id, "guest order acknowledged without points");
         return Ok(Normalised::Ignored(format!(
@@ -261,6 +275,18 @@ fn kept_discount(discount: i64, kept: i64, ordered: i64) -> i64 {
 
 fn cancelled(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookError> {
     let order_id = id(order, "id")?;
+    // The signature covers the body, not the topic header: a cancellation's body says so
+    // itself, so a signed order of another topic sent under this one takes nothing back.
+    if order.get("cancelled_at").is_none_or(Value::is_null) {
+        return Ok(Normalised::Ignored(format!(
+            "order {order_id} has no cancelled_at: it is not cancelled"
+        )));
+    }
+    if is_test(order) {
+        return Ok(Normalised::Ignored(format!(
+            "order {order_id} is a test order: it earned nothing"
+        )));
+    }
     let member = match customer_of(order) {
         Some(customer) => MemberRef::Identity(format!("shopify:{customer}")),
         None => MemberRef::Order(crate::envelope::order_key("shopify", &order_id)),
@@ -289,7 +315,20 @@ fn refund(refund: &Value, fallback: DateTime<Utc>) -> Result<Normalised, Webhook
     {
         let quantity = item.get("quantity").and_then(Value::as_i64).unwrap_or(0);
         if quantity > 0 {
-            lines.push(json!({"line_id": id(item, "line_item_id").map_err(|_| invalid(format!("refund_line_items[{i}].line_item_id is missing")))?, "quantity": quantity}));
+            let line_id = id(item, "line_item_id")
+                .map_err(|_| invalid(format!("refund_line_items[{i}].line_item_id is missing")))?;
+            // The SKU finds the line of an order imported from Shopify's export, which
+            // names no line ids.
+            let sku = item
+                .get("line_item")
+                .and_then(|l| l.get("sku"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let mut line = json!({"line_id": line_id, "quantity": quantity});
+            if !sku.is_empty() {
+                line["sku"] = json!(sku);
+            }
+            lines.push(line);
         }
     }
     if lines.is_empty() {
@@ -393,6 +432,60 @@ mod tests {
                 ("466157049".to_string(), 2, "3000".to_string()),
                 ("518995019".to_string(), 1, "0".to_string())
             ]
+        );
+    }
+
+    #[test]
+    fn a_test_order_earns_nothing_by_webhook_or_by_reconcile() {
+        // GIVEN an order Shopify marks as a test (a test card, the Bogus gateway)
+        let mut order = order();
+        order["test"] = json!(true);
+        order["cancelled_at"] = json!("2026-12-01T11:00:00Z");
+        let body = order.to_string();
+        // WHEN it is delivered paid or cancelled, and when reconcile reads it
+        for topic in ["orders/paid", "orders/cancelled"] {
+            let normalised = normalise(topic, body.as_bytes(), None, Utc::now()).expect(topic);
+            // THEN it is acknowledged and makes no event
+            assert!(matches!(normalised, Normalised::Ignored(_)), "{topic}");
+        }
+        assert!(order_events(&order, Utc::now()).expect("events").is_empty());
+        // AND the same order not marked as a test earns
+        order["test"] = json!(false);
+        assert!(matches!(
+            paid(&order, Utc::now()).expect("paid"),
+            Normalised::Events(_)
+        ));
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_cancellation_cancels_nothing() {
+        // GIVEN a paid order's signed body (its signature covers the body, not the topic)
+        let body = order().to_string();
+        // WHEN it is sent under orders/cancelled
+        let normalised =
+            normalise("orders/cancelled", body.as_bytes(), None, Utc::now()).expect("normalised");
+        // THEN it takes nothing back
+        assert!(
+            matches!(normalised, Normalised::Ignored(_)),
+            "{normalised:?}"
+        );
+    }
+
+    #[test]
+    fn a_refund_names_each_line_s_sku_when_shopify_gives_it() {
+        // GIVEN the refund of the cap, whose line Shopify describes with its SKU
+        let text = include_str!("../../../tests/fixtures/shopify/refunds-create.json")
+            .replace("__OCCURRED_AT__", "2026-12-01T10:00:00Z");
+        // WHEN it is normalised
+        let Normalised::Events(events) =
+            normalise("refunds/create", text.as_bytes(), None, Utc::now()).expect("refund")
+        else {
+            panic!("no events");
+        };
+        // THEN the line carries Shopify's id and the SKU (which finds an imported line)
+        assert_eq!(
+            events[0].data["lines"],
+            json!([{"line_id": "518995019", "quantity": 1, "sku": "CAP-NVY"}])
         );
     }
 

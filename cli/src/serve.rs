@@ -376,10 +376,10 @@ async fn handle(
         Err(retry) => {
             match queue.fail(&delivery, &retry.0).await {
                 Ok(true) => {
-                    tracing::error!(queue = name.as_str(), error = %retry, "message dead-lettered")
+                    tracing::error!(queue = name.as_str(), error = %loyalty_core::telemetry::redact(&retry.to_string()), "message dead-lettered")
                 }
                 Ok(false) => {
-                    tracing::warn!(queue = name.as_str(), attempt = delivery.attempts, error = %retry, "will retry")
+                    tracing::warn!(queue = name.as_str(), attempt = delivery.attempts, error = %loyalty_core::telemetry::redact(&retry.to_string()), "will retry")
                 }
                 Err(e) => tracing::error!(error = %e, "cannot record the failure"),
             }

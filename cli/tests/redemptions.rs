@@ -230,6 +230,26 @@ fn tier_locks_and_reversals() {
         (200, Some(12_000)),
         "{reversed}"
     );
+    // AND /metrics counts them as redeemed and as returned
+    let metrics = reqwest::blocking::get(format!("{}/metrics", shop.server.base))
+        .and_then(|r| r.text())
+        .unwrap();
+    let total = |family: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(family) && l.contains("program=\"kr-shop\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        total("loyalty_points_returned_total"),
+        total("loyalty_points_redeemed_total"),
+        "{metrics}"
+    );
+    assert!(
+        total("loyalty_points_returned_total").is_some(),
+        "{metrics}"
+    );
     let ledger = shop.ledger("m-1");
     let reason = |kind: &str| {
         ledger

@@ -260,6 +260,7 @@ fn metrics_needs_no_token_and_lists_every_family() {
         "loyalty_events_total",
         "loyalty_points_issued_total",
         "loyalty_points_redeemed_total",
+        "loyalty_points_returned_total",
         "loyalty_points_expired_total",
         "loyalty_points_clawed_back_total",
         "loyalty_commit_conflicts_total",

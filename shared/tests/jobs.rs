@@ -921,3 +921,35 @@ mod on_dynamodb {
         assert!(made <= 100 + 20, "{made} requests");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_commit_fails_leaves_the_others_of_its_group_counted() {
+    // GIVEN 20 members due for expiry on the embedded store, whose commits are not one
+    // transaction, and one of them whose account the database refuses to change
+    let (services, _store, db) = expiring_members(20).await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse_seed_7 BEFORE UPDATE ON accounts
+         WHEN NEW.member = 'seed-000007'
+         BEGIN SELECT RAISE(ABORT, 'refused by a test'); END;",
+    )
+    .unwrap();
+    // WHEN expire-points runs
+    let report = services
+        .run_job(
+            Job::ExpirePoints,
+            "kr-shop",
+            Some(date(2027, 3, 10)),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    // THEN every other member is counted as changed (those written before the refused one
+    // too), and the refused one is named
+    assert_eq!(
+        (report.members, report.changed, report.failed),
+        (20, 19, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.failures[0].member, "seed-000007");
+}

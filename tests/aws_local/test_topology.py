@@ -400,6 +400,11 @@ def test_functions_log_each_message_at_info_with_its_ids_trace_and_metrics_and_n
         assert emf_sum(earn, "ColdStart", function="earn") >= 1
         api = [r for f in logs.glob("*.log") for r in json_lines(f)]
         assert emf_sum(api, "Requests", status="2xx") >= 3
+        # AND every line, logs and metrics alike, carries the level and the RFC 3339 time that
+        # Lambda's log-level filter reads (a line without either is INFO, dropped at WARN)
+        for line in api:
+            assert line.get("level") in ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"), line
+            datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00"))
 
         # AND no log of any function holds a secret of the stack or a person's data
         for log in logs.glob("*.log"):

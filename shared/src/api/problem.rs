@@ -184,7 +184,7 @@ impl From<ServiceError> for Problem {
                 Problem::new(StatusCode::PRECONDITION_FAILED, problem, detail)
             }
             ServiceError::Unavailable(e) => {
-                tracing::warn!(error = %e, "store unavailable");
+                tracing::warn!(error = %crate::telemetry::redact(&e.to_string()), "store unavailable");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
@@ -192,7 +192,7 @@ impl From<ServiceError> for Problem {
                 )
             }
             ServiceError::Busy(message) => {
-                tracing::warn!(error = %message, "busy");
+                tracing::warn!(error = %crate::telemetry::redact(&message), "busy");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
@@ -200,7 +200,7 @@ impl From<ServiceError> for Problem {
                 )
             }
             ServiceError::Internal(message) => {
-                tracing::error!(error = %message, "internal error");
+                tracing::error!(error = %crate::telemetry::redact(&message), "internal error");
                 Problem::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",

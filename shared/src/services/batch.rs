@@ -177,10 +177,14 @@ async fn process_seated(
     );
     match &result {
         Ok(Processed::Rejected(reason)) => {
+            let reason = crate::telemetry::redact(reason);
             tracing::warn!(outcome, reason, "message rejected for good");
         }
         Ok(_) => tracing::info!(outcome, "message processed"),
-        Err(retry) => tracing::warn!(outcome, error = %retry, "message will be retried"),
+        Err(retry) => {
+            let error = crate::telemetry::redact(&retry.to_string());
+            tracing::warn!(outcome, error, "message will be retried");
+        }
     }
     result
 }
@@ -226,7 +230,9 @@ fn notice_line(
         kind,
         program,
         member = crate::telemetry::member_ref(member),
-        trace = trace.unwrap_or_default(),
+        trace = trace
+            .and_then(crate::telemetry::trace::root_of)
+            .unwrap_or_default(),
         "notice"
     );
 }

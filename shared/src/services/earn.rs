@@ -718,7 +718,12 @@ impl Services {
         body: &str,
         reason: &str,
     ) -> Result<Processed, Retry> {
-        tracing::warn!(program, event_id, reason, "event rejected");
+        tracing::warn!(
+            program,
+            event_id = %crate::telemetry::event_ref(event_id),
+            reason = %crate::telemetry::redact(reason),
+            "event rejected"
+        );
         let rejected = RejectedEvent {
             program: program.to_string(),
             event_id: event_id.to_string(),
@@ -758,7 +763,10 @@ fn message(cause: &Envelope, kind: &str, id: String, data: serde_json::Value) ->
         replay: None,
         resumed: None,
         reviewed_by: None,
-        trace: cause.trace.clone(),
+        trace: cause
+            .trace
+            .as_deref()
+            .and_then(crate::telemetry::trace::root_of),
         kind: kind.to_string(),
         version: ENVELOPE_VERSION,
         id,

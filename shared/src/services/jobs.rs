@@ -474,7 +474,7 @@ impl Services {
             {
                 Ok(report) => report,
                 Err(e) => {
-                    tracing::error!(job = job.name(), program, error = %e, "job failed for this program; the next run retries it");
+                    tracing::error!(job = job.name(), program, error = %crate::telemetry::redact(&e.to_string()), "job failed for this program; the next run retries it");
                     JobReport {
                         job: job.name().to_string(),
                         program,
@@ -734,7 +734,14 @@ impl Services {
         let items = |(_, commit, _): &(usize, Commit, MemberOutcome)| {
             commit.items() - usize::from(!commit.books.is_empty())
         };
-        for chunk in transactions(group, items) {
+        // A store that cannot commit a group as one (SQLite) commits each member alone, so
+        // that a conflict of one leaves the others' commits counted as written.
+        let chunks = if self.store.commits_together_atomically() {
+            transactions(group, items)
+        } else {
+            group.into_iter().map(|change| vec![change]).collect()
+        };
+        for chunk in chunks {
             let (commits, changed): (Vec<Commit>, Vec<(usize, MemberOutcome)>) =
                 chunk.into_iter().map(|(i, c, o)| (c, (i, o))).unzip();
             if self.commit_together(commits).await.is_ok() {

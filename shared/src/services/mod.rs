@@ -326,7 +326,7 @@ fn points_moved(
 ) -> Vec<(crate::telemetry::metrics::Metric, u64)> {
     use crate::domain::EntryKind;
     use crate::telemetry::metrics::{
-        Metric, POINTS_CLAWED_BACK, POINTS_EXPIRED, POINTS_ISSUED, POINTS_REDEEMED,
+        Metric, POINTS_CLAWED_BACK, POINTS_EXPIRED, POINTS_ISSUED, POINTS_REDEEMED, POINTS_RETURNED,
     };
     let mut moved: Vec<(Metric, u64)> = Vec::new();
     for entry in entries {
@@ -335,6 +335,7 @@ fn points_moved(
                 (POINTS_ISSUED, entry.points.max(0) + entry.pending.max(0))
             }
             EntryKind::Redeem => (POINTS_REDEEMED, -entry.points.min(0)),
+            EntryKind::Reverse => (POINTS_RETURNED, entry.points.max(0)),
             EntryKind::Expire => (POINTS_EXPIRED, -entry.points.min(0)),
             EntryKind::Clawback => (
                 POINTS_CLAWED_BACK,

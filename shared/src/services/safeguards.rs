@@ -560,7 +560,7 @@ impl Services {
         self.store
             .discard_parked(program, APPROVALS_KEY, id)
             .await?;
-        tracing::info!(program, id, by, reason = %reason, "adjustment declined");
+        tracing::info!(program, id, by, reason = %crate::telemetry::redact(&reason), "adjustment declined");
         Ok(pending)
     }
 }

@@ -181,7 +181,9 @@ impl Services {
             Platform::Cafe24 => {
                 cafe24::verify_key(&keys, header(headers, cafe24::API_KEY_HEADER))?;
                 let program = self.program(program).await?;
-                if let Some(trace) = header(headers, cafe24::TRACE_HEADER) {
+                if let Some(trace) =
+                    header(headers, cafe24::TRACE_HEADER).and_then(crate::telemetry::trace::root_of)
+                {
                     tracing::info!(trace, "cafe24 delivery");
                 }
                 cafe24::normalise(body, program.currency, now)
@@ -222,6 +224,7 @@ impl Services {
             "{platform}-delivery-{:016x}",
             crate::fingerprint::fnv1a64(body.iter().copied())
         );
+        let detail = crate::telemetry::redact(detail);
         tracing::warn!(program, platform = %platform, event_id = %id, problem, detail, "webhook delivery refused and kept");
         let kept = self.store.rejected_event(program, &id).await?.is_some();
         if !kept {

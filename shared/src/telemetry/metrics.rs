@@ -49,6 +49,10 @@ pub const EVENTS: Metric = count("Events", "Queue messages processed, by outcome
 pub const POINTS_ISSUED: Metric = count("PointsIssued", "Points credited (earned or pending).");
 pub const POINTS_REDEEMED: Metric = count("PointsRedeemed", "Points spent on rewards.");
 pub const POINTS_EXPIRED: Metric = count("PointsExpired", "Points that expired.");
+pub const POINTS_RETURNED: Metric = count(
+    "PointsReturned",
+    "Points given back by redemptions an operator reversed.",
+);
 pub const POINTS_CLAWED_BACK: Metric = count(
     "PointsClawedBack",
     "Points taken back by refunds and cancellations.",
@@ -84,6 +88,7 @@ pub const ALL: &[Metric] = &[
     EVENTS,
     POINTS_ISSUED,
     POINTS_REDEEMED,
+    POINTS_RETURNED,
     POINTS_EXPIRED,
     POINTS_CLAWED_BACK,
     COMMIT_CONFLICTS,
@@ -206,15 +211,39 @@ fn dimension_sets(labels: &Labels) -> Vec<Vec<&'static str>> {
     sets
 }
 
+/// The level of the EMF lines: the one Lambda's logging configuration keeps
+/// (`AWS_LAMBDA_LOG_LEVEL`), so that metrics pass its filter at any level; INFO without one.
+fn emf_level() -> &'static str {
+    static LEVEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    LEVEL.get_or_init(|| {
+        let configured = std::env::var("AWS_LAMBDA_LOG_LEVEL").unwrap_or_default();
+        lambda_level_name(&configured)
+    })
+}
+
+/// Lambda's name of a level (TRACE, DEBUG, INFO, WARN, ERROR, FATAL); INFO for anything else.
+fn lambda_level_name(level: &str) -> &'static str {
+    match level.trim().to_ascii_uppercase().as_str() {
+        "TRACE" => "TRACE",
+        "DEBUG" => "DEBUG",
+        "WARN" => "WARN",
+        "ERROR" => "ERROR",
+        "FATAL" => "FATAL",
+        _ => "INFO",
+    }
+}
+
 /// EMF allows at most 100 values of one metric in one line.
 const EMF_MAX_VALUES: usize = 100;
 
 impl Registry {
     fn add(&mut self, metric: Metric, given: &[(&'static str, &str)], n: u64) {
+        let series = self.series.entry((metric.name, labels(given))).or_default();
+        // A count of nothing starts the series at zero for `/metrics` (a rate sees the first
+        // failure only from a zero before it) and sends no EMF value.
         if n == 0 {
             return;
         }
-        let series = self.series.entry((metric.name, labels(given))).or_default();
         match series.recent.first_mut() {
             Some(sum) => *sum += n,
             None => series.recent.push(n),
@@ -300,6 +329,13 @@ fn emf_line(
     chunk: usize,
 ) -> serde_json::Value {
     let mut line = serde_json::Map::new();
+    // Lambda's log-level filter reads these two: a line without a level, or without a valid
+    // RFC 3339 time, is INFO, and a function set to log at WARN would drop every metric.
+    line.insert("level".into(), emf_level().into());
+    if let Some(time) = chrono::DateTime::from_timestamp_millis(timestamp_millis) {
+        let time = time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        line.insert("timestamp".into(), time.into());
+    }
     line.insert("function".into(), function().into());
     for (name, value) in labels {
         line.insert((*name).into(), value.clone().into());
@@ -398,6 +434,9 @@ mod tests {
             ])
         );
         assert_eq!(applied["_aws"]["Timestamp"], 1_700_000_000_000i64);
+        // AND the level and time Lambda's log-level filter reads (INFO with no level set)
+        assert_eq!(applied["level"], "INFO");
+        assert_eq!(applied["timestamp"], "2023-11-14T22:13:20.000Z");
         // AND a second drain has nothing of them
         assert!(lines_of("emf-a", &r.drain_emf(1)).is_empty());
     }
@@ -439,6 +478,35 @@ mod tests {
         );
         assert!(text.contains(&format!("loyalty_outbox_lag_milliseconds_sum{series} 40")));
         assert!(text.contains(&format!("loyalty_outbox_lag_milliseconds_count{series} 1")));
+    }
+
+    #[test]
+    fn a_count_of_nothing_starts_its_series_at_zero_without_an_emf_value() {
+        let mut r = Registry::default();
+        // GIVEN a job run that did not fail, counted as zero failed runs
+        r.add(
+            JOB_RUN_FAILED,
+            &[("program", "prom-e"), ("job", "expire")],
+            0,
+        );
+        // WHEN the metrics are read THEN the series is there at zero (a rate sees the first
+        // failure), and no EMF line is written for it
+        let series = "{function=\"loyalty\",job=\"expire\",program=\"prom-e\"}";
+        let text = r.prometheus();
+        assert!(
+            text.contains(&format!("loyalty_job_run_failed_total{series} 0")),
+            "{text}"
+        );
+        assert!(lines_of("prom-e", &r.drain_emf(0)).is_empty());
+    }
+
+    #[test]
+    fn lambda_s_level_names_are_kept_and_anything_else_is_info() {
+        for (given, name) in [("warn", "WARN"), (" Error ", "ERROR"), ("FATAL", "FATAL")] {
+            assert_eq!(lambda_level_name(given), name);
+        }
+        assert_eq!(lambda_level_name("verbose"), "INFO");
+        assert_eq!(lambda_level_name(""), "INFO");
     }
 
     #[test]

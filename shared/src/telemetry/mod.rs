@@ -3,7 +3,8 @@
 //! The level is INFO unless something says otherwise: `LOYALTY_LOG` (any filter directive, e.g.
 //! `warn` or `loyalty_core=debug`), else `RUST_LOG`, else the level Lambda's logging
 //! configuration passes in `AWS_LAMBDA_LOG_LEVEL` (the template sets it). Functions write JSON
-//! lines without a time (CloudWatch stamps each line).
+//! lines with their level and an RFC 3339 `timestamp`: Lambda's log-level filter takes a line
+//! without either for INFO, and a function set to WARN would drop its own warnings.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,12 +15,18 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 pub mod metrics;
 pub mod trace;
 
-/// How a log line names a member: its id, unless the id is an identity that names a person (an
-/// email, a phone number), which is replaced by a digest so that no log holds it.
+/// Kinds of member id whose value names a person however it is written.
+const PERSONAL_KINDS: [&str; 8] = [
+    "email", "phone", "tel", "pos", "mobile", "hp", "sms", "whatsapp",
+];
+/// Kinds of member id whose value is a platform's number for a customer, not a person's.
+const PLATFORM_KINDS: [&str; 3] = ["shopify", "woocommerce", "cafe24"];
+
+/// How a log line names a member: its id, unless the id may name a person (an email, a phone
+/// number however it is prefixed or written), which is replaced by a digest so that no log
+/// holds it. The digest is the same on every line, so a member's lines still go together.
 pub fn member_ref(member: &str) -> String {
-    let kind = member.split_once(':').map_or("", |(kind, _)| kind);
-    let personal = member.contains('@') || ["phone", "tel", "pos", "mobile"].contains(&kind);
-    if personal {
+    if names_a_person(member) {
         format!(
             "person-{:016x}",
             crate::fingerprint::fnv1a64(member.bytes())
@@ -29,19 +36,96 @@ pub fn member_ref(member: &str) -> String {
     }
 }
 
+fn names_a_person(member: &str) -> bool {
+    let (kind, value) = member.split_once(':').unwrap_or(("", member));
+    if member.contains('@') || PERSONAL_KINDS.contains(&kind) {
+        return true;
+    }
+    if PLATFORM_KINDS.contains(&kind) {
+        return false;
+    }
+    // A number alone (01012345678, +82 10-1234-5678) may be a till's or an app's phone
+    // number; so may one inside a longer id.
+    let phone_like = value
+        .chars()
+        .all(|c| c.is_ascii_digit() || PHONE_PUNCTUATION.contains(&c));
+    let digits = value.chars().filter(char::is_ascii_digit).count();
+    (phone_like && digits >= 7) || holds_a_phone_number(value)
+}
+
+/// What may separate a phone number's digits.
+const PHONE_PUNCTUATION: [char; 6] = ['+', '-', ' ', '(', ')', '.'];
+
+/// Whether the text holds what is written like a phone number: a run of digits and their
+/// punctuation starting with `+` or `0` (an international or a national number), of 9 to 15
+/// digits.
+fn holds_a_phone_number(text: &str) -> bool {
+    let is_part = |c: char| c.is_ascii_digit() || PHONE_PUNCTUATION.contains(&c);
+    text.split(|c: char| !is_part(c)).any(|run| {
+        let run = run.trim_start_matches(|c: char| c != '+' && !c.is_ascii_digit());
+        let digits = run.chars().filter(char::is_ascii_digit).count();
+        (run.starts_with('+') || run.starts_with('0')) && (9..=15).contains(&digits)
+    })
+}
+
 /// How a log line names an event or message id: as it is, unless it holds an identity that
 /// names a person (an id built from a member's: a merge's, a notice's, or one chosen so by a
 /// caller), which is replaced by a digest.
 pub fn event_ref(id: &str) -> String {
     let personal = id.contains('@')
-        || ["phone:", "tel:", "pos:", "mobile:"]
-            .iter()
-            .any(|k| id.contains(k));
+        || PERSONAL_KINDS.iter().any(|k| id.contains(&format!("{k}:")))
+        || holds_a_phone_number(id);
     if personal {
         format!("event-{:016x}", crate::fingerprint::fnv1a64(id.bytes()))
     } else {
         id.to_string()
     }
+}
+
+/// Text for a log line that may quote input (a reason, an error naming a stored key): every
+/// email address and everything written like a phone number in it is replaced by the digest
+/// [`member_ref`] gives, so that the line keeps its sense and no person's details.
+pub fn redact(text: &str) -> String {
+    let emails = text
+        .split(|c: char| c.is_whitespace() || "\"'`<>,;()[]{}/".contains(c))
+        .filter(|token| token.contains('@'))
+        .fold(text.to_string(), |out, token| {
+            out.replace(token, &member_ref(token))
+        });
+    redact_phone_numbers(&emails)
+}
+
+/// Replaces each run of digits and their punctuation that [`holds_a_phone_number`].
+fn redact_phone_numbers(text: &str) -> String {
+    let is_part = |c: char| c.is_ascii_digit() || PHONE_PUNCTUATION.contains(&c);
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        let start = run
+            .find(|c: char| c == '+' || c.is_ascii_digit())
+            .unwrap_or(run.len());
+        let (lead, number) = run.split_at(start);
+        let number_end = number.trim_end_matches(|c: char| !c.is_ascii_digit()).len();
+        let (number, trail) = number.split_at(number_end);
+        if holds_a_phone_number(number) {
+            out.push_str(lead);
+            out.push_str(&member_ref(&format!("phone:{number}")));
+            out.push_str(trail);
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if is_part(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// The filter directive from the three variables, in that order, else `info`.
@@ -85,7 +169,7 @@ pub fn filter() -> Targets {
 pub fn init_lambda(function: &'static str) {
     metrics::set_function(function);
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().json().without_time())
+        .with(tracing_subscriber::fmt::layer().json())
         .with(filter())
         .init();
 }
@@ -134,7 +218,8 @@ async fn local_request(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    observed_request(request, next, None).await
+    // campaign-assign answers HTTP inside an invocation already under its trace.
+    observed_request(request, next, trace::current()).await
 }
 
 async fn observed_request(
@@ -186,16 +271,116 @@ mod tests {
             "email:ann@example.com",
             "pos:010-1234-5678",
             "phone:+821012345678",
+            "01012345678",
+            "hp:010-1234-5678",
+            "whatsapp:+82 10 1234 5678",
+            "till-7:010-1234-5678",
+            "+44 (20) 7946 0958",
         ] {
             let logged = member_ref(personal);
             assert!(
-                logged.starts_with("person-") && !logged.contains("ann"),
-                "{logged}"
+                logged.starts_with("person-")
+                    && !logged.contains("ann")
+                    && !logged.contains("5678"),
+                "{personal}: {logged}"
             );
         }
-        for plain in ["m-1", "shopify:7001234", "app-minji", "erased-5f0c"] {
+        for plain in [
+            "m-1",
+            "shopify:7001234",
+            "woocommerce:123456789",
+            "app-minji",
+            "erased-5f0c",
+            "cust-10023456",
+            "m-550e8400-e29b-41d4-a716-446655440000",
+        ] {
             assert_eq!(member_ref(plain), plain);
         }
+    }
+
+    #[test]
+    fn text_quoting_input_keeps_its_sense_and_loses_emails_and_phone_numbers() {
+        // GIVEN reasons and errors as they are logged, quoting a person's details
+        let quoted = [
+            "invalid type: string \"ann@example.com\", expected an integer",
+            "corrupt item account kr-shop/email:ann@example.com: key must be a string",
+            "member 010-1234-5678 is suspended",
+            "call +82 10 1234 5678 (mobile) before 6pm",
+        ];
+        for text in quoted {
+            // WHEN they are redacted
+            let logged = redact(text);
+            // THEN no email or number is left, and the rest is as it was
+            assert!(
+                !logged.contains("ann@") && !logged.contains("1234") && logged.contains("person-"),
+                "{text} -> {logged}"
+            );
+        }
+        assert!(redact(quoted[2]).ends_with(" is suspended"));
+        assert!(
+            redact(quoted[3]).ends_with(" (mobile) before 6pm"),
+            "{}",
+            redact(quoted[3])
+        );
+        // AND text without them is untouched
+        for plain in [
+            "order 820982911946154508 has no line 466157049",
+            "the order's total 59000 is over the limit of 10000000000000",
+            "version conflict on member shopify:7001234",
+        ] {
+            assert_eq!(redact(plain), plain);
+        }
+    }
+
+    #[test]
+    fn event_ids_holding_an_email_or_a_phone_number_are_logged_by_a_digest() {
+        for personal in [
+            "merge-email:ann@example.com",
+            "merge-01012345678",
+            "points-earned-tier-hp:010-1234-5678",
+        ] {
+            assert!(event_ref(personal).starts_with("event-"), "{personal}");
+        }
+        for plain in [
+            "shopify-order-820982911946154508-paid",
+            "woocommerce-order-4512-refund-77",
+            "ev-log-1",
+            "cafe24-order-20261201-0000123",
+        ] {
+            assert_eq!(event_ref(plain), plain);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_answered_inside_an_invocation_keeps_the_invocation_s_trace() {
+        use tower::ServiceExt as _;
+        // GIVEN a router observed as campaign-assign's is, answering with the trace it runs under
+        let router = observe_http(axum::Router::new().route(
+            "/t",
+            axum::routing::get(|| async { trace::current().unwrap_or_default() }),
+        ));
+        let request = || {
+            axum::http::Request::builder()
+                .uri("/t")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        // WHEN a request without a trace header is answered inside an invocation's trace
+        let invocation = "1-6750a1b2-0123456789abcdef01234567".to_string();
+        let response = trace::scope(Some(invocation.clone()), router.clone().oneshot(request()))
+            .await
+            .unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        // THEN it runs under the invocation's trace
+        assert_eq!(body, invocation.as_bytes());
+        // AND outside an invocation (loyalty serve) it gets a trace of its own
+        let response = router.oneshot(request()).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert!(!body.is_empty() && body != invocation.as_bytes());
     }
 
     fn s(v: &str) -> Option<String> {

@@ -266,11 +266,12 @@ async fn schedule(services: Arc<Services>, every: Duration) {
             {
                 Ok(reports) => {
                     for r in reports.iter().filter(|r| r.error.is_some() || r.failed > 0) {
-                        tracing::warn!(job = job.name(), program = r.program, failed = r.failed, error = ?r.error, "scheduled job left work for the next tick");
+                        let error = r.error.as_deref().map(loyalty_core::telemetry::redact);
+                        tracing::warn!(job = job.name(), program = r.program, failed = r.failed, error = ?error, "scheduled job left work for the next tick");
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(job = job.name(), error = %e, "scheduled job failed; next tick retries")
+                    tracing::warn!(job = job.name(), error = %loyalty_core::telemetry::redact(&e.to_string()), "scheduled job failed; next tick retries")
                 }
             }
         }

@@ -697,25 +697,30 @@ fn refund_quantities(
         if refund_line.quantity <= 0 {
             return Err(OrderError::BadQuantity(refund_line.line_id.clone()));
         }
-        let index = earned
+        match earned
             .lines
             .iter()
             .position(|l| l.line_id == refund_line.line_id)
-            .or_else(|| imported_line(earned, &wanted, refund_line))
-            .ok_or_else(|| OrderError::UnknownLine {
-                order_id: order_id.to_string(),
-                line_id: refund_line.line_id.clone(),
-            })?;
-        wanted[index] += refund_line.quantity;
+        {
+            Some(index) => wanted[index] += refund_line.quantity,
+            None if refund_by_sku(earned, &mut wanted, refund_line) => {}
+            None => {
+                return Err(OrderError::UnknownLine {
+                    order_id: order_id.to_string(),
+                    line_id: refund_line.line_id.clone(),
+                })
+            }
+        }
     }
     Ok(wanted)
 }
 
-/// The imported line a refund line names by SKU: the first of that SKU with units left to
-/// refund, else the first of that SKU (whose refund is then capped as any other).
-fn imported_line(earned: &OrderEarning, wanted: &[i64], refund_line: &RefundLine) -> Option<usize> {
+/// Spreads a refund line's units over the imported lines of its SKU, in the order's order, as
+/// many on each as it has left to refund; what is left over goes on the first (and is capped
+/// as any other refund of more than was bought). `false` when no imported line has the SKU.
+fn refund_by_sku(earned: &OrderEarning, wanted: &mut [i64], refund_line: &RefundLine) -> bool {
     if refund_line.sku.is_empty() {
-        return None;
+        return false;
     }
     let same: Vec<usize> = (0..earned.lines.len())
         .filter(|&i| {
@@ -723,13 +728,18 @@ fn imported_line(earned: &OrderEarning, wanted: &[i64], refund_line: &RefundLine
             line.line_id.starts_with(IMPORTED_LINE_PREFIX) && line.sku == refund_line.sku
         })
         .collect();
-    same.iter()
-        .copied()
-        .find(|&i| {
-            let line = &earned.lines[i];
-            line.quantity - line.refunded - wanted[i] >= refund_line.quantity
-        })
-        .or_else(|| same.first().copied())
+    let Some(&first) = same.first() else {
+        return false;
+    };
+    let mut left = refund_line.quantity;
+    for &i in &same {
+        let line = &earned.lines[i];
+        let take = (line.quantity - line.refunded - wanted[i]).clamp(0, left);
+        wanted[i] += take;
+        left -= take;
+    }
+    wanted[first] += left;
+    true
 }
 
 /// The SKU kept for a line imported without its platform's id; empty for any other.
@@ -753,4 +763,105 @@ fn cumulative(total: i64, part: i64, whole: i64) -> i64 {
     let part = part.min(whole);
     let value = i128::from(total) * i128::from(part) / i128::from(whole);
     i64::try_from(value).unwrap_or(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(id: &str, sku: &str, quantity: i64, refunded: i64) -> LineRecord {
+        LineRecord {
+            line_id: id.into(),
+            quantity,
+            points: 100 * quantity,
+            measure: 0,
+            refunded,
+            clawed: 0,
+            unqualified: 0,
+            eligible: 0,
+            refunded_eligible: 0,
+            sku: sku.into(),
+        }
+    }
+
+    fn imported(lines: Vec<LineRecord>) -> OrderEarning {
+        let day = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        OrderEarning {
+            event_id: "shopify-order-1-paid".into(),
+            occurred_at: Utc::now(),
+            month: YearMonth::of(day),
+            expires_on: day,
+            points: 0,
+            lines,
+            share_refunded: 0,
+            share_total: 0,
+            counted_in: Vec::new(),
+        }
+    }
+
+    fn refund(lines: &[(&str, i64, &str)]) -> Reversal {
+        Reversal {
+            order_id: "1".into(),
+            refund_id: "r-1".into(),
+            scope: RefundScope::lines(
+                lines
+                    .iter()
+                    .map(|(id, quantity, sku)| RefundLine {
+                        line_id: (*id).into(),
+                        quantity: *quantity,
+                        sku: (*sku).into(),
+                    })
+                    .collect(),
+            ),
+            event_id: "r-1".into(),
+            occurred_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_refund_finds_imported_lines_by_sku_and_spreads_over_them() {
+        // GIVEN an imported order: a tee on two rows of one unit each, and a cap between
+        let order = imported(vec![
+            line("export-1", "TEE", 1, 0),
+            line("export-2", "CAP", 1, 0),
+            line("export-3", "TEE", 1, 0),
+        ]);
+        // WHEN Shopify refunds two tees under its own line id
+        let wanted = refund_quantities("1", &order, &refund(&[("4661", 2, "TEE")])).unwrap();
+        // THEN one unit comes off each tee row, none off the cap
+        assert_eq!(wanted, vec![1, 0, 1]);
+        // AND a row refunded before is passed over for one with units left
+        let order = imported(vec![
+            line("export-1", "TEE", 1, 1),
+            line("export-2", "TEE", 1, 0),
+        ]);
+        let wanted = refund_quantities("1", &order, &refund(&[("4661", 1, "TEE")])).unwrap();
+        assert_eq!(wanted, vec![0, 1]);
+    }
+
+    #[test]
+    fn only_imported_lines_are_found_by_sku() {
+        // GIVEN an order paid by webhook, whose lines have the platform's ids
+        let mut order = imported(vec![line("466157049", "", 2, 0)]);
+        order.lines[0].sku = "TEE".into();
+        // WHEN a refund names another id with the same SKU, or an imported order a SKU it
+        // does not have, or no SKU
+        for (order, refund) in [
+            (&order, refund(&[("999", 1, "TEE")])),
+            (
+                &imported(vec![line("export-1", "TEE", 1, 0)]),
+                refund(&[("999", 1, "MUG")]),
+            ),
+            (
+                &imported(vec![line("export-1", "TEE", 1, 0)]),
+                refund(&[("999", 1, "")]),
+            ),
+        ] {
+            // THEN the line is unknown, as before
+            assert!(matches!(
+                refund_quantities("1", order, &refund),
+                Err(OrderError::UnknownLine { .. })
+            ));
+        }
+    }
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::batch_commit::Seat;
 use super::{Contention, ServiceError, Services};
-use crate::domain::{Account, Change, EventContext, Program, Source};
+use crate::domain::{Account, Change, EntryKind, EventContext, Program, Source};
 use crate::envelope::{
     parse_earn_event, EarnEvent, Engagement, Envelope, ENVELOPE_VERSION, PURCHASE, TIER_CHECK,
 };
@@ -371,7 +371,15 @@ impl Services {
                     .check_tier(&program, &EventContext::new(envelope.id.clone(), now, now))
                     .entries
                     .is_empty();
-            let mut outbox = follow_ups(&envelope, upgrade_due, outcome.referrer, entries > 0);
+            // Entries the event made, not those of time its commit also writes (releases,
+            // expiries, holds returned).
+            let credited = outcome.change.entries.iter().any(|e| {
+                matches!(
+                    e.kind,
+                    EntryKind::Earn | EntryKind::Pending | EntryKind::Clawback
+                )
+            });
+            let mut outbox = follow_ups(&envelope, upgrade_due, outcome.referrer, credited);
             outbox.extend(outcome.grants);
             let commit = Commit {
                 marker: Some(marker.clone()),

@@ -214,7 +214,7 @@ impl JobReport {
     }
 
     pub(super) fn record_failure(&mut self, member: &str, error: &ServiceError) {
-        tracing::error!(job = self.job, program = self.program, member = %crate::telemetry::member_ref(member), error = %error, "member failed; the next run retries it");
+        tracing::error!(job = self.job, program = self.program, member = %crate::telemetry::member_ref(member), error = %crate::telemetry::redact(&error.to_string()), "member failed; the next run retries it");
         self.failed += 1;
         if self.failures.len() < FAILURES_NAMED {
             self.failures.push(JobFailure {

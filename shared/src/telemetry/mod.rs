@@ -53,19 +53,65 @@ fn names_a_person(member: &str) -> bool {
     (phone_like && digits >= 7) || holds_a_phone_number(value)
 }
 
-/// What may separate a phone number's digits.
-const PHONE_PUNCTUATION: [char; 6] = ['+', '-', ' ', '(', ')', '.'];
+/// What may separate a phone number's digits (`010-1234-5678`, `+82 10 1234 5678`,
+/// `+44 (20) 7946 0958`).
+const PHONE_PUNCTUATION: [char; 5] = ['+', '-', ' ', '(', ')'];
 
-/// Whether the text holds what is written like a phone number: a run of digits and their
-/// punctuation starting with `+` or `0` (an international or a national number), of 9 to 15
-/// digits.
+/// Whether the text holds what is written like a phone number ([`phone_numbers`]).
 fn holds_a_phone_number(text: &str) -> bool {
-    let is_part = |c: char| c.is_ascii_digit() || PHONE_PUNCTUATION.contains(&c);
-    text.split(|c: char| !is_part(c)).any(|run| {
-        let run = run.trim_start_matches(|c: char| c != '+' && !c.is_ascii_digit());
-        let digits = run.chars().filter(char::is_ascii_digit).count();
-        (run.starts_with('+') || run.starts_with('0')) && (9..=15).contains(&digits)
-    })
+    !phone_numbers(text).is_empty()
+}
+
+/// The byte ranges of what is written like a phone number: starting with `+` or `0` (an
+/// international or a national number) where no letter or digit comes before, 9 to 15 digits
+/// in groups separated by at most two of [`PHONE_PUNCTUATION`], and no letter or digit after
+/// (so a hex digest or a longer number is none). After a space, a group starting with `0` or
+/// `+` starts the next number once this one has 9 digits.
+fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
+    let b = text.as_bytes();
+    let separator = |c: u8| b" -()".contains(&c);
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let starts = (b[i] == b'+' || b[i] == b'0')
+            && (i == 0 || !b[i - 1].is_ascii_alphanumeric())
+            && b.get(i + usize::from(b[i] == b'+'))
+                .is_some_and(u8::is_ascii_digit);
+        if !starts {
+            i += 1;
+            continue;
+        }
+        let mut j = i + usize::from(b[i] == b'+');
+        let mut digits = 0usize;
+        let end = loop {
+            let group = j;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            digits += j - group;
+            let end = j;
+            let gap = j;
+            while j < b.len() && j - gap < 2 && separator(b[j]) {
+                j += 1;
+            }
+            let next_starts = j < b.len() && (b[j] == b'0' || b[j] == b'+');
+            let spaced = b[gap..j].contains(&b' ');
+            if j == gap || j >= b.len() || digits > 15 || (digits >= 9 && spaced && next_starts) {
+                break end;
+            }
+            if b[j] == b'+' || !b[j].is_ascii_digit() {
+                break end;
+            }
+        };
+        let alone = end >= b.len() || !b[end].is_ascii_alphanumeric();
+        if (9..=15).contains(&digits) && alone {
+            found.push((i, end));
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    found
 }
 
 /// How a log line names an event or message id: as it is, unless it holds an identity that
@@ -86,45 +132,46 @@ pub fn event_ref(id: &str) -> String {
 /// email address and everything written like a phone number in it is replaced by the digest
 /// [`member_ref`] gives, so that the line keeps its sense and no person's details.
 pub fn redact(text: &str) -> String {
-    let emails = text
-        .split(|c: char| c.is_whitespace() || "\"'`<>,;()[]{}/".contains(c))
-        .filter(|token| token.contains('@'))
-        .fold(text.to_string(), |out, token| {
-            out.replace(token, &member_ref(token))
-        });
-    redact_phone_numbers(&emails)
+    redact_phone_numbers(&redact_emails(text))
 }
 
-/// Replaces each run of digits and their punctuation that [`holds_a_phone_number`].
-fn redact_phone_numbers(text: &str) -> String {
-    let is_part = |c: char| c.is_ascii_digit() || PHONE_PUNCTUATION.contains(&c);
+/// Replaces each word holding an `@` between two other characters (from after its last `:`
+/// before the `@`, so that `email:` stays), in one pass.
+fn redact_emails(text: &str) -> String {
+    let delimiter = |c: char| c.is_whitespace() || "\"'`<>,;()[]{}/=".contains(c);
     let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        let start = run
-            .find(|c: char| c == '+' || c.is_ascii_digit())
-            .unwrap_or(run.len());
-        let (lead, number) = run.split_at(start);
-        let number_end = number.trim_end_matches(|c: char| !c.is_ascii_digit()).len();
-        let (number, trail) = number.split_at(number_end);
-        if holds_a_phone_number(number) {
-            out.push_str(lead);
-            out.push_str(&member_ref(&format!("phone:{number}")));
-            out.push_str(trail);
-        } else {
-            out.push_str(run);
+    let mut word_start = 0;
+    for (i, c) in text.char_indices().chain([(text.len(), ' ')]) {
+        if !delimiter(c) {
+            continue;
         }
-        run.clear();
-    };
-    for c in text.chars() {
-        if is_part(c) {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
+        let word = &text[word_start..i];
+        match word.find('@') {
+            Some(at) if at > 0 && at + 1 < word.len() => {
+                let from = word[..at].rfind(':').map_or(0, |colon| colon + 1);
+                out.push_str(&word[..from]);
+                out.push_str(&member_ref(&word[from..]));
+            }
+            _ => out.push_str(word),
+        }
+        if i < text.len() {
             out.push(c);
         }
+        word_start = i + c.len_utf8();
     }
-    flush(&mut run, &mut out);
+    out
+}
+
+/// Replaces each of the [`phone_numbers`] in the text.
+fn redact_phone_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    for (start, end) in phone_numbers(text) {
+        out.push_str(&text[from..start]);
+        out.push_str(&member_ref(&format!("phone:{}", &text[start..end])));
+        from = end;
+    }
+    out.push_str(&text[from..]);
     out
 }
 
@@ -318,6 +365,24 @@ mod tests {
         }
         assert!(redact(quoted[2]).ends_with(" is suspended"));
         assert!(
+            redact(quoted[1]).contains("kr-shop/email:person-"),
+            "{}",
+            redact(quoted[1])
+        );
+        // AND a number beside another, and two numbers in a row, are each replaced
+        for text in [
+            "member 42 010-1234-5678",
+            "010-1234-5678 010-9876-5432",
+            "a@b.c @ ann@x.io",
+        ] {
+            let logged = redact(text);
+            assert!(
+                !logged.contains("1234") && !logged.contains("ann"),
+                "{text} -> {logged}"
+            );
+        }
+        assert!(redact("010-1234-5678 010-9876-5432").split(' ').count() == 2);
+        assert!(
             redact(quoted[3]).ends_with(" (mobile) before 6pm"),
             "{}",
             redact(quoted[3])
@@ -327,6 +392,9 @@ mod tests {
             "order 820982911946154508 has no line 466157049",
             "the order's total 59000 is over the limit of 10000000000000",
             "version conflict on member shopify:7001234",
+            "due 01.12.2026 10:00, rate 0.123456789",
+            "key person-0123456789abcdef and job:expire:2026-12-01:a12",
+            "한국어 설명 0 @ 끝",
         ] {
             assert_eq!(redact(plain), plain);
         }

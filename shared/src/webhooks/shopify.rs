@@ -305,6 +305,17 @@ fn cancelled(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, Webho
 fn refund(refund: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookError> {
     let refund_id = id(refund, "id")?;
     let order_id = id(refund, "order_id")?;
+    // A refund names no order flag; its transactions say whether they were tests.
+    let transactions = refund.get("transactions").and_then(Value::as_array);
+    if transactions.is_some_and(|t| {
+        !t.is_empty()
+            && t.iter()
+                .all(|t| t.get("test").and_then(Value::as_bool) == Some(true))
+    }) {
+        return Ok(Normalised::Ignored(format!(
+            "refund {refund_id} of order {order_id} is a test: the order earned nothing"
+        )));
+    }
     let mut lines = Vec::new();
     for (i, item) in refund
         .get("refund_line_items")
@@ -449,6 +460,24 @@ mod tests {
             assert!(matches!(normalised, Normalised::Ignored(_)), "{topic}");
         }
         assert!(order_events(&order, Utc::now()).expect("events").is_empty());
+        // AND its refund, whose transactions are tests, is not kept waiting for it
+        let mut refund: Value = serde_json::from_str(
+            &include_str!("../../../tests/fixtures/shopify/refunds-create.json")
+                .replace("__OCCURRED_AT__", "2026-12-01T10:00:00Z"),
+        )
+        .expect("fixture");
+        refund["transactions"][0]["test"] = json!(true);
+        let normalised = normalise(
+            "refunds/create",
+            refund.to_string().as_bytes(),
+            None,
+            Utc::now(),
+        )
+        .expect("refund");
+        assert!(
+            matches!(normalised, Normalised::Ignored(_)),
+            "{normalised:?}"
+        );
         // AND the same order not marked as a test earns
         order["test"] = json!(false);
         assert!(matches!(

@@ -151,6 +151,9 @@ function ask({ title, text = "", fields = [], danger = false }) {
   $("#ask-ok").className = danger ? "danger" : "";
   $("#ask-ok").textContent = t("confirm");
   $("#ask-cancel").textContent = t("cancel");
+  // Esc closes a dialog without touching its return value: the last confirmation's "ok" would
+  // confirm this one.
+  dialog.returnValue = "";
   dialog.showModal();
   return new Promise((resolve) => {
     dialog.addEventListener("close", () => {
@@ -740,7 +743,7 @@ async function route() {
   translateStatic();
   const [path, query] = (location.hash.slice(1) || "/overview").split("?");
   const [, page = "overview", ...rest] = path.split("/");
-  const id = rest.length ? decodeURIComponent(rest.join("/")) : null;
+  const raw = rest.length ? rest.join("/") : null;
   for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("active", a.dataset.page === page);
   const signedIn = Boolean(state.token);
   $("#tabs").hidden = !signedIn;
@@ -753,6 +756,8 @@ async function route() {
   const render = PAGES[page] || overview;
   main().setAttribute("aria-busy", "true");
   try {
+    // A malformed escape in the address (%E0) is the page's problem, shown as any other.
+    const id = raw === null ? null : decodeURIComponent(raw);
     if (!state.programs.length) await loadPrograms();
     const content = await render(new URLSearchParams(query || ""), id);
     main().replaceChildren(...[content].flat().filter(Boolean));

@@ -56,11 +56,15 @@ fn file(name: &str) -> Response {
                 // A new binary brings new files: never keep an old app.js beside a new page.
                 (header::CACHE_CONTROL, "no-cache"),
                 (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                // As CloudFront sends them: no address of the console leaves in a Referer, and
+                // it is never framed (also for browsers without frame-ancestors).
+                (header::REFERRER_POLICY, "no-referrer"),
+                (header::X_FRAME_OPTIONS, "DENY"),
                 // Fetches go to the API here and, signed in with Cognito, to its token
                 // endpoint; CloudFront sends the same policy (the template check compares).
                 (
                     header::CONTENT_SECURITY_POLICY,
-                    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self' https://*.amazoncognito.com; frame-ancestors 'none'",
+                    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self' https://*.amazoncognito.com; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
                 ),
             ],
             *body,

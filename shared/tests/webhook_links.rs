@@ -9,7 +9,7 @@ use loyalty_core::ports::{AliasStore as _, FixedClock};
 use loyalty_core::queue::local::LocalQueue;
 use loyalty_core::services::Services;
 use loyalty_core::store::sqlite::SqliteStore;
-use loyalty_core::webhooks::{shopify, Normalised, PlatformEvent};
+use loyalty_core::webhooks::{cafe24, shopify, Normalised, PlatformEvent};
 
 mod common;
 
@@ -163,6 +163,62 @@ async fn an_event_that_fails_its_checks_links_nothing() {
     );
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_platform_whose_clock_runs_minutes_fast_is_taken_as_of_now() {
+    // GIVEN a paid order dated ten minutes ahead of the clock (the shop's clock runs fast;
+    // WooCommerce would never send it again)
+    let store = SqliteStore::memory().unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let services = kr_shop_on(&store, now).await;
+    let events = paid_order(now + chrono::Duration::minutes(10));
+    // WHEN it is delivered
+    let ids = services.ingest_events("kr-shop", events).await.unwrap();
+    // THEN its event is queued, as having happened now
+    assert_eq!(ids.len(), 1);
+    // AND a POS sale as far ahead is still refused (the till is ours to fix)
+    let mut pos = paid_order(now + chrono::Duration::minutes(10));
+    pos[0].data["platform"] = serde_json::json!("pos");
+    pos[0].id = "pos-sale-1".into();
+    let refused = services.ingest_events("kr-shop", pos).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(loyalty_core::services::ServiceError::Invalid { problem, .. })
+                if *problem == "event-in-future"
+        ),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refund_in_another_currency_than_the_program_s_is_refused() {
+    // GIVEN a Cafe24 refund stated in US dollars, for a program in won
+    let store = SqliteStore::memory().unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let services = kr_shop_on(&store, now).await;
+    let body = serde_json::json!({"event_no": 90160, "resource": {
+        "order_id": "20261120-0000031", "member_id": "gildong77", "claim_code": "C-1",
+        "currency": "USD", "refund_amount": "10.50", "actual_payment_amount": "45.00"}});
+    let Normalised::Events(events) = cafe24::normalise(
+        body.to_string().as_bytes(),
+        loyalty_core::domain::Currency::KRW,
+        now,
+    )
+    .unwrap() else {
+        panic!("a refund")
+    };
+    // WHEN it is delivered THEN it is refused, naming the currency
+    let refused = services.ingest_events("kr-shop", events).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(loyalty_core::services::ServiceError::Invalid { detail, .. })
+                if detail.contains("USD")
+        ),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]

@@ -181,6 +181,15 @@ def test_support_finds_a_member_by_email_and_adjusts_with_a_reason(page: Page, s
     expect(page.get_by_test_id("dialog")).to_be_visible()
     page.keyboard.press("Escape")
     assert server.call("GET", f"{P}/members/email:minji@example.com")[1]["balance"] == after["balance"]
+    # AND one filled in and left with Esc sends nothing either (the last confirmation does not
+    # confirm it)
+    page.get_by_test_id("action-adjust").click()
+    page.get_by_test_id("field-points").fill("100")
+    page.get_by_test_id("field-reason").fill("changed my mind")
+    page.keyboard.press("Escape")
+    expect(page.get_by_test_id("dialog")).to_be_hidden()
+    page.wait_for_load_state("networkidle")
+    assert server.call("GET", f"{P}/members/email:minji@example.com")[1]["balance"] == after["balance"]
 
 
 def test_a_cognito_console_signs_in_by_code_and_signing_out_ends_the_cognito_session(browser, server: Server):
@@ -236,6 +245,22 @@ def test_an_api_problem_is_shown_with_its_title_and_detail(page: Page, server: S
     page.goto(server.base + "/console/#/members/" + "x" * 300)
     expect(page.get_by_test_id("problem-title")).to_have_text("Bad Request")
     expect(page.get_by_test_id("page-failed")).to_be_visible()
+    # AND so is an address whose escape is not UTF-8
+    page.goto(server.base + "/console/#/overview")
+    expect(page.get_by_test_id("page-failed")).to_be_hidden()
+    page.goto(server.base + "/console/#/members/%E0")
+    expect(page.get_by_test_id("page-failed")).to_be_visible()
+
+
+def test_the_console_is_served_with_the_headers_cloudfront_sends(server: Server):
+    # GIVEN loyalty serve's console files WHEN one is fetched
+    with urllib.request.urlopen(server.base + "/console/app.js", timeout=10) as response:
+        headers = response.headers
+    # THEN it may not be framed, sends no Referer, and its policy allows no base or form target
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    policy = headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "base-uri 'none'" in policy, policy
 
 
 def test_a_marketer_fixes_a_campaign_by_field_and_opens_its_report(page: Page, server: Server):

@@ -668,13 +668,15 @@ impl Services {
         event: &PlatformEvent,
         member: &str,
     ) -> Result<Envelope, ServiceError> {
-        let envelope = plain_envelope(program, event, member);
+        let mut envelope = plain_envelope(program, event, member);
+        let now = self.clock.now();
+        envelope.occurred_at = within_platform_skew(event, envelope.occurred_at, now);
         let program = self.program(program).await?;
         parse_earn_event(&envelope, &program)
             .map_err(|e| ServiceError::invalid(e.problem, e.detail))?;
         super::fits_a_message(&envelope)?;
         program
-            .check_occurred_at(envelope.occurred_at, self.clock.now())
+            .check_occurred_at(envelope.occurred_at, now)
             .map_err(|e| match e {
                 TimeBoundsError::InFuture { .. } => ServiceError::invalid(FUTURE, e.to_string()),
                 TimeBoundsError::TooOld { .. } => {
@@ -782,6 +784,35 @@ impl Services {
 }
 
 /// An event's envelope, unchecked.
+/// How far ahead of this clock a shop platform's clock may run: its event is then taken as
+/// happening now. WooCommerce never retries a refused delivery, so a shop whose server clock
+/// runs a few minutes fast would lose every order; further ahead than this, the time is wrong
+/// and the delivery is refused as before.
+const PLATFORM_CLOCK_AHEAD: chrono::Duration = chrono::Duration::hours(1);
+
+/// The event's time, or now for a shop platform's event dated ahead of the clock by more than
+/// the skew every event is allowed and less than [`PLATFORM_CLOCK_AHEAD`] (a POS is ours to
+/// fix, and keeps its time).
+fn within_platform_skew(
+    event: &PlatformEvent,
+    occurred_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let shop_platform = event
+        .data
+        .get("platform")
+        .and_then(serde_json::Value::as_str)
+        .and_then(Platform::parse)
+        .is_some_and(|p| p != Platform::Pos);
+    let skew = chrono::Duration::seconds(crate::domain::program::MAX_FUTURE_SKEW_SECONDS);
+    let ahead = occurred_at - now;
+    if shop_platform && ahead > skew && ahead <= PLATFORM_CLOCK_AHEAD {
+        now
+    } else {
+        occurred_at
+    }
+}
+
 fn plain_envelope(program: &str, event: &PlatformEvent, member: &str) -> Envelope {
     Envelope {
         replay: None,

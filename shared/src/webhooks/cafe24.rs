@@ -236,12 +236,19 @@ fn paid(
 }
 
 fn cancelled(resource: &Value, order_id: &str, now: DateTime<Utc>) -> PlatformEvent {
+    let mut data = json!({"order_id": order_id, "platform": "cafe24", "reason": "cancelled"});
+    // An order cancelled unpaid (a bank transfer never made), or a guest's, earned nothing:
+    // its cancellation takes back only what a payment credited, and is dropped otherwise
+    // rather than kept waiting for a payment (an unpaid order restored and paid must earn).
+    if text(resource, "paid") == Some("F") || text(resource, "member_id").is_none() {
+        data[super::IF_CREDITED] = Value::Bool(true);
+    }
     PlatformEvent {
         kind: "purchase.cancelled",
         id: format!("cafe24-order-{order_id}-cancel"),
         member: member(resource, order_id),
         occurred_at: time(resource, &["cancel_date"]).unwrap_or(now),
-        data: json!({"order_id": order_id, "platform": "cafe24", "reason": "cancelled"}),
+        data,
         order_key: None,
         identities: Vec::new(),
     }
@@ -278,6 +285,8 @@ fn refunded(
             "refund_id": claim,
             "amount": currency.format_amount(refund.min(total)),
             "order_total": currency.format_amount(total),
+            // Checked against the program's, as the payment's is.
+            "currency": currency.to_string(),
             "platform": "cafe24",
         }),
         order_key: None,
@@ -382,6 +391,26 @@ mod tests {
                 Ok(Normalised::Ignored(_))
             ));
         }
+    }
+
+    #[test]
+    fn a_cancellation_of_an_unpaid_or_guest_order_takes_back_only_what_a_payment_credited() {
+        // GIVEN cancellations of an unpaid order, of a guest's, and of a member's paid order
+        let cancel = |resource: Value| {
+            let body = json!({"event_no": 90026, "resource": resource});
+            match normalise(body.to_string().as_bytes(), Currency::KRW, now()) {
+                Ok(Normalised::Events(events)) => events[0].data.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let unpaid = cancel(json!({"order_id": "U-1", "member_id": "m", "paid": "F"}));
+        let guest = cancel(json!({"order_id": "G-1", "member_id": "", "paid": "T"}));
+        let paid = cancel(json!({"order_id": "P-1", "member_id": "m", "paid": "T"}));
+        // THEN the first two are marked to be dropped when their order credited no one, and
+        // the paid one waits for its payment as any cancellation
+        assert_eq!(unpaid[crate::webhooks::IF_CREDITED], true);
+        assert_eq!(guest[crate::webhooks::IF_CREDITED], true);
+        assert!(paid.get(crate::webhooks::IF_CREDITED).is_none(), "{paid}");
     }
 
     #[test]

@@ -225,6 +225,8 @@ fn paid(
                 "refund_id": refund_id,
                 "amount": currency.format_amount(amount),
                 "order_total": currency.format_amount(total),
+                // Checked against the program's, as the payment's is.
+                "currency": code,
                 "platform": "woocommerce",
             }),
             order_key: None,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Recorder, Stream};
+use common::{set_account_body, Recorder, Stream};
 
 use std::sync::Arc;
 
@@ -1434,24 +1434,6 @@ fn welcome_gift(seed: &str) -> Value {
             {"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}}
         ]
     })
-}
-
-/// Replaces a member's stored account body (a bad manual edit), returning the one it had.
-fn set_account_body(db: &std::path::Path, member: &str, body: &str) -> String {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let old: String = conn
-        .query_row(
-            "SELECT body FROM accounts WHERE member = ?1",
-            [member],
-            |row| row.get(0),
-        )
-        .unwrap();
-    conn.execute(
-        "UPDATE accounts SET body = ?2 WHERE member = ?1",
-        [member, body],
-    )
-    .unwrap();
-    old
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Recorder;
+use common::{set_account_body, Recorder};
 
 use std::sync::{Arc, Mutex};
 
@@ -640,24 +640,6 @@ async fn expiring_members(n: usize) -> (Services, SqliteStore, std::path::PathBu
         .await
         .unwrap();
     (services, store, db)
-}
-
-/// Replaces a member's stored account body, returning the one it had.
-fn set_account_body(db: &std::path::Path, member: &str, body: &str) -> String {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let old: String = conn
-        .query_row(
-            "SELECT body FROM accounts WHERE member = ?1",
-            [member],
-            |row| row.get(0),
-        )
-        .unwrap();
-    conn.execute(
-        "UPDATE accounts SET body = ?2 WHERE member = ?1",
-        [member, body],
-    )
-    .unwrap();
-    old
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -363,12 +363,13 @@ mod tests {
                 "{text} -> {logged}"
             );
         }
-        assert!(redact(quoted[2]).ends_with(" is suspended"));
-        assert!(
-            redact(quoted[1]).contains("kr-shop/email:person-"),
-            "{}",
-            redact(quoted[1])
-        );
+        let kept = |text: &str, part: &str| {
+            let logged = redact(text);
+            assert!(logged.contains(part), "{text} -> {logged}");
+        };
+        kept(quoted[2], " is suspended");
+        kept(quoted[1], "kr-shop/email:person-");
+        kept(quoted[3], " (mobile) before 6pm");
         // AND a number beside another, and two numbers in a row, are each replaced
         for text in [
             "member 42 010-1234-5678",
@@ -382,11 +383,6 @@ mod tests {
             );
         }
         assert!(redact("010-1234-5678 010-9876-5432").split(' ').count() == 2);
-        assert!(
-            redact(quoted[3]).ends_with(" (mobile) before 6pm"),
-            "{}",
-            redact(quoted[3])
-        );
         // AND text without them is untouched
         for plain in [
             "order 820982911946154508 has no line 466157049",

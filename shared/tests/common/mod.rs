@@ -243,3 +243,23 @@ pub mod timeline;
 
 #[cfg(feature = "aws")]
 pub mod replica;
+
+/// Replaces a member's stored account body in a database file (a bad manual edit), returning
+/// the one it had.
+#[cfg(feature = "sqlite")]
+pub fn set_account_body(db: &std::path::Path, member: &str, body: &str) -> String {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let old: String = conn
+        .query_row(
+            "SELECT body FROM accounts WHERE member = ?1",
+            [member],
+            |row| row.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE accounts SET body = ?2 WHERE member = ?1",
+        [member, body],
+    )
+    .unwrap();
+    old
+}

@@ -351,7 +351,11 @@ async function members(params, id) {
     ], page.entries, { "data-testid": "ledger-table" }));
     more.hidden = !cursor;
   };
-  more.addEventListener("click", () => loadLedger().catch(showProblem));
+  // One page at a time: a second click while one loads would append the same page twice.
+  more.addEventListener("click", () => {
+    more.disabled = true;
+    loadLedger().catch(showProblem).finally(() => { more.disabled = false; });
+  });
   await loadLedger();
   const redemptions = exported.redemptions || [];
   return [
@@ -568,6 +572,34 @@ async function campaignReport(id) {
   ];
 }
 
+// The rejected events, a page of 50 at a time: "More" reads the next page after the last.
+function rejectedSection(first, read, confirmThen) {
+  const columns = [
+    { label: t("when"), cell: (e) => when(e.rejected_at) },
+    { label: t("event"), cell: (e) => h("code", {}, e.id) },
+    { label: t("reason"), cell: (e) => e.reason },
+    { label: t("replays"), num: true, cell: (e) => h("span", { testid: `replays-${e.id}` }, num(e.replays)) },
+    { label: "", cell: (e) => h("button", { class: "quiet", testid: `replay-${e.id}`, onclick: confirmThen(t("replay"),
+      () => api("POST", inProgram(`/rejected-events/${encodeURIComponent(e.id)}/replay`))) }, t("replay")) },
+  ];
+  const pages = h("div", {}, table(columns, first.events || [], { "data-testid": "rejected" }));
+  const more = h("button", { class: "quiet", testid: "rejected-more" }, t("more"));
+  let cursor = first.next_cursor;
+  more.hidden = !cursor;
+  more.addEventListener("click", () => {
+    more.disabled = true;
+    read(`/rejected-events?limit=50&cursor=${encodeURIComponent(cursor)}`)
+      .then((page) => {
+        cursor = page.next_cursor;
+        pages.append(table(columns, page.events || [], { "data-testid": "rejected-more-page" }));
+        more.hidden = !cursor;
+      })
+      .catch(showProblem)
+      .finally(() => { more.disabled = false; });
+  });
+  return h("section", { class: "card" }, h("h2", {}, t("rejected_events")), pages, more);
+}
+
 async function operations() {
   const p = (path) => api("GET", inProgram(path));
   const [rejected, reviews, approvals, jobs, deadLetters] = await Promise.all([
@@ -597,15 +629,7 @@ async function operations() {
   const pending = approvals.adjustments || approvals.approvals || [];
   return [
     h("h1", {}, t("operations")),
-    h("section", { class: "card" }, h("h2", {}, t("rejected_events")),
-      table([
-        { label: t("when"), cell: (e) => when(e.rejected_at) },
-        { label: t("event"), cell: (e) => h("code", {}, e.id) },
-        { label: t("reason"), cell: (e) => e.reason },
-        { label: t("replays"), num: true, cell: (e) => h("span", { testid: `replays-${e.id}` }, num(e.replays)) },
-        { label: "", cell: (e) => h("button", { class: "quiet", testid: `replay-${e.id}`, onclick: confirmThen(t("replay"),
-          () => api("POST", inProgram(`/rejected-events/${encodeURIComponent(e.id)}/replay`))) }, t("replay")) },
-      ], rejected.events || [], { "data-testid": "rejected" })),
+    rejectedSection(rejected, p, confirmThen),
     h("section", { class: "card" }, h("h2", {}, t("dead_letters")),
       deadLetters.error
         ? h("p", { class: "muted" }, deadLetters.error.problem?.detail || String(deadLetters.error.message))

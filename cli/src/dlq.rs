@@ -81,10 +81,16 @@ impl Where {
                 queue_url: queue_url.clone(),
                 dead_letter_url: dead_letter_url.clone(),
             };
-            return Ok(Arc::new(SqsDeadLetters::new(
+            let letters = SqsDeadLetters::new(
                 aws_sdk_sqs::Client::new(&config),
                 HashMap::from([(self.queue(), pair)]),
-            )));
+            );
+            // URLs given by hand: the queue must be the one these dead letters came from.
+            letters
+                .verify_pair(self.queue())
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(Arc::new(letters));
         }
         if !self.db.exists() {
             return Err(format!("{} does not exist", self.db.display()));

@@ -162,3 +162,46 @@ async fn a_message_that_is_not_an_envelope_is_rejected_where_its_program_s_opera
         .unwrap();
     assert_eq!(kept.len(), 1);
 }
+
+#[tokio::test]
+async fn a_purchase_on_the_tier_queue_is_kept_for_the_earn_queue_not_dropped() {
+    // GIVEN a purchase redriven by hand onto the tier queue
+    let store = SqliteStore::memory().unwrap();
+    let (queue, services) = common::kr_shop_services(&store, 5, Arc::new(SystemClock)).await;
+    let purchase = record("wrong-queue-1", "m-wq", "KRW");
+    // WHEN the tier queue's consumer takes it
+    let failed = process_batch(&services, Consumer::Tier, std::slice::from_ref(&purchase)).await;
+    // THEN it is not retried, credits nothing, and is kept among the rejected events, saying so
+    assert!(failed.is_empty(), "{failed:?}");
+    let kept = store
+        .rejected_event("kr-shop", "wrong-queue-1")
+        .await
+        .unwrap()
+        .expect("kept");
+    assert!(kept.reason.contains("tier queue"), "{}", kept.reason);
+    // WHEN an operator replays it THEN earn credits the purchase (100 points for 10,000 won)
+    services
+        .replay_rejected("kr-shop", "wrong-queue-1", "ops")
+        .await
+        .unwrap();
+    queue.relay_outbox(100, |_| {}).await.unwrap();
+    for delivery in queue
+        .receive(
+            loyalty_core::ports::QueueName::Earn,
+            10,
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+    {
+        services.process_earn(&delivery.body).await.unwrap();
+        queue.ack(delivery.seq).await.unwrap();
+    }
+    let account = store
+        .load_member("kr-shop", "m-wq", &[])
+        .await
+        .unwrap()
+        .account
+        .expect("credited");
+    assert_eq!(account.balance + account.pending_points(), 100);
+}

@@ -458,3 +458,23 @@ def test_a_dead_letter_is_redriven_and_applied_once(stack: Running):
                      what="an empty earn queue")
     assert stack.member("m-dlq-aws")["balance"] == 500
     assert dlq(stack, "list")["count"] == 0
+    # WHEN a dead letter is redriven with URLs that pair it with another queue (the tier queue,
+    # whose consumer would take the purchase for a tier check and drop it)
+    force("c")
+    urls = stack.status()["queue_urls"]
+    wrong = subprocess.run(
+        [LOYALTY, "dlq", "redrive", "--queue", "earn", "--queue-url", urls["TierQueue"],
+         "--dead-letter-url", dead_letters, "--json"],
+        env={**os.environ, "AWS_ENDPOINT_URL": stack.moto, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t",
+             "AWS_REGION": "us-east-1", "LOYALTY_LOG": "warn"},
+        capture_output=True, text=True, timeout=120,
+    )
+    # THEN it is refused, saying why, and the dead letter stays where it is
+    assert wrong.returncode != 0 and "not to" in wrong.stderr, (wrong.returncode, wrong.stderr)
+    assert dlq(stack, "list")["count"] == 1
+    # AND redriven to its own queue it changes nothing (a copy), and leaves no dead letter
+    assert dlq(stack, "redrive")["redriven"] == 1
+    stack.eventually(lambda: stack.status()["queues"]["EarnQueue"] == {"visible": 0, "in_flight": 0}, timeout=60,
+                     what="an empty earn queue")
+    assert stack.member("m-dlq-aws")["balance"] == 500
+    assert dlq(stack, "list")["count"] == 0

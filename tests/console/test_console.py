@@ -429,6 +429,37 @@ def test_an_operator_replays_a_rejected_event_from_its_row(page: Page, server: S
     server.eventually(lambda: server.call("GET", f"{P}/rejected-events/ev-console-share")[1].get("replays") == 1, "the replay")
 
 
+def test_every_rejected_event_is_reached_a_page_at_a_time(page: Page, server: Server):
+    # GIVEN more rejected events than a page of the operations page holds
+    for i in range(55):
+        event = {"type": "engagement.recorded", "version": 1, "id": f"ev-many-{i:02}", "program": "kr-shop",
+                 "member": "m-1", "occurred_at": ago(0), "data": {"action": "share", "ref": f"ev-many-{i:02}"}}
+        assert server.call("POST", f"{P}/events", event)[0] == 202
+    server.eventually(lambda: all(server.call("GET", f"{P}/rejected-events/ev-many-{i:02}")[0] == 200
+                                  for i in (0, 54)), "the rejections")
+    listed, cursor = [], None
+    while True:
+        answer = server.call("GET", f"{P}/rejected-events?limit=50" + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else ""))[1]
+        listed += [e["id"] for e in answer["events"]]
+        cursor = answer.get("next_cursor")
+        if not cursor:
+            break
+    # WHEN an operator opens the operations page and asks for more until there is no more
+    page.get_by_role("link", name="Operations").click()
+    more = page.get_by_test_id("rejected-more")
+    expect(more).to_be_visible()
+    pages = page.locator("[data-testid=rejected-more-page]")
+    for n in range(1, 10):
+        more.click()
+        expect(pages).to_have_count(n)
+        if more.is_hidden():
+            break
+    # THEN every rejected event the API lists is on the page, once
+    shown = page.locator("[data-testid=rejected] tbody tr code, [data-testid=rejected-more-page] tbody tr code")
+    assert sorted(shown.all_inner_texts()) == sorted(listed)
+    assert all(f"ev-many-{i:02}" in listed for i in range(55))
+
+
 def test_the_program_editor_names_every_problem_by_field_and_keeps_versions(page: Page, server: Server):
     # GIVEN the program file in the editor
     page.get_by_role("link", name="Program").click()

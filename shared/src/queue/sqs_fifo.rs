@@ -373,6 +373,49 @@ impl DeadLetters for SqsDeadLetters {
 }
 
 impl SqsDeadLetters {
+    /// Checks that the queue sends its dead letters to the dead-letter queue it is paired
+    /// with (its `RedrivePolicy` names the other's ARN): URLs given by hand may pair a
+    /// dead-letter queue with another queue, whose consumer would take a purchase for
+    /// something else and drop it.
+    pub async fn verify_pair(&self, queue: QueueName) -> Result<(), QueueError> {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let pair = self.pair(queue)?;
+        let attribute_of = |url: &str, name: QueueAttributeName| {
+            let request = self
+                .client
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(name.clone());
+            async move {
+                let output = request
+                    .send()
+                    .await
+                    .map_err(|e| sqs_error(queue, "cannot read the queue's attributes", e))?;
+                Ok::<_, QueueError>(output.attributes().and_then(|a| a.get(&name)).cloned())
+            }
+        };
+        let policy = attribute_of(&pair.queue_url, QueueAttributeName::RedrivePolicy).await?;
+        let target = policy
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .and_then(|p| p.get("deadLetterTargetArn")?.as_str().map(str::to_string));
+        let arn = attribute_of(&pair.dead_letter_url, QueueAttributeName::QueueArn).await?;
+        match (target, arn) {
+            (Some(target), Some(arn)) if target == arn => Ok(()),
+            (target, arn) => Err(QueueError {
+                queue: queue.as_str(),
+                message: format!(
+                    "{} sends its dead letters to {}, not to {} ({}): nothing was moved",
+                    pair.queue_url,
+                    target.as_deref().unwrap_or("no queue"),
+                    pair.dead_letter_url,
+                    arn.as_deref().unwrap_or("no ARN"),
+                ),
+                source: None,
+            }),
+        }
+    }
+
     /// One dead letter sent back to its queue, then deleted from the dead-letter queue.
     async fn move_back(
         &self,

@@ -499,6 +499,15 @@ impl Services {
                 .await
                 .map_err(|e| Retry(e.to_string()));
         }
+        // Anything else on this queue was put there by hand (a redrive to the wrong queue):
+        // kept among the rejected events, whose replay sends it to the earn queue.
+        if envelope.kind != TIER_CHECK {
+            let reason = format!(
+                "a {} message on the tier queue, which takes tier checks only",
+                envelope.kind
+            );
+            return self.reject(&envelope, body, &reason).await;
+        }
         let marker = EventMarker {
             source: "tier".into(),
             event_id: envelope.id.clone(),

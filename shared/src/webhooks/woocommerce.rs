@@ -153,6 +153,9 @@ fn paid(
         .and_then(Value::as_array)
         .ok_or_else(|| invalid("line_items is missing"))?;
     let mut lines = Vec::with_capacity(items.len());
+    // What the lines came to after their discounts: the share a refund takes when the order's
+    // total says nothing (a gift card paid all of it).
+    let mut lines_total: i64 = 0;
     for (i, item) in items.iter().enumerate() {
         let what = format!("line_items[{i}]");
         let mut before = money(currency, item, "subtotal", &what)?;
@@ -173,6 +176,7 @@ fn paid(
         } else {
             (1, before)
         };
+        lines_total = lines_total.saturating_add(after.max(0));
         lines.push(json!({
             "line_id": id(item, "id")?,
             "sku": text(item, "sku").unwrap_or(""),
@@ -212,7 +216,8 @@ fn paid(
         let refund_id = id(refund, "id")?;
         // WooCommerce writes refund totals as negative amounts.
         let amount = money(currency, refund, "total", "refunds")?.abs();
-        if amount == 0 || total == 0 {
+        let of = if total > 0 { total } else { lines_total };
+        if amount == 0 || of == 0 {
             continue;
         }
         events.push(PlatformEvent {
@@ -224,7 +229,7 @@ fn paid(
                 "order_id": order_id,
                 "refund_id": refund_id,
                 "amount": currency.format_amount(amount),
-                "order_total": currency.format_amount(total),
+                "order_total": currency.format_amount(of),
                 // Checked against the program's, as the payment's is.
                 "currency": code,
                 "platform": "woocommerce",
@@ -234,4 +239,46 @@ fn paid(
         });
     }
     Ok(Normalised::Events(events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(total: &str, refunds: &str) -> Vec<u8> {
+        include_str!("../../../tests/fixtures/woocommerce/order-processing.json")
+            .replace("__STATUS__", "processing")
+            .replace("__PAID_AT__", "2026-11-20T10:00:00")
+            .replace("__MODIFIED_AT__", "2026-11-22T10:00:00")
+            .replace("__REFUNDS__", refunds)
+            .replace("\"total\": \"75.19\"", &format!("\"total\": \"{total}\""))
+            .into_bytes()
+    }
+
+    fn refund_of(body: &[u8]) -> Value {
+        let Ok(Normalised::Events(events)) = normalise("order.updated", body, Utc::now()) else {
+            panic!("events")
+        };
+        events
+            .into_iter()
+            .find(|e| e.kind == "purchase.refunded")
+            .expect("a refund")
+            .data
+    }
+
+    #[test]
+    fn a_refund_of_an_order_a_gift_card_paid_takes_its_share_of_the_lines() {
+        // GIVEN an order whose total is nothing (a gift card paid it: $45.00 and $19.99 of
+        // lines), with a refund of $19.99
+        let refunds = r#"[{"id": 801, "reason": "", "total": "-19.99"}]"#;
+        // WHEN it is read THEN the refund is the lines' share, not passed over
+        let data = refund_of(&order("0.00", refunds));
+        assert_eq!(
+            (data["amount"].as_str(), data["order_total"].as_str()),
+            (Some("19.99"), Some("64.99"))
+        );
+        // AND with a total, the total is the whole as before
+        let data = refund_of(&order("75.19", refunds));
+        assert_eq!(data["order_total"], "75.19");
+    }
 }

@@ -540,12 +540,42 @@ fn a_message_forced_into_the_dead_letters_is_redriven_and_applied_once() {
     );
     // WHEN it is redriven over HTTP THEN it moves, and changes nothing (applied once already)
     let (status, again) = shop.call("POST", "/v1/dead-letters/earn/redrive", None);
-    assert_eq!((status, again["moved"].as_u64()), (200, Some(1)), "{again}");
+    assert_eq!(
+        (status, again["moved"].as_u64(), again["remaining"].as_u64()),
+        (200, Some(1), Some(0)),
+        "{again}"
+    );
     shop.settled();
     // THEN it changes nothing, and no dead letter is left
     assert_eq!(shop.member("m-dlq")["balance"], 500);
     let empty = ok(&shop.loyalty(&["dlq", "list", "--queue", "earn", "--json"]));
     assert_eq!(empty["count"], 0);
+    // WHEN a backlog of 150 dead letters is redriven over HTTP
+    for i in 0..150 {
+        let mut event = purchase.clone();
+        event["id"] = json!(format!("ev-bulk-{i}"));
+        event["member"] = json!(format!("m-bulk-{i}"));
+        event["data"]["order_id"] = json!(format!("o-bulk-{i}"));
+        conn.execute(
+            "INSERT INTO dead_letters (queue, id, body, attempts, error, at) VALUES ('earn', ?1, ?2, 5, 'store unavailable', ?3)",
+            rusqlite::params![format!("kr-shop/ev-bulk-{i}"), event.to_string(), Utc::now().to_rfc3339()],
+        )
+        .expect("forced");
+    }
+    let call = || shop.call("POST", "/v1/dead-letters/earn/redrive", None).1;
+    // THEN each call moves what fits in one request and says how many remain
+    let first = call();
+    assert_eq!(
+        (first["moved"].as_u64(), first["remaining"].as_u64()),
+        (Some(100), Some(50)),
+        "{first}"
+    );
+    let second = call();
+    assert_eq!(
+        (second["moved"].as_u64(), second["remaining"].as_u64()),
+        (Some(50), Some(0)),
+        "{second}"
+    );
 }
 
 /// Shopify's order export: #1001 (the webhook fixture's order, two line rows), a refunded

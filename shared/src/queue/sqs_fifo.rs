@@ -245,6 +245,9 @@ impl SqsDeadLetters {
             .queue_url(url)
             .max_number_of_messages(max.clamp(1, RECEIVE_MAX) as i32)
             .visibility_timeout(visibility)
+            // A long poll asks every server: a short one samples a few, and may answer nothing
+            // from a small queue that holds messages, which would end a redrive early.
+            .wait_time_seconds(1)
             .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
             .send()
             .await

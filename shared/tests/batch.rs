@@ -205,3 +205,61 @@ async fn a_purchase_on_the_tier_queue_is_kept_for_the_earn_queue_not_dropped() {
         .expect("credited");
     assert_eq!(account.balance + account.pending_points(), 100);
 }
+
+#[tokio::test]
+async fn a_rejected_tier_check_is_replayed_to_the_tier_queue() {
+    // GIVEN a tier check rejected by the tier queue's consumer: its program did not exist yet
+    let store = SqliteStore::memory().unwrap();
+    let (queue, services) = common::kr_shop_services(&store, 5, Arc::new(SystemClock)).await;
+    let check = json!({"type": "tier.check", "version": 1, "id": "tier-check-late",
+        "program": "late-shop", "member": "m-late",
+        "occurred_at": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true), "data": {}});
+    let record = Record {
+        message_id: "msg-late".into(),
+        group: Some("late-shop#m-late".into()),
+        body: check.to_string(),
+    };
+    assert!(process_batch(&services, Consumer::Tier, &[record])
+        .await
+        .is_empty());
+    assert!(store
+        .rejected_event("late-shop", "tier-check-late")
+        .await
+        .unwrap()
+        .is_some());
+    // WHEN the program is saved and an operator replays the check
+    let late = include_str!("../../examples/kr-shop.toml").replacen(
+        "id = \"kr-shop\"",
+        "id = \"late-shop\"",
+        1,
+    );
+    services
+        .put_program(
+            "late-shop",
+            &late,
+            loyalty_core::services::programs::ProgramFormat::Toml,
+        )
+        .await
+        .unwrap();
+    services
+        .replay_rejected("late-shop", "tier-check-late", "ops")
+        .await
+        .unwrap();
+    queue.relay_outbox(100, |_| {}).await.unwrap();
+    // THEN it waits on the tier queue, not on the earn queue
+    let on = |name| {
+        let queue = queue.clone();
+        async move {
+            queue
+                .receive(name, 10, std::time::Duration::from_secs(30))
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    use loyalty_core::ports::QueueName;
+    assert_eq!(
+        (on(QueueName::Tier).await, on(QueueName::Earn).await),
+        (1, 0)
+    );
+}

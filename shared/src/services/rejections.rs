@@ -154,7 +154,13 @@ impl Services {
             })?;
         let replay = event.replays + 1;
         envelope.replay = Some(replay);
-        let message = OutboxMessage::new(QueueName::Earn, envelope);
+        // Back to the queue whose consumer takes it: a tier check (or an audit) rejected by
+        // tier-recalc (its program missing then) would be refused again by earn.
+        let queue = match envelope.kind.as_str() {
+            crate::envelope::TIER_CHECK | super::audit::AUDIT_REQUESTED => QueueName::Tier,
+            _ => QueueName::Earn,
+        };
+        let message = OutboxMessage::new(queue, envelope);
         let mark = crate::ports::ReplayMark {
             number: replay,
             at: self.clock.now(),

@@ -35,11 +35,16 @@ fn invalid(message: impl Into<String>) -> WebhookError {
     WebhookError::Invalid(message.into())
 }
 
-/// Compares the delivered key with each configured key, in constant time.
+/// Compares the delivered key with each configured key, in constant time: their digests, so
+/// that the time says nothing of a key's length either. Both are trimmed (a key pasted into a
+/// parameter often ends with a newline).
 pub fn verify_key(secrets: &[String], key: Option<&str>) -> Result<(), WebhookError> {
+    use sha2::{Digest as _, Sha256};
     let key = key.map(str::trim).unwrap_or_default().as_bytes();
+    let wanted = Sha256::digest(key);
     let matched = secrets.iter().fold(false, |found, s| {
-        found | bool::from(s.as_bytes().ct_eq(key))
+        let digest = Sha256::digest(s.trim().as_bytes());
+        found | bool::from(digest.as_slice().ct_eq(wanted.as_slice()))
     });
     if key.is_empty() || !matched {
         return Err(WebhookError::InvalidApiKey);
@@ -327,6 +332,8 @@ mod tests {
         let keys = vec!["current".to_string(), "previous".to_string()];
         assert!(verify_key(&keys, Some("current")).is_ok());
         assert!(verify_key(&keys, Some("previous")).is_ok());
+        // AND a configured key pasted with a newline still matches
+        assert!(verify_key(&["current\n".into()], Some("current")).is_ok());
         assert_eq!(
             verify_key(&keys, Some("curren")),
             Err(WebhookError::InvalidApiKey)

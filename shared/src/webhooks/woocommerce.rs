@@ -169,20 +169,19 @@ fn paid(
             .and_then(Value::as_i64)
             .filter(|q| *q > 0)
             .ok_or_else(|| invalid(format!("{what}.quantity is missing")))?;
-        // A subtotal that does not divide into whole minor units per unit is kept as one unit,
-        // so that no amount is rounded (WooCommerce refunds by amount, not by unit, anyway).
-        let (quantity, unit_price) = if before % quantity == 0 {
-            (quantity, before / quantity)
-        } else {
-            (1, before)
-        };
+        // A subtotal that does not divide into whole minor units per unit keeps its units (a
+        // membership bought three periods at once is three periods, a per-unit bonus counts
+        // each): the unit price is rounded up and what that adds goes into the line's discount,
+        // so that the line still comes to what was paid.
+        let unit_price = before.div_euclid(quantity) + i64::from(before.rem_euclid(quantity) != 0);
+        let rounding = unit_price.saturating_mul(quantity) - before;
         lines_total = lines_total.saturating_add(after.max(0));
         lines.push(json!({
             "line_id": id(item, "id")?,
             "sku": text(item, "sku").unwrap_or(""),
             "quantity": quantity,
             "unit_price": currency.format_amount(unit_price),
-            "discount": currency.format_amount((before - after).max(0)),
+            "discount": currency.format_amount((before - after).max(0) + rounding),
         }));
     }
     let total = money(currency, order, "total", "order")?;
@@ -264,6 +263,33 @@ mod tests {
             .find(|e| e.kind == "purchase.refunded")
             .expect("a refund")
             .data
+    }
+
+    #[test]
+    fn a_line_whose_subtotal_does_not_divide_by_its_units_keeps_them() {
+        // GIVEN a line of three units for $100.00 (not a whole number of cents each), $90.00
+        // after its discount
+        let body = String::from_utf8(order("75.19", "[]"))
+            .unwrap()
+            .replacen("\"quantity\": 2", "\"quantity\": 3", 1)
+            .replacen("\"subtotal\": \"50.00\"", "\"subtotal\": \"100.00\"", 1)
+            .replacen("\"total\": \"45.00\"", "\"total\": \"90.00\"", 1);
+        let Ok(Normalised::Events(events)) =
+            normalise("order.updated", body.as_bytes(), Utc::now())
+        else {
+            panic!("events")
+        };
+        // WHEN it is read THEN it is three units at $33.34, and its discount takes the $0.02
+        // of rounding with the $10.00: the line comes to $90.00 as paid
+        let line = &events[0].data["lines"][0];
+        assert_eq!(
+            (
+                line["quantity"].as_i64(),
+                line["unit_price"].as_str(),
+                line["discount"].as_str()
+            ),
+            (Some(3), Some("33.34"), Some("10.02"))
+        );
     }
 
     #[test]

@@ -111,6 +111,17 @@ impl Stack {
         state.account.map_or(0, |a| a.balance + a.pending_points())
     }
 
+    /// Runs today's campaign tick and delivers what it sent.
+    async fn tick(&self) -> loyalty_core::services::jobs::JobReport {
+        let report = self
+            .services
+            .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+            .await
+            .unwrap();
+        self.drain().await;
+        report
+    }
+
     async fn put_campaign(&self, id: &str, campaign: &Value) {
         self.services
             .put_campaign("kr-shop", id, campaign.to_string().as_bytes())
@@ -250,11 +261,7 @@ async fn the_tick_pays_exactly_todays_birthdays_once_reading_only_them() {
         .iter()
         .any(|id| id.starts_with("grant-birthday-gift:")));
     // WHEN the tick runs again the same day, and the app also reports the birthday
-    s.services
-        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
-        .await
-        .unwrap();
-    s.drain().await;
+    s.tick().await;
     let reported = json!({
         "type": "engagement.recorded", "version": 1, "id": "app-birthday-m0000",
         "program": "kr-shop", "member": "m0000", "occurred_at": now,
@@ -337,17 +344,8 @@ async fn a_tick_that_missed_a_week_pays_each_missed_birthday_once() {
     // WHEN the next tick runs a week later (29 November in Seoul), then again
     s.clock
         .set(Utc.with_ymd_and_hms(2026, 11, 29, 1, 0, 0).unwrap());
-    let report = s
-        .services
-        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
-        .await
-        .unwrap();
-    s.drain().await;
-    s.services
-        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
-        .await
-        .unwrap();
-    s.drain().await;
+    let report = s.tick().await;
+    s.tick().await;
     // THEN the first caught up 22 to 29 November and paid the seven birthdays in it, once
     // each, and not the one still to come
     assert_eq!(report.members, 7, "{report:?}");
@@ -374,19 +372,11 @@ async fn a_birthday_campaign_ended_since_still_has_the_days_a_late_tick_catches_
     campaign["variants"][0]["weight"] = json!(0);
     campaign["variants"][1]["weight"] = json!(1);
     s.put_campaign("birthday-gift", &campaign).await;
-    s.services
-        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
-        .await
-        .unwrap();
-    s.drain().await;
+    s.tick().await;
     // WHEN the next tick runs on 22 November, after the campaign has ended
     s.clock
         .set(Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap());
-    s.services
-        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
-        .await
-        .unwrap();
-    s.drain().await;
+    s.tick().await;
     // THEN the birthdays of the days it ran have the program's points and the campaign's
     // grant, and the one after it the points alone
     assert_eq!(s.balance("born-11-19").await, 2_000 + 1_000);
@@ -413,12 +403,7 @@ async fn a_tick_as_of_a_later_date_leaves_the_days_from_today_to_the_scheduled_t
     // WHEN no tick runs on 23 November, and the scheduled one of 24 November runs
     s.clock
         .set(Utc.with_ymd_and_hms(2026, 11, 24, 1, 0, 0).unwrap());
-    let report = s
-        .services
-        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
-        .await
-        .unwrap();
-    s.drain().await;
+    let report = s.tick().await;
     // THEN it went over the days since 22 November, and paid the birthday of the 23rd
     assert_eq!(
         report.from,
@@ -441,11 +426,7 @@ async fn a_birthday_campaign_an_operator_stopped_assigns_no_one_more() {
     campaign["variants"][0]["weight"] = json!(0);
     campaign["variants"][1]["weight"] = json!(1);
     s.put_campaign("birthday-gift", &campaign).await;
-    s.services
-        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
-        .await
-        .unwrap();
-    s.drain().await;
+    s.tick().await;
     // WHEN an operator stops it at 10:00 on 19 November, before any tick of that day, and the
     // next tick runs on 22 November
     s.clock
@@ -454,11 +435,7 @@ async fn a_birthday_campaign_an_operator_stopped_assigns_no_one_more() {
     s.put_campaign("birthday-gift", &campaign).await;
     s.clock
         .set(Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap());
-    s.services
-        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
-        .await
-        .unwrap();
-    s.drain().await;
+    s.tick().await;
     // THEN the member has the program's birthday points and no grant of the stopped campaign
     assert_eq!(s.balance("born-11-19").await, 2_000);
 }
@@ -477,11 +454,7 @@ async fn a_birthday_caught_up_in_the_new_year_leaves_that_year_its_own() {
         let s = &s;
         async move {
             s.clock.set(at);
-            s.services
-                .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
-                .await
-                .unwrap();
-            s.drain().await;
+            s.tick().await;
         }
     };
     tick(Utc.with_ymd_and_hms(2026, 12, 30, 1, 0, 0).unwrap()).await;
@@ -511,11 +484,7 @@ async fn anniversaries_are_paid_from_the_first_full_year_once() {
     s.seed(&[("today".into(), None)], now).await;
     // WHEN the tick runs twice
     for _ in 0..2 {
-        s.services
-            .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
-            .await
-            .unwrap();
-        s.drain().await;
+        s.tick().await;
     }
     // THEN only the member with a full year is paid, once
     assert_eq!(s.balance("a-year").await, 500);
@@ -1120,11 +1089,7 @@ async fn a_broadcast_grant_reaches_a_person_once_though_one_of_their_members_was
     let gift = json!({"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}});
     s.put_campaign("welcome-gift", &for_everyone("gift-2026", gift))
         .await;
-    s.services
-        .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
-        .await
-        .unwrap();
-    s.drain().await;
+    s.tick().await;
     // THEN the person has the grant once
     assert_eq!(s.balance("m-a").await, 200 + 1_000);
 }

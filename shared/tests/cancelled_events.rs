@@ -44,6 +44,14 @@ async fn drain(queue: &LocalQueue, services: &Services) {
     }
 }
 
+/// An operator cancels a held event as a test order.
+async fn cancel_test_order(services: &Services, id: &str) {
+    services
+        .cancel_held("kr-shop", id, "ops", br#"{"reason": "a test order"}"#)
+        .await
+        .unwrap();
+}
+
 async fn pending(services: &Services, member: &str) -> i64 {
     services
         .member_view("kr-shop", member)
@@ -120,15 +128,7 @@ async fn a_payment_cancelled_after_review_is_not_credited_when_delivered_again()
     drain(&queue, &services).await;
     let held = services.held_events("kr-shop").await.unwrap();
     assert_eq!(held.len(), 1, "{held:?}");
-    services
-        .cancel_held(
-            "kr-shop",
-            "woo-2002-paid",
-            "ops",
-            br#"{"reason": "a test order"}"#,
-        )
-        .await
-        .unwrap();
+    cancel_test_order(&services, "woo-2002-paid").await;
     // WHEN the platform delivers the cancelled payment again
     let again = services
         .process_earn(&purchase("woo-2002-paid", member))
@@ -150,15 +150,7 @@ async fn a_cancelled_event_is_final_and_its_replay_is_refused() {
         .await
         .unwrap();
     drain(&queue, &services).await;
-    services
-        .cancel_held(
-            "kr-shop",
-            "woo-3001-paid",
-            "ops",
-            br#"{"reason": "a test order"}"#,
-        )
-        .await
-        .unwrap();
+    cancel_test_order(&services, "woo-3001-paid").await;
     // WHEN an operator replays it
     let replayed = services
         .replay_rejected("kr-shop", "woo-3001-paid", "ops-2")
@@ -190,15 +182,7 @@ async fn a_payment_cancelled_stays_cancelled_for_the_member_its_member_was_merge
         .await
         .unwrap();
     drain(&queue, &services).await;
-    services
-        .cancel_held(
-            "kr-shop",
-            "woo-4002-paid",
-            "ops",
-            br#"{"reason": "a test order"}"#,
-        )
-        .await
-        .unwrap();
+    cancel_test_order(&services, "woo-4002-paid").await;
     // (the limit lifted again, so that nothing is held for it below)
     common::save_kr_shop(&services).await;
     services

@@ -86,13 +86,14 @@ fn purchase(id: &str, member: &str) -> String {
 fn pending(server: &Server, admin: &str, member: &str, expected: i64) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let (_, view) = server.call(
+        let (status, view) = server.call(
             "GET",
             &format!("/v1/programs/kr-shop/members/{member}"),
             admin,
             &[],
             None,
         );
+        let view = common::points_view(status, view);
         if view["pending"] == expected {
             return true;
         }

@@ -54,8 +54,7 @@ impl Client {
             &[],
             None,
         );
-        assert_eq!(status, 200, "{view}");
-        view
+        common::points_view(status, view)
     }
 
     fn ledger_sum(&self, member: &str) -> (usize, i64) {

@@ -46,14 +46,16 @@ impl Shop {
     }
 
     fn balance(&self, member: &str) -> i64 {
-        let (_, view) = self.server.call(
+        let (status, view) = self.server.call(
             "GET",
             &format!("{PROGRAM}/members/{member}"),
             &self.admin,
             &[],
             None,
         );
-        view["balance"].as_i64().expect("balance")
+        common::points_view(status, view)["balance"]
+            .as_i64()
+            .expect("balance")
     }
 
     /// Every stored ledger entry of a member, through the paged admin route.

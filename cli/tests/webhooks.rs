@@ -96,8 +96,13 @@ fn shopify(
     (status, response.json().unwrap_or(Value::Null))
 }
 
+/// An operator's view of a member; one with no account (`unknown-member`) has no points.
 fn view_in(server: &Server, program: &str, member: &str) -> Value {
-    admin_get(server, &format!("/v1/programs/{program}/members/{member}"))
+    let view = admin_get(server, &format!("/v1/programs/{program}/members/{member}"));
+    if view["type"] == "/problems/unknown-member" {
+        return json!({"balance": 0, "pending": 0, "account": false});
+    }
+    view
 }
 
 fn admin_token() -> String {
@@ -154,6 +159,41 @@ fn eventually_in(
         assert!(Instant::now() < deadline, "never held; last view {v}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_shopify_refund_of_money_alone_takes_back_its_share_of_what_the_goods_were_paid() {
+    // GIVEN the fixture's order: 100,000 paid for its goods (tax included), 1,000 pending
+    let server = start();
+    let paid = fixture("orders-paid.json", &days_ago(1));
+    assert_eq!(
+        shopify(&server, "orders/paid", &paid, SHOPIFY_SECRET, "p-1").0,
+        200
+    );
+    eventually(&server, MEMBER, |v| v["pending"] == 1_000);
+    // WHEN the shop refunds 25,000 without returning any line (a goodwill refund), with
+    // 3,000 of shipping
+    let mut refund: Value =
+        serde_json::from_slice(&fixture("refunds-create.json", &days_ago(0))).expect("json");
+    refund["refund_line_items"] = json!([]);
+    refund["transactions"] =
+        json!([{"kind": "refund", "status": "success", "amount": "28000", "currency": "KRW"}]);
+    refund["order_adjustments"] = json!([{"kind": "shipping_refund", "amount": "-3000"}]);
+    let body = refund.to_string().into_bytes();
+    let (status, answer) = shopify(&server, "refunds/create", &body, SHOPIFY_SECRET, "r-1");
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("accepted")),
+        "{answer}"
+    );
+    // THEN a quarter of each line's points is taken back, rounded down (137 of the tees' 550,
+    // 112 of the cap's 450), once for both deliveries
+    assert_eq!(
+        shopify(&server, "refunds/create", &body, SHOPIFY_SECRET, "r-2").0,
+        200
+    );
+    let v = eventually(&server, MEMBER, |v| v["pending"] == 751);
+    assert_eq!(v["tier"]["qualifying"], 75_000);
 }
 
 #[test]

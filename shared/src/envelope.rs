@@ -217,7 +217,9 @@ struct RefundData {
     /// The refunded units of named lines...
     #[serde(default)]
     lines: Vec<RefundLineData>,
-    /// ...or, for platforms that name no lines, the amount refunded of the order's total.
+    /// ...or, for platforms that name no lines, the amount refunded: of `order_total` when
+    /// given, else of what the order's purchase was paid for its goods (lines after discounts,
+    /// tax charged on top; shipping apart).
     #[serde(default)]
     amount: Option<String>,
     #[serde(default)]
@@ -489,7 +491,16 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                     None => 0,
                 },
             };
-            let _ = (d.taxes_included, &d.channel);
+            // Tax the prices include is paid with the lines, not on top of them.
+            let purchase = Purchase {
+                tax: if d.taxes_included == Some(true) {
+                    0
+                } else {
+                    purchase.tax
+                },
+                ..purchase
+            };
+            let _ = &d.channel;
             membership_periods_within(program, &purchase)?;
             // Catch line problems (discount above the total, duplicate line ids) now, not in earn.
             crate::domain::earning::purchase_points(
@@ -582,9 +593,17 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                     }
                     RefundScope::Share { amount, total }
                 }
+                // Of what the order was paid, as its purchase recorded it.
+                (true, Some(amount), None) => {
+                    let amount = amount_of(program.currency, "data.amount", amount)?;
+                    if amount == 0 {
+                        return Err(invalid("data.amount must be greater than zero"));
+                    }
+                    RefundScope::Amount { amount }
+                }
                 _ => {
                     return Err(invalid(
-                        "a refund lists data.lines, or gives data.amount with data.order_total (not both)",
+                        "a refund lists data.lines, or gives data.amount (with data.order_total when it is a share of a total other than the one paid), not both",
                     ))
                 }
             };

@@ -1341,6 +1341,21 @@ pub trait ErasureStore: Send + Sync {
     /// The members whose account names `referrer` as the member who referred them (a scan of
     /// the program: erasures are rare, and referrals are kept by the member referred).
     async fn referees(&self, program: &str, referrer: &str) -> Result<Vec<String>, StoreError>;
+    /// Remembers that the names of `digests` ([`crate::domain::erasure::erased_name`]) were
+    /// erased at `at`, one record each; a name erased again later keeps the later time.
+    async fn note_erased(
+        &self,
+        program: &str,
+        digests: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// The latest erasure among the names of `digests` (at most 100), read current; `None` when
+    /// none was erased.
+    async fn erased_at(
+        &self,
+        program: &str,
+        digests: &[String],
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
 }
 
 /// What [`ErasureStore::forget_payloads`] deleted.

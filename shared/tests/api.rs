@@ -202,7 +202,7 @@ async fn admin_tokens_limited_to_a_program_stay_there() {
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, view) = call(
+    let (status, problem) = call(
         &h,
         "GET",
         "/v1/programs/kr-shop/members/m-1",
@@ -212,8 +212,8 @@ async fn admin_tokens_limited_to_a_program_stay_there() {
     )
     .await;
     assert_eq!(
-        (status, view["balance"].clone()),
-        (StatusCode::OK, json!(0))
+        (status, type_of(&problem)),
+        (StatusCode::NOT_FOUND, "unknown-member")
     );
     // AND an unknown program is 404 after authorisation
     let (status, problem) = call(&h, "GET", "/v1/programs/nope/me", &member("m-1"), "", "").await;
@@ -301,6 +301,33 @@ async fn the_ledger_pages_over_http_with_a_cursor() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // AND support staff find m-1, while a name no event carried is unknown, not an empty account
+    let (status, view) = call(
+        &h,
+        "GET",
+        "/v1/programs/kr-shop/members/m-1",
+        &token,
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(
+        (status, view["balance"].clone()),
+        (StatusCode::OK, json!(2_500))
+    );
+    let (status, problem) = call(
+        &h,
+        "GET",
+        "/v1/programs/kr-shop/members/m-l",
+        &token,
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(
+        (status, type_of(&problem)),
+        (StatusCode::NOT_FOUND, "unknown-member")
+    );
 }
 
 #[tokio::test]

@@ -2069,6 +2069,41 @@ async fn the_members_a_referrer_referred_are_found_by_its_id(store: Arc<dyn Stor
     );
 }
 
+async fn an_erasure_is_remembered_by_name_with_its_latest_time(store: Arc<dyn Store>) {
+    // GIVEN two names erased at 10:00, one of them erased again at 11:00, and written again
+    // with the earlier time (a resumed run)
+    let at = |h| Utc.with_ymd_and_hms(2026, 12, 6, h, 0, 0).unwrap();
+    let (a, b, never) = (member(), member(), member());
+    store
+        .note_erased("kr-shop", &[a.clone(), b.clone()], at(10))
+        .await
+        .unwrap();
+    store
+        .note_erased("kr-shop", std::slice::from_ref(&b), at(11))
+        .await
+        .unwrap();
+    store
+        .note_erased("kr-shop", std::slice::from_ref(&b), at(10))
+        .await
+        .unwrap();
+    // WHEN the erasures are read by name
+    let read = |names: Vec<String>| {
+        let store = store.clone();
+        async move { store.erased_at("kr-shop", &names).await.unwrap() }
+    };
+    // THEN each answers its latest time, several the latest of them, and others none
+    assert_eq!(read(vec![a.clone()]).await, Some(at(10)));
+    assert_eq!(read(vec![b.clone()]).await, Some(at(11)));
+    assert_eq!(
+        read(vec![never.clone(), a.clone(), b.clone()]).await,
+        Some(at(11))
+    );
+    assert_eq!(read(vec![never.clone()]).await, None);
+    assert_eq!(read(Vec::new()).await, None);
+    // AND another program knows nothing of them
+    assert_eq!(store.erased_at("us-shop", &[a]).await.unwrap(), None);
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -2105,7 +2140,8 @@ macro_rules! conformance {
                 counters_sum_their_shards_and_assignment_writes_are_conditional,
                 the_books_the_walk_and_member_files_agree_with_what_was_committed,
                 a_quota_refuses_the_commit_that_would_pass_its_limit,
-                the_members_a_referrer_referred_are_found_by_its_id);
+                the_members_a_referrer_referred_are_found_by_its_id,
+                an_erasure_is_remembered_by_name_with_its_latest_time);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {

@@ -209,7 +209,7 @@ def test_a_tier_upgrade_arrives_through_the_tier_queue(stack):
     assert (status, body) == (202, {"id": "ev-tier-1", "status": "accepted"})
     # THEN earn credits 3,000 points and tier-recalc, fed by earn's tier.check, upgrades to SILVER
     view = stack.eventually(
-        lambda: (v := stack.member("m-tier"))["tier"]["id"] == "SILVER" and v, timeout=30, what="SILVER"
+        lambda: (v := stack.member("m-tier")).get("tier", {}).get("id") == "SILVER" and v, timeout=30, what="SILVER"
     )
     assert view["balance"] == 3000
     ledger = stack.request("GET", "/v1/programs/kr-shop/members/m-tier/ledger", token=admin)[1]
@@ -225,9 +225,9 @@ def test_a_schedule_releases_pending_points(stack):
     occurred = datetime.now(timezone.utc) - timedelta(days=7) + timedelta(seconds=15)
     event = purchase("ev-release-1", "m-release", "release-1", 50_000, occurred)
     assert stack.request("POST", "/v1/programs/kr-shop/events", event, token=admin)[0] == 202
-    stack.eventually(lambda: stack.member("m-release")["pending"] == 500, what="500 pending")
+    stack.eventually(lambda: stack.member("m-release").get("pending") == 500, what="500 pending")
     # WHEN the window has ended, the view already counts the points, provisionally
-    stack.eventually(lambda: stack.member("m-release")["balance"] == 500, what="500 available", timeout=30)
+    stack.eventually(lambda: stack.member("m-release").get("balance") == 500, what="500 available", timeout=30)
 
     def entries():
         return stack.request("GET", "/v1/programs/kr-shop/members/m-release/ledger", token=admin)[1]["entries"]
@@ -273,9 +273,8 @@ def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue():
         )
         assert status["sources"]["EarnMessages"]["batches"] == 5, status["sources"]
         assert status["queues"]["EarnQueue"] == {"visible": 0, "in_flight": 0}
-        # AND the member was never credited
-        view = running.member("m-dlq")
-        assert (view["balance"], view["pending"]) == (0, 0)
+        # AND the member was never credited: it has no account at all
+        assert running.member("m-dlq") == {}
     finally:
         stop_stack(running)
 
@@ -350,11 +349,11 @@ def test_functions_log_each_message_at_info_with_its_ids_trace_and_metrics_and_n
         event = purchase("ev-log-1", member, "log-1", 300_000, datetime.now(timezone.utc) - timedelta(days=8))
         header = {"X-Amzn-Trace-Id": f"Root={TRACE};Parent=53995c3f42cd8ad8;Sampled=1"}
         assert running.request("POST", "/v1/programs/kr-shop/events", event, token=admin, headers=header)[0] == 202
-        running.eventually(lambda: running.member(member)["balance"] == 3000, what="the purchase credited")
+        running.eventually(lambda: running.member(member).get("balance") == 3000, what="the purchase credited")
         # AND a signed Shopify order whose payload holds a customer's email is processed
         body, headers = shopify_paid(820982911946154999, 7009999, 1)
         assert running.request("POST", "/webhooks/shopify/kr-shop", body, headers=headers)[0] == 200
-        running.eventually(lambda: running.member("shopify:7009999")["pending"] > 0, what="the order credited")
+        running.eventually(lambda: running.member("shopify:7009999").get("pending", 0) > 0, what="the order credited")
 
         def processed():
             for record in json_lines(logs / "earn.log"):

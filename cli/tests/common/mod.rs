@@ -87,6 +87,19 @@ impl Server {
     }
 }
 
+/// What an operator's view of a member (`GET .../members/{member}`) says of its points: the
+/// view, or for a member with no account (404 `unknown-member`) no points at all,
+/// `{"balance": 0, "pending": 0, "account": false}`. Anything else fails the test.
+pub fn points_view(status: u16, answer: Value) -> Value {
+    match (status, answer["type"].as_str()) {
+        (200, _) => answer,
+        (404, Some("/problems/unknown-member")) => {
+            serde_json::json!({"balance": 0, "pending": 0, "account": false})
+        }
+        _ => panic!("member view: {status} {answer}"),
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

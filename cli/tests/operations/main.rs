@@ -62,7 +62,8 @@ impl Shop {
     }
 
     fn member(&self, member: &str) -> Value {
-        self.get(&format!("{P}/members/{member}"))
+        let (status, view) = self.call("GET", &format!("{P}/members/{member}"), None);
+        common::points_view(status, view)
     }
 
     /// Shopify's `orders/paid` of the webhook fixture (customer 7001234, minji@example.com),
@@ -92,10 +93,14 @@ impl Shop {
         assert_eq!(response.status().as_u16(), 200);
     }
 
-    /// The same order under another Shopify order id.
+    /// The same order under another Shopify order id, paid yesterday.
     fn shopify_paid_order(&self, order: &str) {
-        let occurred =
-            (Utc::now() - chrono::Duration::days(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+        self.shopify_paid_order_at(order, Utc::now() - chrono::Duration::days(1));
+    }
+
+    /// The same order under another Shopify order id, paid at `at`.
+    fn shopify_paid_order_at(&self, order: &str, at: chrono::DateTime<Utc>) {
+        let occurred = at.to_rfc3339_opts(SecondsFormat::Secs, true);
         let body = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../tests/fixtures/shopify/orders-paid.json"),
@@ -139,7 +144,8 @@ impl Shop {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (status, v) = self.call("GET", &format!("{P}/members/{member}"), None);
-            if status == 200 && check(&v) {
+            let v = common::points_view(status, v);
+            if check(&v) {
                 return v;
             }
             assert!(

@@ -625,6 +625,7 @@ fn an_erased_member_leaves_amounts_without_a_person_and_its_email_later_makes_a_
     );
 
     // WHEN support erases the member, named by its email
+    let before = now();
     let (status, erased) = shop.call(
         "DELETE",
         &format!("{P}/members/email:minji@example.com?reason=erasure%20request%20by%20email"),
@@ -677,13 +678,64 @@ fn an_erased_member_leaves_amounts_without_a_person_and_its_email_later_makes_a_
     assert_eq!(report["violations"], json!([]), "{report}");
     assert_eq!(audit.status.code(), Some(0));
 
-    // WHEN an order for the erased email arrives
-    shop.shopify_paid_order("820982911946154999");
+    // WHEN an order the erased member paid yesterday comes late (a reconcile, a platform's
+    // retry), and an earlier sale is submitted again by member id (a redrive, a replay)
+    shop.shopify_paid_order("820982911946154777");
+    let mut sale = pos_purchase("sale-before-erasure", member, "before-1");
+    sale["occurred_at"] = json!(before);
+    shop.send(sale);
+    shop.settled();
+    // THEN neither makes a member of the person again: no account, and no link of its email
+    let (status, gone) = shop.call("GET", &format!("{P}/members/{member}"), None);
+    assert_eq!(
+        (status, gone["type"].as_str()),
+        (404, Some("/problems/unknown-member")),
+        "{gone}"
+    );
+    let (status, gone) = shop.call("GET", &format!("{P}/members/email:minji@example.com"), None);
+    assert_eq!(status, 404, "{gone}");
+
+    // WHEN the same customer orders again after the erasure (Shopify's times are in seconds)
+    shop.shopify_paid_order_at(
+        "820982911946154999",
+        Utc::now() + chrono::Duration::seconds(2),
+    );
     // THEN it makes a new member, who has only that order
     let fresh = shop.eventually(member, |v| v["pending"] == 1_000);
     assert_eq!(fresh["balance"].as_i64(), Some(0), "{fresh}");
     let ledger = shop.whole_ledger(member);
     assert_eq!(ledger.len(), 1, "{ledger:?}");
+}
+
+#[test]
+fn a_late_order_from_before_an_erasure_links_none_of_the_person_s_identities() {
+    // GIVEN a Shopify customer (7001234, minji@example.com) with an order, erased
+    let shop = Shop::start("erase-late-order");
+    shop.shopify_paid();
+    shop.eventually("shopify:7001234", |v| v["pending"] == 1_000);
+    let (status, erased) = shop.call(
+        "DELETE",
+        &format!("{P}/members/shopify:7001234?reason=erasure%20request"),
+        None,
+    );
+    assert_eq!(status, 200, "{erased}");
+    // WHEN an order the customer paid the day before the erasure comes late (a reconcile)
+    shop.shopify_paid_order("820982911946154777");
+    shop.settled();
+    // THEN nothing leads from the email to anyone: support can link it to another member
+    shop.give(&["m-other"], 10);
+    let (status, linked) = shop.call(
+        "POST",
+        &format!("{P}/members/m-other/aliases"),
+        Some(json!({"kind": "email", "value": "minji@example.com"})),
+    );
+    assert_eq!(
+        (status, linked["linked"].as_bool()),
+        (201, Some(true)),
+        "{linked}"
+    );
+    let (status, _) = shop.call("GET", &format!("{P}/members/shopify:7001234"), None);
+    assert_eq!(status, 404);
 }
 
 #[test]

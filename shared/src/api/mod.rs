@@ -1133,7 +1133,7 @@ async fn admin_member_view(
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
     let member = member_in_path(&state, &program, &member).await?;
-    Ok(Json(state.services.member_view(&program, &member).await?).into_response())
+    Ok(Json(state.services.known_member_view(&program, &member).await?).into_response())
 }
 
 /// Everything held about a member, streamed as one JSON document.

@@ -19,7 +19,8 @@ pub struct Purchase {
     /// Shipping charged on the order; never earns.
     #[serde(default)]
     pub shipping: i64,
-    /// Tax charged on top of the prices; never earns. Tax included in prices is not subtracted.
+    /// Tax charged on top of the prices (0 when the prices include it); never earns. Tax
+    /// included in prices is not subtracted.
     #[serde(default)]
     pub tax: i64,
 }

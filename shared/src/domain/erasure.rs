@@ -34,6 +34,24 @@ pub fn payable_referrer(referrer: String) -> Option<String> {
     (referrer != ERASED_REFERRER).then_some(referrer)
 }
 
+/// How an erased member id or identity (as events name members: `m-1`, `shopify:7001234`,
+/// `email:ann@example.com`, an app's subject) is remembered: a SHA-256 digest of the name
+/// within its program, in hex. The record says that someone so named was erased, and when, so
+/// that an event from before (a reconcile of old orders, a redrive, a replay) makes no member
+/// of the name again; it holds no name in the clear.
+pub fn erased_name(program: &str, name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{program}\n{name}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether an event of `occurred_at` comes from before an erasure of `erased_at` of a name it
+/// carries: it belongs to the person erased, whose points went with them. An event after it
+/// is the same name coming back, which makes a new member as a first event does.
+pub fn before_erasure(occurred_at: DateTime<Utc>, erased_at: Option<DateTime<Utc>>) -> bool {
+    erased_at.is_some_and(|erased_at| occurred_at <= erased_at)
+}
+
 impl Account {
     /// The account of a member referred by `referrer` once the referrer is erased; `None` when
     /// it does not name it.

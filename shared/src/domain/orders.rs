@@ -56,6 +56,11 @@ pub struct OrderEarning {
     pub share_refunded: i64,
     #[serde(default)]
     pub share_total: i64,
+    /// What the purchase's lines were paid, after discounts, with tax charged on top (minor
+    /// units; shipping apart): what a refund of an amount alone is a share of
+    /// ([`RefundScope::Amount`]). 0 for records written before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub paid: i64,
     /// The campaigns that counted this purchase: its refunds take their revenue back there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counted_in: Vec<String>,
@@ -113,6 +118,10 @@ pub enum RefundScope {
     Share { amount: i64, total: i64 },
     /// Everything that is left (a cancellation).
     Rest,
+    /// An amount refunded for an order whose platform states no total with it (Shopify's
+    /// refunds of money alone): a share of what the purchase was paid ([`OrderEarning::paid`]),
+    /// applied as [`RefundScope::Share`] of that.
+    Amount { amount: i64 },
 }
 
 impl RefundScope {
@@ -151,6 +160,12 @@ pub enum OrderError {
     BadQuantity(String),
     #[error("the order record is for {found:?}, not {expected:?}")]
     WrongOrder { expected: String, found: String },
+    #[error("order {0:?} was recorded before what it was paid was kept: a refund of an amount alone cannot be shared over it; adjust the member by hand")]
+    PaidUnknown(String),
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
 }
 
 impl OrderRecord {
@@ -301,6 +316,7 @@ impl Account {
             lines,
             share_refunded: 0,
             share_total: 0,
+            paid: paid_for_goods(purchase),
             counted_in: Vec::new(),
         });
 
@@ -453,9 +469,42 @@ fn reverse(
     record: &mut OrderRecord,
     reversal: &Reversal,
 ) -> Result<(), OrderError> {
+    let reversal = &as_share(record, reversal)?;
     apply_reversal(journal, program, record, reversal)?;
     end_membership(journal, program, record, reversal);
     Ok(())
+}
+
+/// What the lines of a purchase were paid after their discounts, with the tax charged on top
+/// of their prices: what the customer paid for the goods. Amounts are bounded at the edge, so
+/// this never overflows; it saturates all the same.
+fn paid_for_goods(purchase: &Purchase) -> i64 {
+    purchase
+        .lines
+        .iter()
+        .map(|l| {
+            l.unit_price
+                .saturating_mul(l.quantity)
+                .saturating_sub(l.discount)
+        })
+        .fold(purchase.tax.max(0), i64::saturating_add)
+}
+
+/// A refund of an amount alone, as the share of what the order was paid that it is.
+fn as_share(record: &OrderRecord, reversal: &Reversal) -> Result<Reversal, OrderError> {
+    let RefundScope::Amount { amount } = reversal.scope else {
+        return Ok(reversal.clone());
+    };
+    match record.earned.as_ref().map_or(0, |e| e.paid) {
+        paid if paid > 0 => Ok(Reversal {
+            scope: RefundScope::Share {
+                amount,
+                total: paid,
+            },
+            ..reversal.clone()
+        }),
+        _ => Err(OrderError::PaidUnknown(record.order_id.clone())),
+    }
 }
 
 /// A refund of a membership payment ends the membership at once; the points earned with it
@@ -481,8 +530,8 @@ fn end_membership(
                 .map(|l| (l.line_id.clone(), l.quantity))
                 .collect(),
         ),
-        RefundScope::Share { .. } if !whole => return,
-        RefundScope::Share { .. } | RefundScope::Rest => None,
+        RefundScope::Share { .. } | RefundScope::Amount { .. } if !whole => return,
+        RefundScope::Share { .. } | RefundScope::Amount { .. } | RefundScope::Rest => None,
     };
     let day = local_date(program.time_zone, reversal.occurred_at);
     let reason =
@@ -683,7 +732,9 @@ fn refund_quantities(
 ) -> Result<Vec<i64>, OrderError> {
     let lines = match &reversal.scope {
         RefundScope::Lines { lines } => lines,
-        RefundScope::Share { .. } => return Ok(vec![0; earned.lines.len()]),
+        RefundScope::Share { .. } | RefundScope::Amount { .. } => {
+            return Ok(vec![0; earned.lines.len()])
+        }
         RefundScope::Rest => {
             return Ok(earned
                 .lines
@@ -795,6 +846,7 @@ mod tests {
             lines,
             share_refunded: 0,
             share_total: 0,
+            paid: 0,
             counted_in: Vec::new(),
         }
     }
@@ -837,6 +889,37 @@ mod tests {
         ]);
         let wanted = refund_quantities("1", &order, &refund(&[("4661", 1, "TEE")])).unwrap();
         assert_eq!(wanted, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_refund_of_an_amount_alone_is_a_share_of_what_the_order_was_paid() {
+        // GIVEN a refund of 25,000 with no total, and an order paid 100,000
+        let reversal = Reversal {
+            scope: RefundScope::Amount { amount: 25_000 },
+            ..refund(&[])
+        };
+        let mut earned = imported(vec![line("1", "", 1, 0)]);
+        earned.paid = 100_000;
+        let record = |earned: OrderEarning| OrderRecord {
+            order_id: "1".into(),
+            earned: Some(earned),
+            ..OrderRecord::default()
+        };
+        // WHEN it is applied THEN it is a share of 25,000 of 100,000
+        let share = as_share(&record(earned.clone()), &reversal).unwrap();
+        assert_eq!(
+            share.scope,
+            RefundScope::Share {
+                amount: 25_000,
+                total: 100_000
+            }
+        );
+        // AND an order recorded before what it was paid was kept refuses it, saying why
+        earned.paid = 0;
+        assert!(matches!(
+            as_share(&record(earned), &reversal),
+            Err(OrderError::PaidUnknown(order)) if order == "1"
+        ));
     }
 
     #[test]

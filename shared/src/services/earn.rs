@@ -308,9 +308,10 @@ impl Services {
                 })?;
                 continue;
             }
-            // Being erased: once it is gone, the event makes a new member. Not a referrer's
-            // reward: a referee's order matured during the erasure names the erased member as
-            // its referrer, and would make a member of that id holding points for no one.
+            // Being erased: once it is gone, an event from after the erasure makes a new member
+            // (one from before is dropped, below). Not a referrer's reward: a referee's order
+            // matured during the erasure names the erased member as its referrer, and would
+            // make a member of that id holding points for no one.
             if state.account.as_ref().is_some_and(|a| a.erased.is_some()) {
                 if matches!(
                     event,
@@ -324,6 +325,25 @@ impl Services {
                     "member {} is being erased; the event waits until that is done",
                     crate::telemetry::member_ref(&envelope.member)
                 )));
+            }
+            // No account: a first event, unless it is an erased member's from before the
+            // erasure (a redrive, a replay, an order reconciled again), which would make a
+            // member of the person erased again.
+            if state.account.is_none()
+                && self
+                    .older_than_erasure(
+                        &program.id,
+                        std::slice::from_ref(&envelope.member),
+                        envelope.occurred_at,
+                    )
+                    .await
+                    .map_err(|e| Retry(e.to_string()))?
+            {
+                tracing::info!(program = %program.id, event_id = crate::telemetry::event_ref(&envelope.id), "event from before its member's erasure dropped");
+                return Ok(Processed::NoEffect(
+                    "the member's personal data was erased after this event: it makes no member again"
+                        .into(),
+                ));
             }
             if state
                 .account

@@ -22,9 +22,11 @@ use serde::Serialize;
 
 use super::{Contention, ServiceError, Services};
 use crate::domain::books::BooksAdd;
-use crate::domain::erasure::{new_pseudonym, pseudonymised, replaced, Erasure};
+use crate::domain::erasure::{
+    before_erasure, erased_name, new_pseudonym, pseudonymised, replaced, Erasure,
+};
 use crate::domain::{Account, Change, DueDates, EventContext, LedgerEntry, Program, Source};
-use crate::ports::{Commit, CommitError, EventMarker, APP_LINK};
+use crate::ports::{Commit, CommitError, EventMarker, APP_LINK, ORDER_LINK, REDEMPTION_LINK};
 
 /// Ledger entries copied per commit, inside one DynamoDB transaction with the account.
 const COPY_CHUNK: usize = 90;
@@ -61,6 +63,21 @@ pub(crate) fn identity_names(aliases: &[(String, String)]) -> Vec<String> {
     aliases
         .iter()
         .flat_map(|(kind, value)| [format!("{kind}:{value}"), value.clone()])
+        .collect()
+}
+
+/// The names events may carry for a member with these identities, as member ids: `kind:value`,
+/// an app's subject alone (orders' and redemptions' links name no one).
+fn member_names(member: &str, aliases: &[(String, String)]) -> Vec<String> {
+    let identities = aliases
+        .iter()
+        .filter(|(kind, _)| ![ORDER_LINK, REDEMPTION_LINK].contains(&kind.as_str()))
+        .map(|(kind, value)| match kind.as_str() {
+            APP_LINK => value.clone(),
+            _ => format!("{kind}:{value}"),
+        });
+    std::iter::once(member.to_string())
+        .chain(identities)
         .collect()
 }
 
@@ -124,6 +141,7 @@ impl Services {
             names.push(value.to_string());
         }
         let mut principals = app_subjects(member, &file.aliases);
+        let mut erased_names = member_names(member, &file.aliases);
         // Members merged into it are named in its ledger (`Merged from …`, and the merge's
         // entry id): known before the ledger is kept, each under a stand-in of its own (also
         // for its identities, which the merge moved to this member).
@@ -139,6 +157,7 @@ impl Services {
             ));
             names.extend(theirs);
             principals.extend(app_subjects(merged, &other.aliases));
+            erased_names.extend(member_names(merged, &other.aliases));
             merged_files.push((merged, other));
         }
         stand_ins.extend(stand_ins_of(&names, &erasure.pseudonym));
@@ -150,6 +169,16 @@ impl Services {
         kept.reason = replaced(&kept.reason, &stand_ins);
         let entries = self
             .keep_ledger(&program, member, &account, &kept, &stand_ins)
+            .await?;
+        // Remembered before anything under them goes (a run again after that would no longer
+        // know the identities): an event from before the erasure that names one of them (a
+        // reconcile, a redrive, a replay) makes no member again.
+        let digests: Vec<String> = erased_names
+            .iter()
+            .map(|name| erased_name(&program.id, name))
+            .collect();
+        self.store
+            .note_erased(&program.id, &digests, erasure.at)
             .await?;
         let coupons: Vec<String> = file.coupons.iter().map(|c| c.code.clone()).collect();
         let identities = file.aliases.len();
@@ -190,6 +219,22 @@ impl Services {
             referees,
             resumed: forfeit.is_none(),
         })
+    }
+
+    /// Whether an event of `occurred_at` that names one of `names` (member ids, identities as
+    /// `kind:value`) comes from before that name's erasure (`domain::erasure::before_erasure`).
+    pub(crate) async fn older_than_erasure(
+        &self,
+        program: &str,
+        names: &[String],
+        occurred_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, crate::ports::StoreError> {
+        let digests: Vec<String> = names
+            .iter()
+            .map(|name| erased_name(program, name))
+            .collect();
+        let erased_at = self.store.erased_at(program, &digests).await?;
+        Ok(before_erasure(occurred_at, erased_at))
     }
 
     /// Step 4: the members referred by one of `referrers` keep that they were referred, not by

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{ServiceError, Services};
 use crate::domain::calendar::local_date;
 use crate::domain::tiers::{KeepTier, NextTier};
-use crate::domain::{Account, LedgerEntry};
+use crate::domain::{Account, LedgerEntry, Program};
 use crate::store::decode_cursor;
 
 /// Points expiring within this many days are listed in the member view.
@@ -220,21 +220,41 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ServiceError> {
 }
 
 impl Services {
-    /// The member's account as of now (a member never seen before has an empty account).
+    /// The member's account as of now (a member never seen before has an empty account: the
+    /// app of someone who has bought nothing yet shows zero).
     pub async fn member_view(
         &self,
         program: &str,
         member: &str,
     ) -> Result<MemberView, ServiceError> {
         let program = self.program(program).await?;
-        let now = self.clock.now();
         let state = self.store.load_member(&program.id, member, &[]).await?;
         let account = state
             .account
-            .unwrap_or_else(|| Account::open(&program, member, now));
-        let view = account.as_of(&program, now).account;
+            .unwrap_or_else(|| Account::open(&program, member, self.clock.now()));
+        Ok(self.view_of(&program, account))
+    }
+
+    /// [`Services::member_view`] for support staff, who look members up by what a customer
+    /// tells them: a member with no account (a mistyped email, an erased member) is
+    /// `unknown-member`, not an empty account that looks like a real one.
+    pub async fn known_member_view(
+        &self,
+        program: &str,
+        member: &str,
+    ) -> Result<MemberView, ServiceError> {
+        let program = self.program(program).await?;
+        let account = self.existing_account(&program.id, member).await?;
+        Ok(self.view_of(&program, account))
+    }
+
+    fn view_of(&self, program: &Program, account: Account) -> MemberView {
+        let now = self.clock.now();
+        let member = account.member.clone();
+        let member = member.as_str();
+        let view = account.as_of(program, now).account;
         let today = local_date(program.time_zone, now);
-        let progress = view.tier_progress(&program, today);
+        let progress = view.tier_progress(program, today);
         let mut releases: Vec<DatedPoints> = Vec::new();
         // A grant of no points (a small order, a fee) waits out its window but releases nothing.
         for grant in view.pending.iter().filter(|g| g.points > 0) {
@@ -260,7 +280,7 @@ impl Services {
         let tier_name = program
             .tier(&progress.id)
             .map_or_else(|| progress.id.clone(), |(_, t)| t.name.clone());
-        Ok(MemberView {
+        MemberView {
             member: member.to_string(),
             program: program.id.clone(),
             currency: program.currency.to_string(),
@@ -289,13 +309,13 @@ impl Services {
             merged_into: view.merged_into().map(str::to_string),
             merged_from: view.merged_from.clone(),
             suspended: view.suspended.clone(),
-            membership: membership_view(&program, &view, today),
-            cashback: PointValue::cashback_of(&program).map(|v| CashbackView {
+            membership: membership_view(program, &view, today),
+            cashback: PointValue::cashback_of(program).map(|v| CashbackView {
                 currency: program.currency.to_string(),
                 balance: v.of(view.balance),
                 pending: v.of(view.pending_points()),
             }),
-        })
+        }
     }
 
     /// A page of the ledger, newest recorded first. The first page also lists, marked

@@ -295,6 +295,11 @@ impl Services {
             }
             // Who the event is for, and where its links lead now: read together.
             let (resolved, mut links) = self.member_and_links(program, &event).await?;
+            if let Resolved::New { member, link } = &resolved {
+                if self.erased_after(program, &event, member, link).await? {
+                    continue;
+                }
+            }
             let (member, new) = match resolved {
                 Resolved::Known(member) => (Some(member), None),
                 Resolved::New { member, link } => (Some(member), Some(link)),
@@ -425,6 +430,38 @@ impl Services {
                 Ok((resolved, links))
             }
         }
+    }
+
+    /// Whether a new member's event comes from before the erasure of one of the names it
+    /// carries (its member, the identity to be linked, its other identities): an order of the
+    /// person erased, brought again by a reconcile or a platform's late retry. It is left out,
+    /// before any link is written: it would make a member of that person again.
+    async fn erased_after(
+        &self,
+        program: &str,
+        event: &PlatformEvent,
+        member: &str,
+        link: &Link,
+    ) -> Result<bool, ServiceError> {
+        let own = match link.kind.as_str() {
+            crate::ports::APP_LINK => link.value.clone(),
+            kind => format!("{kind}:{}", link.value),
+        };
+        let mut names = vec![member.to_string(), own];
+        names.extend(event.identities.iter().cloned());
+        names.sort();
+        names.dedup();
+        let before = self
+            .older_than_erasure(program, &names, event.occurred_at)
+            .await?;
+        if before {
+            tracing::info!(
+                program,
+                event_id = crate::telemetry::event_ref(&event.id),
+                "event from before its member's erasure left out"
+            );
+        }
+        Ok(before)
     }
 
     /// Whether an event marked `if_credited` (a guest order's refund, an order cancelled

@@ -3597,6 +3597,58 @@ impl ErasureStore for DynamoStore {
             .filter_map(|item| text(item, "member").map(str::to_string))
             .collect())
     }
+
+    /// One item per name (`P#{program}#ERASED#{digest}`), its time in milliseconds; a write
+    /// whose condition finds a later time there leaves it.
+    async fn note_erased(
+        &self,
+        program: &str,
+        digests: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let at = at.timestamp_millis();
+        futures_util::future::try_join_all(digests.iter().map(|digest| async move {
+            let mut item = erased_key(program, digest);
+            item.insert(ERASED_AT.into(), n(at));
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(PK) OR #at < :at")
+                .expression_attribute_names("#at", ERASED_AT)
+                .expression_attribute_values(":at", n(at))
+                .send()
+                .await;
+            put_written(result, "cannot remember the erasure").map(|_| ())
+        }))
+        .await?;
+        Ok(())
+    }
+
+    async fn erased_at(
+        &self,
+        program: &str,
+        digests: &[String],
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let keys = digests.iter().map(|d| erased_key(program, d)).collect();
+        let found = self
+            .batch_read(keys, true, "cannot read the erasures")
+            .await?;
+        let latest = found
+            .iter()
+            .filter_map(|item| item.get(ERASED_AT)?.as_n().ok()?.parse::<i64>().ok())
+            .max();
+        Ok(latest.and_then(DateTime::from_timestamp_millis))
+    }
+}
+
+/// The attribute of an erasure's record that holds its time (milliseconds since the epoch).
+const ERASED_AT: &str = "erased_at";
+
+/// The key of the record that a name was erased ([`ErasureStore::note_erased`]).
+fn erased_key(program: &str, digest: &str) -> Item {
+    key(format!("P#{program}#ERASED#{digest}"), "ERASED")
 }
 
 /// Every item a filtered scan finds, page after page (erasures: rare, and never on a hot path).

@@ -109,6 +109,9 @@ CREATE TABLE IF NOT EXISTS audits (
     PRIMARY KEY (program, id));
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS erased (
+    program TEXT NOT NULL, digest TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (program, digest));
 ";
 
 /// How long one statement waits for another process's write lock before giving up.
@@ -2306,6 +2309,55 @@ impl ErasureStore for SqliteStore {
                 }
             }
             Ok(referees)
+        })
+        .await
+    }
+
+    async fn note_erased(
+        &self,
+        program: &str,
+        digests: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (program, digests) = (program.to_string(), digests.to_vec());
+        let at = at.timestamp_millis();
+        self.with(move |conn| {
+            let failed = |e| sql_error("cannot remember the erasure", e);
+            for digest in &digests {
+                conn.execute(
+                    "INSERT INTO erased (program, digest, at_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (program, digest) DO UPDATE SET at_ms = excluded.at_ms
+                     WHERE excluded.at_ms > at_ms",
+                    params![program, digest, at],
+                )
+                .map_err(failed)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn erased_at(
+        &self,
+        program: &str,
+        digests: &[String],
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let (program, digests) = (program.to_string(), digests.to_vec());
+        self.read(move |conn| {
+            let failed = |e| sql_error("cannot read the erasures", e);
+            let mut latest: Option<i64> = None;
+            for digest in &digests {
+                let at: Option<i64> = conn
+                    .query_row(
+                        "SELECT at_ms FROM erased WHERE program = ?1 AND digest = ?2",
+                        params![program, digest],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(failed)?;
+                latest = latest.max(at);
+            }
+            Ok(latest.and_then(DateTime::from_timestamp_millis))
         })
         .await
     }

@@ -343,9 +343,7 @@ fn refund(refund: &Value, fallback: DateTime<Utc>) -> Result<Normalised, Webhook
         }
     }
     if lines.is_empty() {
-        return Ok(Normalised::Ignored(format!(
-            "refund {refund_id} returns no line items (shipping or an amount only): it takes back no points"
-        )));
+        return amount_refund(refund, &refund_id, &order_id, fallback);
     }
     Ok(Normalised::Events(vec![PlatformEvent {
         kind: "purchase.refunded",
@@ -357,6 +355,99 @@ fn refund(refund: &Value, fallback: DateTime<Utc>) -> Result<Normalised, Webhook
         order_key: None,
         identities: Vec::new(),
     }]))
+}
+
+/// A refund of money alone (no line items: a goodwill refund, a price adjustment): what its
+/// successful refund transactions returned, less what its shipping refunds returned (shipping
+/// never earned), taken back as a share of what the order was paid for its goods. Shopify
+/// states no order total with it: the order's record has it. Nothing left (a refund of
+/// shipping alone) takes back nothing.
+fn amount_refund(
+    refund: &Value,
+    refund_id: &str,
+    order_id: &str,
+    fallback: DateTime<Utc>,
+) -> Result<Normalised, WebhookError> {
+    let refunds: Vec<&Value> = refund
+        .get("transactions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|t| t.get("kind").and_then(Value::as_str) == Some("refund"))
+        .filter(|t| {
+            t.get("status")
+                .and_then(Value::as_str)
+                .is_none_or(|s| s == "success")
+        })
+        .collect();
+    let Some(code) = refunds
+        .first()
+        .and_then(|t| t.get("currency"))
+        .and_then(Value::as_str)
+    else {
+        return Ok(Normalised::Ignored(format!(
+            "refund {refund_id} returns no line items and no money: it takes back no points"
+        )));
+    };
+    let currency = Currency::from_code(code).map_err(|e| invalid(format!("currency: {e}")))?;
+    let mut returned = 0i64;
+    for (i, t) in refunds.iter().enumerate() {
+        if t.get("currency").and_then(Value::as_str) != Some(code) {
+            return Err(invalid(format!(
+                "transactions[{i}] is in another currency than the refund's first"
+            )));
+        }
+        let amount = t.get("amount").and_then(Value::as_str).unwrap_or("0");
+        returned = returned.saturating_add(minor(currency, amount, "transactions amount")?);
+    }
+    let mut shipping = 0i64;
+    for adjustment in refund
+        .get("order_adjustments")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|a| a.get("kind").and_then(Value::as_str) == Some("shipping_refund"))
+    {
+        let amount = money_in(adjustment, "amount", code).unwrap_or("0");
+        let amount = amount.trim_start_matches('-');
+        shipping = shipping.saturating_add(minor(currency, amount, "order_adjustments amount")?);
+    }
+    let amount = returned.saturating_sub(shipping);
+    if amount <= 0 {
+        return Ok(Normalised::Ignored(format!(
+            "refund {refund_id} returns no line items and only shipping: it takes back no points"
+        )));
+    }
+    Ok(Normalised::Events(vec![PlatformEvent {
+        kind: "purchase.refunded",
+        id: format!("shopify-order-{order_id}-refund-{refund_id}"),
+        member: MemberRef::Order(crate::envelope::order_key("shopify", order_id)),
+        occurred_at: time(refund, &["processed_at", "created_at"]).unwrap_or(fallback),
+        data: json!({
+            "order_id": order_id,
+            "refund_id": refund_id,
+            "amount": currency.format_amount(amount),
+            // Checked against the program's: money returned in another currency (a
+            // presentment currency) is refused with that reason, never taken as the shop's.
+            "currency": code,
+            "platform": "shopify",
+        }),
+        order_key: None,
+        identities: Vec::new(),
+    }]))
+}
+
+/// `{field}_set`'s money in currency `code` (shop or presentment money), else the plain
+/// `{field}`.
+fn money_in<'a>(value: &'a Value, field: &str, code: &str) -> Option<&'a str> {
+    let set = value.get(format!("{field}_set"));
+    ["shop_money", "presentment_money"]
+        .iter()
+        .filter_map(|which| set.and_then(|s| s.get(*which)))
+        .find(|money| money.get("currency_code").and_then(Value::as_str) == Some(code))
+        .and_then(|money| money.get("amount"))
+        .and_then(Value::as_str)
+        .or_else(|| value.get(field).and_then(Value::as_str))
 }
 
 fn customer(customer: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookError> {
@@ -516,6 +607,54 @@ mod tests {
             events[0].data["lines"],
             json!([{"line_id": "518995019", "quantity": 1, "sku": "CAP-NVY"}])
         );
+    }
+
+    /// The fixture's refund with no line items, returning `transactions` with these
+    /// `order_adjustments`.
+    fn money_refund(transactions: Value, adjustments: Value) -> Normalised {
+        let text = include_str!("../../../tests/fixtures/shopify/refunds-create.json")
+            .replace("__OCCURRED_AT__", "2026-12-01T10:00:00Z");
+        let mut refund: Value = serde_json::from_str(&text).expect("fixture");
+        refund["refund_line_items"] = json!([]);
+        refund["transactions"] = transactions;
+        refund["order_adjustments"] = adjustments;
+        let body = refund.to_string();
+        normalise("refunds/create", body.as_bytes(), None, Utc::now()).expect("refund")
+    }
+
+    #[test]
+    fn a_refund_of_money_alone_takes_back_what_it_returned_for_the_goods() {
+        // GIVEN a refund of no line items that returned 25,000 in two transactions (one
+        // failed, not counted) and 3,000 of shipping, in shop money
+        let shipping = json!([{"kind": "shipping_refund", "amount": "-3000",
+            "amount_set": {"shop_money": {"amount": "-3000", "currency_code": "KRW"},
+                           "presentment_money": {"amount": "-2.22", "currency_code": "USD"}}}]);
+        let transactions = json!([
+            {"kind": "refund", "status": "success", "amount": "20000", "currency": "KRW"},
+            {"kind": "refund", "status": "failure", "amount": "9000", "currency": "KRW"},
+            {"kind": "refund", "status": "success", "amount": "5000", "currency": "KRW"}]);
+        // WHEN it is normalised
+        let Normalised::Events(events) = money_refund(transactions, shipping.clone()) else {
+            panic!("no events");
+        };
+        // THEN it refunds 22,000 of the order (its goods' share), in its currency, no lines
+        let data = &events[0].data;
+        assert_eq!(
+            (data["amount"].as_str(), data["currency"].as_str()),
+            (Some("22000"), Some("KRW"))
+        );
+        assert!(data.get("lines").is_none() && data.get("order_total").is_none());
+        // AND a refund of the shipping alone takes back nothing
+        let shipping_only = json!([{"kind": "refund", "amount": "3000", "currency": "KRW"}]);
+        assert!(matches!(
+            money_refund(shipping_only, shipping),
+            Normalised::Ignored(_)
+        ));
+        // AND neither does one that returned no money
+        assert!(matches!(
+            money_refund(json!([]), json!([])),
+            Normalised::Ignored(_)
+        ));
     }
 
     #[test]

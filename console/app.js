@@ -10,6 +10,9 @@ const state = {
   programs: [],
   lang: localStorage.getItem("loyalty.lang") || (navigator.language.startsWith("ko") ? "ko" : "en"),
   config: { auth: "token" },
+  // Each drawing of a page counts one up: a page whose answers come after a later one's is
+  // not drawn over it.
+  drawing: 0,
 };
 
 // ---------- text, numbers, dates ----------
@@ -392,7 +395,7 @@ async function members(params, id) {
         { label: t("points"), num: true, cell: (r) => num(r.points) },
         { label: t("status"), cell: (r) => h("span", { class: "badge" }, r.status) },
         { label: t("coupon"), cell: (r) => couponText(r, exported.coupons) },
-        { label: "", cell: (r) => r.status === "issued" ? h("button", { class: "quiet", testid: `reverse-${r.id}`, onclick: () => act(t("reverse"), [],
+        { label: "", cell: (r) => ["issued", "captured"].includes(r.status) ? h("button", { class: "quiet", testid: `reverse-${r.id}`, onclick: () => act(t("reverse"), [],
           (v) => api("POST", `${memberPath}/redemptions/${encodeURIComponent(r.id)}/reverse`, { reason: v.reason })) }, t("reverse")) : null },
       ], redemptions, { "data-testid": "redemptions" })),
   ];
@@ -778,19 +781,23 @@ async function route() {
     return;
   }
   const render = PAGES[page] || overview;
+  const drawing = ++state.drawing;
+  const latest = () => drawing === state.drawing;
   main().setAttribute("aria-busy", "true");
   try {
     // A malformed escape in the address (%E0) is the page's problem, shown as any other.
     const id = raw === null ? null : decodeURIComponent(raw);
     if (!state.programs.length) await loadPrograms();
     const content = await render(new URLSearchParams(query || ""), id);
+    if (!latest()) return;
     main().replaceChildren(...[content].flat().filter(Boolean));
     main().dataset.page = page;
   } catch (e) {
+    if (!latest()) return;
     showProblem(e);
     main().replaceChildren(h("p", { class: "muted", testid: "page-failed" }, t("page_failed")));
   } finally {
-    main().removeAttribute("aria-busy");
+    if (latest()) main().removeAttribute("aria-busy");
   }
 }
 

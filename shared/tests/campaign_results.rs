@@ -1401,10 +1401,9 @@ fn welcome_gift(seed: &str) -> Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_a_broadcast_pass_failed_is_assigned_by_the_next_tick() {
-    // GIVEN a broadcast campaign for everyone and three members, one of them unreadable
-    let now = Utc.with_ymd_and_hms(2026, 11, 10, 3, 0, 0).unwrap();
+/// A broadcast campaign for everyone, running since 2026-11-01, and members a, b and c on a
+/// SQLite file, b's account unreadable; returns the stack, the file and b's good body.
+async fn broadcast_with_b_unreadable(now: DateTime<Utc>) -> (Stack, std::path::PathBuf, String) {
     let dir = std::env::temp_dir().join(format!("tick-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("loyalty.db");
@@ -1425,6 +1424,14 @@ async fn a_member_a_broadcast_pass_failed_is_assigned_by_the_next_tick() {
         ]
     });
     s.put_campaign("everyone", &c).await;
+    (s, db, good)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_a_broadcast_pass_failed_is_assigned_by_the_next_tick() {
+    // GIVEN a broadcast campaign for everyone and three members, one of them unreadable
+    let now = Utc.with_ymd_and_hms(2026, 11, 10, 3, 0, 0).unwrap();
+    let (s, db, good) = broadcast_with_b_unreadable(now).await;
     let assigned = |member: &'static str| {
         let store = s.store.clone();
         async move {
@@ -1458,4 +1465,36 @@ async fn a_member_a_broadcast_pass_failed_is_assigned_by_the_next_tick() {
     s.clock.set(now + chrono::Duration::days(2));
     let report = tick().await.unwrap();
     assert_eq!((report.members, report.changed), (0, 0), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_no_tick_could_assign_for_a_week_is_named_once_more_when_given_up() {
+    // GIVEN a broadcast pass that failed to read b, which nobody repairs
+    let now = Utc.with_ymd_and_hms(2026, 11, 10, 3, 0, 0).unwrap();
+    let (s, _db, _) = broadcast_with_b_unreadable(now).await;
+    let tick = || {
+        s.services
+            .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+    };
+    assert_eq!(tick().await.unwrap().failed, 1);
+    // WHEN the daily ticks try it for a week
+    for day in 1..=7 {
+        s.clock.set(now + chrono::Duration::days(day));
+        let report = tick().await.unwrap();
+        assert_eq!((report.members, report.failed), (1, 1), "{report:?}");
+    }
+    // WHEN the tick of the eighth day runs
+    s.clock.set(now + chrono::Duration::days(8));
+    let report = tick().await.unwrap();
+    // THEN it names b as given up, not tried
+    assert_eq!((report.members, report.failed), (0, 1), "{report:?}");
+    assert_eq!(report.failures[0].member, "b");
+    assert!(
+        report.failures[0].error.contains("no longer tried"),
+        "{report:?}"
+    );
+    // AND the tick after that names no one
+    s.clock.set(now + chrono::Duration::days(9));
+    let report = tick().await.unwrap();
+    assert_eq!((report.members, report.failed), (0, 0), "{report:?}");
 }

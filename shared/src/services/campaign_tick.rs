@@ -416,7 +416,22 @@ impl Services {
         progress: Progress<'_>,
     ) {
         let since = today - Duration::days(FAILED_DAY_RETRIED_DAYS);
-        retries.0.retain(|_, first| *first >= since);
+        // Given up: named once more among this tick's failures, so that the run that drops
+        // them says so (an operator assigns them by hand, or they are assigned at their next
+        // purchase).
+        let given_up: Vec<(String, NaiveDate)> = retries
+            .0
+            .iter()
+            .filter(|(_, first)| **first < since)
+            .map(|(member, first)| (member.clone(), *first))
+            .collect();
+        for (member, first) in given_up {
+            retries.0.remove(&member);
+            report.give_up(
+                &member,
+                &format!("not assigned: every try failed since {first}; no longer tried"),
+            );
+        }
         let members: Vec<String> = retries.0.keys().cloned().collect();
         for member in members {
             if past(deadline) {

@@ -213,6 +213,18 @@ impl JobReport {
         self.notices += outcome.notices;
     }
 
+    /// A member a job stops trying again: a failure no later run retries.
+    pub(super) fn give_up(&mut self, member: &str, reason: &str) {
+        tracing::error!(job = self.job, program = self.program, member = %crate::telemetry::member_ref(member), reason, "member given up; no run retries it");
+        self.failed += 1;
+        if self.failures.len() < FAILURES_NAMED {
+            self.failures.push(JobFailure {
+                member: member.to_string(),
+                error: reason.to_string(),
+            });
+        }
+    }
+
     pub(super) fn record_failure(&mut self, member: &str, error: &ServiceError) {
         tracing::error!(job = self.job, program = self.program, member = %crate::telemetry::member_ref(member), error = %crate::telemetry::redact(&error.to_string()), "member failed; the next run retries it");
         self.failed += 1;

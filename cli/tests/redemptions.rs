@@ -98,6 +98,13 @@ fn two_coupons_fit_in_12000_points_and_a_third_does_not() {
     assert_eq!(second["balance"], 2_000);
     assert_ne!(first["code"], second["code"]);
     assert_eq!(first["status"], "issued");
+    // AND each is good until the last second of a day in Seoul (kr-shop's zone)
+    assert!(
+        first["expires_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("T14:59:59Z")),
+        "{first}"
+    );
     // WHEN a third is asked for THEN 409 insufficient-points, and the balance stays 2,000
     let (s3, third) = shop.redeem(&me, Some("k-3"), COUPON);
     assert_eq!(s3, 409);

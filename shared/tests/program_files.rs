@@ -233,3 +233,32 @@ fn events_outside_the_time_bounds_are_refused() {
         Err(TimeBoundsError::TooOld { .. })
     ));
 }
+
+#[test]
+fn a_coupon_is_good_for_the_whole_of_its_last_day_in_the_program_s_zone() {
+    // GIVEN kr-shop (Seoul, coupons valid 30 days) and us-shop (its own zone and days)
+    let kr = Program::from_toml(KR).unwrap();
+    assert_eq!(kr.coupon_valid_days, 30);
+    // WHEN a coupon is issued at 15:00 in Seoul on 6 December, or at 23:30 that day
+    let afternoon = Utc.with_ymd_and_hms(2026, 12, 6, 6, 0, 0).unwrap();
+    let late = Utc.with_ymd_and_hms(2026, 12, 6, 14, 30, 0).unwrap();
+    // THEN both are good until the last second of 5 January in Seoul (14:59:59 UTC)
+    let last_second = Utc.with_ymd_and_hms(2027, 1, 5, 14, 59, 59).unwrap();
+    assert_eq!(kr.coupon_expiry(afternoon), last_second);
+    assert_eq!(kr.coupon_expiry(late), last_second);
+    // AND one issued a minute after midnight in Seoul ends a day later
+    let next_day = Utc.with_ymd_and_hms(2026, 12, 6, 15, 1, 0).unwrap();
+    assert_eq!(kr.coupon_expiry(next_day), last_second + Duration::days(1));
+    // AND a zone with daylight saving ends the day at its own midnight
+    let us = Program::from_toml(US).unwrap();
+    let issued = Utc.with_ymd_and_hms(2026, 3, 1, 18, 0, 0).unwrap();
+    let ends = us.coupon_expiry(issued).with_timezone(&us.time_zone);
+    assert_eq!(
+        (ends.date_naive(), ends.format("%H:%M:%S").to_string()),
+        (
+            chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap()
+                + Duration::days(i64::from(us.coupon_valid_days)),
+            "23:59:59".to_string()
+        )
+    );
+}

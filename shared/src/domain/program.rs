@@ -635,6 +635,19 @@ pub const KNOWN_ACTIONS: &[&str] = &[
 ];
 
 impl Program {
+    /// When a coupon issued at `issued` stops being valid: after the last second of the local
+    /// day `coupons.valid_days` after the day it was issued. A coupon "valid for 30 days" is
+    /// good for the whole of its last day, whatever the hour it was issued, and the date a
+    /// shop shows is the date it ends.
+    pub fn coupon_expiry(&self, issued: DateTime<Utc>) -> DateTime<Utc> {
+        use super::calendar::{add_days, local_date, start_of_day};
+        let last = add_days(
+            local_date(self.time_zone, issued),
+            i64::from(self.coupon_valid_days),
+        );
+        start_of_day(self.time_zone, add_days(last, 1)) - Duration::seconds(1)
+    }
+
     pub fn from_toml(text: &str) -> Result<Program, ProgramError> {
         let file: ProgramFile = toml::from_str(text).map_err(|e| ProgramError::Syntax {
             format: "TOML",

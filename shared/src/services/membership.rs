@@ -1,7 +1,7 @@
 //! The paid membership's monthly reward: granted by the `notices` job as a coupon, once for
 //! each month of membership, in a commit of its own per month (with its redemption and coupon).
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::json;
 
 use super::redemptions::{coupon_code, reward_issued};
@@ -75,7 +75,7 @@ impl Services {
             );
             journal.post(EntryKind::Redeem, 0, 0, &reason);
             let change = journal.finish();
-            let expires_at = at + Duration::days(i64::from(program.coupon_valid_days));
+            let expires_at = program.coupon_expiry(at);
             let mut commit = Commit::new(program, member, Some(&account), change, at);
             commit.coupon = Some(Coupon {
                 code: code.clone(),

@@ -504,7 +504,7 @@ impl Services {
                     }
                 }
                 None => {
-                    let expires_at = now + Duration::days(i64::from(program.coupon_valid_days));
+                    let expires_at = program.coupon_expiry(now);
                     let code = coupon_code();
                     redemption.code = Some(code.clone());
                     redemption.expires_at = Some(expires_at);

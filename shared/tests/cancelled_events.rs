@@ -140,6 +140,32 @@ async fn a_payment_cancelled_after_review_is_not_credited_when_delivered_again()
 }
 
 #[tokio::test]
+async fn a_new_customer_s_first_payment_cancelled_after_review_is_never_credited() {
+    // GIVEN kr-shop holding for review what takes a member past 500 points a day, and a new
+    // customer's first payment of 590 held over it and cancelled by an operator
+    let store = SqliteStore::memory().unwrap();
+    let (queue, services) = common::kr_shop_services(&store, 5, Arc::new(SystemClock)).await;
+    common::save_kr_shop_with(&services, "[safeguards]\ndaily_points = 500\n").await;
+    let member = "woocommerce:66";
+    services
+        .process_earn(&purchase("woo-6001-paid", member))
+        .await
+        .unwrap();
+    drain(&queue, &services).await;
+    assert_eq!(services.held_events("kr-shop").await.unwrap().len(), 1);
+    cancel_test_order(&services, "woo-6001-paid").await;
+    // WHEN the platform delivers the cancelled payment again (a reconcile the next day)
+    let again = services
+        .process_earn(&purchase("woo-6001-paid", member))
+        .await
+        .unwrap();
+    // THEN nothing is credited: the cancel is kept on the member's new, empty account
+    assert_eq!(again.name(), "duplicate", "{again:?}");
+    let view = services.member_view("kr-shop", member).await.unwrap();
+    assert_eq!((view.balance, view.pending), (0, 0));
+}
+
+#[tokio::test]
 async fn a_cancelled_event_is_final_and_its_replay_is_refused() {
     // GIVEN a payment held for review and cancelled by an operator
     let store = SqliteStore::memory().unwrap();

@@ -588,9 +588,17 @@ fn an_erased_member_leaves_amounts_without_a_person_and_its_email_later_makes_a_
         "program": "kr-shop", "member": "email:minji@example.com", "occurred_at": now(),
         "data": {"action": "share", "ref": "x"}}),
     );
+    // AND another member's event refused for good that names her email
+    shop.send(
+        json!({"type": "engagement.recorded", "version": 1, "id": "ev-share-friend",
+        "program": "kr-shop", "member": "m-friend-1", "occurred_at": now(),
+        "data": {"action": "share", "ref": "minji@example.com"}}),
+    );
     shop.settled();
-    let (status, _) = shop.call("GET", &format!("{P}/rejected-events/ev-share-minji"), None);
-    assert_eq!(status, 200);
+    for id in ["ev-share-minji", "ev-share-friend"] {
+        let (status, _) = shop.call("GET", &format!("{P}/rejected-events/{id}"), None);
+        assert_eq!(status, 200, "{id}");
+    }
     // AND a coupon the member's app redeemed with an Idempotency-Key
     let (status, answer) = shop.call(
         "POST",
@@ -615,14 +623,16 @@ fn an_erased_member_leaves_amounts_without_a_person_and_its_email_later_makes_a_
         "a retry replays the answer"
     );
 
-    // AND the member's export holds that event, which names the person
+    // AND the member's export holds her event, which names the person, and not the other
+    // member's (that is the other person's data)
     let export = shop.get(&format!("{P}/members/{member}/export"));
-    assert!(
-        export["rejected_events"]
-            .as_array()
-            .is_some_and(|events| events.iter().any(|e| e["id"] == "ev-share-minji")),
-        "{export}"
-    );
+    let exported: Vec<&str> = export["rejected_events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    assert_eq!(exported, vec!["ev-share-minji"], "{export}");
 
     // WHEN support erases the member, named by its email
     let before = now();

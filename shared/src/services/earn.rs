@@ -703,15 +703,22 @@ impl Services {
                 .store
                 .load_member_for_event(&program.id, &envelope.member, &marker, &order_keys, &[])
                 .await?;
-            let Some(account) = state.account.clone().filter(|_| !state.seen) else {
+            if state.seen {
                 return Ok(());
-            };
+            }
             let now = self.clock.now();
+            // A member whose first event is the one cancelled (a new customer's order held for
+            // review) gets its account now, empty: the mark must be kept somewhere, or the
+            // event's next delivery (a reconcile, a restatement) would be credited.
+            let account = state
+                .account
+                .clone()
+                .unwrap_or_else(|| Account::open(&program, &envelope.member, now));
             let mut commit = Commit::new(
                 &program,
                 &envelope.member,
-                Some(&account),
-                Change::unchanged(account.clone()),
+                state.account.as_ref(),
+                Change::unchanged(account),
                 now,
             );
             commit.marker = Some(marker.clone());

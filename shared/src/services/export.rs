@@ -81,16 +81,28 @@ impl Services {
     ) -> Result<Vec<serde_json::Value>, ServiceError> {
         let mut names = super::erasure::identity_names(aliases);
         names.extend(members.iter().cloned());
+        // Another member's event that names this one (a referral, a shared link) is that
+        // member's data: an envelope is the person's when its member is one of its names. A
+        // platform's delivery kept as it came names no member: what names the person is theirs.
+        let own = names.clone();
+        let of_the_person = |payload: &serde_json::Value| {
+            payload
+                .get("member")
+                .and_then(serde_json::Value::as_str)
+                .is_none_or(|member| own.iter().any(|name| name == member))
+        };
         // Short names (`m-1`) would match other members' payloads, as in an erasure.
         names.retain(|n| n.chars().count() >= 5);
         let found = self.store.rejected_naming(program, &names).await?;
         Ok(found
             .into_iter()
-            .map(|event| {
+            .filter_map(|event| {
                 let payload: serde_json::Value =
                     serde_json::from_str(&event.payload).unwrap_or(json!(event.payload));
-                json!({"id": event.event_id, "at": event.at, "reason": event.reason,
-                    "payload": payload})
+                of_the_person(&payload).then(|| {
+                    json!({"id": event.event_id, "at": event.at, "reason": event.reason,
+                        "payload": payload})
+                })
             })
             .collect())
     }

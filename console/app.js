@@ -772,6 +772,8 @@ async function route() {
   const [, page = "overview", ...rest] = path.split("/");
   const raw = rest.length ? rest.join("/") : null;
   for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("active", a.dataset.page === page);
+  const drawing = ++state.drawing;
+  const latest = () => drawing === state.drawing;
   const signedIn = Boolean(state.token);
   $("#tabs").hidden = !signedIn;
   $("#signout").hidden = !signedIn;
@@ -781,8 +783,6 @@ async function route() {
     return;
   }
   const render = PAGES[page] || overview;
-  const drawing = ++state.drawing;
-  const latest = () => drawing === state.drawing;
   main().setAttribute("aria-busy", "true");
   try {
     // A malformed escape in the address (%E0) is the page's problem, shown as any other.

@@ -128,6 +128,9 @@ pub struct MemberState {
     /// The revision of each assignment read, likewise, by campaign: such a commit names it in
     /// [`AssignmentWrite::read_revision`].
     pub assignment_revisions: BTreeMap<String, u64>,
+    /// For a member with no account, when its id was erased, if it was: set by earn (stores
+    /// leave it `None`), kept by the account the event opens ([`Account::erased_before`]).
+    pub erased_before: Option<DateTime<Utc>>,
 }
 
 impl MemberState {

@@ -715,6 +715,14 @@ fn an_erased_member_leaves_amounts_without_a_person_and_its_email_later_makes_a_
     assert_eq!(fresh["balance"].as_i64(), Some(0), "{fresh}");
     let ledger = shop.whole_ledger(member);
     assert_eq!(ledger.len(), 1, "{ledger:?}");
+    // AND once the customer is back, the erased person's older order and sale still add nothing
+    shop.shopify_paid_order("820982911946154778");
+    let mut sale = pos_purchase("sale-before-erasure-2", member, "before-2");
+    sale["occurred_at"] = json!(before);
+    shop.send(sale);
+    shop.settled();
+    let ledger = shop.whole_ledger(member);
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
 }
 
 #[test]

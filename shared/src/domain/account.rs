@@ -78,6 +78,10 @@ pub struct Account {
     /// books are under the pseudonym.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erased: Option<super::erasure::Erasure>,
+    /// When its id was last erased before this account was opened (the person came back):
+    /// its events from before then were the person's erased, and are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_before: Option<DateTime<Utc>>,
     /// The paid membership, current or past (`[membership]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership: Option<super::membership::Membership>,
@@ -317,6 +321,7 @@ impl Account {
             suspended: None,
             earned_days: BTreeMap::new(),
             erased: None,
+            erased_before: None,
             membership: None,
             version: 0,
         }

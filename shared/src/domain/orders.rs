@@ -160,8 +160,6 @@ pub enum OrderError {
     BadQuantity(String),
     #[error("the order record is for {found:?}, not {expected:?}")]
     WrongOrder { expected: String, found: String },
-    #[error("order {0:?} was recorded before what it was paid was kept: a refund of an amount alone cannot be shared over it; adjust the member by hand")]
-    PaidUnknown(String),
 }
 
 fn is_zero(value: &i64) -> bool {
@@ -469,7 +467,7 @@ fn reverse(
     record: &mut OrderRecord,
     reversal: &Reversal,
 ) -> Result<(), OrderError> {
-    let reversal = &as_share(record, reversal)?;
+    let reversal = &as_share(record, reversal);
     apply_reversal(journal, program, record, reversal)?;
     end_membership(journal, program, record, reversal);
     Ok(())
@@ -490,20 +488,29 @@ fn paid_for_goods(purchase: &Purchase) -> i64 {
         .fold(purchase.tax.max(0), i64::saturating_add)
 }
 
-/// A refund of an amount alone, as the share of what the order was paid that it is.
-fn as_share(record: &OrderRecord, reversal: &Reversal) -> Result<Reversal, OrderError> {
+/// A refund of an amount alone, as the share of what the order was paid that it is. An order
+/// recorded before what it was paid was kept shares it over what its lines earned on (the
+/// goods after discounts, less those that earn nothing); an order paid nothing for its goods
+/// gives nothing back.
+fn as_share(record: &OrderRecord, reversal: &Reversal) -> Reversal {
     let RefundScope::Amount { amount } = reversal.scope else {
-        return Ok(reversal.clone());
+        return reversal.clone();
     };
-    match record.earned.as_ref().map_or(0, |e| e.paid) {
-        paid if paid > 0 => Ok(Reversal {
-            scope: RefundScope::Share {
-                amount,
-                total: paid,
-            },
-            ..reversal.clone()
-        }),
-        _ => Err(OrderError::PaidUnknown(record.order_id.clone())),
+    let paid = record.earned.as_ref().map_or(0, |e| match e.paid {
+        0 => e
+            .lines
+            .iter()
+            .map(|l| l.eligible)
+            .fold(0, i64::saturating_add),
+        paid => paid,
+    });
+    let scope = match paid {
+        0 => RefundScope::lines(Vec::new()),
+        total => RefundScope::Share { amount, total },
+    };
+    Reversal {
+        scope,
+        ..reversal.clone()
     }
 }
 
@@ -893,33 +900,36 @@ mod tests {
 
     #[test]
     fn a_refund_of_an_amount_alone_is_a_share_of_what_the_order_was_paid() {
-        // GIVEN a refund of 25,000 with no total, and an order paid 100,000
+        // GIVEN a refund of 25,000 with no total, and an order paid 100,000 whose line earned
+        // on 80,000 (a category that earns nothing)
         let reversal = Reversal {
             scope: RefundScope::Amount { amount: 25_000 },
             ..refund(&[])
         };
         let mut earned = imported(vec![line("1", "", 1, 0)]);
+        earned.lines[0].eligible = 80_000;
         earned.paid = 100_000;
-        let record = |earned: OrderEarning| OrderRecord {
-            order_id: "1".into(),
-            earned: Some(earned),
-            ..OrderRecord::default()
+        let share_of = |earned: &OrderEarning| {
+            let record = OrderRecord {
+                order_id: "1".into(),
+                earned: Some(earned.clone()),
+                ..OrderRecord::default()
+            };
+            as_share(&record, &reversal).scope
         };
         // WHEN it is applied THEN it is a share of 25,000 of 100,000
-        let share = as_share(&record(earned.clone()), &reversal).unwrap();
-        assert_eq!(
-            share.scope,
-            RefundScope::Share {
-                amount: 25_000,
-                total: 100_000
-            }
-        );
-        // AND an order recorded before what it was paid was kept refuses it, saying why
+        let share = |total| RefundScope::Share {
+            amount: 25_000,
+            total,
+        };
+        assert_eq!(share_of(&earned), share(100_000));
+        // AND an order recorded before what it was paid was kept shares it over what its
+        // lines earned on
         earned.paid = 0;
-        assert!(matches!(
-            as_share(&record(earned), &reversal),
-            Err(OrderError::PaidUnknown(order)) if order == "1"
-        ));
+        assert_eq!(share_of(&earned), share(80_000));
+        // AND an order paid nothing for its goods gives nothing back
+        earned.lines[0].eligible = 0;
+        assert_eq!(share_of(&earned), RefundScope::lines(Vec::new()));
     }
 
     #[test]

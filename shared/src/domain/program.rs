@@ -635,8 +635,8 @@ pub const KNOWN_ACTIONS: &[&str] = &[
 ];
 
 impl Program {
-    /// When a coupon issued at `issued` stops being valid: after the last second of the local
-    /// day `coupons.valid_days` after the day it was issued. A coupon "valid for 30 days" is
+    /// When a coupon issued at `issued` stops being valid: at the last second (23:59:59) of the
+    /// local day `coupons.valid_days` after the day it was issued. A coupon "valid for 30 days" is
     /// good for the whole of its last day, whatever the hour it was issued, and the date a
     /// shop shows is the date it ends.
     pub fn coupon_expiry(&self, issued: DateTime<Utc>) -> DateTime<Utc> {

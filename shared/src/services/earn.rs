@@ -326,19 +326,19 @@ impl Services {
                     crate::telemetry::member_ref(&envelope.member)
                 )));
             }
-            // No account: a first event, unless it is an erased member's from before the
-            // erasure (a redrive, a replay, an order reconciled again), which would make a
-            // member of the person erased again.
-            if state.account.is_none()
-                && self
-                    .older_than_erasure(
-                        &program.id,
-                        std::slice::from_ref(&envelope.member),
-                        envelope.occurred_at,
-                    )
+            // An event from before an erasure of its member's id was the erased person's (a
+            // redrive, a replay, an order reconciled again): dropped, whether the id has no
+            // account or one opened since (the customer came back), which remembers the
+            // erasure it was opened after. Only a member with no account is looked up.
+            let erased_at = match &state.account {
+                Some(account) => account.erased_before,
+                None => self
+                    .erasure_of(&program.id, std::slice::from_ref(&envelope.member))
                     .await
-                    .map_err(|e| Retry(e.to_string()))?
-            {
+                    .map_err(|e| Retry(e.to_string()))?,
+            };
+            state.erased_before = erased_at;
+            if crate::domain::erasure::before_erasure(envelope.occurred_at, erased_at) {
                 tracing::info!(program = %program.id, event_id = crate::telemetry::event_ref(&envelope.id), "event from before its member's erasure dropped");
                 return Ok(Processed::NoEffect(
                     "the member's personal data was erased after this event: it makes no member again"
@@ -869,8 +869,9 @@ fn decide(
     campaigns: &[(String, crate::campaigns::Campaign)],
     ctx: &EventContext,
 ) -> Result<Outcome, String> {
-    let account = state.account.clone().unwrap_or_else(|| {
-        Account::open(
+    let account = state.account.clone().unwrap_or_else(|| Account {
+        erased_before: state.erased_before,
+        ..Account::open(
             program,
             &envelope.member,
             ctx.occurred_at.min(ctx.recorded_at),

@@ -22,9 +22,7 @@ use serde::Serialize;
 
 use super::{Contention, ServiceError, Services};
 use crate::domain::books::BooksAdd;
-use crate::domain::erasure::{
-    before_erasure, erased_name, new_pseudonym, pseudonymised, replaced, Erasure,
-};
+use crate::domain::erasure::{erased_name, new_pseudonym, pseudonymised, replaced, Erasure};
 use crate::domain::{Account, Change, DueDates, EventContext, LedgerEntry, Program, Source};
 use crate::ports::{Commit, CommitError, EventMarker, APP_LINK, ORDER_LINK, REDEMPTION_LINK};
 
@@ -221,20 +219,18 @@ impl Services {
         })
     }
 
-    /// Whether an event of `occurred_at` that names one of `names` (member ids, identities as
-    /// `kind:value`) comes from before that name's erasure (`domain::erasure::before_erasure`).
-    pub(crate) async fn older_than_erasure(
+    /// The latest erasure of one of `names` (member ids, identities as `kind:value`), if any:
+    /// an event from before it is the erased person's (`domain::erasure::before_erasure`).
+    pub(crate) async fn erasure_of(
         &self,
         program: &str,
         names: &[String],
-        occurred_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, crate::ports::StoreError> {
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, crate::ports::StoreError> {
         let digests: Vec<String> = names
             .iter()
             .map(|name| erased_name(program, name))
             .collect();
-        let erased_at = self.store.erased_at(program, &digests).await?;
-        Ok(before_erasure(occurred_at, erased_at))
+        self.store.erased_at(program, &digests).await
     }
 
     /// Step 4: the members referred by one of `referrers` keep that they were referred, not by

@@ -451,9 +451,8 @@ impl Services {
         names.extend(event.identities.iter().cloned());
         names.sort();
         names.dedup();
-        let before = self
-            .older_than_erasure(program, &names, event.occurred_at)
-            .await?;
+        let erased = self.erasure_of(program, &names).await?;
+        let before = crate::domain::erasure::before_erasure(event.occurred_at, erased);
         if before {
             tracing::info!(
                 program,

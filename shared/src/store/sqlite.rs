@@ -472,8 +472,7 @@ impl MemberStore for SqliteStore {
                 orders,
                 assignments,
                 seen: false,
-                order_revisions: Default::default(),
-                assignment_revisions: Default::default(),
+                ..MemberState::default()
             })
         })
         .await

@@ -408,9 +408,13 @@ fn amount_refund(
         .flatten()
         .filter(|a| a.get("kind").and_then(Value::as_str) == Some("shipping_refund"))
     {
-        let amount = money_in(adjustment, "amount", code).unwrap_or("0");
-        let amount = amount.trim_start_matches('-');
-        shipping = shipping.saturating_add(minor(currency, amount, "order_adjustments amount")?);
+        // Its tax is stated apart, and returned with it in the transactions.
+        for field in ["amount", "tax_amount"] {
+            let amount = money_in(adjustment, field, code).unwrap_or("0");
+            let amount = amount.trim_start_matches('-');
+            let what = format!("order_adjustments {field}");
+            shipping = shipping.saturating_add(minor(currency, amount, &what)?);
+        }
     }
     let amount = returned.saturating_sub(shipping);
     if amount <= 0 {
@@ -634,7 +638,7 @@ mod tests {
             {"kind": "refund", "status": "failure", "amount": "9000", "currency": "KRW"},
             {"kind": "refund", "status": "success", "amount": "5000", "currency": "KRW"}]);
         // WHEN it is normalised
-        let Normalised::Events(events) = money_refund(transactions, shipping.clone()) else {
+        let Normalised::Events(events) = money_refund(transactions, shipping) else {
             panic!("no events");
         };
         // THEN it refunds 22,000 of the order (its goods' share), in its currency, no lines
@@ -644,10 +648,11 @@ mod tests {
             (Some("22000"), Some("KRW"))
         );
         assert!(data.get("lines").is_none() && data.get("order_total").is_none());
-        // AND a refund of the shipping alone takes back nothing
-        let shipping_only = json!([{"kind": "refund", "amount": "3000", "currency": "KRW"}]);
+        // AND a refund of the shipping alone, with its tax, takes back nothing
+        let shipping_only = json!([{"kind": "refund", "amount": "3300", "currency": "KRW"}]);
+        let taxed = json!([{"kind": "shipping_refund", "amount": "-3000", "tax_amount": "-300"}]);
         assert!(matches!(
-            money_refund(shipping_only, shipping),
+            money_refund(shipping_only, taxed),
             Normalised::Ignored(_)
         ));
         // AND neither does one that returned no money

@@ -1352,8 +1352,8 @@ pub trait ErasureStore: Send + Sync {
         digests: &[String],
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    /// The latest erasure among the names of `digests` (at most 100), read current; `None` when
-    /// none was erased.
+    /// The latest erasure among the names of `digests` (at most 100, each once), read current;
+    /// `None` when none was erased.
     async fn erased_at(
         &self,
         program: &str,

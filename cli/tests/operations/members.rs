@@ -704,6 +704,16 @@ fn an_erased_member_leaves_amounts_without_a_person_and_its_email_later_makes_a_
     );
     let (status, gone) = shop.call("GET", &format!("{P}/members/email:minji@example.com"), None);
     assert_eq!(status, 404, "{gone}");
+    // AND an old balance file's row for her email is refused, not imported
+    let imported = ok(&shop.import_csv(
+        "old-balances.csv",
+        "member,email,points,tier\n,minji@example.com,500,\n",
+    ));
+    assert_eq!(
+        (imported["applied"].as_i64(), imported["refused"].as_i64()),
+        (Some(0), Some(1)),
+        "{imported}"
+    );
 
     // WHEN the same customer orders again after the erasure (Shopify's times are in seconds)
     shop.shopify_paid_order_at(

@@ -226,10 +226,13 @@ impl Services {
         program: &str,
         names: &[String],
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, crate::ports::StoreError> {
-        let digests: Vec<String> = names
+        // Each once: a batch read refuses a key named twice.
+        let mut digests: Vec<String> = names
             .iter()
             .map(|name| erased_name(program, name))
             .collect();
+        digests.sort_unstable();
+        digests.dedup();
         self.store.erased_at(program, &digests).await
     }
 

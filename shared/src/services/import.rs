@@ -131,6 +131,20 @@ impl Services {
                     ));
                 }
             }
+            // A name erased before: the file (an old export, a run again) is the person's
+            // erased data; a new account would bring the person back.
+            if state.account.is_none() {
+                let mut names = vec![member.clone()];
+                names.extend(to_link.iter().map(|email| format!("email:{email}")));
+                if let Some(at) = self.erasure_of(&program.id, &names).await? {
+                    return Ok(RowOutcome::Refused {
+                        reason: format!(
+                            "member {member} was erased on {}: its row is not imported (a customer who came back joins by a new event, or under another id)",
+                            at.date_naive()
+                        ),
+                    });
+                }
+            }
             let account = state
                 .account
                 .clone()

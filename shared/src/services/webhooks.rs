@@ -449,8 +449,6 @@ impl Services {
         };
         let mut names = vec![member.to_string(), own];
         names.extend(event.identities.iter().cloned());
-        names.sort();
-        names.dedup();
         let erased = self.erasure_of(program, &names).await?;
         let before = crate::domain::erasure::before_erasure(event.occurred_at, erased);
         if before {

@@ -767,6 +767,36 @@ fn a_late_order_from_before_an_erasure_links_none_of_the_person_s_identities() {
 }
 
 #[test]
+fn an_account_support_opens_for_an_erased_id_keeps_the_person_s_older_events_out() {
+    // GIVEN a POS member with a sale, erased
+    let shop = Shop::start("erase-then-gift");
+    let member = "pos:77001";
+    shop.send(pos_purchase("sale-77-1", member, "pos-77-1"));
+    shop.eventually(member, |v| v["pending"] == 590);
+    let before = now();
+    let (status, erased) = shop.call(
+        "DELETE",
+        &format!("{P}/members/{member}?reason=erasure%20request"),
+        None,
+    );
+    assert_eq!(status, 200, "{erased}");
+    // WHEN the customer comes back and support gives them 100 points by hand (a new account),
+    // and then a sale of the person erased, from before the erasure, arrives by id
+    shop.give(&[member], 100);
+    let mut sale = pos_purchase("sale-77-0", member, "pos-77-0");
+    sale["occurred_at"] = json!(before);
+    shop.send(sale);
+    shop.settled();
+    // THEN the account has the 100 points alone
+    let view = shop.member(member);
+    assert_eq!(
+        (view["balance"].as_i64(), view["pending"].as_i64()),
+        (Some(100), Some(0)),
+        "{view}"
+    );
+}
+
+#[test]
 fn erasing_a_member_leaves_no_id_of_the_members_merged_into_it() {
     // GIVEN two members known by their email, each with points, merged into an app member
     let shop = Shop::start("erase-merged");

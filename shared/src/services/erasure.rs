@@ -236,6 +236,24 @@ impl Services {
         self.store.erased_at(program, &digests).await
     }
 
+    /// A new account for `member`, which remembers when its id was erased before, if it was
+    /// (an operator's adjustment or a profile of a customer who came back): the erased
+    /// person's older events stay dropped once the id has an account again.
+    pub(crate) async fn opened_account(
+        &self,
+        program: &Program,
+        member: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Account, ServiceError> {
+        let erased_before = self
+            .erasure_of(&program.id, std::slice::from_ref(&member.to_string()))
+            .await?;
+        Ok(Account {
+            erased_before,
+            ..Account::open(program, member, now)
+        })
+    }
+
     /// Step 4: the members referred by one of `referrers` keep that they were referred, not by
     /// whom. Returns how many were changed.
     async fn forget_as_referrer(

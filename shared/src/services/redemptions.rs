@@ -1007,10 +1007,10 @@ impl Services {
         loop {
             let now = self.clock.now();
             let state = self.store.load_member(&program.id, member, &[]).await?;
-            let account = state
-                .account
-                .clone()
-                .unwrap_or_else(|| crate::domain::Account::open(&program, member, now));
+            let account = match state.account.clone() {
+                Some(account) => account,
+                None => self.opened_account(&program, member, now).await?,
+            };
             refuse_closed(&account)?;
             let id = uuid::Uuid::new_v4().simple().to_string();
             let ctx = EventContext::new(format!("adjust-{id}"), now, now).with_source(Source {
@@ -1282,10 +1282,10 @@ impl Services {
             let now = self.clock.now();
             let today = crate::domain::calendar::local_date(program.time_zone, now);
             let state = self.store.load_member(&program.id, member, &[]).await?;
-            let account = state
-                .account
-                .clone()
-                .unwrap_or_else(|| crate::domain::Account::open(&program, member, now));
+            let account = match state.account.clone() {
+                Some(account) => account,
+                None => self.opened_account(&program, member, now).await?,
+            };
             let updated = account
                 .update_profile(request.birthday.as_deref(), request.anniversary, today)
                 .map_err(|e| match e {

@@ -795,6 +795,15 @@ pub const REDEMPTION_LINK: &str = "redemption";
 /// such link is the member id itself.
 pub const APP_LINK: &str = "app";
 
+/// The member id an identity stands for where nothing links it, as events name members:
+/// `kind:value`, and an app's subject alone.
+pub fn identity_member(kind: &str, value: &str) -> String {
+    match kind {
+        APP_LINK => value.to_string(),
+        _ => format!("{kind}:{value}"),
+    }
+}
+
 /// A link as a delivery finds it: the member it leads to, and, for an order's link, whether
 /// events are parked waiting for it (a refund that came before its order). An identity's link
 /// is never awaited.

@@ -24,7 +24,9 @@ use super::{Contention, ServiceError, Services};
 use crate::domain::books::BooksAdd;
 use crate::domain::erasure::{erased_name, new_pseudonym, pseudonymised, replaced, Erasure};
 use crate::domain::{Account, Change, DueDates, EventContext, LedgerEntry, Program, Source};
-use crate::ports::{Commit, CommitError, EventMarker, APP_LINK, ORDER_LINK, REDEMPTION_LINK};
+use crate::ports::{
+    identity_member, Commit, CommitError, EventMarker, APP_LINK, ORDER_LINK, REDEMPTION_LINK,
+};
 
 /// Ledger entries copied per commit, inside one DynamoDB transaction with the account.
 const COPY_CHUNK: usize = 90;
@@ -70,10 +72,7 @@ fn member_names(member: &str, aliases: &[(String, String)]) -> Vec<String> {
     let identities = aliases
         .iter()
         .filter(|(kind, _)| ![ORDER_LINK, REDEMPTION_LINK].contains(&kind.as_str()))
-        .map(|(kind, value)| match kind.as_str() {
-            APP_LINK => value.clone(),
-            _ => format!("{kind}:{value}"),
-        });
+        .map(|(kind, value)| identity_member(kind, value));
     std::iter::once(member.to_string())
         .chain(identities)
         .collect()

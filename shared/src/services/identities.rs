@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{ServiceError, Services};
 use crate::ids::IdKind;
-use crate::ports::{APP_LINK, ORDER_LINK, REDEMPTION_LINK};
+use crate::ports::{identity_member, ORDER_LINK, REDEMPTION_LINK};
 
 /// The body: `{"kind": "shopify", "value": "7001234"}`.
 #[derive(Debug, serde::Deserialize)]
@@ -55,10 +55,7 @@ impl Identity {
             "email" => crate::imports::email(value).map_err(invalid)?,
             _ => value.to_string(),
         };
-        let named = match kind {
-            APP_LINK => value.clone(),
-            _ => format!("{kind}:{value}"),
-        };
+        let named = identity_member(kind, &value);
         IdKind::Member
             .check(&named)
             .map_err(|e| invalid(format!("{named:?}: {}", e.kind.rule())))?;
@@ -71,10 +68,7 @@ impl Identity {
     /// The member this identity names when nothing links it: how events and tokens that carry
     /// it are credited until it is linked.
     fn own_member(&self) -> String {
-        match self.kind.as_str() {
-            APP_LINK => self.value.clone(),
-            _ => format!("{}:{}", self.kind, self.value),
-        }
+        identity_member(&self.kind, &self.value)
     }
 }
 

@@ -250,8 +250,7 @@ impl Services {
 
     fn view_of(&self, program: &Program, account: Account) -> MemberView {
         let now = self.clock.now();
-        let member = account.member.clone();
-        let member = member.as_str();
+        let member = account.member.as_str();
         let view = account.as_of(program, now).account;
         let today = local_date(program.time_zone, now);
         let progress = view.tier_progress(program, today);

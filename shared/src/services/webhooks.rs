@@ -443,10 +443,7 @@ impl Services {
         member: &str,
         link: &Link,
     ) -> Result<bool, ServiceError> {
-        let own = match link.kind.as_str() {
-            crate::ports::APP_LINK => link.value.clone(),
-            kind => format!("{kind}:{}", link.value),
-        };
+        let own = crate::ports::identity_member(&link.kind, &link.value);
         let mut names = vec![member.to_string(), own];
         names.extend(event.identities.iter().cloned());
         let erased = self.erasure_of(program, &names).await?;

@@ -52,7 +52,8 @@ pub struct ReconcileArgs {
 }
 
 /// Exit status: 0 when everything is applied or sent, 1 when some events were refused or could
-/// not be looked at (failed: run it again), 2 when the platform or the store could not be read.
+/// not be looked at (failed: run it again), 2 when the platform or the store could not be read
+/// (after a page the platform did not give, what was read before it is reported).
 pub fn run(args: ReconcileArgs) -> Result<ExitCode, String> {
     runtime()?.block_on(reconcile(args))
 }
@@ -97,6 +98,10 @@ async fn reconcile(args: ReconcileArgs) -> Result<ExitCode, String> {
     bar.finish_and_clear();
     let report = report?;
     print(&args, &report)?;
+    if let Some(unread) = &report.unread {
+        eprintln!("reconcile stopped: {unread}; run it again for the rest of the window");
+        return Ok(ExitCode::from(2));
+    }
     Ok(if report.count("refused") + report.count("failed") > 0 {
         ExitCode::from(1)
     } else {
@@ -132,6 +137,7 @@ fn print(args: &ReconcileArgs, report: &ReconcileReport) -> Result<(), String> {
             "refused": count("refused"),
             "failed": count("failed"),
             "not_present": not_present,
+            "unread": report.unread,
         });
         println!(
             "{}",

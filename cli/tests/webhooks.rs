@@ -186,14 +186,50 @@ fn a_shopify_refund_of_money_alone_takes_back_its_share_of_what_the_goods_were_p
         (200, Some("accepted")),
         "{answer}"
     );
-    // THEN a quarter of each line's points is taken back, rounded down (137 of the tees' 550,
-    // 112 of the cap's 450), once for both deliveries
+    // THEN a quarter of the order's 1,000 points is taken back, 250 (138 of the tees' 550 and
+    // 112 of the cap's 450: the odd point from the first of two equal remainders), once for
+    // both deliveries
     assert_eq!(
         shopify(&server, "refunds/create", &body, SHOPIFY_SECRET, "r-2").0,
         200
     );
-    let v = eventually(&server, MEMBER, |v| v["pending"] == 751);
+    let v = eventually(&server, MEMBER, |v| v["pending"] == 750);
     assert_eq!(v["tier"]["qualifying"], 75_000);
+}
+
+#[test]
+fn a_shopify_line_returned_and_a_goodwill_refund_take_back_the_share_of_money_refunded() {
+    // GIVEN the fixture's order (100,000 paid for its goods: tees 550 points, cap 450) and its
+    // cap returned: 450 taken back
+    let server = start();
+    let paid = fixture("orders-paid.json", &days_ago(1));
+    assert_eq!(
+        shopify(&server, "orders/paid", &paid, SHOPIFY_SECRET, "p-1").0,
+        200
+    );
+    let returned = fixture("refunds-create.json", &days_ago(0));
+    assert_eq!(
+        shopify(&server, "refunds/create", &returned, SHOPIFY_SECRET, "r-1").0,
+        200
+    );
+    eventually(&server, MEMBER, |v| v["pending"] == 550);
+    // WHEN the shop refunds 10,000 more without returning anything (goodwill)
+    let mut goodwill: Value = serde_json::from_slice(&returned).expect("json");
+    goodwill["id"] = json!(509562970);
+    goodwill["refund_line_items"] = json!([]);
+    goodwill["transactions"] =
+        json!([{"kind": "refund", "status": "success", "amount": "10000", "currency": "KRW"}]);
+    let body = goodwill.to_string().into_bytes();
+    let (status, answer) = shopify(&server, "refunds/create", &body, SHOPIFY_SECRET, "r-2");
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("accepted")),
+        "{answer}"
+    );
+    // THEN a tenth of the order's 1,000 points (100) comes off the tees, the line left: 55,000
+    // of 100,000 refunded in all, 550 points taken back
+    let v = eventually(&server, MEMBER, |v| v["pending"] != 550);
+    assert_eq!(v["pending"], 450);
 }
 
 #[test]

@@ -770,6 +770,55 @@ fn a_refund_stating_another_order_total_never_gives_points_back() {
 }
 
 #[test]
+fn a_line_returned_and_money_refunded_on_one_order_take_back_their_share_together() {
+    // GIVEN an order of 300 + 200 points, 50,000 paid for its goods
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    buy(
+        &mut m,
+        &p,
+        "o-1",
+        vec![line("a", 3, 10_000), line("b", 1, 20_000)],
+        now,
+        now,
+    );
+    // WHEN line b is returned, then 10,000 (a fifth of the order) refunded as money alone
+    let returned = Reversal {
+        order_id: "o-1".into(),
+        refund_id: "r-1".into(),
+        scope: RefundScope::lines(vec![RefundLine {
+            line_id: "b".into(),
+            quantity: 1,
+            sku: String::new(),
+        }]),
+        event_id: "ev-r-1".into(),
+        occurred_at: now,
+    };
+    give_back(&mut m, &p, &returned, now);
+    let money = |id: &str, amount: i64| Reversal {
+        order_id: "o-1".into(),
+        refund_id: id.into(),
+        scope: RefundScope::Share {
+            amount,
+            total: 50_000,
+        },
+        event_id: format!("ev-{id}"),
+        occurred_at: now,
+    };
+    give_back(&mut m, &p, &money("r-2", 10_000), now);
+    // THEN the fifth takes a fifth of the order's points (100) from line a, the line left,
+    // as the money refunded (30,000 of 50,000) says: 300 in all
+    assert_eq!(m.account.pending_points(), 500 - 300);
+    // WHEN the rest of the money (20,000) is refunded
+    give_back(&mut m, &p, &money("r-3", 20_000), now);
+    // THEN nothing of the order is left, and its wait is over
+    assert_eq!(m.account.pending_points(), 0);
+    assert!(m.account.pending.is_empty(), "{:?}", m.account.pending);
+    m.assert_consistent();
+}
+
+#[test]
 fn refunds_known_only_by_amount_take_back_their_share_of_every_line() {
     // GIVEN an order of 300 + 200 points whose platform total is 110,000 (shipping included)
     let p = kr();

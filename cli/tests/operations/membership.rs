@@ -417,6 +417,35 @@ fn a_refund_before_its_payment_or_in_parts_that_add_up_to_it_ends_the_membership
 }
 
 #[test]
+fn a_refund_of_a_purchase_takes_its_share_off_what_the_membership_saved() {
+    // GIVEN a Plus member whose purchase of 12,345 won earned 185 points at x1.5, 62 of them
+    // saved by the membership
+    let shop = plus_shop("membership-saved-refund");
+    let member = "m-saved";
+    paid(&shop, "pay-saved", member, 1, 0);
+    shop.eventually(member, |v| v["membership"]["status"] == "active");
+    purchase(&shop, "o-saved", member, "12345");
+    let view = shop.eventually(member, |v| v["pending"] == 185);
+    assert_eq!(view["membership"]["saved"]["points"], 62, "{view}");
+    // WHEN 6,000 of it is refunded as money alone: 89 of its 185 points taken back
+    refund(&shop, "o-saved", "r-1", member, json!({"amount": "6000"}));
+    // THEN the membership saved that share less: 62 - floor(62 x 89 / 185) = 33
+    let view = shop.eventually(member, |v| v["pending"] == 96);
+    assert_eq!(view["membership"]["saved"]["points"], 33, "{view}");
+    // WHEN the rest of the order is refunded
+    refund(
+        &shop,
+        "o-saved",
+        "r-2",
+        member,
+        json!({"lines": [{"line_id": "1", "quantity": 1}]}),
+    );
+    // THEN the membership saved nothing on it
+    let view = shop.eventually(member, |v| v["pending"] == 0);
+    assert_eq!(view["membership"]["saved"]["points"], 0, "{view}");
+}
+
+#[test]
 fn a_part_refund_of_the_fee_leaves_the_membership() {
     // GIVEN a member who paid for Plus today
     let shop = plus_shop("membership-periods-refund");

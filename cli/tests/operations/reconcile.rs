@@ -29,8 +29,13 @@ struct FakeApi {
 }
 
 impl FakeApi {
-    /// `pages` are JSON arrays of orders; `pages_header` says how the next page is announced.
+    /// `pages` are JSON arrays of orders; `woo` says how the next page is announced.
     fn start(pages: Vec<String>, woo: bool) -> FakeApi {
+        FakeApi::refusing(pages, woo, None)
+    }
+
+    /// As [`FakeApi::start`], refusing every request for page `refused` with 403.
+    fn refusing(pages: Vec<String>, woo: bool, refused: Option<usize>) -> FakeApi {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
@@ -78,7 +83,9 @@ impl FakeApi {
                     .expect("log")
                     .iter()
                     .any(|(t, _, _): &Request| *t == target);
-                let (status, extra, body) = if page == 2 && !seen_before {
+                let (status, extra, body) = if Some(page) == refused {
+                    (403, String::new(), "{\"code\":\"forbidden\"}".to_string())
+                } else if page == 2 && !seen_before {
                     (
                         429,
                         "Retry-After: 1\r\n".to_string(),
@@ -488,6 +495,58 @@ fn an_order_that_cannot_be_looked_at_is_reported_failed_and_the_others_are_sent(
     assert_eq!(failed[0]["event"], "woocommerce-order-2001-paid", "{run}");
     shop.settled();
     assert_eq!(shop.pending(72), 64);
+}
+
+#[test]
+fn a_page_the_platform_refuses_ends_the_run_with_what_was_read_before_it_reported() {
+    // GIVEN a missed order on page 1, and a page 2 the API refuses (403)
+    let shop = Shop::start("woo-page-refused");
+    let api = FakeApi::refusing(
+        vec![
+            format!("[{}]", woo_order(4001, 81, "processing", "[]")),
+            format!("[{}]", woo_order(4002, 82, "processing", "[]")),
+        ],
+        true,
+        Some(2),
+    );
+    // WHEN reconcile runs
+    let (out, run) = shop.reconcile_status("us-shop", "woocommerce", &api, &[]);
+    // THEN page 1's order is sent and reported, the run says why it stopped and exits 2
+    assert_eq!(out.status.code(), Some(2), "{run}");
+    assert_eq!(
+        (run["orders"].as_i64(), run["sent"].as_i64()),
+        (Some(1), Some(1)),
+        "{run}"
+    );
+    assert_eq!(missing(&run), ["woocommerce-order-4001-paid"], "{run}");
+    assert!(
+        run["unread"].as_str().is_some_and(|r| r.contains("403")),
+        "{run}"
+    );
+    shop.settled();
+    assert_eq!(shop.pending(81), 64);
+}
+
+#[test]
+fn a_dry_run_does_not_count_a_guest_order_s_refund_missing() {
+    // GIVEN a guest order (no customer) paid and partly refunded while the webhook was off
+    let shop = Shop::start("woo-guest-dry");
+    let refund = r#"[{"id": 950, "reason": "damaged", "total": "-15.04"}]"#;
+    let api = FakeApi::start(
+        vec![format!("[{}]", woo_order(4101, 0, "processing", refund))],
+        true,
+    );
+    // WHEN reconcile runs as a dry run, then for real
+    let dry = shop.reconcile(&api, &["--dry-run"]);
+    let run = shop.reconcile(&api, &[]);
+    // THEN neither counts anything missing: its refund has nothing to take back
+    for answer in [&dry, &run] {
+        assert_eq!(
+            (answer["missing"].as_i64(), answer["present"].as_i64()),
+            (Some(0), Some(1)),
+            "{answer}"
+        );
+    }
 }
 
 fn base64_of(text: &str) -> String {

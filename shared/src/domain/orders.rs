@@ -64,6 +64,10 @@ pub struct OrderEarning {
     /// The campaigns that counted this purchase: its refunds take their revenue back there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counted_in: Vec<String>,
+    /// Of `points`, what the member's paid membership added: its refunds take their share of
+    /// it off what the membership says it saved.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub membership_bonus: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +230,7 @@ impl Account {
             &effects,
         )?;
         let mut membership_note = paid_note;
+        let mut membership_bonus = 0;
         if let Some(rules) = membership {
             let without = purchase_points(
                 &program.purchase,
@@ -234,10 +239,9 @@ impl Account {
                 tier_bp,
                 campaigns,
             )?;
+            membership_bonus = earned.points - without.points;
             if let Some(m) = journal.account.membership.as_mut() {
-                m.bonus_points = m
-                    .bonus_points
-                    .saturating_add(earned.points - without.points);
+                m.bonus_points = m.bonus_points.saturating_add(membership_bonus);
             }
             membership_note = format!(
                 " with {} (x{}.{:02}){membership_note}",
@@ -316,6 +320,7 @@ impl Account {
             share_total: 0,
             paid: paid_for_goods(purchase),
             counted_in: Vec::new(),
+            membership_bonus,
         });
 
         let account = &mut journal.account;
@@ -559,11 +564,19 @@ fn end_membership(
     journal.post(EntryKind::Clawback, 0, 0, &reason);
 }
 
-/// Every unit of every line refunded, or refunds by amount that reached the order's total.
+/// Every unit of every line refunded, refunds by amount that reached the order's total, or
+/// refunds of both kinds that together took back everything its lines earned and counted.
 fn wholly_refunded(earned: &OrderEarning) -> bool {
     let lines = earned.lines.iter().all(|l| l.refunded >= l.quantity);
     let share = earned.share_total > 0 && earned.share_refunded >= earned.share_total;
-    lines || share
+    let counted = earned.lines.iter().any(|l| l.points > 0 || l.measure > 0);
+    let both = earned.share_total > 0
+        && counted
+        && earned
+            .lines
+            .iter()
+            .all(|l| l.clawed >= l.points && l.unqualified >= l.measure);
+    lines || share || both
 }
 
 fn existing(order: Option<&OrderRecord>, order_id: &str) -> Result<OrderRecord, OrderError> {
@@ -632,34 +645,38 @@ fn apply_reversal(
         earned.share_refunded = (so_far + amount).min(total);
     }
     let (share, of) = (earned.share_refunded, earned.share_total);
-    let mut points = 0;
-    let mut measure = 0;
     for (line, quantity) in earned.lines.iter_mut().zip(wanted) {
         line.refunded = (line.refunded + quantity).min(line.quantity);
-        // Whichever way the refunds were counted, a line never gives back more than it earned.
-        let clawed = cumulative(line.points, line.refunded, line.quantity).max(cumulative(
-            line.points,
-            share,
-            of,
-        ));
-        let unqualified = cumulative(line.measure, line.refunded, line.quantity).max(cumulative(
-            line.measure,
-            share,
-            of,
-        ));
-        // Nor does a later refund ever give back what an earlier one took (a share rounded
-        // down under a new total).
-        let (clawed, unqualified) = (clawed.max(line.clawed), unqualified.max(line.unqualified));
+    }
+    let back = |value: fn(&LineRecord) -> i64| {
+        let lines: Vec<(i64, i64)> = earned
+            .lines
+            .iter()
+            .map(|l| (value(l), cumulative(value(l), l.refunded, l.quantity)))
+            .collect();
+        given_back(&lines, share, of)
+    };
+    let clawed = back(|l| l.points);
+    let unqualified = back(|l| l.measure);
+    let refunded_eligible = back(|l| l.eligible);
+    let mut points = 0;
+    let mut measure = 0;
+    for (i, line) in earned.lines.iter_mut().enumerate() {
+        // A later refund never gives back what an earlier one took (a share rounded down
+        // under a new total).
+        let (clawed, unqualified) = (
+            clawed[i].max(line.clawed),
+            unqualified[i].max(line.unqualified),
+        );
         points += clawed - line.clawed;
         measure += unqualified - line.unqualified;
         line.clawed = clawed;
         line.unqualified = unqualified;
-        line.refunded_eligible = cumulative(line.eligible, line.refunded, line.quantity)
-            .max(cumulative(line.eligible, share, of))
-            .max(line.refunded_eligible);
+        line.refunded_eligible = refunded_eligible[i].max(line.refunded_eligible);
     }
     record.applied.insert(reversal.refund_id.clone());
     tiers::add_measure(&mut journal.account, earned.month, -measure);
+    unsave_membership(&mut journal.account, earned, points);
     let whole = wholly_refunded(earned);
 
     let account = &mut journal.account;
@@ -729,6 +746,19 @@ fn apply_reversal(
         entry.shortfall = shortfall;
     }
     Ok(())
+}
+
+/// What a membership says it saved loses the share of the order's membership bonus that a
+/// refund took back, `points` of what its lines earned (cumulatively, as the clawback is).
+fn unsave_membership(account: &mut Account, earned: &OrderEarning, points: i64) {
+    let earned_by_lines = earned.lines.iter().map(|l| l.points).sum();
+    let clawed: i64 = earned.lines.iter().map(|l| l.clawed).sum();
+    let bonus = earned.membership_bonus;
+    let back = cumulative(bonus, clawed, earned_by_lines)
+        - cumulative(bonus, clawed - points, earned_by_lines);
+    if let Some(m) = account.membership.as_mut().filter(|_| back > 0) {
+        m.bonus_points = (m.bonus_points - back).max(0);
+    }
 }
 
 /// The units to refund per line of the order, in the order's line order.
@@ -813,6 +843,47 @@ fn imported_sku(purchase: &Purchase, line_id: &str) -> String {
         .unwrap_or_default()
 }
 
+/// What each line has given back of one value (points, measure, eligible amount), given per
+/// line as (what it holds, what its refunded units gave back: floor(v x r / q)), with the
+/// order's refunds by amount, `share` of `of`, on top. Those take floor(V x share / of) of the
+/// order's whole V, spread over what the lines have left in proportion (largest remainders
+/// first, in line order): money refunded takes back the same share of the order whether it
+/// came back with units or as an amount, in whichever order, and never more than a line holds.
+fn given_back(lines: &[(i64, i64)], share: i64, of: i64) -> Vec<i64> {
+    let by_units: Vec<i64> = lines.iter().map(|&(_, units)| units).collect();
+    let whole = lines.iter().map(|&(v, _)| v).fold(0, i64::saturating_add);
+    let pool = cumulative(whole, share, of);
+    let left = whole - by_units.iter().sum::<i64>();
+    if pool <= 0 || left <= 0 {
+        return by_units;
+    }
+    if pool >= left {
+        return lines.iter().map(|&(v, _)| v).collect();
+    }
+    let (pool, left) = (i128::from(pool), i128::from(left));
+    let mut extra = Vec::with_capacity(lines.len());
+    let mut remainders = Vec::with_capacity(lines.len());
+    for (i, &(value, units)) in lines.iter().enumerate() {
+        let scaled = i128::from(value - units) * pool;
+        extra.push(scaled / left);
+        remainders.push((scaled % left, i));
+    }
+    let mut short = pool - extra.iter().sum::<i128>();
+    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (remainder, i) in remainders {
+        if short <= 0 || remainder == 0 {
+            break;
+        }
+        extra[i] += 1;
+        short -= 1;
+    }
+    by_units
+        .iter()
+        .zip(extra)
+        .map(|(units, extra)| units + i64::try_from(extra).unwrap_or(0))
+        .collect()
+}
+
 /// floor(total x part / whole), exactly; never more than `total`.
 fn cumulative(total: i64, part: i64, whole: i64) -> i64 {
     if whole <= 0 {
@@ -855,6 +926,7 @@ mod tests {
             share_total: 0,
             paid: 0,
             counted_in: Vec::new(),
+            membership_bonus: 0,
         }
     }
 
@@ -930,6 +1002,25 @@ mod tests {
         // AND an order paid nothing for its goods gives nothing back
         earned.lines[0].eligible = 0;
         assert_eq!(share_of(&earned), RefundScope::lines(Vec::new()));
+    }
+
+    #[test]
+    fn units_and_amounts_refunded_on_one_order_take_back_the_money_share_of_its_points() {
+        // GIVEN an order of tees that earned 550 points and a cap that earned 450
+        let lines = |tees: i64, cap: i64| [(550, tees), (450, cap)];
+        // WHEN the cap is returned (450 back by its units) and a tenth of the order is refunded
+        // as money alone
+        // THEN the tenth takes a tenth of the order's 1,000 points from what is left: the tees
+        assert_eq!(given_back(&lines(0, 450), 10, 100), vec![100, 450]);
+        // AND the tenth alone takes a tenth of each line
+        assert_eq!(given_back(&lines(0, 0), 10, 100), vec![55, 45]);
+        // AND refunds by amount of the rest of the money take the rest of the points
+        assert_eq!(given_back(&lines(0, 450), 55, 100), vec![550, 450]);
+        // AND a quarter alone is exactly 250, its odd point to the larger remainder (the
+        // first line on a tie)
+        assert_eq!(given_back(&lines(0, 0), 25, 100), vec![138, 112]);
+        // AND refunds by units alone give back floor(p x r / q) per line, as ever
+        assert_eq!(given_back(&lines(275, 0), 0, 0), vec![275, 0]);
     }
 
     #[test]

@@ -113,6 +113,11 @@ impl Services {
             found.reason = Some(rejected.reason);
             return Ok(found);
         }
+        // A guest order's refund (an unpaid order's cancellation) whose order credited no
+        // one is dropped when sent: a dry run does not count it missing either.
+        if !present && dry_run && !self.worth_ingesting(program, &mut event.clone()).await? {
+            return Ok(found);
+        }
         if !present {
             found.status = "missing";
             if !dry_run {
@@ -177,6 +182,10 @@ fn text_field(event: &PlatformEvent, name: &str) -> String {
 pub struct ReconcileReport {
     pub orders: u64,
     pub results: Vec<Reconciled>,
+    /// Why the platform's pages stopped before the window's end, if they did: the orders
+    /// read until then are reconciled and reported; the rest were not read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<String>,
 }
 
 impl ReconcileReport {
@@ -188,7 +197,9 @@ impl ReconcileReport {
 #[cfg(feature = "platform-api")]
 impl Services {
     /// Reads every order changed in `[after, before)` from the platform, page by page, and
-    /// reconciles each. A platform that cannot be read is [`ServiceError::Busy`].
+    /// reconciles each. A page the platform does not give (after its retries) ends the
+    /// reading: what was read until then is reconciled and reported, and the report says why
+    /// the rest is unread.
     pub async fn reconcile_platform(
         &self,
         program: &str,
@@ -201,7 +212,16 @@ impl Services {
         let mut report = ReconcileReport::default();
         let mut next = Some(api.first_page(after, before));
         while let Some(url) = next {
-            let (page, following) = api.page(&url).await.map_err(ServiceError::Busy)?;
+            let (page, following) = match api.page(&url).await {
+                Ok(page) => page,
+                Err(reason) => {
+                    report.unread = Some(format!(
+                        "the platform gave no more orders after {}: {reason}",
+                        report.orders
+                    ));
+                    break;
+                }
+            };
             next = following;
             for order in page {
                 report.orders += 1;
@@ -353,6 +373,10 @@ impl Services {
         run.refused = report.count("refused");
         run.failed = report.count("failed");
         tracing::info!(program, platform = %platform, orders = run.orders, sent = run.sent, refused = run.refused, failed = run.failed, "reconciled");
+        if let Some(unread) = report.unread {
+            run.error = Some(format!("{unread}; the next run reads the window again"));
+            return Ok(true);
+        }
         // Read again from the same start while an order failed; what was sent is not sent
         // twice (its marker is there by then).
         if run.failed > 0 {

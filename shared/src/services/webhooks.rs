@@ -462,7 +462,7 @@ impl Services {
     /// before it was paid) has anything to take back: only when the order's payment credited
     /// someone. Otherwise it is dropped rather than kept waiting for a payment that, if it ever
     /// came, it must not take back. The mark is taken off either way.
-    async fn worth_ingesting(
+    pub(super) async fn worth_ingesting(
         &self,
         program: &str,
         event: &mut PlatformEvent,

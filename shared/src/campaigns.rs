@@ -148,6 +148,18 @@ pub struct Campaign {
     /// late they are delivered. Set when it is saved, never taken from the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<DateTime<Utc>>,
+    /// The seeds and bucket versions the campaign has been saved with, first to last (the
+    /// first one it had when they were first kept): the members assigned with the first count
+    /// under the campaign's own id. Set when it is saved, never taken from the file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub randomisations: Vec<Randomisation>,
+}
+
+/// A seed and bucket version: the members assigned with them are one randomisation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Randomisation {
+    pub hash_seed: String,
+    pub bucket_version: u32,
 }
 
 /// Why a campaign was refused: every problem, each naming its field.
@@ -160,7 +172,7 @@ pub enum CampaignError {
 }
 
 /// Every field of a [`Campaign`]: what [`Campaign::from_stored`] keeps.
-const FIELDS: [&str; 14] = [
+const FIELDS: [&str; 15] = [
     "name",
     "kind",
     "status",
@@ -175,6 +187,7 @@ const FIELDS: [&str; 14] = [
     "goal",
     "variants",
     "stopped_at",
+    "randomisations",
 ];
 
 impl Campaign {
@@ -373,6 +386,70 @@ impl Campaign {
             CampaignStatus::Stopped => self.stopped_at.map(|s| s.min(self.end)),
             CampaignStatus::Draft => None,
         }
+    }
+
+    /// Keeps the randomisations of the version it replaces (`before`; that version's own
+    /// when none were kept), with this one's added when it re-randomises. A randomisation left
+    /// is never taken up again, nor a bucket version lowered: the members assigned since would
+    /// be counted a second time, or in counters no report reads.
+    pub fn stamp_randomisation(&mut self, before: Option<&Campaign>) -> Result<(), FieldError> {
+        let now = self.randomisation();
+        let Some(b) = before else {
+            self.randomisations = vec![now];
+            return Ok(());
+        };
+        if self.bucket_version < b.bucket_version {
+            return Err(FieldError {
+                field: "bucket_version".into(),
+                message: format!("may only rise: it is {}", b.bucket_version),
+            });
+        }
+        let mut kept = b.randomisations.clone();
+        if kept.is_empty() {
+            kept.push(b.randomisation());
+        }
+        if kept.last() != Some(&now) {
+            if kept.contains(&now) {
+                return Err(FieldError {
+                    field: "hash_seed".into(),
+                    message: format!(
+                        "the campaign was randomised with this seed at bucket_version {} before: re-randomise with a new seed or a higher bucket_version",
+                        now.bucket_version
+                    ),
+                });
+            }
+            kept.push(now);
+        }
+        self.randomisations = kept;
+        Ok(())
+    }
+
+    fn randomisation(&self) -> Randomisation {
+        Randomisation {
+            hash_seed: self.hash_seed.clone(),
+            bucket_version: self.bucket_version,
+        }
+    }
+
+    /// Where campaign `id` counts the members assigned with `seed` at `bucket_version`: under
+    /// its own id for its first randomisation, under `{id}~{bucket version}~{seed's hash}` for
+    /// each later one (`~` is in no campaign id), so that re-randomising starts counting afresh
+    /// and no member is counted in two variants of one report.
+    pub fn counters_for(&self, id: &str, seed: &str, bucket_version: u32) -> String {
+        match self.randomisations.first() {
+            Some(first) if first.hash_seed != seed || first.bucket_version != bucket_version => {
+                format!(
+                    "{id}~{bucket_version}~{:08x}",
+                    crate::bucketing::fnv32a(seed)
+                )
+            }
+            _ => id.to_string(),
+        }
+    }
+
+    /// Where campaign `id` counts the members it assigns now.
+    pub fn current_counters(&self, id: &str) -> String {
+        self.counters_for(id, &self.hash_seed, self.bucket_version)
     }
 
     /// Sets when it was stopped, from the version it replaces (`before`) and the time it is

@@ -277,6 +277,10 @@ struct GrantData {
     /// The campaign variant that granted the points (counted as its cost).
     #[serde(default)]
     variant: Option<String>,
+    /// Where the campaign counts them, when not under its id: a later randomisation's
+    /// counters (`{campaign}~…`), which a campaign's grant names.
+    #[serde(default)]
+    counted_in: Option<String>,
     #[serde(default)]
     reason: Option<String>,
 }
@@ -297,6 +301,8 @@ pub enum EarnEvent {
         points: i64,
         campaign: Option<String>,
         variant: Option<String>,
+        /// Where the campaign counts the points, when not under its id.
+        counted_in: Option<String>,
         reason: String,
     },
 }
@@ -683,6 +689,22 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             if let Some(variant) = &d.variant {
                 IdKind::Variant.check(variant)?;
             }
+            if let Some(counters) = &d.counted_in {
+                let of_campaign = d.campaign.as_deref().is_some_and(|c| {
+                    counters
+                        .strip_prefix(c)
+                        .and_then(|rest| rest.strip_prefix('~'))
+                        .is_some_and(|rest| {
+                            rest.len() <= 32
+                                && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'~')
+                        })
+                });
+                if !of_campaign {
+                    return Err(invalid(
+                        "data.counted_in names the counters of a later randomisation of data.campaign: {campaign}~{bucket version}~{seed hash}",
+                    ));
+                }
+            }
             let reason = d
                 .reason
                 .unwrap_or_else(|| format!("{} points granted", d.points));
@@ -697,6 +719,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                 reason,
                 campaign: d.campaign,
                 variant: d.variant,
+                counted_in: d.counted_in,
             })
         }
         other => Err(invalid(format!(
@@ -734,6 +757,33 @@ mod tests {
         let ids = [envelope("x"), replay, resumed, reviewed].map(|e| e.dedup_id());
         let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
         assert_eq!(distinct.len(), 4, "{ids:?}");
+    }
+
+    #[test]
+    fn a_grant_counts_only_in_a_randomisation_of_its_own_campaign() {
+        // GIVEN grants of campaign gift naming where they count
+        let program =
+            Program::from_toml(include_str!("../../examples/kr-shop.toml")).expect("kr-shop");
+        let grant = |campaign: &str, counted_in: &str| {
+            let mut e = envelope("g");
+            e.kind = "points.granted".into();
+            e.data =
+                serde_json::json!({"points": 10, "campaign": campaign, "counted_in": counted_in});
+            parse_earn_event(&e, &program)
+        };
+        // WHEN one names a later randomisation of gift THEN it counts there
+        assert!(matches!(
+            grant("gift", "gift~1~0a1b2c3d"),
+            Ok(EarnEvent::Grant { counted_in: Some(c), .. }) if c == "gift~1~0a1b2c3d"
+        ));
+        // AND one naming another campaign's counters, or a campaign's own id, is refused
+        for (campaign, counted_in) in [
+            ("gift", "gifts~1~0a1b2c3d"),
+            ("gift", "other~1"),
+            ("gift", "gift"),
+        ] {
+            assert!(grant(campaign, counted_in).is_err(), "{counted_in}");
+        }
     }
 
     /// What SQS takes in a message body: XML's characters.

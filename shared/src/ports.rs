@@ -184,6 +184,10 @@ pub struct Assignment {
     /// Rewards redeemed since the assignment (what a `redemption` goal counts).
     #[serde(default)]
     pub redemptions: u32,
+    /// Where the campaign counts it ([`crate::campaigns::Campaign::counters_for`]) when not
+    /// under the campaign's own id: an assignment of a later randomisation.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub counters: String,
 }
 
 impl Assignment {
@@ -205,6 +209,27 @@ impl Assignment {
             revenue: 0,
             bonus_paid: false,
             redemptions: 0,
+            counters: String::new(),
+        }
+    }
+
+    /// The assignment counted under `counters`, its campaign's counters for the randomisation
+    /// it is made in.
+    pub fn counted_as(mut self, counters: String) -> Assignment {
+        self.counters = if counters == self.campaign {
+            String::new()
+        } else {
+            counters
+        };
+        self
+    }
+
+    /// Where its campaign counts it.
+    pub fn counted_in(&self) -> &str {
+        if self.counters.is_empty() {
+            &self.campaign
+        } else {
+            &self.counters
         }
     }
 
@@ -242,9 +267,16 @@ pub fn counter_shard(member: &str) -> u32 {
     crate::bucketing::fnv32a(member) % COUNTER_SHARDS
 }
 
+/// The campaign whose counters `counters` are: its own id, or a later randomisation's
+/// `{id}~…` ([`crate::campaigns::Campaign::counters_for`]).
+pub fn campaign_of_counters(counters: &str) -> &str {
+    counters.split('~').next().unwrap_or(counters)
+}
+
 /// Additions to one variant's counters, in one shard, written with the change they count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CounterAdd {
+    /// The counters: the campaign's id, or a later randomisation's.
     pub campaign: String,
     pub shard: u32,
     pub counts: crate::report::VariantCounts,
@@ -254,7 +286,7 @@ impl CounterAdd {
     /// One member newly assigned to the assignment's variant.
     pub fn assigned(member: &str, assignment: &Assignment) -> CounterAdd {
         CounterAdd {
-            campaign: assignment.campaign.clone(),
+            campaign: assignment.counted_in().to_string(),
             shard: counter_shard(member),
             counts: crate::report::VariantCounts {
                 variant: assignment.variant.clone(),

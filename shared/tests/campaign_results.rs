@@ -1170,6 +1170,98 @@ async fn a_new_seed_makes_the_tick_assign_everyone_again() {
     tick().await;
     // THEN every member is assigned under the new seed
     assert_eq!(seeds().await, vec![Some("split-b".to_string()); 3]);
+    // AND the report counts each of them once, in the variant of the new seed
+    let report = serde_json::to_value(
+        s.services
+            .campaign_report("kr-shop", "split")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let members: Vec<i64> = report["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["members"].as_i64().unwrap())
+        .collect();
+    assert_eq!(members.iter().sum::<i64>(), 3, "{report}");
+}
+
+#[tokio::test]
+async fn a_re_randomised_campaign_counts_its_members_afresh_and_its_first_counts_stay() {
+    // GIVEN a campaign granting 1,000 points to everyone who sees it, seen by one member who
+    // then bought 59,000
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let gift = |seed: &str, version: u32| {
+        json!({
+            "name": "Gift", "kind": "on_exposure", "status": "running",
+            "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+            "hash_seed": seed, "bucket_version": version, "goal": "purchase",
+            "variants": [
+                {"key": "control", "weight": 0, "effect": {"type": "none"}},
+                {"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}}
+            ]
+        })
+    };
+    let report = || async {
+        let report = s.services.campaign_report("kr-shop", "gift").await.unwrap();
+        let gift = &report.variants[1];
+        (
+            gift.members,
+            gift.converters,
+            gift.revenue,
+            gift.points_cost,
+        )
+    };
+    s.put_campaign("gift", &gift("gift-a", 0)).await;
+    s.services.my_campaigns("kr-shop", "m-1").await.unwrap();
+    s.drain().await;
+    s.purchase("m-1", "o-1", 59_000, now).await;
+    assert_eq!(report().await, (1, 1, 59_000, 1_000));
+    // WHEN it is re-randomised (a new bucket version), and the member sees it again and a
+    // second member sees it and buys
+    s.put_campaign("gift", &gift("gift-a", 1)).await;
+    for member in ["m-1", "m-2"] {
+        s.services.my_campaigns("kr-shop", member).await.unwrap();
+    }
+    s.drain().await;
+    s.purchase("m-2", "o-2", 30_000, now).await;
+    // THEN the report counts the new randomisation alone: each member once, the new
+    // member's grant (the first was granted before) and purchase
+    assert_eq!(report().await, (2, 1, 30_000, 1_000));
+    // WHEN the first member's order, counted in the first randomisation, is cancelled
+    let cancel = json!({"type": "purchase.cancelled", "version": 1, "id": "cancel-o-1",
+        "program": "kr-shop", "member": "m-1", "occurred_at": now, "data": {"order_id": "o-1"}});
+    s.services.process_earn(&cancel.to_string()).await.unwrap();
+    // THEN the new randomisation's revenue is not touched
+    assert_eq!(report().await, (2, 1, 30_000, 1_000));
+    // WHEN the campaign is saved back to its first seed and bucket version, or to a lower
+    // bucket version, or to a seed it left at this bucket version
+    for (seed, version) in [("gift-a", 0), ("gift-b", 0)] {
+        let refused = s
+            .services
+            .put_campaign(
+                "kr-shop",
+                "gift",
+                gift(seed, version).to_string().as_bytes(),
+            )
+            .await;
+        // THEN it is refused: its members would be counted again
+        assert!(
+            matches!(refused, Err(ServiceError::InvalidFields { ref errors, .. }) if errors[0].field == "bucket_version"),
+            "{refused:?}"
+        );
+    }
+    s.put_campaign("gift", &gift("gift-b", 1)).await;
+    let refused = s
+        .services
+        .put_campaign("kr-shop", "gift", gift("gift-a", 1).to_string().as_bytes())
+        .await;
+    assert!(
+        matches!(refused, Err(ServiceError::InvalidFields { ref errors, .. }) if errors[0].field == "hash_seed"),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]

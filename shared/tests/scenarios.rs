@@ -812,9 +812,62 @@ fn a_line_returned_and_money_refunded_on_one_order_take_back_their_share_togethe
     assert_eq!(m.account.pending_points(), 500 - 300);
     // WHEN the rest of the money (20,000) is refunded
     give_back(&mut m, &p, &money("r-3", 20_000), now);
-    // THEN nothing of the order is left, and its wait is over
+    // THEN nothing of the order's points is left
     assert_eq!(m.account.pending_points(), 0);
-    assert!(m.account.pending.is_empty(), "{:?}", m.account.pending);
+    m.assert_consistent();
+}
+
+#[test]
+fn money_refunded_by_amount_takes_back_points_by_what_the_lines_were_paid() {
+    // GIVEN an order of a tee (90,000: 900 points) and a cap (10,000) that earned 800 more
+    // with a SKU bonus: 100,000 paid, 1,800 points
+    let p = loyalty_core::domain::Program::from_toml(
+        &include_str!("../../examples/kr-shop.toml").replace(
+            "excluded_categories = [\"gift_card\"]",
+            "excluded_categories = [\"gift_card\"]\nskus = [{ sku = \"SKU-cap\", bonus_points_per_unit = 800 }]",
+        ),
+    )
+    .unwrap();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    buy(
+        &mut m,
+        &p,
+        "o-1",
+        vec![line("tee", 1, 90_000), line("cap", 1, 10_000)],
+        now,
+        now,
+    );
+    let earned = m.orders["o-1"].earned.clone().unwrap();
+    assert_eq!((earned.lines[0].points, earned.lines[1].points), (900, 900));
+    // WHEN the cap is returned, then a tenth of the money refunded as an amount
+    let returned = Reversal {
+        order_id: "o-1".into(),
+        refund_id: "r-1".into(),
+        scope: RefundScope::lines(vec![RefundLine {
+            line_id: "cap".into(),
+            quantity: 1,
+            sku: String::new(),
+        }]),
+        event_id: "ev-r-1".into(),
+        occurred_at: now,
+    };
+    give_back(&mut m, &p, &returned, now);
+    let before = m.account.pending_points();
+    let goodwill = Reversal {
+        order_id: "o-1".into(),
+        refund_id: "r-2".into(),
+        scope: RefundScope::Share {
+            amount: 10_000,
+            total: 100_000,
+        },
+        event_id: "ev-r-2".into(),
+        occurred_at: now,
+    };
+    give_back(&mut m, &p, &goodwill, now);
+    // THEN the tenth of the money comes off the tee, the line kept: a ninth of its points,
+    // not the cap's bonus over again
+    assert_eq!(before - m.account.pending_points(), 100);
     m.assert_consistent();
 }
 

@@ -61,7 +61,8 @@ pub struct OrderEarning {
     /// ([`RefundScope::Amount`]). 0 for records written before it was kept.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub paid: i64,
-    /// The campaigns that counted this purchase: its refunds take their revenue back there.
+    /// The counters that counted this purchase (a campaign's id, or a later randomisation's
+    /// `{id}~…`): its refunds take their revenue back there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counted_in: Vec<String>,
     /// Of `points`, what the member's paid membership added: its refunds take their share of
@@ -564,19 +565,11 @@ fn end_membership(
     journal.post(EntryKind::Clawback, 0, 0, &reason);
 }
 
-/// Every unit of every line refunded, refunds by amount that reached the order's total, or
-/// refunds of both kinds that together took back everything its lines earned and counted.
+/// Every unit of every line refunded, or refunds by amount that reached the order's total.
 fn wholly_refunded(earned: &OrderEarning) -> bool {
     let lines = earned.lines.iter().all(|l| l.refunded >= l.quantity);
     let share = earned.share_total > 0 && earned.share_refunded >= earned.share_total;
-    let counted = earned.lines.iter().any(|l| l.points > 0 || l.measure > 0);
-    let both = earned.share_total > 0
-        && counted
-        && earned
-            .lines
-            .iter()
-            .all(|l| l.clawed >= l.points && l.unqualified >= l.measure);
-    lines || share || both
+    lines || share
 }
 
 fn existing(order: Option<&OrderRecord>, order_id: &str) -> Result<OrderRecord, OrderError> {
@@ -648,13 +641,30 @@ fn apply_reversal(
     for (line, quantity) in earned.lines.iter_mut().zip(wanted) {
         line.refunded = (line.refunded + quantity).min(line.quantity);
     }
-    let back = |value: fn(&LineRecord) -> i64| {
-        let lines: Vec<(i64, i64)> = earned
+    // What each line is worth: its eligible amount, or for an order recorded without them its
+    // points; the refunds by amount take their share of the order by that worth.
+    let by_amount = earned.lines.iter().any(|l| l.eligible > 0);
+    let worth = |l: &LineRecord| if by_amount { l.eligible } else { l.points };
+    let lines: Vec<(i64, i64, i64)> = earned
+        .lines
+        .iter()
+        .map(|l| (worth(l), l.refunded, l.quantity))
+        .collect();
+    let taken = worth_taken(&lines, share, of);
+    // With no units refunded, refunds by amount take the same share of every line: exactly
+    // floor(value x share / of) each, with no rounding of amounts first.
+    let mixed = earned.lines.iter().any(|l| l.refunded > 0);
+    let back = |value: fn(&LineRecord) -> i64| -> Vec<i64> {
+        earned
             .lines
             .iter()
-            .map(|l| (value(l), cumulative(value(l), l.refunded, l.quantity)))
-            .collect();
-        given_back(&lines, share, of)
+            .zip(&taken)
+            .map(|(l, &taken)| {
+                let by_share = cumulative(value(l), share, of);
+                let worth = if mixed { worth(l) } else { 0 };
+                given_back(value(l), l.refunded, l.quantity, worth, taken).max(by_share)
+            })
+            .collect()
     };
     let clawed = back(|l| l.points);
     let unqualified = back(|l| l.measure);
@@ -843,28 +853,32 @@ fn imported_sku(purchase: &Purchase, line_id: &str) -> String {
         .unwrap_or_default()
 }
 
-/// What each line has given back of one value (points, measure, eligible amount), given per
-/// line as (what it holds, what its refunded units gave back: floor(v x r / q)), with the
-/// order's refunds by amount, `share` of `of`, on top. Those take floor(V x share / of) of the
-/// order's whole V, spread over what the lines have left in proportion (largest remainders
-/// first, in line order): money refunded takes back the same share of the order whether it
-/// came back with units or as an amount, in whichever order, and never more than a line holds.
-fn given_back(lines: &[(i64, i64)], share: i64, of: i64) -> Vec<i64> {
-    let by_units: Vec<i64> = lines.iter().map(|&(_, units)| units).collect();
-    let whole = lines.iter().map(|&(v, _)| v).fold(0, i64::saturating_add);
+/// What the refunds have taken of each line's worth `w` (its eligible amount), given per line as
+/// (w, units refunded r, of q units): the refunded units' floor(w x r / q), and on top the
+/// refunds by amount's floor(W x share / of) of the order's whole W, spread over what the lines
+/// have left in proportion (the odd units to the largest remainders, the first line on a tie).
+/// Money refunded so takes back its share of the order whether it came back with units or as
+/// an amount, in whichever order: a goodwill refund after a line was returned comes off the
+/// lines kept.
+fn worth_taken(lines: &[(i64, i64, i64)], share: i64, of: i64) -> Vec<i64> {
+    let by_units: Vec<i64> = lines.iter().map(|&(w, r, q)| cumulative(w, r, q)).collect();
+    let whole = lines
+        .iter()
+        .map(|&(w, _, _)| w)
+        .fold(0, i64::saturating_add);
     let pool = cumulative(whole, share, of);
     let left = whole - by_units.iter().sum::<i64>();
     if pool <= 0 || left <= 0 {
         return by_units;
     }
     if pool >= left {
-        return lines.iter().map(|&(v, _)| v).collect();
+        return lines.iter().map(|&(w, _, _)| w).collect();
     }
     let (pool, left) = (i128::from(pool), i128::from(left));
     let mut extra = Vec::with_capacity(lines.len());
     let mut remainders = Vec::with_capacity(lines.len());
-    for (i, &(value, units)) in lines.iter().enumerate() {
-        let scaled = i128::from(value - units) * pool;
+    for (i, (&(w, _, _), units)) in lines.iter().zip(&by_units).enumerate() {
+        let scaled = i128::from(w - units) * pool;
         extra.push(scaled / left);
         remainders.push((scaled % left, i));
     }
@@ -882,6 +896,20 @@ fn given_back(lines: &[(i64, i64)], share: i64, of: i64) -> Vec<i64> {
         .zip(extra)
         .map(|(units, extra)| units + i64::try_from(extra).unwrap_or(0))
         .collect()
+}
+
+/// What a line gives back of `value` (its points, measure or eligible amount): floor(value x r
+/// / q) for its refunded units, as ever, or the share of its worth the refunds took, if more
+/// (refunds by amount). A line worth nothing gives back by its units alone. (The caller also
+/// keeps floor(value x share / of), the refunds by amount's own share of the line: what it
+/// gives back is never less, and rounding the amount taken to minor units first must not make
+/// it less.)
+fn given_back(value: i64, refunded: i64, quantity: i64, worth: i64, taken: i64) -> i64 {
+    let by_units = cumulative(value, refunded, quantity);
+    if worth <= 0 {
+        return by_units;
+    }
+    by_units.max(cumulative(value, taken, worth))
 }
 
 /// floor(total x part / whole), exactly; never more than `total`.
@@ -1005,22 +1033,31 @@ mod tests {
     }
 
     #[test]
-    fn units_and_amounts_refunded_on_one_order_take_back_the_money_share_of_its_points() {
-        // GIVEN an order of tees that earned 550 points and a cap that earned 450
-        let lines = |tees: i64, cap: i64| [(550, tees), (450, cap)];
-        // WHEN the cap is returned (450 back by its units) and a tenth of the order is refunded
-        // as money alone
-        // THEN the tenth takes a tenth of the order's 1,000 points from what is left: the tees
-        assert_eq!(given_back(&lines(0, 450), 10, 100), vec![100, 450]);
+    fn units_and_amounts_refunded_on_one_order_take_back_the_money_share_of_its_worth() {
+        // GIVEN an order of tees worth 55,000 and a cap worth 45,000
+        let lines = |tees: i64, cap: i64| [(55_000, tees, 2), (45_000, cap, 1)];
+        // WHEN the cap is returned and a tenth of the order is refunded as money alone
+        // THEN the tenth (10,000) comes off what is left: the tees
+        assert_eq!(worth_taken(&lines(0, 1), 10, 100), vec![10_000, 45_000]);
         // AND the tenth alone takes a tenth of each line
-        assert_eq!(given_back(&lines(0, 0), 10, 100), vec![55, 45]);
-        // AND refunds by amount of the rest of the money take the rest of the points
-        assert_eq!(given_back(&lines(0, 450), 55, 100), vec![550, 450]);
-        // AND a quarter alone is exactly 250, its odd point to the larger remainder (the
-        // first line on a tie)
-        assert_eq!(given_back(&lines(0, 0), 25, 100), vec![138, 112]);
-        // AND refunds by units alone give back floor(p x r / q) per line, as ever
-        assert_eq!(given_back(&lines(275, 0), 0, 0), vec![275, 0]);
+        assert_eq!(worth_taken(&lines(0, 0), 10, 100), vec![5_500, 4_500]);
+        // AND refunds by amount of the rest of the money take the rest
+        assert_eq!(worth_taken(&lines(0, 1), 55, 100), vec![55_000, 45_000]);
+        // AND refunds by units alone take floor(w x r / q) per line
+        assert_eq!(worth_taken(&lines(1, 0), 0, 0), vec![27_500, 0]);
+        // AND an odd unit goes to the larger remainder, the first line on a tie
+        assert_eq!(worth_taken(&[(1, 0, 1), (1, 0, 1)], 1, 2), vec![1, 0]);
+    }
+
+    #[test]
+    fn a_line_gives_back_points_by_its_worth_taken_never_less_than_by_its_units() {
+        // GIVEN a line of 3 units that earned 100 points on 30,000
+        // WHEN 1 unit is refunded and nothing more THEN it gives back floor(100 / 3)
+        assert_eq!(given_back(100, 1, 3, 30_000, 10_000), 33);
+        // WHEN a sixth of its worth is taken by amount as well THEN half of its points
+        assert_eq!(given_back(100, 1, 3, 30_000, 15_000), 50);
+        // AND a line worth nothing gives back by its units alone
+        assert_eq!(given_back(100, 1, 2, 0, 0), 50);
     }
 
     #[test]

@@ -71,6 +71,13 @@ impl Services {
                 .as_ref()
                 .and_then(|(_, json)| Campaign::from_stored(json).ok());
             campaign.stamp_stop(before.as_ref(), self.clock.now());
+            campaign
+                .stamp_randomisation(before.as_ref())
+                .map_err(|error| ServiceError::InvalidFields {
+                    problem: "invalid-campaign",
+                    detail: format!("campaign is invalid: {}: {}", error.field, error.message),
+                    errors: vec![error],
+                })?;
             // A stop only shortens the window: it is never refused for the overlap.
             let stopping = campaign.status == crate::campaigns::CampaignStatus::Stopped
                 && before
@@ -161,7 +168,11 @@ impl Services {
                 problem: "unknown-campaign",
                 detail: format!("program {} has no campaign {id:?}", program.id),
             })?;
-        let counts = self.store.campaign_counts(&program.id, id).await?;
+        // The members assigned since it was last re-randomised.
+        let counts = self
+            .store
+            .campaign_counts(&program.id, &campaign.current_counters(id))
+            .await?;
         let weights: Vec<(String, f64)> = campaign
             .variants
             .iter()
@@ -280,7 +291,8 @@ impl Services {
             campaign.bucket_version,
             now,
         )
-        .replacing(to.earlier);
+        .replacing(to.earlier)
+        .counted_as(campaign.current_counters(id));
         let recorded = self
             .store
             .record_assignment(program, member, &wanted, to.seen, grant.as_ref())
@@ -369,12 +381,23 @@ pub(crate) fn grant_message(
             program: program.to_string(),
             member: member.to_string(),
             occurred_at: now,
-            data: json!({
-                "points": points, "campaign": id, "variant": v.key,
-                "reason": format!("{}: {points} points", campaign.name),
-            }),
+            data: grant_data(id, campaign, &v.key, *points),
         },
     ))
+}
+
+/// A grant's data: its points, and where its campaign counts them (the randomisation its
+/// assignment is made in, when not the first).
+fn grant_data(id: &str, campaign: &Campaign, variant: &str, points: i64) -> Value {
+    let mut data = json!({
+        "points": points, "campaign": id, "variant": variant,
+        "reason": format!("{}: {points} points", campaign.name),
+    });
+    let counters = campaign.current_counters(id);
+    if counters != id {
+        data["counted_in"] = json!(counters);
+    }
+    data
 }
 
 /// Whether a member re-bucketed (a new seed or bucket version) was granted the campaign's
@@ -477,6 +500,7 @@ impl Part<'_> {
                 at,
             )
             .replacing(self.read)
+            .counted_as(self.campaign.current_counters(self.id))
         });
         let mut after = before.clone();
         after.purchases = before.purchases.saturating_add(1);
@@ -500,7 +524,7 @@ impl Part<'_> {
             read_revision: None,
         };
         let add = CounterAdd {
-            campaign: self.id.to_string(),
+            campaign: before.counted_in().to_string(),
             shard: counter_shard(member),
             counts,
         };

@@ -974,6 +974,7 @@ fn decide(
             points,
             campaign,
             variant,
+            counted_in,
             reason,
         } => {
             let mut outcome =
@@ -981,7 +982,7 @@ fn decide(
             if let (Some(campaign), Some(variant)) = (campaign, variant) {
                 if !outcome.change.entries.is_empty() {
                     outcome.counters.push(CounterAdd {
-                        campaign: campaign.clone(),
+                        campaign: counted_in.clone().unwrap_or_else(|| campaign.clone()),
                         shard: counter_shard(&envelope.member),
                         counts: VariantCounts {
                             variant: variant.clone(),
@@ -1021,19 +1022,25 @@ fn missed_assignments(
 
 /// The campaigns that counted the order a refund is about.
 fn counted_in(event: &EarnEvent, state: &MemberState) -> Vec<String> {
-    match event {
+    let mut campaigns: Vec<String> = match event {
         EarnEvent::Refund { .. } => state
             .orders
             .values()
             .filter_map(|o| o.earned.as_ref())
-            .flat_map(|e| e.counted_in.iter().cloned())
+            .flat_map(|e| e.counted_in.iter())
+            .map(|counters| crate::ports::campaign_of_counters(counters).to_string())
             .collect(),
         _ => Vec::new(),
-    }
+    };
+    campaigns.sort();
+    campaigns.dedup();
+    campaigns
 }
 
 /// A refund's eligible amount taken back from the revenue of each campaign that counted its
-/// order (the member's assignment, conditionally, and the variant's counters).
+/// order (the member's assignment, conditionally, and the variant's counters). A campaign
+/// re-randomised since, whose member's assignment is now of another randomisation, keeps the
+/// revenue in the counters that counted it: the member's revenue there is no longer kept.
 fn take_back_revenue(
     member: &str,
     order: &crate::domain::OrderRecord,
@@ -1047,12 +1054,18 @@ fn take_back_revenue(
     let square = |r: i64| i128::from(r) * i128::from(r);
     counted_in
         .iter()
-        .filter_map(|campaign| state.assignments.get(campaign))
+        .filter_map(|counters| {
+            let campaign = crate::ports::campaign_of_counters(counters);
+            state
+                .assignments
+                .get(campaign)
+                .filter(|a| a.counted_in() == counters)
+        })
         .map(|stored| {
             let mut after = stored.clone();
             after.revenue = stored.revenue.saturating_sub(revenue);
             let add = CounterAdd {
-                campaign: stored.campaign.clone(),
+                campaign: stored.counted_in().to_string(),
                 shard: counter_shard(member),
                 counts: VariantCounts {
                     variant: stored.variant.clone(),

@@ -1364,7 +1364,7 @@ fn count_redemption(
             let mut after = stored.clone();
             after.redemptions = stored.redemptions.saturating_add(1);
             let add = crate::ports::CounterAdd {
-                campaign: stored.campaign.clone(),
+                campaign: stored.counted_in().to_string(),
                 shard: crate::ports::counter_shard(member),
                 counts: crate::report::VariantCounts {
                     variant: stored.variant.clone(),

@@ -30,6 +30,23 @@ fn refund(
     }
 }
 
+/// A refund of `amount` of the order's `total`, known by amount alone.
+fn money(
+    order: &str,
+    refund_id: &str,
+    amount: i64,
+    total: i64,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Reversal {
+    Reversal {
+        order_id: order.into(),
+        refund_id: refund_id.into(),
+        scope: RefundScope::Share { amount, total },
+        event_id: format!("ev-{refund_id}"),
+        occurred_at: at,
+    }
+}
+
 fn cancel(order: &str, at: chrono::DateTime<chrono::Utc>) -> Reversal {
     Reversal {
         order_id: order.into(),
@@ -744,13 +761,7 @@ fn a_refund_stating_another_order_total_never_gives_points_back() {
     let now = t0();
     let mut m = Member::new(&p, now);
     buy(&mut m, &p, "o-1", vec![line("a", 5, 10_000)], now, now);
-    let share = |id: &str, amount: i64, total: i64| Reversal {
-        order_id: "o-1".into(),
-        refund_id: id.into(),
-        scope: RefundScope::Share { amount, total },
-        event_id: format!("ev-{id}"),
-        occurred_at: now,
-    };
+    let share = |id: &str, amount: i64, total: i64| money("o-1", id, amount, total, now);
     give_back(&mut m, &p, &share("r-1", 55_000, 110_000), now);
     assert_eq!(m.account.pending_points(), 250);
     // WHEN a second refund of 1,100 states the total as 1,100,000 (the platform counted
@@ -784,34 +795,13 @@ fn a_line_returned_and_money_refunded_on_one_order_take_back_their_share_togethe
         now,
     );
     // WHEN line b is returned, then 10,000 (a fifth of the order) refunded as money alone
-    let returned = Reversal {
-        order_id: "o-1".into(),
-        refund_id: "r-1".into(),
-        scope: RefundScope::lines(vec![RefundLine {
-            line_id: "b".into(),
-            quantity: 1,
-            sku: String::new(),
-        }]),
-        event_id: "ev-r-1".into(),
-        occurred_at: now,
-    };
-    give_back(&mut m, &p, &returned, now);
-    let money = |id: &str, amount: i64| Reversal {
-        order_id: "o-1".into(),
-        refund_id: id.into(),
-        scope: RefundScope::Share {
-            amount,
-            total: 50_000,
-        },
-        event_id: format!("ev-{id}"),
-        occurred_at: now,
-    };
-    give_back(&mut m, &p, &money("r-2", 10_000), now);
+    give_back(&mut m, &p, &refund("o-1", "r-1", &[("b", 1)], now), now);
+    give_back(&mut m, &p, &money("o-1", "r-2", 10_000, 50_000, now), now);
     // THEN the fifth takes a fifth of the order's points (100) from line a, the line left,
     // as the money refunded (30,000 of 50,000) says: 300 in all
     assert_eq!(m.account.pending_points(), 500 - 300);
     // WHEN the rest of the money (20,000) is refunded
-    give_back(&mut m, &p, &money("r-3", 20_000), now);
+    give_back(&mut m, &p, &money("o-1", "r-3", 20_000, 50_000, now), now);
     // THEN nothing of the order's points is left
     assert_eq!(m.account.pending_points(), 0);
     m.assert_consistent();
@@ -841,30 +831,9 @@ fn money_refunded_by_amount_takes_back_points_by_what_the_lines_were_paid() {
     let earned = m.orders["o-1"].earned.clone().unwrap();
     assert_eq!((earned.lines[0].points, earned.lines[1].points), (900, 900));
     // WHEN the cap is returned, then a tenth of the money refunded as an amount
-    let returned = Reversal {
-        order_id: "o-1".into(),
-        refund_id: "r-1".into(),
-        scope: RefundScope::lines(vec![RefundLine {
-            line_id: "cap".into(),
-            quantity: 1,
-            sku: String::new(),
-        }]),
-        event_id: "ev-r-1".into(),
-        occurred_at: now,
-    };
-    give_back(&mut m, &p, &returned, now);
+    give_back(&mut m, &p, &refund("o-1", "r-1", &[("cap", 1)], now), now);
     let before = m.account.pending_points();
-    let goodwill = Reversal {
-        order_id: "o-1".into(),
-        refund_id: "r-2".into(),
-        scope: RefundScope::Share {
-            amount: 10_000,
-            total: 100_000,
-        },
-        event_id: "ev-r-2".into(),
-        occurred_at: now,
-    };
-    give_back(&mut m, &p, &goodwill, now);
+    give_back(&mut m, &p, &money("o-1", "r-2", 10_000, 100_000, now), now);
     // THEN the tenth of the money comes off the tee, the line kept: a ninth of its points,
     // not the cap's bonus over again
     assert_eq!(before - m.account.pending_points(), 100);
@@ -885,16 +854,7 @@ fn refunds_known_only_by_amount_take_back_their_share_of_every_line() {
         now,
         now,
     );
-    let share = |id: &str, amount: i64| Reversal {
-        order_id: "o-1".into(),
-        refund_id: id.into(),
-        scope: RefundScope::Share {
-            amount,
-            total: 110_000,
-        },
-        event_id: format!("ev-{id}"),
-        occurred_at: now,
-    };
+    let share = |id: &str, amount: i64| money("o-1", id, amount, 110_000, now);
     // WHEN 22,000 (20%) is refunded, then 55,000 more (70% in all)
     give_back(&mut m, &p, &share("r-1", 22_000), now);
     assert_eq!(m.account.pending_points(), 500 - (60 + 40));

@@ -57,6 +57,12 @@ fn cancel(order: &str, at: chrono::DateTime<chrono::Utc>) -> Reversal {
     }
 }
 
+/// kr-shop with `find` in its file replaced by `with`.
+fn kr_with(find: &str, with: &str) -> loyalty_core::domain::Program {
+    let text = include_str!("../../examples/kr-shop.toml").replace(find, with);
+    loyalty_core::domain::Program::from_toml(&text).unwrap()
+}
+
 /// Earns a purchase for `m` and stores its order record.
 fn buy(
     m: &mut Member,
@@ -538,11 +544,10 @@ fn a_referred_first_order_cancelled_before_it_arrived_pays_neither_side() {
 fn a_first_order_partly_kept_still_pays_its_referral_when_its_window_closes() {
     // GIVEN referrals paid once the first order's return window has closed, and a referred
     // member whose first order is a 10,000 KRW tee and a 50,000 KRW gift card (no points)
-    let text = include_str!("../../examples/kr-shop.toml").replace(
+    let p = kr_with(
         "referee_points = 1000",
         "referee_points = 1000\nreward_after_return_window = true",
     );
-    let p = loyalty_core::domain::Program::from_toml(&text).unwrap();
     assert!(p.referral.as_ref().unwrap().reward_after_return_window);
     let now = t0();
     let mut m = Member::new(&p, now);
@@ -811,13 +816,10 @@ fn a_line_returned_and_money_refunded_on_one_order_take_back_their_share_togethe
 fn money_refunded_by_amount_takes_back_points_by_what_the_lines_were_paid() {
     // GIVEN an order of a tee (90,000: 900 points) and a cap (10,000) that earned 800 more
     // with a SKU bonus: 100,000 paid, 1,800 points
-    let p = loyalty_core::domain::Program::from_toml(
-        &include_str!("../../examples/kr-shop.toml").replace(
-            "excluded_categories = [\"gift_card\"]",
-            "excluded_categories = [\"gift_card\"]\nskus = [{ sku = \"SKU-cap\", bonus_points_per_unit = 800 }]",
-        ),
-    )
-    .unwrap();
+    let p = kr_with(
+        "excluded_categories = [\"gift_card\"]",
+        "excluded_categories = [\"gift_card\"]\nskus = [{ sku = \"SKU-cap\", bonus_points_per_unit = 800 }]",
+    );
     let now = t0();
     let mut m = Member::new(&p, now);
     buy(
@@ -1025,13 +1027,10 @@ fn a_merge_finishes_into_a_survivor_holding_points_for_a_checkout() {
 fn the_next_tier_still_needs_what_waits_out_its_return_window_when_upgrades_wait_for_it() {
     // GIVEN kr-shop counting upgrades only once purchases are kept, and a member whose
     // 400,000 KRW purchase (past SILVER's 300,000) is inside its return window
-    let p = loyalty_core::domain::Program::from_toml(
-        &include_str!("../../examples/kr-shop.toml").replace(
-            "[tier_rules]\n",
-            "[tier_rules]\nupgrade_after_return_window = true\n",
-        ),
-    )
-    .unwrap();
+    let p = kr_with(
+        "[tier_rules]\n",
+        "[tier_rules]\nupgrade_after_return_window = true\n",
+    );
     let now = t0();
     let mut m = Member::new(&p, now);
     buy(&mut m, &p, "o-1", vec![line("a", 1, 400_000)], now, now);
@@ -1134,10 +1133,7 @@ fn an_upgrade_waits_only_for_purchases_inside_its_window() {
 fn points_last_usable_before_their_purchase_was_recorded_are_due_to_expire_the_day_it_was() {
     // GIVEN kr-shop keeping points to the end of the month after they were earned
     use chrono::TimeZone;
-    let p = loyalty_core::domain::Program::from_toml(
-        &include_str!("../../examples/kr-shop.toml").replace("months = 12", "months = 1"),
-    )
-    .unwrap();
+    let p = kr_with("months = 12", "months = 1");
     // WHEN a purchase of 15 November (last usable 31 December) is recorded on 3 February
     let (bought, recorded) = (
         chrono::Utc.with_ymd_and_hms(2026, 11, 15, 3, 0, 0).unwrap(),

@@ -1024,6 +1024,41 @@ fn a_merge_finishes_into_a_survivor_holding_points_for_a_checkout() {
 }
 
 #[test]
+fn a_hold_expired_behind_fifty_others_cannot_be_captured() {
+    // GIVEN a member with 1,000 points who held 10 points at 51 checkouts never settled, each
+    // expiring a minute after the one before
+    let p = kr();
+    let now = t0();
+    let mut m = Member::new(&p, now);
+    let gift = m
+        .account
+        .adjust(&p, 1_000, "opening balance", &ctx("open", now, now))
+        .unwrap();
+    m.commit(gift);
+    for n in 0..51 {
+        let held = m
+            .account
+            .hold(
+                &p,
+                &format!("h-{n}"),
+                &format!("order-{n}"),
+                10,
+                now + chrono::Duration::minutes(n + 1),
+                &ctx(&format!("hold-{n}"), now, now),
+            )
+            .unwrap();
+        m.commit(held);
+    }
+    // WHEN the shop captures the last one after all of them expired
+    let later = now + days(1);
+    let captured = m
+        .account
+        .capture_hold(&p, "h-50", &ctx("capture", later, later));
+    // THEN there is no such hold to capture: expired, its points come back
+    assert!(captured.is_none(), "{captured:?}");
+}
+
+#[test]
 fn the_next_tier_still_needs_what_waits_out_its_return_window_when_upgrades_wait_for_it() {
     // GIVEN kr-shop counting upgrades only once purchases are kept, and a member whose
     // 400,000 KRW purchase (past SILVER's 300,000) is inside its return window

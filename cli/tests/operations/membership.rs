@@ -446,6 +446,34 @@ fn a_refund_of_a_purchase_takes_its_share_off_what_the_membership_saved() {
 }
 
 #[test]
+fn a_platform_refund_of_an_imported_membership_line_ends_it() {
+    // GIVEN an order imported from the shop's export (its lines named export-1, …, with their
+    // SKU) that paid a year of Plus
+    let shop = plus_shop("membership-imported-refund");
+    let member = "m-imported";
+    event(
+        &shop,
+        json!({"type": "purchase.completed", "version": 1, "id": "imp-1-paid",
+               "program": "kr-shop", "member": member, "occurred_at": at(0),
+               "data": {"order_id": "imp-1", "currency": "KRW",
+                        "lines": [{"line_id": "export-1", "sku": "PLUS-MONTH", "quantity": 12,
+                                   "unit_price": "4900"}]}}),
+    );
+    shop.eventually(member, |v| v["membership"]["status"] == "active");
+    // WHEN the platform refunds the whole line under its own line id, with the SKU
+    refund(
+        &shop,
+        "imp-1",
+        "r-1",
+        member,
+        json!({"lines": [{"line_id": "518995019", "quantity": 12, "sku": "PLUS-MONTH"}]}),
+    );
+    // THEN the membership has ended today: its fee went back
+    let ended = shop.eventually(member, |v| v["membership"]["status"] == "ended");
+    assert_eq!(day(&ended["membership"]["ended_on"]), today_in_seoul());
+}
+
+#[test]
 fn a_part_refund_of_the_fee_leaves_the_membership() {
     // GIVEN a member who paid for Plus today
     let shop = plus_shop("membership-periods-refund");

@@ -476,11 +476,13 @@ impl Account {
         ctx: &EventContext,
     ) -> Option<Change> {
         let mut journal = Journal::begin(self, program, ctx);
+        // Beginning the change returns expired holds, a bounded number per change: one left
+        // for a later change is expired all the same.
         let index = journal
             .account
             .holds
             .iter()
-            .position(|h| h.redemption == redemption)?;
+            .position(|h| h.redemption == redemption && h.expires_at > ctx.recorded_at)?;
         journal.account.holds.remove(index);
         Some(journal.finish())
     }

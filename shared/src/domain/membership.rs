@@ -172,6 +172,15 @@ impl Membership {
         // reward is granted twice.
         if restarted && started >= self.lapses_on(rules) {
             self.months_granted = 0;
+        } else if started > self.started_on {
+            // Starting later (its first payment refunded), the months granted before the new
+            // start are no longer the membership's: the ones after it are still due.
+            let gone = (0..self.months_granted)
+                .take_while(|&k| plus_months(self.started_on, k) < started)
+                .count();
+            self.months_granted = self
+                .months_granted
+                .saturating_sub(u32::try_from(gone).unwrap_or(u32::MAX));
         }
         self.started_on = started;
         self.paid_through = through;
@@ -341,7 +350,9 @@ impl Account {
         match (rules, with_benefits(mine), with_benefits(theirs)) {
             // Both paid for: every period either paid for is the person's, laid out together.
             (Some(rules), true, true) => {
-                let granted = mine.months_granted.max(theirs.months_granted);
+                // Each side's rewards were for months of its own payments, now laid out
+                // end to end: together they are that many months of the merged membership.
+                let granted = mine.months_granted.saturating_add(theirs.months_granted);
                 for p in &theirs.payments {
                     if !mine.payments.iter().any(|q| q.order_id == p.order_id) {
                         mine.payments.push(p.clone());
@@ -551,9 +562,10 @@ mod tests {
     #[test]
     fn a_merge_of_two_paid_memberships_keeps_every_period_paid_for() {
         // GIVEN a member who paid a month on 1 January, and another (the same person) who paid
-        // six months on 20 January, its first month granted
+        // six months on 20 January, the first month of each granted
         let mut survivor = account();
         survivor.pay_membership(&rules(), payment("o-1", "2026-01-01"));
+        survivor.membership.as_mut().unwrap().months_granted = 1;
         let mut other = account();
         let six = MembershipPayment {
             periods: 6,
@@ -563,11 +575,16 @@ mod tests {
         other.membership.as_mut().unwrap().months_granted = 1;
         // WHEN the other is merged into the survivor on 25 January
         survivor.merge_membership(Some(&rules()), other.membership.as_ref(), day("2026-01-25"));
-        // THEN seven months are paid for from 1 January, and no month is granted twice
+        // THEN seven months are paid for from 1 January, two of their rewards given: five are
+        // left to grant, seven in all
         let m = survivor.membership.clone().unwrap();
         assert_eq!(
             (m.started_on, m.paid_through, m.months_granted),
-            (day("2026-01-01"), day("2026-07-31"), 1)
+            (day("2026-01-01"), day("2026-07-31"), 2)
+        );
+        assert_eq!(
+            m.grants_due(&rules(), day("2026-07-01")),
+            vec![2, 3, 4, 5, 6]
         );
         assert_eq!(m.payments.len(), 2);
     }
@@ -593,6 +610,14 @@ mod tests {
             (day("2026-03-01"), day("2026-03-31"))
         );
         assert!(m.grants_due(&rules(), day("2026-03-05")).is_empty());
+        // WHEN the member renews on 25 March and on 25 April
+        for (order, on) in [("o-4", "2026-03-25"), ("o-5", "2026-04-25")] {
+            a.pay_membership(&rules(), payment(order, on));
+        }
+        // THEN April's and May's rewards are due: only March's was granted of this membership
+        let m = a.membership.clone().unwrap();
+        assert_eq!(m.paid_through, day("2026-05-31"));
+        assert_eq!(m.grants_due(&rules(), day("2026-05-01")), vec![1, 2]);
     }
 
     #[test]

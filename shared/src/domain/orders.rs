@@ -474,9 +474,31 @@ fn reverse(
     reversal: &Reversal,
 ) -> Result<(), OrderError> {
     let reversal = &as_share(record, reversal);
+    let lines = refunded_lines(record, reversal)?;
     apply_reversal(journal, program, record, reversal)?;
-    end_membership(journal, program, record, reversal);
+    end_membership(journal, program, record, reversal, lines);
     Ok(())
+}
+
+/// The units a refund by lines takes off each line of the order, by the order's own line ids
+/// (a line imported without its platform's id is found by SKU), before they are taken.
+fn refunded_lines(
+    record: &OrderRecord,
+    reversal: &Reversal,
+) -> Result<Option<Vec<(String, i64)>>, OrderError> {
+    let (RefundScope::Lines { .. }, Some(earned)) = (&reversal.scope, &record.earned) else {
+        return Ok(None);
+    };
+    let wanted = refund_quantities(&record.order_id, earned, reversal)?;
+    Ok(Some(
+        earned
+            .lines
+            .iter()
+            .zip(wanted)
+            .filter(|(_, units)| *units > 0)
+            .map(|(line, units)| (line.line_id.clone(), units))
+            .collect(),
+    ))
 }
 
 /// What the lines of a purchase were paid after their discounts, with the tax charged on top
@@ -528,6 +550,7 @@ fn end_membership(
     program: &Program,
     record: &OrderRecord,
     reversal: &Reversal,
+    refunded: Option<Vec<(String, i64)>>,
 ) {
     let Some(rules) = &program.membership else {
         return;
@@ -537,12 +560,7 @@ fn end_membership(
         .as_ref()
         .is_some_and(|e| e.share_refunded >= e.share_total);
     let lines: Option<Vec<(String, i64)>> = match &reversal.scope {
-        RefundScope::Lines { lines } => Some(
-            lines
-                .iter()
-                .map(|l| (l.line_id.clone(), l.quantity))
-                .collect(),
-        ),
+        RefundScope::Lines { .. } => Some(refunded.unwrap_or_default()),
         RefundScope::Share { .. } | RefundScope::Amount { .. } if !whole => return,
         RefundScope::Share { .. } | RefundScope::Amount { .. } | RefundScope::Rest => None,
     };

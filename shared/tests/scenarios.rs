@@ -63,6 +63,14 @@ fn kr_with(find: &str, with: &str) -> loyalty_core::domain::Program {
     loyalty_core::domain::Program::from_toml(&text).unwrap()
 }
 
+/// A member who bought order o-1: line a (3 x 10,000, 300 points) and line b (20,000, 200).
+fn bought_a_and_b(p: &loyalty_core::domain::Program, now: chrono::DateTime<chrono::Utc>) -> Member {
+    let mut m = Member::new(p, now);
+    let lines = vec![line("a", 3, 10_000), line("b", 1, 20_000)];
+    buy(&mut m, p, "o-1", lines, now, now);
+    m
+}
+
 /// Earns a purchase for `m` and stores its order record.
 fn buy(
     m: &mut Member,
@@ -790,15 +798,7 @@ fn a_line_returned_and_money_refunded_on_one_order_take_back_their_share_togethe
     // GIVEN an order of 300 + 200 points, 50,000 paid for its goods
     let p = kr();
     let now = t0();
-    let mut m = Member::new(&p, now);
-    buy(
-        &mut m,
-        &p,
-        "o-1",
-        vec![line("a", 3, 10_000), line("b", 1, 20_000)],
-        now,
-        now,
-    );
+    let mut m = bought_a_and_b(&p, now);
     // WHEN line b is returned, then 10,000 (a fifth of the order) refunded as money alone
     give_back(&mut m, &p, &refund("o-1", "r-1", &[("b", 1)], now), now);
     give_back(&mut m, &p, &money("o-1", "r-2", 10_000, 50_000, now), now);
@@ -847,15 +847,7 @@ fn refunds_known_only_by_amount_take_back_their_share_of_every_line() {
     // GIVEN an order of 300 + 200 points whose platform total is 110,000 (shipping included)
     let p = kr();
     let now = t0();
-    let mut m = Member::new(&p, now);
-    buy(
-        &mut m,
-        &p,
-        "o-1",
-        vec![line("a", 3, 10_000), line("b", 1, 20_000)],
-        now,
-        now,
-    );
+    let mut m = bought_a_and_b(&p, now);
     let share = |id: &str, amount: i64| money("o-1", id, amount, 110_000, now);
     // WHEN 22,000 (20%) is refunded, then 55,000 more (70% in all)
     give_back(&mut m, &p, &share("r-1", 22_000), now);

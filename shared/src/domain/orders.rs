@@ -893,26 +893,17 @@ fn worth_taken(lines: &[(i64, i64, i64)], share: i64, of: i64) -> Vec<i64> {
         return lines.iter().map(|&(w, _, _)| w).collect();
     }
     let (pool, left) = (i128::from(pool), i128::from(left));
-    let mut extra = Vec::with_capacity(lines.len());
-    let mut remainders = Vec::with_capacity(lines.len());
-    for (i, (&(w, _, _), units)) in lines.iter().zip(&by_units).enumerate() {
-        let scaled = i128::from(w - units) * pool;
-        extra.push(scaled / left);
-        remainders.push((scaled % left, i));
-    }
-    let mut short = pool - extra.iter().sum::<i128>();
-    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    for (remainder, i) in remainders {
-        if short <= 0 || remainder == 0 {
-            break;
-        }
-        extra[i] += 1;
-        short -= 1;
-    }
+    let shares: Vec<i128> = by_units
+        .iter()
+        .zip(lines)
+        .map(|(units, &(w, _, _))| i128::from(w - units) * pool)
+        .collect();
+    // Σ shares / left is the pool exactly: apportioned, the extras add up to it.
+    let extra = super::earning::apportion(&shares, left).unwrap_or_else(|| vec![0; lines.len()]);
     by_units
         .iter()
         .zip(extra)
-        .map(|(units, extra)| units + i64::try_from(extra).unwrap_or(0))
+        .map(|(units, extra)| units + extra)
         .collect()
 }
 

@@ -587,6 +587,20 @@ pub struct Coupon {
     pub revoked: bool,
 }
 
+impl Coupon {
+    /// Past its last second: `expires_at` names the last second a coupon is good for (23:59:59
+    /// of its last local day), the whole of that second included.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        coupon_second(now) > self.expires_at
+    }
+}
+
+/// The whole second `now` falls in, against which a coupon's last second is compared.
+pub fn coupon_second(now: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    now.trunc_subsecs(0)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Consumed {
     pub order_ref: String,

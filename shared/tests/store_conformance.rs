@@ -1482,25 +1482,40 @@ async fn coupons_consume_once_and_idempotency_records_guard_their_commit(store: 
             .unwrap(),
         Consumption::NotFound
     );
-    let late = format!("L-{}", uuid::Uuid::new_v4().simple());
-    let mut third = commit(&m, Some(1), 30, "e4", None);
-    third.coupon = Some(Coupon {
-        code: late.clone(),
-        member: m.clone(),
-        redemption: "r-2".into(),
-        reward: "coupon-5000".into(),
-        expires_at: now,
-        consumed: None,
-        revoked: false,
-    });
-    store.commit(third).await.unwrap();
-    assert!(matches!(
-        store
-            .consume_coupon("kr-shop", &late, "A", now)
+    // AND a coupon is good through the whole of its last second, and expired after it
+    let last = loyalty_core::ports::coupon_second(now);
+    for (version, label, at, usable) in [
+        (1, "E", last + chrono::Duration::milliseconds(999), true),
+        (2, "L", last + chrono::Duration::seconds(1), false),
+    ] {
+        let code = format!("{label}-{}", uuid::Uuid::new_v4().simple());
+        let mut third = commit(&m, Some(version), 30, &format!("e4{label}"), None);
+        third.coupon = Some(Coupon {
+            code: code.clone(),
+            member: m.clone(),
+            redemption: format!("r-{label}"),
+            reward: "coupon-5000".into(),
+            expires_at: last,
+            consumed: None,
+            revoked: false,
+        });
+        store.commit(third).await.unwrap();
+        let consumed = store
+            .consume_coupon("kr-shop", &code, "A", at)
             .await
-            .unwrap(),
-        Consumption::Expired(_)
-    ));
+            .unwrap();
+        if usable {
+            assert!(
+                matches!(consumed, Consumption::Consumed(_)),
+                "{label}: {consumed:?}"
+            );
+        } else {
+            assert!(
+                matches!(consumed, Consumption::Expired(_)),
+                "{label}: {consumed:?}"
+            );
+        }
+    }
 }
 
 async fn campaigns_are_versioned_and_conditional(store: Arc<dyn Store>) {

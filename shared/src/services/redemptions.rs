@@ -1229,7 +1229,7 @@ fn coupon_view(coupon: &Coupon, now: DateTime<Utc>) -> CouponView {
         "consumed"
     } else if coupon.revoked {
         "revoked"
-    } else if coupon.expires_at <= now {
+    } else if coupon.expired(now) {
         "expired"
     } else {
         "valid"

@@ -27,7 +27,8 @@ use super::{decode_cursor, encode_cursor, ledger_seq, seq_key};
 use crate::domain::books::{BookRow, BooksAdd, BOOK_SHARDS};
 use crate::domain::{Account, DueDates, DueJob, LedgerEntry, OrderRecord};
 use crate::ports::{
-    parse_rejected_cursor, HeadParts, Linked, OrderLinked, ProgramHead, RejectedPage, ORDER_LINK,
+    coupon_second, parse_rejected_cursor, HeadParts, Linked, OrderLinked, ProgramHead,
+    RejectedPage, ORDER_LINK,
 };
 use crate::ports::{
     AliasStore, Assignment, AssignmentWrite, CampaignStore, Commit, CommitError, Consumed,
@@ -1444,10 +1445,11 @@ impl RedemptionStore for DynamoStore {
             .update_expression("SET consumed_ref = :ref, consumed_at = :now")
             .condition_expression(
                 "attribute_exists(PK) AND attribute_not_exists(consumed_ref) \
-                 AND attribute_not_exists(revoked) AND valid_until > :now",
+                 AND attribute_not_exists(revoked) AND valid_until >= :second",
             )
             .expression_attribute_values(":ref", s(order_ref))
             .expression_attribute_values(":now", s(timestamp(now)))
+            .expression_attribute_values(":second", s(timestamp(coupon_second(now))))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;

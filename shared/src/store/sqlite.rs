@@ -1699,7 +1699,7 @@ impl RedemptionStore for SqliteStore {
                 Some(c) if c.order_ref == order_ref => Consumption::Consumed(coupon),
                 Some(_) => Consumption::AlreadyConsumed(coupon),
                 None if coupon.revoked => Consumption::Revoked(coupon),
-                None if coupon.expires_at <= now => Consumption::Expired(coupon),
+                None if coupon.expired(now) => Consumption::Expired(coupon),
                 None => {
                     coupon.consumed = Some(Consumed {
                         order_ref: order_ref.clone(),

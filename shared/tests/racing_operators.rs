@@ -19,11 +19,13 @@ mod common;
 
 type Rival = Box<dyn FnOnce() + Send>;
 
-/// Runs the rival's operation to its end just before the armed member's next batch read (an
-/// account's read) is sent: as if another operator's request committed at that moment.
+/// Runs the rival's operation to its end just before the armed request naming the armed member
+/// is sent (a batch read: an account's read, unless armed otherwise): as if another operator's
+/// request committed at that moment.
 #[derive(Clone, Default)]
 struct Interleave {
-    armed: Arc<Mutex<Option<(String, Rival)>>>,
+    /// The request (its target's ending), the member's partition, the rival.
+    armed: Arc<Mutex<Option<(&'static str, String, Rival)>>>,
     ran: Arc<AtomicUsize>,
 }
 
@@ -44,18 +46,16 @@ impl Intercept for Interleave {
         _components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if !common::target(context).ends_with(".BatchGetItem") {
-            return Ok(());
-        }
+        let target = common::target(context);
         let body = context.request().body().bytes().unwrap_or_default();
         let mut armed = self.armed.lock().unwrap();
-        let names_member = armed
-            .as_ref()
-            .is_some_and(|(pk, _)| String::from_utf8_lossy(body).contains(pk.as_str()));
+        let names_member = armed.as_ref().is_some_and(|(request, pk, _)| {
+            target.ends_with(request) && String::from_utf8_lossy(body).contains(pk.as_str())
+        });
         if !names_member {
             return Ok(());
         }
-        let Some((_, rival)) = armed.take() else {
+        let Some((_, _, rival)) = armed.take() else {
             return Ok(());
         };
         drop(armed);
@@ -113,8 +113,23 @@ where
     F: FnOnce(Services) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
+    arm_before(interleave, ".BatchGetItem", pk, table, rival);
+}
+
+/// Arms the interleaving before the next `request` (a target's ending) naming `pk`.
+fn arm_before<F, Fut>(
+    interleave: &Interleave,
+    request: &'static str,
+    pk: &str,
+    table: &str,
+    rival: F,
+) where
+    F: FnOnce(Services) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let table = table.to_string();
     *interleave.armed.lock().unwrap() = Some((
+        request,
         pk.to_string(),
         Box::new(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -254,4 +269,65 @@ async fn callers_whose_subject_and_key_join_alike_never_get_each_others_answer()
         ),
         "{second:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_refused_by_an_erasure_begun_meanwhile_leaves_no_link_naming_the_member() {
+    // GIVEN a member with 10,000 points who pays with points at checkout
+    let (table, interleave, _, services) = racing("racing-erasure", "").await;
+    let member = "shopify:7700000042";
+    let adjustment = json!({"points": 10_000, "reason": "opening balance"}).to_string();
+    services
+        .adjust("kr-shop", member, "ops", None, adjustment.as_bytes())
+        .await
+        .unwrap();
+    // WHEN the member's erasure runs to its end just as the hold links its redemption id
+    arm_before(
+        &interleave,
+        ".TransactWriteItems",
+        &format!("P#kr-shop#M#{member}"),
+        &table,
+        move |rival| async move {
+            rival
+                .erase_member("kr-shop", member, "erasure request", "ops")
+                .await
+                .unwrap();
+        },
+    );
+    let held = services
+        .redeem(
+            "kr-shop",
+            member,
+            member,
+            Some("hold-1"),
+            br#"{"reward": "pay-with-points", "points": 2000, "order_ref": "o-1"}"#,
+        )
+        .await;
+    // THEN the hold is refused (the points went with the erased account), and no item of the
+    // table names the erased member
+    assert_eq!(interleave.ran.load(Ordering::SeqCst), 1);
+    assert!(
+        matches!(
+            held,
+            Err(ServiceError::Conflict {
+                problem: "insufficient-points" | "member-erased",
+                ..
+            })
+        ),
+        "{held:?}"
+    );
+    let client = aws_sdk_dynamodb::Client::from_conf(common::moto_dynamodb("racing-look").build());
+    let naming: Vec<_> = client
+        .scan()
+        .table_name(&table)
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|item| format!("{item:?}").contains(member))
+        .collect();
+    assert!(naming.is_empty(), "{naming:#?}");
 }

@@ -584,96 +584,117 @@ impl Services {
         IdKind::Order.check(order_ref)?;
         crate::domain::limits::check_points("points", points)
             .map_err(|e| ServiceError::invalid("invalid-redemption", e.to_string()))?;
+        if let Some(account) = &first.account {
+            refuse_closed(account)?;
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        // The shop captures by redemption id alone: remember whose it is (harmless if the
-        // hold below is refused).
+        // The shop captures by redemption id alone: remember whose it is.
         self.store
             .put_alias(&program.id, REDEMPTION_LINK, &id, member)
             .await?;
         let mut first = Some(first);
         let mut contention = Contention::new();
-        loop {
-            let now = self.clock.now();
-            let state = match first.take() {
-                Some(state) => state,
-                None => self.store.load_member(&program.id, member, &[]).await?,
-            };
-            let account = state
-                .account
-                .clone()
-                .unwrap_or_else(|| crate::domain::Account::open(program, member, now));
-            refuse_closed(&account)?;
-            refuse_suspended(&account)?;
-            let expires_at = now + Duration::minutes(i64::from(rules.hold_minutes));
-            let ctx = EventContext::new(format!("hold-{id}"), now, now).with_source(Source {
-                rule: Some(PAY_WITH_POINTS.into()),
-                redemption: Some(id.clone()),
-                order_id: Some(order_ref.to_string()),
-                ..Source::default()
-            });
-            let change = account
-                .hold(program, &id, order_ref, points, expires_at, &ctx)
-                .map_err(insufficient)?;
-            let taken = change
-                .account
-                .holds
-                .last()
-                .map(|h| h.taken.clone())
-                .unwrap_or_default();
-            // What the points are worth at checkout, in minor units, rounded down: in 128 bits,
-            // since points (up to 10^12) times a value (up to 10^13) passes 64.
-            let value = checkout_value(points, rules.value_minor, rules.points)?;
-            let answer = Answer {
-                status: 201,
-                body: json!({
-                    "id": id, "status": "held", "reward": PAY_WITH_POINTS, "points": points,
-                    "code": null, "expires_at": expires_at, "balance": change.account.balance,
-                    "order_ref": order_ref, "value": value, "currency": program.currency.to_string(),
-                }),
-            };
-            let mut commit = Commit::new(program, member, state.account.as_ref(), change, now);
-            commit.redemption = Some(Redemption {
-                id: id.clone(),
-                member: member.to_string(),
-                reward: PAY_WITH_POINTS.into(),
-                points,
-                status: RedemptionStatus::Held,
-                code: None,
-                expires_at: Some(expires_at),
-                taken,
-                created_at: now,
-                reversal: None,
-            });
-            commit.idempotency = Some(request_id.record(&answer, now));
-            commit
-                .outbox
-                .push(reward_issued(program, member, &answer.body, now));
-            match self.commit(commit).await {
-                Ok(()) => return Ok(answer),
-                Err(CommitError::Duplicate) => {
-                    let replayed = self
-                        .replay(
-                            &program.id,
-                            request_id.principal,
-                            request_id.key,
-                            request_id.hash,
-                        )
-                        .await?;
-                    if let Some(answer) = replayed {
-                        return Ok(answer);
+        let held: Result<Answer, ServiceError> = async {
+            loop {
+                let now = self.clock.now();
+                let state = match first.take() {
+                    Some(state) => state,
+                    None => self.store.load_member(&program.id, member, &[]).await?,
+                };
+                let account = state
+                    .account
+                    .clone()
+                    .unwrap_or_else(|| crate::domain::Account::open(program, member, now));
+                refuse_closed(&account)?;
+                refuse_suspended(&account)?;
+                let expires_at = now + Duration::minutes(i64::from(rules.hold_minutes));
+                let ctx = EventContext::new(format!("hold-{id}"), now, now).with_source(Source {
+                    rule: Some(PAY_WITH_POINTS.into()),
+                    redemption: Some(id.clone()),
+                    order_id: Some(order_ref.to_string()),
+                    ..Source::default()
+                });
+                let change = account
+                    .hold(program, &id, order_ref, points, expires_at, &ctx)
+                    .map_err(insufficient)?;
+                let taken = change
+                    .account
+                    .holds
+                    .last()
+                    .map(|h| h.taken.clone())
+                    .unwrap_or_default();
+                // What the points are worth at checkout, in minor units, rounded down: in 128 bits,
+                // since points (up to 10^12) times a value (up to 10^13) passes 64.
+                let value = checkout_value(points, rules.value_minor, rules.points)?;
+                let answer = Answer {
+                    status: 201,
+                    body: json!({
+                        "id": id, "status": "held", "reward": PAY_WITH_POINTS, "points": points,
+                        "code": null, "expires_at": expires_at, "balance": change.account.balance,
+                        "order_ref": order_ref, "value": value, "currency": program.currency.to_string(),
+                    }),
+                };
+                let mut commit = Commit::new(program, member, state.account.as_ref(), change, now);
+                commit.redemption = Some(Redemption {
+                    id: id.clone(),
+                    member: member.to_string(),
+                    reward: PAY_WITH_POINTS.into(),
+                    points,
+                    status: RedemptionStatus::Held,
+                    code: None,
+                    expires_at: Some(expires_at),
+                    taken,
+                    created_at: now,
+                    reversal: None,
+                });
+                commit.idempotency = Some(request_id.record(&answer, now));
+                commit
+                    .outbox
+                    .push(reward_issued(program, member, &answer.body, now));
+                match self.commit(commit).await {
+                    Ok(()) => return Ok(answer),
+                    Err(CommitError::Duplicate) => {
+                        let replayed = self
+                            .replay(
+                                &program.id,
+                                request_id.principal,
+                                request_id.key,
+                                request_id.hash,
+                            )
+                            .await?;
+                        if let Some(answer) = replayed {
+                            return Ok(answer);
+                        }
                     }
+                    Err(
+                        CommitError::VersionConflict
+                        | CommitError::CouponConsumed
+                        | CommitError::OverQuota,
+                    ) => {}
+                    Err(CommitError::Store(e)) => return Err(e.into()),
                 }
-                Err(
-                    CommitError::VersionConflict
-                    | CommitError::CouponConsumed
-                    | CommitError::OverQuota,
-                ) => {}
-                Err(CommitError::Store(e)) => return Err(e.into()),
+                contention
+                    .again(|| format!("member {}", crate::telemetry::member_ref(member)))
+                    .await?;
             }
-            contention
-                .again(|| format!("member {}", crate::telemetry::member_ref(member)))
+        }
+        .await;
+        // A hold refused, or another request's answered instead, leaves no link: an erasure
+        // begun meanwhile may have swept the member's links before this one landed, and the
+        // link would name the member after it. (Not when it is unknown whether it committed.)
+        let refused = match &held {
+            Ok(answer) => answer.body["id"] != id.as_str(),
+            Err(e) => !matches!(
+                e,
+                ServiceError::Unavailable(_) | ServiceError::Busy(_) | ServiceError::Internal(_)
+            ),
+        };
+        if refused {
+            self.store
+                .remove_alias(&program.id, REDEMPTION_LINK, &id, member)
                 .await?;
         }
+        held
     }
 
     /// Admin: the shop captures (`capture = true`) or voids a pay-with-points hold. Capturing

@@ -19,13 +19,15 @@ mod common;
 
 type Rival = Box<dyn FnOnce() + Send>;
 
+/// The request (its target's ending), the member's partition, the rival.
+type Armed = (&'static str, String, Rival);
+
 /// Runs the rival's operation to its end just before the armed request naming the armed member
 /// is sent (a batch read: an account's read, unless armed otherwise): as if another operator's
 /// request committed at that moment.
 #[derive(Clone, Default)]
 struct Interleave {
-    /// The request (its target's ending), the member's partition, the rival.
-    armed: Arc<Mutex<Option<(&'static str, String, Rival)>>>,
+    armed: Arc<Mutex<Option<Armed>>>,
     ran: Arc<AtomicUsize>,
 }
 

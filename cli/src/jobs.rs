@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use loyalty_core::ports::SystemClock;
 use loyalty_core::queue::local::LocalQueue;
-use loyalty_core::services::jobs::{Job, JobReport};
+use loyalty_core::services::jobs::{Job, JobDate, JobReport};
 use loyalty_core::services::Services;
 use loyalty_core::store::sqlite::SqliteStore;
 
@@ -36,9 +36,14 @@ struct RunArgs {
     /// Only this program (every program when absent).
     #[arg(long)]
     program: Option<String>,
-    /// As if today were this date (YYYY-MM-DD) in the program's time zone.
+    /// As if today were this date (YYYY-MM-DD) in the program's time zone: today or earlier
+    /// (catching up), or later with --ahead.
     #[arg(long, value_parser = crate::date_arg)]
     date: Option<NaiveDate>,
+    /// Let --date be after today: points expire and are released as if that day had come,
+    /// for good (for trying a program out).
+    #[arg(long, requires = "date")]
+    ahead: bool,
 }
 
 pub fn run(args: JobsArgs) -> Result<(), String> {
@@ -68,9 +73,13 @@ async fn run_job(args: RunArgs) -> Result<(), String> {
     );
     bar.set_message(job.name());
     let reports = services
-        .run_job_everywhere(job, args.program.as_deref(), args.date, None, &|n| {
-            bar.set_position(n as u64)
-        })
+        .run_job_everywhere(
+            job,
+            args.program.as_deref(),
+            JobDate::of(args.date, args.ahead),
+            None,
+            &|n| bar.set_position(n as u64),
+        )
         .await
         .map_err(|e| e.to_string());
     bar.finish_and_clear();

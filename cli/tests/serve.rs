@@ -378,7 +378,7 @@ fn jobs_run_from_the_command_line_write_what_is_due_once() {
     assert_eq!(accepted.status(), 202);
     eventually(&server, "m-jobs", |v| v["balance"] == 590);
     server.kill();
-    // WHEN expire-points runs as if it were 14 months later, twice
+    // WHEN expire-points runs as if it were 14 months later (refused unless said so), twice
     let later = (Utc::now() + chrono::Duration::days(425))
         .format("%Y-%m-%d")
         .to_string();
@@ -390,7 +390,13 @@ fn jobs_run_from_the_command_line_write_what_is_due_once() {
             .output()
             .expect("loyalty jobs runs")
     };
-    let first = run(&["expire-points", "--db", db_arg, "--date", &later]);
+    let refused = run(&["expire-points", "--db", db_arg, "--date", &later]);
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("--ahead"),
+        "a date after today needs --ahead: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let first = run(&["expire-points", "--db", db_arg, "--date", &later, "--ahead"]);
     let out = String::from_utf8_lossy(&first.stdout).to_string();
     assert!(
         first.status.success(),
@@ -402,7 +408,7 @@ fn jobs_run_from_the_command_line_write_what_is_due_once() {
         out.contains("expire-points kr-shop") && out.contains("1 changed, 1 ledger entries"),
         "{out}"
     );
-    let second = run(&["expire-points", "--db", db_arg, "--date", &later]);
+    let second = run(&["expire-points", "--db", db_arg, "--date", &later, "--ahead"]);
     let out = String::from_utf8_lossy(&second.stdout).to_string();
     assert!(out.contains("0 changed"), "{out}");
     // AND the next serve shows the job's entries, and the balance is the sum of the ledger

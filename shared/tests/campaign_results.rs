@@ -13,7 +13,7 @@ use loyalty_core::campaigns::Campaign;
 use loyalty_core::domain::{Account, Program};
 use loyalty_core::ports::{Commit, FixedClock, MemberStore, QueueName};
 use loyalty_core::report::sample_ratio;
-use loyalty_core::services::jobs::Job;
+use loyalty_core::services::jobs::{Job, JobDate};
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::{ServiceError, Services};
 use loyalty_core::store::sqlite::SqliteStore;
@@ -391,7 +391,7 @@ async fn a_tick_as_of_a_later_date_leaves_the_days_from_today_to_the_scheduled_t
     let s = stack(Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap()).await;
     let later = chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
     s.services
-        .run_job(Job::CampaignTick, "kr-shop", Some(later), &|_| {})
+        .run_job(Job::CampaignTick, "kr-shop", JobDate::Ahead(later), &|_| {})
         .await
         .unwrap();
     s.drain().await;

@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use loyalty_core::domain::{Account, EntryKind, Program};
 use loyalty_core::envelope::Envelope;
 use loyalty_core::ports::{Commit, FixedClock, MemberStore, QueueName, ScheduleStore};
-use loyalty_core::services::jobs::Job;
+use loyalty_core::services::jobs::{Job, JobDate};
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
 use loyalty_core::store::sqlite::SqliteStore;
@@ -160,6 +160,62 @@ async fn crossing_the_silver_threshold_upgrades_before_the_next_purchase() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_check_that_only_releases_points_announces_no_tier_change() {
+    // GIVEN a WELCOME member whose 100,000 KRW purchase waits out its return window
+    let s = stack().await;
+    s.purchase("m-9", "P", 100_000, t0() - Duration::days(1))
+        .await;
+    let before = s.account("m-9").await;
+    assert!(before.pending_points() > 0);
+    // WHEN the window ends and a tier check for the member comes (a redrive, a late message)
+    s.clock.set(t0() + Duration::days(10));
+    let check = json!({"type": "tier.check", "version": 1, "id": "tier-check-late",
+                       "program": "kr-shop", "member": "m-9", "occurred_at": t0(), "data": {}});
+    s.services
+        .process_tier_check(&check.to_string())
+        .await
+        .unwrap();
+    s.drain().await;
+    // THEN the member is still WELCOME and no tier.changed was sent
+    assert_eq!(s.account("m-9").await.tier.id, "WELCOME");
+    let notices = s.notices.lock().unwrap();
+    assert!(
+        !notices.iter().any(|n| n.kind == "tier.changed"),
+        "{notices:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_dated_after_today_is_refused_and_writes_nothing() {
+    // GIVEN a member whose purchase waits out its return window until after today
+    let s = stack().await;
+    s.purchase("m-8", "F", 100_000, t0() - Duration::days(1))
+        .await;
+    let before = s.account("m-8").await;
+    assert!(before.pending_points() > 0);
+    // WHEN release-pending or expire-points is run as of a date after the window's end
+    let later = date(2026, 3, 30);
+    for job in [Job::ReleasePending, Job::ExpirePoints] {
+        let run = s
+            .services
+            .run_job(job, "kr-shop", Some(later), &|_| {})
+            .await;
+        // THEN it is refused, and the member's points are as they were
+        assert!(
+            matches!(
+                &run,
+                Err(loyalty_core::services::ServiceError::Invalid {
+                    problem: "invalid-date",
+                    ..
+                })
+            ),
+            "{run:?}"
+        );
+    }
+    assert_eq!(s.account("m-8").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_review_without_spend_lowers_one_level_once() {
     // GIVEN a GOLD member (1,000,000 KRW) whose review date is 2027-03-10
     let s = stack().await;
@@ -237,10 +293,18 @@ async fn release_and_notices_are_written_once_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_as_of_a_later_date_leaves_the_days_from_today_to_the_scheduled_runs() {
-    // GIVEN release-pending run on 10 March as of 30 April (a date typed a month ahead)
+    // GIVEN release-pending run on 10 March, then as of 30 April (a month ahead, said so)
     let s = stack().await;
     s.run(Job::ReleasePending, date(2026, 3, 10)).await;
-    s.run(Job::ReleasePending, date(2026, 4, 30)).await;
+    s.services
+        .run_job(
+            Job::ReleasePending,
+            "kr-shop",
+            JobDate::Ahead(date(2026, 4, 30)),
+            &|_| {},
+        )
+        .await
+        .unwrap();
     // AND a purchase of 10 March afterwards, its points due on 17 March
     s.purchase("m-late", "L", 59_000, t0()).await;
     // WHEN no run happens on 17 March, and the scheduled one of 18 March runs
@@ -713,7 +777,7 @@ async fn a_job_out_of_time_stops_cleanly_and_the_next_run_resumes() {
     // WHEN expire-points runs against that deadline
     let day = Some(date(2027, 3, 10));
     let report = services
-        .run_job_until(Job::ExpirePoints, "kr-shop", day, deadline, &|_| {})
+        .run_job_until(Job::ExpirePoints, "kr-shop", day.into(), deadline, &|_| {})
         .await
         .unwrap();
     // THEN it stops before changing anything and says it is incomplete, and its progress does
@@ -727,7 +791,7 @@ async fn a_job_out_of_time_stops_cleanly_and_the_next_run_resumes() {
     assert!(saved.as_deref() < Some("2027-03-10"), "{saved:?}");
     // WHEN the next run has time THEN it does all of it
     let report = services
-        .run_job_until(Job::ExpirePoints, "kr-shop", day, None, &|_| {})
+        .run_job_until(Job::ExpirePoints, "kr-shop", day.into(), None, &|_| {})
         .await
         .unwrap();
     assert!(report.complete);

@@ -1318,7 +1318,14 @@ fn release_after_the_window(shop: &Shop) {
     let later = (Utc::now() + chrono::Duration::days(8))
         .date_naive()
         .to_string();
-    let out = shop.loyalty(&["jobs", "run", "release-pending", "--date", &later]);
+    let out = shop.loyalty(&[
+        "jobs",
+        "run",
+        "release-pending",
+        "--date",
+        &later,
+        "--ahead",
+    ]);
     assert!(
         out.status.success(),
         "{}",

@@ -63,9 +63,10 @@ fn purchase(shop: &Shop, id: &str, member: &str, amount: &str) {
     );
 }
 
-/// `loyalty jobs run notices` as of `date`, which must leave no member failed; what it printed.
+/// `loyalty jobs run notices` as of `date` (perhaps after today), which must leave no member failed; what it printed.
 fn jobs(shop: &Shop, date: NaiveDate) -> String {
-    let out = shop.loyalty(&["jobs", "run", "notices", "--date", &date.to_string()]);
+    let date = date.to_string();
+    let out = shop.loyalty(&["jobs", "run", "notices", "--date", &date, "--ahead"]);
     let printed = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success() && !printed.contains("failed:"),

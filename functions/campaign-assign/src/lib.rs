@@ -83,7 +83,7 @@ async fn tick(
         .run_job_everywhere(
             Job::CampaignTick,
             schedule.program.as_deref(),
-            schedule.date,
+            schedule.job_date(),
             deadline,
             &|_| {},
         )

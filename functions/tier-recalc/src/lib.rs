@@ -80,7 +80,7 @@ pub async fn run_schedule(
         .run_job_everywhere(
             job,
             schedule.program.as_deref(),
-            schedule.date,
+            schedule.job_date(),
             deadline,
             &|_| {},
         )

@@ -385,12 +385,14 @@ impl Services {
             let entries = outcome.change.entries.len();
             let no_op = outcome.change.no_op.clone();
             let upgrade_due = matches!(event, EarnEvent::Purchase { .. })
-                && !outcome
+                && outcome
                     .change
                     .account
                     .check_tier(&program, &EventContext::new(envelope.id.clone(), now, now))
-                    .entries
-                    .is_empty();
+                    .account
+                    .tier
+                    .id
+                    != outcome.change.account.tier.id;
             // Entries the event made, not those of time its commit also writes (releases,
             // expiries, holds returned).
             let credited = outcome.change.entries.iter().any(|e| {
@@ -555,8 +557,14 @@ impl Services {
             }
             let ctx = EventContext::new(envelope.id.clone(), now, now);
             let change = account.check_tier(&program, &ctx);
-            if change.entries.is_empty() {
-                return Ok(Processed::NoEffect(change.no_op.unwrap_or_default()));
+            // Its entries may be only what time changed (releases, expiries, holds returned),
+            // which is no tier change to announce: those are written by whatever comes next.
+            if change.entries.is_empty() || change.account.tier.id == account.tier.id {
+                return Ok(Processed::NoEffect(
+                    change
+                        .no_op
+                        .unwrap_or_else(|| "no higher tier reached".into()),
+                ));
             }
             let entries = change.entries.len();
             let notice = message(

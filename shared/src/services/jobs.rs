@@ -155,6 +155,61 @@ pub struct Schedule {
     /// As if today were this date in each program's zone (catching up by hand).
     #[serde(default)]
     pub date: Option<NaiveDate>,
+    /// `date` may be after today (see [`JobDate::Ahead`]).
+    #[serde(default)]
+    pub ahead: bool,
+}
+
+impl Schedule {
+    pub fn job_date(&self) -> JobDate {
+        JobDate::of(self.date, self.ahead)
+    }
+}
+
+/// The day a job runs as of: the end of it, in each program's zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JobDate {
+    #[default]
+    Today,
+    /// Today or an earlier day (catching up by hand); a later one is refused.
+    On(NaiveDate),
+    /// Any day, a later one too, named as such: the run expires and releases points as if
+    /// that day had come, for good (trying a program out). A slip of the keyboard must not.
+    Ahead(NaiveDate),
+}
+
+impl JobDate {
+    pub fn of(date: Option<NaiveDate>, ahead: bool) -> JobDate {
+        match (date, ahead) {
+            (None, _) => JobDate::Today,
+            (Some(d), false) => JobDate::On(d),
+            (Some(d), true) => JobDate::Ahead(d),
+        }
+    }
+
+    /// The date, or why it is refused.
+    fn resolve(self, program: &Program, now: DateTime<Utc>) -> Result<NaiveDate, ServiceError> {
+        let today = local_date(program.time_zone, now);
+        match self {
+            JobDate::Today => Ok(today),
+            JobDate::Ahead(date) => Ok(date),
+            JobDate::On(date) if date <= today => Ok(date),
+            JobDate::On(date) => Err(ServiceError::invalid(
+                "invalid-date",
+                format!(
+                    "date {date} is after today ({today} in {}); a run as of a later day \
+                     expires and releases points for good: say so (--ahead, \"ahead\": true)",
+                    program.time_zone
+                ),
+            )),
+        }
+    }
+}
+
+impl From<Option<NaiveDate>> for JobDate {
+    fn from(date: Option<NaiveDate>) -> JobDate {
+        JobDate::of(date, false)
+    }
 }
 
 /// What a run did.
@@ -281,10 +336,11 @@ impl Services {
         &self,
         job: Job,
         program: &str,
-        date: Option<NaiveDate>,
+        date: impl Into<JobDate>,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<JobReport, ServiceError> {
-        self.run_job_until(job, program, date, None, progress).await
+        self.run_job_until(job, program, date.into(), None, progress)
+            .await
     }
 
     /// Runs a job for one program, stopping cleanly at `deadline` (the report says so, and the
@@ -293,7 +349,7 @@ impl Services {
         &self,
         job: Job,
         program: &str,
-        date: Option<NaiveDate>,
+        date: JobDate,
         deadline: Deadline,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<JobReport, ServiceError> {
@@ -364,13 +420,13 @@ impl Services {
         &self,
         job: Job,
         program: &str,
-        date: Option<NaiveDate>,
+        date: JobDate,
         deadline: Deadline,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<JobReport, ServiceError> {
         let (program, saved) = self.program_and_progress(job, program).await?;
         let now = self.clock.now();
-        let date = date.unwrap_or_else(|| local_date(program.time_zone, now));
+        let date = date.resolve(&program, now)?;
         let mut report = JobReport {
             job: job.name().to_string(),
             program: program.id.clone(),
@@ -457,10 +513,11 @@ impl Services {
         &self,
         job: Job,
         program: Option<&str>,
-        date: Option<NaiveDate>,
+        date: impl Into<JobDate>,
         deadline: Deadline,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<JobReport>, ServiceError> {
+        let date = date.into();
         let mut programs = match program {
             Some(p) => vec![p.to_string()],
             None => self.store.program_ids().await?,

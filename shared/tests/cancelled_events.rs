@@ -230,3 +230,76 @@ async fn a_payment_cancelled_stays_cancelled_for_the_member_its_member_was_merge
     assert_eq!(again.name(), "no-effect", "{again:?}");
     assert_eq!(pending(&services, survivor).await, before);
 }
+
+#[tokio::test]
+async fn a_merge_brings_the_day_s_earnings_under_the_daily_limit() {
+    // GIVEN a daily limit of 1,500 points, and one person's two accounts that earned 590 each
+    // today, merged
+    let store = SqliteStore::memory().unwrap();
+    let (queue, services) = common::kr_shop_services(&store, 5, Arc::new(SystemClock)).await;
+    common::save_kr_shop_with(&services, "[safeguards]\ndaily_points = 1500\n").await;
+    let (member, survivor) = ("woocommerce:70", "app-70");
+    for (id, who) in [("woo-7001-paid", member), ("app-7001", survivor)] {
+        let earned = services.process_earn(&purchase(id, who)).await.unwrap();
+        assert_eq!(earned.name(), "applied", "{earned:?}");
+    }
+    services
+        .merge_named("kr-shop", survivor, member, "the same person", "ops")
+        .await
+        .unwrap();
+    drain(&queue, &services).await;
+    let before = pending(&services, survivor).await;
+    assert_eq!(before, 1_180);
+    // WHEN the person earns 590 more the same day
+    let third = services
+        .process_earn(&purchase("app-7002", survivor))
+        .await
+        .unwrap();
+    // THEN it is held for review (1,770 today), not credited
+    assert_eq!(third.name(), "no-effect", "{third:?}");
+    assert_eq!(pending(&services, survivor).await, before);
+}
+
+#[tokio::test]
+async fn a_payment_held_for_review_earns_nothing_delivered_again_the_next_day_until_released() {
+    // GIVEN kr-shop holding for review what takes a member past 1,000 points a day, and a
+    // payment of 590 held over it on 1 December
+    let store = SqliteStore::memory().unwrap();
+    let day_one = Utc::now() - chrono::Duration::days(3);
+    let clock = loyalty_core::ports::FixedClock::at(day_one);
+    let (queue, services) = common::kr_shop_services(&store, 5, clock.clone()).await;
+    common::save_kr_shop_with(&services, "[safeguards]\ndaily_points = 1000\n").await;
+    let member = "woocommerce:71";
+    let paid = |id: &str| {
+        json!({
+            "type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
+            "member": member, "occurred_at": day_one - chrono::Duration::hours(1),
+            "data": {"order_id": id, "currency": "KRW", "platform": "woocommerce",
+                     "lines": [{"line_id": "1", "quantity": 1, "unit_price": "59000"}]}
+        })
+        .to_string()
+    };
+    services.process_earn(&paid("woo-7101-paid")).await.unwrap();
+    let held = services.process_earn(&paid("woo-7102-paid")).await.unwrap();
+    assert_eq!(held.name(), "no-effect", "{held:?}");
+    let before = pending(&services, member).await;
+    assert_eq!(before, 590);
+    // WHEN the platform delivers the held payment again the next day (a restatement), when the
+    // day's count would let it through
+    clock.set(day_one + chrono::Duration::days(1));
+    let again = services.process_earn(&paid("woo-7102-paid")).await.unwrap();
+    // THEN it earns nothing, and still waits for the operator
+    assert_eq!(again.name(), "no-effect", "{again:?}");
+    assert_eq!(pending(&services, member).await, before);
+    assert_eq!(services.held_events("kr-shop").await.unwrap().len(), 1);
+    // WHEN an operator releases it THEN it earns, once
+    services
+        .release_held("kr-shop", "woo-7102-paid", "ops")
+        .await
+        .unwrap();
+    drain(&queue, &services).await;
+    assert_eq!(pending(&services, member).await, before + 590);
+    let late = services.process_earn(&paid("woo-7102-paid")).await.unwrap();
+    assert_ne!(late.name(), "applied", "{late:?}");
+    assert_eq!(pending(&services, member).await, before + 590);
+}

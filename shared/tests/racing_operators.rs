@@ -333,3 +333,36 @@ async fn a_hold_refused_by_an_erasure_begun_meanwhile_leaves_no_link_naming_the_
         .collect();
     assert!(naming.is_empty(), "{naming:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_dynamodb_a_payment_held_for_review_earns_nothing_delivered_again_the_next_day() {
+    // GIVEN kr-shop on DynamoDB holding what takes a member past 1,000 points a day, and a
+    // payment of 590 held over it
+    let (_, _, store, _) = racing("held-next-day", "").await;
+    let clock = FixedClock::at(now());
+    let services = Services::new(
+        store.clone(),
+        Arc::new(common::Recorder::default()),
+        clock.clone(),
+    );
+    common::save_kr_shop_with(&services, "[safeguards]\ndaily_points = 1000\n").await;
+    let paid = |id: &str| {
+        json!({
+            "type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
+            "member": "m-held", "occurred_at": now() - chrono::Duration::hours(1),
+            "data": {"order_id": id, "currency": "KRW",
+                     "lines": [{"line_id": "1", "quantity": 1, "unit_price": "59000"}]}
+        })
+        .to_string()
+    };
+    services.process_earn(&paid("o-1")).await.unwrap();
+    let held = services.process_earn(&paid("o-2")).await.unwrap();
+    assert_eq!(held.name(), "no-effect", "{held:?}");
+    // WHEN it is delivered again the next day
+    clock.set(now() + chrono::Duration::days(1));
+    let again = services.process_earn(&paid("o-2")).await.unwrap();
+    // THEN it earns nothing
+    assert_eq!(again.name(), "no-effect", "{again:?}");
+    let view = services.member_view("kr-shop", "m-held").await.unwrap();
+    assert_eq!(view.pending + view.balance, 590);
+}

@@ -120,6 +120,11 @@ impl Account {
                 *mine.entry(period.clone()).or_insert(0) += count;
             }
         }
+        // The day's earnings too: the daily limit is the person's, not each account's.
+        for (day, points) in &from.earned_days {
+            let mine = account.earned_days.entry(*day).or_insert(0);
+            *mine = mine.saturating_add(*points);
+        }
         account.purchases += from.purchases;
         account.remember_categories(from.categories.iter().map(String::as_str));
         account.notified.extend(from.notified.iter().cloned());

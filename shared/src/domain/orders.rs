@@ -24,6 +24,11 @@ use super::tiers;
 /// record), earns nothing. No refund id holds a `#`.
 pub const PAYMENT_CANCELLED: &str = "#payment-cancelled";
 
+/// What an order's record holds among its applied refunds while its payment waits for an
+/// operator's review (over the daily limit): the payment, delivered again on a later day (a
+/// restatement, a reconcile), earns nothing until released with the review.
+pub const PAYMENT_HELD: &str = "#payment-held";
+
 /// Everything the loyalty engine remembers about one order of one member.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderRecord {

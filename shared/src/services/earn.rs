@@ -363,6 +363,12 @@ impl Services {
                 current = true;
                 continue;
             }
+            if envelope.reviewed_by.is_none() && held_for_review(&event, &state) {
+                return Ok(Processed::NoEffect(
+                    "the order's payment is held for review: it earns when an operator releases it"
+                        .into(),
+                ));
+            }
             let ctx = EventContext::new(envelope.id.clone(), envelope.occurred_at, now)
                 .with_source(Source {
                     platform: Some(event.source().to_string()),
@@ -378,6 +384,9 @@ impl Services {
                     continue;
                 }
                 self.hold_for_review(&program.id, &envelope, &reason)
+                    .await
+                    .map_err(|e| Retry(e.to_string()))?;
+                self.mark_held(&envelope)
                     .await
                     .map_err(|e| Retry(e.to_string()))?;
                 return Ok(Processed::NoEffect(reason));
@@ -684,6 +693,19 @@ impl Services {
     /// it a duplicate. Its record among the rejected events is what an operator replays it
     /// from. A member with no account yet is left without one: nothing to mark it on.
     pub(crate) async fn mark_cancelled(&self, envelope: &Envelope) -> Result<(), ServiceError> {
+        self.mark_order(envelope, false).await
+    }
+
+    /// Marks a purchase held for review on its order's record, which its next deliveries read
+    /// with the member: held, they earn nothing until an operator releases it (a later day's
+    /// count would otherwise let it through). Other events held have no record to mark.
+    pub(crate) async fn mark_held(&self, envelope: &Envelope) -> Result<(), ServiceError> {
+        self.mark_order(envelope, true).await
+    }
+
+    /// Marks an event cancelled (its marker, and its order's record), or a purchase held (its
+    /// order's record alone: the event has not had its effect).
+    async fn mark_order(&self, envelope: &Envelope, held: bool) -> Result<(), ServiceError> {
         let program = self.program(&envelope.program).await?;
         let Ok(event) = parse_earn_event(envelope, &program) else {
             return Ok(());
@@ -693,17 +715,25 @@ impl Services {
             event_id: envelope.id.clone(),
         };
         // The order's record says so too (its marker is not carried by a merge; the record
-        // is): a payment cancelled, or a refund taken as applied.
+        // is): a payment cancelled or held, or a refund taken as applied.
         let order = match &event {
             EarnEvent::Purchase { purchase, .. } => Some((
                 purchase.order_id.clone(),
-                crate::domain::orders::PAYMENT_CANCELLED.to_string(),
+                if held {
+                    crate::domain::orders::PAYMENT_HELD
+                } else {
+                    crate::domain::orders::PAYMENT_CANCELLED
+                }
+                .to_string(),
             )),
-            EarnEvent::Refund { reversal, .. } => {
+            EarnEvent::Refund { reversal, .. } if !held => {
                 Some((reversal.order_id.clone(), reversal.refund_id.clone()))
             }
             _ => None,
         };
+        if held && order.is_none() {
+            return Ok(());
+        }
         let order_keys: Vec<String> = event.order_key().into_iter().collect();
         let mut contention = Contention::new();
         loop {
@@ -729,7 +759,7 @@ impl Services {
                 Change::unchanged(account),
                 now,
             );
-            commit.marker = Some(marker.clone());
+            commit.marker = (!held).then(|| marker.clone());
             if let (Some(key), Some((order_id, applied))) = (order_keys.first(), &order) {
                 let mut record =
                     state
@@ -740,8 +770,12 @@ impl Services {
                             order_id: order_id.clone(),
                             ..crate::domain::OrderRecord::default()
                         });
+                // Held once is enough; earned meanwhile (another delivery), nothing to hold.
+                if held && (record.applied.contains(applied) || record.earned.is_some()) {
+                    return Ok(());
+                }
                 record.applied.insert(applied.clone());
-                commit.marker_order = Some(key.clone());
+                commit.marker_order = (!held).then(|| key.clone());
                 commit.orders.insert(key.clone(), record);
             }
             if self.commit_marked(commit).await? {
@@ -833,6 +867,19 @@ fn message(cause: &Envelope, kind: &str, id: String, data: serde_json::Value) ->
 /// reason to hold the event instead, if it would pass the limit. An event an operator released
 /// from review, or applied when resuming a suspended member, is counted, never held again:
 /// the events that waited out a suspension all arrive on the day of the resume.
+/// A purchase whose order's record says its payment waits for an operator's review.
+fn held_for_review(event: &EarnEvent, state: &MemberState) -> bool {
+    let EarnEvent::Purchase { .. } = event else {
+        return false;
+    };
+    event
+        .order_key()
+        .and_then(|key| state.orders.get(&key))
+        .is_some_and(|r| {
+            r.earned.is_none() && r.applied.contains(crate::domain::orders::PAYMENT_HELD)
+        })
+}
+
 fn count_daily(
     program: &Program,
     envelope: &Envelope,

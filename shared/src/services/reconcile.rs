@@ -397,7 +397,10 @@ impl Services {
 /// copies the record to the survivor and leaves the marker with the member merged away.
 fn had_effect(order: &crate::domain::OrderRecord, kind: &str, refund_id: &str) -> bool {
     match kind {
-        "purchase.completed" => order.earned.is_some(),
+        // Held for review counts as there: an operator decides it.
+        "purchase.completed" => {
+            order.earned.is_some() || order.applied.contains(crate::domain::orders::PAYMENT_HELD)
+        }
         "purchase.refunded" => !refund_id.is_empty() && order.applied.contains(refund_id),
         "purchase.cancelled" => order.applied.contains("cancel"),
         _ => false,

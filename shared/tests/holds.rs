@@ -314,3 +314,50 @@ async fn a_suspended_member_holds_nothing_at_checkout() {
     let view = services.member_view("kr-shop", "m-1").await.unwrap();
     assert_eq!(view.balance, 10_000);
 }
+
+#[tokio::test]
+async fn a_suspended_member_s_coupon_is_not_used_at_the_till_until_resumed() {
+    // GIVEN a member with a 5,000-point coupon, then suspended by an operator
+    let (services, _, _) = stack().await;
+    let coupon = services
+        .redeem(
+            "kr-shop",
+            "m-1",
+            "m-1",
+            Some("c-sus"),
+            br#"{"reward": "coupon-5000"}"#,
+        )
+        .await
+        .unwrap();
+    let code = coupon.body["code"].as_str().unwrap().to_string();
+    services
+        .suspend("kr-shop", "m-1", "chargebacks under review", "ops")
+        .await
+        .unwrap();
+    // WHEN the till uses the coupon
+    let till = br#"{"order_ref": "till-1"}"#;
+    let refused = services.consume_coupon("kr-shop", &code, till).await;
+    // THEN it is refused, and the coupon is still unused
+    assert!(
+        matches!(
+            &refused,
+            Err(ServiceError::Forbidden {
+                problem: "member-suspended",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let view = services.check_coupon("kr-shop", &code).await.unwrap();
+    assert_eq!(view.status, "valid");
+    // WHEN the member is resumed THEN the till uses it
+    services
+        .resume("kr-shop", "m-1", "cleared", Default::default(), "ops")
+        .await
+        .unwrap();
+    let used = services
+        .consume_coupon("kr-shop", &code, till)
+        .await
+        .unwrap();
+    assert_eq!(used.status, "consumed");
+}

@@ -1168,6 +1168,7 @@ impl Services {
             .order_ref;
         IdKind::Order.check(&order_ref)?;
         let now = self.clock.now();
+        self.refuse_suspended_coupon(&program.id, code).await?;
         let conflict =
             |problem: &'static str, detail: String| ServiceError::Conflict { problem, detail };
         match self
@@ -1192,6 +1193,24 @@ impl Services {
                 "coupon-revoked",
                 format!("coupon {code} was revoked (its redemption was reversed)"),
             )),
+        }
+    }
+}
+
+impl Services {
+    /// A suspended member redeems nothing: a coupon of theirs not yet used is not used at the
+    /// till either until they are resumed (one used already is answered as before).
+    async fn refuse_suspended_coupon(&self, program: &str, code: &str) -> Result<(), ServiceError> {
+        let Some(coupon) = self.store.coupon(program, code).await? else {
+            return Ok(());
+        };
+        if coupon.consumed.is_some() {
+            return Ok(());
+        }
+        let state = self.store.load_member(program, &coupon.member, &[]).await?;
+        match &state.account {
+            Some(account) => refuse_suspended(account),
+            None => Ok(()),
         }
     }
 }

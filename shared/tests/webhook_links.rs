@@ -421,3 +421,45 @@ async fn a_payment_delivered_again_for_another_customer_goes_where_it_went() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_till_s_referral_naming_the_referrer_by_an_alias_names_its_member() {
+    // GIVEN a till's customer pos:010-1111 who is app-42 (linked)
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let store = SqliteStore::memory().unwrap();
+    let queue = LocalQueue::new(SqliteStore::memory().unwrap(), 3);
+    let services = Services::new(
+        Arc::new(store.clone()),
+        Arc::new(queue.clone()),
+        FixedClock::at(now),
+    );
+    common::save_kr_shop(&services).await;
+    store
+        .put_alias("kr-shop", "pos", "010-1111", "app-42")
+        .await
+        .unwrap();
+    // WHEN the till records that pos:010-2222 was referred by pos:010-1111
+    let body = serde_json::json!({"type": "engagement.recorded", "version": 1,
+        "id": "till-ref-1", "program": "kr-shop", "member": "pos:010-2222",
+        "occurred_at": now, "data": {"action": "referral", "ref": "r-1",
+        "referrer": "pos:010-1111"}})
+    .to_string();
+    let Normalised::Events(events) =
+        loyalty_core::webhooks::pos::normalise(body.as_bytes()).unwrap()
+    else {
+        panic!("a referral is an event");
+    };
+    services.ingest_events("kr-shop", events).await.unwrap();
+    // THEN the queued event names the referrer's member, where its reward will go
+    let queued = queue
+        .receive(
+            loyalty_core::ports::QueueName::Earn,
+            10,
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1);
+    let envelope: serde_json::Value = serde_json::from_str(&queued[0].body).unwrap();
+    assert_eq!(envelope["data"]["referrer"], "app-42", "{envelope}");
+}

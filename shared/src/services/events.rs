@@ -53,7 +53,7 @@ impl Services {
     /// A referral's referrer named by an alias (e.g. `shopify:7001` linked to `app-42`) is
     /// resolved here, as the member is: earn never resolves again, and the reward must reach
     /// the member the alias names, not a new account under the alias.
-    async fn canonical_referrer(
+    pub(super) async fn canonical_referrer(
         &self,
         program: &str,
         envelope: &mut Envelope,

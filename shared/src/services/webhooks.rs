@@ -705,6 +705,8 @@ impl Services {
         let program = self.program(program).await?;
         parse_earn_event(&envelope, &program)
             .map_err(|e| ServiceError::invalid(e.problem, e.detail))?;
+        // A referrer named by an alias (a till's `pos:...`) is the member it leads to.
+        self.canonical_referrer(&program.id, &mut envelope).await?;
         super::fits_a_message(&envelope)?;
         program
             .check_occurred_at(envelope.occurred_at, now)

@@ -102,6 +102,15 @@ pub fn normalise(body: &[u8]) -> Result<Normalised, WebhookError> {
             )))
         }
     }
+    // A referrer's reward follows from the referee's first purchase (earn sends it, once per
+    // referee); a till that could send one would pay points of its own choosing.
+    if envelope.kind == "engagement.recorded" && envelope.data.get("referee").is_some() {
+        return Err(WebhookError::Invalid(
+            "data.referee: a till records a referral on the new member (data.referrer); the \
+             referrer's reward follows from the new member's first purchase"
+                .into(),
+        ));
+    }
     let kind = POS_TYPES
         .iter()
         .find(|t| **t == envelope.kind)
@@ -147,9 +156,16 @@ mod tests {
         let named = envelope("shopify-order-1-paid", "purchase.completed", None);
         let saying = envelope("till-7-sale-2", "purchase.completed", Some("shopify"));
         let granting = envelope("till-7-grant", "points.granted", None);
-        // WHEN each is read THEN the sale is taken and the others are refused
+        let rewarding = serde_json::json!({"type": "engagement.recorded", "version": 1,
+            "id": "till-7-ref", "program": "kr-shop", "member": "pos:42",
+            "occurred_at": "2026-11-22T12:00:00Z",
+            "data": {"action": "referral", "ref": "r-1", "referee": "anyone"}})
+        .to_string()
+        .into_bytes();
+        // WHEN each is read THEN the sale is taken and the others (a referrer's reward
+        // too) are refused
         assert!(matches!(normalise(&sale), Ok(Normalised::Events(_))));
-        for body in [named, saying, granting] {
+        for body in [named, saying, granting, rewarding] {
             assert!(
                 matches!(normalise(&body), Err(WebhookError::Invalid(_))),
                 "{}",

@@ -741,6 +741,44 @@ fn m2_merged_out_into_m1(
 }
 
 #[test]
+fn a_merge_of_a_referrer_and_the_member_it_referred_leaves_no_referral_to_pay() {
+    let p = kr();
+    let now = t0();
+    // GIVEN m-2 referred by m-1, or m-1 referred by m-2, neither having bought
+    for (survivor_referred_by, other_referred_by) in [(None, Some("m-1")), (Some("m-2"), None)] {
+        let mut survivor = Member::new(&p, now);
+        survivor.account.referred_by = survivor_referred_by.map(String::from);
+        let mut other = Member::new(&p, now);
+        other.account.member = "m-2".into();
+        other.account.referred_by = other_referred_by.map(String::from);
+        // WHEN m-2 is merged into m-1 (one person)
+        let out = other
+            .account
+            .merge_out(&p, "m-1", "same person", "ops", &ctx("merge-out", now, now))
+            .unwrap();
+        let merged = out.account.merged.unwrap();
+        let change = survivor
+            .account
+            .merge_in(&p, &merged, &ctx("merge-in", now, now))
+            .unwrap();
+        survivor.commit(change);
+        // THEN the person has no referrer, and their first purchase pays no referral
+        assert_eq!(survivor.account.referred_by, None);
+        let first = survivor
+            .account
+            .earn_purchase(
+                &p,
+                None,
+                &purchase("o-1", Currency::KRW, vec![line("a", 1, 10_000)]),
+                &[],
+                &ctx("ev", now - days(8), now),
+            )
+            .unwrap();
+        assert_eq!(first.referrer_to_reward, None);
+    }
+}
+
+#[test]
 fn a_merge_pays_one_member_s_debt_with_the_other_s_points() {
     // GIVEN a survivor with a debt of 500 and a member with 300 points merged out into it
     let p = kr();

@@ -901,6 +901,24 @@ impl Shop {
 }
 
 #[test]
+fn two_members_cannot_refer_each_other() {
+    // GIVEN m-b, referred by m-a, neither having bought
+    let shop = Shop::start("mutual-referrals");
+    shop.send(referral("ref-ab", "m-b", "m-a"));
+    shop.settled();
+    // WHEN m-a says m-b referred them
+    shop.send(referral("ref-ba", "m-a", "m-b"));
+    shop.settled();
+    // THEN that referral is refused with the reason, and m-a's first purchase pays no one
+    let reason = shop.rejected_reason("ref-ba");
+    assert!(reason.contains("refer each other"), "{reason}");
+    shop.send(pos_purchase("mutual-sale", "m-a", "mutual-1"));
+    shop.settled();
+    shop.settled();
+    assert_eq!(shop.member("m-b")["balance"].as_i64(), Some(0));
+}
+
+#[test]
 fn a_self_referral_by_plus_tag_and_the_eleventh_referral_of_a_month_are_refused_with_reasons() {
     // GIVEN a referrer whose email is minji@example.com
     let shop = Shop::start("referrals");

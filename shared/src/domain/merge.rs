@@ -132,7 +132,20 @@ impl Account {
         account.last_purchase_at = account.last_purchase_at.max(from.last_purchase_at);
         // A paid membership goes with the person.
         account.merge_membership(program.membership.as_ref(), from.membership.as_ref(), today);
-        if account.referred_by.is_none() {
+        // One person now: a referral between the two (or the members merged into either) is
+        // a self-referral, and pays neither side.
+        let person: Vec<&str> = std::iter::once(account.member.as_str())
+            .chain(account.merged_from.iter().map(String::as_str))
+            .chain(std::iter::once(from.member.as_str()))
+            .chain(from.merged_from.iter().map(String::as_str))
+            .collect();
+        let is_self =
+            |referrer: &Option<String>| referrer.as_deref().is_some_and(|r| person.contains(&r));
+        if is_self(&account.referred_by) {
+            account.referred_by = None;
+            account.referral_due = None;
+        }
+        if account.referred_by.is_none() && !is_self(&from.referred_by) {
             account.referred_by = from.referred_by.clone();
             account.referral_due = from.referral_due.clone();
         }

@@ -110,10 +110,20 @@ impl Services {
     ) -> Result<Option<String>, ServiceError> {
         let mine = self.store.member_file(program, referee).await?;
         let theirs = self.store.member_file(program, referrer).await?;
-        Ok(self_referral(
+        if let Some(reason) = self_referral(
             &identities_of(referee, &mine.aliases),
             &identities_of(referrer, &theirs.aliases),
-        ))
+        ) {
+            return Ok(Some(reason));
+        }
+        // Two members referring each other would each be paid twice for one pair.
+        let referrer_s = self.store.load_member(program, referrer, &[]).await?;
+        let named_back = referrer_s
+            .account
+            .is_some_and(|a| a.referred_by.as_deref() == Some(referee));
+        Ok(named_back.then(|| {
+            "the referrer was referred by this member: two members cannot refer each other".into()
+        }))
     }
 
     pub(crate) async fn hold_for_review(

@@ -287,7 +287,18 @@ fn cancelled(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, Webho
             "order {order_id} is a test order: it earned nothing"
         )));
     }
-    let member = match customer_of(order) {
+    let customer = customer_of(order);
+    let mut data = json!({"order_id": order_id, "platform": "shopify"});
+    // A guest's order (which earns nothing) or one never paid takes back only what a payment
+    // credited, and is dropped otherwise rather than parked for a payment that never comes.
+    let unpaid = matches!(
+        order.get("financial_status").and_then(Value::as_str),
+        Some("pending" | "authorized" | "voided" | "expired")
+    );
+    if customer.is_none() || unpaid {
+        data[super::IF_CREDITED] = Value::Bool(true);
+    }
+    let member = match customer {
         Some(customer) => MemberRef::Identity(format!("shopify:{customer}")),
         None => MemberRef::Order(crate::envelope::order_key("shopify", &order_id)),
     };
@@ -296,7 +307,7 @@ fn cancelled(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, Webho
         id: format!("shopify-order-{order_id}-cancel"),
         member,
         occurred_at: time(order, &["cancelled_at", "updated_at"]).unwrap_or(fallback),
-        data: json!({"order_id": order_id, "platform": "shopify"}),
+        data,
         order_key: None,
         identities: Vec::new(),
     }]))
@@ -593,6 +604,31 @@ mod tests {
             matches!(normalised, Normalised::Ignored(_)),
             "{normalised:?}"
         );
+    }
+
+    #[test]
+    fn a_guest_s_or_an_unpaid_order_s_cancellation_takes_back_only_what_was_credited() {
+        // GIVEN the fixture's cancellation of a customer's paid order, a guest's, and one
+        // never paid
+        let fixture: Value = serde_json::from_str(
+            &include_str!("../../../tests/fixtures/shopify/orders-cancelled.json")
+                .replace("__OCCURRED_AT__", "2026-12-01T10:00:00Z"),
+        )
+        .expect("fixture");
+        let mut guest = fixture.clone();
+        guest.as_object_mut().expect("order").remove("customer");
+        let mut unpaid = fixture.clone();
+        unpaid["financial_status"] = json!("voided");
+        // WHEN each is normalised
+        let data = |order: &Value| match cancelled(order, Utc::now()).expect("cancelled") {
+            Normalised::Events(events) => events[0].data.clone(),
+            other => panic!("{other:?}"),
+        };
+        // THEN the guest's and the unpaid one's are taken only if a payment credited someone
+        // (dropped, not parked for ever), and the paid one's as it comes
+        assert_eq!(data(&guest)[super::super::IF_CREDITED], true);
+        assert_eq!(data(&unpaid)[super::super::IF_CREDITED], true);
+        assert!(data(&fixture).get(super::super::IF_CREDITED).is_none());
     }
 
     #[test]

@@ -1409,6 +1409,43 @@ async fn widening_a_broadcast_campaigns_audience_assigns_the_members_it_now_admi
 }
 
 #[tokio::test]
+async fn raising_a_broadcast_campaigns_coverage_assigns_the_members_it_now_admits() {
+    // GIVEN a running broadcast campaign covering none of its twelve members, its tick pass
+    // complete
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    let members: Vec<(String, Option<&str>)> = (0..12).map(|i| (format!("c-{i}"), None)).collect();
+    s.seed(&members, now).await;
+    let mut offer = json!({
+        "name": "Thank you", "kind": "broadcast", "status": "running",
+        "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+        "hash_seed": "cover-2026", "goal": "purchase", "coverage": 0.0,
+        "variants": [
+            {"key": "control", "weight": 0.5, "effect": {"type": "none"}},
+            {"key": "x2", "weight": 0.5, "effect": {"type": "multiplier", "basis_points": 20000}}
+        ]
+    });
+    s.put_campaign("cover", &offer).await;
+    let tick = || {
+        s.services
+            .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
+    };
+    tick().await.unwrap();
+    let assigned = |counts: Vec<loyalty_core::report::VariantCounts>| -> i64 {
+        counts.iter().map(|c| c.assigned).sum()
+    };
+    assert_eq!(assigned(s.store_counts("cover").await), 0);
+    // WHEN its coverage is raised to everyone, and the tick runs again
+    offer["coverage"] = json!(1.0);
+    s.put_campaign("cover", &offer).await;
+    tick().await.unwrap();
+    // THEN the twelve members are assigned, once each
+    assert_eq!(assigned(s.store_counts("cover").await), 12);
+    tick().await.unwrap();
+    assert_eq!(assigned(s.store_counts("cover").await), 12);
+}
+
+#[tokio::test]
 async fn a_purchase_made_before_a_campaign_stopped_counts_in_it_delivered_late() {
     // GIVEN a running double-points campaign for everyone, and two members
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();

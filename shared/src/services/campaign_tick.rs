@@ -339,9 +339,18 @@ impl Services {
         report: &mut JobReport,
         progress: Progress<'_>,
     ) -> Result<(), ServiceError> {
-        // A new seed or bucket version re-buckets everyone, and a new audience admits others:
-        // a pass of its own (members already assigned keep their assignment).
+        // A new seed or bucket version re-buckets everyone, and a new audience, coverage or
+        // namespace admits others: a pass of its own (members already assigned keep their
+        // assignment). Full coverage outside any namespace adds nothing to the key, which is
+        // then what it was before coverage counted.
         let audience = serde_json::to_string(&campaign.audience).unwrap_or_default();
+        let admitted = match (campaign.coverage, &campaign.namespace) {
+            (coverage, None) if coverage >= 1.0 => String::new(),
+            (coverage, namespace) => format!(
+                "\0{coverage}\0{}",
+                serde_json::to_string(namespace).unwrap_or_default()
+            ),
+        };
         let key = format!(
             "{CAMPAIGN_TICK}:{id}:{}:{:016x}",
             campaign.bucket_version,
@@ -351,6 +360,7 @@ impl Services {
                     .bytes()
                     .chain([0])
                     .chain(audience.bytes())
+                    .chain(admitted.bytes())
             )
         );
         let pass = Pass {

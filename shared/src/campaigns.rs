@@ -392,6 +392,18 @@ impl Campaign {
     /// when none were kept), with this one's added when it re-randomises. A randomisation left
     /// is never taken up again, nor a bucket version lowered: the members assigned since would
     /// be counted a second time, or in counters no report reads.
+    /// Whether an assignment is of a randomisation this version of the campaign knows: its
+    /// current one, or one it had before. Another is of a later save than this copy (a cached
+    /// one), and must not be taken back to an earlier randomisation. A campaign saved before
+    /// randomisations were kept knows them all.
+    pub fn knows(&self, assignment: &crate::ports::Assignment) -> bool {
+        assignment.holds_for(&self.hash_seed, self.bucket_version)
+            || self.randomisations.is_empty()
+            || self.randomisations.iter().any(|r| {
+                r.hash_seed == assignment.hash_seed && r.bucket_version == assignment.bucket_version
+            })
+    }
+
     pub fn stamp_randomisation(&mut self, before: Option<&Campaign>) -> Result<(), FieldError> {
         let now = self.randomisation();
         let Some(b) = before else {

@@ -1188,6 +1188,58 @@ async fn a_new_seed_makes_the_tick_assign_everyone_again() {
 }
 
 #[tokio::test]
+async fn a_process_with_an_older_copy_of_a_re_randomised_campaign_leaves_its_members_where_they_are(
+) {
+    // GIVEN a broadcast campaign with seed split-a, which one process (A) has read
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    s.seed(
+        &[("m-1".to_string(), None)],
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+    )
+    .await;
+    let split = |seed: &str| {
+        json!({
+            "name": "Split", "kind": "broadcast", "status": "running",
+            "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+            "hash_seed": seed, "goal": "purchase",
+            "variants": [
+                {"key": "control", "weight": 0.5, "effect": {"type": "none"}},
+                {"key": "double", "weight": 0.5, "effect": {"type": "multiplier", "basis_points": 20000}}
+            ]
+        })
+    };
+    s.put_campaign("split", &split("split-a")).await;
+    s.services.my_campaigns("kr-shop", "m-0").await.unwrap();
+    let app = Services::new(Arc::new(s.store.clone()), s.queue.clone(), s.clock.clone());
+    app.my_campaigns("kr-shop", "m-0").await.unwrap();
+    // AND another process (B) re-seeds it with split-b and shows it to m-1
+    let b = Services::new(Arc::new(s.store.clone()), s.queue.clone(), s.clock.clone());
+    b.put_campaign("kr-shop", "split", split("split-b").to_string().as_bytes())
+        .await
+        .unwrap();
+    b.my_campaigns("kr-shop", "m-1").await.unwrap();
+    // WHEN an app's process with split-a's copy shows m-1 the campaigns, and process A, its
+    // copy still split-a's too, handles m-1's purchase
+    let shown = app.my_campaigns("kr-shop", "m-1").await.unwrap();
+    let shown_b = b.my_campaigns("kr-shop", "m-1").await.unwrap();
+    assert_eq!(shown["campaigns"], shown_b["campaigns"]);
+    s.purchase("m-1", "stale-1", 59_000, now).await;
+    // THEN m-1 stays in split-b's randomisation, and the purchase counts there
+    let state = s
+        .store
+        .load_assignments("kr-shop", "m-1", &["split".to_string()])
+        .await
+        .unwrap();
+    let assignment = &state.assignments["split"];
+    assert_eq!(
+        (assignment.hash_seed.as_str(), assignment.purchases),
+        ("split-b", 1),
+        "{assignment:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_re_randomised_campaign_counts_its_members_afresh_and_its_first_counts_stay() {
     // GIVEN a campaign granting 1,000 points to everyone who sees it, seen by one member who
     // then bought 59,000

@@ -508,11 +508,11 @@ impl Services {
         else {
             return Ok(false);
         };
-        if state
-            .assignments
-            .get(id)
-            .is_some_and(|a| a.holds_for(&campaign.hash_seed, campaign.bucket_version))
-        {
+        // Assigned already, or by a later save of the campaign than this pass read (whose
+        // own pass assigns them): left as it is.
+        if state.assignments.get(id).is_some_and(|a| {
+            a.holds_for(&campaign.hash_seed, campaign.bucket_version) || !campaign.knows(a)
+        }) {
             return Ok(false);
         }
         let account: Account = account.as_of(program, at).account;

@@ -204,18 +204,7 @@ impl Services {
         // Cold, the campaigns are read beside the program: the member's read needs both.
         let program = self.program_with_campaigns(program_id).await?;
         let now = self.clock.now();
-        let running: Vec<_> = self
-            .campaign_list(&program.id)
-            .await?
-            .iter()
-            .filter(|(_, c)| c.running_at(now))
-            .cloned()
-            .collect();
-        let ids: Vec<String> = running.iter().map(|(id, _)| id.clone()).collect();
-        let state = self
-            .store
-            .load_member_with(&program.id, member, &[], &ids)
-            .await?;
+        let (running, state) = self.running_with(&program.id, member, now).await?;
         // Being erased: nothing is assigned to the person any more. Merged into another (a
         // login still leading here while the merge moves its links): the survivor is the
         // person, assigned on its own, and a grant here would reach it a second time.
@@ -264,6 +253,36 @@ impl Services {
             }));
         }
         Ok(json!({ "campaigns": shown }))
+    }
+
+    /// The campaigns running at `now` and the member with their assignments in them. A list
+    /// older than one of those assignments (cached before a save that re-randomised) is read
+    /// again, once, rather than take the member back to an earlier randomisation.
+    async fn running_with(
+        &self,
+        program: &str,
+        member: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<(String, Campaign)>, MemberState), ServiceError> {
+        let mut again = true;
+        loop {
+            let running: Vec<_> = self
+                .campaign_list(program)
+                .await?
+                .iter()
+                .filter(|(_, c)| c.running_at(now))
+                .cloned()
+                .collect();
+            let ids: Vec<String> = running.iter().map(|(id, _)| id.clone()).collect();
+            let state = self
+                .store
+                .load_member_with(program, member, &[], &ids)
+                .await?;
+            if !std::mem::replace(&mut again, false) || !list_behind(&running, &state) {
+                return Ok((running, state));
+            }
+            self.forget_campaigns(program);
+        }
     }
 
     /// Records a member's assignment (counted once, in the same write). A variant that grants
@@ -535,6 +554,17 @@ impl Part<'_> {
 /// How much earlier than its exposure a purchase may be dated and still count in an
 /// on-exposure campaign: the clocks of the till or the platform and the server's differ.
 const EXPOSURE_SKEW: chrono::Duration = chrono::Duration::minutes(2);
+
+/// Whether one of the member's assignments is of a randomisation the list does not know: the
+/// list is older than the save that made it.
+pub(crate) fn list_behind(campaigns: &[(String, Campaign)], state: &MemberState) -> bool {
+    campaigns.iter().any(|(id, campaign)| {
+        state
+            .assignments
+            .get(id)
+            .is_some_and(|a| !campaign.knows(a))
+    })
+}
 
 /// The member's parts in the campaigns running at a purchase.
 pub(crate) fn parts<'a>(

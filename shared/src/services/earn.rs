@@ -208,13 +208,14 @@ impl Services {
         let order_keys: Vec<String> = event.order_key().into_iter().collect();
         // A purchase earns with the campaigns running when it happened; the member's
         // assignments in them come in the same read as the account.
-        let campaigns = match event {
+        let mut campaigns = match event {
             EarnEvent::Purchase { .. } => {
                 self.campaigns_at(&program.id, envelope.occurred_at).await?
             }
             _ => Vec::new(),
         };
-        let campaign_ids: Vec<String> = campaigns.iter().map(|(id, _)| id.clone()).collect();
+        let mut campaign_ids: Vec<String> = campaigns.iter().map(|(id, _)| id.clone()).collect();
+        let mut list_read_again = false;
         let mut ahead = ahead.filter(|a| {
             a.marker.as_ref() == Some(&marker)
                 && a.order_keys == order_keys
@@ -276,6 +277,17 @@ impl Services {
                 state
                     .assignment_revisions
                     .extend(fresh.assignment_revisions);
+            }
+            // A list of campaigns older than one of the member's assignments (cached before a
+            // save that re-randomised) is read again, once, and the member with it: the
+            // purchase must not take the member back to an earlier randomisation.
+            if !list_read_again && super::campaigns::list_behind(&campaigns, &state) {
+                list_read_again = true;
+                self.forget_campaigns(&program.id);
+                campaigns = self.campaigns_at(&program.id, envelope.occurred_at).await?;
+                campaign_ids = campaigns.iter().map(|(id, _)| id.clone()).collect();
+                current = true;
+                continue;
             }
             // A refund takes revenue back from the campaigns that counted its order, running or
             // not any more: their assignments are read once the order says which they are. That

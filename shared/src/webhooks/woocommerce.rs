@@ -134,6 +134,22 @@ pub fn order_events(order: &Value, now: DateTime<Utc>) -> Result<Vec<PlatformEve
     })
 }
 
+/// What the order's negative fee lines take off, in minor units (with their tax where prices
+/// include it); positive fees are charges that earn nothing, as shipping.
+fn negative_fees(order: &Value, currency: Currency, with_tax: bool) -> Result<i64, WebhookError> {
+    let mut off: i64 = 0;
+    let fees = order.get("fee_lines").and_then(Value::as_array);
+    for (i, fee) in fees.into_iter().flatten().enumerate() {
+        let what = format!("fee_lines[{i}]");
+        let mut total = money(currency, fee, "total", &what)?;
+        if with_tax {
+            total += money(currency, fee, "total_tax", &what)?;
+        }
+        off = off.saturating_add((-total).max(0));
+    }
+    Ok(off)
+}
+
 fn paid(
     order: &Value,
     order_id: &str,
@@ -153,6 +169,8 @@ fn paid(
         .and_then(Value::as_array)
         .ok_or_else(|| invalid("line_items is missing"))?;
     let mut lines = Vec::with_capacity(items.len());
+    // Each line's discount, and what it came to after it.
+    let mut discounts: Vec<(i64, i64)> = Vec::with_capacity(items.len());
     // What the lines came to after their discounts: the share a refund takes when the order's
     // total says nothing (a gift card paid all of it).
     let mut lines_total: i64 = 0;
@@ -181,8 +199,24 @@ fn paid(
             "sku": text(item, "sku").unwrap_or(""),
             "quantity": quantity,
             "unit_price": currency.format_amount(unit_price),
-            "discount": currency.format_amount((before - after).max(0) + rounding),
         }));
+        discounts.push(((before - after).max(0) + rounding, after.max(0)));
+    }
+    // A negative fee (a discount for paying by bank transfer, a plugin's cart discount) lowers
+    // what the lines were paid: spread over them in proportion to what each came to.
+    let fees_off = negative_fees(order, currency, with_tax)?.min(lines_total);
+    let shares = if fees_off > 0 {
+        let numerators: Vec<i128> = discounts
+            .iter()
+            .map(|(_, after)| i128::from(*after) * i128::from(fees_off))
+            .collect();
+        crate::domain::earning::apportion(&numerators, i128::from(lines_total))
+            .ok_or_else(|| invalid("the fees do not fit the lines"))?
+    } else {
+        vec![0; discounts.len()]
+    };
+    for ((line, (discount, _)), share) in lines.iter_mut().zip(&discounts).zip(shares) {
+        line["discount"] = json!(currency.format_amount(discount + share));
     }
     let total = money(currency, order, "total", "order")?;
     let mut events = vec![PlatformEvent {
@@ -290,6 +324,33 @@ mod tests {
             ),
             (Some(3), Some("33.34"), Some("10.02"))
         );
+    }
+
+    #[test]
+    fn a_negative_fee_is_taken_off_the_lines_in_proportion_and_a_positive_one_earns_nothing() {
+        // GIVEN the order's lines of $45.00 (after $5.00 off) and $19.99, with a $6.50 discount
+        // for paying by bank transfer as a negative fee, and a $3.00 handling fee
+        let body = String::from_utf8(order("71.69", "[]")).unwrap().replacen(
+            "\"shipping_lines\":",
+            r#""fee_lines": [{"id": 9, "name": "Bank transfer", "total": "-6.50", "total_tax": "0.00"},
+                             {"id": 10, "name": "Handling", "total": "3.00", "total_tax": "0.00"}],
+               "shipping_lines":"#,
+            1,
+        );
+        let Ok(Normalised::Events(events)) =
+            normalise("order.updated", body.as_bytes(), Utc::now())
+        else {
+            panic!("events")
+        };
+        // WHEN it is read THEN the $6.50 is spread over the lines by what each came to ($4.50
+        // and $2.00, the cent left over to the larger remainder): they come to what was paid
+        let discounts: Vec<&str> = events[0].data["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["discount"].as_str().unwrap())
+            .collect();
+        assert_eq!(discounts, ["9.50", "2.00"]);
     }
 
     #[test]

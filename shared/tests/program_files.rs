@@ -83,6 +83,26 @@ fn kr_shop_loads_with_the_reference_rules() {
 }
 
 #[test]
+fn a_birthday_or_anniversary_without_a_limit_pays_once_a_year_unless_said_otherwise() {
+    // GIVEN kr-shop with its birthday's limit left out, an anniversary without one, and a
+    // custom action without one
+    let file = KR.replace("limit = { count = 1, per = \"year\" }\n", "")
+        + "\n[actions.anniversary]\npoints = 500\n\n[custom_actions.visit]\npoints = 10\n";
+    let p = Program::from_toml(&file).unwrap();
+    // THEN the two days pay once a year, and the custom action without a limit
+    assert_eq!(p.actions["birthday"].limit, Some((1, Period::Year)));
+    assert_eq!(p.actions["anniversary"].limit, Some((1, Period::Year)));
+    assert_eq!(p.actions["visit"].limit, None);
+    // AND a birthday said "unlimited" is
+    let unlimited = KR.replace(
+        "limit = { count = 1, per = \"year\" }\n",
+        "limit = \"unlimited\"\n",
+    );
+    let p = Program::from_toml(&unlimited).unwrap();
+    assert_eq!(p.actions["birthday"].limit, None);
+}
+
+#[test]
 fn us_shop_loads_with_its_own_rules() {
     // GIVEN the US example WHEN it is loaded THEN dollars are cents and the other policies apply
     let p = Program::from_toml(US).unwrap();

@@ -299,7 +299,11 @@ pub struct ActionFile {
     pub limit: LimitFile,
 }
 
-/// How often an action pays: `"once"`, `"unlimited"`, or `{ count = 5, per = "month" }`.
+/// The actions paid on a day of the member's year (the campaign tick's).
+const YEARLY_ACTIONS: &[&str] = &["birthday", "anniversary"];
+
+/// How often an action pays: `"once"`, `"unlimited"`, or `{ count = 5, per = "month" }`; a
+/// birthday or an anniversary without a limit, once a year.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum LimitFile {
@@ -1193,6 +1197,11 @@ impl Validator {
             }
             self.non_negative(&format!("{field}.points"), action.points);
             let limit = match &action.limit {
+                // Yearly days: once a year unless the file says otherwise, so that two
+                // accounts of one person merged are not paid twice in a year.
+                LimitFile::Unlimited if YEARLY_ACTIONS.contains(&name.as_str()) => {
+                    Some((1, Period::Year))
+                }
                 LimitFile::Unlimited => None,
                 LimitFile::Word(w) if w == "once" => Some((1, Period::Lifetime)),
                 LimitFile::Word(w) if w == "unlimited" => None,

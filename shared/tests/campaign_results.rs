@@ -1502,8 +1502,15 @@ async fn a_purchase_made_before_a_campaign_stopped_counts_in_it_delivered_late()
     // GIVEN a running double-points campaign for everyone, and two members
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
     let s = stack(now).await;
-    s.seed(&[("early".into(), None), ("late".into(), None)], now)
-        .await;
+    s.seed(
+        &[
+            ("early".into(), None),
+            ("moment".into(), None),
+            ("late".into(), None),
+        ],
+        now,
+    )
+    .await;
     let mut double = json!({
         "name": "Double points", "kind": "broadcast", "status": "running",
         "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
@@ -1515,7 +1522,8 @@ async fn a_purchase_made_before_a_campaign_stopped_counts_in_it_delivered_late()
     });
     s.put_campaign("double", &double).await;
     // WHEN it is stopped an hour later, and then come a purchase made before the stop
-    // (delivered late) and one made after it, each of 10,000 KRW
+    // (delivered late), one made in the 30 seconds other processes may still hold the list
+    // as it was, and one made after it, each of 10,000 KRW
     s.clock.set(now + chrono::Duration::hours(1));
     double["status"] = json!("stopped");
     s.put_campaign("double", &double).await;
@@ -1527,17 +1535,28 @@ async fn a_purchase_made_before_a_campaign_stopped_counts_in_it_delivered_late()
         now + chrono::Duration::minutes(30),
     )
     .await;
+    s.purchase(
+        "moment",
+        "o-moment",
+        10_000,
+        now + chrono::Duration::hours(1) + chrono::Duration::seconds(20),
+    )
+    .await;
     s.purchase("late", "o-late", 10_000, now + chrono::Duration::hours(2))
         .await;
-    // THEN the purchase made while it ran earns double, the one after it does not
+    // THEN the purchases made while it ran (wherever taken) earn double, the one after not
     let (early, late) = (s.balance("early").await, s.balance("late").await);
     assert_eq!(early, 2 * late, "early {early}, late {late}");
+    assert_eq!(s.balance("moment").await, early);
     assert!(late > 0);
     // AND saving it again, still stopped, keeps when it stopped
     s.clock.set(now + chrono::Duration::days(1));
     s.put_campaign("double", &double).await;
     let saved = s.services.campaign("kr-shop", "double").await.unwrap();
-    assert_eq!(saved["stopped_at"], json!(now + chrono::Duration::hours(1)));
+    assert_eq!(
+        saved["stopped_at"],
+        json!(now + chrono::Duration::hours(1) + chrono::Duration::seconds(30))
+    );
 }
 
 #[tokio::test]

@@ -70,7 +70,13 @@ impl Services {
             let before: Option<Campaign> = read
                 .as_ref()
                 .and_then(|(_, json)| Campaign::from_stored(json).ok());
-            campaign.stamp_stop(before.as_ref(), self.clock.now());
+            // Other processes hold the list up to its cache's life: a stop takes effect when
+            // every one of them has read it, so that a purchase's effect does not depend on
+            // which process took it.
+            campaign.stamp_stop(
+                before.as_ref(),
+                self.clock.now() + super::campaign_cache_life(),
+            );
             campaign
                 .stamp_randomisation(before.as_ref())
                 .map_err(|error| ServiceError::InvalidFields {

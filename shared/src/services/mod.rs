@@ -41,6 +41,11 @@ pub mod webhooks;
 /// saved through this process is seen at once; other containers see it within this time.
 const PROGRAM_CACHE_TTL: Duration = Duration::from_secs(30);
 
+/// How long a process may act on a campaign list read before a save: [`PROGRAM_CACHE_TTL`].
+pub(crate) fn campaign_cache_life() -> chrono::Duration {
+    chrono::Duration::from_std(PROGRAM_CACHE_TTL).unwrap_or(chrono::Duration::seconds(30))
+}
+
 /// Attempts at an optimistic write (load, decide, commit on a condition) before giving up: the
 /// queue then redelivers the message, or the HTTP caller gets a 503 with `Retry-After`.
 const COMMIT_ATTEMPTS: u32 = 16;

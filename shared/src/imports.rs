@@ -271,8 +271,9 @@ fn row(format: BalanceFormat, c: &Columns, cells: &[String]) -> Result<RowData, 
         });
     }
     let points = match (cell(cells, c.points), format) {
-        (Some(text), _) => points(text)?,
-        (None, BalanceFormat::Yotpo) => 0,
+        (Some(text), _) => Some(points(text)?),
+        // A Yotpo export may carry no balance: its members' birthdays come, nothing is set.
+        (None, BalanceFormat::Yotpo) => None,
         (None, _) => return Err("the points are empty".into()),
     };
     let birthday = match cell(cells, c.birthday) {
@@ -361,7 +362,12 @@ fn name_by_content(rows: &mut [BalanceRow]) {
                 let b = &data.balance;
                 format!(
                     "member={:?} email={:?} points={} tier={:?} birthday={:?} expires_on={:?}",
-                    data.member, data.email, b.points, b.tier, b.birthday, b.expires_on
+                    data.member,
+                    data.email,
+                    b.points.unwrap_or(0),
+                    b.tier,
+                    b.birthday,
+                    b.expires_on
                 )
             }
             Err(_) => format!("cells={:?}", row.cells),
@@ -457,7 +463,7 @@ mod tests {
         assert_eq!(read.rows.len(), 4);
         let first = read.rows[0].read.as_ref().unwrap();
         assert_eq!(first.email.as_deref(), Some("ann@example.com"));
-        assert_eq!(first.balance.points, 1200);
+        assert_eq!(first.balance.points, Some(1200));
         assert_eq!(read.rows[0].line, 2);
         assert!(read.rows[1]
             .read
@@ -469,18 +475,30 @@ mod tests {
     }
 
     #[test]
+    fn a_file_with_a_byte_order_mark_before_a_quoted_header_finds_its_columns() {
+        // GIVEN Excel's "CSV UTF-8": a byte order mark, then quoted titles
+        let file = b"\xEF\xBB\xBF\"member\",\"email\",\"points\"\n\"m-1\",\"ann@x.co\",\"100\"\n";
+        // WHEN it is read THEN the member column is found (the reader leaves the mark out):
+        // the row is m-1's
+        let read = read_balances(BalanceFormat::Csv, file).unwrap();
+        let row = read.rows[0].read.as_ref().unwrap();
+        assert_eq!(row.member.as_deref(), Some("m-1"));
+        assert_eq!(row.balance.points, Some(100));
+    }
+
+    #[test]
     fn a_yotpo_file_reads_points_balance_and_birthday() {
         // GIVEN a Yotpo export with its own column titles
         let file = "First Name,Email,Points Balance,Points Spent,Birthday (MM/DD) or (MM/DD/YYYY)\nAnn,ann@example.com,300,40,03/07/1990\nBo,bo@example.com,,0,12/31\n";
         let read = read_balances(BalanceFormat::Yotpo, file.as_bytes()).unwrap();
-        // THEN the balance and the birthday are read, and an empty balance is 0
+        // THEN the balance and the birthday are read, and an empty balance states none
         let ann = read.rows[0].read.as_ref().unwrap();
-        assert_eq!(ann.balance.points, 300);
+        assert_eq!(ann.balance.points, Some(300));
         assert_eq!(ann.balance.birthday.as_deref(), Some("03-07"));
         let bo = read.rows[1].read.as_ref().unwrap();
         assert_eq!(
             (bo.balance.points, bo.balance.birthday.as_deref()),
-            (0, Some("12-31"))
+            (None, Some("12-31"))
         );
     }
 

@@ -303,3 +303,45 @@ async fn a_payment_held_for_review_earns_nothing_delivered_again_the_next_day_un
     assert_ne!(late.name(), "applied", "{late:?}");
     assert_eq!(pending(&services, member).await, before + 590);
 }
+
+#[tokio::test]
+async fn a_survivor_s_export_holds_the_events_held_for_a_member_merged_into_it() {
+    // GIVEN a payment each of woocommerce:72 and app-72 held for review (over 500 a day),
+    // then woocommerce:72 merged into app-72
+    let store = SqliteStore::memory().unwrap();
+    let (queue, services) = common::kr_shop_services(&store, 5, Arc::new(SystemClock)).await;
+    common::save_kr_shop_with(&services, "[safeguards]\ndaily_points = 500\n").await;
+    let (member, survivor) = ("woocommerce:72", "app-72");
+    let held = services
+        .process_earn(&purchase("woo-7201-paid", member))
+        .await
+        .unwrap();
+    assert_eq!(held.name(), "no-effect", "{held:?}");
+    let held = services
+        .process_earn(&purchase("app-7201", survivor))
+        .await
+        .unwrap();
+    assert_eq!(held.name(), "no-effect", "{held:?}");
+    services
+        .merge_named("kr-shop", survivor, member, "the same person", "ops")
+        .await
+        .unwrap();
+    drain(&queue, &services).await;
+    // WHEN the survivor's data is exported
+    use futures_util::StreamExt;
+    let mut chunks = std::pin::pin!(services.export_member("kr-shop", survivor).await.unwrap());
+    let mut document = String::new();
+    while let Some(chunk) = chunks.next().await {
+        document.push_str(&chunk.unwrap());
+    }
+    // THEN it holds both payments waiting for review, the merged member's too
+    let export: serde_json::Value = serde_json::from_str(&document).unwrap();
+    let mut held: Vec<&str> = export["held_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event"]["id"].as_str().unwrap_or_default())
+        .collect();
+    held.sort();
+    assert_eq!(held, ["app-7201", "woo-7201-paid"], "{export}");
+}

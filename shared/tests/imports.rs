@@ -26,7 +26,7 @@ async fn a_row_naming_its_member_by_an_email_in_capitals_is_not_applied_twice() 
         dry_run: false,
     };
     let balance = ImportedBalance {
-        points: 500,
+        points: Some(500),
         tier: None,
         birthday: None,
         expires_on: None,
@@ -212,4 +212,57 @@ async fn a_later_file_in_set_mode_may_set_a_balance_back_to_what_an_earlier_one_
         "{third:?}"
     );
     assert_eq!(balance(&services, "m-1").await, 100);
+}
+
+#[tokio::test]
+async fn a_yotpo_row_without_a_balance_sets_nothing_in_set_mode() {
+    // GIVEN a member with 5,000 points
+    let store = SqliteStore::memory().unwrap();
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 6, 3, 0, 0).unwrap());
+    let (_, services) = common::kr_shop_services(&store, 3, clock).await;
+    let gift = serde_json::json!({"points": 5_000, "reason": "opening balance"}).to_string();
+    services
+        .adjust(
+            "kr-shop",
+            "email:ann@example.com",
+            "ops",
+            None,
+            gift.as_bytes(),
+        )
+        .await
+        .unwrap();
+    // WHEN a Yotpo export whose balance column is titled otherwise is imported in set mode
+    let file = read_balances(
+        BalanceFormat::Yotpo,
+        b"Email,Current Points,Birthday\nann@example.com,5000,03/07\n",
+    )
+    .expect("read");
+    let row = &file.rows[0];
+    let origin = RowOrigin {
+        file_name: "yotpo.csv",
+        digest: &file.digest,
+        line: row.line,
+        content: &row.content,
+        mode: ImportMode::Set,
+        dry_run: false,
+    };
+    let outcome = services
+        .import_balance(
+            "kr-shop",
+            "import",
+            &origin,
+            row.read.as_ref().expect("row"),
+        )
+        .await
+        .unwrap();
+    // THEN the balance is left as it was (the birthday is kept), never set to 0
+    assert!(
+        !matches!(outcome, RowOutcome::Applied { points, .. } if points != 0),
+        "{outcome:?}"
+    );
+    let view = services
+        .member_view("kr-shop", "email:ann@example.com")
+        .await
+        .unwrap();
+    assert_eq!(view.balance, 5_000);
 }

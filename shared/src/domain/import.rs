@@ -30,7 +30,9 @@ impl ImportMode {
 /// What one row of an import states about a member.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportedBalance {
-    pub points: i64,
+    /// `None`: the row states no balance (a Yotpo export without one), which sets nothing,
+    /// in either mode.
+    pub points: Option<i64>,
     pub tier: Option<String>,
     /// `MM-DD`.
     pub birthday: Option<String>,
@@ -54,15 +56,15 @@ impl Account {
         // Settling (releases, expiries now due) may post entries of its own.
         let settled = journal.entries.len();
         let today = local_date(program.time_zone, ctx.recorded_at);
-        let delta = match mode {
-            ImportMode::Add => row.points,
-            ImportMode::Set if row.points < 0 => {
+        let delta = match (mode, row.points) {
+            (_, None) => 0,
+            (ImportMode::Add, Some(points)) => points,
+            (ImportMode::Set, Some(points)) if points < 0 => {
                 return Err(AccountError::Invalid(format!(
-                    "a balance cannot be negative (got {})",
-                    row.points
+                    "a balance cannot be negative (got {points})"
                 )))
             }
-            ImportMode::Set => row.points - journal.account.balance,
+            (ImportMode::Set, Some(points)) => points - journal.account.balance,
         };
         super::limits::check_points("points", delta)
             .map_err(|e| AccountError::Invalid(e.to_string()))?;
@@ -112,9 +114,10 @@ impl Account {
         super::limits::check_account(&journal.account)
             .map_err(|e| AccountError::Invalid(e.to_string()))?;
         if journal.entries.len() == settled && journal.account.profile == self.profile {
-            journal.no_op = Some(match mode {
-                ImportMode::Set => format!("the balance is already {}", row.points),
-                ImportMode::Add => "nothing to add".to_string(),
+            journal.no_op = Some(match (mode, row.points) {
+                (_, None) => "the row states no balance, and nothing else to change".to_string(),
+                (ImportMode::Set, Some(points)) => format!("the balance is already {points}"),
+                (ImportMode::Add, Some(_)) => "nothing to add".to_string(),
             });
         }
         Ok(journal.finish())

@@ -41,16 +41,19 @@ fn after_ledger(index: usize, count: usize, next: Option<&str>) -> String {
 impl Services {
     /// The member's events the engine holds: those waiting for its resume (suspended) and
     /// those held for an operator's review. They name the person as much as the ledger does.
+    /// Those of the members merged into it too: still held under their ids.
     async fn events_held_for(
         &self,
         program: &str,
-        member: &str,
+        members: &[String],
     ) -> Result<Vec<serde_json::Value>, ServiceError> {
         let mut held = Vec::new();
-        let suspended = super::suspension::parking_key(member);
-        for (id, body) in self.store.parked(program, &suspended).await? {
-            let event: serde_json::Value = serde_json::from_str(&body).unwrap_or(json!(body));
-            held.push(json!({"id": id, "waits_for": "resume", "event": event}));
+        for member in members {
+            let suspended = super::suspension::parking_key(member);
+            for (id, body) in self.store.parked(program, &suspended).await? {
+                let event: serde_json::Value = serde_json::from_str(&body).unwrap_or(json!(body));
+                held.push(json!({"id": id, "waits_for": "resume", "event": event}));
+            }
         }
         for (id, body) in self
             .store
@@ -60,7 +63,7 @@ impl Services {
             let Ok(event) = serde_json::from_str::<super::safeguards::HeldEvent>(&body) else {
                 continue;
             };
-            if event.member == member {
+            if members.contains(&event.member) {
                 held.push(
                     json!({"id": id, "waits_for": "review", "reason": event.reason,
                     "event": event.event}),
@@ -117,7 +120,10 @@ impl Services {
         let program = self.program(program).await?;
         let account = self.existing_account(&program.id, member).await?;
         let file = self.store.member_file(&program.id, member).await?;
-        let held = self.events_held_for(&program.id, member).await?;
+        let everyone: Vec<String> = std::iter::once(member.to_string())
+            .chain(account.merged_from.iter().cloned())
+            .collect();
+        let held = self.events_held_for(&program.id, &everyone).await?;
         // Members merged into this one keep their own history under their ids (a merge moves
         // the points, not the past): it is the person's data as much.
         let mut merged = Vec::with_capacity(account.merged_from.len());
@@ -134,9 +140,6 @@ impl Services {
                 "campaign_assignments": theirs.assignments,
             }));
         }
-        let everyone: Vec<String> = std::iter::once(member.to_string())
-            .chain(account.merged_from.iter().cloned())
-            .collect();
         let rejected = self
             .rejected_naming(&program.id, &everyone, &aliases)
             .await?;

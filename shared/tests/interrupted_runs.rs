@@ -988,3 +988,40 @@ async fn a_merge_whose_second_step_never_came_is_named_by_the_audit_until_it_is_
     let audit = s.services.audit(Some("kr-shop"), quiet).await.unwrap();
     assert!(audit.violations.is_empty(), "{:?}", audit.violations);
 }
+
+#[tokio::test]
+async fn a_merge_finished_after_its_survivor_was_merged_on_lands_where_the_person_is() {
+    // GIVEN a's merge into b stopped after its first write (a emptied, b not yet filled), and
+    // then b merged into c in full: one person's three accounts
+    let s = setup().await;
+    let (a, b, c) = (
+        "shopify:7700000011",
+        "shopify:7700000012",
+        "shopify:7700000013",
+    );
+    bought(&s, a, "7700011", 10_000).await;
+    bought(&s, b, "7700012", 20_000).await;
+    bought(&s, c, "7700013", 30_000).await;
+    s.clock.set(now() + chrono::Duration::days(90));
+    let total = |(balance, pending): (i64, i64)| balance + pending;
+    let before =
+        total(points(&s, a).await) + total(points(&s, b).await) + total(points(&s, c).await);
+    merge_stopped_after_its_first_write(&s, b, a).await;
+    s.services
+        .merge_members("kr-shop", c, b, "the same customer", "ops")
+        .await
+        .unwrap();
+    // WHEN the first merge's message arrives
+    let finished = s.services.process_earn(&finish_merge(b, a)).await;
+    assert!(finished.is_ok(), "{finished:?}");
+    // THEN a's points reach c, where the person is
+    assert_eq!(total(points(&s, c).await), before);
+    // AND erasing c leaves nothing under any of the three ids
+    s.services
+        .erase_member("kr-shop", c, "erasure request", "ops")
+        .await
+        .unwrap();
+    for gone in [a, b, c] {
+        assert_eq!(items_under(&s.client, &s.table, gone).await, 0, "{gone}");
+    }
+}

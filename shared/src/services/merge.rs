@@ -73,6 +73,9 @@ fn refused(e: AccountError) -> ServiceError {
     }
 }
 
+/// The longest chain of merges followed to its end (A into B, B into C, ...).
+const MAX_MERGE_HOPS: usize = 16;
+
 impl Services {
     /// `POST .../members/{survivor}/merge` with `{"from", "reason"}`: `from` may be an id or
     /// an identity linked to one.
@@ -284,7 +287,10 @@ impl Services {
                 detail: format!("{from} has not been merged into {survivor}"),
             });
         };
-        if self.survivor_erased(program, survivor).await? {
+        // The survivor may have been merged on itself since step 1 (into a third member): the
+        // person is where its chain of merges ends, and what this member brings goes there.
+        let end = self.end_of_merges(program, survivor).await?;
+        let Some(survivor) = end.as_deref() else {
             // Merged into one person whose data is gone: this part of them goes too.
             self.erase_member(
                 &program.id,
@@ -299,7 +305,7 @@ impl Services {
                     "{survivor} was erased before the merge finished; {from} was erased with it"
                 ),
             });
-        }
+        };
         let file = self.store.member_file(&program.id, from).await?;
         let orders: Vec<(String, OrderRecord)> = file
             .orders
@@ -345,15 +351,26 @@ impl Services {
         })
     }
 
-    /// Whether a merge's survivor is gone. Only an erasure deletes an account, and a member
-    /// is merged out only into one that exists, so gone means erased.
-    async fn survivor_erased(
+    /// Where a chain of merges from `survivor` ends: the member not merged on, or `None` when
+    /// that one is gone. Only an erasure deletes an account, and a member is merged out only
+    /// into one that exists, so gone means erased.
+    async fn end_of_merges(
         &self,
         program: &Program,
         survivor: &str,
-    ) -> Result<bool, ServiceError> {
-        let state = self.store.load_member(&program.id, survivor, &[]).await?;
-        Ok(state.account.is_none())
+    ) -> Result<Option<String>, ServiceError> {
+        let mut at = survivor.to_string();
+        for _ in 0..MAX_MERGE_HOPS {
+            let state = self.store.load_member(&program.id, &at, &[]).await?;
+            match state.account.as_ref().map(|a| a.merged_into()) {
+                None => return Ok(None),
+                Some(None) => return Ok(Some(at)),
+                Some(Some(next)) => at = next.to_string(),
+            }
+        }
+        Err(ServiceError::Internal(format!(
+            "{survivor} was merged on more than {MAX_MERGE_HOPS} times"
+        )))
     }
 
     /// One commit on the survivor: the first carries the snapshot, every one some copies.
@@ -393,6 +410,10 @@ impl Services {
                     message: "the survivor is being erased; the merge waits".into(),
                     source: None,
                 }));
+            }
+            // Arrived already: through a member it was merged into first, merged on since.
+            if part == 0 && account.merged_from.iter().any(|m| m == from) {
+                return Ok(());
             }
             let change = if part == 0 {
                 let ctx = EventContext::new(step.clone(), now, now).with_source(Source {

@@ -215,6 +215,31 @@ async fn a_job_dated_after_today_is_refused_and_writes_nothing() {
     assert_eq!(s.account("m-8").await, before);
 }
 
+#[test]
+fn a_tier_reached_on_29_february_is_reviewed_on_29_february_in_leap_years() {
+    // GIVEN kr-shop's anniversary reviews, and a tier reached on 29 February 2024
+    let program = Program::from_toml(KR_SHOP).unwrap();
+    let since = date(2024, 2, 29);
+    // WHEN it is kept at each review THEN the next falls on its anniversary: the 28th in
+    // common years, the 29th again in 2028
+    let mut review = loyalty_core::domain::tiers::next_review(&program, since);
+    let mut reviews = vec![review];
+    for _ in 0..4 {
+        review = loyalty_core::domain::tiers::review_after(&program, since, review);
+        reviews.push(review);
+    }
+    assert_eq!(
+        reviews,
+        [
+            date(2025, 2, 28),
+            date(2026, 2, 28),
+            date(2027, 2, 28),
+            date(2028, 2, 29),
+            date(2029, 2, 28)
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_review_without_spend_lowers_one_level_once() {
     // GIVEN a GOLD member (1,000,000 KRW) whose review date is 2027-03-10

@@ -1257,3 +1257,37 @@ fn a_hundred_and_twenty_purchases_maturing_at_once_are_released_in_commits_that_
     assert_eq!((commits, m.account.balance), (3, 12_000));
     m.assert_consistent();
 }
+
+#[test]
+fn a_gold_tier_reached_on_29_february_and_kept_is_next_reviewed_on_its_anniversary() {
+    // GIVEN a member GOLD since 29 February 2028, reviewed on 28 February 2031, who spent
+    // 1,000,000 in January 2031 (enough to keep GOLD)
+    let p = kr();
+    use chrono::TimeZone;
+    let at = |y, m, d| chrono::Utc.with_ymd_and_hms(y, m, d, 3, 0, 0).unwrap();
+    let mut m = Member::new(&p, at(2028, 2, 29));
+    let bought = m
+        .account
+        .earn_purchase(
+            &p,
+            None,
+            &purchase("o-1", Currency::KRW, vec![line("a", 1, 1_000_000)]),
+            &[],
+            &ctx("ev", at(2031, 1, 15), at(2031, 1, 15)),
+        )
+        .unwrap();
+    m.commit(bought.change);
+    let day = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+    m.account.tier = loyalty_core::domain::TierStatus {
+        id: "GOLD".into(),
+        since: day(2028, 2, 29),
+        review_on: Some(day(2031, 2, 28)),
+    };
+    // WHEN the review of 28 February 2031 runs
+    let reviewed = m
+        .account
+        .review_tier(&p, &ctx("review", at(2031, 2, 28), at(2031, 2, 28)));
+    // THEN GOLD is kept until the review of 29 February 2032, its anniversary
+    assert_eq!(reviewed.account.tier.id, "GOLD");
+    assert_eq!(reviewed.account.tier.review_on, Some(day(2032, 2, 29)));
+}

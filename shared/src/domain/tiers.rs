@@ -105,6 +105,20 @@ pub fn next_review(program: &Program, from: NaiveDate) -> NaiveDate {
     }
 }
 
+/// The review after `review_on` of a tier held since `since`. Anniversaries count from the day
+/// the tier was reached, never from the last review: a tier reached on 29 February is reviewed
+/// on the 28th in common years and on the 29th again in leap years.
+pub fn review_after(program: &Program, since: NaiveDate, review_on: NaiveDate) -> NaiveDate {
+    if program.tier_rules.review != Review::Anniversary || since > review_on {
+        return next_review(program, review_on);
+    }
+    let years = u32::try_from(review_on.year() - since.year()).unwrap_or(0);
+    (years..=years + 2)
+        .map(|y| add_months(since, y.saturating_mul(12)))
+        .find(|d| *d > review_on)
+        .unwrap_or_else(|| next_review(program, review_on))
+}
+
 fn current_index(program: &Program, account: &Account) -> usize {
     program.tier(&account.tier.id).map_or(0, |(i, _)| i)
 }
@@ -155,7 +169,8 @@ impl Account {
             }
         };
         if new == current {
-            journal.account.tier.review_on = Some(next_review(program, review_on));
+            let since = journal.account.tier.since;
+            journal.account.tier.review_on = Some(review_after(program, since, review_on));
             journal.no_op = Some(format!(
                 "{} kept at the review of {review_on}",
                 program.tiers[current].id

@@ -701,12 +701,12 @@ fn cafe24_orders_earn_once_and_returns_and_cancellations_reverse() {
     let v = eventually(&server, member, |v| v["pending"] == 600);
     assert_eq!(v["balance"], 0);
     assert_eq!(v["tier"]["qualifying"], 60_000);
-    // WHEN a return of 15,000 of the 60,000 paid for the goods completes, delivered twice
+    // WHEN a return of 15,750 of the 63,000 paid completes, delivered twice
     let returned = cafe24_fixture("return-completed.json");
     for _ in 0..2 {
         assert_eq!(cafe24(&server, &returned, Some(CAFE24_KEY)).0, 200);
     }
-    // THEN a quarter of the points goes back, once: floor(600 x 15,000 / 60,000) = 150
+    // THEN a quarter of the points goes back, once: floor(600 x 15,750 / 63,000) = 150
     eventually(&server, member, |v| v["pending"] == 450);
     // WHEN the order is then cancelled THEN only what is left goes
     let cancelled = cafe24_fixture("order-cancelled.json");

@@ -388,22 +388,29 @@ impl Campaign {
         }
     }
 
+    /// Whether an assignment may be of a later save than this copy of the campaign (a cached
+    /// one), which must not take it back to an earlier randomisation: it is of a randomisation
+    /// this version does not know (neither its current one nor one it had before), and was
+    /// made after `read_since`, the earliest a save this copy predates could have been (its
+    /// read less the time a copy is kept). An unknown one made before that is older than
+    /// anything kept (re-randomised before randomisations were kept): re-bucketed as ever.
+    pub fn may_be_newer(
+        &self,
+        assignment: &crate::ports::Assignment,
+        read_since: DateTime<Utc>,
+    ) -> bool {
+        let known = assignment.holds_for(&self.hash_seed, self.bucket_version)
+            || self.randomisations.is_empty()
+            || self.randomisations.iter().any(|r| {
+                r.hash_seed == assignment.hash_seed && r.bucket_version == assignment.bucket_version
+            });
+        !known && assignment.assigned_at >= read_since
+    }
+
     /// Keeps the randomisations of the version it replaces (`before`; that version's own
     /// when none were kept), with this one's added when it re-randomises. A randomisation left
     /// is never taken up again, nor a bucket version lowered: the members assigned since would
     /// be counted a second time, or in counters no report reads.
-    /// Whether an assignment is of a randomisation this version of the campaign knows: its
-    /// current one, or one it had before. Another is of a later save than this copy (a cached
-    /// one), and must not be taken back to an earlier randomisation. A campaign saved before
-    /// randomisations were kept knows them all.
-    pub fn knows(&self, assignment: &crate::ports::Assignment) -> bool {
-        assignment.holds_for(&self.hash_seed, self.bucket_version)
-            || self.randomisations.is_empty()
-            || self.randomisations.iter().any(|r| {
-                r.hash_seed == assignment.hash_seed && r.bucket_version == assignment.bucket_version
-            })
-    }
-
     pub fn stamp_randomisation(&mut self, before: Option<&Campaign>) -> Result<(), FieldError> {
         let now = self.randomisation();
         let Some(b) = before else {
@@ -436,7 +443,7 @@ impl Campaign {
         Ok(())
     }
 
-    fn randomisation(&self) -> Randomisation {
+    pub(crate) fn randomisation(&self) -> Randomisation {
         Randomisation {
             hash_seed: self.hash_seed.clone(),
             bucket_version: self.bucket_version,

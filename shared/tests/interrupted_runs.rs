@@ -1025,3 +1025,34 @@ async fn a_merge_finished_after_its_survivor_was_merged_on_lands_where_the_perso
         assert_eq!(items_under(&s.client, &s.table, gone).await, 0, "{gone}");
     }
 }
+
+#[tokio::test]
+async fn a_merge_message_delivered_again_after_its_survivor_began_merging_on_adds_nothing() {
+    // GIVEN a merged into b in full (its message still to come), then b's merge into c
+    // stopped after its first write: one person's three accounts
+    let s = setup().await;
+    let (a, b, c) = (
+        "shopify:7700000021",
+        "shopify:7700000022",
+        "shopify:7700000023",
+    );
+    bought(&s, a, "7700021", 10_000).await;
+    bought(&s, b, "7700022", 20_000).await;
+    bought(&s, c, "7700023", 30_000).await;
+    s.clock.set(now() + chrono::Duration::days(90));
+    let total = |(balance, pending): (i64, i64)| balance + pending;
+    let before =
+        total(points(&s, a).await) + total(points(&s, b).await) + total(points(&s, c).await);
+    s.services
+        .merge_members("kr-shop", b, a, "the same customer", "ops")
+        .await
+        .unwrap();
+    merge_stopped_after_its_first_write(&s, c, b).await;
+    // WHEN a's merge message arrives, then b's
+    let again = s.services.process_earn(&finish_merge(b, a)).await;
+    assert!(again.is_ok(), "{again:?}");
+    let finished = s.services.process_earn(&finish_merge(c, b)).await;
+    assert!(finished.is_ok(), "{finished:?}");
+    // THEN c has the person's points once
+    assert_eq!(total(points(&s, c).await), before);
+}

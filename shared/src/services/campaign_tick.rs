@@ -485,6 +485,22 @@ impl Services {
         Ok(())
     }
 
+    /// Whether the campaign was re-randomised since this copy: a pass of that save's assigns
+    /// the member. (Not: the assignment is older than any randomisation kept.)
+    async fn saved_since(
+        &self,
+        program: &str,
+        id: &str,
+        campaign: &Campaign,
+    ) -> Result<bool, ServiceError> {
+        let Some((_, json)) = self.store.campaign(program, id).await? else {
+            return Ok(false);
+        };
+        let stored = Campaign::from_stored(&json)
+            .map_err(|e| ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}")))?;
+        Ok(stored.randomisation() != campaign.randomisation())
+    }
+
     /// Assigns one member if the audience admits them and they have no assignment yet;
     /// `true` when one was recorded now.
     async fn assign_member(
@@ -510,9 +526,15 @@ impl Services {
         };
         // Assigned already, or by a later save of the campaign than this pass read (whose
         // own pass assigns them): left as it is.
-        if state.assignments.get(id).is_some_and(|a| {
-            a.holds_for(&campaign.hash_seed, campaign.bucket_version) || !campaign.knows(a)
-        }) {
+        let read = state.assignments.get(id);
+        if read.is_some_and(|a| a.holds_for(&campaign.hash_seed, campaign.bucket_version)) {
+            return Ok(false);
+        }
+        // A pass may outlive its copy of the campaign: an assignment it does not know may be
+        // of a save since, whose own pass assigns the member. The campaign as stored says.
+        if read.is_some_and(|a| campaign.may_be_newer(a, DateTime::<Utc>::MIN_UTC))
+            && self.saved_since(&program.id, id, campaign).await?
+        {
             return Ok(false);
         }
         let account: Account = account.as_of(program, at).account;

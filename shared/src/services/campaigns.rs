@@ -284,7 +284,7 @@ impl Services {
                 .store
                 .load_member_with(program, member, &[], &ids)
                 .await?;
-            if !std::mem::replace(&mut again, false) || !list_behind(&running, &state) {
+            if !std::mem::replace(&mut again, false) || !list_behind(&running, &state, now) {
                 return Ok((running, state));
             }
             self.forget_campaigns(program);
@@ -561,15 +561,26 @@ impl Part<'_> {
 /// on-exposure campaign: the clocks of the till or the platform and the server's differ.
 const EXPOSURE_SKEW: chrono::Duration = chrono::Duration::minutes(2);
 
-/// Whether one of the member's assignments is of a randomisation the list does not know: the
-/// list is older than the save that made it.
-pub(crate) fn list_behind(campaigns: &[(String, Campaign)], state: &MemberState) -> bool {
+/// Whether one of the member's assignments may be of a later save than the list (a copy kept
+/// at most [`super::campaign_cache_life`], read before `now`).
+pub(crate) fn list_behind(
+    campaigns: &[(String, Campaign)],
+    state: &MemberState,
+    now: DateTime<Utc>,
+) -> bool {
+    let read_since = later_saves_since(now);
     campaigns.iter().any(|(id, campaign)| {
         state
             .assignments
             .get(id)
-            .is_some_and(|a| !campaign.knows(a))
+            .is_some_and(|a| campaign.may_be_newer(a, read_since))
     })
+}
+
+/// The earliest a save that a copy of the campaigns kept at `now` predates could have been:
+/// the copy's life, and as long again for the clocks of the processes that assigned.
+pub(crate) fn later_saves_since(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - super::campaign_cache_life() * 2
 }
 
 /// The member's parts in the campaigns running at a purchase.

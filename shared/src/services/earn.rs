@@ -281,7 +281,7 @@ impl Services {
             // A list of campaigns older than one of the member's assignments (cached before a
             // save that re-randomised) is read again, once, and the member with it: the
             // purchase must not take the member back to an earlier randomisation.
-            if !list_read_again && super::campaigns::list_behind(&campaigns, &state) {
+            if !list_read_again && super::campaigns::list_behind(&campaigns, &state, now) {
                 list_read_again = true;
                 self.forget_campaigns(&program.id);
                 campaigns = self.campaigns_at(&program.id, envelope.occurred_at).await?;

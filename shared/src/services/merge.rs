@@ -289,7 +289,7 @@ impl Services {
         };
         // The survivor may have been merged on itself since step 1 (into a third member): the
         // person is where its chain of merges ends, and what this member brings goes there.
-        let end = self.end_of_merges(program, survivor).await?;
+        let (end, arrived) = self.end_of_merges(program, survivor, from).await?;
         let Some(survivor) = end.as_deref() else {
             // Merged into one person whose data is gone: this part of them goes too.
             self.erase_member(
@@ -317,6 +317,11 @@ impl Services {
             .collect();
         let copies = copy_chunks(orders.clone(), file.redemptions.clone());
         for (n, (orders, redemptions)) in copies.into_iter().enumerate() {
+            // Its snapshot (and the first copies, in the same commit) reached a member of the
+            // chain, which carries them on to its end: not added again.
+            if n == 0 && arrived {
+                continue;
+            }
             self.merge_in(program, survivor, &merged, n, orders, redemptions)
                 .await?;
         }
@@ -352,20 +357,26 @@ impl Services {
     }
 
     /// Where a chain of merges from `survivor` ends: the member not merged on, or `None` when
-    /// that one is gone. Only an erasure deletes an account, and a member is merged out only
-    /// into one that exists, so gone means erased.
+    /// that one is gone (only an erasure deletes an account, and a member is merged out only
+    /// into one that exists, so gone means erased); and whether a member of the chain received
+    /// `from`'s snapshot already (it names `from` among the members merged into it).
     async fn end_of_merges(
         &self,
         program: &Program,
         survivor: &str,
-    ) -> Result<Option<String>, ServiceError> {
+        from: &str,
+    ) -> Result<(Option<String>, bool), ServiceError> {
         let mut at = survivor.to_string();
+        let mut arrived = false;
         for _ in 0..MAX_MERGE_HOPS {
             let state = self.store.load_member(&program.id, &at, &[]).await?;
-            match state.account.as_ref().map(|a| a.merged_into()) {
-                None => return Ok(None),
-                Some(None) => return Ok(Some(at)),
-                Some(Some(next)) => at = next.to_string(),
+            let Some(account) = state.account else {
+                return Ok((None, arrived));
+            };
+            arrived |= account.merged_from.iter().any(|m| m == from);
+            match account.merged_into() {
+                None => return Ok((Some(at), arrived)),
+                Some(next) => at = next.to_string(),
             }
         }
         Err(ServiceError::Internal(format!(
@@ -411,7 +422,14 @@ impl Services {
                     source: None,
                 }));
             }
-            // Arrived already: through a member it was merged into first, merged on since.
+            // Merged on meanwhile: the chain is walked again when the merge runs again.
+            if account.merged_into().is_some() {
+                return Err(ServiceError::Unavailable(StoreError::Transient {
+                    message: "the survivor was merged on; the merge follows it".into(),
+                    source: None,
+                }));
+            }
+            // Arrived already (a run before this one).
             if part == 0 && account.merged_from.iter().any(|m| m == from) {
                 return Ok(());
             }

@@ -274,16 +274,12 @@ fn refunded(
     };
     let refund = amount(currency, resource, "refund_amount")?
         .ok_or_else(|| invalid("resource.refund_amount is missing"))?;
-    // Shares of what was paid for the goods, as the payment earned: shipping earned nothing,
-    // and a refund of it (or of more than the goods) takes no more back.
-    let shipping = amount(currency, resource, "shipping_fee")?.unwrap_or(0);
-    let total = order_total(currency, resource)? - shipping;
+    let total = order_total(currency, resource)?;
     if total <= 0 {
         return Err(invalid(
-            "resource.actual_payment_amount or resource.order_price_amount must come to more than the shipping",
+            "resource.actual_payment_amount or resource.order_price_amount must be greater than zero",
         ));
     }
-    let refund = refund - amount(currency, resource, "refund_shipping_fee")?.unwrap_or(0);
     Ok(PlatformEvent {
         kind: "purchase.refunded",
         id: format!("cafe24-order-{order_id}-refund-{claim}"),
@@ -292,7 +288,7 @@ fn refunded(
         data: json!({
             "order_id": order_id,
             "refund_id": claim,
-            "amount": currency.format_amount(refund.clamp(0, total)),
+            "amount": currency.format_amount(refund.min(total)),
             "order_total": currency.format_amount(total),
             // Checked against the program's, as the payment's is.
             "currency": currency.to_string(),
@@ -461,36 +457,6 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn a_return_s_share_is_of_what_the_goods_were_paid_not_the_shipping() {
-        // GIVEN an order of 63,000 paid, 3,000 of it shipping: its goods earned on 60,000
-        let body = |refund: &str, shipping_back: &str| {
-            json!({"event_no": 90160, "resource": {"mall_id": "m", "order_id": "O-2",
-                "claim_code": "C-2", "currency": "KRW", "order_price_amount": "60000.00",
-                "actual_payment_amount": "63000.00", "refund_amount": refund,
-                "shipping_fee": "3000.00", "refund_shipping_fee": shipping_back}})
-            .to_string()
-        };
-        let share = |refund: &str, shipping_back: &str| {
-            let Ok(Normalised::Events(events)) =
-                normalise(body(refund, shipping_back).as_bytes(), Currency::KRW, now())
-            else {
-                panic!("events")
-            };
-            (
-                events[0].data["amount"].as_str().unwrap().to_string(),
-                events[0].data["order_total"].as_str().unwrap().to_string(),
-            )
-        };
-        // WHEN every item is returned, the shipping kept or refunded too
-        // THEN the whole of what the goods were paid is refunded
-        let whole = ("60000".to_string(), "60000".to_string());
-        assert_eq!(share("60000.00", "0.00"), whole);
-        assert_eq!(share("63000.00", "3000.00"), whole);
-        // AND a return of a quarter of the goods is a quarter
-        assert_eq!(share("15000.00", "0.00").0, "15000");
     }
 
     #[test]

@@ -496,8 +496,7 @@ impl Services {
         let Some((_, json)) = self.store.campaign(program, id).await? else {
             return Ok(false);
         };
-        let stored = Campaign::from_stored(&json)
-            .map_err(|e| ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}")))?;
+        let stored = super::parse_stored_campaign(id, &json)?;
         Ok(stored.randomisation() != campaign.randomisation())
     }
 

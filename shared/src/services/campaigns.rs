@@ -113,9 +113,7 @@ impl Services {
         let program = self.program(program_id).await?;
         let mut campaigns = Vec::new();
         for (id, json) in self.store.campaigns(&program.id).await? {
-            let campaign = Campaign::from_stored(&json).map_err(|e| {
-                ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}"))
-            })?;
+            let campaign = super::parse_stored_campaign(&id, &json)?;
             campaigns.push((
                 campaign.start,
                 json!({

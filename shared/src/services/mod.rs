@@ -594,11 +594,19 @@ impl Services {
 fn parse_campaigns(stored: Vec<(String, String)>) -> Result<CampaignList, ServiceError> {
     let mut list = Vec::with_capacity(stored.len());
     for (id, json) in stored {
-        let campaign = crate::campaigns::Campaign::from_stored(&json)
-            .map_err(|e| ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}")))?;
+        let campaign = parse_stored_campaign(&id, &json)?;
         list.push((id, campaign));
     }
     Ok(Arc::new(list))
+}
+
+/// A campaign as stored; one that cannot be read is the store's fault, not the caller's.
+pub(crate) fn parse_stored_campaign(
+    id: &str,
+    json: &str,
+) -> Result<crate::campaigns::Campaign, ServiceError> {
+    crate::campaigns::Campaign::from_stored(json)
+        .map_err(|e| ServiceError::Internal(format!("stored campaign {id} is corrupt: {e}")))
 }
 
 #[cfg(test)]

@@ -191,6 +191,51 @@ async fn an_approval_applied_but_not_yet_recorded_cannot_then_be_declined() {
 }
 
 #[tokio::test]
+async fn a_decline_not_yet_recorded_cannot_then_be_approved() {
+    // GIVEN ops-1's request of 50,000 for m-1, declined by ops-3, whose run stopped after its
+    // decision was taken and before the request left the waiting list (an approval made at
+    // that moment, before: it applied the points ops-3 was told were declined)
+    let (store, _, services) = stack().await;
+    let body = json!({"points": 50_000, "reason": "store credit"}).to_string();
+    let asked = services
+        .adjust("kr-shop", "m-1", "ops-1", Some("k-decline"), body.as_bytes())
+        .await
+        .unwrap();
+    let id = asked.body["id"].as_str().unwrap().to_string();
+    let waiting = store.parked("kr-shop", APPROVALS_KEY).await.unwrap();
+    services
+        .decline_adjustment("kr-shop", &id, "ops-3", br#"{"reason": "too much"}"#)
+        .await
+        .unwrap();
+    for (parked_id, parked_body) in &waiting {
+        store
+            .park("kr-shop", APPROVALS_KEY, parked_id, parked_body)
+            .await
+            .unwrap();
+    }
+    // WHEN ops-2 approves it
+    let approved = services.approve_adjustment("kr-shop", &id, "ops-2").await;
+    // THEN it is refused and m-1 has nothing; declining again completes the decline
+    match approved {
+        Err(loyalty_core::services::ServiceError::Conflict { problem, .. }) => {
+            assert_eq!(problem, "already-declined")
+        }
+        other => panic!("{other:?}"),
+    }
+    let m1 = services.member_view("kr-shop", "m-1").await.unwrap();
+    assert_eq!(m1.balance, 0);
+    services
+        .decline_adjustment("kr-shop", &id, "ops-3", br#"{"reason": "too much"}"#)
+        .await
+        .unwrap();
+    assert!(store
+        .parked("kr-shop", APPROVALS_KEY)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
 async fn a_key_of_an_adjustment_waiting_for_approval_is_not_taken_by_a_smaller_one() {
     // GIVEN ops-1's request for 50,000 sent with key k-1, waiting for a second operator
     let (_store, _clock, services) = stack().await;

@@ -11,9 +11,11 @@ use serde_json::json;
 use super::redemptions::Answer;
 use super::{Contention, ServiceError, Services};
 use crate::domain::safeguards::{identities_of, self_referral};
-use crate::domain::{Account, AccountError, EventContext, Source};
+use crate::domain::{Account, AccountError, Change, EventContext, Source};
 use crate::envelope::Envelope;
-use crate::ports::{Commit, CommitError, EventMarker, OutboxMessage, QueueName, RejectedEvent};
+use crate::ports::{
+    Commit, CommitError, EventMarker, IdempotencyRecord, OutboxMessage, QueueName, RejectedEvent,
+};
 
 /// Where held events and waiting adjustments are parked.
 pub const REVIEW_KEY: &str = "review";
@@ -510,12 +512,15 @@ impl Services {
             match self.commit(commit).await {
                 Ok(()) => break balance,
                 Err(CommitError::Duplicate) => {
+                    if self.declined(&program.id, &pending).await? {
+                        return Err(already_declined(id));
+                    }
                     break self
                         .store
                         .load_member(&program.id, member, &[])
                         .await?
                         .account
-                        .map_or(0, |a| a.balance)
+                        .map_or(0, |a| a.balance);
                 }
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Err(_) => {}
@@ -535,6 +540,90 @@ impl Services {
         Ok(Answer { status: 201, body })
     }
 
+    /// Takes the request's effect for a decline, in the member's own conditional write: the
+    /// approval writes the same marker with its points, so of an approval and a decline made
+    /// at the same moment exactly one is applied, and the other is refused (before, a decline
+    /// that checked just before the approval's write answered "declined" for points the member
+    /// then had). The decline's record, written with it, tells the two apart afterwards. A
+    /// member merged or erased meanwhile takes no approval any more: nothing to claim.
+    async fn claim_decline(
+        &self,
+        program_id: &str,
+        pending: &PendingAdjustment,
+    ) -> Result<(), ServiceError> {
+        let program = self.program(program_id).await?;
+        let member = pending.member.as_str();
+        let mut contention = Contention::new();
+        loop {
+            let now = self.clock.now();
+            let state = self.store.load_member(&program.id, member, &[]).await?;
+            let account = state
+                .account
+                .clone()
+                .unwrap_or_else(|| Account::open(&program, member, now));
+            if super::redemptions::refuse_closed(&account).is_err() {
+                return Ok(());
+            }
+            let effect = approval_effect(pending);
+            let commit = Commit {
+                marker: Some(EventMarker {
+                    source: "approval".into(),
+                    event_id: effect.clone(),
+                }),
+                idempotency: Some(IdempotencyRecord {
+                    principal: DECLINED_BY.into(),
+                    key: effect,
+                    request_hash: String::new(),
+                    status: 200,
+                    response: String::new(),
+                    expires_at: now + chrono::Duration::days(DECLINE_KEPT_DAYS),
+                }),
+                ..Commit::new(
+                    &program,
+                    member,
+                    state.account.as_ref(),
+                    Change::unchanged(account),
+                    now,
+                )
+            };
+            match self.commit(commit).await {
+                Ok(()) => return Ok(()),
+                Err(CommitError::Duplicate) if self.declined(&program.id, pending).await? => {
+                    return Ok(())
+                }
+                // Approved and applied, though not yet recorded as such (the approver's run
+                // stopped after its write, or is about to record it).
+                Err(CommitError::Duplicate) => {
+                    return Err(ServiceError::Conflict {
+                        problem: "already-approved",
+                        detail: format!(
+                            "adjustment {} was approved and applied; approve it again to record the decision",
+                            pending.id
+                        ),
+                    })
+                }
+                Err(CommitError::Store(e)) => return Err(e.into()),
+                Err(_) => {}
+            }
+            contention
+                .again(|| format!("member {}", crate::telemetry::member_ref(member)))
+                .await?;
+        }
+    }
+
+    /// Whether a decline took the request's effect (its record is there).
+    async fn declined(
+        &self,
+        program: &str,
+        pending: &PendingAdjustment,
+    ) -> Result<bool, ServiceError> {
+        Ok(self
+            .store
+            .idempotency_record(program, DECLINED_BY, &approval_effect(pending))
+            .await?
+            .is_some())
+    }
+
     /// `POST .../approvals/{id}/decline` with `{"reason"}`: it is dropped, and said so in the
     /// logs; nothing was written to the member.
     pub async fn decline_adjustment(
@@ -546,24 +635,7 @@ impl Services {
     ) -> Result<PendingAdjustment, ServiceError> {
         let pending = self.pending_adjustment(program, id).await?;
         let reason = reason_in(body)?;
-        // Approved already, though not yet recorded as such (the approver's run stopped after
-        // its write): declining would answer "declined" for points the member has.
-        let applied = EventMarker {
-            source: "approval".into(),
-            event_id: approval_effect(&pending),
-        };
-        if self
-            .store
-            .has_marker(program, &pending.member, &applied)
-            .await?
-        {
-            return Err(ServiceError::Conflict {
-                problem: "already-approved",
-                detail: format!(
-                    "adjustment {id} was approved and applied; approve it again to record the decision"
-                ),
-            });
-        }
+        self.claim_decline(program, &pending).await?;
         let answer = json!({"id": id, "status": "declined", "points": pending.points,
             "member": pending.member, "declined_by": by, "reason": reason});
         self.keep_decision(program, &pending, 200, &answer).await?;
@@ -572,6 +644,18 @@ impl Services {
             .await?;
         tracing::info!(program, id, by, reason = %crate::telemetry::redact(&reason), "adjustment declined");
         Ok(pending)
+    }
+}
+
+/// The record a decline leaves with its claim (see [`Services::claim_decline`]).
+const DECLINED_BY: &str = "approval-declined";
+/// How long the record of a decline is kept: longer than any request waits for a decision.
+const DECLINE_KEPT_DAYS: i64 = 400;
+
+fn already_declined(id: &str) -> ServiceError {
+    ServiceError::Conflict {
+        problem: "already-declined",
+        detail: format!("adjustment {id} was declined; nothing was written to the member"),
     }
 }
 

@@ -431,6 +431,7 @@ fn signed(sub: &str, scope: &str, expires_in: i64) -> String {
         scope: scope.into(),
         exp: Utc::now().timestamp() + expires_in,
         program: None,
+        nbf: None,
     };
     sign(SECRET.as_bytes(), &claims).expect("signed")
 }
@@ -458,6 +459,22 @@ fn member_routes_need_a_member_token_that_has_not_expired() {
         client
             .server
             .call("GET", &format!("{PROGRAM}/me"), &expired, &[], None);
+    assert_eq!(status, 401, "{problem}");
+    // WHEN a member token valid only from ten minutes from now is used THEN it is unauthorized
+    let ahead = Claims {
+        nbf: Some(Utc::now().timestamp() + 600),
+        ..Claims {
+            sub: "m-1".into(),
+            scope: String::new(),
+            exp: Utc::now().timestamp() + 3600,
+            program: None,
+            nbf: None,
+        }
+    };
+    let ahead = sign(SECRET.as_bytes(), &ahead).expect("signed");
+    let (status, problem) = client
+        .server
+        .call("GET", &format!("{PROGRAM}/me"), &ahead, &[], None);
     assert_eq!(status, 401, "{problem}");
     // AND a valid member token is served
     let fresh = signed("m-1", "", 60);

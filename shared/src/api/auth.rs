@@ -83,6 +83,9 @@ pub struct Claims {
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub program: Option<String>,
+    /// Not before: a token that says it is valid from a later time is refused until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
 
 /// Claims already verified by API Gateway's JWT authorizer, put on the request by the Lambda
@@ -124,6 +127,7 @@ pub fn claims(sub: &str, scopes: &[&str], program: Option<&str>, hours: i64) -> 
         scope: scopes.join(" "),
         exp: Utc::now().timestamp() + hours * 3600,
         program: program.map(str::to_string),
+        nbf: None,
     }
 }
 
@@ -141,6 +145,8 @@ impl FromRequestParts<AppState> for Principal {
                 let mut validation = Validation::new(Algorithm::HS256);
                 validation.validate_aud = false;
                 validation.leeway = CLOCK_LEEWAY_SECONDS;
+                // As API Gateway's authorizer does: a token dated ahead is not valid yet.
+                validation.validate_nbf = true;
                 validation.set_required_spec_claims(&["exp", "sub"]);
                 let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
                     .map_err(|e| Problem::unauthorized(format!("the token is not valid: {e}")))?;

@@ -363,6 +363,20 @@ fn required(field: &str, value: &str) -> Result<(), EventError> {
     if value.trim().is_empty() {
         return Err(invalid(format!("data.{field} must not be empty")));
     }
+    within_text(field, value)
+}
+
+/// The most bytes of a name an event gives for a line, a product or an action's reference:
+/// they are kept on the order's record and in entries, which must stay within one item.
+pub const MAX_TEXT_BYTES: usize = 128;
+
+fn within_text(field: &str, value: &str) -> Result<(), EventError> {
+    if value.len() > MAX_TEXT_BYTES {
+        return Err(invalid(format!(
+            "data.{field} has {} bytes; at most {MAX_TEXT_BYTES} are allowed",
+            value.len()
+        )));
+    }
     Ok(())
 }
 
@@ -467,6 +481,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             let mut lines = Vec::with_capacity(d.lines.len());
             for (i, l) in d.lines.iter().enumerate() {
                 required(&format!("lines[{i}].line_id"), &l.line_id)?;
+                within_text(&format!("lines[{i}].sku"), &l.sku)?;
                 lines.push(PurchaseLine {
                     line_id: l.line_id.clone(),
                     sku: l.sku.clone(),
@@ -564,7 +579,14 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
         "purchase.refunded" => {
             let d: RefundData = from_data(&envelope.kind, data)?;
             IdKind::Order.check(&d.order_id)?;
-            required("refund_id", &d.refund_id)?;
+            // Part of the refund's entry ids and of the order record's applied list: the rule
+            // of order ids.
+            if !IdKind::Order.accepts(&d.refund_id) {
+                return Err(invalid(format!(
+                    "data.refund_id must be {}",
+                    IdKind::Order.rule()
+                )));
+            }
             if d.refund_id == "cancel" {
                 return Err(invalid(
                     "data.refund_id \"cancel\" is reserved for cancellations",
@@ -578,6 +600,8 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                     lines_within(d.lines.len())?;
                     for (i, l) in d.lines.iter().enumerate() {
                         quantity_of(&format!("data.lines[{i}].quantity"), l.quantity)?;
+                        within_text(&format!("lines[{i}].line_id"), &l.line_id)?;
+                        within_text(&format!("lines[{i}].sku"), &l.sku)?;
                     }
                     RefundScope::lines(
                         d.lines
@@ -661,6 +685,7 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                 },
                 "custom" => {
                     let name = d.name.filter(|n| !n.is_empty()).ok_or_else(|| invalid("a custom action needs data.name"))?;
+                    within_text("name", &name)?;
                     Engagement::Action { action: name, platform }
                 }
                 known if crate::domain::program::KNOWN_ACTIONS.contains(&known) => Engagement::Action {

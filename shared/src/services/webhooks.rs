@@ -158,7 +158,7 @@ impl Services {
                     header(headers, pos::SIGNATURE_HEADER).ok_or(WebhookError::InvalidSignature)?;
                 pos::verify_signature(&keys, body, signature, now)?;
                 self.program(program).await?;
-                pos::normalise(body)
+                pos::normalise(program, body)
             }
             Platform::WooCommerce => {
                 let signature = header(headers, woocommerce::SIGNATURE_HEADER);

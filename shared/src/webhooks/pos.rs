@@ -81,10 +81,24 @@ const POS_TYPES: &[&str] = &[
 const PLATFORM_ID_PREFIXES: &[&str] = &["shopify-", "woocommerce-", "cafe24-"];
 
 /// The envelope as sent; the service checks it like any submitted event. A till speaks for
-/// itself only: its events are not the platforms' (by id or by `data.platform`).
-pub fn normalise(body: &[u8]) -> Result<Normalised, WebhookError> {
+/// itself only: its events are not the platforms' (by id or by `data.platform`), and are of
+/// the program of its URL (a till set up for another program is told, not credited here).
+pub fn normalise(program: &str, body: &[u8]) -> Result<Normalised, WebhookError> {
     let envelope: Envelope = serde_json::from_slice(body)
         .map_err(|e| WebhookError::Invalid(format!("the body is not an event envelope: {e}")))?;
+    if envelope.program != program {
+        return Err(WebhookError::Invalid(format!(
+            "program {:?} does not match the program of the path, {program:?}",
+            envelope.program
+        )));
+    }
+    if envelope.version != crate::envelope::ENVELOPE_VERSION {
+        return Err(WebhookError::Invalid(format!(
+            "version {} is not supported (expected {})",
+            envelope.version,
+            crate::envelope::ENVELOPE_VERSION
+        )));
+    }
     if let Some(prefix) = PLATFORM_ID_PREFIXES
         .iter()
         .find(|p| envelope.id.starts_with(**p))
@@ -164,13 +178,34 @@ mod tests {
         .into_bytes();
         // WHEN each is read THEN the sale is taken and the others (a referrer's reward
         // too) are refused
-        assert!(matches!(normalise(&sale), Ok(Normalised::Events(_))));
+        assert!(matches!(
+            normalise("kr-shop", &sale),
+            Ok(Normalised::Events(_))
+        ));
         for body in [named, saying, granting, rewarding] {
             assert!(
-                matches!(normalise(&body), Err(WebhookError::Invalid(_))),
+                matches!(normalise("kr-shop", &body), Err(WebhookError::Invalid(_))),
                 "{}",
                 String::from_utf8_lossy(&body)
             );
+        }
+    }
+
+    #[test]
+    fn a_till_s_event_of_another_program_or_version_is_refused() {
+        // GIVEN a till's sale saying it is of us-shop, and one of envelope version 7
+        let sale = String::from_utf8(envelope("till-7-sale-1", "purchase.completed", None))
+            .unwrap();
+        let other = sale.replace("\"kr-shop\"", "\"us-shop\"").into_bytes();
+        let newer = sale.replace("\"version\":1", "\"version\":7").into_bytes();
+        assert_ne!(other, sale.as_bytes());
+        assert_ne!(newer, sale.as_bytes());
+        // WHEN each is posted to kr-shop's URL THEN it is refused, naming what is wrong
+        for (body, named) in [(other, "us-shop"), (newer, "version 7")] {
+            match normalise("kr-shop", &body) {
+                Err(WebhookError::Invalid(detail)) => assert!(detail.contains(named), "{detail}"),
+                _ => panic!("accepted: {}", String::from_utf8_lossy(&body)),
+            }
         }
     }
 

@@ -140,6 +140,24 @@ async fn an_id_sent_is_refused_again_for_a_week_then_forgotten() {
     assert_eq!(queue.depth(QueueName::Earn).await.unwrap(), 1);
 }
 
+#[tokio::test]
+async fn an_id_forgotten_while_its_message_still_waits_is_sent_again_without_an_error() {
+    // GIVEN a message sent and still waiting (serve was down for more than a week), whose id
+    // sent was then forgotten
+    let (store, _db) = file_store();
+    let queue = LocalQueue::new(store, 5);
+    let message = purchase("p-1", "m-a", 1000);
+    queue.send(QueueName::Earn, &message).await.unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(queue.forget_sent(later, 1_000).await.unwrap(), 1);
+    // WHEN the same id is sent again (an outbox row relayed again)
+    let again = queue.send(QueueName::Earn, &message).await;
+    // THEN it is taken without an error (before: the queue's unique id failed the send, and
+    // with it every relay pass from that row on), and one message waits
+    assert!(again.is_ok(), "{again:?}");
+    assert_eq!(queue.depth(QueueName::Earn).await.unwrap(), 1);
+}
+
 #[test]
 fn a_file_whose_ids_sent_are_undated_opens_and_forgets_them_first() {
     // GIVEN a database file made before ids sent were dated, with one id sent

@@ -417,8 +417,11 @@ fn enqueue(
         )
         .map_err(|e| sql_error("cannot enqueue", e))?;
     if fresh == 1 {
+        // Its id forgotten while the message still waits (serve was down for a week, or its
+        // group is stuck in retries): the one waiting is the same, and an error here would
+        // roll back every relay pass from this row on.
         conn.exec(
-            "INSERT INTO queue (queue, id, grp, body, available_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR IGNORE INTO queue (queue, id, grp, body, available_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![queue.as_str(), id, group, body, now_ms()],
         )
         .map_err(|e| sql_error("cannot enqueue", e))?;

@@ -147,6 +147,7 @@ async fn kpi_report(args: KpiArgs) -> Result<(), String> {
             "{}",
             serde_json::to_string_pretty(&kpis).map_err(|e| e.to_string())?
         );
+        warn_unreadable(&kpis.unreadable);
         return Ok(());
     }
     let rate = |r: &loyalty_core::kpis::Ratio| r.rate.clone().unwrap_or_else(|| "n/a".into());
@@ -188,7 +189,19 @@ async fn kpi_report(args: KpiArgs) -> Result<(), String> {
     for c in &kpis.campaigns {
         println!("campaign {} ({}): {}", c.campaign, c.name, c.verdict);
     }
+    warn_unreadable(&kpis.unreadable);
     Ok(())
+}
+
+/// Members the report could not read are not in its figures: said on stderr, by id.
+fn warn_unreadable(members: &[String]) {
+    if !members.is_empty() {
+        eprintln!(
+            "warning: {} member(s) could not be read and are not counted: {} (`loyalty audit` says why)",
+            members.len(),
+            members.join(", ")
+        );
+    }
 }
 
 async fn liability_report(args: LiabilityArgs) -> Result<(), String> {

@@ -67,6 +67,10 @@ pub struct Kpis {
     pub tier_moves: BTreeMap<String, i64>,
     /// Each campaign that ran in the period, with its results.
     pub campaigns: Vec<crate::report::Report>,
+    /// Members whose records could not be read, so not counted (`loyalty audit` says why):
+    /// every figure above is short of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 /// Sums the period's figures member by member.
@@ -199,7 +203,13 @@ impl KpiCounter {
         }
     }
 
+    /// A member whose records could not be read: named in the report, not counted.
+    pub fn unreadable(&mut self, member: String) {
+        self.kpis.unreadable.push(member);
+    }
+
     pub fn finish(mut self, campaigns: Vec<crate::report::Report>) -> Kpis {
+        self.kpis.unreadable.sort();
         self.kpis.repurchase = Ratio::of(self.repurchasers, self.first_buyers);
         self.kpis.redemption = Ratio::of(self.redeemed, self.issued);
         self.kpis.points_per_order = (self.kpis.orders > 0).then(|| {

@@ -503,6 +503,34 @@ async fn kpis_of_a_small_history_are_the_figures_counted_by_hand() {
     assert_eq!((later.active_30, later.orders), (4, 5));
 }
 
+#[tokio::test]
+async fn kpis_name_the_members_they_could_not_read() {
+    // GIVEN three members who bought in March, one of whose stored account is unreadable
+    let s = stack("kpis-unreadable").await;
+    for (member, order) in [("m-a", "a-1"), ("m-b", "b-1"), ("m-c", "c-1")] {
+        s.purchase(member, order, &[("1", 1, 50_000)]).await;
+    }
+    let conn = rusqlite::Connection::open(&s.path).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE accounts SET body = '{not json' WHERE program = 'kr-shop' AND member = 'm-b'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    // WHEN March's KPIs are asked for
+    let k = s
+        .services
+        .kpis("kr-shop", Some(day(2026, 3, 1)), Some(day(2026, 3, 31)))
+        .await
+        .unwrap();
+    // THEN the two readable members are counted and the third is named, not skipped silently
+    assert_eq!((k.members, k.orders), (2, 2));
+    assert_eq!(k.unreadable, ["m-b"]);
+    let json = serde_json::to_value(&k).unwrap();
+    assert_eq!(json["unreadable"], json!(["m-b"]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_of_five_thousand_entries_holds_them_all_and_reads_them_a_page_at_a_time() {
     use futures_util::StreamExt;

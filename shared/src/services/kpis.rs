@@ -36,8 +36,14 @@ impl Services {
             let (store, counter, id) = (self.store.clone(), counter.clone(), program.id.clone());
             parts.push(tokio::spawn(async move {
                 let visit = move |walked: Walked| {
-                    if let (Walked::Member(records), Ok(mut c)) = (walked, counter.lock()) {
-                        c.add(&records);
+                    let Ok(mut c) = counter.lock() else {
+                        return;
+                    };
+                    match walked {
+                        Walked::Member(records) => c.add(&records),
+                        // Named, never skipped silently: the figures are short of it.
+                        Walked::Unreadable { member, .. } => c.unreadable(member),
+                        Walked::Parked(_) => {}
                     }
                 };
                 store.walk(part, Some(&id), &visit).await

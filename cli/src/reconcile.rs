@@ -5,7 +5,7 @@
 //! Credentials come from the environment: `LOYALTY_WOOCOMMERCE_URL`, `LOYALTY_WOOCOMMERCE_KEY`
 //! and `LOYALTY_WOOCOMMERCE_SECRET` (a REST API key, read access); `LOYALTY_SHOPIFY_URL`
 //! (`https://{shop}.myshopify.com`) and `LOYALTY_SHOPIFY_TOKEN` (an Admin API access token with
-//! `read_orders`).
+//! `read_orders` and `read_all_orders`: without it Shopify leaves out orders older than 60 days).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

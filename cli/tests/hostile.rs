@@ -317,8 +317,18 @@ fn names_an_event_gives_its_lines_and_refunds_are_bounded_at_the_door() {
     // WHEN each is submitted
     // THEN each is refused at the door naming its field (before: 202, and the order's record
     // grew by what it named, or the refund was rejected after it was queued)
-    assert_problem(&client.event(&long_refund), 400, "invalid-event", "refund_id");
-    assert_problem(&client.event(&hashed_refund), 400, "invalid-event", "refund_id");
+    assert_problem(
+        &client.event(&long_refund),
+        400,
+        "invalid-event",
+        "refund_id",
+    );
+    assert_problem(
+        &client.event(&hashed_refund),
+        400,
+        "invalid-event",
+        "refund_id",
+    );
     assert_problem(&client.event(&long_sku), 400, "invalid-event", "sku");
     assert_problem(&client.event(&long_line), 400, "invalid-event", "line_id");
     // AND names within the bound are accepted

@@ -20,7 +20,8 @@ pub const RECONCILED: [Platform; 2] = [Platform::WooCommerce, Platform::Shopify]
 
 /// Where a program's orders are and how to sign in: for WooCommerce the site and a REST API
 /// key (read access); for Shopify `https://{shop}.myshopify.com` and an Admin API access token
-/// with `read_orders`. As JSON (the SSM parameter): `{"url", "key", "secret"}` or
+/// with `read_orders` and `read_all_orders` (without it, orders older than 60 days are left
+/// out). As JSON (the SSM parameter): `{"url", "key", "secret"}` or
 /// `{"url", "token"}`. Never logged.
 #[derive(Clone, Deserialize)]
 pub struct ApiCredentials {
@@ -195,6 +196,42 @@ impl OrderApi {
             let next = if orders.is_empty() { None } else { next };
             return Ok((orders, next));
         }
+    }
+
+    /// The page to read after `url`, whose `orders` held `fresh` not read before in this pass,
+    /// given the platform's own next page (`more`). Shopify's is a cursor, which a change
+    /// made while paging cannot shift. WooCommerce numbers its pages: an order changed meanwhile
+    /// leaves its place (to the end of the list, or out of the window) and every order behind it
+    /// moves up one, so the next page by number skips one. Its next page is therefore the first
+    /// of those modified after the last one read (less a second: an order of that same second
+    /// is read again and passed over); only a page that brought nothing new moves on by number
+    /// (more than a page's worth of orders of one second).
+    pub fn following(
+        &self,
+        url: &str,
+        orders: &[Value],
+        fresh: usize,
+        more: Option<String>,
+    ) -> Option<String> {
+        let more = more?;
+        if self.platform != Platform::WooCommerce || fresh == 0 {
+            return Some(more);
+        }
+        let Some(last) = orders
+            .last()
+            .and_then(|o| o.get("date_modified_gmt"))
+            .and_then(Value::as_str)
+            .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S").ok())
+        else {
+            return Some(more);
+        };
+        let after = (last - chrono::Duration::seconds(1))
+            .format("%Y-%m-%dT%H:%M:%S")
+            .to_string();
+        let (head, rest) = url.split_once("modified_after=")?;
+        let rest = rest.split_once('&').map_or("", |(_, tail)| tail);
+        let (rest, _) = rest.rsplit_once("&page=").unwrap_or((rest, ""));
+        Some(format!("{head}modified_after={after}&{rest}&page=1"))
     }
 
     /// WooCommerce says how many pages there are; Shopify links the next one.

@@ -198,7 +198,13 @@ async fn a_decline_not_yet_recorded_cannot_then_be_approved() {
     let (store, _, services) = stack().await;
     let body = json!({"points": 50_000, "reason": "store credit"}).to_string();
     let asked = services
-        .adjust("kr-shop", "m-1", "ops-1", Some("k-decline"), body.as_bytes())
+        .adjust(
+            "kr-shop",
+            "m-1",
+            "ops-1",
+            Some("k-decline"),
+            body.as_bytes(),
+        )
         .await
         .unwrap();
     let id = asked.body["id"].as_str().unwrap().to_string();

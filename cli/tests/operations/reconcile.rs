@@ -36,6 +36,27 @@ impl FakeApi {
 
     /// As [`FakeApi::start`], refusing every request for page `refused` with 403.
     fn refusing(pages: Vec<String>, woo: bool, refused: Option<usize>) -> FakeApi {
+        FakeApi::serve(pages, woo, refused, false)
+    }
+
+    /// WooCommerce's API whose first order is modified (out of the window) right after the
+    /// first page is served, as a shopkeeper's change made while the pages are read.
+    fn shifting(pages: Vec<String>) -> FakeApi {
+        FakeApi::serve(pages, true, None, true)
+    }
+
+    /// WooCommerce's pages are those of its orders modified after `modified_after`, in the
+    /// order given, as many to a page as the first page given holds.
+    fn serve(pages: Vec<String>, woo: bool, refused: Option<usize>, shift: bool) -> FakeApi {
+        let size = pages
+            .first()
+            .and_then(|p| serde_json::from_str::<Vec<Value>>(p).ok())
+            .map_or(1, |p| p.len().max(1));
+        let mut orders: Vec<Value> = pages
+            .iter()
+            .flat_map(|p| serde_json::from_str::<Vec<Value>>(p).expect("a page of orders"))
+            .collect();
+        let mut served = 0;
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
@@ -92,14 +113,34 @@ impl FakeApi {
                         "{\"code\":\"too_many_requests\"}".to_string(),
                     )
                 } else {
-                    let orders = pages.get(page - 1).cloned().unwrap_or_else(|| "[]".into());
                     if woo {
-                        (
-                            200,
-                            format!("X-WP-Total: 0\r\nX-WP-TotalPages: {}\r\n", pages.len()),
-                            orders,
-                        )
+                        let after = target
+                            .split_once("modified_after=")
+                            .map(|(_, rest)| rest.split('&').next().unwrap_or_default())
+                            .unwrap_or_default();
+                        let listed: Vec<&Value> = orders
+                            .iter()
+                            .filter(|o| o["date_modified_gmt"].as_str().unwrap_or_default() > after)
+                            .collect();
+                        let chunk: Vec<&Value> = listed
+                            .iter()
+                            .skip((page - 1) * size)
+                            .take(size)
+                            .copied()
+                            .collect();
+                        let body = serde_json::to_string(&chunk).expect("json");
+                        let headers = format!(
+                            "X-WP-Total: {}\r\nX-WP-TotalPages: {}\r\n",
+                            listed.len(),
+                            listed.len().div_ceil(size)
+                        );
+                        served += 1;
+                        if shift && served == 1 {
+                            orders.remove(0);
+                        }
+                        (200, headers, body)
                     } else {
+                        let orders = pages.get(page - 1).cloned().unwrap_or_else(|| "[]".into());
                         let link = if page < pages.len() {
                             format!("Link: <{link_base}/admin/api/2025-01/orders.json?limit=250&page_info=p{}>; rel=\"next\"\r\n", page + 1)
                         } else {
@@ -390,6 +431,54 @@ fn woocommerce_reconcile_credits_exactly_what_the_webhooks_missed_and_nothing_tw
         requests[0].0.contains("modified_after="),
         "{}",
         requests[0].0
+    );
+}
+
+#[test]
+fn an_order_changed_while_woocommerce_is_paged_makes_no_other_order_skipped() {
+    // GIVEN us-shop with five orders paid while its webhook was off, modified a minute apart,
+    // served two to a page by an API whose first order is modified again (leaving the window)
+    // right after the first page is read: every order behind it moves up one place
+    let shop = Shop::start("woo-shifting");
+    let first = Utc::now() - chrono::Duration::hours(30);
+    let orders: Vec<String> = (0..5)
+        .map(|i| {
+            let mut order: Value =
+                serde_json::from_str(&woo_order(2001 + i, 71 + i, "processing", "[]"))
+                    .expect("json");
+            let modified = first + chrono::Duration::minutes(i64::from(i));
+            order["date_modified_gmt"] = json!(stamp(modified));
+            order.to_string()
+        })
+        .collect();
+    let api = FakeApi::shifting(vec![
+        format!("[{},{}]", orders[0], orders[1]),
+        format!("[{},{}]", orders[2], orders[3]),
+        format!("[{}]", orders[4]),
+    ]);
+    // WHEN reconcile runs
+    let run = shop.reconcile(&api, &[]);
+    // THEN every order's payment is found missing and sent, the third one too (the second
+    // page by number would have started at the fourth), and each is counted once
+    let expected: Vec<String> = (2001..=2005)
+        .map(|id| format!("woocommerce-order-{id}-paid"))
+        .collect();
+    assert_eq!(missing(&run), expected, "{run}");
+    assert_eq!(
+        (run["orders"].as_i64(), run["sent"].as_i64()),
+        (Some(5), Some(5)),
+        "{run}"
+    );
+    // AND the page after the first was asked by modification time: from a second before
+    // the second order's
+    let requests = api.requests.lock().expect("log").clone();
+    let from_second = stamp(first + chrono::Duration::minutes(1) - chrono::Duration::seconds(1));
+    assert!(
+        requests[1]
+            .0
+            .contains(&format!("modified_after={from_second}&"))
+            && requests[1].0.ends_with("&page=1"),
+        "{requests:?}"
     );
 }
 

@@ -210,9 +210,13 @@ impl Services {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<ReconcileReport, ServiceError> {
         let mut report = ReconcileReport::default();
+        // Each order as read (id and modification time): a page read again after another
+        // (see `OrderApi::following`) passes over what it already reconciled; an order that
+        // changed meanwhile is reconciled again, as it is now.
+        let mut read = std::collections::HashSet::new();
         let mut next = Some(api.first_page(after, before));
         while let Some(url) = next {
-            let (page, following) = match api.page(&url).await {
+            let (page, more) = match api.page(&url).await {
                 Ok(page) => page,
                 Err(reason) => {
                     report.unread = Some(format!(
@@ -222,12 +226,16 @@ impl Services {
                     break;
                 }
             };
-            next = following;
-            for order in page {
+            let fresh: Vec<&serde_json::Value> = page
+                .iter()
+                .filter(|order| read.insert(order_version(order)))
+                .collect();
+            next = api.following(&url, &page, fresh.len(), more);
+            for order in fresh {
                 report.orders += 1;
                 progress(report.orders);
                 // An order that cannot be read is reported, and the others go on.
-                let events = match api.events(&order) {
+                let events = match api.events(order) {
                     Ok(events) => events,
                     Err(reason) => {
                         let id = order.get("id").map(|v| v.to_string()).unwrap_or_default();
@@ -249,6 +257,22 @@ impl Services {
         }
         Ok(report)
     }
+}
+
+/// An order as read: its id and when it was last modified (either platform's field).
+#[cfg(feature = "platform-api")]
+fn order_version(order: &serde_json::Value) -> String {
+    let field = |name: &str| order.get(name).map(|v| v.to_string()).unwrap_or_default();
+    if order.get("id").is_none() {
+        // Refused as unreadable, each on its own.
+        return order.to_string();
+    }
+    format!(
+        "{}|{}{}",
+        field("id"),
+        field("date_modified_gmt"),
+        field("updated_at")
+    )
 }
 
 /// The scheduled job that reconciles every program with each platform it has API credentials

@@ -194,8 +194,8 @@ mod tests {
     #[test]
     fn a_till_s_event_of_another_program_or_version_is_refused() {
         // GIVEN a till's sale saying it is of us-shop, and one of envelope version 7
-        let sale = String::from_utf8(envelope("till-7-sale-1", "purchase.completed", None))
-            .unwrap();
+        let sale =
+            String::from_utf8(envelope("till-7-sale-1", "purchase.completed", None)).unwrap();
         let other = sale.replace("\"kr-shop\"", "\"us-shop\"").into_bytes();
         let newer = sale.replace("\"version\":1", "\"version\":7").into_bytes();
         assert_ne!(other, sale.as_bytes());

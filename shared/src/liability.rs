@@ -212,6 +212,13 @@ impl Sums {
                         .or_insert(0) += row.value;
                 }
             }
+            // Written after its day: moved to its day's month.
+            ["x", day, kind] => {
+                if let Some(due) = date(day) {
+                    self.bump(YearMonth::of(row.day), kind, -row.value);
+                    self.bump(YearMonth::of(due), kind, row.value);
+                }
+            }
             ["m", tier] => *self.members.entry(tier.to_string()).or_insert(0) += row.value,
             ["debt"] => self.debt += row.value,
             ["held"] => self.held += row.value,
@@ -228,9 +235,10 @@ impl Sums {
             .or_insert(0) += points;
     }
 
-    /// Releases what is due by the end of `as_of`, then expires what ended before it.
+    /// Releases what is due by the end of `as_of`, then expires what ended before it, each in
+    /// the month of the day it was due: where the books will have it once it is written
+    /// (`x|` rows), so a month's closing is the same in every report made after it.
     fn settle(&mut self, as_of: NaiveDate) -> Provisional {
-        let month = YearMonth::of(as_of);
         let mut provisional = Provisional::default();
         let due: Vec<_> = self
             .releases
@@ -247,7 +255,7 @@ impl Sums {
                 .entry("release".into())
                 .or_insert(0) += points;
             *self.tier_lots.entry((tier, lot)).or_insert(0) += points;
-            self.bump(month, "release", points);
+            self.bump(YearMonth::of(day), "release", points);
             provisional.released += points;
         }
         let ended: Vec<(NaiveDate, i64)> = self
@@ -269,7 +277,7 @@ impl Sums {
                     *points = 0;
                 }
             }
-            self.bump(month, "expire", -left);
+            self.bump(YearMonth::of(day.succ_opt().unwrap_or(day)), "expire", -left);
             provisional.expired += left;
         }
         provisional

@@ -357,6 +357,58 @@ async fn the_books_reconcile_with_every_account_through_a_year_of_mixed_work() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_closes_the_same_in_every_report_made_after_it_whenever_the_jobs_ran() {
+    // GIVEN 1,000 points given in October 2025, which last until 31 October 2026, and a
+    // purchase at 23:30 on 23 November in Seoul, whose points are released at 23:30 on 30
+    // November (seven days later)
+    let s = stack("month-end").await;
+    s.at(seoul_noon(2025, 10, 15)).await;
+    s.adjust("m-2", 1_000).await;
+    s.at(Utc.with_ymd_and_hms(2026, 11, 23, 14, 30, 0).unwrap()).await;
+    s.purchase("m-1", "o-1", &[("a", 1, 50_000)]).await;
+    // WHEN November is reported on its last day, before any job ran
+    s.at(Utc.with_ymd_and_hms(2026, 11, 30, 14, 45, 0).unwrap()).await;
+    let on_the_day = s.report(day(2026, 11, 30)).await;
+    // AND the jobs write the release at 00:10 on 1 December, and the expiry only on 2
+    // December (its job failed through November)
+    s.at(Utc.with_ymd_and_hms(2026, 11, 30, 15, 10, 0).unwrap()).await;
+    s.job(Job::ReleasePending, day(2026, 12, 1)).await;
+    s.at(seoul_noon(2026, 12, 2)).await;
+    s.job(Job::ExpirePoints, day(2026, 12, 2)).await;
+    // AND November is reported again on 1 and 2 December
+    let next_day = s.report(day(2026, 12, 1)).await;
+    let later = s.report(day(2026, 12, 2)).await;
+    // THEN November closes the same in all three (before: the release and the expiry,
+    // written in December, left November for December in the later reports), and each
+    // reconciles
+    let november = |r: &LiabilityReport| {
+        r.movements
+            .iter()
+            .find(|m| m.month == YearMonth::new(2026, 11))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        (november(&on_the_day).issued, november(&on_the_day).expired),
+        (500, 1_000),
+        "{on_the_day:#?}"
+    );
+    assert_eq!(november(&next_day), november(&on_the_day));
+    assert_eq!(november(&later), november(&on_the_day));
+    for report in [&on_the_day, &next_day, &later] {
+        assert_reconciles(report);
+    }
+    // AND December has neither, and the audit is clean
+    let december = later.movements.last().unwrap();
+    assert_eq!(
+        (december.month, december.issued, december.expired),
+        (YearMonth::new(2026, 12), 0, 0)
+    );
+    assert_eq!(later.provisional, Default::default());
+    assert_clean(&s.audit().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_changed_behind_the_ledger_is_named_with_the_difference() {
     // GIVEN two members with points
     let s = stack("corrupt").await;

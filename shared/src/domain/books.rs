@@ -12,7 +12,9 @@
 //! - `r|{tier}|{day}|{last day}`: pending points by tier, the day they become available and
 //!   the lot they join then;
 //! - `held`: points held for a checkout;
-//! - `m|{tier}`: members per tier, and `joined`: new members.
+//! - `m|{tier}`: members per tier, and `joined`: new members;
+//! - `x|{day}|{kind}`: releases and expiries written after the day they were due, by that day
+//!   (the report counts them in its month; `p|` has them on the day they were written).
 //!
 //! Summed over every day up to a date, the counters are the state of the whole program on that
 //! date, and they equal the sums over every account, which `loyalty audit` checks.
@@ -89,6 +91,15 @@ impl BooksAdd {
             add.plus(format!("q|{kind}"), entry.pending);
             for share in &entry.lots {
                 add.plus(format!("l|{}|{kind}", share.expires_on), share.points);
+            }
+            // A release or an expiry written after its day (the job runs after midnight, or
+            // another change of the member settled it) belongs to its day's month, as the
+            // report counts it before it is written.
+            if matches!(entry.kind, EntryKind::Release | EntryKind::Expire) {
+                let due = local_date(program.time_zone, entry.occurred_at);
+                if Some(due) != add.day {
+                    add.plus(format!("x|{due}|{kind}"), entry.points);
+                }
             }
         }
         for share in after.lots.iter() {

@@ -115,13 +115,49 @@ impl Membership {
         }
     }
 
-    /// Whether its benefits (multiplier, members-only rewards, grants) hold on `day`.
+    /// Whether its benefits (multiplier, members-only rewards, grants) hold on `day`. A day
+    /// before it started may be one of an earlier membership of the member's (a purchase
+    /// delivered late, after a renewal that came once that one had lapsed).
     pub fn benefits_on(&self, rules: &MembershipRules, day: NaiveDate) -> bool {
-        day >= self.started_on
-            && matches!(
-                self.status(rules, day),
-                MembershipStatus::Active | MembershipStatus::Grace
-            )
+        if day < self.started_on {
+            return self.earlier_benefits(rules, day);
+        }
+        matches!(
+            self.status(rules, day),
+            MembershipStatus::Active | MembershipStatus::Grace
+        )
+    }
+
+    /// Whether the payments kept from before this membership started gave benefits on `day`:
+    /// laid out in the order they were made, as each of those memberships was.
+    fn earlier_benefits(&self, rules: &MembershipRules, day: NaiveDate) -> bool {
+        let mut kept: Vec<&MembershipPayment> = self
+            .payments
+            .iter()
+            .filter(|p| p.paid_on < self.started_on && p.kept_periods() > 0)
+            .collect();
+        kept.sort_by(|a, b| (a.paid_on, &a.order_id).cmp(&(b.paid_on, &b.order_id)));
+        let grace = i64::from(rules.grace_days) + 1;
+        let mut span: Option<(NaiveDate, u32)> = None;
+        for p in kept {
+            let months = rules.period_months.saturating_mul(p.kept_periods());
+            span = match span {
+                Some((start, total))
+                    if p.paid_on
+                        < crate::domain::calendar::add_days(last_day(start, total), grace) =>
+                {
+                    Some((start, total.saturating_add(months)))
+                }
+                _ => Some((p.paid_on, months)),
+            };
+            if let Some((start, total)) = span {
+                let lapses = crate::domain::calendar::add_days(last_day(start, total), grace);
+                if start <= day && day < lapses {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// The first day without benefits if no renewal comes.
@@ -513,6 +549,25 @@ mod tests {
             a.refund_membership(&rules(), "o-1", None, day("2026-01-21")),
             None
         );
+    }
+
+    #[test]
+    fn a_purchase_of_a_day_of_an_earlier_membership_keeps_its_benefits_after_a_renewal() {
+        // GIVEN a membership paid on 1 January (lapsed on 8 February), and a new one paid on
+        // 15 March
+        let mut a = account();
+        a.pay_membership(&rules(), payment("o-1", "2026-01-01"));
+        a.pay_membership(&rules(), payment("o-2", "2026-03-15"));
+        assert_eq!(a.membership.as_ref().unwrap().started_on, day("2026-03-15"));
+        // WHEN a purchase of 20 January is delivered late THEN it had the benefits (before:
+        // only the latest membership's days did), and one of 20 February (lapsed) did not
+        assert!(a.has_membership(Some(&rules()), day("2026-01-20")));
+        assert!(a.has_membership(Some(&rules()), day("2026-02-07")));
+        assert!(!a.has_membership(Some(&rules()), day("2026-02-08")));
+        assert!(!a.has_membership(Some(&rules()), day("2026-03-14")));
+        // AND a refund of the first payment takes its days back
+        a.membership.as_mut().unwrap().payments[0].refunded = true;
+        assert!(!a.has_membership(Some(&rules()), day("2026-01-20")));
     }
 
     #[test]

@@ -146,3 +146,44 @@ async fn a_merge_keeps_when_the_anniversary_it_brings_was_set() {
         "{moved:?}"
     );
 }
+
+#[tokio::test]
+async fn a_member_merged_away_cannot_set_a_profile_that_nothing_would_read() {
+    // GIVEN m-a merged into m-b (m-a's app login still leads to m-a until its link moves)
+    let store = SqliteStore::memory().unwrap();
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap());
+    let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
+    let adjust = br#"{"points": 10, "reason": "opening"}"#;
+    for member in ["m-a", "m-b"] {
+        services
+            .adjust("kr-shop", member, "ops", None, adjust)
+            .await
+            .unwrap();
+    }
+    services
+        .merge_members("kr-shop", "m-b", "m-a", "the same customer", "ops")
+        .await
+        .unwrap();
+    // WHEN m-a sets a birthday
+    let set = services
+        .update_profile("kr-shop", "m-a", br#"{"birthday": "05-17"}"#)
+        .await;
+    // THEN 409 member-merged, and nothing is written to m-a (before: 200, and the merged
+    // account's birthday could still pay a greeting to m-b)
+    assert!(
+        matches!(
+            set,
+            Err(ServiceError::Conflict {
+                problem: "member-merged",
+                ..
+            })
+        ),
+        "{set:?}"
+    );
+    let account = loyalty_core::ports::MemberStore::load_member(&store, "kr-shop", "m-a", &[])
+        .await
+        .unwrap()
+        .account
+        .unwrap();
+    assert_eq!(account.profile.birthday, None);
+}

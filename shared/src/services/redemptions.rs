@@ -1326,6 +1326,9 @@ impl Services {
                 Some(account) => account,
                 None => self.opened_account(&program, member, now).await?,
             };
+            // Merged away (its app link not moved yet) or being erased: the save would be
+            // lost, or personal data written into an erasure.
+            refuse_closed(&account)?;
             let updated = account
                 .update_profile(request.birthday.as_deref(), request.anniversary, today)
                 .map_err(|e| match e {

@@ -406,6 +406,63 @@ fn pos_envelopes_need_a_fresh_signature() {
 }
 
 #[test]
+fn a_till_naming_a_linked_app_login_or_an_email_in_another_case_credits_its_member() {
+    // GIVEN m-till-7 and m-till-ann, whose app login u-till and email Ann@Example.com
+    // support linked
+    let server = start();
+    let members = "/v1/programs/kr-shop/members";
+    for member in ["m-till-7", "m-till-ann"] {
+        let opening = json!({"points": 10, "reason": "opening"});
+        assert_eq!(
+            admin_post(
+                &server,
+                &format!("{members}/{member}/adjustments"),
+                &opening
+            ),
+            201
+        );
+    }
+    let link = |member: &str, kind: &str, value: &str| {
+        admin_post(
+            &server,
+            &format!("{members}/{member}/aliases"),
+            &json!({"kind": kind, "value": value}),
+        )
+    };
+    assert_eq!(link("m-till-7", "app", "u-till"), 201);
+    assert_eq!(link("m-till-ann", "email", "Ann@Example.com"), 201);
+    // WHEN a till sends a sale naming each as it knows them
+    let sale = |id: &str, member: &str| {
+        let body = json!({
+            "type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
+            "member": member, "occurred_at": days_ago(8),
+            "data": {"order_id": id, "currency": "KRW", "channel": "store",
+                     "lines": [{"line_id": "1", "quantity": 1, "unit_price": "12000"}]}
+        })
+        .to_string();
+        let header = signature_header(POS_SECRET, body.as_bytes(), Utc::now().timestamp());
+        reqwest::blocking::Client::new()
+            .post(format!("{}/webhooks/pos/kr-shop", server.base))
+            .header("X-Loyalty-Signature", header)
+            .body(body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(sale("till-u-1", "u-till"), 200);
+    assert_eq!(sale("till-ann-1", "email:ANN@example.com"), 200);
+    // THEN each sale's 120 points reach the linked member (before: new accounts u-till and
+    // email:ANN@example.com, which neither the app nor support finds)
+    eventually(&server, "m-till-7", |v| v["balance"] == 130);
+    eventually(&server, "m-till-ann", |v| v["balance"] == 130);
+    assert_eq!(
+        view_in(&server, "kr-shop", "email:ANN@example.com")["balance"],
+        130
+    );
+}
+
+#[test]
 fn platforms_without_a_secret_or_unknown_are_refused() {
     let server = start();
     let post = |path: &str| {

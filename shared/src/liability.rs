@@ -277,7 +277,11 @@ impl Sums {
                     *points = 0;
                 }
             }
-            self.bump(YearMonth::of(day.succ_opt().unwrap_or(day)), "expire", -left);
+            self.bump(
+                YearMonth::of(day.succ_opt().unwrap_or(day)),
+                "expire",
+                -left,
+            );
             provisional.expired += left;
         }
         provisional

@@ -841,6 +841,18 @@ pub const REDEMPTION_LINK: &str = "redemption";
 /// such link is the member id itself.
 pub const APP_LINK: &str = "app";
 
+/// A member named by an identity, in the form identities are linked in: an email's address
+/// trimmed and in lower case (`email:Ann@Example.com` is `email:ann@example.com`), as the link
+/// route, the imports and the platforms' adapters keep it. Anything else as given.
+pub fn plain_identity(member: &str) -> String {
+    match member.split_once(':') {
+        Some(("email", address)) => crate::imports::email(address)
+            .map(|address| format!("email:{address}"))
+            .unwrap_or_else(|_| member.to_string()),
+        _ => member.to_string(),
+    }
+}
+
 /// The member id an identity stands for where nothing links it, as events name members:
 /// `kind:value`, and an app's subject alone.
 pub fn identity_member(kind: &str, value: &str) -> String {

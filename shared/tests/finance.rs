@@ -364,14 +364,17 @@ async fn a_month_closes_the_same_in_every_report_made_after_it_whenever_the_jobs
     let s = stack("month-end").await;
     s.at(seoul_noon(2025, 10, 15)).await;
     s.adjust("m-2", 1_000).await;
-    s.at(Utc.with_ymd_and_hms(2026, 11, 23, 14, 30, 0).unwrap()).await;
+    s.at(Utc.with_ymd_and_hms(2026, 11, 23, 14, 30, 0).unwrap())
+        .await;
     s.purchase("m-1", "o-1", &[("a", 1, 50_000)]).await;
     // WHEN November is reported on its last day, before any job ran
-    s.at(Utc.with_ymd_and_hms(2026, 11, 30, 14, 45, 0).unwrap()).await;
+    s.at(Utc.with_ymd_and_hms(2026, 11, 30, 14, 45, 0).unwrap())
+        .await;
     let on_the_day = s.report(day(2026, 11, 30)).await;
     // AND the jobs write the release at 00:10 on 1 December, and the expiry only on 2
     // December (its job failed through November)
-    s.at(Utc.with_ymd_and_hms(2026, 11, 30, 15, 10, 0).unwrap()).await;
+    s.at(Utc.with_ymd_and_hms(2026, 11, 30, 15, 10, 0).unwrap())
+        .await;
     s.job(Job::ReleasePending, day(2026, 12, 1)).await;
     s.at(seoul_noon(2026, 12, 2)).await;
     s.job(Job::ExpirePoints, day(2026, 12, 2)).await;

@@ -67,20 +67,23 @@ impl Services {
     }
 
     /// The canonical id of a member named `kind:value` (e.g. `shopify:7001234`) when that
-    /// identity is linked to a member; otherwise the id as given.
+    /// identity is linked to a member, an email named in any case or with spaces as it is
+    /// linked; an id alone is an app's subject, which support may have linked to a member;
+    /// otherwise the id as given (an email's in the form it is linked in).
     pub async fn canonical_member(
         &self,
         program: &str,
         member: &str,
     ) -> Result<String, ServiceError> {
-        let Some((kind, value)) = member.split_once(':') else {
-            return Ok(member.to_string());
-        };
+        let member = crate::ports::plain_identity(member);
+        let (kind, value) = member
+            .split_once(':')
+            .unwrap_or((crate::ports::APP_LINK, member.as_str()));
         Ok(self
             .store
             .resolve_alias(program, kind, value)
             .await?
-            .unwrap_or_else(|| member.to_string()))
+            .unwrap_or(member))
     }
 }
 

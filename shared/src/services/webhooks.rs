@@ -555,7 +555,14 @@ impl Services {
         identity: &str,
     ) -> Result<Resolved, ServiceError> {
         let Some((kind, value)) = identity.split_once(':') else {
-            return Ok(Resolved::Known(identity.to_string()));
+            // An app's subject (a till names the app's member): support may have linked it.
+            let linked = self
+                .store
+                .resolve_alias(program, crate::ports::APP_LINK, identity)
+                .await?;
+            return Ok(Resolved::Known(
+                linked.unwrap_or_else(|| identity.to_string()),
+            ));
         };
         let (own, other) = self.identity_members(program, event, (kind, value)).await?;
         if let Some(member) = own {

@@ -138,7 +138,7 @@ pub fn normalise(program: &str, body: &[u8]) -> Result<Normalised, WebhookError>
     Ok(Normalised::Events(vec![PlatformEvent {
         kind,
         id: envelope.id,
-        member: MemberRef::Identity(envelope.member),
+        member: MemberRef::Identity(crate::ports::plain_identity(&envelope.member)),
         occurred_at: envelope.occurred_at,
         data: envelope.data,
         order_key: None,

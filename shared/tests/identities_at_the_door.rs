@@ -1,0 +1,97 @@
+//! How events and admin routes name a member by one of its identities: as the identity is
+//! linked, whatever case an email is typed in, and an app's subject that support linked.
+#![cfg(feature = "sqlite")]
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use common::Recorder;
+use loyalty_core::ports::FixedClock;
+use loyalty_core::services::Services;
+use loyalty_core::store::sqlite::SqliteStore;
+use serde_json::json;
+
+async fn stack() -> (Arc<Recorder>, Services) {
+    let store = SqliteStore::memory().unwrap();
+    let queue = Arc::new(Recorder::default());
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 1, 3, 0, 0).unwrap());
+    let services = Services::new(Arc::new(store), queue.clone(), clock);
+    common::save_kr_shop(&services).await;
+    let opening = br#"{"points": 10, "reason": "opening"}"#;
+    for member in ["m-ann", "m-7"] {
+        services
+            .adjust("kr-shop", member, "ops", None, opening)
+            .await
+            .unwrap();
+    }
+    (queue, services)
+}
+
+fn sale(id: &str, member: &str) -> Vec<u8> {
+    json!({"type": "purchase.completed", "version": 1, "id": id, "program": "kr-shop",
+           "member": member, "occurred_at": "2026-12-01T02:00:00Z",
+           "data": {"order_id": id, "currency": "KRW",
+                    "lines": [{"line_id": "1", "quantity": 1, "unit_price": "10000"}]}})
+    .to_string()
+    .into_bytes()
+}
+
+fn queued_member(queue: &Recorder) -> String {
+    let sent = queue.0.lock().unwrap();
+    sent.last().unwrap().1.member.clone()
+}
+
+#[tokio::test]
+async fn an_email_typed_in_another_case_names_the_member_it_is_linked_to() {
+    // GIVEN support linked Ann's email, typed as she says it, to m-ann
+    let (queue, services) = stack().await;
+    services
+        .link_named("kr-shop", "m-ann", "email", "Ann@Example.com", "ops")
+        .await
+        .unwrap();
+    // WHEN a till's sale names her as "ANN@example.COM"
+    services
+        .submit_event("kr-shop", &sale("s-1", "email:ANN@example.COM"))
+        .await
+        .unwrap();
+    // THEN it is queued for m-ann (before: for a new member "email:ANN@example.COM")
+    assert_eq!(queued_member(&queue), "m-ann");
+    // AND an admin route finds her by it too
+    let canonical = services
+        .canonical_member("kr-shop", "email:Ann@Example.com")
+        .await
+        .unwrap();
+    assert_eq!(canonical, "m-ann");
+    // AND an email linked to nobody names one member whatever its case
+    let unlinked = services
+        .canonical_member("kr-shop", "email:Bob@Example.com")
+        .await
+        .unwrap();
+    assert_eq!(unlinked, "email:bob@example.com");
+}
+
+#[tokio::test]
+async fn an_app_login_support_linked_names_its_member_in_events() {
+    // GIVEN an app login u-1 with no account of its own, linked by support to m-7
+    let (queue, services) = stack().await;
+    services
+        .link_named("kr-shop", "m-7", "app", "u-1", "ops")
+        .await
+        .unwrap();
+    // WHEN the brand's backend sends a sale naming the login u-1
+    services
+        .submit_event("kr-shop", &sale("s-2", "u-1"))
+        .await
+        .unwrap();
+    // THEN it is queued for m-7, whose view the app shows (before: a new account u-1, which
+    // the app never shows)
+    assert_eq!(queued_member(&queue), "m-7");
+    // AND a member id that is no app login is itself
+    services
+        .submit_event("kr-shop", &sale("s-3", "m-ann"))
+        .await
+        .unwrap();
+    assert_eq!(queued_member(&queue), "m-ann");
+}

@@ -826,6 +826,36 @@ async fn a_job_out_of_time_stops_cleanly_and_the_next_run_resumes() {
     assert!(later > std::time::Instant::now());
 }
 
+#[tokio::test]
+async fn a_first_run_of_empty_days_out_of_time_stops_before_reading_them() {
+    // GIVEN kr-shop with nobody due for release, never run before (it would read 400 days of
+    // the index), and an invocation with 5 seconds left
+    let s = stack().await;
+    let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap();
+    let deadline = loyalty_core::services::jobs::deadline_of(now_ms + 5_000);
+    // WHEN release-pending runs against that deadline
+    let report = s
+        .services
+        .run_job_until(
+            Job::ReleasePending,
+            "kr-shop",
+            Some(date(2026, 3, 10)).into(),
+            deadline,
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    // THEN it stops at once, says it is incomplete, and leaves the days to the next run
+    // (before: it read every empty day and claimed them done)
+    assert!(!report.complete);
+    let saved = s
+        .store
+        .job_progress("kr-shop", "release-pending")
+        .await
+        .unwrap();
+    assert!(saved.as_deref() < Some("2026-03-10"), "{saved:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_program_never_stops_the_others() {
     // GIVEN two programs, one of whose stored file is unreadable

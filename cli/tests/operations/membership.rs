@@ -313,6 +313,22 @@ fn the_monthly_reward_is_granted_once_per_month_when_the_job_runs_late_or_twice(
 }
 
 #[test]
+fn a_member_granted_a_coupon_and_reminded_in_one_run_counts_once() {
+    // GIVEN a member who paid for one month today, whose first month's coupon is not granted
+    let shop = plus_shop("membership-one-count");
+    paid(&shop, "pay-once", "m-once", 1, 0);
+    shop.eventually("m-once", |v| v["membership"]["status"] == "active");
+    // WHEN the notices job first runs 25 days later: the coupon and the renewal reminder
+    let printed = jobs(&shop, today_in_seoul() + Duration::days(25));
+    // THEN the member counts once among those changed (before: twice), with its coupon's entry
+    // and its reminder
+    assert!(
+        printed.contains(": 1 members read, 1 changed, 1 ledger entries, 1 notices"),
+        "{printed}"
+    );
+}
+
+#[test]
 fn an_operator_withdraws_a_monthly_coupon_and_the_till_refuses_it() {
     // GIVEN a member whose first month's coupon was granted (a reward of no points)
     let shop = plus_shop("membership-withdraw");

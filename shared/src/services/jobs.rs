@@ -598,6 +598,12 @@ impl Services {
         // group's changes together, gathered across the index's shards and pages.
         let group = if job == Job::Notices { 1 } else { GROUP };
         'days: while day <= date {
+            // Checked before each day's reads too: a first run reads up to 400 days, most of
+            // them empty, and must not run past its deadline on those alone.
+            if past(deadline) {
+                report.complete = false;
+                break 'days;
+            }
             let before = report.members;
             let mut shards = 0..self.store.due_shards();
             let mut shard = shards.next();
@@ -767,13 +773,31 @@ impl Services {
         at: chrono::DateTime<chrono::Utc>,
         report: &mut JobReport,
     ) -> Result<MemberOutcome, ServiceError> {
-        let granted = self
-            .grant_membership_rewards(program, member, date, at)
-            .await?;
-        report.changed += usize::from(granted > 0);
-        report.entries += granted;
-        self.job_member(Job::Notices, program, member, date, at)
+        let mut granted = 0;
+        let notices = match self
+            .grant_membership_rewards(program, member, date, at, &mut granted)
             .await
+        {
+            Ok(()) => {
+                self.job_member(Job::Notices, program, member, date, at)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        // One member changed once, however many writes it took; what was granted before a
+        // failure was written, and counts.
+        match notices {
+            Ok(mut outcome) => {
+                outcome.changed |= granted > 0;
+                outcome.entries += granted;
+                Ok(outcome)
+            }
+            Err(e) => {
+                report.changed += usize::from(granted > 0);
+                report.entries += granted;
+                Err(e)
+            }
+        }
     }
 
     /// Applies a job to a group of members, their changes committed together where the store

@@ -22,29 +22,29 @@ impl Services {
         member: &str,
         date: NaiveDate,
         at: DateTime<Utc>,
-    ) -> Result<usize, ServiceError> {
+        granted: &mut usize,
+    ) -> Result<(), ServiceError> {
         let Some(rules) = &program.membership else {
-            return Ok(0);
+            return Ok(());
         };
         let Some(reward) = rules
             .monthly_reward
             .as_ref()
             .and_then(|id| program.reward(id))
         else {
-            return Ok(0);
+            return Ok(());
         };
-        let mut granted = 0;
         let mut contention = Contention::new();
         loop {
             let state = self.store.load_member(&program.id, member, &[]).await?;
             let Some(account) = state.account else {
-                return Ok(granted);
+                return Ok(());
             };
             let Some(m) = account.membership.as_ref().filter(|m| m.id == rules.id) else {
-                return Ok(granted);
+                return Ok(());
             };
             let Some(&month) = m.grants_due(rules, date).first() else {
-                return Ok(granted);
+                return Ok(());
             };
             // The member is in the id: the notice it sends is deduplicated on it, across members.
             // So is the member's count of grants: a membership ended and bought again on one
@@ -107,10 +107,10 @@ impl Services {
                 .push(reward_issued(program, member, &body, at));
             match self.commit(commit).await {
                 Ok(()) => {
-                    granted += 1;
+                    *granted += 1;
                     continue;
                 }
-                Err(CommitError::Duplicate) => return Ok(granted),
+                Err(CommitError::Duplicate) => return Ok(()),
                 Err(
                     CommitError::VersionConflict
                     | CommitError::CouponConsumed

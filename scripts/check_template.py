@@ -78,6 +78,12 @@ def main() -> int:
         elif not queues[name].get("Properties", {}).get("RedrivePolicy"):
             findings.append(f"{name}: no dead-letter queue")
 
+    for name, r in queues.items():
+        props = r.get("Properties", {})
+        if props.get("FifoQueue") and name not in dead_letter_targets:
+            if props.get("FifoThroughputLimit") != "perMessageGroupId" or props.get("DeduplicationScope") != "messageGroup":
+                findings.append(f"{name}: a FIFO queue without high throughput (FifoThroughputLimit perMessageGroupId, DeduplicationScope messageGroup)")
+
     for name, r in functions.items():
         for event_name, event in r["Properties"].get("Events", {}).items():
             properties = event.get("Properties", {})

@@ -262,7 +262,7 @@ fn table(r: &LiabilityReport) -> String {
         out += &format!("{}   {:>10}\n", m.month, m.points);
     }
     out += &format!(
-        "\n{:<8} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>11} {:>10} {:>10} {:>10}\n",
+        "\n{:<8} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>11} {:>10} {:>10} {:>12} {:>10}\n",
         "month",
         "opening",
         "issued",
@@ -273,13 +273,14 @@ fn table(r: &LiabilityReport) -> String {
         "transferred",
         "forfeited",
         "paid out",
+        "debt forgiven",
         "closing"
     );
     for m in &r.movements {
-        let [opening, issued, redeemed, expired, clawed, adjusted, transferred, forfeited, paid_out, closing] =
+        let [opening, issued, redeemed, expired, clawed, adjusted, transferred, forfeited, paid_out, written_off, closing] =
             m.figures();
         out += &format!(
-            "{:<8} {opening:>10} {issued:>10} {redeemed:>10} {expired:>10} {clawed:>11} {adjusted:>10} {transferred:>11} {forfeited:>10} {paid_out:>10} {closing:>10}\n",
+            "{:<8} {opening:>10} {issued:>10} {redeemed:>10} {expired:>10} {clawed:>11} {adjusted:>10} {transferred:>11} {forfeited:>10} {paid_out:>10} {written_off:>12} {closing:>10}\n",
             m.month.to_string(),
         );
     }

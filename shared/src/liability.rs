@@ -35,8 +35,8 @@ pub struct TierLine {
 
 impl Movement {
     /// opening, issued, redeemed, expired, clawed back, adjusted, transferred, forfeited, paid
-    /// out, closing: a row of a table.
-    pub fn figures(&self) -> [i64; 10] {
+    /// out, debt written off, closing: a row of a table.
+    pub fn figures(&self) -> [i64; 11] {
         [
             self.opening,
             self.issued,
@@ -47,6 +47,7 @@ impl Movement {
             self.transferred,
             self.forfeited,
             self.paid_out,
+            self.debt_written_off,
             self.closing,
         ]
     }
@@ -58,12 +59,13 @@ impl Movement {
             + self.transferred
             - self.forfeited
             - self.paid_out
+            + self.debt_written_off
             == self.closing
     }
 }
 
 /// One month of the available balance: `opening + issued - redeemed - expired - clawed_back
-/// + adjusted + transferred - forfeited - paid_out == closing`, and `closing` is next month's
+/// + adjusted + transferred - forfeited - paid_out + debt_written_off == closing`, and `closing` is next month's
 /// `opening`. `transferred` is 0 over a merge whose two halves fall in one month.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Movement {
@@ -85,6 +87,8 @@ pub struct Movement {
     pub forfeited: i64,
     /// Paid out in money to members whose personal data was erased.
     pub paid_out: i64,
+    /// Debt forgiven when a member who owed points was erased: the balance rises by it.
+    pub debt_written_off: i64,
     pub closing: i64,
 }
 
@@ -424,6 +428,7 @@ fn movements(sums: &Sums, last: YearMonth) -> Vec<Movement> {
             transferred: of("merge"),
             forfeited: -of("forfeit"),
             paid_out: -of("payout"),
+            debt_written_off: of(crate::domain::books::DEBT_WRITTEN_OFF),
             closing: opening + change,
         };
         opening = movement.closing;
@@ -507,9 +512,9 @@ pub fn decimal(millionths: i128, min_digits: u8) -> String {
 /// (a closing of 0 would read as the balance falling to nothing).
 pub fn csv(report: &LiabilityReport) -> String {
     let mut out = String::from(
-        "month,opening,issued,redeemed,expired,clawed_back,adjusted,transferred,forfeited,paid_out,closing,expiring,pending_released\n",
+        "month,opening,issued,redeemed,expired,clawed_back,adjusted,transferred,forfeited,paid_out,debt_written_off,closing,expiring,pending_released\n",
     );
-    let mut months: BTreeMap<YearMonth, [Option<i64>; 12]> = BTreeMap::new();
+    let mut months: BTreeMap<YearMonth, [Option<i64>; 13]> = BTreeMap::new();
     for m in &report.movements {
         let row = months.entry(m.month).or_default();
         for (cell, figure) in row.iter_mut().zip(m.figures()) {
@@ -517,16 +522,16 @@ pub fn csv(report: &LiabilityReport) -> String {
         }
     }
     for e in &report.by_expiry_month {
-        months.entry(e.month).or_default()[10] = Some(e.points);
+        months.entry(e.month).or_default()[11] = Some(e.points);
     }
     for p in &report.pending_by_release_month {
-        months.entry(p.month).or_default()[11] = Some(p.points);
+        months.entry(p.month).or_default()[12] = Some(p.points);
     }
     for (month, mut row) in months {
         // A month with a movement has its schedules' cells even when nothing is due in it.
         if row[0].is_some() {
-            row[10] = row[10].or(Some(0));
             row[11] = row[11].or(Some(0));
+            row[12] = row[12].or(Some(0));
         }
         let cells: Vec<String> = row
             .iter()

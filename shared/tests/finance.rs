@@ -412,6 +412,56 @@ async fn a_month_closes_the_same_in_every_report_made_after_it_whenever_the_jobs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_member_s_debt_is_written_off_not_counted_as_points_forfeited() {
+    // GIVEN m-1, whose 1,000 released points were spent and whose order was then refunded
+    // (kr-shop lets a clawback go below zero: m-1 owes 1,000), and m-2 with 500 points
+    let s = stack("write-off").await;
+    s.purchase("m-1", "o-1", &[("a", 1, 100_000)]).await;
+    s.adjust("m-2", 500).await;
+    s.at(seoul_noon(2026, 3, 20)).await;
+    s.job(Job::ReleasePending, day(2026, 3, 20)).await;
+    s.adjust("m-1", -1_000).await;
+    s.refund("m-1", "o-1", "r-1", "a", 1).await;
+    let owed = s.report(day(2026, 3, 20)).await;
+    assert_eq!((owed.owed, owed.net), (1_000, -500));
+    // WHEN both are erased
+    let mut pseudonyms = Vec::new();
+    for member in ["m-1", "m-2"] {
+        let erased = s
+            .services
+            .erase_member("kr-shop", member, "asked to be forgotten", "ops")
+            .await
+            .unwrap();
+        pseudonyms.push(erased.pseudonym);
+    }
+    // THEN March shows m-2's 500 forfeited and m-1's 1,000 of debt written off (before: 500
+    // "forfeited" less 1,000, -500), and the month adds up to nothing left
+    let report = s.report(day(2026, 3, 20)).await;
+    let march = report.movements.last().unwrap().clone();
+    assert_eq!(
+        (march.forfeited, march.debt_written_off),
+        (500, 1_000),
+        "{march:?}"
+    );
+    assert!(march.adds_up(), "{march:?}");
+    assert_eq!((march.closing, report.owed, report.net), (0, 0, 0));
+    assert_clean(&s.audit().await);
+    // AND the ledger says what was forgiven
+    let page = s
+        .store
+        .ledger_page("kr-shop", &pseudonyms[0], 1, None)
+        .await
+        .unwrap();
+    assert!(
+        page.entries[0]
+            .reason
+            .contains("a debt of 1000 points forgiven"),
+        "{:?}",
+        page.entries[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_changed_behind_the_ledger_is_named_with_the_difference() {
     // GIVEN two members with points
     let s = stack("corrupt").await;

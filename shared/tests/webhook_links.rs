@@ -445,7 +445,7 @@ async fn a_till_s_referral_naming_the_referrer_by_an_alias_names_its_member() {
         "referrer": "pos:010-1111"}})
     .to_string();
     let Normalised::Events(events) =
-        loyalty_core::webhooks::pos::normalise(body.as_bytes()).unwrap()
+        loyalty_core::webhooks::pos::normalise("kr-shop", body.as_bytes()).unwrap()
     else {
         panic!("a referral is an event");
     };

@@ -301,7 +301,7 @@ fn the_audit_the_reports_and_the_export_agree_with_the_api_and_catch_a_corrupted
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     let csv = csv.text().expect("text");
     assert!(
-        csv.starts_with("month,opening,issued,redeemed,expired,clawed_back,adjusted,transferred,forfeited,paid_out,closing,expiring,pending_released\n"),
+        csv.starts_with("month,opening,issued,redeemed,expired,clawed_back,adjusted,transferred,forfeited,paid_out,debt_written_off,closing,expiring,pending_released\n"),
         "{csv}"
     );
     // AND each month of the report adds up in it, and the months after it, which only have

@@ -5,7 +5,8 @@
 //! A commit adds, for the day it is recorded on (program time zone), to named counters (short
 //! names: a day's counters are one item in DynamoDB, and its size is what each write costs):
 //!
-//! - `p|{kind}` and `q|{kind}`: the entries' changes to available and pending points;
+//! - `p|{kind}` and `q|{kind}`: the entries' changes to available and pending points (an
+//!   erasure's forgiven debt apart, as `p|debt_written_off`);
 //! - `l|{last day}|{kind}`: what the entries did to each lot (the issue cohorts for breakage);
 //! - `t|{tier}|{last day}`: the lots held by the members of each tier;
 //! - `debt`: points members owe after a clawback took more than they had;
@@ -26,6 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use super::calendar::local_date;
 use super::{Account, EntryKind, LedgerEntry, Program};
+
+/// The `p|` counter of the debt forgiven when a member who owed points was erased.
+pub const DEBT_WRITTEN_OFF: &str = "debt_written_off";
 
 /// How many shards each day's counters are spread over: a busy day's commits never all update
 /// one item.
@@ -87,7 +91,15 @@ impl BooksAdd {
         };
         for entry in entries.iter().filter(|e| !e.provisional) {
             let kind = kind_name(entry.kind);
-            add.plus(format!("p|{kind}"), entry.points);
+            if entry.kind == EntryKind::Forfeit {
+                // An erasure gives up the member's lots and forgives its debt in one entry:
+                // counted apart, so that neither hides the other.
+                let lots: i64 = entry.lots.iter().map(|share| share.points).sum();
+                add.plus("p|forfeit".into(), lots);
+                add.plus(format!("p|{DEBT_WRITTEN_OFF}"), entry.points - lots);
+            } else {
+                add.plus(format!("p|{kind}"), entry.points);
+            }
             add.plus(format!("q|{kind}"), entry.pending);
             for share in &entry.lots {
                 add.plus(format!("l|{}|{kind}", share.expires_on), share.points);

@@ -113,6 +113,7 @@ impl Account {
             );
         }
         let (points, pending) = (journal.account.balance, journal.account.pending_points());
+        let debt = journal.account.debt;
         let account = &mut journal.account;
         account.lots = Default::default();
         account.debt = 0;
@@ -156,6 +157,15 @@ impl Account {
                     );
                 }
             }
+            // The books count the lots given up and the debt forgiven apart (`domain::books`).
+            _ if debt > 0 => journal.post(
+                EntryKind::Forfeit,
+                -points,
+                -pending,
+                &format!(
+                    "Points forfeited and a debt of {debt} points forgiven: the member's personal data was erased"
+                ),
+            ),
             _ => journal.post(
                 EntryKind::Forfeit,
                 -points,

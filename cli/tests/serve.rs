@@ -244,7 +244,7 @@ fn bad_requests_are_problems_and_write_nothing() {
     // A body under the request limit whose message would pass the queue's: U+FFFF takes 3
     // bytes as sent and 6 as queued (SQS takes it only escaped).
     let mut too_large = purchase("ev-3", "m-9", "o-3", 8);
-    too_large["data"]["lines"][0]["sku"] = "\u{ffff}".repeat(50_000).into();
+    too_large["data"]["lines"][0]["category"] = "\u{ffff}".repeat(50_000).into();
     let cases = [
         (
             Some(admin.as_str()),

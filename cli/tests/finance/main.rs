@@ -315,18 +315,18 @@ fn the_audit_the_reports_and_the_export_agree_with_the_api_and_catch_a_corrupted
     assert!(rows.len() > movements, "{csv}");
     for (i, row) in rows.iter().enumerate() {
         if i < movements {
-            let n: Vec<i64> = row[1..11]
+            let n: Vec<i64> = row[1..12]
                 .iter()
                 .map(|c| c.parse().expect("a number"))
                 .collect();
             assert_eq!(
-                n[0] + n[1] - n[2] - n[3] - n[4] + n[5] + n[6] - n[7] - n[8],
-                n[9],
+                n[0] + n[1] - n[2] - n[3] - n[4] + n[5] + n[6] - n[7] - n[8] + n[9],
+                n[10],
                 "{row:?}"
             );
         } else {
-            assert!(row[1..11].iter().all(|c| c.is_empty()), "{row:?}");
-            assert!(!row[11].is_empty() || !row[12].is_empty(), "{row:?}");
+            assert!(row[1..12].iter().all(|c| c.is_empty()), "{row:?}");
+            assert!(!row[12].is_empty() || !row[13].is_empty(), "{row:?}");
         }
     }
     let svg = tempfile_path("liability.svg");

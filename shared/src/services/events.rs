@@ -34,7 +34,7 @@ impl Services {
             .check_occurred_at(envelope.occurred_at, self.clock.now())
             .map_err(|e| ServiceError::invalid("event-out-of-bounds", e.to_string()))?;
         super::fits_a_message(&envelope)?;
-        envelope.member = self.canonical_member(&program.id, &envelope.member).await?;
+        envelope.member = self.member_of_event(&program.id, &envelope.member).await?;
         self.canonical_referrer(&program.id, &mut envelope).await?;
         envelope.trace = envelope
             .trace
@@ -61,29 +61,48 @@ impl Services {
         let Some(referrer) = envelope.data.get("referrer").and_then(|r| r.as_str()) else {
             return Ok(());
         };
-        let canonical = self.canonical_member(program, referrer).await?;
+        let canonical = self.member_of_event(program, referrer).await?;
         envelope.data["referrer"] = serde_json::Value::String(canonical);
         Ok(())
     }
 
     /// The canonical id of a member named `kind:value` (e.g. `shopify:7001234`) when that
     /// identity is linked to a member, an email named in any case or with spaces as it is
-    /// linked; an id alone is an app's subject, which support may have linked to a member;
-    /// otherwise the id as given (an email's in the form it is linked in).
+    /// linked; otherwise the id as given (an email's in the form it is linked in). An id alone
+    /// is the member's own: an operator naming a member merged away is told so.
     pub async fn canonical_member(
         &self,
         program: &str,
         member: &str,
     ) -> Result<String, ServiceError> {
         let member = crate::ports::plain_identity(member);
-        let (kind, value) = member
-            .split_once(':')
-            .unwrap_or((crate::ports::APP_LINK, member.as_str()));
+        let Some((kind, value)) = member.split_once(':') else {
+            return Ok(member);
+        };
         Ok(self
             .store
             .resolve_alias(program, kind, value)
             .await?
             .unwrap_or(member))
+    }
+
+    /// The member an event names, as [`Services::canonical_member`]; an id alone may also be
+    /// an app login that support linked to a member (one with no account of its own, as the
+    /// link requires), which the brand's backend and tills name as the engine names an app
+    /// identity before any link: the event is that member's.
+    pub(super) async fn member_of_event(
+        &self,
+        program: &str,
+        member: &str,
+    ) -> Result<String, ServiceError> {
+        if member.contains(':') {
+            return self.canonical_member(program, member).await;
+        }
+        Ok(self
+            .store
+            .resolve_alias(program, crate::ports::APP_LINK, member)
+            .await?
+            .unwrap_or_else(|| member.to_string()))
     }
 }
 

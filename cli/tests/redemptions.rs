@@ -411,7 +411,13 @@ fn a_pay_with_points_hold_not_captured_returns_its_points() {
     );
     assert_eq!(
         shop.server
-            .call("POST", &captured, &shop.admin, &[], None)
+            .call(
+                "POST",
+                &captured,
+                &shop.admin,
+                &[],
+                Some(r#"{"order_ref": "order-2"}"#)
+            )
             .0,
         200
     );

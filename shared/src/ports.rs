@@ -562,6 +562,10 @@ pub struct Redemption {
     pub created_at: DateTime<Utc>,
     #[serde(default)]
     pub reversal: Option<Reversal>,
+    /// The order a pay-with-points hold pays for: a capture names it, and one for another
+    /// order is refused (absent on holds made before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_ref: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

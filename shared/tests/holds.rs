@@ -79,7 +79,9 @@ async fn a_hold_not_captured_in_time_returns_its_points() {
     let redemption = services.redemption("kr-shop", "m-1", &id).await.unwrap();
     assert_eq!(redemption.status, RedemptionStatus::Voided);
     // AND the shop can no longer capture it
-    let late = services.settle_hold("kr-shop", &id, true, "shop").await;
+    let late = services
+        .capture_hold("kr-shop", &id, br#"{"order_ref": "order-9"}"#, "shop")
+        .await;
     assert!(
         matches!(
             late,
@@ -134,10 +136,7 @@ async fn a_void_of_a_hold_expired_a_moment_ago_is_what_happened_and_is_written()
     let id = held.body["id"].as_str().unwrap().to_string();
     clock.set(Utc.with_ymd_and_hms(2026, 11, 22, 3, 31, 0).unwrap());
     // WHEN the shop voids it
-    let voided = services
-        .settle_hold("kr-shop", &id, false, "shop")
-        .await
-        .unwrap();
+    let voided = services.void_hold("kr-shop", &id, "shop").await.unwrap();
     // THEN it is voided, as the shop asked, and stored so
     assert_eq!(voided["status"], "voided", "{voided}");
     let stored = store
@@ -197,23 +196,20 @@ async fn a_captured_hold_stays_spent_and_a_voided_one_comes_back() {
     // WHEN the shop captures the first (twice) and voids the second
     assert_eq!(
         services
-            .settle_hold("kr-shop", a, true, "shop")
+            .capture_hold("kr-shop", a, br#"{"order_ref": "order-1"}"#, "shop")
             .await
             .unwrap()["status"],
         "captured"
     );
     assert_eq!(
         services
-            .settle_hold("kr-shop", a, true, "shop")
+            .capture_hold("kr-shop", a, br#"{"order_ref": "order-1"}"#, "shop")
             .await
             .unwrap()["status"],
         "captured"
     );
     assert_eq!(
-        services
-            .settle_hold("kr-shop", b, false, "shop")
-            .await
-            .unwrap()["status"],
+        services.void_hold("kr-shop", b, "shop").await.unwrap()["status"],
         "voided"
     );
     // THEN 8,000 is left, also after the holds' expiry
@@ -360,4 +356,73 @@ async fn a_suspended_member_s_coupon_is_not_used_at_the_till_until_resumed() {
         .await
         .unwrap();
     assert_eq!(used.status, "consumed");
+}
+
+#[tokio::test]
+async fn a_hold_is_captured_for_its_own_order_only() {
+    // GIVEN 3,000 points held for order-a and captured for it
+    let (services, _, _) = stack().await;
+    let held = services
+        .redeem(
+            "kr-shop",
+            "m-1",
+            "m-1",
+            Some("h-a"),
+            &hold(3_000, "order-a"),
+        )
+        .await
+        .unwrap();
+    let id = held.body["id"].as_str().unwrap().to_string();
+    let capture = |order: &'static str| {
+        let (services, id) = (&services, &id);
+        async move {
+            let body = json!({"order_ref": order}).to_string();
+            services
+                .capture_hold("kr-shop", id, body.as_bytes(), "shop")
+                .await
+        }
+    };
+    let first = capture("order-a").await.unwrap();
+    assert_eq!(
+        (&first["status"], &first["points"], &first["order_ref"]),
+        (&json!("captured"), &json!(3_000), &json!("order-a"))
+    );
+    // WHEN the same hold is presented and captured for order-b
+    let again = capture("order-b").await;
+    // THEN it is refused (before: 200, one hold paying for two checkouts), and the member
+    // still has 7,000
+    assert!(
+        matches!(
+            again,
+            Err(ServiceError::Conflict {
+                problem: "hold-for-another-order",
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    let view = services.member_view("kr-shop", "m-1").await.unwrap();
+    assert_eq!(view.balance, 7_000);
+    // AND a capture for order-a again is the same capture, saying what it paid
+    let repeat = capture("order-a").await.unwrap();
+    assert_eq!(repeat, first);
+    // AND an open hold is refused for another order too, before it is captured
+    let open = services
+        .redeem(
+            "kr-shop",
+            "m-1",
+            "m-1",
+            Some("h-c"),
+            &hold(1_000, "order-c"),
+        )
+        .await
+        .unwrap();
+    let body = br#"{"order_ref": "order-d"}"#;
+    let other = services
+        .capture_hold("kr-shop", open.body["id"].as_str().unwrap(), body, "shop")
+        .await;
+    assert!(
+        matches!(other, Err(ServiceError::Conflict { .. })),
+        "{other:?}"
+    );
 }

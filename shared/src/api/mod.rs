@@ -1092,12 +1092,13 @@ async fn capture_hold(
     principal: Principal,
     State(state): State<AppState>,
     Path((program, id)): Path<(String, String)>,
+    body: Bytes,
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
     let id = RedemptionId::parse(&id)?;
     let done = state
         .services
-        .settle_hold(&program, &id, true, &principal.subject)
+        .capture_hold(&program, &id, &body, &principal.subject)
         .await?;
     Ok(Json(done).into_response())
 }
@@ -1111,7 +1112,7 @@ async fn void_hold(
     let id = RedemptionId::parse(&id)?;
     let done = state
         .services
-        .settle_hold(&program, &id, false, &principal.subject)
+        .void_hold(&program, &id, &principal.subject)
         .await?;
     Ok(Json(done).into_response())
 }

@@ -97,6 +97,7 @@ impl Services {
                 taken: Vec::new(),
                 created_at: at,
                 reversal: None,
+                order_ref: None,
             });
             let body = json!({
                 "id": id, "status": "issued", "reward": reward.id, "points": 0, "code": code,

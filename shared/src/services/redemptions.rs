@@ -487,6 +487,7 @@ impl Services {
                 taken,
                 created_at: now,
                 reversal: None,
+                order_ref: None,
             };
             let balance = change.account.balance;
             let mut commit = Commit::new(&program, member, state.account.as_ref(), change, now);
@@ -646,6 +647,7 @@ impl Services {
                     taken,
                     created_at: now,
                     reversal: None,
+                    order_ref: Some(order_ref.to_string()),
                 });
                 commit.idempotency = Some(request_id.record(&answer, now));
                 commit
@@ -699,11 +701,41 @@ impl Services {
 
     /// Admin: the shop captures (`capture = true`) or voids a pay-with-points hold. Capturing
     /// twice is the same capture; a hold that expired, or was voided, cannot be captured (409).
-    pub async fn settle_hold(
+    /// `POST .../redemptions/{id}/void`: the checkout was given up; the points come back.
+    pub async fn void_hold(
         &self,
         program_id: &str,
         id: &str,
-        capture: bool,
+        by: &str,
+    ) -> Result<Value, ServiceError> {
+        self.settle_hold_for(program_id, id, None, by).await
+    }
+
+    /// `POST .../redemptions/{id}/capture` with `{"order_ref"}`: the hold is captured for the
+    /// order it was made for, once. A capture naming another order is refused (409
+    /// `hold-for-another-order`): one hold never pays for two checkouts, however often it is
+    /// presented.
+    pub async fn capture_hold(
+        &self,
+        program_id: &str,
+        id: &str,
+        body: &[u8],
+        by: &str,
+    ) -> Result<Value, ServiceError> {
+        let (request, _): (CaptureRequest, Value) = parse(body, "invalid-capture")?;
+        IdKind::Order
+            .check(&request.order_ref)
+            .map_err(|e| ServiceError::invalid("invalid-capture", e.to_string()))?;
+        self.settle_hold_for(program_id, id, Some(&request.order_ref), by)
+            .await
+    }
+
+    /// Captures (`capture` names the order) or voids (`None`) a hold.
+    async fn settle_hold_for(
+        &self,
+        program_id: &str,
+        id: &str,
+        capture: Option<&str>,
         by: &str,
     ) -> Result<Value, ServiceError> {
         let program = self.program(program_id).await?;
@@ -716,7 +748,7 @@ impl Services {
             .resolve_alias(&program.id, REDEMPTION_LINK, id)
             .await?
             .ok_or_else(unknown)?;
-        let wanted = if capture {
+        let wanted = if capture.is_some() {
             RedemptionStatus::Captured
         } else {
             RedemptionStatus::Voided
@@ -731,8 +763,21 @@ impl Services {
                 .redemption(&program.id, &member, id)
                 .await?
                 .ok_or_else(unknown)?;
+            let settled = json!({"id": id, "status": status_name(wanted),
+                "points": redemption.points, "order_ref": redemption.order_ref});
+            match (capture, redemption.order_ref.as_deref()) {
+                (Some(named), Some(held)) if named != held => {
+                    return Err(ServiceError::Conflict {
+                        problem: "hold-for-another-order",
+                        detail: format!(
+                            "hold {id} pays for order {held:?}, not {named:?}; each checkout holds its own points"
+                        ),
+                    })
+                }
+                _ => {}
+            }
             if redemption.status == wanted {
-                return Ok(json!({"id": id, "status": status_name(wanted)}));
+                return Ok(settled);
             }
             let now = self.clock.now();
             let account = state.account.ok_or_else(unknown)?;
@@ -743,7 +788,7 @@ impl Services {
                     admin: Some(by.to_string()),
                     ..Source::default()
                 });
-            let change = if capture {
+            let change = if capture.is_some() {
                 account.capture_hold(&program, id, &ctx)
             } else {
                 let reason = format!(
@@ -768,7 +813,7 @@ impl Services {
             let mut commit = Commit::new(&program, &member, Some(&account), change, now);
             commit.redemption = Some(redemption);
             match self.commit(commit).await {
-                Ok(()) => return Ok(json!({"id": id, "status": status_name(wanted)})),
+                Ok(()) => return Ok(settled),
                 Err(
                     CommitError::VersionConflict
                     | CommitError::Duplicate
@@ -1295,6 +1340,13 @@ fn status_name(status: RedemptionStatus) -> &'static str {
         RedemptionStatus::Voided => "voided",
         RedemptionStatus::Donated => "donated",
     }
+}
+
+/// A capture of a pay-with-points hold: the order it pays for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaptureRequest {
+    order_ref: String,
 }
 
 #[derive(Debug, Deserialize)]

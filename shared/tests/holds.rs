@@ -359,6 +359,53 @@ async fn a_suspended_member_s_coupon_is_not_used_at_the_till_until_resumed() {
 }
 
 #[tokio::test]
+async fn a_coupon_a_survivor_inherited_waits_while_the_survivor_is_suspended() {
+    // GIVEN m-1's 5,000-point coupon, m-1 merged into m-2, and m-2 then suspended
+    let (services, _, _) = stack().await;
+    let coupon = services
+        .redeem(
+            "kr-shop",
+            "m-1",
+            "m-1",
+            Some("c-merged"),
+            br#"{"reward": "coupon-5000"}"#,
+        )
+        .await
+        .unwrap();
+    let code = coupon.body["code"].as_str().unwrap().to_string();
+    let opening = br#"{"points": 10, "reason": "opening"}"#;
+    services
+        .adjust("kr-shop", "m-2", "ops", None, opening)
+        .await
+        .unwrap();
+    services
+        .merge_members("kr-shop", "m-2", "m-1", "the same customer", "ops")
+        .await
+        .unwrap();
+    services
+        .suspend("kr-shop", "m-2", "chargebacks under review", "ops")
+        .await
+        .unwrap();
+    // WHEN the till uses the coupon
+    let till = br#"{"order_ref": "till-9"}"#;
+    let refused = services.consume_coupon("kr-shop", &code, till).await;
+    // THEN it is refused as the survivor's own would be (before: 200, the coupon still named
+    // m-1, whose merged account is never suspended), and it is still unused
+    assert!(
+        matches!(
+            &refused,
+            Err(ServiceError::Forbidden {
+                problem: "member-suspended",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let view = services.check_coupon("kr-shop", &code).await.unwrap();
+    assert_eq!(view.status, "valid");
+}
+
+#[tokio::test]
 async fn a_hold_is_captured_for_its_own_order_only() {
     // GIVEN 3,000 points held for order-a and captured for it
     let (services, _, _) = stack().await;

@@ -74,7 +74,7 @@ fn refused(e: AccountError) -> ServiceError {
 }
 
 /// The longest chain of merges followed to its end (A into B, B into C, ...).
-const MAX_MERGE_HOPS: usize = 16;
+pub(super) const MAX_MERGE_HOPS: usize = 16;
 
 impl Services {
     /// `POST .../members/{survivor}/merge` with `{"from", "reason"}`: `from` may be an id or

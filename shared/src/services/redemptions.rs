@@ -1252,11 +1252,19 @@ impl Services {
         if coupon.consumed.is_some() {
             return Ok(());
         }
-        let state = self.store.load_member(program, &coupon.member, &[]).await?;
-        match &state.account {
-            Some(account) => refuse_suspended(account),
-            None => Ok(()),
+        // A coupon of a member merged since is the survivor's: its suspension holds it.
+        let mut member = coupon.member;
+        for _ in 0..=super::merge::MAX_MERGE_HOPS {
+            let state = self.store.load_member(program, &member, &[]).await?;
+            let Some(account) = state.account else {
+                return Ok(());
+            };
+            match account.merged_into() {
+                Some(into) => member = into.to_string(),
+                None => return refuse_suspended(&account),
+            }
         }
+        Ok(())
     }
 }
 

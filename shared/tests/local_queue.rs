@@ -158,6 +158,31 @@ async fn an_id_forgotten_while_its_message_still_waits_is_sent_again_without_an_
     assert_eq!(queue.depth(QueueName::Earn).await.unwrap(), 1);
 }
 
+#[tokio::test]
+async fn a_message_the_process_stops_on_every_time_goes_to_the_dead_letters() {
+    use loyalty_core::ports::DeadLetters;
+    // GIVEN a queue that allows 3 failed deliveries, and a message whose handling stops the
+    // process each time (received, never answered, then found in flight at the next start),
+    // six times: twice what it may fail, as a restart counts every message in flight
+    let (store, _db) = file_store();
+    let queue = LocalQueue::new(store, 3);
+    queue
+        .send(QueueName::Earn, &purchase("p-crash", "m-a", 1000))
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        assert_eq!(queue.receive(QueueName::Earn, 10, HIDE).await.unwrap().len(), 1);
+        queue.recover_in_flight().await.unwrap();
+    }
+    // WHEN the next start receives again
+    let again = queue.receive(QueueName::Earn, 10, HIDE).await.unwrap();
+    // THEN it is not delivered a seventh time (before: for ever, and the process stopped on it
+    // at every start) but kept among the dead letters
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(queue.dead_letter_count(QueueName::Earn).await.unwrap(), 1);
+    assert_eq!(queue.depth(QueueName::Earn).await.unwrap(), 0);
+}
+
 #[test]
 fn a_file_whose_ids_sent_are_undated_opens_and_forgets_them_first() {
     // GIVEN a database file made before ids sent were dated, with one id sent

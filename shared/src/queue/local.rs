@@ -182,6 +182,7 @@ impl LocalQueue {
     ) -> Result<Vec<Delivery>, StoreError> {
         let hide_ms = i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX);
         let full_scan_at = Arc::clone(&self.full_scan_at);
+        let max_attempts = self.max_attempts;
         self.store
             .with(move |conn| {
                 let tx = conn.savepoint().map_err(|e| sql_error("cannot begin", e))?;
@@ -189,13 +190,31 @@ impl LocalQueue {
                 let heads = due_heads(&tx, queue, max, now, &full_scan_at)?;
                 let mut deliveries = Vec::with_capacity(heads.len());
                 for seq in heads {
-                    let (body, attempts): (String, u32) = tx
+                    let (id, body, attempts): (String, String, u32) = tx
                         .prepare_cached(
                             "UPDATE queue SET attempts = attempts + 1, available_at = ?2 WHERE seq = ?1
-                             RETURNING body, attempts",
+                             RETURNING id, body, attempts",
                         )
-                        .and_then(|mut s| s.query_row(params![seq, now.saturating_add(hide_ms)], |r| Ok((r.get(0)?, r.get(1)?))))
+                        .and_then(|mut s| s.query_row(params![seq, now.saturating_add(hide_ms)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
                         .map_err(|e| sql_error("cannot update the queue", e))?;
+                    // Delivered twice as often as it may fail, and its last deliveries never
+                    // answered (neither done nor failed): the process stopped while handling it,
+                    // each time. It goes to the dead letters, or it would stop every start. Twice:
+                    // a restart also counts a delivery of every message then in flight.
+                    if attempts > max_attempts.saturating_mul(2) {
+                        let error = format!(
+                            "delivered {} times without an answer: the process stopped while handling it",
+                            attempts - 1
+                        );
+                        tx.exec(
+"INSERT INTO dead_letters (queue, id, body, attempts, error, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            params![queue.as_str(), id, body, attempts - 1, error, Utc::now().to_rfc3339()],
+                        )
+                        .map_err(|e| sql_error("cannot dead-letter", e))?;
+                        tx.exec("DELETE FROM queue WHERE seq = ?1", params![seq])
+                            .map_err(|e| sql_error("cannot delete from the queue", e))?;
+                        continue;
+                    }
                     deliveries.push(Delivery { seq, queue, body, attempts });
                 }
                 tx.commit().map_err(|e| sql_error("cannot commit", e))?;

@@ -171,7 +171,14 @@ async fn a_message_the_process_stops_on_every_time_goes_to_the_dead_letters() {
         .await
         .unwrap();
     for _ in 0..6 {
-        assert_eq!(queue.receive(QueueName::Earn, 10, HIDE).await.unwrap().len(), 1);
+        assert_eq!(
+            queue
+                .receive(QueueName::Earn, 10, HIDE)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         queue.recover_in_flight().await.unwrap();
     }
     // WHEN the next start receives again

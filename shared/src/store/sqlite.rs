@@ -63,10 +63,6 @@ CREATE TABLE IF NOT EXISTS rejected_events (
     replays INTEGER NOT NULL DEFAULT 0, body TEXT NOT NULL,
     PRIMARY KEY (program, event_id));
 CREATE INDEX IF NOT EXISTS rejected_events_by_time ON rejected_events (program, at, event_id);
--- Rejections recorded before events were kept one record each.
-INSERT OR IGNORE INTO rejected_events (program, event_id, at, body)
-    SELECT program, event_id, at, body FROM rejected;
-DELETE FROM rejected;
 CREATE TABLE IF NOT EXISTS due (
     program TEXT NOT NULL, job TEXT NOT NULL, member TEXT NOT NULL, date TEXT NOT NULL,
     PRIMARY KEY (program, job, member));
@@ -169,6 +165,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::failed("cannot set the busy timeout", e))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| StoreError::failed("cannot create the schema", e))?;
+        keep_old_rejections(&conn)?;
         add_due_column(&conn)?;
         crate::queue::local::migrate(&conn)?;
         Ok(SqliteStore {
@@ -219,6 +216,29 @@ impl SqliteStore {
 
 /// Gives a database made before accounts recorded their due dates the column (empty: those
 /// accounts have all six dates written at their next commit).
+/// Rejections recorded before events were kept one record each, in today's form: dated as
+/// the records are (milliseconds, `Z`, which pages compare as text), the latest of an event's
+/// kept. Only when there are some: a write at every opening would wait for (or fail beside) a
+/// running `loyalty serve`, where nothing is to be moved.
+fn keep_old_rejections(conn: &Connection) -> Result<(), StoreError> {
+    let failed = |e| StoreError::failed("cannot move the rejections of an older version", e);
+    let waiting: bool = conn
+        .query_row("SELECT EXISTS (SELECT 1 FROM rejected)", [], |row| {
+            row.get(0)
+        })
+        .map_err(failed)?;
+    if waiting {
+        conn.execute_batch(
+            "INSERT OR IGNORE INTO rejected_events (program, event_id, at, body)
+                 SELECT program, event_id, COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', at), at), body
+                 FROM rejected ORDER BY at DESC;
+             DELETE FROM rejected;",
+        )
+        .map_err(failed)?;
+    }
+    Ok(())
+}
+
 fn add_due_column(conn: &Connection) -> Result<(), StoreError> {
     let failed = |e| StoreError::failed("cannot add the due column to accounts", e);
     let present: bool = conn

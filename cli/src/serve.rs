@@ -286,6 +286,10 @@ async fn relay(queue: LocalQueue) -> ! {
     loop {
         if forgotten_at.elapsed() >= FORGET_EVERY {
             forget_sent(&queue).await;
+            forget_expired_requests(queue.store()).await;
+            if let Err(e) = queue.forget_old_dead_letters(chrono::Utc::now()).await {
+                tracing::warn!(error = %e, "cannot forget old dead letters; will retry");
+            }
             forgotten_at = std::time::Instant::now();
         }
         match queue.relay_outbox(RELAY_BATCH, log_notice_envelope).await {
@@ -313,6 +317,26 @@ async fn forget_sent(queue: &LocalQueue) {
             Ok(_) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot forget the ids sent; will retry");
+                return;
+            }
+        }
+    }
+}
+
+/// Deletes the idempotency records whose keys expired, a thousand per writer job, as DynamoDB's
+/// time to live does in AWS: the table would otherwise keep one for every request ever made
+/// with a key.
+async fn forget_expired_requests(store: &loyalty_core::store::sqlite::SqliteStore) {
+    const STEP: usize = 1_000;
+    loop {
+        match store
+            .forget_expired_requests(chrono::Utc::now(), STEP)
+            .await
+        {
+            Ok(n) if n == STEP => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot forget expired requests; will retry");
                 return;
             }
         }

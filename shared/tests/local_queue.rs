@@ -190,6 +190,39 @@ async fn a_message_the_process_stops_on_every_time_goes_to_the_dead_letters() {
     assert_eq!(queue.depth(QueueName::Earn).await.unwrap(), 0);
 }
 
+#[tokio::test]
+async fn dead_letters_are_kept_two_weeks_as_in_aws() {
+    use loyalty_core::ports::DeadLetters;
+    // GIVEN a message dead-lettered now (allowed one delivery, failed once)
+    let (store, _db) = file_store();
+    let queue = LocalQueue::new(store, 1);
+    queue
+        .send(QueueName::Earn, &purchase("p-dead", "m-a", 1000))
+        .await
+        .unwrap();
+    let delivery = queue
+        .receive(QueueName::Earn, 1, HIDE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(queue.fail(&delivery, "refused").await.unwrap());
+    // WHEN the housekeeping runs a day later THEN it is kept
+    let day = chrono::Duration::days(1);
+    assert_eq!(
+        queue
+            .forget_old_dead_letters(chrono::Utc::now() + day)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(queue.dead_letter_count(QueueName::Earn).await.unwrap(), 1);
+    // WHEN it runs fifteen days later THEN it is gone, with the member's data it carried
+    // (before: kept for good, where an erasure does not reach)
+    let later = chrono::Utc::now() + day * 15;
+    assert_eq!(queue.forget_old_dead_letters(later).await.unwrap(), 1);
+    assert_eq!(queue.dead_letter_count(QueueName::Earn).await.unwrap(), 0);
+}
+
 #[test]
 fn a_file_whose_ids_sent_are_undated_opens_and_forgets_them_first() {
     // GIVEN a database file made before ids sent were dated, with one id sent

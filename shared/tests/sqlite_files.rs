@@ -72,3 +72,40 @@ async fn rejections_of_an_older_version_are_paged_once_each() {
     assert_eq!(ids, ["ev-2", "ev-1"], "{seen:?}");
     assert_eq!(seen[0].1.to_rfc3339(), "2026-03-01T10:00:02+00:00");
 }
+
+#[tokio::test]
+async fn expired_idempotency_records_are_deleted_and_live_ones_kept() {
+    // GIVEN a file with three records of requests made with keys: two whose keys expired
+    // (one dated with an offset) and one still live
+    let path = fresh_file("idempotency");
+    let store = SqliteStore::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let now = chrono::Utc::now();
+    let records = [
+        ("k-1", (now - chrono::Duration::days(2)).to_rfc3339()),
+        ("k-2", "2020-01-01T09:00:00+09:00".to_string()),
+        ("k-3", (now + chrono::Duration::days(5)).to_rfc3339()),
+    ];
+    for (key, expires_at) in &records {
+        let body = serde_json::json!({"principal": "m-1", "key": key, "request_hash": "h",
+            "status": 201, "response": "{}", "expires_at": expires_at});
+        conn.execute(
+            "INSERT INTO idempotency (program, principal, key, body) VALUES ('kr-shop', 'm-1', ?1, ?2)",
+            rusqlite::params![key, body.to_string()],
+        )
+        .unwrap();
+    }
+    // WHEN serve's housekeeping forgets the expired ones
+    let forgotten = store.forget_expired_requests(now, 1_000).await.unwrap();
+    // THEN the two expired are gone and the live one stays (before: every record stayed for
+    // good, one for each request ever made with a key)
+    assert_eq!(forgotten, 2);
+    let left: Vec<String> = conn
+        .prepare("SELECT key FROM idempotency")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(left, ["k-3"]);
+}

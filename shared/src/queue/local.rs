@@ -49,6 +49,9 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How long a dead letter is kept: the dead-letter queues' retention in AWS (14 days).
+pub const DEAD_LETTERS_KEPT: chrono::Duration = chrono::Duration::days(14);
+
 /// How long an id sent to a queue is refused again. Past it a platform's redelivery (Shopify
 /// retries for two days) is queued again, and the event's marker makes it a duplicate there.
 pub const SENT_KEPT: chrono::Duration = chrono::Duration::days(7);
@@ -163,6 +166,11 @@ fn every_groups_head(
 }
 
 impl LocalQueue {
+    /// The database the queue keeps its messages in.
+    pub fn store(&self) -> &SqliteStore {
+        &self.store
+    }
+
     pub fn new(store: SqliteStore, max_attempts: u32) -> LocalQueue {
         LocalQueue {
             store,
@@ -234,6 +242,25 @@ impl LocalQueue {
                     params![now_ms()],
                 )
                 .map_err(|e| sql_error("cannot recover the queue", e))
+            })
+            .await
+    }
+
+    /// Drops the dead letters kept longer than [`DEAD_LETTERS_KEPT`], as SQS's retention does
+    /// in AWS: a dead letter carries its member's event, personal data included, and an
+    /// erasure does not reach it. How many went.
+    pub async fn forget_old_dead_letters(
+        &self,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let before = (now - DEAD_LETTERS_KEPT).to_rfc3339();
+        self.store
+            .with(move |conn| {
+                conn.exec(
+                    "DELETE FROM dead_letters WHERE julianday(at) < julianday(?1)",
+                    params![before],
+                )
+                .map_err(|e| sql_error("cannot forget old dead letters", e))
             })
             .await
     }

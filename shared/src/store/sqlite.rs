@@ -175,6 +175,28 @@ impl SqliteStore {
         })
     }
 
+    /// Deletes the API idempotency records that expired before `now`, among the `max` oldest
+    /// (records are written in the order they expire, a key's life being one length): the
+    /// part of DynamoDB's time to live. Reads never see an expired one either way. How many
+    /// went: fewer than `max` means none is left among the oldest.
+    pub async fn forget_expired_requests(
+        &self,
+        now: chrono::DateTime<Utc>,
+        max: usize,
+    ) -> Result<usize, StoreError> {
+        let (now, max) = (now.to_rfc3339(), i64::try_from(max).unwrap_or(i64::MAX));
+        self.with(move |conn| {
+            conn.exec(
+                "DELETE FROM idempotency WHERE rowid IN (
+                     SELECT rowid FROM (SELECT rowid, body FROM idempotency ORDER BY rowid LIMIT ?2)
+                     WHERE julianday(json_extract(body, '$.expires_at')) < julianday(?1))",
+                params![now, max],
+            )
+            .map_err(|e| sql_error("cannot forget expired requests", e))
+        })
+        .await
+    }
+
     /// How many transactions the writer has committed so far; concurrent writes share them.
     pub fn commits(&self) -> u64 {
         self.writer.commits()

@@ -283,14 +283,18 @@ async fn schedule(services: Arc<Services>, every: Duration) {
 /// in AWS).
 async fn relay(queue: LocalQueue) -> ! {
     let mut forgotten_at = std::time::Instant::now();
+    let mut expired_at = std::time::Instant::now();
     loop {
         if forgotten_at.elapsed() >= FORGET_EVERY {
             forget_sent(&queue).await;
+            forgotten_at = std::time::Instant::now();
+        }
+        if expired_at.elapsed() >= FORGET_EXPIRED_EVERY {
             forget_expired_requests(queue.store()).await;
             if let Err(e) = queue.forget_old_dead_letters(chrono::Utc::now()).await {
                 tracing::warn!(error = %e, "cannot forget old dead letters; will retry");
             }
-            forgotten_at = std::time::Instant::now();
+            expired_at = std::time::Instant::now();
         }
         match queue.relay_outbox(RELAY_BATCH, log_notice_envelope).await {
             Ok(0) => tokio::time::sleep(IDLE_POLL).await,
@@ -305,6 +309,10 @@ async fn relay(queue: LocalQueue) -> ! {
 
 /// How often the ids sent to the queues longer ago than `SENT_KEPT` are forgotten.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
+
+/// How often expired idempotency records and old dead letters are deleted (a read of each
+/// table, so not every minute).
+const FORGET_EXPIRED_EVERY: Duration = Duration::from_secs(3600);
 
 /// Forgets the ids sent before the window, a thousand per writer job so that the other work
 /// goes on between them.

@@ -366,8 +366,10 @@ fn required(field: &str, value: &str) -> Result<(), EventError> {
     within_text(field, value)
 }
 
-/// The most bytes of a name an event gives for a line, a product or an action's reference:
-/// they are kept on the order's record and in entries, which must stay within one item.
+/// The most bytes of a name an event gives for a line or an action's reference: they are kept
+/// on the order's record and in entries, which must stay within one item. (A SKU is the
+/// platform's: Shopify allows 255 characters, WooCommerce any; only the event's size bounds
+/// it.)
 pub const MAX_TEXT_BYTES: usize = 128;
 
 fn within_text(field: &str, value: &str) -> Result<(), EventError> {
@@ -481,7 +483,6 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
             let mut lines = Vec::with_capacity(d.lines.len());
             for (i, l) in d.lines.iter().enumerate() {
                 required(&format!("lines[{i}].line_id"), &l.line_id)?;
-                within_text(&format!("lines[{i}].sku"), &l.sku)?;
                 lines.push(PurchaseLine {
                     line_id: l.line_id.clone(),
                     sku: l.sku.clone(),
@@ -601,7 +602,6 @@ pub fn parse_earn_event(envelope: &Envelope, program: &Program) -> Result<EarnEv
                     for (i, l) in d.lines.iter().enumerate() {
                         quantity_of(&format!("data.lines[{i}].quantity"), l.quantity)?;
                         within_text(&format!("lines[{i}].line_id"), &l.line_id)?;
-                        within_text(&format!("lines[{i}].sku"), &l.sku)?;
                     }
                     RefundScope::lines(
                         d.lines

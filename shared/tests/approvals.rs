@@ -192,10 +192,16 @@ async fn an_approval_applied_but_not_yet_recorded_cannot_then_be_declined() {
 
 #[tokio::test]
 async fn a_decline_not_yet_recorded_cannot_then_be_approved() {
-    // GIVEN ops-1's request of 50,000 for m-1, declined by ops-3, whose run stopped after its
-    // decision was taken and before the request left the waiting list (an approval made at
-    // that moment, before: it applied the points ops-3 was told were declined)
+    // GIVEN m-1 with 100 points, and ops-1's request of 50,000 for m-1, declined by ops-3,
+    // whose run stopped after its decision was taken and before the request left the waiting
+    // list (an approval made at that moment, before: it applied the points ops-3 was told
+    // were declined)
     let (store, _, services) = stack().await;
+    let opening = json!({"points": 100, "reason": "welcome"}).to_string();
+    services
+        .adjust("kr-shop", "m-1", "ops-1", None, opening.as_bytes())
+        .await
+        .unwrap();
     let body = json!({"points": 50_000, "reason": "store credit"}).to_string();
     let asked = services
         .adjust(
@@ -221,7 +227,7 @@ async fn a_decline_not_yet_recorded_cannot_then_be_approved() {
     }
     // WHEN ops-2 approves it
     let approved = services.approve_adjustment("kr-shop", &id, "ops-2").await;
-    // THEN it is refused and m-1 has nothing; declining again completes the decline
+    // THEN it is refused and m-1 has only its 100; declining again completes the decline
     match approved {
         Err(loyalty_core::services::ServiceError::Conflict { problem, .. }) => {
             assert_eq!(problem, "already-declined")
@@ -229,7 +235,7 @@ async fn a_decline_not_yet_recorded_cannot_then_be_approved() {
         other => panic!("{other:?}"),
     }
     let m1 = services.member_view("kr-shop", "m-1").await.unwrap();
-    assert_eq!(m1.balance, 0);
+    assert_eq!(m1.balance, 100);
     services
         .decline_adjustment("kr-shop", &id, "ops-3", br#"{"reason": "too much"}"#)
         .await
@@ -269,4 +275,26 @@ async fn a_key_of_an_adjustment_waiting_for_approval_is_not_taken_by_a_smaller_o
     assert_eq!(view.balance, 0);
     // AND the first request, sent again, still gets its answer
     assert_eq!(adjust(50_000).await.unwrap().body, asked.body);
+}
+
+#[tokio::test]
+async fn declining_an_adjustment_of_an_unknown_member_opens_no_account() {
+    // GIVEN ops-1's request of 50,000 for m-typo, a member nobody opened
+    let (store, _, services) = stack().await;
+    let body = json!({"points": 50_000, "reason": "store credit"}).to_string();
+    let asked = services
+        .adjust("kr-shop", "m-typo", "ops-1", None, body.as_bytes())
+        .await
+        .unwrap();
+    let id = asked.body["id"].as_str().unwrap().to_string();
+    // WHEN ops-2 declines it
+    services
+        .decline_adjustment("kr-shop", &id, "ops-2", br#"{"reason": "mistyped"}"#)
+        .await
+        .unwrap();
+    // THEN m-typo is still no member: no account was opened for it
+    let state = loyalty_core::ports::MemberStore::load_member(&store, "kr-shop", "m-typo", &[])
+        .await
+        .unwrap();
+    assert!(state.account.is_none(), "{:?}", state.account);
 }

@@ -95,3 +95,21 @@ async fn an_app_login_support_linked_names_its_member_in_events() {
         .unwrap();
     assert_eq!(queued_member(&queue), "m-ann");
 }
+
+#[tokio::test]
+async fn an_account_opened_under_an_email_as_typed_is_still_found_by_it() {
+    // GIVEN an account opened before emails were named as linked, under "email:Old@Example.com"
+    let (_queue, services) = stack().await;
+    let opening = br#"{"points": 10, "reason": "opening"}"#;
+    services
+        .adjust("kr-shop", "email:Old@Example.com", "ops", None, opening)
+        .await
+        .unwrap();
+    // WHEN an operator names it as it was opened
+    let found = services
+        .canonical_member("kr-shop", "email:Old@Example.com")
+        .await
+        .unwrap();
+    // THEN it is that account, not the lower-cased form's (which has none)
+    assert_eq!(found, "email:Old@Example.com");
+}

@@ -75,15 +75,26 @@ impl Services {
         program: &str,
         member: &str,
     ) -> Result<String, ServiceError> {
-        let member = crate::ports::plain_identity(member);
-        let Some((kind, value)) = member.split_once(':') else {
-            return Ok(member);
+        let plain = crate::ports::plain_identity(member);
+        let Some((kind, value)) = plain.split_once(':') else {
+            return Ok(plain);
         };
-        Ok(self
-            .store
-            .resolve_alias(program, kind, value)
-            .await?
-            .unwrap_or(member))
+        if let Some(linked) = self.store.resolve_alias(program, kind, value).await? {
+            return Ok(linked);
+        }
+        // An account opened under the form as typed (`email:Ann@...`, before emails were named
+        // as they are linked) is still that account.
+        if plain != member
+            && self
+                .store
+                .load_member(program, member, &[])
+                .await?
+                .account
+                .is_some()
+        {
+            return Ok(member.to_string());
+        }
+        Ok(plain)
     }
 
     /// The member an event names, as [`Services::canonical_member`]; an id alone may also be

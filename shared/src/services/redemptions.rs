@@ -763,9 +763,19 @@ impl Services {
                 .redemption(&program.id, &member, id)
                 .await?
                 .ok_or_else(unknown)?;
+            // A hold made before its redemption kept the order has it on the account while
+            // it is open.
+            let held_for = redemption.order_ref.clone().or_else(|| {
+                state.account.as_ref().and_then(|a| {
+                    a.holds
+                        .iter()
+                        .find(|h| h.redemption == id)
+                        .map(|h| h.order_ref.clone())
+                })
+            });
             let settled = json!({"id": id, "status": status_name(wanted),
-                "points": redemption.points, "order_ref": redemption.order_ref});
-            match (capture, redemption.order_ref.as_deref()) {
+                "points": redemption.points, "order_ref": held_for});
+            match (capture, held_for.as_deref()) {
                 (Some(named), Some(held)) if named != held => {
                     return Err(ServiceError::Conflict {
                         problem: "hold-for-another-order",
@@ -1264,7 +1274,10 @@ impl Services {
                 None => return refuse_suspended(&account),
             }
         }
-        Ok(())
+        Err(ServiceError::Internal(format!(
+            "coupon {code}: its member was merged on more than {} times",
+            super::merge::MAX_MERGE_HOPS
+        )))
     }
 }
 

@@ -557,10 +557,11 @@ impl Services {
         loop {
             let now = self.clock.now();
             let state = self.store.load_member(&program.id, member, &[]).await?;
-            let account = state
-                .account
-                .clone()
-                .unwrap_or_else(|| Account::open(&program, member, now));
+            // A member with no account is not opened by a decline (a mistyped id would become
+            // a member): an approval at that very moment opens it, a race this leaves open.
+            let Some(account) = state.account.clone() else {
+                return Ok(());
+            };
             if super::redemptions::refuse_closed(&account).is_err() {
                 return Ok(());
             }

@@ -175,10 +175,11 @@ impl SqliteStore {
         })
     }
 
-    /// Deletes the API idempotency records that expired before `now`, among the `max` oldest
-    /// (records are written in the order they expire, a key's life being one length): the
-    /// part of DynamoDB's time to live. Reads never see an expired one either way. How many
-    /// went: fewer than `max` means none is left among the oldest.
+    /// Deletes up to `max` of the API idempotency records that expired before `now`: the part
+    /// of DynamoDB's time to live. Reads never see an expired one either way. How many went:
+    /// fewer than `max` means none is left. It reads the whole table (records live for
+    /// different lengths: a request's key a week, a decline's record longer), so serve runs it
+    /// hourly.
     pub async fn forget_expired_requests(
         &self,
         now: chrono::DateTime<Utc>,
@@ -188,8 +189,8 @@ impl SqliteStore {
         self.with(move |conn| {
             conn.exec(
                 "DELETE FROM idempotency WHERE rowid IN (
-                     SELECT rowid FROM (SELECT rowid, body FROM idempotency ORDER BY rowid LIMIT ?2)
-                     WHERE julianday(json_extract(body, '$.expires_at')) < julianday(?1))",
+                     SELECT rowid FROM idempotency
+                     WHERE julianday(json_extract(body, '$.expires_at')) < julianday(?1) LIMIT ?2)",
                 params![now, max],
             )
             .map_err(|e| sql_error("cannot forget expired requests", e))
@@ -253,7 +254,7 @@ fn keep_old_rejections(conn: &Connection) -> Result<(), StoreError> {
         conn.execute_batch(
             "INSERT OR IGNORE INTO rejected_events (program, event_id, at, body)
                  SELECT program, event_id, COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', at), at), body
-                 FROM rejected ORDER BY at DESC;
+                 FROM rejected ORDER BY julianday(at) DESC;
              DELETE FROM rejected;",
         )
         .map_err(failed)?;

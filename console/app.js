@@ -140,6 +140,21 @@ window.addEventListener("unhandledrejection", (e) => showProblem(e.reason));
 window.addEventListener("error", (e) => showProblem(e.error || e.message));
 
 // A confirmation that asks for what the action needs; a reason is always required.
+// A button that sends something is disabled while it does: a second click (a double click) is
+// not a second request, which would be refused as saved meanwhile after the first was saved.
+function busy(f) {
+  return async (e) => {
+    const button = e?.currentTarget;
+    if (button?.disabled) return;
+    if (button) button.disabled = true;
+    try {
+      await f(e);
+    } finally {
+      if (button) button.disabled = false;
+    }
+  };
+}
+
 function ask({ title, text = "", fields = [], danger = false }) {
   const dialog = $("#ask");
   $("#ask-title").textContent = title;
@@ -295,6 +310,10 @@ function memberRef(text) {
 }
 
 async function members(params, id) {
+  // Read (and dropped) before anything can fail: a notice is for the page drawn next only.
+  const notice = sessionStorage.getItem("loyalty.notice");
+  sessionStorage.removeItem("loyalty.notice");
+  const noticeBox = notice ? h("div", { class: "notice", testid: "notice" }, notice) : null;
   const search = h("form", { class: "row", onsubmit: (e) => {
     e.preventDefault();
     const q = memberRef(e.target.q.value);
@@ -302,7 +321,7 @@ async function members(params, id) {
   } },
   h("input", { name: "q", class: "grow", placeholder: t("search_placeholder"), value: id || "", testid: "member-search", "aria-label": t("search") }),
   h("button", { testid: "member-find" }, t("search")));
-  if (!id) return [h("h1", {}, t("members")), search, h("p", { class: "muted" }, t("search_help"))];
+  if (!id) return [h("h1", {}, t("members")), noticeBox, search, h("p", { class: "muted" }, t("search_help"))];
   const path = inProgram(`/members/${encodeURIComponent(id)}`);
   const [view, exported] = await Promise.all([api("GET", path), api("GET", `${path}/export`)]);
   const member = view.member;
@@ -310,14 +329,17 @@ async function members(params, id) {
   // One key per page: an adjustment sent again after a lost answer is applied once. The page
   // is drawn again (with a new key) once one is applied.
   const adjustKey = globalThis.crypto?.randomUUID?.() ?? `adjust-${Date.now()}-${Math.random().toString(36).slice(2)}`;
-  const act = async (title, fields, send, danger = false) => {
+  // `gone`: the member is no more once it is done (an erasure), so the search page is drawn
+  // next, with the notice, instead of the member's page (which would be a 404).
+  const act = async (title, fields, send, danger = false, gone = false) => {
     const values = await ask({ title, fields: [...fields, reasonField()], danger });
     if (!values) return;
     try {
       const answer = await send(values);
       showProblem(null);
       sessionStorage.setItem("loyalty.notice", t("done", { what: title }) + (answer?.status ? ` (${answer.status})` : ""));
-      await route();
+      if (gone) location.hash = "#/members";
+      else await route();
     } catch (e) {
       showProblem(e);
     }
@@ -332,12 +354,10 @@ async function members(params, id) {
       (v) => api("POST", `${memberPath}/merge`, { from: memberRef(v.from), reason: v.reason })) }, t("merge")),
     h("button", { testid: "action-export", class: "quiet", onclick: () => download(`${member}-export.json`, exported) }, t("export")),
     h("button", { testid: "action-erase", class: "danger", onclick: () => act(t("erase"), [{ name: "confirm", label: t("erase_confirm", { member }), pattern: escapeRegex(member) }],
-      (v) => api("DELETE", `${memberPath}?reason=${encodeURIComponent(v.reason)}`), true) }, t("erase")));
+      (v) => api("DELETE", `${memberPath}?reason=${encodeURIComponent(v.reason)}`), true, true) }, t("erase")));
   const tier = view.tier || {};
   const next = view.next_tier;
   const progress = next && tier.qualifying != null ? tier.qualifying / (tier.qualifying + next.needed) : 1;
-  const notice = sessionStorage.getItem("loyalty.notice");
-  sessionStorage.removeItem("loyalty.notice");
   const ledger = h("div", { testid: "ledger" });
   const more = h("button", { class: "quiet", testid: "ledger-more" }, t("more"));
   let cursor = null;
@@ -363,7 +383,7 @@ async function members(params, id) {
   const redemptions = exported.redemptions || [];
   return [
     h("h1", {}, t("member"), " ", h("span", { testid: "member-id" }, member)), search,
-    notice ? h("div", { class: "notice", testid: "notice" }, notice) : null,
+    noticeBox,
     view.merged_into ? h("div", { class: "warn" }, t("merged_into", { member: view.merged_into })) : null,
     view.suspended ? h("div", { class: "warn", testid: "suspended" }, t("suspended_since", { reason: view.suspended.reason || "" })) : null,
     h("div", { class: "tiles" },
@@ -456,7 +476,7 @@ async function programPage(params) {
     notice,
     h("p", { class: "muted" }, t("program_help")),
     text,
-    h("div", { class: "row" }, h("button", { testid: "program-save", onclick: save }, t("save"))),
+    h("div", { class: "row" }, h("button", { testid: "program-save", onclick: busy(save) }, t("save"))),
     h("section", { class: "card" }, h("h2", {}, t("versions")),
       table([
         { label: t("version"), cell: (v) => `v${v.version}` },
@@ -513,7 +533,9 @@ async function campaign(id) {
   const body = current ? Object.fromEntries(Object.entries(current).filter(([k]) => k !== "id" && k !== "version")) : CAMPAIGN_TEMPLATE();
   const idInput = h("input", { name: "id", value: creating ? "" : id, disabled: !creating, testid: "campaign-id", placeholder: "spring-double", pattern: "[a-z0-9][a-z0-9-]*" });
   const text = editor("campaign-editor", JSON.stringify(body, null, 2));
-  const put = async (change = (b) => b) => {
+  // `from`: the campaign to change (a start or a stop changes the stored one, not the draft in
+  // the editor, whose edits are saved by Save alone).
+  const put = async (change = (b) => b, from = null) => {
     const campaignId = creating ? idInput.value.trim() : id;
     if (!campaignId) throw new ProblemError({ title: t("error"), detail: t("campaign_id_needed") });
     // A new campaign never replaces one of the same id (a running one would get the template),
@@ -526,7 +548,7 @@ async function campaign(id) {
       if (taken) throw new ProblemError({ title: t("error"), detail: t("campaign_id_taken", { id: campaignId }) });
     }
     const precondition = creating ? { "If-None-Match": "*" } : { "If-Match": `"${current.version}"` };
-    const saved = await api("PUT", inProgram(`/campaigns/${encodeURIComponent(campaignId)}`), change(parseJson(text.value)), precondition)
+    const saved = await api("PUT", inProgram(`/campaigns/${encodeURIComponent(campaignId)}`), change(from ?? parseJson(text.value)), precondition)
       .catch((e) => Promise.reject(creating && e.problem?.status === 412
         ? new ProblemError({ title: t("error"), detail: t("campaign_id_taken", { id: campaignId }) }) : changedMeanwhile(e)));
     showProblem(null);
@@ -543,9 +565,13 @@ async function campaign(id) {
     h("div", { class: "row" }, h("label", {}, t("campaign_id"), " ", idInput)),
     text,
     h("div", { class: "row" },
-      h("button", { testid: "campaign-save", onclick: guarded(() => put()) }, t("save")),
-      current && current.status !== "running" ? h("button", { testid: "campaign-start", onclick: guarded(() => put((b) => ({ ...b, status: "running" }))) }, t("start")) : null,
-      current && current.status === "running" ? h("button", { class: "danger", testid: "campaign-stop", onclick: guarded(() => put((b) => ({ ...b, status: "stopped" }))) }, t("stop")) : null),
+      h("button", { testid: "campaign-save", onclick: busy(guarded(() => put())) }, t("save")),
+      current && current.status !== "running" ? h("button", { testid: "campaign-start", onclick: busy(guarded(() => put((b) => ({ ...b, status: "running" }), body))) }, t("start")) : null,
+      current && current.status === "running" ? h("button", { class: "danger", testid: "campaign-stop", onclick: busy(guarded(async () => {
+        // Stopping a running test is for every member at once: asked first.
+        if (!(await ask({ title: `${t("stop")}: ${current.name || id}`, danger: true }))) return;
+        await put((b) => ({ ...b, status: "stopped" }), body);
+      })) }, t("stop")) : null),
   ];
   if (current) parts.push(...(await campaignReport(id)));
   return parts;

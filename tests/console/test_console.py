@@ -249,6 +249,28 @@ def test_support_reverses_a_captured_payment_with_points_from_the_member_page(pa
     assert (status, reversed_["status"]) == (200, "reversed"), reversed_
 
 
+def test_support_erases_a_member_and_is_told_it_was_done(page: Page, server: Server):
+    # GIVEN m-erase-1, who asked to be forgotten, and m-5
+    assert server.call("POST", f"{P}/members/m-erase-1/adjustments", {"points": 10, "reason": "opening"})[0] == 201
+    page.goto(server.base + "/console/#/members/m-erase-1")
+    expect(page.get_by_test_id("member-id")).to_have_text("m-erase-1")
+    # WHEN support erases it, typing its id and a reason
+    page.get_by_test_id("action-erase").click()
+    page.get_by_test_id("field-confirm").fill("m-erase-1")
+    page.get_by_test_id("field-reason").fill("asked to be forgotten")
+    page.get_by_test_id("confirm").click()
+    # THEN the members' search page says it was done, with no problem shown (before: the
+    # member's page was drawn again and showed the erased member's 404)
+    expect(page.get_by_test_id("notice")).to_be_visible()
+    expect(page.get_by_test_id("member-search")).to_be_visible()
+    expect(page.get_by_test_id("problem")).to_be_hidden()
+    assert server.call("GET", f"{P}/members/m-erase-1")[0] == 404
+    # AND the notice is not shown again on the next page
+    page.goto(server.base + "/console/#/members/m-5")
+    expect(page.get_by_test_id("member-id")).to_have_text("m-5")
+    expect(page.get_by_test_id("notice")).to_have_count(0)
+
+
 def test_a_page_answered_late_is_not_drawn_over_the_page_opened_after_it(page: Page, server: Server):
     # GIVEN m-2's view, whose answer the network holds back
     held = []
@@ -358,6 +380,9 @@ def test_a_marketer_fixes_a_campaign_by_field_and_opens_its_report(page: Page, s
     renamed = {k: v for k, v in before.items() if k not in ("id", "version")} | {"name": "Spring double (renamed)"}
     assert server.call("PUT", f"{P}/campaigns/spring-double", renamed)[0] == 200
     page.get_by_test_id("campaign-stop").click()
+    # (a stop is asked first: it is for every member at once)
+    expect(page.get_by_test_id("dialog")).to_be_visible()
+    page.get_by_test_id("confirm").click()
     # THEN the stop is refused as saved meanwhile, and the campaign runs on under the other's name
     expect(page.get_by_test_id("problem-title")).to_have_text("Saved meanwhile by someone else")
     after = server.call("GET", f"{P}/campaigns/spring-double")[1]
@@ -518,11 +543,14 @@ def test_the_program_editor_names_every_problem_by_field_and_keeps_versions(page
     assert [fields.nth(i).get_attribute("data-field") for i in range(fields.count())] == [e["field"] for e in problem["errors"]]
     assert {"expiry.months", "tiers[2].threshold"} <= {e["field"] for e in problem["errors"]}
     assert server.call("GET", f"{P}/versions")[1]["versions"] == before
-    # WHEN a valid change is saved THEN it is a new version, listed above the old one
+    # WHEN a valid change is saved with a double click THEN it is one new version, listed above
+    # the old one, and no problem is shown (before: the second click was refused as saved
+    # meanwhile, after the first had saved)
     file["name"] = "KR Shop Members (console)"
     editor.fill(json.dumps(file, indent=2))
-    page.get_by_test_id("program-save").click()
+    page.get_by_test_id("program-save").dblclick()
     expect(page.get_by_test_id("notice")).to_contain_text(f"version {before[0]['version'] + 1}")
+    expect(page.get_by_test_id("problem")).to_be_hidden()
     page.reload()
     expect(page.get_by_test_id("versions").locator("tbody tr")).to_have_count(len(before) + 1)
     # AND an older version can be read as it was saved

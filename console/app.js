@@ -111,7 +111,11 @@ async function api(method, path, body, headers = {}) {
   const type = response.headers.get("content-type") || "";
   const payload = type.includes("json") ? await response.json().catch(() => null) : await response.text();
   if (!response.ok) {
-    const problem = payload && typeof payload === "object" ? payload : { title: response.statusText, detail: String(payload || "") };
+    // Not every answer is a problem: API Gateway says `{"message"}` (a throttle, a timeout), and
+    // CloudFront answers a 502 or 504 with a page of its own (over HTTP/2 with no status text).
+    const problem = payload && typeof payload === "object"
+      ? { ...payload, title: payload.title ?? `${response.status} ${response.statusText}`.trim(), detail: payload.detail ?? payload.message }
+      : { title: `${response.status} ${response.statusText}`.trim(), detail: type.includes("html") ? "" : String(payload || "") };
     problem.status ??= response.status;
     if (response.status === 401) signOut(false);
     throw new ProblemError(problem);
@@ -162,7 +166,7 @@ function ask({ title, text = "", fields = [], danger = false }) {
   const inputs = fields.map((f) => {
     const input = f.type === "textarea"
       ? h("textarea", { name: f.name, required: f.required !== false, rows: 3, testid: `field-${f.name}` })
-      : h("input", { name: f.name, type: f.type || "text", required: f.required !== false, testid: `field-${f.name}`, pattern: f.pattern, value: f.value });
+      : h("input", { name: f.name, type: f.type || "text", required: f.required !== false, testid: `field-${f.name}`, pattern: f.pattern, inputmode: f.inputmode, value: f.value });
     return [h("label", {}, f.label), input];
   });
   $("#ask-fields").replaceChildren(...inputs.flat());
@@ -316,14 +320,24 @@ async function members(params, id) {
   const noticeBox = notice ? h("div", { class: "notice", testid: "notice" }, notice) : null;
   const search = h("form", { class: "row", onsubmit: (e) => {
     e.preventDefault();
-    const q = memberRef(e.target.q.value);
+    // As typed first: a member's own id may look like an email or a phone number.
+    const q = e.target.q.value.trim();
     if (q) location.hash = `#/members/${encodeURIComponent(q)}`;
   } },
   h("input", { name: "q", class: "grow", placeholder: t("search_placeholder"), value: id || "", testid: "member-search", "aria-label": t("search") }),
   h("button", { testid: "member-find" }, t("search")));
   if (!id) return [h("h1", {}, t("members")), noticeBox, search, h("p", { class: "muted" }, t("search_help"))];
   const path = inProgram(`/members/${encodeURIComponent(id)}`);
-  const [view, exported] = await Promise.all([api("GET", path), api("GET", `${path}/export`)]);
+  let view, exported;
+  try {
+    [view, exported] = await Promise.all([api("GET", path), api("GET", `${path}/export`)]);
+  } catch (e) {
+    // No member of that id: typed as an email or a phone, it names the member of that identity.
+    const identity = memberRef(id);
+    if (e.problem?.status !== 404 || identity === id) throw e;
+    location.replace(`#/members/${encodeURIComponent(identity)}`);
+    return [];
+  }
   const member = view.member;
   const memberPath = inProgram(`/members/${encodeURIComponent(member)}`);
   // One key per page: an adjustment sent again after a lost answer is applied once. The page
@@ -345,7 +359,7 @@ async function members(params, id) {
     }
   };
   const actions = h("div", { class: "actions" },
-    h("button", { testid: "action-adjust", onclick: () => act(t("adjust"), [{ name: "points", label: t("points_signed"), type: "number" }],
+    h("button", { testid: "action-adjust", onclick: () => act(t("adjust"), [{ name: "points", label: t("points_signed"), inputmode: "numeric", pattern: "-?[0-9]+" }],
       (v) => api("POST", `${memberPath}/adjustments`, { points: Number(v.points), reason: v.reason }, { "Idempotency-Key": adjustKey })) }, t("adjust")),
     view.suspended
       ? h("button", { testid: "action-resume", onclick: () => act(t("resume"), [], (v) => api("POST", `${memberPath}/resume`, { reason: v.reason })) }, t("resume"))

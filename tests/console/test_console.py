@@ -191,6 +191,20 @@ def test_support_finds_a_member_by_email_and_adjusts_with_a_reason(page: Page, s
     expect(page.get_by_test_id("dialog")).to_be_hidden()
     page.wait_for_load_state("networkidle")
     assert server.call("GET", f"{P}/members/email:minji@example.com")[1]["balance"] == after["balance"]
+    # AND points written as "1e3" are refused by the dialog (before: 1,000 points were sent)
+    page.get_by_test_id("action-adjust").click()
+    page.get_by_test_id("field-points").fill("1e3")
+    page.get_by_test_id("field-reason").fill("typo")
+    page.get_by_test_id("confirm").click()
+    expect(page.get_by_test_id("dialog")).to_be_visible()
+    page.keyboard.press("Escape")
+    page.wait_for_load_state("networkidle")
+    assert server.call("GET", f"{P}/members/email:minji@example.com")[1]["balance"] == after["balance"]
+    # AND an answer of API Gateway's own (a throttle) is shown with its message
+    page.route("**/members/m-5", lambda route: route.fulfill(
+        status=503, content_type="application/json", body='{"message":"Service Unavailable"}'))
+    page.goto(server.base + "/console/#/members/m-5")
+    expect(page.get_by_test_id("problem")).to_contain_text("Service Unavailable")
 
 
 def test_a_cognito_console_signs_in_by_code_and_signing_out_ends_the_cognito_session(browser, server: Server):
@@ -247,6 +261,18 @@ def test_support_reverses_a_captured_payment_with_points_from_the_member_page(pa
     server.eventually(lambda: server.call("GET", f"{P}/members/m-5")[1].get("balance") == before + 1000, "the points returned")
     status, reversed_ = server.call("GET", f"{P}/me/redemptions/{held['id']}", auth=member)
     assert (status, reversed_["status"]) == (200, "reversed"), reversed_
+
+
+def test_a_member_whose_own_id_looks_like_a_phone_number_is_found_by_it(page: Page, server: Server):
+    # GIVEN a member whose own id is 0101234567 (no phone identity of that number)
+    assert server.call("POST", f"{P}/members/0101234567/adjustments", {"points": 10, "reason": "opening"})[0] == 201
+    # WHEN support searches it
+    page.get_by_role("link", name="Members").click()
+    page.get_by_test_id("member-search").fill("0101234567")
+    page.get_by_test_id("member-find").click()
+    # THEN its page is shown (before: the search asked for phone:0101234567, a 404)
+    expect(page.get_by_test_id("member-id")).to_have_text("0101234567")
+    expect(page.get_by_test_id("problem")).to_be_hidden()
 
 
 def test_support_erases_a_member_and_is_told_it_was_done(page: Page, server: Server):

@@ -857,6 +857,50 @@ async fn a_first_run_of_empty_days_out_of_time_stops_before_reading_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_a_tier_pass_fails_on_is_retried_by_the_tier_queue() {
+    // GIVEN two members, one of whose stored account is unreadable
+    let dir = std::env::temp_dir().join(format!("jobs-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("loyalty.db");
+    let store = SqliteStore::open(&db).unwrap();
+    let queue = Arc::new(Recorder::default());
+    let services = Services::new(Arc::new(store.clone()), queue.clone(), FixedClock::at(t0()));
+    services
+        .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    for member in ["m-ok", "m-poison"] {
+        let opening = br#"{"points": 10, "reason": "opening"}"#;
+        services
+            .adjust("kr-shop", member, "ops", None, opening)
+            .await
+            .unwrap();
+    }
+    set_account_body(&db, "m-poison", "{not an account");
+    queue.0.lock().unwrap().clear();
+    // WHEN recalculate-tiers passes over every member
+    let report = services
+        .run_job(
+            Job::RecalculateTiers,
+            "kr-shop",
+            Some(date(2026, 3, 10)),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    // THEN the one it failed on is named, and a tier check for it waits on the tier queue
+    // (before: nothing came back to it but a whole new pass, which no schedule runs)
+    assert_eq!((report.members, report.failed), (2, 1));
+    let sent = queue.0.lock().unwrap().clone();
+    let checks: Vec<&str> = sent
+        .iter()
+        .filter(|(q, m)| *q == QueueName::Tier && m.kind == "tier.check")
+        .map(|(_, m)| m.member.as_str())
+        .collect();
+    assert_eq!(checks, ["m-poison"], "{sent:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_program_never_stops_the_others() {
     // GIVEN two programs, one of whose stored file is unreadable
     let (services, store, db) = expiring_members(3).await;

@@ -953,8 +953,12 @@ impl Services {
                         report.changed += usize::from(outcome.changed);
                         report.entries += outcome.entries;
                     }
-                    // Named in the report; the next full pass comes back to it.
-                    Err(e) => report.record_failure(member, &e),
+                    // Named in the report, and retried by the tier queue (its backoff, then its
+                    // dead letters): no schedule runs this pass again.
+                    Err(e) => {
+                        report.record_failure(member, &e);
+                        self.retry_tier_check(program, member, date, at).await;
+                    }
                 }
                 progress(report.members);
             }
@@ -965,6 +969,37 @@ impl Services {
                 Some(next) => cursor = Some(next),
                 None => return Ok(()),
             }
+        }
+    }
+}
+
+impl Services {
+    /// A `tier.check` for a member a pass failed on, so that the tier queue tries it again. A
+    /// send that fails is logged: the member is named in the report either way.
+    async fn retry_tier_check(
+        &self,
+        program: &Program,
+        member: &str,
+        date: NaiveDate,
+        at: chrono::DateTime<chrono::Utc>,
+    ) {
+        let day = date.to_string();
+        let id = crate::ids::derived_event_id("tier-check-recalculate", &[day.as_str(), member]);
+        let check = Envelope {
+            replay: None,
+            resumed: None,
+            reviewed_by: None,
+            trace: crate::telemetry::trace::current(),
+            kind: crate::envelope::TIER_CHECK.into(),
+            version: ENVELOPE_VERSION,
+            id,
+            program: program.id.clone(),
+            member: member.to_string(),
+            occurred_at: at,
+            data: json!({}),
+        };
+        if let Err(e) = self.send_to(QueueName::Tier, &check).await {
+            tracing::warn!(program = %program.id, member = %crate::telemetry::member_ref(member), error = %e, "cannot queue a tier check for a member the pass failed on");
         }
     }
 }

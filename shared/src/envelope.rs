@@ -73,6 +73,31 @@ pub fn message_body(envelope: &Envelope) -> serde_json::Result<String> {
 }
 
 impl Envelope {
+    /// A message the engine writes itself (a tier check, a notice, a merge's step): no
+    /// operator's marks, and the trace of the work that made it.
+    pub fn made(
+        program: &str,
+        kind: &str,
+        id: String,
+        member: &str,
+        occurred_at: DateTime<Utc>,
+        data: serde_json::Value,
+    ) -> Envelope {
+        Envelope {
+            replay: None,
+            resumed: None,
+            reviewed_by: None,
+            trace: crate::telemetry::trace::current(),
+            kind: kind.to_string(),
+            version: ENVELOPE_VERSION,
+            id,
+            program: program.to_string(),
+            member: member.to_string(),
+            occurred_at,
+            data,
+        }
+    }
+
     /// FIFO group: one member's events are processed in order.
     pub fn group(&self) -> String {
         format!("{}#{}", self.program, self.member)

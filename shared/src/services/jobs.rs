@@ -16,7 +16,7 @@ use super::{Contention, ServiceError, Services};
 use crate::domain::calendar::local_date;
 use crate::domain::schedule::{job_instant, job_source};
 use crate::domain::{Account, Change, DueJob, EventContext, Notice, Program};
-use crate::envelope::{Envelope, ENVELOPE_VERSION};
+use crate::envelope::Envelope;
 use crate::ports::{Commit, CommitError, OutboxMessage, QueueName};
 use crate::store::MAX_COMMIT_ITEMS;
 
@@ -985,19 +985,14 @@ impl Services {
     ) {
         let day = date.to_string();
         let id = crate::ids::derived_event_id("tier-check-recalculate", &[day.as_str(), member]);
-        let check = Envelope {
-            replay: None,
-            resumed: None,
-            reviewed_by: None,
-            trace: crate::telemetry::trace::current(),
-            kind: crate::envelope::TIER_CHECK.into(),
-            version: ENVELOPE_VERSION,
+        let check = Envelope::made(
+            &program.id,
+            crate::envelope::TIER_CHECK,
             id,
-            program: program.id.clone(),
-            member: member.to_string(),
-            occurred_at: at,
-            data: json!({}),
-        };
+            member,
+            at,
+            json!({}),
+        );
         if let Err(e) = self.send_to(QueueName::Tier, &check).await {
             tracing::warn!(program = %program.id, member = %crate::telemetry::member_ref(member), error = %e, "cannot queue a tier check for a member the pass failed on");
         }
@@ -1044,19 +1039,7 @@ fn notice(
     at: chrono::DateTime<chrono::Utc>,
     data: serde_json::Value,
 ) -> OutboxMessage {
-    let message = Envelope {
-        replay: None,
-        resumed: None,
-        reviewed_by: None,
-        trace: crate::telemetry::trace::current(),
-        kind: kind.to_string(),
-        version: ENVELOPE_VERSION,
-        id,
-        program: program.id.clone(),
-        member: member.to_string(),
-        occurred_at: at,
-        data,
-    };
+    let message = Envelope::made(&program.id, kind, id, member, at, data);
     OutboxMessage::new(QueueName::Notify, message)
 }
 

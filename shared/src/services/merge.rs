@@ -448,19 +448,14 @@ impl Services {
             let mut outbox = Vec::new();
             if part == 0 {
                 // The summed qualifying history may reach a higher tier.
-                let check = Envelope {
-                    replay: None,
-                    resumed: None,
-                    reviewed_by: None,
-                    trace: crate::telemetry::trace::current(),
-                    kind: crate::envelope::TIER_CHECK.into(),
-                    version: ENVELOPE_VERSION,
-                    id: format!("tier-check-{step}"),
-                    program: program.id.clone(),
-                    member: survivor.to_string(),
-                    occurred_at: now,
-                    data: json!({}),
-                };
+                let check = Envelope::made(
+                    &program.id,
+                    crate::envelope::TIER_CHECK,
+                    format!("tier-check-{step}"),
+                    survivor,
+                    now,
+                    json!({}),
+                );
                 outbox.push(OutboxMessage::new(QueueName::Tier, check));
             }
             let commit = Commit {

@@ -694,6 +694,14 @@ async fn a_review_run_costs_what_is_due_not_what_exists_on_the_embedded_store() 
 /// with `n` members holding 100 points each that expire on 2027-03-01, and expire-points last
 /// completed on 2027-02-20.
 async fn expiring_members(n: usize) -> (Services, SqliteStore, std::path::PathBuf) {
+    let (services, store, db, _clock) = expiring_members_at(n).await;
+    (services, store, db)
+}
+
+/// As [`expiring_members`], with the clock the services read (2027-03-10 06:00 UTC).
+async fn expiring_members_at(
+    n: usize,
+) -> (Services, SqliteStore, std::path::PathBuf, Arc<FixedClock>) {
     let dir = std::env::temp_dir().join(format!("jobs-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("loyalty.db");
@@ -702,7 +710,7 @@ async fn expiring_members(n: usize) -> (Services, SqliteStore, std::path::PathBu
     let services = Services::new(
         Arc::new(store.clone()),
         Arc::new(Recorder::default()),
-        clock,
+        clock.clone(),
     );
     services
         .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
@@ -728,7 +736,7 @@ async fn expiring_members(n: usize) -> (Services, SqliteStore, std::path::PathBu
         .save_job_progress("kr-shop", "expire-points", Some("2027-02-20"))
         .await
         .unwrap();
-    (services, store, db)
+    (services, store, db, clock)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -790,6 +798,57 @@ async fn one_corrupt_member_is_named_and_retried_and_the_others_expire() {
             .as_deref(),
         Some("2027-03-10")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_failing_for_a_week_no_longer_holds_the_job_s_progress() {
+    // GIVEN three members due for expiry on 2027-03-01, one of them unreadable, and a run on
+    // 2027-03-10 that failed on it
+    let (services, store, db, clock) = expiring_members_at(3).await;
+    let good = set_account_body(&db, "seed-000001", "{not an account");
+    let run = |on: NaiveDate| services.run_job(Job::ExpirePoints, "kr-shop", Some(on), &|_| {});
+    let progress = || async {
+        store
+            .job_progress("kr-shop", "expire-points")
+            .await
+            .unwrap()
+    };
+    assert_eq!(run(date(2027, 3, 10)).await.unwrap().failed, 1);
+    let held = progress().await.unwrap();
+    assert!(held.as_str() < "2027-03-10", "{held}");
+    // WHEN the daily runs go on failing on it for a week
+    clock.set(Utc.with_ymd_and_hms(2027, 3, 17, 6, 0, 0).unwrap());
+    let report = run(date(2027, 3, 17)).await.unwrap();
+    // THEN the day still holds the progress a week on, every run going over it again
+    assert_eq!(report.failed, 1);
+    assert!(report.failures[0].error.contains("corrupt"), "{report:?}");
+    assert_eq!(progress().await, Some(held.clone()));
+    // WHEN one more day's run fails on it
+    clock.set(Utc.with_ymd_and_hms(2027, 3, 18, 6, 0, 0).unwrap());
+    let report = run(date(2027, 3, 18)).await.unwrap();
+    // THEN it is named as given up with its day, and the progress reaches the run's date
+    assert_eq!((report.members, report.failed), (1, 1), "{report:?}");
+    let reason = &report.failures[0].error;
+    assert!(
+        reason.contains("given up") && reason.contains(&held),
+        "{reason}"
+    );
+    assert_eq!(progress().await.as_deref(), Some("2027-03-18"));
+    // AND the next run does not read that day again
+    clock.set(Utc.with_ymd_and_hms(2027, 3, 19, 6, 0, 0).unwrap());
+    let report = run(date(2027, 3, 19)).await.unwrap();
+    assert_eq!((report.members, report.failed), (0, 0), "{report:?}");
+    // WHEN the account is repaired and the job is run as of the day given up
+    set_account_body(&db, "seed-000001", &good);
+    let report = run(held.parse().unwrap()).await.unwrap();
+    // THEN its points expire, and the progress stays where it was
+    assert_eq!((report.changed, report.failed), (1, 0), "{report:?}");
+    let member = store
+        .load_member("kr-shop", "seed-000001", &[])
+        .await
+        .unwrap();
+    assert_eq!(member.account.unwrap().balance, 0);
+    assert_eq!(progress().await.as_deref(), Some("2027-03-19"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,8 @@
 //! version and every entry id derives from the job, the date and the member, so running the same
 //! job twice, or finishing an interrupted run, has no second effect.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -50,6 +52,16 @@ const GROUP: usize = 25;
 const MAX_CATCH_UP_DAYS: i64 = 400;
 /// The saved progress of `recalculate-tiers` (a member cursor while a pass is under way).
 const RECALCULATE: &str = "recalculate-tiers";
+/// How long a day on which a member failed holds a due-date job's progress (every run goes
+/// over it again); after that the day is given up and its members named as such, as the
+/// campaign tick does, so that one unreadable account does not pin the job for ever.
+const FAILED_DAY_HELD_DAYS: i64 = 7;
+
+/// Where a due-date job keeps the days its members failed on, each with the date it first
+/// failed: beside its progress, under a name no job has.
+fn held_days_key(job: Job) -> String {
+    format!("held-days/{}", job.name())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -62,7 +74,6 @@ pub enum Job {
     CampaignTick,
 }
 
-/// Where a job's last run is kept: beside its progress, under a name no job has.
 /// A run's metrics: members looked at, changed and failed, its time, and whether it failed.
 fn count_run(
     job: Job,
@@ -87,6 +98,7 @@ fn count_run(
     metrics::observe(metrics::JOB_DURATION, &labels, millis.unsigned_abs());
 }
 
+/// Where a job's last run is kept: beside its progress, under a name no job has.
 fn last_run_key(job: Job) -> String {
     format!("last-run/{}", job.name())
 }
@@ -270,18 +282,20 @@ impl JobReport {
 
     /// A member a job stops trying again: a failure no later run retries.
     pub(super) fn give_up(&mut self, member: &str, reason: &str) {
-        tracing::error!(job = self.job, program = self.program, member = %crate::telemetry::member_ref(member), reason, "member given up; no run retries it");
-        self.failed += 1;
-        if self.failures.len() < FAILURES_NAMED {
-            self.failures.push(JobFailure {
-                member: member.to_string(),
-                error: reason.to_string(),
-            });
-        }
+        tracing::error!(job = self.job, program = self.program, member = %crate::telemetry::member_ref(member), reason = %crate::telemetry::redact(reason), "member given up; no run retries it");
+        self.name_failure(member, reason);
     }
 
     pub(super) fn record_failure(&mut self, member: &str, error: &ServiceError) {
-        tracing::error!(job = self.job, program = self.program, member = %crate::telemetry::member_ref(member), error = %crate::telemetry::redact(&error.to_string()), "member failed; the next run retries it");
+        self.failure_retried(member, &error.to_string());
+    }
+
+    fn failure_retried(&mut self, member: &str, error: &str) {
+        tracing::error!(job = self.job, program = self.program, member = %crate::telemetry::member_ref(member), error = %crate::telemetry::redact(error), "member failed; the next run retries it");
+        self.name_failure(member, error);
+    }
+
+    fn name_failure(&mut self, member: &str, error: &str) {
         self.failed += 1;
         if self.failures.len() < FAILURES_NAMED {
             self.failures.push(JobFailure {
@@ -593,6 +607,7 @@ impl Services {
         // today: the scheduled runs must still go over the days from today on.
         let today = local_date(program.time_zone, self.clock.now());
         let mut failed_on: Option<NaiveDate> = None;
+        let mut failing: BTreeMap<NaiveDate, Vec<(String, String)>> = BTreeMap::new();
         let mut day = from;
         // Notices go member by member (each may owe rewards first); the other jobs commit a
         // group's changes together, gathered across the index's shards and pages.
@@ -642,7 +657,8 @@ impl Services {
                     match outcome {
                         Ok(outcome) => report.add(&outcome),
                         Err(e) => {
-                            report.record_failure(member, &e);
+                            let failure = (member.clone(), e.to_string());
+                            failing.entry(day).or_default().push(failure);
                             failed_on.get_or_insert(day);
                         }
                     }
@@ -657,6 +673,9 @@ impl Services {
             }
             day = day.succ_opt().unwrap_or(NaiveDate::MAX);
         }
+        let failed_on = self
+            .hold_failed_days(&program.id, job, failing, today, report)
+            .await?;
         let resume = match (failed_on, report.complete) {
             (Some(failed), _) => failed,
             (None, false) => day,
@@ -664,6 +683,60 @@ impl Services {
         };
         self.advance_progress(&program.id, job, &mut last, resume.min(today))
             .await
+    }
+
+    /// Names this run's failures and returns the first day that still holds the job's
+    /// progress: a day failing for [`FAILED_DAY_HELD_DAYS`] since its first failure is given
+    /// up (its members named as such). The days are read and saved only when a member failed,
+    /// so a healthy run costs nothing more.
+    async fn hold_failed_days(
+        &self,
+        program: &str,
+        job: Job,
+        failing: BTreeMap<NaiveDate, Vec<(String, String)>>,
+        today: NaiveDate,
+        report: &mut JobReport,
+    ) -> Result<Option<NaiveDate>, ServiceError> {
+        if failing.is_empty() {
+            return Ok(None);
+        }
+        let key = held_days_key(job);
+        let saved = self.store.job_progress(program, &key).await?;
+        // Unreadable text (a hand edit) is as if nothing had failed before.
+        let before: BTreeMap<NaiveDate, NaiveDate> = saved
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        let held_since = today - Duration::days(FAILED_DAY_HELD_DAYS);
+        // Only the days failing now are kept: a day that went through is forgotten.
+        let mut held = BTreeMap::new();
+        let mut first_held = None;
+        for (day, failures) in failing {
+            let since = before.get(&day).copied().unwrap_or(today).min(today);
+            held.insert(day, since);
+            let given_up = since < held_since;
+            if !given_up {
+                first_held.get_or_insert(day);
+            }
+            for (member, error) in failures {
+                if given_up {
+                    let reason = format!(
+                        "{error}; due on {day} and failing since {since}: given up (repair \
+                         the account, then run the job as of {day})"
+                    );
+                    report.give_up(&member, &reason);
+                } else {
+                    report.failure_retried(&member, &error);
+                }
+            }
+        }
+        let now = serde_json::to_string(&held).ok();
+        if now != saved {
+            self.store
+                .save_job_progress(program, &key, now.as_deref())
+                .await?;
+        }
+        Ok(first_held)
     }
 
     /// Saves `to` as the job's progress if it is later than what is saved: progress only moves

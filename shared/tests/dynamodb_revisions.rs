@@ -248,3 +248,77 @@ async fn a_commit_whose_account_the_table_cannot_hold_is_refused_as_unfit_and_wr
         .expect("read");
     assert!(state.account.is_none() && !state.seen);
 }
+
+/// Answers the transactions sent through it as a throttled DynamoDB does: cancelled, with the
+/// first item's reason a throttle. The request itself is turned into a harmless read, so that
+/// nothing is written behind the answer.
+#[derive(Debug)]
+struct ThrottleTransactions;
+
+impl aws_sdk_dynamodb::config::Intercept for ThrottleTransactions {
+    fn name(&self) -> &'static str {
+        "throttle-transactions"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextMut<
+            '_,
+        >,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let headers = context.request_mut().headers_mut();
+        if headers
+            .get("x-amz-target")
+            .is_some_and(|t| t.ends_with(".TransactWriteItems"))
+        {
+            headers.insert("x-amz-target", "DynamoDB_20120810.DescribeLimits");
+        }
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut aws_sdk_dynamodb::config::interceptors::BeforeDeserializationInterceptorContextMut<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","Message":"Transaction cancelled, please refer cancellation reasons for specific reasons [ThrottlingError, None, None]","CancellationReasons":[{"Code":"ThrottlingError","Message":"Throughput exceeds the current capacity of your table or index."},{"Code":"None"},{"Code":"None"}]}"#;
+        let response = context.response_mut();
+        *response.status_mut() = 400.try_into()?;
+        response.headers_mut().remove("content-length");
+        *response.body_mut() = aws_smithy_types::body::SdkBody::from(body);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_program_save_the_table_throttles_is_transient_not_a_conflict() {
+    use loyalty_core::ports::{ProgramStore, StoreError};
+    // GIVEN a saved program, and a client whose transactions the table throttles
+    let plain = store().await;
+    let program = format!("p-{}", uuid::Uuid::new_v4().simple());
+    let at = Utc.with_ymd_and_hms(2026, 12, 7, 9, 0, 0).unwrap();
+    let body = r#"{"id":"saved"}"#;
+    assert_eq!(
+        plain.put_program(&program, body, None, at).await.unwrap(),
+        Some(1)
+    );
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        common::moto_dynamodb("revisions")
+            .interceptor(ThrottleTransactions)
+            .build(),
+    );
+    let throttled = DynamoStore::new(client, TABLE);
+    // WHEN the next version is saved over version 1
+    let saved = throttled.put_program(&program, "{}", Some(1), at).await;
+    // THEN the save is to be tried again later, not "saved meanwhile by someone else"
+    assert!(
+        matches!(saved, Err(StoreError::Transient { .. })),
+        "{saved:?}"
+    );
+    // AND version 1 is still the program's
+    let current = plain.get_program(&program).await.unwrap().unwrap();
+    assert_eq!((current.version, current.file_json.as_str()), (1, body));
+}

@@ -886,6 +886,17 @@ impl CampaignStore for DynamoStore {
     }
 }
 
+/// The reasons of a cancelled transaction, item by item.
+fn cancellation_codes(
+    cancelled: &aws_sdk_dynamodb::types::error::TransactionCanceledException,
+) -> Vec<Option<&str>> {
+    cancelled
+        .cancellation_reasons()
+        .iter()
+        .map(|r| r.code())
+        .collect()
+}
+
 /// Whether a cancelled transaction's first item failed its condition (moto names no reason:
 /// its cancellations are conditions').
 fn first_condition_failed(codes: &[Option<&str>]) -> bool {
@@ -1781,15 +1792,19 @@ impl ProgramStore for DynamoStore {
             .await
         {
             Ok(_) => Ok(Some(version)),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(TransactWriteItemsError::TransactionCanceledException(_))
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(sdk_error("cannot save the program", e)),
+            Err(e) => match e.as_service_error() {
+                // The current version's condition (the first item): saved meanwhile.
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled))
+                    if first_condition_failed(&cancellation_codes(cancelled)) =>
+                {
+                    Ok(None)
+                }
+                // A throttle or another writer's transaction: the same save goes through later.
+                Some(TransactWriteItemsError::TransactionCanceledException(_)) => Err(
+                    StoreError::transient("the program save met a throttle; try again", e),
+                ),
+                _ => Err(sdk_error("cannot save the program", e)),
+            },
         }
     }
 }
@@ -2316,17 +2331,34 @@ where
     match result {
         Ok(_) => Ok(true),
         Err(e) => match e.as_service_error() {
-            Some(TransactWriteItemsError::TransactionCanceledException(cancelled))
-                if cancelled
-                    .cancellation_reasons()
-                    .iter()
-                    .any(|r| r.code() == Some("ConditionalCheckFailed")) =>
-            {
-                Ok(false)
+            Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
+                let codes = cancellation_codes(cancelled);
+                if codes.contains(&Some("ConditionalCheckFailed")) {
+                    Ok(false)
+                } else if cancelled_for_now(&codes) {
+                    let message = format!("{what}: a throttle or another write met it");
+                    Err(StoreError::transient(message, e))
+                } else {
+                    Err(sdk_error(what, e))
+                }
             }
             _ => Err(sdk_error(what, e)),
         },
     }
+}
+
+/// Whether a transaction was cancelled by something a later try gets past: a throttle, or
+/// another writer's transaction on one of its items (no condition refused it).
+fn cancelled_for_now(codes: &[Option<&str>]) -> bool {
+    codes.iter().flatten().any(|code| {
+        matches!(
+            *code,
+            "ThrottlingError"
+                | "ProvisionedThroughputExceeded"
+                | "RequestLimitExceeded"
+                | "TransactionConflict"
+        )
+    })
 }
 
 /// A rejected event by id: its record, its replay count and where it is listed.
@@ -2535,12 +2567,7 @@ impl RejectStore for DynamoStore {
             // condition's).
             Err(e) => match e.as_service_error() {
                 Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
-                    let codes: Vec<Option<&str>> = cancelled
-                        .cancellation_reasons()
-                        .iter()
-                        .map(|r| r.code())
-                        .collect();
-                    match first_condition_failed(&codes) {
+                    match first_condition_failed(&cancellation_codes(cancelled)) {
                         true => Ok(false),
                         false => Err(StoreError::transient(
                             "the replay met another write or a throttle; try again",
@@ -3776,6 +3803,19 @@ mod tests {
         assert!(not_a_conflict(&reasons(&["ConditionalCheckFailed", "None"])).is_none());
         assert!(not_a_conflict(&reasons(&["None", "TransactionConflict"])).is_none());
         assert!(not_a_conflict(&[]).is_none());
+    }
+
+    #[test]
+    fn a_link_or_save_met_by_a_throttle_is_transient_not_refused() {
+        // GIVEN a link's transaction cancelled by a throttle or another writer
+        // WHEN its reasons are read THEN a later try goes through
+        assert!(cancelled_for_now(&[Some("None"), Some("ThrottlingError")]));
+        assert!(cancelled_for_now(&[Some("TransactionConflict")]));
+        // AND a failed condition or an item refused for good is not
+        assert!(!cancelled_for_now(&[Some("ConditionalCheckFailed")]));
+        assert!(!cancelled_for_now(&[Some("ValidationError"), Some("None")]));
+        // AND a program save met by a throttle on its current version is no conflict
+        assert!(!first_condition_failed(&[Some("ThrottlingError"), None]));
     }
 
     #[test]

@@ -544,6 +544,60 @@ async fn a_version_that_drops_a_tier_members_may_hold_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_changes_what_stored_amounts_or_paid_periods_mean_is_refused() {
+    // GIVEN kr-shop saved in won, measuring tiers by spend, with a monthly paid membership
+    let s = stack().await;
+    let membership = "\n[membership]\nid = \"plus\"\nname = \"Plus\"\nprice = \"4900\"\n\
+                      period_months = 1\ngrace_days = 7\nsku = \"PLUS-MONTH\"\n";
+    let saved = format!("{KR_SHOP}{membership}");
+    s.services
+        .put_program("kr-shop", &saved, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    let refused = |file: String| {
+        let services = &s.services;
+        async move {
+            match services
+                .put_program("kr-shop", &file, ProgramFormat::Toml)
+                .await
+            {
+                Err(loyalty_core::services::ServiceError::InvalidFields { errors, .. }) => {
+                    errors.into_iter().map(|e| e.field).collect::<Vec<_>>()
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    // WHEN versions change the currency, the tier measure, the membership's id or period
+    // THEN each is refused, naming the field
+    let usd = saved.replace("currency = \"KRW\"", "currency = \"USD\"");
+    assert_eq!(refused(usd).await, ["currency"]);
+    let points = saved.replace("measure = \"spend\"", "measure = \"points\"");
+    assert_eq!(refused(points).await, ["tier_rules.measure"]);
+    let renamed = saved.replace("id = \"plus\"", "id = \"plus2\"");
+    assert_eq!(refused(renamed).await, ["membership.id"]);
+    let yearly = saved.replace("period_months = 1", "period_months = 12");
+    assert_eq!(refused(yearly).await, ["membership.period_months"]);
+    // AND the saved version stays
+    let program = s.services.program("kr-shop").await.unwrap();
+    let paid = program.membership.as_ref().unwrap();
+    assert_eq!((paid.id.as_str(), paid.period_months), ("plus", 1));
+    // AND a version that changes the membership's price and name is saved, and one that
+    // removes the membership (which ends it) too
+    let repriced = saved
+        .replace("price = \"4900\"", "price = \"5900\"")
+        .replace("name = \"Plus\"", "name = \"Plus+\"");
+    s.services
+        .put_program("kr-shop", &repriced, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    s.services
+        .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_december_purchase_released_in_january_reaches_its_year_s_upgrade() {
     // GIVEN a calendar-year window whose upgrades wait for the 7-day return window, and a
     // purchase of 28 December 2026 that takes a member past SILVER's 300,000

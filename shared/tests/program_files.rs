@@ -282,3 +282,53 @@ fn a_coupon_is_good_for_the_whole_of_its_last_day_in_the_program_s_zone() {
         )
     );
 }
+
+#[test]
+fn a_custom_action_no_event_can_name_or_named_as_an_engine_counter_is_refused() {
+    // GIVEN kr-shop with a custom action named as the referral counter, one with a name longer
+    // than an event may carry, and one with an empty name
+    let long = "a".repeat(129);
+    let file = format!(
+        "{KR}\n[custom_actions.referrals-rewarded]\npoints = 50\n\n\
+         [custom_actions.{long}]\npoints = 10\n\n[custom_actions.\"\"]\npoints = 10\n"
+    );
+    // WHEN it is loaded THEN each is refused by its field
+    let err = invalid(&file);
+    let refused = fields(&err);
+    assert!(
+        refused.contains(&"custom_actions.referrals-rewarded".to_string()),
+        "{refused:?}"
+    );
+    assert!(
+        refused.contains(&format!("custom_actions.{long}")),
+        "{refused:?}"
+    );
+    assert!(
+        refused.contains(&"custom_actions.".to_string()),
+        "{refused:?}"
+    );
+    // AND a name of 128 bytes is kept
+    let fits = format!("{KR}\n[custom_actions.{}]\npoints = 10\n", "a".repeat(128));
+    assert!(Program::from_toml(&fits).is_ok());
+}
+
+#[test]
+fn a_tier_threshold_past_the_bounds_is_refused_in_either_form() {
+    // GIVEN kr-shop's last threshold written as a number past the bound of any amount
+    let first = KR.rfind("threshold = ").unwrap();
+    let line_end = first + KR[first..].find('\n').unwrap();
+    let with = |value: &str| format!("{}threshold = {value}{}", &KR[..first], &KR[line_end..]);
+    // WHEN it is loaded THEN it is refused by its field, as the text form is
+    for value in ["10000000000001", "\"10000000000001\"", "-1"] {
+        assert_eq!(
+            fields(&invalid(&with(value))),
+            ["tiers[3].threshold"],
+            "{value}"
+        );
+    }
+    // AND under the points measure a number past the bound of any points is refused
+    let points = with("1000000000001").replace("measure = \"spend\"", "measure = \"points\"");
+    assert!(fields(&invalid(&points)).contains(&"tiers[3].threshold".to_string()));
+    // AND one within them is kept
+    assert!(Program::from_toml(&with("10000000000000")).is_ok());
+}

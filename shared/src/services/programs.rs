@@ -83,7 +83,7 @@ impl Services {
             let replaced = current.as_ref().map(|p| p.version);
             expected.check(replaced, &what)?;
             if let Some(current) = &current {
-                keeps_tiers(&current.file_json, &program)?;
+                keeps_what_members_hold(&current.file_json, &program)?;
             }
             if let Some(version) = self
                 .store
@@ -195,22 +195,48 @@ impl Services {
     }
 }
 
-/// A new version keeps every tier id of the one it replaces: members hold tiers by id, and one
-/// whose tier is gone would earn at the lowest tier's multiplier, never be reviewed out of it,
-/// and be "upgraded" into a lower one. A tier is renamed by its `name`; thresholds and
-/// benefits change freely.
-fn keeps_tiers(current_json: &str, next: &Program) -> Result<(), ServiceError> {
+/// A new version keeps what members hold under the one it replaces, and what the stored
+/// amounts mean:
+/// - every tier id: members hold tiers by id, and one whose tier is gone would earn at the
+///   lowest tier's multiplier, never be reviewed out of it, and be "upgraded" into a lower one
+///   (a tier is renamed by its `name`; thresholds and benefits change freely);
+/// - the currency and the tier measure: orders, refunds and the tier buckets are stored as
+///   bare numbers in them (a refund of an order in the old currency would be refused for good,
+///   won read as cents, spend read as points);
+/// - the membership's id and period: paid periods are laid out again with the current period
+///   at every payment, and a membership is recognised by its id (one renamed or re-cut would
+///   end or reshape what members paid for). A membership may be removed, which ends it.
+fn keeps_what_members_hold(current_json: &str, next: &Program) -> Result<(), ServiceError> {
     #[derive(serde::Deserialize)]
     struct Saved {
         #[serde(default)]
-        tiers: Vec<SavedTier>,
+        tiers: Vec<SavedId>,
+        currency: Option<String>,
+        tier_rules: Option<SavedTierRules>,
+        membership: Option<SavedMembership>,
     }
     #[derive(serde::Deserialize)]
-    struct SavedTier {
+    struct SavedId {
         id: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct SavedTierRules {
+        measure: crate::domain::program::Measure,
+    }
+    #[derive(serde::Deserialize)]
+    struct SavedMembership {
+        id: String,
+        period_months: u32,
     }
     let Ok(saved) = serde_json::from_str::<Saved>(current_json) else {
         return Ok(());
+    };
+    let mut errors = Vec::new();
+    let mut refuse = |field: &str, message: String| {
+        errors.push(crate::domain::program::FieldError {
+            field: field.into(),
+            message,
+        })
     };
     let dropped: Vec<String> = saved
         .tiers
@@ -218,19 +244,56 @@ fn keeps_tiers(current_json: &str, next: &Program) -> Result<(), ServiceError> {
         .map(|t| t.id)
         .filter(|id| !next.tiers.iter().any(|t| t.id == *id))
         .collect();
-    if dropped.is_empty() {
+    if !dropped.is_empty() {
+        refuse("tiers", format!(
+            "tiers {} are in the saved version and not in this one: members may hold them; keep their ids (change a tier's name, threshold or benefits instead)",
+            dropped.join(", ")
+        ));
+    }
+    if let Some(currency) = saved
+        .currency
+        .filter(|c| !c.eq_ignore_ascii_case(&next.file.currency))
+    {
+        refuse("currency", format!(
+            "the saved version is in {currency}: orders, refunds and tier spend are kept in it; a program in another currency is a new program"
+        ));
+    }
+    if let Some(rules) = saved
+        .tier_rules
+        .filter(|r| r.measure != next.tier_rules.measure)
+    {
+        refuse("tier_rules.measure", format!(
+            "the saved version measures tiers by {}: members' tier progress is kept in it; change thresholds, not the measure",
+            format!("{:?}", rules.measure).to_lowercase()
+        ));
+    }
+    if let (Some(paid), Some(next)) = (saved.membership, &next.membership) {
+        if paid.id != next.id {
+            refuse(
+                "membership.id",
+                format!(
+                    "the saved membership is {:?}: members hold it by id; change its name instead",
+                    paid.id
+                ),
+            );
+        }
+        if paid.period_months != next.period_months {
+            refuse("membership.period_months", format!(
+                "the saved membership's period is {} months: members paid for periods of that length",
+                paid.period_months
+            ));
+        }
+    }
+    if errors.is_empty() {
         return Ok(());
     }
-    let detail = format!(
-        "tiers {} are in the saved version and not in this one: members may hold them; keep their ids (change a tier's name, threshold or benefits instead)",
-        dropped.join(", ")
-    );
     Err(ServiceError::InvalidFields {
         problem: "invalid-program",
-        detail: detail.clone(),
-        errors: vec![crate::domain::program::FieldError {
-            field: "tiers".into(),
-            message: detail,
-        }],
+        detail: errors
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
+        errors,
     })
 }

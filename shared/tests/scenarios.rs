@@ -1291,3 +1291,46 @@ fn a_gold_tier_reached_on_29_february_and_kept_is_next_reviewed_on_its_anniversa
     assert_eq!(reviewed.account.tier.id, "GOLD");
     assert_eq!(reviewed.account.tier.review_on, Some(day(2032, 2, 29)));
 }
+
+#[test]
+fn a_parked_refund_the_purchase_cannot_take_does_not_stop_the_purchase() {
+    // GIVEN a refund of line z, which the order will not have, parked before its purchase
+    let p = kr();
+    let now = t0();
+    let lines = vec![line("a", 2, 15_000), line("b", 1, 9_900)];
+    let bad = refund("o-1", "r-1", &[("z", 1)], now);
+    let mut m = Member::new(&p, now);
+    assert!(give_back(&mut m, &p, &bad, now).unwrap().contains("parked"));
+    // WHEN the purchase arrives
+    buy(&mut m, &p, "o-1", lines.clone(), now, now + days(1));
+    // THEN it earns what it earns without the refund, and the refund stays parked on the order
+    let mut plain = Member::new(&p, now);
+    buy(&mut plain, &p, "o-1", lines, now, now + days(1));
+    let versioned = |a: &loyalty_core::domain::Account| loyalty_core::domain::Account {
+        version: 0,
+        ..a.clone()
+    };
+    assert_eq!(versioned(&m.account), versioned(&plain.account));
+    assert_eq!(m.orders["o-1"].parked, vec![bad.clone()]);
+    m.assert_consistent();
+    // AND delivered again, the refund is refused on its own, naming the line
+    let again = m.account.refund(
+        &p,
+        m.orders.get("o-1"),
+        &bad,
+        &ctx(&bad.event_id, now, now + days(2)),
+    );
+    assert!(
+        matches!(&again, Err(loyalty_core::domain::orders::OrderError::UnknownLine { line_id, .. }) if line_id == "z"),
+        "{again:?}"
+    );
+    // AND a refund of line a under the same id, delivered again, is applied and unparked
+    let good = refund("o-1", "r-1", &[("a", 1)], now);
+    give_back(&mut m, &p, &good, now + days(2));
+    assert!(m.orders["o-1"].parked.is_empty());
+    assert!(
+        m.account.balance + m.account.pending_points()
+            < plain.account.balance + plain.account.pending_points()
+    );
+    m.assert_consistent();
+}

@@ -336,9 +336,8 @@ impl Account {
         let first = account.purchases == 1;
         // Refunds that arrived first are applied now, in the order they arrived, before the
         // referral: an order wholly refunded or cancelled by then pays neither side.
-        for reversal in std::mem::take(&mut record.parked) {
-            reverse(&mut journal, program, &mut record, &reversal)?;
-        }
+        let parked = std::mem::take(&mut record.parked);
+        apply_parked_reversals(&mut journal, program, &mut record, parked);
         let kept = record.earned.as_ref().is_some_and(|e| !wholly_refunded(e));
         let account = &mut journal.account;
         let mut referrer = None;
@@ -377,15 +376,16 @@ impl Account {
         record: &OrderRecord,
         parked: &[Reversal],
         ctx: &EventContext,
-    ) -> Result<OrderChange, OrderError> {
+    ) -> OrderChange {
         let mut record = record.clone();
         let mut journal = Journal::begin(self, program, ctx);
-        for reversal in parked {
-            if !record.applied.contains(&reversal.refund_id) {
-                reverse(&mut journal, program, &mut record, reversal)?;
-            }
-        }
-        Ok(done(journal, record, None))
+        let waiting = parked
+            .iter()
+            .filter(|r| !record.applied.contains(&r.refund_id))
+            .cloned()
+            .collect();
+        apply_parked_reversals(&mut journal, program, &mut record, waiting);
+        done(journal, record, None)
     }
 
     /// Takes back what the refunded units earned (or, for a cancellation, everything left).
@@ -399,11 +399,14 @@ impl Account {
     ) -> Result<OrderChange, OrderError> {
         let mut record = existing(order, &reversal.order_id)?;
         let mut journal = Journal::begin(self, program, ctx);
-        let already = record.applied.contains(&reversal.refund_id)
-            || record
-                .parked
-                .iter()
-                .any(|p| p.refund_id == reversal.refund_id);
+        let parked = record
+            .parked
+            .iter()
+            .any(|p| p.refund_id == reversal.refund_id);
+        // Parked beside a purchase it could not be applied to: delivered again, it is tried
+        // again, and refused on its own if it still cannot be.
+        let already =
+            record.applied.contains(&reversal.refund_id) || (parked && record.earned.is_none());
         if already {
             journal.no_op = Some(format!("refund {} was already applied", reversal.refund_id));
         } else if record.earned.is_none() {
@@ -414,6 +417,7 @@ impl Account {
             record.parked.push(reversal.clone());
         } else {
             reverse(&mut journal, program, &mut record, reversal)?;
+            record.parked.retain(|p| p.refund_id != reversal.refund_id);
         }
         Ok(done(journal, record, None))
     }
@@ -468,6 +472,23 @@ fn pay_membership(
     }
     let through = account.membership.as_ref().map_or(day, |m| m.paid_through);
     (earning, format!("; {} paid through {through}", rules.name))
+}
+
+/// Applies refunds that waited for their purchase, in the order they arrived. One the
+/// purchase cannot take (a line it does not have) stays parked on the record, where the order
+/// shows it, and the purchase earns regardless, as it does when such a refund comes after it
+/// (that refund alone is refused). `reverse` refuses before it changes anything.
+fn apply_parked_reversals(
+    journal: &mut Journal<'_>,
+    program: &Program,
+    record: &mut OrderRecord,
+    parked: Vec<Reversal>,
+) {
+    for reversal in parked {
+        if reverse(journal, program, record, &reversal).is_err() {
+            record.parked.push(reversal);
+        }
+    }
 }
 
 /// A refund applied: what it takes back, and the membership its order paid for, if it ends it.

@@ -976,6 +976,15 @@ fn decide(
             let earned = account
                 .earn_purchase(program, order, purchase, &effects, ctx)
                 .map_err(|e| e.to_string())?;
+            if earned.order.earned.is_some() && !earned.order.parked.is_empty() {
+                let refunds: Vec<&str> = earned
+                    .order
+                    .parked
+                    .iter()
+                    .map(|r| r.refund_id.as_str())
+                    .collect();
+                tracing::warn!(order = %earned.order.order_id, ?refunds, "refunds that waited for this purchase cannot be applied to it (a line it does not have): kept parked on the order; delivered again, each is refused on its own");
+            }
             let counted = if earned.change.entries.is_empty() {
                 (Vec::new(), Vec::new())
             } else {

@@ -503,10 +503,7 @@ fn with_copies(
             rule: Some("merge".into()),
             ..Source::default()
         });
-        let applied = change
-            .account
-            .apply_parked(program, record, parked, &ctx)
-            .map_err(|e| ServiceError::Internal(format!("order {key}: {e}")))?;
+        let applied = change.account.apply_parked(program, record, parked, &ctx);
         change.account = applied.change.account;
         change.entries.extend(applied.change.entries);
         copies.insert(key.clone(), applied.order);

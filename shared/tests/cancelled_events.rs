@@ -345,3 +345,43 @@ async fn a_survivor_s_export_holds_the_events_held_for_a_member_merged_into_it()
     held.sort();
     assert_eq!(held, ["app-7201", "woo-7201-paid"], "{export}");
 }
+
+#[tokio::test]
+async fn a_payment_whose_cancellation_came_first_is_not_held_for_points_it_never_keeps() {
+    // GIVEN a daily limit of 1,000 points, and a cancellation of order woo-5001 delivered before
+    // its payment (590 points)
+    let store = SqliteStore::memory().unwrap();
+    let (_queue, services) = common::kr_shop_services(&store, 5, Arc::new(SystemClock)).await;
+    common::save_kr_shop_with(&services, "[safeguards]\ndaily_points = 1000\n").await;
+    let member = "woocommerce:66";
+    let cancel = json!({
+        "type": "purchase.cancelled", "version": 1, "id": "woo-5001-cancelled",
+        "program": "kr-shop", "member": member,
+        "occurred_at": Utc::now() - chrono::Duration::minutes(30),
+        "data": {"order_id": "woo-5001", "platform": "woocommerce"}
+    })
+    .to_string();
+    let parked = services.process_earn(&cancel).await.unwrap();
+    assert_eq!(parked.name(), "no-effect", "{parked:?}");
+    // WHEN the payment arrives
+    let paid = services
+        .process_earn(&purchase("woo-5001", member))
+        .await
+        .unwrap();
+    // THEN it is applied with its cancellation, not held for review: it credits nothing net
+    assert_eq!(paid.name(), "applied", "{paid:?}");
+    assert_eq!(pending(&services, member).await, 0);
+    // AND it counted nothing towards the day: of two more payments of 590 points, the first
+    // is applied and the second, past 1,000, held
+    let next = services
+        .process_earn(&purchase("woo-5002", member))
+        .await
+        .unwrap();
+    assert_eq!(next.name(), "applied", "{next:?}");
+    let over = services
+        .process_earn(&purchase("woo-5003", member))
+        .await
+        .unwrap();
+    assert_eq!(over.name(), "no-effect", "{over:?}");
+    assert!(format!("{over:?}").contains("daily"), "{over:?}");
+}

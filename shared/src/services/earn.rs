@@ -899,17 +899,24 @@ fn count_daily(
     now: chrono::DateTime<Utc>,
 ) -> Option<String> {
     program.safeguards.daily_points?;
+    // What the event itself credits, net of what it takes back in the same change (a refund or
+    // a cancellation that waited for this purchase): not what time released or paid meanwhile
+    // (a matured order's referral bonus), whose entries are named after their own events.
+    use crate::domain::EntryKind;
+    let own = format!("{}#", envelope.id);
     let crediting: i64 = change
         .entries
         .iter()
+        .filter(|e| e.id.starts_with(&own))
         .filter(|e| {
             matches!(
                 e.kind,
-                crate::domain::EntryKind::Earn | crate::domain::EntryKind::Pending
+                EntryKind::Earn | EntryKind::Pending | EntryKind::Clawback
             )
         })
         .map(|e| e.points + e.pending)
-        .sum();
+        .sum::<i64>()
+        .max(0);
     let day = crate::domain::calendar::local_date(program.time_zone, now);
     let days = &mut change.account.earned_days;
     days.retain(|d, _| *d >= day.pred_opt().unwrap_or(day));

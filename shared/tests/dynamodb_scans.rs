@@ -85,3 +85,51 @@ async fn a_pass_over_a_few_members_among_many_other_items_comes_back_page_by_pag
     );
     assert!(pages >= 3, "{pages} pages");
 }
+
+#[tokio::test]
+async fn a_day_of_old_rejections_past_one_megabyte_is_listed_once_each() {
+    use loyalty_core::ports::{RejectStore, RejectedEvent};
+    // GIVEN 14 rejected events of today recorded in the old form (each listed with its event,
+    // about 100 KB), more than one query of a day's list returns (1 MB)
+    let table = format!("loyalty-scans-{}", uuid::Uuid::new_v4().simple());
+    let client = aws_sdk_dynamodb::Client::from_conf(common::moto_dynamodb("scans").build());
+    let store = DynamoStore::new(client.clone(), &table);
+    store.create_table().await.expect("moto creates the table");
+    let now = chrono::Utc::now();
+    for i in 0..14 {
+        let at = now - chrono::Duration::seconds(i);
+        let event = RejectedEvent {
+            program: "kr-shop".into(),
+            event_id: format!("old-{i:02}"),
+            at,
+            reason: "refused before records of their own".into(),
+            payload: "x".repeat(100_000),
+            replays: 0,
+            replayed_at: None,
+            replayed_by: None,
+        };
+        let at_key = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        client
+            .put_item()
+            .table_name(&table)
+            .item(
+                "PK",
+                AttributeValue::S(format!("P#kr-shop#REJECTED#{}", at.date_naive())),
+            )
+            .item("SK", AttributeValue::S(format!("{at_key}#old-{i:02}")))
+            .item(
+                "body",
+                AttributeValue::S(serde_json::to_string(&event).unwrap()),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    // WHEN a page of 50 is listed
+    let page = store.rejected_page("kr-shop", 50, None).await.unwrap();
+    // THEN each event is listed once, newest first
+    let ids: Vec<&str> = page.events.iter().map(|e| e.event_id.as_str()).collect();
+    let expected: Vec<String> = (0..14).map(|i| format!("old-{i:02}")).collect();
+    assert_eq!(ids, expected, "{} listed", ids.len());
+    assert!(page.next_cursor.is_none());
+}

@@ -2457,11 +2457,16 @@ impl RejectStore for DynamoStore {
                 .send()
                 .await
                 .map_err(|e| sdk_error("cannot read rejected events", e))?;
-            let items = output.items.unwrap_or_default();
-            let full = output.last_evaluated_key.is_some();
-            listed.extend(items);
-            if !full {
-                day -= Duration::days(1);
+            listed.extend(output.items.unwrap_or_default());
+            // A page cut short (its limit, or 1 MB of records of the old form, which carry
+            // their events) goes on from where it stopped, not from the day's start again.
+            let stopped = output
+                .last_evaluated_key
+                .as_ref()
+                .and_then(|k| k.get("SK")?.as_s().ok().cloned());
+            match stopped {
+                Some(sk) => start = Some((pk, sk)),
+                None => day -= Duration::days(1),
             }
         }
         let next_cursor = if listed.len() >= limit {

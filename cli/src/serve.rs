@@ -59,6 +59,16 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    // Before anything is read or written: a second serve on the same file would run its
+    // workers beside this one's and deliver again what the first has in flight.
+    let _held = match args.memory {
+        true => None,
+        false => Some(hold_database(&args.db)?),
+    };
+    // The address next, so that a busy port refuses the start before anything is written.
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let (store, where_) = if args.memory {
         (
             SqliteStore::memory(),
@@ -98,9 +108,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         verifier: Verifier::hs256(secret.as_bytes()),
         secrets: Arc::new(loyalty_core::webhooks::EnvSecrets),
     };
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
 
     println!("loyalty serve: listening on http://{addr}");
@@ -193,6 +200,30 @@ async fn metrics() -> impl axum::response::IntoResponse {
     )
 }
 
+/// Locks `{db}.lock` for as long as the returned file is kept (the system releases it when
+/// the process ends, however it ends). Commands other than serve do not take it: they may run
+/// beside a serve.
+fn hold_database(db: &std::path::Path) -> Result<std::fs::File, String> {
+    let mut path = db.as_os_str().to_owned();
+    path.push(".lock");
+    let path = PathBuf::from(path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another loyalty serve is using {} (it holds {}): stop it first",
+            db.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 /// Loads the program files given, or kr-shop when the store has no program yet.
 async fn load_programs(
     services: &Services,
@@ -218,10 +249,16 @@ async fn load_programs(
             KR_SHOP.to_string(),
         ));
     }
-    let mut loaded = Vec::new();
+    // Every file is read and checked before any is saved: one refused leaves the store as it
+    // was, not with the files before it saved.
+    let mut programs = Vec::new();
     for (origin, text) in sources {
         let program = loyalty_core::domain::Program::from_toml(&text)
             .map_err(|e| format!("{origin}: {e}"))?;
+        programs.push((origin, text, program));
+    }
+    let mut loaded = Vec::new();
+    for (origin, text, program) in programs {
         let current = services.program(&program.id).await.ok();
         let unchanged = current.as_ref().is_some_and(|c| {
             let mut stored = c.file.clone();

@@ -431,3 +431,85 @@ fn jobs_run_from_the_command_line_write_what_is_due_once() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
 }
+
+#[test]
+fn a_second_serve_on_the_same_file_is_refused_before_it_touches_it() {
+    // GIVEN serve running on a database file
+    let db = temp_db("second-serve");
+    let db_arg = db.to_str().expect("utf-8 path");
+    let first = Server::start(&["--db", db_arg]);
+    // WHEN another serve is started on the same file (on another port)
+    let second = ends_soon(
+        Command::new(BIN)
+            .args(["serve", "--addr", "127.0.0.1:0", "--db", db_arg])
+            .env("LOYALTY_JWT_SECRET", SECRET)
+            .env("LOYALTY_LOG", "warn"),
+    );
+    // THEN it fails, saying another serve uses the file, and the first still answers
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("another loyalty serve"), "{said}");
+    let answer = me(&first, "m-1");
+    assert!(answer.get("balance").is_some(), "{answer}");
+    // AND once the first has stopped, however it stopped, the file can be served again
+    first.kill();
+    let again = Server::start(&["--db", db_arg]);
+    assert!(me(&again, "m-1").get("balance").is_some());
+}
+
+#[test]
+fn program_files_are_all_checked_before_any_is_saved() {
+    // GIVEN a valid program file and one with a mistake
+    let db = temp_db("programs-checked");
+    let dir = db.parent().expect("dir");
+    let good = dir.join("good.toml");
+    let kr = include_str!("../../examples/kr-shop.toml");
+    std::fs::write(
+        &good,
+        kr.replacen("id = \"kr-shop\"", "id = \"good-shop\"", 1),
+    )
+    .unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, kr.replacen("currency = \"KRW\"", "currency = 5", 1)).unwrap();
+    // WHEN serve is started with both
+    let started = ends_soon(
+        Command::new(BIN)
+            .args(["serve", "--addr", "127.0.0.1:0", "--jobs-every", "0"])
+            .args(["--db", db.to_str().unwrap()])
+            .args(["--program", good.to_str().unwrap()])
+            .args(["--program", bad.to_str().unwrap()])
+            .env("LOYALTY_JWT_SECRET", SECRET)
+            .env("LOYALTY_LOG", "warn"),
+    );
+    // THEN it fails naming the file, and the valid one was not saved either
+    assert!(!started.status.success());
+    let said = String::from_utf8_lossy(&started.stderr);
+    assert!(said.contains("bad.toml"), "{said}");
+    let server = Server::start(&["--db", db.to_str().unwrap()]);
+    let status = client()
+        .get(format!("{}/v1/programs/good-shop", server.base))
+        .bearer_auth(token(&["--admin"]))
+        .send()
+        .expect("request")
+        .status();
+    assert_eq!(status.as_u16(), 404);
+}
+
+/// Runs a command that should stop by itself; one still running after 30 s (a serve that
+/// started) is killed and fails the test.
+fn ends_soon(command: &mut Command) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("status").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after 30 s: {command:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}

@@ -97,8 +97,16 @@ def main() -> int:
                     findings.append(f"{name}.{event_name}: {path} must not skip the JWT authorizer")
                 if path.startswith("/webhooks/"):
                     findings.append(f"{name}.{event_name}: {path} on the HTTP API; webhooks enter by the function URL")
-                admin = path in ("/v1/programs/{program}", "/v1/programs/{program}/events") or "/members/" in path or "/coupons/" in path or "/campaigns/" in path or path.startswith("/v1/programs/{program}/redemptions/")
-                if admin and "loyalty/admin" not in auth.get("AuthorizationScopes", []):
+                # Every route is an operator's but a member's own (`/me`) and the catch-all that
+                # answers unknown paths with a problem: a route added without the scope would
+                # let any member's token reach the code's own check alone.
+                scopes = auth.get("AuthorizationScopes", [])
+                if path == "/{proxy+}":
+                    pass
+                elif is_member_route(path):
+                    if "loyalty/admin" in scopes:
+                        findings.append(f"{name}.{event_name}: member route {path} with the loyalty/admin scope")
+                elif "loyalty/admin" not in scopes:
                     findings.append(f"{name}.{event_name}: admin route {path} without the loyalty/admin scope")
 
     findings.extend(check_function_urls(functions))
@@ -599,8 +607,14 @@ def check_routes_documented(functions) -> list:
     return findings
 
 
+def is_member_route(path: str) -> bool:
+    """A member's own route: the member comes from the token (`/me`)."""
+    return path.endswith("/me") or "/me/" in path
+
+
 def check_openapi() -> list:
-    """infra/openapi.yaml parses, and every operation answers with a documented status."""
+    """infra/openapi.yaml parses, every operation answers with a documented status, and an
+    operation documented as an admin's is on an admin route (see main)."""
     import yaml
 
     findings = []
@@ -614,6 +628,8 @@ def check_openapi() -> list:
                 continue  # servers, parameters, summary: not operations
             if not operation.get("responses"):
                 findings.append(f"openapi: {method.upper()} {path} has no responses")
+            if "(admin" in operation.get("summary", "") and is_member_route(path):
+                findings.append(f"openapi: {method.upper()} {path} is documented as admin on a member route")
     return findings
 
 

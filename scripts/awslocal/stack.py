@@ -365,6 +365,7 @@ class Stack:
             "actions": sorted(list(a) for a in self.proxy.actions),
             "queues": self.queue_depths(),
             "queue_urls": dict(self.queue_urls),
+            "table": self.table_name,
             "requests": proxy,
             "schedules": {name: r.runs[-5:] for name, r in self.schedules.items()},
             "first_invocation_connections": self.first_invocation_connections(),

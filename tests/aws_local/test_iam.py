@@ -205,6 +205,14 @@ def exercise(stack: Running) -> None:
     lead = stack.token("lead-2", admin=True)
     assert call("POST", f"{P}/approvals/{asked['id']}/approve", token=lead)[0] == 201
     step("members and safeguards")
+    # A member whose stored account cannot be read (a bad manual edit): the campaign tick's
+    # broadcast pass and recalculate-tiers fail on it and keep it to try again (the pass's list
+    # of members to retry; a tier check on the tier queue).
+    dynamodb = boto3.client("dynamodb", endpoint_url=stack.moto, region_name="us-east-1",
+                            aws_access_key_id="test", aws_secret_access_key="test")
+    broken = {"PK": {"S": "P#kr-shop#M#m-iam-broken"}, "SK": {"S": "ACCOUNT"},
+              "member": {"S": "m-iam-broken"}, "body": {"S": "{not an account"}}
+    dynamodb.put_item(TableName=stack.status()["table"], Item=broken)
     # Every schedule, and the full pass that no schedule runs.
     for name in ("ReleasePending", "ExpirePoints", "TierReviews", "Notices", "CampaignTick", "ReconcilePlatforms"):
         assert stack.run_schedule(name)["ok"], name
@@ -214,7 +222,14 @@ def exercise(stack: Running) -> None:
                      what="the reconciled order")
     result = invoke(stack, "tier-recalc", {"job": "recalculate-tiers"})
     assert result["ok"], result
+    # (the tier check went out: the function has the tier queue's URL, not only the grant)
+    sent = {k: n for k, n in stack.status()["requests"].items() if k.startswith("tier-recalc sqs.SendMessage ")}
+    assert sent, stack.status()["requests"]
     step("recalculate-tiers")
+    # Once the account is gone, the tick's retry finds nothing to assign and drops its list.
+    dynamodb.delete_item(TableName=stack.status()["table"], Key={"PK": broken["PK"], "SK": broken["SK"]})
+    assert stack.run_schedule("CampaignTick")["ok"]
+    step("the tick's retries")
     # Everything queued for the functions has been consumed (notices are the brand's to read).
     stack.eventually(lambda: all(stack.status()["queues"][q]["visible"] + stack.status()["queues"][q]["in_flight"] == 0
                                  for q in ("EarnQueue", "TierQueue")), timeout=60, what="empty earn and tier queues")

@@ -155,19 +155,26 @@ async fn orders(args: OrderArgs) -> Result<ExitCode, String> {
         .errors
         .clone()
         .unwrap_or_else(|| errors_beside(&args.file));
-    let errors_file = if refused.is_empty() {
+    if args.dry_run {
+        name_refused(
+            refused
+                .iter()
+                .map(|(line, _, reason)| (*line, reason.as_str())),
+        );
+    }
+    let errors_file = if refused.is_empty() || args.dry_run {
         None
     } else {
-        let cannot =
-            |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", errors_path.display());
-        let mut out = csv::Writer::from_path(&errors_path).map_err(|e| cannot(&e))?;
-        out.write_record(["line", "order", "error"])
-            .map_err(|e| cannot(&e))?;
-        for (line, name, reason) in &refused {
-            out.write_record([line.to_string(), name.clone(), reason.clone()])
-                .map_err(|e| cannot(&e))?;
-        }
-        out.flush().map_err(|e| cannot(&e))?;
+        crate::files::write_whole(&errors_path, |file| {
+            let mut out = csv::Writer::from_writer(file);
+            out.write_record(["line", "order", "error"])
+                .map_err(|e| e.to_string())?;
+            for (line, name, reason) in &refused {
+                out.write_record([line.to_string(), name.clone(), reason.clone()])
+                    .map_err(|e| e.to_string())?;
+            }
+            out.flush().map_err(|e| e.to_string())
+        })?;
         Some(errors_path.display().to_string())
     };
     // An earlier run's report of refused orders no longer says what is left.
@@ -284,7 +291,19 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
         .errors
         .clone()
         .unwrap_or_else(|| errors_beside(&args.file));
-    let errors_file = if summary.refused > 0 {
+    if args.dry_run {
+        let refused = file
+            .rows
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(row, outcome)| match outcome {
+                RowOutcome::Refused { reason } => Some((row.line, reason.as_str())),
+                _ => None,
+            });
+        name_refused(refused);
+    }
+    // A dry run writes nothing, the error file included (it may be the file being mended).
+    let errors_file = if summary.refused > 0 && !args.dry_run {
         write_errors(&errors_path, &file, &outcomes)?;
         Some(errors_path.display().to_string())
     } else {
@@ -432,8 +451,34 @@ fn errors_beside(file: &Path) -> PathBuf {
 /// The refused rows as they were, after their line and the reason: fix them and import the
 /// error file itself.
 fn write_errors(path: &Path, file: &BalanceFile, outcomes: &[RowOutcome]) -> Result<(), String> {
-    let cannot = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
-    let mut out = csv::Writer::from_path(path).map_err(|e| cannot(&e))?;
+    crate::files::write_whole(path, |out| write_error_rows(out, file, outcomes))
+}
+
+/// How many refused rows a dry run names on stderr (all are counted).
+const REFUSED_NAMED: usize = 20;
+
+/// A dry run's refused rows, on stderr: it writes no error file.
+fn name_refused<'a>(refused: impl Iterator<Item = (u64, &'a str)>) {
+    let mut more = 0;
+    for (i, (line, reason)) in refused.enumerate() {
+        if i < REFUSED_NAMED {
+            eprintln!("would refuse line {line}: {reason}");
+        } else {
+            more += 1;
+        }
+    }
+    if more > 0 {
+        eprintln!("... and {more} more rows would be refused");
+    }
+}
+
+fn write_error_rows(
+    out: &mut std::fs::File,
+    file: &BalanceFile,
+    outcomes: &[RowOutcome],
+) -> Result<(), String> {
+    let cannot = |e: &dyn std::fmt::Display| e.to_string();
+    let mut out = csv::Writer::from_writer(out);
     // The rows' ids go with them: imported, the error file's rows are the same rows.
     let id_at = file
         .header

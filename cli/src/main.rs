@@ -14,6 +14,7 @@ mod audit;
 mod campaign;
 mod console;
 mod dlq;
+mod files;
 mod import;
 mod jobs;
 mod member;

@@ -241,14 +241,34 @@ async fn export(args: ExportArgs) -> Result<(), String> {
         .export_member(&program, &member)
         .await
         .map_err(|e| e.to_string())?;
-    let mut out: Box<dyn Write> = match &args.out {
+    // A file is written whole or not at all: an export that stops leaves no half document
+    // under its name (stdout says it stopped with the exit status).
+    let partial = args.out.as_ref().map(|path| crate::files::partial_of(path));
+    let mut out: Box<dyn Write> = match &partial {
         Some(path) => Box::new(
             std::fs::File::create(path)
                 .map_err(|e| format!("cannot create {}: {e}", path.display()))?,
         ),
         None => Box::new(std::io::stdout().lock()),
     };
-    let mut out = std::io::BufWriter::new(&mut out);
+    let written = write_export(&mut out, chunks).await;
+    drop(out);
+    match (written, &partial, &args.out) {
+        (Ok(()), Some(partial), Some(path)) => std::fs::rename(partial, path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+        (Err(e), Some(partial), _) => {
+            let _ = std::fs::remove_file(partial);
+            Err(e)
+        }
+        (written, _, _) => written,
+    }
+}
+
+async fn write_export(
+    out: &mut Box<dyn Write>,
+    chunks: impl futures_util::Stream<Item = Result<String, loyalty_core::ports::StoreError>>,
+) -> Result<(), String> {
+    let mut out = std::io::BufWriter::new(out);
     let mut chunks = std::pin::pin!(chunks);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| format!("the export stopped: {e}"))?;

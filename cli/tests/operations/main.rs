@@ -736,3 +736,43 @@ fn a_row_the_store_cannot_take_is_refused_and_the_rest_of_the_file_is_applied_an
         "{errors}"
     );
 }
+
+#[test]
+fn a_dry_run_names_refused_rows_and_leaves_the_error_file_being_mended() {
+    // GIVEN an import that refused a row, whose error file the operator mends in place
+    let shop = Shop::start("dry-run-errors");
+    let text = "member,email,points,tier\nm-31,,500,PLATNUM\nm-32,,300,\n";
+    let first = ok(&shop.import_csv("dry.csv", text));
+    let errors = first["errors_file"]
+        .as_str()
+        .expect("errors file")
+        .to_string();
+    let mended = std::fs::read_to_string(&errors)
+        .expect("error file")
+        .replace("PLATNUM", "");
+    std::fs::write(&errors, &mended).expect("mended");
+    // WHEN the original file is imported again as a dry run
+    let file = shop.dir.join("dry.csv");
+    let dry = shop.loyalty(&[
+        "import",
+        "balances",
+        file.to_str().expect("utf-8 path"),
+        "--program",
+        "kr-shop",
+        "--format",
+        "csv",
+        "--dry-run",
+        "--json",
+    ]);
+    // THEN it names the refused line on stderr, and the mended error file is as it was
+    let said = String::from_utf8_lossy(&dry.stderr);
+    assert!(said.contains("would refuse line 2"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(&errors).expect("error file"),
+        mended
+    );
+    let report: Value = serde_json::from_slice(&dry.stdout).expect("json");
+    assert!(report["errors_file"].is_null(), "{report}");
+    // AND no partial file was left beside it by the first run
+    assert!(!Path::new(&format!("{errors}.partial")).exists());
+}

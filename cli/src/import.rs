@@ -245,6 +245,7 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
     );
     let twice = stated_twice(&file, mode);
     let bar = progress(file.rows.len() as u64);
+    let dry = loyalty_core::services::import::DryRun::default();
     // Rows of one member go in the file's order (a debit after its credit); members in parallel.
     let applied: Vec<Vec<(usize, RowOutcome)>> = futures_util::stream::iter(by_member(&file))
         .map(|group| {
@@ -255,6 +256,7 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
             let bar = &bar;
             let file = &file;
             let args = &args;
+            let dry = &dry;
             async move {
                 let mut outcomes = Vec::with_capacity(group.len());
                 for index in group {
@@ -265,7 +267,7 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
                         line: row.line,
                         content: &row.content,
                         mode,
-                        dry_run: args.dry_run,
+                        dry_run: args.dry_run.then_some(dry),
                     };
                     let outcome = apply_row(services, program, &origin, row, twice).await;
                     bar.inc(1);

@@ -23,7 +23,7 @@ async fn a_row_naming_its_member_by_an_email_in_capitals_is_not_applied_twice() 
         line: 2,
         content: "00112233445566ff",
         mode: ImportMode::Add,
-        dry_run: false,
+        dry_run: None,
     };
     let balance = ImportedBalance {
         points: Some(500),
@@ -72,7 +72,7 @@ async fn import_file(services: &loyalty_core::services::Services, bytes: &[u8]) 
             line: row.line,
             content: &row.content,
             mode: ImportMode::Add,
-            dry_run: false,
+            dry_run: None,
         };
         let data = row.read.clone().expect("row");
         let outcome = services
@@ -188,7 +188,7 @@ async fn a_later_file_in_set_mode_may_set_a_balance_back_to_what_an_earlier_one_
                 line: row.line,
                 content: &row.content,
                 mode: ImportMode::Set,
-                dry_run: false,
+                dry_run: None,
             };
             services
                 .import_balance(
@@ -244,7 +244,7 @@ async fn a_yotpo_row_without_a_balance_sets_nothing_in_set_mode() {
         line: row.line,
         content: &row.content,
         mode: ImportMode::Set,
-        dry_run: false,
+        dry_run: None,
     };
     let outcome = services
         .import_balance(

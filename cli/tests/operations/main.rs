@@ -776,3 +776,49 @@ fn a_dry_run_names_refused_rows_and_leaves_the_error_file_being_mended() {
     // AND no partial file was left beside it by the first run
     assert!(!Path::new(&format!("{errors}.partial")).exists());
 }
+
+#[test]
+fn a_dry_run_counts_what_the_import_then_does() {
+    // GIVEN a file that credits new members and then takes part of it back, row after row
+    let shop = Shop::start("dry-run-counts");
+    let mut text = String::from("member,email,points,tier\n");
+    for i in 0..4 {
+        text.push_str(&format!("dry-{i},,+100,\ndry-{i},,-50,\n"));
+    }
+    let file = shop.dir.join("counts.csv");
+    std::fs::write(&file, &text).expect("file");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "import",
+            "balances",
+            file.to_str().expect("utf-8 path"),
+            "--program",
+            "kr-shop",
+            "--format",
+            "csv",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        ok(&shop.loyalty(&args))
+    };
+    let counts = |v: &Value| {
+        let n = |k: &str| v[k].as_i64();
+        (
+            n("applied"),
+            n("unchanged"),
+            n("points_added"),
+            n("points_removed"),
+        )
+    };
+    // WHEN it is imported as a dry run, then for real
+    let dry = run(&["--dry-run"]);
+    assert_eq!(shop.member("dry-0")["balance"].as_i64(), Some(0));
+    let real = run(&[]);
+    // THEN the dry run counted what the import did: each debit against its member's credit
+    assert_eq!(counts(&dry), counts(&real), "{dry} {real}");
+    assert_eq!(
+        counts(&real),
+        (Some(8), Some(0), Some(400), Some(200)),
+        "{real}"
+    );
+}

@@ -38,7 +38,25 @@ pub struct RowOrigin<'a> {
     pub line: u64,
     pub content: &'a str,
     pub mode: ImportMode,
-    pub dry_run: bool,
+    /// A dry run writes nothing: the accounts its rows would leave are kept here instead, so
+    /// that a member's later rows are checked against its earlier ones, as a real run does.
+    pub dry_run: Option<&'a DryRun>,
+}
+
+/// The accounts a dry run's rows would leave, by member.
+#[derive(Debug, Default)]
+pub struct DryRun(std::sync::Mutex<std::collections::HashMap<String, crate::domain::Account>>);
+
+impl DryRun {
+    fn account(&self, member: &str) -> Option<crate::domain::Account> {
+        self.0.lock().ok()?.get(member).cloned()
+    }
+
+    fn keep(&self, account: &crate::domain::Account) {
+        if let Ok(mut accounts) = self.0.lock() {
+            accounts.insert(account.member.clone(), account.clone());
+        }
+    }
 }
 
 impl RowOrigin<'_> {
@@ -145,9 +163,9 @@ impl Services {
                     });
                 }
             }
-            let account = state
-                .account
-                .clone()
+            let rehearsed = origin.dry_run.and_then(|dry| dry.account(&member));
+            let account = rehearsed
+                .or_else(|| state.account.clone())
                 .unwrap_or_else(|| crate::domain::Account::open(&program, &member, now));
             let ctx = EventContext::new(marker.event_id.clone(), now, now).with_source(Source {
                 admin: Some(by.to_string()),
@@ -167,7 +185,8 @@ impl Services {
                     points,
                 },
             };
-            if origin.dry_run {
+            if let Some(dry) = origin.dry_run {
+                dry.keep(&change.account);
                 return Ok(outcome);
             }
             // The email is linked once the row is known to apply: a refused row links nothing

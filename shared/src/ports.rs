@@ -1356,7 +1356,7 @@ pub trait RecordsStore: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRun {
     pub id: String,
-    /// `queued`, `running` or `done`.
+    /// `queued`, `running`, `done` or `failed` (the report is then `{"error": ...}`).
     pub status: String,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,

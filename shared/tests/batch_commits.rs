@@ -132,6 +132,13 @@ async fn books_agree(services: &Services) {
         .await
         .unwrap();
     assert!(audit.violations.is_empty(), "{:?}", audit.violations);
+    // (an audit's read units are its own: the same audit again reads as much, not twice)
+    let again = services
+        .audit(Some("kr-shop"), Arc::new(|_| {}))
+        .await
+        .unwrap();
+    assert!(audit.read_units.is_some_and(|units| units > 0.0));
+    assert_eq!(again.read_units, audit.read_units);
     let program = &audit.programs["kr-shop"];
     assert_eq!(program.books.balance, program.members.balance);
     assert_eq!(program.books.pending, program.members.pending);

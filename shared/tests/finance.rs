@@ -511,6 +511,58 @@ async fn an_account_changed_behind_the_ledger_is_named_with_the_difference() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn books_of_members_all_lost_are_named_by_the_audit() {
+    // GIVEN two members with points, whose accounts are then lost (a bad restore)
+    let s = stack("lost").await;
+    s.purchase("m-1", "o-1", &[("a", 1, 50_000)]).await;
+    s.adjust("m-2", 1_000).await;
+    assert_clean(&s.audit().await);
+    let conn = rusqlite::Connection::open(&s.path).unwrap();
+    let lost = conn
+        .execute("DELETE FROM accounts WHERE program = 'kr-shop'", [])
+        .unwrap();
+    assert_eq!(lost, 2);
+    // WHEN the program is audited
+    let audit = s.audit().await;
+    // THEN its books are compared all the same, and they say two members are missing
+    assert_eq!(audit.members, 0);
+    assert!(
+        audit.violations.iter().any(|v| v.rule == "books"
+            && v.detail.starts_with("members")
+            && v.difference == Some(2)),
+        "{:#?}",
+        audit.violations
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_out_of_the_function_s_time_is_kept_as_failed_with_what_to_do() {
+    // GIVEN an audit asked for through the API
+    let s = stack("audit-time").await;
+    s.adjust("m-1", 1_000).await;
+    let run = s.services.request_audit("kr-shop", "ops").await.unwrap();
+    // WHEN the tier queue's consumer runs it with no time left
+    let no_time = std::time::Instant::now().checked_sub(std::time::Duration::from_secs(1));
+    loyalty_core::services::audit::INVOCATION_DEADLINE
+        .scope(no_time, s.drain())
+        .await;
+    // THEN the run is failed, saying why and what to do, and its message is not retried
+    let failed = s.services.audit_run("kr-shop", &run.id).await.unwrap();
+    assert_eq!(failed.status, "failed", "{failed:?}");
+    let error = failed.report.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("loyalty audit --program kr-shop"), "{error}");
+    assert!(s.queue.0.lock().unwrap().is_empty());
+    // AND another asked with time enough is done
+    let run = s.services.request_audit("kr-shop", "ops").await.unwrap();
+    s.drain().await;
+    let done = s.services.audit_run("kr-shop", &run.id).await.unwrap();
+    assert_eq!(done.status, "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_of_a_future_day_is_refused() {
     let s = stack("future").await;
     let refused = s

@@ -47,7 +47,10 @@ pub async fn handle_with(
     if event.get("Records").is_some() {
         let batch: SqsEvent = serde_json::from_value(event)
             .map_err(|e| InvocationError::Unrecognised(e.to_string()))?;
-        let response = handle_batch(services, batch).await;
+        // An audit asked for through the API runs in this batch: it stops at the deadline.
+        let response = loyalty_core::services::audit::INVOCATION_DEADLINE
+            .scope(deadline, handle_batch(services, batch))
+            .await;
         return serde_json::to_value(response)
             .map_err(|e| InvocationError::Unrecognised(e.to_string()));
     }

@@ -20,6 +20,12 @@ const AUDIT_MEMBER: &str = "#audit";
 /// Violations kept in a stored audit report (all of them are counted).
 const MAX_STORED_VIOLATIONS: usize = 500;
 
+tokio::task_local! {
+    /// When the invocation running an audit asked for through the API must answer (the tier
+    /// queue's consumer on Lambda); none where an audit may run as long as it takes.
+    pub static INVOCATION_DEADLINE: super::jobs::Deadline;
+}
+
 /// Re-reads of a member the walk found wrong, before the violation is believed: a scan is no
 /// snapshot, and a member may have changed while it was read.
 const RECHECKS: usize = 2;
@@ -73,12 +79,14 @@ impl Services {
             self.program(program).await?;
         }
         let now = self.clock.now();
+        let units_before = self.store.read_units();
         let state = Arc::new(Mutex::new(Progress::default()));
-        let mut parts = Vec::new();
+        // Dropped (an audit out of time), the set stops its parts too.
+        let mut parts = tokio::task::JoinSet::new();
         for part in 0..self.store.parts() {
             let (store, state, progress) = (self.store.clone(), state.clone(), progress.clone());
             let program = program.map(str::to_string);
-            parts.push(tokio::spawn(async move {
+            parts.spawn(async move {
                 let visit = move |walked: Walked| {
                     let Ok(mut s) = state.lock() else { return };
                     match walked {
@@ -127,11 +135,10 @@ impl Services {
                     }
                 };
                 store.walk(part, program.as_deref(), &visit).await
-            }));
+            });
         }
-        for part in parts {
-            part.await
-                .map_err(|e| ServiceError::Internal(format!("an audit part failed: {e}")))??;
+        while let Some(part) = parts.join_next().await {
+            part.map_err(|e| ServiceError::Internal(format!("an audit part failed: {e}")))??;
         }
         let (mut report, suspects, merged_out) = {
             let mut s = state
@@ -210,8 +217,21 @@ impl Services {
                 }),
             }
         }
+        // Every program audited is compared with its books, whether or not any of its members
+        // could be read: books of members all lost say so only here.
+        let audited = match program {
+            Some(program) => vec![program.to_string()],
+            None => self.store.program_ids().await?,
+        };
+        for id in audited {
+            report.programs.entry(id).or_default();
+        }
         self.reconcile(&mut report, now).await?;
-        report.read_units = self.store.read_units();
+        // This audit's reads: the store counts over its life (a warm Lambda's many audits).
+        report.read_units = match (units_before, self.store.read_units()) {
+            (Some(before), Some(after)) => Some(after - before),
+            (_, after) => after,
+        };
         Ok(report)
     }
 
@@ -355,7 +375,29 @@ impl Services {
         }
         run.status = "running".into();
         self.store.save_audit_run(program, &run).await?;
-        let report = self.audit(Some(program), Arc::new(|_| {})).await?;
+        let audit = self.audit(Some(program), Arc::new(|_| {}));
+        let deadline = INVOCATION_DEADLINE.try_with(|d| *d).ok().flatten();
+        let out_of_time = || {
+            format!(
+                "the audit did not finish in the function's time: run `loyalty audit --program {program}` where the table can be read for as long as it takes"
+            )
+        };
+        let finished = match deadline {
+            // (the batch's other messages may have taken the time)
+            Some(at) if std::time::Instant::now() >= at => Err(out_of_time()),
+            Some(at) => tokio::time::timeout_at(at.into(), audit)
+                .await
+                .map_err(|_| out_of_time()),
+            None => Ok(audit.await),
+        };
+        // A failure is kept on the run, which an operator reads: retried, an audit that cannot
+        // finish would only start again from nothing, showing `running` until its message
+        // went to the dead letters.
+        let report = match finished {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => return self.audit_failed(program, run, e.to_string()).await,
+            Err(why) => return self.audit_failed(program, run, why).await,
+        };
         tracing::info!(
             program,
             audit = id,
@@ -366,6 +408,9 @@ impl Services {
         let mut report = report;
         let total = report.violations.len();
         // A stored item has a size limit; the first violations and the count tell the story.
+        // Parked events waiting a week are many and least telling: they go last, so that the
+        // members' and the books' violations are kept.
+        report.violations.sort_by_key(|v| v.rule == "parked");
         report.violations.truncate(MAX_STORED_VIOLATIONS);
         let mut stored =
             serde_json::to_value(&report).map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -375,6 +420,24 @@ impl Services {
         run.report = Some(stored);
         self.store.save_audit_run(program, &run).await?;
         Ok(super::earn::Processed::Applied { entries: 0 })
+    }
+
+    /// Keeps an audit's failure on its run (`failed`, with why): another audit may be asked.
+    async fn audit_failed(
+        &self,
+        program: &str,
+        mut run: AuditRun,
+        why: String,
+    ) -> Result<super::earn::Processed, ServiceError> {
+        tracing::error!(program, audit = %run.id, error = %crate::telemetry::redact(&why), "audit failed");
+        run.status = "failed".into();
+        run.finished_at = Some(self.clock.now());
+        run.report = Some(serde_json::json!({ "error": why }));
+        self.store.save_audit_run(program, &run).await?;
+        Ok(super::earn::Processed::NoEffect(format!(
+            "audit {} failed: {why}",
+            run.id
+        )))
     }
 }
 

@@ -598,6 +598,36 @@ async fn a_version_that_changes_what_stored_amounts_or_paid_periods_mean_is_refu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anniversary_review_of_a_calendar_year_window_is_refused_when_saved() {
+    // GIVEN kr-shop, reviewed on each member's anniversary
+    let s = stack().await;
+    assert!(KR_SHOP.contains("review = \"anniversary\""));
+    // WHEN a version measures the calendar year
+    let yearly = KR_SHOP.replace(
+        "window = \"rolling_12_months\"",
+        "window = \"calendar_year\"",
+    );
+    let refused = s
+        .services
+        .put_program("kr-shop", &yearly, ProgramFormat::Toml)
+        .await;
+    // THEN it is refused, naming the review, and saying what would do
+    match refused {
+        Err(loyalty_core::services::ServiceError::InvalidFields { errors, detail, .. }) => {
+            assert_eq!(errors[0].field, "tier_rules.review");
+            assert!(detail.contains("rolling_12_months"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // AND reviewed on 1 January, the calendar-year window is saved
+    let january = yearly.replace("review = \"anniversary\"", "review = \"calendar_year\"");
+    s.services
+        .put_program("kr-shop", &january, ProgramFormat::Toml)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_december_purchase_released_in_january_reaches_its_year_s_upgrade() {
     // GIVEN a calendar-year window whose upgrades wait for the 7-day return window, and a
     // purchase of 28 December 2026 that takes a member past SILVER's 300,000
@@ -607,6 +637,7 @@ async fn a_late_december_purchase_released_in_january_reaches_its_year_s_upgrade
             "window = \"rolling_12_months\"",
             "window = \"calendar_year\"",
         )
+        .replace("review = \"anniversary\"", "review = \"calendar_year\"")
         .replace(
             "[tier_rules]\n",
             "[tier_rules]\nupgrade_after_return_window = true\n",

@@ -71,6 +71,7 @@ impl Services {
                 ),
             ));
         }
+        reviews_judge_a_whole_window(&program)?;
         // The file was checked above: one that could never be saved is 400 whatever is saved;
         // the precondition is checked on the version the write is conditional on.
         let mut file = program.file.clone();
@@ -193,6 +194,27 @@ impl Services {
             "file": file,
         }))
     }
+}
+
+/// Anniversary reviews need a window that is whole on any day: a calendar-year window judged
+/// on a member's anniversary (10 January) is the few days of the new year, and every tiered
+/// member would go down at the first review. Refused when saved (a program saved before is
+/// still read as it was).
+fn reviews_judge_a_whole_window(program: &Program) -> Result<(), ServiceError> {
+    use crate::domain::program::{Review, Window};
+    let rules = &program.tier_rules;
+    if rules.review != Review::Anniversary || rules.window != Window::CalendarYear {
+        return Ok(());
+    }
+    let detail = "an anniversary review judges the window on the member's anniversary: with a calendar-year window that is the days of the year so far; review on 1 January (review = \"calendar_year\") or measure a rolling window (window = \"rolling_12_months\")".to_string();
+    Err(ServiceError::InvalidFields {
+        problem: "invalid-program",
+        detail: detail.clone(),
+        errors: vec![crate::domain::program::FieldError {
+            field: "tier_rules.review".into(),
+            message: detail,
+        }],
+    })
 }
 
 /// A new version keeps what members hold under the one it replaces, and what the stored

@@ -373,6 +373,16 @@ async fn an_erasure_cut_at_any_write_is_finished_by_running_it_again() {
             "stopped at write {at}, it reported {first:?}"
         );
         cuts += 1;
+        // AND an audit meanwhile, within the erasure's hour, names no member's sums: the
+        // erasure is under way, a step at a time
+        let quiet: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(|_| {});
+        let audit = s.services.audit(Some("kr-shop"), quiet).await.unwrap();
+        let sums: Vec<_> = audit
+            .violations
+            .iter()
+            .filter(|v| v.member.is_some() && v.rule != "unreadable")
+            .collect();
+        assert!(sums.is_empty(), "cut at {at}: {sums:#?}");
         // AND an audit two hours later names the erasure left unfinished, once it was marked
         if at == 1 {
             s.clock.set(now() + chrono::Duration::hours(2));

@@ -331,6 +331,9 @@ async fn relay(queue: LocalQueue) -> ! {
             if let Err(e) = queue.forget_old_dead_letters(chrono::Utc::now()).await {
                 tracing::warn!(error = %e, "cannot forget old dead letters; will retry");
             }
+            if let Err(e) = queue.store().forget_old_audits(chrono::Utc::now()).await {
+                tracing::warn!(error = %e, "cannot forget old audits; will retry");
+            }
             expired_at = std::time::Instant::now();
         }
         match queue.relay_outbox(RELAY_BATCH, log_notice_envelope).await {
@@ -347,8 +350,8 @@ async fn relay(queue: LocalQueue) -> ! {
 /// How often the ids sent to the queues longer ago than `SENT_KEPT` are forgotten.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
-/// How often expired idempotency records and old dead letters are deleted (a read of each
-/// table, so not every minute).
+/// How often expired idempotency records, old dead letters and old audits are deleted (a read
+/// of each table, so not every minute).
 const FORGET_EXPIRED_EVERY: Duration = Duration::from_secs(3600);
 
 /// Forgets the ids sent before the window, a thousand per writer job so that the other work

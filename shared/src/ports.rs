@@ -1367,6 +1367,18 @@ pub struct AuditRun {
     pub report: Option<serde_json::Value>,
 }
 
+/// How long an audit's run is kept after it finished (or was asked for): its report names
+/// members, and a member erased since must not stay named for ever (DynamoDB's time to live
+/// deletes it; `loyalty serve`'s housekeeping does on SQLite).
+pub const AUDITS_KEPT_DAYS: i64 = 30;
+
+impl AuditRun {
+    /// Until when the run is kept.
+    pub fn kept_until(&self) -> DateTime<Utc> {
+        self.finished_at.unwrap_or(self.requested_at) + chrono::Duration::days(AUDITS_KEPT_DAYS)
+    }
+}
+
 /// Audits run as jobs: the request is written with the message that starts it.
 #[async_trait]
 pub trait AuditStore: Send + Sync {

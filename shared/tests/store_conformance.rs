@@ -2119,6 +2119,35 @@ async fn an_erasure_is_remembered_by_name_with_its_latest_time(store: Arc<dyn St
     assert_eq!(store.erased_at("us-shop", &[a]).await.unwrap(), None);
 }
 
+async fn an_audit_is_kept_thirty_days_after_it_finished(store: Arc<dyn Store>) {
+    use loyalty_core::ports::AuditRun;
+    // GIVEN an audit that finished 31 days ago and one that finished 29 days ago
+    let program = format!("p-{}", uuid::Uuid::new_v4().simple());
+    let run = |id: &str, days_ago: i64| {
+        let finished = Utc::now() - chrono::Duration::days(days_ago);
+        AuditRun {
+            id: id.into(),
+            status: "done".into(),
+            requested_by: "ops".into(),
+            requested_at: finished - chrono::Duration::minutes(5),
+            finished_at: Some(finished),
+            report: Some(serde_json::json!({"violations": [{"member": "email:ann@example.com"}]})),
+        }
+    };
+    store
+        .save_audit_run(&program, &run("old", 31))
+        .await
+        .unwrap();
+    store
+        .save_audit_run(&program, &run("recent", 29))
+        .await
+        .unwrap();
+    // WHEN they are read THEN the old one is gone (its report named members), the other kept
+    assert_eq!(store.audit_run(&program, "old").await.unwrap(), None);
+    let kept = store.audit_run(&program, "recent").await.unwrap();
+    assert_eq!(kept.map(|r| r.id), Some("recent".to_string()));
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -2156,7 +2185,8 @@ macro_rules! conformance {
                 the_books_the_walk_and_member_files_agree_with_what_was_committed,
                 a_quota_refuses_the_commit_that_would_pass_its_limit,
                 the_members_a_referrer_referred_are_found_by_its_id,
-                an_erasure_is_remembered_by_name_with_its_latest_time);
+                an_erasure_is_remembered_by_name_with_its_latest_time,
+                an_audit_is_kept_thirty_days_after_it_finished);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {
@@ -2175,6 +2205,33 @@ async fn sqlite() -> Arc<dyn Store> {
 }
 
 conformance!(sqlite_store, sqlite());
+
+#[tokio::test]
+async fn serve_s_housekeeping_deletes_the_audits_kept_past_their_time() {
+    use loyalty_core::ports::{AuditRun, AuditStore};
+    // GIVEN an embedded store with an audit finished 31 days ago and one finished today
+    let store = loyalty_core::store::sqlite::SqliteStore::memory().unwrap();
+    let run = |id: &str, days_ago: i64| AuditRun {
+        id: id.into(),
+        status: "done".into(),
+        requested_by: "ops".into(),
+        requested_at: Utc::now() - chrono::Duration::days(days_ago),
+        finished_at: Some(Utc::now() - chrono::Duration::days(days_ago)),
+        report: None,
+    };
+    store
+        .save_audit_run("kr-shop", &run("old", 31))
+        .await
+        .unwrap();
+    store
+        .save_audit_run("kr-shop", &run("new", 0))
+        .await
+        .unwrap();
+    // WHEN the housekeeping runs THEN the old one is deleted and the other kept
+    assert_eq!(store.forget_old_audits(Utc::now()).await.unwrap(), 1);
+    assert_eq!(store.forget_old_audits(Utc::now()).await.unwrap(), 0);
+    assert!(store.audit_run("kr-shop", "new").await.unwrap().is_some());
+}
 
 #[tokio::test]
 async fn a_sqlite_file_from_before_accounts_recorded_due_dates_is_indexed_whole_again() {

@@ -3359,15 +3359,19 @@ impl AuditStore for DynamoStore {
     }
 
     async fn audit_run(&self, program: &str, id: &str) -> Result<Option<AuditRun>, StoreError> {
-        self.get(audit_key(program, id))
+        let run: Option<AuditRun> = self
+            .get(audit_key(program, id))
             .await?
             .map(|item| body(&item, "audit"))
-            .transpose()
+            .transpose()?;
+        // Past its time, gone (TTL deletes it within days, not at once).
+        Ok(run.filter(|r| r.kept_until() > Utc::now()))
     }
 
     async fn save_audit_run(&self, program: &str, run: &AuditRun) -> Result<(), StoreError> {
         let mut item = audit_key(program, &run.id);
         item.insert("body".into(), encode("audit", run)?);
+        item.insert("expires_at".into(), n(run.kept_until().timestamp()));
         self.put_plain(item, "cannot save the audit").await
     }
 }

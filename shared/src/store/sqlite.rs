@@ -175,6 +175,21 @@ impl SqliteStore {
         })
     }
 
+    /// Deletes the audit runs kept past [`crate::ports::AUDITS_KEPT_DAYS`] (their reports name
+    /// members), as DynamoDB's time to live does. How many went.
+    pub async fn forget_old_audits(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let before = (now - chrono::Duration::days(crate::ports::AUDITS_KEPT_DAYS)).to_rfc3339();
+        self.with(move |conn| {
+            conn.exec(
+                "DELETE FROM audits WHERE julianday(coalesce(json_extract(body, '$.finished_at'),
+                 json_extract(body, '$.requested_at'))) < julianday(?1)",
+                params![before],
+            )
+            .map_err(|e| sql_error("cannot forget old audits", e))
+        })
+        .await
+    }
+
     /// Deletes up to `max` of the API idempotency records that expired before `now`: the part
     /// of DynamoDB's time to live. Reads never see an expired one either way. How many went:
     /// fewer than `max` means none is left. It reads the whole table (records live for
@@ -2440,7 +2455,9 @@ impl AuditStore for SqliteStore {
                 )
                 .optional()
                 .map_err(|e| sql_error("cannot read the audit", e))?;
-            body.map(|b| decode("audit", &b)).transpose()
+            let run: Option<AuditRun> = body.map(|b| decode("audit", &b)).transpose()?;
+            // Past its time, gone (serve's housekeeping deletes it within the hour).
+            Ok(run.filter(|r| r.kept_until() > Utc::now()))
         })
         .await
     }

@@ -57,11 +57,11 @@ async fn relay_records(services: &Services, records: &[EventRecord]) -> Result<(
             Some(Ok(found)) => found,
             Some(Err(e)) => {
                 if age_minutes(services, record) < UNREADABLE_GRACE_MINUTES {
-                    tracing::warn!(error = %e, sequence = sequence(record), "unreadable outbox message; retried until the relay can read it");
+                    tracing::warn!(error = %loyalty_core::telemetry::redact(&e.to_string()), sequence = sequence(record), "unreadable outbox message; retried until the relay can read it");
                     send_carried(services, records, std::mem::take(&mut carried)).await?;
                     return Err(index);
                 }
-                tracing::error!(error = %e, sequence = sequence(record), "unreadable outbox message skipped; resend it by hand");
+                tracing::error!(error = %loyalty_core::telemetry::redact(&e.to_string()), sequence = sequence(record), "unreadable outbox message skipped; resend it by hand");
                 metrics::add(metrics::OUTBOX_SKIPPED, &[], 1);
                 continue;
             }

@@ -328,7 +328,7 @@ impl LocalQueue {
                     let message: OutboxMessage = match serde_json::from_str(&stored) {
                         Ok(message) => message,
                         Err(e) => {
-                            tracing::warn!(seq, error = %e, "outbox row does not decode; left in place");
+                            tracing::warn!(seq, error = %crate::telemetry::redact(&e.to_string()), "outbox row does not decode; left in place");
                             if front {
                                 unreadable_through.fetch_max(seq, Ordering::Relaxed);
                             }

@@ -14,6 +14,9 @@ use std::sync::{Mutex, OnceLock};
 
 /// The CloudWatch namespace of every metric (the template's dashboard and alarms read it).
 pub const NAMESPACE: &str = "Loyalty";
+/// Values of a duration kept between two EMF drains, at most (a Lambda drains every
+/// invocation; serve, which is scraped, never does).
+const MAX_RECENT: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
@@ -254,6 +257,11 @@ impl Registry {
 
     fn observe(&mut self, metric: Metric, given: &[(&'static str, &str)], millis: u64) {
         let series = self.series.entry((metric.name, labels(given))).or_default();
+        // Drained by each invocation's EMF lines; a process that is only scraped (serve)
+        // keeps the sum and the count, and no more than the latest values.
+        if series.recent.len() >= MAX_RECENT {
+            series.recent.drain(..MAX_RECENT / 2);
+        }
         series.recent.push(millis);
         series.total += millis;
         series.observations += 1;
@@ -478,6 +486,22 @@ mod tests {
         );
         assert!(text.contains(&format!("loyalty_outbox_lag_milliseconds_sum{series} 40")));
         assert!(text.contains(&format!("loyalty_outbox_lag_milliseconds_count{series} 1")));
+    }
+
+    #[test]
+    fn a_process_never_drained_keeps_its_totals_and_a_bounded_number_of_times() {
+        let mut r = Registry::default();
+        // GIVEN a time observed far more often than it is drained (serve is only scraped)
+        let n = 3 * MAX_RECENT as u64;
+        for _ in 0..n {
+            r.observe(JOB_DURATION, &[("program", "kept"), ("job", "notices")], 2);
+        }
+        // THEN it keeps at most MAX_RECENT values, and its sum and count are whole
+        let kept: usize = r.series.values().map(|s| s.recent.len()).sum();
+        assert!(kept <= MAX_RECENT, "{kept}");
+        let text = r.prometheus();
+        assert!(text.contains(&format!(" {}", 2 * n)), "{text}");
+        assert!(text.contains(&format!(" {n}")), "{text}");
     }
 
     #[test]

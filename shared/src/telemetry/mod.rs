@@ -83,6 +83,10 @@ fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
         }
         let mut j = i + usize::from(b[i] == b'+');
         let mut digits = 0usize;
+        // The last group end with a whole number before a `-` and more digits: ids the engine
+        // builds join a member's number to a count or a time that way (`resume-010...-1717...`,
+        // `birthday-+8210...-2026`), which would otherwise read as one number too long.
+        let mut joined: Option<usize> = None;
         let end = loop {
             let group = j;
             while j < b.len() && b[j].is_ascii_digit() {
@@ -90,6 +94,12 @@ fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
             }
             digits += j - group;
             let end = j;
+            if (9..=15).contains(&digits)
+                && b.get(j) == Some(&b'-')
+                && b.get(j + 1).is_some_and(u8::is_ascii_digit)
+            {
+                joined = Some(j);
+            }
             let gap = j;
             while j < b.len() && j - gap < 2 && separator(b[j]) {
                 j += 1;
@@ -107,6 +117,9 @@ fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
         if (9..=15).contains(&digits) && alone {
             found.push((i, end));
             i = end;
+        } else if let Some(joined) = joined {
+            found.push((i, joined));
+            i = joined;
         } else {
             i += 1;
         }
@@ -402,6 +415,10 @@ mod tests {
             "merge-email:ann@example.com",
             "merge-01012345678",
             "points-earned-tier-hp:010-1234-5678",
+            // (a member's number joined to a time or a year by the engine)
+            "resume-01012345678-1717000000000",
+            "birthday-+821012345678-2026",
+            "anniversary-010-1234-5678-2027",
         ] {
             assert!(event_ref(personal).starts_with("event-"), "{personal}");
         }

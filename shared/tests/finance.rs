@@ -560,6 +560,13 @@ async fn an_audit_out_of_the_function_s_time_is_kept_as_failed_with_what_to_do()
     s.drain().await;
     let done = s.services.audit_run("kr-shop", &run.id).await.unwrap();
     assert_eq!(done.status, "done");
+    // AND 31 days after it finished it is gone (its report names members)
+    let finished = done.finished_at.unwrap();
+    s.clock.set(finished + chrono::Duration::days(31));
+    assert!(matches!(
+        s.services.audit_run("kr-shop", &run.id).await,
+        Err(loyalty_core::services::ServiceError::NotFound { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

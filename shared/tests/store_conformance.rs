@@ -2119,35 +2119,6 @@ async fn an_erasure_is_remembered_by_name_with_its_latest_time(store: Arc<dyn St
     assert_eq!(store.erased_at("us-shop", &[a]).await.unwrap(), None);
 }
 
-async fn an_audit_is_kept_thirty_days_after_it_finished(store: Arc<dyn Store>) {
-    use loyalty_core::ports::AuditRun;
-    // GIVEN an audit that finished 31 days ago and one that finished 29 days ago
-    let program = format!("p-{}", uuid::Uuid::new_v4().simple());
-    let run = |id: &str, days_ago: i64| {
-        let finished = Utc::now() - chrono::Duration::days(days_ago);
-        AuditRun {
-            id: id.into(),
-            status: "done".into(),
-            requested_by: "ops".into(),
-            requested_at: finished - chrono::Duration::minutes(5),
-            finished_at: Some(finished),
-            report: Some(serde_json::json!({"violations": [{"member": "email:ann@example.com"}]})),
-        }
-    };
-    store
-        .save_audit_run(&program, &run("old", 31))
-        .await
-        .unwrap();
-    store
-        .save_audit_run(&program, &run("recent", 29))
-        .await
-        .unwrap();
-    // WHEN they are read THEN the old one is gone (its report named members), the other kept
-    assert_eq!(store.audit_run(&program, "old").await.unwrap(), None);
-    let kept = store.audit_run(&program, "recent").await.unwrap();
-    assert_eq!(kept.map(|r| r.id), Some("recent".to_string()));
-}
-
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -2185,8 +2156,7 @@ macro_rules! conformance {
                 the_books_the_walk_and_member_files_agree_with_what_was_committed,
                 a_quota_refuses_the_commit_that_would_pass_its_limit,
                 the_members_a_referrer_referred_are_found_by_its_id,
-                an_erasure_is_remembered_by_name_with_its_latest_time,
-                an_audit_is_kept_thirty_days_after_it_finished);
+                an_erasure_is_remembered_by_name_with_its_latest_time);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {

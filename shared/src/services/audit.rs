@@ -350,9 +350,13 @@ impl Services {
 
     pub async fn audit_run(&self, program: &str, id: &str) -> Result<AuditRun, ServiceError> {
         let program = self.program(program).await?;
+        // Past its time, gone (DynamoDB's time to live and serve's housekeeping delete it
+        // later, at their own pace).
+        let now = self.clock.now();
         self.store
             .audit_run(&program.id, id)
             .await?
+            .filter(|run| run.kept_until() > now)
             .ok_or_else(|| ServiceError::NotFound {
                 problem: "unknown-audit",
                 detail: format!("program {} has no audit {id:?}", program.id),

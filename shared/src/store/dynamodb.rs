@@ -3359,13 +3359,10 @@ impl AuditStore for DynamoStore {
     }
 
     async fn audit_run(&self, program: &str, id: &str) -> Result<Option<AuditRun>, StoreError> {
-        let run: Option<AuditRun> = self
-            .get(audit_key(program, id))
+        self.get(audit_key(program, id))
             .await?
             .map(|item| body(&item, "audit"))
-            .transpose()?;
-        // Past its time, gone (TTL deletes it within days, not at once).
-        Ok(run.filter(|r| r.kept_until() > Utc::now()))
+            .transpose()
     }
 
     async fn save_audit_run(&self, program: &str, run: &AuditRun) -> Result<(), StoreError> {

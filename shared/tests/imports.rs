@@ -266,3 +266,54 @@ async fn a_yotpo_row_without_a_balance_sets_nothing_in_set_mode() {
         .unwrap();
     assert_eq!(view.balance, 5_000);
 }
+
+#[tokio::test]
+async fn a_balance_stated_in_set_mode_for_a_member_merged_away_is_refused() {
+    // GIVEN pos:0101234 with 500 points merged into m-1, which had 300 of its own
+    let store = SqliteStore::memory().unwrap();
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 7, 5, 0, 0).unwrap());
+    let (_, services) = common::kr_shop_services(&store, 3, clock).await;
+    let set = |bytes: &'static [u8]| {
+        let services = &services;
+        async move {
+            let file = read_balances(BalanceFormat::Csv, bytes).expect("read");
+            let row = &file.rows[0];
+            let origin = RowOrigin {
+                file_name: "till.csv",
+                digest: &file.digest,
+                line: row.line,
+                content: &row.content,
+                mode: ImportMode::Set,
+                dry_run: None,
+            };
+            services
+                .import_balance(
+                    "kr-shop",
+                    "import",
+                    &origin,
+                    &row.read.clone().expect("row"),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    set(b"member,points\npos:0101234,500\n").await;
+    import_file(&services, b"member,points\nm-1,300\n").await;
+    services
+        .merge_members("kr-shop", "m-1", "pos:0101234", "same person", "ops")
+        .await
+        .unwrap();
+    assert_eq!(balance(&services, "m-1").await, 800);
+    // WHEN a later export of the till states pos:0101234's 500 again, in set mode
+    let outcome = set(b"member,points,note\npos:0101234,500,x\n").await;
+    // THEN the row is refused, naming the survivor, and the survivor keeps its 800
+    match &outcome {
+        RowOutcome::Refused { reason } => assert!(reason.contains("merged into m-1"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(balance(&services, "m-1").await, 800);
+    // AND the first till file, run again, is known as imported before
+    let again = set(b"member,points\npos:0101234,500\n").await;
+    assert!(matches!(again, RowOutcome::Unchanged { .. }), "{again:?}");
+    assert_eq!(balance(&services, "m-1").await, 800);
+}

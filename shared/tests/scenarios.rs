@@ -1334,3 +1334,83 @@ fn a_parked_refund_the_purchase_cannot_take_does_not_stop_the_purchase() {
     );
     m.assert_consistent();
 }
+
+/// m-2 as `shape` leaves it, merged out into m-1 at `now`.
+fn merged_out(
+    p: &loyalty_core::domain::Program,
+    now: chrono::DateTime<chrono::Utc>,
+    shape: impl FnOnce(&mut Member),
+) -> loyalty_core::domain::Merged {
+    let mut other = Member::new(p, now);
+    other.account.member = "m-2".into();
+    shape(&mut other);
+    let out = other
+        .account
+        .merge_out(p, "m-1", "same person", "ops", &ctx("merge-out", now, now))
+        .unwrap();
+    out.account.merged.unwrap()
+}
+
+#[test]
+fn a_merge_keeps_the_other_s_notices_only_for_what_came_from_it() {
+    // GIVEN a survivor with 200 points and a member with 50 ending the same day, which it was
+    // told of, and told of a day the survivor has no points ending
+    let p = kr();
+    let now = t0();
+    let mut survivor = Member::new(&p, now);
+    let gift = survivor
+        .account
+        .adjust(&p, 200, "goodwill", &ctx("gift-1", now, now))
+        .unwrap();
+    survivor.commit(gift);
+    let day = survivor.account.lots.iter().next().unwrap().expires_on;
+    let merged = merged_out(&p, now, |other| {
+        let gift = other
+            .account
+            .adjust(&p, 50, "goodwill", &ctx("gift-2", now, now))
+            .unwrap();
+        other.commit(gift);
+        other.account.notified.insert(format!("expiring:{day}"));
+        other.account.notified.insert("expiring:2099-01-01".into());
+    });
+    // WHEN it is merged into the survivor
+    let change = survivor
+        .account
+        .merge_in(&p, &merged, &ctx("merge-in", now, now))
+        .unwrap();
+    survivor.commit(change);
+    // THEN the day both hold points is still to be announced (250 points), the other's own
+    // day is not announced again
+    assert!(!survivor
+        .account
+        .notified
+        .contains(&format!("expiring:{day}")));
+    assert!(survivor.account.notified.contains("expiring:2099-01-01"));
+    assert_eq!(survivor.account.lots.total(), 250);
+}
+
+#[test]
+fn a_merge_after_the_other_s_referral_was_paid_pays_no_second_one() {
+    // GIVEN a survivor referred by x whose first order waits out its return window, and a
+    // member referred by y whose first order paid its referral
+    let p = kr();
+    let now = t0();
+    let mut survivor = Member::new(&p, now);
+    survivor.account.referred_by = Some("x".into());
+    survivor.account.referral_due = Some(loyalty_core::domain::account::ReferralDue {
+        referrer: "x".into(),
+        event_id: "ev-o-1".into(),
+    });
+    let merged = merged_out(&p, now, |other| {
+        other.account.referred_by = Some("y".into());
+        other.account.purchases = 1;
+    });
+    // WHEN it is merged into the survivor
+    let change = survivor
+        .account
+        .merge_in(&p, &merged, &ctx("merge-in", now, now))
+        .unwrap();
+    survivor.commit(change);
+    // THEN the person was referred once: nothing waits to be paid
+    assert_eq!(survivor.account.referral_due, None);
+}

@@ -90,6 +90,11 @@ impl Account {
         let from = &other.snapshot;
         let mut journal = Journal::begin(self, program, ctx);
         let account = &mut journal.account;
+        // What the survivor held before: the other's notices hold only for what comes from it.
+        let own_days: std::collections::BTreeSet<chrono::NaiveDate> =
+            account.lots.iter().map(|l| l.expires_on).collect();
+        let own_tier = account.tier.clone();
+        let own_membership = account.membership.is_some();
         for share in from.lots.iter() {
             account.lots.add(share.expires_on, share.points);
         }
@@ -127,7 +132,21 @@ impl Account {
         }
         account.purchases += from.purchases;
         account.remember_categories(from.categories.iter().map(String::as_str));
-        account.notified.extend(from.notified.iter().cloned());
+        // A notice the other was sent holds for the survivor only where its subject is the
+        // other's alone: a lot ending a day the survivor had none, the tier taken from it, its
+        // membership. Otherwise the survivor's own points or review would go unannounced.
+        let took_tier = account.tier != own_tier;
+        let kept = from.notified.iter().filter(|key| {
+            let (kind, day) = key.rsplit_once(':').unwrap_or((key.as_str(), ""));
+            match kind {
+                "expiring" => day
+                    .parse::<chrono::NaiveDate>()
+                    .is_ok_and(|d| !own_days.contains(&d)),
+                "downgrade" => took_tier,
+                _ => !own_membership,
+            }
+        });
+        account.notified.extend(kept.cloned().collect::<Vec<_>>());
         account.joined_on = account.joined_on.min(from.joined_on);
         account.last_purchase_at = account.last_purchase_at.max(from.last_purchase_at);
         // A paid membership goes with the person.
@@ -148,6 +167,14 @@ impl Account {
         if account.referred_by.is_none() && !is_self(&from.referred_by) {
             account.referred_by = from.referred_by.clone();
             account.referral_due = from.referral_due.clone();
+        } else if from.referred_by.is_some()
+            && !is_self(&from.referred_by)
+            && from.referral_due.is_none()
+            && from.purchases > 0
+        {
+            // The other's referral was paid (its first order kept): one person is referred
+            // once, so the survivor's, still waiting for its first order, pays nothing more.
+            account.referral_due = None;
         }
         if account.profile.birthday.is_none() {
             account.profile.birthday = from.profile.birthday.clone();

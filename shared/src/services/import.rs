@@ -110,6 +110,15 @@ impl Services {
             Ok(found) => found,
             Err(reason) => return Ok(RowOutcome::Refused { reason }),
         };
+        // A balance stated for a member merged away (its id now leads to the survivor) is not
+        // the survivor's, which holds the other's points too: set to it, the survivor's own
+        // would go.
+        if let Some(refusal) = self
+            .set_for_merged(&program.id, origin, row, &member)
+            .await?
+        {
+            return Ok(refusal);
+        }
         let reason = format!("imported from {}, row {}", origin.file_name, origin.line);
         let mut contention = Contention::new();
         loop {
@@ -120,6 +129,9 @@ impl Services {
                 // Imported before the merge: the row's marker stayed here, its points moved on.
                 if self.imported_before(&program.id, &member, origin).await? {
                     return Ok(unchanged(member, "imported before"));
+                }
+                if origin.mode == ImportMode::Set {
+                    return Ok(merged_away(&member, into));
                 }
                 contention
                     .redirected(|| format!("member {}", crate::telemetry::member_ref(&member)))?;
@@ -275,6 +287,30 @@ impl Services {
     /// to, else a new member `email:{email}`; and the email to link to it, if it is not yet, so
     /// that later orders with that email find it. An email linked to someone else refuses the
     /// row.
+    /// The refusal of a set-mode row whose member, named by its id, was merged into
+    /// `member`; `None` for any other row.
+    async fn set_for_merged(
+        &self,
+        program: &str,
+        origin: &RowOrigin<'_>,
+        row: &RowData,
+        member: &str,
+    ) -> Result<Option<RowOutcome>, ServiceError> {
+        let named = row.member.as_deref().filter(|m| *m != member);
+        let Some(named) = named.filter(|_| origin.mode == ImportMode::Set) else {
+            return Ok(None);
+        };
+        let state = self.store.load_member(program, named, &[]).await?;
+        let Some(into) = state.account.as_ref().and_then(|a| a.merged_into()) else {
+            return Ok(None);
+        };
+        // The same file run again: applied before the merge, under the member's own id.
+        if self.imported_before(program, named, origin).await? {
+            return Ok(Some(unchanged(named.to_string(), "imported before")));
+        }
+        Ok(Some(merged_away(named, into)))
+    }
+
     async fn import_member(
         &self,
         program: &str,
@@ -299,6 +335,14 @@ impl Services {
         }
         let to_link = row.email.clone().filter(|_| by_email.is_none());
         Ok(Ok((member, to_link)))
+    }
+}
+
+fn merged_away(member: &str, into: &str) -> RowOutcome {
+    RowOutcome::Refused {
+        reason: format!(
+            "member {member} was merged into {into}: its balance is not {into}'s; state {into}'s balance, or add the difference"
+        ),
     }
 }
 

@@ -243,29 +243,34 @@ async fn export(args: ExportArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     // A file is written whole or not at all: an export that stops leaves no half document
     // under its name (stdout says it stopped with the exit status).
-    let partial = args.out.as_ref().map(|path| crate::files::partial_of(path));
-    let mut out: Box<dyn Write> = match &partial {
-        Some(path) => Box::new(
-            std::fs::File::create(path)
-                .map_err(|e| format!("cannot create {}: {e}", path.display()))?,
-        ),
-        None => Box::new(std::io::stdout().lock()),
+    let Some(path) = &args.out else {
+        let mut out: Box<dyn Write> = Box::new(std::io::stdout().lock());
+        return write_export(&mut out, chunks).await;
     };
-    let written = write_export(&mut out, chunks).await;
-    drop(out);
-    match (written, &partial, &args.out) {
-        (Ok(()), Some(partial), Some(path)) => std::fs::rename(partial, path)
+    let partial = crate::files::partial_of(path);
+    let written = async {
+        let mut file = std::fs::File::create(&partial)
+            .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+        {
+            let mut out: Box<dyn Write> = Box::new(&mut file);
+            write_export(&mut out, chunks).await?;
+        }
+        file.sync_all()
+            .map_err(|e| format!("cannot write the export: {e}"))
+    }
+    .await;
+    match written {
+        Ok(()) => std::fs::rename(&partial, path)
             .map_err(|e| format!("cannot write {}: {e}", path.display())),
-        (Err(e), Some(partial), _) => {
-            let _ = std::fs::remove_file(partial);
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
             Err(e)
         }
-        (written, _, _) => written,
     }
 }
 
 async fn write_export(
-    out: &mut Box<dyn Write>,
+    out: &mut Box<dyn Write + '_>,
     chunks: impl futures_util::Stream<Item = Result<String, loyalty_core::ports::StoreError>>,
 ) -> Result<(), String> {
     let mut out = std::io::BufWriter::new(out);

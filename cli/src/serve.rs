@@ -255,6 +255,11 @@ async fn load_programs(
     for (origin, text) in sources {
         let program = loyalty_core::domain::Program::from_toml(&text)
             .map_err(|e| format!("{origin}: {e}"))?;
+        // What the save would check too (against the version stored now).
+        services
+            .check_program(&program.id, &text, ProgramFormat::Toml)
+            .await
+            .map_err(|e| format!("{origin}: {e}"))?;
         programs.push((origin, text, program));
     }
     let mut loaded = Vec::new();

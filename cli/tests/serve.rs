@@ -470,29 +470,37 @@ fn program_files_are_all_checked_before_any_is_saved() {
     )
     .unwrap();
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, kr.replacen("currency = \"KRW\"", "currency = 5", 1)).unwrap();
-    // WHEN serve is started with both
-    let started = ends_soon(
-        Command::new(BIN)
-            .args(["serve", "--addr", "127.0.0.1:0", "--jobs-every", "0"])
-            .args(["--db", db.to_str().unwrap()])
-            .args(["--program", good.to_str().unwrap()])
-            .args(["--program", bad.to_str().unwrap()])
-            .env("LOYALTY_JWT_SECRET", SECRET)
-            .env("LOYALTY_LOG", "warn"),
-    );
-    // THEN it fails naming the file, and the valid one was not saved either
-    assert!(!started.status.success());
-    let said = String::from_utf8_lossy(&started.stderr);
-    assert!(said.contains("bad.toml"), "{said}");
-    let server = Server::start(&["--db", db.to_str().unwrap()]);
-    let status = client()
-        .get(format!("{}/v1/programs/good-shop", server.base))
-        .bearer_auth(token(&["--admin"]))
-        .send()
-        .expect("request")
-        .status();
-    assert_eq!(status.as_u16(), 404);
+    // (a mistake of the file's, then one only a save checks: an anniversary review of a
+    // calendar-year window)
+    let saved_only = kr.replacen("rolling_12_months", "calendar_year", 1);
+    for mistake in [
+        kr.replacen("currency = \"KRW\"", "currency = 5", 1),
+        saved_only,
+    ] {
+        std::fs::write(&bad, mistake).unwrap();
+        // WHEN serve is started with both
+        let started = ends_soon(
+            Command::new(BIN)
+                .args(["serve", "--addr", "127.0.0.1:0", "--jobs-every", "0"])
+                .args(["--db", db.to_str().unwrap()])
+                .args(["--program", good.to_str().unwrap()])
+                .args(["--program", bad.to_str().unwrap()])
+                .env("LOYALTY_JWT_SECRET", SECRET)
+                .env("LOYALTY_LOG", "warn"),
+        );
+        // THEN it fails naming the file, and the valid one was not saved either
+        assert!(!started.status.success());
+        let said = String::from_utf8_lossy(&started.stderr);
+        assert!(said.contains("bad.toml"), "{said}");
+        let server = Server::start(&["--db", db.to_str().unwrap()]);
+        let status = client()
+            .get(format!("{}/v1/programs/good-shop", server.base))
+            .bearer_auth(token(&["--admin"]))
+            .send()
+            .expect("request")
+            .status();
+        assert_eq!(status.as_u16(), 404);
+    }
 }
 
 /// Runs a command that should stop by itself; one still running after 30 s (a serve that

@@ -80,14 +80,11 @@ pub fn check_member(records: &MemberRecords, now: DateTime<Utc>) -> (Vec<Violati
         ..Totals::default()
     };
     let Some(account) = &records.account else {
-        // Nothing at all: a member erased while the audit ran (read again, it is gone).
-        if !entries.is_empty() {
-            violation(
-                "account",
-                format!("{} ledger entries but no account", entries.len()),
-                None,
-            );
-        }
+        violation(
+            "account",
+            format!("{} ledger entries but no account", entries.len()),
+            None,
+        );
         return (found, totals);
     };
     // A member merged away holds nothing: what reached it since (the second step of a merge

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use loyalty_core::domain::{Account, EntryKind, Program};
 use loyalty_core::envelope::Envelope;
-use loyalty_core::ports::{Commit, FixedClock, MemberStore, QueueName, ScheduleStore};
+use loyalty_core::ports::{
+    Commit, FixedClock, MemberStore, ProgramStore, QueueName, ScheduleStore,
+};
 use loyalty_core::services::jobs::{Job, JobDate};
 use loyalty_core::services::programs::ProgramFormat;
 use loyalty_core::services::Services;
@@ -582,8 +584,9 @@ async fn a_version_that_changes_what_stored_amounts_or_paid_periods_mean_is_refu
     let program = s.services.program("kr-shop").await.unwrap();
     let paid = program.membership.as_ref().unwrap();
     assert_eq!((paid.id.as_str(), paid.period_months), ("plus", 1));
-    // AND a version that changes the membership's price and name is saved, and one that
-    // removes the membership (which ends it) too
+    // AND one that removes the membership is refused too
+    assert_eq!(refused(KR_SHOP.to_string()).await, ["membership"]);
+    // AND a version that changes the membership's price and name is saved
     let repriced = saved
         .replace("price = \"4900\"", "price = \"5900\"")
         .replace("name = \"Plus\"", "name = \"Plus+\"");
@@ -591,8 +594,97 @@ async fn a_version_that_changes_what_stored_amounts_or_paid_periods_mean_is_refu
         .put_program("kr-shop", &repriced, ProgramFormat::Toml)
         .await
         .unwrap();
+}
+
+/// The fields a save of `file` as kr-shop is refused for.
+async fn refused_fields(s: &Stack, file: &str) -> Vec<String> {
+    match s
+        .services
+        .put_program("kr-shop", file, ProgramFormat::Toml)
+        .await
+    {
+        Err(loyalty_core::services::ServiceError::InvalidFields { errors, .. }) => {
+            errors.into_iter().map(|e| e.field).collect()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_action_no_event_can_name_or_named_as_an_engine_counter_is_refused_when_saved() {
+    // GIVEN kr-shop with a custom action named as the referral counter, one with a name longer
+    // than an event may carry, and one with an empty name
+    let s = stack().await;
+    let long = "a".repeat(129);
+    let file = format!(
+        "{KR_SHOP}\n[custom_actions.referrals-rewarded]\npoints = 50\n\n\
+         [custom_actions.{long}]\npoints = 10\n\n[custom_actions.\"\"]\npoints = 10\n"
+    );
+    // WHEN it is saved THEN each is refused by its field
+    let refused = refused_fields(&s, &file).await;
+    for field in [
+        "custom_actions.referrals-rewarded".to_string(),
+        format!("custom_actions.{long}"),
+        "custom_actions.".to_string(),
+    ] {
+        assert!(refused.contains(&field), "{field}: {refused:?}");
+    }
+    // AND a name of 128 bytes is saved
+    let fits = format!(
+        "{KR_SHOP}\n[custom_actions.{}]\npoints = 10\n",
+        "a".repeat(128)
+    );
     s.services
-        .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+        .put_program("kr-shop", &fits, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    // AND a program stored before the rule, with the counter's name, is still read (its
+    // events are not stopped)
+    let stored = Program::from_toml(
+        &file
+            .replace(&format!("[custom_actions.{long}]"), "[custom_actions.long]")
+            .replace("[custom_actions.\"\"]", "[custom_actions.empty]"),
+    )
+    .unwrap();
+    let json = serde_json::to_string(&stored.file).unwrap();
+    s.store
+        .put_program("kr-shop", &json, Some(2), t0())
+        .await
+        .unwrap()
+        .unwrap();
+    let fresh = Services::new(
+        Arc::new(s.store.clone()),
+        Arc::new(Recorder::default()),
+        s.clock.clone(),
+    );
+    let read = fresh.program("kr-shop").await.unwrap();
+    assert!(read.actions.contains_key("referrals-rewarded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_threshold_past_the_bounds_is_refused_when_saved_in_either_form() {
+    // GIVEN kr-shop's last threshold written past the bound of any amount
+    let s = stack().await;
+    let last = KR_SHOP.rfind("threshold = ").unwrap();
+    let line_end = last + KR_SHOP[last..].find('\n').unwrap();
+    let with = |value: &str| {
+        format!(
+            "{}threshold = {value}{}",
+            &KR_SHOP[..last],
+            &KR_SHOP[line_end..]
+        )
+    };
+    // WHEN it is saved THEN it is refused by its field, written as a number or as text
+    for value in ["10000000000001", "\"10000000000001\""] {
+        assert_eq!(
+            refused_fields(&s, &with(value)).await,
+            ["tiers[3].threshold"],
+            "{value}"
+        );
+    }
+    // AND one within the bound is saved
+    s.services
+        .put_program("kr-shop", &with("10000000000000"), ProgramFormat::Toml)
         .await
         .unwrap();
 }
@@ -934,6 +1026,46 @@ async fn a_member_failing_for_a_week_no_longer_holds_the_job_s_progress() {
         .unwrap();
     assert_eq!(member.account.unwrap().balance, 0);
     assert_eq!(progress().await.as_deref(), Some("2027-03-19"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_failing_for_the_first_time_on_a_day_given_up_for_another_holds_it() {
+    // GIVEN two unreadable members due for expiry the same day: one failing there for more
+    // than a week, the other failing for the first time
+    let (services, store, db, clock) = expiring_members_at(3).await;
+    set_account_body(&db, "seed-000001", "{not an account");
+    set_account_body(&db, "seed-000002", "{not an account");
+    let run = |on: NaiveDate| services.run_job(Job::ExpirePoints, "kr-shop", Some(on), &|_| {});
+    assert_eq!(run(date(2027, 3, 10)).await.unwrap().failed, 2);
+    let held = store
+        .job_progress("kr-shop", "expire-points")
+        .await
+        .unwrap()
+        .unwrap();
+    let first_failures = format!(r#"{{"{held}": {{"seed-000001": "2027-03-10"}}}}"#);
+    store
+        .save_job_progress("kr-shop", "held-days/expire-points", Some(&first_failures))
+        .await
+        .unwrap();
+    // WHEN the job runs on 2027-03-18
+    clock.set(Utc.with_ymd_and_hms(2027, 3, 18, 6, 0, 0).unwrap());
+    let report = run(date(2027, 3, 18)).await.unwrap();
+    // THEN the first is given up, the second retried, and the day still holds the progress
+    let given_up: Vec<&str> = report
+        .failures
+        .iter()
+        .filter(|f| f.error.contains("given up"))
+        .map(|f| f.member.as_str())
+        .collect();
+    assert_eq!(given_up, ["seed-000001"], "{report:?}");
+    assert_eq!(report.failed, 2);
+    assert_eq!(
+        store
+            .job_progress("kr-shop", "expire-points")
+            .await
+            .unwrap(),
+        Some(held)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1152,30 +1152,19 @@ impl Validator {
     ) -> Option<i64> {
         match (f.tier_rules.measure, t) {
             (Measure::Spend, Threshold::Text(text)) => self.amount(field, currency, text),
-            // Both forms keep the bounds of any amount and any points (limits.rs), so that a
-            // member's distance to a threshold is always a plain subtraction.
             (Measure::Spend, Threshold::Number(n)) => {
-                let minor = currency
-                    .and_then(|c| n.checked_mul(c.minor_per_major()))
-                    .filter(|m| (0..=MAX_AMOUNT).contains(m));
-                if minor.is_none() {
-                    self.fail(field, "must be a non-negative amount within the bounds");
+                let minor = currency.and_then(|c| n.checked_mul(c.minor_per_major()));
+                if minor.is_none() || *n < 0 {
+                    self.fail(field, "must be a non-negative amount");
                 }
-                minor
+                minor.filter(|m| *m >= 0)
             }
-            (Measure::Points, Threshold::Number(n)) if (0..=MAX_POINTS).contains(n) => Some(*n),
-            (Measure::Points, Threshold::Text(text))
-                if text
-                    .parse::<i64>()
-                    .is_ok_and(|n| (0..=MAX_POINTS).contains(&n)) =>
-            {
+            (Measure::Points, Threshold::Number(n)) if *n >= 0 => Some(*n),
+            (Measure::Points, Threshold::Text(text)) if text.parse::<u32>().is_ok() => {
                 text.parse::<i64>().ok()
             }
             (Measure::Points, _) => {
-                self.fail(
-                    field,
-                    format!("must be a whole number of points from 0 to {MAX_POINTS}"),
-                );
+                self.fail(field, "must be a whole, non-negative number of points");
                 None
             }
         }
@@ -1204,17 +1193,6 @@ impl Validator {
             }
             if field.starts_with("custom_actions.") && KNOWN_ACTIONS.contains(&name.as_str()) {
                 self.fail(&field, "is a known action: put it under [actions]");
-                continue;
-            }
-            // An event names a custom action in at most MAX_TEXT_BYTES; the account counts
-            // actions beside the engine's own counters, whose names are not for actions.
-            let max = crate::envelope::MAX_TEXT_BYTES;
-            if name.is_empty() || name.len() > max {
-                self.fail(&field, format!("a name has 1 to {max} bytes"));
-                continue;
-            }
-            if name == super::safeguards::REFERRALS_REWARDED {
-                self.fail(&field, "is the name of the engine's own referral counter");
                 continue;
             }
             self.non_negative(&format!("{field}.points"), action.points);

@@ -52,13 +52,16 @@ const GROUP: usize = 25;
 const MAX_CATCH_UP_DAYS: i64 = 400;
 /// The saved progress of `recalculate-tiers` (a member cursor while a pass is under way).
 const RECALCULATE: &str = "recalculate-tiers";
-/// How long a day on which a member failed holds a due-date job's progress (every run goes
-/// over it again); after that the day is given up and its members named as such, as the
-/// campaign tick does, so that one unreadable account does not pin the job for ever.
+/// How long a member failing on a day holds a due-date job's progress there (every run goes
+/// over the day again); after that the member is given up and named as such, as the campaign
+/// tick does, so that one unreadable account does not pin the job for ever.
 const FAILED_DAY_HELD_DAYS: i64 = 7;
 
-/// Where a due-date job keeps the days its members failed on, each with the date it first
-/// failed: beside its progress, under a name no job has.
+/// Failing members a due-date job keeps with the date they first failed, at most.
+const MAX_HELD_MEMBERS: usize = 1_000;
+
+/// Where a due-date job keeps the members that failed on each day, each with the date it first
+/// failed there: beside its progress, under a name no job has.
 fn held_days_key(job: Job) -> String {
     format!("held-days/{}", job.name())
 }
@@ -686,9 +689,10 @@ impl Services {
     }
 
     /// Names this run's failures and returns the first day that still holds the job's
-    /// progress: a day failing for [`FAILED_DAY_HELD_DAYS`] since its first failure is given
-    /// up (its members named as such). The days are read and saved only when a member failed,
-    /// so a healthy run costs nothing more.
+    /// progress: a member failing on a day for [`FAILED_DAY_HELD_DAYS`] since its first
+    /// failure there is given up (named as such), and a day whose failing members are all given
+    /// up holds nothing. What failed is read and saved only when a member failed, so a healthy
+    /// run costs nothing more.
     async fn hold_failed_days(
         &self,
         program: &str,
@@ -702,31 +706,41 @@ impl Services {
         }
         let key = held_days_key(job);
         let saved = self.store.job_progress(program, &key).await?;
-        // Unreadable text (a hand edit) is as if nothing had failed before.
-        let before: BTreeMap<NaiveDate, NaiveDate> = saved
+        // Each failing member of each day, with the date it first failed there. Unreadable
+        // text (a hand edit) is as if nothing had failed before.
+        let before: BTreeMap<NaiveDate, BTreeMap<String, NaiveDate>> = saved
             .as_deref()
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_default();
         let held_since = today - Duration::days(FAILED_DAY_HELD_DAYS);
-        // Only the days failing now are kept: a day that went through is forgotten.
-        let mut held = BTreeMap::new();
+        // Only what fails now is kept: a member that went through is forgotten. A member is
+        // given up on its own failures: one failing for the first time on a day others have
+        // failed on for a week holds the day.
+        let mut held: BTreeMap<NaiveDate, BTreeMap<String, NaiveDate>> = BTreeMap::new();
+        let mut kept = 0;
         let mut first_held = None;
         for (day, failures) in failing {
-            let since = before.get(&day).copied().unwrap_or(today).min(today);
-            held.insert(day, since);
-            let given_up = since < held_since;
-            if !given_up {
-                first_held.get_or_insert(day);
-            }
             for (member, error) in failures {
-                if given_up {
+                let since = before
+                    .get(&day)
+                    .and_then(|members| members.get(&member))
+                    .copied()
+                    .unwrap_or(today)
+                    .min(today);
+                if since < held_since {
                     let reason = format!(
                         "{error}; due on {day} and failing since {since}: given up (repair \
                          the account, then run the job as of {day})"
                     );
                     report.give_up(&member, &reason);
                 } else {
+                    first_held.get_or_insert(day);
                     report.failure_retried(&member, &error);
+                }
+                // (bounded: past it, a failure is retried for as long as it fails)
+                if kept < MAX_HELD_MEMBERS {
+                    held.entry(day).or_default().insert(member, since);
+                    kept += 1;
                 }
             }
         }

@@ -35,6 +35,21 @@ impl Services {
             .await
     }
 
+    /// Everything a save of the file would check, against the version saved now, without
+    /// saving it: `loyalty serve --program` checks every file before it saves any.
+    pub async fn check_program(
+        &self,
+        id: &str,
+        text: &str,
+        format: ProgramFormat,
+    ) -> Result<Program, ServiceError> {
+        let program = checked_program(id, text, format)?;
+        if let Some(current) = self.store.get_program(id).await? {
+            keeps_what_members_hold(&current.file_json, &program)?;
+        }
+        Ok(program)
+    }
+
     /// [`Services::put_program`] on condition that the saved version is `expected`: an editor
     /// never overwrites what another saved after it read.
     pub async fn put_program_expecting(
@@ -45,33 +60,7 @@ impl Services {
         expected: Expected,
     ) -> Result<SavedProgram, ServiceError> {
         let what = format!("program {id}");
-        let parsed = match format {
-            ProgramFormat::Toml => Program::from_toml(text),
-            ProgramFormat::Json => {
-                super::require_object(text.as_bytes(), "malformed-program")?;
-                Program::from_json(text)
-            }
-        };
-        let mut program = parsed.map_err(|e| match e {
-            ProgramError::Syntax { .. } => {
-                ServiceError::invalid("malformed-program", e.to_string())
-            }
-            ProgramError::Invalid(ref errors) => ServiceError::InvalidFields {
-                problem: "invalid-program",
-                detail: e.to_string(),
-                errors: errors.clone(),
-            },
-        })?;
-        if program.id != id {
-            return Err(ServiceError::invalid(
-                "program-id-mismatch",
-                format!(
-                    "the file is for program {:?}, the path names {id:?}",
-                    program.id
-                ),
-            ));
-        }
-        reviews_judge_a_whole_window(&program)?;
+        let mut program = checked_program(id, text, format)?;
         // The file was checked above: one that could never be saved is 400 whatever is saved;
         // the precondition is checked on the version the write is conditional on.
         let mut file = program.file.clone();
@@ -196,6 +185,87 @@ impl Services {
     }
 }
 
+/// The file parsed, for program `id`, with the rules a save checks beyond the file's own
+/// (which a program saved before them is still read without).
+fn checked_program(id: &str, text: &str, format: ProgramFormat) -> Result<Program, ServiceError> {
+    let parsed = match format {
+        ProgramFormat::Toml => Program::from_toml(text),
+        ProgramFormat::Json => {
+            super::require_object(text.as_bytes(), "malformed-program")?;
+            Program::from_json(text)
+        }
+    };
+    let program = parsed.map_err(|e| match e {
+        ProgramError::Syntax { .. } => ServiceError::invalid("malformed-program", e.to_string()),
+        ProgramError::Invalid(ref errors) => ServiceError::InvalidFields {
+            problem: "invalid-program",
+            detail: e.to_string(),
+            errors: errors.clone(),
+        },
+    })?;
+    if program.id != id {
+        return Err(ServiceError::invalid(
+            "program-id-mismatch",
+            format!(
+                "the file is for program {:?}, the path names {id:?}",
+                program.id
+            ),
+        ));
+    }
+    reviews_judge_a_whole_window(&program)?;
+    what_events_and_counters_allow(&program)?;
+    Ok(program)
+}
+
+/// A custom action's name is one an event can carry (1 to 128 bytes) and no counter of the
+/// engine's has (the account counts actions beside them); a tier threshold is within the
+/// bounds of any amount (spend) or any points, so that a member's distance to it is a plain
+/// subtraction.
+fn what_events_and_counters_allow(program: &Program) -> Result<(), ServiceError> {
+    use crate::domain::limits::{MAX_AMOUNT, MAX_POINTS};
+    use crate::domain::program::{FieldError, Measure};
+    let max = crate::envelope::MAX_TEXT_BYTES;
+    let mut errors = Vec::new();
+    for name in program.file.custom_actions.keys() {
+        let field = format!("custom_actions.{name}");
+        if name.is_empty() || name.len() > max {
+            errors.push(FieldError {
+                field,
+                message: format!("a name has 1 to {max} bytes"),
+            });
+        } else if name == crate::domain::safeguards::REFERRALS_REWARDED {
+            errors.push(FieldError {
+                field,
+                message: "is the name of the engine's own referral counter".into(),
+            });
+        }
+    }
+    let bound = match program.tier_rules.measure {
+        Measure::Spend => MAX_AMOUNT,
+        Measure::Points => MAX_POINTS,
+    };
+    for (i, tier) in program.tiers.iter().enumerate() {
+        if tier.threshold > bound {
+            errors.push(FieldError {
+                field: format!("tiers[{i}].threshold"),
+                message: format!("must be at most {bound} (in minor units for spend)"),
+            });
+        }
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ServiceError::InvalidFields {
+        problem: "invalid-program",
+        detail: errors
+            .iter()
+            .map(|e| format!("{} {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        errors,
+    })
+}
+
 /// Anniversary reviews need a window that is whole on any day: a calendar-year window judged
 /// on a member's anniversary (10 January) is the few days of the new year, and every tiered
 /// member would go down at the first review. Refused when saved (a program saved before is
@@ -227,7 +297,8 @@ fn reviews_judge_a_whole_window(program: &Program) -> Result<(), ServiceError> {
 ///   won read as cents, spend read as points);
 /// - the membership's id and period: paid periods are laid out again with the current period
 ///   at every payment, and a membership is recognised by its id (one renamed or re-cut would
-///   end or reshape what members paid for). A membership may be removed, which ends it.
+///   end or reshape what members paid for), nor removed (it would not end: members would hold
+///   it still, and a version adding it back would escape both checks).
 fn keeps_what_members_hold(current_json: &str, next: &Program) -> Result<(), ServiceError> {
     #[derive(serde::Deserialize)]
     struct Saved {
@@ -287,6 +358,12 @@ fn keeps_what_members_hold(current_json: &str, next: &Program) -> Result<(), Ser
         refuse("tier_rules.measure", format!(
             "the saved version measures tiers by {}: members' tier progress is kept in it; change thresholds, not the measure",
             format!("{:?}", rules.measure).to_lowercase()
+        ));
+    }
+    if let (Some(paid), None) = (&saved.membership, &next.membership) {
+        refuse("membership", format!(
+            "the saved version sells membership {:?}: members may hold it, and a version without it would not end it; keep it (its name, price and benefits may change)",
+            paid.id
         ));
     }
     if let (Some(paid), Some(next)) = (saved.membership, &next.membership) {

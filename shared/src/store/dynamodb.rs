@@ -1800,9 +1800,14 @@ impl ProgramStore for DynamoStore {
                     Ok(None)
                 }
                 // A throttle or another writer's transaction: the same save goes through later.
-                Some(TransactWriteItemsError::TransactionCanceledException(_)) => Err(
-                    StoreError::transient("the program save met a throttle; try again", e),
-                ),
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled))
+                    if cancelled_for_now(&cancellation_codes(cancelled)) =>
+                {
+                    Err(StoreError::transient(
+                        "the program save met a throttle or another write; try again",
+                        e,
+                    ))
+                }
                 _ => Err(sdk_error("cannot save the program", e)),
             },
         }
@@ -3346,6 +3351,8 @@ impl AuditStore for DynamoStore {
     ) -> Result<(), StoreError> {
         let mut item = audit_key(program, &run.id);
         item.insert("body".into(), encode("audit", run)?);
+        // (a request whose message never runs is not kept for ever either)
+        item.insert("expires_at".into(), n(run.kept_until().timestamp()));
         let audit = self.put(item, Some("attribute_not_exists(PK)"), None)?;
         let outbox = self.put(outbox_item(message)?, None, None)?;
         self.client

@@ -252,6 +252,11 @@ fn what_events_and_counters_allow(program: &Program) -> Result<(), ServiceError>
             });
         }
     }
+    refused_for(errors)
+}
+
+/// A save refused for what a check found, field by field (none found: the save goes on).
+fn refused_for(errors: Vec<crate::domain::program::FieldError>) -> Result<(), ServiceError> {
     if errors.is_empty() {
         return Ok(());
     }
@@ -259,7 +264,7 @@ fn what_events_and_counters_allow(program: &Program) -> Result<(), ServiceError>
         problem: "invalid-program",
         detail: errors
             .iter()
-            .map(|e| format!("{} {}", e.field, e.message))
+            .map(|e| format!("{}: {}", e.field, e.message))
             .collect::<Vec<_>>()
             .join("; "),
         errors,
@@ -276,15 +281,11 @@ fn reviews_judge_a_whole_window(program: &Program) -> Result<(), ServiceError> {
     if rules.review != Review::Anniversary || rules.window != Window::CalendarYear {
         return Ok(());
     }
-    let detail = "an anniversary review judges the window on the member's anniversary: with a calendar-year window that is the days of the year so far; review on 1 January (review = \"calendar_year\") or measure a rolling window (window = \"rolling_12_months\")".to_string();
-    Err(ServiceError::InvalidFields {
-        problem: "invalid-program",
-        detail: detail.clone(),
-        errors: vec![crate::domain::program::FieldError {
-            field: "tier_rules.review".into(),
-            message: detail,
-        }],
-    })
+    let message = "an anniversary review judges the window on the member's anniversary: with a calendar-year window that is the days of the year so far; review on 1 January (review = \"calendar_year\") or measure a rolling window (window = \"rolling_12_months\")".to_string();
+    refused_for(vec![crate::domain::program::FieldError {
+        field: "tier_rules.review".into(),
+        message,
+    }])
 }
 
 /// A new version keeps what members hold under the one it replaces, and what the stored
@@ -383,16 +384,5 @@ fn keeps_what_members_hold(current_json: &str, next: &Program) -> Result<(), Ser
             ));
         }
     }
-    if errors.is_empty() {
-        return Ok(());
-    }
-    Err(ServiceError::InvalidFields {
-        problem: "invalid-program",
-        detail: errors
-            .iter()
-            .map(|e| e.message.as_str())
-            .collect::<Vec<_>>()
-            .join("; "),
-        errors,
-    })
+    refused_for(errors)
 }

@@ -84,6 +84,33 @@ async fn import_file(services: &loyalty_core::services::Services, bytes: &[u8]) 
     outcomes
 }
 
+/// Applies the first row of `bytes`, a file named `file_name`, in set mode.
+async fn set_first_row(
+    services: &loyalty_core::services::Services,
+    file_name: &str,
+    bytes: &[u8],
+) -> RowOutcome {
+    let file = read_balances(BalanceFormat::Csv, bytes).expect("read");
+    let row = &file.rows[0];
+    let origin = RowOrigin {
+        file_name,
+        digest: &file.digest,
+        line: row.line,
+        content: &row.content,
+        mode: ImportMode::Set,
+        dry_run: None,
+    };
+    services
+        .import_balance(
+            "kr-shop",
+            "import",
+            &origin,
+            &row.read.clone().expect("row"),
+        )
+        .await
+        .unwrap()
+}
+
 async fn balance(services: &loyalty_core::services::Services, member: &str) -> i64 {
     services
         .member_view("kr-shop", member)
@@ -177,30 +204,7 @@ async fn a_later_file_in_set_mode_may_set_a_balance_back_to_what_an_earlier_one_
     let store = SqliteStore::memory().unwrap();
     let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 6, 5, 0, 0).unwrap());
     let (_, services) = common::kr_shop_services(&store, 3, clock).await;
-    let set = |bytes: &'static [u8]| {
-        let services = &services;
-        async move {
-            let file = read_balances(BalanceFormat::Csv, bytes).expect("read");
-            let row = &file.rows[0];
-            let origin = RowOrigin {
-                file_name: "export.csv",
-                digest: &file.digest,
-                line: row.line,
-                content: &row.content,
-                mode: ImportMode::Set,
-                dry_run: None,
-            };
-            services
-                .import_balance(
-                    "kr-shop",
-                    "import",
-                    &origin,
-                    &row.read.clone().expect("row"),
-                )
-                .await
-                .unwrap()
-        }
-    };
+    let set = |bytes: &'static [u8]| set_first_row(&services, "export.csv", bytes);
     set(b"member,points\nm-1,100\n").await;
     set(b"member,points,tier\nm-1,50,\n").await;
     assert_eq!(balance(&services, "m-1").await, 50);
@@ -273,30 +277,7 @@ async fn a_balance_stated_in_set_mode_for_a_member_merged_away_is_refused() {
     let store = SqliteStore::memory().unwrap();
     let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 7, 5, 0, 0).unwrap());
     let (_, services) = common::kr_shop_services(&store, 3, clock).await;
-    let set = |bytes: &'static [u8]| {
-        let services = &services;
-        async move {
-            let file = read_balances(BalanceFormat::Csv, bytes).expect("read");
-            let row = &file.rows[0];
-            let origin = RowOrigin {
-                file_name: "till.csv",
-                digest: &file.digest,
-                line: row.line,
-                content: &row.content,
-                mode: ImportMode::Set,
-                dry_run: None,
-            };
-            services
-                .import_balance(
-                    "kr-shop",
-                    "import",
-                    &origin,
-                    &row.read.clone().expect("row"),
-                )
-                .await
-                .unwrap()
-        }
-    };
+    let set = |bytes: &'static [u8]| set_first_row(&services, "till.csv", bytes);
     set(b"member,points\npos:0101234,500\n").await;
     import_file(&services, b"member,points\nm-1,300\n").await;
     services

@@ -726,18 +726,13 @@ fn m2_merged_out_into_m1(
     p: &loyalty_core::domain::Program,
     now: chrono::DateTime<chrono::Utc>,
 ) -> loyalty_core::domain::Merged {
-    let mut other = Member::new(p, now);
-    other.account.member = "m-2".into();
-    let gift = other
-        .account
-        .adjust(p, 300, "goodwill", &ctx("gift", now, now))
-        .unwrap();
-    other.commit(gift);
-    let out = other
-        .account
-        .merge_out(p, "m-1", "same person", "ops", &ctx("merge-out", now, now))
-        .unwrap();
-    out.account.merged.unwrap()
+    merged_out(p, now, |other| {
+        let gift = other
+            .account
+            .adjust(p, 300, "goodwill", &ctx("gift", now, now))
+            .unwrap();
+        other.commit(gift);
+    })
 }
 
 #[test]

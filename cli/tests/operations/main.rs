@@ -128,7 +128,12 @@ impl Shop {
     fn import_csv(&self, name: &str, text: &str) -> Output {
         let file = self.dir.join(name);
         std::fs::write(&file, text).expect("file");
-        self.loyalty(&[
+        self.import_balances(&file, &[])
+    }
+
+    /// `loyalty import balances` of the CSV file `file` into kr-shop, with `extra` arguments.
+    fn import_balances(&self, file: &Path, extra: &[&str]) -> Output {
+        let mut args = vec![
             "import",
             "balances",
             file.to_str().expect("utf-8 path"),
@@ -137,7 +142,9 @@ impl Shop {
             "--format",
             "csv",
             "--json",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        self.loyalty(&args)
     }
 
     fn eventually(&self, member: &str, check: impl Fn(&Value) -> bool) -> Value {
@@ -753,17 +760,7 @@ fn a_dry_run_names_refused_rows_and_leaves_the_error_file_being_mended() {
     std::fs::write(&errors, &mended).expect("mended");
     // WHEN the original file is imported again as a dry run
     let file = shop.dir.join("dry.csv");
-    let dry = shop.loyalty(&[
-        "import",
-        "balances",
-        file.to_str().expect("utf-8 path"),
-        "--program",
-        "kr-shop",
-        "--format",
-        "csv",
-        "--dry-run",
-        "--json",
-    ]);
+    let dry = shop.import_balances(&file, &["--dry-run"]);
     // THEN it names the refused line on stderr, and the mended error file is as it was
     let said = String::from_utf8_lossy(&dry.stderr);
     assert!(said.contains("would refuse line 2"), "{said}");
@@ -787,20 +784,7 @@ fn a_dry_run_counts_what_the_import_then_does() {
     }
     let file = shop.dir.join("counts.csv");
     std::fs::write(&file, &text).expect("file");
-    let run = |extra: &[&str]| {
-        let mut args = vec![
-            "import",
-            "balances",
-            file.to_str().expect("utf-8 path"),
-            "--program",
-            "kr-shop",
-            "--format",
-            "csv",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        ok(&shop.loyalty(&args))
-    };
+    let run = |extra: &[&str]| ok(&shop.import_balances(&file, extra));
     let counts = |v: &Value| {
         let n = |k: &str| v[k].as_i64();
         (

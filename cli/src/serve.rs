@@ -452,12 +452,12 @@ async fn handle(
     match result {
         Ok(()) => Some(delivery.seq),
         Err(retry) => {
-            match queue.fail(&delivery, &retry.0).await {
+            match queue.retry(&delivery, &retry).await {
                 Ok(true) => {
                     tracing::error!(queue = name.as_str(), error = %loyalty_core::telemetry::redact(&retry.to_string()), "message dead-lettered")
                 }
                 Ok(false) => {
-                    tracing::warn!(queue = name.as_str(), attempt = delivery.attempts, error = %loyalty_core::telemetry::redact(&retry.to_string()), "will retry")
+                    tracing::warn!(queue = name.as_str(), attempt = delivery.attempts, counted = !retry.transient, error = %loyalty_core::telemetry::redact(&retry.to_string()), "will retry")
                 }
                 Err(e) => tracing::error!(error = %e, "cannot record the failure"),
             }

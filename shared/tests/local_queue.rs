@@ -474,3 +474,70 @@ fn hand_notice(notice: &Envelope) {
         .to_string();
     HANDED.lock().unwrap().push((notice.member.clone(), event));
 }
+
+#[tokio::test]
+async fn a_message_that_meets_a_busy_database_is_retried_without_counting_the_attempt() {
+    use loyalty_core::ports::DeadLetters;
+    // GIVEN serve's queue allowing one failed delivery, a purchase delivered once, and another
+    // process holding the database's write lock for longer than the busy timeout
+    let (store, db) = file_store();
+    let (queue, services) = common::kr_shop_services(&store, 1, Arc::new(SystemClock)).await;
+    queue
+        .send(QueueName::Earn, &purchase("p-busy", "m-a", 20_000))
+        .await
+        .unwrap();
+    let delivery = queue
+        .receive(QueueName::Earn, 1, HIDE)
+        .await
+        .unwrap()
+        .remove(0);
+    let other = rusqlite::Connection::open(&db).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // WHEN it is processed, and its failure recorded once the other process let go
+    let retry = process_message(&services, Consumer::Earn, "msg-1", &delivery.body)
+        .await
+        .unwrap_err();
+    other.execute_batch("ROLLBACK").unwrap();
+    let dead = queue.retry(&delivery, &retry).await.unwrap();
+    // THEN it is not dead-lettered (before: its one allowed failure was spent on the other
+    // process's lock) but delivered again as a first attempt, and then it earns
+    assert!(retry.transient, "{retry}");
+    assert!(!dead);
+    assert_eq!(queue.dead_letter_count(QueueName::Earn).await.unwrap(), 0);
+    let again = loop {
+        let batch = queue.receive(QueueName::Earn, 1, HIDE).await.unwrap();
+        if let Some(delivery) = batch.into_iter().next() {
+            break delivery;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(again.attempts, 1);
+    let processed = process_message(&services, Consumer::Earn, "msg-1", &again.body).await;
+    assert!(processed.is_ok(), "{processed:?}");
+}
+
+#[tokio::test]
+async fn a_message_that_fails_for_its_own_reasons_spends_its_attempts() {
+    use loyalty_core::ports::DeadLetters;
+    use loyalty_core::services::earn::Retry;
+    // GIVEN serve's queue allowing one failed delivery and a message delivered once
+    let (store, _db) = file_store();
+    let queue = LocalQueue::new(store, 1);
+    queue
+        .send(QueueName::Earn, &purchase("p-bad", "m-a", 20_000))
+        .await
+        .unwrap();
+    let delivery = queue
+        .receive(QueueName::Earn, 1, HIDE)
+        .await
+        .unwrap()
+        .remove(0);
+    // WHEN its processing failed for a reason of its own
+    let dead = queue
+        .retry(&delivery, &Retry::failed("member m-a is being erased"))
+        .await
+        .unwrap();
+    // THEN that was its last attempt
+    assert!(dead);
+    assert_eq!(queue.dead_letter_count(QueueName::Earn).await.unwrap(), 1);
+}

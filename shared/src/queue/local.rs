@@ -17,6 +17,7 @@ use crate::envelope::Envelope;
 use crate::ports::{
     DeadLetter, DeadLetters, OutboxMessage, Queue, QueueError, QueueName, StoreError,
 };
+use crate::services::earn::Retry;
 use crate::store::sqlite::{sql_error, Cached, SqliteStore};
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -393,6 +394,24 @@ impl LocalQueue {
     /// The message failed: retry later with exponential backoff, or dead-letter it once it has
     /// had `max_attempts` deliveries. Returns true when it was dead-lettered.
     pub async fn fail(&self, delivery: &Delivery, error: &str) -> Result<bool, StoreError> {
+        self.give_back(delivery, error, true).await
+    }
+
+    /// [`LocalQueue::fail`] for a failure of processing. One of a busy store (another process
+    /// held the database longer than the busy timeout) is not the message's fault: it is
+    /// retried later without counting the delivery (a long import beside `serve` sent good
+    /// messages to the dead letters).
+    pub async fn retry(&self, delivery: &Delivery, retry: &Retry) -> Result<bool, StoreError> {
+        self.give_back(delivery, &retry.message, !retry.transient)
+            .await
+    }
+
+    async fn give_back(
+        &self,
+        delivery: &Delivery,
+        error: &str,
+        counted: bool,
+    ) -> Result<bool, StoreError> {
         let (seq, attempts, error) = (delivery.seq, delivery.attempts, error.to_string());
         let max = self.max_attempts;
         self.store
@@ -409,7 +428,7 @@ impl LocalQueue {
                 let Some((queue, id, body)) = row else {
                     return Ok(false);
                 };
-                let dead = attempts >= max;
+                let dead = counted && attempts >= max;
                 if dead {
                     tx.exec(
 "INSERT INTO dead_letters (queue, id, body, attempts, error, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -420,9 +439,11 @@ impl LocalQueue {
                         .map_err(|e| sql_error("cannot delete from the queue", e))?;
                 } else {
                     let backoff_ms = 200i64.saturating_mul(1 << attempts.min(10));
+                    let uncounted = i64::from(!counted);
                     tx.exec(
-                        "UPDATE queue SET available_at = ?2, last_error = ?3 WHERE seq = ?1",
-                        params![seq, now_ms().saturating_add(backoff_ms), error],
+                        "UPDATE queue SET available_at = ?2, last_error = ?3,
+                         attempts = MAX(attempts - ?4, 0) WHERE seq = ?1",
+                        params![seq, now_ms().saturating_add(backoff_ms), error, uncounted],
                     )
                     .map_err(|e| sql_error("cannot update the queue", e))?;
                 }

@@ -97,12 +97,41 @@ impl Processed {
 
 /// A failure worth retrying (the queue redelivers the message).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Retry(pub String);
+#[error("{message}")]
+pub struct Retry {
+    pub message: String,
+    /// The store was busy or throttled: the message itself is not at fault, so a queue that
+    /// can tell may retry it without counting the attempt.
+    pub transient: bool,
+}
+
+impl Retry {
+    pub fn failed(message: impl Into<String>) -> Self {
+        Retry {
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
 
 impl From<ServiceError> for Retry {
     fn from(e: ServiceError) -> Self {
-        Retry(e.to_string())
+        // Contention (`Busy`) counts: an account that keeps changing may be a defect.
+        let transient = matches!(e, ServiceError::Unavailable(_));
+        Retry {
+            message: e.to_string(),
+            transient,
+        }
+    }
+}
+
+impl From<StoreError> for Retry {
+    fn from(e: StoreError) -> Self {
+        let transient = matches!(e, StoreError::Transient { .. });
+        Retry {
+            message: e.to_string(),
+            transient,
+        }
     }
 }
 
@@ -196,7 +225,7 @@ impl Services {
             if let Some(reason) = self
                 .self_referral(&program.id, &envelope.member, referrer)
                 .await
-                .map_err(|e| Retry(e.to_string()))?
+                .map_err(Retry::from)?
             {
                 return self.reject(&envelope, body, &reason).await;
             }
@@ -241,7 +270,7 @@ impl Services {
                         &campaign_ids,
                     )
                     .await
-                    .map_err(|e| Retry(e.to_string()))?,
+                    .map_err(Retry::from)?,
                 None => self
                     .store
                     .load_member_for_event(
@@ -252,7 +281,7 @@ impl Services {
                         &campaign_ids,
                     )
                     .await
-                    .map_err(|e| Retry(e.to_string()))?,
+                    .map_err(Retry::from)?,
             };
             // A second delivery: its effect and its follow-ups are there (they were in its
             // commit). This read is all it costs. (Of a merged member too: its marker stayed.)
@@ -268,7 +297,7 @@ impl Services {
                     .store
                     .load_assignments(&program.id, &envelope.member, &missed)
                     .await
-                    .map_err(|e| Retry(e.to_string()))?;
+                    .map_err(Retry::from)?;
                 for campaign in &missed {
                     state.assignments.remove(campaign);
                     state.assignment_revisions.remove(campaign);
@@ -300,7 +329,7 @@ impl Services {
                     .store
                     .load_member_with(&program.id, &envelope.member, &order_keys, &counted_in)
                     .await
-                    .map_err(|e| Retry(e.to_string()))?;
+                    .map_err(Retry::from)?;
                 current = true;
             }
             // Anything decided below outside the commit (a redirect, a wait for a resume, a
@@ -333,7 +362,7 @@ impl Services {
                         "the referrer's personal data is being erased: no reward".into(),
                     ));
                 }
-                return Err(Retry(format!(
+                return Err(Retry::failed(format!(
                     "member {} is being erased; the event waits until that is done",
                     crate::telemetry::member_ref(&envelope.member)
                 )));
@@ -347,7 +376,7 @@ impl Services {
                 None => self
                     .erasure_of(&program.id, std::slice::from_ref(&envelope.member))
                     .await
-                    .map_err(|e| Retry(e.to_string()))?,
+                    .map_err(Retry::from)?,
             };
             state.erased_before = erased_at;
             if crate::domain::erasure::before_erasure(envelope.occurred_at, erased_at) {
@@ -365,7 +394,8 @@ impl Services {
                 if !settled(&mut current) {
                     continue;
                 }
-                let body = serde_json::to_string(&envelope).map_err(|e| Retry(e.to_string()))?;
+                let body =
+                    serde_json::to_string(&envelope).map_err(|e| Retry::failed(e.to_string()))?;
                 if self.wait_for_resume(&program.id, &envelope, &body).await? {
                     return Ok(Processed::NoEffect(
                         "the member is suspended: the event waits for the resume".into(),
@@ -397,10 +427,8 @@ impl Services {
                 }
                 self.hold_for_review(&program.id, &envelope, &reason)
                     .await
-                    .map_err(|e| Retry(e.to_string()))?;
-                self.mark_held(&envelope)
-                    .await
-                    .map_err(|e| Retry(e.to_string()))?;
+                    .map_err(Retry::from)?;
+                self.mark_held(&envelope).await.map_err(Retry::from)?;
                 return Ok(Processed::NoEffect(reason));
             }
             let entries = outcome.change.entries.len();
@@ -468,7 +496,7 @@ impl Services {
                     let reason = format!("the event's change cannot be written: {e}");
                     return self.reject(&envelope, body, &reason).await;
                 }
-                Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
+                Err(CommitError::Store(e)) => return Err(Retry::from(e)),
             }
             current = true;
             contention
@@ -540,7 +568,7 @@ impl Services {
             return self
                 .run_requested_audit(&program.id, &envelope)
                 .await
-                .map_err(|e| Retry(e.to_string()));
+                .map_err(Retry::from);
         }
         // Anything else on this queue was put there by hand (a redrive to the wrong queue):
         // kept among the rejected events, whose replay sends it to the earn queue.
@@ -565,7 +593,7 @@ impl Services {
                     .store
                     .load_member(&program.id, &envelope.member, &[])
                     .await
-                    .map_err(|e| Retry(e.to_string()))?,
+                    .map_err(Retry::from)?,
             };
             let Some(account) = state.account else {
                 return Ok(Processed::NoEffect("no such member yet".into()));
@@ -612,7 +640,7 @@ impl Services {
                     | CommitError::CouponConsumed
                     | CommitError::OverQuota,
                 ) => {}
-                Err(CommitError::Store(e)) => return Err(Retry(e.to_string())),
+                Err(CommitError::Store(e)) => return Err(Retry::from(e)),
             }
             contention
                 .again(|| format!("member {}", crate::telemetry::member_ref(&envelope.member)))
@@ -832,10 +860,7 @@ impl Services {
             replayed_at: None,
             replayed_by: None,
         };
-        self.store
-            .reject(&rejected)
-            .await
-            .map_err(|e| Retry(e.to_string()))?;
+        self.store.reject(&rejected).await.map_err(Retry::from)?;
         Ok(Processed::Rejected(reason.to_string()))
     }
 }

@@ -90,16 +90,27 @@ async fn run_job(args: RunArgs) -> Result<(), String> {
             println!("  failed: {}: {}", failure.member, failure.error);
         }
     }
-    match reports
-        .iter()
-        .filter(|r| r.error.is_some() || r.failed > 0)
-        .count()
-    {
-        0 => Ok(()),
-        n => Err(format!(
-            "{n} program(s) left work undone; it is retried by the next run"
-        )),
+    undone(&reports).map_or(Ok(()), Err)
+}
+
+/// What a run left undone, if anything: programs refused as a whole (a date not allowed, an
+/// unreadable program: running again changes nothing until that is mended) apart from members
+/// that failed (the next run retries them).
+fn undone(reports: &[JobReport]) -> Option<String> {
+    let refused = reports.iter().filter(|r| r.error.is_some()).count();
+    let failing = reports.iter().filter(|r| r.failed > 0).count();
+    let mut parts = Vec::new();
+    if refused > 0 {
+        parts.push(format!(
+            "{refused} program(s) did not run (the reason is above)"
+        ));
     }
+    if failing > 0 {
+        parts.push(format!(
+            "members failed in {failing} program(s); the next run retries them"
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 fn summary(r: &JobReport) -> String {

@@ -228,9 +228,11 @@ async fn liability_report(args: LiabilityArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// The one program named, or the only one there is.
+/// The one program named (which must exist: a mistyped one read as a program with nothing in
+/// it), or the only one there is.
 pub async fn program_of(services: &Services, program: Option<&str>) -> Result<String, String> {
     if let Some(p) = program {
+        services.program(p).await.map_err(|e| e.to_string())?;
         return Ok(p.to_string());
     }
     let ids = services

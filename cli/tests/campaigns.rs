@@ -309,3 +309,15 @@ fn the_report_is_served_to_admins_and_printed_by_the_cli_with_its_chart() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no program has a campaign"));
 }
+
+#[test]
+fn the_readme_s_example_campaign_is_accepted_as_it_is() {
+    // GIVEN a running stack and the campaign file the README saves
+    let server = Server::start(&[]);
+    let admin = token(&["--admin"]);
+    let file = include_str!("../../examples/birthday-gift.json");
+    // WHEN it is saved THEN it is created
+    let path = "/v1/programs/kr-shop/campaigns/birthday-gift";
+    let (status, saved) = server.call("PUT", path, &admin, &[], Some(file));
+    assert_eq!(status, 201, "{saved}");
+}

@@ -396,6 +396,12 @@ fn jobs_run_from_the_command_line_write_what_is_due_once() {
         "a date after today needs --ahead: {}",
         String::from_utf8_lossy(&refused.stderr)
     );
+    // (a refused date is not said to be retried by the next run: it is refused again)
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("1 program(s) did not run") && !stderr.contains("retries"),
+        "{stderr}"
+    );
     let first = run(&["expire-points", "--db", db_arg, "--date", &later, "--ahead"]);
     let out = String::from_utf8_lossy(&first.stdout).to_string();
     assert!(

@@ -822,3 +822,38 @@ async fn reconcile_on_a_table_leaves_what_is_missing_in_its_outbox() {
         ["woocommerce-order-2001-paid", "woocommerce-order-2002-paid"]
     );
 }
+
+#[test]
+fn a_reconcile_for_a_program_the_store_does_not_have_is_refused_even_with_no_orders() {
+    // GIVEN a shop whose API has no order in the window, and a store without us-shpo
+    let shop = Shop::start("woo-unknown-program");
+    let api = FakeApi::start(vec!["[]".into()], true);
+    // WHEN reconcile is run for the mistyped program
+    let out: Output = Command::new(BIN)
+        .args([
+            "reconcile",
+            "--program",
+            "us-shpo",
+            "--platform",
+            "woocommerce",
+        ])
+        .args([
+            "--since",
+            "2026-12-01",
+            "--db",
+            shop.db.to_str().expect("utf-8"),
+        ])
+        .env("LOYALTY_WOOCOMMERCE_URL", &api.base)
+        .env("LOYALTY_WOOCOMMERCE_KEY", KEY)
+        .env("LOYALTY_WOOCOMMERCE_SECRET", SECRET)
+        .output()
+        .expect("loyalty reconcile runs");
+    // THEN it fails and names the program (before: "orders=0", success: nothing was checked)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("\"us-shpo\" does not exist"), "{stderr}");
+}

@@ -560,7 +560,9 @@ impl Services {
             {
                 Ok(report) => report,
                 Err(e) => {
-                    tracing::error!(job = job.name(), program, error = %crate::telemetry::redact(&e.to_string()), "job failed for this program; the next run retries it");
+                    // A date refused is refused again; anything else the next run tries again.
+                    let retried = !matches!(e, ServiceError::Invalid { .. });
+                    tracing::error!(job = job.name(), program, retried, error = %crate::telemetry::redact(&e.to_string()), "job failed for this program");
                     JobReport {
                         job: job.name().to_string(),
                         program,

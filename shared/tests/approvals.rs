@@ -144,6 +144,42 @@ async fn an_approval_for_a_member_merged_since_it_was_asked_for_is_refused() {
 }
 
 #[tokio::test]
+async fn an_approval_for_a_member_erased_since_it_was_asked_for_opens_no_account() {
+    // GIVEN m-1 with a few points, and ops-1's request of 50,000 for it (a short id, which the
+    // erasure does not look for in the texts of waiting requests)
+    let (store, clock, services) = stack().await;
+    let small = json!({"points": 100, "reason": "welcome"}).to_string();
+    services
+        .adjust("kr-shop", "m-1", "ops-1", None, small.as_bytes())
+        .await
+        .unwrap();
+    let body = json!({"points": 50_000, "reason": "store credit"}).to_string();
+    let asked = services
+        .adjust("kr-shop", "m-1", "ops-1", Some("k-erased"), body.as_bytes())
+        .await
+        .unwrap();
+    let id = asked.body["id"].as_str().unwrap().to_string();
+    // WHEN m-1 is erased an hour later, and ops-2 then approves the request
+    clock.set(clock.now() + Duration::hours(1));
+    services
+        .erase_member("kr-shop", "m-1", "erasure request", "ops-3")
+        .await
+        .unwrap();
+    let approved = services.approve_adjustment("kr-shop", &id, "ops-2").await;
+    // THEN it is refused, and m-1 has no account again (before: a new m-1 with 50,000 points)
+    match approved {
+        Err(loyalty_core::services::ServiceError::Conflict { problem, .. }) => {
+            assert_eq!(problem, "member-erased")
+        }
+        other => panic!("{other:?}"),
+    }
+    let state = loyalty_core::ports::MemberStore::load_member(&store, "kr-shop", "m-1", &[])
+        .await
+        .unwrap();
+    assert!(state.account.is_none(), "{:?}", state.account);
+}
+
+#[tokio::test]
 async fn an_approval_applied_but_not_yet_recorded_cannot_then_be_declined() {
     // GIVEN ops-1's request of 50,000 for m-1, approved by ops-2, whose run stopped after the
     // points were written and before the request left the waiting list

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::redemptions::Answer;
 use super::{Contention, ServiceError, Services};
 use crate::domain::safeguards::{identities_of, self_referral};
-use crate::domain::{Account, AccountError, Change, EventContext, Source};
+use crate::domain::{Account, AccountError, Change, EventContext, Program, Source};
 use crate::envelope::Envelope;
 use crate::ports::{
     Commit, CommitError, EventMarker, IdempotencyRecord, OutboxMessage, QueueName, RejectedEvent,
@@ -472,10 +472,10 @@ impl Services {
         let balance = loop {
             let now = self.clock.now();
             let state = self.store.load_member(&program.id, member, &[]).await?;
-            let account = state
-                .account
-                .clone()
-                .unwrap_or_else(|| Account::open(&program, member, now));
+            let account = match state.account.clone() {
+                Some(account) => account,
+                None => self.opened_for(&program, &pending, now).await?,
+            };
             // Merged or erased since it was asked for: refused as a direct adjustment is.
             super::redemptions::refuse_closed(&account)?;
             let ctx = EventContext::new(format!("adjust-{effect}"), now, now).with_source(Source {
@@ -610,6 +610,32 @@ impl Services {
                 .again(|| format!("member {}", crate::telemetry::member_ref(member)))
                 .await?;
         }
+    }
+
+    /// The account an approval opens for a member that has none, as a direct adjustment
+    /// does; refused when the member was erased after the request was made (the erasure is
+    /// the newer decision: an approval then would credit the erased id, its request waiting
+    /// where the erasure could not tell it named the member).
+    async fn opened_for(
+        &self,
+        program: &Program,
+        pending: &PendingAdjustment,
+        now: DateTime<Utc>,
+    ) -> Result<Account, ServiceError> {
+        let account = self.opened_account(program, &pending.member, now).await?;
+        if account
+            .erased_before
+            .is_some_and(|at| at >= pending.requested_at)
+        {
+            return Err(ServiceError::Conflict {
+                problem: "member-erased",
+                detail: format!(
+                    "the member was erased after adjustment {} was asked for; nothing is written",
+                    pending.id
+                ),
+            });
+        }
+        Ok(account)
     }
 
     /// Whether a decline took the request's effect (its record is there).

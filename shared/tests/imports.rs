@@ -298,3 +298,44 @@ async fn a_balance_stated_in_set_mode_for_a_member_merged_away_is_refused() {
     assert!(matches!(again, RowOutcome::Unchanged { .. }), "{again:?}");
     assert_eq!(balance(&services, "m-1").await, 800);
 }
+
+#[tokio::test]
+async fn a_balance_set_while_points_are_held_for_a_checkout_counts_them_whichever_way_it_ends() {
+    for capture in [true, false] {
+        // GIVEN m-1 with 10,000 points, 4,000 of them held for a checkout
+        let store = SqliteStore::memory().unwrap();
+        let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 7, 5, 0, 0).unwrap());
+        let (_, services) = common::kr_shop_services(&store, 3, clock).await;
+        let gift = serde_json::json!({"points": 10_000, "reason": "gift"}).to_string();
+        services
+            .adjust("kr-shop", "m-1", "ops", None, gift.as_bytes())
+            .await
+            .unwrap();
+        let hold = r#"{"reward": "pay-with-points", "points": 4000, "order_ref": "o-9"}"#;
+        let held = services
+            .redeem("kr-shop", "m-1", "m-1", Some("h-1"), hold.as_bytes())
+            .await
+            .unwrap();
+        let id = held.body["id"].as_str().unwrap().to_string();
+        // WHEN an export stating 8,000 is imported in set mode, and the checkout then ends
+        let outcome = set_first_row(&services, "export.csv", b"member,points\nm-1,8000\n").await;
+        assert!(
+            matches!(outcome, RowOutcome::Applied { points: -2_000, .. }),
+            "{outcome:?}"
+        );
+        let done = if capture {
+            let order = br#"{"order_ref": "o-9"}"#;
+            services.capture_hold("kr-shop", &id, order, "till").await
+        } else {
+            services.void_hold("kr-shop", &id, "till").await
+        };
+        done.unwrap();
+        // THEN the balance is the 8,000 stated less what was spent (before: 4,000 more)
+        let expected = if capture { 4_000 } else { 8_000 };
+        assert_eq!(
+            balance(&services, "m-1").await,
+            expected,
+            "capture: {capture}"
+        );
+    }
+}

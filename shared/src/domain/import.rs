@@ -64,7 +64,11 @@ impl Account {
                     "a balance cannot be negative (got {points})"
                 )))
             }
-            (ImportMode::Set, Some(points)) => points - journal.account.balance,
+            // Points held for a checkout are being spent from the balance stated: counted in
+            // it, they come to the same end whether the hold is captured or voided.
+            (ImportMode::Set, Some(points)) => {
+                points - journal.account.balance - held(&journal.account)
+            }
         };
         super::limits::check_points("points", delta)
             .map_err(|e| AccountError::Invalid(e.to_string()))?;
@@ -122,4 +126,9 @@ impl Account {
         }
         Ok(journal.finish())
     }
+}
+
+/// Points held for checkouts not yet captured or voided.
+fn held(account: &Account) -> i64 {
+    account.holds.iter().map(|h| h.points).sum()
 }

@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
         print("LOYALTY_JWT_SECRET was not set; generated one for this run. In other shells:")
         print(f"export LOYALTY_JWT_SECRET={stack.jwt_secret}")
     print("tokens: loyalty token --admin | loyalty token --member ID")
-    print(f"Control: {stack.control_url} (GET /status, POST /schedules/NAME, PUT /faults)")
+    print(f"Control: {stack.control_url} (GET /status, POST /schedules/NAME, POST /invoke/FUNCTION, PUT /faults)")
     print(f"Webhooks: {stack.webhooks} (webhook-ingest's function URL: POST /webhooks/PLATFORM/PROGRAM)")
     print(f"API: {stack.api}", flush=True)
     stopped.wait()

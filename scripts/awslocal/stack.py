@@ -412,9 +412,14 @@ class Stack:
                     return self._json(404, {"message": "PUT /faults"})
                 spec = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
                 try:
-                    stack.proxy.faults = Faults.parse(spec)
+                    faults = Faults.parse(spec)
                 except ValueError as e:
                     return self._json(400, {"message": str(e)})
+                # The functions' faults are drawn when their processes start: a rule taken
+                # here would be answered 200 and do nothing.
+                if faults.crashes or faults.init_failures:
+                    return self._json(400, {"message": "lambda.FUNCTION faults are set when the stack starts (--faults); PUT /faults replaces the request faults only"})
+                stack.proxy.faults = faults
                 self._json(200, {"faults": spec})
 
             def do_POST(self):

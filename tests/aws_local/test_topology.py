@@ -10,6 +10,8 @@ import hmac
 import json
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -72,6 +74,22 @@ def test_the_authorizer_refuses_what_api_gateway_refuses(stack):
     assert status == 200, body
     assert body["member"] == "m-new" and body["balance"] == 0
     assert "apigw-requestid" in {k.lower() for k in headers}
+
+
+def test_faults_put_while_running_are_request_faults_only(stack):
+    # GIVEN a running stack's control API
+    def put(spec: str) -> int:
+        req = urllib.request.Request(f"{stack.control}/faults", data=spec.encode(), method="PUT")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+    # WHEN a function's crash is asked for THEN it is refused (before: 200, and nothing crashed)
+    assert put("lambda.*:crash=1") == 400
+    # WHEN request faults are put, then none THEN both are taken
+    assert put("sqs.SendMessage:throttle=0") == 200
+    assert put("") == 200
 
 
 def test_the_local_table_is_the_one_deployed_at_the_parameters_defaults(tmp_path):

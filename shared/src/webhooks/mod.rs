@@ -88,6 +88,31 @@ pub(crate) fn bounded(minor: i64, what: &str) -> Result<i64, WebhookError> {
     }
 }
 
+/// A platform's id (an order's, a customer's, a line's, a refund's), sent as a whole number or
+/// a string; `None` when it is absent, null or empty. A number written otherwise (`9300001.0`,
+/// `9.3e6`, negative, past 64 bits) is refused: its text would name another order or customer
+/// than the same id written plainly, and credit it again.
+pub(crate) fn platform_id(
+    value: &serde_json::Value,
+    field: &str,
+) -> Result<Option<String>, WebhookError> {
+    use serde_json::Value;
+    match value.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(whole) => Ok(Some(whole.to_string())),
+            None => Err(WebhookError::Invalid(format!(
+                "{field} must be a whole number (got {n})"
+            ))),
+        },
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(WebhookError::Invalid(format!(
+            "{field} must be a number or a string"
+        ))),
+    }
+}
+
 /// Webhook secrets per program and platform: the current one first, then the previous one
 /// while a rotation is under way. None configured is an empty list; a source that cannot answer
 /// now (throttled, denied, unreachable) is a transient error, so that the platform retries.

@@ -20,13 +20,9 @@ fn invalid(message: impl Into<String>) -> WebhookError {
     WebhookError::Invalid(message.into())
 }
 
-/// An id that Shopify sends as a number (or, in some payloads, a string).
+/// A required id (see [`super::platform_id`]).
 fn id(value: &Value, field: &str) -> Result<String, WebhookError> {
-    match value.get(field) {
-        Some(Value::Number(n)) => Ok(n.to_string()),
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        _ => Err(invalid(format!("{field} is missing"))),
-    }
+    super::platform_id(value, field)?.ok_or_else(|| invalid(format!("{field} is missing")))
 }
 
 /// A shop-money amount: `{field}_set.shop_money.amount`, else the plain `{field}`.
@@ -110,8 +106,13 @@ pub fn order_events(order: &Value, now: DateTime<Utc>) -> Result<Vec<PlatformEve
     Ok(events)
 }
 
-fn customer_of(order: &Value) -> Option<String> {
-    order.get("customer").and_then(|c| id(c, "id").ok())
+/// The order's customer; none for a guest. A customer whose id is not one refuses the delivery
+/// (taken for a guest, its payment would credit no one).
+fn customer_of(order: &Value) -> Result<Option<String>, WebhookError> {
+    match order.get("customer") {
+        Some(customer) if !customer.is_null() => super::platform_id(customer, "id"),
+        _ => Ok(None),
+    }
 }
 
 /// Whether Shopify marks the order as a test (test mode of the payment provider, the Bogus
@@ -127,7 +128,7 @@ fn paid(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookErr
             "order {order_id} is a test order: no money moved"
         )));
     }
-    let Some(customer) = customer_of(order) else {
+    let Some(customer) = customer_of(order)? else {
         tracing::info!(order_id, "guest order acknowledged without points");
         return Ok(Normalised::Ignored(format!(
             "order {order_id} is a guest checkout: no member to credit"
@@ -287,7 +288,7 @@ fn cancelled(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, Webho
             "order {order_id} is a test order: it earned nothing"
         )));
     }
-    let customer = customer_of(order);
+    let customer = customer_of(order)?;
     let mut data = json!({"order_id": order_id, "platform": "shopify"});
     // A guest's order (which earns nothing) or one never paid takes back only what a payment
     // credited, and is dropped otherwise rather than parked for a payment that never comes.
@@ -507,6 +508,36 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn an_id_written_as_a_float_is_refused_not_read_as_another_order_or_customer() {
+        // GIVEN a paid order as Shopify sends it, and the same order with its id, then its
+        // customer's, written as a float or past 64 bits
+        let plain = order();
+        let now = Utc::now();
+        let sent =
+            |order: &Value| normalise("orders/paid", order.to_string().as_bytes(), None, now);
+        let Ok(Normalised::Events(events)) = sent(&plain) else {
+            panic!("the plain order earns")
+        };
+        assert_eq!(events[0].id, format!("shopify-order-{}-paid", plain["id"]));
+        for (pointer, written) in [
+            ("/id", json!(plain["id"].as_f64())),
+            ("/customer/id", json!(plain["customer"]["id"].as_f64())),
+            ("/customer/id", json!(18_446_744_073_709_551_616.0_f64)),
+            ("/customer/id", json!(-5)),
+        ] {
+            let mut other = plain.clone();
+            *other.pointer_mut(pointer).expect("field") = written.clone();
+            // WHEN it is delivered THEN it is refused, naming the field (before: an order
+            // `...-9300001.0-paid` credited a second time, customers sharing one member)
+            let outcome = sent(&other);
+            assert!(
+                matches!(&outcome, Err(WebhookError::Invalid(m)) if m.contains("whole number")),
+                "{pointer} = {written}: {outcome:?}"
+            );
+        }
     }
 
     #[test]

@@ -30,12 +30,9 @@ fn text<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
     value.get(field).and_then(Value::as_str)
 }
 
+/// A required id (see [`super::platform_id`]).
 fn id(value: &Value, field: &str) -> Result<String, WebhookError> {
-    match value.get(field) {
-        Some(Value::Number(n)) => Ok(n.to_string()),
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        _ => Err(invalid(format!("{field} is missing"))),
-    }
+    super::platform_id(value, field)?.ok_or_else(|| invalid(format!("{field} is missing")))
 }
 
 /// WooCommerce's `*_gmt` times have no zone: they are UTC.
@@ -66,7 +63,7 @@ pub fn normalise(topic: &str, body: &[u8], now: DateTime<Utc>) -> Result<Normali
         serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
     let order_id = id(&order, "id")?;
     let status = text(&order, "status").ok_or_else(|| invalid("status is missing"))?;
-    let customer = id(&order, "customer_id").unwrap_or_else(|_| "0".into());
+    let customer = super::platform_id(&order, "customer_id")?.unwrap_or_else(|| "0".into());
     // A guest order credits no one; its refunds and cancellation go to whoever its payment
     // credited, if anyone (staff may have made a customer's order a guest's since).
     let guest = customer == "0";
@@ -297,6 +294,28 @@ mod tests {
             .find(|e| e.kind == "purchase.refunded")
             .expect("a refund")
             .data
+    }
+
+    #[test]
+    fn an_order_or_customer_id_written_as_a_float_is_refused() {
+        // GIVEN a processing order, and the same with its id or its customer's as a float
+        let plain: Value = serde_json::from_slice(&order("75.19", "[]")).expect("json");
+        for (field, written) in [
+            ("id", json!(plain["id"].as_f64())),
+            ("customer_id", json!(plain["customer_id"].as_f64())),
+            ("customer_id", json!(-5)),
+        ] {
+            let mut other = plain.clone();
+            other[field] = written.clone();
+            // WHEN it is delivered THEN it is refused (before: another order, credited again)
+            let outcome = normalise("order.updated", other.to_string().as_bytes(), Utc::now());
+            assert!(
+                matches!(&outcome, Err(WebhookError::Invalid(m)) if m.contains("whole number")),
+                "{field} = {written}: {outcome:?}"
+            );
+        }
+        let plain = normalise("order.updated", plain.to_string().as_bytes(), Utc::now());
+        assert!(matches!(plain, Ok(Normalised::Events(_))), "{plain:?}");
     }
 
     #[test]

@@ -368,6 +368,67 @@ fn a_malformed_idempotency_key_is_refused_not_ignored() {
     assert_eq!(client.view("m-5")["balance"], 0);
 }
 
+#[test]
+fn an_idempotency_key_sent_twice_in_one_request_is_refused() {
+    let client = Client::new();
+    let body = json!({"points": 10, "reason": "test"}).to_string();
+    // WHEN an adjustment carries two Idempotency-Key headers
+    let response = reqwest::blocking::Client::new()
+        .post(format!(
+            "{}{PROGRAM}/members/m-6/adjustments",
+            client.server.base
+        ))
+        .bearer_auth(&client.admin)
+        .header("Idempotency-Key", "z1")
+        .header("Idempotency-Key", "z2")
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .expect("request");
+    // THEN it is refused (before: the first was used, and a proxy keeping the second would
+    // have made a retry another adjustment), and nothing is credited
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().expect("json");
+    assert!(
+        problem["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("invalid-idempotency-key")),
+        "{problem}"
+    );
+    assert_eq!(client.view("m-6")["balance"], 0);
+}
+
+#[test]
+fn an_admin_token_whose_subject_breaks_the_id_rule_acts_for_no_one() {
+    let client = Client::new();
+    let body = json!({"points": 10, "reason": "test"}).to_string();
+    for operator in ["a#b", " lead-2"] {
+        // WHEN an adjustment is made with an admin token naming that operator
+        let admin = token(&["--admin", "--operator", operator]);
+        let response = reqwest::blocking::Client::new()
+            .post(format!(
+                "{}{PROGRAM}/members/m-7/adjustments",
+                client.server.base
+            ))
+            .bearer_auth(&admin)
+            .header("Content-Type", "application/json")
+            .body(body.clone())
+            .send()
+            .expect("request");
+        // THEN it is refused (before: 201, the ledger naming the operator "a#b", a key
+        // separator in the operator's daily count), and nothing is credited
+        assert_eq!(response.status(), 400, "{operator:?}");
+        let problem: Value = response.json().expect("json");
+        assert!(
+            problem["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("invalid-operator")),
+            "{problem}"
+        );
+    }
+    assert_eq!(client.view("m-7")["balance"], 0);
+}
+
 /// The raw response of a request, for what the framework answers.
 fn raw(
     base: &str,

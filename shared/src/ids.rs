@@ -74,11 +74,11 @@ impl IdKind {
             }
             IdKind::Campaign => "1-64 characters of letters, digits, '-' and '_'",
             IdKind::Member | IdKind::Event | IdKind::Order | IdKind::Redemption => {
-                "1-128 bytes without '#', control characters or surrounding spaces"
+                "1-128 bytes without '#', control characters, invisible characters or surrounding spaces, and not '.' or '..'"
             }
             IdKind::Coupon => "1-64 characters of letters, digits and '-'",
             IdKind::Platform => "1-32 characters of lower-case letters, digits and '-'",
-            IdKind::Variant => "1-64 bytes without '#', control characters or surrounding spaces",
+            IdKind::Variant => "1-64 bytes without '#', control characters, invisible characters or surrounding spaces, and not '.' or '..'",
             IdKind::IdempotencyKey => "1-255 visible ASCII characters",
         }
     }
@@ -134,7 +134,20 @@ impl IdKind {
 
 /// No key separator, no control character, no surrounding space.
 fn plain_text(value: &str) -> bool {
-    value.trim() == value && !value.chars().any(|c| c == '#' || c.is_control())
+    value.trim() == value
+        && value != "."
+        && value != ".."
+        && !value
+            .chars()
+            .any(|c| c == '#' || c.is_control() || invisible(c))
+}
+
+/// Characters that show as nothing (zero-width spaces and joiners, direction marks and
+/// overrides, the byte-order mark): an id holding one looks like another id, and is another.
+/// `.` and `..` are refused beside them: a path segment of either is read as a directory by
+/// proxies that normalise paths.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
 }
 
 /// A value that breaks its kind's rule; the value is shortened for messages.
@@ -280,6 +293,27 @@ mod tests {
         }
         // AND ordinary ids, emails and non-ASCII names pass
         for good in ["m-1", "kim@example.com", "회원-7", &"m".repeat(128)] {
+            assert!(MemberId::parse(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn members_refuse_invisible_characters_and_dot_segments() {
+        // GIVEN ids that look like another id, or read as a directory in a path
+        for bad in [
+            "\u{feff}m-1",
+            "m\u{200b}-1",
+            "m-1\u{200d}",
+            "\u{202e}1-m",
+            "m\u{2060}1",
+            ".",
+            "..",
+        ] {
+            // WHEN parsed THEN each is refused (before: members of their own)
+            assert!(MemberId::parse(bad).is_err(), "{bad:?}");
+        }
+        // AND dots inside an id are ordinary
+        for good in ["m.1", "...", "kim.lee@example.com"] {
             assert!(MemberId::parse(good).is_ok(), "{good}");
         }
     }

@@ -33,6 +33,16 @@ impl Principal {
                 "this route needs the {ADMIN_SCOPE} scope"
             )));
         }
+        // The subject names the operator in ledgers, approvals and the operator's daily count,
+        // whose keys it is part of: it keeps the member ids' rule.
+        crate::ids::IdKind::Member
+            .check(&self.subject)
+            .map_err(|e| {
+                Problem::bad_request(
+                    "invalid-operator",
+                    format!("the token's subject cannot name an operator: {e}"),
+                )
+            })?;
         self.within(program)
     }
 

@@ -820,9 +820,17 @@ async fn my_profile(
 /// The `Idempotency-Key` header, if given; a value that breaks the rule is refused, never
 /// ignored (ignoring it would let a retry act twice).
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    // Two keys: a proxy keeping the other one would make a retry another request.
+    if values.next().is_some() {
+        return Err(Problem::bad_request(
+            IdKind::IdempotencyKey.problem(),
+            "Idempotency-Key is given more than once; send one key",
+        ));
+    }
     let text = value.to_str().map_err(|_| IdError {
         kind: IdKind::IdempotencyKey,
         value: String::from_utf8_lossy(value.as_bytes()).into_owned(),

@@ -161,6 +161,46 @@ fn columns(format: BalanceFormat, header: &[String]) -> Result<Columns, FileErro
     Ok(c)
 }
 
+/// The line a record starts on (the header is line 1), counted from its byte offset: the
+/// reader's own line count, and its offset, end a CRLF line late, and numbered every row of a file saved on
+/// Windows one too low (the first row as the header's line). Records come in order, so each
+/// count goes on from the last.
+struct Lines<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+    line: u64,
+}
+
+impl<'a> Lines<'a> {
+    fn of(bytes: &'a [u8]) -> Lines<'a> {
+        Lines {
+            bytes,
+            offset: 0,
+            line: 1,
+        }
+    }
+
+    fn at(&mut self, record: &csv::ByteRecord) -> u64 {
+        let mut start = record
+            .position()
+            .and_then(|p| usize::try_from(p.byte()).ok())
+            .unwrap_or(self.offset)
+            .clamp(self.offset, self.bytes.len());
+        // After a CRLF the reader's offset is the LF's: the record starts past it (no record
+        // starts with a line ending; a quoted cell's starts with its quote).
+        while self.bytes.get(start).is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            start += 1;
+        }
+        let newlines = self.bytes[self.offset..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        self.line += u64::try_from(newlines).unwrap_or(0);
+        self.offset = start;
+        self.line
+    }
+}
+
 /// Reads a whole balance file. A file whose header lacks what the format needs is refused;
 /// a row with a bad cell is kept with its reason.
 pub fn read_balances(format: BalanceFormat, bytes: &[u8]) -> Result<BalanceFile, FileError> {
@@ -177,9 +217,10 @@ pub fn read_balances(format: BalanceFormat, bytes: &[u8]) -> Result<BalanceFile,
     let names: Vec<String> = header.iter().map(|h| normalise(h)).collect();
     let columns = columns(format, &names)?;
     let mut rows = Vec::new();
+    let mut lines = Lines::of(bytes);
     for record in reader.byte_records() {
         let record = record.map_err(|e| FileError(format!("the file is not CSV: {e}")))?;
-        let line = record.position().map_or(0, |p| p.line());
+        let line = lines.at(&record);
         let cells: Vec<String> = record
             .iter()
             .map(|c| String::from_utf8_lossy(c).into_owned())
@@ -454,6 +495,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rows_are_numbered_by_their_line_whatever_the_line_endings() {
+        // GIVEN one file saved with LF, with CRLF, and with a BOM and CRLF (Excel on Windows),
+        // its second row quoted over two lines
+        let lf = "member,points\nm-1,10\n\"m-2\",\"2\n0\"\nm-3,30\n";
+        let crlf = lf.replace('\n', "\r\n");
+        let bom = format!("\u{feff}{crlf}");
+        for file in [lf.to_string(), crlf, bom] {
+            // WHEN it is read
+            let read = read_balances(BalanceFormat::Csv, file.as_bytes()).unwrap();
+            // THEN each row has the line it starts on, the header being line 1 (before: CRLF
+            // rows one too low, the first named as the header's line)
+            let lines: Vec<u64> = read.rows.iter().map(|r| r.line).collect();
+            assert_eq!(lines, [2, 3, 5], "{file:?}");
+        }
+    }
+
+    #[test]
     fn a_smile_file_reads_emails_and_points_and_refuses_bad_rows() {
         // GIVEN a Smile.io export with a bad email, separators in points and an empty cell
         let file = "email,points\nAnn@Example.com,1200\nnot-an-email,5\nbo@example.com,\"52,620\"\ncy@example.com,\n";
@@ -581,9 +639,10 @@ pub fn read_shopify_orders(
     let mut orders: Vec<ExportRows> = Vec::new();
     // Read as bytes: a cell that is not UTF-8 (the export saved again as CP949 or
     // Windows-1252) refuses its order when the order needs it, never the whole file.
+    let mut lines = Lines::of(bytes);
     for record in reader.byte_records() {
         let record = record.map_err(|e| FileError(format!("the file is not CSV: {e}")))?;
-        let line = record.position().map_or(0, |p| p.line());
+        let line = lines.at(&record);
         let cells: Vec<String> = record
             .iter()
             .map(|c| String::from_utf8_lossy(c).into_owned())

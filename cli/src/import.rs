@@ -243,42 +243,44 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
         || args.file.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let twice = stated_twice(&file, mode);
+    let targets = targets(&services, &program, &file).await?;
+    let twice = stated_twice(&file, mode, &targets);
     let bar = progress(file.rows.len() as u64);
     let dry = loyalty_core::services::import::DryRun::default();
     // Rows of one member go in the file's order (a debit after its credit); members in parallel.
-    let applied: Vec<Vec<(usize, RowOutcome)>> = futures_util::stream::iter(by_member(&file))
-        .map(|group| {
-            let services = &services;
-            let program = &program;
-            let file_name = &file_name;
-            let twice = &twice;
-            let bar = &bar;
-            let file = &file;
-            let args = &args;
-            let dry = &dry;
-            async move {
-                let mut outcomes = Vec::with_capacity(group.len());
-                for index in group {
-                    let row = &file.rows[index];
-                    let origin = RowOrigin {
-                        file_name,
-                        digest: &file.digest,
-                        line: row.line,
-                        content: &row.content,
-                        mode,
-                        dry_run: args.dry_run.then_some(dry),
-                    };
-                    let outcome = apply_row(services, program, &origin, row, twice).await;
-                    bar.inc(1);
-                    outcomes.push((index, outcome));
+    let applied: Vec<Vec<(usize, RowOutcome)>> =
+        futures_util::stream::iter(by_member(&file, &targets))
+            .map(|group| {
+                let services = &services;
+                let program = &program;
+                let file_name = &file_name;
+                let twice = &twice;
+                let bar = &bar;
+                let file = &file;
+                let args = &args;
+                let dry = &dry;
+                async move {
+                    let mut outcomes = Vec::with_capacity(group.len());
+                    for index in group {
+                        let row = &file.rows[index];
+                        let origin = RowOrigin {
+                            file_name,
+                            digest: &file.digest,
+                            line: row.line,
+                            content: &row.content,
+                            mode,
+                            dry_run: args.dry_run.then_some(dry),
+                        };
+                        let outcome = apply_row(services, program, &origin, row, twice).await;
+                        bar.inc(1);
+                        outcomes.push((index, outcome));
+                    }
+                    outcomes
                 }
-                outcomes
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .collect()
-        .await;
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
     let mut outcomes: Vec<Option<RowOutcome>> = file.rows.iter().map(|_| None).collect();
     for (index, outcome) in applied.into_iter().flatten() {
         outcomes[index] = Some(outcome);
@@ -360,10 +362,32 @@ async fn apply_row(
     }
 }
 
+/// The member each row names as the store stands before the file is applied (see
+/// `Services::import_target`), read side by side.
+async fn targets(
+    services: &loyalty_core::services::Services,
+    program: &str,
+    file: &BalanceFile,
+) -> Result<Vec<Option<String>>, String> {
+    futures_util::stream::iter(&file.rows)
+        .map(|row| async move {
+            match &row.read {
+                Ok(data) => services.import_target(program, data).await,
+                Err(_) => Ok(None),
+            }
+        })
+        .buffered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot read the rows' members: {e}"))
+}
+
 /// The rows' indexes grouped so that rows which may be one member's (they share its id or its
-/// email) are in one group, each group in the file's order; a row that could not be read is a
-/// group of its own.
-fn by_member(file: &BalanceFile) -> Vec<Vec<usize>> {
+/// email as written, or name the same member in the store: `targets`) are in one group, each
+/// group in the file's order; a row that could not be read is a group of its own.
+fn by_member(file: &BalanceFile, targets: &[Option<String>]) -> Vec<Vec<usize>> {
     // Each row points at a row of its group (a union-find over the rows).
     let mut parent: Vec<usize> = (0..file.rows.len()).collect();
     fn root(parent: &mut [usize], mut i: usize) -> usize {
@@ -373,12 +397,16 @@ fn by_member(file: &BalanceFile) -> Vec<Vec<usize>> {
         }
         i
     }
-    let mut first_with: HashMap<(bool, &str), usize> = HashMap::new();
+    let mut first_with: HashMap<(u8, &str), usize> = HashMap::new();
     for (index, row) in file.rows.iter().enumerate() {
         let Ok(data) = &row.read else { continue };
         let keys = [
-            data.member.as_deref().map(|m| (false, m)),
-            data.email.as_deref().map(|e| (true, e)),
+            data.member.as_deref().map(|m| (0, m)),
+            data.email.as_deref().map(|e| (1, e)),
+            targets
+                .get(index)
+                .and_then(Option::as_deref)
+                .map(|t| (2, t)),
         ];
         for key in keys.into_iter().flatten() {
             match first_with.get(&key) {
@@ -405,27 +433,41 @@ fn by_member(file: &BalanceFile) -> Vec<Vec<usize>> {
     groups
 }
 
-/// With `--mode set`, the rows that name a member already named by an earlier row: which
-/// balance to reach would depend on the order rows are written in.
-fn stated_twice(file: &BalanceFile, mode: ImportMode) -> HashMap<u64, u64> {
-    let mut first: HashMap<String, u64> = HashMap::new();
+/// With `--mode set`, the rows that name a member already named by an earlier row (as written,
+/// or as the store resolves it): which balance to reach would depend on the order rows are
+/// written in.
+fn stated_twice(
+    file: &BalanceFile,
+    mode: ImportMode,
+    targets: &[Option<String>],
+) -> HashMap<u64, u64> {
     let mut twice = HashMap::new();
     if mode == ImportMode::Add {
         return twice;
     }
-    for row in &file.rows {
-        if let Ok(data) = &row.read {
-            let who = data
-                .member
-                .clone()
-                .or_else(|| data.email.clone())
-                .unwrap_or_default();
-            match first.get(&who) {
-                Some(line) => {
-                    twice.insert(row.line, *line);
-                }
-                None => {
-                    first.insert(who, row.line);
+    let mut first: HashMap<(u8, &str), u64> = HashMap::new();
+    for (index, row) in file.rows.iter().enumerate() {
+        let Ok(data) = &row.read else { continue };
+        let written = data
+            .member
+            .as_deref()
+            .or(data.email.as_deref())
+            .unwrap_or_default();
+        let keys = [
+            Some((0, written)),
+            targets
+                .get(index)
+                .and_then(Option::as_deref)
+                .map(|t| (1, t)),
+        ];
+        let earlier = keys.iter().flatten().find_map(|k| first.get(k).copied());
+        match earlier {
+            Some(line) => {
+                twice.insert(row.line, line);
+            }
+            None => {
+                for key in keys.into_iter().flatten() {
+                    first.insert(key, row.line);
                 }
             }
         }
@@ -552,9 +594,18 @@ mod tests {
         )
         .expect("read");
         // WHEN they are grouped THEN rows 0, 2 and 3 are one group, in the file's order
+        let targets = vec![None; file.rows.len()];
         assert_eq!(
-            super::by_member(&file),
+            super::by_member(&file, &targets),
             vec![vec![0, 2, 3], vec![1], vec![4]]
+        );
+        // AND rows the store finds to be one member's (an id, an email linked to it) are too
+        let mut targets = targets;
+        targets[1] = Some("m-1".to_string());
+        targets[2] = Some("m-1".to_string());
+        assert_eq!(
+            super::by_member(&file, &targets),
+            vec![vec![0, 1, 2, 3], vec![4]]
         );
     }
 }

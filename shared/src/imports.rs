@@ -188,7 +188,11 @@ impl<'a> Lines<'a> {
             .clamp(self.offset, self.bytes.len());
         // After a CRLF the reader's offset is the LF's: the record starts past it (no record
         // starts with a line ending; a quoted cell's starts with its quote).
-        while self.bytes.get(start).is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        while self
+            .bytes
+            .get(start)
+            .is_some_and(|b| *b == b'\n' || *b == b'\r')
+        {
             start += 1;
         }
         let newlines = self.bytes[self.offset..start]

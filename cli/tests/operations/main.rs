@@ -806,3 +806,74 @@ fn a_dry_run_counts_what_the_import_then_does() {
         "{real}"
     );
 }
+
+#[test]
+fn rows_naming_one_member_by_its_id_and_by_its_linked_email_are_one_member_s() {
+    // GIVEN ord-1 with 10 points and its email linked, and m-2 with its email linked
+    let shop = Shop::start("import-two-ways");
+    ok(&shop.import_csv(
+        "start.csv",
+        "member,email,points\nord-1,ord@example.com,10\nm-2,b@example.com,1\n",
+    ));
+    // WHEN a file debits ord-1 by its email then credits it by its id, twenty times over
+    let mut text = String::from("member,email,points\n");
+    for _ in 0..20 {
+        text.push_str(",ord@example.com,-100\nord-1,,+100\n");
+    }
+    let pairs = shop.import_csv("pairs.csv", &text);
+    // THEN the rows went in the file's order: only the first debit found too little (before:
+    // the email's rows and the id's went side by side, every debit refused, 2,010 points)
+    let pairs: Value = serde_json::from_slice(&pairs.stdout).expect("json");
+    assert_eq!(
+        (pairs["applied"].as_i64(), pairs["refused"].as_i64()),
+        (Some(39), Some(1)),
+        "{pairs}"
+    );
+    assert_eq!(shop.member("ord-1")["balance"].as_i64(), Some(110));
+    // WHEN a set-mode file states m-2's balance by its id, then by its email
+    let file = shop.dir.join("set.csv");
+    std::fs::write(&file, "member,email,points\nm-2,,50\n,b@example.com,60\n").expect("file");
+    let set: Value =
+        serde_json::from_slice(&shop.import_balances(&file, &["--mode", "set"]).stdout)
+            .expect("json");
+    // THEN the second is refused as the same member (before: both applied, the last won)
+    assert_eq!(
+        (set["applied"].as_i64(), set["refused"].as_i64()),
+        (Some(1), Some(1)),
+        "{set}"
+    );
+    assert_eq!(shop.member("m-2")["balance"].as_i64(), Some(50));
+}
+
+#[test]
+fn a_set_mode_row_for_an_imported_email_member_merged_away_is_refused() {
+    // GIVEN big@example.com imported as a member of its own with 100 points, merged into m-9,
+    // which had 300
+    let shop = Shop::start("import-merged-email");
+    ok(&shop.import_csv(
+        "start.csv",
+        "member,email,points\n,big@example.com,100\nm-9,,300\n",
+    ));
+    ok(&shop.loyalty(&[
+        "member",
+        "merge",
+        "m-9",
+        "--from",
+        "email:big@example.com",
+        "--reason",
+        "same person",
+        "--program",
+        "kr-shop",
+        "--json",
+    ]));
+    assert_eq!(shop.member("m-9")["balance"].as_i64(), Some(400));
+    // WHEN a later export states big@example.com's 50 points, by its email, in set mode
+    let file = shop.dir.join("later.csv");
+    std::fs::write(&file, "email,points\nbig@example.com,50\n").expect("file");
+    let out = shop.import_balances(&file, &["--mode", "set"]);
+    // THEN the row is refused naming the survivor (before: m-9 was set to 50, its own 300
+    // points gone)
+    let set: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(set["refused"].as_i64(), Some(1), "{set}");
+    assert_eq!(shop.member("m-9")["balance"].as_i64(), Some(400));
+}

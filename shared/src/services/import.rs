@@ -287,8 +287,8 @@ impl Services {
     /// to, else a new member `email:{email}`; and the email to link to it, if it is not yet, so
     /// that later orders with that email find it. An email linked to someone else refuses the
     /// row.
-    /// The refusal of a set-mode row whose member, named by its id, was merged into
-    /// `member`; `None` for any other row.
+    /// The refusal of a set-mode row whose member, named by its id or by its email, was
+    /// merged into `member`; `None` for any other row.
     async fn set_for_merged(
         &self,
         program: &str,
@@ -296,7 +296,14 @@ impl Services {
         row: &RowData,
         member: &str,
     ) -> Result<Option<RowOutcome>, ServiceError> {
-        let named = row.member.as_deref().filter(|m| *m != member);
+        // Named by its id, or by its email alone: a member made by an import from an email is
+        // `email:{email}`, and a merge moved that email's link to the survivor.
+        let by_email = row.email.as_ref().map(|email| format!("email:{email}"));
+        let named = row
+            .member
+            .as_deref()
+            .or(by_email.as_deref())
+            .filter(|m| *m != member);
         let Some(named) = named.filter(|_| origin.mode == ImportMode::Set) else {
             return Ok(None);
         };
@@ -309,6 +316,22 @@ impl Services {
             return Ok(Some(unchanged(named.to_string(), "imported before")));
         }
         Ok(Some(merged_away(named, into)))
+    }
+
+    /// The member a row names as the store stands now (an id through its identity link, an
+    /// email through its link), before any row of the file is applied: rows that name one
+    /// member in two ways (an id, and an email linked to it) are then one member's, applied in
+    /// the file's order and, in set mode, stated once. `None` for a row that names no one.
+    pub async fn import_target(
+        &self,
+        program_id: &str,
+        row: &RowData,
+    ) -> Result<Option<String>, ServiceError> {
+        Ok(self
+            .import_member(program_id, row)
+            .await?
+            .ok()
+            .map(|(member, _)| member))
     }
 
     async fn import_member(

@@ -470,6 +470,21 @@ fn framework_errors_are_problems_with_documented_statuses() {
             "bad-request",
         ),
         ("GET", "/v1/nothing-here", Vec::new(), 404, "not-found"),
+        // a '%' that starts no escape (before: looked for as a member named "%ZZ", 404)
+        (
+            "GET",
+            "/v1/programs/kr-shop/members/%ZZ",
+            Vec::new(),
+            400,
+            "bad-request",
+        ),
+        (
+            "GET",
+            "/v1/programs/kr-shop/members/m-1%",
+            Vec::new(),
+            400,
+            "bad-request",
+        ),
         // the console's and the metrics' routes, mounted beside the API's
         ("POST", "/metrics", Vec::new(), 405, "method-not-allowed"),
         ("DELETE", "/console/", Vec::new(), 405, "method-not-allowed"),

@@ -145,6 +145,29 @@ pub async fn refuse_large_bodies(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
+/// Refuses a path with a `%` that does not start an escape (`%ZZ`, a `%` at the end): the
+/// router's decoding keeps such a `%` as it is, and `/members/%ZZ` was looked for as a member
+/// named `%ZZ` rather than refused as the undecodable path it is.
+pub async fn refuse_malformed_escapes(request: Request, next: Next) -> Response {
+    let path = request.uri().path().as_bytes();
+    let escape_at = |i: usize| {
+        path.get(i + 1..i + 3)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    };
+    let malformed = path
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'%' && !escape_at(i));
+    if malformed {
+        return Problem::bad_request(
+            "bad-request",
+            "the path has a '%' that is not followed by two hexadecimal digits",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 impl From<IdError> for Problem {
     fn from(e: IdError) -> Problem {
         Problem::bad_request(e.kind.problem(), e.to_string())

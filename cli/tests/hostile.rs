@@ -626,6 +626,21 @@ fn a_field_given_twice_is_refused_on_adjustments_as_in_events() {
         Some(r#"[10, "as an array"]"#),
     );
     assert_problem(&answer, 400, "invalid-adjustment", "object");
+    // AND an event naming a key twice inside its data is refused (before: the last was taken,
+    // quantity 1 of a line sent as 1,000,001 and 1), and nothing is queued
+    let text = purchase("o-dup", "m-6", 1, "1000")
+        .to_string()
+        .replace(r#""quantity":1"#, r#""quantity":1000001,"quantity":1"#);
+    assert!(text.contains("1000001"), "{text}");
+    let answer = client.server.call(
+        "POST",
+        &format!("{PROGRAM}/events"),
+        &client.admin,
+        &[],
+        Some(&text),
+    );
+    assert_problem(&answer, 400, "malformed-event", "quantity");
+    assert_eq!(client.view("m-6")["pending"], 0);
 }
 
 #[test]

@@ -347,6 +347,31 @@ fn bad_shopify_deliveries_are_kept_aside_and_credit_nothing() {
         (200, Some("rejected")),
         "{answer}"
     );
+    // WHEN a signed order names its customer's id twice, or writes its own id as a float
+    // (before: the last customer credited; the order `820982911946154508.0` credited again)
+    let text = String::from_utf8(paid.clone()).unwrap();
+    let twice = text.replacen("\"id\": 7001234,", "\"id\": 1, \"id\": 7001234,", 1);
+    let float = text.replacen(
+        "\"id\": 820982911946154508,",
+        "\"id\": 820982911946154508.0,",
+        1,
+    );
+    assert!(twice != text && float != text);
+    for (body, delivery) in [(twice, "d-7"), (float, "d-8")] {
+        let (status, answer) = shopify(
+            &server,
+            "orders/paid",
+            body.as_bytes(),
+            SHOPIFY_SECRET,
+            delivery,
+        );
+        // THEN each is acknowledged as rejected, credits nothing, and is kept with why
+        assert_eq!(
+            (status, answer["status"].as_str()),
+            (200, Some("rejected")),
+            "{answer}"
+        );
+    }
     let rejected = admin_get(&server, "/v1/programs/kr-shop/rejected-events");
     let kept: Vec<&str> = rejected["events"]
         .as_array()
@@ -355,7 +380,7 @@ fn bad_shopify_deliveries_are_kept_aside_and_credit_nothing() {
         .filter_map(|e| e["id"].as_str())
         .filter(|id| id.starts_with("shopify-delivery-"))
         .collect();
-    assert_eq!(kept.len(), 3, "{rejected}");
+    assert_eq!(kept.len(), 5, "{rejected}");
     // WHEN a guest order arrives THEN it is acknowledged without effect
     let guest = fixture("orders-paid-guest.json", &days_ago(1));
     let (status, body) = shopify(&server, "orders/paid", &guest, SHOPIFY_SECRET, "d-4");

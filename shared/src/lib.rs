@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod fingerprint;
 pub mod ids;
 pub mod imports;
+pub mod json_keys;
 pub mod kpis;
 pub mod liability;
 #[cfg(feature = "platform-api")]

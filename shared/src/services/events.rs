@@ -21,6 +21,12 @@ impl Services {
     pub async fn submit_event(&self, program: &str, body: &[u8]) -> Result<Accepted, ServiceError> {
         let program = self.program(program).await?;
         super::require_object(body, "malformed-event")?;
+        crate::json_keys::once_each(body).map_err(|e| {
+            ServiceError::invalid(
+                "malformed-event",
+                format!("the body is not an event envelope: {e}"),
+            )
+        })?;
         let mut envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
             ServiceError::invalid(
                 "malformed-event",

@@ -151,14 +151,14 @@ impl Services {
                 let triggered = header(headers, shopify::TRIGGERED_AT_HEADER)
                     .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                     .map(|t| t.with_timezone(&Utc));
-                shopify::normalise(topic, body, triggered, now)
+                once_each(body).and_then(|()| shopify::normalise(topic, body, triggered, now))
             }
             Platform::Pos => {
                 let signature =
                     header(headers, pos::SIGNATURE_HEADER).ok_or(WebhookError::InvalidSignature)?;
                 pos::verify_signature(&keys, body, signature, now)?;
                 self.program(program).await?;
-                pos::normalise(program, body)
+                once_each(body).and_then(|()| pos::normalise(program, body))
             }
             Platform::WooCommerce => {
                 let signature = header(headers, woocommerce::SIGNATURE_HEADER);
@@ -176,7 +176,7 @@ impl Services {
                 )?;
                 self.program(program).await?;
                 let topic = header(headers, woocommerce::TOPIC_HEADER).unwrap_or_default();
-                woocommerce::normalise(topic, body, now)
+                once_each(body).and_then(|()| woocommerce::normalise(topic, body, now))
             }
             Platform::Cafe24 => {
                 cafe24::verify_key(&keys, header(headers, cafe24::API_KEY_HEADER))?;
@@ -186,7 +186,7 @@ impl Services {
                 {
                     tracing::info!(trace, "cafe24 delivery");
                 }
-                cafe24::normalise(body, program.currency, now)
+                once_each(body).and_then(|()| cafe24::normalise(body, program.currency, now))
             }
         };
         let outcome = match normalised {
@@ -874,4 +874,11 @@ fn made_by_a_platform(member: &str) -> bool {
     member
         .split_once(':')
         .is_some_and(|(kind, _)| Platform::parse(kind).is_some())
+}
+
+/// A delivery whose JSON names a key twice in one object is refused as malformed: which of the
+/// two a platform meant is not known (see [`crate::json_keys`]).
+fn once_each(body: &[u8]) -> Result<(), WebhookError> {
+    crate::json_keys::once_each(body)
+        .map_err(|e| WebhookError::Invalid(format!("the body is not JSON as sent: {e}")))
 }

@@ -528,11 +528,19 @@ fn write_error_rows(
         .header
         .iter()
         .position(|h| h.trim().eq_ignore_ascii_case(ERROR_FILE_ROW_ID));
+    // An error file imported again: its own line and error columns give way to this run's.
+    let earlier = |i: usize| {
+        id_at.is_some()
+            && ["line", "error"]
+                .iter()
+                .any(|c| file.header[i].trim().eq_ignore_ascii_case(c))
+    };
+    let kept: Vec<usize> = (0..file.header.len()).filter(|&i| !earlier(i)).collect();
     let mut header = vec!["line".to_string(), "error".to_string()];
     if id_at.is_none() {
         header.push(ERROR_FILE_ROW_ID.to_string());
     }
-    header.extend(file.header.iter().cloned());
+    header.extend(kept.iter().map(|&i| file.header[i].clone()));
     out.write_record(&header).map_err(|e| cannot(&e))?;
     for (row, outcome) in file.rows.iter().zip(outcomes) {
         if let RowOutcome::Refused { reason } = outcome {
@@ -540,7 +548,10 @@ fn write_error_rows(
             if id_at.is_none() {
                 record.push(row.content.clone());
             }
-            record.extend(row.cells.iter().cloned());
+            record.extend(
+                kept.iter()
+                    .map(|&i| row.cells.get(i).cloned().unwrap_or_default()),
+            );
             out.write_record(&record).map_err(|e| cannot(&e))?;
         }
     }

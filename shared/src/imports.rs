@@ -161,6 +161,12 @@ fn columns(format: BalanceFormat, header: &[String]) -> Result<Columns, FileErro
     Ok(c)
 }
 
+/// A cell that is not UTF-8 text, or holds U+FFFD: what an earlier error file wrote for a byte
+/// it could not read, which read back would name another email than the one the shop exported.
+fn not_utf8(cell: &[u8]) -> bool {
+    std::str::from_utf8(cell).map_or(true, |text| text.contains('\u{fffd}'))
+}
+
 /// The line a record starts on (the header is line 1), counted from its byte offset: the
 /// reader's own line count, and its offset, end a CRLF line late, and numbered every row of a file saved on
 /// Windows one too low (the first row as the header's line). Records come in order, so each
@@ -232,11 +238,9 @@ pub fn read_balances(format: BalanceFormat, bytes: &[u8]) -> Result<BalanceFile,
         if cells.iter().all(|c| c.is_empty()) {
             continue;
         }
-        let not_text = columns.used().find(|&i| {
-            record
-                .get(i)
-                .is_some_and(|c| std::str::from_utf8(c).is_err())
-        });
+        let not_text = columns
+            .used()
+            .find(|&i| record.get(i).is_some_and(not_utf8));
         let read = match not_text {
             Some(i) => Err(format!(
                 "the {} cell is not UTF-8 text: save the file as CSV UTF-8 and import it again",
@@ -379,10 +383,10 @@ fn points(text: &str) -> Result<i64, String> {
 /// A birthday as `MM-DD`, from `MM-DD`, `YYYY-MM-DD`, `MM/DD` or `MM/DD/YYYY`.
 fn birthday(text: &str) -> Result<String, String> {
     let parts: Vec<&str> = text.split(['-', '/']).collect();
-    let (month, day) = match (parts.as_slice(), text.contains('/')) {
-        ([m, d], _) => (*m, *d),
-        ([y, m, d], false) if y.len() == 4 => (*m, *d),
-        ([m, d, y], true) if y.len() == 4 => (*m, *d),
+    let (year, month, day) = match (parts.as_slice(), text.contains('/')) {
+        ([m, d], _) => (None, *m, *d),
+        ([y, m, d], false) if y.len() == 4 => (Some(*y), *m, *d),
+        ([m, d, y], true) if y.len() == 4 => (Some(*y), *m, *d),
         _ => {
             return Err(format!(
                 "birthday {text:?} is not MM-DD, YYYY-MM-DD, MM/DD or MM/DD/YYYY"
@@ -390,7 +394,15 @@ fn birthday(text: &str) -> Result<String, String> {
         }
     };
     let candidate = format!("{month:0>2}-{day:0>2}");
-    crate::domain::account::parse_birthday(&candidate).map_err(|e| e.to_string())
+    let birthday = crate::domain::account::parse_birthday(&candidate).map_err(|e| e.to_string())?;
+    // With its year, the date itself must be one (1990-02-29 is no birthday).
+    let real = |year: &str| {
+        chrono::NaiveDate::parse_from_str(&format!("{year}-{birthday}"), "%Y-%m-%d").is_ok()
+    };
+    match year {
+        Some(year) if !real(year) => Err(format!("birthday {text:?} is not a date")),
+        _ => Ok(birthday),
+    }
 }
 
 /// The column of an error file that keeps each row's content id (as `normalise` reads it).
@@ -516,6 +528,43 @@ mod tests {
     }
 
     #[test]
+    fn a_birthday_with_its_year_must_be_a_date_of_that_year() {
+        // GIVEN 29 February of a leap year and of another
+        let file = "member,points,birthday\nm-1,1,1992-02-29\nm-2,1,1990-02-29\nm-3,1,02-29\n";
+        // WHEN read THEN the leap year's is kept, the other's refused (before: kept as 02-29)
+        let read = read_balances(BalanceFormat::Csv, file.as_bytes()).unwrap();
+        assert_eq!(
+            read.rows[0]
+                .read
+                .as_ref()
+                .unwrap()
+                .balance
+                .birthday
+                .as_deref(),
+            Some("02-29")
+        );
+        assert!(read.rows[1]
+            .read
+            .as_ref()
+            .unwrap_err()
+            .contains("not a date"));
+        assert!(read.rows[2].read.is_ok());
+    }
+
+    #[test]
+    fn a_cell_an_earlier_error_file_wrote_in_place_of_bytes_it_could_not_read_is_refused() {
+        // GIVEN a row whose email holds U+FFFD, as an error file wrote a Latin-1 byte
+        let file = "email,points\nlat2@x\u{fffd}.com,100\n";
+        // WHEN read THEN the row is refused as not UTF-8 text (before: a member of that name)
+        let read = read_balances(BalanceFormat::Smile, file.as_bytes()).unwrap();
+        assert!(read.rows[0]
+            .read
+            .as_ref()
+            .unwrap_err()
+            .contains("not UTF-8"));
+    }
+
+    #[test]
     fn a_smile_file_reads_emails_and_points_and_refuses_bad_rows() {
         // GIVEN a Smile.io export with a bad email, separators in points and an empty cell
         let file = "email,points\nAnn@Example.com,1200\nnot-an-email,5\nbo@example.com,\"52,620\"\ncy@example.com,\n";
@@ -567,7 +616,7 @@ mod tests {
     #[test]
     fn our_csv_reads_member_tier_and_expiry_and_a_missing_column_stops_the_file() {
         let file =
-            "member,email,points,tier,birthday,expires_on\nm-1,,500,GOLD,1990-02-29,2027-06-30\n";
+            "member,email,points,tier,birthday,expires_on\nm-1,,500,GOLD,1992-02-29,2027-06-30\n";
         let read = read_balances(BalanceFormat::Csv, file.as_bytes()).unwrap();
         let m = read.rows[0].read.as_ref().unwrap();
         assert_eq!(m.member.as_deref(), Some("m-1"));
@@ -651,11 +700,9 @@ pub fn read_shopify_orders(
             .iter()
             .map(|c| String::from_utf8_lossy(c).into_owned())
             .collect();
-        let not_text = columns.used().find(|&i| {
-            record
-                .get(i)
-                .is_some_and(|c| std::str::from_utf8(c).is_err())
-        });
+        let not_text = columns
+            .used()
+            .find(|&i| record.get(i).is_some_and(not_utf8));
         let not_text = not_text.map(|i| {
             format!(
                 "line {line}: the {:?} cell is not UTF-8 text: save the file as CSV UTF-8 and import it again",

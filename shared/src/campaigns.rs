@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::bucketing::{bucket_ranges, choose_variation, hash, in_namespace, Namespace};
 use crate::domain::limits::MAX_POINTS;
 use crate::domain::program::{join, FieldError, MAX_MULTIPLIER_BP};
+
+/// The most variants one campaign has.
+pub const MAX_VARIANTS: usize = 20;
 use crate::domain::Program;
 
 /// How far the weights may sum from 1.
@@ -285,6 +288,17 @@ impl Campaign {
             fail(
                 "variants",
                 "needs a control and at least one other variant".into(),
+            );
+        }
+        // Each variant has its sharded counters and a row in every report: a thousand were
+        // saved, which no test needs and every report pays for.
+        if self.variants.len() > MAX_VARIANTS {
+            fail(
+                "variants",
+                format!(
+                    "at most {MAX_VARIANTS} variants (got {})",
+                    self.variants.len()
+                ),
             );
         }
         let mut keys = BTreeSet::new();

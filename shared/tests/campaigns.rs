@@ -67,6 +67,28 @@ fn a_valid_campaign_is_accepted_and_mistakes_are_named_by_field() {
 }
 
 #[test]
+fn a_campaign_has_at_most_twenty_variants() {
+    // GIVEN the weekend with 21 variants of equal weight (their weights sum to 1)
+    let mut many = weekend();
+    let variants: Vec<Value> = (0..21)
+        .map(|i| json!({"key": format!("v{i}"), "weight": 1.0 / 21.0, "effect": {"type": "none"}}))
+        .collect();
+    many["variants"] = json!(variants);
+    // WHEN it is read THEN it is refused, naming the variants (before: a thousand were saved)
+    let Err(CampaignError::Invalid(problems)) = parse(&many) else {
+        panic!("refused")
+    };
+    assert!(problems
+        .iter()
+        .any(|p| p.to_string().contains("at most 20 variants")));
+    // AND twenty are fine
+    many["variants"] = json!((0..20)
+        .map(|i| json!({"key": format!("v{i}"), "weight": 0.05, "effect": {"type": "none"}}))
+        .collect::<Vec<_>>());
+    assert!(parse(&many).is_ok());
+}
+
+#[test]
 fn members_spread_over_the_variants_by_weight_and_always_land_in_the_same_one() {
     // GIVEN the weekend's three variants (0.34 / 0.33 / 0.33)
     let campaign = parse(&weekend()).unwrap();

@@ -882,18 +882,25 @@ fn a_set_mode_row_for_an_imported_email_member_merged_away_is_refused() {
 fn an_error_file_imported_again_with_a_row_still_refused_keeps_one_line_and_error_column() {
     // GIVEN a file whose second row names a tier kr-shop lacks, imported once
     let shop = Shop::start("import-errors-again");
-    let first = ok(&shop.import_csv(
-        "tiers.csv",
-        "member,points,tier\nm-1,10,\nm-2,20,PLATNUM\n",
-    ));
+    let first = ok(&shop.import_csv("tiers.csv", "member,points,tier\nm-1,10,\nm-2,20,PLATNUM\n"));
     let errors = PathBuf::from(first["errors_file"].as_str().expect("errors file"));
     // WHEN its error file is imported as it is
     let again = ok(&shop.import_balances(&errors, &[]));
     // THEN the row is refused again, and the new error file has this run's line and error
     // once, then the row as it was (before: "line,error,line,error,...")
-    let second = std::fs::read_to_string(again["errors_file"].as_str().expect("errors file"))
-        .expect("read");
+    let second =
+        std::fs::read_to_string(again["errors_file"].as_str().expect("errors file")).expect("read");
     let header = second.lines().next().expect("header");
-    assert_eq!(header, "line,error,loyalty row id,member,points,tier", "{second}");
-    assert!(second.lines().nth(1).expect("row").ends_with(",m-2,20,PLATNUM"), "{second}");
+    assert_eq!(
+        header, "line,error,loyalty row id,member,points,tier",
+        "{second}"
+    );
+    assert!(
+        second
+            .lines()
+            .nth(1)
+            .expect("row")
+            .ends_with(",m-2,20,PLATNUM"),
+        "{second}"
+    );
 }

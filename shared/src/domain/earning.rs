@@ -100,6 +100,43 @@ fn gcd(mut a: i128, mut b: i128) -> i128 {
     a
 }
 
+/// The most the multipliers of the campaigns a member is in at once come to together
+/// (10,000x): each is at most 100x, and up to 30 overlap; past this their product is no offer
+/// anyone made, and its points would pass every bound.
+pub const MAX_COMBINED_MULTIPLIER_BP: i128 = 10_000 * UNIT_BP as i128;
+
+/// The largest numerator or denominator the campaigns' product is kept exact in: past it (many
+/// multipliers whose fractions do not reduce, 1.0001x ten times over) it goes on in whole basis
+/// points, floored, so that no order's sums can overflow.
+const EXACT_UP_TO: i128 = 100_000_000;
+
+/// The campaigns' multipliers as one fraction in lowest terms (2x is 2/1, 1.5x 3/2): exact while
+/// it is small, else in whole basis points; held to [`MAX_COMBINED_MULTIPLIER_BP`].
+fn campaign_multiplier(campaigns: &[CampaignEffect]) -> (i128, i128) {
+    let unit = i128::from(UNIT_BP);
+    let (mut num, mut den) = (1_i128, 1_i128);
+    for effect in campaigns {
+        if let CampaignEffect::Multiplier { basis_points, .. } = effect {
+            (num, den) = lowest(num * i128::from(*basis_points), den * unit);
+            if num > EXACT_UP_TO || den > EXACT_UP_TO {
+                (num, den) = lowest(num * unit / den, unit);
+            }
+            if num * unit > MAX_COMBINED_MULTIPLIER_BP * den {
+                (num, den) = lowest(MAX_COMBINED_MULTIPLIER_BP, unit);
+            }
+        }
+    }
+    (num, den)
+}
+
+/// A fraction in lowest terms.
+fn lowest(num: i128, den: i128) -> (i128, i128) {
+    match gcd(num, den) {
+        common if common > 1 => (num / common, den / common),
+        _ => (num, den),
+    }
+}
+
 /// Computes the points of one purchase.
 ///
 /// `tier_bp` is the multiplier of the tier the member has when the purchase is processed; the
@@ -120,25 +157,11 @@ pub fn purchase_points(
     let eligible = eligible_amounts(rules, purchase)?;
 
     // The order's points as one fraction: Σ numerators / denominator, floored once.
-    let mut multiplier_num = i128::from(tier_bp);
-    let mut multiplier_den = i128::from(UNIT_BP);
-    for effect in campaigns {
-        if let CampaignEffect::Multiplier { basis_points, .. } = effect {
-            multiplier_num = multiplier_num
-                .checked_mul(i128::from(*basis_points))
-                .ok_or(EarnError::Overflow)?;
-            multiplier_den = multiplier_den
-                .checked_mul(i128::from(UNIT_BP))
-                .ok_or(EarnError::Overflow)?;
-            // Kept in lowest terms (2x is 2/1, 1.5x 3/2), so that the campaigns a member may
-            // be in at once multiply without overflow.
-            let common = gcd(multiplier_num, multiplier_den);
-            if common > 1 {
-                multiplier_num /= common;
-                multiplier_den /= common;
-            }
-        }
-    }
+    let (campaign_num, campaign_den) = campaign_multiplier(campaigns);
+    let (multiplier_num, multiplier_den) = lowest(
+        i128::from(tier_bp) * campaign_num,
+        i128::from(UNIT_BP) * campaign_den,
+    );
     let denominator = i128::from(rules.per_minor)
         .checked_mul(i128::from(UNIT_BP))
         .and_then(|d| d.checked_mul(multiplier_den))
@@ -401,6 +424,34 @@ mod tests {
             purchase_points(&p.purchase, p.currency, &purchase, 15_000, &campaigns).unwrap();
         // THEN 500 x 1.5 x 2^8 x 1.5^8 = 500 x 256 x 3^9 / 2^9, exactly: 4,920,750
         assert_eq!(earned.points, 500 * 3_i64.pow(9) / 2);
+    }
+
+    #[test]
+    fn stacked_multipliers_are_held_to_their_bound_and_the_order_still_earns() {
+        // GIVEN a 100,000 KRW order of a member in ten 100x campaigns at once
+        let p = kr();
+        let purchase = order(vec![line("1", 1, 100_000, 0)]);
+        let hundredfold: Vec<CampaignEffect> = (0..10)
+            .map(|n| CampaignEffect::Multiplier {
+                campaign: format!("huge-{n}"),
+                basis_points: 1_000_000,
+            })
+            .collect();
+        // WHEN points are computed THEN the campaigns count as 10,000x together (before: the
+        // order was too large to compute, and the member earned nothing at all)
+        let earned =
+            purchase_points(&p.purchase, p.currency, &purchase, 10_000, &hundredfold).unwrap();
+        assert_eq!(earned.points, 1_000 * 10_000);
+        // GIVEN thirty 1.0001x campaigns, whose product has no small fraction
+        let odd: Vec<CampaignEffect> = (0..30)
+            .map(|n| CampaignEffect::Multiplier {
+                campaign: format!("odd-{n}"),
+                basis_points: 10_001,
+            })
+            .collect();
+        // WHEN points are computed THEN the product goes on in basis points: 1.003x, floored
+        let earned = purchase_points(&p.purchase, p.currency, &purchase, 10_000, &odd).unwrap();
+        assert_eq!(earned.points, 1_003);
     }
 
     #[test]

@@ -747,3 +747,29 @@ async fn an_export_of_five_thousand_entries_holds_them_all_and_reads_them_a_page
     assert!(sizes.len() >= 50, "{} chunks", sizes.len());
     assert!(reads >= 50, "{reads} reads");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_after_a_job_run_ahead_of_the_calendar_is_clean() {
+    // GIVEN a purchase whose points are pending for its return window, released by a job run
+    // as of a week and a day later (said so: ahead of the calendar, to try the program out)
+    let s = stack("ahead").await;
+    s.purchase("m-1", "o-1", &[("a", 1, 59_000)]).await;
+    s.services
+        .run_job(
+            Job::ReleasePending,
+            "kr-shop",
+            loyalty_core::services::jobs::JobDate::Ahead(day(2026, 3, 18)),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        s.services.member_view("kr-shop", "m-1").await.unwrap().balance,
+        590
+    );
+    // WHEN the books are audited today
+    let audit = s.audit().await;
+    // THEN they agree with the member (before: the books were read up to today and missed the
+    // release dated the 18th, and every audit failed until that day came)
+    assert_clean(&audit);
+}

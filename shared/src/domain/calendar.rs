@@ -11,6 +11,13 @@ use chrono::{DateTime, Datelike, Months, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// The last day a four-digit year writes: "every day" in a range read from the store, whose
+/// keys hold dates as text.
+pub const LAST_DAY: NaiveDate = match NaiveDate::from_ymd_opt(9999, 12, 31) {
+    Some(day) => day,
+    None => NaiveDate::MAX,
+};
+
 /// A date from outside, as `YYYY-MM-DD` exactly: a four-digit year, so that every date
 /// computed from it stays a date (chrono's own `%Y` takes `-262143` or `+99999`, whose day
 /// after or month after does not exist).

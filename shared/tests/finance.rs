@@ -764,7 +764,11 @@ async fn an_audit_after_a_job_run_ahead_of_the_calendar_is_clean() {
         .await
         .unwrap();
     assert_eq!(
-        s.services.member_view("kr-shop", "m-1").await.unwrap().balance,
+        s.services
+            .member_view("kr-shop", "m-1")
+            .await
+            .unwrap()
+            .balance,
         590
     );
     // WHEN the books are audited today

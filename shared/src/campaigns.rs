@@ -207,8 +207,24 @@ impl Campaign {
 
     /// Parses and validates a campaign of `program`.
     pub fn from_json(text: &[u8], program: &Program) -> Result<Campaign, CampaignError> {
-        let campaign: Campaign =
-            serde_json::from_slice(text).map_err(|e| CampaignError::Syntax(e.to_string()))?;
+        let mut reader = serde_json::Deserializer::from_slice(text);
+        let campaign: Campaign = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            // A value of the wrong kind names its field; a text that is not JSON has none.
+            match inner.classify() {
+                serde_json::error::Category::Data if field != "." => {
+                    CampaignError::Invalid(vec![FieldError {
+                        field,
+                        message: inner.to_string(),
+                    }])
+                }
+                _ => CampaignError::Syntax(inner.to_string()),
+            }
+        })?;
+        reader
+            .end()
+            .map_err(|e| CampaignError::Syntax(e.to_string()))?;
         let problems = campaign.problems(program);
         if problems.is_empty() {
             Ok(campaign)

@@ -54,16 +54,45 @@ fn a_valid_campaign_is_accepted_and_mistakes_are_named_by_field() {
     ] {
         assert!(text.contains(field), "{field} not in {text}");
     }
-    // AND weights within 0.001 of 1 are fine, an unknown field or effect is a syntax error
+    // AND weights within 0.001 of 1 are fine; an unknown field is named, a text cut short is
+    // not JSON
     let mut close = weekend();
     close["variants"][0]["weight"] = json!(0.3405);
     assert!(parse(&close).is_ok());
     let mut unknown = weekend();
     unknown["colour"] = json!("red");
-    assert!(matches!(parse(&unknown), Err(CampaignError::Syntax(_))));
+    assert!(
+        matches!(parse(&unknown), Err(CampaignError::Invalid(p)) if p[0].field == "colour"),
+        "an unknown field is named"
+    );
+    assert!(matches!(
+        Campaign::from_json(b"{\"name\": ", &kr()),
+        Err(CampaignError::Syntax(_))
+    ));
     let mut hash3 = weekend();
     hash3["hash_version"] = json!(3);
     assert!(parse(&hash3).is_err());
+    // AND a value of the wrong kind, a date that does not exist or a missing field of an
+    // effect is named by its field too (before: only the parser's line and column)
+    for (pointer, value, field) in [
+        ("/variants/1/weight", json!("0.5"), "variants[1].weight"),
+        ("/start", json!("2027-02-30T00:00:00Z"), "start"),
+        (
+            "/variants/1/effect",
+            json!({"type": "reward"}),
+            "variants[1].effect",
+        ),
+    ] {
+        let mut wrong = weekend();
+        *wrong.pointer_mut(pointer).expect("field") = value;
+        match parse(&wrong) {
+            Err(CampaignError::Invalid(problems)) => assert!(
+                problems.iter().any(|p| p.field == field),
+                "{field}: {problems:?}"
+            ),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -814,3 +814,59 @@ fn a_cafe24_return_before_its_payment_ends_where_in_order_delivery_ends() {
     let v = eventually(&server, "cafe24:gildong77", |v| v["pending"] == 450);
     assert_eq!(v["tier"]["qualifying"], 45_000);
 }
+
+#[test]
+fn an_erasure_takes_the_refused_deliveries_that_name_the_customer_with_it() {
+    // GIVEN us-shop's customer 55 with a paid order, and an order of theirs in another
+    // currency, refused and kept with its raw body (name, "Ava.Lee@example.com", phone)
+    let us_shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/us-shop.toml");
+    let server = start_with(&["--program", us_shop.to_str().unwrap()]);
+    let signed = |body: &[u8]| Some(sign_base64(WOO_SECRET, body));
+    let paid = woo_order("processing", "[]");
+    assert_eq!(woo(&server, &paid, signed(&paid)).0, 200);
+    eventually_in(&server, "us-shop", "woocommerce:55", |v| {
+        v["pending"].as_i64() > Some(0)
+    });
+    let foreign = String::from_utf8(paid.clone())
+        .unwrap()
+        .replacen("\"id\": 727,", "\"id\": 728,", 1)
+        .replacen("\"currency\": \"USD\"", "\"currency\": \"EUR\"", 1)
+        .into_bytes();
+    let (status, answer) = woo(&server, &foreign, signed(&foreign));
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("rejected")),
+        "{answer}"
+    );
+    let kept = |server: &Server| {
+        admin_get(server, "/v1/programs/us-shop/rejected-events")["events"]
+            .as_array()
+            .expect("events")
+            .len()
+    };
+    assert_eq!(kept(&server), 1);
+    // AND the member's export lists it among the events that name them
+    let export = admin_get(
+        &server,
+        "/v1/programs/us-shop/members/woocommerce:55/export",
+    );
+    assert_eq!(
+        export["rejected_events"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        export["rejected_events"]
+    );
+    // WHEN the customer is erased
+    let erased = reqwest::blocking::Client::new()
+        .delete(format!(
+            "{}/v1/programs/us-shop/members/woocommerce:55?reason=asked",
+            server.base
+        ))
+        .bearer_auth(admin_token())
+        .send()
+        .expect("request");
+    assert_eq!(erased.status().as_u16(), 200);
+    // THEN the refused delivery went with them (before: kept, the email in its capitals and
+    // the customer id as a number matched none of their names)
+    assert_eq!(kept(&server), 0);
+}

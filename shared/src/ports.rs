@@ -664,6 +664,10 @@ pub struct RejectedEvent {
     /// The operator of that replay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replayed_by: Option<String>,
+    /// The identities a platform's delivery names (`webhooks::names_in`), kept beside its raw
+    /// body so that an erasure and a member's export find it; empty for an event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 /// A page of rejected events, newest first.

@@ -107,6 +107,7 @@ async fn a_day_of_old_rejections_past_one_megabyte_is_listed_once_each() {
             replays: 0,
             replayed_at: None,
             replayed_by: None,
+            names: Vec::new(),
         };
         let at_key = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         client

@@ -541,3 +541,36 @@ async fn a_message_that_fails_for_its_own_reasons_spends_its_attempts() {
     assert!(dead);
     assert_eq!(queue.dead_letter_count(QueueName::Earn).await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn an_erasure_forgets_the_ids_sent_that_name_the_member() {
+    use loyalty_core::ports::ErasureStore;
+    // GIVEN a message whose id names a member by their phone number, sent and remembered
+    let (store, db) = file_store();
+    let queue = LocalQueue::new(store.clone(), 5);
+    queue
+        .send(
+            QueueName::Earn,
+            &purchase("merge-pos:010-5555-1234", "m-a", 1000),
+        )
+        .await
+        .unwrap();
+    let remembered = || {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM sent WHERE instr(id, '010-5555-1234') > 0",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(remembered(), 1);
+    // WHEN the member's payloads are forgotten, as an erasure does
+    store
+        .forget_payloads("kr-shop", &["pos:010-5555-1234".to_string()], &[])
+        .await
+        .unwrap();
+    // THEN the id is gone too (before: kept a week, the phone number in it)
+    assert_eq!(remembered(), 0);
+}

@@ -818,6 +818,7 @@ async fn rejected_events_are_kept_with_their_reason(store: Arc<dyn Store>) {
         replays: 0,
         replayed_at: None,
         replayed_by: None,
+        names: Vec::new(),
     };
     for (id, s) in [("ev-1", 0), ("ev-2", 1), ("ev-3", 2)] {
         store
@@ -1200,6 +1201,7 @@ async fn rejected_events_naming_a_member_are_found_whatever_their_day(store: Arc
         replays: 0,
         replayed_at: None,
         replayed_by: None,
+        names: Vec::new(),
     };
     let year_ago = Utc::now() - chrono::Duration::days(365);
     let kept = [

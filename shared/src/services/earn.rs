@@ -859,6 +859,7 @@ impl Services {
             replays: 0,
             replayed_at: None,
             replayed_by: None,
+            names: Vec::new(),
         };
         self.store.reject(&rejected).await.map_err(Retry::from)?;
         Ok(Processed::Rejected(reason.to_string()))

@@ -251,6 +251,7 @@ impl Services {
             replays: 0,
             replayed_at: None,
             replayed_by: None,
+            names: Vec::new(),
         };
         let before = self.store.rejected_event(program, id).await?;
         self.store.reject(&rejected).await?;

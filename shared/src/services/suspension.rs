@@ -253,6 +253,7 @@ impl Services {
                         replays: 0,
                         replayed_at: None,
                         replayed_by: None,
+                        names: Vec::new(),
                     };
                     self.store.reject(&rejected).await?;
                     // Marked before it leaves the list: a resume that stops here is carried on

@@ -241,6 +241,7 @@ impl Services {
                     replays: 0,
                     replayed_at: None,
                     replayed_by: None,
+                    names: crate::webhooks::names_in(platform, body),
                 })
                 .await?;
         }
@@ -695,6 +696,7 @@ impl Services {
                 replays: 0,
                 replayed_at: None,
                 replayed_by: None,
+                names: Vec::new(),
             })
             .await?;
         Ok(())

@@ -2333,6 +2333,17 @@ impl ErasureStore for SqliteStore {
                         params![program, raw, escaped],
                     )
                     .map_err(failed)?;
+                // The ids serve's queue remembers sending, for a week (`SENT_KEPT`), are the
+                // events' ids, which hold member ids (`merge-pos:010-...`). A short name would
+                // match others' ids too; forgetting one of those only lets a redelivery be
+                // queued again, which its event marker makes a duplicate.
+                if needle.len() >= 5 {
+                    conn.exec(
+                        "DELETE FROM sent WHERE id LIKE ?1 AND instr(id, ?2) > 0",
+                        params![format!("{program}/%"), needle],
+                    )
+                    .map_err(failed)?;
+                }
             }
             Ok(Forgotten {
                 events: gone,

@@ -113,6 +113,69 @@ pub(crate) fn platform_id(
     }
 }
 
+/// The identities a platform's delivery names (its customer, as a member id of that platform,
+/// and every email in it, lower-cased, alone and as `email:`), however far normalising it got:
+/// kept beside a delivery refused for good, so that an erasure, which looks for a member's
+/// names as whole JSON strings, finds it. Its raw body writes an email as the customer typed it
+/// and a customer id as a number, which no such search finds.
+pub fn names_in(platform: Platform, body: &[u8]) -> Vec<String> {
+    use serde_json::Value;
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let mut names = std::collections::BTreeSet::new();
+    emails_in(&value, &mut names, 0);
+    let customer = match platform {
+        Platform::Shopify => value
+            .get("customer")
+            .and_then(|c| platform_id(c, "id").ok().flatten()),
+        Platform::WooCommerce => platform_id(&value, "customer_id")
+            .ok()
+            .flatten()
+            .filter(|id| id != "0"),
+        Platform::Cafe24 => value
+            .pointer("/resource/member_id")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        Platform::Pos => None,
+    };
+    if let Some(customer) = customer {
+        names.insert(format!("{platform}:{customer}"));
+    }
+    names.into_iter().collect()
+}
+
+/// Every string under a key that names an email (`email`, `billing_email`, `buyer_email`...).
+fn emails_in(
+    value: &serde_json::Value,
+    names: &mut std::collections::BTreeSet<String>,
+    depth: usize,
+) {
+    use serde_json::Value;
+    // Bodies are at most 256 KiB and the parser stops at 128 levels; this stops sooner.
+    if depth > 32 {
+        return;
+    }
+    match value {
+        Value::Object(fields) => {
+            for (key, field) in fields {
+                match field.as_str() {
+                    Some(text) if key.to_ascii_lowercase().ends_with("email") => {
+                        let email = text.trim().to_lowercase();
+                        if email.contains('@') {
+                            names.insert(format!("email:{email}"));
+                            names.insert(email);
+                        }
+                    }
+                    _ => emails_in(field, names, depth + 1),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| emails_in(i, names, depth + 1)),
+        _ => {}
+    }
+}
+
 /// Webhook secrets per program and platform: the current one first, then the previous one
 /// while a rotation is under way. None configured is an empty list; a source that cannot answer
 /// now (throttled, denied, unreachable) is a transient error, so that the platform retries.
@@ -220,6 +283,25 @@ pub enum Normalised {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_delivery_names_its_customer_and_every_email_in_it() {
+        // GIVEN a WooCommerce order whose billing email has capitals and whose customer id is
+        // a number
+        let body = br#"{"id": 4002, "customer_id": 4242, "currency": "USD",
+            "billing": {"email": "JANE.DOE@Example.com", "phone": "010 5555 1234"}}"#;
+        // WHEN its names are read THEN they are the member ids an erasure looks for
+        assert_eq!(
+            super::names_in(super::Platform::WooCommerce, body),
+            vec![
+                "email:jane.doe@example.com".to_string(),
+                "jane.doe@example.com".to_string(),
+                "woocommerce:4242".to_string(),
+            ]
+        );
+        // AND a body that is not JSON names no one
+        assert!(super::names_in(super::Platform::Shopify, b"not json").is_empty());
+    }
+
     use super::*;
 
     #[test]

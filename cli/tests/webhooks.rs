@@ -870,3 +870,32 @@ fn an_erasure_takes_the_refused_deliveries_that_name_the_customer_with_it() {
     // the customer id as a number matched none of their names)
     assert_eq!(kept(&server), 0);
 }
+
+#[test]
+fn a_refund_of_an_erased_member_s_order_delivered_again_is_left_out_not_parked() {
+    // GIVEN a Shopify customer's paid order, then the customer erased
+    let server = start();
+    let paid = fixture("orders-paid.json", &days_ago(2));
+    assert_eq!(
+        shopify(&server, "orders/paid", &paid, SHOPIFY_SECRET, "p-1").0,
+        200
+    );
+    eventually(&server, MEMBER, |v| v["pending"] == 1_000);
+    let erased = reqwest::blocking::Client::new()
+        .delete(format!(
+            "{}/v1/programs/kr-shop/members/{MEMBER}?reason=asked",
+            server.base
+        ))
+        .bearer_auth(admin_token())
+        .send()
+        .expect("request");
+    assert_eq!(erased.status().as_u16(), 200);
+    // WHEN a refund of that order, made before the erasure, is delivered (Shopify's refunds
+    // name no customer; the order's link went with the member)
+    let refund = fixture("refunds-create.json", &days_ago(1));
+    let (status, answer) = shopify(&server, "refunds/create", &refund, SHOPIFY_SECRET, "r-1");
+    // THEN it is acknowledged and left out (before: parked for an order no one has any more,
+    // waiting for ever)
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["events"], serde_json::json!([]), "{answer}");
+}

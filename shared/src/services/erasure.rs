@@ -78,6 +78,14 @@ fn member_names(member: &str, aliases: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
+/// The names of the links of a member's orders (`order:shopify#5550001`), from its file's
+/// order records, which are kept by the same keys.
+fn order_names(file: &crate::ports::MemberFile) -> impl Iterator<Item = String> + '_ {
+    file.orders
+        .iter()
+        .map(|(key, _)| identity_member(ORDER_LINK, key))
+}
+
 /// The member a merge's first step moved this member into, as its entry names it.
 fn merged_into_named(entry: &LedgerEntry) -> Option<String> {
     if entry.source.rule.as_deref() != Some("merge") {
@@ -139,6 +147,9 @@ impl Services {
         }
         let mut principals = app_subjects(member, &file.aliases);
         let mut erased_names = member_names(member, &file.aliases);
+        // Its orders' links too: a refund of one of them, which names no customer, delivered
+        // again later, is left out rather than parked for an order no one has any more.
+        erased_names.extend(order_names(&file));
         // Members merged into it are named in its ledger (`Merged from …`, and the merge's
         // entry id): known before the ledger is kept, each under a stand-in of its own (also
         // for its identities, which the merge moved to this member).
@@ -155,6 +166,7 @@ impl Services {
             names.extend(theirs);
             principals.extend(app_subjects(merged, &other.aliases));
             erased_names.extend(member_names(merged, &other.aliases));
+            erased_names.extend(order_names(&other));
             merged_files.push((merged, other));
         }
         stand_ins.extend(stand_ins_of(&names, &erasure.pseudonym));

@@ -301,6 +301,9 @@ impl Services {
                     continue;
                 }
             }
+            if matches!(resolved, Resolved::Unknown) && self.order_erased(program, &event).await? {
+                continue;
+            }
             let (member, new) = match resolved {
                 Resolved::Known(member) => (Some(member), None),
                 Resolved::New { member, link } => (Some(member), Some(link)),
@@ -454,6 +457,30 @@ impl Services {
                 program,
                 event_id = crate::telemetry::event_ref(&event.id),
                 "event from before its member's erasure left out"
+            );
+        }
+        Ok(before)
+    }
+
+    /// Whether an event of an order no member is linked to (a Shopify refund, which names no
+    /// customer) comes from before the erasure of the member that order's link led to: it
+    /// would wait for that order for ever, parked.
+    async fn order_erased(
+        &self,
+        program: &str,
+        event: &PlatformEvent,
+    ) -> Result<bool, ServiceError> {
+        let MemberRef::Order(key) = &event.member else {
+            return Ok(false);
+        };
+        let name = crate::ports::identity_member(ORDER_LINK, key);
+        let erased = self.erasure_of(program, &[name]).await?;
+        let before = crate::domain::erasure::before_erasure(event.occurred_at, erased);
+        if before {
+            tracing::info!(
+                program,
+                event_id = crate::telemetry::event_ref(&event.id),
+                "event of an order of a member erased since left out"
             );
         }
         Ok(before)

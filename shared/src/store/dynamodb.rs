@@ -3649,22 +3649,25 @@ impl ErasureStore for DynamoStore {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let at = at.timestamp_millis();
-        futures_util::future::try_join_all(digests.iter().map(|digest| async move {
-            let mut item = erased_key(program, digest);
-            item.insert(ERASED_AT.into(), n(at));
-            let result = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(PK) OR #at < :at")
-                .expression_attribute_names("#at", ERASED_AT)
-                .expression_attribute_values(":at", n(at))
-                .send()
-                .await;
-            put_written(result, "cannot remember the erasure").map(|_| ())
-        }))
-        .await?;
+        // A member's orders are among its names: a few at a time, not hundreds at once.
+        for chunk in digests.chunks(16) {
+            futures_util::future::try_join_all(chunk.iter().map(|digest| async move {
+                let mut item = erased_key(program, digest);
+                item.insert(ERASED_AT.into(), n(at));
+                let result = self
+                    .client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(PK) OR #at < :at")
+                    .expression_attribute_names("#at", ERASED_AT)
+                    .expression_attribute_values(":at", n(at))
+                    .send()
+                    .await;
+                put_written(result, "cannot remember the erasure").map(|_| ())
+            }))
+            .await?;
+        }
         Ok(())
     }
 

@@ -448,17 +448,15 @@ fn stated_twice(
     let mut first: HashMap<(u8, &str), u64> = HashMap::new();
     for (index, row) in file.rows.iter().enumerate() {
         let Ok(data) = &row.read else { continue };
-        let written = data
-            .member
-            .as_deref()
-            .or(data.email.as_deref())
-            .unwrap_or_default();
+        // Its id and its email as written (a later row may name it by the email this one
+        // links), and its member as the store resolves it.
         let keys = [
-            Some((0, written)),
+            data.member.as_deref().map(|m| (0, m)),
+            data.email.as_deref().map(|e| (1, e)),
             targets
                 .get(index)
                 .and_then(Option::as_deref)
-                .map(|t| (1, t)),
+                .map(|t| (2, t)),
         ];
         let earlier = keys.iter().flatten().find_map(|k| first.get(k).copied());
         match earlier {

@@ -124,11 +124,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
     background(queue, Arc::clone(&services), args.jobs_every)?;
     loyalty_core::telemetry::metrics::set_function("serve");
+    // The path as the client wrote it reaches serve alone: API Gateway hands the functions a
+    // path already decoded, where a `%` is an id's own.
     let app = api::edge(
         api::routes(state)
             .merge(crate::console::router())
             .route("/metrics", axum::routing::get(metrics)),
-    );
+    )
+    .layer(axum::middleware::from_fn(
+        api::problem::refuse_malformed_escapes,
+    ));
     axum::serve(listener, loyalty_core::telemetry::observe_http(app))
         .with_graceful_shutdown(shutdown())
         .await

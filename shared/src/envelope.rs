@@ -419,6 +419,13 @@ fn currency_of(program: &Program, code: &str) -> Result<Currency, EventError> {
 }
 
 fn amount_of(currency: Currency, field: &str, text: &str) -> Result<i64, EventError> {
+    // `-0` too: a sign where none may be is a mistake in what was sent, not a zero. (An
+    // event's only: a program stored with one is still read.)
+    if text.starts_with('-') {
+        return Err(invalid(format!(
+            "{field} must not be negative (got {text:?})"
+        )));
+    }
     let minor = currency
         .parse_non_negative(text)
         .map_err(|e| invalid(format!("{field}: {e}")))?;
@@ -807,6 +814,22 @@ mod tests {
         let ids = [envelope("x"), replay, resumed, reviewed].map(|e| e.dedup_id());
         let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
         assert_eq!(distinct.len(), 4, "{ids:?}");
+    }
+
+    #[test]
+    fn an_amount_of_an_event_refuses_a_minus_sign_even_on_zero() {
+        // GIVEN a purchase whose line's price is "-0", and one whose price is "0"
+        let program =
+            Program::from_toml(include_str!("../../examples/kr-shop.toml")).expect("kr-shop");
+        let priced = |price: &str| {
+            let mut e = envelope("p");
+            e.data = serde_json::json!({"order_id": "o-1", "currency": "KRW",
+                "lines": [{"line_id": "1", "quantity": 1, "unit_price": price}]});
+            parse_earn_event(&e, &program)
+        };
+        // WHEN they are read THEN "-0" is refused (before: read as 0) and "0" is taken
+        assert!(priced("-0").is_err());
+        assert!(priced("0").is_ok());
     }
 
     #[test]

@@ -142,12 +142,21 @@ fn plain_text(value: &str) -> bool {
             .any(|c| c == '#' || c.is_control() || invisible(c))
 }
 
-/// Characters that show as nothing (zero-width spaces and joiners, direction marks and
-/// overrides, the byte-order mark): an id holding one looks like another id, and is another.
+/// Characters that show as nothing (zero-width spaces and joiners, direction marks, overrides
+/// and isolates, the soft hyphen, the byte-order mark): an id holding one looks like another id, and is another.
 /// `.` and `..` are refused beside them: a path segment of either is read as a directory by
 /// proxies that normalise paths.
 fn invisible(c: char) -> bool {
-    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{061c}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 /// A value that breaks its kind's rule; the value is shortened for messages.
@@ -306,6 +315,8 @@ mod tests {
             "m-1\u{200d}",
             "\u{202e}1-m",
             "m\u{2060}1",
+            "m\u{2066}-1",
+            "m\u{00ad}-1",
             ".",
             "..",
         ] {

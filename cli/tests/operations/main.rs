@@ -843,6 +843,22 @@ fn rows_naming_one_member_by_its_id_and_by_its_linked_email_are_one_member_s() {
         "{set}"
     );
     assert_eq!(shop.member("m-2")["balance"].as_i64(), Some(50));
+    // WHEN a set-mode file states m-3 by its id with an email it links, then by that email
+    std::fs::write(
+        &file,
+        "member,email,points\nm-3,c@example.com,100\n,c@example.com,60\n",
+    )
+    .expect("file");
+    let set: Value =
+        serde_json::from_slice(&shop.import_balances(&file, &["--mode", "set"]).stdout)
+            .expect("json");
+    // THEN the second is refused too (the email was linked by the first row, in the run)
+    assert_eq!(
+        (set["applied"].as_i64(), set["refused"].as_i64()),
+        (Some(1), Some(1)),
+        "{set}"
+    );
+    assert_eq!(shop.member("m-3")["balance"].as_i64(), Some(100));
 }
 
 #[test]

@@ -230,7 +230,6 @@ pub fn edge(router: Router) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(problem::framework_errors))
         .layer(axum::middleware::from_fn(problem::refuse_large_bodies))
-        .layer(axum::middleware::from_fn(problem::refuse_malformed_escapes))
 }
 
 async fn webhook(

@@ -110,8 +110,13 @@ pub const MAX_COMBINED_MULTIPLIER_BP: i128 = 10_000 * UNIT_BP as i128;
 /// points, floored, so that no order's sums can overflow.
 const EXACT_UP_TO: i128 = 100_000_000;
 
+/// Where the product waits while the campaigns are multiplied (10^8x): far past the bound, so
+/// that the campaigns' order does not change what is left after a multiplier below 1x, and
+/// the product never overflows.
+const WAITS_AT_BP: i128 = 1_000_000_000_000;
+
 /// The campaigns' multipliers as one fraction in lowest terms (2x is 2/1, 1.5x 3/2): exact while
-/// it is small, else in whole basis points; held to [`MAX_COMBINED_MULTIPLIER_BP`].
+/// it is small, else in whole basis points; held to [`MAX_COMBINED_MULTIPLIER_BP`] at the end.
 fn campaign_multiplier(campaigns: &[CampaignEffect]) -> (i128, i128) {
     let unit = i128::from(UNIT_BP);
     let (mut num, mut den) = (1_i128, 1_i128);
@@ -121,10 +126,13 @@ fn campaign_multiplier(campaigns: &[CampaignEffect]) -> (i128, i128) {
             if num > EXACT_UP_TO || den > EXACT_UP_TO {
                 (num, den) = lowest(num * unit / den, unit);
             }
-            if num * unit > MAX_COMBINED_MULTIPLIER_BP * den {
-                (num, den) = lowest(MAX_COMBINED_MULTIPLIER_BP, unit);
+            if num * unit > WAITS_AT_BP * den {
+                (num, den) = lowest(WAITS_AT_BP, unit);
             }
         }
+    }
+    if num * unit > MAX_COMBINED_MULTIPLIER_BP * den {
+        return lowest(MAX_COMBINED_MULTIPLIER_BP, unit);
     }
     (num, den)
 }
@@ -452,6 +460,23 @@ mod tests {
         // WHEN points are computed THEN the product goes on in basis points: 1.003x, floored
         let earned = purchase_points(&p.purchase, p.currency, &purchase, 10_000, &odd).unwrap();
         assert_eq!(earned.points, 1_003);
+        // AND the bound holds the product, not each step: a 0.5x campaign after three 100x
+        // ones gives what it gives before them
+        let half = CampaignEffect::Multiplier {
+            campaign: "half".into(),
+            basis_points: 5_000,
+        };
+        let mut after = hundredfold[..3].to_vec();
+        after.push(half.clone());
+        let mut before = vec![half];
+        before.extend_from_slice(&hundredfold[..3]);
+        let points = |campaigns: &[CampaignEffect]| {
+            purchase_points(&p.purchase, p.currency, &purchase, 10_000, campaigns)
+                .unwrap()
+                .points
+        };
+        assert_eq!(points(&after), points(&before));
+        assert_eq!(points(&after), 1_000 * 10_000);
     }
 
     #[test]

@@ -400,15 +400,7 @@ fn by_member(file: &BalanceFile, targets: &[Option<String>]) -> Vec<Vec<usize>> 
     let mut first_with: HashMap<(u8, &str), usize> = HashMap::new();
     for (index, row) in file.rows.iter().enumerate() {
         let Ok(data) = &row.read else { continue };
-        let keys = [
-            data.member.as_deref().map(|m| (0, m)),
-            data.email.as_deref().map(|e| (1, e)),
-            targets
-                .get(index)
-                .and_then(Option::as_deref)
-                .map(|t| (2, t)),
-        ];
-        for key in keys.into_iter().flatten() {
+        for key in row_keys(data, targets.get(index)).into_iter().flatten() {
             match first_with.get(&key) {
                 Some(&other) => {
                     let (a, b) = (root(&mut parent, index), root(&mut parent, other));
@@ -433,6 +425,19 @@ fn by_member(file: &BalanceFile, targets: &[Option<String>]) -> Vec<Vec<usize>> 
     groups
 }
 
+/// What a row names its member by: its id and its email as written (a later row may name it by
+/// the email this one links), and the member as the store resolves it (`targets`).
+fn row_keys<'a>(
+    data: &'a loyalty_core::imports::RowData,
+    target: Option<&'a Option<String>>,
+) -> [Option<(u8, &'a str)>; 3] {
+    [
+        data.member.as_deref().map(|m| (0, m)),
+        data.email.as_deref().map(|e| (1, e)),
+        target.and_then(Option::as_deref).map(|t| (2, t)),
+    ]
+}
+
 /// With `--mode set`, the rows that name a member already named by an earlier row (as written,
 /// or as the store resolves it): which balance to reach would depend on the order rows are
 /// written in.
@@ -448,16 +453,7 @@ fn stated_twice(
     let mut first: HashMap<(u8, &str), u64> = HashMap::new();
     for (index, row) in file.rows.iter().enumerate() {
         let Ok(data) = &row.read else { continue };
-        // Its id and its email as written (a later row may name it by the email this one
-        // links), and its member as the store resolves it.
-        let keys = [
-            data.member.as_deref().map(|m| (0, m)),
-            data.email.as_deref().map(|e| (1, e)),
-            targets
-                .get(index)
-                .and_then(Option::as_deref)
-                .map(|t| (2, t)),
-        ];
+        let keys = row_keys(data, targets.get(index));
         let earlier = keys.iter().flatten().find_map(|k| first.get(k).copied());
         match earlier {
             Some(line) => {

@@ -131,6 +131,14 @@ impl Shop {
         self.import_balances(&file, &[])
     }
 
+    /// `loyalty import balances --mode set` of a CSV file `name` holding `text`: its summary.
+    fn import_set(&self, name: &str, text: &str) -> Value {
+        let file = self.dir.join(name);
+        std::fs::write(&file, text).expect("file");
+        let out = self.import_balances(&file, &["--mode", "set"]);
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
     /// `loyalty import balances` of the CSV file `file` into kr-shop, with `extra` arguments.
     fn import_balances(&self, file: &Path, extra: &[&str]) -> Output {
         let mut args = vec![
@@ -831,11 +839,10 @@ fn rows_naming_one_member_by_its_id_and_by_its_linked_email_are_one_member_s() {
     );
     assert_eq!(shop.member("ord-1")["balance"].as_i64(), Some(110));
     // WHEN a set-mode file states m-2's balance by its id, then by its email
-    let file = shop.dir.join("set.csv");
-    std::fs::write(&file, "member,email,points\nm-2,,50\n,b@example.com,60\n").expect("file");
-    let set: Value =
-        serde_json::from_slice(&shop.import_balances(&file, &["--mode", "set"]).stdout)
-            .expect("json");
+    let set = shop.import_set(
+        "set.csv",
+        "member,email,points\nm-2,,50\n,b@example.com,60\n",
+    );
     // THEN the second is refused as the same member (before: both applied, the last won)
     assert_eq!(
         (set["applied"].as_i64(), set["refused"].as_i64()),
@@ -844,14 +851,10 @@ fn rows_naming_one_member_by_its_id_and_by_its_linked_email_are_one_member_s() {
     );
     assert_eq!(shop.member("m-2")["balance"].as_i64(), Some(50));
     // WHEN a set-mode file states m-3 by its id with an email it links, then by that email
-    std::fs::write(
-        &file,
+    let set = shop.import_set(
+        "set-3.csv",
         "member,email,points\nm-3,c@example.com,100\n,c@example.com,60\n",
-    )
-    .expect("file");
-    let set: Value =
-        serde_json::from_slice(&shop.import_balances(&file, &["--mode", "set"]).stdout)
-            .expect("json");
+    );
     // THEN the second is refused too (the email was linked by the first row, in the run)
     assert_eq!(
         (set["applied"].as_i64(), set["refused"].as_i64()),
@@ -884,12 +887,9 @@ fn a_set_mode_row_for_an_imported_email_member_merged_away_is_refused() {
     ]));
     assert_eq!(shop.member("m-9")["balance"].as_i64(), Some(400));
     // WHEN a later export states big@example.com's 50 points, by its email, in set mode
-    let file = shop.dir.join("later.csv");
-    std::fs::write(&file, "email,points\nbig@example.com,50\n").expect("file");
-    let out = shop.import_balances(&file, &["--mode", "set"]);
+    let set = shop.import_set("later.csv", "email,points\nbig@example.com,50\n");
     // THEN the row is refused naming the survivor (before: m-9 was set to 50, its own 300
     // points gone)
-    let set: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(set["refused"].as_i64(), Some(1), "{set}");
     assert_eq!(shop.member("m-9")["balance"].as_i64(), Some(400));
 }

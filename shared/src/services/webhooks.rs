@@ -450,13 +450,24 @@ impl Services {
         let own = crate::ports::identity_member(&link.kind, &link.value);
         let mut names = vec![member.to_string(), own];
         names.extend(event.identities.iter().cloned());
-        let erased = self.erasure_of(program, &names).await?;
+        self.before_erasure_of(program, event, &names).await
+    }
+
+    /// Whether `event` comes from before the latest erasure of one of `names`, said in the
+    /// log when it does (it is then left out).
+    async fn before_erasure_of(
+        &self,
+        program: &str,
+        event: &PlatformEvent,
+        names: &[String],
+    ) -> Result<bool, ServiceError> {
+        let erased = self.erasure_of(program, names).await?;
         let before = crate::domain::erasure::before_erasure(event.occurred_at, erased);
         if before {
             tracing::info!(
                 program,
                 event_id = crate::telemetry::event_ref(&event.id),
-                "event from before its member's erasure left out"
+                "event from before the erasure of a name it carries left out"
             );
         }
         Ok(before)
@@ -474,16 +485,7 @@ impl Services {
             return Ok(false);
         };
         let name = crate::ports::identity_member(ORDER_LINK, key);
-        let erased = self.erasure_of(program, &[name]).await?;
-        let before = crate::domain::erasure::before_erasure(event.occurred_at, erased);
-        if before {
-            tracing::info!(
-                program,
-                event_id = crate::telemetry::event_ref(&event.id),
-                "event of an order of a member erased since left out"
-            );
-        }
-        Ok(before)
+        self.before_erasure_of(program, event, &[name]).await
     }
 
     /// Whether an event marked `if_credited` (a guest order's refund, an order cancelled

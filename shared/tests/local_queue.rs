@@ -38,6 +38,19 @@ async fn kr_shop(store: &SqliteStore) -> (LocalQueue, Services) {
     common::kr_shop_services(store, 5, Arc::new(SystemClock)).await
 }
 
+/// `message` sent and received once: its first delivery.
+async fn delivered_once(
+    queue: &LocalQueue,
+    message: &Envelope,
+) -> loyalty_core::queue::local::Delivery {
+    queue.send(QueueName::Earn, message).await.unwrap();
+    queue
+        .receive(QueueName::Earn, 1, HIDE)
+        .await
+        .unwrap()
+        .remove(0)
+}
+
 async fn bodies(queue: &LocalQueue, max: usize) -> Vec<String> {
     queue
         .receive(QueueName::Earn, max, HIDE)
@@ -196,15 +209,7 @@ async fn dead_letters_are_kept_two_weeks_as_in_aws() {
     // GIVEN a message dead-lettered now (allowed one delivery, failed once)
     let (store, _db) = file_store();
     let queue = LocalQueue::new(store, 1);
-    queue
-        .send(QueueName::Earn, &purchase("p-dead", "m-a", 1000))
-        .await
-        .unwrap();
-    let delivery = queue
-        .receive(QueueName::Earn, 1, HIDE)
-        .await
-        .unwrap()
-        .remove(0);
+    let delivery = delivered_once(&queue, &purchase("p-dead", "m-a", 1000)).await;
     assert!(queue.fail(&delivery, "refused").await.unwrap());
     // WHEN the housekeeping runs a day later THEN it is kept
     let day = chrono::Duration::days(1);
@@ -482,15 +487,7 @@ async fn a_message_that_meets_a_busy_database_is_retried_without_counting_the_at
     // process holding the database's write lock for longer than the busy timeout
     let (store, db) = file_store();
     let (queue, services) = common::kr_shop_services(&store, 1, Arc::new(SystemClock)).await;
-    queue
-        .send(QueueName::Earn, &purchase("p-busy", "m-a", 20_000))
-        .await
-        .unwrap();
-    let delivery = queue
-        .receive(QueueName::Earn, 1, HIDE)
-        .await
-        .unwrap()
-        .remove(0);
+    let delivery = delivered_once(&queue, &purchase("p-busy", "m-a", 20_000)).await;
     let other = rusqlite::Connection::open(&db).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     // WHEN it is processed, and its failure recorded once the other process let go
@@ -523,15 +520,7 @@ async fn a_message_that_fails_for_its_own_reasons_spends_its_attempts() {
     // GIVEN serve's queue allowing one failed delivery and a message delivered once
     let (store, _db) = file_store();
     let queue = LocalQueue::new(store, 1);
-    queue
-        .send(QueueName::Earn, &purchase("p-bad", "m-a", 20_000))
-        .await
-        .unwrap();
-    let delivery = queue
-        .receive(QueueName::Earn, 1, HIDE)
-        .await
-        .unwrap()
-        .remove(0);
+    let delivery = delivered_once(&queue, &purchase("p-bad", "m-a", 20_000)).await;
     // WHEN its processing failed for a reason of its own
     let dead = queue
         .retry(&delivery, &Retry::failed("member m-a is being erased"))

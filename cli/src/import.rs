@@ -1,6 +1,6 @@
 //! `loyalty import balances`: members and their balances brought over from another programme.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -106,7 +106,8 @@ struct BalanceArgs {
 }
 
 /// Exit status: 0 when every row was applied or unchanged, 1 when some were refused (the
-/// others were applied), 2 when nothing could be done.
+/// others were applied), 2 when nothing could be done, 130 when stopped by Ctrl-C (the rows
+/// reached were applied; the others are in the error file).
 pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
     match args.command {
         ImportCommand::Balances(args) => runtime()?.block_on(balances(args)),
@@ -222,7 +223,39 @@ async fn orders(args: OrderArgs) -> Result<ExitCode, String> {
     })
 }
 
+/// Why a row that an interrupted import never reached is in its error file.
+const STOPPED: &str = "not applied: the import was stopped (Ctrl-C); import this file again";
+
+/// Set by the first Ctrl-C of an import: the rows being written finish, the rest are refused
+/// as `STOPPED`, and the summary and the error file are written as for any run. A second
+/// Ctrl-C ends the process at once.
+#[derive(Clone, Default)]
+struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Stop {
+    fn on_ctrl_c() -> Self {
+        let stop = Stop::default();
+        let flag = stop.0.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            eprintln!("stopping: the rows being written finish, the others go to the error file (Ctrl-C again to stop at once)");
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        });
+        stop
+    }
+
+    fn stopped(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
+    let stop = Stop::on_ctrl_c();
     let bytes = std::fs::read(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let format = match args.format {
@@ -244,7 +277,11 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
         |n| n.to_string_lossy().into_owned(),
     );
     let targets = targets(&services, &program, &file).await?;
-    let twice = stated_twice(&file, mode, &targets);
+    let merged = match mode {
+        ImportMode::Set => merged_away(&services, &program, &file, &targets).await?,
+        ImportMode::Add => HashSet::new(),
+    };
+    let twice = stated_twice(&file, mode, &targets, &merged);
     let bar = progress(file.rows.len() as u64);
     let dry = loyalty_core::services::import::DryRun::default();
     // Rows of one member go in the file's order (a debit after its credit); members in parallel.
@@ -259,9 +296,15 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
                 let file = &file;
                 let args = &args;
                 let dry = &dry;
+                let stop = &stop;
                 async move {
                     let mut outcomes = Vec::with_capacity(group.len());
                     for index in group {
+                        if stop.stopped() {
+                            let reason = STOPPED.to_string();
+                            outcomes.push((index, RowOutcome::Refused { reason }));
+                            continue;
+                        }
                         let row = &file.rows[index];
                         let origin = RowOrigin {
                             file_name,
@@ -323,8 +366,10 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
             errors_path.display()
         );
     }
-    report(&args, &summary, errors_file.as_deref())?;
-    Ok(if summary.refused == 0 {
+    report(&args, &summary, errors_file.as_deref(), stop.stopped())?;
+    Ok(if stop.stopped() {
+        ExitCode::from(130)
+    } else if summary.refused == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -380,6 +425,34 @@ async fn targets(
         .collect::<Vec<_>>()
         .await
         .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot read the rows' members: {e}"))
+}
+
+/// The rows (indexes) that name a member merged into their target: in set mode they state no
+/// balance (`Services::names_merged_away`), and the survivor's own row is not a second one.
+async fn merged_away(
+    services: &loyalty_core::services::Services,
+    program: &str,
+    file: &BalanceFile,
+    targets: &[Option<String>],
+) -> Result<HashSet<usize>, String> {
+    let checks = futures_util::stream::iter(file.rows.iter().zip(targets).enumerate())
+        .map(|(index, (row, target))| async move {
+            match (&row.read, target) {
+                (Ok(data), Some(target)) => services
+                    .names_merged_away(program, data, target)
+                    .await
+                    .map(|merged| merged.then_some(index)),
+                _ => Ok(None),
+            }
+        })
+        .buffered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+    checks
+        .into_iter()
+        .filter_map(Result::transpose)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot read the rows' members: {e}"))
 }
@@ -440,11 +513,12 @@ fn row_keys<'a>(
 
 /// With `--mode set`, the rows that name a member already named by an earlier row (as written,
 /// or as the store resolves it): which balance to reach would depend on the order rows are
-/// written in.
+/// written in. A row naming a member merged away (`merged`) states none.
 fn stated_twice(
     file: &BalanceFile,
     mode: ImportMode,
     targets: &[Option<String>],
+    merged: &HashSet<usize>,
 ) -> HashMap<u64, u64> {
     let mut twice = HashMap::new();
     if mode == ImportMode::Add {
@@ -453,6 +527,9 @@ fn stated_twice(
     let mut first: HashMap<(u8, &str), u64> = HashMap::new();
     for (index, row) in file.rows.iter().enumerate() {
         let Ok(data) = &row.read else { continue };
+        if merged.contains(&index) {
+            continue;
+        }
         let keys = row_keys(data, targets.get(index));
         let earlier = keys.iter().flatten().find_map(|k| first.get(k).copied());
         match earlier {
@@ -552,11 +629,17 @@ fn write_error_rows(
     out.flush().map_err(|e| cannot(&e))
 }
 
-fn report(args: &BalanceArgs, s: &ImportSummary, errors: Option<&str>) -> Result<(), String> {
+fn report(
+    args: &BalanceArgs,
+    s: &ImportSummary,
+    errors: Option<&str>,
+    stopped: bool,
+) -> Result<(), String> {
     if args.json {
         let doc = json!({
             "file": args.file.display().to_string(),
             "dry_run": args.dry_run,
+            "stopped": stopped,
             "rows": s.rows,
             "applied": s.applied,
             "unchanged": s.unchanged,
@@ -582,6 +665,9 @@ fn report(args: &BalanceArgs, s: &ImportSummary, errors: Option<&str>) -> Result
     );
     if let Some(path) = errors {
         println!("refused rows, with their reasons: {path}");
+    }
+    if stopped {
+        println!("stopped by Ctrl-C: the rows not reached are refused as not applied");
     }
     Ok(())
 }

@@ -892,6 +892,19 @@ fn a_set_mode_row_for_an_imported_email_member_merged_away_is_refused() {
     // points gone)
     assert_eq!(set["refused"].as_i64(), Some(1), "{set}");
     assert_eq!(shop.member("m-9")["balance"].as_i64(), Some(400));
+    // WHEN a file states big@example.com's balance, then m-9's own
+    let both = shop.import_set(
+        "both.csv",
+        "member,email,points\n,big@example.com,50\nm-9,,350\n",
+    );
+    // THEN the first is refused and m-9's own row applies (before: it was refused as "the
+    // same member as row 2", a row that stated no balance)
+    assert_eq!(
+        (both["applied"].as_i64(), both["refused"].as_i64()),
+        (Some(1), Some(1)),
+        "{both}"
+    );
+    assert_eq!(shop.member("m-9")["balance"].as_i64(), Some(350));
 }
 
 #[test]
@@ -918,5 +931,65 @@ fn an_error_file_imported_again_with_a_row_still_refused_keeps_one_line_and_erro
             .expect("row")
             .ends_with(",m-2,20,PLATNUM"),
         "{second}"
+    );
+}
+
+#[test]
+fn an_import_stopped_by_ctrl_c_prints_its_summary_and_leaves_the_rows_not_reached_to_import() {
+    // GIVEN a file of 20,000 members, one point each, being imported
+    let shop = Shop::start("import-stopped");
+    let rows = 20_000;
+    let mut text = String::from("member,points\n");
+    for i in 1..=rows {
+        text.push_str(&format!("m-{i},1\n"));
+    }
+    let file = shop.dir.join("big.csv");
+    std::fs::write(&file, text).expect("file");
+    let import = Command::new(BIN)
+        .args(["import", "balances", file.to_str().expect("utf-8 path")])
+        .args(["--program", "kr-shop", "--format", "csv", "--json"])
+        .args(["--db", shop.db.to_str().expect("utf-8 path")])
+        .env("LOYALTY_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("loyalty runs");
+    // WHEN Ctrl-C reaches it once its first member is written
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shop.call("GET", &format!("{P}/members/m-1"), None).0 != 200 {
+        assert!(Instant::now() < deadline, "m-1 was never imported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = i32::try_from(import.id()).expect("pid");
+    // SAFETY: a signal to the child this test started and has not yet waited for.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let out = import.wait_with_output().expect("loyalty ends");
+    // THEN it ends with 130 and its summary counts every row: some applied, the rest refused
+    // as not applied (before: no summary, no error file)
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("json summary");
+    assert_eq!(summary["stopped"], json!(true), "{summary}");
+    let (applied, refused) = (
+        summary["applied"].as_u64().expect("applied"),
+        summary["refused"].as_u64().expect("refused"),
+    );
+    assert!(applied > 0 && refused > 0, "{summary}");
+    assert_eq!(applied + refused, rows, "{summary}");
+    // AND its error file holds exactly those rows, which an import of it applies
+    let errors = PathBuf::from(summary["errors_file"].as_str().expect("errors file"));
+    let rest = ok(&shop.import_balances(&errors, &[]));
+    assert_eq!(
+        (rest["applied"].as_u64(), rest["refused"].as_u64()),
+        (Some(refused), Some(0)),
+        "{rest}"
+    );
+    assert_eq!(
+        shop.member(&format!("m-{rows}"))["balance"].as_i64(),
+        Some(1)
     );
 }

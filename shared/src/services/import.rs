@@ -283,10 +283,6 @@ impl Services {
         Ok(false)
     }
 
-    /// The row's member: the one named (an id or an alias), else the one its email is linked
-    /// to, else a new member `email:{email}`; and the email to link to it, if it is not yet, so
-    /// that later orders with that email find it. An email linked to someone else refuses the
-    /// row.
     /// The refusal of a set-mode row whose member, named by its id or by its email, was
     /// merged into `member`; `None` for any other row.
     async fn set_for_merged(
@@ -296,26 +292,56 @@ impl Services {
         row: &RowData,
         member: &str,
     ) -> Result<Option<RowOutcome>, ServiceError> {
-        // Named by its id, or by its email alone: a member made by an import from an email is
-        // `email:{email}`, and a merge moved that email's link to the survivor.
-        let by_email = row.email.as_ref().map(|email| format!("email:{email}"));
-        let named = row
-            .member
-            .as_deref()
-            .or(by_email.as_deref())
-            .filter(|m| *m != member);
-        let Some(named) = named.filter(|_| origin.mode == ImportMode::Set) else {
+        if origin.mode != ImportMode::Set {
             return Ok(None);
-        };
-        let state = self.store.load_member(program, named, &[]).await?;
-        let Some(into) = state.account.as_ref().and_then(|a| a.merged_into()) else {
+        }
+        let Some((named, into)) = self.merged_named(program, row, member).await? else {
             return Ok(None);
         };
         // The same file run again: applied before the merge, under the member's own id.
-        if self.imported_before(program, named, origin).await? {
-            return Ok(Some(unchanged(named.to_string(), "imported before")));
+        if self.imported_before(program, &named, origin).await? {
+            return Ok(Some(unchanged(named, "imported before")));
         }
-        Ok(Some(merged_away(named, into)))
+        Ok(Some(merged_away(&named, &into)))
+    }
+
+    /// Whether a row names, by its id or by its email, a member merged into its `target`
+    /// (`import_target`): in set mode it states no one's balance (it is refused, or was
+    /// applied before the merge), so the survivor's own row in the same file is its first.
+    pub async fn names_merged_away(
+        &self,
+        program_id: &str,
+        row: &RowData,
+        target: &str,
+    ) -> Result<bool, ServiceError> {
+        Ok(self.merged_named(program_id, row, target).await?.is_some())
+    }
+
+    /// The member a row names, and the one it was merged into, when the row names one merged
+    /// away from `member`.
+    async fn merged_named(
+        &self,
+        program: &str,
+        row: &RowData,
+        member: &str,
+    ) -> Result<Option<(String, String)>, ServiceError> {
+        // Named by its id, or by its email alone: a member made by an import from an email is
+        // `email:{email}`, and a merge moved that email's link to the survivor.
+        let by_email = row.email.as_ref().map(|email| format!("email:{email}"));
+        let Some(named) = row
+            .member
+            .as_deref()
+            .or(by_email.as_deref())
+            .filter(|m| *m != member)
+        else {
+            return Ok(None);
+        };
+        let state = self.store.load_member(program, named, &[]).await?;
+        Ok(state
+            .account
+            .as_ref()
+            .and_then(|a| a.merged_into())
+            .map(|into| (named.to_string(), into.to_string())))
     }
 
     /// The member a row names as the store stands now (an id through its identity link, an
@@ -334,6 +360,10 @@ impl Services {
             .map(|(member, _)| member))
     }
 
+    /// The row's member: the one named (an id or an alias), else the one its email is linked
+    /// to, else a new member `email:{email}`; and the email to link to it, if it is not yet, so
+    /// that later orders with that email find it. An email linked to someone else refuses the
+    /// row.
     async fn import_member(
         &self,
         program: &str,

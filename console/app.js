@@ -405,7 +405,7 @@ async function members(params, id) {
       program().point_value ? tile("cash", t("worth"), money(worth(view.balance, program().point_value)), null) : null,
       tile("pending", t("pending"), points(view.pending), view.pending),
       tile("tier", t("tier"), tier.name || tier.id, tier.id),
-      view.membership ? tile("membership", view.membership.name, `${t(`membership_${view.membership.status}`)} · ${t("renews", { date: day(view.membership.renews_on) })}`, view.membership.status) : null),
+      view.membership ? tile("membership", view.membership.name, `${t(`membership_${view.membership.status}`)}${view.membership.renews_on ? ` · ${t("renews", { date: day(view.membership.renews_on) })}` : ""}`, view.membership.status) : null),
     h("div", { class: "grid" },
       h("section", { class: "card" }, h("h2", {}, t("tier_progress")),
         h("dl", { class: "facts" },

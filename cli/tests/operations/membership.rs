@@ -600,6 +600,10 @@ fn a_merge_keeps_the_membership_that_is_paid_for() {
     let view = shop.member("m-survivor");
     assert_eq!(view["membership"]["status"], "active", "{view}");
     assert_eq!(day(&view["membership"]["started_on"]), today_in_seoul());
+    // AND the member merged away shows none (before: its membership, active, as well)
+    let other = shop.member("m-other");
+    assert_eq!(other["merged_into"], "m-survivor", "{other}");
+    assert!(other.get("membership").is_none(), "{other}");
     // AND a refund of that payment, delivered for the merged member, ends it
     refund(
         &shop,
@@ -609,4 +613,39 @@ fn a_merge_keeps_the_membership_that_is_paid_for() {
         json!({"lines": [{"line_id": "membership", "quantity": 1}]}),
     );
     shop.eventually("m-survivor", |v| v["membership"]["status"] == "ended");
+}
+
+#[test]
+fn a_membership_refunded_whole_is_granted_no_more_coupons_and_shows_no_renewal() {
+    // GIVEN a member who paid for three months 40 days ago, none of its coupons granted yet
+    let shop = plus_shop("membership-refunded-coupons");
+    paid(&shop, "pay-gone", "m-gone", 3, 40);
+    shop.eventually("m-gone", |v| v["membership"]["status"] == "active");
+    // WHEN the whole fee is refunded
+    refund(
+        &shop,
+        "pay-gone",
+        "r-1",
+        "m-gone",
+        json!({"amount": "14700"}),
+    );
+    let ended = shop.eventually("m-gone", |v| v["membership"]["status"] == "ended");
+    // THEN the view shows no renewal or lapse ahead, and no day paid for after it ended
+    // (before: paid through two months ahead, renewing and lapsing after that)
+    let membership = &ended["membership"];
+    assert!(membership.get("renews_on").is_none(), "{membership}");
+    assert!(membership.get("lapses_on").is_none(), "{membership}");
+    assert!(day(&membership["paid_through"]) < day(&membership["ended_on"]));
+    // WHEN the notices job runs today THEN no coupon is granted for the two months that began
+    // before the refund (before: two coupons for a fee paid back)
+    jobs(&shop, today_in_seoul());
+    let export = shop.get(&format!("{P}/members/m-gone/export"));
+    let coupons = export["redemptions"]
+        .as_array()
+        .expect("redemptions")
+        .iter()
+        .filter(|r| r["reward"] == "free-shipping")
+        .count();
+    assert_eq!(coupons, 0, "{export}");
+    assert_eq!(shop.member("m-gone")["membership"]["saved"]["rewards"], 0);
 }

@@ -241,8 +241,10 @@ impl Membership {
     /// within a paid period (not in the grace days: a renewal then pays for the month, and
     /// makes it due). A job that runs late grants every month it missed; one that runs twice
     /// finds them granted.
+    /// A membership ended by a refund has no period left paid for: nothing more is due, even
+    /// for months that began before the refund (a job that runs after it grants none).
     pub fn grants_due(&self, rules: &MembershipRules, today: NaiveDate) -> Vec<u32> {
-        if rules.monthly_reward.is_none() {
+        if rules.monthly_reward.is_none() || self.ended_on.is_some() {
             return Vec::new();
         }
         let mut due = Vec::new();

@@ -52,11 +52,15 @@ pub struct MembershipView {
     pub name: String,
     pub status: crate::domain::membership::MembershipStatus,
     pub started_on: NaiveDate,
+    /// The last paid day; for a membership ended by a refund, at most the day before it ended.
     pub paid_through: NaiveDate,
-    /// When the next payment is due to continue without a gap.
-    pub renews_on: NaiveDate,
-    /// The first day without benefits if no payment comes.
-    pub lapses_on: NaiveDate,
+    /// When the next payment is due to continue without a gap (none once ended: nothing is
+    /// left to renew).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renews_on: Option<NaiveDate>,
+    /// The first day without benefits if no payment comes (none once ended).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lapses_on: Option<NaiveDate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_on: Option<NaiveDate>,
     pub multiplier_bp: u32,
@@ -84,15 +88,25 @@ fn membership_view(
         .membership
         .as_ref()
         .zip(account.membership.as_ref())?;
+    // A member merged away holds nothing: its membership went to the survivor.
+    if account.merged_into().is_some() {
+        return None;
+    }
     let benefits = m.benefits_on(rules, today);
+    // Ended by a refund: no period is left paid for, so no renewal or lapse is ahead, and the
+    // days paid for stop where it ended.
+    let ended_before = m.ended_on.and_then(|e| e.pred_opt());
     Some(MembershipView {
         id: m.id.clone(),
         name: rules.name.clone(),
         status: m.status(rules, today),
         started_on: m.started_on,
-        paid_through: m.paid_through,
-        renews_on: m.renews_on(),
-        lapses_on: m.lapsed_on.unwrap_or_else(|| m.lapses_on(rules)),
+        paid_through: ended_before.map_or(m.paid_through, |e| m.paid_through.min(e)),
+        renews_on: m.ended_on.is_none().then(|| m.renews_on()),
+        lapses_on: m
+            .ended_on
+            .is_none()
+            .then(|| m.lapsed_on.unwrap_or_else(|| m.lapses_on(rules))),
         ended_on: m.ended_on,
         multiplier_bp: rules.multiplier_bp,
         early_access: if benefits {

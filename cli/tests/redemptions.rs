@@ -161,6 +161,48 @@ fn an_idempotency_key_gives_one_debit_and_the_same_answer() {
 }
 
 #[test]
+fn a_key_sent_again_under_another_identity_of_the_member_or_after_a_merge_debits_once() {
+    // GIVEN m-2 and m-3 with 12,000 points each, each signed in through an app identity
+    let shop = Shop::new();
+    for member in ["m-2", "m-3"] {
+        shop.credit(member, 12_000);
+        let body = json!({"kind": "app", "value": format!("auth0|{member}")}).to_string();
+        let (status, linked) = shop.server.call(
+            "POST",
+            &format!("{PROGRAM}/members/{member}/aliases"),
+            &shop.admin,
+            &[],
+            Some(&body),
+        );
+        assert_eq!(status, 201, "{linked}");
+    }
+    // WHEN m-2 redeems through its app identity, and the retry comes with its own id
+    let first = shop.redeem(&token(&["--member", "auth0|m-2"]), Some("k-2"), COUPON);
+    let again = shop.redeem(&token(&["--member", "m-2"]), Some("k-2"), COUPON);
+    // THEN the retry gets the first answer and nothing more is taken (before: a second coupon)
+    assert_eq!(first.0, 201, "{first:?}");
+    assert_eq!(again, first);
+    assert_eq!(shop.balance("m-2"), 7_000);
+    // WHEN m-3 redeems through its app, is merged into m-2, and its app retries
+    let app_3 = token(&["--member", "auth0|m-3"]);
+    let before_merge = shop.redeem(&app_3, Some("k-3"), COUPON);
+    assert_eq!(before_merge.0, 201, "{before_merge:?}");
+    let body = json!({"from": "m-3", "reason": "same person"}).to_string();
+    let (status, merged) = shop.server.call(
+        "POST",
+        &format!("{PROGRAM}/members/m-2/merge"),
+        &shop.admin,
+        &[],
+        Some(&body),
+    );
+    assert_eq!(status, 200, "{merged}");
+    let after_merge = shop.redeem(&app_3, Some("k-3"), COUPON);
+    // THEN the retry gets the first answer, and the survivor holds both members' rest
+    assert_eq!(after_merge, before_merge);
+    assert_eq!(shop.balance("m-2"), 14_000);
+}
+
+#[test]
 fn twenty_concurrent_redemptions_never_overspend() {
     // GIVEN a member with 12,000 points
     let shop = Shop::new();

@@ -1209,20 +1209,29 @@ pub trait RedemptionStore: MemberStore {
         principal: &str,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
-    /// [`MemberStore::load_member_with`] (no order records) and
-    /// [`RedemptionStore::idempotency_record`] of a request, read together where the store can
-    /// (DynamoDB: one BatchGetItem): what a redemption reads before it commits.
+    /// [`MemberStore::load_member_with`] (no order records) and the
+    /// [`RedemptionStore::idempotency_record`] of a request under the first of `principals`
+    /// that has one, read together where the store can (DynamoDB: one BatchGetItem): what a
+    /// redemption reads before it commits.
     async fn load_member_and_request(
         &self,
         program: &str,
         member: &str,
         campaigns: &[String],
-        principal: &str,
+        principals: &[&str],
         key: &str,
     ) -> Result<(MemberState, Option<IdempotencyRecord>), StoreError> {
+        let records = async {
+            for principal in principals {
+                if let Some(record) = self.idempotency_record(program, principal, key).await? {
+                    return Ok(Some(record));
+                }
+            }
+            Ok(None)
+        };
         let (state, record) = futures_util::future::join(
             self.load_member_with(program, member, &[], campaigns),
-            self.idempotency_record(program, principal, key),
+            records,
         )
         .await;
         Ok((state?, record?))

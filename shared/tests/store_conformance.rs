@@ -1119,6 +1119,46 @@ async fn an_expired_idempotency_record_frees_its_key(store: Arc<dyn Store>) {
     ));
 }
 
+async fn a_request_s_answer_is_read_with_the_member_under_the_first_caller_that_has_one(
+    store: Arc<dyn Store>,
+) {
+    use loyalty_core::ports::IdempotencyRecord;
+    // GIVEN answers to key k-1 stored for a member and for an app subject of another
+    let (m, subject, nobody) = (member(), member(), member());
+    let record = |principal: &str| IdempotencyRecord {
+        principal: principal.to_string(),
+        key: "k-1".into(),
+        request_hash: "h".into(),
+        status: 201,
+        response: format!("{{\"by\":\"{principal}\"}}"),
+        expires_at: Utc::now() + chrono::Duration::days(1),
+    };
+    for (i, principal) in [&m, &subject].into_iter().enumerate() {
+        let mut c = commit(&member(), None, 10, &format!("e{i}"), None);
+        c.idempotency = Some(record(principal));
+        store.commit(c).await.unwrap();
+    }
+    // WHEN it is asked under several callers THEN the first that has one answers, in order
+    let cases = [
+        ([&m, &subject], Some(&m)),
+        ([&subject, &m], Some(&subject)),
+        ([&nobody, &subject], Some(&subject)),
+        ([&nobody, &nobody], None),
+    ];
+    for (callers, answers) in cases {
+        let principals: Vec<&str> = callers.iter().map(|c| c.as_str()).collect();
+        let (_, found) = store
+            .load_member_and_request("kr-shop", &m, &[], &principals, "k-1")
+            .await
+            .unwrap();
+        assert_eq!(
+            found.map(|r| r.principal).as_ref(),
+            answers,
+            "{principals:?}"
+        );
+    }
+}
+
 async fn a_caller_s_stored_answers_are_forgotten_and_no_one_else_s(store: Arc<dyn Store>) {
     use loyalty_core::ports::IdempotencyRecord;
     // GIVEN two answers stored for one app subject, and one each for a subject that begins
@@ -2145,6 +2185,7 @@ macro_rules! conformance {
                 a_commit_s_outbox_is_written_with_it_and_waits_until_relayed,
                 a_commit_larger_than_one_transaction_is_refused_whole,
                 an_expired_idempotency_record_frees_its_key,
+                a_request_s_answer_is_read_with_the_member_under_the_first_caller_that_has_one,
                 a_caller_s_stored_answers_are_forgotten_and_no_one_else_s,
                 rejected_events_naming_a_member_are_found_whatever_their_day,
                 the_due_index_lists_members_by_job_and_date_and_follows_each_commit,

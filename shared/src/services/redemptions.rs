@@ -25,6 +25,9 @@ use crate::ports::{
 /// How long an idempotency key is remembered.
 pub(crate) const KEY_DAYS: i64 = 7;
 
+/// Members merged into the caller's whose answers to the request's key are looked for, at most.
+const MERGED_ASKED: usize = 16;
+
 /// What a redemption starts from ([`Services::redeemer`]).
 struct Redeemer {
     program: Arc<Program>,
@@ -352,10 +355,10 @@ pub(crate) fn refuse_closed(account: &crate::domain::Account) -> Result<(), Serv
 /// other's coupon).
 fn stored_answer(
     record: IdempotencyRecord,
-    (principal, key): (&str, &str),
+    (principals, key): (&[&str], &str),
     hash: &str,
 ) -> Result<Answer, ServiceError> {
-    if record.principal != principal || record.key != key {
+    if !principals.contains(&record.principal.as_str()) || record.key != key {
         return Err(ServiceError::Unprocessable {
             problem: "idempotency-key-reused",
             detail: format!("Idempotency-Key {key:?} cannot be used by this caller; send another"),
@@ -389,19 +392,25 @@ impl Services {
             .idempotency_record(program, principal, key)
             .await?;
         record
-            .map(|r| stored_answer(r, (principal, key), hash))
+            .map(|r| stored_answer(r, (&[principal], key), hash))
             .transpose()
     }
 
     /// `POST /v1/programs/{program}/me/redemptions`: spends points on a reward, once per key.
+    /// Keys are the member's (`member`, as the caller's token resolved): a retry sent under
+    /// another identity of the same member (an app's, its own id) finds the first answer. An
+    /// answer stored under the token's `subject` (by earlier versions, or by a member merged
+    /// since, whose token now resolves to the survivor) is found too.
     pub async fn redeem(
         &self,
         program_id: &str,
         member: &str,
-        principal: &str,
+        subject: &str,
         key: Option<&str>,
         body: &[u8],
     ) -> Result<Answer, ServiceError> {
+        let principal = member;
+        let principals = [member, subject];
         let key = key
             .map(str::trim)
             .filter(|k| !k.is_empty())
@@ -415,7 +424,7 @@ impl Services {
             .map(|(request, value): (_, Value)| (request, digest(&value)));
         // An earlier answer to this key is read with the member: one read, warm or cold (see
         // `redeemer`).
-        let asked = parsed.as_ref().ok().map(|_| (principal, key));
+        let asked = parsed.as_ref().ok().map(|_| (&principals[..], key));
         let Redeemer {
             program,
             goals,
@@ -424,7 +433,19 @@ impl Services {
         } = self.redeemer(program_id, member, asked).await?;
         let (request, hash) = parsed?;
         if let Some(record) = earlier {
-            return stored_answer(record, (principal, key), &hash);
+            return stored_answer(record, (&principals, key), &hash);
+        }
+        // Asked by a member merged into this one since (its token, under any identity, now
+        // resolves here): the answer is under the merged member's id. Survivors of a merge
+        // only pay these reads.
+        let merged = first
+            .account
+            .as_ref()
+            .map_or(&[][..], |a| &a.merged_from[..]);
+        for from in merged.iter().take(MERGED_ASKED) {
+            if let Some(answer) = self.replay(&program.id, from, key, &hash).await? {
+                return Ok(answer);
+            }
         }
         let request_id = RequestId {
             principal,
@@ -875,13 +896,13 @@ impl Services {
         &self,
         program_id: &str,
         member: &str,
-        asked: Option<(&str, &str)>,
+        asked: Option<(&[&str], &str)>,
     ) -> Result<Redeemer, ServiceError> {
         let read = |campaigns: Vec<String>| async move {
             match asked {
-                Some((principal, key)) => {
+                Some((principals, key)) => {
                     self.store
-                        .load_member_and_request(program_id, member, &campaigns, principal, key)
+                        .load_member_and_request(program_id, member, &campaigns, principals, key)
                         .await
                 }
                 None => self

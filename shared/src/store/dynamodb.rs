@@ -1509,19 +1509,37 @@ impl RedemptionStore for DynamoStore {
         program: &str,
         member: &str,
         campaigns: &[String],
-        principal: &str,
+        principals: &[&str],
         request_key: &str,
     ) -> Result<(MemberState, Option<IdempotencyRecord>), StoreError> {
         let pk = member_pk(program, member);
         let mut keys = member_keys(&pk, None, &[], campaigns);
-        keys.push(idempotency_key(program, principal, request_key));
+        let mut asked: Vec<&str> = Vec::new();
+        for principal in principals {
+            if !asked.contains(principal) {
+                asked.push(principal);
+                keys.push(idempotency_key(program, principal, request_key));
+            }
+        }
         let (records, items): (Vec<Item>, Vec<Item>) = self
             .batch_get(keys)
             .await?
             .into_iter()
             .partition(|item| text(item, "SK") == Some(IDEMPOTENCY_SK));
-        let record = records.first().map(idempotency_of).transpose()?;
-        Ok((member_state(&pk, items)?, record.flatten()))
+        let mut found = Vec::new();
+        for item in &records {
+            found.extend(idempotency_of(item)?);
+        }
+        // The first principal's; a record whose key only collides (its principal is none of
+        // these) is still returned, for the caller to refuse.
+        let rank = |r: &IdempotencyRecord| {
+            asked
+                .iter()
+                .position(|p| *p == r.principal)
+                .unwrap_or(asked.len())
+        };
+        found.sort_by_key(rank);
+        Ok((member_state(&pk, items)?, found.into_iter().next()))
     }
 }
 

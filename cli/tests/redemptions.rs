@@ -203,6 +203,38 @@ fn a_key_sent_again_under_another_identity_of_the_member_or_after_a_merge_debits
 }
 
 #[test]
+fn a_catalog_reward_takes_no_other_price_and_no_order() {
+    // GIVEN a member with 12,000 points
+    let shop = Shop::new();
+    shop.credit("m-4", 12_000);
+    let me = token(&["--member", "m-4"]);
+    // WHEN the 5,000-point coupon is asked for at other prices, or for an order
+    let refused = [
+        r#"{"reward": "coupon-5000", "points": -5}"#,
+        r#"{"reward": "coupon-5000", "points": 0}"#,
+        r#"{"reward": "coupon-5000", "points": 4000}"#,
+        r#"{"reward": "free-shipping", "order_ref": "a#b"}"#,
+        r#"{"reward": "free-shipping", "order_ref": "o-1"}"#,
+    ];
+    for (i, body) in refused.iter().enumerate() {
+        let (status, problem) = shop.redeem(&me, Some(&format!("bad-{i}")), body);
+        // THEN each is refused, and nothing is taken (before: 201, the cost taken whatever
+        // the points said)
+        assert_eq!(status, 400, "{body}: {problem}");
+        assert!(is_problem(&problem, "invalid-redemption"), "{problem}");
+    }
+    assert_eq!(shop.balance("m-4"), 12_000);
+    // WHEN it is asked for at its cost THEN it is issued
+    let (status, issued) = shop.redeem(
+        &me,
+        Some("good"),
+        r#"{"reward": "coupon-5000", "points": 5000}"#,
+    );
+    assert_eq!(status, 201, "{issued}");
+    assert_eq!(shop.balance("m-4"), 7_000);
+}
+
+#[test]
 fn twenty_concurrent_redemptions_never_overspend() {
     // GIVEN a member with 12,000 points
     let shop = Shop::new();

@@ -473,3 +473,40 @@ async fn a_hold_is_captured_for_its_own_order_only() {
         "{other:?}"
     );
 }
+
+#[tokio::test]
+async fn a_capture_retried_after_an_operator_reversed_the_hold_is_told_so() {
+    // GIVEN a hold captured for its order, then reversed by an operator (the order refunded)
+    let (services, _clock, _store) = stack().await;
+    let held = services
+        .redeem(
+            "kr-shop",
+            "m-1",
+            "m-1",
+            Some("h-r"),
+            &hold(4_000, "order-r"),
+        )
+        .await
+        .unwrap();
+    let id = held.body["id"].as_str().unwrap().to_string();
+    let capture = br#"{"order_ref": "order-r"}"#;
+    services
+        .capture_hold("kr-shop", &id, capture, "shop")
+        .await
+        .unwrap();
+    let reason = json!({"reason": "order refunded"}).to_string();
+    services
+        .reverse_redemption("kr-shop", "m-1", &id, "ops", reason.as_bytes())
+        .await
+        .unwrap();
+    // WHEN the shop retries its capture
+    let retried = services.capture_hold("kr-shop", &id, capture, "shop").await;
+    // THEN it is refused as closed by the reversal (before: "voided, or expired at ...")
+    match retried {
+        Err(ServiceError::Conflict {
+            problem: "hold-closed",
+            detail,
+        }) => assert!(detail.contains("captured, then reversed"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+}

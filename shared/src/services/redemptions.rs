@@ -238,6 +238,17 @@ impl Spend {
         points: Option<i64>,
     ) -> Result<Spend, ServiceError> {
         let Some(donation) = &reward.donation else {
+            // A catalog reward costs what the program says: `points`, when sent, must say the
+            // same (an app showing an old price is told), never a number that is not used.
+            if let Some(points) = points.filter(|p| *p != reward.cost) {
+                return Err(ServiceError::invalid(
+                    "invalid-redemption",
+                    format!(
+                        "{} costs {} points, not {points}: send its cost or no points",
+                        reward.id, reward.cost
+                    ),
+                ));
+            }
             return Ok(Spend {
                 points: reward.cost,
                 reason: format!("Redeemed {} points for {}", reward.cost, reward.name),
@@ -467,6 +478,12 @@ impl Services {
                 detail: format!("program {} has no reward {:?}", program.id, request.reward),
             })?
             .clone();
+        if request.order_ref.is_some() {
+            return Err(ServiceError::invalid(
+                "invalid-redemption",
+                format!("order_ref is for {PAY_WITH_POINTS}, not for {}", reward.id),
+            ));
+        }
         let spend = Spend::of(&program, &reward, request.points)?;
         let mut first = Some(first);
         let mut contention = Contention::new();
@@ -829,15 +846,22 @@ impl Services {
                 account.void_hold(&program, id, &reason, &ctx)
             };
             let Some(change) = change else {
-                return Err(ServiceError::Conflict {
-                    problem: "hold-closed",
-                    detail: format!(
-                        "hold {id} is no longer open (voided, or expired at {})",
+                // Say what closed it: a shop retrying its capture of a hold an operator has
+                // since reversed must not look for an expiry.
+                let closed = match redemption.status {
+                    RedemptionStatus::Reversed => "captured, then reversed".to_string(),
+                    RedemptionStatus::Captured => "captured".to_string(),
+                    _ => format!(
+                        "voided, or expired at {}",
                         redemption
                             .expires_at
                             .map(|t| t.to_rfc3339())
                             .unwrap_or_default()
                     ),
+                };
+                return Err(ServiceError::Conflict {
+                    problem: "hold-closed",
+                    detail: format!("hold {id} is no longer open ({closed})"),
                 });
             };
             redemption.status = wanted;

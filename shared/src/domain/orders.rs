@@ -835,6 +835,10 @@ fn refund_quantities(
         }
     };
     let mut wanted = vec![0; earned.lines.len()];
+    // A line the payment did not have (one added by an edit of the order after it was paid)
+    // earned nothing, and a refund of it takes nothing back; a refund naming only such lines
+    // is refused, as one whose order was imported without its lines' ids may be.
+    let (mut known, mut unknown) = (false, None);
     for refund_line in lines {
         if refund_line.quantity <= 0 {
             return Err(OrderError::BadQuantity(refund_line.line_id.clone()));
@@ -844,17 +848,21 @@ fn refund_quantities(
             .iter()
             .position(|l| l.line_id == refund_line.line_id)
         {
-            Some(index) => wanted[index] += refund_line.quantity,
-            None if refund_by_sku(earned, &mut wanted, refund_line) => {}
-            None => {
-                return Err(OrderError::UnknownLine {
-                    order_id: order_id.to_string(),
-                    line_id: refund_line.line_id.clone(),
-                })
+            Some(index) => {
+                wanted[index] += refund_line.quantity;
+                known = true;
             }
+            None if refund_by_sku(earned, &mut wanted, refund_line) => known = true,
+            None => unknown = unknown.or(Some(&refund_line.line_id)),
         }
     }
-    Ok(wanted)
+    match unknown {
+        Some(line_id) if !known => Err(OrderError::UnknownLine {
+            order_id: order_id.to_string(),
+            line_id: line_id.clone(),
+        }),
+        _ => Ok(wanted),
+    }
 }
 
 /// Spreads a refund line's units over the imported lines of its SKU, in the order's order, as
@@ -1119,5 +1127,21 @@ mod tests {
                 Err(OrderError::UnknownLine { .. })
             ));
         }
+    }
+
+    #[test]
+    fn a_refund_of_a_paid_line_and_one_added_after_the_payment_takes_back_the_paid_one() {
+        // GIVEN an order paid with two lines
+        let order = imported(vec![line("401", "", 1, 0), line("402", "", 1, 0)]);
+        // WHEN a refund returns line 401 and line 499, added by an edit after the payment
+        let both = refund(&[("401", 1, ""), ("499", 1, "")]);
+        // THEN 401 is taken back and 499, which earned nothing, adds nothing (before: the
+        // refund was refused whole, and 401 kept its points)
+        assert_eq!(refund_quantities("1", &order, &both), Ok(vec![1, 0]));
+        // AND a refund naming only lines the payment lacked is still refused
+        assert!(matches!(
+            refund_quantities("1", &order, &refund(&[("499", 1, "")])),
+            Err(OrderError::UnknownLine { .. })
+        ));
     }
 }

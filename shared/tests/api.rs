@@ -215,6 +215,31 @@ async fn admin_tokens_limited_to_a_program_stay_there() {
         (status, type_of(&problem)),
         (StatusCode::NOT_FOUND, "unknown-member")
     );
+    // AND so is its ledger (before: an empty page, as if the member existed), while a member
+    // with no account yet reads its own as empty
+    let (status, problem) = call(
+        &h,
+        "GET",
+        "/v1/programs/kr-shop/members/m-1/ledger",
+        &admin(Some("kr-shop")),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(
+        (status, type_of(&problem)),
+        (StatusCode::NOT_FOUND, "unknown-member")
+    );
+    let (status, own) = call(
+        &h,
+        "GET",
+        "/v1/programs/kr-shop/me/ledger",
+        &member("m-1"),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!((status, &own["entries"]), (StatusCode::OK, &json!([])));
     // AND an unknown program is 404 after authorisation
     let (status, problem) = call(&h, "GET", "/v1/programs/nope/me", &member("m-1"), "", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -426,14 +426,19 @@ async fn an_erased_member_s_debt_is_written_off_not_counted_as_points_forfeited(
     assert_eq!((owed.owed, owed.net), (1_000, -500));
     // WHEN both are erased
     let mut pseudonyms = Vec::new();
+    let mut answers = Vec::new();
     for member in ["m-1", "m-2"] {
         let erased = s
             .services
             .erase_member("kr-shop", member, "asked to be forgotten", "ops")
             .await
             .unwrap();
+        answers.push((erased.forfeited, erased.debt_written_off));
         pseudonyms.push(erased.pseudonym);
     }
+    // THEN each erasure's answer says the same: m-1 gave up nothing and was forgiven 1,000
+    // (before: "forfeited": -1000), m-2 gave up 500
+    assert_eq!(answers, [(0, 1_000), (500, 0)]);
     // THEN March shows m-2's 500 forfeited and m-1's 1,000 of debt written off (before: 500
     // "forfeited" less 1,000, -500), and the month adds up to nothing left
     let report = s.report(day(2026, 3, 20)).await;

@@ -1132,7 +1132,12 @@ async fn my_ledger(
     Query(query): Query<PageQuery>,
 ) -> Result<Response, Problem> {
     let (program, member) = member_of(&state, &program, &principal).await?;
-    ledger(&state, &program, &member, &query).await
+    let limit = limit_param(&query)?;
+    let page = state
+        .services
+        .ledger(&program, &member, limit, query.cursor.as_deref())
+        .await?;
+    Ok(Json(page).into_response())
 }
 
 async fn admin_member_view(
@@ -1173,7 +1178,12 @@ async fn admin_member_ledger(
 ) -> Result<Response, Problem> {
     let program = admin_of(&principal, &program)?;
     let member = member_in_path(&state, &program, &member).await?;
-    ledger(&state, &program, &member, &query).await
+    let limit = limit_param(&query)?;
+    let page = state
+        .services
+        .known_ledger(&program, &member, limit, query.cursor.as_deref())
+        .await?;
+    Ok(Json(page).into_response())
 }
 
 /// The member a path names: its id, or an identity linked to it (`email:ann@example.com`,
@@ -1201,21 +1211,4 @@ fn limit_param(query: &PageQuery) -> Result<Option<usize>, Problem> {
         })?)),
         None => Ok(None),
     }
-}
-
-async fn ledger(
-    state: &AppState,
-    program: &str,
-    member: &str,
-    query: &PageQuery,
-) -> Result<Response, Problem> {
-    let limit = limit_param(query)?;
-    let cursor = query.cursor.as_deref();
-    Ok(Json(
-        state
-            .services
-            .ledger(program, member, limit, cursor)
-            .await?,
-    )
-    .into_response())
 }

@@ -41,6 +41,8 @@ pub struct ErasureReport {
     pub forfeited_pending: i64,
     /// Available points paid out in money instead (`[erasure] outstanding = "pay_out"`).
     pub paid_out: i64,
+    /// Points the member owed (after a clawback took more than it had), forgiven.
+    pub debt_written_off: i64,
     /// Ledger entries kept under the pseudonym.
     pub entries: usize,
     pub identities: usize,
@@ -55,6 +57,16 @@ pub struct ErasureReport {
     /// Begun by an earlier run that stopped: that run forfeited (this one reports 0), and the
     /// counts are of what was left to do.
     pub resumed: bool,
+}
+
+/// What step 1 of an erasure gave up: available points, pending points, points paid out in
+/// money, and debt forgiven.
+#[derive(Debug, Clone, Copy)]
+struct Forfeit {
+    points: i64,
+    pending: i64,
+    paid: i64,
+    debt: i64,
 }
 
 /// How identities appear in stored texts and payloads: as `kind:value` (member ids) and as the
@@ -217,9 +229,10 @@ impl Services {
         Ok(ErasureReport {
             member: member.to_string(),
             pseudonym: erasure.pseudonym,
-            forfeited: forfeit.map_or(0, |f| f.0),
-            forfeited_pending: forfeit.map_or(0, |f| f.1),
-            paid_out: forfeit.map_or(0, |f| f.2),
+            forfeited: forfeit.map_or(0, |f| f.points),
+            forfeited_pending: forfeit.map_or(0, |f| f.pending),
+            paid_out: forfeit.map_or(0, |f| f.paid),
+            debt_written_off: forfeit.map_or(0, |f| f.debt),
             entries,
             identities,
             merged: account.merged_from.len(),
@@ -323,7 +336,7 @@ impl Services {
         member: &str,
         reason: &str,
         by: &str,
-    ) -> Result<(Account, Option<(i64, i64, i64)>), ServiceError> {
+    ) -> Result<(Account, Option<Forfeit>), ServiceError> {
         let mut contention = Contention::new();
         loop {
             let now = self.clock.now();
@@ -372,9 +385,23 @@ impl Services {
                     .filter(|e| e.kind == kind)
                     .fold((0, 0), |(p, q), e| (p - e.points, q - e.pending))
             };
-            let (forfeited, pending) = gone(crate::domain::EntryKind::Forfeit);
+            let (net, pending) = gone(crate::domain::EntryKind::Forfeit);
             let (paid, _) = gone(crate::domain::EntryKind::Payout);
-            let forfeit = (forfeited, pending, paid);
+            // The forfeit entry gives up the lots and forgives any debt in one (as the books
+            // count it): apart, neither hides the other in the answer.
+            let lots: i64 = change
+                .entries
+                .iter()
+                .filter(|e| e.kind == crate::domain::EntryKind::Forfeit)
+                .flat_map(|e| e.lots.iter())
+                .map(|share| share.points)
+                .sum();
+            let forfeit = Forfeit {
+                points: -lots,
+                pending,
+                paid,
+                debt: -(net + lots),
+            };
             let erased = change.account.clone();
             let commit = Commit {
                 marker: Some(marker("erase")),

@@ -340,6 +340,29 @@ impl Services {
         limit: Option<usize>,
         cursor: Option<&str>,
     ) -> Result<LedgerView, ServiceError> {
+        self.ledger_of(program, member, limit, cursor, false).await
+    }
+
+    /// [`Services::ledger`] for support staff: the first page of a member with no account (a
+    /// mistyped id, an erased member) is `unknown-member`, as its view is, not an empty page.
+    pub async fn known_ledger(
+        &self,
+        program: &str,
+        member: &str,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<LedgerView, ServiceError> {
+        self.ledger_of(program, member, limit, cursor, true).await
+    }
+
+    async fn ledger_of(
+        &self,
+        program: &str,
+        member: &str,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+        known: bool,
+    ) -> Result<LedgerView, ServiceError> {
         let program = self.program(program).await?;
         let limit = page_limit(limit)?;
         if let Some(c) = cursor {
@@ -357,10 +380,14 @@ impl Services {
         let mut entries = Vec::new();
         if cursor.is_none() {
             let state = self.store.load_member(&program.id, member, &[]).await?;
-            if let Some(account) = state.account {
-                let mut provisional = account.as_of(&program, self.clock.now()).entries;
-                provisional.reverse();
-                entries.extend(provisional);
+            match state.account {
+                Some(account) => {
+                    let mut provisional = account.as_of(&program, self.clock.now()).entries;
+                    provisional.reverse();
+                    entries.extend(provisional);
+                }
+                None if known => return Err(ServiceError::unknown_member(member)),
+                None => {}
             }
         }
         entries.extend(page.entries);

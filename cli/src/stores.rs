@@ -34,7 +34,25 @@ pub enum Opened {
 impl StoreArgs {
     pub async fn open(&self) -> Result<Opened, String> {
         if let Some(table) = &self.table {
+            if table.trim().is_empty() {
+                return Err("--table needs the table's name".into());
+            }
+            // A mistyped endpoint is only warned about by the SDK, which then goes to AWS
+            // itself: an operator's writes meant for a test table would reach the account the
+            // credentials name.
+            if let Ok(url) = std::env::var("AWS_ENDPOINT_URL") {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!(
+                        "AWS_ENDPOINT_URL {url:?} is not an http:// or https:// URL; fix it, or unset it to reach AWS"
+                    ));
+                }
+            }
             let config = loyalty_core::aws::sdk_config(None).await;
+            if config.region().is_none() {
+                return Err(
+                    "no AWS region for --table: set AWS_REGION (or a profile's region)".into(),
+                );
+            }
             let client = aws_sdk_dynamodb::Client::new(&config);
             return Ok(Opened::Dynamo(DynamoStore::new(client, table)));
         }

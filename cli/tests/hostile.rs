@@ -724,3 +724,44 @@ fn dates_in_queries_have_four_digit_years_so_no_report_runs_off_the_calendar() {
     let (status, kpis) = get("kpis?from=2026-01-01&to=2026-01-31");
     assert_eq!(status, 200, "{kpis}");
 }
+
+#[test]
+fn a_table_command_refuses_an_environment_that_would_reach_the_wrong_place() {
+    // GIVEN an operator's command on a table, with an empty table name, a mistyped endpoint,
+    // or no region
+    let cases: [(&str, &[(&str, &str)], &[&str], &str); 3] = [
+        ("", &[("AWS_REGION", "us-east-1")], &[], "--table needs"),
+        (
+            "loyalty",
+            &[("AWS_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", "notaurl")],
+            &[],
+            "AWS_ENDPOINT_URL \"notaurl\"",
+        ),
+        (
+            "loyalty",
+            &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9")],
+            &["AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"],
+            "no AWS region",
+        ),
+    ];
+    for (table, set, unset, said) in cases {
+        // WHEN it runs
+        let mut command = std::process::Command::new(common::BIN);
+        command
+            .args(["report", "liability", "--table", table])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("HOME", std::env::temp_dir());
+        command.envs(set.iter().copied());
+        for name in unset {
+            command.env_remove(name);
+        }
+        let out = command.output().expect("loyalty runs");
+        // THEN it stops before any request, saying why (before: a warning, then a request to
+        // AWS itself, or "cannot list programs: error")
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(said), "{said}: {stderr}");
+    }
+}

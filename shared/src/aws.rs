@@ -33,3 +33,43 @@ pub fn http_client() -> SharedHttpClient {
         connector.build()
     })
 }
+
+/// What an AWS call's failure says, for a message: the service's error code when it answered
+/// with one, else the chain of causes (a refused connection, a timeout, an endpoint that could
+/// not be resolved, missing credentials), never a bare "error".
+pub(crate) fn cause<E>(e: &E) -> String
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error,
+{
+    if let Some(code) = e.code() {
+        return code.to_string();
+    }
+    let mut said = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            said.push_str(": ");
+            said.push_str(&text);
+        }
+        source = cause.source();
+    }
+    said
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_failure_without_a_service_code_names_its_causes() {
+        // GIVEN a call that never reached the service
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e: aws_sdk_dynamodb::error::SdkError<
+            aws_sdk_dynamodb::operation::get_item::GetItemError,
+            (),
+        > = aws_sdk_dynamodb::error::SdkError::construction_failure(refused);
+        // WHEN it is described THEN the cause is named (before: "error")
+        let said = super::cause(&e);
+        assert!(said.contains("connection refused"), "{said}");
+    }
+}

@@ -125,7 +125,7 @@ where
 {
     QueueError {
         queue: queue.as_str(),
-        message: format!("SQS refused the message: {}", e.code().unwrap_or("error")),
+        message: format!("SQS refused the message: {}", crate::aws::cause(&e)),
         source: Some(Box::new(e)),
     }
 }
@@ -263,7 +263,7 @@ fn sqs_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
 ) -> QueueError {
     QueueError {
         queue: queue.as_str(),
-        message: format!("{what}: {}", e.code().unwrap_or("error")),
+        message: format!("{what}: {}", crate::aws::cause(&e)),
         source: Some(Box::new(e)),
     }
 }

@@ -226,7 +226,7 @@ where
         ),
         _ => false,
     };
-    let message = format!("{what}: {}", e.code().unwrap_or("error"));
+    let message = format!("{what}: {}", crate::aws::cause(&e));
     if transient {
         StoreError::transient(message, e)
     } else {

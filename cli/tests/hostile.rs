@@ -729,7 +729,9 @@ fn dates_in_queries_have_four_digit_years_so_no_report_runs_off_the_calendar() {
 fn a_table_command_refuses_an_environment_that_would_reach_the_wrong_place() {
     // GIVEN an operator's command on a table, with an empty table name, a mistyped endpoint,
     // or no region
-    let cases: [(&str, &[(&str, &str)], &[&str], &str); 3] = [
+    /// The table, variables set, variables unset, and what the refusal says.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: [Case; 3] = [
         ("", &[("AWS_REGION", "us-east-1")], &[], "--table needs"),
         (
             "loyalty",

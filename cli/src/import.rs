@@ -106,8 +106,8 @@ struct BalanceArgs {
 }
 
 /// Exit status: 0 when every row was applied or unchanged, 1 when some were refused (the
-/// others were applied), 2 when nothing could be done, 130 when stopped by Ctrl-C (the rows
-/// reached were applied; the others are in the error file).
+/// others were applied), 2 when nothing could be done; for balances, 130 when stopped by
+/// Ctrl-C (the rows reached were applied; the others are in the error file).
 pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
     match args.command {
         ImportCommand::Balances(args) => runtime()?.block_on(balances(args)),
@@ -303,6 +303,7 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
                         if stop.stopped() {
                             let reason = STOPPED.to_string();
                             outcomes.push((index, RowOutcome::Refused { reason }));
+                            bar.inc(1);
                             continue;
                         }
                         let row = &file.rows[index];
@@ -330,6 +331,10 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
     }
     let outcomes: Vec<RowOutcome> = outcomes.into_iter().flatten().collect();
     bar.finish_and_clear();
+    // Stopped when a row was left for it: a Ctrl-C after the last row changed nothing.
+    let stopped = outcomes
+        .iter()
+        .any(|o| matches!(o, RowOutcome::Refused { reason } if reason == STOPPED));
     let mut summary = ImportSummary::default();
     for outcome in &outcomes {
         summary.count(outcome);
@@ -366,8 +371,8 @@ async fn balances(args: BalanceArgs) -> Result<ExitCode, String> {
             errors_path.display()
         );
     }
-    report(&args, &summary, errors_file.as_deref(), stop.stopped())?;
-    Ok(if stop.stopped() {
+    report(&args, &summary, errors_file.as_deref(), stopped)?;
+    Ok(if stopped {
         ExitCode::from(130)
     } else if summary.refused == 0 {
         ExitCode::SUCCESS

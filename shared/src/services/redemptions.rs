@@ -453,7 +453,8 @@ impl Services {
             .account
             .as_ref()
             .map_or(&[][..], |a| &a.merged_from[..]);
-        for from in merged.iter().take(MERGED_ASKED) {
+        // The latest merges first: a key lives a week, so a retry comes from a recent one.
+        for from in merged.iter().rev().take(MERGED_ASKED) {
             if let Some(answer) = self.replay(&program.id, from, key, &hash).await? {
                 return Ok(answer);
             }

@@ -76,8 +76,7 @@ impl Services {
         body: &[u8],
     ) -> Result<SuspensionReport, ServiceError> {
         let (request, _): (SuspendRequest, _) = super::redemptions::parse(body, "invalid-reason")?;
-        self.suspend(program, member, &reason_of(&request.reason)?, by)
-            .await
+        self.suspend(program, member, &request.reason, by).await
     }
 
     /// `POST .../resume` with `{"reason", "events": "apply" | "cancel"}`.
@@ -89,14 +88,8 @@ impl Services {
         body: &[u8],
     ) -> Result<SuspensionReport, ServiceError> {
         let (request, _): (ResumeRequest, _) = super::redemptions::parse(body, "invalid-reason")?;
-        self.resume(
-            program,
-            member,
-            &reason_of(&request.reason)?,
-            request.events,
-            by,
-        )
-        .await
+        self.resume(program, member, &request.reason, request.events, by)
+            .await
     }
 
     pub async fn suspend(
@@ -106,9 +99,11 @@ impl Services {
         reason: &str,
         by: &str,
     ) -> Result<SuspensionReport, ServiceError> {
+        // Checked here, where the CLI's call and the HTTP route's meet.
+        let reason = reason_of(reason)?;
         let program = self.program(program).await?;
         let suspension = Suspension {
-            reason: reason.to_string(),
+            reason,
             by: by.to_string(),
             at: self.clock.now(),
         };
@@ -166,6 +161,7 @@ impl Services {
         events: Waiting,
         by: &str,
     ) -> Result<SuspensionReport, ServiceError> {
+        let reason = reason_of(reason)?;
         let program = self.program(program).await?;
         let waiting = self
             .store
@@ -174,7 +170,7 @@ impl Services {
             .len();
         let resumed = Resumed {
             events,
-            reason: reason.to_string(),
+            reason,
             by: by.to_string(),
         };
         let (_, lifted) = self
@@ -185,7 +181,7 @@ impl Services {
             (true, Waiting::Apply) => (waiting, 0),
             (true, Waiting::Cancel) => (0, waiting),
             (false, _) => {
-                self.release_waiting(&program.id, member, reason, events, by)
+                self.release_waiting(&program.id, member, &resumed.reason, events, by)
                     .await?
             }
         };

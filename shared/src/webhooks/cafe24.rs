@@ -290,14 +290,14 @@ fn refunded(
     // the goods' part of the refund (less the shipping it returns): a refund of every item
     // takes back every point, and one of the shipping alone takes back none.
     let shipping = amount(currency, resource, "shipping_fee")?.unwrap_or(0);
+    let shipping_back = amount(currency, resource, "refund_shipping_fee")?.unwrap_or(0);
     let (refund, total) = match total.saturating_sub(shipping) {
-        goods if goods > 0 => {
-            let shipping_back = amount(currency, resource, "refund_shipping_fee")?.unwrap_or(0);
-            (refund.saturating_sub(shipping_back).max(0), goods)
-        }
+        goods if goods > 0 => (refund.saturating_sub(shipping_back).max(0), goods),
         _ => (refund, total),
     };
-    if refund == 0 {
+    // Shipping alone: nothing to take back. (A refund of nothing at all is still refused, as
+    // any event's amount of zero is, and kept for an operator.)
+    if refund == 0 && shipping_back > 0 {
         return Ok(None);
     }
     Ok(Some(PlatformEvent {

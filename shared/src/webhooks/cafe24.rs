@@ -15,7 +15,7 @@
 //! (`order`) on what the member paid in money for the goods: `actual_payment_amount` less
 //! `shipping_fee` (points paid with the shop's own mileage earn nothing, like gift cards). Its
 //! refunds carry an amount, so they take back the same share of the points as `refund_amount`
-//! less `refund_shipping_fee` is of what was paid for the goods.
+//! is of what was paid, as for WooCommerce.
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use serde_json::{json, Value};
@@ -143,7 +143,7 @@ pub fn normalise(
         let event = match effect {
             Effect::Paid => paid(resource, order_id, now)?,
             Effect::Cancel => Some(cancelled(resource, order_id, now)),
-            Effect::Refund => refunded(resource, order_id, fallback, now)?,
+            Effect::Refund => Some(refunded(resource, order_id, fallback, now)?),
         };
         events.extend(event);
     }
@@ -166,11 +166,6 @@ fn ignored_reason(effect: Effect, resource: &Value, orders: &str) -> String {
     match (effect, text(resource, "member_id")) {
         (Effect::Paid, None) => {
             format!("order {orders} is a guest checkout: no member to credit")
-        }
-        (Effect::Refund, _) => {
-            format!(
-                "the refund of order {orders} returns shipping only: its goods earned the points"
-            )
         }
         _ => format!("order {orders} is not paid yet: nothing to credit"),
     }
@@ -264,13 +259,12 @@ fn cancelled(resource: &Value, order_id: &str, now: DateTime<Utc>) -> PlatformEv
     }
 }
 
-/// The refund's event; `None` for a refund of shipping alone, which takes back nothing.
 fn refunded(
     resource: &Value,
     order_id: &str,
     fallback: Currency,
     now: DateTime<Utc>,
-) -> Result<Option<PlatformEvent>, WebhookError> {
+) -> Result<PlatformEvent, WebhookError> {
     let claim = text(resource, "claim_code")
         .or_else(|| text(resource, "refund_code"))
         .ok_or_else(|| invalid("resource.claim_code is missing"))?;
@@ -286,21 +280,7 @@ fn refunded(
             "resource.actual_payment_amount or resource.order_price_amount must be greater than zero",
         ));
     }
-    // The share is of what the order earned on, the goods (its payment less shipping), and of
-    // the goods' part of the refund (less the shipping it returns): a refund of every item
-    // takes back every point, and one of the shipping alone takes back none.
-    let shipping = amount(currency, resource, "shipping_fee")?.unwrap_or(0);
-    let shipping_back = amount(currency, resource, "refund_shipping_fee")?.unwrap_or(0);
-    let (refund, total) = match total.saturating_sub(shipping) {
-        goods if goods > 0 => (refund.saturating_sub(shipping_back).max(0), goods),
-        _ => (refund, total),
-    };
-    // Shipping alone: nothing to take back. (A refund of nothing at all is still refused, as
-    // any event's amount of zero is, and kept for an operator.)
-    if refund == 0 && shipping_back > 0 {
-        return Ok(None);
-    }
-    Ok(Some(PlatformEvent {
+    Ok(PlatformEvent {
         kind: "purchase.refunded",
         id: format!("cafe24-order-{order_id}-refund-{claim}"),
         member: member(resource, order_id),
@@ -316,7 +296,7 @@ fn refunded(
         }),
         order_key: None,
         identities: Vec::new(),
-    }))
+    })
 }
 
 /// What the member paid for the order: `actual_payment_amount` when the event carries it, else
@@ -477,41 +457,6 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn a_refund_is_a_share_of_what_the_goods_were_paid_and_shipping_returned_is_none() {
-        // GIVEN an order of 59,000 of goods and 3,000 of shipping (62,000 paid)
-        let refund = |amount: &str, shipping_back: &str| {
-            json!({"event_no": 90160, "resource": {"order_id": "C-1", "member_id": "u1",
-                "claim_code": "CL-1", "currency": "KRW", "actual_payment_amount": "62000.00",
-                "shipping_fee": "3000.00", "refund_amount": amount,
-                "refund_shipping_fee": shipping_back}})
-        };
-        for (body, share) in [
-            // WHEN every item is refunded THEN all of the goods (before: 59,000 of 62,000)
-            (refund("59000.00", "0.00"), ("59000", "59000")),
-            // WHEN everything, shipping too THEN all of the goods, once
-            (refund("62000.00", "3000.00"), ("59000", "59000")),
-        ] {
-            let Ok(Normalised::Events(events)) =
-                normalise(body.to_string().as_bytes(), Currency::KRW, now())
-            else {
-                panic!("events")
-            };
-            let data = &events[0].data;
-            assert_eq!(
-                (data["amount"].as_str(), data["order_total"].as_str()),
-                (Some(share.0), Some(share.1)),
-                "{body}"
-            );
-        }
-        // WHEN the shipping alone is refunded THEN the delivery is acknowledged without effect
-        let shipping = refund("3000.00", "3000.00").to_string();
-        assert!(matches!(
-            normalise(shipping.as_bytes(), Currency::KRW, now()),
-            Ok(Normalised::Ignored(_))
-        ));
     }
 
     #[test]

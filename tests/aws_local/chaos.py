@@ -28,7 +28,9 @@ The oracle, in short (kr-shop):
 * A refund of r of q units of a line that earned p takes back floor(p x r / q), cumulatively
   over the order's refunds; a refund by amount (WooCommerce, Cafe24, an envelope with `amount`
   and `order_total`) takes back floor(p x A / T) per line, A the cumulative amount refunded
-  (at most T); a cancellation takes back whatever is left. A line never gives back more than it
+  (at most T); for Cafe24, A is `refund_amount` less the `refund_shipping_fee` it returns and T
+  what the goods were paid (a refund of shipping alone takes nothing); a cancellation takes back
+  whatever is left. A line never gives back more than it
   earned.
 * "Pending points go first" on a clawback means the refunded order's own pending points: an
   order still in its return window gives back from pending, an order past it from available.
@@ -461,8 +463,9 @@ def _shopify_member(b: _Builder, budget_events: int) -> None:
             for _ in range(b.rng.choice([1, 1, 2])):
                 t = b.after(t)
                 refund_id = 900_000_000 + b.tag * 10_000 + b.next_id()
-                if b.rng.random() < 0.1:
-                    # A shipping-only refund: no line items, acknowledged without effect.
+                if shipping and b.rng.random() < 0.1:
+                    # A shipping-only refund: no line items, the shipping returned as an order
+                    # adjustment; acknowledged without effect.
                     units = []
                 else:
                     units = b.partial_units(order.quantities, order.units_refunded)
@@ -476,16 +479,21 @@ def _shopify_member(b: _Builder, budget_events: int) -> None:
                     "transactions": [{"id": refund_id + 7, "kind": "refund", "status": "success",
                                       "amount": str(sum(u * lines[i]["price"] for i, u in units) or shipping),
                                       "currency": "KRW"}],
-                    "order_adjustments": [],
+                    "order_adjustments": [] if units else [
+                        {"id": refund_id + 8, "order_id": order_id, "refund_id": refund_id,
+                         "kind": "shipping_refund", "reason": "Shipping refund",
+                         "amount": str(-shipping), "tax_amount": "0.00"}],
                 })
         if fate in ("cancel", "partial+cancel"):
             t = b.after(t)
             order.cancelled = True
-            # A cancellation names the customer, or (sometimes) only the order.
+            # A cancellation is the whole order, so it names the order's customer (one naming
+            # none is a guest's, taken only when a payment credited someone: delivered ahead of
+            # its payment, it is dropped).
             b.shopify(f"shopify-cancel-{order_id}", "orders/cancelled", {
                 "id": order_id, "name": f"#{order_no}", "created_at": _kst(paid_at),
                 "cancelled_at": _kst(t), "cancel_reason": "customer", "currency": "KRW",
-                "customer": customer_obj if b.rng.random() < 0.6 else None, "line_items": [],
+                "financial_status": "refunded", "customer": customer_obj, "line_items": [],
             })
     if b.rng.random() < 0.1:
         # A refund of an order this shop never reports paid (e.g. paid before the loyalty app
@@ -662,26 +670,35 @@ def _cafe24_member(b: _Builder, budget_events: int) -> None:
         fate = b.fate()
         t = paid_at
         if fate in ("partial", "partial+cancel"):
-            for amount in b.amount_refunds(paid, b.rng.choice([1, 1, 2])):
+            # Refunds of the goods, as shares of what they were paid; the one that makes the
+            # goods whole returns the shipping with them, and a refund of shipping alone
+            # (a return event) is acknowledged without effect.
+            amounts = b.amount_refunds(for_goods, b.rng.choice([1, 1, 2]))
+            if shipping and b.rng.random() < 0.1:
+                amounts.append(0)
+            for amount in amounts:
                 t = b.after(t)
                 claim = f"C{b.tag:05d}-{b.next_id():07d}"
                 order.amount_refunded += amount
-                order.amount_total = paid
-                if b.rng.random() < 0.5:
-                    # Refund completed (names the member and what was paid).
+                order.amount_total = for_goods
+                whole = amount == 0 or order.amount_refunded >= for_goods
+                shipping_back = shipping if whole else 0
+                if amount and b.rng.random() < 0.5:
+                    # Refund completed (names the member and what was paid, not the shipping).
                     b.cafe24(f"cafe24-refund-{order_id}/{claim}", {"event_no": 90029, "resource": {
                         "mall_id": "krshop01", "event_shop_no": "1", "order_id": order_id,
                         "member_id": user, "currency": "KRW", "claim_code": claim,
-                        "refund_amount": _won(amount, True), "actual_payment_amount": _won(paid, True),
-                        "refund_date": _kst_naive(t)}})
+                        "refund_amount": _won(amount + shipping_back, True),
+                        "actual_payment_amount": _won(paid, True), "refund_date": _kst_naive(t)}})
                 else:
-                    # Return completed: no member (found through the order), the total is the
-                    # price plus shipping less the listed discounts (written negative).
+                    # Return completed: no member (found through the order), the price and the
+                    # discounts (written negative), and the shipping it returns.
                     b.cafe24(f"cafe24-return-{order_id}/{claim}", {"event_no": 90160, "resource": {
                         "mall_id": "krshop01", "event_shop_no": "1", "order_id": order_id,
                         "claim_code": claim, "order_price_amount": _won(price, True),
-                        "refund_amount": _won(amount, True), "shipping_fee": _won(shipping, True),
-                        "refund_shipping_fee": "0.00", "coupon_discount_amount": "-" + _won(coupon, True),
+                        "refund_amount": _won(amount + shipping_back, True), "shipping_fee": _won(shipping, True),
+                        "refund_shipping_fee": _won(shipping_back, True),
+                        "coupon_discount_amount": "-" + _won(coupon, True),
                         "membership_discount_amount": "-" + _won(membership, True),
                         "mileage_spent_amount": _won(mileage, True), "point_used": "0.00",
                         "return_date": _kst_naive(t)}})

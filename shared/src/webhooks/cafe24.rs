@@ -14,8 +14,10 @@
 //! Cafe24's order events carry no line items, only order amounts, so an order earns as one line
 //! (`order`) on what the member paid in money for the goods: `actual_payment_amount` less
 //! `shipping_fee` (points paid with the shop's own mileage earn nothing, like gift cards). Its
-//! refunds carry an amount, so they take back the same share of the points as `refund_amount`
-//! is of what was paid, as for WooCommerce.
+//! refunds carry an amount: `refund_amount` less the `refund_shipping_fee` it returns is taken
+//! back as its share of what the purchase recorded as paid for the goods. Every refund event of
+//! an order (90029 names the payment, 90160 the price and discounts) is measured against that one
+//! total, so a return of every item takes back every point and a refund of shipping alone none.
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use serde_json::{json, Value};
@@ -143,7 +145,7 @@ pub fn normalise(
         let event = match effect {
             Effect::Paid => paid(resource, order_id, now)?,
             Effect::Cancel => Some(cancelled(resource, order_id, now)),
-            Effect::Refund => Some(refunded(resource, order_id, fallback, now)?),
+            Effect::Refund => refunded(resource, order_id, fallback, now)?,
         };
         events.extend(event);
     }
@@ -167,6 +169,9 @@ fn ignored_reason(effect: Effect, resource: &Value, orders: &str) -> String {
         (Effect::Paid, None) => {
             format!("order {orders} is a guest checkout: no member to credit")
         }
+        (Effect::Refund, _) => format!(
+            "the refund of order {orders} returns shipping only: its goods earned the points"
+        ),
         _ => format!("order {orders} is not paid yet: nothing to credit"),
     }
 }
@@ -259,12 +264,16 @@ fn cancelled(resource: &Value, order_id: &str, now: DateTime<Utc>) -> PlatformEv
     }
 }
 
+/// The refund's event: the goods' part of `refund_amount` (less the shipping it returns), as a
+/// share of what the order's purchase recorded as paid for its goods; `None` for a refund of
+/// shipping alone. (A refund of nothing at all goes on, to be refused as any amount of zero is
+/// and kept for an operator.)
 fn refunded(
     resource: &Value,
     order_id: &str,
     fallback: Currency,
     now: DateTime<Utc>,
-) -> Result<PlatformEvent, WebhookError> {
+) -> Result<Option<PlatformEvent>, WebhookError> {
     let claim = text(resource, "claim_code")
         .or_else(|| text(resource, "refund_code"))
         .ok_or_else(|| invalid("resource.claim_code is missing"))?;
@@ -274,13 +283,12 @@ fn refunded(
     };
     let refund = amount(currency, resource, "refund_amount")?
         .ok_or_else(|| invalid("resource.refund_amount is missing"))?;
-    let total = order_total(currency, resource)?;
-    if total <= 0 {
-        return Err(invalid(
-            "resource.actual_payment_amount or resource.order_price_amount must be greater than zero",
-        ));
+    let shipping_back = amount(currency, resource, "refund_shipping_fee")?.unwrap_or(0);
+    let goods = refund.saturating_sub(shipping_back).max(0);
+    if goods == 0 && shipping_back > 0 {
+        return Ok(None);
     }
-    Ok(PlatformEvent {
+    Ok(Some(PlatformEvent {
         kind: "purchase.refunded",
         id: format!("cafe24-order-{order_id}-refund-{claim}"),
         member: member(resource, order_id),
@@ -288,35 +296,16 @@ fn refunded(
         data: json!({
             "order_id": order_id,
             "refund_id": claim,
-            "amount": currency.format_amount(refund.min(total)),
-            "order_total": currency.format_amount(total),
+            // No total: the events state the order's total in different ways (the payment with
+            // shipping, or the price less discounts), the purchase's record states it once.
+            "amount": currency.format_amount(goods),
             // Checked against the program's, as the payment's is.
             "currency": currency.to_string(),
             "platform": "cafe24",
         }),
         order_key: None,
         identities: Vec::new(),
-    })
-}
-
-/// What the member paid for the order: `actual_payment_amount` when the event carries it, else
-/// the price plus shipping less the discounts it lists (a return-completed event).
-fn order_total(currency: Currency, resource: &Value) -> Result<i64, WebhookError> {
-    if let Some(paid) = amount(currency, resource, "actual_payment_amount")? {
-        return Ok(paid);
-    }
-    let price = amount(currency, resource, "order_price_amount")?
-        .ok_or_else(|| invalid("resource.order_price_amount is missing"))?;
-    let mut total = price + amount(currency, resource, "shipping_fee")?.unwrap_or(0);
-    for discount in [
-        "coupon_discount_amount",
-        "membership_discount_amount",
-        "point_used",
-        "mileage_spent_amount",
-    ] {
-        total -= amount(currency, resource, discount)?.unwrap_or(0);
-    }
-    Ok(total)
+    }))
 }
 
 #[cfg(test)]
@@ -346,19 +335,17 @@ mod tests {
     }
 
     #[test]
-    fn amounts_past_the_bound_are_refused_before_they_are_added_up() {
-        // GIVEN a return whose price and coupon, each past 10^13, would net a plausible 1,000
-        let resource = json!({"order_price_amount": "9223372036854775807", "shipping_fee": "1",
-            "coupon_discount_amount": "9223372036854774808"});
-        // WHEN its order total is worked out THEN the price is refused by name, never wrapped
-        let refused = order_total(Currency::KRW, &resource).unwrap_err();
-        assert!(
-            refused.to_string().contains("resource.order_price_amount"),
-            "{refused}"
-        );
-        // AND amounts at the bound still add up
-        let fine = json!({"order_price_amount": "10000000000000", "coupon_discount_amount": "1"});
-        assert_eq!(order_total(Currency::KRW, &fine), Ok(9_999_999_999_999));
+    fn amounts_past_the_bound_are_refused_by_name() {
+        // GIVEN a return whose amount is past 10^13
+        let body = json!({"event_no": 90160, "resource": {"order_id": "O-1", "claim_code": "C-1",
+            "refund_amount": "9223372036854775807", "refund_shipping_fee": "1"}});
+        // WHEN it is read THEN the amount is refused by name, never wrapped
+        match normalise(body.to_string().as_bytes(), Currency::KRW, now()) {
+            Err(WebhookError::Invalid(detail)) => {
+                assert!(detail.contains("resource.refund_amount"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -460,7 +447,51 @@ mod tests {
     }
 
     #[test]
-    fn a_return_without_a_paid_amount_counts_the_price_less_its_discounts() {
+    fn a_refund_takes_back_its_goods_and_leaves_the_total_to_the_purchase() {
+        // GIVEN refunds of an order (each event states its total its own way, or not at all)
+        let refund = |event_no: u32, amount: &str, shipping_back: Option<&str>| {
+            let mut resource = json!({"order_id": "C-1", "member_id": "u1", "claim_code": "CL-1",
+                "currency": "KRW", "actual_payment_amount": "62000.00", "shipping_fee": "3000.00",
+                "refund_amount": amount});
+            if let Some(back) = shipping_back {
+                resource["refund_shipping_fee"] = json!(back);
+            }
+            json!({"event_no": event_no, "resource": resource})
+        };
+        for (body, goods) in [
+            // WHEN every item is refunded THEN the goods' amount, with no total of the event's
+            (refund(90160, "59000.00", Some("0.00")), "59000"),
+            // WHEN everything, shipping too THEN the goods, without the shipping returned
+            (refund(90160, "62000.00", Some("3000.00")), "59000"),
+            // WHEN a refund completed names no shipping THEN its amount
+            (refund(90029, "20000.00", None), "20000"),
+        ] {
+            let Ok(Normalised::Events(events)) =
+                normalise(body.to_string().as_bytes(), Currency::KRW, now())
+            else {
+                panic!("events")
+            };
+            let data = &events[0].data;
+            assert_eq!(data["amount"].as_str(), Some(goods), "{body}");
+            assert!(data.get("order_total").is_none(), "{data}");
+        }
+        // WHEN the shipping alone is refunded THEN the delivery is acknowledged without effect
+        let shipping = refund(90160, "3000.00", Some("3000.00")).to_string();
+        assert!(matches!(
+            normalise(shipping.as_bytes(), Currency::KRW, now()),
+            Ok(Normalised::Ignored(_))
+        ));
+        // WHEN nothing at all is refunded THEN it goes on, to be refused as an amount of zero
+        let nothing = refund(90029, "0.00", None).to_string();
+        let Ok(Normalised::Events(events)) = normalise(nothing.as_bytes(), Currency::KRW, now())
+        else {
+            panic!("events")
+        };
+        assert_eq!(events[0].data["amount"], "0");
+    }
+
+    #[test]
+    fn a_return_completed_finds_its_member_through_the_order() {
         // GIVEN Cafe24's return-completed sample: 38,000 with a 3,000 coupon, 35,000 refunded
         let body = json!({"event_no": 90160, "resource": {"mall_id": "m", "order_id": "O-1",
             "claim_code": "C-1", "currency": "KRW", "order_price_amount": "38000.00",
@@ -471,9 +502,8 @@ mod tests {
         else {
             panic!("events")
         };
-        // THEN the whole order is refunded, and the member is found through the order
+        // THEN the amount refunded is taken back, and the member is found through the order
         assert_eq!(events[0].data["amount"], "35000");
-        assert_eq!(events[0].data["order_total"], "35000");
         assert_eq!(
             events[0].member,
             MemberRef::Order(order_key("cafe24", "O-1"))

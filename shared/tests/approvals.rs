@@ -144,7 +144,7 @@ async fn an_approval_for_a_member_merged_since_it_was_asked_for_is_refused() {
 }
 
 #[tokio::test]
-async fn an_approval_for_a_member_erased_since_it_was_asked_for_opens_no_account() {
+async fn an_adjustment_waiting_for_a_member_erased_goes_with_the_erasure() {
     // GIVEN m-1 with a few points, and ops-1's request of 50,000 for it (a short id, which the
     // erasure does not look for in the texts of waiting requests)
     let (store, clock, services) = stack().await;
@@ -159,24 +159,37 @@ async fn an_approval_for_a_member_erased_since_it_was_asked_for_opens_no_account
         .await
         .unwrap();
     let id = asked.body["id"].as_str().unwrap().to_string();
-    // WHEN m-1 is erased an hour later, and ops-2 then approves the request
+    // WHEN m-1 is erased an hour later
     clock.set(clock.now() + Duration::hours(1));
-    services
+    let report = services
         .erase_member("kr-shop", "m-1", "erasure request", "ops-3")
         .await
         .unwrap();
+    // THEN the waiting request went with it (its reason may name the person), and is counted
+    assert_eq!(report.events, 1);
+    assert!(services
+        .pending_adjustments("kr-shop")
+        .await
+        .unwrap()
+        .is_empty());
+    // WHEN the id m-1 is given to someone new, and ops-2 then tries to approve the request
+    services
+        .adjust("kr-shop", "m-1", "ops-1", None, small.as_bytes())
+        .await
+        .unwrap();
     let approved = services.approve_adjustment("kr-shop", &id, "ops-2").await;
-    // THEN it is refused, and m-1 has no account again (before: a new m-1 with 50,000 points)
+    // THEN nothing waits to be approved, and the new m-1 has only its own points (before: the
+    // erased person's 50,000 on top)
     match approved {
-        Err(loyalty_core::services::ServiceError::Conflict { problem, .. }) => {
-            assert_eq!(problem, "member-erased")
+        Err(loyalty_core::services::ServiceError::NotFound { problem, .. }) => {
+            assert_eq!(problem, "not-waiting")
         }
         other => panic!("{other:?}"),
     }
     let state = loyalty_core::ports::MemberStore::load_member(&store, "kr-shop", "m-1", &[])
         .await
         .unwrap();
-    assert!(state.account.is_none(), "{:?}", state.account);
+    assert_eq!(state.account.map(|a| a.balance), Some(100));
 }
 
 #[tokio::test]
@@ -333,4 +346,60 @@ async fn declining_an_adjustment_of_an_unknown_member_opens_no_account() {
         .await
         .unwrap();
     assert!(state.account.is_none(), "{:?}", state.account);
+}
+
+#[tokio::test]
+async fn approved_adjustments_count_within_the_daily_limit_of_the_operator_who_asked() {
+    // GIVEN kr-shop asking a second operator above 10,000 and letting one operator adjust
+    // 60,000 a day, and ops-1's two requests of 40,000 waiting
+    let (_store, clock, services) = stack().await;
+    common::save_kr_shop_with(
+        &services,
+        "[safeguards]\nadjustment_approval_above = 10000\noperator_daily_points = 60000\n",
+    )
+    .await;
+    let body = json!({"points": 40_000, "reason": "store credit"}).to_string();
+    let mut ids = Vec::new();
+    for member in ["m-1", "m-2"] {
+        let asked = services
+            .adjust("kr-shop", member, "ops-1", None, body.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(asked.status, 202);
+        ids.push(asked.body["id"].as_str().unwrap().to_string());
+    }
+    // WHEN ops-2 approves both
+    let first = services
+        .approve_adjustment("kr-shop", &ids[0], "ops-2")
+        .await;
+    let second = services
+        .approve_adjustment("kr-shop", &ids[1], "ops-2")
+        .await;
+    // THEN the first is applied, and the second would take ops-1 past its day: refused, and
+    // still waiting (before: both applied, 80,000 in a day of 60,000)
+    assert_eq!(first.unwrap().status, 201);
+    match second {
+        Err(loyalty_core::services::ServiceError::Conflict { problem, detail }) => {
+            assert_eq!(problem, "operator-daily-limit");
+            assert!(detail.contains("ops-1"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let waiting = services.pending_adjustments("kr-shop").await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    // AND a third request that could not fit ops-1's day is refused when asked
+    let third = services
+        .adjust("kr-shop", "m-3", "ops-1", None, body.as_bytes())
+        .await;
+    assert!(
+        matches!(&third, Err(loyalty_core::services::ServiceError::Conflict { problem, .. }) if *problem == "operator-daily-limit"),
+        "{third:?}"
+    );
+    // WHEN the next day comes THEN the waiting one is approved
+    clock.set(clock.now() + Duration::days(1));
+    let later = services
+        .approve_adjustment("kr-shop", &ids[1], "ops-2")
+        .await
+        .unwrap();
+    assert_eq!(later.status, 201);
 }

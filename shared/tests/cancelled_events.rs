@@ -385,3 +385,62 @@ async fn a_payment_whose_cancellation_came_first_is_not_held_for_points_it_never
     assert_eq!(over.name(), "no-effect", "{over:?}");
     assert!(format!("{over:?}").contains("daily"), "{over:?}");
 }
+
+#[tokio::test]
+async fn a_resume_asking_the_other_way_while_the_first_is_dealt_with_is_refused() {
+    // GIVEN a member suspended after one purchase with two payments waiting, resumed by ops-1
+    // with them applied
+    // (its message not yet consumed: the events still wait)
+    let store = SqliteStore::memory().unwrap();
+    let (queue, services) = common::kr_shop_services(&store, 5, Arc::new(SystemClock)).await;
+    let member = "woocommerce:63";
+    services
+        .process_earn(&purchase("woo-2000-paid", member))
+        .await
+        .unwrap();
+    services
+        .suspend_request("kr-shop", member, "ops", br#"{"reason": "chargebacks"}"#)
+        .await
+        .unwrap();
+    for id in ["woo-2001-paid", "woo-2002-paid"] {
+        services.process_earn(&purchase(id, member)).await.unwrap();
+    }
+    let resume = |by: &'static str, events: &'static str| {
+        let services = &services;
+        async move {
+            let body = json!({"reason": "cleared", "events": events}).to_string();
+            services
+                .resume_request("kr-shop", member, by, body.as_bytes())
+                .await
+        }
+    };
+    // (a choice that is neither is refused as such, not as a bad reason)
+    match resume("ops-1", "maybe").await {
+        Err(loyalty_core::services::ServiceError::Invalid { problem, .. }) => {
+            assert_eq!(problem, "invalid-resume")
+        }
+        other => panic!("{other:?}"),
+    }
+    let first = resume("ops-1", "apply").await.unwrap();
+    assert_eq!((first.applied, first.cancelled), (2, 0));
+    // WHEN ops-2, at the same moment, resumes it with the waiting events cancelled
+    let second = resume("ops-2", "cancel").await;
+    // THEN it is refused, naming the first choice (before: it cancelled what was still
+    // waiting while the first applied the rest, and both answered "2")
+    match second {
+        Err(loyalty_core::services::ServiceError::Conflict { problem, detail }) => {
+            assert_eq!(problem, "resumed-otherwise");
+            assert!(
+                detail.contains("ops-1") && detail.contains("applied"),
+                "{detail}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // AND a third resume asking the same way goes on, and every event is applied
+    resume("ops-3", "apply").await.unwrap();
+    drain(&queue, &services).await;
+    assert_eq!(pending(&services, member).await, 3 * 590);
+    assert!(!store_has_rejected(&services, "woo-2001-paid").await);
+    assert!(!store_has_rejected(&services, "woo-2002-paid").await);
+}

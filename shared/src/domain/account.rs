@@ -70,6 +70,11 @@ pub struct Account {
     /// Set while an operator has suspended the member: events wait, nothing is redeemed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended: Option<Suspension>,
+    /// The last lift of a suspension: what it decided for the events that waited. A resume
+    /// asked again while they are being dealt with follows it, or is refused when it asks the
+    /// other way (two operators resuming at once would otherwise split the events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Resumption>,
     /// Points earned by day (program time zone), today's and yesterday's, kept only while the
     /// program has a daily limit (`safeguards.daily_points`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -145,6 +150,14 @@ pub struct Suspension {
     pub reason: String,
     pub by: String,
     pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resumption {
+    pub by: String,
+    pub at: DateTime<Utc>,
+    /// The events that waited were cancelled (else applied).
+    pub cancelled: bool,
 }
 
 /// Days between two changes of a birthday.
@@ -319,6 +332,7 @@ impl Account {
             merged: None,
             merged_from: Vec::new(),
             suspended: None,
+            resumed: None,
             earned_days: BTreeMap::new(),
             erased: None,
             erased_before: None,

@@ -22,7 +22,7 @@ pub mod schedule;
 pub mod tiers;
 
 pub use account::{
-    Account, AccountError, Change, Hold, PendingGrant, Profile, Suspension, TierStatus,
+    Account, AccountError, Change, Hold, PendingGrant, Profile, Resumption, Suspension, TierStatus,
 };
 pub use earning::{CampaignEffect, Purchase, PurchaseLine};
 pub use ledger::{EntryKind, EventContext, LedgerEntry, Source};

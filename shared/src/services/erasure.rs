@@ -216,6 +216,9 @@ impl Services {
         let referrers: Vec<String> = std::iter::once(member.to_string())
             .chain(account.merged_from.iter().cloned())
             .collect();
+        // By the member id itself, however short (the payload search above leaves short names
+        // out): approved later, a request would credit whoever has the id by then.
+        let approvals = self.forget_approvals(&program.id, &referrers).await?;
         let referees = self.forget_as_referrer(&program, &referrers).await?;
         for (merged, other) in merged_files {
             let codes: Vec<String> = other.coupons.iter().map(|c| c.code.clone()).collect();
@@ -224,7 +227,7 @@ impl Services {
         self.store
             .erase_member(&program.id, member, &coupons)
             .await?;
-        let (events, requests) = (forgotten.events, forgotten.requests);
+        let (events, requests) = (forgotten.events + approvals, forgotten.requests);
         tracing::info!(program = %program.id, pseudonym = %erasure.pseudonym, entries, events, requests, "member erased");
         Ok(ErasureReport {
             member: member.to_string(),

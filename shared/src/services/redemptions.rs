@@ -170,8 +170,8 @@ pub(crate) fn operator_counter(by: &str) -> String {
 
 /// Adds an adjustment to its operator's counter of the day, in the adjustment's own commit.
 /// Where the program limits what an operator adjusts in a day, the commit also adds it to the
-/// operator's quota of the day, on condition that it stays within `limit` (`i64::MAX` for an
-/// approved adjustment: counted, never refused).
+/// operator's quota of the day, on condition that it stays within `limit` (an approved
+/// adjustment counts for the operator who asked for it).
 pub(crate) fn count_for_operator(
     commit: &mut Commit,
     program: &crate::domain::Program,
@@ -1111,6 +1111,10 @@ impl Services {
                 }
                 crate::domain::limits::check_points("points", request.points)
                     .map_err(|e| ServiceError::invalid("invalid-adjustment", e.to_string()))?;
+                // Approved, it counts for the one who asked: refused now rather than waiting
+                // for an approval that could only be refused.
+                self.check_operator_limit(&program, by, request.points)
+                    .await?;
                 return self
                     .request_approval(
                         &program.id,
@@ -1189,7 +1193,7 @@ impl Services {
     }
 
     /// Refuses an adjustment that would take its operator past the program's daily limit.
-    async fn check_operator_limit(
+    pub(crate) async fn check_operator_limit(
         &self,
         program: &crate::domain::Program,
         by: &str,

@@ -310,6 +310,29 @@ impl Services {
         Ok(waiting_answer(&pending))
     }
 
+    /// Deletes the adjustments waiting for approval that name one of `members` (an erasure):
+    /// their reasons may name the person, and approved after the erasure they would credit
+    /// the id's next holder. Returns how many went.
+    pub(crate) async fn forget_approvals(
+        &self,
+        program: &str,
+        members: &[String],
+    ) -> Result<usize, ServiceError> {
+        let mut forgotten = 0;
+        for (id, body) in self.store.parked(program, APPROVALS_KEY).await? {
+            // One unreadable request is not a reason to keep the others.
+            let names = serde_json::from_str::<PendingAdjustment>(&body)
+                .is_ok_and(|p| members.contains(&p.member));
+            if names {
+                self.store
+                    .discard_parked(program, APPROVALS_KEY, &id)
+                    .await?;
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
+    }
+
     /// The answer to an adjustment whose Idempotency-Key was given before to one kept for
     /// approval: that request's answer (waiting, or as decided), or 422 when this request is
     /// another. Asked by every adjustment with a key, above the threshold or not: a key is one
@@ -502,13 +525,14 @@ impl Services {
                 }),
                 ..Commit::new(&program, member, state.account.as_ref(), change, now)
             };
-            // Approved: it counts towards the requester's day, and is never refused for it.
+            // Approved: it counts towards the requester's day, within the requester's limit
+            // (two operators otherwise adjust any amount in a day, a request at a time).
             super::redemptions::count_for_operator(
                 &mut commit,
                 &program,
                 &pending.requested_by,
                 pending.points,
-                i64::MAX,
+                program.safeguards.operator_daily_points.unwrap_or(i64::MAX),
             );
             match self.commit(commit).await {
                 Ok(()) => break balance,
@@ -522,6 +546,18 @@ impl Services {
                         .await?
                         .account
                         .map_or(0, |a| a.balance);
+                }
+                // It stays waiting: approved on a later day, it fits the requester's limit.
+                Err(CommitError::OverQuota) => {
+                    self.check_operator_limit(&program, &pending.requested_by, pending.points)
+                        .await?;
+                    return Err(ServiceError::Conflict {
+                        problem: "operator-daily-limit",
+                        detail: format!(
+                            "{}'s adjustments of the day would pass the daily limit: approve it tomorrow",
+                            pending.requested_by
+                        ),
+                    });
                 }
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Err(_) => {}

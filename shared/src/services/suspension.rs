@@ -1,12 +1,12 @@
 //! Suspending a member (`POST .../members/{m}/suspend` and `/resume`, `loyalty member suspend
 //! | resume`): while suspended, the member's events wait parked (nothing is earned) and nothing
 //! can be redeemed; on resume they are applied, or cancelled if the operator says so (kept as
-//! rejected events with the reason, which an operator can still replay).
+//! rejected events with the reason; a cancel is final, no replay applies them).
 
 use serde::{Deserialize, Serialize};
 
 use super::{Contention, ServiceError, Services};
-use crate::domain::{Account, Program, Suspension};
+use crate::domain::{Account, Program, Resumption, Suspension};
 use crate::envelope::Envelope;
 use crate::ports::{Commit, CommitError, OutboxMessage, QueueName, RejectedEvent};
 
@@ -87,7 +87,8 @@ impl Services {
         by: &str,
         body: &[u8],
     ) -> Result<SuspensionReport, ServiceError> {
-        let (request, _): (ResumeRequest, _) = super::redemptions::parse(body, "invalid-reason")?;
+        // Not "invalid-reason": the body's other field (`events`) may be the one at fault.
+        let (request, _): (ResumeRequest, _) = super::redemptions::parse(body, "invalid-resume")?;
         self.resume(program, member, &request.reason, request.events, by)
             .await
     }
@@ -133,6 +134,11 @@ impl Services {
             }
             let mut after = account.clone();
             after.suspended = wanted.clone();
+            after.resumed = resumed.map(|r| Resumption {
+                by: r.by.clone(),
+                at: now,
+                cancelled: r.events == Waiting::Cancel,
+            });
             let change = crate::domain::Change::unchanged(after);
             let mut commit = Commit::new(program, member, Some(&account), change, now);
             if let (Some(resumed), Some(lifted)) = (resumed, &account.suspended) {
@@ -181,11 +187,44 @@ impl Services {
             (true, Waiting::Apply) => (waiting, 0),
             (true, Waiting::Cancel) => (0, waiting),
             (false, _) => {
+                self.refuse_other_choice(&program.id, member, events)
+                    .await?;
                 self.release_waiting(&program.id, member, &resumed.reason, events, by)
                     .await?
             }
         };
         Ok(report(member, None, applied, cancelled))
+    }
+
+    /// Refuses a resume of a member no longer suspended that asks the other way than the lift
+    /// did: its events are being dealt with as that lift decided (a resume sent at the same
+    /// moment as another one, or after it), and deciding some of them the other way would
+    /// split them. Suspend the member again to decide otherwise.
+    async fn refuse_other_choice(
+        &self,
+        program: &str,
+        member: &str,
+        events: Waiting,
+    ) -> Result<(), ServiceError> {
+        let account = self.suspendable(program, member).await?;
+        let Some(lift) = account.resumed else {
+            return Ok(());
+        };
+        if lift.cancelled == (events == Waiting::Cancel) {
+            return Ok(());
+        }
+        let (done, asked) = match lift.cancelled {
+            true => ("cancelled", "applied"),
+            false => ("applied", "cancelled"),
+        };
+        Err(ServiceError::Conflict {
+            problem: "resumed-otherwise",
+            detail: format!(
+                "{member} was resumed by {} at {}, its waiting events {done}: they are not {asked} now (suspend the member again to decide otherwise)",
+                lift.by,
+                lift.at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+        })
     }
 
     /// The consumer of a [`MEMBER_RESUMED`] message: releases what still waits, unless the

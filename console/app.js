@@ -20,6 +20,8 @@ const state = {
 const t = (key, vars = {}) =>
   (TEXT[state.lang][key] ?? TEXT.en[key] ?? key).replace(/\{(\w+)\}/g, (_, k) => vars[k] ?? "");
 const locale = () => (state.lang === "ko" ? "ko-KR" : "en-US");
+// `{key}_one` or `{key}_other` by the language's plural of n (Korean has `_other` alone).
+const plural = (key, n) => t(`${key}_${new Intl.PluralRules(locale()).select(n) === "one" ? "one" : "other"}`, { n: num(n) });
 const program = () => state.programs.find((p) => p.id === state.program) || { currency: "KRW", time_zone: "UTC" };
 const num = (n) => (n == null ? "–" : new Intl.NumberFormat(locale()).format(n));
 const points = (n) => (n == null ? "–" : t("pts", { n: num(n) }));
@@ -164,10 +166,15 @@ function ask({ title, text = "", fields = [], danger = false }) {
   $("#ask-title").textContent = title;
   $("#ask-text").textContent = text;
   const inputs = fields.map((f) => {
+    // Each label names its field (`for`): a screen reader says what a field is for.
+    const id = `ask-field-${f.name}`;
+    const common = { id, name: f.name, required: f.required !== false, testid: `field-${f.name}` };
     const input = f.type === "textarea"
-      ? h("textarea", { name: f.name, required: f.required !== false, rows: 3, testid: `field-${f.name}` })
-      : h("input", { name: f.name, type: f.type || "text", required: f.required !== false, testid: `field-${f.name}`, pattern: f.pattern, inputmode: f.inputmode, value: f.value });
-    return [h("label", {}, f.label), input];
+      ? h("textarea", { ...common, rows: 3 })
+      : f.type === "select"
+        ? h("select", common, f.options.map((o) => h("option", { value: o.value, selected: o.value === f.value }, o.label)))
+        : h("input", { ...common, type: f.type || "text", pattern: f.pattern, inputmode: f.inputmode, value: f.value });
+    return [h("label", { for: id }, f.label), input];
   });
   $("#ask-fields").replaceChildren(...inputs.flat());
   $("#ask-ok").className = danger ? "danger" : "";
@@ -305,19 +312,42 @@ async function overview(params) {
   ];
 }
 
-// What support staff type: an email or a phone number is looked up as that identity.
-function memberRef(text) {
+// What support staff type, as the names of a member to try in turn. As typed first: a member's
+// own id may look like an email or a phone number. Then as the identity it looks like, with the
+// value as written, since the API stores it so (`phone:010-5555-6666`; a till's member is
+// `pos:010-1234-5678`); only then the number's digits alone.
+function memberRefs(text) {
   const q = text.trim();
-  if (/^[^:\s]+@[^\s]+$/.test(q)) return `email:${q.toLowerCase()}`;
-  if (/^\+?[\d\s-]{7,}$/.test(q)) return `phone:${q.replace(/[\s-]/g, "")}`;
-  return q;
+  const refs = [q];
+  if (/^[^:\s]+@[^\s]+$/.test(q)) refs.push(`email:${q}`);
+  if (/^\+?[\d\s-]{7,}$/.test(q)) {
+    const digits = q.replace(/[\s-]/g, "");
+    refs.push(`phone:${q}`, `pos:${q}`, `phone:${digits}`, `pos:${digits}`);
+  }
+  return [...new Set(refs)];
+}
+
+// The member a text names, for search and merge alike: the first name the API knows, with the
+// member's view. None known: the 404 for the text as typed.
+async function findMember(text) {
+  let missing = null;
+  for (const ref of memberRefs(text)) {
+    try {
+      return { ref, view: await api("GET", inProgram(`/members/${encodeURIComponent(ref)}`)) };
+    } catch (e) {
+      if (e.problem?.status !== 404) throw e;
+      missing ??= e;
+    }
+  }
+  throw missing;
 }
 
 async function members(params, id) {
   // Read (and dropped) before anything can fail: a notice is for the page drawn next only.
   const notice = sessionStorage.getItem("loyalty.notice");
   sessionStorage.removeItem("loyalty.notice");
-  const noticeBox = notice ? h("div", { class: "notice", testid: "notice" }, notice) : null;
+  // A status: screen readers say it without moving the reader there.
+  const noticeBox = notice ? h("div", { class: "notice", role: "status", testid: "notice" }, notice) : null;
   const search = h("form", { class: "row", onsubmit: (e) => {
     e.preventDefault();
     // As typed first: a member's own id may look like an email or a phone number.
@@ -327,31 +357,23 @@ async function members(params, id) {
   h("input", { name: "q", class: "grow", placeholder: t("search_placeholder"), value: id || "", testid: "member-search", "aria-label": t("search") }),
   h("button", { testid: "member-find" }, t("search")));
   if (!id) return [h("h1", {}, t("members")), noticeBox, search, h("p", { class: "muted" }, t("search_help"))];
-  const path = inProgram(`/members/${encodeURIComponent(id)}`);
-  let view, exported;
-  try {
-    [view, exported] = await Promise.all([api("GET", path), api("GET", `${path}/export`)]);
-  } catch (e) {
-    // No member of that id: typed as an email or a phone, it names the member of that identity.
-    const identity = memberRef(id);
-    if (e.problem?.status !== 404 || identity === id) throw e;
-    location.replace(`#/members/${encodeURIComponent(identity)}`);
-    return [];
-  }
+  const { view } = await findMember(id);
   const member = view.member;
   const memberPath = inProgram(`/members/${encodeURIComponent(member)}`);
+  const exported = await api("GET", `${memberPath}/export`);
   // One key per page: an adjustment sent again after a lost answer is applied once. The page
   // is drawn again (with a new key) once one is applied.
   const adjustKey = globalThis.crypto?.randomUUID?.() ?? `adjust-${Date.now()}-${Math.random().toString(36).slice(2)}`;
   // `gone`: the member is no more once it is done (an erasure), so the search page is drawn
   // next, with the notice, instead of the member's page (which would be a 404).
-  const act = async (title, fields, send, danger = false, gone = false) => {
+  // `told`: what the notice adds from the answer.
+  const act = async (title, fields, send, { danger = false, gone = false, told = (answer) => (answer?.status ? ` (${answer.status})` : "") } = {}) => {
     const values = await ask({ title, fields: [...fields, reasonField()], danger });
     if (!values) return;
     try {
       const answer = await send(values);
       showProblem(null);
-      sessionStorage.setItem("loyalty.notice", t("done", { what: title }) + (answer?.status ? ` (${answer.status})` : ""));
+      sessionStorage.setItem("loyalty.notice", t("done", { what: title }) + told(answer));
       if (gone) location.hash = "#/members";
       else await route();
     } catch (e) {
@@ -362,13 +384,17 @@ async function members(params, id) {
     h("button", { testid: "action-adjust", onclick: () => act(t("adjust"), [{ name: "points", label: t("points_signed"), inputmode: "numeric", pattern: "-?[0-9]+" }],
       (v) => api("POST", `${memberPath}/adjustments`, { points: Number(v.points), reason: v.reason }, { "Idempotency-Key": adjustKey })) }, t("adjust")),
     view.suspended
-      ? h("button", { testid: "action-resume", onclick: () => act(t("resume"), [], (v) => api("POST", `${memberPath}/resume`, { reason: v.reason })) }, t("resume"))
+      ? h("button", { testid: "action-resume", onclick: () => act(t("resume"), [{ name: "events", label: t("resume_events"), type: "select", value: "apply",
+        options: [{ value: "apply", label: t("resume_apply") }, { value: "cancel", label: t("resume_cancel") }] }],
+      (v) => api("POST", `${memberPath}/resume`, { reason: v.reason, events: v.events }), { told: resumed }) }, t("resume"))
       : h("button", { testid: "action-suspend", onclick: () => act(t("suspend"), [], (v) => api("POST", `${memberPath}/suspend`, { reason: v.reason })) }, t("suspend")),
+    // The name the API knew, not the member id its view gives: asked again after the merge, that
+    // is the survivor's, and the API says `repeated` only for the name merged.
     h("button", { testid: "action-merge", onclick: () => act(t("merge"), [{ name: "from", label: t("merge_from") }],
-      (v) => api("POST", `${memberPath}/merge`, { from: memberRef(v.from), reason: v.reason })) }, t("merge")),
+      async (v) => api("POST", `${memberPath}/merge`, { from: (await findMember(v.from)).ref, reason: v.reason })) }, t("merge")),
     h("button", { testid: "action-export", class: "quiet", onclick: () => download(`${member}-export.json`, exported) }, t("export")),
     h("button", { testid: "action-erase", class: "danger", onclick: () => act(t("erase"), [{ name: "confirm", label: t("erase_confirm", { member }), pattern: escapeRegex(member) }],
-      (v) => api("DELETE", `${memberPath}?reason=${encodeURIComponent(v.reason)}`), true, true) }, t("erase")));
+      (v) => api("DELETE", `${memberPath}?reason=${encodeURIComponent(v.reason)}`), { danger: true, gone: true }) }, t("erase")));
   const tier = view.tier || {};
   const next = view.next_tier;
   const progress = next && tier.qualifying != null ? tier.qualifying / (tier.qualifying + next.needed) : 1;
@@ -435,6 +461,15 @@ async function members(params, id) {
   ];
 }
 
+// A resume's answer counts the events that waited, but the earn queue applies or cancels them
+// after it: the page drawn next may not show them yet, so they are told as under way.
+function resumed(answer) {
+  const told = [];
+  if (answer?.applied) told.push(plural("resume_applying", answer.applied));
+  if (answer?.cancelled) told.push(plural("resume_cancelling", answer.cancelled));
+  return `. ${told.length ? told.join(" ") : t("resume_none")}`;
+}
+
 function couponText(redemption, coupons = []) {
   const c = coupons.find((x) => x.redemption === redemption.id);
   if (!c) return "–";
@@ -454,6 +489,8 @@ function download(name, data) {
 function editor(id, value) {
   return h("textarea", { class: "code", id, testid: id, spellcheck: "false" }, value);
 }
+// A label naming an editor (or any control with an id), for screen readers and a click target.
+const labelFor = (control, text) => h("label", { for: control.id, class: "for-editor" }, text);
 /** A 412 from a save: said plainly, with what to do (the operator's text stays in the editor). */
 function changedMeanwhile(error) {
   if (error?.problem?.status !== 412) return error;
@@ -471,7 +508,24 @@ async function programPage(params) {
   const [current, versions] = await Promise.all([api("GET", inProgram("")), api("GET", inProgram("/versions"))]);
   const text = editor("program-editor", JSON.stringify(current.file, null, 2));
   const viewer = h("pre", { class: "card", testid: "version-view", hidden: true });
-  const notice = h("div", { class: "notice", testid: "notice", hidden: true });
+  const notice = h("div", { class: "notice", role: "status", testid: "notice", hidden: true });
+  const badge = h("span", { class: "badge" }, `v${current.version}`);
+  const versionsTable = (list) => table([
+    { label: t("version"), cell: (v) => `v${v.version}` },
+    { label: t("saved_at"), cell: (v) => when(v.saved_at) },
+    { label: "", cell: (v) => h("span", { class: "actions" },
+      h("button", { class: "quiet", testid: `view-v${v.version}`, onclick: async () => {
+        const version = await api("GET", inProgram(`/versions/${v.version}`));
+        viewer.textContent = JSON.stringify(version.file, null, 2);
+        viewer.hidden = false;
+      } }, t("view")),
+      h("button", { class: "quiet", onclick: async () => {
+        const version = await api("GET", inProgram(`/versions/${v.version}`));
+        text.value = JSON.stringify(version.file, null, 2);
+        text.scrollIntoView();
+      } }, t("load"))) },
+  ], list, { "data-testid": "versions" });
+  let shown = versionsTable(versions.versions || []);
   const save = async () => {
     try {
       // Saved only over the version this page read: another operator's save is never lost.
@@ -480,33 +534,28 @@ async function programPage(params) {
       showProblem(null);
       notice.textContent = t("saved_version", { version: saved.version });
       notice.hidden = false;
-      await loadPrograms();
+      // The page stays (the editor keeps the operator's text), so what names the version is
+      // redrawn here from the answer: the badge, and the list read again for the times (with
+      // the saved version in it even if that read does not see it yet).
+      badge.textContent = `v${saved.version}`;
+      const [list] = await Promise.all([api("GET", inProgram("/versions")), loadPrograms()]);
+      const rows = list.versions || [];
+      if (!rows.some((v) => v.version === saved.version)) rows.unshift({ version: saved.version });
+      const next = versionsTable(rows);
+      shown.replaceWith(next);
+      shown = next;
     } catch (e) {
       showProblem(changedMeanwhile(e));
     }
   };
   return [
-    h("h1", {}, t("program"), " ", state.program, " ", h("span", { class: "badge" }, `v${current.version}`)),
+    h("h1", {}, t("program"), " ", state.program, " ", badge),
     notice,
+    labelFor(text, t("program_file")),
     h("p", { class: "muted" }, t("program_help")),
     text,
     h("div", { class: "row" }, h("button", { testid: "program-save", onclick: busy(save) }, t("save"))),
-    h("section", { class: "card" }, h("h2", {}, t("versions")),
-      table([
-        { label: t("version"), cell: (v) => `v${v.version}` },
-        { label: t("saved_at"), cell: (v) => when(v.saved_at) },
-        { label: "", cell: (v) => h("span", { class: "actions" },
-          h("button", { class: "quiet", testid: `view-v${v.version}`, onclick: async () => {
-            const version = await api("GET", inProgram(`/versions/${v.version}`));
-            viewer.textContent = JSON.stringify(version.file, null, 2);
-            viewer.hidden = false;
-          } }, t("view")),
-          h("button", { class: "quiet", onclick: async () => {
-            const version = await api("GET", inProgram(`/versions/${v.version}`));
-            text.value = JSON.stringify(version.file, null, 2);
-            text.scrollIntoView();
-          } }, t("load"))) },
-      ], versions.versions || [], { "data-testid": "versions" }), viewer),
+    h("section", { class: "card" }, h("h2", {}, t("versions")), shown, viewer),
   ];
 }
 
@@ -575,8 +624,9 @@ async function campaign(id) {
   sessionStorage.removeItem("loyalty.notice");
   const parts = [
     h("h1", {}, creating ? t("new_campaign") : `${t("campaign")} ${id}`, " ", current ? h("span", { class: `badge ${current.status}`, testid: "campaign-status" }, t(`status_${current.status}`)) : null),
-    notice ? h("div", { class: "notice", testid: "notice" }, notice) : null,
+    notice ? h("div", { class: "notice", role: "status", testid: "notice" }, notice) : null,
     h("div", { class: "row" }, h("label", {}, t("campaign_id"), " ", idInput)),
+    labelFor(text, t("campaign_file")),
     text,
     h("div", { class: "row" },
       h("button", { testid: "campaign-save", onclick: busy(guarded(() => put())) }, t("save")),
@@ -746,8 +796,8 @@ function signInPage() {
       showProblem(err);
     }
   } },
-  h("h1", {}, t("signin")), h("p", { class: "muted" }, t("signin_token")),
-  h("textarea", { name: "token", required: true, testid: "token", placeholder: "eyJ…" }),
+  h("h1", {}, t("signin")), h("label", { class: "muted", for: "token" }, t("signin_token")),
+  h("textarea", { id: "token", name: "token", required: true, testid: "token", placeholder: "eyJ…" }),
   h("div", { class: "row" }, h("button", { testid: "signin" }, t("signin"))));
   return [form];
 }
@@ -806,6 +856,23 @@ function translateStatic() {
   $("#lang").textContent = state.lang === "ko" ? "English" : "한국어";
 }
 
+// Focus in the content being replaced (an action's button, back from its dialog) or lost with it
+// goes to the same control drawn again, else to the page's heading: left on the body, a keyboard
+// or screen-reader user would start again from the top of the document.
+function draw(content) {
+  const was = document.activeElement;
+  const inMain = main().contains(was);
+  const lost = !was || was === document.body;
+  const testid = inMain ? was.dataset?.testid : null;
+  main().replaceChildren(...content);
+  if (!inMain && !lost) return;
+  const again = testid ? main().querySelector(`[data-testid="${CSS.escape(testid)}"]`) : null;
+  const target = again || main().querySelector("h1");
+  if (!target) return;
+  if (!again) target.tabIndex = -1;
+  target.focus();
+}
+
 async function route() {
   translateStatic();
   const [path, query] = (location.hash.slice(1) || "/overview").split("?");
@@ -819,7 +886,7 @@ async function route() {
   $("#signout").hidden = !signedIn;
   $(".program-pick").hidden = !signedIn;
   if (!signedIn) {
-    main().replaceChildren(...signInPage());
+    draw(signInPage());
     return;
   }
   const render = PAGES[page] || overview;
@@ -830,12 +897,12 @@ async function route() {
     if (!state.programs.length) await loadPrograms();
     const content = await render(new URLSearchParams(query || ""), id);
     if (!latest()) return;
-    main().replaceChildren(...[content].flat().filter(Boolean));
+    draw([content].flat().filter(Boolean));
     main().dataset.page = page;
   } catch (e) {
     if (!latest()) return;
     showProblem(e);
-    main().replaceChildren(h("p", { class: "muted", testid: "page-failed" }, t("page_failed")));
+    draw([h("p", { class: "muted", testid: "page-failed" }, t("page_failed"))]);
   } finally {
     if (latest()) main().removeAttribute("aria-busy");
   }
@@ -856,6 +923,7 @@ async function start() {
     route();
   });
   $("#signout").addEventListener("click", () => signOut());
+  $("#ask-cancel").addEventListener("click", () => $("#ask").close("cancel"));
   $("#program").addEventListener("change", (e) => {
     state.program = e.target.value;
     localStorage.setItem("loyalty.program", state.program);

@@ -299,6 +299,18 @@ fn tier_locks_and_reversals() {
         (gift["locked"].as_bool(), gift["affordable"].as_bool()),
         (Some(true), Some(true))
     );
+    // AND each kind is spelt as the program file spells it (before: "freeproduct")
+    let kinds: Vec<&str> = catalog["rewards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"fixed_discount"), "{kinds:?}");
+    assert!(
+        kinds.iter().all(|k| k.contains('_') || *k == "donation"),
+        "{kinds:?}"
+    );
     // WHEN a coupon is redeemed and an operator reverses it
     let (_, issued) = shop.redeem(&me, Some("r-1"), COUPON);
     let id = issued["id"].as_str().unwrap();

@@ -359,6 +359,56 @@ async fn a_suspended_member_s_coupon_is_not_used_at_the_till_until_resumed() {
 }
 
 #[tokio::test]
+async fn a_suspended_member_s_hold_is_not_captured_until_resumed_and_may_be_voided() {
+    // GIVEN two holds of a member's points for two orders, then the member suspended
+    let (services, _, _) = stack().await;
+    let mut ids = Vec::new();
+    for (key, order) in [("h-sus-1", "order-s1"), ("h-sus-2", "order-s2")] {
+        let held = services
+            .redeem("kr-shop", "m-1", "m-1", Some(key), &hold(1_000, order))
+            .await
+            .unwrap();
+        ids.push(held.body["id"].as_str().unwrap().to_string());
+    }
+    services
+        .suspend("kr-shop", "m-1", "chargebacks under review", "ops")
+        .await
+        .unwrap();
+    // WHEN the shop captures the first
+    let refused = services
+        .capture_hold("kr-shop", &ids[0], br#"{"order_ref": "order-s1"}"#, "shop")
+        .await;
+    // THEN it is refused as the member's coupon would be (before: captured)
+    assert!(
+        matches!(
+            &refused,
+            Err(ServiceError::Forbidden {
+                problem: "member-suspended",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    // AND the second is voided, its points back
+    services
+        .void_hold("kr-shop", &ids[1], "shop")
+        .await
+        .unwrap();
+    let view = services.member_view("kr-shop", "m-1").await.unwrap();
+    assert_eq!(view.balance, 9_000, "one hold of 1,000 still open");
+    // WHEN the member is resumed THEN the first is captured
+    services
+        .resume("kr-shop", "m-1", "cleared", Default::default(), "ops")
+        .await
+        .unwrap();
+    let captured = services
+        .capture_hold("kr-shop", &ids[0], br#"{"order_ref": "order-s1"}"#, "shop")
+        .await
+        .unwrap();
+    assert_eq!(captured["status"], "captured");
+}
+
+#[tokio::test]
 async fn a_coupon_a_survivor_inherited_waits_while_the_survivor_is_suspended() {
     // GIVEN m-1's 5,000-point coupon, m-1 merged into m-2, and m-2 then suspended
     let (services, _, _) = stack().await;

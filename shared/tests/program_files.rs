@@ -214,17 +214,37 @@ fn other_mistakes_name_their_fields() {
 }
 
 #[test]
-fn unknown_fields_and_bad_syntax_are_syntax_errors() {
-    // GIVEN a misspelt key and broken TOML
+fn a_key_missing_or_misspelt_is_named_and_bad_syntax_is_a_syntax_error() {
+    // GIVEN a misspelt key, a section left out, a key left out of a section, and broken TOML
     let misspelt = KR.replace("pending_days = 7", "pending_dayz = 7");
-    // THEN both are refused as syntax errors that point at the problem
-    match invalid(&misspelt) {
-        ProgramError::Syntax { message, .. } => {
-            assert!(message.contains("pending_dayz"), "{message}")
-        }
-        other => panic!("expected a syntax error, got {other}"),
+    let start = KR.find("[tier_rules]").unwrap();
+    let end = start + KR[start..].find("\n[").unwrap() + 1;
+    let no_tier_rules = format!("{}{}", &KR[..start], &KR[end..]);
+    let no_months = KR.replace("months = 12           #", "#");
+    // THEN each file that is TOML is refused by the field it lacks or misspells (before: "not
+    // valid TOML" for a file that was), and broken TOML as a syntax error
+    for (text, field, says) in [
+        (misspelt.as_str(), "purchase.pending_dayz", "is not a field"),
+        (no_tier_rules.as_str(), "tier_rules", "is required"),
+        (no_months.as_str(), "expiry.months", "is required"),
+    ] {
+        let err = invalid(text);
+        let named = err.fields();
+        assert_eq!(named.len(), 1, "{err}");
+        assert_eq!(named[0].field, field, "{err}");
+        assert!(named[0].message.starts_with(says), "{err}");
     }
     assert!(matches!(invalid("id = "), ProgramError::Syntax { .. }));
+    // AND the same for JSON: a field missing is named, broken JSON is a syntax error
+    let json: serde_json::Value = toml::from_str(KR).unwrap();
+    let mut short = json.clone();
+    short.as_object_mut().unwrap().remove("tier_rules");
+    let err = Program::from_json(&short.to_string()).unwrap_err();
+    assert_eq!(fields(&err), ["tier_rules"], "{err}");
+    assert!(matches!(
+        Program::from_json("{\"id\": "),
+        Err(ProgramError::Syntax { .. })
+    ));
 }
 
 #[test]
@@ -281,4 +301,26 @@ fn a_coupon_is_good_for_the_whole_of_its_last_day_in_the_program_s_zone() {
             "23:59:59".to_string()
         )
     );
+}
+
+#[test]
+fn a_points_threshold_takes_any_number_a_balance_can_hold() {
+    // GIVEN kr-shop measured in points, with its top tier at 4,294,967,296 points (past 32 bits)
+    let points = KR.replace("measure = \"spend\"", "measure = \"points\"");
+    let big = points.replace("threshold = \"3000000\"", "threshold = \"4294967296\"");
+    // WHEN it is loaded THEN the threshold is kept (before: "must be a whole, non-negative
+    // number of points", of a whole non-negative number)
+    let p = Program::from_toml(&big).unwrap();
+    assert_eq!(p.tiers[3].threshold, 4_294_967_296);
+    // AND past the balance bound, as text or as a number, it is refused with the bound
+    for over in ["\"1000000000000001\"", "1000000000000001"] {
+        let text = points.replace("threshold = \"3000000\"", &format!("threshold = {over}"));
+        let err = invalid(&text);
+        assert!(
+            err.to_string().contains(
+                "tiers[3].threshold must be a whole number of points from 0 to 1000000000000000"
+            ),
+            "{err}"
+        );
+    }
 }

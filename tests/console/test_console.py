@@ -594,3 +594,160 @@ def test_the_program_editor_names_every_problem_by_field_and_keeps_versions(page
     expect(page.get_by_test_id("problem-title")).to_have_text("Saved meanwhile by someone else")
     assert server.call("GET", f"{P}/versions")[1]["versions"] == saved
     assert server.call("GET", P)[1]["file"]["name"] == "KR Shop Members (theirs)"
+
+
+def test_enter_in_an_action_dialog_confirms_it_and_never_discards_what_was_typed(page: Page, server: Server):
+    # GIVEN m-enter-1 with 100 points, its page open
+    assert server.call("POST", f"{P}/members/m-enter-1/adjustments", {"points": 100, "reason": "opening"})[0] == 201
+    page.goto(server.base + "/console/#/members/m-enter-1")
+    expect(page.get_by_test_id("member-id")).to_have_text("m-enter-1")
+    # WHEN an adjustment of 250 points is typed with its reason, and Enter is pressed in the points field
+    page.get_by_test_id("action-adjust").click()
+    page.get_by_test_id("field-points").fill("250")
+    page.get_by_test_id("field-reason").fill("goodwill: typed and entered")
+    page.get_by_test_id("field-points").press("Enter")
+    # THEN it is confirmed: the dialog closes, it is done, and the points are the member's (before:
+    # Enter pressed the form's first button, Cancel, and what was typed was lost)
+    expect(page.get_by_test_id("dialog")).to_be_hidden()
+    expect(page.get_by_test_id("notice")).to_contain_text("Adjust points: done")
+    assert server.call("GET", f"{P}/members/m-enter-1")[1]["balance"] == 350
+    # WHEN Enter is pressed with no reason
+    page.get_by_test_id("action-adjust").click()
+    page.get_by_test_id("field-points").fill("50")
+    page.get_by_test_id("field-points").press("Enter")
+    # THEN the same check as Confirm's refuses it: the dialog stays open with what was typed, and
+    # nothing is sent
+    expect(page.get_by_test_id("dialog")).to_be_visible()
+    expect(page.get_by_test_id("field-points")).to_have_value("50")
+    page.keyboard.press("Escape")
+    expect(page.get_by_test_id("dialog")).to_be_hidden()
+    page.wait_for_load_state("networkidle")
+    assert server.call("GET", f"{P}/members/m-enter-1")[1]["balance"] == 350
+
+
+def test_a_member_is_found_by_a_phone_number_as_the_api_stores_it(page: Page, server: Server):
+    # GIVEN m-phone-1 linked to the phone 010-5555-6666 as written, m-phone-2 to 01099990000 (digits
+    # only), and pos:010-7777-8888, the member a till's purchases made
+    for member, phone in (("m-phone-1", "010-5555-6666"), ("m-phone-2", "01099990000")):
+        assert server.call("POST", f"{P}/members/{member}/adjustments", {"points": 10, "reason": "opening"})[0] == 201
+        status, linked = server.call("POST", f"{P}/members/{member}/aliases", {"kind": "phone", "value": phone})
+        assert status in (200, 201), linked
+        assert server.call("GET", f"{P}/members/phone:{phone}")[1]["member"] == member
+    assert server.call("POST", f"{P}/members/pos:010-7777-8888/adjustments", {"points": 10, "reason": "till"})[0] == 201
+    page.get_by_role("link", name="Members").click()
+    for typed, member in (("010-5555-6666", "m-phone-1"), ("010-9999-0000", "m-phone-2"), ("010-7777-8888", "pos:010-7777-8888")):
+        # WHEN support searches the number as the customer says it
+        page.get_by_test_id("member-search").fill(typed)
+        page.get_by_test_id("member-find").click()
+        # THEN the member of that number is shown (before: only phone:<digits> was asked for, a 404
+        # for the two numbers stored as written)
+        expect(page.get_by_test_id("member-id")).to_have_text(member)
+        expect(page.get_by_test_id("problem")).to_be_hidden()
+
+
+def test_merge_finds_the_other_member_as_search_does(page: Page, server: Server):
+    # GIVEN bob@example.com, a member whose own id is that (no email identity), m-carol with the
+    # phone 010-3333-4444 as written, and the survivor m-survivor
+    for member, pts in (("bob@example.com", 700), ("m-carol", 300), ("m-survivor", 100)):
+        assert server.call("POST", f"{P}/members/{member}/adjustments", {"points": pts, "reason": "opening"})[0] == 201
+    assert server.call("POST", f"{P}/members/m-carol/aliases", {"kind": "phone", "value": "010-3333-4444"})[0] in (200, 201)
+    page.goto(server.base + "/console/#/members/m-survivor")
+    expect(page.get_by_test_id("member-id")).to_have_text("m-survivor")
+    for typed, balance in (("bob@example.com", 800), ("010-3333-4444", 1100)):
+        # WHEN the other member is merged into it, named as support knows it
+        page.get_by_test_id("action-merge").click()
+        page.get_by_test_id("field-from").fill(typed)
+        page.get_by_test_id("field-reason").fill("same person")
+        page.get_by_test_id("confirm").click()
+        # THEN it is merged, with no problem (before: the email-like id was sent as
+        # email:bob@example.com and the phone as phone:01033334444, each a 404)
+        expect(page.get_by_test_id("kpi-balance")).to_have_attribute("data-value", str(balance))
+        expect(page.get_by_test_id("notice")).to_contain_text("done")
+        expect(page.get_by_test_id("problem")).to_be_hidden()
+        assert server.call("GET", f"{P}/members/m-survivor")[1]["balance"] == balance
+
+
+def test_a_saved_program_shows_its_new_version_at_once(page: Page, server: Server):
+    # GIVEN the program page
+    page.get_by_role("link", name="Program").click()
+    editor = page.get_by_test_id("program-editor")
+    expect(editor).to_be_visible()
+    version = server.call("GET", P)[1]["version"]
+    expect(page.locator("h1 .badge")).to_have_text(f"v{version}")
+    # WHEN the file is saved
+    page.get_by_test_id("program-save").click()
+    expect(page.get_by_test_id("notice")).to_contain_text(f"version {version + 1}")
+    # THEN the badge and the versions list show the new version without leaving the page
+    # (before: both kept the version the page was opened with)
+    assert server.call("GET", P)[1]["version"] == version + 1
+    expect(page.locator("h1 .badge")).to_have_text(f"v{version + 1}")
+    expect(page.get_by_test_id("versions").locator("tbody tr").first.locator("td").first).to_have_text(f"v{version + 1}")
+    # AND a second save is made over the new version, not refused as saved meanwhile
+    page.get_by_test_id("program-save").click()
+    expect(page.get_by_test_id("notice")).to_contain_text(f"version {version + 2}")
+    expect(page.get_by_test_id("problem")).to_be_hidden()
+
+
+def test_every_field_has_a_name_and_a_done_action_is_announced_with_focus_kept(page: Page, server: Server):
+    # GIVEN m-a11y-1's page
+    assert server.call("POST", f"{P}/members/m-a11y-1/adjustments", {"points": 100, "reason": "opening"})[0] == 201
+    page.goto(server.base + "/console/#/members/m-a11y-1")
+    expect(page.get_by_test_id("member-id")).to_have_text("m-a11y-1")
+    # WHEN the adjust dialog is opened THEN each field is named by its label
+    page.get_by_test_id("action-adjust").click()
+    expect(page.get_by_label("Points (negative to take away)", exact=True)).to_have_attribute("data-testid", "field-points")
+    expect(page.get_by_label("Reason", exact=True)).to_have_attribute("data-testid", "field-reason")
+    # WHEN it is confirmed
+    page.get_by_label("Points (negative to take away)", exact=True).fill("5")
+    page.get_by_label("Reason", exact=True).fill("a11y")
+    page.get_by_test_id("confirm").click()
+    # THEN the notice is a status (read out by screen readers), and focus is back on Adjust
+    # (before: the notice had no role, and focus was on the page's body)
+    expect(page.get_by_role("status")).to_contain_text("Adjust points: done")
+    expect(page.get_by_test_id("action-adjust")).to_be_focused()
+    # WHEN the member is suspended (its Suspend button is then gone) THEN focus is on the heading
+    page.get_by_test_id("action-suspend").click()
+    page.get_by_label("Reason", exact=True).fill("a11y check")
+    page.get_by_test_id("confirm").click()
+    expect(page.get_by_test_id("suspended")).to_be_visible()
+    expect(page.get_by_role("heading", level=1)).to_be_focused()
+    # AND the program and campaign editors are named
+    page.get_by_role("link", name="Program").click()
+    expect(page.get_by_label("Program file (JSON)")).to_have_attribute("data-testid", "program-editor")
+    page.goto(server.base + "/console/#/campaigns/new")
+    expect(page.get_by_label("Campaign (JSON)")).to_have_attribute("data-testid", "campaign-editor")
+    expect(page.get_by_label("Campaign id")).to_have_attribute("data-testid", "campaign-id")
+    # AND so is the sign-in token
+    page.locator("#signout").click()
+    expect(page.get_by_label("Paste an admin token (loyalty token --admin).")).to_have_attribute("data-testid", "token")
+
+
+def test_resume_counts_the_waiting_events_and_can_cancel_them(page: Page, server: Server):
+    # GIVEN m-resume-1 and m-resume-2, suspended, each with a purchase waiting for the resume
+    for member, n in (("m-resume-1", 4001), ("m-resume-2", 4002)):
+        assert server.call("POST", f"{P}/members/{member}/adjustments", {"points": 10, "reason": "opening"})[0] == 201
+        assert server.call("POST", f"{P}/members/{member}/suspend", {"reason": "chargebacks"})[0] == 200
+        assert server.call("POST", f"{P}/events", purchase(n, member, 1, 1))[0] == 202
+        server.eventually(lambda: len(server.call("GET", f"{P}/members/{member}/export")[1]["held_events"]) == 1, "the purchase waiting")
+    # WHEN m-resume-1 is resumed as the dialog offers (the waiting events applied)
+    page.goto(server.base + "/console/#/members/m-resume-1")
+    page.get_by_test_id("action-resume").click()
+    expect(page.get_by_test_id("field-events")).to_have_value("apply")
+    page.get_by_test_id("field-reason").fill("cleared")
+    page.get_by_test_id("confirm").click()
+    # THEN the notice counts the event being applied, not as applied yet (before: "Resume: done"
+    # only), and the API applies it
+    expect(page.get_by_test_id("notice")).to_contain_text("Resume: done")
+    expect(page.get_by_test_id("notice")).to_contain_text("1 waiting event is being applied")
+    server.eventually(lambda: server.call("GET", f"{P}/members/m-resume-1")[1].get("pending") == 590, "the purchase applied")
+    # WHEN m-resume-2 is resumed with its waiting events cancelled
+    page.goto(server.base + "/console/#/members/m-resume-2")
+    page.get_by_test_id("action-resume").click()
+    page.get_by_test_id("field-events").select_option("cancel")
+    page.get_by_test_id("field-reason").fill("fraud")
+    page.get_by_test_id("confirm").click()
+    # THEN the notice says so, the purchase is kept among the rejected events, and earns nothing
+    expect(page.get_by_test_id("notice")).to_contain_text("1 waiting event is being cancelled")
+    server.eventually(lambda: server.call("GET", f"{P}/rejected-events/ev-4002")[0] == 200, "the purchase cancelled")
+    view = server.call("GET", f"{P}/members/m-resume-2")[1]
+    assert (view.get("pending", 0), view.get("balance"), view.get("suspended")) == (0, 10, None)

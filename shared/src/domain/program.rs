@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use super::limits::{MAX_AMOUNT, MAX_POINTS};
+use super::limits::{MAX_AMOUNT, MAX_BALANCE, MAX_POINTS};
 use super::money::Currency;
 
 /// Basis points: 10,000 = 1.0x.
@@ -653,17 +653,36 @@ impl Program {
     }
 
     pub fn from_toml(text: &str) -> Result<Program, ProgramError> {
-        let file: ProgramFile = toml::from_str(text).map_err(|e| ProgramError::Syntax {
+        let syntax = |e: toml::de::Error| ProgramError::Syntax {
             format: "TOML",
             message: e.message().to_string() + &location(text, e.span()),
+        };
+        // Valid TOML that is not a program (a section missing, a key misspelt) is refused by
+        // the field, as the rules' own mistakes are, not as a file that does not parse.
+        text.parse::<toml::Table>().map_err(syntax)?;
+        let file: ProgramFile = toml::from_str(text).map_err(|e| {
+            let table = table_at(text, e.span());
+            ProgramError::Invalid(vec![shape_error(
+                e.message(),
+                &table,
+                &location(text, e.span()),
+            )])
         })?;
         Program::from_file(file)
     }
 
     pub fn from_json(text: &str) -> Result<Program, ProgramError> {
-        let file: ProgramFile = serde_json::from_str(text).map_err(|e| ProgramError::Syntax {
-            format: "JSON",
-            message: e.to_string(),
+        let file: ProgramFile = serde_json::from_str(text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                let line = format!(" (line {})", e.line());
+                let message = e.to_string();
+                let message = message.split(" at line ").next().unwrap_or(&message);
+                ProgramError::Invalid(vec![shape_error(message, "", &line)])
+            }
+            _ => ProgramError::Syntax {
+                format: "JSON",
+                message: e.to_string(),
+            },
         })?;
         Program::from_file(file)
     }
@@ -744,6 +763,59 @@ pub enum TimeBoundsError {
         occurred_at: DateTime<Utc>,
         limit_days: i64,
     },
+}
+
+/// A key missing from, or unknown to, the program's shape, named as the rules' mistakes are
+/// (`expiry.months`); the deserializer's own words otherwise.
+fn shape_error(message: &str, table: &str, location: &str) -> FieldError {
+    let named = |prefix: &str| {
+        let rest = message.strip_prefix(prefix)?;
+        let name = rest.split('`').next()?;
+        Some(match table {
+            "" => name.to_string(),
+            table => format!("{table}.{name}"),
+        })
+    };
+    if let Some(field) = named("missing field `") {
+        return FieldError {
+            field,
+            message: format!("is required{location}"),
+        };
+    }
+    if let Some(field) = named("unknown field `") {
+        let expected = message.split_once(", expected").map_or("", |(_, e)| e);
+        return FieldError {
+            field,
+            message: format!("is not a field of a program file (expected{expected}){location}"),
+        };
+    }
+    FieldError {
+        field: if table.is_empty() {
+            "file".into()
+        } else {
+            table.into()
+        },
+        message: format!("{message}{location}"),
+    }
+}
+
+/// The name of the `[table]` (or `[[array]]`) whose text holds `span`'s start, "" at the top.
+fn table_at(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let upto = &text[..span.start.min(text.len())];
+    // The line the span starts on counts: a missing key's span is its table's header.
+    let line_end = text[upto.len()..]
+        .find('\n')
+        .map_or(text.len(), |i| upto.len() + i);
+    text[..line_end]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+        .unwrap_or_default()
 }
 
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
@@ -1153,19 +1225,28 @@ impl Validator {
         match (f.tier_rules.measure, t) {
             (Measure::Spend, Threshold::Text(text)) => self.amount(field, currency, text),
             (Measure::Spend, Threshold::Number(n)) => {
-                let minor = currency.and_then(|c| n.checked_mul(c.minor_per_major()));
-                if minor.is_none() || *n < 0 {
-                    self.fail(field, "must be a non-negative amount");
+                let minor = currency
+                    .and_then(|c| n.checked_mul(c.minor_per_major()))
+                    .filter(|m| (0..=MAX_AMOUNT).contains(m));
+                if minor.is_none() {
+                    self.fail(field, format!("must be an amount from 0 to {}", MAX_AMOUNT));
                 }
-                minor.filter(|m| *m >= 0)
+                minor
             }
-            (Measure::Points, Threshold::Number(n)) if *n >= 0 => Some(*n),
-            (Measure::Points, Threshold::Text(text)) if text.parse::<u32>().is_ok() => {
-                text.parse::<i64>().ok()
-            }
-            (Measure::Points, _) => {
-                self.fail(field, "must be a whole, non-negative number of points");
-                None
+            // Any number of points a balance can hold (what a window could ever count).
+            (Measure::Points, t) => {
+                let points = match t {
+                    Threshold::Number(n) => Some(*n),
+                    Threshold::Text(text) => text.trim().parse::<i64>().ok(),
+                }
+                .filter(|p| (0..=MAX_BALANCE).contains(p));
+                if points.is_none() {
+                    self.fail(
+                        field,
+                        format!("must be a whole number of points from 0 to {}", MAX_BALANCE),
+                    );
+                }
+                points
             }
         }
     }

@@ -158,7 +158,7 @@ impl Services {
             return Err(ServiceError::Conflict {
                 problem: "identity-has-account",
                 detail: format!(
-                    "{own} has points of its own; merge it into {member} (POST .../members/{member}/merge), which links it too"
+                    "{own} is a member of its own (an account with its history, whatever its points); merge it into {member} (POST .../members/{member}/merge), which links it too"
                 ),
             });
         }

@@ -102,7 +102,8 @@ struct ReverseRequest {
 pub struct CatalogEntry {
     pub id: String,
     pub name: String,
-    pub kind: String,
+    /// Spelt as in the program file (`fixed_discount`, ...).
+    pub kind: crate::domain::program::RewardKind,
     pub cost: i64,
     /// The member has the points for it now.
     pub affordable: bool,
@@ -830,6 +831,11 @@ impl Services {
             }
             let now = self.clock.now();
             let account = state.account.ok_or_else(unknown)?;
+            // A capture spends the held points, as using a coupon does: not while suspended
+            // (a void gives them back, and goes on).
+            if capture.is_some() {
+                refuse_suspended(&account)?;
+            }
             let ctx = EventContext::new(format!("{}-{id}", status_name(wanted)), now, now)
                 .with_source(Source {
                     rule: Some(PAY_WITH_POINTS.into()),
@@ -1235,7 +1241,7 @@ impl Services {
                 CatalogEntry {
                     id: r.id.clone(),
                     name: r.name.clone(),
-                    kind: format!("{:?}", r.kind).to_lowercase(),
+                    kind: r.kind,
                     cost: r.cost,
                     affordable: view.balance >= r.cost,
                     min_tier: r.min_tier.clone(),

@@ -42,7 +42,17 @@ where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error,
 {
     if let Some(code) = e.code() {
-        return code.to_string();
+        let said = match e.message() {
+            Some(message) if !message.is_empty() => format!("{code}: {message}"),
+            _ => code.to_string(),
+        };
+        // DynamoDB's own words name no table: say what it means for an operator's command.
+        return match code {
+            "ResourceNotFoundException" => format!(
+                "{said} (the table does not exist in this region, or these credentials cannot see it)"
+            ),
+            _ => said,
+        };
     }
     let mut said = e.to_string();
     let mut source = e.source();
@@ -71,5 +81,28 @@ mod tests {
         // WHEN it is described THEN the cause is named (before: "error")
         let said = super::cause(&e);
         assert!(said.contains("connection refused"), "{said}");
+    }
+
+    #[test]
+    fn a_missing_table_is_said_so_with_the_service_s_words() {
+        // GIVEN DynamoDB's answer to a call on a table that does not exist
+        use aws_sdk_dynamodb::error::ErrorMetadata;
+        use aws_sdk_dynamodb::operation::get_item::GetItemError;
+        let missing = GetItemError::generic(
+            ErrorMetadata::builder()
+                .code("ResourceNotFoundException")
+                .message("Requested resource not found")
+                .build(),
+        );
+        let e: aws_sdk_dynamodb::error::SdkError<GetItemError, ()> =
+            aws_sdk_dynamodb::error::SdkError::service_error(missing, ());
+        // WHEN it is described THEN the code, its message and what it means are said (before:
+        // "ResourceNotFoundException" alone)
+        let said = super::cause(&e);
+        assert!(
+            said.starts_with("ResourceNotFoundException: Requested resource not found")
+                && said.contains("the table does not exist"),
+            "{said}"
+        );
     }
 }

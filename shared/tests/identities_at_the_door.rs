@@ -113,3 +113,49 @@ async fn an_account_opened_under_an_email_as_typed_is_still_found_by_it() {
     // THEN it is that account, not the lower-cased form's (which has none)
     assert_eq!(found, "email:Old@Example.com");
 }
+
+#[tokio::test]
+async fn a_member_merged_along_a_chain_is_sent_to_where_its_points_are_now() {
+    // GIVEN c-1 merged into c-2, then c-2 into c-3
+    let (_, services) = stack().await;
+    let opening = br#"{"points": 10, "reason": "opening"}"#;
+    for member in ["c-1", "c-2", "c-3"] {
+        services
+            .adjust("kr-shop", member, "ops", None, opening)
+            .await
+            .unwrap();
+    }
+    for (survivor, from) in [("c-2", "c-1"), ("c-3", "c-2")] {
+        services
+            .merge_named("kr-shop", survivor, from, "same person", "ops")
+            .await
+            .unwrap();
+    }
+    let refused = |r: Result<(), loyalty_core::services::ServiceError>| match r {
+        Err(loyalty_core::services::ServiceError::Conflict { problem, detail }) => {
+            assert_eq!(problem, "member-merged");
+            detail
+        }
+        other => panic!("{other:?}"),
+    };
+    // WHEN an operator links an identity to c-1, merges c-1 into c-3, or merges into c-2
+    let link = services
+        .link_named("kr-shop", "c-1", "email", "c1@example.com", "ops")
+        .await
+        .map(|_| ());
+    let again = services
+        .merge_named("kr-shop", "c-3", "c-1", "same person", "ops")
+        .await
+        .map(|_| ());
+    let into_merged = services
+        .merge_named("kr-shop", "c-2", "m-7", "same person", "ops")
+        .await
+        .map(|_| ());
+    // THEN each names c-3, where the points are (before: c-2, itself merged away)
+    let link = refused(link);
+    assert!(link.contains("are c-3's"), "{link}");
+    let again = refused(again);
+    assert!(again.contains("are c-3's already"), "{again}");
+    let into_merged = refused(into_merged);
+    assert!(into_merged.ends_with("merge into c-3"), "{into_merged}");
+}

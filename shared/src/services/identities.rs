@@ -120,7 +120,7 @@ impl Services {
         by: &str,
     ) -> Result<LinkReport, ServiceError> {
         let identity = Identity::parse(kind, value)?;
-        super::redemptions::refuse_closed(account)?;
+        self.refuse_closed_named(program, account).await?;
         self.link(program, &account.member, &identity, by).await
     }
 

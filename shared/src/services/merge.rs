@@ -176,19 +176,26 @@ impl Services {
             let now = self.clock.now();
             let target = self.existing_member(program, survivor).await?;
             if let Some(into) = target.merged_into() {
+                let now = self.survivor_of(&program.id, into).await;
                 return Err(ServiceError::Conflict {
                     problem: "member-merged",
-                    detail: format!("{survivor} was merged into {into}; merge into {into}"),
+                    detail: format!("{survivor} was merged into {into}; merge into {now}"),
                 });
             }
             let other = self.existing_member(program, from).await?;
             match other.merged_into() {
                 Some(into) if into == survivor => return Ok(true),
                 Some(into) => {
+                    let now = self.survivor_of(&program.id, into).await;
+                    let detail = if now == survivor {
+                        format!("{from} was merged into {into}, and {into} into {survivor}: its points are {survivor}'s already")
+                    } else {
+                        format!("{from} was merged into {into} already (its points are {now}'s)")
+                    };
                     return Err(ServiceError::Conflict {
                         problem: "member-merged",
-                        detail: format!("{from} was merged into {into} already"),
-                    })
+                        detail,
+                    });
                 }
                 None => {}
             }
@@ -270,6 +277,49 @@ impl Services {
         member: &str,
     ) -> Result<Account, ServiceError> {
         self.existing_account(&program.id, member).await
+    }
+
+    /// Where the points of a member merged into `into` are now: `into`, or the member it was
+    /// merged into in turn, followed a few steps (for a message: a read that fails stops there).
+    pub(crate) async fn survivor_of(&self, program: &str, into: &str) -> String {
+        let mut at = into.to_string();
+        for _ in 0..8 {
+            let next = match self.store.load_member(program, &at, &[]).await {
+                Ok(state) => state
+                    .account
+                    .and_then(|a| a.merged_into().map(str::to_string)),
+                Err(_) => None,
+            };
+            match next {
+                Some(next) if next != at => at = next,
+                _ => break,
+            }
+        }
+        at
+    }
+
+    /// [`super::redemptions::refuse_closed`], naming where a merged member's points are now
+    /// rather than the member it was first merged into (which may have been merged on).
+    pub(crate) async fn refuse_closed_named(
+        &self,
+        program: &str,
+        account: &Account,
+    ) -> Result<(), ServiceError> {
+        let refused = super::redemptions::refuse_closed(account);
+        let Some(into) = account.merged_into().filter(|_| refused.is_err()) else {
+            return refused;
+        };
+        let now = self.survivor_of(program, into).await;
+        if now == into {
+            return refused;
+        }
+        Err(ServiceError::Conflict {
+            problem: "member-merged",
+            detail: format!(
+                "{} was merged into {into}, and {into} on into {now}: its points, and any change to them, are {now}'s",
+                account.member
+            ),
+        })
     }
 
     /// Steps 2 and 3: what the survivor receives. Idempotent; also run by the earn queue's

@@ -1143,7 +1143,7 @@ impl Services {
                 Some(account) => account,
                 None => self.opened_account(&program, member, now).await?,
             };
-            refuse_closed(&account)?;
+            self.refuse_closed_named(&program.id, &account).await?;
             let id = uuid::Uuid::new_v4().simple().to_string();
             let ctx = EventContext::new(format!("adjust-{id}"), now, now).with_source(Source {
                 admin: Some(by.to_string()),

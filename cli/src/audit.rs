@@ -1,5 +1,6 @@
 //! `loyalty audit`: checks every member of the store against its ledger and each program's
-//! sums against its books. Exit status 1 when anything is wrong.
+//! sums against its books. Exit status 1 when anything is wrong, 2 when something could not be
+//! read (the store, or a program's books this time).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -61,7 +62,14 @@ async fn audit(args: AuditArgs) -> Result<ExitCode, String> {
         );
         eprintln!("{summary}");
     } else {
-        for v in &report.violations {
+        let listed = [
+            ("violation", &report.violations),
+            ("unread", &report.unread),
+        ];
+        for (said, v) in listed
+            .iter()
+            .flat_map(|(said, vs)| vs.iter().map(move |v| (said, v)))
+        {
             let who = match &v.member {
                 Some(m) => format!("{}/{m}", v.program),
                 None => v.program.clone(),
@@ -70,23 +78,30 @@ async fn audit(args: AuditArgs) -> Result<ExitCode, String> {
                 .difference
                 .map(|d| format!(" (difference {d:+})"))
                 .unwrap_or_default();
-            println!("violation: {who}: {}: {}{by}", v.rule, v.detail);
+            println!("{said}: {who}: {}: {}{by}", v.rule, v.detail);
         }
         if let Some(units) = report.read_units {
             println!("read capacity: {units:.1} units");
         }
         println!("{summary}");
     }
-    Ok(if report.violations.is_empty() {
-        ExitCode::SUCCESS
-    } else {
+    // Something found wrong says more than something left unread (2: run it again).
+    Ok(if !report.violations.is_empty() {
         ExitCode::FAILURE
+    } else if !report.unread.is_empty() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
 fn summary(report: &AuditReport) -> String {
+    let unread = match report.unread.len() {
+        0 => String::new(),
+        n => format!(" unread={n} (run it again)"),
+    };
     format!(
-        "audit: members={} entries={} violations={}",
+        "audit: members={} entries={} violations={}{unread}",
         report.members,
         report.entries,
         report.violations.len()

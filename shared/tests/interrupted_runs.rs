@@ -87,6 +87,33 @@ impl Intercept for Cut {
     }
 }
 
+/// Fails every read of a program's books while on, as a store that does not answer one
+/// partition for a while.
+#[derive(Debug, Clone, Default)]
+struct BooksDown {
+    on: Arc<AtomicBool>,
+}
+
+impl Intercept for BooksDown {
+    fn name(&self) -> &'static str {
+        "books-down"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        let books = String::from_utf8_lossy(body).contains("#BOOKS#");
+        if self.on.load(Ordering::SeqCst) && target(context).ends_with(".Query") && books {
+            return Err("the books' partition did not answer".into());
+        }
+        Ok(())
+    }
+}
+
 /// A writer that ignores an erasure's mark: just before the member's account is deleted, it
 /// moves the account's version on and adds an item under the member, as a commit landing
 /// between the erasure's read of the member's items and its deletes would.
@@ -243,6 +270,7 @@ async fn kept_accounts(client: &aws_sdk_dynamodb::Client, table: &str) -> Vec<St
 struct Setup {
     table: String,
     cut: Cut,
+    books_down: BooksDown,
     racer: Racer,
     client: aws_sdk_dynamodb::Client,
     store: Arc<DynamoStore>,
@@ -254,10 +282,12 @@ async fn setup() -> Setup {
     let table = format!("loyalty-interrupted-{}", uuid::Uuid::new_v4().simple());
     let cut = Cut::off();
     let racer = Racer::default();
+    let books_down = BooksDown::default();
     let client = aws_sdk_dynamodb::Client::from_conf(
         common::moto_dynamodb("interrupted-runs")
             .interceptor(cut.clone())
             .interceptor(racer.clone())
+            .interceptor(books_down.clone())
             .build(),
     );
     let store = Arc::new(DynamoStore::new(client.clone(), &table));
@@ -272,6 +302,7 @@ async fn setup() -> Setup {
     Setup {
         table,
         cut,
+        books_down,
         racer,
         client,
         store,
@@ -1065,4 +1096,34 @@ async fn a_merge_message_delivered_again_after_its_survivor_began_merging_on_add
     assert!(finished.is_ok(), "{finished:?}");
     // THEN c has the person's points once
     assert_eq!(total(points(&s, c).await), before);
+}
+
+#[tokio::test]
+async fn books_the_store_did_not_answer_are_unread_not_wrong() {
+    // GIVEN a member with a purchase, and the books' partition not answering
+    let s = setup().await;
+    bought(&s, "shopify:7700000021", "7700021", 40_000).await;
+    s.books_down.on.store(true, Ordering::SeqCst);
+    let quiet: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(|_| {});
+    // WHEN the audit runs
+    let audit = s
+        .services
+        .audit(Some("kr-shop"), quiet.clone())
+        .await
+        .unwrap();
+    // THEN the books are named as unread, not as a violation (before: a "books" violation,
+    // exit status 1, for a store that did not answer)
+    assert!(audit.violations.is_empty(), "{:?}", audit.violations);
+    assert_eq!(audit.unread.len(), 1, "{:?}", audit.unread);
+    assert_eq!(
+        (audit.unread[0].program.as_str(), audit.unread[0].rule),
+        ("kr-shop", "books")
+    );
+    // WHEN the partition answers again THEN the audit reads them and is quiet
+    s.books_down.on.store(false, Ordering::SeqCst);
+    let audit = s.services.audit(Some("kr-shop"), quiet).await.unwrap();
+    assert!(
+        audit.violations.is_empty() && audit.unread.is_empty(),
+        "{audit:?}"
+    );
 }

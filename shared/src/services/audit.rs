@@ -35,6 +35,10 @@ pub struct AuditReport {
     pub members: u64,
     pub entries: u64,
     pub violations: Vec<Violation>,
+    /// What could not be read this time (a program's books the store failed to answer): not
+    /// found wrong, not checked either. Run the audit again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unread: Vec<Violation>,
     /// Per program: the sums over its members, and the same sums from its books.
     pub programs: BTreeMap<String, ProgramAudit>,
     /// Read capacity used, where the store counts it (DynamoDB).
@@ -265,23 +269,27 @@ impl Services {
             // Every day's books, later ones included: the members hold what a job run ahead
             // (`--ahead`) wrote as of its later day, and the books dated it so (compared up to
             // today, the audit failed until the calendar caught up).
-            let rows = async {
-                self.program(id).await?;
-                self.store
-                    .book_rows(id, crate::domain::calendar::LAST_DAY)
-                    .await
-                    .map_err(ServiceError::from)
+            let unreadable = |e: &dyn std::fmt::Display| Violation {
+                program: id.clone(),
+                member: None,
+                rule: "books",
+                detail: format!("the program's books cannot be read: {e}"),
+                difference: None,
             };
-            let rows = match rows.await {
+            // A program whose file cannot be read is wrong; books the store failed to answer
+            // this time are only unread (the next run may read them).
+            if let Err(e) = self.program(id).await {
+                report.violations.push(unreadable(&e));
+                continue;
+            }
+            let rows = match self
+                .store
+                .book_rows(id, crate::domain::calendar::LAST_DAY)
+                .await
+            {
                 Ok(rows) => rows,
                 Err(e) => {
-                    report.violations.push(Violation {
-                        program: id.clone(),
-                        member: None,
-                        rule: "books",
-                        detail: format!("the program's books cannot be read: {e}"),
-                        difference: None,
-                    });
+                    report.unread.push(unreadable(&e));
                     continue;
                 }
             };

@@ -48,6 +48,30 @@ pub struct Envelope {
     pub trace: Option<String>,
 }
 
+impl Envelope {
+    /// The fields only the operators' routes write (a replay, a resume, a release from review)
+    /// that this envelope sets: a caller setting them would skip the daily limit's hold under a
+    /// made-up reviewer's name, or choose a new deduplication id for the queues.
+    pub fn operators_fields(&self) -> Vec<&'static str> {
+        [
+            ("replay", self.replay.is_some()),
+            ("resumed", self.resumed.is_some()),
+            ("reviewed_by", self.reviewed_by.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(field, set)| set.then_some(field))
+        .collect()
+    }
+}
+
+/// Says which fields of [`Envelope::operators_fields`] a submitted event set.
+pub fn operators_fields_refusal(set: &[&str]) -> String {
+    format!(
+        "{} set by the operators' routes only, never in a submitted event",
+        set.join(", ") + if set.len() == 1 { " is" } else { " are" }
+    )
+}
+
 /// The most bytes a queue takes in one message body (SQS's own limit on the queues the
 /// template makes).
 pub const MAX_MESSAGE_BYTES: usize = 262_144;

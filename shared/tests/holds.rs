@@ -344,13 +344,16 @@ async fn a_suspended_member_s_coupon_is_not_used_at_the_till_until_resumed() {
         ),
         "{refused:?}"
     );
+    // AND the till's check says so beforehand (before: "valid", then refused at use)
     let view = services.check_coupon("kr-shop", &code).await.unwrap();
-    assert_eq!(view.status, "valid");
-    // WHEN the member is resumed THEN the till uses it
+    assert_eq!((view.valid, view.status), (false, "suspended"));
+    // WHEN the member is resumed THEN the check says valid and the till uses it
     services
         .resume("kr-shop", "m-1", "cleared", Default::default(), "ops")
         .await
         .unwrap();
+    let view = services.check_coupon("kr-shop", &code).await.unwrap();
+    assert_eq!((view.valid, view.status), (true, "valid"));
     let used = services
         .consume_coupon("kr-shop", &code, till)
         .await
@@ -452,7 +455,7 @@ async fn a_coupon_a_survivor_inherited_waits_while_the_survivor_is_suspended() {
         "{refused:?}"
     );
     let view = services.check_coupon("kr-shop", &code).await.unwrap();
-    assert_eq!(view.status, "valid");
+    assert_eq!((view.valid, view.status), (false, "suspended"));
 }
 
 #[tokio::test]

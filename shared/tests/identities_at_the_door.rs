@@ -159,3 +159,29 @@ async fn a_member_merged_along_a_chain_is_sent_to_where_its_points_are_now() {
     let into_merged = refused(into_merged);
     assert!(into_merged.ends_with("merge into c-3"), "{into_merged}");
 }
+
+#[tokio::test]
+async fn a_till_s_phone_member_is_refused_as_a_member_of_its_own() {
+    // GIVEN a till's sale delivered for the phone number's own member (which links it so)
+    let (_, services) = stack().await;
+    let loyalty_core::webhooks::Normalised::Events(events) =
+        loyalty_core::webhooks::pos::normalise("kr-shop", &sale("s-till", "pos:010-1212-3434"))
+            .unwrap()
+    else {
+        panic!("a sale is an event");
+    };
+    services.ingest_events("kr-shop", events).await.unwrap();
+    // WHEN support links that phone number to m-ann
+    let linked = services
+        .link_named("kr-shop", "m-ann", "pos", "010-1212-3434", "ops")
+        .await;
+    // THEN it is refused as a member of its own, to be merged (before: "identity-linked", to
+    // itself)
+    match linked {
+        Err(loyalty_core::services::ServiceError::Conflict { problem, detail }) => {
+            assert_eq!(problem, "identity-has-account");
+            assert!(detail.contains("merge it into m-ann"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

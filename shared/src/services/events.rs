@@ -123,26 +123,14 @@ impl Services {
     }
 }
 
-/// `replay`, `resumed` and `reviewed_by` are written by the operators' routes (a replay, a
-/// resume, a release from review). A caller setting them would skip the daily limit's hold
-/// under a made-up reviewer's name, or choose a new deduplication id for the queues.
+/// `replay`, `resumed` and `reviewed_by` are written by the operators' routes, never sent.
 fn operators_fields_unset(envelope: &Envelope) -> Result<(), ServiceError> {
-    let set: Vec<&str> = [
-        ("replay", envelope.replay.is_some()),
-        ("resumed", envelope.resumed.is_some()),
-        ("reviewed_by", envelope.reviewed_by.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(field, set)| set.then_some(field))
-    .collect();
+    let set = envelope.operators_fields();
     if set.is_empty() {
         return Ok(());
     }
     Err(ServiceError::invalid(
         "invalid-event",
-        format!(
-            "{} set by the operators' routes only, never in a submitted event",
-            set.join(", ") + if set.len() == 1 { " is" } else { " are" }
-        ),
+        crate::envelope::operators_fields_refusal(&set),
     ))
 }

@@ -141,12 +141,23 @@ impl Services {
             linked,
         };
         let (kind, value) = (identity.kind.as_str(), identity.value.as_str());
+        let own = identity.own_member();
+        let has_account = || {
+            ServiceError::Conflict {
+            problem: "identity-has-account",
+            detail: format!(
+                "{own} is a member of its own (an account with its history, whatever its points); merge it into {member} (POST .../members/{member}/merge), which links it too"
+            ),
+        }
+        };
         match self.store.resolve_alias(program, kind, value).await? {
             Some(linked) if linked == member => return Ok(report(false)),
+            // Linked to the member of its own name (a till's sales to `pos:010-…` link it so):
+            // a member of its own, not one linked elsewhere.
+            Some(linked) if linked == own => return Err(has_account()),
             Some(linked) => return Err(linked_elsewhere(identity, &linked)),
             None => {}
         }
-        let own = identity.own_member();
         if own != member
             && self
                 .store
@@ -155,12 +166,7 @@ impl Services {
                 .account
                 .is_some()
         {
-            return Err(ServiceError::Conflict {
-                problem: "identity-has-account",
-                detail: format!(
-                    "{own} is a member of its own (an account with its history, whatever its points); merge it into {member} (POST .../members/{member}/merge), which links it too"
-                ),
-            });
+            return Err(has_account());
         }
         if !self.store.put_alias(program, kind, value, member).await? {
             // Linked by someone else between the read and the write.

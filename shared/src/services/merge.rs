@@ -283,7 +283,7 @@ impl Services {
     /// merged into in turn, followed a few steps (for a message: a read that fails stops there).
     pub(crate) async fn survivor_of(&self, program: &str, into: &str) -> String {
         let mut at = into.to_string();
-        for _ in 0..8 {
+        for _ in 0..MAX_MERGE_HOPS {
             let next = match self.store.load_member(program, &at, &[]).await {
                 Ok(state) => state
                     .account

@@ -117,7 +117,7 @@ pub struct CatalogEntry {
 pub struct CouponView {
     pub code: String,
     pub valid: bool,
-    /// `valid`, `consumed`, `expired` or `revoked`.
+    /// `valid`, `consumed`, `expired`, `revoked`, or `suspended` (its member is, for now).
     pub status: &'static str,
     pub reward: String,
     pub member: String,
@@ -1263,7 +1263,17 @@ impl Services {
             .coupon(&program.id, code)
             .await?
             .ok_or_else(|| unknown_coupon(code))?;
-        Ok(coupon_view(&coupon, self.clock.now()))
+        let mut view = coupon_view(&coupon, self.clock.now());
+        // Checked as the till's use of it will be: a suspended member's coupon is not good now.
+        if view.valid {
+            if let Err(ServiceError::Forbidden { .. }) =
+                self.refuse_suspended_coupon(&program.id, code).await
+            {
+                view.valid = false;
+                view.status = "suspended";
+            }
+        }
+        Ok(view)
     }
 
     /// Admin: uses a coupon at the till, once (a retry for the same order is the same use).

@@ -92,6 +92,13 @@ pub fn normalise(program: &str, body: &[u8]) -> Result<Normalised, WebhookError>
             envelope.program
         )));
     }
+    // Refused as `POST .../events` refuses them (they were dropped silently here).
+    let set = envelope.operators_fields();
+    if !set.is_empty() {
+        return Err(WebhookError::Invalid(
+            crate::envelope::operators_fields_refusal(&set),
+        ));
+    }
     if envelope.version != crate::envelope::ENVELOPE_VERSION {
         return Err(WebhookError::Invalid(format!(
             "version {} is not supported (expected {})",
@@ -161,6 +168,25 @@ mod tests {
             "member": "pos:42", "occurred_at": "2026-11-22T12:00:00Z", "data": data})
         .to_string()
         .into_bytes()
+    }
+
+    #[test]
+    fn a_till_cannot_set_the_operators_fields() {
+        // GIVEN a till's sale that names a reviewer, as a release from review would
+        let mut sale: serde_json::Value =
+            serde_json::from_slice(&envelope("till-7-sale-9", "purchase.completed", None)).unwrap();
+        sale["reviewed_by"] = serde_json::json!("lead-2");
+        // WHEN it is read THEN it is refused naming the field, as POST .../events refuses it
+        // (before: taken, the field dropped)
+        match normalise("kr-shop", sale.to_string().as_bytes()) {
+            Err(WebhookError::Invalid(detail)) => {
+                assert!(
+                    detail.starts_with("reviewed_by is set by the operators"),
+                    "{detail}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

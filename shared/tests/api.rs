@@ -282,10 +282,12 @@ async fn the_ledger_pages_over_http_with_a_cursor() {
     drain(&h).await;
     // WHEN the member pages the ledger two at a time
     let mut ids = Vec::new();
+    let mut cursors = Vec::new();
     let mut uri = "/v1/programs/kr-shop/me/ledger?limit=2".to_string();
     loop {
         let (status, page) = call(&h, "GET", &uri, &member("m-1"), "", "").await;
         assert_eq!(status, StatusCode::OK);
+        cursors.extend(page["next_cursor"].as_str().map(str::to_string));
         ids.extend(
             page["entries"]
                 .as_array()
@@ -305,17 +307,22 @@ async fn the_ledger_pages_over_http_with_a_cursor() {
     );
     let (_, view) = call(&h, "GET", "/v1/programs/kr-shop/me", &member("m-1"), "", "").await;
     assert_eq!(view["balance"], 2_500);
-    // AND a cursor that was never issued, or a silly limit, is a 400
-    let (status, _) = call(
-        &h,
-        "GET",
-        "/v1/programs/kr-shop/me/ledger?cursor=abc",
-        &member("m-1"),
-        "",
-        "",
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // AND a cursor that was never issued, one changed by hand, one of another member's pages
+    // (before: an empty last page, or that member's entries), or a silly limit, is a 400
+    let issued = &cursors[0];
+    let (position, check) = issued.rsplit_once('.').unwrap();
+    let changed = format!("{}.{check}", position.parse::<u64>().unwrap() + 1);
+    for (cursor, who) in [
+        ("abc".to_string(), "m-1"),
+        ("0".to_string(), "m-1"),
+        (changed, "m-1"),
+        (issued.clone(), "m-2"),
+    ] {
+        let uri = format!("/v1/programs/kr-shop/me/ledger?cursor={cursor}");
+        let (status, problem) = call(&h, "GET", &uri, &member(who), "", "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{cursor} {who}: {problem}");
+        assert_eq!(problem["type"], "/problems/invalid-cursor");
+    }
     let (status, _) = call(
         &h,
         "GET",

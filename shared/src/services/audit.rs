@@ -276,8 +276,8 @@ impl Services {
                 detail: format!("the program's books cannot be read: {e}"),
                 difference: None,
             };
-            // A program whose file cannot be read is wrong; books the store failed to answer
-            // this time are only unread (the next run may read them).
+            // A program whose file or books cannot be decoded is wrong; books the store failed
+            // to answer this time are only unread (the next run may read them).
             if let Err(e) = self.program(id).await {
                 report.violations.push(unreadable(&e));
                 continue;
@@ -288,6 +288,11 @@ impl Services {
                 .await
             {
                 Ok(rows) => rows,
+                // Rows that do not decode are wrong, whoever reads them.
+                Err(e @ crate::ports::StoreError::Corrupt { .. }) => {
+                    report.violations.push(unreadable(&e));
+                    continue;
+                }
                 Err(e) => {
                     report.unread.push(unreadable(&e));
                     continue;

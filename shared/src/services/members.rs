@@ -20,6 +20,9 @@ pub struct MemberView {
     pub currency: String,
     pub balance: i64,
     pub pending: i64,
+    /// Points held for checkouts not yet captured (pay with points): out of `balance` until the
+    /// shop captures them, back in it if it voids them or the hold expires.
+    pub held: i64,
     pub pending_releases: Vec<DatedPoints>,
     pub tier: TierView,
     pub next_tier: Option<NextTier>,
@@ -299,6 +302,7 @@ impl Services {
             currency: program.currency.to_string(),
             balance: view.balance,
             pending: view.pending_points(),
+            held: view.holds.iter().map(|h| h.points).sum(),
             pending_releases: releases,
             tier: TierView {
                 id: progress.id,
@@ -365,18 +369,26 @@ impl Services {
     ) -> Result<LedgerView, ServiceError> {
         let program = self.program(program).await?;
         let limit = page_limit(limit)?;
-        if let Some(c) = cursor {
-            if decode_cursor(c).is_none() {
-                return Err(ServiceError::invalid(
-                    "invalid-cursor",
-                    format!("cursor {c:?} was not issued by this API"),
-                ));
-            }
-        }
-        let page = self
+        let cursor = match cursor {
+            Some(c) => Some(
+                opened_cursor(&program.id, member, c)
+                    .filter(|c| decode_cursor(c).is_some())
+                    .ok_or_else(|| {
+                        ServiceError::invalid(
+                            "invalid-cursor",
+                            format!("cursor {c:?} was not issued by this API for this member"),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        let mut page = self
             .store
             .ledger_page(&program.id, member, limit, cursor)
             .await?;
+        page.next_cursor = page
+            .next_cursor
+            .map(|c| sealed_cursor(&program.id, member, &c));
         let mut entries = Vec::new();
         if cursor.is_none() {
             let state = self.store.load_member(&program.id, member, &[]).await?;
@@ -397,6 +409,25 @@ impl Services {
             point_value: PointValue::cashback_of(&program),
         })
     }
+}
+
+/// A ledger page's cursor as the API hands it out: the store's, with a check bound to the
+/// program and the member. A number changed by hand, or a cursor of another member's pages, is
+/// refused (400) rather than read as a position: it answered an empty last page, or another
+/// member's entries. (A check, not a secret: the entries are the member's own either way.)
+fn sealed_cursor(program: &str, member: &str, cursor: &str) -> String {
+    format!("{cursor}.{:016x}", cursor_check(program, member, cursor))
+}
+
+/// The store's cursor inside a sealed one, when its check holds.
+fn opened_cursor<'a>(program: &str, member: &str, sealed: &'a str) -> Option<&'a str> {
+    let (cursor, check) = sealed.rsplit_once('.')?;
+    (check == format!("{:016x}", cursor_check(program, member, cursor))).then_some(cursor)
+}
+
+fn cursor_check(program: &str, member: &str, cursor: &str) -> u64 {
+    let text = format!("ledger#{program}#{member}#{cursor}");
+    crate::fingerprint::fnv1a64(text.bytes())
 }
 
 /// A short code that identifies the member for referrals: stable, and not the member id itself.

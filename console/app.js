@@ -335,7 +335,9 @@ async function findMember(text) {
     try {
       return { ref, view: await api("GET", inProgram(`/members/${encodeURIComponent(ref)}`)) };
     } catch (e) {
-      if (e.problem?.status !== 404) throw e;
+      // A name the API refuses as an id (400: spaces in a phone number) is not this member
+      // either: the forms after it may still name one. None found: the first answer is shown.
+      if (![400, 404].includes(e.problem?.status)) throw e;
       missing ??= e;
     }
   }

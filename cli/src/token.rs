@@ -15,8 +15,9 @@ pub struct TokenArgs {
     /// An admin token (scope loyalty/admin).
     #[arg(long, group = "who")]
     admin: bool,
-    /// Limit the admin token to one program.
-    #[arg(long, requires = "admin")]
+    /// Limit the token to one program (a member token then reads and spends only that
+    /// program's points, where two programs may know one member id as two people).
+    #[arg(long)]
     program: Option<String>,
     /// The operator the admin token names (ledgers and approvals say who acted).
     #[arg(long, requires = "admin", default_value = "admin")]
@@ -37,7 +38,7 @@ pub fn run(args: &TokenArgs) -> Result<(), String> {
         return Err("--hours must be at least 1".into());
     }
     let claims = match (&args.member, args.admin) {
-        (Some(member), _) => claims(member, &[], None, args.hours),
+        (Some(member), _) => claims(member, &[], args.program.as_deref(), args.hours),
         (None, _) => claims(
             &args.operator,
             &[ADMIN_SCOPE],

@@ -354,6 +354,27 @@ fn balances_survive_restarts_and_a_kill_right_after_acceptance() {
 }
 
 #[test]
+fn a_member_token_limited_to_a_program_is_refused_by_another() {
+    // GIVEN a local stack with kr-shop, and m-1's tokens limited to us-shop and to kr-shop
+    let server = Server::start(&["--memory"]);
+    let elsewhere = token(&["--member", "m-1", "--program", "us-shop"]);
+    let here = token(&["--member", "m-1", "--program", "kr-shop"]);
+    // WHEN each asks for m-1's view in kr-shop
+    let status = |token: &str| {
+        client()
+            .get(format!("{}/v1/programs/kr-shop/me", server.base))
+            .bearer_auth(token)
+            .send()
+            .expect("request")
+            .status()
+    };
+    // THEN the one limited to another program is refused (before: `--program` was for admin
+    // tokens only, and a member token reached every program)
+    assert_eq!(status(&elsewhere), 403);
+    assert_eq!(status(&here), 200);
+}
+
+#[test]
 fn token_fails_clearly_without_a_secret() {
     // GIVEN no LOYALTY_JWT_SECRET WHEN a token is asked for
     let out = Command::new(BIN)

@@ -395,6 +395,21 @@ async fn approved_adjustments_count_within_the_daily_limit_of_the_operator_who_a
         matches!(&third, Err(loyalty_core::services::ServiceError::Conflict { problem, .. }) if *problem == "operator-daily-limit"),
         "{third:?}"
     );
+    // AND one larger than any operator's whole day is refused as such (split it)
+    let huge = json!({"points": 70_000, "reason": "store credit"}).to_string();
+    match services
+        .adjust("kr-shop", "m-4", "ops-5", None, huge.as_bytes())
+        .await
+    {
+        Err(loyalty_core::services::ServiceError::Conflict { problem, detail }) => {
+            assert_eq!(problem, "operator-daily-limit");
+            assert!(
+                detail.contains("more than one operator may adjust in a day"),
+                "{detail}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     // WHEN the next day comes THEN the waiting one is approved
     clock.set(clock.now() + Duration::days(1));
     let later = services

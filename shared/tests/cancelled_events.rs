@@ -443,4 +443,7 @@ async fn a_resume_asking_the_other_way_while_the_first_is_dealt_with_is_refused(
     assert_eq!(pending(&services, member).await, 3 * 590);
     assert!(!store_has_rejected(&services, "woo-2001-paid").await);
     assert!(!store_has_rejected(&services, "woo-2002-paid").await);
+    // AND once nothing waits, a resume asking the other way decides nothing and is not refused
+    let later = resume("ops-2", "cancel").await.unwrap();
+    assert_eq!((later.applied, later.cancelled), (0, 0));
 }

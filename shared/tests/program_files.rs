@@ -220,13 +220,21 @@ fn a_key_missing_or_misspelt_is_named_and_bad_syntax_is_a_syntax_error() {
     let start = KR.find("[tier_rules]").unwrap();
     let end = start + KR[start..].find("\n[").unwrap() + 1;
     let no_tier_rules = format!("{}{}", &KR[..start], &KR[end..]);
-    let no_months = KR.replace("months = 12           #", "#");
+    let no_months = KR
+        .replace("months = 12           #", "#")
+        .replace("[expiry]", "[expiry]  # a note");
+    let tier_without_threshold = KR.replace("threshold = \"300000\"", "");
     // THEN each file that is TOML is refused by the field it lacks or misspells (before: "not
     // valid TOML" for a file that was), and broken TOML as a syntax error
     for (text, field, says) in [
         (misspelt.as_str(), "purchase.pending_dayz", "is not a field"),
         (no_tier_rules.as_str(), "tier_rules", "is required"),
         (no_months.as_str(), "expiry.months", "is required"),
+        (
+            tier_without_threshold.as_str(),
+            "tiers[1].threshold",
+            "is required",
+        ),
     ] {
         let err = invalid(text);
         let named = err.fields();
@@ -241,6 +249,10 @@ fn a_key_missing_or_misspelt_is_named_and_bad_syntax_is_a_syntax_error() {
     short.as_object_mut().unwrap().remove("tier_rules");
     let err = Program::from_json(&short.to_string()).unwrap_err();
     assert_eq!(fields(&err), ["tier_rules"], "{err}");
+    let mut nested = json.clone();
+    nested["expiry"].as_object_mut().unwrap().remove("months");
+    let err = Program::from_json(&nested.to_string()).unwrap_err();
+    assert_eq!(fields(&err), ["expiry.months"], "{err}");
     assert!(matches!(
         Program::from_json("{\"id\": "),
         Err(ProgramError::Syntax { .. })

@@ -660,29 +660,37 @@ impl Program {
         // Valid TOML that is not a program (a section missing, a key misspelt) is refused by
         // the field, as the rules' own mistakes are, not as a file that does not parse.
         text.parse::<toml::Table>().map_err(syntax)?;
-        let file: ProgramFile = toml::from_str(text).map_err(|e| {
-            let table = table_at(text, e.span());
-            ProgramError::Invalid(vec![shape_error(
-                e.message(),
-                &table,
-                &location(text, e.span()),
-            )])
-        })?;
+        let file: ProgramFile = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let at = location(text, inner.span());
+                ProgramError::Invalid(vec![shape_error(inner.message(), &path, &at)])
+            })?;
         Program::from_file(file)
     }
 
     pub fn from_json(text: &str) -> Result<Program, ProgramError> {
-        let file: ProgramFile = serde_json::from_str(text).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => {
-                let line = format!(" (line {})", e.line());
-                let message = e.to_string();
-                let message = message.split(" at line ").next().unwrap_or(&message);
-                ProgramError::Invalid(vec![shape_error(message, "", &line)])
+        let mut reader = serde_json::Deserializer::from_str(text);
+        let file: ProgramFile = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => {
+                    let at = format!(" (line {})", inner.line());
+                    let message = inner.to_string();
+                    let message = message.split(" at line ").next().unwrap_or(&message);
+                    ProgramError::Invalid(vec![shape_error(message, &path, &at)])
+                }
+                _ => ProgramError::Syntax {
+                    format: "JSON",
+                    message: inner.to_string(),
+                },
             }
-            _ => ProgramError::Syntax {
-                format: "JSON",
-                message: e.to_string(),
-            },
+        })?;
+        reader.end().map_err(|e| ProgramError::Syntax {
+            format: "JSON",
+            message: e.to_string(),
         })?;
         Program::from_file(file)
     }
@@ -766,13 +774,17 @@ pub enum TimeBoundsError {
 }
 
 /// A key missing from, or unknown to, the program's shape, named as the rules' mistakes are
-/// (`expiry.months`); the deserializer's own words otherwise.
-fn shape_error(message: &str, table: &str, location: &str) -> FieldError {
+/// (`expiry.months`, `tiers[2].threshold`) from the path the deserializer was at (`.` at the
+/// top); the deserializer's own words otherwise.
+fn shape_error(message: &str, path: &str, location: &str) -> FieldError {
+    let table = if path == "." { "" } else { path };
     let named = |prefix: &str| {
         let rest = message.strip_prefix(prefix)?;
         let name = rest.split('`').next()?;
+        // An unknown key's path ends with it already; a missing one's is its table's.
         Some(match table {
             "" => name.to_string(),
+            table if table == name || table.ends_with(&format!(".{name}")) => table.to_string(),
             table => format!("{table}.{name}"),
         })
     };
@@ -797,25 +809,6 @@ fn shape_error(message: &str, table: &str, location: &str) -> FieldError {
         },
         message: format!("{message}{location}"),
     }
-}
-
-/// The name of the `[table]` (or `[[array]]`) whose text holds `span`'s start, "" at the top.
-fn table_at(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    let Some(span) = span else {
-        return String::new();
-    };
-    let upto = &text[..span.start.min(text.len())];
-    // The line the span starts on counts: a missing key's span is its table's header.
-    let line_end = text[upto.len()..]
-        .find('\n')
-        .map_or(text.len(), |i| upto.len() + i);
-    text[..line_end]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
-        .unwrap_or_default()
 }
 
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
@@ -1229,7 +1222,9 @@ impl Validator {
                     .and_then(|c| n.checked_mul(c.minor_per_major()))
                     .filter(|m| (0..=MAX_AMOUNT).contains(m));
                 if minor.is_none() {
-                    self.fail(field, format!("must be an amount from 0 to {}", MAX_AMOUNT));
+                    // In the unit it is written in (major units, as a number).
+                    let most = MAX_AMOUNT / currency.map_or(1, |c| c.minor_per_major());
+                    self.fail(field, format!("must be an amount from 0 to {most}"));
                 }
                 minor
             }

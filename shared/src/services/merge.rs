@@ -176,21 +176,21 @@ impl Services {
             let now = self.clock.now();
             let target = self.existing_member(program, survivor).await?;
             if let Some(into) = target.merged_into() {
-                let now = self.survivor_of(&program.id, into).await;
+                let last = self.survivor_of(&program.id, into).await;
                 return Err(ServiceError::Conflict {
                     problem: "member-merged",
-                    detail: format!("{survivor} was merged into {into}; merge into {now}"),
+                    detail: format!("{survivor} was merged into {into}; merge into {last}"),
                 });
             }
             let other = self.existing_member(program, from).await?;
             match other.merged_into() {
                 Some(into) if into == survivor => return Ok(true),
                 Some(into) => {
-                    let now = self.survivor_of(&program.id, into).await;
-                    let detail = if now == survivor {
+                    let last = self.survivor_of(&program.id, into).await;
+                    let detail = if last == survivor {
                         format!("{from} was merged into {into}, and {into} into {survivor}: its points are {survivor}'s already")
                     } else {
-                        format!("{from} was merged into {into} already (its points are {now}'s)")
+                        format!("{from} was merged into {into} already (its points are {last}'s)")
                     };
                     return Err(ServiceError::Conflict {
                         problem: "member-merged",
@@ -309,14 +309,14 @@ impl Services {
         let Some(into) = account.merged_into().filter(|_| refused.is_err()) else {
             return refused;
         };
-        let now = self.survivor_of(program, into).await;
-        if now == into {
+        let last = self.survivor_of(program, into).await;
+        if last == into {
             return refused;
         }
         Err(ServiceError::Conflict {
             problem: "member-merged",
             detail: format!(
-                "{} was merged into {into}, and {into} on into {now}: its points, and any change to them, are {now}'s",
+                "{} was merged into {into}, and {into} on into {last}: its points, and any change to them, are {last}'s",
                 account.member
             ),
         })

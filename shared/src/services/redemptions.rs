@@ -164,6 +164,23 @@ fn checkout_value(points: i64, value_minor: i64, per: i64) -> Result<i64, Servic
         })
 }
 
+/// An adjustment larger than one operator may make in a whole day: no day would ever take it.
+pub(crate) fn refuse_past_any_day(
+    program: &crate::domain::Program,
+    points: i64,
+) -> Result<(), ServiceError> {
+    match program.safeguards.operator_daily_points {
+        Some(limit) if points.saturating_abs() > limit => Err(ServiceError::Conflict {
+            problem: "operator-daily-limit",
+            detail: format!(
+                "{} points are more than one operator may adjust in a day ({limit}): split the adjustment, or raise safeguards.operator_daily_points",
+                points.saturating_abs()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The books' counter of what an operator adjusted on a day (`safeguards.operator_daily_points`).
 pub(crate) fn operator_counter(by: &str) -> String {
     format!("a|{by}")
@@ -1119,6 +1136,7 @@ impl Services {
                     .map_err(|e| ServiceError::invalid("invalid-adjustment", e.to_string()))?;
                 // Approved, it counts for the one who asked: refused now rather than waiting
                 // for an approval that could only be refused.
+                refuse_past_any_day(&program, request.points)?;
                 self.check_operator_limit(&program, by, request.points)
                     .await?;
                 return self
@@ -1264,13 +1282,16 @@ impl Services {
             .await?
             .ok_or_else(|| unknown_coupon(code))?;
         let mut view = coupon_view(&coupon, self.clock.now());
-        // Checked as the till's use of it will be: a suspended member's coupon is not good now.
+        // Checked as the till's use of it will be: a suspended member's coupon is not good now
+        // (and one whose member cannot be read is not called good either).
         if view.valid {
-            if let Err(ServiceError::Forbidden { .. }) =
-                self.refuse_suspended_coupon(&program.id, code).await
-            {
-                view.valid = false;
-                view.status = "suspended";
+            match self.refuse_suspended_coupon(&program.id, code).await {
+                Ok(()) => {}
+                Err(ServiceError::Forbidden { .. }) => {
+                    view.valid = false;
+                    view.status = "suspended";
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(view)

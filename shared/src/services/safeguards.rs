@@ -501,7 +501,7 @@ impl Services {
                 None => self.opened_for(&program, &pending, now).await?,
             };
             // Merged or erased since it was asked for: refused as a direct adjustment is.
-            super::redemptions::refuse_closed(&account)?;
+            self.refuse_closed_named(&program.id, &account).await?;
             let ctx = EventContext::new(format!("adjust-{effect}"), now, now).with_source(Source {
                 admin: Some(pending.requested_by.clone()),
                 rule: Some(format!("approved-by:{by}")),
@@ -547,15 +547,17 @@ impl Services {
                         .account
                         .map_or(0, |a| a.balance);
                 }
-                // It stays waiting: approved on a later day, it fits the requester's limit.
+                // It stays waiting: approved on a later day, it fits the requester's limit
+                // (one that fits no day is said so: decline it).
                 Err(CommitError::OverQuota) => {
-                    self.check_operator_limit(&program, &pending.requested_by, pending.points)
-                        .await?;
+                    super::redemptions::refuse_past_any_day(&program, pending.points)?;
                     return Err(ServiceError::Conflict {
                         problem: "operator-daily-limit",
                         detail: format!(
-                            "{}'s adjustments of the day would pass the daily limit: approve it tomorrow",
-                            pending.requested_by
+                            "{} points would take {}'s adjustments of the day past the daily limit of {}: approve it another day",
+                            pending.points.saturating_abs(),
+                            pending.requested_by,
+                            program.safeguards.operator_daily_points.unwrap_or(i64::MAX)
                         ),
                     });
                 }

@@ -186,6 +186,8 @@ impl Services {
         let (applied, cancelled) = match (lifted, events) {
             (true, Waiting::Apply) => (waiting, 0),
             (true, Waiting::Cancel) => (0, waiting),
+            // Nothing waits: nothing to decide either way (a lift long done, asked again).
+            (false, _) if waiting == 0 => (0, 0),
             (false, _) => {
                 self.refuse_other_choice(&program.id, member, events)
                     .await?;
@@ -196,8 +198,8 @@ impl Services {
         Ok(report(member, None, applied, cancelled))
     }
 
-    /// Refuses a resume of a member no longer suspended that asks the other way than the lift
-    /// did: its events are being dealt with as that lift decided (a resume sent at the same
+    /// Refuses a resume of a member no longer suspended, while events still wait, that asks the
+    /// other way than the lift did: they are being dealt with as that lift decided (a resume sent at the same
     /// moment as another one, or after it), and deciding some of them the other way would
     /// split them. Suspend the member again to decide otherwise.
     async fn refuse_other_choice(

@@ -258,9 +258,22 @@ impl Sums {
                 .or_default()
                 .entry("release".into())
                 .or_insert(0) += points;
-            *self.tier_lots.entry((tier, lot)).or_insert(0) += points;
+            *self.tier_lots.entry((tier.clone(), lot)).or_insert(0) += points;
             self.bump(YearMonth::of(day), "release", points);
             provisional.released += points;
+            // Released into a lot that had ended: they expire as they arrive, in the month they
+            // were issued, as the written release and expiry will be (Journal::settle).
+            if lot < day {
+                *self
+                    .lots
+                    .entry(lot)
+                    .or_default()
+                    .entry("expire".into())
+                    .or_insert(0) -= points;
+                *self.tier_lots.entry((tier, lot)).or_insert(0) -= points;
+                self.bump(YearMonth::of(day), "expire", -points);
+                provisional.expired += points;
+            }
         }
         let ended: Vec<(NaiveDate, i64)> = self
             .lots

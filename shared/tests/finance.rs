@@ -782,3 +782,55 @@ async fn an_audit_after_a_job_run_ahead_of_the_calendar_is_clean() {
     // release dated the 18th, and every audit failed until that day came)
     assert_clean(&audit);
 }
+
+#[tokio::test]
+async fn points_that_arrive_after_their_lot_ended_expire_in_the_month_they_were_issued() {
+    // GIVEN kr-shop with points kept one month and purchases pending 60 days: m-2 buys on
+    // 31 January (released 1 April into the lot of 28 February, ended by then)
+    let s = stack("born-expired").await;
+    s.at(seoul_noon(2026, 1, 31)).await;
+    let short = KR_SHOP
+        .replace("months = 12 ", "months = 1 ")
+        .replace("pending_days = 7 ", "pending_days = 60 ");
+    s.services
+        .put_program("kr-shop", &short, ProgramFormat::Toml)
+        .await
+        .unwrap();
+    s.purchase("m-2", "o-2", &[("1", 1, 20_000)]).await;
+    // WHEN on 1 April a till's purchase of 5 January reaches m-1 (available at once, into the
+    // same lot), and the report is made before any job has run
+    s.at(seoul_noon(2026, 4, 1)).await;
+    s.event(json!({
+        "type": "purchase.completed", "version": 1, "id": "ev-o-1", "program": "kr-shop",
+        "member": "m-1", "occurred_at": seoul_noon(2026, 1, 5).to_rfc3339(),
+        "data": {"order_id": "o-1", "currency": "KRW",
+                 "lines": [{"line_id": "1", "quantity": 1, "unit_price": "10000"}]}
+    }))
+    .await;
+    let before = s.report(day(2026, 4, 1)).await;
+    // THEN no month closes below zero: both are issued and expire in April (before: March,
+    // the month after the lot's last day, expired 300 points issued only in April)
+    let month = |r: &LiabilityReport, y: i32, m: u32| {
+        r.movements
+            .iter()
+            .find(|mv| mv.month == YearMonth::new(y, m))
+            .cloned()
+    };
+    for mv in &before.movements {
+        assert!(mv.closing >= 0, "{mv:?}");
+    }
+    // (a month that moved nothing has no row)
+    let march = month(&before, 2026, 3).map(|m| (m.issued, m.expired));
+    assert!(matches!(march, None | Some((0, 0))), "{march:?}");
+    let april = month(&before, 2026, 4).expect("April");
+    assert_eq!((april.issued, april.expired), (300, 300), "{april:?}");
+    // WHEN the jobs write what the report projected THEN the report does not change
+    s.job(Job::ReleasePending, day(2026, 4, 1)).await;
+    s.job(Job::ExpirePoints, day(2026, 4, 1)).await;
+    let after = s.report(day(2026, 4, 1)).await;
+    assert_eq!(after.movements, before.movements);
+    assert_reconciles(&after);
+    // AND the members agree with the books
+    let audit = s.audit().await;
+    assert!(audit.violations.is_empty(), "{:?}", audit.violations);
+}

@@ -1190,7 +1190,7 @@ fn an_upgrade_waits_only_for_purchases_inside_its_window() {
 }
 
 #[test]
-fn points_last_usable_before_their_purchase_was_recorded_are_due_to_expire_the_day_it_was() {
+fn points_last_usable_before_their_purchase_was_recorded_expire_in_its_own_commit() {
     // GIVEN kr-shop keeping points to the end of the month after they were earned
     use chrono::TimeZone;
     let p = kr_with("months = 12", "months = 1");
@@ -1210,13 +1210,23 @@ fn points_last_usable_before_their_purchase_was_recorded_are_due_to_expire_the_d
             &ctx("ev-o-1", bought, recorded),
         )
         .unwrap();
-    let commit = loyalty_core::ports::Commit::new(&p, "m-1", None, out.change, recorded);
-    // THEN the expiry job finds the member on 3 February, not on 1 January, a day it has
-    // already passed
+    // THEN they expire in the purchase's own commit, as of 3 February when they were booked
+    // (before: left for the expiry job, which dated them 1 January, a month before they were
+    // issued), and no expiry is left due
+    let expired: Vec<_> = out
+        .change
+        .entries
+        .iter()
+        .filter(|e| e.kind == loyalty_core::domain::EntryKind::Expire)
+        .collect();
+    assert_eq!(expired.len(), 1, "{:?}", out.change.entries);
     assert_eq!(
-        commit.due.expire,
-        chrono::NaiveDate::from_ymd_opt(2027, 2, 3)
+        (expired[0].points, expired[0].occurred_at),
+        (-1_000, recorded)
     );
+    assert_eq!(out.change.account.balance, 0);
+    let commit = loyalty_core::ports::Commit::new(&p, "m-1", None, out.change, recorded);
+    assert_eq!(commit.due.expire, None);
 }
 
 #[test]

@@ -556,6 +556,9 @@ pub(crate) struct Journal<'a> {
     lots_mark: Lots,
     pub no_op: Option<String>,
     pub referrer: Option<String>,
+    /// An event's journal ([`Journal::begin`]): the program's time zone, so that points it
+    /// puts into a lot already ended expire in its own commit, when they were booked.
+    late_expiry_tz: Option<chrono_tz::Tz>,
 }
 
 impl<'a> Journal<'a> {
@@ -570,6 +573,7 @@ impl<'a> Journal<'a> {
             lots_mark: account.lots.clone(),
             no_op: None,
             referrer: None,
+            late_expiry_tz: None,
         }
     }
 
@@ -577,15 +581,33 @@ impl<'a> Journal<'a> {
     pub fn begin(account: &Account, program: &Program, ctx: &'a EventContext) -> Self {
         let mut journal = Journal::new(account, ctx, false);
         journal.settle(program, ctx.recorded_at);
+        journal.late_expiry_tz = Some(program.time_zone);
         journal
     }
 
-    pub fn finish(self) -> Change {
+    pub fn finish(mut self) -> Change {
+        self.expire_late();
         Change {
             account: self.account,
             entries: self.entries,
             no_op: self.no_op,
             referrer: self.referrer,
+        }
+    }
+
+    /// Points an event put into a lot that had already ended (a purchase delivered after its
+    /// points' last day, a redemption reversed into a lot since ended) expire in the event's
+    /// commit, as of its processing: the books then expire them in the month they were issued.
+    /// Left to the next settle, they expired as of the lot's own day, before they were booked,
+    /// and the month of that day closed below zero. After [`Journal::begin`]'s settle, every
+    /// lot ended before today is such a lot.
+    fn expire_late(&mut self) {
+        let Some(tz) = self.late_expiry_tz else {
+            return;
+        };
+        let today = local_date(tz, self.ctx.recorded_at);
+        while let Some(day) = self.account.lots.first_expiry().filter(|d| *d < today) {
+            self.expire(day, self.ctx.recorded_at);
         }
     }
 
@@ -718,6 +740,15 @@ impl<'a> Journal<'a> {
         }
         let tz = program.time_zone;
         let today = local_date(tz, now);
+        // Points this settle puts into a lot (a release, a hold given back) may land in one that
+        // has ended: that lot's expiry is then dated when they arrived, never before (the books
+        // expire them in the month they were issued, not in an earlier one).
+        let mut arrived: BTreeMap<NaiveDate, DateTime<Utc>> = BTreeMap::new();
+        for hold in &expired {
+            for share in &hold.taken {
+                arrived.insert(share.expires_on, hold.expires_at);
+            }
+        }
         // Releases and expiries interleave by the instant they take effect.
         loop {
             let release = self
@@ -735,9 +766,18 @@ impl<'a> Journal<'a> {
                 .filter(|d| *d < today)
                 .map(|d| (d, start_of_day(tz, d.succ_opt().unwrap_or(d))));
             match (release, expiry) {
-                (Some((i, at)), Some((_, exp_at))) if at <= exp_at => self.release(program, i),
-                (Some((i, _)), None) => self.release(program, i),
-                (_, Some((date, at))) => self.expire(date, at),
+                (Some((i, at)), Some((_, exp_at))) if at <= exp_at => {
+                    arrived.insert(self.account.pending[i].expires_on, at);
+                    self.release(program, i);
+                }
+                (Some((i, at)), None) => {
+                    arrived.insert(self.account.pending[i].expires_on, at);
+                    self.release(program, i);
+                }
+                (_, Some((date, at))) => {
+                    let at = arrived.get(&date).map_or(at, |arrived| at.max(*arrived));
+                    self.expire(date, at);
+                }
                 (None, None) => break,
             }
         }

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod audit;
+mod backup;
 mod campaign;
 mod console;
 mod dlq;
@@ -74,6 +75,8 @@ enum Command {
     /// Check every member against its ledger and each program against its books; exit
     /// status 1 on any violation.
     Audit(audit::AuditArgs),
+    /// Copy serve's database to a file that is whole on its own, while serve runs.
+    Backup(backup::BackupArgs),
 }
 
 /// A `--date`-like argument: `YYYY-MM-DD` with a four-digit year, as the HTTP API takes it.
@@ -84,6 +87,7 @@ fn date_arg(text: &str) -> Result<chrono::NaiveDate, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    loyalty_core::telemetry::set_log_key_from_env();
     // Held to the end of main: dropping it writes out what the log thread still holds.
     let _logs = init_logs(cli.log_format, matches!(cli.command, Command::Serve(_)));
     if let Command::Audit(args) = cli.command {
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
         Command::Rejected(args) => rejected::run(args),
         Command::Dlq(args) => dlq::run(args),
         Command::Outbox(args) => outbox::run(args),
+        Command::Backup(args) => backup::run(&args),
         Command::Audit(_) | Command::Import(_) | Command::Reconcile(_) => Ok(()),
     };
     match result {

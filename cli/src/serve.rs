@@ -65,6 +65,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         true => None,
         false => Some(hold_database(&args.db)?),
     };
+    let (secret, generated) = match std::env::var(SECRET_VAR) {
+        Ok(s) if !s.is_empty() => (s, false),
+        _ => (generate_secret(), true),
+    };
+    // Before anything is logged (a key from the environment was taken at start-up). A secret
+    // made here is printed, where the logs may go too: the logs get one of their own.
+    match generated {
+        false => loyalty_core::telemetry::set_log_key(secret.as_bytes()),
+        true => loyalty_core::telemetry::set_log_key(generate_secret().as_bytes()),
+    }
     // The address next, so that a busy port refuses the start before anything is written.
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
@@ -99,10 +109,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     );
     let loaded = load_programs(&services, &store, &args.programs).await?;
 
-    let (secret, generated) = match std::env::var(SECRET_VAR) {
-        Ok(s) if !s.is_empty() => (s, false),
-        _ => (generate_secret(), true),
-    };
     let state = AppState {
         services: Arc::clone(&services),
         verifier: Verifier::hs256(secret.as_bytes()),
@@ -209,6 +215,10 @@ async fn metrics() -> impl axum::response::IntoResponse {
 /// the process ends, however it ends). Commands other than serve do not take it: they may run
 /// beside a serve.
 fn hold_database(db: &std::path::Path) -> Result<std::fs::File, String> {
+    // Named after the file itself: a link to it, or another spelling of its path, finds the
+    // same lock.
+    let real = real_path(db);
+    let db = real.as_path();
     let mut path = db.as_os_str().to_owned();
     path.push(".lock");
     let path = PathBuf::from(path);
@@ -226,6 +236,30 @@ fn hold_database(db: &std::path::Path) -> Result<std::fs::File, String> {
             path.display()
         )),
         Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+/// The path of the file `db` names, links followed, whether or not the file is made yet (a
+/// link to a file not made yet, or a chain of them, leads where SQLite will make it).
+fn real_path(db: &std::path::Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(db) {
+        return real;
+    }
+    let dir = |path: &std::path::Path| match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // As many links as the system itself follows (Linux's limit is 40).
+    let mut target = db.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::read_link(&target) {
+            Ok(to) => target = dir(&target).join(to),
+            Err(_) => break,
+        }
+    }
+    match (std::fs::canonicalize(dir(&target)), target.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => target,
     }
 }
 

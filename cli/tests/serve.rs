@@ -459,6 +459,16 @@ fn jobs_run_from_the_command_line_write_what_is_due_once() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
 }
 
+/// A serve on `db` that is expected to stop by itself (refused at its start).
+fn serve_to_its_end(db: &str) -> std::process::Output {
+    ends_soon(
+        Command::new(BIN)
+            .args(["serve", "--addr", "127.0.0.1:0", "--db", db])
+            .env("LOYALTY_JWT_SECRET", SECRET)
+            .env("LOYALTY_LOG", "warn"),
+    )
+}
+
 #[test]
 fn a_second_serve_on_the_same_file_is_refused_before_it_touches_it() {
     // GIVEN serve running on a database file
@@ -466,12 +476,7 @@ fn a_second_serve_on_the_same_file_is_refused_before_it_touches_it() {
     let db_arg = db.to_str().expect("utf-8 path");
     let first = Server::start(&["--db", db_arg]);
     // WHEN another serve is started on the same file (on another port)
-    let second = ends_soon(
-        Command::new(BIN)
-            .args(["serve", "--addr", "127.0.0.1:0", "--db", db_arg])
-            .env("LOYALTY_JWT_SECRET", SECRET)
-            .env("LOYALTY_LOG", "warn"),
-    );
+    let second = serve_to_its_end(db_arg);
     // THEN it fails, saying another serve uses the file, and the first still answers
     assert!(!second.status.success());
     let said = String::from_utf8_lossy(&second.stderr);
@@ -482,6 +487,118 @@ fn a_second_serve_on_the_same_file_is_refused_before_it_touches_it() {
     first.kill();
     let again = Server::start(&["--db", db_arg]);
     assert!(me(&again, "m-1").get("balance").is_some());
+}
+
+#[test]
+fn a_backup_taken_while_serve_runs_is_whole_on_its_own() {
+    // GIVEN serve running on a database file, with a purchase processed (still in the file's
+    // write-ahead log, beside it)
+    let db = temp_db("backup");
+    let db_arg = db.to_str().expect("utf-8 path");
+    let running = Server::start(&["--db", db_arg]);
+    let admin = token(&["--admin"]);
+    let posted = post_event(&running, &admin, &purchase("ev-b-1", "m-1", "b-1", 8));
+    assert_eq!(posted.status(), 202);
+    eventually(&running, "m-1", |v| v["balance"] == 590);
+    // WHEN a backup is taken while it runs
+    let copy = db.with_file_name("backup.db");
+    let copy_arg = copy.to_str().unwrap();
+    let backup = || ends_soon(Command::new(BIN).args(["backup", "--db", db_arg, "--to", copy_arg]));
+    let taken = backup();
+    assert!(
+        taken.status.success(),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+    // THEN the copy is one file, and serve on it alone has the member's points
+    assert!(!copy.with_file_name("backup.db-wal").exists());
+    let restored = Server::start(&["--db", copy_arg]);
+    assert_eq!(me(&restored, "m-1")["balance"], 590);
+    // AND a second backup to the same file is refused, leaving it as it was
+    let size = std::fs::metadata(&copy).unwrap().len();
+    restored.kill();
+    let again = backup();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), size);
+    // AND a target written as a directory is refused before anything is written
+    let slashed = format!("{}/", db.with_file_name("slashed.db").display());
+    let refused = ends_soon(Command::new(BIN).args(["backup", "--db", db_arg, "--to", &slashed]));
+    assert!(!refused.status.success());
+    assert!(!db.with_file_name("slashed.db").exists());
+}
+
+#[test]
+fn a_link_to_a_served_file_finds_its_lock() {
+    // GIVEN serve running on a database file, and a symbolic link to that file
+    let db = temp_db("linked-serve");
+    let db_arg = db.to_str().expect("utf-8 path");
+    let first = Server::start(&["--db", db_arg]);
+    let link = db.with_file_name("link.db");
+    std::os::unix::fs::symlink(&db, &link).unwrap();
+    // WHEN another serve is started on the link
+    let second = serve_to_its_end(link.to_str().unwrap());
+    // THEN it is refused as on the file itself (before: it served the same file beside the
+    // first, each delivering what the other had in flight)
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("another loyalty serve"), "{said}");
+    assert!(me(&first, "m-1").get("balance").is_some());
+    // AND a serve on a chain of links to a file not made yet holds the file it makes
+    let later = db.with_file_name("later.db");
+    let early_link = db.with_file_name("early-link.db");
+    std::os::unix::fs::symlink("later.db", &early_link).unwrap();
+    let chain = db.with_file_name("chain.db");
+    std::os::unix::fs::symlink("early-link.db", &chain).unwrap();
+    let on_link = Server::start(&["--db", chain.to_str().unwrap()]);
+    assert!(later.exists());
+    let on_file = serve_to_its_end(later.to_str().unwrap());
+    assert!(!on_file.status.success());
+    assert!(String::from_utf8_lossy(&on_file.stderr).contains("another loyalty serve"));
+    assert!(me(&on_link, "m-1").get("balance").is_some());
+}
+
+#[test]
+fn a_file_that_is_not_a_loyalty_database_is_refused_and_left_as_it_was() {
+    // GIVEN another application's SQLite file, and a file that is no database at all
+    let db = temp_db("foreign");
+    let theirs = db.with_file_name("shop.db");
+    {
+        let conn = rusqlite::Connection::open(&theirs).unwrap();
+        conn.execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);")
+            .unwrap();
+    }
+    let garbage = db.with_file_name("garbage.db");
+    std::fs::write(&garbage, vec![0x5a_u8; 64 * 1024]).unwrap();
+    for (file, expected) in [
+        (
+            &theirs,
+            "a SQLite database of something else (tables customers)",
+        ),
+        (&garbage, "not a database"),
+    ] {
+        let path = file.to_str().unwrap();
+        // WHEN serve, and an audit, are pointed at it
+        let served = serve_to_its_end(path);
+        let audited = ends_soon(Command::new(BIN).args(["audit", "--db", path]));
+        // THEN both refuse it, saying what it is (before: serve made its tables beside the
+        // other's, the audit passed on nothing, and random bytes were "cannot enable WAL")
+        for (what, out) in [("serve", &served), ("audit", &audited)] {
+            assert!(!out.status.success(), "{what} on {path}");
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert!(said.contains(expected), "{what} on {path}: {said}");
+        }
+    }
+    // AND the other application's file has its one table still
+    let conn = rusqlite::Connection::open(&theirs).unwrap();
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 1);
 }
 
 #[test]

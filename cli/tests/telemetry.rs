@@ -29,6 +29,16 @@ impl Drop for Logged {
 
 /// `loyalty serve` with JSON logs at INFO written to a file.
 fn serve_with_logs(name: &str) -> Logged {
+    serve_logging(name, "info")
+}
+
+/// `loyalty serve` with JSON logs at `level` written to a file.
+fn serve_logging(name: &str, level: &str) -> Logged {
+    serve_logging_with(name, level, &[])
+}
+
+/// [`serve_logging`], with more environment.
+fn serve_logging_with(name: &str, level: &str, env: &[(&str, &str)]) -> Logged {
     let log = std::env::temp_dir().join(format!("loyalty-{name}-{}.log", std::process::id()));
     let file = std::fs::File::create(&log).unwrap();
     let mut child = Command::new(BIN)
@@ -42,7 +52,8 @@ fn serve_with_logs(name: &str) -> Logged {
         ])
         .args(["--jobs-every", "0"])
         .env("LOYALTY_JWT_SECRET", SECRET)
-        .env("LOYALTY_LOG", "info")
+        .env("LOYALTY_LOG", level)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(file)
         .spawn()
@@ -248,6 +259,131 @@ fn a_processed_event_is_logged_with_its_ids_and_trace_and_counted_at_metrics() {
     for secret in [EMAIL, admin.as_str(), SECRET] {
         assert!(!log.contains(secret), "the log holds {secret}:\n{log}");
     }
+}
+
+/// The JSON lines of the log whose message is `message`.
+fn lines_saying(serve: &Logged, message: &str) -> Vec<Value> {
+    std::fs::read_to_string(&serve.log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == message)
+        .collect()
+}
+
+#[test]
+fn warnings_kept_at_warn_say_which_message_they_are_about() {
+    // GIVEN serve logging warnings and errors only
+    let serve = serve_logging("warn-level", "warn");
+    let admin = token(&["--admin"]);
+    // WHEN an event that kr-shop refuses for good is processed (it rewards no "share")
+    let occurred = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+    let share = json!({
+        "type": "engagement.recorded", "version": 1, "id": "ev-warn-1", "program": "kr-shop",
+        "member": "m-warn", "occurred_at": occurred, "data": {"action": "share", "ref": "s-1"}
+    });
+    let response = client()
+        .post(format!("{}/v1/programs/kr-shop/events", serve.base))
+        .bearer_auth(&admin)
+        .json(&share)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    // THEN its warning names the message, its program and member (before: none of them)
+    let warning = eventually("the rejection's warning", || {
+        lines_saying(&serve, "message rejected for good").pop()
+    });
+    assert_eq!(warning["level"], "WARN");
+    let span = &warning["span"];
+    assert_eq!(
+        (span["event_id"].as_str(), span["program"].as_str()),
+        (Some("ev-warn-1"), Some("kr-shop")),
+        "{warning}"
+    );
+    assert_eq!(span["member"], "m-warn", "{warning}");
+    // AND no INFO line was written
+    let log = std::fs::read_to_string(&serve.log).unwrap();
+    assert!(!log.contains("\"level\":\"INFO\""), "{log}");
+}
+
+#[test]
+fn a_webhook_refused_for_its_signature_is_a_warning_naming_platform_and_program() {
+    // GIVEN serve logging warnings, with kr-shop's Shopify secret
+    let serve = serve_logging_with(
+        "webhook-refused",
+        "warn",
+        &[("LOYALTY_SECRET_KR_SHOP_SHOPIFY", "the-shop-s-secret")],
+    );
+    // WHEN a delivery signed with another secret arrives (the shop rotated it, serve did not)
+    let response = client()
+        .post(format!("{}/webhooks/shopify/kr-shop", serve.base))
+        .header("X-Shopify-Hmac-Sha256", "c29tZXRoaW5nIGVsc2U=")
+        .header("X-Shopify-Topic", "orders/paid")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    // THEN a warning says which platform and program refused it, and why (before: only the
+    // request's INFO line, by its route, which a WARN level drops)
+    let warning = eventually("the refusal's warning", || {
+        lines_saying(&serve, "webhook delivery refused").pop()
+    });
+    let fields = &warning["fields"];
+    assert_eq!(
+        (
+            fields["platform"].as_str(),
+            fields["program"].as_str(),
+            fields["problem"].as_str()
+        ),
+        (Some("shopify"), Some("kr-shop"), Some("invalid-signature")),
+        "{warning}"
+    );
+    // AND neither the secret nor the signature is in the log
+    let log = std::fs::read_to_string(&serve.log).unwrap();
+    assert!(
+        !log.contains("the-shop-s-secret") && !log.contains("c29tZXRoaW5n"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_delivery_sent_again_is_logged_and_counted_as_a_duplicate() {
+    // GIVEN serve, and a purchase processed
+    let serve = serve_with_logs("duplicates");
+    let admin = token(&["--admin"]);
+    let post = || {
+        let response = client()
+            .post(format!("{}/v1/programs/kr-shop/events", serve.base))
+            .bearer_auth(&admin)
+            .json(&purchase("ev-dup-1", "m-dup"))
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    };
+    post();
+    let applied =
+        "loyalty_events_total{function=\"serve\",outcome=\"applied\",program=\"kr-shop\"}";
+    eventually("the purchase applied", || {
+        (series(&metrics(&serve.base), applied) == Some(1)).then_some(())
+    });
+    // WHEN the shop delivers it again
+    post();
+    // THEN the drop is logged with the event's id, and counted as a duplicate (before: only
+    // the request's line, and nothing counted)
+    let dropped = eventually("the duplicate's line", || {
+        lines_saying(&serve, "message sent before; dropped").pop()
+    });
+    let fields = &dropped["fields"];
+    assert_eq!(
+        (fields["event_id"].as_str(), fields["outcome"].as_str()),
+        (Some("ev-dup-1"), Some("duplicate")),
+        "{dropped}"
+    );
+    let duplicate =
+        "loyalty_events_total{function=\"serve\",outcome=\"duplicate\",program=\"kr-shop\"}";
+    let text = metrics(&serve.base);
+    assert_eq!(series(&text, duplicate), Some(1), "{text}");
+    assert_eq!(series(&text, applied), Some(1), "{text}");
 }
 
 #[test]

@@ -245,11 +245,13 @@ class Stack:
             attrs[(logical, "Arn")] = self.queue_arns[logical]
             attrs[(logical, "QueueName")] = t.queues[logical].name
         log_dir = self.work / "logs"
+        # What Secrets Manager would generate, once for the stack as CloudFormation does.
+        generated = {name: secrets_module.token_hex(32) for name in t.secrets}
         for logical, function in t.functions.items():
             binary = self.o.bin_dir / function.binary
             if not binary.exists():
                 raise RuntimeError(f"{binary} is missing: build the functions first (scripts/aws-local builds them)")
-            variables = {k: tpl.resolve(v, refs, attrs) for k, v in function.environment.items()}
+            variables = {k: tpl.resolve(v, refs, attrs, generated) for k, v in function.environment.items()}
             self.pools[logical] = FunctionPool(
                 logical=logical,
                 binary=binary,

@@ -125,6 +125,8 @@ class Template:
     sqs_sources: list[SqsSource]
     schedules: list[Schedule]
     stream_sources: list[StreamSource]
+    # AWS::SecretsManager::Secret resources, whose generated values the stack makes up itself
+    secrets: list[str]
 
 
 def load(path: Path) -> Template:
@@ -240,6 +242,7 @@ def load(path: Path) -> Template:
         sqs_sources=sources,
         schedules=schedules,
         stream_sources=streams,
+        secrets=[k for k, r in resources.items() if r["Type"] == "AWS::SecretsManager::Secret"],
     )
 
 
@@ -289,10 +292,20 @@ def _default_authorizer(resources: dict) -> str | None:
     return None
 
 
-def resolve(value: Any, refs: dict[str, str], attrs: dict[tuple[str, str], str]) -> str:
-    """An environment value of the template, with !Ref and !GetAtt of local resources."""
+SECRET_REFERENCE = re.compile(r"\{\{resolve:secretsmanager:\$\{(\w+)\}:SecretString\}\}")
+
+
+def resolve(
+    value: Any, refs: dict[str, str], attrs: dict[tuple[str, str], str], secrets: dict[str, str] | None = None
+) -> str:
+    """An environment value of the template, with !Ref and !GetAtt of local resources, and a
+    dynamic reference to a generated secret of the template (`secrets`: by logical id)."""
     if isinstance(value, (str, int, float, bool)):
         return str(value)
+    if isinstance(value, dict) and isinstance(value.get("Fn::Sub"), str):
+        found = SECRET_REFERENCE.fullmatch(value["Fn::Sub"])
+        if found and found.group(1) in (secrets or {}):
+            return (secrets or {})[found.group(1)]
     if isinstance(value, dict) and "Ref" in value:
         return refs[value["Ref"]]
     if isinstance(value, dict) and "Fn::GetAtt" in value:

@@ -413,6 +413,37 @@ async fn a_tick_as_of_a_later_date_leaves_the_days_from_today_to_the_scheduled_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_run_a_year_ahead_leaves_each_birthday_to_its_own_day() {
+    // GIVEN a member born on 23 November, and today's tick done on 22 November 2026 (Seoul)
+    let s = stack(Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap()).await;
+    s.seed(
+        &[("born-11-23".into(), Some("11-23"))],
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+    )
+    .await;
+    s.tick().await;
+    // WHEN a tick is run as of 23 November 2027, ahead
+    let later = chrono::NaiveDate::from_ymd_opt(2027, 11, 23).unwrap();
+    s.services
+        .run_job(Job::CampaignTick, "kr-shop", JobDate::Ahead(later), &|_| {})
+        .await
+        .unwrap();
+    s.drain().await;
+    // THEN it paid no birthday of a day to come
+    assert_eq!(s.balance("born-11-23").await, 0);
+    // AND the ticks of each birthday pay it, 2026's and 2027's (before: the run ahead paid
+    // both as of today, the second over 2026's limit, and 2027's own tick could not pay it)
+    s.clock
+        .set(Utc.with_ymd_and_hms(2026, 11, 24, 1, 0, 0).unwrap());
+    s.tick().await;
+    assert_eq!(s.balance("born-11-23").await, 2_000);
+    s.clock
+        .set(Utc.with_ymd_and_hms(2027, 11, 23, 1, 0, 0).unwrap());
+    s.tick().await;
+    assert_eq!(s.balance("born-11-23").await, 4_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_birthday_campaign_an_operator_stopped_assigns_no_one_more() {
     // GIVEN a birthday campaign granting everyone in its audience, a tick completed on 18
     // November (Seoul), and a member born on 19 November

@@ -236,7 +236,9 @@ fn a_file_whose_ids_sent_are_undated_opens_and_forgets_them_first() {
     let db = dir.join("loyalty.db");
     let old = rusqlite::Connection::open(&db).unwrap();
     old.execute_batch(
-        "CREATE TABLE sent (queue TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (queue, id));
+        "CREATE TABLE programs (program TEXT NOT NULL, version INTEGER NOT NULL, file TEXT NOT NULL,
+             updated_at TEXT NOT NULL, PRIMARY KEY (program, version));
+         CREATE TABLE sent (queue TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (queue, id));
          INSERT INTO sent (queue, id) VALUES ('earn', 'kr-shop/old-1');",
     )
     .unwrap();

@@ -42,3 +42,27 @@ fn contention_errors_name_members_by_their_log_reference() {
         "expected the services' contentions, found {found}"
     );
 }
+
+#[test]
+fn a_digest_in_the_logs_cannot_be_recomputed_from_a_guess_without_the_key() {
+    use loyalty_core::telemetry::{event_ref, member_ref, set_log_key};
+    // GIVEN a process whose logs are keyed with its deployment's secret
+    set_log_key(b"a deployment's own secret");
+    let phone = "pos:010-2222-1111";
+    // WHEN a member named by a phone number, and an event id holding it, are logged
+    let (member, event) = (member_ref(phone), event_ref(&format!("merge-{phone}")));
+    // THEN neither is the digest anyone can compute from the number alone (before: FNV-1a of
+    // the id, which a search of every phone number reverses in seconds)
+    let unkeyed = |id: &str| format!("{:016x}", loyalty_core::fingerprint::fnv1a64(id.bytes()));
+    assert_eq!(member.len(), "person-".len() + 16, "{member}");
+    assert_ne!(member, format!("person-{}", unkeyed(phone)));
+    assert_ne!(
+        event,
+        format!("event-{}", unkeyed(&format!("merge-{phone}")))
+    );
+    // AND the same member is named the same way on every line
+    assert_eq!(member_ref(phone), member);
+    // AND a later key changes nothing for this process (its lines keep going together)
+    set_log_key(b"another secret");
+    assert_eq!(member_ref(phone), member);
+}

@@ -396,6 +396,9 @@ def test_functions_log_each_message_at_info_with_its_ids_trace_and_metrics_and_n
         span = record["span"]
         assert (span["program"], span["kind"], span["trace"]) == ("kr-shop", "purchase.completed", trace), span
         assert span["member"].startswith("person-"), span
+        # (keyed with the stack's generated secret: not the digest anyone can compute from the
+        # email alone)
+        assert span["member"] != f"person-{fnv1a64(member.encode()):016x}", span
         assert record["fields"]["outcome"] == "applied", record
         # AND the invocation's request id
         assert any(s.get("requestId") for s in record["spans"]), record
@@ -430,6 +433,14 @@ def test_functions_log_each_message_at_info_with_its_ids_trace_and_metrics_and_n
                 assert secret not in text, f"{log.name} holds {secret}"
     finally:
         stop_stack(running)
+
+
+def fnv1a64(data: bytes) -> int:
+    """The unkeyed digest a log would hold without the stack's key."""
+    value = 0xCBF29CE484222325
+    for byte in data:
+        value = ((value ^ byte) * 0x100000001B3) % (1 << 64)
+    return value
 
 
 def dlq(stack: Running, *args: str) -> dict:

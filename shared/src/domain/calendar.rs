@@ -48,6 +48,29 @@ pub fn local_date(tz: Tz, at: DateTime<Utc>) -> NaiveDate {
     at.with_timezone(&tz).date_naive()
 }
 
+/// `days` calendar days after an instant, at the same time of day on the program's clock: a
+/// return window of 30 days ends on the 30th local day after the purchase whether or not the
+/// clocks changed between (30 x 24 hours across a change ends an hour off, and near midnight
+/// a day off). A time of day that the change skips is taken an hour later; one it repeats,
+/// the first time.
+pub fn add_local_days(tz: Tz, at: DateTime<Utc>, days: i64) -> DateTime<Utc> {
+    let plain = at + chrono::Duration::days(days);
+    let Some(target) = at
+        .with_timezone(&tz)
+        .naive_local()
+        .checked_add_signed(chrono::Duration::days(days))
+    else {
+        return plain;
+    };
+    let resolved = match tz.from_local_datetime(&target) {
+        chrono::LocalResult::Single(t) | chrono::LocalResult::Ambiguous(t, _) => Some(t),
+        chrono::LocalResult::None => tz
+            .from_local_datetime(&(target + chrono::Duration::hours(1)))
+            .earliest(),
+    };
+    resolved.map_or(plain, |t| t.with_timezone(&Utc))
+}
+
 /// The first instant of a local day (midnight, or the first valid instant after a DST gap).
 pub fn start_of_day(tz: Tz, date: NaiveDate) -> DateTime<Utc> {
     let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
@@ -149,6 +172,33 @@ mod tests {
 
     fn date(y: i32, m: u32, d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn a_window_of_days_ends_on_the_same_local_day_across_a_change_of_the_clocks() {
+        let new_york: Tz = "America/New_York".parse().unwrap();
+        let at = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        // GIVEN purchases at 23:30 EST on 6 December, at 00:30 EDT on 20 October and 5 October
+        for (bought, days, ends) in [
+            ("2026-12-07T04:30:00Z", 100, date(2027, 3, 16)),
+            ("2026-10-20T04:30:00Z", 100, date(2027, 1, 28)),
+            ("2026-10-05T04:30:00Z", 30, date(2026, 11, 4)),
+        ] {
+            // WHEN their windows of `days` days are counted
+            let end = add_local_days(new_york, at(bought), days);
+            // THEN each ends on the local day `days` after its own, at its time of day (before:
+            // 2027-03-17, 2027-01-27 and 2026-11-03, an hour's change of the clocks off)
+            assert_eq!(local_date(new_york, end), ends, "{bought} + {days} days");
+            let clock = |t: DateTime<Utc>| t.with_timezone(&new_york).time();
+            assert_eq!(clock(end), clock(at(bought)), "{bought}");
+        }
+        // AND a time the clocks skip (02:30 on 14 March 2027) is taken an hour later
+        let end = add_local_days(new_york, at("2027-02-12T07:30:00Z"), 30);
+        assert_eq!(end, at("2027-03-14T07:30:00Z"));
     }
 
     #[test]

@@ -86,9 +86,9 @@ pub enum EarnError {
     DuplicateLine(usize, String),
     #[error("lines[{0}]: unit_price x quantity is above the limit of {max} minor units", max = super::limits::MAX_AMOUNT)]
     LineTooLarge(usize),
-    #[error("the order would earn {0} points, above the limit of {max} for one event", max = super::limits::MAX_POINTS)]
+    #[error("lines: the order would earn {0} points, above the limit of {max} for one event", max = super::limits::MAX_POINTS)]
     TooManyPoints(i64),
-    #[error("the order's amounts are too large to compute")]
+    #[error("lines: the order's amounts are too large to compute")]
     Overflow,
 }
 

@@ -33,7 +33,7 @@ pub const MAX_BALANCE: i64 = 1_000_000_000_000_000;
 pub const MAX_MEASURE: i64 = 100_000_000_000_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field} would be {value}, above the limit of {limit}")]
+#[error("{field} would be {value}, past the limit of {limit} either way")]
 pub struct LimitError {
     pub field: &'static str,
     pub value: i128,

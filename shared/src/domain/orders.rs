@@ -12,7 +12,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::account::{lot_expiry, Account, Change, Journal, PendingGrant};
-use super::calendar::{local_date, YearMonth};
+use super::calendar::{add_local_days, local_date, YearMonth};
 use super::earning::{purchase_points, CampaignEffect, EarnError, Purchase};
 use super::ledger::{EntryKind, EventContext};
 use super::membership::{MembershipPayment, MembershipRefund};
@@ -258,7 +258,11 @@ impl Account {
         }
         let month = YearMonth::of(day);
         let expires_on = lot_expiry(program, ctx.occurred_at);
-        let release_at = ctx.occurred_at + program.purchase.pending;
+        let release_at = add_local_days(
+            program.time_zone,
+            ctx.occurred_at,
+            program.purchase.pending.num_days(),
+        );
         let measure_of = |eligible: i64, points: i64| match program.tier_rules.measure {
             Measure::Spend => eligible,
             Measure::Points => points,

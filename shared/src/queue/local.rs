@@ -303,7 +303,9 @@ impl LocalQueue {
     ) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let unreadable_through = self.unreadable_through.clone();
-        let programs: Vec<String> = self
+        // What the queue dropped as sent before is said once the transaction has committed: one
+        // that rolls back relays the same rows again.
+        let (programs, dropped): (Vec<String>, Vec<OutboxMessage>) = self
             .store
             .with(move |conn| {
                 let failed = |e| sql_error("cannot read the outbox", e);
@@ -320,6 +322,7 @@ impl LocalQueue {
                     .collect::<Result<_, _>>()
                     .map_err(failed)?;
                 let mut programs = Vec::with_capacity(rows.len());
+                let mut dropped = Vec::new();
                 // Whether every row so far was left in place: the front of what remains.
                 let mut front = true;
                 for (seq, stored) in rows {
@@ -343,21 +346,27 @@ impl LocalQueue {
                     } else {
                         let body = serde_json::to_string(envelope)
                             .map_err(|e| StoreError::failed("cannot encode the message", e))?;
-                        enqueue(
+                        let fresh = enqueue(
                             conn,
                             message.queue,
                             &envelope.dedup_id(),
                             &envelope.group(),
                             &body,
                         )?;
+                        if !fresh {
+                            dropped.push(message.clone());
+                        }
                     }
                     conn.exec("DELETE FROM outbox WHERE seq = ?1", params![seq])
                         .map_err(|e| sql_error("cannot forget a relayed message", e))?;
                     programs.push(message.envelope.program);
                 }
-                Ok(programs)
+                Ok((programs, dropped))
             })
             .await?;
+        for message in &dropped {
+            dropped_as_sent(message.queue, &message.envelope);
+        }
         for program in &programs {
             crate::telemetry::metrics::add(
                 crate::telemetry::metrics::OUTBOX_RELAYED,
@@ -469,14 +478,15 @@ impl LocalQueue {
 }
 
 /// Adds a message to a queue unless its id was sent before: like a FIFO queue's
-/// deduplication, with a window of [`SENT_KEPT`] instead of SQS's five minutes.
+/// deduplication, with a window of [`SENT_KEPT`] instead of SQS's five minutes. `false` when
+/// it was.
 fn enqueue(
     conn: &Connection,
     queue: QueueName,
     id: &str,
     group: &str,
     body: &str,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let fresh = conn
         .exec(
             "INSERT OR IGNORE INTO sent (queue, id, at) VALUES (?1, ?2, ?3)",
@@ -493,7 +503,28 @@ fn enqueue(
         )
         .map_err(|e| sql_error("cannot enqueue", e))?;
     }
-    Ok(())
+    Ok(fresh == 1)
+}
+
+/// A message whose id was sent before is dropped, as SQS's deduplication drops it: said so,
+/// and an event counted as a duplicate, since no consumer will see it to say so.
+fn dropped_as_sent(queue: QueueName, envelope: &Envelope) {
+    use crate::telemetry::{event_ref, metrics};
+    tracing::info!(
+        queue = queue.as_str(),
+        message_id = event_ref(&envelope.dedup_id()),
+        event_id = event_ref(&envelope.id),
+        program = envelope.program,
+        outcome = "duplicate",
+        "message sent before; dropped"
+    );
+    if queue == QueueName::Earn {
+        metrics::add(
+            metrics::EVENTS,
+            &[("program", &envelope.program), ("outcome", "duplicate")],
+            1,
+        );
+    }
 }
 
 fn queue_error(queue: QueueName, e: StoreError) -> QueueError {
@@ -607,9 +638,14 @@ impl Queue for LocalQueue {
         let body = serde_json::to_string(message)
             .map_err(|e| error("cannot encode the message".into(), Some(Box::new(e))))?;
         let (id, group) = (message.dedup_id(), message.group());
-        self.store
+        let fresh = self
+            .store
             .with(move |conn| enqueue(conn, queue, &id, &group, &body))
             .await
-            .map_err(|e| error(e.to_string(), Some(Box::new(e))))
+            .map_err(|e| error(e.to_string(), Some(Box::new(e))))?;
+        if !fresh {
+            dropped_as_sent(queue, message);
+        }
+        Ok(())
     }
 }

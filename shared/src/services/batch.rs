@@ -145,7 +145,9 @@ async fn process_seated(
         .trace
         .as_deref()
         .and_then(crate::telemetry::trace::root_of);
-    let span = tracing::info_span!(
+    // At ERROR so that it is kept at any level: a warning raised to WARN or ERROR still says
+    // which message it is about (the span is the ids, not a line of its own).
+    let span = tracing::error_span!(
         "message",
         message_id = crate::telemetry::event_ref(message_id),
         event_id = crate::telemetry::event_ref(&ids.id),

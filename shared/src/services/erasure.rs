@@ -504,7 +504,8 @@ impl Services {
                     now,
                 )
             };
-            match self.commit(commit).await {
+            // Straight to the store: the metrics, like the books, counted these entries once.
+            match self.store.commit(commit).await {
                 Ok(()) | Err(CommitError::Duplicate) => return Ok(()),
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Err(_) => {}

@@ -279,23 +279,38 @@ impl Services {
         self.existing_account(&program.id, member).await
     }
 
-    /// Where the points of a member merged into `into` are now: `into`, or the member it was
-    /// merged into in turn, followed a few steps (for a message: a read that fails stops there).
+    /// Where the points of a member merged into `into` are now: the end of `into`'s chain of
+    /// merges (for a message: a chain that cannot be followed to a member names `into`).
     pub(crate) async fn survivor_of(&self, program: &str, into: &str) -> String {
-        let mut at = into.to_string();
-        for _ in 0..MAX_MERGE_HOPS {
-            let next = match self.store.load_member(program, &at, &[]).await {
-                Ok(state) => state
-                    .account
-                    .and_then(|a| a.merged_into().map(str::to_string)),
-                Err(_) => None,
+        match self.end_of_chain(program, into, |_| {}).await {
+            Ok(Some(account)) => account.member,
+            _ => into.to_string(),
+        }
+    }
+
+    /// Follows `member`'s merges to the account not merged on, or `None` when one on the way is
+    /// gone (only an erasure deletes an account, and a member is merged out only into one that
+    /// exists, so gone means erased); `seen` is shown every account passed, the last included.
+    pub(crate) async fn end_of_chain(
+        &self,
+        program: &str,
+        member: &str,
+        mut seen: impl FnMut(&Account),
+    ) -> Result<Option<Account>, ServiceError> {
+        let mut at = member.to_string();
+        for _ in 0..=MAX_MERGE_HOPS {
+            let Some(account) = self.store.load_member(program, &at, &[]).await?.account else {
+                return Ok(None);
             };
-            match next {
-                Some(next) if next != at => at = next,
-                _ => break,
+            seen(&account);
+            match account.merged_into() {
+                None => return Ok(Some(account)),
+                Some(next) => at = next.to_string(),
             }
         }
-        at
+        Err(ServiceError::Internal(format!(
+            "{member} was merged on more than {MAX_MERGE_HOPS} times"
+        )))
     }
 
     /// [`super::redemptions::refuse_closed`], naming where a merged member's points are now
@@ -406,32 +421,22 @@ impl Services {
         })
     }
 
-    /// Where a chain of merges from `survivor` ends: the member not merged on, or `None` when
-    /// that one is gone (only an erasure deletes an account, and a member is merged out only
-    /// into one that exists, so gone means erased); and whether a member of the chain received
-    /// `from`'s snapshot already (it names `from` among the members merged into it).
+    /// Where a chain of merges from `survivor` ends (see [`Self::end_of_chain`]), and whether a
+    /// member of the chain received `from`'s snapshot already (it names `from` among the members
+    /// merged into it).
     async fn end_of_merges(
         &self,
         program: &Program,
         survivor: &str,
         from: &str,
     ) -> Result<(Option<String>, bool), ServiceError> {
-        let mut at = survivor.to_string();
         let mut arrived = false;
-        for _ in 0..MAX_MERGE_HOPS {
-            let state = self.store.load_member(&program.id, &at, &[]).await?;
-            let Some(account) = state.account else {
-                return Ok((None, arrived));
-            };
-            arrived |= account.merged_from.iter().any(|m| m == from);
-            match account.merged_into() {
-                None => return Ok((Some(at), arrived)),
-                Some(next) => at = next.to_string(),
-            }
-        }
-        Err(ServiceError::Internal(format!(
-            "{survivor} was merged on more than {MAX_MERGE_HOPS} times"
-        )))
+        let end = self
+            .end_of_chain(&program.id, survivor, |account| {
+                arrived |= account.merged_from.iter().any(|m| m == from);
+            })
+            .await?;
+        Ok((end.map(|account| account.member), arrived))
     }
 
     /// One commit on the survivor: the first carries the snapshot, every one some copies.

@@ -407,7 +407,6 @@ impl Services {
         result
     }
 
-    /// Sends a message to a queue, counting the sends the queue refused.
     /// Commits a change marked by its event: `true` when it is written, now or before (its
     /// marker is there), `false` on a conflict of any kind (reload and try again).
     pub(crate) async fn commit_marked(
@@ -424,6 +423,7 @@ impl Services {
         }
     }
 
+    /// Sends a message to a queue, counting the sends the queue refused.
     pub(crate) async fn send_to(
         &self,
         queue: crate::ports::QueueName,

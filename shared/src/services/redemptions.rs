@@ -1285,7 +1285,7 @@ impl Services {
         // Checked as the till's use of it will be: a suspended member's coupon is not good now
         // (and one whose member cannot be read is not called good either).
         if view.valid {
-            match self.refuse_suspended_coupon(&program.id, code).await {
+            match self.refuse_suspended_coupon(&program.id, &coupon).await {
                 Ok(()) => {}
                 Err(ServiceError::Forbidden { .. }) => {
                     view.valid = false;
@@ -1310,7 +1310,9 @@ impl Services {
             .order_ref;
         IdKind::Order.check(&order_ref)?;
         let now = self.clock.now();
-        self.refuse_suspended_coupon(&program.id, code).await?;
+        if let Some(coupon) = self.store.coupon(&program.id, code).await? {
+            self.refuse_suspended_coupon(&program.id, &coupon).await?;
+        }
         let conflict =
             |problem: &'static str, detail: String| ServiceError::Conflict { problem, detail };
         match self
@@ -1342,29 +1344,19 @@ impl Services {
 impl Services {
     /// A suspended member redeems nothing: a coupon of theirs not yet used is not used at the
     /// till either until they are resumed (one used already is answered as before).
-    async fn refuse_suspended_coupon(&self, program: &str, code: &str) -> Result<(), ServiceError> {
-        let Some(coupon) = self.store.coupon(program, code).await? else {
-            return Ok(());
-        };
+    async fn refuse_suspended_coupon(
+        &self,
+        program: &str,
+        coupon: &Coupon,
+    ) -> Result<(), ServiceError> {
         if coupon.consumed.is_some() {
             return Ok(());
         }
         // A coupon of a member merged since is the survivor's: its suspension holds it.
-        let mut member = coupon.member;
-        for _ in 0..=super::merge::MAX_MERGE_HOPS {
-            let state = self.store.load_member(program, &member, &[]).await?;
-            let Some(account) = state.account else {
-                return Ok(());
-            };
-            match account.merged_into() {
-                Some(into) => member = into.to_string(),
-                None => return refuse_suspended(&account),
-            }
+        match self.end_of_chain(program, &coupon.member, |_| {}).await? {
+            Some(account) => refuse_suspended(&account),
+            None => Ok(()),
         }
-        Err(ServiceError::Internal(format!(
-            "coupon {code}: its member was merged on more than {} times",
-            super::merge::MAX_MERGE_HOPS
-        )))
     }
 }
 

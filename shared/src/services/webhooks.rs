@@ -102,8 +102,39 @@ impl Link {
 }
 
 impl Services {
-    /// Handles one delivery to `POST /webhooks/{platform}/{program}`.
+    /// Handles one delivery to `POST /webhooks/{platform}/{program}`. A delivery refused for
+    /// its signature or key is logged by platform and program: a secret changed on one side
+    /// only shows there first.
     pub async fn ingest_webhook(
+        &self,
+        secrets: &dyn Secrets,
+        platform: &str,
+        program: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Ingested, ServiceError> {
+        let result = self
+            .ingest_delivery(secrets, platform, program, headers, body)
+            .await;
+        if let (
+            Some(platform),
+            Err(
+                ServiceError::Unauthorized { problem, .. }
+                | ServiceError::Forbidden { problem, .. },
+            ),
+        ) = (Platform::parse(platform), &result)
+        {
+            tracing::warn!(
+                platform = platform.as_str(),
+                program = crate::telemetry::redact(program),
+                problem,
+                "webhook delivery refused"
+            );
+        }
+        result
+    }
+
+    async fn ingest_delivery(
         &self,
         secrets: &dyn Secrets,
         platform: &str,

@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 
 use super::sqlite::sql_error;
 use crate::ports::StoreError;
@@ -40,10 +40,7 @@ struct Failure {
 
 impl Failure {
     fn from_sql(what: &str, e: rusqlite::Error) -> Failure {
-        let transient = matches!(
-            e.sqlite_error_code(),
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-        );
+        let transient = super::sqlite::passes(&e);
         Failure {
             message: format!("{what}: {e}"),
             transient,

@@ -110,6 +110,50 @@ CREATE TABLE IF NOT EXISTS erased (
     PRIMARY KEY (program, digest));
 ";
 
+/// The table every loyalty database has (`loyalty backup` looks for it too).
+pub const LOYALTY_TABLE: &str = "programs";
+
+/// Refuses a file that is not a database, or is another application's: its tables would be
+/// written beside theirs, and a check of it (an audit) would pass on nothing.
+fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| row.get(0))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(|e| {
+            StoreError::failed(
+                format!(
+                    "cannot read {}: {e} (a loyalty database is a SQLite file that loyalty serve made)",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+    // The schema's first table, in every version: a first start stopped while it made the
+    // rest has it too.
+    if tables.is_empty() || tables.iter().any(|t| t == LOYALTY_TABLE) {
+        return Ok(());
+    }
+    let mut named = tables
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if tables.len() > 5 {
+        named.push_str(", ...");
+    }
+    Err(StoreError::Failed {
+        message: format!(
+            "{} is a SQLite database of something else (tables {named}): give loyalty a file of its own",
+            path.display()
+        ),
+        source: None,
+    })
+}
+
 /// How long one statement waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -135,10 +179,13 @@ impl SqliteStore {
     /// Opens (and creates, if needed) a database file.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open(path)
-            .map_err(|e| StoreError::failed(format!("cannot open {}", path.display()), e))?;
+            .map_err(|e| StoreError::failed(format!("cannot open {}: {e}", path.display()), e))?;
+        refuse_foreign(&conn, path)?;
         // WAL lets readers (a report, a second CLI) work while serve writes.
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| StoreError::failed("cannot enable WAL", e))?;
+            .map_err(|e| {
+                StoreError::failed(format!("cannot enable WAL on {}: {e}", path.display()), e)
+            })?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| StoreError::failed("cannot set synchronous", e))?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
@@ -323,12 +370,24 @@ pub(crate) const STATEMENT_CACHE: usize = 256;
 
 /// SQLite's "busy" and "locked" are contention: worth retrying. Everything else is not.
 pub(crate) fn sql_error(what: &str, e: rusqlite::Error) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            StoreError::transient(what.to_string(), e)
-        }
-        _ => StoreError::failed(what.to_string(), e),
+    if !passes(&e) {
+        return StoreError::failed(what.to_string(), e);
     }
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => {
+            StoreError::transient(format!("{what}: the database's disk is full"), e)
+        }
+        _ => StoreError::transient(what.to_string(), e),
+    }
+}
+
+/// Whether an SQLite error passes by itself: a busy or locked database, or a full disk once
+/// space is freed (answered 503 with Retry-After on every route, rather than 500 on some).
+pub(crate) fn passes(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull)
+    )
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, body: &str) -> Result<T, StoreError> {
@@ -2483,5 +2542,26 @@ impl AuditStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_a_store_error_that_passes() {
+        // GIVEN SQLite's answer when the disk is full WHEN it is mapped
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        // THEN it is transient (503, retried), naming the disk (before: failed, 500)
+        match sql_error("cannot commit", full) {
+            StoreError::Transient { message, .. } => {
+                assert_eq!(message, "cannot commit: the database's disk is full")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

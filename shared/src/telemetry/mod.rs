@@ -22,15 +22,63 @@ const PERSONAL_KINDS: [&str; 8] = [
 /// Kinds of member id whose value is a platform's number for a customer, not a person's.
 const PLATFORM_KINDS: [&str; 3] = ["shopify", "woocommerce", "cafe24"];
 
+/// Where the key of the log digests comes from: a deployment's own secret (the template
+/// generates one per stack), else `loyalty serve`'s token secret.
+pub const LOG_KEY_VARS: [&str; 2] = ["LOYALTY_LOG_KEY", "LOYALTY_JWT_SECRET"];
+
+static LOG_KEY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// Keys the digests of this process's logs with a secret, once (later calls change nothing):
+/// without it, anyone could recompute a digest from a guessed email or phone number, and a
+/// country's phone numbers are few enough to try them all. The key is derived from the secret,
+/// so that a token secret serves its own purpose and this one apart.
+pub fn set_log_key(secret: &[u8]) {
+    use hmac::Mac as _;
+    if secret.is_empty() {
+        return;
+    }
+    if let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) {
+        mac.update(b"loyalty log digest v1");
+        let _ = LOG_KEY.set(mac.finalize().into_bytes().to_vec());
+    }
+}
+
+/// [`set_log_key`] from the first of [`LOG_KEY_VARS`] that is set.
+pub fn set_log_key_from_env() {
+    if let Some(secret) = LOG_KEY_VARS
+        .iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+    {
+        set_log_key(secret.as_bytes());
+    }
+}
+
+/// The digest of an id in a log: keyed (HMAC-SHA256) when the process has a key, FNV-1a
+/// otherwise (a development run without secrets), 16 hex digits either way.
+fn digest(id: &str) -> String {
+    use hmac::Mac as _;
+    let value = match LOG_KEY
+        .get()
+        .and_then(|key| hmac::Hmac::<sha2::Sha256>::new_from_slice(key).ok())
+    {
+        Some(mut mac) => {
+            mac.update(id.as_bytes());
+            let tag = mac.finalize().into_bytes();
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&tag[..8]);
+            u64::from_be_bytes(first)
+        }
+        None => crate::fingerprint::fnv1a64(id.bytes()),
+    };
+    format!("{value:016x}")
+}
+
 /// How a log line names a member: its id, unless the id may name a person (an email, a phone
 /// number however it is prefixed or written), which is replaced by a digest so that no log
 /// holds it. The digest is the same on every line, so a member's lines still go together.
 pub fn member_ref(member: &str) -> String {
     if names_a_person(member) {
-        format!(
-            "person-{:016x}",
-            crate::fingerprint::fnv1a64(member.bytes())
-        )
+        format!("person-{}", digest(member))
     } else {
         member.to_string()
     }
@@ -124,6 +172,58 @@ fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
             i += 1;
         }
     }
+    for dotted in dotted_numbers(text) {
+        if !found.iter().any(|&(a, b)| dotted.0 < b && a < dotted.1) {
+            found.push(dotted);
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// The byte ranges of numbers written with dots (`010.1234.5678`, `+82.10.1234.5678`): starting
+/// with `0` or `+` where no letter, digit or dot comes before, three or more groups of 2 to 4
+/// digits (the first after `+` may be 1 to 4) joined by single dots, 9 to 15 digits in all, and
+/// no letter, digit or dot after. A date (`01.12.2026`) or a decimal (`0.123456789`) is none.
+fn dotted_numbers(text: &str) -> Vec<(usize, usize)> {
+    let b = text.as_bytes();
+    let around = |c: &u8| c.is_ascii_alphanumeric() || *c == b'.';
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let plus = b[i] == b'+';
+        if !(plus || b[i] == b'0') || (i > 0 && around(&b[i - 1])) {
+            i += 1;
+            continue;
+        }
+        let (mut j, mut groups, mut digits) = (i + usize::from(plus), 0, 0);
+        let end = loop {
+            let group = j;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            let shortest = if plus && groups == 0 { 1 } else { 2 };
+            if !(shortest..=4).contains(&(j - group)) {
+                break None;
+            }
+            groups += 1;
+            digits += j - group;
+            if b.get(j) == Some(&b'.') && b.get(j + 1).is_some_and(u8::is_ascii_digit) {
+                j += 1;
+            } else {
+                break Some(j);
+            }
+        };
+        match end {
+            Some(end)
+                if groups >= 3 && (9..=15).contains(&digits) && !b.get(end).is_some_and(around) =>
+            {
+                found.push((i, end));
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
     found
 }
 
@@ -135,7 +235,7 @@ pub fn event_ref(id: &str) -> String {
         || PERSONAL_KINDS.iter().any(|k| id.contains(&format!("{k}:")))
         || holds_a_phone_number(id);
     if personal {
-        format!("event-{:016x}", crate::fingerprint::fnv1a64(id.bytes()))
+        format!("event-{}", digest(id))
     } else {
         id.to_string()
     }
@@ -228,6 +328,7 @@ pub fn filter() -> Targets {
 /// the invocation's `requestId` and `xrayTraceId`.
 pub fn init_lambda(function: &'static str) {
     metrics::set_function(function);
+    set_log_key_from_env();
     tracing_subscriber::registry()
         .with(tracing_subscriber::fmt::layer().json())
         .with(filter())
@@ -336,6 +437,8 @@ mod tests {
             "whatsapp:+82 10 1234 5678",
             "till-7:010-1234-5678",
             "+44 (20) 7946 0958",
+            "010.5678.1234",
+            "+82.10.1234.5678",
         ] {
             let logged = member_ref(personal);
             assert!(
@@ -366,6 +469,7 @@ mod tests {
             "corrupt item account kr-shop/email:ann@example.com: key must be a string",
             "member 010-1234-5678 is suspended",
             "call +82 10 1234 5678 (mobile) before 6pm",
+            "member 010.1234.5678 is suspended",
         ];
         for text in quoted {
             // WHEN they are redacted
@@ -402,6 +506,7 @@ mod tests {
             "the order's total 59000 is over the limit of 10000000000000",
             "version conflict on member shopify:7001234",
             "due 01.12.2026 10:00, rate 0.123456789",
+            "version 0.12.1234, host 10.0.12.1, build 2026.12.07.0001",
             "key person-0123456789abcdef and job:expire:2026-12-01:a12",
             "한국어 설명 0 @ 끝",
         ] {
@@ -419,6 +524,8 @@ mod tests {
             "resume-01012345678-1717000000000",
             "birthday-+821012345678-2026",
             "anniversary-010-1234-5678-2027",
+            "ev-010.4444.5555",
+            "points-earned-ev-010.4444.5555",
         ] {
             assert!(event_ref(personal).starts_with("event-"), "{personal}");
         }

@@ -87,6 +87,9 @@ fn date_arg(text: &str) -> Result<chrono::NaiveDate, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        stop_quietly_on_a_closed_pipe();
+    }
     loyalty_core::telemetry::set_log_key_from_env();
     // Held to the end of main: dropping it writes out what the log thread still holds.
     let _logs = init_logs(cli.log_format, matches!(cli.command, Command::Serve(_)));
@@ -129,6 +132,21 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// A report piped into `head` ends as other command-line tools do, at once and quietly, rather
+/// than with a panic about a broken pipe: Rust ignores SIGPIPE, so a write to the closed pipe
+/// fails, and `println!` panics on it. Sockets are not affected (they are written with
+/// MSG_NOSIGNAL). Not for serve, whose standard output may be a pipe that closes.
+#[cfg(target_os = "linux")]
+fn stop_quietly_on_a_closed_pipe() {
+    // SAFETY: restores the default action of one signal, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn stop_quietly_on_a_closed_pipe() {}
 
 /// Logs on standard error. `serve` writes a few lines per event: they go through a thread of
 /// their own that writes whatever has gathered in one system call, instead of one call per

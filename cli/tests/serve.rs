@@ -665,3 +665,29 @@ fn ends_soon(command: &mut Command) -> std::process::Output {
     }
     child.wait_with_output().expect("output")
 }
+
+#[test]
+fn a_command_whose_reader_has_gone_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    // GIVEN a command whose standard output is a pipe nobody reads any more (`| head` done)
+    let mut child = Command::new(BIN)
+        .args(["token", "--admin"])
+        .env("LOYALTY_JWT_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command runs");
+    drop(child.stdout.take());
+    // WHEN it writes THEN it ends by the pipe's signal, as other tools do, saying nothing
+    // (before: a panic, "failed printing to stdout: Broken pipe", and a backtrace)
+    let out = child.wait_with_output().expect("it ends");
+    assert_eq!(out.status.signal(), Some(SIGPIPE), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// SIGPIPE's number on Linux.
+const SIGPIPE: i32 = 13;

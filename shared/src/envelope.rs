@@ -49,6 +49,26 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// An envelope as a caller sent it; the refusal names the field that was wrong (`occurred_at:
+    /// ...`), and says what a time must be, since a time without its offset is the usual slip
+    /// and serde's own words for it ("premature end of input") name neither.
+    pub fn from_body(body: &[u8]) -> Result<Envelope, String> {
+        let mut reader = serde_json::Deserializer::from_slice(body);
+        serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let data = matches!(inner.classify(), serde_json::error::Category::Data);
+            match field.as_str() {
+                "occurred_at" if data => format!(
+                    "occurred_at: {inner} (an RFC 3339 time with its offset, e.g. 2026-11-30T23:30:00+09:00)"
+                ),
+                "." => inner.to_string(),
+                _ if data => format!("{field}: {inner}"),
+                _ => inner.to_string(),
+            }
+        })
+    }
+
     /// The fields only the operators' routes write (a replay, a resume, a release from review)
     /// that this envelope sets: a caller setting them would skip the daily limit's hold under a
     /// made-up reviewer's name, or choose a new deduplication id for the queues.
@@ -820,6 +840,34 @@ mod tests {
             "member": "m-1", "occurred_at": "2026-11-01T00:00:00Z", "data": {}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_body_that_is_no_envelope_is_refused_naming_the_field() {
+        let body = |occurred_at: &str, extra: &str| {
+            format!(
+                r#"{{"type": "purchase.completed", "version": 1, "id": "e-1", "program": "kr-shop",
+                    "member": "m-1", "occurred_at": "{occurred_at}", "data": {{}}{extra}}}"#
+            )
+        };
+        // GIVEN a time without its offset WHEN it is read THEN the refusal names the field and
+        // what a time must be (before: "premature end of input at line 1 column 125")
+        let refused = Envelope::from_body(body("2026-11-30T23:30:00", "").as_bytes()).unwrap_err();
+        assert!(
+            refused.starts_with("occurred_at: ") && refused.contains("with its offset"),
+            "{refused}"
+        );
+        // AND a field of the wrong kind is named too, an unknown one as serde says it
+        let version =
+            body("2026-11-30T23:30:00Z", "").replace("\"version\": 1", "\"version\": \"1\"");
+        let refused = Envelope::from_body(version.as_bytes()).unwrap_err();
+        assert!(refused.starts_with("version: "), "{refused}");
+        let extra = body("2026-11-30T23:30:00Z", r#", "colour": "red""#);
+        let refused = Envelope::from_body(extra.as_bytes()).unwrap_err();
+        assert!(refused.contains("unknown field `colour`"), "{refused}");
+        // AND a whole envelope is read as before
+        let read = Envelope::from_body(body("2026-11-30T23:30:00+09:00", "").as_bytes()).unwrap();
+        assert_eq!(read.occurred_at.to_rfc3339(), "2026-11-30T14:30:00+00:00");
     }
 
     #[test]

@@ -179,6 +179,46 @@ async fn programs_are_created_then_replaced_and_validated() {
 }
 
 #[tokio::test]
+async fn a_member_token_whose_subject_no_member_could_have_is_not_valid() {
+    // GIVEN kr-shop, and signed member tokens whose subjects are not member ids
+    let h = harness();
+    call(
+        &h,
+        "PUT",
+        "/v1/programs/kr-shop",
+        &admin(None),
+        "application/toml",
+        KR,
+    )
+    .await;
+    for subject in ["a#b", " m-1", ".."] {
+        // WHEN one reads /me
+        let (status, problem) = call(
+            &h,
+            "GET",
+            "/v1/programs/kr-shop/me",
+            &member(subject),
+            "",
+            "",
+        )
+        .await;
+        // THEN it is refused as a token that is not valid (before: 400, as if the request
+        // were malformed)
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{subject:?}: {problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("subject is not a member id"),
+            "{problem}"
+        );
+    }
+    // AND a member id is read as before
+    let (status, _) = call(&h, "GET", "/v1/programs/kr-shop/me", &member("m-1"), "", "").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn admin_tokens_limited_to_a_program_stay_there() {
     // GIVEN kr-shop and a token limited to us-shop
     let h = harness();

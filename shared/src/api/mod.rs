@@ -420,6 +420,13 @@ async fn caller(
     campaigns: bool,
 ) -> Result<(ProgramId, MemberId), Problem> {
     principal.require_member(program)?;
+    // A subject that no member could have is a token that names no one: refused as any token
+    // that is not valid here, before anything is read under it.
+    if !crate::ids::IdKind::Member.accepts(&principal.subject) {
+        return Err(Problem::unauthorized(
+            "the token's subject is not a member id",
+        ));
+    }
     let program = ProgramId::parse(program)?;
     let services = &state.services;
     let known = async {

@@ -27,7 +27,7 @@ impl Services {
                 format!("the body is not an event envelope: {e}"),
             )
         })?;
-        let mut envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
+        let mut envelope = Envelope::from_body(body).map_err(|e| {
             ServiceError::invalid(
                 "malformed-event",
                 format!("the body is not an event envelope: {e}"),

@@ -84,7 +84,7 @@ const PLATFORM_ID_PREFIXES: &[&str] = &["shopify-", "woocommerce-", "cafe24-"];
 /// itself only: its events are not the platforms' (by id or by `data.platform`), and are of
 /// the program of its URL (a till set up for another program is told, not credited here).
 pub fn normalise(program: &str, body: &[u8]) -> Result<Normalised, WebhookError> {
-    let envelope: Envelope = serde_json::from_slice(body)
+    let envelope = Envelope::from_body(body)
         .map_err(|e| WebhookError::Invalid(format!("the body is not an event envelope: {e}")))?;
     if envelope.program != program {
         return Err(WebhookError::Invalid(format!(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use loyalty_core::store::sqlite::LOYALTY_TABLE;
+use loyalty_core::store::sqlite::refuse_foreign;
 use rusqlite::{Connection, OpenFlags};
 
 #[derive(Debug, Args)]
@@ -44,19 +44,7 @@ pub fn run(args: &BackupArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot open {}: {e}", args.db.display()))?;
     conn.busy_timeout(Duration::from_secs(30))
         .map_err(|e| format!("cannot set a busy timeout: {e}"))?;
-    let ours: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [LOYALTY_TABLE],
-            |row| row.get(0),
-        )
-        .map_err(|e| format!("cannot read {}: {e}", args.db.display()))?;
-    if ours == 0 {
-        return Err(format!(
-            "{} is not a loyalty database (it has no {LOYALTY_TABLE} table)",
-            args.db.display()
-        ));
-    }
+    refuse_foreign(&conn, &args.db).map_err(|e| e.to_string())?;
     // One read transaction: the copy is the database as of its start, WAL included. SQLite
     // does not sync what VACUUM INTO wrote: the copy is synced here before it is called taken,
     // and a copy cut short (a full disk) is removed, so that the next attempt may make it.
@@ -81,9 +69,6 @@ pub fn run(args: &BackupArgs) -> Result<(), String> {
 fn sync(path: &std::path::Path) -> Result<(), String> {
     let synced = |path: &std::path::Path| std::fs::File::open(path).and_then(|f| f.sync_all());
     synced(path).map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => std::path::Path::new("."),
-    };
-    synced(dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))
+    let dir = crate::files::dir_of(path);
+    synced(&dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))
 }

@@ -3,6 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
+/// The directory a path names its file in: its parent, or `.` for a bare name.
+pub fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// Where a file is written before it is complete: beside it, renamed over it at the end.
 pub fn partial_of(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();

@@ -245,10 +245,7 @@ fn real_path(db: &std::path::Path) -> PathBuf {
     if let Ok(real) = std::fs::canonicalize(db) {
         return real;
     }
-    let dir = |path: &std::path::Path| match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = crate::files::dir_of;
     // As many links as the system itself follows (Linux's limit is 40).
     let mut target = db.to_path_buf();
     for _ in 0..40 {

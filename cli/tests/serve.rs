@@ -510,8 +510,17 @@ fn a_backup_taken_while_serve_runs_is_whole_on_its_own() {
         "{}",
         String::from_utf8_lossy(&taken.stderr)
     );
-    // THEN the copy is one file, and serve on it alone has the member's points
+    // THEN the copy is one file, marked as a loyalty database as serve's is, and serve on it
+    // alone has the member's points
     assert!(!copy.with_file_name("backup.db-wal").exists());
+    let marked = |file: &std::path::Path| -> i32 {
+        rusqlite::Connection::open(file)
+            .unwrap()
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(marked(&db), 0x4C59_4C54);
+    assert_eq!(marked(&copy), 0x4C59_4C54);
     let restored = Server::start(&["--db", copy_arg]);
     assert_eq!(me(&restored, "m-1")["balance"], 590);
     // AND a second backup to the same file is refused, leaving it as it was
@@ -570,20 +579,42 @@ fn a_file_that_is_not_a_loyalty_database_is_refused_and_left_as_it_was() {
     }
     let garbage = db.with_file_name("garbage.db");
     std::fs::write(&garbage, vec![0x5a_u8; 64 * 1024]).unwrap();
+    // (and an application that marks its files, whose schema has a programs table too)
+    let marked = db.with_file_name("courses.db");
+    {
+        let conn = rusqlite::Connection::open(&marked).unwrap();
+        conn.execute_batch(
+            "PRAGMA application_id = 7; CREATE TABLE programs (id INTEGER PRIMARY KEY);",
+        )
+        .unwrap();
+    }
     for (file, expected) in [
         (
             &theirs,
             "a SQLite database of something else (tables customers)",
         ),
         (&garbage, "not a database"),
+        (
+            &marked,
+            "something else (tables programs, application id 0x00000007)",
+        ),
     ] {
         let path = file.to_str().unwrap();
-        // WHEN serve, and an audit, are pointed at it
+        // WHEN serve, an audit and a backup are pointed at it
         let served = serve_to_its_end(path);
         let audited = ends_soon(Command::new(BIN).args(["audit", "--db", path]));
-        // THEN both refuse it, saying what it is (before: serve made its tables beside the
+        let copy = file.with_extension("copy");
+        let backup = ends_soon(Command::new(BIN).args([
+            "backup",
+            "--db",
+            path,
+            "--to",
+            copy.to_str().unwrap(),
+        ]));
+        // THEN each refuses it, saying what it is (before: serve made its tables beside the
         // other's, the audit passed on nothing, and random bytes were "cannot enable WAL")
-        for (what, out) in [("serve", &served), ("audit", &audited)] {
+        assert!(!copy.exists());
+        for (what, out) in [("serve", &served), ("audit", &audited), ("backup", &backup)] {
             assert!(!out.status.success(), "{what} on {path}");
             let said = String::from_utf8_lossy(&out.stderr);
             assert!(said.contains(expected), "{what} on {path}: {said}");

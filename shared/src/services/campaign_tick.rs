@@ -221,6 +221,12 @@ impl Services {
         day: NaiveDate,
     ) -> Result<Vec<String>, ServiceError> {
         let mut members = Vec::new();
+        // A day after today (a tick run ahead) is left to its own tick, unread: its event
+        // could be dated no later than now, and would spend this year's limit under next
+        // year's id, which its own tick could then no longer pay.
+        if day > crate::domain::calendar::local_date(program.time_zone, self.clock.now()) {
+            return Ok(members);
+        }
         for index_date in yearly_index_dates(day) {
             members.extend(self.members_due_on(&program.id, job, index_date).await?);
         }
@@ -242,12 +248,6 @@ impl Services {
         report: &mut JobReport,
         progress: Progress<'_>,
     ) -> Result<(), ServiceError> {
-        // A day after today (a tick run ahead) is left to its own tick: its event could be
-        // dated no later than now, and would spend this year's limit under next year's id,
-        // which its own tick could then no longer pay.
-        if day > crate::domain::calendar::local_date(program.time_zone, self.clock.now()) {
-            return Ok(());
-        }
         for member in members {
             report.members += 1;
             progress(report.members);

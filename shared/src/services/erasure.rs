@@ -504,8 +504,8 @@ impl Services {
                     now,
                 )
             };
-            // Straight to the store: the metrics, like the books, counted these entries once.
-            match self.store.commit(commit).await {
+            // The metrics, like the books, counted these entries when they were first written.
+            match self.commit_copy(commit).await {
                 Ok(()) | Err(CommitError::Duplicate) => return Ok(()),
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Err(_) => {}

@@ -325,6 +325,11 @@ pub struct Services {
     dead_letters: Option<Arc<dyn crate::ports::DeadLetters>>,
 }
 
+fn count_conflict(program: &str) {
+    use crate::telemetry::metrics;
+    metrics::add(metrics::COMMIT_CONFLICTS, &[("program", program)], 1);
+}
+
 /// The points a commit's entries issue, redeem, expire and claw back, for the metrics.
 fn points_moved(
     entries: &[crate::domain::LedgerEntry],
@@ -377,10 +382,22 @@ impl Services {
                     metrics::add(metric, &[("program", &program)], points);
                 }
             }
-            Err(crate::ports::CommitError::VersionConflict) => {
-                metrics::add(metrics::COMMIT_CONFLICTS, &[("program", &program)], 1);
-            }
+            Err(crate::ports::CommitError::VersionConflict) => count_conflict(&program),
             Err(_) => {}
+        }
+        result
+    }
+
+    /// [`crate::ports::MemberStore::commit`] of entries counted when they were first written
+    /// (an erasure's copy under its pseudonym): its conflicts are counted, its points not again.
+    pub(crate) async fn commit_copy(
+        &self,
+        commit: crate::ports::Commit,
+    ) -> Result<(), crate::ports::CommitError> {
+        let program = commit.program.clone();
+        let result = self.store.commit(commit).await;
+        if matches!(result, Err(crate::ports::CommitError::VersionConflict)) {
+            count_conflict(&program);
         }
         result
     }

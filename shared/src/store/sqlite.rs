@@ -110,30 +110,43 @@ CREATE TABLE IF NOT EXISTS erased (
     PRIMARY KEY (program, digest));
 ";
 
-/// The table every loyalty database has (`loyalty backup` looks for it too).
+/// The table every loyalty database has, in every version of the schema.
 pub const LOYALTY_TABLE: &str = "programs";
 
+/// The number a loyalty database carries in its header (`PRAGMA application_id`, "LYLT"), set
+/// on every file serve opens: another application's file may have a table named programs too.
+pub const APPLICATION_ID: i32 = 0x4C59_4C54;
+
 /// Refuses a file that is not a database, or is another application's: its tables would be
-/// written beside theirs, and a check of it (an audit) would pass on nothing.
-fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+/// written beside theirs, and a check of it (an audit) would pass on nothing. Ours is a file
+/// with our application id, or (made before the id) with the programs table, or a new one.
+pub fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let unreadable = |e: rusqlite::Error| {
+        StoreError::failed(
+            format!(
+                "cannot read {}: {e} (a loyalty database is a SQLite file that loyalty serve made)",
+                path.display()
+            ),
+            e,
+        )
+    };
     let tables: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
         .and_then(|mut stmt| {
             stmt.query_map([], |row| row.get(0))?
                 .collect::<Result<_, _>>()
         })
-        .map_err(|e| {
-            StoreError::failed(
-                format!(
-                    "cannot read {}: {e} (a loyalty database is a SQLite file that loyalty serve made)",
-                    path.display()
-                ),
-                e,
-            )
-        })?;
-    // The schema's first table, in every version: a first start stopped while it made the
-    // rest has it too.
-    if tables.is_empty() || tables.iter().any(|t| t == LOYALTY_TABLE) {
+        .map_err(unreadable)?;
+    let id: i32 = conn
+        .query_row("PRAGMA application_id", [], |row| row.get(0))
+        .map_err(unreadable)?;
+    let ours = match id {
+        APPLICATION_ID => true,
+        // A first start stopped while it made the schema has the programs table too.
+        0 => tables.is_empty() || tables.iter().any(|t| t == LOYALTY_TABLE),
+        _ => false,
+    };
+    if ours {
         return Ok(());
     }
     let mut named = tables
@@ -145,9 +158,13 @@ fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     if tables.len() > 5 {
         named.push_str(", ...");
     }
+    let whose = match id {
+        0 => String::new(),
+        id => format!(", application id {id:#010x}"),
+    };
     Err(StoreError::Failed {
         message: format!(
-            "{} is a SQLite database of something else (tables {named}): give loyalty a file of its own",
+            "{} is a SQLite database of something else (tables {named}{whose}): give loyalty a file of its own",
             path.display()
         ),
         source: None,
@@ -212,6 +229,8 @@ impl SqliteStore {
             .map_err(|e| StoreError::failed("cannot set the busy timeout", e))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| StoreError::failed("cannot create the schema", e))?;
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(|e| StoreError::failed("cannot mark the file as a loyalty database", e))?;
         keep_old_rejections(&conn)?;
         add_due_column(&conn)?;
         crate::queue::local::migrate(&conn)?;

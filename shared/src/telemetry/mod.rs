@@ -26,7 +26,8 @@ const PLATFORM_KINDS: [&str; 3] = ["shopify", "woocommerce", "cafe24"];
 /// generates one per stack), else `loyalty serve`'s token secret.
 pub const LOG_KEY_VARS: [&str; 2] = ["LOYALTY_LOG_KEY", "LOYALTY_JWT_SECRET"];
 
-static LOG_KEY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+/// The keyed MAC, made once: each digest starts from a clone of it rather than from the key.
+static LOG_KEY: std::sync::OnceLock<hmac::Hmac<sha2::Sha256>> = std::sync::OnceLock::new();
 
 /// Keys the digests of this process's logs with a secret, once (later calls change nothing):
 /// without it, anyone could recompute a digest from a guessed email or phone number, and a
@@ -39,7 +40,10 @@ pub fn set_log_key(secret: &[u8]) {
     }
     if let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) {
         mac.update(b"loyalty log digest v1");
-        let _ = LOG_KEY.set(mac.finalize().into_bytes().to_vec());
+        let key = mac.finalize().into_bytes();
+        if let Ok(keyed) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key) {
+            let _ = LOG_KEY.set(keyed);
+        }
     }
 }
 
@@ -57,10 +61,7 @@ pub fn set_log_key_from_env() {
 /// otherwise (a development run without secrets), 16 hex digits either way.
 fn digest(id: &str) -> String {
     use hmac::Mac as _;
-    let value = match LOG_KEY
-        .get()
-        .and_then(|key| hmac::Hmac::<sha2::Sha256>::new_from_slice(key).ok())
-    {
+    let value = match LOG_KEY.get().cloned() {
         Some(mut mac) => {
             mac.update(id.as_bytes());
             let tag = mac.finalize().into_bytes();

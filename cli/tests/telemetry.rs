@@ -145,6 +145,15 @@ fn a_processed_event_is_logged_with_its_ids_and_trace_and_counted_at_metrics() {
         "loyalty_points_issued_total{function=\"serve\",program=\"kr-shop\"}",
     );
     assert_eq!(issued, Some(590), "{text}");
+    // AND the relay of its outgoing messages says how long they waited in the outbox
+    eventually("the outbox lag observed", || {
+        let text = metrics(&serve.base);
+        series(
+            &text,
+            "loyalty_outbox_lag_milliseconds_count{function=\"serve\",program=\"kr-shop\"}",
+        )
+        .filter(|count| *count >= 1)
+    });
     assert!(
         text.contains("# TYPE loyalty_events_total counter"),
         "{text}"

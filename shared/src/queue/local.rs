@@ -39,15 +39,7 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     )
     .map_err(|e| StoreError::failed("cannot create the queue tables", e))?;
     // Files made before ids sent were forgotten after a while have no time of sending.
-    let dated = conn
-        .prepare("SELECT 1 FROM pragma_table_info('sent') WHERE name = 'at'")
-        .and_then(|mut s| s.exists([]))
-        .map_err(|e| StoreError::failed("cannot read the queue tables", e))?;
-    if !dated {
-        conn.execute_batch("ALTER TABLE sent ADD COLUMN at INTEGER")
-            .map_err(|e| StoreError::failed("cannot date the ids sent", e))?;
-    }
-    Ok(())
+    crate::store::sqlite::add_column(conn, "sent", "at", "INTEGER")
 }
 
 /// How long a dead letter is kept: the dead-letter queues' retention in AWS (14 days).
@@ -305,18 +297,18 @@ impl LocalQueue {
         let unreadable_through = self.unreadable_through.clone();
         // What the queue dropped as sent before is said once the transaction has committed: one
         // that rolls back relays the same rows again.
-        let (programs, dropped): (Vec<String>, Vec<OutboxMessage>) = self
+        let (programs, dropped): (Vec<(String, Option<i64>)>, Vec<OutboxMessage>) = self
             .store
             .with(move |conn| {
                 let failed = |e| sql_error("cannot read the outbox", e);
-                let rows: Vec<(i64, String)> = conn
+                let rows: Vec<(i64, String, Option<i64>)> = conn
                     .prepare_cached(
-                        "SELECT seq, body FROM outbox WHERE seq > ?2 ORDER BY seq LIMIT ?1",
+                        "SELECT seq, body, at_ms FROM outbox WHERE seq > ?2 ORDER BY seq LIMIT ?1",
                     )
                     .map_err(failed)?
                     .query_map(
                         params![limit, unreadable_through.load(Ordering::Relaxed)],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .map_err(failed)?
                     .collect::<Result<_, _>>()
@@ -325,7 +317,7 @@ impl LocalQueue {
                 let mut dropped = Vec::new();
                 // Whether every row so far was left in place: the front of what remains.
                 let mut front = true;
-                for (seq, stored) in rows {
+                for (seq, stored, at_ms) in rows {
                     // A row that does not decode (a manual edit, a message of a newer version
                     // after a downgrade) stays for an operator; it never holds back the
                     // messages after it, however many such rows there are.
@@ -359,7 +351,7 @@ impl LocalQueue {
                     }
                     conn.exec("DELETE FROM outbox WHERE seq = ?1", params![seq])
                         .map_err(|e| sql_error("cannot forget a relayed message", e))?;
-                    programs.push(message.envelope.program);
+                    programs.push((message.envelope.program, at_ms));
                 }
                 Ok((programs, dropped))
             })
@@ -367,12 +359,14 @@ impl LocalQueue {
         for message in &dropped {
             dropped_as_sent(message.queue, &message.envelope);
         }
-        for program in &programs {
-            crate::telemetry::metrics::add(
-                crate::telemetry::metrics::OUTBOX_RELAYED,
-                &[("program", program)],
-                1,
-            );
+        let now = Utc::now().timestamp_millis();
+        for (program, at_ms) in &programs {
+            use crate::telemetry::metrics;
+            metrics::add(metrics::OUTBOX_RELAYED, &[("program", program)], 1);
+            if let Some(at_ms) = at_ms {
+                let lag = now.saturating_sub(*at_ms).max(0).unsigned_abs();
+                metrics::observe(metrics::OUTBOX_LAG, &[("program", program)], lag);
+            }
         }
         Ok(programs.len())
     }

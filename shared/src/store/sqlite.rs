@@ -232,7 +232,7 @@ impl SqliteStore {
         conn.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(|e| StoreError::failed("cannot mark the file as a loyalty database", e))?;
         keep_old_rejections(&conn)?;
-        add_due_column(&conn)?;
+        add_new_columns(&conn)?;
         crate::queue::local::migrate(&conn)?;
         Ok(SqliteStore {
             writer: Arc::new(Writer::start(conn)?),
@@ -343,17 +343,26 @@ fn keep_old_rejections(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn add_due_column(conn: &Connection) -> Result<(), StoreError> {
-    let failed = |e| StoreError::failed("cannot add the due column to accounts", e);
-    let present: bool = conn
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('accounts') WHERE name = 'due')",
-            [],
-            |row| row.get(0),
-        )
+fn add_new_columns(conn: &Connection) -> Result<(), StoreError> {
+    add_column(conn, "accounts", "due", "TEXT")?;
+    // Rows written before the outbox was dated are relayed without a lag to show.
+    add_column(conn, "outbox", "at_ms", "INTEGER")
+}
+
+/// Adds a column that files made by an earlier version lack.
+pub(crate) fn add_column(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    kind: &str,
+) -> Result<(), StoreError> {
+    let failed = |e| StoreError::failed(format!("cannot add the {column} column to {table}"), e);
+    let present = conn
+        .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")
+        .and_then(|mut s| s.exists(params![table, column]))
         .map_err(failed)?;
     if !present {
-        conn.execute_batch("ALTER TABLE accounts ADD COLUMN due TEXT")
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
             .map_err(failed)?;
     }
     Ok(())
@@ -1306,9 +1315,10 @@ fn write_outbox(tx: &Connection, message: &OutboxMessage) -> Result<(), StoreErr
 }
 
 fn write_outbox_row(tx: &Connection, key: &str, body: &str) -> Result<(), StoreError> {
+    // The wall clock, as a stream record's creation time: the relay's lag is measured by it.
     tx.exec(
-        "INSERT OR IGNORE INTO outbox (key, body) VALUES (?1, ?2)",
-        params![key, body],
+        "INSERT OR IGNORE INTO outbox (key, body, at_ms) VALUES (?1, ?2, ?3)",
+        params![key, body, Utc::now().timestamp_millis()],
     )
     .map_err(|e| sql_error("cannot write to the outbox", e))?;
     Ok(())

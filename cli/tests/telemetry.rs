@@ -310,9 +310,15 @@ fn warnings_kept_at_warn_say_which_message_they_are_about() {
         "{warning}"
     );
     assert_eq!(span["member"], "m-warn", "{warning}");
-    // AND no INFO line was written
+    // AND no INFO line was written, and the rejection is said once (before: earn's own
+    // "event rejected" too, without the message's span)
     let log = std::fs::read_to_string(&serve.log).unwrap();
     assert!(!log.contains("\"level\":\"INFO\""), "{log}");
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"WARN\""))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
 }
 
 #[test]

@@ -844,11 +844,12 @@ impl Services {
         body: &str,
         reason: &str,
     ) -> Result<Processed, Retry> {
-        tracing::warn!(
+        // The batch that processes the message warns of it once, in the message's span.
+        tracing::debug!(
             program,
             event_id = %crate::telemetry::event_ref(event_id),
             reason = %crate::telemetry::redact(reason),
-            "event rejected"
+            "event rejected; kept for a replay"
         );
         let rejected = RejectedEvent {
             program: program.to_string(),

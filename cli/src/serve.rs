@@ -61,10 +61,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
 async fn serve(args: ServeArgs) -> Result<(), String> {
     // Before anything is read or written: a second serve on the same file would run its
     // workers beside this one's and deliver again what the first has in flight.
-    let _held = match args.memory {
-        true => None,
-        false => Some(hold_database(&args.db)?),
-    };
+    if !args.memory {
+        // Never closed: closing any descriptor of the database file would release the locks
+        // SQLite holds on it (they are the process's); the process's end releases them all.
+        std::mem::forget(hold_database(&args.db)?);
+    }
     let (secret, generated) = match std::env::var(SECRET_VAR) {
         Ok(s) if !s.is_empty() => (s, false),
         _ => (generate_secret(), true),
@@ -211,32 +212,46 @@ async fn metrics() -> impl axum::response::IntoResponse {
     )
 }
 
-/// Locks `{db}.lock` for as long as the returned file is kept (the system releases it when
-/// the process ends, however it ends). Commands other than serve do not take it: they may run
-/// beside a serve.
-fn hold_database(db: &std::path::Path) -> Result<std::fs::File, String> {
-    // Named after the file itself: a link to it, or another spelling of its path, finds the
-    // same lock.
+/// Locks the database file itself, and `{db}.lock` beside it, for as long as the returned
+/// files are open (the system releases them when the process ends, however it ends). Commands
+/// other than serve do not take them: they may run beside a serve.
+fn hold_database(db: &std::path::Path) -> Result<[std::fs::File; 2], String> {
+    // The file's own lock is found through any name of it, hard links included; the lock
+    // file beside it, named after the file links lead to, is the one earlier versions take.
+    // (SQLite locks with the other kind of lock, which this one does not touch.)
     let real = real_path(db);
     let db = real.as_path();
-    let mut path = db.as_os_str().to_owned();
-    path.push(".lock");
-    let path = PathBuf::from(path);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "another loyalty serve is using {} (it holds {}): stop it first",
-            db.display(),
-            path.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    let mut beside = db.as_os_str().to_owned();
+    beside.push(".lock");
+    let beside = PathBuf::from(beside);
+    let open = |path: &std::path::Path, make: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(make)
+            .create(make)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))
+    };
+    // An empty file is a new database to SQLite; one that is there is opened to read only.
+    let own = open(db, !db.exists())?;
+    let lock_file = open(&beside, true)?;
+    for (file, path) in [(&own, db), (&lock_file, beside.as_path())] {
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(format!(
+                    "another loyalty serve is using {} (it holds {}): stop it first",
+                    db.display(),
+                    path.display()
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", path.display()))
+            }
+        }
     }
+    Ok([own, lock_file])
 }
 
 /// The path of the file `db` names, links followed, whether or not the file is made yet (a

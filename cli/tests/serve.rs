@@ -553,6 +553,16 @@ fn a_link_to_a_served_file_finds_its_lock() {
     let said = String::from_utf8_lossy(&second.stderr);
     assert!(said.contains("another loyalty serve"), "{said}");
     assert!(me(&first, "m-1").get("balance").is_some());
+    // AND so is one on a hard link to it, whatever directory it is in (before: a lock of its
+    // own, beside the other name)
+    let elsewhere = db.parent().unwrap().join("hard");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let hard = elsewhere.join("same.db");
+    std::fs::hard_link(&db, &hard).unwrap();
+    let third = serve_to_its_end(hard.to_str().unwrap());
+    assert!(!third.status.success());
+    let said = String::from_utf8_lossy(&third.stderr);
+    assert!(said.contains("another loyalty serve"), "{said}");
     // AND a serve on a chain of links to a file not made yet holds the file it makes
     let later = db.with_file_name("later.db");
     let early_link = db.with_file_name("early-link.db");

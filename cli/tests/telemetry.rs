@@ -281,6 +281,40 @@ fn lines_saying(serve: &Logged, message: &str) -> Vec<Value> {
 }
 
 #[test]
+fn events_count_events_and_tier_checks_are_tier_recalc_s() {
+    // GIVEN serve
+    let serve = serve_with_logs("tier-checks");
+    let admin = token(&["--admin"]);
+    // WHEN a purchase takes a member past SILVER's threshold (300,000 KRW), which sends a
+    // tier check after it
+    let mut big = purchase("ev-tier-1", "m-tier");
+    big["data"]["lines"][0]["quantity"] = json!(6);
+    let response = client()
+        .post(format!("{}/v1/programs/kr-shop/events", serve.base))
+        .bearer_auth(&admin)
+        .json(&big)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    // THEN the tier check is counted as tier-recalc's, as in the stack
+    let checked = |text: &str| {
+        text.lines().any(|l| {
+            l.starts_with("loyalty_events_total{function=\"tier-recalc\",")
+                && l.contains("program=\"kr-shop\"")
+                && l.ends_with(" 1")
+        })
+    };
+    let text = eventually("the tier check counted", || {
+        let text = metrics(&serve.base);
+        checked(&text).then_some(text)
+    });
+    // AND the events counted as serve's are the one purchase (before: 2 applied)
+    let applied =
+        "loyalty_events_total{function=\"serve\",outcome=\"applied\",program=\"kr-shop\"}";
+    assert_eq!(series(&text, applied), Some(1), "{text}");
+}
+
+#[test]
 fn warnings_kept_at_warn_say_which_message_they_are_about() {
     // GIVEN serve logging warnings and errors only
     let serve = serve_logging("warn-level", "warn");

@@ -171,12 +171,13 @@ async fn process_seated(
         Err(_) => "retried",
     };
     // Messages on the queues were checked at the edge, so their program exists: the label
-    // stays bounded by the programs.
-    crate::telemetry::metrics::add(
-        crate::telemetry::metrics::EVENTS,
-        &[("program", &ids.program), ("outcome", outcome)],
-        1,
-    );
+    // stays bounded by the programs. A tier check is counted as tier-recalc's, which it is in
+    // the stack, also where one process consumes every queue: earn's count is of events.
+    let mut labels = vec![("program", ids.program.as_str()), ("outcome", outcome)];
+    if consumer == Consumer::Tier {
+        labels.push((crate::telemetry::metrics::FUNCTION_LABEL, "tier-recalc"));
+    }
+    crate::telemetry::metrics::add(crate::telemetry::metrics::EVENTS, &labels, 1);
     match &result {
         Ok(Processed::Rejected(reason)) => {
             let reason = crate::telemetry::redact(reason);

@@ -130,6 +130,11 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 });
 static FUNCTION: OnceLock<&'static str> = OnceLock::new();
 
+/// The label that names the function counting. A count may give it (a process that does the
+/// work of several functions, as serve does, counts each one's as the stack does); otherwise it
+/// is the process's own.
+pub const FUNCTION_LABEL: &str = "function";
+
 /// Names the process in every metric (`earn`, `serve`, ...); the first call wins.
 pub fn set_function(name: &'static str) {
     let _ = FUNCTION.set(name);
@@ -200,16 +205,18 @@ fn metric(name: &str) -> Option<Metric> {
 /// labels other than the program (totals across programs, which alarms read), and all of them.
 fn dimension_sets(labels: &Labels) -> Vec<Vec<&'static str>> {
     let mut sets = vec![vec!["function"]];
-    let without_program: Vec<&'static str> = labels
-        .iter()
-        .map(|(name, _)| *name)
-        .filter(|name| *name != "program")
-        .collect();
+    let names = || {
+        labels
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| *name != "function")
+    };
+    let without_program: Vec<&'static str> = names().filter(|name| *name != "program").collect();
     if !without_program.is_empty() {
         sets.push([vec!["function"], without_program].concat());
     }
     if labels.iter().any(|(name, _)| *name == "program") {
-        sets.push([vec!["function"], labels.iter().map(|(n, _)| *n).collect()].concat());
+        sets.push([vec!["function"], names().collect()].concat());
     }
     sets
 }
@@ -308,7 +315,11 @@ impl Registry {
                 .iter()
                 .filter(|((name, _), _)| *name == metric.name);
             for ((_, labels), s) in series {
-                let mut all = vec![("function", function().to_string())];
+                // A series counted for another function (see [`FUNCTION_LABEL`]) names it.
+                let mut all = Vec::new();
+                if !labels.iter().any(|(name, _)| *name == FUNCTION_LABEL) {
+                    all.push((FUNCTION_LABEL, function().to_string()));
+                }
                 all.extend(labels.iter().cloned());
                 let text: Vec<String> = all
                     .iter()
@@ -464,6 +475,47 @@ mod tests {
         assert_eq!(
             lines[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"],
             "Milliseconds"
+        );
+    }
+
+    #[test]
+    fn a_count_made_for_another_function_names_it_once() {
+        let mut r = Registry::default();
+        // GIVEN a tier check counted as tier-recalc's by a process that is not tier-recalc
+        let given = [
+            ("program", "fn-a"),
+            ("outcome", "applied"),
+            (FUNCTION_LABEL, "tier-recalc"),
+        ];
+        r.add(EVENTS, &given, 1);
+        r.add(EVENTS, &[("program", "fn-a"), ("outcome", "applied")], 1);
+        // WHEN it is read in both formats
+        let text = r.prometheus();
+        let lines = lines_of("fn-a", &r.drain_emf(0));
+        // THEN its series names that function, once, beside the process's own
+        assert!(
+            text.contains(
+                "loyalty_events_total{function=\"tier-recalc\",outcome=\"applied\",program=\"fn-a\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "loyalty_events_total{function=\"loyalty\",outcome=\"applied\",program=\"fn-a\"} 1"
+            ),
+            "{text}"
+        );
+        let tier = lines
+            .iter()
+            .find(|l| l["function"] == "tier-recalc")
+            .unwrap();
+        assert_eq!(
+            tier["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            serde_json::json!([
+                ["function"],
+                ["function", "outcome"],
+                ["function", "outcome", "program"]
+            ])
         );
     }
 

@@ -428,6 +428,12 @@ fn a_delivery_sent_again_is_logged_and_counted_as_a_duplicate() {
         (Some("ev-dup-1"), Some("duplicate")),
         "{dropped}"
     );
+    // AND with its kind and member, as a processed message's line has them
+    assert_eq!(
+        (fields["kind"].as_str(), fields["member"].as_str()),
+        (Some("purchase.completed"), Some("m-dup")),
+        "{dropped}"
+    );
     let duplicate =
         "loyalty_events_total{function=\"serve\",outcome=\"duplicate\",program=\"kr-shop\"}";
     let text = metrics(&serve.base);

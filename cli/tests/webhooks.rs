@@ -381,6 +381,26 @@ fn bad_shopify_deliveries_are_kept_aside_and_credit_nothing() {
         .filter(|id| id.starts_with("shopify-delivery-"))
         .collect();
     assert_eq!(kept.len(), 5, "{rejected}");
+    // AND counted as rejected events of webhook-ingest's, a redelivery of one as a duplicate
+    // (before: in no count)
+    shopify(&server, "orders/paid", b"not json", SHOPIFY_SECRET, "d-2");
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
+        .and_then(|r| r.text())
+        .unwrap();
+    let count = |outcome: &str| {
+        let series = format!(
+            "loyalty_events_total{{function=\"webhook-ingest\",outcome=\"{outcome}\",program=\"kr-shop\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        (count("rejected"), count("duplicate")),
+        (Some("5".into()), Some("1".into())),
+        "{metrics}"
+    );
     // WHEN a guest order arrives THEN it is acknowledged without effect
     let guest = fixture("orders-paid-guest.json", &days_ago(1));
     let (status, body) = shopify(&server, "orders/paid", &guest, SHOPIFY_SECRET, "d-4");

@@ -503,12 +503,17 @@ fn enqueue(
 /// A message whose id was sent before is dropped, as SQS's deduplication drops it: said so,
 /// and an event counted as a duplicate, since no consumer will see it to say so.
 fn dropped_as_sent(queue: QueueName, envelope: &Envelope) {
-    use crate::telemetry::{event_ref, metrics};
+    use crate::telemetry::{event_ref, member_ref, metrics, trace};
+    // The ids a processed message's span has, so that a search by member or trace finds it.
+    let trace = envelope.trace.as_deref().and_then(trace::root_of);
     tracing::info!(
         queue = queue.as_str(),
         message_id = event_ref(&envelope.dedup_id()),
         event_id = event_ref(&envelope.id),
+        kind = envelope.kind,
         program = envelope.program,
+        member = member_ref(&envelope.member),
+        trace = trace.as_deref().unwrap_or_default(),
         outcome = "duplicate",
         "message sent before; dropped"
     );

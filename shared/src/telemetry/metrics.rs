@@ -54,7 +54,7 @@ pub const POINTS_REDEEMED: Metric = count("PointsRedeemed", "Points spent on rew
 pub const POINTS_EXPIRED: Metric = count("PointsExpired", "Points that expired.");
 pub const POINTS_RETURNED: Metric = count(
     "PointsReturned",
-    "Points given back by redemptions an operator reversed.",
+    "Points given back: redemptions an operator reversed, pay-with-points holds voided or expired.",
 );
 pub const POINTS_CLAWED_BACK: Metric = count(
     "PointsClawedBack",

@@ -315,6 +315,41 @@ fn events_count_events_and_tier_checks_are_tier_recalc_s() {
 }
 
 #[test]
+fn a_refused_request_is_logged_with_its_problem_and_program() {
+    // GIVEN serve
+    let serve = serve_with_logs("refused-request");
+    let admin = token(&["--admin"]);
+    // WHEN a purchase in another currency than kr-shop's is posted
+    let mut dollars = purchase("ev-usd-1", "m-usd");
+    dollars["data"]["currency"] = json!("USD");
+    let response = client()
+        .post(format!("{}/v1/programs/kr-shop/events", serve.base))
+        .bearer_auth(&admin)
+        .json(&dollars)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().unwrap();
+    // THEN the request's line names the program, the problem and why (before: the route and
+    // the status alone)
+    let line = eventually("the request's line", || {
+        lines_saying(&serve, "request answered")
+            .into_iter()
+            .find(|l| l["fields"]["status"] == 400)
+    });
+    let fields = &line["fields"];
+    assert_eq!(fields["program"], "kr-shop", "{line}");
+    let slug = problem["type"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap();
+    assert_eq!(fields["problem"], slug, "{line}");
+    assert_eq!(fields["detail"], problem["detail"], "{line}");
+}
+
+#[test]
 fn warnings_kept_at_warn_say_which_message_they_are_about() {
     // GIVEN serve logging warnings and errors only
     let serve = serve_logging("warn-level", "warn");

@@ -61,6 +61,12 @@ impl IntoResponse for Problem {
                 .collect::<Vec<_>>());
         }
         let mut response = (self.status, body.to_string()).into_response();
+        response
+            .extensions_mut()
+            .insert(crate::telemetry::AnsweredProblem {
+                slug: self.slug,
+                detail: self.detail,
+            });
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),

@@ -403,6 +403,7 @@ async fn observed_request(
         .map_or("unmatched", |p| p.as_str())
         .to_string();
     let method = request.method().clone();
+    let path = request.uri().path().to_string();
     let response = trace::scope(Some(trace.clone()), next.run(request)).await;
     let status = response.status().as_u16();
     let class = match status {
@@ -413,12 +414,40 @@ async fn observed_request(
     };
     metrics::add(metrics::REQUESTS, &[("status", class)], 1);
     let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // A refusal says which problem and why (redacted), and the program it was for: the
+    // route alone says neither.
+    let (problem, detail) = match response.extensions().get::<AnsweredProblem>() {
+        Some(p) => (
+            p.slug,
+            redact(&p.detail.chars().take(300).collect::<String>()),
+        ),
+        None => ("", String::new()),
+    };
+    let program = program_in(&route, &path).unwrap_or_default();
     if status >= 500 {
-        tracing::warn!(%method, route, status, millis, trace, "request answered");
+        tracing::warn!(%method, route, program, status, millis, trace, problem, detail, "request answered");
     } else {
-        tracing::info!(%method, route, status, millis, trace, "request answered");
+        tracing::info!(%method, route, program, status, millis, trace, problem, detail, "request answered");
     }
     response
+}
+
+/// What a problem+json answer was, for the request's log line (set by the API's `Problem`).
+#[derive(Debug, Clone)]
+pub struct AnsweredProblem {
+    pub slug: &'static str,
+    pub detail: String,
+}
+
+/// The program a request's path names where its route has `{program}`, if it is a program id
+/// (anything else there is the caller's text, never logged).
+fn program_in<'a>(route: &str, path: &'a str) -> Option<&'a str> {
+    let at = route
+        .split('/')
+        .position(|segment| segment == "{program}")?;
+    path.split('/')
+        .nth(at)
+        .filter(|value| crate::ids::IdKind::Program.accepts(value))
 }
 
 #[cfg(test)]

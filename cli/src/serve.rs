@@ -129,7 +129,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     println!("tokens: loyalty token --admin | loyalty token --member ID");
     println!("console: http://{addr}/console/ (sign in with loyalty token --admin)");
 
-    background(queue, Arc::clone(&services), args.jobs_every)?;
+    let workers = background(queue, Arc::clone(&services), args.jobs_every)?;
     loyalty_core::telemetry::metrics::set_function("serve");
     // The path as the client wrote it reaches serve alone: API Gateway hands the functions a
     // path already decoded, where a `%` is an id's own.
@@ -144,31 +144,75 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     axum::serve(listener, loyalty_core::telemetry::observe_http(app))
         .with_graceful_shutdown(shutdown())
         .await
-        .map_err(|e| format!("server failed: {e}"))
+        .map_err(|e| format!("server failed: {e}"))?;
+    // The requests under way were answered; then the workers stop (a message they had in hand
+    // is delivered again at the next start, as after any stop), and the write-ahead log is
+    // folded into the file, so that the file alone is the whole database.
+    tracing::info!("stopping: requests answered; the workers stop");
+    workers.stop().await;
+    if !args.memory {
+        match loyalty_core::store::sqlite::fold_wal(&args.db) {
+            Ok(()) => {
+                tracing::info!(db = %args.db.display(), "stopped; the database file is whole on its own")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "stopped; the write-ahead log beside the database file still holds some of it")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The workers' thread, and how to stop it.
+struct Workers {
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Workers {
+    /// Stops the workers and waits for their thread to end: its runtime, as it is dropped,
+    /// ends every task at the point it waits.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let thread = self.thread;
+        if let Ok(Err(_)) = tokio::task::spawn_blocking(move || thread.join()).await {
+            tracing::warn!("the workers' thread ended in a panic");
+        }
+    }
 }
 
 /// Starts the queue workers, the relay and the schedule on a thread of their own, at a lower CPU
 /// priority than the HTTP server's threads: when the two cores are busy, a request (GET /me, a
 /// webhook) is answered first and the queues are worked with what is left. In the server's own
 /// runtime the workers' tasks stood in the same run queues as the requests.
-fn background(queue: LocalQueue, services: Arc<Services>, jobs_every: u64) -> Result<(), String> {
+fn background(
+    queue: LocalQueue,
+    services: Arc<Services>,
+    jobs_every: u64,
+) -> Result<Workers, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the workers' runtime: {e}"))?;
-    std::thread::Builder::new()
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let thread = std::thread::Builder::new()
         .name("loyalty-workers".into())
         .spawn(move || {
             lower_priority();
-            runtime.block_on(work_queues(queue, services, jobs_every))
+            runtime.block_on(work_queues(queue, services, jobs_every, stopped))
         })
-        .map(drop)
-        .map_err(|e| format!("cannot start the workers' thread: {e}"))
+        .map_err(|e| format!("cannot start the workers' thread: {e}"))?;
+    Ok(Workers { stop, thread })
 }
 
 /// Everything serve does besides answering requests: a worker per queue, the schedule, and the
-/// relay on this task.
-async fn work_queues(queue: LocalQueue, services: Arc<Services>, jobs_every: u64) -> ! {
+/// relay on this task, until `stopped` says so.
+async fn work_queues(
+    queue: LocalQueue,
+    services: Arc<Services>,
+    jobs_every: u64,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     // One worker per queue: a second earn worker processed 2-5% more, but took the CPU that
     // answers GET /me (p99 from 6-7 ms to 25-28 ms at 500/s).
     for name in [QueueName::Earn, QueueName::Tier, QueueName::Notify] {
@@ -177,7 +221,10 @@ async fn work_queues(queue: LocalQueue, services: Arc<Services>, jobs_every: u64
     if jobs_every > 0 {
         tokio::spawn(schedule(services, Duration::from_secs(jobs_every)));
     }
-    relay(queue).await
+    tokio::select! {
+        _ = relay(queue) => {}
+        _ = stopped.wait_for(|stop| *stop) => {}
+    }
 }
 
 /// How much less CPU the workers' thread is given than the server's threads when both want it

@@ -171,6 +171,31 @@ pub fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StoreError> 
     })
 }
 
+/// Folds a database's write-ahead log into its file and empties it (a checkpoint that
+/// truncates), so that the file alone is the whole database: `loyalty serve` does it as it
+/// stops. Another process reading or writing the file meanwhile leaves part of the log.
+pub fn fold_wal(path: &Path) -> Result<(), StoreError> {
+    let failed = |e| StoreError::failed(format!("cannot checkpoint {}", path.display()), e);
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(failed)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(failed)?;
+    let (busy, frames, done): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .map_err(failed)?;
+    if busy != 0 {
+        return Err(StoreError::Transient {
+            message: format!(
+                "{}: another connection held the database ({done} of {frames} pages folded)",
+                path.display()
+            ),
+            source: None,
+        });
+    }
+    Ok(())
+}
+
 /// How long one statement waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 

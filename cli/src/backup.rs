@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use loyalty_core::store::sqlite::refuse_foreign;
+use loyalty_core::store::sqlite::refuse_unless_made;
 use rusqlite::{Connection, OpenFlags};
 
 #[derive(Debug, Args)]
@@ -44,7 +44,7 @@ pub fn run(args: &BackupArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot open {}: {e}", args.db.display()))?;
     conn.busy_timeout(Duration::from_secs(30))
         .map_err(|e| format!("cannot set a busy timeout: {e}"))?;
-    refuse_foreign(&conn, &args.db).map_err(|e| e.to_string())?;
+    refuse_unless_made(&conn, &args.db).map_err(|e| e.to_string())?;
     // One read transaction: the copy is the database as of its start, WAL included. SQLite
     // does not sync what VACUUM INTO wrote: the copy is synced here before it is called taken,
     // and a copy cut short (a full disk) is removed, so that the next attempt may make it.

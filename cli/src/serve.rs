@@ -141,17 +141,36 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     .layer(axum::middleware::from_fn(
         api::problem::refuse_malformed_escapes,
     ));
-    axum::serve(listener, loyalty_core::telemetry::observe_http(app))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .map_err(|e| format!("server failed: {e}"))?;
+    let (signalled, mut stopping) = tokio::sync::watch::channel(false);
+    let serving = axum::serve(listener, loyalty_core::telemetry::observe_http(app))
+        .with_graceful_shutdown(async move {
+            shutdown().await;
+            let _ = signalled.send(true);
+            // A second signal ends the process at once, as an operator who sends it means.
+            tokio::spawn(async {
+                shutdown().await;
+                eprintln!("loyalty serve: stopped at once (a second signal)");
+                std::process::exit(130);
+            });
+        });
+    let grace = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        tokio::time::sleep(GRACE).await;
+    };
+    tokio::select! {
+        served = serving => served.map_err(|e| format!("server failed: {e}"))?,
+        () = grace => tracing::warn!(
+            seconds = GRACE.as_secs(),
+            "stopping: requests still open after the grace period are cut"
+        ),
+    }
     // The requests under way were answered; then the workers stop (a message they had in hand
     // is delivered again at the next start, as after any stop), and the write-ahead log is
     // folded into the file, so that the file alone is the whole database.
-    tracing::info!("stopping: requests answered; the workers stop");
+    tracing::info!("stopping: the workers stop");
     workers.stop().await;
     if !args.memory {
-        match loyalty_core::store::sqlite::fold_wal(&args.db) {
+        match store.fold_wal(&args.db).await {
             Ok(()) => {
                 tracing::info!(db = %args.db.display(), "stopped; the database file is whole on its own")
             }
@@ -162,6 +181,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// How long requests under way are waited for once serve is told to stop.
+const GRACE: Duration = Duration::from_secs(20);
 
 /// The workers' thread, and how to stop it.
 struct Workers {
@@ -259,13 +281,13 @@ async fn metrics() -> impl axum::response::IntoResponse {
     )
 }
 
-/// Locks the database file itself, and `{db}.lock` beside it, for as long as the returned
-/// files are open (the system releases them when the process ends, however it ends). Commands
-/// other than serve do not take them: they may run beside a serve.
-fn hold_database(db: &std::path::Path) -> Result<[std::fs::File; 2], String> {
-    // The file's own lock is found through any name of it, hard links included; the lock
-    // file beside it, named after the file links lead to, is the one earlier versions take.
-    // (SQLite locks with the other kind of lock, which this one does not touch.)
+/// Locks `{db}.lock` beside the database, and on Linux the database file itself, for as long
+/// as the returned files are open (the system releases them when the process ends, however it
+/// ends). Commands other than serve do not take them: they may run beside a serve.
+fn hold_database(db: &std::path::Path) -> Result<Vec<std::fs::File>, String> {
+    // The lock file is named after the file links lead to; the file's own lock is found
+    // through any name of it, hard links included. That one only where the system keeps
+    // `flock` apart from SQLite's POSIX locks, as Linux does (elsewhere the two may meet).
     let real = real_path(db);
     let db = real.as_path();
     let mut beside = db.as_os_str().to_owned();
@@ -280,10 +302,12 @@ fn hold_database(db: &std::path::Path) -> Result<[std::fs::File; 2], String> {
             .open(path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))
     };
-    // An empty file is a new database to SQLite; one that is there is opened to read only.
-    let own = open(db, !db.exists())?;
-    let lock_file = open(&beside, true)?;
-    for (file, path) in [(&own, db), (&lock_file, beside.as_path())] {
+    let mut held = vec![(open(&beside, true)?, beside.clone())];
+    if cfg!(target_os = "linux") {
+        // An empty file is a new database to SQLite; one that is there is opened to read.
+        held.push((open(db, !db.exists())?, db.to_path_buf()));
+    }
+    for (file, path) in &held {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -298,7 +322,7 @@ fn hold_database(db: &std::path::Path) -> Result<[std::fs::File; 2], String> {
             }
         }
     }
-    Ok([own, lock_file])
+    Ok(held.into_iter().map(|(file, _)| file).collect())
 }
 
 /// The path of the file `db` names, links followed, whether or not the file is made yet (a

@@ -18,14 +18,23 @@ struct Server {
 
 impl Server {
     fn start(store: &[&str]) -> Server {
+        Server::start_logging(store, None)
+    }
+
+    /// [`Server::start`], its INFO log in `log` when given.
+    fn start_logging(store: &[&str], log: Option<&Path>) -> Server {
+        let (level, stderr) = match log {
+            Some(log) => ("info", Stdio::from(std::fs::File::create(log).unwrap())),
+            None => ("warn", Stdio::inherit()),
+        };
         let mut child = Command::new(BIN)
             .arg("serve")
             .args(["--addr", "127.0.0.1:0"])
             .args(store)
             .env("LOYALTY_JWT_SECRET", SECRET)
-            .env("LOYALTY_LOG", "warn")
+            .env("LOYALTY_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("loyalty serve starts");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -372,36 +381,53 @@ fn balances_survive_restarts_and_a_kill_right_after_acceptance() {
 
 #[test]
 fn a_serve_stopped_by_sigterm_leaves_the_database_file_whole_on_its_own() {
-    // GIVEN serve on a database file with purchases processed (in the write-ahead log)
+    // GIVEN serve on a database file, busy with 200 purchases just accepted
     let db = temp_db("sigterm");
     let db_arg = db.to_str().expect("utf-8 path");
-    let server = Server::start(&["--db", db_arg]);
+    let log = db.with_file_name("serve.log");
+    let server = Server::start_logging(&["--db", db_arg], Some(&log));
     let admin = token(&["--admin"]);
-    for n in 0..20 {
-        let event = purchase(&format!("ev-t-{n}"), "m-t", &format!("t-{n}"), 8);
+    for n in 0..200 {
+        let event = purchase(
+            &format!("ev-t-{n}"),
+            &format!("m-{}", n % 20),
+            &format!("t-{n}"),
+            8,
+        );
         assert_eq!(post_event(&server, &admin, &event).status(), 202);
     }
-    eventually(&server, "m-t", |v| v["tier"]["qualifying"] == 20 * 59_000);
-    // WHEN a service manager stops it
+    // WHEN a service manager stops it at once
     let status = server.terminate();
-    // THEN it ends well, with its write-ahead log folded into the file (before: 45 MB of it
-    // left beside the file after a soak, a quarter of the ledger in it)
+    // THEN it ends well, saying so, with its write-ahead log folded into the file (before:
+    // 45 MB of it left beside the file after a soak, a quarter of the ledger in it)
     assert!(status.success(), "{status}");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("stopped; the database file is whole on its own"),
+        "{said}"
+    );
     let wal = db.with_file_name("loyalty.db-wal");
     assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
-    // AND a copy of the file alone, as one takes of a stopped service, has every entry the
-    // database has (read with its log, were one left)
+    // AND a copy of the file alone, as one takes of a stopped service, has all the database
+    // has (read with its log, were one left)
     let copy = db.with_file_name("copied.db");
     std::fs::copy(&db, &copy).unwrap();
-    let entries = |file: &Path| -> i64 {
+    let count = |file: &Path, table: &str| -> i64 {
         rusqlite::Connection::open(file)
             .unwrap()
-            .query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
     };
-    let copied = entries(&copy);
-    assert!(copied >= 20, "{copied}");
-    assert_eq!(copied, entries(&db));
+    for table in ["ledger", "queue", "outbox"] {
+        assert_eq!(count(&copy, table), count(&db, table), "{table}");
+    }
+    // AND nothing accepted is lost: serve on it again processes what was waiting
+    let server = Server::start(&["--db", db_arg]);
+    for m in 0..20 {
+        eventually(&server, &format!("m-{m}"), |v| {
+            v["tier"]["qualifying"] == 10 * 59_000
+        });
+    }
 }
 
 #[test]
@@ -581,6 +607,19 @@ fn a_backup_taken_while_serve_runs_is_whole_on_its_own() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
     assert_eq!(std::fs::metadata(&copy).unwrap().len(), size);
+    // AND an empty database (a file serve would make its own) is no database to copy
+    let empty = db.with_file_name("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let refused = ends_soon(Command::new(BIN).args([
+        "backup",
+        "--db",
+        empty.to_str().unwrap(),
+        "--to",
+        db.with_file_name("empty-copy.db").to_str().unwrap(),
+    ]));
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("an empty database"));
+    assert!(!db.with_file_name("empty-copy.db").exists());
     // AND a target written as a directory is refused before anything is written
     let slashed = format!("{}/", db.with_file_name("slashed.db").display());
     let refused = ends_soon(Command::new(BIN).args(["backup", "--db", db_arg, "--to", &slashed]));

@@ -121,6 +121,14 @@ pub async fn framework_errors(response: Response) -> Response {
         _ => ("internal", "something went wrong on our side".to_string()),
     };
     let mut problem = Problem::new(status, slug, detail).into_response();
+    // The framework's own text may quote the body (a value it could not read): the log line
+    // keeps the problem, not the text.
+    if let Some(answered) = problem
+        .extensions_mut()
+        .get_mut::<crate::telemetry::AnsweredProblem>()
+    {
+        answered.detail.clear();
+    }
     if let Some(allow) = allow {
         problem.headers_mut().insert(header::ALLOW, allow);
     }

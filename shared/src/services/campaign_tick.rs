@@ -105,6 +105,9 @@ impl Services {
             deadline,
         } = tick;
         let at = job_instant(program, date, self.clock.now());
+        // Once for the whole tick: the days it leaves unread as after today are the days it
+        // never marks done, however long it runs.
+        let today = crate::domain::calendar::local_date(program.time_zone, self.clock.now());
         // `saved` (the day the last tick finished) was read together with the program, and
         // so were the campaigns (cached).
         let campaigns = self.campaign_list(&program.id).await;
@@ -154,7 +157,7 @@ impl Services {
         let mut ahead = yearly.iter();
         let mut lists = futures_util::stream::FuturesOrdered::new();
         for &(job, day) in ahead.by_ref().take(YEARLY_READS_TOGETHER) {
-            lists.push_back(self.yearly_members(program, job, day));
+            lists.push_back(self.yearly_members(program, job, day, today));
         }
         // The last day done with nothing failed; a member that failed holds its day (and the
         // ones after) for the next ticks to go over again, for a week at most.
@@ -172,7 +175,7 @@ impl Services {
                     break;
                 };
                 if let Some(&(next_job, next_day)) = ahead.next() {
-                    lists.push_back(self.yearly_members(program, next_job, next_day));
+                    lists.push_back(self.yearly_members(program, next_job, next_day, today));
                 }
                 self.pay_yearly_day(program, job, action, *day, members?, at, report, progress)
                     .await?;
@@ -203,7 +206,6 @@ impl Services {
         // assignments are fixed.
         // Never past today: a tick as of a later date leaves the days from today to the
         // scheduled ticks.
-        let today = crate::domain::calendar::local_date(program.time_zone, self.clock.now());
         let done = done.map(|done| done.min(today));
         if let Some(done) = done.filter(|done| last.is_none_or(|last| last < *done)) {
             self.store
@@ -213,18 +215,20 @@ impl Services {
         Ok(())
     }
 
-    /// Members whose yearly day (birthday or anniversary) is `day`.
+    /// Members whose yearly day (birthday or anniversary) is `day`; none for a day after
+    /// `until`.
     async fn yearly_members(
         &self,
         program: &Program,
         job: DueJob,
         day: NaiveDate,
+        until: NaiveDate,
     ) -> Result<Vec<String>, ServiceError> {
         let mut members = Vec::new();
         // A day after today (a tick run ahead) is left to its own tick, unread: its event
         // could be dated no later than now, and would spend this year's limit under next
         // year's id, which its own tick could then no longer pay.
-        if day > crate::domain::calendar::local_date(program.time_zone, self.clock.now()) {
+        if day > until {
             return Ok(members);
         }
         for index_date in yearly_index_dates(day) {
@@ -319,7 +323,12 @@ impl Services {
         report: &mut JobReport,
         progress: Progress<'_>,
     ) -> Result<(), ServiceError> {
-        for member in self.yearly_members(program, DueJob::Birthday, day).await? {
+        // (Assigned as before for every day gone over: an assignment is made once, whenever.)
+        let any_day = NaiveDate::MAX;
+        for member in self
+            .yearly_members(program, DueJob::Birthday, day, any_day)
+            .await?
+        {
             report.members += 1;
             progress(report.members);
             match self.assign_member(program, id, campaign, &member, at).await {

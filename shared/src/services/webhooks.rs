@@ -258,18 +258,6 @@ impl Services {
         let detail = crate::telemetry::redact(detail);
         tracing::warn!(program, platform = %platform, event_id = %id, problem, detail, "webhook delivery refused and kept");
         let kept = self.store.rejected_event(program, &id).await?.is_some();
-        // An event refused for good, as earn's rejections are, counted as webhook-ingest's
-        // (its function in the stack); a redelivery of one kept is a duplicate.
-        {
-            use crate::telemetry::metrics;
-            let outcome = if kept { "duplicate" } else { "rejected" };
-            let labels = [
-                ("program", program),
-                ("outcome", outcome),
-                (metrics::FUNCTION_LABEL, "webhook-ingest"),
-            ];
-            metrics::add(metrics::EVENTS, &labels, 1);
-        }
         if !kept {
             self.store
                 .reject(&crate::ports::RejectedEvent {
@@ -287,6 +275,18 @@ impl Services {
                     names: crate::webhooks::names_in(platform, body),
                 })
                 .await?;
+        }
+        // Once kept: an event refused for good, as earn's rejections are, counted as
+        // webhook-ingest's (its function in the stack); a redelivery of one kept is a duplicate.
+        {
+            use crate::telemetry::metrics;
+            let outcome = if kept { "duplicate" } else { "rejected" };
+            let labels = [
+                ("program", program),
+                ("outcome", outcome),
+                (metrics::FUNCTION_LABEL, "webhook-ingest"),
+            ];
+            metrics::add(metrics::EVENTS, &labels, 1);
         }
         Ok(Ingested {
             status: "rejected",

@@ -117,10 +117,34 @@ pub const LOYALTY_TABLE: &str = "programs";
 /// on every file serve opens: another application's file may have a table named programs too.
 pub const APPLICATION_ID: i32 = 0x4C59_4C54;
 
+/// Marks a file as a loyalty database, once: a write at every opening would wait for (or fail
+/// beside) a running `loyalty serve`. A file that cannot be written (read-only) stays
+/// unmarked, and is still known by its programs table.
+fn mark_as_ours(conn: &Connection) {
+    let marked = conn
+        .query_row("PRAGMA application_id", [], |row| row.get::<_, i32>(0))
+        .is_ok_and(|id| id == APPLICATION_ID);
+    if !marked {
+        if let Err(e) = conn.pragma_update(None, "application_id", APPLICATION_ID) {
+            tracing::debug!(error = %e, "the database file is left unmarked");
+        }
+    }
+}
+
 /// Refuses a file that is not a database, or is another application's: its tables would be
 /// written beside theirs, and a check of it (an audit) would pass on nothing. Ours is a file
 /// with our application id, or (made before the id) with the programs table, or a new one.
 pub fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    refuse_unless_ours(conn, path, true)
+}
+
+/// [`refuse_foreign`], refusing a file with no table too: a database to copy (`loyalty
+/// backup`) is one serve made, not one it may make.
+pub fn refuse_unless_made(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    refuse_unless_ours(conn, path, false)
+}
+
+fn refuse_unless_ours(conn: &Connection, path: &Path, new: bool) -> Result<(), StoreError> {
     let unreadable = |e: rusqlite::Error| {
         StoreError::failed(
             format!(
@@ -143,7 +167,7 @@ pub fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StoreError> 
     let ours = match id {
         APPLICATION_ID => true,
         // A first start stopped while it made the schema has the programs table too.
-        0 => tables.is_empty() || tables.iter().any(|t| t == LOYALTY_TABLE),
+        0 => (new && tables.is_empty()) || tables.iter().any(|t| t == LOYALTY_TABLE),
         _ => false,
     };
     if ours {
@@ -158,6 +182,15 @@ pub fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StoreError> 
     if tables.len() > 5 {
         named.push_str(", ...");
     }
+    if tables.is_empty() {
+        return Err(StoreError::Failed {
+            message: format!(
+                "{} is an empty database: there is nothing of loyalty's in it",
+                path.display()
+            ),
+            source: None,
+        });
+    }
     let whose = match id {
         0 => String::new(),
         id => format!(", application id {id:#010x}"),
@@ -171,10 +204,8 @@ pub fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StoreError> 
     })
 }
 
-/// Folds a database's write-ahead log into its file and empties it (a checkpoint that
-/// truncates), so that the file alone is the whole database: `loyalty serve` does it as it
-/// stops. Another process reading or writing the file meanwhile leaves part of the log.
-pub fn fold_wal(path: &Path) -> Result<(), StoreError> {
+/// A checkpoint that truncates the write-ahead log of `path`, from a connection of its own.
+fn fold_wal(path: &Path) -> Result<(), StoreError> {
     let failed = |e| StoreError::failed(format!("cannot checkpoint {}", path.display()), e);
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
         .map_err(failed)?;
@@ -237,6 +268,19 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Folds the write-ahead log into the file at `path` (this store's) and empties it, once
+    /// every write sent to the writer before has committed, so that the file alone is the
+    /// whole database: `loyalty serve` does it as it stops, when nothing writes any more.
+    /// Another process reading or writing the file meanwhile leaves part of the log.
+    pub async fn fold_wal(&self, path: &Path) -> Result<(), StoreError> {
+        // The writer takes its work in order: once this has run, what came before committed.
+        self.writer.run(|_| Ok(())).await?;
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || fold_wal(&path))
+            .await
+            .map_err(|e| StoreError::failed("the checkpoint stopped", e))?
+    }
+
     /// A private database that lives as long as the process (`serve --memory`, tests).
     pub fn memory() -> Result<SqliteStore, StoreError> {
         let conn = Connection::open_in_memory()
@@ -254,8 +298,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::failed("cannot set the busy timeout", e))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| StoreError::failed("cannot create the schema", e))?;
-        conn.pragma_update(None, "application_id", APPLICATION_ID)
-            .map_err(|e| StoreError::failed("cannot mark the file as a loyalty database", e))?;
+        mark_as_ours(&conn);
         keep_old_rejections(&conn)?;
         add_new_columns(&conn)?;
         crate::queue::local::migrate(&conn)?;
@@ -343,8 +386,6 @@ impl SqliteStore {
     }
 }
 
-/// Gives a database made before accounts recorded their due dates the column (empty: those
-/// accounts have all six dates written at their next commit).
 /// Rejections recorded before events were kept one record each, in today's form: dated as
 /// the records are (milliseconds, `Z`, which pages compare as text), the latest of an event's
 /// kept. Only when there are some: a write at every opening would wait for (or fail beside) a
@@ -368,6 +409,8 @@ fn keep_old_rejections(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Gives a database made before accounts recorded their due dates the column (empty: those
+/// accounts have all six dates written at their next commit), and the outbox its time.
 fn add_new_columns(conn: &Connection) -> Result<(), StoreError> {
     add_column(conn, "accounts", "due", "TEXT")?;
     // Rows written before the outbox was dated are relayed without a lag to show.

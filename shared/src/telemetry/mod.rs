@@ -417,10 +417,8 @@ async fn observed_request(
     // A refusal says which problem and why (redacted), and the program it was for: the
     // route alone says neither.
     let (problem, detail) = match response.extensions().get::<AnsweredProblem>() {
-        Some(p) => (
-            p.slug,
-            redact(&p.detail.chars().take(300).collect::<String>()),
-        ),
+        // Redacted whole, then cut: a cut address or number would no longer be one.
+        Some(p) => (p.slug, redact(&p.detail).chars().take(300).collect()),
         None => ("", String::new()),
     };
     let program = program_in(&route, &path).unwrap_or_default();
@@ -440,19 +438,36 @@ pub struct AnsweredProblem {
 }
 
 /// The program a request's path names where its route has `{program}`, if it is a program id
-/// (anything else there is the caller's text, never logged).
+/// and names no one (anything else there is the caller's text, never logged: digits and
+/// dashes make a program id and a phone number alike).
 fn program_in<'a>(route: &str, path: &'a str) -> Option<&'a str> {
     let at = route
         .split('/')
         .position(|segment| segment == "{program}")?;
-    path.split('/')
-        .nth(at)
-        .filter(|value| crate::ids::IdKind::Program.accepts(value))
+    path.split('/').nth(at).filter(|value| {
+        crate::ids::IdKind::Program.accepts(value) && redact(value).as_str() == *value
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_s_program_is_logged_only_when_it_is_one_and_names_no_one() {
+        let route = "/v1/programs/{program}/events";
+        assert_eq!(
+            program_in(route, "/v1/programs/kr-shop/events"),
+            Some("kr-shop")
+        );
+        // (a phone number is a valid program id by its characters)
+        assert_eq!(program_in(route, "/v1/programs/010-1234-5678/events"), None);
+        assert_eq!(
+            program_in(route, "/v1/programs/kim@example.com/events"),
+            None
+        );
+        assert_eq!(program_in("/health", "/health"), None);
+    }
 
     #[test]
     fn members_named_by_an_email_or_a_phone_number_are_logged_by_a_digest() {

@@ -55,7 +55,7 @@ async fn report(args: ReportArgs) -> Result<(), String> {
     if !args.db.exists() {
         return Err(format!("{} does not exist (pass --db)", args.db.display()));
     }
-    let store = SqliteStore::open(&args.db).map_err(|e| e.to_string())?;
+    let store = SqliteStore::open_made(&args.db).map_err(|e| e.to_string())?;
     let program = match args.program {
         Some(p) => p,
         None => program_of(&store, &args.campaign).await?,

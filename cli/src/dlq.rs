@@ -95,7 +95,7 @@ impl Where {
         if !self.db.exists() {
             return Err(format!("{} does not exist", self.db.display()));
         }
-        let store = SqliteStore::open(&self.db).map_err(|e| e.to_string())?;
+        let store = SqliteStore::open_made(&self.db).map_err(|e| e.to_string())?;
         Ok(Arc::new(LocalQueue::new(store, 1)))
     }
 }

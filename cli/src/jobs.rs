@@ -64,7 +64,7 @@ async fn run_job(args: RunArgs) -> Result<(), String> {
             args.db.display()
         ));
     }
-    let store = SqliteStore::open(&args.db).map_err(|e| e.to_string())?;
+    let store = SqliteStore::open_made(&args.db).map_err(|e| e.to_string())?;
     let queue = LocalQueue::new(store.clone(), crate::serve::MAX_ATTEMPTS);
     let services = Services::new(Arc::new(store), Arc::new(queue), Arc::new(SystemClock));
     let bar = ProgressBar::new_spinner().with_style(

@@ -63,7 +63,7 @@ impl StoreArgs {
                 self.db.display()
             ));
         }
-        SqliteStore::open(&self.db)
+        SqliteStore::open_made(&self.db)
             .map(Opened::Sqlite)
             .map_err(|e| e.to_string())
     }

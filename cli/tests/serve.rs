@@ -688,10 +688,21 @@ fn a_file_that_is_not_a_loyalty_database_is_refused_and_left_as_it_was() {
         )
         .unwrap();
     }
+    // (and one whose own programs table is nothing like loyalty's, unmarked)
+    let unmarked = db.with_file_name("school.db");
+    {
+        let conn = rusqlite::Connection::open(&unmarked).unwrap();
+        conn.execute_batch("CREATE TABLE programs (id INTEGER PRIMARY KEY, name TEXT);")
+            .unwrap();
+    }
     for (file, expected) in [
         (
             &theirs,
             "a SQLite database of something else (tables customers)",
+        ),
+        (
+            &unmarked,
+            "a SQLite database of something else (tables programs)",
         ),
         (&garbage, "not a database"),
         (
@@ -720,6 +731,20 @@ fn a_file_that_is_not_a_loyalty_database_is_refused_and_left_as_it_was() {
             assert!(said.contains(expected), "{what} on {path}: {said}");
         }
     }
+    // AND an empty file is refused by the commands that work on serve's database, which
+    // leave it empty (before: an audit made loyalty's tables in it and passed on nothing)
+    let empty = db.with_file_name("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    for command in [
+        &["audit", "--db"][..],
+        &["jobs", "run", "expire-points", "--db"][..],
+    ] {
+        let out = ends_soon(Command::new(BIN).args(command).arg(&empty));
+        assert!(!out.status.success(), "{command:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("an empty database"), "{command:?}: {said}");
+    }
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
     // AND the other application's file has its one table still
     let conn = rusqlite::Connection::open(&theirs).unwrap();
     let tables: i64 = conn

@@ -350,6 +350,51 @@ fn a_refused_request_is_logged_with_its_problem_and_program() {
 }
 
 #[test]
+fn adjustments_are_counted_as_credits_and_debits() {
+    // GIVEN serve
+    let serve = serve_with_logs("adjustments");
+    let admin = token(&["--admin"]);
+    let adjust = |points: i64| {
+        let response = client()
+            .post(format!(
+                "{}/v1/programs/kr-shop/members/m-adj/adjustments",
+                serve.base
+            ))
+            .bearer_auth(&admin)
+            .json(&json!({"points": points, "reason": "goodwill"}))
+            .send()
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{}",
+            response.text().unwrap()
+        );
+    };
+    // WHEN an operator credits 500 points and debits 120
+    adjust(500);
+    adjust(-120);
+    // THEN each is counted as what it is (before: in no count, so the counts did not add up
+    // to the points outstanding)
+    let text = metrics(&serve.base);
+    let labels = "{function=\"serve\",program=\"kr-shop\"}";
+    assert_eq!(
+        series(&text, &format!("loyalty_points_credited_total{labels}")),
+        Some(500),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, &format!("loyalty_points_debited_total{labels}")),
+        Some(120),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, &format!("loyalty_points_issued_total{labels}")),
+        None,
+        "{text}"
+    );
+}
+
+#[test]
 fn warnings_kept_at_warn_say_which_message_they_are_about() {
     // GIVEN serve logging warnings and errors only
     let serve = serve_logging("warn-level", "warn");
@@ -489,6 +534,8 @@ fn metrics_needs_no_token_and_lists_every_family() {
         "loyalty_points_returned_total",
         "loyalty_points_expired_total",
         "loyalty_points_clawed_back_total",
+        "loyalty_points_credited_total",
+        "loyalty_points_debited_total",
         "loyalty_commit_conflicts_total",
         "loyalty_queue_send_failures_total",
         "loyalty_outbox_relayed_total",

@@ -336,7 +336,8 @@ fn points_moved(
 ) -> Vec<(crate::telemetry::metrics::Metric, u64)> {
     use crate::domain::EntryKind;
     use crate::telemetry::metrics::{
-        Metric, POINTS_CLAWED_BACK, POINTS_EXPIRED, POINTS_ISSUED, POINTS_REDEEMED, POINTS_RETURNED,
+        Metric, POINTS_CLAWED_BACK, POINTS_CREDITED, POINTS_DEBITED, POINTS_EXPIRED, POINTS_ISSUED,
+        POINTS_REDEEMED, POINTS_RETURNED,
     };
     let mut moved: Vec<(Metric, u64)> = Vec::new();
     for entry in entries {
@@ -347,6 +348,8 @@ fn points_moved(
             EntryKind::Redeem => (POINTS_REDEEMED, -entry.points.min(0)),
             EntryKind::Reverse => (POINTS_RETURNED, entry.points.max(0)),
             EntryKind::Expire => (POINTS_EXPIRED, -entry.points.min(0)),
+            EntryKind::Adjust if entry.points > 0 => (POINTS_CREDITED, entry.points),
+            EntryKind::Adjust => (POINTS_DEBITED, -entry.points),
             EntryKind::Clawback => (
                 POINTS_CLAWED_BACK,
                 -entry.points.min(0) - entry.pending.min(0),

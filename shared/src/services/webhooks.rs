@@ -256,8 +256,13 @@ impl Services {
             crate::fingerprint::fnv1a64(body.iter().copied())
         );
         let detail = crate::telemetry::redact(detail);
-        tracing::warn!(program, platform = %platform, event_id = %id, problem, detail, "webhook delivery refused and kept");
         let kept = self.store.rejected_event(program, &id).await?.is_some();
+        // Warned of once; the platform's redeliveries of it are only noted.
+        if kept {
+            tracing::info!(program, platform = %platform, event_id = %id, problem, "webhook delivery refused again (kept before)");
+        } else {
+            tracing::warn!(program, platform = %platform, event_id = %id, problem, detail, "webhook delivery refused and kept");
+        }
         if !kept {
             self.store
                 .reject(&crate::ports::RejectedEvent {

@@ -131,6 +131,15 @@ fn mark_as_ours(conn: &Connection) {
     }
 }
 
+/// Whether the file has a programs table with the columns loyalty's has always had.
+fn our_programs_table(conn: &Connection) -> rusqlite::Result<bool> {
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")?
+        .query_map([LOYALTY_TABLE], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(columns == ["program", "version", "file", "updated_at"])
+}
+
 /// Refuses a file that is not a database, or is another application's: its tables would be
 /// written beside theirs, and a check of it (an audit) would pass on nothing. Ours is a file
 /// with our application id, or (made before the id) with the programs table, or a new one.
@@ -166,8 +175,9 @@ fn refuse_unless_ours(conn: &Connection, path: &Path, new: bool) -> Result<(), S
         .map_err(unreadable)?;
     let ours = match id {
         APPLICATION_ID => true,
-        // A first start stopped while it made the schema has the programs table too.
-        0 => (new && tables.is_empty()) || tables.iter().any(|t| t == LOYALTY_TABLE),
+        // A first start stopped while it made the schema has the programs table too, with
+        // the columns of ours (another application's table of that name has its own).
+        0 => (new && tables.is_empty()) || our_programs_table(conn).map_err(unreadable)?,
         _ => false,
     };
     if ours {
@@ -249,11 +259,24 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (and creates, if needed) a database file.
+    /// Opens (and creates, if needed) a database file: serve's.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_checked(path, refuse_foreign)
+    }
+
+    /// Opens a database file serve made, refusing a file with nothing of loyalty's in it (an
+    /// empty one): the commands that work on serve's database make none of their own.
+    pub fn open_made(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_checked(path, refuse_unless_made)
+    }
+
+    fn open_checked(
+        path: &Path,
+        check: fn(&Connection, &Path) -> Result<(), StoreError>,
+    ) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open(path)
             .map_err(|e| StoreError::failed(format!("cannot open {}: {e}", path.display()), e))?;
-        refuse_foreign(&conn, path)?;
+        check(&conn, path)?;
         // WAL lets readers (a report, a second CLI) work while serve writes.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| {

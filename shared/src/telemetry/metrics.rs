@@ -48,7 +48,10 @@ const fn millis(name: &'static str, help: &'static str) -> Metric {
     }
 }
 
-pub const EVENTS: Metric = count("Events", "Queue messages processed, by outcome.");
+pub const EVENTS: Metric = count(
+    "Events",
+    "Events processed, by outcome: queue messages, and webhook deliveries kept as rejected.",
+);
 pub const POINTS_ISSUED: Metric = count("PointsIssued", "Points credited (earned or pending).");
 pub const POINTS_REDEEMED: Metric = count("PointsRedeemed", "Points spent on rewards.");
 pub const POINTS_EXPIRED: Metric = count("PointsExpired", "Points that expired.");
@@ -60,6 +63,12 @@ pub const POINTS_CLAWED_BACK: Metric = count(
     "PointsClawedBack",
     "Points taken back by refunds and cancellations.",
 );
+pub const POINTS_CREDITED: Metric = count(
+    "PointsCredited",
+    "Points an operator credited by adjustment.",
+);
+pub const POINTS_DEBITED: Metric =
+    count("PointsDebited", "Points an operator debited by adjustment.");
 pub const COMMIT_CONFLICTS: Metric = count(
     "CommitConflicts",
     "Commits refused because the account changed meanwhile (each is retried).",
@@ -94,6 +103,8 @@ pub const ALL: &[Metric] = &[
     POINTS_RETURNED,
     POINTS_EXPIRED,
     POINTS_CLAWED_BACK,
+    POINTS_CREDITED,
+    POINTS_DEBITED,
     COMMIT_CONFLICTS,
     QUEUE_SEND_FAILURES,
     OUTBOX_RELAYED,

@@ -173,12 +173,60 @@ fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
             i += 1;
         }
     }
-    for dotted in dotted_numbers(text) {
-        if !found.iter().any(|&(a, b)| dotted.0 < b && a < dotted.1) {
-            found.push(dotted);
+    for other in dotted_numbers(text)
+        .into_iter()
+        .chain(north_american_numbers(text))
+    {
+        if !found.iter().any(|&(a, b)| other.0 < b && a < other.1) {
+            found.push(other);
         }
     }
     found.sort_unstable();
+    found
+}
+
+/// The byte ranges of North American numbers as they are written without `+`: `555-123-4567`,
+/// `555.123.4567`, `555 123 4567`, `(555) 123-4567`, `1-555-123-4567`: groups of 3, 3 and 4
+/// digits, each joined by one `-`, `.` or space (the area code may be in brackets instead),
+/// with no letter, digit, dot or dash before or after. Ten digits alone are none (an order
+/// number): only the groups tell.
+fn north_american_numbers(text: &str) -> Vec<(usize, usize)> {
+    let b = text.as_bytes();
+    let joins = |c: u8| b"-. ".contains(&c);
+    let touches = |c: u8| c.is_ascii_alphanumeric() || c == b'.' || c == b'-';
+    let digits = |at: usize, n: usize| {
+        b.get(at..at + n)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let number_at = |mut j: usize| -> Option<usize> {
+        if b.get(j) == Some(&b'1') && b.get(j + 1).copied().is_some_and(joins) {
+            j += 2;
+        }
+        if b.get(j) == Some(&b'(') && digits(j + 1, 3) && b.get(j + 4) == Some(&b')') {
+            j += 5;
+            j += usize::from(b.get(j) == Some(&b' '));
+        } else if digits(j, 3) && b.get(j + 3).copied().is_some_and(joins) {
+            j += 4;
+        } else {
+            return None;
+        }
+        let exchange = digits(j, 3) && b.get(j + 3).copied().is_some_and(joins);
+        let line = exchange && digits(j + 4, 4);
+        let end = j + 8;
+        (line && !b.get(end).copied().is_some_and(touches)).then_some(end)
+    };
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let free = i == 0 || !touches(b[i - 1]);
+        match number_at(i).filter(|_| free && (b[i].is_ascii_digit() || b[i] == b'(')) {
+            Some(end) => {
+                found.push((i, end));
+                i = end;
+            }
+            None => i += 1,
+        }
+    }
     found
 }
 
@@ -545,6 +593,20 @@ mod tests {
             );
         }
         assert!(redact("010-1234-5678 010-9876-5432").split(' ').count() == 2);
+        // AND North American numbers as they are written there (before: kept as typed)
+        for text in [
+            "program \"(555) 123-4567\" is not valid",
+            "member \"555.123.4567\" does not exist",
+            "member 1-555-123-4567 does not exist",
+            "unit_price: 555-123-4567 is not an amount",
+            "call (555)123-4567 or 555 123 4567",
+        ] {
+            let logged = redact(text);
+            assert!(
+                !logged.contains("4567") && logged.contains("person-"),
+                "{text} -> {logged}"
+            );
+        }
         // AND text without them is untouched
         for plain in [
             "order 820982911946154508 has no line 466157049",
@@ -554,6 +616,8 @@ mod tests {
             "version 0.12.1234, host 10.0.12.1, build 2026.12.07.0001",
             "key person-0123456789abcdef and job:expire:2026-12-01:a12",
             "한국어 설명 0 @ 끝",
+            "order 5551234567, sku 555-123-45678, ids 1555-123-4567 and a-555-123-4567",
+            "from 2026-12-07 to 2027-01-06, 123.456.7890.1",
         ] {
             assert_eq!(redact(plain), plain);
         }

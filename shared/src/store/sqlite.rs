@@ -155,13 +155,15 @@ pub fn refuse_unless_made(conn: &Connection, path: &Path) -> Result<(), StoreErr
 
 fn refuse_unless_ours(conn: &Connection, path: &Path, new: bool) -> Result<(), StoreError> {
     let unreadable = |e: rusqlite::Error| {
-        StoreError::failed(
-            format!(
-                "cannot read {}: {e} (a loyalty database is a SQLite file that loyalty serve made)",
-                path.display()
-            ),
-            e,
-        )
+        // What a loyalty database is, said only of a file that is not one: a file SQLite
+        // cannot open (its directory read-only, no permission) may well be one.
+        let hint = match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => {
+                " (a loyalty database is a SQLite file that loyalty serve made)"
+            }
+            _ => "",
+        };
+        StoreError::failed(format!("cannot read {}: {e}{hint}", path.display()), e)
     };
     let tables: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")

@@ -61,6 +61,15 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
 async fn serve(args: ServeArgs) -> Result<(), String> {
     // Before anything is read or written: a second serve on the same file would run its
     // workers beside this one's and deliver again what the first has in flight.
+    // (On Linux the lock makes the file, empty, when it is not there yet: a start that fails
+    // before the database is made takes it away again.)
+    let made_here = !args.memory && !args.db.exists();
+    let unmake = |why: String| {
+        if made_here && std::fs::metadata(&args.db).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(&args.db);
+        }
+        why
+    };
     if !args.memory {
         // Never closed: closing any descriptor of the database file would release the locks
         // SQLite holds on it (they are the process's); the process's end releases them all.
@@ -76,10 +85,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         false => loyalty_core::telemetry::set_log_key(secret.as_bytes()),
         true => loyalty_core::telemetry::set_log_key(generate_secret().as_bytes()),
     }
-    // The address next, so that a busy port refuses the start before anything is written.
+    // The address next, so that a busy port refuses the start before the database is made.
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+        .map_err(|e| unmake(format!("cannot listen on {}: {e}", args.addr)))?;
     let (store, where_) = if args.memory {
         (
             SqliteStore::memory(),
@@ -91,7 +100,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             format!("{} (SQLite)", args.db.display()),
         )
     };
-    let store = store.map_err(|e| e.to_string())?;
+    let store = store.map_err(|e| unmake(e.to_string()))?;
     let queue = LocalQueue::new(store.clone(), MAX_ATTEMPTS);
     let recovered = queue.recover_in_flight().await.map_err(|e| e.to_string())?;
     if recovered > 0 {
@@ -161,16 +170,17 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         served = serving => served.map_err(|e| format!("server failed: {e}"))?,
         () = grace => tracing::warn!(
             seconds = GRACE.as_secs(),
-            "stopping: requests still open after the grace period are cut"
+            "stopping: requests still open after the grace period write nothing more (503)"
         ),
     }
     // The requests under way were answered; then the workers stop (a message they had in hand
-    // is delivered again at the next start, as after any stop), and the write-ahead log is
-    // folded into the file, so that the file alone is the whole database.
+    // is delivered again at the next start, as after any stop), and the store is closed: what
+    // was sent to it commits, the write-ahead log is folded into the file, so that the file
+    // alone is the whole database, and a write that comes later is refused.
     tracing::info!("stopping: the workers stop");
     workers.stop().await;
     if !args.memory {
-        match store.fold_wal(&args.db).await {
+        match store.close().await {
             Ok(()) => {
                 tracing::info!(db = %args.db.display(), "stopped; the database file is whole on its own")
             }

@@ -431,6 +431,25 @@ fn a_serve_stopped_by_sigterm_leaves_the_database_file_whole_on_its_own() {
 }
 
 #[test]
+fn a_start_refused_for_its_port_leaves_no_database_behind() {
+    // GIVEN a port already taken, and a database file that does not exist yet
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let db = temp_db("port-taken");
+    // WHEN serve is started on them
+    let out = ends_soon(
+        Command::new(BIN)
+            .args(["serve", "--addr", &addr, "--db", db.to_str().unwrap()])
+            .env("LOYALTY_JWT_SECRET", SECRET),
+    );
+    // THEN it says why, and leaves no file (before: an empty one, which the other commands
+    // then refuse as an empty database)
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+    assert!(!db.exists());
+}
+
+#[test]
 fn a_member_token_limited_to_a_program_is_refused_by_another() {
     // GIVEN a local stack with kr-shop, and m-1's tokens limited to us-shop and to kr-shop
     let server = Server::start(&["--memory"]);

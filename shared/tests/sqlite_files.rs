@@ -20,7 +20,7 @@ fn a_file_with_nothing_to_move_opens_beside_a_writer() {
     let writer = rusqlite::Connection::open(&path).unwrap();
     writer.execute_batch("BEGIN IMMEDIATE").unwrap();
     // WHEN a command opens the file (`loyalty dlq list`, a report)
-    let opened = SqliteStore::open(&path);
+    let opened = SqliteStore::open_made(&path);
     // THEN it opens: there is nothing to move, so opening writes nothing (before: it waited
     // for the write lock and failed after the busy timeout)
     assert!(opened.is_ok(), "{:?}", opened.err());
@@ -108,4 +108,44 @@ async fn expired_idempotency_records_are_deleted_and_live_ones_kept() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(left, ["k-3"]);
+}
+
+#[tokio::test]
+async fn a_closed_store_has_its_log_folded_and_refuses_later_writes() {
+    // GIVEN a store on a file with a write committed (in its write-ahead log)
+    let path = fresh_file("closed");
+    let store = SqliteStore::open(&path).unwrap();
+    let rejected = |id: &str| loyalty_core::ports::RejectedEvent {
+        program: "kr-shop".into(),
+        event_id: id.into(),
+        at: chrono::Utc::now(),
+        reason: "bad".into(),
+        payload: "{}".into(),
+        replays: 0,
+        replayed_at: None,
+        replayed_by: None,
+        names: Vec::new(),
+    };
+    store.reject(&rejected("ev-1")).await.unwrap();
+    let wal = path.with_file_name("loyalty.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    // WHEN it is closed (serve stopping)
+    store.close().await.unwrap();
+    // THEN the log is folded into the file and emptied
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+    // AND a write that comes later is refused as a passing failure (a late request is 503),
+    // never committed after the fold
+    let later = store.reject(&rejected("ev-2")).await;
+    assert!(
+        matches!(
+            later,
+            Err(loyalty_core::ports::StoreError::Transient { .. })
+        ),
+        "{later:?}"
+    );
+    let kept: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM rejected_events", [], |r| r.get(0))
+        .unwrap_or(-1);
+    assert_eq!(kept, 1);
 }

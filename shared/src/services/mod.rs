@@ -330,7 +330,8 @@ fn count_conflict(program: &str) {
     metrics::add(metrics::COMMIT_CONFLICTS, &[("program", program)], 1);
 }
 
-/// The points a commit's entries issue, redeem, expire and claw back, for the metrics.
+/// The points a commit's entries issue, redeem, return, expire, claw back, credit and debit
+/// (adjustments), for the metrics.
 fn points_moved(
     entries: &[crate::domain::LedgerEntry],
 ) -> Vec<(crate::telemetry::metrics::Metric, u64)> {

@@ -262,8 +262,6 @@ impl Services {
             tracing::info!(program, platform = %platform, event_id = %id, problem, "webhook delivery refused again (kept before)");
         } else {
             tracing::warn!(program, platform = %platform, event_id = %id, problem, detail, "webhook delivery refused and kept");
-        }
-        if !kept {
             self.store
                 .reject(&crate::ports::RejectedEvent {
                     program: program.to_string(),

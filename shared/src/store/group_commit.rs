@@ -126,9 +126,17 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
+/// What the writer's thread is sent: work, or the last word.
+enum Message {
+    Job(Box<dyn Job>),
+    /// Fold the write-ahead log into the file once everything sent before has committed, and
+    /// take no more work (see [`Writer::close`]).
+    Close(tokio::sync::oneshot::Sender<Result<(), StoreError>>),
+}
+
 /// The writing connection's thread, reached through a channel.
 pub(crate) struct Writer {
-    jobs: mpsc::Sender<Box<dyn Job>>,
+    jobs: mpsc::Sender<Message>,
     /// Transactions committed so far (each holds one or more jobs).
     commits: Arc<AtomicU64>,
 }
@@ -136,7 +144,7 @@ pub(crate) struct Writer {
 impl Writer {
     /// Moves the connection to a thread of its own; the thread ends when the last handle goes.
     pub(crate) fn start(conn: Connection) -> Result<Writer, StoreError> {
-        let (sender, receiver) = mpsc::channel::<Box<dyn Job>>();
+        let (sender, receiver) = mpsc::channel::<Message>();
         let commits = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&commits);
         std::thread::Builder::new()
@@ -165,21 +173,88 @@ impl Writer {
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Box<dyn Job> = Box::new(Work { work, reply });
-        self.jobs.send(job).map_err(|_| stopped())?;
+        self.jobs.send(Message::Job(job)).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Commits everything sent before, folds the write-ahead log into the file with a
+    /// checkpoint that truncates it, and refuses all work sent after (a passing failure: a
+    /// request that comes late is answered 503). In channel order, so nothing slips between.
+    pub(crate) async fn close(&self) -> Result<(), StoreError> {
+        let stopped = || StoreError::Failed {
+            message: "the database writer has stopped".into(),
+            source: None,
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Message::Close(reply))
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
 
-fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, commits: &AtomicU64) {
-    while let Ok(first) = jobs.recv() {
+fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Message>, commits: &AtomicU64) {
+    let mut next = jobs.recv().ok();
+    while let Some(message) = next.take() {
+        let first = match message {
+            Message::Job(job) => job,
+            Message::Close(reply) => {
+                let _ = reply.send(fold_wal(&conn));
+                refuse_the_rest(&jobs);
+                return;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Message::Job(job)) => batch.push(job),
+                // The batch before it commits first.
+                Ok(close) => {
+                    next = Some(close);
+                    break;
+                }
                 Err(_) => break,
             }
         }
         commit_batch(&mut conn, batch, commits);
+        if next.is_none() {
+            next = jobs.recv().ok();
+        }
+    }
+}
+
+/// A checkpoint that truncates the write-ahead log, on the writer's own connection outside
+/// any transaction. Readers in the middle of a read leave part of it.
+fn fold_wal(conn: &Connection) -> Result<(), StoreError> {
+    let (busy, frames, done): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .map_err(|e| sql_error("cannot checkpoint", e))?;
+    if busy != 0 {
+        return Err(StoreError::Transient {
+            message: format!(
+                "another connection held the database ({done} of {frames} pages folded)"
+            ),
+            source: None,
+        });
+    }
+    Ok(())
+}
+
+/// After a close: every job is refused, as worth retrying elsewhere or later.
+fn refuse_the_rest(jobs: &mpsc::Receiver<Message>) {
+    let closed = Failure {
+        message: "the database is closed: serve is stopping".into(),
+        transient: true,
+    };
+    while let Ok(message) = jobs.recv() {
+        match message {
+            Message::Job(job) => job.refuse(&closed),
+            Message::Close(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+        }
     }
 }
 

@@ -137,7 +137,10 @@ fn our_programs_table(conn: &Connection) -> rusqlite::Result<bool> {
         .prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")?
         .query_map([LOYALTY_TABLE], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
-    Ok(columns == ["program", "version", "file", "updated_at"])
+    // Those columns at least: a later version may add one.
+    Ok(["program", "version", "file", "updated_at"]
+        .iter()
+        .all(|ours| columns.iter().any(|c| c == ours)))
 }
 
 /// Refuses a file that is not a database, or is another application's: its tables would be
@@ -197,7 +200,7 @@ fn refuse_unless_ours(conn: &Connection, path: &Path, new: bool) -> Result<(), S
     if tables.is_empty() {
         return Err(StoreError::Failed {
             message: format!(
-                "{} is an empty database: there is nothing of loyalty's in it",
+                "{} is an empty database: there is nothing of loyalty's in it (`loyalty serve --db` makes one)",
                 path.display()
             ),
             source: None,
@@ -214,29 +217,6 @@ fn refuse_unless_ours(conn: &Connection, path: &Path, new: bool) -> Result<(), S
         ),
         source: None,
     })
-}
-
-/// A checkpoint that truncates the write-ahead log of `path`, from a connection of its own.
-fn fold_wal(path: &Path) -> Result<(), StoreError> {
-    let failed = |e| StoreError::failed(format!("cannot checkpoint {}", path.display()), e);
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(failed)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(failed)?;
-    let (busy, frames, done): (i64, i64, i64) = conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })
-        .map_err(failed)?;
-    if busy != 0 {
-        return Err(StoreError::Transient {
-            message: format!(
-                "{}: another connection held the database ({done} of {frames} pages folded)",
-                path.display()
-            ),
-            source: None,
-        });
-    }
-    Ok(())
 }
 
 /// How long one statement waits for another process's write lock before giving up.
@@ -293,17 +273,12 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// Folds the write-ahead log into the file at `path` (this store's) and empties it, once
-    /// every write sent to the writer before has committed, so that the file alone is the
-    /// whole database: `loyalty serve` does it as it stops, when nothing writes any more.
-    /// Another process reading or writing the file meanwhile leaves part of the log.
-    pub async fn fold_wal(&self, path: &Path) -> Result<(), StoreError> {
-        // The writer takes its work in order: once this has run, what came before committed.
-        self.writer.run(|_| Ok(())).await?;
-        let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || fold_wal(&path))
-            .await
-            .map_err(|e| StoreError::failed("the checkpoint stopped", e))?
+    /// Closes the store to writes: every write sent before commits, the write-ahead log is
+    /// folded into the file and emptied, so that the file alone is the whole database, and
+    /// every write after is refused as a passing failure (503). `loyalty serve` does it as it
+    /// stops. A read under way, here or in another process, leaves part of the log.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.writer.close().await
     }
 
     /// A private database that lives as long as the process (`serve --memory`, tests).

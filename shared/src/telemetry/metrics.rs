@@ -50,7 +50,7 @@ const fn millis(name: &'static str, help: &'static str) -> Metric {
 
 pub const EVENTS: Metric = count(
     "Events",
-    "Events processed, by outcome: queue messages, and webhook deliveries kept as rejected.",
+    "Events processed, by outcome: queue messages, and webhook deliveries kept as rejected (their redeliveries as duplicates).",
 );
 pub const POINTS_ISSUED: Metric = count("PointsIssued", "Points credited (earned or pending).");
 pub const POINTS_REDEEMED: Metric = count("PointsRedeemed", "Points spent on rewards.");
@@ -65,7 +65,7 @@ pub const POINTS_CLAWED_BACK: Metric = count(
 );
 pub const POINTS_CREDITED: Metric = count(
     "PointsCredited",
-    "Points an operator credited by adjustment.",
+    "Points credited by adjustment (an operator's, or an imported balance).",
 );
 pub const POINTS_DEBITED: Metric =
     count("PointsDebited", "Points an operator debited by adjustment.");

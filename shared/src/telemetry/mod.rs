@@ -115,7 +115,8 @@ fn holds_a_phone_number(text: &str) -> bool {
 /// international or a national number) where no letter or digit comes before, 9 to 15 digits
 /// in groups separated by at most two of [`PHONE_PUNCTUATION`], and no letter or digit after
 /// (so a hex digest or a longer number is none). After a space, a group starting with `0` or
-/// `+` starts the next number once this one has 9 digits.
+/// `+` starts the next number once this one has 9 digits. And the [`dotted_numbers`] and
+/// [`north_american_numbers`] that none of those overlaps.
 fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
     let b = text.as_bytes();
     let separator = |c: u8| b" -()".contains(&c);
@@ -187,33 +188,44 @@ fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
 
 /// The byte ranges of North American numbers as they are written without `+`: `555-123-4567`,
 /// `555.123.4567`, `555 123 4567`, `(555) 123-4567`, `1-555-123-4567`: groups of 3, 3 and 4
-/// digits, each joined by one `-`, `.` or space (the area code may be in brackets instead),
-/// with no letter, digit, dot or dash before or after. Ten digits alone are none (an order
-/// number): only the groups tell.
+/// digits joined twice by the same `-`, `.` or space (or an area code in brackets, then one of
+/// them or nothing), with no letter, digit, `_`, `.` or `-` before and none after but a full
+/// stop or dash ending the text or a sentence. Ten digits alone are none (an order number):
+/// only the groups tell.
 fn north_american_numbers(text: &str) -> Vec<(usize, usize)> {
     let b = text.as_bytes();
     let joins = |c: u8| b"-. ".contains(&c);
-    let touches = |c: u8| c.is_ascii_alphanumeric() || c == b'.' || c == b'-';
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let touches = |c: u8| word(c) || c == b'.' || c == b'-';
     let digits = |at: usize, n: usize| {
         b.get(at..at + n)
             .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let ends_at = |end: usize| match b.get(end) {
+        Some(&c) if word(c) => false,
+        Some(b'.' | b'-') => !b.get(end + 1).copied().is_some_and(word),
+        _ => true,
     };
     let number_at = |mut j: usize| -> Option<usize> {
         if b.get(j) == Some(&b'1') && b.get(j + 1).copied().is_some_and(joins) {
             j += 2;
         }
-        if b.get(j) == Some(&b'(') && digits(j + 1, 3) && b.get(j + 4) == Some(&b')') {
+        let join = if b.get(j) == Some(&b'(') && digits(j + 1, 3) && b.get(j + 4) == Some(&b')') {
             j += 5;
-            j += usize::from(b.get(j) == Some(&b' '));
+            j += usize::from(b.get(j).copied().is_some_and(joins));
+            None
         } else if digits(j, 3) && b.get(j + 3).copied().is_some_and(joins) {
             j += 4;
+            b.get(j - 1).copied()
         } else {
             return None;
-        }
-        let exchange = digits(j, 3) && b.get(j + 3).copied().is_some_and(joins);
-        let line = exchange && digits(j + 4, 4);
+        };
+        let second = b.get(j + 3).copied();
+        let exchange = digits(j, 3)
+            && second.is_some_and(joins)
+            && join.is_none_or(|first| Some(first) == second);
         let end = j + 8;
-        (line && !b.get(end).copied().is_some_and(touches)).then_some(end)
+        (exchange && digits(j + 4, 4) && ends_at(end)).then_some(end)
     };
     let mut found = Vec::new();
     let mut i = 0;
@@ -600,6 +612,8 @@ mod tests {
             "member 1-555-123-4567 does not exist",
             "unit_price: 555-123-4567 is not an amount",
             "call (555)123-4567 or 555 123 4567",
+            "call 555-123-4567.",
+            "call (555)-123-4567, or (555).123.4567",
         ] {
             let logged = redact(text);
             assert!(
@@ -618,6 +632,7 @@ mod tests {
             "한국어 설명 0 @ 끝",
             "order 5551234567, sku 555-123-45678, ids 1555-123-4567 and a-555-123-4567",
             "from 2026-12-07 to 2027-01-06, 123.456.7890.1",
+            "lines 100-200 3000, sku_555-123-4567, 555-123-4567-2",
         ] {
             assert_eq!(redact(plain), plain);
         }

@@ -1127,3 +1127,47 @@ async fn books_the_store_did_not_answer_are_unread_not_wrong() {
         "{audit:?}"
     );
 }
+
+#[tokio::test]
+async fn an_audit_asked_through_the_api_whose_books_were_unread_is_failed_not_done() {
+    // GIVEN a member with a purchase, the books' partition not answering, and an audit asked
+    // for through the API
+    let s = setup().await;
+    bought(&s, "shopify:7700000031", "7700031", 40_000).await;
+    s.books_down.on.store(true, Ordering::SeqCst);
+    let run_audit = |id: String| {
+        let body = serde_json::json!({
+            "type": loyalty_core::services::audit::AUDIT_REQUESTED, "version": 1,
+            "id": format!("audit-{id}"), "program": "kr-shop", "member": "#audit",
+            "occurred_at": now().to_rfc3339(), "data": {"audit": id}
+        })
+        .to_string();
+        let services = &s.services;
+        async move { services.process_tier_check(&body).await }
+    };
+    let asked = s.services.request_audit("kr-shop", "ops").await.unwrap();
+    // WHEN the tier queue's consumer runs it
+    run_audit(asked.id.clone()).await.unwrap();
+    // THEN the run is failed, its report kept with the books unread and what to do (before:
+    // "done", with no violation, as if the books had been checked)
+    let run = s.services.audit_run("kr-shop", &asked.id).await.unwrap();
+    assert_eq!(run.status, "failed", "{run:?}");
+    let report = run.report.unwrap();
+    assert_eq!(
+        report["unread"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ask for the audit again")),
+        "{report}"
+    );
+    // AND another asked once the books answer is done
+    s.books_down.on.store(false, Ordering::SeqCst);
+    let again = s.services.request_audit("kr-shop", "ops").await.unwrap();
+    run_audit(again.id.clone()).await.unwrap();
+    let run = s.services.audit_run("kr-shop", &again.id).await.unwrap();
+    assert_eq!(run.status, "done", "{run:?}");
+}

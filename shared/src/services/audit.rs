@@ -429,10 +429,17 @@ impl Services {
         // members' and the books' violations are kept.
         report.violations.sort_by_key(|v| v.rule == "parked");
         report.violations.truncate(MAX_STORED_VIOLATIONS);
+        let unread = report.unread.len();
         let mut stored =
             serde_json::to_value(&report).map_err(|e| ServiceError::Internal(e.to_string()))?;
         stored["violations_total"] = serde_json::json!(total);
-        run.status = "done".into();
+        // Books the store did not answer were not checked: not done, whatever else it found.
+        run.status = if unread == 0 { "done" } else { "failed" }.into();
+        if unread > 0 {
+            stored["error"] = serde_json::json!(format!(
+                "the books of {unread} program(s) could not be read this time (see unread): ask for the audit again"
+            ));
+        }
         run.finished_at = Some(self.clock.now());
         run.report = Some(stored);
         self.store.save_audit_run(program, &run).await?;

@@ -326,6 +326,17 @@ fn redact_emails(text: &str) -> String {
                 out.push_str(&word[..from]);
                 out.push_str(&member_ref(&word[from..]));
             }
+            // A quoted local part (`"ann"@example.com`): the quotes split it from its domain.
+            Some(0) if word.len() > 1 && out.ends_with('"') => {
+                match out[..out.len() - 1].rfind('"') {
+                    Some(open) => {
+                        let address = format!("{}{word}", &out[open..]);
+                        out.truncate(open);
+                        out.push_str(&member_ref(&address));
+                    }
+                    None => out.push_str(word),
+                }
+            }
             _ => out.push_str(word),
         }
         if i < text.len() {
@@ -597,6 +608,7 @@ mod tests {
             "member 42 010-1234-5678",
             "010-1234-5678 010-9876-5432",
             "a@b.c @ ann@x.io",
+            "member \"ann\"@example.com is unknown",
         ] {
             let logged = redact(text);
             assert!(

@@ -54,6 +54,19 @@ fn member(id: &str) -> String {
     sign(SECRET, &claims(id, &[], None, 1)).unwrap()
 }
 
+/// Saves kr-shop's program file, as an admin does before anything else.
+async fn save_kr_shop(h: &Harness) {
+    call(
+        h,
+        "PUT",
+        "/v1/programs/kr-shop",
+        &admin(None),
+        "application/toml",
+        KR,
+    )
+    .await;
+}
+
 async fn call(
     h: &Harness,
     method: &str,
@@ -182,15 +195,7 @@ async fn programs_are_created_then_replaced_and_validated() {
 async fn a_member_token_whose_subject_no_member_could_have_is_not_valid() {
     // GIVEN kr-shop, and signed member tokens whose subjects are not member ids
     let h = harness();
-    call(
-        &h,
-        "PUT",
-        "/v1/programs/kr-shop",
-        &admin(None),
-        "application/toml",
-        KR,
-    )
-    .await;
+    save_kr_shop(&h).await;
     for subject in ["a#b", " m-1", ".."] {
         // WHEN one reads /me
         let (status, problem) = call(
@@ -222,15 +227,7 @@ async fn a_member_token_whose_subject_no_member_could_have_is_not_valid() {
 async fn admin_tokens_limited_to_a_program_stay_there() {
     // GIVEN kr-shop and a token limited to us-shop
     let h = harness();
-    call(
-        &h,
-        "PUT",
-        "/v1/programs/kr-shop",
-        &admin(None),
-        "application/toml",
-        KR,
-    )
-    .await;
+    save_kr_shop(&h).await;
     // WHEN it reads a kr-shop member THEN it is forbidden, while an unlimited token may
     let (status, _) = call(
         &h,
@@ -497,15 +494,7 @@ fn type_of(problem: &Value) -> &str {
 async fn an_editor_never_overwrites_a_program_saved_after_it_read() {
     // GIVEN kr-shop saved, and two operators who both read it (the same ETag)
     let h = harness();
-    call(
-        &h,
-        "PUT",
-        "/v1/programs/kr-shop",
-        &admin(None),
-        "application/toml",
-        KR,
-    )
-    .await;
+    save_kr_shop(&h).await;
     let (_, read, current) = call_with(&h, "GET", "/v1/programs/kr-shop", &[], "").await;
     assert_eq!(read.as_deref(), Some("\"1\""));
     let file = current["file"].to_string();
@@ -604,15 +593,7 @@ async fn an_editor_never_overwrites_a_program_saved_after_it_read() {
 async fn campaigns_are_started_on_the_version_read_and_created_only_once() {
     // GIVEN kr-shop and a draft campaign, read by an operator
     let h = harness();
-    call(
-        &h,
-        "PUT",
-        "/v1/programs/kr-shop",
-        &admin(None),
-        "application/toml",
-        KR,
-    )
-    .await;
+    save_kr_shop(&h).await;
     let draft = json!({
         "name": "Double points", "kind": "on_exposure", "status": "draft",
         "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",

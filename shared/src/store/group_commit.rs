@@ -167,10 +167,6 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let stopped = || StoreError::Failed {
-            message: "the database writer has stopped".into(),
-            source: None,
-        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Box<dyn Job> = Box::new(Work { work, reply });
         self.jobs.send(Message::Job(job)).map_err(|_| stopped())?;
@@ -181,15 +177,19 @@ impl Writer {
     /// checkpoint that truncates it, and refuses all work sent after (a passing failure: a
     /// request that comes late is answered 503). In channel order, so nothing slips between.
     pub(crate) async fn close(&self) -> Result<(), StoreError> {
-        let stopped = || StoreError::Failed {
-            message: "the database writer has stopped".into(),
-            source: None,
-        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Message::Close(reply))
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// The writer's thread is gone (it ended in a panic, or the process is ending).
+fn stopped() -> StoreError {
+    StoreError::Failed {
+        message: "the database writer has stopped".into(),
+        source: None,
     }
 }
 

@@ -548,6 +548,7 @@ fn signed(sub: &str, scope: &str, expires_in: i64) -> String {
         exp: Utc::now().timestamp() + expires_in,
         program: None,
         nbf: None,
+        iat: None,
     };
     sign(SECRET.as_bytes(), &claims).expect("signed")
 }
@@ -585,6 +586,7 @@ fn member_routes_need_a_member_token_that_has_not_expired() {
             exp: Utc::now().timestamp() + 3600,
             program: None,
             nbf: None,
+            iat: None,
         }
     };
     let ahead = sign(SECRET.as_bytes(), &ahead).expect("signed");
@@ -601,6 +603,40 @@ fn member_routes_need_a_member_token_that_has_not_expired() {
             .0,
         200
     );
+}
+
+#[test]
+fn an_app_token_issued_before_its_member_was_erased_writes_nothing_of_them_again() {
+    let client = Client::new();
+    // GIVEN a member with points, the app signed in as them (`loyalty token`: issued now)
+    assert_eq!(client.adjust("m-gone", 100).0, 201);
+    let old = token(&["--member", "m-gone"]);
+    // AND the member erased at their request
+    let (status, answer) = client.server.call(
+        "DELETE",
+        &format!("{PROGRAM}/members/m-gone?reason=asked%20to%20be%20forgotten"),
+        &client.admin,
+        &[],
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    // WHEN the app saves a birthday with the token it still holds
+    let birthday = Some(r#"{"birthday": "05-17"}"#);
+    let profile = |token: &str| {
+        let path = format!("{PROGRAM}/me/profile");
+        client.server.call("PATCH", &path, token, &[], birthday)
+    };
+    // THEN it is refused (before: a new account of the erased name, the birthday in it)
+    assert_problem(&profile(&old), 401, "token-before-erasure", "sign in again");
+    assert_eq!(client.view("m-gone")["account"], false);
+    // AND the person signing in again after the erasure comes back as a new member
+    let later = Claims {
+        iat: Some(Utc::now().timestamp() + 2),
+        ..loyalty_core::api::auth::claims("m-gone", &[], None, 1)
+    };
+    let later = sign(SECRET.as_bytes(), &later).expect("signed");
+    let (status, answer) = profile(&later);
+    assert_eq!((status, answer["birthday"].as_str()), (200, Some("05-17")));
 }
 
 #[test]

@@ -206,7 +206,10 @@ async fn start_split(services: &Services, members: &[&str]) {
         .await
         .unwrap();
     for member in members {
-        services.my_campaigns("kr-shop", member).await.unwrap();
+        services
+            .my_campaigns("kr-shop", member, None)
+            .await
+            .unwrap();
     }
 }
 

@@ -574,7 +574,11 @@ async fn a_campaign_outside_its_window_assigns_nobody() {
         .run_job(Job::CampaignTick, "kr-shop", None, &|_| {})
         .await
         .unwrap();
-    let mine = s.services.my_campaigns("kr-shop", "m1").await.unwrap();
+    let mine = s
+        .services
+        .my_campaigns("kr-shop", "m1", None)
+        .await
+        .unwrap();
     // THEN the member is in no campaign and nothing is counted
     assert_eq!(mine["campaigns"], json!([]));
     assert!(s.store_counts("birthday-gift").await.is_empty());
@@ -590,7 +594,10 @@ async fn a_purchase_made_before_the_exposure_gets_no_effect_of_the_campaign() {
     campaign["variants"][0]["weight"] = json!(0);
     campaign["variants"][1]["weight"] = json!(1);
     s.put_campaign("double", &campaign).await;
-    s.services.my_campaigns("kr-shop", "m-late").await.unwrap();
+    s.services
+        .my_campaigns("kr-shop", "m-late", None)
+        .await
+        .unwrap();
     // WHEN a purchase made an hour before, delivered late, is processed, then one made after
     s.purchase("m-late", "before", 59_000, now - chrono::Duration::hours(1))
         .await;
@@ -608,6 +615,51 @@ async fn a_purchase_made_before_the_exposure_gets_no_effect_of_the_campaign() {
     let counts = s.store_counts("double").await;
     let x2 = counts.iter().find(|c| c.variant == "x2").unwrap();
     assert_eq!(x2.purchases, 1, "{counts:?}");
+}
+
+#[tokio::test]
+async fn an_erased_member_s_old_app_token_is_assigned_to_no_campaign() {
+    // GIVEN a running campaign, and a member who bought and was then erased at their request
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    let s = stack(now).await;
+    s.put_campaign("double", &simulated()).await;
+    s.purchase("m-gone", "o-1", 59_000, now - chrono::Duration::days(3))
+        .await;
+    let signed_in = Some(now - chrono::Duration::hours(2));
+    s.services
+        .erase_member("kr-shop", "m-gone", "asked to be forgotten", "ops")
+        .await
+        .unwrap();
+    // WHEN the app, still holding a token issued before the erasure, opens its campaigns
+    s.clock.set(now + chrono::Duration::minutes(5));
+    let refused = s
+        .services
+        .my_campaigns("kr-shop", "m-gone", signed_in)
+        .await;
+    // THEN it is refused as a token from before the erasure, and nothing is assigned to the
+    // name (before: an exposure recorded, the erased person written back)
+    match refused {
+        Err(ServiceError::Unauthorized { problem, .. }) => {
+            assert_eq!(problem, "token-before-erasure")
+        }
+        other => panic!("{other:?}"),
+    }
+    let ids = ["double".to_string()];
+    let read = s.store.load_member_with("kr-shop", "m-gone", &[], &ids);
+    assert!(read.await.unwrap().assignments.is_empty());
+    // AND a token that does not say when it was issued is refused too
+    assert!(s
+        .services
+        .my_campaigns("kr-shop", "m-gone", None)
+        .await
+        .is_err());
+    // AND the person signing in again after it comes back as a new member, assigned anew
+    let again = Some(now + chrono::Duration::minutes(1));
+    let shown = s.services.my_campaigns("kr-shop", "m-gone", again).await;
+    assert_eq!(
+        shown.unwrap()["campaigns"].as_array().map(Vec::len),
+        Some(1)
+    );
 }
 
 fn simulated() -> Value {
@@ -638,7 +690,10 @@ async fn simulate(members: usize, lost: u32) -> Value {
         if variant == 1 && (i as u32 % 100) < lost {
             continue;
         }
-        s.services.my_campaigns("kr-shop", &member).await.unwrap();
+        s.services
+            .my_campaigns("kr-shop", &member, None)
+            .await
+            .unwrap();
         if random.unit() < truth[variant] {
             s.purchase(&member, &format!("o{i}"), 30_000, now).await;
         }
@@ -778,7 +833,10 @@ async fn revenue_goals_count_revenue_net_of_refunds_and_redemption_goals_count_r
     s.put_campaign("treat", &goal_campaign("redemption", "treat-2026"))
         .await;
     for member in ["buyer", "early-refund", "redeemer"] {
-        s.services.my_campaigns("kr-shop", member).await.unwrap();
+        s.services
+            .my_campaigns("kr-shop", member, None)
+            .await
+            .unwrap();
     }
     let event = |kind: &str, id: &str, member: &str, data: Value| {
         json!({"type": kind, "version": 1, "id": id, "program": "kr-shop", "member": member,
@@ -1144,9 +1202,16 @@ async fn a_login_still_leading_to_a_merged_member_is_shown_no_campaign_and_grant
     campaign["variants"][1] =
         json!({"key": "gift", "weight": 1, "effect": {"type": "grant", "points": 1000}});
     s.put_campaign("app-gift", &campaign).await;
-    s.services.my_campaigns("kr-shop", "m-a").await.unwrap();
+    s.services
+        .my_campaigns("kr-shop", "m-a", None)
+        .await
+        .unwrap();
     // WHEN the app asks for m-b's campaigns (a login whose link the merge has not moved yet)
-    let shown = s.services.my_campaigns("kr-shop", "m-b").await.unwrap();
+    let shown = s
+        .services
+        .my_campaigns("kr-shop", "m-b", None)
+        .await
+        .unwrap();
     s.drain().await;
     // THEN none is shown, and the person has the grant once
     assert_eq!(shown["campaigns"], json!([]));
@@ -1241,19 +1306,22 @@ async fn a_process_with_an_older_copy_of_a_re_randomised_campaign_leaves_its_mem
         })
     };
     s.put_campaign("split", &split("split-a")).await;
-    s.services.my_campaigns("kr-shop", "m-0").await.unwrap();
+    s.services
+        .my_campaigns("kr-shop", "m-0", None)
+        .await
+        .unwrap();
     let app = Services::new(Arc::new(s.store.clone()), s.queue.clone(), s.clock.clone());
-    app.my_campaigns("kr-shop", "m-0").await.unwrap();
+    app.my_campaigns("kr-shop", "m-0", None).await.unwrap();
     // AND another process (B) re-seeds it with split-b and shows it to m-1
     let b = Services::new(Arc::new(s.store.clone()), s.queue.clone(), s.clock.clone());
     b.put_campaign("kr-shop", "split", split("split-b").to_string().as_bytes())
         .await
         .unwrap();
-    b.my_campaigns("kr-shop", "m-1").await.unwrap();
+    b.my_campaigns("kr-shop", "m-1", None).await.unwrap();
     // WHEN an app's process with split-a's copy shows m-1 the campaigns, and process A, its
     // copy still split-a's too, handles m-1's purchase
-    let shown = app.my_campaigns("kr-shop", "m-1").await.unwrap();
-    let shown_b = b.my_campaigns("kr-shop", "m-1").await.unwrap();
+    let shown = app.my_campaigns("kr-shop", "m-1", None).await.unwrap();
+    let shown_b = b.my_campaigns("kr-shop", "m-1", None).await.unwrap();
     assert_eq!(shown["campaigns"], shown_b["campaigns"]);
     s.purchase("m-1", "stale-1", 59_000, now).await;
     // THEN m-1 stays in split-b's randomisation, and the purchase counts there
@@ -1298,7 +1366,10 @@ async fn a_re_randomised_campaign_counts_its_members_afresh_and_its_first_counts
         )
     };
     s.put_campaign("gift", &gift("gift-a", 0)).await;
-    s.services.my_campaigns("kr-shop", "m-1").await.unwrap();
+    s.services
+        .my_campaigns("kr-shop", "m-1", None)
+        .await
+        .unwrap();
     s.drain().await;
     s.purchase("m-1", "o-1", 59_000, now).await;
     assert_eq!(report().await, (1, 1, 59_000, 1_000));
@@ -1306,7 +1377,10 @@ async fn a_re_randomised_campaign_counts_its_members_afresh_and_its_first_counts
     // second member sees it and buys
     s.put_campaign("gift", &gift("gift-a", 1)).await;
     for member in ["m-1", "m-2"] {
-        s.services.my_campaigns("kr-shop", member).await.unwrap();
+        s.services
+            .my_campaigns("kr-shop", member, None)
+            .await
+            .unwrap();
     }
     s.drain().await;
     s.purchase("m-2", "o-2", 30_000, now).await;
@@ -1358,7 +1432,10 @@ async fn a_membership_fee_is_no_campaign_revenue_and_a_cancelled_order_leaves_no
     let s = stack_with(now, &program).await;
     s.put_campaign("spend", &goal_campaign("revenue", "spend-2026"))
         .await;
-    s.services.my_campaigns("kr-shop", "m-fee").await.unwrap();
+    s.services
+        .my_campaigns("kr-shop", "m-fee", None)
+        .await
+        .unwrap();
     // WHEN the member buys the membership (4,900) with a shirt (10,000), then cancels it all
     let event = |kind: &str, id: &str, data: Value| {
         json!({"type": kind, "version": 1, "id": id, "program": "kr-shop", "member": "m-fee",

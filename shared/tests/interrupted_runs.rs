@@ -569,7 +569,7 @@ async fn a_member_whose_erasure_has_begun_takes_no_adjustment_redemption_or_tier
             .redeem("kr-shop", who, who, Some("k-late"), coupon)
             .await;
         let checked = s.services.process_tier_check(&tier_check(who)).await;
-        let shown = s.services.my_campaigns("kr-shop", who).await.unwrap();
+        let shown = s.services.my_campaigns("kr-shop", who, None).await.unwrap();
         // THEN the member being erased is refused both, as 409 member-erased, its tier is not
         // changed and it is shown no campaign and assigned none; the other member's are applied
         let erased = who == member;

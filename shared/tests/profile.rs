@@ -15,7 +15,8 @@ async fn a_birthday_is_set_then_changed_no_sooner_than_a_year_later() {
     let start = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
     let clock = FixedClock::at(start);
     let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
-    let patch = |body: &'static str| services.update_profile("kr-shop", "m-1", body.as_bytes());
+    let patch =
+        |body: &'static str| services.update_profile("kr-shop", "m-1", body.as_bytes(), None);
     // WHEN the birthday is set THEN it is kept, with the day it was set
     let profile = patch(r#"{"birthday": "03-15", "anniversary": "2020-06-01"}"#)
         .await
@@ -69,7 +70,8 @@ async fn an_anniversary_is_a_past_day_changed_no_sooner_than_a_year_later() {
     let start = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
     let clock = FixedClock::at(start);
     let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
-    let patch = |body: &'static str| services.update_profile("kr-shop", "m-1", body.as_bytes());
+    let patch =
+        |body: &'static str| services.update_profile("kr-shop", "m-1", body.as_bytes(), None);
     let set = patch(r#"{"anniversary": "2020-06-01"}"#).await.unwrap();
     assert_eq!(
         set.anniversary_set_on,
@@ -123,7 +125,7 @@ async fn a_merge_keeps_when_the_anniversary_it_brings_was_set() {
             .unwrap();
     }
     services
-        .update_profile("kr-shop", "m-a", br#"{"anniversary": "2020-06-01"}"#)
+        .update_profile("kr-shop", "m-a", br#"{"anniversary": "2020-06-01"}"#, None)
         .await
         .unwrap();
     // WHEN m-a is merged into m-b, and m-b moves the anniversary the same day
@@ -132,7 +134,7 @@ async fn a_merge_keeps_when_the_anniversary_it_brings_was_set() {
         .await
         .unwrap();
     let moved = services
-        .update_profile("kr-shop", "m-b", br#"{"anniversary": "2000-11-23"}"#)
+        .update_profile("kr-shop", "m-b", br#"{"anniversary": "2000-11-23"}"#, None)
         .await;
     // THEN 409: the anniversary came with when it was set
     assert!(
@@ -166,7 +168,7 @@ async fn a_member_merged_away_cannot_set_a_profile_that_nothing_would_read() {
         .unwrap();
     // WHEN m-a sets a birthday
     let set = services
-        .update_profile("kr-shop", "m-a", br#"{"birthday": "05-17"}"#)
+        .update_profile("kr-shop", "m-a", br#"{"birthday": "05-17"}"#, None)
         .await;
     // THEN 409 member-merged, and nothing is written to m-a (before: 200, and the merged
     // account's birthday could still pay a greeting to m-b)

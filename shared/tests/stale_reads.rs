@@ -261,7 +261,7 @@ async fn counted_purchase(current: &Services, member: &str, order: &str) {
         .put_campaign("kr-shop", "spend", campaign.to_string().as_bytes())
         .await
         .unwrap();
-    current.my_campaigns("kr-shop", member).await.unwrap();
+    current.my_campaigns("kr-shop", member, None).await.unwrap();
     let applied = current
         .process_earn(&purchase(member, order, 30_000))
         .await

@@ -112,13 +112,14 @@ fn sequence(record: &EventRecord) -> String {
 }
 
 fn observe_lag(services: &Services, record: &EventRecord, message: &OutboxMessage) {
+    // A record stamped after now (clocks apart) lagged by nothing.
     let lag = (services.clock.now() - record.change.approximate_creation_date_time)
-        .num_milliseconds()
-        .max(0);
+        .to_std()
+        .unwrap_or_default();
     metrics::observe(
         metrics::OUTBOX_LAG,
         &[("program", &message.envelope.program)],
-        lag.unsigned_abs(),
+        lag,
     );
 }
 

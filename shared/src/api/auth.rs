@@ -23,6 +23,8 @@ pub struct Principal {
     pub scopes: Vec<String>,
     /// An admin token limited to one program.
     pub program: Option<String>,
+    /// When the token was issued (claim `iat`), if it says.
+    pub issued_at: Option<chrono::DateTime<Utc>>,
 }
 
 impl Principal {
@@ -96,6 +98,9 @@ pub struct Claims {
     /// Not before: a token that says it is valid from a later time is refused until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
+    /// Issued at: a member token issued before its member's erasure opens no account again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
 }
 
 /// Claims already verified by API Gateway's JWT authorizer, put on the request by the Lambda
@@ -138,6 +143,7 @@ pub fn claims(sub: &str, scopes: &[&str], program: Option<&str>, hours: i64) -> 
         exp: Utc::now().timestamp() + hours * 3600,
         program: program.map(str::to_string),
         nbf: None,
+        iat: Some(Utc::now().timestamp()),
     }
 }
 
@@ -160,11 +166,10 @@ impl FromRequestParts<AppState> for Principal {
                 validation.set_required_spec_claims(&["exp", "sub"]);
                 let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
                     .map_err(|e| Problem::unauthorized(format!("the token is not valid: {e}")))?;
-                Ok(principal(
-                    data.claims.sub,
-                    &data.claims.scope,
-                    data.claims.program,
-                ))
+                Ok(Principal {
+                    issued_at: data.claims.iat.and_then(issued_at),
+                    ..principal(data.claims.sub, &data.claims.scope, data.claims.program)
+                })
             }
             Verifier::Gateway => {
                 let claims = parts
@@ -184,6 +189,13 @@ fn gateway_principal(
     let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let sub = text("sub").ok_or_else(|| Problem::unauthorized("the token has no subject"))?;
     let mut found = principal(sub, &text("scope").unwrap_or_default(), text("program"));
+    // The authorizer hands every claim over as text; a number is read as well.
+    found.issued_at = match claims.get("iat") {
+        Some(serde_json::Value::String(text)) => text.trim().parse().ok(),
+        Some(serde_json::Value::Number(n)) => n.as_i64(),
+        _ => None,
+    }
+    .and_then(issued_at);
     if let Some(username) = text("username") {
         if !in_group(claims, OPERATORS_GROUP) {
             found.scopes.retain(|s| s != ADMIN_SCOPE);
@@ -219,7 +231,13 @@ fn principal(subject: String, scope: &str, program: Option<String>) -> Principal
         subject,
         scopes: scope.split_whitespace().map(str::to_string).collect(),
         program,
+        issued_at: None,
     }
+}
+
+/// An `iat` claim (seconds since the epoch) as a time; none out of chrono's range.
+fn issued_at(seconds: i64) -> Option<chrono::DateTime<Utc>> {
+    chrono::DateTime::from_timestamp(seconds, 0)
 }
 
 #[cfg(feature = "local-tokens")]
@@ -283,5 +301,21 @@ mod tests {
             .unwrap()
             .require_admin("kr-shop")
             .is_ok());
+    }
+
+    #[test]
+    fn the_time_a_token_was_issued_is_read_as_the_authorizer_hands_it_over() {
+        // GIVEN claims with `iat` as text (API Gateway's way), as a number, and without it
+        for (iat, read) in [
+            (json!("1700000000"), Some(1_700_000_000)),
+            (json!(1_700_000_000), Some(1_700_000_000)),
+            (json!("soon"), None),
+            (json!(null), None),
+        ] {
+            let token = claims(json!({"sub": "u-1", "scope": "openid", "iat": iat}));
+            // WHEN the principal is read THEN it says when the token was issued, if it can
+            let principal = gateway_principal(&token).unwrap();
+            assert_eq!(principal.issued_at.map(|t| t.timestamp()), read, "{iat}");
+        }
     }
 }

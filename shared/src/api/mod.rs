@@ -807,7 +807,11 @@ async fn my_campaigns(
     Path(program): Path<String>,
 ) -> Result<Response, Problem> {
     let (program, member) = member_with_campaigns(&state, &program, &principal).await?;
-    Ok(Json(state.services.my_campaigns(&program, &member).await?).into_response())
+    let shown = state
+        .services
+        .my_campaigns(&program, &member, principal.issued_at)
+        .await?;
+    Ok(Json(shown).into_response())
 }
 
 async fn my_profile(
@@ -819,7 +823,7 @@ async fn my_profile(
     let (program, member) = member_of(&state, &program, &principal).await?;
     let profile = state
         .services
-        .update_profile(&program, &member, &body)
+        .update_profile(&program, &member, &body, principal.issued_at)
         .await?;
     Ok(Json(profile).into_response())
 }

@@ -365,6 +365,7 @@ impl LocalQueue {
             metrics::add(metrics::OUTBOX_RELAYED, &[("program", program)], 1);
             if let Some(at_ms) = at_ms {
                 let lag = now.saturating_sub(*at_ms).max(0).unsigned_abs();
+                let lag = std::time::Duration::from_millis(lag);
                 metrics::observe(metrics::OUTBOX_LAG, &[("program", program)], lag);
             }
         }

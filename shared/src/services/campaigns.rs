@@ -200,10 +200,13 @@ impl Services {
     /// `GET /v1/programs/{program}/me/campaigns`: the running campaigns this member is in, with
     /// their variant. The first call records the assignment (the exposure); later calls, and
     /// weight changes, do not move it.
+    /// Asked with a member token issued at `token_issued_at` (if it says): a first exposure of
+    /// a name erased since is refused ([`super::erasure::refuse_token_before_erasure`]).
     pub async fn my_campaigns(
         &self,
         program_id: &str,
         member: &str,
+        token_issued_at: Option<DateTime<Utc>>,
     ) -> Result<Value, ServiceError> {
         // Cold, the campaigns are read beside the program: the member's read needs both.
         let program = self.program_with_campaigns(program_id).await?;
@@ -226,6 +229,8 @@ impl Services {
             .unwrap_or_else(|| Account::open(&program, member, now));
         let account = account.as_of(&program, now).account;
         let mut shown = Vec::new();
+        // Read only for a member with no account, and only once an assignment is to be made.
+        let mut caller_checked = seen;
         for (id, campaign) in &running {
             let Some(variant) = variant_of(id, campaign, &program, &account, &state, now) else {
                 continue;
@@ -233,6 +238,10 @@ impl Services {
             let recorded = match state.assignments.get(id) {
                 Some(a) if a.holds_for(&campaign.hash_seed, campaign.bucket_version) => a.clone(),
                 _ => {
+                    if !std::mem::replace(&mut caller_checked, true) {
+                        self.refuse_erased_caller(&program.id, member, token_issued_at)
+                            .await?;
+                    }
                     let to = Assignee {
                         member,
                         seen,

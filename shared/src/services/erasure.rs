@@ -263,6 +263,20 @@ impl Services {
         self.store.erased_at(program, &digests).await
     }
 
+    /// Refuses a member's own request that would open an account for `member` with a token
+    /// issued before the name was erased ([`refuse_token_before_erasure`]).
+    pub(crate) async fn refuse_erased_caller(
+        &self,
+        program: &str,
+        member: &str,
+        token_issued_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), ServiceError> {
+        let erased = self
+            .erasure_of(program, std::slice::from_ref(&member.to_string()))
+            .await?;
+        refuse_token_before_erasure(erased, token_issued_at)
+    }
+
     /// A new account for `member`, which remembers when its id was erased before, if it was
     /// (an operator's adjustment or a profile of a customer who came back): the erased
     /// person's older events stay dropped once the id has an account again.
@@ -514,5 +528,27 @@ impl Services {
                 .again(|| format!("member {}", crate::telemetry::member_ref(pseudonym)))
                 .await?;
         }
+    }
+}
+
+/// A member's token issued at or before the erasure of the name it speaks for is the erased
+/// person's, kept by an app that was not told: it opens no account again (a profile or a
+/// campaign's exposure would write the person back). A token issued after it is the person
+/// signing in again, who comes back as a new member, as an event after the erasure does; a
+/// token that does not say when it was issued cannot tell, and is refused for an erased name.
+pub(crate) fn refuse_token_before_erasure(
+    erased_at: Option<chrono::DateTime<chrono::Utc>>,
+    token_issued_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(), ServiceError> {
+    match erased_at {
+        Some(erased) if token_issued_at.is_none_or(|issued| issued <= erased) => {
+            Err(ServiceError::Unauthorized {
+                problem: "token-before-erasure",
+                detail:
+                    "the member this token speaks for was erased after it was issued; sign in again"
+                        .to_string(),
+            })
+        }
+        _ => Ok(()),
     }
 }

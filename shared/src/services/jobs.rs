@@ -97,8 +97,8 @@ fn count_run(
         Err(_) => true,
     };
     metrics::add(metrics::JOB_RUN_FAILED, &labels, u64::from(failed));
-    let millis = (finished - started).num_milliseconds().max(0);
-    metrics::observe(metrics::JOB_DURATION, &labels, millis.unsigned_abs());
+    let took = (finished - started).to_std().unwrap_or_default();
+    metrics::observe(metrics::JOB_DURATION, &labels, took);
 }
 
 /// Where a job's last run is kept: beside its progress, under a name no job has.

@@ -1461,11 +1461,13 @@ struct ProfileRequest {
 impl Services {
     /// `PATCH .../me/profile`: the member's birthday (`MM-DD`) and anniversary (`YYYY-MM-DD`, a
     /// day already past), each changed at most once in 365 days.
+    /// `PATCH /me/profile`, by a member token issued at `token_issued_at` (if it says).
     pub async fn update_profile(
         &self,
         program_id: &str,
         member: &str,
         body: &[u8],
+        token_issued_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<crate::domain::Profile, ServiceError> {
         let program = self.program(program_id).await?;
         let (request, _): (ProfileRequest, Value) = parse(body, "invalid-profile")?;
@@ -1476,7 +1478,14 @@ impl Services {
             let state = self.store.load_member(&program.id, member, &[]).await?;
             let account = match state.account.clone() {
                 Some(account) => account,
-                None => self.opened_account(&program, member, now).await?,
+                None => {
+                    let opened = self.opened_account(&program, member, now).await?;
+                    super::erasure::refuse_token_before_erasure(
+                        opened.erased_before,
+                        token_issued_at,
+                    )?;
+                    opened
+                }
             };
             // Merged away (its app link not moved yet) or being erased: the save would be
             // lost, or personal data written into an erasure.

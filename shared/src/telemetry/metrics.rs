@@ -177,9 +177,11 @@ pub fn add(metric: Metric, given: &[(&'static str, &str)], n: u64) {
     registry().add(metric, given, n);
 }
 
-/// Records one observation of a time.
-pub fn observe(metric: Metric, given: &[(&'static str, &str)], millis: u64) {
-    registry().observe(metric, given, millis);
+/// Records one observation of a time, to the microsecond: a job run of a small program takes
+/// well under a millisecond, which whole milliseconds would record as nothing.
+pub fn observe(metric: Metric, given: &[(&'static str, &str)], took: std::time::Duration) {
+    let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    registry().observe(metric, given, micros);
 }
 
 /// What was counted since the last call, as EMF lines, and forgets it (the totals stay).
@@ -273,15 +275,16 @@ impl Registry {
         series.observations += 1;
     }
 
-    fn observe(&mut self, metric: Metric, given: &[(&'static str, &str)], millis: u64) {
+    /// Times are kept in microseconds and shown in milliseconds, with their fraction.
+    fn observe(&mut self, metric: Metric, given: &[(&'static str, &str)], micros: u64) {
         let series = self.series.entry((metric.name, labels(given))).or_default();
         // Drained by each invocation's EMF lines; a process that is only scraped (serve)
         // keeps the sum and the count, and no more than the latest values.
         if series.recent.len() >= MAX_RECENT {
             series.recent.drain(..MAX_RECENT / 2);
         }
-        series.recent.push(millis);
-        series.total += millis;
+        series.recent.push(micros);
+        series.total = series.total.saturating_add(micros);
         series.observations += 1;
     }
 
@@ -342,7 +345,7 @@ impl Registry {
                         let _ = writeln!(out, "{family}{{{text}}} {}", s.total);
                     }
                     Unit::Milliseconds => {
-                        let _ = writeln!(out, "{family}_sum{{{text}}} {}", s.total);
+                        let _ = writeln!(out, "{family}_sum{{{text}}} {}", as_millis(s.total));
                         let _ = writeln!(out, "{family}_count{{{text}}} {}", s.observations);
                     }
                 }
@@ -376,9 +379,13 @@ fn emf_line(
         let Some(part) = values.get(start..values.len().min(start + EMF_MAX_VALUES)) else {
             continue;
         };
-        let value = match part {
-            [one] => serde_json::json!(one),
-            many => serde_json::json!(many),
+        let value = match (metric.unit, part) {
+            (Unit::Count, [one]) => serde_json::json!(one),
+            (Unit::Count, many) => serde_json::json!(many),
+            (Unit::Milliseconds, [one]) => serde_json::json!(as_millis(*one)),
+            (Unit::Milliseconds, many) => {
+                serde_json::json!(many.iter().map(|&m| as_millis(m)).collect::<Vec<_>>())
+            }
         };
         line.insert(metric.name.into(), value);
         let unit = match metric.unit {
@@ -399,6 +406,11 @@ fn emf_line(
         }),
     );
     serde_json::Value::Object(line)
+}
+
+/// Microseconds as milliseconds (`150` as `0.15`): exact for any time shorter than 285 years.
+fn as_millis(micros: u64) -> f64 {
+    micros as f64 / 1000.0
 }
 
 /// `PointsIssued` as `loyalty_points_issued`.
@@ -476,7 +488,11 @@ mod tests {
         let mut r = Registry::default();
         // GIVEN 150 observations of a time
         for ms in 0..150 {
-            r.observe(JOB_DURATION, &[("program", "emf-b"), ("job", "expire")], ms);
+            r.observe(
+                JOB_DURATION,
+                &[("program", "emf-b"), ("job", "expire")],
+                ms * 1000,
+            );
         }
         // WHEN drained THEN two lines carry 100 and 50 values, in Milliseconds
         let lines = lines_of("emf-b", &r.drain_emf(0));
@@ -486,6 +502,42 @@ mod tests {
         assert_eq!(
             lines[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"],
             "Milliseconds"
+        );
+    }
+
+    #[test]
+    fn a_time_under_a_millisecond_is_kept_with_its_fraction() {
+        let mut r = Registry::default();
+        // GIVEN job runs of 0.15 ms and 2.5 ms (a small program's run; before: 0 and 2)
+        let labels = [("program", "emf-f"), ("job", "expire")];
+        r.observe(JOB_DURATION, &labels, 150);
+        r.observe(JOB_DURATION, &labels, 2_500);
+        // WHEN read in both formats
+        let text = r.prometheus();
+        let lines = lines_of("emf-f", &r.drain_emf(0));
+        // THEN both say milliseconds with their fraction
+        assert_eq!(lines[0]["JobDuration"], serde_json::json!([0.15, 2.5]));
+        let series = "{function=\"loyalty\",job=\"expire\",program=\"emf-f\"}";
+        assert!(
+            text.contains(&format!(
+                "loyalty_job_duration_milliseconds_sum{series} 2.65"
+            )),
+            "{text}"
+        );
+        // AND the public call takes a duration to the microsecond
+        let labels = [("program", "emf-g"), ("job", "expire")];
+        observe(
+            JOB_DURATION,
+            &labels,
+            std::time::Duration::from_nanos(1_234_567),
+        );
+        let series = series.replace("emf-f", "emf-g");
+        let text = prometheus();
+        assert!(
+            text.contains(&format!(
+                "loyalty_job_duration_milliseconds_sum{series} 1.234\n"
+            )),
+            "{text}"
         );
     }
 
@@ -536,7 +588,7 @@ mod tests {
         // GIVEN counts and times, drained once as EMF
         r.add(POINTS_REDEEMED, &[("program", "prom-c")], 500);
         r.add(POINTS_REDEEMED, &[("program", "prom-c")], 250);
-        r.observe(OUTBOX_LAG, &[("program", "prom-c")], 40);
+        r.observe(OUTBOX_LAG, &[("program", "prom-c")], 40_000);
         let _ = r.drain_emf(0);
         // WHEN the text format is read
         let text = r.prometheus();
@@ -557,7 +609,11 @@ mod tests {
         // GIVEN a time observed far more often than it is drained (serve is only scraped)
         let n = 3 * MAX_RECENT as u64;
         for _ in 0..n {
-            r.observe(JOB_DURATION, &[("program", "kept"), ("job", "notices")], 2);
+            r.observe(
+                JOB_DURATION,
+                &[("program", "kept"), ("job", "notices")],
+                2_000,
+            );
         }
         // THEN it keeps at most MAX_RECENT values, and its sum and count are whole
         let kept: usize = r.series.values().map(|s| s.recent.len()).sum();

@@ -163,6 +163,7 @@ fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
                 break end;
             }
         };
+        let end = extension_end(b, end).unwrap_or(end);
         let alone = end >= b.len() || !b[end].is_ascii_alphanumeric();
         if (9..=15).contains(&digits) && alone {
             found.push((i, end));
@@ -184,6 +185,27 @@ fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
     }
     found.sort_unstable();
     found
+}
+
+/// Where a number's extension ends, if one follows at `end`: `x12`, `ext. 12`, `ext12`, `#12`
+/// (1 to 6 digits, after at most one space, and nothing alphanumeric after), so that a number
+/// typed with its extension is replaced whole and not kept for the letters that follow it.
+fn extension_end(b: &[u8], end: usize) -> Option<usize> {
+    let mut j = end + usize::from(b.get(end) == Some(&b' '));
+    let rest = b.get(j..)?;
+    let marker = [&b"ext."[..], b"ext", b"x", b"#"].into_iter().find(|m| {
+        rest.get(..m.len())
+            .is_some_and(|r| r.eq_ignore_ascii_case(m))
+    })?;
+    j += marker.len();
+    j += usize::from(b.get(j) == Some(&b' '));
+    let digits = b
+        .get(j..)?
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .count();
+    let after = b.get(j + digits).is_some_and(u8::is_ascii_alphanumeric);
+    ((1..=6).contains(&digits) && !after).then_some(j + digits)
 }
 
 /// The byte ranges of North American numbers as they are written without `+`: `555-123-4567`,
@@ -224,7 +246,7 @@ fn north_american_numbers(text: &str) -> Vec<(usize, usize)> {
         let exchange = digits(j, 3)
             && second.is_some_and(joins)
             && join.is_none_or(|first| Some(first) == second);
-        let end = j + 8;
+        let end = extension_end(b, j + 8).unwrap_or(j + 8);
         (exchange && digits(j + 4, 4) && ends_at(end)).then_some(end)
     };
     let mut found = Vec::new();
@@ -275,7 +297,7 @@ fn dotted_numbers(text: &str) -> Vec<(usize, usize)> {
                 break Some(j);
             }
         };
-        match end {
+        match end.map(|end| extension_end(b, end).unwrap_or(end)) {
             Some(end)
                 if groups >= 3 && (9..=15).contains(&digits) && !b.get(end).is_some_and(around) =>
             {
@@ -633,6 +655,28 @@ mod tests {
                 "{text} -> {logged}"
             );
         }
+        // AND a number with its extension is replaced whole (before: kept as typed when the
+        // extension touched it, and the extension left after it otherwise)
+        for (text, after) in [
+            ("call 555-123-4567x12 today", " today"),
+            ("call (555) 123-4567 ext. 345", ""),
+            ("member 010-1234-5678#12 is suspended", " is suspended"),
+            ("call +82 10 1234 5678 X9", ""),
+            ("call 010.1234.5678 ext12", ""),
+        ] {
+            let logged = redact(text);
+            let replaced = logged
+                .strip_suffix(after)
+                .and_then(|l| l.split(' ').next_back())
+                .and_then(|word| word.strip_prefix("person-"));
+            assert!(
+                replaced.is_some_and(|d| d.bytes().all(|c| c.is_ascii_hexdigit())),
+                "{text} -> {logged}"
+            );
+        }
+        // AND a word after a number is no extension
+        kept("call 555-123-4567 extra, 010-1234-5678 x-ray", " extra, ");
+        kept("call 555-123-4567 extra, 010-1234-5678 x-ray", " x-ray");
         // AND text without them is untouched
         for plain in [
             "order 820982911946154508 has no line 466157049",
@@ -645,6 +689,7 @@ mod tests {
             "order 5551234567, sku 555-123-45678, ids 1555-123-4567 and a-555-123-4567",
             "from 2026-12-07 to 2027-01-06, 123.456.7890.1",
             "lines 100-200 3000, sku_555-123-4567, 555-123-4567-2",
+            "555-123-4567x1234567, 010-1234-5678x1234567",
         ] {
             assert_eq!(redact(plain), plain);
         }

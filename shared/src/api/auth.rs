@@ -99,7 +99,11 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
     /// Issued at: a member token issued before its member's erasure opens no account again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_seconds"
+    )]
     pub iat: Option<i64>,
 }
 
@@ -190,12 +194,7 @@ fn gateway_principal(
     let sub = text("sub").ok_or_else(|| Problem::unauthorized("the token has no subject"))?;
     let mut found = principal(sub, &text("scope").unwrap_or_default(), text("program"));
     // The authorizer hands every claim over as text; a number is read as well.
-    found.issued_at = match claims.get("iat") {
-        Some(serde_json::Value::String(text)) => text.trim().parse().ok(),
-        Some(serde_json::Value::Number(n)) => n.as_i64(),
-        _ => None,
-    }
-    .and_then(issued_at);
+    found.issued_at = claims.get("iat").and_then(seconds_of).and_then(issued_at);
     if let Some(username) = text("username") {
         if !in_group(claims, OPERATORS_GROUP) {
             found.scopes.retain(|s| s != ADMIN_SCOPE);
@@ -232,6 +231,30 @@ fn principal(subject: String, scope: &str, program: Option<String>) -> Principal
         scopes: scope.split_whitespace().map(str::to_string).collect(),
         program,
         issued_at: None,
+    }
+}
+
+/// `iat` as an issuer may write it: a whole or fractional number of seconds (a NumericDate of
+/// RFC 7519), or that number as text. Anything else is no `iat`, not an invalid token: the
+/// claim matters only to a name erased since, which a token without it cannot reopen.
+fn lenient_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(value.as_ref().and_then(seconds_of))
+}
+
+/// Whole seconds of a NumericDate, rounded down (a token read as issued earlier is the one
+/// refused for an erased name, never the other way).
+fn seconds_of(value: &serde_json::Value) -> Option<i64> {
+    let whole = |f: f64| f.is_finite().then(|| f.floor() as i64);
+    match value {
+        serde_json::Value::Number(n) => n.as_i64().or_else(|| n.as_f64().and_then(whole)),
+        serde_json::Value::String(text) => {
+            let text = text.trim();
+            text.parse()
+                .ok()
+                .or_else(|| text.parse().ok().and_then(whole))
+        }
+        _ => None,
     }
 }
 
@@ -309,6 +332,8 @@ mod tests {
         for (iat, read) in [
             (json!("1700000000"), Some(1_700_000_000)),
             (json!(1_700_000_000), Some(1_700_000_000)),
+            (json!(1_700_000_000.5), Some(1_700_000_000)),
+            (json!("1700000000.9"), Some(1_700_000_000)),
             (json!("soon"), None),
             (json!(null), None),
         ] {
@@ -316,6 +341,33 @@ mod tests {
             // WHEN the principal is read THEN it says when the token was issued, if it can
             let principal = gateway_principal(&token).unwrap();
             assert_eq!(principal.issued_at.map(|t| t.timestamp()), read, "{iat}");
+        }
+    }
+
+    #[cfg(feature = "local-tokens")]
+    #[test]
+    fn a_token_with_a_fractional_or_textual_iat_is_still_valid() {
+        // GIVEN signed claims whose `iat` is a fraction, text, or nothing a time can be read from
+        let exp = Utc::now().timestamp() + 60;
+        for (iat, read) in [
+            (json!(1_700_000_000.5), Some(1_700_000_000)),
+            (json!("1700000000"), Some(1_700_000_000)),
+            (json!("yesterday"), None),
+            (json!(null), None),
+        ] {
+            let body = json!({"sub": "m-1", "exp": exp, "iat": iat});
+            let token = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &body,
+                &EncodingKey::from_secret(b"s"),
+            )
+            .unwrap();
+            // WHEN they are decoded as the local verifier does
+            let key = DecodingKey::from_secret(b"s");
+            let decoded = jsonwebtoken::decode::<Claims>(&token, &key, &Validation::default());
+            // THEN the token is valid, and says when it was issued if it can (before: any
+            // `iat` that was not a whole number made every route answer 401)
+            assert_eq!(decoded.unwrap().claims.iat, read, "{iat}");
         }
     }
 }

@@ -187,16 +187,21 @@ fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
     found
 }
 
-/// Where a number's extension ends, if one follows at `end`: `x12`, `ext. 12`, `ext12`, `#12`
-/// (1 to 6 digits, after at most one space, and nothing alphanumeric after), so that a number
-/// typed with its extension is replaced whole and not kept for the letters that follow it.
+/// Where a number's extension ends, if one follows at `end`: `x12`, `ext. 12`, `ext12`, `#12`,
+/// `extension 12` (1 to 6 digits, after at most one space on either side of the marker), so
+/// that a number typed with its extension is replaced whole and not kept for the letters that
+/// follow it. The digits must end the word: what goes on with a letter, a digit, `_`, or a `-`
+/// or `.` before more of them (`#010-9876-5432`, `x2.5`) is no extension, and the number is
+/// taken without it.
 fn extension_end(b: &[u8], end: usize) -> Option<usize> {
     let mut j = end + usize::from(b.get(end) == Some(&b' '));
     let rest = b.get(j..)?;
-    let marker = [&b"ext."[..], b"ext", b"x", b"#"].into_iter().find(|m| {
-        rest.get(..m.len())
-            .is_some_and(|r| r.eq_ignore_ascii_case(m))
-    })?;
+    let marker = [&b"extension"[..], b"ext.", b"ext:", b"ext", b"x", b"#"]
+        .into_iter()
+        .find(|m| {
+            rest.get(..m.len())
+                .is_some_and(|r| r.eq_ignore_ascii_case(m))
+        })?;
     j += marker.len();
     j += usize::from(b.get(j) == Some(&b' '));
     let digits = b
@@ -204,8 +209,14 @@ fn extension_end(b: &[u8], end: usize) -> Option<usize> {
         .iter()
         .take_while(|c| c.is_ascii_digit())
         .count();
-    let after = b.get(j + digits).is_some_and(u8::is_ascii_alphanumeric);
-    ((1..=6).contains(&digits) && !after).then_some(j + digits)
+    let end = j + digits;
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let goes_on = match b.get(end) {
+        Some(&c) if word(c) => true,
+        Some(b'-' | b'.') => b.get(end + 1).copied().is_some_and(word),
+        _ => false,
+    };
+    ((1..=6).contains(&digits) && !goes_on).then_some(end)
 }
 
 /// The byte ranges of North American numbers as they are written without `+`: `555-123-4567`,
@@ -297,10 +308,13 @@ fn dotted_numbers(text: &str) -> Vec<(usize, usize)> {
                 break Some(j);
             }
         };
-        match end.map(|end| extension_end(b, end).unwrap_or(end)) {
-            Some(end)
-                if groups >= 3 && (9..=15).contains(&digits) && !b.get(end).is_some_and(around) =>
-            {
+        // With an extension, the extension's own end decides (a full stop may follow it).
+        let end = end.and_then(|end| match extension_end(b, end) {
+            Some(extended) => Some(extended),
+            None => (!b.get(end).is_some_and(around)).then_some(end),
+        });
+        match end {
+            Some(end) if groups >= 3 && (9..=15).contains(&digits) => {
                 found.push((i, end));
                 i = end;
             }
@@ -663,6 +677,10 @@ mod tests {
             ("member 010-1234-5678#12 is suspended", " is suspended"),
             ("call +82 10 1234 5678 X9", ""),
             ("call 010.1234.5678 ext12", ""),
+            ("call 010.1234.5678 x12.", "."),
+            ("call +82.10.1234.5678 x9. Then", ". Then"),
+            ("call 555-123-4567 extension 12", ""),
+            ("call 555-123-4567 ext: 12, later", ", later"),
         ] {
             let logged = redact(text);
             let replaced = logged
@@ -677,6 +695,27 @@ mod tests {
         // AND a word after a number is no extension
         kept("call 555-123-4567 extra, 010-1234-5678 x-ray", " extra, ");
         kept("call 555-123-4567 extra, 010-1234-5678 x-ray", " x-ray");
+        // AND what goes on after an extension's digits makes it none: the number is replaced
+        // alone, and a second number after it is one of its own (before this rule: the first
+        // number, or the second's rest, left as typed)
+        for text in [
+            "555-123-4567 ext. 12-14",
+            "555-123-4567 #12_",
+            "call 555-123-4567 x2.5",
+            "555-123-4567 #555-987-6543",
+            "010-1234-5678 #010-9876-5432",
+            "010-1234-5678 # 010-9876-5432",
+            "tel 010-1234-5678 #02-555-1234",
+            "010-1234-5678 x 02-555-1234",
+        ] {
+            let logged = redact(text);
+            assert!(
+                !["4567", "5678", "6543", "5432", "1234"]
+                    .iter()
+                    .any(|digits| logged.contains(digits)),
+                "{text} -> {logged}"
+            );
+        }
         // AND text without them is untouched
         for plain in [
             "order 820982911946154508 has no line 466157049",

@@ -456,6 +456,7 @@ async fn schedule(services: Arc<Services>, every: Duration) {
 /// many messages per transaction, and logs the notices (the brand's integrations consume them
 /// in AWS).
 async fn relay(queue: LocalQueue) -> ! {
+    let mut backoff = Backoff::default();
     let mut forgotten_at = std::time::Instant::now();
     let mut expired_at = std::time::Instant::now();
     loop {
@@ -474,13 +475,40 @@ async fn relay(queue: LocalQueue) -> ! {
             expired_at = std::time::Instant::now();
         }
         match queue.relay_outbox(RELAY_BATCH, log_notice_envelope).await {
-            Ok(0) => tokio::time::sleep(IDLE_POLL).await,
-            Ok(_) => {}
+            Ok(0) => {
+                backoff.reset();
+                tokio::time::sleep(IDLE_POLL).await
+            }
+            Ok(_) => backoff.reset(),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot relay the outbox; will retry");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let wait = backoff.failed();
+                tracing::warn!(error = %e, retry_in_seconds = wait.as_secs(), "cannot relay the outbox; will retry");
+                tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+/// The wait after a failure of the store that repeats: 1 second after the first, twice as long
+/// after each next one, up to [`MOST_BACKOFF`]. A store that cannot write for minutes (a full
+/// disk) was tried, and each failure logged, every second by the relay and each worker.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+/// The longest wait between two tries of a store that keeps failing.
+const MOST_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Backoff {
+    fn failed(&mut self) -> Duration {
+        let wait = Duration::from_secs(1 << self.failures.min(5)).min(MOST_BACKOFF);
+        self.failures = self.failures.saturating_add(1);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
     }
 }
 
@@ -531,8 +559,13 @@ async fn forget_expired_requests(store: &loyalty_core::store::sqlite::SqliteStor
 /// Plays the part of an event-source mapping for one queue: receive, process, acknowledge,
 /// and let failures come back with backoff until they are dead-lettered.
 async fn work(queue: LocalQueue, name: QueueName, services: Arc<Services>) {
+    let mut backoff = Backoff::default();
     loop {
-        match queue.receive(name, RECEIVE_BATCH, VISIBILITY).await {
+        let received = queue.receive(name, RECEIVE_BATCH, VISIBILITY).await;
+        if received.is_ok() {
+            backoff.reset();
+        }
+        match received {
             Ok(batch) if batch.is_empty() => tokio::time::sleep(IDLE_POLL).await,
             Ok(batch) => {
                 // At most one message per group: they are independent, so they run together
@@ -551,8 +584,9 @@ async fn work(queue: LocalQueue, name: QueueName, services: Arc<Services>) {
                 }
             }
             Err(e) => {
-                tracing::warn!(queue = name.as_str(), error = %e, "cannot read the queue");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let wait = backoff.failed();
+                tracing::warn!(queue = name.as_str(), error = %e, retry_in_seconds = wait.as_secs(), "cannot read the queue");
+                tokio::time::sleep(wait).await;
             }
         }
     }

@@ -44,17 +44,22 @@ fn serve_logging_with(name: &str, level: &str, env: &[(&str, &str)]) -> Logged {
 
 /// [`serve_logging_with`], running the scheduled jobs every `jobs_every` seconds.
 fn serve_running_jobs(name: &str, level: &str, env: &[(&str, &str)], jobs_every: &str) -> Logged {
+    serve_logging_on(name, level, env, jobs_every, &["--memory"])
+}
+
+/// `loyalty serve` on the store `store` says (`--memory`, `--db FILE`), logging to a file.
+fn serve_logging_on(
+    name: &str,
+    level: &str,
+    env: &[(&str, &str)],
+    jobs_every: &str,
+    store: &[&str],
+) -> Logged {
     let log = std::env::temp_dir().join(format!("loyalty-{name}-{}.log", std::process::id()));
     let file = std::fs::File::create(&log).unwrap();
     let mut child = Command::new(BIN)
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--memory",
-            "--addr",
-            "127.0.0.1:0",
-        ])
+        .args(["--log-format", "json", "serve", "--addr", "127.0.0.1:0"])
+        .args(store)
         .args(["--jobs-every", jobs_every])
         .env("LOYALTY_JWT_SECRET", SECRET)
         .env("LOYALTY_LOG", level)
@@ -289,6 +294,63 @@ fn lines_saying(serve: &Logged, message: &str) -> Vec<Value> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|l| l["fields"]["message"] == message)
         .collect()
+}
+
+#[test]
+fn a_store_that_cannot_commit_is_tried_less_and_less_often_and_notices_go_out_once() {
+    // GIVEN serve on a database file whose outbox cannot be emptied of notices, as a full disk
+    // refuses every commit (a trigger refuses the relay's deletes of them)
+    let dir = std::env::temp_dir().join(format!("loyalty-backoff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("loyalty.db");
+    let db_arg = db.to_str().unwrap();
+    let serve = serve_logging_on("backoff", "info", &[], "0", &["--db", db_arg]);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse BEFORE DELETE ON outbox \
+         WHEN old.body LIKE '{\"queue\":\"notify\"%' \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+    )
+    .unwrap();
+    // WHEN a purchase is processed, whose commit wrote its notice to the outbox
+    let response = client()
+        .post(format!("{}/v1/programs/kr-shop/events", serve.base))
+        .bearer_auth(token(&["--admin"]))
+        .json(&purchase("ev-full-1", "m-full"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    // THEN the relay waits longer after each failure: 1, 2, then 4 seconds (before: every
+    // second, a line each time)
+    let waits = eventually("three failed relays", || {
+        let lines = lines_saying(&serve, "cannot relay the outbox; will retry");
+        let waits: Vec<u64> = lines
+            .iter()
+            .filter_map(|l| l["fields"]["retry_in_seconds"].as_u64())
+            .collect();
+        (waits.len() >= 3).then_some(waits)
+    });
+    assert_eq!(waits[..3], [1, 2, 4]);
+    // AND once the store takes writes again, the notice has gone out once (before: at every
+    // failed pass)
+    conn.execute_batch("DROP TRIGGER refuse").unwrap();
+    eventually("the outbox emptied", || {
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        (left == 0).then_some(())
+    });
+    let notices = lines_saying(&serve, "notice");
+    let ids: Vec<&str> = notices
+        .iter()
+        .filter_map(|l| l["fields"]["message_id"].as_str())
+        .filter(|id| id.contains("ev-full-1"))
+        .collect();
+    let once: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+    assert!(!ids.is_empty() && ids.len() == once.len(), "{ids:?}");
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -436,6 +436,38 @@ async fn the_outbox_moves_to_the_queues_once_and_in_each_members_order() {
 }
 
 #[tokio::test]
+async fn a_notice_whose_pass_cannot_commit_is_handed_once_not_at_every_retry() {
+    // GIVEN a purchase processed, whose commit wrote its notice to the outbox
+    let (store, db) = file_store();
+    let (queue, services) = kr_shop(&store).await;
+    let body = serde_json::to_string(&purchase("o-full", "m-full", 20_000)).unwrap();
+    process_message(&services, Consumer::Earn, "msg", &body)
+        .await
+        .unwrap();
+    // AND a store that refuses the relay's commit, as a full disk refuses every one
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse BEFORE DELETE ON outbox \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+    )
+    .unwrap();
+    // WHEN the relay tries five times, then the store takes writes again and it runs twice
+    for _ in 0..5 {
+        assert!(queue.relay_outbox(1000, count_notice).await.is_err());
+    }
+    conn.execute_batch("DROP TRIGGER refuse").unwrap();
+    assert!(queue.relay_outbox(1000, count_notice).await.unwrap() > 0);
+    assert_eq!(queue.relay_outbox(1000, count_notice).await.unwrap(), 0);
+    // THEN the notice was handed once (before: once for every pass, six times), and the
+    // outbox is empty
+    assert_eq!(COUNTED.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let left: i64 = conn
+        .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
 async fn rows_the_relay_cannot_read_never_hold_back_the_messages_after_them() {
     // GIVEN 300 outbox rows that do not decode (more than one pass of the relay reads), then
     // a purchase whose commit wrote its messages after them
@@ -470,6 +502,13 @@ async fn rows_the_relay_cannot_read_never_hold_back_the_messages_after_them() {
 }
 
 fn ignore_notice(_: &Envelope) {}
+
+/// Notices handed over to [`count_notice`] (one test's own: the others share [`HANDED`]).
+static COUNTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_notice(_: &Envelope) {
+    COUNTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
 
 /// Notices the relay handed over, as (member, event id).
 static HANDED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());

@@ -68,6 +68,23 @@ pub struct LocalQueue {
     /// The outbox's rows up to this one, left in place because they do not decode, are not
     /// read again by this process (a newer binary, started later, reads them).
     unreadable_through: Arc<AtomicI64>,
+    /// The notices this process handed over in relay passes that did not commit (see
+    /// [`LocalQueue::relay_outbox`]), by deduplication id.
+    handed: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Notices remembered as handed, at most: past it the memory starts again, and a notice of a
+/// pass that never commits may be handed once more (at least once, as ever).
+const HANDED_KEPT: usize = 100_000;
+
+/// Whether this process hands the notice `id` for the first time since its last pass that
+/// committed; it is remembered as handed either way.
+fn first_handing(handed: &std::sync::Mutex<std::collections::HashSet<String>>, id: &str) -> bool {
+    let mut handed = handed.lock().unwrap_or_else(|p| p.into_inner());
+    if handed.len() >= HANDED_KEPT {
+        handed.clear();
+    }
+    handed.insert(id.to_string())
 }
 
 fn now_ms() -> i64 {
@@ -170,6 +187,7 @@ impl LocalQueue {
             max_attempts: max_attempts.max(1),
             full_scan_at: Arc::new(AtomicI64::new(0)),
             unreadable_through: Arc::new(AtomicI64::new(0)),
+            handed: Arc::default(),
         }
     }
 
@@ -286,8 +304,10 @@ impl LocalQueue {
     /// Notices (the notify queue) are handed to `notice` instead of being queued: locally
     /// nothing else consumes them, and a queue round trip (insert, receive, delete) per notice
     /// would cost the single writer as much as the purchase itself. `notice` is called in the
-    /// transaction, before it commits, so a commit that fails hands the same notices again: at
-    /// least once, each named by its deduplication id, as SQS would deliver them.
+    /// transaction, before it commits, so that a commit that fails leaves them to hand again: at
+    /// least once, each named by its deduplication id, as SQS would deliver them. This process
+    /// remembers the ones it handed until their pass commits, and hands them no more: a store
+    /// that cannot commit for ten minutes (a full disk) handed each notice every second.
     pub async fn relay_outbox(
         &self,
         limit: usize,
@@ -295,9 +315,10 @@ impl LocalQueue {
     ) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let unreadable_through = self.unreadable_through.clone();
+        let handed = Arc::clone(&self.handed);
         // What the queue dropped as sent before is said once the transaction has committed: one
         // that rolls back relays the same rows again.
-        let (programs, dropped): (Vec<(String, Option<i64>)>, Vec<OutboxMessage>) = self
+        let (programs, dropped, noticed): (Vec<_>, Vec<OutboxMessage>, Vec<String>) = self
             .store
             .with(move |conn| {
                 let failed = |e| sql_error("cannot read the outbox", e);
@@ -313,8 +334,9 @@ impl LocalQueue {
                     .map_err(failed)?
                     .collect::<Result<_, _>>()
                     .map_err(failed)?;
-                let mut programs = Vec::with_capacity(rows.len());
+                let mut programs: Vec<(String, Option<i64>)> = Vec::with_capacity(rows.len());
                 let mut dropped = Vec::new();
+                let mut noticed = Vec::new();
                 // Whether every row so far was left in place: the front of what remains.
                 let mut front = true;
                 for (seq, stored, at_ms) in rows {
@@ -334,7 +356,11 @@ impl LocalQueue {
                     front = false;
                     let envelope = &message.envelope;
                     if message.queue == QueueName::Notify {
-                        notice(envelope);
+                        let id = envelope.dedup_id();
+                        if first_handing(&handed, &id) {
+                            notice(envelope);
+                        }
+                        noticed.push(id);
                     } else {
                         let body = serde_json::to_string(envelope)
                             .map_err(|e| StoreError::failed("cannot encode the message", e))?;
@@ -353,9 +379,15 @@ impl LocalQueue {
                         .map_err(|e| sql_error("cannot forget a relayed message", e))?;
                     programs.push((message.envelope.program, at_ms));
                 }
-                Ok((programs, dropped))
+                Ok((programs, dropped, noticed))
             })
             .await?;
+        if !noticed.is_empty() {
+            let mut handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+            for id in &noticed {
+                handed.remove(id);
+            }
+        }
         for message in &dropped {
             dropped_as_sent(message.queue, &message.envelope);
         }

@@ -497,8 +497,9 @@ struct Backoff {
     failures: u32,
 }
 
-/// The longest wait between two tries of a store that keeps failing.
-const MOST_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest wait between two tries of a store that keeps failing: work waits at most this
+/// long once the store takes writes again.
+const MOST_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Backoff {
     fn failed(&mut self) -> Duration {
@@ -625,7 +626,10 @@ async fn handle(
                 Ok(false) => {
                     tracing::warn!(queue = name.as_str(), attempt = delivery.attempts, counted = !retry.transient, error = %loyalty_core::telemetry::redact(&retry.to_string()), "will retry")
                 }
-                Err(e) => tracing::error!(error = %e, "cannot record the failure"),
+                // Nothing is lost: the message is in flight, and comes back when that ends.
+                Err(e) => {
+                    tracing::warn!(queue = name.as_str(), attempt = delivery.attempts, error = %e, failure = %loyalty_core::telemetry::redact(&retry.to_string()), "cannot record a message's failure; it is delivered again when its visibility timeout ends")
+                }
             }
             None
         }

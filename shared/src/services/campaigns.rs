@@ -199,9 +199,9 @@ impl Services {
 impl Services {
     /// `GET /v1/programs/{program}/me/campaigns`: the running campaigns this member is in, with
     /// their variant. The first call records the assignment (the exposure); later calls, and
-    /// weight changes, do not move it.
-    /// Asked with a member token issued at `token_issued_at` (if it says): a first exposure of
-    /// a name erased since is refused ([`super::erasure::refuse_token_before_erasure`]).
+    /// weight changes, do not move it. Asked with a member token issued at `token_issued_at`
+    /// (if it says): a first exposure of a name erased since is refused
+    /// ([`super::erasure::refuse_token_before_erasure`]).
     pub async fn my_campaigns(
         &self,
         program_id: &str,

@@ -1460,8 +1460,9 @@ struct ProfileRequest {
 
 impl Services {
     /// `PATCH .../me/profile`: the member's birthday (`MM-DD`) and anniversary (`YYYY-MM-DD`, a
-    /// day already past), each changed at most once in 365 days.
-    /// `PATCH /me/profile`, by a member token issued at `token_issued_at` (if it says).
+    /// day already past), each changed at most once in 365 days. Asked with a member token
+    /// issued at `token_issued_at` (if it says): a name erased since opens no account
+    /// ([`super::erasure::refuse_token_before_erasure`]).
     pub async fn update_profile(
         &self,
         program_id: &str,

@@ -411,6 +411,25 @@ async fn a_month_closes_the_same_in_every_report_made_after_it_whenever_the_jobs
     assert_clean(&s.audit().await);
 }
 
+#[tokio::test]
+async fn a_member_erased_before_is_said_to_be_so_when_asked_again() {
+    // GIVEN m-1 with points, erased
+    let s = stack("erased-twice").await;
+    s.adjust("m-1", 500).await;
+    let erase = |member: &'static str| {
+        s.services
+            .erase_member("kr-shop", member, "asked to be forgotten", "ops")
+    };
+    erase("m-1").await.unwrap();
+    // WHEN support asks for the same erasure again, and for an id no one has
+    let again = erase("m-1").await.unwrap_err().to_string();
+    let unknown = erase("m-404").await.unwrap_err().to_string();
+    // THEN the first says it was erased and when (before: "does not exist", as for a typo),
+    // the second that it does not exist
+    assert!(again.contains("was erased on 20"), "{again}");
+    assert!(unknown.contains("does not exist"), "{unknown}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erased_member_s_debt_is_written_off_not_counted_as_points_forfeited() {
     // GIVEN m-1, whose 1,000 released points were spent and whose order was then refunded

@@ -145,7 +145,13 @@ impl Services {
     ) -> Result<ErasureReport, ServiceError> {
         let program = self.program(program_id).await?;
         let reason = super::operator_reason(reason, "invalid-reason")?;
-        let (account, forfeit) = self.forfeit(&program, member, &reason, by).await?;
+        let (account, forfeit) = match self.forfeit(&program, member, &reason, by).await {
+            Err(ServiceError::NotFound {
+                problem: "unknown-member",
+                ..
+            }) => return Err(self.nothing_to_erase(&program.id, member).await),
+            other => other?,
+        };
         let Some(erasure) = account.erased.clone() else {
             return Err(ServiceError::Internal(
                 "the erasure was not recorded".into(),
@@ -261,6 +267,22 @@ impl Services {
         digests.sort_unstable();
         digests.dedup();
         self.store.erased_at(program, &digests).await
+    }
+
+    /// Why a member with no account cannot be erased: it was, on a day it says (support asked
+    /// twice for one person, or an erasure retried after its answer was lost), or no one has
+    /// that id.
+    async fn nothing_to_erase(&self, program: &str, member: &str) -> ServiceError {
+        match self.erasure_of(program, &[member.to_string()]).await {
+            Ok(Some(at)) => ServiceError::NotFound {
+                problem: "unknown-member",
+                detail: format!(
+                    "member {member:?} was erased on {}; nothing of it is left to erase",
+                    at.format("%Y-%m-%d %H:%M UTC")
+                ),
+            },
+            _ => ServiceError::unknown_member(member),
+        }
     }
 
     /// Refuses a member's own request that would open an account for `member` with a token

@@ -278,10 +278,15 @@ fn north_american_numbers(text: &str) -> Vec<(usize, usize)> {
 /// The byte ranges of numbers written with dots (`010.1234.5678`, `+82.10.1234.5678`): starting
 /// with `0` or `+` where no letter, digit or dot comes before, three or more groups of 2 to 4
 /// digits (the first after `+` may be 1 to 4) joined by single dots, 9 to 15 digits in all, and
-/// no letter, digit or dot after. A date (`01.12.2026`) or a decimal (`0.123456789`) is none.
+/// no letter, digit or dot after but a full stop ending the text or a sentence. A date
+/// (`01.12.2026`) or a decimal (`0.123456789`) is none.
 fn dotted_numbers(text: &str) -> Vec<(usize, usize)> {
     let b = text.as_bytes();
     let around = |c: &u8| c.is_ascii_alphanumeric() || *c == b'.';
+    let ends_at = |end: usize| match b.get(end) {
+        Some(b'.') => b.get(end + 1).is_none_or(u8::is_ascii_whitespace),
+        other => !other.is_some_and(around),
+    };
     let mut found = Vec::new();
     let mut i = 0;
     while i < b.len() {
@@ -311,7 +316,7 @@ fn dotted_numbers(text: &str) -> Vec<(usize, usize)> {
         // With an extension, the extension's own end decides (a full stop may follow it).
         let end = end.and_then(|end| match extension_end(b, end) {
             Some(extended) => Some(extended),
-            None => (!b.get(end).is_some_and(around)).then_some(end),
+            None => ends_at(end).then_some(end),
         });
         match end {
             Some(end) if groups >= 3 && (9..=15).contains(&digits) => {
@@ -678,6 +683,8 @@ mod tests {
             ("call +82 10 1234 5678 X9", ""),
             ("call 010.1234.5678 ext12", ""),
             ("call 010.1234.5678 x12.", "."),
+            ("call 010.1234.5678.", "."),
+            ("call 010.1234.5678. Then", ". Then"),
             ("call +82.10.1234.5678 x9. Then", ". Then"),
             ("call 555-123-4567 extension 12", ""),
             ("call 555-123-4567 ext: 12, later", ", later"),

@@ -90,6 +90,7 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Serve(_)) {
         stop_quietly_on_a_closed_pipe();
     }
+    fail_writes_past_the_file_size_limit();
     loyalty_core::telemetry::set_log_key_from_env();
     // Held to the end of main: dropping it writes out what the log thread still holds.
     let _logs = init_logs(cli.log_format, matches!(cli.command, Command::Serve(_)));
@@ -147,6 +148,20 @@ fn stop_quietly_on_a_closed_pipe() {
 
 #[cfg(not(target_os = "linux"))]
 fn stop_quietly_on_a_closed_pipe() {}
+
+/// A write past the file size limit (`ulimit -f`, systemd's `LimitFSIZE`) fails as a disk
+/// fault that passes once the limit is raised (503, messages retried, the database whole),
+/// rather than ending the process with SIGXFSZ in the middle of a commit.
+#[cfg(target_os = "linux")]
+fn fail_writes_past_the_file_size_limit() {
+    // SAFETY: ignores one signal, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn fail_writes_past_the_file_size_limit() {}
 
 /// Logs on standard error. `serve` writes a few lines per event: they go through a thread of
 /// their own that writes whatever has gathered in one system call, instead of one call per

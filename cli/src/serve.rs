@@ -179,13 +179,20 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     // alone is the whole database, and a write that comes later is refused.
     tracing::info!("stopping: the workers stop");
     workers.stop().await;
+    // A file that is not whole on its own ends the stop with a failure: a service manager or a
+    // script that copies the file alone next must know (nothing is lost: the next start reads
+    // the log with it).
     if !args.memory {
         match store.close().await {
             Ok(()) => {
                 tracing::info!(db = %args.db.display(), "stopped; the database file is whole on its own")
             }
             Err(e) => {
-                tracing::warn!(error = %e, "stopped; the write-ahead log beside the database file still holds some of it")
+                tracing::warn!(error = %e, "stopped; the write-ahead log beside the database file still holds some of it");
+                return Err(format!(
+                    "stopped, but {}-wal still holds part of the database: keep it beside the file ({e})",
+                    args.db.display()
+                ));
             }
         }
     }

@@ -431,6 +431,39 @@ fn a_serve_stopped_by_sigterm_leaves_the_database_file_whole_on_its_own() {
 }
 
 #[test]
+fn a_stop_that_cannot_fold_the_log_into_the_file_ends_with_a_failure() {
+    // GIVEN serve on a database file with a processed purchase, and another process in the
+    // middle of a read of it (a backup, a report)
+    let db = temp_db("unfolded");
+    let db_arg = db.to_str().expect("utf-8 path");
+    let log = db.with_file_name("serve.log");
+    let server = Server::start_logging(&["--db", db_arg], Some(&log));
+    let admin = token(&["--admin"]);
+    let event = purchase("ev-u-1", "m-u", "u-1", 8);
+    assert_eq!(post_event(&server, &admin, &event).status(), 202);
+    eventually(&server, "m-u", |v| v["balance"] == 590);
+    let reader = rusqlite::Connection::open(&db).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))
+        .unwrap();
+    // WHEN it is stopped
+    let status = server.terminate();
+    // THEN it ends with a failure that says the log beside the file must be kept (before:
+    // status 0, as after a stop that left the file whole)
+    assert_eq!(status.code(), Some(1), "{status}");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("loyalty.db-wal still holds part of the database"),
+        "{said}"
+    );
+    // AND nothing is lost: with the reader done, serve on the file has the purchase
+    drop(reader);
+    let server = Server::start(&["--db", db_arg]);
+    eventually(&server, "m-u", |v| v["balance"] == 590);
+}
+
+#[test]
 fn a_start_refused_for_its_port_leaves_no_database_behind() {
     // GIVEN a port already taken, and a database file that does not exist yet
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -55,19 +55,34 @@ fn serve_logging_on(
     jobs_every: &str,
     store: &[&str],
 ) -> Logged {
-    let log = std::env::temp_dir().join(format!("loyalty-{name}-{}.log", std::process::id()));
+    let log = log_path(name);
     let file = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new(BIN)
+    let child = serve_command(level, env, jobs_every, store)
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    listening(child, log)
+}
+
+fn log_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("loyalty-{name}-{}.log", std::process::id()))
+}
+
+fn serve_command(level: &str, env: &[(&str, &str)], jobs_every: &str, store: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .args(["--log-format", "json", "serve", "--addr", "127.0.0.1:0"])
         .args(store)
         .args(["--jobs-every", jobs_every])
         .env("LOYALTY_JWT_SECRET", SECRET)
         .env("LOYALTY_LOG", level)
         .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(file)
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::piped());
+    command
+}
+
+/// The server once it says where it listens.
+fn listening(mut child: std::process::Child, log: std::path::PathBuf) -> Logged {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let base = loop {
         let line = lines.next().unwrap().unwrap();
@@ -353,6 +368,115 @@ fn a_store_that_cannot_commit_is_tried_less_and_less_often_and_notices_go_out_on
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Sets the file size limit (`ulimit -f`) of a running process, in bytes.
+#[cfg(target_os = "linux")]
+fn limit_file_size(pid: u32, bytes: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit reads the limit given and writes nothing back (null old limit).
+    let done = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(done, 0, "{}", std::io::Error::last_os_error());
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_disk_that_refuses_writes_is_a_fault_that_passes_and_is_counted() {
+    // GIVEN serve on a database file, with one purchase processed
+    let dir = std::env::temp_dir().join(format!("loyalty-disk-fault-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("loyalty.db");
+    // (its log goes through a pipe, which no file size limit stops)
+    let log = log_path("disk-fault");
+    let mut child = serve_command("info", &[], "0", &["--db", db.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut file = std::fs::File::create(&log).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut file));
+    let serve = listening(child, log);
+    let admin = token(&["--admin"]);
+    let post = |event: &Value| {
+        client()
+            .post(format!("{}/v1/programs/kr-shop/events", serve.base))
+            .bearer_auth(&admin)
+            .json(event)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(post(&purchase("ev-disk-1", "m-disk-1")).status(), 202);
+    common::settled(&db);
+    // WHEN the process may write no byte more to a file (a file size limit: every write of
+    // the database fails, as on a full or failing disk)
+    limit_file_size(serve.child.id(), 1);
+    let refused = post(&purchase("ev-disk-2", "m-disk-2"));
+    // THEN the purchase is refused as a 503 that says to come back later (before: "busy",
+    // Retry-After 1, as for contention, and a 500 on routes that write the store themselves;
+    // or SIGXFSZ ended the process)
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "30");
+    let problem: Value = refused.json().unwrap();
+    assert_eq!(problem["type"], "/problems/unavailable", "{problem}");
+    assert_eq!(
+        problem["detail"], "the service cannot store anything now; try again later",
+        "{problem}"
+    );
+
+    // AND so is an operator's adjustment, which writes the store itself (before: 500)
+    let adjusted = client()
+        .post(format!(
+            "{}/v1/programs/kr-shop/members/m-disk-1/adjustments",
+            serve.base
+        ))
+        .bearer_auth(&admin)
+        .json(&json!({"points": 500, "reason": "goodwill"}))
+        .send()
+        .unwrap();
+    assert_eq!(adjusted.status(), 503);
+    assert_eq!(adjusted.headers()["retry-after"], "30");
+    // AND it is counted, and the log names the disk
+    let faults = series(
+        &metrics(&serve.base),
+        "loyalty_storage_faults_total{function=\"serve\"}",
+    );
+    assert!(faults.is_some_and(|n| n >= 1), "{faults:?}");
+    let said = eventually("the fault's line", || {
+        lines_saying(&serve, "store disk fault").into_iter().next()
+    });
+    assert!(said.to_string().contains("disk I/O error"), "{said}");
+    // AND once the limit is lifted, the same purchase sent again is taken and has its effect,
+    // as the first one had
+    limit_file_size(serve.child.id(), libc::RLIM_INFINITY);
+    assert_eq!(post(&purchase("ev-disk-2", "m-disk-2")).status(), 202);
+    common::settled(&db);
+    let view = |member: &str| {
+        let response = client()
+            .get(format!(
+                "{}/v1/programs/kr-shop/members/{member}",
+                serve.base
+            ))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let view: Value = response.json().unwrap();
+        (view["balance"].clone(), view["pending"].clone())
+    };
+    assert_eq!(view("m-disk-2"), view("m-disk-1"));
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn events_count_events_and_tier_checks_are_tier_recalc_s() {
     // GIVEN serve
@@ -420,6 +544,35 @@ fn a_refused_request_is_logged_with_its_problem_and_program() {
         .unwrap();
     assert_eq!(fields["problem"], slug, "{line}");
     assert_eq!(fields["detail"], problem["detail"], "{line}");
+}
+
+#[test]
+fn an_id_refused_and_quoted_leaves_no_piece_of_an_address_in_the_log() {
+    // GIVEN serve
+    let serve = serve_with_logs("refused-id");
+    // WHEN a purchase names a member id that breaks the rule, with an email address at its
+    // 32nd character (the detail quotes an id's first 40)
+    let member = format!("{} kim.minji@example.com #1", "a".repeat(30));
+    let response = client()
+        .post(format!("{}/v1/programs/kr-shop/events", serve.base))
+        .bearer_auth(token(&["--admin"]))
+        .json(&purchase("ev-id-cut-1", &member))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // THEN the request's line is there, and no piece of the address is (before: the cut left
+    // `kim.minji…`, which no longer reads as an address)
+    let line = eventually("the request's line", || {
+        lines_saying(&serve, "request answered")
+            .into_iter()
+            .find(|l| l["fields"]["status"] == 400)
+    });
+    assert!(
+        line["fields"]["detail"].as_str().unwrap().contains("aaa"),
+        "{line}"
+    );
+    let log = std::fs::read_to_string(&serve.log).unwrap();
+    assert!(!log.contains("kim.minji"), "{log}");
 }
 
 #[test]

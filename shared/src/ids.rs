@@ -167,11 +167,26 @@ pub struct IdError {
     pub value: String,
 }
 
+/// The value's first 40 characters, or fewer where the cut would go through an email address
+/// or a phone number: the piece left would no longer read as one, and the logs, which redact
+/// what does, would keep it (`kim.minji…` of an address, the first digits of a number).
 fn shorten(value: &str) -> String {
-    match value.char_indices().nth(40) {
-        Some((at, _)) => format!("{}…", &value[..at]),
-        None => value.to_string(),
+    let Some((mut at, _)) = value.char_indices().nth(40) else {
+        return value.to_string();
+    };
+    // An address or a number that goes on past the cut ends within this much of it.
+    let mut scanned = value.len().min(at + 512);
+    while !value.is_char_boundary(scanned) {
+        scanned -= 1;
     }
+    if let Some((start, _)) = crate::telemetry::personal_spans(&value[..scanned])
+        .into_iter()
+        .filter(|&(start, end)| start < at && at < end)
+        .min()
+    {
+        at = start;
+    }
+    format!("{}…", &value[..at])
 }
 
 /// The id of an event made from other ids (a campaign's grant, a referrer's reward, a yearly
@@ -343,6 +358,34 @@ mod tests {
     fn long_values_are_shortened_in_messages() {
         let e = CampaignId::parse(&"x".repeat(10_000)).unwrap_err();
         assert!(e.to_string().len() < 200, "{e}");
+    }
+
+    #[test]
+    fn a_value_is_never_cut_through_an_address_or_a_number() {
+        // GIVEN invalid member ids whose 40th character falls inside an email address and
+        // inside a phone number
+        let address = format!("{} kim.minji@example.com #1", "a".repeat(30));
+        let number = format!("{} 010-1234-5678 #1", "b".repeat(34));
+        for value in [address, number] {
+            // WHEN the error is said
+            let said = MemberId::parse(&value).unwrap_err().to_string();
+            // THEN the value is cut before it, and nothing of it is left to the logs (before:
+            // `kim.min…` and `010-1…`, which the logs' redaction no longer finds)
+            assert!(!said.contains("kim") && !said.contains("010"), "{said}");
+            let before = value.find(' ').unwrap() + 1;
+            assert!(
+                said.contains(&format!("{:?}", format!("{}…", &value[..before]))),
+                "{said}"
+            );
+        }
+        // AND a value cut elsewhere keeps its 40 characters
+        let plain = MemberId::parse(&format!("{}#", "c d".repeat(30)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            plain.contains(&format!("{}…", &"c d".repeat(30)[..40])),
+            "{plain}"
+        );
     }
 
     #[test]

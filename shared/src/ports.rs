@@ -32,6 +32,14 @@ pub enum StoreError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// The disk under the store fails (full, or an I/O error): it passes once an operator frees
+    /// space or mends it, so it is retried, later rather than soon.
+    #[error("the store's disk failed: {message}")]
+    DiskFault {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// Stored data that does not decode (a bug or a manual edit), never retried.
     #[error("stored item {key} is corrupt: {message}")]
     Corrupt { key: String, message: String },
@@ -50,6 +58,14 @@ impl StoreError {
             message: message.into(),
             source: Some(Box::new(source)),
         }
+    }
+
+    /// Whether the failure passes by itself, so that the same operation later may succeed.
+    pub fn passes(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Transient { .. } | StoreError::DiskFault { .. }
+        )
     }
 
     pub fn transient(

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::domain::program::FieldError;
 use crate::ids::IdError;
+use crate::ports::StoreError;
 use crate::services::ServiceError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub struct Problem {
     pub detail: String,
     /// Field by field, when a document was refused (an extension member, `errors`).
     pub errors: Vec<FieldError>,
+    /// Seconds a 503 asks the caller to wait (`Retry-After`).
+    pub retry_after: u32,
 }
 
 impl Problem {
@@ -28,6 +31,7 @@ impl Problem {
             slug,
             detail: detail.into(),
             errors: Vec::new(),
+            retry_after: 1,
         }
     }
 
@@ -73,9 +77,10 @@ impl IntoResponse for Problem {
         );
         // Every 503 is worth retrying, and says when.
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(self.retry_after),
+            );
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -134,6 +139,10 @@ pub async fn framework_errors(response: Response) -> Response {
     }
     problem
 }
+
+/// What a 503 asks for while the store's disk refuses to write: freeing space or mending a
+/// disk takes an operator minutes, and a second's wait would have every client retry in vain.
+const DISK_FAULT_RETRY_AFTER: u32 = 30;
 
 fn too_large() -> String {
     format!("a request body may have at most {} bytes", super::MAX_BODY)
@@ -219,6 +228,17 @@ impl From<ServiceError> for Problem {
             }
             ServiceError::PreconditionFailed { problem, detail } => {
                 Problem::new(StatusCode::PRECONDITION_FAILED, problem, detail)
+            }
+            ServiceError::Unavailable(e @ StoreError::DiskFault { .. }) => {
+                tracing::warn!(error = %crate::telemetry::redact(&e.to_string()), "store disk fault");
+                Problem {
+                    retry_after: DISK_FAULT_RETRY_AFTER,
+                    ..Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "the service cannot store anything now; try again later",
+                    )
+                }
             }
             ServiceError::Unavailable(e) => {
                 tracing::warn!(error = %crate::telemetry::redact(&e.to_string()), "store unavailable");

@@ -127,7 +127,7 @@ impl From<ServiceError> for Retry {
 
 impl From<StoreError> for Retry {
     fn from(e: StoreError) -> Self {
-        let transient = matches!(e, StoreError::Transient { .. });
+        let transient = e.passes();
         Retry {
             message: e.to_string(),
             transient,

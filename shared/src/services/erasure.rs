@@ -296,7 +296,7 @@ impl Services {
         let erased = self
             .erasure_of(program, std::slice::from_ref(&member.to_string()))
             .await?;
-        refuse_token_before_erasure(erased, token_issued_at)
+        refuse_token_before_erasure(erased, token_issued_at, self.clock.now())
     }
 
     /// A new account for `member`, which remembers when its id was erased before, if it was
@@ -557,13 +557,17 @@ impl Services {
 /// person's, kept by an app that was not told: it opens no account again (a profile or a
 /// campaign's exposure would write the person back). A token issued after it is the person
 /// signing in again, who comes back as a new member, as an event after the erasure does; a
-/// token that does not say when it was issued cannot tell, and is refused for an erased name.
+/// token that does not say when it was issued cannot tell, and is refused for an erased name;
+/// nor can one that says a time still to come (past the clocks' leeway): only its issuer could
+/// sign it, but a token issued before the erasure with such a time would pass for one after.
 pub(crate) fn refuse_token_before_erasure(
     erased_at: Option<chrono::DateTime<chrono::Utc>>,
     token_issued_at: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), ServiceError> {
+    let told = token_issued_at.filter(|&issued| issued <= now + CLOCK_LEEWAY);
     match erased_at {
-        Some(erased) if token_issued_at.is_none_or(|issued| issued <= erased) => {
+        Some(erased) if told.is_none_or(|issued| issued <= erased) => {
             Err(ServiceError::Unauthorized {
                 problem: "token-before-erasure",
                 detail:
@@ -572,5 +576,33 @@ pub(crate) fn refuse_token_before_erasure(
             })
         }
         _ => Ok(()),
+    }
+}
+
+/// How far ahead of this process's clock an issuer's may be.
+const CLOCK_LEEWAY: chrono::Duration = chrono::Duration::minutes(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone, Utc};
+
+    #[test]
+    fn a_token_dated_ahead_cannot_say_it_came_after_an_erasure() {
+        // GIVEN a name erased an hour ago
+        let now = Utc.with_ymd_and_hms(2026, 12, 7, 12, 0, 0).unwrap();
+        let erased = Some(now - Duration::hours(1));
+        let refused = |issued: Option<_>| refuse_token_before_erasure(erased, issued, now).is_err();
+        // WHEN tokens say when they were issued THEN one from before is refused, and one from
+        // after is the person coming back, also when the issuer's clock is a little ahead
+        assert!(refused(Some(now - Duration::hours(2))));
+        assert!(!refused(Some(now - Duration::minutes(30))));
+        assert!(!refused(Some(now + Duration::minutes(4))));
+        // AND one dated further ahead tells nothing, as one without a date (before: a year
+        // ahead passed for after the erasure)
+        assert!(refused(Some(now + Duration::days(365))));
+        assert!(refused(None));
+        // AND a name never erased is no reason to refuse any
+        assert!(refuse_token_before_erasure(None, Some(now + Duration::days(365)), now).is_ok());
     }
 }

@@ -296,14 +296,21 @@ impl From<crate::ids::IdError> for ServiceError {
 
 impl From<crate::ports::QueueError> for ServiceError {
     fn from(e: crate::ports::QueueError) -> Self {
-        ServiceError::Busy(e.to_string())
+        // serve's queue is in its store: a disk that refuses to write is that, not contention.
+        let message = e.to_string();
+        match e.source.map(|source| source.downcast::<StoreError>()) {
+            Some(Ok(store)) if matches!(*store, StoreError::DiskFault { .. }) => {
+                ServiceError::Unavailable(*store)
+            }
+            _ => ServiceError::Busy(message),
+        }
     }
 }
 
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Transient { .. } => ServiceError::Unavailable(e),
+            e if e.passes() => ServiceError::Unavailable(e),
             other => ServiceError::Internal(other.to_string()),
         }
     }

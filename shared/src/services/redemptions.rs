@@ -1484,6 +1484,7 @@ impl Services {
                     super::erasure::refuse_token_before_erasure(
                         opened.erased_before,
                         token_issued_at,
+                        now,
                     )?;
                     opened
                 }

@@ -35,30 +35,53 @@ type Reply = Box<dyn FnOnce(Option<&Failure>) + Send>;
 /// Why a whole batch did not commit.
 struct Failure {
     message: String,
-    transient: bool,
+    kind: Passing,
+}
+
+/// Whether a failure passes, and why.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Passing {
+    /// Contention, or a store closing: soon.
+    Soon,
+    /// The disk: once an operator frees space or mends it.
+    Disk,
+    Never,
 }
 
 impl Failure {
     fn from_sql(what: &str, e: rusqlite::Error) -> Failure {
-        let transient = super::sqlite::passes(&e);
+        let kind = if super::sqlite::disk_failed(&e) {
+            Passing::Disk
+        } else if super::sqlite::passes(&e) {
+            Passing::Soon
+        } else {
+            Passing::Never
+        };
+        let said = match kind {
+            Passing::Disk => super::sqlite::disk_fault(&e).to_string(),
+            _ => e.to_string(),
+        };
         Failure {
-            message: format!("{what}: {e}"),
-            transient,
+            message: format!("{what}: {said}"),
+            kind,
         }
     }
 
     fn error(&self) -> StoreError {
         let message = self.message.clone();
-        if self.transient {
-            StoreError::Transient {
+        match self.kind {
+            Passing::Soon => StoreError::Transient {
                 message,
                 source: None,
-            }
-        } else {
-            StoreError::Failed {
+            },
+            Passing::Disk => StoreError::DiskFault {
                 message,
                 source: None,
-            }
+            },
+            Passing::Never => StoreError::Failed {
+                message,
+                source: None,
+            },
         }
     }
 }
@@ -246,7 +269,7 @@ fn fold_wal(conn: &Connection) -> Result<(), StoreError> {
 fn refuse_the_rest(jobs: &mpsc::Receiver<Message>) {
     let closed = Failure {
         message: "the database is closed: serve is stopping".into(),
-        transient: true,
+        kind: Passing::Soon,
     };
     while let Ok(message) = jobs.recv() {
         match message {
@@ -271,10 +294,11 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>, commits: &Atomi
     for job in batch {
         // The database ended the transaction itself (a full disk, an I/O error): what ran is
         // gone with it, and a job run now would commit on its own, unseen by the COMMIT below.
+        // The job that met the fault says so; the others are worth trying again.
         if conn.is_autocommit() {
             job.refuse(&Failure {
                 message: "the database rolled the transaction back".into(),
-                transient: false,
+                kind: Passing::Soon,
             });
             continue;
         }
@@ -307,7 +331,7 @@ fn begin(conn: &Connection) -> Result<(), Failure> {
             Ok(()) => return Ok(()),
             Err(e) => {
                 let failure = Failure::from_sql("cannot begin", e);
-                if !failure.transient || attempt >= BEGIN_RETRIES {
+                if failure.kind != Passing::Soon || attempt >= BEGIN_RETRIES {
                     return Err(failure);
                 }
                 attempt += 1;

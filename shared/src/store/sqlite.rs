@@ -464,26 +464,47 @@ impl Cached for Connection {
 /// alone uses more).
 pub(crate) const STATEMENT_CACHE: usize = 256;
 
-/// SQLite's "busy" and "locked" are contention: worth retrying. Everything else is not.
+/// SQLite's "busy" and "locked" are contention, and a full or failing disk passes once an
+/// operator frees space or mends it: those are worth retrying. Everything else is not.
 pub(crate) fn sql_error(what: &str, e: rusqlite::Error) -> StoreError {
+    if disk_failed(&e) {
+        return StoreError::DiskFault {
+            message: format!("{what}: {}", disk_fault(&e)),
+            source: Some(Box::new(e)),
+        };
+    }
     if !passes(&e) {
         return StoreError::failed(what.to_string(), e);
     }
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DiskFull) => {
-            StoreError::transient(format!("{what}: the database's disk is full"), e)
-        }
-        _ => StoreError::transient(what.to_string(), e),
-    }
+    StoreError::transient(what.to_string(), e)
 }
 
-/// Whether an SQLite error passes by itself: a busy or locked database, or a full disk once
-/// space is freed (answered 503 with Retry-After on every route, rather than 500 on some).
+/// Whether an SQLite error passes by itself: a busy or locked database, or a disk that refuses
+/// to write (answered 503 with Retry-After on every route, rather than 500 on some, and a
+/// message's attempt is not counted for it).
 pub(crate) fn passes(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull)
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    ) || disk_failed(e)
+}
+
+/// A full disk, or one whose reads or writes fail ("disk I/O error": a write past the space
+/// or the file size allowed is one too).
+pub(crate) fn disk_failed(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure)
     )
+}
+
+/// What a disk fault is, in words; each is counted in `StorageFaults`.
+pub(crate) fn disk_fault(e: &rusqlite::Error) -> &'static str {
+    crate::telemetry::metrics::add(crate::telemetry::metrics::STORAGE_FAULTS, &[], 1);
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => "the database's disk is full",
+        _ => "the database's disk cannot be written (disk I/O error)",
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, body: &str) -> Result<T, StoreError> {
@@ -2647,18 +2668,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_disk_is_a_store_error_that_passes() {
-        // GIVEN SQLite's answer when the disk is full WHEN it is mapped
-        let full = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-            None,
-        );
-        // THEN it is transient (503, retried), naming the disk (before: failed, 500)
-        match sql_error("cannot commit", full) {
-            StoreError::Transient { message, .. } => {
-                assert_eq!(message, "cannot commit: the database's disk is full")
+    fn a_full_or_failing_disk_is_a_store_error_that_passes() {
+        // GIVEN SQLite's answers when the disk is full, and when a write fails (a write past
+        // the space or the file size allowed)
+        let error = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        let full = error(rusqlite::ffi::SQLITE_FULL);
+        let failed = error(rusqlite::ffi::SQLITE_IOERR_WRITE);
+        // WHEN they are mapped THEN each is a disk fault, which passes (503, retried), naming
+        // the disk (before: an I/O error failed for good, 500, and a message's attempt counted)
+        for (e, said) in [
+            (full, "cannot commit: the database's disk is full"),
+            (
+                failed,
+                "cannot commit: the database's disk cannot be written (disk I/O error)",
+            ),
+        ] {
+            match sql_error("cannot commit", e) {
+                e @ StoreError::DiskFault { .. } => {
+                    assert!(e.passes());
+                    assert_eq!(e.to_string(), format!("the store's disk failed: {said}"))
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
     }
 }

@@ -75,6 +75,10 @@ pub const COMMIT_CONFLICTS: Metric = count(
 );
 pub const QUEUE_SEND_FAILURES: Metric =
     count("QueueSendFailures", "Messages a queue did not take.");
+pub const STORAGE_FAULTS: Metric = count(
+    "StorageFaults",
+    "Store operations the disk failed (full, or an I/O error); each is retried.",
+);
 pub const OUTBOX_RELAYED: Metric = count("OutboxRelayed", "Outbox messages sent to their queue.");
 pub const OUTBOX_SKIPPED: Metric = count(
     "OutboxSkipped",
@@ -107,6 +111,7 @@ pub const ALL: &[Metric] = &[
     POINTS_DEBITED,
     COMMIT_CONFLICTS,
     QUEUE_SEND_FAILURES,
+    STORAGE_FAULTS,
     OUTBOX_RELAYED,
     OUTBOX_SKIPPED,
     OUTBOX_LAG,

@@ -188,13 +188,17 @@ fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
 }
 
 /// Where a number's extension ends, if one follows at `end`: `x12`, `ext. 12`, `ext12`, `#12`,
-/// `extension 12` (1 to 6 digits, after at most one space on either side of the marker), so
-/// that a number typed with its extension is replaced whole and not kept for the letters that
-/// follow it. The digits must end the word: what goes on with a letter, a digit, `_`, or a `-`
+/// `extension 12`, `ext #12` (1 to 6 digits, after at most two spaces on either side of the
+/// marker), so that a number typed with its extension is replaced whole and not kept for the
+/// letters that follow it. The digits must end the word: what goes on with a letter, a digit, `_`, or a `-`
 /// or `.` before more of them (`#010-9876-5432`, `x2.5`) is no extension, and the number is
 /// taken without it.
 fn extension_end(b: &[u8], end: usize) -> Option<usize> {
-    let mut j = end + usize::from(b.get(end) == Some(&b' '));
+    let spaces = |at: usize| {
+        b.get(at..)
+            .map_or(0, |r| r.iter().take(2).take_while(|&&c| c == b' ').count())
+    };
+    let mut j = end + spaces(end);
     let rest = b.get(j..)?;
     let marker = [&b"extension"[..], b"ext.", b"ext:", b"ext", b"x", b"#"]
         .into_iter()
@@ -203,7 +207,12 @@ fn extension_end(b: &[u8], end: usize) -> Option<usize> {
                 .is_some_and(|r| r.eq_ignore_ascii_case(m))
         })?;
     j += marker.len();
-    j += usize::from(b.get(j) == Some(&b' '));
+    j += spaces(j);
+    // A word and a sign may both say it (`ext #12`, `ext. #12`).
+    if marker != b"#" && b.get(j) == Some(&b'#') {
+        j += 1;
+        j += spaces(j);
+    }
     let digits = b
         .get(j..)?
         .iter()
@@ -350,14 +359,38 @@ pub fn redact(text: &str) -> String {
     redact_phone_numbers(&redact_emails(text))
 }
 
+/// The byte ranges of what [`redact`] replaces: email addresses (as [`redact_emails`] finds
+/// them, but for a quoted local part) and phone numbers. A text cut through one of them would
+/// leave a piece that no longer reads as one, and that the logs would keep ([`crate::ids`]).
+pub(crate) fn personal_spans(text: &str) -> Vec<(usize, usize)> {
+    let mut spans = phone_numbers(text);
+    let mut word_start = 0;
+    for (i, c) in text.char_indices().chain([(text.len(), ' ')]) {
+        if !ends_a_word(c) {
+            continue;
+        }
+        let word = &text[word_start..i];
+        if let Some(at) = word.find('@').filter(|&at| at > 0 && at + 1 < word.len()) {
+            let from = word[..at].rfind(':').map_or(0, |colon| colon + 1);
+            spans.push((word_start + from, i));
+        }
+        word_start = i + c.len_utf8();
+    }
+    spans
+}
+
+/// What ends a word that may be an email address.
+fn ends_a_word(c: char) -> bool {
+    c.is_whitespace() || "\"'`<>,;()[]{}/=".contains(c)
+}
+
 /// Replaces each word holding an `@` between two other characters (from after its last `:`
 /// before the `@`, so that `email:` stays), in one pass.
 fn redact_emails(text: &str) -> String {
-    let delimiter = |c: char| c.is_whitespace() || "\"'`<>,;()[]{}/=".contains(c);
     let mut out = String::with_capacity(text.len());
     let mut word_start = 0;
     for (i, c) in text.char_indices().chain([(text.len(), ' ')]) {
-        if !delimiter(c) {
+        if !ends_a_word(c) {
             continue;
         }
         let word = &text[word_start..i];
@@ -688,6 +721,10 @@ mod tests {
             ("call +82.10.1234.5678 x9. Then", ". Then"),
             ("call 555-123-4567 extension 12", ""),
             ("call 555-123-4567 ext: 12, later", ", later"),
+            // (a word and a sign, or two spaces: before, the extension was left)
+            ("call 555-123-4567 ext #12", ""),
+            ("call 010-1234-5678 ext. # 9, later", ", later"),
+            ("call 555-123-4567  x12 today", " today"),
         ] {
             let logged = redact(text);
             let replaced = logged

@@ -108,19 +108,25 @@ impl Stack {
             .unwrap()
     }
 
+    /// The points and pending points of every entry of the member's ledger, page by page.
     async fn ledger_sum(&self, member: &str) -> (i64, i64, Vec<EntryKind>) {
-        let page = self
-            .store
-            .ledger_page("kr-shop", member, 1000, None)
-            .await
-            .unwrap();
-        let points = page.entries.iter().map(|e| e.points).sum();
-        let pending = page.entries.iter().map(|e| e.pending).sum();
-        (
-            points,
-            pending,
-            page.entries.iter().map(|e| e.kind).collect(),
-        )
+        let mut entries = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .store
+                .ledger_page("kr-shop", member, 1000, cursor.as_deref())
+                .await
+                .unwrap();
+            entries.extend(page.entries);
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        let points = entries.iter().map(|e| e.points).sum();
+        let pending = entries.iter().map(|e| e.pending).sum();
+        (points, pending, entries.iter().map(|e| e.kind).collect())
     }
 }
 
@@ -316,6 +322,40 @@ async fn release_and_notices_are_written_once_each() {
     assert_eq!(expiring.len(), 1);
     assert_eq!(expiring[0].data["points"], 590);
     assert_eq!(expiring[0].data["last_day"], "2027-03-31");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_till_s_hundreds_of_purchases_maturing_on_one_day_are_released_by_one_run() {
+    // GIVEN a walk-in till's account with 120 purchases of one day, all pending (one settle
+    // writes at most 50 entries)
+    let s = stack().await;
+    for n in 0..120 {
+        s.purchase(
+            "walk-in",
+            &format!("W{n}"),
+            59_000,
+            t0() - Duration::days(1),
+        )
+        .await;
+    }
+    assert_eq!(s.account("walk-in").await.pending.len(), 120);
+    // WHEN release-pending runs once after the return window
+    s.clock.set(t0() + Duration::days(7));
+    let released = s.run(Job::ReleasePending, date(2026, 3, 17)).await;
+    // THEN every purchase is released by that run, the member counted once (before: 50 per
+    // run, each saying it was complete)
+    assert_eq!(
+        (released.members, released.changed, released.entries),
+        (1, 1, 120)
+    );
+    assert!(released.complete);
+    let account = s.account("walk-in").await;
+    assert!(account.pending.is_empty());
+    // AND the balance is what the ledger released: all of it pending before, none now
+    let (points, pending, kinds) = s.ledger_sum("walk-in").await;
+    assert_eq!((account.balance, pending), (points, 0));
+    let releases = kinds.iter().filter(|k| **k == EntryKind::Release).count();
+    assert_eq!(releases, 120);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

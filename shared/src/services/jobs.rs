@@ -346,6 +346,16 @@ struct MemberOutcome {
     notices: usize,
 }
 
+/// Whether a member's settle may have left work due: it wrote as many entries as one settle
+/// writes at most (a walk-in till's account with hundreds of purchases maturing on one day).
+/// The member is taken again in the same run until its settle writes less, rather than by the
+/// next runs, 50 releases each (a scheduled run a day would take weeks); the run's deadline
+/// still bounds it.
+fn settle_was_cut(job: Job, outcome: &MemberOutcome) -> bool {
+    matches!(job, Job::ReleasePending | Job::ExpirePoints)
+        && outcome.entries >= crate::domain::account::SETTLE_ENTRIES_MAX
+}
+
 impl Services {
     /// Runs a job for one program, as of `date` (today in the program's zone when `None`).
     /// `progress` is called with the number of members handled so far.
@@ -617,6 +627,8 @@ impl Services {
         // Notices go member by member (each may owe rewards first); the other jobs commit a
         // group's changes together, gathered across the index's shards and pages.
         let group = if job == Job::Notices { 1 } else { GROUP };
+        // Members whose settle was cut at its cap, waiting for another turn in this run.
+        let mut again: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         'days: while day <= date {
             // Checked before each day's reads too: a first run reads up to 400 days, most of
             // them empty, and must not run past its deadline on those alone.
@@ -658,9 +670,22 @@ impl Services {
                     _ => self.job_members(job, program, &members, date, at).await,
                 };
                 for (member, outcome) in members.iter().zip(outcomes) {
-                    report.members += 1;
+                    // A member taken again counts once, and changed once.
+                    let repeated = again.remove(member);
+                    if !repeated {
+                        report.members += 1;
+                    }
                     match outcome {
-                        Ok(outcome) => report.add(&outcome),
+                        Ok(outcome) => {
+                            report.add(&MemberOutcome {
+                                changed: outcome.changed && !repeated,
+                                ..outcome
+                            });
+                            if settle_was_cut(job, &outcome) {
+                                again.insert(member.clone());
+                                waiting.push(member.clone());
+                            }
+                        }
                         Err(e) => {
                             let failure = (member.clone(), e.to_string());
                             failing.entry(day).or_default().push(failure);

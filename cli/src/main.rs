@@ -91,6 +91,7 @@ fn main() -> ExitCode {
         stop_quietly_on_a_closed_pipe();
     }
     fail_writes_past_the_file_size_limit();
+    end_clearly_when_the_output_cannot_be_written();
     loyalty_core::telemetry::set_log_key_from_env();
     // Held to the end of main: dropping it writes out what the log thread still holds.
     let _logs = init_logs(cli.log_format, matches!(cli.command, Command::Serve(_)));
@@ -162,6 +163,30 @@ fn fail_writes_past_the_file_size_limit() {
 
 #[cfg(not(target_os = "linux"))]
 fn fail_writes_past_the_file_size_limit() {}
+
+/// Status of a command whose output could not be written (sysexits' EX_IOERR): apart from
+/// every status a command gives for what it found (the audit's 1 and 2).
+const OUTPUT_FAILED: i32 = 74;
+
+/// A report or a list written to a full disk (`loyalty report ... > file`) ended in a panic
+/// with status 101: it ends with a line that says why, and [`OUTPUT_FAILED`]. Other panics are
+/// told as before.
+fn end_clearly_when_the_output_cannot_be_written() {
+    let told = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let failed = info
+            .payload_as_str()
+            .and_then(|message| message.strip_prefix("failed printing to stdout: "));
+        match failed {
+            Some(why) => {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), "loyalty: cannot write the output: {why}");
+                std::process::exit(OUTPUT_FAILED);
+            }
+            None => told(info),
+        }
+    }));
+}
 
 /// Logs on standard error. `serve` writes a few lines per event: they go through a thread of
 /// their own that writes whatever has gathered in one system call, instead of one call per

@@ -139,8 +139,7 @@ async fn kpi_report(args: KpiArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     if let Some(path) = &args.svg {
-        std::fs::write(path, loyalty_core::kpis::svg(&kpis))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write_svg(path, &loyalty_core::kpis::svg(&kpis))?;
     }
     if args.json {
         println!(
@@ -212,8 +211,7 @@ async fn liability_report(args: LiabilityArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     if let Some(path) = &args.svg {
-        std::fs::write(path, liability::svg(&report))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write_svg(path, &liability::svg(&report))?;
     }
     if args.json {
         println!(
@@ -295,4 +293,12 @@ fn table(r: &LiabilityReport) -> String {
         b.expected_points.map_or("n/a".into(), |p| p.to_string())
     );
     out
+}
+
+/// A chart, whole or not at all: a full disk left a cut file under its name.
+fn write_svg(path: &std::path::Path, svg: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    crate::files::write_whole(path, |file| {
+        file.write_all(svg.as_bytes()).map_err(|e| e.to_string())
+    })
 }

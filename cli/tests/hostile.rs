@@ -247,6 +247,36 @@ fn a_bad_member_id_gets_the_same_problem_on_every_route() {
 }
 
 #[test]
+fn a_refused_identity_is_quoted_short_as_a_refused_id_is() {
+    // GIVEN a member
+    let client = Client::new();
+    assert_eq!(client.adjust("m-al", 10).0, 201);
+    // WHEN identities too long for the rule are linked to it, of each kind's check
+    let long = format!("{} kim.minji@example.com", "x".repeat(200));
+    for (kind, value) in [
+        ("app", long.clone()),
+        ("email", format!("{long} and more")),
+        (&*"k".repeat(200), "v".to_string()),
+    ] {
+        let body = json!({"kind": kind, "value": value}).to_string();
+        let (status, problem) = client.server.call(
+            "POST",
+            &format!("{PROGRAM}/members/m-al/aliases"),
+            &client.admin,
+            &[],
+            Some(&body),
+        );
+        // THEN each is refused quoting at most the first 40 characters, as an id is (before:
+        // the whole value, whatever its length)
+        assert_eq!(status, 400, "{problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains('…'), "{detail}");
+        assert!(detail.chars().count() < 200, "{detail}");
+        assert!(!detail.contains("kim"), "{detail}");
+    }
+}
+
+#[test]
 fn fields_of_an_event_that_become_key_parts_keep_to_their_rules() {
     let client = Client::new();
     // GIVEN a purchase from a 2,000-character platform, one from a platform with the key

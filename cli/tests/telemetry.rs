@@ -576,6 +576,38 @@ fn an_id_refused_and_quoted_leaves_no_piece_of_an_address_in_the_log() {
 }
 
 #[test]
+fn a_guest_order_sent_with_an_address_for_its_id_leaves_no_address_in_the_log() {
+    // GIVEN serve with kr-shop's Shopify secret
+    let secret = "the-shop-s-secret";
+    let serve = serve_logging_with(
+        "guest-order",
+        "info",
+        &[("LOYALTY_SECRET_KR_SHOP_SHOPIFY", secret)],
+    );
+    // WHEN a guest's paid order arrives whose id is an email address
+    let body = json!({"id": "ann.lee@example.org", "test": false}).to_string();
+    let response = client()
+        .post(format!("{}/webhooks/shopify/kr-shop", serve.base))
+        .header(
+            "X-Shopify-Hmac-Sha256",
+            loyalty_core::webhooks::sign_base64(secret, body.as_bytes()),
+        )
+        .header("X-Shopify-Topic", "orders/paid")
+        .header("X-Shopify-Webhook-Id", "guest-1")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // THEN the guest order's line is there, and the address is not (before: logged as the
+    // order's id)
+    eventually("the guest order's line", || {
+        lines_saying(&serve, "guest order acknowledged without points").pop()
+    });
+    let log = std::fs::read_to_string(&serve.log).unwrap();
+    assert!(!log.contains("ann.lee"), "{log}");
+}
+
+#[test]
 fn adjustments_are_counted_as_credits_and_debits() {
     // GIVEN serve
     let serve = serve_with_logs("adjustments");

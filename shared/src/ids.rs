@@ -167,10 +167,11 @@ pub struct IdError {
     pub value: String,
 }
 
-/// The value's first 40 characters, or fewer where the cut would go through an email address
-/// or a phone number: the piece left would no longer read as one, and the logs, which redact
-/// what does, would keep it (`kim.minji…` of an address, the first digits of a number).
-fn shorten(value: &str) -> String {
+/// How a message quotes a value it refuses: the value's first 40 characters, or fewer where
+/// the cut would go through an email address or a phone number: the piece left would no
+/// longer read as one, and the logs, which redact what does, would keep it (`kim.minji…` of
+/// an address, the first digits of a number).
+pub fn shorten(value: &str) -> String {
     let Some((mut at, _)) = value.char_indices().nth(40) else {
         return value.to_string();
     };

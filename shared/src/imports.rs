@@ -357,7 +357,10 @@ pub fn email(text: &str) -> Result<String, String> {
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '#');
     if !ok {
-        return Err(format!("{text:?} is not an email address"));
+        return Err(format!(
+            "{:?} is not an email address",
+            crate::ids::shorten(text)
+        ));
     }
     crate::ids::IdKind::Member
         .check(&e)

@@ -458,6 +458,44 @@ fn the_audit_the_reports_and_the_export_agree_with_the_api_and_catch_a_corrupted
     let _ = std::fs::remove_file(&shop.db);
 }
 
+#[cfg(target_os = "linux")]
+#[test]
+fn a_report_written_to_a_full_disk_ends_saying_so() {
+    // GIVEN a shop's database with an operator's credit
+    let shop = Shop::start("full-output");
+    shop.post(
+        "/v1/programs/kr-shop/members/m-f/adjustments",
+        json!({"points": 500, "reason": "goodwill"}),
+    );
+    let db = shop.db.to_str().unwrap().to_string();
+    // WHEN reports are written where every write fails for want of space
+    for args in [
+        vec!["report", "liability", "--db", &db, "--json"],
+        vec!["audit", "--db", &db],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = Command::new(BIN)
+            .args(&args)
+            .env("LOYALTY_LOG", "warn")
+            .stdout(full)
+            .output()
+            .unwrap();
+        // THEN the command ends with EX_IOERR and a line that says why (before: a panic,
+        // status 101)
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(74), "{args:?}: {said}");
+        assert!(
+            said.contains("loyalty: cannot write the output: No space left on device"),
+            "{args:?}: {said}"
+        );
+        assert!(!said.contains("panicked"), "{args:?}: {said}");
+    }
+    let _ = std::fs::remove_file(&shop.db);
+}
+
 fn tempfile_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("{}-{name}", std::process::id()))
 }

@@ -1017,7 +1017,7 @@ fn decide(
                     .iter()
                     .map(|r| r.refund_id.as_str())
                     .collect();
-                tracing::warn!(order = %earned.order.order_id, ?refunds, "refunds that waited for this purchase cannot be applied to it (a line it does not have): kept parked on the order; delivered again, each is refused on its own");
+                tracing::warn!(order = %crate::telemetry::event_ref(&earned.order.order_id), ?refunds, "refunds that waited for this purchase cannot be applied to it (a line it does not have): kept parked on the order; delivered again, each is refused on its own");
             }
             let counted = if earned.change.entries.is_empty() {
                 (Vec::new(), Vec::new())

@@ -40,12 +40,9 @@ impl Identity {
     /// member rule alone.
     fn parse(kind: &str, value: &str) -> Result<Identity, ServiceError> {
         let invalid = |detail: String| ServiceError::invalid("invalid-identity", detail);
-        if !IdKind::Platform.accepts(kind) {
-            return Err(invalid(format!(
-                "kind {kind:?}: {}",
-                IdKind::Platform.rule()
-            )));
-        }
+        IdKind::Platform
+            .check(kind)
+            .map_err(|e| invalid(format!("kind {:?}: {}", e.value, e.kind.rule())))?;
         if [ORDER_LINK, REDEMPTION_LINK].contains(&kind) {
             return Err(invalid(format!(
                 "kind {kind:?} is kept by the engine itself and cannot be linked by hand"
@@ -58,7 +55,7 @@ impl Identity {
         let named = identity_member(kind, &value);
         IdKind::Member
             .check(&named)
-            .map_err(|e| invalid(format!("{named:?}: {}", e.kind.rule())))?;
+            .map_err(|e| invalid(format!("{:?}: {}", e.value, e.kind.rule())))?;
         Ok(Identity {
             kind: kind.to_string(),
             value,

@@ -86,6 +86,7 @@ pub fn member_ref(member: &str) -> String {
 }
 
 fn names_a_person(member: &str) -> bool {
+    let member = &*fold_lookalikes(member);
     let (kind, value) = member.split_once(':').unwrap_or(("", member));
     if member.contains('@') || PERSONAL_KINDS.contains(&kind) {
         return true;
@@ -103,8 +104,8 @@ fn names_a_person(member: &str) -> bool {
 }
 
 /// What may separate a phone number's digits (`010-1234-5678`, `+82 10 1234 5678`,
-/// `+44 (20) 7946 0958`).
-const PHONE_PUNCTUATION: [char; 5] = ['+', '-', ' ', '(', ')'];
+/// `+44 (20) 7946 0958`, `010/1234/5678`).
+const PHONE_PUNCTUATION: [char; 6] = ['+', '-', ' ', '(', ')', '/'];
 
 /// Whether the text holds what is written like a phone number ([`phone_numbers`]).
 fn holds_a_phone_number(text: &str) -> bool {
@@ -113,13 +114,13 @@ fn holds_a_phone_number(text: &str) -> bool {
 
 /// The byte ranges of what is written like a phone number: starting with `+` or `0` (an
 /// international or a national number) where no letter or digit comes before, 9 to 15 digits
-/// in groups separated by at most two of [`PHONE_PUNCTUATION`], and no letter or digit after
+/// in groups separated by at most three of [`PHONE_PUNCTUATION`] (`010 - 1234`), and no letter or digit after
 /// (so a hex digest or a longer number is none). After a space, a group starting with `0` or
 /// `+` starts the next number once this one has 9 digits. And the [`dotted_numbers`] and
 /// [`north_american_numbers`] that none of those overlaps.
 fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
     let b = text.as_bytes();
-    let separator = |c: u8| b" -()".contains(&c);
+    let separator = |c: u8| b" -()/".contains(&c);
     let mut found = Vec::new();
     let mut i = 0;
     while i < b.len() {
@@ -151,7 +152,7 @@ fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
                 joined = Some(j);
             }
             let gap = j;
-            while j < b.len() && j - gap < 2 && separator(b[j]) {
+            while j < b.len() && j - gap < 3 && separator(b[j]) {
                 j += 1;
             }
             let next_starts = j < b.len() && (b[j] == b'0' || b[j] == b'+');
@@ -200,12 +201,21 @@ fn extension_end(b: &[u8], end: usize) -> Option<usize> {
     };
     let mut j = end + spaces(end);
     let rest = b.get(j..)?;
-    let marker = [&b"extension"[..], b"ext.", b"ext:", b"ext", b"x", b"#"]
-        .into_iter()
-        .find(|m| {
-            rest.get(..m.len())
-                .is_some_and(|r| r.eq_ignore_ascii_case(m))
-        })?;
+    let marker = [
+        &b"extension"[..],
+        b";ext=",
+        "\u{b0b4}\u{c120}".as_bytes(), // Korean: extension
+        b"ext.",
+        b"ext:",
+        b"ext",
+        b"x",
+        b"#",
+    ]
+    .into_iter()
+    .find(|m| {
+        rest.get(..m.len())
+            .is_some_and(|r| r.eq_ignore_ascii_case(m))
+    })?;
     j += marker.len();
     j += spaces(j);
     // A word and a sign may both say it (`ext #12`, `ext. #12`).
@@ -356,7 +366,22 @@ pub fn event_ref(id: &str) -> String {
 /// email address and everything written like a phone number in it is replaced by the digest
 /// [`member_ref`] gives, so that the line keeps its sense and no person's details.
 pub fn redact(text: &str) -> String {
-    redact_phone_numbers(&redact_emails(text))
+    redact_phone_numbers(&redact_emails(&fold_lookalikes(text)))
+}
+
+/// Full-width forms (`０１０`, `＠`) and the dashes other than `-` (`–`, `—`, `−`) as the
+/// ASCII they stand for, so that an address or a number typed with them is found as one.
+fn fold_lookalikes(text: &str) -> std::borrow::Cow<'_, str> {
+    let folded = |c: char| match c {
+        '\u{ff01}'..='\u{ff5e}' => char::from_u32(u32::from(c) - 0xfee0),
+        '\u{3000}' => Some(' '),
+        '\u{2010}'..='\u{2015}' | '\u{2212}' => Some('-'),
+        _ => None,
+    };
+    if text.chars().all(|c| folded(c).is_none()) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(text.chars().map(|c| folded(c).unwrap_or(c)).collect())
 }
 
 /// The byte ranges of what [`redact`] replaces: email addresses (as [`redact_emails`] finds
@@ -725,6 +750,14 @@ mod tests {
             ("call 555-123-4567 ext #12", ""),
             ("call 010-1234-5678 ext. # 9, later", ", later"),
             ("call 555-123-4567  x12 today", " today"),
+            ("call 010-1234-5678;ext=12", ""),
+            ("call 010-1234-5678 \u{b0b4}\u{c120} 12", ""),
+            // (other separators, other dashes, full-width forms: before, kept as typed)
+            ("tel 010/1234/5678", ""),
+            ("tel 010 - 1234 - 5678", ""),
+            ("tel 010\u{2013}1234\u{2013}5678", ""),
+            ("tel \u{ff10}\u{ff11}\u{ff10}-\u{ff11}\u{ff12}\u{ff13}\u{ff14}-\u{ff15}\u{ff16}\u{ff17}\u{ff18}", ""),
+            ("mail kim.minji\u{ff20}example.com", ""),
         ] {
             let logged = redact(text);
             let replaced = logged

@@ -201,7 +201,7 @@ fn paid(
     }
     let Some(member_id) = text(resource, "member_id") else {
         tracing::info!(
-            order_id,
+            order_id = crate::telemetry::event_ref(order_id),
             platform = "cafe24",
             "guest order acknowledged without points"
         );

@@ -129,6 +129,9 @@ fn paid(order: &Value, fallback: DateTime<Utc>) -> Result<Normalised, WebhookErr
         )));
     }
     let Some(customer) = customer_of(order)? else {
+        // A platform's order number; an order id sent as an address or a phone number is not
+        // kept as such.
+        let order_id = crate::telemetry::event_ref(&order_id);
         tracing::info!(order_id, "guest order acknowledged without points");
         return Ok(Normalised::Ignored(format!(
             "order {order_id} is a guest checkout: no member to credit"

@@ -367,7 +367,10 @@ mod tests {
         // inside a phone number
         let address = format!("{} kim.minji@example.com #1", "a".repeat(30));
         let number = format!("{} 010-1234-5678 #1", "b".repeat(34));
-        for value in [address, number] {
+        // (and written with full-width forms or other dashes)
+        let wide = format!("{} kim.minji\u{ff20}example.com #1", "a".repeat(30));
+        let dashed = format!("{} 010\u{2013}1234\u{2013}5678 #1", "b".repeat(34));
+        for value in [address, number, wide, dashed] {
             // WHEN the error is said
             let said = MemberId::parse(&value).unwrap_err().to_string();
             // THEN the value is cut before it, and nothing of it is left to the logs (before:

@@ -1011,11 +1011,11 @@ fn decide(
                 .earn_purchase(program, order, purchase, &effects, ctx)
                 .map_err(|e| e.to_string())?;
             if earned.order.earned.is_some() && !earned.order.parked.is_empty() {
-                let refunds: Vec<&str> = earned
+                let refunds: Vec<String> = earned
                     .order
                     .parked
                     .iter()
-                    .map(|r| r.refund_id.as_str())
+                    .map(|r| crate::telemetry::event_ref(&r.refund_id))
                     .collect();
                 tracing::warn!(order = %crate::telemetry::event_ref(&earned.order.order_id), ?refunds, "refunds that waited for this purchase cannot be applied to it (a line it does not have): kept parked on the order; delivered again, each is refused on its own");
             }

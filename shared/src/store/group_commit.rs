@@ -135,6 +135,11 @@ fn in_savepoint<T>(
             source: None,
         })
     });
+    // A full or failing disk may have made SQLite roll the whole transaction back: there is
+    // no savepoint left to end, and the work's own error says why.
+    if result.is_err() && conn.is_autocommit() {
+        return result;
+    }
     let ended = match result.is_ok() {
         true => run_cached(conn, "RELEASE job"),
         false => run_cached(conn, "ROLLBACK TO job").and_then(|()| run_cached(conn, "RELEASE job")),
@@ -291,23 +296,30 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>, commits: &Atomi
         return;
     }
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    // The database ends the transaction itself on a full or failing disk (the only faults a
+    // transaction that holds the write lock meets midway): what ran is gone with it, and a
+    // job run now would commit on its own, unseen by the COMMIT below. The job that met the
+    // fault says so; the ones before and after it are told the same, as passing.
+    let rolled_back = Failure {
+        message: "the database rolled the transaction back: its disk failed".into(),
+        kind: Passing::Disk,
+    };
     for job in batch {
-        // The database ended the transaction itself (a full disk, an I/O error): what ran is
-        // gone with it, and a job run now would commit on its own, unseen by the COMMIT below.
-        // The job that met the fault says so; the others are worth trying again.
         if conn.is_autocommit() {
-            job.refuse(&Failure {
-                message: "the database rolled the transaction back".into(),
-                kind: Passing::Soon,
-            });
+            job.refuse(&rolled_back);
             continue;
         }
         replies.push(job.run(conn));
     }
-    let failure = match conn.execute_batch("COMMIT") {
+    let failure = match conn.is_autocommit() {
+        true => Err(rolled_back),
+        false => conn
+            .execute_batch("COMMIT")
+            .map_err(|e| Failure::from_sql("cannot commit", e)),
+    };
+    let failure = match failure {
         Ok(()) => None,
-        Err(e) => {
-            let failure = Failure::from_sql("cannot commit", e);
+        Err(failure) => {
             // Nothing of the batch stays; each caller is told and retries as it would after
             // any failed transaction.
             let _ = conn.execute_batch("ROLLBACK");
@@ -392,5 +404,34 @@ impl Readers {
         // A read transaction has nothing to keep: ending it releases the snapshot.
         run_cached(&conn, "COMMIT").map_err(|e| sql_error("cannot end a read", e))?;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_whose_fault_rolled_the_transaction_back_answers_with_its_own_error() {
+        // GIVEN a batch's transaction
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x); BEGIN IMMEDIATE")
+            .unwrap();
+        // WHEN a job's write meets a full disk, on which SQLite rolls the whole transaction
+        // back (the ROLLBACK stands for it)
+        let result: Result<(), StoreError> = in_savepoint(&mut conn, |conn| {
+            conn.execute_batch("INSERT INTO t VALUES (1); ROLLBACK")
+                .unwrap();
+            Err(StoreError::DiskFault {
+                message: "cannot write: the database's disk is full".into(),
+                source: None,
+            })
+        });
+        // THEN the job answers with its own fault, which passes (before: "cannot end a
+        // savepoint", a failure for good: 500, and a message's attempt counted)
+        match result {
+            Err(e @ StoreError::DiskFault { .. }) => assert!(e.passes()),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -489,13 +489,26 @@ pub(crate) fn passes(e: &rusqlite::Error) -> bool {
     ) || disk_failed(e)
 }
 
-/// A full disk, or one whose reads or writes fail ("disk I/O error": a write past the space
-/// or the file size allowed is one too).
+/// A full disk, or one that cannot take a write ("disk I/O error" while writing, syncing,
+/// truncating or growing a file: a write past the space or the file size allowed is one).
+/// Other I/O errors (a read that fails, a page whose check fails) are no disk filling up, and
+/// fail as before: a message that meets them goes on towards its dead letter.
 pub(crate) fn disk_failed(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure)
-    )
+    use rusqlite::ffi;
+    match e {
+        rusqlite::Error::SqliteFailure(failure, _) => {
+            failure.code == ErrorCode::DiskFull
+                || [
+                    ffi::SQLITE_IOERR_WRITE,
+                    ffi::SQLITE_IOERR_FSYNC,
+                    ffi::SQLITE_IOERR_DIR_FSYNC,
+                    ffi::SQLITE_IOERR_TRUNCATE,
+                    ffi::SQLITE_IOERR_SHMSIZE,
+                ]
+                .contains(&failure.extended_code)
+        }
+        _ => false,
+    }
 }
 
 /// What a disk fault is, in words; each is counted in `StorageFaults`.
@@ -2674,6 +2687,15 @@ mod tests {
         let error = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
         let full = error(rusqlite::ffi::SQLITE_FULL);
         let failed = error(rusqlite::ffi::SQLITE_IOERR_WRITE);
+        // AND its answers when a read fails or a page's check fails: no disk filling up, so
+        // they fail as before (retried for ever, a message never reached its dead letter)
+        for code in [
+            rusqlite::ffi::SQLITE_IOERR_READ,
+            rusqlite::ffi::SQLITE_IOERR_DATA,
+        ] {
+            let e = sql_error("cannot read", error(code));
+            assert!(matches!(e, StoreError::Failed { .. }), "{e:?}");
+        }
         // WHEN they are mapped THEN each is a disk fault, which passes (503, retried), naming
         // the disk (before: an I/O error failed for good, 500, and a message's attempt counted)
         for (e, said) in [

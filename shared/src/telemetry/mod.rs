@@ -91,8 +91,10 @@ fn names_a_person(member: &str) -> bool {
     if member.contains('@') || PERSONAL_KINDS.contains(&kind) {
         return true;
     }
+    // A platform's number for a customer is no person's, unless it is written as a phone
+    // number (a platform's own ids never start with `0` or `+`).
     if PLATFORM_KINDS.contains(&kind) {
-        return false;
+        return holds_a_phone_number(value);
     }
     // A number alone (01012345678, +82 10-1234-5678) may be a till's or an app's phone
     // number; so may one inside a longer id.
@@ -104,8 +106,8 @@ fn names_a_person(member: &str) -> bool {
 }
 
 /// What may separate a phone number's digits (`010-1234-5678`, `+82 10 1234 5678`,
-/// `+44 (20) 7946 0958`, `010/1234/5678`).
-const PHONE_PUNCTUATION: [char; 6] = ['+', '-', ' ', '(', ')', '/'];
+/// `+44 (20) 7946 0958`).
+const PHONE_PUNCTUATION: [char; 5] = ['+', '-', ' ', '(', ')'];
 
 /// Whether the text holds what is written like a phone number ([`phone_numbers`]).
 fn holds_a_phone_number(text: &str) -> bool {
@@ -120,7 +122,7 @@ fn holds_a_phone_number(text: &str) -> bool {
 /// [`north_american_numbers`] that none of those overlaps.
 fn phone_numbers(text: &str) -> Vec<(usize, usize)> {
     let b = text.as_bytes();
-    let separator = |c: u8| b" -()/".contains(&c);
+    let separator = |c: u8| b" -()".contains(&c);
     let mut found = Vec::new();
     let mut i = 0;
     while i < b.len() {
@@ -352,9 +354,12 @@ fn dotted_numbers(text: &str) -> Vec<(usize, usize)> {
 /// names a person (an id built from a member's: a merge's, a notice's, or one chosen so by a
 /// caller), which is replaced by a digest.
 pub fn event_ref(id: &str) -> String {
-    let personal = id.contains('@')
-        || PERSONAL_KINDS.iter().any(|k| id.contains(&format!("{k}:")))
-        || holds_a_phone_number(id);
+    let folded = fold_lookalikes(id);
+    let personal = folded.contains('@')
+        || PERSONAL_KINDS
+            .iter()
+            .any(|k| folded.contains(&format!("{k}:")))
+        || holds_a_phone_number(&folded);
     if personal {
         format!("event-{}", digest(id))
     } else {
@@ -388,6 +393,23 @@ fn fold_lookalikes(text: &str) -> std::borrow::Cow<'_, str> {
 /// them, but for a quoted local part) and phone numbers. A text cut through one of them would
 /// leave a piece that no longer reads as one, and that the logs would keep ([`crate::ids`]).
 pub(crate) fn personal_spans(text: &str) -> Vec<(usize, usize)> {
+    let folded = fold_lookalikes(text);
+    if folded != text {
+        // Folding keeps the characters' count: a span found in it is the same characters.
+        let starts =
+            |s: &str| -> Vec<usize> { s.char_indices().map(|(i, _)| i).chain([s.len()]).collect() };
+        let (from, to) = (starts(&folded), starts(text));
+        let back = |at: usize| from.binary_search(&at).map_or(text.len(), |n| to[n]);
+        return ascii_personal_spans(&folded)
+            .into_iter()
+            .map(|(start, end)| (back(start), back(end)))
+            .collect();
+    }
+    ascii_personal_spans(text)
+}
+
+/// [`personal_spans`] of a text whose look-alikes are folded.
+fn ascii_personal_spans(text: &str) -> Vec<(usize, usize)> {
     let mut spans = phone_numbers(text);
     let mut word_start = 0;
     for (i, c) in text.char_indices().chain([(text.len(), ' ')]) {
@@ -654,6 +676,10 @@ mod tests {
             "+44 (20) 7946 0958",
             "010.5678.1234",
             "+82.10.1234.5678",
+            // (a platform's customer sent as a phone number, a full-width address: before,
+            // kept)
+            "shopify:010-5155-5678",
+            "ann\u{ff20}example.com",
         ] {
             let logged = member_ref(personal);
             assert!(
@@ -753,7 +779,6 @@ mod tests {
             ("call 010-1234-5678;ext=12", ""),
             ("call 010-1234-5678 \u{b0b4}\u{c120} 12", ""),
             // (other separators, other dashes, full-width forms: before, kept as typed)
-            ("tel 010/1234/5678", ""),
             ("tel 010 - 1234 - 5678", ""),
             ("tel 010\u{2013}1234\u{2013}5678", ""),
             ("tel \u{ff10}\u{ff11}\u{ff10}-\u{ff11}\u{ff12}\u{ff13}\u{ff14}-\u{ff15}\u{ff16}\u{ff17}\u{ff18}", ""),
@@ -799,6 +824,7 @@ mod tests {
             "the order's total 59000 is over the limit of 10000000000000",
             "version conflict on member shopify:7001234",
             "due 01.12.2026 10:00, rate 0.123456789",
+            "due 03/17/2026 09:30, and 01/02/2026 10:00:00",
             "version 0.12.1234, host 10.0.12.1, build 2026.12.07.0001",
             "key person-0123456789abcdef and job:expire:2026-12-01:a12",
             "한국어 설명 0 @ 끝",
@@ -823,6 +849,9 @@ mod tests {
             "anniversary-010-1234-5678-2027",
             "ev-010.4444.5555",
             "points-earned-ev-010.4444.5555",
+            // (with other dashes or full-width forms: before, kept as sent)
+            "ev 010\u{2013}4444\u{2013}5555",
+            "ev ann\u{ff20}example.com",
         ] {
             assert!(event_ref(personal).starts_with("event-"), "{personal}");
         }

@@ -339,3 +339,60 @@ async fn a_balance_set_while_points_are_held_for_a_checkout_counts_them_whicheve
         );
     }
 }
+
+#[tokio::test]
+async fn a_member_with_a_hundred_and_twenty_lots_ended_is_expired_by_one_run() {
+    // GIVEN a member imported with 120 lots, each ending on a day of its own
+    let store = SqliteStore::memory().unwrap();
+    let clock = FixedClock::at(Utc.with_ymd_and_hms(2026, 12, 6, 3, 0, 0).unwrap());
+    let (_, services) = common::kr_shop_services(&store, 3, clock.clone()).await;
+    let first = chrono::NaiveDate::from_ymd_opt(2027, 1, 1).unwrap();
+    for n in 0..120u64 {
+        let content = format!("{n:016x}");
+        let origin = RowOrigin {
+            file_name: "lots.csv",
+            digest: "0123456789abcdef",
+            line: n + 2,
+            content: &content,
+            mode: ImportMode::Add,
+            dry_run: None,
+        };
+        let row = RowData {
+            member: Some("m-lots".into()),
+            email: None,
+            named_as: None,
+            balance: ImportedBalance {
+                points: Some(10),
+                tier: None,
+                birthday: None,
+                expires_on: Some(first + chrono::Duration::days(n as i64)),
+            },
+        };
+        let applied = services
+            .import_balance("kr-shop", "import", &origin, &row)
+            .await
+            .unwrap();
+        assert!(matches!(applied, RowOutcome::Applied { .. }), "{applied:?}");
+    }
+    // WHEN expire-points runs once they have all ended
+    clock.set(Utc.with_ymd_and_hms(2027, 6, 1, 3, 0, 0).unwrap());
+    let report = services
+        .run_job(
+            loyalty_core::services::jobs::Job::ExpirePoints,
+            "kr-shop",
+            None,
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    // THEN every lot is expired by that run, in a commit that fits (before: one entry a lot,
+    // 101 items, refused by every run: the member was stuck)
+    assert_eq!((report.failed, report.changed), (0, 1), "{report:?}");
+    let account = loyalty_core::ports::MemberStore::load_member(&store, "kr-shop", "m-lots", &[])
+        .await
+        .unwrap()
+        .account
+        .unwrap();
+    assert_eq!((account.balance, account.lots.total()), (0, 0));
+    assert!(report.entries <= 51, "{report:?}");
+}

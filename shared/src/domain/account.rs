@@ -774,6 +774,21 @@ impl<'a> Journal<'a> {
                     arrived.insert(self.account.pending[i].expires_on, at);
                     self.release(program, i);
                 }
+                // Past the cap, every lot that has ended goes in one entry, dated when the
+                // latest ended: a catch-up over many (an import's dates, runs missed for
+                // months) still fits one commit. It wrote an entry a lot, past any commit's
+                // size, and the member was stuck.
+                (_, Some(_)) if full(self) => {
+                    let Some(date) = self.account.lots.last_ended(today) else {
+                        break;
+                    };
+                    let at = start_of_day(tz, date.succ_opt().unwrap_or(date));
+                    let at = arrived
+                        .range(..=date)
+                        .map(|(_, a)| *a)
+                        .fold(at, DateTime::max);
+                    self.expire(date, at);
+                }
                 (_, Some((date, at))) => {
                     let at = arrived.get(&date).map_or(at, |arrived| at.max(*arrived));
                     self.expire(date, at);

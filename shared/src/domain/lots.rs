@@ -117,6 +117,11 @@ impl Lots {
     pub fn first_expiry(&self) -> Option<NaiveDate> {
         self.0.keys().next().copied()
     }
+
+    /// The last day of the latest lot that has ended before `today`.
+    pub fn last_ended(&self, today: NaiveDate) -> Option<NaiveDate> {
+        self.0.range(..today).next_back().map(|(d, _)| *d)
+    }
 }
 
 #[cfg(test)]

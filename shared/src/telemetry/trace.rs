@@ -26,7 +26,8 @@ pub async fn scope<F: Future>(trace: Option<String>, work: F) -> F::Output {
 }
 
 /// The root id of an X-Ray header (`Root=1-...;Parent=...;Sampled=1`), or the header itself
-/// when it is a bare id. Anything else is not a trace id and is ignored.
+/// when it is a bare id. Anything else is not a trace id and is ignored, and so is one written
+/// like a phone number: the trace is logged on every line as it is.
 pub fn root_of(header: &str) -> Option<String> {
     let root = header
         .split(';')
@@ -35,7 +36,8 @@ pub fn root_of(header: &str) -> Option<String> {
         .unwrap_or(header.trim());
     let valid = !root.is_empty()
         && root.len() <= 64
-        && root.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        && root.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !super::holds_a_phone_number(root);
     valid.then(|| root.to_string())
 }
 
@@ -68,6 +70,9 @@ mod tests {
         assert_eq!(root_of("Root=<script>"), None);
         assert_eq!(root_of(&"a".repeat(65)), None);
         assert_eq!(root_of(""), None);
+        // AND nor is one written like a phone number (before: logged as sent)
+        assert_eq!(root_of("010-3100-7100"), None);
+        assert_eq!(root_of("Root=1-010-3100-7100;Sampled=1"), None);
     }
 
     #[test]

@@ -1381,6 +1381,68 @@ mod on_dynamodb {
         println!("tier-reviews: {made} DynamoDB requests for 100 due of 5,000");
         assert!(made <= 100 + 20, "{made} requests");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_till_taken_again_commits_with_the_others_of_its_group_on_dynamodb() {
+        // GIVEN a table on moto, a walk-in till with 120 purchases of one day and three
+        // members with one each, all pending
+        let config = crate::common::moto_dynamodb("jobs-till").build();
+        let table = format!("loyalty-jobs-{}", uuid::Uuid::new_v4().simple());
+        let client = aws_sdk_dynamodb::Client::from_conf(config);
+        let store = Arc::new(DynamoStore::new(client, &table));
+        store.create_table().await.unwrap();
+        let clock = FixedClock::at(t0());
+        let services = Services::new(store.clone(), Arc::new(Recorder::default()), clock.clone());
+        services
+            .put_program("kr-shop", KR_SHOP, ProgramFormat::Toml)
+            .await
+            .unwrap();
+        let members = (0..120)
+            .map(|_| "walk-in".to_string())
+            .chain((1..=3).map(|n| format!("m-{n}")));
+        for (n, member) in members.enumerate() {
+            let event = json!({
+                "type": "purchase.completed", "version": 1, "id": format!("ev-t{n}"),
+                "program": "kr-shop", "member": member, "occurred_at": t0() - Duration::days(1),
+                "data": {"order_id": format!("T{n}"), "currency": "KRW",
+                         "lines": [{"line_id": "1", "quantity": 1, "unit_price": "59000"}]}
+            });
+            services.process_earn(&event.to_string()).await.unwrap();
+        }
+        // WHEN release-pending runs once after the return window
+        clock.set(t0() + Duration::days(7));
+        let report = services
+            .run_job(
+                Job::ReleasePending,
+                "kr-shop",
+                Some(date(2026, 3, 17)),
+                &|_| {},
+            )
+            .await
+            .unwrap();
+        // THEN the till is settled in passes until done, in the group transactions beside the
+        // others, each member counted once, and nothing is left pending
+        assert_eq!(
+            (
+                report.members,
+                report.changed,
+                report.entries,
+                report.failed
+            ),
+            (4, 4, 123, 0),
+            "{report:?}"
+        );
+        for member in ["walk-in", "m-1", "m-2", "m-3"] {
+            let account = store
+                .load_member("kr-shop", member, &[])
+                .await
+                .unwrap()
+                .account
+                .unwrap();
+            assert!(account.pending.is_empty(), "{member}");
+            assert!(account.balance > 0, "{member}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,16 +50,11 @@ enum Passing {
 
 impl Failure {
     fn from_sql(what: &str, e: rusqlite::Error) -> Failure {
-        let kind = if super::sqlite::disk_failed(&e) {
-            Passing::Disk
-        } else if super::sqlite::passes(&e) {
-            Passing::Soon
-        } else {
-            Passing::Never
-        };
-        let said = match kind {
-            Passing::Disk => super::sqlite::disk_fault(&e).to_string(),
-            _ => e.to_string(),
+        use super::sqlite::SqlFault;
+        let (kind, said) = match super::sqlite::fault_of(&e) {
+            SqlFault::Disk(said) => (Passing::Disk, said.to_string()),
+            SqlFault::Contention => (Passing::Soon, e.to_string()),
+            SqlFault::Lasting => (Passing::Never, e.to_string()),
         };
         Failure {
             message: format!("{what}: {said}"),
@@ -300,19 +295,19 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>, commits: &Atomi
     // transaction that holds the write lock meets midway): what ran is gone with it, and a
     // job run now would commit on its own, unseen by the COMMIT below. The job that met the
     // fault says so; the ones before and after it are told the same, as passing.
-    let rolled_back = Failure {
+    let rolled_back = || Failure {
         message: "the database rolled the transaction back: its disk failed".into(),
         kind: Passing::Disk,
     };
     for job in batch {
         if conn.is_autocommit() {
-            job.refuse(&rolled_back);
+            job.refuse(&rolled_back());
             continue;
         }
         replies.push(job.run(conn));
     }
     let failure = match conn.is_autocommit() {
-        true => Err(rolled_back),
+        true => Err(rolled_back()),
         false => conn
             .execute_batch("COMMIT")
             .map_err(|e| Failure::from_sql("cannot commit", e)),

@@ -467,57 +467,54 @@ pub(crate) const STATEMENT_CACHE: usize = 256;
 /// SQLite's "busy" and "locked" are contention, and a full or failing disk passes once an
 /// operator frees space or mends it: those are worth retrying. Everything else is not.
 pub(crate) fn sql_error(what: &str, e: rusqlite::Error) -> StoreError {
-    if disk_failed(&e) {
-        return StoreError::DiskFault {
-            message: format!("{what}: {}", disk_fault(&e)),
+    match fault_of(&e) {
+        SqlFault::Disk(said) => StoreError::DiskFault {
+            message: format!("{what}: {said}"),
             source: Some(Box::new(e)),
-        };
+        },
+        SqlFault::Contention => StoreError::transient(what.to_string(), e),
+        SqlFault::Lasting => StoreError::failed(what.to_string(), e),
     }
-    if !passes(&e) {
-        return StoreError::failed(what.to_string(), e);
-    }
-    StoreError::transient(what.to_string(), e)
 }
 
-/// Whether an SQLite error passes by itself: a busy or locked database, or a disk that refuses
-/// to write (answered 503 with Retry-After on every route, rather than 500 on some, and a
-/// message's attempt is not counted for it).
-pub(crate) fn passes(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    ) || disk_failed(e)
+/// What kind of failure an SQLite error is, for the store's errors and the writer's batches.
+pub(crate) enum SqlFault {
+    /// A busy or locked database: passes soon.
+    Contention,
+    /// A disk that cannot take a write, in words: passes once an operator frees space or
+    /// mends it (answered 503 with Retry-After on every route, rather than 500 on some, and a
+    /// message's attempt is not counted for it).
+    Disk(&'static str),
+    Lasting,
 }
 
-/// A full disk, or one that cannot take a write ("disk I/O error" while writing, syncing,
-/// truncating or growing a file: a write past the space or the file size allowed is one).
-/// Other I/O errors (a read that fails, a page whose check fails) are no disk filling up, and
-/// fail as before: a message that meets them goes on towards its dead letter.
-pub(crate) fn disk_failed(e: &rusqlite::Error) -> bool {
+/// Classifies an SQLite error; a disk fault is counted in `StorageFaults` here, once.
+///
+/// A disk fault is a full disk, or one that cannot take a write ("disk I/O error" while
+/// writing, syncing, truncating or growing a file: a write past the space or the file size
+/// allowed is one). Other I/O errors (a read that fails, a page whose check fails) are no disk
+/// filling up, and fail as before: a message that meets them goes on towards its dead letter.
+pub(crate) fn fault_of(e: &rusqlite::Error) -> SqlFault {
     use rusqlite::ffi;
-    match e {
-        rusqlite::Error::SqliteFailure(failure, _) => {
-            failure.code == ErrorCode::DiskFull
-                || [
-                    ffi::SQLITE_IOERR_WRITE,
-                    ffi::SQLITE_IOERR_FSYNC,
-                    ffi::SQLITE_IOERR_DIR_FSYNC,
-                    ffi::SQLITE_IOERR_TRUNCATE,
-                    ffi::SQLITE_IOERR_SHMSIZE,
-                ]
-                .contains(&failure.extended_code)
-        }
-        _ => false,
-    }
-}
-
-/// What a disk fault is, in words; each is counted in `StorageFaults`.
-pub(crate) fn disk_fault(e: &rusqlite::Error) -> &'static str {
+    let rusqlite::Error::SqliteFailure(failure, _) = e else {
+        return SqlFault::Lasting;
+    };
+    let write_failed = [
+        ffi::SQLITE_IOERR_WRITE,
+        ffi::SQLITE_IOERR_FSYNC,
+        ffi::SQLITE_IOERR_DIR_FSYNC,
+        ffi::SQLITE_IOERR_TRUNCATE,
+        ffi::SQLITE_IOERR_SHMSIZE,
+    ]
+    .contains(&failure.extended_code);
+    let said = match failure.code {
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => return SqlFault::Contention,
+        ErrorCode::DiskFull => "the database's disk is full",
+        _ if write_failed => "the database's disk cannot be written (disk I/O error)",
+        _ => return SqlFault::Lasting,
+    };
     crate::telemetry::metrics::add(crate::telemetry::metrics::STORAGE_FAULTS, &[], 1);
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DiskFull) => "the database's disk is full",
-        _ => "the database's disk cannot be written (disk I/O error)",
-    }
+    SqlFault::Disk(said)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, body: &str) -> Result<T, StoreError> {
